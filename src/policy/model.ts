@@ -1,0 +1,40 @@
+// The canonical policy model. Every dialect (sandbox0, Daytona, Novita/E2B) is translated into
+// this shape by src/policy/dialects/, validated by one code path, then compiled once per change
+// (src/policy/compile.ts) and evaluated many times (src/policy/decide.ts).
+
+export type Mode = 'allow-all' | 'block-all';
+
+/** An inclusive port range, 1 <= from <= to <= 65535. A single port has from === to. */
+export interface PortRange {
+  readonly from: number;
+  readonly to: number;
+}
+
+/**
+ * One side of a policy (allow or deny). Every entry is already normalized:
+ * domains are lowercase ASCII (punycode) patterns — `name`, `*.name`, or `*`;
+ * cidrs are canonical `network/prefix` strings (host bits cleared, IPv6 compressed).
+ */
+export interface Side {
+  readonly domains: readonly string[];
+  readonly cidrs: readonly string[];
+  readonly ports: readonly PortRange[];
+}
+
+export interface Policy {
+  readonly mode: Mode;
+  readonly allow: Side;
+  readonly deny: Side;
+}
+
+/** A problem found while validating a policy or config: the field path and the reason. */
+export interface FieldIssue {
+  /** Dotted path from the document root, e.g. `egress.allowed_cidrs[2]`. */
+  readonly field: string;
+  /** Sentence-case reason quoting the offending value, e.g. `Port "70000" is outside 1-65535`. */
+  readonly reason: string;
+}
+
+export type Parsed<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly issues: readonly FieldIssue[] };
+
+export const EMPTY_SIDE: Side = Object.freeze({ domains: [], cidrs: [], ports: [] });
