@@ -1,0 +1,87 @@
+// The admin listener: health and readiness now; the control-plane API and metrics mount here.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Endpoint } from '../config/schema.ts';
+
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
+export interface Route {
+  readonly method: string;
+  /** Matched against the path; capture groups become `params`. */
+  readonly path: RegExp;
+  readonly handler: (req: IncomingMessage, res: ServerResponse, params: string[]) => void | Promise<void>;
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+export class AdminServer {
+  readonly endpoint: Endpoint;
+  #server: Server;
+  #routes: Route[] = [];
+
+  constructor(endpoint: Endpoint, readiness: () => Readiness) {
+    this.endpoint = endpoint;
+    this.route({ method: 'GET', path: /^\/healthz$/, handler: (_q, res) => sendJson(res, 200, { status: 'alive' }) });
+    this.route({
+      method: 'GET',
+      path: /^\/readyz$/,
+      handler: (_q, res) => {
+        const r = readiness();
+        sendJson(res, r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not-ready', reason: r.reason });
+      },
+    });
+    this.#server = createServer((req, res) => void this.#dispatch(req, res));
+    this.#server.headersTimeout = 10_000;
+    this.#server.requestTimeout = 30_000;
+  }
+
+  route(r: Route): void {
+    this.#routes.push(r);
+  }
+
+  async #dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    let pathMatched = false;
+    for (const r of this.#routes) {
+      const m = r.path.exec(path);
+      if (!m) continue;
+      pathMatched = true;
+      if (r.method !== req.method && !(r.method === 'GET' && req.method === 'HEAD')) continue;
+      try {
+        await r.handler(req, res, m.slice(1));
+      } catch (err) {
+        if (!res.headersSent) sendJson(res, 500, { error: { code: 'internal', message: (err as Error).message, field: null } });
+        else res.destroy();
+      }
+      return;
+    }
+    if (pathMatched) sendJson(res, 405, { error: { code: 'method_not_allowed', message: `Method ${req.method} is not allowed on ${path}`, field: null } });
+    else sendJson(res, 404, { error: { code: 'not_found', message: `No route for ${path}`, field: null } });
+  }
+
+  get port(): number | null {
+    const a = this.#server.address();
+    return a && typeof a === 'object' ? a.port : null;
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port }, () => {
+        this.#server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+}

@@ -1,0 +1,35 @@
+// Reads a configuration file (YAML, which includes JSON) and validates it. A file that cannot
+// be read or parsed, or that has any invalid key, is refused with the file, the key and the
+// reason; the caller keeps whatever configuration it was running.
+
+import { readFile } from 'node:fs/promises';
+import { parseDocument } from 'yaml';
+import { ConfigReadError, InvalidConfigError } from '../errors.ts';
+import { type Config, validateConfig } from './schema.ts';
+
+/** Parses YAML/JSON text; duplicate keys and syntax errors are refusals, not warnings. */
+export function parseConfigText(text: string, file: string): unknown {
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: true });
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0]!;
+    throw new ConfigReadError(file, first.message.split('\n')[0] ?? 'YAML syntax error');
+  }
+  return doc.toJS({ maxAliasCount: 100 });
+}
+
+export function configFromText(text: string, file: string): Config {
+  const result = validateConfig(parseConfigText(text, file));
+  if (!result.ok) throw new InvalidConfigError(file, result.issues);
+  return result.config;
+}
+
+export async function loadConfig(file: string | null): Promise<Config> {
+  if (file === null) return configFromText('', '(built-in default)');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigReadError(file, (err as NodeJS.ErrnoException).code ?? String(err), err);
+  }
+  return configFromText(text, file);
+}

@@ -1,0 +1,256 @@
+// The configuration file's wire format (YAML or JSON) and its validated, frozen model.
+// Every problem is reported at once with its key path; a document with any problem is refused
+// whole. The keys listed in DEFAULTS_DOC are the contract documented in docs/config.md.
+
+import { isIP } from 'node:net';
+import type { Policy } from '../policy/model.ts';
+import { parsePolicyDocument } from '../policy/parse-policy.ts';
+import { validateCidr } from '../policy/validate.ts';
+import {
+  IssueList,
+  deepFreeze,
+  describe,
+  objectWithKeys,
+  optEnum,
+  optInt,
+  optString,
+  optStringArray,
+  quote,
+} from './fields.ts';
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  /** The text as written, for logs and errors. */
+  readonly text: string;
+}
+
+export type ListenerKind = 'http' | 'tls' | 'tcp';
+export const LISTENER_KINDS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
+
+export type DialMode = 'resolved' | 'verify' | 'original';
+export type BlockMode = 'explain' | 'drop';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface SandboxConfig {
+  readonly id: string;
+  /** Source addresses (as written, validated) that identify this sandbox's connections. */
+  readonly sources: readonly string[];
+  readonly network: Policy;
+}
+
+export interface Config {
+  readonly listen: Readonly<Record<ListenerKind, readonly Endpoint[]>>;
+  readonly admin: { readonly listen: Endpoint; readonly token: string | null };
+  readonly dns: { readonly servers: readonly string[]; readonly timeoutMs: number };
+  readonly upstream: {
+    readonly dial: DialMode;
+    readonly connectTimeoutMs: number;
+    readonly idleTimeoutMs: number;
+  };
+  readonly peek: { readonly timeoutMs: number; readonly firstByteTimeoutMs: number };
+  readonly block: BlockMode;
+  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
+  /** The policy for a source that belongs to no sandbox. */
+  readonly defaultNetwork: Policy;
+  readonly sandboxes: readonly SandboxConfig[];
+  readonly log: { readonly level: LogLevel };
+}
+
+const BLOCK_EVERYTHING: unknown = { mode: 'block-all' };
+
+/** The built-in default configuration, as a document, so `npm start` needs no file. */
+export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze({
+  listen: {
+    http: ['0.0.0.0:15080', '[::]:15080'],
+    tls: ['0.0.0.0:15443', '[::]:15443'],
+    tcp: ['0.0.0.0:15001', '[::]:15001'],
+  },
+  admin: { listen: '127.0.0.1:9901' },
+  dns: { servers: [], timeoutMs: 2000 },
+  upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
+  peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
+  block: 'explain',
+  protected: { extra: [], except: [] },
+  defaultNetwork: BLOCK_EVERYTHING,
+  sandboxes: [],
+  log: { level: 'info' },
+});
+
+const TOP_KEYS = ['listen', 'admin', 'dns', 'upstream', 'peek', 'block', 'protected', 'defaultNetwork', 'sandboxes', 'log'];
+
+export function parseEndpoint(text: string): Endpoint | string {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
+  if (!m) return `Expected "address:port" (IPv6 in brackets), got ${quote(text)}`;
+  const host = (m[1] ?? m[2])!;
+  const port = Number(m[3]);
+  if (isIP(host) === 0) return `Invalid address ${quote(host)} in ${quote(text)}`;
+  if (m[1] !== undefined && isIP(host) !== 6) return `Only IPv6 addresses go in brackets: ${quote(text)}`;
+  if (port > 65535) return `Port ${port} is outside 0-65535 in ${quote(text)}`;
+  return { host, port, text };
+}
+
+function endpointList(v: unknown, field: string, issues: IssueList): Endpoint[] | undefined {
+  const list = typeof v === 'string' ? [v] : optStringArray(v, field, issues);
+  if (list === undefined) return undefined;
+  if (list.length === 0) {
+    issues.add(field, 'Expected at least one "address:port"');
+    return undefined;
+  }
+  const out: Endpoint[] = [];
+  list.forEach((t, i) => {
+    const e = parseEndpoint(t);
+    if (typeof e === 'string') issues.add(typeof v === 'string' ? field : `${field}[${i}]`, e);
+    else out.push(e);
+  });
+  return out;
+}
+
+function dnsServer(text: string): string | undefined {
+  const e = parseEndpoint(text);
+  if (typeof e !== 'string') return text;
+  return isIP(text) !== 0 ? text : undefined;
+}
+
+function policyAt(v: unknown, field: string, issues: IssueList): Policy | undefined {
+  const parsed = parsePolicyDocument(v);
+  if (!parsed.ok) {
+    issues.addAll(field, parsed.issues);
+    return undefined;
+  }
+  return parsed.value;
+}
+
+/**
+ * Validates a parsed document (the file's contents, already merged over nothing: absent keys
+ * take DEFAULT_DOCUMENT's values) into a frozen Config, or returns every issue found.
+ */
+export function validateConfig(doc: unknown): { ok: true; config: Config } | { ok: false; issues: IssueList['issues'] } {
+  const issues = new IssueList();
+  const root = doc === null || doc === undefined ? {} : objectWithKeys(doc, '', TOP_KEYS, issues);
+  if (!root) return { ok: false, issues: issues.issues };
+  const d = DEFAULT_DOCUMENT as Record<string, any>;
+
+  const listenIn = root['listen'] === undefined ? {} : objectWithKeys(root['listen'], 'listen', LISTENER_KINDS, issues);
+  const listen = {} as Record<ListenerKind, Endpoint[]>;
+  for (const kind of LISTENER_KINDS) {
+    const raw = listenIn?.[kind] ?? d['listen'][kind];
+    listen[kind] = endpointList(raw, `listen.${kind}`, issues) ?? [];
+  }
+
+  const adminIn = root['admin'] === undefined ? {} : objectWithKeys(root['admin'], 'admin', ['listen', 'token'], issues);
+  const adminListen = endpointList(adminIn?.['listen'] ?? d['admin']['listen'], 'admin.listen', issues);
+  if (adminListen && adminListen.length > 1) issues.add('admin.listen', 'Expected a single "address:port"');
+  const token = optString(adminIn?.['token'], 'admin.token', issues) ?? null;
+
+  const dnsIn = root['dns'] === undefined ? {} : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs'], issues);
+  const servers = optStringArray(dnsIn?.['servers'], 'dns.servers', issues) ?? [];
+  servers.forEach((s, i) => {
+    if (dnsServer(s) === undefined) issues.add(`dns.servers[${i}]`, `Expected an address or "address:port", got ${quote(s)}`);
+  });
+  const dnsTimeout = optInt(dnsIn?.['timeoutMs'], 'dns.timeoutMs', 1, 60_000, issues) ?? d['dns']['timeoutMs'];
+
+  const upIn =
+    root['upstream'] === undefined ? {} : objectWithKeys(root['upstream'], 'upstream', ['dial', 'connectTimeoutMs', 'idleTimeoutMs'], issues);
+  const dial = optEnum(upIn?.['dial'], 'upstream.dial', ['resolved', 'verify', 'original'] as const, issues) ?? 'resolved';
+  const connectTimeoutMs = optInt(upIn?.['connectTimeoutMs'], 'upstream.connectTimeoutMs', 1, 600_000, issues) ?? d['upstream']['connectTimeoutMs'];
+  const idleTimeoutMs = optInt(upIn?.['idleTimeoutMs'], 'upstream.idleTimeoutMs', 1, 7 * 86_400_000, issues) ?? d['upstream']['idleTimeoutMs'];
+
+  const peekIn = root['peek'] === undefined ? {} : objectWithKeys(root['peek'], 'peek', ['timeoutMs', 'firstByteTimeoutMs'], issues);
+  const peekTimeout = optInt(peekIn?.['timeoutMs'], 'peek.timeoutMs', 1, 600_000, issues) ?? d['peek']['timeoutMs'];
+  const firstByte = optInt(peekIn?.['firstByteTimeoutMs'], 'peek.firstByteTimeoutMs', 1, 600_000, issues) ?? d['peek']['firstByteTimeoutMs'];
+  if (firstByte > peekTimeout) issues.add('peek.firstByteTimeoutMs', `Must not exceed peek.timeoutMs (${peekTimeout}), got ${firstByte}`);
+
+  const block = optEnum(root['block'], 'block', ['explain', 'drop'] as const, issues) ?? 'explain';
+
+  const protIn = root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except'], issues);
+  const extra = optStringArray(protIn?.['extra'], 'protected.extra', issues) ?? [];
+  const except = optStringArray(protIn?.['except'], 'protected.except', issues) ?? [];
+  const cidrIssues = validateCidrList(extra, 'protected.extra').concat(validateCidrList(except, 'protected.except'));
+  for (const i of cidrIssues) issues.add(i.field, i.reason);
+
+  const defaultNetwork = policyAt(root['defaultNetwork'] ?? BLOCK_EVERYTHING, 'defaultNetwork', issues);
+
+  const sandboxes: SandboxConfig[] = [];
+  const sbIn = root['sandboxes'];
+  if (sbIn !== undefined && !Array.isArray(sbIn)) issues.add('sandboxes', `Expected a list, got ${describe(sbIn)}`);
+  const seenIds = new Map<string, number>();
+  const seenSources = new Map<string, string>();
+  if (Array.isArray(sbIn)) {
+    sbIn.forEach((raw, i) => {
+      const f = `sandboxes[${i}]`;
+      const sb = objectWithKeys(raw, f, ['id', 'sources', 'network'], issues);
+      if (!sb) return;
+      const id = optString(sb['id'], `${f}.id`, issues);
+      if (sb['id'] === undefined) issues.add(`${f}.id`, 'Missing required field "id"');
+      else if (id !== undefined && !SANDBOX_ID.test(id)) issues.add(`${f}.id`, `Expected letters, digits, "-", "_" or "." (at most 128), got ${quote(id)}`);
+      else if (id !== undefined && seenIds.has(id)) issues.add(`${f}.id`, `Duplicate sandbox id ${quote(id)} (also sandboxes[${seenIds.get(id)}])`);
+      if (id !== undefined) seenIds.set(id, i);
+      const sources = optStringArray(sb['sources'], `${f}.sources`, issues);
+      if (sb['sources'] === undefined) issues.add(`${f}.sources`, 'Missing required field "sources"');
+      const canon: string[] = [];
+      (sources ?? []).forEach((s, j) => {
+        const c = canonicalSource(s);
+        if (c === undefined) issues.add(`${f}.sources[${j}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+        else if (seenSources.has(c)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c))}`);
+        else {
+          seenSources.set(c, id ?? f);
+          canon.push(c);
+        }
+      });
+      if (sb['network'] === undefined) issues.add(`${f}.network`, 'Missing required field "network"');
+      const network = sb['network'] === undefined ? undefined : policyAt(sb['network'], `${f}.network`, issues);
+      if (id !== undefined && network !== undefined) sandboxes.push({ id, sources: canon, network });
+    });
+  }
+
+  const logIn = root['log'] === undefined ? {} : objectWithKeys(root['log'], 'log', ['level'], issues);
+  const level =
+    optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
+
+  if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.issues };
+  const config: Config = {
+    listen,
+    admin: { listen: adminListen[0]!, token },
+    dns: { servers, timeoutMs: dnsTimeout },
+    upstream: { dial, connectTimeoutMs, idleTimeoutMs },
+    peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
+    block,
+    protected: { extra, except },
+    defaultNetwork,
+    sandboxes,
+    log: { level },
+  };
+  return { ok: true, config: deepFreeze(config) };
+}
+
+export const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/**
+ * The canonical text of a source address, the key the sandbox table is indexed by: IPv6 in
+ * its compressed lowercase form, an IPv4-mapped IPv6 address as its IPv4 (a dual-stack
+ * listener reports IPv4 clients as ::ffff:a.b.c.d).
+ */
+export function canonicalSource(text: string): string | undefined {
+  const family = isIP(text);
+  if (family === 4) return text.split('.').map(Number).join('.');
+  if (family !== 6) return undefined;
+  const u = new URL(`http://[${text}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(u);
+  if (mapped) {
+    const hi = parseInt(mapped[1]!, 16);
+    const lo = parseInt(mapped[2]!, 16);
+    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  }
+  return u;
+}
+
+
+function validateCidrList(list: readonly string[], field: string): { field: string; reason: string }[] {
+  const out: { field: string; reason: string }[] = [];
+  list.forEach((c, i) => {
+    const r = validateCidr(c);
+    if (!r.ok) out.push({ field: `${field}[${i}]`, reason: r.reason });
+  });
+  return out;
+}

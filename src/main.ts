@@ -1,0 +1,170 @@
+// The only place that reads argv and the environment, installs signal handlers and exits.
+
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { decideCommand } from './cli/decide.ts';
+import { inspectBytes } from './cli/inspect.ts';
+import { loadConfig, parseConfigText } from './config/load.ts';
+import { type Config, validateConfig } from './config/schema.ts';
+import { Daemon } from './daemon.ts';
+import { EgressdError, formatIssues } from './errors.ts';
+import { createLogger } from './observability/logger.ts';
+
+const USAGE = `Usage: egressd <command> [options]
+
+Commands:
+  serve [--config FILE] [--pretty]   Run the daemon (built-in default config without --config)
+  validate FILE                      Check a config file; print every problem at once
+  inspect [FILE|-]                   Show the protocol and name in a client's first bytes
+  decide --policy FILE [--host NAME] --ip ADDR --port N
+                                     The verdict a policy gives one connection
+
+Environment:
+  EGRESSD_CONFIG        config file for serve when --config is absent
+  EGRESSD_ADMIN_TOKEN   admin API token (overrides admin.token)
+`;
+
+function out(s: string): void {
+  process.stdout.write(s);
+}
+function err(s: string): void {
+  process.stderr.write(s.endsWith('\n') ? s : `${s}\n`);
+}
+
+function withEnv(config: Config): Config {
+  const token = process.env['EGRESSD_ADMIN_TOKEN'];
+  if (!token) return config;
+  return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, pretty: { type: 'boolean' } }, strict: true });
+  const file = values.config ?? process.env['EGRESSD_CONFIG'] ?? null;
+  let config: Config;
+  try {
+    config = withEnv(await loadConfig(file));
+  } catch (e) {
+    err(`egressd: ${(e as Error).message}`);
+    return 1;
+  }
+  const log = createLogger({ level: config.log.level, pretty: values.pretty === true });
+  const daemon = new Daemon(config, log);
+  try {
+    await daemon.start();
+  } catch (e) {
+    log.fatal({ event: 'start-failed', err: (e as Error).message }, 'egressd could not start');
+    log.flush();
+    err(`egressd: ${(e as Error).message}`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ event: 'signal', signal }, 'stopping');
+      void daemon.stop(5000).then(() => {
+        log.flush();
+        resolve(0);
+      });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+function validate(argv: string[]): number {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true });
+  if (positionals.length !== 1) {
+    err('Usage: egressd validate FILE');
+    return 2;
+  }
+  const file = positionals[0]!;
+  let doc: unknown;
+  try {
+    doc = parseConfigText(readFileSync(file, 'utf8'), file);
+  } catch (e) {
+    err(`${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    return 1;
+  }
+  const r = validateConfig(doc);
+  if (!r.ok) {
+    err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}`);
+    return 1;
+  }
+  out(`${file}: valid (${r.config.sandboxes.length} sandboxes)\n`);
+  return 0;
+}
+
+function inspect(argv: string[]): number {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true });
+  if (positionals.length > 1) {
+    err('Usage: egressd inspect [FILE|-]');
+    return 2;
+  }
+  const src = positionals[0] ?? '-';
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(src === '-' ? 0 : src);
+  } catch (e) {
+    err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? e}`);
+    return 2;
+  }
+  const r = inspectBytes(bytes);
+  out(r.stdout);
+  return r.code;
+}
+
+function decideCli(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: { policy: { type: 'string' }, host: { type: 'string' }, ip: { type: 'string' }, port: { type: 'string' } },
+    strict: true,
+  });
+  if (values.policy === undefined || values.ip === undefined || values.port === undefined) {
+    err('Usage: egressd decide --policy FILE [--host NAME] --ip ADDR --port N');
+    return 2;
+  }
+  const r = decideCommand({ policy: values.policy, ip: values.ip, port: values.port, ...(values.host !== undefined ? { host: values.host } : {}) });
+  if (r.stderr) err(r.stderr);
+  out(r.stdout);
+  return r.code;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'serve':
+        return await serve(rest);
+      case 'validate':
+        return validate(rest);
+      case 'inspect':
+        return inspect(rest);
+      case 'decide':
+        return decideCli(rest);
+      case undefined:
+      case '-h':
+      case '--help':
+      case 'help':
+        out(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        err(`Unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (e) {
+    // parseArgs throws on unknown or malformed options: a usage error.
+    if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      err(`egressd ${command}: ${(e as Error).message}`);
+      return 2;
+    }
+    if (e instanceof EgressdError) {
+      err(`egressd: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,286 @@
+// The path of one redirected connection, top to bottom:
+//   original destination → sandbox by source → peek (name) → decide → dial → splice | refuse
+// and exactly one outcome record at the end. Nothing here throws to the listener: every
+// failure becomes an outcome with a reason, and the daemon keeps serving everyone else.
+
+import type { Socket } from 'node:net';
+import type { Config, ListenerKind } from '../config/schema.ts';
+import { canonicalSource } from '../config/schema.ts';
+import { parseClientHello, MAX_HELLO_BYTES, type TlsPeek } from '../peek/tls-client-hello.ts';
+import { parseHttpHead, type HttpPeek } from '../peek/http-head.ts';
+import { sniff } from '../peek/sniff.ts';
+import type { Decision } from '../policy/decide.ts';
+import { normalizeName } from '../policy/names.ts';
+import { originalDestination } from './original-dst.ts';
+import { peekSocket, type PeekOutcome, type PeekStep } from './peek-socket.ts';
+import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
+import { chooseUpstream } from './upstream-target.ts';
+import type { NameResolver } from './resolve.ts';
+import { dial } from './dial.ts';
+import { splice } from './splice.ts';
+import { refuseHttp, refuseTcp, refuseTls, dropSilently } from './refuse.ts';
+import type { SandboxPolicy, PolicyLookup } from '../policy/store.ts';
+import type { ConnectionRegistry, LiveConnection } from './registry.ts';
+
+export interface PipelineDeps {
+  readonly config: () => Config;
+  readonly policies: PolicyLookup;
+  readonly resolver: NameResolver;
+  readonly registry: ConnectionRegistry;
+  readonly emit: (o: ConnectionOutcome) => void;
+}
+
+type Peeked =
+  | { kind: 'tls'; result: TlsPeek }
+  | { kind: 'http'; result: HttpPeek }
+  | { kind: 'unknown' };
+
+const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
+  const r = parseClientHello(buf);
+  return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'tls', result: r } };
+};
+const httpStep = (buf: Buffer): PeekStep<Peeked> => {
+  const r = parseHttpHead(buf);
+  return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'http', result: r } };
+};
+/** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
+const anyStep = (buf: Buffer): PeekStep<Peeked> => {
+  const s = sniff(buf);
+  if (s === 'need-more') return { done: false };
+  if (s === 'tls') return tlsStep(buf);
+  if (s === 'http') return httpStep(buf);
+  return { done: true, result: { kind: 'unknown' } };
+};
+
+export async function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
+  const config = deps.config();
+  const startedAt = Date.now();
+  const deadline = startedAt + config.peek.timeoutMs;
+  // Errors surface through the socket's state and the steps below; an unhandled 'error'
+  // event must never take the process down.
+  socket.on('error', () => {});
+  socket.setNoDelay(true);
+
+  const o: ConnectionOutcome = {
+    listener,
+    sandbox: null,
+    source: canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress),
+    sourcePort: socket.remotePort ?? 0,
+    destination: null,
+    destinationPort: null,
+    name: null,
+    protocol: 'none',
+    verdict: 'refuse',
+    reason: 'internal-error',
+    rule: null,
+    dialed: null,
+    bytesUp: 0,
+    bytesDown: 0,
+    startedAt,
+    durationMs: 0,
+  };
+  const live: LiveConnection = deps.registry.add({ outcome: o, abort: new AbortController(), facts: null, policy: null });
+  const finish = (): void => {
+    o.durationMs = Date.now() - startedAt;
+    deps.registry.remove(live);
+    deps.emit(o);
+  };
+
+  try {
+    await run(socket, listener, deps, config, deadline, o, live);
+  } catch (err) {
+    o.verdict = 'error';
+    o.reason = 'internal-error';
+    o.end = err instanceof Error ? err.message : String(err);
+    if (!socket.destroyed) socket.resetAndDestroy();
+  }
+  finish();
+}
+
+async function run(
+  socket: Socket,
+  listener: ListenerKind,
+  deps: PipelineDeps,
+  config: Config,
+  deadline: number,
+  o: ConnectionOutcome,
+  live: LiveConnection,
+): Promise<void> {
+  const od = originalDestination(socket);
+  if (od.kind === 'not-redirected') {
+    // A direct connection to a listener is a loop or a probe: nowhere legitimate to go.
+    return refuse(socket, 'tcp', config, o, { verdict: 'refuse', reason: 'not-redirected', rule: null });
+  }
+  o.destination = od.address;
+  o.destinationPort = od.port;
+
+  const sandbox: SandboxPolicy = deps.policies.lookup(o.source);
+  o.sandbox = sandbox.id;
+  const ip = od.address;
+  const port = od.port;
+
+  // On the tcp listener the verdict is made by address and port first; the client is peeked
+  // only when a name could change it, so server-first protocols (SSH, SMTP) are not delayed.
+  let peek: PeekOutcome<Peeked> | null = null;
+  const peekStart = Date.now();
+  if (listener === 'tls') {
+    peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: MAX_HELLO_BYTES });
+  } else if (listener === 'http') {
+    peek = await peekSocket(socket, httpStep, { deadline, maxBytes: MAX_HELLO_BYTES });
+  } else if (sandbox.nameMatters({ name: null, ip, port })) {
+    peek = await peekSocket(socket, anyStep, {
+      deadline,
+      maxBytes: MAX_HELLO_BYTES,
+      firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
+    });
+  }
+  if (peek) o.peekMs = Date.now() - peekStart;
+
+  let initial: Buffer = Buffer.alloc(0);
+  let rawName: string | null = null;
+  if (peek) {
+    initial = peek.bytes;
+    switch (peek.kind) {
+      case 'timeout':
+        return cut(socket, o, 'peek-timeout');
+      case 'closed':
+        return cut(socket, o, 'peek-closed');
+      case 'too-large':
+        return refuse(socket, protocolOfListener(listener), config, o, { verdict: 'refuse', reason: 'too-large', rule: null });
+      case 'silent':
+        o.protocol = 'none';
+        break;
+      case 'done': {
+        const p = peek.result;
+        if (p.kind === 'unknown') {
+          o.protocol = 'unknown';
+        } else if (p.kind === 'tls') {
+          o.protocol = p.result.kind === 'not-tls' ? 'unknown' : 'tls';
+          if (p.result.kind === 'malformed') {
+            const reason: OutcomeReason = p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls';
+            o.end = p.result.detail;
+            return refuse(socket, 'tls', config, o, { verdict: 'refuse', reason, rule: null });
+          }
+          if (p.result.kind === 'hello') {
+            o.alpn = p.result.alpn;
+            o.ech = p.result.ech;
+            rawName = p.result.sni;
+          }
+        } else {
+          o.protocol = p.result.kind === 'not-http' ? 'unknown' : 'http';
+          if (p.result.kind === 'malformed') {
+            const reason: OutcomeReason = p.result.reason === 'too-large' ? 'too-large' : 'malformed-http';
+            o.end = p.result.detail;
+            return refuse(socket, 'http', config, o, { verdict: 'refuse', reason, rule: null });
+          }
+          if (p.result.kind === 'head') rawName = p.result.host;
+        }
+      }
+    }
+  }
+
+  // A name in any spelling of an IP address is not a name: only address rules apply to it.
+  if (rawName !== null) {
+    const n = normalizeName(rawName);
+    if (!n.ok) {
+      o.rawName = rawName;
+      o.end = n.reason;
+      return refuse(socket, o.protocol, config, o, { verdict: 'refuse', reason: 'invalid-name', rule: null });
+    }
+    if ('name' in n) o.name = n.name;
+  }
+
+  const facts = { name: o.name, ip, port };
+  const decision = sandbox.decide(facts);
+  live.facts = facts;
+  live.policy = sandbox;
+  if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
+  o.verdict = 'allow';
+  o.reason = decision.reason as OutcomeReason;
+  o.rule = decision.rule;
+
+  const target = await chooseUpstream({
+    mode: config.upstream.dial,
+    name: o.name,
+    byName: decision.matchedBy === 'name',
+    original: ip,
+    port,
+    resolver: deps.resolver,
+    allows: (addr) => sandbox.decide({ name: o.name, ip: addr, port }).verdict === 'allow',
+  });
+  if (!target.ok) {
+    o.end = target.detail;
+    return refuse(socket, o.protocol, config, o, { verdict: 'refuse', reason: target.reason, rule: decision.rule });
+  }
+  if (live.abort.signal.aborted) return cut(socket, o, 'policy-changed');
+
+  o.dialed = target.address;
+  const d = await dial({
+    address: target.address,
+    port,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    signal: live.abort.signal,
+  });
+  if (!d.ok) {
+    o.verdict = 'error';
+    o.reason = d.cause === 'aborted' ? (live.closeReason ?? 'shutdown') : 'upstream-failed';
+    o.dialFailure = d.cause;
+    o.end = d.detail;
+    if (!socket.destroyed) socket.resetAndDestroy();
+    return;
+  }
+  o.connectMs = d.connectMs;
+  live.upstream = d.socket;
+  const s = await splice(socket, d.socket, {
+    initial,
+    idleTimeoutMs: config.upstream.idleTimeoutMs,
+    signal: live.abort.signal,
+  });
+  o.bytesUp = s.bytesUp;
+  o.bytesDown = s.bytesDown;
+  o.end = s.end;
+  if (s.end === 'aborted' && live.closeReason) {
+    o.verdict = live.closeReason === 'policy-changed' ? 'refuse' : o.verdict;
+    o.reason = live.closeReason;
+  }
+}
+
+function protocolOfListener(l: ListenerKind): Protocol {
+  return l === 'tls' ? 'tls' : l === 'http' ? 'http' : 'unknown';
+}
+
+/** Cut a connection that never got as far as a decision: no bytes, a reset. */
+function cut(socket: Socket, o: ConnectionOutcome, reason: OutcomeReason): void {
+  o.verdict = 'refuse';
+  o.reason = reason;
+  if (!socket.destroyed) socket.resetAndDestroy();
+}
+
+/**
+ * Refuse after accept in a way the client understands — a TLS access_denied alert, an HTTP
+ * 403 naming the host and the reason, a reset for anything else — or, with `block: drop`,
+ * close without a byte. No byte of a refused connection ever reaches an upstream: nothing is
+ * dialed before this point.
+ */
+function refuse(
+  socket: Socket,
+  protocol: Protocol,
+  config: Config,
+  o: ConnectionOutcome,
+  decision: Pick<Decision, 'verdict' | 'rule'> & { reason: string },
+): void {
+  o.verdict = 'refuse';
+  o.reason = decision.reason as OutcomeReason;
+  o.rule = decision.rule;
+  if (config.block === 'drop') return dropSilently(socket);
+  if (protocol === 'tls') return refuseTls(socket);
+  if (protocol === 'http') {
+    return refuseHttp(socket, { host: o.name ?? o.rawName ?? o.destination ?? '', reason: explain(o) });
+  }
+  refuseTcp(socket);
+}
+
+function explain(o: ConnectionOutcome): string {
+  const rule = o.rule ? ` (${o.rule})` : '';
+  return `${o.reason}${rule}`;
+}

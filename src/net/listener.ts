@@ -1,0 +1,66 @@
+// One TCP listener: an iptables REDIRECT target for one kind of traffic (http = originally
+// port 80, tls = 443, tcp = every other port), on one address.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Endpoint, ListenerKind } from '../config/schema.ts';
+
+export type ListenerStatus =
+  | { state: 'idle' }
+  | { state: 'listening'; address: string; port: number }
+  | { state: 'failed'; error: string }
+  | { state: 'closed' };
+
+export class Listener {
+  readonly kind: ListenerKind;
+  readonly endpoint: Endpoint;
+  #server: Server;
+  #status: ListenerStatus = { state: 'idle' };
+
+  constructor(kind: ListenerKind, endpoint: Endpoint, onConnection: (socket: Socket, kind: ListenerKind) => void) {
+    this.kind = kind;
+    this.endpoint = endpoint;
+    // allowHalfOpen: a client's FIN must be carried upstream, not answered by closing our side.
+    this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => onConnection(socket, kind));
+    this.#server.on('error', (err) => {
+      this.#status = { state: 'failed', error: err.message };
+    });
+  }
+
+  get status(): ListenerStatus {
+    return this.#status;
+  }
+
+  /** The port actually bound (differs from the endpoint's when it asked for port 0). */
+  get port(): number | null {
+    return this.#status.state === 'listening' ? this.#status.port : null;
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        this.#status = { state: 'failed', error: `${this.endpoint.text}: ${err.message}` };
+        reject(new Error(`Cannot listen on ${this.kind} ${this.endpoint.text}: ${err.message}`, { cause: err }));
+      };
+      this.#server.once('error', onError);
+      // `[::]` is bound IPv6-only: `0.0.0.0` is a listener of its own, as the default config has it.
+      this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port, ipv6Only: this.endpoint.host.includes(':'), backlog: 1024 }, () => {
+        this.#server.off('error', onError);
+        const a = this.#server.address();
+        if (a && typeof a === 'object') this.#status = { state: 'listening', address: a.address, port: a.port };
+        resolve();
+      });
+    });
+  }
+
+  /** Stops accepting; open connections are left to the caller (drain). */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.#server.listening) {
+        this.#status = { state: 'closed' };
+        return resolve();
+      }
+      this.#server.close(() => resolve());
+      this.#status = { state: 'closed' };
+    });
+  }
+}
