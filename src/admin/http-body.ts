@@ -1,0 +1,70 @@
+// Request plumbing for the admin API: bearer-token auth compared in constant time, JSON bodies
+// read with a size cap, and the one error shape every route answers with.
+
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { sendJson } from './server.ts';
+
+export class ApiError extends Error {
+  readonly status: 400 | 401 | 404 | 409 | 413 | 415 | 503;
+  readonly code: string;
+  readonly field: string | null;
+  constructor(status: ApiError['status'], code: string, message: string, field: string | null = null) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.field = field;
+  }
+}
+
+export function sendError(res: ServerResponse, e: ApiError): void {
+  if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="egressd"');
+  sendJson(res, e.status, { error: { code: e.code, message: e.message, field: e.field } });
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/**
+ * Checks `Authorization: Bearer <token>`. Both sides are hashed first so the comparison takes
+ * the same time whatever the length or content of the presented token.
+ */
+export function checkBearer(req: IncomingMessage, token: string | null): void {
+  if (token === null) throw new ApiError(401, 'unauthorized', 'The admin API is disabled: no admin.token is configured');
+  const h = req.headers.authorization ?? '';
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(h);
+  const presented = m ? m[1]! : '';
+  if (!timingSafeEqual(digest(presented), digest(token)) || !m) {
+    throw new ApiError(401, 'unauthorized', 'Missing or wrong bearer token');
+  }
+}
+
+/** Reads a JSON body of at most `limit` bytes; anything else is a 400/413/415 ApiError. */
+export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const type = req.headers['content-type'];
+  if (type !== undefined && !/^application\/json\b/i.test(type)) {
+    throw new ApiError(415, 'unsupported_media_type', `Expected application/json, got "${type}"`);
+  }
+  const declared = Number(req.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.resume();
+    throw new ApiError(413, 'body_too_large', `The body is ${declared} bytes; the limit is ${limit}`);
+  }
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > limit) {
+      req.resume();
+      throw new ApiError(413, 'body_too_large', `The body exceeds the limit of ${limit} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'The body is empty; a JSON object was expected');
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ApiError(400, 'invalid_json', `The body is not valid JSON: ${(err as Error).message}`);
+  }
+}
