@@ -38,3 +38,15 @@ export interface FieldIssue {
 export type Parsed<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly issues: readonly FieldIssue[] };
 
 export const EMPTY_SIDE: Side = Object.freeze({ domains: [], cidrs: [], ports: [] });
+
+/**
+ * A policy body in any dialect, translated: the policy plus the two platform behaviours that
+ * sit beside it — the essential-services catalog joining the allow side (Daytona), and the
+ * sandbox's DNS servers allowed on port 53 (Novita, when a policy names a domain).
+ */
+export interface DialectResult {
+  readonly dialect: 'sandbox0' | 'daytona' | 'novita';
+  readonly policy: Policy;
+  readonly essentialServices: boolean;
+  readonly dnsServersAllowed: boolean;
+}
