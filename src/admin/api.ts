@@ -1,0 +1,195 @@
+// The control-plane API on the admin listener. Every /api/* call needs the bearer token; bodies
+// are JSON with a size cap; errors are { error: { code, message, field } } with 400, 401, 404,
+// 409 or 413; a refused change changes nothing.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
+import { isPlainObject, quote } from '../config/fields.ts';
+import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../policy/control-plane.ts';
+import { parseNetwork } from '../policy/control-plane.ts';
+import type { DialectResult, Policy } from '../policy/model.ts';
+import { normalizeName } from '../policy/names.ts';
+import { formatPorts } from '../policy/render.ts';
+import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
+import { sendJson, type AdminServer } from './server.ts';
+
+export interface ApiOptions {
+  readonly token: () => string | null;
+  readonly maxBodyBytes: number;
+}
+
+const ID = '([A-Za-z0-9][A-Za-z0-9._-]{0,127})';
+
+function fromChange(e: ChangeError): ApiError {
+  if (e.kind === 'invalid') {
+    const first = e.issues[0];
+    const message = e.issues.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; ');
+    return new ApiError(400, 'invalid_policy', message, first?.field || null);
+  }
+  if (e.kind === 'conflict') return new ApiError(409, 'conflict', e.message, e.field);
+  return new ApiError(404, 'not_found', e.message);
+}
+
+function unwrap<T>(r: ChangeResult<T>): T {
+  if (!r.ok) throw fromChange(r.error);
+  return r.value;
+}
+
+/** A policy as the sandbox0 dialect writes it, showing what applies. */
+export function toSandbox0(r: DialectResult): Record<string, unknown> {
+  const p: Policy = r.policy;
+  return {
+    mode: p.mode,
+    egress: {
+      allowed_domains: p.allow.domains,
+      denied_domains: p.deny.domains,
+      allowed_cidrs: p.allow.cidrs,
+      denied_cidrs: p.deny.cidrs,
+      allowed_ports: formatPorts(p.allow.ports),
+      denied_ports: formatPorts(p.deny.ports),
+    },
+    essential_services: r.essentialServices,
+  };
+}
+
+export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions): void {
+  const guarded =
+    (fn: (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void> | void) =>
+    async (req: IncomingMessage, res: ServerResponse, params: string[]): Promise<void> => {
+      try {
+        checkBearer(req, opts.token());
+        await fn(req, res, params);
+      } catch (err) {
+        if (err instanceof ApiError) return sendError(res, err);
+        throw err;
+      }
+    };
+  const body = (req: IncomingMessage): Promise<unknown> => readJson(req, opts.maxBodyBytes);
+  const networkOf = (r: SandboxRecord): DialectResult => {
+    const n = parseNetwork(r.network, 'network');
+    if (!n.ok) throw new ApiError(400, 'invalid_policy', 'Stored network no longer validates');
+    return n.value;
+  };
+  const view = (r: SandboxRecord) => ({
+    id: r.id,
+    sources: r.sources,
+    org: r.org,
+    origin: r.origin,
+    network: toSandbox0(networkOf(r)),
+  });
+  const get = (id: string): SandboxRecord => {
+    const r = cp.sandbox(id);
+    if (!r) throw new ApiError(404, 'not_found', `Sandbox ${quote(id)} does not exist`);
+    return r;
+  };
+
+  admin.route({ method: 'GET', path: /^\/api\/v1\/sandboxes$/, handler: guarded((_q, res) => sendJson(res, 200, { sandboxes: cp.sandboxes().map(view) })) });
+  admin.route({
+    method: 'PUT',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
+    handler: guarded(async (req, res, [id]) => {
+      const r = unwrap(await cp.putSandbox(id!, await body(req)));
+      sendJson(res, r.created ? 201 : 200, view(r.record));
+    }),
+  });
+  admin.route({ method: 'GET', path: new RegExp(`^/api/v1/sandboxes/${ID}$`), handler: guarded((_q, res, [id]) => sendJson(res, 200, view(get(id!)))) });
+  admin.route({
+    method: 'DELETE',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
+    handler: guarded(async (_q, res, [id]) => {
+      unwrap(await cp.deleteSandbox(id!));
+      res.writeHead(204).end();
+    }),
+  });
+  admin.route({
+    method: 'GET',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
+    handler: guarded((_q, res, [id]) => sendJson(res, 200, toSandbox0(networkOf(get(id!))))),
+  });
+  admin.route({
+    method: 'PUT',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
+    handler: guarded(async (req, res, [id]) => {
+      const r = unwrap(await cp.putNetwork(id!, await body(req)));
+      sendJson(res, 200, toSandbox0(networkOf(r.record)));
+    }),
+  });
+  admin.route({
+    method: 'GET',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}/effective$`),
+    handler: guarded((_q, res, [id]) => {
+      const r = get(id!);
+      const org = r.org === null ? null : cp.orgRecord(r.org);
+      const orgNet = org?.network != null ? parseNetwork(org.network, 'network') : null;
+      const settings = cp.store.settings;
+      sendJson(res, 200, {
+        sandbox: r.id,
+        rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
+        organization:
+          org == null
+            ? null
+            : {
+                id: org.id,
+                tier: org.tier,
+                network: orgNet?.ok ? toSandbox0(orgNet.value) : org.tier !== null && org.tier <= 2 ? { mode: 'block-all', essential_services: true } : { mode: 'allow-all' },
+              },
+        network: toSandbox0(networkOf(r)),
+        dns_servers_allowed: networkOf(r).dnsServersAllowed ? settings.dnsServers : [],
+        essential_services: networkOf(r).essentialServices || (org?.tier != null && org.tier <= 2) ? settings.catalog : [],
+        protected: {
+          extra: settings.protected.extra,
+          except: settings.protected.except,
+          note: 'Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR wholly inside them unlocks them.',
+        },
+      });
+    }),
+  });
+  for (const method of ['PUT', 'GET', 'DELETE'] as const) {
+    admin.route({
+      method,
+      path: new RegExp(`^/api/v1/orgs/${ID}$`),
+      handler: guarded(async (req, res, [id]) => {
+        if (method === 'PUT') {
+          const r = unwrap(await cp.putOrg(id!, await body(req)));
+          return sendJson(res, r.created ? 201 : 200, r.record);
+        }
+        if (method === 'DELETE') {
+          unwrap(await cp.deleteOrg(id!));
+          res.writeHead(204).end();
+          return;
+        }
+        const r = cp.orgRecord(id!);
+        if (!r) throw new ApiError(404, 'not_found', `Organization ${quote(id)} does not exist`);
+        sendJson(res, 200, r);
+      }),
+    });
+  }
+  admin.route({
+    method: 'POST',
+    path: /^\/api\/v1\/check$/,
+    handler: guarded(async (req, res) => {
+      const b = await body(req);
+      if (!isPlainObject(b)) throw new ApiError(400, 'invalid_request', 'Expected a JSON object');
+      for (const k of Object.keys(b)) {
+        if (!['sandbox', 'host', 'ip', 'port'].includes(k)) throw new ApiError(400, 'invalid_request', `Unknown field ${quote(k)}`, k);
+      }
+      const { sandbox, host, ip, port } = b;
+      if (typeof sandbox !== 'string') throw new ApiError(400, 'invalid_request', 'Expected a sandbox id', 'sandbox');
+      const policy = cp.store.policyOf(sandbox);
+      if (!policy) throw new ApiError(404, 'not_found', `Sandbox ${quote(sandbox)} does not exist`);
+      if (typeof ip !== 'string' || isIP(ip) === 0) throw new ApiError(400, 'invalid_request', `Expected an IP address, got ${quote(ip)}`, 'ip');
+      if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+        throw new ApiError(400, 'invalid_request', `Expected a port from 1 to 65535, got ${quote(port)}`, 'port');
+      }
+      let name: string | null = null;
+      if (host !== undefined && host !== null) {
+        if (typeof host !== 'string') throw new ApiError(400, 'invalid_request', 'Expected a host name', 'host');
+        const n = normalizeName(host);
+        if (!n.ok) throw new ApiError(400, 'invalid_request', n.reason, 'host');
+        if ('name' in n) name = n.name;
+      }
+      const d = policy.decide({ name, ip, port });
+      sendJson(res, 200, { sandbox, host: name, ip, port, verdict: d.verdict, reason: d.reason, rule: d.rule });
+    }),
+  });
+}
