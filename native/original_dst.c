@@ -1,0 +1,96 @@
+// The one syscall egressd needs that Node does not expose: getsockopt(SO_ORIGINAL_DST), which
+// reads the destination a connection had before iptables REDIRECTed it (netfilter's conntrack
+// keeps the original tuple). IPv4 asks SOL_IP/SO_ORIGINAL_DST, IPv6 asks
+// SOL_IPV6/IP6T_SO_ORIGINAL_DST; both share the option number 80 (linux/netfilter_ipv4.h,
+// linux/netfilter_ipv6/ip6_tables.h).
+//
+// originalDst(fd: number, family: 4 | 6): { address: string, port: number }
+// throws an Error whose `code` is the errno name (ENOENT: no NAT entry for this socket).
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <node_api.h>
+
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case ENOENT: return "ENOENT";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
+    case EBADF: return "EBADF";
+    case ENOTSOCK: return "ENOTSOCK";
+    case EINVAL: return "EINVAL";
+    case ENOTCONN: return "ENOTCONN";
+    case EFAULT: return "EFAULT";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_errno(napi_env env, int e) {
+  napi_value code, msg, err;
+  const char *name = errno_name(e);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, strerror(e), NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &err);
+  napi_value errnum;
+  napi_create_int32(env, e, &errnum);
+  napi_set_named_property(env, err, "errno", errnum);
+  napi_throw(env, err);
+  return NULL;
+}
+
+static napi_value original_dst(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2) {
+    napi_throw_type_error(env, NULL, "originalDst(fd, family) takes two arguments");
+    return NULL;
+  }
+  int32_t fd, family;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int32(env, argv[1], &family) != napi_ok ||
+      fd < 0 || (family != 4 && family != 6)) {
+    napi_throw_type_error(env, NULL, "originalDst: fd must be a non-negative integer and family 4 or 6");
+    return NULL;
+  }
+  char text[INET6_ADDRSTRLEN];
+  int port;
+  if (family == 4) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) != 0) return throw_errno(env, errno);
+    inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text);
+    port = ntohs(sa.sin_port);
+  } else {
+    struct sockaddr_in6 sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &sa, &len) != 0) return throw_errno(env, errno);
+    inet_ntop(AF_INET6, &sa.sin6_addr, text, sizeof text);
+    port = ntohs(sa.sin6_port);
+  }
+  napi_value result, address, portValue;
+  napi_create_object(env, &result);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address);
+  napi_create_int32(env, port, &portValue);
+  napi_set_named_property(env, result, "address", address);
+  napi_set_named_property(env, result, "port", portValue);
+  return result;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "originalDst", NAPI_AUTO_LENGTH, original_dst, NULL, &fn);
+  napi_set_named_property(env, exports, "originalDst", fn);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
