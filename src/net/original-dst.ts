@@ -1,0 +1,85 @@
+// Where a redirected connection was going before iptables REDIRECT rewrote it: netfilter's
+// conntrack keeps the original tuple, and getsockopt(SO_ORIGINAL_DST) reads it (the one call
+// in native/original_dst.c). A connection that was not redirected is a result, not an error.
+
+import { createRequire } from 'node:module';
+import { isIP, type Socket } from 'node:net';
+import { NativeAddonError, OriginalDstError } from '../errors.ts';
+
+export type OriginalDestination = { kind: 'redirected'; address: string; port: number } | { kind: 'not-redirected'; why: string };
+
+interface Addon {
+  originalDst(fd: number, family: 4 | 6): { address: string; port: number };
+}
+
+type Loaded = { ok: true; addon: Addon } | { ok: false; error: NativeAddonError };
+
+const ADDON_PATH = '../../native/build/original_dst.node';
+let loaded: Loaded | undefined;
+
+function load(): Loaded {
+  if (loaded) return loaded;
+  try {
+    const addon = createRequire(import.meta.url)(ADDON_PATH) as Partial<Addon>;
+    loaded =
+      typeof addon.originalDst === 'function'
+        ? { ok: true, addon: addon as Addon }
+        : { ok: false, error: new NativeAddonError(`"${ADDON_PATH}" exports no originalDst function`) };
+  } catch (err) {
+    const detail = err instanceof Error ? err.message : String(err);
+    loaded = { ok: false, error: new NativeAddonError(`"${ADDON_PATH}": ${detail} (npm ci builds it)`, err) };
+  }
+  return loaded;
+}
+
+export function nativeAddonStatus(): { ok: true } | { ok: false; reason: string } {
+  const l = load();
+  return l.ok ? { ok: true } : { ok: false, reason: l.error.message };
+}
+
+/**
+ * The connection's destination before REDIRECT, or `not-redirected` when there was none: no
+ * conntrack entry (ENOENT), conntrack not loaded (ENOPROTOOPT), an original destination that is
+ * the listener itself (a direct connection: a loop or a probe), or a socket already closed.
+ *
+ * @throws OriginalDstError on any other errno; NativeAddonError when the addon is missing
+ * (the daemon refuses to start without it, so neither happens on the hot path).
+ */
+export function originalDestination(socket: Socket): OriginalDestination {
+  const l = load();
+  if (!l.ok) throw l.error;
+  const fd: unknown = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  const local = socket.localAddress;
+  const localPort = socket.localPort;
+  // A client can reset before its connection is looked at; that is its choice, not a fault.
+  if (typeof fd !== 'number' || fd < 0 || local === undefined || localPort === undefined) {
+    return { kind: 'not-redirected', why: 'The socket is already closed' };
+  }
+  const localPlain = unmapped(local);
+  // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d; its conntrack entry is IPv4.
+  const family: 4 | 6 = isIP(localPlain) === 6 ? 6 : 4;
+  let od: { address: string; port: number };
+  try {
+    od = l.addon.originalDst(fd, family);
+  } catch (err) {
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code === 'ENOENT') return { kind: 'not-redirected', why: 'No NAT entry for this connection (ENOENT)' };
+    if (code === 'ENOPROTOOPT') return { kind: 'not-redirected', why: 'Connection tracking is not loaded (ENOPROTOOPT)' };
+    throw new OriginalDstError(typeof code === 'string' ? code : 'EUNKNOWN', err);
+  }
+  // Conntrack keeps a tuple for every tracked connection, NATed or not: an un-NATed one's
+  // "original" destination is simply the listener's own address.
+  if (od.port === localPort && unmapped(od.address) === localPlain) {
+    return { kind: 'not-redirected', why: `The original destination "${od.address}:${od.port}" is the listener itself` };
+  }
+  return { kind: 'redirected', address: od.address, port: od.port };
+}
+
+/**
+ * The address as inet_ntop(3) writes it, which is how both Node and the addon spell it, with an
+ * IPv4-mapped IPv6 address (RFC 4291 §2.5.5.2) written as the IPv4 address it is.
+ */
+function unmapped(address: string): string {
+  const a = address.toLowerCase();
+  return a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a;
+}

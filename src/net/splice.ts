@@ -1,0 +1,146 @@
+// Carries an allowed connection's bytes both ways until it ends, and says how it ended. The
+// byte moving stays behind this one function so that it can later move into the kernel
+// (splice(2)) without the pipeline noticing.
+//
+// TCP semantics are carried, not flattened: a FIN ends only the other side's write half
+// (RFC 9293 §3.6: a half-closed connection still carries data the other way), and a reset is
+// answered with a reset, so neither end mistakes an aborted exchange for a complete one.
+
+import type { Socket } from 'node:net';
+
+export interface SpliceOptions {
+  /** The bytes already read from the client (the peek): they go upstream first, byte for byte. */
+  readonly initial: Buffer;
+  /** No byte either way for this long destroys both sides. */
+  readonly idleTimeoutMs: number;
+  /** Aborting destroys both sides (shutdown, a policy change). */
+  readonly signal: AbortSignal;
+}
+
+export type SpliceEnd = 'closed' | 'client-reset' | 'upstream-reset' | 'idle-timeout' | 'aborted' | 'error';
+
+export interface SpliceResult {
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  readonly end: SpliceEnd;
+}
+
+type Side = 'client' | 'upstream';
+
+// setTimeout's largest delay; beyond it Node fires at once.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Resolves exactly once, after both sockets have closed; never rejects. `client` may arrive
+ * paused with bytes buffered (peekSocket leaves it so); both sockets must have been made with
+ * `allowHalfOpen: true`, or a FIN would close the whole connection.
+ */
+export function splice(client: Socket, upstream: Socket, o: SpliceOptions): Promise<SpliceResult> {
+  return new Promise((resolve) => {
+    const socketOf = { client, upstream } as const;
+    const other = (s: Side): Side => (s === 'client' ? 'upstream' : 'client');
+    const closed = { client: false, upstream: false };
+    let bytesUp = 0;
+    let bytesDown = 0;
+    let end: SpliceEnd | null = null;
+    let settled = false;
+    let lastActivity = performance.now();
+    let idleTimer: NodeJS.Timeout | undefined;
+
+    const destroyBoth = (cause: SpliceEnd): void => {
+      end ??= cause;
+      client.destroy();
+      upstream.destroy();
+    };
+    // One side failed: the other gets a reset too, never a FIN that would pass for a clean end.
+    const failed = (side: Side, cause: SpliceEnd): void => {
+      end ??= cause;
+      reset(socketOf[other(side)]);
+    };
+    const onError = (side: Side) => (err: Error) => {
+      if (end !== null) return;
+      const code = (err as NodeJS.ErrnoException).code;
+      failed(side, code === 'ECONNRESET' || code === 'EPIPE' ? `${side}-reset` : 'error');
+    };
+    const onClose = (side: Side) => (): void => {
+      if (closed[side]) return;
+      closed[side] = true;
+      const s = socketOf[side];
+      // Closed with a half still open and no error said why: something else destroyed it.
+      if (end === null && !(s.readableEnded && s.writableFinished)) failed(side, 'error');
+      if (!closed.client || !closed.upstream || settled) return;
+      settled = true;
+      clearTimeout(idleTimer);
+      o.signal.removeEventListener('abort', onAbort);
+      resolve({ bytesUp, bytesDown, end: end ?? 'closed' });
+    };
+    const onAbort = (): void => destroyBoth('aborted');
+
+    for (const side of ['client', 'upstream'] as const) {
+      const s = socketOf[side];
+      // Registered before anything can fail: an 'error' without a listener would crash the daemon.
+      s.on('error', onError(side));
+      s.once('close', onClose(side));
+    }
+    if (o.signal.aborted) return destroyBoth('aborted');
+    o.signal.addEventListener('abort', onAbort, { once: true });
+    // Either side may have gone while the upstream was being chosen and dialed.
+    for (const side of ['client', 'upstream'] as const) {
+      const s = socketOf[side];
+      if (!s.destroyed) continue;
+      if (s.errored) onError(side)(s.errored);
+      else if (end === null) failed(side, 'error');
+      if (s.closed) onClose(side)();
+    }
+    if (end !== null) return;
+
+    // Paused before any 'data' listener exists, so nothing of the client's can overtake `initial`.
+    client.pause();
+    const carry = (from: Socket, to: Socket, count: (n: number) => void): void => {
+      from.on('data', (chunk: Buffer) => {
+        count(chunk.length);
+        lastActivity = performance.now();
+        if (to.destroyed || to.writableEnded) return;
+        // Backpressure: stop reading until the slow side has taken what it was given.
+        if (!to.write(chunk)) from.pause();
+      });
+      to.on('drain', () => {
+        if (!from.destroyed) from.resume();
+      });
+      // A FIN ends only the other side's write half; end() sends it after what is still queued.
+      from.once('end', () => {
+        if (!to.destroyed && !to.writableEnded) to.end();
+      });
+    };
+    carry(client, upstream, (n) => (bytesUp += n));
+    carry(upstream, client, (n) => (bytesDown += n));
+
+    let upstreamReady = true;
+    if (o.initial.length > 0) {
+      bytesUp += o.initial.length;
+      upstreamReady = upstream.write(o.initial);
+    }
+    // An upstream that has not yet taken the peeked bytes gets nothing more until it drains.
+    if (upstreamReady) client.resume();
+    upstream.resume();
+
+    const idleMs = Math.min(MAX_TIMER_MS, Math.max(1, o.idleTimeoutMs));
+    // One timer per connection, re-armed lazily, instead of one reset per chunk.
+    const checkIdle = (): void => {
+      const quiet = performance.now() - lastActivity;
+      if (quiet >= idleMs) return destroyBoth('idle-timeout');
+      idleTimer = setTimeout(checkIdle, Math.ceil(idleMs - quiet));
+    };
+    idleTimer = setTimeout(checkIdle, idleMs);
+  });
+}
+
+function reset(s: Socket): void {
+  if (s.destroyed) return;
+  try {
+    s.resetAndDestroy();
+  } catch {
+    // resetAndDestroy throws only for a non-TCP handle; closing is what is left.
+    s.destroy();
+  }
+}

@@ -1,0 +1,208 @@
+// NameResolver against a DNS server of our own on loopback (test/helpers/dns-server.ts): every
+// answer, TTL and failure is chosen here, and the server counts what was actually asked. Cache
+// expiry runs on an injected clock, so no test waits for a TTL to pass.
+
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+
+interface Setup {
+  dns: DnsTestServer;
+  resolver: NameResolver;
+  /** Moves the resolver's cache clock forward. */
+  advance: (ms: number) => void;
+  lookups: { cached: boolean; outcome: string }[];
+}
+
+async function setup(opts: Partial<ResolverOptions> & { host?: string } = {}): Promise<Setup> {
+  const dns = await DnsTestServer.start(opts.host);
+  onTestFinished(() => dns.close());
+  // Far from zero: a cache entry stamped at time 0 must not read as "never stamped".
+  let now = 1_000_000;
+  const lookups: Setup['lookups'] = [];
+  const resolver = new NameResolver({
+    servers: [dns.server],
+    timeoutMs: 2_000,
+    clock: () => now,
+    onLookup: (e) => lookups.push(e),
+    ...opts,
+  });
+  onTestFinished(() => resolver.close());
+  return { dns, resolver, advance: (ms) => (now += ms), lookups };
+}
+
+describe('NameResolver', () => {
+  it('answers with the A and AAAA addresses of a name', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('www.example.test', { kind: 'answer', a: ['192.0.2.1', '192.0.2.2'], aaaa: ['2001:db8::1'], ttl: 60 });
+    const r = await resolver.resolve('www.example.test');
+    expect(r).toEqual({ ok: true, addresses: ['192.0.2.1', '192.0.2.2', '2001:db8::1'], cached: false });
+    expect([dns.count('www.example.test', 'A'), dns.count('www.example.test', 'AAAA')]).toEqual([1, 1]);
+  });
+
+  it('works with a server on ::1 given as [::1]:port', async () => {
+    const { dns, resolver } = await setup({ host: '::1' });
+    expect(dns.server).toMatch(/^\[::1\]:\d+$/);
+    dns.set('six.test', { kind: 'answer', aaaa: ['2001:db8::6'], ttl: 60 });
+    expect(await resolver.resolve('six.test')).toEqual({ ok: true, addresses: ['2001:db8::6'], cached: false });
+  });
+
+  it('answers with the family that has addresses when the other has none', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('v4only.test', { kind: 'answer', a: ['192.0.2.4'], ttl: 60 });
+    expect(await resolver.resolve('v4only.test')).toEqual({ ok: true, addresses: ['192.0.2.4'], cached: false });
+  });
+
+  it('answers a repeat lookup from the cache within the TTL and asks again once it has passed', async () => {
+    const { dns, resolver, advance } = await setup();
+    dns.set('ttl.test', { kind: 'answer', a: ['192.0.2.5'], ttl: 5 });
+    expect(await resolver.resolve('ttl.test')).toMatchObject({ ok: true, cached: false });
+    advance(4_900);
+    expect(await resolver.resolve('ttl.test')).toEqual({ ok: true, addresses: ['192.0.2.5'], cached: true });
+    expect(dns.count('ttl.test', 'A')).toBe(1);
+    advance(200);
+    dns.set('ttl.test', { kind: 'answer', a: ['192.0.2.50'], ttl: 5 });
+    expect(await resolver.resolve('ttl.test')).toEqual({ ok: true, addresses: ['192.0.2.50'], cached: false });
+    expect(dns.count('ttl.test', 'A')).toBe(2);
+  });
+
+  it('keeps a name with a TTL of 0 for the minimum TTL of one second', async () => {
+    const { dns, resolver, advance } = await setup();
+    dns.set('zero.test', { kind: 'answer', a: ['192.0.2.6'], ttl: 0 });
+    await resolver.resolve('zero.test');
+    advance(900);
+    expect(await resolver.resolve('zero.test')).toMatchObject({ cached: true });
+    advance(200);
+    expect(await resolver.resolve('zero.test')).toMatchObject({ cached: false });
+    expect(dns.count('zero.test', 'A')).toBe(2);
+  });
+
+  it('keeps a name with a day-long TTL for at most five minutes', async () => {
+    const { dns, resolver, advance } = await setup();
+    dns.set('long.test', { kind: 'answer', a: ['192.0.2.7'], ttl: 86_400 });
+    await resolver.resolve('long.test');
+    advance(299_000);
+    expect(await resolver.resolve('long.test')).toMatchObject({ cached: true });
+    advance(2_000);
+    expect(await resolver.resolve('long.test')).toMatchObject({ cached: false });
+  });
+
+  it('treats case and one trailing dot as the same name', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('mixed.test', { kind: 'answer', a: ['192.0.2.8'], ttl: 60 });
+    await resolver.resolve('mixed.test');
+    expect(await resolver.resolve('MiXeD.Test.')).toEqual({ ok: true, addresses: ['192.0.2.8'], cached: true });
+    expect(dns.count('mixed.test', 'A')).toBe(1);
+  });
+
+  it('sends one query per type for concurrent lookups of one name', async () => {
+    const { dns, resolver, lookups } = await setup();
+    dns.set('burst.test', { kind: 'answer', a: ['192.0.2.9'], aaaa: ['2001:db8::9'], ttl: 60 });
+    const results = await Promise.all(Array.from({ length: 50 }, () => resolver.resolve('burst.test')));
+    for (const r of results) expect(r).toEqual({ ok: true, addresses: ['192.0.2.9', '2001:db8::9'], cached: false });
+    expect([dns.count('burst.test', 'A'), dns.count('burst.test', 'AAAA')]).toEqual([1, 1]);
+    expect(lookups).toHaveLength(50);
+  });
+
+  it('gives each caller its own copy of the addresses', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('copy.test', { kind: 'answer', a: ['192.0.2.10'], ttl: 60 });
+    const first = await resolver.resolve('copy.test');
+    if (first.ok) first.addresses.push('203.0.113.66');
+    expect(await resolver.resolve('copy.test')).toEqual({ ok: true, addresses: ['192.0.2.10'], cached: true });
+  });
+
+  it('reports NXDOMAIN as nxdomain and caches it briefly', async () => {
+    const { dns, resolver, advance } = await setup({ negativeTtlMs: 5_000 });
+    dns.set('gone.test', { kind: 'nxdomain' });
+    expect(await resolver.resolve('gone.test')).toEqual({ ok: false, cause: 'nxdomain' });
+    advance(4_000);
+    expect(await resolver.resolve('gone.test')).toEqual({ ok: false, cause: 'nxdomain' });
+    expect(dns.count('gone.test', 'A')).toBe(1);
+    advance(2_000);
+    dns.set('gone.test', { kind: 'answer', a: ['192.0.2.11'], ttl: 60 });
+    expect(await resolver.resolve('gone.test')).toMatchObject({ ok: true, addresses: ['192.0.2.11'] });
+  });
+
+  it('reports a name with no address of either family as nodata', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('empty.test', { kind: 'nodata' });
+    expect(await resolver.resolve('empty.test')).toEqual({ ok: false, cause: 'nodata' });
+  });
+
+  it('reports SERVFAIL as servfail and asks again on the next lookup', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('broken.test', { kind: 'servfail' });
+    expect(await resolver.resolve('broken.test')).toEqual({ ok: false, cause: 'servfail' });
+    const before = dns.count('broken.test', 'A');
+    expect(await resolver.resolve('broken.test')).toEqual({ ok: false, cause: 'servfail' });
+    expect(dns.count('broken.test', 'A')).toBeGreaterThan(before);
+  });
+
+  it('reports REFUSED as refused', async () => {
+    const { dns, resolver } = await setup();
+    dns.set('private.test', { kind: 'refused' });
+    expect(await resolver.resolve('private.test')).toEqual({ ok: false, cause: 'refused' });
+  });
+
+  it('reports a silent server as a timeout', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 200 });
+    dns.set('silent.test', { kind: 'silent' });
+    expect(await resolver.resolve('silent.test')).toEqual({ ok: false, cause: 'timeout' });
+    expect(dns.count('silent.test', 'A')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('settles an in-flight lookup as an error on close() and refuses later lookups without a query', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 30_000 });
+    dns.set('hang.test', { kind: 'silent' });
+    const asked = dns.nextQuery();
+    const pending = resolver.resolve('hang.test');
+    await asked;
+    resolver.close();
+    expect(await pending).toEqual({ ok: false, cause: 'error' });
+    const before = dns.queries.length;
+    expect(await resolver.resolve('hang.test')).toEqual({ ok: false, cause: 'error' });
+    expect(dns.queries.length).toBe(before);
+  });
+
+  it('refuses what cannot be a DNS name without sending a query', async () => {
+    const { dns, resolver } = await setup();
+    expect(await resolver.resolve('')).toEqual({ ok: false, cause: 'error' });
+    expect(await resolver.resolve(`${'a'.repeat(250)}.test`)).toEqual({ ok: false, cause: 'error' });
+    expect(dns.queries).toHaveLength(0);
+  });
+
+  it('forgets the least recently used name beyond maxEntries', async () => {
+    const { dns, resolver } = await setup({ maxEntries: 2 });
+    for (const n of ['one', 'two', 'three']) dns.set(`${n}.test`, { kind: 'answer', a: ['192.0.2.12'], ttl: 60 });
+    await resolver.resolve('one.test');
+    await resolver.resolve('two.test');
+    await resolver.resolve('three.test');
+    expect(await resolver.resolve('three.test')).toMatchObject({ cached: true });
+    expect(await resolver.resolve('one.test')).toMatchObject({ cached: false });
+    expect(dns.count('one.test', 'A')).toBe(2);
+  });
+
+  it('reports every lookup to onLookup with whether the cache answered and the outcome', async () => {
+    const { dns, resolver, lookups } = await setup();
+    dns.set('seen.test', { kind: 'answer', a: ['192.0.2.13'], ttl: 60 });
+    await resolver.resolve('seen.test');
+    await resolver.resolve('seen.test');
+    await resolver.resolve('unknown.test');
+    expect(lookups).toEqual([
+      { cached: false, outcome: 'ok' },
+      { cached: true, outcome: 'ok' },
+      { cached: false, outcome: 'nxdomain' },
+    ]);
+  });
+
+  it('still answers when onLookup throws', async () => {
+    const { dns, resolver } = await setup({
+      onLookup: () => {
+        throw new Error('metrics broke');
+      },
+    });
+    dns.set('sturdy.test', { kind: 'answer', a: ['192.0.2.14'], ttl: 60 });
+    expect(await resolver.resolve('sturdy.test')).toMatchObject({ ok: true, addresses: ['192.0.2.14'] });
+  });
+});

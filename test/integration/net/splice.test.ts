@@ -1,0 +1,336 @@
+// splice() between real loopback sockets, set up the way the pipeline does it: a client
+// connects to a front listener (allowHalfOpen), the front peeks and pauses the socket, dials
+// the upstream with dial(), and splices the two. The test owns both ends — the client and the
+// upstream server — and watches what each sees.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { dial } from '../../../src/net/dial.ts';
+import { peekSocket } from '../../../src/net/peek-socket.ts';
+import { splice, type SpliceResult } from '../../../src/net/splice.ts';
+
+interface RigOptions {
+  /** The front peeks until it holds this many bytes; they become `initial`. */
+  peekBytes?: number;
+  /** Passed as `initial` instead of peeked bytes. */
+  initial?: Buffer;
+  idleTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Runs between dial and splice, with the front's client-side socket. */
+  beforeSplice?: (egressClient: Socket) => Promise<void>;
+}
+
+interface Rig {
+  /** The sandbox's socket. */
+  client: Socket;
+  /** The upstream server's accepted socket. */
+  upstream: Promise<Socket>;
+  /** egressd's two sockets, once spliced. */
+  egress: Promise<{ client: Socket; upstream: Socket }>;
+  result: Promise<SpliceResult>;
+}
+
+const noop = (): void => {};
+
+async function listen(server: Server): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return (server.address() as { port: number }).port;
+}
+
+async function rig(o: RigOptions = {}): Promise<Rig> {
+  const sockets: Socket[] = [];
+  const upstreamServer = createServer({ allowHalfOpen: true });
+  const front = createServer({ allowHalfOpen: true });
+  onTestFinished(() => {
+    for (const s of sockets) s.destroy();
+    upstreamServer.close();
+    front.close();
+  });
+  const upstream = new Promise<Socket>((resolve) =>
+    upstreamServer.once('connection', (s: Socket) => {
+      sockets.push(s);
+      s.on('error', noop);
+      resolve(s);
+    }),
+  );
+  const upstreamPort = await listen(upstreamServer);
+  let egressReady!: (e: { client: Socket; upstream: Socket }) => void;
+  const egress = new Promise<{ client: Socket; upstream: Socket }>((r) => (egressReady = r));
+  const result = new Promise<SpliceResult>((resolve, reject) =>
+    front.once('connection', (s: Socket) => {
+      sockets.push(s);
+      s.on('error', noop);
+      s.pause();
+      void (async () => {
+        let initial = o.initial ?? Buffer.alloc(0);
+        if (o.peekBytes !== undefined) {
+          const n = o.peekBytes;
+          const p = await peekSocket(s, (b) => (b.length >= n ? { done: true, result: null } : { done: false }), {
+            deadline: Date.now() + 10_000,
+            maxBytes: 1 << 20,
+          });
+          initial = p.bytes;
+        }
+        const d = await dial({ address: '127.0.0.1', port: upstreamPort, connectTimeoutMs: 5_000, signal: new AbortController().signal });
+        if (!d.ok) throw new Error(`Dialing the test upstream failed: ${d.detail}`);
+        sockets.push(d.socket);
+        await o.beforeSplice?.(s);
+        egressReady({ client: s, upstream: d.socket });
+        resolve(await splice(s, d.socket, { initial, idleTimeoutMs: o.idleTimeoutMs ?? 60_000, signal: o.signal ?? new AbortController().signal }));
+      })().catch(reject);
+    }),
+  );
+  const client = connect({ port: await listen(front), host: '127.0.0.1', allowHalfOpen: true });
+  sockets.push(client);
+  client.on('error', noop);
+  return { client, upstream, egress, result };
+}
+
+/** Everything a socket delivers until its peer's FIN. */
+function collect(s: Socket): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.once('end', () => resolve(Buffer.concat(chunks)));
+    s.once('error', reject);
+  });
+}
+
+/** The first `n` bytes a socket delivers (it keeps flowing afterwards). */
+function firstBytes(s: Socket, n: number): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const onData = (c: Buffer): void => {
+      chunks.push(c);
+      total += c.length;
+      if (total < n) return;
+      s.off('data', onData);
+      resolve(Buffer.concat(chunks));
+    };
+    s.on('data', onData);
+  });
+}
+
+/** How a socket ends: the error code, or 'end' for a FIN, or 'close'. */
+function ending(s: Socket): Promise<string> {
+  return new Promise((resolve) => {
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    s.once('end', () => resolve('end'));
+    s.once('close', () => resolve('close'));
+  });
+}
+
+const MiB = 1024 * 1024;
+const CHUNK = 64 * 1024;
+
+/** Writes `size` bytes of numbered random chunks as fast as the socket takes them, then ends. */
+function send(s: Socket, size: number): Promise<{ sha256: string; blocked: number }> {
+  const block = randomBytes(CHUNK);
+  const hash = createHash('sha256');
+  let sent = 0;
+  let blocked = 0;
+  return new Promise((resolve, reject) => {
+    s.once('error', reject);
+    const pump = (): void => {
+      while (sent < size) {
+        const chunk = Buffer.from(block.subarray(0, Math.min(CHUNK, size - sent)));
+        chunk.writeUInt32BE(sent / CHUNK, 0);
+        hash.update(chunk);
+        sent += chunk.length;
+        if (!s.write(chunk)) {
+          blocked++;
+          s.once('drain', pump);
+          return;
+        }
+      }
+      s.end(() => resolve({ sha256: hash.digest('hex'), blocked }));
+    };
+    pump();
+  });
+}
+
+/** Reads slowly — a pause after every chunk — calling `sample` each time, until the FIN. */
+function slowRead(s: Socket, sample: () => void): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  return new Promise((resolve, reject) => {
+    s.on('data', (c: Buffer) => {
+      hash.update(c);
+      bytes += c.length;
+      sample();
+      s.pause();
+      setTimeout(() => s.resume(), 1);
+    });
+    s.once('end', () => resolve({ sha256: hash.digest('hex'), bytes }));
+    s.once('error', reject);
+  });
+}
+
+describe('splice', () => {
+  it('sends the peeked bytes upstream first, byte for byte, then the rest of the stream', async () => {
+    const r = await rig({ peekBytes: 256 });
+    const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    r.client.write(every);
+    const rest = randomBytes(100_000);
+    r.client.end(rest);
+    const up = await r.upstream;
+    const got = collect(up);
+    expect((await got).equals(Buffer.concat([every, rest]))).toBe(true);
+    up.end();
+    expect(await r.result).toEqual({ bytesUp: 256 + rest.length, bytesDown: 0, end: 'closed' });
+  });
+
+  it('puts `initial` ahead of bytes the client had already sent and the front had not read', async () => {
+    // The pause gives the client's bytes time to land in the paused socket's buffers; the
+    // order asserted below must hold whether or not they did.
+    const r = await rig({ initial: Buffer.from('PRE:'), beforeSplice: () => new Promise((resolve) => setTimeout(resolve, 20)) });
+    r.client.end('abc');
+    const up = await r.upstream;
+    expect((await collect(up)).toString()).toBe('PRE:abc');
+    up.end();
+    expect(await r.result).toMatchObject({ bytesUp: 7, end: 'closed' });
+  });
+
+  it('carries 64 MiB each way to slow readers while holding only a bounded amount in egressd', async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    const egress = await r.egress;
+    let maxBuffered = 0;
+    const sample = (): void => {
+      const held =
+        egress.client.readableLength + egress.client.writableLength + egress.upstream.readableLength + egress.upstream.writableLength;
+      maxBuffered = Math.max(maxBuffered, held);
+    };
+    const SIZE = 64 * MiB;
+    const [sentUp, sentDown, gotUp, gotDown] = await Promise.all([send(r.client, SIZE), send(up, SIZE), slowRead(up, sample), slowRead(r.client, sample)]);
+    expect(gotUp).toEqual({ sha256: sentUp.sha256, bytes: SIZE });
+    expect(gotDown).toEqual({ sha256: sentDown.sha256, bytes: SIZE });
+    // The slow readers held the senders back (their write() said wait)...
+    expect(sentUp.blocked).toBeGreaterThan(0);
+    expect(sentDown.blocked).toBeGreaterThan(0);
+    // ...and egressd did not soak up the difference: what it holds stays near its stream
+    // buffers' high-water marks, not tens of MiB.
+    expect(maxBuffered).toBeLessThan(1 * MiB);
+    console.info(`64 MiB each way: at most ${maxBuffered} bytes held in egressd's socket buffers`);
+    expect(await r.result).toEqual({ bytesUp: SIZE, bytesDown: SIZE, end: 'closed' });
+  });
+
+  it("carries the client's FIN upstream while the upstream's reply still comes back", async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    r.client.end('request');
+    expect((await collect(up)).toString()).toBe('request');
+    const reply = collect(r.client);
+    up.end('reply');
+    expect((await reply).toString()).toBe('reply');
+    expect(await r.result).toEqual({ bytesUp: 7, bytesDown: 5, end: 'closed' });
+  });
+
+  it("carries the upstream's FIN to the client while the client's bytes still go up", async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    const upGot = collect(up);
+    up.end('banner');
+    expect((await collect(r.client)).toString()).toBe('banner');
+    r.client.end('after the banner');
+    expect((await upGot).toString()).toBe('after the banner');
+    expect(await r.result).toEqual({ bytesUp: 16, bytesDown: 6, end: 'closed' });
+  });
+
+  it('resolves only after both of its sockets have closed', async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    const egress = await r.egress;
+    up.end();
+    r.client.end();
+    await r.result;
+    expect([egress.client.destroyed, egress.upstream.destroyed]).toEqual([true, true]);
+  });
+
+  it("answers the client's reset with a reset to the upstream", async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    const upEnd = ending(up);
+    r.client.write('abc');
+    await firstBytes(up, 3);
+    r.client.resetAndDestroy();
+    expect(await upEnd).toBe('ECONNRESET');
+    expect(await r.result).toMatchObject({ bytesUp: 3, end: 'client-reset' });
+  });
+
+  it("answers the upstream's reset with a reset to the client", async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    const clientEnd = ending(r.client);
+    up.write('xyz');
+    await firstBytes(r.client, 3);
+    up.resetAndDestroy();
+    expect(await clientEnd).toBe('ECONNRESET');
+    expect(await r.result).toMatchObject({ bytesDown: 3, end: 'upstream-reset' });
+  });
+
+  it('resets the upstream when the client was gone before the splice began', async () => {
+    const r = await rig({
+      beforeSplice: async (egressClient) => {
+        const closed = new Promise((resolve) => egressClient.once('close', resolve));
+        r.client.resetAndDestroy();
+        await closed;
+      },
+    });
+    const up = await r.upstream;
+    const upEnd = ending(up);
+    expect(await r.result).toMatchObject({ bytesUp: 0, end: 'client-reset' });
+    expect(await upEnd).toBe('ECONNRESET');
+  });
+
+  it('closes both sides when no byte moves either way for idleTimeoutMs', async () => {
+    const r = await rig({ idleTimeoutMs: 100 });
+    const up = await r.upstream;
+    const [clientEnd, upEnd] = [ending(r.client), ending(up)];
+    expect(await r.result).toEqual({ bytesUp: 0, bytesDown: 0, end: 'idle-timeout' });
+    expect(await clientEnd).toBe('end');
+    expect(await upEnd).toBe('end');
+  });
+
+  it('keeps a connection that moves a byte within every idle period open past idleTimeoutMs', async () => {
+    const r = await rig({ idleTimeoutMs: 600 });
+    const up = await r.upstream;
+    up.on('data', (d: Buffer) => up.write(d));
+    // Eight round trips 100 ms apart: longer than the idle timeout in all, a sixth of it per gap.
+    for (let i = 0; i < 8; i++) {
+      const echo = firstBytes(r.client, 1);
+      r.client.write(String(i));
+      expect((await echo).toString()).toBe(String(i));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(await r.result).toEqual({ bytesUp: 8, bytesDown: 8, end: 'idle-timeout' });
+  });
+
+  it('closes both sides when the signal aborts', async () => {
+    const ac = new AbortController();
+    const r = await rig({ signal: ac.signal });
+    const up = await r.upstream;
+    const [clientEnd, upEnd] = [ending(r.client), ending(up)];
+    r.client.write('hello');
+    await firstBytes(up, 5);
+    ac.abort();
+    expect(await r.result).toEqual({ bytesUp: 5, bytesDown: 0, end: 'aborted' });
+    expect(await clientEnd).toBe('end');
+    expect(await upEnd).toBe('end');
+  });
+
+  it('sends nothing upstream when the signal is already aborted', async () => {
+    const ac = new AbortController();
+    ac.abort();
+    const r = await rig({ signal: ac.signal, initial: Buffer.from('never sent') });
+    const up = await r.upstream;
+    const got = collect(up);
+    expect(await r.result).toEqual({ bytesUp: 0, bytesDown: 0, end: 'aborted' });
+    expect((await got).length).toBe(0);
+  });
+});
