@@ -11,7 +11,7 @@ import { parseHttpHead, type HttpPeek } from '../peek/http-head.ts';
 import { sniff } from '../peek/sniff.ts';
 import type { Decision } from '../policy/decide.ts';
 import { normalizeName } from '../policy/names.ts';
-import { originalDestination } from './original-dst.ts';
+import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome, type PeekStep } from './peek-socket.ts';
 import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
 import { chooseUpstream } from './upstream-target.ts';
@@ -27,6 +27,8 @@ export interface PipelineDeps {
   readonly policies: PolicyLookup;
   readonly resolver: NameResolver;
   readonly registry: ConnectionRegistry;
+  /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
+  readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
 }
 
@@ -37,20 +39,44 @@ type Peeked =
 
 const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
   const r = parseClientHello(buf);
-  return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'tls', result: r } };
+  return r.kind === 'need-more'
+    ? { done: false, ...(r.atLeast !== undefined ? { atLeast: r.atLeast } : {}) }
+    : { done: true, result: { kind: 'tls', result: r } };
 };
-const httpStep = (buf: Buffer): PeekStep<Peeked> => {
-  const r = parseHttpHead(buf);
-  return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'http', result: r } };
-};
+
+/**
+ * An HTTP head can only end at a blank line, so the whole head is re-parsed only when one may
+ * have arrived (a LF after a LF or CRLF); peekSocket still re-parses every 1 KiB, so a bad
+ * line is refused early. `scanned` makes the search for it linear over the connection.
+ */
+function httpStepper(): (buf: Buffer) => PeekStep<Peeked> {
+  let scanned = 0;
+  return (buf) => {
+    let lf = buf.indexOf(0x0a, Math.max(0, scanned - 2));
+    let blank = false;
+    while (lf >= 0 && !blank) {
+      blank = (lf >= 1 && buf[lf - 1] === 0x0a) || (lf >= 2 && buf[lf - 1] === 0x0d && buf[lf - 2] === 0x0a);
+      if (!blank) lf = buf.indexOf(0x0a, lf + 1);
+    }
+    const parseNow = blank || buf.length - scanned >= 1024 || scanned === 0;
+    scanned = buf.length;
+    if (!parseNow) return { done: false };
+    const r = parseHttpHead(buf);
+    return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'http', result: r } };
+  };
+}
+
 /** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
-const anyStep = (buf: Buffer): PeekStep<Peeked> => {
-  const s = sniff(buf);
-  if (s === 'need-more') return { done: false };
-  if (s === 'tls') return tlsStep(buf);
-  if (s === 'http') return httpStep(buf);
-  return { done: true, result: { kind: 'unknown' } };
-};
+function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
+  const http = httpStepper();
+  return (buf) => {
+    const s = sniff(buf);
+    if (s === 'need-more') return { done: false };
+    if (s === 'tls') return tlsStep(buf);
+    if (s === 'http') return http(buf);
+    return { done: true, result: { kind: 'unknown' } };
+  };
+}
 
 export async function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
   const config = deps.config();
@@ -106,10 +132,11 @@ async function run(
   o: ConnectionOutcome,
   live: LiveConnection,
 ): Promise<void> {
-  const od = originalDestination(socket);
+  const od = deps.originalDst(socket);
   if (od.kind === 'not-redirected') {
     // A direct connection to a listener is a loop or a probe: nowhere legitimate to go.
-    return refuse(socket, 'tcp', config, o, { verdict: 'refuse', reason: 'not-redirected', rule: null });
+    o.end = od.why;
+    return cut(socket, o, 'not-redirected');
   }
   o.destination = od.address;
   o.destinationPort = od.port;
@@ -126,9 +153,9 @@ async function run(
   if (listener === 'tls') {
     peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: MAX_HELLO_BYTES });
   } else if (listener === 'http') {
-    peek = await peekSocket(socket, httpStep, { deadline, maxBytes: MAX_HELLO_BYTES });
+    peek = await peekSocket(socket, httpStepper(), { deadline, maxBytes: MAX_HELLO_BYTES });
   } else if (sandbox.nameMatters({ name: null, ip, port })) {
-    peek = await peekSocket(socket, anyStep, {
+    peek = await peekSocket(socket, anyStepper(), {
       deadline,
       maxBytes: MAX_HELLO_BYTES,
       firstByteTimeoutMs: config.peek.firstByteTimeoutMs,

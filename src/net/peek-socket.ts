@@ -5,7 +5,19 @@
 
 import type { Socket } from 'node:net';
 
-export type PeekStep<R> = { done: true; result: R } | { done: false };
+/**
+ * A parser's answer to the bytes so far. `atLeast` says the answer cannot change (but for an
+ * early refusal) until the buffer is that long, so a client dripping one byte per segment does
+ * not cost a full re-parse per byte.
+ */
+export type PeekStep<R> = { done: true; result: R } | { done: false; atLeast?: number };
+
+/**
+ * Even when a parser says it needs many more bytes, it is asked again after this many new
+ * ones, so malformed input inside a declared length is still refused early; the work per
+ * connection stays linear in the bytes (at most cap / stride full parses).
+ */
+const REPARSE_STRIDE = 1024;
 
 export type PeekOutcome<R> =
   | { kind: 'done'; result: R; bytes: Buffer }
@@ -33,8 +45,13 @@ export interface PeekOptions {
  */
 export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>, opts: PeekOptions): Promise<PeekOutcome<R>> {
   return new Promise((resolve) => {
+    // Every chunk is kept whole (the bytes past the hello, e.g. early data, go upstream too);
+    // the parser sees the first maxBytes of them, copied once into one buffer.
     const chunks: Buffer[] = [];
     let total = 0;
+    const acc = Buffer.allocUnsafe(opts.maxBytes);
+    let filled = 0;
+    let parseAt = 1;
     let settled = false;
     const timers: NodeJS.Timeout[] = [];
 
@@ -54,14 +71,16 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
     const onData = (chunk: Buffer): void => {
       chunks.push(chunk);
       total += chunk.length;
-      const buf = bytes();
-      if (chunks.length > 1) {
-        chunks.length = 0;
-        chunks.push(buf);
+      const take = Math.min(chunk.length, opts.maxBytes - filled);
+      if (take > 0) {
+        chunk.copy(acc, filled, 0, take);
+        filled += take;
       }
-      const s = step(buf);
-      if (s.done) return finish({ kind: 'done', result: s.result, bytes: buf });
-      if (total >= opts.maxBytes) finish({ kind: 'too-large', bytes: buf });
+      if (filled < parseAt && filled < opts.maxBytes) return;
+      const s = step(acc.subarray(0, filled));
+      if (s.done) return finish({ kind: 'done', result: s.result, bytes: bytes() });
+      if (filled >= opts.maxBytes) return finish({ kind: 'too-large', bytes: bytes() });
+      parseAt = Math.min(Math.max(s.atLeast ?? 0, filled + 1), filled + REPARSE_STRIDE);
     };
     const onClose = (): void => finish({ kind: 'closed', bytes: bytes() });
     // An error is followed by 'close'; the caller learns of it from the socket's state.
