@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the system tools the end-to-end suite drives are present: iptables, ip6tables,
-# nft, ip (iproute2), dnsmasq, curl, openssl, python3. Installs the missing ones with apt-get
-# when run as root on Debian (CI, a fresh sandbox host); otherwise says what is missing and
-# leaves it to the e2e tests to skip with that reason.
+# nft, ip (iproute2), dnsmasq, curl, openssl, python3, dig (bind9-dnsutils). Installs the
+# missing ones with apt-get when run as root on Debian (CI, a fresh sandbox host); otherwise
+# says what is missing and leaves it to the e2e tests to skip with that reason.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
@@ -13,6 +13,7 @@ have dnsmasq || need+=(dnsmasq-base)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 have python3 || need+=(python3)
+have dig || need+=(bind9-dnsutils)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "ensure-test-tools: installing ${need[*]}" >&2

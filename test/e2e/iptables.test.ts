@@ -1,0 +1,225 @@
+// `egressd iptables --apply/--remove` against a real kernel, inside a throwaway namespace of the
+// rig (the router's), so the host's own tables are never touched: removal restores the tables
+// exactly, applying twice changes nothing, and the installed rules do what they claim.
+
+import type { ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const MAIN = join(ROOT, 'src/main.ts');
+const S4 = '198.18.1.2';
+const S6 = '2001:db8:0:2::2';
+const NO_HOST4 = '198.18.1.99';
+const NO_HOST6 = '2001:db8:0:2::99';
+const PORTS = { http: 25080, tls: 25443, tcp: 25001 };
+
+// Listens dual-stack on every port given and answers each connection with "caught PORT".
+const CATCHER = `
+const net = require('node:net');
+const ports = process.argv.slice(1).map(Number);
+let ready = 0;
+for (const port of ports) {
+  net.createServer((s) => s.end('caught ' + port + '\\n'))
+    .listen({ host: '::', port }, () => { if (++ready === ports.length) console.log('ready'); });
+}
+`;
+
+// Connects as user argv[3] ("-": as is), sends argv[4] if given, prints what arrives until close.
+const TCP_CLIENT = `
+const [host, port, uid, send] = process.argv.slice(1);
+if (uid !== '-') { process.setgid(Number(uid)); process.setuid(Number(uid)); }
+const s = require('node:net').connect({ host, port: Number(port) });
+let got = '';
+s.setTimeout(5000, () => { process.stderr.write('timeout'); process.exit(3); });
+s.on('connect', () => { if (send) s.write(send); });
+s.on('data', (d) => { got += d; });
+s.on('close', () => { process.stdout.write(got); process.exit(0); });
+s.on('error', (e) => { process.stderr.write(e.code || e.message); process.exit(2); });
+`;
+
+const haveDig = spawnSync('dig', ['-v'], { stdio: 'ignore' }).status === 0;
+const skip = rigUnavailableReason() ?? (haveDig ? null : 'dig is missing (bash scripts/ensure-test-tools.sh installs bind9-dnsutils)');
+if (skip) console.warn(`e2e iptables tests skipped: ${skip}`);
+
+/**
+ * The rule set as text without counters and generated-on comments, and without empty
+ * policy-accept base chains: iptables-nft creates a built-in chain in nftables on first use and
+ * never deletes it, though iptables-save shows it the same before and after.
+ */
+function normalize(text: string): string {
+  return text
+    .split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .map((l) => l.replace(/\[\d+:\d+\]/g, '[0:0]').replace(/counter packets \d+ bytes \d+/g, 'counter'))
+    .join('\n')
+    .replace(/\n*\tchain (PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) \{\n\t\ttype [^\n]*policy accept;\n\t\}/g, '')
+    .replace(/table ip6? (nat|filter) \{\n\}\n?/g, '');
+}
+
+describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
+  let rig: Rig;
+
+  beforeAll(async () => {
+    rig = await createRig();
+    await rig.servers([S4, S6]);
+    // Rules that belong to someone else, which apply and remove must leave exactly as they are.
+    const foreign: Array<[string, string[]]> = [
+      ['iptables', ['-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '9', '-j', 'RETURN']],
+      ['iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '--dport', '9', '-j', 'RETURN']],
+      ['iptables', ['-A', 'FORWARD', '-p', 'icmp', '-j', 'ACCEPT']],
+      ['iptables', ['-A', 'INPUT', '-p', 'icmp', '-j', 'ACCEPT']],
+      ['iptables', ['-A', 'OUTPUT', '-p', 'icmp', '-j', 'ACCEPT']],
+      ['ip6tables', ['-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '9', '-j', 'RETURN']],
+      ['ip6tables', ['-A', 'FORWARD', '-p', 'ipv6-icmp', '-j', 'ACCEPT']],
+      ['nft', ['add', 'table', 'inet', 'other']],
+      ['nft', ['add', 'chain', 'inet', 'other', 'in', '{ type filter hook input priority 10; policy accept; }']],
+      ['nft', ['add', 'rule', 'inet', 'other', 'in', 'tcp', 'dport', '9', 'accept']],
+    ];
+    for (const [cmd, args] of foreign) {
+      const r = await rig.execIn('router', cmd, args);
+      expect(r.code, `${cmd} ${args.join(' ')}: ${r.stderr}`).toBe(0);
+    }
+  });
+  afterAll(async () => {
+    await rig?.teardown();
+  });
+
+  const egressd = (args: string[]) => rig.execIn('router', NODE, [MAIN, 'iptables', ...args], { timeoutMs: 30_000 });
+  const snapshot = async (): Promise<string> => {
+    const parts = await Promise.all([rig.execIn('router', 'iptables-save', []), rig.execIn('router', 'ip6tables-save', []), rig.execIn('router', 'nft', ['list', 'ruleset'])]);
+    for (const p of parts) expect(p.code, p.stderr).toBe(0);
+    return parts.map((p) => normalize(p.stdout)).join('\n----\n');
+  };
+  const ok = async (args: string[]): Promise<void> => {
+    const r = await egressd(args);
+    expect(r.code, `egressd iptables ${args.join(' ')}\n${r.stderr}`).toBe(0);
+  };
+
+  const MODES: Record<string, string[]> = {
+    host: ['--mode', 'host', '--interface', 'veth+', '--source', '198.18.0.0/24', '--source', '2001:db8:0:1::/64', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8:0:2::53'],
+    sidecar: ['--mode', 'sidecar', '--uid', '1000', '--dns-server', '198.18.1.53'],
+  };
+
+  describe.each(['iptables', 'nft'])('with the %s backend', (backend) => {
+    it.each(['host', 'sidecar'])('in %s mode, applying twice adds nothing and removing restores the tables exactly', async (mode) => {
+      const before = await snapshot();
+      await ok(['--apply', '--backend', backend, ...MODES[mode]!]);
+      const applied = await snapshot();
+      expect(applied).not.toBe(before);
+      expect(applied).toMatch(backend === 'nft' ? /table ip6? egressd/ : /EGRESSD-/);
+      await ok(['--apply', '--backend', backend, ...MODES[mode]!]);
+      expect(await snapshot()).toBe(applied);
+      await ok(['--remove', '--backend', backend]);
+      expect(await snapshot()).toBe(before);
+      await ok(['--remove', '--backend', backend]);
+      expect(await snapshot()).toBe(before);
+    });
+
+    it('switching from host to sidecar mode leaves no host-mode rule behind', async () => {
+      const before = await snapshot();
+      await ok(['--apply', '--backend', backend, ...MODES['host']!]);
+      await ok(['--apply', '--backend', backend, ...MODES['sidecar']!]);
+      const state = await snapshot();
+      expect(state).not.toMatch(/EGRESSD-PREROUTING|EGRESSD-FORWARD|nat_prerouting|filter_forward/);
+      expect(state).toMatch(/EGRESSD-OUTPUT|nat_output/);
+      await ok(['--remove', '--backend', backend]);
+      expect(await snapshot()).toBe(before);
+    });
+  });
+
+  it('applies only the requested family', async () => {
+    const before = await snapshot();
+    await ok(['--apply', '--family', '6', '--interface', 'veth+']);
+    const v4 = await rig.execIn('router', 'iptables-save', []);
+    const v6 = await rig.execIn('router', 'ip6tables-save', []);
+    expect(v4.stdout).not.toContain('EGRESSD');
+    expect(v6.stdout).toContain('EGRESSD-PREROUTING');
+    await ok(['--remove', '--family', '6']);
+    expect(await snapshot()).toBe(before);
+  });
+
+  describe.each(['iptables', 'nft'] as const)('rules applied with the %s backend', (backend) => {
+    let catcher: ChildProcess;
+
+    beforeAll(async () => {
+      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(PORTS.http), String(PORTS.tls), String(PORTS.tcp)]);
+      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      await rig.redirect(PORTS, { backend });
+    });
+    afterAll(async () => {
+      await ok(['--remove', '--backend', backend]);
+      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+    });
+
+    const tcp = (host: string, port: number) => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), '-'], { timeoutMs: 15_000 });
+    const udp = (server: string, port: number) =>
+      rig.execIn('sandbox', 'dig', ['+time=3', '+tries=1', '-p', String(port), `@${server}`, 'probe.test'], { timeoutMs: 15_000 });
+
+    it('redirect the sandbox\'s TCP by port, over IPv4 and IPv6, before it reaches any server', async () => {
+      const before = rig.events().length;
+      expect((await tcp(S4, 80)).stdout).toBe(`caught ${PORTS.http}\n`);
+      expect((await tcp(S6, 443)).stdout).toBe(`caught ${PORTS.tls}\n`);
+      expect((await tcp(S4, 22)).stdout).toBe(`caught ${PORTS.tcp}\n`);
+      expect((await tcp(S6, 7000)).stdout).toBe(`caught ${PORTS.tcp}\n`);
+      // Port 53 is exempt for the DNS server only.
+      expect((await tcp(S4, 53)).stdout).toBe(`caught ${PORTS.tcp}\n`);
+      expect(rig.events().length).toBe(before);
+    });
+
+    it('leave the DNS server reachable on 53 over UDP and TCP', async () => {
+      const r4 = await rig.execIn('sandbox', 'dig', ['+time=3', '+tries=1', `@${rig.dnsServer}`, 'nothere.test'], { timeoutMs: 15_000 });
+      expect(r4.stdout).toContain('status: NXDOMAIN');
+      const r6 = await rig.execIn('sandbox', 'dig', ['+time=3', '+tries=1', '+tcp', `@${rig.dnsServerV6}`, 'nothere.test'], { timeoutMs: 15_000 });
+      expect(r6.stdout).toContain('status: NXDOMAIN');
+    });
+
+    // Nothing listens at these addresses: without the REJECT the router could only answer
+    // "host unreachable" after neighbour discovery fails, never "connection refused".
+    it('reject UDP 443 and other UDP at once with port unreachable, over IPv4 and IPv6', async () => {
+      for (const [server, port] of [[NO_HOST4, 443], [NO_HOST6, 443], [NO_HOST4, 5353], [NO_HOST6, 5353]] as const) {
+        const r = await udp(server, port);
+        expect(`${r.stdout}${r.stderr}`, `${server}#${port}`).toMatch(/connection refused/);
+      }
+    });
+  });
+
+  describe.each(['iptables', 'nft'] as const)('sidecar rules applied with the %s backend', (backend) => {
+    const NOBODY = '65534';
+    const LOOPBACK_ONLY = 25999;
+    let catcher: ChildProcess;
+
+    beforeAll(async () => {
+      catcher = rig.spawnIn('sandbox', NODE, ['-e', CATCHER, String(PORTS.http), String(PORTS.tls), String(PORTS.tcp), String(LOOPBACK_ONLY)]);
+      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      const portArgs = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp)];
+      // egressd's uid is root's here, so the test's root clients play egressd and nobody plays the sandbox.
+      const r = await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--apply', '--backend', backend, '--mode', 'sidecar', '--uid', '0', ...portArgs], { timeoutMs: 30_000 });
+      expect(r.code, r.stderr).toBe(0);
+    });
+    afterAll(async () => {
+      await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--remove', '--backend', backend], { timeoutMs: 30_000 });
+      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+    });
+
+    const tcpAs = (uid: string, host: string, port: number, send?: string) =>
+      rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), uid, ...(send !== undefined ? [send] : [])], { timeoutMs: 15_000 });
+
+    it('redirect other users\' TCP to the local listeners by port, over IPv4 and IPv6', async () => {
+      expect((await tcpAs(NOBODY, S4, 80)).stdout).toBe(`caught ${PORTS.http}\n`);
+      expect((await tcpAs(NOBODY, S6, 443)).stdout).toBe(`caught ${PORTS.tls}\n`);
+      expect((await tcpAs(NOBODY, S4, 7000)).stdout).toBe(`caught ${PORTS.tcp}\n`);
+    });
+
+    it('leave egressd\'s own connections and loopback traffic alone', async () => {
+      const direct = await tcpAs('0', S4, 80, 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n');
+      expect(direct.stdout, direct.stderr).toContain(`"server":"${S4}"`);
+      expect((await tcpAs(NOBODY, '127.0.0.1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);
+      expect((await tcpAs(NOBODY, '::1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);
+    });
+  });
+});

@@ -1,0 +1,361 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  buildRuleSet,
+  type IptablesOptions,
+  iptablesCommand,
+  parseCidr,
+  parseIptablesArgs,
+  renderIptablesRemoval,
+  renderIptablesRestore,
+  renderNft,
+  type RuleSet,
+  type Runner,
+} from '../../../src/cli/iptables.ts';
+
+function options(argv: string[]): IptablesOptions {
+  const r = parseIptablesArgs(argv);
+  if (!r.ok) throw new Error(r.error);
+  return r.options;
+}
+
+function chain(rs: RuleSet, id: string): string[] {
+  const c = rs.chains.find((x) => x.id === id);
+  if (!c) throw new Error(`no chain ${id}`);
+  return c.rules.map((r) => JSON.stringify([r.match, r.target]));
+}
+
+/** A fake runner that records commands and answers from `respond`. */
+function recorder(respond: (cmd: string, args: readonly string[], input?: string) => { code: number; stdout?: string; stderr?: string } = () => ({ code: 0 })) {
+  const calls: Array<{ cmd: string; args: readonly string[]; input?: string }> = [];
+  const run: Runner = async (cmd, args, input) => {
+    calls.push({ cmd, args, ...(input !== undefined ? { input } : {}) });
+    const r = respond(cmd, args, input);
+    return { code: r.code, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+  };
+  return { calls, run };
+}
+
+describe('buildRuleSet', () => {
+  it('sends 80 to the http port, 443 to the tls port and every other TCP port to the tcp port, in that order', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--http-port', '1', '--tls-port', '2', '--tcp-port', '3']), 4);
+    expect(chain(rs, 'redirect')).toEqual([
+      JSON.stringify([{ protocol: 'tcp', dport: 80 }, { kind: 'redirect', port: 1 }]),
+      JSON.stringify([{ protocol: 'tcp', dport: 443 }, { kind: 'redirect', port: 2 }]),
+      JSON.stringify([{ protocol: 'tcp' }, { kind: 'redirect', port: 3 }]),
+    ]);
+  });
+
+  it('leaves the DNS servers of its family reachable on 53 before any redirect or reject', () => {
+    const o = options(['--interface', 'veth0', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8::53']);
+    const v4 = buildRuleSet(o, 4);
+    const v6 = buildRuleSet(o, 6);
+    expect(v4.chains.find((c) => c.id === 'redirect')!.rules[0]).toEqual({ match: { destination: '198.18.1.53/32', protocol: 'tcp', dport: 53 }, target: { kind: 'return' } });
+    expect(v4.chains.find((c) => c.id === 'udp')!.rules[0]).toEqual({ match: { destination: '198.18.1.53/32', protocol: 'udp', dport: 53 }, target: { kind: 'return' } });
+    expect(JSON.stringify(v4)).not.toContain('2001:db8::53');
+    expect(v6.chains.find((c) => c.id === 'udp')!.rules[0]!.match.destination).toBe('2001:db8::53/128');
+    expect(JSON.stringify(v6)).not.toContain('198.18.1.53');
+  });
+
+  it('rejects UDP 443 even when other UDP is dropped, so QUIC falls back to TCP at once', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--udp', 'drop']), 4);
+    expect(chain(rs, 'udp')).toEqual([
+      JSON.stringify([{ protocol: 'udp', dport: 443 }, { kind: 'reject' }]),
+      JSON.stringify([{ protocol: 'udp' }, { kind: 'drop' }]),
+    ]);
+  });
+
+  it('rejects other UDP by default', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0']), 4);
+    expect(rs.chains.find((c) => c.id === 'udp')!.rules.at(-1)!.target).toEqual({ kind: 'reject' });
+  });
+
+  it('in host mode, selects sandbox traffic by interface and by the sources of its own family only', () => {
+    const o = options(['--interface', 'veth+', '--source', '10.0.0.0/8', '--source', '2001:db8:1::/48']);
+    const v4 = buildRuleSet(o, 4);
+    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'udp']);
+    expect(chain(v4, 'nat-prerouting')).toEqual([
+      JSON.stringify([{ inInterface: 'veth+', protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }]),
+      JSON.stringify([{ source: '10.0.0.0/8', protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }]),
+    ]);
+    expect(chain(v4, 'filter-forward')).toEqual(chain(v4, 'filter-input'));
+    expect(chain(v4, 'filter-forward')).toEqual([
+      JSON.stringify([{ inInterface: 'veth+', protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
+      JSON.stringify([{ source: '10.0.0.0/8', protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
+    ]);
+    expect(chain(buildRuleSet(o, 6), 'nat-prerouting')[1]).toContain('2001:db8:1::/48');
+  });
+
+  it('in sidecar mode, exempts egressd\'s uid and loopback before redirecting local TCP and limiting local UDP', () => {
+    const o = options(['--mode', 'sidecar', '--uid', '1337']);
+    for (const [family, loopback] of [[4, '127.0.0.0/8'], [6, '::1/128']] as const) {
+      const rs = buildRuleSet(o, family);
+      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'udp']);
+      const exempt = [
+        JSON.stringify([{ uid: 1337 }, { kind: 'return' }]),
+        JSON.stringify([{ outInterface: 'lo' }, { kind: 'return' }]),
+        JSON.stringify([{ destination: loopback }, { kind: 'return' }]),
+      ];
+      expect(chain(rs, 'nat-output')).toEqual([...exempt, JSON.stringify([{ protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }])]);
+      expect(chain(rs, 'filter-output')).toEqual([...exempt, JSON.stringify([{ protocol: 'udp' }, { kind: 'jump', chain: 'udp' }])]);
+    }
+  });
+});
+
+describe('parseIptablesArgs', () => {
+  it('defaults to printing host-mode rules for both families with the iptables backend and the standard ports', () => {
+    expect(options(['--interface', 'veth0'])).toMatchObject({
+      action: 'print',
+      mode: 'host',
+      backend: 'iptables',
+      families: [4, 6],
+      udp: 'reject',
+      ports: { http: 15080, tls: 15443, tcp: 15001 },
+    });
+  });
+
+  it.each([
+    [['--apply', '--remove', '--interface', 'x'], /mutually exclusive/],
+    [['--interface', 'x', '--bogus'], /bogus/],
+    [['--interface', 'x', 'extra'], /positional/i],
+    [['--interface', 'x', '--http-port', '0'], /--http-port.*"0"/],
+    [['--interface', 'x', '--tcp-port', '65536'], /--tcp-port/],
+    [['--interface', 'x', '--mode', 'bridge'], /--mode.*"bridge"/],
+    [['--interface', 'x', '--backend', 'pf'], /--backend.*"pf"/],
+    [['--interface', 'x', '--family', '5'], /--family.*"5"/],
+    [['--interface', 'x', '--udp', 'allow'], /--udp.*"allow"/],
+    [['--interface', 'averyverylongname0'], /--interface/],
+    [['--interface', '-i'], /--interface/],
+    [['--source', '10.0.0.1/8', '--family', '4'], /host bits.*"10\.0\.0\.0\/8"/],
+    [['--source', '10.0.0.0/33', '--family', '4'], /prefix length/],
+    [['--source', 'example.test', '--family', '4'], /CIDR/],
+    [['--source', '2001:db8::/32', '--family', '4'], /IPv6 but --family is 4/],
+    [['--interface', 'x', '--dns-server', '10.0.0.0/8'], /--dns-server/],
+    [['--interface', 'x', '--family', '6', '--dns-server', '10.0.0.53'], /IPv4 but --family is 6/],
+    [[], /host mode needs --interface or --source/],
+    [['--source', '10.0.0.0/8'], /no --source is IPv6/],
+    [['--interface', 'x', '--uid', '0'], /--uid applies to sidecar mode only/],
+    [['--mode', 'sidecar'], /sidecar mode needs --uid/],
+    [['--mode', 'sidecar', '--uid', '-1'], /--uid|uid/],
+    [['--mode', 'sidecar', '--uid', '5', '--interface', 'x'], /host mode only/],
+  ])('refuses %j as a usage error', async (argv, message) => {
+    const r = await iptablesCommand(argv, recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+  });
+
+  it('removes without any selector, since removal deletes whatever was installed', () => {
+    expect(options(['--remove'])).toMatchObject({ action: 'remove' });
+  });
+
+  it('answers --help with the usage and exit 0', async () => {
+    const r = await iptablesCommand(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('--dns-server');
+  });
+});
+
+describe('parseCidr', () => {
+  it.each([
+    ['10.0.0.0/8', '10.0.0.0/8'],
+    ['198.18.0.2', '198.18.0.2/32'],
+    ['0.0.0.0/0', '0.0.0.0/0'],
+    ['2001:0db8:0000:0001::/64', '2001:db8:0:1::/64'],
+    ['2001:db8::1', '2001:db8::1/128'],
+    ['::/0', '::/0'],
+    ['::ffff:198.18.0.0/112', '::ffff:c612:0/112'],
+  ])('reads %s as %s', (raw, cidr) => {
+    expect(parseCidr(raw)).toEqual({ ok: true, cidr });
+  });
+
+  it('suggests the network when host bits are set', () => {
+    expect(parseCidr('2001:db8:0:1::5/64')).toEqual({ ok: false, error: '"2001:db8:0:1::5/64" has host bits set; did you mean "2001:db8:0:1::/64"?' });
+  });
+
+  it('writes a canonical form that reads back as itself', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 128n) - 1n }), fc.integer({ min: 0, max: 128 }), (value, len) => {
+        const masked = len === 0 ? 0n : value & (((1n << BigInt(len)) - 1n) << BigInt(128 - len));
+        const groups = Array.from({ length: 8 }, (_, i) => ((masked >> BigInt(112 - 16 * i)) & 0xffffn).toString(16));
+        const first = parseCidr(`${groups.join(':')}/${len}`);
+        expect(first.ok).toBe(true);
+        if (first.ok) expect(parseCidr(first.cidr)).toEqual(first);
+      }),
+    );
+  });
+});
+
+describe('renderIptablesRestore', () => {
+  it('declares each chain (create or flush) and then appends its rules, per table', () => {
+    const text = renderIptablesRestore(buildRuleSet(options(['--interface', 'veth0', '--dns-server', '198.18.1.53', '--udp', 'drop']), 4));
+    expect(text).toBe(
+      [
+        '*nat',
+        ':EGRESSD-REDIRECT - [0:0]',
+        ':EGRESSD-PREROUTING - [0:0]',
+        '-A EGRESSD-REDIRECT -d 198.18.1.53/32 -p tcp --dport 53 -j RETURN',
+        '-A EGRESSD-REDIRECT -p tcp --dport 80 -j REDIRECT --to-ports 15080',
+        '-A EGRESSD-REDIRECT -p tcp --dport 443 -j REDIRECT --to-ports 15443',
+        '-A EGRESSD-REDIRECT -p tcp -j REDIRECT --to-ports 15001',
+        '-A EGRESSD-PREROUTING -i veth0 -p tcp -j EGRESSD-REDIRECT',
+        'COMMIT',
+        '*filter',
+        ':EGRESSD-UDP - [0:0]',
+        ':EGRESSD-INPUT - [0:0]',
+        ':EGRESSD-FORWARD - [0:0]',
+        '-A EGRESSD-UDP -d 198.18.1.53/32 -p udp --dport 53 -j RETURN',
+        '-A EGRESSD-UDP -p udp --dport 443 -j REJECT --reject-with icmp-port-unreachable',
+        '-A EGRESSD-UDP -p udp -j DROP',
+        '-A EGRESSD-INPUT -i veth0 -p udp -j EGRESSD-UDP',
+        '-A EGRESSD-FORWARD -i veth0 -p udp -j EGRESSD-UDP',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('rejects with the ICMPv6 code in the IPv6 rules and matches the uid with the owner module', () => {
+    const text = renderIptablesRestore(buildRuleSet(options(['--mode', 'sidecar', '--uid', '7']), 6));
+    expect(text).toContain('-A EGRESSD-UDP -p udp --dport 443 -j REJECT --reject-with icmp6-port-unreachable');
+    expect(text).toContain('-A EGRESSD-OUTPUT -m owner --uid-owner 7 -j RETURN');
+    expect(text).toContain('-A EGRESSD-OUTPUT -d ::1/128 -j RETURN');
+  });
+});
+
+describe('renderNft', () => {
+  it('replaces its own per-family table in one transaction, spelling interface prefixes with *', () => {
+    const text = renderNft(buildRuleSet(options(['--interface', 'veth+', '--source', '2001:db8:1::/48', '--family', '6']), 6));
+    expect(text).toBe(
+      [
+        'table ip6 egressd',
+        'delete table ip6 egressd',
+        'table ip6 egressd {',
+        '\tchain redirect_tcp {',
+        '\t\ttcp dport 80 redirect to :15080',
+        '\t\ttcp dport 443 redirect to :15443',
+        '\t\tmeta l4proto tcp redirect to :15001',
+        '\t}',
+        '\tchain limit_udp {',
+        '\t\tudp dport 443 reject with icmpv6 type port-unreachable',
+        '\t\tmeta l4proto udp reject with icmpv6 type port-unreachable',
+        '\t}',
+        '\tchain nat_prerouting {',
+        '\t\ttype nat hook prerouting priority -100; policy accept;',
+        '\t\tiifname "veth*" meta l4proto tcp jump redirect_tcp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp jump redirect_tcp',
+        '\t}',
+        '\tchain filter_input {',
+        '\t\ttype filter hook input priority 0; policy accept;',
+        '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
+        '\t}',
+        '\tchain filter_forward {',
+        '\t\ttype filter hook forward priority 0; policy accept;',
+        '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
+        '\t}',
+        '}',
+        '',
+      ].join('\n'),
+    );
+  });
+});
+
+describe('renderIptablesRemoval', () => {
+  const nat = [
+    '*nat',
+    ':PREROUTING ACCEPT [0:0]',
+    ':OUTPUT ACCEPT [0:0]',
+    ':EGRESSD-PREROUTING - [0:0]',
+    ':EGRESSD-REDIRECT - [0:0]',
+    ':DOCKER - [0:0]',
+    '-A PREROUTING -j EGRESSD-PREROUTING',
+    '-A PREROUTING -p tcp -m tcp --dport 9 -j ACCEPT',
+    '-A PREROUTING -s 10.0.0.0/8 -j EGRESSD-PREROUTING',
+    '-A PREROUTING -j DOCKER',
+    '-A EGRESSD-PREROUTING -i veth0 -p tcp -j EGRESSD-REDIRECT',
+    '-A EGRESSD-REDIRECT -p tcp -j REDIRECT --to-ports 15001',
+    'COMMIT',
+  ].join('\n');
+  const doomed = new Set(['EGRESSD-PREROUTING', 'EGRESSD-REDIRECT']);
+
+  it('deletes every jump into its chains, then flushes and deletes them, leaving other rules alone', () => {
+    expect(renderIptablesRemoval({ nat, filter: '*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n' }, { nat: doomed, filter: doomed })).toBe(
+      [
+        '*nat',
+        '-D PREROUTING -j EGRESSD-PREROUTING',
+        '-D PREROUTING -s 10.0.0.0/8 -j EGRESSD-PREROUTING',
+        '-F EGRESSD-PREROUTING',
+        '-F EGRESSD-REDIRECT',
+        '-X EGRESSD-PREROUTING',
+        '-X EGRESSD-REDIRECT',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('has nothing to do when none of its chains exist', () => {
+    expect(renderIptablesRemoval({ nat: '*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n', filter: '' }, { nat: doomed, filter: doomed })).toBeNull();
+  });
+});
+
+describe('iptablesCommand', () => {
+  it('prints the apply script and runs nothing without --apply or --remove', async () => {
+    const { calls, run } = recorder();
+    const r = await iptablesCommand(['--interface', 'veth0', '--family', '4'], run);
+    expect(r.code).toBe(0);
+    expect(calls).toEqual([]);
+    expect(r.stdout).toContain("iptables-restore -w 10 --noflush <<'EOF'");
+    expect(r.stdout).toContain('iptables -w 10 -t nat -C PREROUTING -j EGRESSD-PREROUTING 2>/dev/null || iptables -w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING');
+    expect(r.stdout).not.toContain('ip6tables');
+  });
+
+  it('inserts a jump from a built-in chain only when the -C check finds none', async () => {
+    const present = new Set(['INPUT']);
+    const { calls, run } = recorder((cmd, args) => {
+      if (cmd === 'iptables' && args.includes('-C')) return { code: present.has(args[args.indexOf('-C') + 1]!) ? 0 : 1 };
+      return { code: 0, stdout: '' };
+    });
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4'], run);
+    expect(r.code).toBe(0);
+    expect(calls[0]).toMatchObject({ cmd: 'iptables-restore', args: ['-w', '10', '--noflush'] });
+    expect(calls[0]!.input).toContain(':EGRESSD-PREROUTING - [0:0]');
+    const inserts = calls.filter((c) => c.args.includes('-I')).map((c) => c.args.join(' '));
+    expect(inserts).toEqual(['-w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING', '-w 10 -t filter -I FORWARD 1 -j EGRESSD-FORWARD']);
+  });
+
+  it('on apply, takes out the other mode\'s chains left by an earlier apply', async () => {
+    const saved = { nat: ':EGRESSD-OUTPUT - [0:0]\n:EGRESSD-PREROUTING - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n', filter: ':EGRESSD-OUTPUT - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n' };
+    const { calls, run } = recorder((cmd, args) => (cmd === 'iptables-save' ? { code: 0, stdout: saved[args[1] as 'nat' | 'filter'] } : { code: 0 }));
+    expect((await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4'], run)).code).toBe(0);
+    const removal = calls.filter((c) => c.cmd === 'iptables-restore').at(-1)!.input!;
+    expect(removal).toContain('-D OUTPUT -j EGRESSD-OUTPUT');
+    expect(removal).toContain('-X EGRESSD-OUTPUT');
+    expect(removal).not.toContain('EGRESSD-PREROUTING');
+  });
+
+  it('applies nftables rules as one nft -f transaction per family', async () => {
+    const { calls, run } = recorder();
+    const r = await iptablesCommand(['--apply', '--backend', 'nft', '--mode', 'sidecar', '--uid', '0'], run);
+    expect(r.code).toBe(0);
+    expect(calls.map((c) => [c.cmd, ...c.args].join(' '))).toEqual(['nft -f -', 'nft -f -']);
+    expect(calls[0]!.input).toMatch(/^table ip egressd\ndelete table ip egressd\n/);
+    expect(calls[1]!.input).toMatch(/^table ip6 egressd\ndelete table ip6 egressd\n/);
+  });
+
+  it('removes the nftables tables without needing the options they were applied with', async () => {
+    const { calls, run } = recorder();
+    expect((await iptablesCommand(['--remove', '--backend', 'nft', '--family', '6'], run)).code).toBe(0);
+    expect(calls).toEqual([{ cmd: 'nft', args: ['-f', '-'], input: 'table ip6 egressd\ndelete table ip6 egressd\n' }]);
+  });
+
+  it('exits 1 naming the failed command and its error, and says which family was already done', async () => {
+    const { run } = recorder((cmd) => (cmd === 'ip6tables-restore' ? { code: 2, stderr: 'ip6tables-restore: line 3 failed' } : { code: 0 }));
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0'], run);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('Command failed (exit 2): ip6tables-restore -w 10 --noflush');
+    expect(r.stderr).toContain('ip6tables-restore: line 3 failed');
+    expect(r.stderr).toContain('(IPv4 already applied)');
+  });
+});
