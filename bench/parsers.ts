@@ -12,6 +12,8 @@ import { parseHttpHead } from '../src/peek/http-head.ts';
 import { sniff } from '../src/peek/sniff.ts';
 import { MAX_HELLO_BYTES } from '../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../test/helpers/hello-builder.ts';
+import { PeekBuffer } from '../src/net/peek-socket.ts';
+import { httpStepper, tlsStep } from '../src/net/peek-steps.ts';
 
 const WARMUP_MS = 100;
 const BUDGET_MS = 300;
@@ -30,6 +32,20 @@ function byteByByte(parse: (b: Uint8Array) => { kind: string }, bytes: Uint8Arra
     let n = 0;
     for (let i = 1; i <= bytes.length; i++) n += parse(bytes.subarray(0, i)).kind.length;
     return n;
+  };
+}
+
+/**
+ * The same drip through the data path's PeekBuffer, which asks the parser again only when its
+ * answer can change (the TLS length hint, a blank line, or every 1 KiB).
+ */
+function dataPathDrip(makeStep: () => ConstructorParameters<typeof PeekBuffer<unknown>>[0], bytes: Uint8Array): () => number {
+  const chunks = Array.from(bytes, (b) => Buffer.from([b]));
+  return () => {
+    const pb = new PeekBuffer(makeStep(), MAX_HELLO_BYTES);
+    // The data path stops at the first answer (a hello, or a refusal).
+    for (const c of chunks) if (pb.push(c) !== null) break;
+    return pb.parses;
   };
 }
 
@@ -93,6 +109,9 @@ const rows: Row[] = [
   measure('sniff, TLS hello', small.length, () => sniff(small).length),
   measure('hostile: hello in 1000 records, byte by byte', hostileTls.length, byteByByte(parseClientHello, hostileTls)),
   measure('hostile: head of 2700 headers, byte by byte', hostileHttp.length, byteByByte(parseHttpHead, hostileHttp)),
+  measure('hostile hello, byte by byte via PeekBuffer', hostileTls.length, dataPathDrip(() => tlsStep, hostileTls)),
+  measure('hostile head, byte by byte via PeekBuffer', hostileHttp.length, dataPathDrip(() => httpStepper(), hostileHttp)),
+  measure('PQ hello, byte by byte via PeekBuffer', pq.length, dataPathDrip(() => tlsStep, pq)),
 ];
 
 const width = Math.max(...rows.map((r) => r.name.length));
@@ -102,4 +121,10 @@ for (const r of rows) {
     `${r.name.padEnd(width)}  ${String(r.bytes).padStart(5)}  ${r.usPerOp.toFixed(r.usPerOp < 10 ? 3 : 1).padStart(10)}  ${(r.usPerOp / r.bytes).toFixed(4).padStart(8)}  ${String(r.ops).padStart(9)}`,
   );
 }
+const ratio = (a: string, b: string): string => {
+  const x = rows.find((r) => r.name === a)!;
+  const y = rows.find((r) => r.name === b)!;
+  return `${(x.usPerOp / y.usPerOp).toFixed(0)}x`;
+};
+console.log(`\nre-parse on every byte / PeekBuffer, same run: hostile hello ${ratio('hostile: hello in 1000 records, byte by byte', 'hostile hello, byte by byte via PeekBuffer')}, hostile head ${ratio('hostile: head of 2700 headers, byte by byte', 'hostile head, byte by byte via PeekBuffer')}, PQ hello ${ratio('TLS PQ hello, byte by byte (all prefixes)', 'PQ hello, byte by byte via PeekBuffer')}`);
 console.log(`\nnode ${process.version}, ${process.arch}; ${BUDGET_MS} ms per case after ${WARMUP_MS} ms of warm-up`);

@@ -6,13 +6,12 @@
 import type { Socket } from 'node:net';
 import type { Config, ListenerKind } from '../config/schema.ts';
 import { canonicalSource } from '../config/schema.ts';
-import { parseClientHello, MAX_HELLO_BYTES, type TlsPeek } from '../peek/tls-client-hello.ts';
-import { parseHttpHead, type HttpPeek } from '../peek/http-head.ts';
-import { sniff } from '../peek/sniff.ts';
+import { MAX_HELLO_BYTES } from '../peek/tls-client-hello.ts';
+import { anyStepper, httpStepper, tlsStep, type Peeked } from './peek-steps.ts';
 import type { Decision } from '../policy/decide.ts';
 import { normalizeName } from '../policy/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
-import { peekSocket, type PeekOutcome, type PeekStep } from './peek-socket.ts';
+import { peekSocket, type PeekOutcome } from './peek-socket.ts';
 import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
 import { chooseUpstream } from './upstream-target.ts';
 import type { NameResolver } from './resolve.ts';
@@ -30,52 +29,6 @@ export interface PipelineDeps {
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
-}
-
-type Peeked =
-  | { kind: 'tls'; result: TlsPeek }
-  | { kind: 'http'; result: HttpPeek }
-  | { kind: 'unknown' };
-
-const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
-  const r = parseClientHello(buf);
-  return r.kind === 'need-more'
-    ? { done: false, ...(r.atLeast !== undefined ? { atLeast: r.atLeast } : {}) }
-    : { done: true, result: { kind: 'tls', result: r } };
-};
-
-/**
- * An HTTP head can only end at a blank line, so the whole head is re-parsed only when one may
- * have arrived (a LF after a LF or CRLF); peekSocket still re-parses every 1 KiB, so a bad
- * line is refused early. `scanned` makes the search for it linear over the connection.
- */
-function httpStepper(): (buf: Buffer) => PeekStep<Peeked> {
-  let scanned = 0;
-  return (buf) => {
-    let lf = buf.indexOf(0x0a, Math.max(0, scanned - 2));
-    let blank = false;
-    while (lf >= 0 && !blank) {
-      blank = (lf >= 1 && buf[lf - 1] === 0x0a) || (lf >= 2 && buf[lf - 1] === 0x0d && buf[lf - 2] === 0x0a);
-      if (!blank) lf = buf.indexOf(0x0a, lf + 1);
-    }
-    const parseNow = blank || buf.length - scanned >= 1024 || scanned === 0;
-    scanned = buf.length;
-    if (!parseNow) return { done: false };
-    const r = parseHttpHead(buf);
-    return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'http', result: r } };
-  };
-}
-
-/** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
-function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
-  const http = httpStepper();
-  return (buf) => {
-    const s = sniff(buf);
-    if (s === 'need-more') return { done: false };
-    if (s === 'tls') return tlsStep(buf);
-    if (s === 'http') return http(buf);
-    return { done: true, result: { kind: 'unknown' } };
-  };
 }
 
 export async function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {

@@ -1,0 +1,58 @@
+// The parsers as peek steps: what the data path asks of a client's first bytes on each
+// listener, and when asking again is worth it.
+
+import { parseClientHello, type TlsPeek } from '../peek/tls-client-hello.ts';
+import { parseHttpHead, type HttpPeek } from '../peek/http-head.ts';
+import { sniff } from '../peek/sniff.ts';
+import type { PeekStep } from './peek-socket.ts';
+
+export type Peeked =
+  | { kind: 'tls'; result: TlsPeek }
+  | { kind: 'http'; result: HttpPeek }
+  | { kind: 'unknown' };
+
+export const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
+  const r = parseClientHello(buf);
+  return r.kind === 'need-more'
+    ? { done: false, ...(r.atLeast !== undefined ? { atLeast: r.atLeast } : {}) }
+    : { done: true, result: { kind: 'tls', result: r } };
+};
+
+/**
+ * An HTTP head can only end at a blank line, so the whole head is re-parsed only when one may
+ * have arrived (a LF after a LF or CRLF); peekSocket still re-parses every 1 KiB, so a bad
+ * line is refused early. `scanned` makes the search for it linear over the connection.
+ */
+export function httpStepper(): ((buf: Buffer) => PeekStep<Peeked>) & { readonly parses: number } {
+  let scanned = 0;
+  let parsedAt = -1;
+  const step = (buf: Buffer): PeekStep<Peeked> => {
+    let lf = buf.indexOf(0x0a, Math.max(0, scanned - 2));
+    let blank = false;
+    while (lf >= 0 && !blank) {
+      blank = (lf >= 1 && buf[lf - 1] === 0x0a) || (lf >= 2 && buf[lf - 1] === 0x0d && buf[lf - 2] === 0x0a);
+      if (!blank) lf = buf.indexOf(0x0a, lf + 1);
+    }
+    scanned = buf.length;
+    if (!blank && parsedAt >= 0 && buf.length - parsedAt < 1024) return { done: false };
+    parsedAt = buf.length;
+    step.parses++;
+    const r = parseHttpHead(buf);
+    return r.kind === 'need-more' ? { done: false } : { done: true, result: { kind: 'http', result: r } };
+  };
+  step.parses = 0;
+  return step;
+}
+
+/** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
+export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
+  const http = httpStepper();
+  return (buf) => {
+    const s = sniff(buf);
+    if (s === 'need-more') return { done: false };
+    if (s === 'tls') return tlsStep(buf);
+    if (s === 'http') return http(buf);
+    return { done: true, result: { kind: 'unknown' } };
+  };
+}
+

@@ -1,0 +1,71 @@
+// PeekBuffer: the byte side of a peek. It must hand the parser every byte in order, keep every
+// chunk for the upstream, stop at the cap, and ask the parser again only when the answer can
+// change — so a client dripping bytes cannot make the daemon re-parse the buffer per byte.
+
+import { describe, expect, it } from 'vitest';
+import { PeekBuffer } from '../../../src/net/peek-socket.ts';
+import { anyStepper, httpStepper, tlsStep } from '../../../src/net/peek-steps.ts';
+import { MAX_HELLO_BYTES } from '../../../src/peek/tls-client-hello.ts';
+import { buildHello, frame, handshake, helloBody } from '../../helpers/hello-builder.ts';
+
+const drip = <R,>(pb: PeekBuffer<R>, bytes: Uint8Array) => {
+  for (let i = 0; i < bytes.length; i++) {
+    const r = pb.push(Buffer.from([bytes[i]!]));
+    if (r !== null) return { r, at: i + 1 };
+  }
+  return { r: null, at: bytes.length };
+};
+
+describe('PeekBuffer', () => {
+  it('finds the name in a hello dripped one byte at a time, at its last byte, with a handful of parses', () => {
+    const hello = buildHello({ sni: ['drip.test'] }, { records: 3 });
+    const pb = new PeekBuffer(tlsStep, MAX_HELLO_BYTES);
+    const { r, at } = drip(pb, hello);
+    expect(at).toBe(hello.length);
+    expect(r).toMatchObject({ done: true, result: { kind: 'tls', result: { kind: 'hello', sni: 'drip.test' } } });
+    expect(pb.parses).toBeLessThan(20);
+    expect(Buffer.compare(pb.bytes(), Buffer.from(hello))).toBe(0);
+  });
+
+  it('refuses a hostile 16 KiB hello of 1000 records dripped byte by byte after a bounded number of parses', () => {
+    const hostile = frame(handshake(helloBody({ padding: 12_000 })), { records: 1000 }).subarray(0, MAX_HELLO_BYTES);
+    const pb = new PeekBuffer(tlsStep, MAX_HELLO_BYTES);
+    const { r } = drip(pb, hostile);
+    expect(r).toMatchObject({ done: true, result: { result: { kind: 'malformed', reason: 'too-large' } } });
+    expect(pb.parses).toBeLessThanOrEqual(MAX_HELLO_BYTES / 1024 + 12);
+  });
+
+  it('parses an HTTP head only when a blank line may have come, or every 1 KiB', () => {
+    const head = Buffer.from(`GET / HTTP/1.1\r\nHost: drip.test\r\n${'X-Pad: y\r\n'.repeat(500)}\r\n`);
+    const step = httpStepper();
+    const pb = new PeekBuffer(step, MAX_HELLO_BYTES);
+    const { r, at } = drip(pb, head);
+    expect(at).toBe(head.length);
+    expect(r).toMatchObject({ done: true, result: { kind: 'http', result: { kind: 'head', host: 'drip.test' } } });
+    expect(step.parses).toBeLessThan(head.length / 1024 + 5);
+  });
+
+  it('still refuses a bad line early, within 1 KiB of it', () => {
+    const bad = Buffer.from(`GET / HTTP/1.1\r\nHost : drip.test\r\n${'X-Pad: y\r\n'.repeat(500)}`);
+    const pb = new PeekBuffer(httpStepper(), MAX_HELLO_BYTES);
+    const { r, at } = drip(pb, bad);
+    expect(r).toMatchObject({ done: true, result: { kind: 'http', result: { kind: 'malformed' } } });
+    expect(at).toBeLessThanOrEqual(1024 + 40);
+  });
+
+  it('answers too-large when the cap fills before the parser is satisfied, keeping every byte', () => {
+    const pb = new PeekBuffer(httpStepper(), 4096);
+    const big = Buffer.from(`GET / HTTP/1.1\r\nHost: a.test\r\n${'X: y\r\n'.repeat(2000)}`);
+    let r: unknown = null;
+    for (let i = 0; i < big.length && r === null; i += 100) r = pb.push(big.subarray(i, i + 100));
+    expect(r).toBe('too-large');
+    expect(pb.total).toBeGreaterThanOrEqual(4096);
+  });
+
+  it('sniffs on the tcp listener and hands the bytes to the right parser', () => {
+    const pb = new PeekBuffer(anyStepper(), MAX_HELLO_BYTES);
+    expect(pb.push(Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'))).toMatchObject({ done: true, result: { kind: 'unknown' } });
+    const http = new PeekBuffer(anyStepper(), MAX_HELLO_BYTES);
+    expect(drip(http, Buffer.from('GET / HTTP/1.1\r\nHost: any.test\r\n\r\n')).r).toMatchObject({ result: { kind: 'http', result: { host: 'any.test' } } });
+  });
+});
