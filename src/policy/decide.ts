@@ -1,0 +1,133 @@
+// The verdict for one connection: pure, synchronous, and a handful of structure walks. Every
+// verdict carries the reason and the rule that produced it (smokescreen's Decide).
+
+import { quote } from '../config/fields.ts';
+import type { CompiledPolicy, CompiledSide } from './compile.ts';
+import { isIPv4Mapped, parseIpInto, type IpFamily } from './ip.ts';
+import { ProtectedRanges } from './protected.ts';
+
+export interface Facts {
+  /** The name the client sent (SNI, Host), normalized by names.ts, or null when there is none. */
+  readonly name: string | null;
+  /** The destination address the connection goes to (strict IPv4 or IPv6 text). */
+  readonly ip: string;
+  readonly port: number;
+}
+
+export type DecisionReason = 'allow-rule' | 'deny-rule' | 'default-allow' | 'default-block' | 'protected-address';
+
+export interface Decision {
+  readonly verdict: 'allow' | 'refuse';
+  readonly reason: DecisionReason;
+  /** The field and entry that decided, e.g. `allowed_domains "*.github.com"`. */
+  readonly rule: string | null;
+  /**
+   * What decided. On an allow, 'name' means a domain rule matched: the data path must then
+   * resolve the name itself and dial one of its addresses, since the name alone proves
+   * nothing about the address (SNI spoofing).
+   */
+  readonly matchedBy: 'name' | 'address' | 'port' | 'mode' | 'protected';
+}
+
+const ALLOW_ALL: Decision = Object.freeze({ verdict: 'allow', reason: 'default-allow', rule: 'mode "allow-all"', matchedBy: 'mode' });
+const BLOCK_ALL: Decision = Object.freeze({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', matchedBy: 'mode' });
+
+/** decide() is synchronous, so one scratch buffer serves every call. */
+const words = new Uint32Array(4);
+
+/**
+ * Decides one connection. Evaluation order:
+ *
+ * 1. A protected address (protected.ts) is refused, unless an allowed CIDR holds it AND lies
+ *    wholly inside the protected ranges: `10.0.0.0/8` or `169.254.169.254/32` unlock what
+ *    they name, `0.0.0.0/0` unlocks nothing. A name never unlocks an address. An address
+ *    that does not parse is refused here too (fail closed).
+ * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
+ *    the address by one of its CIDRs, else the name by one of its domains; any host when it
+ *    lists neither — AND the port matches (any port when it lists none). A side that lists
+ *    nothing matches nothing.
+ * 3. The deny side matches → refused. It matches when any one of its domains (by name),
+ *    CIDRs (by address) or ports matches.
+ * 4. The mode: allow-all allows, block-all refuses.
+ *
+ * A name is matched only by domain rules and an address only by CIDR rules; a connection
+ * without a name is judged by address and port alone. An IPv4-mapped IPv6 address
+ * (::ffff:a.b.c.d) is judged as its IPv4 address throughout.
+ */
+export function decide(p: CompiledPolicy, f: Facts): Decision {
+  let family: 0 | IpFamily = parseIpInto(typeof f.ip === 'string' ? f.ip : '', words);
+  if (family === 0) return { verdict: 'refuse', reason: 'protected-address', rule: `address ${quote(f.ip)} is not an IP address`, matchedBy: 'protected' };
+  if (family === 6 && isIPv4Mapped(words)) {
+    // RFC 4291 §2.5.5.2: the kernel sends a mapped destination to the IPv4 address.
+    words[0] = words[3]!;
+    words[2] = 0;
+    words[3] = 0;
+    family = 4;
+  }
+  const port = f.port;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    return { verdict: 'refuse', reason: 'default-block', rule: `port ${quote(port)} is not a destination port`, matchedBy: 'port' };
+  }
+  const name = typeof f.name === 'string' ? f.name : null;
+  const allow = p.allow;
+
+  // (1) Protected addresses.
+  const cidr = allow.cidrIndex(family, words);
+  const prot = p.protectedSet instanceof ProtectedRanges ? p.protectedSet.lookupWords(family, words) : -2;
+  let range: string | null = null;
+  if (prot >= 0) range = p.protectedSet.ranges[prot]!;
+  else if (prot === -2) range = p.protectedSet.lookup(f.ip);
+  if (range !== null && !(cidr >= 0 && allow.unlocks(cidr))) {
+    return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(range)}`, matchedBy: 'protected' };
+  }
+
+  // (2) The allow side.
+  if (!allow.empty) {
+    const d = allowMatch(allow, cidr, name, port);
+    if (d !== null) return d;
+  }
+
+  // (3) The deny side.
+  const deny = p.deny;
+  if (!deny.empty) {
+    if (name !== null && deny.domains !== null) {
+      const i = deny.domains.match(name);
+      if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.domainRule(i), matchedBy: 'name' };
+    }
+    const c = deny.cidrIndex(family, words);
+    if (c >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.cidrRule(c), matchedBy: 'address' };
+    if (deny.ports !== null) {
+      const i = deny.ports.find(port);
+      if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.portRule(i), matchedBy: 'port' };
+    }
+  }
+
+  // (4) The mode.
+  return p.policy.mode === 'allow-all' ? ALLOW_ALL : BLOCK_ALL;
+}
+
+function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number): Decision | null {
+  let host: string | null = null;
+  let by: Decision['matchedBy'] = 'port';
+  if (allow.hasHosts) {
+    if (cidr >= 0) {
+      host = allow.cidrRule(cidr);
+      by = 'address';
+    } else if (name !== null && allow.domains !== null) {
+      const i = allow.domains.match(name);
+      if (i < 0) return null;
+      host = allow.domainRule(i);
+      by = 'name';
+    } else {
+      return null;
+    }
+  }
+  let portRule: string | null = null;
+  if (allow.ports !== null) {
+    const i = allow.ports.find(port);
+    if (i < 0) return null;
+    portRule = allow.portRule(i);
+  }
+  const rule = host === null ? portRule : portRule === null ? host : `${host} + ${portRule}`;
+  return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by };
+}

@@ -1,0 +1,215 @@
+// Protected addresses: never dialed unless a policy's allowed CIDR, lying wholly inside them,
+// unlocks them. They are the ranges of the IANA "IPv4 Special-Purpose Address Registry" and
+// "IPv6 Special-Purpose Address Registry" (RFC 6890, updated by RFC 8190) that are not
+// globally reachable, the multicast and reserved spaces, the deprecated transition prefixes
+// that tunnel to IPv4 or to unknown hosts, and cloud metadata endpoints outside all of those.
+// The threat is a sandbox reaching its host's network: the metadata service (credentials),
+// the node's loopback services, the cluster's private addresses.
+
+import { CidrTrie } from './cidr-trie.ts';
+import { cidrBounds, formatCidr, isIPv4Mapped, parseCidr, parseIpInto, type CidrBlock, type IpFamily } from './ip.ts';
+
+export interface ProtectedSet {
+  /** The protected range containing `ip` (canonical CIDR text), or null. */
+  lookup(ip: string): string | null;
+  /** Whether every address of `cidr` is protected: the condition for it to unlock them. */
+  coversWholly(cidr: string): boolean;
+  readonly ranges: readonly string[];
+}
+
+/** Built-in protected ranges, each with the registry entry or source it comes from. */
+export const PROTECTED_RANGES: readonly { readonly cidr: string; readonly why: string }[] = Object.freeze([
+  // IANA IPv4 Special-Purpose Address Registry (RFC 6890 §2.2.2 and later entries).
+  { cidr: '0.0.0.0/8', why: '"This network", RFC 791 §3.2 (0.0.0.0 reaches the local host on Linux)' },
+  { cidr: '10.0.0.0/8', why: 'Private-Use, RFC 1918' },
+  { cidr: '100.64.0.0/10', why: 'Shared Address Space, RFC 6598 (CGNAT; Alibaba Cloud metadata 100.100.100.200)' },
+  { cidr: '127.0.0.0/8', why: 'Loopback, RFC 1122 §3.2.1.3' },
+  { cidr: '169.254.0.0/16', why: 'Link Local, RFC 3927 (cloud metadata 169.254.169.254)' },
+  { cidr: '172.16.0.0/12', why: 'Private-Use, RFC 1918' },
+  { cidr: '192.0.0.0/24', why: 'IETF Protocol Assignments, RFC 6890 §2.1 (DS-Lite, NAT64 discovery)' },
+  { cidr: '192.0.2.0/24', why: 'Documentation (TEST-NET-1), RFC 5737' },
+  { cidr: '192.88.99.0/24', why: 'Deprecated 6to4 Relay Anycast, RFC 7526' },
+  { cidr: '192.168.0.0/16', why: 'Private-Use, RFC 1918' },
+  { cidr: '198.18.0.0/15', why: 'Benchmarking, RFC 2544' },
+  { cidr: '198.51.100.0/24', why: 'Documentation (TEST-NET-2), RFC 5737' },
+  { cidr: '203.0.113.0/24', why: 'Documentation (TEST-NET-3), RFC 5737' },
+  { cidr: '224.0.0.0/4', why: 'Multicast, RFC 5771 (IANA IPv4 Multicast Address Space Registry)' },
+  { cidr: '240.0.0.0/4', why: 'Reserved, RFC 1112 §4' },
+  { cidr: '255.255.255.255/32', why: 'Limited Broadcast, RFC 919 §7, RFC 8190' },
+  // Outside the registries: Azure's platform endpoint (wireserver, DHCP, DNS, health probes).
+  { cidr: '168.63.129.16/32', why: 'Azure platform endpoint (WireServer)' },
+  // IANA IPv6 Special-Purpose Address Registry (RFC 6890 §2.2.3 and later entries).
+  { cidr: '::/128', why: 'Unspecified Address, RFC 4291 §2.5.2' },
+  { cidr: '::1/128', why: 'Loopback Address, RFC 4291 §2.5.3' },
+  { cidr: '::/96', why: 'IPv4-Compatible IPv6 Address, deprecated, RFC 4291 §2.5.5.1' },
+  // Listed for completeness: an IPv4-mapped address is judged as its IPv4 address (decide.ts).
+  { cidr: '::ffff:0.0.0.0/96', why: 'IPv4-mapped Address, RFC 4291 §2.5.5.2' },
+  { cidr: '64:ff9b::/96', why: 'IPv4-IPv6 Translation, RFC 6052 (NAT64 reaches IPv4 behind the gateway)' },
+  { cidr: '64:ff9b:1::/48', why: 'Local-use IPv4/IPv6 Translation, RFC 8215' },
+  { cidr: '100::/64', why: 'Discard-Only Address Block, RFC 6666' },
+  { cidr: '100:0:0:1::/64', why: 'Dummy IPv6 Prefix (IANA IPv6 Special-Purpose Address Registry)' },
+  { cidr: '2001::/23', why: 'IETF Protocol Assignments, RFC 2928' },
+  { cidr: '2001::/32', why: 'TEREDO, RFC 4380 (tunnels to IPv4 hosts)' },
+  { cidr: '2001:2::/48', why: 'Benchmarking, RFC 5180' },
+  { cidr: '2001:db8::/32', why: 'Documentation, RFC 3849' },
+  { cidr: '2002::/16', why: '6to4, RFC 3056 (tunnels to IPv4 hosts)' },
+  { cidr: '3fff::/20', why: 'Documentation, RFC 9637' },
+  { cidr: '5f00::/16', why: 'Segment Routing (SRv6) SIDs, RFC 9602' },
+  { cidr: 'fc00::/7', why: 'Unique-Local, RFC 4193 (AWS metadata fd00:ec2::254)' },
+  { cidr: 'fe80::/10', why: 'Link-Local Unicast, RFC 4291 §2.5.6' },
+  { cidr: 'fec0::/10', why: 'Site-Local Unicast, deprecated, RFC 3879' },
+  { cidr: 'ff00::/8', why: 'Multicast, RFC 4291 §2.7' },
+]);
+
+/**
+ * An IPv6 block inside ::ffff:0:0/96 as the IPv4 block it maps (RFC 4291 §2.5.5.2): a mapped
+ * address is judged as its IPv4 address, so rules written in mapped form must be too.
+ */
+export function asIPv4IfMapped(b: CidrBlock): CidrBlock {
+  if (b.family !== 6 || b.prefix < 96 || !isIPv4Mapped(b.words)) return b;
+  return { family: 4, words: Uint32Array.of(b.words[3]!, 0, 0, 0), prefix: b.prefix - 96 };
+}
+
+interface Interval {
+  lo: bigint;
+  hi: bigint;
+}
+
+/** The compiled protected set; decide uses its word-level methods to avoid re-parsing. */
+export class ProtectedRanges implements ProtectedSet {
+  readonly ranges: readonly string[];
+  readonly #tries: { 4: CidrTrie; 6: CidrTrie };
+  readonly #except: { 4: CidrTrie; 6: CidrTrie };
+  /** (protected ∪ extra) \ except, as disjoint, non-adjacent, sorted intervals per family. */
+  readonly #covered: { 4: Interval[]; 6: Interval[] };
+
+  constructor(ranges: readonly CidrBlock[], except: readonly CidrBlock[]) {
+    this.#tries = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
+    this.#except = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
+    for (const e of except) {
+      const b = asIPv4IfMapped(e);
+      this.#except[b.family].insert(b.words, b.prefix, 0);
+    }
+    const exceptIntervals: { 4: Interval[]; 6: Interval[] } = { 4: [], 6: [] };
+    for (const e of except) {
+      const b = asIPv4IfMapped(e);
+      exceptIntervals[b.family].push(cidrBounds(b));
+    }
+    const kept: string[] = [];
+    const covering: { 4: Interval[]; 6: Interval[] } = { 4: [], 6: [] };
+    const seen = new Set<string>();
+    for (const r of ranges) {
+      const text = formatCidr(r);
+      if (seen.has(text)) continue;
+      seen.add(text);
+      // The IPv4-mapped block itself stays literal (as IPv4 it would be 0.0.0.0/0): no address
+      // is looked up in it, since mapped addresses are judged as IPv4, and it covers nothing.
+      const literal = r.family === 6 && r.prefix === 96 && isIPv4Mapped(r.words);
+      const b = literal ? r : asIPv4IfMapped(r);
+      const bounds = cidrBounds(b);
+      if (exceptIntervals[b.family].some((x) => x.lo <= bounds.lo && bounds.hi <= x.hi)) continue;
+      this.#tries[b.family].insert(b.words, b.prefix, kept.length);
+      kept.push(text);
+      if (!literal) covering[b.family].push(bounds);
+    }
+    this.ranges = Object.freeze(kept);
+    this.#covered = { 4: subtract(merge(covering[4]), merge(exceptIntervals[4])), 6: subtract(merge(covering[6]), merge(exceptIntervals[6])) };
+  }
+
+  lookup(ip: string): string | null {
+    const words = new Uint32Array(4);
+    let family = parseIpInto(typeof ip === 'string' ? ip : '', words);
+    if (family === 0) return null;
+    if (family === 6 && isIPv4Mapped(words)) {
+      words[0] = words[3]!;
+      words[3] = 0;
+      words[2] = 0;
+      family = 4;
+    }
+    const i = this.lookupWords(family, words);
+    return i < 0 ? null : this.ranges[i]!;
+  }
+
+  /** The index in `ranges` of the protected range containing the address, or -1. */
+  lookupWords(family: IpFamily, words: Uint32Array): number {
+    if (this.#except[family].longest(words) >= 0) return -1;
+    return this.#tries[family].longest(words);
+  }
+
+  coversWholly(cidr: string): boolean {
+    const r = parseCidr(typeof cidr === 'string' ? cidr : '');
+    return r.ok && this.coversBlock(r.block);
+  }
+
+  coversBlock(block: CidrBlock): boolean {
+    const b = asIPv4IfMapped(block);
+    const { lo, hi } = cidrBounds(b);
+    const list = this.#covered[b.family];
+    // The last interval starting at or before lo is the only one that can hold the block.
+    let a = 0;
+    let z = list.length - 1;
+    let found = -1;
+    while (a <= z) {
+      const mid = (a + z) >> 1;
+      if (list[mid]!.lo <= lo) {
+        found = mid;
+        a = mid + 1;
+      } else {
+        z = mid - 1;
+      }
+    }
+    return found >= 0 && hi <= list[found]!.hi;
+  }
+}
+
+function merge(list: Interval[]): Interval[] {
+  const sorted = [...list].sort((x, y) => (x.lo < y.lo ? -1 : x.lo > y.lo ? 1 : 0));
+  const out: Interval[] = [];
+  for (const i of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && i.lo <= last.hi + 1n) {
+      if (i.hi > last.hi) last.hi = i.hi;
+    } else {
+      out.push({ lo: i.lo, hi: i.hi });
+    }
+  }
+  return out;
+}
+
+/** `from` minus `cut`, both merged: what remains stays sorted, disjoint and non-adjacent. */
+function subtract(from: Interval[], cut: Interval[]): Interval[] {
+  const out: Interval[] = [];
+  for (const f of from) {
+    let lo = f.lo;
+    for (const c of cut) {
+      if (c.hi < lo || c.lo > f.hi) continue;
+      if (c.lo > lo) out.push({ lo, hi: c.lo - 1n });
+      lo = c.hi + 1n;
+      if (lo > f.hi) break;
+    }
+    if (lo <= f.hi) out.push({ lo, hi: f.hi });
+  }
+  return out;
+}
+
+/**
+ * The protected set: the built-in ranges, plus `extra`, minus `except` (test rigs carve out
+ * 198.18.0.0/15 and 2001:db8::/32, the ranges they address their fake internet from). An
+ * address inside an `except` range is never protected, even when an `extra` range holds it.
+ * Entries are CIDR text already checked by validateCidr; an entry that does not parse is a
+ * programming error and throws.
+ */
+export function compileProtected(opts: { extra?: readonly string[]; except?: readonly string[] }): ProtectedSet {
+  return compileProtectedRanges(opts);
+}
+
+/** compileProtected with its concrete type, for code that wants the word-level methods. */
+export function compileProtectedRanges(opts: { extra?: readonly string[]; except?: readonly string[] }): ProtectedRanges {
+  const block = (text: string): CidrBlock => {
+    const r = parseCidr(text);
+    if (!r.ok) throw new TypeError(`Protected range: ${r.reason}`);
+    return r.block;
+  };
+  const ranges = [...PROTECTED_RANGES.map((r) => r.cidr), ...(opts.extra ?? [])].map(block);
+  return new ProtectedRanges(ranges, (opts.except ?? []).map(block));
+}

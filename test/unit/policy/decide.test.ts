@@ -1,0 +1,258 @@
+import { describe, expect, it } from 'vitest';
+import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
+import { decide, type Decision, type Facts } from '../../../src/policy/decide.ts';
+import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
+import { compileProtected, type ProtectedSet } from '../../../src/policy/protected.ts';
+
+const P = compileProtected({});
+
+interface SideIn {
+  domains?: string[];
+  cidrs?: string[];
+  ports?: (number | [number, number])[];
+}
+const side = (s: SideIn = {}): Side => ({
+  domains: s.domains ?? [],
+  cidrs: s.cidrs ?? [],
+  ports: (s.ports ?? []).map((p): PortRange => (typeof p === 'number' ? { from: p, to: p } : { from: p[0], to: p[1] })),
+});
+const compiled = (mode: Mode, allow: SideIn = {}, deny: SideIn = {}, protectedSet: ProtectedSet = P) =>
+  compilePolicy({ mode, allow: side(allow), deny: side(deny) }, protectedSet);
+const facts = (ip: string, port = 443, name: string | null = null): Facts => ({ name, ip, port });
+
+describe('decide (1): protected addresses', () => {
+  it('refuses a protected address even in allow-all mode', () => {
+    expect(decide(compiled('allow-all'), facts('169.254.169.254', 80))).toEqual<Decision>({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      rule: 'protected "169.254.0.0/16"',
+      matchedBy: 'protected',
+    });
+  });
+
+  it('refuses a protected address whose name an allowed domain matches (a name never unlocks)', () => {
+    const d = decide(compiled('block-all', { domains: ['metadata.example.com'] }), facts('169.254.169.254', 80, 'metadata.example.com'));
+    expect(d.reason).toBe('protected-address');
+  });
+
+  it.each([
+    ['10.0.0.0/8', '10.1.2.3'],
+    ['169.254.169.254/32', '169.254.169.254'],
+    ['127.0.0.0/8', '127.0.0.1'],
+    ['fd00:ec2::254/128', 'fd00:ec2::254'],
+    ['::ffff:10.0.0.0/104', '10.9.9.9'],
+  ])('lets the allowed CIDR %s, wholly inside the protected ranges, unlock %s', (cidr, ip) => {
+    expect(decide(compiled('block-all', { cidrs: [cidr] }), facts(ip))).toMatchObject({ verdict: 'allow', reason: 'allow-rule', matchedBy: 'address' });
+  });
+
+  it.each([
+    ['0.0.0.0/0', '10.1.2.3'],
+    ['8.0.0.0/6', '10.1.2.3'],
+    ['::/0', 'fd00:ec2::254'],
+    ['169.254.0.0/15', '169.254.169.254'],
+  ])('does not let %s, which reaches beyond the protected ranges, unlock %s', (cidr, ip) => {
+    expect(decide(compiled('block-all', { cidrs: [cidr] }), facts(ip)).reason).toBe('protected-address');
+  });
+
+  it('unlocks by the most specific allowed CIDR, so a wide one beside a narrow one still unlocks', () => {
+    const p = compiled('block-all', { cidrs: ['0.0.0.0/0', '169.254.169.254/32'] });
+    expect(decide(p, facts('169.254.169.254')).verdict).toBe('allow');
+    expect(decide(p, facts('169.254.169.253')).reason).toBe('protected-address');
+    expect(decide(p, facts('8.8.8.8')).verdict).toBe('allow');
+  });
+
+  it('unlocks only past step 1: the allow side must still match the port', () => {
+    const p = compiled('block-all', { cidrs: ['10.0.0.0/8'], ports: [443] });
+    expect(decide(p, facts('10.0.0.1', 443)).verdict).toBe('allow');
+    expect(decide(p, facts('10.0.0.1', 22))).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+  });
+
+  it('judges an IPv4-mapped address as its IPv4 address, protected or not', () => {
+    expect(decide(compiled('allow-all'), facts('::ffff:169.254.169.254')).rule).toBe('protected "169.254.0.0/16"');
+    expect(decide(compiled('allow-all'), facts('::ffff:7f00:1')).rule).toBe('protected "127.0.0.0/8"');
+    expect(decide(compiled('allow-all'), facts('::ffff:8.8.8.8')).verdict).toBe('allow');
+    expect(decide(compiled('block-all', { cidrs: ['10.0.0.0/8'] }), facts('::ffff:10.0.0.1')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all', {}, { cidrs: ['8.8.8.0/24'] }), facts('::ffff:8.8.8.8')).reason).toBe('deny-rule');
+  });
+
+  it('reaches an address carved out of the protected set', () => {
+    const rig = compileProtected({ except: ['198.18.0.0/15', '2001:db8::/32'] });
+    expect(decide(compiled('allow-all', {}, {}, rig), facts('198.18.0.5')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all', {}, {}, rig), facts('2001:db8::5')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all', {}, {}, rig), facts('10.0.0.5')).verdict).toBe('refuse');
+  });
+
+  it('refuses an address that does not parse, failing closed', () => {
+    for (const ip of ['', 'localhost', '127.1', '010.0.0.1', '[::1]', 'fe80::1%eth0']) {
+      expect(decide(compiled('allow-all'), facts(ip))).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
+    }
+  });
+
+  it('works with a protected set of another implementation, through its string methods', () => {
+    const fake: ProtectedSet = { lookup: (ip) => (ip === '9.9.9.9' ? '9.9.9.9/32' : null), coversWholly: (c) => c === '9.9.9.9/32', ranges: ['9.9.9.9/32'] };
+    expect(decide(compiled('allow-all', {}, {}, fake), facts('9.9.9.9')).rule).toBe('protected "9.9.9.9/32"');
+    expect(decide(compiled('allow-all', {}, {}, fake), facts('10.0.0.1')).verdict).toBe('allow');
+    expect(decide(compiled('block-all', { cidrs: ['9.9.9.9/32'] }, {}, fake), facts('9.9.9.9')).verdict).toBe('allow');
+  });
+});
+
+describe('decide (2): the allow side', () => {
+  it('allows by name, reporting the domain rule and matchedBy name', () => {
+    expect(decide(compiled('block-all', { domains: ['*.github.com'] }), facts('140.82.112.6', 443, 'api.github.com'))).toEqual<Decision>({
+      verdict: 'allow',
+      reason: 'allow-rule',
+      rule: 'allowed_domains "*.github.com"',
+      matchedBy: 'name',
+    });
+  });
+
+  it('allows by address, reporting the CIDR rule and the port rule', () => {
+    expect(decide(compiled('block-all', { cidrs: ['8.8.8.0/24'], ports: [[8000, 8999], 443] }), facts('8.8.8.8', 8080))).toEqual<Decision>({
+      verdict: 'allow',
+      reason: 'allow-rule',
+      rule: 'allowed_cidrs "8.8.8.0/24" + allowed_ports "8000-8999"',
+      matchedBy: 'address',
+    });
+  });
+
+  it('allows any host on a listed port when the side lists no hosts', () => {
+    expect(decide(compiled('block-all', { ports: [443] }), facts('8.8.8.8', 443, 'anything.example'))).toEqual<Decision>({
+      verdict: 'allow',
+      reason: 'allow-rule',
+      rule: 'allowed_ports "443"',
+      matchedBy: 'port',
+    });
+    expect(decide(compiled('block-all', { ports: [443] }), facts('8.8.8.8', 80)).verdict).toBe('refuse');
+  });
+
+  it('requires the host AND the port', () => {
+    const p = compiled('block-all', { domains: ['github.com'], ports: [443] });
+    expect(decide(p, facts('140.82.112.3', 443, 'github.com')).verdict).toBe('allow');
+    expect(decide(p, facts('140.82.112.3', 22, 'github.com')).verdict).toBe('refuse');
+    expect(decide(p, facts('140.82.112.3', 443, 'gitlab.com')).verdict).toBe('refuse');
+  });
+
+  it('matches a name only by domain rules and an address only by CIDR rules', () => {
+    const byName = compiled('block-all', { domains: ['github.com'] });
+    expect(decide(byName, facts('140.82.112.3', 443, null)).verdict).toBe('refuse');
+    const byAddress = compiled('block-all', { cidrs: ['140.82.112.0/20'] });
+    expect(decide(byAddress, facts('140.82.112.3', 443, 'evil.example'))).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
+    expect(decide(byAddress, facts('1.2.3.4', 443, 'github.com')).verdict).toBe('refuse');
+  });
+
+  it('does not match * without a name', () => {
+    const p = compiled('block-all', { domains: ['*'] });
+    expect(decide(p, facts('8.8.8.8', 443, 'x.example')).verdict).toBe('allow');
+    expect(decide(p, facts('8.8.8.8', 443, null)).verdict).toBe('refuse');
+  });
+
+  it('prefers the address when both the address and the name match', () => {
+    const p = compiled('block-all', { domains: ['github.com'], cidrs: ['140.82.112.0/20'] });
+    expect(decide(p, facts('140.82.112.3', 443, 'github.com'))).toMatchObject({ matchedBy: 'address', rule: 'allowed_cidrs "140.82.112.0/20"' });
+    expect(decide(p, facts('1.2.3.4', 443, 'github.com'))).toMatchObject({ matchedBy: 'name', rule: 'allowed_domains "github.com"' });
+  });
+
+  it('matches nothing when the side lists nothing', () => {
+    expect(decide(compiled('block-all'), facts('8.8.8.8', 443, 'github.com'))).toEqual<Decision>({
+      verdict: 'refuse',
+      reason: 'default-block',
+      rule: 'mode "block-all"',
+      matchedBy: 'mode',
+    });
+  });
+
+  it('beats the deny side (allow beats deny)', () => {
+    const p = compiled('allow-all', { cidrs: ['1.1.1.1/32'] }, { cidrs: ['0.0.0.0/0'] });
+    expect(decide(p, facts('1.1.1.1')).reason).toBe('allow-rule');
+    expect(decide(p, facts('1.1.1.2'))).toMatchObject({ verdict: 'refuse', reason: 'deny-rule', rule: 'denied_cidrs "0.0.0.0/0"' });
+  });
+
+  it('matches IPv6 addresses by IPv6 CIDRs only', () => {
+    const p = compiled('block-all', { cidrs: ['2606:4700::/32', '0.0.0.0/0'] });
+    expect(decide(p, facts('2606:4700::1111')).rule).toBe('allowed_cidrs "2606:4700::/32"');
+    expect(decide(p, facts('2a00:1450::1')).verdict).toBe('refuse');
+  });
+});
+
+describe('decide (3): the deny side', () => {
+  const p = compiled('allow-all', {}, { domains: ['facebook.com', '*.facebook.com'], cidrs: ['157.240.0.0/16'], ports: [22, [6000, 6063]] });
+
+  it.each<[Facts, string, Decision['matchedBy']]>([
+    [facts('31.13.64.35', 443, 'facebook.com'), 'denied_domains "facebook.com"', 'name'],
+    [facts('31.13.64.35', 443, 'www.facebook.com'), 'denied_domains "*.facebook.com"', 'name'],
+    [facts('157.240.1.1', 443, null), 'denied_cidrs "157.240.0.0/16"', 'address'],
+    [facts('157.240.1.1', 443, 'other.example'), 'denied_cidrs "157.240.0.0/16"', 'address'],
+    [facts('8.8.8.8', 22, null), 'denied_ports "22"', 'port'],
+    [facts('8.8.8.8', 6010, 'x.example'), 'denied_ports "6000-6063"', 'port'],
+  ])('refuses %j by %s', (f, rule, matchedBy) => {
+    expect(decide(p, f)).toEqual<Decision>({ verdict: 'refuse', reason: 'deny-rule', rule, matchedBy });
+  });
+
+  it('lets through what no deny rule names', () => {
+    expect(decide(p, facts('8.8.8.8', 443, 'github.com'))).toEqual<Decision>({
+      verdict: 'allow',
+      reason: 'default-allow',
+      rule: 'mode "allow-all"',
+      matchedBy: 'mode',
+    });
+  });
+
+  it('applies in block-all mode too, naming the deny rule rather than the mode', () => {
+    const b = compiled('block-all', {}, { ports: [22] });
+    expect(decide(b, facts('8.8.8.8', 22)).reason).toBe('deny-rule');
+    expect(decide(b, facts('8.8.8.8', 23)).reason).toBe('default-block');
+  });
+});
+
+describe('decide (4): the mode', () => {
+  it('allows in allow-all and refuses in block-all', () => {
+    expect(decide(compiled('allow-all'), facts('8.8.8.8')).reason).toBe('default-allow');
+    expect(decide(compiled('block-all'), facts('8.8.8.8')).reason).toBe('default-block');
+  });
+});
+
+describe('decide: hostile facts', () => {
+  it.each([0, 65536, -1, 1.5, Number.NaN])('refuses the port %j rather than matching it', (port) => {
+    expect(decide(compiled('allow-all'), facts('8.8.8.8', port))).toMatchObject({ verdict: 'refuse', matchedBy: 'port' });
+  });
+});
+
+describe('PortTable', () => {
+  const table = (ranges: [number, number][]) => new PortTable(ranges.map(([from, to]) => ({ from, to })));
+
+  it('finds the range holding a port, at both edges', () => {
+    const t = table([[443, 443], [8000, 8999]]);
+    expect([442, 443, 444, 7999, 8000, 8999, 9000].map((p) => t.find(p))).toEqual([-1, 0, -1, -1, 1, 1, -1]);
+  });
+
+  it('covers 1 and 65535', () => {
+    const t = table([[1, 1], [65535, 65535]]);
+    expect([1, 2, 65534, 65535].map((p) => t.find(p))).toEqual([0, -1, -1, 1]);
+  });
+
+  it('answers some range holding the port when ranges overlap', () => {
+    const ranges: [number, number][] = [[10, 20], [15, 30], [12, 13], [40, 50], [25, 45]];
+    const t = table(ranges);
+    for (let p = 1; p <= 60; p++) {
+      const i = t.find(p);
+      const holders = ranges.map((r, k) => (r[0] <= p && p <= r[1] ? k : -1)).filter((k) => k >= 0);
+      if (holders.length === 0) expect(i).toBe(-1);
+      else expect(holders).toContain(i);
+    }
+  });
+});
+
+describe('compilePolicy', () => {
+  it('throws on a CIDR that was not validated', () => {
+    expect(() => compiled('block-all', { cidrs: ['10.0.0.0/33'] })).toThrow(TypeError);
+  });
+
+  it('throws on a port range that was not validated', () => {
+    expect(() => compiled('block-all', { ports: [[90, 80]] })).toThrow(TypeError);
+  });
+
+  it('keeps the policy it compiled', () => {
+    const policy = { mode: 'block-all' as const, allow: side({ ports: [443] }), deny: side() };
+    expect(compilePolicy(policy, P).policy).toBe(policy);
+  });
+});

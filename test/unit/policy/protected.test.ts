@@ -1,0 +1,141 @@
+import { describe, expect, it } from 'vitest';
+import { compileProtected, PROTECTED_RANGES } from '../../../src/policy/protected.ts';
+import { validateCidr } from '../../../src/policy/validate.ts';
+
+describe('compileProtected: the built-in ranges', () => {
+  const p = compileProtected({});
+
+  it.each([
+    ['0.0.0.0', '0.0.0.0/8', '"this network" (0.0.0.0 reaches the local host)'],
+    ['10.1.2.3', '10.0.0.0/8', 'RFC 1918'],
+    ['100.64.0.1', '100.64.0.0/10', 'CGNAT'],
+    ['100.100.100.200', '100.64.0.0/10', 'Alibaba Cloud metadata'],
+    ['127.0.0.1', '127.0.0.0/8', 'loopback'],
+    ['127.255.255.254', '127.0.0.0/8', 'loopback'],
+    ['169.254.169.254', '169.254.0.0/16', 'AWS/GCP/Azure/OCI metadata'],
+    ['172.16.0.1', '172.16.0.0/12', 'RFC 1918'],
+    ['172.31.255.255', '172.16.0.0/12', 'RFC 1918'],
+    ['192.0.0.170', '192.0.0.0/24', 'IETF protocol assignments'],
+    ['192.0.2.1', '192.0.2.0/24', 'TEST-NET-1'],
+    ['192.88.99.1', '192.88.99.0/24', 'deprecated 6to4 relay'],
+    ['192.168.1.1', '192.168.0.0/16', 'RFC 1918'],
+    ['198.18.0.1', '198.18.0.0/15', 'benchmarking'],
+    ['198.19.255.255', '198.18.0.0/15', 'benchmarking'],
+    ['198.51.100.7', '198.51.100.0/24', 'TEST-NET-2'],
+    ['203.0.113.7', '203.0.113.0/24', 'TEST-NET-3'],
+    ['224.0.0.251', '224.0.0.0/4', 'multicast (mDNS)'],
+    ['239.255.255.250', '224.0.0.0/4', 'multicast (SSDP)'],
+    ['240.0.0.1', '240.0.0.0/4', 'reserved'],
+    ['255.255.255.255', '255.255.255.255/32', 'limited broadcast'],
+    ['168.63.129.16', '168.63.129.16/32', 'Azure WireServer'],
+    ['::', '::/128', 'unspecified'],
+    ['::1', '::1/128', 'loopback'],
+    ['::1.2.3.4', '::/96', 'IPv4-compatible (deprecated)'],
+    ['64:ff9b::a00:1', '64:ff9b::/96', 'NAT64'],
+    ['64:ff9b:1::1', '64:ff9b:1::/48', 'local-use NAT64'],
+    ['100::1', '100::/64', 'discard-only'],
+    ['2001:0:4136:e378::1', '2001::/32', 'Teredo'],
+    ['2001:2::1', '2001:2::/48', 'IPv6 benchmarking'],
+    ['2001:10::1', '2001::/23', 'IETF protocol assignments'],
+    ['2001:db8::1', '2001:db8::/32', 'documentation'],
+    ['2002:a00:1::1', '2002::/16', '6to4'],
+    ['3fff::1', '3fff::/20', 'documentation (RFC 9637)'],
+    ['5f00::1', '5f00::/16', 'SRv6 SIDs'],
+    ['fd00:ec2::254', 'fc00::/7', 'AWS IPv6 metadata'],
+    ['fc00::1', 'fc00::/7', 'unique local'],
+    ['fe80::1', 'fe80::/10', 'link local'],
+    ['fec0::1', 'fec0::/10', 'site local (deprecated)'],
+    ['ff02::1', 'ff00::/8', 'multicast'],
+  ])('protects %s in %s (%s)', (ip, range) => {
+    expect(p.lookup(ip)).toBe(range);
+  });
+
+  it.each(['8.8.8.8', '1.1.1.1', '100.63.255.255', '100.128.0.0', '172.15.255.255', '172.32.0.0', '192.0.3.1', '198.17.255.255', '198.20.0.0', '223.255.255.255', '2606:4700::1111', '2a00:1450::1', '2001:200::1', '2003::1'])(
+    'leaves %s, a global address, unprotected',
+    (ip) => {
+      expect(p.lookup(ip)).toBeNull();
+    },
+  );
+
+  it('judges an IPv4-mapped address as its IPv4 address', () => {
+    expect(p.lookup('::ffff:127.0.0.1')).toBe('127.0.0.0/8');
+    expect(p.lookup('::ffff:a9fe:a9fe')).toBe('169.254.0.0/16');
+    expect(p.lookup('::ffff:8.8.8.8')).toBeNull();
+  });
+
+  it('lists every built-in range in canonical text', () => {
+    for (const r of PROTECTED_RANGES) expect(validateCidr(r.cidr)).toEqual({ ok: true, cidr: r.cidr });
+    expect(p.ranges).toEqual(PROTECTED_RANGES.map((r) => r.cidr));
+  });
+
+  it('answers null for text that is not an address', () => {
+    expect(p.lookup('localhost')).toBeNull();
+    expect(p.lookup('')).toBeNull();
+  });
+});
+
+describe('coversWholly: the condition for an allowed CIDR to unlock', () => {
+  const p = compileProtected({});
+
+  it.each(['10.0.0.0/8', '10.1.0.0/16', '169.254.169.254/32', '169.254.169.254', '127.0.0.1/32', 'fd00:ec2::254/128', 'fc00::/7', '::ffff:10.0.0.0/104', '224.0.0.0/3'])(
+    '%s lies wholly inside the protected ranges',
+    (cidr) => {
+      expect(p.coversWholly(cidr)).toBe(true);
+    },
+  );
+
+  it.each(['0.0.0.0/0', '8.0.0.0/7', '10.0.0.0/7', '169.254.0.0/15', '::/0', 'fc00::/6', '::ffff:0:0/96', '192.0.0.0/16', 'not a cidr'])(
+    '%s does not',
+    (cidr) => {
+      expect(p.coversWholly(cidr)).toBe(false);
+    },
+  );
+
+  it('counts adjacent protected ranges together', () => {
+    // 192.88.99.0/24 is protected but 192.88.98.0/24 is not; 240/4 and 224/4 are neighbours.
+    expect(p.coversWholly('192.88.98.0/23')).toBe(false);
+    expect(p.coversWholly('224.0.0.0/3')).toBe(true);
+  });
+});
+
+describe('compileProtected: extra and except', () => {
+  it('adds the extra ranges', () => {
+    const p = compileProtected({ extra: ['8.8.8.0/24', '2606:4700::/32'] });
+    expect(p.lookup('8.8.8.8')).toBe('8.8.8.0/24');
+    expect(p.lookup('2606:4700::1111')).toBe('2606:4700::/32');
+    expect(p.coversWholly('8.8.8.8/32')).toBe(true);
+    expect(p.ranges).toContain('8.8.8.0/24');
+  });
+
+  it('carves out the except ranges, as test rigs do with 198.18.0.0/15 and 2001:db8::/32', () => {
+    const p = compileProtected({ except: ['198.18.0.0/15', '2001:db8::/32'] });
+    expect(p.lookup('198.18.0.1')).toBeNull();
+    expect(p.lookup('2001:db8::1')).toBeNull();
+    expect(p.lookup('2001::1')).toBe('2001::/32');
+    expect(p.lookup('10.0.0.1')).toBe('10.0.0.0/8');
+    expect(p.ranges).not.toContain('198.18.0.0/15');
+    expect(p.ranges).not.toContain('2001:db8::/32');
+    expect(p.coversWholly('198.18.0.0/15')).toBe(false);
+    expect(p.coversWholly('2001:db8::/48')).toBe(false);
+    expect(p.coversWholly('2001::/32')).toBe(true);
+  });
+
+  it('carves a hole in a wider range and keeps the rest protected', () => {
+    const p = compileProtected({ except: ['10.1.0.0/16'] });
+    expect(p.lookup('10.1.2.3')).toBeNull();
+    expect(p.lookup('10.2.0.0')).toBe('10.0.0.0/8');
+    expect(p.ranges).toContain('10.0.0.0/8');
+    expect(p.coversWholly('10.0.0.0/8')).toBe(false);
+    expect(p.coversWholly('10.0.0.0/16')).toBe(true);
+    expect(p.coversWholly('10.128.0.0/9')).toBe(true);
+  });
+
+  it('lets except win over extra', () => {
+    const p = compileProtected({ extra: ['8.8.8.8/32'], except: ['8.8.8.0/24'] });
+    expect(p.lookup('8.8.8.8')).toBeNull();
+  });
+
+  it('throws on a range that was not validated', () => {
+    expect(() => compileProtected({ extra: ['10.0.0.0/33'] })).toThrow(TypeError);
+  });
+});
