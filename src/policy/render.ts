@@ -1,8 +1,46 @@
 // Renders model values back into the sandbox0 wire vocabulary, for GET answers and logs.
 
-import type { PortRange } from './model.ts';
+import type { DialectResult, Mode, PortRange } from './model.ts';
 
 /** `[{from:443,to:443},{from:8000,to:8999}]` → `[443, "8000-8999"]`. */
 export function formatPorts(ports: readonly PortRange[]): (number | string)[] {
   return ports.map((p) => (p.from === p.to ? p.from : `${p.from}-${p.to}`));
+}
+
+/** A network policy in the sandbox0 wire shape (seed 003), as `GET .../network` answers it. */
+export interface NetworkView {
+  readonly mode: Mode;
+  readonly egress: {
+    readonly allowed_domains: readonly string[];
+    readonly denied_domains: readonly string[];
+    readonly allowed_cidrs: readonly string[];
+    readonly denied_cidrs: readonly string[];
+    readonly allowed_ports: (number | string)[];
+    readonly denied_ports: (number | string)[];
+  };
+  /** Whether the essential-services catalog joins the allow side (Daytona, seed 000). */
+  readonly essential_services: boolean;
+}
+
+/**
+ * What applies, whatever dialect it was written in. Both sides are shown whatever the mode:
+ * decide.ts enforces both (allow beats deny), and the dialects leave a side empty when it can
+ * change nothing, so a list shown here is a list that acts. Seed 003 writes the allowed_* lists
+ * as used only in block-all mode; a Novita policy is the one that can carry them under
+ * allow-all (an exception inside a denied range, seed 004 "Priority rules").
+ */
+export function renderNetwork(result: DialectResult): NetworkView {
+  const { mode, allow, deny } = result.policy;
+  return {
+    mode,
+    egress: {
+      allowed_domains: [...allow.domains],
+      denied_domains: [...deny.domains],
+      allowed_cidrs: [...allow.cidrs],
+      denied_cidrs: [...deny.cidrs],
+      allowed_ports: formatPorts(allow.ports),
+      denied_ports: formatPorts(deny.ports),
+    },
+    essential_services: result.essentialServices,
+  };
 }

@@ -1,0 +1,120 @@
+// The Daytona dialect (seeds 000, 001, 002): `networkBlockAll` and `networkAllowList`, as
+// Daytona's create-sandbox body carries them, into the canonical policy.
+//
+//   { "networkBlockAll": true }                               block everything (seed 001: it
+//                                                             "takes precedence" over a list)
+//   { "networkAllowList": "208.80.154.232/32,10.0.0.0/8" }    block-all + those CIDRs + the
+//                                                             essential services (seed 000)
+//   {} or { "networkBlockAll": false }                        full access (seed 002 "Default
+//                                                             Network Behavior")
+
+import { describe, quote } from '../../config/fields.ts';
+import type { DialectResult, FieldIssue } from '../model.ts';
+import { EMPTY_SIDE } from '../model.ts';
+import { validateCidr } from '../validate.ts';
+
+/**
+ * Seed 000: "Max 10 entries". Seed 001, the older summary, says "up to 5"; the newer document
+ * is followed.
+ */
+const MAX_ENTRIES = 10;
+
+type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
+
+/**
+ * A body holding only Daytona's keys (src/policy/network-body.ts sorts keys by dialect). Field
+ * paths in issues are relative to the body. Absent and null mean the same (unset), as an SDK
+ * that serializes an unset optional field sends either.
+ */
+export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
+  const issues: FieldIssue[] = [];
+
+  const blockRaw = body['networkBlockAll'];
+  let blockAll = false;
+  if (blockRaw !== undefined && blockRaw !== null) {
+    if (typeof blockRaw === 'boolean') blockAll = blockRaw;
+    else issues.push({ field: 'networkBlockAll', reason: `Expected true or false, got ${describe(blockRaw)}` });
+  }
+
+  // The list is validated even when networkBlockAll overrides it: a malformed list is a
+  // mistake worth reporting whichever flag wins.
+  const listRaw = body['networkAllowList'];
+  let cidrs: string[] | null = null;
+  if (listRaw !== undefined && listRaw !== null) {
+    const r = parseAllowList(listRaw);
+    if (r.ok) cidrs = r.cidrs;
+    else for (const reason of r.reasons) issues.push({ field: 'networkAllowList', reason });
+  }
+
+  if (issues.length > 0) return { ok: false, issues };
+  const value: DialectResult = blockAll
+    ? // Seed 001: "networkBlockAll takes precedence"; seed 000's essential services are not
+      // kept: "Block all network access" means all (seed 002 "Isolated Development Environment").
+      { dialect: 'daytona', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false }
+    : cidrs !== null
+      ? {
+          dialect: 'daytona',
+          policy: { mode: 'block-all', allow: { domains: [], cidrs, ports: [] }, deny: EMPTY_SIDE },
+          // Seed 000: "Essential services are available on all tiers".
+          essentialServices: true,
+          dnsServersAllowed: false,
+        }
+      : { dialect: 'daytona', policy: { mode: 'allow-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false };
+  return { ok: true, value };
+}
+
+/**
+ * Seed 000 "Network allow list format", rule by rule: a comma-separated list of IPv4 CIDR
+ * blocks; entries trimmed; each `A.B.C.D/N` with N an integer 0-32 ("CIDR required", so a bare
+ * address is refused); no extra `/`; no hostnames, domains or IPv6; at most 10 entries.
+ * Host bits may be set (seed 002's own example is `192.168.1.0/16`) and are cleared.
+ */
+function parseAllowList(raw: unknown): { ok: true; cidrs: string[] } | { ok: false; reasons: string[] } {
+  if (typeof raw !== 'string') {
+    return { ok: false, reasons: [`Expected a comma-separated list of IPv4 CIDRs such as "10.0.0.0/8,192.168.1.0/24", got ${describe(raw)}`] };
+  }
+  // An empty list is refused, not read as "no list": it is unclear whether it means nothing
+  // beyond the essential services or full access, and the two are opposites.
+  if (raw.trim() === '') {
+    return {
+      ok: false,
+      reasons: [`The allow list ${quote(raw)} is empty; leave networkAllowList out for full access, or set networkBlockAll to true to block everything`],
+    };
+  }
+  // Counted before splitting, so a hostile megabyte of commas costs one pass and no array.
+  let entries = 1;
+  for (let i = 0; i < raw.length; i++) if (raw.charCodeAt(i) === 0x2c) entries++;
+  if (entries > MAX_ENTRIES) return { ok: false, reasons: [`The allow list has ${entries} entries; at most ${MAX_ENTRIES} are allowed`] };
+
+  const reasons: string[] = [];
+  const cidrs: string[] = [];
+  raw.split(',').forEach((untrimmed, i) => {
+    const entry = untrimmed.trim();
+    if (entry === '') {
+      reasons.push(`Entry ${i + 1} of ${quote(raw)} is empty`);
+      return;
+    }
+    const r = allowListEntry(entry);
+    if (typeof r !== 'string') reasons.push(r.reason);
+    else if (!cidrs.includes(r)) cidrs.push(r);
+  });
+  return reasons.length > 0 ? { ok: false, reasons } : { ok: true, cidrs };
+}
+
+/** The canonical CIDR, or why the entry breaks one of seed 000's rules. */
+function allowListEntry(entry: string): string | { reason: string } {
+  const q = quote(entry);
+  const slash = entry.indexOf('/');
+  const address = slash < 0 ? entry : entry.slice(0, slash);
+  if (address.includes(':')) return { reason: `Entry ${q} is IPv6; the allow list takes IPv4 CIDRs only` };
+  if (/[a-z]/i.test(address)) return { reason: `Entry ${q} is not an IPv4 address; hostnames and domains are not supported` };
+  if (slash < 0) return { reason: `Entry ${q} has no prefix length; write ${quote(`${entry}/32`)} for a single address` };
+  const prefix = entry.slice(slash + 1);
+  if (prefix.includes('/')) return { reason: `Entry ${q} has more than one "/"` };
+  if (!/^(?:0|[1-9][0-9]?)$/.test(prefix) || Number(prefix) > 32) {
+    return { reason: `Entry ${q} has prefix length ${quote(prefix)}; expected an integer from 0 to 32` };
+  }
+  // The address itself (four decimal parts 0-255) is judged by the one CIDR validator.
+  const r = validateCidr(entry);
+  return r.ok ? r.cidr : { reason: r.reason };
+}

@@ -1,0 +1,169 @@
+// The Novita dialect (seed 004, derived from E2B): `allowInternetAccess` and
+// `network: { allowOut, denyOut }`, as `Sandbox.create` takes them, into the canonical policy.
+//
+//   { "allowInternetAccess": false }                                   block everything
+//   { "network": { "denyOut": ["8.8.8.8"] } }                          everything but 8.8.8.8
+//   { "network": { "denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1", "*.github.com"] } }
+//                                                                      only those
+//
+// Both lists are active and "the allow rules take priority" (seed 004 "Priority rules"): the
+// allow list fills the allow side, the deny list the deny side. A deny list that covers every
+// destination makes the mode block-all; otherwise it is allow-all.
+
+import { describe, isPlainObject, quote } from '../../config/fields.ts';
+import type { DialectResult, FieldIssue, Side } from '../model.ts';
+import { EMPTY_SIDE } from '../model.ts';
+import { normalizePattern } from '../names.ts';
+import { validateCidr } from '../validate.ts';
+
+/**
+ * Seed 004: "'0.0.0.0/0' is shorthand for 'every destination'" and falsy allowInternetAccess
+ * "blocks every destination". egressd also carries IPv6, so this entry blocks IPv6 as well: a
+ * sandbox told "every destination is denied" must not keep reaching the v6 internet. `::/0`
+ * alone names only the IPv6 half and stays an ordinary deny entry (IPv4 stays open).
+ */
+const ALL_TRAFFIC = '0.0.0.0/0';
+const NETWORK_FIELDS = ['allowOut', 'denyOut'] as const;
+/** A bound on one list, as for the sandbox0 dialect (src/policy/parse-policy.ts). */
+const MAX_ENTRIES = 1_000_000;
+const MAX_ISSUES = 100;
+
+type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
+
+class Issues {
+  readonly list: FieldIssue[] = [];
+  dropped = 0;
+  add(field: string, reason: string): void {
+    if (this.list.length < MAX_ISSUES) this.list.push({ field, reason });
+    else this.dropped++;
+  }
+  result(): FieldIssue[] {
+    return this.dropped === 0 ? this.list : [...this.list, { field: '', reason: `${this.dropped} more problems not shown` }];
+  }
+}
+
+/** One allowOut or denyOut entry, classified. */
+type Entry = { kind: 'cidr'; cidr: string } | { kind: 'domain'; pattern: string; raw: string } | { kind: 'invalid'; reason: string };
+
+/**
+ * A body holding only Novita's keys (src/policy/network-body.ts sorts keys by dialect). Field
+ * paths in issues are relative to the body.
+ */
+export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
+  const issues = new Issues();
+
+  // Seed 004: "Passing a falsy value ... has the same effect as adding ['0.0.0.0/0'] to
+  // denyOut". Only true and false are taken: null, 0 or "" are falsy in the SDK but are more
+  // likely a client's mistake than a request to cut the sandbox off, so they are refused.
+  const internet = body['allowInternetAccess'];
+  if (internet !== undefined && typeof internet !== 'boolean') {
+    issues.add('allowInternetAccess', `Expected true or false, got ${describe(internet)}`);
+  }
+
+  let allowRaw: unknown;
+  let denyRaw: unknown;
+  const network = body['network'];
+  if (network !== undefined && network !== null) {
+    if (!isPlainObject(network)) issues.add('network', `Expected an object with allowOut and denyOut, got ${describe(network)}`);
+    else {
+      for (const k of Object.keys(network)) {
+        if ((NETWORK_FIELDS as readonly string[]).includes(k)) continue;
+        // Seed 004 documents maskRequestHost under `network`, but it rewrites the Host header of
+        // requests coming *into* the sandbox: nothing egressd filters.
+        const why =
+          k === 'maskRequestHost'
+            ? 'Field "maskRequestHost" shapes requests into the sandbox; egressd filters outbound traffic only'
+            : `Unknown field ${quote(k)}; known fields are ${NETWORK_FIELDS.join(', ')}`;
+        issues.add(`network.${k}`, why);
+      }
+      allowRaw = network['allowOut'];
+      denyRaw = network['denyOut'];
+    }
+  }
+
+  const allowEntries = entries(allowRaw, 'network.allowOut', issues);
+  const denyEntries = entries(denyRaw, 'network.denyOut', issues);
+
+  // The deny list decides the mode, and the mode decides whether the allow list may name
+  // domains; issues are still reported in the order of the body.
+  // Sets keep each entry once (in first-seen order) at a cost linear in a list of 100,000.
+  const deny = new Set<string>();
+  for (const [, e] of denyEntries) if (e.kind === 'cidr') deny.add(e.cidr);
+  const blockAll = internet === false || deny.has(ALL_TRAFFIC);
+
+  const allow = { domains: new Set<string>(), cidrs: new Set<string>() };
+  for (const [i, e] of allowEntries) {
+    if (e.kind === 'invalid') issues.add(`network.allowOut[${i}]`, e.reason);
+    else if (e.kind === 'cidr') allow.cidrs.add(e.cidr);
+    else if (!blockAll) {
+      // Seed 004: "When domain-based filtering is enabled, all remaining traffic must be
+      // blocked through denyOut".
+      issues.add(
+        `network.allowOut[${i}]`,
+        `Domain ${quote(e.raw)} needs all other traffic blocked; add "${ALL_TRAFFIC}" to denyOut or set allowInternetAccess to false`,
+      );
+    } else allow.domains.add(e.pattern);
+  }
+  for (const [i, e] of denyEntries) {
+    if (e.kind === 'invalid') issues.add(`network.denyOut[${i}]`, e.reason);
+    // Seed 004: "Domain entries are only supported in allow lists and cannot be used in deny lists."
+    else if (e.kind === 'domain') issues.add(`network.denyOut[${i}]`, `Domain ${quote(e.raw)} cannot be denied; denyOut takes IP addresses and CIDRs only`);
+  }
+
+  if (issues.list.length > 0) return { ok: false, issues: issues.result() };
+  const allowSide: Side = { domains: [...allow.domains], cidrs: [...allow.cidrs], ports: [] };
+  const value: DialectResult = blockAll
+    ? {
+        dialect: 'novita',
+        // Under block-all a deny entry can refuse nothing the mode does not already refuse,
+        // since allow beats deny: the deny side is left empty rather than shown as if it acted.
+        policy: { mode: 'block-all', allow: allowSide, deny: EMPTY_SIDE },
+        essentialServices: false,
+        // Seed 004: "Whenever a domain appears in the configuration, the default nameserver
+        // 8.8.8.8 is allowed automatically so that DNS resolution keeps working."
+        dnsServersAllowed: allow.domains.size > 0,
+      }
+    : {
+        dialect: 'novita',
+        policy: { mode: 'allow-all', allow: allowSide, deny: { domains: [], cidrs: [...deny], ports: [] } },
+        essentialServices: false,
+        dnsServersAllowed: false,
+      };
+  return { ok: true, value };
+}
+
+/** The entries of one list with their indexes, or none (with an issue) when it is not a list. */
+function entries(v: unknown, field: string, issues: Issues): [number, Entry][] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) {
+    issues.add(field, `Expected a list of IP addresses, CIDRs or domains, got ${describe(v)}`);
+    return [];
+  }
+  if (v.length > MAX_ENTRIES) {
+    issues.add(field, `Expected at most ${MAX_ENTRIES} entries, got ${v.length}`);
+    return [];
+  }
+  const out: [number, Entry][] = [];
+  for (let i = 0; i < v.length; i++) out.push([i, classify(v[i])]);
+  return out;
+}
+
+/**
+ * Seed 004: entries are "IP addresses, CIDR blocks, or domain names", and `*.` wildcards.
+ * Whatever the CIDR validator accepts is an address (a bare address is a /32 or /128); an
+ * entry with a "/" that it refuses is a broken CIDR; anything else is read as a domain pattern,
+ * whose validator also refuses other spellings of addresses (`127.1`).
+ */
+function classify(v: unknown): Entry {
+  if (typeof v !== 'string') return { kind: 'invalid', reason: `Expected an IP address, a CIDR or a domain, got ${describe(v)}` };
+  // The SDK's ALL_TRAFFIC constant is resolved by the client (seed 004); its name on the wire
+  // is most likely a client that sent the identifier instead of the value.
+  if (v === 'ALL_TRAFFIC') return { kind: 'invalid', reason: `${quote(v)} is the SDK's name for "${ALL_TRAFFIC}"; send the CIDR itself` };
+  const c = validateCidr(v);
+  if (c.ok) return { kind: 'cidr', cidr: c.cidr };
+  if (v.includes('/')) return { kind: 'invalid', reason: c.reason };
+  // Seed 004 shows domains and `*.` wildcards only; a bare "*" would be every name.
+  if (v === '*') return { kind: 'invalid', reason: 'Pattern "*" is not a domain; name the domains, or use "*.example.com" for every name below one' };
+  const d = normalizePattern(v);
+  return d.ok ? { kind: 'domain', pattern: d.pattern, raw: v } : { kind: 'invalid', reason: d.reason };
+}

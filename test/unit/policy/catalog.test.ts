@@ -1,0 +1,193 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { loadCatalog } from '../../../src/policy/catalog/catalog.ts';
+import { normalizePattern } from '../../../src/policy/names.ts';
+
+// The "Essential services" sections of the two seed documents, read from ../shared/seeds/
+// (000 up to "Troubleshooting", 001 up to "### Testing Network Access"), so that the hosts are
+// taken from the documents' own text rather than from a list written beside the catalog.
+const SEEDS = fileURLToPath(new URL('../../../../shared/seeds/', import.meta.url));
+function section(file: string, from: string, to: string): string | null {
+  let text: string;
+  try {
+    text = readFileSync(join(SEEDS, file), 'utf8');
+  } catch {
+    return null;
+  }
+  const start = text.indexOf(from);
+  const end = text.indexOf(to, start);
+  return start < 0 || end < 0 ? null : text.slice(start, end);
+}
+const SEED_000 = section('000_3b2dba26ad59d8a0.txt', 'Essential services\n', 'Troubleshooting');
+const SEED_001 = section('001_a07ce38195c34e52.txt', '### Essential Services', '### Testing Network Access');
+const seedsMissing = SEED_000 === null || SEED_001 === null ? `the seed documents are not at ${SEEDS}` : null;
+if (seedsMissing) console.warn(`catalog-against-seeds tests skipped: ${seedsMissing}`);
+const SEED_000_ESSENTIAL_SERVICES = SEED_000 ?? '';
+const SEED_001_ESSENTIAL_SERVICES = SEED_001 ?? '';
+
+/** Every host or `*.` pattern a section names. */
+function hostsIn(text: string): string[] {
+  return [...new Set(text.match(/(?:\*\.)?(?:[a-z0-9-]+\.)+[a-z]{2,}/g) ?? [])];
+}
+
+const CATALOG_FILE = fileURLToPath(new URL('../../../src/policy/catalog/essential-services.yaml', import.meta.url));
+
+const tmp = mkdtempSync(join(tmpdir(), 'egressd-catalog-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+function catalogFile(name: string, text: string): string {
+  const p = join(tmp, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+function loaded(opts: Parameters<typeof loadCatalog>[0] = {}): { domains: string[]; categories: string[] } {
+  const r = loadCatalog(opts);
+  if (!r.ok) throw new Error(JSON.stringify(r.issues));
+  return r;
+}
+
+describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog against the seed documents', () => {
+  it('extracts the seed sections it checks against (the extraction itself is not empty)', () => {
+    // 140 names in seed 000's section, 73 in seed 001's; a broken regex would make the
+    // containment tests below pass vacuously.
+    expect(hostsIn(SEED_000_ESSENTIAL_SERVICES)).toHaveLength(140);
+    expect(hostsIn(SEED_001_ESSENTIAL_SERVICES)).toHaveLength(73);
+  });
+
+  it('contains every host and pattern seed 000 names', () => {
+    const { domains } = loaded();
+    expect(hostsIn(SEED_000_ESSENTIAL_SERVICES).filter((h) => !domains.includes(h))).toEqual([]);
+  });
+
+  it('contains every host seed 001 names, including those seed 000 covers only by a wildcard', () => {
+    const { domains } = loaded();
+    expect(hostsIn(SEED_001_ESSENTIAL_SERVICES).filter((h) => !domains.includes(h))).toEqual([]);
+    expect(domains).toContain('registry-1.docker.io');
+  });
+
+  it('names nothing that neither seed names', () => {
+    const named = new Set([...hostsIn(SEED_000_ESSENTIAL_SERVICES), ...hostsIn(SEED_001_ESSENTIAL_SERVICES)]);
+    expect(loaded().domains.filter((d) => !named.has(d))).toEqual([]);
+  });
+
+});
+
+describe('the built-in essential-services catalog', () => {
+  it('has every category of seed 000', () => {
+    expect(loaded().categories).toEqual([
+      'npm', 'yarn', 'bun', 'github', 'gitlab', 'bitbucket', 'azure-devops', 'pypi', 'composer', 'ubuntu-debian', 'cdn', 'ai-ml',
+      'container-registries', 'maven', 'google-fonts', 'aws-s3', 'gcs', 'daytona', 'developer-tools', 'messaging', 'llm-observability',
+    ]);
+  });
+
+  it('writes every entry in normalized form, so each passes normalizePattern unchanged', () => {
+    const doc = parse(readFileSync(CATALOG_FILE, 'utf8')) as { categories: Record<string, string[]> };
+    const entries = Object.values(doc.categories).flat();
+    expect(entries.length).toBeGreaterThan(160);
+    const failures = entries.map((e) => [e, normalizePattern(e)] as const).filter(([e, r]) => !r.ok || r.pattern !== e);
+    expect(failures).toEqual([]);
+  });
+
+  it('lists each domain once even where a category repeats another', () => {
+    const { domains } = loaded();
+    expect(new Set(domains).size).toBe(domains.length);
+  });
+});
+
+describe('loadCatalog options', () => {
+  it('selects only the categories asked for, in the order asked', () => {
+    const r = loaded({ categories: ['bun', 'daytona'] });
+    expect(r.categories).toEqual(['bun', 'daytona']);
+    expect(r.domains).toEqual(['bun.sh', '*.bun.sh', 'app.daytona.io']);
+  });
+
+  it('gives only the extra names when no category is selected', () => {
+    expect(loaded({ categories: [], extra: ['internal.example.com'] }).domains).toEqual(['internal.example.com']);
+  });
+
+  it('normalizes extra names like the policy names they are matched with', () => {
+    expect(loaded({ categories: [], extra: ['Mirror.Example.COM.', '*.Corp.Example.com'] }).domains).toEqual([
+      'mirror.example.com',
+      '*.corp.example.com',
+    ]);
+  });
+
+  it('refuses an unknown category with its index and the known names', () => {
+    const r = loadCatalog({ categories: ['npm', 'pip'] });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues).toHaveLength(1);
+    expect(r.issues[0]!.field).toBe('categories[1]');
+    expect(r.issues[0]!.reason).toMatch(/^Unknown category "pip"; known categories are npm, yarn, /);
+  });
+
+  it('refuses an extra entry that is not a domain pattern, with the validator\'s reason', () => {
+    const r = loadCatalog({ extra: ['ok.example.com', '*.com', '10.0.0.1'] });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues.map((i) => i.field)).toEqual(['extra[1]', 'extra[2]']);
+    expect(r.issues[0]!.reason).toContain('public suffix "com"');
+    expect(r.issues[1]!.reason).toContain('is an IP address');
+  });
+
+  it('refuses "*" as an extra name: it would turn essential services into every name', () => {
+    const r = loadCatalog({ extra: ['*'] });
+    expect(r).toEqual({ ok: false, issues: [{ field: 'extra[0]', reason: 'Pattern "*" would allow every name; name the services instead' }] });
+  });
+
+  it('reads another file of the same shape instead of the built-in one', () => {
+    const file = catalogFile('own.yaml', 'categories:\n  mirrors:\n    - Mirror.Example.com\n    - "*.cdn.example.net"\n');
+    expect(loadCatalog({ file })).toEqual({ ok: true, domains: ['mirror.example.com', '*.cdn.example.net'], categories: ['mirrors'] });
+  });
+
+  it('reports a file it cannot read against "file", naming the path', () => {
+    const r = loadCatalog({ file: join(tmp, 'missing.yaml') });
+    expect(r).toEqual({ ok: false, issues: [{ field: 'file', reason: `Cannot read catalog file ${JSON.stringify(join(tmp, 'missing.yaml'))} (ENOENT)` }] });
+  });
+
+  it('reports a file that is not YAML', () => {
+    const r = loadCatalog({ file: catalogFile('bad.yaml', 'categories: [unclosed\n') });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.issues[0]!.reason).toMatch(/^Catalog file ".*bad\.yaml" is not valid YAML: /);
+  });
+
+  it('reports a category written twice rather than keeping one of its lists', () => {
+    const r = loadCatalog({ file: catalogFile('dup.yaml', 'categories:\n  a: [a.example.com]\n  a: [b.example.com]\n') });
+    expect(r.ok || r.issues[0]!.reason).toMatch(/is not valid YAML: Map keys must be unique$/);
+  });
+
+  it('reports a file of the wrong shape', () => {
+    const top = loadCatalog({ file: catalogFile('top.yaml', 'categories: {}\nhosts: []\n') });
+    expect(top.ok || top.issues[0]!.reason).toMatch(/has unknown field "hosts"; the only field is categories$/);
+    const list = loadCatalog({ file: catalogFile('list.yaml', 'categories:\n  npm: registry.npmjs.org\n') });
+    expect(list.ok || list.issues[0]!.reason).toMatch(/at categories\.npm: expected a list of domain patterns, got the string "registry\.npmjs\.org"$/);
+  });
+
+  it('reports each bad entry of a file with its category and index', () => {
+    const file = catalogFile('entries.yaml', 'categories:\n  one:\n    - good.example.com\n    - "bad name"\n  Two:\n    - x.example.com\n');
+    const r = loadCatalog({ file });
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect(r.issues.map((i) => i.field)).toEqual(['file', 'file']);
+    expect(r.issues[0]!.reason).toMatch(/at categories\.one\[1\]: Pattern "bad name" contains " "/);
+    expect(r.issues[1]!.reason).toMatch(/at categories\.Two: category names are lowercase letters, digits and "-"$/);
+  });
+
+  it('refuses a file larger than it reads, without parsing it', () => {
+    const file = catalogFile('huge.yaml', `categories:\n  big:\n${'    - a.example.com\n'.repeat(250_000)}`);
+    const r = loadCatalog({ file });
+    expect(r.ok || r.issues[0]!.reason).toMatch(/bytes; at most 4194304 are read$/);
+  });
+
+  it('stops expanding YAML aliases before they multiply without bound', () => {
+    const lines = ['a: &a [x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com]'];
+    for (let i = 1; i < 9; i++) lines.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(', ')}]`);
+    lines.push('categories:\n  boom: *i');
+    const r = loadCatalog({ file: catalogFile('laughs.yaml', `${lines.join('\n')}\n`) });
+    expect(r.ok || r.issues[0]!.reason).toMatch(/is not valid YAML: Excessive alias count/);
+  });
+});

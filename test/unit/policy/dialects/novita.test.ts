@@ -1,0 +1,242 @@
+// The Novita/E2B dialect: every policy example of seed 004 with the verdicts it states, and
+// each of its rules with its error.
+
+import { describe, expect, it } from 'vitest';
+import { compilePolicy } from '../../../../src/policy/compile.ts';
+import { decide } from '../../../../src/policy/decide.ts';
+import type { DialectResult, FieldIssue } from '../../../../src/policy/model.ts';
+import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
+import { compileProtected } from '../../../../src/policy/protected.ts';
+
+const PROTECTED = compileProtected({});
+
+function parsed(body: unknown): DialectResult {
+  const r = parseNetworkBody(body);
+  if (!r.ok) throw new Error(JSON.stringify(r.issues));
+  return r.value;
+}
+
+function verdictOf(body: unknown): (name: string | null, ip: string, port?: number) => 'allow' | 'refuse' {
+  const compiled = compilePolicy(parsed(body).policy, PROTECTED);
+  return (name, ip, port = 443) => decide(compiled, { name, ip, port }).verdict;
+}
+
+function issuesOf(body: unknown): FieldIssue[] {
+  const r = parseNetworkBody(body);
+  if (r.ok) throw new Error(`expected a refusal, got ${JSON.stringify(r.value)}`);
+  return r.issues;
+}
+
+/** An address no example names, for connections judged by name. */
+const ELSEWHERE = '104.16.24.34';
+const V6 = '2606:4700:4700::1111';
+
+describe('seed 004 "Toggling internet access"', () => {
+  it('allowInternetAccess true (the default) allows everything', () => {
+    const v = verdictOf({ allowInternetAccess: true });
+    expect(v(null, '1.1.1.1', 22)).toBe('allow');
+    expect(v('example.com', ELSEWHERE)).toBe('allow');
+    expect(v(null, V6)).toBe('allow');
+  });
+
+  it('allowInternetAccess false blocks every destination, IPv6 included', () => {
+    const v = verdictOf({ allowInternetAccess: false });
+    expect(v(null, '1.1.1.1')).toBe('refuse');
+    expect(v('example.com', ELSEWHERE, 80)).toBe('refuse');
+    expect(v(null, V6)).toBe('refuse');
+  });
+
+  it('allowInternetAccess false means the same as denyOut ["0.0.0.0/0"]', () => {
+    expect(parsed({ allowInternetAccess: false }).policy).toEqual(parsed({ network: { denyOut: ['0.0.0.0/0'] } }).policy);
+  });
+});
+
+describe('seed 004 "Allow and deny lists"', () => {
+  it('denyOut 0.0.0.0/0 with allowOut 1.1.1.1 and 8.8.8.0/24 allows only those', () => {
+    const v = verdictOf({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '8.8.8.0/24'] } });
+    expect(v(null, '1.1.1.1', 53)).toBe('allow');
+    expect(v(null, '8.8.8.8', 53)).toBe('allow');
+    expect(v(null, '8.8.8.255')).toBe('allow');
+    expect(v(null, '8.8.4.4')).toBe('refuse');
+    expect(v(null, '1.0.0.1')).toBe('refuse');
+    expect(v(null, V6)).toBe('refuse');
+  });
+
+  it('denyOut 8.8.8.8 alone denies that address and allows everything else', () => {
+    const v = verdictOf({ network: { denyOut: ['8.8.8.8'] } });
+    expect(v(null, '8.8.8.8', 53)).toBe('refuse');
+    expect(v(null, '8.8.4.4', 53)).toBe('allow');
+    expect(v('example.com', ELSEWHERE)).toBe('allow');
+    expect(parsed({ network: { denyOut: ['8.8.8.8'] } }).policy).toEqual({
+      mode: 'allow-all',
+      allow: { domains: [], cidrs: [], ports: [] },
+      deny: { domains: [], cidrs: ['8.8.8.8/32'], ports: [] },
+    });
+  });
+});
+
+describe('seed 004 "Domain-based filtering"', () => {
+  it('allowOut google.com with denyOut 0.0.0.0/0 allows only google.com, by name', () => {
+    const body = { network: { allowOut: ['google.com'], denyOut: ['0.0.0.0/0'] } };
+    const v = verdictOf(body);
+    expect(v('google.com', ELSEWHERE)).toBe('allow');
+    expect(v('google.com', ELSEWHERE, 80)).toBe('allow');
+    expect(v('www.google.com', ELSEWHERE)).toBe('refuse');
+    expect(v('example.com', ELSEWHERE)).toBe('refuse');
+    expect(v(null, ELSEWHERE)).toBe('refuse');
+  });
+
+  it('allows the DNS servers whenever a domain appears ("the default nameserver 8.8.8.8 is allowed")', () => {
+    expect(parsed({ network: { allowOut: ['google.com'], denyOut: ['0.0.0.0/0'] } }).dnsServersAllowed).toBe(true);
+    expect(parsed({ network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'] } }).dnsServersAllowed).toBe(false);
+    expect(parsed({ allowInternetAccess: false }).dnsServersAllowed).toBe(false);
+  });
+
+  it('*.mydomain.com allows every subdomain, and not mydomain.com itself', () => {
+    const v = verdictOf({ network: { allowOut: ['*.mydomain.com'], denyOut: ['0.0.0.0/0'] } });
+    expect(v('api.mydomain.com', ELSEWHERE)).toBe('allow');
+    expect(v('a.b.mydomain.com', ELSEWHERE)).toBe('allow');
+    expect(v('mydomain.com', ELSEWHERE)).toBe('refuse');
+    expect(v('notmydomain.com', ELSEWHERE)).toBe('refuse');
+  });
+
+  it('domains, IP addresses and CIDRs mix in one list', () => {
+    const v = verdictOf({ network: { allowOut: ['api.example.com', '*.github.com', '8.8.8.8'], denyOut: ['0.0.0.0/0'] } });
+    expect(v('api.example.com', ELSEWHERE)).toBe('allow');
+    expect(v('api.github.com', ELSEWHERE)).toBe('allow');
+    expect(v(null, '8.8.8.8', 53)).toBe('allow');
+    expect(v('github.com', ELSEWHERE)).toBe('refuse');
+    expect(v('example.com', ELSEWHERE)).toBe('refuse');
+    expect(v(null, '1.1.1.1')).toBe('refuse');
+  });
+
+  it('takes a domain when allowInternetAccess false is what blocks the rest', () => {
+    expect(parsed({ allowInternetAccess: false, network: { allowOut: ['google.com'] } }).policy.allow.domains).toEqual(['google.com']);
+  });
+});
+
+describe('seed 004 "Priority rules": allow beats deny', () => {
+  it('allows 1.1.1.1 and 8.8.8.8 although all traffic is denied', () => {
+    const v = verdictOf({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '8.8.8.8'] } });
+    expect(v(null, '1.1.1.1')).toBe('allow');
+    expect(v(null, '8.8.8.8')).toBe('allow');
+    expect(v(null, '9.9.9.9')).toBe('refuse');
+  });
+
+  it('keeps an allowed address inside a denied range reachable when the rest is open', () => {
+    const v = verdictOf({ network: { denyOut: ['8.8.8.0/24'], allowOut: ['8.8.8.8'] } });
+    expect(v(null, '8.8.8.8')).toBe('allow');
+    expect(v(null, '8.8.8.9')).toBe('refuse');
+    expect(v(null, '1.1.1.1')).toBe('allow');
+  });
+});
+
+describe('how ::/0 is read', () => {
+  it('denyOut ::/0 alone denies IPv6 and leaves IPv4 open', () => {
+    const body = { network: { denyOut: ['::/0'] } };
+    const v = verdictOf(body);
+    expect(v(null, V6)).toBe('refuse');
+    expect(v(null, '1.1.1.1')).toBe('allow');
+    expect(parsed(body).policy.mode).toBe('allow-all');
+  });
+
+  it('::/0 does not enable domain filtering: it does not block all traffic', () => {
+    expect(issuesOf({ network: { allowOut: ['google.com'], denyOut: ['::/0'] } })[0]!.field).toBe('network.allowOut[0]');
+  });
+
+  it('a /0 written with host bits is the same every-destination entry', () => {
+    expect(parsed({ network: { denyOut: ['10.1.2.3/0'] } }).policy.mode).toBe('block-all');
+  });
+});
+
+describe('seed 004 rules and their errors', () => {
+  it('refuses a domain in denyOut', () => {
+    expect(issuesOf({ network: { denyOut: ['0.0.0.0/0', 'facebook.com'] } })).toEqual([
+      { field: 'network.denyOut[1]', reason: 'Domain "facebook.com" cannot be denied; denyOut takes IP addresses and CIDRs only' },
+    ]);
+  });
+
+  it('refuses a domain in allowOut unless all other traffic is blocked', () => {
+    expect(issuesOf({ network: { allowOut: ['1.1.1.1', 'google.com'], denyOut: ['8.8.8.8'] } })).toEqual([
+      {
+        field: 'network.allowOut[1]',
+        reason: 'Domain "google.com" needs all other traffic blocked; add "0.0.0.0/0" to denyOut or set allowInternetAccess to false',
+      },
+    ]);
+  });
+
+  it('refuses a malformed CIDR with the validator\'s reason', () => {
+    expect(issuesOf({ network: { denyOut: ['10.0.0.0/33'] } })).toEqual([
+      { field: 'network.denyOut[0]', reason: 'CIDR "10.0.0.0/33" has a prefix length outside 0-32' },
+    ]);
+  });
+
+  it('refuses an entry that is neither an address nor a domain', () => {
+    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['exa mple.com'] } })).toEqual([
+      { field: 'network.allowOut[0]', reason: 'Pattern "exa mple.com" contains " ", which is not allowed in a host name' },
+    ]);
+  });
+
+  it('refuses a loose spelling of an address rather than reading it as a name', () => {
+    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['127.1'] } })[0]!.reason).toContain('is an IP address');
+  });
+
+  it('refuses a bare "*": the document has "*." wildcards only', () => {
+    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['*'] } })[0]).toEqual({
+      field: 'network.allowOut[0]',
+      reason: 'Pattern "*" is not a domain; name the domains, or use "*.example.com" for every name below one',
+    });
+  });
+
+  it('refuses a wildcard over a public suffix', () => {
+    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['*.com'] } })[0]!.reason).toBe('Pattern "*.com" is a wildcard over the public suffix "com"');
+  });
+
+  it('points a client that sent the ALL_TRAFFIC identifier at its value', () => {
+    expect(issuesOf({ network: { denyOut: ['ALL_TRAFFIC'] } })).toEqual([
+      { field: 'network.denyOut[0]', reason: '"ALL_TRAFFIC" is the SDK\'s name for "0.0.0.0/0"; send the CIDR itself' },
+    ]);
+  });
+
+  it('refuses an allowInternetAccess that is not a boolean, falsy or not', () => {
+    expect(issuesOf({ allowInternetAccess: 0 })).toEqual([{ field: 'allowInternetAccess', reason: 'Expected true or false, got number "0"' }]);
+    expect(issuesOf({ allowInternetAccess: null })[0]!.field).toBe('allowInternetAccess');
+  });
+
+  it('refuses a network that is not an object, and lists that are not lists', () => {
+    expect(issuesOf({ network: ['0.0.0.0/0'] })).toEqual([{ field: 'network', reason: 'Expected an object with allowOut and denyOut, got an array' }]);
+    expect(issuesOf({ network: { denyOut: '0.0.0.0/0' } })).toEqual([
+      { field: 'network.denyOut', reason: 'Expected a list of IP addresses, CIDRs or domains, got the string "0.0.0.0/0"' },
+    ]);
+    expect(issuesOf({ network: { allowOut: [7] } })).toEqual([{ field: 'network.allowOut[0]', reason: 'Expected an IP address, a CIDR or a domain, got number "7"' }]);
+  });
+
+  it('refuses unknown network fields, and says why maskRequestHost has no place here', () => {
+    expect(issuesOf({ network: { allow_out: [] , maskRequestHost: 'localhost:${PORT}' } })).toEqual([
+      { field: 'network.allow_out', reason: 'Unknown field "allow_out"; known fields are allowOut, denyOut' },
+      { field: 'network.maskRequestHost', reason: 'Field "maskRequestHost" shapes requests into the sandbox; egressd filters outbound traffic only' },
+    ]);
+  });
+
+  it('caps the report at 100 issues and counts the rest', () => {
+    const issues = issuesOf({ network: { denyOut: Array.from({ length: 250 }, (_, i) => `bad name ${i}`) } });
+    expect(issues).toHaveLength(101);
+    expect(issues[100]).toEqual({ field: '', reason: '150 more problems not shown' });
+  });
+
+  it('keeps each entry once after normalization', () => {
+    const p = parsed({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '1.1.1.1/32', 'GitHub.com', 'github.com.'] } }).policy;
+    expect(p.allow).toEqual({ domains: ['github.com'], cidrs: ['1.1.1.1/32'], ports: [] });
+  });
+});
+
+describe('bounds', () => {
+  it('takes a list of 100,000 addresses in linear time', () => {
+    const allowOut = Array.from({ length: 100_000 }, (_, i) => `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`);
+    const started = performance.now();
+    const p = parsed({ network: { denyOut: ['0.0.0.0/0'], allowOut } }).policy;
+    expect(p.allow.cidrs).toHaveLength(100_000);
+    // A quadratic de-duplication takes minutes here; a linear one well under the limit.
+    expect(performance.now() - started).toBeLessThan(5_000);
+  });
+});
