@@ -1,46 +1,98 @@
-// Wires one running egressd: configuration, the policy store, the listeners, the resolver,
-// the admin listener and the logger. main.ts owns argv, signals and the exit code.
+// Wires one running egressd: configuration, the policy store and its control plane, the
+// listeners, the resolver, the admin listener (health, API, metrics) and the logger. main.ts
+// owns argv, signals and the exit code.
 
 import type { Socket } from 'node:net';
-import type { Config } from './config/schema.ts';
 import { AdminServer, type Readiness } from './admin/server.ts';
-import { handleConnection } from './net/connection.ts';
+import { mountApi } from './admin/api.ts';
+import type { Config } from './config/schema.ts';
+import { handleConnection, type PipelineDeps } from './net/connection.ts';
 import { Listener } from './net/listener.ts';
-import { nativeAddonStatus } from './net/original-dst.ts';
+import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { ConnectionRegistry } from './net/registry.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
+import { Metrics } from './observability/metrics.ts';
+import { loadCatalog } from './policy/catalog/catalog.ts';
+import { ControlPlane, type ChangeEvent, type PersistedState, type SandboxRecord } from './policy/control-plane.ts';
+import { StateFile } from './policy/state-file.ts';
 import { PolicyStore } from './policy/store.ts';
+import { InvalidConfigError } from './errors.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
+
+export interface DaemonOptions {
+  /** Replaces SO_ORIGINAL_DST: loopback tests that run without iptables say where a socket was going. */
+  readonly originalDst?: PipelineDeps['originalDst'];
+}
+
+/** The essential-services catalog the config asks for, or the config's error. */
+export function catalogOf(config: Config): string[] {
+  const c = loadCatalog({
+    categories: config.catalog.categories,
+    extra: config.catalog.extra,
+    ...(config.catalog.file !== null ? { file: config.catalog.file } : {}),
+  });
+  if (!c.ok) throw new InvalidConfigError('(catalog)', c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })));
+  return c.domains;
+}
+
+export function configSandboxRecords(config: Config): SandboxRecord[] {
+  return config.sandboxes.map((s) => ({ id: s.id, sources: s.sources, org: s.org, network: s.networkBody, origin: 'config' as const }));
+}
 
 export class Daemon {
   #config: Config;
   readonly log: Logger;
   readonly store: PolicyStore;
+  readonly control: ControlPlane;
+  readonly metrics: Metrics;
   readonly registry = new ConnectionRegistry();
   readonly resolver: NameResolver;
   readonly listeners: Listener[] = [];
   readonly admin: AdminServer;
   readonly #outcomeListeners: OutcomeListener[] = [];
+  readonly #originalDst: PipelineDeps['originalDst'];
   #state: DaemonState = 'starting';
   #pending = new Set<Promise<void>>();
 
-  constructor(config: Config, log: Logger) {
+  constructor(config: Config, log: Logger, opts: DaemonOptions = {}) {
     this.#config = config;
     this.log = log;
-    this.store = new PolicyStore({
-      protected: config.protected,
-      defaultNetwork: config.defaultNetwork,
-      sandboxes: config.sandboxes,
+    this.#originalDst = opts.originalDst ?? originalDestination;
+    this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
+    this.store = new PolicyStore(
+      { protected: config.protected, catalog: catalogOf(config), dnsServers: config.dns.sandboxServers },
+      config.defaultNetwork,
+    );
+    this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateFile<PersistedState>(config.state.path));
+    this.control.onChange((e) => this.#onPolicyChange(e));
+    this.resolver = new NameResolver({
+      servers: [...config.dns.servers],
+      timeoutMs: config.dns.timeoutMs,
+      onLookup: (e) => this.metrics.dnsLookup(e),
     });
-    this.resolver = new NameResolver({ servers: [...config.dns.servers], timeoutMs: config.dns.timeoutMs });
     const onConnection = (socket: Socket, kind: Listener['kind']): void => this.#accept(socket, kind);
     for (const kind of ['http', 'tls', 'tcp'] as const) {
       for (const ep of config.listen[kind]) this.listeners.push(new Listener(kind, ep, onConnection));
     }
     this.admin = new AdminServer(config.admin.listen, () => this.readiness());
+    this.admin.route({
+      method: 'GET',
+      path: /^\/metrics$/,
+      handler: async (_q, res) => {
+        const m = await this.metrics.render();
+        res.writeHead(200, { 'content-type': m.contentType, 'cache-control': 'no-store' });
+        res.end(m.body);
+      },
+    });
+    mountApi(this.admin, this.control, {
+      token: () => this.#config.admin.token,
+      maxBodyBytes: config.admin.maxBodyBytes,
+      onRefused: () => this.metrics.policyChangesRefused.inc({ source: 'api' }),
+    });
+    this.onOutcome((o) => this.metrics.outcome(o));
     this.onOutcome((o) => this.#logOutcome(o));
   }
 
@@ -68,6 +120,10 @@ export class Daemon {
   async start(): Promise<void> {
     const addon = nativeAddonStatus();
     if (!addon.ok) throw new Error(addon.reason);
+    const loaded = await this.control.load(configSandboxRecords(this.#config));
+    for (const s of loaded.skipped) {
+      this.log.error({ event: 'state-entry-skipped', field: s.field, reason: s.reason }, 'A persisted entry no longer validates');
+    }
     await this.admin.listen();
     try {
       await Promise.all(this.listeners.map((l) => l.listen()));
@@ -81,10 +137,28 @@ export class Daemon {
         event: 'started',
         listeners: this.listeners.map((l) => ({ kind: l.kind, address: l.endpoint.host, port: l.port })),
         admin: this.config.admin.listen.text,
+        adminPort: this.admin.port,
         sandboxes: this.store.sandboxCount,
+        restored: loaded.loaded,
       },
       'egressd serving',
     );
+  }
+
+  /**
+   * Replaces the running configuration's sandboxes (SIGHUP). The listeners, ports and admin
+   * endpoint stay as they are; a config whose sandboxes are refused changes nothing.
+   */
+  reload(next: Config): { ok: true; sandboxes: number } | { ok: false; reason: string } {
+    const r = this.control.replaceConfigSandboxes(configSandboxRecords(next));
+    if (!r.ok) {
+      this.metrics.configReloads.inc({ result: 'refused' });
+      const e = r.error;
+      return { ok: false, reason: e.kind === 'invalid' ? e.issues.map((i) => `${i.field}: ${i.reason}`).join('; ') : e.message };
+    }
+    this.#config = Object.freeze({ ...next, listen: this.#config.listen, admin: { ...next.admin, listen: this.#config.admin.listen } });
+    this.metrics.configReloads.inc({ result: 'ok' });
+    return { ok: true, sandboxes: r.value };
   }
 
   #accept(socket: Socket, kind: Listener['kind']): void {
@@ -92,15 +166,40 @@ export class Daemon {
       socket.resetAndDestroy();
       return;
     }
+    this.metrics.accepted(kind);
     const p = handleConnection(socket, kind, {
       config: () => this.#config,
       policies: this.store,
       resolver: this.resolver,
       registry: this.registry,
+      originalDst: this.#originalDst,
       emit: (o) => this.#emit(o),
     });
     this.#pending.add(p);
     void p.finally(() => this.#pending.delete(p));
+  }
+
+  /**
+   * A change applies to the next connection at once; open connections that the new policy
+   * refuses are closed now (onPolicyChange: close), those it still allows are untouched.
+   */
+  #onPolicyChange(e: ChangeEvent): void {
+    this.metrics.policyChanges.inc({ source: e.source });
+    this.log.info(
+      { event: 'policy-change', source: e.source, actor: e.actor, action: e.action, kind: e.kind, id: e.id, before: e.before, after: e.after, version: this.store.version },
+      'policy change',
+    );
+    if (this.#config.onPolicyChange === 'keep') return;
+    let closed = 0;
+    for (const c of this.registry) {
+      if (c.facts === null) continue;
+      const d = this.store.lookup(c.outcome.source).decide(c.facts);
+      if (d.verdict === 'refuse') {
+        this.registry.close(c, 'policy-changed');
+        closed++;
+      }
+    }
+    if (closed > 0) this.log.info({ event: 'closed-by-policy-change', count: closed }, 'closed connections the new policy refuses');
   }
 
   #emit(o: ConnectionOutcome): void {
@@ -114,7 +213,7 @@ export class Daemon {
   }
 
   #logOutcome(o: Readonly<ConnectionOutcome>): void {
-    const level = o.verdict === 'allow' ? 'info' : o.verdict === 'refuse' ? 'info' : 'warn';
+    const level = o.verdict === 'error' ? 'warn' : 'info';
     this.log[level](
       {
         event: 'connection',
@@ -144,14 +243,22 @@ export class Daemon {
   }
 
   /**
-   * Stops accepting, lets open connections finish for up to `drainMs`, then closes the rest.
+   * Stops accepting (readiness turns 503 first), lets open connections finish for up to
+   * `drainMs`, then closes the rest.
    */
   async stop(drainMs: number): Promise<void> {
-    if (this.#state === 'stopped') return;
+    if (this.#state === 'stopped' || this.#state === 'draining') return;
     this.#state = 'draining';
     await Promise.all(this.listeners.map((l) => l.close()));
     if (this.#pending.size > 0 && drainMs > 0) {
-      await Promise.race([Promise.allSettled([...this.#pending]), new Promise((r) => setTimeout(r, drainMs).unref())]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.allSettled([...this.#pending]),
+        new Promise((r) => {
+          timer = setTimeout(r, drainMs);
+        }),
+      ]);
+      clearTimeout(timer);
     }
     this.registry.closeAll('shutdown');
     await Promise.allSettled([...this.#pending]);
@@ -161,3 +268,4 @@ export class Daemon {
     this.log.info({ event: 'stopped' }, 'egressd stopped');
   }
 }
+

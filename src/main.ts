@@ -2,8 +2,10 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { apiCommand } from './cli/api-client.ts';
 import { decideCommand } from './cli/decide.ts';
 import { inspectBytes } from './cli/inspect.ts';
+import { iptablesCommand } from './cli/iptables.ts';
 import { loadConfig, parseConfigText } from './config/load.ts';
 import { type Config, validateConfig } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
@@ -18,6 +20,13 @@ Commands:
   inspect [FILE|-]                   Show the protocol and name in a client's first bytes
   decide --policy FILE [--host NAME] --ip ADDR --port N
                                      The verdict a policy gives one connection
+  sandbox put|get|rm|network|effective ID, sandbox ls
+  org put|get|rm ID
+  check --sandbox ID [--host NAME] --ip ADDR --port N
+                                     The control-plane API (--admin URL, EGRESSD_ADMIN_URL,
+                                     EGRESSD_ADMIN_TOKEN or --token-file)
+  iptables [--apply|--remove] [--mode host|sidecar] ...
+                                     Print or install the REDIRECT rules (iptables or nft)
 
 Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
@@ -47,9 +56,14 @@ async function serve(argv: string[]): Promise<number> {
     err(`egressd: ${(e as Error).message}`);
     return 1;
   }
-  const log = createLogger({ level: config.log.level, pretty: values.pretty === true });
-  const daemon = new Daemon(config, log);
+  const log = createLogger({
+    level: config.log.level,
+    pretty: values.pretty === true,
+    ...(config.log.destination !== null ? { destination: config.log.destination } : {}),
+  });
+  let daemon: Daemon;
   try {
+    daemon = new Daemon(config, log);
     await daemon.start();
   } catch (e) {
     log.fatal({ event: 'start-failed', err: (e as Error).message }, 'egressd could not start');
@@ -62,14 +76,32 @@ async function serve(argv: string[]): Promise<number> {
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
-      log.info({ event: 'signal', signal }, 'stopping');
-      void daemon.stop(5000).then(() => {
+      log.info({ event: 'signal', signal, drainMs: daemon.config.shutdown.drainMs }, 'draining, then stopping');
+      void daemon.stop(daemon.config.shutdown.drainMs).then(() => {
         log.flush();
         resolve(0);
       });
     };
+    // SIGHUP re-reads the config file; an invalid file is refused and logged, and the running
+    // configuration stays in force.
+    const reload = async (): Promise<void> => {
+      if (file === null) {
+        log.warn({ event: 'reload-skipped', reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
+        return;
+      }
+      try {
+        const next = withEnv(await loadConfig(file));
+        const r = daemon.reload(next);
+        if (r.ok) log.info({ event: 'reload', file, sandboxes: r.sandboxes }, 'configuration reloaded');
+        else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
+      } catch (e) {
+        daemon.metrics.configReloads.inc({ result: 'refused' });
+        log.error({ event: 'reload-refused', file, reason: (e as Error).message }, 'configuration refused; the running one stays');
+      }
+    };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => void reload());
   });
 }
 
@@ -143,6 +175,20 @@ async function main(argv: string[]): Promise<number> {
         return inspect(rest);
       case 'decide':
         return decideCli(rest);
+      case 'iptables': {
+        const r = await iptablesCommand(rest);
+        if (r.stderr) err(r.stderr);
+        out(r.stdout);
+        return r.code;
+      }
+      case 'sandbox':
+      case 'org':
+      case 'check': {
+        const r = await apiCommand(command, rest, process.env);
+        if (r.stderr) err(r.stderr);
+        out(r.stdout);
+        return r.code;
+      }
       case undefined:
       case '-h':
       case '--help':

@@ -7,15 +7,17 @@ import { isIP } from 'node:net';
 import { isPlainObject, quote } from '../config/fields.ts';
 import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../policy/control-plane.ts';
 import { parseNetwork } from '../policy/control-plane.ts';
-import type { DialectResult, Policy } from '../policy/model.ts';
+import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../policy/names.ts';
-import { formatPorts } from '../policy/render.ts';
+import { renderNetwork } from '../policy/render.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
 import { sendJson, type AdminServer } from './server.ts';
 
 export interface ApiOptions {
   readonly token: () => string | null;
   readonly maxBodyBytes: number;
+  /** Called for every change the API refuses (invalid, conflicting or unknown), for the counters. */
+  readonly onRefused?: (e: ChangeError) => void;
 }
 
 const ID = '([A-Za-z0-9][A-Za-z0-9._-]{0,127})';
@@ -30,27 +32,6 @@ function fromChange(e: ChangeError): ApiError {
   return new ApiError(404, 'not_found', e.message);
 }
 
-function unwrap<T>(r: ChangeResult<T>): T {
-  if (!r.ok) throw fromChange(r.error);
-  return r.value;
-}
-
-/** A policy as the sandbox0 dialect writes it, showing what applies. */
-export function toSandbox0(r: DialectResult): Record<string, unknown> {
-  const p: Policy = r.policy;
-  return {
-    mode: p.mode,
-    egress: {
-      allowed_domains: p.allow.domains,
-      denied_domains: p.deny.domains,
-      allowed_cidrs: p.allow.cidrs,
-      denied_cidrs: p.deny.cidrs,
-      allowed_ports: formatPorts(p.allow.ports),
-      denied_ports: formatPorts(p.deny.ports),
-    },
-    essential_services: r.essentialServices,
-  };
-}
 
 export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions): void {
   const guarded =
@@ -64,7 +45,13 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         throw err;
       }
     };
+  const unwrap = <T,>(r: ChangeResult<T>): T => {
+    if (r.ok) return r.value;
+    opts.onRefused?.(r.error);
+    throw fromChange(r.error);
+  };
   const body = (req: IncomingMessage): Promise<unknown> => readJson(req, opts.maxBodyBytes);
+  const actor = (req: IncomingMessage): string => `api ${req.socket.remoteAddress ?? '?'}`;
   const networkOf = (r: SandboxRecord): DialectResult => {
     const n = parseNetwork(r.network, 'network');
     if (!n.ok) throw new ApiError(400, 'invalid_policy', 'Stored network no longer validates');
@@ -75,7 +62,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     sources: r.sources,
     org: r.org,
     origin: r.origin,
-    network: toSandbox0(networkOf(r)),
+    network: renderNetwork(networkOf(r)),
   });
   const get = (id: string): SandboxRecord => {
     const r = cp.sandbox(id);
@@ -88,7 +75,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     method: 'PUT',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
     handler: guarded(async (req, res, [id]) => {
-      const r = unwrap(await cp.putSandbox(id!, await body(req)));
+      const r = unwrap(await cp.putSandbox(id!, await body(req), actor(req)));
       sendJson(res, r.created ? 201 : 200, view(r.record));
     }),
   });
@@ -97,21 +84,21 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     method: 'DELETE',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
     handler: guarded(async (_q, res, [id]) => {
-      unwrap(await cp.deleteSandbox(id!));
+      unwrap(await cp.deleteSandbox(id!, actor(_q)));
       res.writeHead(204).end();
     }),
   });
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
-    handler: guarded((_q, res, [id]) => sendJson(res, 200, toSandbox0(networkOf(get(id!))))),
+    handler: guarded((_q, res, [id]) => sendJson(res, 200, renderNetwork(networkOf(get(id!))))),
   });
   admin.route({
     method: 'PUT',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
     handler: guarded(async (req, res, [id]) => {
-      const r = unwrap(await cp.putNetwork(id!, await body(req)));
-      sendJson(res, 200, toSandbox0(networkOf(r.record)));
+      const r = unwrap(await cp.putNetwork(id!, await body(req), actor(req)));
+      sendJson(res, 200, renderNetwork(networkOf(r.record)));
     }),
   });
   admin.route({
@@ -131,9 +118,9 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
             : {
                 id: org.id,
                 tier: org.tier,
-                network: orgNet?.ok ? toSandbox0(orgNet.value) : org.tier !== null && org.tier <= 2 ? { mode: 'block-all', essential_services: true } : { mode: 'allow-all' },
+                network: orgNet?.ok ? renderNetwork(orgNet.value) : org.tier !== null && org.tier <= 2 ? { mode: 'block-all', essential_services: true } : { mode: 'allow-all' },
               },
-        network: toSandbox0(networkOf(r)),
+        network: renderNetwork(networkOf(r)),
         dns_servers_allowed: networkOf(r).dnsServersAllowed ? settings.dnsServers : [],
         essential_services: networkOf(r).essentialServices || (org?.tier != null && org.tier <= 2) ? settings.catalog : [],
         protected: {
@@ -150,11 +137,11 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       path: new RegExp(`^/api/v1/orgs/${ID}$`),
       handler: guarded(async (req, res, [id]) => {
         if (method === 'PUT') {
-          const r = unwrap(await cp.putOrg(id!, await body(req)));
+          const r = unwrap(await cp.putOrg(id!, await body(req), actor(req)));
           return sendJson(res, r.created ? 201 : 200, r.record);
         }
         if (method === 'DELETE') {
-          unwrap(await cp.deleteOrg(id!));
+          unwrap(await cp.deleteOrg(id!, actor(req)));
           res.writeHead(204).end();
           return;
         }

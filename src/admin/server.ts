@@ -71,7 +71,8 @@ export class AdminServer {
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
-      this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port }, () => {
+      // SO_REUSEPORT, as the listeners: a new process can come up beside one that drains.
+      this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port, reusePort: true }, () => {
         this.#server.off('error', reject);
         resolve();
       });

@@ -3,11 +3,12 @@
 // whole. The keys listed in DEFAULTS_DOC are the contract documented in docs/config.md.
 
 import { isIP } from 'node:net';
-import type { Policy } from '../policy/model.ts';
-import { parsePolicyDocument } from '../policy/parse-policy.ts';
+import type { DialectResult } from '../policy/model.ts';
+import { parseNetworkBody } from '../policy/network-body.ts';
 import { validateCidr } from '../policy/validate.ts';
 import {
   IssueList,
+  optBool,
   deepFreeze,
   describe,
   objectWithKeys,
@@ -34,15 +35,25 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
 
 export interface SandboxConfig {
   readonly id: string;
-  /** Source addresses (as written, validated) that identify this sandbox's connections. */
+  /** Canonical source addresses that identify this sandbox's connections. */
   readonly sources: readonly string[];
-  readonly network: Policy;
+  readonly org: string | null;
+  /** The policy body as written (any dialect), kept so the control plane re-reads it by one path. */
+  readonly networkBody: unknown;
+  readonly network: DialectResult;
 }
+
+export type OnPolicyChange = 'close' | 'keep';
 
 export interface Config {
   readonly listen: Readonly<Record<ListenerKind, readonly Endpoint[]>>;
-  readonly admin: { readonly listen: Endpoint; readonly token: string | null };
-  readonly dns: { readonly servers: readonly string[]; readonly timeoutMs: number };
+  readonly admin: { readonly listen: Endpoint; readonly token: string | null; readonly maxBodyBytes: number };
+  readonly dns: {
+    readonly servers: readonly string[];
+    readonly timeoutMs: number;
+    /** The sandboxes' own DNS servers, allowed on port 53 when a policy names a domain (Novita). */
+    readonly sandboxServers: readonly string[];
+  };
   readonly upstream: {
     readonly dial: DialMode;
     readonly connectTimeoutMs: number;
@@ -52,9 +63,14 @@ export interface Config {
   readonly block: BlockMode;
   readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
   /** The policy for a source that belongs to no sandbox. */
-  readonly defaultNetwork: Policy;
+  readonly defaultNetwork: DialectResult;
   readonly sandboxes: readonly SandboxConfig[];
-  readonly log: { readonly level: LogLevel };
+  readonly catalog: { readonly categories: readonly string[] | 'all'; readonly extra: readonly string[]; readonly file: string | null };
+  readonly state: { readonly path: string | null };
+  readonly onPolicyChange: OnPolicyChange;
+  readonly shutdown: { readonly drainMs: number };
+  readonly metrics: { readonly sandboxLabel: boolean };
+  readonly log: { readonly level: LogLevel; readonly destination: string | null };
 }
 
 const BLOCK_EVERYTHING: unknown = { mode: 'block-all' };
@@ -66,18 +82,26 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
     tls: ['0.0.0.0:15443', '[::]:15443'],
     tcp: ['0.0.0.0:15001', '[::]:15001'],
   },
-  admin: { listen: '127.0.0.1:9901' },
-  dns: { servers: [], timeoutMs: 2000 },
+  admin: { listen: '127.0.0.1:9901', maxBodyBytes: 1_048_576 },
+  dns: { servers: [], timeoutMs: 2000, sandboxServers: ['8.8.8.8'] },
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
   block: 'explain',
   protected: { extra: [], except: [] },
   defaultNetwork: BLOCK_EVERYTHING,
   sandboxes: [],
-  log: { level: 'info' },
+  catalog: { categories: 'all', extra: [], file: null },
+  state: { path: null },
+  onPolicyChange: 'close',
+  shutdown: { drainMs: 30_000 },
+  metrics: { sandboxLabel: false },
+  log: { level: 'info', destination: null },
 });
 
-const TOP_KEYS = ['listen', 'admin', 'dns', 'upstream', 'peek', 'block', 'protected', 'defaultNetwork', 'sandboxes', 'log'];
+const TOP_KEYS = [
+  'listen', 'admin', 'dns', 'upstream', 'peek', 'block', 'protected', 'defaultNetwork', 'sandboxes',
+  'catalog', 'state', 'onPolicyChange', 'shutdown', 'metrics', 'log',
+];
 
 export function parseEndpoint(text: string): Endpoint | string {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
@@ -112,8 +136,8 @@ function dnsServer(text: string): string | undefined {
   return isIP(text) !== 0 ? text : undefined;
 }
 
-function policyAt(v: unknown, field: string, issues: IssueList): Policy | undefined {
-  const parsed = parsePolicyDocument(v);
+function policyAt(v: unknown, field: string, issues: IssueList): DialectResult | undefined {
+  const parsed = parseNetworkBody(v);
   if (!parsed.ok) {
     issues.addAll(field, parsed.issues);
     return undefined;
@@ -138,15 +162,23 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     listen[kind] = endpointList(raw, `listen.${kind}`, issues) ?? [];
   }
 
-  const adminIn = root['admin'] === undefined ? {} : objectWithKeys(root['admin'], 'admin', ['listen', 'token'], issues);
+  const adminIn = root['admin'] === undefined ? {} : objectWithKeys(root['admin'], 'admin', ['listen', 'token', 'maxBodyBytes'], issues);
   const adminListen = endpointList(adminIn?.['listen'] ?? d['admin']['listen'], 'admin.listen', issues);
   if (adminListen && adminListen.length > 1) issues.add('admin.listen', 'Expected a single "address:port"');
   const token = optString(adminIn?.['token'], 'admin.token', issues) ?? null;
+  const maxBodyBytes = optInt(adminIn?.['maxBodyBytes'], 'admin.maxBodyBytes', 1024, 64 * 1_048_576, issues) ?? d['admin']['maxBodyBytes'];
 
-  const dnsIn = root['dns'] === undefined ? {} : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs'], issues);
+  const dnsIn = root['dns'] === undefined ? {} : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs', 'sandboxServers'], issues);
   const servers = optStringArray(dnsIn?.['servers'], 'dns.servers', issues) ?? [];
   servers.forEach((s, i) => {
     if (dnsServer(s) === undefined) issues.add(`dns.servers[${i}]`, `Expected an address or "address:port", got ${quote(s)}`);
+  });
+  const sandboxServers = optStringArray(dnsIn?.['sandboxServers'], 'dns.sandboxServers', issues) ?? d['dns']['sandboxServers'];
+  const sandboxServersCanon: string[] = [];
+  sandboxServers.forEach((s: string, i: number) => {
+    const c = canonicalSource(s);
+    if (c === undefined) issues.add(`dns.sandboxServers[${i}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+    else sandboxServersCanon.push(c);
   });
   const dnsTimeout = optInt(dnsIn?.['timeoutMs'], 'dns.timeoutMs', 1, 60_000, issues) ?? d['dns']['timeoutMs'];
 
@@ -179,7 +211,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (Array.isArray(sbIn)) {
     sbIn.forEach((raw, i) => {
       const f = `sandboxes[${i}]`;
-      const sb = objectWithKeys(raw, f, ['id', 'sources', 'network'], issues);
+      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network'], issues);
       if (!sb) return;
       const id = optString(sb['id'], `${f}.id`, issues);
       if (sb['id'] === undefined) issues.add(`${f}.id`, 'Missing required field "id"');
@@ -198,28 +230,54 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
           canon.push(c);
         }
       });
+      const org = optString(sb['org'], `${f}.org`, issues);
+      if (org !== undefined && !SANDBOX_ID.test(org)) issues.add(`${f}.org`, `Expected an organization id, got ${quote(org)}`);
       if (sb['network'] === undefined) issues.add(`${f}.network`, 'Missing required field "network"');
       const network = sb['network'] === undefined ? undefined : policyAt(sb['network'], `${f}.network`, issues);
-      if (id !== undefined && network !== undefined) sandboxes.push({ id, sources: canon, network });
+      if (id !== undefined && network !== undefined) {
+        sandboxes.push({ id, sources: canon, org: org ?? null, networkBody: sb['network'], network });
+      }
     });
   }
 
-  const logIn = root['log'] === undefined ? {} : objectWithKeys(root['log'], 'log', ['level'], issues);
+  const catIn = root['catalog'] === undefined ? {} : objectWithKeys(root['catalog'], 'catalog', ['categories', 'extra', 'file'], issues);
+  const categories: readonly string[] | 'all' =
+    catIn?.['categories'] === undefined || catIn['categories'] === 'all'
+      ? 'all'
+      : (optStringArray(catIn['categories'], 'catalog.categories', issues) ?? []);
+  const catalogExtra = optStringArray(catIn?.['extra'], 'catalog.extra', issues) ?? [];
+  const catalogFile = optString(catIn?.['file'], 'catalog.file', issues) ?? null;
+
+  const stateIn = root['state'] === undefined ? {} : objectWithKeys(root['state'], 'state', ['path'], issues);
+  const statePath = optString(stateIn?.['path'], 'state.path', issues) ?? null;
+  const onPolicyChange = optEnum(root['onPolicyChange'], 'onPolicyChange', ['close', 'keep'] as const, issues) ?? 'close';
+  const shutIn = root['shutdown'] === undefined ? {} : objectWithKeys(root['shutdown'], 'shutdown', ['drainMs'], issues);
+  const drainMs = optInt(shutIn?.['drainMs'], 'shutdown.drainMs', 0, 86_400_000, issues) ?? d['shutdown']['drainMs'];
+  const metIn = root['metrics'] === undefined ? {} : objectWithKeys(root['metrics'], 'metrics', ['sandboxLabel'], issues);
+  const sandboxLabel = optBool(metIn?.['sandboxLabel'], 'metrics.sandboxLabel', issues) ?? false;
+
+  const logIn = root['log'] === undefined ? {} : objectWithKeys(root['log'], 'log', ['level', 'destination'], issues);
   const level =
     optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
+  const destination = optString(logIn?.['destination'], 'log.destination', issues) ?? null;
 
   if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.issues };
   const config: Config = {
     listen,
-    admin: { listen: adminListen[0]!, token },
-    dns: { servers, timeoutMs: dnsTimeout },
+    admin: { listen: adminListen[0]!, token, maxBodyBytes },
+    dns: { servers, timeoutMs: dnsTimeout, sandboxServers: sandboxServersCanon },
     upstream: { dial, connectTimeoutMs, idleTimeoutMs },
     peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
     block,
     protected: { extra, except },
     defaultNetwork,
     sandboxes,
-    log: { level },
+    catalog: { categories, extra: catalogExtra, file: catalogFile },
+    state: { path: statePath },
+    onPolicyChange,
+    shutdown: { drainMs },
+    metrics: { sandboxLabel },
+    log: { level, destination },
   };
   return { ok: true, config: deepFreeze(config) };
 }

@@ -43,12 +43,17 @@ export class Listener {
       };
       this.#server.once('error', onError);
       // `[::]` is bound IPv6-only: `0.0.0.0` is a listener of its own, as the default config has it.
-      this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port, ipv6Only: this.endpoint.host.includes(':'), backlog: 1024 }, () => {
+      // SO_REUSEPORT lets a new process bind the same ports while the old one drains: the kernel
+      // hands new connections to whichever still listens, so a restart refuses no one.
+      this.#server.listen(
+        { host: this.endpoint.host, port: this.endpoint.port, ipv6Only: this.endpoint.host.includes(':'), backlog: 1024, reusePort: true },
+        () => {
         this.#server.off('error', onError);
         const a = this.#server.address();
         if (a && typeof a === 'object') this.#status = { state: 'listening', address: a.address, port: a.port };
         resolve();
-      });
+        },
+      );
     });
   }
 

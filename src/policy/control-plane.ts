@@ -3,6 +3,7 @@
 // persisted (atomically, durably) and only then applied and acknowledged: a refused change
 // changes nothing, and an acknowledged one survives a crash.
 
+import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../config/fields.ts';
 import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
 import type { DialectResult, FieldIssue } from './model.ts';
@@ -45,6 +46,17 @@ export interface ChangeEvent {
   readonly action: 'put' | 'delete';
   readonly kind: 'sandbox' | 'org';
   readonly id: string;
+  /** Who asked: the API client's address, or the config file. */
+  readonly actor: string;
+  /** Digests of the entry before and after (null when absent), so a log shows what moved without the body. */
+  readonly before: string | null;
+  readonly after: string | null;
+}
+
+/** A short, stable digest of an entry as persisted: the first 16 hex digits of its SHA-256. */
+export function digestOf(v: unknown): string | null {
+  if (v === undefined || v === null) return null;
+  return createHash('sha256').update(JSON.stringify(v)).digest('hex').slice(0, 16);
 }
 
 const invalid = (issues: readonly FieldIssue[]): { ok: false; error: ChangeError } => ({ ok: false, error: { kind: 'invalid', issues } });
@@ -135,8 +147,11 @@ export class ControlPlane {
         this.#records.delete(r.id);
       }
     }
+    const before = new Map([...this.#records.values()].filter((r) => r.origin === 'config').map((r) => [r.id, digestOf(r)]));
     for (const p of parsed) if (p.n.ok) this.#apply(p.r, p.n.value);
-    for (const r of next) this.#emit({ source: 'config', action: 'put', kind: 'sandbox', id: r.id });
+    for (const r of next) {
+      this.#emit({ source: 'config', action: 'put', kind: 'sandbox', id: r.id, actor: 'config', before: before.get(r.id) ?? null, after: digestOf(r) });
+    }
     return { ok: true, value: next.length };
   }
 
@@ -201,7 +216,7 @@ export class ControlPlane {
     this.#records.set(record.id, record);
   }
 
-  putSandbox(id: string, body: unknown): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
+  putSandbox(id: string, body: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
     return this.#serialized(async () => {
       const v = this.#validateSandbox(id, body, 'api');
       if (!v.ok) return v;
@@ -216,19 +231,19 @@ export class ControlPlane {
         throw err;
       }
       this.#apply(v.value.record, v.value.network);
-      this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id });
+      this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created } };
     });
   }
 
   /** Replaces only the network of an existing sandbox (the sandbox0 route). */
-  putNetwork(id: string, network: unknown): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
+  putNetwork(id: string, network: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
     const r = this.#records.get(id);
     if (!r) return Promise.resolve(notFound(`Sandbox ${quote(id)} does not exist`));
-    return this.putSandbox(id, { sources: r.sources, ...(r.org !== null ? { org: r.org } : {}), network });
+    return this.putSandbox(id, { sources: r.sources, ...(r.org !== null ? { org: r.org } : {}), network }, actor);
   }
 
-  deleteSandbox(id: string): Promise<ChangeResult<SandboxRecord>> {
+  deleteSandbox(id: string, actor = 'api'): Promise<ChangeResult<SandboxRecord>> {
     return this.#serialized(async () => {
       const r = this.#records.get(id);
       if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
@@ -241,7 +256,7 @@ export class ControlPlane {
         throw err;
       }
       this.store.removeSandbox(id);
-      this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id });
+      this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
       return { ok: true, value: r };
     });
   }
@@ -275,7 +290,7 @@ export class ControlPlane {
     this.#orgs.set(record.id, record);
   }
 
-  putOrg(id: string, body: unknown): Promise<ChangeResult<{ record: OrgRecord; created: boolean }>> {
+  putOrg(id: string, body: unknown, actor = 'api'): Promise<ChangeResult<{ record: OrgRecord; created: boolean }>> {
     return this.#serialized(async () => {
       const v = this.#validateOrg(id, body);
       if (!v.ok) return v;
@@ -289,12 +304,12 @@ export class ControlPlane {
         throw err;
       }
       this.#applyOrg(v.value.record, v.value.def);
-      this.#emit({ source: 'api', action: 'put', kind: 'org', id });
+      this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created: before === undefined } };
     });
   }
 
-  deleteOrg(id: string): Promise<ChangeResult<OrgRecord>> {
+  deleteOrg(id: string, actor = 'api'): Promise<ChangeResult<OrgRecord>> {
     return this.#serialized(async () => {
       const r = this.#orgs.get(id);
       if (!r) return notFound(`Organization ${quote(id)} does not exist`);
@@ -308,7 +323,7 @@ export class ControlPlane {
         throw err;
       }
       this.store.removeOrg(id);
-      this.#emit({ source: 'api', action: 'delete', kind: 'org', id });
+      this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
       return { ok: true, value: r };
     });
   }

@@ -2,7 +2,7 @@
 // by its source address. Policies are compiled here, once per change; a lookup on the hot path
 // is one Map get, and a decision is the organization's layer then the sandbox's.
 
-import type { DialectResult, Policy, Side } from './model.ts';
+import type { DialectResult, Side } from './model.ts';
 import { compilePolicy, type CompiledPolicy } from './compile.ts';
 import { decide, type Decision, type Facts } from './decide.ts';
 import { compileProtected, type ProtectedSet } from './protected.ts';
@@ -129,10 +129,10 @@ export class PolicyStore implements PolicyLookup {
   readonly #orgs = new Map<string, { def: OrgDefinition; layer: Layer }>();
   #version = 0;
 
-  constructor(settings: StoreSettings, defaultNetwork: Policy) {
+  constructor(settings: StoreSettings, defaultNetwork: DialectResult) {
     this.#settings = settings;
     this.#protected = compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except] });
-    this.#default = this.#effective(null, null, { dialect: 'sandbox0', policy: defaultNetwork, essentialServices: false, dnsServersAllowed: false });
+    this.#default = this.#effective(null, null, defaultNetwork);
   }
 
   get protectedSet(): ProtectedSet {

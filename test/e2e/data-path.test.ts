@@ -1,0 +1,249 @@
+// The transparent data path on the real iptables path: a sandbox namespace whose outbound TCP is
+// REDIRECTed (by `egressd iptables --apply`) to an egressd process in the router namespace, and an
+// "internet" namespace with TLS, HTTP and plain TCP servers and a DNS server. Real clients (curl,
+// openssl s_client, Node's tls, Python) run in the sandbox.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
+import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const CA = join(ROOT, 'certs/ca.pem');
+const CLIENT = join(ROOT, 'test/helpers/sandbox-client.ts');
+const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
+const TOKEN = 'e2e-admin-token';
+
+// Addresses in the internet namespace (all from 198.18.0.0/15 and 2001:db8::/32).
+const REAL = '198.18.1.2'; // allowed.test's real server
+const DENIED = '198.18.1.3'; // denied.test
+const BANNER = '198.18.1.5'; // a server-first service, allowed by CIDR
+const ATTACKER = '198.18.1.9'; // where spoofing code points its connection
+const REAL6 = '2001:db8:0:2::2';
+const ATTACKER6 = '2001:db8:0:2::9';
+
+const skip = rigUnavailableReason();
+if (skip) console.warn(`e2e data path skipped: ${skip}`);
+
+describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => {
+  let rig: Rig;
+  let daemon: DaemonProcess;
+  let dir: string;
+
+  beforeAll(async () => {
+    rig = await createRig();
+    dir = mkdtempSync(join(tmpdir(), 'egressd-e2e-'));
+    await rig.servers([REAL, DENIED, BANNER, ATTACKER, REAL6, ATTACKER6]);
+    await rig.dns({
+      'allowed.test': [REAL, REAL6],
+      'www.allowed.test': [REAL],
+      'denied.test': [DENIED],
+      'metadata.test': ['169.254.169.254'],
+    });
+    const config = {
+      listen: {
+        http: ['0.0.0.0:15080', '[::]:15080'],
+        tls: ['0.0.0.0:15443', '[::]:15443'],
+        tcp: ['0.0.0.0:15001', '[::]:15001'],
+      },
+      admin: { listen: '127.0.0.1:9901', token: TOKEN },
+      dns: { servers: [rig.dnsServer], sandboxServers: [rig.dnsServer] },
+      peek: { timeoutMs: 3000, firstByteTimeoutMs: 500 },
+      protected: { except: ['198.18.0.0/15', '2001:db8::/32'] },
+      state: { path: join(dir, 'state.json') },
+      sandboxes: [
+        {
+          id: 'sb-1',
+          sources: [rig.sandboxV4, rig.sandboxV6],
+          network: {
+            mode: 'block-all',
+            egress: {
+              allowed_domains: ['allowed.test', '*.allowed.test', 'metadata.test'],
+              allowed_cidrs: [`${BANNER}/32`],
+            },
+          },
+        },
+      ],
+    };
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, JSON.stringify(config));
+    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
+    await rig.redirect(PORTS);
+  });
+
+  afterAll(async () => {
+    await daemon?.stop('SIGTERM');
+    await rig?.teardown();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const inSandbox = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
+  const client = async (args: string[]): Promise<Record<string, any>> => {
+    const r = await inSandbox(NODE, [CLIENT, ...args]);
+    expect(r.stdout, r.stderr).toMatch(/^\{/);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  };
+  /** The outcome line of the connection from the sandbox to `dest` (ip:port), waiting for it. */
+  const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
+    daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 15_000);
+  const bytesAt = (address: string): number =>
+    rig.events().filter((e) => e.local.replace(/^\[|\]?:\d+$/g, '') === address || e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
+
+  it('lets an allowed name through over TLS with curl, and the real server answers', async () => {
+    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${REAL}`, 'https://allowed.test/']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(REAL);
+    const o = await outcome(`${REAL}:443`);
+    expect(o).toMatchObject({ sandbox: 'sb-1', name: 'allowed.test', protocol: 'tls', verdict: 'allow', reason: 'allow-rule', dialed: REAL });
+    expect(o['bytesDown']).toBeGreaterThan(0);
+  });
+
+  it('lets an allowed name through over plain HTTP with curl', async () => {
+    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `www.allowed.test:80:${REAL}`, 'http://www.allowed.test/hello']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('www.allowed.test');
+    await outcome(`${REAL}:80`, (l) => l['name'] === 'www.allowed.test' && l['verdict'] === 'allow');
+  });
+
+  it('answers a refused TLS name with an access_denied alert, and the server never sees a byte', async () => {
+    const before = bytesAt(DENIED);
+    const r = await inSandbox('openssl', ['s_client', '-connect', `${DENIED}:443`, '-servername', 'denied.test', '-CAfile', CA], 20_000);
+    expect(r.code).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
+    const o = await outcome(`${DENIED}:443`);
+    expect(o).toMatchObject({ name: 'denied.test', verdict: 'refuse', reason: 'default-block', dialed: null });
+    expect(bytesAt(DENIED)).toBe(before);
+  });
+
+  it('answers a refused HTTP name with a 403 naming the host', async () => {
+    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '-', '-w', '\n%{http_code}', '--resolve', `denied.test:80:${DENIED}`, 'http://denied.test/']);
+    expect(r.stdout.trim().split('\n').pop()).toBe('403');
+    expect(r.stdout).toContain('denied.test');
+    await outcome(`${DENIED}:80`, (l) => l['verdict'] === 'refuse');
+  });
+
+  it('decides right on a ClientHello sent one byte per segment (Node tls client)', async () => {
+    const res = await client(['tls', '--host', REAL, '--port', '443', '--sni', 'allowed.test', '--ca', CA, '--split', 'bytes']);
+    expect(res).toMatchObject({ outcome: 'response', status: 200 });
+    const refused = await client(['tls', '--host', DENIED, '--port', '443', '--sni', 'denied.test', '--ca', CA, '--split', 'bytes']);
+    expect(refused['outcome']).toBe('tls-error');
+    expect(String(refused['message'])).toMatch(/access denied/i);
+  });
+
+  it('decides right on a ClientHello re-framed into several TLS records', async () => {
+    const res = await client(['tls', '--host', REAL, '--port', '443', '--sni', 'allowed.test', '--ca', CA, '--split', 'records']);
+    expect(res).toMatchObject({ outcome: 'response', status: 200 });
+  });
+
+  it('carries an SNI-spoofed connection to the name\'s real owner, never to the attacker', async () => {
+    const before = bytesAt(ATTACKER);
+    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${ATTACKER}`, 'https://allowed.test/']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(REAL);
+    const o = await outcome(`${ATTACKER}:443`);
+    expect(o).toMatchObject({ verdict: 'allow', dialed: REAL });
+    expect(bytesAt(ATTACKER)).toBe(before);
+  });
+
+  it('carries a Host-spoofed HTTP request to the real owner too', async () => {
+    const before = bytesAt(ATTACKER);
+    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `allowed.test:80:${ATTACKER}`, 'http://allowed.test/']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(REAL);
+    expect(bytesAt(ATTACKER)).toBe(before);
+  });
+
+  it('never dials the metadata address, by address or through a name that resolves to it', async () => {
+    const direct = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', 'http://169.254.169.254/latest/meta-data/']);
+    expect(direct.stdout).toBe('403');
+    expect(await outcome('169.254.169.254:80')).toMatchObject({ verdict: 'refuse', reason: 'protected-address', dialed: null });
+    const viaName = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `metadata.test:80:${REAL}`, 'http://metadata.test/']);
+    expect(viaName.stdout).toBe('403');
+    expect(await outcome(`${REAL}:80`, (l) => l['name'] === 'metadata.test')).toMatchObject({ verdict: 'refuse', reason: 'no-allowed-address', dialed: null });
+  });
+
+  it('lets a server-first service on another port speak first through an allowed CIDR, without a peek', async () => {
+    const res = await client(['banner', '--host', BANNER, '--port', '2525']);
+    expect(res).toMatchObject({ outcome: 'banner', banner: '220 hello\r\n' });
+    const o = await outcome(`${BANNER}:2525`);
+    expect(o).toMatchObject({ listener: 'tcp', verdict: 'allow', reason: 'allow-rule', dialed: BANNER });
+    expect(o['peekMs']).toBeUndefined();
+  });
+
+  it('cuts a silent client at the peek deadline', async () => {
+    const res = await client(['silent', '--host', REAL, '--port', '443']);
+    expect(res['outcome']).toBe('closed');
+    expect(await outcome(`${REAL}:443`, (l) => l['reason'] === 'peek-timeout')).toMatchObject({ verdict: 'refuse', dialed: null });
+  });
+
+  it('cuts a one-byte-a-second client at the deadline, which arriving bytes never push back', async () => {
+    // 500 ms apart over a 3 s deadline: were the deadline reset by each byte, the client would
+    // send all 600 bytes (and hit its own timeout) before being cut.
+    const res = await client(['drip', '--host', DENIED, '--port', '443', '--interval', '500', '--timeout', '30000']);
+    expect(res['outcome']).toBe('closed');
+    expect(res['sent']).toBeLessThan(20);
+    await outcome(`${DENIED}:443`, (l) => l['reason'] === 'peek-timeout');
+  });
+
+  it('works the same over IPv6: allowed, refused, spoofed', async () => {
+    const ok = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:[${REAL6}]`, 'https://allowed.test/']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toContain(REAL6);
+    const refused = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `denied.test:80:[${ATTACKER6}]`, 'http://denied.test/']);
+    expect(refused.stdout).toBe('403');
+    const before = bytesAt(ATTACKER6);
+    const spoof = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:[${ATTACKER6}]`, 'https://allowed.test/']);
+    expect(spoof.code, spoof.stderr).toBe(0);
+    expect(spoof.stdout).toContain(REAL6);
+    expect(bytesAt(ATTACKER6)).toBe(before);
+  });
+
+  it('serves Python ssl clients the same way', async () => {
+    const py = [
+      'import socket, ssl, sys',
+      `ctx = ssl.create_default_context(cafile="${CA}")`,
+      'host, ip, expect = sys.argv[1], sys.argv[2], sys.argv[3]',
+      'try:',
+      '    with socket.create_connection((ip, 443), timeout=10) as s:',
+      '        with ctx.wrap_socket(s, server_hostname=host) as t:',
+      '            t.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\nConnection: close\\r\\n\\r\\n")',
+      '            data = b""',
+      '            while chunk := t.recv(4096): data += chunk',
+      '            print("ok", data.split(b"\\r\\n")[0].decode())',
+      'except ssl.SSLError as e:',
+      '    print("ssl-error", e.reason)',
+    ].join('\n');
+    const ok = await inSandbox('python3', ['-c', py, 'allowed.test', REAL, 'ok']);
+    expect(ok.stdout).toMatch(/^ok HTTP\/1\.1 200/);
+    const refused = await inSandbox('python3', ['-c', py, 'denied.test', DENIED, 'refused']);
+    expect(refused.stdout).toMatch(/ssl-error .*ACCESS_DENIED/i);
+  });
+
+  it('counts every connection above in /metrics, by listener, verdict and reason, exactly as logged', async () => {
+    const scrape = await rig.execIn('router', 'curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:9901/metrics']);
+    expect(scrape.code, scrape.stderr).toBe(0);
+    const counted = new Map<string, number>();
+    for (const m of scrape.stdout.matchAll(/^egressd_connections_total\{listener="(\w+)",verdict="(\w+)",reason="([\w-]+)"\} (\d+)$/gm)) {
+      counted.set(`${m[1]} ${m[2]} ${m[3]}`, Number(m[4]));
+    }
+    const logged = new Map<string, number>();
+    for (const l of daemon.connections()) {
+      const key = `${l['listener']} ${l['verdict']} ${l['reason']}`;
+      logged.set(key, (logged.get(key) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(counted)).toEqual(Object.fromEntries(logged));
+    expect(counted.get('tls refuse default-block')).toBeGreaterThanOrEqual(2);
+    expect(counted.get('http refuse protected-address')).toBe(1);
+    expect(counted.get('http refuse no-allowed-address')).toBe(1);
+    expect(counted.get('tls refuse peek-timeout')).toBe(2);
+    expect(counted.get('tcp allow allow-rule')).toBe(1);
+    const value = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(scrape.stdout)?.[1] ?? NaN);
+    expect(value('egressd_bytes_total\\{direction="down"\\}')).toBeGreaterThan(0);
+    expect(value('egressd_dns_lookups_total\\{outcome="ok"\\}')).toBeGreaterThan(0);
+    expect(scrape.stdout).toMatch(/^egressd_active_connections\{listener="tls"\} 0$/m);
+    expect(scrape.stdout).toMatch(/^egressd_upstream_connect_duration_seconds_count \d+$/m);
+  });
+});

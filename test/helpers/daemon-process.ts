@@ -1,0 +1,94 @@
+// Runs a real egressd process (bin: node src/main.ts serve) and reads its JSON log lines, so
+// tests can wait for the start, find each connection's one outcome line, and stop it by PID.
+
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+
+export interface LogLine {
+  readonly event?: string;
+  readonly [key: string]: unknown;
+}
+
+export interface DaemonProcess {
+  readonly child: ChildProcess;
+  readonly lines: LogLine[];
+  readonly stderr: () => string;
+  /** Waits for a log line that satisfies `pred`; rejects after `timeoutMs` with what was seen. */
+  waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  connections(): LogLine[];
+  /** Sends the signal and waits for the exit code (SIGKILL after `timeoutMs`). */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+}
+
+export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000): Promise<DaemonProcess> {
+  const lines: LogLine[] = [];
+  let err = '';
+  const waiters = new Set<() => void>();
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (d: string) => {
+    if (err.length < 65_536) err += d;
+  });
+  const rl = createInterface({ input: child.stdout! });
+  rl.on('line', (text) => {
+    try {
+      lines.push(JSON.parse(text) as LogLine);
+    } catch {
+      lines.push({ event: 'unparsed', text });
+    }
+    for (const w of [...waiters]) w();
+  });
+  let exitCode: number | null | undefined;
+  child.once('exit', (code) => {
+    exitCode = code;
+    for (const w of [...waiters]) w();
+  });
+
+  const waitFor = (pred: (l: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> =>
+    new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const hit = lines.find(pred);
+        if (hit) {
+          cleanup();
+          resolve(hit);
+          return true;
+        }
+        if (exitCode !== undefined) {
+          cleanup();
+          reject(new Error(`egressd exited (${exitCode}) before the expected log line; stderr: ${err.slice(-2000)}`));
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`No matching log line within ${timeoutMs} ms; last lines:\n${lines.slice(-8).map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${err.slice(-2000)}`));
+      }, timeoutMs);
+      const w = (): void => void check();
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        waiters.delete(w);
+      };
+      waiters.add(w);
+      check();
+    });
+
+  const d: DaemonProcess = {
+    child,
+    lines,
+    stderr: () => err,
+    waitFor,
+    connections: () => lines.filter((l) => l.event === 'connection'),
+    async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
+      if (exitCode !== undefined) return exitCode;
+      const exited = once(child, 'exit');
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      const [code] = (await exited) as [number | null];
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  await waitFor((l) => l.event === 'started', startTimeoutMs);
+  return d;
+}

@@ -1,0 +1,78 @@
+// An in-process egressd on loopback for integration tests. There is no iptables here, so the
+// original destination comes from a table keyed by the client's source address: each test
+// client binds its own 127.0.0.x and says where it was "going".
+
+import { Writable } from 'node:stream';
+import type { Socket } from 'node:net';
+import { pino } from 'pino';
+import { validateConfig, canonicalSource, type Config } from '../../src/config/schema.ts';
+import { Daemon } from '../../src/daemon.ts';
+import type { OriginalDestination } from '../../src/net/original-dst.ts';
+
+export interface LoopbackDaemon {
+  readonly daemon: Daemon;
+  readonly logs: Record<string, unknown>[];
+  /** Connections from `source` are treated as if they had been going to address:port. */
+  route(source: string, address: string, port: number): void;
+  port(kind: 'http' | 'tls' | 'tcp'): number;
+  readonly adminUrl: string;
+  waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+export function loopbackConfig(doc: Record<string, unknown>): Config {
+  const r = validateConfig({
+    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
+    admin: { listen: '127.0.0.1:0', token: 'test-token' },
+    protected: { except: ['127.0.0.0/8'] },
+    peek: { timeoutMs: 2000, firstByteTimeoutMs: 300 },
+    ...doc,
+  });
+  if (!r.ok) throw new Error(`Invalid test config: ${JSON.stringify(r.issues)}`);
+  return r.config;
+}
+
+export async function startLoopbackDaemon(config: Config): Promise<LoopbackDaemon> {
+  const logs: Record<string, unknown>[] = [];
+  const waiters = new Set<() => void>();
+  const sink = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      for (const w of [...waiters]) w();
+      cb();
+    },
+  });
+  const log = pino({ level: 'info' }, sink);
+  const routes = new Map<string, { address: string; port: number }>();
+  const originalDst = (socket: Socket): OriginalDestination => {
+    const r = routes.get(canonicalSource(socket.remoteAddress ?? '') ?? '');
+    return r ? { kind: 'redirected', ...r } : { kind: 'not-redirected', why: 'no test route for this source' };
+  };
+  const daemon = new Daemon(config, log, { originalDst });
+  await daemon.start();
+  const adminPort = daemon.admin.port!;
+  return {
+    daemon,
+    logs,
+    route: (source, address, port) => routes.set(source, { address, port }),
+    port: (kind) => daemon.listeners.find((l) => l.kind === kind)!.port!,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
+    waitForLog: (pred, timeoutMs = 5000) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          const hit = logs.find(pred);
+          if (!hit) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(hit);
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`No matching log line; last: ${JSON.stringify(logs.slice(-5))}`));
+        }, timeoutMs);
+        waiters.add(check);
+        check();
+      }),
+    stop: () => daemon.stop(0),
+  };
+}

@@ -1,0 +1,187 @@
+// The whole daemon in-process on loopback: listeners, pipeline, control-plane API, live policy
+// changes, persistence across a restart, and the metrics that count it all.
+
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+
+const TOKEN = 'test-token';
+const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+
+async function echoServer(): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as { port: number }).port, sockets };
+}
+
+function dialFrom(source: string, port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: source });
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Connects and waits for the daemon to end the connection (a refusal can come before 'connect'). */
+function refusedFrom(source: string, port: number): Promise<{ received: number; error: string | null }> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: source });
+    let received = 0;
+    let error: string | null = null;
+    s.on('data', (b) => (received += b.length));
+    s.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+    s.on('close', () => resolve({ received, error }));
+  });
+}
+
+async function echoes(s: Socket, text: string): Promise<string> {
+  s.write(text);
+  const [chunk] = (await once(s, 'data')) as [Buffer];
+  return chunk.toString();
+}
+
+describe('the daemon on loopback', () => {
+  let dir: string;
+  let d: LoopbackDaemon | undefined;
+  let upstream: Awaited<ReturnType<typeof echoServer>>;
+  const clients: Socket[] = [];
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'egressd-it-'));
+    upstream = await echoServer();
+  });
+  afterEach(async () => {
+    for (const c of clients) c.destroy();
+    await d?.stop();
+    d = undefined;
+    for (const s of upstream.sockets) s.destroy();
+    upstream.server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const api = async (method: string, path: string, body?: unknown, headers: Record<string, string> = auth) => {
+    const res = await request(`${d!.adminUrl}${path}`, { method: method as 'GET', headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    const text = await res.body.text();
+    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
+  };
+
+  it('carries an address-allowed connection both ways and logs one outcome line for it', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({ sandboxes: [{ id: 'sb-a', sources: ['127.0.0.2'], network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } } }] }),
+    );
+    d.route('127.0.0.2', '127.0.0.1', upstream.port);
+    const c = await dialFrom('127.0.0.2', d.port('tcp'));
+    clients.push(c);
+    expect(await echoes(c, 'ping')).toBe('ping');
+    c.end();
+    const line = await d.waitForLog((l) => l['event'] === 'connection');
+    expect(line).toMatchObject({ sandbox: 'sb-a', verdict: 'allow', reason: 'allow-rule', dialed: '127.0.0.1', bytesUp: 4, bytesDown: 4 });
+  });
+
+  it('refuses a source that belongs to no sandbox with the default policy', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    d.route('127.0.0.3', '127.0.0.1', upstream.port);
+    expect(await refusedFrom('127.0.0.3', d.port('tcp'))).toEqual({ received: 0, error: 'ECONNRESET' });
+    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ sandbox: null, verdict: 'refuse', reason: 'default-block', dialed: null });
+    expect(upstream.sockets.size).toBe(0);
+  });
+
+  it('refuses a connection that was not redirected (a loop or a probe)', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    expect((await refusedFrom('127.0.0.4', d.port('tls'))).received).toBe(0);
+    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ verdict: 'refuse', reason: 'not-redirected' });
+  });
+
+  it('closes open connections a live change refuses, spares those it still allows, and counts them', async () => {
+    const other = await echoServer();
+    try {
+      d = await startLoopbackDaemon(loopbackConfig({ state: { path: join(dir, 'state.json') } }));
+      const put = await api('PUT', '/api/v1/sandboxes/sb-live', { sources: ['127.0.0.5', '127.0.0.6'], network: { mode: 'allow-all' } });
+      expect(put.status).toBe(201);
+      d.route('127.0.0.5', '127.0.0.1', upstream.port);
+      d.route('127.0.0.6', '127.0.0.1', other.port);
+      const keep = await dialFrom('127.0.0.5', d.port('tcp'));
+      const doomed = await dialFrom('127.0.0.6', d.port('tcp'));
+      clients.push(keep, doomed);
+      doomed.on('error', () => {});
+      expect(await echoes(keep, 'a')).toBe('a');
+      expect(await echoes(doomed, 'b')).toBe('b');
+      const change = await api('PUT', '/api/v1/sandboxes/sb-live/network', { mode: 'allow-all', egress: { denied_ports: [other.port] } });
+      expect(change.status).toBe(200);
+      await once(doomed, 'close');
+      expect(await echoes(keep, 'still here')).toBe('still here');
+      const closed = await d.waitForLog((l) => l['event'] === 'connection' && l['reason'] === 'policy-changed');
+      expect(closed).toMatchObject({ verdict: 'refuse', sandbox: 'sb-live' });
+      const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
+      expect(metrics).toMatch(/^egressd_connections_closed_by_policy_change_total 1$/m);
+      expect(metrics).toMatch(/^egressd_policy_changes_total\{source="api"\} 2$/m);
+    } finally {
+      for (const s of other.sockets) s.destroy();
+      other.server.close();
+    }
+  });
+
+  it('answers API errors in one shape: 401, 400 with the field, 404, 409 and 413, and a refused change changes nothing', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({ admin: { listen: '127.0.0.1:0', token: TOKEN, maxBodyBytes: 2048 } }));
+    expect((await api('GET', '/api/v1/sandboxes', undefined, {})).status).toBe(401);
+    expect((await api('GET', '/api/v1/sandboxes', undefined, { authorization: 'Bearer wrong' })).status).toBe(401);
+    const bad = await api('PUT', '/api/v1/sandboxes/sb-1', { sources: ['127.0.0.7'], network: { mode: 'block-all', egress: { allowed_ports: [70000] } } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error).toMatchObject({ code: 'invalid_policy' });
+    expect(bad.body.error.field).toContain('allowed_ports');
+    expect((await api('GET', '/api/v1/sandboxes/sb-1')).status).toBe(404);
+    expect((await api('PUT', '/api/v1/sandboxes/sb-1', { sources: ['127.0.0.7'], network: { mode: 'allow-all' } })).status).toBe(201);
+    const clash = await api('PUT', '/api/v1/sandboxes/sb-2', { sources: ['127.0.0.7'], network: { mode: 'allow-all' } });
+    expect(clash.status).toBe(409);
+    expect(clash.body.error.code).toBe('conflict');
+    const big = await api('PUT', '/api/v1/sandboxes/sb-3', { sources: ['127.0.0.8'], network: { mode: 'block-all', egress: { allowed_domains: Array.from({ length: 200 }, (_, i) => `n${i}.example.test`) } } });
+    expect(big.status).toBe(413);
+    const list = await api('GET', '/api/v1/sandboxes');
+    expect(list.body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['sb-1']);
+    const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_policy_changes_refused_total\{source="api"\} 2$/m);
+  });
+
+  it('keeps every acknowledged change across a restart (state file)', async () => {
+    const config = loopbackConfig({ state: { path: join(dir, 'state.json') } });
+    d = await startLoopbackDaemon(config);
+    expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3 })).status).toBe(201);
+    expect((await api('PUT', '/api/v1/sandboxes/sb-p', { sources: ['127.0.0.9'], org: 'acme', network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } } })).status).toBe(201);
+    await d.stop();
+    d = await startLoopbackDaemon(config);
+    const got = await api('GET', '/api/v1/sandboxes/sb-p');
+    expect(got.status).toBe(200);
+    expect(got.body).toMatchObject({ id: 'sb-p', org: 'acme', sources: ['127.0.0.9'] });
+    d.route('127.0.0.9', '127.0.0.1', upstream.port);
+    const c = await dialFrom('127.0.0.9', d.port('tcp'));
+    clients.push(c);
+    expect(await echoes(c, 'back')).toBe('back');
+    const check = await api('POST', '/api/v1/check', { sandbox: 'sb-p', ip: '127.0.0.10', port: 22 });
+    expect(check.body).toMatchObject({ verdict: 'refuse' });
+  });
+
+  it('lets a tier-1 organization override a sandbox that allows everything, keeping essential services', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    expect((await api('PUT', '/api/v1/orgs/small', { tier: 1 })).status).toBe(201);
+    expect((await api('PUT', '/api/v1/sandboxes/sb-t', { sources: ['127.0.0.11'], org: 'small', network: { networkBlockAll: false } })).status).toBe(201);
+    const npm = await api('POST', '/api/v1/check', { sandbox: 'sb-t', host: 'registry.npmjs.org', ip: '104.16.0.1', port: 443 });
+    expect(npm.body.verdict).toBe('allow');
+    const other = await api('POST', '/api/v1/check', { sandbox: 'sb-t', host: 'example.org', ip: '93.184.215.14', port: 443 });
+    expect(other.body.verdict).toBe('refuse');
+    expect((await api('PUT', '/api/v1/orgs/small', { tier: 3 })).status).toBe(200);
+    const after = await api('POST', '/api/v1/check', { sandbox: 'sb-t', host: 'example.org', ip: '93.184.215.14', port: 443 });
+    expect(after.body.verdict).toBe('allow');
+  });
+});
