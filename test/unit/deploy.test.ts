@@ -1,0 +1,552 @@
+// The operations artifacts, checked without a container engine or a cluster: the Dockerfile is
+// read instruction by instruction, the Kubernetes manifests are parsed and cross-checked with
+// the config schema and the real `egressd iptables` argument parser, and the Grafana dashboard's
+// PromQL is checked against the metrics the daemon actually registers.
+
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { IPTABLES_USAGE, type IptablesOptions, parseIptablesArgs } from '../../src/cli/iptables.ts';
+import { type Config, DEFAULT_DOCUMENT, type Endpoint, LISTENER_KINDS, type ListenerKind, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
+import { Metrics } from '../../src/observability/metrics.ts';
+
+const ROOT = new URL('../../', import.meta.url);
+const read = (path: string): string => readFileSync(new URL(path, ROOT), 'utf8');
+
+const pkg = JSON.parse(read('package.json')) as { version: string; dependencies: Record<string, string> };
+
+function endpoint(text: string): Endpoint {
+  const e = parseEndpoint(text);
+  if (typeof e === 'string') throw new Error(e);
+  return e;
+}
+
+/** The ports DEFAULT_DOCUMENT gives each listener and the admin endpoint: the contract. */
+const DEFAULTS = (() => {
+  const d = DEFAULT_DOCUMENT as { listen: Record<ListenerKind, string[]>; admin: { listen: string } };
+  const listen = {} as Record<ListenerKind, number[]>;
+  for (const kind of LISTENER_KINDS) listen[kind] = [...new Set(d.listen[kind].map((t) => endpoint(t).port))];
+  return { listen, admin: endpoint(d.admin.listen) };
+})();
+const LISTENER_PORTS = LISTENER_KINDS.flatMap((k) => DEFAULTS.listen[k]);
+
+// ---------------------------------------------------------------------------------------------
+// Dockerfile
+
+interface Instruction {
+  readonly keyword: string;
+  readonly args: string;
+}
+interface Stage {
+  readonly image: string;
+  readonly name: string | null;
+  readonly instructions: Instruction[];
+}
+
+/** Stages and their instructions; comments dropped and `\` continuations joined. */
+function parseDockerfile(text: string): Stage[] {
+  const lines: string[] = [];
+  let pending = '';
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line.startsWith('#') || (line === '' && pending === '')) continue;
+    if (line.endsWith('\\')) {
+      pending += `${line.slice(0, -1).trim()} `;
+      continue;
+    }
+    lines.push(`${pending}${line}`.trim());
+    pending = '';
+  }
+  const stages: Stage[] = [];
+  for (const line of lines) {
+    if (line === '') continue;
+    const m = /^(\S+)\s*(.*)$/.exec(line)!;
+    const keyword = m[1]!.toUpperCase();
+    const args = m[2]!;
+    if (keyword === 'FROM') {
+      const words = args.split(/\s+/).filter((w) => !w.startsWith('--'));
+      stages.push({ image: words[0]!, name: words[2] ?? null, instructions: [] });
+    } else if (stages.length > 0) {
+      stages[stages.length - 1]!.instructions.push({ keyword, args });
+    }
+  }
+  return stages;
+}
+
+const all = (s: Stage, keyword: string): string[] => s.instructions.filter((i) => i.keyword === keyword).map((i) => i.args);
+
+/** `COPY [--from=x] [--chown=y] src... dest` → the sources and the --from stage. */
+function copyOf(args: string): { from: string | null; sources: string[]; dest: string } {
+  const words = args.split(/\s+/);
+  const from = words.find((w) => w.startsWith('--from='))?.slice('--from='.length) ?? null;
+  const paths = words.filter((w) => !w.startsWith('--'));
+  return { from, sources: paths.slice(0, -1).map((p) => p.replace(/^\/app\//, '').replace(/\/$/, '')), dest: paths[paths.length - 1]! };
+}
+
+const dockerfile = parseDockerfile(read('Dockerfile'));
+const build = dockerfile[0]!;
+const final = dockerfile[dockerfile.length - 1]!;
+const runs = (s: Stage): string => all(s, 'RUN').join('\n');
+
+/** The Node version package.json pins through the npm `node` package (`^26.10.0`). */
+const pinnedNode = (() => {
+  const m = /^[\^~]?(\d+)\.(\d+)\.(\d+)$/.exec(pkg.dependencies['node'] ?? '');
+  if (!m) throw new Error(`package.json's "node" dependency is not a version range: ${pkg.dependencies['node']}`);
+  return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3]) };
+})();
+
+describe('Dockerfile', () => {
+  it('has a build stage and a final stage', () => {
+    expect(dockerfile.length).toBeGreaterThanOrEqual(2);
+    expect(build.name).not.toBeNull();
+  });
+
+  it('builds every stage on the Node major that package.json pins, no older than the pinned version', () => {
+    for (const stage of dockerfile) {
+      const m = /^node:(\d+)(?:\.(\d+)\.(\d+))?-[a-z]+(?:-slim)?(?:@sha256:[0-9a-f]{64})?$/.exec(stage.image);
+      expect(m, `${stage.image} is not an official node image tag`).not.toBeNull();
+      expect(Number(m![1])).toBe(pinnedNode.major);
+      if (m![2] !== undefined) {
+        const v = [Number(m![2]), Number(m![3])];
+        expect(v[0]! > pinnedNode.minor || (v[0] === pinnedNode.minor && v[1]! >= pinnedNode.patch), `${stage.image} is older than ${pkg.dependencies['node']}`).toBe(true);
+      }
+    }
+    expect(new Set(dockerfile.map((s) => s.image)).size, 'the addon is built against the libc it runs on').toBe(1);
+  });
+
+  it('installs production dependencies only, and compiles the addon in the build stage', () => {
+    const r = runs(build);
+    const omitsDev = /npm ci\b[^\n&;]*--omit=dev/.test(r) || (/npm ci\b/.test(r) && /npm prune\b[^\n&;]*--omit=dev/.test(r));
+    expect(omitsDev, 'npm ci --omit=dev, or npm ci then npm prune --omit=dev').toBe(true);
+    expect(r).toMatch(/\bgcc\b/);
+    expect(r).toMatch(/\blibc6-dev\b/);
+    // The addon: either npm ci runs the install script, or the build calls it explicitly.
+    expect(/build-native\.ts/.test(r) || !/--ignore-scripts/.test(r)).toBe(true);
+  });
+
+  it('runs as a non-root numeric user', () => {
+    const users = all(final, 'USER');
+    expect(users.length).toBeGreaterThan(0);
+    const uid = users[users.length - 1]!.split(':')[0]!;
+    expect(uid).toMatch(/^\d+$/);
+    expect(Number(uid)).not.toBe(0);
+  });
+
+  it('copies only runtime files into the final stage: no tests, benchmarks, sources of the addon or dev dependencies', () => {
+    const allowed = new Set(['package.json', 'node_modules', 'src', 'native/build', 'bin']);
+    const copies = all(final, 'COPY').map(copyOf);
+    expect(all(final, 'ADD')).toEqual([]);
+    for (const c of copies) {
+      for (const s of c.sources) expect(allowed.has(s), `COPY ${s}`).toBe(true);
+    }
+    const sources = new Set(copies.flatMap((c) => c.sources));
+    for (const needed of allowed) expect(sources.has(needed), `the final stage lacks ${needed}`).toBe(true);
+    // node_modules and the addon come from the build stage, where only production dependencies were installed.
+    for (const c of copies.filter((x) => x.sources.includes('node_modules') || x.sources.includes('native/build'))) {
+      expect(c.from).toBe(build.name);
+    }
+    const r = runs(final);
+    expect(r).not.toMatch(/\bnpm (ci|install|i)\b/);
+    expect(r).not.toMatch(/\b(gcc|g\+\+|clang|make|build-essential|libc6-dev|node-gyp)\b/);
+  });
+
+  it('exposes the listener and admin ports of the default config', () => {
+    const exposed = all(final, 'EXPOSE').flatMap((a) => a.split(/\s+/)).map((p) => Number(p.replace(/\/tcp$/, '')));
+    expect(new Set(exposed)).toEqual(new Set([...LISTENER_PORTS, DEFAULTS.admin.port]));
+  });
+
+  it('has a HEALTHCHECK that GETs /readyz on the default admin endpoint with node itself', () => {
+    const hc = all(final, 'HEALTHCHECK');
+    expect(hc.length).toBe(1);
+    const cmd = /\bCMD\s+(\[.*\])\s*$/.exec(hc[0]!);
+    expect(cmd, 'exec form').not.toBeNull();
+    const argv = JSON.parse(cmd![1]!) as string[];
+    expect(argv[0]).toBe('node');
+    expect(argv.join(' ')).toContain(`http://${DEFAULTS.admin.host}:${DEFAULTS.admin.port}/readyz`);
+    expect(hc[0]).not.toMatch(/\b(curl|wget)\b/);
+  });
+
+  it('runs the daemon with node src/main.ts serve --config /etc/egressd/config.yaml', () => {
+    expect(JSON.parse(all(final, 'ENTRYPOINT').at(-1)!)).toEqual(['node', 'src/main.ts']);
+    expect(JSON.parse(all(final, 'CMD').at(-1)!)).toEqual(['serve', '--config', '/etc/egressd/config.yaml']);
+  });
+});
+
+describe('.dockerignore', () => {
+  const entries = read('.dockerignore')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'))
+    .map((l) => l.replace(/^\//, '').replace(/\/$/, ''));
+
+  it('keeps dependencies, history, tests, benchmarks, build output, coverage, docs and test keys out of the context', () => {
+    for (const e of ['node_modules', '.git', 'test', 'bench', 'native/build', 'coverage', 'docs', 'certs']) expect(entries).toContain(e);
+  });
+
+  it('does not exclude anything the Dockerfile copies from the context', () => {
+    const fromContext = dockerfile.flatMap((s) => all(s, 'COPY').map(copyOf)).filter((c) => c.from === null).flatMap((c) => c.sources);
+    for (const src of fromContext) {
+      for (const e of entries) expect(src === e || src.startsWith(`${e}/`), `${src} is excluded by "${e}"`).toBe(false);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+interface Probe {
+  readonly httpGet?: { readonly path?: string; readonly port?: number | string };
+}
+interface Container {
+  readonly name: string;
+  readonly image: string;
+  readonly command?: string[];
+  readonly args?: string[];
+  readonly restartPolicy?: string;
+  readonly ports?: { readonly containerPort: number }[];
+  readonly env?: { readonly name: string; readonly valueFrom?: { readonly secretKeyRef?: { readonly name: string; readonly key: string } } }[];
+  readonly volumeMounts?: { readonly name: string; readonly mountPath: string }[];
+  readonly readinessProbe?: Probe;
+  readonly livenessProbe?: Probe;
+  readonly startupProbe?: Probe;
+  readonly securityContext?: {
+    readonly runAsUser?: number;
+    readonly runAsNonRoot?: boolean;
+    readonly allowPrivilegeEscalation?: boolean;
+    readonly capabilities?: { readonly add?: string[]; readonly drop?: string[] };
+  };
+}
+interface PodSpec {
+  readonly hostNetwork?: boolean;
+  readonly initContainers?: Container[];
+  readonly containers: Container[];
+  readonly volumes?: { readonly name: string; readonly configMap?: { readonly name: string } }[];
+}
+interface K8sObject {
+  readonly apiVersion: string;
+  readonly kind: string;
+  readonly metadata: { readonly name: string };
+  readonly data?: Record<string, string>;
+  readonly stringData?: Record<string, string>;
+  readonly spec?: { readonly template?: { readonly spec: PodSpec } };
+}
+
+function loadManifest(path: string): K8sObject[] {
+  const docs = parseAllDocuments(read(path));
+  if (!Array.isArray(docs)) throw new Error(`${path} holds no document`);
+  return docs.map((d, i) => {
+    expect(d.errors.map((e) => e.message), `${path} document ${i + 1}`).toEqual([]);
+    expect(d.warnings.map((e) => e.message), `${path} document ${i + 1}`).toEqual([]);
+    return d.toJS() as K8sObject;
+  });
+}
+
+interface Workload {
+  readonly file: string;
+  readonly objects: K8sObject[];
+  readonly pod: PodSpec;
+  /** The container that runs `serve`. */
+  readonly daemon: Container;
+  /** The init container that runs `iptables --apply`. */
+  readonly iptables: Container;
+  readonly rules: IptablesOptions;
+  readonly config: Config;
+}
+
+const caps = (c: Container): string[] => c.securityContext?.capabilities?.add ?? [];
+
+function workload(file: string, kind: string): Workload {
+  const objects = loadManifest(file);
+  const w = objects.filter((o) => o.kind === kind);
+  expect(w.length, `${file} has one ${kind}`).toBe(1);
+  const pod = w[0]!.spec!.template!.spec;
+  const everyone = [...(pod.initContainers ?? []), ...pod.containers];
+  const daemons = everyone.filter((c) => c.args?.[0] === 'serve');
+  expect(daemons.length, `${file}: one container runs "serve"`).toBe(1);
+  const daemon = daemons[0]!;
+  const inits = (pod.initContainers ?? []).filter((c) => c.args?.[0] === 'iptables');
+  expect(inits.length, `${file}: one init container runs "iptables"`).toBe(1);
+  const iptables = inits[0]!;
+  const parsed = parseIptablesArgs(iptables.args!.slice(1));
+  if (!parsed.ok) throw new Error(`${file}: egressd ${iptables.args!.join(' ')}: ${parsed.error}`);
+
+  // The config: the ConfigMap mounted where the daemon's --config points.
+  const configPath = daemon.args![daemon.args!.indexOf('--config') + 1]!;
+  const mount = (daemon.volumeMounts ?? []).find((m) => configPath.startsWith(`${m.mountPath.replace(/\/$/, '')}/`));
+  expect(mount, `${file}: ${configPath} is mounted`).toBeDefined();
+  const volume = (pod.volumes ?? []).find((v) => v.name === mount!.name);
+  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === volume?.configMap?.name);
+  expect(cm, `${file}: the ConfigMap behind ${configPath}`).toBeDefined();
+  const key = configPath.slice(mount!.mountPath.replace(/\/$/, '').length + 1);
+  const result = validateConfig(parseYaml(cm!.data![key]!));
+  if (!result.ok) throw new Error(`${file}: ${key} is invalid: ${JSON.stringify(result.issues)}`);
+  return { file, objects, pod, daemon, iptables, rules: parsed.options, config: result.config };
+}
+
+const sidecar = workload('deploy/kubernetes/sidecar.yaml', 'Deployment');
+const host = workload('deploy/kubernetes/daemonset.yaml', 'DaemonSet');
+const imageUid = Number(all(final, 'USER').at(-1)!.split(':')[0]);
+
+describe.each([
+  ['sidecar.yaml', sidecar],
+  ['daemonset.yaml', host],
+])('deploy/kubernetes/%s', (_name, w) => {
+  it('runs the daemon with the Dockerfile\'s config path', () => {
+    expect(w.daemon.args).toEqual(JSON.parse(all(final, 'CMD').at(-1)!));
+  });
+
+  it('configures the listener and admin ports of DEFAULT_DOCUMENT, and the iptables rules send traffic to them', () => {
+    for (const kind of LISTENER_KINDS) {
+      expect([...new Set(w.config.listen[kind].map((e) => e.port))], `listen.${kind}`).toEqual(DEFAULTS.listen[kind]);
+    }
+    expect(w.config.admin.listen.port).toBe(DEFAULTS.admin.port);
+    for (const kind of LISTENER_KINDS) expect(DEFAULTS.listen[kind]).toContain(w.rules.ports[kind]);
+    const declared = (w.daemon.ports ?? []).map((p) => p.containerPort).sort();
+    expect(declared).toEqual([...LISTENER_PORTS, DEFAULTS.admin.port].sort());
+  });
+
+  it('probes /readyz and /healthz on the admin port, which listens beyond loopback so the kubelet reaches it', () => {
+    expect(w.daemon.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: DEFAULTS.admin.port });
+    expect(w.daemon.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: DEFAULTS.admin.port });
+    if (w.daemon.startupProbe) expect(w.daemon.startupProbe.httpGet).toEqual({ path: '/readyz', port: DEFAULTS.admin.port });
+    expect(['0.0.0.0', '::']).toContain(w.config.admin.listen.host);
+  });
+
+  it('applies the rules from a root init container with NET_ADMIN; the daemon runs as the image\'s uid with no capability', () => {
+    expect(w.rules.action).toBe('apply');
+    expect(caps(w.iptables)).toContain('NET_ADMIN');
+    // Added capabilities are effective only for uid 0: the image's own user would have none.
+    expect(w.iptables.securityContext?.runAsUser).toBe(0);
+    expect(caps(w.daemon)).toEqual([]);
+    expect(w.daemon.securityContext?.capabilities?.drop).toContain('ALL');
+    expect(w.daemon.securityContext?.runAsNonRoot).toBe(true);
+    expect(w.daemon.securityContext?.allowPrivilegeEscalation).toBe(false);
+    expect(w.daemon.securityContext?.runAsUser).toBe(imageUid);
+  });
+
+  it('leaves the same DNS servers reachable in the rules as the config allows', () => {
+    expect([...w.rules.dnsServers].sort()).toEqual([...w.config.dns.sandboxServers].sort());
+  });
+
+  it('keeps the admin token out of the config file', () => {
+    expect(w.config.admin.token).toBeNull();
+  });
+});
+
+describe('deploy/kubernetes', () => {
+  it('uses one egressd image, tagged with package.json\'s version', () => {
+    const images = new Set<string>();
+    for (const w of [sidecar, host]) {
+      for (const c of [...(w.pod.initContainers ?? []), ...w.pod.containers]) {
+        if (c.name.startsWith('egressd')) images.add(c.image);
+      }
+    }
+    expect(images.size).toBe(1);
+    expect([...images][0]).toMatch(new RegExp(`/egressd:${pkg.version.replaceAll('.', '\\.')}$`));
+  });
+
+  it('sidecar: excludes exactly the daemon\'s uid, which no other container uses, and only the init container holds NET_ADMIN', () => {
+    expect(sidecar.rules.mode).toBe('sidecar');
+    expect(sidecar.rules.uid).toBe(sidecar.daemon.securityContext?.runAsUser);
+    const others = [...(sidecar.pod.initContainers ?? []), ...sidecar.pod.containers].filter((c) => c !== sidecar.daemon && c !== sidecar.iptables);
+    expect(others.length, 'the example has a sandbox container').toBeGreaterThan(0);
+    for (const c of others) {
+      expect(c.securityContext?.runAsUser, `${c.name} runs as a uid the rules exempt`).not.toBe(sidecar.rules.uid);
+      expect(caps(c), c.name).not.toContain('NET_ADMIN');
+      expect(c.securityContext?.capabilities?.drop, `${c.name} could setuid or rewrite the rules`).toContain('ALL');
+    }
+    // The daemon starts before the sandbox and outlives it: a native sidecar, or a plain container.
+    const isInit = (sidecar.pod.initContainers ?? []).includes(sidecar.daemon);
+    if (isInit) expect(sidecar.daemon.restartPolicy).toBe('Always');
+    const order = (sidecar.pod.initContainers ?? []).map((c) => c.name);
+    if (isInit) expect(order.indexOf(sidecar.iptables.name)).toBeLessThan(order.indexOf(sidecar.daemon.name));
+  });
+
+  it('host: host network, rules selected by interface or source, and the admin token from a Secret', () => {
+    expect(host.rules.mode).toBe('host');
+    expect(host.pod.hostNetwork).toBe(true);
+    expect(host.rules.interfaces.length + host.rules.sources.length).toBeGreaterThan(0);
+    const env = (host.daemon.env ?? []).find((e) => e.name === 'EGRESSD_ADMIN_TOKEN');
+    const ref = env?.valueFrom?.secretKeyRef;
+    expect(ref, 'EGRESSD_ADMIN_TOKEN comes from a secretKeyRef').toBeDefined();
+    const secret = host.objects.find((o) => o.kind === 'Secret' && o.metadata.name === ref!.name);
+    expect(secret, `Secret ${ref!.name}`).toBeDefined();
+    expect(Object.keys({ ...secret!.data, ...secret!.stringData })).toContain(ref!.key);
+    for (const c of host.pod.containers) expect(caps(c), c.name).not.toContain('NET_ADMIN');
+  });
+
+  it('host: the state file lives on a mounted volume', () => {
+    const path = host.config.state.path;
+    expect(path).not.toBeNull();
+    expect((host.daemon.volumeMounts ?? []).some((m) => path!.startsWith(`${m.mountPath}/`))).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Grafana and the metrics
+
+/** The metric names declared in src/observability/metrics.ts, read from its source. */
+const declared = new Set([...read('src/observability/metrics.ts').matchAll(/name:\s*'(egressd_[a-z0-9_]+)'/g)].map((m) => m[1]!));
+
+/** Every metric the daemon's registry exports (egressd's and prom-client's defaults), with type and labels. */
+const registered = await (async () => {
+  const m = new Metrics();
+  const out = new Map<string, { type: string; labels: readonly string[] }>();
+  for (const x of await m.registry.getMetricsAsJSON()) {
+    const metric = m.registry.getSingleMetric(x.name) as unknown as { labelNames?: readonly string[] };
+    out.set(x.name, { type: String(x.type), labels: metric.labelNames ?? [] });
+  }
+  return out;
+})();
+
+/** Series names a query may use: each metric, and a histogram's _bucket, _sum and _count. */
+function seriesOf(name: string): { metric: string; bucket: boolean } | null {
+  if (registered.has(name)) return { metric: name, bucket: false };
+  const m = /^(.*)_(bucket|sum|count)$/.exec(name);
+  if (m && registered.get(m[1]!)?.type === 'histogram') return { metric: m[1]!, bucket: m[2] === 'bucket' };
+  return null;
+}
+
+const PROMQL_WORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'offset', 'and', 'or', 'unless', 'inf', 'nan']);
+
+/** The metric names in a PromQL expression (strings, matchers, groupings, ranges and functions removed). */
+function metricNames(expr: string): string[] {
+  const bare = expr
+    .replace(/"(?:[^"\\]|\\.)*"/g, '""')
+    .replace(/\{[^}]*\}/g, ' ')
+    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ')
+    .replace(/\[[^\]]*\]/g, ' ')
+    .replace(/\$\{?\w+\}?/g, ' ');
+  return [...bare.matchAll(/(?<![\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:]|\s*\()/g)].map((m) => m[1]!).filter((w) => !PROMQL_WORDS.has(w.toLowerCase()));
+}
+
+/** The label names an expression groups by or matches on. */
+function labelNames(expr: string): string[] {
+  const out: string[] = [];
+  for (const m of expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)) out.push(...m[1]!.split(',').map((s) => s.trim()).filter(Boolean));
+  for (const m of expr.matchAll(/\{([^}]*)\}/g)) {
+    for (const l of m[1]!.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)/g)) out.push(l[1]!);
+  }
+  return out;
+}
+
+interface Panel {
+  readonly type: string;
+  readonly title: string;
+  readonly description?: string;
+  readonly panels?: Panel[];
+  readonly targets?: { readonly expr?: string; readonly legendFormat?: string }[];
+}
+const dashboard = JSON.parse(read('deploy/grafana/egressd-dashboard.json')) as {
+  readonly uid: string;
+  readonly title: string;
+  readonly panels: Panel[];
+  readonly templating: { readonly list: { readonly type: string; readonly query?: string | { readonly query: string } }[] };
+};
+const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]).filter((p) => p.type !== 'row');
+const queries: { where: string; expr: string; legend: string }[] = [
+  ...panels.flatMap((p) => (p.targets ?? []).map((t) => ({ where: p.title, expr: t.expr ?? '', legend: t.legendFormat ?? '' }))),
+  ...dashboard.templating.list
+    .filter((v) => v.type === 'query')
+    .map((v) => ({ where: 'templating', expr: (typeof v.query === 'string' ? v.query : v.query?.query ?? '').replace(/^label_values\((.*),\s*\w+\)$/, '$1'), legend: '' })),
+];
+
+describe('deploy/grafana/egressd-dashboard.json', () => {
+  it('is a dashboard with panels, each with a description and a query', () => {
+    expect(dashboard.uid).toBe('egressd');
+    expect(panels.length).toBeGreaterThan(0);
+    for (const p of panels) {
+      expect(p.description, p.title).toBeTruthy();
+      expect((p.targets ?? []).length, p.title).toBeGreaterThan(0);
+      for (const t of p.targets!) expect(t.expr, p.title).toBeTruthy();
+    }
+  });
+
+  it('reads the metric names of metrics.ts from its source, and they are what the registry exports', () => {
+    expect(declared.size).toBeGreaterThan(0);
+    expect([...registered.keys()].filter((n) => n.startsWith('egressd_')).sort()).toEqual([...declared].sort());
+  });
+
+  it('queries only metrics declared in metrics.ts or prom-client\'s default process_* and nodejs_* metrics', () => {
+    for (const q of queries) {
+      const names = metricNames(q.expr);
+      expect(names.length, `${q.where}: ${q.expr}`).toBeGreaterThan(0);
+      for (const n of names) {
+        const s = seriesOf(n);
+        expect(s, `${q.where}: "${n}" is not a metric egressd exports`).not.toBeNull();
+        if (s!.metric.startsWith('egressd_')) expect(declared.has(s!.metric), `${q.where}: ${n}`).toBe(true);
+        else expect(s!.metric, `${q.where}: ${n}`).toMatch(/^(process|nodejs)_/);
+      }
+    }
+  });
+
+  it('groups and matches only on labels the queried metrics have (plus job, instance and le)', () => {
+    for (const q of queries) {
+      const series = metricNames(q.expr).map((n) => seriesOf(n)!);
+      const known = new Set(['job', 'instance', ...series.flatMap((s) => [...registered.get(s.metric)!.labels, ...(s.bucket ? ['le'] : [])])]);
+      for (const l of labelNames(q.expr)) expect(known.has(l), `${q.where}: label "${l}" in ${q.expr}`).toBe(true);
+      for (const m of q.legend.matchAll(/\{\{\s*(\w+)\s*\}\}/g)) expect(known.has(m[1]!), `${q.where}: legend {{${m[1]}}}`).toBe(true);
+    }
+  });
+
+  it('shows every metric egressd declares', () => {
+    const used = new Set(queries.flatMap((q) => metricNames(q.expr).map((n) => seriesOf(n)!.metric)));
+    for (const name of declared) expect(used.has(name), name).toBe(true);
+  });
+
+  it('finds metric names the way PromQL reads them', () => {
+    expect(metricNames('histogram_quantile(0.99, sum by (le, listener) (rate(egressd_peek_duration_seconds_bucket{job=~"$job", x="a{b}"}[$__rate_interval])))')).toEqual([
+      'egressd_peek_duration_seconds_bucket',
+    ]);
+    expect(metricNames('time() - process_start_time_seconds{instance=~"$instance"} > 1e3 and on (instance) nodejs_version_info')).toEqual([
+      'process_start_time_seconds',
+      'nodejs_version_info',
+    ]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The docs that must track the code
+
+describe('docs', () => {
+  it('docs/metrics.md describes every metric and every dashboard panel', () => {
+    const md = read('docs/metrics.md');
+    for (const name of declared) expect(md, name).toContain(`\`${name}\``);
+    for (const p of panels) expect(md, p.title).toContain(p.title);
+  });
+
+  it('docs/config.md lists every key of DEFAULT_DOCUMENT', () => {
+    const md = read('docs/config.md');
+    const keys: string[] = [];
+    const walk = (v: unknown, path: string): void => {
+      // defaultNetwork is a policy body (any dialect), documented as one key.
+      if (typeof v === 'object' && v !== null && !Array.isArray(v) && path !== 'defaultNetwork') {
+        for (const [k, x] of Object.entries(v)) walk(x, path === '' ? k : `${path}.${k}`);
+      } else keys.push(path);
+    };
+    walk(DEFAULT_DOCUMENT, '');
+    expect(keys.length).toBeGreaterThan(10);
+    for (const k of [...keys, 'admin.token']) expect(md, k).toContain(`\`${k}\``);
+  });
+
+  it('docs/api.md documents every error code the admin API answers with', () => {
+    const md = read('docs/api.md');
+    const src = ['src/admin/api.ts', 'src/admin/http-body.ts', 'src/admin/server.ts'].map(read).join('\n');
+    const codes = new Set([
+      ...[...src.matchAll(/new ApiError\(\s*(\d{3}),\s*'([a-z_]+)'/g)].map((m) => `${m[1]} ${m[2]}`),
+      ...[...src.matchAll(/sendJson\(res,\s*(\d{3}),\s*\{\s*error:\s*\{\s*code:\s*'([a-z_]+)'/g)].map((m) => `${m[1]} ${m[2]}`),
+    ]);
+    expect(codes.size).toBeGreaterThan(5);
+    for (const c of codes) {
+      const [status, code] = c.split(' ');
+      expect(md, c).toMatch(new RegExp(`\\|\\s*${status}\\s*\\|\\s*\`${code}\``));
+    }
+  });
+
+  it('docs/deployment.md covers every flag of egressd iptables', () => {
+    const md = read('docs/deployment.md');
+    const flags = new Set([...IPTABLES_USAGE.matchAll(/(?<![\w-])(--[a-z][a-z-]*)/g)].map((m) => m[1]!));
+    expect(flags.size).toBeGreaterThan(5);
+    for (const f of flags) expect(md, f).toContain(`\`${f}`);
+  });
+});
