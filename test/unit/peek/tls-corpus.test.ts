@@ -61,7 +61,8 @@ const sharedMissing = existsSync(SHARED) ? null : `${SHARED} is absent`;
 if (sharedMissing) console.warn(`reference ClientHello corpus skipped: ${sharedMissing}`);
 
 describe.skipIf(sharedMissing !== null)('the shared ClientHello corpus', () => {
-  const read = (file: string): Uint8Array => new Uint8Array(readFileSync(join(SHARED, file)));
+  // describe.skipIf still runs this body to collect the tests: read nothing when skipped.
+  const read = (file: string): Uint8Array => (sharedMissing === null ? new Uint8Array(readFileSync(join(SHARED, file))) : new Uint8Array(0));
 
   for (const [file, want] of Object.entries(CORPUS)) {
     describe(file, () => {

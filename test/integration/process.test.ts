@@ -1,0 +1,106 @@
+// egressd as an operator runs it: a real process on loopback, driven by signals and its API.
+// SIGHUP re-reads the config file (a refused file changes nothing), the API cannot overwrite a
+// sandbox from the file, and a second process can take the ports over while the first drains.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { request } from 'undici';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const TOKEN = 'process-test-token';
+
+describe('the egressd process', () => {
+  let dir: string;
+  const running: DaemonProcess[] = [];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'egressd-proc-'));
+  });
+  afterEach(async () => {
+    for (const d of running.splice(0)) await d.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const write = (doc: unknown): string => {
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, typeof doc === 'string' ? doc : JSON.stringify(doc));
+    return file;
+  };
+  const start = async (file: string): Promise<{ d: DaemonProcess; admin: string }> => {
+    const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    running.push(d);
+    const started = d.lines.find((l) => l.event === 'started')!;
+    return { d, admin: `http://127.0.0.1:${started['adminPort']}` };
+  };
+  const api = async (admin: string, method: string, path: string, body?: unknown) => {
+    const res = await request(`${admin}${path}`, {
+      method: method as 'GET',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
+  };
+  const base = (extra: Record<string, unknown> = {}) => ({
+    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
+    admin: { listen: '127.0.0.1:0', token: TOKEN },
+    ...extra,
+  });
+
+  it('re-reads the config file on SIGHUP, and keeps the running config when the new file is refused', async () => {
+    const file = write(base());
+    const { d, admin } = await start(file);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).status).toBe(404);
+    write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.21'], network: { mode: 'allow-all' } }] }));
+    d.child.kill('SIGHUP');
+    await d.waitFor((l) => l.event === 'reload');
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', origin: 'config' });
+
+    write(base({ sandboxes: [{ id: 'sb-file', sources: ['not-an-address'], network: { mode: 'allow-all' } }] }));
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => l.event === 'reload-refused');
+    expect(String(refused['reason'])).toContain('sandboxes[0].sources[0]');
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', sources: ['127.0.0.21'] });
+    const metrics = await (await request(`${admin}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_config_reloads_total\{result="ok"\} 1$/m);
+    expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
+  });
+
+  it('refuses (409) an API change to a sandbox the config file defines, and a source it owns', async () => {
+    const file = write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.22'], network: { mode: 'block-all' } }] }));
+    const { admin } = await start(file);
+    const over = await api(admin, 'PUT', '/api/v1/sandboxes/sb-file', { sources: ['127.0.0.22'], network: { mode: 'allow-all' } });
+    expect(over.status).toBe(409);
+    expect((await api(admin, 'DELETE', '/api/v1/sandboxes/sb-file')).status).toBe(409);
+    const steal = await api(admin, 'PUT', '/api/v1/sandboxes/sb-api', { sources: ['127.0.0.22'], network: { mode: 'allow-all' } });
+    expect(steal.status).toBe(409);
+    const own = await api(admin, 'PUT', '/api/v1/sandboxes/sb-api', { sources: ['127.0.0.23'], network: { mode: 'allow-all' } });
+    expect(own.status).toBe(201);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((s: { id: string; origin: string }) => `${s.id}:${s.origin}`)).toEqual([
+      'sb-api:api',
+      'sb-file:config',
+    ]);
+    expect((await api(admin, 'DELETE', '/api/v1/sandboxes/sb-api')).status).toBe(204);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-api')).status).toBe(404);
+    expect((await request(`${admin}/healthz`)).statusCode).toBe(200);
+  });
+
+  it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
+    // A fixed port both processes bind; picked at random in the dynamic range to stay clear of others.
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const file = write(base({ listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}` }, shutdown: { drainMs: 2000 } }));
+    const first = await start(file);
+    const second = await start(file);
+    expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
+    const exit = first.d.stop('SIGTERM');
+    expect(await exit).toBe(0);
+    expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
+    const listeners = second.d.lines.find((l) => l.event === 'started')!['listeners'] as { port: number }[];
+    expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
+  });
+});
