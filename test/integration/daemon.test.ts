@@ -184,4 +184,26 @@ describe('the daemon on loopback', () => {
     const after = await api('POST', '/api/v1/check', { sandbox: 'sb-t', host: 'example.org', ip: '93.184.215.14', port: 443 });
     expect(after.body.verdict).toBe('allow');
   });
+
+  it('closes a refused connection without a byte when block is drop, where explain would answer a 403', async () => {
+    const send = async (source: string): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect({ host: '127.0.0.1', port: d!.port('http'), localAddress: source });
+        let got = '';
+        s.on('data', (b) => (got += b.toString()));
+        s.on('error', () => {});
+        s.on('close', () => resolve(got));
+        s.write('GET / HTTP/1.1\r\nHost: refused.test\r\n\r\n');
+      });
+    d = await startLoopbackDaemon(loopbackConfig({ block: 'drop' }));
+    d.route('127.0.0.12', '127.0.0.1', upstream.port);
+    expect(await send('127.0.0.12')).toBe('');
+    await d.stop();
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    d.route('127.0.0.12', '127.0.0.1', upstream.port);
+    const answer = await send('127.0.0.12');
+    expect(answer).toMatch(/^HTTP\/1\.1 403 /);
+    expect(answer).toContain('refused.test');
+    expect(upstream.sockets.size).toBe(0);
+  });
 });

@@ -73,7 +73,7 @@ describe('the egressd process', () => {
 
   it('refuses (409) an API change to a sandbox the config file defines, and a source it owns', async () => {
     const file = write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.22'], network: { mode: 'block-all' } }] }));
-    const { admin } = await start(file);
+    const { d, admin } = await start(file);
     const over = await api(admin, 'PUT', '/api/v1/sandboxes/sb-file', { sources: ['127.0.0.22'], network: { mode: 'allow-all' } });
     expect(over.status).toBe(409);
     expect((await api(admin, 'DELETE', '/api/v1/sandboxes/sb-file')).status).toBe(409);
@@ -88,6 +88,13 @@ describe('the egressd process', () => {
     expect((await api(admin, 'DELETE', '/api/v1/sandboxes/sb-api')).status).toBe(204);
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-api')).status).toBe(404);
     expect((await request(`${admin}/healthz`)).statusCode).toBe(200);
+    // Every change was logged with who made it and digests, and the token never was.
+    const changes = d.lines.filter((l) => l.event === 'policy-change');
+    expect(changes.map((c) => `${c['action']} ${c['id']}`)).toEqual(['put sb-api', 'delete sb-api']);
+    expect(changes[0]).toMatchObject({ source: 'api', before: null });
+    expect(String(changes[0]!['actor'])).toMatch(/^api /);
+    expect(changes[1]!['before']).toBe(changes[0]!['after']);
+    expect(JSON.stringify(d.lines) + d.stderr()).not.toContain(TOKEN);
   });
 
   it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
