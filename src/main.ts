@@ -18,8 +18,8 @@ Commands:
   serve [--config FILE] [--pretty]   Run the daemon (built-in default config without --config)
   validate FILE                      Check a config file; print every problem at once
   inspect [FILE|-]                   Show the protocol and name in a client's first bytes
-  decide --policy FILE [--host NAME] --ip ADDR --port N
-                                     The verdict a policy gives one connection
+  decide --policy FILE [--host NAME] --ip ADDR --port N [--dns-server ADDR]... [--protected-except CIDR]...
+                                     The verdict a policy (any dialect) gives one connection
   sandbox put|get|rm|network|effective ID, sandbox ls
   org put|get|rm ID
   check --sandbox ID [--host NAME] --ip ADDR --port N
@@ -150,14 +150,28 @@ function inspect(argv: string[]): number {
 function decideCli(argv: string[]): number {
   const { values } = parseArgs({
     args: argv,
-    options: { policy: { type: 'string' }, host: { type: 'string' }, ip: { type: 'string' }, port: { type: 'string' } },
+    options: {
+      policy: { type: 'string' },
+      host: { type: 'string' },
+      ip: { type: 'string' },
+      port: { type: 'string' },
+      'dns-server': { type: 'string', multiple: true },
+      'protected-except': { type: 'string', multiple: true },
+    },
     strict: true,
   });
   if (values.policy === undefined || values.ip === undefined || values.port === undefined) {
-    err('Usage: egressd decide --policy FILE [--host NAME] --ip ADDR --port N');
+    err('Usage: egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--dns-server ADDR]... [--protected-except CIDR]...');
     return 2;
   }
-  const r = decideCommand({ policy: values.policy, ip: values.ip, port: values.port, ...(values.host !== undefined ? { host: values.host } : {}) });
+  const r = decideCommand({
+    policy: values.policy,
+    ip: values.ip,
+    port: values.port,
+    ...(values.host !== undefined ? { host: values.host } : {}),
+    ...(values['dns-server'] !== undefined ? { dnsServers: values['dns-server'] } : {}),
+    ...(values['protected-except'] !== undefined ? { protectedExcept: values['protected-except'] } : {}),
+  });
   if (r.stderr) err(r.stderr);
   out(r.stdout);
   return r.code;

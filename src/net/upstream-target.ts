@@ -27,7 +27,8 @@ export interface UpstreamQuery {
   readonly byName: boolean;
   readonly original: string;
   readonly port: number;
-  readonly resolver: NameResolver;
+  /** Only `resolve` is used, so a test can hand in a stub. */
+  readonly resolver: Pick<NameResolver, 'resolve'>;
   readonly allows: (address: string) => boolean;
 }
 

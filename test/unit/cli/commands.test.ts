@@ -1,0 +1,315 @@
+// The commands as an operator runs them: the real entry point (src/main.ts) in a child process,
+// judged by its stdout JSON, its stderr and its exit code. Nothing here opens a socket.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const ROOT = resolve(import.meta.dirname, '../../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const MAIN = join(ROOT, 'src/main.ts');
+const HELLOS = join(ROOT, 'test/fixtures/hellos');
+
+interface Run {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs `egressd ...args`, feeding `stdin` when given; a child that hangs is killed, not waited on. */
+function egressd(args: readonly string[], stdin?: Uint8Array | string): Promise<Run> {
+  return new Promise((done, fail) => {
+    const child = spawn(NODE, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], timeout: 20_000, killSignal: 'SIGKILL' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', fail);
+    child.on('close', (code) => done({ code, stdout, stderr }));
+    child.stdin.on('error', () => {});
+    child.stdin.end(stdin);
+  });
+}
+
+interface Fixture {
+  readonly file: string;
+  readonly sni: string;
+  readonly alpn: readonly string[];
+}
+const FIXTURES = JSON.parse(readFileSync(join(HELLOS, 'manifest.json'), 'utf8')) as Fixture[];
+/**
+ * The recorded clients that send encrypted_client_hello: Chromium sends a GREASE ECH extension
+ * in every hello (draft-ietf-tls-esni §6.2), which counts as ECH (src/peek/tls-client-hello.ts).
+ */
+const SENDS_ECH = new Set(['chromium.bin']);
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'egressd-cli-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function write(name: string, text: string): string {
+  const file = join(dir, name);
+  writeFileSync(file, text);
+  return file;
+}
+
+describe('egressd inspect', () => {
+  it('has recorded fixtures to replay', () => {
+    expect(FIXTURES.length).toBeGreaterThan(0);
+  });
+
+  it.each(FIXTURES.map((f) => [f.file, f] as const))('reports the name, ALPN and ECH flag of the recorded %s hello', async (_, f) => {
+    const r = await egressd(['inspect', join(HELLOS, f.file)]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ protocol: 'tls', name: f.sni, alpn: f.alpn, ech: SENDS_ECH.has(f.file) });
+  });
+
+  it('reads the bytes from stdin when the file is "-"', async () => {
+    const r = await egressd(['inspect', '-'], readFileSync(join(HELLOS, 'curl.bin')));
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ protocol: 'tls', name: 'fixture.test', alpn: ['h2', 'http/1.1'], ech: false });
+  });
+
+  it('reads stdin when no file is named', async () => {
+    const r = await egressd(['inspect'], readFileSync(join(HELLOS, 'openssl.bin')));
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ protocol: 'tls', name: 'fixture.test', alpn: [], ech: false });
+  });
+
+  it('reports the normalized Host of an HTTP request head, without its port', async () => {
+    const r = await egressd(['inspect', '-'], 'GET /x HTTP/1.1\r\nHost: Example.COM.:8080\r\nAccept: */*\r\n\r\n');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ protocol: 'http', name: 'example.com', alpn: [], ech: false });
+  });
+
+  it('exits 1 with an "incomplete" error on a truncated ClientHello', async () => {
+    const r = await egressd(['inspect', '-'], readFileSync(join(HELLOS, 'curl.bin')).subarray(0, 100));
+    expect(r.code).toBe(1);
+    const out = JSON.parse(r.stdout) as { protocol: string; error: string };
+    expect(out.protocol).toBe('tls');
+    expect(out.error).toMatch(/^incomplete/);
+    expect(out).not.toHaveProperty('name');
+  });
+
+  it('exits 1 with an error on bytes that are neither TLS nor HTTP', async () => {
+    const r = await egressd(['inspect', '-'], 'SSH-2.0-OpenSSH_9.6\r\n');
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toEqual({ protocol: 'unknown', error: expect.any(String) });
+  });
+
+  it('exits 2 on two files, a usage error', async () => {
+    const r = await egressd(['inspect', 'a.bin', 'b.bin']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain('Usage: egressd inspect');
+  });
+});
+
+describe('egressd decide', () => {
+  let sandbox0: string;
+  let daytona: string;
+  let novita: string;
+  beforeAll(() => {
+    sandbox0 = write(
+      'sandbox0.yaml',
+      'mode: block-all\negress:\n  allowed_domains: ["*.github.com"]\n  allowed_ports: [443]\n',
+    );
+    daytona = write('daytona.json', JSON.stringify({ networkAllowList: '208.80.154.0/24' }));
+    novita = write('novita.json', JSON.stringify({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['api.example.com'] } }));
+  });
+  const decide = async (policy: string, ...rest: string[]) => {
+    const r = await egressd(['decide', '--policy', policy, ...rest]);
+    return { ...r, json: r.stdout === '' ? null : (JSON.parse(r.stdout) as { verdict: string; reason: string; rule: string | null }) };
+  };
+
+  it('allows a name a sandbox0 YAML policy lists, on its port, and exits 0', async () => {
+    const r = await decide(sandbox0, '--host', 'API.GitHub.com', '--ip', '140.82.112.5', '--port', '443');
+    expect(r.code).toBe(0);
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "*.github.com" + allowed_ports "443"' });
+  });
+
+  it('refuses the same name on another port under sandbox0, and exits 1', async () => {
+    const r = await decide(sandbox0, '--host', 'api.github.com', '--ip', '140.82.112.5', '--port', '22');
+    expect(r.code).toBe(1);
+    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"' });
+  });
+
+  it('allows an address inside a Daytona allow-listed CIDR, with no name', async () => {
+    const r = await decide(daytona, '--ip', '208.80.154.232', '--port', '443');
+    expect(r.code).toBe(0);
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_cidrs "208.80.154.0/24"' });
+  });
+
+  it('allows an essential service by name under a Daytona allow list', async () => {
+    const r = await decide(daytona, '--host', 'registry.npmjs.org', '--ip', '104.16.1.34', '--port', '443');
+    expect(r.code).toBe(0);
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "registry.npmjs.org"' });
+  });
+
+  it('refuses a name outside the catalog and an address outside the list under Daytona', async () => {
+    const r = await decide(daytona, '--host', 'evil.example', '--ip', '104.16.1.34', '--port', '443');
+    expect(r.code).toBe(1);
+    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"' });
+  });
+
+  it('gives no essential services to a Daytona networkBlockAll policy', async () => {
+    const blockAll = write('daytona-block.json', JSON.stringify({ networkBlockAll: true }));
+    const r = await decide(blockAll, '--host', 'registry.npmjs.org', '--ip', '104.16.1.34', '--port', '443');
+    expect(r.code).toBe(1);
+    expect(r.json?.verdict).toBe('refuse');
+  });
+
+  it('allows the default DNS server 8.8.8.8 on port 53 under a Novita policy that names a domain', async () => {
+    const r = await decide(novita, '--ip', '8.8.8.8', '--port', '53');
+    expect(r.code).toBe(0);
+    expect(r.json?.verdict).toBe('allow');
+    expect(r.json?.rule).toMatch(/^dns servers: /);
+  });
+
+  it('allows the DNS servers given with --dns-server instead of the default, on port 53 only', async () => {
+    const args = ['--dns-server', '1.1.1.1', '--dns-server', '9.9.9.9'];
+    expect((await decide(novita, ...args, '--ip', '9.9.9.9', '--port', '53')).code).toBe(0);
+    expect((await decide(novita, ...args, '--ip', '1.1.1.1', '--port', '53')).code).toBe(0);
+    expect((await decide(novita, ...args, '--ip', '8.8.8.8', '--port', '53')).code).toBe(1);
+    expect((await decide(novita, ...args, '--ip', '9.9.9.9', '--port', '443')).code).toBe(1);
+  });
+
+  it('allows a Novita allowOut domain and refuses every other destination', async () => {
+    expect((await decide(novita, '--host', 'api.example.com', '--ip', '93.184.216.34', '--port', '443')).code).toBe(0);
+    const other = await decide(novita, '--host', 'other.example.com', '--ip', '93.184.216.34', '--port', '443');
+    expect(other.code).toBe(1);
+    expect(other.json?.verdict).toBe('refuse');
+  });
+
+  it('refuses a protected address, unless --protected-except takes it out of the protected ranges', async () => {
+    const open = write('sandbox0-open.yaml', 'mode: allow-all\n');
+    const r = await decide(open, '--ip', '10.1.2.3', '--port', '80');
+    expect(r.code).toBe(1);
+    expect(r.json).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: 'protected "10.0.0.0/8"' });
+    const excepted = await decide(open, '--ip', '10.1.2.3', '--port', '80', '--protected-except', '10.1.0.0/16');
+    expect(excepted.code).toBe(0);
+    expect(excepted.json).toMatchObject({ verdict: 'allow', reason: 'default-allow' });
+  });
+
+  it('reads the policy from stdin when it is "-"', async () => {
+    const r = await egressd(['decide', '--policy', '-', '--ip', '208.80.154.1', '--port', '443'], JSON.stringify({ networkAllowList: '208.80.154.0/24' }));
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow' });
+  });
+
+  it('exits 2 on an invalid policy, naming the file, each field and its reason on stderr', async () => {
+    const bad = write('bad.json', JSON.stringify({ network: { denyOut: ['github.com'], allowOut: ['10.0.0.0/33'] } }));
+    const r = await decide(bad, '--ip', '1.1.1.1', '--port', '443');
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`Invalid policy "${bad}"`);
+    expect(r.stderr).toMatch(/^network\.allowOut\[0\]: .*"10\.0\.0\.0\/33"/m);
+    expect(r.stderr).toMatch(/^network\.denyOut\[0\]: Domain "github\.com" cannot be denied/m);
+  });
+
+  it('exits 2 on a policy that mixes two dialects', async () => {
+    const mixed = write('mixed.json', JSON.stringify({ mode: 'allow-all', networkBlockAll: true }));
+    const r = await decide(mixed, '--ip', '1.1.1.1', '--port', '443');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^networkBlockAll: .*one dialect/m);
+  });
+
+  it('exits 2 on a policy file that cannot be read', async () => {
+    const r = await decide(join(dir, 'absent.yaml'), '--ip', '1.1.1.1', '--port', '443');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('ENOENT');
+  });
+
+  it.each([
+    ['--ip', ['--ip', '1.1.1', '--port', '443'], /^--ip: .*"1\.1\.1"/m],
+    ['--ip', ['--ip', 'localhost', '--port', '443'], /^--ip: .*"localhost"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', '0'], /^--port: .*"0"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', '65536'], /^--port: .*"65536"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', 'https'], /^--port: .*"https"/m],
+    ['--dns-server', ['--ip', '1.1.1.1', '--port', '53', '--dns-server', 'dns.google'], /^--dns-server: .*"dns\.google"/m],
+    ['--protected-except', ['--ip', '1.1.1.1', '--port', '53', '--protected-except', '10.0.0.0/40'], /^--protected-except: /m],
+  ] as const)('exits 2 on a bad %s, saying which flag and why', async (_, args, message) => {
+    const r = await decide(daytona, ...args);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(message);
+  });
+
+  it('exits 2 when a required flag is missing', async () => {
+    const r = await egressd(['decide', '--policy', daytona, '--ip', '1.1.1.1']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('Usage: egressd decide');
+  });
+});
+
+describe('egressd validate', () => {
+  it('exits 0 on a valid config and says how many sandboxes it holds', async () => {
+    const file = write(
+      'valid.yaml',
+      'listen:\n  http: 127.0.0.1:0\nsandboxes:\n  - id: sb-1\n    sources: [10.200.0.2]\n    network: { networkAllowList: "208.80.154.0/24" }\n',
+    );
+    const r = await egressd(['validate', file]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${file}: valid (1 sandboxes)\n`);
+  });
+
+  it('exits 1 printing all three problems of a config at once, each with its key', async () => {
+    const file = write('three.json', JSON.stringify({ upstream: { dial: 'sometimes' }, peek: { timeoutMs: 0 }, block: 'maybe' }));
+    const r = await egressd(['validate', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`${file}: 3 problems`);
+    expect(r.stderr).toMatch(/^upstream\.dial: .*"sometimes"/m);
+    expect(r.stderr).toMatch(/^peek\.timeoutMs: .*"0"/m);
+    expect(r.stderr).toMatch(/^block: .*"maybe"/m);
+  });
+
+  it('exits 1 on a file that cannot be read', async () => {
+    const r = await egressd(['validate', join(dir, 'absent.yaml')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('ENOENT');
+  });
+
+  it('exits 1 on a file that is not YAML', async () => {
+    const r = await egressd(['validate', write('broken.yaml', 'listen: [unclosed\n')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('broken.yaml');
+  });
+});
+
+describe('egressd serve', () => {
+  it('exits 1 on an invalid config file with the file, the key and the reason, before logging or listening', async () => {
+    const file = write('serve-bad.json', JSON.stringify({ listen: { http: '127.0.0.1:0' }, upstream: { dial: 'sometimes' } }));
+    const r = await egressd(['serve', '--config', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`"${file}"`);
+    expect(r.stderr).toMatch(/^upstream\.dial: .*"sometimes"/m);
+    // The logger is created after the config is accepted: not one log line means nothing started.
+    expect(r.stdout).toBe('');
+  });
+});
+
+describe('egressd without a known command', () => {
+  it('prints the usage and exits 2 when no command is given', async () => {
+    const r = await egressd([]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toContain('Usage: egressd <command>');
+  });
+
+  it('exits 2 on an unknown command, naming it', async () => {
+    const r = await egressd(['frobnicate']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('Unknown command "frobnicate"');
+  });
+
+  it('exits 2 on an unknown option', async () => {
+    const r = await egressd(['validate', '--frob', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('egressd validate');
+  });
+});

@@ -1,0 +1,153 @@
+// chooseUpstream: which address a connection allowed by its name may be dialed, in the three
+// dial modes, with a stub resolver (it only needs resolve(name)) and the policy's own verdict on
+// each candidate address.
+
+import { describe, expect, it } from 'vitest';
+import { chooseUpstream, type UpstreamQuery } from '../../../src/net/upstream-target.ts';
+import type { ResolveResult } from '../../../src/net/resolve.ts';
+import { compilePolicy } from '../../../src/policy/compile.ts';
+import { decide } from '../../../src/policy/decide.ts';
+import { compileProtected } from '../../../src/policy/protected.ts';
+
+/** A resolver that answers from a table and records every name it is asked. */
+function stubResolver(answers: Record<string, ResolveResult>) {
+  const asked: string[] = [];
+  return {
+    asked,
+    resolve: async (name: string): Promise<ResolveResult> => {
+      asked.push(name);
+      return answers[name] ?? { ok: false, cause: 'nxdomain' };
+    },
+  };
+}
+
+const ok = (...addresses: string[]): ResolveResult => ({ ok: true, addresses, cached: false });
+
+/** A query for `api.example.com`, allowed by name, on 443; every address allowed unless told. */
+function query(over: Partial<UpstreamQuery> & { resolver: UpstreamQuery['resolver'] }): UpstreamQuery {
+  return { mode: 'resolved', name: 'api.example.com', byName: true, original: '192.0.2.10', port: 443, allows: () => true, ...over };
+}
+
+describe('chooseUpstream in resolved mode', () => {
+  it('dials the original destination when it is one of the name\'s addresses', async () => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1', '192.0.2.10') });
+    expect(await chooseUpstream(query({ resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    expect(r.asked).toEqual(['api.example.com']);
+  });
+
+  it('recognizes the original destination however its address is spelled', async () => {
+    const r = stubResolver({ 'api.example.com': ok('2001:db8::a', '192.0.2.10') });
+    expect(await chooseUpstream(query({ resolver: r, original: '::ffff:192.0.2.10' }))).toMatchObject({ ok: true, how: 'original' });
+    expect(await chooseUpstream(query({ resolver: r, original: '2001:DB8:0:0::A' }))).toMatchObject({ ok: true, how: 'original' });
+    // An AAAA record in IPv4-mapped form names the IPv4 address.
+    const mapped = stubResolver({ 'api.example.com': ok('::ffff:192.0.2.10') });
+    expect(await chooseUpstream(query({ resolver: mapped, original: '192.0.2.10', allows: () => false }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+  });
+
+  it('dials one of the name\'s own addresses when the original destination is not one (a spoofed SNI)', async () => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
+    const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }));
+    expect(t).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
+  });
+
+  it('prefers an address of the family the client used', async () => {
+    const r = stubResolver({ 'api.example.com': ok('2001:db8::1', '198.51.100.1', '2001:db8::2', '198.51.100.2') });
+    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }))).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
+    expect(await chooseUpstream(query({ resolver: r, original: '2001:db8:ffff::66' }))).toEqual({ ok: true, address: '2001:db8::1', how: 'resolved' });
+    // An IPv4-mapped destination is an IPv4 client.
+    expect(await chooseUpstream(query({ resolver: r, original: '::ffff:203.0.113.66' }))).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
+  });
+
+  it('dials the other family when the client\'s family has no allowed address', async () => {
+    const r = stubResolver({ 'api.example.com': ok('2001:db8::1', '198.51.100.1') });
+    const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows: (a) => a !== '198.51.100.1' }));
+    expect(t).toEqual({ ok: true, address: '2001:db8::1', how: 'resolved' });
+  });
+
+  it('never dials a resolved address the policy refuses', async () => {
+    const r = stubResolver({ 'api.example.com': ok('169.254.169.254', '10.0.0.5', '198.51.100.7') });
+    const judged: string[] = [];
+    const allows = (a: string): boolean => {
+      judged.push(a);
+      return a === '198.51.100.7';
+    };
+    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows }))).toEqual({ ok: true, address: '198.51.100.7', how: 'resolved' });
+    expect(judged).toContain('169.254.169.254');
+  });
+
+  it('refuses with no-allowed-address when the policy refuses every address of the name', async () => {
+    const r = stubResolver({ 'api.example.com': ok('169.254.169.254', '10.0.0.5') });
+    const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows: () => false }));
+    expect(t).toMatchObject({ ok: false, reason: 'no-allowed-address' });
+    expect(t.ok ? '' : t.detail).toContain('"api.example.com"');
+    expect(t.ok ? '' : t.detail).toContain('169.254.169.254');
+  });
+
+  it('refuses with no-allowed-address when the name has no address at all', async () => {
+    const r = stubResolver({ 'api.example.com': ok() });
+    expect(await chooseUpstream(query({ resolver: r }))).toMatchObject({ ok: false, reason: 'no-allowed-address' });
+  });
+
+  it('refuses with dns-failure when the lookup fails, naming the cause', async () => {
+    const r = stubResolver({ 'api.example.com': { ok: false, cause: 'servfail' } });
+    const t = await chooseUpstream(query({ resolver: r }));
+    expect(t).toMatchObject({ ok: false, reason: 'dns-failure' });
+    expect(t.ok ? '' : t.detail).toContain('servfail');
+  });
+
+  it('keeps DNS rebinding to the metadata address out under a real policy, in IPv4 and mapped IPv6 spellings', async () => {
+    const policy = compilePolicy(
+      { mode: 'block-all', allow: { domains: ['api.example.com'], cidrs: [], ports: [] }, deny: { domains: [], cidrs: [], ports: [] } },
+      compileProtected({}),
+    );
+    const allows = (ip: string): boolean => decide(policy, { name: 'api.example.com', ip, port: 443 }).verdict === 'allow';
+    const rebound = stubResolver({ 'api.example.com': ok('169.254.169.254', '::ffff:169.254.169.254', 'fd00:ec2::254') });
+    // Public addresses here: the documentation ranges used elsewhere in this file are protected.
+    expect(await chooseUpstream(query({ resolver: rebound, original: '93.184.216.34', allows }))).toMatchObject({ ok: false, reason: 'no-allowed-address' });
+    const mixed = stubResolver({ 'api.example.com': ok('::ffff:169.254.169.254', '140.82.112.3') });
+    expect(await chooseUpstream(query({ resolver: mixed, original: '93.184.216.34', allows }))).toEqual({ ok: true, address: '140.82.112.3', how: 'resolved' });
+  });
+});
+
+describe('chooseUpstream in verify mode', () => {
+  it('dials the original destination when it is one of the name\'s addresses', async () => {
+    const r = stubResolver({ 'api.example.com': ok('192.0.2.10') });
+    expect(await chooseUpstream(query({ mode: 'verify', resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+  });
+
+  it('refuses a destination that is not one of the name\'s addresses with dns-mismatch, rather than dialing another', async () => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
+    const t = await chooseUpstream(query({ mode: 'verify', resolver: r, original: '203.0.113.66' }));
+    expect(t).toMatchObject({ ok: false, reason: 'dns-mismatch' });
+    expect(t.ok ? '' : t.detail).toContain('"203.0.113.66"');
+  });
+
+  it('refuses with dns-failure when the lookup fails', async () => {
+    const r = stubResolver({});
+    expect(await chooseUpstream(query({ mode: 'verify', resolver: r }))).toMatchObject({ ok: false, reason: 'dns-failure' });
+  });
+});
+
+describe('chooseUpstream in original mode', () => {
+  it('dials the original destination and never resolves, even for a connection allowed by name', async () => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
+    const t = await chooseUpstream(query({ mode: 'original', resolver: r, original: '203.0.113.66' }));
+    expect(t).toEqual({ ok: true, address: '203.0.113.66', how: 'original' });
+    expect(r.asked).toEqual([]);
+  });
+});
+
+describe('chooseUpstream for a connection not allowed by name', () => {
+  it.each(['resolved', 'verify', 'original'] as const)('dials the original destination without resolving in %s mode', async (mode) => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
+    const t = await chooseUpstream(query({ mode, resolver: r, byName: false, original: '203.0.113.66' }));
+    expect(t).toEqual({ ok: true, address: '203.0.113.66', how: 'original' });
+    expect(r.asked).toEqual([]);
+  });
+
+  it('dials the original destination without resolving when the client sent no name', async () => {
+    const r = stubResolver({});
+    expect(await chooseUpstream(query({ resolver: r, name: null }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    expect(r.asked).toEqual([]);
+  });
+});

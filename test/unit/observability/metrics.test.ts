@@ -1,0 +1,266 @@
+// Every metric egressd exports: declared with help text, named as Prometheus asks, moved by the
+// calls the daemon makes (src/daemon.ts), and labelled only from small fixed sets.
+
+import { Counter, Gauge, Histogram } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { Metrics } from '../../../src/observability/metrics.ts';
+
+interface Sample {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly value: number;
+}
+
+/** The text exposition format's sample lines, parsed (comments skipped). */
+function samples(text: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`Unparsable sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!;
+    out.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+async function egressdSamples(m: Metrics): Promise<Sample[]> {
+  return samples((await m.render()).body).filter((s) => s.name.startsWith('egressd_'));
+}
+
+/** The value of the one sample with exactly these labels (0 when there is none). */
+function value(all: Sample[], name: string, labels: Record<string, string> = {}): number {
+  const hits = all.filter((s) => s.name === name && JSON.stringify(sorted(s.labels)) === JSON.stringify(sorted(labels)));
+  if (hits.length > 1) throw new Error(`${hits.length} samples of ${name} ${JSON.stringify(labels)}`);
+  return hits[0]?.value ?? 0;
+}
+const sorted = (o: Readonly<Record<string, string>>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b)));
+
+/** A finished connection with a name, addresses and a rule that must never become a label value. */
+function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
+  return {
+    listener: 'tls',
+    sandbox: 'sb-secret-42',
+    source: '10.200.0.2',
+    sourcePort: 40_000,
+    destination: '203.0.113.7',
+    destinationPort: 443,
+    name: 'private-name.example.com',
+    protocol: 'tls',
+    alpn: ['h2'],
+    ech: false,
+    verdict: 'allow',
+    reason: 'allow-rule',
+    rule: 'allowed_domains "*.example.com"',
+    dialed: '198.51.100.9',
+    bytesUp: 517,
+    bytesDown: 4096,
+    startedAt: 0,
+    durationMs: 40,
+    peekMs: 3,
+    connectMs: 12,
+    ...over,
+  };
+}
+
+/** The calls the daemon makes over a few connections, policy changes and lookups. */
+function feed(m: Metrics): void {
+  m.accepted('tls');
+  m.accepted('tls');
+  m.accepted('http');
+  m.accepted('tcp');
+  m.outcome(outcome());
+  m.outcome(outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0, connectMs: undefined }));
+  m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'refused', bytesUp: 0, bytesDown: 0, connectMs: undefined }));
+  m.dnsLookup({ cached: false, outcome: 'ok' });
+  m.dnsLookup({ cached: true, outcome: 'ok' });
+  m.dnsLookup({ cached: false, outcome: 'nxdomain' });
+  m.policyChanges.inc({ source: 'api' });
+  m.policyChangesRefused.inc({ source: 'api' });
+  m.configReloads.inc({ result: 'ok' });
+  m.outcome(outcome({ listener: 'tcp', reason: 'policy-changed', protocol: 'none', name: null }));
+  // One connection still open when the metrics are read.
+  m.accepted('tls');
+}
+
+/** The metrics a Metrics object declares, found by looking at its fields. */
+function declared(m: Metrics): (Counter | Gauge | Histogram)[] {
+  return Object.values(m).filter((v): v is Counter | Gauge | Histogram => v instanceof Counter || v instanceof Gauge || v instanceof Histogram);
+}
+
+const nameOf = (metric: Counter | Gauge | Histogram): string => (metric as unknown as { name: string }).name;
+
+describe('Metrics declarations', () => {
+  const m = new Metrics({ sandboxLabel: false });
+  const metrics = declared(m);
+
+  it('declares the metrics it is expected to, each registered in its own registry', async () => {
+    expect(metrics.length).toBeGreaterThanOrEqual(13);
+    const registered = (await m.registry.getMetricsAsJSON()).map((x) => x.name);
+    for (const metric of metrics) expect(registered).toContain(nameOf(metric));
+  });
+
+  it.each(declared(new Metrics()).map((x) => [nameOf(x), x] as const))('%s has help text', async (_, metric) => {
+    const json = await metric.get();
+    expect(json.help.trim().length).toBeGreaterThan(10);
+    expect(json.help).not.toBe(json.name);
+  });
+
+  it.each(declared(new Metrics()).map((x) => [nameOf(x), x] as const))('%s follows the Prometheus naming conventions', (name, metric) => {
+    expect(name).toMatch(/^egressd_[a-z][a-z0-9]*(?:_[a-z0-9]+)*$/);
+    if (metric instanceof Counter) expect(name).toMatch(/_total$/);
+    else expect(name).not.toMatch(/_total$/);
+    // Base units only: seconds and bytes, never milliseconds or kilobytes.
+    expect(name).not.toMatch(/_(?:ms|milliseconds|microseconds|minutes|hours|kb|kilobytes|mb|megabytes)(?:_|$)/);
+    if (/duration|latency|time/.test(name)) expect(name).toMatch(/_seconds$/);
+    if (/bytes/.test(name)) expect(name).toMatch(/_bytes(?:_total)?$/);
+    if (metric instanceof Histogram) expect(name).toMatch(/_(?:seconds|bytes)$/);
+  });
+
+  it('exports nothing beyond its own egressd_ metrics and the process defaults', async () => {
+    const names = (await m.registry.getMetricsAsJSON()).map((x) => x.name);
+    const own = new Set(metrics.map(nameOf));
+    for (const n of names) {
+      if (own.has(n)) continue;
+      expect(n).toMatch(/^(?:process|nodejs)_/);
+    }
+  });
+});
+
+describe('Metrics as the daemon feeds them', () => {
+  it('moves every egressd metric over a few connections, lookups and policy changes', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    const before = await egressdSamples(m);
+    feed(m);
+    const after = await egressdSamples(m);
+    for (const metric of declared(m)) {
+      const name = nameOf(metric);
+      const total = (s: Sample[]) => s.filter((x) => x.name === name || x.name === `${name}_count`).reduce((a, x) => a + x.value, 0);
+      expect({ name, moved: total(after) > total(before) }).toEqual({ name, moved: true });
+    }
+  });
+
+  it('counts each connection once by listener, verdict and reason', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    feed(m);
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'http', verdict: 'refuse', reason: 'default-block' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'error', reason: 'upstream-failed' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'allow', reason: 'policy-changed' })).toBe(1);
+    expect(s.filter((x) => x.name === 'egressd_connections_total').reduce((a, x) => a + x.value, 0)).toBe(4);
+  });
+
+  it('keeps the open-connection gauge at accepted minus finished, per listener', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    expect(value(await egressdSamples(m), 'egressd_active_connections', { listener: 'tcp' })).toBe(0);
+    m.accepted('tls');
+    m.accepted('tls');
+    m.accepted('tcp');
+    let s = await egressdSamples(m);
+    expect(value(s, 'egressd_active_connections', { listener: 'tls' })).toBe(2);
+    expect(value(s, 'egressd_active_connections', { listener: 'tcp' })).toBe(1);
+    m.outcome(outcome({ listener: 'tls' }));
+    s = await egressdSamples(m);
+    expect(value(s, 'egressd_active_connections', { listener: 'tls' })).toBe(1);
+    expect(value(s, 'egressd_active_connections', { listener: 'http' })).toBe(0);
+  });
+
+  it('adds the bytes of each direction and observes peek and connect times in seconds', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.accepted('tls');
+    m.outcome(outcome({ bytesUp: 517, bytesDown: 4096, peekMs: 3, connectMs: 12 }));
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_bytes_total', { direction: 'up' })).toBe(517);
+    expect(value(s, 'egressd_bytes_total', { direction: 'down' })).toBe(4096);
+    expect(value(s, 'egressd_peek_duration_seconds_sum', { listener: 'tls' })).toBeCloseTo(0.003, 9);
+    expect(value(s, 'egressd_peek_duration_seconds_count', { listener: 'tls' })).toBe(1);
+    expect(value(s, 'egressd_upstream_connect_duration_seconds_sum')).toBeCloseTo(0.012, 9);
+    expect(value(s, 'egressd_upstream_connect_duration_seconds_count')).toBe(1);
+  });
+
+  it('counts upstream failures by cause and connections closed by a policy change', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'timeout', connectMs: undefined }));
+    m.outcome(outcome({ reason: 'policy-changed' }));
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_upstream_connect_failures_total', { cause: 'timeout' })).toBe(1);
+    expect(value(s, 'egressd_connections_closed_by_policy_change_total')).toBe(1);
+  });
+
+  it('counts lookups by outcome, cache hits, and failures by cause', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.dnsLookup({ cached: false, outcome: 'ok' });
+    m.dnsLookup({ cached: true, outcome: 'ok' });
+    m.dnsLookup({ cached: true, outcome: 'nxdomain' });
+    m.dnsLookup({ cached: false, outcome: 'timeout' });
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_dns_lookups_total', { outcome: 'ok' })).toBe(2);
+    expect(value(s, 'egressd_dns_lookups_total', { outcome: 'nxdomain' })).toBe(1);
+    expect(value(s, 'egressd_dns_cache_hits_total')).toBe(2);
+    expect(value(s, 'egressd_dns_failures_total', { cause: 'nxdomain' })).toBe(1);
+    expect(value(s, 'egressd_dns_failures_total', { cause: 'timeout' })).toBe(1);
+    expect(value(s, 'egressd_dns_failures_total', { cause: 'ok' })).toBe(0);
+  });
+
+  it('counts policy changes, refusals and reloads by source and result', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.policyChanges.inc({ source: 'api' });
+    m.policyChanges.inc({ source: 'config' });
+    m.policyChangesRefused.inc({ source: 'api' });
+    m.configReloads.inc({ result: 'refused' });
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_policy_changes_total', { source: 'api' })).toBe(1);
+    expect(value(s, 'egressd_policy_changes_total', { source: 'config' })).toBe(1);
+    expect(value(s, 'egressd_policy_changes_refused_total', { source: 'api' })).toBe(1);
+    expect(value(s, 'egressd_config_reloads_total', { result: 'refused' })).toBe(1);
+  });
+});
+
+describe('Metrics labels', () => {
+  /** Every label egressd's metrics may carry, and the values each may take ('le' is the histogram's). */
+  const LABEL_VALUES: Record<string, RegExp> = {
+    listener: /^(?:http|tls|tcp)$/,
+    verdict: /^(?:allow|refuse|error)$/,
+    reason: /^[a-z]+(?:-[a-z]+)*$/,
+    direction: /^(?:up|down)$/,
+    cause: /^(?:refused|timeout|unreachable|reset|aborted|other|nxdomain|nodata|servfail|error)$/,
+    outcome: /^(?:ok|nxdomain|nodata|timeout|servfail|refused|error)$/,
+    source: /^(?:api|config)$/,
+    result: /^(?:ok|refused)$/,
+    le: /^(?:[0-9.]+|\+Inf)$/,
+  };
+
+  it('takes every label value from a small fixed set, never a name, address, rule or sandbox id', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    feed(m);
+    const text = (await m.render()).body;
+    for (const secret of ['private-name', '203.0.113.7', '198.51.100.9', '10.200.0.2', 'example.com', 'sb-secret-42']) expect(text).not.toContain(secret);
+    for (const s of await egressdSamples(m)) {
+      for (const [k, v] of Object.entries(s.labels)) {
+        expect(Object.keys(LABEL_VALUES), `label ${k} of ${s.name}`).toContain(k);
+        expect(v, `label ${k} of ${s.name}`).toMatch(LABEL_VALUES[k]!);
+      }
+    }
+  });
+
+  it('adds the sandbox label to the connection counter when sandboxLabel is true, and only there', async () => {
+    const m = new Metrics({ sandboxLabel: true });
+    feed(m);
+    m.outcome(outcome({ sandbox: null, verdict: 'refuse', reason: 'default-block' }));
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule', sandbox: 'sb-secret-42' })).toBe(1);
+    // A source that belongs to no sandbox is counted under the empty sandbox.
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'default-block', sandbox: '' })).toBe(1);
+    const labelled = new Set(s.filter((x) => 'sandbox' in x.labels).map((x) => x.name));
+    expect([...labelled]).toEqual(['egressd_connections_total']);
+  });
+
+  it('leaves the sandbox label out when sandboxLabel is false', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    feed(m);
+    expect((await egressdSamples(m)).some((x) => 'sandbox' in x.labels)).toBe(false);
+  });
+});
