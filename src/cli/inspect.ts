@@ -4,7 +4,7 @@
 import { parseClientHello } from '../peek/tls-client-hello.ts';
 import { parseHttpHead } from '../peek/http-head.ts';
 import { sniff } from '../peek/sniff.ts';
-import { normalizeName } from '../policy/names.ts';
+import { normalizeWireName } from '../policy/names.ts';
 
 export interface CommandResult {
   readonly code: 0 | 1 | 2;
@@ -17,7 +17,7 @@ type Report =
 
 function named(raw: string | null): { name: string | null } | { error: string } {
   if (raw === null) return { name: null };
-  const n = normalizeName(raw);
+  const n = normalizeWireName(raw);
   if (!n.ok) return { error: `invalid-name: ${n.reason}` };
   return { name: 'name' in n ? n.name : null };
 }

@@ -9,7 +9,7 @@ import { canonicalSource } from '../config/schema.ts';
 import { MAX_HELLO_BYTES } from '../peek/tls-client-hello.ts';
 import { anyStepper, httpStepper, tlsStep, type Peeked } from './peek-steps.ts';
 import type { Decision } from '../policy/decide.ts';
-import { normalizeName } from '../policy/names.ts';
+import { normalizeWireName } from '../policy/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome } from './peek-socket.ts';
 import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
@@ -161,7 +161,7 @@ async function run(
 
   // A name in any spelling of an IP address is not a name: only address rules apply to it.
   if (rawName !== null) {
-    const n = normalizeName(rawName);
+    const n = normalizeWireName(rawName);
     if (!n.ok) {
       o.rawName = rawName;
       o.end = n.reason;

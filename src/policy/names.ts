@@ -139,3 +139,19 @@ function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string =
   }
   return { ok: true, name: s };
 }
+
+/**
+ * A name as a client sent it on the wire (SNI host_name, HTTP Host). RFC 6066 §3 makes the
+ * host_name ASCII (an IDN travels as its A-label) and RFC 9110 §7.2 the Host too; the peek
+ * decodes one character per byte, so a byte ≥ 0x80 here is not a U-label to convert but bytes a
+ * server would compare as they are: matching their punycoded reading would judge a name the
+ * upstream never sees. Refused, never converted.
+ */
+export function normalizeWireName(raw: string): NormalizedName {
+  for (let i = 0; i < raw.length; i++) {
+    if (raw.charCodeAt(i) > 0x7f) {
+      return { ok: false, reason: `Name ${JSON.stringify(raw.length > 80 ? `${raw.slice(0, 77)}...` : raw)} has a non-ASCII byte at ${i}; a name on the wire is ASCII (RFC 6066 §3)` };
+    }
+  }
+  return normalizeName(raw);
+}

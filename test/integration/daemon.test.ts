@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { buildHello } from '../helpers/hello-builder.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 
 const TOKEN = 'test-token';
@@ -205,5 +206,39 @@ describe('the daemon on loopback', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 403 /);
     expect(answer).toContain('refused.test');
     expect(upstream.sockets.size).toBe(0);
+  });
+
+  it('refuses an SNI with a non-ASCII byte as an invalid name, with an access_denied alert, quoting it in the log', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({ sandboxes: [{ id: 'sb-n', sources: ['127.0.0.13'], network: { mode: 'allow-all' } }] }),
+    );
+    d.route('127.0.0.13', '127.0.0.1', upstream.port);
+    const sni = Buffer.concat([Buffer.from('b'), Buffer.from([0xfc]), Buffer.from('cher.test')]);
+    const answer = await new Promise<Buffer>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: d!.port('tls'), localAddress: '127.0.0.13' });
+      const got: Buffer[] = [];
+      s.on('data', (b: Buffer) => got.push(b));
+      s.on('error', () => {});
+      s.on('close', () => resolve(Buffer.concat(got)));
+      s.write(buildHello({ sni: [new Uint8Array(sni)] }));
+    });
+    // RFC 8446 §6: a fatal (2) access_denied (49) alert.
+    expect([...answer]).toEqual([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
+    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ verdict: 'refuse', reason: 'invalid-name', dialed: null, rawName: 'b\u00fccher.test' });
+    expect(upstream.sockets.size).toBe(0);
+  });
+
+  it('deletes an organization only once no sandbox names it', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    expect((await api('PUT', '/api/v1/orgs/o1', { network: { mode: 'block-all', egress: { allowed_ports: [443] } } })).status).toBe(201);
+    expect((await api('GET', '/api/v1/orgs/o1')).body).toMatchObject({ id: 'o1', tier: null });
+    expect((await api('PUT', '/api/v1/sandboxes/sb-o', { sources: ['127.0.0.14'], org: 'o1', network: { mode: 'allow-all' } })).status).toBe(201);
+    const check = await api('POST', '/api/v1/check', { sandbox: 'sb-o', ip: '127.0.0.1', port: 22 });
+    expect(check.body).toMatchObject({ verdict: 'refuse' });
+    expect((await api('DELETE', '/api/v1/orgs/o1')).status).toBe(409);
+    expect((await api('DELETE', '/api/v1/sandboxes/sb-o')).status).toBe(204);
+    expect((await api('DELETE', '/api/v1/orgs/o1')).status).toBe(204);
+    expect((await api('GET', '/api/v1/orgs/o1')).status).toBe(404);
+    expect((await api('PUT', '/api/v1/sandboxes/sb-o', { sources: ['127.0.0.14'], org: 'o1' })).status).toBe(404);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { normalizeName, normalizePattern } from '../../../src/policy/names.ts';
+import { normalizeName, normalizePattern, normalizeWireName } from '../../../src/policy/names.ts';
 
 const reasonOf = (raw: string): string => {
   const r = normalizeName(raw);
@@ -173,5 +173,18 @@ describe('normalizePattern', () => {
     expect(normalizePattern('*.a..b.com')).toEqual({ ok: false, reason: 'Pattern "*.a..b.com" has an empty label' });
     expect(normalizePattern('')).toEqual({ ok: false, reason: 'Pattern is empty' });
     expect(normalizePattern('*.')).toEqual({ ok: false, reason: 'Pattern is empty' });
+  });
+});
+
+describe('normalizeWireName', () => {
+  it('refuses a name with a byte at or above 0x80, as a client sent it, instead of punycoding it', () => {
+    const r = normalizeWireName('b\u00fccher.test');
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.reason).toContain('non-ASCII byte at 1');
+  });
+
+  it('normalizes an ASCII name exactly as normalizeName does', () => {
+    expect(normalizeWireName('XN--BCHER-KVA.Test.')).toEqual(normalizeName('XN--BCHER-KVA.Test.'));
+    expect(normalizeWireName('127.1')).toEqual({ ok: true, ip: '127.0.0.1' });
   });
 });
