@@ -170,11 +170,11 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     expect((await cli('org', 'get', 'acme')).code).toBe(0);
   });
 
-  it('drains on SIGTERM: readiness turns 503 first, an open connection finishes, and the exit code is 0', async () => {
+  it('drains on SIGTERM: readiness turns 503 first, a large transfer finishes, and the exit code is 0', async () => {
     await put('sb-a', SB_A, { mode: 'allow-all' });
     const ready = await rig.execIn('router', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9901/readyz']);
     expect(ready.stdout).toBe('200');
-    const hold = rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '2500'], { timeoutMs: 20_000 });
+    const hold = rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'], { timeoutMs: 20_000 });
     await new Promise((r) => setTimeout(r, 700));
     const exit = daemon.stop('SIGTERM', 20_000);
     await new Promise((r) => setTimeout(r, 300));
@@ -182,6 +182,8 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     expect(draining.stdout).toBe('503');
     const held = JSON.parse((await hold).stdout);
     expect(held).toMatchObject({ outcome: 'held' });
+    // Tens of MiB each way, carried whole through the drain.
+    expect(held.sent).toBeGreaterThan(8 * 1024 * 1024);
     expect(held.echoed).toBe(held.sent);
     expect(await exit).toBe(0);
     await start();

@@ -8,7 +8,7 @@
 //   silent  connects and sends nothing; reports how the connection ended
 //   drip    sends a ClientHello's first bytes one byte every --interval ms
 //   banner  connects and reads what a server-first service says first
-//   hold    keeps a connection to an echo service busy (one byte every --interval ms) for
+//   hold    keeps a connection to an echo service busy (--chunk bytes every --interval ms) for
 //           --duration ms, then closes it; reports how many bytes came back and whether the
 //           connection was cut before the end
 //
@@ -32,6 +32,7 @@ const { positionals, values } = parseArgs({
     interval: { type: 'string', default: '1000' },
     timeout: { type: 'string', default: '15000' },
     duration: { type: 'string', default: '3000' },
+    chunk: { type: 'string', default: '1' },
     bind: { type: 'string' },
   },
 });
@@ -186,13 +187,15 @@ async function main(): Promise<void> {
       sock.on('close', cut('close'));
       sock.on('end', cut('end'));
       await new Promise((r) => sock.once('connect', r));
+      const chunk = Buffer.alloc(Number(values.chunk), 0x78);
       const until = Date.now() + Number(values.duration);
       while (Date.now() < until && !sock.destroyed) {
-        sock.write('x');
-        sent++;
+        sock.write(chunk);
+        sent += chunk.length;
         await sleep(Number(values.interval));
       }
-      await sleep(200);
+      // Let the echo of the last bytes come back (bounded).
+      for (let i = 0; i < 100 && echoed < sent && !sock.destroyed; i++) await sleep(50);
       finished = true;
       sock.destroy();
       done({ outcome: 'held', sent, echoed });
