@@ -11,7 +11,8 @@
 // validated, so a mistake in it is reported, and then dropped.
 
 import { describe, isPlainObject, quote } from '../config/fields.ts';
-import type { FieldIssue, Mode, Parsed, Policy, PortRange, Side } from './model.ts';
+import { CappedIssues, MAX_LIST_ENTRIES } from './issues.ts';
+import type { Mode, Parsed, Policy, PortRange, Side } from './model.ts';
 import { EMPTY_SIDE } from './model.ts';
 import { normalizePattern } from './names.ts';
 import { validateCidr, validatePort } from './validate.ts';
@@ -20,25 +21,8 @@ const MODES: readonly Mode[] = ['allow-all', 'block-all'];
 const ROOT_FIELDS = ['mode', 'egress'] as const;
 const EGRESS_FIELDS = ['allowed_domains', 'denied_domains', 'allowed_cidrs', 'denied_cidrs', 'allowed_ports', 'denied_ports'] as const;
 
-/** A bound on the report: past it, one more issue says how many were left out. */
-const MAX_ISSUES = 100;
-/** A bound on one list, far above the 100,000 entries compile is built for. */
-const MAX_ENTRIES = 1_000_000;
-
-class Issues {
-  readonly list: FieldIssue[] = [];
-  dropped = 0;
-  add(field: string, reason: string): void {
-    if (this.list.length < MAX_ISSUES) this.list.push({ field, reason });
-    else this.dropped++;
-  }
-  result(): FieldIssue[] {
-    return this.dropped === 0 ? this.list : [...this.list, { field: '(root)', reason: `${this.dropped} more problems not shown` }];
-  }
-}
-
 export function parsePolicyDocument(doc: unknown): Parsed<Policy> {
-  const issues = new Issues();
+  const issues = new CappedIssues('(root)');
   if (!isPlainObject(doc)) {
     issues.add('(root)', `Expected an object with "mode" and "egress", got ${describe(doc)}`);
     return { ok: false, issues: issues.result() };
@@ -105,14 +89,14 @@ const portEntry: Entry<PortRange> = (v) => {
 };
 
 /** Validates every entry of one list; duplicates after normalization are kept once. */
-function list<T>(v: unknown, field: string, issues: Issues, entry: Entry<T>): T[] {
+function list<T>(v: unknown, field: string, issues: CappedIssues, entry: Entry<T>): T[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) {
     issues.add(field, `Expected a list, got ${describe(v)}`);
     return [];
   }
-  if (v.length > MAX_ENTRIES) {
-    issues.add(field, `Expected at most ${MAX_ENTRIES} entries, got ${v.length}`);
+  if (v.length > MAX_LIST_ENTRIES) {
+    issues.add(field, `Expected at most ${MAX_LIST_ENTRIES} entries, got ${v.length}`);
     return [];
   }
   const out: T[] = [];

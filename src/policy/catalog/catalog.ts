@@ -10,6 +10,7 @@ import { parseDocument } from 'yaml';
 import { describe, isPlainObject, quote } from '../../config/fields.ts';
 import type { FieldIssue } from '../model.ts';
 import { normalizePattern } from '../names.ts';
+import { CappedIssues } from '../issues.ts';
 
 export interface CatalogOptions {
   /** The categories to include, by name, or every category in the file (the default). */
@@ -28,7 +29,6 @@ const DEFAULT_FILE = fileURLToPath(new URL('./essential-services.yaml', import.m
 
 /** The built-in file is ~6 KB; an operator's catalog of a few thousand names stays far below. */
 const MAX_FILE_BYTES = 4 * 1024 * 1024;
-const MAX_ISSUES = 100;
 /** Kebab-case, so a name reads the same in YAML, in a config file and in an error message. */
 const CATEGORY_NAME = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
 
@@ -38,16 +38,9 @@ const CATEGORY_NAME = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
  * unknown category, an entry that is not a domain pattern. Never throws.
  */
 export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
-  const issues: FieldIssue[] = [];
-  let dropped = 0;
-  const add = (field: string, reason: string): void => {
-    if (issues.length < MAX_ISSUES) issues.push({ field, reason });
-    else dropped++;
-  };
-  const finish = (): { ok: false; issues: FieldIssue[] } => ({
-    ok: false,
-    issues: dropped === 0 ? issues : [...issues, { field: '', reason: `${dropped} more problems not shown` }],
-  });
+  const collected = new CappedIssues();
+  const add = (field: string, reason: string): void => collected.add(field, reason);
+  const finish = (): { ok: false; issues: FieldIssue[] } => ({ ok: false, issues: collected.result() });
 
   const path = opts.file ?? DEFAULT_FILE;
   // Problems inside the file are reported against `file` when the operator named one; the
@@ -98,7 +91,7 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
     else add(`extra[${i}]`, r.reason);
   });
 
-  if (issues.length > 0) return finish();
+  if (!collected.ok) return finish();
   const domains = new Set<string>();
   for (const name of selected) for (const d of byName.get(name)!) domains.add(d);
   for (const d of extra) domains.add(d);

@@ -11,6 +11,7 @@
 // destination makes the mode block-all; otherwise it is allow-all.
 
 import { describe, isPlainObject, quote } from '../../config/fields.ts';
+import { CappedIssues, MAX_LIST_ENTRIES } from '../issues.ts';
 import type { DialectResult, FieldIssue, Side } from '../model.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { normalizePattern } from '../names.ts';
@@ -24,23 +25,7 @@ import { validateCidr } from '../validate.ts';
  */
 const ALL_TRAFFIC = '0.0.0.0/0';
 const NETWORK_FIELDS = ['allowOut', 'denyOut'] as const;
-/** A bound on one list, as for the sandbox0 dialect (src/policy/parse-policy.ts). */
-const MAX_ENTRIES = 1_000_000;
-const MAX_ISSUES = 100;
-
 type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
-
-class Issues {
-  readonly list: FieldIssue[] = [];
-  dropped = 0;
-  add(field: string, reason: string): void {
-    if (this.list.length < MAX_ISSUES) this.list.push({ field, reason });
-    else this.dropped++;
-  }
-  result(): FieldIssue[] {
-    return this.dropped === 0 ? this.list : [...this.list, { field: '', reason: `${this.dropped} more problems not shown` }];
-  }
-}
 
 /** One allowOut or denyOut entry, classified. */
 type Entry = { kind: 'cidr'; cidr: string } | { kind: 'domain'; pattern: string; raw: string } | { kind: 'invalid'; reason: string };
@@ -50,7 +35,7 @@ type Entry = { kind: 'cidr'; cidr: string } | { kind: 'domain'; pattern: string;
  * paths in issues are relative to the body.
  */
 export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
-  const issues = new Issues();
+  const issues = new CappedIssues();
 
   // Seed 004: "Passing a falsy value ... has the same effect as adding ['0.0.0.0/0'] to
   // denyOut". Only true and false are taken: null, 0 or "" are falsy in the SDK but are more
@@ -133,14 +118,14 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
 }
 
 /** The entries of one list with their indexes, or none (with an issue) when it is not a list. */
-function entries(v: unknown, field: string, issues: Issues): [number, Entry][] {
+function entries(v: unknown, field: string, issues: CappedIssues): [number, Entry][] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) {
     issues.add(field, `Expected a list of IP addresses, CIDRs or domains, got ${describe(v)}`);
     return [];
   }
-  if (v.length > MAX_ENTRIES) {
-    issues.add(field, `Expected at most ${MAX_ENTRIES} entries, got ${v.length}`);
+  if (v.length > MAX_LIST_ENTRIES) {
+    issues.add(field, `Expected at most ${MAX_LIST_ENTRIES} entries, got ${v.length}`);
     return [];
   }
   const out: [number, Entry][] = [];

@@ -1,0 +1,34 @@
+// Collecting validation problems from hostile documents: every problem is reported at once, but
+// the report itself is bounded, so a body of a million bad entries cannot become a million-line
+// answer. Past the cap one last issue says how many were left out.
+
+import type { FieldIssue } from './model.ts';
+
+/** A bound on one list in a policy body, far above the 100,000 entries compile is built for. */
+export const MAX_LIST_ENTRIES = 1_000_000;
+
+export class CappedIssues {
+  readonly list: FieldIssue[] = [];
+  dropped = 0;
+  readonly #cap: number;
+  /** The field the "N more problems" issue is filed under: the document root's name. */
+  readonly #rootField: string;
+
+  constructor(rootField = '', cap = 100) {
+    this.#rootField = rootField;
+    this.#cap = cap;
+  }
+
+  add(field: string, reason: string): void {
+    if (this.list.length < this.#cap) this.list.push({ field, reason });
+    else this.dropped++;
+  }
+
+  get ok(): boolean {
+    return this.list.length === 0;
+  }
+
+  result(): FieldIssue[] {
+    return this.dropped === 0 ? this.list : [...this.list, { field: this.#rootField, reason: `${this.dropped} more problems not shown` }];
+  }
+}
