@@ -241,4 +241,40 @@ describe('the daemon on loopback', () => {
     expect((await api('GET', '/api/v1/orgs/o1')).status).toBe(404);
     expect((await api('PUT', '/api/v1/sandboxes/sb-o', { sources: ['127.0.0.14'], org: 'o1' })).status).toBe(404);
   });
+
+  it('waits only the first-byte wait for a silent client when a name could matter, then decides by address (server-first)', async () => {
+    const banner = createServer((s) => {
+      s.on('error', () => {});
+      s.end('220 banner\r\n');
+    });
+    banner.listen(0, '127.0.0.1');
+    await once(banner, 'listening');
+    try {
+      d = await startLoopbackDaemon(
+        loopbackConfig({ sandboxes: [{ id: 'sb-s', sources: ['127.0.0.15'], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test'] } } }] }),
+      );
+      d.route('127.0.0.15', '127.0.0.1', (banner.address() as { port: number }).port);
+      const c = await dialFrom('127.0.0.15', d.port('tcp'));
+      clients.push(c);
+      const [line] = (await once(c, 'data')) as [Buffer];
+      expect(line.toString()).toBe('220 banner\r\n');
+      const o = await d.waitForLog((l) => l['event'] === 'connection');
+      expect(o).toMatchObject({ verdict: 'allow', reason: 'default-allow', protocol: 'none', name: null });
+      expect(o['peekMs']).toBeDefined();
+    } finally {
+      banner.close();
+    }
+  });
+
+  it('leaves open connections alone on a policy change when onPolicyChange is keep', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({ onPolicyChange: 'keep' }));
+    expect((await api('PUT', '/api/v1/sandboxes/sb-k', { sources: ['127.0.0.16'], network: { mode: 'allow-all' } })).status).toBe(201);
+    d.route('127.0.0.16', '127.0.0.1', upstream.port);
+    const c = await dialFrom('127.0.0.16', d.port('tcp'));
+    clients.push(c);
+    expect(await echoes(c, 'one')).toBe('one');
+    expect((await api('PUT', '/api/v1/sandboxes/sb-k/network', { mode: 'block-all' })).status).toBe(200);
+    expect(await echoes(c, 'two')).toBe('two');
+    expect((await refusedFrom('127.0.0.16', d.port('tcp'))).received).toBe(0);
+  });
 });

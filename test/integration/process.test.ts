@@ -3,6 +3,7 @@
 // sandbox from the file, and a second process can take the ports over while the first drains.
 
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -109,5 +110,29 @@ describe('the egressd process', () => {
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
     const listeners = second.d.lines.find((l) => l.event === 'started')!['listeners'] as { port: number }[];
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
+  });
+
+  it('writes its log lines to log.destination, and nothing below log.level', async () => {
+    const { existsSync, readFileSync } = await import('node:fs');
+    const run = async (level: string): Promise<{ out: string; lines: { level: string; event?: string }[] }> => {
+      const logFile = join(dir, `egressd-${level}.log`);
+      const file = write(base({ log: { level, destination: logFile } }));
+      const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+      const read = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '');
+      for (let i = 0; i < 200 && !read().includes('"started"') && level === 'info'; i++) await new Promise((r) => setTimeout(r, 50));
+      if (level !== 'info') await new Promise((r) => setTimeout(r, 1500));
+      child.kill('SIGTERM');
+      const [code] = (await once(child, 'exit')) as [number];
+      expect(code).toBe(0);
+      return { out, lines: read().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
+    };
+    const info = await run('info');
+    expect(info.out).toBe('');
+    expect(info.lines.map((l) => l.event)).toEqual(expect.arrayContaining(['started', 'signal', 'stopped']));
+    const warn = await run('warn');
+    expect(warn.out).toBe('');
+    expect(warn.lines.filter((l) => l.level === 'info')).toEqual([]);
   });
 });
