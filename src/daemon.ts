@@ -149,16 +149,39 @@ export class Daemon {
    * Replaces the running configuration's sandboxes (SIGHUP). The listeners, ports and admin
    * endpoint stay as they are; a config whose sandboxes are refused changes nothing.
    */
-  reload(next: Config): { ok: true; sandboxes: number } | { ok: false; reason: string } {
+  reload(next: Config): { ok: true; sandboxes: number; needsRestart: string[] } | { ok: false; reason: string } {
     const r = this.control.replaceConfigSandboxes(configSandboxRecords(next));
     if (!r.ok) {
       this.metrics.configReloads.inc({ result: 'refused' });
       const e = r.error;
       return { ok: false, reason: e.kind === 'invalid' ? e.issues.map((i) => `${i.field}: ${i.reason}`).join('; ') : e.message };
     }
-    this.#config = Object.freeze({ ...next, listen: this.#config.listen, admin: { ...next.admin, listen: this.#config.admin.listen } });
+    // What is bound or compiled into every policy at start stays as it is until a restart; the
+    // caller logs which of those keys changed, so an operator is never misled by a quiet reload.
+    const before = this.#config;
+    const same = (k: (c: Config) => unknown): boolean => JSON.stringify(k(before)) === JSON.stringify(k(next));
+    const needsRestart = (
+      [
+        ['listen', (c: Config) => c.listen],
+        ['admin.listen', (c: Config) => c.admin.listen],
+        ['admin.maxBodyBytes', (c: Config) => c.admin.maxBodyBytes],
+        ['protected', (c: Config) => c.protected],
+        ['catalog', (c: Config) => c.catalog],
+        ['dns', (c: Config) => c.dns],
+        ['state', (c: Config) => c.state],
+        ['metrics', (c: Config) => c.metrics],
+        ['log', (c: Config) => c.log],
+      ] as const
+    )
+      .filter(([, k]) => !same(k))
+      .map(([name]) => name);
+    this.#config = Object.freeze({ ...next, listen: before.listen, admin: { ...next.admin, listen: before.admin.listen } });
+    if (!same((c) => c.defaultNetwork)) {
+      this.store.setDefault(next.defaultNetwork);
+      this.#rejudge();
+    }
     this.metrics.configReloads.inc({ result: 'ok' });
-    return { ok: true, sandboxes: r.value };
+    return { ok: true, sandboxes: r.value, needsRestart };
   }
 
   #accept(socket: Socket, kind: Listener['kind']): void {
@@ -189,6 +212,11 @@ export class Daemon {
       { event: 'policy-change', source: e.source, actor: e.actor, action: e.action, kind: e.kind, id: e.id, before: e.before, after: e.after, version: this.store.version },
       'policy change',
     );
+    this.#rejudge();
+  }
+
+  /** Closes the open connections the current policies refuse (unless onPolicyChange is keep). */
+  #rejudge(): void {
     if (this.#config.onPolicyChange === 'keep') return;
     let closed = 0;
     for (const c of this.registry) {

@@ -92,7 +92,12 @@ async function serve(argv: string[]): Promise<number> {
       try {
         const next = withEnv(await loadConfig(file));
         const r = daemon.reload(next);
-        if (r.ok) log.info({ event: 'reload', file, sandboxes: r.sandboxes }, 'configuration reloaded');
+        if (r.ok) {
+          log.info({ event: 'reload', file, sandboxes: r.sandboxes }, 'configuration reloaded');
+          if (r.needsRestart.length > 0) {
+            log.warn({ event: 'reload-partial', file, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
+          }
+        }
         else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
       } catch (e) {
         daemon.metrics.configReloads.inc({ result: 'refused' });

@@ -152,6 +152,12 @@ export class PolicyStore implements PolicyLookup {
     return this.#sandboxes.size;
   }
 
+  /** Replaces the policy for sources that belong to no sandbox (a config reload). */
+  setDefault(network: DialectResult): void {
+    this.#default = this.#effective(null, null, network);
+    this.#version++;
+  }
+
   lookup(source: string): SandboxPolicy {
     return this.#bySource.get(source) ?? this.#default;
   }

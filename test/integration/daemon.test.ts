@@ -277,4 +277,15 @@ describe('the daemon on loopback', () => {
     expect(await echoes(c, 'two')).toBe('two');
     expect((await refusedFrom('127.0.0.16', d.port('tcp'))).received).toBe(0);
   });
+
+  it('applies a reloaded defaultNetwork to the next connection and names the keys that need a restart', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    d.route('127.0.0.17', '127.0.0.1', upstream.port);
+    expect((await refusedFrom('127.0.0.17', d.port('tcp'))).received).toBe(0);
+    const r = d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'allow-all' }, protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] } }));
+    expect(r).toMatchObject({ ok: true, needsRestart: ['protected'] });
+    const c = await dialFrom('127.0.0.17', d.port('tcp'));
+    clients.push(c);
+    expect(await echoes(c, 'open now')).toBe('open now');
+  });
 });
