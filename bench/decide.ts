@@ -1,6 +1,6 @@
 // `node bench/decide.ts`: how long decide() takes with 100,000 domain patterns and 100,000
 // CIDRs, against a plain linear scan over the same rules in the same run, and how long the
-// policy takes to validate and compile. Also the prefix trie (src/policy/cidr-trie.ts) against
+// policy takes to validate and compile. Also the prefix trie (src/match/cidr-trie.ts) against
 // a sorted-interval binary search for the CIDR lookup alone: the alternative the design
 // weighed, kept here so the choice can be re-checked. The two are checked to agree first.
 //
@@ -8,13 +8,13 @@
 // one core) and repeatable. Figures are medians of several rounds; on a shared machine they
 // move by tens of percent from run to run.
 
-import { CidrTrie } from '../src/policy/cidr-trie.ts';
+import { CidrTrie } from '../src/match/cidr-trie.ts';
 import { compilePolicy } from '../src/policy/compile.ts';
 import { decide, type Facts } from '../src/policy/decide.ts';
-import { parseCidr, parseIp, type CidrBlock } from '../src/policy/ip.ts';
+import { parseCidr, parseIp, type CidrBlock } from '../src/match/ip.ts';
 import type { Policy } from '../src/policy/model.ts';
 import { parsePolicyDocument } from '../src/policy/parse-policy.ts';
-import { compileProtected } from '../src/policy/protected.ts';
+import { compileProtected } from '../src/match/protected.ts';
 
 const DOMAINS = 100_000;
 const CIDRS = 100_000;

@@ -13,7 +13,7 @@ import { sniff } from '../src/peek/sniff.ts';
 import { MAX_HELLO_BYTES } from '../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../test/helpers/hello-builder.ts';
 import { PeekBuffer } from '../src/net/peek-socket.ts';
-import { httpStepper, tlsStep } from '../src/net/peek-steps.ts';
+import { httpStepper, tlsStep } from '../src/peek/peek-steps.ts';
 
 const WARMUP_MS = 100;
 const BUDGET_MS = 300;

@@ -15,9 +15,9 @@ import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
-import { ControlPlane, type ChangeEvent, type PersistedState, type SandboxRecord } from './policy/control-plane.ts';
-import { StateFile } from './policy/state-file.ts';
-import { PolicyStore } from './policy/store.ts';
+import { ControlPlane, type ChangeEvent, type PersistedState, type SandboxRecord } from './control/control-plane.ts';
+import { StateFile } from './control/state-file.ts';
+import { PolicyStore } from './control/store.ts';
 import { InvalidConfigError } from './errors.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';

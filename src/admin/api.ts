@@ -4,11 +4,11 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { isPlainObject, quote } from '../config/fields.ts';
-import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../policy/control-plane.ts';
-import { parseNetwork } from '../policy/control-plane.ts';
+import { isPlainObject, quote } from '../util/fields.ts';
+import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../control/control-plane.ts';
+import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
-import { normalizeName } from '../policy/names.ts';
+import { normalizeName } from '../match/names.ts';
 import { renderNetwork } from '../policy/render.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
 import { sendJson, type AdminServer } from './server.ts';

@@ -13,9 +13,9 @@ import { canonicalSource, validateConfig } from '../config/schema.ts';
 import { formatIssues } from '../errors.ts';
 import { loadCatalog } from '../policy/catalog/catalog.ts';
 import type { FieldIssue } from '../policy/model.ts';
-import { normalizeName } from '../policy/names.ts';
+import { normalizeName } from '../match/names.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
-import { PolicyStore } from '../policy/store.ts';
+import { PolicyStore } from '../control/store.ts';
 import { validateCidr } from '../policy/validate.ts';
 import type { CommandResult } from './inspect.ts';
 

@@ -4,7 +4,7 @@
 import { parseClientHello } from '../peek/tls-client-hello.ts';
 import { parseHttpHead } from '../peek/http-head.ts';
 import { sniff } from '../peek/sniff.ts';
-import { normalizeWireName } from '../policy/names.ts';
+import { normalizeWireName } from '../match/names.ts';
 
 export interface CommandResult {
   readonly code: 0 | 1 | 2;

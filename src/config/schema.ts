@@ -17,7 +17,7 @@ import {
   optString,
   optStringArray,
   quote,
-} from './fields.ts';
+} from '../util/fields.ts';
 
 export interface Endpoint {
   readonly host: string;

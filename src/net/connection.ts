@@ -7,9 +7,9 @@ import type { Socket } from 'node:net';
 import type { Config, ListenerKind } from '../config/schema.ts';
 import { canonicalSource } from '../config/schema.ts';
 import { MAX_HELLO_BYTES } from '../peek/tls-client-hello.ts';
-import { anyStepper, httpStepper, tlsStep, type Peeked } from './peek-steps.ts';
+import { anyStepper, httpStepper, tlsStep, type Peeked } from '../peek/peek-steps.ts';
 import type { Decision } from '../policy/decide.ts';
-import { normalizeWireName } from '../policy/names.ts';
+import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome } from './peek-socket.ts';
 import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
@@ -18,7 +18,7 @@ import type { NameResolver } from './resolve.ts';
 import { dial } from './dial.ts';
 import { splice } from './splice.ts';
 import { refuseHttp, refuseTcp, refuseTls, dropSilently } from './refuse.ts';
-import type { SandboxPolicy, PolicyLookup } from '../policy/store.ts';
+import type { SandboxPolicy, PolicyLookup } from '../control/store.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
 
 export interface PipelineDeps {

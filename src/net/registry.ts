@@ -3,7 +3,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOutcome, OutcomeReason } from './outcome.ts';
 import type { Facts } from '../policy/decide.ts';
-import type { SandboxPolicy } from '../policy/store.ts';
+import type { SandboxPolicy } from '../control/store.ts';
 
 export interface LiveConnection {
   readonly outcome: ConnectionOutcome;

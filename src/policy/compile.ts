@@ -3,11 +3,11 @@
 // segments. Compiling 100,000 domains and 100,000 CIDRs takes a fraction of a second
 // (bench/decide.ts); deciding then walks each structure once.
 
-import { CidrTrie } from './cidr-trie.ts';
-import { DomainTrie } from './domain-trie.ts';
-import { parseCidr, type IpFamily } from './ip.ts';
+import { CidrTrie } from '../match/cidr-trie.ts';
+import { DomainTrie } from '../match/domain-trie.ts';
+import { parseCidr, type IpFamily } from '../match/ip.ts';
 import type { Policy, PortRange, Side } from './model.ts';
-import { asIPv4IfMapped, ProtectedRanges, type ProtectedSet } from './protected.ts';
+import { asIPv4IfMapped, ProtectedRanges, type ProtectedSet } from '../match/protected.ts';
 
 /** Destination ports as sorted, disjoint segments, each labelled with one range holding it. */
 export class PortTable {

@@ -1,10 +1,10 @@
 // The verdict for one connection: pure, synchronous, and a handful of structure walks. Every
 // verdict carries the reason and the rule that produced it (smokescreen's Decide).
 
-import { quote } from '../config/fields.ts';
+import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
-import { isIPv4Mapped, parseIpInto, type IpFamily } from './ip.ts';
-import { ProtectedRanges } from './protected.ts';
+import { isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
+import { ProtectedRanges } from '../match/protected.ts';
 
 export interface Facts {
   /** The name the client sent (SNI, Host), normalized by names.ts, or null when there is none. */

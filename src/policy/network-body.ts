@@ -12,7 +12,7 @@
 // "allow-all ... Default", seed 004 "Internet access is turned on by default"), and it is
 // translated as Daytona's.
 
-import { describe, isPlainObject, quote } from '../config/fields.ts';
+import { describe, isPlainObject, quote } from '../util/fields.ts';
 import { parseDaytona } from './dialects/daytona.ts';
 import { parseNovita } from './dialects/novita.ts';
 import { parseSandbox0 } from './dialects/sandbox0.ts';

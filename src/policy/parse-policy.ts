@@ -10,11 +10,11 @@
 // only the allowed_* lists, allow-all only the denied_* lists. The other side is still
 // validated, so a mistake in it is reported, and then dropped.
 
-import { describe, isPlainObject, quote } from '../config/fields.ts';
-import { CappedIssues, MAX_LIST_ENTRIES } from './issues.ts';
+import { describe, isPlainObject, quote } from '../util/fields.ts';
+import { CappedIssues, MAX_LIST_ENTRIES } from '../util/issues.ts';
 import type { Mode, Parsed, Policy, PortRange, Side } from './model.ts';
 import { EMPTY_SIDE } from './model.ts';
-import { normalizePattern } from './names.ts';
+import { normalizePattern } from '../match/names.ts';
 import { validateCidr, validatePort } from './validate.ts';
 
 const MODES: readonly Mode[] = ['allow-all', 'block-all'];

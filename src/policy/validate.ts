@@ -1,8 +1,8 @@
 // Validation of the two scalar kinds every dialect shares: CIDR blocks and port ranges. Each
 // returns the canonical value or a sentence-case reason that quotes what was given.
 
-import { quote } from '../config/fields.ts';
-import { formatCidr, parseCidr } from './ip.ts';
+import { quote } from '../util/fields.ts';
+import { formatCidr, parseCidr } from '../match/ip.ts';
 import type { PortRange } from './model.ts';
 
 /**

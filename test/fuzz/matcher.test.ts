@@ -4,12 +4,12 @@
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CidrTrie } from '../../src/policy/cidr-trie.ts';
+import { CidrTrie } from '../../src/match/cidr-trie.ts';
 import { compilePolicy, PortTable } from '../../src/policy/compile.ts';
 import { decide, type Decision } from '../../src/policy/decide.ts';
-import { DomainTrie } from '../../src/policy/domain-trie.ts';
+import { DomainTrie } from '../../src/match/domain-trie.ts';
 import type { Mode, PortRange } from '../../src/policy/model.ts';
-import { compileProtected, PROTECTED_RANGES } from '../../src/policy/protected.ts';
+import { compileProtected, PROTECTED_RANGES } from '../../src/match/protected.ts';
 
 // ---- names -------------------------------------------------------------------------------
 

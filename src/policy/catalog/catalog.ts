@@ -7,10 +7,10 @@
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseDocument } from 'yaml';
-import { describe, isPlainObject, quote } from '../../config/fields.ts';
+import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../model.ts';
-import { normalizePattern } from '../names.ts';
-import { CappedIssues } from '../issues.ts';
+import { normalizePattern } from '../../match/names.ts';
+import { CappedIssues } from '../../util/issues.ts';
 
 export interface CatalogOptions {
   /** The categories to include, by name, or every category in the file (the default). */

@@ -8,7 +8,7 @@
 //   {} or { "networkBlockAll": false }                        full access (seed 002 "Default
 //                                                             Network Behavior")
 
-import { describe, quote } from '../../config/fields.ts';
+import { describe, quote } from '../../util/fields.ts';
 import type { DialectResult, FieldIssue } from '../model.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { validateCidr } from '../validate.ts';

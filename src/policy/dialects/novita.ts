@@ -10,11 +10,11 @@
 // allow list fills the allow side, the deny list the deny side. A deny list that covers every
 // destination makes the mode block-all; otherwise it is allow-all.
 
-import { describe, isPlainObject, quote } from '../../config/fields.ts';
-import { CappedIssues, MAX_LIST_ENTRIES } from '../issues.ts';
+import { describe, isPlainObject, quote } from '../../util/fields.ts';
+import { CappedIssues, MAX_LIST_ENTRIES } from '../../util/issues.ts';
 import type { DialectResult, FieldIssue, Side } from '../model.ts';
 import { EMPTY_SIDE } from '../model.ts';
-import { normalizePattern } from '../names.ts';
+import { normalizePattern } from '../../match/names.ts';
 import { validateCidr } from '../validate.ts';
 
 /**

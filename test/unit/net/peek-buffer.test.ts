@@ -4,7 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { PeekBuffer } from '../../../src/net/peek-socket.ts';
-import { anyStepper, httpStepper, tlsStep } from '../../../src/net/peek-steps.ts';
+import { anyStepper, httpStepper, tlsStep } from '../../../src/peek/peek-steps.ts';
 import { MAX_HELLO_BYTES } from '../../../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../../helpers/hello-builder.ts';
 

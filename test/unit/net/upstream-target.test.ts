@@ -7,7 +7,7 @@ import { chooseUpstream, type UpstreamQuery } from '../../../src/net/upstream-ta
 import type { ResolveResult } from '../../../src/net/resolve.ts';
 import { compilePolicy } from '../../../src/policy/compile.ts';
 import { decide } from '../../../src/policy/decide.ts';
-import { compileProtected } from '../../../src/policy/protected.ts';
+import { compileProtected } from '../../../src/match/protected.ts';
 
 /** A resolver that answers from a table and records every name it is asked. */
 function stubResolver(answers: Record<string, ResolveResult>) {

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { loadCatalog } from '../../../src/policy/catalog/catalog.ts';
-import { normalizePattern } from '../../../src/policy/names.ts';
+import { normalizePattern } from '../../../src/match/names.ts';
 
 // The "Essential services" sections of the two seed documents, read from ../shared/seeds/
 // (000 up to "Troubleshooting", 001 up to "### Testing Network Access"), so that the hosts are

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
 import { decide, type Decision, type Facts } from '../../../src/policy/decide.ts';
 import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
-import { compileProtected, type ProtectedSet } from '../../../src/policy/protected.ts';
+import { compileProtected, type ProtectedSet } from '../../../src/match/protected.ts';
 
 const P = compileProtected({});
 

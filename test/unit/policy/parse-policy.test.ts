@@ -3,7 +3,7 @@ import { compilePolicy } from '../../../src/policy/compile.ts';
 import { decide, type Facts } from '../../../src/policy/decide.ts';
 import type { FieldIssue, Policy } from '../../../src/policy/model.ts';
 import { parsePolicyDocument } from '../../../src/policy/parse-policy.ts';
-import { compileProtected } from '../../../src/policy/protected.ts';
+import { compileProtected } from '../../../src/match/protected.ts';
 
 const parsed = (doc: unknown): Policy => {
   const r = parsePolicyDocument(doc);

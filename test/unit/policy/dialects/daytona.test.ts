@@ -7,7 +7,7 @@ import { compilePolicy } from '../../../../src/policy/compile.ts';
 import { decide } from '../../../../src/policy/decide.ts';
 import type { DialectResult, FieldIssue } from '../../../../src/policy/model.ts';
 import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
-import { compileProtected } from '../../../../src/policy/protected.ts';
+import { compileProtected } from '../../../../src/match/protected.ts';
 
 const PROTECTED = compileProtected({});
 const catalog = loadCatalog();

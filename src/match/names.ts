@@ -5,7 +5,7 @@
 
 import { domainToASCII } from 'node:url';
 import { parse as parseDomain } from 'tldts';
-import { quote } from '../config/fields.ts';
+import { quote } from '../util/fields.ts';
 import { endsInNumber, formatIPv4, formatIPv6, parseIPv4Loose, parseIPv6 } from './ip.ts';
 
 export type NormalizedName = { ok: true; name: string } | { ok: true; ip: string } | { ok: false; reason: string };

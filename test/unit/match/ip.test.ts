@@ -10,7 +10,7 @@ import {
   parseIPv4Loose,
   parseIPv6,
   wordsToBigInt,
-} from '../../../src/policy/ip.ts';
+} from '../../../src/match/ip.ts';
 
 const v6 = (text: string): string | null => {
   const w = new Uint32Array(4);

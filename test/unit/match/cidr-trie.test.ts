@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CidrTrie } from '../../../src/policy/cidr-trie.ts';
-import { parseCidr, parseIp } from '../../../src/policy/ip.ts';
+import { CidrTrie } from '../../../src/match/cidr-trie.ts';
+import { parseCidr, parseIp } from '../../../src/match/ip.ts';
 
 const build = (cidrs: string[]): CidrTrie => {
   const first = parseCidr(cidrs[0] ?? '0.0.0.0/32');

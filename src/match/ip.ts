@@ -5,7 +5,7 @@
 // word 0 alone. Every parser here walks the text once with charCodeAt, allocates nothing on
 // success or failure, and caps the length it will look at, so hostile input costs O(45).
 
-import { quote } from '../config/fields.ts';
+import { quote } from '../util/fields.ts';
 
 export type IpFamily = 4 | 6;
 

@@ -2,7 +2,7 @@
 // the report itself is bounded, so a body of a million bad entries cannot become a million-line
 // answer. Past the cap one last issue says how many were left out.
 
-import type { FieldIssue } from './model.ts';
+import type { FieldIssue } from '../policy/model.ts';
 
 /** A bound on one list in a policy body, far above the 100,000 entries compile is built for. */
 export const MAX_LIST_ENTRIES = 1_000_000;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DomainTrie } from '../../../src/policy/domain-trie.ts';
+import { DomainTrie } from '../../../src/match/domain-trie.ts';
 
 const build = (patterns: string[]): DomainTrie => {
   const t = new DomainTrie();

@@ -4,10 +4,10 @@
 // changes nothing, and an acknowledged one survives a crash.
 
 import { createHash } from 'node:crypto';
-import { isPlainObject, quote } from '../config/fields.ts';
+import { isPlainObject, quote } from '../util/fields.ts';
 import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
-import type { DialectResult, FieldIssue } from './model.ts';
-import { parseNetworkBody } from './network-body.ts';
+import type { DialectResult, FieldIssue } from '../policy/model.ts';
+import { parseNetworkBody } from '../policy/network-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
 import type { StateFile } from './state-file.ts';
 

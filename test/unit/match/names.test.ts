@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { normalizeName, normalizePattern, normalizeWireName } from '../../../src/policy/names.ts';
+import { normalizeName, normalizePattern, normalizeWireName } from '../../../src/match/names.ts';
 
 const reasonOf = (raw: string): string => {
   const r = normalizeName(raw);

@@ -2,10 +2,10 @@
 // by its source address. Policies are compiled here, once per change; a lookup on the hot path
 // is one Map get, and a decision is the organization's layer then the sandbox's.
 
-import type { DialectResult, Side } from './model.ts';
-import { compilePolicy, type CompiledPolicy } from './compile.ts';
-import { decide, type Decision, type Facts } from './decide.ts';
-import { compileProtected, type ProtectedSet } from './protected.ts';
+import type { DialectResult, Side } from '../policy/model.ts';
+import { compilePolicy, type CompiledPolicy } from '../policy/compile.ts';
+import { decide, type Decision, type Facts } from '../policy/decide.ts';
+import { compileProtected, type ProtectedSet } from '../match/protected.ts';
 
 /** What the data path needs of a sandbox's policy. */
 export interface SandboxPolicy {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compileProtected, PROTECTED_RANGES } from '../../../src/policy/protected.ts';
+import { compileProtected, PROTECTED_RANGES } from '../../../src/match/protected.ts';
 import { validateCidr } from '../../../src/policy/validate.ts';
 
 describe('compileProtected: the built-in ranges', () => {

@@ -1,10 +1,10 @@
 // The parsers as peek steps: what the data path asks of a client's first bytes on each
 // listener, and when asking again is worth it.
 
-import { parseClientHello, type TlsPeek } from '../peek/tls-client-hello.ts';
-import { parseHttpHead, type HttpPeek } from '../peek/http-head.ts';
-import { sniff } from '../peek/sniff.ts';
-import type { PeekStep } from './peek-socket.ts';
+import { parseClientHello, type TlsPeek } from './tls-client-hello.ts';
+import { parseHttpHead, type HttpPeek } from './http-head.ts';
+import { sniff } from './sniff.ts';
+import type { PeekStep } from '../net/peek-socket.ts';
 
 export type Peeked =
   | { kind: 'tls'; result: TlsPeek }
