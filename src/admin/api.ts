@@ -9,7 +9,7 @@ import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../
 import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
-import { renderNetwork } from '../policy/render.ts';
+import { renderNetwork, type NetworkView } from '../policy/render.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
 import { sendJson, type AdminServer } from './server.ts';
 
@@ -57,13 +57,16 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     if (!n.ok) throw new ApiError(400, 'invalid_policy', 'Stored network no longer validates');
     return n.value;
   };
-  const view = (r: SandboxRecord) => ({
-    id: r.id,
-    sources: r.sources,
-    org: r.org,
-    origin: r.origin,
-    network: renderNetwork(networkOf(r)),
-  });
+  // Warnings name their field as errors do on every route: from `network`, the body's key.
+  const prefixed = (ws: NonNullable<NetworkView['warnings']>) => ws.map((w) => ({ field: `network.${w.field}`, message: w.message }));
+  const networkView = (r: SandboxRecord): NetworkView => {
+    const v = renderNetwork(networkOf(r));
+    return v.warnings ? { ...v, warnings: prefixed(v.warnings) } : v;
+  };
+  const view = (r: SandboxRecord) => {
+    const { warnings, ...network } = renderNetwork(networkOf(r));
+    return { id: r.id, sources: r.sources, org: r.org, origin: r.origin, network, ...(warnings ? { warnings: prefixed(warnings) } : {}) };
+  };
   const get = (id: string): SandboxRecord => {
     const r = cp.sandbox(id);
     if (!r) throw new ApiError(404, 'not_found', `Sandbox ${quote(id)} does not exist`);
@@ -91,14 +94,14 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
-    handler: guarded((_q, res, [id]) => sendJson(res, 200, renderNetwork(networkOf(get(id!))))),
+    handler: guarded((_q, res, [id]) => sendJson(res, 200, networkView(get(id!)))),
   });
   admin.route({
     method: 'PUT',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
     handler: guarded(async (req, res, [id]) => {
       const r = unwrap(await cp.putNetwork(id!, await body(req), actor(req)));
-      sendJson(res, 200, renderNetwork(networkOf(r.record)));
+      sendJson(res, 200, networkView(r.record));
     }),
   });
   admin.route({

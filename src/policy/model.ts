@@ -49,4 +49,13 @@ export interface DialectResult {
   readonly policy: Policy;
   readonly essentialServices: boolean;
   readonly dnsServersAllowed: boolean;
+  /**
+   * Settings of the sandbox's inbound side that a platform's body carries beside its egress
+   * policy (Novita/E2B `network.maskRequestHost`, `network.allowPublicTraffic`). egressd keeps
+   * and returns them so that a control plane can pass the body through verbatim; it does not
+   * enforce them (it filters outbound traffic only). Absent when the body has none.
+   */
+  readonly ingress?: Readonly<Record<string, string | boolean>>;
+  /** What egressd accepted but does not act on, each with its field path; absent when none. */
+  readonly warnings?: readonly FieldIssue[];
 }

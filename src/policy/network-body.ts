@@ -3,7 +3,7 @@
 // config file and the state file all come through here, so a body means the same everywhere.
 //
 //   sandbox0 (seed 003)      mode, egress
-//   Daytona (seeds 000-002)  networkBlockAll, networkAllowList
+//   Daytona (seeds 000-002)  networkBlockAll, networkAllowList, domainAllowList
 //   Novita/E2B (seed 004)    allowInternetAccess, network
 //
 // A body uses one dialect: keys of two are refused rather than merged, since the dialects
@@ -28,7 +28,7 @@ interface Dialect {
 
 const DIALECTS: readonly Dialect[] = [
   { label: 'sandbox0', keys: ['mode', 'egress'], parse: parseSandbox0 },
-  { label: 'Daytona', keys: ['networkBlockAll', 'networkAllowList'], parse: parseDaytona },
+  { label: 'Daytona', keys: ['networkBlockAll', 'networkAllowList', 'domainAllowList'], parse: parseDaytona },
   { label: 'Novita', keys: ['allowInternetAccess', 'network'], parse: parseNovita },
 ];
 const DAYTONA = DIALECTS[1]!;

@@ -20,6 +20,10 @@ export interface NetworkView {
   };
   /** Whether the essential-services catalog joins the allow side (Daytona, seed 000). */
   readonly essential_services: boolean;
+  /** The body's inbound-side settings as sent (Novita/E2B), kept and returned, not enforced. */
+  readonly ingress?: Readonly<Record<string, string | boolean>>;
+  /** Accepted settings egressd does not enforce: `{ field, message }`, field relative to the body. */
+  readonly warnings?: readonly { readonly field: string; readonly message: string }[];
 }
 
 /**
@@ -42,5 +46,7 @@ export function renderNetwork(result: DialectResult): NetworkView {
       denied_ports: formatPorts(deny.ports),
     },
     essential_services: result.essentialServices,
+    ...(result.ingress ? { ingress: { ...result.ingress } } : {}),
+    ...(result.warnings && result.warnings.length > 0 ? { warnings: result.warnings.map((w) => ({ field: w.field, message: w.reason })) } : {}),
   };
 }

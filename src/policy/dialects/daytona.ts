@@ -1,13 +1,18 @@
-// The Daytona dialect (seeds 000, 001, 002): `networkBlockAll` and `networkAllowList`, as
-// Daytona's create-sandbox body carries them, into the canonical policy.
+// The Daytona dialect (seeds 000, 001, 002): `networkBlockAll`, `networkAllowList` and the
+// newer `domainAllowList`, as Daytona's create-sandbox body carries them, into the canonical
+// policy.
 //
 //   { "networkBlockAll": true }                               block everything (seed 001: it
 //                                                             "takes precedence" over a list)
 //   { "networkAllowList": "208.80.154.232/32,10.0.0.0/8" }    block-all + those CIDRs + the
 //                                                             essential services (seed 000)
+//   { "domainAllowList": "pypi.org,*.github.com" }            block-all + those names + the
+//                                                             essential services; with
+//                                                             networkAllowList, both lists
 //   {} or { "networkBlockAll": false }                        full access (seed 002 "Default
 //                                                             Network Behavior")
 
+import { normalizePattern } from '../../match/names.ts';
 import { describe, quote } from '../../util/fields.ts';
 import type { DialectResult, FieldIssue } from '../model.ts';
 import { EMPTY_SIDE } from '../model.ts';
@@ -46,15 +51,25 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
     else for (const reason of r.reasons) issues.push({ field: 'networkAllowList', reason });
   }
 
+  const domainsRaw = body['domainAllowList'];
+  let domains: string[] | null = null;
+  if (domainsRaw !== undefined && domainsRaw !== null) {
+    const r = parseDomainList(domainsRaw);
+    if (r.ok) domains = r.domains;
+    else for (const reason of r.reasons) issues.push({ field: 'domainAllowList', reason });
+  }
+
   if (issues.length > 0) return { ok: false, issues };
   const value: DialectResult = blockAll
     ? // Seed 001: "networkBlockAll takes precedence"; seed 000's essential services are not
       // kept: "Block all network access" means all (seed 002 "Isolated Development Environment").
       { dialect: 'daytona', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false }
-    : cidrs !== null
+    : cidrs !== null || domains !== null
       ? {
           dialect: 'daytona',
-          policy: { mode: 'block-all', allow: { domains: [], cidrs, ports: [] }, deny: EMPTY_SIDE },
+          // Either list turns the sandbox into block-all plus what the lists name; both lists
+          // together allow the union (a connection matching either one is allowed).
+          policy: { mode: 'block-all', allow: { domains: domains ?? [], cidrs: cidrs ?? [], ports: [] }, deny: EMPTY_SIDE },
           // Seed 000: "Essential services are available on all tiers".
           essentialServices: true,
           dnsServersAllowed: false,
@@ -117,4 +132,42 @@ function allowListEntry(entry: string): string | { reason: string } {
   // The address itself (four decimal parts 0-255) is judged by the one CIDR validator.
   const r = validateCidr(entry);
   return r.ok ? r.cidr : { reason: r.reason };
+}
+
+/**
+ * Daytona's `domainAllowList`, validated as Daytona's API validates it: a comma-separated string
+ * of domain names, `*.` for every name below one; entries trimmed; at most 10 entries; no
+ * addresses, CIDRs, ports, schemes or paths; a bare `*` is refused (it would be every name).
+ * Names are normalized as every policy name is (lowercase, punycode, no trailing dot).
+ */
+function parseDomainList(raw: unknown): { ok: true; domains: string[] } | { ok: false; reasons: string[] } {
+  if (typeof raw !== 'string') {
+    return { ok: false, reasons: [`Expected a comma-separated list of domains such as "pypi.org,*.github.com", got ${describe(raw)}`] };
+  }
+  if (raw.trim() === '') {
+    return {
+      ok: false,
+      reasons: [`The domain allow list ${quote(raw)} is empty; leave domainAllowList out for full access, or set networkBlockAll to true to block everything`],
+    };
+  }
+  let entries = 1;
+  for (let i = 0; i < raw.length; i++) if (raw.charCodeAt(i) === 0x2c) entries++;
+  if (entries > MAX_ENTRIES) return { ok: false, reasons: [`The domain allow list has ${entries} entries; at most ${MAX_ENTRIES} are allowed`] };
+
+  const reasons: string[] = [];
+  const domains: string[] = [];
+  raw.split(',').forEach((untrimmed, i) => {
+    const entry = untrimmed.trim();
+    const q = quote(entry);
+    if (entry === '') reasons.push(`Entry ${i + 1} of ${quote(raw)} is empty`);
+    else if (entry === '*') reasons.push('Entry "*" is not a domain; name the domains, or use "*.example.com" for every name below one');
+    else if (/[/:]/.test(entry)) reasons.push(`Entry ${q} is not a domain name; write the name alone, without a scheme, port, path or CIDR`);
+    else if (validateCidr(entry).ok) reasons.push(`Entry ${q} is an IP address; put addresses in networkAllowList as CIDRs`);
+    else {
+      const r = normalizePattern(entry);
+      if (!r.ok) reasons.push(r.reason);
+      else if (!domains.includes(r.pattern)) domains.push(r.pattern);
+    }
+  });
+  return reasons.length > 0 ? { ok: false, reasons } : { ok: true, domains };
 }

@@ -24,7 +24,13 @@ import { validateCidr } from '../validate.ts';
  * alone names only the IPv6 half and stays an ordinary deny entry (IPv4 stays open).
  */
 const ALL_TRAFFIC = '0.0.0.0/0';
-const NETWORK_FIELDS = ['allowOut', 'denyOut'] as const;
+const NETWORK_FIELDS = ['allowOut', 'denyOut', 'maskRequestHost', 'allowPublicTraffic'] as const;
+/**
+ * Seed 004 "Masking request host headers" (`maskRequestHost`, with `${PORT}` substituted) and
+ * E2B's `allowPublicTraffic` (whether the sandbox's public URL needs a token) shape requests
+ * coming *into* the sandbox. They are accepted, kept and returned, never enforced.
+ */
+const INGRESS_NOTE = 'egressd filters outbound traffic only and does not enforce this setting of the sandbox\'s inbound side';
 type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
 
 /** One allowOut or denyOut entry, classified. */
@@ -47,19 +53,25 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
 
   let allowRaw: unknown;
   let denyRaw: unknown;
+  const ingress: Record<string, string | boolean> = {};
   const network = body['network'];
   if (network !== undefined && network !== null) {
     if (!isPlainObject(network)) issues.add('network', `Expected an object with allowOut and denyOut, got ${describe(network)}`);
     else {
       for (const k of Object.keys(network)) {
-        if ((NETWORK_FIELDS as readonly string[]).includes(k)) continue;
-        // Seed 004 documents maskRequestHost under `network`, but it rewrites the Host header of
-        // requests coming *into* the sandbox: nothing egressd filters.
-        const why =
-          k === 'maskRequestHost'
-            ? 'Field "maskRequestHost" shapes requests into the sandbox; egressd filters outbound traffic only'
-            : `Unknown field ${quote(k)}; known fields are ${NETWORK_FIELDS.join(', ')}`;
-        issues.add(`network.${k}`, why);
+        if (!(NETWORK_FIELDS as readonly string[]).includes(k)) issues.add(`network.${k}`, `Unknown field ${quote(k)}; known fields are ${NETWORK_FIELDS.join(', ')}`);
+      }
+      const mask = network['maskRequestHost'];
+      if (mask !== undefined && mask !== null) {
+        // A Host header value: printable ASCII without spaces, bounded like a name with a port.
+        if (typeof mask !== 'string' || mask === '' || mask.length > 300 || !/^[\x21-\x7e]+$/.test(mask)) {
+          issues.add('network.maskRequestHost', `Expected a host such as "localhost:\${PORT}", got ${describe(mask)}`);
+        } else ingress['maskRequestHost'] = mask;
+      }
+      const pub = network['allowPublicTraffic'];
+      if (pub !== undefined && pub !== null) {
+        if (typeof pub !== 'boolean') issues.add('network.allowPublicTraffic', `Expected true or false, got ${describe(pub)}`);
+        else ingress['allowPublicTraffic'] = pub;
       }
       allowRaw = network['allowOut'];
       denyRaw = network['denyOut'];
@@ -97,6 +109,11 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
 
   if (issues.list.length > 0) return { ok: false, issues: issues.result() };
   const allowSide: Side = { domains: [...allow.domains], cidrs: [...allow.cidrs], ports: [] };
+  const kept = Object.keys(ingress);
+  const beside =
+    kept.length === 0
+      ? {}
+      : { ingress: Object.freeze(ingress), warnings: Object.freeze(kept.map((k) => ({ field: `network.${k}`, reason: `Kept but not enforced: ${INGRESS_NOTE}` }))) };
   const value: DialectResult = blockAll
     ? {
         dialect: 'novita',
@@ -107,12 +124,14 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
         // Seed 004: "Whenever a domain appears in the configuration, the default nameserver
         // 8.8.8.8 is allowed automatically so that DNS resolution keeps working."
         dnsServersAllowed: allow.domains.size > 0,
+        ...beside,
       }
     : {
         dialect: 'novita',
         policy: { mode: 'allow-all', allow: allowSide, deny: { domains: [], cidrs: [...deny], ports: [] } },
         essentialServices: false,
         dnsServersAllowed: false,
+        ...beside,
       };
   return { ok: true, value };
 }

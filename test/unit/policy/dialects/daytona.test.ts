@@ -247,3 +247,58 @@ describe('seed 000 "Network allow list format": each rule and its error', () => 
     expect(parsed({ networkBlockAll: null, networkAllowList: null }).policy.mode).toBe('allow-all');
   });
 });
+
+describe('domainAllowList (Daytona API: comma-separated names, "*." for subdomains, at most 10)', () => {
+  it('makes the sandbox block-all plus those names plus the essential services', () => {
+    const r = parsed({ domainAllowList: 'pypi.org, *.GitHub.com ,api.example.test.' });
+    expect(r.policy).toEqual({ mode: 'block-all', allow: { domains: ['pypi.org', '*.github.com', 'api.example.test'], cidrs: [], ports: [] }, deny: { domains: [], cidrs: [], ports: [] } });
+    expect(r.essentialServices).toBe(true);
+    const v = verdictOf({ domainAllowList: 'api.example.test,*.github.com' });
+    expect(v('api.example.test', '104.16.24.34')).toBe('allow');
+    expect(v('raw.github.com', '104.16.24.34')).toBe('allow');
+    expect(v('github.com', '104.16.24.34')).toBe('allow'); // github.com is an essential service
+    expect(v('other.example.test', '104.16.24.34')).toBe('refuse');
+    expect(v(null, '104.16.24.34')).toBe('refuse');
+  });
+
+  it('allows the union with networkAllowList', () => {
+    const r = parsed({ networkAllowList: '198.18.0.0/24', domainAllowList: 'api.example.test' });
+    expect(r.policy.allow).toEqual({ domains: ['api.example.test'], cidrs: ['198.18.0.0/24'], ports: [] });
+    const v = verdictOf({ networkAllowList: '198.18.0.0/24', domainAllowList: 'api.example.test' });
+    expect(v(null, '198.18.0.7')).toBe('allow');
+    expect(v('api.example.test', '104.16.24.34')).toBe('allow');
+    expect(v('x.example.test', '104.16.24.34')).toBe('refuse');
+  });
+
+  it('yields to networkBlockAll, and is still validated then', () => {
+    expect(parsed({ networkBlockAll: true, domainAllowList: 'pypi.org' }).policy.allow.domains).toEqual([]);
+    expect(issuesOf({ networkBlockAll: true, domainAllowList: 'https://pypi.org' })).toHaveLength(1);
+  });
+
+  it('takes 10 entries and refuses 11', () => {
+    const ten = Array.from({ length: 10 }, (_, i) => `h${i}.example.test`).join(',');
+    expect(parsed({ domainAllowList: ten }).policy.allow.domains).toHaveLength(10);
+    expect(issuesOf({ domainAllowList: `${ten},h10.example.test` })).toEqual([
+      { field: 'domainAllowList', reason: 'The domain allow list has 11 entries; at most 10 are allowed' },
+    ]);
+  });
+
+  it.each([
+    ['*', 'Entry "*" is not a domain; name the domains, or use "*.example.com" for every name below one'],
+    ['https://pypi.org', 'Entry "https://pypi.org" is not a domain name; write the name alone, without a scheme, port, path or CIDR'],
+    ['pypi.org:443', 'Entry "pypi.org:443" is not a domain name; write the name alone, without a scheme, port, path or CIDR'],
+    ['10.0.0.0/8', 'Entry "10.0.0.0/8" is not a domain name; write the name alone, without a scheme, port, path or CIDR'],
+    ['10.0.0.1', 'Entry "10.0.0.1" is an IP address; put addresses in networkAllowList as CIDRs'],
+    ['*.com', 'Pattern "*.com" is a wildcard over the public suffix "com"'],
+    ['a,,b.test', 'Entry 2 of "a,,b.test" is empty'],
+  ])('refuses %j', (entry, reason) => {
+    expect(issuesOf({ domainAllowList: entry })).toContainEqual({ field: 'domainAllowList', reason });
+  });
+
+  it('refuses an empty string and a non-string', () => {
+    expect(issuesOf({ domainAllowList: ' ' })[0]!.reason).toMatch(/^The domain allow list " " is empty/);
+    expect(issuesOf({ domainAllowList: ['pypi.org'] })).toEqual([
+      { field: 'domainAllowList', reason: 'Expected a comma-separated list of domains such as "pypi.org,*.github.com", got an array' },
+    ]);
+  });
+});

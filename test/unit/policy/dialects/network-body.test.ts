@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
 
-const KNOWN = 'mode, egress (sandbox0); networkBlockAll, networkAllowList (Daytona); allowInternetAccess, network (Novita)';
+const KNOWN = 'mode, egress (sandbox0); networkBlockAll, networkAllowList, domainAllowList (Daytona); allowInternetAccess, network (Novita)';
 
 describe('parseNetworkBody', () => {
   it.each([

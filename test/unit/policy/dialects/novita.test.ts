@@ -211,11 +211,32 @@ describe('seed 004 rules and their errors', () => {
     expect(issuesOf({ network: { allowOut: [7] } })).toEqual([{ field: 'network.allowOut[0]', reason: 'Expected an IP address, a CIDR or a domain, got number "7"' }]);
   });
 
-  it('refuses unknown network fields, and says why maskRequestHost has no place here', () => {
-    expect(issuesOf({ network: { allow_out: [] , maskRequestHost: 'localhost:${PORT}' } })).toEqual([
-      { field: 'network.allow_out', reason: 'Unknown field "allow_out"; known fields are allowOut, denyOut' },
-      { field: 'network.maskRequestHost', reason: 'Field "maskRequestHost" shapes requests into the sandbox; egressd filters outbound traffic only' },
+  it('refuses unknown network fields, naming the known ones', () => {
+    expect(issuesOf({ network: { allow_out: [], maskRequestHost: 'localhost:${PORT}' } })).toEqual([
+      { field: 'network.allow_out', reason: 'Unknown field "allow_out"; known fields are allowOut, denyOut, maskRequestHost, allowPublicTraffic' },
     ]);
+  });
+
+  it('keeps maskRequestHost and allowPublicTraffic, with a warning each, and enforces neither', () => {
+    const body = { allowInternetAccess: true, network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false } };
+    const r = parsed(body);
+    expect(r.ingress).toEqual({ maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false });
+    expect(r.warnings?.map((w) => w.field)).toEqual(['network.maskRequestHost', 'network.allowPublicTraffic']);
+    expect(r.warnings?.[0]?.reason).toMatch(/^Kept but not enforced: egressd filters outbound traffic only/);
+    // The egress policy is the one the same body without them gives.
+    expect(r.policy).toEqual(parsed({ allowInternetAccess: true, network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'] } }).policy);
+    const alone = parsed({ network: { maskRequestHost: 'app.test' } });
+    expect(alone.policy.mode).toBe('allow-all');
+    expect(parsed({ network: { denyOut: ['8.8.8.8'] } }).warnings).toBeUndefined();
+  });
+
+  it('refuses a maskRequestHost that is not a host and an allowPublicTraffic that is not a boolean', () => {
+    expect(issuesOf({ network: { maskRequestHost: 'a b', allowPublicTraffic: 'yes' } })).toEqual([
+      { field: 'network.maskRequestHost', reason: 'Expected a host such as "localhost:${PORT}", got the string "a b"' },
+      { field: 'network.allowPublicTraffic', reason: 'Expected true or false, got the string "yes"' },
+    ]);
+    expect(issuesOf({ network: { maskRequestHost: 7 } })[0]!.field).toBe('network.maskRequestHost');
+    expect(issuesOf({ network: { maskRequestHost: '' } })[0]!.field).toBe('network.maskRequestHost');
   });
 
   it('caps the report at 100 issues and counts the rest', () => {
