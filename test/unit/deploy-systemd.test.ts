@@ -51,7 +51,7 @@ describe.skipIf(missing !== null)('systemd units under systemd-analyze', () => {
     const bad = join(dir, 'broken.service');
     writeFileSync(bad, readFileSync(join(dir, 'egressd.service'), 'utf8').replace(/^LimitNOFILE=.*$/m, 'LimitNOFILE=lots'));
     const r = spawnSync('systemd-analyze', ['verify', bad], { encoding: 'utf8' });
-    expect(r.stderr).toContain('LimitNOFILE');
+    expect(r.stderr).toMatch(/LimitNOFILE|resource value/);
   });
 
   it('egressd.service scores the exposure docs/deployment.md states, at most 2.0', () => {
