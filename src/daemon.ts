@@ -15,8 +15,8 @@ import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
-import { ControlPlane, type ChangeEvent, type PersistedState, type SandboxRecord } from './control/control-plane.ts';
-import { StateFile } from './control/state-file.ts';
+import { ControlPlane, type ChangeEvent, type SandboxRecord, type WriteFailureEvent } from './control/control-plane.ts';
+import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
 import { InvalidConfigError } from './errors.ts';
 
@@ -66,8 +66,9 @@ export class Daemon {
       { protected: config.protected, catalog: catalogOf(config), dnsServers: config.dns.sandboxServers },
       config.defaultNetwork,
     );
-    this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateFile<PersistedState>(config.state.path));
+    this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
     this.control.onChange((e) => this.#onPolicyChange(e));
+    this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
     this.resolver = new NameResolver({
       servers: [...config.dns.servers],
       timeoutMs: config.dns.timeoutMs,
@@ -121,9 +122,17 @@ export class Daemon {
     const addon = nativeAddonStatus();
     if (!addon.ok) throw new Error(addon.reason);
     const loaded = await this.control.load(configSandboxRecords(this.#config));
-    for (const s of loaded.skipped) {
-      this.log.error({ event: 'state-entry-skipped', field: s.field, reason: s.reason }, 'A persisted entry no longer validates');
+    const statePath = this.#config.state.path;
+    if (loaded.migratedTo !== null) {
+      this.log.warn(
+        { event: 'state-migrated', path: statePath, keptAs: loaded.migratedTo, sandboxes: loaded.loaded, orgs: loaded.orgs },
+        'converted the version-1 JSON state to the SQLite state; the old file is kept',
+      );
     }
+    if (loaded.readOnly) {
+      this.log.error({ event: 'state-read-only', path: statePath }, 'the state folder is not writable: policies are served, every change will be refused with 503');
+    }
+    this.metrics.stateEntries.set(loaded.loaded + loaded.orgs);
     await this.admin.listen();
     try {
       await Promise.all(this.listeners.map((l) => l.listen()));
@@ -140,6 +149,7 @@ export class Daemon {
         adminPort: this.admin.port,
         sandboxes: this.store.sandboxCount,
         restored: loaded.loaded,
+        state: statePath,
       },
       'egressd serving',
     );
@@ -213,6 +223,15 @@ export class Daemon {
       'policy change',
     );
     this.#rejudge();
+  }
+
+  /** A change that could not be made durable: answered 503 by the API, logged and counted here. */
+  #onStateWriteFailure(e: WriteFailureEvent): void {
+    this.metrics.stateWriteFailures.inc({ errno: e.error.errno });
+    this.log.error(
+      { event: 'state-write-failed', path: e.error.file, errno: e.error.errno, detail: e.error.detail, action: e.action, kind: e.kind, id: e.id, actor: e.actor },
+      'a change could not be written to the state; nothing was changed',
+    );
   }
 
   /** Closes the open connections the current policies refuse (unless onPolicyChange is keep). */
@@ -292,6 +311,7 @@ export class Daemon {
     await Promise.allSettled([...this.#pending]);
     this.resolver.close();
     await this.admin.close();
+    this.control.close();
     this.#state = 'stopped';
     this.log.info({ event: 'stopped' }, 'egressd stopped');
   }

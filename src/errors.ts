@@ -11,6 +11,8 @@ export const ERROR_CODES = {
   EGRESSD_ERR_USAGE: 'A command-line usage error',
   EGRESSD_ERR_NATIVE_ADDON: 'The original-destination addon could not be loaded',
   EGRESSD_ERR_ORIGINAL_DST: 'getsockopt(SO_ORIGINAL_DST) failed with an unexpected errno',
+  EGRESSD_ERR_STATE_INVALID: 'The state (state.path) could not be read whole or failed validation; egressd did not start and wrote nothing',
+  EGRESSD_ERR_STATE_WRITE: 'A change could not be made durable in the state (state.path); nothing was changed',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -76,5 +78,50 @@ export class OriginalDstError extends EgressdError {
     super('EGRESSD_ERR_ORIGINAL_DST', `getsockopt(SO_ORIGINAL_DST) failed: "${errno}"`, { cause });
     this.name = 'OriginalDstError';
     this.errno = errno;
+  }
+}
+
+/** One problem found in a stored state: which entry (`sandbox "sb-1"`, `sandboxes[3]`) and which field. */
+export interface StateIssue {
+  readonly entry: string;
+  readonly field: string;
+  readonly reason: string;
+}
+
+/**
+ * The state could not be fully read (not a state, damaged, truncated) or an entry no longer
+ * validates. Start-up stops: egressd never drops an entry and never writes over a state it
+ * could not read whole.
+ */
+export class StateInvalidError extends EgressdError {
+  readonly file: string;
+  readonly issues: readonly StateIssue[];
+  constructor(file: string, issues: readonly StateIssue[], cause?: unknown) {
+    const lines = issues.map((i) => `  ${[i.entry, i.field].filter((x) => x !== '').join(' ')}: ${i.reason}`);
+    super(
+      'EGRESSD_ERR_STATE_INVALID',
+      `Cannot use the state "${file}" (${issues.length} problem${issues.length === 1 ? '' : 's'}); nothing was loaded or written, see docs/config.md "Recovering the state":\n${lines.join('\n')}`,
+      { cause },
+    );
+    this.name = 'StateInvalidError';
+    this.file = file;
+    this.issues = issues;
+  }
+}
+
+/**
+ * A change could not be made durable. `errno` is the system error the storage reported
+ * (ENOSPC, EROFS, EIO, ...); `detail` is the storage engine's own words.
+ */
+export class StateWriteError extends EgressdError {
+  readonly file: string;
+  readonly errno: string;
+  readonly detail: string;
+  constructor(file: string, errno: string, detail: string, cause?: unknown) {
+    super('EGRESSD_ERR_STATE_WRITE', `Cannot write the state "${file}": ${errno} (${detail}); nothing was changed`, { cause });
+    this.name = 'StateWriteError';
+    this.file = file;
+    this.errno = errno;
+    this.detail = detail;
   }
 }

@@ -1,6 +1,6 @@
 // The control-plane API on the admin listener. Every /api/* call needs the bearer token; bodies
 // are JSON with a size cap; errors are { error: { code, message, field } } with 400, 401, 404,
-// 409 or 413; a refused change changes nothing.
+// 409, 413 or 503 (the state could not be written); a refused change changes nothing.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
@@ -11,6 +11,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { renderNetwork, type NetworkView } from '../policy/render.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
+import { StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 
 export interface ApiOptions {
@@ -42,6 +43,9 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         await fn(req, res, params);
       } catch (err) {
         if (err instanceof ApiError) return sendError(res, err);
+        // The change was not made durable, so it was not made at all: a retry may succeed once
+        // the operator frees space or makes the folder writable again.
+        if (err instanceof StateWriteError) return sendError(res, new ApiError(503, 'state_write_failed', err.message));
         throw err;
       }
     };

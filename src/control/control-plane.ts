@@ -1,7 +1,7 @@
 // The control plane's rules over the policy store: who may change what, what is persisted,
 // and what a change does to open connections. Every change is validated whole first, then
-// persisted (atomically, durably) and only then applied and acknowledged: a refused change
-// changes nothing, and an acknowledged one survives a crash.
+// persisted (one row, fsynced: state-store.ts) and only then applied and acknowledged: a
+// refused change or a failed write changes nothing, and an acknowledged one survives a crash.
 
 import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
@@ -9,7 +9,8 @@ import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
 import type { DialectResult, FieldIssue } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
-import type { StateFile } from './state-file.ts';
+import type { EntryKind, StateStore, StoredEntry } from './state-store.ts';
+import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 
 export type ChangeSource = 'api' | 'config';
 
@@ -28,6 +29,7 @@ export interface OrgRecord {
   readonly network: unknown;
 }
 
+/** The version-1 JSON state egressd wrote before the SQLite store; read once and converted. */
 export interface PersistedState {
   readonly version: 1;
   readonly sandboxes: readonly Omit<SandboxRecord, 'origin'>[];
@@ -72,22 +74,80 @@ export function parseNetwork(body: unknown, field: string): { ok: true; value: D
   return { ok: false, issues: r.issues.map((i) => ({ field: i.field ? `${field}.${i.field}` : field, reason: i.reason })) };
 }
 
+/** A change that could not be made durable (answered 503; nothing changed). */
+export interface WriteFailureEvent {
+  readonly action: 'put' | 'delete';
+  readonly kind: 'sandbox' | 'org';
+  readonly id: string;
+  readonly actor: string;
+  readonly error: StateWriteError;
+}
+
+/** What start-up found in the state: entries restored, and a conversion if there was one. */
+export interface LoadResult {
+  readonly loaded: number;
+  readonly orgs: number;
+  readonly format: 'absent' | 'sqlite' | 'json-v1' | 'none';
+  /** Where a version-1 JSON state was kept after its conversion, or null. */
+  readonly migratedTo: string | null;
+  readonly readOnly: boolean;
+}
+
+/** The persisted body of an entry: the record without its id (and origin), nulls left out. */
+const bodyOf = (r: Readonly<Record<string, unknown>>): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(r).filter(([k, v]) => k !== 'id' && k !== 'origin' && v !== null && v !== undefined));
+
 export class ControlPlane {
   readonly store: PolicyStore;
-  readonly #state: StateFile<PersistedState> | null;
+  readonly #state: StateStore | null;
   readonly #records = new Map<string, SandboxRecord>();
   readonly #orgs = new Map<string, OrgRecord>();
+  /** The state's revision of each stored entry, by `kind:id` (an entry's version). */
+  readonly #revisions = new Map<string, number>();
   readonly #listeners: ((e: ChangeEvent) => void)[] = [];
+  readonly #failureListeners: ((e: WriteFailureEvent) => void)[] = [];
   /** Serializes changes so that validate → persist → apply is atomic with respect to others. */
   #lock: Promise<unknown> = Promise.resolve();
 
-  constructor(store: PolicyStore, state: StateFile<PersistedState> | null) {
+  constructor(store: PolicyStore, state: StateStore | null) {
     this.store = store;
     this.#state = state;
   }
 
   onChange(l: (e: ChangeEvent) => void): void {
     this.#listeners.push(l);
+  }
+
+  /** Called for every change whose write failed (for the error log and the metric). */
+  onWriteFailure(l: (e: WriteFailureEvent) => void): void {
+    this.#failureListeners.push(l);
+  }
+
+  /** The stored revision of a sandbox or organization (its version), or undefined when not stored. */
+  revisionOf(kind: EntryKind, id: string): number | undefined {
+    return this.#revisions.get(`${kind}:${id}`);
+  }
+
+  /**
+   * Writes one change durably. A failure is reported to the failure listeners and rethrown as
+   * StateWriteError, before anything in memory changed.
+   */
+  #write(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, body: Record<string, unknown> | null): void {
+    if (!this.#state) return;
+    try {
+      const revision = action === 'put' ? this.#state.put(kind, id, body!) : this.#state.delete(kind, id);
+      if (action === 'put') this.#revisions.set(`${kind}:${id}`, revision);
+      else this.#revisions.delete(`${kind}:${id}`);
+    } catch (err) {
+      if (!(err instanceof StateWriteError)) throw err;
+      for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
+      throw err;
+    }
+  }
+
+  /** Closes the state (a clean shutdown folds the WAL into the database). */
+  close(): void {
+    this.#state?.close();
   }
 
   #emit(e: ChangeEvent): void {
@@ -100,29 +160,47 @@ export class ControlPlane {
     return run;
   }
 
-  /** Loads the config file's sandboxes (which the API cannot overwrite) and then the state file. */
-  async load(configSandboxes: readonly SandboxRecord[]): Promise<{ loaded: number; skipped: FieldIssue[] }> {
+  /**
+   * Loads the config file's sandboxes (which the API cannot overwrite), then every entry of the
+   * state. Any entry that does not validate, or conflicts, stops start-up with
+   * StateInvalidError naming the file, the entry and the field: nothing is dropped, and nothing
+   * is written (a version-1 JSON state is converted only once all of it was accepted).
+   */
+  async load(configSandboxes: readonly SandboxRecord[]): Promise<LoadResult> {
     for (const r of configSandboxes) this.#apply(r, parseNetworkOrThrow(r.network));
-    const skipped: FieldIssue[] = [];
-    const state = this.#state ? await this.#state.read() : null;
-    if (state === null) return { loaded: 0, skipped };
-    for (const o of state.orgs) {
-      const parsed = this.#validateOrg(o.id, { tier: o.tier ?? undefined, network: o.network ?? undefined });
-      if (!parsed.ok) skipped.push(...(parsed.error.kind === 'invalid' ? parsed.error.issues : []));
-      else this.#applyOrg(parsed.value.record, parsed.value.def);
+    if (!this.#state) return { loaded: 0, orgs: 0, format: 'none', migratedTo: null, readOnly: false };
+    const entries = this.#state.read();
+    const issues: StateIssue[] = [];
+    const entryName = (e: StoredEntry): string => `${e.kind} ${quote(e.id)}`;
+    const orgs = entries.filter((e) => e.kind === 'org');
+    const sandboxes = entries.filter((e) => e.kind === 'sandbox');
+    for (const e of orgs) {
+      // The version-1 writer wrote null for "absent"; the validators read absent.
+      const v = this.#validateOrg(e.id, bodyOf(e.body));
+      if (!v.ok) issues.push(...issuesOf(entryName(e), v.error));
+      else {
+        this.#applyOrg(v.value.record, v.value.def);
+        this.#revisions.set(`org:${e.id}`, e.revision);
+      }
     }
     let loaded = 0;
-    for (const s of state.sandboxes) {
-      const v = this.#validateSandbox(s.id, { sources: s.sources, org: s.org ?? undefined, network: s.network }, 'api');
+    for (const e of sandboxes) {
+      const v = this.#validateSandbox(e.id, bodyOf(e.body), 'api');
       if (!v.ok) {
-        const e = v.error;
-        skipped.push(...(e.kind === 'invalid' ? e.issues : [{ field: `sandboxes.${s.id}`, reason: e.message }]));
+        issues.push(...issuesOf(entryName(e), v.error));
         continue;
       }
       this.#apply(v.value.record, v.value.network);
+      this.#revisions.set(`sandbox:${e.id}`, e.revision);
       loaded++;
     }
-    return { loaded, skipped };
+    if (issues.length > 0) {
+      this.#state.close();
+      throw new StateInvalidError(this.#state.path, issues);
+    }
+    const format = this.#state.format ?? 'absent';
+    const c = this.#state.commit();
+    return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, readOnly: this.#state.readOnly };
   }
 
   /** Replaces the config file's sandboxes (SIGHUP), leaving the API's alone. */
@@ -222,14 +300,7 @@ export class ControlPlane {
       if (!v.ok) return v;
       const created = !this.#records.has(id);
       const before = this.#records.get(id);
-      this.#records.set(id, v.value.record);
-      try {
-        await this.#persist();
-      } catch (err) {
-        if (before) this.#records.set(id, before);
-        else this.#records.delete(id);
-        throw err;
-      }
+      this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#apply(v.value.record, v.value.network);
       this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created } };
@@ -248,13 +319,8 @@ export class ControlPlane {
       const r = this.#records.get(id);
       if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
       if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
+      this.#write('delete', 'sandbox', id, actor, null);
       this.#records.delete(id);
-      try {
-        await this.#persist();
-      } catch (err) {
-        this.#records.set(id, r);
-        throw err;
-      }
       this.store.removeSandbox(id);
       this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
       return { ok: true, value: r };
@@ -295,14 +361,7 @@ export class ControlPlane {
       const v = this.#validateOrg(id, body);
       if (!v.ok) return v;
       const before = this.#orgs.get(id);
-      this.#orgs.set(id, v.value.record);
-      try {
-        await this.#persist();
-      } catch (err) {
-        if (before) this.#orgs.set(id, before);
-        else this.#orgs.delete(id);
-        throw err;
-      }
+      this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#applyOrg(v.value.record, v.value.def);
       this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created: before === undefined } };
@@ -315,30 +374,19 @@ export class ControlPlane {
       if (!r) return notFound(`Organization ${quote(id)} does not exist`);
       const user = [...this.#records.values()].find((s) => s.org === id);
       if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
+      this.#write('delete', 'org', id, actor, null);
       this.#orgs.delete(id);
-      try {
-        await this.#persist();
-      } catch (err) {
-        this.#orgs.set(id, r);
-        throw err;
-      }
       this.store.removeOrg(id);
       this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
       return { ok: true, value: r };
     });
   }
+}
 
-  async #persist(): Promise<void> {
-    if (!this.#state) return;
-    const state: PersistedState = {
-      version: 1,
-      sandboxes: [...this.#records.values()]
-        .filter((r) => r.origin === 'api')
-        .map(({ id, sources, org, network }) => ({ id, sources, org, network })),
-      orgs: [...this.#orgs.values()],
-    };
-    await this.#state.write(state);
-  }
+/** A refused entry's problems, named after the entry. */
+function issuesOf(entry: string, e: ChangeError): StateIssue[] {
+  if (e.kind === 'invalid') return e.issues.map((i) => ({ entry, field: i.field, reason: i.reason }));
+  return [{ entry, field: e.kind === 'conflict' ? (e.field ?? '') : '', reason: e.message }];
 }
 
 function parseNetworkOrThrow(network: unknown): DialectResult {

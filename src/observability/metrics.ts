@@ -30,6 +30,8 @@ export class Metrics {
   readonly policyChangesRefused: Counter<'source'>;
   readonly configReloads: Counter<'result'>;
   readonly closedByPolicyChange: Counter;
+  readonly stateWriteFailures: Counter<'errno'>;
+  readonly stateEntries: Gauge;
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
@@ -110,6 +112,17 @@ export class Metrics {
     this.closedByPolicyChange = new Counter({
       name: 'egressd_connections_closed_by_policy_change_total',
       help: 'Open connections closed because a policy change refuses them.',
+      registers,
+    });
+    this.stateWriteFailures = new Counter({
+      name: 'egressd_state_write_failures_total',
+      help: 'Policy changes refused (503) because the state could not be written, by errno (ENOSPC, EROFS, EACCES, EIO, EBUSY, ...).',
+      labelNames: ['errno'],
+      registers,
+    });
+    this.stateEntries = new Gauge({
+      name: 'egressd_state_entries',
+      help: 'Sandboxes and organizations restored from the state at start-up.',
       registers,
     });
     for (const l of ['http', 'tls', 'tcp'] as const) this.activeConnections.set({ listener: l }, 0);

@@ -42,6 +42,16 @@ const CASES: Record<string, Case> = {
   // Takes a detail sentence (why loading failed), not a value of the caller's.
   NativeAddonError: { make: (c) => new errors.NativeAddonError('the file is not an ELF object', c), quoted: null, takesCause: true },
   OriginalDstError: { make: (c) => new errors.OriginalDstError('EBADF', c), quoted: '"EBADF"', takesCause: true },
+  StateInvalidError: {
+    make: (c) => new errors.StateInvalidError('/var/lib/egressd/state.db', [{ entry: 'sandbox "sb-1"', field: 'network.mode', reason: 'Unknown mode "open"' }], c),
+    quoted: '"/var/lib/egressd/state.db"',
+    takesCause: true,
+  },
+  StateWriteError: {
+    make: (c) => new errors.StateWriteError('/var/lib/egressd/state.db', 'ENOSPC', 'database or disk is full', c),
+    quoted: '"/var/lib/egressd/state.db"',
+    takesCause: true,
+  },
 };
 
 describe('the error classes', () => {

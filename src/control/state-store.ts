@@ -1,0 +1,444 @@
+// The API's sandboxes and organizations on disk: one SQLite database (node:sqlite, shipped with
+// the pinned Node) in WAL mode with synchronous=FULL. A change is one row written in one
+// transaction, and the WAL is fsynced before `put`/`delete` return, so the API acknowledges
+// only what a crash (kill -9, power loss) cannot take back, and a change costs the same with
+// 10 sandboxes stored as with 10,000.
+//
+// Why SQLite rather than a log of our own: its WAL already gives atomic, checksummed commits,
+// recovery of a torn tail, checkpointing (our "compaction") and an index for ordered listing,
+// all tested far beyond what we could test here; what it costs is a synchronous call (one WAL
+// append and fsync per change, on the event loop) — see docs/config.md "state".
+//
+// Life of a state: `read()` reads every entry without writing anything; the control plane
+// validates them all and refuses to start on any problem; only then does `commit()` convert a
+// version-1 JSON file (today's format) or create a new database, and changes may be written.
+
+import { accessSync, closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { DatabaseSync } from 'node:sqlite';
+import { basename, dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
+import { isPlainObject, quote } from '../util/fields.ts';
+
+export type EntryKind = 'sandbox' | 'org';
+
+/** One stored entry: the body as the client sent it (without its id) and its revision. */
+export interface StoredEntry {
+  readonly kind: EntryKind;
+  readonly id: string;
+  readonly body: Readonly<Record<string, unknown>>;
+  /**
+   * Increases on every change of the whole store (never reused, also across deletes), so it
+   * serves as an entry's version (an ETag) and as a cursor for listing in change order.
+   */
+  readonly revision: number;
+}
+
+export type StateFormat = 'absent' | 'sqlite' | 'json-v1';
+
+const SQLITE_MAGIC = 'SQLite format 3\0';
+const SCHEMA_VERSION = 1;
+/** A WAL larger than this is truncated after a checkpoint (bytes). */
+const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
+/** How long a change waits for another process's lock before it fails (ms); short, as it blocks. */
+const BUSY_TIMEOUT_MS = 200;
+
+const SCHEMA = `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE entries (
+  kind TEXT NOT NULL CHECK (kind IN ('sandbox', 'org')),
+  id TEXT NOT NULL,
+  revision INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
+`;
+
+// SQLite's primary result codes (https://sqlite.org/rescode.html) as the errno they stand for.
+const ERRNO_OF: Record<number, string> = { 3: 'EACCES', 5: 'EBUSY', 6: 'EBUSY', 7: 'ENOMEM', 8: 'EROFS', 10: 'EIO', 11: 'EIO', 13: 'ENOSPC', 14: 'EACCES', 23: 'EACCES', 26: 'EIO' };
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function unlinkQuiet(p: string): void {
+  try {
+    unlinkSync(p);
+  } catch {
+    // absent already
+  }
+}
+
+/** 'absent', 'sqlite' (by the header's magic string) or anything else, read as JSON version 1. */
+function formatOf(path: string): StateFormat {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    throw err;
+  }
+  try {
+    const head = Buffer.alloc(16);
+    const n = readSync(fd, head, 0, 16, 0);
+    return n === 16 && head.toString('latin1') === SQLITE_MAGIC ? 'sqlite' : 'json-v1';
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const whole = (reason: string): StateIssue => ({ entry: '', field: '', reason });
+
+/** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}). */
+export function parseJsonState(text: string): { entries: StoredEntry[]; issues: StateIssue[] } {
+  const issues: StateIssue[] = [];
+  const entries: StoredEntry[] = [];
+  if (text.trim() === '') return { entries, issues: [whole('The file is empty; expected a version-1 JSON state or a SQLite state')] };
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    return { entries, issues: [whole(`Not valid JSON (damaged or truncated): ${(err as Error).message}`)] };
+  }
+  if (!isPlainObject(doc)) return { entries, issues: [whole(`Expected an object {version, sandboxes, orgs}, got ${quote(doc)}`)] };
+  if (doc['version'] !== 1) issues.push({ entry: '', field: 'version', reason: `Expected 1, got ${quote(doc['version'])}` });
+  for (const k of Object.keys(doc)) {
+    if (!['version', 'sandboxes', 'orgs'].includes(k)) issues.push({ entry: '', field: k, reason: `Unknown field ${quote(k)}; known fields are version, sandboxes, orgs` });
+  }
+  let revision = 0;
+  for (const [list, kind] of [['orgs', 'org'], ['sandboxes', 'sandbox']] as const) {
+    const items = doc[list];
+    if (!Array.isArray(items)) {
+      issues.push({ entry: '', field: list, reason: `Expected a list, got ${quote(items)}` });
+      continue;
+    }
+    const seen = new Set<string>();
+    items.forEach((item, i) => {
+      if (!isPlainObject(item)) return issues.push({ entry: `${list}[${i}]`, field: '', reason: `Expected an object, got ${quote(item)}` });
+      const id = item['id'];
+      if (typeof id !== 'string') return issues.push({ entry: `${list}[${i}]`, field: 'id', reason: `Expected a string, got ${quote(id)}` });
+      if (seen.has(id)) return issues.push({ entry: `${list}[${i}]`, field: 'id', reason: `Duplicate ${kind} ${quote(id)}` });
+      seen.add(id);
+      const { id: _id, ...body } = item;
+      entries.push({ kind, id, body, revision: ++revision });
+    });
+  }
+  return { entries, issues };
+}
+
+export class StateStore {
+  readonly path: string;
+  #format: StateFormat | null = null;
+  #db: DatabaseSync | null = null;
+  #readOnly = false;
+  #entries: StoredEntry[] = [];
+  #revision = 0;
+  #put: ReturnType<DatabaseSync['prepare']> | null = null;
+  #del: ReturnType<DatabaseSync['prepare']> | null = null;
+  #bump: ReturnType<DatabaseSync['prepare']> | null = null;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  get format(): StateFormat | null {
+    return this.#format;
+  }
+
+  /** True when the state could be read but its folder is not writable: every change fails. */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** The newest revision written. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /**
+   * Reads every entry, writing nothing (beyond SQLite's own replay of its WAL). Throws
+   * StateInvalidError naming the file when it is not a state, damaged or truncated.
+   */
+  read(): StoredEntry[] {
+    this.#finishInterruptedMigration();
+    let format: StateFormat;
+    try {
+      format = formatOf(this.path);
+    } catch (err) {
+      throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
+    }
+    this.#format = format;
+    if (format === 'absent') {
+      for (const side of ['-wal', '-shm', '-journal']) {
+        if (existsSync(this.path + side)) {
+          throw new StateInvalidError(this.path, [whole(`The database is missing but its ${quote(basename(this.path) + side)} is there; restore the database or remove that file`)]);
+        }
+      }
+      this.#entries = [];
+      return [];
+    }
+    if (format === 'json-v1') {
+      let text: string;
+      try {
+        text = readFileSync(this.path, 'utf8');
+      } catch (err) {
+        throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
+      }
+      const r = parseJsonState(text);
+      if (r.issues.length > 0) throw new StateInvalidError(this.path, r.issues);
+      this.#entries = r.entries;
+      this.#revision = r.entries.length;
+      return r.entries;
+    }
+    this.#openSqlite();
+    return this.#entries;
+  }
+
+  #openSqlite(): void {
+    const writable = this.#dirWritable();
+    if (writable !== null) {
+      // A read-only folder: SQLite cannot make its shared-memory file, so the database is read
+      // as immutable. That is only right if no committed change waits in the WAL.
+      const wal = this.path + '-wal';
+      if (existsSync(wal) && statSync(wal).size > 0) {
+        throw new StateInvalidError(this.path, [
+          whole(`The folder is not writable (${writable}) and ${quote(basename(wal))} holds changes not yet in the database; make the folder writable so they can be replayed`),
+        ]);
+      }
+      this.#readOnly = true;
+    }
+    let db: DatabaseSync;
+    try {
+      db = this.#readOnly
+        ? new DatabaseSync(new URL(`${pathToFileURL(this.path).href}?immutable=1`), { readOnly: true })
+        : new DatabaseSync(this.path);
+    } catch (err) {
+      throw new StateInvalidError(this.path, [whole(`Cannot open the database: ${(err as Error).message}`)], err);
+    }
+    try {
+      const issues = this.#readRows(db);
+      if (issues.length > 0) throw new StateInvalidError(this.path, issues);
+    } catch (err) {
+      db.close();
+      if (err instanceof StateInvalidError) throw err;
+      throw new StateInvalidError(this.path, [whole(`Cannot read the database (damaged or truncated?): ${(err as Error).message}`)], err);
+    }
+    this.#db = db;
+  }
+
+  #dirWritable(): string | null {
+    try {
+      accessSync(dirname(this.path), constants.W_OK);
+      return null;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code ?? 'EACCES';
+    }
+  }
+
+  #readRows(db: DatabaseSync): StateIssue[] {
+    const check = db.prepare('PRAGMA quick_check').all().map((r) => String(Object.values(r)[0]));
+    if (check.length !== 1 || check[0] !== 'ok') return check.slice(0, 10).map((c) => whole(`The database is damaged: ${c}`));
+    const tables = new Set(db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").all().map((r) => String(r['name'])));
+    if (!tables.has('meta') || !tables.has('entries')) return [whole('Not an egressd state: the tables "meta" and "entries" are missing')];
+    const meta = new Map(db.prepare('SELECT key, value FROM meta').all().map((r) => [String(r['key']), Number(r['value'])]));
+    if (meta.get('schema') !== SCHEMA_VERSION) return [whole(`Unknown state schema ${quote(meta.get('schema'))}; this egressd reads schema ${SCHEMA_VERSION}`)];
+    if (meta.get('complete') !== 1) return [whole('The state was never completed (an interrupted conversion?)')];
+    const issues: StateIssue[] = [];
+    const entries: StoredEntry[] = [];
+    let top = meta.get('revision') ?? 0;
+    for (const r of db.prepare('SELECT kind, id, revision, body FROM entries ORDER BY kind, id').all()) {
+      const kind = String(r['kind']) as EntryKind;
+      const id = String(r['id']);
+      const entry = `${kind} ${quote(id)}`;
+      let body: unknown;
+      try {
+        body = JSON.parse(String(r['body']));
+      } catch (err) {
+        issues.push({ entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` });
+        continue;
+      }
+      if (!isPlainObject(body)) {
+        issues.push({ entry, field: '', reason: `Expected an object, got ${quote(body)}` });
+        continue;
+      }
+      const revision = Number(r['revision']);
+      top = Math.max(top, revision);
+      entries.push({ kind, id, body, revision });
+    }
+    this.#entries = entries;
+    this.#revision = top;
+    return issues;
+  }
+
+  /**
+   * Makes the state writable once every entry has been accepted: converts a version-1 JSON
+   * file (kept beside it as `<path>.v1.json`) or creates a new database. Returns where the old
+   * file was kept, when there was one.
+   */
+  commit(): { migratedTo: string | null; created: boolean } {
+    if (this.#format === null) throw new Error('StateStore.commit before read');
+    if (this.#format === 'sqlite') {
+      if (!this.#readOnly) this.#prepare(this.#db!);
+      return { migratedTo: null, created: false };
+    }
+    const tmp = `${this.path}.migrating`;
+    let keptAs: string | null = null;
+    try {
+      this.#build(tmp, this.#entries);
+      if (this.#format === 'json-v1') {
+        keptAs = `${this.path}.v1.json`;
+        if (existsSync(keptAs)) keptAs = `${this.path}.v1.${new Date().toISOString().replace(/[:.]/g, '-')}.json`;
+        renameSync(this.path, keptAs);
+        fsyncDir(dirname(this.path));
+      }
+      renameSync(tmp, this.path);
+      fsyncDir(dirname(this.path));
+    } catch (err) {
+      if (keptAs === null) for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
+      const e = err as NodeJS.ErrnoException & { errcode?: number };
+      const errno = e.code && e.code.startsWith('E') && !e.code.startsWith('ERR_') ? e.code : (ERRNO_OF[(e.errcode ?? 0) & 0xff] ?? 'EIO');
+      throw new StateInvalidError(this.path, [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${e.message})`)], err);
+    }
+    const db = new DatabaseSync(this.path);
+    this.#prepare(db);
+    this.#db = db;
+    this.#format = 'sqlite';
+    return { migratedTo: keptAs, created: keptAs === null };
+  }
+
+  /** Writes a complete database at `file` in one transaction (rollback journal: one file when closed). */
+  #build(file: string, entries: readonly StoredEntry[]): void {
+    for (const s of ['', '-journal', '-wal', '-shm']) unlinkQuiet(file + s);
+    const db = new DatabaseSync(file);
+    try {
+      db.exec('PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;');
+      db.exec('BEGIN');
+      db.exec(SCHEMA);
+      const ins = db.prepare('INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?)');
+      let top = 0;
+      for (const e of entries) {
+        ins.run(e.kind, e.id, e.revision, JSON.stringify(e.body));
+        top = Math.max(top, e.revision);
+      }
+      const meta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
+      meta.run('schema', SCHEMA_VERSION);
+      meta.run('revision', top);
+      // Written last, in the same transaction: a database without it was interrupted.
+      meta.run('complete', 1);
+      db.exec('COMMIT');
+      this.#revision = top;
+    } finally {
+      db.close();
+    }
+  }
+
+  /**
+   * A conversion that stopped after the old file was renamed away but before the new database
+   * took its name: the database is complete (it was closed before the rename), so finish.
+   */
+  #finishInterruptedMigration(): void {
+    const tmp = `${this.path}.migrating`;
+    if (existsSync(this.path) || !existsSync(tmp)) return;
+    let complete = false;
+    try {
+      const db = new DatabaseSync(tmp, { readOnly: true });
+      try {
+        complete = db.prepare("SELECT value FROM meta WHERE key = 'complete'").get()?.['value'] === 1;
+      } finally {
+        db.close();
+      }
+    } catch {
+      complete = false;
+    }
+    if (complete && existsSync(`${this.path}.v1.json`)) {
+      renameSync(tmp, this.path);
+      fsyncDir(dirname(this.path));
+    } else {
+      // A new database that never got its name: nothing in it was ever acknowledged.
+      for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
+    }
+  }
+
+  #prepare(db: DatabaseSync): void {
+    // WAL: a change appends its pages to the log; FULL: the log is fsynced at every commit.
+    const mode = db.prepare('PRAGMA journal_mode = WAL').get();
+    if (String(Object.values(mode ?? {})[0]) !== 'wal') throw new StateInvalidError(this.path, [whole('Cannot switch the database to WAL mode')]);
+    db.exec(`PRAGMA synchronous = FULL; PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}; PRAGMA journal_size_limit = ${JOURNAL_SIZE_LIMIT};`);
+    this.#put = db.prepare('INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body');
+    this.#del = db.prepare('DELETE FROM entries WHERE kind = ? AND id = ?');
+    this.#bump = db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'");
+  }
+
+  /** Durably stores one entry; returns its new revision. Throws StateWriteError, having changed nothing. */
+  put(kind: EntryKind, id: string, body: Readonly<Record<string, unknown>>): number {
+    const text = JSON.stringify(body);
+    return this.#write(() => {
+      const revision = this.#revision + 1;
+      this.#put!.run(kind, id, revision, text);
+      this.#bump!.run(revision);
+      return revision;
+    });
+  }
+
+  /** Durably removes one entry; returns the revision of the removal. Throws StateWriteError. */
+  delete(kind: EntryKind, id: string): number {
+    return this.#write(() => {
+      const revision = this.#revision + 1;
+      this.#del!.run(kind, id);
+      this.#bump!.run(revision);
+      return revision;
+    });
+  }
+
+  #write(change: () => number): number {
+    if (this.#db === null || this.#put === null) {
+      if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
+      throw new Error('StateStore written before commit');
+    }
+    const db = this.#db;
+    try {
+      db.exec('BEGIN IMMEDIATE');
+      const revision = change();
+      db.exec('COMMIT');
+      this.#revision = revision;
+      return revision;
+    } catch (err) {
+      if (db.isTransaction) {
+        try {
+          db.exec('ROLLBACK');
+        } catch {
+          // SQLite rolled back already (SQLITE_FULL, SQLITE_IOERR do)
+        }
+      }
+      throw this.#writeError(err);
+    }
+  }
+
+  #writeError(err: unknown): StateWriteError {
+    const e = err as Error & { errcode?: number; errstr?: string };
+    const primary = (e.errcode ?? 0) & 0xff;
+    // SQLite reports "read-only" for a read-only file system and for missing permission alike;
+    // asking the folder tells which, with the system's own errno.
+    const errno = primary === 8 || primary === 14 ? (this.#dirWritable() ?? ERRNO_OF[primary]!) : (ERRNO_OF[primary] ?? 'EIO');
+    return new StateWriteError(this.path, errno, e.errstr ?? e.message, err);
+  }
+
+  /** Closes the database (SQLite checkpoints the WAL into it and removes the WAL). */
+  close(): void {
+    const db = this.#db;
+    this.#db = null;
+    this.#put = this.#del = this.#bump = null;
+    if (db?.isOpen) db.close();
+  }
+}
+
+/** The files a state at `path` may leave beside it (the WAL and its index), for tests and docs. */
+export function stateSideFiles(path: string): string[] {
+  return [`${path}-wal`, `${path}-shm`, `${path}-journal`, join(dirname(path), `${basename(path)}.migrating`)];
+}
