@@ -10,6 +10,7 @@ import { handleConnection, type PipelineDeps } from './net/connection.ts';
 import { Listener } from './net/listener.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
+import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
@@ -50,6 +51,8 @@ export class Daemon {
   readonly metrics: Metrics;
   readonly registry = new ConnectionRegistry();
   readonly resolver: NameResolver;
+  /** The host's own addresses and egressd's listeners, which no policy reaches. */
+  readonly host: HostAddresses;
   readonly listeners: Listener[] = [];
   readonly admin: AdminServer;
   readonly #outcomeListeners: OutcomeListener[] = [];
@@ -62,8 +65,9 @@ export class Daemon {
     this.log = log;
     this.#originalDst = opts.originalDst ?? originalDestination;
     this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
+    this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses });
     this.store = new PolicyStore(
-      { protected: config.protected, catalog: catalogOf(config), dnsServers: config.dns.sandboxServers },
+      { protected: config.protected, host: this.host, catalog: catalogOf(config), dnsServers: config.dns.sandboxServers },
       config.defaultNetwork,
     );
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
@@ -140,6 +144,12 @@ export class Daemon {
       await this.stop(0);
       throw err;
     }
+    // Every bound port is known only now (port 0 in tests picks one).
+    this.host.setListeners([
+      ...this.listeners.map((l) => ({ host: l.endpoint.host, port: l.port ?? l.endpoint.port })),
+      { host: this.#config.admin.listen.host, port: this.admin.port ?? this.#config.admin.listen.port },
+    ]);
+    this.host.start();
     this.#state = 'serving';
     this.log.info(
       {
@@ -310,6 +320,7 @@ export class Daemon {
     this.registry.closeAll('shutdown');
     await Promise.allSettled([...this.#pending]);
     this.resolver.close();
+    this.host.stop();
     await this.admin.close();
     this.control.close();
     this.#state = 'stopped';

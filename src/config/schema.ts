@@ -61,7 +61,12 @@ export interface Config {
   };
   readonly peek: { readonly timeoutMs: number; readonly firstByteTimeoutMs: number };
   readonly block: BlockMode;
-  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
+  readonly protected: {
+    readonly extra: readonly string[];
+    readonly except: readonly string[];
+    /** Host addresses (or CIDRs) sandboxes may reach through egressd: a documented risk. */
+    readonly reachableHostAddresses: readonly string[];
+  };
   /** The policy for a source that belongs to no sandbox. */
   readonly defaultNetwork: DialectResult;
   readonly sandboxes: readonly SandboxConfig[];
@@ -87,7 +92,7 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
   block: 'explain',
-  protected: { extra: [], except: [] },
+  protected: { extra: [], except: [], reachableHostAddresses: [] },
   defaultNetwork: BLOCK_EVERYTHING,
   sandboxes: [],
   catalog: { categories: 'all', extra: [], file: null },
@@ -195,10 +200,14 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const block = optEnum(root['block'], 'block', ['explain', 'drop'] as const, issues) ?? 'explain';
 
-  const protIn = root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except'], issues);
+  const protIn =
+    root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except', 'reachableHostAddresses'], issues);
   const extra = optStringArray(protIn?.['extra'], 'protected.extra', issues) ?? [];
   const except = optStringArray(protIn?.['except'], 'protected.except', issues) ?? [];
-  const cidrIssues = validateCidrList(extra, 'protected.extra').concat(validateCidrList(except, 'protected.except'));
+  const reachableHostAddresses = optStringArray(protIn?.['reachableHostAddresses'], 'protected.reachableHostAddresses', issues) ?? [];
+  const cidrIssues = validateCidrList(extra, 'protected.extra')
+    .concat(validateCidrList(except, 'protected.except'))
+    .concat(validateCidrList(reachableHostAddresses, 'protected.reachableHostAddresses'));
   for (const i of cidrIssues) issues.add(i.field, i.reason);
 
   const defaultNetwork = policyAt(root['defaultNetwork'] ?? BLOCK_EVERYTHING, 'defaultNetwork', issues);
@@ -269,7 +278,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     upstream: { dial, connectTimeoutMs, idleTimeoutMs },
     peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
     block,
-    protected: { extra, except },
+    protected: { extra, except, reachableHostAddresses },
     defaultNetwork,
     sandboxes,
     catalog: { categories, extra: catalogExtra, file: catalogFile },

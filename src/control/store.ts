@@ -5,7 +5,7 @@
 import type { DialectResult, Side } from '../policy/model.ts';
 import { compilePolicy, type CompiledPolicy } from '../policy/compile.ts';
 import { decide, type Decision, type Facts } from '../policy/decide.ts';
-import { compileProtected, type ProtectedSet } from '../match/protected.ts';
+import { compileProtected, type HostGuard, type ProtectedSet } from '../match/protected.ts';
 
 /** What the data path needs of a sandbox's policy. */
 export interface SandboxPolicy {
@@ -41,6 +41,8 @@ export interface OrgDefinition {
 
 export interface StoreSettings {
   readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
+  /** The host's own addresses and egressd's listeners (net/host-addresses.ts); none offline (`egressd decide`). */
+  readonly host?: HostGuard | null;
   /** The essential-services catalog's domains, joined to the allow side of policies that have it on. */
   readonly catalog: readonly string[];
   /** The sandboxes' DNS servers (addresses), allowed on port 53 when a dialect says so. */
@@ -131,7 +133,7 @@ export class PolicyStore implements PolicyLookup {
 
   constructor(settings: StoreSettings, defaultNetwork: DialectResult) {
     this.#settings = settings;
-    this.#protected = compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except] });
+    this.#protected = compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except], host: settings.host ?? null });
     this.#default = this.#effective(null, null, defaultNetwork);
   }
 

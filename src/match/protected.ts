@@ -1,5 +1,11 @@
-// Protected addresses: never dialed unless a policy's allowed CIDR, lying wholly inside them,
-// unlocks them. They are the ranges of the IANA "IPv4 Special-Purpose Address Registry" and
+// Protected addresses, in three layers (decide.ts step 1):
+// - the host itself (net/host-addresses.ts: its interface addresses and egressd's own
+//   listeners): refused whatever the policy and `protected.except` say;
+// - the operator's `protected.extra` ranges: refused whatever the policy says; only the
+//   operator's `protected.except` lifts them;
+// - the built-in ranges below: refused unless a policy's allowed CIDR, lying wholly inside
+//   them, unlocks them.
+// The built-in ranges They are the ranges of the IANA "IPv4 Special-Purpose Address Registry" and
 // "IPv6 Special-Purpose Address Registry" (RFC 6890, updated by RFC 8190) that are not
 // globally reachable, the multicast and reserved spaces, the deprecated transition prefixes
 // that tunnel to IPv4 or to unknown hosts, and cloud metadata endpoints outside all of those.
@@ -9,9 +15,19 @@
 import { CidrTrie } from './cidr-trie.ts';
 import { cidrBounds, formatCidr, isIPv4Mapped, parseCidr, parseIpInto, type CidrBlock, type IpFamily } from './ip.ts';
 
+/** The host's own addresses and listeners, kept current by whoever owns it (net/host-addresses.ts). */
+export interface HostGuard {
+  /** Why `words` (an IPv4 address in words[0], or IPv6) at `port` is the host itself, or null. */
+  refuses(family: IpFamily, words: Uint32Array, port: number): string | null;
+}
+
 export interface ProtectedSet {
   /** The protected range containing `ip` (canonical CIDR text), or null. */
   lookup(ip: string): string | null;
+  /** The `protected.extra` range containing `ip`, which no policy unlocks, or null. */
+  lookupLocked(ip: string): string | null;
+  /** The host guard, when the set belongs to a running daemon. */
+  readonly host: HostGuard | null;
   /** Whether every address of `cidr` is protected: the condition for it to unlock them. */
   coversWholly(cidr: string): boolean;
   readonly ranges: readonly string[];
@@ -78,13 +94,18 @@ interface Interval {
 /** The compiled protected set; decide uses its word-level methods to avoid re-parsing. */
 export class ProtectedRanges implements ProtectedSet {
   readonly ranges: readonly string[];
+  readonly host: HostGuard | null;
   readonly #tries: { 4: CidrTrie; 6: CidrTrie };
+  /** The `extra` ranges (values index `ranges`): no policy unlocks them. */
+  readonly #locked: { 4: CidrTrie; 6: CidrTrie };
   readonly #except: { 4: CidrTrie; 6: CidrTrie };
-  /** (protected ∪ extra) \ except, as disjoint, non-adjacent, sorted intervals per family. */
+  /** built-in \ except, as disjoint, non-adjacent, sorted intervals per family: what an allowed CIDR may unlock. */
   readonly #covered: { 4: Interval[]; 6: Interval[] };
 
-  constructor(ranges: readonly CidrBlock[], except: readonly CidrBlock[]) {
+  constructor(ranges: readonly CidrBlock[], except: readonly CidrBlock[], extra: readonly CidrBlock[] = [], host: HostGuard | null = null) {
+    this.host = host;
     this.#tries = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
+    this.#locked = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
     this.#except = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
     for (const e of except) {
       const b = asIPv4IfMapped(e);
@@ -97,26 +118,41 @@ export class ProtectedRanges implements ProtectedSet {
     }
     const kept: string[] = [];
     const covering: { 4: Interval[]; 6: Interval[] } = { 4: [], 6: [] };
-    const seen = new Set<string>();
-    for (const r of ranges) {
-      const text = formatCidr(r);
-      if (seen.has(text)) continue;
-      seen.add(text);
+    const seen = new Map<string, number>();
+    const add = (r: CidrBlock, isExtra: boolean): void => {
       // The IPv4-mapped block itself stays literal (as IPv4 it would be 0.0.0.0/0): no address
       // is looked up in it, since mapped addresses are judged as IPv4, and it covers nothing.
       const literal = r.family === 6 && r.prefix === 96 && isIPv4Mapped(r.words);
       const b = literal ? r : asIPv4IfMapped(r);
       const bounds = cidrBounds(b);
-      if (exceptIntervals[b.family].some((x) => x.lo <= bounds.lo && bounds.hi <= x.hi)) continue;
-      this.#tries[b.family].insert(b.words, b.prefix, kept.length);
-      kept.push(text);
-      if (!literal) covering[b.family].push(bounds);
-    }
+      if (exceptIntervals[b.family].some((x) => x.lo <= bounds.lo && bounds.hi <= x.hi)) return;
+      const text = formatCidr(r);
+      let index = seen.get(text);
+      if (index === undefined) {
+        index = kept.length;
+        seen.set(text, index);
+        kept.push(text);
+        this.#tries[b.family].insert(b.words, b.prefix, index);
+        if (!isExtra && !literal) covering[b.family].push(bounds);
+      }
+      // An extra range that repeats a built-in one still locks it.
+      if (isExtra) this.#locked[b.family].insert(b.words, b.prefix, index);
+    };
+    for (const r of ranges) add(r, false);
+    for (const r of extra) add(r, true);
     this.ranges = Object.freeze(kept);
     this.#covered = { 4: subtract(merge(covering[4]), merge(exceptIntervals[4])), 6: subtract(merge(covering[6]), merge(exceptIntervals[6])) };
   }
 
   lookup(ip: string): string | null {
+    return this.#lookupText(ip, (f, w) => this.lookupWords(f, w));
+  }
+
+  lookupLocked(ip: string): string | null {
+    return this.#lookupText(ip, (f, w) => this.lockedWords(f, w));
+  }
+
+  #lookupText(ip: string, find: (family: IpFamily, words: Uint32Array) => number): string | null {
     const words = new Uint32Array(4);
     let family = parseIpInto(typeof ip === 'string' ? ip : '', words);
     if (family === 0) return null;
@@ -126,7 +162,7 @@ export class ProtectedRanges implements ProtectedSet {
       words[2] = 0;
       family = 4;
     }
-    const i = this.lookupWords(family, words);
+    const i = find(family, words);
     return i < 0 ? null : this.ranges[i]!;
   }
 
@@ -134,6 +170,12 @@ export class ProtectedRanges implements ProtectedSet {
   lookupWords(family: IpFamily, words: Uint32Array): number {
     if (this.#except[family].longest(words) >= 0) return -1;
     return this.#tries[family].longest(words);
+  }
+
+  /** The index in `ranges` of the `extra` range containing the address (not lifted by except), or -1. */
+  lockedWords(family: IpFamily, words: Uint32Array): number {
+    if (this.#except[family].longest(words) >= 0) return -1;
+    return this.#locked[family].longest(words);
   }
 
   coversWholly(cidr: string): boolean {
@@ -195,21 +237,33 @@ function subtract(from: Interval[], cut: Interval[]): Interval[] {
 /**
  * The protected set: the built-in ranges, plus `extra`, minus `except` (test rigs carve out
  * 198.18.0.0/15 and 2001:db8::/32, the ranges they address their fake internet from). An
- * address inside an `except` range is never protected, even when an `extra` range holds it.
- * Entries are CIDR text already checked by validateCidr; an entry that does not parse is a
- * programming error and throws.
+ * address inside an `except` range is never protected by a range, even when an `extra` range
+ * holds it; an `extra` range is never unlocked by a policy. `host` (the running daemon's own
+ * addresses and listeners) is consulted before all of them and nothing lifts it. Entries are
+ * CIDR text already checked by validateCidr; an entry that does not parse is a programming
+ * error and throws.
  */
-export function compileProtected(opts: { extra?: readonly string[]; except?: readonly string[] }): ProtectedSet {
+export function compileProtected(opts: ProtectedOptions): ProtectedSet {
   return compileProtectedRanges(opts);
 }
 
+export interface ProtectedOptions {
+  readonly extra?: readonly string[];
+  readonly except?: readonly string[];
+  readonly host?: HostGuard | null;
+}
+
 /** compileProtected with its concrete type, for code that wants the word-level methods. */
-export function compileProtectedRanges(opts: { extra?: readonly string[]; except?: readonly string[] }): ProtectedRanges {
+export function compileProtectedRanges(opts: ProtectedOptions): ProtectedRanges {
   const block = (text: string): CidrBlock => {
     const r = parseCidr(text);
     if (!r.ok) throw new TypeError(`Protected range: ${r.reason}`);
     return r.block;
   };
-  const ranges = [...PROTECTED_RANGES.map((r) => r.cidr), ...(opts.extra ?? [])].map(block);
-  return new ProtectedRanges(ranges, (opts.except ?? []).map(block));
+  return new ProtectedRanges(
+    PROTECTED_RANGES.map((r) => block(r.cidr)),
+    (opts.except ?? []).map(block),
+    (opts.extra ?? []).map(block),
+    opts.host ?? null,
+  );
 }

@@ -38,10 +38,17 @@ const words = new Uint32Array(4);
 /**
  * Decides one connection. Evaluation order:
  *
- * 1. A protected address (protected.ts) is refused, unless an allowed CIDR holds it AND lies
- *    wholly inside the protected ranges: `10.0.0.0/8` or `169.254.169.254/32` unlock what
- *    they name, `0.0.0.0/0` unlocks nothing. A name never unlocks an address. An address
- *    that does not parse is refused here too (fail closed).
+ * 1. A protected address (protected.ts) is refused, in three layers:
+ *    a. the host itself — its interface addresses, loopback, and egressd's own listeners
+ *       (net/host-addresses.ts) — whatever the policy and `protected.except` say; only
+ *       `protected.reachableHostAddresses` opens a host address, never a listener of egressd;
+ *    b. the operator's `protected.extra` ranges, whatever the policy says (only the
+ *       operator's `protected.except` lifts them);
+ *    c. the built-in ranges, unless an allowed CIDR holds the address AND lies wholly inside
+ *       them: `10.0.0.0/8` or `169.254.169.254/32` unlock what they name, `0.0.0.0/0`
+ *       unlocks nothing.
+ *    A name never unlocks an address. An address that does not parse is refused here too
+ *    (fail closed).
  * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
  *    the address by one of its CIDRs, else the name by one of its domains; any host when it
  *    lists neither — AND the port matches (any port when it lists none). A side that lists
@@ -71,12 +78,19 @@ export function decide(p: CompiledPolicy, f: Facts): Decision {
   const name = typeof f.name === 'string' ? f.name : null;
   const allow = p.allow;
 
-  // (1) Protected addresses.
+  // (1) Protected addresses: (a) the host, (b) the operator's extra ranges, (c) built-in.
+  const set = p.protectedSet;
+  const host = set.host?.refuses(family, words, port) ?? null;
+  if (host !== null) return { verdict: 'refuse', reason: 'protected-address', rule: host, matchedBy: 'protected' };
+  const fast = set instanceof ProtectedRanges ? set : null;
+  const locked = fast !== null ? fast.lockedWords(family, words) : -2;
+  const lockedRange = locked >= 0 ? set.ranges[locked]! : locked === -2 ? set.lookupLocked(f.ip) : null;
+  if (lockedRange !== null) {
+    return { verdict: 'refuse', reason: 'protected-address', rule: `protected.extra ${JSON.stringify(lockedRange)}`, matchedBy: 'protected' };
+  }
   const cidr = allow.cidrIndex(family, words);
-  const prot = p.protectedSet instanceof ProtectedRanges ? p.protectedSet.lookupWords(family, words) : -2;
-  let range: string | null = null;
-  if (prot >= 0) range = p.protectedSet.ranges[prot]!;
-  else if (prot === -2) range = p.protectedSet.lookup(f.ip);
+  const prot = fast !== null ? fast.lookupWords(family, words) : -2;
+  const range = prot >= 0 ? set.ranges[prot]! : prot === -2 ? set.lookup(f.ip) : null;
   if (range !== null && !(cidr >= 0 && allow.unlocks(cidr))) {
     return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(range)}`, matchedBy: 'protected' };
   }

@@ -24,7 +24,9 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
   const r = validateConfig({
     listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
     admin: { listen: '127.0.0.1:0', token: 'test-token' },
-    protected: { except: ['127.0.0.0/8'] },
+    // The upstream servers of these tests live on the host's own loopback: the dedicated key
+    // opens it (egressd's own listeners stay refused there).
+    protected: { except: ['127.0.0.0/8'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
     peek: { timeoutMs: 2000, firstByteTimeoutMs: 300 },
     ...doc,
   });

@@ -3,6 +3,12 @@ import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
 import { decide, type Decision, type Facts } from '../../../src/policy/decide.ts';
 import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
 import { compileProtected, type ProtectedSet } from '../../../src/match/protected.ts';
+import { HostAddresses } from '../../../src/net/host-addresses.ts';
+
+function iface(address: string) {
+  const family = address.includes(':') ? ('IPv6' as const) : ('IPv4' as const);
+  return { address, family, netmask: '', mac: '00:00:00:00:00:00', internal: false, cidr: null, scopeid: 0 };
+}
 
 const P = compileProtected({});
 
@@ -89,10 +95,114 @@ describe('decide (1): protected addresses', () => {
   });
 
   it('works with a protected set of another implementation, through its string methods', () => {
-    const fake: ProtectedSet = { lookup: (ip) => (ip === '9.9.9.9' ? '9.9.9.9/32' : null), coversWholly: (c) => c === '9.9.9.9/32', ranges: ['9.9.9.9/32'] };
+    const fake: ProtectedSet = {
+      lookup: (ip) => (ip === '9.9.9.9' ? '9.9.9.9/32' : null),
+      lookupLocked: (ip) => (ip === '9.9.9.10' ? '9.9.9.10/32' : null),
+      coversWholly: (c) => c === '9.9.9.9/32',
+      ranges: ['9.9.9.9/32', '9.9.9.10/32'],
+      host: null,
+    };
     expect(decide(compiled('allow-all', {}, {}, fake), facts('9.9.9.9')).rule).toBe('protected "9.9.9.9/32"');
     expect(decide(compiled('allow-all', {}, {}, fake), facts('10.0.0.1')).verdict).toBe('allow');
     expect(decide(compiled('block-all', { cidrs: ['9.9.9.9/32'] }, {}, fake), facts('9.9.9.9')).verdict).toBe('allow');
+    expect(decide(compiled('block-all', { cidrs: ['9.9.9.10/32'] }, {}, fake), facts('9.9.9.10')).rule).toBe('protected.extra "9.9.9.10/32"');
+  });
+});
+
+describe('decide (1b): the operator\'s protected.extra ranges are never unlocked by a policy', () => {
+  // Issue 10 part 2's example: extra 192.168.1.100/32, a policy allowing 192.168.1.0/24.
+  const extra = compileProtected({ extra: ['192.168.1.100/32', '203.0.113.0/24', 'fd00:ec2::/64', '8.8.4.0/24'] });
+  it.each([
+    ['192.168.1.0/24', '192.168.1.100'],
+    ['192.168.1.100/32', '192.168.1.100'],
+    ['203.0.113.0/24', '203.0.113.7'],
+    ['fd00:ec2::/32', 'fd00:ec2::254'],
+    ['8.8.4.0/24', '8.8.4.4'],
+    ['0.0.0.0/0', '8.8.4.4'],
+  ])('an allowed CIDR %s does not unlock %s, which protected.extra names', (cidr, ip) => {
+    expect(decide(compiled('block-all', { cidrs: [cidr] }, {}, extra), facts(ip))).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
+    expect(decide(compiled('allow-all', {}, {}, extra), facts(ip)).reason).toBe('protected-address');
+  });
+
+  it('still lets the allowed CIDR unlock the built-in addresses beside the extra one', () => {
+    const p = compiled('block-all', { cidrs: ['192.168.1.0/24'] }, {}, extra);
+    expect(decide(p, facts('192.168.1.100')).rule).toBe('protected.extra "192.168.1.100/32"');
+    expect(decide(p, facts('192.168.1.101')).verdict).toBe('allow');
+  });
+
+  it('locks an extra range that repeats a built-in one', () => {
+    const p = compileProtected({ extra: ['10.0.0.0/8'] });
+    expect(decide(compiled('block-all', { cidrs: ['10.0.0.0/8'] }, {}, p), facts('10.1.2.3')).rule).toBe('protected.extra "10.0.0.0/8"');
+  });
+
+  it('lets only protected.except, which the operator sets, lift an extra range', () => {
+    const p = compileProtected({ extra: ['192.168.1.0/24'], except: ['192.168.1.100/32'] });
+    expect(decide(compiled('allow-all', {}, {}, p), facts('192.168.1.100')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all', {}, {}, p), facts('192.168.1.101')).reason).toBe('protected-address');
+  });
+});
+
+describe('decide (1a): the host itself', () => {
+  const host = new HostAddresses({
+    reachable: ['198.18.7.1'],
+    interfaces: () => ({
+      lo: [iface('127.0.0.1'), iface('::1')],
+      eth0: [iface('198.18.7.1'), iface('198.18.7.2'), iface('2001:db8:7::1'), iface('fe80::1%eth0')],
+    }),
+  });
+  host.setListeners([
+    { host: '0.0.0.0', port: 15080 },
+    { host: '::', port: 15443 },
+    { host: '127.0.0.1', port: 9901 },
+  ]);
+  const open = compileProtected({ except: ['0.0.0.0/0', '::/0'], host });
+  const p = compiled('block-all', { cidrs: ['0.0.0.0/0', '::/0'] }, {}, open);
+  it.each([
+    ['198.18.7.2', 22, 'host address "198.18.7.2"'],
+    ['2001:db8:7::1', 443, 'host address "2001:db8:7::1"'],
+    ['fe80::1', 80, 'host address "fe80::1"'],
+    ['127.0.0.1', 6379, 'host address "127.0.0.1"'],
+    ['127.8.9.10', 6379, 'host address "127.8.9.10"'],
+    ['::ffff:127.0.0.1', 6379, 'host address "127.0.0.1"'],
+    ['0.0.0.0', 80, 'host address "0.0.0.0"'],
+    ['::', 80, 'host address "::"'],
+    ['::1', 80, 'host address "::1"'],
+    ['198.18.7.1', 15080, "egressd's own listener 198.18.7.1:15080"],
+    ['198.18.7.1', 15443, "egressd's own listener 198.18.7.1:15443"],
+    ['2001:db8:7::1', 15080, "egressd's own listener [2001:db8:7::1]:15080"],
+    ['127.0.0.1', 9901, "egressd's own listener 127.0.0.1:9901"],
+  ])('refuses %s port %i whatever the policy and protected.except say (%s)', (ip, port, rule) => {
+    expect(decide(p, facts(ip, port))).toEqual<Decision>({ verdict: 'refuse', reason: 'protected-address', rule, matchedBy: 'protected' });
+    expect(decide(compiled('allow-all', {}, {}, open), facts(ip, port)).rule).toBe(rule);
+  });
+
+  it('opens only the address protected.reachableHostAddresses names, and never egressd\'s own ports on it', () => {
+    expect(decide(p, facts('198.18.7.1', 22)).verdict).toBe('allow');
+    expect(decide(p, facts('198.18.7.2', 22)).verdict).toBe('refuse');
+    expect(decide(p, facts('198.18.7.1', 15080)).verdict).toBe('refuse');
+  });
+
+  it('follows the interface table as it changes', () => {
+    let table: Record<string, ReturnType<typeof iface>[]> = { eth0: [iface('198.18.8.1')] };
+    const live = new HostAddresses({ interfaces: () => table });
+    const q = compiled('allow-all', {}, {}, compileProtected({ except: ['0.0.0.0/0'], host: live }));
+    expect(decide(q, facts('198.18.8.1')).verdict).toBe('refuse');
+    expect(decide(q, facts('198.18.8.2')).verdict).toBe('allow');
+    table = { eth0: [iface('198.18.8.2')] };
+    live.refresh();
+    expect(decide(q, facts('198.18.8.1')).verdict).toBe('allow');
+    expect(decide(q, facts('198.18.8.2')).verdict).toBe('refuse');
+    // A table that cannot be read keeps the last one: an empty set would open the host.
+    let broken = false;
+    const failing = new HostAddresses({
+      interfaces: () => {
+        if (broken) throw new Error('getifaddrs failed');
+        return table;
+      },
+    });
+    broken = true;
+    failing.refresh();
+    expect(failing.addresses).toEqual(['198.18.8.2']);
   });
 });
 
