@@ -1,0 +1,549 @@
+// The side-by-side proxy benchmark (issue 12): egressd against nginx `stream` + `ssl_preread`
+// and HAProxy `req.ssl_sni`, with "no proxy" (Direct) as the baseline, every column in the same
+// run, rounds interleaved (the column order rotates each round), medians reported.
+//
+//   sudo bash bench/proxy/setup.sh      # once: nginx, its stream module, HAProxy, dnsmasq, curl
+//   npm run bench:proxy                 # ≈ 7 min, alone on the machine; rewrites bench/RESULTS.md's section
+//   npm run bench:proxy -- --smoke      # ≈ 1 min, tiny sizes: checks the harness, figures meaningless
+//
+// Topology (test/helpers/netns-rig.ts): a client namespace routed through a router namespace to
+// an upstream namespace. In the router, iptables REDIRECTs the client's port-443 traffic to the
+// column's proxy (Direct: no rule, plain forwarding). Upstream: an nginx TLS origin
+// (allowed.test → 198.18.1.2: a 1 GiB file and a 2-byte response) and a raw origin
+// (raw.allowed.test → 198.18.1.3, bench/proxy/origin.ts). Every proxy allows the same two names
+// and nothing else; egressd resolves them through the rig's dnsmasq (`upstream.dial: resolved`,
+// as in production) and writes its log line per connection to a file.
+//
+// Each proxy runs twice: one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, egressd
+// one data-plane thread) and one worker per core. Proxy CPU is user+system time of the proxy's
+// whole process tree (/proc/PID/stat); RSS is the tree's VmRSS.
+//
+// Bounded: a run stops starting new measurements after 9 minutes and reports what it has.
+
+import { type ChildProcess, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, totalmem, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { createRig, rigUnavailableReason, type Rig } from '../../test/helpers/netns-rig.ts';
+import { RAW_ORIGIN, RAW_NAME, TLS_NAME, TLS_ORIGIN } from './wire.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const EGRESSD = join(ROOT, 'bin/egressd');
+const CA = join(ROOT, 'certs/ca.pem');
+const RESULTS = join(ROOT, 'bench/RESULTS.md');
+const BEGIN = '<!-- bench:proxy begin (written by bench/proxy/run.ts) -->';
+const END = '<!-- bench:proxy end -->';
+const BUDGET_MS = 9 * 60_000;
+const HELD = 5000;
+
+const { values: args } = parseArgs({
+  options: {
+    smoke: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    'no-write': { type: 'boolean', default: false },
+  },
+  strict: true,
+});
+const smoke = args.smoke === true;
+const P = smoke
+  ? { rounds: 1, bulkBytes: 64 << 20, connMs: 500, held: 300 }
+  : { rounds: 3, bulkBytes: 1 << 30, connMs: 2000, held: HELD };
+if (args.rounds !== undefined) P.rounds = Number(args.rounds);
+const started = Date.now();
+const overBudget = (): boolean => Date.now() - started > BUDGET_MS;
+
+// ---- columns --------------------------------------------------------------------------------
+
+type Product = 'nginx' | 'haproxy' | 'egressd';
+interface Column {
+  readonly key: string;
+  readonly product: Product | 'direct';
+  readonly workers: 'one' | 'per-core';
+  readonly port: number;
+  proc?: ChildProcess;
+  stderr: string;
+}
+const perCore = cpus().length;
+const columns: Column[] = [{ key: 'direct', product: 'direct', workers: 'one', port: 0, stderr: '' }];
+{
+  let port = 17001;
+  for (const workers of ['one', 'per-core'] as const) {
+    for (const product of ['nginx', 'haproxy', 'egressd'] as const) columns.push({ key: `${product}-${workers}`, product, workers, port: port++, stderr: '' });
+  }
+}
+
+// ---- process accounting ---------------------------------------------------------------------
+
+const TICK = 100; // USER_HZ: /proc/PID/stat times are in 1/100 s on Linux
+function tree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(d));
+      children.set(ppid, list);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]!) ?? []));
+  return out;
+}
+/** User+system CPU seconds of the process and its descendants. */
+function cpuSeconds(pid: number): number {
+  let ticks = 0;
+  for (const p of tree(pid)) {
+    try {
+      const f = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(rest[11]) + Number(rest[12]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / TICK;
+}
+/** VmRSS of the process and its descendants, KiB. */
+function rssKiB(pid: number): number {
+  let kib = 0;
+  for (const p of tree(pid)) {
+    try {
+      const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
+      kib += Number(m?.[1] ?? 0);
+    } catch {
+      // gone
+    }
+  }
+  return kib;
+}
+
+// ---- configurations -------------------------------------------------------------------------
+
+function nginxConf(dir: string, c: Column): string {
+  return `worker_processes ${c.workers === 'one' ? 1 : perCore};
+worker_rlimit_nofile 19000;
+daemon off;
+master_process on;
+pid ${dir}/nginx-${c.key}.pid;
+error_log ${dir}/nginx-${c.key}.error.log warn;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 12000; }
+stream {
+  map $ssl_preread_server_name $upstream {
+    ${TLS_NAME} ${TLS_ORIGIN}:443;
+    ${RAW_NAME} ${RAW_ORIGIN}:443;
+    default 127.0.0.1:9;
+  }
+  server {
+    listen 0.0.0.0:${c.port} reuseport backlog=4096;
+    ssl_preread on;
+    proxy_pass $upstream;
+  }
+}
+`;
+}
+
+function haproxyConf(c: Column): string {
+  return `global
+  nbthread ${c.workers === 'one' ? 1 : perCore}
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend bench
+  bind 0.0.0.0:${c.port}
+  tcp-request inspect-delay 10s
+  tcp-request content accept if { req.ssl_hello_type 1 }
+  use_backend tls if { req.ssl_sni -i ${TLS_NAME} }
+  use_backend raw if { req.ssl_sni -i ${RAW_NAME} }
+backend tls
+  server origin ${TLS_ORIGIN}:443
+backend raw
+  server origin ${RAW_ORIGIN}:443
+`;
+}
+
+function egressdConf(dir: string, c: Column, i: number): string {
+  return JSON.stringify({
+    listen: { tls: `0.0.0.0:${c.port}`, http: `0.0.0.0:${c.port + 100}`, tcp: `0.0.0.0:${c.port + 200}` },
+    admin: { listen: `127.0.0.1:${19901 + i}` },
+    dns: { servers: ['198.18.1.53'] },
+    upstream: { dial: 'resolved' },
+    protected: { except: ['198.18.0.0/15'] },
+    sandboxes: [
+      {
+        id: 'bench',
+        sources: ['198.18.0.2'],
+        network: { mode: 'block-all', egress: { allowed_domains: [TLS_NAME, `*.${TLS_NAME}`], allowed_ports: [443] } },
+      },
+    ],
+    log: { level: 'info', destination: join(dir, `egressd-${c.key}.log`) },
+  });
+}
+
+function originConf(dir: string): string {
+  return `worker_processes ${perCore};
+daemon off;
+master_process on;
+pid ${dir}/origin.pid;
+error_log ${dir}/origin.error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path ${dir}/tmp; proxy_temp_path ${dir}/tmp; fastcgi_temp_path ${dir}/tmp;
+  uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
+  server {
+    listen ${TLS_ORIGIN}:443 ssl backlog=4096;
+    ssl_certificate ${ROOT}/certs/server.pem;
+    ssl_certificate_key ${ROOT}/certs/server-key.pem;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location = /1g { alias ${dir}/1g; default_type application/octet-stream; }
+    location = /tiny { default_type text/plain; return 200 "ok"; }
+  }
+}
+`;
+}
+
+// ---- measurements ---------------------------------------------------------------------------
+
+interface Sample {
+  [figure: string]: number;
+}
+const samples = new Map<string, Map<string, Sample[]>>(); // workload → column → samples
+function record(workload: string, column: string, s: Sample): void {
+  const w = samples.get(workload) ?? new Map<string, Sample[]>();
+  samples.set(workload, w);
+  const list = w.get(column) ?? [];
+  list.push(s);
+  w.set(column, list);
+}
+
+async function load(rig: Rig, argv: string[]): Promise<Record<string, number>> {
+  const r = await rig.execIn('sandbox', NODE, [join(ROOT, 'bench/proxy/load.ts'), ...argv], { timeoutMs: 150_000 });
+  if (r.code !== 0) throw new Error(`load ${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim()}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, number>;
+}
+
+async function point(rig: Rig, c: Column): Promise<void> {
+  // A fresh rule per column: connections already tracked keep their NAT, new ones take this.
+  const rules = c.product === 'direct' ? [] : [['-t', 'nat', '-A', 'BENCH', '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(c.port)]];
+  for (const r of [['-t', 'nat', '-F', 'BENCH'], ...rules]) {
+    const x = await rig.execIn('router', 'iptables', r);
+    if (x.code !== 0) throw new Error(`iptables ${r.join(' ')}: ${x.stderr}`);
+  }
+}
+
+async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
+  await point(rig, c);
+  const pid = c.proc?.pid;
+  const cpu0 = pid ? cpuSeconds(pid) : 0;
+  let s: Sample;
+  switch (workload) {
+    case 'tls-bulk': {
+      const r = await rig.execIn(
+        'sandbox',
+        'curl',
+        ['-sS', '--cacert', CA, '--resolve', `${TLS_NAME}:443:${TLS_ORIGIN}`, '-o', '/dev/null', '-w', '%{size_download} %{time_total}', `https://${TLS_NAME}/1g`],
+        { timeoutMs: 150_000 },
+      );
+      if (r.code !== 0) throw new Error(`curl failed (exit ${r.code}): ${r.stderr}`);
+      const [bytes, seconds] = r.stdout.trim().split(' ').map(Number) as [number, number];
+      if (bytes !== P.bulkBytes) throw new Error(`curl got ${bytes} bytes, expected ${P.bulkBytes}`);
+      s = { mbps: bytes / 1e6 / seconds, bytes };
+      break;
+    }
+    case 'raw-bulk': {
+      const r = await load(rig, ['raw-bulk', String(P.bulkBytes)]);
+      if (r['bytes'] !== P.bulkBytes) throw new Error(`raw-bulk got ${r['bytes']} bytes, expected ${P.bulkBytes}`);
+      s = { mbps: r['bytes']! / 1e6 / r['seconds']!, bytes: r['bytes']! };
+      break;
+    }
+    default: {
+      const [kind, clients] = workload.split('@') as [string, string];
+      const r = await load(rig, [kind, clients, String(P.connMs), CA]);
+      s = { rate: r['rate']!, p50: r['p50']!, p99: r['p99']!, count: r['count']!, errors: r['errors']! };
+    }
+  }
+  if (pid) {
+    const cpu = cpuSeconds(pid) - cpu0;
+    if ('bytes' in s) s['cpuPerGB'] = cpu / (s['bytes']! / 1e9);
+    else s['cpuUsPerConn'] = (cpu / Math.max(1, s['count']!)) * 1e6;
+  }
+  record(workload, c.key, s);
+}
+
+async function holdTest(rig: Rig, c: Column): Promise<void> {
+  await point(rig, c);
+  const pid = c.proc!.pid!;
+  const before = rssKiB(pid);
+  const child = rig.spawnIn('sandbox', NODE, [join(ROOT, 'bench/proxy/load.ts'), 'hold', String(P.held)]);
+  const line = await new Promise<string>((resolveLine, reject) => {
+    const timer = setTimeout(() => reject(new Error('hold: no answer within 120 s')), 120_000);
+    createInterface({ input: child.stdout! }).once('line', (l) => {
+      clearTimeout(timer);
+      resolveLine(l);
+    });
+    child.once('exit', (code) => reject(new Error(`hold exited (${code})`)));
+  });
+  const r = JSON.parse(line) as { held: number; errors: number };
+  await new Promise((res) => setTimeout(res, 1000));
+  const during = rssKiB(pid);
+  child.stdin!.end();
+  await new Promise((res) => child.once('exit', res));
+  record('hold', c.key, { before, during, held: r.held, errors: r.errors, kbPerConn: ((during - before) * 1.024) / Math.max(1, r.held) });
+}
+
+// ---- report ---------------------------------------------------------------------------------
+
+function median(xs: number[]): number {
+  const s = [...xs].filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+function fig(workload: string, column: string, f: string): number {
+  return median((samples.get(workload)?.get(column) ?? []).map((s) => s[f] ?? NaN));
+}
+function fmt(x: number): string {
+  if (!Number.isFinite(x)) return '—';
+  const a = Math.abs(x);
+  return a >= 100 ? x.toFixed(0) : a >= 10 ? x.toFixed(1) : a >= 1 ? x.toFixed(2) : x.toFixed(3);
+}
+const ratio = (a: number, b: number): string => (Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? `${(a / b).toFixed(2)}×` : '—');
+
+interface Row {
+  readonly label: string;
+  readonly get: (column: string) => number;
+  readonly direct: boolean;
+}
+const ROWS: Row[] = [
+  { label: 'TLS bulk MB/s (curl, 1 GiB)', get: (c) => fig('tls-bulk', c, 'mbps'), direct: true },
+  { label: 'raw bulk MB/s (a ClientHello, then 1 GiB)', get: (c) => fig('raw-bulk', c, 'mbps'), direct: true },
+  { label: 'proxy CPU s per GB, TLS', get: (c) => fig('tls-bulk', c, 'cpuPerGB'), direct: false },
+  { label: 'proxy CPU s per GB, raw', get: (c) => fig('raw-bulk', c, 'cpuPerGB'), direct: false },
+  { label: 'raw new connections/s, sequential', get: (c) => fig('raw-conn@1', c, 'rate'), direct: true },
+  { label: 'raw connection p50 / p99 ms, sequential', get: (c) => fig('raw-conn@1', c, 'p99'), direct: true },
+  { label: 'raw new connections/s, 50 clients', get: (c) => fig('raw-conn@50', c, 'rate'), direct: true },
+  { label: 'raw connection p50 ms, 50 clients', get: (c) => fig('raw-conn@50', c, 'p50'), direct: true },
+  { label: 'raw connection p99 ms, 50 clients', get: (c) => fig('raw-conn@50', c, 'p99'), direct: true },
+  { label: 'TLS new connections/s, sequential', get: (c) => fig('tls-conn@1', c, 'rate'), direct: true },
+  { label: 'TLS connection p50 / p99 ms, sequential', get: (c) => fig('tls-conn@1', c, 'p99'), direct: true },
+  { label: 'TLS new connections/s, 50 clients', get: (c) => fig('tls-conn@50', c, 'rate'), direct: true },
+  { label: 'TLS connection p50 ms, 50 clients', get: (c) => fig('tls-conn@50', c, 'p50'), direct: true },
+  { label: 'TLS connection p99 ms, 50 clients', get: (c) => fig('tls-conn@50', c, 'p99'), direct: true },
+  { label: 'proxy CPU µs per connection, raw', get: (c) => fig('raw-conn@50', c, 'cpuUsPerConn'), direct: false },
+  { label: 'proxy CPU µs per connection, TLS', get: (c) => fig('tls-conn@50', c, 'cpuUsPerConn'), direct: false },
+  { label: 'RSS idle, MB (after start)', get: (c) => fig('idle', c, 'mb'), direct: false },
+  { label: `RSS holding ${P.held} connections, MB`, get: (c) => fig('hold', c, 'during') / 1024, direct: false },
+  { label: 'RSS per held connection, KB', get: (c) => fig('hold', c, 'kbPerConn'), direct: false },
+];
+// The p50 of the sequential rows is shown with the p99: one cell "p50 / p99".
+function cell(row: Row, column: string): string {
+  if (row.label.includes('p50 / p99')) {
+    const w = row.label.startsWith('raw') ? 'raw-conn@1' : 'tls-conn@1';
+    return `${fmt(fig(w, column, 'p50'))} / ${fmt(fig(w, column, 'p99'))}`;
+  }
+  return fmt(row.get(column));
+}
+
+interface Target {
+  readonly text: string;
+  /** [egressd's figure, the bound, true when higher is better]. */
+  readonly check: (w: 'one' | 'per-core') => [number, number, boolean];
+}
+const TARGETS: Target[] = [
+  { text: 'raw bulk ≥ 0.9× Direct', check: (w) => [fig('raw-bulk', `egressd-${w}`, 'mbps'), 0.9 * fig('raw-bulk', 'direct', 'mbps'), true] },
+  { text: 'TLS bulk ≥ 0.9× Direct', check: (w) => [fig('tls-bulk', `egressd-${w}`, 'mbps'), 0.9 * fig('tls-bulk', 'direct', 'mbps'), true] },
+  { text: "proxy CPU per GB (raw) ≤ 0.5× nginx's", check: (w) => [fig('raw-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('raw-bulk', `nginx-${w}`, 'cpuPerGB'), false] },
+  { text: "proxy CPU per GB (TLS) ≤ 0.5× nginx's", check: (w) => [fig('tls-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('tls-bulk', `nginx-${w}`, 'cpuPerGB'), false] },
+  { text: "proxy CPU per connection (raw) ≤ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('raw-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false] },
+  { text: "proxy CPU per connection (TLS) ≤ nginx's", check: (w) => [fig('tls-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('tls-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false] },
+  { text: "raw connections/s (50 clients) ≥ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'rate'), fig('raw-conn@50', `nginx-${w}`, 'rate'), true] },
+  { text: "raw p99 (50 clients) ≤ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'p99'), fig('raw-conn@50', `nginx-${w}`, 'p99'), false] },
+  { text: "TLS p99 (50 clients) ≤ nginx's", check: (w) => [fig('tls-conn@50', `egressd-${w}`, 'p99'), fig('tls-conn@50', `nginx-${w}`, 'p99'), false] },
+  { text: '≤ 4 KB RSS per held connection', check: (w) => [fig('hold', `egressd-${w}`, 'kbPerConn'), 4, false] },
+  { text: 'idle RSS ≤ 60 MB', check: (w) => [fig('idle', `egressd-${w}`, 'mb'), 60, false] },
+];
+function verdict(t: Target, w: 'one' | 'per-core'): string {
+  const [v, bound, higher] = t.check(w);
+  if (!Number.isFinite(v) || !Number.isFinite(bound)) return 'not measured';
+  const met = higher ? v >= bound : v <= bound;
+  if (met) return `met (${fmt(v)} against ${fmt(bound)})`;
+  const by = higher ? (1 - v / bound) * 100 : (v / bound - 1) * 100;
+  return `**missed** by ${by.toFixed(0)}% (${fmt(v)} against ${fmt(bound)})`;
+}
+
+function report(machine: string, note: string): string {
+  const lines: string[] = [BEGIN, '', '## Side by side with nginx and HAProxy (`npm run bench:proxy`)', '', machine, '', note, ''];
+  for (const w of ['one', 'per-core'] as const) {
+    const label = w === 'one' ? 'one worker each' : `one worker per core each (${perCore}: nginx \`worker_processes ${perCore}\`, HAProxy \`nbthread ${perCore}\`, egressd ${perCore} data-plane threads)`;
+    lines.push(`### ${label[0]!.toUpperCase()}${label.slice(1)}`, '');
+    lines.push('| figure | Direct | nginx | HAProxy | egressd | nginx ÷ Direct | HAProxy ÷ Direct | egressd ÷ Direct | HAProxy ÷ nginx | egressd ÷ nginx |');
+    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const row of ROWS) {
+      const [d, n, h, e] = ['direct', `nginx-${w}`, `haproxy-${w}`, `egressd-${w}`].map((c) => row.get(c)) as [number, number, number, number];
+      const dd = row.direct ? d : NaN;
+      const dc = row.direct ? cell(row, 'direct') : '—';
+      lines.push(
+        `| ${row.label} | ${dc} | ${cell(row, `nginx-${w}`)} | ${cell(row, `haproxy-${w}`)} | ${cell(row, `egressd-${w}`)} | ${ratio(n, dd)} | ${ratio(h, dd)} | ${ratio(e, dd)} | ${ratio(h, n)} | ${ratio(e, n)} |`,
+      );
+    }
+    lines.push('', '| target (issue 12) | egressd |', '|---|---|');
+    for (const t of TARGETS) lines.push(`| ${t.text} | ${verdict(t, w)} |`);
+    lines.push('');
+  }
+  lines.push(END);
+  return lines.join('\n');
+}
+
+function writeResults(section: string): void {
+  const text = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '# Benchmark results\n';
+  const a = text.indexOf(BEGIN);
+  const b = text.indexOf(END);
+  const next = a >= 0 && b > a ? `${text.slice(0, a)}${section}${text.slice(b + END.length)}` : `${text.trimEnd()}\n\n${section}\n`;
+  writeFileSync(RESULTS, next);
+}
+
+function version(cmd: string, argv: string[]): string {
+  try {
+    const r = execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return r.split('\n')[0]!.trim();
+  } catch (e) {
+    const err = e as { stderr?: string };
+    return (err.stderr ?? '').split('\n')[0]!.trim() || 'unknown';
+  }
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+async function waitListening(rig: Rig, port: number, what: string): Promise<void> {
+  for (let i = 0; i < 150; i++) {
+    const r = await rig.execIn('router', 'ss', ['-Hltn', `sport = :${port}`]);
+    if (r.stdout.trim() !== '') return;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error(`${what} did not listen on port ${port} within 15 s`);
+}
+
+async function main(): Promise<void> {
+  const why = rigUnavailableReason();
+  if (why !== null) throw new Error(`bench:proxy needs root and network namespaces: ${why}`);
+  for (const [cmd, pkg] of [['nginx', 'nginx'], ['haproxy', 'haproxy'], ['curl', 'curl'], ['dnsmasq', 'dnsmasq']] as const) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore', env: { PATH: `/usr/sbin:/sbin:${process.env['PATH']}` } });
+    } catch {
+      throw new Error(`"${cmd}" is missing (package ${pkg}): run "sudo bash bench/proxy/setup.sh" first`);
+    }
+  }
+  if (!existsSync('/usr/lib/nginx/modules/ngx_stream_module.so')) throw new Error('nginx has no stream module (libnginx-mod-stream): run "sudo bash bench/proxy/setup.sh"');
+  const load0 = loadavg()[0]!;
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-bench-'));
+  const rig = await createRig();
+  const stop = (): void => void rig.teardown().finally(() => process.exit(130));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    // nginx's workers run as nobody: the origin's file must be readable by them.
+    execFileSync('chmod', ['755', dir]);
+    execFileSync('truncate', ['-s', String(P.bulkBytes), join(dir, '1g')]);
+    execFileSync('chmod', ['644', join(dir, '1g')]);
+    execFileSync('mkdir', ['-p', join(dir, 'tmp')]);
+    const inIf = `${rig.prefix}in`;
+    for (const a of [TLS_ORIGIN, RAW_ORIGIN]) {
+      const r = await rig.execIn('internet', 'ip', ['addr', 'add', `${a}/24`, 'dev', inIf]);
+      if (r.code !== 0) throw new Error(`ip addr add ${a}: ${r.stderr}`);
+    }
+    await rig.dns({ [TLS_NAME]: [TLS_ORIGIN], [RAW_NAME]: [RAW_ORIGIN] });
+    for (const r of [
+      ['-t', 'nat', '-N', 'BENCH'],
+      ['-t', 'nat', '-A', 'PREROUTING', '-i', rig.sandboxIf, '-p', 'tcp', '--dport', '443', '-j', 'BENCH'],
+    ]) {
+      const x = await rig.execIn('router', 'iptables', r);
+      if (x.code !== 0) throw new Error(`iptables ${r.join(' ')}: ${x.stderr}`);
+    }
+
+    writeFileSync(join(dir, 'origin.conf'), originConf(dir));
+    rig.spawnIn('internet', 'nginx', ['-c', join(dir, 'origin.conf'), '-p', dir]);
+    const raw = rig.spawnIn('internet', NODE, [join(ROOT, 'bench/proxy/origin.ts')]);
+    await new Promise<void>((res, rej) => {
+      createInterface({ input: raw.stdout! }).once('line', () => res());
+      raw.once('exit', (code) => rej(new Error(`origin.ts exited (${code})`)));
+    });
+
+    columns.forEach((c, i) => {
+      if (c.product === 'nginx') {
+        writeFileSync(join(dir, `${c.key}.conf`), nginxConf(dir, c));
+        c.proc = rig.spawnIn('router', 'nginx', ['-c', join(dir, `${c.key}.conf`), '-p', dir]);
+      } else if (c.product === 'haproxy') {
+        writeFileSync(join(dir, `${c.key}.cfg`), haproxyConf(c));
+        c.proc = rig.spawnIn('router', 'haproxy', ['-db', '-f', join(dir, `${c.key}.cfg`)]);
+      } else if (c.product === 'egressd') {
+        writeFileSync(join(dir, `${c.key}.json`), egressdConf(dir, c, i));
+        const threads = c.workers === 'one' ? '1' : String(perCore);
+        c.proc = rig.spawnIn('router', EGRESSD, ['serve', '--config', join(dir, `${c.key}.json`)], { env: { EGRESSD_DATA_PLANE_THREADS: threads } });
+      }
+      c.proc?.stdout?.resume();
+      c.proc?.stderr?.setEncoding('utf8').on('data', (d: string) => (c.stderr = (c.stderr + d).slice(-4096)));
+    });
+    for (const c of columns) {
+      if (!c.proc) continue;
+      try {
+        await waitListening(rig, c.port, c.key);
+      } catch (e) {
+        throw new Error(`${(e as Error).message}; its stderr:\n${c.stderr}`);
+      }
+    }
+    await new Promise((res) => setTimeout(res, 1500));
+    for (const c of columns) if (c.proc?.pid) record('idle', c.key, { mb: rssKiB(c.proc.pid) / 1024 });
+
+    const workloads = ['tls-bulk', 'raw-bulk', 'raw-conn@1', 'raw-conn@50', 'tls-conn@1', 'tls-conn@50'];
+    let rounds = 0;
+    for (let round = 0; round < P.rounds && !overBudget(); round++) {
+      for (const w of workloads) {
+        // The order rotates each round so no column always runs first (or last) after a change.
+        const order = columns.map((_, i) => columns[(i + round) % columns.length]!);
+        for (const c of order) {
+          if (overBudget()) break;
+          await measure(rig, c, w);
+        }
+      }
+      rounds++;
+      process.stderr.write(`bench:proxy: round ${round + 1}/${P.rounds} done at ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
+    }
+    for (const c of columns) if (c.proc && !overBudget()) await holdTest(rig, c);
+
+    const cpu = cpus()[0]?.model ?? 'unknown CPU';
+    const machine =
+      `Machine: ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ${perCore} × ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ` +
+      `Linux ${release()}, Node ${process.version}, ${version('nginx', ['-v'])}, ${version('haproxy', ['-v'])}, ` +
+      `${version('curl', ['--version'])}; load average ${load0.toFixed(2)} at start.`;
+    const note =
+      `${smoke ? '**SMOKE RUN: sizes and durations cut down to check the harness; the figures mean nothing.** ' : ''}` +
+      `${rounds} interleaved round(s), medians; bulk ${(P.bulkBytes / 2 ** 20).toFixed(0)} MiB, connection tests ${P.connMs} ms each, ` +
+      `${P.held} held connections. Bounded at ${BUDGET_MS / 60_000} min; took ${((Date.now() - started) / 1000).toFixed(0)} s. ` +
+      'Proxy CPU is user+system time of the proxy process tree; RSS is the tree\'s VmRSS (nginx counts master and workers). ' +
+      'Client, origins and proxy share the machine\'s cores, as on a sandbox host. Neither nginx nor HAProxy logs a line per connection here; egressd does.';
+    const section = report(machine, note);
+    process.stdout.write(`${section}\n`);
+    if (!args['no-write']) {
+      writeResults(section);
+      process.stderr.write(`bench:proxy: wrote ${RESULTS}\n`);
+    }
+  } finally {
+    await rig.teardown();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
