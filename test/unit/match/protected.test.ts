@@ -99,11 +99,14 @@ describe('coversWholly: the condition for an allowed CIDR to unlock', () => {
 });
 
 describe('compileProtected: extra and except', () => {
-  it('adds the extra ranges', () => {
+  it('adds the extra ranges, locked: no allowed CIDR unlocks them (issue 10 part 2)', () => {
     const p = compileProtected({ extra: ['8.8.8.0/24', '2606:4700::/32'] });
     expect(p.lookup('8.8.8.8')).toBe('8.8.8.0/24');
     expect(p.lookup('2606:4700::1111')).toBe('2606:4700::/32');
-    expect(p.coversWholly('8.8.8.8/32')).toBe(true);
+    expect(p.lookupLocked('8.8.8.8')).toBe('8.8.8.0/24');
+    expect(p.lookupLocked('::ffff:8.8.8.8')).toBe('8.8.8.0/24');
+    expect(p.lookupLocked('10.0.0.1')).toBeNull();
+    expect(p.coversWholly('8.8.8.8/32')).toBe(false);
     expect(p.ranges).toContain('8.8.8.0/24');
   });
 
