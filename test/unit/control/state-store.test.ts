@@ -1,0 +1,268 @@
+// The policy store on disk: a state that cannot be read whole, or whose entries no longer
+// validate, stops start-up naming the file, the entry and the field, and is left exactly as it
+// was; today's JSON file is converted once and kept; every change carries a revision.
+
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, renameSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ControlPlane, type SandboxRecord } from '../../../src/control/control-plane.ts';
+import { StateStore } from '../../../src/control/state-store.ts';
+import { PolicyStore } from '../../../src/control/store.ts';
+import { StateInvalidError } from '../../../src/errors.ts';
+
+const EMPTY = { domains: [], cidrs: [], ports: [] };
+
+function plane(path: string): ControlPlane {
+  const store = new PolicyStore(
+    { protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] },
+    { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
+  );
+  return new ControlPlane(store, new StateStore(path));
+}
+
+const V1 = {
+  version: 1,
+  sandboxes: [
+    { id: 'sb-1', sources: ['198.18.0.1'], org: 'acme', network: { mode: 'block-all', egress: { allowed_domains: ['api.example.test'] } } },
+    { id: 'sb-2', sources: ['198.18.0.2', '2001:db8::2'], org: null, network: { networkBlockAll: true } },
+  ],
+  orgs: [
+    { id: 'acme', tier: 3, network: null },
+    { id: 'beta', tier: null, network: { mode: 'allow-all' } },
+  ],
+};
+
+let dir: string;
+let path: string;
+const open: ControlPlane[] = [];
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'egressd-state-'));
+  path = join(dir, 'state.json');
+});
+afterEach(() => {
+  for (const c of open.splice(0)) c.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function load(p = path, config: SandboxRecord[] = []): Promise<ControlPlane> {
+  const cp = plane(p);
+  open.push(cp);
+  await cp.load(config);
+  return cp;
+}
+
+async function refused(p = path, config: SandboxRecord[] = []): Promise<StateInvalidError> {
+  const cp = plane(p);
+  open.push(cp);
+  const err = await cp.load(config).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(StateInvalidError);
+  const e = err as StateInvalidError;
+  expect(e.code).toBe('EGRESSD_ERR_STATE_INVALID');
+  expect(e.file).toBe(p);
+  expect(e.message).toContain(`"${p}"`);
+  return e;
+}
+
+const files = (): string[] => readdirSync(dir).sort();
+
+describe('a version-1 JSON state that cannot be used stops start-up and is left as it was', () => {
+  const cases: [string, string, { entry: string; field: string; reason: RegExp }][] = [
+    ['null', 'null', { entry: '', field: '', reason: /Expected an object .* got "null"/ }],
+    ['{}', '{}', { entry: '', field: 'version', reason: /Expected 1/ }],
+    ['garbage', '\u0000\u0013garbage\u00ff not a state', { entry: '', field: '', reason: /Not valid JSON/ }],
+    ['a truncated file', JSON.stringify(V1, null, 2).slice(0, 200), { entry: '', field: '', reason: /Not valid JSON \(damaged or truncated\)/ }],
+    ['an empty file', '', { entry: '', field: '', reason: /empty/ }],
+    [
+      'an entry with an unknown mode',
+      JSON.stringify({ ...V1, sandboxes: [V1.sandboxes[0], { ...V1.sandboxes[1], network: { mode: 'open-sesame' } }] }),
+      { entry: 'sandbox "sb-2"', field: 'network.mode', reason: /open-sesame/ },
+    ],
+    ['a sandbox with no id', JSON.stringify({ version: 1, sandboxes: [{ sources: [] }], orgs: [] }), { entry: 'sandboxes[0]', field: 'id', reason: /Expected a string/ }],
+    [
+      'a sandbox whose organization is missing',
+      JSON.stringify({ version: 1, sandboxes: [V1.sandboxes[0]], orgs: [] }),
+      { entry: 'sandbox "sb-1"', field: '', reason: /Organization "acme" does not exist/ },
+    ],
+    ['an org with a bad tier', JSON.stringify({ version: 1, sandboxes: [], orgs: [{ id: 'o', tier: 9 }] }), { entry: 'org "o"', field: 'tier', reason: /tier from 1 to 4/ }],
+  ];
+  it.each(cases)('%s', async (_name, text, want) => {
+    writeFileSync(path, text);
+    const e = await refused();
+    expect(e.issues).toContainEqual(expect.objectContaining({ entry: want.entry, field: want.field, reason: expect.stringMatching(want.reason) }));
+    // Nothing erased, nothing converted, nothing left beside it.
+    expect(readFileSync(path, 'utf8')).toBe(text);
+    expect(files()).toEqual(['state.json']);
+  });
+
+  it('{} names each missing part', async () => {
+    writeFileSync(path, '{}');
+    const e = await refused();
+    expect(e.issues.map((i) => i.field)).toEqual(['version', 'orgs', 'sandboxes']);
+    expect(e.message).toMatch(/version: Expected 1, got "undefined"/);
+  });
+
+  it('one bad entry among good ones stops start-up too: no entry is dropped silently', async () => {
+    const text = JSON.stringify({ ...V1, sandboxes: [...V1.sandboxes, { id: 'sb-3', sources: ['not-an-ip'], org: null, network: { mode: 'block-all' } }] });
+    writeFileSync(path, text);
+    const e = await refused();
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-3"', field: 'sources[0]', reason: expect.stringContaining('not-an-ip') }]);
+    expect(e.message).toContain('sandbox "sb-3" sources[0]: ');
+    expect(readFileSync(path, 'utf8')).toBe(text);
+  });
+
+  it('a source now owned by a config-file sandbox stops start-up, naming both', async () => {
+    writeFileSync(path, JSON.stringify(V1));
+    const config: SandboxRecord[] = [{ id: 'from-file', sources: ['198.18.0.2'], org: null, network: { mode: 'allow-all' }, origin: 'config' }];
+    const e = await refused(path, config);
+    expect(e.issues).toContainEqual({ entry: 'sandbox "sb-2"', field: 'sources[0]', reason: 'Source "198.18.0.2" belongs to sandbox "from-file"' });
+  });
+});
+
+describe('converting the version-1 JSON state', () => {
+  it('reads it whole, converts it once, keeps the old file, and serves the same entries', async () => {
+    const text = JSON.stringify(V1, null, 2);
+    writeFileSync(path, text);
+    const cp = await load();
+    expect(cp.sandboxes().map((s) => [s.id, s.sources, s.org])).toEqual([
+      ['sb-1', ['198.18.0.1'], 'acme'],
+      ['sb-2', ['198.18.0.2', '2001:db8::2'], null],
+    ]);
+    expect(cp.orgRecord('acme')).toEqual({ id: 'acme', tier: 3, network: null });
+    expect(cp.store.policyOf('sb-1')!.decide({ name: 'api.example.test', ip: '198.18.1.1', port: 443 }).verdict).toBe('allow');
+    cp.close();
+    expect(readFileSync(path).subarray(0, 15).toString()).toBe('SQLite format 3');
+    expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe(text);
+    expect(files()).toEqual(['state.json', 'state.json.v1.json']);
+    // The second start reads the database; the kept file is not read again.
+    writeFileSync(`${path}.v1.json`, 'changed after the conversion');
+    const again = await load();
+    expect(again.sandboxes().map((s) => s.id)).toEqual(['sb-1', 'sb-2']);
+    expect(again.orgRecord('beta')?.network).toEqual({ mode: 'allow-all' });
+  });
+
+  it('finishes a conversion interrupted after the old file was renamed away', async () => {
+    writeFileSync(path, JSON.stringify(V1));
+    (await load()).close();
+    // Recreate the instant between the two renames: the database under its temporary name.
+    renameSync(path, `${path}.migrating`);
+    expect(existsSync(path)).toBe(false);
+    const cp = await load();
+    expect(cp.sandboxes().map((s) => s.id)).toEqual(['sb-1', 'sb-2']);
+    expect(files().filter((f) => !f.endsWith('-wal') && !f.endsWith('-shm'))).toEqual(['state.json', 'state.json.v1.json']);
+  });
+
+  it('keeps an earlier kept file: a second conversion gets a time-stamped name', async () => {
+    writeFileSync(`${path}.v1.json`, 'an earlier one');
+    writeFileSync(path, JSON.stringify(V1));
+    (await load()).close();
+    expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe('an earlier one');
+    expect(files().filter((f) => /^state\.json\.v1\..+\.json$/.test(f))).toHaveLength(1);
+  });
+});
+
+describe('the SQLite state', () => {
+  const dbPath = (): string => join(dir, 'state.db');
+
+  it('starts empty when absent, keeps every change with a revision that is never reused, and survives a reopen', async () => {
+    const cp = await load(dbPath());
+    expect(files()).toContain('state.db');
+    expect((await cp.putOrg('acme', { tier: 2 })).ok).toBe(true);
+    expect((await cp.putSandbox('sb-1', { sources: ['198.18.0.1'], org: 'acme', network: { mode: 'allow-all' } })).ok).toBe(true);
+    const r1 = cp.revisionOf('sandbox', 'sb-1')!;
+    expect(r1).toBeGreaterThan(cp.revisionOf('org', 'acme')!);
+    expect((await cp.putSandbox('sb-1', { sources: ['198.18.0.1'], network: { mode: 'block-all' } })).ok).toBe(true);
+    const r2 = cp.revisionOf('sandbox', 'sb-1')!;
+    expect(r2).toBeGreaterThan(r1);
+    expect((await cp.deleteSandbox('sb-1')).ok).toBe(true);
+    expect(cp.revisionOf('sandbox', 'sb-1')).toBeUndefined();
+    expect((await cp.putSandbox('sb-1', { sources: ['198.18.0.9'] })).ok).toBe(true);
+    const r3 = cp.revisionOf('sandbox', 'sb-1')!;
+    expect(r3).toBeGreaterThan(r2 + 1);
+    expect((await cp.putSandbox('sb-2', { sources: ['198.18.0.2'], org: 'acme' })).ok).toBe(true);
+    cp.close();
+    expect(files()).toEqual(['state.db']);
+    const back = await load(dbPath());
+    expect(back.sandboxes().map((s) => [s.id, s.sources, s.org])).toEqual([
+      ['sb-1', ['198.18.0.9'], null],
+      ['sb-2', ['198.18.0.2'], 'acme'],
+    ]);
+    expect(back.revisionOf('sandbox', 'sb-1')).toBe(r3);
+    expect(back.orgRecord('acme')).toEqual({ id: 'acme', tier: 2, network: null });
+  });
+
+  /** Makes a database with two good sandboxes, then lets `damage` change it behind egressd's back. */
+  async function damaged(damage: (db: DatabaseSync) => void): Promise<StateInvalidError> {
+    const cp = await load(dbPath());
+    await cp.putSandbox('sb-1', { sources: ['198.18.0.1'] });
+    await cp.putSandbox('sb-2', { sources: ['198.18.0.2'] });
+    cp.close();
+    const db = new DatabaseSync(dbPath());
+    damage(db);
+    db.close();
+    const before = readFileSync(dbPath());
+    const e = await refused(dbPath());
+    open.splice(0).forEach((c) => c.close());
+    // Nothing written: the database is byte for byte what it was, both rows still in it.
+    expect(readFileSync(dbPath()).equals(before)).toBe(true);
+    const check = new DatabaseSync(dbPath(), { readOnly: true });
+    expect(check.prepare("SELECT count(*) AS n FROM entries WHERE kind = 'sandbox'").get()?.['n']).toBe(2);
+    check.close();
+    return e;
+  }
+
+  it('an entry with an unknown mode', async () => {
+    const e = await damaged((db) => db.prepare("UPDATE entries SET body = ? WHERE id = 'sb-2'").run(JSON.stringify({ sources: ['198.18.0.2'], network: { mode: 'wide-open' } })));
+    expect(e.issues).toEqual([expect.objectContaining({ entry: 'sandbox "sb-2"', field: 'network.mode' })]);
+  });
+
+  it('an entry whose body is null', async () => {
+    const e = await damaged((db) => db.prepare("UPDATE entries SET body = 'null' WHERE id = 'sb-1'").run());
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: 'Expected an object, got "null"' }]);
+  });
+
+  it('an entry whose body is {}', async () => {
+    const e = await damaged((db) => db.prepare("UPDATE entries SET body = '{}' WHERE id = 'sb-1'").run());
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: 'sources', reason: expect.stringContaining('Expected a list') }]);
+  });
+
+  it('an entry whose body is garbage', async () => {
+    const e = await damaged((db) => db.prepare("UPDATE entries SET body = '{\"sources\": [' WHERE id = 'sb-1'").run());
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringContaining('not valid JSON') }]);
+  });
+
+  it('a database of another schema', async () => {
+    const e = await damaged((db) => db.exec("UPDATE meta SET value = 99 WHERE key = 'schema'"));
+    expect(e.issues[0]!.reason).toMatch(/Unknown state schema "99"/);
+  });
+
+  it('a truncated database', async () => {
+    const cp = await load(dbPath());
+    for (let i = 0; i < 300; i++) await cp.putSandbox(`sb-${i}`, { sources: [`198.18.${i >> 8}.${i & 255}`], network: { mode: 'block-all', egress: { allowed_domains: [`n${i}.example.test`] } } });
+    cp.close();
+    const whole = readFileSync(dbPath());
+    expect(whole.length).toBeGreaterThan(3 * 4096);
+    const cut = whole.subarray(0, Math.floor(whole.length / 2 / 4096) * 4096 + 100);
+    writeFileSync(dbPath(), cut);
+    const e = await refused(dbPath());
+    expect(e.issues[0]!.reason).toMatch(/damaged|malformed|truncated/i);
+    expect(readFileSync(dbPath()).equals(cut)).toBe(true);
+  });
+
+  it('garbage after the SQLite header', async () => {
+    writeFileSync(dbPath(), Buffer.concat([Buffer.from('SQLite format 3\0'), Buffer.alloc(5000, 0x41)]));
+    const e = await refused(dbPath());
+    expect(e.issues[0]!.reason).toMatch(/Cannot (open|read) the database/);
+  });
+
+  it('a WAL without its database', async () => {
+    writeFileSync(`${dbPath()}-wal`, 'orphan');
+    const e = await refused(dbPath());
+    expect(e.issues[0]!.reason).toMatch(/state\.db-wal/);
+    expect(files()).toEqual(['state.db-wal']);
+  });
+});
