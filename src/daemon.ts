@@ -16,6 +16,7 @@ import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
+import { verdict } from './policy/verdict.ts';
 import { ControlPlane, type ChangeEvent, type SandboxRecord, type WriteFailureEvent } from './control/control-plane.ts';
 import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
@@ -250,7 +251,7 @@ export class Daemon {
     let closed = 0;
     for (const c of this.registry) {
       if (c.facts === null) continue;
-      const d = this.store.lookup(c.outcome.source).decide(c.facts);
+      const d = verdict(this.store.lookup(c.outcome.source), c.facts);
       if (d.verdict === 'refuse') {
         this.registry.close(c, 'policy-changed');
         closed++;

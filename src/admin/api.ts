@@ -10,6 +10,7 @@ import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { renderNetwork, type NetworkView } from '../policy/render.ts';
+import { verdict } from '../policy/verdict.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
 import { StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
@@ -182,7 +183,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         if (!n.ok) throw new ApiError(400, 'invalid_request', n.reason, 'host');
         if ('name' in n) name = n.name;
       }
-      const d = policy.decide({ name, ip, port });
+      const d = verdict(policy, { name, ip, port });
       sendJson(res, 200, { sandbox, host: name, ip, port, verdict: d.verdict, reason: d.reason, rule: d.rule });
     }),
   });

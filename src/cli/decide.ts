@@ -17,6 +17,7 @@ import { normalizeName } from '../match/names.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
 import { validateCidr } from '../policy/validate.ts';
+import { verdict } from '../policy/verdict.ts';
 import type { CommandResult } from './inspect.ts';
 
 export interface DecideArgs {
@@ -84,7 +85,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
   );
   store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value });
-  const d = store.policyOf(SANDBOX_ID)!.decide({ name, ip, port: Number(args.port) });
+  const d = verdict(store.policyOf(SANDBOX_ID)!, { name, ip, port: Number(args.port) });
   return {
     code: d.verdict === 'allow' ? 0 : 1,
     stdout: `${JSON.stringify({ verdict: d.verdict, reason: d.reason, rule: d.rule })}\n`,

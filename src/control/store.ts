@@ -1,26 +1,17 @@
-// The live table of sandboxes and organizations: which policy applies to a connection, found
-// by its source address. Policies are compiled here, once per change; a lookup on the hot path
-// is one Map get, and a decision is the organization's layer then the sandbox's.
+// The live table of sandboxes and organizations: which compiled policies apply to a connection,
+// found by its source address. Layers are compiled here, once per change; a lookup on the hot
+// path is one Map get and returns plain data, which policy/verdict.ts judges.
 
-import type { DialectResult, Side } from '../policy/model.ts';
-import { compilePolicy, type CompiledPolicy } from '../policy/compile.ts';
-import { decide, type Decision, type Facts } from '../policy/decide.ts';
-import { compileProtected, type HostGuard, type ProtectedSet } from '../match/protected.ts';
+import type { DialectResult } from '../policy/model.ts';
+import { compileLayer, tierNetwork, type CompiledLayer, type LayerSettings, type PolicyChain, type Tier } from '../policy/verdict.ts';
+import { compileProtected, type HostGuard, type ProtectedRanges } from '../match/protected.ts';
 
-/** What the data path needs of a sandbox's policy. */
-export interface SandboxPolicy {
-  /** The sandbox id, or null for a source that belongs to no sandbox (the default policy). */
-  readonly id: string | null;
-  decide(facts: Facts): Decision;
-  /**
-   * Whether a name could change the verdict made without one. False lets the tcp listener
-   * decide by address and port alone, so server-first protocols are not delayed.
-   */
-  nameMatters(facts: Facts): boolean;
-}
+export type { Tier } from '../policy/verdict.ts';
 
+/** Finds the policies that apply to a connection, by its source address. */
 export interface PolicyLookup {
-  lookup(source: string): SandboxPolicy;
+  /** The chain in force now; ask again at every stage so a change reaches the connection. */
+  lookup(source: string): PolicyChain;
 }
 
 export interface SandboxDefinition {
@@ -30,8 +21,6 @@ export interface SandboxDefinition {
   readonly org: string | null;
   readonly network: DialectResult;
 }
-
-export type Tier = 1 | 2 | 3 | 4;
 
 export interface OrgDefinition {
   readonly id: string;
@@ -49,96 +38,33 @@ export interface StoreSettings {
   readonly dnsServers: readonly string[];
 }
 
-const EMPTY: Side = { domains: [], cidrs: [], ports: [] };
-
-/** One compiled policy plus the two platform behaviours beside it. */
-class Layer {
-  readonly main: CompiledPolicy;
-  readonly dns: CompiledPolicy | null;
-  readonly hasDomains: boolean;
-  constructor(r: DialectResult, s: StoreSettings, protectedSet: ProtectedSet) {
-    let policy = r.policy;
-    if (r.essentialServices && s.catalog.length > 0) {
-      policy = { ...policy, allow: { ...policy.allow, domains: [...policy.allow.domains, ...s.catalog] } };
-    }
-    this.main = compilePolicy(policy, protectedSet);
-    // The DNS servers are allowed on port 53 only: a rule of its own, since one allow side
-    // cannot say "these addresses on this port" beside the policy's other rules.
-    this.dns =
-      r.dnsServersAllowed && s.dnsServers.length > 0
-        ? compilePolicy({ mode: 'block-all', allow: { domains: [], cidrs: [...s.dnsServers], ports: [{ from: 53, to: 53 }] }, deny: EMPTY }, protectedSet)
-        : null;
-    this.hasDomains = policy.allow.domains.length > 0 || policy.deny.domains.length > 0;
-  }
-  decide(f: Facts): Decision {
-    if (this.dns) {
-      const d = decide(this.dns, f);
-      if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
-    }
-    return decide(this.main, f);
-  }
-}
-
-const tierResult = (tier: Tier): DialectResult =>
-  tier <= 2
-    ? { dialect: 'daytona', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: true, dnsServersAllowed: false }
-    : { dialect: 'daytona', policy: { mode: 'allow-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false };
-
-class Effective implements SandboxPolicy {
-  readonly id: string | null;
-  readonly #sandbox: Layer;
-  readonly #orgId: string | null;
-  readonly #orgs: ReadonlyMap<string, { layer: Layer }>;
-  constructor(id: string | null, sandbox: Layer, orgId: string | null, orgs: ReadonlyMap<string, { layer: Layer }>) {
-    this.id = id;
-    this.#sandbox = sandbox;
-    this.#orgId = orgId;
-    this.#orgs = orgs;
-  }
-  #org(): Layer | null | undefined {
-    return this.#orgId === null ? null : this.#orgs.get(this.#orgId)?.layer;
-  }
-  /**
-   * The organization allows AND the sandbox allows: a sandbox narrows its org, never widens
-   * it. A sandbox whose organization is unknown is refused everything (fail closed).
-   */
-  decide(f: Facts): Decision {
-    const org = this.#org();
-    if (org === null) return this.#sandbox.decide(f);
-    if (org === undefined) return { verdict: 'refuse', reason: 'default-block', rule: `org ${this.#orgId}: unknown organization`, matchedBy: 'mode' };
-    const o = org.decide(f);
-    if (o.verdict === 'refuse') return { ...o, rule: `org ${this.#orgId}: ${o.rule ?? o.reason}` };
-    const s = this.#sandbox.decide(f);
-    // When the org allowed by name, the name still has to be resolved and checked.
-    return s.verdict === 'allow' && o.matchedBy === 'name' && s.matchedBy !== 'name' ? { ...s, matchedBy: 'name' } : s;
-  }
-  nameMatters(f: Facts): boolean {
-    const org = this.#org();
-    if (!this.#sandbox.hasDomains && !(org?.hasDomains ?? false)) return false;
-    const d = this.decide({ ...f, name: null });
-    // A protected address stays refused and an address/port allow stays allowed whatever
-    // name comes: steps (1) and (2) of decide do not look at the name.
-    return !(d.reason === 'protected-address' || (d.verdict === 'allow' && d.reason === 'allow-rule' && this.#org() === null));
-  }
+interface SandboxEntry {
+  readonly def: SandboxDefinition;
+  readonly layer: CompiledLayer;
+  chain: PolicyChain;
 }
 
 export class PolicyStore implements PolicyLookup {
   readonly #settings: StoreSettings;
-  readonly #protected: ProtectedSet;
-  #default: Effective;
-  readonly #bySource = new Map<string, Effective>();
-  readonly #sandboxes = new Map<string, { def: SandboxDefinition; effective: Effective }>();
-  readonly #orgs = new Map<string, { def: OrgDefinition; layer: Layer }>();
+  readonly #layerSettings: LayerSettings;
+  #default: PolicyChain;
+  readonly #bySource = new Map<string, SandboxEntry>();
+  readonly #sandboxes = new Map<string, SandboxEntry>();
+  readonly #orgs = new Map<string, { def: OrgDefinition; layer: CompiledLayer }>();
   #version = 0;
 
   constructor(settings: StoreSettings, defaultNetwork: DialectResult) {
     this.#settings = settings;
-    this.#protected = compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except], host: settings.host ?? null });
-    this.#default = this.#effective(null, null, defaultNetwork);
+    this.#layerSettings = {
+      protectedRanges: compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except], host: settings.host ?? null }),
+      catalog: settings.catalog,
+      dnsServers: settings.dnsServers,
+    };
+    this.#default = Object.freeze({ sandbox: null, org: null, layer: compileLayer(defaultNetwork, this.#layerSettings) });
   }
 
-  get protectedSet(): ProtectedSet {
-    return this.#protected;
+  get protectedRanges(): ProtectedRanges {
+    return this.#layerSettings.protectedRanges;
   }
 
   get settings(): StoreSettings {
@@ -156,12 +82,12 @@ export class PolicyStore implements PolicyLookup {
 
   /** Replaces the policy for sources that belong to no sandbox (a config reload). */
   setDefault(network: DialectResult): void {
-    this.#default = this.#effective(null, null, network);
+    this.#default = Object.freeze({ sandbox: null, org: null, layer: compileLayer(network, this.#layerSettings) });
     this.#version++;
   }
 
-  lookup(source: string): SandboxPolicy {
-    return this.#bySource.get(source) ?? this.#default;
+  lookup(source: string): PolicyChain {
+    return this.#bySource.get(source)?.chain ?? this.#default;
   }
 
   sandbox(id: string): SandboxDefinition | undefined {
@@ -180,47 +106,58 @@ export class PolicyStore implements PolicyLookup {
     return [...this.#orgs.values()].map((o) => o.def);
   }
 
-  /** The policy that applies to a sandbox (for `check` and `effective`). */
-  policyOf(id: string): SandboxPolicy | undefined {
-    return this.#sandboxes.get(id)?.effective;
+  /** The chain that applies to a sandbox (for `check` and `effective`). */
+  policyOf(id: string): PolicyChain | undefined {
+    return this.#sandboxes.get(id)?.chain;
   }
 
   /** The sandbox that owns a source address, if any. */
   ownerOf(source: string): string | null {
-    return this.#bySource.get(source)?.id ?? null;
+    return this.#bySource.get(source)?.def.id ?? null;
   }
 
-  #effective(id: string | null, org: string | null, network: DialectResult): Effective {
-    return new Effective(id, new Layer(network, this.#settings, this.#protected), org, this.#orgs);
+  #chain(def: SandboxDefinition, layer: CompiledLayer): PolicyChain {
+    const org = def.org === null ? null : { id: def.org, layer: this.#orgs.get(def.org)?.layer ?? null };
+    return Object.freeze({ sandbox: def.id, org, layer });
+  }
+
+  /** Rebuilds the chains of the sandboxes in one organization after it changed. */
+  #relink(orgId: string): void {
+    for (const e of this.#sandboxes.values()) if (e.def.org === orgId) e.chain = this.#chain(e.def, e.layer);
   }
 
   /** Creates or replaces a sandbox. The caller has checked that its sources are free. */
   putSandbox(def: SandboxDefinition): void {
-    const effective = this.#effective(def.id, def.org, def.network);
+    const layer = compileLayer(def.network, this.#layerSettings);
+    const entry: SandboxEntry = { def, layer, chain: this.#chain(def, layer) };
     this.removeSandbox(def.id);
-    this.#sandboxes.set(def.id, { def, effective });
-    for (const s of def.sources) this.#bySource.set(s, effective);
+    this.#sandboxes.set(def.id, entry);
+    for (const s of def.sources) this.#bySource.set(s, entry);
     this.#version++;
   }
 
   removeSandbox(id: string): boolean {
     const old = this.#sandboxes.get(id);
     if (!old) return false;
-    for (const s of old.def.sources) if (this.#bySource.get(s) === old.effective) this.#bySource.delete(s);
+    for (const s of old.def.sources) if (this.#bySource.get(s) === old) this.#bySource.delete(s);
     this.#sandboxes.delete(id);
     this.#version++;
     return true;
   }
 
   putOrg(def: OrgDefinition): void {
-    const result = def.network ?? tierResult(def.tier ?? 4);
-    this.#orgs.set(def.id, { def, layer: new Layer(result, this.#settings, this.#protected) });
+    const result = def.network ?? tierNetwork(def.tier ?? 4);
+    this.#orgs.set(def.id, { def, layer: compileLayer(result, this.#layerSettings) });
+    this.#relink(def.id);
     this.#version++;
   }
 
   removeOrg(id: string): boolean {
     const had = this.#orgs.delete(id);
-    if (had) this.#version++;
+    if (had) {
+      this.#relink(id);
+      this.#version++;
+    }
     return had;
   }
 }

@@ -21,18 +21,6 @@ export interface HostGuard {
   refuses(family: IpFamily, words: Uint32Array, port: number): string | null;
 }
 
-export interface ProtectedSet {
-  /** The protected range containing `ip` (canonical CIDR text), or null. */
-  lookup(ip: string): string | null;
-  /** The `protected.extra` range containing `ip`, which no policy unlocks, or null. */
-  lookupLocked(ip: string): string | null;
-  /** The host guard, when the set belongs to a running daemon. */
-  readonly host: HostGuard | null;
-  /** Whether every address of `cidr` is protected: the condition for it to unlock them. */
-  coversWholly(cidr: string): boolean;
-  readonly ranges: readonly string[];
-}
-
 /** Built-in protected ranges, each with the registry entry or source it comes from. */
 export const PROTECTED_RANGES: readonly { readonly cidr: string; readonly why: string }[] = Object.freeze([
   // IANA IPv4 Special-Purpose Address Registry (RFC 6890 §2.2.2 and later entries).
@@ -92,7 +80,7 @@ interface Interval {
 }
 
 /** The compiled protected set; decide uses its word-level methods to avoid re-parsing. */
-export class ProtectedRanges implements ProtectedSet {
+export class ProtectedRanges {
   readonly ranges: readonly string[];
   readonly host: HostGuard | null;
   readonly #tries: { 4: CidrTrie; 6: CidrTrie };
@@ -144,6 +132,7 @@ export class ProtectedRanges implements ProtectedSet {
     this.#covered = { 4: subtract(merge(covering[4]), merge(exceptIntervals[4])), 6: subtract(merge(covering[6]), merge(exceptIntervals[6])) };
   }
 
+  /** The protected range containing `ip` (canonical CIDR text), or null. */
   lookup(ip: string): string | null {
     return this.#lookupText(ip, (f, w) => this.lookupWords(f, w));
   }
@@ -178,6 +167,7 @@ export class ProtectedRanges implements ProtectedSet {
     return this.#locked[family].longest(words);
   }
 
+  /** Whether every address of `cidr` is protected: the condition for it to unlock them. */
   coversWholly(cidr: string): boolean {
     const r = parseCidr(typeof cidr === 'string' ? cidr : '');
     return r.ok && this.coversBlock(r.block);
@@ -243,18 +233,13 @@ function subtract(from: Interval[], cut: Interval[]): Interval[] {
  * CIDR text already checked by validateCidr; an entry that does not parse is a programming
  * error and throws.
  */
-export function compileProtected(opts: ProtectedOptions): ProtectedSet {
-  return compileProtectedRanges(opts);
-}
-
 export interface ProtectedOptions {
   readonly extra?: readonly string[];
   readonly except?: readonly string[];
   readonly host?: HostGuard | null;
 }
 
-/** compileProtected with its concrete type, for code that wants the word-level methods. */
-export function compileProtectedRanges(opts: ProtectedOptions): ProtectedRanges {
+export function compileProtected(opts: ProtectedOptions): ProtectedRanges {
   const block = (text: string): CidrBlock => {
     const r = parseCidr(text);
     if (!r.ok) throw new TypeError(`Protected range: ${r.reason}`);

@@ -18,7 +18,8 @@ import type { NameResolver } from './resolve.ts';
 import { dial } from './dial.ts';
 import { splice } from './splice.ts';
 import { refuseHttp, refuseTcp, refuseTls, dropSilently } from './refuse.ts';
-import type { SandboxPolicy, PolicyLookup } from '../control/store.ts';
+import type { PolicyLookup } from '../control/store.ts';
+import { nameMatters, verdict } from '../policy/verdict.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
 
 export interface PipelineDeps {
@@ -58,7 +59,7 @@ export async function handleConnection(socket: Socket, listener: ListenerKind, d
     startedAt,
     durationMs: 0,
   };
-  const live: LiveConnection = deps.registry.add({ outcome: o, abort: new AbortController(), facts: null, policy: null });
+  const live: LiveConnection = deps.registry.add({ outcome: o, abort: new AbortController(), facts: null });
   const finish = (): void => {
     o.durationMs = Date.now() - startedAt;
     deps.registry.remove(live);
@@ -94,8 +95,9 @@ async function run(
   o.destination = od.address;
   o.destinationPort = od.port;
 
-  const sandbox: SandboxPolicy = deps.policies.lookup(o.source);
-  o.sandbox = sandbox.id;
+  // The chain is looked up again at every stage below (peek, resolve, dial): a policy change
+  // made while this connection waits reaches it before any byte goes upstream.
+  o.sandbox = deps.policies.lookup(o.source).sandbox;
   const ip = od.address;
   const port = od.port;
 
@@ -107,7 +109,7 @@ async function run(
     peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: MAX_HELLO_BYTES });
   } else if (listener === 'http') {
     peek = await peekSocket(socket, httpStepper(), { deadline, maxBytes: MAX_HELLO_BYTES });
-  } else if (sandbox.nameMatters({ name: null, ip, port })) {
+  } else if (nameMatters(deps.policies.lookup(o.source), { ip, port })) {
     peek = await peekSocket(socket, anyStepper(), {
       deadline,
       maxBytes: MAX_HELLO_BYTES,
@@ -171,9 +173,8 @@ async function run(
   }
 
   const facts = { name: o.name, ip, port };
-  const decision = sandbox.decide(facts);
+  const decision = verdict(deps.policies.lookup(o.source), facts);
   live.facts = facts;
-  live.policy = sandbox;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
   o.verdict = 'allow';
   o.reason = decision.reason as OutcomeReason;
@@ -186,7 +187,7 @@ async function run(
     original: ip,
     port,
     resolver: deps.resolver,
-    allows: (addr) => sandbox.decide({ name: o.name, ip: addr, port }).verdict === 'allow',
+    allows: (addr) => verdict(deps.policies.lookup(o.source), { name: o.name, ip: addr, port }).verdict === 'allow',
   });
   if (!target.ok) {
     o.end = target.detail;
@@ -210,7 +211,6 @@ async function run(
     return;
   }
   o.connectMs = d.connectMs;
-  live.upstream = d.socket;
   const s = await splice(socket, d.socket, {
     initial,
     idleTimeoutMs: config.upstream.idleTimeoutMs,

@@ -1,9 +1,7 @@
 // Live connections, so that shutdown can drain them and a policy change can re-judge them.
 
-import type { Socket } from 'node:net';
 import type { ConnectionOutcome, OutcomeReason } from './outcome.ts';
 import type { Facts } from '../policy/decide.ts';
-import type { SandboxPolicy } from '../control/store.ts';
 
 export interface LiveConnection {
   readonly outcome: ConnectionOutcome;
@@ -11,8 +9,6 @@ export interface LiveConnection {
   readonly abort: AbortController;
   /** What the verdict was made on; null until the decision. */
   facts: Facts | null;
-  policy: SandboxPolicy | null;
-  upstream?: Socket;
   closeReason?: Extract<OutcomeReason, 'policy-changed' | 'shutdown'>;
 }
 

@@ -7,7 +7,7 @@ import { CidrTrie } from '../match/cidr-trie.ts';
 import { DomainTrie } from '../match/domain-trie.ts';
 import { parseCidr, type IpFamily } from '../match/ip.ts';
 import type { Policy, PortRange, Side } from './model.ts';
-import { asIPv4IfMapped, ProtectedRanges, type ProtectedSet } from '../match/protected.ts';
+import { asIPv4IfMapped, type ProtectedRanges } from '../match/protected.ts';
 
 /** Destination ports as sorted, disjoint segments, each labelled with one range holding it. */
 export class PortTable {
@@ -78,7 +78,7 @@ export class CompiledSide {
   readonly #cidrRules: (string | undefined)[];
   readonly #portRules: (string | undefined)[];
 
-  constructor(side: Side, name: SideName, protectedSet: ProtectedSet | null) {
+  constructor(side: Side, name: SideName, protectedSet: ProtectedRanges | null) {
     this.side = side;
     this.name = name;
     this.hasHosts = side.domains.length > 0 || side.cidrs.length > 0;
@@ -98,7 +98,6 @@ export class CompiledSide {
     let v4: CidrTrie | null = null;
     let v6: CidrTrie | null = null;
     const unlocks = protectedSet !== null && side.cidrs.length > 0 ? new Uint8Array(side.cidrs.length) : null;
-    const fast = protectedSet instanceof ProtectedRanges ? protectedSet : null;
     side.cidrs.forEach((text, i) => {
       const r = parseCidr(text);
       // The model holds validated CIDRs (validate.ts); one that is not is a programming error.
@@ -106,7 +105,7 @@ export class CompiledSide {
       const b = asIPv4IfMapped(r.block);
       if (b.family === 4) (v4 ??= new CidrTrie(4)).insert(b.words, b.prefix, i);
       else (v6 ??= new CidrTrie(6)).insert(b.words, b.prefix, i);
-      if (unlocks !== null) unlocks[i] = (fast !== null ? fast.coversBlock(b) : protectedSet!.coversWholly(text)) ? 1 : 0;
+      if (unlocks !== null) unlocks[i] = protectedSet!.coversBlock(b) ? 1 : 0;
     });
     this.#v4 = v4;
     this.#v6 = v6;
@@ -147,7 +146,7 @@ export class CompiledSide {
 
 export interface CompiledPolicy {
   readonly policy: Policy;
-  readonly protectedSet: ProtectedSet;
+  readonly protectedSet: ProtectedRanges;
   readonly allow: CompiledSide;
   readonly deny: CompiledSide;
 }
@@ -156,7 +155,7 @@ export interface CompiledPolicy {
  * Compiles a validated policy (every entry normalized, see model.ts) against the protected
  * set in force. The result is immutable; compile again when either changes.
  */
-export function compilePolicy(policy: Policy, protectedSet: ProtectedSet): CompiledPolicy {
+export function compilePolicy(policy: Policy, protectedSet: ProtectedRanges): CompiledPolicy {
   return Object.freeze({
     policy,
     protectedSet,

@@ -4,7 +4,6 @@
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import { isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
-import { ProtectedRanges } from '../match/protected.ts';
 
 export interface Facts {
   /** The name the client sent (SNI, Host), normalized by names.ts, or null when there is none. */
@@ -27,6 +26,15 @@ export interface Decision {
    * nothing about the address (SNI spoofing).
    */
   readonly matchedBy: 'name' | 'address' | 'port' | 'mode' | 'protected';
+}
+
+/**
+ * Filled in by decide() when asked: whether the evaluation reached a step that reads the name
+ * (a domain rule of either side). When it did not, no name can change the verdict — the
+ * verdict module derives "does a name matter here" from this instead of restating the order.
+ */
+export interface DecideTrace {
+  nameConsulted: boolean;
 }
 
 const ALLOW_ALL: Decision = Object.freeze({ verdict: 'allow', reason: 'default-allow', rule: 'mode "allow-all"', matchedBy: 'mode' });
@@ -61,7 +69,7 @@ const words = new Uint32Array(4);
  * without a name is judged by address and port alone. An IPv4-mapped IPv6 address
  * (::ffff:a.b.c.d) is judged as its IPv4 address throughout.
  */
-export function decide(p: CompiledPolicy, f: Facts): Decision {
+export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decision {
   let family: 0 | IpFamily = parseIpInto(typeof f.ip === 'string' ? f.ip : '', words);
   if (family === 0) return { verdict: 'refuse', reason: 'protected-address', rule: `address ${quote(f.ip)} is not an IP address`, matchedBy: 'protected' };
   if (family === 6 && isIPv4Mapped(words)) {
@@ -82,21 +90,19 @@ export function decide(p: CompiledPolicy, f: Facts): Decision {
   const set = p.protectedSet;
   const host = set.host?.refuses(family, words, port) ?? null;
   if (host !== null) return { verdict: 'refuse', reason: 'protected-address', rule: host, matchedBy: 'protected' };
-  const fast = set instanceof ProtectedRanges ? set : null;
-  const locked = fast !== null ? fast.lockedWords(family, words) : -2;
-  const lockedRange = locked >= 0 ? set.ranges[locked]! : locked === -2 ? set.lookupLocked(f.ip) : null;
-  if (lockedRange !== null) {
-    return { verdict: 'refuse', reason: 'protected-address', rule: `protected.extra ${JSON.stringify(lockedRange)}`, matchedBy: 'protected' };
+  const locked = set.lockedWords(family, words);
+  if (locked >= 0) {
+    return { verdict: 'refuse', reason: 'protected-address', rule: `protected.extra ${JSON.stringify(set.ranges[locked])}`, matchedBy: 'protected' };
   }
   const cidr = allow.cidrIndex(family, words);
-  const prot = fast !== null ? fast.lookupWords(family, words) : -2;
-  const range = prot >= 0 ? set.ranges[prot]! : prot === -2 ? set.lookup(f.ip) : null;
-  if (range !== null && !(cidr >= 0 && allow.unlocks(cidr))) {
-    return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(range)}`, matchedBy: 'protected' };
+  const prot = set.lookupWords(family, words);
+  if (prot >= 0 && !(cidr >= 0 && allow.unlocks(cidr))) {
+    return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(set.ranges[prot])}`, matchedBy: 'protected' };
   }
 
   // (2) The allow side.
   if (!allow.empty) {
+    if (trace !== undefined && cidr < 0 && allow.hasHosts && allow.domains !== null) trace.nameConsulted = true;
     const d = allowMatch(allow, cidr, name, port);
     if (d !== null) return d;
   }
@@ -104,6 +110,7 @@ export function decide(p: CompiledPolicy, f: Facts): Decision {
   // (3) The deny side.
   const deny = p.deny;
   if (!deny.empty) {
+    if (trace !== undefined && deny.domains !== null) trace.nameConsulted = true;
     if (name !== null && deny.domains !== null) {
       const i = deny.domains.match(name);
       if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.domainRule(i), matchedBy: 'name' };

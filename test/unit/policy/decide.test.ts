@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
 import { decide, type Decision, type Facts } from '../../../src/policy/decide.ts';
 import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
-import { compileProtected, type ProtectedSet } from '../../../src/match/protected.ts';
+import { compileProtected, type ProtectedRanges } from '../../../src/match/protected.ts';
 import { HostAddresses } from '../../../src/net/host-addresses.ts';
 
 function iface(address: string) {
@@ -22,7 +22,7 @@ const side = (s: SideIn = {}): Side => ({
   cidrs: s.cidrs ?? [],
   ports: (s.ports ?? []).map((p): PortRange => (typeof p === 'number' ? { from: p, to: p } : { from: p[0], to: p[1] })),
 });
-const compiled = (mode: Mode, allow: SideIn = {}, deny: SideIn = {}, protectedSet: ProtectedSet = P) =>
+const compiled = (mode: Mode, allow: SideIn = {}, deny: SideIn = {}, protectedSet: ProtectedRanges = P) =>
   compilePolicy({ mode, allow: side(allow), deny: side(deny) }, protectedSet);
 const facts = (ip: string, port = 443, name: string | null = null): Facts => ({ name, ip, port });
 
@@ -92,20 +92,6 @@ describe('decide (1): protected addresses', () => {
     for (const ip of ['', 'localhost', '127.1', '010.0.0.1', '[::1]', 'fe80::1%eth0']) {
       expect(decide(compiled('allow-all'), facts(ip))).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
     }
-  });
-
-  it('works with a protected set of another implementation, through its string methods', () => {
-    const fake: ProtectedSet = {
-      lookup: (ip) => (ip === '9.9.9.9' ? '9.9.9.9/32' : null),
-      lookupLocked: (ip) => (ip === '9.9.9.10' ? '9.9.9.10/32' : null),
-      coversWholly: (c) => c === '9.9.9.9/32',
-      ranges: ['9.9.9.9/32', '9.9.9.10/32'],
-      host: null,
-    };
-    expect(decide(compiled('allow-all', {}, {}, fake), facts('9.9.9.9')).rule).toBe('protected "9.9.9.9/32"');
-    expect(decide(compiled('allow-all', {}, {}, fake), facts('10.0.0.1')).verdict).toBe('allow');
-    expect(decide(compiled('block-all', { cidrs: ['9.9.9.9/32'] }, {}, fake), facts('9.9.9.9')).verdict).toBe('allow');
-    expect(decide(compiled('block-all', { cidrs: ['9.9.9.10/32'] }, {}, fake), facts('9.9.9.10')).rule).toBe('protected.extra "9.9.9.10/32"');
   });
 });
 

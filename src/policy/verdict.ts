@@ -1,0 +1,147 @@
+// The whole verdict for one connection, as one pure function over compiled data: the
+// organization's layer AND the sandbox's, each with the essential-services catalog and the
+// sandbox DNS servers' port-53 rule beside its policy. The store (control/store.ts) only
+// compiles layers on change and hands out the chain that applies to a source; the data path,
+// the re-judge after a change, the API's `check` and the CLI's `decide` all ask this module.
+
+import type { ProtectedRanges } from '../match/protected.ts';
+import { compilePolicy, type CompiledPolicy } from './compile.ts';
+import { decide, type Decision, type DecideTrace, type Facts } from './decide.ts';
+import { EMPTY_SIDE, type DialectResult } from './model.ts';
+
+export type { Decision, Facts } from './decide.ts';
+
+/** What every layer is compiled against; fixed for the life of a store. */
+export interface LayerSettings {
+  readonly protectedRanges: ProtectedRanges;
+  /** The essential-services catalog's domains, joined to the allow side of layers that have it on. */
+  readonly catalog: readonly string[];
+  /** The sandboxes' DNS servers (addresses), allowed on port 53 when a dialect says so. */
+  readonly dnsServers: readonly string[];
+}
+
+/** One policy (a sandbox's or an organization's) as the verdict evaluates it. Immutable. */
+export interface CompiledLayer {
+  /** The dialect's policy, with the catalog joined to its allow side when the dialect says so. */
+  readonly main: CompiledPolicy;
+  /**
+   * The DNS servers on port 53 only: a policy of its own, since one allow side cannot say
+   * "these addresses on this port" beside the policy's other rules. Null when off.
+   */
+  readonly dns: CompiledPolicy | null;
+}
+
+/** Compiles one dialect result into a layer. Throws TypeError only on unvalidated input. */
+export function compileLayer(r: DialectResult, s: LayerSettings): CompiledLayer {
+  let policy = r.policy;
+  if (r.essentialServices && s.catalog.length > 0) {
+    policy = { ...policy, allow: { ...policy.allow, domains: [...policy.allow.domains, ...s.catalog] } };
+  }
+  const dns =
+    r.dnsServersAllowed && s.dnsServers.length > 0
+      ? compilePolicy(
+          { mode: 'block-all', allow: { domains: [], cidrs: [...s.dnsServers], ports: [{ from: 53, to: 53 }] }, deny: EMPTY_SIDE },
+          s.protectedRanges,
+        )
+      : null;
+  return Object.freeze({ main: compilePolicy(policy, s.protectedRanges), dns });
+}
+
+export type Tier = 1 | 2 | 3 | 4;
+
+/**
+ * An organization's policy when it names a tier and no network body (Daytona's tiers): tiers 1
+ * and 2 are restricted to the essential services, 3 and 4 have full access.
+ */
+export function tierNetwork(tier: Tier): DialectResult {
+  return tier <= 2
+    ? { dialect: 'daytona', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: true, dnsServersAllowed: false }
+    : { dialect: 'daytona', policy: { mode: 'allow-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false };
+}
+
+/**
+ * The layers that apply to one source at one moment, as the store holds them. Plain data: a
+ * connection asks the store for the chain again at every stage, so a change reaches it.
+ */
+export interface PolicyChain {
+  /** The sandbox id, or null for a source that belongs to no sandbox (the default policy). */
+  readonly sandbox: string | null;
+  /** Null when the sandbox names no organization; `layer` null when it names an unknown one. */
+  readonly org: { readonly id: string; readonly layer: CompiledLayer | null } | null;
+  readonly layer: CompiledLayer;
+}
+
+/** Which layer's rule decided: the key a per-rule hit count or a report needs beside `rule`. */
+export type VerdictLayer = 'org' | 'sandbox';
+
+export interface Verdict extends Decision {
+  readonly layer: VerdictLayer;
+}
+
+/**
+ * The verdict for one connection. Evaluation order:
+ *
+ * 1. The organization, when the sandbox names one. An unknown organization refuses
+ *    everything (fail closed, `default-block`, rule `org <id>: unknown organization`). When
+ *    the organization's layer (below) refuses, that is the verdict, its rule prefixed
+ *    `org <id>: `: a sandbox narrows its organization, never widens it.
+ * 2. The sandbox's layer (or the default policy's, for a source that is no sandbox's). When
+ *    the organization allowed by name and the sandbox by address, port or mode, the verdict
+ *    still says `matchedBy: 'name'`, so the data path resolves and checks the name.
+ *
+ * Within one layer:
+ *   a. the DNS servers on port 53, when the layer's dialect allows them (Novita): an allow
+ *      here is final, its rule prefixed `dns servers: `;
+ *   b. the layer's policy, with the catalog joined to its allow side: decide() in decide.ts,
+ *      whose own order is protected addresses, the allow side, the deny side, the mode.
+ *
+ * Facts that do not parse (an address that is not one, a port outside 1-65535) are refused
+ * by the first layer that sees them.
+ *
+ * Extension points, each a step of its own here rather than a second copy of this order:
+ * - operator overlays (always-deny before step 1, always-allow after it) are more layers in
+ *   the chain, evaluated by the same `layerVerdict`; report-only mode is a flag the chain
+ *   carries and the verdict returns beside the decision (the caller still splices);
+ *   per-rule hit counts key on `layer` + `rule` of the returned verdict.
+ * - names resolved through egressd's DNS: `Facts` may grow the names this sandbox resolved
+ *   to the address; a connection with no name of its own is then matched by them at the
+ *   domain steps of decide() (`matchedBy: 'dns'`), and `nameMatters` stays exact because it
+ *   is derived from which steps read the name. "Could this sandbox reach name N on some
+ *   port" is the same chain walked over the domain tries alone.
+ */
+export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): Verdict {
+  const org = chain.org;
+  if (org !== null) {
+    if (org.layer === null) {
+      return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
+    }
+    const o = layerVerdict(org.layer, facts, trace);
+    if (o.verdict === 'refuse') return { ...o, rule: `org ${org.id}: ${o.rule ?? o.reason}`, layer: 'org' };
+    const s = layerVerdict(chain.layer, facts, trace);
+    return {
+      ...s,
+      ...(s.verdict === 'allow' && o.matchedBy === 'name' && s.matchedBy !== 'name' ? { matchedBy: 'name' as const } : {}),
+      layer: 'sandbox',
+    };
+  }
+  return { ...layerVerdict(chain.layer, facts, trace), layer: 'sandbox' };
+}
+
+function layerVerdict(layer: CompiledLayer, facts: Facts, trace: DecideTrace | undefined): Decision {
+  if (layer.dns !== null) {
+    const d = decide(layer.dns, facts, trace);
+    if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
+  }
+  return decide(layer.main, facts, trace);
+}
+
+/**
+ * Whether a name could change the verdict made on address and port alone. False lets the data
+ * path decide at once, so server-first protocols (SSH, SMTP, MySQL) are not delayed. Derived
+ * from the verdict itself: a name can matter only when the evaluation reached a domain rule.
+ */
+export function nameMatters(chain: PolicyChain, at: { readonly ip: string; readonly port: number }): boolean {
+  const trace: DecideTrace = { nameConsulted: false };
+  verdict(chain, { name: null, ip: at.ip, port: at.port }, trace);
+  return trace.nameConsulted;
+}

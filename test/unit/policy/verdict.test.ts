@@ -1,0 +1,182 @@
+import { describe, expect, it } from 'vitest';
+import { compileProtected } from '../../../src/match/protected.ts';
+import type { DialectResult, Policy } from '../../../src/policy/model.ts';
+import {
+  compileLayer,
+  nameMatters,
+  tierNetwork,
+  verdict,
+  type Facts,
+  type LayerSettings,
+  type PolicyChain,
+} from '../../../src/policy/verdict.ts';
+
+const settings: LayerSettings = {
+  protectedRanges: compileProtected({}),
+  catalog: ['registry.npmjs.org', '*.pypi.org'],
+  dnsServers: ['9.9.9.9'],
+};
+const NONE = { domains: [], cidrs: [], ports: [] };
+const net = (policy: Policy, extra: Partial<DialectResult> = {}): DialectResult => ({
+  dialect: 'sandbox0',
+  policy,
+  essentialServices: false,
+  dnsServersAllowed: false,
+  ...extra,
+});
+
+const SANDBOXES = {
+  full: net({ mode: 'allow-all', allow: NONE, deny: NONE }),
+  names: net({ mode: 'block-all', allow: { ...NONE, domains: ['*.allowed.test'] }, deny: NONE }),
+  cidr: net({ mode: 'block-all', allow: { ...NONE, cidrs: ['44.0.0.0/8'] }, deny: NONE }),
+  // Novita: a domain rule turns the DNS servers on port 53 on.
+  namesDns: net({ mode: 'block-all', allow: { ...NONE, domains: ['*.allowed.test'] }, deny: NONE }, { dnsServersAllowed: true }),
+  // Daytona networkAllowList: the catalog joins the allow side.
+  cidrCatalog: net({ mode: 'block-all', allow: { ...NONE, cidrs: ['44.0.0.0/8'] }, deny: NONE }, { essentialServices: true }),
+} as const;
+
+type OrgKind = 'none' | 'unknown' | 'full' | 'essential' | 'denies-other';
+const ORGS: Record<OrgKind, DialectResult | null | 'unknown'> = {
+  none: null,
+  unknown: 'unknown',
+  full: tierNetwork(4),
+  essential: tierNetwork(1),
+  'denies-other': net({ mode: 'allow-all', allow: NONE, deny: { ...NONE, domains: ['other.test'] } }),
+};
+
+const chainOf = (org: OrgKind, sandbox: keyof typeof SANDBOXES): PolicyChain => {
+  const o = ORGS[org];
+  return {
+    sandbox: 'sb',
+    org: o === null ? null : { id: 'acme', layer: o === 'unknown' ? null : compileLayer(o, settings) },
+    layer: compileLayer(SANDBOXES[sandbox], settings),
+  };
+};
+
+// The columns of the table: one connection each.
+const FACTS: readonly Facts[] = [
+  { name: 'pkg.allowed.test', ip: '93.184.216.34', port: 443 }, // a: a name the sandbox allows
+  { name: 'other.test', ip: '93.184.216.34', port: 443 }, // b: another name
+  { name: null, ip: '93.184.216.34', port: 443 }, // c: no name
+  { name: null, ip: '9.9.9.9', port: 53 }, // d: the sandbox DNS server on 53
+  { name: 'registry.npmjs.org', ip: '93.184.216.34', port: 443 }, // e: a catalog name
+  { name: null, ip: '169.254.169.254', port: 80 }, // f: a protected address
+  { name: null, ip: '44.1.2.3', port: 443 }, // g: inside the sandbox's CIDR
+];
+
+// Every organization kind × every sandbox kind: `a` allow, `r` refuse, per column a..g.
+const TABLE: readonly [OrgKind, keyof typeof SANDBOXES, string][] = [
+  ['none', 'full', 'aaaaara'],
+  ['none', 'names', 'arrrrrr'],
+  ['none', 'cidr', 'rrrrrra'],
+  ['none', 'namesDns', 'arrarrr'],
+  ['none', 'cidrCatalog', 'rrrrara'],
+  // An unknown organization fails closed whatever its sandbox says.
+  ['unknown', 'full', 'rrrrrrr'],
+  ['unknown', 'names', 'rrrrrrr'],
+  ['unknown', 'cidr', 'rrrrrrr'],
+  ['unknown', 'namesDns', 'rrrrrrr'],
+  ['unknown', 'cidrCatalog', 'rrrrrrr'],
+  ['full', 'full', 'aaaaara'],
+  ['full', 'names', 'arrrrrr'],
+  ['full', 'cidr', 'rrrrrra'],
+  ['full', 'namesDns', 'arrarrr'],
+  ['full', 'cidrCatalog', 'rrrrara'],
+  // Tier 1: the organization allows the catalog only; the sandbox can narrow, never widen.
+  ['essential', 'full', 'rrrrarr'],
+  ['essential', 'names', 'rrrrrrr'],
+  ['essential', 'cidr', 'rrrrrrr'],
+  ['essential', 'namesDns', 'rrrrrrr'],
+  ['essential', 'cidrCatalog', 'rrrrarr'],
+  ['denies-other', 'full', 'araaara'],
+  ['denies-other', 'names', 'arrrrrr'],
+  ['denies-other', 'cidr', 'rrrrrra'],
+  ['denies-other', 'namesDns', 'arrarrr'],
+  ['denies-other', 'cidrCatalog', 'rrrrara'],
+];
+
+describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () => {
+  it.each(TABLE)('org %s, sandbox %s → %s', (org, sandbox, expected) => {
+    const chain = chainOf(org, sandbox);
+    const got = FACTS.map((f) => (verdict(chain, f).verdict === 'allow' ? 'a' : 'r')).join('');
+    expect(got).toBe(expected);
+  });
+
+  it('covers every organization kind with every sandbox kind', () => {
+    const seen = new Set(TABLE.map(([o, s]) => `${o}/${s}`));
+    for (const o of Object.keys(ORGS)) for (const s of Object.keys(SANDBOXES)) expect(seen.has(`${o}/${s}`)).toBe(true);
+  });
+
+  it('names the unknown organization and the layer that refused', () => {
+    expect(verdict(chainOf('unknown', 'full'), FACTS[0]!)).toEqual({
+      verdict: 'refuse',
+      reason: 'default-block',
+      rule: 'org acme: unknown organization',
+      matchedBy: 'mode',
+      layer: 'org',
+    });
+    expect(verdict(chainOf('denies-other', 'full'), FACTS[1]!)).toMatchObject({
+      verdict: 'refuse',
+      reason: 'deny-rule',
+      rule: 'org acme: denied_domains "other.test"',
+      layer: 'org',
+    });
+    expect(verdict(chainOf('essential', 'cidr'), FACTS[6]!)).toMatchObject({ verdict: 'refuse', rule: 'org acme: mode "block-all"', layer: 'org' });
+    expect(verdict(chainOf('full', 'cidr'), FACTS[2]!)).toMatchObject({ verdict: 'refuse', rule: 'mode "block-all"', layer: 'sandbox' });
+  });
+
+  it('says matchedBy name when the organization allowed by name, so the name is still resolved', () => {
+    expect(verdict(chainOf('essential', 'full'), FACTS[4]!)).toMatchObject({ verdict: 'allow', reason: 'default-allow', matchedBy: 'name' });
+    expect(verdict(chainOf('none', 'full'), FACTS[4]!)).toMatchObject({ verdict: 'allow', matchedBy: 'mode' });
+  });
+
+  it('allows the DNS servers on port 53 only, with a rule that says so', () => {
+    const chain = chainOf('none', 'namesDns');
+    expect(verdict(chain, FACTS[3]!)).toMatchObject({ verdict: 'allow', rule: 'dns servers: allowed_cidrs "9.9.9.9" + allowed_ports "53"' });
+    expect(verdict(chain, { name: null, ip: '9.9.9.9', port: 853 }).verdict).toBe('refuse');
+  });
+
+  it('refuses facts that do not parse, whichever layer sees them first', () => {
+    for (const org of ['none', 'full'] as const) {
+      expect(verdict(chainOf(org, 'full'), { name: null, ip: 'localhost', port: 80 }).verdict).toBe('refuse');
+      expect(verdict(chainOf(org, 'full'), { name: null, ip: '93.184.216.34', port: 0 }).verdict).toBe('refuse');
+    }
+  });
+});
+
+describe('nameMatters: derived from the verdict', () => {
+  const NAMES = [null, 'pkg.allowed.test', 'other.test', 'registry.npmjs.org', 'files.pypi.org', 'unrelated.test'];
+
+  it('is true wherever some name changes the verdict made without one (never skips a peek that matters)', () => {
+    for (const [org, sandbox] of TABLE) {
+      const chain = chainOf(org, sandbox);
+      for (const f of FACTS) {
+        const at = { ip: f.ip, port: f.port };
+        const bare = verdict(chain, { ...at, name: null });
+        const changes = NAMES.some((name) => {
+          const d = verdict(chain, { ...at, name });
+          return d.verdict !== bare.verdict || d.reason !== bare.reason || d.rule !== bare.rule;
+        });
+        if (changes) expect(nameMatters(chain, at), `${org}/${sandbox} ${f.ip}:${f.port}`).toBe(true);
+      }
+    }
+  });
+
+  it('is false where no step reads a name: full access, an allowing CIDR, a protected address, an unknown organization', () => {
+    expect(nameMatters(chainOf('none', 'full'), FACTS[2]!)).toBe(false);
+    expect(nameMatters(chainOf('full', 'full'), FACTS[2]!)).toBe(false);
+    expect(nameMatters(chainOf('none', 'cidr'), FACTS[6]!)).toBe(false);
+    expect(nameMatters(chainOf('full', 'cidrCatalog'), FACTS[6]!)).toBe(false);
+    expect(nameMatters(chainOf('none', 'names'), FACTS[5]!)).toBe(false);
+    expect(nameMatters(chainOf('unknown', 'names'), FACTS[2]!)).toBe(false);
+    expect(nameMatters(chainOf('none', 'namesDns'), FACTS[3]!)).toBe(false);
+    expect(nameMatters(chainOf('none', 'cidr'), FACTS[2]!)).toBe(false);
+  });
+
+  it('is true where a domain rule is reached: an allow list, a deny list, the catalog, an organization that allows by name', () => {
+    expect(nameMatters(chainOf('none', 'names'), FACTS[2]!)).toBe(true);
+    expect(nameMatters(chainOf('denies-other', 'full'), FACTS[2]!)).toBe(true);
+    expect(nameMatters(chainOf('none', 'cidrCatalog'), FACTS[2]!)).toBe(true);
+    expect(nameMatters(chainOf('essential', 'full'), FACTS[2]!)).toBe(true);
+  });
+});
