@@ -11,6 +11,7 @@ import { ControlPlane, type SandboxRecord } from '../../../src/control/control-p
 import { StateStore } from '../../../src/control/state-store.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
 import { StateInvalidError } from '../../../src/errors.ts';
+import { verdict } from '../../../src/policy/verdict.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
 
@@ -133,7 +134,7 @@ describe('converting the version-1 JSON state', () => {
       ['sb-2', ['198.18.0.2', '2001:db8::2'], null],
     ]);
     expect(cp.orgRecord('acme')).toEqual({ id: 'acme', tier: 3, network: null });
-    expect(cp.store.policyOf('sb-1')!.decide({ name: 'api.example.test', ip: '198.18.1.1', port: 443 }).verdict).toBe('allow');
+    expect(verdict(cp.store.policyOf('sb-1')!, { name: 'api.example.test', ip: '198.18.1.1', port: 443 }).verdict).toBe('allow');
     cp.close();
     expect(readFileSync(path).subarray(0, 15).toString()).toBe('SQLite format 3');
     expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe(text);
