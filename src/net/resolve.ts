@@ -1,16 +1,18 @@
 // Resolves an allowed name to the addresses egressd may dial (net/upstream-target checks the
 // original destination against them). A and AAAA are asked in parallel on the configured
-// servers; answers are cached for their TTL, clamped, and concurrent lookups of one name share
-// one query per type, so a burst of connections to one name sends two packets, not hundreds.
+// servers (net/dns-client); answers are cached for their TTL, clamped (net/dns-cache), and
+// concurrent lookups of one name share one exchange, so a burst of connections to one name
+// sends two packets, not hundreds.
 //
 // Every lookup settles within `timeoutMs`, and never rejects: a failure is one of a fixed set
-// of causes, safe as a metric label.
+// of causes, safe as a metric label. Any answer that arrives within `timeoutMs` is used: the
+// queries of a lookup keep listening until then, retransmissions included.
 
 import { getServers } from 'node:dns';
-import { Resolver } from 'node:dns/promises';
-import { LRUCache } from 'lru-cache';
+import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
+import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
 
-export type ResolveFailure = 'nxdomain' | 'nodata' | 'timeout' | 'servfail' | 'refused' | 'error';
+export type ResolveFailure = DnsFailure;
 
 export type ResolveResult = { ok: true; addresses: string[]; cached: boolean } | { ok: false; cause: ResolveFailure };
 
@@ -26,48 +28,47 @@ export interface ResolverOptions {
   readonly negativeTtlMs?: number;
   /** A monotonic millisecond clock for cache expiry; tests replace it to expire entries without waiting. */
   readonly clock?: () => number;
+  /** The cache to read and fill; one is made when none is given (a DNS listener may share it). */
+  readonly cache?: AddressCache;
 }
 
-// A record's TTL is clamped: at least MIN so a TTL-0 name cannot turn every connection into a
-// query, at most MAX so a changed record is picked up within minutes whatever its owner set.
-const MIN_TTL_MS = 1_000;
-const MAX_TTL_MS = 300_000;
 const DEFAULT_NEGATIVE_TTL_MS = 5_000;
-const DEFAULT_MAX_ENTRIES = 10_000;
-// RFC 1035 §2.3.4: 255 octets on the wire, so at most 253 characters of text.
-const MAX_NAME_LENGTH = 253;
-// One retransmission over UDP (RFC 1035 §4.2.1 leaves the retry policy to the resolver).
-const TRIES = 2;
+// Each server is asked twice within the budget: the sends are spread evenly over it, and none
+// is closer to the last than this (RFC 1536 §1 warns against retransmitting faster than answers
+// can come back).
+const SENDS_PER_SERVER = 2;
+const MIN_RETRANSMIT_MS = 100;
+// RFC 8305 §3 "Resolution Delay": once one family has answered, the other is waited for this
+// long before the lookup settles with what it has. The other family's answer still fills the
+// cache if it comes before the deadline.
+const RESOLUTION_DELAY_MS = 50;
 
-type CacheEntry = { ok: true; addresses: readonly string[] } | { ok: false; cause: ResolveFailure };
-type FamilyAnswer = { ok: true; records: { address: string; ttl: number }[] } | { ok: false; cause: ResolveFailure };
+const TIMEOUT: FamilyAnswer = { ok: false, cause: 'timeout' };
 
 export class NameResolver {
-  readonly #resolver: Resolver;
+  readonly #servers: DnsServer[];
   readonly #timeoutMs: number;
+  readonly #retransmitMs: number;
   readonly #negativeTtlMs: number;
   readonly #onLookup: ResolverOptions['onLookup'];
-  readonly #cache: LRUCache<string, CacheEntry>;
-  readonly #inflight = new Map<string, Promise<CacheEntry>>();
+  readonly #cache: AddressCache;
+  readonly #inflight = new Map<string, Promise<CachedAnswer>>();
+  readonly #exchanges = new Set<AddressExchange>();
   #closed = false;
 
   constructor(o: ResolverOptions) {
     this.#timeoutMs = Math.max(1, o.timeoutMs);
     this.#negativeTtlMs = o.negativeTtlMs ?? DEFAULT_NEGATIVE_TTL_MS;
     this.#onLookup = o.onLookup;
-    const clock = o.clock;
-    this.#cache = new LRUCache<string, CacheEntry>({
-      max: Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES),
-      ...(clock ? { perf: { now: clock }, ttlResolution: 0 } : {}),
-    });
-    // c-ares gives each server `tries` attempts of `timeout` each, and Node checks for expired
-    // queries on a timer of that same period, so an expiry is seen up to one period late: the
-    // per-attempt budget is set so that all of it fits in timeoutMs, and #lookup's own deadline
-    // bounds whatever is left.
-    const servers = o.servers.length > 0 ? o.servers.length : Math.max(1, getServers().length);
-    const attempt = Math.max(1, Math.floor(this.#timeoutMs / (2 * TRIES * servers)));
-    this.#resolver = new Resolver({ timeout: attempt, tries: TRIES, maxTimeout: attempt });
-    if (o.servers.length > 0) this.#resolver.setServers([...o.servers]);
+    this.#cache = o.cache ?? new AddressCache({ ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}), ...(o.clock ? { clock: o.clock } : {}) });
+    const texts = o.servers.length > 0 ? o.servers : getServers();
+    this.#servers = texts.map(parseDnsServer).filter((s): s is DnsServer => s !== null);
+    this.#retransmitMs = Math.max(MIN_RETRANSMIT_MS, Math.floor(this.#timeoutMs / (SENDS_PER_SERVER * Math.max(1, this.#servers.length))));
+  }
+
+  /** The cache this resolver fills. */
+  get cache(): AddressCache {
+    return this.#cache;
   }
 
   async resolve(name: string): Promise<ResolveResult> {
@@ -90,11 +91,11 @@ export class NameResolver {
   /** Cancels in-flight queries (they settle as `error`) and refuses every later lookup. */
   close(): void {
     this.#closed = true;
-    this.#resolver.cancel();
+    for (const x of [...this.#exchanges]) x.cancel();
     this.#cache.clear();
   }
 
-  #report(cached: boolean, e: CacheEntry): ResolveResult {
+  #report(cached: boolean, e: CachedAnswer): ResolveResult {
     const r: ResolveResult = e.ok ? { ok: true, addresses: [...e.addresses], cached } : { ok: false, cause: e.cause };
     try {
       this.#onLookup?.({ cached, outcome: e.ok ? 'ok' : e.cause });
@@ -104,46 +105,53 @@ export class NameResolver {
     return r;
   }
 
-  #lookup(key: string): Promise<CacheEntry> {
-    const answers = Promise.all([this.#family(key, 4), this.#family(key, 6)]).then(([a, aaaa]) => {
-      const e = combine(a, aaaa, this.#negativeTtlMs);
-      // A lookup that outlived its deadline still fills the cache for the next connection.
-      if (!this.#closed && e.ttlMs > 0) this.#cache.set(key, e.entry, { ttl: e.ttlMs });
-      return e.entry;
+  #lookup(key: string): Promise<CachedAnswer> {
+    return new Promise<CachedAnswer>((resolve) => {
+      const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
+      let settled = false;
+      let delay: NodeJS.Timeout | null = null;
+      const store = (): CachedAnswer => {
+        const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
+        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs);
+        return e.entry;
+      };
+      const settle = (): void => {
+        if (settled) return;
+        settled = true;
+        if (delay) clearTimeout(delay);
+        resolve(store());
+      };
+      const exchange = new AddressExchange(
+        key,
+        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs },
+        (family, a) => {
+          answers[family] = a;
+          const both = answers[4] !== null && answers[6] !== null;
+          if (both) {
+            this.#exchanges.delete(exchange);
+            // The late family of a lookup that already settled completes the cached answer.
+            if (settled) {
+              if (a.ok) store();
+            } else settle();
+          } else if (a.ok && delay === null && !settled) {
+            delay = setTimeout(settle, RESOLUTION_DELAY_MS);
+          }
+        },
+      );
+      if (answers[4] === null || answers[6] === null) this.#exchanges.add(exchange);
     });
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<CacheEntry>((resolve) => {
-      timer = setTimeout(() => resolve({ ok: false, cause: 'timeout' }), this.#timeoutMs);
-    });
-    return Promise.race([answers, deadline]).finally(() => clearTimeout(timer));
-  }
-
-  async #family(key: string, family: 4 | 6): Promise<FamilyAnswer> {
-    try {
-      const records = family === 4 ? await this.#resolver.resolve4(key, { ttl: true }) : await this.#resolver.resolve6(key, { ttl: true });
-      return { ok: true, records };
-    } catch (err) {
-      return { ok: false, cause: causeOf(err) };
-    }
   }
 }
 
-/** Lowercase, one trailing dot removed; null for what cannot be a DNS name. */
-function cacheKey(name: string): string | null {
-  if (typeof name !== 'string') return null;
-  const n = (name.endsWith('.') ? name.slice(0, -1) : name).toLowerCase();
-  return n.length === 0 || n.length > MAX_NAME_LENGTH ? null : n;
-}
-
-function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { entry: CacheEntry; ttlMs: number } {
+/**
+ * One cache entry from the two families' answers, and how long it may be kept. Records from
+ * either family make a positive answer kept for the smallest TTL among them, even when the
+ * other family failed: the failure says nothing about the records that did come.
+ */
+function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { entry: CachedAnswer; ttlMs: number } {
   const records = [...(a.ok ? a.records : []), ...(aaaa.ok ? aaaa.records : [])];
   if (records.length > 0) {
-    const ttlS = Math.min(...records.map((r) => r.ttl));
-    let ttlMs = Math.min(MAX_TTL_MS, Math.max(MIN_TTL_MS, ttlS * 1000));
-    // One family answered and the other failed for a passing reason: ask again soon, so the
-    // missing family is not absent for the whole TTL.
-    const transient = (f: FamilyAnswer): boolean => !f.ok && f.cause !== 'nodata' && f.cause !== 'nxdomain';
-    if (transient(a) || transient(aaaa)) ttlMs = Math.min(ttlMs, negativeTtlMs);
+    const ttlMs = clampTtlMs(Math.min(...records.map((r) => r.ttl)));
     return { entry: { ok: true, addresses: [...new Set(records.map((r) => r.address))] }, ttlMs };
   }
   const causes = [a, aaaa].map((f) => (f.ok ? 'nodata' : f.cause));
@@ -152,23 +160,4 @@ function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { 
   if (causes.every((c) => c === 'nodata')) return { entry: { ok: false, cause: 'nodata' }, ttlMs: negativeTtlMs };
   // RFC 2308 §7 allows caching server failures; they are not, so a recovered server is used at once.
   return { entry: { ok: false, cause: causes.find((c) => c !== 'nodata')! }, ttlMs: 0 };
-}
-
-function causeOf(err: unknown): ResolveFailure {
-  switch ((err as { code?: unknown } | null)?.code) {
-    case 'ENOTFOUND':
-      return 'nxdomain';
-    case 'ENODATA':
-      return 'nodata';
-    case 'ETIMEOUT':
-      return 'timeout';
-    case 'ESERVFAIL':
-      return 'servfail';
-    // The REFUSED rcode, or an ICMP port unreachable: either way the server would not answer.
-    case 'EREFUSED':
-    case 'ECONNREFUSED':
-      return 'refused';
-    default:
-      return 'error';
-  }
 }

@@ -7,13 +7,25 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { isIP } from 'node:net';
 
-export type Behaviour =
+export type Behaviour = (
   | { kind: 'answer'; a?: readonly string[]; aaaa?: readonly string[]; ttl: number }
   | { kind: 'nxdomain' }
   | { kind: 'servfail' }
   | { kind: 'refused' }
   | { kind: 'nodata' }
-  | { kind: 'silent' };
+  | { kind: 'silent' }
+) &
+  Timing;
+
+/** How a slow or lossy server treats the queries for a name (each optional). */
+export interface Timing {
+  /** The answer is sent this long after the query arrived (a slow upstream), for every type or per type. */
+  readonly delayMs?: number | Partial<Record<QueryType, number>>;
+  /** The first this-many queries of each type get no answer (lost packets); later ones are answered. */
+  readonly dropFirst?: number;
+  /** Queries of these types are never answered (a resolver that drops AAAA). */
+  readonly silentTypes?: readonly QueryType[];
+}
 
 export type QueryType = 'A' | 'AAAA' | 'other';
 
@@ -39,14 +51,14 @@ export class DnsTestServer {
     this.#socket = socket;
   }
 
-  /** Starts a server on `host` (127.0.0.1 or ::1), on an ephemeral port. */
-  static async start(host = '127.0.0.1'): Promise<DnsTestServer> {
+  /** Starts a server on `host` (127.0.0.1 or ::1, or a rig address), on `port` (ephemeral by default). */
+  static async start(host = '127.0.0.1', port = 0): Promise<DnsTestServer> {
     const socket = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4');
     const server = new DnsTestServer(socket);
     socket.on('message', (msg, rinfo) => server.#onMessage(msg, rinfo.address, rinfo.port));
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
-      socket.bind(0, host, () => {
+      socket.bind(port, host, () => {
         socket.off('error', reject);
         resolve();
       });
@@ -87,7 +99,8 @@ export class DnsTestServer {
     this.queries.push(query);
     for (const w of this.#waiters.splice(0)) w(query);
     const b: Behaviour = q.name.endsWith('.test') ? (this.#zone.get(q.name) ?? { kind: 'nxdomain' }) : { kind: 'refused' };
-    if (b.kind === 'silent') return;
+    if (b.kind === 'silent' || b.silentTypes?.includes(query.type)) return;
+    if (b.dropFirst !== undefined && this.count(q.name, query.type) <= b.dropFirst) return;
     let rcode: number = RCODE.noerror;
     let answers: Buffer[] = [];
     if (b.kind === 'nxdomain' || b.kind === 'servfail' || b.kind === 'refused') rcode = RCODE[b.kind];
@@ -102,7 +115,18 @@ export class DnsTestServer {
     header.writeUInt16BE(flags, 2);
     header.writeUInt16BE(1, 4);
     header.writeUInt16BE(answers.length, 6);
-    this.#socket.send(Buffer.concat([header, msg.subarray(12, q.questionEnd), ...answers]), port, address);
+    const reply = Buffer.concat([header, msg.subarray(12, q.questionEnd), ...answers]);
+    const delay = typeof b.delayMs === 'object' ? b.delayMs[query.type] : b.delayMs;
+    if (delay === undefined) this.#socket.send(reply, port, address);
+    else {
+      setTimeout(() => {
+        try {
+          this.#socket.send(reply, port, address, () => {});
+        } catch {
+          // Closed meanwhile: the test is over.
+        }
+      }, delay).unref();
+    }
   }
 }
 

@@ -206,3 +206,85 @@ describe('NameResolver', () => {
     expect(await resolver.resolve('sturdy.test')).toMatchObject({ ok: true, addresses: ['192.0.2.14'] });
   });
 });
+
+// Issue 10 part 10: any answer that arrives within dns.timeoutMs is used. Timings here are the
+// servers' (delays, losses); the assertions are about which answer was used, never how fast.
+describe('NameResolver: answers within the timeout', () => {
+  it('uses an answer that comes after 1.1 s under timeoutMs 2000 (the issue\'s example)', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 2_000 });
+    dns.set('slow.test', { kind: 'answer', a: ['192.0.2.30'], aaaa: ['2001:db8::30'], ttl: 60, delayMs: 1_100 });
+    expect(await resolver.resolve('slow.test')).toEqual({ ok: true, addresses: ['192.0.2.30', '2001:db8::30'], cached: false });
+  });
+
+  it('uses the answer to the first query even after a retransmission has gone out', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 1_000 });
+    // Retransmissions go out at 500 ms; each answer comes 700 ms after its query, so only the
+    // first query's answer (at 700 ms) arrives before the deadline.
+    dns.set('late.test', { kind: 'answer', a: ['192.0.2.31'], ttl: 60, delayMs: 700 });
+    expect(await resolver.resolve('late.test')).toMatchObject({ ok: true, addresses: ['192.0.2.31'] });
+    expect(dns.count('late.test', 'A')).toBeGreaterThanOrEqual(2);
+  });
+
+  it('uses the answer to a retransmission when the first query is lost', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 2_000 });
+    dns.set('lossy.test', { kind: 'answer', a: ['192.0.2.32'], aaaa: ['2001:db8::32'], ttl: 60, dropFirst: 1 });
+    expect(await resolver.resolve('lossy.test')).toMatchObject({ ok: true, addresses: ['192.0.2.32', '2001:db8::32'] });
+    expect(dns.count('lossy.test', 'A')).toBe(2);
+  });
+
+  it('asks the second server when the first is silent, and uses its answer', async () => {
+    const dead = await DnsTestServer.start();
+    onTestFinished(() => dead.close());
+    const { dns } = await setup();
+    const both = new NameResolver({ servers: [dead.server, dns.server], timeoutMs: 2_000 });
+    onTestFinished(() => both.close());
+    dead.set('two.test', { kind: 'silent' });
+    dns.set('two.test', { kind: 'answer', a: ['192.0.2.33'], ttl: 60 });
+    expect(await both.resolve('two.test')).toMatchObject({ ok: true, addresses: ['192.0.2.33'] });
+    expect(dead.count('two.test', 'A')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('asks the next server at once when one answers SERVFAIL', async () => {
+    const sick = await DnsTestServer.start();
+    onTestFinished(() => sick.close());
+    const { dns } = await setup();
+    const both = new NameResolver({ servers: [sick.server, dns.server], timeoutMs: 2_000 });
+    onTestFinished(() => both.close());
+    sick.set('sick.test', { kind: 'servfail' });
+    dns.set('sick.test', { kind: 'answer', a: ['192.0.2.34'], ttl: 60 });
+    expect(await both.resolve('sick.test')).toMatchObject({ ok: true, addresses: ['192.0.2.34'] });
+  });
+
+  it('caches an answer for its own TTL when the other family goes unanswered', async () => {
+    const { dns, resolver, advance } = await setup({ timeoutMs: 300, negativeTtlMs: 5_000 });
+    dns.set('noaaaa.test', { kind: 'answer', a: ['192.0.2.35'], ttl: 60, silentTypes: ['AAAA'] });
+    expect(await resolver.resolve('noaaaa.test')).toEqual({ ok: true, addresses: ['192.0.2.35'], cached: false });
+    advance(30_000); // well past the 5 s the transient failure used to shorten it to
+    expect(await resolver.resolve('noaaaa.test')).toEqual({ ok: true, addresses: ['192.0.2.35'], cached: true });
+    expect(dns.count('noaaaa.test', 'A')).toBe(1);
+    advance(31_000);
+    expect(await resolver.resolve('noaaaa.test')).toMatchObject({ cached: false });
+  });
+
+  it('caches an AAAA answer for its own TTL when A goes unanswered', async () => {
+    const v4 = await DnsTestServer.start();
+    onTestFinished(() => v4.close());
+    let now = 1_000_000;
+    const resolver = new NameResolver({ servers: [v4.server], timeoutMs: 2_000, clock: () => now });
+    onTestFinished(() => resolver.close());
+    v4.set('halfsick.test', { kind: 'answer', aaaa: ['2001:db8::36'], ttl: 120, silentTypes: ['A'] });
+    // A silent A and a prompt AAAA: the lookup settles RFC 8305's resolution delay after AAAA.
+    expect(await resolver.resolve('halfsick.test')).toEqual({ ok: true, addresses: ['2001:db8::36'], cached: false });
+    now += 100_000;
+    expect(await resolver.resolve('halfsick.test')).toMatchObject({ ok: true, cached: true });
+  });
+
+  it('adds a family that answers after the lookup settled to the cached answer', async () => {
+    const { dns, resolver } = await setup({ timeoutMs: 2_000 });
+    dns.set('split.test', { kind: 'answer', a: ['192.0.2.37'], aaaa: ['2001:db8::37'], ttl: 60, delayMs: { AAAA: 400 } });
+    expect(await resolver.resolve('split.test')).toEqual({ ok: true, addresses: ['192.0.2.37'], cached: false });
+    await new Promise((r) => setTimeout(r, 800));
+    expect(await resolver.resolve('split.test')).toEqual({ ok: true, addresses: ['192.0.2.37', '2001:db8::37'], cached: true });
+    expect(dns.count('split.test', 'AAAA')).toBe(1);
+  });
+});
