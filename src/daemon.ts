@@ -126,7 +126,13 @@ export class Daemon {
   async start(): Promise<void> {
     const addon = nativeAddonStatus();
     if (!addon.ok) throw new Error(addon.reason);
+    const loadStart = performance.now();
+    const loadCpu = process.cpuUsage();
     const loaded = await this.control.load(configSandboxRecords(this.#config));
+    const stateLoadMs = Math.round(performance.now() - loadStart);
+    // CPU time too: on a shared machine the wall time says more about the neighbours.
+    const cpu = process.cpuUsage(loadCpu);
+    const stateLoadCpuMs = Math.round((cpu.user + cpu.system) / 1000);
     const statePath = this.#config.state.path;
     if (loaded.migratedTo !== null) {
       this.log.warn(
@@ -161,6 +167,8 @@ export class Daemon {
         sandboxes: this.store.sandboxCount,
         restored: loaded.loaded,
         state: statePath,
+        stateLoadMs,
+        stateLoadCpuMs,
       },
       'egressd serving',
     );
