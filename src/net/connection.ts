@@ -247,20 +247,22 @@ function refuse(
   protocol: Protocol,
   config: Config,
   o: ConnectionOutcome,
-  decision: Pick<Decision, 'verdict' | 'rule'> & { reason: string },
+  decision: Pick<Decision, 'verdict' | 'rule'> & { reason: string; matchedBy?: Decision['matchedBy'] },
 ): void {
   o.verdict = 'refuse';
   o.reason = decision.reason as OutcomeReason;
   o.rule = decision.rule;
   if (config.block === 'drop') return dropSilently(socket);
-  if (protocol === 'tls') return refuseTls(socket);
+  if (protocol === 'tls') return refuseTls(socket, config.refusal);
   if (protocol === 'http') {
-    return refuseHttp(socket, { host: o.name ?? o.rawName ?? o.destination ?? '', reason: explain(o) });
+    return refuseHttp(socket, {
+      host: o.name ?? o.rawName ?? o.destination ?? '',
+      reason: o.reason,
+      rule: o.rule,
+      port: o.destinationPort,
+      portDecided: decision.matchedBy === 'port',
+      linger: config.refusal,
+    });
   }
   refuseTcp(socket);
-}
-
-function explain(o: ConnectionOutcome): string {
-  const rule = o.rule ? ` (${o.rule})` : '';
-  return `${o.reason}${rule}`;
 }

@@ -9,28 +9,78 @@ import type { Socket } from 'node:net';
 // every TLS version reads.
 const ACCESS_DENIED_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
 
-// How long a refused client is given to read the answer and close before it is cut off.
-const LINGER_MS = 2_000;
-// RFC 1035 §2.3.4: a name is at most 253 characters; anything longer is not a name but a payload.
-const MAX_HOST_CHARS = 253;
-const MAX_REASON_CHARS = 256;
-
-/** A fatal access_denied alert, then close: TLS clients report "alert access denied". */
-export function refuseTls(socket: Socket): void {
-  answerAndClose(socket, ACCESS_DENIED_ALERT);
+/**
+ * How long, and for how many bytes, a refused client that is still sending is read (and its
+ * bytes discarded) after the answer went out: the config's `refusal` keys.
+ */
+export interface Linger {
+  readonly lingerMs: number;
+  readonly lingerMaxBytes: number;
 }
 
-/** A 403 whose short text/plain body names the host and why; the host is attacker-controlled. */
-export function refuseHttp(socket: Socket, o: { host: string; reason: string }): void {
-  const body = `egressd refused the connection to "${printable(o.host, MAX_HOST_CHARS)}": ${printable(o.reason, MAX_REASON_CHARS)}\n`;
+// nginx's lingering_timeout is 5 s between reads and lingering_time 30 s overall; 30 s and
+// 64 MiB let a client pacing a large upload finish sending and read the answer.
+export const DEFAULT_LINGER: Linger = Object.freeze({ lingerMs: 30_000, lingerMaxBytes: 64 * 1024 * 1024 });
+
+// RFC 1035 §2.3.4: a name is at most 253 characters; anything longer is not a name but a payload.
+const MAX_HOST_CHARS = 253;
+const MAX_RULE_CHARS = 512;
+
+/** A fatal access_denied alert, then close: TLS clients report "alert access denied". */
+export function refuseTls(socket: Socket, linger: Linger = DEFAULT_LINGER): void {
+  answerAndClose(socket, ACCESS_DENIED_ALERT, linger);
+}
+
+export interface HttpRefusal {
+  /** The name the client asked for (attacker-controlled), or the destination address. */
+  readonly host: string;
+  /** The outcome reason, a fixed label (`default-block`, `protected-address`...). */
+  readonly reason: string;
+  /** The rule that decided, when one did. */
+  readonly rule?: string | null;
+  /** The destination port. */
+  readonly port?: number | null;
+  /** Whether the port decided (a port rule), so the answer says so. */
+  readonly portDecided?: boolean;
+  readonly linger?: Linger;
+}
+
+/**
+ * A 403 whose short text/plain body names the host, the port and why, with the reason also
+ * in a Proxy-Status header (RFC 9209) for programs. The host is quoted with escapes, never
+ * altered: `a"b` reads `"a\"b"`, a control or non-ASCII character `\u{1b}`.
+ */
+export function refuseHttp(socket: Socket, r: HttpRefusal): void {
+  const port = r.port === null || r.port === undefined ? '' : ` port ${r.port}`;
+  const rule = r.rule ? ` (${escapeText(r.rule, MAX_RULE_CHARS)})` : '';
+  const by = r.portDecided ? '; the destination port decided' : '';
+  const body = `egressd refused the connection to ${quoteText(r.host, MAX_HOST_CHARS)}${port}: ${escapeText(r.reason, 64)}${rule}${by}\n`;
   const head =
     'HTTP/1.1 403 Forbidden\r\n' +
     'Content-Type: text/plain; charset=utf-8\r\n' +
     `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Proxy-Status: egressd; error=${proxyStatusError(r.reason)}; details=${quoteText(r.reason, 64)}\r\n` +
     'Cache-Control: no-store\r\n' +
     'Connection: close\r\n' +
     '\r\n';
-  answerAndClose(socket, Buffer.from(head + body, 'latin1'));
+  // Everything is ASCII by construction (escapeText), so one encoding serves head and body.
+  answerAndClose(socket, Buffer.from(head + body, 'ascii'), r.linger ?? DEFAULT_LINGER);
+}
+
+/** RFC 9209 §2.3's error types, for the refusal reasons that have a closer one than "denied". */
+function proxyStatusError(reason: string): string {
+  switch (reason) {
+    case 'protected-address':
+      return 'destination_ip_prohibited';
+    case 'dns-failure':
+      return 'dns_error';
+    case 'malformed-http':
+    case 'invalid-name':
+    case 'too-large':
+      return 'http_request_error';
+    default:
+      return 'http_request_denied';
+  }
 }
 
 /** A reset: for protocols egressd cannot speak, the clearest "no" TCP has. */
@@ -53,31 +103,52 @@ export function dropSilently(socket: Socket): void {
 }
 
 /**
- * Writes the answer and half-closes, then keeps reading and discarding until the client closes
- * or the linger ends: HTTP's staged close (RFC 9112 §9.6), used for TLS too. Closing with unread
- * bytes in the receive queue makes the kernel send a reset (RFC 9293 §3.6.1, RFC 2525 §2.17),
- * and a reset can discard the answer before the client has read it — exactly when a client is
- * still sending a request body.
+ * Writes the answer and half-closes, then keeps reading and discarding until the client closes,
+ * or `lingerMs` has passed, or `lingerMaxBytes` more have arrived: HTTP's staged close (RFC 9112
+ * §9.6; nginx's lingering close), used for TLS too. Closing with unread bytes in the receive
+ * queue makes the kernel send a reset (RFC 9293 §3.6.1, RFC 2525 §2.17), and a reset can
+ * discard the answer before the client has read it — exactly when a client is still sending a
+ * request body, which it may go on doing for as long as its upload takes before it reads.
  */
-function answerAndClose(socket: Socket, answer: Buffer): void {
+function answerAndClose(socket: Socket, answer: Buffer, linger: Linger): void {
   if (socket.destroyed) return;
   // Errors here mean the client went away first; there is nothing left to tell it.
   socket.on('error', () => {});
-  socket.on('data', () => {});
+  let discarded = 0;
+  socket.on('data', (d: Buffer) => {
+    discarded += d.length;
+    if (discarded > linger.lingerMaxBytes) socket.destroy();
+  });
   socket.resume();
-  const linger = setTimeout(() => socket.destroy(), LINGER_MS);
-  linger.unref();
-  socket.once('close', () => clearTimeout(linger));
+  const timer = setTimeout(() => socket.destroy(), linger.lingerMs);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
   // With allowHalfOpen the socket closes itself once the client's FIN has arrived and the
   // answer has been flushed (autoDestroy).
   if (!socket.writableEnded) socket.end(answer);
   else socket.destroy();
 }
 
-/** Printable ASCII only, quotes and backslashes replaced, capped: safe to quote in a body or a terminal. */
-function printable(text: string, max: number): string {
+/** `text` in double quotes, escaped by escapeText (so `"` and `\` are escaped too). */
+function quoteText(text: string, max: number): string {
+  return `"${escapeText(text, max, true)}"`;
+}
+
+/**
+ * Printable ASCII as it is; everything else as an escape (`\u{1b}`, `\u{e9}`), capped at `max`
+ * characters of the original with `...` after: reversible, and safe to print in a body, a
+ * header or a terminal (no control characters, no bidi overrides). `\` is escaped as `\\`, and
+ * with `quotes` `"` as `\"`.
+ */
+function escapeText(text: string, max: number, quotes = false): string {
   const s = String(text);
   const clipped = s.length > max ? s.slice(0, max) : s;
-  const clean = clipped.replace(/[^\x20-\x7e]|["\\]/g, '?');
-  return s.length > max ? `${clean}...` : clean;
+  let out = '';
+  for (const ch of clipped) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '\\' || (quotes && ch === '"')) out += `\\${ch}`;
+    else if (c >= 0x20 && c <= 0x7e) out += ch;
+    else out += `\\u{${c.toString(16)}}`;
+  }
+  return s.length > max ? `${out}...` : out;
 }

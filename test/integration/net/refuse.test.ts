@@ -86,7 +86,7 @@ describe('refuseTls', () => {
 
 describe('refuseHttp', () => {
   it('answers an HTTP client with 403 naming the host and the reason', async () => {
-    const { port } = await front((s) => refuseHttp(s, { host: 'blocked.test', reason: 'deny-rule (deny blocked.test)' }));
+    const { port } = await front((s) => refuseHttp(s, { host: 'blocked.test', reason: 'deny-rule', rule: 'deny blocked.test' }));
     const res = await new Promise<{ status: number; headers: Record<string, unknown>; body: string }>((resolve, reject) => {
       const req = httpRequest({ host: '127.0.0.1', port, path: '/', headers: { host: 'blocked.test' } }, (r) => {
         let body = '';
@@ -146,8 +146,8 @@ describe('refuseHttp', () => {
     expect(await res.body.text()).toBe('egressd refused the connection to "upload.test": default-block\n');
   });
 
-  it('writes a hostile host as short printable ASCII, leaving the headers as they were', async () => {
-    const host = `evil.test\r\nSet-Cookie: a=b\r\n\r\n\u001b[31m"\\é${'x'.repeat(10_000)}`;
+  it('quotes a hostile host with escapes, leaving the headers as they were and the value readable', async () => {
+    const host = `evil.test\r\nSet-Cookie: a=b\r\n\r\n\u001b[31m"\\é\u202e${'x'.repeat(10_000)}`;
     const { port } = await front((s) => refuseHttp(s, { host, reason: 'invalid-name' }));
     const c = rawClient(port);
     const o = outcome(c);
@@ -156,12 +156,81 @@ describe('refuseHttp', () => {
     const [head, body] = [text.slice(0, text.indexOf('\r\n\r\n')), text.slice(text.indexOf('\r\n\r\n') + 4)];
     expect(head).not.toContain('Set-Cookie');
     expect(Number(/Content-Length: (\d+)/.exec(head)?.[1])).toBe(Buffer.byteLength(body));
-    expect(body).toMatch(/^egressd refused the connection to "evil\.test\?\?Set-Cookie: a=b\?\?\?\?\?\[31m\?\?\?x+\.\.\.": invalid-name\n$/);
+    expect(body.startsWith('egressd refused the connection to "evil.test\\u{d}\\u{a}Set-Cookie: a=b\\u{d}\\u{a}\\u{d}\\u{a}\\u{1b}[31m\\"\\\\\\u{e9}\\u{202e}xxx')).toBe(true);
+    expect(body).toMatch(/x\.\.\.": invalid-name\n$/);
+    expect(body).toMatch(/^[\x20-\x7e]*\n$/);
     expect(body.length).toBeLessThan(400);
   });
 
+  it.each([
+    ['a"b', '"a\\"b"'],
+    ['back\\slash.test', '"back\\\\slash.test"'],
+    ['bücher.test', '"b\\u{fc}cher.test"'],
+    ['tab\there', '"tab\\u{9}here"'],
+  ])('writes the host %j as %s, not mangled', async (host, quoted) => {
+    const { port } = await front((s) => refuseHttp(s, { host, reason: 'deny-rule' }));
+    const c = rawClient(port);
+    const o = outcome(c);
+    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    const text = (await o).bytes.toString('latin1');
+    expect(text.slice(text.indexOf('\r\n\r\n') + 4)).toBe(`egressd refused the connection to ${quoted}: deny-rule\n`);
+  });
+
+  it('names the port, says when the port decided, and carries the reason in Proxy-Status (RFC 9209)', async () => {
+    const { port } = await front((s) => refuseHttp(s, { host: 'mail.test', reason: 'deny-rule', rule: 'denied_ports "25"', port: 25, portDecided: true }));
+    const res = await undiciRequest(`http://127.0.0.1:${port}/`);
+    expect(res.statusCode).toBe(403);
+    expect(res.headers['proxy-status']).toBe('egressd; error=http_request_denied; details="deny-rule"');
+    expect(await res.body.text()).toBe('egressd refused the connection to "mail.test" port 25: deny-rule (denied_ports "25"); the destination port decided\n');
+    const p2 = await front((s) => refuseHttp(s, { host: '10.0.0.1', reason: 'protected-address', rule: 'protected "10.0.0.0/8"', port: 80 }));
+    const res2 = await undiciRequest(`http://127.0.0.1:${p2.port}/`);
+    expect(res2.headers['proxy-status']).toBe('egressd; error=destination_ip_prohibited; details="protected-address"');
+    expect(await res2.body.text()).toBe('egressd refused the connection to "10.0.0.1" port 80: protected-address (protected "10.0.0.0/8")\n');
+  });
+
+  it('keeps reading a slow upload past the old 2 s, so the client reads the 403 once it has sent everything', async () => {
+    const { port } = await front((s) => refuseHttp(s, { host: 'upload.test', reason: 'default-block' }));
+    const c = rawClient(port);
+    const o = outcome(c);
+    const total = 1024 * 1024;
+    c.write(`PUT /upload HTTP/1.1\r\nHost: upload.test\r\nContent-Length: ${total}\r\n\r\n`);
+    // 16 chunks of 64 KiB, 200 ms apart: the body takes about 3 s, and this client only reads
+    // after it has sent it all (as Python's http.client does).
+    c.pause();
+    let writeError: string | null = null;
+    c.on('error', (e: NodeJS.ErrnoException) => (writeError = e.code ?? 'error'));
+    for (let i = 0; i < 16 && !c.destroyed; i++) {
+      c.write(Buffer.alloc(total / 16, 0x63));
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(writeError).toBeNull();
+    c.resume();
+    const { bytes } = await o;
+    expect(bytes.toString('latin1')).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+  });
+
+  it('stops reading a refused client after lingerMaxBytes', async () => {
+    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'flood.test', reason: 'default-block', linger: { lingerMs: 60_000, lingerMaxBytes: 256 * 1024 } }));
+    const c = rawClient(port);
+    c.on('error', noop);
+    c.write('PUT / HTTP/1.1\r\nHost: flood.test\r\nContent-Length: 8388608\r\n\r\n');
+    const s = await accepted;
+    const closed = once(s, 'close');
+    // At most 8 MiB, whether or not the server cuts it first.
+    for (let i = 0; i < 128 && !c.destroyed; i++) {
+      if (!c.write(Buffer.alloc(64 * 1024))) {
+        await new Promise((r) => {
+          c.once('drain', r);
+          c.once('close', r);
+        });
+      }
+    }
+    await closed;
+    expect(s.bytesRead).toBeLessThan(8 * 1024 * 1024);
+  });
+
   it('closes a client that neither reads nor closes once the linger has passed', async () => {
-    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'stuck.test', reason: 'default-block' }));
+    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'stuck.test', reason: 'default-block', linger: { lingerMs: 300, lingerMaxBytes: 1024 } }));
     const c = rawClient(port);
     c.write('GET / HTTP/1.1\r\nHost: stuck.test\r\n\r\n');
     c.pause();
