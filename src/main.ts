@@ -2,10 +2,8 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { apiCommand } from './cli/api-client.ts';
 import { decideCommand } from './cli/decide.ts';
 import { inspectBytes } from './cli/inspect.ts';
-import { iptablesCommand } from './cli/iptables.ts';
 import { loadConfig, parseConfigText } from './config/load.ts';
 import { type Config, validateConfig } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
@@ -195,6 +193,9 @@ async function main(argv: string[]): Promise<number> {
       case 'decide':
         return decideCli(rest);
       case 'iptables': {
+        // Loaded here, not at the top: `serve` never needs the CLI-only modules (undici alone
+        // is ≈5 MB of a daemon's RSS).
+        const { iptablesCommand } = await import('./cli/iptables.ts');
         const r = await iptablesCommand(rest);
         if (r.stderr) err(r.stderr);
         out(r.stdout);
@@ -203,6 +204,7 @@ async function main(argv: string[]): Promise<number> {
       case 'sandbox':
       case 'org':
       case 'check': {
+        const { apiCommand } = await import('./cli/api-client.ts');
         const r = await apiCommand(command, rest, process.env);
         if (r.stderr) err(r.stderr);
         out(r.stdout);
