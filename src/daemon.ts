@@ -140,6 +140,10 @@ export class Daemon {
         'converted the version-1 JSON state to the SQLite state; the old file is kept',
       );
     }
+    if (loaded.created) {
+      // Visible on purpose: a mistyped state.path starts empty, and this line is how one notices.
+      this.log.warn({ event: 'state-created', path: statePath }, 'no state at state.path: created a new, empty one');
+    }
     if (loaded.readOnly) {
       this.log.error({ event: 'state-read-only', path: statePath }, 'the state folder is not writable: policies are served, every change will be refused with 503');
     }

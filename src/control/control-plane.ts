@@ -90,6 +90,8 @@ export interface LoadResult {
   readonly format: 'absent' | 'sqlite' | 'json-v1' | 'none';
   /** Where a version-1 JSON state was kept after its conversion, or null. */
   readonly migratedTo: string | null;
+  /** True when there was no state and a new, empty one was created. */
+  readonly created: boolean;
   readonly readOnly: boolean;
 }
 
@@ -168,7 +170,7 @@ export class ControlPlane {
    */
   async load(configSandboxes: readonly SandboxRecord[]): Promise<LoadResult> {
     for (const r of configSandboxes) this.#apply(r, parseNetworkOrThrow(r.network));
-    if (!this.#state) return { loaded: 0, orgs: 0, format: 'none', migratedTo: null, readOnly: false };
+    if (!this.#state) return { loaded: 0, orgs: 0, format: 'none', migratedTo: null, created: false, readOnly: false };
     const entries = this.#state.read();
     const issues: StateIssue[] = [];
     const entryName = (e: StoredEntry): string => `${e.kind} ${quote(e.id)}`;
@@ -200,7 +202,7 @@ export class ControlPlane {
     }
     const format = this.#state.format ?? 'absent';
     const c = this.#state.commit();
-    return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, readOnly: this.#state.readOnly };
+    return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, created: c.created, readOnly: this.#state.readOnly };
   }
 
   /** Replaces the config file's sandboxes (SIGHUP), leaving the API's alone. */

@@ -301,8 +301,8 @@ export class StateStore {
       fsyncDir(dirname(this.path));
     } catch (err) {
       if (keptAs === null) for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
-      const e = err as NodeJS.ErrnoException & { errcode?: number };
-      const errno = e.code && e.code.startsWith('E') && !e.code.startsWith('ERR_') ? e.code : (ERRNO_OF[(e.errcode ?? 0) & 0xff] ?? 'EIO');
+      const e = err as NodeJS.ErrnoException;
+      const errno = e.code && /^E[A-Z]+$/.test(e.code) ? e.code : this.#writeError(err).errno;
       throw new StateInvalidError(this.path, [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${e.message})`)], err);
     }
     const db = new DatabaseSync(this.path);

@@ -267,3 +267,11 @@ describe('the SQLite state', () => {
     expect(files()).toEqual(['state.db-wal']);
   });
 });
+
+describe('creating the state', () => {
+  it('in a folder that does not exist stops start-up with ENOENT, creating nothing', async () => {
+    const e = await refused(join(dir, 'missing', 'state.db'));
+    expect(e.issues[0]!.reason).toMatch(/Cannot create the state: ENOENT/);
+    expect(files()).toEqual([]);
+  });
+});
