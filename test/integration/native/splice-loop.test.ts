@@ -1,0 +1,22 @@
+// The C test of the native splice loop (native/test/splice_loop_test.c): compiled here with the
+// same flags as the addon and run, so `npm test` (and CI) fails when the loop does.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { expect, it, onTestFinished } from 'vitest';
+
+const NATIVE = resolve(import.meta.dirname, '../../../native');
+
+it.skipIf(process.platform !== 'linux')('the native splice loop passes its C test (bulk, half-close, reset, idle, abort, pipe reuse, stop)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'splice_loop_test');
+  const cc = process.env['CC'] ?? 'cc';
+  execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=c11', '-D_GNU_SOURCE', '-pthread', `-I${NATIVE}`,
+    join(NATIVE, 'test/splice_loop_test.c'), join(NATIVE, 'splice_loop.c'), '-o', bin], { stdio: 'pipe' });
+  const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
+  expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  expect(r.stdout).toContain('all checks passed');
+});
