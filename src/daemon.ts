@@ -21,6 +21,11 @@ import { ControlPlane, type ChangeEvent, type SandboxRecord, type WriteFailureEv
 import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
 import { InvalidConfigError } from './errors.ts';
+import { AnswerCache } from './dns/cache.ts';
+import { DnsListener } from './dns/listener.ts';
+import { ResolvedNames } from './dns/memory.ts';
+import { DnsService } from './dns/service.ts';
+import { Forwarder } from './dns/upstream.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 
@@ -55,6 +60,12 @@ export class Daemon {
   /** The host's own addresses and egressd's listeners, which no policy reaches. */
   readonly host: HostAddresses;
   readonly listeners: Listener[] = [];
+  /** The DNS listeners (`listen.dns`), answering the sandboxes' port 53. */
+  readonly dnsListeners: DnsListener[] = [];
+  readonly dnsCache = new AnswerCache();
+  readonly dnsMemory: ResolvedNames;
+  readonly dnsForwarder: Forwarder;
+  readonly dns: DnsService;
   readonly admin: AdminServer;
   readonly #outcomeListeners: OutcomeListener[] = [];
   readonly #originalDst: PipelineDeps['originalDst'];
@@ -67,8 +78,11 @@ export class Daemon {
     this.#originalDst = opts.originalDst ?? originalDestination;
     this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
     this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses });
+    // While egressd answers port 53 itself, no DNS server is reachable directly: raw traffic to
+    // 8.8.8.8:53 would otherwise carry any payload out.
+    const dnsListening = config.listen.dns.length > 0;
     this.store = new PolicyStore(
-      { protected: config.protected, host: this.host, catalog: catalogOf(config), dnsServers: config.dns.sandboxServers },
+      { protected: config.protected, host: this.host, catalog: catalogOf(config), dnsServers: dnsListening ? [] : config.dns.sandboxServers },
       config.defaultNetwork,
     );
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
@@ -79,6 +93,29 @@ export class Daemon {
       timeoutMs: config.dns.timeoutMs,
       onLookup: (e) => this.metrics.dnsLookup(e),
     });
+    this.dnsMemory = new ResolvedNames(config.dns.memory);
+    this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
+    this.dns = new DnsService({
+      config: () => this.#config,
+      policies: this.store,
+      forwarder: this.dnsForwarder,
+      cache: this.dnsCache,
+      addresses: this.resolver.cache,
+      memory: this.dnsMemory,
+      log,
+      onQuery: (e) => this.metrics.dnsQuery(e),
+    });
+    for (const ep of config.listen.dns) {
+      this.dnsListeners.push(
+        new DnsListener(ep, {
+          answer: (msg, source, transport) => (this.#state === 'serving' ? this.dns.answer(msg, source, transport) : Promise.resolve(null)),
+          keyOf: (source) => DnsService.keyOf(this.store.lookup(source), source),
+          tcpPerSandbox: config.dns.limits.tcpPerSandbox,
+          onTcpRefused: () => this.metrics.dnsQuery({ verdict: 'tcp-limited', type: 'other', cached: false }),
+        }),
+      );
+    }
+    this.metrics.dnsRemembered(() => ({ total: this.dnsMemory.total }));
     const onConnection = (socket: Socket, kind: Listener['kind']): void => this.#accept(socket, kind);
     for (const kind of ['http', 'tls', 'tcp'] as const) {
       for (const ep of config.listen[kind]) this.listeners.push(new Listener(kind, ep, onConnection));
@@ -97,6 +134,7 @@ export class Daemon {
       token: () => this.#config.admin.token,
       maxBodyBytes: config.admin.maxBodyBytes,
       onRefused: () => this.metrics.policyChangesRefused.inc({ source: 'api' }),
+      dnsMemory: this.dnsMemory,
     });
     this.onOutcome((o) => this.metrics.outcome(o));
     this.onOutcome((o) => this.#logOutcome(o));
@@ -116,7 +154,7 @@ export class Daemon {
 
   readiness(): Readiness {
     if (this.#state !== 'serving') return { ready: false, reason: `Daemon is ${this.#state}` };
-    const down = this.listeners.find((l) => l.status.state !== 'listening');
+    const down = [...this.listeners, ...this.dnsListeners].find((l) => l.status.state !== 'listening');
     if (down) return { ready: false, reason: `Listener ${down.kind} ${down.endpoint.text} is ${down.status.state}` };
     const addon = nativeAddonStatus();
     if (!addon.ok) return { ready: false, reason: addon.reason };
@@ -150,7 +188,7 @@ export class Daemon {
     this.metrics.stateEntries.set(loaded.loaded + loaded.orgs);
     await this.admin.listen();
     try {
-      await Promise.all(this.listeners.map((l) => l.listen()));
+      await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -158,6 +196,7 @@ export class Daemon {
     // Every bound port is known only now (port 0 in tests picks one).
     this.host.setListeners([
       ...this.listeners.map((l) => ({ host: l.endpoint.host, port: l.port ?? l.endpoint.port })),
+      ...this.dnsListeners.map((l) => ({ host: l.endpoint.host, port: l.port ?? l.endpoint.port })),
       { host: this.#config.admin.listen.host, port: this.admin.port ?? this.#config.admin.listen.port },
     ]);
     this.host.start();
@@ -166,6 +205,7 @@ export class Daemon {
       {
         event: 'started',
         listeners: this.listeners.map((l) => ({ kind: l.kind, address: l.endpoint.host, port: l.port })),
+        dns: this.dnsListeners.map((l) => ({ address: l.endpoint.host, port: l.port })),
         admin: this.config.admin.listen.text,
         adminPort: this.admin.port,
         sandboxes: this.store.sandboxCount,
@@ -228,6 +268,7 @@ export class Daemon {
       policies: this.store,
       resolver: this.resolver,
       registry: this.registry,
+      dnsMemory: this.dnsMemory,
       originalDst: this.#originalDst,
       emit: (o) => this.#emit(o),
     });
@@ -241,6 +282,8 @@ export class Daemon {
    */
   #onPolicyChange(e: ChangeEvent): void {
     this.metrics.policyChanges.inc({ source: e.source });
+    // What a removed sandbox was given is not carried over to a new sandbox of the same id.
+    if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);
     this.log.info(
       { event: 'policy-change', source: e.source, actor: e.actor, action: e.action, kind: e.kind, id: e.id, before: e.before, after: e.after, version: this.store.version },
       'policy change',
@@ -299,6 +342,7 @@ export class Daemon {
         verdict: o.verdict,
         reason: o.reason,
         rule: o.rule,
+        ...(o.dnsNames !== undefined ? { dnsNames: o.dnsNames } : {}),
         dialed: o.dialed,
         dialFailure: o.dialFailure,
         bytesUp: o.bytesUp,
@@ -319,7 +363,7 @@ export class Daemon {
   async stop(drainMs: number): Promise<void> {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
     this.#state = 'draining';
-    await Promise.all(this.listeners.map((l) => l.close()));
+    await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
     if (this.#pending.size > 0 && drainMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
@@ -334,6 +378,7 @@ export class Daemon {
     await Promise.allSettled([...this.#pending]);
     this.resolver.close();
     this.host.stop();
+    this.dnsForwarder.close();
     await this.admin.close();
     this.control.close();
     this.#state = 'stopped';

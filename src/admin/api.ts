@@ -14,12 +14,15 @@ import { verdict } from '../policy/verdict.ts';
 import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
 import { StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
+import type { ResolvedNames } from '../dns/memory.ts';
 
 export interface ApiOptions {
   readonly token: () => string | null;
   readonly maxBodyBytes: number;
   /** Called for every change the API refuses (invalid, conflicting or unknown), for the counters. */
   readonly onRefused?: (e: ChangeError) => void;
+  /** What the DNS listener remembers per sandbox (names and the addresses they gave). */
+  readonly dnsMemory?: Pick<ResolvedNames, 'view' | 'top' | 'total'>;
 }
 
 const ID = '([A-Za-z0-9][A-Za-z0-9._-]{0,127})';
@@ -130,6 +133,9 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
               },
         network: renderNetwork(networkOf(r)),
         dns_servers_allowed: networkOf(r).dnsServersAllowed ? settings.dnsServers : [],
+        // The names this sandbox resolved through egressd and the addresses they gave: a
+        // connection that carries no name to one of these addresses is judged with the names.
+        dns_remembered: opts.dnsMemory?.view(r.id) ?? [],
         essential_services: networkOf(r).essentialServices || (org?.tier != null && org.tier <= 2) ? settings.catalog : [],
         protected: {
           extra: settings.protected.extra,
@@ -137,6 +143,15 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
           note: 'Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR wholly inside them unlocks them.',
         },
       });
+    }),
+  });
+  admin.route({
+    method: 'GET',
+    path: /^\/api\/v1\/dns\/remembered$/,
+    handler: guarded((req, res) => {
+      const raw = new URL(req.url ?? '/', 'http://x').searchParams.get('top') ?? '10';
+      if (!/^\d{1,4}$/.test(raw) || Number(raw) < 1) throw new ApiError(400, 'invalid_request', `Query "top" must be an integer from 1 to 9999, got ${quote(raw)}`, 'top');
+      sendJson(res, 200, { total: opts.dnsMemory?.total ?? 0, top: opts.dnsMemory?.top(Number(raw)) ?? [] });
     }),
   });
   for (const method of ['PUT', 'GET', 'DELETE'] as const) {

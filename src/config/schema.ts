@@ -6,6 +6,7 @@ import { isIP } from 'node:net';
 import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { validateCidr } from '../policy/validate.ts';
+import { normalizePattern } from '../match/names.ts';
 import {
   IssueList,
   optBool,
@@ -45,14 +46,42 @@ export interface SandboxConfig {
 
 export type OnPolicyChange = 'close' | 'keep';
 
+export type DnsRefusal = 'nxdomain' | 'refused';
+
+export interface DnsLimits {
+  /** Queries per second per sandbox (token bucket refill). */
+  readonly perSecond: number;
+  /** Queries a sandbox may send at once above the rate (token bucket size). */
+  readonly burst: number;
+  /** Upstream queries one sandbox may have waiting. */
+  readonly inflightPerSandbox: number;
+  /** Upstream queries all sandboxes together may have waiting. */
+  readonly inflightTotal: number;
+  /** TCP connections one sandbox may hold to the DNS listener. */
+  readonly tcpPerSandbox: number;
+}
+
 export interface Config {
-  readonly listen: Readonly<Record<ListenerKind, readonly Endpoint[]>>;
+  /** TCP listeners by kind, and `dns` (UDP and TCP on each endpoint; empty: no DNS listener). */
+  readonly listen: Readonly<Record<ListenerKind, readonly Endpoint[]>> & { readonly dns: readonly Endpoint[] };
   readonly admin: { readonly listen: Endpoint; readonly token: string | null; readonly maxBodyBytes: number };
   readonly dns: {
     readonly servers: readonly string[];
     readonly timeoutMs: number;
-    /** The sandboxes' own DNS servers, allowed on port 53 when a policy names a domain (Novita). */
+    /**
+     * The sandboxes' own DNS servers, allowed on port 53 when a policy names a domain (Novita);
+     * ignored while the DNS listener is on, which answers port 53 itself.
+     */
     readonly sandboxServers: readonly string[];
+    /** How a query for a name the sandbox may not reach is answered. */
+    readonly refusal: DnsRefusal;
+    /** Name patterns forwarded for every sandbox that may reach anything; they grant no connection. */
+    readonly zones: readonly string[];
+    /** Remove the `ech` SvcParam from HTTPS and SVCB answers. */
+    readonly stripEch: boolean;
+    readonly limits: DnsLimits;
+    /** Names given to a sandbox are remembered for the record's TTL plus `graceMs`, at most `perSandbox` addresses. */
+    readonly memory: { readonly graceMs: number; readonly perSandbox: number };
   };
   readonly upstream: {
     readonly dial: DialMode;
@@ -88,9 +117,19 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
     http: ['0.0.0.0:15080', '[::]:15080'],
     tls: ['0.0.0.0:15443', '[::]:15443'],
     tcp: ['0.0.0.0:15001', '[::]:15001'],
+    dns: ['0.0.0.0:15053', '[::]:15053'],
   },
   admin: { listen: '127.0.0.1:9901', maxBodyBytes: 1_048_576 },
-  dns: { servers: [], timeoutMs: 2000, sandboxServers: ['8.8.8.8'] },
+  dns: {
+    servers: [],
+    timeoutMs: 2000,
+    sandboxServers: ['8.8.8.8'],
+    refusal: 'nxdomain',
+    zones: [],
+    stripEch: true,
+    limits: { perSecond: 500, burst: 1000, inflightPerSandbox: 64, inflightTotal: 1024, tcpPerSandbox: 16 },
+    memory: { graceMs: 60_000, perSandbox: 4096 },
+  },
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
   block: 'explain',
@@ -163,12 +202,15 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (!root) return { ok: false, issues: issues.issues };
   const d = DEFAULT_DOCUMENT as Record<string, any>;
 
-  const listenIn = root['listen'] === undefined ? {} : objectWithKeys(root['listen'], 'listen', LISTENER_KINDS, issues);
-  const listen = {} as Record<ListenerKind, Endpoint[]>;
+  const listenIn = root['listen'] === undefined ? {} : objectWithKeys(root['listen'], 'listen', [...LISTENER_KINDS, 'dns'], issues);
+  const listen = {} as Record<ListenerKind, Endpoint[]> & { dns: Endpoint[] };
   for (const kind of LISTENER_KINDS) {
     const raw = listenIn?.[kind] ?? d['listen'][kind];
     listen[kind] = endpointList(raw, `listen.${kind}`, issues) ?? [];
   }
+  // An empty list turns the DNS listener off (port 53 then works as before: dns.sandboxServers).
+  const dnsListen = listenIn?.['dns'] ?? d['listen']['dns'];
+  listen.dns = Array.isArray(dnsListen) && dnsListen.length === 0 ? [] : (endpointList(dnsListen, 'listen.dns', issues) ?? []);
 
   const adminIn = root['admin'] === undefined ? {} : objectWithKeys(root['admin'], 'admin', ['listen', 'token', 'maxBodyBytes'], issues);
   const adminListen = endpointList(adminIn?.['listen'] ?? d['admin']['listen'], 'admin.listen', issues);
@@ -176,7 +218,32 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const token = optString(adminIn?.['token'], 'admin.token', issues) ?? null;
   const maxBodyBytes = optInt(adminIn?.['maxBodyBytes'], 'admin.maxBodyBytes', 1024, 64 * 1_048_576, issues) ?? d['admin']['maxBodyBytes'];
 
-  const dnsIn = root['dns'] === undefined ? {} : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs', 'sandboxServers'], issues);
+  const dnsIn =
+    root['dns'] === undefined
+      ? {}
+      : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs', 'sandboxServers', 'refusal', 'zones', 'stripEch', 'limits', 'memory'], issues);
+  const refusal = optEnum(dnsIn?.['refusal'], 'dns.refusal', ['nxdomain', 'refused'] as const, issues) ?? 'nxdomain';
+  const zones: string[] = [];
+  (optStringArray(dnsIn?.['zones'], 'dns.zones', issues) ?? []).forEach((z, i) => {
+    const n = normalizePattern(z);
+    if (!n.ok) issues.add(`dns.zones[${i}]`, n.reason);
+    else zones.push(n.pattern);
+  });
+  const stripEch = optBool(dnsIn?.['stripEch'], 'dns.stripEch', issues) ?? true;
+  const limIn = dnsIn?.['limits'] === undefined ? {} : objectWithKeys(dnsIn['limits'], 'dns.limits', Object.keys(d['dns']['limits']), issues);
+  const lim = (k: keyof DnsLimits, max: number): number => optInt(limIn?.[k], `dns.limits.${k}`, 1, max, issues) ?? d['dns']['limits'][k];
+  const limits: DnsLimits = {
+    perSecond: lim('perSecond', 1_000_000),
+    burst: lim('burst', 10_000_000),
+    inflightPerSandbox: lim('inflightPerSandbox', 100_000),
+    inflightTotal: lim('inflightTotal', 1_000_000),
+    tcpPerSandbox: lim('tcpPerSandbox', 100_000),
+  };
+  const memIn = dnsIn?.['memory'] === undefined ? {} : objectWithKeys(dnsIn['memory'], 'dns.memory', ['graceMs', 'perSandbox'], issues);
+  const memory = {
+    graceMs: optInt(memIn?.['graceMs'], 'dns.memory.graceMs', 0, 86_400_000, issues) ?? d['dns']['memory']['graceMs'],
+    perSandbox: optInt(memIn?.['perSandbox'], 'dns.memory.perSandbox', 1, 10_000_000, issues) ?? d['dns']['memory']['perSandbox'],
+  };
   const servers = optStringArray(dnsIn?.['servers'], 'dns.servers', issues) ?? [];
   servers.forEach((s, i) => {
     if (dnsServer(s) === undefined) issues.add(`dns.servers[${i}]`, `Expected an address or "address:port", got ${quote(s)}`);
@@ -280,7 +347,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const config: Config = {
     listen,
     admin: { listen: adminListen[0]!, token, maxBodyBytes },
-    dns: { servers, timeoutMs: dnsTimeout, sandboxServers: sandboxServersCanon },
+    dns: { servers, timeoutMs: dnsTimeout, sandboxServers: sandboxServersCanon, refusal, zones, stripEch, limits, memory },
     upstream: { dial, connectTimeoutMs, idleTimeoutMs },
     peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
     block,

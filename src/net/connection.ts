@@ -21,12 +21,15 @@ import { refuseHttp, refuseTcp, refuseTls, dropSilently } from './refuse.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { nameMatters, verdict } from '../policy/verdict.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
+import type { ResolvedNames } from '../dns/memory.ts';
 
 export interface PipelineDeps {
   readonly config: () => Config;
   readonly policies: PolicyLookup;
   readonly resolver: NameResolver;
   readonly registry: ConnectionRegistry;
+  /** Which names gave which addresses to each sandbox (judges connections that carry no name). */
+  readonly dnsMemory?: Pick<ResolvedNames, 'namesFor'>;
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
@@ -172,23 +175,57 @@ async function run(
     if ('name' in n) o.name = n.name;
   }
 
-  const facts = { name: o.name, ip, port };
-  const decision = verdict(deps.policies.lookup(o.source), facts);
+  let facts: { name: string | null; ip: string; port: number } = { name: o.name, ip, port };
+  let decision: Decision = verdict(deps.policies.lookup(o.source), facts);
+  // A connection that carries no name, to an address this sandbox resolved through egressd, is
+  // judged with the names that gave it the address (Cilium's FQDN policy): allowed when one of
+  // them is allowed, refused when every one is refused, so a domain deny rule also holds
+  // against clients that send no name.
+  const remembered = (): string[] => {
+    const id = deps.policies.lookup(o.source).sandbox;
+    return id === null || !deps.dnsMemory ? [] : deps.dnsMemory.namesFor(id, canonicalSource(ip) ?? ip);
+  };
+  let viaDns = false;
+  if (o.name === null) {
+    const names = remembered();
+    if (names.length > 0) {
+      o.dnsNames = names;
+      let chosen: { name: string; d: Decision } | null = null;
+      for (let i = names.length - 1; i >= 0; i--) {
+        const d = verdict(deps.policies.lookup(o.source), { name: names[i]!, ip, port });
+        if (d.verdict === 'allow') {
+          chosen = { name: names[i]!, d };
+          break;
+        }
+        chosen ??= { name: names[i]!, d };
+      }
+      facts = { name: chosen!.name, ip, port };
+      decision = { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
+      viaDns = true;
+    }
+  }
   live.facts = facts;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
   o.verdict = 'allow';
   o.reason = decision.reason as OutcomeReason;
   o.rule = decision.rule;
 
-  const target = await chooseUpstream({
-    mode: config.upstream.dial,
-    name: o.name,
-    byName: decision.matchedBy === 'name',
-    original: ip,
-    port,
-    resolver: deps.resolver,
-    allows: (addr) => verdict(deps.policies.lookup(o.source), { name: o.name, ip: addr, port }).verdict === 'allow',
-  });
+  // An address egressd's DNS listener gave this very sandbox for this name is one of the name's
+  // addresses, whatever a later lookup would answer (rotation, geo-DNS, a short TTL).
+  const target = viaDns
+    ? ({ ok: true, address: ip, how: 'original' } as const)
+    : await chooseUpstream({
+        mode: config.upstream.dial,
+        name: o.name,
+        byName: decision.matchedBy === 'name',
+        original: ip,
+        port,
+        resolver: {
+          resolve: async (name: string) =>
+            remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name),
+        },
+        allows: (addr) => verdict(deps.policies.lookup(o.source), { name: o.name, ip: addr, port }).verdict === 'allow',
+      });
   if (!target.ok) {
     o.end = target.detail;
     return refuse(socket, o.protocol, config, o, { verdict: 'refuse', reason: target.reason, rule: decision.rule });

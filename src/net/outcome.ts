@@ -48,6 +48,11 @@ export interface ConnectionOutcome {
   verdict: 'allow' | 'refuse' | 'error';
   reason: OutcomeReason;
   rule: string | null;
+  /**
+   * The names this sandbox resolved through egressd to the destination, when a connection that
+   * carried no name was judged with them (`matchedBy: dns`).
+   */
+  dnsNames?: readonly string[];
   /** The upstream address actually dialed, when one was. */
   dialed: string | null;
   dialFailure?: string;

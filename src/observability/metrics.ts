@@ -32,6 +32,11 @@ export class Metrics {
   readonly closedByPolicyChange: Counter;
   readonly stateWriteFailures: Counter<'errno'>;
   readonly stateEntries: Gauge;
+  readonly dnsQueries: Counter<'verdict' | 'type'>;
+  readonly dnsUpstreamDuration: Histogram;
+  readonly dnsAnswerCacheHits: Counter;
+  readonly dnsRememberedAddresses: Gauge;
+  #remembered: () => { total: number } = () => ({ total: 0 });
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
@@ -125,6 +130,32 @@ export class Metrics {
       help: 'Sandboxes and organizations restored from the state at start-up.',
       registers,
     });
+    this.dnsQueries = new Counter({
+      name: 'egressd_dns_queries_total',
+      help: 'Queries to the DNS listener, by verdict (allow, refuse, rate-limited, inflight-limited, tcp-limited, malformed, servfail) and query type (A, AAAA, HTTPS, ..., other).',
+      labelNames: ['verdict', 'type'],
+      registers,
+    });
+    this.dnsUpstreamDuration = new Histogram({
+      name: 'egressd_dns_upstream_duration_seconds',
+      help: 'Time the upstream resolvers took to answer a query the DNS listener forwarded.',
+      buckets: SECONDS_BUCKETS,
+      registers,
+    });
+    this.dnsAnswerCacheHits = new Counter({
+      name: 'egressd_dns_answer_cache_hits_total',
+      help: 'Queries to the DNS listener answered from the answer cache.',
+      registers,
+    });
+    const self = this;
+    this.dnsRememberedAddresses = new Gauge({
+      name: 'egressd_dns_remembered_addresses',
+      help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
+      registers,
+      collect() {
+        this.set(self.#remembered().total);
+      },
+    });
     for (const l of ['http', 'tls', 'tcp'] as const) this.activeConnections.set({ listener: l }, 0);
   }
 
@@ -150,6 +181,17 @@ export class Metrics {
     if (e.cached) this.dnsCacheHits.inc();
     this.dnsLookups.inc({ outcome: e.outcome });
     if (e.outcome !== 'ok') this.dnsFailures.inc({ cause: e.outcome });
+  }
+
+  dnsQuery(e: { verdict: string; type: string; cached: boolean; upstreamMs?: number }): void {
+    this.dnsQueries.inc({ verdict: e.verdict, type: e.type });
+    if (e.cached) this.dnsAnswerCacheHits.inc();
+    if (e.upstreamMs !== undefined) this.dnsUpstreamDuration.observe(e.upstreamMs / 1000);
+  }
+
+  /** Where the remembered-address gauge reads its value at scrape time. */
+  dnsRemembered(read: () => { total: number }): void {
+    this.#remembered = read;
   }
 
   async render(): Promise<{ contentType: string; body: string }> {

@@ -145,3 +145,56 @@ export function nameMatters(chain: PolicyChain, at: { readonly ip: string; reado
   verdict(chain, { name: null, ip: at.ip, port: at.port }, trace);
   return trace.nameConsulted;
 }
+
+/** The answer to "could this chain reach this name on some port", with the rule that says so. */
+export interface NameReach {
+  readonly reach: boolean;
+  readonly rule: string | null;
+  /** A deny rule names it (as opposed to nothing allowing it). */
+  readonly denied: boolean;
+}
+
+/**
+ * Whether a connection carrying `name` (normalized) could be allowed on some port and address:
+ * what the DNS listener asks before it forwards a query. The chain walked over the domain
+ * steps alone, in the verdict's order — organization first, then the sandbox; within a layer
+ * the allow side (a domain rule or catalog entry naming it, or a ports-only rule, which allows
+ * any host), then the deny side's domains, then the mode. Address rules grant no name: a
+ * block-all policy that allows only CIDRs resolves nothing. The DNS servers' port-53 rule
+ * grants no name either.
+ */
+export function nameReach(chain: PolicyChain, name: string): NameReach {
+  const org = chain.org;
+  if (org !== null) {
+    if (org.layer === null) return { reach: false, rule: `org ${org.id}: unknown organization`, denied: false };
+    const o = layerNameReach(org.layer, name);
+    if (!o.reach) return { ...o, rule: `org ${org.id}: ${o.rule ?? ''}` };
+  }
+  return layerNameReach(chain.layer, name);
+}
+
+function layerNameReach(layer: CompiledLayer, name: string): NameReach {
+  const p = layer.main;
+  const allow = p.allow;
+  if (!allow.empty) {
+    if (!allow.hasHosts) return { reach: true, rule: allow.portRule(0), denied: false };
+    const i = allow.domains?.match(name) ?? -1;
+    if (i >= 0) return { reach: true, rule: allow.domainRule(i), denied: false };
+  }
+  const j = p.deny.domains?.match(name) ?? -1;
+  if (j >= 0) return { reach: false, rule: p.deny.domainRule(j), denied: true };
+  return p.policy.mode === 'allow-all'
+    ? { reach: true, rule: 'mode "allow-all"', denied: false }
+    : { reach: false, rule: 'mode "block-all"', denied: false };
+}
+
+/**
+ * Whether the chain allows anything at all: false for block-all with an empty allow side
+ * (`networkBlockAll`, `allowInternetAccess: false` without rules), in either layer or for an
+ * unknown organization. Such a sandbox gets no DNS at all, operator zones included.
+ */
+export function allowsAnything(chain: PolicyChain): boolean {
+  const some = (l: CompiledLayer): boolean => l.main.policy.mode === 'allow-all' || !l.main.allow.empty;
+  if (chain.org !== null && (chain.org.layer === null || !some(chain.org.layer))) return false;
+  return some(chain.layer);
+}

@@ -22,7 +22,7 @@ export interface LoopbackDaemon {
 
 export function loopbackConfig(doc: Record<string, unknown>): Config {
   const r = validateConfig({
-    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
+    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
     admin: { listen: '127.0.0.1:0', token: 'test-token' },
     // The upstream servers of these tests live on the host's own loopback: the dedicated key
     // opens it (egressd's own listeners stay refused there).

@@ -48,7 +48,7 @@ describe('the egressd process', () => {
     return { status: res.statusCode, body: text ? JSON.parse(text) : null };
   };
   const base = (extra: Record<string, unknown> = {}) => ({
-    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
+    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
     admin: { listen: '127.0.0.1:0', token: TOKEN },
     ...extra,
   });
@@ -101,7 +101,7 @@ describe('the egressd process', () => {
   it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
     // A fixed port both processes bind; picked at random in the dynamic range to stay clear of others.
     const port = 20_000 + Math.floor(Math.random() * 20_000);
-    const file = write(base({ listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}` }, shutdown: { drainMs: 2000 } }));
+    const file = write(base({ listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` }, shutdown: { drainMs: 2000 } }));
     const first = await start(file);
     const second = await start(file);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
@@ -110,6 +110,7 @@ describe('the egressd process', () => {
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
     const listeners = second.d.lines.find((l) => l.event === 'started')!['listeners'] as { port: number }[];
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
+    expect((second.d.lines.find((l) => l.event === 'started')!['dns'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
   });
 
   it('writes its log lines to log.destination, and nothing below log.level', async () => {

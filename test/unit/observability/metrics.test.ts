@@ -77,6 +77,9 @@ function feed(m: Metrics): void {
   m.dnsLookup({ cached: false, outcome: 'ok' });
   m.dnsLookup({ cached: true, outcome: 'ok' });
   m.dnsLookup({ cached: false, outcome: 'nxdomain' });
+  m.dnsQuery({ verdict: 'allow', type: 'A', cached: false, upstreamMs: 3 });
+  m.dnsQuery({ verdict: 'allow', type: 'A', cached: true });
+  m.dnsRemembered(() => ({ total: 2 }));
   m.policyChanges.inc({ source: 'api' });
   m.policyChangesRefused.inc({ source: 'api' });
   m.configReloads.inc({ result: 'ok' });
@@ -223,7 +226,8 @@ describe('Metrics labels', () => {
   /** Every label egressd's metrics may carry, and the values each may take ('le' is the histogram's). */
   const LABEL_VALUES: Record<string, RegExp> = {
     listener: /^(?:http|tls|tcp)$/,
-    verdict: /^(?:allow|refuse|error)$/,
+    verdict: /^(?:allow|refuse|error|rate-limited|inflight-limited|tcp-limited|malformed|servfail)$/,
+    type: /^(?:A|AAAA|HTTPS|SVCB|CNAME|MX|TXT|PTR|SRV|NS|SOA|CAA|ANY|DS|DNSKEY|other)$/,
     reason: /^[a-z]+(?:-[a-z]+)*$/,
     direction: /^(?:up|down)$/,
     cause: /^(?:refused|timeout|unreachable|reset|aborted|other|nxdomain|nodata|servfail|error)$/,

@@ -1,0 +1,176 @@
+// One DNS endpoint (`listen.dns`): a UDP socket and a TCP server on the same address and port,
+// the REDIRECT target of the sandboxes' port 53. Over TCP (RFC 7766 §6.2) a connection may carry
+// several queries, answered as each is ready (in any order, §6.2.1.1), and is closed after an
+// idle period; each sandbox may hold a bounded number of connections.
+
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Endpoint } from '../config/schema.ts';
+import { canonicalSource } from '../config/schema.ts';
+import { frame, MAX_QUERY_BYTES } from './message.ts';
+import type { Transport } from './service.ts';
+
+export type DnsListenerStatus =
+  | { state: 'idle' }
+  | { state: 'listening'; address: string; port: number }
+  | { state: 'failed'; error: string }
+  | { state: 'closed' };
+
+export interface DnsListenerDeps {
+  readonly answer: (msg: Buffer, source: string, transport: Transport) => Promise<Buffer | null>;
+  /** The key a source's TCP connections are counted under (its sandbox). */
+  readonly keyOf: (source: string) => string;
+  readonly tcpPerSandbox: number;
+  /** Called when a TCP connection is refused by the per-sandbox bound. */
+  readonly onTcpRefused?: (key: string) => void;
+}
+
+/** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
+const TCP_IDLE_MS = 10_000;
+/** Queries one TCP connection may have waiting for an answer. */
+const TCP_PIPELINE = 16;
+
+export class DnsListener {
+  readonly endpoint: Endpoint;
+  readonly kind = 'dns' as const;
+  readonly #deps: DnsListenerDeps;
+  #udp: UdpSocket;
+  #tcp: Server;
+  #status: DnsListenerStatus = { state: 'idle' };
+  readonly #connections = new Set<Socket>();
+  readonly #perKey = new Map<string, number>();
+
+  constructor(endpoint: Endpoint, deps: DnsListenerDeps) {
+    this.endpoint = endpoint;
+    this.#deps = deps;
+    const v6 = endpoint.host.includes(':');
+    // ipv6Only: `[::]` and `0.0.0.0` are listeners of their own, as for TCP.
+    // reusePort: as for TCP, a new process can bind while the old one drains.
+    this.#udp = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true });
+    this.#udp.on('message', (msg, rinfo) => this.#onDatagram(msg, rinfo.address, rinfo.port));
+    this.#udp.on('error', (err) => {
+      this.#status = { state: 'failed', error: err.message };
+    });
+    this.#tcp = createServer({ noDelay: true }, (s) => this.#onConnection(s));
+    this.#tcp.on('error', (err) => {
+      this.#status = { state: 'failed', error: err.message };
+    });
+  }
+
+  get status(): DnsListenerStatus {
+    return this.#status;
+  }
+
+  get port(): number | null {
+    return this.#status.state === 'listening' ? this.#status.port : null;
+  }
+
+  async listen(): Promise<void> {
+    const v6 = this.endpoint.host.includes(':');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#udp.once('error', reject);
+        this.#udp.bind({ address: this.endpoint.host, port: this.endpoint.port }, () => {
+          this.#udp.off('error', reject);
+          resolve();
+        });
+      });
+      // The TCP side takes the port UDP got, so `:0` in tests gives one port for both.
+      const port = this.#udp.address().port;
+      await new Promise<void>((resolve, reject) => {
+        this.#tcp.once('error', reject);
+        this.#tcp.listen({ host: this.endpoint.host, port, ipv6Only: v6, backlog: 1024, reusePort: true }, () => {
+          this.#tcp.off('error', reject);
+          resolve();
+        });
+      });
+      this.#status = { state: 'listening', address: this.endpoint.host, port };
+    } catch (err) {
+      this.#status = { state: 'failed', error: `${this.endpoint.text}: ${(err as Error).message}` };
+      throw new Error(`Cannot listen on dns ${this.endpoint.text}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  #onDatagram(msg: Buffer, address: string, port: number): void {
+    void this.#deps
+      .answer(msg, address, 'udp')
+      .then((res) => {
+        if (res !== null && this.#status.state === 'listening') this.#udp.send(res, port, address, () => {});
+      })
+      .catch(() => {});
+  }
+
+  #onConnection(socket: Socket): void {
+    socket.on('error', () => {});
+    const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
+    const key = this.#deps.keyOf(source);
+    const held = this.#perKey.get(key) ?? 0;
+    if (held >= this.#deps.tcpPerSandbox || this.#status.state !== 'listening') {
+      this.#deps.onTcpRefused?.(key);
+      socket.resetAndDestroy();
+      return;
+    }
+    this.#perKey.set(key, held + 1);
+    this.#connections.add(socket);
+    socket.once('close', () => {
+      this.#connections.delete(socket);
+      const left = (this.#perKey.get(key) ?? 1) - 1;
+      if (left <= 0) this.#perKey.delete(key);
+      else this.#perKey.set(key, left);
+    });
+    socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
+    let buf: Buffer = Buffer.alloc(0);
+    let waiting = 0;
+    let ended = false;
+    socket.on('data', (d: Buffer) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      while (buf.length >= 2) {
+        const len = buf.readUInt16BE(0);
+        if (len > MAX_QUERY_BYTES) {
+          socket.destroy();
+          return;
+        }
+        if (buf.length < len + 2) break;
+        const msg = Buffer.from(buf.subarray(2, len + 2));
+        buf = buf.subarray(len + 2);
+        if (waiting >= TCP_PIPELINE) {
+          // A client that sends faster than it reads is paused, not buffered without bound.
+          socket.pause();
+        }
+        waiting++;
+        void this.#deps
+          .answer(msg, source, 'tcp')
+          .then((res) => {
+            if (res !== null && !socket.destroyed) socket.write(frame(res));
+          })
+          .catch(() => {})
+          .finally(() => {
+            waiting--;
+            if (waiting < TCP_PIPELINE && socket.isPaused()) socket.resume();
+            if (ended && waiting === 0) socket.end();
+          });
+      }
+    });
+    // A client that half-closes after its queries still gets every answer (RFC 7766 §6.2.4).
+    socket.on('end', () => {
+      ended = true;
+      if (waiting === 0) socket.end();
+    });
+  }
+
+  async close(): Promise<void> {
+    const was = this.#status.state;
+    this.#status = { state: 'closed' };
+    for (const s of this.#connections) s.destroy();
+    if (was === 'listening') {
+      await new Promise<void>((resolve) => this.#udp.close(() => resolve()));
+      await new Promise<void>((resolve) => this.#tcp.close(() => resolve()));
+    } else {
+      try {
+        this.#udp.close();
+      } catch {
+        // never bound
+      }
+    }
+  }
+}

@@ -1,0 +1,294 @@
+// What happens to one DNS query from a sandbox, top to bottom:
+//   parse → sandbox by source → rate limit → may this sandbox reach the name? → cache | upstream
+//   → strip ECH → remember the addresses given → answer
+// A name the sandbox may not reach is answered NXDOMAIN (or REFUSED, `dns.refusal`) here, so its
+// labels never leave the host. Nothing here throws to the listener: every query gets an answer
+// or, when it is not a query at all, silence.
+
+import type { Answer } from 'dns-packet';
+import type { Config } from '../config/schema.ts';
+import type { PolicyLookup } from '../control/store.ts';
+import { allowsAnything, nameReach, type PolicyChain } from '../policy/verdict.ts';
+import { DomainTrie } from '../match/domain-trie.ts';
+import { normalizeWireName } from '../match/names.ts';
+import type { Logger } from '../observability/logger.ts';
+import { MAX_CACHE_TTL_S, AnswerCache } from './cache.ts';
+import { HTTPS_TYPE, SVCB_TYPE, stripEch } from './ech.ts';
+import type { ResolvedNames } from './memory.ts';
+import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
+import { TokenBuckets } from './token-bucket.ts';
+import type { Forwarder } from './upstream.ts';
+import { canonicalSource } from '../config/schema.ts';
+import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
+
+export type Transport = 'udp' | 'tcp';
+
+/** A query's verdict: a small fixed set, safe as a metric label. */
+export type QueryVerdict = 'allow' | 'refuse' | 'rate-limited' | 'inflight-limited' | 'malformed' | 'servfail';
+
+/** Query types counted by name; every other type is `other` (a label must stay a small set). */
+const COUNTED_TYPES = new Set(['A', 'AAAA', 'HTTPS', 'SVCB', 'CNAME', 'MX', 'TXT', 'PTR', 'SRV', 'NS', 'SOA', 'CAA', 'ANY', 'DS', 'DNSKEY']);
+
+export interface QueryEvent {
+  readonly verdict: QueryVerdict;
+  readonly type: string;
+  readonly cached: boolean;
+  /** Time the upstream took, when it was asked. */
+  readonly upstreamMs?: number;
+}
+
+export interface DnsServiceDeps {
+  readonly config: () => Config;
+  readonly policies: PolicyLookup;
+  readonly forwarder: Pick<Forwarder, 'query'>;
+  readonly cache: AnswerCache;
+  /** The data path's address cache (net/dns-cache.ts): A and AAAA answers given out go in too. */
+  readonly addresses?: AddressCache;
+  readonly memory: ResolvedNames;
+  readonly log: Logger;
+  readonly onQuery?: (e: QueryEvent) => void;
+}
+
+const TCP_LIMIT = 65_535;
+
+export class DnsService {
+  readonly #deps: DnsServiceDeps;
+  readonly #buckets: TokenBuckets;
+  readonly #zones: DomainTrie | null;
+  readonly #inflightBy = new Map<string, number>();
+  #inflight = 0;
+  readonly #pending = new Map<string, Promise<Answered | { failed: string }>>();
+  /** Per sandbox: when a rate-limit line was last logged and how many were not logged since. */
+  readonly #limitLog = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(deps: DnsServiceDeps) {
+    this.#deps = deps;
+    const c = deps.config().dns;
+    this.#buckets = new TokenBuckets({ perSecond: c.limits.perSecond, burst: c.limits.burst });
+    if (c.zones.length > 0) {
+      const t = new DomainTrie();
+      c.zones.forEach((z, i) => t.insert(z, i));
+      this.#zones = t;
+    } else {
+      this.#zones = null;
+    }
+  }
+
+  /** The key a sandbox's limits are counted under: its id, or its source when it has none. */
+  static keyOf(chain: PolicyChain, source: string): string {
+    return chain.sandbox ?? `source ${source}`;
+  }
+
+  /** The response to one message from `source` (canonical address), or null for silence. */
+  async answer(msg: Buffer, rawSource: string, transport: Transport): Promise<Buffer | null> {
+    const source = canonicalSource(rawSource) ?? rawSource;
+    const parsed = parseQuery(msg);
+    if (parsed.kind === 'drop') {
+      this.#count('malformed', 'other', false);
+      return null;
+    }
+    const policy = this.#deps.policies.lookup(source);
+    const key = DnsService.keyOf(policy, source);
+    if (!this.#buckets.take(key)) {
+      this.#count('rate-limited', parsed.kind === 'query' ? parsed.query.type : 'other', false);
+      this.#logLimited(key, policy.sandbox, source, parsed.kind === 'query' ? parsed.query : null);
+      return parsed.kind === 'query'
+        ? refusalResponse(parsed.query, 'REFUSED')
+        : errorResponse(parsed.id, parsed.flags, 'REFUSED', parsed.question, parsed.edns);
+    }
+    if (parsed.kind === 'error') {
+      this.#count('malformed', parsed.question?.type ?? 'other', false);
+      this.#deps.log.info(
+        { event: 'dns-query', sandbox: policy.sandbox, source, name: parsed.question?.name ?? null, type: parsed.question?.type ?? null, verdict: 'refuse', reason: 'malformed', rcode: parsed.rcode, detail: parsed.why },
+        'dns query',
+      );
+      return errorResponse(parsed.id, parsed.flags, parsed.rcode, parsed.question, parsed.edns);
+    }
+    const q = parsed.query;
+    const limit = transport === 'udp' ? udpLimit(q) : TCP_LIMIT;
+    const config = this.#deps.config();
+
+    const gate = this.#gate(policy, q.name);
+    if (!gate.reach) {
+      this.#count('refuse', q.type, false);
+      this.#deps.log.info(
+        { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'refuse', reason: gate.reason, rule: gate.rule },
+        'dns query',
+      );
+      return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
+    }
+
+    const answerKey = AnswerCache.key(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled);
+    const hit = this.#deps.cache.get(answerKey);
+    let answered: Answered;
+    let ageS = 0;
+    let upstreamMs: number | undefined;
+    if (hit) {
+      answered = hit.answered;
+      ageS = hit.ageS;
+    } else {
+      const limits = config.dns.limits;
+      const held = this.#inflightBy.get(key) ?? 0;
+      if (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal) {
+        this.#count('inflight-limited', q.type, false);
+        this.#deps.log.info(
+          { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'refuse', reason: 'inflight-limited', rule: null },
+          'dns query',
+        );
+        return refusalResponse(q, 'REFUSED');
+      }
+      this.#inflightBy.set(key, held + 1);
+      this.#inflight++;
+      const started = performance.now();
+      let r: Answered | { failed: string };
+      try {
+        r = await this.#fetch(answerKey, q);
+      } finally {
+        const left = (this.#inflightBy.get(key) ?? 1) - 1;
+        if (left <= 0) this.#inflightBy.delete(key);
+        else this.#inflightBy.set(key, left);
+        this.#inflight--;
+      }
+      upstreamMs = performance.now() - started;
+      if ('failed' in r) {
+        this.#count('servfail', q.type, false, upstreamMs);
+        this.#deps.log.warn(
+          { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'error', reason: 'upstream-failed', detail: r.failed },
+          'dns query',
+        );
+        return refusalResponse(q, 'SERVFAIL');
+      }
+      answered = r;
+    }
+
+    if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
+    this.#count('allow', q.type, hit !== undefined, upstreamMs);
+    this.#deps.log.debug(
+      { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'allow', reason: gate.reason, rule: gate.rule, rcode: answered.rcode, cached: hit !== undefined },
+      'dns query',
+    );
+    try {
+      return answerResponse(q, answered, ageS, limit);
+    } catch (e) {
+      this.#deps.log.warn({ event: 'dns-query', sandbox: policy.sandbox, name: q.name, type: q.type, verdict: 'error', reason: 'unencodable', detail: (e as Error).message }, 'dns query');
+      return refusalResponse(q, 'SERVFAIL');
+    }
+  }
+
+  /**
+   * Whether the name may be forwarded for this sandbox: the policy could reach it, or it lies
+   * in an operator's zone (`dns.zones`) and the policy allows anything at all and does not deny
+   * it by name. A name that is no host name (an address, bad characters) is refused.
+   */
+  #gate(policy: PolicyChain, name: string): { reach: boolean; reason: string; rule: string | null } {
+    const n = normalizeWireName(name);
+    if (!n.ok || !('name' in n)) return { reach: false, reason: 'invalid-name', rule: null };
+    const r = nameReach(policy, n.name);
+    if (r.reach) return { reach: true, reason: 'policy', rule: r.rule };
+    const denied = r.denied;
+    if (!denied && this.#zones !== null && allowsAnything(policy)) {
+      const i = this.#zones.match(n.name);
+      if (i >= 0) return { reach: true, reason: 'zone', rule: `dns.zones ${JSON.stringify(this.#deps.config().dns.zones[i])}` };
+    }
+    return { reach: false, reason: denied ? 'deny-rule' : 'not-allowed', rule: r.rule };
+  }
+
+  /** One upstream query per question in flight, however many sandboxes ask it at once. */
+  #fetch(answerKey: string, q: Query): Promise<Answered | { failed: string }> {
+    let p = this.#pending.get(answerKey);
+    if (p) return p;
+    p = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled).then((r) => {
+      if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
+      const a = this.#prepare(r.answered);
+      this.#deps.cache.set(answerKey, a);
+      this.#share(q.name, a);
+      return a;
+    });
+    this.#pending.set(answerKey, p);
+    void p.finally(() => this.#pending.delete(answerKey));
+    return p;
+  }
+
+  /** TTLs clamped to the cache's bound (so a sandbox asks again when egressd would) and ECH removed. */
+  #prepare(a: Answered): Answered {
+    const strip = this.#deps.config().dns.stripEch;
+    const fix = (rs: readonly Answer[]): Answer[] => {
+      const out: Answer[] = [];
+      for (const r of rs) {
+        let rec = r;
+        if ('ttl' in rec && typeof rec.ttl === 'number' && rec.ttl > MAX_CACHE_TTL_S) rec = { ...rec, ttl: MAX_CACHE_TTL_S } as Answer;
+        const t = rec.type as string;
+        if (strip && (t === `UNKNOWN_${HTTPS_TYPE}` || t === `UNKNOWN_${SVCB_TYPE}`) && Buffer.isBuffer((rec as { data?: unknown }).data)) {
+          const s = stripEch((rec as { data: Buffer }).data);
+          if (s.kind === 'malformed') continue;
+          if (s.kind === 'stripped') rec = { ...rec, data: s.rdata } as Answer;
+        }
+        out.push(rec);
+      }
+      return out;
+    };
+    return { ...a, answers: fix(a.answers), authorities: fix(a.authorities), additionals: fix(a.additionals) };
+  }
+
+  /**
+   * Puts the addresses of an A or AAAA answer into the data path's address cache, beside what
+   * it already holds for the name (the other family), for the shorter of the two TTLs.
+   */
+  #share(name: string, a: Answered): void {
+    const cache = this.#deps.addresses;
+    const key = cacheKey(name);
+    if (!cache || key === null || a.rcode !== 0) return;
+    const found: string[] = [];
+    let ttl = Infinity;
+    for (const r of a.answers) {
+      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string') {
+        found.push(r.data);
+        ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
+      }
+    }
+    if (found.length === 0) return;
+    let ttlMs = clampTtlMs(ttl);
+    const old = cache.get(key);
+    if (old?.ok) {
+      found.push(...old.addresses);
+      ttlMs = Math.min(ttlMs, cache.remainingMs(key));
+    }
+    cache.set(key, { ok: true, addresses: [...new Set(found)] }, ttlMs);
+  }
+
+  #remember(sandbox: string, name: string, a: Answered, ageS: number): void {
+    const v4: string[] = [];
+    let ttl = MAX_CACHE_TTL_S;
+    for (const r of a.answers) {
+      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string') {
+        v4.push(canonicalSource(r.data) ?? r.data);
+        ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
+      }
+    }
+    if (v4.length > 0) this.#deps.memory.remember(sandbox, name, v4, Math.max(0, ttl - ageS));
+  }
+
+  #count(verdict: QueryVerdict, type: string, cached: boolean, upstreamMs?: number): void {
+    try {
+      this.#deps.onQuery?.({ verdict, type: COUNTED_TYPES.has(type) ? type : 'other', cached, ...(upstreamMs !== undefined ? { upstreamMs } : {}) });
+    } catch {
+      // A metrics callback must not cost a sandbox its answer.
+    }
+  }
+
+  /** A flood must not become a flood of log lines: one line per sandbox per second, with a count. */
+  #logLimited(key: string, sandbox: string | null, source: string, q: Query | null): void {
+    const now = performance.now();
+    const e = this.#limitLog.get(key);
+    if (e && now - e.at < 1000) {
+      e.suppressed++;
+      return;
+    }
+    this.#deps.log.info(
+      { event: 'dns-query', sandbox, source, name: q?.name ?? null, type: q?.type ?? null, verdict: 'refuse', reason: 'rate-limited', suppressed: e?.suppressed ?? 0 },
+      'dns query',
+    );
+    if (this.#limitLog.size > 10_000) this.#limitLog.clear();
+    this.#limitLog.set(key, { at: now, suppressed: 0 });
+  }
+}

@@ -1,0 +1,39 @@
+// A token bucket per key (a sandbox): `perSecond` tokens flow in, at most `burst` are held, and
+// each query takes one. Buckets of keys not seen for a while are dropped (LRU-bounded), so a
+// stream of new source addresses cannot grow memory without bound.
+
+import { LRUCache } from 'lru-cache';
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+export class TokenBuckets {
+  readonly #perMs: number;
+  readonly #burst: number;
+  readonly #clock: () => number;
+  readonly #buckets: LRUCache<string, Bucket>;
+
+  constructor(o: { perSecond: number; burst: number; maxKeys?: number; clock?: () => number }) {
+    this.#perMs = o.perSecond / 1000;
+    this.#burst = Math.max(1, o.burst);
+    this.#clock = o.clock ?? (() => performance.now());
+    this.#buckets = new LRUCache({ max: o.maxKeys ?? 100_000 });
+  }
+
+  /** Takes one token for `key`: false when its bucket is empty. */
+  take(key: string): boolean {
+    const now = this.#clock();
+    let b = this.#buckets.get(key);
+    if (!b) {
+      b = { tokens: this.#burst, at: now };
+      this.#buckets.set(key, b);
+    }
+    b.tokens = Math.min(this.#burst, b.tokens + (now - b.at) * this.#perMs);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+}

@@ -1,0 +1,181 @@
+// Sends the queries egressd forwards to the upstream resolvers (`dns.servers`) and reads their
+// answers. Each attempt has a socket of its own, so every query leaves from a fresh random port
+// with a random id (RFC 5452 §9.2); the next server is tried after a share of the deadline while
+// earlier attempts keep listening, so any answer that arrives within `timeoutMs` is used. A
+// truncated answer is asked again over TCP (RFC 7766 §5).
+
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { getServers } from 'node:dns';
+import { randomInt } from 'node:crypto';
+import { connect, isIP } from 'node:net';
+import { frame, parseUpstreamReply, upstreamQuery, type Answered } from './message.ts';
+
+export interface UpstreamServer {
+  readonly host: string;
+  readonly port: number;
+}
+
+export type ForwardFailure = 'timeout' | 'error';
+
+export type ForwardResult =
+  | { ok: true; answered: Answered; server: string; ms: number }
+  | { ok: false; cause: ForwardFailure; detail: string; ms: number };
+
+export interface ForwarderOptions {
+  /** "127.0.0.1", "127.0.0.1:5353", "[::1]:5353", "::1"; empty: the system's resolvers. */
+  readonly servers: readonly string[];
+  /** The most one forwarded query may take, whatever the number of servers and retries. */
+  readonly timeoutMs: number;
+}
+
+/** The largest answer read over TCP: the two-octet length allows no more (RFC 1035 §4.2.2). */
+const MAX_TCP_ANSWER = 65_535;
+/** Each server gets one retransmission: 2 × servers attempts share the deadline. */
+const TRIES_PER_SERVER = 2;
+const MIN_ATTEMPT_MS = 100;
+
+export function parseServer(text: string): UpstreamServer | null {
+  if (isIP(text) !== 0) return { host: text, port: 53 };
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
+  if (!m) return null;
+  const host = (m[1] ?? m[2])!;
+  const port = Number(m[3]);
+  if (isIP(host) === 0 || port < 1 || port > 65535) return null;
+  return { host, port };
+}
+
+const label = (s: UpstreamServer): string => (isIP(s.host) === 6 ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`);
+
+export class Forwarder {
+  readonly #servers: UpstreamServer[];
+  readonly #timeoutMs: number;
+  readonly #sockets = new Set<UdpSocket>();
+  #closed = false;
+
+  constructor(o: ForwarderOptions) {
+    const list = o.servers.length > 0 ? o.servers : getServers();
+    this.#servers = list.map(parseServer).filter((s): s is UpstreamServer => s !== null);
+    this.#timeoutMs = Math.max(1, o.timeoutMs);
+  }
+
+  get servers(): readonly string[] {
+    return this.#servers.map(label);
+  }
+
+  /** Asks the upstreams for `name`/`type`; never rejects. */
+  query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean): Promise<ForwardResult> {
+    const started = performance.now();
+    const ms = (): number => performance.now() - started;
+    if (this.#closed) return Promise.resolve({ ok: false, cause: 'error', detail: 'forwarder closed', ms: 0 });
+    if (this.#servers.length === 0) return Promise.resolve({ ok: false, cause: 'error', detail: 'no upstream DNS servers', ms: 0 });
+    const attempts = this.#servers.length * TRIES_PER_SERVER;
+    const attemptMs = Math.max(MIN_ATTEMPT_MS, Math.floor(this.#timeoutMs / attempts));
+    return new Promise<ForwardResult>((resolve) => {
+      let settled = false;
+      let n = 0;
+      let lastError = 'no answer';
+      const timers: NodeJS.Timeout[] = [];
+      const mine = new Set<UdpSocket>();
+      const finish = (r: ForwardResult): void => {
+        if (settled) return;
+        settled = true;
+        for (const t of timers) clearTimeout(t);
+        for (const s of mine) this.#closeSocket(s);
+        resolve(r);
+      };
+      const overall = setTimeout(() => finish({ ok: false, cause: 'timeout', detail: `no answer within ${this.#timeoutMs} ms (${lastError})`, ms: ms() }), this.#timeoutMs);
+      timers.push(overall);
+      const attempt = (): void => {
+        if (settled || this.#closed) return;
+        const server = this.#servers[n % this.#servers.length]!;
+        n++;
+        const id = randomInt(0, 65_536);
+        const msg = upstreamQuery(id, name, type, dnssecOk, checkingDisabled);
+        const sock = createSocket(isIP(server.host) === 6 ? 'udp6' : 'udp4');
+        this.#sockets.add(sock);
+        mine.add(sock);
+        sock.on('error', (e) => {
+          lastError = e.message;
+          this.#closeSocket(sock);
+        });
+        sock.on('message', (buf, rinfo) => {
+          // RFC 5452 §9.1: only the server asked, from its port, with our id and question.
+          if (rinfo.port !== server.port || canonical(rinfo.address) !== canonical(server.host)) return;
+          const r = parseUpstreamReply(buf, id, name, type);
+          if (r.kind !== 'answer') {
+            if (r.kind === 'malformed') lastError = `malformed answer from ${label(server)}: ${r.why}`;
+            return;
+          }
+          if (!r.truncated) return finish({ ok: true, answered: r.answered, server: label(server), ms: ms() });
+          this.#closeSocket(sock);
+          void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now()).then((t) => {
+            if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
+            else lastError = t.detail;
+          });
+        });
+        sock.send(msg, server.port, server.host, (err) => {
+          if (err) lastError = err.message;
+        });
+        if (n < attempts) timers.push(setTimeout(attempt, attemptMs));
+      };
+      attempt();
+    });
+  }
+
+  #overTcp(
+    server: UpstreamServer,
+    name: string,
+    type: string,
+    dnssecOk: boolean,
+    checkingDisabled: boolean,
+    budgetMs: number,
+  ): Promise<{ ok: true; answered: Answered } | { ok: false; detail: string }> {
+    return new Promise((resolve) => {
+      if (budgetMs <= 0) return resolve({ ok: false, detail: 'no time left for TCP' });
+      const id = randomInt(0, 65_536);
+      const sock = connect({ host: server.host, port: server.port });
+      let buf = Buffer.alloc(0);
+      const done = (r: { ok: true; answered: Answered } | { ok: false; detail: string }): void => {
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(r);
+      };
+      const timer = setTimeout(() => done({ ok: false, detail: `TCP to ${label(server)} timed out` }), budgetMs);
+      sock.on('error', (e) => done({ ok: false, detail: `TCP to ${label(server)}: ${e.message}` }));
+      sock.on('connect', () => sock.write(frame(upstreamQuery(id, name, type, dnssecOk, checkingDisabled))));
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length > MAX_TCP_ANSWER + 2) return done({ ok: false, detail: 'TCP answer too large' });
+        if (buf.length < 2) return;
+        const len = buf.readUInt16BE(0);
+        if (buf.length < len + 2) return;
+        const r = parseUpstreamReply(buf.subarray(2, len + 2), id, name, type);
+        if (r.kind === 'answer') done({ ok: true, answered: r.answered });
+        else done({ ok: false, detail: `TCP answer from ${label(server)}: ${r.why}` });
+      });
+      sock.on('close', () => done({ ok: false, detail: `TCP to ${label(server)} closed before an answer` }));
+    });
+  }
+
+  #closeSocket(s: UdpSocket): void {
+    if (!this.#sockets.delete(s)) return;
+    try {
+      s.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Stops every attempt in flight; later queries fail at once. */
+  close(): void {
+    this.#closed = true;
+    for (const s of [...this.#sockets]) this.#closeSocket(s);
+  }
+}
+
+function canonical(a: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
+  if (m) return m[1]!;
+  if (isIP(a) === 6) return new URL(`http://[${a}]/`).hostname.slice(1, -1);
+  return a;
+}

@@ -1,0 +1,126 @@
+// The DNS listener in the whole daemon on loopback, asked by dig (a real client) and forwarding
+// to a test upstream that counts what reaches it: only names the sandbox may reach are
+// forwarded; everything else is answered here; malformed and unserved queries get the RFC's
+// code; truncation sends dig to TCP; answers are cached; a flood is limited per sandbox.
+
+import { execFile } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { promisify } from 'node:util';
+import * as packet from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const run = promisify(execFile);
+const haveDig = await run('dig', ['-v']).then(
+  () => true,
+  () => false,
+);
+
+const A = '127.0.0.2';
+const B = '127.0.0.3';
+
+describe.skipIf(!haveDig)('the DNS listener', () => {
+  let upstream: DnsTestServer;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await DnsTestServer.start();
+    upstream.set('allowed.test', { kind: 'answer', a: ['198.18.1.10'], aaaa: ['2001:db8:2::10'], ttl: 60 });
+    upstream.set('many.allowed.test', { kind: 'answer', a: Array.from({ length: 60 }, (_, i) => `198.18.1.${i + 2}`), ttl: 60 });
+    upstream.set('cached.allowed.test', { kind: 'answer', a: ['198.18.1.11'], ttl: 60 });
+    upstream.set('blocked.test', { kind: 'answer', a: ['198.18.1.13'], ttl: 60 });
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 1000, limits: { perSecond: 1, burst: 20 } },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test', '*.allowed.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } } },
+        ],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  const dig = async (from: string, ...args: string[]): Promise<string> =>
+    (await run('dig', [`@127.0.0.1`, '-p', String(port), '-b', from, '+tries=1', '+time=2', ...args])).stdout;
+
+  it('resolves an allowed name and answers NXDOMAIN for another without asking the upstream', async () => {
+    expect(await dig(A, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
+    expect(await dig(A, 'ALLOWED.test.', 'AAAA', '+short')).toBe('2001:db8:2::10\n');
+    const out = await dig(A, 'data-1234.attacker.test', 'A');
+    expect(out).toMatch(/status: NXDOMAIN/);
+    expect(upstream.queries.some((q) => q.name.includes('attacker'))).toBe(false);
+    // allow-all with a deny rule: the denied name is never resolved, others are.
+    expect(await dig(B, 'blocked.test', 'A')).toMatch(/status: NXDOMAIN/);
+    expect(upstream.count('blocked.test', 'A')).toBe(0);
+    expect(await dig(B, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
+    const line = await d.waitForLog((l) => l['event'] === 'dns-query' && l['name'] === 'data-1234.attacker.test');
+    expect(line).toMatchObject({ sandbox: 'sb-a', type: 'A', verdict: 'refuse', reason: 'not-allowed' });
+  });
+
+  it('answers over TCP, and a truncated UDP answer sends dig to TCP (RFC 7766)', async () => {
+    expect((await dig(A, '+tcp', 'allowed.test', 'A', '+short')).trim()).toBe('198.18.1.10');
+    const out = await dig(A, '+noedns', '+ignore', 'many.allowed.test', 'A');
+    expect(out).toMatch(/flags: qr tc/);
+    const full = await dig(A, '+noedns', 'many.allowed.test', 'A', '+short');
+    expect(full.trim().split('\n')).toHaveLength(60);
+  });
+
+  it('answers from the cache the second time', async () => {
+    await dig(A, 'cached.allowed.test', 'A', '+short');
+    await dig(A, 'cached.allowed.test', 'A', '+short');
+    expect(upstream.count('cached.allowed.test', 'A')).toBe(1);
+  });
+
+  it('answers FORMERR, NOTIMP and BADVERS as the RFCs say', async () => {
+    expect(await dig(A, '+edns=1', '+noednsnegotiation', 'allowed.test', 'A')).toMatch(/status: BADVERS/);
+    expect(await dig(A, '-c', 'CH', 'version.bind', 'TXT')).toMatch(/status: NOTIMP/);
+    const two = packet.encode({ type: 'query', id: 7, questions: [{ name: 'allowed.test', type: 'A' }, { name: 'allowed.test', type: 'AAAA' }] });
+    expect(rcode(await udp(A, port, two))).toBe('FORMERR');
+    const notify = packet.encode({ type: 'query', id: 8, flags: 4 << 11, questions: [{ name: 'allowed.test', type: 'SOA' }] });
+    expect(rcode(await udp(A, port, notify))).toBe('NOTIMP');
+    // A label holding a dot would be judged as one name and resolved as another.
+    const dotted = Buffer.concat([Buffer.from([0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), Buffer.from('\x0ex.allowed.test\x04test\x00\x00\x01\x00\x01', 'latin1')]);
+    expect(rcode(await udp(A, port, dotted))).toBe('FORMERR');
+    expect(upstream.queries.some((q) => q.name.startsWith('x.allowed'))).toBe(false);
+  });
+
+  it('refuses a flood past the burst while another sandbox resolves', async () => {
+    let refused = 0;
+    for (let i = 0; i < 40; i++) {
+      const r = await udp(A, port, packet.encode({ type: 'query', id: i, flags: packet.RECURSION_DESIRED, questions: [{ name: 'cached.allowed.test', type: 'A' }] }));
+      if (rcode(r) === 'REFUSED') refused++;
+    }
+    expect(refused).toBeGreaterThan(10);
+    expect(await dig(B, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
+    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    expect(m).toMatch(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} \d+/);
+  });
+});
+
+/** The response code dns-packet reads from a message (its type definitions omit the field). */
+function rcode(msg: Buffer): string | undefined {
+  return (packet.decode(msg) as { rcode?: string }).rcode;
+}
+
+function udp(from: string, port: number, msg: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket('udp4');
+    const timer = setTimeout(() => {
+      s.close();
+      reject(new Error('no answer within 2 s'));
+    }, 2000);
+    s.on('message', (m) => {
+      clearTimeout(timer);
+      s.close();
+      resolve(m);
+    });
+    s.bind(0, from, () => s.send(msg, port, '127.0.0.1'));
+  });
+}
