@@ -1,8 +1,11 @@
-// The essential-services catalog (seed 000 "Essential services", seed 001 "Essential Services
-// (Whitelisted on All Tiers)"): the domain patterns a Daytona policy with an allow list, or an
-// organization on tier 1 or 2, reaches beside its own rules. The data lives in
-// essential-services.yaml; an operator may pick categories, add names, or point at a file of
-// their own in the same shape. Read once at start-up, so it is synchronous.
+// The essential-services catalog (Daytona's "Network Limits (Firewall)" documentation, section
+// "Essential services", and its older "Essential Services (Whitelisted on All Tiers)" list):
+// the domain patterns a Daytona policy with an allow list, or an organization on tier 1 or 2,
+// reaches beside its own rules. The data lives in essential-services.yaml: `categories` is
+// Daytona's list as published; `published` adds, per category, the hosts each service's own
+// firewall or allow-list documentation names (each with that document's title and URL), so
+// that an install, pull or clone works. An operator may pick categories, add names, or point at
+// a file of their own in the same shape. Read once at start-up, so it is synchronous.
 
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -21,8 +24,16 @@ export interface CatalogOptions {
   readonly file?: string;
 }
 
+/** A host added from the service's own published documentation, with that document. */
+export interface PublishedHost {
+  readonly category: string;
+  readonly host: string;
+  readonly title: string;
+  readonly url: string;
+}
+
 export type CatalogResult =
-  | { ok: true; domains: string[]; categories: string[] }
+  | { ok: true; domains: string[]; categories: string[]; published: PublishedHost[] }
   | { ok: false; issues: FieldIssue[] };
 
 const DEFAULT_FILE = fileURLToPath(new URL('./essential-services.yaml', import.meta.url));
@@ -72,6 +83,24 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
     byName.set(name, patterns);
   }
 
+  const published: PublishedHost[] = [];
+  for (const [name, raw] of file.published) {
+    const where = `Catalog file ${quote(path)} at published.${name}`;
+    if (!byName.has(name)) {
+      add(fileField, `${where}: no category of that name under "categories"`);
+      continue;
+    }
+    if (!Array.isArray(raw)) {
+      add(fileField, `${where}: expected a list of { host, title, url }, got ${describe(raw)}`);
+      continue;
+    }
+    raw.forEach((entry: unknown, i: number) => {
+      const r = publishedEntry(entry);
+      if (r.ok) published.push({ category: name, ...r.value });
+      else add(fileField, `${where}[${i}]: ${r.reason}`);
+    });
+  }
+
   const wanted = opts.categories ?? 'all';
   const selected: string[] = [];
   if (wanted === 'all') selected.push(...byName.keys());
@@ -93,15 +122,18 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
 
   if (!collected.ok) return finish();
   const domains = new Set<string>();
-  for (const name of selected) for (const d of byName.get(name)!) domains.add(d);
+  for (const name of selected) {
+    for (const d of byName.get(name)!) domains.add(d);
+    for (const p of published) if (p.category === name) domains.add(p.host);
+  }
   for (const d of extra) domains.add(d);
-  return { ok: true, domains: [...domains], categories: selected };
+  return { ok: true, domains: [...domains], categories: selected, published: published.filter((p) => selected.includes(p.category)) };
 }
 
 /**
  * One catalog entry. `*` passes normalizePattern (it means every name) but is refused here:
  * joined to a restricted policy's allow side it would turn "essential services only" into
- * "every name", which no category of seed 000 asks for.
+ * "every name", which no category of Daytona's list asks for.
  */
 function pattern(entry: unknown): { ok: true; pattern: string } | { ok: false; reason: string } {
   if (typeof entry !== 'string') return { ok: false, reason: `Expected a domain pattern, got ${describe(entry)}` };
@@ -109,7 +141,21 @@ function pattern(entry: unknown): { ok: true; pattern: string } | { ok: false; r
   return normalizePattern(entry);
 }
 
-type FileRead = { ok: true; categories: [string, unknown][] } | { ok: false; reason: string };
+/** One `published` entry: a host pattern and the document that names it (title, https URL). */
+function publishedEntry(entry: unknown): { ok: true; value: Omit<PublishedHost, 'category'> } | { ok: false; reason: string } {
+  if (!isPlainObject(entry)) return { ok: false, reason: `Expected { host, title, url }, got ${describe(entry)}` };
+  const unknown = Object.keys(entry).filter((k) => k !== 'host' && k !== 'title' && k !== 'url');
+  if (unknown.length > 0) return { ok: false, reason: `Unknown field ${quote(unknown[0])}; the fields are host, title and url` };
+  const host = pattern(entry['host']);
+  if (!host.ok) return host;
+  const title = entry['title'];
+  if (typeof title !== 'string' || title.trim() === '') return { ok: false, reason: `Expected the source document's title, got ${describe(title)}` };
+  const url = entry['url'];
+  if (typeof url !== 'string' || !/^https:\/\/[^\s/]+\/\S*$/.test(url)) return { ok: false, reason: `Expected the source document's https URL, got ${describe(url)}` };
+  return { ok: true, value: { host: host.pattern, title, url } };
+}
+
+type FileRead = { ok: true; categories: [string, unknown][]; published: [string, unknown][] } | { ok: false; reason: string };
 
 function readCatalogFile(path: string): FileRead {
   const q = quote(path);
@@ -134,13 +180,17 @@ function readCatalogFile(path: string): FileRead {
     return { ok: false, reason: `Catalog file ${q} is not valid YAML: ${truncate(err instanceof Error ? err.message : String(err))}` };
   }
   if (!isPlainObject(doc)) return { ok: false, reason: `Catalog file ${q} should hold an object with "categories", got ${describe(doc)}` };
-  const unknown = Object.keys(doc).filter((k) => k !== 'categories');
-  if (unknown.length > 0) return { ok: false, reason: `Catalog file ${q} has unknown field ${quote(unknown[0])}; the only field is categories` };
+  const unknown = Object.keys(doc).filter((k) => k !== 'categories' && k !== 'published');
+  if (unknown.length > 0) return { ok: false, reason: `Catalog file ${q} has unknown field ${quote(unknown[0])}; the fields are categories and published` };
   const categories = doc['categories'];
   if (!isPlainObject(categories)) {
     return { ok: false, reason: `Catalog file ${q} should map category names to lists under "categories", got ${describe(categories)}` };
   }
-  return { ok: true, categories: Object.entries(categories) };
+  const published = doc['published'] ?? {};
+  if (!isPlainObject(published)) {
+    return { ok: false, reason: `Catalog file ${q} should map category names to lists under "published", got ${describe(published)}` };
+  }
+  return { ok: true, categories: Object.entries(categories), published: Object.entries(published) };
 }
 
 function truncate(s: string): string {

@@ -6,6 +6,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { loadCatalog } from '../../../src/policy/catalog/catalog.ts';
 import { normalizePattern } from '../../../src/match/names.ts';
+import { compileProtected } from '../../../src/match/protected.ts';
+import { parseNetworkBody } from '../../../src/policy/network-body.ts';
+import { compileLayer, verdict } from '../../../src/policy/verdict.ts';
 
 // The "Essential services" sections of the two seed documents, read from ../shared/seeds/
 // (000 up to "Troubleshooting", 001 up to "### Testing Network Access"), so that the hosts are
@@ -69,9 +72,23 @@ describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog 
     expect(domains).toContain('registry-1.docker.io');
   });
 
-  it('names nothing that neither seed names', () => {
+  it('keeps Daytona\'s list whole and apart: `categories` names nothing that neither version of it names', () => {
     const named = new Set([...hostsIn(SEED_000_ESSENTIAL_SERVICES), ...hostsIn(SEED_001_ESSENTIAL_SERVICES)]);
-    expect(loaded().domains.filter((d) => !named.has(d))).toEqual([]);
+    const doc = parse(readFileSync(CATALOG_FILE, 'utf8')) as { categories: Record<string, string[]> };
+    expect(Object.values(doc.categories).flat().filter((d) => !named.has(d))).toEqual([]);
+  });
+
+  it('gives every entry beyond Daytona\'s list a source: the service\'s own document, by title and https URL', () => {
+    const named = new Set([...hostsIn(SEED_000_ESSENTIAL_SERVICES), ...hostsIn(SEED_001_ESSENTIAL_SERVICES)]);
+    const r = loadCatalog();
+    if (!r.ok) throw new Error(JSON.stringify(r.issues));
+    const sourced = new Set(r.published.map((p) => p.host));
+    expect(r.domains.filter((d) => !named.has(d) && !sourced.has(d))).toEqual([]);
+    expect(r.published.length).toBeGreaterThan(0);
+    for (const p of r.published) {
+      expect(p.title.trim().length, p.host).toBeGreaterThan(0);
+      expect(p.url, p.host).toMatch(/^https:\/\/[^/\s]+\/\S*$/);
+    }
   });
 
 });
@@ -90,6 +107,68 @@ describe('the built-in essential-services catalog', () => {
     expect(entries.length).toBeGreaterThan(160);
     const failures = entries.map((e) => [e, normalizePattern(e)] as const).filter(([e, r]) => !r.ok || r.pattern !== e);
     expect(failures).toEqual([]);
+  });
+
+  it('lets an image pull from mcr.microsoft.com fetch its layers (issue 10 part 11\'s example), and Docker Hub\'s and Quay\'s', () => {
+    const { domains } = loaded({ categories: ['container-registries'] });
+    const matches = (host: string) => domains.some((d) => d === host || (d.startsWith('*.') && host.endsWith(d.slice(1))));
+    // Layer downloads go to regional data endpoints, CDNs and buckets outside the registry's name.
+    for (const host of [
+      'westus2.data.mcr.microsoft.com',
+      'eastus.data.mcr.microsoft.com',
+      'production.cloudflare.docker.com',
+      'docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com',
+      'cdn01.quay.io',
+      'registry-1.docker.io',
+      'auth.docker.io',
+    ]) {
+      expect(matches(host), host).toBe(true);
+    }
+    expect(matches('data.mcr.microsoft.com')).toBe(false);
+  });
+
+  it('allows a Daytona sandbox with networkAllowList to fetch MCR, Docker Hub and Quay layers through the real verdict', () => {
+    const parsed = parseNetworkBody({ networkAllowList: '192.168.1.0/24' });
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
+    const layer = compileLayer(parsed.value, { protectedRanges: compileProtected({}), catalog: loaded().domains, dnsServers: [] });
+    const chain = { sandbox: 'sb', org: null, layer };
+    for (const name of ['westus2.data.mcr.microsoft.com', 'production.cloudflare.docker.com', 'cdn02.quay.io', 'mcr.microsoft.com']) {
+      expect(verdict(chain, { name, ip: '20.60.0.1', port: 443 }), name).toMatchObject({ verdict: 'allow', reason: 'allow-rule' });
+    }
+    expect(verdict(chain, { name: 'mcr.microsoft.com.evil.test', ip: '20.60.0.1', port: 443 }).verdict).toBe('refuse');
+  });
+
+  it('joins a published host only to its own category', () => {
+    expect(loaded({ categories: ['npm'] }).domains).not.toContain('*.data.mcr.microsoft.com');
+    expect(loaded({ categories: ['azure-devops'] }).domains).toContain('*.vsassets.io');
+  });
+
+  it('refuses a published entry without a source, or under a category that does not exist', () => {
+    const file = catalogFile(
+      'unsourced.yaml',
+      [
+        'categories:',
+        '  a: [a.example]',
+        'published:',
+        '  a:',
+        '    - host: b.example',
+        '    - host: c.example',
+        '      title: Doc',
+        '      url: http://insecure.example/doc',
+        '    - { host: d.example, title: Doc, url: "https://docs.example/x", note: hi }',
+        '  missing:',
+        '    - { host: e.example, title: Doc, url: "https://docs.example/x" }',
+      ].join('\n'),
+    );
+    const r = loadCatalog({ file });
+    expect(r.ok).toBe(false);
+    const reasons = r.ok ? [] : r.issues.map((i) => i.reason);
+    expect(reasons).toEqual([
+      expect.stringMatching(/published\.a\[0\]: Expected the source document's title, got undefined/),
+      expect.stringMatching(/published\.a\[1\]: Expected the source document's https URL, got the string "http:\/\/insecure\.example\/doc"/),
+      expect.stringMatching(/published\.a\[2\]: Unknown field "note"/),
+      expect.stringMatching(/published\.missing: no category of that name/),
+    ]);
   });
 
   it('lists each domain once even where a category repeats another', () => {
@@ -141,7 +220,7 @@ describe('loadCatalog options', () => {
 
   it('reads another file of the same shape instead of the built-in one', () => {
     const file = catalogFile('own.yaml', 'categories:\n  mirrors:\n    - Mirror.Example.com\n    - "*.cdn.example.net"\n');
-    expect(loadCatalog({ file })).toEqual({ ok: true, domains: ['mirror.example.com', '*.cdn.example.net'], categories: ['mirrors'] });
+    expect(loadCatalog({ file })).toEqual({ ok: true, domains: ['mirror.example.com', '*.cdn.example.net'], categories: ['mirrors'], published: [] });
   });
 
   it('reports a file it cannot read against "file", naming the path', () => {
@@ -162,7 +241,7 @@ describe('loadCatalog options', () => {
 
   it('reports a file of the wrong shape', () => {
     const top = loadCatalog({ file: catalogFile('top.yaml', 'categories: {}\nhosts: []\n') });
-    expect(top.ok || top.issues[0]!.reason).toMatch(/has unknown field "hosts"; the only field is categories$/);
+    expect(top.ok || top.issues[0]!.reason).toMatch(/has unknown field "hosts"; the fields are categories and published$/);
     const list = loadCatalog({ file: catalogFile('list.yaml', 'categories:\n  npm: registry.npmjs.org\n') });
     expect(list.ok || list.issues[0]!.reason).toMatch(/at categories\.npm: expected a list of domain patterns, got the string "registry\.npmjs\.org"$/);
   });
