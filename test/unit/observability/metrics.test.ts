@@ -38,9 +38,12 @@ function value(all: Sample[], name: string, labels: Record<string, string> = {})
 }
 const sorted = (o: Readonly<Record<string, string>>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b)));
 
-/** A finished connection with a name, addresses and a rule that must never become a label value. */
-function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
-  return {
+/**
+ * A finished connection with a name, addresses and a rule that must never become a label value;
+ * `omit` drops optional fields (a refused connection has no connectMs).
+ */
+function outcome(over: Partial<ConnectionOutcome> = {}, omit: readonly (keyof ConnectionOutcome)[] = []): ConnectionOutcome {
+  const o: ConnectionOutcome = {
     listener: 'tls',
     sandbox: 'sb-secret-42',
     source: '10.200.0.2',
@@ -63,6 +66,8 @@ function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
     connectMs: 12,
     ...over,
   };
+  for (const key of omit) delete o[key];
+  return o;
 }
 
 /** The calls the daemon makes over a few connections, policy changes and lookups. */
@@ -72,8 +77,8 @@ function feed(m: Metrics): void {
   m.accepted('http');
   m.accepted('tcp');
   m.outcome(outcome());
-  m.outcome(outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0, connectMs: undefined }));
-  m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'refused', bytesUp: 0, bytesDown: 0, connectMs: undefined }));
+  m.outcome(outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 }, ['connectMs']));
+  m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'refused', bytesUp: 0, bytesDown: 0 }, ['connectMs']));
   m.dnsLookup({ cached: false, outcome: 'ok' });
   m.dnsLookup({ cached: true, outcome: 'ok' });
   m.dnsLookup({ cached: false, outcome: 'nxdomain' });
@@ -186,7 +191,7 @@ describe('Metrics as the daemon feeds them', () => {
 
   it('counts upstream failures by cause and connections closed by a policy change', async () => {
     const m = new Metrics({ sandboxLabel: false });
-    m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'timeout', connectMs: undefined }));
+    m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'timeout' }, ['connectMs']));
     m.outcome(outcome({ reason: 'policy-changed' }));
     const s = await egressdSamples(m);
     expect(value(s, 'egressd_upstream_connect_failures_total', { cause: 'timeout' })).toBe(1);
