@@ -97,7 +97,10 @@ function queries(): Facts[] {
       const r = parseCidr(pick(cidrs));
       if (!r.ok) throw new Error(r.reason);
       const w = r.block.words;
-      const ip = r.block.family === 4 ? v4Text((w[0]! | (int(256) & ((1 << (32 - r.block.prefix)) - 1))) >>> 0) : v6Text([w[0]! >>> 16, w[0]! & 0xffff, w[1]! >>> 16, w[1]! & 0xffff, 1, 2, 3, 4]);
+      const ip =
+        r.block.family === 4
+          ? v4Text((w[0]! | (int(256) & ((1 << (32 - r.block.prefix)) - 1))) >>> 0)
+          : v6Text([w[0]! >>> 16, w[0]! & 0xffff, w[1]! >>> 16, w[1]! & 0xffff, 1, 2, 3, 4]);
       out.push({ name: null, ip, port: 8080 });
     } else {
       out.push({ name: null, ip: rand() < 0.5 ? v4Text(randomV4()) : v6Text(randomV6()), port: 443 });
@@ -164,9 +167,7 @@ class IntervalTable {
   readonly starts: Uint32Array;
   readonly labels: Int32Array;
   constructor(blocks: readonly CidrBlock[]) {
-    const items = blocks
-      .map((b, i) => ({ lo: b.words[0]!, hi: b.words[0]! + 2 ** (32 - b.prefix) - 1, i }))
-      .sort((x, y) => x.lo - y.lo || y.hi - x.hi);
+    const items = blocks.map((b, i) => ({ lo: b.words[0]!, hi: b.words[0]! + 2 ** (32 - b.prefix) - 1, i })).sort((x, y) => x.lo - y.lo || y.hi - x.hi);
     const starts: number[] = [0];
     const labels: number[] = [-1];
     const stack: { hi: number; i: number }[] = [];

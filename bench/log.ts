@@ -14,10 +14,23 @@ const N = 20_000;
 const ROUNDS = 5;
 const dir = mkdtempSync(join(tmpdir(), 'egressd-log-bench-'));
 const outcome = {
-  event: 'connection', listener: 'tls', sandbox: 'build-7', source: '10.200.0.7', sourcePort: 51234,
-  destination: '198.18.1.2', destinationPort: 443, name: 'files.pythonhosted.org', protocol: 'tls',
-  verdict: 'allow', reason: 'domain', rule: 'allowed_domains[1]', dialed: '198.18.1.2', bytesUp: 517,
-  bytesDown: 4096, durationMs: 12, end: 'closed',
+  event: 'connection',
+  listener: 'tls',
+  sandbox: 'build-7',
+  source: '10.200.0.7',
+  sourcePort: 51234,
+  destination: '198.18.1.2',
+  destinationPort: 443,
+  name: 'files.pythonhosted.org',
+  protocol: 'tls',
+  verdict: 'allow',
+  reason: 'domain',
+  rule: 'allowed_domains[1]',
+  dialed: '198.18.1.2',
+  bytesUp: 517,
+  bytesDown: 4096,
+  durationMs: 12,
+  end: 'closed',
 };
 const turn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 

@@ -87,7 +87,11 @@ const head = new TextEncoder().encode(
   'GET /v1/models?limit=20 HTTP/1.1\r\nHost: api.example.test\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAuthorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789\r\nConnection: keep-alive\r\n\r\n',
 );
 
-for (const [label, b] of [['517-byte hello', small], ['1.7 KB hello', pq], ['1.7 KB hello in 5 records', pqFramed]] as const) {
+for (const [label, b] of [
+  ['517-byte hello', small],
+  ['1.7 KB hello', pq],
+  ['1.7 KB hello in 5 records', pqFramed],
+] as const) {
   const r = parseClientHello(b);
   if (r.kind !== 'hello') throw new Error(`The ${label} does not parse: ${JSON.stringify(r)}`);
 }
@@ -109,9 +113,21 @@ const rows: Row[] = [
   measure('sniff, TLS hello', small.length, () => sniff(small).length),
   measure('hostile: hello in 1000 records, byte by byte', hostileTls.length, byteByByte(parseClientHello, hostileTls)),
   measure('hostile: head of 2700 headers, byte by byte', hostileHttp.length, byteByByte(parseHttpHead, hostileHttp)),
-  measure('hostile hello, byte by byte via PeekBuffer', hostileTls.length, dataPathDrip(() => tlsStep, hostileTls)),
-  measure('hostile head, byte by byte via PeekBuffer', hostileHttp.length, dataPathDrip(() => httpStepper(), hostileHttp)),
-  measure('PQ hello, byte by byte via PeekBuffer', pq.length, dataPathDrip(() => tlsStep, pq)),
+  measure(
+    'hostile hello, byte by byte via PeekBuffer',
+    hostileTls.length,
+    dataPathDrip(() => tlsStep, hostileTls),
+  ),
+  measure(
+    'hostile head, byte by byte via PeekBuffer',
+    hostileHttp.length,
+    dataPathDrip(() => httpStepper(), hostileHttp),
+  ),
+  measure(
+    'PQ hello, byte by byte via PeekBuffer',
+    pq.length,
+    dataPathDrip(() => tlsStep, pq),
+  ),
 ];
 
 const width = Math.max(...rows.map((r) => r.name.length));
@@ -126,5 +142,7 @@ const ratio = (a: string, b: string): string => {
   const y = rows.find((r) => r.name === b)!;
   return `${(x.usPerOp / y.usPerOp).toFixed(0)}x`;
 };
-console.log(`\nre-parse on every byte / PeekBuffer, same run: hostile hello ${ratio('hostile: hello in 1000 records, byte by byte', 'hostile hello, byte by byte via PeekBuffer')}, hostile head ${ratio('hostile: head of 2700 headers, byte by byte', 'hostile head, byte by byte via PeekBuffer')}, PQ hello ${ratio('TLS PQ hello, byte by byte (all prefixes)', 'PQ hello, byte by byte via PeekBuffer')}`);
+console.log(
+  `\nre-parse on every byte / PeekBuffer, same run: hostile hello ${ratio('hostile: hello in 1000 records, byte by byte', 'hostile hello, byte by byte via PeekBuffer')}, hostile head ${ratio('hostile: head of 2700 headers, byte by byte', 'hostile head, byte by byte via PeekBuffer')}, PQ hello ${ratio('TLS PQ hello, byte by byte (all prefixes)', 'PQ hello, byte by byte via PeekBuffer')}`,
+);
 console.log(`\nnode ${process.version}, ${process.arch}; ${BUDGET_MS} ms per case after ${WARMUP_MS} ms of warm-up`);

@@ -20,7 +20,9 @@ const out = join(src, 'build');
 mkdirSync(out, { recursive: true });
 const cc = process.env['CC'] ?? 'cc';
 
-const files = readdirSync(src).filter((f) => f.endsWith('.c')).sort();
+const files = readdirSync(src)
+  .filter((f) => f.endsWith('.c'))
+  .sort();
 const isAddon = (f: string): boolean => /^\s*NAPI_MODULE\s*\(/m.test(readFileSync(join(src, f), 'utf8'));
 const addons = files.filter(isAddon);
 const shared = files.filter((f) => !isAddon(f)).map((f) => join(src, f));
@@ -28,11 +30,23 @@ const shared = files.filter((f) => !isAddon(f)).map((f) => join(src, f));
 for (const addon of addons) {
   const name = basename(addon, '.c');
   const args = [
-    '-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-Werror', '-std=c11', '-D_GNU_SOURCE', '-pthread',
-    `-DNODE_GYP_MODULE_NAME=${name}`, '-DNAPI_VERSION=8',
-    `-I${headers}`, `-I${src}`,
-    join(src, addon), ...shared,
-    '-o', join(out, `${name}.node`),
+    '-shared',
+    '-fPIC',
+    '-O2',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    '-std=c11',
+    '-D_GNU_SOURCE',
+    '-pthread',
+    `-DNODE_GYP_MODULE_NAME=${name}`,
+    '-DNAPI_VERSION=8',
+    `-I${headers}`,
+    `-I${src}`,
+    join(src, addon),
+    ...shared,
+    '-o',
+    join(out, `${name}.node`),
   ];
   try {
     execFileSync(cc, args, { stdio: 'inherit' });

@@ -51,7 +51,12 @@ interface Client {
 const firstLine = (cmd: string, args: string[]): string | null => {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000 });
   if (r.error || r.status !== 0) return null;
-  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? null;
+  return (
+    `${r.stdout}${r.stderr}`
+      .split('\n')
+      .find((l) => l.trim() !== '')
+      ?.trim() ?? null
+  );
 };
 const openssl = (): string | null => firstLine('openssl', ['version'])?.replace(/^(OpenSSL \S+).*$/, '$1') ?? null;
 const sh = (command: string, port: number, env: NodeJS.ProcessEnv = {}): ChildProcess =>
@@ -181,7 +186,13 @@ const CLIENTS: readonly Client[] = [
     spawn(port, scratch) {
       const profile = join(scratch, 'profile');
       mkdirSync(profile);
-      const args = [...CHROMIUM_FLAGS.split(' '), `--user-data-dir=${profile}`, `--host-resolver-rules=MAP ${SNI} 127.0.0.1`, '--dump-dom', `https://${SNI}:${port}/`];
+      const args = [
+        ...CHROMIUM_FLAGS.split(' '),
+        `--user-data-dir=${profile}`,
+        `--host-resolver-rules=MAP ${SNI} 127.0.0.1`,
+        '--dump-dom',
+        `https://${SNI}:${port}/`,
+      ];
       return spawn('chromium', args, { stdio: 'ignore', detached: true });
     },
   },

@@ -41,7 +41,11 @@ export function catalogOf(config: Config): string[] {
     extra: config.catalog.extra,
     ...(config.catalog.file !== null ? { file: config.catalog.file } : {}),
   });
-  if (!c.ok) throw new InvalidConfigError('(catalog)', c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })));
+  if (!c.ok)
+    throw new InvalidConfigError(
+      '(catalog)',
+      c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })),
+    );
   return c.domains;
 }
 
@@ -183,7 +187,10 @@ export class Daemon {
       this.log.warn({ event: 'state-created', path: statePath }, 'no state at state.path: created a new, empty one');
     }
     if (loaded.readOnly) {
-      this.log.error({ event: 'state-read-only', path: statePath }, 'the state folder is not writable: policies are served, every change will be refused with 503');
+      this.log.error(
+        { event: 'state-read-only', path: statePath },
+        'the state folder is not writable: policies are served, every change will be refused with 503',
+      );
     }
     this.metrics.stateEntries.set(loaded.loaded + loaded.orgs);
     await this.admin.listen();
@@ -285,7 +292,17 @@ export class Daemon {
     // What a removed sandbox was given is not carried over to a new sandbox of the same id.
     if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);
     this.log.info(
-      { event: 'policy-change', source: e.source, actor: e.actor, action: e.action, kind: e.kind, id: e.id, before: e.before, after: e.after, version: this.store.version },
+      {
+        event: 'policy-change',
+        source: e.source,
+        actor: e.actor,
+        action: e.action,
+        kind: e.kind,
+        id: e.id,
+        before: e.before,
+        after: e.after,
+        version: this.store.version,
+      },
       'policy change',
     );
     this.#rejudge();
@@ -295,7 +312,16 @@ export class Daemon {
   #onStateWriteFailure(e: WriteFailureEvent): void {
     this.metrics.stateWriteFailures.inc({ errno: e.error.errno });
     this.log.error(
-      { event: 'state-write-failed', path: e.error.file, errno: e.error.errno, detail: e.error.detail, action: e.action, kind: e.kind, id: e.id, actor: e.actor },
+      {
+        event: 'state-write-failed',
+        path: e.error.file,
+        errno: e.error.errno,
+        detail: e.error.detail,
+        action: e.action,
+        kind: e.kind,
+        id: e.id,
+        actor: e.actor,
+      },
       'a change could not be written to the state; nothing was changed',
     );
   }
@@ -385,4 +411,3 @@ export class Daemon {
     this.log.info({ event: 'stopped' }, 'egressd stopped');
   }
 }
-

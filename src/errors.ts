@@ -2,7 +2,7 @@
 // `code` (EGRESSD_ERR_*) that tests pin and docs list. Messages are sentence case and quote the
 // offending value; `cause` carries the underlying error when there is one.
 
-import type { FieldIssue } from './policy/model.ts';
+import type { FieldIssue } from './util/issues.ts';
 
 export const ERROR_CODES = {
   EGRESSD_ERR_INVALID_POLICY: 'A policy failed validation; nothing was changed',

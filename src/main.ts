@@ -95,8 +95,7 @@ async function serve(argv: string[]): Promise<number> {
           if (r.needsRestart.length > 0) {
             log.warn({ event: 'reload-partial', file, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
           }
-        }
-        else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
+        } else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
       } catch (e) {
         daemon.metrics.configReloads.inc({ result: 'refused' });
         log.error({ event: 'reload-refused', file, reason: (e as Error).message }, 'configuration refused; the running one stays');
@@ -142,7 +141,7 @@ function inspect(argv: string[]): number {
   try {
     bytes = readFileSync(src === '-' ? 0 : src);
   } catch (e) {
-    err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? e}`);
+    err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
     return 2;
   }
   const r = inspectBytes(bytes);

@@ -75,17 +75,19 @@ async function hold(n: number): Promise<void> {
   // 200 at a time: a burst of 5,000 SYNs would overflow the proxies' listen backlogs.
   for (let i = 0; i < n; i += 200) {
     await Promise.all(
-      Array.from({ length: Math.min(200, n - i) }, () =>
-        new Promise<void>((resolve) => {
-          const s = connect({ host: RAW_ORIGIN, port: PORT }, () => s.write(request('H')));
-          s.once('data', () => resolve());
-          s.once('error', () => {
-            errors++;
-            resolve();
-          });
-          s.once('close', () => resolve());
-          sockets.push(s);
-        }),
+      Array.from(
+        { length: Math.min(200, n - i) },
+        () =>
+          new Promise<void>((resolve) => {
+            const s = connect({ host: RAW_ORIGIN, port: PORT }, () => s.write(request('H')));
+            s.once('data', () => resolve());
+            s.once('error', () => {
+              errors++;
+              resolve();
+            });
+            s.once('close', () => resolve());
+            sockets.push(s);
+          }),
       ),
     );
   }

@@ -48,9 +48,7 @@ const { values: args } = parseArgs({
   strict: true,
 });
 const smoke = args.smoke === true;
-const P = smoke
-  ? { rounds: 1, bulkBytes: 64 << 20, connMs: 500, held: 300 }
-  : { rounds: 3, bulkBytes: 1 << 30, connMs: 2000, held: HELD };
+const P = smoke ? { rounds: 1, bulkBytes: 64 << 20, connMs: 500, held: 300 } : { rounds: 3, bulkBytes: 1 << 30, connMs: 2000, held: HELD };
 if (args.rounds !== undefined) P.rounds = Number(args.rounds);
 const started = Date.now();
 const overBudget = (): boolean => Date.now() - started > BUDGET_MS;
@@ -254,7 +252,18 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
       const r = await rig.execIn(
         'sandbox',
         'curl',
-        ['-sS', '--cacert', CA, '--resolve', `${TLS_NAME}:443:${TLS_ORIGIN}`, '-o', '/dev/null', '-w', '%{size_download} %{time_total}', `https://${TLS_NAME}/1g`],
+        [
+          '-sS',
+          '--cacert',
+          CA,
+          '--resolve',
+          `${TLS_NAME}:443:${TLS_ORIGIN}`,
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{size_download} %{time_total}',
+          `https://${TLS_NAME}/1g`,
+        ],
         { timeoutMs: 150_000 },
       );
       if (r.code !== 0) throw new Error(`curl failed (exit ${r.code}): ${r.stderr}`);
@@ -365,11 +374,26 @@ interface Target {
 const TARGETS: Target[] = [
   { text: 'raw bulk ≥ 0.9× Direct', check: (w) => [fig('raw-bulk', `egressd-${w}`, 'mbps'), 0.9 * fig('raw-bulk', 'direct', 'mbps'), true] },
   { text: 'TLS bulk ≥ 0.9× Direct', check: (w) => [fig('tls-bulk', `egressd-${w}`, 'mbps'), 0.9 * fig('tls-bulk', 'direct', 'mbps'), true] },
-  { text: "proxy CPU per GB (raw) ≤ 0.5× nginx's", check: (w) => [fig('raw-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('raw-bulk', `nginx-${w}`, 'cpuPerGB'), false] },
-  { text: "proxy CPU per GB (TLS) ≤ 0.5× nginx's", check: (w) => [fig('tls-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('tls-bulk', `nginx-${w}`, 'cpuPerGB'), false] },
-  { text: "proxy CPU per connection (raw) ≤ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('raw-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false] },
-  { text: "proxy CPU per connection (TLS) ≤ nginx's", check: (w) => [fig('tls-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('tls-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false] },
-  { text: "raw connections/s (50 clients) ≥ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'rate'), fig('raw-conn@50', `nginx-${w}`, 'rate'), true] },
+  {
+    text: "proxy CPU per GB (raw) ≤ 0.5× nginx's",
+    check: (w) => [fig('raw-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('raw-bulk', `nginx-${w}`, 'cpuPerGB'), false],
+  },
+  {
+    text: "proxy CPU per GB (TLS) ≤ 0.5× nginx's",
+    check: (w) => [fig('tls-bulk', `egressd-${w}`, 'cpuPerGB'), 0.5 * fig('tls-bulk', `nginx-${w}`, 'cpuPerGB'), false],
+  },
+  {
+    text: "proxy CPU per connection (raw) ≤ nginx's",
+    check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('raw-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false],
+  },
+  {
+    text: "proxy CPU per connection (TLS) ≤ nginx's",
+    check: (w) => [fig('tls-conn@50', `egressd-${w}`, 'cpuUsPerConn'), fig('tls-conn@50', `nginx-${w}`, 'cpuUsPerConn'), false],
+  },
+  {
+    text: "raw connections/s (50 clients) ≥ nginx's",
+    check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'rate'), fig('raw-conn@50', `nginx-${w}`, 'rate'), true],
+  },
   { text: "raw p99 (50 clients) ≤ nginx's", check: (w) => [fig('raw-conn@50', `egressd-${w}`, 'p99'), fig('raw-conn@50', `nginx-${w}`, 'p99'), false] },
   { text: "TLS p99 (50 clients) ≤ nginx's", check: (w) => [fig('tls-conn@50', `egressd-${w}`, 'p99'), fig('tls-conn@50', `nginx-${w}`, 'p99'), false] },
   { text: '≤ 4 KB RSS per held connection', check: (w) => [fig('hold', `egressd-${w}`, 'kbPerConn'), 4, false] },
@@ -387,7 +411,10 @@ function verdict(t: Target, w: 'one' | 'per-core'): string {
 function report(machine: string, note: string): string {
   const lines: string[] = [BEGIN, '', '## Side by side with nginx and HAProxy (`npm run bench:proxy`)', '', machine, '', note, ''];
   for (const w of ['one', 'per-core'] as const) {
-    const label = w === 'one' ? 'one worker each' : `one worker per core each (${perCore}: nginx \`worker_processes ${perCore}\`, HAProxy \`nbthread ${perCore}\`, egressd ${perCore} data-plane threads)`;
+    const label =
+      w === 'one'
+        ? 'one worker each'
+        : `one worker per core each (${perCore}: nginx \`worker_processes ${perCore}\`, HAProxy \`nbthread ${perCore}\`, egressd ${perCore} data-plane threads)`;
     lines.push(`### ${label[0]!.toUpperCase()}${label.slice(1)}`, '');
     lines.push('| figure | Direct | nginx | HAProxy | egressd | nginx ÷ Direct | HAProxy ÷ Direct | egressd ÷ Direct | HAProxy ÷ nginx | egressd ÷ nginx |');
     lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -439,14 +466,20 @@ async function waitListening(rig: Rig, port: number, what: string): Promise<void
 async function main(): Promise<void> {
   const why = rigUnavailableReason();
   if (why !== null) throw new Error(`bench:proxy needs root and network namespaces: ${why}`);
-  for (const [cmd, pkg] of [['nginx', 'nginx'], ['haproxy', 'haproxy'], ['curl', 'curl'], ['dnsmasq', 'dnsmasq']] as const) {
+  for (const [cmd, pkg] of [
+    ['nginx', 'nginx'],
+    ['haproxy', 'haproxy'],
+    ['curl', 'curl'],
+    ['dnsmasq', 'dnsmasq'],
+  ] as const) {
     try {
       execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore', env: { PATH: `/usr/sbin:/sbin:${process.env['PATH']}` } });
     } catch {
       throw new Error(`"${cmd}" is missing (package ${pkg}): run "sudo bash bench/proxy/setup.sh" first`);
     }
   }
-  if (!existsSync('/usr/lib/nginx/modules/ngx_stream_module.so')) throw new Error('nginx has no stream module (libnginx-mod-stream): run "sudo bash bench/proxy/setup.sh"');
+  if (!existsSync('/usr/lib/nginx/modules/ngx_stream_module.so'))
+    throw new Error('nginx has no stream module (libnginx-mod-stream): run "sudo bash bench/proxy/setup.sh"');
   const load0 = loadavg()[0]!;
   const dir = mkdtempSync(join(tmpdir(), 'egressd-bench-'));
   const rig = await createRig();
@@ -532,8 +565,8 @@ async function main(): Promise<void> {
       `${smoke ? '**SMOKE RUN: sizes and durations cut down to check the harness; the figures mean nothing.** ' : ''}` +
       `${rounds} interleaved round(s), medians; bulk ${(P.bulkBytes / 2 ** 20).toFixed(0)} MiB, connection tests ${P.connMs} ms each, ` +
       `${P.held} held connections. Bounded at ${BUDGET_MS / 60_000} min; took ${((Date.now() - started) / 1000).toFixed(0)} s. ` +
-      'Proxy CPU is user+system time of the proxy process tree; RSS is the tree\'s VmRSS (nginx counts master and workers). ' +
-      'Client, origins and proxy share the machine\'s cores, as on a sandbox host. Neither nginx nor HAProxy logs a line per connection here; egressd does.';
+      "Proxy CPU is user+system time of the proxy process tree; RSS is the tree's VmRSS (nginx counts master and workers). " +
+      "Client, origins and proxy share the machine's cores, as on a sandbox host. Neither nginx nor HAProxy logs a line per connection here; egressd does.";
     const section = report(machine, note);
     process.stdout.write(`${section}\n`);
     if (!args['no-write']) {

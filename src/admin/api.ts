@@ -37,7 +37,6 @@ function fromChange(e: ChangeError): ApiError {
   return new ApiError(404, 'not_found', e.message);
 }
 
-
 export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions): void {
   const guarded =
     (fn: (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void> | void) =>
@@ -53,7 +52,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         throw err;
       }
     };
-  const unwrap = <T,>(r: ChangeResult<T>): T => {
+  const unwrap = <T>(r: ChangeResult<T>): T => {
     if (r.ok) return r.value;
     opts.onRefused?.(r.error);
     throw fromChange(r.error);
@@ -129,7 +128,11 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
             : {
                 id: org.id,
                 tier: org.tier,
-                network: orgNet?.ok ? renderNetwork(orgNet.value) : org.tier !== null && org.tier <= 2 ? { mode: 'block-all', essential_services: true } : { mode: 'allow-all' },
+                network: orgNet?.ok
+                  ? renderNetwork(orgNet.value)
+                  : org.tier !== null && org.tier <= 2
+                    ? { mode: 'block-all', essential_services: true }
+                    : { mode: 'allow-all' },
               },
         network: renderNetwork(networkOf(r)),
         dns_servers_allowed: networkOf(r).dnsServersAllowed ? settings.dnsServers : [],
@@ -150,7 +153,8 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     path: /^\/api\/v1\/dns\/remembered$/,
     handler: guarded((req, res) => {
       const raw = new URL(req.url ?? '/', 'http://x').searchParams.get('top') ?? '10';
-      if (!/^\d{1,4}$/.test(raw) || Number(raw) < 1) throw new ApiError(400, 'invalid_request', `Query "top" must be an integer from 1 to 9999, got ${quote(raw)}`, 'top');
+      if (!/^\d{1,4}$/.test(raw) || Number(raw) < 1)
+        throw new ApiError(400, 'invalid_request', `Query "top" must be an integer from 1 to 9999, got ${quote(raw)}`, 'top');
       sendJson(res, 200, { total: opts.dnsMemory?.total ?? 0, top: opts.dnsMemory?.top(Number(raw)) ?? [] });
     }),
   });

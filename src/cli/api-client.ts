@@ -70,7 +70,11 @@ export function planCall(command: string, argv: readonly string[]): Call | CliRe
     }
     const port = Number(values.port);
     if (!Number.isInteger(port)) return usage(`--port: expected an integer, got "${values.port}"`);
-    return { method: 'POST', path: '/api/v1/check', body: { sandbox: values.sandbox, ...(values.host !== undefined ? { host: values.host } : {}), ip: values.ip, port } };
+    return {
+      method: 'POST',
+      path: '/api/v1/check',
+      body: { sandbox: values.sandbox, ...(values.host !== undefined ? { host: values.host } : {}), ip: values.ip, port },
+    };
   }
   if (extra.length > 0) return usage(`Unexpected argument "${extra[0]}"`);
   if (command === 'sandbox') {
@@ -93,7 +97,10 @@ export function planCall(command: string, argv: readonly string[]): Call | CliRe
         if (body === undefined) {
           if (values.sources === undefined) return usage('egressd sandbox put ID needs --file BODY.json or --sources A,B');
           body = {
-            sources: values.sources.split(',').map((s) => s.trim()).filter((s) => s !== ''),
+            sources: values.sources
+              .split(',')
+              .map((s) => s.trim())
+              .filter((s) => s !== ''),
             ...(values.org !== undefined ? { org: values.org } : {}),
             ...(values.network !== undefined ? { network: parseJson(values.network, '--network') } : {}),
           };
@@ -131,7 +138,12 @@ export async function apiCommand(command: string, argv: readonly string[], env: 
   let token: string | undefined;
   try {
     call = planCall(command, argv);
-    const { values } = parseArgs({ args: [...argv], allowPositionals: true, strict: false, options: { admin: { type: 'string' }, 'token-file': { type: 'string' } } });
+    const { values } = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      strict: false,
+      options: { admin: { type: 'string' }, 'token-file': { type: 'string' } },
+    });
     admin = (typeof values.admin === 'string' ? values.admin : undefined) ?? env['EGRESSD_ADMIN_URL'] ?? 'http://127.0.0.1:9901';
     const tokenFile = values['token-file'];
     token = typeof tokenFile === 'string' ? readFileSync(tokenFile, 'utf8').trim() : env['EGRESSD_ADMIN_TOKEN'];

@@ -12,7 +12,7 @@ import { parseConfigText } from '../config/load.ts';
 import { canonicalSource, validateConfig } from '../config/schema.ts';
 import { formatIssues } from '../errors.ts';
 import { loadCatalog } from '../policy/catalog/catalog.ts';
-import type { FieldIssue } from '../policy/model.ts';
+import type { FieldIssue } from '../util/issues.ts';
 import { normalizeName } from '../match/names.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
@@ -66,7 +66,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   try {
     text = args.policy === '-' ? readFileSync(0, 'utf8') : readFileSync(args.policy, 'utf8');
   } catch (err) {
-    return usage(`Cannot read policy "${args.policy}": ${(err as NodeJS.ErrnoException).code ?? err}`);
+    return usage(`Cannot read policy "${args.policy}": ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
   let doc: unknown;
   try {

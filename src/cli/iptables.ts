@@ -125,8 +125,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       ...options.interfaces.map((i): Match => ({ inInterface: i })),
       ...options.sources.filter((c) => cidrFamily(c) === family).map((c): Match => ({ source: c })),
     ];
-    const to = (protocol: 'tcp' | 'udp', chain: ChainId): Rule[] =>
-      selectors.map((m) => ({ match: { ...m, protocol }, target: { kind: 'jump', chain } }));
+    const to = (protocol: 'tcp' | 'udp', chain: ChainId): Rule[] => selectors.map((m) => ({ match: { ...m, protocol }, target: { kind: 'jump', chain } }));
     chains.push(
       { id: 'nat-prerouting', rules: to('tcp', 'redirect') },
       { id: 'filter-input', rules: to('udp', 'udp') },
@@ -235,7 +234,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
 
   const interfaces = list('interface');
   for (const i of interfaces) {
-    if (!INTERFACE_RE.test(i)) return fail(`--interface: expected an interface name of at most 15 characters (letters, digits, "_.@-", optional trailing "+"), got "${i}"`);
+    if (!INTERFACE_RE.test(i))
+      return fail(`--interface: expected an interface name of at most 15 characters (letters, digits, "_.@-", optional trailing "+"), got "${i}"`);
   }
   const sources: string[] = [];
   for (const raw of list('source')) {
@@ -267,11 +267,12 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       // A family with no selector would leave that family's sandbox traffic unfiltered, silently.
       if (interfaces.length === 0) {
         for (const f of families) {
-          if (!sources.some((c) => cidrFamily(c) === f)) return fail(`host mode: no --source is IPv${f} and no --interface was given; add one or pass --family ${f === 4 ? 6 : 4}`);
+          if (!sources.some((c) => cidrFamily(c) === f))
+            return fail(`host mode: no --source is IPv${f} and no --interface was given; add one or pass --family ${f === 4 ? 6 : 4}`);
         }
       }
     } else {
-      if (uid === null) return fail('sidecar mode needs --uid: egressd\'s own connections must not be redirected back to it');
+      if (uid === null) return fail("sidecar mode needs --uid: egressd's own connections must not be redirected back to it");
       if (interfaces.length > 0 || sources.length > 0) return fail('--interface and --source apply to host mode only');
     }
   }

@@ -7,18 +7,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { validateCidr } from '../policy/validate.ts';
 import { normalizePattern } from '../match/names.ts';
-import {
-  IssueList,
-  optBool,
-  deepFreeze,
-  describe,
-  objectWithKeys,
-  optEnum,
-  optInt,
-  optString,
-  optStringArray,
-  quote,
-} from '../util/fields.ts';
+import { IssueList, optBool, deepFreeze, describe, objectWithKeys, optEnum, optInt, optString, optStringArray, quote } from '../util/fields.ts';
 
 export interface Endpoint {
   readonly host: string;
@@ -146,8 +135,22 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
 });
 
 const TOP_KEYS = [
-  'listen', 'admin', 'dns', 'upstream', 'peek', 'block', 'refusal', 'protected', 'defaultNetwork', 'sandboxes',
-  'catalog', 'state', 'onPolicyChange', 'shutdown', 'metrics', 'log',
+  'listen',
+  'admin',
+  'dns',
+  'upstream',
+  'peek',
+  'block',
+  'refusal',
+  'protected',
+  'defaultNetwork',
+  'sandboxes',
+  'catalog',
+  'state',
+  'onPolicyChange',
+  'shutdown',
+  'metrics',
+  'log',
 ];
 
 export function parseEndpoint(text: string): Endpoint | string {
@@ -257,8 +260,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   });
   const dnsTimeout = optInt(dnsIn?.['timeoutMs'], 'dns.timeoutMs', 1, 60_000, issues) ?? d['dns']['timeoutMs'];
 
-  const upIn =
-    root['upstream'] === undefined ? {} : objectWithKeys(root['upstream'], 'upstream', ['dial', 'connectTimeoutMs', 'idleTimeoutMs'], issues);
+  const upIn = root['upstream'] === undefined ? {} : objectWithKeys(root['upstream'], 'upstream', ['dial', 'connectTimeoutMs', 'idleTimeoutMs'], issues);
   const dial = optEnum(upIn?.['dial'], 'upstream.dial', ['resolved', 'verify', 'original'] as const, issues) ?? 'resolved';
   const connectTimeoutMs = optInt(upIn?.['connectTimeoutMs'], 'upstream.connectTimeoutMs', 1, 600_000, issues) ?? d['upstream']['connectTimeoutMs'];
   const idleTimeoutMs = optInt(upIn?.['idleTimeoutMs'], 'upstream.idleTimeoutMs', 1, 7 * 86_400_000, issues) ?? d['upstream']['idleTimeoutMs'];
@@ -273,8 +275,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const lingerMs = optInt(refIn?.['lingerMs'], 'refusal.lingerMs', 0, 600_000, issues) ?? d['refusal']['lingerMs'];
   const lingerMaxBytes = optInt(refIn?.['lingerMaxBytes'], 'refusal.lingerMaxBytes', 0, 1_073_741_824, issues) ?? d['refusal']['lingerMaxBytes'];
 
-  const protIn =
-    root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except', 'reachableHostAddresses'], issues);
+  const protIn = root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except', 'reachableHostAddresses'], issues);
   const extra = optStringArray(protIn?.['extra'], 'protected.extra', issues) ?? [];
   const except = optStringArray(protIn?.['except'], 'protected.except', issues) ?? [];
   const reachableHostAddresses = optStringArray(protIn?.['reachableHostAddresses'], 'protected.reachableHostAddresses', issues) ?? [];
@@ -324,9 +325,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const catIn = root['catalog'] === undefined ? {} : objectWithKeys(root['catalog'], 'catalog', ['categories', 'extra', 'file'], issues);
   const categories: readonly string[] | 'all' =
-    catIn?.['categories'] === undefined || catIn['categories'] === 'all'
-      ? 'all'
-      : (optStringArray(catIn['categories'], 'catalog.categories', issues) ?? []);
+    catIn?.['categories'] === undefined || catIn['categories'] === 'all' ? 'all' : (optStringArray(catIn['categories'], 'catalog.categories', issues) ?? []);
   const catalogExtra = optStringArray(catIn?.['extra'], 'catalog.extra', issues) ?? [];
   const catalogFile = optString(catIn?.['file'], 'catalog.file', issues) ?? null;
 
@@ -339,8 +338,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const sandboxLabel = optBool(metIn?.['sandboxLabel'], 'metrics.sandboxLabel', issues) ?? false;
 
   const logIn = root['log'] === undefined ? {} : objectWithKeys(root['log'], 'log', ['level', 'destination'], issues);
-  const level =
-    optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
+  const level = optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
   const destination = optString(logIn?.['destination'], 'log.destination', issues) ?? null;
 
   if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.issues };
@@ -385,7 +383,6 @@ export function canonicalSource(text: string): string | undefined {
   }
   return u;
 }
-
 
 function validateCidrList(list: readonly string[], field: string): { field: string; reason: string }[] {
   const out: { field: string; reason: string }[] = [];

@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
 import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
-import type { DialectResult, FieldIssue } from '../policy/model.ts';
+import type { DialectResult } from '../policy/model.ts';
+import type { FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
 import type { EntryKind, StateStore, StoredEntry } from './state-store.ts';
@@ -37,9 +38,7 @@ export interface PersistedState {
 }
 
 export type ChangeError =
-  | { kind: 'invalid'; issues: readonly FieldIssue[] }
-  | { kind: 'conflict'; field: string | null; message: string }
-  | { kind: 'not-found'; message: string };
+  { kind: 'invalid'; issues: readonly FieldIssue[] } | { kind: 'conflict'; field: string | null; message: string } | { kind: 'not-found'; message: string };
 
 export type ChangeResult<T> = { ok: true; value: T } | { ok: false; error: ChangeError };
 
@@ -247,11 +246,7 @@ export class ControlPlane {
     return this.#orgs.get(id);
   }
 
-  #validateSandbox(
-    id: string,
-    body: unknown,
-    source: ChangeSource,
-  ): ChangeResult<{ record: SandboxRecord; network: DialectResult }> {
+  #validateSandbox(id: string, body: unknown, source: ChangeSource): ChangeResult<{ record: SandboxRecord; network: DialectResult }> {
     const issues: FieldIssue[] = [];
     if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
     if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);

@@ -56,7 +56,19 @@ CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
 `;
 
 // SQLite's primary result codes (https://sqlite.org/rescode.html) as the errno they stand for.
-const ERRNO_OF: Record<number, string> = { 3: 'EACCES', 5: 'EBUSY', 6: 'EBUSY', 7: 'ENOMEM', 8: 'EROFS', 10: 'EIO', 11: 'EIO', 13: 'ENOSPC', 14: 'EACCES', 23: 'EACCES', 26: 'EIO' };
+const ERRNO_OF: Record<number, string> = {
+  3: 'EACCES',
+  5: 'EBUSY',
+  6: 'EBUSY',
+  7: 'ENOMEM',
+  8: 'EROFS',
+  10: 'EIO',
+  11: 'EIO',
+  13: 'ENOSPC',
+  14: 'EACCES',
+  23: 'EACCES',
+  26: 'EIO',
+};
 
 function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
@@ -109,10 +121,14 @@ export function parseJsonState(text: string): { entries: StoredEntry[]; issues: 
   if (!isPlainObject(doc)) return { entries, issues: [whole(`Expected an object {version, sandboxes, orgs}, got ${quote(doc)}`)] };
   if (doc['version'] !== 1) issues.push({ entry: '', field: 'version', reason: `Expected 1, got ${quote(doc['version'])}` });
   for (const k of Object.keys(doc)) {
-    if (!['version', 'sandboxes', 'orgs'].includes(k)) issues.push({ entry: '', field: k, reason: `Unknown field ${quote(k)}; known fields are version, sandboxes, orgs` });
+    if (!['version', 'sandboxes', 'orgs'].includes(k))
+      issues.push({ entry: '', field: k, reason: `Unknown field ${quote(k)}; known fields are version, sandboxes, orgs` });
   }
   let revision = 0;
-  for (const [list, kind] of [['orgs', 'org'], ['sandboxes', 'sandbox']] as const) {
+  for (const [list, kind] of [
+    ['orgs', 'org'],
+    ['sandboxes', 'sandbox'],
+  ] as const) {
     const items = doc[list];
     if (!Array.isArray(items)) {
       issues.push({ entry: '', field: list, reason: `Expected a list, got ${quote(items)}` });
@@ -177,7 +193,9 @@ export class StateStore {
     if (format === 'absent') {
       for (const side of ['-wal', '-shm', '-journal']) {
         if (existsSync(this.path + side)) {
-          throw new StateInvalidError(this.path, [whole(`The database is missing but its ${quote(basename(this.path) + side)} is there; restore the database or remove that file`)]);
+          throw new StateInvalidError(this.path, [
+            whole(`The database is missing but its ${quote(basename(this.path) + side)} is there; restore the database or remove that file`),
+          ]);
         }
       }
       this.#entries = [];
@@ -208,16 +226,16 @@ export class StateStore {
       const wal = this.path + '-wal';
       if (existsSync(wal) && statSync(wal).size > 0) {
         throw new StateInvalidError(this.path, [
-          whole(`The folder is not writable (${writable}) and ${quote(basename(wal))} holds changes not yet in the database; make the folder writable so they can be replayed`),
+          whole(
+            `The folder is not writable (${writable}) and ${quote(basename(wal))} holds changes not yet in the database; make the folder writable so they can be replayed`,
+          ),
         ]);
       }
       this.#readOnly = true;
     }
     let db: DatabaseSync;
     try {
-      db = this.#readOnly
-        ? new DatabaseSync(new URL(`${pathToFileURL(this.path).href}?immutable=1`), { readOnly: true })
-        : new DatabaseSync(this.path);
+      db = this.#readOnly ? new DatabaseSync(new URL(`${pathToFileURL(this.path).href}?immutable=1`), { readOnly: true }) : new DatabaseSync(this.path);
     } catch (err) {
       throw new StateInvalidError(this.path, [whole(`Cannot open the database: ${(err as Error).message}`)], err);
     }
@@ -242,11 +260,24 @@ export class StateStore {
   }
 
   #readRows(db: DatabaseSync): StateIssue[] {
-    const check = db.prepare('PRAGMA quick_check').all().map((r) => String(Object.values(r)[0]));
+    const check = db
+      .prepare('PRAGMA quick_check')
+      .all()
+      .map((r) => String(Object.values(r)[0]));
     if (check.length !== 1 || check[0] !== 'ok') return check.slice(0, 10).map((c) => whole(`The database is damaged: ${c}`));
-    const tables = new Set(db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").all().map((r) => String(r['name'])));
+    const tables = new Set(
+      db
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .all()
+        .map((r) => String(r['name'])),
+    );
     if (!tables.has('meta') || !tables.has('entries')) return [whole('Not an egressd state: the tables "meta" and "entries" are missing')];
-    const meta = new Map(db.prepare('SELECT key, value FROM meta').all().map((r) => [String(r['key']), Number(r['value'])]));
+    const meta = new Map(
+      db
+        .prepare('SELECT key, value FROM meta')
+        .all()
+        .map((r) => [String(r['key']), Number(r['value'])]),
+    );
     if (meta.get('schema') !== SCHEMA_VERSION) return [whole(`Unknown state schema ${quote(meta.get('schema'))}; this egressd reads schema ${SCHEMA_VERSION}`)];
     if (meta.get('complete') !== 1) return [whole('The state was never completed (an interrupted conversion?)')];
     const issues: StateIssue[] = [];
@@ -303,7 +334,11 @@ export class StateStore {
       if (keptAs === null) for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
       const e = err as NodeJS.ErrnoException;
       const errno = e.code && /^E[A-Z]+$/.test(e.code) ? e.code : this.#writeError(err).errno;
-      throw new StateInvalidError(this.path, [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${e.message})`)], err);
+      throw new StateInvalidError(
+        this.path,
+        [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${e.message})`)],
+        err,
+      );
     }
     const db = new DatabaseSync(this.path);
     this.#prepare(db);
@@ -370,7 +405,9 @@ export class StateStore {
     const mode = db.prepare('PRAGMA journal_mode = WAL').get();
     if (String(Object.values(mode ?? {})[0]) !== 'wal') throw new StateInvalidError(this.path, [whole('Cannot switch the database to WAL mode')]);
     db.exec(`PRAGMA synchronous = FULL; PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}; PRAGMA journal_size_limit = ${JOURNAL_SIZE_LIMIT};`);
-    this.#put = db.prepare('INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body');
+    this.#put = db.prepare(
+      'INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body',
+    );
     this.#del = db.prepare('DELETE FROM entries WHERE kind = ? AND id = ?');
     this.#bump = db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'");
   }

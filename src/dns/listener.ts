@@ -11,10 +11,7 @@ import { frame, MAX_QUERY_BYTES } from './message.ts';
 import type { Transport } from './service.ts';
 
 export type DnsListenerStatus =
-  | { state: 'idle' }
-  | { state: 'listening'; address: string; port: number }
-  | { state: 'failed'; error: string }
-  | { state: 'closed' };
+  { state: 'idle' } | { state: 'listening'; address: string; port: number } | { state: 'failed'; error: string } | { state: 'closed' };
 
 export interface DnsListenerDeps {
   readonly answer: (msg: Buffer, source: string, transport: Transport) => Promise<Buffer | null>;

@@ -62,7 +62,15 @@ export function parseQuery(buf: Buffer): ParsedQuery {
   const id = buf.readUInt16BE(0);
   const flags = buf.readUInt16BE(2);
   if ((flags & FLAG_QR) !== 0) return { kind: 'drop', why: 'a response, not a query' };
-  const err = (rcode: RcodeName, why: string, question: Question | null = null, edns = false): ParsedQuery => ({ kind: 'error', id, flags, rcode, question, edns, why });
+  const err = (rcode: RcodeName, why: string, question: Question | null = null, edns = false): ParsedQuery => ({
+    kind: 'error',
+    id,
+    flags,
+    rcode,
+    question,
+    edns,
+    why,
+  });
   if (buf.length > MAX_QUERY_BYTES) return err('FORMERR', `query of ${buf.length} bytes is larger than ${MAX_QUERY_BYTES}`);
   // RFC 1035 §4.1.1: only QUERY (0) is served; NOTIFY, UPDATE and the rest are not implemented.
   if ((flags & OPCODE_MASK) !== 0) return err('NOTIMP', `opcode ${(flags & OPCODE_MASK) >> 11} is not QUERY`);
@@ -143,13 +151,7 @@ function baseFlags(q: { recursionDesired: boolean; checkingDisabled: boolean }):
 }
 
 /** A response with only a code: refusals, limits and errors. */
-export function errorResponse(
-  id: number,
-  clientFlags: number,
-  rcode: RcodeName,
-  question: Question | null,
-  edns: boolean,
-): Buffer {
+export function errorResponse(id: number, clientFlags: number, rcode: RcodeName, question: Question | null, edns: boolean): Buffer {
   const code = RCODE[rcode];
   const p: Packet = {
     type: 'response',
@@ -189,7 +191,7 @@ export interface Answered {
 export function answerResponse(q: Query, a: Answered, ageS: number, limit: number): Buffer {
   const age = (r: Answer): Answer => ('ttl' in r && typeof r.ttl === 'number' ? ({ ...r, ttl: Math.max(0, r.ttl - ageS) } as Answer) : r);
   // RFC 6840 §5.8: AD only to a client that showed it understands it.
-  const ad = a.authenticData && (q.edns?.dnssecOk === true) ? FLAG_AD : 0;
+  const ad = a.authenticData && q.edns?.dnssecOk === true ? FLAG_AD : 0;
   const p: Packet = {
     type: 'response',
     id: q.id,
@@ -216,10 +218,7 @@ export function upstreamQuery(id: number, name: string, type: string, dnssecOk: 
   });
 }
 
-export type UpstreamReply =
-  | { kind: 'answer'; answered: Answered; truncated: boolean }
-  | { kind: 'mismatch'; why: string }
-  | { kind: 'malformed'; why: string };
+export type UpstreamReply = { kind: 'answer'; answered: Answered; truncated: boolean } | { kind: 'mismatch'; why: string } | { kind: 'malformed'; why: string };
 
 /**
  * Reads an upstream's response to the query with this id, name and type. A response whose id

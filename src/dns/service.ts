@@ -99,7 +99,17 @@ export class DnsService {
     if (parsed.kind === 'error') {
       this.#count('malformed', parsed.question?.type ?? 'other', false);
       this.#deps.log.info(
-        { event: 'dns-query', sandbox: policy.sandbox, source, name: parsed.question?.name ?? null, type: parsed.question?.type ?? null, verdict: 'refuse', reason: 'malformed', rcode: parsed.rcode, detail: parsed.why },
+        {
+          event: 'dns-query',
+          sandbox: policy.sandbox,
+          source,
+          name: parsed.question?.name ?? null,
+          type: parsed.question?.type ?? null,
+          verdict: 'refuse',
+          reason: 'malformed',
+          rcode: parsed.rcode,
+          detail: parsed.why,
+        },
         'dns query',
       );
       return errorResponse(parsed.id, parsed.flags, parsed.rcode, parsed.question, parsed.edns);
@@ -164,13 +174,27 @@ export class DnsService {
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
     this.#deps.log.debug(
-      { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'allow', reason: gate.reason, rule: gate.rule, rcode: answered.rcode, cached: hit !== undefined },
+      {
+        event: 'dns-query',
+        sandbox: policy.sandbox,
+        source,
+        name: q.name,
+        type: q.type,
+        verdict: 'allow',
+        reason: gate.reason,
+        rule: gate.rule,
+        rcode: answered.rcode,
+        cached: hit !== undefined,
+      },
       'dns query',
     );
     try {
       return answerResponse(q, answered, ageS, limit);
     } catch (e) {
-      this.#deps.log.warn({ event: 'dns-query', sandbox: policy.sandbox, name: q.name, type: q.type, verdict: 'error', reason: 'unencodable', detail: (e as Error).message }, 'dns query');
+      this.#deps.log.warn(
+        { event: 'dns-query', sandbox: policy.sandbox, name: q.name, type: q.type, verdict: 'error', reason: 'unencodable', detail: (e as Error).message },
+        'dns query',
+      );
       return refusalResponse(q, 'SERVFAIL');
     }
   }
@@ -285,7 +309,16 @@ export class DnsService {
       return;
     }
     this.#deps.log.info(
-      { event: 'dns-query', sandbox, source, name: q?.name ?? null, type: q?.type ?? null, verdict: 'refuse', reason: 'rate-limited', suppressed: e?.suppressed ?? 0 },
+      {
+        event: 'dns-query',
+        sandbox,
+        source,
+        name: q?.name ?? null,
+        type: q?.type ?? null,
+        verdict: 'refuse',
+        reason: 'rate-limited',
+        suppressed: e?.suppressed ?? 0,
+      },
       'dns query',
     );
     if (this.#limitLog.size > 10_000) this.#limitLog.clear();

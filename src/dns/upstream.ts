@@ -17,9 +17,7 @@ export interface UpstreamServer {
 
 export type ForwardFailure = 'timeout' | 'error';
 
-export type ForwardResult =
-  | { ok: true; answered: Answered; server: string; ms: number }
-  | { ok: false; cause: ForwardFailure; detail: string; ms: number };
+export type ForwardResult = { ok: true; answered: Answered; server: string; ms: number } | { ok: false; cause: ForwardFailure; detail: string; ms: number };
 
 export interface ForwarderOptions {
   /** "127.0.0.1", "127.0.0.1:5353", "[::1]:5353", "::1"; empty: the system's resolvers. */
@@ -83,7 +81,10 @@ export class Forwarder {
         for (const s of mine) this.#closeSocket(s);
         resolve(r);
       };
-      const overall = setTimeout(() => finish({ ok: false, cause: 'timeout', detail: `no answer within ${this.#timeoutMs} ms (${lastError})`, ms: ms() }), this.#timeoutMs);
+      const overall = setTimeout(
+        () => finish({ ok: false, cause: 'timeout', detail: `no answer within ${this.#timeoutMs} ms (${lastError})`, ms: ms() }),
+        this.#timeoutMs,
+      );
       timers.push(overall);
       const attempt = (): void => {
         if (settled || this.#closed) return;

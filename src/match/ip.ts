@@ -251,7 +251,7 @@ export function formatIPv6(words: Uint32Array): string {
   if (isIPv4Mapped(words)) return `::ffff:${formatIPv4(words[3]!)}`;
   let bestStart = -1;
   let bestLen = 1;
-  for (let k = 0; k < 8; ) {
+  for (let k = 0; k < 8;) {
     if (g[k] !== 0) {
       k++;
       continue;
@@ -264,7 +264,11 @@ export function formatIPv6(words: Uint32Array): string {
     }
     k = e;
   }
-  const hex = (from: number, to: number): string => g.slice(from, to).map((x) => x.toString(16)).join(':');
+  const hex = (from: number, to: number): string =>
+    g
+      .slice(from, to)
+      .map((x) => x.toString(16))
+      .join(':');
   if (bestStart < 0) return hex(0, 8);
   return `${hex(0, bestStart)}::${hex(bestStart + bestLen, 8)}`;
 }
@@ -367,5 +371,3 @@ export function parseCidr(text: string): CidrParse {
   const hostBitsSet = clearHostBits(words, prefix);
   return { ok: true, block: { family, words, prefix }, hostBitsSet };
 }
-
-

@@ -150,7 +150,10 @@ function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string =
 export function normalizeWireName(raw: string): NormalizedName {
   for (let i = 0; i < raw.length; i++) {
     if (raw.charCodeAt(i) > 0x7f) {
-      return { ok: false, reason: `Name ${JSON.stringify(raw.length > 80 ? `${raw.slice(0, 77)}...` : raw)} has a non-ASCII byte at ${i}; a name on the wire is ASCII (RFC 6066 §3)` };
+      return {
+        ok: false,
+        reason: `Name ${JSON.stringify(raw.length > 80 ? `${raw.slice(0, 77)}...` : raw)} has a non-ASCII byte at ${i}; a name on the wire is ASCII (RFC 6066 §3)`,
+      };
     }
   }
   return normalizeName(raw);

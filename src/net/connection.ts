@@ -221,8 +221,7 @@ async function run(
         original: ip,
         port,
         resolver: {
-          resolve: async (name: string) =>
-            remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name),
+          resolve: async (name: string) => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name)),
         },
         allows: (addr) => verdict(deps.policies.lookup(o.source), { name: o.name, ip: addr, port }).verdict === 'allow',
       });

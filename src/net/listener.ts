@@ -5,10 +5,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Endpoint, ListenerKind } from '../config/schema.ts';
 
 export type ListenerStatus =
-  | { state: 'idle' }
-  | { state: 'listening'; address: string; port: number }
-  | { state: 'failed'; error: string }
-  | { state: 'closed' };
+  { state: 'idle' } | { state: 'listening'; address: string; port: number } | { state: 'failed'; error: string } | { state: 'closed' };
 
 export class Listener {
   readonly kind: ListenerKind;
@@ -48,10 +45,10 @@ export class Listener {
       this.#server.listen(
         { host: this.endpoint.host, port: this.endpoint.port, ipv6Only: this.endpoint.host.includes(':'), backlog: 1024, reusePort: true },
         () => {
-        this.#server.off('error', onError);
-        const a = this.#server.address();
-        if (a && typeof a === 'object') this.#status = { state: 'listening', address: a.address, port: a.port };
-        resolve();
+          this.#server.off('error', onError);
+          const a = this.#server.address();
+          if (a && typeof a === 'object') this.#status = { state: 'listening', address: a.address, port: a.port };
+          resolve();
         },
       );
     });

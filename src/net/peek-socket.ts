@@ -4,13 +4,7 @@
 // (Envoy's tls_inspector: a slow-drip client is cut at the deadline, not kept alive by it).
 
 import type { Socket } from 'node:net';
-
-/**
- * A parser's answer to the bytes so far. `atLeast` says the answer cannot change (but for an
- * early refusal) until the buffer is that long, so a client dripping one byte per segment does
- * not cost a full re-parse per byte.
- */
-export type PeekStep<R> = { done: true; result: R } | { done: false; atLeast?: number };
+import type { PeekStep } from '../peek/peek-steps.ts';
 
 /**
  * Even when a parser says it needs many more bytes, it is asked again after this many new

@@ -17,8 +17,7 @@ import { canonicalSource } from '../config/schema.ts';
 import type { NameResolver } from './resolve.ts';
 
 export type UpstreamTarget =
-  | { ok: true; address: string; how: 'original' | 'resolved' }
-  | { ok: false; reason: 'dns-failure' | 'dns-mismatch' | 'no-allowed-address'; detail: string };
+  { ok: true; address: string; how: 'original' | 'resolved' } | { ok: false; reason: 'dns-failure' | 'dns-mismatch' | 'no-allowed-address'; detail: string };
 
 export interface UpstreamQuery {
   readonly mode: DialMode;

@@ -147,13 +147,13 @@ export class Metrics {
       help: 'Queries to the DNS listener answered from the answer cache.',
       registers,
     });
-    const self = this;
+    const remembered = (): number => this.#remembered().total;
     this.dnsRememberedAddresses = new Gauge({
       name: 'egressd_dns_remembered_addresses',
       help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
       registers,
       collect() {
-        this.set(self.#remembered().total);
+        this.set(remembered());
       },
     });
     for (const l of ['http', 'tls', 'tcp'] as const) this.activeConnections.set({ listener: l }, 0);

@@ -86,9 +86,9 @@ for (let c = 0x61; c <= 0x7a; c++) TCHAR[c] = 1;
 /** RFC 3986 §3.2.2 reg-name: unreserved / pct-encoded / sub-delims. */
 const REG_NAME = /^[A-Za-z0-9\-._~%!$&'()*+,;=]+$/;
 /** An IP-literal's inside, loosely (RFC 3986 §3.2.2, RFC 6874 zone ids); the name normalizer parses it. */
-const IP_LITERAL = /^\[[A-Za-z0-9:._~%\-]+\]$/;
+const IP_LITERAL = /^\[[A-Za-z0-9:._~%-]+\]$/;
 const PORT = /^[0-9]{0,5}$/;
-const ABSOLUTE = /^([A-Za-z][A-Za-z0-9+.\-]*):/;
+const ABSOLUTE = /^([A-Za-z][A-Za-z0-9+.-]*):/;
 
 const PARTIAL = 0;
 const COMPLETE = 1;
@@ -229,14 +229,7 @@ function targetForm(method: string, target: string): string | HttpPeek | null {
  * RFC 9112 §5: field-name ":" OWS field-value OWS. Answers the Host value (OWS trimmed) for a
  * complete Host line, a verdict, or null. `first` marks the line right after the request line.
  */
-function headerLine(
-  b: Uint8Array,
-  start: number,
-  stop: number,
-  complete: boolean,
-  hostSoFar: string | null,
-  first: boolean,
-): string | HttpPeek | null {
+function headerLine(b: Uint8Array, start: number, stop: number, complete: boolean, hostSoFar: string | null, first: boolean): string | HttpPeek | null {
   if (start === stop) return null;
   const c0 = b[start]!;
   if (c0 === SP || c0 === HTAB) {

@@ -4,12 +4,15 @@
 import { parseClientHello, type TlsPeek } from './tls-client-hello.ts';
 import { parseHttpHead, type HttpPeek } from './http-head.ts';
 import { sniff } from './sniff.ts';
-import type { PeekStep } from '../net/peek-socket.ts';
 
-export type Peeked =
-  | { kind: 'tls'; result: TlsPeek }
-  | { kind: 'http'; result: HttpPeek }
-  | { kind: 'unknown' };
+/**
+ * A parser's answer to the bytes so far. `atLeast` says the answer cannot change (but for an
+ * early refusal) until the buffer is that long, so a client dripping one byte per segment does
+ * not cost a full re-parse per byte.
+ */
+export type PeekStep<R> = { done: true; result: R } | { done: false; atLeast?: number };
+
+export type Peeked = { kind: 'tls'; result: TlsPeek } | { kind: 'http'; result: HttpPeek } | { kind: 'unknown' };
 
 export const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
   const r = parseClientHello(buf);
@@ -55,4 +58,3 @@ export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
     return { done: true, result: { kind: 'unknown' } };
   };
 }
-

@@ -14,9 +14,29 @@ export type Sniffed = 'need-more' | 'tls' | 'http' | 'unknown';
  * connection by address and port alone, as for any protocol it cannot read.
  */
 const METHODS: readonly string[] = [
-  'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'PRI',
-  'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT',
-  'MKCALENDAR', 'ACL', 'QUERY', 'PURGE',
+  'GET',
+  'HEAD',
+  'POST',
+  'PUT',
+  'DELETE',
+  'CONNECT',
+  'OPTIONS',
+  'TRACE',
+  'PATCH',
+  'PRI',
+  'PROPFIND',
+  'PROPPATCH',
+  'MKCOL',
+  'COPY',
+  'MOVE',
+  'LOCK',
+  'UNLOCK',
+  'SEARCH',
+  'REPORT',
+  'MKCALENDAR',
+  'ACL',
+  'QUERY',
+  'PURGE',
 ];
 
 const SP = 0x20;

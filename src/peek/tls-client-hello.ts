@@ -193,10 +193,7 @@ function parseRecords(bytes: Uint8Array): TlsPeek {
       const earliestEnd = need <= inRecord ? at + need : end + RECORD_HEADER + (need - inRecord);
       completeAt = earliestEnd;
       if (earliestEnd > MAX_HELLO_BYTES) {
-        stop = malformed(
-          'too-large',
-          `The ClientHello declares ${bodyLength} bytes and cannot end within the first ${MAX_HELLO_BYTES} bytes of the stream`,
-        );
+        stop = malformed('too-large', `The ClientHello declares ${bodyLength} bytes and cannot end within the first ${MAX_HELLO_BYTES} bytes of the stream`);
         break;
       }
       const use = Math.min(need, arrived - at);

@@ -2,6 +2,8 @@
 // this shape by src/policy/dialects/, validated by one code path, then compiled once per change
 // (src/policy/compile.ts) and evaluated many times (src/policy/decide.ts).
 
+import type { FieldIssue } from '../util/issues.ts';
+
 export type Mode = 'allow-all' | 'block-all';
 
 /** An inclusive port range, 1 <= from <= to <= 65535. A single port has from === to. */
@@ -25,14 +27,6 @@ export interface Policy {
   readonly mode: Mode;
   readonly allow: Side;
   readonly deny: Side;
-}
-
-/** A problem found while validating a policy or config: the field path and the reason. */
-export interface FieldIssue {
-  /** Dotted path from the document root, e.g. `egress.allowed_cidrs[2]`. */
-  readonly field: string;
-  /** Sentence-case reason quoting the offending value, e.g. `Port "70000" is outside 1-65535`. */
-  readonly reason: string;
 }
 
 export type Parsed<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly issues: readonly FieldIssue[] };

@@ -16,7 +16,8 @@ import { describe, isPlainObject, quote } from '../util/fields.ts';
 import { parseDaytona } from './dialects/daytona.ts';
 import { parseNovita } from './dialects/novita.ts';
 import { parseSandbox0 } from './dialects/sandbox0.ts';
-import type { DialectResult, FieldIssue } from './model.ts';
+import type { DialectResult } from './model.ts';
+import type { FieldIssue } from '../util/issues.ts';
 
 type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
 
@@ -41,7 +42,8 @@ const MAX_KEY_ISSUES = 20;
  * with its field path relative to the body ('' for the body itself). Never throws.
  */
 export function parseNetworkBody(body: unknown): Result {
-  if (!isPlainObject(body)) return { ok: false, issues: [{ field: '', reason: `Expected an object with the keys of one dialect (${KNOWN}), got ${describe(body)}` }] };
+  if (!isPlainObject(body))
+    return { ok: false, issues: [{ field: '', reason: `Expected an object with the keys of one dialect (${KNOWN}), got ${describe(body)}` }] };
 
   const issues: FieldIssue[] = [];
   let dropped = 0;

@@ -64,8 +64,7 @@ export function parsePolicyDocument(doc: unknown): Parsed<Policy> {
   };
 
   if (mode === undefined || issues.list.length > 0) return { ok: false, issues: issues.result() };
-  const policy: Policy =
-    mode === 'block-all' ? { mode, allow: freezeSide(allow), deny: EMPTY_SIDE } : { mode, allow: EMPTY_SIDE, deny: freezeSide(deny) };
+  const policy: Policy = mode === 'block-all' ? { mode, allow: freezeSide(allow), deny: EMPTY_SIDE } : { mode, allow: EMPTY_SIDE, deny: freezeSide(deny) };
   return { ok: true, value: Object.freeze(policy) };
 }
 

@@ -183,9 +183,7 @@ function layerNameReach(layer: CompiledLayer, name: string): NameReach {
   }
   const j = p.deny.domains?.match(name) ?? -1;
   if (j >= 0) return { reach: false, rule: p.deny.domainRule(j), denied: true };
-  return p.policy.mode === 'allow-all'
-    ? { reach: true, rule: 'mode "allow-all"', denied: false }
-    : { reach: false, rule: 'mode "block-all"', denied: false };
+  return p.policy.mode === 'allow-all' ? { reach: true, rule: 'mode "allow-all"', denied: false } : { reach: false, rule: 'mode "block-all"', denied: false };
 }
 
 /**

@@ -1,7 +1,7 @@
 // Small helpers for validating a wire document (YAML or JSON, already parsed) into a model while
 // collecting every issue with its field path, instead of stopping at the first one.
 
-import type { FieldIssue } from '../policy/model.ts';
+import type { FieldIssue } from './issues.ts';
 
 export class IssueList {
   readonly issues: FieldIssue[] = [];
@@ -30,7 +30,7 @@ export function isPlainObject(v: unknown): v is Record<string, unknown> {
 export function quote(v: unknown): string {
   let s: string;
   try {
-    s = typeof v === 'string' ? v : JSON.stringify(v) ?? String(v);
+    s = typeof v === 'string' ? v : (JSON.stringify(v) ?? String(v));
   } catch {
     s = String(v);
   }
@@ -39,12 +39,7 @@ export function quote(v: unknown): string {
 }
 
 /** Refuses keys outside `known`; returns the object or undefined (with an issue) when it is not one. */
-export function objectWithKeys(
-  v: unknown,
-  field: string,
-  known: readonly string[],
-  issues: IssueList,
-): Record<string, unknown> | undefined {
+export function objectWithKeys(v: unknown, field: string, known: readonly string[], issues: IssueList): Record<string, unknown> | undefined {
   if (!isPlainObject(v)) {
     issues.add(field || '(root)', `Expected an object, got ${describe(v)}`);
     return undefined;

@@ -2,7 +2,13 @@
 // the report itself is bounded, so a body of a million bad entries cannot become a million-line
 // answer. Past the cap one last issue says how many were left out.
 
-import type { FieldIssue } from '../policy/model.ts';
+/** A problem found while validating a policy or config: the field path and the reason. */
+export interface FieldIssue {
+  /** Dotted path from the document root, e.g. `egress.allowed_cidrs[2]`. */
+  readonly field: string;
+  /** Sentence-case reason quoting the offending value, e.g. `Port "70000" is outside 1-65535`. */
+  readonly reason: string;
+}
 
 /** A bound on one list in a policy body, far above the 100,000 entries compile is built for. */
 export const MAX_LIST_ENTRIES = 1_000_000;

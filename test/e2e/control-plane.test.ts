@@ -44,7 +44,10 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     await rig.servers([REAL, OTHER, ESSENTIAL, ECHO_KEEP, ECHO_CUT]);
     await rig.dns({ 'allowed.test': [REAL], 'denied.test': [OTHER], 'essential.test': [ESSENTIAL] });
     // A second source address in the sandbox namespace: a second sandbox.
-    const add = await rig.execIn('sandbox', 'sh', ['-c', `ip addr add ${SB_B}/24 dev $(ip -o link show | awk -F': ' '$2 != "lo" {print $2}' | cut -d@ -f1 | head -1)`]);
+    const add = await rig.execIn('sandbox', 'sh', [
+      '-c',
+      `ip addr add ${SB_B}/24 dev $(ip -o link show | awk -F': ' '$2 != "lo" {print $2}' | cut -d@ -f1 | head -1)`,
+    ]);
     expect(add.code, add.stderr).toBe(0);
     tokenFile = join(dir, 'token');
     writeFileSync(tokenFile, 'cp-e2e-token\n');
@@ -79,11 +82,21 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   };
   /** The HTTP status a request from `from` to name (at address) gets; 0 when the connection failed. */
   const httpFrom = async (from: string, name: string, address: string): Promise<number> => {
-    const r = await rig.execIn('sandbox', 'curl', ['-s', '--max-time', '10', '--interface', from, '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `${name}:80:${address}`, `http://${name}/`], { timeoutMs: 20_000 });
+    const r = await rig.execIn(
+      'sandbox',
+      'curl',
+      ['-s', '--max-time', '10', '--interface', from, '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `${name}:80:${address}`, `http://${name}/`],
+      { timeoutMs: 20_000 },
+    );
     return Number(r.stdout || 0);
   };
-  const tlsFrom = async (from: string, name: string, address: string): Promise<'ok' | 'denied' | string> => {
-    const r = await rig.execIn('sandbox', 'curl', ['-sS', '--max-time', '10', '--interface', from, '--cacert', CA, '--resolve', `${name}:443:${address}`, `https://${name}/`], { timeoutMs: 20_000 });
+  const tlsFrom = async (from: string, name: string, address: string): Promise<string> => {
+    const r = await rig.execIn(
+      'sandbox',
+      'curl',
+      ['-sS', '--max-time', '10', '--interface', from, '--cacert', CA, '--resolve', `${name}:443:${address}`, `https://${name}/`],
+      { timeoutMs: 20_000 },
+    );
     if (r.code === 0) return 'ok';
     return /access denied/i.test(r.stderr) ? 'denied' : r.stderr;
   };
@@ -100,7 +113,13 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   });
 
   it('enforces a Novita policy: allowOut names beside a denyOut of everything, and its DNS server on 53', async () => {
-    const r = await cli('sandbox', 'network', 'sb-a', '--network', JSON.stringify({ allowInternetAccess: true, network: { allowOut: ['allowed.test', `${ESSENTIAL}/32`], denyOut: ['0.0.0.0/0'] } }));
+    const r = await cli(
+      'sandbox',
+      'network',
+      'sb-a',
+      '--network',
+      JSON.stringify({ allowInternetAccess: true, network: { allowOut: ['allowed.test', `${ESSENTIAL}/32`], denyOut: ['0.0.0.0/0'] } }),
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ mode: 'block-all' });
     expect(await httpFrom(SB_A, 'allowed.test', REAL)).toBe(200);
@@ -136,7 +155,9 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   it('closes an open connection a live change refuses within a second, and spares one it still allows', async () => {
     await put('sb-a', SB_A, { mode: 'allow-all' });
     const hold = (address: string) =>
-      rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '4000'], { timeoutMs: 20_000 });
+      rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '4000'], {
+        timeoutMs: 20_000,
+      });
     const keep = hold(ECHO_KEEP);
     const cut = hold(ECHO_CUT);
     await new Promise((r) => setTimeout(r, 1500));
@@ -166,7 +187,11 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     expect(await tlsFrom(SB_A, 'allowed.test', REAL)).toBe('ok');
     expect(await httpFrom(SB_A, 'allowed.test', REAL)).toBe(403);
     const list = await cli('sandbox', 'ls');
-    expect(JSON.parse(list.stdout).sandboxes.map((s: { id: string }) => s.id).sort()).toEqual(['sb-a', 'sb-b']);
+    expect(
+      JSON.parse(list.stdout)
+        .sandboxes.map((s: { id: string }) => s.id)
+        .sort(),
+    ).toEqual(['sb-a', 'sb-b']);
     expect((await cli('org', 'get', 'acme')).code).toBe(0);
   });
 
@@ -174,7 +199,12 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     await put('sb-a', SB_A, { mode: 'allow-all' });
     const ready = await rig.execIn('router', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9901/readyz']);
     expect(ready.stdout).toBe('200');
-    const hold = rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'], { timeoutMs: 20_000 });
+    const hold = rig.execIn(
+      'sandbox',
+      NODE,
+      [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'],
+      { timeoutMs: 20_000 },
+    );
     await new Promise((r) => setTimeout(r, 700));
     const exit = daemon.stop('SIGTERM', 20_000);
     await new Promise((r) => setTimeout(r, 300));

@@ -90,7 +90,8 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
   const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
     daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 15_000);
   const bytesAt = (address: string): number =>
-    rig.events().filter((e) => e.local.replace(/^\[|\]?:\d+$/g, '') === address || e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
+    rig.events().filter((e) => e.local.replace(/^\[|\]?:\d+$/g, '') === address || e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`))
+      .length;
 
   it('lets an allowed name through over TLS with curl, and the real server answers', async () => {
     const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${REAL}`, 'https://allowed.test/']);
@@ -119,7 +120,18 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
   });
 
   it('answers a refused HTTP name with a 403 naming the host', async () => {
-    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '-', '-w', '\n%{http_code}', '--resolve', `denied.test:80:${DENIED}`, 'http://denied.test/']);
+    const r = await inSandbox('curl', [
+      '-sS',
+      '--max-time',
+      '10',
+      '-o',
+      '-',
+      '-w',
+      '\n%{http_code}',
+      '--resolve',
+      `denied.test:80:${DENIED}`,
+      'http://denied.test/',
+    ]);
     expect(r.stdout.trim().split('\n').pop()).toBe('403');
     expect(r.stdout).toContain('denied.test');
     await outcome(`${DENIED}:80`, (l) => l['verdict'] === 'refuse');
@@ -138,7 +150,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(res).toMatchObject({ outcome: 'response', status: 200 });
   });
 
-  it('carries an SNI-spoofed connection to the name\'s real owner, never to the attacker', async () => {
+  it("carries an SNI-spoofed connection to the name's real owner, never to the attacker", async () => {
     const before = bytesAt(ATTACKER);
     const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${ATTACKER}`, 'https://allowed.test/']);
     expect(r.code, r.stderr).toBe(0);
@@ -160,7 +172,18 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const direct = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', 'http://169.254.169.254/latest/meta-data/']);
     expect(direct.stdout).toBe('403');
     expect(await outcome('169.254.169.254:80')).toMatchObject({ verdict: 'refuse', reason: 'protected-address', dialed: null });
-    const viaName = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `metadata.test:80:${REAL}`, 'http://metadata.test/']);
+    const viaName = await inSandbox('curl', [
+      '-sS',
+      '--max-time',
+      '10',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--resolve',
+      `metadata.test:80:${REAL}`,
+      'http://metadata.test/',
+    ]);
     expect(viaName.stdout).toBe('403');
     expect(await outcome(`${REAL}:80`, (l) => l['name'] === 'metadata.test')).toMatchObject({ verdict: 'refuse', reason: 'no-allowed-address', dialed: null });
   });
@@ -192,10 +215,32 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const ok = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:[${REAL6}]`, 'https://allowed.test/']);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toContain(REAL6);
-    const refused = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `denied.test:80:[${ATTACKER6}]`, 'http://denied.test/']);
+    const refused = await inSandbox('curl', [
+      '-sS',
+      '-6',
+      '--max-time',
+      '10',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--resolve',
+      `denied.test:80:[${ATTACKER6}]`,
+      'http://denied.test/',
+    ]);
     expect(refused.stdout).toBe('403');
     const before = bytesAt(ATTACKER6);
-    const spoof = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:[${ATTACKER6}]`, 'https://allowed.test/']);
+    const spoof = await inSandbox('curl', [
+      '-sS',
+      '-6',
+      '--max-time',
+      '10',
+      '--cacert',
+      CA,
+      '--resolve',
+      `allowed.test:443:[${ATTACKER6}]`,
+      'https://allowed.test/',
+    ]);
     expect(spoof.code, spoof.stderr).toBe(0);
     expect(spoof.stdout).toContain(REAL6);
     expect(bytesAt(ATTACKER6)).toBe(before);

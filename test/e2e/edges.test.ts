@@ -192,14 +192,33 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
     it('gives curl, uploading at a limited rate, the 403', async () => {
       const file = join(dir, 'upload.bin');
       writeFileSync(file, Buffer.alloc(SIZE, 0x75));
-      const r = await inSandbox('curl', ['-sS', '--max-time', '30', '--limit-rate', '1300k', '-T', file, '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `blocked.test:80:${BLOCKED}`, 'http://blocked.test/put'], 40_000);
+      const r = await inSandbox(
+        'curl',
+        [
+          '-sS',
+          '--max-time',
+          '30',
+          '--limit-rate',
+          '1300k',
+          '-T',
+          file,
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code}',
+          '--resolve',
+          `blocked.test:80:${BLOCKED}`,
+          'http://blocked.test/put',
+        ],
+        40_000,
+      );
       expect(r.stdout).toBe('403');
     });
   });
 
   describe('part 10: any DNS answer within dns.timeoutMs is used', () => {
     it.each([
-      ['slow.test', 'answered after 1.1 s (the issue\'s example)'],
+      ['slow.test', "answered after 1.1 s (the issue's example)"],
       ['lossy.test', 'answered only on the retransmission'],
       ['noaaaa.test', 'with AAAA never answered'],
     ])('dials %s, %s', async (name) => {

@@ -91,7 +91,11 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
 
   const egressd = (args: string[]) => rig.execIn('router', NODE, [MAIN, 'iptables', ...args], { timeoutMs: 30_000 });
   const snapshot = async (): Promise<string> => {
-    const parts = await Promise.all([rig.execIn('router', 'iptables-save', []), rig.execIn('router', 'ip6tables-save', []), rig.execIn('router', 'nft', ['list', 'ruleset'])]);
+    const parts = await Promise.all([
+      rig.execIn('router', 'iptables-save', []),
+      rig.execIn('router', 'ip6tables-save', []),
+      rig.execIn('router', 'nft', ['list', 'ruleset']),
+    ]);
     for (const p of parts) expect(p.code, p.stderr).toBe(0);
     return parts.map((p) => normalize(p.stdout)).join('\n----\n');
   };
@@ -101,7 +105,20 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
   };
 
   const MODES: Record<string, string[]> = {
-    host: ['--mode', 'host', '--interface', 'veth+', '--source', '198.18.0.0/24', '--source', '2001:db8:0:1::/64', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8:0:2::53'],
+    host: [
+      '--mode',
+      'host',
+      '--interface',
+      'veth+',
+      '--source',
+      '198.18.0.0/24',
+      '--source',
+      '2001:db8:0:1::/64',
+      '--dns-server',
+      '198.18.1.53',
+      '--dns-server',
+      '2001:db8:0:2::53',
+    ],
     sidecar: ['--mode', 'sidecar', '--uid', '1000', '--dns-server', '198.18.1.53'],
   };
 
@@ -160,7 +177,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     const udp = (server: string, port: number) =>
       rig.execIn('sandbox', 'dig', ['+time=3', '+tries=1', '-p', String(port), `@${server}`, 'probe.test'], { timeoutMs: 15_000 });
 
-    it('redirect the sandbox\'s TCP by port, over IPv4 and IPv6, before it reaches any server', async () => {
+    it("redirect the sandbox's TCP by port, over IPv4 and IPv6, before it reaches any server", async () => {
       const before = rig.events().length;
       expect((await tcp(S4, 80)).stdout).toBe(`caught ${PORTS.http}\n`);
       expect((await tcp(S6, 443)).stdout).toBe(`caught ${PORTS.tls}\n`);
@@ -181,7 +198,12 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     // Nothing listens at these addresses: without the REJECT the router could only answer
     // "host unreachable" after neighbour discovery fails, never "connection refused".
     it('reject UDP 443 and other UDP at once with port unreachable, over IPv4 and IPv6', async () => {
-      for (const [server, port] of [[NO_HOST4, 443], [NO_HOST6, 443], [NO_HOST4, 5353], [NO_HOST6, 5353]] as const) {
+      for (const [server, port] of [
+        [NO_HOST4, 443],
+        [NO_HOST6, 443],
+        [NO_HOST4, 5353],
+        [NO_HOST6, 5353],
+      ] as const) {
         const r = await udp(server, port);
         expect(`${r.stdout}${r.stderr}`, `${server}#${port}`).toMatch(/connection refused/);
       }
@@ -198,7 +220,9 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
       const portArgs = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp)];
       // egressd's uid is root's here, so the test's root clients play egressd and nobody plays the sandbox.
-      const r = await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--apply', '--backend', backend, '--mode', 'sidecar', '--uid', '0', ...portArgs], { timeoutMs: 30_000 });
+      const r = await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--apply', '--backend', backend, '--mode', 'sidecar', '--uid', '0', ...portArgs], {
+        timeoutMs: 30_000,
+      });
       expect(r.code, r.stderr).toBe(0);
     });
     afterAll(async () => {
@@ -209,13 +233,13 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     const tcpAs = (uid: string, host: string, port: number, send?: string) =>
       rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), uid, ...(send !== undefined ? [send] : [])], { timeoutMs: 15_000 });
 
-    it('redirect other users\' TCP to the local listeners by port, over IPv4 and IPv6', async () => {
+    it("redirect other users' TCP to the local listeners by port, over IPv4 and IPv6", async () => {
       expect((await tcpAs(NOBODY, S4, 80)).stdout).toBe(`caught ${PORTS.http}\n`);
       expect((await tcpAs(NOBODY, S6, 443)).stdout).toBe(`caught ${PORTS.tls}\n`);
       expect((await tcpAs(NOBODY, S4, 7000)).stdout).toBe(`caught ${PORTS.tcp}\n`);
     });
 
-    it('leave egressd\'s own connections and loopback traffic alone', async () => {
+    it("leave egressd's own connections and loopback traffic alone", async () => {
       const direct = await tcpAs('0', S4, 80, 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n');
       expect(direct.stdout, direct.stderr).toContain(`"server":"${S4}"`);
       expect((await tcpAs(NOBODY, '127.0.0.1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);

@@ -166,7 +166,7 @@ describe.skipIf(skip !== null)('the netns rig', () => {
 
     const probe = (host: string, port: number) => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port)], { timeoutMs: 15_000 });
 
-    it('sends the sandbox\'s port 80 to the http port, 443 to the tls port and any other port to the tcp port, and upstream sees nothing', async () => {
+    it("sends the sandbox's port 80 to the http port, 443 to the tls port and any other port to the tcp port, and upstream sees nothing", async () => {
       const before = rig.events().length;
       expect((await probe(S4, 80)).stdout).toBe(`caught ${PORTS.http}\n`);
       expect((await probe(S4, 443)).stdout).toBe(`caught ${PORTS.tls}\n`);

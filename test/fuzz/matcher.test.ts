@@ -54,8 +54,11 @@ interface Block extends Addr {
 }
 
 const byte = fc.oneof(fc.constantFrom(0, 1, 8, 10, 16, 18, 64, 100, 127, 169, 172, 192, 198, 224, 254, 255), fc.integer({ min: 0, max: 255 }));
-const v4 = fc.tuple(byte, byte, byte, byte).map(([a, b, c, d]): Addr => ({ family: 4, value: BigInt((((a << 24) | (b << 16) | (c << 8) | d) >>> 0)) }));
-const group = fc.oneof(fc.constantFrom(0, 0, 0, 1, 0x64, 0xff9b, 0x2001, 0xdb8, 0x2002, 0xfc00, 0xfd00, 0xfe80, 0xff02, 0xffff), fc.integer({ min: 0, max: 0xffff }));
+const v4 = fc.tuple(byte, byte, byte, byte).map(([a, b, c, d]): Addr => ({ family: 4, value: BigInt(((a << 24) | (b << 16) | (c << 8) | d) >>> 0) }));
+const group = fc.oneof(
+  fc.constantFrom(0, 0, 0, 1, 0x64, 0xff9b, 0x2001, 0xdb8, 0x2002, 0xfc00, 0xfd00, 0xfe80, 0xff02, 0xffff),
+  fc.integer({ min: 0, max: 0xffff }),
+);
 const v6 = fc.array(group, { minLength: 8, maxLength: 8 }).map((gs): Addr => ({ family: 6, value: gs.reduce((acc, g) => (acc << 16n) | BigInt(g), 0n) }));
 const mapped = v4.map((a): Addr => ({ family: 6, value: (0xffffn << 32n) | a.value }));
 const addr = fc.oneof({ weight: 5, arbitrary: v4 }, { weight: 4, arbitrary: v6 }, { weight: 1, arbitrary: mapped });
@@ -76,13 +79,15 @@ function text(a: Addr): string {
 }
 const cidrText = (b: Block): string => `${text(b)}/${b.prefix}`;
 
-const contains = (b: Block, a: Addr): boolean => b.family === a.family && a.value >> BigInt(bits(b.family) - b.prefix) === b.value >> BigInt(bits(b.family) - b.prefix);
+const contains = (b: Block, a: Addr): boolean =>
+  b.family === a.family && a.value >> BigInt(bits(b.family) - b.prefix) === b.value >> BigInt(bits(b.family) - b.prefix);
 
 /** RFC 4291 §2.5.5.2: mapped addresses and mapped blocks of /96 or longer are IPv4. */
 const MAPPED = 0xffffn << 32n;
 const asV4 = <T extends Addr & { prefix?: number }>(a: T): T => {
   const prefix = a.prefix ?? 128;
-  if (a.family === 6 && prefix >= 96 && a.value >> 32n === 0xffffn) return { ...a, family: 4, value: a.value - MAPPED, prefix: a.prefix === undefined ? undefined : prefix - 96 };
+  if (a.family === 6 && prefix >= 96 && a.value >> 32n === 0xffffn)
+    return { ...a, family: 4, value: a.value - MAPPED, prefix: a.prefix === undefined ? undefined : prefix - 96 };
   return a;
 };
 
@@ -141,7 +146,7 @@ const portRange = fc.oneof(
 );
 const port = fc.oneof(fc.constantFrom(22, 80, 443, 8080, 1, 65535), fc.integer({ min: 1, max: 65535 }));
 /** Each list is empty half the time, so sides of ports alone, hosts alone and nothing at all all occur. */
-const maybe = <T,>(a: fc.Arbitrary<T>, max: number) => fc.oneof(fc.constant<T[]>([]), fc.array(a, { minLength: 1, maxLength: max }));
+const maybe = <T>(a: fc.Arbitrary<T>, max: number) => fc.oneof(fc.constant<T[]>([]), fc.array(a, { minLength: 1, maxLength: max }));
 const refSide = fc.record({
   domains: maybe(pattern, 6),
   cidrs: maybe(block, 6),
@@ -167,7 +172,9 @@ function refDecide(mode: Mode, allow: RefSide, deny: RefSide, n: string | null, 
   if (n !== null && refDomain(deny.domains, n) >= 0) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'name' };
   if (deny.cidrs.map(asV4).some((b) => contains(b, a))) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'address' };
   if (deny.ports.some((r) => r.from <= p && p <= r.to)) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'port' };
-  return mode === 'allow-all' ? { verdict: 'allow', reason: 'default-allow', matchedBy: 'mode' } : { verdict: 'refuse', reason: 'default-block', matchedBy: 'mode' };
+  return mode === 'allow-all'
+    ? { verdict: 'allow', reason: 'default-allow', matchedBy: 'mode' }
+    : { verdict: 'refuse', reason: 'default-block', matchedBy: 'mode' };
 }
 
 // ---- the properties ----------------------------------------------------------------------
@@ -233,14 +240,20 @@ describe('compiled matchers agree with a linear scan', () => {
     const protectedSet = compileProtected({});
     const facts = fc.record({ name: fc.option(name, { nil: null }), addr, port });
     fc.assert(
-      fc.property(fc.constantFrom<Mode>('allow-all', 'block-all'), refSide, refSide, fc.array(facts, { minLength: 1, maxLength: 10 }), (mode, allow, deny, fs) => {
-        const toSide = (s: RefSide) => ({ domains: s.domains, cidrs: s.cidrs.map(cidrText), ports: s.ports });
-        const compiled = compilePolicy({ mode, allow: toSide(allow), deny: toSide(deny) }, protectedSet);
-        for (const f of fs) {
-          const d = decide(compiled, { name: f.name, ip: text(f.addr), port: f.port });
-          expect({ verdict: d.verdict, reason: d.reason, matchedBy: d.matchedBy }).toEqual(refDecide(mode, allow, deny, f.name, f.addr, f.port));
-        }
-      }),
+      fc.property(
+        fc.constantFrom<Mode>('allow-all', 'block-all'),
+        refSide,
+        refSide,
+        fc.array(facts, { minLength: 1, maxLength: 10 }),
+        (mode, allow, deny, fs) => {
+          const toSide = (s: RefSide) => ({ domains: s.domains, cidrs: s.cidrs.map(cidrText), ports: s.ports });
+          const compiled = compilePolicy({ mode, allow: toSide(allow), deny: toSide(deny) }, protectedSet);
+          for (const f of fs) {
+            const d = decide(compiled, { name: f.name, ip: text(f.addr), port: f.port });
+            expect({ verdict: d.verdict, reason: d.reason, matchedBy: d.matchedBy }).toEqual(refDecide(mode, allow, deny, f.name, f.addr, f.port));
+          }
+        },
+      ),
       { numRuns: 1000 },
     );
   });

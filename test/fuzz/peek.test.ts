@@ -154,13 +154,11 @@ describe('parseClientHello properties', () => {
   });
 
   it('never answers need-more once MAX_HELLO_BYTES have arrived', () => {
-    const big = fc
-      .record({ head: fc.oneof(recordish, mutatedHello), fill: fc.integer({ min: 0, max: 255 }) })
-      .map(({ head, fill }) => {
-        const b = new Uint8Array(MAX_HELLO_BYTES).fill(fill);
-        b.set(head.subarray(0, MAX_HELLO_BYTES));
-        return b;
-      });
+    const big = fc.record({ head: fc.oneof(recordish, mutatedHello), fill: fc.integer({ min: 0, max: 255 }) }).map(({ head, fill }) => {
+      const b = new Uint8Array(MAX_HELLO_BYTES).fill(fill);
+      b.set(head.subarray(0, MAX_HELLO_BYTES));
+      return b;
+    });
     fc.assert(
       fc.property(big, (b) => {
         expect(parseClientHello(b).kind).not.toBe('need-more');

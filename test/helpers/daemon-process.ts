@@ -62,7 +62,14 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
       };
       const timer = setTimeout(() => {
         cleanup();
-        reject(new Error(`No matching log line within ${timeoutMs} ms; last lines:\n${lines.slice(-8).map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${err.slice(-2000)}`));
+        reject(
+          new Error(
+            `No matching log line within ${timeoutMs} ms; last lines:\n${lines
+              .slice(-8)
+              .map((l) => JSON.stringify(l))
+              .join('\n')}\nstderr: ${err.slice(-2000)}`,
+          ),
+        );
       }, timeoutMs);
       const w = (): void => void check();
       const cleanup = (): void => {

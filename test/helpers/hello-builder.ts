@@ -230,7 +230,7 @@ export function handshakeOf(stream: Uint8Array): Uint8Array {
   const parts: Uint8Array[] = [];
   let have = 0;
   let need = Infinity;
-  for (let p = 0; p + 5 <= stream.length && have < need; ) {
+  for (let p = 0; p + 5 <= stream.length && have < need;) {
     const len = (stream[p + 3]! << 8) | stream[p + 4]!;
     if (stream[p] === 22) {
       parts.push(stream.subarray(p + 5, p + 5 + len));

@@ -118,7 +118,11 @@ export function rigUnavailableReason(): string | null {
 // Running commands
 
 /** Runs a command in the root namespace, bounded by a timeout; never rejects. */
-function run(cmd: string, args: readonly string[], opts: { timeoutMs?: number; input?: string | Buffer; track?: (c: ChildProcess) => () => void } = {}): Promise<ExecResult> {
+function run(
+  cmd: string,
+  args: readonly string[],
+  opts: { timeoutMs?: number; input?: string | Buffer; track?: (c: ChildProcess) => () => void } = {},
+): Promise<ExecResult> {
   return new Promise((resolveRun) => {
     const child = spawn(cmd, args, { env: ENV, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const untrack = opts.track?.(child) ?? (() => {});
@@ -240,7 +244,11 @@ function allocatePrefix(): string {
 
 async function namespacePids(ns: string): Promise<number[]> {
   const r = await run('ip', ['netns', 'pids', ns]);
-  return r.stdout.split(/\s+/).filter(Boolean).map(Number).filter((n) => Number.isInteger(n) && n > 0);
+  return r.stdout
+    .split(/\s+/)
+    .filter(Boolean)
+    .map(Number)
+    .filter((n) => Number.isInteger(n) && n > 0);
 }
 
 async function deleteNamespace(ns: string): Promise<void> {
@@ -263,7 +271,10 @@ async function deleteNamespace(ns: string): Promise<void> {
 
 async function listNamespaces(): Promise<string[]> {
   const r = await run('ip', ['netns', 'list']);
-  return r.stdout.split('\n').map((l) => l.split(' ')[0]!).filter(Boolean);
+  return r.stdout
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter(Boolean);
 }
 
 /** Removes the namespaces, links and markers of rigs whose process is gone. */
@@ -516,7 +527,12 @@ export async function createRig(): Promise<Rig> {
     await addr(ns.router, ifs.routerInternet, ROUTER_INTERNET_V6, 64);
     await addr(ns.internet, ifs.internet, DNS_V4, 24);
     await addr(ns.internet, ifs.internet, DNS_V6, 64);
-    for (const [n, dev] of [[ns.sandbox, ifs.sandbox], [ns.router, ifs.routerSandbox], [ns.router, ifs.routerInternet], [ns.internet, ifs.internet]] as const) {
+    for (const [n, dev] of [
+      [ns.sandbox, ifs.sandbox],
+      [ns.router, ifs.routerSandbox],
+      [ns.router, ifs.routerInternet],
+      [ns.internet, ifs.internet],
+    ] as const) {
       await must('ip', ['-n', n, 'link', 'set', dev, 'up']);
     }
     await must('ip', ['-n', ns.sandbox, 'route', 'add', 'default', 'via', ROUTER_SANDBOX_V4]);

@@ -53,7 +53,12 @@ function serveHttp(stream: Duplex, conn: Conn): void {
     stream.off('data', onData);
     const lines = head.slice(0, end < 0 ? head.length : end).split('\r\n');
     const [method = '', path = ''] = (lines[0] ?? '').split(' ');
-    conn.host = lines.slice(1).find((l) => /^host:/i.test(l))?.slice(5).trim() ?? null;
+    conn.host =
+      lines
+        .slice(1)
+        .find((l) => /^host:/i.test(l))
+        ?.slice(5)
+        .trim() ?? null;
     const body = `${JSON.stringify({ server: conn.localAddress, local: conn.local, service: conn.service, host: conn.host, sni: conn.sni, method, path })}\n`;
     const status = end < 0 ? '431 Request Header Fields Too Large' : '200 OK';
     stream.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);

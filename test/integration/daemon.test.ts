@@ -147,7 +147,10 @@ describe('the daemon on loopback', () => {
     const clash = await api('PUT', '/api/v1/sandboxes/sb-2', { sources: ['127.0.0.7'], network: { mode: 'allow-all' } });
     expect(clash.status).toBe(409);
     expect(clash.body.error.code).toBe('conflict');
-    const big = await api('PUT', '/api/v1/sandboxes/sb-3', { sources: ['127.0.0.8'], network: { mode: 'block-all', egress: { allowed_domains: Array.from({ length: 200 }, (_, i) => `n${i}.example.test`) } } });
+    const big = await api('PUT', '/api/v1/sandboxes/sb-3', {
+      sources: ['127.0.0.8'],
+      network: { mode: 'block-all', egress: { allowed_domains: Array.from({ length: 200 }, (_, i) => `n${i}.example.test`) } },
+    });
     expect(big.status).toBe(413);
     const list = await api('GET', '/api/v1/sandboxes');
     expect(list.body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['sb-1']);
@@ -159,7 +162,15 @@ describe('the daemon on loopback', () => {
     const config = loopbackConfig({ state: { path: join(dir, 'state.json') } });
     d = await startLoopbackDaemon(config);
     expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3 })).status).toBe(201);
-    expect((await api('PUT', '/api/v1/sandboxes/sb-p', { sources: ['127.0.0.9'], org: 'acme', network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } } })).status).toBe(201);
+    expect(
+      (
+        await api('PUT', '/api/v1/sandboxes/sb-p', {
+          sources: ['127.0.0.9'],
+          org: 'acme',
+          network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } },
+        })
+      ).status,
+    ).toBe(201);
     await d.stop();
     d = await startLoopbackDaemon(config);
     const got = await api('GET', '/api/v1/sandboxes/sb-p');
@@ -209,9 +220,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('refuses an SNI with a non-ASCII byte as an invalid name, with an access_denied alert, quoting it in the log', async () => {
-    d = await startLoopbackDaemon(
-      loopbackConfig({ sandboxes: [{ id: 'sb-n', sources: ['127.0.0.13'], network: { mode: 'allow-all' } }] }),
-    );
+    d = await startLoopbackDaemon(loopbackConfig({ sandboxes: [{ id: 'sb-n', sources: ['127.0.0.13'], network: { mode: 'allow-all' } }] }));
     d.route('127.0.0.13', '127.0.0.1', upstream.port);
     const sni = Buffer.concat([Buffer.from('b'), Buffer.from([0xfc]), Buffer.from('cher.test')]);
     const answer = await new Promise<Buffer>((resolve) => {
@@ -224,7 +233,12 @@ describe('the daemon on loopback', () => {
     });
     // RFC 8446 §6: a fatal (2) access_denied (49) alert.
     expect([...answer]).toEqual([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
-    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ verdict: 'refuse', reason: 'invalid-name', dialed: null, rawName: 'b\u00fccher.test' });
+    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({
+      verdict: 'refuse',
+      reason: 'invalid-name',
+      dialed: null,
+      rawName: 'b\u00fccher.test',
+    });
     expect(upstream.sockets.size).toBe(0);
   });
 

@@ -17,7 +17,7 @@ const NOVITA = {
   network: { allowOut: ['api.example.test'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false },
 };
 
-describe('the platforms\' complete bodies through the API', () => {
+describe("the platforms' complete bodies through the API", () => {
   let d: LoopbackDaemon | undefined;
   let upstream: Server;
   let upstreamPort = 0;
@@ -42,7 +42,11 @@ describe('the platforms\' complete bodies through the API', () => {
   });
 
   const api = async (method: string, path: string, body?: unknown) => {
-    const res = await request(`${d!.adminUrl}${path}`, { method: method as 'GET', headers: auth, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    const res = await request(`${d!.adminUrl}${path}`, {
+      method: method as 'GET',
+      headers: auth,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
     const text = await res.body.text();
     return { status: res.statusCode, body: text ? JSON.parse(text) : null };
   };
@@ -63,7 +67,11 @@ describe('the platforms\' complete bodies through the API', () => {
     d = await startLoopbackDaemon(loopbackConfig({ upstream: { dial: 'original' } }));
     const put = await api('PUT', '/api/v1/sandboxes/sb-day', { sources: ['127.0.0.21'], network: DAYTONA });
     expect(put.status).toBe(201);
-    expect(put.body.network).toMatchObject({ mode: 'block-all', essential_services: true, egress: { allowed_domains: ['pypi.test', '*.github.test'], allowed_cidrs: ['127.0.0.1/32'] } });
+    expect(put.body.network).toMatchObject({
+      mode: 'block-all',
+      essential_services: true,
+      egress: { allowed_domains: ['pypi.test', '*.github.test'], allowed_cidrs: ['127.0.0.1/32'] },
+    });
     expect(put.body.warnings).toBeUndefined();
     // Allowed by the address list, whatever the name.
     expect(await get('127.0.0.21', 'anything.test')).toMatch(/^HTTP\/1\.1 200 /);

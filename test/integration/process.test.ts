@@ -101,7 +101,12 @@ describe('the egressd process', () => {
   it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
     // A fixed port both processes bind; picked at random in the dynamic range to stay clear of others.
     const port = 20_000 + Math.floor(Math.random() * 20_000);
-    const file = write(base({ listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` }, shutdown: { drainMs: 2000 } }));
+    const file = write(
+      base({
+        listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` },
+        shutdown: { drainMs: 2000 },
+      }),
+    );
     const first = await start(file);
     const second = await start(file);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
@@ -127,7 +132,13 @@ describe('the egressd process', () => {
       child.kill('SIGTERM');
       const [code] = (await once(child, 'exit')) as [number];
       expect(code).toBe(0);
-      return { out, lines: read().split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
+      return {
+        out,
+        lines: read()
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l)),
+      };
     };
     const info = await run('info');
     expect(info.out).toBe('');

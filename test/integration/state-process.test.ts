@@ -97,7 +97,14 @@ function tmpfs(size: string): string {
 describe('a state that does not validate stops the process', () => {
   it('exits 1 naming the file, the entry and the field, and leaves the file as it was', async () => {
     const path = join(dir, 'state.json');
-    const text = JSON.stringify({ version: 1, orgs: [], sandboxes: [{ id: 'sb-ok', sources: ['198.18.0.1'], org: null, network: { mode: 'allow-all' } }, { id: 'sb-bad', sources: ['198.18.0.2'], org: null, network: { mode: 'promiscuous' } }] });
+    const text = JSON.stringify({
+      version: 1,
+      orgs: [],
+      sandboxes: [
+        { id: 'sb-ok', sources: ['198.18.0.1'], org: null, network: { mode: 'allow-all' } },
+        { id: 'sb-bad', sources: ['198.18.0.2'], org: null, network: { mode: 'promiscuous' } },
+      ],
+    });
     writeFileSync(path, text);
     const child = spawnDaemon(path);
     let stderr = '';
@@ -112,14 +119,18 @@ describe('a state that does not validate stops the process', () => {
   });
 });
 
-describe('a version-1 JSON state from today\'s egressd', () => {
+describe("a version-1 JSON state from today's egressd", () => {
   it('is converted once at start-up, kept beside the database, and served as it was', async () => {
     const path = join(dir, 'state.json');
-    const text = JSON.stringify({
-      version: 1,
-      sandboxes: [{ id: 'sb-old', sources: ['198.18.0.7'], org: 'acme', network: { mode: 'block-all', egress: { allowed_domains: ['api.example.test'] } } }],
-      orgs: [{ id: 'acme', tier: 3, network: null }],
-    }, null, 2);
+    const text = JSON.stringify(
+      {
+        version: 1,
+        sandboxes: [{ id: 'sb-old', sources: ['198.18.0.7'], org: 'acme', network: { mode: 'block-all', egress: { allowed_domains: ['api.example.test'] } } }],
+        orgs: [{ id: 'acme', tier: 3, network: null }],
+      },
+      null,
+      2,
+    );
     writeFileSync(path, text);
     const first = await start(path);
     expect(await first.d.waitFor((l) => l.event === 'state-migrated')).toMatchObject({ path, keptAs: `${path}.v1.json`, sandboxes: 1, orgs: 1 });
@@ -198,7 +209,12 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
     const del = await api(admin, 'DELETE', '/api/v1/sandboxes/sb-1');
     expect(del.status).toBe(503);
     expect((await api(admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['sb-1']);
-    expect(await d.waitFor((l) => l.event === 'state-write-failed' && l['action'] === 'delete')).toMatchObject({ level: 'error', path, errno: 'EROFS', id: 'sb-1' });
+    expect(await d.waitFor((l) => l.event === 'state-write-failed' && l['action'] === 'delete')).toMatchObject({
+      level: 'error',
+      path,
+      errno: 'EROFS',
+      id: 'sb-1',
+    });
     const metrics = await (await request(`${admin}/metrics`, { dispatcher: agent })).body.text();
     expect(metrics).toMatch(/^egressd_state_write_failures_total\{errno="EROFS"\} 2$/m);
     expect(readdirSync(m)).toEqual(['state.db']);

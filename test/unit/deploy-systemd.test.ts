@@ -22,7 +22,12 @@ const dir = mkdtempSync(join(tmpdir(), 'egressd-systemd-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const repo = new URL('.', ROOT).pathname.replace(/\/$/, '');
 for (const u of UNITS) {
-  writeFileSync(join(dir, u), read(`deploy/systemd/${u}`).replaceAll('/opt/egressd/', `${repo}/`).replace(/^EnvironmentFile=\//m, 'EnvironmentFile=-/'));
+  writeFileSync(
+    join(dir, u),
+    read(`deploy/systemd/${u}`)
+      .replaceAll('/opt/egressd/', `${repo}/`)
+      .replace(/^EnvironmentFile=\//m, 'EnvironmentFile=-/'),
+  );
 }
 
 /** `Key=value` lines of one section, repeated keys kept in order. */

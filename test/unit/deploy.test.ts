@@ -108,7 +108,10 @@ describe('Dockerfile', () => {
       expect(Number(m![1])).toBe(pinnedNode.major);
       if (m![2] !== undefined) {
         const v = [Number(m![2]), Number(m![3])];
-        expect(v[0]! > pinnedNode.minor || (v[0] === pinnedNode.minor && v[1]! >= pinnedNode.patch), `${stage.image} is older than ${pkg.dependencies['node']}`).toBe(true);
+        expect(
+          v[0]! > pinnedNode.minor || (v[0] === pinnedNode.minor && v[1]! >= pinnedNode.patch),
+          `${stage.image} is older than ${pkg.dependencies['node']}`,
+        ).toBe(true);
       }
     }
     expect(new Set(dockerfile.map((s) => s.image)).size, 'the addon is built against the libc it runs on').toBe(1);
@@ -151,7 +154,9 @@ describe('Dockerfile', () => {
   });
 
   it('exposes the listener and admin ports of the default config', () => {
-    const exposed = all(final, 'EXPOSE').flatMap((a) => a.split(/\s+/)).map((p) => Number(p.replace(/\/tcp$/, '')));
+    const exposed = all(final, 'EXPOSE')
+      .flatMap((a) => a.split(/\s+/))
+      .map((p) => Number(p.replace(/\/tcp$/, '')));
     expect(new Set(exposed)).toEqual(new Set([...LISTENER_PORTS, DEFAULTS.admin.port]));
   });
 
@@ -184,7 +189,10 @@ describe('.dockerignore', () => {
   });
 
   it('does not exclude anything the Dockerfile copies from the context', () => {
-    const fromContext = dockerfile.flatMap((s) => all(s, 'COPY').map(copyOf)).filter((c) => c.from === null).flatMap((c) => c.sources);
+    const fromContext = dockerfile
+      .flatMap((s) => all(s, 'COPY').map(copyOf))
+      .filter((c) => c.from === null)
+      .flatMap((c) => c.sources);
     for (const src of fromContext) {
       for (const e of entries) expect(src === e || src.startsWith(`${e}/`), `${src} is excluded by "${e}"`).toBe(false);
     }
@@ -235,8 +243,14 @@ function loadManifest(path: string): K8sObject[] {
   const docs = parseAllDocuments(read(path));
   if (!Array.isArray(docs)) throw new Error(`${path} holds no document`);
   return docs.map((d, i) => {
-    expect(d.errors.map((e) => e.message), `${path} document ${i + 1}`).toEqual([]);
-    expect(d.warnings.map((e) => e.message), `${path} document ${i + 1}`).toEqual([]);
+    expect(
+      d.errors.map((e) => e.message),
+      `${path} document ${i + 1}`,
+    ).toEqual([]);
+    expect(
+      d.warnings.map((e) => e.message),
+      `${path} document ${i + 1}`,
+    ).toEqual([]);
     return d.toJS() as K8sObject;
   });
 }
@@ -291,7 +305,7 @@ describe.each([
   ['sidecar.yaml', sidecar],
   ['daemonset.yaml', host],
 ])('deploy/kubernetes/%s', (_name, w) => {
-  it('runs the daemon with the Dockerfile\'s config path', () => {
+  it("runs the daemon with the Dockerfile's config path", () => {
     expect(w.daemon.args).toEqual(JSON.parse(all(final, 'CMD').at(-1)!));
   });
 
@@ -301,8 +315,8 @@ describe.each([
     }
     expect(w.config.admin.listen.port).toBe(DEFAULTS.admin.port);
     for (const kind of LISTENER_KINDS) expect(DEFAULTS.listen[kind]).toContain(w.rules.ports[kind]);
-    const declared = (w.daemon.ports ?? []).map((p) => p.containerPort).sort();
-    expect(declared).toEqual([...LISTENER_PORTS, DEFAULTS.admin.port].sort());
+    const declared = (w.daemon.ports ?? []).map((p) => p.containerPort).sort((a, b) => a - b);
+    expect(declared).toEqual([...LISTENER_PORTS, DEFAULTS.admin.port].sort((a, b) => a - b));
   });
 
   it('probes /readyz and /healthz on the admin port, which listens beyond loopback so the kubelet reaches it', () => {
@@ -312,7 +326,7 @@ describe.each([
     expect(['0.0.0.0', '::']).toContain(w.config.admin.listen.host);
   });
 
-  it('applies the rules from a root init container with NET_ADMIN; the daemon runs as the image\'s uid with no capability', () => {
+  it("applies the rules from a root init container with NET_ADMIN; the daemon runs as the image's uid with no capability", () => {
     expect(w.rules.action).toBe('apply');
     expect(caps(w.iptables)).toContain('NET_ADMIN');
     // Added capabilities are effective only for uid 0: the image's own user would have none.
@@ -334,7 +348,7 @@ describe.each([
 });
 
 describe('deploy/kubernetes', () => {
-  it('uses one egressd image, tagged with package.json\'s version', () => {
+  it("uses one egressd image, tagged with package.json's version", () => {
     const images = new Set<string>();
     for (const w of [sidecar, host]) {
       for (const c of [...(w.pod.initContainers ?? []), ...w.pod.containers]) {
@@ -345,7 +359,7 @@ describe('deploy/kubernetes', () => {
     expect([...images][0]).toMatch(new RegExp(`/egressd:${pkg.version.replaceAll('.', '\\.')}$`));
   });
 
-  it('sidecar: excludes exactly the daemon\'s uid, which no other container uses, and only the init container holds NET_ADMIN', () => {
+  it("sidecar: excludes exactly the daemon's uid, which no other container uses, and only the init container holds NET_ADMIN", () => {
     expect(sidecar.rules.mode).toBe('sidecar');
     expect(sidecar.rules.uid).toBe(sidecar.daemon.securityContext?.runAsUser);
     const others = [...(sidecar.pod.initContainers ?? []), ...sidecar.pod.containers].filter((c) => c !== sidecar.daemon && c !== sidecar.iptables);
@@ -423,7 +437,13 @@ function metricNames(expr: string): string[] {
 /** The label names an expression groups by or matches on. */
 function labelNames(expr: string): string[] {
   const out: string[] = [];
-  for (const m of expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g)) out.push(...m[1]!.split(',').map((s) => s.trim()).filter(Boolean));
+  for (const m of expr.matchAll(/\b(?:by|without)\s*\(([^)]*)\)/g))
+    out.push(
+      ...m[1]!
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    );
   for (const m of expr.matchAll(/\{([^}]*)\}/g)) {
     for (const l of m[1]!.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)/g)) out.push(l[1]!);
   }
@@ -448,7 +468,11 @@ const queries: { where: string; expr: string; legend: string }[] = [
   ...panels.flatMap((p) => (p.targets ?? []).map((t) => ({ where: p.title, expr: t.expr ?? '', legend: t.legendFormat ?? '' }))),
   ...dashboard.templating.list
     .filter((v) => v.type === 'query')
-    .map((v) => ({ where: 'templating', expr: (typeof v.query === 'string' ? v.query : v.query?.query ?? '').replace(/^label_values\((.*),\s*\w+\)$/, '$1'), legend: '' })),
+    .map((v) => ({
+      where: 'templating',
+      expr: (typeof v.query === 'string' ? v.query : (v.query?.query ?? '')).replace(/^label_values\((.*),\s*\w+\)$/, '$1'),
+      legend: '',
+    })),
 ];
 
 describe('deploy/grafana/egressd-dashboard.json', () => {
@@ -467,7 +491,7 @@ describe('deploy/grafana/egressd-dashboard.json', () => {
     expect([...registered.keys()].filter((n) => n.startsWith('egressd_')).sort()).toEqual([...declared].sort());
   });
 
-  it('queries only metrics declared in metrics.ts or prom-client\'s default process_* and nodejs_* metrics', () => {
+  it("queries only metrics declared in metrics.ts or prom-client's default process_* and nodejs_* metrics", () => {
     for (const q of queries) {
       const names = metricNames(q.expr);
       expect(names.length, `${q.where}: ${q.expr}`).toBeGreaterThan(0);
@@ -495,9 +519,9 @@ describe('deploy/grafana/egressd-dashboard.json', () => {
   });
 
   it('finds metric names the way PromQL reads them', () => {
-    expect(metricNames('histogram_quantile(0.99, sum by (le, listener) (rate(egressd_peek_duration_seconds_bucket{job=~"$job", x="a{b}"}[$__rate_interval])))')).toEqual([
-      'egressd_peek_duration_seconds_bucket',
-    ]);
+    expect(
+      metricNames('histogram_quantile(0.99, sum by (le, listener) (rate(egressd_peek_duration_seconds_bucket{job=~"$job", x="a{b}"}[$__rate_interval])))'),
+    ).toEqual(['egressd_peek_duration_seconds_bucket']);
     expect(metricNames('time() - process_start_time_seconds{instance=~"$instance"} > 1e3 and on (instance) nodejs_version_info')).toEqual([
       'process_start_time_seconds',
       'nodejs_version_info',

@@ -43,7 +43,8 @@ const CASES: Record<string, Case> = {
   NativeAddonError: { make: (c) => new errors.NativeAddonError('the file is not an ELF object', c), quoted: null, takesCause: true },
   OriginalDstError: { make: (c) => new errors.OriginalDstError('EBADF', c), quoted: '"EBADF"', takesCause: true },
   StateInvalidError: {
-    make: (c) => new errors.StateInvalidError('/var/lib/egressd/state.db', [{ entry: 'sandbox "sb-1"', field: 'network.mode', reason: 'Unknown mode "open"' }], c),
+    make: (c) =>
+      new errors.StateInvalidError('/var/lib/egressd/state.db', [{ entry: 'sandbox "sb-1"', field: 'network.mode', reason: 'Unknown mode "open"' }], c),
     quoted: '"/var/lib/egressd/state.db"',
     takesCause: true,
   },

@@ -11,7 +11,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseDocument } from 'yaml';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
-import type { FieldIssue } from '../model.ts';
+import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
 import { CappedIssues } from '../../util/issues.ts';
 
@@ -32,9 +32,7 @@ export interface PublishedHost {
   readonly url: string;
 }
 
-export type CatalogResult =
-  | { ok: true; domains: string[]; categories: string[]; published: PublishedHost[] }
-  | { ok: false; issues: FieldIssue[] };
+export type CatalogResult = { ok: true; domains: string[]; categories: string[]; published: PublishedHost[] } | { ok: false; issues: FieldIssue[] };
 
 const DEFAULT_FILE = fileURLToPath(new URL('./essential-services.yaml', import.meta.url));
 
@@ -151,7 +149,8 @@ function publishedEntry(entry: unknown): { ok: true; value: Omit<PublishedHost, 
   const title = entry['title'];
   if (typeof title !== 'string' || title.trim() === '') return { ok: false, reason: `Expected the source document's title, got ${describe(title)}` };
   const url = entry['url'];
-  if (typeof url !== 'string' || !/^https:\/\/[^\s/]+\/\S*$/.test(url)) return { ok: false, reason: `Expected the source document's https URL, got ${describe(url)}` };
+  if (typeof url !== 'string' || !/^https:\/\/[^\s/]+\/\S*$/.test(url))
+    return { ok: false, reason: `Expected the source document's https URL, got ${describe(url)}` };
   return { ok: true, value: { host: host.pattern, title, url } };
 }
 

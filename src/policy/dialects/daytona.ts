@@ -14,7 +14,8 @@
 
 import { normalizePattern } from '../../match/names.ts';
 import { describe, quote } from '../../util/fields.ts';
-import type { DialectResult, FieldIssue } from '../model.ts';
+import type { DialectResult } from '../model.ts';
+import type { FieldIssue } from '../../util/issues.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { validateCidr } from '../validate.ts';
 

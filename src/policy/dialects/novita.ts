@@ -12,7 +12,8 @@
 
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import { CappedIssues, MAX_LIST_ENTRIES } from '../../util/issues.ts';
-import type { DialectResult, FieldIssue, Side } from '../model.ts';
+import type { DialectResult, Side } from '../model.ts';
+import type { FieldIssue } from '../../util/issues.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { normalizePattern } from '../../match/names.ts';
 import { validateCidr } from '../validate.ts';
@@ -30,7 +31,7 @@ const NETWORK_FIELDS = ['allowOut', 'denyOut', 'maskRequestHost', 'allowPublicTr
  * E2B's `allowPublicTraffic` (whether the sandbox's public URL needs a token) shape requests
  * coming *into* the sandbox. They are accepted, kept and returned, never enforced.
  */
-const INGRESS_NOTE = 'egressd filters outbound traffic only and does not enforce this setting of the sandbox\'s inbound side';
+const INGRESS_NOTE = "egressd filters outbound traffic only and does not enforce this setting of the sandbox's inbound side";
 type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };
 
 /** One allowOut or denyOut entry, classified. */
@@ -59,7 +60,8 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
     if (!isPlainObject(network)) issues.add('network', `Expected an object with allowOut and denyOut, got ${describe(network)}`);
     else {
       for (const k of Object.keys(network)) {
-        if (!(NETWORK_FIELDS as readonly string[]).includes(k)) issues.add(`network.${k}`, `Unknown field ${quote(k)}; known fields are ${NETWORK_FIELDS.join(', ')}`);
+        if (!(NETWORK_FIELDS as readonly string[]).includes(k))
+          issues.add(`network.${k}`, `Unknown field ${quote(k)}; known fields are ${NETWORK_FIELDS.join(', ')}`);
       }
       const mask = network['maskRequestHost'];
       if (mask !== undefined && mask !== null) {
@@ -113,7 +115,10 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
   const beside =
     kept.length === 0
       ? {}
-      : { ingress: Object.freeze(ingress), warnings: Object.freeze(kept.map((k) => ({ field: `network.${k}`, reason: `Kept but not enforced: ${INGRESS_NOTE}` }))) };
+      : {
+          ingress: Object.freeze(ingress),
+          warnings: Object.freeze(kept.map((k) => ({ field: `network.${k}`, reason: `Kept but not enforced: ${INGRESS_NOTE}` }))),
+        };
   const value: DialectResult = blockAll
     ? {
         dialect: 'novita',

@@ -2,7 +2,8 @@
 // parser is src/policy/parse-policy.ts; this adds the two platform behaviours beside the policy,
 // neither of which seed 003 has.
 
-import type { DialectResult, FieldIssue } from '../model.ts';
+import type { DialectResult } from '../model.ts';
+import type { FieldIssue } from '../../util/issues.ts';
 import { parsePolicyDocument } from '../parse-policy.ts';
 
 type Result = { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] };

@@ -81,7 +81,14 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
   it('answers FORMERR, NOTIMP and BADVERS as the RFCs say', async () => {
     expect(await dig(A, '+edns=1', '+noednsnegotiation', 'allowed.test', 'A')).toMatch(/status: BADVERS/);
     expect(await dig(A, '-c', 'CH', 'version.bind', 'TXT')).toMatch(/status: NOTIMP/);
-    const two = packet.encode({ type: 'query', id: 7, questions: [{ name: 'allowed.test', type: 'A' }, { name: 'allowed.test', type: 'AAAA' }] });
+    const two = packet.encode({
+      type: 'query',
+      id: 7,
+      questions: [
+        { name: 'allowed.test', type: 'A' },
+        { name: 'allowed.test', type: 'AAAA' },
+      ],
+    });
     expect(rcode(await udp(A, port, two))).toBe('FORMERR');
     const notify = packet.encode({ type: 'query', id: 8, flags: 4 << 11, questions: [{ name: 'allowed.test', type: 'SOA' }] });
     expect(rcode(await udp(A, port, notify))).toBe('NOTIMP');
@@ -94,7 +101,11 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
   it('refuses a flood past the burst while another sandbox resolves', async () => {
     let refused = 0;
     for (let i = 0; i < 40; i++) {
-      const r = await udp(A, port, packet.encode({ type: 'query', id: i, flags: packet.RECURSION_DESIRED, questions: [{ name: 'cached.allowed.test', type: 'A' }] }));
+      const r = await udp(
+        A,
+        port,
+        packet.encode({ type: 'query', id: i, flags: packet.RECURSION_DESIRED, questions: [{ name: 'cached.allowed.test', type: 'A' }] }),
+      );
       if (rcode(r) === 'REFUSED') refused++;
     }
     expect(refused).toBeGreaterThan(10);

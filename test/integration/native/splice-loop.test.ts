@@ -14,8 +14,24 @@ it.skipIf(process.platform !== 'linux')('the native splice loop passes its C tes
   onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
   const bin = join(dir, 'splice_loop_test');
   const cc = process.env['CC'] ?? 'cc';
-  execFileSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-std=c11', '-D_GNU_SOURCE', '-pthread', `-I${NATIVE}`,
-    join(NATIVE, 'test/splice_loop_test.c'), join(NATIVE, 'splice_loop.c'), '-o', bin], { stdio: 'pipe' });
+  execFileSync(
+    cc,
+    [
+      '-O2',
+      '-Wall',
+      '-Wextra',
+      '-Werror',
+      '-std=c11',
+      '-D_GNU_SOURCE',
+      '-pthread',
+      `-I${NATIVE}`,
+      join(NATIVE, 'test/splice_loop_test.c'),
+      join(NATIVE, 'splice_loop.c'),
+      '-o',
+      bin,
+    ],
+    { stdio: 'pipe' },
+  );
   const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
   expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
   expect(r.stdout).toContain('all checks passed');

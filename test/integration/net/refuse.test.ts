@@ -156,7 +156,9 @@ describe('refuseHttp', () => {
     const [head, body] = [text.slice(0, text.indexOf('\r\n\r\n')), text.slice(text.indexOf('\r\n\r\n') + 4)];
     expect(head).not.toContain('Set-Cookie');
     expect(Number(/Content-Length: (\d+)/.exec(head)?.[1])).toBe(Buffer.byteLength(body));
-    expect(body.startsWith('egressd refused the connection to "evil.test\\u{d}\\u{a}Set-Cookie: a=b\\u{d}\\u{a}\\u{d}\\u{a}\\u{1b}[31m\\"\\\\\\u{e9}\\u{202e}xxx')).toBe(true);
+    expect(
+      body.startsWith('egressd refused the connection to "evil.test\\u{d}\\u{a}Set-Cookie: a=b\\u{d}\\u{a}\\u{d}\\u{a}\\u{1b}[31m\\"\\\\\\u{e9}\\u{202e}xxx'),
+    ).toBe(true);
     expect(body).toMatch(/x\.\.\.": invalid-name\n$/);
     expect(body).toMatch(/^[\x20-\x7e]*\n$/);
     expect(body.length).toBeLessThan(400);
@@ -210,7 +212,9 @@ describe('refuseHttp', () => {
   });
 
   it('stops reading a refused client after lingerMaxBytes', async () => {
-    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'flood.test', reason: 'default-block', linger: { lingerMs: 60_000, lingerMaxBytes: 256 * 1024 } }));
+    const { port, accepted } = await front((s) =>
+      refuseHttp(s, { host: 'flood.test', reason: 'default-block', linger: { lingerMs: 60_000, lingerMaxBytes: 256 * 1024 } }),
+    );
     const c = rawClient(port);
     c.on('error', noop);
     c.write('PUT / HTTP/1.1\r\nHost: flood.test\r\nContent-Length: 8388608\r\n\r\n');
@@ -230,7 +234,9 @@ describe('refuseHttp', () => {
   });
 
   it('closes a client that neither reads nor closes once the linger has passed', async () => {
-    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'stuck.test', reason: 'default-block', linger: { lingerMs: 300, lingerMaxBytes: 1024 } }));
+    const { port, accepted } = await front((s) =>
+      refuseHttp(s, { host: 'stuck.test', reason: 'default-block', linger: { lingerMs: 300, lingerMaxBytes: 1024 } }),
+    );
     const c = rawClient(port);
     c.write('GET / HTTP/1.1\r\nHost: stuck.test\r\n\r\n');
     c.pause();

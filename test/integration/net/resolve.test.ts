@@ -210,7 +210,7 @@ describe('NameResolver', () => {
 // Issue 10 part 10: any answer that arrives within dns.timeoutMs is used. Timings here are the
 // servers' (delays, losses); the assertions are about which answer was used, never how fast.
 describe('NameResolver: answers within the timeout', () => {
-  it('uses an answer that comes after 1.1 s under timeoutMs 2000 (the issue\'s example)', async () => {
+  it("uses an answer that comes after 1.1 s under timeoutMs 2000 (the issue's example)", async () => {
     const { dns, resolver } = await setup({ timeoutMs: 2_000 });
     dns.set('slow.test', { kind: 'answer', a: ['192.0.2.30'], aaaa: ['2001:db8::30'], ttl: 60, delayMs: 1_100 });
     expect(await resolver.resolve('slow.test')).toEqual({ ok: true, addresses: ['192.0.2.30', '2001:db8::30'], cached: false });

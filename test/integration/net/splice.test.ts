@@ -202,8 +202,7 @@ describe('splice', () => {
     const egress = await r.egress;
     let maxBuffered = 0;
     const sample = (): void => {
-      const held =
-        egress.client.readableLength + egress.client.writableLength + egress.upstream.readableLength + egress.upstream.writableLength;
+      const held = egress.client.readableLength + egress.client.writableLength + egress.upstream.readableLength + egress.upstream.writableLength;
       maxBuffered = Math.max(maxBuffered, held);
     };
     const SIZE = 64 * MiB;

@@ -116,10 +116,7 @@ describe('egressd decide', () => {
   let daytona: string;
   let novita: string;
   beforeAll(() => {
-    sandbox0 = write(
-      'sandbox0.yaml',
-      'mode: block-all\negress:\n  allowed_domains: ["*.github.com"]\n  allowed_ports: [443]\n',
-    );
+    sandbox0 = write('sandbox0.yaml', 'mode: block-all\negress:\n  allowed_domains: ["*.github.com"]\n  allowed_ports: [443]\n');
     daytona = write('daytona.json', JSON.stringify({ networkAllowList: '208.80.154.0/24' }));
     novita = write('novita.json', JSON.stringify({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['api.example.com'] } }));
   });

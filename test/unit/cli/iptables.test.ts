@@ -40,8 +40,14 @@ describe('buildRuleSet', () => {
   it('sends 80 to the http port, 443 to the tls port and every other TCP port to the tcp port, in that order', () => {
     const rs = buildRuleSet(options(['--interface', 'veth0', '--http-port', '1', '--tls-port', '2', '--tcp-port', '3']), 4);
     expect(chain(rs, 'redirect')).toEqual([
-      JSON.stringify([{ protocol: 'tcp', dport: 80 }, { kind: 'redirect', port: 1 }]),
-      JSON.stringify([{ protocol: 'tcp', dport: 443 }, { kind: 'redirect', port: 2 }]),
+      JSON.stringify([
+        { protocol: 'tcp', dport: 80 },
+        { kind: 'redirect', port: 1 },
+      ]),
+      JSON.stringify([
+        { protocol: 'tcp', dport: 443 },
+        { kind: 'redirect', port: 2 },
+      ]),
       JSON.stringify([{ protocol: 'tcp' }, { kind: 'redirect', port: 3 }]),
     ]);
   });
@@ -50,8 +56,14 @@ describe('buildRuleSet', () => {
     const o = options(['--interface', 'veth0', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8::53']);
     const v4 = buildRuleSet(o, 4);
     const v6 = buildRuleSet(o, 6);
-    expect(v4.chains.find((c) => c.id === 'redirect')!.rules[0]).toEqual({ match: { destination: '198.18.1.53/32', protocol: 'tcp', dport: 53 }, target: { kind: 'return' } });
-    expect(v4.chains.find((c) => c.id === 'udp')!.rules[0]).toEqual({ match: { destination: '198.18.1.53/32', protocol: 'udp', dport: 53 }, target: { kind: 'return' } });
+    expect(v4.chains.find((c) => c.id === 'redirect')!.rules[0]).toEqual({
+      match: { destination: '198.18.1.53/32', protocol: 'tcp', dport: 53 },
+      target: { kind: 'return' },
+    });
+    expect(v4.chains.find((c) => c.id === 'udp')!.rules[0]).toEqual({
+      match: { destination: '198.18.1.53/32', protocol: 'udp', dport: 53 },
+      target: { kind: 'return' },
+    });
     expect(JSON.stringify(v4)).not.toContain('2001:db8::53');
     expect(v6.chains.find((c) => c.id === 'udp')!.rules[0]!.match.destination).toBe('2001:db8::53/128');
     expect(JSON.stringify(v6)).not.toContain('198.18.1.53');
@@ -75,20 +87,35 @@ describe('buildRuleSet', () => {
     const v4 = buildRuleSet(o, 4);
     expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'udp']);
     expect(chain(v4, 'nat-prerouting')).toEqual([
-      JSON.stringify([{ inInterface: 'veth+', protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }]),
-      JSON.stringify([{ source: '10.0.0.0/8', protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }]),
+      JSON.stringify([
+        { inInterface: 'veth+', protocol: 'tcp' },
+        { kind: 'jump', chain: 'redirect' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'tcp' },
+        { kind: 'jump', chain: 'redirect' },
+      ]),
     ]);
     expect(chain(v4, 'filter-forward')).toEqual(chain(v4, 'filter-input'));
     expect(chain(v4, 'filter-forward')).toEqual([
-      JSON.stringify([{ inInterface: 'veth+', protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
-      JSON.stringify([{ source: '10.0.0.0/8', protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
+      JSON.stringify([
+        { inInterface: 'veth+', protocol: 'udp' },
+        { kind: 'jump', chain: 'udp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'udp' },
+        { kind: 'jump', chain: 'udp' },
+      ]),
     ]);
     expect(chain(buildRuleSet(o, 6), 'nat-prerouting')[1]).toContain('2001:db8:1::/48');
   });
 
-  it('in sidecar mode, exempts egressd\'s uid and loopback before redirecting local TCP and limiting local UDP', () => {
+  it("in sidecar mode, exempts egressd's uid and loopback before redirecting local TCP and limiting local UDP", () => {
     const o = options(['--mode', 'sidecar', '--uid', '1337']);
-    for (const [family, loopback] of [[4, '127.0.0.0/8'], [6, '::1/128']] as const) {
+    for (const [family, loopback] of [
+      [4, '127.0.0.0/8'],
+      [6, '::1/128'],
+    ] as const) {
       const rs = buildRuleSet(o, family);
       expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'udp']);
       const exempt = [
@@ -296,7 +323,9 @@ describe('renderIptablesRemoval', () => {
   });
 
   it('has nothing to do when none of its chains exist', () => {
-    expect(renderIptablesRemoval({ nat: '*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n', filter: '' }, { nat: doomed, filter: doomed })).toBeNull();
+    expect(
+      renderIptablesRemoval({ nat: '*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n', filter: '' }, { nat: doomed, filter: doomed }),
+    ).toBeNull();
   });
 });
 
@@ -307,7 +336,9 @@ describe('iptablesCommand', () => {
     expect(r.code).toBe(0);
     expect(calls).toEqual([]);
     expect(r.stdout).toContain("iptables-restore -w 10 --noflush <<'EOF'");
-    expect(r.stdout).toContain('iptables -w 10 -t nat -C PREROUTING -j EGRESSD-PREROUTING 2>/dev/null || iptables -w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING');
+    expect(r.stdout).toContain(
+      'iptables -w 10 -t nat -C PREROUTING -j EGRESSD-PREROUTING 2>/dev/null || iptables -w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING',
+    );
     expect(r.stdout).not.toContain('ip6tables');
   });
 
@@ -325,8 +356,11 @@ describe('iptablesCommand', () => {
     expect(inserts).toEqual(['-w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING', '-w 10 -t filter -I FORWARD 1 -j EGRESSD-FORWARD']);
   });
 
-  it('on apply, takes out the other mode\'s chains left by an earlier apply', async () => {
-    const saved = { nat: ':EGRESSD-OUTPUT - [0:0]\n:EGRESSD-PREROUTING - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n', filter: ':EGRESSD-OUTPUT - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n' };
+  it("on apply, takes out the other mode's chains left by an earlier apply", async () => {
+    const saved = {
+      nat: ':EGRESSD-OUTPUT - [0:0]\n:EGRESSD-PREROUTING - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n',
+      filter: ':EGRESSD-OUTPUT - [0:0]\n-A OUTPUT -j EGRESSD-OUTPUT\n',
+    };
     const { calls, run } = recorder((cmd, args) => (cmd === 'iptables-save' ? { code: 0, stdout: saved[args[1] as 'nat' | 'filter'] } : { code: 0 }));
     expect((await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4'], run)).code).toBe(0);
     const removal = calls.filter((c) => c.cmd === 'iptables-restore').at(-1)!.input!;

@@ -83,13 +83,21 @@ describe('a version-1 JSON state that cannot be used stops start-up and is left 
       JSON.stringify({ ...V1, sandboxes: [V1.sandboxes[0], { ...V1.sandboxes[1], network: { mode: 'open-sesame' } }] }),
       { entry: 'sandbox "sb-2"', field: 'network.mode', reason: /open-sesame/ },
     ],
-    ['a sandbox with no id', JSON.stringify({ version: 1, sandboxes: [{ sources: [] }], orgs: [] }), { entry: 'sandboxes[0]', field: 'id', reason: /Expected a string/ }],
+    [
+      'a sandbox with no id',
+      JSON.stringify({ version: 1, sandboxes: [{ sources: [] }], orgs: [] }),
+      { entry: 'sandboxes[0]', field: 'id', reason: /Expected a string/ },
+    ],
     [
       'a sandbox whose organization is missing',
       JSON.stringify({ version: 1, sandboxes: [V1.sandboxes[0]], orgs: [] }),
       { entry: 'sandbox "sb-1"', field: '', reason: /Organization "acme" does not exist/ },
     ],
-    ['an org with a bad tier', JSON.stringify({ version: 1, sandboxes: [], orgs: [{ id: 'o', tier: 9 }] }), { entry: 'org "o"', field: 'tier', reason: /tier from 1 to 4/ }],
+    [
+      'an org with a bad tier',
+      JSON.stringify({ version: 1, sandboxes: [], orgs: [{ id: 'o', tier: 9 }] }),
+      { entry: 'org "o"', field: 'tier', reason: /tier from 1 to 4/ },
+    ],
   ];
   it.each(cases)('%s', async (_name, text, want) => {
     writeFileSync(path, text);
@@ -217,7 +225,9 @@ describe('the SQLite state', () => {
   }
 
   it('an entry with an unknown mode', async () => {
-    const e = await damaged((db) => db.prepare("UPDATE entries SET body = ? WHERE id = 'sb-2'").run(JSON.stringify({ sources: ['198.18.0.2'], network: { mode: 'wide-open' } })));
+    const e = await damaged((db) =>
+      db.prepare("UPDATE entries SET body = ? WHERE id = 'sb-2'").run(JSON.stringify({ sources: ['198.18.0.2'], network: { mode: 'wide-open' } })),
+    );
     expect(e.issues).toEqual([expect.objectContaining({ entry: 'sandbox "sb-2"', field: 'network.mode' })]);
   });
 
@@ -243,7 +253,11 @@ describe('the SQLite state', () => {
 
   it('a truncated database', async () => {
     const cp = await load(dbPath());
-    for (let i = 0; i < 300; i++) await cp.putSandbox(`sb-${i}`, { sources: [`198.18.${i >> 8}.${i & 255}`], network: { mode: 'block-all', egress: { allowed_domains: [`n${i}.example.test`] } } });
+    for (let i = 0; i < 300; i++)
+      await cp.putSandbox(`sb-${i}`, {
+        sources: [`198.18.${i >> 8}.${i & 255}`],
+        network: { mode: 'block-all', egress: { allowed_domains: [`n${i}.example.test`] } },
+      });
     cp.close();
     const whole = readFileSync(dbPath());
     expect(whole.length).toBeGreaterThan(3 * 4096);

@@ -1,16 +1,7 @@
 import { isIPv6 } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  canonicalIp,
-  endsInNumber,
-  formatIPv6,
-  parseCidr,
-  parseIPv4,
-  parseIPv4Loose,
-  parseIPv6,
-  wordsToBigInt,
-} from '../../../src/match/ip.ts';
+import { canonicalIp, endsInNumber, formatIPv6, parseCidr, parseIPv4, parseIPv4Loose, parseIPv6, wordsToBigInt } from '../../../src/match/ip.ts';
 
 const v6 = (text: string): string | null => {
   const w = new Uint32Array(4);

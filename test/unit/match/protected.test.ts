@@ -50,12 +50,24 @@ describe('compileProtected: the built-in ranges', () => {
     expect(p.lookup(ip)).toBe(range);
   });
 
-  it.each(['8.8.8.8', '1.1.1.1', '100.63.255.255', '100.128.0.0', '172.15.255.255', '172.32.0.0', '192.0.3.1', '198.17.255.255', '198.20.0.0', '223.255.255.255', '2606:4700::1111', '2a00:1450::1', '2001:200::1', '2003::1'])(
-    'leaves %s, a global address, unprotected',
-    (ip) => {
-      expect(p.lookup(ip)).toBeNull();
-    },
-  );
+  it.each([
+    '8.8.8.8',
+    '1.1.1.1',
+    '100.63.255.255',
+    '100.128.0.0',
+    '172.15.255.255',
+    '172.32.0.0',
+    '192.0.3.1',
+    '198.17.255.255',
+    '198.20.0.0',
+    '223.255.255.255',
+    '2606:4700::1111',
+    '2a00:1450::1',
+    '2001:200::1',
+    '2003::1',
+  ])('leaves %s, a global address, unprotected', (ip) => {
+    expect(p.lookup(ip)).toBeNull();
+  });
 
   it('judges an IPv4-mapped address as its IPv4 address', () => {
     expect(p.lookup('::ffff:127.0.0.1')).toBe('127.0.0.0/8');
@@ -77,12 +89,19 @@ describe('compileProtected: the built-in ranges', () => {
 describe('coversWholly: the condition for an allowed CIDR to unlock', () => {
   const p = compileProtected({});
 
-  it.each(['10.0.0.0/8', '10.1.0.0/16', '169.254.169.254/32', '169.254.169.254', '127.0.0.1/32', 'fd00:ec2::254/128', 'fc00::/7', '::ffff:10.0.0.0/104', '224.0.0.0/3'])(
-    '%s lies wholly inside the protected ranges',
-    (cidr) => {
-      expect(p.coversWholly(cidr)).toBe(true);
-    },
-  );
+  it.each([
+    '10.0.0.0/8',
+    '10.1.0.0/16',
+    '169.254.169.254/32',
+    '169.254.169.254',
+    '127.0.0.1/32',
+    'fd00:ec2::254/128',
+    'fc00::/7',
+    '::ffff:10.0.0.0/104',
+    '224.0.0.0/3',
+  ])('%s lies wholly inside the protected ranges', (cidr) => {
+    expect(p.coversWholly(cidr)).toBe(true);
+  });
 
   it.each(['0.0.0.0/0', '8.0.0.0/7', '10.0.0.0/7', '169.254.0.0/15', '::/0', 'fc00::/6', '::ffff:0:0/96', '192.0.0.0/16', 'not a cidr'])(
     '%s does not',

@@ -8,7 +8,7 @@ import { anyStepper, httpStepper, tlsStep } from '../../../src/peek/peek-steps.t
 import { MAX_HELLO_BYTES } from '../../../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../../helpers/hello-builder.ts';
 
-const drip = <R,>(pb: PeekBuffer<R>, bytes: Uint8Array) => {
+const drip = <R>(pb: PeekBuffer<R>, bytes: Uint8Array) => {
   for (let i = 0; i < bytes.length; i++) {
     const r = pb.push(Buffer.from([bytes[i]!]));
     if (r !== null) return { r, at: i + 1 };

@@ -29,7 +29,7 @@ function query(over: Partial<UpstreamQuery> & { resolver: UpstreamQuery['resolve
 }
 
 describe('chooseUpstream in resolved mode', () => {
-  it('dials the original destination when it is one of the name\'s addresses', async () => {
+  it("dials the original destination when it is one of the name's addresses", async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1', '192.0.2.10') });
     expect(await chooseUpstream(query({ resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
     expect(r.asked).toEqual(['api.example.com']);
@@ -41,10 +41,14 @@ describe('chooseUpstream in resolved mode', () => {
     expect(await chooseUpstream(query({ resolver: r, original: '2001:DB8:0:0::A' }))).toMatchObject({ ok: true, how: 'original' });
     // An AAAA record in IPv4-mapped form names the IPv4 address.
     const mapped = stubResolver({ 'api.example.com': ok('::ffff:192.0.2.10') });
-    expect(await chooseUpstream(query({ resolver: mapped, original: '192.0.2.10', allows: () => false }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    expect(await chooseUpstream(query({ resolver: mapped, original: '192.0.2.10', allows: () => false }))).toEqual({
+      ok: true,
+      address: '192.0.2.10',
+      how: 'original',
+    });
   });
 
-  it('dials one of the name\'s own addresses when the original destination is not one (a spoofed SNI)', async () => {
+  it("dials one of the name's own addresses when the original destination is not one (a spoofed SNI)", async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
     const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }));
     expect(t).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
@@ -58,7 +62,7 @@ describe('chooseUpstream in resolved mode', () => {
     expect(await chooseUpstream(query({ resolver: r, original: '::ffff:203.0.113.66' }))).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
   });
 
-  it('dials the other family when the client\'s family has no allowed address', async () => {
+  it("dials the other family when the client's family has no allowed address", async () => {
     const r = stubResolver({ 'api.example.com': ok('2001:db8::1', '198.51.100.1') });
     const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows: (a) => a !== '198.51.100.1' }));
     expect(t).toEqual({ ok: true, address: '2001:db8::1', how: 'resolved' });
@@ -110,12 +114,12 @@ describe('chooseUpstream in resolved mode', () => {
 });
 
 describe('chooseUpstream in verify mode', () => {
-  it('dials the original destination when it is one of the name\'s addresses', async () => {
+  it("dials the original destination when it is one of the name's addresses", async () => {
     const r = stubResolver({ 'api.example.com': ok('192.0.2.10') });
     expect(await chooseUpstream(query({ mode: 'verify', resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
   });
 
-  it('refuses a destination that is not one of the name\'s addresses with dns-mismatch, rather than dialing another', async () => {
+  it("refuses a destination that is not one of the name's addresses with dns-mismatch, rather than dialing another", async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
     const t = await chooseUpstream(query({ mode: 'verify', resolver: r, original: '203.0.113.66' }));
     expect(t).toMatchObject({ ok: false, reason: 'dns-mismatch' });

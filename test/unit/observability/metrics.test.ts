@@ -77,7 +77,9 @@ function feed(m: Metrics): void {
   m.accepted('http');
   m.accepted('tcp');
   m.outcome(outcome());
-  m.outcome(outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 }, ['connectMs']));
+  m.outcome(
+    outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 }, ['connectMs']),
+  );
   m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'refused', bytesUp: 0, bytesDown: 0 }, ['connectMs']));
   m.dnsLookup({ cached: false, outcome: 'ok' });
   m.dnsLookup({ cached: true, outcome: 'ok' });

@@ -63,7 +63,14 @@ describe('parseClientHello: what a hello says', () => {
   });
 
   it('accepts a hello with no extensions block at all (TLS 1.2 and before)', () => {
-    expect(hello({ omitExtensions: true, legacyVersion: 0x0301 })).toEqual({ kind: 'hello', sni: null, alpn: [], ech: false, versions: [0x0301], sslv2: false });
+    expect(hello({ omitExtensions: true, legacyVersion: 0x0301 })).toEqual({
+      kind: 'hello',
+      sni: null,
+      alpn: [],
+      ech: false,
+      versions: [0x0301],
+      sslv2: false,
+    });
   });
 
   it('accepts GREASE everywhere and leaves GREASE out of the versions', () => {
@@ -271,7 +278,9 @@ describe('parseClientHello: malformed', () => {
   });
 
   it('refuses bytes left over inside an extension it reads', () => {
-    expect(reasonOf(hello({ sni: null, extra: [ext(0, concat(vec16(concat(u8(0), vec16(new TextEncoder().encode('a.test')))), u8(0)))] }))).toBe('bad-extension');
+    expect(reasonOf(hello({ sni: null, extra: [ext(0, concat(vec16(concat(u8(0), vec16(new TextEncoder().encode('a.test')))), u8(0)))] }))).toBe(
+      'bad-extension',
+    );
   });
 
   it('refuses an extension type sent twice', () => {

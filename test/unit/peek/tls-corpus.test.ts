@@ -79,16 +79,17 @@ describe.skipIf(sharedMissing !== null)('the shared ClientHello corpus', () => {
       });
 
       // An SSLv2-format hello has no records to re-frame.
-      if (want.sslv2 !== true) it('is the same hello re-framed into several records, and need-more cut anywhere', () => {
-        for (const framed of reframings(bytes)) {
-          expect(parseClientHello(framed)).toEqual(whole);
-        }
-        const [two] = reframings(bytes);
-        for (let k = 0; k < two!.length; k++) {
-          const r = parseClientHello(two!.subarray(0, k));
-          if (r.kind !== 'need-more') expect.fail(`a cut at ${k} of the two-record framing gave ${JSON.stringify(r)}`);
-        }
-      });
+      if (want.sslv2 !== true)
+        it('is the same hello re-framed into several records, and need-more cut anywhere', () => {
+          for (const framed of reframings(bytes)) {
+            expect(parseClientHello(framed)).toEqual(whole);
+          }
+          const [two] = reframings(bytes);
+          for (let k = 0; k < two!.length; k++) {
+            const r = parseClientHello(two!.subarray(0, k));
+            if (r.kind !== 'need-more') expect.fail(`a cut at ${k} of the two-record framing gave ${JSON.stringify(r)}`);
+          }
+        });
     });
   }
 
@@ -121,7 +122,7 @@ interface Recorded {
 const manifestFile = join(RECORDED, 'manifest.json');
 const recorded: readonly Recorded[] = existsSync(manifestFile) ? (JSON.parse(readFileSync(manifestFile, 'utf8')) as Recorded[]) : [];
 
-describe('the hellos recorded from this machine\'s clients', () => {
+describe("the hellos recorded from this machine's clients", () => {
   it('include at least curl, openssl, Node and Python', () => {
     const files = recorded.map((r) => r.file);
     for (const f of ['curl.bin', 'openssl.bin', 'node.bin', 'python.bin']) expect(files).toContain(f);

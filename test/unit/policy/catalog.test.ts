@@ -72,13 +72,17 @@ describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog 
     expect(domains).toContain('registry-1.docker.io');
   });
 
-  it('keeps Daytona\'s list whole and apart: `categories` names nothing that neither version of it names', () => {
+  it("keeps Daytona's list whole and apart: `categories` names nothing that neither version of it names", () => {
     const named = new Set([...hostsIn(SEED_000_ESSENTIAL_SERVICES), ...hostsIn(SEED_001_ESSENTIAL_SERVICES)]);
     const doc = parse(readFileSync(CATALOG_FILE, 'utf8')) as { categories: Record<string, string[]> };
-    expect(Object.values(doc.categories).flat().filter((d) => !named.has(d))).toEqual([]);
+    expect(
+      Object.values(doc.categories)
+        .flat()
+        .filter((d) => !named.has(d)),
+    ).toEqual([]);
   });
 
-  it('gives every entry beyond Daytona\'s list a source: the service\'s own document, by title and https URL', () => {
+  it("gives every entry beyond Daytona's list a source: the service's own document, by title and https URL", () => {
     const named = new Set([...hostsIn(SEED_000_ESSENTIAL_SERVICES), ...hostsIn(SEED_001_ESSENTIAL_SERVICES)]);
     const r = loadCatalog();
     if (!r.ok) throw new Error(JSON.stringify(r.issues));
@@ -90,14 +94,32 @@ describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog 
       expect(p.url, p.host).toMatch(/^https:\/\/[^/\s]+\/\S*$/);
     }
   });
-
 });
 
 describe('the built-in essential-services catalog', () => {
   it('has every category of seed 000', () => {
     expect(loaded().categories).toEqual([
-      'npm', 'yarn', 'bun', 'github', 'gitlab', 'bitbucket', 'azure-devops', 'pypi', 'composer', 'ubuntu-debian', 'cdn', 'ai-ml',
-      'container-registries', 'maven', 'google-fonts', 'aws-s3', 'gcs', 'daytona', 'developer-tools', 'messaging', 'llm-observability',
+      'npm',
+      'yarn',
+      'bun',
+      'github',
+      'gitlab',
+      'bitbucket',
+      'azure-devops',
+      'pypi',
+      'composer',
+      'ubuntu-debian',
+      'cdn',
+      'ai-ml',
+      'container-registries',
+      'maven',
+      'google-fonts',
+      'aws-s3',
+      'gcs',
+      'daytona',
+      'developer-tools',
+      'messaging',
+      'llm-observability',
     ]);
   });
 
@@ -109,7 +131,7 @@ describe('the built-in essential-services catalog', () => {
     expect(failures).toEqual([]);
   });
 
-  it('lets an image pull from mcr.microsoft.com fetch its layers (issue 10 part 11\'s example), and Docker Hub\'s and Quay\'s', () => {
+  it("lets an image pull from mcr.microsoft.com fetch its layers (issue 10 part 11's example), and Docker Hub's and Quay's", () => {
     const { domains } = loaded({ categories: ['container-registries'] });
     const matches = (host: string) => domains.some((d) => d === host || (d.startsWith('*.') && host.endsWith(d.slice(1))));
     // Layer downloads go to regional data endpoints, CDNs and buckets outside the registry's name.
@@ -189,10 +211,7 @@ describe('loadCatalog options', () => {
   });
 
   it('normalizes extra names like the policy names they are matched with', () => {
-    expect(loaded({ categories: [], extra: ['Mirror.Example.COM.', '*.Corp.Example.com'] }).domains).toEqual([
-      'mirror.example.com',
-      '*.corp.example.com',
-    ]);
+    expect(loaded({ categories: [], extra: ['Mirror.Example.COM.', '*.Corp.Example.com'] }).domains).toEqual(['mirror.example.com', '*.corp.example.com']);
   });
 
   it('refuses an unknown category with its index and the known names', () => {
@@ -204,7 +223,7 @@ describe('loadCatalog options', () => {
     expect(r.issues[0]!.reason).toMatch(/^Unknown category "pip"; known categories are npm, yarn, /);
   });
 
-  it('refuses an extra entry that is not a domain pattern, with the validator\'s reason', () => {
+  it("refuses an extra entry that is not a domain pattern, with the validator's reason", () => {
     const r = loadCatalog({ extra: ['ok.example.com', '*.com', '10.0.0.1'] });
     expect(r.ok).toBe(false);
     if (r.ok) return;
@@ -263,8 +282,15 @@ describe('loadCatalog options', () => {
   });
 
   it('stops expanding YAML aliases before they multiply without bound', () => {
-    const lines = ['a: &a [x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com]'];
-    for (let i = 1; i < 9; i++) lines.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(', ')}]`);
+    const lines = [
+      'a: &a [x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com, x.example.com]',
+    ];
+    for (let i = 1; i < 9; i++)
+      lines.push(
+        `${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9)
+          .fill(`*${String.fromCharCode(96 + i)}`)
+          .join(', ')}]`,
+      );
     lines.push('categories:\n  boom: *i');
     const r = loadCatalog({ file: catalogFile('laughs.yaml', `${lines.join('\n')}\n`) });
     expect(r.ok || r.issues[0]!.reason).toMatch(/is not valid YAML: Excessive alias count/);

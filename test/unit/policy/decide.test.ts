@@ -95,7 +95,7 @@ describe('decide (1): protected addresses', () => {
   });
 });
 
-describe('decide (1b): the operator\'s protected.extra ranges are never unlocked by a policy', () => {
+describe("decide (1b): the operator's protected.extra ranges are never unlocked by a policy", () => {
   // Issue 10 part 2's example: extra 192.168.1.100/32, a policy allowing 192.168.1.0/24.
   const extra = compileProtected({ extra: ['192.168.1.100/32', '203.0.113.0/24', 'fd00:ec2::/64', '8.8.4.0/24'] });
   it.each([
@@ -106,7 +106,11 @@ describe('decide (1b): the operator\'s protected.extra ranges are never unlocked
     ['8.8.4.0/24', '8.8.4.4'],
     ['0.0.0.0/0', '8.8.4.4'],
   ])('an allowed CIDR %s does not unlock %s, which protected.extra names', (cidr, ip) => {
-    expect(decide(compiled('block-all', { cidrs: [cidr] }, {}, extra), facts(ip))).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
+    expect(decide(compiled('block-all', { cidrs: [cidr] }, {}, extra), facts(ip))).toMatchObject({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      matchedBy: 'protected',
+    });
     expect(decide(compiled('allow-all', {}, {}, extra), facts(ip)).reason).toBe('protected-address');
   });
 
@@ -162,7 +166,7 @@ describe('decide (1a): the host itself', () => {
     expect(decide(compiled('allow-all', {}, {}, open), facts(ip, port)).rule).toBe(rule);
   });
 
-  it('opens only the address protected.reachableHostAddresses names, and never egressd\'s own ports on it', () => {
+  it("opens only the address protected.reachableHostAddresses names, and never egressd's own ports on it", () => {
     expect(decide(p, facts('198.18.7.1', 22)).verdict).toBe('allow');
     expect(decide(p, facts('198.18.7.2', 22)).verdict).toBe('refuse');
     expect(decide(p, facts('198.18.7.1', 15080)).verdict).toBe('refuse');
@@ -317,17 +321,29 @@ describe('PortTable', () => {
   const table = (ranges: [number, number][]) => new PortTable(ranges.map(([from, to]) => ({ from, to })));
 
   it('finds the range holding a port, at both edges', () => {
-    const t = table([[443, 443], [8000, 8999]]);
+    const t = table([
+      [443, 443],
+      [8000, 8999],
+    ]);
     expect([442, 443, 444, 7999, 8000, 8999, 9000].map((p) => t.find(p))).toEqual([-1, 0, -1, -1, 1, 1, -1]);
   });
 
   it('covers 1 and 65535', () => {
-    const t = table([[1, 1], [65535, 65535]]);
+    const t = table([
+      [1, 1],
+      [65535, 65535],
+    ]);
     expect([1, 2, 65534, 65535].map((p) => t.find(p))).toEqual([0, -1, -1, 1]);
   });
 
   it('answers some range holding the port when ranges overlap', () => {
-    const ranges: [number, number][] = [[10, 20], [15, 30], [12, 13], [40, 50], [25, 45]];
+    const ranges: [number, number][] = [
+      [10, 20],
+      [15, 30],
+      [12, 13],
+      [40, 50],
+      [25, 45],
+    ];
     const t = table(ranges);
     for (let p = 1; p <= 60; p++) {
       const i = t.find(p);

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { compilePolicy } from '../../../src/policy/compile.ts';
 import { decide, type Facts } from '../../../src/policy/decide.ts';
-import type { FieldIssue, Policy } from '../../../src/policy/model.ts';
+import type { Policy } from '../../../src/policy/model.ts';
+import type { FieldIssue } from '../../../src/util/issues.ts';
 import { parsePolicyDocument } from '../../../src/policy/parse-policy.ts';
 import { compileProtected } from '../../../src/match/protected.ts';
 
@@ -31,7 +32,14 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
     });
     expect(p).toEqual({
       mode: 'block-all',
-      allow: { domains: ['github.com', '*.pypi.org'], cidrs: ['192.168.0.0/16'], ports: [{ from: 443, to: 443 }, { from: 8000, to: 8999 }] },
+      allow: {
+        domains: ['github.com', '*.pypi.org'],
+        cidrs: ['192.168.0.0/16'],
+        ports: [
+          { from: 443, to: 443 },
+          { from: 8000, to: 8999 },
+        ],
+      },
       deny: { domains: [], cidrs: [], ports: [] },
     });
   });
@@ -39,7 +47,14 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
   it('reads allow-all into the deny side only', () => {
     const p = parsed({
       mode: 'allow-all',
-      egress: { allowed_domains: ['github.com'], allowed_cidrs: ['10.0.0.0/8'], allowed_ports: [443], denied_domains: ['Facebook.com.'], denied_cidrs: ['1.1.1.1'], denied_ports: ['22'] },
+      egress: {
+        allowed_domains: ['github.com'],
+        allowed_cidrs: ['10.0.0.0/8'],
+        allowed_ports: [443],
+        denied_domains: ['Facebook.com.'],
+        denied_cidrs: ['1.1.1.1'],
+        denied_ports: ['22'],
+      },
     });
     expect(p).toEqual({
       mode: 'allow-all',
@@ -57,7 +72,10 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
   });
 
   it('keeps one copy of entries that normalize to the same value', () => {
-    const p = parsed({ mode: 'block-all', egress: { allowed_domains: ['a.com', 'A.com.'], allowed_cidrs: ['10.1.0.0/8', '10.0.0.0/8'], allowed_ports: [443, '443'] } });
+    const p = parsed({
+      mode: 'block-all',
+      egress: { allowed_domains: ['a.com', 'A.com.'], allowed_cidrs: ['10.1.0.0/8', '10.0.0.0/8'], allowed_ports: [443, '443'] },
+    });
     expect(p.allow).toEqual({ domains: ['a.com'], cidrs: ['10.0.0.0/8'], ports: [{ from: 443, to: 443 }] });
   });
 
@@ -128,7 +146,9 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
   });
 
   it('validates the side the mode ignores, so a mistake there is still reported', () => {
-    expect(issues({ mode: 'allow-all', egress: { allowed_ports: [70000] } })).toEqual([{ field: 'egress.allowed_ports[0]', reason: 'Port "70000" is outside 1-65535' }]);
+    expect(issues({ mode: 'allow-all', egress: { allowed_ports: [70000] } })).toEqual([
+      { field: 'egress.allowed_ports[0]', reason: 'Port "70000" is outside 1-65535' },
+    ]);
     expect(issues({ mode: 'block-all', egress: { denied_cidrs: ['10.0.0.0/99'] } })).toEqual([
       { field: 'egress.denied_cidrs[0]', reason: 'CIDR "10.0.0.0/99" has a prefix length outside 0-32' },
     ]);

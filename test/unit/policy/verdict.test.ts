@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { compileProtected } from '../../../src/match/protected.ts';
 import type { DialectResult, Policy } from '../../../src/policy/model.ts';
-import {
-  compileLayer,
-  nameMatters,
-  tierNetwork,
-  verdict,
-  type Facts,
-  type LayerSettings,
-  type PolicyChain,
-} from '../../../src/policy/verdict.ts';
+import { compileLayer, nameMatters, tierNetwork, verdict, type Facts, type LayerSettings, type PolicyChain } from '../../../src/policy/verdict.ts';
 
 const settings: LayerSettings = {
   protectedRanges: compileProtected({}),

@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { loadCatalog } from '../../../../src/policy/catalog/catalog.ts';
 import { compilePolicy } from '../../../../src/policy/compile.ts';
 import { decide } from '../../../../src/policy/decide.ts';
-import type { DialectResult, FieldIssue } from '../../../../src/policy/model.ts';
+import type { DialectResult } from '../../../../src/policy/model.ts';
+import type { FieldIssue } from '../../../../src/util/issues.ts';
 import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
 import { compileProtected } from '../../../../src/match/protected.ts';
 
@@ -202,7 +203,9 @@ describe('seed 000 "Network allow list format": each rule and its error', () => 
   });
 
   it.each(['2001:db8::/32', '::1'])('refuses the IPv6 entry %s', (entry) => {
-    expect(issuesOf({ networkAllowList: entry })).toEqual([{ field: 'networkAllowList', reason: `Entry "${entry}" is IPv6; the allow list takes IPv4 CIDRs only` }]);
+    expect(issuesOf({ networkAllowList: entry })).toEqual([
+      { field: 'networkAllowList', reason: `Entry "${entry}" is IPv6; the allow list takes IPv4 CIDRs only` },
+    ]);
   });
 
   it.each(['256.0.0.0/8', '10.0.0/8', '010.0.0.0/8'])('refuses %s, which is not A.B.C.D with parts 0-255', (entry) => {
@@ -251,7 +254,11 @@ describe('seed 000 "Network allow list format": each rule and its error', () => 
 describe('domainAllowList (Daytona API: comma-separated names, "*." for subdomains, at most 10)', () => {
   it('makes the sandbox block-all plus those names plus the essential services', () => {
     const r = parsed({ domainAllowList: 'pypi.org, *.GitHub.com ,api.example.test.' });
-    expect(r.policy).toEqual({ mode: 'block-all', allow: { domains: ['pypi.org', '*.github.com', 'api.example.test'], cidrs: [], ports: [] }, deny: { domains: [], cidrs: [], ports: [] } });
+    expect(r.policy).toEqual({
+      mode: 'block-all',
+      allow: { domains: ['pypi.org', '*.github.com', 'api.example.test'], cidrs: [], ports: [] },
+      deny: { domains: [], cidrs: [], ports: [] },
+    });
     expect(r.essentialServices).toBe(true);
     const v = verdictOf({ domainAllowList: 'api.example.test,*.github.com' });
     expect(v('api.example.test', '104.16.24.34')).toBe('allow');

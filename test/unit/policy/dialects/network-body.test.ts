@@ -48,14 +48,14 @@ describe('parseNetworkBody', () => {
     expect(r.ok || r.issues.map((i) => i.field)).toEqual(['allowInternetAccess', 'network']);
   });
 
-  it('refuses unknown keys, listing every dialect\'s', () => {
+  it("refuses unknown keys, listing every dialect's", () => {
     expect(parseNetworkBody({ networkBlockAll: true, public: false })).toEqual({
       ok: false,
       issues: [{ field: 'public', reason: `Unknown field "public"; known fields are ${KNOWN}` }],
     });
   });
 
-  it('reports key problems and the chosen dialect\'s own problems together', () => {
+  it("reports key problems and the chosen dialect's own problems together", () => {
     const r = parseNetworkBody({ networkAllowList: 'example.com', labels: {}, mode: 'block-all' });
     expect(r.ok || r.issues.map((i) => i.field)).toEqual(['labels', 'mode', 'networkAllowList']);
   });
@@ -66,7 +66,10 @@ describe('parseNetworkBody', () => {
     ['block-all', 'the string "block-all"'],
     [1, 'number "1"'],
   ])('refuses a body that is not an object: %j', (body, got) => {
-    expect(parseNetworkBody(body)).toEqual({ ok: false, issues: [{ field: '', reason: `Expected an object with the keys of one dialect (${KNOWN}), got ${got}` }] });
+    expect(parseNetworkBody(body)).toEqual({
+      ok: false,
+      issues: [{ field: '', reason: `Expected an object with the keys of one dialect (${KNOWN}), got ${got}` }],
+    });
   });
 
   it('reports at most 20 key problems and counts the rest', () => {
@@ -90,10 +93,19 @@ describe('parseNetworkBody', () => {
         mode: fc.oneof(fc.constantFrom('allow-all', 'block-all'), fc.jsonValue()),
         egress: fc.oneof(fc.dictionary(fc.constantFrom('allowed_domains', 'denied_cidrs', 'allowed_ports', 'x'), fc.jsonValue()), fc.jsonValue()),
         networkBlockAll: fc.jsonValue(),
-        networkAllowList: fc.oneof(fc.string(), fc.array(fc.constantFrom('10.0.0.0/8', ' 1.2.3.4/32', 'a.b', '::/0', ',', '/')).map((a) => a.join(','))),
+        networkAllowList: fc.oneof(
+          fc.string(),
+          fc.array(fc.constantFrom('10.0.0.0/8', ' 1.2.3.4/32', 'a.b', '::/0', ',', '/')).map((a) => a.join(',')),
+        ),
         allowInternetAccess: fc.jsonValue(),
         network: fc.oneof(
-          fc.record({ allowOut: fc.array(fc.oneof(fc.string(), fc.constantFrom('0.0.0.0/0', '*.github.com', '1.1.1.1', '::/0'))), denyOut: fc.array(fc.oneof(fc.string(), fc.constantFrom('0.0.0.0/0', 'a.com'))) }, { requiredKeys: [] }),
+          fc.record(
+            {
+              allowOut: fc.array(fc.oneof(fc.string(), fc.constantFrom('0.0.0.0/0', '*.github.com', '1.1.1.1', '::/0'))),
+              denyOut: fc.array(fc.oneof(fc.string(), fc.constantFrom('0.0.0.0/0', 'a.com'))),
+            },
+            { requiredKeys: [] },
+          ),
           fc.jsonValue(),
         ),
       },

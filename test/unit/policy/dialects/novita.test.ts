@@ -4,7 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { compilePolicy } from '../../../../src/policy/compile.ts';
 import { decide } from '../../../../src/policy/decide.ts';
-import type { DialectResult, FieldIssue } from '../../../../src/policy/model.ts';
+import type { DialectResult } from '../../../../src/policy/model.ts';
+import type { FieldIssue } from '../../../../src/util/issues.ts';
 import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
 import { compileProtected } from '../../../../src/match/protected.ts';
 
@@ -165,7 +166,7 @@ describe('seed 004 rules and their errors', () => {
     ]);
   });
 
-  it('refuses a malformed CIDR with the validator\'s reason', () => {
+  it("refuses a malformed CIDR with the validator's reason", () => {
     expect(issuesOf({ network: { denyOut: ['10.0.0.0/33'] } })).toEqual([
       { field: 'network.denyOut[0]', reason: 'CIDR "10.0.0.0/33" has a prefix length outside 0-32' },
     ]);
@@ -189,7 +190,9 @@ describe('seed 004 rules and their errors', () => {
   });
 
   it('refuses a wildcard over a public suffix', () => {
-    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['*.com'] } })[0]!.reason).toBe('Pattern "*.com" is a wildcard over the public suffix "com"');
+    expect(issuesOf({ allowInternetAccess: false, network: { allowOut: ['*.com'] } })[0]!.reason).toBe(
+      'Pattern "*.com" is a wildcard over the public suffix "com"',
+    );
   });
 
   it('points a client that sent the ALL_TRAFFIC identifier at its value', () => {
@@ -208,7 +211,9 @@ describe('seed 004 rules and their errors', () => {
     expect(issuesOf({ network: { denyOut: '0.0.0.0/0' } })).toEqual([
       { field: 'network.denyOut', reason: 'Expected a list of IP addresses, CIDRs or domains, got the string "0.0.0.0/0"' },
     ]);
-    expect(issuesOf({ network: { allowOut: [7] } })).toEqual([{ field: 'network.allowOut[0]', reason: 'Expected an IP address, a CIDR or a domain, got number "7"' }]);
+    expect(issuesOf({ network: { allowOut: [7] } })).toEqual([
+      { field: 'network.allowOut[0]', reason: 'Expected an IP address, a CIDR or a domain, got number "7"' },
+    ]);
   });
 
   it('refuses unknown network fields, naming the known ones', () => {
@@ -218,7 +223,10 @@ describe('seed 004 rules and their errors', () => {
   });
 
   it('keeps maskRequestHost and allowPublicTraffic, with a warning each, and enforces neither', () => {
-    const body = { allowInternetAccess: true, network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false } };
+    const body = {
+      allowInternetAccess: true,
+      network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false },
+    };
     const r = parsed(body);
     expect(r.ingress).toEqual({ maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false });
     expect(r.warnings?.map((w) => w.field)).toEqual(['network.maskRequestHost', 'network.allowPublicTraffic']);

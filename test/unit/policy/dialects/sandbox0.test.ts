@@ -77,7 +77,7 @@ describe('the sandbox0 wrapper', () => {
     });
   });
 
-  it('passes parsePolicyDocument\'s issues through with their paths', () => {
+  it("passes parsePolicyDocument's issues through with their paths", () => {
     const r = parseNetworkBody({ mode: 'block-all', egress: { allowed_cidrs: ['10.0.0.0/8', 'nope'] } });
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.issues).toEqual([{ field: 'egress.allowed_cidrs[1]', reason: 'CIDR "nope" does not start with an IPv4 or IPv6 address' }]);
