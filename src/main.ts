@@ -9,6 +9,7 @@ import { type Config, validateConfig } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
 import { EgressdError, formatIssues } from './errors.ts';
 import { createLogger } from './observability/logger.ts';
+import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
 
 const USAGE = `Usage: egressd <command> [options]
 
@@ -29,6 +30,8 @@ Commands:
 Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
   EGRESSD_ADMIN_TOKEN   admin API token (overrides admin.token)
+  EGRESSD_DATA_PLANE    native (default: splice(2) in native loops where the addon runs) or js
+  EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)
 `;
 
 function out(s: string): void {
@@ -42,6 +45,22 @@ function withEnv(config: Config): Config {
   const token = process.env['EGRESSD_ADMIN_TOKEN'];
   if (!token) return config;
   return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
+}
+
+/**
+ * EGRESSD_DATA_PLANE=js keeps the data phase in JavaScript; EGRESSD_DATA_PLANE_THREADS sets the
+ * number of native splice loops (default: one per core).
+ * @throws Error naming the variable when its value is invalid.
+ */
+function dataPlaneFromEnv(): void {
+  const mode = process.env['EGRESSD_DATA_PLANE'];
+  if (mode !== undefined && mode !== 'native' && mode !== 'js') throw new Error(`EGRESSD_DATA_PLANE must be "native" or "js", got "${mode}"`);
+  const t = process.env['EGRESSD_DATA_PLANE_THREADS'];
+  const threads = t === undefined || t === '' ? undefined : Number(t);
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
+    throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
+  }
+  configureNativeSplice({ enabled: mode !== 'js', ...(threads !== undefined ? { threads } : {}) });
 }
 
 async function serve(argv: string[]): Promise<number> {
@@ -61,8 +80,12 @@ async function serve(argv: string[]): Promise<number> {
   });
   let daemon: Daemon;
   try {
+    dataPlaneFromEnv();
     daemon = new Daemon(config, log);
     await daemon.start();
+    const plane = nativeSpliceStatus();
+    if (plane.ok) log.info({ event: 'data-plane', plane: 'native', threads: plane.threads }, 'the data phase runs in the native splice loops');
+    else log.warn({ event: 'data-plane', plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
     log.fatal({ event: 'start-failed', err: (e as Error).message }, 'egressd could not start');
     log.flush();

@@ -1,12 +1,15 @@
-// Carries an allowed connection's bytes both ways until it ends, and says how it ended. The
-// byte moving stays behind this one function so that it can later move into the kernel
-// (splice(2)) without the pipeline noticing.
+// Carries an allowed connection's bytes both ways until it ends, and says how it ended. Two
+// paths behind one function: the native data plane (native-splice.ts: splice(2) in an epoll
+// loop, the bytes never leave the kernel) wherever it can run, and the JavaScript path below
+// where it cannot (another OS, the addon not built, a socket the hand-off cannot carry). Both
+// keep the same contract and pass the same tests (test/integration/net/splice.test.ts).
 //
 // TCP semantics are carried, not flattened: a FIN ends only the other side's write half
 // (RFC 9293 §3.6: a half-closed connection still carries data the other way), and a reset is
 // answered with a reset, so neither end mistakes an aborted exchange for a complete one.
 
 import type { Socket } from 'node:net';
+import { spliceNative } from './native-splice.ts';
 
 export interface SpliceOptions {
   /** The bytes already read from the client (the peek): they go upstream first, byte for byte. */
@@ -33,9 +36,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 /**
  * Resolves exactly once, after both sockets have closed; never rejects. `client` may arrive
  * paused with bytes buffered (peekSocket leaves it so); both sockets must have been made with
- * `allowHalfOpen: true`, or a FIN would close the whole connection.
+ * `allowHalfOpen: true`, or a FIN would close the whole connection. The native data plane when
+ * it can take the connection, else the JavaScript path.
  */
 export function splice(client: Socket, upstream: Socket, o: SpliceOptions): Promise<SpliceResult> {
+  return spliceNative(client, upstream, o) ?? spliceJs(client, upstream, o);
+}
+
+/** splice() on Node's sockets in JavaScript: the fallback, with the same contract. */
+export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Promise<SpliceResult> {
   return new Promise((resolve) => {
     const socketOf = { client, upstream } as const;
     const other = (s: Side): Side => (s === 'client' ? 'upstream' : 'client');

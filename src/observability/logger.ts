@@ -66,4 +66,4 @@ export function createLogger(settings: LoggerSettings): Logger {
 /** The connection log's batch: written out once this many bytes are waiting (≈ 30 lines). */
 export const LOG_BUFFER_BYTES = 8192;
 /** ...or this long after the oldest waiting line, whichever comes first. */
-export const LOG_FLUSH_MS = 200;
+export const LOG_FLUSH_MS = 100;

@@ -2,13 +2,22 @@
 // connects to a front listener (allowHalfOpen), the front peeks and pauses the socket, dials
 // the upstream with dial(), and splices the two. The test owns both ends — the client and the
 // upstream server — and watches what each sees.
+//
+// Every test runs twice: on the JavaScript path (spliceJs) and through splice(), which hands the
+// connection to the native data plane (native/splice_loop.c); the native run checks that the
+// hand-off really happened, except where the JavaScript path must take over (a client gone
+// before the splice, a signal already aborted).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { dial } from '../../../src/net/dial.ts';
 import { peekSocket } from '../../../src/net/peek-socket.ts';
-import { splice, type SpliceResult } from '../../../src/net/splice.ts';
+import { nativeHandoffs, nativeSpliceStatus } from '../../../src/net/native-splice.ts';
+import { splice, spliceJs, type SpliceResult } from '../../../src/net/splice.ts';
+
+type Plane = 'js' | 'native';
+let plane: Plane = 'js';
 
 interface RigOptions {
   /** The front peeks until it holds this many bytes; they become `initial`. */
@@ -19,6 +28,8 @@ interface RigOptions {
   signal?: AbortSignal;
   /** Runs between dial and splice, with the front's client-side socket. */
   beforeSplice?: (egressClient: Socket) => Promise<void>;
+  /** On the native run: the JavaScript path is expected to carry this connection. */
+  fallback?: boolean;
 }
 
 interface Rig {
@@ -80,7 +91,14 @@ async function rig(o: RigOptions = {}): Promise<Rig> {
         sockets.push(d.socket);
         await o.beforeSplice?.(s);
         egressReady({ client: s, upstream: d.socket });
-        resolve(await splice(s, d.socket, { initial, idleTimeoutMs: o.idleTimeoutMs ?? 60_000, signal: o.signal ?? new AbortController().signal }));
+        const before = nativeHandoffs();
+        const run = (plane === 'js' ? spliceJs : splice)(s, d.socket, {
+          initial,
+          idleTimeoutMs: o.idleTimeoutMs ?? 60_000,
+          signal: o.signal ?? new AbortController().signal,
+        });
+        if (plane === 'native' && !o.fallback && nativeHandoffs() === before) throw new Error('The connection was not handed to the native data plane');
+        resolve(await run);
       })().catch(reject);
     }),
   );
@@ -171,7 +189,12 @@ function slowRead(s: Socket, sample: () => void): Promise<{ sha256: string; byte
   });
 }
 
-describe('splice', () => {
+describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
+  beforeAll(() => {
+    plane = p;
+    if (p === 'native') expect(nativeSpliceStatus()).toMatchObject({ ok: true });
+  });
+
   it('sends the peeked bytes upstream first, byte for byte, then the rest of the stream', async () => {
     const r = await rig({ peekBytes: 256 });
     const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
@@ -275,6 +298,7 @@ describe('splice', () => {
 
   it('resets the upstream when the client was gone before the splice began', async () => {
     const r = await rig({
+      fallback: true,
       beforeSplice: async (egressClient) => {
         const closed = new Promise((resolve) => egressClient.once('close', resolve));
         r.client.resetAndDestroy();
@@ -326,7 +350,7 @@ describe('splice', () => {
   it('sends nothing upstream when the signal is already aborted', async () => {
     const ac = new AbortController();
     ac.abort();
-    const r = await rig({ signal: ac.signal, initial: Buffer.from('never sent') });
+    const r = await rig({ signal: ac.signal, initial: Buffer.from('never sent'), fallback: true });
     const up = await r.upstream;
     const got = collect(up);
     expect(await r.result).toEqual({ bytesUp: 0, bytesDown: 0, end: 'aborted' });

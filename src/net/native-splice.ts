@@ -1,0 +1,167 @@
+// The native data phase (native/splice_loop.c through native/data_plane.c): once the verdict is
+// made and the upstream is connected, the two sockets leave Node. Their descriptors are
+// duplicated into an epoll loop (one per core) that moves the bytes with splice(2), so they stay
+// in the kernel, and the outcome comes back once, for the log line and the metrics.
+//
+// Leaving Node safely: reading is stopped on both handles first, what Node had already read
+// (and not yet given anyone) is taken from the streams and handed over to be written first, the
+// descriptors are duplicated, and only then are Node's sockets destroyed. Destroying them closes
+// Node's descriptors, and libuv removes a descriptor from its epoll set before closing it
+// (uv__platform_invalidate_fd), so Node never sees an event for the connection again, and a
+// later socket that reuses the number is a new registration. The duplicates keep the
+// connections open: close(2) on one of two descriptors sends nothing.
+//
+// Where the addon cannot run (not Linux, not built, a loop that cannot start) or a socket is in
+// a state the hand-off does not carry (already ended, writes still queued), spliceNative
+// returns null and the caller uses the JavaScript path (splice.ts), which carries the same
+// semantics and passes the same tests.
+
+import { availableParallelism } from 'node:os';
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
+import type { SpliceEnd, SpliceOptions, SpliceResult } from './splice.ts';
+
+interface DataPlaneAddon {
+  start(threads: number, onOutcome: (id: number, up: number, down: number, end: number, errno: number) => void): void;
+  handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
+  abort(loop: number, id: number): void;
+  active(): number;
+}
+
+interface Handle {
+  fd?: unknown;
+  readStop?: () => number;
+  reading?: boolean;
+}
+
+// The order of sl_end in native/splice_loop.h.
+const ENDS: readonly SpliceEnd[] = ['closed', 'client-reset', 'upstream-reset', 'idle-timeout', 'aborted', 'error'];
+// The addon's idleMs is a uint32; longer timeouts are capped (49 days).
+const MAX_IDLE_MS = 2 ** 32 - 1;
+
+interface Pending {
+  readonly resolve: (r: SpliceResult) => void;
+  readonly loop: number;
+}
+
+type State =
+  | { readonly ok: true; readonly addon: DataPlaneAddon; readonly threads: number; readonly pending: Map<number, Pending> }
+  | { readonly ok: false; readonly reason: string };
+
+let state: State | undefined;
+let threadsWanted: number | undefined;
+let nextId = 1;
+let nextLoop = 0;
+let handoffs = 0;
+
+/**
+ * Sets how the data phase runs, before the first connection: `threads` loops (default: one
+ * per core), or `enabled: false` for the JavaScript path only.
+ * @throws Error when called after the data plane has started.
+ */
+export function configureNativeSplice(o: { enabled?: boolean; threads?: number }): void {
+  if (state?.ok) throw new Error('The native data plane is already running; configure it before the first connection');
+  if (o.enabled === false) state = { ok: false, reason: 'disabled by configuration' };
+  else if (state && !state.ok && state.reason === 'disabled by configuration') state = undefined;
+  if (o.threads !== undefined) {
+    if (!Number.isInteger(o.threads) || o.threads < 1 || o.threads > 64) throw new Error(`Data-plane threads must be 1 to 64, got ${o.threads}`);
+    threadsWanted = o.threads;
+  }
+}
+
+function load(): State {
+  if (state) return state;
+  if (process.platform !== 'linux') return (state = { ok: false, reason: `splice(2) is Linux-only (platform "${process.platform}")` });
+  let addon: Partial<DataPlaneAddon>;
+  try {
+    addon = createRequire(import.meta.url)('../../native/build/data_plane.node') as Partial<DataPlaneAddon>;
+  } catch (err) {
+    return (state = { ok: false, reason: `native/build/data_plane.node: ${err instanceof Error ? err.message : String(err)} (npm ci builds it)` });
+  }
+  if (typeof addon.start !== 'function' || typeof addon.handoff !== 'function' || typeof addon.abort !== 'function') {
+    return (state = { ok: false, reason: 'native/build/data_plane.node exports no start/handoff/abort' });
+  }
+  const threads = threadsWanted ?? Math.min(64, availableParallelism());
+  const pending = new Map<number, Pending>();
+  try {
+    addon.start(threads, (id, up, down, end, _errno) => {
+      const p = pending.get(id);
+      if (!p) return;
+      pending.delete(id);
+      p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' });
+    });
+  } catch (err) {
+    return (state = { ok: false, reason: `the data-plane threads did not start: ${err instanceof Error ? err.message : String(err)}` });
+  }
+  return (state = { ok: true, addon: addon as DataPlaneAddon, threads, pending });
+}
+
+/** Whether connections go to the native data plane, and if not, why. */
+export function nativeSpliceStatus(): { ok: true; threads: number } | { ok: false; reason: string } {
+  const s = load();
+  return s.ok ? { ok: true, threads: s.threads } : { ok: false, reason: s.reason };
+}
+
+/** How many connections have been handed to the native data plane since start (for tests and metrics). */
+export function nativeHandoffs(): number {
+  return handoffs;
+}
+
+function handleOf(s: Socket): Handle | null {
+  const h = (s as unknown as { _handle?: Handle | null })._handle;
+  return h && typeof h.fd === 'number' && h.fd >= 0 && typeof h.readStop === 'function' ? h : null;
+}
+
+// A socket the hand-off can carry: connected, not closed, nothing written or queued to write.
+// A FIN Node has already read is fine: TCP keeps answering reads with end-of-file, so the loop
+// reads it again and passes it on after the bytes before it.
+function eligible(s: Socket): boolean {
+  return !s.destroyed && !s.connecting && !s.writableEnded && s.writableLength === 0 && handleOf(s) !== null;
+}
+
+/**
+ * The data phase in the native loop, with splice()'s contract (splice.ts): `initial` goes
+ * upstream first, resolves once with the byte counts and how it ended, never rejects. Returns
+ * null, having touched nothing, when the connection must take the JavaScript path instead.
+ */
+export function spliceNative(client: Socket, upstream: Socket, o: SpliceOptions): Promise<SpliceResult> | null {
+  if (o.signal.aborted || !eligible(client) || !eligible(upstream)) return null;
+  const s = load();
+  if (!s.ok) return null;
+  const ch = handleOf(client)!;
+  const uh = handleOf(upstream)!;
+  // What Node already read but nobody consumed: after the peeked bytes on the way up; whatever
+  // a server-first upstream sent while being dialed, on the way down. read() may restart the
+  // handle's reading, so reading is stopped only after it, with no turn of the loop between.
+  const clientHeld = client.readableLength > 0 ? (client.read() as Buffer | null) : null;
+  const upstreamHeld = upstream.readableLength > 0 ? (upstream.read() as Buffer | null) : null;
+  ch.readStop!();
+  uh.readStop!();
+  ch.reading = false;
+  uh.reading = false;
+  const up = clientHeld ? (o.initial.length > 0 ? Buffer.concat([o.initial, clientHeld]) : clientHeld) : o.initial.length > 0 ? o.initial : null;
+  const id = nextId++;
+  const loop = nextLoop++ % s.threads;
+  try {
+    s.addon.handoff(loop, id, ch.fd as number, uh.fd as number, up, upstreamHeld, Math.min(MAX_IDLE_MS, Math.max(1, Math.ceil(o.idleTimeoutMs))));
+  } catch {
+    // Nothing was handed over (out of descriptors, most likely): give the streams back what
+    // was taken from them and let the JavaScript path carry the connection.
+    if (clientHeld) client.unshift(clientHeld);
+    if (upstreamHeld) upstream.unshift(upstreamHeld);
+    return null;
+  }
+  handoffs++;
+  const result = new Promise<SpliceResult>((resolve) => {
+    s.pending.set(id, { resolve, loop });
+  });
+  const onAbort = (): void => s.addon.abort(loop, id);
+  o.signal.addEventListener('abort', onAbort, { once: true });
+  // Node's descriptors close now; the loop holds its duplicates.
+  client.destroy();
+  upstream.destroy();
+  return result.then((r) => {
+    o.signal.removeEventListener('abort', onAbort);
+    return r;
+  });
+}
