@@ -217,7 +217,7 @@ async function main(argv: string[]): Promise<number> {
       case 'iptables': {
         // Loaded here, not at the top: `serve` never needs the CLI-only modules (undici alone
         // is ≈5 MB of a daemon's RSS).
-        const { iptablesCommand } = await import('./cli/iptables.ts');
+        const { iptablesCommand } = await import('./cli/iptables/command.ts');
         const r = await iptablesCommand(rest);
         if (r.stderr) err(r.stderr);
         out(r.stdout);

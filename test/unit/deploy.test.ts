@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
-import { IPTABLES_USAGE, type IptablesOptions, parseIptablesArgs } from '../../src/cli/iptables.ts';
+import { IPTABLES_USAGE, parseIptablesArgs } from '../../src/cli/iptables/args.ts';
+import type { IptablesOptions } from '../../src/cli/iptables/rules.ts';
 import { type Config, DEFAULT_DOCUMENT, type Endpoint, LISTENER_KINDS, type ListenerKind, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
 import { Metrics } from '../../src/observability/metrics.ts';
 

@@ -1,17 +1,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  buildRuleSet,
-  type IptablesOptions,
-  iptablesCommand,
-  parseCidr,
-  parseIptablesArgs,
-  renderIptablesRemoval,
-  renderIptablesRestore,
-  renderNft,
-  type RuleSet,
-  type Runner,
-} from '../../../src/cli/iptables.ts';
+import { parseIptablesArgs, parseSourceCidr } from '../../../src/cli/iptables/args.ts';
+import type { Runner } from '../../../src/cli/iptables/apply.ts';
+import { iptablesCommand } from '../../../src/cli/iptables/command.ts';
+import { renderIptablesRemoval, renderIptablesRestore } from '../../../src/cli/iptables/render-iptables.ts';
+import { renderNft } from '../../../src/cli/iptables/render-nft.ts';
+import { buildRuleSet, type IptablesOptions, type RuleSet } from '../../../src/cli/iptables/rules.ts';
 
 function options(argv: string[]): IptablesOptions {
   const r = parseIptablesArgs(argv);
@@ -182,7 +176,7 @@ describe('parseIptablesArgs', () => {
   });
 });
 
-describe('parseCidr', () => {
+describe('parseSourceCidr', () => {
   it.each([
     ['10.0.0.0/8', '10.0.0.0/8'],
     ['198.18.0.2', '198.18.0.2/32'],
@@ -190,13 +184,15 @@ describe('parseCidr', () => {
     ['2001:0db8:0000:0001::/64', '2001:db8:0:1::/64'],
     ['2001:db8::1', '2001:db8::1/128'],
     ['::/0', '::/0'],
-    ['::ffff:198.18.0.0/112', '::ffff:c612:0/112'],
+    // RFC 5952 §5: an IPv4-mapped address keeps its dotted quad.
+    ['::ffff:198.18.0.0/112', '::ffff:198.18.0.0/112'],
+    ['::ffff:c612:0/112', '::ffff:198.18.0.0/112'],
   ])('reads %s as %s', (raw, cidr) => {
-    expect(parseCidr(raw)).toEqual({ ok: true, cidr });
+    expect(parseSourceCidr(raw)).toEqual({ ok: true, cidr });
   });
 
   it('suggests the network when host bits are set', () => {
-    expect(parseCidr('2001:db8:0:1::5/64')).toEqual({ ok: false, error: '"2001:db8:0:1::5/64" has host bits set; did you mean "2001:db8:0:1::/64"?' });
+    expect(parseSourceCidr('2001:db8:0:1::5/64')).toEqual({ ok: false, error: '"2001:db8:0:1::5/64" has host bits set; did you mean "2001:db8:0:1::/64"?' });
   });
 
   it('writes a canonical form that reads back as itself', () => {
@@ -204,9 +200,9 @@ describe('parseCidr', () => {
       fc.property(fc.bigInt({ min: 0n, max: (1n << 128n) - 1n }), fc.integer({ min: 0, max: 128 }), (value, len) => {
         const masked = len === 0 ? 0n : value & (((1n << BigInt(len)) - 1n) << BigInt(128 - len));
         const groups = Array.from({ length: 8 }, (_, i) => ((masked >> BigInt(112 - 16 * i)) & 0xffffn).toString(16));
-        const first = parseCidr(`${groups.join(':')}/${len}`);
+        const first = parseSourceCidr(`${groups.join(':')}/${len}`);
         expect(first.ok).toBe(true);
-        if (first.ok) expect(parseCidr(first.cidr)).toEqual(first);
+        if (first.ok) expect(parseSourceCidr(first.cidr)).toEqual(first);
       }),
     );
   });

@@ -1,0 +1,151 @@
+// `egressd iptables` arguments: the command line read into IptablesOptions, every value checked,
+// with a usage error naming the flag and the value.
+
+import { parseArgs } from 'node:util';
+import { formatCidr, formatIp, parseCidr, parseIp } from '../../match/ip.ts';
+import { cidrFamily, DEFAULT_PORTS, type Family, type IptablesOptions } from './rules.ts';
+
+export type ParsedArgs = { readonly ok: true; readonly options: IptablesOptions } | { readonly ok: false; readonly help: boolean; readonly error: string };
+
+export const IPTABLES_USAGE = `Usage: egressd iptables [--apply | --remove] [options]
+
+Prints the rules that send sandbox traffic to egressd; --apply installs them (idempotent),
+--remove deletes egressd's jumps and chains (or nftables tables) and nothing else.
+
+  --mode host|sidecar      host (default): redirect traffic forwarded from sandboxes
+                           (nat PREROUTING); sidecar: redirect this host's own traffic
+                           (nat OUTPUT) except egressd's --uid and loopback
+  --interface IF           host mode: a sandbox-facing interface (repeatable; "veth+" = prefix)
+  --source CIDR            host mode: a sandbox source range (repeatable)
+  --uid N                  sidecar mode: egressd's user id (required there)
+  --dns-server ADDR        the sandboxes' DNS server, left reachable on port 53 (repeatable)
+  --udp reject|drop        other UDP (default reject: ICMP port unreachable, so clients fail
+                           at once instead of waiting out a timeout); UDP 443 is always rejected
+  --family 4|6|both        default both
+  --backend iptables|nft   default iptables (chains EGRESSD-*); nft uses tables ip/ip6 egressd
+  --http-port N            default ${DEFAULT_PORTS.http} (TCP 80 goes here)
+  --tls-port N             default ${DEFAULT_PORTS.tls} (TCP 443 goes here)
+  --tcp-port N             default ${DEFAULT_PORTS.tcp} (every other TCP port goes here)
+
+Exit 0 done, 1 a command failed (printed with its error), 2 usage error.
+`;
+
+const INTERFACE_RE = /^(?=.{1,15}$)[A-Za-z0-9_.@][A-Za-z0-9_.@-]*\+?$/;
+
+export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
+  const fail = (error: string): ParsedArgs => ({ ok: false, help: false, error });
+  let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        apply: { type: 'boolean' },
+        remove: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        mode: { type: 'string' },
+        backend: { type: 'string' },
+        family: { type: 'string' },
+        interface: { type: 'string', multiple: true },
+        source: { type: 'string', multiple: true },
+        'dns-server': { type: 'string', multiple: true },
+        uid: { type: 'string' },
+        udp: { type: 'string' },
+        'http-port': { type: 'string' },
+        'tls-port': { type: 'string' },
+        'tcp-port': { type: 'string' },
+      },
+    }));
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+  if (values['help'] === true) return { ok: false, help: true, error: '' };
+  const str = (k: string): string | undefined => values[k] as string | undefined;
+  const list = (k: string): string[] => (values[k] as string[] | undefined) ?? [];
+
+  if (values['apply'] === true && values['remove'] === true) return fail('--apply and --remove are mutually exclusive');
+  const action = values['apply'] === true ? 'apply' : values['remove'] === true ? 'remove' : 'print';
+
+  const mode = str('mode') ?? 'host';
+  if (mode !== 'host' && mode !== 'sidecar') return fail(`--mode: expected "host" or "sidecar", got "${mode}"`);
+  const backend = str('backend') ?? 'iptables';
+  if (backend !== 'iptables' && backend !== 'nft') return fail(`--backend: expected "iptables" or "nft", got "${backend}"`);
+  const familyArg = str('family') ?? 'both';
+  const families: Family[] = familyArg === '4' ? [4] : familyArg === '6' ? [6] : familyArg === 'both' ? [4, 6] : [];
+  if (families.length === 0) return fail(`--family: expected "4", "6" or "both", got "${familyArg}"`);
+  const udp = str('udp') ?? 'reject';
+  if (udp !== 'drop' && udp !== 'reject') return fail(`--udp: expected "reject" or "drop", got "${udp}"`);
+
+  const ports: Record<'http' | 'tls' | 'tcp', number> = { ...DEFAULT_PORTS };
+  for (const key of ['http', 'tls', 'tcp'] as const) {
+    const raw = str(`${key}-port`);
+    if (raw === undefined) continue;
+    if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) {
+      return fail(`--${key}-port: expected an integer from 1 to 65535, got "${raw}"`);
+    }
+    ports[key] = Number(raw);
+  }
+
+  const interfaces = list('interface');
+  for (const i of interfaces) {
+    if (!INTERFACE_RE.test(i))
+      return fail(`--interface: expected an interface name of at most 15 characters (letters, digits, "_.@-", optional trailing "+"), got "${i}"`);
+  }
+  const sources: string[] = [];
+  for (const raw of list('source')) {
+    const c = parseSourceCidr(raw);
+    if (!c.ok) return fail(`--source: ${c.error}`);
+    if (!families.includes(cidrFamily(c.cidr))) return fail(`--source: "${raw}" is IPv${cidrFamily(c.cidr)} but --family is ${familyArg}`);
+    sources.push(c.cidr);
+  }
+  const dnsServers: string[] = [];
+  for (const a of list('dns-server')) {
+    const ip = parseIp(a);
+    if (ip === null) return fail(`--dns-server: expected an IPv4 or IPv6 address, got "${a}"`);
+    if (!families.includes(ip.family)) return fail(`--dns-server: "${a}" is IPv${ip.family} but --family is ${familyArg}`);
+    dnsServers.push(formatIp(ip.family, ip.words));
+  }
+  let uid: number | null = null;
+  const uidArg = str('uid');
+  if (uidArg !== undefined) {
+    if (!/^\d{1,10}$/.test(uidArg) || Number(uidArg) > 4294967294) return fail(`--uid: expected a numeric user id, got "${uidArg}"`);
+    uid = Number(uidArg);
+  }
+
+  // Removal needs no selectors: it deletes whatever egressd installed, in either mode.
+  if (action !== 'remove') {
+    if (mode === 'host') {
+      if (uid !== null) return fail('--uid applies to sidecar mode only');
+      if (interfaces.length === 0 && sources.length === 0) {
+        return fail('host mode needs --interface or --source: without one every forwarded connection would be redirected');
+      }
+      // A family with no selector would leave that family's sandbox traffic unfiltered, silently.
+      if (interfaces.length === 0) {
+        for (const f of families) {
+          if (!sources.some((c) => cidrFamily(c) === f))
+            return fail(`host mode: no --source is IPv${f} and no --interface was given; add one or pass --family ${f === 4 ? 6 : 4}`);
+        }
+      }
+    } else {
+      if (uid === null) return fail("sidecar mode needs --uid: egressd's own connections must not be redirected back to it");
+      if (interfaces.length > 0 || sources.length > 0) return fail('--interface and --source apply to host mode only');
+    }
+  }
+  return {
+    ok: true,
+    options: { action, mode, backend, families, interfaces, sources, dnsServers, uid, udp, ports },
+  };
+}
+
+/**
+ * A `--source` value: an address or CIDR in canonical form (RFC 5952 for IPv6). Host bits set are
+ * refused, not cleared: they usually mean a mistyped prefix.
+ */
+export function parseSourceCidr(raw: string): { ok: true; cidr: string } | { ok: false; error: string } {
+  const c = parseCidr(raw);
+  if (!c.ok) return { ok: false, error: c.reason };
+  const text = formatCidr(c.block);
+  if (c.hostBitsSet) return { ok: false, error: `"${raw}" has host bits set; did you mean "${text}"?` };
+  return { ok: true, cidr: text };
+}

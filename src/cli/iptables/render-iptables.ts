@@ -1,0 +1,79 @@
+// `egressd iptables`, iptables spelling: the rule set as `iptables-restore` input, the jumps from
+// the built-in chains, and the removal of egressd's chains found in `iptables-save` output.
+
+import { type BuiltinChain, CHAINS, type Family, type Match, type RuleSet, type Table, type Target } from './rules.ts';
+
+function iptablesMatch(m: Match): string[] {
+  const a: string[] = [];
+  if (m.inInterface !== undefined) a.push('-i', m.inInterface);
+  if (m.outInterface !== undefined) a.push('-o', m.outInterface);
+  if (m.source !== undefined) a.push('-s', m.source);
+  if (m.destination !== undefined) a.push('-d', m.destination);
+  if (m.protocol !== undefined) a.push('-p', m.protocol);
+  if (m.dport !== undefined) a.push('--dport', String(m.dport));
+  if (m.uid !== undefined) a.push('-m', 'owner', '--uid-owner', String(m.uid));
+  return a;
+}
+
+function iptablesTarget(t: Target, family: Family): string[] {
+  switch (t.kind) {
+    case 'jump':
+      return ['-j', CHAINS[t.chain].iptables];
+    case 'return':
+      return ['-j', 'RETURN'];
+    case 'redirect':
+      return ['-j', 'REDIRECT', '--to-ports', String(t.port)];
+    case 'reject':
+      return ['-j', 'REJECT', '--reject-with', family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'];
+    case 'drop':
+      return ['-j', 'DROP'];
+  }
+}
+
+/** The input for `iptables-restore --noflush`: declaring a chain creates it or flushes it. */
+export function renderIptablesRestore(rs: RuleSet): string {
+  const out: string[] = [];
+  for (const table of ['nat', 'filter'] as const) {
+    const chains = rs.chains.filter((c) => CHAINS[c.id].table === table);
+    if (chains.length === 0) continue;
+    out.push(`*${table}`);
+    for (const c of chains) out.push(`:${CHAINS[c.id].iptables} - [0:0]`);
+    for (const c of chains) {
+      for (const r of c.rules) out.push(['-A', CHAINS[c.id].iptables, ...iptablesMatch(r.match), ...iptablesTarget(r.target, rs.family)].join(' '));
+    }
+    out.push('COMMIT');
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/** The jumps from built-in chains: `[table, builtin, chain name]`. */
+export function iptablesJumps(rs: RuleSet): Array<readonly [Table, BuiltinChain, string]> {
+  return rs.chains.flatMap((c) => {
+    const info = CHAINS[c.id];
+    return info.hook === null ? [] : [[info.table, info.hook, info.iptables] as const];
+  });
+}
+
+/**
+ * The `iptables-restore --noflush` input that deletes every jump to one of a table's `chains`,
+ * then flushes and deletes those chains, as found in `iptables-save -t TABLE` output; null when
+ * there is nothing to remove. One transaction per table: all or nothing.
+ */
+export function renderIptablesRemoval(saved: Readonly<Record<Table, string>>, chains: Readonly<Record<Table, ReadonlySet<string>>>): string | null {
+  const out: string[] = [];
+  for (const table of ['nat', 'filter'] as const) {
+    const lines = saved[table].split('\n');
+    const doomed = chains[table];
+    const present = lines.flatMap((l) => {
+      const m = /^:(\S+) /.exec(l);
+      return m && doomed.has(m[1]!) ? [m[1]!] : [];
+    });
+    const jumps = lines.filter((l) => {
+      const m = /^-A (\S+) .*-j (\S+)$/.exec(l);
+      return m !== null && !doomed.has(m[1]!) && doomed.has(m[2]!);
+    });
+    if (present.length === 0 && jumps.length === 0) continue;
+    out.push(`*${table}`, ...jumps.map((l) => `-D${l.slice(2)}`), ...present.map((c) => `-F ${c}`), ...present.map((c) => `-X ${c}`), 'COMMIT');
+  }
+  return out.length === 0 ? null : `${out.join('\n')}\n`;
+}

@@ -1,0 +1,65 @@
+// `egressd iptables --backend nft`: the rule set as an `nft -f` file, one table per family.
+
+import { type BuiltinChain, CHAINS, type Family, type Match, type RuleSet, type Target } from './rules.ts';
+
+function nftMatch(m: Match, family: Family): string[] {
+  const ip = family === 4 ? 'ip' : 'ip6';
+  const a: string[] = [];
+  // iptables spells an interface prefix "veth+", nftables "veth*".
+  if (m.inInterface !== undefined) a.push(`iifname "${m.inInterface.replace(/\+$/, '*')}"`);
+  if (m.outInterface !== undefined) a.push(`oifname "${m.outInterface.replace(/\+$/, '*')}"`);
+  if (m.uid !== undefined) a.push(`meta skuid ${m.uid}`);
+  if (m.source !== undefined) a.push(`${ip} saddr ${m.source}`);
+  if (m.destination !== undefined) a.push(`${ip} daddr ${m.destination}`);
+  if (m.protocol !== undefined) a.push(m.dport !== undefined ? `${m.protocol} dport ${m.dport}` : `meta l4proto ${m.protocol}`);
+  return a;
+}
+
+function nftTarget(t: Target, family: Family): string {
+  switch (t.kind) {
+    case 'jump':
+      return `jump ${CHAINS[t.chain].nft}`;
+    case 'return':
+      return 'return';
+    case 'redirect':
+      return `redirect to :${t.port}`;
+    case 'reject':
+      return family === 4 ? 'reject with icmp type port-unreachable' : 'reject with icmpv6 type port-unreachable';
+    case 'drop':
+      return 'drop';
+  }
+}
+
+const NFT_HOOK: Readonly<Record<BuiltinChain, string>> = { PREROUTING: 'prerouting', INPUT: 'input', FORWARD: 'forward', OUTPUT: 'output' };
+
+export function nftTableName(family: Family): string {
+  return `${family === 4 ? 'ip' : 'ip6'} egressd`;
+}
+
+/**
+ * An `nft -f` input that replaces egressd's table atomically: declaring the table first makes
+ * the delete valid when it does not exist yet, and all three lines are one transaction.
+ * One table per family (not `inet`) so that --family 4 and --family 6 are applied and removed
+ * independently, as with iptables and ip6tables.
+ */
+export function renderNft(rs: RuleSet): string {
+  const table = nftTableName(rs.family);
+  const out = [`table ${table}`, `delete table ${table}`, `table ${table} {`];
+  for (const c of rs.chains) {
+    const info = CHAINS[c.id];
+    out.push(`\tchain ${info.nft} {`);
+    if (info.hook !== null) {
+      // -100 is "dstnat", spelled numerically because nft 1.0 rejects the name on the output hook.
+      const priority = info.table === 'nat' ? '-100' : '0';
+      out.push(`\t\ttype ${info.table} hook ${NFT_HOOK[info.hook]} priority ${priority}; policy accept;`);
+    }
+    for (const r of c.rules) out.push(`\t\t${[...nftMatch(r.match, rs.family), nftTarget(r.target, rs.family)].join(' ')}`);
+    out.push('\t}');
+  }
+  out.push('}');
+  return `${out.join('\n')}\n`;
+}
+
+export function renderNftRemove(family: Family): string {
+  return `table ${nftTableName(family)}\ndelete table ${nftTableName(family)}\n`;
+}

@@ -1,0 +1,155 @@
+// `egressd iptables`: the firewall rules that send a sandbox's traffic to egressd. Prints them
+// (a shell script for iptables, an `nft -f` file for nftables), or with --apply / --remove changes
+// the kernel's tables. The rule set is plain data built by a pure function, so the unit tests
+// pin what is installed and the renderers only spell it.
+//
+// Everything lives in egressd's own chains (EGRESSD-*) or, for nftables, its own tables
+// (`ip egressd`, `ip6 egressd`), reached from the built-in chains by one jump each: applying
+// again refills the chains and adds no jump; removing deletes the jumps and the chains and
+// leaves every other rule where it was.
+//
+// This file: the rule set as plain data, built from the parsed options by a pure function.
+
+export type Family = 4 | 6;
+export type Backend = 'iptables' | 'nft';
+export type Mode = 'host' | 'sidecar';
+export type UdpPolicy = 'drop' | 'reject';
+export type Table = 'nat' | 'filter';
+export type BuiltinChain = 'PREROUTING' | 'INPUT' | 'FORWARD' | 'OUTPUT';
+
+export interface IptablesOptions {
+  readonly action: 'print' | 'apply' | 'remove';
+  readonly mode: Mode;
+  readonly backend: Backend;
+  readonly families: readonly Family[];
+  readonly interfaces: readonly string[];
+  /** Canonical CIDRs (network address, explicit prefix length). */
+  readonly sources: readonly string[];
+  readonly dnsServers: readonly string[];
+  readonly uid: number | null;
+  readonly udp: UdpPolicy;
+  readonly ports: { readonly http: number; readonly tls: number; readonly tcp: number };
+}
+
+export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp';
+
+interface ChainInfo {
+  readonly table: Table;
+  /** The built-in chain (iptables) or hook (nftables) that jumps here; null for a chain only jumped to. */
+  readonly hook: BuiltinChain | null;
+  readonly iptables: string;
+  readonly nft: string;
+}
+
+// nft reserves words like `redirect` and `udp`, so its chain names differ from iptables' ones.
+export const CHAINS: Readonly<Record<ChainId, ChainInfo>> = Object.freeze({
+  'nat-prerouting': { table: 'nat', hook: 'PREROUTING', iptables: 'EGRESSD-PREROUTING', nft: 'nat_prerouting' },
+  'nat-output': { table: 'nat', hook: 'OUTPUT', iptables: 'EGRESSD-OUTPUT', nft: 'nat_output' },
+  redirect: { table: 'nat', hook: null, iptables: 'EGRESSD-REDIRECT', nft: 'redirect_tcp' },
+  'filter-input': { table: 'filter', hook: 'INPUT', iptables: 'EGRESSD-INPUT', nft: 'filter_input' },
+  'filter-forward': { table: 'filter', hook: 'FORWARD', iptables: 'EGRESSD-FORWARD', nft: 'filter_forward' },
+  'filter-output': { table: 'filter', hook: 'OUTPUT', iptables: 'EGRESSD-OUTPUT', nft: 'filter_output' },
+  udp: { table: 'filter', hook: null, iptables: 'EGRESSD-UDP', nft: 'limit_udp' },
+});
+
+export interface Match {
+  readonly inInterface?: string;
+  readonly outInterface?: string;
+  readonly source?: string;
+  readonly destination?: string;
+  readonly protocol?: 'tcp' | 'udp';
+  readonly dport?: number;
+  readonly uid?: number;
+}
+
+export type Target =
+  | { readonly kind: 'jump'; readonly chain: ChainId }
+  | { readonly kind: 'return' }
+  | { readonly kind: 'redirect'; readonly port: number }
+  /** ICMP (v6: ICMPv6) port unreachable: the client's connect fails at once instead of timing out. */
+  | { readonly kind: 'reject' }
+  | { readonly kind: 'drop' };
+
+export interface Rule {
+  readonly match: Match;
+  readonly target: Target;
+}
+
+export interface Chain {
+  readonly id: ChainId;
+  readonly rules: readonly Rule[];
+}
+
+export interface RuleSet {
+  readonly family: Family;
+  readonly mode: Mode;
+  /** In dependency order: a chain comes after the chains it jumps to. */
+  readonly chains: readonly Chain[];
+}
+
+export const DEFAULT_PORTS = Object.freeze({ http: 15080, tls: 15443, tcp: 15001 });
+
+/**
+ * The rules for one address family, in evaluation order.
+ *
+ * redirect chain (nat): TCP to a listed DNS server's port 53 returns untouched; then 80 → http
+ * listener, 443 → tls listener, every other TCP port → tcp listener.
+ * udp chain (filter): UDP to a listed DNS server's port 53 returns; UDP 443 is rejected so QUIC
+ * clients fall back to TCP at once; every other UDP is rejected or dropped (`--udp`).
+ * host mode: traffic that arrives through a listed interface or from a listed source CIDR
+ * enters those chains from nat PREROUTING (TCP) and filter INPUT and FORWARD (UDP).
+ * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
+ * egressd's own (its uid) and traffic to loopback.
+ */
+export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet {
+  const dns = options.dnsServers.filter((a) => cidrFamily(a) === family);
+  const redirect: Rule[] = [
+    ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'tcp', dport: 53 }, target: { kind: 'return' } })),
+    { match: { protocol: 'tcp', dport: 80 }, target: { kind: 'redirect', port: options.ports.http } },
+    { match: { protocol: 'tcp', dport: 443 }, target: { kind: 'redirect', port: options.ports.tls } },
+    { match: { protocol: 'tcp' }, target: { kind: 'redirect', port: options.ports.tcp } },
+  ];
+  const udp: Rule[] = [
+    ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'udp', dport: 53 }, target: { kind: 'return' } })),
+    { match: { protocol: 'udp', dport: 443 }, target: { kind: 'reject' } },
+    { match: { protocol: 'udp' }, target: { kind: options.udp } },
+  ];
+  const chains: Chain[] = [
+    { id: 'redirect', rules: redirect },
+    { id: 'udp', rules: udp },
+  ];
+  if (options.mode === 'host') {
+    const selectors: Match[] = [
+      ...options.interfaces.map((i): Match => ({ inInterface: i })),
+      ...options.sources.filter((c) => cidrFamily(c) === family).map((c): Match => ({ source: c })),
+    ];
+    const to = (protocol: 'tcp' | 'udp', chain: ChainId): Rule[] => selectors.map((m) => ({ match: { ...m, protocol }, target: { kind: 'jump', chain } }));
+    chains.push(
+      { id: 'nat-prerouting', rules: to('tcp', 'redirect') },
+      { id: 'filter-input', rules: to('udp', 'udp') },
+      { id: 'filter-forward', rules: to('udp', 'udp') },
+    );
+  } else {
+    // REDIRECT in OUTPUT rewrites to a loopback address, so egressd's own dials (its uid) and
+    // loopback traffic must be left alone or every connection would loop back into egressd.
+    const exempt: Rule[] = [
+      { match: { uid: options.uid ?? 0 }, target: { kind: 'return' } },
+      { match: { outInterface: 'lo' }, target: { kind: 'return' } },
+      { match: { destination: family === 4 ? '127.0.0.0/8' : '::1/128' }, target: { kind: 'return' } },
+    ];
+    chains.push(
+      { id: 'nat-output', rules: [...exempt, { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'redirect' } }] },
+      { id: 'filter-output', rules: [...exempt, { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } }] },
+    );
+  }
+  return { family, mode: options.mode, chains };
+}
+
+/** The family of a canonical CIDR or address. */
+export function cidrFamily(cidr: string): Family {
+  return cidr.includes(':') ? 6 : 4;
+}
+
+function hostCidr(addr: string): string {
+  return cidrFamily(addr) === 4 ? `${addr}/32` : `${addr}/128`;
+}
