@@ -25,6 +25,8 @@ export interface Timing {
   readonly dropFirst?: number;
   /** Queries of these types are never answered (a resolver that drops AAAA). */
   readonly silentTypes?: readonly QueryType[];
+  /** Answers carry the TC bit (RFC 1035 §4.1.1): the client should ask again over TCP. */
+  readonly truncate?: boolean;
 }
 
 export type QueryType = 'A' | 'AAAA' | 'other';
@@ -111,7 +113,7 @@ export class DnsTestServer {
     const header = Buffer.alloc(12);
     header.writeUInt16BE(msg.readUInt16BE(0), 0);
     // QR=1, the query's opcode and RD, RA=1 (RFC 1035 §4.1.1).
-    const flags = 0x8000 | (msg.readUInt16BE(2) & 0x7900) | 0x0080 | rcode;
+    const flags = 0x8000 | (msg.readUInt16BE(2) & 0x7900) | 0x0080 | (b.truncate ? 0x0200 : 0) | rcode;
     header.writeUInt16BE(flags, 2);
     header.writeUInt16BE(1, 4);
     header.writeUInt16BE(answers.length, 6);

@@ -2,6 +2,8 @@
 // answer, TTL and failure is chosen here, and the server counts what was actually asked. Cache
 // expiry runs on an injected clock, so no test waits for a TTL to pass.
 
+import { createServer, type Socket } from 'node:net';
+import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
@@ -288,3 +290,38 @@ describe('NameResolver: answers within the timeout', () => {
     expect(dns.count('split.test', 'AAAA')).toBe(1);
   });
 });
+
+// RFC 7766 §5: a truncated UDP answer is asked again over TCP. The UDP side is the test server
+// with the TC bit forced on; the TCP side a small server of this test's own on the same port.
+describe('NameResolver: truncated answers', () => {
+  it('asks again over TCP when the UDP answer is truncated, and uses the TCP answer', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    dns.set('big.test', { kind: 'answer', a: ['192.0.2.40'], ttl: 60, truncate: true });
+    const port = Number(dns.server.split(':').pop());
+    let tcpQueries = 0;
+    const tcp = createServer((s: Socket) => {
+      s.on('error', () => {});
+      let buf = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
+        const q = packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+        tcpQueries++;
+        const question = q.questions![0]!;
+        const answers: packet.Answer[] =
+          question.type === 'A' ? Array.from({ length: 40 }, (_, i) => ({ type: 'A' as const, name: question.name, ttl: 60, data: `192.0.2.${100 + i}` })) : [];
+        s.end(packet.streamEncode({ type: 'response', id: q.id, flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE, questions: q.questions, answers }));
+      });
+    });
+    await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
+    onTestFinished(() => void tcp.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 2_000 });
+    onTestFinished(() => resolver.close());
+    const r = await resolver.resolve('big.test');
+    expect(r).toMatchObject({ ok: true });
+    if (r.ok) expect(r.addresses).toHaveLength(40);
+    expect(tcpQueries).toBeGreaterThanOrEqual(1);
+  });
+});
+
