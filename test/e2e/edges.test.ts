@@ -40,6 +40,8 @@ const ZONE: Record<string, Behaviour> = {
   // AAAA never answered: the A answer is used, and cached for its own TTL.
   'noaaaa.test': { kind: 'answer', a: [REAL], ttl: 60, silentTypes: ['AAAA'] },
   'blocked.test': { kind: 'answer', a: [BLOCKED], ttl: 60 },
+  // An allowed name whose address is the host's own.
+  'selfie.test': { kind: 'answer', a: ['198.18.0.1'], aaaa: ['2001:db8:0:1::1'], ttl: 60 },
 };
 
 const skip = rigUnavailableReason();
@@ -83,7 +85,7 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
           network: {
             mode: 'block-all',
             egress: {
-              allowed_domains: ['slow.test', 'lossy.test', 'noaaaa.test'],
+              allowed_domains: ['slow.test', 'lossy.test', 'noaaaa.test', 'selfie.test'],
               // The policy names the host's addresses outright: they stay refused all the same.
               allowed_cidrs: ['198.18.0.0/24', `${HOST_V4_REACHABLE}/32`, '2001:db8:0:1::/64', `${HOST_V6}/128`],
             },
@@ -139,6 +141,15 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
         const o = await outcome(`${HOST_V4_REACHABLE}:${port}`);
         expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `egressd's own listener ${HOST_V4_REACHABLE}:${port}` });
       }
+    });
+
+    it('never dials the host through an allowed name that resolves to it', async () => {
+      const before = rig.events().length;
+      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `selfie.test:80:${REAL}`, 'http://selfie.test/']);
+      expect(r.stdout).toBe('403');
+      const o = await outcome(`${REAL}:80`, (l) => l['name'] === 'selfie.test');
+      expect(o).toMatchObject({ verdict: 'refuse', dialed: null });
+      expect(rig.events().slice(before).filter((e) => e.event === 'accept')).toEqual([]);
     });
 
     it('reaches the host service on the address the dedicated key names, and only there', async () => {
