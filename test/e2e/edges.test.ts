@@ -145,11 +145,27 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
 
     it('never dials the host through an allowed name that resolves to it', async () => {
       const before = rig.events().length;
-      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `selfie.test:80:${REAL}`, 'http://selfie.test/']);
+      const r = await inSandbox('curl', [
+        '-sS',
+        '--max-time',
+        '10',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '--resolve',
+        `selfie.test:80:${REAL}`,
+        'http://selfie.test/',
+      ]);
       expect(r.stdout).toBe('403');
       const o = await outcome(`${REAL}:80`, (l) => l['name'] === 'selfie.test');
       expect(o).toMatchObject({ verdict: 'refuse', dialed: null });
-      expect(rig.events().slice(before).filter((e) => e.event === 'accept')).toEqual([]);
+      expect(
+        rig
+          .events()
+          .slice(before)
+          .filter((e) => e.event === 'accept'),
+      ).toEqual([]);
     });
 
     it('reaches the host service on the address the dedicated key names, and only there', async () => {

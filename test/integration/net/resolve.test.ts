@@ -311,7 +311,9 @@ describe('NameResolver: truncated answers', () => {
         const question = q.questions![0]!;
         const answers: packet.Answer[] =
           question.type === 'A' ? Array.from({ length: 40 }, (_, i) => ({ type: 'A' as const, name: question.name, ttl: 60, data: `192.0.2.${100 + i}` })) : [];
-        s.end(packet.streamEncode({ type: 'response', id: q.id, flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE, questions: q.questions, answers }));
+        s.end(
+          packet.streamEncode({ type: 'response', id: q.id, flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE, questions: q.questions, answers }),
+        );
       });
     });
     await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
@@ -324,4 +326,3 @@ describe('NameResolver: truncated answers', () => {
     expect(tcpQueries).toBeGreaterThanOrEqual(1);
   });
 });
-
