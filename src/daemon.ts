@@ -26,6 +26,8 @@ import { DnsListener } from './dns/listener.ts';
 import { ResolvedNames } from './dns/memory.ts';
 import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
+import { canonicalSource } from './config/schema.ts';
+import { LimitsController, type SourceLimits } from './limits/controller.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 
@@ -50,7 +52,14 @@ export function catalogOf(config: Config): string[] {
 }
 
 export function configSandboxRecords(config: Config): SandboxRecord[] {
-  return config.sandboxes.map((s) => ({ id: s.id, sources: s.sources, org: s.org, network: s.networkBody, origin: 'config' as const }));
+  return config.sandboxes.map((s) => ({
+    id: s.id,
+    sources: s.sources,
+    org: s.org,
+    network: s.networkBody,
+    origin: 'config' as const,
+    ...(s.limits !== null ? { limits: s.limits } : {}),
+  }));
 }
 
 export class Daemon {
@@ -71,6 +80,7 @@ export class Daemon {
   readonly dnsForwarder: Forwarder;
   readonly dns: DnsService;
   readonly admin: AdminServer;
+  readonly limits: LimitsController;
   readonly #outcomeListeners: OutcomeListener[] = [];
   readonly #originalDst: PipelineDeps['originalDst'];
   #state: DaemonState = 'starting';
@@ -120,9 +130,16 @@ export class Daemon {
       );
     }
     this.metrics.dnsRemembered(() => ({ total: this.dnsMemory.total }));
+    this.limits = new LimitsController(
+      () => this.#config.limits,
+      log,
+      this.metrics,
+      (source) => this.sourceLimits(source),
+    );
     const onConnection = (socket: Socket, kind: Listener['kind']): void => this.#accept(socket, kind);
+    const onAcceptError = (err: NodeJS.ErrnoException, kind: Listener['kind']): void => this.limits.acceptError(err, kind);
     for (const kind of ['http', 'tls', 'tcp'] as const) {
-      for (const ep of config.listen[kind]) this.listeners.push(new Listener(kind, ep, onConnection));
+      for (const ep of config.listen[kind]) this.listeners.push(new Listener(kind, ep, onConnection, onAcceptError));
     }
     this.admin = new AdminServer(config.admin.listen, () => this.readiness());
     this.admin.route({
@@ -135,6 +152,12 @@ export class Daemon {
       },
     });
     mountApi(this.admin, this.control, {
+      connections: (id) => {
+        const r = this.control.sandbox(id);
+        const org = r?.org ? this.control.orgRecord(r.org) : undefined;
+        return this.limits.sandboxView(id, { sandbox: id, sandboxLimits: r?.limits, orgLimits: org?.limits });
+      },
+      top: () => ({ ...this.limits.snapshot(), top: this.limits.top() }),
       token: () => this.#config.admin.token,
       maxBodyBytes: config.admin.maxBodyBytes,
       onRefused: () => this.metrics.policyChangesRefused.inc({ source: 'api' }),
@@ -162,7 +185,19 @@ export class Daemon {
     if (down) return { ready: false, reason: `Listener ${down.kind} ${down.endpoint.text} is ${down.status.state}` };
     const addon = nativeAddonStatus();
     if (!addon.ok) return { ready: false, reason: addon.reason };
-    return { ready: true };
+    // Shedding load is working as designed: still ready (a restart would cut every open
+    // connection), with the reason for whoever looks.
+    const overloaded = this.limits.overloadReason();
+    return overloaded === null ? { ready: true } : { ready: true, overloaded };
+  }
+
+  /** The sandbox a source address belongs to and the limits its record and organization set. */
+  sourceLimits(source: string): SourceLimits {
+    const id = this.store.ownerOf(source);
+    if (id === null) return { sandbox: null };
+    const r = this.control.sandbox(id);
+    const org = r?.org ? this.control.orgRecord(r.org) : undefined;
+    return { sandbox: id, sandboxLimits: r?.limits, orgLimits: org?.limits };
   }
 
   async start(): Promise<void> {
@@ -207,6 +242,7 @@ export class Daemon {
       { host: this.#config.admin.listen.host, port: this.admin.port ?? this.#config.admin.listen.port },
     ]);
     this.host.start();
+    this.limits.start();
     this.#state = 'serving';
     this.log.info(
       {
@@ -251,6 +287,8 @@ export class Daemon {
         ['state', (c: Config) => c.state],
         ['metrics', (c: Config) => c.metrics],
         ['log', (c: Config) => c.log],
+        ['limits.global', (c: Config) => c.limits.global],
+        ['limits.memory', (c: Config) => c.limits.memory],
       ] as const
     )
       .filter(([, k]) => !same(k))
@@ -269,6 +307,8 @@ export class Daemon {
       socket.resetAndDestroy();
       return;
     }
+    const ticket = this.limits.admit(socket, kind, canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress));
+    if (ticket === null) return;
     this.metrics.accepted(kind);
     const p = handleConnection(socket, kind, {
       config: () => this.#config,
@@ -278,9 +318,13 @@ export class Daemon {
       dnsMemory: this.dnsMemory,
       originalDst: this.#originalDst,
       emit: (o) => this.#emit(o),
+      onDecided: () => ticket.decided(),
     });
     this.#pending.add(p);
-    void p.finally(() => this.#pending.delete(p));
+    void p.finally(() => {
+      ticket.release();
+      this.#pending.delete(p);
+    });
   }
 
   /**
@@ -405,6 +449,7 @@ export class Daemon {
     this.resolver.close();
     this.host.stop();
     this.dnsForwarder.close();
+    this.limits.stop();
     await this.admin.close();
     this.control.close();
     this.#state = 'stopped';

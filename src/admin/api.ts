@@ -23,6 +23,10 @@ export interface ApiOptions {
   readonly onRefused?: (e: ChangeError) => void;
   /** What the DNS listener remembers per sandbox (names and the addresses they gave). */
   readonly dnsMemory?: Pick<ResolvedNames, 'view' | 'top' | 'total'>;
+  /** A sandbox's open and undecided connections now, and the limits that apply to it. */
+  readonly connections?: (id: string) => unknown;
+  /** The global limits, counts and the sandboxes holding the most connections (GET /api/v1/limits). */
+  readonly top?: () => unknown;
 }
 
 const ID = '([A-Za-z0-9][A-Za-z0-9._-]{0,127})';
@@ -72,7 +76,15 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   };
   const view = (r: SandboxRecord) => {
     const { warnings, ...network } = renderNetwork(networkOf(r));
-    return { id: r.id, sources: r.sources, org: r.org, origin: r.origin, network, ...(warnings ? { warnings: prefixed(warnings) } : {}) };
+    return {
+      id: r.id,
+      sources: r.sources,
+      org: r.org,
+      origin: r.origin,
+      network,
+      ...(r.limits ? { limits: r.limits } : {}),
+      ...(warnings ? { warnings: prefixed(warnings) } : {}),
+    };
   };
   const get = (id: string): SandboxRecord => {
     const r = cp.sandbox(id);
@@ -89,7 +101,15 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       sendJson(res, r.created ? 201 : 200, view(r.record));
     }),
   });
-  admin.route({ method: 'GET', path: new RegExp(`^/api/v1/sandboxes/${ID}$`), handler: guarded((_q, res, [id]) => sendJson(res, 200, view(get(id!)))) });
+  admin.route({
+    method: 'GET',
+    path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
+    handler: guarded((_q, res, [id]) => {
+      const r = get(id!);
+      sendJson(res, 200, { ...view(r), ...(opts.connections ? { connections: opts.connections(r.id) } : {}) });
+    }),
+  });
+  admin.route({ method: 'GET', path: /^\/api\/v1\/limits$/, handler: guarded((_q, res) => sendJson(res, 200, opts.top?.() ?? {})) });
   admin.route({
     method: 'DELETE',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),

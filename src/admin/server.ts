@@ -3,7 +3,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Endpoint } from '../config/schema.ts';
 
-export type Readiness = { ready: true } | { ready: false; reason: string };
+/** Ready, possibly shedding new connections (`overloaded` says why), or not ready with the reason. */
+export type Readiness = { ready: true; overloaded?: string } | { ready: false; reason: string };
 
 export interface Route {
   readonly method: string;
@@ -31,7 +32,14 @@ export class AdminServer {
       path: /^\/readyz$/,
       handler: (_q, res) => {
         const r = readiness();
-        sendJson(res, r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not-ready', reason: r.reason });
+        // Overloaded is still 200: egressd is alive and serving, it sheds new connections by
+        // design; a probe that restarted it would cut every connection it carries.
+        const body = !r.ready
+          ? { status: 'not-ready', reason: r.reason }
+          : r.overloaded !== undefined
+            ? { status: 'ready', overloaded: true, reason: r.overloaded }
+            : { status: 'ready' };
+        sendJson(res, r.ready ? 200 : 503, body);
       },
     });
     this.#server = createServer((req, res) => void this.#dispatch(req, res));

@@ -8,6 +8,7 @@ import { parseNetworkBody } from '../policy/network-body.ts';
 import { validateCidr } from '../policy/validate.ts';
 import { normalizePattern } from '../match/names.ts';
 import { IssueList, optBool, deepFreeze, describe, objectWithKeys, optEnum, optInt, optString, optStringArray, quote } from '../util/fields.ts';
+import { parseLimits, type LimitsOverride, type SandboxLimits } from '../limits/limits-body.ts';
 
 export interface Endpoint {
   readonly host: string;
@@ -31,6 +32,28 @@ export interface SandboxConfig {
   /** The policy body as written (any dialect), kept so the control plane re-reads it by one path. */
   readonly networkBody: unknown;
   readonly network: DialectResult;
+  /** This sandbox's own limits (each key absent falls back to its organization's, then limits.sandbox). */
+  readonly limits: LimitsOverride | null;
+}
+
+export interface LimitsConfig {
+  /** The default per-sandbox limits. */
+  readonly sandbox: SandboxLimits;
+  readonly global: {
+    /** An explicit cap on connections in total, below what the descriptor limit allows; null for none. */
+    readonly connections: number | null;
+    /** Descriptors kept back from proxied connections for the admin listener, DNS, the state file, logs. */
+    readonly reserveDescriptors: number;
+    /** The fraction of the global connection budget one sandbox may hold. */
+    readonly sandboxShare: number;
+  };
+  readonly memory: {
+    /** A cap on RSS in bytes (null: only the cgroup's memory.max and V8's heap limit apply). */
+    readonly maxBytes: number | null;
+    /** Memory pressure (0..1) at which new connections are shed. */
+    readonly shedAt: number;
+    readonly intervalMs: number;
+  };
 }
 
 export type OnPolicyChange = 'close' | 'keep';
@@ -96,6 +119,7 @@ export interface Config {
   readonly shutdown: { readonly drainMs: number };
   readonly metrics: { readonly sandboxLabel: boolean };
   readonly log: { readonly level: LogLevel; readonly destination: string | null };
+  readonly limits: LimitsConfig;
 }
 
 const BLOCK_EVERYTHING: unknown = { mode: 'block-all' };
@@ -132,6 +156,12 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   shutdown: { drainMs: 30_000 },
   metrics: { sandboxLabel: false },
   log: { level: 'info', destination: null },
+  // Why these numbers: docs/config.md, "limits".
+  limits: {
+    sandbox: { connections: 1024, undecided: 256, perSecond: 200, burst: 400 },
+    global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
+    memory: { maxBytes: null, shedAt: 0.9, intervalMs: 250 },
+  },
 });
 
 const TOP_KEYS = [
@@ -151,6 +181,7 @@ const TOP_KEYS = [
   'shutdown',
   'metrics',
   'log',
+  'limits',
 ];
 
 export function parseEndpoint(text: string): Endpoint | string {
@@ -294,7 +325,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (Array.isArray(sbIn)) {
     sbIn.forEach((raw, i) => {
       const f = `sandboxes[${i}]`;
-      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network'], issues);
+      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network', 'limits'], issues);
       if (!sb) return;
       const id = optString(sb['id'], `${f}.id`, issues);
       if (sb['id'] === undefined) issues.add(`${f}.id`, 'Missing required field "id"');
@@ -317,8 +348,10 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
       if (org !== undefined && !SANDBOX_ID.test(org)) issues.add(`${f}.org`, `Expected an organization id, got ${quote(org)}`);
       if (sb['network'] === undefined) issues.add(`${f}.network`, 'Missing required field "network"');
       const network = sb['network'] === undefined ? undefined : policyAt(sb['network'], `${f}.network`, issues);
+      const limits = sb['limits'] === undefined ? null : parseLimits(sb['limits'], `${f}.limits`);
+      if (limits !== null && !limits.ok) for (const x of limits.issues) issues.add(x.field, x.reason);
       if (id !== undefined && network !== undefined) {
-        sandboxes.push({ id, sources: canon, org: org ?? null, networkBody: sb['network'], network });
+        sandboxes.push({ id, sources: canon, org: org ?? null, networkBody: sb['network'], network, limits: limits?.ok ? limits.value : null });
       }
     });
   }
@@ -341,6 +374,8 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const level = optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
   const destination = optString(logIn?.['destination'], 'log.destination', issues) ?? null;
 
+  const connectionLimits = limitsAt(root['limits'], issues);
+
   if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.issues };
   const config: Config = {
     listen,
@@ -359,8 +394,45 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     shutdown: { drainMs },
     metrics: { sandboxLabel },
     log: { level, destination },
+    limits: connectionLimits,
   };
   return { ok: true, config: deepFreeze(config) };
+}
+
+function optRatio(v: unknown, field: string, min: number, max: number, issues: IssueList): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
+    issues.add(field, `Expected a number from ${min} to ${max}, got ${describe(v)}`);
+    return undefined;
+  }
+  return v;
+}
+
+function limitsAt(v: unknown, issues: IssueList): LimitsConfig {
+  const d = (DEFAULT_DOCUMENT as Record<string, any>)['limits'];
+  const root = v === undefined ? {} : objectWithKeys(v, 'limits', ['sandbox', 'global', 'memory'], issues);
+  const sb = root?.['sandbox'] === undefined ? null : parseLimits(root['sandbox'], 'limits.sandbox');
+  if (sb !== null && !sb.ok) for (const x of sb.issues) issues.add(x.field, x.reason);
+  const g =
+    root?.['global'] === undefined ? {} : objectWithKeys(root['global'], 'limits.global', ['connections', 'reserveDescriptors', 'sandboxShare'], issues);
+  const m = root?.['memory'] === undefined ? {} : objectWithKeys(root['memory'], 'limits.memory', ['maxBytes', 'shedAt', 'intervalMs'], issues);
+  return {
+    sandbox: { ...d['sandbox'], ...(sb?.ok ? sb.value : {}) },
+    global: {
+      connections:
+        g?.['connections'] === null ? null : (optInt(g?.['connections'], 'limits.global.connections', 1, 10_000_000, issues) ?? d['global']['connections']),
+      reserveDescriptors: optInt(g?.['reserveDescriptors'], 'limits.global.reserveDescriptors', 16, 1_000_000, issues) ?? d['global']['reserveDescriptors'],
+      sandboxShare: optRatio(g?.['sandboxShare'], 'limits.global.sandboxShare', 0.01, 1, issues) ?? d['global']['sandboxShare'],
+    },
+    memory: {
+      maxBytes:
+        m?.['maxBytes'] === null
+          ? null
+          : (optInt(m?.['maxBytes'], 'limits.memory.maxBytes', 16 * 1_048_576, Number.MAX_SAFE_INTEGER, issues) ?? d['memory']['maxBytes']),
+      shedAt: optRatio(m?.['shedAt'], 'limits.memory.shedAt', 0.1, 1, issues) ?? d['memory']['shedAt'],
+      intervalMs: optInt(m?.['intervalMs'], 'limits.memory.intervalMs', 10, 60_000, issues) ?? d['memory']['intervalMs'],
+    },
+  };
 }
 
 export const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

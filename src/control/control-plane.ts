@@ -9,6 +9,7 @@ import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
 import type { DialectResult } from '../policy/model.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
+import { parseLimits, type LimitsOverride } from '../limits/limits-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
 import type { EntryKind, StateStore, StoredEntry } from './state-store.ts';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
@@ -22,12 +23,16 @@ export interface SandboxRecord {
   readonly org: string | null;
   readonly network: unknown;
   readonly origin: ChangeSource;
+  /** Connection limits of this sandbox alone (limits/limits-body.ts); absent: its org's, then the config's. */
+  readonly limits?: LimitsOverride;
 }
 
 export interface OrgRecord {
   readonly id: string;
   readonly tier: Tier | null;
   readonly network: unknown;
+  /** Connection limits for each sandbox of the organization, unless the sandbox sets its own. */
+  readonly limits?: LimitsOverride;
 }
 
 /** The version-1 JSON state egressd wrote before the SQLite store; read once and converted. */
@@ -251,7 +256,8 @@ export class ControlPlane {
     if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
     if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
     for (const k of Object.keys(body)) {
-      if (!['sources', 'org', 'network'].includes(k)) issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are sources, org, network` });
+      if (!['sources', 'org', 'network', 'limits'].includes(k))
+        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are sources, org, network, limits` });
     }
     const sources: string[] = [];
     const rawSources = body['sources'];
@@ -270,6 +276,8 @@ export class ControlPlane {
     }
     const network = parseNetwork(body['network'] ?? { mode: 'block-all' }, 'network');
     if (!network.ok) issues.push(...network.issues);
+    const limits = body['limits'] === undefined ? null : parseLimits(body['limits'], 'limits');
+    if (limits !== null && !limits.ok) issues.push(...limits.issues);
     if (issues.length > 0 || !network.ok) return invalid(issues);
     const orgId = typeof org === 'string' ? org : null;
     if (orgId !== null && !this.#orgs.has(orgId)) return notFound(`Organization ${quote(orgId)} does not exist`);
@@ -281,7 +289,14 @@ export class ControlPlane {
       const owner = this.store.ownerOf(s);
       if (owner !== null && owner !== id) return conflict(`Source ${quote(s)} belongs to sandbox ${quote(owner)}`, `sources[${i}]`);
     }
-    const record: SandboxRecord = { id, sources, org: orgId, network: body['network'] ?? { mode: 'block-all' }, origin: source };
+    const record: SandboxRecord = {
+      id,
+      sources,
+      org: orgId,
+      network: body['network'] ?? { mode: 'block-all' },
+      origin: source,
+      ...(limits?.ok ? { limits: limits.value } : {}),
+    };
     return { ok: true, value: { record, network: network.value } };
   }
 
@@ -308,7 +323,7 @@ export class ControlPlane {
   putNetwork(id: string, network: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
     const r = this.#records.get(id);
     if (!r) return Promise.resolve(notFound(`Sandbox ${quote(id)} does not exist`));
-    return this.putSandbox(id, { sources: r.sources, ...(r.org !== null ? { org: r.org } : {}), network }, actor);
+    return this.putSandbox(id, { sources: r.sources, ...(r.org !== null ? { org: r.org } : {}), ...(r.limits ? { limits: r.limits } : {}), network }, actor);
   }
 
   deleteSandbox(id: string, actor = 'api'): Promise<ChangeResult<SandboxRecord>> {
@@ -329,7 +344,7 @@ export class ControlPlane {
     if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
     if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
     for (const k of Object.keys(body)) {
-      if (!['tier', 'network'].includes(k)) issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are tier, network` });
+      if (!['tier', 'network', 'limits'].includes(k)) issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are tier, network, limits` });
     }
     const tier = body['tier'];
     if (tier !== undefined && !(tier === 1 || tier === 2 || tier === 3 || tier === 4)) {
@@ -343,9 +358,12 @@ export class ControlPlane {
       if (!n.ok) issues.push(...n.issues);
       else network = n.value;
     }
+    const limits = body['limits'] === undefined || body['limits'] === null ? null : parseLimits(body['limits'], 'limits');
+    if (limits !== null && !limits.ok) issues.push(...limits.issues);
     if (issues.length > 0) return invalid(issues);
     const t = (tier ?? null) as Tier | null;
-    return { ok: true, value: { record: { id, tier: t, network: body['network'] ?? null }, def: { id, tier: t, network } } };
+    const record: OrgRecord = { id, tier: t, network: body['network'] ?? null, ...(limits?.ok ? { limits: limits.value } : {}) };
+    return { ok: true, value: { record, def: { id, tier: t, network } } };
   }
 
   #applyOrg(record: OrgRecord, def: OrgDefinition): void {

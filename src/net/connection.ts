@@ -33,6 +33,8 @@ export interface PipelineDeps {
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
+  /** Called once the verdict is made (the connection stops counting as undecided). */
+  readonly onDecided?: () => void;
 }
 
 export async function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
@@ -204,6 +206,7 @@ async function run(
       viaDns = true;
     }
   }
+  deps.onDecided?.();
   live.facts = facts;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
   o.verdict = 'allow';

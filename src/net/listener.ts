@@ -13,12 +13,21 @@ export class Listener {
   #server: Server;
   #status: ListenerStatus = { state: 'idle' };
 
-  constructor(kind: ListenerKind, endpoint: Endpoint, onConnection: (socket: Socket, kind: ListenerKind) => void) {
+  constructor(
+    kind: ListenerKind,
+    endpoint: Endpoint,
+    onConnection: (socket: Socket, kind: ListenerKind) => void,
+    onAcceptError: (err: NodeJS.ErrnoException, kind: ListenerKind) => void = () => {},
+  ) {
     this.kind = kind;
     this.endpoint = endpoint;
     // allowHalfOpen: a client's FIN must be carried upstream, not answered by closing our side.
     this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => onConnection(socket, kind));
-    this.#server.on('error', (err) => {
+    this.#server.on('error', (err: NodeJS.ErrnoException) => {
+      // accept(2) failing (EMFILE, ENFILE, ENOBUFS) leaves the socket listening: libuv closes
+      // the waiting connections with its reserve descriptor and accepting goes on as soon as
+      // descriptors free up. A failed accept is shed load, not a dead listener.
+      if (err.syscall === 'accept' && this.#server.listening) return onAcceptError(err, kind);
       this.#status = { state: 'failed', error: err.message };
     });
   }

@@ -28,7 +28,11 @@ export type OutcomeReason =
   | 'upstream-failed'
   | 'policy-changed'
   | 'shutdown'
-  | 'internal-error';
+  | 'internal-error'
+  // Refused at accept by admission control (limits/admission.ts), before a byte was read.
+  | 'sandbox-limit'
+  | 'global-limit'
+  | 'overload';
 
 export interface ConnectionOutcome {
   readonly listener: ListenerKind;

@@ -11,6 +11,20 @@ export interface MetricsOptions {
   readonly sandboxLabel: boolean;
 }
 
+/** What the limits hold now (limits/controller.ts), read at scrape time. */
+export interface LimitsSnapshot {
+  readonly nofileSoft: number | null;
+  readonly nofileHard: number | null;
+  readonly openDescriptors: number | null;
+  readonly globalConnections: number | null;
+  readonly sandboxShare: number | null;
+  readonly open: number;
+  readonly undecided: number;
+  readonly memoryPressure: number;
+  readonly memoryLimitBytes: number | null;
+  readonly overloaded: { readonly memory: boolean; readonly descriptors: boolean };
+}
+
 const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export class Metrics {
@@ -37,6 +51,15 @@ export class Metrics {
   readonly dnsAnswerCacheHits: Counter;
   readonly dnsRememberedAddresses: Gauge;
   #remembered: () => { total: number } = () => ({ total: 0 });
+  readonly acceptErrors: Counter<'code'>;
+  readonly limitDescriptors: Gauge<'kind'>;
+  readonly openDescriptors: Gauge;
+  readonly limitConnections: Gauge<'scope'>;
+  readonly admittedConnections: Gauge<'state'>;
+  readonly memoryPressure: Gauge;
+  readonly memoryLimit: Gauge;
+  readonly overloaded: Gauge<'resource'>;
+  #limits: (() => LimitsSnapshot) | null = null;
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
@@ -156,7 +179,93 @@ export class Metrics {
         this.set(remembered());
       },
     });
+    this.acceptErrors = new Counter({
+      name: 'egressd_accept_errors_total',
+      help: 'accept(2) failures on the listeners, by errno (EMFILE, ENFILE, ...): connections the kernel could not hand over.',
+      labelNames: ['code'],
+      registers,
+    });
+    // The limits' gauges are read from the controller at scrape time, so they cost nothing
+    // between scrapes; unset until the daemon attaches its limits.
+    const limits = (): LimitsSnapshot | null => this.#limits?.() ?? null;
+    const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
+      if (v !== null && v !== undefined) g.set(labels, v);
+    };
+    this.limitDescriptors = new Gauge({
+      name: 'egressd_limit_descriptors',
+      help: 'RLIMIT_NOFILE in force, by kind (soft: raised to the hard limit at start; hard).',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const s = limits();
+        setIf(this, { kind: 'soft' }, s?.nofileSoft);
+        setIf(this, { kind: 'hard' }, s?.nofileHard);
+      },
+    });
+    this.openDescriptors = new Gauge({
+      name: 'egressd_open_descriptors',
+      help: 'Descriptors the process has open now.',
+      registers,
+      collect() {
+        setIf(this, {}, limits()?.openDescriptors);
+      },
+    });
+    this.limitConnections = new Gauge({
+      name: 'egressd_limit_connections',
+      help: 'Connections egressd may hold, by scope: global (the descriptor budget: RLIMIT_NOFILE minus the reserve, two per connection) and sandbox_share (what one sandbox may hold of it).',
+      labelNames: ['scope'],
+      registers,
+      collect() {
+        const s = limits();
+        setIf(this, { scope: 'global' }, s?.globalConnections);
+        setIf(this, { scope: 'sandbox_share' }, s?.sandboxShare);
+      },
+    });
+    this.admittedConnections = new Gauge({
+      name: 'egressd_admitted_connections',
+      help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked).',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = limits();
+        setIf(this, { state: 'open' }, s?.open);
+        setIf(this, { state: 'undecided' }, s?.undecided);
+      },
+    });
+    this.memoryPressure = new Gauge({
+      name: 'egressd_memory_pressure_ratio',
+      help: 'The highest memory pressure (used / limit) of the cgroup working set, RSS and V8 heap monitors.',
+      registers,
+      collect() {
+        setIf(this, {}, limits()?.memoryPressure);
+      },
+    });
+    this.memoryLimit = new Gauge({
+      name: 'egressd_memory_limit_bytes',
+      help: 'The tightest cgroup memory.max above egressd (absent without one).',
+      registers,
+      collect() {
+        setIf(this, {}, limits()?.memoryLimitBytes);
+      },
+    });
+    this.overloaded = new Gauge({
+      name: 'egressd_overloaded',
+      help: 'Whether new connections are being shed, by resource (memory, descriptors): 1 yes, 0 no.',
+      labelNames: ['resource'],
+      registers,
+      collect() {
+        const s = limits();
+        if (!s) return;
+        this.set({ resource: 'memory' }, s.overloaded.memory ? 1 : 0);
+        this.set({ resource: 'descriptors' }, s.overloaded.descriptors ? 1 : 0);
+      },
+    });
     for (const l of ['http', 'tls', 'tcp'] as const) this.activeConnections.set({ listener: l }, 0);
+  }
+
+  /** Where the limits' gauges read from (the daemon's limits controller). */
+  attachLimits(snapshot: () => LimitsSnapshot): void {
+    this.#limits = snapshot;
   }
 
   accepted(listener: ListenerKind): void {
@@ -175,6 +284,13 @@ export class Metrics {
     if (o.connectMs !== undefined) this.connectDuration.observe(o.connectMs / 1000);
     if (o.dialFailure !== undefined) this.connectFailures.inc({ cause: o.dialFailure });
     if (o.reason === 'policy-changed') this.closedByPolicyChange.inc();
+  }
+
+  /** A connection refused at accept by admission control (it has no outcome record). */
+  shed(listener: ListenerKind, reason: 'sandbox-limit' | 'global-limit' | 'overload', sandbox: string | null): void {
+    const labels: Record<string, string> = { listener, verdict: 'refuse', reason };
+    if (this.#sandboxLabel) labels['sandbox'] = sandbox ?? '';
+    this.connections.inc(labels);
   }
 
   dnsLookup(e: { cached: boolean; outcome: string }): void {

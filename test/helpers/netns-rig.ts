@@ -4,6 +4,7 @@
 //  sandbox ns  ── veth ──  router ns (egressd runs here)  ── veth ──  internet ns
 //  198.18.0.2/24           198.18.0.1/24 | 198.18.1.1/24              198.18.1.2..9/24 (servers)
 //  2001:db8:0:1::2/64      2001:db8:0:1::1 | 2001:db8:0:2::1          2001:db8:0:2::2..9/64
+//  (198.18.0.3, 2001:db8:0:1::3: a second sandbox's source addresses on the same veth)
 //                                                                     DNS 198.18.1.53, 2001:db8:0:2::53
 //
 // Every address is from 198.18.0.0/15 (RFC 2544 benchmarking) or 2001:db8::/32 (RFC 3849
@@ -47,6 +48,12 @@ export interface Rig {
   readonly ns: { readonly sandbox: string; readonly router: string; readonly internet: string };
   readonly sandboxV4: string;
   readonly sandboxV6: string;
+  /**
+   * A second sandbox's source addresses (198.18.0.3, 2001:db8:0:1::3), on the same interface
+   * and so redirected by the same rules: a client picks one with its bind address.
+   */
+  readonly sandbox2V4: string;
+  readonly sandbox2V6: string;
   /** 198.18.1.53 (dnsmasq also listens on dnsServerV6). */
   readonly dnsServer: string;
   readonly dnsServerV6: string;
@@ -343,6 +350,8 @@ function installExitHook(): void {
 
 const SANDBOX_V4 = '198.18.0.2';
 const SANDBOX_V6 = '2001:db8:0:1::2';
+const SANDBOX2_V4 = '198.18.0.3';
+const SANDBOX2_V6 = '2001:db8:0:1::3';
 const ROUTER_SANDBOX_V4 = '198.18.0.1';
 const ROUTER_SANDBOX_V6 = '2001:db8:0:1::1';
 const ROUTER_INTERNET_V4 = '198.18.1.1';
@@ -521,6 +530,10 @@ export async function createRig(): Promise<Rig> {
     await must('ip', ['link', 'add', ifs.routerInternet, 'netns', ns.router, 'type', 'veth', 'peer', 'name', ifs.internet, 'netns', ns.internet]);
     await addr(ns.sandbox, ifs.sandbox, SANDBOX_V4, 24);
     await addr(ns.sandbox, ifs.sandbox, SANDBOX_V6, 64);
+    await addr(ns.sandbox, ifs.sandbox, SANDBOX2_V4, 24);
+    // Deprecated (preferred_lft 0): never chosen as a source unless a client binds it, so the
+    // first sandbox's connections keep coming from SANDBOX_V6 (RFC 6724 rule 3).
+    await must('ip', ['-n', ns.sandbox, 'addr', 'add', `${SANDBOX2_V6}/64`, 'dev', ifs.sandbox, 'nodad', 'preferred_lft', '0']);
     await addr(ns.router, ifs.routerSandbox, ROUTER_SANDBOX_V4, 24);
     await addr(ns.router, ifs.routerSandbox, ROUTER_SANDBOX_V6, 64);
     await addr(ns.router, ifs.routerInternet, ROUTER_INTERNET_V4, 24);
@@ -552,6 +565,8 @@ export async function createRig(): Promise<Rig> {
     ns,
     sandboxV4: SANDBOX_V4,
     sandboxV6: SANDBOX_V6,
+    sandbox2V4: SANDBOX2_V4,
+    sandbox2V6: SANDBOX2_V6,
     dnsServer: DNS_V4,
     dnsServerV6: DNS_V6,
     sandboxIf: ifs.routerSandbox,

@@ -1,6 +1,7 @@
 // The "internet" side of the netns rig: run with the repo's Node inside the internet namespace,
 // `node test/helpers/upstream-server.ts ADDR...`. On every address it serves
 //   80    HTTP/1.1     200 with a JSON body naming this server's address and the Host it saw
+//                      (GET /bytes/N: N bytes, at most 256 MiB, for throughput tests)
 //   443   TLS          the same over TLS (certs/server.pem, ALPN http/1.1)
 //   2525  banner       server speaks first ("220 hello\r\n", like SMTP), then "250 ok\r\n" per chunk
 //   7000  echo         every byte back
@@ -43,7 +44,25 @@ interface Conn {
   host: string | null;
 }
 
-/** Reads one request head, answers it with who we are, and closes. */
+const MAX_BULK = 256 * 1_048_576;
+const BULK_CHUNK = Buffer.alloc(64 * 1024, 0x61);
+
+/** `GET /bytes/N`: N bytes of "a" (at most 256 MiB), written with backpressure, then close. */
+function sendBulk(stream: Duplex, n: number): void {
+  stream.write(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${n}\r\nConnection: close\r\n\r\n`);
+  let left = n;
+  const pump = (): void => {
+    while (left > 0) {
+      const chunk = left >= BULK_CHUNK.length ? BULK_CHUNK : BULK_CHUNK.subarray(0, left);
+      left -= chunk.length;
+      if (!stream.write(chunk)) return void stream.once('drain', pump);
+    }
+    stream.end();
+  };
+  pump();
+}
+
+/** Reads one request head, answers it with who we are (or GET /bytes/N: N bytes), and closes. */
 function serveHttp(stream: Duplex, conn: Conn): void {
   let head = '';
   const onData = (chunk: Buffer): void => {
@@ -59,6 +78,8 @@ function serveHttp(stream: Duplex, conn: Conn): void {
         .find((l) => /^host:/i.test(l))
         ?.slice(5)
         .trim() ?? null;
+    const bulk = /^\/bytes\/(\d{1,9})$/.exec(path);
+    if (end >= 0 && bulk && Number(bulk[1]) <= MAX_BULK) return sendBulk(stream, Number(bulk[1]));
     const body = `${JSON.stringify({ server: conn.localAddress, local: conn.local, service: conn.service, host: conn.host, sni: conn.sni, method, path })}\n`;
     const status = end < 0 ? '431 Request Header Fields Too Large' : '200 OK';
     stream.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);

@@ -91,6 +91,22 @@ function feed(m: Metrics): void {
   m.policyChangesRefused.inc({ source: 'api' });
   m.configReloads.inc({ result: 'ok' });
   m.outcome(outcome({ listener: 'tcp', reason: 'policy-changed', protocol: 'none', name: null }));
+  m.stateWriteFailures.inc({ errno: 'ENOSPC' });
+  m.stateEntries.set(3);
+  // Admission control: an accept(2) failure and the limits' gauges.
+  m.acceptErrors.inc({ code: 'EMFILE' });
+  m.attachLimits(() => ({
+    nofileSoft: 1024,
+    nofileHard: 4096,
+    openDescriptors: 40,
+    globalConnections: 460,
+    sandboxShare: 230,
+    open: 3,
+    undecided: 1,
+    memoryPressure: 0.4,
+    memoryLimitBytes: 512 * 1_048_576,
+    overloaded: { memory: true, descriptors: false },
+  }));
   // One connection still open when the metrics are read.
   m.accepted('tls');
 }
@@ -150,6 +166,16 @@ describe('Metrics as the daemon feeds them', () => {
       const total = (s: Sample[]) => s.filter((x) => x.name === name || x.name === `${name}_count`).reduce((a, x) => a + x.value, 0);
       expect({ name, moved: total(after) > total(before) }).toEqual({ name, moved: true });
     }
+  });
+
+  it('counts a connection refused at accept under its reason, without ever counting it open', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.shed('tls', 'sandbox-limit', 'sb-1');
+    m.shed('tcp', 'overload', null);
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'sandbox-limit' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'refuse', reason: 'overload' })).toBe(1);
+    expect(value(s, 'egressd_active_connections', { listener: 'tls' })).toBe(0);
   });
 
   it('counts each connection once by listener, verdict and reason', async () => {
@@ -242,6 +268,12 @@ describe('Metrics labels', () => {
     source: /^(?:api|config)$/,
     result: /^(?:ok|refused)$/,
     le: /^(?:[0-9.]+|\+Inf)$/,
+    errno: /^E[A-Z]+$/,
+    code: /^E[A-Z]+$/,
+    kind: /^(?:soft|hard)$/,
+    scope: /^(?:global|sandbox_share)$/,
+    state: /^(?:open|undecided)$/,
+    resource: /^(?:memory|descriptors)$/,
   };
 
   it('takes every label value from a small fixed set, never a name, address, rule or sandbox id', async () => {

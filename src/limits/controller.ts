@@ -1,0 +1,185 @@
+// Limits, per sandbox and in total, wired together: admission at accept (limits/admission.ts),
+// the descriptor budget (limits/descriptors.ts) and the memory guard (limits/overload.ts),
+// with their log lines, metrics and readiness. The daemon asks `admit` for each accepted
+// socket; a refused one is reset here at once and counted.
+
+import type { Socket } from 'node:net';
+import type { LimitsConfig, ListenerKind } from '../config/schema.ts';
+import type { Logger } from '../observability/logger.ts';
+import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
+import { Admission, type ShedReason, type Ticket } from './admission.ts';
+import { connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
+import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
+import { MemoryGuard } from './overload.ts';
+
+/** The sandbox a source belongs to and the limits its record and organization set. */
+export interface SourceLimits {
+  readonly sandbox: string | null;
+  readonly sandboxLimits?: LimitsOverride | undefined;
+  readonly orgLimits?: LimitsOverride | undefined;
+}
+
+/** How long refusals are gathered into one log line per sandbox and reason. */
+const SHED_LOG_MS = 1000;
+/** The top-N sandboxes by open connections in the API and the log. */
+export const TOP_N = 10;
+
+export class LimitsController {
+  readonly #config: () => LimitsConfig;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #lookup: (source: string) => SourceLimits;
+  readonly memory: MemoryGuard;
+  #admission: Admission;
+  #nofile: NofileLimits = { soft: null, hard: null };
+  #timers: NodeJS.Timeout[] = [];
+  readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
+  #acceptErrorsLogged = 0;
+
+  constructor(config: () => LimitsConfig, log: Logger, metrics: Metrics, lookup: (source: string) => SourceLimits) {
+    this.#config = config;
+    this.#log = log;
+    this.#metrics = metrics;
+    this.#lookup = lookup;
+    const c = config();
+    this.memory = new MemoryGuard({ maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs }, (shedding, s) => {
+      const fields = {
+        event: shedding ? 'overload-start' : 'overload-end',
+        monitor: s.monitor,
+        pressure: round(s.pressure),
+        rssBytes: s.rssBytes,
+        cgroupLimitBytes: s.cgroupLimitBytes,
+        cgroupWorkingSetBytes: s.cgroupWorkingSetBytes,
+      };
+      if (shedding) this.#log.warn(fields, 'Memory pressure: shedding new connections');
+      else this.#log.info(fields, 'Memory pressure over: accepting new connections');
+    });
+    // No budget until start() has raised the limit and counted what is open.
+    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare });
+    metrics.attachLimits(() => this.snapshot());
+  }
+
+  /**
+   * Raises RLIMIT_NOFILE to its hard limit, sizes the connection budget from it and the
+   * descriptors already open (call once the listeners are bound), starts the memory guard,
+   * and logs the limits egressd ends up with.
+   */
+  start(): void {
+    const c = this.#config();
+    const r = raiseNofile();
+    this.#nofile = r.after;
+    if (r.error !== null)
+      this.#log.warn({ event: 'nofile-not-raised', error: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
+    const inUse = openDescriptors() ?? 0;
+    const byDescriptors = connectionBudget(r.after.soft, inUse, c.global.reserveDescriptors);
+    const global =
+      byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
+    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare });
+    this.memory.start();
+    this.#timers.push(setInterval(() => this.#flushShed(), SHED_LOG_MS).unref());
+    this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
+    this.#log.info(
+      {
+        event: 'limits',
+        nofile: { before: r.before, after: r.after },
+        descriptorsInUse: inUse,
+        reserveDescriptors: c.global.reserveDescriptors,
+        globalConnections: global,
+        sandboxShare: this.#admission.sandboxShare,
+        sandbox: c.sandbox,
+        memory: { cgroupLimitBytes: this.memory.cgroupLimitBytes, maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt },
+      },
+      'limits in force',
+    );
+  }
+
+  stop(): void {
+    for (const t of this.#timers) clearInterval(t);
+    this.#timers = [];
+    this.memory.stop();
+    this.#flushShed();
+  }
+
+  limitsOf(l: SourceLimits): SandboxLimits {
+    return effectiveLimits(this.#config().sandbox, l.sandboxLimits, l.orgLimits);
+  }
+
+  /**
+   * Admits the connection or resets it at once (counted, and logged once a second per
+   * sandbox and reason). `source` is the canonical client address.
+   */
+  admit(socket: Socket, kind: ListenerKind, source: string): Ticket | null {
+    const l = this.#lookup(source);
+    const key = l.sandbox ?? `source ${source}`;
+    const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
+    if (a.ok) return a.ticket;
+    socket.on('error', () => {});
+    socket.resetAndDestroy();
+    this.#metrics.shed(kind, a.reason, l.sandbox);
+    const k = `${key}\u0000${a.reason}`;
+    const e = this.#shed.get(k);
+    if (e) e.count++;
+    else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason: a.reason, count: 1, detail: a.detail });
+    return null;
+  }
+
+  #flushShed(): void {
+    for (const e of this.#shed.values()) {
+      this.#log.warn(
+        { event: 'connections-shed', sandbox: e.sandbox, source: e.source, verdict: 'refuse', reason: e.reason, count: e.count, detail: e.detail },
+        'connections refused at accept',
+      );
+    }
+    this.#shed.clear();
+  }
+
+  /** accept(2) failed (EMFILE, ENFILE): counted, logged at most once a second. */
+  acceptError(err: NodeJS.ErrnoException, kind: ListenerKind): void {
+    const code = err.code ?? 'EUNKNOWN';
+    this.#metrics.acceptErrors.inc({ code });
+    const now = Date.now();
+    if (now - this.#acceptErrorsLogged >= 1000) {
+      this.#acceptErrorsLogged = now;
+      this.#log.warn({ event: 'accept-failed', listener: kind, code }, 'accept failed; waiting connections are shed until descriptors free up');
+    }
+  }
+
+  /** Why new connections are being shed now (for /readyz), or null when they are not. */
+  overloadReason(): string | null {
+    if (this.memory.shedding) {
+      const s = this.memory.last;
+      return `memory pressure ${round(s.pressure)} (${s.monitor}) at or above ${this.#config().memory.shedAt}: new connections are shed`;
+    }
+    const g = this.#admission.globalConnections;
+    if (g !== null && this.#admission.open >= g) return `connection budget full (${this.#admission.open} of ${g}): new connections are shed`;
+    return null;
+  }
+
+  /** A sandbox's current counts and the limits that apply to it. */
+  sandboxView(id: string, l: SourceLimits): { open: number; undecided: number; limits: SandboxLimits } {
+    const v = this.#admission.view(id);
+    return { open: v.open, undecided: v.undecided, limits: this.limitsOf(l) };
+  }
+
+  top(n = TOP_N): { key: string; open: number; undecided: number }[] {
+    return this.#admission.top(n);
+  }
+
+  snapshot(): LimitsSnapshot {
+    const g = this.#admission.globalConnections;
+    return {
+      nofileSoft: this.#nofile.soft,
+      nofileHard: this.#nofile.hard,
+      openDescriptors: openDescriptors(),
+      globalConnections: g,
+      sandboxShare: this.#admission.sandboxShare,
+      open: this.#admission.open,
+      undecided: this.#admission.undecided,
+      memoryPressure: round(this.memory.last.pressure),
+      memoryLimitBytes: this.memory.cgroupLimitBytes,
+      overloaded: { memory: this.memory.shedding, descriptors: g !== null && this.#admission.open >= g },
+    };
+  }
+}
+
+const round = (x: number): number => Math.round(x * 1000) / 1000;

@@ -1,0 +1,185 @@
+// The memory overload guard, after Envoy's overload manager: resource monitors each report a
+// pressure in [0, 1] (used / limit), sampled on a timer (Envoy's refresh_interval, 250 ms by
+// default); when the highest crosses `shedAt`, new connections are refused at accept (Envoy's
+// `envoy.load_shed_points.tcp_listener_accept`) until it falls back below `shedAt - 0.05`.
+// Connections already open are left alone: shedding new work is what keeps the process under
+// the kernel's OOM killer without cutting anyone's running transfer.
+//
+// Monitors:
+//   cgroup  the working set (memory.current minus inactive_file, as the kubelet counts it:
+//           page cache the kernel can drop is not pressure) over memory.max, for the
+//           process's cgroup and every ancestor with a limit (cgroup v2)
+//   rss     the process's resident set over `limits.memory.maxBytes`, when set
+//   heap    V8's used heap over its heap_size_limit (--max-old-space-size)
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { getHeapStatistics } from 'node:v8';
+
+export interface MemoryGuardOptions {
+  /** A cap on RSS in bytes, or null for none (the cgroup's memory.max still applies). */
+  readonly maxBytes: number | null;
+  /** The pressure (0..1) at which new connections are shed. */
+  readonly shedAt: number;
+  /** How often to sample, ms; sampled twice as often above shedAt - 0.1. */
+  readonly intervalMs: number;
+  /** The cgroup v2 mount point and the process's cgroup file (tests point them elsewhere). */
+  readonly cgroupRoot?: string;
+  readonly procCgroup?: string;
+}
+
+export interface MemorySample {
+  /** The highest pressure of any monitor, 0..1 (can exceed 1 briefly). */
+  readonly pressure: number;
+  /** Which monitor gave it: cgroup, rss or heap. */
+  readonly monitor: 'cgroup' | 'rss' | 'heap';
+  readonly rssBytes: number;
+  /** The tightest memory.max above this process, or null without one. */
+  readonly cgroupLimitBytes: number | null;
+  readonly cgroupWorkingSetBytes: number | null;
+}
+
+const HYSTERESIS = 0.05;
+
+/** The cgroup v2 directories from this process's own up to the root, with their limits. */
+export function cgroupChain(root = '/sys/fs/cgroup', procCgroup = '/proc/self/cgroup'): string[] {
+  let rel: string;
+  try {
+    const line = readFileSync(procCgroup, 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('0::'));
+    if (line === undefined) return [];
+    rel = line.slice(3).trim();
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  const parts = rel.split('/').filter(Boolean);
+  for (let i = parts.length; i >= 0; i--) out.push(join(root, ...parts.slice(0, i)));
+  return out;
+}
+
+function readNumber(file: string): number | null {
+  try {
+    const t = readFileSync(file, 'utf8').trim();
+    if (t === 'max') return null;
+    const n = Number(t);
+    return Number.isFinite(n) ? n : null;
+  } catch {
+    return null;
+  }
+}
+
+function inactiveFile(dir: string): number {
+  try {
+    const m = /^inactive_file (\d+)$/m.exec(readFileSync(join(dir, 'memory.stat'), 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+export class MemoryGuard {
+  readonly #opts: MemoryGuardOptions;
+  /** cgroups (own and ancestors) that have a memory.max, found once at start. */
+  readonly #limited: { dir: string; max: number }[] = [];
+  #timer: NodeJS.Timeout | null = null;
+  #last: MemorySample;
+  #shedding = false;
+  #sampledAt = 0;
+  readonly #onChange: (shedding: boolean, s: MemorySample) => void;
+
+  constructor(opts: MemoryGuardOptions, onChange: (shedding: boolean, s: MemorySample) => void = () => {}) {
+    this.#opts = opts;
+    this.#onChange = onChange;
+    for (const dir of cgroupChain(opts.cgroupRoot, opts.procCgroup)) {
+      const max = readNumber(join(dir, 'memory.max'));
+      if (max !== null) this.#limited.push({ dir, max });
+    }
+    this.#last = this.sample();
+  }
+
+  /** The limits found at start, for the start-up log line and the metrics. */
+  get cgroupLimitBytes(): number | null {
+    return this.#limited.length === 0 ? null : Math.min(...this.#limited.map((l) => l.max));
+  }
+
+  get shedding(): boolean {
+    return this.#shedding;
+  }
+
+  get last(): MemorySample {
+    return this.#last;
+  }
+
+  /** Reads every monitor now. */
+  sample(): MemorySample {
+    const rss = process.memoryUsage.rss();
+    let pressure = 0;
+    let monitor: MemorySample['monitor'] = 'rss';
+    let ws: number | null = null;
+    let limit: number | null = null;
+    for (const l of this.#limited) {
+      const current = readNumber(join(l.dir, 'memory.current'));
+      if (current === null) continue;
+      const w = Math.max(0, current - inactiveFile(l.dir));
+      const p = w / l.max;
+      if (limit === null || p > pressure) {
+        ws = w;
+        limit = l.max;
+      }
+      if (p > pressure) {
+        pressure = p;
+        monitor = 'cgroup';
+      }
+    }
+    if (this.#opts.maxBytes !== null && rss / this.#opts.maxBytes > pressure) {
+      pressure = rss / this.#opts.maxBytes;
+      monitor = 'rss';
+    }
+    const h = getHeapStatistics();
+    if (h.heap_size_limit > 0 && h.used_heap_size / h.heap_size_limit > pressure) {
+      pressure = h.used_heap_size / h.heap_size_limit;
+      monitor = 'heap';
+    }
+    return { pressure, monitor, rssBytes: rss, cgroupLimitBytes: limit, cgroupWorkingSetBytes: ws };
+  }
+
+  /**
+   * Whether new connections are shed, resampling first when the last sample is older than
+   * `maxAgeMs`: a flood can climb faster than the timer looks.
+   */
+  sheddingNow(maxAgeMs = 50): boolean {
+    return Date.now() - this.#sampledAt > maxAgeMs ? this.refresh() : this.#shedding;
+  }
+
+  /** Samples now and updates the shedding state; returns whether new connections are shed. */
+  refresh(): boolean {
+    this.#sampledAt = Date.now();
+    this.#last = this.sample();
+    const p = this.#last.pressure;
+    const next = this.#shedding ? p >= this.#opts.shedAt - HYSTERESIS : p >= this.#opts.shedAt;
+    if (next !== this.#shedding) {
+      this.#shedding = next;
+      this.#onChange(next, this.#last);
+    }
+    return this.#shedding;
+  }
+
+  start(): void {
+    if (this.#timer !== null) return;
+    const tick = (): void => {
+      this.refresh();
+      // Near the threshold, look twice as often: memory can climb fast under a flood.
+      const near = this.#last.pressure >= this.#opts.shedAt - 0.1;
+      this.#timer = setTimeout(tick, near ? this.#opts.intervalMs / 2 : this.#opts.intervalMs);
+      this.#timer.unref();
+    };
+    tick();
+  }
+
+  stop(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+}

@@ -1,0 +1,149 @@
+import { describe, expect, it } from 'vitest';
+import { Admission } from '../../../src/limits/admission.ts';
+import { effectiveLimits, parseLimits, type SandboxLimits } from '../../../src/limits/limits-body.ts';
+
+const LIMITS: SandboxLimits = { connections: 4, undecided: 2, perSecond: 10, burst: 3 };
+
+function clock(): { now: () => number; advance: (ms: number) => void } {
+  let t = 1_000_000;
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+describe('Admission', () => {
+  it('refuses past the undecided limit, and admits again once a connection is decided', () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    const t1 = a.admit('sb', LIMITS, false);
+    const t2 = a.admit('sb', LIMITS, false);
+    expect(t1.ok && t2.ok).toBe(true);
+    const r = a.admit('sb', LIMITS, false);
+    expect(r).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+    if (!r.ok) expect(r.detail).toContain('undecided');
+    if (t1.ok) t1.ticket.decided();
+    expect(a.admit('sb', LIMITS, false).ok).toBe(true);
+    expect(a.undecided).toBe(2);
+    expect(a.open).toBe(3);
+  });
+
+  it('refuses past the open limit; a release frees a place; tickets are idempotent', () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    const l = { ...LIMITS, undecided: 100, burst: 100, perSecond: 100 };
+    const tickets = [1, 2, 3, 4].map(() => a.admit('sb', l, false));
+    expect(tickets.every((t) => t.ok)).toBe(true);
+    expect(a.admit('sb', l, false)).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+    const first = tickets[0]!;
+    if (first.ok) {
+      first.ticket.release();
+      first.ticket.release();
+      first.ticket.decided();
+    }
+    expect(a.open).toBe(3);
+    expect(a.undecided).toBe(3);
+    expect(a.admit('sb', l, false).ok).toBe(true);
+  });
+
+  it('rate-limits with a token bucket: the burst at once, then perSecond', () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    const l = { connections: 1000, undecided: 1000, perSecond: 10, burst: 3 };
+    const first = [1, 2, 3, 4].map(() => a.admit('sb', l, false).ok);
+    expect(first).toEqual([true, true, true, false]);
+    c.advance(100); // one token at 10/s
+    expect(a.admit('sb', l, false).ok).toBe(true);
+    expect(a.admit('sb', l, false).ok).toBe(false);
+    c.advance(10_000); // refills to the burst, not beyond
+    expect([1, 2, 3, 4].map(() => a.admit('sb', l, false).ok)).toEqual([true, true, true, false]);
+  });
+
+  it('keeps sandboxes apart: one at its limit does not refuse another', () => {
+    const a = new Admission({ globalConnections: null, sandboxShare: 1 });
+    while (a.admit('greedy', LIMITS, false).ok);
+    expect(a.admit('greedy', LIMITS, false)).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+    expect(a.admit('other', LIMITS, false).ok).toBe(true);
+  });
+
+  it('refuses with global-limit at the budget, and one sandbox past its share of it', () => {
+    const a = new Admission({ globalConnections: 10, sandboxShare: 0.5 });
+    const l = { connections: 1000, undecided: 1000, perSecond: 1000, burst: 1000 };
+    expect(a.sandboxShare).toBe(5);
+    for (let i = 0; i < 5; i++) expect(a.admit('flood', l, false).ok).toBe(true);
+    expect(a.admit('flood', l, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+    for (let i = 0; i < 5; i++) expect(a.admit(`other-${i}`, l, false).ok).toBe(true);
+    expect(a.admit('late', l, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+  });
+
+  it('sheds with overload while the memory guard says so, and the sandbox limit is reported first', () => {
+    const a = new Admission({ globalConnections: null, sandboxShare: 1 });
+    expect(a.admit('sb', LIMITS, true)).toMatchObject({ ok: false, reason: 'overload' });
+    const full = { ...LIMITS, burst: 1 };
+    expect(a.admit('x', full, false).ok).toBe(true);
+    expect(a.admit('x', full, true)).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+  });
+
+  it('a refused connection takes no token and holds nothing', () => {
+    const a = new Admission({ globalConnections: 1, sandboxShare: 1 });
+    const l = { connections: 10, undecided: 10, perSecond: 1, burst: 2 };
+    expect(a.admit('a', l, false).ok).toBe(true);
+    for (let i = 0; i < 100; i++) expect(a.admit('b', l, false).ok).toBe(false);
+    expect(a.open).toBe(1);
+    expect(a.view('b')).toEqual({ key: 'b', open: 0, undecided: 0 });
+  });
+
+  it('forgets an account once nothing is open and its bucket is full again, so memory stays flat', () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    for (let i = 0; i < 1000; i++) {
+      const t = a.admit(`source 198.18.0.${i % 250}:${i}`, LIMITS, false);
+      if (t.ok) t.ticket.release();
+    }
+    // Each used one token of three, so the bucket is not full yet: kept until refilled.
+    expect(a.accounts).toBe(1000);
+    c.advance(1000);
+    expect(a.sweep()).toBe(1000);
+    expect(a.accounts).toBe(0);
+  });
+
+  it('lists the sandboxes holding the most connections first', () => {
+    const a = new Admission({ globalConnections: null, sandboxShare: 1 });
+    const l = { connections: 100, undecided: 100, perSecond: 100, burst: 100 };
+    for (let i = 0; i < 3; i++) a.admit('three', l, false);
+    a.admit('one', l, false);
+    for (let i = 0; i < 2; i++) a.admit('two', l, false);
+    expect(a.top(2).map((v) => [v.key, v.open])).toEqual([
+      ['three', 3],
+      ['two', 2],
+    ]);
+  });
+});
+
+describe('parseLimits', () => {
+  it('takes any of the four keys', () => {
+    expect(parseLimits({ connections: 10, burst: 5 }, 'limits')).toEqual({ ok: true, value: { connections: 10, burst: 5 } });
+    expect(parseLimits({}, 'limits')).toEqual({ ok: true, value: {} });
+  });
+
+  it('names the field and the reason for each bad key, all at once', () => {
+    const r = parseLimits({ connections: 0, perSecond: 1.5, burst: '4', rate: 1 }, 'sandboxes[0].limits');
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.issues.map((i) => i.field).sort((a, b) => a.localeCompare(b))).toEqual([
+        'sandboxes[0].limits.burst',
+        'sandboxes[0].limits.connections',
+        'sandboxes[0].limits.perSecond',
+        'sandboxes[0].limits.rate',
+      ]);
+      expect(r.issues.find((i) => i.field.endsWith('.connections'))!.reason).toMatch(/integer from 1 to 10000000, got number "?0"?/);
+    }
+    expect(parseLimits([1], 'limits').ok).toBe(false);
+    expect(parseLimits(null, 'limits').ok).toBe(false);
+  });
+});
+
+describe('effectiveLimits', () => {
+  it('takes each key from the sandbox, then its organization, then the defaults', () => {
+    const d = { connections: 1024, undecided: 256, perSecond: 200, burst: 400 };
+    expect(effectiveLimits(d, { connections: 5 }, { connections: 50, perSecond: 7 })).toEqual({ connections: 5, undecided: 256, perSecond: 7, burst: 400 });
+    expect(effectiveLimits(d, undefined, null)).toEqual(d);
+  });
+});

@@ -1,0 +1,90 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MemoryGuard, cgroupChain } from '../../../src/limits/overload.ts';
+import { connectionBudget, openDescriptors, raiseNofile } from '../../../src/limits/descriptors.ts';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** A fake cgroup v2 tree: /sys/fs/cgroup/<parent>/<child>, the process in child. */
+function tree(files: { parentMax: string; childMax: string; childCurrent: string; childInactive?: number; parentCurrent?: string }) {
+  const root = mkdtempSync(join(tmpdir(), 'egressd-cg-'));
+  dirs.push(root);
+  const parent = join(root, 'parent.slice');
+  const child = join(parent, 'egressd.scope');
+  mkdirSync(child, { recursive: true });
+  writeFileSync(join(parent, 'memory.max'), files.parentMax);
+  writeFileSync(join(parent, 'memory.current'), files.parentCurrent ?? files.childCurrent);
+  writeFileSync(join(child, 'memory.max'), files.childMax);
+  writeFileSync(join(child, 'memory.current'), files.childCurrent);
+  writeFileSync(join(child, 'memory.stat'), `anon 1\ninactive_file ${files.childInactive ?? 0}\nactive_file 0\n`);
+  const proc = join(root, 'cgroup');
+  writeFileSync(proc, '0::/parent.slice/egressd.scope\n');
+  return { root, proc };
+}
+
+describe('cgroupChain', () => {
+  it('lists the process cgroup and every ancestor, nearest first', () => {
+    const t = tree({ parentMax: 'max', childMax: 'max', childCurrent: '0' });
+    expect(cgroupChain(t.root, t.proc)).toEqual([join(t.root, 'parent.slice/egressd.scope'), join(t.root, 'parent.slice'), t.root]);
+  });
+  it('is empty without cgroup v2', () => {
+    expect(cgroupChain('/nonexistent', '/nonexistent/cgroup')).toEqual([]);
+  });
+});
+
+describe('MemoryGuard', () => {
+  const opts = { maxBytes: null, shedAt: 0.9, intervalMs: 250 };
+
+  it('finds the limit on an ancestor when the own cgroup has none', () => {
+    const t = tree({ parentMax: String(100 << 20), childMax: 'max', childCurrent: String(50 << 20) });
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    expect(g.cgroupLimitBytes).toBe(100 << 20);
+  });
+
+  it('sheds at shedAt, not before, and stops 0.05 below it', () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(85 << 20) });
+    const changes: boolean[] = [];
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc }, (s) => changes.push(s));
+    expect(g.refresh()).toBe(false);
+    writeFileSync(join(t.root, 'parent.slice/egressd.scope/memory.current'), String(91 << 20));
+    expect(g.refresh()).toBe(true);
+    expect(g.last.monitor).toBe('cgroup');
+    writeFileSync(join(t.root, 'parent.slice/egressd.scope/memory.current'), String(87 << 20));
+    expect(g.refresh()).toBe(true);
+    writeFileSync(join(t.root, 'parent.slice/egressd.scope/memory.current'), String(84 << 20));
+    expect(g.refresh()).toBe(false);
+    expect(changes).toEqual([true, false]);
+  });
+
+  it('does not count page cache the kernel can drop (inactive_file) as pressure', () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(95 << 20), childInactive: 40 << 20 });
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    expect(g.refresh()).toBe(false);
+    expect(g.last.cgroupWorkingSetBytes).toBe(55 << 20);
+  });
+
+  it('watches RSS against limits.memory.maxBytes', () => {
+    const g = new MemoryGuard({ ...opts, maxBytes: 16 << 20, cgroupRoot: '/nonexistent' });
+    expect(g.refresh()).toBe(true);
+    expect(g.last.monitor).toBe('rss');
+  });
+});
+
+describe('descriptors', () => {
+  it('raises the soft RLIMIT_NOFILE to the hard limit through the addon', () => {
+    const r = raiseNofile();
+    expect(r.error).toBeNull();
+    expect(r.after.soft).toBe(r.after.hard);
+    expect(openDescriptors()).toBeGreaterThan(3);
+  });
+  it('budgets two descriptors a connection after what is open and the reserve', () => {
+    expect(connectionBudget(256, 30, 64)).toBe(81);
+    expect(connectionBudget(100, 60, 64)).toBe(0);
+    expect(connectionBudget(null, 30, 64)).toBeNull();
+  });
+});
