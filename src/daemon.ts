@@ -451,7 +451,7 @@ export class Daemon {
     this.dnsForwarder.close();
     this.limits.stop();
     await this.admin.close();
-    this.control.close();
+    await this.control.close();
     this.#state = 'stopped';
     this.log.info({ event: 'stopped' }, 'egressd stopped');
   }

@@ -138,10 +138,10 @@ export class ControlPlane {
    * Writes one change durably. A failure is reported to the failure listeners and rethrown as
    * StateWriteError, before anything in memory changed.
    */
-  #write(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, body: Record<string, unknown> | null): void {
+  async #write(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, body: Record<string, unknown> | null): Promise<void> {
     if (!this.#state) return;
     try {
-      const revision = action === 'put' ? this.#state.put(kind, id, body!) : this.#state.delete(kind, id);
+      const revision = action === 'put' ? await this.#state.put(kind, id, body!) : await this.#state.delete(kind, id);
       if (action === 'put') this.#revisions.set(`${kind}:${id}`, revision);
       else this.#revisions.delete(`${kind}:${id}`);
     } catch (err) {
@@ -152,8 +152,8 @@ export class ControlPlane {
   }
 
   /** Closes the state (a clean shutdown folds the WAL into the database). */
-  close(): void {
-    this.#state?.close();
+  async close(): Promise<void> {
+    await this.#state?.close();
   }
 
   #emit(e: ChangeEvent): void {
@@ -201,11 +201,11 @@ export class ControlPlane {
       loaded++;
     }
     if (issues.length > 0) {
-      this.#state.close();
+      await this.#state.close();
       throw new StateInvalidError(this.#state.path, issues);
     }
     const format = this.#state.format ?? 'absent';
-    const c = this.#state.commit();
+    const c = await this.#state.commit();
     return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, created: c.created, readOnly: this.#state.readOnly };
   }
 
@@ -312,7 +312,7 @@ export class ControlPlane {
       if (!v.ok) return v;
       const created = !this.#records.has(id);
       const before = this.#records.get(id);
-      this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
+      await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#apply(v.value.record, v.value.network);
       this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created } };
@@ -331,7 +331,7 @@ export class ControlPlane {
       const r = this.#records.get(id);
       if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
       if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
-      this.#write('delete', 'sandbox', id, actor, null);
+      await this.#write('delete', 'sandbox', id, actor, null);
       this.#records.delete(id);
       this.store.removeSandbox(id);
       this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
@@ -376,7 +376,7 @@ export class ControlPlane {
       const v = this.#validateOrg(id, body);
       if (!v.ok) return v;
       const before = this.#orgs.get(id);
-      this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
+      await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#applyOrg(v.value.record, v.value.def);
       this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
       return { ok: true, value: { record: v.value.record, created: before === undefined } };
@@ -389,7 +389,7 @@ export class ControlPlane {
       if (!r) return notFound(`Organization ${quote(id)} does not exist`);
       const user = [...this.#records.values()].find((s) => s.org === id);
       if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
-      this.#write('delete', 'org', id, actor, null);
+      await this.#write('delete', 'org', id, actor, null);
       this.#orgs.delete(id);
       this.store.removeOrg(id);
       this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });

@@ -6,8 +6,8 @@
 //
 // Why SQLite rather than a log of our own: its WAL already gives atomic, checksummed commits,
 // recovery of a torn tail, checkpointing (our "compaction") and an index for ordered listing,
-// all tested far beyond what we could test here; what it costs is a synchronous call (one WAL
-// append and fsync per change, on the event loop) — see docs/config.md "state".
+// all tested far beyond what we could test here. node:sqlite is synchronous, so the writes run
+// in a worker thread (state-writer.ts): the fsync never stalls the connections egressd carries.
 //
 // Life of a state: `read()` reads every entry without writing anything; the control plane
 // validates them all and refuses to start on any problem; only then does `commit()` convert a
@@ -15,10 +15,12 @@
 
 import { accessSync, closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
+import { Worker } from 'node:worker_threads';
 import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
+import type { WriterReply, WriterRequest } from './state-writer.ts';
 
 export type EntryKind = 'sandbox' | 'org';
 
@@ -155,9 +157,10 @@ export class StateStore {
   #readOnly = false;
   #entries: StoredEntry[] = [];
   #revision = 0;
-  #put: ReturnType<DatabaseSync['prepare']> | null = null;
-  #del: ReturnType<DatabaseSync['prepare']> | null = null;
-  #bump: ReturnType<DatabaseSync['prepare']> | null = null;
+  /** The thread that writes (state-writer.ts), once the state is committed. */
+  #worker: Worker | null = null;
+  #seq = 0;
+  readonly #pending = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
 
   constructor(path: string) {
     this.path = path;
@@ -312,10 +315,13 @@ export class StateStore {
    * file (kept beside it as `<path>.v1.json`) or creates a new database. Returns where the old
    * file was kept, when there was one.
    */
-  commit(): { migratedTo: string | null; created: boolean } {
+  async commit(): Promise<{ migratedTo: string | null; created: boolean }> {
     if (this.#format === null) throw new Error('StateStore.commit before read');
+    // The reading connection is done with: from here on the writer thread owns the database.
+    this.#db?.close();
+    this.#db = null;
     if (this.#format === 'sqlite') {
-      if (!this.#readOnly) this.#prepare(this.#db!);
+      if (!this.#readOnly) await this.#startWriter();
       return { migratedTo: null, created: false };
     }
     const tmp = `${this.path}.migrating`;
@@ -340,10 +346,8 @@ export class StateStore {
         err,
       );
     }
-    const db = new DatabaseSync(this.path);
-    this.#prepare(db);
-    this.#db = db;
     this.#format = 'sqlite';
+    await this.#startWriter();
     return { migratedTo: keptAs, created: keptAs === null };
   }
 
@@ -400,80 +404,102 @@ export class StateStore {
     }
   }
 
-  #prepare(db: DatabaseSync): void {
-    // WAL: a change appends its pages to the log; FULL: the log is fsynced at every commit.
-    const mode = db.prepare('PRAGMA journal_mode = WAL').get();
-    if (String(Object.values(mode ?? {})[0]) !== 'wal') throw new StateInvalidError(this.path, [whole('Cannot switch the database to WAL mode')]);
-    db.exec(`PRAGMA synchronous = FULL; PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}; PRAGMA journal_size_limit = ${JOURNAL_SIZE_LIMIT};`);
-    this.#put = db.prepare(
-      'INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body',
-    );
-    this.#del = db.prepare('DELETE FROM entries WHERE kind = ? AND id = ?');
-    this.#bump = db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'");
-  }
-
-  /** Durably stores one entry; returns its new revision. Throws StateWriteError, having changed nothing. */
-  put(kind: EntryKind, id: string, body: Readonly<Record<string, unknown>>): number {
-    const text = JSON.stringify(body);
-    return this.#write(() => {
-      const revision = this.#revision + 1;
-      this.#put!.run(kind, id, revision, text);
-      this.#bump!.run(revision);
-      return revision;
+  async #startWriter(): Promise<void> {
+    const worker = new Worker(new URL('./state-writer.ts', import.meta.url));
+    // The writer never keeps the process alive on its own; a write in flight is awaited by
+    // an API request, which does.
+    worker.unref();
+    worker.on('message', (r: WriterReply) => {
+      const p = this.#pending.get(r.seq);
+      this.#pending.delete(r.seq);
+      if (!p) return;
+      if (r.ok) p.resolve();
+      else p.reject(r);
     });
-  }
-
-  /** Durably removes one entry; returns the revision of the removal. Throws StateWriteError. */
-  delete(kind: EntryKind, id: string): number {
-    return this.#write(() => {
-      const revision = this.#revision + 1;
-      this.#del!.run(kind, id);
-      this.#bump!.run(revision);
-      return revision;
-    });
-  }
-
-  #write(change: () => number): number {
-    if (this.#db === null || this.#put === null) {
-      if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
-      throw new Error('StateStore written before commit');
-    }
-    const db = this.#db;
+    const died = (why: string): void => {
+      this.#worker = null;
+      for (const p of this.#pending.values()) p.reject({ errcode: 10, errstr: why, message: why });
+      this.#pending.clear();
+    };
+    worker.on('error', (err: Error) => died(`the state writer failed: ${err.message}`));
+    worker.on('exit', (code) => died(`the state writer exited (${code})`));
+    this.#worker = worker;
     try {
-      db.exec('BEGIN IMMEDIATE');
-      const revision = change();
-      db.exec('COMMIT');
-      this.#revision = revision;
-      return revision;
+      await this.#send({ op: 'open', path: this.path, busyTimeoutMs: BUSY_TIMEOUT_MS, journalSizeLimit: JOURNAL_SIZE_LIMIT });
     } catch (err) {
-      if (db.isTransaction) {
-        try {
-          db.exec('ROLLBACK');
-        } catch {
-          // SQLite rolled back already (SQLITE_FULL, SQLITE_IOERR do)
-        }
-      }
+      await this.close();
+      const e = this.#writeError(err);
+      throw new StateInvalidError(this.path, [whole(`Cannot open the database for writing: ${e.errno} (${e.detail})`)], err);
+    }
+  }
+
+  #send(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<void> {
+    const worker = this.#worker;
+    if (worker === null) return Promise.reject({ errcode: 10, errstr: 'the state writer is not running', message: 'the state writer is not running' });
+    const seq = ++this.#seq;
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.set(seq, { resolve, reject });
+      worker.postMessage({ ...m, seq });
+    });
+  }
+
+  /**
+   * Durably stores one entry: resolves with its new revision once SQLite has fsynced it.
+   * Rejects with StateWriteError, having changed nothing.
+   */
+  async put(kind: EntryKind, id: string, body: Readonly<Record<string, unknown>>): Promise<number> {
+    const revision = this.#nextRevision();
+    await this.#write({ op: 'put', kind, id, revision, body: JSON.stringify(body) });
+    return revision;
+  }
+
+  /** Durably removes one entry; resolves with the revision of the removal. Rejects with StateWriteError. */
+  async delete(kind: EntryKind, id: string): Promise<number> {
+    const revision = this.#nextRevision();
+    await this.#write({ op: 'delete', kind, id, revision });
+    return revision;
+  }
+
+  /** Revisions are taken in memory and never handed out twice, even for a write that failed. */
+  #nextRevision(): number {
+    return ++this.#revision;
+  }
+
+  async #write(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<void> {
+    if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
+    try {
+      await this.#send(m);
+    } catch (err) {
       throw this.#writeError(err);
     }
   }
 
   #writeError(err: unknown): StateWriteError {
-    const e = err as Error & { errcode?: number; errstr?: string };
+    const e = err as { errcode?: number | null; errstr?: string | null; message?: string };
     const primary = (e.errcode ?? 0) & 0xff;
     // SQLite reports "read-only" for a read-only file system and for missing permission alike;
     // asking the folder tells which, with the system's own errno.
     const errno = primary === 8 || primary === 14 ? (this.#dirWritable() ?? ERRNO_OF[primary]!) : (ERRNO_OF[primary] ?? 'EIO');
-    return new StateWriteError(this.path, errno, e.errstr ?? e.message, err);
+    return new StateWriteError(this.path, errno, e.errstr ?? e.message ?? String(err), err);
   }
 
   /** Closes the database (SQLite checkpoints the WAL into it and removes the WAL). */
-  close(): void {
-    const db = this.#db;
+  async close(): Promise<void> {
+    this.#db?.close();
     this.#db = null;
-    this.#put = this.#del = this.#bump = null;
-    if (db?.isOpen) db.close();
+    const worker = this.#worker;
+    if (worker === null) return;
+    try {
+      await this.#send({ op: 'close' });
+    } catch {
+      // closing anyway
+    }
+    this.#worker = null;
+    await worker.terminate();
   }
 }
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 /** The files a state at `path` may leave beside it (the WAL and its index), for tests and docs. */
 export function stateSideFiles(path: string): string[] {

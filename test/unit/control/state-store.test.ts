@@ -42,8 +42,8 @@ beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'egressd-state-'));
   path = join(dir, 'state.json');
 });
-afterEach(() => {
-  for (const c of open.splice(0)) c.close();
+afterEach(async () => {
+  for (const c of open.splice(0)) await c.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -143,7 +143,7 @@ describe('converting the version-1 JSON state', () => {
     ]);
     expect(cp.orgRecord('acme')).toEqual({ id: 'acme', tier: 3, network: null });
     expect(verdict(cp.store.policyOf('sb-1')!, { name: 'api.example.test', ip: '198.18.1.1', port: 443 }).verdict).toBe('allow');
-    cp.close();
+    await cp.close();
     expect(readFileSync(path).subarray(0, 15).toString()).toBe('SQLite format 3');
     expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe(text);
     expect(files()).toEqual(['state.json', 'state.json.v1.json']);
@@ -156,7 +156,7 @@ describe('converting the version-1 JSON state', () => {
 
   it('finishes a conversion interrupted after the old file was renamed away', async () => {
     writeFileSync(path, JSON.stringify(V1));
-    (await load()).close();
+    await (await load()).close();
     // Recreate the instant between the two renames: the database under its temporary name.
     renameSync(path, `${path}.migrating`);
     expect(existsSync(path)).toBe(false);
@@ -168,7 +168,7 @@ describe('converting the version-1 JSON state', () => {
   it('keeps an earlier kept file: a second conversion gets a time-stamped name', async () => {
     writeFileSync(`${path}.v1.json`, 'an earlier one');
     writeFileSync(path, JSON.stringify(V1));
-    (await load()).close();
+    await (await load()).close();
     expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe('an earlier one');
     expect(files().filter((f) => /^state\.json\.v1\..+\.json$/.test(f))).toHaveLength(1);
   });
@@ -193,7 +193,7 @@ describe('the SQLite state', () => {
     const r3 = cp.revisionOf('sandbox', 'sb-1')!;
     expect(r3).toBeGreaterThan(r2 + 1);
     expect((await cp.putSandbox('sb-2', { sources: ['198.18.0.2'], org: 'acme' })).ok).toBe(true);
-    cp.close();
+    await cp.close();
     expect(files()).toEqual(['state.db']);
     const back = await load(dbPath());
     expect(back.sandboxes().map((s) => [s.id, s.sources, s.org])).toEqual([
@@ -209,13 +209,13 @@ describe('the SQLite state', () => {
     const cp = await load(dbPath());
     await cp.putSandbox('sb-1', { sources: ['198.18.0.1'] });
     await cp.putSandbox('sb-2', { sources: ['198.18.0.2'] });
-    cp.close();
+    await cp.close();
     const db = new DatabaseSync(dbPath());
     damage(db);
     db.close();
     const before = readFileSync(dbPath());
     const e = await refused(dbPath());
-    open.splice(0).forEach((c) => c.close());
+    for (const c of open.splice(0)) await c.close();
     // Nothing written: the database is byte for byte what it was, both rows still in it.
     expect(readFileSync(dbPath()).equals(before)).toBe(true);
     const check = new DatabaseSync(dbPath(), { readOnly: true });
@@ -258,7 +258,7 @@ describe('the SQLite state', () => {
         sources: [`198.18.${i >> 8}.${i & 255}`],
         network: { mode: 'block-all', egress: { allowed_domains: [`n${i}.example.test`] } },
       });
-    cp.close();
+    await cp.close();
     const whole = readFileSync(dbPath());
     expect(whole.length).toBeGreaterThan(3 * 4096);
     const cut = whole.subarray(0, Math.floor(whole.length / 2 / 4096) * 4096 + 100);
@@ -287,5 +287,29 @@ describe('creating the state', () => {
     const e = await refused(join(dir, 'missing', 'state.db'));
     expect(e.issues[0]!.reason).toMatch(/Cannot create the state: ENOENT/);
     expect(files()).toEqual([]);
+  });
+});
+
+describe('writing', () => {
+  it('happens off the main thread: the event loop turns while a change is being fsynced', async () => {
+    const cp = await load(join(dir, 'state.db'));
+    const order: string[] = [];
+    setImmediate(() => order.push('event loop turned'));
+    const r = await cp.putSandbox('sb-1', { sources: ['198.18.0.1'] });
+    order.push('change acknowledged');
+    expect(r.ok).toBe(true);
+    expect(order).toEqual(['event loop turned', 'change acknowledged']);
+  });
+
+  it('keeps changes in the order they were made', async () => {
+    const cp = await load(join(dir, 'state.db'));
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        cp.putSandbox('sb-1', { sources: ['198.18.0.1'], network: { mode: 'block-all', egress: { allowed_ports: [1000 + i] } } }),
+      ),
+    );
+    await cp.close();
+    const back = await load(join(dir, 'state.db'));
+    expect(back.sandbox('sb-1')?.network).toEqual({ mode: 'block-all', egress: { allowed_ports: [1019] } });
   });
 });
