@@ -103,7 +103,7 @@ export interface Config {
   readonly peek: { readonly timeoutMs: number; readonly firstByteTimeoutMs: number };
   readonly block: BlockMode;
   /** A refused client still sending is read (and discarded) this long, for this many bytes, so it reads the answer. */
-  readonly refusal: { readonly lingerMs: number; readonly lingerMaxBytes: number };
+  readonly refusal: { readonly lingerMs: number; readonly lingerMaxBytes: number; readonly lingerMaxConnections: number };
   readonly protected: {
     readonly extra: readonly string[];
     readonly except: readonly string[];
@@ -146,7 +146,7 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
   block: 'explain',
-  refusal: { lingerMs: 30_000, lingerMaxBytes: 67_108_864 },
+  refusal: { lingerMs: 30_000, lingerMaxBytes: 67_108_864, lingerMaxConnections: 4096 },
   protected: { extra: [], except: [], reachableHostAddresses: [] },
   defaultNetwork: BLOCK_EVERYTHING,
   sandboxes: [],
@@ -302,9 +302,11 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (firstByte > peekTimeout) issues.add('peek.firstByteTimeoutMs', `Must not exceed peek.timeoutMs (${peekTimeout}), got ${firstByte}`);
 
   const block = optEnum(root['block'], 'block', ['explain', 'drop'] as const, issues) ?? 'explain';
-  const refIn = root['refusal'] === undefined ? {} : objectWithKeys(root['refusal'], 'refusal', ['lingerMs', 'lingerMaxBytes'], issues);
+  const refIn = root['refusal'] === undefined ? {} : objectWithKeys(root['refusal'], 'refusal', ['lingerMs', 'lingerMaxBytes', 'lingerMaxConnections'], issues);
   const lingerMs = optInt(refIn?.['lingerMs'], 'refusal.lingerMs', 0, 600_000, issues) ?? d['refusal']['lingerMs'];
   const lingerMaxBytes = optInt(refIn?.['lingerMaxBytes'], 'refusal.lingerMaxBytes', 0, 1_073_741_824, issues) ?? d['refusal']['lingerMaxBytes'];
+  const lingerMaxConnections =
+    optInt(refIn?.['lingerMaxConnections'], 'refusal.lingerMaxConnections', 0, 1_000_000, issues) ?? d['refusal']['lingerMaxConnections'];
 
   const protIn = root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except', 'reachableHostAddresses'], issues);
   const extra = optStringArray(protIn?.['extra'], 'protected.extra', issues) ?? [];
@@ -384,7 +386,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     upstream: { dial, connectTimeoutMs, idleTimeoutMs },
     peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
     block,
-    refusal: { lingerMs, lingerMaxBytes },
+    refusal: { lingerMs, lingerMaxBytes, lingerMaxConnections },
     protected: { extra, except, reachableHostAddresses },
     defaultNetwork,
     sandboxes,

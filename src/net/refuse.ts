@@ -16,11 +16,25 @@ const ACCESS_DENIED_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x3
 export interface Linger {
   readonly lingerMs: number;
   readonly lingerMaxBytes: number;
+  /**
+   * How many refused connections may linger at once, across all sandboxes. Past it a refusal
+   * lingers only SHORT_LINGER_MS: one sandbox opening refused connections in a loop must not
+   * hold the process's descriptors for `lingerMs` each.
+   */
+  readonly lingerMaxConnections: number;
 }
 
 // nginx's lingering_timeout is 5 s between reads and lingering_time 30 s overall; 30 s and
 // 64 MiB let a client pacing a large upload finish sending and read the answer.
-export const DEFAULT_LINGER: Linger = Object.freeze({ lingerMs: 30_000, lingerMaxBytes: 64 * 1024 * 1024 });
+export const DEFAULT_LINGER: Linger = Object.freeze({ lingerMs: 30_000, lingerMaxBytes: 64 * 1024 * 1024, lingerMaxConnections: 4096 });
+/** Long enough for a client that is not uploading to read the answer and close. */
+const SHORT_LINGER_MS = 2_000;
+let lingering = 0;
+
+/** How many refused connections are lingering now (for tests and metrics). */
+export function lingeringConnections(): number {
+  return lingering;
+}
 
 // RFC 1035 §2.3.4: a name is at most 253 characters; anything longer is not a name but a payload.
 const MAX_HOST_CHARS = 253;
@@ -104,7 +118,8 @@ export function dropSilently(socket: Socket): void {
 
 /**
  * Writes the answer and half-closes, then keeps reading and discarding until the client closes,
- * or `lingerMs` has passed, or `lingerMaxBytes` more have arrived: HTTP's staged close (RFC 9112
+ * or `lingerMs` has passed (2 s once `lingerMaxConnections` linger already), or `lingerMaxBytes`
+ * more have arrived: HTTP's staged close (RFC 9112
  * §9.6; nginx's lingering close), used for TLS too. Closing with unread bytes in the receive
  * queue makes the kernel send a reset (RFC 9293 §3.6.1, RFC 2525 §2.17), and a reset can
  * discard the answer before the client has read it — exactly when a client is still sending a
@@ -120,9 +135,14 @@ function answerAndClose(socket: Socket, answer: Buffer, linger: Linger): void {
     if (discarded > linger.lingerMaxBytes) socket.destroy();
   });
   socket.resume();
-  const timer = setTimeout(() => socket.destroy(), linger.lingerMs);
+  const full = lingering < linger.lingerMaxConnections;
+  if (full) lingering++;
+  const timer = setTimeout(() => socket.destroy(), full ? linger.lingerMs : Math.min(linger.lingerMs, SHORT_LINGER_MS));
   timer.unref();
-  socket.once('close', () => clearTimeout(timer));
+  socket.once('close', () => {
+    clearTimeout(timer);
+    if (full) lingering--;
+  });
   // With allowHalfOpen the socket closes itself once the client's FIN has arrived and the
   // answer has been flushed (autoDestroy).
   if (!socket.writableEnded) socket.end(answer);

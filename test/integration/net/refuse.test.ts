@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { request as undiciRequest } from 'undici';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { dropSilently, refuseHttp, refuseTcp, refuseTls } from '../../../src/net/refuse.ts';
+import { dropSilently, lingeringConnections, refuseHttp, refuseTcp, refuseTls } from '../../../src/net/refuse.ts';
 
 const noop = (): void => {};
 
@@ -213,7 +213,7 @@ describe('refuseHttp', () => {
 
   it('stops reading a refused client after lingerMaxBytes', async () => {
     const { port, accepted } = await front((s) =>
-      refuseHttp(s, { host: 'flood.test', reason: 'default-block', linger: { lingerMs: 60_000, lingerMaxBytes: 256 * 1024 } }),
+      refuseHttp(s, { host: 'flood.test', reason: 'default-block', linger: { lingerMs: 60_000, lingerMaxBytes: 256 * 1024, lingerMaxConnections: 100 } }),
     );
     const c = rawClient(port);
     c.on('error', noop);
@@ -235,7 +235,7 @@ describe('refuseHttp', () => {
 
   it('closes a client that neither reads nor closes once the linger has passed', async () => {
     const { port, accepted } = await front((s) =>
-      refuseHttp(s, { host: 'stuck.test', reason: 'default-block', linger: { lingerMs: 300, lingerMaxBytes: 1024 } }),
+      refuseHttp(s, { host: 'stuck.test', reason: 'default-block', linger: { lingerMs: 300, lingerMaxBytes: 1024, lingerMaxConnections: 100 } }),
     );
     const c = rawClient(port);
     c.write('GET / HTTP/1.1\r\nHost: stuck.test\r\n\r\n');
@@ -243,6 +243,28 @@ describe('refuseHttp', () => {
     const s = await accepted;
     await once(s, 'close');
     expect(s.destroyed).toBe(true);
+  });
+});
+
+describe('refusal lingering, bounded across connections', () => {
+  it('lingers the full time for the first lingerMaxConnections refusals and 2 s for the rest', async () => {
+    const linger = { lingerMs: 60_000, lingerMaxBytes: 1024 * 1024, lingerMaxConnections: lingeringConnections() + 1 };
+    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'one.test', reason: 'default-block', linger }));
+    const first = rawClient(port);
+    first.on('error', noop);
+    first.write('GET / HTTP/1.1\r\nHost: one.test\r\n\r\n');
+    first.pause(); // neither reads nor closes: it holds the one lingering place
+    const held = await accepted;
+    const second = await front((s) => refuseHttp(s, { host: 'two.test', reason: 'default-block', linger }));
+    const c = rawClient(second.port);
+    c.on('error', noop);
+    c.write('GET / HTTP/1.1\r\nHost: two.test\r\n\r\n');
+    c.pause();
+    const s2 = await second.accepted;
+    // The second is cut after the short linger although its own lingerMs is a minute.
+    await once(s2, 'close');
+    expect(held.destroyed).toBe(false);
+    held.destroy();
   });
 });
 
