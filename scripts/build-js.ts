@@ -23,7 +23,11 @@ function files(dir: string): string[] {
 }
 
 const sources = files(src);
-const newest = Math.max(...sources.map((f) => statSync(f).mtimeMs), statSync(join(root, 'tsconfig.json')).mtimeMs, statSync(join(root, 'tsconfig.build.json')).mtimeMs);
+const newest = Math.max(
+  ...sources.map((f) => statSync(f).mtimeMs),
+  statSync(join(root, 'tsconfig.json')).mtimeMs,
+  statSync(join(root, 'tsconfig.build.json')).mtimeMs,
+);
 if (!process.argv.includes('--force') && existsSync(stamp) && statSync(stamp).mtimeMs >= newest) process.exit(0);
 if (!existsSync(tsc)) {
   process.stdout.write('build-js: TypeScript is not installed (production-only install); bin/egressd runs src/ directly\n');
