@@ -52,9 +52,13 @@ export class InvalidConfigError extends EgressdError {
 }
 
 export class ConfigReadError extends EgressdError {
-  constructor(file: string, detail: string, cause?: unknown) {
-    super('EGRESSD_ERR_CONFIG_READ', `Cannot read configuration "${file}": ${detail}`, { cause });
+  /** Where a syntax error is (1-based), when the file could be read but not parsed. */
+  readonly position: { readonly line: number; readonly column: number } | null;
+  constructor(file: string, detail: string, cause?: unknown, position: { line: number; column: number } | null = null) {
+    const at = position ? `${file}:${position.line}:${position.column}: ` : '';
+    super('EGRESSD_ERR_CONFIG_READ', `${at}Cannot read configuration "${file}": ${detail}`, { cause });
     this.name = 'ConfigReadError';
+    this.position = position;
   }
 }
 

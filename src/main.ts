@@ -1,38 +1,11 @@
 // The only place that reads argv and the environment, installs signal handlers and exits.
 
-import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { decideCommand } from './cli/decide.ts';
-import { inspectBytes } from './cli/inspect.ts';
-import { loadConfig, parseConfigText } from './config/load.ts';
-import { type Config, validateConfig } from './config/schema.ts';
+import { buildProgram } from './cli/program.ts';
+import { loadConfig } from './config/load.ts';
+import type { Config } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
-import { EgressdError, formatIssues } from './errors.ts';
 import { createLogger } from './observability/logger.ts';
 import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
-
-const USAGE = `Usage: egressd <command> [options]
-
-Commands:
-  serve [--config FILE] [--pretty]   Run the daemon (built-in default config without --config)
-  validate FILE                      Check a config file; print every problem at once
-  inspect [FILE|-]                   Show the protocol and name in a client's first bytes
-  decide --policy FILE [--host NAME] --ip ADDR --port N [--dns-server ADDR]... [--protected-except CIDR]...
-                                     The verdict a policy (any dialect) gives one connection
-  sandbox put|get|rm|network|effective ID, sandbox ls
-  org put|get|rm ID
-  check --sandbox ID [--host NAME] --ip ADDR --port N
-                                     The control-plane API (--admin URL, EGRESSD_ADMIN_URL,
-                                     EGRESSD_ADMIN_TOKEN or --token-file)
-  iptables [--apply|--remove] [--mode host|sidecar] ...
-                                     Print or install the REDIRECT rules (iptables or nft)
-
-Environment:
-  EGRESSD_CONFIG        config file for serve when --config is absent
-  EGRESSD_ADMIN_TOKEN   admin API token (overrides admin.token)
-  EGRESSD_DATA_PLANE    native (default: splice(2) in native loops where the addon runs) or js
-  EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)
-`;
 
 function out(s: string): void {
   process.stdout.write(s);
@@ -63,9 +36,8 @@ function dataPlaneFromEnv(): void {
   configureNativeSplice({ enabled: mode !== 'js', ...(threads !== undefined ? { threads } : {}) });
 }
 
-async function serve(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, pretty: { type: 'boolean' } }, strict: true });
-  const file = values.config ?? process.env['EGRESSD_CONFIG'] ?? null;
+async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {
+  const file = values.config ?? null;
   let config: Config;
   try {
     config = withEnv(await loadConfig(file));
@@ -130,130 +102,5 @@ async function serve(argv: string[]): Promise<number> {
   });
 }
 
-function validate(argv: string[]): number {
-  const { positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true });
-  if (positionals.length !== 1) {
-    err('Usage: egressd validate FILE');
-    return 2;
-  }
-  const file = positionals[0]!;
-  let doc: unknown;
-  try {
-    doc = parseConfigText(readFileSync(file, 'utf8'), file);
-  } catch (e) {
-    err(`${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    return 1;
-  }
-  const r = validateConfig(doc);
-  if (!r.ok) {
-    err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}`);
-    return 1;
-  }
-  out(`${file}: valid (${r.config.sandboxes.length} sandboxes)\n`);
-  return 0;
-}
-
-function inspect(argv: string[]): number {
-  const { positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true });
-  if (positionals.length > 1) {
-    err('Usage: egressd inspect [FILE|-]');
-    return 2;
-  }
-  const src = positionals[0] ?? '-';
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(src === '-' ? 0 : src);
-  } catch (e) {
-    err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
-    return 2;
-  }
-  const r = inspectBytes(bytes);
-  out(r.stdout);
-  return r.code;
-}
-
-function decideCli(argv: string[]): number {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      policy: { type: 'string' },
-      host: { type: 'string' },
-      ip: { type: 'string' },
-      port: { type: 'string' },
-      'dns-server': { type: 'string', multiple: true },
-      'protected-except': { type: 'string', multiple: true },
-    },
-    strict: true,
-  });
-  if (values.policy === undefined || values.ip === undefined || values.port === undefined) {
-    err('Usage: egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--dns-server ADDR]... [--protected-except CIDR]...');
-    return 2;
-  }
-  const r = decideCommand({
-    policy: values.policy,
-    ip: values.ip,
-    port: values.port,
-    ...(values.host !== undefined ? { host: values.host } : {}),
-    ...(values['dns-server'] !== undefined ? { dnsServers: values['dns-server'] } : {}),
-    ...(values['protected-except'] !== undefined ? { protectedExcept: values['protected-except'] } : {}),
-  });
-  if (r.stderr) err(r.stderr);
-  out(r.stdout);
-  return r.code;
-}
-
-async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  try {
-    switch (command) {
-      case 'serve':
-        return await serve(rest);
-      case 'validate':
-        return validate(rest);
-      case 'inspect':
-        return inspect(rest);
-      case 'decide':
-        return decideCli(rest);
-      case 'iptables': {
-        // Loaded here, not at the top: `serve` never needs the CLI-only modules (undici alone
-        // is ≈5 MB of a daemon's RSS).
-        const { iptablesCommand } = await import('./cli/iptables/command.ts');
-        const r = await iptablesCommand(rest);
-        if (r.stderr) err(r.stderr);
-        out(r.stdout);
-        return r.code;
-      }
-      case 'sandbox':
-      case 'org':
-      case 'check': {
-        const { apiCommand } = await import('./cli/api-client.ts');
-        const r = await apiCommand(command, rest, process.env);
-        if (r.stderr) err(r.stderr);
-        out(r.stdout);
-        return r.code;
-      }
-      case undefined:
-      case '-h':
-      case '--help':
-      case 'help':
-        out(USAGE);
-        return command === undefined ? 2 : 0;
-      default:
-        err(`Unknown command "${command}"\n\n${USAGE}`);
-        return 2;
-    }
-  } catch (e) {
-    // parseArgs throws on unknown or malformed options: a usage error.
-    if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      err(`egressd ${command}: ${(e as Error).message}`);
-      return 2;
-    }
-    if (e instanceof EgressdError) {
-      err(`egressd: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
-}
-
-process.exitCode = await main(process.argv.slice(2));
+const { run } = buildProgram({ out, err, env: process.env, serve });
+process.exitCode = await run(process.argv.slice(2));

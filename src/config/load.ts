@@ -11,8 +11,19 @@ import { type Config, validateConfig } from './schema.ts';
 export function parseConfigText(text: string, file: string): unknown {
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: true });
   if (doc.errors.length > 0) {
+    // The first error, as the yaml library words it ("... at line 2, column 1:" then the lines
+    // around it with a caret): what is wrong, where, and its code, so no one has to guess.
     const first = doc.errors[0]!;
-    throw new ConfigReadError(file, first.message.split('\n')[0] ?? 'YAML syntax error');
+    const [head = 'YAML syntax error', ...context] = first.message.split('\n');
+    const what = head.replace(/ at line \d+, column \d+:?$/, '');
+    const pos = first.linePos?.[0];
+    const snippet = context.join('\n').replace(/^\n+|\n+$/g, '');
+    throw new ConfigReadError(
+      file,
+      `${what} (YAML ${first.code}${pos ? `, line ${pos.line}, column ${pos.col}` : ''})${snippet ? `\n${snippet}` : ''}`,
+      first,
+      pos ? { line: pos.line, column: pos.col } : null,
+    );
   }
   return doc.toJS({ maxAliasCount: 100 });
 }

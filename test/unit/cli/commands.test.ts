@@ -107,7 +107,8 @@ describe('egressd inspect', () => {
     const r = await egressd(['inspect', 'a.bin', 'b.bin']);
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toContain('Usage: egressd inspect');
+    expect(r.stderr).toContain("too many arguments for 'inspect'");
+    expect(r.stderr).toContain('egressd inspect --help');
   });
 });
 
@@ -241,7 +242,8 @@ describe('egressd decide', () => {
   it('exits 2 when a required flag is missing', async () => {
     const r = await egressd(['decide', '--policy', daytona, '--ip', '1.1.1.1']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('Usage: egressd decide');
+    expect(r.stderr).toContain("required option '--port <n>' not specified");
+    expect(r.stderr).toContain('egressd decide --help');
   });
 });
 
@@ -272,10 +274,21 @@ describe('egressd validate', () => {
     expect(r.stderr).toContain('ENOENT');
   });
 
-  it('exits 1 on a file that is not YAML', async () => {
-    const r = await egressd(['validate', write('broken.yaml', 'listen: [unclosed\n')]);
+  it('exits 1 on a file that is not YAML, printing the YAML error itself: line, column, what and where', async () => {
+    const file = write('broken.yaml', 'admin:\n  listen: 127.0.0.1:9901\nlisten: [unclosed\nblock: drop\n');
+    const r = await egressd(['validate', file]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('broken.yaml');
+    expect(r.stderr).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:4:1: `));
+    expect(r.stderr).toContain('Flow sequence in block collection must be sufficiently indented and end with a ]');
+    expect(r.stderr).toContain('(YAML BAD_INDENT, line 4, column 1)');
+    expect(r.stderr).toMatch(/^listen: \[unclosed$/m);
+    expect(r.stderr).not.toContain('EGRESSD_ERR_CONFIG_READ');
+  });
+
+  it('names a duplicate key with its line and column', async () => {
+    const r = await egressd(['validate', write('dup.yaml', 'block: drop\nblock: explain\n')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/dup\.yaml:2:1: .*Map keys must be unique \(YAML DUPLICATE_KEY, line 2, column 1\)/);
   });
 });
 
@@ -298,15 +311,18 @@ describe('egressd without a known command', () => {
     expect(r.stdout).toContain('Usage: egressd <command>');
   });
 
-  it('exits 2 on an unknown command, naming it', async () => {
+  it('exits 2 on an unknown command, naming it, and suggests the near one', async () => {
     const r = await egressd(['frobnicate']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('Unknown command "frobnicate"');
+    expect(r.stderr).toContain("unknown command 'frobnicate'");
+    const near = await egressd(['sandboxes']);
+    expect(near.code).toBe(2);
+    expect(near.stderr).toContain('Did you mean sandbox?');
   });
 
-  it('exits 2 on an unknown option', async () => {
+  it('exits 2 on an unknown option, naming it', async () => {
     const r = await egressd(['validate', '--frob', 'x']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('egressd validate');
+    expect(r.stderr).toContain("unknown option '--frob'");
   });
 });

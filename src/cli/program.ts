@@ -1,0 +1,342 @@
+// The command line, declared once with commander: every command and subcommand has its own
+// `--help`, the same flag means the same thing everywhere (`--admin`, `--token-file`, `--ip`,
+// `--port`, `--host`, `--dns-server`), and the exit code says which outcome it was (EXIT).
+//
+// commander (the most used Node CLI library, no dependencies, typed) replaces the hand-written
+// dispatch: it gives per-command help, "did you mean" for misspelt commands and uniform errors
+// for unknown options and missing arguments, which the hand-written parsing did one by one.
+// What each command does stays in its own module (src/cli/*.ts); this file only wires argv to
+// them. `egressd iptables` keeps its own parser and help (src/cli/iptables/), called as is.
+
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import type { ApiCall } from './api-client.ts';
+import { decideCommand } from './decide.ts';
+import { inspectBytes } from './inspect.ts';
+import { parseConfigText } from '../config/load.ts';
+import { validateConfig } from '../config/schema.ts';
+import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
+
+/**
+ * Exit codes, the same for every command:
+ *   0 done: allowed (check, decide), valid (validate), parsed (inspect), applied (iptables)
+ *   1 the answer is no: refused (check, decide), invalid (validate), not parseable (inspect),
+ *     a change the API refused (400, 404, 409, 412, 413), a firewall command that failed
+ *   2 usage error: unknown command or option, missing or malformed argument, unreadable input
+ *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
+ */
+export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3 });
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+export interface CliIo {
+  readonly out: (s: string) => void;
+  readonly err: (s: string) => void;
+  readonly env: NodeJS.ProcessEnv;
+  /** Runs the daemon until it stops; resolves to the exit code. */
+  readonly serve: (opts: { config?: string; pretty?: boolean }) => Promise<number>;
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+function portArg(v: string): string {
+  // Checked again (with the same words) by the command; here only to fail before any I/O.
+  if (!/^\d{1,5}$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`expected a port from 1 to 65535, got "${v}"`);
+  return v;
+}
+
+function tierArg(v: string): number {
+  if (!/^[1-4]$/.test(v)) throw new InvalidArgumentError(`expected a tier from 1 to 4, got "${v}"`);
+  return Number(v);
+}
+
+function limitArg(v: string): number {
+  if (!/^\d{1,5}$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
+  return Number(v);
+}
+
+function json(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${what} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+function fileJson(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`Cannot read "${file}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return json(text, `"${file}"`);
+}
+
+interface ApiOpts {
+  admin?: string;
+  tokenFile?: string;
+}
+
+/** Builds the program; `run` parses argv with it and returns the exit code. */
+export function buildProgram(io: CliIo): { program: Command; run: (argv: readonly string[]) => Promise<number> } {
+  let code: number = EXIT.ok;
+  const emit = (r: { code: number; stdout: string; stderr?: string }): void => {
+    if (r.stderr) io.err(r.stderr);
+    if (r.stdout) io.out(r.stdout);
+    code = r.code;
+  };
+
+  const program = new Command('egressd')
+    .usage('<command> [options]')
+    .description('Egress filter for code-execution sandboxes: the daemon, its checks, its firewall rules and its control-plane API.')
+    .addHelpText(
+      'after',
+      `
+Exit codes: 0 done/allowed/valid, 1 refused/invalid/the API refused the change,
+2 usage error, 3 the admin API is unreachable, failing or refuses the token.
+
+Environment:
+  EGRESSD_CONFIG        config file for serve when --config is absent
+  EGRESSD_ADMIN_URL     admin API for sandbox/org/check (default http://127.0.0.1:9901)
+  EGRESSD_ADMIN_TOKEN   admin API token (serve: overrides admin.token)
+  EGRESSD_DATA_PLANE    native (default: splice(2) in native loops where the addon runs) or js
+  EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)
+
+Run "egressd <command> --help" for a command's own options.`,
+    )
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err });
+
+  // Subcommands inherit the output and error handling; every one of them exits through EXIT.
+  const sub = (parent: Command, spec: string, description: string): Command => {
+    const c = parent.command(spec).description(description).exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+    return c.showHelpAfterError(`(see "${[...lineage(parent), c.name()].join(' ')} --help")`);
+  };
+
+  const apiOptions = (c: Command): Command =>
+    c
+      .addOption(new Option('--admin <url>', 'admin API base URL').env('EGRESSD_ADMIN_URL').default('http://127.0.0.1:9901'))
+      .option('--token-file <file>', 'read the admin token from this file (default: EGRESSD_ADMIN_TOKEN)');
+
+  const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' = 'plain'): Promise<void> => {
+    const o = c.opts<ApiOpts>();
+    let token = io.env['EGRESSD_ADMIN_TOKEN'];
+    if (o.tokenFile !== undefined) {
+      try {
+        token = readFileSync(o.tokenFile, 'utf8').trim();
+      } catch (e) {
+        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+    }
+    // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
+    const { callApi } = await import('./api-client.ts');
+    emit(await callApi(call, { admin: o.admin ?? 'http://127.0.0.1:9901', token, kind }));
+  };
+
+  sub(program, 'serve', 'Run the daemon (the built-in default configuration without --config)')
+    .addOption(new Option('--config <file>', 'configuration file (YAML or JSON)').env('EGRESSD_CONFIG'))
+    .option('--pretty', 'human-readable logs (needs the dev dependency pino-pretty)')
+    .action(async (o: { config?: string; pretty?: boolean }) => {
+      code = await io.serve(o);
+    });
+
+  sub(program, 'validate', 'Check a configuration file: every problem with its key, or the YAML error with its line and column')
+    .argument('<file>', 'configuration file (YAML or JSON)')
+    .action((file: string) => {
+      let doc: unknown;
+      try {
+        doc = parseConfigText(readFileSync(file, 'utf8'), file);
+      } catch (e) {
+        io.err(e instanceof ConfigReadError ? `${e.message}\n` : `${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
+        code = EXIT.no;
+        return;
+      }
+      const r = validateConfig(doc);
+      if (!r.ok) {
+        io.err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}\n`);
+        code = EXIT.no;
+        return;
+      }
+      io.out(`${file}: valid (${r.config.sandboxes.length} sandboxes)\n`);
+      code = EXIT.ok;
+    });
+
+  sub(program, 'inspect', "The protocol, name, ALPN and ECH flag in a client's first bytes, as JSON")
+    .argument('[file]', 'captured bytes ("-" or absent: standard input)', '-')
+    .action((src: string) => {
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(src === '-' ? 0 : src);
+      } catch (e) {
+        io.err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? String(e)}\n`);
+        code = EXIT.usage;
+        return;
+      }
+      emit(inspectBytes(bytes));
+    });
+
+  sub(program, 'decide', "The verdict a policy (any dialect) gives one connection, through the daemon's own store; nothing is opened")
+    .requiredOption('--policy <file>', 'the policy body, YAML or JSON ("-": standard input)')
+    .option('--host <name>', 'the SNI or Host the client sends')
+    .requiredOption('--ip <addr>', 'the destination address')
+    .requiredOption('--port <n>', 'the destination port')
+    .option('--dns-server <addr>', 'a sandbox DNS server (repeatable; default the config default)', collect, [])
+    .option('--protected-except <cidr>', 'a range taken out of the protected ranges (repeatable)', collect, [])
+    .action((o: { policy: string; host?: string; ip: string; port: string; dnsServer: string[]; protectedExcept: string[] }) => {
+      emit(
+        decideCommand({
+          policy: o.policy,
+          ip: o.ip,
+          port: o.port,
+          ...(o.host !== undefined ? { host: o.host } : {}),
+          ...(o.dnsServer.length > 0 ? { dnsServers: o.dnsServer } : {}),
+          ...(o.protectedExcept.length > 0 ? { protectedExcept: o.protectedExcept } : {}),
+        }),
+      );
+    });
+
+  // Listed here for the help; its arguments go to its own parser untouched (see run below).
+  sub(program, 'iptables', 'Print, apply (--apply) or remove (--remove) the REDIRECT rules, iptables or nft; see "egressd iptables --help"')
+    .helpOption(false)
+    .allowUnknownOption()
+    .allowExcessArguments();
+
+  const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');
+  apiOptions(sub(sandbox, 'put', 'Create or replace a sandbox'))
+    .argument('<id>', 'sandbox id')
+    .option('--file <body.json>', 'the whole body, JSON ("-": standard input)')
+    .option('--sources <list>', 'comma-separated source addresses (without --file)')
+    .option('--org <id>', 'its organization (without --file)')
+    .option('--network <json>', 'its policy in any dialect (without --file)')
+    .action(async (id: string, o: { file?: string; sources?: string; org?: string; network?: string }, c: Command) => {
+      let body: unknown;
+      if (o.file !== undefined) body = fileJson(o.file);
+      else if (o.sources !== undefined) {
+        body = {
+          sources: o.sources
+            .split(',')
+            .map((s) => s.trim())
+            .filter((s) => s !== ''),
+          ...(o.org !== undefined ? { org: o.org } : {}),
+          ...(o.network !== undefined ? { network: json(o.network, '--network') } : {}),
+        };
+      } else throw new UsageError('sandbox put needs --file BODY.json or --sources A,B');
+      await api(c, { method: 'PUT', path: `/api/v1/sandboxes/${enc(id)}`, body });
+    });
+  apiOptions(sub(sandbox, 'get', 'Show a sandbox'))
+    .argument('<id>', 'sandbox id')
+    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}` }));
+  apiOptions(sub(sandbox, 'rm', 'Delete a sandbox'))
+    .argument('<id>', 'sandbox id')
+    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/sandboxes/${enc(id)}` }));
+  apiOptions(sub(sandbox, 'ls', 'List sandboxes, one page at a time'))
+    .option('--limit <n>', 'at most this many per page', limitArg)
+    .option('--cursor <cursor>', 'the next_cursor of the previous page')
+    .action((o: { limit?: number; cursor?: string }, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes${query(o)}` }));
+  apiOptions(sub(sandbox, 'network', "Show a sandbox's policy, or replace it with --file or --network"))
+    .argument('<id>', 'sandbox id')
+    .option('--file <body.json>', 'the policy body, JSON ("-": standard input)')
+    .option('--network <json>', 'the policy body inline')
+    .action((id: string, o: { file?: string; network?: string }, c: Command) => {
+      const body = o.file !== undefined ? fileJson(o.file) : o.network !== undefined ? json(o.network, '--network') : undefined;
+      const path = `/api/v1/sandboxes/${enc(id)}/network`;
+      return api(c, body === undefined ? { method: 'GET', path } : { method: 'PUT', path, body });
+    });
+  apiOptions(sub(sandbox, 'effective', 'What applies to a sandbox: its organization, policy, catalog, DNS servers and protected ranges'))
+    .argument('<id>', 'sandbox id')
+    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}/effective` }));
+
+  const org = sub(program, 'org', 'Organizations through the control-plane API');
+  apiOptions(sub(org, 'put', 'Create or replace an organization: a Daytona tier or a policy'))
+    .argument('<id>', 'organization id')
+    .option('--tier <n>', 'Daytona tier 1-4', tierArg)
+    .option('--network <json>', 'its policy in any dialect')
+    .option('--file <body.json>', 'the whole body, JSON ("-": standard input)')
+    .action((id: string, o: { tier?: number; network?: string; file?: string }, c: Command) => {
+      const body =
+        o.file !== undefined
+          ? fileJson(o.file)
+          : o.tier !== undefined
+            ? { tier: o.tier }
+            : o.network !== undefined
+              ? { network: json(o.network, '--network') }
+              : undefined;
+      if (body === undefined) throw new UsageError('org put needs --tier N, --network JSON or --file BODY.json');
+      return api(c, { method: 'PUT', path: `/api/v1/orgs/${enc(id)}`, body });
+    });
+  apiOptions(sub(org, 'get', 'Show an organization'))
+    .argument('<id>', 'organization id')
+    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/orgs/${enc(id)}` }));
+  apiOptions(sub(org, 'rm', 'Delete an organization (once no sandbox names it)'))
+    .argument('<id>', 'organization id')
+    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/orgs/${enc(id)}` }));
+  apiOptions(sub(org, 'ls', 'List organizations, one page at a time'))
+    .option('--limit <n>', 'at most this many per page', limitArg)
+    .option('--cursor <cursor>', 'the next_cursor of the previous page')
+    .action((o: { limit?: number; cursor?: string }, c: Command) => api(c, { method: 'GET', path: `/api/v1/orgs${query(o)}` }));
+
+  apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused"))
+    .requiredOption('--sandbox <id>', 'sandbox id')
+    .option('--host <name>', 'the SNI or Host the client sends')
+    .requiredOption('--ip <addr>', 'the destination address')
+    .requiredOption('--port <n>', 'the destination port', portArg)
+    .action((o: { sandbox: string; host?: string; ip: string; port: string }, c: Command) =>
+      api(
+        c,
+        {
+          method: 'POST',
+          path: '/api/v1/check',
+          body: { sandbox: o.sandbox, ...(o.host !== undefined ? { host: o.host } : {}), ip: o.ip, port: Number(o.port) },
+        },
+        'check',
+      ),
+    );
+
+  const run = async (argv: readonly string[]): Promise<number> => {
+    if (argv.length === 0) {
+      io.out(program.helpInformation());
+      return EXIT.usage;
+    }
+    if (argv[0] === 'iptables') {
+      const { iptablesCommand } = await import('./iptables/command.ts');
+      emit(await iptablesCommand([...argv.slice(1)]));
+      return code;
+    }
+    try {
+      await program.parseAsync([...argv], { from: 'user' });
+      return code;
+    } catch (e) {
+      // Raised by an action after commander's own checks passed (a file, a JSON argument).
+      if (e instanceof UsageError) {
+        io.err(`error: ${e.message}\n`);
+        return EXIT.usage;
+      }
+      if (e instanceof CommanderError) {
+        // --help and --version are answers; everything else commander raises (and has already
+        // printed) is a usage error.
+        if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.ok;
+        return EXIT.usage;
+      }
+      throw e;
+    }
+  };
+  return { program, run };
+}
+
+const enc = encodeURIComponent;
+
+/** `egressd sandbox` for the sandbox command: the words that run it. */
+function lineage(c: Command): string[] {
+  const names: string[] = [];
+  for (let x: Command | null = c; x !== null; x = x.parent) names.unshift(x.name());
+  return names;
+}
+
+function query(o: { limit?: number; cursor?: string }): string {
+  const q = new URLSearchParams();
+  if (o.limit !== undefined) q.set('limit', String(o.limit));
+  if (o.cursor !== undefined) q.set('cursor', o.cursor);
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}

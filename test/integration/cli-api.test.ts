@@ -1,0 +1,137 @@
+// The command line against a real admin API on loopback: every command's --help, and the exit
+// codes that tell the outcomes apart (0 allowed/done, 1 refused, 2 usage, 3 API unusable).
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const BIN = join(ROOT, 'bin/egressd');
+
+function egressd(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done, fail) => {
+    const child = spawn(BIN, args, { env: { PATH: process.env['PATH'] ?? '', ...env }, timeout: 30_000, killSignal: 'SIGKILL' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', fail);
+    child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+const COMMANDS = [
+  ['serve'],
+  ['validate'],
+  ['inspect'],
+  ['decide'],
+  ['iptables'],
+  ['check'],
+  ['sandbox'],
+  ['sandbox', 'put'],
+  ['sandbox', 'get'],
+  ['sandbox', 'rm'],
+  ['sandbox', 'ls'],
+  ['sandbox', 'network'],
+  ['sandbox', 'effective'],
+  ['org'],
+  ['org', 'put'],
+  ['org', 'get'],
+  ['org', 'rm'],
+  ['org', 'ls'],
+] as const;
+
+describe('egressd --help', () => {
+  it.each(COMMANDS.map((c) => [c.join(' '), c] as const))('"egressd %s --help" prints its own usage and exits 0', async (_, words) => {
+    const r = await egressd([...words, '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^Usage: egressd ${words.join(' ')} `));
+    expect(r.stderr).toBe('');
+  });
+
+  it('the API commands take the same --admin and --token-file flags', async () => {
+    for (const words of [['check'], ['sandbox', 'put'], ['org', 'ls']]) {
+      const r = await egressd([...words, '--help']);
+      expect(r.stdout, words.join(' ')).toContain('--admin <url>');
+      expect(r.stdout, words.join(' ')).toContain('--token-file <file>');
+    }
+  }, 120_000);
+});
+
+describe('egressd check exit codes against a running daemon', () => {
+  let d: LoopbackDaemon;
+  let failing: Server;
+  let failingUrl = '';
+  let env: Record<string, string>;
+  beforeAll(async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        sandboxes: [{ id: 'sb-cli', sources: ['127.0.0.31'], network: { mode: 'block-all', egress: { allowed_domains: ['ok.example.test'] } } }],
+      }),
+    );
+    env = { EGRESSD_ADMIN_URL: d.adminUrl, EGRESSD_ADMIN_TOKEN: 'test-token' };
+    // An API that fails: every request answered 500.
+    failing = createServer((_q, res) => res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":{"code":"internal"}}'));
+    failing.listen(0, '127.0.0.1');
+    await once(failing, 'listening');
+    failingUrl = `http://127.0.0.1:${(failing.address() as { port: number }).port}`;
+  });
+  afterAll(async () => {
+    await d.stop();
+    failing.close();
+  });
+
+  const check = (host: string, extra: string[] = [], e = env) =>
+    egressd(['check', '--sandbox', 'sb-cli', '--host', host, '--ip', '104.16.24.34', '--port', '443', ...extra], e);
+
+  it('exits 0 on an allowed connection, printing the verdict', async () => {
+    const r = await check('ok.example.test');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow' });
+  });
+
+  it('exits 1 on a refused connection', async () => {
+    const r = await check('other.example.test');
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'refuse' });
+  });
+
+  it('exits 2 on a usage error, before calling the API', async () => {
+    expect((await egressd(['check', '--sandbox', 'sb-cli', '--ip', '104.16.24.34'], env)).code).toBe(2);
+    expect((await check('ok.example.test', ['--port', 'https'])).code).toBe(2);
+    expect((await egressd(['check', '--sandbox', 'sb-cli', '--ip', '104.16.24.34', '--port', '443', '--bogus'], env)).code).toBe(2);
+  });
+
+  it('exits 3 when the API is unreachable, failing or refuses the token', async () => {
+    const down = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_URL: 'http://127.0.0.1:1' });
+    expect(down.code).toBe(3);
+    expect(down.stderr).toContain('Cannot reach the admin API at http://127.0.0.1:1');
+    const broken = await check('ok.example.test', ['--admin', failingUrl]);
+    expect(broken.code).toBe(3);
+    expect(broken.stderr).toContain('answered 500');
+    const unauthorized = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_TOKEN: 'wrong' });
+    expect(unauthorized.code).toBe(3);
+    expect(unauthorized.stderr).toContain('answered 401');
+  }, 120_000);
+
+  it('exits 1 when the API refuses the request itself (an unknown sandbox, an invalid body)', async () => {
+    expect((await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443'], env)).code).toBe(1);
+    const bad = await egressd(['sandbox', 'put', 'sb-x', '--sources', '127.0.0.32', '--network', '{"mode":"sometimes"}'], env);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('invalid_policy');
+  });
+
+  it('runs the sandbox and org commands end to end', async () => {
+    expect((await egressd(['org', 'put', 'acme', '--tier', '3'], env)).code).toBe(0);
+    const put = await egressd(['sandbox', 'put', 'sb-y', '--sources', '127.0.0.33', '--org', 'acme', '--network', '{"domainAllowList":"pypi.test"}'], env);
+    expect(put.code).toBe(0);
+    expect(JSON.parse(put.stdout)).toMatchObject({ id: 'sb-y', org: 'acme' });
+    expect(JSON.parse((await egressd(['sandbox', 'get', 'sb-y'], env)).stdout).network.egress.allowed_domains).toEqual(['pypi.test']);
+    expect((await egressd(['sandbox', 'rm', 'sb-y'], env)).code).toBe(0);
+    expect((await egressd(['sandbox', 'get', 'sb-y'], env)).code).toBe(1);
+    expect((await egressd(['org', 'put', 'acme', '--tier', '9'], env)).code).toBe(2);
+  }, 120_000);
+});
