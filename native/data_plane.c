@@ -30,6 +30,9 @@ static sl_loop *loops[MAX_LOOPS];
 static int loop_count;
 static napi_threadsafe_function tsfn;
 static int64_t active;
+// Set when Node tears the environment down: outcomes are dropped from then on, never sent to a
+// thread-safe function that is about to be freed.
+static volatile int closing;
 
 static napi_value throw_code(napi_env env, int e, const char *what) {
   char msg[160];
@@ -45,6 +48,7 @@ static napi_value throw_code(napi_env env, int e, const char *what) {
 // Runs on a loop's thread: the outcome is copied and queued for the JavaScript thread.
 static void report(void *ctx, const sl_outcome *o) {
   (void)ctx;
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) return;
   sl_outcome *copy = malloc(sizeof *copy);
   if (!copy) abort(); // an outcome must never be lost; out of memory here is out of memory everywhere
   *copy = *o;
@@ -66,6 +70,16 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     if (--active == 0) napi_unref_threadsafe_function(env, tsfn);
   }
   free(o);
+}
+
+// Registered after the thread-safe function, so it runs before the function's own clean-up
+// (Node runs cleanup hooks in reverse order): the loops stop, and their threads are joined, while
+// the function is still valid.
+static void cleanup(void *arg) {
+  (void)arg;
+  __atomic_store_n(&closing, 1, __ATOMIC_RELEASE);
+  for (int i = 0; i < loop_count; i++) sl_loop_stop(loops[i]);
+  loop_count = 0;
 }
 
 static napi_value start(napi_env env, napi_callback_info info) {
@@ -100,6 +114,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
     }
   }
   loop_count = n;
+  napi_add_env_cleanup_hook(env, cleanup, NULL);
   return NULL;
 }
 

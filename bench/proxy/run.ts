@@ -43,6 +43,10 @@ const { values: args } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
     rounds: { type: 'string' },
+    // Subsets, for looking at one thing (the RESULTS.md section is then partial):
+    // --only egressd,nginx (Direct always runs), --workloads raw-bulk,hold
+    only: { type: 'string' },
+    workloads: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
   },
   strict: true,
@@ -69,7 +73,10 @@ const columns: Column[] = [{ key: 'direct', product: 'direct', workers: 'one', p
 {
   let port = 17001;
   for (const workers of ['one', 'per-core'] as const) {
-    for (const product of ['nginx', 'haproxy', 'egressd'] as const) columns.push({ key: `${product}-${workers}`, product, workers, port: port++, stderr: '' });
+    for (const product of ['nginx', 'haproxy', 'egressd'] as const) {
+      if (args.only !== undefined && !args.only.split(',').includes(product)) continue;
+      columns.push({ key: `${product}-${workers}`, product, workers, port: port++, stderr: '' });
+    }
   }
 }
 
@@ -540,7 +547,8 @@ async function main(): Promise<void> {
     await new Promise((res) => setTimeout(res, 1500));
     for (const c of columns) if (c.proc?.pid) record('idle', c.key, { mb: rssKiB(c.proc.pid) / 1024 });
 
-    const workloads = ['tls-bulk', 'raw-bulk', 'raw-conn@1', 'raw-conn@50', 'tls-conn@1', 'tls-conn@50'];
+    const wanted = args.workloads?.split(',');
+    const workloads = ['tls-bulk', 'raw-bulk', 'raw-conn@1', 'raw-conn@50', 'tls-conn@1', 'tls-conn@50'].filter((w) => !wanted || wanted.includes(w));
     let rounds = 0;
     for (let round = 0; round < P.rounds && !overBudget(); round++) {
       for (const w of workloads) {
@@ -554,7 +562,22 @@ async function main(): Promise<void> {
       rounds++;
       process.stderr.write(`bench:proxy: round ${round + 1}/${P.rounds} done at ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
     }
-    for (const c of columns) if (c.proc && !overBudget()) await holdTest(rig, c);
+    if (!wanted || wanted.includes('hold')) for (const c of columns) if (c.proc && !overBudget()) await holdTest(rig, c);
+    // Which data plane each egressd ran (its start line), so a JavaScript fallback is never mistaken for the native one.
+    const planes = columns
+      .filter((c) => c.product === 'egressd')
+      .map((c) => {
+        let line: { plane?: string; threads?: number; reason?: string } = {};
+        try {
+          const l = readFileSync(join(dir, `egressd-${c.key}.log`), 'utf8')
+            .split('\n')
+            .find((x) => x.includes('"data-plane"'));
+          if (l) line = JSON.parse(l) as typeof line;
+        } catch {
+          // no log: reported as unknown
+        }
+        return `${c.key}: ${line.plane ?? 'unknown'}${line.threads ? ` (${line.threads} threads)` : ''}${line.reason ? ` (${line.reason})` : ''}`;
+      });
 
     const cpu = cpus()[0]?.model ?? 'unknown CPU';
     const machine =
@@ -566,7 +589,8 @@ async function main(): Promise<void> {
       `${rounds} interleaved round(s), medians; bulk ${(P.bulkBytes / 2 ** 20).toFixed(0)} MiB, connection tests ${P.connMs} ms each, ` +
       `${P.held} held connections. Bounded at ${BUDGET_MS / 60_000} min; took ${((Date.now() - started) / 1000).toFixed(0)} s. ` +
       "Proxy CPU is user+system time of the proxy process tree; RSS is the tree's VmRSS (nginx counts master and workers). " +
-      "Client, origins and proxy share the machine's cores, as on a sandbox host. Neither nginx nor HAProxy logs a line per connection here; egressd does.";
+      "Client, origins and proxy share the machine's cores, as on a sandbox host. Neither nginx nor HAProxy logs a line per connection here; egressd does. " +
+      `egressd's data plane: ${planes.join('; ')}.`;
     const section = report(machine, note);
     process.stdout.write(`${section}\n`);
     if (!args['no-write']) {
