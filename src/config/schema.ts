@@ -160,7 +160,7 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   limits: {
     sandbox: { connections: 1024, undecided: 256, perSecond: 200, burst: 400 },
     global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
-    memory: { maxBytes: null, shedAt: 0.9, intervalMs: 250 },
+    memory: { maxBytes: null, shedAt: 0.8, intervalMs: 250 },
   },
 });
 

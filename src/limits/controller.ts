@@ -10,7 +10,7 @@ import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type ShedReason, type Ticket } from './admission.ts';
 import { connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
-import { MemoryGuard } from './overload.ts';
+import { MemoryGuard, type MemorySample } from './overload.ts';
 
 /** The sandbox a source belongs to and the limits its record and organization set. */
 export interface SourceLimits {
@@ -33,6 +33,8 @@ export class LimitsController {
   #admission: Admission;
   #nofile: NofileLimits = { soft: null, hard: null };
   #timers: NodeJS.Timeout[] = [];
+  /** Admitted client sockets with no verdict yet, the first to go under critical memory pressure. */
+  readonly #peeking = new Set<Socket>();
   readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
   #acceptErrorsLogged = 0;
 
@@ -42,18 +44,22 @@ export class LimitsController {
     this.#metrics = metrics;
     this.#lookup = lookup;
     const c = config();
-    this.memory = new MemoryGuard({ maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs }, (shedding, s) => {
-      const fields = {
-        event: shedding ? 'overload-start' : 'overload-end',
-        monitor: s.monitor,
-        pressure: round(s.pressure),
-        rssBytes: s.rssBytes,
-        cgroupLimitBytes: s.cgroupLimitBytes,
-        cgroupWorkingSetBytes: s.cgroupWorkingSetBytes,
-      };
-      if (shedding) this.#log.warn(fields, 'Memory pressure: shedding new connections');
-      else this.#log.info(fields, 'Memory pressure over: accepting new connections');
-    });
+    this.memory = new MemoryGuard(
+      { maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs },
+      (shedding, s) => {
+        const fields = {
+          event: shedding ? 'overload-start' : 'overload-end',
+          monitor: s.monitor,
+          pressure: round(s.pressure),
+          rssBytes: s.rssBytes,
+          cgroupLimitBytes: s.cgroupLimitBytes,
+          cgroupWorkingSetBytes: s.cgroupWorkingSetBytes,
+        };
+        if (shedding) this.#log.warn(fields, 'Memory pressure: shedding new connections');
+        else this.#log.info(fields, 'Memory pressure over: accepting new connections');
+      },
+      (s) => this.#resetUndecided(s),
+    );
     // No budget until start() has raised the limit and counted what is open.
     this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare });
     metrics.attachLimits(() => this.snapshot());
@@ -112,7 +118,20 @@ export class LimitsController {
     const l = this.#lookup(source);
     const key = l.sandbox ?? `source ${source}`;
     const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
-    if (a.ok) return a.ticket;
+    if (a.ok) {
+      const t = a.ticket;
+      this.#peeking.add(socket);
+      return {
+        decided: () => {
+          this.#peeking.delete(socket);
+          t.decided();
+        },
+        release: () => {
+          this.#peeking.delete(socket);
+          t.release();
+        },
+      };
+    }
     socket.on('error', () => {});
     socket.resetAndDestroy();
     this.#metrics.shed(kind, a.reason, l.sandbox);
@@ -121,6 +140,18 @@ export class LimitsController {
     if (e) e.count++;
     else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason: a.reason, count: 1, detail: a.detail });
     return null;
+  }
+
+  /** Critical memory pressure: resets every connection still being peeked (they end as peek-closed). */
+  #resetUndecided(s: MemorySample): void {
+    const n = this.#peeking.size;
+    if (n === 0) return;
+    for (const socket of this.#peeking) socket.resetAndDestroy();
+    this.#peeking.clear();
+    this.#log.warn(
+      { event: 'overload-reset-undecided', count: n, monitor: s.monitor, pressure: round(s.pressure) },
+      'Critical memory pressure: reset the connections still being peeked',
+    );
   }
 
   #flushShed(): void {

@@ -2,19 +2,26 @@
 // pressure in [0, 1] (used / limit), sampled on a timer (Envoy's refresh_interval, 250 ms by
 // default); when the highest crosses `shedAt`, new connections are refused at accept (Envoy's
 // `envoy.load_shed_points.tcp_listener_accept`) until it falls back below `shedAt - 0.05`.
-// Connections already open are left alone: shedding new work is what keeps the process under
-// the kernel's OOM killer without cutting anyone's running transfer.
+// Spliced connections are left alone: shedding new work is what keeps the process under the
+// kernel's OOM killer without cutting anyone's running transfer. While shedding, a full garbage
+// collection runs at most once a second (Envoy's shrink_heap). Past the critical mark,
+// halfway from `shedAt` to 1 (0.95 by default), `onCritical` runs on every sample: the caller
+// resets the connections still being peeked, the cheapest to lose and what a slow-hello flood
+// is made of (Envoy's reduce_timeouts action, taken to zero for the peek).
 //
 // Monitors:
 //   cgroup  the working set (memory.current minus inactive_file, as the kubelet counts it:
 //           page cache the kernel can drop is not pressure) over memory.max, for the
-//           process's cgroup and every ancestor with a limit (cgroup v2)
+//           process's cgroup and every ancestor with a limit (cgroup v2; on a cgroup v1
+//           memory hierarchy, memory.usage_in_bytes minus total_inactive_file over
+//           memory.limit_in_bytes)
 //   rss     the process's resident set over `limits.memory.maxBytes`, when set
 //   heap    V8's used heap over its heap_size_limit (--max-old-space-size)
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { getHeapStatistics } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 export interface MemoryGuardOptions {
   /** A cap on RSS in bytes, or null for none (the cgroup's memory.max still applies). */
@@ -40,16 +47,37 @@ export interface MemorySample {
 }
 
 const HYSTERESIS = 0.05;
+/** The shortest time between two forced collections. */
+const GC_EVERY_MS = 1000;
 
-/** The cgroup v2 directories from this process's own up to the root, with their limits. */
-export function cgroupChain(root = '/sys/fs/cgroup', procCgroup = '/proc/self/cgroup'): string[] {
+/**
+ * V8's full collection, for Envoy's shrink_heap action: V8 sizes its heap from the machine's
+ * memory, not the cgroup's, and under a flood collects garbage (sockets refused at accept)
+ * later than the cgroup can wait. `--expose-gc` set at run time and read in a fresh context
+ * gives the `gc` function without a command-line flag; null if this V8 refuses.
+ */
+const collect: (() => void) | null = (() => {
+  try {
+    setFlagsFromString('--expose-gc');
+    const gc: unknown = runInNewContext('gc');
+    return typeof gc === 'function' ? (gc as () => void) : null;
+  } catch {
+    return null;
+  }
+})();
+
+/**
+ * The cgroup directories from this process's own up to the root: cgroup v2's (the `0::` line),
+ * or with `v1`, those of the cgroup v1 memory hierarchy (the `memory` line, under root/memory).
+ */
+export function cgroupChain(root = '/sys/fs/cgroup', procCgroup = '/proc/self/cgroup', v1 = false): string[] {
   let rel: string;
   try {
-    const line = readFileSync(procCgroup, 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('0::'));
+    const lines = readFileSync(procCgroup, 'utf8').split('\n');
+    const line = v1 ? lines.find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l)) : lines.find((l) => l.startsWith('0::'));
     if (line === undefined) return [];
-    rel = line.slice(3).trim();
+    rel = line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1).trim();
+    if (v1) root = join(root, 'memory');
   } catch {
     return [];
   }
@@ -70,9 +98,9 @@ function readNumber(file: string): number | null {
   }
 }
 
-function inactiveFile(dir: string): number {
+function inactiveFile(dir: string, key: string): number {
   try {
-    const m = /^inactive_file (\d+)$/m.exec(readFileSync(join(dir, 'memory.stat'), 'utf8'));
+    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(readFileSync(join(dir, 'memory.stat'), 'utf8'));
     return m ? Number(m[1]) : 0;
   } catch {
     return 0;
@@ -81,27 +109,35 @@ function inactiveFile(dir: string): number {
 
 export class MemoryGuard {
   readonly #opts: MemoryGuardOptions;
-  /** cgroups (own and ancestors) that have a memory.max, found once at start. */
-  readonly #limited: { dir: string; max: number }[] = [];
+  /**
+   * The process's cgroups (own and ancestors). Their limits are read on every sample, not once:
+   * a limit can be set or resized while egressd runs (Kubernetes' in-place resize).
+   */
+  readonly #chain: { dir: string; maxFile: string; current: string; inactive: string }[] = [];
   #timer: NodeJS.Timeout | null = null;
   #last: MemorySample;
   #shedding = false;
   #sampledAt = 0;
+  #collectedAt = 0;
   readonly #onChange: (shedding: boolean, s: MemorySample) => void;
+  readonly #onCritical: (s: MemorySample) => void;
 
-  constructor(opts: MemoryGuardOptions, onChange: (shedding: boolean, s: MemorySample) => void = () => {}) {
+  constructor(opts: MemoryGuardOptions, onChange: (shedding: boolean, s: MemorySample) => void = () => {}, onCritical: (s: MemorySample) => void = () => {}) {
     this.#opts = opts;
     this.#onChange = onChange;
+    this.#onCritical = onCritical;
     for (const dir of cgroupChain(opts.cgroupRoot, opts.procCgroup)) {
-      const max = readNumber(join(dir, 'memory.max'));
-      if (max !== null) this.#limited.push({ dir, max });
+      this.#chain.push({ dir, maxFile: 'memory.max', current: 'memory.current', inactive: 'inactive_file' });
+    }
+    for (const dir of cgroupChain(opts.cgroupRoot, opts.procCgroup, true)) {
+      this.#chain.push({ dir, maxFile: 'memory.limit_in_bytes', current: 'memory.usage_in_bytes', inactive: 'total_inactive_file' });
     }
     this.#last = this.sample();
   }
 
   /** The limits found at start, for the start-up log line and the metrics. */
   get cgroupLimitBytes(): number | null {
-    return this.#limited.length === 0 ? null : Math.min(...this.#limited.map((l) => l.max));
+    return this.#last.cgroupLimitBytes;
   }
 
   get shedding(): boolean {
@@ -119,14 +155,17 @@ export class MemoryGuard {
     let monitor: MemorySample['monitor'] = 'rss';
     let ws: number | null = null;
     let limit: number | null = null;
-    for (const l of this.#limited) {
-      const current = readNumber(join(l.dir, 'memory.current'));
+    for (const l of this.#chain) {
+      const max = readNumber(join(l.dir, l.maxFile));
+      // cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages); v2 as "max".
+      if (max === null || max >= 2 ** 60) continue;
+      const current = readNumber(join(l.dir, l.current));
       if (current === null) continue;
-      const w = Math.max(0, current - inactiveFile(l.dir));
-      const p = w / l.max;
+      const w = Math.max(0, current - inactiveFile(l.dir, l.inactive));
+      const p = w / max;
       if (limit === null || p > pressure) {
         ws = w;
-        limit = l.max;
+        limit = max;
       }
       if (p > pressure) {
         pressure = p;
@@ -163,6 +202,11 @@ export class MemoryGuard {
       this.#shedding = next;
       this.#onChange(next, this.#last);
     }
+    if (this.#shedding && collect !== null && this.#sampledAt - this.#collectedAt >= GC_EVERY_MS) {
+      this.#collectedAt = this.#sampledAt;
+      collect();
+    }
+    if (p >= this.#opts.shedAt + (1 - this.#opts.shedAt) / 2) this.#onCritical(this.#last);
     return this.#shedding;
   }
 

@@ -68,6 +68,23 @@ describe('MemoryGuard', () => {
     expect(g.last.cgroupWorkingSetBytes).toBe(55 << 20);
   });
 
+  it('reads a cgroup v1 memory hierarchy (limit_in_bytes, usage_in_bytes, total_inactive_file)', () => {
+    const root = mkdtempSync(join(tmpdir(), 'egressd-cg1-'));
+    dirs.push(root);
+    const dir = join(root, 'memory', 'box');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(root, 'memory', 'memory.limit_in_bytes'), '9223372036854771712');
+    writeFileSync(join(dir, 'memory.limit_in_bytes'), String(100 << 20));
+    writeFileSync(join(dir, 'memory.usage_in_bytes'), String(96 << 20));
+    writeFileSync(join(dir, 'memory.stat'), `inactive_file 1\ntotal_inactive_file ${2 << 20}\n`);
+    const proc = join(root, 'cgroup');
+    writeFileSync(proc, '4:memory:/box\n1:cpu:/\n0::/\n');
+    const g = new MemoryGuard({ ...opts, cgroupRoot: root, procCgroup: proc });
+    expect(g.cgroupLimitBytes).toBe(100 << 20);
+    expect(g.refresh()).toBe(true);
+    expect(g.last.cgroupWorkingSetBytes).toBe(94 << 20);
+  });
+
   it('watches RSS against limits.memory.maxBytes', () => {
     const g = new MemoryGuard({ ...opts, maxBytes: 16 << 20, cgroupRoot: '/nonexistent' });
     expect(g.refresh()).toBe(true);

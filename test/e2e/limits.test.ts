@@ -1,0 +1,91 @@
+// Issue 11, parts 1 and 2, on the real iptables path: one sandbox floods egressd with idle,
+// silent and dripping connections while another downloads and makes short requests. Bounded:
+// a few thousand connections held for seconds. The timings the issue states (throughput
+// ≥ 0.8x, /healthz within 100 ms, recovery within 1 s) are measured by bench/flood.ts;
+// these tests pin the behaviour: limits held, the excess refused with its reason, the other
+// sandbox served, the admin listener answering, egressd alive.
+
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
+import { floodScenario, memoryCgroupDir, metricSum } from '../helpers/flood-scenario.ts';
+
+const skip = rigUnavailableReason();
+if (skip) console.warn(`e2e limits skipped: ${skip}`);
+
+describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT', () => {
+  let rig: Rig;
+  beforeEach(async () => {
+    rig = await createRig();
+  }, 60_000);
+  afterEach(async () => {
+    await rig?.teardown();
+  }, 60_000);
+
+  it('holds sandbox 1 to its limits and refuses its excess with sandbox-limit, while sandbox 2 is served in full and /healthz answers', async () => {
+    const r = await floodScenario(rig, {
+      flood: { count: 3000, holdMs: 12_000 },
+      limits1: { connections: 300, undecided: 100, perSecond: 100_000, burst: 100_000 },
+      download: 20 * 1_048_576,
+      requests: 20,
+    });
+    expect(r.died).toBeNull();
+    const f = r.flood!;
+    expect(f['error']).toBeUndefined();
+    expect(f['attempted']).toBe(3000);
+    // Never more than the sandbox's limits open at once; the rest refused at once.
+    expect(f['stillOpen']).toBeLessThanOrEqual(300);
+    expect(f['closedByPeer']).toBeGreaterThanOrEqual(3000 - 300 - f['connectFailed']);
+    expect(r.sandbox1!['connections'].open).toBeLessThanOrEqual(300);
+    expect(r.sandbox1!['connections'].undecided).toBeLessThanOrEqual(100);
+    expect(r.sandbox1!['connections'].limits).toEqual({ connections: 300, undecided: 100, perSecond: 100_000, burst: 100_000 });
+    expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'sandbox-limit' })).toBeGreaterThanOrEqual(3000 - 300 - f['connectFailed']);
+    expect(r.lines.some((l) => l.event === 'connections-shed' && l['sandbox'] === 'flood-1' && l['reason'] === 'sandbox-limit')).toBe(true);
+    // Sandbox 2: every request and the whole download.
+    expect(r.workload['download'], JSON.stringify(r.workload)).toMatchObject({ ok: true, bytes: 20 * 1_048_576 });
+    expect(r.workload['short']).toMatchObject({ total: 20, ok: 20 });
+    // The admin listener answered every probe.
+    expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    expect(r.probe['probes']).toBeGreaterThan(10);
+    // Once the flood closes, sandbox 1 is admitted again.
+    expect(f['recoveryMs']).not.toBeNull();
+  }, 120_000);
+
+  it('under RLIMIT_NOFILE 256, keeps the admin listener answering and the other sandbox served, refusing past the descriptor budget with global-limit', async () => {
+    const r = await floodScenario(rig, { flood: { count: 600, holdMs: 8000 }, nofile: 256, download: 4 * 1_048_576, requests: 10 });
+    expect(r.died).toBeNull();
+    const limits = r.limitsApi!;
+    expect(limits['nofileSoft']).toBe(256);
+    expect(limits['globalConnections']).toBeGreaterThan(10);
+    expect(limits['globalConnections']).toBeLessThan(128);
+    // Sandbox 1 never holds more than its share of the budget; the rest is refused at once.
+    expect(r.flood!['stillOpen']).toBeLessThanOrEqual(limits['sandboxShare']);
+    expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'global-limit' })).toBeGreaterThan(0);
+    expect(r.workload['download'], JSON.stringify(r.workload)).toMatchObject({ ok: true });
+    expect(r.workload['short']).toMatchObject({ total: 10, ok: 10 });
+    expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    expect(r.flood!['recoveryMs']).not.toBeNull();
+  }, 120_000);
+
+  // 64 MiB above egressd's usage once started (about 2,500 idle connections' worth), sandbox 1
+  // unlimited so that only the memory guard stands between the flood and the OOM killer. With
+  // so little headroom the guard must shed early: at 0.9 of such a limit, the connections
+  // already admitted kept growing past the limit before their garbage was collected.
+  it.skipIf(memoryCgroupDir() === null)(
+    'in a memory cgroup with little headroom, sheds with overload instead of being killed',
+    async () => {
+      const r = await floodScenario(rig, {
+        flood: { count: 4000, holdMs: 10_000 },
+        limits1: { connections: 100_000, undecided: 100_000, perSecond: 1_000_000, burst: 1_000_000 },
+        config: { limits: { memory: { shedAt: 0.6 } } },
+        memoryHeadroom: 64 * 1_048_576,
+        download: 1_048_576,
+        requests: 5,
+      });
+      expect(r.died, `egressd died; peak ${r.peakMemory} of ${r.memoryLimit}`).toBeNull();
+      expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' })).toBeGreaterThan(0);
+      expect(r.lines.some((l) => l.event === 'overload-start')).toBe(true);
+      expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    },
+    120_000,
+  );
+});
