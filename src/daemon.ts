@@ -26,7 +26,7 @@ import { DnsListener } from './dns/listener.ts';
 import { ResolvedNames } from './dns/memory.ts';
 import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
-import { canonicalSource } from './config/schema.ts';
+import { canonicalSource } from './match/ip.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';

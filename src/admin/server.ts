@@ -1,7 +1,7 @@
 // The admin listener: health and readiness now; the control-plane API and metrics mount here.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Endpoint } from '../config/schema.ts';
+import type { Endpoint } from '../net/listener.ts';
 
 /** Ready, possibly shedding new connections (`overloaded` says why), or not ready with the reason. */
 export type Readiness = { ready: true; overloaded?: string } | { ready: false; reason: string };

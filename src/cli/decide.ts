@@ -7,13 +7,14 @@
 // code path, so the CLI cannot drift from what the daemon does to the same connection.
 
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { parseConfigText } from '../config/load.ts';
-import { canonicalSource, validateConfig } from '../config/schema.ts';
+import { validateConfig } from '../config/schema.ts';
+import { canonicalSource } from '../match/ip.ts';
 import { formatIssues } from '../errors.ts';
 import { loadCatalog } from '../policy/catalog/catalog.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizeName } from '../match/names.ts';
+import { EMPTY_SIDE } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
 import { validateCidr } from '../policy/validate.ts';
@@ -33,13 +34,12 @@ export interface DecideArgs {
 
 /** The one sandbox the CLI's store holds. */
 const SANDBOX_ID = 'decide';
-const EMPTY = { domains: [], cidrs: [], ports: [] };
 
 export function decideCommand(args: DecideArgs): CommandResult & { stderr?: string } {
   const usage = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
 
   const ip = args.ip.replace(/^\[|\]$/g, '');
-  if (isIP(ip) === 0) return usage(`--ip: expected an IPv4 or IPv6 address, got "${args.ip}"`);
+  if (canonicalSource(ip) === undefined) return usage(`--ip: expected an IPv4 or IPv6 address, got "${args.ip}"`);
   if (!/^\d{1,5}$/.test(args.port) || Number(args.port) < 1 || Number(args.port) > 65535) {
     return usage(`--port: expected an integer from 1 to 65535, got "${args.port}"`);
   }
@@ -82,7 +82,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
 
   const store = new PolicyStore(
     { protected: { extra: [], except }, catalog: catalog.domains, dnsServers },
-    { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
+    { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false },
   );
   store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value });
   const d = verdict(store.policyOf(SANDBOX_ID)!, { name, ip, port: Number(args.port) });

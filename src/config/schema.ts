@@ -2,26 +2,18 @@
 // Every problem is reported at once with its key path; a document with any problem is refused
 // whole. The keys listed in DEFAULTS_DOC are the contract documented in docs/config.md.
 
-import { isIP } from 'node:net';
 import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { validateCidr } from '../policy/validate.ts';
+import { canonicalSource, parseIp } from '../match/ip.ts';
+import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { normalizePattern } from '../match/names.ts';
-import { IssueList, optBool, deepFreeze, describe, objectWithKeys, optEnum, optInt, optString, optStringArray, quote } from '../util/fields.ts';
+import { type Endpoint, type ListenerKind, LISTENER_KINDS } from '../net/listener.ts';
+import type { BlockMode } from '../net/refuse.ts';
+import type { DialMode } from '../net/upstream-target.ts';
+import { optBool, deepFreeze, describe, objectWithKeys, optEnum, optInt, optString, optStringArray, quote } from '../util/fields.ts';
 import { parseLimits, type LimitsOverride, type SandboxLimits } from '../limits/limits-body.ts';
 
-export interface Endpoint {
-  readonly host: string;
-  readonly port: number;
-  /** The text as written, for logs and errors. */
-  readonly text: string;
-}
-
-export type ListenerKind = 'http' | 'tls' | 'tcp';
-export const LISTENER_KINDS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
-
-export type DialMode = 'resolved' | 'verify' | 'original';
-export type BlockMode = 'explain' | 'drop';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface SandboxConfig {
@@ -189,13 +181,13 @@ export function parseEndpoint(text: string): Endpoint | string {
   if (!m) return `Expected "address:port" (IPv6 in brackets), got ${quote(text)}`;
   const host = (m[1] ?? m[2])!;
   const port = Number(m[3]);
-  if (isIP(host) === 0) return `Invalid address ${quote(host)} in ${quote(text)}`;
-  if (m[1] !== undefined && isIP(host) !== 6) return `Only IPv6 addresses go in brackets: ${quote(text)}`;
+  if (parseIp(host) === null) return `Invalid address ${quote(host)} in ${quote(text)}`;
+  if (m[1] !== undefined && parseIp(host)?.family !== 6) return `Only IPv6 addresses go in brackets: ${quote(text)}`;
   if (port > 65535) return `Port ${port} is outside 0-65535 in ${quote(text)}`;
   return { host, port, text };
 }
 
-function endpointList(v: unknown, field: string, issues: IssueList): Endpoint[] | undefined {
+function endpointList(v: unknown, field: string, issues: CappedIssues): Endpoint[] | undefined {
   const list = typeof v === 'string' ? [v] : optStringArray(v, field, issues);
   if (list === undefined) return undefined;
   if (list.length === 0) {
@@ -214,10 +206,10 @@ function endpointList(v: unknown, field: string, issues: IssueList): Endpoint[] 
 function dnsServer(text: string): string | undefined {
   const e = parseEndpoint(text);
   if (typeof e !== 'string') return text;
-  return isIP(text) !== 0 ? text : undefined;
+  return parseIp(text) !== null ? text : undefined;
 }
 
-function policyAt(v: unknown, field: string, issues: IssueList): DialectResult | undefined {
+function policyAt(v: unknown, field: string, issues: CappedIssues): DialectResult | undefined {
   const parsed = parseNetworkBody(v);
   if (!parsed.ok) {
     issues.addAll(field, parsed.issues);
@@ -230,10 +222,10 @@ function policyAt(v: unknown, field: string, issues: IssueList): DialectResult |
  * Validates a parsed document (the file's contents, already merged over nothing: absent keys
  * take DEFAULT_DOCUMENT's values) into a frozen Config, or returns every issue found.
  */
-export function validateConfig(doc: unknown): { ok: true; config: Config } | { ok: false; issues: IssueList['issues'] } {
-  const issues = new IssueList();
+export function validateConfig(doc: unknown): { ok: true; config: Config } | { ok: false; issues: FieldIssue[] } {
+  const issues = new CappedIssues('(root)');
   const root = doc === null || doc === undefined ? {} : objectWithKeys(doc, '', TOP_KEYS, issues);
-  if (!root) return { ok: false, issues: issues.issues };
+  if (!root) return { ok: false, issues: issues.result() };
   const d = DEFAULT_DOCUMENT as Record<string, any>;
 
   const listenIn = root['listen'] === undefined ? {} : objectWithKeys(root['listen'], 'listen', [...LISTENER_KINDS, 'dns'], issues);
@@ -378,7 +370,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const connectionLimits = limitsAt(root['limits'], issues);
 
-  if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.issues };
+  if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.result() };
   const config: Config = {
     listen,
     admin: { listen: adminListen[0]!, token, maxBodyBytes },
@@ -401,7 +393,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   return { ok: true, config: deepFreeze(config) };
 }
 
-function optRatio(v: unknown, field: string, min: number, max: number, issues: IssueList): number | undefined {
+function optRatio(v: unknown, field: string, min: number, max: number, issues: CappedIssues): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
     issues.add(field, `Expected a number from ${min} to ${max}, got ${describe(v)}`);
@@ -410,7 +402,7 @@ function optRatio(v: unknown, field: string, min: number, max: number, issues: I
   return v;
 }
 
-function limitsAt(v: unknown, issues: IssueList): LimitsConfig {
+function limitsAt(v: unknown, issues: CappedIssues): LimitsConfig {
   const d = (DEFAULT_DOCUMENT as Record<string, any>)['limits'];
   const root = v === undefined ? {} : objectWithKeys(v, 'limits', ['sandbox', 'global', 'memory'], issues);
   const sb = root?.['sandbox'] === undefined ? null : parseLimits(root['sandbox'], 'limits.sandbox');
@@ -438,25 +430,6 @@ function limitsAt(v: unknown, issues: IssueList): LimitsConfig {
 }
 
 export const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
-/**
- * The canonical text of a source address, the key the sandbox table is indexed by: IPv6 in
- * its compressed lowercase form, an IPv4-mapped IPv6 address as its IPv4 (a dual-stack
- * listener reports IPv4 clients as ::ffff:a.b.c.d).
- */
-export function canonicalSource(text: string): string | undefined {
-  const family = isIP(text);
-  if (family === 4) return text.split('.').map(Number).join('.');
-  if (family !== 6) return undefined;
-  const u = new URL(`http://[${text}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(u);
-  if (mapped) {
-    const hi = parseInt(mapped[1]!, 16);
-    const lo = parseInt(mapped[2]!, 16);
-    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
-  }
-  return u;
-}
 
 function validateCidrList(list: readonly string[], field: string): { field: string; reason: string }[] {
   const out: { field: string; reason: string }[] = [];

@@ -5,7 +5,8 @@
 
 import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
-import { canonicalSource, SANDBOX_ID } from '../config/schema.ts';
+import { SANDBOX_ID } from '../config/schema.ts';
+import { canonicalSource } from '../match/ip.ts';
 import type { DialectResult } from '../policy/model.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';

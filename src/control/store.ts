@@ -16,7 +16,7 @@ export interface PolicyLookup {
 
 export interface SandboxDefinition {
   readonly id: string;
-  /** Canonical source addresses (see config/schema canonicalSource). */
+  /** Canonical source addresses (see match/ip canonicalSource). */
   readonly sources: readonly string[];
   readonly org: string | null;
   readonly network: DialectResult;

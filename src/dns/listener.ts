@@ -5,8 +5,8 @@
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Endpoint } from '../config/schema.ts';
-import { canonicalSource } from '../config/schema.ts';
+import type { Endpoint } from '../net/listener.ts';
+import { canonicalSource } from '../match/ip.ts';
 import { frame, MAX_QUERY_BYTES } from './message.ts';
 import type { Transport } from './service.ts';
 

@@ -18,7 +18,7 @@ import type { ResolvedNames } from './memory.ts';
 import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
 import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
-import { canonicalSource } from '../config/schema.ts';
+import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
 
 export type Transport = 'udp' | 'tcp';

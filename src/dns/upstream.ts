@@ -8,6 +8,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { getServers } from 'node:dns';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
+import { canonicalSource } from '../match/ip.ts';
 import { frame, parseUpstreamReply, upstreamQuery, type Answered } from './message.ts';
 
 export interface UpstreamServer {
@@ -175,8 +176,5 @@ export class Forwarder {
 }
 
 function canonical(a: string): string {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
-  if (m) return m[1]!;
-  if (isIP(a) === 6) return new URL(`http://[${a}]/`).hostname.slice(1, -1);
-  return a;
+  return canonicalSource(a) ?? a;
 }

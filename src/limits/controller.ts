@@ -4,7 +4,8 @@
 // socket; a refused one is reset here at once and counted.
 
 import type { Socket } from 'node:net';
-import type { LimitsConfig, ListenerKind } from '../config/schema.ts';
+import type { LimitsConfig } from '../config/schema.ts';
+import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type ShedReason, type Ticket } from './admission.ts';

@@ -6,7 +6,8 @@
 // Each key absent falls back to the organization's, then to the config's default.
 
 import type { FieldIssue } from '../util/issues.ts';
-import { IssueList, objectWithKeys, optInt } from '../util/fields.ts';
+import { objectWithKeys, optInt } from '../util/fields.ts';
+import { CappedIssues } from '../util/issues.ts';
 
 /** What one sandbox may hold and open. */
 export interface SandboxLimits {
@@ -32,15 +33,15 @@ export const LIMIT_MAX = 10_000_000;
  * Every key is optional and an integer from 1 to 10,000,000.
  */
 export function parseLimits(v: unknown, field: string): { ok: true; value: LimitsOverride } | { ok: false; issues: FieldIssue[] } {
-  const issues = new IssueList();
+  const issues = new CappedIssues();
   const o = objectWithKeys(v, field, LIMIT_KEYS, issues);
-  if (!o) return { ok: false, issues: issues.issues };
+  if (!o) return { ok: false, issues: issues.result() };
   const out: Record<string, number> = {};
   for (const k of LIMIT_KEYS) {
     const n = optInt(o[k], `${field}.${k}`, 1, LIMIT_MAX, issues);
     if (n !== undefined) out[k] = n;
   }
-  if (!issues.ok) return { ok: false, issues: issues.issues };
+  if (!issues.ok) return { ok: false, issues: issues.result() };
   return { ok: true, value: Object.freeze(out) as LimitsOverride };
 }
 

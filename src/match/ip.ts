@@ -283,6 +283,18 @@ export function canonicalIp(text: string): string | null {
   return a === null ? null : formatIp(a.family, a.words);
 }
 
+/**
+ * The canonical text of a source address, the key the sandbox table is indexed by: the strict
+ * canonical form, and an IPv4-mapped IPv6 address as its IPv4 (a dual-stack listener reports
+ * IPv4 clients as ::ffff:a.b.c.d). Undefined when the text is not a strict address.
+ */
+export function canonicalSource(text: string): string | undefined {
+  const a = parseIp(text);
+  if (a === null) return undefined;
+  if (a.family === 6 && isIPv4Mapped(a.words)) return formatIPv4(a.words[3]!);
+  return formatIp(a.family, a.words);
+}
+
 export const familyBits = (family: IpFamily): number => (family === 4 ? 32 : 128);
 
 /**

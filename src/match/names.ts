@@ -11,7 +11,7 @@ import { endsInNumber, formatIPv4, formatIPv6, parseIPv4Loose, parseIPv6 } from 
 export type NormalizedName = { ok: true; name: string } | { ok: true; ip: string } | { ok: false; reason: string };
 
 /** RFC 1035 §2.3.4: 255 octets on the wire is 253 characters of text without the root dot. */
-const MAX_NAME = 253;
+export const MAX_NAME_LENGTH = 253;
 /** RFC 1035 §2.3.4. */
 const MAX_LABEL = 63;
 /**
@@ -77,7 +77,7 @@ function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string =
   if (typeof raw !== 'string') return { ok: false, reason: `Expected a host name, got ${typeof raw}` };
   const q = quote(original);
   if (raw.length === 0) return { ok: false, reason: `${noun} is empty` };
-  if (raw.length > MAX_RAW) return { ok: false, reason: `${noun} ${q} is longer than ${MAX_NAME} characters` };
+  if (raw.length > MAX_RAW) return { ok: false, reason: `${noun} ${q} is longer than ${MAX_NAME_LENGTH} characters` };
   let ascii = true;
   for (let i = 0; i < raw.length; i++) {
     const c = raw.charCodeAt(i);
@@ -121,7 +121,7 @@ function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string =
     return { ok: false, reason: `${noun} ${q} ends in a number but is not an IPv4 address` };
   }
 
-  if (s.length > MAX_NAME) return { ok: false, reason: `${noun} ${q} is longer than ${MAX_NAME} characters` };
+  if (s.length > MAX_NAME_LENGTH) return { ok: false, reason: `${noun} ${q} is longer than ${MAX_NAME_LENGTH} characters` };
   let labelStart = 0;
   for (let i = 0; i <= s.length; i++) {
     const c = i === s.length ? 0x2e : s.charCodeAt(i);

@@ -4,27 +4,34 @@
 // failure becomes an outcome with a reason, and the daemon keeps serving everyone else.
 
 import type { Socket } from 'node:net';
-import type { Config, ListenerKind } from '../config/schema.ts';
-import { canonicalSource } from '../config/schema.ts';
-import { MAX_HELLO_BYTES } from '../peek/tls-client-hello.ts';
-import { anyStepper, httpStepper, tlsStep, type Peeked } from '../peek/peek-steps.ts';
+import { canonicalSource } from '../match/ip.ts';
+import { anyStepper, httpStepper, PEEK_CAPS, tlsStep, type Peeked } from '../peek/peek-steps.ts';
 import type { Decision } from '../policy/decide.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome } from './peek-socket.ts';
+import type { ListenerKind } from './listener.ts';
 import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
-import { chooseUpstream } from './upstream-target.ts';
+import { chooseUpstream, type DialMode } from './upstream-target.ts';
 import type { NameResolver } from './resolve.ts';
 import { dial } from './dial.ts';
 import { splice } from './splice.ts';
-import { refuseHttp, refuseTcp, refuseTls, dropSilently } from './refuse.ts';
+import { refuseHttp, refuseTcp, refuseTls, dropSilently, type BlockMode, type Linger } from './refuse.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { nameMatters, verdict } from '../policy/verdict.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 
+/** The settings a connection reads (the daemon passes its Config, which has these and more). */
+export interface PipelineSettings {
+  readonly peek: { readonly timeoutMs: number; readonly firstByteTimeoutMs: number };
+  readonly upstream: { readonly dial: DialMode; readonly connectTimeoutMs: number; readonly idleTimeoutMs: number };
+  readonly block: BlockMode;
+  readonly refusal: Linger;
+}
+
 export interface PipelineDeps {
-  readonly config: () => Config;
+  readonly config: () => PipelineSettings;
   readonly policies: PolicyLookup;
   readonly resolver: NameResolver;
   readonly registry: ConnectionRegistry;
@@ -86,7 +93,7 @@ async function run(
   socket: Socket,
   listener: ListenerKind,
   deps: PipelineDeps,
-  config: Config,
+  config: PipelineSettings,
   deadline: number,
   o: ConnectionOutcome,
   live: LiveConnection,
@@ -111,13 +118,13 @@ async function run(
   let peek: PeekOutcome<Peeked> | null = null;
   const peekStart = Date.now();
   if (listener === 'tls') {
-    peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: MAX_HELLO_BYTES });
+    peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: PEEK_CAPS.tls });
   } else if (listener === 'http') {
-    peek = await peekSocket(socket, httpStepper(), { deadline, maxBytes: MAX_HELLO_BYTES });
+    peek = await peekSocket(socket, httpStepper(), { deadline, maxBytes: PEEK_CAPS.http });
   } else if (nameMatters(deps.policies.lookup(o.source), { ip, port })) {
     peek = await peekSocket(socket, anyStepper(), {
       deadline,
-      maxBytes: MAX_HELLO_BYTES,
+      maxBytes: PEEK_CAPS.any,
       firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
     });
   }
@@ -284,7 +291,7 @@ function cut(socket: Socket, o: ConnectionOutcome, reason: OutcomeReason): void 
 function refuse(
   socket: Socket,
   protocol: Protocol,
-  config: Config,
+  config: PipelineSettings,
   o: ConnectionOutcome,
   decision: Pick<Decision, 'verdict' | 'rule'> & { reason: string; matchedBy?: Decision['matchedBy'] },
 ): void {

@@ -4,6 +4,7 @@
 // listener) can share it: one name, one set of addresses, whoever asked.
 
 import { LRUCache } from 'lru-cache';
+import { MAX_NAME_LENGTH } from '../match/names.ts';
 import type { DnsFailure } from './dns-client.ts';
 
 export type CachedAnswer = { ok: true; addresses: readonly string[] } | { ok: false; cause: DnsFailure };
@@ -19,8 +20,6 @@ export interface AddressCacheOptions {
 export const MIN_TTL_MS = 1_000;
 export const MAX_TTL_MS = 300_000;
 const DEFAULT_MAX_ENTRIES = 10_000;
-// RFC 1035 §2.3.4: 255 octets on the wire, so at most 253 characters of text.
-const MAX_NAME_LENGTH = 253;
 
 /** A TTL in seconds (from the records) as the milliseconds an answer is kept. */
 export function clampTtlMs(ttlSeconds: number): number {

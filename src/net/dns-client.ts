@@ -14,6 +14,7 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
+import { canonicalSource } from '../match/ip.ts';
 import * as packet from 'dns-packet';
 
 export type DnsFailure = 'nxdomain' | 'nodata' | 'timeout' | 'servfail' | 'refused' | 'error';
@@ -273,10 +274,7 @@ function addressRecords(name: string, type: QType, answers: readonly packet.Answ
 
 function sameAddress(a: string, b: string): boolean {
   if (a === b) return true;
-  // A dual-stack socket may report an IPv4 peer as ::ffff:a.b.c.d.
-  const strip = (x: string): string => (x.startsWith('::ffff:') && isIP(x.slice(7)) === 4 ? x.slice(7) : x).toLowerCase();
-  if (strip(a) === strip(b)) return true;
-  // Different spellings of one IPv6 address.
-  if (isIP(a) === 6 && isIP(b) === 6) return new URL(`http://[${a}]/`).hostname === new URL(`http://[${b}]/`).hostname;
-  return false;
+  // Different spellings of one address; a dual-stack socket may report an IPv4 peer as ::ffff:a.b.c.d.
+  const ca = canonicalSource(a);
+  return ca !== undefined && ca === canonicalSource(b);
 }

@@ -2,7 +2,18 @@
 // port 80, tls = 443, tcp = every other port), on one address.
 
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Endpoint, ListenerKind } from '../config/schema.ts';
+
+/** An address and port to listen on. */
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  /** The text as written, for logs and errors. */
+  readonly text: string;
+}
+
+/** Which REDIRECT a connection came through: http (port 80), tls (443), tcp (every other port). */
+export type ListenerKind = 'http' | 'tls' | 'tcp';
+export const LISTENER_KINDS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
 
 export type ListenerStatus =
   { state: 'idle' } | { state: 'listening'; address: string; port: number } | { state: 'failed'; error: string } | { state: 'closed' };

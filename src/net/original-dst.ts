@@ -4,6 +4,7 @@
 
 import { createRequire } from 'node:module';
 import { isIP, type Socket } from 'node:net';
+import { canonicalSource } from '../match/ip.ts';
 import { NativeAddonError, OriginalDstError } from '../errors.ts';
 
 export type OriginalDestination = { kind: 'redirected'; address: string; port: number } | { kind: 'not-redirected'; why: string };
@@ -80,6 +81,5 @@ export function originalDestination(socket: Socket): OriginalDestination {
  * IPv4-mapped IPv6 address (RFC 4291 §2.5.5.2) written as the IPv4 address it is.
  */
 function unmapped(address: string): string {
-  const a = address.toLowerCase();
-  return a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a;
+  return canonicalSource(address) ?? address.toLowerCase();
 }

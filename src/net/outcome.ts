@@ -1,7 +1,7 @@
 // One record per connection, built as the connection moves down the pipeline and emitted
 // exactly once when it ends. The log line and every counter hang off this one place.
 
-import type { ListenerKind } from '../config/schema.ts';
+import type { ListenerKind } from './listener.ts';
 
 export type Protocol = 'tls' | 'http' | 'unknown' | 'none';
 

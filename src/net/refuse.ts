@@ -3,6 +3,7 @@
 // 403 that names the host and the reason, a reset for anything else, or nothing at all.
 
 import type { Socket } from 'node:net';
+import { MAX_NAME_LENGTH } from '../match/names.ts';
 
 // RFC 8446 §5.1 TLSPlaintext: type alert(21), legacy_record_version 0x0303, length 2; §6: level
 // fatal(2), description access_denied(49). Before any ServerHello this is a plaintext record
@@ -13,6 +14,9 @@ const ACCESS_DENIED_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x3
  * How long, and for how many bytes, a refused client that is still sending is read (and its
  * bytes discarded) after the answer went out: the config's `refusal` keys.
  */
+/** How a refusal is answered: `explain` (TLS alert, HTTP 403, reset) or `drop` (nothing at all). */
+export type BlockMode = 'explain' | 'drop';
+
 export interface Linger {
   readonly lingerMs: number;
   readonly lingerMaxBytes: number;
@@ -36,8 +40,6 @@ export function lingeringConnections(): number {
   return lingering;
 }
 
-// RFC 1035 §2.3.4: a name is at most 253 characters; anything longer is not a name but a payload.
-const MAX_HOST_CHARS = 253;
 const MAX_RULE_CHARS = 512;
 
 /** A fatal access_denied alert, then close: TLS clients report "alert access denied". */
@@ -68,7 +70,7 @@ export function refuseHttp(socket: Socket, r: HttpRefusal): void {
   const port = r.port === null || r.port === undefined ? '' : ` port ${r.port}`;
   const rule = r.rule ? ` (${escapeText(r.rule, MAX_RULE_CHARS)})` : '';
   const by = r.portDecided ? '; the destination port decided' : '';
-  const body = `egressd refused the connection to ${quoteText(r.host, MAX_HOST_CHARS)}${port}: ${escapeText(r.reason, 64)}${rule}${by}\n`;
+  const body = `egressd refused the connection to ${quoteText(r.host, MAX_NAME_LENGTH)}${port}: ${escapeText(r.reason, 64)}${rule}${by}\n`;
   const head =
     'HTTP/1.1 403 Forbidden\r\n' +
     'Content-Type: text/plain; charset=utf-8\r\n' +

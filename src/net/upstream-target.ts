@@ -12,9 +12,11 @@
 // resolves to a protected address (DNS rebinding, metadata) is never dialed unless unlocked.
 
 import { isIP } from 'node:net';
-import type { DialMode } from '../config/schema.ts';
-import { canonicalSource } from '../config/schema.ts';
+import { canonicalSource } from '../match/ip.ts';
 import type { NameResolver } from './resolve.ts';
+
+/** How the address to dial is chosen (see the header). */
+export type DialMode = 'resolved' | 'verify' | 'original';
 
 export type UpstreamTarget =
   { ok: true; address: string; how: 'original' | 'resolved' } | { ok: false; reason: 'dns-failure' | 'dns-mismatch' | 'no-allowed-address'; detail: string };

@@ -4,7 +4,7 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
-import type { ListenerKind } from '../config/schema.ts';
+import type { ListenerKind } from '../net/listener.ts';
 
 export interface MetricsOptions {
   /** Adds a `sandbox` label to the connection counters: only for small fleets. */

@@ -1,8 +1,8 @@
 // The parsers as peek steps: what the data path asks of a client's first bytes on each
 // listener, and when asking again is worth it.
 
-import { parseClientHello, type TlsPeek } from './tls-client-hello.ts';
-import { parseHttpHead, type HttpPeek } from './http-head.ts';
+import { MAX_HELLO_BYTES, parseClientHello, type TlsPeek } from './tls-client-hello.ts';
+import { MAX_HEAD_BYTES, parseHttpHead, type HttpPeek } from './http-head.ts';
 import { sniff } from './sniff.ts';
 
 /**
@@ -58,3 +58,9 @@ export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
     return { done: true, result: { kind: 'unknown' } };
   };
 }
+
+/**
+ * The byte cap of each step: a parser's own limit, so the socket never holds more than the
+ * parser would read (a ClientHello: MAX_HELLO_BYTES; a request head: MAX_HEAD_BYTES).
+ */
+export const PEEK_CAPS = Object.freeze({ tls: MAX_HELLO_BYTES, http: MAX_HEAD_BYTES, any: Math.max(MAX_HELLO_BYTES, MAX_HEAD_BYTES) });

@@ -1,26 +1,7 @@
 // Small helpers for validating a wire document (YAML or JSON, already parsed) into a model while
 // collecting every issue with its field path, instead of stopping at the first one.
 
-import type { FieldIssue } from './issues.ts';
-
-export class IssueList {
-  readonly issues: FieldIssue[] = [];
-  add(field: string, reason: string): void {
-    this.issues.push({ field, reason });
-  }
-  addAll(prefix: string, issues: readonly FieldIssue[]): void {
-    for (const i of issues) this.issues.push({ field: joinField(prefix, i.field), reason: i.reason });
-  }
-  get ok(): boolean {
-    return this.issues.length === 0;
-  }
-}
-
-export function joinField(prefix: string, field: string): string {
-  if (prefix === '') return field;
-  if (field === '') return prefix;
-  return field.startsWith('[') ? `${prefix}${field}` : `${prefix}.${field}`;
-}
+import { joinField, type CappedIssues } from './issues.ts';
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -39,7 +20,7 @@ export function quote(v: unknown): string {
 }
 
 /** Refuses keys outside `known`; returns the object or undefined (with an issue) when it is not one. */
-export function objectWithKeys(v: unknown, field: string, known: readonly string[], issues: IssueList): Record<string, unknown> | undefined {
+export function objectWithKeys(v: unknown, field: string, known: readonly string[], issues: CappedIssues): Record<string, unknown> | undefined {
   if (!isPlainObject(v)) {
     issues.add(field || '(root)', `Expected an object, got ${describe(v)}`);
     return undefined;
@@ -57,7 +38,7 @@ export function describe(v: unknown): string {
   return `${typeof v} ${quote(v)}`;
 }
 
-export function optString(v: unknown, field: string, issues: IssueList): string | undefined {
+export function optString(v: unknown, field: string, issues: CappedIssues): string | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'string' || v === '') {
     issues.add(field, `Expected a non-empty string, got ${describe(v)}`);
@@ -66,7 +47,7 @@ export function optString(v: unknown, field: string, issues: IssueList): string 
   return v;
 }
 
-export function optInt(v: unknown, field: string, min: number, max: number, issues: IssueList): number | undefined {
+export function optInt(v: unknown, field: string, min: number, max: number, issues: CappedIssues): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     issues.add(field, `Expected an integer from ${min} to ${max}, got ${describe(v)}`);
@@ -75,7 +56,7 @@ export function optInt(v: unknown, field: string, min: number, max: number, issu
   return v;
 }
 
-export function optBool(v: unknown, field: string, issues: IssueList): boolean | undefined {
+export function optBool(v: unknown, field: string, issues: CappedIssues): boolean | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'boolean') {
     issues.add(field, `Expected true or false, got ${describe(v)}`);
@@ -84,7 +65,7 @@ export function optBool(v: unknown, field: string, issues: IssueList): boolean |
   return v;
 }
 
-export function optEnum<T extends string>(v: unknown, field: string, values: readonly T[], issues: IssueList): T | undefined {
+export function optEnum<T extends string>(v: unknown, field: string, values: readonly T[], issues: CappedIssues): T | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) {
     issues.add(field, `Expected one of ${values.join(', ')}, got ${describe(v)}`);
@@ -93,7 +74,7 @@ export function optEnum<T extends string>(v: unknown, field: string, values: rea
   return v as T;
 }
 
-export function optStringArray(v: unknown, field: string, issues: IssueList): string[] | undefined {
+export function optStringArray(v: unknown, field: string, issues: CappedIssues): string[] | undefined {
   if (v === undefined) return undefined;
   if (!Array.isArray(v)) {
     issues.add(field, `Expected a list of strings, got ${describe(v)}`);

@@ -30,6 +30,11 @@ export class CappedIssues {
     else this.dropped++;
   }
 
+  /** Adds another validator's issues under `prefix` (`network` + `allow[0]` → `network.allow[0]`). */
+  addAll(prefix: string, issues: readonly FieldIssue[]): void {
+    for (const i of issues) this.add(joinField(prefix, i.field), i.reason);
+  }
+
   get ok(): boolean {
     return this.list.length === 0;
   }
@@ -37,4 +42,10 @@ export class CappedIssues {
   result(): FieldIssue[] {
     return this.dropped === 0 ? this.list : [...this.list, { field: this.#rootField, reason: `${this.dropped} more problems not shown` }];
   }
+}
+
+export function joinField(prefix: string, field: string): string {
+  if (prefix === '') return field;
+  if (field === '') return prefix;
+  return field.startsWith('[') ? `${prefix}${field}` : `${prefix}.${field}`;
 }

@@ -5,7 +5,8 @@
 import { Writable } from 'node:stream';
 import type { Socket } from 'node:net';
 import { pino } from 'pino';
-import { validateConfig, canonicalSource, type Config } from '../../src/config/schema.ts';
+import { validateConfig, type Config } from '../../src/config/schema.ts';
+import { canonicalSource } from '../../src/match/ip.ts';
 import { Daemon } from '../../src/daemon.ts';
 import type { OriginalDestination } from '../../src/net/original-dst.ts';
 

@@ -8,7 +8,8 @@ import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { IPTABLES_USAGE, parseIptablesArgs } from '../../src/cli/iptables/args.ts';
 import type { IptablesOptions } from '../../src/cli/iptables/rules.ts';
-import { type Config, DEFAULT_DOCUMENT, type Endpoint, LISTENER_KINDS, type ListenerKind, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
+import { type Config, DEFAULT_DOCUMENT, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
+import { type Endpoint, LISTENER_KINDS, type ListenerKind } from '../../src/net/listener.ts';
 import { Metrics } from '../../src/observability/metrics.ts';
 
 const ROOT = new URL('../../', import.meta.url);
