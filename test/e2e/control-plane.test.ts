@@ -55,7 +55,9 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     writeFileSync(
       configFile,
       JSON.stringify({
-        listen: { http: ['0.0.0.0:15080'], tls: ['0.0.0.0:15443'], tcp: ['0.0.0.0:15001'] },
+        // The rig leaves dnsmasq reachable on 53 (no --dns-port): the DNS listener is off, so a
+        // Novita policy's DNS server is allowed on port 53 as the dialect says.
+        listen: { http: ['0.0.0.0:15080'], tls: ['0.0.0.0:15443'], tcp: ['0.0.0.0:15001'], dns: [] },
         admin: { listen: '127.0.0.1:9901', token: 'cp-e2e-token' },
         dns: { servers: [rig.dnsServer], sandboxServers: [rig.dnsServer] },
         peek: { timeoutMs: 3000, firstByteTimeoutMs: 500 },

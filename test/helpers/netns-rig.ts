@@ -76,8 +76,12 @@ export interface Rig {
   execIn(ns: RigNamespace, cmd: string, args: string[], opts?: { timeoutMs?: number; input?: string | Buffer }): Promise<ExecResult>;
   /** A long-running process in a namespace, in its own process group; killed at teardown. */
   spawnIn(ns: RigNamespace, cmd: string, args: string[], opts?: { env?: Record<string, string> }): ChildProcess;
-  /** Runs `egressd iptables --apply --mode host --interface <sandboxIf>` in the router namespace. */
-  redirect(ports: { http: number; tls: number; tcp: number }, opts?: { backend?: 'iptables' | 'nft' }): Promise<void>;
+  /**
+   * Runs `egressd iptables --apply --mode host --interface <sandboxIf>` in the router namespace.
+   * With `ports.dns`, port 53 goes to egressd's DNS listener there; without, `--dns-port off`
+   * leaves the rig's dnsmasq reachable on 53.
+   */
+  redirect(ports: { http: number; tls: number; tcp: number; dns?: number }, opts?: { backend?: 'iptables' | 'nft' }): Promise<void>;
   /** Kills every process the rig started and deletes its namespaces; safe to call twice. */
   teardown(): Promise<void>;
 }
@@ -643,6 +647,8 @@ export async function createRig(): Promise<Rig> {
           DNS_V4,
           '--dns-server',
           DNS_V6,
+          '--dns-port',
+          ports.dns === undefined ? 'off' : String(ports.dns),
           '--backend',
           opts.backend ?? 'iptables',
         ],

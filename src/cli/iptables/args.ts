@@ -3,7 +3,7 @@
 
 import { parseArgs } from 'node:util';
 import { formatCidr, formatIp, parseCidr, parseIp } from '../../match/ip.ts';
-import { cidrFamily, DEFAULT_PORTS, type Family, type IptablesOptions } from './rules.ts';
+import { cidrFamily, DEFAULT_DNS_PORT, DEFAULT_PORTS, type Family, type IptablesOptions } from './rules.ts';
 
 export type ParsedArgs = { readonly ok: true; readonly options: IptablesOptions } | { readonly ok: false; readonly help: boolean; readonly error: string };
 
@@ -18,7 +18,10 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
   --interface IF           host mode: a sandbox-facing interface (repeatable; "veth+" = prefix)
   --source CIDR            host mode: a sandbox source range (repeatable)
   --uid N                  sidecar mode: egressd's user id (required there)
-  --dns-server ADDR        the sandboxes' DNS server, left reachable on port 53 (repeatable)
+  --dns-port N|off         egressd's DNS listener (default ${DEFAULT_DNS_PORT}): UDP and TCP port 53,
+                           whatever the server, go there; "off" leaves port 53 to --dns-server
+  --dns-server ADDR        with --dns-port off only: the sandboxes' DNS server, left
+                           reachable on port 53 (repeatable)
   --udp reject|drop        other UDP (default reject: ICMP port unreachable, so clients fail
                            at once instead of waiting out a timeout); UDP 443 is always rejected
   --family 4|6|both        default both
@@ -50,6 +53,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         interface: { type: 'string', multiple: true },
         source: { type: 'string', multiple: true },
         'dns-server': { type: 'string', multiple: true },
+        'dns-port': { type: 'string' },
         uid: { type: 'string' },
         udp: { type: 'string' },
         'http-port': { type: 'string' },
@@ -106,6 +110,14 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
     if (!families.includes(ip.family)) return fail(`--dns-server: "${a}" is IPv${ip.family} but --family is ${familyArg}`);
     dnsServers.push(formatIp(ip.family, ip.words));
   }
+  const dnsPortArg = str('dns-port') ?? String(DEFAULT_DNS_PORT);
+  let dnsPort: number | null = null;
+  if (dnsPortArg !== 'off') {
+    if (!/^\d{1,5}$/.test(dnsPortArg) || Number(dnsPortArg) < 1 || Number(dnsPortArg) > 65535) {
+      return fail(`--dns-port: expected an integer from 1 to 65535 or "off", got "${dnsPortArg}"`);
+    }
+    dnsPort = Number(dnsPortArg);
+  }
   let uid: number | null = null;
   const uidArg = str('uid');
   if (uidArg !== undefined) {
@@ -134,7 +146,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
   }
   return {
     ok: true,
-    options: { action, mode, backend, families, interfaces, sources, dnsServers, uid, udp, ports },
+    options: { action, mode, backend, families, interfaces, sources, dnsServers, uid, udp, ports, dnsPort },
   };
 }
 

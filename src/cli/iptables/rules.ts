@@ -29,6 +29,11 @@ export interface IptablesOptions {
   readonly uid: number | null;
   readonly udp: UdpPolicy;
   readonly ports: { readonly http: number; readonly tls: number; readonly tcp: number };
+  /**
+   * egressd's DNS listener (`listen.dns`): UDP and TCP port 53, whatever server is addressed,
+   * are redirected there, and `dnsServers` open nothing. Null: port 53 is treated as before.
+   */
+  readonly dnsPort: number | null;
 }
 
 export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp';
@@ -88,22 +93,31 @@ export interface RuleSet {
 }
 
 export const DEFAULT_PORTS = Object.freeze({ http: 15080, tls: 15443, tcp: 15001 });
+/** The DNS listener's port in DEFAULT_DOCUMENT (`listen.dns`). */
+export const DEFAULT_DNS_PORT = 15053;
 
 /**
  * The rules for one address family, in evaluation order.
  *
+ * With the DNS listener (`dnsPort`): UDP and TCP to port 53, whatever the server, are redirected
+ * to it (first rules of the redirect chain, which UDP 53 also enters), no DNS server is left
+ * reachable, and filter INPUT lets the redirected UDP reach the listener. Without it:
  * redirect chain (nat): TCP to a listed DNS server's port 53 returns untouched; then 80 → http
  * listener, 443 → tls listener, every other TCP port → tcp listener.
  * udp chain (filter): UDP to a listed DNS server's port 53 returns; UDP 443 is rejected so QUIC
  * clients fall back to TCP at once; every other UDP is rejected or dropped (`--udp`).
  * host mode: traffic that arrives through a listed interface or from a listed source CIDR
- * enters those chains from nat PREROUTING (TCP) and filter INPUT and FORWARD (UDP).
+ * enters those chains from nat PREROUTING (TCP, and UDP 53) and filter INPUT and FORWARD (UDP).
  * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
  * egressd's own (its uid) and traffic to loopback.
  */
 export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet {
-  const dns = options.dnsServers.filter((a) => cidrFamily(a) === family);
+  const dnsPort = options.dnsPort;
+  // While egressd answers port 53, no server is reachable there: raw UDP to 8.8.8.8:53 would
+  // otherwise carry any payload out.
+  const dns = dnsPort === null ? options.dnsServers.filter((a) => cidrFamily(a) === family) : [];
   const redirect: Rule[] = [
+    ...(dnsPort === null ? [] : (['udp', 'tcp'] as const).map((protocol): Rule => ({ match: { protocol, dport: 53 }, target: { kind: 'redirect', port: dnsPort } }))),
     ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'tcp', dport: 53 }, target: { kind: 'return' } })),
     { match: { protocol: 'tcp', dport: 80 }, target: { kind: 'redirect', port: options.ports.http } },
     { match: { protocol: 'tcp', dport: 443 }, target: { kind: 'redirect', port: options.ports.tls } },
@@ -123,10 +137,14 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       ...options.interfaces.map((i): Match => ({ inInterface: i })),
       ...options.sources.filter((c) => cidrFamily(c) === family).map((c): Match => ({ source: c })),
     ];
-    const to = (protocol: 'tcp' | 'udp', chain: ChainId): Rule[] => selectors.map((m) => ({ match: { ...m, protocol }, target: { kind: 'jump', chain } }));
+    const to = (protocol: 'tcp' | 'udp', chain: ChainId, dport?: number): Rule[] =>
+      selectors.map((m) => ({ match: { ...m, protocol, ...(dport !== undefined ? { dport } : {}) }, target: { kind: 'jump', chain } }));
+    // A redirected query reaches INPUT with the listener's port as its destination; only INPUT
+    // (the host itself), never FORWARD, lets that port through.
+    const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
     chains.push(
-      { id: 'nat-prerouting', rules: to('tcp', 'redirect') },
-      { id: 'filter-input', rules: to('udp', 'udp') },
+      { id: 'nat-prerouting', rules: [...(dnsPort === null ? [] : to('udp', 'redirect', 53)), ...to('tcp', 'redirect')] },
+      { id: 'filter-input', rules: [...dnsIn, ...to('udp', 'udp')] },
       { id: 'filter-forward', rules: to('udp', 'udp') },
     );
   } else {
@@ -138,7 +156,14 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       { match: { destination: family === 4 ? '127.0.0.0/8' : '::1/128' }, target: { kind: 'return' } },
     ];
     chains.push(
-      { id: 'nat-output', rules: [...exempt, { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'redirect' } }] },
+      {
+        id: 'nat-output',
+        rules: [
+          ...exempt,
+          ...(dnsPort === null ? [] : [{ match: { protocol: 'udp', dport: 53 }, target: { kind: 'jump', chain: 'redirect' } } satisfies Rule]),
+          { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'redirect' } },
+        ],
+      },
       { id: 'filter-output', rules: [...exempt, { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } }] },
     );
   }

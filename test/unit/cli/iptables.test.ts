@@ -7,8 +7,9 @@ import { renderIptablesRemoval, renderIptablesRestore } from '../../../src/cli/i
 import { renderNft } from '../../../src/cli/iptables/render-nft.ts';
 import { buildRuleSet, type IptablesOptions, type RuleSet } from '../../../src/cli/iptables/rules.ts';
 
+/** The options argv gives; the DNS listener's redirect is off unless argv names --dns-port. */
 function options(argv: string[]): IptablesOptions {
-  const r = parseIptablesArgs(argv);
+  const r = parseIptablesArgs(argv.includes('--dns-port') ? argv : [...argv, '--dns-port', 'off']);
   if (!r.ok) throw new Error(r.error);
   return r.options;
 }
@@ -29,6 +30,43 @@ function recorder(respond: (cmd: string, args: readonly string[], input?: string
   };
   return { calls, run };
 }
+
+describe('buildRuleSet with the DNS listener', () => {
+  it('is on by default, on port 15053', () => {
+    const r = parseIptablesArgs(['--interface', 'veth0']);
+    expect(r.ok && r.options.dnsPort).toBe(15053);
+    expect(parseIptablesArgs(['--dns-port', '0'])).toMatchObject({ ok: false, error: expect.stringContaining('--dns-port') });
+  });
+
+  it('redirects UDP and TCP 53 to the listener, whatever the server, and opens no DNS server', () => {
+    for (const family of [4, 6] as const) {
+      const rs = buildRuleSet(options(['--interface', 'veth0', '--source', '198.18.0.0/24', '--dns-port', '5353', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8::53']), family);
+      expect(chain(rs, 'redirect').slice(0, 2)).toEqual([
+        JSON.stringify([{ protocol: 'udp', dport: 53 }, { kind: 'redirect', port: 5353 }]),
+        JSON.stringify([{ protocol: 'tcp', dport: 53 }, { kind: 'redirect', port: 5353 }]),
+      ]);
+      expect(JSON.stringify(rs)).not.toMatch(/198\.18\.1\.53|2001:db8::53/);
+      // UDP 53 enters the nat redirect chain from PREROUTING, for every selector of the family.
+      expect(chain(rs, 'nat-prerouting')).toContain(JSON.stringify([{ inInterface: 'veth0', protocol: 'udp', dport: 53 }, { kind: 'jump', chain: 'redirect' }]));
+      // Only INPUT lets the redirected query reach the listener's port; FORWARD never does.
+      expect(chain(rs, 'filter-input')[0]).toBe(JSON.stringify([{ inInterface: 'veth0', protocol: 'udp', dport: 5353 }, { kind: 'return' }]));
+      expect(chain(rs, 'filter-forward').join()).not.toContain('5353');
+    }
+  });
+
+  it('in sidecar mode, redirects local UDP 53 after the uid and loopback exemptions', () => {
+    const rs = buildRuleSet(options(['--mode', 'sidecar', '--uid', '1000', '--dns-port', '15053']), 4);
+    const out = chain(rs, 'nat-output');
+    expect(out.slice(0, 3).join()).toContain('"uid":1000');
+    expect(out[3]).toBe(JSON.stringify([{ protocol: 'udp', dport: 53 }, { kind: 'jump', chain: 'redirect' }]));
+  });
+
+  it('renders the UDP redirect for iptables and nft', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--dns-port', '15053']), 6);
+    expect(renderIptablesRestore(rs)).toContain('-A EGRESSD-REDIRECT -p udp --dport 53 -j REDIRECT --to-ports 15053');
+    expect(renderNft(rs)).toContain('udp dport 53 redirect to :15053');
+  });
+});
 
 describe('buildRuleSet', () => {
   it('sends 80 to the http port, 443 to the tls port and every other TCP port to the tcp port, in that order', () => {
