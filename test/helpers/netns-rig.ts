@@ -37,6 +37,13 @@ export interface UpstreamEvent {
 
 export type RigNamespace = 'sandbox' | 'router' | 'internet';
 
+/** A record of any type dnsmasq serves as given (`dns-rr`): RDATA in hex. */
+export interface DnsRawRecord {
+  readonly name: string;
+  readonly type: number;
+  readonly hex: string;
+}
+
 export interface ExecResult {
   readonly code: number | null;
   readonly stdout: string;
@@ -72,7 +79,9 @@ export interface Rig {
    * `*.name` answers every subdomain of name (not name itself). Other .test names are NXDOMAIN,
    * names outside .test are REFUSED. Resolves once dnsmasq answers the new set.
    */
-  dns(records: Record<string, string[]>): Promise<void>;
+  dns(records: Record<string, string[]>, opts?: { rr?: readonly DnsRawRecord[] }): Promise<void>;
+  /** dnsmasq's query log since it was last (re)started: one `query[TYPE] name from ADDR` line per query. */
+  dnsLog(): string;
   execIn(ns: RigNamespace, cmd: string, args: string[], opts?: { timeoutMs?: number; input?: string | Buffer }): Promise<ExecResult>;
   /** A long-running process in a namespace, in its own process group; killed at teardown. */
   spawnIn(ns: RigNamespace, cmd: string, args: string[], opts?: { env?: Record<string, string> }): ChildProcess;
@@ -472,7 +481,7 @@ export async function createRig(): Promise<Rig> {
 
   const sh = (which: RigNamespace, script: string): Promise<string> => must('ip', ['netns', 'exec', inNs(which), 'sh', '-c', script]);
 
-  const startDnsmasq = async (records: Record<string, string[]>): Promise<void> => {
+  const startDnsmasq = async (records: Record<string, string[]>, rr: readonly DnsRawRecord[] = []): Promise<void> => {
     const generation = `gen-${++dnsGeneration}`;
     const hosts: string[] = [];
     const wildcards: string[] = [];
@@ -499,7 +508,15 @@ export async function createRig(): Promise<Rig> {
         `addn-hosts=${join(dir, 'hosts')}`,
         ...wildcards,
         `txt-record=rig-ready.test,"${generation}"`,
+        ...rr.map((r) => {
+          if (!DNS_NAME_RE.test(r.name) || r.name.startsWith('*.') || !Number.isInteger(r.type) || !/^(?:[0-9a-f]{2})*$/i.test(r.hex)) {
+            throw new Error(`rig.dns: bad raw record ${JSON.stringify(r)}`);
+          }
+          return `dns-rr=${r.name},${r.type},${r.hex}`;
+        }),
         'log-facility=-',
+        // One line per query received: how a test shows that a refused name never arrived.
+        'log-queries',
         '',
       ].join('\n'),
       { mode: 0o644 },
@@ -508,7 +525,7 @@ export async function createRig(): Promise<Rig> {
     dnsmasqLog = '';
     const child = spawnIn('internet', 'dnsmasq', ['--keep-in-foreground', `--conf-file=${join(dir, 'dnsmasq.conf')}`]);
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      if (dnsmasqLog.length < 65_536) dnsmasqLog += d;
+      if (dnsmasqLog.length < 4 * 1_048_576) dnsmasqLog += d;
     });
     child.stdout!.resume();
     dnsmasq = child;
@@ -620,7 +637,8 @@ export async function createRig(): Promise<Rig> {
 
     events: () => [...events],
 
-    dns: (records) => startDnsmasq(records),
+    dns: (records, opts = {}) => startDnsmasq(records, opts.rr ?? []),
+    dnsLog: () => dnsmasqLog,
 
     execIn,
     spawnIn,

@@ -4,6 +4,7 @@
 //                      (GET /bytes/N: N bytes, at most 256 MiB, for throughput tests)
 //   443   TLS          the same over TLS (certs/server.pem, ALPN http/1.1)
 //   2525  banner       server speaks first ("220 hello\r\n", like SMTP), then "250 ok\r\n" per chunk
+//   22    banner       the same on SSH's port: a server-first service a name rule must reach by DNS
 //   7000  echo         every byte back
 // and prints one JSON line per connection event on stdout: accept, data (each chunk received,
 // counted on the raw TCP stream, so a TLS ClientHello counts) and close (all bytes received),
@@ -148,6 +149,7 @@ const PORTS: ReadonlyArray<readonly [Service, number]> = [
   ['http', 80],
   ['tls', 443],
   ['banner', 2525],
+  ['banner', 22],
   ['echo', 7000],
 ];
 
