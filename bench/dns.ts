@@ -142,19 +142,34 @@ async function main(): Promise<void> {
         // Each target and phase gets its own miss names, so nothing is answered from a cache
         // another load filled.
         const tag = label.split(' ')[0]!;
-        const nameOf = (phase: string) => (i: number): string => (kind === 'hit' ? 'www.bench.test' : `n${i}.${phase}-${tag}-${run}.bench.test`);
+        const nameOf =
+          (phase: string) =>
+          (i: number): string =>
+            kind === 'hit' ? 'www.bench.test' : `n${i}.${phase}-${tag}-${run}.bench.test`;
         await load(port, nameOf('warm'), 500, CONCURRENCY);
         const res = await load(port, nameOf('run'), COUNT, CONCURRENCY);
         results.set(`${kind} ${label}`, res);
         const base = results.get(`${kind} ${targets[0]![0]}`)!;
         const added = label === targets[0]![0] ? '' : `${(res.p50 - base.p50).toFixed(3)}`;
         rows.push(
-          [kind.padEnd(5), label.padEnd(31), res.qps.toFixed(0).padStart(8), res.p50.toFixed(3).padStart(9), res.p99.toFixed(3).padStart(9), added.padStart(11), String(res.errors).padStart(7)].join(' '),
+          [
+            kind.padEnd(5),
+            label.padEnd(31),
+            res.qps.toFixed(0).padStart(8),
+            res.p50.toFixed(3).padStart(9),
+            res.p99.toFixed(3).padStart(9),
+            added.padStart(11),
+            String(res.errors).padStart(7),
+          ].join(' '),
         );
       }
     }
     console.log(`${COUNT} A queries per load, ${CONCURRENCY} outstanding, UDP on loopback; latency in ms`);
-    console.log(['load '.padEnd(5), 'target'.padEnd(31), 'q/s'.padStart(8), 'p50'.padStart(9), 'p99'.padStart(9), 'added p50'.padStart(11), 'errors'.padStart(7)].join(' '));
+    console.log(
+      ['load '.padEnd(5), 'target'.padEnd(31), 'q/s'.padStart(8), 'p50'.padStart(9), 'p99'.padStart(9), 'added p50'.padStart(11), 'errors'.padStart(7)].join(
+        ' ',
+      ),
+    );
     for (const row of rows) console.log(row);
   } finally {
     await daemon?.stop(0);

@@ -100,7 +100,7 @@ s.bind(0, batch);
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e dns skipped: ${skip}`);
 
-describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
+describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
   let rig: Rig;
   let daemon: DaemonProcess;
   let dir: string;
@@ -112,9 +112,7 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
     await rig.servers([ALLOWED, OTHER, ROT1, ROT2, CATCH, ALLOWED6, BAD6, GOOD6]);
     await rig.dns({ ...RECORDS, 'rot.allowed.test': [ROT1] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
     const catcher = rig.spawnIn('internet', NODE, ['-e', CATCHER, CATCH]);
-    await new Promise<void>((ready) =>
-      createInterface({ input: catcher.stdout! }).on('line', (l) => (l === 'ready' ? ready() : caught.push(l))),
-    );
+    await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => (l === 'ready' ? ready() : caught.push(l))));
     const config = {
       listen: {
         http: ['0.0.0.0:15080', '[::]:15080'],
@@ -150,7 +148,17 @@ describe.skipIf(skip !== null)('egressd answers the sandboxes\' DNS', () => {
   const sh = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
   const dig = async (...args: string[]): Promise<string> => (await sh('dig', ['+time=3', '+tries=1', ...args])).stdout;
   const api = (method: string, path: string, body?: unknown) =>
-    rig.execIn('router', 'curl', ['-sS', '-X', method, '-H', `authorization: Bearer ${TOKEN}`, '-H', 'content-type: application/json', ...(body ? ['--data', JSON.stringify(body)] : []), `http://127.0.0.1:9901${path}`]);
+    rig.execIn('router', 'curl', [
+      '-sS',
+      '-X',
+      method,
+      '-H',
+      `authorization: Bearer ${TOKEN}`,
+      '-H',
+      'content-type: application/json',
+      ...(body ? ['--data', JSON.stringify(body)] : []),
+      `http://127.0.0.1:9901${path}`,
+    ]);
   const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
     daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 15_000);
 

@@ -117,7 +117,9 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   // otherwise carry any payload out.
   const dns = dnsPort === null ? options.dnsServers.filter((a) => cidrFamily(a) === family) : [];
   const redirect: Rule[] = [
-    ...(dnsPort === null ? [] : (['udp', 'tcp'] as const).map((protocol): Rule => ({ match: { protocol, dport: 53 }, target: { kind: 'redirect', port: dnsPort } }))),
+    ...(dnsPort === null
+      ? []
+      : (['udp', 'tcp'] as const).map((protocol): Rule => ({ match: { protocol, dport: 53 }, target: { kind: 'redirect', port: dnsPort } }))),
     ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'tcp', dport: 53 }, target: { kind: 'return' } })),
     { match: { protocol: 'tcp', dport: 80 }, target: { kind: 'redirect', port: options.ports.http } },
     { match: { protocol: 'tcp', dport: 443 }, target: { kind: 'redirect', port: options.ports.tls } },

@@ -40,14 +40,28 @@ describe('buildRuleSet with the DNS listener', () => {
 
   it('redirects UDP and TCP 53 to the listener, whatever the server, and opens no DNS server', () => {
     for (const family of [4, 6] as const) {
-      const rs = buildRuleSet(options(['--interface', 'veth0', '--source', '198.18.0.0/24', '--dns-port', '5353', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8::53']), family);
+      const rs = buildRuleSet(
+        options(['--interface', 'veth0', '--source', '198.18.0.0/24', '--dns-port', '5353', '--dns-server', '198.18.1.53', '--dns-server', '2001:db8::53']),
+        family,
+      );
       expect(chain(rs, 'redirect').slice(0, 2)).toEqual([
-        JSON.stringify([{ protocol: 'udp', dport: 53 }, { kind: 'redirect', port: 5353 }]),
-        JSON.stringify([{ protocol: 'tcp', dport: 53 }, { kind: 'redirect', port: 5353 }]),
+        JSON.stringify([
+          { protocol: 'udp', dport: 53 },
+          { kind: 'redirect', port: 5353 },
+        ]),
+        JSON.stringify([
+          { protocol: 'tcp', dport: 53 },
+          { kind: 'redirect', port: 5353 },
+        ]),
       ]);
       expect(JSON.stringify(rs)).not.toMatch(/198\.18\.1\.53|2001:db8::53/);
       // UDP 53 enters the nat redirect chain from PREROUTING, for every selector of the family.
-      expect(chain(rs, 'nat-prerouting')).toContain(JSON.stringify([{ inInterface: 'veth0', protocol: 'udp', dport: 53 }, { kind: 'jump', chain: 'redirect' }]));
+      expect(chain(rs, 'nat-prerouting')).toContain(
+        JSON.stringify([
+          { inInterface: 'veth0', protocol: 'udp', dport: 53 },
+          { kind: 'jump', chain: 'redirect' },
+        ]),
+      );
       // Only INPUT lets the redirected query reach the listener's port; FORWARD never does.
       expect(chain(rs, 'filter-input')[0]).toBe(JSON.stringify([{ inInterface: 'veth0', protocol: 'udp', dport: 5353 }, { kind: 'return' }]));
       expect(chain(rs, 'filter-forward').join()).not.toContain('5353');
@@ -58,7 +72,12 @@ describe('buildRuleSet with the DNS listener', () => {
     const rs = buildRuleSet(options(['--mode', 'sidecar', '--uid', '1000', '--dns-port', '15053']), 4);
     const out = chain(rs, 'nat-output');
     expect(out.slice(0, 3).join()).toContain('"uid":1000');
-    expect(out[3]).toBe(JSON.stringify([{ protocol: 'udp', dport: 53 }, { kind: 'jump', chain: 'redirect' }]));
+    expect(out[3]).toBe(
+      JSON.stringify([
+        { protocol: 'udp', dport: 53 },
+        { kind: 'jump', chain: 'redirect' },
+      ]),
+    );
   });
 
   it('renders the UDP redirect for iptables and nft', () => {
