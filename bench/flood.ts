@@ -1,0 +1,86 @@
+// Issue 11's flood at full size, with the figures the e2e tests leave out (timing is not
+// asserted there):  sudo node bench/flood.ts [--count 10000] [--download-mib 50]
+// On the netns rig (real iptables REDIRECT), three runs of test/helpers/flood-scenario.ts:
+//   baseline  sandbox 2 alone: the 50 MiB HTTPS download and 30 short requests
+//   flood     the same while sandbox 1 opens --count connections (idle after a ClientHello,
+//             silent, one byte a second) with the default limits
+//   nofile    the same under RLIMIT_NOFILE 256 (a 1,000-connection flood)
+// It prints sandbox 2's throughput under the flood against the baseline (target ≥ 0.8x),
+// /healthz latency (target: every probe within 100 ms), and how soon sandbox 1 is admitted
+// again once its flood closes (target: within 1 s). Not run in CI; figures in bench/RESULTS.md.
+
+import { parseArgs } from 'node:util';
+import { createRig, rigUnavailableReason } from '../test/helpers/netns-rig.ts';
+import { floodScenario, metricSum, type FloodOptions, type FloodResult } from '../test/helpers/flood-scenario.ts';
+
+const { values } = parseArgs({ options: { count: { type: 'string', default: '10000' }, 'download-mib': { type: 'string', default: '50' } } });
+const why = rigUnavailableReason();
+if (why) {
+  console.error(`flood: cannot run: ${why}`);
+  process.exit(2);
+}
+const download = Number(values['download-mib']) * 1_048_576;
+
+async function once(name: string, opts: FloodOptions): Promise<FloodResult> {
+  const rig = await createRig();
+  try {
+    const r = await floodScenario(rig, opts);
+    const reasons = ['sandbox-limit', 'global-limit', 'overload'].map((reason) => [reason, metricSum(r.metrics, 'egressd_connections_total', { reason })]);
+    console.log(
+      JSON.stringify({
+        run: name,
+        died: r.died,
+        workload: r.workload,
+        probe: r.probe,
+        flood: r.flood && {
+          attempted: r.flood['attempted'],
+          connected: r.flood['connected'],
+          stillOpen: r.flood['stillOpen'],
+          closedByPeer: r.flood['closedByPeer'],
+          recoveryMs: r.flood['recoveryMs'],
+          errors: r.flood['errors'],
+        },
+        refused: Object.fromEntries(reasons),
+        sandbox1: r.sandbox1?.['connections'] ?? null,
+        limits: r.limitsApi && {
+          nofileSoft: r.limitsApi['nofileSoft'],
+          globalConnections: r.limitsApi['globalConnections'],
+          sandboxShare: r.limitsApi['sandboxShare'],
+        },
+      }),
+    );
+    return r;
+  } finally {
+    await rig.teardown();
+  }
+}
+
+const base = await once('baseline', { flood: null, download, requests: 30 });
+const flood = await once('flood', { flood: { count: Number(values.count), holdMs: 30_000 }, download, requests: 30 });
+const nofile = await once('nofile-256', { flood: { count: 1000, holdMs: 15_000 }, nofile: 256, download: 8 * 1_048_576, requests: 20 });
+const ratio = flood.workload['download'].mibPerSecond / base.workload['download'].mibPerSecond;
+console.log(
+  JSON.stringify({
+    event: 'summary',
+    throughputBaselineMiBps: base.workload['download'].mibPerSecond,
+    throughputFloodMiBps: flood.workload['download'].mibPerSecond,
+    throughputRatio: Math.round(ratio * 100) / 100,
+    sandbox2ShortOk: `${flood.workload['short'].ok}/${flood.workload['short'].total}`,
+    healthzFlood: {
+      probes: flood.probe['probes'],
+      failed: flood.probe['failed'],
+      over100ms: flood.probe['over100ms'],
+      p99Ms: flood.probe['p99Ms'],
+      maxMs: flood.probe['maxMs'],
+    },
+    healthzNofile: {
+      probes: nofile.probe['probes'],
+      failed: nofile.probe['failed'],
+      over100ms: nofile.probe['over100ms'],
+      p99Ms: nofile.probe['p99Ms'],
+      maxMs: nofile.probe['maxMs'],
+    },
+    recoveryMsFlood: flood.flood?.['recoveryMs'],
+    recoveryMsNofile: nofile.flood?.['recoveryMs'],
+  }),
+);
