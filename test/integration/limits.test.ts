@@ -1,0 +1,169 @@
+// Limits through a real daemon on loopback: the `limits` object on sandboxes and organizations
+// (API, config file, state), admission at accept (a reset, never a queue), and the counts the
+// API and metrics show. The flood itself is test/e2e/limits.test.ts.
+
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { validateConfig } from '../../src/config/schema.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+
+const TOKEN = 'test-token';
+const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+const ALLOW_LOOPBACK = { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } };
+
+describe('limits on loopback', () => {
+  let dir: string;
+  let d: LoopbackDaemon | undefined;
+  let server: Server;
+  let upstreamPort: number;
+  const sockets = new Set<Socket>();
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'egressd-limits-'));
+    server = createServer({ allowHalfOpen: true }, (s) => {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    upstreamPort = (server.address() as { port: number }).port;
+  });
+  afterEach(async () => {
+    for (const s of sockets) s.destroy();
+    await d?.stop();
+    d = undefined;
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const api = async (method: string, path: string, body?: unknown) => {
+    const res = await request(`${d!.adminUrl}${path}`, {
+      method: method as 'GET',
+      headers: auth,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
+  };
+
+  /** Connects from `source` and reports whether the connection was spliced (echoes) or reset. */
+  const attempt = (source: string): Promise<{ spliced: boolean; socket: Socket }> =>
+    new Promise((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: d!.port('tcp'), localAddress: source });
+      sockets.add(s);
+      const done = (spliced: boolean): void => resolve({ spliced, socket: s });
+      s.on('error', () => done(false));
+      s.on('close', () => done(false));
+      s.on('connect', () => s.write('ping'));
+      s.once('data', () => done(true));
+    });
+
+  it('takes limits on a sandbox and its organization through the API, resolves them key by key, and keeps them across a restart', async () => {
+    const config = loopbackConfig({ state: { path: join(dir, 'state.db') } });
+    d = await startLoopbackDaemon(config);
+    expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3, limits: { connections: 7, perSecond: 9 } })).status).toBe(201);
+    const put = await api('PUT', '/api/v1/sandboxes/sb-l', {
+      sources: ['127.0.0.21'],
+      org: 'acme',
+      network: ALLOW_LOOPBACK,
+      limits: { connections: 3, undecided: 2 },
+    });
+    expect(put.status).toBe(201);
+    expect(put.body.limits).toEqual({ connections: 3, undecided: 2 });
+    const got = await api('GET', '/api/v1/sandboxes/sb-l');
+    expect(got.body.connections).toEqual({ open: 0, undecided: 0, limits: { connections: 3, undecided: 2, perSecond: 9, burst: 400 } });
+    await d.stop();
+    d = await startLoopbackDaemon(config);
+    expect((await api('GET', '/api/v1/sandboxes/sb-l')).body.connections.limits).toEqual({ connections: 3, undecided: 2, perSecond: 9, burst: 400 });
+    expect((await api('GET', '/api/v1/orgs/acme')).body.limits).toEqual({ connections: 7, perSecond: 9 });
+  });
+
+  it('refuses bad limits with 400 naming the field, and changes nothing', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    const bad = await api('PUT', '/api/v1/sandboxes/sb-b', { sources: ['127.0.0.22'], network: ALLOW_LOOPBACK, limits: { perSecond: 0 } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.field).toBe('limits.perSecond');
+    const unknown = await api('PUT', '/api/v1/orgs/o', { tier: 3, limits: { rate: 5 } });
+    expect(unknown.status).toBe(400);
+    expect(unknown.body.error.field).toBe('limits.rate');
+    expect((await api('GET', '/api/v1/sandboxes/sb-b')).status).toBe(404);
+    expect((await api('GET', '/api/v1/orgs/o')).status).toBe(404);
+  });
+
+  it('resets the connection past a sandbox limit at once, serves another sandbox meanwhile, and admits again once one closes', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        sandboxes: [
+          { id: 'small', sources: ['127.0.0.31'], network: ALLOW_LOOPBACK, limits: { connections: 2 } },
+          { id: 'other', sources: ['127.0.0.32'], network: ALLOW_LOOPBACK },
+        ],
+      }),
+    );
+    d.route('127.0.0.31', '127.0.0.1', upstreamPort);
+    d.route('127.0.0.32', '127.0.0.1', upstreamPort);
+    const a = await attempt('127.0.0.31');
+    const b = await attempt('127.0.0.31');
+    expect([a.spliced, b.spliced]).toEqual([true, true]);
+    expect((await attempt('127.0.0.31')).spliced).toBe(false);
+    expect((await attempt('127.0.0.32')).spliced).toBe(true);
+    const view = await api('GET', '/api/v1/sandboxes/small');
+    expect(view.body.connections).toMatchObject({ open: 2, undecided: 0, limits: { connections: 2 } });
+    const limits = await api('GET', '/api/v1/limits');
+    expect(limits.body.top[0]).toMatchObject({ key: 'small', open: 2 });
+    expect(limits.body.open).toBe(3);
+    a.socket.destroy();
+    await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'small' && l['verdict'] === 'allow');
+    expect((await attempt('127.0.0.31')).spliced).toBe(true);
+    await d.waitForLog((l) => l['event'] === 'connections-shed' && l['sandbox'] === 'small' && l['reason'] === 'sandbox-limit' && l['count'] === 1, 3000);
+    const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="sandbox-limit"\} 1$/m);
+    expect(metrics).toMatch(/^egressd_limit_connections\{scope="global"\} \d+$/m);
+    const ready = await request(`${d.adminUrl}/readyz`);
+    expect(ready.statusCode).toBe(200);
+    expect(await ready.body.json()).toEqual({ status: 'ready' });
+  });
+
+  it('holds a sandbox to its rate: the burst at once, then refused until the bucket refills', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({ sandboxes: [{ id: 'rate', sources: ['127.0.0.41'], network: ALLOW_LOOPBACK, limits: { perSecond: 1, burst: 3 } }] }),
+    );
+    d.route('127.0.0.41', '127.0.0.1', upstreamPort);
+    const results: boolean[] = [];
+    for (let i = 0; i < 5; i++) results.push((await attempt('127.0.0.41')).spliced);
+    expect(results).toEqual([true, true, true, false, false]);
+  });
+});
+
+describe('limits in the config file', () => {
+  it('names each bad key under limits and sandboxes[].limits, all at once', () => {
+    const r = validateConfig({
+      limits: { sandbox: { connections: -1, flood: 1 }, global: { sandboxShare: 2 }, memory: { shedAt: 'high' } },
+      sandboxes: [{ id: 'a', sources: ['10.0.0.1'], network: { mode: 'allow-all' }, limits: { burst: 0 } }],
+    });
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.issues.map((i) => i.field).sort((x, y) => x.localeCompare(y))).toEqual([
+        'limits.global.sandboxShare',
+        'limits.memory.shedAt',
+        'limits.sandbox.connections',
+        'limits.sandbox.flood',
+        'sandboxes[0].limits.burst',
+      ]);
+    }
+  });
+
+  it('fills every limit it is not given from the documented defaults', () => {
+    const r = validateConfig({ limits: { sandbox: { connections: 10 } } });
+    expect(r.ok && r.config.limits).toEqual({
+      sandbox: { connections: 10, undecided: 256, perSecond: 200, burst: 400 },
+      global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
+      memory: { maxBytes: null, shedAt: 0.8, intervalMs: 250 },
+    });
+  });
+});
