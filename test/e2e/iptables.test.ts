@@ -160,6 +160,91 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     expect(await snapshot()).toBe(before);
   });
 
+  it.each(['iptables', 'nft'])('--remove without --backend removes what the %s backend installed', async (backend) => {
+    const before = await snapshot();
+    await ok(['--apply', '--backend', backend, ...MODES['host']!]);
+    expect(await snapshot()).not.toBe(before);
+    const r = await egressd(['--remove']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(backend);
+    expect(await snapshot()).toBe(before);
+    // Nothing left: removing again succeeds and says so.
+    const again = await egressd(['--remove']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(await snapshot()).toBe(before);
+  });
+
+  describe.each(['iptables', 'nft'] as const)('--exclude-cidr and --exclude-port with the %s backend', (backend) => {
+    const XPORTS = { http: 26080, tls: 26443, tcp: 26001 };
+    let catcher: ChildProcess;
+    beforeAll(async () => {
+      await rig.servers([S4, S6]);
+      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(XPORTS.http), String(XPORTS.tls), String(XPORTS.tcp)]);
+      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      await ok([
+        '--apply',
+        '--backend',
+        backend,
+        '--mode',
+        'host',
+        '--interface',
+        rig.sandboxIf,
+        '--http-port',
+        String(XPORTS.http),
+        '--tls-port',
+        String(XPORTS.tls),
+        '--tcp-port',
+        String(XPORTS.tcp),
+        '--dns-server',
+        rig.dnsServer,
+        '--dns-server',
+        rig.dnsServerV6,
+        '--exclude-cidr',
+        `${S6}/128`,
+        '--exclude-port',
+        '7000',
+      ]);
+    });
+    afterAll(async () => {
+      await ok(['--remove']);
+      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+    });
+    const tcp = (host: string, port: number, send?: string) =>
+      rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), '-', ...(send !== undefined ? [send] : [])], { timeoutMs: 15_000 });
+    const accepts = (local: string): number => rig.events().filter((e) => e.event === 'accept' && e.local === local).length;
+
+    it('lets traffic to an excluded port or range reach the real server, and still redirects the rest', async () => {
+      const echoBefore = accepts(`${S4}:7000`);
+      const viaPort = rig.execIn(
+        'sandbox',
+        NODE,
+        ['-e', TCP_CLIENT.replace('if (send) s.write(send);', 'if (send) s.write(send); setTimeout(() => s.end(), 300);'), S4, '7000', '-', 'ping'],
+        { timeoutMs: 15_000 },
+      );
+      expect((await viaPort).stdout).toBe('ping');
+      expect(accepts(`${S4}:7000`)).toBe(echoBefore + 1);
+      const v6Before = accepts(`[${S6}]:7000`);
+      const viaRange = rig.execIn(
+        'sandbox',
+        NODE,
+        ['-e', TCP_CLIENT.replace('if (send) s.write(send);', 'if (send) s.write(send); setTimeout(() => s.end(), 300);'), S6, '7000', '-', 'pong'],
+        { timeoutMs: 15_000 },
+      );
+      expect((await viaRange).stdout).toBe('pong');
+      expect(accepts(`[${S6}]:7000`)).toBe(v6Before + 1);
+      // The same range on another port is still excluded; another address is still caught.
+      const banner = await rig.execIn(
+        'sandbox',
+        NODE,
+        ['-e', TCP_CLIENT.replace('if (send) s.write(send);', 'if (send) s.write(send); setTimeout(() => s.end(), 300);'), S6, '2525', '-', 'x'],
+        { timeoutMs: 15_000 },
+      );
+      expect(banner.stdout).toContain('220 hello');
+      expect((await tcp(S4, 2525)).stdout).toBe(`caught ${XPORTS.tcp}\n`);
+      expect((await tcp(S4, 80)).stdout).toBe(`caught ${XPORTS.http}\n`);
+    });
+  });
+
   describe.each(['iptables', 'nft'] as const)('rules applied with the %s backend', (backend) => {
     let catcher: ChildProcess;
 

@@ -29,6 +29,12 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
   --http-port N            default ${DEFAULT_PORTS.http} (TCP 80 goes here)
   --tls-port N             default ${DEFAULT_PORTS.tls} (TCP 443 goes here)
   --tcp-port N             default ${DEFAULT_PORTS.tcp} (every other TCP port goes here)
+  --exclude-cidr CIDR      never redirect nor reject traffic to this range (repeatable): a
+                           cluster's service range, a node-local metadata proxy; not filtered
+  --exclude-port N         never redirect TCP to this destination port (repeatable)
+
+--remove removes what either backend installed (iptables chains and nft tables) unless
+--backend names one; it needs no other option.
 
 Exit 0 done, 1 a command failed (printed with its error), 2 usage error.
 `;
@@ -59,6 +65,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         'http-port': { type: 'string' },
         'tls-port': { type: 'string' },
         'tcp-port': { type: 'string' },
+        'exclude-cidr': { type: 'string', multiple: true },
+        'exclude-port': { type: 'string', multiple: true },
       },
     }));
   } catch (e) {
@@ -118,6 +126,18 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
     }
     dnsPort = Number(dnsPortArg);
   }
+  const excludeCidrs: string[] = [];
+  for (const raw of list('exclude-cidr')) {
+    const c = parseSourceCidr(raw);
+    if (!c.ok) return fail(`--exclude-cidr: ${c.error}`);
+    if (!families.includes(cidrFamily(c.cidr))) return fail(`--exclude-cidr: "${raw}" is IPv${cidrFamily(c.cidr)} but --family is ${familyArg}`);
+    if (!excludeCidrs.includes(c.cidr)) excludeCidrs.push(c.cidr);
+  }
+  const excludePorts: number[] = [];
+  for (const raw of list('exclude-port')) {
+    if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) return fail(`--exclude-port: expected an integer from 1 to 65535, got "${raw}"`);
+    if (!excludePorts.includes(Number(raw))) excludePorts.push(Number(raw));
+  }
   let uid: number | null = null;
   const uidArg = str('uid');
   if (uidArg !== undefined) {
@@ -146,7 +166,22 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
   }
   return {
     ok: true,
-    options: { action, mode, backend, families, interfaces, sources, dnsServers, uid, udp, ports, dnsPort },
+    options: {
+      action,
+      mode,
+      backend,
+      families,
+      interfaces,
+      sources,
+      dnsServers,
+      uid,
+      udp,
+      ports,
+      dnsPort,
+      excludeCidrs,
+      excludePorts,
+      backendGiven: str('backend') !== undefined,
+    },
   };
 }
 

@@ -10,8 +10,8 @@
 
 import { IPTABLES_USAGE, parseIptablesArgs } from './args.ts';
 import { ALL_IPTABLES_CHAINS, applyIptables, CommandFailed, must, removeIptablesChains, renderScript, runCommand, type Runner } from './apply.ts';
-import { renderNft, renderNftRemove } from './render-nft.ts';
-import { buildRuleSet } from './rules.ts';
+import { nftTableName, renderNft, renderNftRemove } from './render-nft.ts';
+import { buildRuleSet, type Family } from './rules.ts';
 
 /** `egressd iptables ...`; `run` is replaceable so tests can watch the commands. */
 export async function iptablesCommand(argv: string[], run: Runner = runCommand): Promise<{ code: 0 | 1 | 2; stdout: string; stderr: string }> {
@@ -23,16 +23,18 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   const o = parsed.options;
   if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: '' };
   const done: string[] = [];
+  const removedBy: string[] = [];
   try {
     for (const family of o.families) {
       if (o.action === 'apply') {
         const rs = buildRuleSet(o, family);
         if (o.backend === 'nft') await must(run, 'nft', ['-f', '-'], renderNft(rs));
         else await applyIptables(run, rs);
-      } else if (o.backend === 'nft') {
-        await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
+      } else if (o.backendGiven) {
+        if (o.backend === 'nft') await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
+        else await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
       } else {
-        await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
+        removedBy.push(...(await removeEither(run, family)));
       }
       done.push(`IPv${family}`);
     }
@@ -42,5 +44,26 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
     return { code: 1, stdout: '', stderr: `egressd iptables: ${e.detail}${partial}\n` };
   }
   const what = o.action === 'apply' ? `applied ${o.mode}-mode rules` : 'removed egressd rules';
-  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${o.backend})\n`, stderr: '' };
+  const how = o.action === 'remove' && !o.backendGiven ? [...new Set(removedBy)].join(', ') || 'none were installed' : o.backend;
+  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: '' };
+}
+
+/**
+ * Removes what either backend installed for one family: egressd's iptables chains and its nft
+ * table. A backend whose tool is not installed has nothing installed; an nft table that is not
+ * there is nothing to remove. Any other failure is an error. Returns the backends that acted.
+ */
+async function removeEither(run: Runner, family: Family): Promise<string[]> {
+  const acted: string[] = [];
+  const save = await run(family === 4 ? 'iptables-save' : 'ip6tables-save', ['-t', 'nat']);
+  if (save.code !== null) {
+    await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
+    acted.push('iptables');
+  }
+  const list = await run('nft', ['list', 'tables', family === 4 ? 'ip' : 'ip6']);
+  if (list.code === 0 && new RegExp(`^table ${nftTableName(family)}$`, 'm').test(list.stdout)) {
+    await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
+    acted.push('nft');
+  }
+  return acted;
 }

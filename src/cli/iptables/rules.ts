@@ -34,6 +34,16 @@ export interface IptablesOptions {
    * are redirected there, and `dnsServers` open nothing. Null: port 53 is treated as before.
    */
   readonly dnsPort: number | null;
+  /**
+   * Destinations never redirected nor rejected (istio-init's --exclude-outbound-ip-ranges): a
+   * cluster's service range, a node-local metadata proxy. Canonical CIDRs. Their traffic is not
+   * filtered at all.
+   */
+  readonly excludeCidrs: readonly string[];
+  /** TCP destination ports never redirected (istio-init's --exclude-outbound-ports). */
+  readonly excludePorts: readonly number[];
+  /** --remove only: the backend was named, so only its rules are removed (else both backends'). */
+  readonly backendGiven: boolean;
 }
 
 export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp';
@@ -99,6 +109,9 @@ export const DEFAULT_DNS_PORT = 15053;
 /**
  * The rules for one address family, in evaluation order.
  *
+ * Excluded CIDRs (--exclude-cidr) return first from both chains, excluded TCP ports
+ * (--exclude-port) first from the redirect chain: that traffic leaves as if egressd were absent.
+ *
  * With the DNS listener (`dnsPort`): UDP and TCP to port 53, whatever the server, are redirected
  * to it (first rules of the redirect chain, which UDP 53 also enters), no DNS server is left
  * reachable, and filter INPUT lets the redirected UDP reach the listener. Without it:
@@ -116,7 +129,11 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   // While egressd answers port 53, no server is reachable there: raw UDP to 8.8.8.8:53 would
   // otherwise carry any payload out.
   const dns = dnsPort === null ? options.dnsServers.filter((a) => cidrFamily(a) === family) : [];
+  const excluded = options.excludeCidrs.filter((c) => cidrFamily(c) === family);
+  // Exclusions come first, so nothing below (a redirect, a reject) ever sees that traffic.
   const redirect: Rule[] = [
+    ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'tcp' }, target: { kind: 'return' } })),
+    ...options.excludePorts.map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),
     ...(dnsPort === null
       ? []
       : (['udp', 'tcp'] as const).map((protocol): Rule => ({ match: { protocol, dport: 53 }, target: { kind: 'redirect', port: dnsPort } }))),
@@ -126,6 +143,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     { match: { protocol: 'tcp' }, target: { kind: 'redirect', port: options.ports.tcp } },
   ];
   const udp: Rule[] = [
+    ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'udp' }, target: { kind: 'return' } })),
     ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'udp', dport: 53 }, target: { kind: 'return' } })),
     { match: { protocol: 'udp', dport: 443 }, target: { kind: 'reject' } },
     { match: { protocol: 'udp' }, target: { kind: options.udp } },

@@ -446,3 +446,48 @@ describe('iptablesCommand', () => {
     expect(r.stderr).toContain('(IPv4 already applied)');
   });
 });
+
+describe('--exclude-cidr and --exclude-port', () => {
+  it('return excluded ranges first from both chains and excluded ports first from the redirect chain', () => {
+    const p = parseIptablesArgs([
+      '--interface',
+      'veth0',
+      '--family',
+      '4',
+      '--exclude-cidr',
+      '10.96.0.0/12',
+      '--exclude-cidr',
+      '169.254.169.254',
+      '--exclude-port',
+      '15020',
+    ]);
+    if (!p.ok) throw new Error(p.error);
+    const rs = buildRuleSet(p.options, 4);
+    const chain = (id: string) => rs.chains.find((c) => c.id === id)!.rules;
+    expect(chain('redirect').slice(0, 3)).toEqual([
+      { match: { destination: '10.96.0.0/12', protocol: 'tcp' }, target: { kind: 'return' } },
+      { match: { destination: '169.254.169.254/32', protocol: 'tcp' }, target: { kind: 'return' } },
+      { match: { protocol: 'tcp', dport: 15020 }, target: { kind: 'return' } },
+    ]);
+    expect(chain('udp').slice(0, 2)).toEqual([
+      { match: { destination: '10.96.0.0/12', protocol: 'udp' }, target: { kind: 'return' } },
+      { match: { destination: '169.254.169.254/32', protocol: 'udp' }, target: { kind: 'return' } },
+    ]);
+  });
+
+  it.each([
+    [['--exclude-cidr', '10.0.0.1/8'], /^--exclude-cidr: "10.0.0.1\/8" has host bits set/],
+    [['--exclude-cidr', 'fd00::/8', '--family', '4'], /^--exclude-cidr: "fd00::\/8" is IPv6 but --family is 4/],
+    [['--exclude-port', '0'], /^--exclude-port: expected an integer from 1 to 65535, got "0"/],
+  ])('refuses %j, naming the flag', (extra, message) => {
+    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
+    expect(p.ok ? '' : p.error).toMatch(message);
+  });
+
+  it('--remove records whether the backend was named', () => {
+    const bare = parseIptablesArgs(['--remove']);
+    const named = parseIptablesArgs(['--remove', '--backend', 'nft']);
+    expect(bare.ok && bare.options.backendGiven).toBe(false);
+    expect(named.ok && named.options.backendGiven).toBe(true);
+  });
+});
