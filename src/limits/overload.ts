@@ -150,7 +150,14 @@ export class MemoryGuard {
 
   /** Reads every monitor now. */
   sample(): MemorySample {
-    const rss = process.memoryUsage.rss();
+    // rss() reads /proc/self/stat: with every descriptor taken (EMFILE) it throws, and the
+    // guard must never take the process down; the last figure stands in until it can read.
+    let rss = this.#last?.rssBytes ?? 0;
+    try {
+      rss = process.memoryUsage.rss();
+    } catch {
+      // keep the last figure
+    }
     let pressure = 0;
     let monitor: MemorySample['monitor'] = 'rss';
     let ws: number | null = null;
