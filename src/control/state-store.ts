@@ -185,6 +185,16 @@ export class StateStore {
    * StateInvalidError naming the file when it is not a state, damaged or truncated.
    */
   read(): StoredEntry[] {
+    this.#spawnWriter();
+    try {
+      return this.#read();
+    } catch (err) {
+      void this.close();
+      throw err;
+    }
+  }
+
+  #read(): StoredEntry[] {
     this.#finishInterruptedMigration();
     let format: StateFormat;
     try {
@@ -322,6 +332,7 @@ export class StateStore {
     this.#db = null;
     if (this.#format === 'sqlite') {
       if (!this.#readOnly) await this.#startWriter();
+      else await this.close();
       return { migratedTo: null, created: false };
     }
     const tmp = `${this.path}.migrating`;
@@ -404,7 +415,12 @@ export class StateStore {
     }
   }
 
-  async #startWriter(): Promise<void> {
+  /**
+   * Starts the writer thread. Called when reading begins, so that the thread boots (loads its
+   * module and node:sqlite) while the main thread reads and validates the entries.
+   */
+  #spawnWriter(): void {
+    if (this.#worker !== null) return;
     const worker = new Worker(new URL('./state-writer.ts', import.meta.url));
     // The writer never keeps the process alive on its own; a write in flight is awaited by
     // an API request, which does.
@@ -424,6 +440,10 @@ export class StateStore {
     worker.on('error', (err: Error) => died(`the state writer failed: ${err.message}`));
     worker.on('exit', (code) => died(`the state writer exited (${code})`));
     this.#worker = worker;
+  }
+
+  async #startWriter(): Promise<void> {
+    this.#spawnWriter();
     try {
       await this.#send({ op: 'open', path: this.path, busyTimeoutMs: BUSY_TIMEOUT_MS, journalSizeLimit: JOURNAL_SIZE_LIMIT });
     } catch (err) {
