@@ -8,20 +8,18 @@
 // the two cores): `hit`, one name asked again and again (answered from each forwarder's cache),
 // and `miss`, a new name every query (each one forwarded upstream). A load keeps `concurrency`
 // queries outstanding for `count` queries; each query's latency is measured from send to answer.
-// The authoritative server itself is measured too, so "added" is target minus direct.
+// The authoritative server itself is measured too; "vs fwd p50" is egressd's p50 minus the
+// forwarding dnsmasq's, the latency egressd adds over the reference forwarder.
 //
 // Needs dnsmasq (scripts/ensure-test-tools.sh installs it); skipped with the reason without.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { createInterface } from 'node:readline';
 import * as packet from 'dns-packet';
-import pino from 'pino';
-import { validateConfig } from '../src/config/schema.ts';
-import { Daemon } from '../src/daemon.ts';
 
 const COUNT = Number(process.env['BENCH_DNS_COUNT'] ?? 20_000);
 const CONCURRENCY = 32;
@@ -86,6 +84,14 @@ function load(port: number, name: (i: number) => string, count: number, concurre
   });
 }
 
+/** CPU time a process has used (user + system), in ms, from /proc (clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
     const s = createSocket('udp4');
@@ -111,34 +117,44 @@ async function main(): Promise<void> {
   }
   const dir = mkdtempSync(join(tmpdir(), 'egressd-bench-dns-'));
   const children: ChildProcess[] = [];
-  let daemon: Daemon | null = null;
   try {
-    const [auth, fwd] = [await freePort(), await freePort()];
+    const [auth, fwd, egressd] = [await freePort(), await freePort(), await freePort()];
     // Authoritative for bench.test: every name under it is 198.18.1.1, TTL 300.
     children.push(await dnsmasq(dir, 'auth', [`port=${auth}`, 'address=/bench.test/198.18.1.1', 'local-ttl=300', 'cache-size=0']));
     // The reference forwarder, with its default-sized cache.
     children.push(await dnsmasq(dir, 'fwd', [`port=${fwd}`, `server=127.0.0.1#${auth}`, 'cache-size=10000']));
-    const r = validateConfig({
-      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-      admin: { listen: '127.0.0.1:0' },
-      dns: { servers: [`127.0.0.1:${auth}`], limits: { perSecond: 1_000_000, burst: 1_000_000, inflightPerSandbox: 10_000 } },
-      sandboxes: [{ id: 'bench', sources: ['127.0.0.1'], network: { mode: 'block-all', egress: { allowed_domains: ['*.bench.test'] } } }],
+    // egressd as its own process, as dnsmasq is: the load generator must not share its loop.
+    const config = join(dir, 'egressd.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: `127.0.0.1:${egressd}` },
+        admin: { listen: '127.0.0.1:0' },
+        log: { level: 'info' },
+        dns: { servers: [`127.0.0.1:${auth}`], limits: { perSecond: 1_000_000, burst: 1_000_000, inflightPerSandbox: 10_000 } },
+        sandboxes: [{ id: 'bench', sources: ['127.0.0.1'], network: { mode: 'block-all', egress: { allowed_domains: ['*.bench.test'] } } }],
+      }),
+    );
+    const daemon = spawn(process.execPath, [join(import.meta.dirname, '../src/main.ts'), 'serve', '--config', config], {
+      stdio: ['ignore', 'pipe', 'inherit'],
     });
-    if (!r.ok) throw new Error(JSON.stringify(r.issues));
-    daemon = new Daemon(r.config, pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() })));
-    await daemon.start();
-    const egressd = daemon.dnsListeners[0]!.port!;
+    children.push(daemon);
+    await new Promise<void>((ready, fail) => {
+      createInterface({ input: daemon.stdout! }).on('line', (l) => l.includes('"started"') && ready());
+      daemon.once('exit', (code) => fail(new Error(`egressd exited (${code}) before serving`)));
+    });
 
-    const targets: [string, number][] = [
-      ['direct (authoritative dnsmasq)', auth],
-      ['dnsmasq forwarding', fwd],
-      ['egressd DNS listener', egressd],
+    // The process whose CPU a load is charged to (the forwarder's; the upstream's is the same for both).
+    const targets: [string, number, number | undefined][] = [
+      ['direct (authoritative dnsmasq)', auth, children[0]!.pid],
+      ['dnsmasq forwarding', fwd, children[1]!.pid],
+      ['egressd DNS listener', egressd, daemon.pid],
     ];
     const rows: string[] = [];
     const results = new Map<string, LoadResult>();
     const run = Date.now().toString(36);
     for (const kind of ['hit', 'miss'] as const) {
-      for (const [label, port] of targets) {
+      for (const [label, port, pid] of targets) {
         // Each target and phase gets its own miss names, so nothing is answered from a cache
         // another load filled.
         const tag = label.split(' ')[0]!;
@@ -147,10 +163,12 @@ async function main(): Promise<void> {
           (i: number): string =>
             kind === 'hit' ? 'www.bench.test' : `n${i}.${phase}-${tag}-${run}.bench.test`;
         await load(port, nameOf('warm'), 500, CONCURRENCY);
+        const cpu0 = cpuMs(pid);
         const res = await load(port, nameOf('run'), COUNT, CONCURRENCY);
+        const cpuPerQuery = ((cpuMs(pid) - cpu0) * 1000) / COUNT;
         results.set(`${kind} ${label}`, res);
-        const base = results.get(`${kind} ${targets[0]![0]}`)!;
-        const added = label === targets[0]![0] ? '' : `${(res.p50 - base.p50).toFixed(3)}`;
+        const base = results.get(`${kind} ${targets[1]![0]}`);
+        const added = label === targets[2]![0] && base ? `${(res.p50 - base.p50).toFixed(3)}` : '';
         rows.push(
           [
             kind.padEnd(5),
@@ -159,6 +177,7 @@ async function main(): Promise<void> {
             res.p50.toFixed(3).padStart(9),
             res.p99.toFixed(3).padStart(9),
             added.padStart(11),
+            cpuPerQuery.toFixed(0).padStart(9),
             String(res.errors).padStart(7),
           ].join(' '),
         );
@@ -166,13 +185,19 @@ async function main(): Promise<void> {
     }
     console.log(`${COUNT} A queries per load, ${CONCURRENCY} outstanding, UDP on loopback; latency in ms`);
     console.log(
-      ['load '.padEnd(5), 'target'.padEnd(31), 'q/s'.padStart(8), 'p50'.padStart(9), 'p99'.padStart(9), 'added p50'.padStart(11), 'errors'.padStart(7)].join(
-        ' ',
-      ),
+      [
+        'load '.padEnd(5),
+        'target'.padEnd(31),
+        'q/s'.padStart(8),
+        'p50'.padStart(9),
+        'p99'.padStart(9),
+        'vs fwd p50'.padStart(11),
+        'cpu µs/q'.padStart(9),
+        'errors'.padStart(7),
+      ].join(' '),
     );
     for (const row of rows) console.log(row);
   } finally {
-    await daemon?.stop(0);
     for (const c of children) c.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   }
