@@ -111,7 +111,7 @@ export function refuseTcp(socket: Socket): void {
   }
 }
 
-/** Close without sending a byte (what the seeds' platforms do with a blocked connection). */
+/** Close without sending a byte (what the three platforms do with a blocked connection). */
 export function dropSilently(socket: Socket): void {
   if (socket.destroyed) return;
   socket.on('error', () => {});

@@ -6,7 +6,7 @@
 //                       else one of the name's addresses: the bytes reach the name's owner
 //   verify              the original destination only if it is one of the name's addresses,
 //                       else refuse
-//   original            trust the original destination (the seeds' platforms' behaviour)
+//   original            trust the original destination (the three platforms' behaviour)
 //
 // Every candidate is re-judged by the policy on its own address (`allows`), so a name that
 // resolves to a protected address (DNS rebinding, metadata) is never dialed unless unlocked.

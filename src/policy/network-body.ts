@@ -2,14 +2,14 @@
 // and translated into the canonical model by one path (STYLE.md principle 6): the API, the
 // config file and the state file all come through here, so a body means the same everywhere.
 //
-//   sandbox0 (seed 003)      mode, egress
-//   Daytona (seeds 000-002)  networkBlockAll, networkAllowList, domainAllowList
-//   Novita/E2B (seed 004)    allowInternetAccess, network
+//   sandbox0 (sandbox0 "Network Policy")      mode, egress
+//   Daytona (the Daytona documents)  networkBlockAll, networkAllowList, domainAllowList
+//   Novita/E2B (Novita "Internet access")    allowInternetAccess, network
 //
 // A body uses one dialect: keys of two are refused rather than merged, since the dialects
 // disagree on what an absent key means. An empty body has no dialect's keys; every dialect
-// reads it as full access (seed 002 "By default, sandboxes have full network access", seed 003
-// "allow-all ... Default", seed 004 "Internet access is turned on by default"), and it is
+// reads it as full access (Daytona "Network Configuration" "By default, sandboxes have full network access", sandbox0 "Network Policy"
+// "allow-all ... Default", Novita "Internet access" "Internet access is turned on by default"), and it is
 // translated as Daytona's.
 
 import { describe, isPlainObject, quote } from '../util/fields.ts';

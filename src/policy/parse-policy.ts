@@ -1,4 +1,4 @@
-// The sandbox0 dialect (seed 003: `GET`/`PUT /api/v1/sandboxes/{id}/network`) into the
+// The sandbox0 dialect (sandbox0 "Network Policy": `GET`/`PUT /api/v1/sandboxes/{id}/network`) into the
 // canonical policy. Every problem in the document is reported at once, each with its field path.
 //
 //   { "mode": "allow-all" | "block-all",

@@ -7,7 +7,7 @@ export function formatPorts(ports: readonly PortRange[]): (number | string)[] {
   return ports.map((p) => (p.from === p.to ? p.from : `${p.from}-${p.to}`));
 }
 
-/** A network policy in the sandbox0 wire shape (seed 003), as `GET .../network` answers it. */
+/** A network policy in the sandbox0 wire shape (sandbox0 "Network Policy"), as `GET .../network` answers it. */
 export interface NetworkView {
   readonly mode: Mode;
   readonly egress: {
@@ -18,7 +18,7 @@ export interface NetworkView {
     readonly allowed_ports: (number | string)[];
     readonly denied_ports: (number | string)[];
   };
-  /** Whether the essential-services catalog joins the allow side (Daytona, seed 000). */
+  /** Whether the essential-services catalog joins the allow side (Daytona, Daytona "Network Limits (Firewall)"). */
   readonly essential_services: boolean;
   /** The body's inbound-side settings as sent (Novita/E2B), kept and returned, not enforced. */
   readonly ingress?: Readonly<Record<string, string | boolean>>;
@@ -29,9 +29,9 @@ export interface NetworkView {
 /**
  * What applies, whatever dialect it was written in. Both sides are shown whatever the mode:
  * decide.ts enforces both (allow beats deny), and the dialects leave a side empty when it can
- * change nothing, so a list shown here is a list that acts. Seed 003 writes the allowed_* lists
+ * change nothing, so a list shown here is a list that acts. sandbox0 "Network Policy" writes the allowed_* lists
  * as used only in block-all mode; a Novita policy is the one that can carry them under
- * allow-all (an exception inside a denied range, seed 004 "Priority rules").
+ * allow-all (an exception inside a denied range, Novita "Internet access" "Priority rules").
  */
 export function renderNetwork(result: DialectResult): NetworkView {
   const { mode, allow, deny } = result.policy;

@@ -11,7 +11,7 @@ const auth = { authorization: 'Bearer test-token', 'content-type': 'application/
 
 /** A complete Daytona create-sandbox network section: both lists, as Daytona's API takes them. */
 const DAYTONA = { networkBlockAll: false, networkAllowList: '127.0.0.1/32', domainAllowList: 'pypi.test, *.github.test' };
-/** A complete Novita/E2B `Sandbox.create` network section (seed 004 plus E2B's allowPublicTraffic). */
+/** A complete Novita/E2B `Sandbox.create` network section (Novita "Internet access" plus E2B's allowPublicTraffic). */
 const NOVITA = {
   allowInternetAccess: true,
   network: { allowOut: ['api.example.test'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false },

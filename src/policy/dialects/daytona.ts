@@ -1,15 +1,15 @@
-// The Daytona dialect (seeds 000, 001, 002): `networkBlockAll`, `networkAllowList` and the
+// The Daytona dialect (the three Daytona network documents (docs/sources.md)): `networkBlockAll`, `networkAllowList` and the
 // newer `domainAllowList`, as Daytona's create-sandbox body carries them, into the canonical
 // policy.
 //
-//   { "networkBlockAll": true }                               block everything (seed 001: it
+//   { "networkBlockAll": true }                               block everything (the older Daytona "Network Limits" summary: it
 //                                                             "takes precedence" over a list)
 //   { "networkAllowList": "208.80.154.232/32,10.0.0.0/8" }    block-all + those CIDRs + the
-//                                                             essential services (seed 000)
+//                                                             essential services (Daytona "Network Limits (Firewall)")
 //   { "domainAllowList": "pypi.org,*.github.com" }            block-all + those names + the
 //                                                             essential services; with
 //                                                             networkAllowList, both lists
-//   {} or { "networkBlockAll": false }                        full access (seed 002 "Default
+//   {} or { "networkBlockAll": false }                        full access (Daytona "Network Configuration" "Default
 //                                                             Network Behavior")
 
 import { normalizePattern } from '../../match/names.ts';
@@ -20,7 +20,7 @@ import { EMPTY_SIDE } from '../model.ts';
 import { validateCidr } from '../validate.ts';
 
 /**
- * Seed 000: "Max 10 entries". Seed 001, the older summary, says "up to 5"; the newer document
+ * Daytona "Network Limits (Firewall)": "Max 10 entries". the older Daytona "Network Limits" summary, the older summary, says "up to 5"; the newer document
  * is followed.
  */
 const MAX_ENTRIES = 10;
@@ -62,8 +62,8 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
 
   if (issues.length > 0) return { ok: false, issues };
   const value: DialectResult = blockAll
-    ? // Seed 001: "networkBlockAll takes precedence"; seed 000's essential services are not
-      // kept: "Block all network access" means all (seed 002 "Isolated Development Environment").
+    ? // the older Daytona "Network Limits" summary: "networkBlockAll takes precedence"; Daytona "Network Limits (Firewall)"'s essential services are not
+      // kept: "Block all network access" means all (Daytona "Network Configuration" "Isolated Development Environment").
       { dialect: 'daytona', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false }
     : cidrs !== null || domains !== null
       ? {
@@ -71,7 +71,7 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
           // Either list turns the sandbox into block-all plus what the lists name; both lists
           // together allow the union (a connection matching either one is allowed).
           policy: { mode: 'block-all', allow: { domains: domains ?? [], cidrs: cidrs ?? [], ports: [] }, deny: EMPTY_SIDE },
-          // Seed 000: "Essential services are available on all tiers".
+          // Daytona "Network Limits (Firewall)": "Essential services are available on all tiers".
           essentialServices: true,
           dnsServersAllowed: false,
         }
@@ -80,10 +80,10 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
 }
 
 /**
- * Seed 000 "Network allow list format", rule by rule: a comma-separated list of IPv4 CIDR
+ * Daytona "Network Limits (Firewall)" "Network allow list format", rule by rule: a comma-separated list of IPv4 CIDR
  * blocks; entries trimmed; each `A.B.C.D/N` with N an integer 0-32 ("CIDR required", so a bare
  * address is refused); no extra `/`; no hostnames, domains or IPv6; at most 10 entries.
- * Host bits may be set (seed 002's own example is `192.168.1.0/16`) and are cleared.
+ * Host bits may be set (Daytona "Network Configuration"'s own example is `192.168.1.0/16`) and are cleared.
  */
 function parseAllowList(raw: unknown): { ok: true; cidrs: string[] } | { ok: false; reasons: string[] } {
   if (typeof raw !== 'string') {
@@ -117,7 +117,7 @@ function parseAllowList(raw: unknown): { ok: true; cidrs: string[] } | { ok: fal
   return reasons.length > 0 ? { ok: false, reasons } : { ok: true, cidrs };
 }
 
-/** The canonical CIDR, or why the entry breaks one of seed 000's rules. */
+/** The canonical CIDR, or why the entry breaks one of Daytona "Network Limits (Firewall)"'s rules. */
 function allowListEntry(entry: string): string | { reason: string } {
   const q = quote(entry);
   const slash = entry.indexOf('/');

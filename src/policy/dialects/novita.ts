@@ -1,4 +1,4 @@
-// The Novita dialect (seed 004, derived from E2B): `allowInternetAccess` and
+// The Novita dialect (Novita "Internet access", derived from E2B): `allowInternetAccess` and
 // `network: { allowOut, denyOut }`, as `Sandbox.create` takes them, into the canonical policy.
 //
 //   { "allowInternetAccess": false }                                   block everything
@@ -6,7 +6,7 @@
 //   { "network": { "denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1", "*.github.com"] } }
 //                                                                      only those
 //
-// Both lists are active and "the allow rules take priority" (seed 004 "Priority rules"): the
+// Both lists are active and "the allow rules take priority" (Novita "Internet access" "Priority rules"): the
 // allow list fills the allow side, the deny list the deny side. A deny list that covers every
 // destination makes the mode block-all; otherwise it is allow-all.
 
@@ -19,7 +19,7 @@ import { normalizePattern } from '../../match/names.ts';
 import { validateCidr } from '../validate.ts';
 
 /**
- * Seed 004: "'0.0.0.0/0' is shorthand for 'every destination'" and falsy allowInternetAccess
+ * Novita "Internet access": "'0.0.0.0/0' is shorthand for 'every destination'" and falsy allowInternetAccess
  * "blocks every destination". egressd also carries IPv6, so this entry blocks IPv6 as well: a
  * sandbox told "every destination is denied" must not keep reaching the v6 internet. `::/0`
  * alone names only the IPv6 half and stays an ordinary deny entry (IPv4 stays open).
@@ -27,7 +27,7 @@ import { validateCidr } from '../validate.ts';
 const ALL_TRAFFIC = '0.0.0.0/0';
 const NETWORK_FIELDS = ['allowOut', 'denyOut', 'maskRequestHost', 'allowPublicTraffic'] as const;
 /**
- * Seed 004 "Masking request host headers" (`maskRequestHost`, with `${PORT}` substituted) and
+ * Novita "Internet access" "Masking request host headers" (`maskRequestHost`, with `${PORT}` substituted) and
  * E2B's `allowPublicTraffic` (whether the sandbox's public URL needs a token) shape requests
  * coming *into* the sandbox. They are accepted, kept and returned, never enforced.
  */
@@ -44,7 +44,7 @@ type Entry = { kind: 'cidr'; cidr: string } | { kind: 'domain'; pattern: string;
 export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
   const issues = new CappedIssues();
 
-  // Seed 004: "Passing a falsy value ... has the same effect as adding ['0.0.0.0/0'] to
+  // Novita "Internet access": "Passing a falsy value ... has the same effect as adding ['0.0.0.0/0'] to
   // denyOut". Only true and false are taken: null, 0 or "" are falsy in the SDK but are more
   // likely a client's mistake than a request to cut the sandbox off, so they are refused.
   const internet = body['allowInternetAccess'];
@@ -95,7 +95,7 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
     if (e.kind === 'invalid') issues.add(`network.allowOut[${i}]`, e.reason);
     else if (e.kind === 'cidr') allow.cidrs.add(e.cidr);
     else if (!blockAll) {
-      // Seed 004: "When domain-based filtering is enabled, all remaining traffic must be
+      // Novita "Internet access": "When domain-based filtering is enabled, all remaining traffic must be
       // blocked through denyOut".
       issues.add(
         `network.allowOut[${i}]`,
@@ -105,7 +105,7 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
   }
   for (const [i, e] of denyEntries) {
     if (e.kind === 'invalid') issues.add(`network.denyOut[${i}]`, e.reason);
-    // Seed 004: "Domain entries are only supported in allow lists and cannot be used in deny lists."
+    // Novita "Internet access": "Domain entries are only supported in allow lists and cannot be used in deny lists."
     else if (e.kind === 'domain') issues.add(`network.denyOut[${i}]`, `Domain ${quote(e.raw)} cannot be denied; denyOut takes IP addresses and CIDRs only`);
   }
 
@@ -126,7 +126,7 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
         // since allow beats deny: the deny side is left empty rather than shown as if it acted.
         policy: { mode: 'block-all', allow: allowSide, deny: EMPTY_SIDE },
         essentialServices: false,
-        // Seed 004: "Whenever a domain appears in the configuration, the default nameserver
+        // Novita "Internet access": "Whenever a domain appears in the configuration, the default nameserver
         // 8.8.8.8 is allowed automatically so that DNS resolution keeps working."
         dnsServersAllowed: allow.domains.size > 0,
         ...beside,
@@ -158,20 +158,20 @@ function entries(v: unknown, field: string, issues: CappedIssues): [number, Entr
 }
 
 /**
- * Seed 004: entries are "IP addresses, CIDR blocks, or domain names", and `*.` wildcards.
+ * Novita "Internet access": entries are "IP addresses, CIDR blocks, or domain names", and `*.` wildcards.
  * Whatever the CIDR validator accepts is an address (a bare address is a /32 or /128); an
  * entry with a "/" that it refuses is a broken CIDR; anything else is read as a domain pattern,
  * whose validator also refuses other spellings of addresses (`127.1`).
  */
 function classify(v: unknown): Entry {
   if (typeof v !== 'string') return { kind: 'invalid', reason: `Expected an IP address, a CIDR or a domain, got ${describe(v)}` };
-  // The SDK's ALL_TRAFFIC constant is resolved by the client (seed 004); its name on the wire
+  // The SDK's ALL_TRAFFIC constant is resolved by the client (Novita "Internet access"); its name on the wire
   // is most likely a client that sent the identifier instead of the value.
   if (v === 'ALL_TRAFFIC') return { kind: 'invalid', reason: `${quote(v)} is the SDK's name for "${ALL_TRAFFIC}"; send the CIDR itself` };
   const c = validateCidr(v);
   if (c.ok) return { kind: 'cidr', cidr: c.cidr };
   if (v.includes('/')) return { kind: 'invalid', reason: c.reason };
-  // Seed 004 shows domains and `*.` wildcards only; a bare "*" would be every name.
+  // Novita "Internet access" shows domains and `*.` wildcards only; a bare "*" would be every name.
   if (v === '*') return { kind: 'invalid', reason: 'Pattern "*" is not a domain; name the domains, or use "*.example.com" for every name below one' };
   const d = normalizePattern(v);
   return d.ok ? { kind: 'domain', pattern: d.pattern, raw: v } : { kind: 'invalid', reason: d.reason };

@@ -1,6 +1,6 @@
-// The sandbox0 dialect (seed 003): `{ mode, egress }`, egressd's own vocabulary. The document's
+// The sandbox0 dialect (sandbox0 "Network Policy"): `{ mode, egress }`, egressd's own vocabulary. The document's
 // parser is src/policy/parse-policy.ts; this adds the two platform behaviours beside the policy,
-// neither of which seed 003 has.
+// neither of which sandbox0 "Network Policy" has.
 
 import type { DialectResult } from '../model.ts';
 import type { FieldIssue } from '../../util/issues.ts';

@@ -10,7 +10,7 @@ import { compileProtected } from '../../../src/match/protected.ts';
 import { parseNetworkBody } from '../../../src/policy/network-body.ts';
 import { compileLayer, verdict } from '../../../src/policy/verdict.ts';
 
-// The "Essential services" sections of the two seed documents, read from ../shared/seeds/
+// The "Essential services" sections of the two Daytona network-limits documents, read from ../shared/seeds/
 // (000 up to "Troubleshooting", 001 up to "### Testing Network Access"), so that the hosts are
 // taken from the documents' own text rather than from a list written beside the catalog.
 const SEEDS = fileURLToPath(new URL('../../../../shared/seeds/', import.meta.url));
@@ -27,7 +27,7 @@ function section(file: string, from: string, to: string): string | null {
 }
 const SEED_000 = section('000_3b2dba26ad59d8a0.txt', 'Essential services\n', 'Troubleshooting');
 const SEED_001 = section('001_a07ce38195c34e52.txt', '### Essential Services', '### Testing Network Access');
-const seedsMissing = SEED_000 === null || SEED_001 === null ? `the seed documents are not at ${SEEDS}` : null;
+const seedsMissing = SEED_000 === null || SEED_001 === null ? `the platform documents are not at ${SEEDS}` : null;
 if (seedsMissing) console.warn(`catalog-against-seeds tests skipped: ${seedsMissing}`);
 const SEED_000_ESSENTIAL_SERVICES = SEED_000 ?? '';
 const SEED_001_ESSENTIAL_SERVICES = SEED_001 ?? '';
@@ -53,20 +53,20 @@ function loaded(opts: Parameters<typeof loadCatalog>[0] = {}): { domains: string
   return r;
 }
 
-describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog against the seed documents', () => {
+describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog against the Daytona documents', () => {
   it('extracts the seed sections it checks against (the extraction itself is not empty)', () => {
-    // 140 names in seed 000's section, 73 in seed 001's; a broken regex would make the
+    // 140 names in Daytona "Network Limits (Firewall)"'s section, 73 in the older Daytona "Network Limits" summary's; a broken regex would make the
     // containment tests below pass vacuously.
     expect(hostsIn(SEED_000_ESSENTIAL_SERVICES)).toHaveLength(140);
     expect(hostsIn(SEED_001_ESSENTIAL_SERVICES)).toHaveLength(73);
   });
 
-  it('contains every host and pattern seed 000 names', () => {
+  it('contains every host and pattern Daytona "Network Limits (Firewall)" names', () => {
     const { domains } = loaded();
     expect(hostsIn(SEED_000_ESSENTIAL_SERVICES).filter((h) => !domains.includes(h))).toEqual([]);
   });
 
-  it('contains every host seed 001 names, including those seed 000 covers only by a wildcard', () => {
+  it('contains every host the older Daytona "Network Limits" summary names, including those Daytona "Network Limits (Firewall)" covers only by a wildcard', () => {
     const { domains } = loaded();
     expect(hostsIn(SEED_001_ESSENTIAL_SERVICES).filter((h) => !domains.includes(h))).toEqual([]);
     expect(domains).toContain('registry-1.docker.io');
@@ -97,7 +97,7 @@ describe.skipIf(seedsMissing !== null)('the built-in essential-services catalog 
 });
 
 describe('the built-in essential-services catalog', () => {
-  it('has every category of seed 000', () => {
+  it('has every category of Daytona "Network Limits (Firewall)"', () => {
     expect(loaded().categories).toEqual([
       'npm',
       'yarn',

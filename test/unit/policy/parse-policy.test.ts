@@ -171,7 +171,7 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
   });
 });
 
-describe('the policy examples of seed 003 (sandbox0), with the verdicts it states', () => {
+describe('the policy examples of sandbox0 "Network Policy" (sandbox0), with the verdicts it states', () => {
   const protectedSet = compileProtected({});
   const verdict = (doc: unknown, f: Facts) => decide(compilePolicy(parsed(doc), protectedSet), f).verdict;
   const github: Facts = { name: 'github.com', ip: '140.82.112.3', port: 443 };

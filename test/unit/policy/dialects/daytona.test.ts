@@ -1,5 +1,5 @@
-// The Daytona dialect: every policy example of seeds 000, 001 and 002 with the verdicts the
-// documents state, and each rule of seed 000's "Network allow list format" with its error.
+// The Daytona dialect: every policy example of the three Daytona network documents (docs/sources.md) with the verdicts the
+// documents state, and each rule of Daytona "Network Limits (Firewall)"'s "Network allow list format" with its error.
 
 import { describe, expect, it } from 'vitest';
 import { loadCatalog } from '../../../../src/policy/catalog/catalog.ts';
@@ -38,7 +38,7 @@ function issuesOf(body: unknown): FieldIssue[] {
 /** An unrelated public address, for connections that are judged by name. */
 const SOME_PUBLIC_IP = '104.16.24.34';
 
-describe('seed 000: network_allow_list "208.80.154.232/32,199.16.156.103/32,192.168.1.0/24"', () => {
+describe('Daytona "Network Limits (Firewall)": network_allow_list "208.80.154.232/32,199.16.156.103/32,192.168.1.0/24"', () => {
   const body = { networkAllowList: '208.80.154.232/32,199.16.156.103/32,192.168.1.0/24' };
   const v = verdictOf(body);
 
@@ -57,7 +57,7 @@ describe('seed 000: network_allow_list "208.80.154.232/32,199.16.156.103/32,192.
 
   it('keeps the essential services reachable ("available on all tiers")', () => {
     expect(parsed(body).essentialServices).toBe(true);
-    // Seed 000 "Test network access": apt update, npm ping, pip install.
+    // Daytona "Network Limits (Firewall)" "Test network access": apt update, npm ping, pip install.
     for (const host of ['archive.ubuntu.com', 'registry.npmjs.org', 'pypi.org', 'files.pythonhosted.org', 'github.com', 'api.anthropic.com']) {
       expect(v(host, SOME_PUBLIC_IP), host).toBe('allow');
     }
@@ -77,7 +77,7 @@ describe('seed 000: network_allow_list "208.80.154.232/32,199.16.156.103/32,192.
   });
 });
 
-describe('seed 000 and 002: networkBlockAll true', () => {
+describe('Daytona "Network Limits (Firewall)" and Daytona "Network Configuration": networkBlockAll true', () => {
   const v = verdictOf({ networkBlockAll: true });
 
   it('refuses everything, the essential services included', () => {
@@ -89,7 +89,7 @@ describe('seed 000 and 002: networkBlockAll true', () => {
   });
 });
 
-describe('seed 000 "The following examples are valid"', () => {
+describe('Daytona "Network Limits (Firewall)" "The following examples are valid"', () => {
   it.each([
     ['208.80.154.232/32', ['208.80.154.232/32']],
     ['192.168.1.0/24', ['192.168.1.0/24']],
@@ -105,7 +105,7 @@ describe('seed 000 "The following examples are valid"', () => {
   });
 });
 
-describe('seed 001: networkBlockAll takes precedence over networkAllowList', () => {
+describe('the older Daytona "Network Limits" summary: networkBlockAll takes precedence over networkAllowList', () => {
   it('refuses the listed addresses and the essential services when both are given', () => {
     const body = { networkBlockAll: true, networkAllowList: '208.80.154.232/32,199.16.156.103/32,192.168.1.0/24' };
     const v = verdictOf(body);
@@ -119,7 +119,7 @@ describe('seed 001: networkBlockAll takes precedence over networkAllowList', () 
   });
 });
 
-describe('seed 002 examples', () => {
+describe('Daytona "Network Configuration" examples', () => {
   it('"Default Network Behavior": no keys is full network access', () => {
     const v = verdictOf({});
     expect(v(null, '1.1.1.1', 22)).toBe('allow');
@@ -157,12 +157,12 @@ describe('seed 002 examples', () => {
   });
 });
 
-describe('seed 000 "Network allow list format": each rule and its error', () => {
+describe('Daytona "Network Limits (Firewall)" "Network allow list format": each rule and its error', () => {
   it('ignores whitespace around entries', () => {
     expect(parsed({ networkAllowList: '  208.80.154.232/32 ,\t10.0.0.0/8  ' }).policy.allow.cidrs).toEqual(['208.80.154.232/32', '10.0.0.0/8']);
   });
 
-  it('accepts 10 entries (seed 000; the older seed 001 said 5)', () => {
+  it('accepts 10 entries (Daytona "Network Limits (Firewall)"; the older Daytona "Network Limits" summary said 5)', () => {
     const list = Array.from({ length: 10 }, (_, i) => `198.51.100.${i}/32`).join(',');
     expect(parsed({ networkAllowList: list }).policy.allow.cidrs).toHaveLength(10);
   });

@@ -1,4 +1,4 @@
-// The Novita/E2B dialect: every policy example of seed 004 with the verdicts it states, and
+// The Novita/E2B dialect: every policy example of Novita "Internet access" with the verdicts it states, and
 // each of its rules with its error.
 
 import { describe, expect, it } from 'vitest';
@@ -32,7 +32,7 @@ function issuesOf(body: unknown): FieldIssue[] {
 const ELSEWHERE = '104.16.24.34';
 const V6 = '2606:4700:4700::1111';
 
-describe('seed 004 "Toggling internet access"', () => {
+describe('Novita "Internet access" "Toggling internet access"', () => {
   it('allowInternetAccess true (the default) allows everything', () => {
     const v = verdictOf({ allowInternetAccess: true });
     expect(v(null, '1.1.1.1', 22)).toBe('allow');
@@ -52,7 +52,7 @@ describe('seed 004 "Toggling internet access"', () => {
   });
 });
 
-describe('seed 004 "Allow and deny lists"', () => {
+describe('Novita "Internet access" "Allow and deny lists"', () => {
   it('denyOut 0.0.0.0/0 with allowOut 1.1.1.1 and 8.8.8.0/24 allows only those', () => {
     const v = verdictOf({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '8.8.8.0/24'] } });
     expect(v(null, '1.1.1.1', 53)).toBe('allow');
@@ -76,7 +76,7 @@ describe('seed 004 "Allow and deny lists"', () => {
   });
 });
 
-describe('seed 004 "Domain-based filtering"', () => {
+describe('Novita "Internet access" "Domain-based filtering"', () => {
   it('allowOut google.com with denyOut 0.0.0.0/0 allows only google.com, by name', () => {
     const body = { network: { allowOut: ['google.com'], denyOut: ['0.0.0.0/0'] } };
     const v = verdictOf(body);
@@ -116,7 +116,7 @@ describe('seed 004 "Domain-based filtering"', () => {
   });
 });
 
-describe('seed 004 "Priority rules": allow beats deny', () => {
+describe('Novita "Internet access" "Priority rules": allow beats deny', () => {
   it('allows 1.1.1.1 and 8.8.8.8 although all traffic is denied', () => {
     const v = verdictOf({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '8.8.8.8'] } });
     expect(v(null, '1.1.1.1')).toBe('allow');
@@ -150,7 +150,7 @@ describe('how ::/0 is read', () => {
   });
 });
 
-describe('seed 004 rules and their errors', () => {
+describe('Novita "Internet access" rules and their errors', () => {
   it('refuses a domain in denyOut', () => {
     expect(issuesOf({ network: { denyOut: ['0.0.0.0/0', 'facebook.com'] } })).toEqual([
       { field: 'network.denyOut[1]', reason: 'Domain "facebook.com" cannot be denied; denyOut takes IP addresses and CIDRs only' },

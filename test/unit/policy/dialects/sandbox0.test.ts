@@ -1,4 +1,4 @@
-// The sandbox0 dialect: every policy example of seed 003 with the verdicts it states, and what
+// The sandbox0 dialect: every policy example of sandbox0 "Network Policy" with the verdicts it states, and what
 // the wrapper adds to parsePolicyDocument (the two flags, and issue paths relative to the body).
 
 import { describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ function verdictOf(body: unknown): (name: string | null, ip: string, port?: numb
 const GITHUB_IP = '140.82.112.3';
 const ELSEWHERE = '104.16.24.34';
 
-describe('seed 003 examples', () => {
+describe('sandbox0 "Network Policy" examples', () => {
   it('"Allow All Traffic": everything is allowed', () => {
     const v = verdictOf({ mode: 'allow-all' });
     expect(v('github.com', GITHUB_IP)).toBe('allow');
