@@ -129,6 +129,33 @@ describe('limits on loopback', () => {
     expect(await ready.body.json()).toEqual({ status: 'ready' });
   });
 
+  it('stays ready while the connection budget is full, saying so in /readyz and egressd_overloaded, and refuses past it with global-limit', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        limits: { global: { connections: 1, sandboxShare: 1 } },
+        sandboxes: [
+          { id: 'one', sources: ['127.0.0.51'], network: ALLOW_LOOPBACK },
+          { id: 'two', sources: ['127.0.0.52'], network: ALLOW_LOOPBACK },
+        ],
+      }),
+    );
+    d.route('127.0.0.51', '127.0.0.1', upstreamPort);
+    d.route('127.0.0.52', '127.0.0.1', upstreamPort);
+    const first = await attempt('127.0.0.51');
+    expect(first.spliced).toBe(true);
+    expect((await attempt('127.0.0.52')).spliced).toBe(false);
+    const ready = await request(`${d.adminUrl}/readyz`);
+    expect(ready.statusCode).toBe(200);
+    expect(await ready.body.json()).toMatchObject({ status: 'ready', overloaded: true, reason: expect.stringContaining('connection budget full (1 of 1)') });
+    const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_overloaded\{resource="descriptors"\} 1$/m);
+    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit"\} 1$/m);
+    first.socket.destroy();
+    await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'one');
+    expect(await (await request(`${d.adminUrl}/readyz`)).body.json()).toEqual({ status: 'ready' });
+    expect((await attempt('127.0.0.52')).spliced).toBe(true);
+  });
+
   it('holds a sandbox to its rate: the burst at once, then refused until the bucket refills', async () => {
     d = await startLoopbackDaemon(
       loopbackConfig({ sandboxes: [{ id: 'rate', sources: ['127.0.0.41'], network: ALLOW_LOOPBACK, limits: { perSecond: 1, burst: 3 } }] }),
