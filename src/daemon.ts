@@ -412,7 +412,7 @@ export class Daemon {
         verdict: o.verdict,
         reason: o.reason,
         rule: o.rule,
-        ...(o.dnsNames !== undefined ? { dnsNames: o.dnsNames } : {}),
+        ...(o.dnsNames !== undefined ? { dnsNames: o.dnsNames, matchedBy: o.matchedBy } : {}),
         dialed: o.dialed,
         dialFailure: o.dialFailure,
         bytesUp: o.bytesUp,

@@ -199,6 +199,7 @@ async function run(
     const names = remembered();
     if (names.length > 0) {
       o.dnsNames = names;
+      o.matchedBy = 'dns';
       let chosen: { name: string; d: Decision } | null = null;
       for (let i = names.length - 1; i >= 0; i--) {
         const d = verdict(deps.policies.lookup(o.source), { name: names[i]!, ip, port });

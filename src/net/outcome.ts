@@ -57,6 +57,8 @@ export interface ConnectionOutcome {
    * carried no name was judged with them (`matchedBy: dns`).
    */
   dnsNames?: readonly string[];
+  /** `dns` when the verdict came from those names rather than the connection's own facts. */
+  matchedBy?: 'dns';
   /** The upstream address actually dialed, when one was. */
   dialed: string | null;
   dialFailure?: string;

@@ -50,7 +50,7 @@ function configFile(statePath: string): string {
   writeFileSync(
     file,
     JSON.stringify({
-      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0' },
+      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
       admin: { listen: '127.0.0.1:0', token: TOKEN },
       state: { path: statePath },
     }),

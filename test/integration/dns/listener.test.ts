@@ -5,6 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { createSocket } from 'node:dgram';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +20,7 @@ const haveDig = await run('dig', ['-v']).then(
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
+const C = '127.0.0.4';
 
 describe.skipIf(!haveDig)('the DNS listener', () => {
   let upstream: DnsTestServer;
@@ -31,12 +33,14 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
     upstream.set('many.allowed.test', { kind: 'answer', a: Array.from({ length: 60 }, (_, i) => `198.18.1.${i + 2}`), ttl: 60 });
     upstream.set('cached.allowed.test', { kind: 'answer', a: ['198.18.1.11'], ttl: 60 });
     upstream.set('blocked.test', { kind: 'answer', a: ['198.18.1.13'], ttl: 60 });
+    upstream.set('svc.test', { kind: 'answer', a: ['127.0.0.1'], ttl: 60 });
     d = await startLoopbackDaemon(
       loopbackConfig({
         dns: { servers: [upstream.server], timeoutMs: 1000, limits: { perSecond: 1, burst: 20 } },
         sandboxes: [
           { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test', '*.allowed.test'] } } },
           { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } } },
+          { id: 'sb-c', sources: [C], network: { mode: 'block-all', egress: { allowed_domains: ['svc.test'] } } },
         ],
       }),
     );
@@ -96,6 +100,35 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
     const dotted = Buffer.concat([Buffer.from([0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), Buffer.from('\x0ex.allowed.test\x04test\x00\x00\x01\x00\x01', 'latin1')]);
     expect(rcode(await udp(A, port, dotted))).toBe('FORMERR');
     expect(upstream.queries.some((q) => q.name.startsWith('x.allowed'))).toBe(false);
+  });
+
+  it('judges a server-first connection that carries no name by the name the sandbox resolved to its address', async () => {
+    const banner = createServer((s) => {
+      s.on('error', () => {});
+      s.end('220 hello\r\n');
+    });
+    await new Promise<void>((r) => banner.listen(0, '127.0.0.1', r));
+    try {
+      d.route(C, '127.0.0.1', (banner.address() as AddressInfo).port);
+      const greet = (): Promise<string> =>
+        new Promise((resolve) => {
+          const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: C });
+          let got = '';
+          s.on('data', (b) => (got += b.toString()));
+          s.on('error', () => {});
+          s.on('close', () => resolve(got));
+        });
+      // Not resolved yet: judged by address, which block-all refuses.
+      expect(await greet()).toBe('');
+      expect(await dig(C, 'svc.test', 'A', '+short')).toBe('127.0.0.1\n');
+      expect(await greet()).toBe('220 hello\r\n');
+      const line = await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'sb-c' && l['verdict'] === 'allow');
+      expect(line).toMatchObject({ name: null, dnsNames: ['svc.test'], matchedBy: 'dns', rule: 'dns "svc.test": allowed_domains "svc.test"' });
+      const res = await fetch(`${d.adminUrl}/api/v1/dns/remembered?top=5`, { headers: { authorization: 'Bearer test-token' } });
+      expect(await res.json()).toMatchObject({ top: expect.arrayContaining([{ sandbox: 'sb-c', addresses: 1 }]) });
+    } finally {
+      banner.close();
+    }
   });
 
   it('refuses a flood past the burst while another sandbox resolves', async () => {
