@@ -7,6 +7,12 @@ import { Daemon } from './daemon.ts';
 import { createLogger } from './observability/logger.ts';
 import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
 
+// `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+  throw e;
+});
+
 function out(s: string): void {
   process.stdout.write(s);
 }

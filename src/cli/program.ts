@@ -49,11 +49,6 @@ function tierArg(v: string): number {
   return Number(v);
 }
 
-function limitArg(v: string): number {
-  if (!/^\d{1,5}$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
-  return Number(v);
-}
-
 function json(text: string, what: string): unknown {
   try {
     return JSON.parse(text);
@@ -230,10 +225,7 @@ Run "egressd <command> --help" for a command's own options.`,
   apiOptions(sub(sandbox, 'rm', 'Delete a sandbox'))
     .argument('<id>', 'sandbox id')
     .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/sandboxes/${enc(id)}` }));
-  apiOptions(sub(sandbox, 'ls', 'List sandboxes, one page at a time'))
-    .option('--limit <n>', 'at most this many per page', limitArg)
-    .option('--cursor <cursor>', 'the next_cursor of the previous page')
-    .action((o: { limit?: number; cursor?: string }, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes${query(o)}` }));
+  apiOptions(sub(sandbox, 'ls', 'List sandboxes')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/sandboxes' }));
   apiOptions(sub(sandbox, 'network', "Show a sandbox's policy, or replace it with --file or --network"))
     .argument('<id>', 'sandbox id')
     .option('--file <body.json>', 'the policy body, JSON ("-": standard input)')
@@ -271,10 +263,6 @@ Run "egressd <command> --help" for a command's own options.`,
   apiOptions(sub(org, 'rm', 'Delete an organization (once no sandbox names it)'))
     .argument('<id>', 'organization id')
     .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/orgs/${enc(id)}` }));
-  apiOptions(sub(org, 'ls', 'List organizations, one page at a time'))
-    .option('--limit <n>', 'at most this many per page', limitArg)
-    .option('--cursor <cursor>', 'the next_cursor of the previous page')
-    .action((o: { limit?: number; cursor?: string }, c: Command) => api(c, { method: 'GET', path: `/api/v1/orgs${query(o)}` }));
 
   apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused"))
     .requiredOption('--sandbox <id>', 'sandbox id')
@@ -331,12 +319,4 @@ function lineage(c: Command): string[] {
   const names: string[] = [];
   for (let x: Command | null = c; x !== null; x = x.parent) names.unshift(x.name());
   return names;
-}
-
-function query(o: { limit?: number; cursor?: string }): string {
-  const q = new URLSearchParams();
-  if (o.limit !== undefined) q.set('limit', String(o.limit));
-  if (o.cursor !== undefined) q.set('cursor', o.cursor);
-  const s = q.toString();
-  return s ? `?${s}` : '';
 }

@@ -1,0 +1,26 @@
+// `npm run demo` as a user runs it: it shows an allowed and a refused connection with their log
+// lines, exits 0, and leaves no namespace behind.
+
+import { spawnSync } from 'node:child_process';
+import { resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { rigUnavailableReason } from '../helpers/netns-rig.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const skip = rigUnavailableReason();
+if (skip) console.warn(`npm run demo test skipped: ${skip}`);
+
+const namespaces = (): string => spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
+
+describe.skipIf(skip !== null)('npm run demo', () => {
+  it('shows curl allowed and refused, with the log line of each, and cleans up', () => {
+    const before = namespaces();
+    const r = spawnSync('npm', ['run', '-s', 'demo'], { cwd: ROOT, encoding: 'utf8', timeout: 180_000, killSignal: 'SIGKILL' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('$ curl https://allowed.test/');
+    expect(r.stdout).toMatch(/egressd: \{.*"name":"allowed\.test".*"verdict":"allow"/);
+    expect(r.stdout).toMatch(/tlsv1 alert access denied/);
+    expect(r.stdout).toMatch(/egressd: \{.*"name":"denied\.test".*"verdict":"refuse"/);
+    expect(namespaces()).toBe(before);
+  }, 200_000);
+});
