@@ -15,9 +15,16 @@
 //   9110 §4.2.4 forbids sending it, and parsers disagree on where it ends (`a\@b`, `a@b@c`).
 // - CONNECT is refused: a transparent filter is not a proxy to tunnel through.
 // - `PRI * HTTP/2.0` (the HTTP/2 preface, RFC 9113 §3.4) is refused as soon as `PRI ` is seen.
-// - A request that opens with whitespace or an empty line is malformed, not not-http: servers
-//   skip a leading CRLF (RFC 9112 §2.2), so it is still a request and must be judged as one.
-//   Only a first byte that cannot start a method token at all is not-http.
+// - HTTP or not is told by the shape of the request line (`requestShape`): up to
+//   MAX_LEADING_EMPTY_LINES empty lines, a token, whitespace, a target, whitespace, "HTTP/".
+//   Bytes without that shape are not-http (an SSH banner, a Redis command, a server-first
+//   protocol's reply) and the caller judges them by address and port, as Squid's
+//   `on_unsupported_protocol tunnel` does. Bytes with the shape that break the grammar
+//   (a bare LF, obs-fold, two Hosts, a bad version) are malformed and refused.
+// - RFC 9110 §9.1: a method is any token, so `MKACTIVITY` or `BREW` is judged by its Host
+//   like GET.
+// - RFC 9112 §2.2: empty lines (CRLF) before the request line are skipped, at most
+//   MAX_LEADING_EMPTY_LINES of them; more is malformed, not a way around the peek.
 // - The head must end (CRLF CRLF) within MAX_HEAD_BYTES; bytes after it are not looked at.
 // - HTTP/1.0 must name a host too (Host or absolute-form): without one nothing can be checked.
 
@@ -26,12 +33,18 @@ import { latin1 } from './byte-reader.ts';
 /** The cap on the request head, its final CRLF CRLF included. */
 export const MAX_HEAD_BYTES = 16384;
 
+/**
+ * RFC 9112 §2.2 asks a server to skip "at least one" empty line before the request line; Node's
+ * llhttp and nginx skip any number. We skip this many and refuse a request with more.
+ */
+export const MAX_LEADING_EMPTY_LINES = 8;
+
 export const HTTP_MALFORMED_REASONS = [
   /** No end of the head within MAX_HEAD_BYTES. */
   'too-large',
   /** A bare CR or a bare LF. */
   'bad-line-ending',
-  /** Not `METHOD SP target SP HTTP/1.x`, an invalid method or target, or an empty line first. */
+  /** Not `METHOD SP target SP HTTP/1.x`, an invalid target, or too many empty lines first. */
   'bad-request-line',
   /** CONNECT. */
   'unsupported-method',
@@ -97,20 +110,72 @@ const BARE_LF = 3;
 
 type RequestLine = { method: string; target: string; version: string; authority: string | null };
 
-export function parseHttpHead(bytes: Uint8Array): HttpPeek {
-  const n = Math.min(bytes.length, MAX_HEAD_BYTES);
-  if (n === 0) return NEED_MORE;
-  const b0 = bytes[0]!;
-  if (b0 === CR || b0 === LF || b0 === SP || b0 === HTAB) {
-    return malformed('bad-request-line', 'The request begins with whitespace or an empty line instead of a method');
+export type RequestShape = 'need-more' | 'not-http' | { readonly skip: number; readonly emptyLines: number };
+
+/**
+ * Whether the bytes have the shape of an HTTP/1.x request line, leniently (the strict grammar is
+ * parseHttpHead's): up to MAX_LEADING_EMPTY_LINES empty lines (CRLF or a bare LF), a token
+ * (RFC 9110 §9.1: any token is a method), spaces or tabs, a target, spaces or tabs, `HTTP/` in
+ * any case. Answers as soon as the bytes decide and never changes its answer as more arrive;
+ * `skip` is the length of the leading empty lines. More than MAX_LEADING_EMPTY_LINES empty lines
+ * count as HTTP, so that parseHttpHead refuses them rather than the peek passing them by.
+ */
+export function requestShape(b: Uint8Array): RequestShape {
+  const n = Math.min(b.length, MAX_HEAD_BYTES);
+  let i = 0;
+  let empty = 0;
+  // Bounded: every pass consumes one or two bytes, at most MAX_LEADING_EMPTY_LINES + 1 passes.
+  while (i < n && (b[i] === CR || b[i] === LF)) {
+    if (b[i] === CR) {
+      if (i + 1 >= n) return 'need-more';
+      if (b[i + 1] !== LF) return 'not-http';
+      i += 2;
+    } else {
+      i += 1;
+    }
+    if (++empty > MAX_LEADING_EMPTY_LINES) return { skip: i, emptyLines: empty };
   }
-  if (TCHAR[b0] !== 1) return NOT_HTTP;
+  const skip = i;
+  const methodStart = i;
+  while (i < n && TCHAR[b[i]!] === 1) i++;
+  if (i === n) return 'need-more';
+  if (i === methodStart || (b[i] !== SP && b[i] !== HTAB)) return 'not-http';
+  while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
+  const targetStart = i;
+  while (i < n && b[i] !== SP && b[i] !== HTAB && b[i] !== CR && b[i] !== LF) i++;
+  if (i === n) return 'need-more';
+  // No target, or a line that ends after it (HTTP/0.9, an SSH banner): not an HTTP/1.x request.
+  if (i === targetStart || b[i] === CR || b[i] === LF) return 'not-http';
+  while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
+  const name = 'HTTP/';
+  for (let k = 0; k < name.length; k++) {
+    if (i + k >= n) return 'need-more';
+    // ASCII case folding: an upper-case letter's bit 0x20 is clear.
+    if ((b[i + k]! & ~0x20) !== (name.charCodeAt(k) & ~0x20) || (k === 4 && b[i + k] !== 0x2f)) return 'not-http';
+  }
+  return { skip, emptyLines: empty };
+}
+
+export function parseHttpHead(input: Uint8Array): HttpPeek {
+  if (input.length === 0) return NEED_MORE;
+  const shape = requestShape(input);
+  if (shape === 'not-http') return NOT_HTTP;
+  if (shape === 'need-more') return needMore(input);
+  if (shape.emptyLines > MAX_LEADING_EMPTY_LINES) {
+    return malformed('bad-request-line', `More than ${MAX_LEADING_EMPTY_LINES} empty lines before the request line`);
+  }
+  // RFC 9112 §2.2 skips empty lines; a bare LF among them is as bad as anywhere else.
+  for (let k = 0; k < shape.skip; k++) {
+    if (input[k] === LF && (k === 0 || input[k - 1] !== CR)) return badEnding(BARE_LF, k);
+  }
+  const bytes = shape.skip === 0 ? input : input.subarray(shape.skip);
+  const n = Math.min(bytes.length, MAX_HEAD_BYTES - shape.skip);
 
   let end = lineEnd(bytes, 0, n);
   let kind = lineKind(bytes, end, n);
   const line = requestLine(bytes, end, kind === COMPLETE);
   if (line !== null && 'kind' in line) return line;
-  if (kind !== COMPLETE) return kind === PARTIAL ? needMore(bytes) : badEnding(kind, end);
+  if (kind !== COMPLETE) return kind === PARTIAL ? needMore(input) : badEnding(kind, end);
   // `line` is non-null here: requestLine answers null only for a partial line.
   const request = line!;
 
@@ -124,7 +189,7 @@ export function parseHttpHead(bytes: Uint8Array): HttpPeek {
     if (end === pos && kind === COMPLETE) break;
     const h = headerLine(bytes, pos, end, kind === COMPLETE, hostRaw, first);
     if (h !== null && typeof h !== 'string') return h;
-    if (kind !== COMPLETE) return kind === PARTIAL ? needMore(bytes) : badEnding(kind, end);
+    if (kind !== COMPLETE) return kind === PARTIAL ? needMore(input) : badEnding(kind, end);
     if (h !== null) hostRaw = h;
     pos = end + 2;
     first = false;

@@ -1,45 +1,15 @@
-// Which protocol a client speaks first, for the listener that serves every other port. Looks
+// Which protocol a client speaks first, on every listener (the port only sets which is expected). Looks
 // at a handful of bytes only and never waits longer than it must: TLS is told by its first
-// two bytes, HTTP by a known method and the space after it.
+// two bytes, HTTP by the shape of a request line (http-head.ts requestShape: any token is a
+// method, RFC 9110 §9.1; leading empty lines are skipped, RFC 9112 §2.2). Anything else is
+// 'unknown', and the caller judges it by address and port, as for any protocol it cannot read.
 //
 // It agrees with the parsers: when it says 'tls', parseClientHello never answers not-tls, and
 // a first byte it rejects is not-tls there too (the fuzz suite pins both).
 
+import { requestShape } from './http-head.ts';
+
 export type Sniffed = 'need-more' | 'tls' | 'http' | 'unknown';
-
-/**
- * Methods a client may open with: RFC 9110 §9, PATCH (RFC 5789), the HTTP/2 preface's PRI
- * (RFC 9113 §3.4), WebDAV (RFC 4918, 3744, 4791, 5323), QUERY (the httpbis safe method with a
- * body) and the caches' PURGE. An unknown token is 'unknown': the caller then judges the
- * connection by address and port alone, as for any protocol it cannot read.
- */
-const METHODS: readonly string[] = [
-  'GET',
-  'HEAD',
-  'POST',
-  'PUT',
-  'DELETE',
-  'CONNECT',
-  'OPTIONS',
-  'TRACE',
-  'PATCH',
-  'PRI',
-  'PROPFIND',
-  'PROPPATCH',
-  'MKCOL',
-  'COPY',
-  'MOVE',
-  'LOCK',
-  'UNLOCK',
-  'SEARCH',
-  'REPORT',
-  'MKCALENDAR',
-  'ACL',
-  'QUERY',
-  'PURGE',
-];
-
-const SP = 0x20;
 
 export function sniff(bytes: Uint8Array): Sniffed {
   const n = bytes.length;
@@ -63,15 +33,6 @@ export function sniff(bytes: Uint8Array): Sniffed {
     return (major === 0 && minor === 2) || (major === 3 && minor <= 3) ? 'tls' : 'unknown';
   }
 
-  let pending = false;
-  // Bounded: a fixed list of short names.
-  for (const m of METHODS) {
-    const k = Math.min(n, m.length);
-    let j = 0;
-    while (j < k && bytes[j] === m.charCodeAt(j)) j++;
-    if (j < k) continue;
-    if (n <= m.length) pending = true;
-    else if (bytes[m.length] === SP) return 'http';
-  }
-  return pending ? 'need-more' : 'unknown';
+  const shape = requestShape(bytes);
+  return shape === 'need-more' ? 'need-more' : shape === 'not-http' ? 'unknown' : 'http';
 }

@@ -1,5 +1,7 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_HEAD_BYTES, parseHttpHead, type HttpPeek } from '../../../src/peek/http-head.ts';
+import { MAX_HEAD_BYTES, MAX_LEADING_EMPTY_LINES, parseHttpHead, type HttpPeek } from '../../../src/peek/http-head.ts';
+import { sniff } from '../../../src/peek/sniff.ts';
 
 const enc = new TextEncoder();
 const parse = (s: string): HttpPeek => parseHttpHead(enc.encode(s));
@@ -126,7 +128,8 @@ describe('parseHttpHead: malformed', () => {
     expect(reason('GET / HTTP/1.1\r\n: x\r\nHost: a.test\r\n\r\n')).toBe('bad-header');
     expect(reason('GET / HTTP/1.1\r\nX(y): 1\r\nHost: a.test\r\n\r\n')).toBe('bad-header');
     expect(reason('GET / HTTP/1.1\r\nNo-Colon\r\nHost: a.test\r\n\r\n')).toBe('bad-header');
-    expect(reason('G(T / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
+    // Not a token at all: not the shape of a request line, so not HTTP (judged by address).
+    expect(reason('G(T / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('(not-http)');
     expect(reason('GET\t/ HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
   });
 
@@ -139,9 +142,10 @@ describe('parseHttpHead: malformed', () => {
     expect(reason('CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n')).toBe('unsupported-method');
   });
 
-  it('refuses the HTTP/2 preface as soon as "PRI " is seen', () => {
+  it('refuses the HTTP/2 preface as soon as its request line has the shape of one', () => {
     expect(reason('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')).toBe('http2-preface');
-    expect(reason('PRI ')).toBe('http2-preface');
+    expect(reason('PRI * HTTP/')).toBe('http2-preface');
+    expect(reason('PRI * HTT')).toBe('(need-more)');
   });
 
   it('refuses a request line that is not METHOD SP target SP HTTP/1.x', () => {
@@ -151,9 +155,7 @@ describe('parseHttpHead: malformed', () => {
       'GET / http/1.1',
       'GET /  HTTP/1.1',
       'GET  / HTTP/1.1',
-      'GET /',
       'GET / HTTP/1.',
-      'GET',
       'GET /\u00e9 HTTP/1.1',
       'GET a.test/ HTTP/1.1',
       'GET ftp://a.test/ HTTP/1.1',
@@ -161,11 +163,14 @@ describe('parseHttpHead: malformed', () => {
       'GET * HTTP/1.1',
     ];
     for (const l of lines) expect(reason(`${l}\r\nHost: a.test\r\n\r\n`), l).toBe('bad-request-line');
+    // No version at all (HTTP/0.9's shape) is not an HTTP/1.x request: judged by address.
+    for (const l of ['GET /', 'GET']) expect(reason(`${l}\r\nHost: a.test\r\n\r\n`), l).toBe('(not-http)');
   });
 
-  it('refuses a request that opens with whitespace or an empty line', () => {
-    expect(reason('\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
-    expect(reason(' GET / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
+  it('refuses more than MAX_LEADING_EMPTY_LINES empty lines, and a bare LF among them', () => {
+    expect(reason(`${'\r\n'.repeat(MAX_LEADING_EMPTY_LINES + 1)}GET / HTTP/1.1\r\nHost: a.test\r\n\r\n`)).toBe('bad-request-line');
+    expect(reason('\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-line-ending');
+    expect(reason('\r\n\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-line-ending');
   });
 
   it('decides from the bytes seen: a bad version is refused before the line ends', () => {
@@ -196,5 +201,62 @@ describe('parseHttpHead: the 16 KiB cap', () => {
     expect(reason(s)).toBe('too-large');
     expect(reason(s.slice(0, MAX_HEAD_BYTES))).toBe('too-large');
     expect(reason(s.slice(0, MAX_HEAD_BYTES - 1))).toBe('(need-more)');
+  });
+});
+
+describe('parseHttpHead: any token is a method (RFC 9110 §9.1)', () => {
+  const TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  const token = fc
+    .array(fc.constantFrom(...TCHARS), { minLength: 1, maxLength: 24 })
+    .map((cs) => cs.join(''))
+    .filter((m) => m !== 'CONNECT' && m !== 'PRI');
+
+  it('reads the Host of a request with a generated token method, and sniff calls it HTTP', () => {
+    fc.assert(
+      fc.property(token, (method) => {
+        const text = `${method} /x HTTP/1.1\r\nHost: blocked.test\r\n\r\n`;
+        expect(parse(text)).toEqual({ kind: 'head', method, target: '/x', version: 'HTTP/1.1', host: 'blocked.test' });
+        expect(sniff(enc.encode(text))).toBe('http');
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('reads the examples: Subversion, WebDAV, caches, SSDP', () => {
+    for (const m of ['MKACTIVITY', 'CHECKOUT', 'MERGE', 'BASELINE-CONTROL', 'PURGE', 'BAN', 'M-SEARCH', 'LINK']) {
+      expect(parse(`${m} / HTTP/1.1\r\nHost: blocked.test\r\n\r\n`), m).toMatchObject({ kind: 'head', method: m, host: 'blocked.test' });
+    }
+  });
+});
+
+describe('parseHttpHead: leading empty lines (RFC 9112 §2.2)', () => {
+  it('gives the same answer as without them, up to MAX_LEADING_EMPTY_LINES', () => {
+    const h = 'GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n';
+    for (let k = 1; k <= MAX_LEADING_EMPTY_LINES; k++) expect(parse(`${'\r\n'.repeat(k)}${h}`), String(k)).toEqual(parse(h));
+    expect(parse(`\r\nPOST /a HTTP/1.0\r\nHost: x.test:81\r\n\r\n`)).toMatchObject({ kind: 'head', method: 'POST', host: 'x.test' });
+  });
+
+  it('is need-more through the empty lines and the request line, then decides', () => {
+    expectOnlyWhenComplete('\r\n\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n', { kind: 'head', method: 'GET', target: '/', version: 'HTTP/1.1', host: 'a.test' });
+  });
+
+  it('keeps the strict grammar after them: obs-fold and two Hosts stay malformed', () => {
+    expect(reason('\r\nGET / HTTP/1.1\r\nHost: a.test\r\n folded\r\n\r\n')).toBe('obs-fold');
+    expect(reason('\r\nGET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n')).toBe('duplicate-host');
+  });
+});
+
+describe('parseHttpHead: not HTTP versus bad HTTP', () => {
+  it('is not-http for bytes without the shape of a request line', () => {
+    for (const s of ['SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n', 'EHLO client.test\r\n', 'PING\r\n', 'GET /\r\n', ' GET / HTTP/1.1\r\n', 'GET / FTP/1.1\r\n']) {
+      expect(parse(s), JSON.stringify(s)).toEqual({ kind: 'not-http' });
+    }
+  });
+
+  it('is malformed for bytes with the shape that break the grammar', () => {
+    expect(reason('GET / HTTP/1.1\nHost: a.test\r\n\r\n')).toBe('bad-line-ending');
+    expect(reason('GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n')).toBe('duplicate-host');
+    expect(reason('GET / HTTP/2.0\r\n\r\n')).toBe('bad-request-line');
+    expect(reason('GET\t/ HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
   });
 });
