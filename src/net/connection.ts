@@ -1,24 +1,29 @@
 // The path of one redirected connection, top to bottom:
-//   original destination → sandbox by source → peek (name) → decide → dial → splice | refuse
+//   original destination → sandbox by source → peek (name) → verdict → resolve → dial → splice | refuse
 // and exactly one outcome record at the end. Nothing here throws to the listener: every
-// failure becomes an outcome with a reason, and the daemon keeps serving everyone else.
+// failure becomes an outcome with a reason and the side that ended it, and the daemon keeps
+// serving everyone else.
+//
+// The policy is looked up again at every stage before the splice (after the peek, after the
+// resolve, after the dial), so a change acknowledged while a connection waits reaches it before
+// any byte goes upstream; `onPolicyChange: close` covers decided connections (daemon.ts).
 
 import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
-import { anyStepper, httpStepper, PEEK_CAPS, tlsStep, type Peeked } from '../peek/peek-steps.ts';
-import type { Decision } from '../policy/decide.ts';
+import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome } from './peek-socket.ts';
 import type { ListenerKind } from './listener.ts';
-import type { ConnectionOutcome, OutcomeReason, Protocol } from './outcome.ts';
-import { chooseUpstream, type DialMode } from './upstream-target.ts';
+import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outcome.ts';
+import { chooseUpstream, type DialMode, type TargetReason } from './upstream-target.ts';
 import type { NameResolver } from './resolve.ts';
-import { dial } from './dial.ts';
+import { dialFirst } from './dial-first.ts';
 import { splice } from './splice.ts';
 import { refuseHttp, refuseTcp, refuseTls, dropSilently, type BlockMode, type Linger } from './refuse.ts';
 import type { PolicyLookup } from '../control/store.ts';
-import { nameMatters, verdict } from '../policy/verdict.ts';
+import { nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
+import type { Facts } from '../policy/decide.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 
@@ -62,8 +67,9 @@ export async function handleConnection(socket: Socket, listener: ListenerKind, d
     destinationPort: null,
     name: null,
     protocol: 'none',
-    verdict: 'refuse',
+    verdict: 'error',
     reason: 'internal-error',
+    endedBy: 'egressd',
     rule: null,
     dialed: null,
     bytesUp: 0,
@@ -83,6 +89,7 @@ export async function handleConnection(socket: Socket, listener: ListenerKind, d
   } catch (err) {
     o.verdict = 'error';
     o.reason = 'internal-error';
+    o.endedBy = 'egressd';
     o.end = err instanceof Error ? err.message : String(err);
     if (!socket.destroyed) socket.resetAndDestroy();
   }
@@ -102,33 +109,28 @@ async function run(
   if (od.kind === 'not-redirected') {
     // A direct connection to a listener is a loop or a probe: nowhere legitimate to go.
     o.end = od.why;
-    return cut(socket, o, 'not-redirected');
+    return cut(socket, o, 'refuse', 'not-redirected', 'client');
   }
   o.destination = od.address;
   o.destinationPort = od.port;
-
-  // The chain is looked up again at every stage below (peek, resolve, dial): a policy change
-  // made while this connection waits reaches it before any byte goes upstream.
-  o.sandbox = deps.policies.lookup(o.source).sandbox;
   const ip = od.address;
   const port = od.port;
+  const policyNow = () => deps.policies.lookup(o.source);
+  o.sandbox = policyNow().sandbox;
 
-  // On the tcp listener the verdict is made by address and port first; the client is peeked
-  // only when a name could change it, so server-first protocols (SSH, SMTP) are not delayed.
+  // (1) The peek. Every listener reads TLS and HTTP/1.x alike (the REDIRECT sorts by port, not
+  // by protocol). When no name can change the verdict made on address and port and that
+  // verdict allows, it is made at once, so server-first protocols (SSH, SMTP, MySQL) are not
+  // delayed; otherwise a client silent for peek.firstByteTimeoutMs is judged by address and
+  // port (Envoy's continue_on_listener_filters_timeout).
+  const chain = policyNow();
+  const mustPeek = nameMatters(chain, { ip, port }) || (verdict(chain, { name: null, ip, port }).verdict === 'refuse' && config.block !== 'drop');
   let peek: PeekOutcome<Peeked> | null = null;
-  const peekStart = Date.now();
-  if (listener === 'tls') {
-    peek = await peekSocket(socket, tlsStep, { deadline, maxBytes: PEEK_CAPS.tls });
-  } else if (listener === 'http') {
-    peek = await peekSocket(socket, httpStepper(), { deadline, maxBytes: PEEK_CAPS.http });
-  } else if (nameMatters(deps.policies.lookup(o.source), { ip, port })) {
-    peek = await peekSocket(socket, anyStepper(), {
-      deadline,
-      maxBytes: PEEK_CAPS.any,
-      firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
-    });
+  if (mustPeek) {
+    const peekStart = Date.now();
+    peek = await peekSocket(socket, anyStepper(), { deadline, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: config.peek.firstByteTimeoutMs });
+    o.peekMs = Date.now() - peekStart;
   }
-  if (peek) o.peekMs = Date.now() - peekStart;
 
   let initial: Buffer = Buffer.alloc(0);
   let rawName: string | null = null;
@@ -136,11 +138,12 @@ async function run(
     initial = peek.bytes;
     switch (peek.kind) {
       case 'timeout':
-        return cut(socket, o, 'peek-timeout');
+        return cut(socket, o, 'refuse', 'peek-timeout', 'client');
       case 'closed':
-        return cut(socket, o, 'peek-closed');
+        // The client left before it was judged: its own doing, not a refusal.
+        return cut(socket, o, 'error', 'peek-closed', 'client');
       case 'too-large':
-        return refuse(socket, protocolOfListener(listener), config, o, { verdict: 'refuse', reason: 'too-large', rule: null });
+        return refuseMalformed(socket, protocolOfListener(listener), config, o, 'too-large');
       case 'silent':
         o.protocol = 'none';
         break;
@@ -151,9 +154,8 @@ async function run(
         } else if (p.kind === 'tls') {
           o.protocol = p.result.kind === 'not-tls' ? 'unknown' : 'tls';
           if (p.result.kind === 'malformed') {
-            const reason: OutcomeReason = p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls';
             o.end = p.result.detail;
-            return refuse(socket, 'tls', config, o, { verdict: 'refuse', reason, rule: null });
+            return refuseMalformed(socket, 'tls', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls');
           }
           if (p.result.kind === 'hello') {
             o.alpn = p.result.alpn;
@@ -163,9 +165,8 @@ async function run(
         } else {
           o.protocol = p.result.kind === 'not-http' ? 'unknown' : 'http';
           if (p.result.kind === 'malformed') {
-            const reason: OutcomeReason = p.result.reason === 'too-large' ? 'too-large' : 'malformed-http';
             o.end = p.result.detail;
-            return refuse(socket, 'http', config, o, { verdict: 'refuse', reason, rule: null });
+            return refuseMalformed(socket, 'http', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-http');
           }
           if (p.result.kind === 'head') rawName = p.result.host;
         }
@@ -179,85 +180,109 @@ async function run(
     if (!n.ok) {
       o.rawName = rawName;
       o.end = n.reason;
-      return refuse(socket, o.protocol, config, o, { verdict: 'refuse', reason: 'invalid-name', rule: null });
+      return refuseMalformed(socket, o.protocol, config, o, 'invalid-name');
     }
     if ('name' in n) o.name = n.name;
   }
 
-  let facts: { name: string | null; ip: string; port: number } = { name: o.name, ip, port };
-  let decision: Decision = verdict(deps.policies.lookup(o.source), facts);
-  // A connection that carries no name, to an address this sandbox resolved through egressd, is
-  // judged with the names that gave it the address (Cilium's FQDN policy): allowed when one of
-  // them is allowed, refused when every one is refused, so a domain deny rule also holds
-  // against clients that send no name.
+  // (2) The verdict, on the policy in force now. A connection that carries no name, to an
+  // address this sandbox resolved through egressd, is judged with the names that gave it the
+  // address (Cilium's FQDN policy): allowed when one of them is allowed, refused when every one
+  // is refused, so a domain deny rule also holds against clients that send no name.
   const remembered = (): string[] => {
-    const id = deps.policies.lookup(o.source).sandbox;
+    const id = policyNow().sandbox;
     return id === null || !deps.dnsMemory ? [] : deps.dnsMemory.namesFor(id, canonicalSource(ip) ?? ip);
   };
-  let viaDns = false;
-  if (o.name === null) {
-    const names = remembered();
-    if (names.length > 0) {
-      o.dnsNames = names;
-      o.matchedBy = 'dns';
-      let chosen: { name: string; d: Decision } | null = null;
-      for (let i = names.length - 1; i >= 0; i--) {
-        const d = verdict(deps.policies.lookup(o.source), { name: names[i]!, ip, port });
-        if (d.verdict === 'allow') {
-          chosen = { name: names[i]!, d };
-          break;
-        }
-        chosen ??= { name: names[i]!, d };
+  let dnsName: string | null = null;
+  const judge = (address: string): Verdict => {
+    const chain = policyNow();
+    const names = o.name === null ? remembered() : [];
+    if (names.length === 0) return verdict(chain, { name: o.name, ip: address, port });
+    o.dnsNames = names;
+    o.matchedBy = 'dns';
+    let chosen: { name: string; d: Verdict } | null = null;
+    for (let i = names.length - 1; i >= 0; i--) {
+      const d = verdict(chain, { name: names[i]!, ip: address, port });
+      if (d.verdict === 'allow') {
+        chosen = { name: names[i]!, d };
+        break;
       }
-      facts = { name: chosen!.name, ip, port };
-      decision = { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
-      viaDns = true;
+      chosen ??= { name: names[i]!, d };
     }
-  }
+    dnsName = chosen!.name;
+    return { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
+  };
+  const decision = judge(ip);
+  let facts: Facts = { name: o.name ?? dnsName, ip, port };
   deps.onDecided?.();
   live.facts = facts;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
   o.verdict = 'allow';
-  o.reason = decision.reason as OutcomeReason;
+  o.reason = decision.reason;
   o.rule = decision.rule;
 
+  // (3) Where to dial: a presented name is dialed as upstream.dial says, every candidate
+  // judged on its own address by the policy in force while resolving.
   // An address egressd's DNS listener gave this very sandbox for this name is one of the name's
   // addresses, whatever a later lookup would answer (rotation, geo-DNS, a short TTL).
-  const target = viaDns
-    ? ({ ok: true, address: ip, how: 'original' } as const)
-    : await chooseUpstream({
-        mode: config.upstream.dial,
-        name: o.name,
-        byName: decision.matchedBy === 'name',
-        original: ip,
-        port,
-        resolver: {
-          resolve: async (name: string) => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name)),
-        },
-        allows: (addr) => verdict(deps.policies.lookup(o.source), { name: o.name, ip: addr, port }).verdict === 'allow',
-      });
+  const target =
+    o.name === null && dnsName !== null
+      ? ({ ok: true, addresses: [ip], how: 'original' } as const)
+      : await chooseUpstream({
+          mode: config.upstream.dial,
+          name: o.name,
+          original: ip,
+          port,
+          resolver: {
+            resolve: async (name: string) => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name)),
+          },
+          allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict === 'allow',
+        });
   if (!target.ok) {
     o.end = target.detail;
-    return refuse(socket, o.protocol, config, o, { verdict: 'refuse', reason: target.reason, rule: decision.rule });
+    return refuseUpstream(socket, config, o, target.reason, decision.rule);
   }
-  if (live.abort.signal.aborted) return cut(socket, o, 'policy-changed');
+  if (live.abort.signal.aborted) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
+  const afterResolve = judge(ip);
+  if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
 
-  o.dialed = target.address;
-  const d = await dial({
-    address: target.address,
+  // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget.
+  const d = await dialFirst({
+    addresses: target.addresses,
     port,
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     signal: live.abort.signal,
   });
+  if (d.attempts.length > 1) o.tried = d.attempts.map((a) => `${a.address} ${a.result}`);
   if (!d.ok) {
     o.verdict = 'error';
-    o.reason = d.cause === 'aborted' ? (live.closeReason ?? 'shutdown') : 'upstream-failed';
     o.dialFailure = d.cause;
     o.end = d.detail;
+    if (d.cause === 'aborted') {
+      o.reason = live.closeReason ?? 'shutdown';
+      o.endedBy = endedByClose(live);
+      if (o.reason === 'policy-changed') o.verdict = 'refuse';
+    } else {
+      o.reason = 'upstream-failed';
+      o.endedBy = 'upstream';
+    }
     if (!socket.destroyed) socket.resetAndDestroy();
     return;
   }
+  o.dialed = d.address;
   o.connectMs = d.connectMs;
+  // The policy in force now, on the address actually dialed: the last stage before any byte
+  // goes upstream.
+  facts = { name: o.name ?? dnsName, ip: d.address, port };
+  live.facts = facts;
+  const final = judge(d.address);
+  if (final.verdict === 'refuse') {
+    d.socket.destroy();
+    o.dialed = null;
+    return refuse(socket, o.protocol, config, o, final);
+  }
+
+  // (5) The splice.
   const s = await splice(socket, d.socket, {
     initial,
     idleTimeoutMs: config.upstream.idleTimeoutMs,
@@ -269,6 +294,17 @@ async function run(
   if (s.end === 'aborted' && live.closeReason) {
     o.verdict = live.closeReason === 'policy-changed' ? 'refuse' : o.verdict;
     o.reason = live.closeReason;
+    o.endedBy = endedByClose(live);
+  } else {
+    o.endedBy =
+      s.end === 'client-reset'
+        ? 'client'
+        : s.end === 'upstream-reset'
+          ? 'upstream'
+          : // A clean close whose FIN order is unknown (the native loop) is put on the client.
+            s.end === 'closed'
+            ? (s.firstFin ?? 'client')
+            : 'egressd';
   }
 }
 
@@ -276,29 +312,50 @@ function protocolOfListener(l: ListenerKind): Protocol {
   return l === 'tls' ? 'tls' : l === 'http' ? 'http' : 'unknown';
 }
 
-/** Cut a connection that never got as far as a decision: no bytes, a reset. */
-function cut(socket: Socket, o: ConnectionOutcome, reason: OutcomeReason): void {
-  o.verdict = 'refuse';
+function endedByClose(live: LiveConnection): EndedBy {
+  return live.closeReason === 'policy-changed' ? 'policy' : 'egressd';
+}
+
+/** Cut a connection that never got as far as a verdict: no bytes, a reset. */
+function cut(socket: Socket, o: ConnectionOutcome, v: ConnectionOutcome['verdict'], reason: OutcomeReason, endedBy: EndedBy): void {
+  o.verdict = v;
   o.reason = reason;
+  o.endedBy = endedBy;
   if (!socket.destroyed) socket.resetAndDestroy();
+}
+
+/** The client sent what cannot be read: refused in its protocol, the client's doing. */
+function refuseMalformed(socket: Socket, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): void {
+  answer(socket, protocol, config, o, { reason, rule: null, endedBy: 'client' });
+}
+
+/** No address could be chosen: a DNS failure is the upstream side's, the rest the policy's. */
+function refuseUpstream(socket: Socket, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): void {
+  answer(socket, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
+}
+
+/** The policy refused. */
+function refuse(socket: Socket, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): void {
+  answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
 }
 
 /**
  * Refuse after accept in a way the client understands — a TLS access_denied alert, an HTTP
- * 403 naming the host and the reason, a reset for anything else — or, with `block: drop`,
- * close without a byte. No byte of a refused connection ever reaches an upstream: nothing is
- * dialed before this point.
+ * 403 naming the host and the reason, a reset for anything else (a client that sent nothing
+ * included) — or, with `block: drop`, close without a byte. No byte of a refused connection
+ * ever reaches an upstream.
  */
-function refuse(
+function answer(
   socket: Socket,
   protocol: Protocol,
   config: PipelineSettings,
   o: ConnectionOutcome,
-  decision: Pick<Decision, 'verdict' | 'rule'> & { reason: string; matchedBy?: Decision['matchedBy'] },
+  r: { reason: OutcomeReason; rule: string | null; endedBy: EndedBy; portDecided?: boolean },
 ): void {
   o.verdict = 'refuse';
-  o.reason = decision.reason as OutcomeReason;
-  o.rule = decision.rule;
+  o.reason = r.reason;
+  o.rule = r.rule;
+  o.endedBy = r.endedBy;
   if (config.block === 'drop') return dropSilently(socket);
   if (protocol === 'tls') return refuseTls(socket, config.refusal);
   if (protocol === 'http') {
@@ -307,7 +364,7 @@ function refuse(
       reason: o.reason,
       rule: o.rule,
       port: o.destinationPort,
-      portDecided: decision.matchedBy === 'port',
+      portDecided: r.portDecided ?? false,
       linger: config.refusal,
     });
   }

@@ -2,37 +2,29 @@
 // exactly once when it ends. The log line and every counter hang off this one place.
 
 import type { ListenerKind } from './listener.ts';
+import type { PeekReason } from '../peek/peek-steps.ts';
+import type { DecisionReason } from '../policy/decide.ts';
+import type { LifecycleReason } from './registry.ts';
+import type { ShedReason } from '../limits/admission.ts';
+import type { UpstreamReason } from './upstream-target.ts';
 
 export type Protocol = 'tls' | 'http' | 'unknown' | 'none';
 
 /**
- * Why a connection ended the way it did. A small fixed set, safe as a metric label: the
- * decision reasons from policy/decide plus the data path's own.
+ * Why a connection ended the way it did: a small fixed set, safe as a metric label, composed
+ * from the parts that own each reason — the decision (policy/decide.ts), the peek
+ * (peek/peek-steps.ts), the upstream (net/upstream-target.ts), the connection's lifecycle
+ * (net/registry.ts) and admission at accept (limits/admission.ts).
  */
-export type OutcomeReason =
-  | 'allow-rule'
-  | 'deny-rule'
-  | 'default-allow'
-  | 'default-block'
-  | 'protected-address'
-  | 'not-redirected'
-  | 'peek-timeout'
-  | 'peek-closed'
-  | 'too-large'
-  | 'malformed-tls'
-  | 'malformed-http'
-  | 'invalid-name'
-  | 'dns-failure'
-  | 'dns-mismatch'
-  | 'no-allowed-address'
-  | 'upstream-failed'
-  | 'policy-changed'
-  | 'shutdown'
-  | 'internal-error'
-  // Refused at accept by admission control (limits/admission.ts), before a byte was read.
-  | 'sandbox-limit'
-  | 'global-limit'
-  | 'overload';
+export type OutcomeReason = DecisionReason | PeekReason | UpstreamReason | LifecycleReason | ShedReason;
+
+/**
+ * Which side ended the connection (Pingora's error source): the client (it left, stalled, or
+ * sent what cannot be read), the policy (a refusal, or a change that closed it), the upstream
+ * (it could not be reached, or it closed or reset first), or egressd itself (shutdown, the
+ * idle timeout, an internal error). A client hanging up is never counted as a refusal.
+ */
+export type EndedBy = 'client' | 'policy' | 'upstream' | 'egressd';
 
 export interface ConnectionOutcome {
   readonly listener: ListenerKind;
@@ -46,12 +38,6 @@ export interface ConnectionOutcome {
   name: string | null;
   /** The raw name as sent, only when it failed normalization (quoted in the log, not matched). */
   rawName?: string;
-  protocol: Protocol;
-  alpn?: readonly string[];
-  ech?: boolean;
-  verdict: 'allow' | 'refuse' | 'error';
-  reason: OutcomeReason;
-  rule: string | null;
   /**
    * The names this sandbox resolved through egressd to the destination, when a connection that
    * carried no name was judged with them (`matchedBy: dns`).
@@ -59,8 +45,17 @@ export interface ConnectionOutcome {
   dnsNames?: readonly string[];
   /** `dns` when the verdict came from those names rather than the connection's own facts. */
   matchedBy?: 'dns';
-  /** The upstream address actually dialed, when one was. */
+  protocol: Protocol;
+  alpn?: readonly string[];
+  ech?: boolean;
+  verdict: 'allow' | 'refuse' | 'error';
+  reason: OutcomeReason;
+  endedBy: EndedBy;
+  rule: string | null;
+  /** The upstream address that answered, when one did. */
   dialed: string | null;
+  /** Every address a connection was attempted to, in order, when more than the one that answered (RFC 8305 §5). */
+  tried?: readonly string[];
   dialFailure?: string;
   bytesUp: number;
   bytesDown: number;

@@ -1,7 +1,13 @@
 // Live connections, so that shutdown can drain them and a policy change can re-judge them.
 
-import type { ConnectionOutcome, OutcomeReason } from './outcome.ts';
+import type { ConnectionOutcome } from './outcome.ts';
 import type { Facts } from '../policy/decide.ts';
+
+/**
+ * How a connection's life ended outside the policy's verdict and the upstream: not redirected
+ * at all, closed by a policy change or by shutdown, or a fault of egressd's own.
+ */
+export type LifecycleReason = 'not-redirected' | 'policy-changed' | 'shutdown' | 'internal-error';
 
 export interface LiveConnection {
   readonly outcome: ConnectionOutcome;
@@ -9,7 +15,7 @@ export interface LiveConnection {
   readonly abort: AbortController;
   /** What the verdict was made on; null until the decision. */
   facts: Facts | null;
-  closeReason?: Extract<OutcomeReason, 'policy-changed' | 'shutdown'>;
+  closeReason?: Extract<LifecycleReason, 'policy-changed' | 'shutdown'>;
 }
 
 export class ConnectionRegistry {

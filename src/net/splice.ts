@@ -26,9 +26,14 @@ export interface SpliceResult {
   readonly bytesUp: number;
   readonly bytesDown: number;
   readonly end: SpliceEnd;
+  /**
+   * Which side sent its FIN first, when one did: who ended a connection that `closed`. The
+   * JavaScript path reports it; the native loop does not (yet), and leaves it out.
+   */
+  readonly firstFin?: Side | null;
 }
 
-type Side = 'client' | 'upstream';
+export type Side = 'client' | 'upstream';
 
 // setTimeout's largest delay; beyond it Node fires at once.
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -52,6 +57,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     let bytesUp = 0;
     let bytesDown = 0;
     let end: SpliceEnd | null = null;
+    let firstFin: Side | null = null;
     let settled = false;
     let lastActivity = performance.now();
     let idleTimer: NodeJS.Timeout | undefined;
@@ -81,7 +87,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       settled = true;
       clearTimeout(idleTimer);
       o.signal.removeEventListener('abort', onAbort);
-      resolve({ bytesUp, bytesDown, end: end ?? 'closed' });
+      resolve({ bytesUp, bytesDown, end: end ?? 'closed', firstFin });
     };
     const onAbort = (): void => destroyBoth('aborted');
 
@@ -105,7 +111,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
 
     // Paused before any 'data' listener exists, so nothing of the client's can overtake `initial`.
     client.pause();
-    const carry = (from: Socket, to: Socket, count: (n: number) => void): void => {
+    const carry = (fromSide: Side, from: Socket, to: Socket, count: (n: number) => void): void => {
       from.on('data', (chunk: Buffer) => {
         count(chunk.length);
         lastActivity = performance.now();
@@ -118,11 +124,12 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       });
       // A FIN ends only the other side's write half; end() sends it after what is still queued.
       from.once('end', () => {
+        firstFin ??= fromSide;
         if (!to.destroyed && !to.writableEnded) to.end();
       });
     };
-    carry(client, upstream, (n) => (bytesUp += n));
-    carry(upstream, client, (n) => (bytesDown += n));
+    carry('client', client, upstream, (n) => (bytesUp += n));
+    carry('upstream', upstream, client, (n) => (bytesDown += n));
 
     let upstreamReady = true;
     if (o.initial.length > 0) {

@@ -67,8 +67,8 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry });
     this.connections = new Counter({
       name: 'egressd_connections_total',
-      help: 'Connections handled, by listener, verdict (allow, refuse, error) and reason.',
-      labelNames: opts.sandboxLabel ? ['listener', 'verdict', 'reason', 'sandbox'] : ['listener', 'verdict', 'reason'],
+      help: 'Connections handled, by listener, verdict (allow, refuse, error), reason and the side that ended it (client, policy, upstream, egressd).',
+      labelNames: opts.sandboxLabel ? ['listener', 'verdict', 'reason', 'ended_by', 'sandbox'] : ['listener', 'verdict', 'reason', 'ended_by'],
       registers,
     });
     this.activeConnections = new Gauge({
@@ -275,7 +275,7 @@ export class Metrics {
   /** Records one finished connection: the outcome is the single source of every count. */
   outcome(o: Readonly<ConnectionOutcome>): void {
     this.activeConnections.dec({ listener: o.listener });
-    const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason };
+    const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason, ended_by: o.endedBy };
     if (this.#sandboxLabel) labels['sandbox'] = o.sandbox ?? '';
     this.connections.inc(labels);
     if (o.bytesUp > 0) this.bytes.inc({ direction: 'up' }, o.bytesUp);
@@ -288,7 +288,8 @@ export class Metrics {
 
   /** A connection refused at accept by admission control (it has no outcome record). */
   shed(listener: ListenerKind, reason: 'sandbox-limit' | 'global-limit' | 'overload', sandbox: string | null): void {
-    const labels: Record<string, string> = { listener, verdict: 'refuse', reason };
+    // Shed at accept for capacity: egressd's own doing, not a policy's.
+    const labels: Record<string, string> = { listener, verdict: 'refuse', reason, ended_by: 'egressd' };
     if (this.#sandboxLabel) labels['sandbox'] = sandbox ?? '';
     this.connections.inc(labels);
   }

@@ -12,6 +12,9 @@ import { sniff } from './sniff.ts';
  */
 export type PeekStep<R> = { done: true; result: R } | { done: false; atLeast?: number };
 
+/** Why a peek ended a connection before any verdict: the peek's part of the outcome reasons. */
+export type PeekReason = 'peek-timeout' | 'peek-closed' | 'too-large' | 'malformed-tls' | 'malformed-http' | 'invalid-name';
+
 export type Peeked = { kind: 'tls'; result: TlsPeek } | { kind: 'http'; result: HttpPeek } | { kind: 'unknown' };
 
 export const tlsStep = (buf: Buffer): PeekStep<Peeked> => {

@@ -205,7 +205,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     const got = collect(up);
     expect((await got).equals(Buffer.concat([every, rest]))).toBe(true);
     up.end();
-    expect(await r.result).toEqual({ bytesUp: 256 + rest.length, bytesDown: 0, end: 'closed' });
+    expect(await r.result).toMatchObject({ bytesUp: 256 + rest.length, bytesDown: 0, end: 'closed' });
   });
 
   it('puts `initial` ahead of bytes the client had already sent and the front had not read', async () => {
@@ -239,7 +239,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     // buffers' high-water marks, not tens of MiB.
     expect(maxBuffered).toBeLessThan(1 * MiB);
     console.info(`64 MiB each way: at most ${maxBuffered} bytes held in egressd's socket buffers`);
-    expect(await r.result).toEqual({ bytesUp: SIZE, bytesDown: SIZE, end: 'closed' });
+    expect(await r.result).toMatchObject({ bytesUp: SIZE, bytesDown: SIZE, end: 'closed' });
   });
 
   it("carries the client's FIN upstream while the upstream's reply still comes back", async () => {
@@ -250,7 +250,10 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     const reply = collect(r.client);
     up.end('reply');
     expect((await reply).toString()).toBe('reply');
-    expect(await r.result).toEqual({ bytesUp: 7, bytesDown: 5, end: 'closed' });
+    const closed = await r.result;
+    expect(closed).toMatchObject({ bytesUp: 7, bytesDown: 5, end: 'closed' });
+    // Who ended it: the JavaScript path says which side's FIN came first.
+    if (p === 'js') expect(closed.firstFin).toBe('client');
   });
 
   it("carries the upstream's FIN to the client while the client's bytes still go up", async () => {
@@ -261,7 +264,9 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect((await collect(r.client)).toString()).toBe('banner');
     r.client.end('after the banner');
     expect((await upGot).toString()).toBe('after the banner');
-    expect(await r.result).toEqual({ bytesUp: 16, bytesDown: 6, end: 'closed' });
+    const closed = await r.result;
+    expect(closed).toMatchObject({ bytesUp: 16, bytesDown: 6, end: 'closed' });
+    if (p === 'js') expect(closed.firstFin).toBe('upstream');
   });
 
   it('resolves only after both of its sockets have closed', async () => {
@@ -315,7 +320,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     const r = await rig({ idleTimeoutMs: 100 });
     const up = await r.upstream;
     const [clientEnd, upEnd] = [ending(r.client), ending(up)];
-    expect(await r.result).toEqual({ bytesUp: 0, bytesDown: 0, end: 'idle-timeout' });
+    expect(await r.result).toMatchObject({ bytesUp: 0, bytesDown: 0, end: 'idle-timeout' });
     expect(await clientEnd).toBe('end');
     expect(await upEnd).toBe('end');
   });
@@ -331,7 +336,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
       expect((await echo).toString()).toBe(String(i));
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    expect(await r.result).toEqual({ bytesUp: 8, bytesDown: 8, end: 'idle-timeout' });
+    expect(await r.result).toMatchObject({ bytesUp: 8, bytesDown: 8, end: 'idle-timeout' });
   });
 
   it('closes both sides when the signal aborts', async () => {
@@ -342,7 +347,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     r.client.write('hello');
     await firstBytes(up, 5);
     ac.abort();
-    expect(await r.result).toEqual({ bytesUp: 5, bytesDown: 0, end: 'aborted' });
+    expect(await r.result).toMatchObject({ bytesUp: 5, bytesDown: 0, end: 'aborted' });
     expect(await clientEnd).toBe('end');
     expect(await upEnd).toBe('end');
   });
@@ -353,7 +358,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     const r = await rig({ signal: ac.signal, initial: Buffer.from('never sent'), fallback: true });
     const up = await r.upstream;
     const got = collect(up);
-    expect(await r.result).toEqual({ bytesUp: 0, bytesDown: 0, end: 'aborted' });
+    expect(await r.result).toMatchObject({ bytesUp: 0, bytesDown: 0, end: 'aborted' });
     expect((await got).length).toBe(0);
   });
 });

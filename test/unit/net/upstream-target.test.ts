@@ -25,13 +25,13 @@ const ok = (...addresses: string[]): ResolveResult => ({ ok: true, addresses, ca
 
 /** A query for `api.example.com`, allowed by name, on 443; every address allowed unless told. */
 function query(over: Partial<UpstreamQuery> & { resolver: UpstreamQuery['resolver'] }): UpstreamQuery {
-  return { mode: 'resolved', name: 'api.example.com', byName: true, original: '192.0.2.10', port: 443, allows: () => true, ...over };
+  return { mode: 'resolved', name: 'api.example.com', original: '192.0.2.10', port: 443, allows: () => true, ...over };
 }
 
 describe('chooseUpstream in resolved mode', () => {
   it("dials the original destination when it is one of the name's addresses", async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1', '192.0.2.10') });
-    expect(await chooseUpstream(query({ resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    expect(await chooseUpstream(query({ resolver: r }))).toEqual({ ok: true, addresses: ['192.0.2.10', '198.51.100.1'], how: 'original' });
     expect(r.asked).toEqual(['api.example.com']);
   });
 
@@ -43,7 +43,7 @@ describe('chooseUpstream in resolved mode', () => {
     const mapped = stubResolver({ 'api.example.com': ok('::ffff:192.0.2.10') });
     expect(await chooseUpstream(query({ resolver: mapped, original: '192.0.2.10', allows: () => false }))).toEqual({
       ok: true,
-      address: '192.0.2.10',
+      addresses: ['192.0.2.10'],
       how: 'original',
     });
   });
@@ -51,21 +51,32 @@ describe('chooseUpstream in resolved mode', () => {
   it("dials one of the name's own addresses when the original destination is not one (a spoofed SNI)", async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
     const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }));
-    expect(t).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
+    expect(t).toEqual({ ok: true, addresses: ['198.51.100.1'], how: 'resolved' });
   });
 
   it('prefers an address of the family the client used', async () => {
     const r = stubResolver({ 'api.example.com': ok('2001:db8::1', '198.51.100.1', '2001:db8::2', '198.51.100.2') });
-    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }))).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
-    expect(await chooseUpstream(query({ resolver: r, original: '2001:db8:ffff::66' }))).toEqual({ ok: true, address: '2001:db8::1', how: 'resolved' });
+    // RFC 8305 §4: the families interleaved, the client's first.
+    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66' }))).toEqual({
+      ok: true,
+      addresses: ['198.51.100.1', '2001:db8::1', '198.51.100.2', '2001:db8::2'],
+      how: 'resolved',
+    });
+    expect(await chooseUpstream(query({ resolver: r, original: '2001:db8:ffff::66' }))).toMatchObject({
+      ok: true,
+      addresses: ['2001:db8::1', '198.51.100.1', '2001:db8::2', '198.51.100.2'],
+    });
     // An IPv4-mapped destination is an IPv4 client.
-    expect(await chooseUpstream(query({ resolver: r, original: '::ffff:203.0.113.66' }))).toEqual({ ok: true, address: '198.51.100.1', how: 'resolved' });
+    expect(await chooseUpstream(query({ resolver: r, original: '::ffff:203.0.113.66' }))).toMatchObject({
+      ok: true,
+      addresses: ['198.51.100.1', '2001:db8::1', '198.51.100.2', '2001:db8::2'],
+    });
   });
 
   it("dials the other family when the client's family has no allowed address", async () => {
     const r = stubResolver({ 'api.example.com': ok('2001:db8::1', '198.51.100.1') });
     const t = await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows: (a) => a !== '198.51.100.1' }));
-    expect(t).toEqual({ ok: true, address: '2001:db8::1', how: 'resolved' });
+    expect(t).toEqual({ ok: true, addresses: ['2001:db8::1'], how: 'resolved' });
   });
 
   it('never dials a resolved address the policy refuses', async () => {
@@ -75,7 +86,7 @@ describe('chooseUpstream in resolved mode', () => {
       judged.push(a);
       return a === '198.51.100.7';
     };
-    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows }))).toEqual({ ok: true, address: '198.51.100.7', how: 'resolved' });
+    expect(await chooseUpstream(query({ resolver: r, original: '203.0.113.66', allows }))).toEqual({ ok: true, addresses: ['198.51.100.7'], how: 'resolved' });
     expect(judged).toContain('169.254.169.254');
   });
 
@@ -109,14 +120,18 @@ describe('chooseUpstream in resolved mode', () => {
     // Public addresses here: the documentation ranges used elsewhere in this file are protected.
     expect(await chooseUpstream(query({ resolver: rebound, original: '93.184.216.34', allows }))).toMatchObject({ ok: false, reason: 'no-allowed-address' });
     const mixed = stubResolver({ 'api.example.com': ok('::ffff:169.254.169.254', '140.82.112.3') });
-    expect(await chooseUpstream(query({ resolver: mixed, original: '93.184.216.34', allows }))).toEqual({ ok: true, address: '140.82.112.3', how: 'resolved' });
+    expect(await chooseUpstream(query({ resolver: mixed, original: '93.184.216.34', allows }))).toEqual({
+      ok: true,
+      addresses: ['140.82.112.3'],
+      how: 'resolved',
+    });
   });
 });
 
 describe('chooseUpstream in verify mode', () => {
   it("dials the original destination when it is one of the name's addresses", async () => {
     const r = stubResolver({ 'api.example.com': ok('192.0.2.10') });
-    expect(await chooseUpstream(query({ mode: 'verify', resolver: r }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    expect(await chooseUpstream(query({ mode: 'verify', resolver: r }))).toEqual({ ok: true, addresses: ['192.0.2.10'], how: 'original' });
   });
 
   it("refuses a destination that is not one of the name's addresses with dns-mismatch, rather than dialing another", async () => {
@@ -136,22 +151,54 @@ describe('chooseUpstream in original mode', () => {
   it('dials the original destination and never resolves, even for a connection allowed by name', async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
     const t = await chooseUpstream(query({ mode: 'original', resolver: r, original: '203.0.113.66' }));
-    expect(t).toEqual({ ok: true, address: '203.0.113.66', how: 'original' });
+    expect(t).toEqual({ ok: true, addresses: ['203.0.113.66'], how: 'original' });
     expect(r.asked).toEqual([]);
   });
 });
 
-describe('chooseUpstream for a connection not allowed by name', () => {
-  it.each(['resolved', 'verify', 'original'] as const)('dials the original destination without resolving in %s mode', async (mode) => {
-    const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
-    const t = await chooseUpstream(query({ mode, resolver: r, byName: false, original: '203.0.113.66' }));
-    expect(t).toEqual({ ok: true, address: '203.0.113.66', how: 'original' });
-    expect(r.asked).toEqual([]);
+describe('chooseUpstream honours a presented name, whatever rule allowed the connection (issue 10 §7)', () => {
+  it("dials the name's own allowed address, not the original destination, in resolved mode", async () => {
+    // allow-all with attacker.test denied: other.test presented to attacker.test's address.
+    const r = stubResolver({ 'other.test': ok('198.51.100.20') });
+    const t = await chooseUpstream(query({ resolver: r, name: 'other.test', original: '198.51.100.13' }));
+    expect(t).toEqual({ ok: true, addresses: ['198.51.100.20'], how: 'resolved' });
+  });
+
+  it("refuses in verify mode when the original destination is not the presented name's", async () => {
+    const r = stubResolver({ 'other.test': ok('198.51.100.20') });
+    expect(await chooseUpstream(query({ mode: 'verify', resolver: r, name: 'other.test', original: '198.51.100.13' }))).toMatchObject({
+      ok: false,
+      reason: 'dns-mismatch',
+    });
+  });
+
+  it('refuses a presented name that does not resolve (dns-failure), rather than trusting the destination', async () => {
+    const r = stubResolver({});
+    expect(await chooseUpstream(query({ resolver: r, name: 'nowhere.test' }))).toMatchObject({ ok: false, reason: 'dns-failure' });
   });
 
   it('dials the original destination without resolving when the client sent no name', async () => {
     const r = stubResolver({});
-    expect(await chooseUpstream(query({ resolver: r, name: null }))).toEqual({ ok: true, address: '192.0.2.10', how: 'original' });
+    for (const mode of ['resolved', 'verify', 'original'] as const) {
+      expect(await chooseUpstream(query({ mode, resolver: r, name: null }))).toEqual({ ok: true, addresses: ['192.0.2.10'], how: 'original' });
+    }
     expect(r.asked).toEqual([]);
+  });
+});
+
+describe('chooseUpstream: the next address when one fails (issue 10 §8)', () => {
+  it("lists the original destination first, then the name's other allowed addresses, families interleaved", async () => {
+    const r = stubResolver({ 'api.example.com': ok('198.51.100.1', '192.0.2.10', '2001:db8::1', '198.51.100.2', '2001:db8::2') });
+    expect(await chooseUpstream(query({ resolver: r }))).toEqual({
+      ok: true,
+      addresses: ['192.0.2.10', '198.51.100.1', '2001:db8::1', '198.51.100.2', '2001:db8::2'],
+      how: 'original',
+    });
+  });
+
+  it('leaves out the addresses the policy refuses', async () => {
+    const r = stubResolver({ 'api.example.com': ok('192.0.2.10', '2001:db8::1', '198.51.100.2') });
+    const t = await chooseUpstream(query({ resolver: r, allows: (a) => a !== '2001:db8::1' }));
+    expect(t).toEqual({ ok: true, addresses: ['192.0.2.10', '198.51.100.2'], how: 'original' });
   });
 });

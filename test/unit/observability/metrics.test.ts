@@ -56,6 +56,7 @@ function outcome(over: Partial<ConnectionOutcome> = {}, omit: readonly (keyof Co
     ech: false,
     verdict: 'allow',
     reason: 'allow-rule',
+    endedBy: 'client',
     rule: 'allowed_domains "*.example.com"',
     dialed: '198.51.100.9',
     bytesUp: 517,
@@ -78,9 +79,12 @@ function feed(m: Metrics): void {
   m.accepted('tcp');
   m.outcome(outcome());
   m.outcome(
-    outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 }, ['connectMs']),
+    outcome(
+      { listener: 'http', verdict: 'refuse', reason: 'default-block', endedBy: 'policy', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 },
+      ['connectMs'],
+    ),
   );
-  m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', dialFailure: 'refused', bytesUp: 0, bytesDown: 0 }, ['connectMs']));
+  m.outcome(outcome({ verdict: 'error', reason: 'upstream-failed', endedBy: 'upstream', dialFailure: 'refused', bytesUp: 0, bytesDown: 0 }, ['connectMs']));
   m.dnsLookup({ cached: false, outcome: 'ok' });
   m.dnsLookup({ cached: true, outcome: 'ok' });
   m.dnsLookup({ cached: false, outcome: 'nxdomain' });
@@ -182,10 +186,10 @@ describe('Metrics as the daemon feeds them', () => {
     const m = new Metrics({ sandboxLabel: false });
     feed(m);
     const s = await egressdSamples(m);
-    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule' })).toBe(1);
-    expect(value(s, 'egressd_connections_total', { listener: 'http', verdict: 'refuse', reason: 'default-block' })).toBe(1);
-    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'error', reason: 'upstream-failed' })).toBe(1);
-    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'allow', reason: 'policy-changed' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule', ended_by: 'client' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'http', verdict: 'refuse', reason: 'default-block', ended_by: 'policy' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'error', reason: 'upstream-failed', ended_by: 'upstream' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'allow', reason: 'policy-changed', ended_by: 'client' })).toBe(1);
     expect(s.filter((x) => x.name === 'egressd_connections_total').reduce((a, x) => a + x.value, 0)).toBe(4);
   });
 
@@ -262,6 +266,7 @@ describe('Metrics labels', () => {
     verdict: /^(?:allow|refuse|error|rate-limited|inflight-limited|tcp-limited|malformed|servfail)$/,
     type: /^(?:A|AAAA|HTTPS|SVCB|CNAME|MX|TXT|PTR|SRV|NS|SOA|CAA|ANY|DS|DNSKEY|other)$/,
     reason: /^[a-z]+(?:-[a-z]+)*$/,
+    ended_by: /^(?:client|policy|upstream|egressd)$/,
     direction: /^(?:up|down)$/,
     cause: /^(?:refused|timeout|unreachable|reset|aborted|other|nxdomain|nodata|servfail|error)$/,
     outcome: /^(?:ok|nxdomain|nodata|timeout|servfail|refused|error)$/,
@@ -292,11 +297,13 @@ describe('Metrics labels', () => {
   it('adds the sandbox label to the connection counter when sandboxLabel is true, and only there', async () => {
     const m = new Metrics({ sandboxLabel: true });
     feed(m);
-    m.outcome(outcome({ sandbox: null, verdict: 'refuse', reason: 'default-block' }));
+    m.outcome(outcome({ sandbox: null, verdict: 'refuse', reason: 'default-block', endedBy: 'policy' }));
     const s = await egressdSamples(m);
-    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule', sandbox: 'sb-secret-42' })).toBe(1);
+    expect(
+      value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule', ended_by: 'client', sandbox: 'sb-secret-42' }),
+    ).toBe(1);
     // A source that belongs to no sandbox is counted under the empty sandbox.
-    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'default-block', sandbox: '' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'default-block', ended_by: 'policy', sandbox: '' })).toBe(1);
     const labelled = new Set(s.filter((x) => 'sandbox' in x.labels).map((x) => x.name));
     expect([...labelled]).toEqual(['egressd_connections_total']);
   });

@@ -207,7 +207,7 @@ describe('parseHttpHead: the 16 KiB cap', () => {
 describe('parseHttpHead: any token is a method (RFC 9110 §9.1)', () => {
   const TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   const token = fc
-    .array(fc.constantFrom(...TCHARS), { minLength: 1, maxLength: 24 })
+    .array(fc.constantFrom(...TCHARS.split('')), { minLength: 1, maxLength: 24 })
     .map((cs) => cs.join(''))
     .filter((m) => m !== 'CONNECT' && m !== 'PRI');
 
@@ -248,7 +248,14 @@ describe('parseHttpHead: leading empty lines (RFC 9112 §2.2)', () => {
 
 describe('parseHttpHead: not HTTP versus bad HTTP', () => {
   it('is not-http for bytes without the shape of a request line', () => {
-    for (const s of ['SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n', 'EHLO client.test\r\n', 'PING\r\n', 'GET /\r\n', ' GET / HTTP/1.1\r\n', 'GET / FTP/1.1\r\n']) {
+    for (const s of [
+      'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n',
+      'EHLO client.test\r\n',
+      'PING\r\n',
+      'GET /\r\n',
+      ' GET / HTTP/1.1\r\n',
+      'GET / FTP/1.1\r\n',
+    ]) {
       expect(parse(s), JSON.stringify(s)).toEqual({ kind: 'not-http' });
     }
   });

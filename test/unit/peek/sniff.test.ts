@@ -29,7 +29,24 @@ describe('sniff', () => {
   });
 
   it('tells HTTP by the shape of a request line, whatever the method token (RFC 9110 §9.1)', () => {
-    for (const m of ['GET', 'POST', 'PUT', 'HEAD', 'DELETE', 'OPTIONS', 'PATCH', 'TRACE', 'CONNECT', 'PRI', 'PROPFIND', 'MKACTIVITY', 'BREW', 'get', 'M-SEARCH', 'X']) {
+    for (const m of [
+      'GET',
+      'POST',
+      'PUT',
+      'HEAD',
+      'DELETE',
+      'OPTIONS',
+      'PATCH',
+      'TRACE',
+      'CONNECT',
+      'PRI',
+      'PROPFIND',
+      'MKACTIVITY',
+      'BREW',
+      'get',
+      'M-SEARCH',
+      'X',
+    ]) {
       expect(sniff(of(`${m} / HTTP/1.1\r\n`)), m).toBe('http');
     }
     // The shape is lenient so that the strict parser, not the sniff, refuses what breaks the grammar.

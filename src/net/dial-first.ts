@@ -1,0 +1,100 @@
+// Dials the first of several addresses that answers: RFC 8305 §5 staggered connection attempts.
+// One attempt starts; the next starts when it fails or after `attemptDelayMs` (the RFC's
+// "Connection Attempt Delay", 250 ms recommended) without an answer, whichever comes first;
+// the first to connect wins and the others are abandoned; all of it within one overall
+// `connectTimeoutMs`.
+
+import type { Socket } from 'node:net';
+import { dial, type DialFailure } from './dial.ts';
+
+/** RFC 8305 §5: "the recommended value for the Connection Attempt Delay is 250 ms". */
+export const CONNECTION_ATTEMPT_DELAY_MS = 250;
+
+export interface Attempt {
+  readonly address: string;
+  /** How it ended: connected, a failure cause, or abandoned once another won (`cancelled`). */
+  readonly result: 'connected' | DialFailure | 'cancelled';
+}
+
+export type DialFirstResult =
+  | { ok: true; socket: Socket; address: string; connectMs: number; attempts: readonly Attempt[] }
+  | { ok: false; cause: DialFailure; detail: string; attempts: readonly Attempt[] };
+
+export interface DialFirstOptions {
+  /** IP address literals, in the order to try them (address-order.ts). */
+  readonly addresses: readonly string[];
+  readonly port: number;
+  /** The overall budget, across every attempt. */
+  readonly connectTimeoutMs: number;
+  readonly attemptDelayMs?: number;
+  /** Aborting abandons every attempt and settles as `aborted`. */
+  readonly signal: AbortSignal;
+}
+
+export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
+  const delay = o.attemptDelayMs ?? CONNECTION_ATTEMPT_DELAY_MS;
+  const started = performance.now();
+  const deadline = started + o.connectTimeoutMs;
+  return new Promise((resolve) => {
+    const attempts: { address: string; result: Attempt['result'] | null }[] = [];
+    const cancel = new AbortController();
+    let settled = false;
+    let next = 0;
+    let pending = 0;
+    let lastFailure: { cause: DialFailure; detail: string } | null = null;
+    let stagger: NodeJS.Timeout | undefined;
+    const snapshot = (): Attempt[] => attempts.map((a) => ({ address: a.address, result: a.result ?? 'cancelled' }));
+    const settle = (r: DialFirstResult): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(stagger);
+      clearTimeout(overall);
+      o.signal.removeEventListener('abort', onAbort);
+      cancel.abort();
+      resolve(r);
+    };
+    const fail = (cause: DialFailure, detail: string): void => settle({ ok: false, cause, detail, attempts: snapshot() });
+
+    const start = (): void => {
+      clearTimeout(stagger);
+      if (settled || next >= o.addresses.length) return;
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) return;
+      const slot = { address: o.addresses[next++]!, result: null as Attempt['result'] | null };
+      attempts.push(slot);
+      pending++;
+      void dial({ address: slot.address, port: o.port, connectTimeoutMs: Math.ceil(remaining), signal: cancel.signal }).then((r) => {
+        pending--;
+        if (r.ok) {
+          if (settled) {
+            r.socket.destroy();
+            return;
+          }
+          slot.result = 'connected';
+          const connectMs = Math.round((performance.now() - started) * 1000) / 1000;
+          settle({ ok: true, socket: r.socket, address: slot.address, connectMs, attempts: snapshot() });
+          return;
+        }
+        if (settled) return;
+        slot.result = r.cause;
+        lastFailure = { cause: r.cause, detail: r.detail };
+        // RFC 8305 §5: a failed attempt starts the next one at once.
+        if (next < o.addresses.length) start();
+        else if (pending === 0) fail(r.cause, attempts.length > 1 ? `Every address failed; last: ${r.detail}` : r.detail);
+      });
+      if (next < o.addresses.length) stagger = setTimeout(start, delay);
+    };
+    const overall = setTimeout(
+      () => {
+        const tried = attempts.map((a) => a.address).join(', ');
+        fail('timeout', `No address answered within ${o.connectTimeoutMs} ms (tried ${tried || 'none'})${lastFailure ? `; last: ${lastFailure.detail}` : ''}`);
+      },
+      Math.max(1, o.connectTimeoutMs),
+    );
+    const onAbort = (): void => fail('aborted', 'Dialing was aborted');
+    if (o.signal.aborted) return onAbort();
+    o.signal.addEventListener('abort', onAbort, { once: true });
+    if (o.addresses.length === 0) return fail('other', 'No address to dial');
+    start();
+  });
+}

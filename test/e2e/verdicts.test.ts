@@ -1,0 +1,480 @@
+// Verdicts that hold against the world (issue 10 parts 1, 3, 4, 7, 8), on the real path: a
+// sandbox namespace REDIRECTed by `egressd iptables --apply` to an egressd process, real clients
+// (curl, openssl, python3 sockets) and real servers in an "internet" namespace, dnsmasq as the
+// resolver. The sandbox's policy is changed through the API between (and during) tests.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
+import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const CA = join(ROOT, 'certs/ca.pem');
+const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
+const TOKEN = 'e2e-verdicts-token';
+
+// Addresses in the internet namespace (198.18.0.0/15 and 2001:db8::/32 only).
+const REAL = '198.18.1.2'; // other.test, allowed.test
+const DENIED = '198.18.1.3'; // blocked.test
+const CIDR_OK = '198.18.1.5'; // allowed by CIDR
+const ATTACKER = '198.18.1.9'; // attacker.test
+const FLAKY = '198.18.1.30'; // multi.test's first address: resets every connection
+const FLAKY6 = '2001:db8:0:2::30'; // multi.test's second address: answers
+const HOLE = '198.18.1.31'; // slow.test's first address: drops every SYN
+const HOLE_OK = '198.18.1.32'; // slow.test's second address
+const GREETER = '198.18.1.40'; // a server-first service on 443 and 80 (python, not upstream-server)
+const HANG = '198.18.1.41'; // drops every SYN: a dial that never completes
+
+const skip = rigUnavailableReason();
+if (skip) console.warn(`e2e verdicts skipped: ${skip}`);
+
+const PY_WAIT_THEN_SEND = `
+import socket, sys, time
+ip, port, wait, payload = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].encode().decode('unicode_escape').encode('latin-1')
+s = socket.create_connection((ip, port), timeout=10)
+print("port", s.getsockname()[1], flush=True)
+time.sleep(wait)
+data = b""
+try:
+    s.sendall(payload)
+    s.settimeout(3)
+    while len(data) < 65536:
+        c = s.recv(4096)
+        if not c: break
+        data += c
+except socket.timeout:
+    pass
+except Exception as e:
+    print("error", type(e).__name__, repr(data[:200]))
+    sys.exit(0)
+print("reply", repr(data[:200]))
+`;
+
+const PY_WAIT_THEN_TLS = `
+import socket, ssl, sys, time
+ip, name, wait, ca = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+s = socket.create_connection((ip, 443), timeout=10)
+print("port", s.getsockname()[1], flush=True)
+time.sleep(wait)
+try:
+    t = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=name)
+    print("connected")
+except ssl.SSLError as e:
+    print("ssl-error", e.reason)
+except Exception as e:
+    print("error", type(e).__name__)
+`;
+
+const PY_GREETER = `
+import socket, sys, threading
+ip = sys.argv[1]
+def serve(port):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((ip, port)); srv.listen(16)
+    while True:
+        c, _ = srv.accept()
+        try:
+            c.sendall(b"220 greeter ready\\r\\n")
+        except Exception:
+            pass
+        c.close()
+for p in (80, 443):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+`;
+
+const PY_WAIT_GREETING = `
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+t = time.monotonic()
+s = socket.create_connection((ip, port), timeout=15)
+print("port", s.getsockname()[1], flush=True)
+try:
+    d = s.recv(100)
+    print("greeting", repr(d), round((time.monotonic() - t) * 1000))
+except Exception as e:
+    print("error", type(e).__name__, round((time.monotonic() - t) * 1000))
+`;
+
+describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 10)', () => {
+  let rig: Rig;
+  let daemon: DaemonProcess;
+  let dir: string;
+
+  beforeAll(async () => {
+    rig = await createRig();
+    dir = mkdtempSync(join(tmpdir(), 'egressd-e2e-verdicts-'));
+    await rig.servers([REAL, DENIED, CIDR_OK, ATTACKER, FLAKY, FLAKY6, HOLE, HOLE_OK]);
+    await rig.dns({
+      'other.test': [REAL],
+      'allowed.test': [REAL],
+      'blocked.test': [DENIED],
+      'attacker.test': [ATTACKER],
+      'multi.test': [FLAKY, FLAKY6],
+      'slow.test': [HOLE, HOLE_OK],
+    });
+    // The internet namespace resets FLAKY, and black-holes HOLE and HANG.
+    const ifc = (await rig.execIn('internet', 'ip', ['-o', '-4', 'addr', 'show'])).stdout
+      .split('\n')
+      .find((l) => l.includes(`${REAL}/`))!
+      .split(/\s+/)[1]!;
+    for (const a of [GREETER, HANG]) expect((await rig.execIn('internet', 'ip', ['addr', 'add', `${a}/24`, 'dev', ifc])).code).toBe(0);
+    for (const args of [
+      ['-I', 'INPUT', '-d', FLAKY, '-p', 'tcp', '-j', 'REJECT', '--reject-with', 'tcp-reset'],
+      ['-I', 'INPUT', '-d', HOLE, '-p', 'tcp', '--syn', '-j', 'DROP'],
+      ['-I', 'INPUT', '-d', HANG, '-p', 'tcp', '--syn', '-j', 'DROP'],
+    ]) {
+      const r = await rig.execIn('internet', 'iptables', args);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const greeter = rig.spawnIn('internet', 'python3', ['-c', PY_GREETER, GREETER]);
+    await new Promise<void>((r) => greeter.stdout!.once('data', () => r()));
+
+    const config = {
+      listen: { http: ['0.0.0.0:15080', '[::]:15080'], tls: ['0.0.0.0:15443', '[::]:15443'], tcp: ['0.0.0.0:15001', '[::]:15001'] },
+      admin: { listen: '127.0.0.1:9901', token: TOKEN },
+      dns: { servers: [rig.dnsServer], sandboxServers: [rig.dnsServer] },
+      // A first-byte wait long enough for a client to be told apart from one that waits for
+      // the server; the peek deadline beyond it.
+      peek: { timeoutMs: 6000, firstByteTimeoutMs: 2000 },
+      upstream: { connectTimeoutMs: 4000 },
+      protected: { except: ['198.18.0.0/15', '2001:db8::/32'] },
+      state: { path: join(dir, 'state.db') },
+    };
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, JSON.stringify(config));
+    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
+    await rig.redirect(PORTS);
+    await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop('SIGTERM');
+    await rig?.teardown();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const api = async (method: string, path: string, body: unknown): Promise<number> => {
+    const r = await rig.execIn('router', 'curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '-X',
+      method,
+      '-H',
+      `authorization: Bearer ${TOKEN}`,
+      '-H',
+      'content-type: application/json',
+      '--data',
+      JSON.stringify(body),
+      `http://127.0.0.1:9901${path}`,
+    ]);
+    return Number(r.stdout);
+  };
+  const putSandbox = async (body: unknown): Promise<void> => {
+    const code = await api('PUT', '/api/v1/sandboxes/sb', body);
+    expect([200, 201]).toContain(code);
+  };
+  const setNetwork = async (network: unknown): Promise<void> => expect(await api('PUT', '/api/v1/sandboxes/sb/network', network)).toBe(200);
+  const inSandbox = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
+  /** The outcome line of a connection, by the client's own port or a predicate. */
+  const outcome = (pred: (l: LogLine) => boolean): Promise<LogLine> => daemon.waitFor((l) => l.event === 'connection' && pred(l), 15_000);
+  const fromPort = (port: string) => (l: LogLine) => String(l['source']).endsWith(`:${port}`);
+  const eventsAt = (address: string): number => rig.events().filter((e) => e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
+  const bytesAt = (address: string): number =>
+    rig.events().filter((e) => e.event === 'data' && (e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`))).length;
+  /** python3 in the sandbox: connect, wait `waitS`, send `payload` (Python escapes), read the reply. */
+  const waitThenSend = (ip: string, port: number, waitS: number, payload: string) => {
+    const run = inSandbox('python3', ['-c', PY_WAIT_THEN_SEND, ip, String(port), String(waitS), payload]);
+    return run.then((r) => {
+      const port_ = /^port (\d+)$/m.exec(r.stdout)?.[1] ?? '';
+      const reply = /^reply (.*)$/m.exec(r.stdout)?.[1] ?? /^error (.*)$/m.exec(r.stdout)?.[0] ?? r.stderr;
+      return { port: port_, reply };
+    });
+  };
+  /**
+   * The same client as a process of its own, so a test can act once it is connected (python's
+   * start-up in the namespace takes a while): `connected` gives its port, `done` its reply.
+   */
+  const startClient = (ip: string, port: number, waitS: number, payload: string) => {
+    const child = rig.spawnIn('sandbox', 'python3', ['-c', PY_WAIT_THEN_SEND, ip, String(port), String(waitS), payload]);
+    let out = '';
+    child.stdout!.setEncoding('utf8');
+    const connected = new Promise<string>((resolve) => {
+      child.stdout!.on('data', (d: string) => {
+        out += d;
+        const m = /^port (\d+)$/m.exec(out);
+        if (m) resolve(m[1]!);
+      });
+    });
+    const done = new Promise<string>((resolve) => child.once('exit', () => resolve(out)));
+    return { connected, done };
+  };
+  const GET = (host: string) => `GET / HTTP/1.1\\r\\nHost: ${host}\\r\\nConnection: close\\r\\n\\r\\n`;
+
+  describe('part 1: a policy change reaches every connection that is not yet decided', () => {
+    it("the issue's example: a change made while the client waits in the peek judges its request (403, no upstream connection)", async () => {
+      // allow-all with a deny list: a name can matter, so the connection waits in the peek.
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
+      const before = eventsAt(REAL);
+      const client = startClient(REAL, 80, 1.5, GET('other.test'));
+      const port = await client.connected;
+      await setNetwork({ mode: 'block-all' });
+      expect(await client.done).toContain('403');
+      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
+      expect(eventsAt(REAL)).toBe(before);
+    });
+
+    it('the same on the tls listener with a real TLS client (Python ssl): the alert, not the upstream', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
+      const before = eventsAt(REAL);
+      const client = inSandbox('python3', ['-c', PY_WAIT_THEN_TLS, REAL, 'other.test', '1.2', CA]);
+      await new Promise((r) => setTimeout(r, 300));
+      await setNetwork({ mode: 'block-all' });
+      const r = await client;
+      expect(r.stdout).toMatch(/ssl-error .*ACCESS_DENIED/i);
+      expect(await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!))).toMatchObject({ protocol: 'tls', name: 'other.test', reason: 'default-block' });
+      expect(eventsAt(REAL)).toBe(before);
+    });
+
+    it('an organization change reaches a connection waiting in the peek', async () => {
+      expect([200, 201]).toContain(await api('PUT', '/api/v1/orgs/acme', { tier: 4 }));
+      await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], org: 'acme', network: { mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } } });
+      const client = startClient(REAL, 80, 1.5, GET('other.test'));
+      const port = await client.connected;
+      // Tier 1: the essential services only.
+      expect(await api('PUT', '/api/v1/orgs/acme', { tier: 1 })).toBe(200);
+      expect(await client.done).toContain('403');
+      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', rule: 'org acme: mode "block-all"', dialed: null });
+      await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
+    });
+
+    it('a change made while the upstream is being dialed closes it before any byte goes up', async () => {
+      await setNetwork({ mode: 'allow-all' });
+      // No name can matter: decided at accept, then dialing HANG, which never answers.
+      const client = startClient(HANG, 7000, 0.2, 'hello\\r\\n');
+      const port = await client.connected;
+      await new Promise((r) => setTimeout(r, 500));
+      await setNetwork({ mode: 'block-all' });
+      await client.done;
+      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy', dialed: null });
+    });
+
+    it('a connection that was spliced at once (no name could matter) is closed by the change, and no byte reaches the upstream', async () => {
+      await setNetwork({ mode: 'allow-all' });
+      const before = bytesAt(REAL);
+      const client = startClient(REAL, 80, 1.5, GET('other.test'));
+      const port = await client.connected;
+      await new Promise((r) => setTimeout(r, 300));
+      await setNetwork({ mode: 'block-all' });
+      expect(await client.done).not.toContain('200 OK');
+      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy' });
+      expect(bytesAt(REAL)).toBe(before);
+    });
+  });
+
+  describe('part 3: every listener reads the name in either protocol', () => {
+    it("the issue's example: plain HTTP with a denied Host on port 443 is refused as on port 80", async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
+      const before = eventsAt(DENIED);
+      const { port, reply } = await waitThenSend(DENIED, 443, 0, GET('blocked.test'));
+      expect(reply).toContain('403');
+      expect(await outcome(fromPort(port))).toMatchObject({ listener: 'tls', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      expect(eventsAt(DENIED)).toBe(before);
+    });
+
+    it('a TLS ClientHello with a denied SNI on port 80 gets the alert', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
+      const r = await inSandbox('openssl', ['s_client', '-connect', `${DENIED}:80`, '-servername', 'blocked.test', '-CAfile', CA], 20_000);
+      expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
+      expect(await outcome((l) => l['destination'] === `${DENIED}:80` && l['protocol'] === 'tls')).toMatchObject({
+        listener: 'http',
+        name: 'blocked.test',
+        reason: 'deny-rule',
+      });
+    });
+
+    it('HTTP to an allowed name on port 443 and TLS on port 80 are allowed by their names', async () => {
+      // The upstream speaks TLS on 443 and HTTP on 80, so the exchanges themselves fail there:
+      // what is checked is egressd's verdict, by name, on the listener of the other protocol.
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'] } });
+      await inSandbox('curl', ['-sS', '--max-time', '5', '--resolve', `other.test:443:${REAL}`, 'http://other.test:443/']);
+      expect(await outcome((l) => l['listener'] === 'tls' && l['protocol'] === 'http' && l['name'] === 'other.test')).toMatchObject({
+        verdict: 'allow',
+        reason: 'allow-rule',
+        dialed: REAL,
+      });
+      await inSandbox('curl', ['-sS', '--max-time', '5', '--cacert', CA, '--resolve', `other.test:80:${REAL}`, 'https://other.test:80/']);
+      expect(await outcome((l) => l['listener'] === 'http' && l['protocol'] === 'tls' && l['name'] === 'other.test')).toMatchObject({
+        verdict: 'allow',
+        reason: 'allow-rule',
+        dialed: REAL,
+      });
+    });
+  });
+
+  describe('part 4: neither TLS nor HTTP is judged by address and port', () => {
+    it("the issue's example (a): an SSH banner to port 80 of an address allowed by CIDR is relayed, decided at accept", async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${CIDR_OK}/32`] } });
+      const before = bytesAt(CIDR_OK);
+      const { port, reply } = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
+      expect(reply).not.toContain('403');
+      const o = await outcome(fromPort(port));
+      expect(o).toMatchObject({ verdict: 'allow', reason: 'allow-rule', dialed: CIDR_OK });
+      expect(o['peekMs']).toBeUndefined();
+      expect(bytesAt(CIDR_OK)).toBeGreaterThan(before);
+    });
+
+    it('where the peek runs (a deny list), an SSH banner, a Redis command and an HTTP/0.9 line are read as not HTTP and relayed', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
+      const ssh = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
+      expect(await outcome(fromPort(ssh.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', dialed: CIDR_OK });
+      const ping = await waitThenSend(CIDR_OK, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
+      expect(ping.reply).toContain('PING');
+      expect(await outcome(fromPort(ping.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown' });
+      const old = await waitThenSend(CIDR_OK, 443, 0, 'GET /\\r\\n');
+      expect(await outcome(fromPort(old.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', listener: 'tls' });
+    });
+
+    it('not HTTP to an address the policy does not allow is refused by address', async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${CIDR_OK}/32`] } });
+      const refused = await waitThenSend(DENIED, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
+      expect(await outcome(fromPort(refused.port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', protocol: 'unknown', endedBy: 'policy' });
+    });
+
+    it('bad HTTP stays refused where the peek runs: obs-fold, two Hosts, a bare LF', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
+      const fold = await waitThenSend(CIDR_OK, 80, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\n x\\r\\n\\r\\n');
+      expect(fold.reply).toContain('403');
+      expect(await outcome(fromPort(fold.port))).toMatchObject({ reason: 'malformed-http', endedBy: 'client' });
+      const two = await waitThenSend(CIDR_OK, 443, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\nHost: x.test\\r\\n\\r\\n');
+      expect(two.reply).toContain('403');
+      const lf = await waitThenSend(CIDR_OK, 7000, 0, 'GET / HTTP/1.1\\nHost: blocked.test\\r\\n\\r\\n');
+      expect(lf.reply).toContain('403');
+    });
+
+    it("the issue's example (b): a server-first service on 443 under full access greets at once", async () => {
+      await setNetwork({ mode: 'allow-all' });
+      for (const port of [443, 80]) {
+        const r = await inSandbox('python3', ['-c', PY_WAIT_GREETING, GREETER, String(port)]);
+        const m = /^greeting (.*) (\d+)$/m.exec(r.stdout);
+        expect(m?.[1], r.stdout).toContain('220 greeter ready');
+        // Decided at accept: no peek at all.
+        const o = await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
+        expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', dialed: GREETER });
+        expect(o['peekMs']).toBeUndefined();
+      }
+    });
+
+    it('where a name could matter, a server-first service is judged by address after the first-byte wait, not reset at the peek deadline', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
+      const r = await inSandbox('python3', ['-c', PY_WAIT_GREETING, GREETER, '443']);
+      const m = /^greeting (.*) (\d+)$/m.exec(r.stdout);
+      expect(m?.[1], r.stdout).toContain('220 greeter ready');
+      // Judged after peek.firstByteTimeoutMs (2 s here), never cut at the peek deadline.
+      const o = await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
+      expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', reason: 'default-allow' });
+      expect(Number(o['peekMs'])).toBeGreaterThanOrEqual(1900);
+      // The same under an allowing CIDR beside an allow list.
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${GREETER}/32`] } });
+      const c = await inSandbox('python3', ['-c', PY_WAIT_GREETING, GREETER, '80']);
+      expect(c.stdout).toContain('220 greeter ready');
+    });
+  });
+
+  describe('parts 5 and 6 through the real path: any token method, leading empty lines', () => {
+    it("the issue's examples: MKACTIVITY to port 5432 and a leading CRLF on the tcp listener are judged by their Host", async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test', 'denied.test'] } });
+      const mk = await waitThenSend(DENIED, 5432, 0, 'MKACTIVITY / HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n');
+      expect(mk.reply).toContain('403');
+      expect(await outcome(fromPort(mk.port))).toMatchObject({ listener: 'tcp', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      const crlf = await waitThenSend(DENIED, 5432, 0, '\\r\\nGET / HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n');
+      expect(crlf.reply).toContain('403');
+      expect(await outcome(fromPort(crlf.port))).toMatchObject({ name: 'denied.test', reason: 'deny-rule' });
+    });
+
+    it("under an allow list naming the Host, another token method and two leading empty lines pass to the name's address", async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'] } });
+      const brew = await waitThenSend(REAL, 80, 0, 'PROPFIND / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n');
+      expect(brew.reply).toContain(REAL);
+      const two = await waitThenSend(ATTACKER, 80, 0, '\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: other.test\\r\\nConnection: close\\r\\n\\r\\n');
+      expect(two.reply).toContain(REAL);
+    });
+  });
+
+  describe('part 7: a presented name is honoured under every mode', () => {
+    it("the issue's example: an innocent SNI sent to a denied name's address reaches the innocent name's own address", async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
+      const before = eventsAt(ATTACKER);
+      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `other.test:443:${ATTACKER}`, 'https://other.test/']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain(REAL);
+      expect(await outcome((l) => l['destination'] === `${ATTACKER}:443` && l['name'] === 'other.test')).toMatchObject({ verdict: 'allow', dialed: REAL });
+      expect(eventsAt(ATTACKER)).toBe(before);
+    });
+
+    it('the same with an HTTP Host, and a name that does not resolve is refused rather than dialed at the destination', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
+      const before = eventsAt(ATTACKER);
+      const h = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `other.test:80:${ATTACKER}`, 'http://other.test/']);
+      expect(h.stdout).toContain(REAL);
+      const nx = await inSandbox('curl', [
+        '-sS',
+        '--max-time',
+        '10',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '--resolve',
+        `nowhere.test:80:${ATTACKER}`,
+        'http://nowhere.test/',
+      ]);
+      expect(nx.stdout).toBe('403');
+      expect(await outcome((l) => l['name'] === 'nowhere.test')).toMatchObject({ verdict: 'refuse', reason: 'dns-failure', endedBy: 'upstream' });
+      expect(eventsAt(ATTACKER)).toBe(before);
+    });
+
+    it('a connection that carries no name is judged by address and port alone (docs/limits.md)', async () => {
+      await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
+      const { port } = await waitThenSend(ATTACKER, 7000, 0, 'hi\\r\\n');
+      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'allow', dialed: ATTACKER, name: null });
+    });
+  });
+
+  describe('part 8: the next address when one fails', () => {
+    it("the issue's example: the first address resets, the next one (IPv6) answers, and the log lists both", async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['multi.test'] } });
+      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `multi.test:80:${FLAKY}`, 'http://multi.test/']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain(FLAKY6);
+      const o = await outcome((l) => l['name'] === 'multi.test' && l['destination'] === `${FLAKY}:80`);
+      expect(o).toMatchObject({ verdict: 'allow', dialed: FLAKY6, tried: [`${FLAKY} refused`, `${FLAKY6} connected`] });
+    });
+
+    it("a spoofed destination goes to the name's addresses in turn; over TLS too", async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['multi.test'] } });
+      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '-k', '--resolve', `multi.test:443:${ATTACKER}`, 'https://multi.test/']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain(FLAKY6);
+    });
+
+    it('a black-holed first address: the next attempt starts 250 ms later and answers within the connect budget', async () => {
+      await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['slow.test'] } });
+      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `slow.test:80:${HOLE}`, 'http://slow.test/']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain(HOLE_OK);
+      const o = await outcome((l) => l['name'] === 'slow.test');
+      expect(o).toMatchObject({ dialed: HOLE_OK, tried: [`${HOLE} cancelled`, `${HOLE_OK} connected`] });
+      expect(Number(o['connectMs'])).toBeGreaterThanOrEqual(240);
+      expect(Number(o['connectMs'])).toBeLessThan(4000);
+    });
+  });
+});
