@@ -177,8 +177,8 @@ describe('Metrics as the daemon feeds them', () => {
     m.shed('tls', 'sandbox-limit', 'sb-1');
     m.shed('tcp', 'overload', null);
     const s = await egressdSamples(m);
-    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'sandbox-limit' })).toBe(1);
-    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'refuse', reason: 'overload' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tls', verdict: 'refuse', reason: 'sandbox-limit', ended_by: 'egressd' })).toBe(1);
+    expect(value(s, 'egressd_connections_total', { listener: 'tcp', verdict: 'refuse', reason: 'overload', ended_by: 'egressd' })).toBe(1);
     expect(value(s, 'egressd_active_connections', { listener: 'tls' })).toBe(0);
   });
 
