@@ -1,4 +1,4 @@
-// The Daytona dialect (the three Daytona network documents (docs/sources.md)): `networkBlockAll`, `networkAllowList` and the
+// The Daytona dialect (its three network documents, docs/sources.md): `networkBlockAll`, `networkAllowList` and the
 // newer `domainAllowList`, as Daytona's create-sandbox body carries them, into the canonical
 // policy.
 //
