@@ -1,17 +1,21 @@
 // The error-code table. Every error egressd raises on purpose is one class here, with a stable
-// `code` (EGRESSD_ERR_*) that tests pin and docs list. Messages are sentence case and quote the
-// offending value; `cause` carries the underlying error when there is one.
+// `code` (EGRESSD_ERR_*) that tests pin and docs list, and every class here is raised somewhere
+// (test/unit/errors.test.ts checks both). Messages are sentence case and quote the offending
+// value; `cause` carries the underlying error when there is one. The admin API's wire codes
+// (`not_found`, ...) are a second table, API_ERRORS, read by the server and pinned to
+// docs/api.md by the docs test.
 
 import type { FieldIssue } from './util/issues.ts';
 
 export const ERROR_CODES = {
-  EGRESSD_ERR_INVALID_POLICY: 'A policy failed validation; nothing was changed',
   EGRESSD_ERR_INVALID_CONFIG: 'The configuration file failed validation; nothing was changed',
   EGRESSD_ERR_CONFIG_READ: 'The configuration file could not be read or parsed',
   EGRESSD_ERR_USAGE: 'A command-line usage error',
   EGRESSD_ERR_NATIVE_ADDON: 'The original-destination addon could not be loaded',
   EGRESSD_ERR_ORIGINAL_DST: 'getsockopt(SO_ORIGINAL_DST) failed with an unexpected errno',
   EGRESSD_ERR_STATE_INVALID: 'The state (state.path) could not be read whole or failed validation; egressd did not start and wrote nothing',
+  EGRESSD_ERR_API_REQUEST: 'An admin API request was refused; the response carries its API error code',
+  EGRESSD_ERR_COMMAND_FAILED: 'A system command egressd ran (iptables-restore, nft, ...) exited with an error',
   EGRESSD_ERR_STATE_WRITE: 'A change could not be made durable in the state (state.path); nothing was changed',
 } as const;
 
@@ -29,15 +33,6 @@ export class EgressdError extends Error {
 /** Formats issues as `field: reason` lines, the shape every validation error prints. */
 export function formatIssues(issues: readonly FieldIssue[]): string {
   return issues.map((i) => `${i.field}: ${i.reason}`).join('\n');
-}
-
-export class InvalidPolicyError extends EgressdError {
-  readonly issues: readonly FieldIssue[];
-  constructor(issues: readonly FieldIssue[]) {
-    super('EGRESSD_ERR_INVALID_POLICY', `Invalid policy:\n${formatIssues(issues)}`);
-    this.name = 'InvalidPolicyError';
-    this.issues = issues;
-  }
 }
 
 export class InvalidConfigError extends EgressdError {
@@ -127,5 +122,61 @@ export class StateWriteError extends EgressdError {
     this.file = file;
     this.errno = errno;
     this.detail = detail;
+  }
+}
+
+/**
+ * The admin API's error codes: the HTTP status each is answered with and when. The server
+ * answers with these codes only (ApiError takes its status from here), and docs/api.md's error
+ * table lists exactly these rows (test/unit/deploy.test.ts).
+ */
+export const API_ERRORS = {
+  invalid_json: { status: 400, when: 'The body is empty or not valid JSON.' },
+  invalid_policy: { status: 400, when: 'A sandbox or organization body fails validation.' },
+  invalid_request: { status: 400, when: 'A `POST /api/v1/check` body or a query parameter is malformed.' },
+  unauthorized: { status: 401, when: 'No token, a wrong token, or no token configured.' },
+  not_found: { status: 404, when: 'The sandbox, organization or route does not exist.' },
+  method_not_allowed: { status: 405, when: 'The path exists but not with this method.' },
+  conflict: { status: 409, when: 'The change contradicts the current state (a source owned elsewhere, a config-file sandbox).' },
+  body_too_large: { status: 413, when: 'The body exceeds `admin.maxBodyBytes`.' },
+  unsupported_media_type: { status: 415, when: '`Content-Type` is not `application/json`.' },
+  internal: { status: 500, when: 'An unexpected failure; nothing was applied.' },
+  state_write_failed: { status: 503, when: 'The change could not be made durable in `state.path`; nothing was changed.' },
+} as const;
+
+export type ApiErrorCode = keyof typeof API_ERRORS;
+
+/** An admin API request refused with one of API_ERRORS; `field` is the first offending field's path. */
+export class ApiError extends EgressdError {
+  readonly status: (typeof API_ERRORS)[ApiErrorCode]['status'];
+  readonly apiCode: ApiErrorCode;
+  readonly field: string | null;
+  constructor(status: (typeof API_ERRORS)[ApiErrorCode]['status'], apiCode: ApiErrorCode, message: string, field: string | null = null) {
+    super('EGRESSD_ERR_API_REQUEST', message);
+    this.name = 'ApiError';
+    // The table decides; call sites spell the status for the reader, and the docs test checks
+    // that they agree with it.
+    void status;
+    this.status = API_ERRORS[apiCode].status;
+    this.apiCode = apiCode;
+    this.field = field;
+  }
+}
+
+/** What a failed system command printed, for `egressd iptables`. */
+export interface CommandOutput {
+  readonly code: number | null;
+  readonly stderr: string;
+}
+
+/** A system command egressd ran exited non-zero or could not start; `detail` adds its stderr and input. */
+export class CommandFailed extends EgressdError {
+  readonly detail: string;
+  constructor(cmd: string, args: readonly string[], r: CommandOutput, input?: string) {
+    const shown = [cmd, ...args].join(' ');
+    const stdin = input === undefined ? '' : `\nits input was:\n${input.replace(/^/gm, '  ')}`;
+    super('EGRESSD_ERR_COMMAND_FAILED', `Command failed (exit ${r.code ?? 'none'}): ${shown}`);
+    this.name = 'CommandFailed';
+    this.detail = `${this.message}\n${r.stderr.trim()}${stdin}`;
   }
 }

@@ -11,8 +11,8 @@ import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { renderNetwork, type NetworkView } from '../policy/render.ts';
 import { verdict } from '../policy/verdict.ts';
-import { ApiError, checkBearer, readJson, sendError } from './http-body.ts';
-import { StateWriteError } from '../errors.ts';
+import { checkBearer, readJson, sendError } from './http-body.ts';
+import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 

@@ -3,24 +3,12 @@
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ApiError } from '../errors.ts';
 import { sendJson } from './server.ts';
-
-export class ApiError extends Error {
-  readonly status: 400 | 401 | 404 | 409 | 413 | 415 | 503;
-  readonly code: string;
-  readonly field: string | null;
-  constructor(status: ApiError['status'], code: string, message: string, field: string | null = null) {
-    super(message);
-    this.name = 'ApiError';
-    this.status = status;
-    this.code = code;
-    this.field = field;
-  }
-}
 
 export function sendError(res: ServerResponse, e: ApiError): void {
   if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="egressd"');
-  sendJson(res, e.status, { error: { code: e.code, message: e.message, field: e.field } });
+  sendJson(res, e.status, { error: { code: e.apiCode, message: e.message, field: e.field } });
 }
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();

@@ -27,9 +27,10 @@ interface Case {
 
 const CASES: Record<string, Case> = {
   EgressdError: { make: (c) => new EgressdError('EGRESSD_ERR_USAGE', 'Unknown flag "--frob"', { cause: c }), quoted: null, takesCause: true },
-  InvalidPolicyError: {
-    make: () => new errors.InvalidPolicyError([{ field: 'egress.allowed_ports[0]', reason: 'Port "70000" is outside 1-65535' }]),
-    quoted: 'egress.allowed_ports[0]',
+  ApiError: { make: () => new errors.ApiError(404, 'not_found', 'Sandbox "sb-9" does not exist', 'id'), quoted: '"sb-9"', takesCause: false },
+  CommandFailed: {
+    make: () => new errors.CommandFailed('nft', ['-f', '-'], { code: 1, stderr: 'Error: syntax error' }, 'table ip egressd'),
+    quoted: 'nft -f -',
     takesCause: false,
   },
   InvalidConfigError: {
@@ -91,9 +92,23 @@ describe('the error classes', () => {
     expect(new Set(codes).size).toBe(codes.length);
   });
 
-  it('keep the issues an invalid policy or config was refused for', () => {
+  it('are each raised somewhere under src/ (a class nothing throws is not part of the vocabulary)', () => {
+    const src = readdirSync(SRC, { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('.ts') && f !== 'errors.ts')
+      .map((f) => readFileSync(join(SRC, f), 'utf8'))
+      .join('\n');
+    const unraised = CLASSES.map(([n]) => n).filter((n) => n !== 'EgressdError' && !src.includes(`new ${n}(`));
+    expect(unraised).toEqual([]);
+  });
+
+  it('ApiError takes its status from API_ERRORS, and its details from the caller', () => {
+    const e = new errors.ApiError(409, 'conflict', 'Source "198.18.0.2" belongs to sandbox "a"', 'sources[0]');
+    expect([e.status, e.apiCode, e.field]).toEqual([409, 'conflict', 'sources[0]']);
+    expect(new errors.ApiError(503, 'state_write_failed', 'x').status).toBe(errors.API_ERRORS.state_write_failed.status);
+  });
+
+  it('keep the issues an invalid config was refused for', () => {
     const issues = [{ field: 'mode', reason: 'Unknown mode "open"' }];
-    expect(new errors.InvalidPolicyError(issues).issues).toEqual(issues);
     const c = new errors.InvalidConfigError('x.yaml', issues);
     expect(c.issues).toEqual(issues);
     expect(c.file).toBe('x.yaml');

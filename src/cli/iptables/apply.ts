@@ -2,6 +2,7 @@
 // prints the same steps as a shell script when neither flag is given.
 
 import { spawn } from 'node:child_process';
+import { CommandFailed } from '../../errors.ts';
 import { buildRuleSet, CHAINS, type Family, type IptablesOptions, type RuleSet, type Table } from './rules.ts';
 import { iptablesJumps, renderIptablesRemoval, renderIptablesRestore } from './render-iptables.ts';
 import { renderNft } from './render-nft.ts';
@@ -56,16 +57,6 @@ export const runCommand: Runner = (cmd, args, input) =>
     child.stdin.on('error', () => {});
     child.stdin.end(input ?? '');
   });
-
-export class CommandFailed extends Error {
-  readonly detail: string;
-  constructor(cmd: string, args: readonly string[], r: RunResult, input?: string) {
-    const shown = [cmd, ...args].join(' ');
-    const stdin = input === undefined ? '' : `\nits input was:\n${input.replace(/^/gm, '  ')}`;
-    super(`Command failed (exit ${r.code ?? 'none'}): ${shown}`);
-    this.detail = `${this.message}\n${r.stderr.trim()}${stdin}`;
-  }
-}
 
 export async function must(run: Runner, cmd: string, args: readonly string[], input?: string): Promise<RunResult> {
   const r = await run(cmd, args, input);

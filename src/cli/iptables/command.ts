@@ -9,7 +9,8 @@
 // leaves every other rule where it was.
 
 import { IPTABLES_USAGE, parseIptablesArgs } from './args.ts';
-import { ALL_IPTABLES_CHAINS, applyIptables, CommandFailed, must, removeIptablesChains, renderScript, runCommand, type Runner } from './apply.ts';
+import { CommandFailed } from '../../errors.ts';
+import { ALL_IPTABLES_CHAINS, applyIptables, must, removeIptablesChains, renderScript, runCommand, type Runner } from './apply.ts';
 import { nftTableName, renderNft, renderNftRemove } from './render-nft.ts';
 import { buildRuleSet, type Family } from './rules.ts';
 
