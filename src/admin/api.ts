@@ -92,6 +92,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     return r;
   };
 
+  admin.route({ method: 'GET', path: /^\/api\/v1\/orgs$/, handler: guarded((_q, res) => sendJson(res, 200, { orgs: cp.orgs() })) });
   admin.route({ method: 'GET', path: /^\/api\/v1\/sandboxes$/, handler: guarded((_q, res) => sendJson(res, 200, { sandboxes: cp.sandboxes().map(view) })) });
   admin.route({
     method: 'PUT',

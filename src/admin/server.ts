@@ -13,9 +13,14 @@ export interface Route {
   readonly handler: (req: IncomingMessage, res: ServerResponse, params: string[]) => void | Promise<void>;
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
   const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
   res.end(text);
 }
 
@@ -53,11 +58,12 @@ export class AdminServer {
 
   async #dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
-    let pathMatched = false;
+    const allowed = new Set<string>();
     for (const r of this.#routes) {
       const m = r.path.exec(path);
       if (!m) continue;
-      pathMatched = true;
+      allowed.add(r.method);
+      if (r.method === 'GET') allowed.add('HEAD');
       if (r.method !== req.method && !(r.method === 'GET' && req.method === 'HEAD')) continue;
       try {
         await r.handler(req, res, m.slice(1));
@@ -67,8 +73,16 @@ export class AdminServer {
       }
       return;
     }
-    if (pathMatched) sendJson(res, 405, { error: { code: 'method_not_allowed', message: `Method ${req.method} is not allowed on ${path}`, field: null } });
-    else sendJson(res, 404, { error: { code: 'not_found', message: `No route for ${path}`, field: null } });
+    // RFC 9110 §15.5.6: a 405 names the methods the resource does support, in Allow.
+    if (allowed.size > 0) {
+      const allow = [...allowed].sort().join(', ');
+      sendJson(
+        res,
+        405,
+        { error: { code: 'method_not_allowed', message: `Method ${req.method} is not allowed on ${path}; allowed: ${allow}`, field: null } },
+        { allow },
+      );
+    } else sendJson(res, 404, { error: { code: 'not_found', message: `No route for ${path}`, field: null } });
   }
 
   get port(): number | null {

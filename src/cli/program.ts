@@ -264,6 +264,8 @@ Run "egressd <command> --help" for a command's own options.`,
     .argument('<id>', 'organization id')
     .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/orgs/${enc(id)}` }));
 
+  apiOptions(sub(org, 'ls', 'List organizations')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/orgs' }));
+
   apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused"))
     .requiredOption('--sandbox <id>', 'sandbox id')
     .option('--host <name>', 'the SNI or Host the client sends')

@@ -248,6 +248,11 @@ export class ControlPlane {
     return [...this.#records.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 
+  /** Every organization, by id. */
+  orgs(): OrgRecord[] {
+    return [...this.#orgs.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
   orgRecord(id: string): OrgRecord | undefined {
     return this.#orgs.get(id);
   }

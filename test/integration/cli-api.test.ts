@@ -41,6 +41,7 @@ const COMMANDS = [
   ['org', 'put'],
   ['org', 'get'],
   ['org', 'rm'],
+  ['org', 'ls'],
 ] as const;
 
 describe('egressd --help', () => {

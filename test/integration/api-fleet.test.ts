@@ -1,0 +1,53 @@
+// The API for a fleet (issue 13 part 5, the parts built so far): a list of organizations, and
+// every 405 naming the methods the resource supports in Allow (RFC 9110 §15.5.6).
+
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+
+const auth = { authorization: 'Bearer test-token', 'content-type': 'application/json' };
+
+describe('the admin API for a fleet', () => {
+  let d: LoopbackDaemon;
+  beforeAll(async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+  });
+  afterAll(async () => {
+    await d.stop();
+  });
+  const call = async (method: string, path: string, body?: unknown) => {
+    const res = await request(`${d.adminUrl}${path}`, {
+      method: method as 'GET',
+      headers: auth,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, headers: res.headers, body: text ? (JSON.parse(text) as Record<string, any>) : null };
+  };
+
+  it.each([
+    ['PATCH', '/api/v1/sandboxes/sb-1', 'DELETE, GET, HEAD, PUT'],
+    ['POST', '/api/v1/sandboxes', 'GET, HEAD'],
+    ['GET', '/api/v1/check', 'POST'],
+    ['DELETE', '/api/v1/orgs', 'GET, HEAD'],
+    ['POST', '/api/v1/sandboxes/sb-1/effective', 'GET, HEAD'],
+  ])('%s %s is 405 with Allow: %s', async (method, path, allow) => {
+    const r = await call(method, path);
+    expect(r.status).toBe(405);
+    expect(r.headers['allow']).toBe(allow);
+    expect(r.body?.['error']).toMatchObject({ code: 'method_not_allowed' });
+  });
+
+  it('lists the organizations, by id', async () => {
+    expect((await call('GET', '/api/v1/orgs')).body).toEqual({ orgs: [] });
+    expect((await call('PUT', '/api/v1/orgs/zeta', { tier: 1 })).status).toBe(201);
+    expect((await call('PUT', '/api/v1/orgs/acme', { network: { mode: 'allow-all' } })).status).toBe(201);
+    const r = await call('GET', '/api/v1/orgs');
+    expect(r.status).toBe(200);
+    expect(r.body!['orgs'].map((o: { id: string }) => o.id)).toEqual(['acme', 'zeta']);
+    expect(r.body!['orgs'][1]).toMatchObject({ id: 'zeta', tier: 1 });
+    const noToken = await request(`${d.adminUrl}/api/v1/orgs`);
+    expect(noToken.statusCode).toBe(401);
+    await noToken.body.dump();
+  });
+});
