@@ -153,12 +153,20 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   it('closes an open connection a live change refuses within a second, and spares one it still allows', async () => {
     await put('sb-a', SB_A, { mode: 'allow-all' });
     const hold = (address: string) =>
-      rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '4000'], {
-        timeoutMs: 20_000,
+      rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '10000'], {
+        timeoutMs: 30_000,
       });
+    const seen = rig.events().length;
     const keep = hold(ECHO_KEEP);
     const cut = hold(ECHO_CUT);
-    await new Promise((r) => setTimeout(r, 1500));
+    // The change comes once both connections carry bytes through egressd, however slowly the
+    // clients start on a loaded machine; they hold for 10 s, far longer than the change takes.
+    const flowing = (a: string): boolean =>
+      rig
+        .events()
+        .slice(seen)
+        .some((e) => e.event === 'data' && e.local === `${a}:7000`);
+    for (let i = 0; i < 300 && !(flowing(ECHO_KEEP) && flowing(ECHO_CUT)); i++) await new Promise((r) => setTimeout(r, 50));
     const r = await cli('sandbox', 'network', 'sb-a', '--network', JSON.stringify({ mode: 'allow-all', egress: { denied_cidrs: [`${ECHO_CUT}/32`] } }));
     expect(r.code, r.stderr).toBe(0);
     // The daemon closes what the change refuses before it acknowledges the change.
@@ -203,7 +211,20 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
       [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'],
       { timeoutMs: 20_000 },
     );
-    await new Promise((r) => setTimeout(r, 700));
+    // SIGTERM only once the transfer is flowing through egressd (the upstream has seen bytes): a
+    // client slow to start on a loaded machine would otherwise meet a daemon with nothing to drain.
+    const seen = rig.events().length;
+    for (
+      let i = 0;
+      i < 200 &&
+      !rig
+        .events()
+        .slice(seen)
+        .some((e) => e.event === 'data' && e.local === `${ECHO_KEEP}:7000`);
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const exit = daemon.stop('SIGTERM', 20_000);
     await new Promise((r) => setTimeout(r, 300));
     const draining = await rig.execIn('router', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9901/readyz']);
