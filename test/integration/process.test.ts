@@ -122,13 +122,16 @@ describe('the egressd process', () => {
     const { existsSync, readFileSync } = await import('node:fs');
     const run = async (level: string): Promise<{ out: string; lines: { level: string; event?: string }[] }> => {
       const logFile = join(dir, `egressd-${level}.log`);
-      const file = write(base({ log: { level, destination: logFile } }));
+      // A known admin port, so the test can tell when the daemon serves (and has its signal
+      // handlers) without a log line, which level warn does not write.
+      const port = await freePort();
+      const file = write(base({ log: { level, destination: logFile }, admin: { listen: `127.0.0.1:${port}`, token: TOKEN } }));
       const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
       const read = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '');
       for (let i = 0; i < 200 && !read().includes('"started"') && level === 'info'; i++) await new Promise((r) => setTimeout(r, 50));
-      if (level !== 'info') await new Promise((r) => setTimeout(r, 1500));
+      for (let i = 0; i < 400 && level !== 'info' && !(await healthy(port)); i++) await new Promise((r) => setTimeout(r, 50));
       child.kill('SIGTERM');
       const [code] = (await once(child, 'exit')) as [number];
       expect(code).toBe(0);
@@ -148,3 +151,20 @@ describe('the egressd process', () => {
     expect(warn.lines.filter((l) => l.level === 'info')).toEqual([]);
   });
 });
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const { port } = srv.address() as { port: number };
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+async function healthy(port: number): Promise<boolean> {
+  try {
+    return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;
+  } catch {
+    return false;
+  }
+}
