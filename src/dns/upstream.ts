@@ -11,6 +11,7 @@ import { getServers } from 'node:dns';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
+import { parseDnsServer } from '../net/dns-client.ts';
 import { frame, parseUpstreamReply, upstreamQuery, type Answered } from './message.ts';
 
 export interface UpstreamServer {
@@ -45,14 +46,10 @@ interface PooledSocket {
   readonly waiting: Map<number, ReplyHandler>;
 }
 
+/** "127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353" → a server (the resolver's own reading). */
 export function parseServer(text: string): UpstreamServer | null {
-  if (isIP(text) !== 0) return { host: text, port: 53 };
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
-  if (!m) return null;
-  const host = (m[1] ?? m[2])!;
-  const port = Number(m[3]);
-  if (isIP(host) === 0 || port < 1 || port > 65535) return null;
-  return { host, port };
+  const s = parseDnsServer(text);
+  return s === null ? null : { host: s.address, port: s.port };
 }
 
 const label = (s: UpstreamServer): string => (isIP(s.host) === 6 ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`);
