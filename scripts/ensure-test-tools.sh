@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the system tools the end-to-end suite drives are present: iptables, ip6tables,
-# nft, ip (iproute2), dnsmasq, curl, openssl, python3, dig (bind9-dnsutils). Installs the
+# nft, ip (iproute2), dnsmasq, curl, openssl, python3, dig (bind9-dnsutils), promtool
+# (prometheus: checks the metrics and alert rules), systemd-analyze (systemd: checks the units). Installs the
 # missing ones with apt-get when run as root on Debian (CI, a fresh sandbox host); otherwise
 # says what is missing and leaves it to the e2e tests to skip with that reason.
 set -euo pipefail
@@ -14,6 +15,8 @@ have curl || need+=(curl)
 have openssl || need+=(openssl)
 have python3 || need+=(python3)
 have dig || need+=(bind9-dnsutils)
+have promtool || need+=(prometheus)
+have systemd-analyze || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "ensure-test-tools: installing ${need[*]}" >&2
