@@ -3,6 +3,7 @@
 // the config schema and the real `egressd iptables` argument parser, and the Grafana dashboard's
 // PromQL is checked against the metrics the daemon actually registers.
 
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
@@ -578,5 +579,41 @@ describe('docs', () => {
     const flags = new Set([...IPTABLES_USAGE.matchAll(/(?<![\w-])(--[a-z][a-z-]*)/g)].map((m) => m[1]!));
     expect(flags.size).toBeGreaterThan(5);
     for (const f of flags) expect(md, f).toContain(`\`${f}`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Alert rules
+
+describe('alert rules', () => {
+  const plain = parseYaml(read('deploy/prometheus/egressd-rules.yaml')) as { groups: { name: string; rules: { alert: string; expr: string }[] }[] };
+  const crd = parseYaml(read('deploy/kubernetes/prometheusrule.yaml')) as { apiVersion: string; kind: string; spec: { groups: unknown } };
+
+  it('ships the same groups as a plain rules file and as a PrometheusRule', () => {
+    expect(crd.apiVersion).toBe('monitoring.coreos.com/v1');
+    expect(crd.kind).toBe('PrometheusRule');
+    expect(crd.spec.groups).toEqual(plain.groups);
+  });
+
+  it('uses only metrics the daemon registers (and up)', () => {
+    for (const rule of plain.groups.flatMap((g) => g.rules)) {
+      for (const name of metricNames(rule.expr).filter((n) => n !== 'up')) expect(seriesOf(name), `${rule.alert}: ${name}`).not.toBeNull();
+    }
+  });
+
+  it('lists in docs/metrics.md every alert it ships', () => {
+    const doc = read('docs/metrics.md');
+    for (const rule of plain.groups.flatMap((g) => g.rules)) expect(doc).toContain(rule.alert);
+  });
+
+  const promtool = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
+  const noPromtool = promtool.error
+    ? `promtool is not installed (${(promtool.error as NodeJS.ErrnoException).code ?? 'error'}); apt-get install prometheus`
+    : null;
+  if (noPromtool) console.warn(`promtool check rules skipped: ${noPromtool}`);
+  it.skipIf(noPromtool !== null)('passes promtool check rules', () => {
+    const r = spawnSync('promtool', ['check', 'rules', new URL('deploy/prometheus/egressd-rules.yaml', ROOT).pathname], { encoding: 'utf8' });
+    expect(r.stdout + r.stderr).toContain(`SUCCESS: ${plain.groups.flatMap((g) => g.rules).length} rules found`);
+    expect(r.status).toBe(0);
   });
 });
