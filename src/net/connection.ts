@@ -10,6 +10,7 @@
 
 import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
+import { sniff } from '../peek/sniff.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
@@ -128,7 +129,14 @@ async function run(
   let peek: PeekOutcome<Peeked> | null = null;
   if (mustPeek) {
     const peekStart = Date.now();
-    peek = await peekSocket(socket, anyStepper(), { deadline, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: config.peek.firstByteTimeoutMs });
+    peek = await peekSocket(socket, anyStepper(), {
+      deadline,
+      maxBytes: PEEK_CAPS.any,
+      firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
+      // Bytes that could still open TLS or an HTTP request line, then silence: judged as not
+      // TLS and not HTTP after the same wait (a client that sent "ping" and waits for a reply).
+      stall: { ms: config.peek.firstByteTimeoutMs, undecided: (bytes) => sniff(bytes) === 'need-more' },
+    });
     o.peekMs = Date.now() - peekStart;
   }
 
@@ -146,6 +154,9 @@ async function run(
         return refuseMalformed(socket, protocolOfListener(listener), config, o, 'too-large');
       case 'silent':
         o.protocol = 'none';
+        break;
+      case 'stalled':
+        o.protocol = 'unknown';
         break;
       case 'done': {
         const p = peek.result;

@@ -19,6 +19,8 @@ export type PeekOutcome<R> =
   | { kind: 'timeout'; bytes: Buffer }
   /** No byte arrived within the first-byte wait (only when one was asked for). */
   | { kind: 'silent'; bytes: Buffer }
+  /** Bytes came, then none for `stall.ms` while `stall.undecided` still held for them. */
+  | { kind: 'stalled'; bytes: Buffer }
   /** The client closed or reset before the parser was satisfied. */
   | { kind: 'closed'; bytes: Buffer }
   /** More than maxBytes arrived and the parser still wanted more. */
@@ -30,6 +32,12 @@ export interface PeekOptions {
   readonly maxBytes: number;
   /** When set, give up with `silent` if no byte at all arrives within this many ms. */
   readonly firstByteTimeoutMs?: number;
+  /**
+   * When set, give up with `stalled` if no byte arrives for `ms` while `undecided(bytes)` holds:
+   * a client that sent a few bytes that could still open either protocol ("ping") and now waits
+   * for the server is not held until the deadline.
+   */
+  readonly stall?: { readonly ms: number; readonly undecided: (bytes: Buffer) => boolean };
 }
 
 /**
@@ -92,6 +100,7 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
     const buf = new PeekBuffer(step, opts.maxBytes);
     let settled = false;
     const timers: NodeJS.Timeout[] = [];
+    let stallTimer: NodeJS.Timeout | undefined;
 
     const finish = (o: PeekOutcome<R>): void => {
       if (settled) return;
@@ -107,7 +116,16 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
 
     const onData = (chunk: Buffer): void => {
       const r = buf.push(chunk);
-      if (r === null) return;
+      if (r === null) {
+        if (opts.stall !== undefined) {
+          clearTimeout(stallTimer);
+          if (opts.stall.undecided(buf.bytes())) {
+            stallTimer = setTimeout(() => finish({ kind: 'stalled', bytes: buf.bytes() }), opts.stall.ms);
+            timers.push(stallTimer);
+          }
+        }
+        return;
+      }
       if (r === 'too-large') return finish({ kind: 'too-large', bytes: buf.bytes() });
       finish({ kind: 'done', result: r.result, bytes: buf.bytes() });
     };
