@@ -122,7 +122,7 @@ describe('limits on loopback', () => {
     expect((await attempt('127.0.0.31')).spliced).toBe(true);
     await d.waitForLog((l) => l['event'] === 'connections-shed' && l['sandbox'] === 'small' && l['reason'] === 'sandbox-limit' && l['count'] === 1, 3000);
     const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
-    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="sandbox-limit"\} 1$/m);
+    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="sandbox-limit",ended_by="egressd"\} 1$/m);
     expect(metrics).toMatch(/^egressd_limit_connections\{scope="global"\} \d+$/m);
     const ready = await request(`${d.adminUrl}/readyz`);
     expect(ready.statusCode).toBe(200);
@@ -149,7 +149,7 @@ describe('limits on loopback', () => {
     expect(await ready.body.json()).toMatchObject({ status: 'ready', overloaded: true, reason: expect.stringContaining('connection budget full (1 of 1)') });
     const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
     expect(metrics).toMatch(/^egressd_overloaded\{resource="descriptors"\} 1$/m);
-    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit"\} 1$/m);
+    expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} 1$/m);
     first.socket.destroy();
     await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'one');
     expect(await (await request(`${d.adminUrl}/readyz`)).body.json()).toEqual({ status: 'ready' });
