@@ -7,7 +7,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Endpoint } from '../net/listener.ts';
 import { canonicalSource } from '../match/ip.ts';
-import { frame, MAX_QUERY_BYTES } from './message.ts';
+import { frame, MAX_QUERY_BYTES, refusedFor } from './message.ts';
 import type { Transport } from './service.ts';
 
 export type DnsListenerStatus =
@@ -18,7 +18,7 @@ export interface DnsListenerDeps {
   /** The key a source's TCP connections are counted under (its sandbox). */
   readonly keyOf: (source: string) => string;
   readonly tcpPerSandbox: number;
-  /** Called when a TCP connection is refused by the per-sandbox bound. */
+  /** Called when a TCP connection is refused by the per-sandbox bound (its query answered REFUSED). */
   readonly onTcpRefused?: (key: string) => void;
 }
 
@@ -26,6 +26,13 @@ export interface DnsListenerDeps {
 const TCP_IDLE_MS = 10_000;
 /** Queries one TCP connection may have waiting for an answer. */
 const TCP_PIPELINE = 16;
+/** How long a connection past the per-sandbox bound is given to send the query it is refused. */
+const TCP_REFUSE_MS = 2_000;
+/**
+ * Connections past the bound held at once (all sandboxes) while their query is read; past
+ * this, they are reset without an answer, so a flood of them costs a bounded number of sockets.
+ */
+const TCP_REFUSING_MAX = 256;
 
 export class DnsListener {
   readonly endpoint: Endpoint;
@@ -36,6 +43,7 @@ export class DnsListener {
   #status: DnsListenerStatus = { state: 'idle' };
   readonly #connections = new Set<Socket>();
   readonly #perKey = new Map<string, number>();
+  #refusing = 0;
 
   constructor(endpoint: Endpoint, deps: DnsListenerDeps) {
     this.endpoint = endpoint;
@@ -102,9 +110,13 @@ export class DnsListener {
     const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
     const key = this.#deps.keyOf(source);
     const held = this.#perKey.get(key) ?? 0;
-    if (held >= this.#deps.tcpPerSandbox || this.#status.state !== 'listening') {
-      this.#deps.onTcpRefused?.(key);
+    if (this.#status.state !== 'listening') {
       socket.resetAndDestroy();
+      return;
+    }
+    if (held >= this.#deps.tcpPerSandbox) {
+      this.#deps.onTcpRefused?.(key);
+      this.#refuse(socket);
       return;
     }
     this.#perKey.set(key, held + 1);
@@ -153,6 +165,38 @@ export class DnsListener {
       ended = true;
       if (waiting === 0) socket.end();
     });
+  }
+
+  /**
+   * A connection past the sandbox's bound: its first query is answered REFUSED (RFC 1035
+   * §4.1.1, "refuses to perform the specified operation for policy reasons"), so the client
+   * learns why at once rather than retrying a reset, and the connection is closed.
+   */
+  #refuse(socket: Socket): void {
+    if (this.#refusing >= TCP_REFUSING_MAX) {
+      socket.resetAndDestroy();
+      return;
+    }
+    this.#refusing++;
+    this.#connections.add(socket);
+    socket.once('close', () => {
+      this.#refusing--;
+      this.#connections.delete(socket);
+    });
+    socket.setTimeout(TCP_REFUSE_MS, () => socket.destroy());
+    let buf: Buffer = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      if (buf.length < 2) return;
+      const len = buf.readUInt16BE(0);
+      if (len > MAX_QUERY_BYTES) return void socket.destroy();
+      if (buf.length < len + 2) return;
+      socket.removeAllListeners('data');
+      const res = refusedFor(Buffer.from(buf.subarray(2, len + 2)));
+      if (res === null) socket.destroy();
+      else socket.end(frame(res));
+    });
+    socket.on('end', () => socket.end());
   }
 
   async close(): Promise<void> {

@@ -173,6 +173,16 @@ export function refusalResponse(q: Query, rcode: 'NXDOMAIN' | 'REFUSED' | 'SERVF
   return errorResponse(q.id, baseFlags(q), rcode, q.question, q.edns !== null);
 }
 
+/**
+ * REFUSED for any message, judged no further (a limit was reached before it could be): the
+ * question echoed when it can be read; null for what is no query at all (RFC 1035 §7.3 silence).
+ */
+export function refusedFor(buf: Buffer): Buffer | null {
+  const p = parseQuery(buf);
+  if (p.kind === 'drop') return null;
+  return p.kind === 'query' ? refusalResponse(p.query, 'REFUSED') : errorResponse(p.id, p.flags, 'REFUSED', p.question, p.edns);
+}
+
 /** What an upstream said, kept in the cache and turned into one response per client. */
 export interface Answered {
   readonly rcode: number;

@@ -1,0 +1,172 @@
+// The DNS listener's bounds through the whole daemon on loopback (issue 14 part 5): past each,
+// the query is answered REFUSED at once and counted in egressd_dns_queries_total — queries
+// waiting on an upstream that never answers (per sandbox and in total), and TCP connections
+// held by one sandbox — while what stays within the bounds is answered as usual.
+
+import { execFile } from 'node:child_process';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { connect, type Socket } from 'node:net';
+import { promisify } from 'node:util';
+import * as packet from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const run = promisify(execFile);
+const haveDig = await run('dig', ['-v']).then(
+  () => true,
+  () => false,
+);
+
+const A = '127.0.0.51';
+const B = '127.0.0.52';
+const C = '127.0.0.53';
+/** Long enough that the silent upstream's queries are still waiting while the test asks more. */
+const UPSTREAM_TIMEOUT_MS = 4000;
+
+describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
+  let upstream: DnsTestServer;
+  let d: LoopbackDaemon;
+  let port: number;
+  const held: UdpSocket[] = [];
+
+  beforeAll(async () => {
+    upstream = await DnsTestServer.start();
+    for (let i = 1; i <= 4; i++) upstream.set(`s${i}.slow.test`, { kind: 'silent' });
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    const allow = { mode: 'block-all', egress: { allowed_domains: ['*.slow.test', 'fast.test'] } };
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: {
+          servers: [upstream.server],
+          timeoutMs: UPSTREAM_TIMEOUT_MS,
+          limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 3, tcpPerSandbox: 2 },
+        },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: allow },
+          { id: 'sb-b', sources: [B], network: allow },
+          { id: 'sb-c', sources: [C], network: allow },
+        ],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    for (const s of held) s.close();
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  const dig = async (from: string, ...args: string[]): Promise<string> =>
+    (await run('dig', ['@127.0.0.1', '-p', String(port), '-b', from, '+tries=1', '+time=2', ...args])).stdout;
+
+  const metric = async (verdict: string): Promise<number> => {
+    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    let n = 0;
+    for (const [, v] of m.matchAll(new RegExp(`egressd_dns_queries_total\\{verdict="${verdict}",type="[^"]+"\\} (\\d+)`, 'g'))) n += Number(v);
+    return n;
+  };
+
+  /** Sends a query and leaves it waiting (its eventual SERVFAIL is not read). */
+  const leave = (from: string, name: string): void => {
+    const s = createSocket('udp4');
+    held.push(s);
+    s.on('error', () => {});
+    s.bind(0, from, () => s.send(query(name), port, '127.0.0.1'));
+  };
+
+  /** Resolves once the upstream has seen `name` (the query is then in flight), bounded. */
+  const reached = async (name: string): Promise<void> => {
+    for (let i = 0; i < 100 && upstream.count(name, 'A') === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(upstream.count(name, 'A')).toBeGreaterThan(0);
+  };
+
+  it('refuses queries past the in-flight bounds, per sandbox and in total, and counts them', async () => {
+    const before = await metric('inflight-limited');
+    leave(A, 's1.slow.test');
+    leave(A, 's2.slow.test');
+    await reached('s1.slow.test');
+    await reached('s2.slow.test');
+    // sb-a holds its two: a third is refused here, not forwarded.
+    expect(await dig(A, 's3.slow.test', 'A')).toMatch(/status: REFUSED/);
+    expect(upstream.count('s3.slow.test', 'A')).toBe(0);
+    // sb-b may still ask: that takes the total to its bound of three.
+    leave(B, 's3.slow.test');
+    await reached('s3.slow.test');
+    // sb-c holds none, but the total is reached.
+    expect(await dig(C, 's4.slow.test', 'A')).toMatch(/status: REFUSED/);
+    expect(upstream.count('s4.slow.test', 'A')).toBe(0);
+    expect((await metric('inflight-limited')) - before).toBe(2);
+    const line = await d.waitForLog((l) => l['event'] === 'dns-query' && l['sandbox'] === 'sb-c' && l['reason'] === 'inflight-limited');
+    expect(line).toMatchObject({ name: 's4.slow.test', verdict: 'refuse' });
+    // Once the upstream gives up on them (SERVFAIL), the bound is free again.
+    await new Promise((r) => setTimeout(r, UPSTREAM_TIMEOUT_MS + 200));
+    expect(await dig(A, 'fast.test', 'A', '+short')).toBe('198.18.2.1\n');
+  });
+
+  it('answers REFUSED on a TCP connection past the per-sandbox bound, counted, and closes it', async () => {
+    const before = await metric('tcp-limited');
+    const open: Socket[] = [];
+    try {
+      // Two connections, each proven accepted by an answer on it, held open.
+      for (let i = 0; i < 2; i++) {
+        const s = connect({ host: '127.0.0.1', port, localAddress: A });
+        s.on('error', () => {});
+        open.push(s);
+        const first = await readFrame(s, frame(query('fast.test')));
+        expect(first.rcode).toBe('NOERROR');
+      }
+      // A third, from dig: the bound answers its query REFUSED rather than resetting it.
+      expect(await dig(A, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
+      // And egressd closes such a connection after that one answer.
+      const third = connect({ host: '127.0.0.1', port, localAddress: A });
+      third.on('error', () => {});
+      const ended = new Promise<void>((r) => third.once('end', () => r()));
+      expect((await readFrame(third, frame(query('fast.test')))).rcode).toBe('REFUSED');
+      await ended;
+      third.destroy();
+      expect((await metric('tcp-limited')) - before).toBe(2);
+      // Another sandbox is not held back by sb-a's connections.
+      expect(await dig(B, '+tcp', 'fast.test', 'A', '+short')).toBe('198.18.2.1\n');
+    } finally {
+      for (const s of open) s.destroy();
+    }
+    // With its connections closed, sb-a connects again.
+    for (let i = 0; i < 50; i++) {
+      const out = await dig(A, '+tcp', 'fast.test', 'A', '+short');
+      if (out === '198.18.2.1\n') return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error('sb-a was not served over TCP after closing its connections');
+  });
+});
+
+function query(name: string): Buffer {
+  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
+}
+
+function frame(msg: Buffer): Buffer {
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(msg.length);
+  return Buffer.concat([len, msg]);
+}
+
+/** Writes `msg` on the connection and reads one length-framed response (RFC 7766 §8), within 2 s. */
+function readFrame(s: Socket, msg: Buffer): Promise<{ rcode: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => done(new Error('no framed answer within 2 s')), 2000);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) done(null);
+    };
+    const done = (err: Error | null): void => {
+      clearTimeout(timer);
+      s.off('data', onData);
+      if (err) reject(err);
+      else resolve({ rcode: (packet.decode(buf.subarray(2, buf.readUInt16BE(0) + 2)) as { rcode?: string }).rcode });
+    };
+    s.on('data', onData);
+    s.write(msg);
+  });
+}
