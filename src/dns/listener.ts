@@ -39,6 +39,16 @@ export class DnsListener {
   readonly kind = 'dns' as const;
   readonly #deps: DnsListenerDeps;
   #udp: UdpSocket;
+  /**
+   * For a wildcard endpoint, a second UDP socket on the loopback address and the same port.
+   * A reply from a wildcard socket leaves from the address the kernel picks for the client,
+   * not the one the query was sent to; REDIRECT in nat OUTPUT (sidecar mode) sends queries to
+   * 127.0.0.1 or ::1 while the client is on its own interface address, so those replies would
+   * miss conntrack's reverse translation and the client would drop them as from the wrong
+   * server. The kernel delivers to the socket bound to the exact address first, and that one
+   * replies from it. (Node has no IP_PKTINFO to choose the source per datagram.)
+   */
+  #udpLoopback: UdpSocket | null = null;
   #tcp: Server;
   #status: DnsListenerStatus = { state: 'idle' };
   readonly #connections = new Set<Socket>();
@@ -51,11 +61,8 @@ export class DnsListener {
     const v6 = endpoint.host.includes(':');
     // ipv6Only: `[::]` and `0.0.0.0` are listeners of their own, as for TCP.
     // reusePort: as for TCP, a new process can bind while the old one drains.
-    this.#udp = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true });
-    this.#udp.on('message', (msg, rinfo) => this.#onDatagram(msg, rinfo.address, rinfo.port));
-    this.#udp.on('error', (err) => {
-      this.#status = { state: 'failed', error: err.message };
-    });
+    this.#udp = this.#udpSocket(v6);
+    if (endpoint.host === '0.0.0.0' || endpoint.host === '::') this.#udpLoopback = this.#udpSocket(v6);
     this.#tcp = createServer({ noDelay: true }, (s) => this.#onConnection(s));
     this.#tcp.on('error', (err) => {
       this.#status = { state: 'failed', error: err.message };
@@ -82,6 +89,16 @@ export class DnsListener {
       });
       // The TCP side takes the port UDP got, so `:0` in tests gives one port for both.
       const port = this.#udp.address().port;
+      const lo = this.#udpLoopback;
+      if (lo !== null) {
+        await new Promise<void>((resolve, reject) => {
+          lo.once('error', reject);
+          lo.bind({ address: v6 ? '::1' : '127.0.0.1', port }, () => {
+            lo.off('error', reject);
+            resolve();
+          });
+        });
+      }
       await new Promise<void>((resolve, reject) => {
         this.#tcp.once('error', reject);
         this.#tcp.listen({ host: this.endpoint.host, port, ipv6Only: v6, backlog: 1024, reusePort: true }, () => {
@@ -96,11 +113,20 @@ export class DnsListener {
     }
   }
 
-  #onDatagram(msg: Buffer, address: string, port: number): void {
+  #udpSocket(v6: boolean): UdpSocket {
+    const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true });
+    sock.on('message', (msg, rinfo) => this.#onDatagram(sock, msg, rinfo.address, rinfo.port));
+    sock.on('error', (err) => {
+      this.#status = { state: 'failed', error: err.message };
+    });
+    return sock;
+  }
+
+  #onDatagram(sock: UdpSocket, msg: Buffer, address: string, port: number): void {
     void this.#deps
       .answer(msg, address, 'udp')
       .then((res) => {
-        if (res !== null && this.#status.state === 'listening') this.#udp.send(res, port, address, () => {});
+        if (res !== null && this.#status.state === 'listening') sock.send(res, port, address, () => {});
       })
       .catch(() => {});
   }
@@ -205,12 +231,16 @@ export class DnsListener {
     for (const s of this.#connections) s.destroy();
     if (was === 'listening') {
       await new Promise<void>((resolve) => this.#udp.close(() => resolve()));
+      const lo = this.#udpLoopback;
+      if (lo !== null) await new Promise<void>((resolve) => lo.close(() => resolve()));
       await new Promise<void>((resolve) => this.#tcp.close(() => resolve()));
     } else {
-      try {
-        this.#udp.close();
-      } catch {
-        // never bound
+      for (const sock of [this.#udp, this.#udpLoopback]) {
+        try {
+          sock?.close();
+        } catch {
+          // never bound
+        }
       }
     }
   }
