@@ -10,8 +10,7 @@
 
 import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
-import { sniff } from '../peek/sniff.ts';
-import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason } from '../peek/peek-steps.ts';
+import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, mayStall } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { peekSocket, type PeekOutcome } from './peek-socket.ts';
@@ -133,9 +132,9 @@ async function run(
       deadline,
       maxBytes: PEEK_CAPS.any,
       firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
-      // Bytes that could still open TLS or an HTTP request line, then silence: judged as not
-      // TLS and not HTTP after the same wait (a client that sent "ping" and waits for a reply).
-      stall: { ms: config.peek.firstByteTimeoutMs, undecided: (bytes) => sniff(bytes) === 'need-more' },
+      // Bytes that could still open an HTTP request line, then silence: judged as not TLS and
+      // not HTTP after the same wait (a client that sent "ping" and waits for a reply).
+      stall: { ms: config.peek.firstByteTimeoutMs, undecided: mayStall },
     });
     o.peekMs = Date.now() - peekStart;
   }

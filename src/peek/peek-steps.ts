@@ -67,3 +67,11 @@ export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
  * parser would read (a ClientHello: MAX_HELLO_BYTES; a request head: MAX_HEAD_BYTES).
  */
 export const PEEK_CAPS = Object.freeze({ tls: MAX_HELLO_BYTES, http: MAX_HEAD_BYTES, any: Math.max(MAX_HELLO_BYTES, MAX_HEAD_BYTES) });
+
+/**
+ * Whether bytes followed by silence may end a peek as "stalled" (judged as neither TLS nor HTTP
+ * after peek.firstByteTimeoutMs): bytes that could still open an HTTP request line ("ping",
+ * "HELO"). A first byte 0x16 is a TLS handshake record (RFC 8446 §5.1): such a client is waiting
+ * on nothing but its own ClientHello, so it keeps the whole peek deadline.
+ */
+export const mayStall = (bytes: Buffer): boolean => bytes[0] !== 0x16 && sniff(bytes) === 'need-more';

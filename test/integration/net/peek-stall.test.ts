@@ -3,8 +3,7 @@
 
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { anyStepper, PEEK_CAPS } from '../../../src/peek/peek-steps.ts';
-import { sniff } from '../../../src/peek/sniff.ts';
+import { anyStepper, mayStall, PEEK_CAPS } from '../../../src/peek/peek-steps.ts';
 import { peekSocket } from '../../../src/net/peek-socket.ts';
 
 async function pair(): Promise<{ client: Socket; server: Socket }> {
@@ -26,7 +25,7 @@ async function pair(): Promise<{ client: Socket; server: Socket }> {
 const opts = (stallMs: number) => ({
   deadline: Date.now() + 10_000,
   maxBytes: PEEK_CAPS.any,
-  stall: { ms: stallMs, undecided: (b: Buffer) => sniff(b) === 'need-more' },
+  stall: { ms: stallMs, undecided: mayStall },
 });
 
 describe('peekSocket stall', () => {
@@ -36,6 +35,16 @@ describe('peekSocket stall', () => {
     const r = await peekSocket(server, anyStepper(), opts(200));
     expect(r.kind).toBe('stalled');
     expect(r.bytes.toString()).toBe(text);
+  });
+
+  it.each([
+    ['a TLS record header', '1603010200'],
+    ['one byte 0x16', '16'],
+  ])('never stalls on %s: a ClientHello dripping in keeps the whole deadline', async (_what, hex) => {
+    const { client, server } = await pair();
+    client.write(Buffer.from(hex, 'hex'));
+    const r = await peekSocket(server, anyStepper(), { ...opts(100), deadline: Date.now() + 600 });
+    expect(r.kind).toBe('timeout');
   });
 
   it('keeps waiting once the bytes are known to be HTTP, until the head completes', async () => {
