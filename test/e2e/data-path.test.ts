@@ -270,16 +270,26 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
   });
 
   it('counts every connection above in /metrics, by listener, verdict and reason, exactly as logged', async () => {
-    const scrape = await rig.execIn('router', 'curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:9901/metrics']);
-    expect(scrape.code, scrape.stderr).toBe(0);
-    const counted = new Map<string, number>();
-    for (const m of scrape.stdout.matchAll(/^egressd_connections_total\{listener="(\w+)",verdict="(\w+)",reason="([\w-]+)",ended_by="(\w+)"\} (\d+)$/gm)) {
-      counted.set(`${m[1]} ${m[2]} ${m[3]} ${m[4]}`, Number(m[5]));
-    }
-    const logged = new Map<string, number>();
-    for (const l of daemon.connections()) {
-      const key = `${l['listener']} ${l['verdict']} ${l['reason']} ${l['endedBy']}`;
-      logged.set(key, (logged.get(key) ?? 0) + 1);
+    // The log line and the counter are written in the same tick, but the test reads the log
+    // through a pipe that may lag the scrape; poll (bounded) until both sides agree.
+    let scrape: Awaited<ReturnType<typeof rig.execIn>> | undefined;
+    let counted = new Map<string, number>();
+    let logged = new Map<string, number>();
+    for (const deadline = Date.now() + 5_000; ;) {
+      scrape = await rig.execIn('router', 'curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:9901/metrics']);
+      expect(scrape.code, scrape.stderr).toBe(0);
+      counted = new Map();
+      for (const m of scrape.stdout.matchAll(/^egressd_connections_total\{listener="(\w+)",verdict="(\w+)",reason="([\w-]+)",ended_by="(\w+)"\} (\d+)$/gm)) {
+        counted.set(`${m[1]} ${m[2]} ${m[3]} ${m[4]}`, Number(m[5]));
+      }
+      logged = new Map();
+      for (const l of daemon.connections()) {
+        const key = `${l['listener']} ${l['verdict']} ${l['reason']} ${l['endedBy']}`;
+        logged.set(key, (logged.get(key) ?? 0) + 1);
+      }
+      const same = counted.size === logged.size && [...counted].every(([k, v]) => logged.get(k) === v);
+      if (same || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 100));
     }
     expect(Object.fromEntries(counted)).toEqual(Object.fromEntries(logged));
     expect(counted.get('tls refuse default-block policy')).toBeGreaterThanOrEqual(3);
