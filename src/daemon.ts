@@ -9,6 +9,7 @@ import type { Config } from './config/schema.ts';
 import { handleConnection, type PipelineDeps } from './net/connection.ts';
 import { Listener } from './net/listener.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
+import { nativeSpliceStatus } from './net/native-splice.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
@@ -129,7 +130,11 @@ export class Daemon {
         }),
       );
     }
-    this.metrics.dnsRemembered(() => ({ total: this.dnsMemory.total }));
+    this.metrics.attach({
+      remembered: () => this.dnsMemory.total,
+      registered: () => ({ sandboxes: this.store.sandboxCount, organizations: this.control.orgCount }),
+      dataPlane: () => (nativeSpliceStatus().ok ? 'native' : 'js'),
+    });
     this.limits = new LimitsController(
       () => this.#config.limits,
       log,
@@ -160,7 +165,7 @@ export class Daemon {
       top: () => ({ ...this.limits.snapshot(), top: this.limits.top() }),
       token: () => this.#config.admin.token,
       maxBodyBytes: config.admin.maxBodyBytes,
-      onRefused: () => this.metrics.policyChangesRefused.inc({ source: 'api' }),
+      onRefused: () => this.metrics.instruments.policyChangesRefused.inc({ source: 'api' }),
       dnsMemory: this.dnsMemory,
     });
     this.onOutcome((o) => this.metrics.outcome(o));
@@ -227,7 +232,7 @@ export class Daemon {
         'the state folder is not writable: policies are served, every change will be refused with 503',
       );
     }
-    this.metrics.stateEntries.set(loaded.loaded + loaded.orgs);
+    this.metrics.instruments.stateEntries.set(loaded.loaded + loaded.orgs);
     await this.admin.listen();
     try {
       await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);
@@ -268,7 +273,7 @@ export class Daemon {
   reload(next: Config): { ok: true; sandboxes: number; needsRestart: string[] } | { ok: false; reason: string } {
     const r = this.control.replaceConfigSandboxes(configSandboxRecords(next));
     if (!r.ok) {
-      this.metrics.configReloads.inc({ result: 'refused' });
+      this.metrics.instruments.configReloads.inc({ result: 'refused' });
       const e = r.error;
       return { ok: false, reason: e.kind === 'invalid' ? e.issues.map((i) => `${i.field}: ${i.reason}`).join('; ') : e.message };
     }
@@ -298,7 +303,7 @@ export class Daemon {
       this.store.setDefault(next.defaultNetwork);
       this.#rejudge();
     }
-    this.metrics.configReloads.inc({ result: 'ok' });
+    this.metrics.instruments.configReloads.inc({ result: 'ok' });
     return { ok: true, sandboxes: r.value, needsRestart };
   }
 
@@ -332,7 +337,7 @@ export class Daemon {
    * refuses are closed now (onPolicyChange: close), those it still allows are untouched.
    */
   #onPolicyChange(e: ChangeEvent): void {
-    this.metrics.policyChanges.inc({ source: e.source });
+    this.metrics.instruments.policyChanges.inc({ source: e.source });
     // What a removed sandbox was given is not carried over to a new sandbox of the same id.
     if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);
     this.log.info(
@@ -354,7 +359,7 @@ export class Daemon {
 
   /** A change that could not be made durable: answered 503 by the API, logged and counted here. */
   #onStateWriteFailure(e: WriteFailureEvent): void {
-    this.metrics.stateWriteFailures.inc({ errno: e.error.errno });
+    this.metrics.instruments.stateWriteFailures.inc({ errno: e.error.errno });
     this.log.error(
       {
         event: 'state-write-failed',

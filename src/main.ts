@@ -98,7 +98,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
           }
         } else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
       } catch (e) {
-        daemon.metrics.configReloads.inc({ result: 'refused' });
+        daemon.metrics.instruments.configReloads.inc({ result: 'refused' });
         log.error({ event: 'reload-refused', file, reason: (e as Error).message }, 'configuration refused; the running one stays');
       }
     };

@@ -253,6 +253,11 @@ export class ControlPlane {
     return [...this.#orgs.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 
+  /** How many organizations are registered (a scrape reads it: no copy, no sort). */
+  get orgCount(): number {
+    return this.#orgs.size;
+  }
+
   orgRecord(id: string): OrgRecord | undefined {
     return this.#orgs.get(id);
   }

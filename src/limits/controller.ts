@@ -168,7 +168,7 @@ export class LimitsController {
   /** accept(2) failed (EMFILE, ENFILE): counted, logged at most once a second. */
   acceptError(err: NodeJS.ErrnoException, kind: ListenerKind): void {
     const code = err.code ?? 'EUNKNOWN';
-    this.#metrics.acceptErrors.inc({ code });
+    this.#metrics.instruments.acceptErrors.inc({ code });
     const now = Date.now();
     if (now - this.#acceptErrorsLogged >= 1000) {
       this.#acceptErrorsLogged = now;

@@ -1,7 +1,10 @@
-// Every metric egressd exports, declared once with its help text. Prometheus conventions:
-// the `egressd_` prefix, `_total` counters, base units (seconds, bytes). Label values come
-// from small fixed sets — never a raw name, address or (unless asked) sandbox id.
+// Every metric egressd exports, declared once in METRICS: name, type, help, labels and buckets.
+// The registry, the OTLP export (observability/otlp.ts), docs/metrics.md (pinned by
+// test/unit/deploy.test.ts) and the dashboard's checks all read that one table. Prometheus
+// conventions: the `egressd_` prefix, `_total` counters, base units (seconds, bytes). Label
+// values come from small fixed sets — never a raw name, address or (unless asked) sandbox id.
 
+import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { ListenerKind } from '../net/listener.ts';
@@ -9,6 +12,19 @@ import type { ListenerKind } from '../net/listener.ts';
 export interface MetricsOptions {
   /** Adds a `sandbox` label to the connection counters: only for small fleets. */
   readonly sandboxLabel: boolean;
+}
+
+/** One row of METRICS. */
+export interface MetricSpec {
+  /** The Prometheus name (and the OTLP instrument name). */
+  readonly name: string;
+  readonly type: 'counter' | 'gauge' | 'histogram';
+  readonly help: string;
+  readonly labels: readonly string[];
+  /** Upper bounds of a histogram's buckets, in the metric's unit. */
+  readonly buckets?: readonly number[];
+  /** A `sandbox` label is added when `metrics.sandboxLabel` is on. */
+  readonly sandboxLabel?: true;
 }
 
 /** What the limits hold now (limits/controller.ts), read at scrape time. */
@@ -25,265 +41,310 @@ export interface LimitsSnapshot {
   readonly overloaded: { readonly memory: boolean; readonly descriptors: boolean };
 }
 
-const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Peeks, dials and DNS answers: half a millisecond to ten seconds. */
+const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+/** Whole connections: a refusal in milliseconds, a download or a held-open stream for an hour. */
+const CONNECTION_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600] as const;
+
+/** The version egressd reports (package.json), read once. */
+export const EGRESSD_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+export const METRICS = {
+  buildInfo: {
+    name: 'egressd_build_info',
+    type: 'gauge',
+    help: 'Always 1; the labels say which egressd runs: its version, the Node.js version, and the data plane (native splice loops or js).',
+    labels: ['version', 'node_version', 'data_plane'],
+  },
+  sandboxes: {
+    name: 'egressd_sandboxes',
+    type: 'gauge',
+    help: 'Sandboxes registered now, from the config file and the API.',
+    labels: [],
+  },
+  organizations: {
+    name: 'egressd_organizations',
+    type: 'gauge',
+    help: 'Organizations registered now.',
+    labels: [],
+  },
+  connections: {
+    name: 'egressd_connections_total',
+    type: 'counter',
+    help: 'Connections handled, by listener, verdict (allow, refuse, error), reason and the side that ended it (client, policy, upstream, egressd).',
+    labels: ['listener', 'verdict', 'reason', 'ended_by'],
+    sandboxLabel: true,
+  },
+  activeConnections: {
+    name: 'egressd_active_connections',
+    type: 'gauge',
+    help: 'Connections currently open, by listener.',
+    labels: ['listener'],
+  },
+  connectionDuration: {
+    name: 'egressd_connection_duration_seconds',
+    type: 'histogram',
+    help: 'Time from accept until the connection ended, by listener and verdict.',
+    labels: ['listener', 'verdict'],
+    buckets: CONNECTION_BUCKETS,
+  },
+  bytes: {
+    name: 'egressd_bytes_total',
+    type: 'counter',
+    help: 'Bytes carried between clients and upstreams; direction "up" is client to upstream.',
+    labels: ['direction'],
+  },
+  peekDuration: {
+    name: 'egressd_peek_duration_seconds',
+    type: 'histogram',
+    help: 'Time from accept until the ClientHello or request head was read (or the peek gave up).',
+    labels: ['listener'],
+    buckets: SECONDS_BUCKETS,
+  },
+  connectDuration: {
+    name: 'egressd_upstream_connect_duration_seconds',
+    type: 'histogram',
+    help: 'Time to establish the TCP connection to the upstream.',
+    labels: [],
+    buckets: SECONDS_BUCKETS,
+  },
+  connectFailures: {
+    name: 'egressd_upstream_connect_failures_total',
+    type: 'counter',
+    help: 'Upstream connections that failed, by cause (refused, timeout, unreachable, reset, aborted, other).',
+    labels: ['cause'],
+  },
+  dnsLookups: {
+    name: 'egressd_dns_lookups_total',
+    type: 'counter',
+    help: 'Name resolutions made to dial an allowed name, by outcome (ok or a failure cause).',
+    labels: ['outcome'],
+  },
+  dnsCacheHits: {
+    name: 'egressd_dns_cache_hits_total',
+    type: 'counter',
+    help: 'Name resolutions answered from the TTL cache.',
+    labels: [],
+  },
+  dnsFailures: {
+    name: 'egressd_dns_failures_total',
+    type: 'counter',
+    help: 'Name resolutions that failed, by cause (nxdomain, nodata, timeout, servfail, refused, error).',
+    labels: ['cause'],
+  },
+  dnsQueries: {
+    name: 'egressd_dns_queries_total',
+    type: 'counter',
+    help: 'Queries to the DNS listener, by verdict (allow, refuse, rate-limited, inflight-limited, tcp-limited, malformed, servfail) and query type (A, AAAA, HTTPS, ..., other).',
+    labels: ['verdict', 'type'],
+  },
+  dnsUpstreamDuration: {
+    name: 'egressd_dns_upstream_duration_seconds',
+    type: 'histogram',
+    help: 'Time the upstream resolvers took to answer a query the DNS listener forwarded.',
+    labels: [],
+    buckets: SECONDS_BUCKETS,
+  },
+  dnsAnswerCacheHits: {
+    name: 'egressd_dns_answer_cache_hits_total',
+    type: 'counter',
+    help: 'Queries to the DNS listener answered from the answer cache.',
+    labels: [],
+  },
+  dnsRememberedAddresses: {
+    name: 'egressd_dns_remembered_addresses',
+    type: 'gauge',
+    help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
+    labels: [],
+  },
+  policyChanges: {
+    name: 'egressd_policy_changes_total',
+    type: 'counter',
+    help: 'Policy changes applied, by source (api, config).',
+    labels: ['source'],
+  },
+  policyChangesRefused: {
+    name: 'egressd_policy_changes_refused_total',
+    type: 'counter',
+    help: 'Policy changes refused as invalid or conflicting, by source (api, config).',
+    labels: ['source'],
+  },
+  configReloads: {
+    name: 'egressd_config_reloads_total',
+    type: 'counter',
+    help: 'Configuration reloads (SIGHUP), by result (ok, refused).',
+    labels: ['result'],
+  },
+  closedByPolicyChange: {
+    name: 'egressd_connections_closed_by_policy_change_total',
+    type: 'counter',
+    help: 'Open connections closed because a policy change refuses them.',
+    labels: [],
+  },
+  stateWriteFailures: {
+    name: 'egressd_state_write_failures_total',
+    type: 'counter',
+    help: 'Policy changes refused (503) because the state could not be written, by errno (ENOSPC, EROFS, EACCES, EIO, EBUSY, ...).',
+    labels: ['errno'],
+  },
+  stateEntries: {
+    name: 'egressd_state_entries',
+    type: 'gauge',
+    help: 'Sandboxes and organizations restored from the state at start-up.',
+    labels: [],
+  },
+  acceptErrors: {
+    name: 'egressd_accept_errors_total',
+    type: 'counter',
+    help: 'accept(2) failures on the listeners, by errno (EMFILE, ENFILE, ...): connections the kernel could not hand over.',
+    labels: ['code'],
+  },
+  limitDescriptors: {
+    name: 'egressd_limit_descriptors',
+    type: 'gauge',
+    help: 'RLIMIT_NOFILE in force, by kind (soft: raised to the hard limit at start; hard).',
+    labels: ['kind'],
+  },
+  openDescriptors: {
+    name: 'egressd_open_descriptors',
+    type: 'gauge',
+    help: 'Descriptors the process has open now.',
+    labels: [],
+  },
+  limitConnections: {
+    name: 'egressd_limit_connections',
+    type: 'gauge',
+    help: 'Connections egressd may hold, by scope: global (the descriptor budget: RLIMIT_NOFILE minus the reserve, two per connection) and sandbox_share (what one sandbox may hold of it).',
+    labels: ['scope'],
+  },
+  admittedConnections: {
+    name: 'egressd_admitted_connections',
+    type: 'gauge',
+    help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked).',
+    labels: ['state'],
+  },
+  memoryPressure: {
+    name: 'egressd_memory_pressure_ratio',
+    type: 'gauge',
+    help: 'The highest memory pressure (used / limit) of the cgroup working set, RSS and V8 heap monitors.',
+    labels: [],
+  },
+  memoryLimit: {
+    name: 'egressd_memory_limit_bytes',
+    type: 'gauge',
+    help: 'The tightest cgroup memory.max above egressd (absent without one).',
+    labels: [],
+  },
+  overloaded: {
+    name: 'egressd_overloaded',
+    type: 'gauge',
+    help: 'Whether new connections are being shed, by resource (memory, descriptors): 1 yes, 0 no.',
+    labels: ['resource'],
+  },
+} as const satisfies Record<string, MetricSpec>;
+
+export type MetricKey = keyof typeof METRICS;
+type LabelOf<S> = S extends { readonly labels: readonly (infer L extends string)[] } ? L : never;
+type InstrumentOf<S extends MetricSpec> = S['type'] extends 'counter'
+  ? Counter<LabelOf<S>>
+  : S['type'] extends 'gauge'
+    ? Gauge<LabelOf<S>>
+    : Histogram<LabelOf<S>>;
+/** The prom-client instrument of each row of METRICS, under the row's key. */
+export type Instruments = { readonly [K in MetricKey]: InstrumentOf<(typeof METRICS)[K]> };
+
+/** Values read only when someone scrapes: they cost nothing between scrapes. */
+export interface ScrapeSources {
+  readonly limits: () => LimitsSnapshot | null;
+  readonly remembered: () => number;
+  readonly registered: () => { readonly sandboxes: number; readonly organizations: number } | null;
+  readonly dataPlane: () => 'native' | 'js';
+}
 
 export class Metrics {
   readonly registry = new Registry();
+  /** Every egressd metric, as declared in METRICS. */
+  readonly instruments: Instruments;
   readonly #sandboxLabel: boolean;
-
-  readonly connections: Counter;
-  readonly activeConnections: Gauge<'listener'>;
-  readonly bytes: Counter<'direction'>;
-  readonly peekDuration: Histogram<'listener'>;
-  readonly connectDuration: Histogram;
-  readonly connectFailures: Counter<'cause'>;
-  readonly dnsLookups: Counter<'outcome'>;
-  readonly dnsCacheHits: Counter;
-  readonly dnsFailures: Counter<'cause'>;
-  readonly policyChanges: Counter<'source'>;
-  readonly policyChangesRefused: Counter<'source'>;
-  readonly configReloads: Counter<'result'>;
-  readonly closedByPolicyChange: Counter;
-  readonly stateWriteFailures: Counter<'errno'>;
-  readonly stateEntries: Gauge;
-  readonly dnsQueries: Counter<'verdict' | 'type'>;
-  readonly dnsUpstreamDuration: Histogram;
-  readonly dnsAnswerCacheHits: Counter;
-  readonly dnsRememberedAddresses: Gauge;
-  #remembered: () => { total: number } = () => ({ total: 0 });
-  readonly acceptErrors: Counter<'code'>;
-  readonly limitDescriptors: Gauge<'kind'>;
-  readonly openDescriptors: Gauge;
-  readonly limitConnections: Gauge<'scope'>;
-  readonly admittedConnections: Gauge<'state'>;
-  readonly memoryPressure: Gauge;
-  readonly memoryLimit: Gauge;
-  readonly overloaded: Gauge<'resource'>;
-  #limits: (() => LimitsSnapshot) | null = null;
+  #sources: ScrapeSources = { limits: () => null, remembered: () => 0, registered: () => null, dataPlane: () => 'js' };
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
-    const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.connections = new Counter({
-      name: 'egressd_connections_total',
-      help: 'Connections handled, by listener, verdict (allow, refuse, error), reason and the side that ended it (client, policy, upstream, egressd).',
-      labelNames: opts.sandboxLabel ? ['listener', 'verdict', 'reason', 'ended_by', 'sandbox'] : ['listener', 'verdict', 'reason', 'ended_by'],
-      registers,
-    });
-    this.activeConnections = new Gauge({
-      name: 'egressd_active_connections',
-      help: 'Connections currently open, by listener.',
-      labelNames: ['listener'],
-      registers,
-    });
-    this.bytes = new Counter({
-      name: 'egressd_bytes_total',
-      help: 'Bytes carried between clients and upstreams; direction "up" is client to upstream.',
-      labelNames: ['direction'],
-      registers,
-    });
-    this.peekDuration = new Histogram({
-      name: 'egressd_peek_duration_seconds',
-      help: 'Time from accept until the ClientHello or request head was read (or the peek gave up).',
-      labelNames: ['listener'],
-      buckets: SECONDS_BUCKETS,
-      registers,
-    });
-    this.connectDuration = new Histogram({
-      name: 'egressd_upstream_connect_duration_seconds',
-      help: 'Time to establish the TCP connection to the upstream.',
-      buckets: SECONDS_BUCKETS,
-      registers,
-    });
-    this.connectFailures = new Counter({
-      name: 'egressd_upstream_connect_failures_total',
-      help: 'Upstream connections that failed, by cause (refused, timeout, unreachable, reset, aborted, other).',
-      labelNames: ['cause'],
-      registers,
-    });
-    this.dnsLookups = new Counter({
-      name: 'egressd_dns_lookups_total',
-      help: 'Name resolutions made to dial an allowed name, by outcome (ok or a failure cause).',
-      labelNames: ['outcome'],
-      registers,
-    });
-    this.dnsCacheHits = new Counter({
-      name: 'egressd_dns_cache_hits_total',
-      help: 'Name resolutions answered from the TTL cache.',
-      registers,
-    });
-    this.dnsFailures = new Counter({
-      name: 'egressd_dns_failures_total',
-      help: 'Name resolutions that failed, by cause (nxdomain, nodata, timeout, servfail, refused, error).',
-      labelNames: ['cause'],
-      registers,
-    });
-    this.policyChanges = new Counter({
-      name: 'egressd_policy_changes_total',
-      help: 'Policy changes applied, by source (api, config).',
-      labelNames: ['source'],
-      registers,
-    });
-    this.policyChangesRefused = new Counter({
-      name: 'egressd_policy_changes_refused_total',
-      help: 'Policy changes refused as invalid or conflicting, by source (api, config).',
-      labelNames: ['source'],
-      registers,
-    });
-    this.configReloads = new Counter({
-      name: 'egressd_config_reloads_total',
-      help: 'Configuration reloads (SIGHUP), by result (ok, refused).',
-      labelNames: ['result'],
-      registers,
-    });
-    this.closedByPolicyChange = new Counter({
-      name: 'egressd_connections_closed_by_policy_change_total',
-      help: 'Open connections closed because a policy change refuses them.',
-      registers,
-    });
-    this.stateWriteFailures = new Counter({
-      name: 'egressd_state_write_failures_total',
-      help: 'Policy changes refused (503) because the state could not be written, by errno (ENOSPC, EROFS, EACCES, EIO, EBUSY, ...).',
-      labelNames: ['errno'],
-      registers,
-    });
-    this.stateEntries = new Gauge({
-      name: 'egressd_state_entries',
-      help: 'Sandboxes and organizations restored from the state at start-up.',
-      registers,
-    });
-    this.dnsQueries = new Counter({
-      name: 'egressd_dns_queries_total',
-      help: 'Queries to the DNS listener, by verdict (allow, refuse, rate-limited, inflight-limited, tcp-limited, malformed, servfail) and query type (A, AAAA, HTTPS, ..., other).',
-      labelNames: ['verdict', 'type'],
-      registers,
-    });
-    this.dnsUpstreamDuration = new Histogram({
-      name: 'egressd_dns_upstream_duration_seconds',
-      help: 'Time the upstream resolvers took to answer a query the DNS listener forwarded.',
-      buckets: SECONDS_BUCKETS,
-      registers,
-    });
-    this.dnsAnswerCacheHits = new Counter({
-      name: 'egressd_dns_answer_cache_hits_total',
-      help: 'Queries to the DNS listener answered from the answer cache.',
-      registers,
-    });
-    const remembered = (): number => this.#remembered().total;
-    this.dnsRememberedAddresses = new Gauge({
-      name: 'egressd_dns_remembered_addresses',
-      help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
-      registers,
-      collect() {
-        this.set(remembered());
-      },
-    });
-    this.acceptErrors = new Counter({
-      name: 'egressd_accept_errors_total',
-      help: 'accept(2) failures on the listeners, by errno (EMFILE, ENFILE, ...): connections the kernel could not hand over.',
-      labelNames: ['code'],
-      registers,
-    });
-    // The limits' gauges are read from the controller at scrape time, so they cost nothing
-    // between scrapes; unset until the daemon attaches its limits.
-    const limits = (): LimitsSnapshot | null => this.#limits?.() ?? null;
+    const src = (): ScrapeSources => this.#sources;
     const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
       if (v !== null && v !== undefined) g.set(labels, v);
     };
-    this.limitDescriptors = new Gauge({
-      name: 'egressd_limit_descriptors',
-      help: 'RLIMIT_NOFILE in force, by kind (soft: raised to the hard limit at start; hard).',
-      labelNames: ['kind'],
-      registers,
-      collect() {
-        const s = limits();
-        setIf(this, { kind: 'soft' }, s?.nofileSoft);
-        setIf(this, { kind: 'hard' }, s?.nofileHard);
+    // The gauges that are read at scrape time, by key; each runs with the gauge it fills.
+    const collect: Partial<Record<MetricKey, (g: Gauge<string>) => void>> = {
+      buildInfo: (g) => {
+        g.reset();
+        g.set({ version: EGRESSD_VERSION, node_version: process.version, data_plane: src().dataPlane() }, 1);
       },
-    });
-    this.openDescriptors = new Gauge({
-      name: 'egressd_open_descriptors',
-      help: 'Descriptors the process has open now.',
-      registers,
-      collect() {
-        setIf(this, {}, limits()?.openDescriptors);
+      sandboxes: (g) => setIf(g, {}, src().registered()?.sandboxes),
+      organizations: (g) => setIf(g, {}, src().registered()?.organizations),
+      dnsRememberedAddresses: (g) => g.set(src().remembered()),
+      limitDescriptors: (g) => {
+        const s = src().limits();
+        setIf(g, { kind: 'soft' }, s?.nofileSoft);
+        setIf(g, { kind: 'hard' }, s?.nofileHard);
       },
-    });
-    this.limitConnections = new Gauge({
-      name: 'egressd_limit_connections',
-      help: 'Connections egressd may hold, by scope: global (the descriptor budget: RLIMIT_NOFILE minus the reserve, two per connection) and sandbox_share (what one sandbox may hold of it).',
-      labelNames: ['scope'],
-      registers,
-      collect() {
-        const s = limits();
-        setIf(this, { scope: 'global' }, s?.globalConnections);
-        setIf(this, { scope: 'sandbox_share' }, s?.sandboxShare);
+      openDescriptors: (g) => setIf(g, {}, src().limits()?.openDescriptors),
+      limitConnections: (g) => {
+        const s = src().limits();
+        setIf(g, { scope: 'global' }, s?.globalConnections);
+        setIf(g, { scope: 'sandbox_share' }, s?.sandboxShare);
       },
-    });
-    this.admittedConnections = new Gauge({
-      name: 'egressd_admitted_connections',
-      help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked).',
-      labelNames: ['state'],
-      registers,
-      collect() {
-        const s = limits();
-        setIf(this, { state: 'open' }, s?.open);
-        setIf(this, { state: 'undecided' }, s?.undecided);
+      admittedConnections: (g) => {
+        const s = src().limits();
+        setIf(g, { state: 'open' }, s?.open);
+        setIf(g, { state: 'undecided' }, s?.undecided);
       },
-    });
-    this.memoryPressure = new Gauge({
-      name: 'egressd_memory_pressure_ratio',
-      help: 'The highest memory pressure (used / limit) of the cgroup working set, RSS and V8 heap monitors.',
-      registers,
-      collect() {
-        setIf(this, {}, limits()?.memoryPressure);
-      },
-    });
-    this.memoryLimit = new Gauge({
-      name: 'egressd_memory_limit_bytes',
-      help: 'The tightest cgroup memory.max above egressd (absent without one).',
-      registers,
-      collect() {
-        setIf(this, {}, limits()?.memoryLimitBytes);
-      },
-    });
-    this.overloaded = new Gauge({
-      name: 'egressd_overloaded',
-      help: 'Whether new connections are being shed, by resource (memory, descriptors): 1 yes, 0 no.',
-      labelNames: ['resource'],
-      registers,
-      collect() {
-        const s = limits();
+      memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
+      memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),
+      overloaded: (g) => {
+        const s = src().limits();
         if (!s) return;
-        this.set({ resource: 'memory' }, s.overloaded.memory ? 1 : 0);
-        this.set({ resource: 'descriptors' }, s.overloaded.descriptors ? 1 : 0);
+        g.set({ resource: 'memory' }, s.overloaded.memory ? 1 : 0);
+        g.set({ resource: 'descriptors' }, s.overloaded.descriptors ? 1 : 0);
       },
-    });
-    for (const l of ['http', 'tls', 'tcp'] as const) this.activeConnections.set({ listener: l }, 0);
+    };
+    const made: Record<string, Counter<string> | Gauge<string> | Histogram<string>> = {};
+    for (const [key, spec] of Object.entries(METRICS) as [MetricKey, MetricSpec][]) {
+      made[key] = instrument(spec, this.registry, opts.sandboxLabel, collect[key]);
+    }
+    this.instruments = made as unknown as Instruments;
+    for (const l of ['http', 'tls', 'tcp'] as const) this.instruments.activeConnections.set({ listener: l }, 0);
+  }
+
+  /** Where the scrape-time gauges read from (the daemon's limits, DNS memory, control plane and data plane). */
+  attach(sources: Partial<ScrapeSources>): void {
+    this.#sources = { ...this.#sources, ...sources };
   }
 
   /** Where the limits' gauges read from (the daemon's limits controller). */
   attachLimits(snapshot: () => LimitsSnapshot): void {
-    this.#limits = snapshot;
+    this.attach({ limits: snapshot });
   }
 
   accepted(listener: ListenerKind): void {
-    this.activeConnections.inc({ listener });
+    this.instruments.activeConnections.inc({ listener });
   }
 
   /** Records one finished connection: the outcome is the single source of every count. */
   outcome(o: Readonly<ConnectionOutcome>): void {
-    this.activeConnections.dec({ listener: o.listener });
+    const m = this.instruments;
+    m.activeConnections.dec({ listener: o.listener });
     const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason, ended_by: o.endedBy };
     if (this.#sandboxLabel) labels['sandbox'] = o.sandbox ?? '';
-    this.connections.inc(labels);
-    if (o.bytesUp > 0) this.bytes.inc({ direction: 'up' }, o.bytesUp);
-    if (o.bytesDown > 0) this.bytes.inc({ direction: 'down' }, o.bytesDown);
-    if (o.peekMs !== undefined) this.peekDuration.observe({ listener: o.listener }, o.peekMs / 1000);
-    if (o.connectMs !== undefined) this.connectDuration.observe(o.connectMs / 1000);
-    if (o.dialFailure !== undefined) this.connectFailures.inc({ cause: o.dialFailure });
-    if (o.reason === 'policy-changed') this.closedByPolicyChange.inc();
+    m.connections.inc(labels);
+    m.connectionDuration.observe({ listener: o.listener, verdict: o.verdict }, o.durationMs / 1000);
+    if (o.bytesUp > 0) m.bytes.inc({ direction: 'up' }, o.bytesUp);
+    if (o.bytesDown > 0) m.bytes.inc({ direction: 'down' }, o.bytesDown);
+    if (o.peekMs !== undefined) m.peekDuration.observe({ listener: o.listener }, o.peekMs / 1000);
+    if (o.connectMs !== undefined) m.connectDuration.observe(o.connectMs / 1000);
+    if (o.dialFailure !== undefined) m.connectFailures.inc({ cause: o.dialFailure });
+    if (o.reason === 'policy-changed') m.closedByPolicyChange.inc();
   }
 
   /** A connection refused at accept by admission control (it has no outcome record). */
@@ -291,27 +352,55 @@ export class Metrics {
     // Shed at accept for capacity: egressd's own doing, not a policy's.
     const labels: Record<string, string> = { listener, verdict: 'refuse', reason, ended_by: 'egressd' };
     if (this.#sandboxLabel) labels['sandbox'] = sandbox ?? '';
-    this.connections.inc(labels);
+    this.instruments.connections.inc(labels);
   }
 
   dnsLookup(e: { cached: boolean; outcome: string }): void {
-    if (e.cached) this.dnsCacheHits.inc();
-    this.dnsLookups.inc({ outcome: e.outcome });
-    if (e.outcome !== 'ok') this.dnsFailures.inc({ cause: e.outcome });
+    if (e.cached) this.instruments.dnsCacheHits.inc();
+    this.instruments.dnsLookups.inc({ outcome: e.outcome });
+    if (e.outcome !== 'ok') this.instruments.dnsFailures.inc({ cause: e.outcome });
   }
 
   dnsQuery(e: { verdict: string; type: string; cached: boolean; upstreamMs?: number }): void {
-    this.dnsQueries.inc({ verdict: e.verdict, type: e.type });
-    if (e.cached) this.dnsAnswerCacheHits.inc();
-    if (e.upstreamMs !== undefined) this.dnsUpstreamDuration.observe(e.upstreamMs / 1000);
+    this.instruments.dnsQueries.inc({ verdict: e.verdict, type: e.type });
+    if (e.cached) this.instruments.dnsAnswerCacheHits.inc();
+    if (e.upstreamMs !== undefined) this.instruments.dnsUpstreamDuration.observe(e.upstreamMs / 1000);
   }
 
   /** Where the remembered-address gauge reads its value at scrape time. */
   dnsRemembered(read: () => { total: number }): void {
-    this.#remembered = read;
+    this.attach({ remembered: () => read().total });
   }
 
   async render(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/** The prom-client instrument for one row of METRICS, registered in `registry`. */
+function instrument(
+  spec: MetricSpec,
+  registry: Registry,
+  sandboxLabel: boolean,
+  collect: ((g: Gauge<string>) => void) | undefined,
+): Counter<string> | Gauge<string> | Histogram<string> {
+  const labelNames = spec.sandboxLabel === true && sandboxLabel ? [...spec.labels, 'sandbox'] : [...spec.labels];
+  const base = { name: spec.name, help: spec.help, labelNames, registers: [registry] };
+  switch (spec.type) {
+    case 'counter':
+      return new Counter(base);
+    case 'histogram':
+      return new Histogram({ ...base, buckets: [...(spec.buckets ?? SECONDS_BUCKETS)] });
+    case 'gauge':
+      return new Gauge(
+        collect === undefined
+          ? base
+          : {
+              ...base,
+              collect() {
+                collect(this);
+              },
+            },
+      );
   }
 }

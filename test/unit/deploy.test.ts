@@ -12,7 +12,8 @@ import type { IptablesOptions } from '../../src/cli/iptables/rules.ts';
 import { API_ERRORS } from '../../src/errors.ts';
 import { type Config, DEFAULT_DOCUMENT, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
 import { type Endpoint, LISTENER_KINDS, type ListenerKind } from '../../src/net/listener.ts';
-import { Metrics } from '../../src/observability/metrics.ts';
+import { METRICS, Metrics } from '../../src/observability/metrics.ts';
+import { GENERATED, replaceTable } from '../../scripts/docs-tables.ts';
 
 const ROOT = new URL('../../', import.meta.url);
 const read = (path: string): string => readFileSync(new URL(path, ROOT), 'utf8');
@@ -404,8 +405,8 @@ describe('deploy/kubernetes', () => {
 // ---------------------------------------------------------------------------------------------
 // Grafana and the metrics
 
-/** The metric names declared in src/observability/metrics.ts, read from its source. */
-const declared = new Set([...read('src/observability/metrics.ts').matchAll(/name:\s*'(egressd_[a-z0-9_]+)'/g)].map((m) => m[1]!));
+/** The metric names declared in METRICS (src/observability/metrics.ts). */
+const declared = new Set<string>(Object.values(METRICS).map((s) => s.name));
 
 /** Every metric the daemon's registry exports (egressd's and prom-client's defaults), with type and labels. */
 const registered = await (async () => {
@@ -491,7 +492,7 @@ describe('deploy/grafana/egressd-dashboard.json', () => {
     }
   });
 
-  it('reads the metric names of metrics.ts from its source, and they are what the registry exports', () => {
+  it('reads the metric names from METRICS, and they are what the registry exports', () => {
     expect(declared.size).toBeGreaterThan(0);
     expect([...registered.keys()].filter((n) => n.startsWith('egressd_')).sort()).toEqual([...declared].sort());
   });
@@ -542,6 +543,24 @@ describe('docs', () => {
     const md = read('docs/metrics.md');
     for (const name of declared) expect(md, name).toContain(`\`${name}\``);
     for (const p of panels) expect(md, p.title).toContain(p.title);
+  });
+
+  it.each(GENERATED.map((g) => [g.file, g] as const))('%s holds the table generated from the code (npm run docs:tables)', (file, g) => {
+    const doc = read(file);
+    expect(replaceTable(doc, g.header, g.table()), `${file} is stale: run npm run docs:tables`).toBe(doc);
+  });
+
+  it('docs/metrics.md lists each metric once, with the type, labels and help METRICS gives it', () => {
+    const rows = [...read('docs/metrics.md').matchAll(/^\| `(egressd_[a-z0-9_]+)` \| (\w+) \|(.*?)\| (.*) \|$/gm)];
+    expect(rows.map((r) => r[1])).toEqual(Object.values(METRICS).map((s) => s.name));
+    for (const [row, spec] of rows.map((r, i) => [r, Object.values(METRICS)[i]!] as const)) {
+      expect(row[2], spec.name).toBe(spec.type);
+      expect(
+        [...row[3]!.split('(+')[0]!.matchAll(/`(\w+)`/g)].map((m) => m[1]),
+        spec.name,
+      ).toEqual(spec.labels);
+      expect(row[4], spec.name).toBe(spec.help);
+    }
   });
 
   it('docs/config.md lists every key of DEFAULT_DOCUMENT', () => {

@@ -1,10 +1,11 @@
 // Every metric egressd exports: declared with help text, named as Prometheus asks, moved by the
 // calls the daemon makes (src/daemon.ts), and labelled only from small fixed sets.
 
+import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
-import { Metrics } from '../../../src/observability/metrics.ts';
+import { METRICS, Metrics, type MetricKey, type MetricSpec } from '../../../src/observability/metrics.ts';
 
 interface Sample {
   readonly name: string;
@@ -91,14 +92,14 @@ function feed(m: Metrics): void {
   m.dnsQuery({ verdict: 'allow', type: 'A', cached: false, upstreamMs: 3 });
   m.dnsQuery({ verdict: 'allow', type: 'A', cached: true });
   m.dnsRemembered(() => ({ total: 2 }));
-  m.policyChanges.inc({ source: 'api' });
-  m.policyChangesRefused.inc({ source: 'api' });
-  m.configReloads.inc({ result: 'ok' });
+  m.instruments.policyChanges.inc({ source: 'api' });
+  m.instruments.policyChangesRefused.inc({ source: 'api' });
+  m.instruments.configReloads.inc({ result: 'ok' });
   m.outcome(outcome({ listener: 'tcp', reason: 'policy-changed', protocol: 'none', name: null }));
-  m.stateWriteFailures.inc({ errno: 'ENOSPC' });
-  m.stateEntries.set(3);
+  m.instruments.stateWriteFailures.inc({ errno: 'ENOSPC' });
+  m.instruments.stateEntries.set(3);
   // Admission control: an accept(2) failure and the limits' gauges.
-  m.acceptErrors.inc({ code: 'EMFILE' });
+  m.instruments.acceptErrors.inc({ code: 'EMFILE' });
   m.attachLimits(() => ({
     nofileSoft: 1024,
     nofileHard: 4096,
@@ -111,13 +112,16 @@ function feed(m: Metrics): void {
     memoryLimitBytes: 512 * 1_048_576,
     overloaded: { memory: true, descriptors: false },
   }));
+  m.attach({ registered: () => ({ sandboxes: 4, organizations: 2 }), dataPlane: () => 'native' });
   // One connection still open when the metrics are read.
   m.accepted('tls');
 }
 
-/** The metrics a Metrics object declares, found by looking at its fields. */
+/** The metrics a Metrics object declares, found by looking at its instruments. */
 function declared(m: Metrics): (Counter | Gauge | Histogram)[] {
-  return Object.values(m).filter((v): v is Counter | Gauge | Histogram => v instanceof Counter || v instanceof Gauge || v instanceof Histogram);
+  return Object.values(m.instruments).filter(
+    (v: unknown): v is Counter | Gauge | Histogram => v instanceof Counter || v instanceof Gauge || v instanceof Histogram,
+  );
 }
 
 const nameOf = (metric: Counter | Gauge | Histogram): string => (metric as unknown as { name: string }).name;
@@ -165,7 +169,8 @@ describe('Metrics as the daemon feeds them', () => {
     const before = await egressdSamples(m);
     feed(m);
     const after = await egressdSamples(m);
-    for (const metric of declared(m)) {
+    // egressd_build_info is 1 from the start: it says which egressd runs, and never moves.
+    for (const metric of declared(m).filter((x) => nameOf(x) !== 'egressd_build_info')) {
       const name = nameOf(metric);
       const total = (s: Sample[]) => s.filter((x) => x.name === name || x.name === `${name}_count`).reduce((a, x) => a + x.value, 0);
       expect({ name, moved: total(after) > total(before) }).toEqual({ name, moved: true });
@@ -247,15 +252,70 @@ describe('Metrics as the daemon feeds them', () => {
 
   it('counts policy changes, refusals and reloads by source and result', async () => {
     const m = new Metrics({ sandboxLabel: false });
-    m.policyChanges.inc({ source: 'api' });
-    m.policyChanges.inc({ source: 'config' });
-    m.policyChangesRefused.inc({ source: 'api' });
-    m.configReloads.inc({ result: 'refused' });
+    m.instruments.policyChanges.inc({ source: 'api' });
+    m.instruments.policyChanges.inc({ source: 'config' });
+    m.instruments.policyChangesRefused.inc({ source: 'api' });
+    m.instruments.configReloads.inc({ result: 'refused' });
     const s = await egressdSamples(m);
     expect(value(s, 'egressd_policy_changes_total', { source: 'api' })).toBe(1);
     expect(value(s, 'egressd_policy_changes_total', { source: 'config' })).toBe(1);
     expect(value(s, 'egressd_policy_changes_refused_total', { source: 'api' })).toBe(1);
     expect(value(s, 'egressd_config_reloads_total', { result: 'refused' })).toBe(1);
+  });
+});
+
+describe('METRICS, the one table', () => {
+  it('creates exactly its rows, with their type, help, labels and buckets', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    const json = new Map((await m.registry.getMetricsAsJSON()).map((x) => [x.name, x]));
+    const names = Object.values(METRICS).map((s) => s.name);
+    expect(new Set(names).size).toBe(names.length);
+    expect([...json.keys()].filter((n) => n.startsWith('egressd_')).sort()).toEqual([...names].sort());
+    for (const [key, spec] of Object.entries(METRICS) as [MetricKey, MetricSpec][]) {
+      const made = m.instruments[key] as unknown as { name: string; help: string; labelNames: string[]; upperBounds?: number[] };
+      expect(made.name).toBe(spec.name);
+      expect(made.help).toBe(spec.help);
+      expect(made.labelNames).toEqual(spec.labels);
+      expect(String(json.get(spec.name)?.type)).toBe(spec.type);
+      if (spec.type === 'histogram') expect(made.upperBounds).toEqual(spec.buckets);
+    }
+  });
+
+  it('says which egressd runs in egressd_build_info, always 1', async () => {
+    const m = new Metrics();
+    m.attach({ dataPlane: () => 'native' });
+    let s = await egressdSamples(m);
+    const version = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    expect(s.filter((x) => x.name === 'egressd_build_info')).toEqual([
+      { name: 'egressd_build_info', labels: { version, node_version: process.version, data_plane: 'native' }, value: 1 },
+    ]);
+    // The data plane is read at each scrape: one series, never a stale second one.
+    m.attach({ dataPlane: () => 'js' });
+    s = await egressdSamples(m);
+    expect(s.filter((x) => x.name === 'egressd_build_info').map((x) => x.labels['data_plane'])).toEqual(['js']);
+  });
+
+  it('reads the registered sandboxes and organizations at scrape time', async () => {
+    const m = new Metrics();
+    expect(value(await egressdSamples(m), 'egressd_sandboxes')).toBe(0);
+    let n = 3;
+    m.attach({ registered: () => ({ sandboxes: n, organizations: 1 }) });
+    expect(value(await egressdSamples(m), 'egressd_sandboxes')).toBe(3);
+    n = 5000;
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_sandboxes')).toBe(5000);
+    expect(value(s, 'egressd_organizations')).toBe(1);
+  });
+
+  it("observes each connection's whole duration in seconds, by listener and verdict", async () => {
+    const m = new Metrics();
+    m.outcome(outcome({ durationMs: 40 }));
+    m.outcome(outcome({ listener: 'http', verdict: 'refuse', reason: 'default-block', endedBy: 'policy', durationMs: 2 }, ['connectMs']));
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_connection_duration_seconds_sum', { listener: 'tls', verdict: 'allow' })).toBeCloseTo(0.04, 9);
+    expect(value(s, 'egressd_connection_duration_seconds_count', { listener: 'tls', verdict: 'allow' })).toBe(1);
+    expect(value(s, 'egressd_connection_duration_seconds_bucket', { listener: 'http', verdict: 'refuse', le: '0.005' })).toBe(1);
+    expect(value(s, 'egressd_connection_duration_seconds_bucket', { listener: 'http', verdict: 'refuse', le: '0.001' })).toBe(0);
   });
 });
 
@@ -279,6 +339,9 @@ describe('Metrics labels', () => {
     scope: /^(?:global|sandbox_share)$/,
     state: /^(?:open|undecided)$/,
     resource: /^(?:memory|descriptors)$/,
+    version: /^\d+\.\d+\.\d+/,
+    node_version: /^v\d+\.\d+\.\d+/,
+    data_plane: /^(?:native|js)$/,
   };
 
   it('takes every label value from a small fixed set, never a name, address, rule or sandbox id', async () => {
