@@ -1,10 +1,13 @@
 // The live table of sandboxes and organizations: which compiled policies apply to a connection,
-// found by its source address. Layers are compiled here, once per change; a lookup on the hot
-// path is one Map get and returns plain data, which policy/verdict.ts judges.
+// found by its source address. Layers are compiled here, once per change — a sandbox's on first
+// use, so that a start-up restoring 10,000 sandboxes compiles only those that get traffic
+// (bench/RESULTS.md); a lookup on the hot path is one Map get and returns plain data, which
+// policy/verdict.ts judges.
 
 import type { DialectResult } from '../policy/model.ts';
 import { compileLayer, tierNetwork, type CompiledLayer, type LayerSettings, type PolicyChain, type Tier } from '../policy/verdict.ts';
 import { compileProtected, type HostGuard, type ProtectedRanges } from '../match/protected.ts';
+import { SharedDomains } from '../policy/compile.ts';
 
 export type { Tier } from '../policy/verdict.ts';
 
@@ -40,8 +43,10 @@ export interface StoreSettings {
 
 interface SandboxEntry {
   readonly def: SandboxDefinition;
-  readonly layer: CompiledLayer;
-  chain: PolicyChain;
+  /** Compiled on first use; the network was validated, so compiling cannot fail. */
+  layer: CompiledLayer | null;
+  /** Built on first use, and again after its organization changed. */
+  chain: PolicyChain | null;
 }
 
 export class PolicyStore implements PolicyLookup {
@@ -57,7 +62,8 @@ export class PolicyStore implements PolicyLookup {
     this.#settings = settings;
     this.#layerSettings = {
       protectedRanges: compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except], host: settings.host ?? null }),
-      catalog: settings.catalog,
+      // Compiled here once for the life of the store, and shared by every layer that has it on.
+      catalog: new SharedDomains(settings.catalog),
       dnsServers: settings.dnsServers,
     };
     this.#default = Object.freeze({ sandbox: null, org: null, layer: compileLayer(defaultNetwork, this.#layerSettings) });
@@ -87,7 +93,8 @@ export class PolicyStore implements PolicyLookup {
   }
 
   lookup(source: string): PolicyChain {
-    return this.#bySource.get(source)?.chain ?? this.#default;
+    const e = this.#bySource.get(source);
+    return e === undefined ? this.#default : this.#chainOf(e);
   }
 
   sandbox(id: string): SandboxDefinition | undefined {
@@ -108,7 +115,15 @@ export class PolicyStore implements PolicyLookup {
 
   /** The chain that applies to a sandbox (for `check` and `effective`). */
   policyOf(id: string): PolicyChain | undefined {
-    return this.#sandboxes.get(id)?.chain;
+    const e = this.#sandboxes.get(id);
+    return e === undefined ? undefined : this.#chainOf(e);
+  }
+
+  /** How many sandboxes' layers are compiled now (the rest compile on their first lookup). */
+  get compiledCount(): number {
+    let n = 0;
+    for (const e of this.#sandboxes.values()) if (e.layer !== null) n++;
+    return n;
   }
 
   /** The sandbox that owns a source address, if any. */
@@ -116,20 +131,24 @@ export class PolicyStore implements PolicyLookup {
     return this.#bySource.get(source)?.def.id ?? null;
   }
 
-  #chain(def: SandboxDefinition, layer: CompiledLayer): PolicyChain {
-    const org = def.org === null ? null : { id: def.org, layer: this.#orgs.get(def.org)?.layer ?? null };
-    return Object.freeze({ sandbox: def.id, org, layer });
+  #chainOf(e: SandboxEntry): PolicyChain {
+    if (e.chain !== null) return e.chain;
+    const layer = (e.layer ??= compileLayer(e.def.network, this.#layerSettings));
+    const org = e.def.org === null ? null : { id: e.def.org, layer: this.#orgs.get(e.def.org)?.layer ?? null };
+    return (e.chain = Object.freeze({ sandbox: e.def.id, org, layer }));
   }
 
-  /** Rebuilds the chains of the sandboxes in one organization after it changed. */
+  /** Drops the chains of the sandboxes in one organization after it changed; the next lookup links them again. */
   #relink(orgId: string): void {
-    for (const e of this.#sandboxes.values()) if (e.def.org === orgId) e.chain = this.#chain(e.def, e.layer);
+    for (const e of this.#sandboxes.values()) if (e.def.org === orgId) e.chain = null;
   }
 
-  /** Creates or replaces a sandbox. The caller has checked that its sources are free. */
+  /**
+   * Creates or replaces a sandbox. The caller has checked that its sources are free and its
+   * network is valid (dialects/): the layer is compiled on the first lookup.
+   */
   putSandbox(def: SandboxDefinition): void {
-    const layer = compileLayer(def.network, this.#layerSettings);
-    const entry: SandboxEntry = { def, layer, chain: this.#chain(def, layer) };
+    const entry: SandboxEntry = { def, layer: null, chain: null };
     this.removeSandbox(def.id);
     this.#sandboxes.set(def.id, entry);
     for (const s of def.sources) this.#bySource.set(s, entry);

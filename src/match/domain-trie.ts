@@ -122,4 +122,31 @@ export class DomainTrie {
     }
     return best !== NONE ? best : this.#any;
   }
+
+  /**
+   * How specific the pattern `match(name)` finds is, to choose between two tries that both
+   * match (a policy's own patterns and a shared catalog, compile.ts): Infinity for the exact
+   * name, the number of labels below `*.` for a wildcard (`*.b.c` is 2), 0 for `*`, -1 for no
+   * match.
+   */
+  specificity(name: string): number {
+    let node = this.#root;
+    let best = this.#any === NONE ? -1 : 0;
+    let depth = 0;
+    let end = name.length;
+    while (end > 0) {
+      const dot = name.lastIndexOf('.', end - 1);
+      const next = child(node, this.#hash, name, dot + 1, end);
+      if (next === undefined) break;
+      depth++;
+      if (dot < 0) {
+        if (next.exact !== NONE) return Infinity;
+        break;
+      }
+      if (next.wild !== NONE) best = depth;
+      node = next;
+      end = dot;
+    }
+    return best;
+  }
 }

@@ -5,7 +5,7 @@
 // the re-judge after a change, the API's `check` and the CLI's `decide` all ask this module.
 
 import type { ProtectedRanges } from '../match/protected.ts';
-import { compilePolicy, type CompiledPolicy } from './compile.ts';
+import { compilePolicy, type CompiledPolicy, type SharedDomains } from './compile.ts';
 import { decide, type Decision, type DecideTrace, type Facts } from './decide.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
 
@@ -14,15 +14,18 @@ export type { Decision, Facts } from './decide.ts';
 /** What every layer is compiled against; fixed for the life of a store. */
 export interface LayerSettings {
   readonly protectedRanges: ProtectedRanges;
-  /** The essential-services catalog's domains, joined to the allow side of layers that have it on. */
-  readonly catalog: readonly string[];
+  /**
+   * The essential-services catalog's domains, compiled once (`new SharedDomains(domains)`) and
+   * joined to the allow side of every layer that has it on.
+   */
+  readonly catalog: SharedDomains;
   /** The sandboxes' DNS servers (addresses), allowed on port 53 when a dialect says so. */
   readonly dnsServers: readonly string[];
 }
 
 /** One policy (a sandbox's or an organization's) as the verdict evaluates it. Immutable. */
 export interface CompiledLayer {
-  /** The dialect's policy, with the catalog joined to its allow side when the dialect says so. */
+  /** The dialect's policy, with the shared catalog joined to its allow side when the dialect says so. */
   readonly main: CompiledPolicy;
   /**
    * The DNS servers on port 53 only: a policy of its own, since one allow side cannot say
@@ -33,10 +36,6 @@ export interface CompiledLayer {
 
 /** Compiles one dialect result into a layer. Throws TypeError only on unvalidated input. */
 export function compileLayer(r: DialectResult, s: LayerSettings): CompiledLayer {
-  let policy = r.policy;
-  if (r.essentialServices && s.catalog.length > 0) {
-    policy = { ...policy, allow: { ...policy.allow, domains: [...policy.allow.domains, ...s.catalog] } };
-  }
   const dns =
     r.dnsServersAllowed && s.dnsServers.length > 0
       ? compilePolicy(
@@ -44,7 +43,7 @@ export function compileLayer(r: DialectResult, s: LayerSettings): CompiledLayer 
           s.protectedRanges,
         )
       : null;
-  return Object.freeze({ main: compilePolicy(policy, s.protectedRanges), dns });
+  return Object.freeze({ main: compilePolicy(r.policy, s.protectedRanges, r.essentialServices ? s.catalog : null), dns });
 }
 
 export type Tier = 1 | 2 | 3 | 4;

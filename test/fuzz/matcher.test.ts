@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CidrTrie } from '../../src/match/cidr-trie.ts';
-import { compilePolicy, PortTable } from '../../src/policy/compile.ts';
+import { compilePolicy, PortTable, SharedDomains } from '../../src/policy/compile.ts';
 import { decide, type Decision } from '../../src/policy/decide.ts';
 import { DomainTrie } from '../../src/match/domain-trie.ts';
 import type { Mode, PortRange } from '../../src/policy/model.ts';
@@ -251,6 +251,33 @@ describe('compiled matchers agree with a linear scan', () => {
           for (const f of fs) {
             const d = decide(compiled, { name: f.name, ip: text(f.addr), port: f.port });
             expect({ verdict: d.verdict, reason: d.reason, matchedBy: d.matchedBy }).toEqual(refDecide(mode, allow, deny, f.name, f.addr, f.port));
+          }
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('a side joined to shared patterns (the catalog) decides as one list with its own patterns first: verdict, reason, rule', () => {
+    const protectedSet = compileProtected({});
+    const facts = fc.record({ name: fc.option(name, { nil: null }), addr, port });
+    fc.assert(
+      fc.property(
+        fc.constantFrom<Mode>('allow-all', 'block-all'),
+        refSide,
+        maybe(pattern, 8),
+        refSide,
+        fc.array(facts, { minLength: 1, maxLength: 10 }),
+        (mode, allow, shared, deny, fs) => {
+          const toSide = (s: RefSide) => ({ domains: s.domains, cidrs: s.cidrs.map(cidrText), ports: s.ports });
+          const joined = compilePolicy({ mode, allow: toSide(allow), deny: toSide(deny) }, protectedSet, new SharedDomains(shared));
+          const listed = compilePolicy(
+            { mode, allow: { ...toSide(allow), domains: [...allow.domains, ...shared] }, deny: toSide(deny) },
+            protectedSet,
+          );
+          for (const f of fs) {
+            const facts = { name: f.name, ip: text(f.addr), port: f.port };
+            expect(decide(joined, facts)).toEqual(decide(listed, facts));
           }
         },
       ),

@@ -46,6 +46,17 @@ describe('DomainTrie', () => {
     expect(t.match('api.github.com')).toBe(1);
   });
 
+  it('ranks the pattern it matches: the exact name above the deepest wildcard above *', () => {
+    const t = build(['*', '*.com', '*.example.com', 'api.example.com']);
+    expect(t.specificity('api.example.com')).toBe(Infinity);
+    expect(t.specificity('www.example.com')).toBe(2);
+    expect(t.specificity('a.b.example.com')).toBe(2);
+    expect(t.specificity('other.com')).toBe(1);
+    expect(t.specificity('example.org')).toBe(0);
+    expect(build(['*.example.com']).specificity('example.org')).toBe(-1);
+    expect(build(['*.example.com']).specificity('example.com')).toBe(-1);
+  });
+
   it('keeps the first value of a pattern inserted twice', () => {
     const t = build(['a.com', 'a.com', '*.a.com', '*.a.com']);
     expect(t.match('a.com')).toBe(0);

@@ -9,6 +9,7 @@ import { normalizePattern } from '../../../src/match/names.ts';
 import { compileProtected } from '../../../src/match/protected.ts';
 import { parseNetworkBody } from '../../../src/policy/network-body.ts';
 import { compileLayer, verdict } from '../../../src/policy/verdict.ts';
+import { SharedDomains } from '../../../src/policy/compile.ts';
 
 // The "Essential services" sections of the two Daytona network-limits documents, read from ../shared/seeds/
 // (000 up to "Troubleshooting", 001 up to "### Testing Network Access"), so that the hosts are
@@ -152,7 +153,7 @@ describe('the built-in essential-services catalog', () => {
   it('allows a Daytona sandbox with networkAllowList to fetch MCR, Docker Hub and Quay layers through the real verdict', () => {
     const parsed = parseNetworkBody({ networkAllowList: '192.168.1.0/24' });
     if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
-    const layer = compileLayer(parsed.value, { protectedRanges: compileProtected({}), catalog: loaded().domains, dnsServers: [] });
+    const layer = compileLayer(parsed.value, { protectedRanges: compileProtected({}), catalog: new SharedDomains(loaded().domains), dnsServers: [] });
     const chain = { sandbox: 'sb', org: null, layer };
     for (const name of ['westus2.data.mcr.microsoft.com', 'production.cloudflare.docker.com', 'cdn02.quay.io', 'mcr.microsoft.com']) {
       expect(verdict(chain, { name, ip: '20.60.0.1', port: 443 }), name).toMatchObject({ verdict: 'allow', reason: 'allow-rule' });

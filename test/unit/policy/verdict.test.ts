@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { compileProtected } from '../../../src/match/protected.ts';
+import { SharedDomains } from '../../../src/policy/compile.ts';
 import type { DialectResult, Policy } from '../../../src/policy/model.ts';
 import { compileLayer, nameMatters, tierNetwork, verdict, type Facts, type LayerSettings, type PolicyChain } from '../../../src/policy/verdict.ts';
 
 const settings: LayerSettings = {
   protectedRanges: compileProtected({}),
-  catalog: ['registry.npmjs.org', '*.pypi.org'],
+  catalog: new SharedDomains(['registry.npmjs.org', '*.pypi.org']),
   dnsServers: ['9.9.9.9'],
 };
 const NONE = { domains: [], cidrs: [], ports: [] };

@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { loadCatalog } from '../../../../src/policy/catalog/catalog.ts';
-import { compilePolicy } from '../../../../src/policy/compile.ts';
+import { compilePolicy, SharedDomains } from '../../../../src/policy/compile.ts';
 import { decide } from '../../../../src/policy/decide.ts';
 import type { DialectResult } from '../../../../src/policy/model.ts';
 import type { FieldIssue } from '../../../../src/util/issues.ts';
@@ -13,7 +13,7 @@ import { compileProtected } from '../../../../src/match/protected.ts';
 const PROTECTED = compileProtected({});
 const catalog = loadCatalog();
 if (!catalog.ok) throw new Error(JSON.stringify(catalog.issues));
-const CATALOG = catalog.domains;
+const CATALOG = new SharedDomains(catalog.domains);
 
 function parsed(body: unknown): DialectResult {
   const r = parseNetworkBody(body);
@@ -24,8 +24,7 @@ function parsed(body: unknown): DialectResult {
 /** The verdict for one connection under a body, with the catalog joined as the store joins it. */
 function verdictOf(body: unknown): (name: string | null, ip: string, port?: number) => 'allow' | 'refuse' {
   const r = parsed(body);
-  const policy = r.essentialServices ? { ...r.policy, allow: { ...r.policy.allow, domains: [...r.policy.allow.domains, ...CATALOG] } } : r.policy;
-  const compiled = compilePolicy(policy, PROTECTED);
+  const compiled = compilePolicy(r.policy, PROTECTED, r.essentialServices ? CATALOG : null);
   return (name, ip, port = 443) => decide(compiled, { name, ip, port }).verdict;
 }
 
