@@ -271,10 +271,7 @@ describe('compiled matchers agree with a linear scan', () => {
         (mode, allow, shared, deny, fs) => {
           const toSide = (s: RefSide) => ({ domains: s.domains, cidrs: s.cidrs.map(cidrText), ports: s.ports });
           const joined = compilePolicy({ mode, allow: toSide(allow), deny: toSide(deny) }, protectedSet, new SharedDomains(shared));
-          const listed = compilePolicy(
-            { mode, allow: { ...toSide(allow), domains: [...allow.domains, ...shared] }, deny: toSide(deny) },
-            protectedSet,
-          );
+          const listed = compilePolicy({ mode, allow: { ...toSide(allow), domains: [...allow.domains, ...shared] }, deny: toSide(deny) }, protectedSet);
           for (const f of fs) {
             const facts = { name: f.name, ip: text(f.addr), port: f.port };
             expect(decide(joined, facts)).toEqual(decide(listed, facts));
