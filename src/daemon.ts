@@ -60,6 +60,7 @@ export function configSandboxRecords(config: Config): SandboxRecord[] {
     network: s.networkBody,
     origin: 'config' as const,
     ...(s.limits !== null ? { limits: s.limits } : {}),
+    ...(s.reportOnly ? { reportOnly: true } : {}),
   }));
 }
 
@@ -97,7 +98,13 @@ export class Daemon {
     // 8.8.8.8:53 would otherwise carry any payload out.
     const dnsListening = config.listen.dns.length > 0;
     this.store = new PolicyStore(
-      { protected: config.protected, host: this.host, catalog: catalogOf(config), dnsServers: dnsListening ? [] : config.dns.sandboxServers },
+      {
+        protected: config.protected,
+        host: this.host,
+        catalog: catalogOf(config),
+        dnsServers: dnsListening ? [] : config.dns.sandboxServers,
+        reportOnly: config.reportOnly,
+      },
       config.defaultNetwork,
     );
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
@@ -299,10 +306,17 @@ export class Daemon {
       .filter(([, k]) => !same(k))
       .map(([name]) => name);
     this.#config = Object.freeze({ ...next, listen: before.listen, admin: { ...next.admin, listen: before.admin.listen } });
+    let changed = false;
     if (!same((c) => c.defaultNetwork)) {
       this.store.setDefault(next.defaultNetwork);
-      this.#rejudge();
+      changed = true;
     }
+    if (next.reportOnly !== this.store.reportOnly) {
+      this.store.setReportOnly(next.reportOnly);
+      changed = true;
+    }
+    // Turning report-only off closes what it let through (unless onPolicyChange: keep).
+    if (changed) this.#rejudge();
     this.metrics.instruments.configReloads.inc({ result: 'ok' });
     return { ok: true, sandboxes: r.value, needsRestart };
   }

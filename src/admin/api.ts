@@ -10,7 +10,7 @@ import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { renderNetwork, type NetworkView } from '../policy/render.ts';
-import { verdict } from '../policy/verdict.ts';
+import { reportsOnly, verdict } from '../policy/verdict.ts';
 import { checkBearer, readJson, sendError } from './http-body.ts';
 import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
@@ -83,6 +83,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       origin: r.origin,
       network,
       ...(r.limits ? { limits: r.limits } : {}),
+      reportOnly: r.reportOnly === true,
       ...(warnings ? { warnings: prefixed(warnings) } : {}),
     };
   };
@@ -140,8 +141,14 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       const org = r.org === null ? null : cp.orgRecord(r.org);
       const orgNet = org?.network != null ? parseNetwork(org.network, 'network') : null;
       const settings = cp.store.settings;
+      const chain = cp.store.policyOf(r.id);
+      const levels = chain?.reportOnly ?? [];
       sendJson(res, 200, {
         sandbox: r.id,
+        // Report-only: on when any level turned it on (the config's `reportOnly`, the
+        // organization's, the sandbox's); what the policy would refuse is then let through and
+        // reported as `would-refuse`. Protected addresses stay refused.
+        report_only: { enabled: levels.length > 0, levels },
         rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
         organization:
           org == null
@@ -224,7 +231,17 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         if ('name' in n) name = n.name;
       }
       const d = verdict(policy, { name, ip, port });
-      sendJson(res, 200, { sandbox, host: name, ip, port, verdict: d.verdict, reason: d.reason, rule: d.rule });
+      sendJson(res, 200, {
+        sandbox,
+        host: name,
+        ip,
+        port,
+        verdict: d.verdict,
+        reason: d.reason,
+        rule: d.rule,
+        layer: d.layer,
+        report_only: { enabled: reportsOnly(policy), levels: policy.reportOnly ?? [] },
+      });
     }),
   });
 }

@@ -12,7 +12,7 @@
 import { request } from 'undici';
 
 export interface CliResult {
-  readonly code: 0 | 1 | 3;
+  readonly code: 0 | 1 | 3 | 4;
   readonly stdout: string;
   readonly stderr: string;
 }
@@ -25,7 +25,8 @@ export interface ApiCall {
 
 /**
  * One call to the admin API. Exit codes (src/cli/program.ts EXIT): 0 the API answered 2xx
- * (`check`: and allowed); 1 it refused the request (4xx but 401; `check`: refused); 3 it could not
+ * (`check`: and allowed); 1 it refused the request (4xx but 401; `check`: refused); 4 `check`:
+ * would be refused, let through by report-only mode; 3 it could not
  * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
  * stdout on success, to stderr otherwise.
  */
@@ -58,7 +59,9 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
     } catch {
       return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered something that is not JSON: ${out}` };
     }
-    return { code: verdict === 'allow' ? 0 : 1, stdout: out, stderr: '' };
+    // would-refuse: allowed now only because report-only mode is on; its own code, so a script
+    // can tell "allowed" from "allowed until the policy is enforced".
+    return { code: verdict === 'allow' ? 0 : verdict === 'would-refuse' ? 4 : 1, stdout: out, stderr: '' };
   }
   return { code: 0, stdout: out, stderr: '' };
 }

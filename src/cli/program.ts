@@ -24,8 +24,9 @@ import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
  *     a change the API refused (400, 404, 409, 412, 413), a firewall command that failed
  *   2 usage error: unknown command or option, missing or malformed argument, unreadable input
  *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
+ *   4 would be refused (check): the policy refuses it, and report-only mode lets it through
  */
-export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3 });
+export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3, wouldRefuse: 4 });
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
 
 export interface CliIo {
@@ -88,7 +89,8 @@ export function buildProgram(io: CliIo): { program: Command; run: (argv: readonl
       'after',
       `
 Exit codes: 0 done/allowed/valid, 1 refused/invalid/the API refused the change,
-2 usage error, 3 the admin API is unreachable, failing or refuses the token.
+2 usage error, 3 the admin API is unreachable, failing or refuses the token,
+4 check: would be refused, let through by report-only mode.
 
 Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
@@ -266,7 +268,7 @@ Run "egressd <command> --help" for a command's own options.`,
 
   apiOptions(sub(org, 'ls', 'List organizations')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/orgs' }));
 
-  apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused"))
+  apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused, 4 would be refused (report-only)"))
     .requiredOption('--sandbox <id>', 'sandbox id')
     .option('--host <name>', 'the SNI or Host the client sends')
     .requiredOption('--ip <addr>', 'the destination address')

@@ -26,6 +26,8 @@ export interface SandboxConfig {
   readonly network: DialectResult;
   /** This sandbox's own limits (each key absent falls back to its organization's, then limits.sandbox). */
   readonly limits: LimitsOverride | null;
+  /** Report-only mode for this sandbox (absent: false). */
+  readonly reportOnly: boolean;
 }
 
 export interface LimitsConfig {
@@ -104,6 +106,11 @@ export interface Config {
   };
   /** The policy for a source that belongs to no sandbox. */
   readonly defaultNetwork: DialectResult;
+  /**
+   * Report-only mode for every sandbox and the default policy: what a policy would refuse is
+   * let through and reported as `would-refuse`. Protected addresses stay refused. Reloadable.
+   */
+  readonly reportOnly: boolean;
   readonly sandboxes: readonly SandboxConfig[];
   readonly catalog: { readonly categories: readonly string[] | 'all'; readonly extra: readonly string[]; readonly file: string | null };
   readonly state: { readonly path: string | null };
@@ -141,6 +148,7 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   refusal: { lingerMs: 30_000, lingerMaxBytes: 67_108_864, lingerMaxConnections: 4096 },
   protected: { extra: [], except: [], reachableHostAddresses: [] },
   defaultNetwork: BLOCK_EVERYTHING,
+  reportOnly: false,
   sandboxes: [],
   catalog: { categories: 'all', extra: [], file: null },
   state: { path: null },
@@ -166,6 +174,7 @@ const TOP_KEYS = [
   'refusal',
   'protected',
   'defaultNetwork',
+  'reportOnly',
   'sandboxes',
   'catalog',
   'state',
@@ -310,6 +319,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   for (const i of cidrIssues) issues.add(i.field, i.reason);
 
   const defaultNetwork = policyAt(root['defaultNetwork'] ?? BLOCK_EVERYTHING, 'defaultNetwork', issues);
+  const reportOnly = optBool(root['reportOnly'], 'reportOnly', issues) ?? false;
 
   const sandboxes: SandboxConfig[] = [];
   const sbIn = root['sandboxes'];
@@ -319,7 +329,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (Array.isArray(sbIn)) {
     sbIn.forEach((raw, i) => {
       const f = `sandboxes[${i}]`;
-      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network', 'limits'], issues);
+      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network', 'limits', 'reportOnly'], issues);
       if (!sb) return;
       const id = optString(sb['id'], `${f}.id`, issues);
       if (sb['id'] === undefined) issues.add(`${f}.id`, 'Missing required field "id"');
@@ -344,8 +354,17 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
       const network = sb['network'] === undefined ? undefined : policyAt(sb['network'], `${f}.network`, issues);
       const limits = sb['limits'] === undefined ? null : parseLimits(sb['limits'], `${f}.limits`);
       if (limits !== null && !limits.ok) for (const x of limits.issues) issues.add(x.field, x.reason);
+      const sbReportOnly = optBool(sb['reportOnly'], `${f}.reportOnly`, issues) ?? false;
       if (id !== undefined && network !== undefined) {
-        sandboxes.push({ id, sources: canon, org: org ?? null, networkBody: sb['network'], network, limits: limits?.ok ? limits.value : null });
+        sandboxes.push({
+          id,
+          sources: canon,
+          org: org ?? null,
+          networkBody: sb['network'],
+          network,
+          limits: limits?.ok ? limits.value : null,
+          reportOnly: sbReportOnly,
+        });
       }
     });
   }
@@ -381,6 +400,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     refusal: { lingerMs, lingerMaxBytes, lingerMaxConnections },
     protected: { extra, except, reachableHostAddresses },
     defaultNetwork,
+    reportOnly,
     sandboxes,
     catalog: { categories, extra: catalogExtra, file: catalogFile },
     state: { path: statePath },

@@ -26,6 +26,8 @@ export interface SandboxRecord {
   readonly origin: ChangeSource;
   /** Connection limits of this sandbox alone (limits/limits-body.ts); absent: its org's, then the config's. */
   readonly limits?: LimitsOverride;
+  /** Report-only mode for this sandbox: what its policy would refuse is let through and reported. */
+  readonly reportOnly?: boolean;
 }
 
 export interface OrgRecord {
@@ -34,6 +36,8 @@ export interface OrgRecord {
   readonly network: unknown;
   /** Connection limits for each sandbox of the organization, unless the sandbox sets its own. */
   readonly limits?: LimitsOverride;
+  /** Report-only mode for every sandbox of the organization. */
+  readonly reportOnly?: boolean;
 }
 
 /** The version-1 JSON state egressd wrote before the SQLite store; read once and converted. */
@@ -267,8 +271,8 @@ export class ControlPlane {
     if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
     if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
     for (const k of Object.keys(body)) {
-      if (!['sources', 'org', 'network', 'limits'].includes(k))
-        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are sources, org, network, limits` });
+      if (!['sources', 'org', 'network', 'limits', 'reportOnly'].includes(k))
+        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are sources, org, network, limits, reportOnly` });
     }
     const sources: string[] = [];
     const rawSources = body['sources'];
@@ -289,6 +293,8 @@ export class ControlPlane {
     if (!network.ok) issues.push(...network.issues);
     const limits = body['limits'] === undefined ? null : parseLimits(body['limits'], 'limits');
     if (limits !== null && !limits.ok) issues.push(...limits.issues);
+    const reportOnly = body['reportOnly'];
+    if (reportOnly !== undefined && typeof reportOnly !== 'boolean') issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
     if (issues.length > 0 || !network.ok) return invalid(issues);
     const orgId = typeof org === 'string' ? org : null;
     if (orgId !== null && !this.#orgs.has(orgId)) return notFound(`Organization ${quote(orgId)} does not exist`);
@@ -307,12 +313,13 @@ export class ControlPlane {
       network: body['network'] ?? { mode: 'block-all' },
       origin: source,
       ...(limits?.ok ? { limits: limits.value } : {}),
+      ...(typeof reportOnly === 'boolean' ? { reportOnly } : {}),
     };
     return { ok: true, value: { record, network: network.value } };
   }
 
   #apply(record: SandboxRecord, network: DialectResult): void {
-    const def: SandboxDefinition = { id: record.id, sources: record.sources, org: record.org, network };
+    const def: SandboxDefinition = { id: record.id, sources: record.sources, org: record.org, network, reportOnly: record.reportOnly === true };
     this.store.putSandbox(def);
     this.#records.set(record.id, record);
   }
@@ -334,7 +341,17 @@ export class ControlPlane {
   putNetwork(id: string, network: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
     const r = this.#records.get(id);
     if (!r) return Promise.resolve(notFound(`Sandbox ${quote(id)} does not exist`));
-    return this.putSandbox(id, { sources: r.sources, ...(r.org !== null ? { org: r.org } : {}), ...(r.limits ? { limits: r.limits } : {}), network }, actor);
+    return this.putSandbox(
+      id,
+      {
+        sources: r.sources,
+        ...(r.org !== null ? { org: r.org } : {}),
+        ...(r.limits ? { limits: r.limits } : {}),
+        ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
+        network,
+      },
+      actor,
+    );
   }
 
   deleteSandbox(id: string, actor = 'api'): Promise<ChangeResult<SandboxRecord>> {
@@ -355,7 +372,8 @@ export class ControlPlane {
     if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
     if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
     for (const k of Object.keys(body)) {
-      if (!['tier', 'network', 'limits'].includes(k)) issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are tier, network, limits` });
+      if (!['tier', 'network', 'limits', 'reportOnly'].includes(k))
+        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are tier, network, limits, reportOnly` });
     }
     const tier = body['tier'];
     if (tier !== undefined && !(tier === 1 || tier === 2 || tier === 3 || tier === 4)) {
@@ -371,10 +389,18 @@ export class ControlPlane {
     }
     const limits = body['limits'] === undefined || body['limits'] === null ? null : parseLimits(body['limits'], 'limits');
     if (limits !== null && !limits.ok) issues.push(...limits.issues);
+    const reportOnly = body['reportOnly'];
+    if (reportOnly !== undefined && typeof reportOnly !== 'boolean') issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
     if (issues.length > 0) return invalid(issues);
     const t = (tier ?? null) as Tier | null;
-    const record: OrgRecord = { id, tier: t, network: body['network'] ?? null, ...(limits?.ok ? { limits: limits.value } : {}) };
-    return { ok: true, value: { record, def: { id, tier: t, network } } };
+    const record: OrgRecord = {
+      id,
+      tier: t,
+      network: body['network'] ?? null,
+      ...(limits?.ok ? { limits: limits.value } : {}),
+      ...(typeof reportOnly === 'boolean' ? { reportOnly } : {}),
+    };
+    return { ok: true, value: { record, def: { id, tier: t, network, reportOnly: reportOnly === true } } };
   }
 
   #applyOrg(record: OrgRecord, def: OrgDefinition): void {

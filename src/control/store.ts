@@ -5,7 +5,7 @@
 // policy/verdict.ts judges.
 
 import type { DialectResult } from '../policy/model.ts';
-import { compileLayer, tierNetwork, type CompiledLayer, type LayerSettings, type PolicyChain, type Tier } from '../policy/verdict.ts';
+import { compileLayer, tierNetwork, type CompiledLayer, type LayerSettings, type PolicyChain, type ReportOnlyLevel, type Tier } from '../policy/verdict.ts';
 import { compileProtected, type HostGuard, type ProtectedRanges } from '../match/protected.ts';
 import { SharedDomains } from '../policy/compile.ts';
 
@@ -23,12 +23,16 @@ export interface SandboxDefinition {
   readonly sources: readonly string[];
   readonly org: string | null;
   readonly network: DialectResult;
+  /** Report-only mode for this sandbox alone (policy/verdict.ts `would-refuse`). */
+  readonly reportOnly?: boolean;
 }
 
 export interface OrgDefinition {
   readonly id: string;
   readonly tier: Tier | null;
   readonly network: DialectResult | null;
+  /** Report-only mode for every sandbox of the organization. */
+  readonly reportOnly?: boolean;
 }
 
 export interface StoreSettings {
@@ -39,6 +43,8 @@ export interface StoreSettings {
   readonly catalog: readonly string[];
   /** The sandboxes' DNS servers (addresses), allowed on port 53 when a dialect says so. */
   readonly dnsServers: readonly string[];
+  /** Report-only mode for every chain, the default policy's included (the config's `reportOnly`). */
+  readonly reportOnly?: boolean;
 }
 
 interface SandboxEntry {
@@ -53,6 +59,7 @@ export class PolicyStore implements PolicyLookup {
   readonly #settings: StoreSettings;
   readonly #layerSettings: LayerSettings;
   #default: PolicyChain;
+  #reportOnly: boolean;
   readonly #bySource = new Map<string, SandboxEntry>();
   readonly #sandboxes = new Map<string, SandboxEntry>();
   readonly #orgs = new Map<string, { def: OrgDefinition; layer: CompiledLayer }>();
@@ -66,7 +73,26 @@ export class PolicyStore implements PolicyLookup {
       catalog: new SharedDomains(settings.catalog),
       dnsServers: settings.dnsServers,
     };
-    this.#default = Object.freeze({ sandbox: null, org: null, layer: compileLayer(defaultNetwork, this.#layerSettings) });
+    this.#reportOnly = settings.reportOnly ?? false;
+    this.#default = this.#defaultChain(compileLayer(defaultNetwork, this.#layerSettings));
+  }
+
+  #defaultChain(layer: CompiledLayer): PolicyChain {
+    return Object.freeze({ sandbox: null, org: null, layer, reportOnly: this.#reportOnly ? (['global'] as const) : [] });
+  }
+
+  /** Whether report-only mode is on for every chain (the config's `reportOnly`). */
+  get reportOnly(): boolean {
+    return this.#reportOnly;
+  }
+
+  /** Turns report-only mode on or off for every chain (a config reload); chains link again on their next lookup. */
+  setReportOnly(on: boolean): void {
+    if (on === this.#reportOnly) return;
+    this.#reportOnly = on;
+    this.#default = this.#defaultChain(this.#default.layer);
+    for (const e of this.#sandboxes.values()) e.chain = null;
+    this.#version++;
   }
 
   get protectedRanges(): ProtectedRanges {
@@ -88,7 +114,7 @@ export class PolicyStore implements PolicyLookup {
 
   /** Replaces the policy for sources that belong to no sandbox (a config reload). */
   setDefault(network: DialectResult): void {
-    this.#default = Object.freeze({ sandbox: null, org: null, layer: compileLayer(network, this.#layerSettings) });
+    this.#default = this.#defaultChain(compileLayer(network, this.#layerSettings));
     this.#version++;
   }
 
@@ -134,8 +160,13 @@ export class PolicyStore implements PolicyLookup {
   #chainOf(e: SandboxEntry): PolicyChain {
     if (e.chain !== null) return e.chain;
     const layer = (e.layer ??= compileLayer(e.def.network, this.#layerSettings));
-    const org = e.def.org === null ? null : { id: e.def.org, layer: this.#orgs.get(e.def.org)?.layer ?? null };
-    return (e.chain = Object.freeze({ sandbox: e.def.id, org, layer }));
+    const o = e.def.org === null ? undefined : this.#orgs.get(e.def.org);
+    const org = e.def.org === null ? null : { id: e.def.org, layer: o?.layer ?? null };
+    const reportOnly: ReportOnlyLevel[] = [];
+    if (this.#reportOnly) reportOnly.push('global');
+    if (o?.def.reportOnly === true) reportOnly.push('org');
+    if (e.def.reportOnly === true) reportOnly.push('sandbox');
+    return (e.chain = Object.freeze({ sandbox: e.def.id, org, layer, reportOnly: Object.freeze(reportOnly) }));
   }
 
   /** Drops the chains of the sandboxes in one organization after it changed; the next lookup links them again. */

@@ -227,9 +227,7 @@ async function run(
   deps.onDecided?.();
   live.facts = facts;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
-  o.verdict = 'allow';
-  o.reason = decision.reason;
-  o.rule = decision.rule;
+  admit(o, decision);
 
   // (3) Where to dial: a presented name is dialed as upstream.dial says, every candidate
   // judged on its own address by the policy in force while resolving.
@@ -246,7 +244,8 @@ async function run(
           resolver: {
             resolve: async (name: string) => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name)),
           },
-          allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict === 'allow',
+          // A would-refuse address is dialed as an allowed one (report-only); a refused one never.
+          allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict !== 'refuse',
         });
   if (!target.ok) {
     o.end = target.detail;
@@ -255,6 +254,7 @@ async function run(
   if (live.abort.signal.aborted) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
   const afterResolve = judge(ip);
   if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
+  admit(o, afterResolve);
 
   // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget.
   const d = await dialFirst({
@@ -291,6 +291,7 @@ async function run(
     o.dialed = null;
     return refuse(socket, o.protocol, config, o, final);
   }
+  admit(o, final);
 
   // (5) The splice.
   const s = await splice(socket, d.socket, {
@@ -316,6 +317,17 @@ async function run(
             ? (s.firstFin ?? 'client')
             : 'egressd';
   }
+}
+
+/**
+ * Records the verdict that lets the connection through: `allow`, or `would-refuse` (report-only
+ * mode) with the reason and rule that would have refused it. The latest stage's verdict wins,
+ * so a change made while the connection waited is what its log line shows.
+ */
+function admit(o: ConnectionOutcome, v: Verdict): void {
+  o.verdict = v.verdict === 'would-refuse' ? 'would-refuse' : 'allow';
+  o.reason = v.reason;
+  o.rule = v.rule;
 }
 
 function protocolOfListener(l: ListenerKind): Protocol {

@@ -48,7 +48,11 @@ export interface ConnectionOutcome {
   protocol: Protocol;
   alpn?: readonly string[];
   ech?: boolean;
-  verdict: 'allow' | 'refuse' | 'error';
+  /**
+   * `would-refuse`: the policy refused and report-only mode let it through (policy/verdict.ts);
+   * `reason` and `rule` are the refusal's.
+   */
+  verdict: 'allow' | 'refuse' | 'would-refuse' | 'error';
   reason: OutcomeReason;
   endedBy: EndedBy;
   rule: string | null;

@@ -59,6 +59,12 @@ export function tierNetwork(tier: Tier): DialectResult {
 }
 
 /**
+ * Where report-only mode was turned on for a chain: the config's top-level `reportOnly`, the
+ * organization's or the sandbox's own. Any one of them is enough.
+ */
+export type ReportOnlyLevel = 'global' | 'org' | 'sandbox';
+
+/**
  * The layers that apply to one source at one moment, as the store holds them. Plain data: a
  * connection asks the store for the chain again at every stage, so a change reaches it.
  */
@@ -68,12 +74,29 @@ export interface PolicyChain {
   /** Null when the sandbox names no organization; `layer` null when it names an unknown one. */
   readonly org: { readonly id: string; readonly layer: CompiledLayer | null } | null;
   readonly layer: CompiledLayer;
+  /** The levels that put this chain in report-only mode; empty or absent: its policy is enforced. */
+  readonly reportOnly?: readonly ReportOnlyLevel[];
+}
+
+/** Whether report-only mode is on for the chain. */
+export function reportsOnly(chain: PolicyChain): boolean {
+  return chain.reportOnly !== undefined && chain.reportOnly.length > 0;
 }
 
 /** Which layer's rule decided: the key a per-rule hit count or a report needs beside `rule`. */
 export type VerdictLayer = 'org' | 'sandbox';
 
-export interface Verdict extends Decision {
+/**
+ * The verdict's three values: `allow` and `refuse` as decided, and `would-refuse` — a refusal
+ * by the organization's or the sandbox's policy that report-only mode lets through (the data
+ * path splices it as an allow; the log line and the counters say `would-refuse`, with the
+ * reason and the rule that would have refused). smokescreen's `report` action
+ * (acl.AllowAndReport) is the model.
+ */
+export type VerdictValue = 'allow' | 'refuse' | 'would-refuse';
+
+export interface Verdict extends Omit<Decision, 'verdict'> {
+  readonly verdict: VerdictValue;
   readonly layer: VerdictLayer;
 }
 
@@ -109,6 +132,24 @@ export interface Verdict extends Decision {
  *   port" is the same chain walked over the domain tries alone.
  */
 export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): Verdict {
+  const v = enforcedVerdict(chain, facts, trace);
+  // Report-only softens the policy's refusals and nothing else: a protected address (the host,
+  // egressd's own listeners, protected.extra, the built-in ranges) is a security boundary, not
+  // policy, and stays refused in every mode.
+  if (v.verdict !== 'refuse' || v.reason === 'protected-address' || !reportsOnly(chain)) return v;
+  // The refusing layer may have stopped before another layer's protected step (an unknown
+  // organization refuses everything at once; an organization that refuses leaves the sandbox
+  // unread): every layer is asked, and a protected refusal by any of them stands.
+  const layers = chain.org?.layer ? [chain.org.layer, chain.layer] : [chain.layer];
+  for (const l of layers) {
+    const p = layerVerdict(l, facts, undefined);
+    if (p.verdict === 'refuse' && p.reason === 'protected-address') return { ...p, layer: l === chain.layer ? 'sandbox' : 'org' };
+  }
+  return { ...v, verdict: 'would-refuse' };
+}
+
+/** The verdict as enforcement would make it (report-only aside). */
+function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | undefined): Verdict {
   const org = chain.org;
   if (org !== null) {
     if (org.layer === null) {
@@ -151,6 +192,8 @@ export interface NameReach {
   readonly rule: string | null;
   /** A deny rule names it (as opposed to nothing allowing it). */
   readonly denied: boolean;
+  /** Report-only mode let a name through that the policy would not reach (`rule` says which rule). */
+  readonly wouldRefuse?: boolean;
 }
 
 /**
@@ -163,6 +206,14 @@ export interface NameReach {
  * grants no name either.
  */
 export function nameReach(chain: PolicyChain, name: string): NameReach {
+  const r = enforcedNameReach(chain, name);
+  // In report-only mode a sandbox must resolve what it would be refused, or the report would
+  // never see the connection: the name is forwarded and the rule that would refuse it kept.
+  if (!r.reach && reportsOnly(chain)) return { reach: true, rule: r.rule, denied: false, wouldRefuse: true };
+  return r;
+}
+
+function enforcedNameReach(chain: PolicyChain, name: string): NameReach {
   const org = chain.org;
   if (org !== null) {
     if (org.layer === null) return { reach: false, rule: `org ${org.id}: unknown organization`, denied: false };
@@ -188,9 +239,11 @@ function layerNameReach(layer: CompiledLayer, name: string): NameReach {
 /**
  * Whether the chain allows anything at all: false for block-all with an empty allow side
  * (`networkBlockAll`, `allowInternetAccess: false` without rules), in either layer or for an
- * unknown organization. Such a sandbox gets no DNS at all, operator zones included.
+ * unknown organization, unless report-only mode is on. Such a sandbox gets no DNS at all,
+ * operator zones included.
  */
 export function allowsAnything(chain: PolicyChain): boolean {
+  if (reportsOnly(chain)) return true;
   const some = (l: CompiledLayer): boolean => l.main.policy.mode === 'allow-all' || !l.main.allow.empty;
   if (chain.org !== null && (chain.org.layer === null || !some(chain.org.layer))) return false;
   return some(chain.layer);

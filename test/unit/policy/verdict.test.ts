@@ -129,6 +129,37 @@ describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () =
     expect(verdict(chain, { name: null, ip: '9.9.9.9', port: 853 }).verdict).toBe('refuse');
   });
 
+  it('report-only: every refusal of the table becomes would-refuse, except a protected address (column f)', () => {
+    for (const [org, sandbox, expected] of TABLE) {
+      for (const level of ['global', 'org', 'sandbox'] as const) {
+        const chain: PolicyChain = { ...chainOf(org, sandbox), reportOnly: [level] };
+        const got = FACTS.map((f) => verdict(chain, f).verdict[0]).join('');
+        const want = [...expected].map((c, i) => (c === 'a' ? 'a' : FACTS[i] === FACTS[5] ? 'r' : 'w')).join('');
+        expect(got, `${org}/${sandbox} report-only by ${level}`).toBe(want);
+      }
+    }
+  });
+
+  it('report-only keeps the reason, the rule and the layer that would have refused', () => {
+    const chain: PolicyChain = { ...chainOf('denies-other', 'full'), reportOnly: ['sandbox'] };
+    expect(verdict(chain, FACTS[1]!)).toMatchObject({ verdict: 'would-refuse', reason: 'deny-rule', rule: 'org acme: denied_domains "other.test"', layer: 'org' });
+    expect(verdict({ ...chainOf('unknown', 'full'), reportOnly: ['global'] }, FACTS[0]!)).toMatchObject({
+      verdict: 'would-refuse',
+      rule: 'org acme: unknown organization',
+    });
+    // The host, egressd's own listeners and protected.extra are a boundary, not policy.
+    const extra = compileProtected({ extra: ['203.0.113.0/24'] });
+    const guarded: PolicyChain = {
+      sandbox: 'sb',
+      org: null,
+      layer: compileLayer(SANDBOXES.full, { ...settings, protectedRanges: extra }),
+      reportOnly: ['global', 'org', 'sandbox'],
+    };
+    expect(verdict(guarded, { name: null, ip: '203.0.113.9', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+    expect(verdict(guarded, { name: null, ip: '127.0.0.1', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+    expect(verdict(guarded, { name: null, ip: 'localhost', port: 80 }).verdict).toBe('refuse');
+  });
+
   it('refuses facts that do not parse, whichever layer sees them first', () => {
     for (const org of ['none', 'full'] as const) {
       expect(verdict(chainOf(org, 'full'), { name: null, ip: 'localhost', port: 80 }).verdict).toBe('refuse');
