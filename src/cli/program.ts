@@ -268,7 +268,9 @@ Run "egressd <command> --help" for a command's own options.`,
 
   apiOptions(sub(org, 'ls', 'List organizations')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/orgs' }));
 
-  apiOptions(sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused, 4 would be refused (report-only)"))
+  apiOptions(
+    sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused, 4 would be refused (report-only)"),
+  )
     .requiredOption('--sandbox <id>', 'sandbox id')
     .option('--host <name>', 'the SNI or Host the client sends')
     .requiredOption('--ip <addr>', 'the destination address')

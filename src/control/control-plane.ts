@@ -294,7 +294,8 @@ export class ControlPlane {
     const limits = body['limits'] === undefined ? null : parseLimits(body['limits'], 'limits');
     if (limits !== null && !limits.ok) issues.push(...limits.issues);
     const reportOnly = body['reportOnly'];
-    if (reportOnly !== undefined && typeof reportOnly !== 'boolean') issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
+    if (reportOnly !== undefined && typeof reportOnly !== 'boolean')
+      issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
     if (issues.length > 0 || !network.ok) return invalid(issues);
     const orgId = typeof org === 'string' ? org : null;
     if (orgId !== null && !this.#orgs.has(orgId)) return notFound(`Organization ${quote(orgId)} does not exist`);
@@ -390,7 +391,8 @@ export class ControlPlane {
     const limits = body['limits'] === undefined || body['limits'] === null ? null : parseLimits(body['limits'], 'limits');
     if (limits !== null && !limits.ok) issues.push(...limits.issues);
     const reportOnly = body['reportOnly'];
-    if (reportOnly !== undefined && typeof reportOnly !== 'boolean') issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
+    if (reportOnly !== undefined && typeof reportOnly !== 'boolean')
+      issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
     if (issues.length > 0) return invalid(issues);
     const t = (tier ?? null) as Tier | null;
     const record: OrgRecord = {

@@ -134,7 +134,10 @@ describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () =
       for (const level of ['global', 'org', 'sandbox'] as const) {
         const chain: PolicyChain = { ...chainOf(org, sandbox), reportOnly: [level] };
         const got = FACTS.map((f) => verdict(chain, f).verdict[0]).join('');
-        const want = [...expected].map((c, i) => (c === 'a' ? 'a' : FACTS[i] === FACTS[5] ? 'r' : 'w')).join('');
+        const want = expected
+          .split('')
+          .map((c, i) => (c === 'a' ? 'a' : FACTS[i] === FACTS[5] ? 'r' : 'w'))
+          .join('');
         expect(got, `${org}/${sandbox} report-only by ${level}`).toBe(want);
       }
     }
@@ -142,7 +145,12 @@ describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () =
 
   it('report-only keeps the reason, the rule and the layer that would have refused', () => {
     const chain: PolicyChain = { ...chainOf('denies-other', 'full'), reportOnly: ['sandbox'] };
-    expect(verdict(chain, FACTS[1]!)).toMatchObject({ verdict: 'would-refuse', reason: 'deny-rule', rule: 'org acme: denied_domains "other.test"', layer: 'org' });
+    expect(verdict(chain, FACTS[1]!)).toMatchObject({
+      verdict: 'would-refuse',
+      reason: 'deny-rule',
+      rule: 'org acme: denied_domains "other.test"',
+      layer: 'org',
+    });
     expect(verdict({ ...chainOf('unknown', 'full'), reportOnly: ['global'] }, FACTS[0]!)).toMatchObject({
       verdict: 'would-refuse',
       rule: 'org acme: unknown organization',
