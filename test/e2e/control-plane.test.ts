@@ -4,17 +4,12 @@
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const MAIN = join(ROOT, 'src/main.ts');
-const CA = join(ROOT, 'certs/ca.pem');
-const CLIENT = join(ROOT, 'test/helpers/sandbox-client.ts');
-const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
+import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
+import { curlIn, statusIn } from '../helpers/curl.ts';
+import { CA, E2E_PORTS, MAIN, NODE, SANDBOX_CLIENT, serveIn } from '../helpers/e2e-daemon.ts';
 
 const REAL = '198.18.1.2'; // allowed.test
 const OTHER = '198.18.1.3'; // denied.test
@@ -35,7 +30,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   let tokenFile: string;
 
   const start = async (): Promise<void> => {
-    daemon = await watchDaemon(rig.spawnIn('router', NODE, [MAIN, 'serve', '--config', configFile]));
+    daemon = await serveIn(rig, 'router', configFile);
   };
 
   beforeAll(async () => {
@@ -64,7 +59,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
       }),
     );
     await start();
-    await rig.redirect(PORTS);
+    await rig.redirect(E2E_PORTS);
   });
 
   afterAll(async () => {
@@ -79,22 +74,10 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     expect(r.code, `${r.stdout}${r.stderr}`).toBe(0);
   };
   /** The HTTP status a request from `from` to name (at address) gets; 0 when the connection failed. */
-  const httpFrom = async (from: string, name: string, address: string): Promise<number> => {
-    const r = await rig.execIn(
-      'sandbox',
-      'curl',
-      ['-s', '--max-time', '10', '--interface', from, '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `${name}:80:${address}`, `http://${name}/`],
-      { timeoutMs: 20_000 },
-    );
-    return Number(r.stdout || 0);
-  };
+  const httpFrom = (from: string, name: string, address: string): Promise<number> =>
+    statusIn(rig, 'sandbox', `http://${name}/`, { source: from, resolve: address });
   const tlsFrom = async (from: string, name: string, address: string): Promise<string> => {
-    const r = await rig.execIn(
-      'sandbox',
-      'curl',
-      ['-sS', '--max-time', '10', '--interface', from, '--cacert', CA, '--resolve', `${name}:443:${address}`, `https://${name}/`],
-      { timeoutMs: 20_000 },
-    );
+    const r = await curlIn(rig, 'sandbox', `https://${name}/`, { source: from, resolve: address, cacert: CA });
     if (r.code === 0) return 'ok';
     return /access denied/i.test(r.stderr) ? 'denied' : r.stderr;
   };
@@ -153,7 +136,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   it('closes an open connection a live change refuses within a second, and spares one it still allows', async () => {
     await put('sb-a', SB_A, { mode: 'allow-all' });
     const hold = (address: string) =>
-      rig.execIn('sandbox', NODE, [CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '10000'], {
+      rig.execIn('sandbox', NODE, [SANDBOX_CLIENT, 'hold', '--host', address, '--port', '7000', '--bind', SB_A, '--interval', '50', '--duration', '10000'], {
         timeoutMs: 30_000,
       });
     const seen = rig.events().length;
@@ -170,7 +153,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     const r = await cli('sandbox', 'network', 'sb-a', '--network', JSON.stringify({ mode: 'allow-all', egress: { denied_cidrs: [`${ECHO_CUT}/32`] } }));
     expect(r.code, r.stderr).toBe(0);
     // The daemon closes what the change refuses before it acknowledges the change.
-    const cutLine: LogLine = await daemon.waitFor((l) => l.event === 'connection' && l['reason'] === 'policy-changed', 1000);
+    const cutLine: LogLine = await daemon.outcome((l) => l['reason'] === 'policy-changed', 1000);
     const [k, c] = await Promise.all([keep, cut]);
     const kept = JSON.parse(k.stdout);
     const closed = JSON.parse(c.stdout);
@@ -203,12 +186,11 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
 
   it('drains on SIGTERM: readiness turns 503 first, a large transfer finishes, and the exit code is 0', async () => {
     await put('sb-a', SB_A, { mode: 'allow-all' });
-    const ready = await rig.execIn('router', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9901/readyz']);
-    expect(ready.stdout).toBe('200');
+    expect(await statusIn(rig, 'router', 'http://127.0.0.1:9901/readyz')).toBe(200);
     const hold = rig.execIn(
       'sandbox',
       NODE,
-      [CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'],
+      [SANDBOX_CLIENT, 'hold', '--host', ECHO_KEEP, '--port', '7000', '--bind', SB_A, '--interval', '20', '--duration', '2500', '--chunk', '262144'],
       { timeoutMs: 20_000 },
     );
     // SIGTERM only once the transfer is flowing through egressd (the upstream has seen bytes): a
@@ -227,8 +209,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     }
     const exit = daemon.stop('SIGTERM', 20_000);
     await new Promise((r) => setTimeout(r, 300));
-    const draining = await rig.execIn('router', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9901/readyz']);
-    expect(draining.stdout).toBe('503');
+    expect(await statusIn(rig, 'router', 'http://127.0.0.1:9901/readyz')).toBe(503);
     const held = JSON.parse((await hold).stdout);
     expect(held).toMatchObject({ outcome: 'held' });
     // Tens of MiB each way, carried whole through the drain.

@@ -3,18 +3,14 @@
 // "internet" namespace with TLS, HTTP and plain TCP servers and a DNS server. Real clients (curl,
 // openssl s_client, Node's tls, Python) run in the sandbox.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const CA = join(ROOT, 'certs/ca.pem');
-const CLIENT = join(ROOT, 'test/helpers/sandbox-client.ts');
-const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { curlIn, statusIn, type CurlOptions } from '../helpers/curl.ts';
+import { CA, E2E_PORTS, NODE, SANDBOX_CLIENT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 const TOKEN = 'e2e-admin-token';
 
 // Addresses in the internet namespace (all from 198.18.0.0/15 and 2001:db8::/32).
@@ -68,10 +64,8 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
         },
       ],
     };
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(config));
-    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
-    await rig.redirect(PORTS);
+    daemon = await serveIn(rig, 'router', writeConfig(dir, config));
+    await rig.redirect(E2E_PORTS);
   });
 
   afterAll(async () => {
@@ -82,31 +76,30 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
 
   const inSandbox = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
   const client = async (args: string[]): Promise<Record<string, any>> => {
-    const r = await inSandbox(NODE, [CLIENT, ...args]);
+    const r = await inSandbox(NODE, [SANDBOX_CLIENT, ...args]);
     expect(r.stdout, r.stderr).toMatch(/^\{/);
     return JSON.parse(r.stdout.trim().split('\n').pop()!);
   };
-  /** The outcome line of the connection from the sandbox to `dest` (ip:port), waiting for it. */
-  const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
-    daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 15_000);
+  const curl = (url: string, opts?: CurlOptions) => curlIn(rig, 'sandbox', url, opts);
+  const status = (url: string, opts?: CurlOptions) => statusIn(rig, 'sandbox', url, opts);
   const bytesAt = (address: string): number =>
     rig.events().filter((e) => e.local.replace(/^\[|\]?:\d+$/g, '') === address || e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`))
       .length;
 
   it('lets an allowed name through over TLS with curl, and the real server answers', async () => {
-    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${REAL}`, 'https://allowed.test/']);
+    const r = await curl('https://allowed.test/', { resolve: REAL, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
-    const o = await outcome(`${REAL}:443`);
+    const o = await daemon.outcomeAt(`${REAL}:443`);
     expect(o).toMatchObject({ sandbox: 'sb-1', name: 'allowed.test', protocol: 'tls', verdict: 'allow', reason: 'allow-rule', dialed: REAL });
     expect(o['bytesDown']).toBeGreaterThan(0);
   });
 
   it('lets an allowed name through over plain HTTP with curl', async () => {
-    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `www.allowed.test:80:${REAL}`, 'http://www.allowed.test/hello']);
+    const r = await curl('http://www.allowed.test/hello', { resolve: REAL });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('www.allowed.test');
-    await outcome(`${REAL}:80`, (l) => l['name'] === 'www.allowed.test' && l['verdict'] === 'allow');
+    await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'www.allowed.test' && l['verdict'] === 'allow');
   });
 
   it('answers a refused TLS name with an access_denied alert, and the server never sees a byte', async () => {
@@ -114,27 +107,16 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const r = await inSandbox('openssl', ['s_client', '-connect', `${DENIED}:443`, '-servername', 'denied.test', '-CAfile', CA], 20_000);
     expect(r.code).not.toBe(0);
     expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
-    const o = await outcome(`${DENIED}:443`);
+    const o = await daemon.outcomeAt(`${DENIED}:443`);
     expect(o).toMatchObject({ name: 'denied.test', verdict: 'refuse', reason: 'default-block', dialed: null });
     expect(bytesAt(DENIED)).toBe(before);
   });
 
   it('answers a refused HTTP name with a 403 naming the host', async () => {
-    const r = await inSandbox('curl', [
-      '-sS',
-      '--max-time',
-      '10',
-      '-o',
-      '-',
-      '-w',
-      '\n%{http_code}',
-      '--resolve',
-      `denied.test:80:${DENIED}`,
-      'http://denied.test/',
-    ]);
+    const r = await curl('http://denied.test/', { resolve: DENIED, writeOut: '\n%{http_code}' });
     expect(r.stdout.trim().split('\n').pop()).toBe('403');
     expect(r.stdout).toContain('denied.test');
-    await outcome(`${DENIED}:80`, (l) => l['verdict'] === 'refuse');
+    await daemon.outcomeAt(`${DENIED}:80`, (l) => l['verdict'] === 'refuse');
   });
 
   it('decides right on a ClientHello sent one byte per segment (Node tls client)', async () => {
@@ -152,46 +134,37 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
 
   it("carries an SNI-spoofed connection to the name's real owner, never to the attacker", async () => {
     const before = bytesAt(ATTACKER);
-    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${ATTACKER}`, 'https://allowed.test/']);
+    const r = await curl('https://allowed.test/', { resolve: ATTACKER, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
-    const o = await outcome(`${ATTACKER}:443`);
+    const o = await daemon.outcomeAt(`${ATTACKER}:443`);
     expect(o).toMatchObject({ verdict: 'allow', dialed: REAL });
     expect(bytesAt(ATTACKER)).toBe(before);
   });
 
   it('carries a Host-spoofed HTTP request to the real owner too', async () => {
     const before = bytesAt(ATTACKER);
-    const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `allowed.test:80:${ATTACKER}`, 'http://allowed.test/']);
+    const r = await curl('http://allowed.test/', { resolve: ATTACKER });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
     expect(bytesAt(ATTACKER)).toBe(before);
   });
 
   it('never dials the metadata address, by address or through a name that resolves to it', async () => {
-    const direct = await inSandbox('curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', 'http://169.254.169.254/latest/meta-data/']);
-    expect(direct.stdout).toBe('403');
-    expect(await outcome('169.254.169.254:80')).toMatchObject({ verdict: 'refuse', reason: 'protected-address', dialed: null });
-    const viaName = await inSandbox('curl', [
-      '-sS',
-      '--max-time',
-      '10',
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_code}',
-      '--resolve',
-      `metadata.test:80:${REAL}`,
-      'http://metadata.test/',
-    ]);
-    expect(viaName.stdout).toBe('403');
-    expect(await outcome(`${REAL}:80`, (l) => l['name'] === 'metadata.test')).toMatchObject({ verdict: 'refuse', reason: 'no-allowed-address', dialed: null });
+    expect(await status('http://169.254.169.254/latest/meta-data/')).toBe(403);
+    expect(await daemon.outcomeAt('169.254.169.254:80')).toMatchObject({ verdict: 'refuse', reason: 'protected-address', dialed: null });
+    expect(await status('http://metadata.test/', { resolve: REAL })).toBe(403);
+    expect(await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'metadata.test')).toMatchObject({
+      verdict: 'refuse',
+      reason: 'no-allowed-address',
+      dialed: null,
+    });
   });
 
   it('lets a server-first service on another port speak first through an allowed CIDR, without a peek', async () => {
     const res = await client(['banner', '--host', BANNER, '--port', '2525']);
     expect(res).toMatchObject({ outcome: 'banner', banner: '220 hello\r\n' });
-    const o = await outcome(`${BANNER}:2525`);
+    const o = await daemon.outcomeAt(`${BANNER}:2525`);
     expect(o).toMatchObject({ listener: 'tcp', verdict: 'allow', reason: 'allow-rule', dialed: BANNER });
     expect(o['peekMs']).toBeUndefined();
   });
@@ -199,7 +172,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
   it('judges a silent client by address and port after the first-byte wait, where a name could matter', async () => {
     const res = await client(['silent', '--host', REAL, '--port', '443']);
     expect(res['outcome']).toBe('closed');
-    const o = await outcome(`${REAL}:443`, (l) => l['protocol'] === 'none');
+    const o = await daemon.outcomeAt(`${REAL}:443`, (l) => l['protocol'] === 'none');
     expect(o).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
     expect(Number(o['peekMs'])).toBeGreaterThanOrEqual(450);
   });
@@ -210,39 +183,16 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const res = await client(['drip', '--host', DENIED, '--port', '443', '--interval', '500', '--timeout', '30000']);
     expect(res['outcome']).toBe('closed');
     expect(res['sent']).toBeLessThan(20);
-    await outcome(`${DENIED}:443`, (l) => l['reason'] === 'peek-timeout');
+    await daemon.outcomeAt(`${DENIED}:443`, (l) => l['reason'] === 'peek-timeout');
   });
 
   it('works the same over IPv6: allowed, refused, spoofed', async () => {
-    const ok = await inSandbox('curl', ['-sS', '-6', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:[${REAL6}]`, 'https://allowed.test/']);
+    const ok = await curl('https://allowed.test/', { family: 6, resolve: REAL6, cacert: CA });
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toContain(REAL6);
-    const refused = await inSandbox('curl', [
-      '-sS',
-      '-6',
-      '--max-time',
-      '10',
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_code}',
-      '--resolve',
-      `denied.test:80:[${ATTACKER6}]`,
-      'http://denied.test/',
-    ]);
-    expect(refused.stdout).toBe('403');
+    expect(await status('http://denied.test/', { family: 6, resolve: ATTACKER6 })).toBe(403);
     const before = bytesAt(ATTACKER6);
-    const spoof = await inSandbox('curl', [
-      '-sS',
-      '-6',
-      '--max-time',
-      '10',
-      '--cacert',
-      CA,
-      '--resolve',
-      `allowed.test:443:[${ATTACKER6}]`,
-      'https://allowed.test/',
-    ]);
+    const spoof = await curl('https://allowed.test/', { family: 6, resolve: ATTACKER6, cacert: CA });
     expect(spoof.code, spoof.stderr).toBe(0);
     expect(spoof.stdout).toContain(REAL6);
     expect(bytesAt(ATTACKER6)).toBe(before);
@@ -276,7 +226,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     let counted = new Map<string, number>();
     let logged = new Map<string, number>();
     for (const deadline = Date.now() + 5_000; ;) {
-      scrape = await rig.execIn('router', 'curl', ['-sS', '--max-time', '5', 'http://127.0.0.1:9901/metrics']);
+      scrape = await curlIn(rig, 'router', 'http://127.0.0.1:9901/metrics', { maxTimeS: 5 });
       expect(scrape.code, scrape.stderr).toBe(0);
       counted = new Map();
       for (const m of scrape.stdout.matchAll(/^egressd_connections_total\{listener="(\w+)",verdict="(\w+)",reason="([\w-]+)",ended_by="(\w+)"\} (\d+)$/gm)) {

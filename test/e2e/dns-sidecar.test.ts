@@ -4,16 +4,14 @@
 // dig gets egressd's answers whatever server it addresses; egressd forwards only allowed names
 // to the rig's dnsmasq (its query log shows what arrived).
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const MAIN = join(ROOT, 'src/main.ts');
 const PORTS = { http: 16080, tls: 16443, tcp: 16001, dns: 16053 };
 const ALLOWED = '198.18.1.2';
 const ALLOWED6 = '2001:db8:0:2::2';
@@ -45,9 +43,7 @@ describe.skipIf(skip !== null)('sidecar mode: DNS from the sandbox process is an
       log: { level: 'debug' },
       sandboxes: [{ id: 'sb-s', sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } }],
     };
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(config));
-    daemon = await watchDaemon(rig.spawnIn('sandbox', NODE, [MAIN, 'serve', '--config', file]));
+    daemon = await serveIn(rig, 'sandbox', writeConfig(dir, config));
     const portArgs = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp), '--dns-port', String(PORTS.dns)];
     const r = await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--apply', '--mode', 'sidecar', '--uid', '0', ...portArgs], { timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);

@@ -3,18 +3,17 @@
 // listener of an egressd process in the router namespace, which forwards to the rig's dnsmasq
 // (its query log shows what arrived). Real clients: dig, curl, python3, node.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { adminIn, curlIn } from '../helpers/curl.ts';
+import { CA, E2E_PORTS, MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const CA = join(ROOT, 'certs/ca.pem');
-const PORTS = { http: 15080, tls: 15443, tcp: 15001, dns: 15053 };
+const PORTS = { ...E2E_PORTS, dns: 15053 };
 const TOKEN = 'e2e-dns-token';
 
 const ALLOWED = '198.18.1.2';
@@ -131,9 +130,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
         { id: 'sb-a', sources: [rig.sandboxV4], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test', 'rot.allowed.test', 'ech.test'] } } },
       ],
     };
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(config));
-    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
+    daemon = await serveIn(rig, 'router', writeConfig(dir, config));
     await rig.redirect(PORTS);
     const put = await api('PUT', '/api/v1/sandboxes/sb-b', { sources: [rig.sandboxV6], network: { mode: 'allow-all' } });
     expect(put.stdout).toContain('sb-b');
@@ -147,20 +144,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
 
   const sh = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
   const dig = async (...args: string[]): Promise<string> => (await sh('dig', ['+time=3', '+tries=1', ...args])).stdout;
-  const api = (method: string, path: string, body?: unknown) =>
-    rig.execIn('router', 'curl', [
-      '-sS',
-      '-X',
-      method,
-      '-H',
-      `authorization: Bearer ${TOKEN}`,
-      '-H',
-      'content-type: application/json',
-      ...(body ? ['--data', JSON.stringify(body)] : []),
-      `http://127.0.0.1:9901${path}`,
-    ]);
-  const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
-    daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 15_000);
+  const api = (method: string, path: string, body?: unknown) => adminIn(rig, TOKEN, method, path, body);
 
   it('resolves allowed names over UDP and TCP, v4 and v6, answers NXDOMAIN for others, and the refused names never reach the resolver', async () => {
     expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
@@ -194,12 +178,12 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
   it('reaches a server-first service on port 22 through a name resolved by egressd, and refuses it elsewhere', async () => {
     expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
     expect((await sh('python3', ['-c', GREETING, ALLOWED, '22'])).stdout.trim()).toBe('got 220 hello');
-    const ok = await outcome(`${ALLOWED}:22`);
+    const ok = await daemon.outcomeAt(`${ALLOWED}:22`);
     expect(ok).toMatchObject({ sandbox: 'sb-a', verdict: 'allow', name: null, dnsNames: ['allowed.test'], dialed: ALLOWED });
     expect(String(ok['rule'])).toBe('dns "allowed.test": allowed_domains "allowed.test"');
     // OTHER's name was refused, so the sandbox never resolved it: judged by address, refused.
     expect((await sh('python3', ['-c', GREETING, OTHER, '22'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    expect(await outcome(`${OTHER}:22`)).toMatchObject({ sandbox: 'sb-a', verdict: 'refuse', reason: 'default-block' });
+    expect(await daemon.outcomeAt(`${OTHER}:22`)).toMatchObject({ sandbox: 'sb-a', verdict: 'refuse', reason: 'default-block' });
     expect(rig.events().filter((e) => e.local === `${OTHER}:22`)).toEqual([]);
   });
 
@@ -214,11 +198,11 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(put.stdout).toContain('bad.test');
     // Port 7000 echoes; the client's bytes are neither TLS nor HTTP, so it carries no name.
     expect((await sh('python3', ['-c', GREETING, BAD6, '7000', 'ping'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    const refused = await outcome(`${BAD6}:7000`);
+    const refused = await daemon.outcomeAt(`${BAD6}:7000`);
     expect(refused).toMatchObject({ sandbox: 'sb-b', verdict: 'refuse', reason: 'deny-rule', dnsNames: ['bad.test'] });
     expect(String(refused['rule'])).toBe('dns "bad.test": denied_domains "bad.test"');
     expect((await sh('python3', ['-c', GREETING, GOOD6, '7000', 'ping'])).stdout.trim()).toBe('got ping');
-    expect(await outcome(`${GOOD6}:7000`)).toMatchObject({ sandbox: 'sb-b', verdict: 'allow', dnsNames: ['good.test'] });
+    expect(await daemon.outcomeAt(`${GOOD6}:7000`)).toMatchObject({ sandbox: 'sb-b', verdict: 'allow', dnsNames: ['good.test'] });
     // And the denied name is no longer resolved at all.
     expect(await dig(`@${rig.dnsServerV6}`, 'bad.test', 'AAAA')).toMatch(/status: NXDOMAIN/);
   });
@@ -243,7 +227,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(answered, JSON.stringify(f)).toBeGreaterThanOrEqual(100);
     expect(answered, JSON.stringify(f)).toBeLessThan(400);
     expect(refused, JSON.stringify(f)).toBeGreaterThan(2 * answered);
-    const metrics = (await rig.execIn('router', 'curl', ['-sS', 'http://127.0.0.1:9901/metrics'])).stdout;
+    const metrics = (await curlIn(rig, 'router', 'http://127.0.0.1:9901/metrics')).stdout;
     expect(Number(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThanOrEqual(refused);
     const limited = daemon.lines.filter((l) => l.event === 'dns-query' && l['reason'] === 'rate-limited');
     // One line per sandbox per second, not one per query.
@@ -254,18 +238,18 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
   it('under upstream.dial verify, a name whose answer rotated is not refused at the address the sandbox was given', async () => {
     expect(await dig(`@${rig.dnsServer}`, '+short', 'rot.allowed.test', 'A')).toBe(`${ROT1}\n`);
     await rig.dns({ ...RECORDS, 'rot.allowed.test': [ROT2] }, { rr: [{ name: 'ech.test', type: 65, hex: HTTPS_RDATA }] });
-    const r = await sh('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `rot.allowed.test:443:${ROT1}`, 'https://rot.allowed.test/']);
+    const r = await curlIn(rig, 'sandbox', 'https://rot.allowed.test/', { resolve: ROT1, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(ROT1);
-    expect(await outcome(`${ROT1}:443`)).toMatchObject({ name: 'rot.allowed.test', verdict: 'allow', dialed: ROT1 });
+    expect(await daemon.outcomeAt(`${ROT1}:443`)).toMatchObject({ name: 'rot.allowed.test', verdict: 'allow', dialed: ROT1 });
     // An address egressd never gave for the name is still refused under verify.
-    const spoof = await sh('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `allowed.test:443:${OTHER}`, 'https://allowed.test/']);
+    const spoof = await curlIn(rig, 'sandbox', 'https://allowed.test/', { resolve: OTHER, cacert: CA });
     expect(spoof.code).not.toBe(0);
-    expect(await outcome(`${OTHER}:443`)).toMatchObject({ verdict: 'refuse', reason: 'dns-mismatch' });
+    expect(await daemon.outcomeAt(`${OTHER}:443`)).toMatchObject({ verdict: 'refuse', reason: 'dns-mismatch' });
   });
 
   it('redirects the same way with the nft backend, over IPv4 UDP and IPv6 TCP', async () => {
-    const removed = await rig.execIn('router', NODE, [join(ROOT, 'src/main.ts'), 'iptables', '--remove'], { timeoutMs: 30_000 });
+    const removed = await rig.execIn('router', NODE, [MAIN, 'iptables', '--remove'], { timeoutMs: 30_000 });
     expect(removed.code, removed.stderr).toBe(0);
     await rig.redirect(PORTS, { backend: 'nft' });
     expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);

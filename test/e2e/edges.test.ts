@@ -8,17 +8,15 @@
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { curlIn, statusIn } from '../helpers/curl.ts';
+import { E2E_PORTS, NODE, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 import type { Behaviour } from '../helpers/dns-server.ts';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
 
 const REAL = '198.18.1.2';
 const REAL6 = '2001:db8:0:2::2';
@@ -93,10 +91,8 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
         },
       ],
     };
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(config));
-    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
-    await rig.redirect(PORTS);
+    daemon = await serveIn(rig, 'router', writeConfig(dir, config));
+    await rig.redirect(E2E_PORTS);
   });
 
   afterAll(async () => {
@@ -106,8 +102,6 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
   });
 
   const inSandbox = (cmd: string, args: string[], timeoutMs = 30_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
-  const outcome = (dest: string, extra: (l: LogLine) => boolean = () => true): Promise<LogLine> =>
-    daemon.waitFor((l) => l.event === 'connection' && l['destination'] === dest && extra(l), 20_000);
 
   /** Connects from the sandbox and prints what the far end said first, or how it failed. */
   const TCP_PROBE = [
@@ -125,40 +119,28 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
   describe('part 2: egressd never dials itself or its host', () => {
     it('refuses a v4 address of the host on another port, though the policy allows it by CIDR and protected.except holds it', async () => {
       expect(await probe(HOST_V4_SANDBOX_SIDE, HOST_SERVICE_PORT)).not.toContain('HOSTSVC');
-      const o = await outcome(`${HOST_V4_SANDBOX_SIDE}:${HOST_SERVICE_PORT}`);
+      const o = await daemon.outcomeAt(`${HOST_V4_SANDBOX_SIDE}:${HOST_SERVICE_PORT}`);
       expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `host address "${HOST_V4_SANDBOX_SIDE}"`, dialed: null });
     });
 
     it('refuses a v6 address of the host the same way', async () => {
       expect(await probe(HOST_V6, HOST_SERVICE_PORT)).not.toContain('HOSTSVC');
-      const o = await outcome(`${HOST_V6}:${HOST_SERVICE_PORT}`); // the log writes IPv6 destinations unbracketed
+      const o = await daemon.outcomeAt(`${HOST_V6}:${HOST_SERVICE_PORT}`); // the log writes IPv6 destinations unbracketed
       expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `host address "${HOST_V6}"` });
     });
 
     it("refuses egressd's own listener ports, even on the address protected.reachableHostAddresses opens", async () => {
-      for (const port of [PORTS.tcp, PORTS.http]) {
+      for (const port of [E2E_PORTS.tcp, E2E_PORTS.http]) {
         expect(await probe(HOST_V4_REACHABLE, port)).not.toContain('HOSTSVC');
-        const o = await outcome(`${HOST_V4_REACHABLE}:${port}`);
+        const o = await daemon.outcomeAt(`${HOST_V4_REACHABLE}:${port}`);
         expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `egressd's own listener ${HOST_V4_REACHABLE}:${port}` });
       }
     });
 
     it('never dials the host through an allowed name that resolves to it', async () => {
       const before = rig.events().length;
-      const r = await inSandbox('curl', [
-        '-sS',
-        '--max-time',
-        '10',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code}',
-        '--resolve',
-        `selfie.test:80:${REAL}`,
-        'http://selfie.test/',
-      ]);
-      expect(r.stdout).toBe('403');
-      const o = await outcome(`${REAL}:80`, (l) => l['name'] === 'selfie.test');
+      expect(await statusIn(rig, 'sandbox', 'http://selfie.test/', { resolve: REAL })).toBe(403);
+      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'selfie.test');
       expect(o).toMatchObject({ verdict: 'refuse', dialed: null });
       expect(
         rig
@@ -170,7 +152,7 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
 
     it('reaches the host service on the address the dedicated key names, and only there', async () => {
       expect(await probe(HOST_V4_REACHABLE, HOST_SERVICE_PORT)).toBe('data HOSTSVC');
-      const o = await outcome(`${HOST_V4_REACHABLE}:${HOST_SERVICE_PORT}`);
+      const o = await daemon.outcomeAt(`${HOST_V4_REACHABLE}:${HOST_SERVICE_PORT}`);
       expect(o).toMatchObject({ verdict: 'allow', dialed: HOST_V4_REACHABLE });
     });
   });
@@ -197,7 +179,7 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
       const [status, body] = r.stdout.split('\n');
       expect(status).toBe('403 egressd; error=http_request_denied; details="default-block"');
       expect(body).toBe('egressd refused the connection to "blocked.test" port 80: default-block (mode "block-all")');
-      await outcome(`${BLOCKED}:80`, (l) => l['reason'] === 'default-block');
+      await daemon.outcomeAt(`${BLOCKED}:80`, (l) => l['reason'] === 'default-block');
     });
 
     it('gives a plain socket client the 403 after it paced its whole body, then reads', async () => {
@@ -219,27 +201,12 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
     it('gives curl, uploading at a limited rate, the 403', async () => {
       const file = join(dir, 'upload.bin');
       writeFileSync(file, Buffer.alloc(SIZE, 0x75));
-      const r = await inSandbox(
-        'curl',
-        [
-          '-sS',
-          '--max-time',
-          '30',
-          '--limit-rate',
-          '1300k',
-          '-T',
-          file,
-          '-o',
-          '/dev/null',
-          '-w',
-          '%{http_code}',
-          '--resolve',
-          `blocked.test:80:${BLOCKED}`,
-          'http://blocked.test/put',
-        ],
-        40_000,
-      );
-      expect(r.stdout).toBe('403');
+      const status = await statusIn(rig, 'sandbox', 'http://blocked.test/put', {
+        resolve: BLOCKED,
+        maxTimeS: 30,
+        extra: ['--limit-rate', '1300k', '-T', file],
+      });
+      expect(status).toBe(403);
     });
   });
 
@@ -249,10 +216,10 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
       ['lossy.test', 'answered only on the retransmission'],
       ['noaaaa.test', 'with AAAA never answered'],
     ])('dials %s, %s', async (name) => {
-      const r = await inSandbox('curl', ['-sS', '--max-time', '15', '--resolve', `${name}:80:${REAL}`, `http://${name}/`]);
+      const r = await curlIn(rig, 'sandbox', `http://${name}/`, { resolve: REAL, maxTimeS: 15 });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(REAL);
-      const o = await outcome(`${REAL}:80`, (l) => l['name'] === name);
+      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === name);
       expect(o).toMatchObject({ verdict: 'allow', reason: 'allow-rule', dialed: REAL });
     });
   });

@@ -4,14 +4,11 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
-import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { MAIN, NODE } from '../helpers/e2e-daemon.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const MAIN = join(ROOT, 'src/main.ts');
 const S4 = '198.18.1.2';
 const S6 = '2001:db8:0:2::2';
 const NO_HOST4 = '198.18.1.99';

@@ -5,14 +5,12 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanLeftovers, createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { curlIn, type CurlOptions } from '../helpers/curl.ts';
+import { CA, NODE } from '../helpers/e2e-daemon.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const CA = join(ROOT, 'certs/ca.pem');
 const S4 = '198.18.1.2';
 const S6 = '2001:db8:0:2::2';
 const OTHER4 = '198.18.1.3';
@@ -65,11 +63,11 @@ describe.skipIf(skip !== null)('the netns rig', () => {
   });
 
   const at = (local: string) => rig.events().filter((e) => e.local === local);
-  const curl = (args: string[]) => rig.execIn('sandbox', 'curl', ['-sS', '--max-time', '10', ...args], { timeoutMs: 15_000 });
+  const curl = (url: string, opts?: CurlOptions) => curlIn(rig, 'sandbox', url, opts);
   const dig = (ns: 'sandbox' | 'router', args: string[]) => rig.execIn(ns, 'dig', ['+short', '+time=2', '+tries=2', ...args], { timeoutMs: 15_000 });
 
   it('lets the sandbox reach an internet server over HTTP, and the server logs the connection and the Host', async () => {
-    const r = await curl(['--resolve', `allowed.test:80:${S4}`, 'http://allowed.test/path']);
+    const r = await curl('http://allowed.test/path', { resolve: S4 });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ server: S4, service: 'http', host: 'allowed.test', path: '/path' });
     const seen = at(`${S4}:80`);
@@ -78,23 +76,23 @@ describe.skipIf(skip !== null)('the netns rig', () => {
   });
 
   it('serves TLS that verifies against the test CA for a name in the certificate, and records the SNI', async () => {
-    const r = await curl(['--cacert', CA, '--resolve', `www.allowed.test:443:${S4}`, 'https://www.allowed.test/']);
+    const r = await curl('https://www.allowed.test/', { resolve: S4, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ server: S4, service: 'tls', host: 'www.allowed.test', sni: 'www.allowed.test' });
     await expect.poll(() => at(`${S4}:443`).find((e) => e.event === 'close')?.sni).toBe('www.allowed.test');
   });
 
   it('fails verification for a name the certificate does not carry, so the CA check is real', async () => {
-    const r = await curl(['--cacert', CA, '--resolve', `nothere.test:443:${S4}`, 'https://nothere.test/']);
+    const r = await curl('https://nothere.test/', { resolve: S4, cacert: CA });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/certificate|SSL/i);
   });
 
   it('carries IPv6 from the sandbox to an internet server, over HTTP and TLS', async () => {
-    const http = await curl(['-g', `http://[${S6}]/`]);
+    const http = await curl(`http://[${S6}]/`, { extra: ['-g'] });
     expect(http.code, http.stderr).toBe(0);
     expect(JSON.parse(http.stdout)).toMatchObject({ server: S6, host: `[${S6}]` });
-    const tls = await curl(['--cacert', CA, '--resolve', `v6.test:443:[${S6}]`, 'https://v6.test/']);
+    const tls = await curl('https://v6.test/', { resolve: S6, cacert: CA });
     expect(tls.code, tls.stderr).toBe(0);
     expect(JSON.parse(tls.stdout)).toMatchObject({ server: S6, sni: 'v6.test' });
     expect(at(`[${S6}]:443`)[0]!.remote).toMatch(/^\[2001:db8:0:1::2\]:\d+$/);
@@ -135,9 +133,9 @@ describe.skipIf(skip !== null)('the netns rig', () => {
 
   it('keeps serving an address given to servers() again, and starts only the new ones', async () => {
     await rig.servers([S4, '198.18.1.4']);
-    const r = await curl([`http://198.18.1.4/`]);
+    const r = await curl('http://198.18.1.4/');
     expect(JSON.parse(r.stdout)).toMatchObject({ server: '198.18.1.4' });
-    expect(JSON.parse((await curl([`http://${S4}/`])).stdout)).toMatchObject({ server: S4 });
+    expect(JSON.parse((await curl(`http://${S4}/`)).stdout)).toMatchObject({ server: S4 });
   });
 
   it('refuses server addresses outside the internet subnets', async () => {

@@ -3,17 +3,14 @@
 // (curl, openssl, python3 sockets) and real servers in an "internet" namespace, dnsmasq as the
 // resolver. The sandbox's policy is changed through the API between (and during) tests.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
-
-const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
-const CA = join(ROOT, 'certs/ca.pem');
-const PORTS = { http: 15080, tls: 15443, tcp: 15001 };
+import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
+import { adminIn, curlIn, statusIn, type CurlOptions } from '../helpers/curl.ts';
+import { CA, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 const TOKEN = 'e2e-verdicts-token';
 
 // Addresses in the internet namespace (198.18.0.0/15 and 2001:db8::/32 only).
@@ -146,10 +143,8 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       protected: { except: ['198.18.0.0/15', '2001:db8::/32'] },
       state: { path: join(dir, 'state.db') },
     };
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(config));
-    daemon = await watchDaemon(rig.spawnIn('router', NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file]));
-    await rig.redirect(PORTS);
+    daemon = await serveIn(rig, 'router', writeConfig(dir, config));
+    await rig.redirect(E2E_PORTS);
     await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
   }, 120_000);
 
@@ -159,33 +154,15 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const api = async (method: string, path: string, body: unknown): Promise<number> => {
-    const r = await rig.execIn('router', 'curl', [
-      '-sS',
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_code}',
-      '-X',
-      method,
-      '-H',
-      `authorization: Bearer ${TOKEN}`,
-      '-H',
-      'content-type: application/json',
-      '--data',
-      JSON.stringify(body),
-      `http://127.0.0.1:9901${path}`,
-    ]);
-    return Number(r.stdout);
-  };
+  const api = async (method: string, path: string, body: unknown): Promise<number> =>
+    Number((await adminIn(rig, TOKEN, method, path, body, { output: '/dev/null', writeOut: '%{http_code}' })).stdout);
   const putSandbox = async (body: unknown): Promise<void> => {
     const code = await api('PUT', '/api/v1/sandboxes/sb', body);
     expect([200, 201]).toContain(code);
   };
   const setNetwork = async (network: unknown): Promise<void> => expect(await api('PUT', '/api/v1/sandboxes/sb/network', network)).toBe(200);
   const inSandbox = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
-  /** The outcome line of a connection, by the client's own port or a predicate. */
-  const outcome = (pred: (l: LogLine) => boolean): Promise<LogLine> => daemon.waitFor((l) => l.event === 'connection' && pred(l), 15_000);
+  const curl = (url: string, opts?: CurlOptions) => curlIn(rig, 'sandbox', url, opts);
   const fromPort = (port: string) => (l: LogLine) => String(l['source']).endsWith(`:${port}`);
   const eventsAt = (address: string): number => rig.events().filter((e) => e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
   const bytesAt = (address: string): number =>
@@ -228,7 +205,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const port = await client.connected;
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).toContain('403');
-      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
       expect(eventsAt(REAL)).toBe(before);
     });
 
@@ -240,7 +217,11 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'block-all' });
       const r = await client;
       expect(r.stdout).toMatch(/ssl-error .*ACCESS_DENIED/i);
-      expect(await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!))).toMatchObject({ protocol: 'tls', name: 'other.test', reason: 'default-block' });
+      expect(await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!))).toMatchObject({
+        protocol: 'tls',
+        name: 'other.test',
+        reason: 'default-block',
+      });
       expect(eventsAt(REAL)).toBe(before);
     });
 
@@ -252,7 +233,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // Tier 1: the essential services only.
       expect(await api('PUT', '/api/v1/orgs/acme', { tier: 1 })).toBe(200);
       expect(await client.done).toContain('403');
-      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', rule: 'org acme: mode "block-all"', dialed: null });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', rule: 'org acme: mode "block-all"', dialed: null });
       await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
     });
 
@@ -264,7 +245,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 500));
       await setNetwork({ mode: 'block-all' });
       await client.done;
-      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy', dialed: null });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy', dialed: null });
     });
 
     it('a connection that was spliced at once (no name could matter) is closed by the change, and no byte reaches the upstream', async () => {
@@ -275,7 +256,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 300));
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).not.toContain('200 OK');
-      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy' });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy' });
       expect(bytesAt(REAL)).toBe(before);
     });
   });
@@ -286,7 +267,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const before = eventsAt(DENIED);
       const { port, reply } = await waitThenSend(DENIED, 443, 0, GET('blocked.test'));
       expect(reply).toContain('403');
-      expect(await outcome(fromPort(port))).toMatchObject({ listener: 'tls', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ listener: 'tls', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
       expect(eventsAt(DENIED)).toBe(before);
     });
 
@@ -294,7 +275,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const r = await inSandbox('openssl', ['s_client', '-connect', `${DENIED}:80`, '-servername', 'blocked.test', '-CAfile', CA], 20_000);
       expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
-      expect(await outcome((l) => l['destination'] === `${DENIED}:80` && l['protocol'] === 'tls')).toMatchObject({
+      expect(await daemon.outcome((l) => l['destination'] === `${DENIED}:80` && l['protocol'] === 'tls')).toMatchObject({
         listener: 'http',
         name: 'blocked.test',
         reason: 'deny-rule',
@@ -305,14 +286,14 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // The upstream speaks TLS on 443 and HTTP on 80, so the exchanges themselves fail there:
       // what is checked is egressd's verdict, by name, on the listener of the other protocol.
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'] } });
-      await inSandbox('curl', ['-sS', '--max-time', '5', '--resolve', `other.test:443:${REAL}`, 'http://other.test:443/']);
-      expect(await outcome((l) => l['listener'] === 'tls' && l['protocol'] === 'http' && l['name'] === 'other.test')).toMatchObject({
+      await curl('http://other.test:443/', { resolve: REAL, maxTimeS: 5 });
+      expect(await daemon.outcome((l) => l['listener'] === 'tls' && l['protocol'] === 'http' && l['name'] === 'other.test')).toMatchObject({
         verdict: 'allow',
         reason: 'allow-rule',
         dialed: REAL,
       });
-      await inSandbox('curl', ['-sS', '--max-time', '5', '--cacert', CA, '--resolve', `other.test:80:${REAL}`, 'https://other.test:80/']);
-      expect(await outcome((l) => l['listener'] === 'http' && l['protocol'] === 'tls' && l['name'] === 'other.test')).toMatchObject({
+      await curl('https://other.test:80/', { resolve: REAL, cacert: CA, maxTimeS: 5 });
+      expect(await daemon.outcome((l) => l['listener'] === 'http' && l['protocol'] === 'tls' && l['name'] === 'other.test')).toMatchObject({
         verdict: 'allow',
         reason: 'allow-rule',
         dialed: REAL,
@@ -326,7 +307,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const before = bytesAt(CIDR_OK);
       const { port, reply } = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
       expect(reply).not.toContain('403');
-      const o = await outcome(fromPort(port));
+      const o = await daemon.outcome(fromPort(port));
       expect(o).toMatchObject({ verdict: 'allow', reason: 'allow-rule', dialed: CIDR_OK });
       expect(o['peekMs']).toBeUndefined();
       expect(bytesAt(CIDR_OK)).toBeGreaterThan(before);
@@ -335,25 +316,30 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
     it('where the peek runs (a deny list), an SSH banner, a Redis command and an HTTP/0.9 line are read as not HTTP and relayed', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const ssh = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
-      expect(await outcome(fromPort(ssh.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', dialed: CIDR_OK });
+      expect(await daemon.outcome(fromPort(ssh.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', dialed: CIDR_OK });
       const ping = await waitThenSend(CIDR_OK, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
       expect(ping.reply).toContain('PING');
-      expect(await outcome(fromPort(ping.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown' });
+      expect(await daemon.outcome(fromPort(ping.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown' });
       const old = await waitThenSend(CIDR_OK, 443, 0, 'GET /\\r\\n');
-      expect(await outcome(fromPort(old.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', listener: 'tls' });
+      expect(await daemon.outcome(fromPort(old.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', listener: 'tls' });
     });
 
     it('not HTTP to an address the policy does not allow is refused by address', async () => {
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${CIDR_OK}/32`] } });
       const refused = await waitThenSend(DENIED, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
-      expect(await outcome(fromPort(refused.port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', protocol: 'unknown', endedBy: 'policy' });
+      expect(await daemon.outcome(fromPort(refused.port))).toMatchObject({
+        verdict: 'refuse',
+        reason: 'default-block',
+        protocol: 'unknown',
+        endedBy: 'policy',
+      });
     });
 
     it('bad HTTP stays refused where the peek runs: obs-fold, two Hosts, a bare LF', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const fold = await waitThenSend(CIDR_OK, 80, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\n x\\r\\n\\r\\n');
       expect(fold.reply).toContain('403');
-      expect(await outcome(fromPort(fold.port))).toMatchObject({ reason: 'malformed-http', endedBy: 'client' });
+      expect(await daemon.outcome(fromPort(fold.port))).toMatchObject({ reason: 'malformed-http', endedBy: 'client' });
       const two = await waitThenSend(CIDR_OK, 443, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\nHost: x.test\\r\\n\\r\\n');
       expect(two.reply).toContain('403');
       const lf = await waitThenSend(CIDR_OK, 7000, 0, 'GET / HTTP/1.1\\nHost: blocked.test\\r\\n\\r\\n');
@@ -367,7 +353,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
         const m = /^greeting (.*) (\d+)$/m.exec(r.stdout);
         expect(m?.[1], r.stdout).toContain('220 greeter ready');
         // Decided at accept: no peek at all.
-        const o = await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
+        const o = await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
         expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', dialed: GREETER });
         expect(o['peekMs']).toBeUndefined();
       }
@@ -379,7 +365,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const m = /^greeting (.*) (\d+)$/m.exec(r.stdout);
       expect(m?.[1], r.stdout).toContain('220 greeter ready');
       // Judged after peek.firstByteTimeoutMs (2 s here), never cut at the peek deadline.
-      const o = await outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
+      const o = await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
       expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', reason: 'default-allow' });
       expect(Number(o['peekMs'])).toBeGreaterThanOrEqual(1900);
       // The same under an allowing CIDR beside an allow list.
@@ -394,10 +380,10 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test', 'denied.test'] } });
       const mk = await waitThenSend(DENIED, 5432, 0, 'MKACTIVITY / HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n');
       expect(mk.reply).toContain('403');
-      expect(await outcome(fromPort(mk.port))).toMatchObject({ listener: 'tcp', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      expect(await daemon.outcome(fromPort(mk.port))).toMatchObject({ listener: 'tcp', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
       const crlf = await waitThenSend(DENIED, 5432, 0, '\\r\\nGET / HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n');
       expect(crlf.reply).toContain('403');
-      expect(await outcome(fromPort(crlf.port))).toMatchObject({ name: 'denied.test', reason: 'deny-rule' });
+      expect(await daemon.outcome(fromPort(crlf.port))).toMatchObject({ name: 'denied.test', reason: 'deny-rule' });
     });
 
     it("under an allow list naming the Host, another token method and two leading empty lines pass to the name's address", async () => {
@@ -413,65 +399,56 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
     it("the issue's example: an innocent SNI sent to a denied name's address reaches the innocent name's own address", async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
       const before = eventsAt(ATTACKER);
-      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '--resolve', `other.test:443:${ATTACKER}`, 'https://other.test/']);
+      const r = await curl('https://other.test/', { resolve: ATTACKER, cacert: CA });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(REAL);
-      expect(await outcome((l) => l['destination'] === `${ATTACKER}:443` && l['name'] === 'other.test')).toMatchObject({ verdict: 'allow', dialed: REAL });
+      expect(await daemon.outcome((l) => l['destination'] === `${ATTACKER}:443` && l['name'] === 'other.test')).toMatchObject({
+        verdict: 'allow',
+        dialed: REAL,
+      });
       expect(eventsAt(ATTACKER)).toBe(before);
     });
 
     it('the same with an HTTP Host, and a name that does not resolve is refused rather than dialed at the destination', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
       const before = eventsAt(ATTACKER);
-      const h = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `other.test:80:${ATTACKER}`, 'http://other.test/']);
+      const h = await curl('http://other.test/', { resolve: ATTACKER });
       expect(h.stdout).toContain(REAL);
-      const nx = await inSandbox('curl', [
-        '-sS',
-        '--max-time',
-        '10',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code}',
-        '--resolve',
-        `nowhere.test:80:${ATTACKER}`,
-        'http://nowhere.test/',
-      ]);
-      expect(nx.stdout).toBe('403');
-      expect(await outcome((l) => l['name'] === 'nowhere.test')).toMatchObject({ verdict: 'refuse', reason: 'dns-failure', endedBy: 'upstream' });
+      expect(await statusIn(rig, 'sandbox', 'http://nowhere.test/', { resolve: ATTACKER })).toBe(403);
+      expect(await daemon.outcome((l) => l['name'] === 'nowhere.test')).toMatchObject({ verdict: 'refuse', reason: 'dns-failure', endedBy: 'upstream' });
       expect(eventsAt(ATTACKER)).toBe(before);
     });
 
     it('a connection that carries no name is judged by address and port alone (docs/limits.md)', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
       const { port } = await waitThenSend(ATTACKER, 7000, 0, 'hi\\r\\n');
-      expect(await outcome(fromPort(port))).toMatchObject({ verdict: 'allow', dialed: ATTACKER, name: null });
+      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'allow', dialed: ATTACKER, name: null });
     });
   });
 
   describe('part 8: the next address when one fails', () => {
     it("the issue's example: the first address resets, the next one (IPv6) answers, and the log lists both", async () => {
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['multi.test'] } });
-      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `multi.test:80:${FLAKY}`, 'http://multi.test/']);
+      const r = await curl('http://multi.test/', { resolve: FLAKY });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(FLAKY6);
-      const o = await outcome((l) => l['name'] === 'multi.test' && l['destination'] === `${FLAKY}:80`);
+      const o = await daemon.outcome((l) => l['name'] === 'multi.test' && l['destination'] === `${FLAKY}:80`);
       expect(o).toMatchObject({ verdict: 'allow', dialed: FLAKY6, tried: [`${FLAKY} refused`, `${FLAKY6} connected`] });
     });
 
     it("a spoofed destination goes to the name's addresses in turn; over TLS too", async () => {
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['multi.test'] } });
-      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--cacert', CA, '-k', '--resolve', `multi.test:443:${ATTACKER}`, 'https://multi.test/']);
+      const r = await curl('https://multi.test/', { resolve: ATTACKER, cacert: CA, insecure: true });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(FLAKY6);
     });
 
     it('a black-holed first address: the next attempt starts 250 ms later and answers within the connect budget', async () => {
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['slow.test'] } });
-      const r = await inSandbox('curl', ['-sS', '--max-time', '10', '--resolve', `slow.test:80:${HOLE}`, 'http://slow.test/']);
+      const r = await curl('http://slow.test/', { resolve: HOLE });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(HOLE_OK);
-      const o = await outcome((l) => l['name'] === 'slow.test');
+      const o = await daemon.outcome((l) => l['name'] === 'slow.test');
       expect(o).toMatchObject({ dialed: HOLE_OK, tried: [`${HOLE} cancelled`, `${HOLE_OK} connected`] });
       expect(Number(o['connectMs'])).toBeGreaterThanOrEqual(240);
       expect(Number(o['connectMs'])).toBeLessThan(4000);

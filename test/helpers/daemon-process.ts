@@ -17,6 +17,10 @@ export interface DaemonProcess {
   /** Waits for a log line that satisfies `pred`; rejects after `timeoutMs` with what was seen. */
   waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   connections(): LogLine[];
+  /** Waits for the outcome line (`event: connection`) of a connection that satisfies `pred`. */
+  outcome(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** Waits for the outcome line of a connection to `destination` (`ip:port`, as logged) that also satisfies `pred`. */
+  outcomeAt(destination: string, pred?: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   /** Sends the signal and waits for the exit code (SIGKILL after `timeoutMs`). */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
 }
@@ -86,6 +90,9 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
     stderr: () => err,
     waitFor,
     connections: () => lines.filter((l) => l.event === 'connection'),
+    outcome: (pred, timeoutMs = 20_000) => waitFor((l) => l.event === 'connection' && pred(l), timeoutMs),
+    outcomeAt: (destination, pred = () => true, timeoutMs = 20_000) =>
+      waitFor((l) => l.event === 'connection' && l['destination'] === destination && pred(l), timeoutMs),
     async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
       if (exitCode !== undefined) return exitCode;
       const exited = once(child, 'exit');

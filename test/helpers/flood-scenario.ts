@@ -10,6 +10,7 @@ import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { watchDaemon, type DaemonProcess, type LogLine } from './daemon-process.ts';
 import type { Rig } from './netns-rig.ts';
+import { adminIn } from './curl.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -127,10 +128,7 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
       writeFileSync(join(cgroup, mem.v1 ? 'memory.limit_in_bytes' : 'memory.max'), String(memoryLimit));
       if (mem.v1) writeFileSync(join(cgroup, 'memory.max_usage_in_bytes'), '0');
     }
-    const admin = (path: string): Promise<string> =>
-      rig
-        .execIn('router', 'curl', ['-sS', '--max-time', '5', '-H', `authorization: Bearer ${TOKEN}`, `http://${ADMIN}${path}`], { timeoutMs: 10_000 })
-        .then((r) => r.stdout);
+    const admin = (path: string): Promise<string> => adminIn(rig, TOKEN, 'GET', path, undefined, { admin: ADMIN, maxTimeS: 5 }).then((r) => r.stdout);
     const json = async (path: string): Promise<Record<string, any> | null> => {
       try {
         return JSON.parse(await admin(path)) as Record<string, any>;

@@ -1,0 +1,30 @@
+// What every namespace e2e suite does to run egressd: the repository's paths, the config written
+// to the suite's temporary folder, and `egressd serve` started in one of the rig's namespaces.
+
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { watchDaemon, type DaemonProcess } from './daemon-process.ts';
+import type { Rig, RigNamespace } from './netns-rig.ts';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+/** The Node binary the repository pins (node_modules/.bin/node). */
+export const NODE = join(ROOT, 'node_modules/.bin/node');
+export const MAIN = join(ROOT, 'src/main.ts');
+/** The test CA (certs/README.md): every rig server's certificate chains to it. */
+export const CA = join(ROOT, 'certs/ca.pem');
+/** test/helpers/sandbox-client.ts: the scripted TLS/HTTP/TCP client the suites run in the sandbox. */
+export const SANDBOX_CLIENT = join(ROOT, 'test/helpers/sandbox-client.ts');
+/** The listener ports most suites redirect to (`rig.redirect`). */
+export const E2E_PORTS = { http: 15080, tls: 15443, tcp: 15001 } as const;
+
+/** Writes `config` as `<dir>/egressd.json`; returns its path. */
+export function writeConfig(dir: string, config: unknown): string {
+  const file = join(dir, 'egressd.json');
+  writeFileSync(file, JSON.stringify(config));
+  return file;
+}
+
+/** Starts `egressd serve --config <file>` in namespace `ns`; resolves once it logs `started`. */
+export function serveIn(rig: Rig, ns: RigNamespace, configFile: string): Promise<DaemonProcess> {
+  return watchDaemon(rig.spawnIn(ns, NODE, [MAIN, 'serve', '--config', configFile]));
+}
