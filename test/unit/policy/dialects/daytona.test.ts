@@ -3,36 +3,15 @@
 
 import { describe, expect, it } from 'vitest';
 import { loadCatalog } from '../../../../src/policy/catalog/catalog.ts';
-import { compilePolicy, SharedDomains } from '../../../../src/policy/compile.ts';
-import { decide } from '../../../../src/policy/decide.ts';
-import type { DialectResult } from '../../../../src/policy/model.ts';
-import type { FieldIssue } from '../../../../src/util/issues.ts';
-import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
-import { compileProtected } from '../../../../src/match/protected.ts';
+import { SharedDomains } from '../../../../src/policy/compile.ts';
+import { issuesOf, parsed, verdictOf as verdictUnder } from '../../../helpers/network-body.ts';
 
-const PROTECTED = compileProtected({});
 const catalog = loadCatalog();
 if (!catalog.ok) throw new Error(JSON.stringify(catalog.issues));
 const CATALOG = new SharedDomains(catalog.domains);
 
-function parsed(body: unknown): DialectResult {
-  const r = parseNetworkBody(body);
-  if (!r.ok) throw new Error(JSON.stringify(r.issues));
-  return r.value;
-}
-
 /** The verdict for one connection under a body, with the catalog joined as the store joins it. */
-function verdictOf(body: unknown): (name: string | null, ip: string, port?: number) => 'allow' | 'refuse' {
-  const r = parsed(body);
-  const compiled = compilePolicy(r.policy, PROTECTED, r.essentialServices ? CATALOG : null);
-  return (name, ip, port = 443) => decide(compiled, { name, ip, port }).verdict;
-}
-
-function issuesOf(body: unknown): FieldIssue[] {
-  const r = parseNetworkBody(body);
-  if (r.ok) throw new Error(`expected a refusal, got ${JSON.stringify(r.value)}`);
-  return r.issues;
-}
+const verdictOf = (body: unknown) => verdictUnder(body, CATALOG);
 
 /** An unrelated public address, for connections that are judged by name. */
 const SOME_PUBLIC_IP = '104.16.24.34';

@@ -2,31 +2,7 @@
 // each of its rules with its error.
 
 import { describe, expect, it } from 'vitest';
-import { compilePolicy } from '../../../../src/policy/compile.ts';
-import { decide } from '../../../../src/policy/decide.ts';
-import type { DialectResult } from '../../../../src/policy/model.ts';
-import type { FieldIssue } from '../../../../src/util/issues.ts';
-import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
-import { compileProtected } from '../../../../src/match/protected.ts';
-
-const PROTECTED = compileProtected({});
-
-function parsed(body: unknown): DialectResult {
-  const r = parseNetworkBody(body);
-  if (!r.ok) throw new Error(JSON.stringify(r.issues));
-  return r.value;
-}
-
-function verdictOf(body: unknown): (name: string | null, ip: string, port?: number) => 'allow' | 'refuse' {
-  const compiled = compilePolicy(parsed(body).policy, PROTECTED);
-  return (name, ip, port = 443) => decide(compiled, { name, ip, port }).verdict;
-}
-
-function issuesOf(body: unknown): FieldIssue[] {
-  const r = parseNetworkBody(body);
-  if (r.ok) throw new Error(`expected a refusal, got ${JSON.stringify(r.value)}`);
-  return r.issues;
-}
+import { issuesOf, parsed, verdictOf } from '../../../helpers/network-body.ts';
 
 /** An address no example names, for connections judged by name. */
 const ELSEWHERE = '104.16.24.34';

@@ -1,15 +1,8 @@
 // renderNetwork: what `GET .../network` shows, in the sandbox0 vocabulary, whatever the dialect.
 
 import { describe, expect, it } from 'vitest';
-import type { DialectResult } from '../../../../src/policy/model.ts';
-import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
 import { renderNetwork } from '../../../../src/policy/render.ts';
-
-function parsed(body: unknown): DialectResult {
-  const r = parseNetworkBody(body);
-  if (!r.ok) throw new Error(JSON.stringify(r.issues));
-  return r.value;
-}
+import { parsed } from '../../../helpers/network-body.ts';
 
 const NO_EGRESS = { allowed_domains: [], denied_domains: [], allowed_cidrs: [], denied_cidrs: [], allowed_ports: [], denied_ports: [] };
 

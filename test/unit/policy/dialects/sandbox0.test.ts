@@ -2,24 +2,7 @@
 // the wrapper adds to parsePolicyDocument (the two flags, and issue paths relative to the body).
 
 import { describe, expect, it } from 'vitest';
-import { compilePolicy } from '../../../../src/policy/compile.ts';
-import { decide } from '../../../../src/policy/decide.ts';
-import type { DialectResult } from '../../../../src/policy/model.ts';
-import { parseNetworkBody } from '../../../../src/policy/network-body.ts';
-import { compileProtected } from '../../../../src/match/protected.ts';
-
-const PROTECTED = compileProtected({});
-
-function parsed(body: unknown): DialectResult {
-  const r = parseNetworkBody(body);
-  if (!r.ok) throw new Error(JSON.stringify(r.issues));
-  return r.value;
-}
-
-function verdictOf(body: unknown): (name: string | null, ip: string, port?: number) => 'allow' | 'refuse' {
-  const compiled = compilePolicy(parsed(body).policy, PROTECTED);
-  return (name, ip, port = 443) => decide(compiled, { name, ip, port }).verdict;
-}
+import { issuesOf, parsed, verdictOf } from '../../../helpers/network-body.ts';
 
 const GITHUB_IP = '140.82.112.3';
 const ELSEWHERE = '104.16.24.34';
@@ -78,16 +61,14 @@ describe('the sandbox0 wrapper', () => {
   });
 
   it("passes parsePolicyDocument's issues through with their paths", () => {
-    const r = parseNetworkBody({ mode: 'block-all', egress: { allowed_cidrs: ['10.0.0.0/8', 'nope'] } });
-    expect(r.ok).toBe(false);
-    if (!r.ok) expect(r.issues).toEqual([{ field: 'egress.allowed_cidrs[1]', reason: 'CIDR "nope" does not start with an IPv4 or IPv6 address' }]);
+    expect(issuesOf({ mode: 'block-all', egress: { allowed_cidrs: ['10.0.0.0/8', 'nope'] } })).toEqual([
+      { field: 'egress.allowed_cidrs[1]', reason: 'CIDR "nope" does not start with an IPv4 or IPv6 address' },
+    ]);
   });
 
   it('names the body itself "" rather than "(root)", so it nests under the caller\'s path', () => {
-    const r = parseNetworkBody({ mode: 'block-all', egress: { allowed_cidrs: Array.from({ length: 101 }, () => 'nope') } });
-    expect(r.ok).toBe(false);
-    if (r.ok) return;
-    expect(r.issues).toHaveLength(101);
-    expect(r.issues[100]).toEqual({ field: '', reason: '1 more problems not shown' });
+    const issues = issuesOf({ mode: 'block-all', egress: { allowed_cidrs: Array.from({ length: 101 }, () => 'nope') } });
+    expect(issues).toHaveLength(101);
+    expect(issues[100]).toEqual({ field: '', reason: '1 more problems not shown' });
   });
 });
