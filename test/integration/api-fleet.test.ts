@@ -2,10 +2,9 @@
 // every 405 naming the methods the resource supports in Allow (RFC 9110 §15.5.6).
 
 import { request } from 'undici';
+import { adminCall } from '../helpers/admin-api.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
-
-const auth = { authorization: 'Bearer test-token', 'content-type': 'application/json' };
 
 describe('the admin API for a fleet', () => {
   let d: LoopbackDaemon;
@@ -15,15 +14,7 @@ describe('the admin API for a fleet', () => {
   afterAll(async () => {
     await d.stop();
   });
-  const call = async (method: string, path: string, body?: unknown) => {
-    const res = await request(`${d.adminUrl}${path}`, {
-      method: method as 'GET',
-      headers: auth,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, headers: res.headers, body: text ? (JSON.parse(text) as Record<string, any>) : null };
-  };
+  const call = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
 
   it.each([
     ['PATCH', '/api/v1/sandboxes/sb-1', 'DELETE, GET, HEAD, PUT'],

@@ -7,12 +7,12 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildHello } from '../helpers/hello-builder.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 
 const TOKEN = 'test-token';
-const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
 
 async function echoServer(): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
@@ -72,11 +72,7 @@ describe('the daemon on loopback', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const api = async (method: string, path: string, body?: unknown, headers: Record<string, string> = auth) => {
-    const res = await request(`${d!.adminUrl}${path}`, { method: method as 'GET', headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
-    const text = await res.body.text();
-    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
-  };
+  const api = (method: string, path: string, body?: unknown, headers?: Record<string, string>) => adminCall(d!.adminUrl, method, path, body, headers);
 
   it('carries an address-allowed connection both ways and logs one outcome line for it', async () => {
     d = await startLoopbackDaemon(

@@ -8,12 +8,11 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { validateConfig } from '../../src/config/schema.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 
-const TOKEN = 'test-token';
-const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
 const ALLOW_LOOPBACK = { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } };
 
 describe('limits on loopback', () => {
@@ -42,15 +41,7 @@ describe('limits on loopback', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const api = async (method: string, path: string, body?: unknown) => {
-    const res = await request(`${d!.adminUrl}${path}`, {
-      method: method as 'GET',
-      headers: auth,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
-  };
+  const api = (method: string, path: string, body?: unknown) => adminCall(d!.adminUrl, method, path, body);
 
   /** Connects from `source` and reports whether the connection was spliced (echoes) or reset. */
   const attempt = (source: string): Promise<{ spliced: boolean; socket: Socket }> =>

@@ -3,11 +3,9 @@
 
 import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { request } from 'undici';
+import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
-
-const auth = { authorization: 'Bearer test-token', 'content-type': 'application/json' };
 
 /** A complete Daytona create-sandbox network section: both lists, as Daytona's API takes them. */
 const DAYTONA = { networkBlockAll: false, networkAllowList: '127.0.0.1/32', domainAllowList: 'pypi.test, *.github.test' };
@@ -41,15 +39,7 @@ describe("the platforms' complete bodies through the API", () => {
     upstream.close();
   });
 
-  const api = async (method: string, path: string, body?: unknown) => {
-    const res = await request(`${d!.adminUrl}${path}`, {
-      method: method as 'GET',
-      headers: auth,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
-  };
+  const api = (method: string, path: string, body?: unknown) => adminCall(d!.adminUrl, method, path, body);
 
   /** An HTTP request for `host` from `source`, redirected (as iptables would) to the upstream. */
   const get = (source: string, host: string): Promise<string> =>

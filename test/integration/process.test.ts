@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
+import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 
@@ -38,15 +39,7 @@ describe('the egressd process', () => {
     const started = d.lines.find((l) => l.event === 'started')!;
     return { d, admin: `http://127.0.0.1:${started['adminPort']}` };
   };
-  const api = async (admin: string, method: string, path: string, body?: unknown) => {
-    const res = await request(`${admin}${path}`, {
-      method: method as 'GET',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, body: text ? JSON.parse(text) : null };
-  };
+  const api = (admin: string, method: string, path: string, body?: unknown) => adminCall(admin, method, path, body, bearer(TOKEN));
   const base = (extra: Record<string, unknown> = {}) => ({
     listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
     admin: { listen: '127.0.0.1:0', token: TOKEN },
