@@ -1,7 +1,7 @@
 // The command line against a real admin API on loopback: every command's --help, and the exit
 // codes that tell the outcomes apart (0 allowed/done, 1 refused, 2 usage, 3 API unusable).
 
-import { spawn } from 'node:child_process';
+import { runProcess, type Run } from '../helpers/run-process.ts';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { join, resolve } from 'node:path';
@@ -11,16 +11,9 @@ import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../hel
 const ROOT = resolve(import.meta.dirname, '../..');
 const BIN = join(ROOT, 'bin/egressd');
 
-function egressd(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done, fail) => {
-    const child = spawn(BIN, args, { env: { PATH: process.env['PATH'] ?? '', ...env }, timeout: 30_000, killSignal: 'SIGKILL' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', fail);
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+/** bin/egressd with a clean environment (PATH and `env`), as an operator's shell would run it. */
+function egressd(args: readonly string[], env: Record<string, string> = {}): Promise<Run> {
+  return runProcess(BIN, args, { env: { PATH: process.env['PATH'] ?? '', ...env }, timeoutMs: 30_000 });
 }
 
 const COMMANDS = [

@@ -62,6 +62,17 @@ function spawnDaemon(statePath: string) {
   return spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', configFile(statePath)], { stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/** Starts egressd on a state it must refuse: expects exit code 1, returns what it wrote to stderr. */
+async function refusedStart(statePath: string): Promise<string> {
+  const child = spawnDaemon(statePath);
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdout.resume();
+  const [code] = (await once(child, 'exit')) as [number];
+  expect(code, stderr).toBe(1);
+  return stderr;
+}
+
 async function start(statePath: string): Promise<{ d: DaemonProcess; admin: string }> {
   const d = await watchDaemon(spawnDaemon(statePath));
   running.push(d);
@@ -106,12 +117,7 @@ describe('a state that does not validate stops the process', () => {
       ],
     });
     writeFileSync(path, text);
-    const child = spawnDaemon(path);
-    let stderr = '';
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.stdout.resume();
-    const [code] = (await once(child, 'exit')) as [number];
-    expect(code).toBe(1);
+    const stderr = await refusedStart(path);
     expect(stderr).toContain(`Cannot use the state "${path}"`);
     expect(stderr).toMatch(/sandbox "sb-bad" network\.mode: .*promiscuous/);
     expect(readFileSync(path, 'utf8')).toBe(text);
@@ -230,12 +236,7 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
     running.splice(0);
     expect(existsSync(`${path}-wal`)).toBe(true);
     expect(spawnSync('mount', ['-o', 'remount,ro', m]).status).toBe(0);
-    const child = spawnDaemon(path);
-    let stderr = '';
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.stdout.resume();
-    const [code] = (await once(child, 'exit')) as [number];
-    expect(code).toBe(1);
+    const stderr = await refusedStart(path);
     expect(stderr).toContain(`Cannot use the state "${path}"`);
     expect(stderr).toMatch(/not writable \(EROFS\).*state\.db-wal/);
   });

@@ -1,36 +1,20 @@
 // The commands as an operator runs them: the real entry point (src/main.ts) in a child process,
 // judged by its stdout JSON, its stderr and its exit code. Nothing here opens a socket.
 
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runProcess, type Run } from '../../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
 const MAIN = join(ROOT, 'src/main.ts');
 const HELLOS = join(ROOT, 'test/fixtures/hellos');
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs `egressd ...args`, feeding `stdin` when given; a child that hangs is killed, not waited on. */
+/** Runs `egressd ...args`, feeding `stdin` when given. */
 function egressd(args: readonly string[], stdin?: Uint8Array | string): Promise<Run> {
-  return new Promise((done, fail) => {
-    const child = spawn(NODE, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], timeout: 20_000, killSignal: 'SIGKILL' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', fail);
-    child.on('close', (code) => done({ code, stdout, stderr }));
-    child.stdin.on('error', () => {});
-    child.stdin.end(stdin);
-  });
+  return runProcess(NODE, [MAIN, ...args], stdin === undefined ? {} : { stdin });
 }
 
 interface Fixture {
