@@ -1,24 +1,42 @@
-// Binds the native data phase (splice_loop.c) to JavaScript: src/net/native-splice.ts hands an
-// allowed connection's two sockets to one of N loops (one per core), and each connection's
-// outcome comes back once, on the JavaScript thread, through a thread-safe function.
+// Binds the native loops (splice_loop.c) to JavaScript. Two uses share them:
+//  - the data phase alone: src/net/native-splice.ts hands an allowed connection's two sockets to
+//    one of N loops (one per core);
+//  - the whole connection (EGRESSD_DATA_PLANE=native-setup): src/net/native-setup.ts has each
+//    loop accept on its own SO_REUSEPORT socket, and answers the loop's set-up reports with
+//    commands (peek, dial, splice, refuse).
+// Reports come back on the JavaScript thread through one thread-safe function, in batches: a
+// loop queues each report and signals only when the queue was empty, and the JavaScript side
+// takes the whole queue at once.
 //
-// start(threads: number, onOutcome: (id, bytesUp, bytesDown, end, errno) => void): void
-// handoff(loop: number, id: number, clientFd: number, upstreamFd: number,
-//         up: Buffer | null, down: Buffer | null, idleMs: number): void
+// start(threads, onOutcome, onSetup?, peekCap?): void
+//     onOutcome(id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos[])
+//     onSetup(kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes)
+// handoff(loop, id, clientFd, upstreamFd, up: Buffer | null, down: Buffer | null, idleMs): void
 //     dup(2)s both descriptors (the caller then closes its own handles); throws an Error whose
 //     `code` is the errno name on failure, with nothing handed over.
-// abort(loop: number, id: number): void
-// active(): number   connections handed over whose outcome has not yet been delivered
+// listen(host, port, ipv6Only, backlog, tag): number   one socket per loop, SO_REUSEPORT; the port
+// unlisten(tag): void
+// peek(loop, id, deadlineMs, firstByteMs, stallMs, reportAt): void
+// dial(loop, id, addresses: string[], port, connectMs, attemptDelayMs, idleMs, version): void
+// splice(loop, id, idleMs): void
+// refuse(loop, id, how, bytes: Buffer | null, lingerMs, lingerMaxBytes): void
+// setPolicyVersion(version): void
+// abort(loop, id): void
+// active(): number   connections whose outcome has not yet been delivered
 //
 // The thread-safe function is referenced only while connections are in the loops, so idle loops
 // never keep the process alive. One data plane per process (Node-API instance data would allow
 // more; egressd runs one daemon per process).
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -29,48 +47,187 @@
 static sl_loop *loops[MAX_LOOPS];
 static int loop_count;
 static napi_threadsafe_function tsfn;
+static napi_ref on_setup_ref;
 static int64_t active;
-// Set when Node tears the environment down: outcomes are dropped from then on, never sent to a
+// Set when Node tears the environment down: reports are dropped from then on, never sent to a
 // thread-safe function that is about to be freed.
 static volatile int closing;
 
+// ---- the report queue -----------------------------------------------------------------------
+
+typedef struct item {
+  int loop;
+  bool is_outcome;
+  sl_outcome o;
+  sl_event e;
+  char *bytes;
+  struct item *next;
+} item;
+
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static item *queue_head, *queue_tail;
+static bool signalled;
+
+static void enqueue(item *it) {
+  pthread_mutex_lock(&queue_lock);
+  if (queue_tail) queue_tail->next = it;
+  else queue_head = it;
+  queue_tail = it;
+  bool signal = !signalled;
+  signalled = true;
+  pthread_mutex_unlock(&queue_lock);
+  if (signal && napi_call_threadsafe_function(tsfn, NULL, napi_tsfn_blocking) != napi_ok) {
+    pthread_mutex_lock(&queue_lock);
+    signalled = false;
+    pthread_mutex_unlock(&queue_lock);
+  }
+}
+
+// Runs on a loop's thread: the report is copied and queued for the JavaScript thread.
+static void report(void *ctx, const sl_outcome *o) {
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) return;
+  item *it = calloc(1, sizeof *it);
+  if (!it) abort(); // an outcome must never be lost; out of memory here is out of memory everywhere
+  it->loop = (int)(intptr_t)ctx;
+  it->is_outcome = true;
+  it->o = *o;
+  enqueue(it);
+}
+
+static void on_event(void *ctx, const sl_event *e) {
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) return;
+  item *it = calloc(1, sizeof *it);
+  if (!it) abort();
+  it->loop = (int)(intptr_t)ctx;
+  it->e = *e;
+  if (e->len > 0) {
+    it->bytes = malloc(e->len);
+    if (!it->bytes) abort();
+    memcpy(it->bytes, e->bytes, e->len);
+  }
+  it->e.bytes = NULL;
+  enqueue(it);
+}
+
+// ---- to JavaScript ----------------------------------------------------------------------------
+
+static napi_value num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static napi_value address(napi_env env, const struct sockaddr_storage *ss, int *port) {
+  char text[INET6_ADDRSTRLEN] = "";
+  *port = 0;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
+    *port = ntohs(a->sin_port);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
+    *port = ntohs(a->sin6_port);
+  } else {
+    napi_value n;
+    napi_get_null(env, &n);
+    return n;
+  }
+  napi_value s;
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &s);
+  return s;
+}
+
+static void deliver(napi_env env, napi_value js_cb, item *it) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (it->is_outcome) {
+    const sl_outcome *o = &it->o;
+    napi_value attempts;
+    napi_create_array_with_length(env, (size_t)o->attempts, &attempts);
+    for (int i = 0; i < o->attempts && i < SL_MAX_ADDRS; i++) napi_set_element(env, attempts, (uint32_t)i, num(env, o->attempt_err[i]));
+    napi_value argv[8] = {num(env, (double)o->id),  num(env, (double)o->bytes_up), num(env, (double)o->bytes_down),
+                          num(env, o->end),         num(env, o->err),              num(env, o->dialed),
+                          num(env, o->connect_us), attempts};
+    napi_call_function(env, undefined, js_cb, 8, argv, NULL);
+    if (--active == 0) napi_unref_threadsafe_function(env, tsfn);
+    return;
+  }
+  napi_value fn;
+  if (on_setup_ref == NULL || napi_get_reference_value(env, on_setup_ref, &fn) != napi_ok || fn == NULL) return;
+  const sl_event *e = &it->e;
+  if (e->kind == SL_EV_ACCEPTED && active++ == 0) napi_ref_threadsafe_function(env, tsfn);
+  int peer_port, orig_port;
+  napi_value bytes;
+  if (it->bytes) {
+    napi_create_buffer_copy(env, e->len, it->bytes, NULL, &bytes);
+  } else {
+    napi_get_null(env, &bytes);
+  }
+  napi_value argv[12] = {num(env, e->kind), num(env, (double)e->id), num(env, it->loop), num(env, e->tag),
+                         num(env, e->err),  num(env, e->state),      num(env, e->connect_us), address(env, &e->peer, &peer_port),
+                         num(env, 0),       address(env, &e->orig, &orig_port), num(env, 0), bytes};
+  argv[8] = num(env, peer_port);
+  argv[10] = num(env, orig_port);
+  napi_call_function(env, undefined, fn, 12, argv, NULL);
+}
+
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)context;
+  (void)data;
+  pthread_mutex_lock(&queue_lock);
+  item *it = queue_head;
+  queue_head = queue_tail = NULL;
+  signalled = false;
+  pthread_mutex_unlock(&queue_lock);
+  while (it) {
+    item *next = it->next;
+    if (env != NULL && js_cb != NULL) {
+      napi_handle_scope scope;
+      napi_open_handle_scope(env, &scope);
+      deliver(env, js_cb, it);
+      napi_close_handle_scope(env, scope);
+    }
+    free(it->bytes);
+    free(it);
+    it = next;
+  }
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case EBADF: return "EBADF";
+    case ENOMEM: return "ENOMEM";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EACCES: return "EACCES";
+    case EINVAL: return "EINVAL";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    default: return "EUNKNOWN";
+  }
+}
+
 static napi_value throw_code(napi_env env, int e, const char *what) {
-  char msg[160];
+  char msg[200];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
   napi_value code, text, err;
-  napi_create_string_utf8(env, e == EMFILE ? "EMFILE" : e == ENFILE ? "ENFILE" : e == EBADF ? "EBADF" : e == ENOMEM ? "ENOMEM" : "EUNKNOWN", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
   napi_create_error(env, code, text, &err);
   napi_throw(env, err);
   return NULL;
 }
 
-// Runs on a loop's thread: the outcome is copied and queued for the JavaScript thread.
-static void report(void *ctx, const sl_outcome *o) {
-  (void)ctx;
-  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) return;
-  sl_outcome *copy = malloc(sizeof *copy);
-  if (!copy) abort(); // an outcome must never be lost; out of memory here is out of memory everywhere
-  *copy = *o;
-  if (napi_call_threadsafe_function(tsfn, copy, napi_tsfn_blocking) != napi_ok) free(copy);
+static napi_value bad_args(napi_env env, const char *usage) {
+  napi_throw_type_error(env, NULL, usage);
+  return NULL;
 }
 
-static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
-  (void)context;
-  sl_outcome *o = data;
-  if (env != NULL && js_cb != NULL) {
-    napi_value argv[5], undefined;
-    napi_create_double(env, (double)o->id, &argv[0]);
-    napi_create_double(env, (double)o->bytes_up, &argv[1]);
-    napi_create_double(env, (double)o->bytes_down, &argv[2]);
-    napi_create_int32(env, (int32_t)o->end, &argv[3]);
-    napi_create_int32(env, o->err, &argv[4]);
-    napi_get_undefined(env, &undefined);
-    napi_call_function(env, undefined, js_cb, 5, argv, NULL);
-    if (--active == 0) napi_unref_threadsafe_function(env, tsfn);
-  }
-  free(o);
-}
+// ---- start and stop -----------------------------------------------------------------------------
 
 // Registered after the thread-safe function, so it runs before the function's own clean-up
 // (Node runs cleanup hooks in reverse order): the loops stop, and their threads are joined, while
@@ -80,19 +237,32 @@ static void cleanup(void *arg) {
   __atomic_store_n(&closing, 1, __ATOMIC_RELEASE);
   for (int i = 0; i < loop_count; i++) sl_loop_stop(loops[i]);
   loop_count = 0;
+  pthread_mutex_lock(&queue_lock);
+  item *it = queue_head;
+  queue_head = queue_tail = NULL;
+  pthread_mutex_unlock(&queue_lock);
+  while (it) {
+    item *next = it->next;
+    free(it->bytes);
+    free(it);
+    it = next;
+  }
 }
 
 static napi_value start(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t n = 0;
-  napi_valuetype t;
-  if (argc != 2 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1 || n > MAX_LOOPS ||
-      napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) {
-    napi_throw_type_error(env, NULL, "start(threads, onOutcome): threads must be 1 to 64 and onOutcome a function");
-    return NULL;
-  }
+  uint32_t cap = 0;
+  napi_valuetype t, t2 = napi_undefined;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1 || n > MAX_LOOPS ||
+      napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
+    return bad_args(env, "start(threads, onOutcome, onSetup?, peekCap?): threads must be 1 to 64 and onOutcome a function");
+  if (argc >= 3) napi_typeof(env, argv[2], &t2);
+  bool setup = t2 == napi_function;
+  if (setup && (argc < 4 || napi_get_value_uint32(env, argv[3], &cap) != napi_ok || cap < 16 || cap > (1u << 20)))
+    return bad_args(env, "start: with onSetup, peekCap must be 16 to 1 MiB");
   if (loop_count > 0) {
     napi_throw_error(env, NULL, "start: the data plane is already running");
     return NULL;
@@ -104,9 +274,11 @@ static napi_value start(napi_env env, napi_callback_info info) {
     return NULL;
   }
   napi_unref_threadsafe_function(env, tsfn);
+  if (setup) napi_create_reference(env, argv[2], 1, &on_setup_ref);
   for (int i = 0; i < n; i++) {
     int err = 0;
-    loops[i] = sl_loop_start(report, NULL, &err);
+    loops[i] = sl_loop_start(report, (void *)(intptr_t)i, &err);
+    if (loops[i] && setup) sl_loop_setup(loops[i], on_event, cap);
     if (!loops[i]) {
       for (int j = 0; j < i; j++) sl_loop_stop(loops[j]);
       napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
@@ -117,6 +289,8 @@ static napi_value start(napi_env env, napi_callback_info info) {
   napi_add_env_cleanup_hook(env, cleanup, NULL);
   return NULL;
 }
+
+// ---- the data phase alone ---------------------------------------------------------------------
 
 static int arg_buffer(napi_env env, napi_value v, void **data, size_t *len) {
   napi_valuetype t;
@@ -129,22 +303,30 @@ static int arg_buffer(napi_env env, napi_value v, void **data, size_t *len) {
   return napi_get_buffer_info(env, v, data, len) == napi_ok ? 0 : -1;
 }
 
+static bool arg_loop(napi_env env, napi_value v, int32_t *loop) {
+  return napi_get_value_int32(env, v, loop) == napi_ok && *loop >= 0 && *loop < loop_count;
+}
+
+static bool arg_id(napi_env env, napi_value v, uint64_t *id) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0) || d > 9007199254740991.0) return false;
+  *id = (uint64_t)d;
+  return true;
+}
+
 static napi_value handoff(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop, cfd, ufd;
-  int64_t id;
+  uint64_t id;
   uint32_t idle;
   void *up, *down;
   size_t up_len, down_len;
-  if (argc != 7 || napi_get_value_int32(env, argv[0], &loop) != napi_ok || napi_get_value_int64(env, argv[1], &id) != napi_ok ||
-      napi_get_value_int32(env, argv[2], &cfd) != napi_ok || napi_get_value_int32(env, argv[3], &ufd) != napi_ok ||
-      arg_buffer(env, argv[4], &up, &up_len) != 0 || arg_buffer(env, argv[5], &down, &down_len) != 0 ||
-      napi_get_value_uint32(env, argv[6], &idle) != napi_ok || loop < 0 || loop >= loop_count || cfd < 0 || ufd < 0 || id < 0) {
-    napi_throw_type_error(env, NULL, "handoff(loop, id, clientFd, upstreamFd, up, down, idleMs): bad arguments, or start() not called");
-    return NULL;
-  }
+  if (argc != 7 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &cfd) != napi_ok ||
+      napi_get_value_int32(env, argv[3], &ufd) != napi_ok || arg_buffer(env, argv[4], &up, &up_len) != 0 ||
+      arg_buffer(env, argv[5], &down, &down_len) != 0 || napi_get_value_uint32(env, argv[6], &idle) != napi_ok || cfd < 0 || ufd < 0)
+    return bad_args(env, "handoff(loop, id, clientFd, upstreamFd, up, down, idleMs): bad arguments, or start() not called");
   // Duplicates, so that Node can close its own descriptors (and libuv drop them from its epoll
   // set) without ending the connection.
   int c = fcntl(cfd, F_DUPFD_CLOEXEC, 0);
@@ -155,7 +337,7 @@ static napi_value handoff(napi_env env, napi_callback_info info) {
     close(c);
     return throw_code(env, e, "handoff: dup of the upstream socket");
   }
-  int e = sl_loop_add(loops[loop], (uint64_t)id, c, u, up, up_len, down, down_len, idle);
+  int e = sl_loop_add(loops[loop], id, c, u, up, up_len, down, down_len, idle);
   if (e != 0) return throw_code(env, e, "handoff");
   if (active++ == 0) napi_ref_threadsafe_function(env, tsfn);
   return NULL;
@@ -166,22 +348,188 @@ static napi_value abort_conn(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop;
-  int64_t id;
-  if (argc != 2 || napi_get_value_int32(env, argv[0], &loop) != napi_ok || napi_get_value_int64(env, argv[1], &id) != napi_ok ||
-      loop < 0 || loop >= loop_count) {
-    napi_throw_type_error(env, NULL, "abort(loop, id): bad arguments");
-    return NULL;
-  }
-  int e = sl_loop_abort(loops[loop], (uint64_t)id);
+  uint64_t id;
+  if (argc != 2 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id)) return bad_args(env, "abort(loop, id): bad arguments");
+  int e = sl_loop_abort(loops[loop], id);
   if (e != 0) return throw_code(env, e, "abort");
   return NULL;
 }
 
 static napi_value active_count(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value v;
-  napi_create_double(env, (double)active, &v);
-  return v;
+  return num(env, (double)active);
+}
+
+// ---- connection set-up --------------------------------------------------------------------------
+
+static bool parse_address(const char *text, uint32_t port, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    return true;
+  }
+  if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    return true;
+  }
+  return false;
+}
+
+static napi_value listen_on(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char host[INET6_ADDRSTRLEN + 1];
+  uint32_t port, backlog;
+  int32_t tag;
+  bool v6only;
+  if (argc != 5 || napi_get_value_string_utf8(env, argv[0], host, sizeof host, NULL) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &port) != napi_ok || port > 65535 || napi_get_value_bool(env, argv[2], &v6only) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &backlog) != napi_ok || napi_get_value_int32(env, argv[4], &tag) != napi_ok || loop_count == 0 ||
+      on_setup_ref == NULL)
+    return bad_args(env, "listen(host, port, ipv6Only, backlog, tag): bad arguments, or start() not called with onSetup");
+  struct sockaddr_storage ss;
+  if (!parse_address(host, port, &ss)) return throw_code(env, EINVAL, "listen: not an IP address");
+  int fds[MAX_LOOPS];
+  int made = 0, e = 0;
+  // One socket per loop in one SO_REUSEPORT group: the kernel spreads new connections over the
+  // loops (and over another egressd during a restart's hand-over).
+  for (; made < loop_count; made++) {
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, v6 = v6only ? 1 : 0;
+    if (fd < 0) {
+      e = errno;
+      break;
+    }
+    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) != 0) ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, (int)backlog) != 0) {
+      e = errno;
+      close(fd);
+      break;
+    }
+    if (made == 0 && port == 0) {
+      // The kernel chose the port: the other loops' sockets join it.
+      struct sockaddr_storage bound;
+      socklen_t blen = sizeof bound;
+      getsockname(fd, (struct sockaddr *)&bound, &blen);
+      port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port : ((struct sockaddr_in6 *)&bound)->sin6_port);
+      if (ss.ss_family == AF_INET) ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+      else ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    }
+    fds[made] = fd;
+  }
+  if (made < loop_count) {
+    for (int i = 0; i < made; i++) close(fds[i]);
+    return throw_code(env, e, "listen");
+  }
+  for (int i = 0; i < loop_count; i++) {
+    int r = sl_loop_listen(loops[i], fds[i], tag);
+    if (r != 0) {
+      for (int j = i; j < loop_count; j++) close(fds[j]);
+      for (int j = 0; j < i; j++) sl_loop_unlisten(loops[j], tag);
+      return throw_code(env, r, "listen");
+    }
+  }
+  return num(env, port);
+}
+
+static napi_value unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t tag;
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &tag) != napi_ok) return bad_args(env, "unlisten(tag)");
+  for (int i = 0; i < loop_count; i++) sl_loop_unlisten(loops[i], tag);
+  return NULL;
+}
+
+static napi_value peek(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t loop;
+  uint64_t id;
+  uint32_t deadline, first, stall, at;
+  if (argc != 6 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &deadline) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &first) != napi_ok || napi_get_value_uint32(env, argv[4], &stall) != napi_ok ||
+      napi_get_value_uint32(env, argv[5], &at) != napi_ok)
+    return bad_args(env, "peek(loop, id, deadlineMs, firstByteMs, stallMs, reportAt): bad arguments");
+  int e = sl_loop_peek(loops[loop], id, deadline, first, stall, at);
+  return e ? throw_code(env, e, "peek") : NULL;
+}
+
+static napi_value dial(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t loop;
+  uint64_t id, version;
+  uint32_t port, connect_ms, delay_ms, idle_ms, n = 0;
+  bool is_array = false;
+  if (argc != 8 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
+      !is_array || napi_get_array_length(env, argv[2], &n) != napi_ok || n < 1 || n > SL_MAX_ADDRS ||
+      napi_get_value_uint32(env, argv[3], &port) != napi_ok || port > 65535 || napi_get_value_uint32(env, argv[4], &connect_ms) != napi_ok ||
+      napi_get_value_uint32(env, argv[5], &delay_ms) != napi_ok || napi_get_value_uint32(env, argv[6], &idle_ms) != napi_ok ||
+      !arg_id(env, argv[7], &version))
+    return bad_args(env, "dial(loop, id, addresses (1 to 16), port, connectMs, attemptDelayMs, idleMs, version): bad arguments");
+  struct sockaddr_storage addrs[SL_MAX_ADDRS];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    char text[INET6_ADDRSTRLEN + 1];
+    if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_string_utf8(env, v, text, sizeof text, NULL) != napi_ok ||
+        !parse_address(text, port, &addrs[i]))
+      return bad_args(env, "dial: every address must be an IP address literal");
+  }
+  int e = sl_loop_dial(loops[loop], id, addrs, (int)n, connect_ms, delay_ms, idle_ms, version);
+  return e ? throw_code(env, e, "dial") : NULL;
+}
+
+static napi_value splice_conn(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t loop;
+  uint64_t id;
+  uint32_t idle;
+  if (argc != 3 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &idle) != napi_ok)
+    return bad_args(env, "splice(loop, id, idleMs): bad arguments");
+  int e = sl_loop_splice(loops[loop], id, idle);
+  return e ? throw_code(env, e, "splice") : NULL;
+}
+
+static napi_value refuse(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t loop, how;
+  uint64_t id;
+  uint32_t linger_ms;
+  double linger_max;
+  void *bytes;
+  size_t len;
+  if (argc != 6 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &how) != napi_ok ||
+      how < SL_REFUSE_RESET || how > SL_REFUSE_ANSWER || arg_buffer(env, argv[3], &bytes, &len) != 0 ||
+      napi_get_value_uint32(env, argv[4], &linger_ms) != napi_ok || napi_get_value_double(env, argv[5], &linger_max) != napi_ok ||
+      !(linger_max >= 0))
+    return bad_args(env, "refuse(loop, id, how, bytes, lingerMs, lingerMaxBytes): bad arguments");
+  int e = sl_loop_refuse(loops[loop], id, (sl_refusal)how, bytes, len, linger_ms, (uint64_t)linger_max);
+  return e ? throw_code(env, e, "refuse") : NULL;
+}
+
+static napi_value set_policy_version(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint64_t v;
+  if (argc != 1 || !arg_id(env, argv[0], &v)) return bad_args(env, "setPolicyVersion(version)");
+  sl_set_policy_version(v);
+  return NULL;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -190,6 +538,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"handoff", NULL, handoff, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abort_conn, NULL, NULL, NULL, napi_default, NULL},
       {"active", NULL, active_count, NULL, NULL, NULL, napi_default, NULL},
+      {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},
+      {"unlisten", NULL, unlisten, NULL, NULL, NULL, napi_default, NULL},
+      {"peek", NULL, peek, NULL, NULL, NULL, napi_default, NULL},
+      {"dial", NULL, dial, NULL, NULL, NULL, napi_default, NULL},
+      {"splice", NULL, splice_conn, NULL, NULL, NULL, napi_default, NULL},
+      {"refuse", NULL, refuse, NULL, NULL, NULL, napi_default, NULL},
+      {"setPolicyVersion", NULL, set_policy_version, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -8,6 +8,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -23,6 +26,18 @@
 // Empty pipes kept for the next connection; beyond this they are closed.
 #define SL_PIPE_POOL 64
 #define SL_EVENTS 256
+// Connections found by id (commands): chained buckets.
+#define SL_BUCKETS 4096
+// Accepts per listener event, so one busy listener cannot starve the connections.
+#define SL_ACCEPT_BATCH 64
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+// Set-up connections get ids from here up; ids below are the caller's (sl_loop_add).
+#define SL_SETUP_ID_BASE (1ull << 48)
+
+static uint64_t policy_version;
+static uint64_t next_setup_id = SL_SETUP_ID_BASE;
 
 enum { CLIENT = 0, UPSTREAM = 1 };
 
@@ -36,22 +51,61 @@ typedef struct {
   uint64_t bytes;
 } sl_dir;
 
+// What a connection is doing. Handed-over connections (sl_loop_add) start in SPLICE.
+typedef enum { ST_WAIT, ST_PEEK, ST_DIAL, ST_REFUSE, ST_SPLICE } sl_stage;
+
+typedef struct {
+  struct sockaddr_storage addr[SL_MAX_ADDRS];
+  int fd[SL_MAX_ADDRS]; // -1: not started or over
+  int n, next;          // how many addresses; the next to start
+  uint64_t started_ms, deadline_ms, next_start_ms;
+  uint32_t delay_ms;
+  uint64_t started_us;
+  uint64_t version;
+} sl_dial;
+
 typedef struct sl_conn {
   uint64_t id;
-  int fd[2];
+  int fd[2]; // fd[UPSTREAM] is -1 until a dial connects
   sl_dir dir[2]; // dir[CLIENT]: client → upstream; dir[UPSTREAM]: upstream → client
   uint64_t last_ms;
   uint32_t idle_ms;
   bool dead;
-  struct sl_conn *prev, *next;
+  bool setup; // accepted by the loop: its outcome carries the dial's fields
+  sl_stage stage;
+  // Set-up: the first bytes (kept to be written upstream), how many were reported.
+  char *peek;
+  size_t peek_len, reported;
+  uint64_t accepted_ms, peek_deadline, first_byte_at, last_byte_ms;
+  uint32_t stall_ms, report_at;
+  sl_dial *dial;
+  int dialed, attempts, attempt_err[SL_MAX_ADDRS];
+  uint32_t connect_us;
+  // Refusal: the answer still to write, then the linger.
+  char *answer;
+  size_t answer_len, answer_off;
+  uint64_t linger_until, linger_left;
+  struct sl_conn *prev, *next, *hnext;
 } sl_conn;
 
-typedef enum { CMD_ADD, CMD_ABORT } cmd_kind;
+typedef struct sl_listener {
+  int fd, tag;
+  uint64_t paused_until; // 0: accepting
+  struct sl_listener *next;
+} sl_listener;
+
+typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE } cmd_kind;
 
 typedef struct sl_cmd {
   cmd_kind kind;
   uint64_t id;
   sl_conn *conn;
+  int fd, tag;
+  uint32_t a, b, c, d; // PEEK: deadline, first byte, stall, report_at; DIAL: connect, delay, idle; SPLICE: idle; REFUSE: how, linger
+  uint64_t big;        // DIAL: version; REFUSE: linger_max
+  sl_dial *dial;
+  char *bytes;
+  size_t len;
   struct sl_cmd *next;
 } sl_cmd;
 
@@ -69,7 +123,13 @@ struct sl_loop {
   int pool[SL_PIPE_POOL][2];
   int pooled;
   uint64_t now_ms;
-  uint64_t next_idle_check; // no connection can be idle before this (ms); UINT64_MAX: none
+  uint64_t next_idle_check; // no connection's timer is due before this (ms); UINT64_MAX: none
+  sl_conn *buckets[SL_BUCKETS];
+  sl_listener *listeners;
+  int reserve; // a spare descriptor, given up to accept-and-reset at EMFILE; -1 when none
+  sl_event_fn on_event;
+  size_t peek_cap;
+  char *scratch; // peek_cap bytes
 };
 
 static uint64_t monotonic_ms(void) {
@@ -105,6 +165,58 @@ static void pipe_give(sl_loop *l, sl_dir *d) {
   d->in_pipe = 0;
 }
 
+// ---- connections by id, and timers ------------------------------------------------------------
+
+static unsigned bucket_of(uint64_t id) {
+  return (unsigned)((id * 0x9E3779B97F4A7C15ull) >> 40) & (SL_BUCKETS - 1);
+}
+
+static void index_add(sl_loop *l, sl_conn *c) {
+  unsigned b = bucket_of(c->id);
+  c->hnext = l->buckets[b];
+  l->buckets[b] = c;
+}
+
+static void index_del(sl_loop *l, sl_conn *c) {
+  for (sl_conn **p = &l->buckets[bucket_of(c->id)]; *p; p = &(*p)->hnext) {
+    if (*p == c) {
+      *p = c->hnext;
+      return;
+    }
+  }
+}
+
+static sl_conn *find(sl_loop *l, uint64_t id) {
+  for (sl_conn *c = l->buckets[bucket_of(id)]; c; c = c->hnext)
+    if (c->id == id && !c->dead) return c;
+  return NULL;
+}
+
+// Lowers the loop's next timer check to `due` (ms).
+static void arm(sl_loop *l, uint64_t due) {
+  if (due < l->next_idle_check) l->next_idle_check = due;
+}
+
+static uint64_t min64(uint64_t a, uint64_t b) {
+  return a < b ? a : b;
+}
+
+// When the connection's current stage next needs the clock; UINT64_MAX: never.
+static uint64_t conn_due(const sl_conn *c) {
+  switch (c->stage) {
+    case ST_SPLICE: return c->last_ms + c->idle_ms;
+    case ST_PEEK: {
+      uint64_t due = c->peek_deadline;
+      if (c->peek_len == 0 && c->first_byte_at != 0) due = min64(due, c->first_byte_at);
+      if (c->peek_len > 0 && c->stall_ms != 0) due = min64(due, c->last_byte_ms + c->stall_ms);
+      return due;
+    }
+    case ST_DIAL: return c->dial->next < c->dial->n ? min64(c->dial->deadline_ms, c->dial->next_start_ms) : c->dial->deadline_ms;
+    case ST_REFUSE: return c->linger_until;
+    default: return UINT64_MAX;
+  }
+}
+
 // ---- closing ---------------------------------------------------------------------------------
 
 static void reset_fd(int fd) {
@@ -112,30 +224,54 @@ static void reset_fd(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
 
+static void close_attempts(sl_loop *l, sl_conn *c, int why) {
+  if (!c->dial) return;
+  for (int i = 0; i < c->dial->n; i++) {
+    if (c->dial->fd[i] < 0) continue;
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->dial->fd[i], NULL);
+    close(c->dial->fd[i]);
+    c->dial->fd[i] = -1;
+    c->attempt_err[i] = why;
+  }
+}
+
 static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_side) {
   if (c->dead) return;
   c->dead = true;
   // reset_side: -1 none, 0 or 1 that side, 2 both.
-  if (reset_side == 2) {
-    reset_fd(c->fd[0]);
-    reset_fd(c->fd[1]);
-  } else if (reset_side >= 0) {
-    reset_fd(c->fd[reset_side]);
-  }
+  for (int s = 0; s < 2; s++)
+    if (c->fd[s] >= 0 && (reset_side == 2 || reset_side == s)) reset_fd(c->fd[s]);
   for (int s = 0; s < 2; s++) {
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd[s], NULL);
-    close(c->fd[s]);
+    if (c->fd[s] >= 0) {
+      epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd[s], NULL);
+      close(c->fd[s]);
+    }
     pipe_give(l, &c->dir[s]);
     free(c->dir[s].pending);
     c->dir[s].pending = NULL;
   }
+  close_attempts(l, c, end == SL_END_ABORTED ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
+  free(c->dial);
+  free(c->peek);
+  free(c->answer);
+  c->dial = NULL;
+  c->peek = c->answer = NULL;
   if (c->prev) c->prev->next = c->next;
   else l->conns = c->next;
   if (c->next) c->next->prev = c->prev;
+  index_del(l, c);
   l->count--;
   c->next = l->graves;
   l->graves = c;
-  sl_outcome o = {.id = c->id, .bytes_up = c->dir[CLIENT].bytes, .bytes_down = c->dir[UPSTREAM].bytes, .end = end, .err = err};
+  sl_outcome o = {.id = c->id,
+                  .bytes_up = c->dir[CLIENT].bytes,
+                  .bytes_down = c->dir[UPSTREAM].bytes,
+                  .end = end,
+                  .err = err,
+                  .dialed = c->dialed,
+                  .connect_us = c->connect_us,
+                  .attempts = c->attempts};
+  memcpy(o.attempt_err, c->attempt_err, sizeof o.attempt_err);
   l->report(l->ctx, &o);
 }
 
@@ -234,6 +370,310 @@ static bool check_error(sl_loop *l, sl_conn *c, int side) {
   return false;
 }
 
+// The bytes read so far go upstream first, then both directions are spliced.
+static void start_splice(sl_loop *l, sl_conn *c, uint32_t idle_ms) {
+  c->stage = ST_SPLICE;
+  c->idle_ms = idle_ms == 0 ? 1 : idle_ms;
+  c->dir[CLIENT].pending = c->peek;
+  c->dir[CLIENT].pending_len = c->peek_len;
+  c->dir[CLIENT].bytes = c->peek_len;
+  c->peek = NULL;
+  c->last_ms = l->now_ms;
+  arm(l, c->last_ms + c->idle_ms);
+  conn_run(l, c);
+}
+
+// ---- set-up: accept ----------------------------------------------------------------------------
+
+static void emit(sl_loop *l, sl_event *e) {
+  if (l->on_event) l->on_event(l->ctx, e);
+}
+
+// Reads what the client has sent, up to the cap. Returns 0 when it would block (or the cap is
+// full), 1 when the client closed or failed.
+static int peek_fill(sl_loop *l, sl_conn *c) {
+  while (c->peek_len < l->peek_cap) {
+    ssize_t n = recv(c->fd[CLIENT], l->scratch, l->peek_cap - c->peek_len, 0);
+    if (n > 0) {
+      char *p = realloc(c->peek, c->peek_len + (size_t)n);
+      if (!p) return 1;
+      memcpy(p + c->peek_len, l->scratch, (size_t)n);
+      c->peek = p;
+      c->peek_len += (size_t)n;
+      c->last_byte_ms = l->now_ms;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    return 1;
+  }
+  return 0;
+}
+
+static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
+  sl_event e = {.kind = SL_EV_PEEK, .id = c->id, .state = state, .bytes = c->peek + c->reported, .len = c->peek_len - c->reported};
+  c->reported = c->peek_len;
+  c->stage = ST_WAIT;
+  emit(l, &e);
+}
+
+static void peek_run(sl_loop *l, sl_conn *c) {
+  if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
+  if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
+  if (c->peek_len >= c->report_at) return report_peek(l, c, SL_PEEK_MORE);
+  arm(l, conn_due(c));
+}
+
+// SO_ORIGINAL_DST: 0, an errno, or -1 when the "original" destination is the listener itself
+// (conntrack keeps a tuple for un-NATed connections too: a direct connection, a loop or a probe).
+static int original_dst(int fd, struct sockaddr_storage *orig) {
+  struct sockaddr_storage local;
+  socklen_t llen = sizeof local;
+  memset(orig, 0, sizeof *orig);
+  if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0) return errno;
+  bool v4 = local.ss_family == AF_INET;
+  struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
+  // An IPv4 client on a dual-stack socket: its conntrack entry is IPv4.
+  if (!v4 && IN6_IS_ADDR_V4MAPPED(&l6->sin6_addr)) v4 = true;
+  socklen_t olen = sizeof *orig;
+  if (getsockopt(fd, v4 ? SOL_IP : SOL_IPV6, SO_ORIGINAL_DST, orig, &olen) != 0) return errno;
+  if (v4) {
+    struct sockaddr_in *o4 = (struct sockaddr_in *)orig;
+    if (local.ss_family == AF_INET) {
+      struct sockaddr_in *l4 = (struct sockaddr_in *)&local;
+      if (o4->sin_port == l4->sin_port && o4->sin_addr.s_addr == l4->sin_addr.s_addr) return -1;
+    } else if (o4->sin_port == l6->sin6_port && memcmp(&l6->sin6_addr.s6_addr[12], &o4->sin_addr, 4) == 0) {
+      return -1;
+    }
+  } else {
+    struct sockaddr_in6 *o6 = (struct sockaddr_in6 *)orig;
+    if (o6->sin6_port == l6->sin6_port && memcmp(&o6->sin6_addr, &l6->sin6_addr, 16) == 0) return -1;
+  }
+  return 0;
+}
+
+static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockaddr_storage *peer) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  sl_conn *c = calloc(1, sizeof *c);
+  if (!c) {
+    reset_fd(fd);
+    close(fd);
+    return;
+  }
+  c->id = __atomic_fetch_add(&next_setup_id, 1, __ATOMIC_RELAXED);
+  c->fd[CLIENT] = fd;
+  c->fd[UPSTREAM] = -1;
+  for (int s = 0; s < 2; s++) c->dir[s].pipe[0] = c->dir[s].pipe[1] = -1;
+  c->setup = true;
+  c->dialed = -1;
+  c->stage = ST_WAIT;
+  c->accepted_ms = c->last_ms = l->now_ms;
+  c->idle_ms = 1;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT};
+  if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    reset_fd(fd);
+    close(fd);
+    free(c);
+    return;
+  }
+  c->next = l->conns;
+  if (l->conns) l->conns->prev = c;
+  l->conns = c;
+  index_add(l, c);
+  l->count++;
+  sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
+  e.err = original_dst(fd, &e.orig);
+  // Whatever the client sent with its handshake is read now, so that most connections are
+  // judged on this one report.
+  int closed = peek_fill(l, c);
+  e.state = closed ? SL_PEEK_CLOSED : c->peek_len >= l->peek_cap ? SL_PEEK_FULL : SL_PEEK_MORE;
+  e.bytes = c->peek;
+  e.len = c->peek_len;
+  c->reported = c->peek_len;
+  emit(l, &e);
+}
+
+static void pause_listener(sl_loop *l, sl_listener *ls) {
+  struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
+  epoll_ctl(l->epfd, EPOLL_CTL_MOD, ls->fd, &ev);
+  ls->paused_until = l->now_ms + SL_ACCEPT_PAUSE_MS;
+  arm(l, ls->paused_until);
+}
+
+// Out of descriptors: the reserve makes room for one accept, whose connection is reset and
+// reported. 1: one was shed; 0: none was waiting; -1: no reserve, or accept failed anyway.
+static int shed_one(sl_loop *l, sl_listener *ls, int why) {
+  if (l->reserve < 0) return -1;
+  close(l->reserve);
+  l->reserve = -1;
+  struct sockaddr_storage peer;
+  socklen_t plen = sizeof peer;
+  int fd = accept4(ls->fd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
+  int e = errno;
+  if (fd >= 0) {
+    reset_fd(fd);
+    close(fd);
+  }
+  l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return e == EAGAIN || e == EWOULDBLOCK ? 0 : -1;
+  sl_event ev = {.kind = SL_EV_SHED, .tag = ls->tag, .err = why, .peer = peer};
+  emit(l, &ev);
+  return 1;
+}
+
+static void on_accept(sl_loop *l, sl_listener *ls) {
+  for (int i = 0; i < SL_ACCEPT_BATCH; i++) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int fd = accept4(ls->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      setup_conn(l, ls, fd, &peer);
+      continue;
+    }
+    int e = errno;
+    if (e == EAGAIN || e == EWOULDBLOCK) return;
+    if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
+    if (e == EMFILE || e == ENFILE) {
+      int r = shed_one(l, ls, e);
+      if (r == 1) continue;
+      if (r == 0) return;
+    }
+    // No reserve, or ENOBUFS/ENOMEM: stop accepting for a moment rather than spin.
+    pause_listener(l, ls);
+    return;
+  }
+}
+
+// ---- set-up: dial ------------------------------------------------------------------------------
+
+static uint64_t monotonic_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static bool in_flight(const sl_dial *d) {
+  for (int i = 0; i < d->n; i++)
+    if (d->fd[i] >= 0) return true;
+  return false;
+}
+
+static void dial_fail(sl_loop *l, sl_conn *c, int err) {
+  close_attempts(l, c, err);
+  int last = err;
+  for (int i = 0; i < c->attempts; i++)
+    if (c->attempt_err[i] > 0) last = c->attempt_err[i];
+  conn_close(l, c, SL_END_ERROR, last, CLIENT);
+}
+
+// Starts the next address (skipping those that fail at once); fails the dial when none is left
+// and none is in flight.
+static void dial_next(sl_loop *l, sl_conn *c) {
+  sl_dial *d = c->dial;
+  while (d->next < d->n) {
+    int i = d->next++;
+    c->attempts = d->next;
+    struct sockaddr_storage *a = &d->addr[i];
+    int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      c->attempt_err[i] = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    socklen_t len = a->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (connect(fd, (struct sockaddr *)a, len) != 0 && errno != EINPROGRESS) {
+      c->attempt_err[i] = errno;
+      close(fd);
+      continue;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)UPSTREAM};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      c->attempt_err[i] = errno;
+      close(fd);
+      continue;
+    }
+    d->fd[i] = fd;
+    c->attempt_err[i] = EINPROGRESS;
+    d->next_start_ms = l->now_ms + d->delay_ms;
+    arm(l, conn_due(c));
+    return;
+  }
+  if (!in_flight(d)) dial_fail(l, c, ETIMEDOUT);
+}
+
+static void dial_won(sl_loop *l, sl_conn *c, int i) {
+  sl_dial *d = c->dial;
+  c->fd[UPSTREAM] = d->fd[i];
+  d->fd[i] = -1;
+  c->attempt_err[i] = 0;
+  c->dialed = i;
+  close_attempts(l, c, SL_ATTEMPT_CANCELLED);
+  uint64_t version = d->version;
+  c->connect_us = (uint32_t)(monotonic_us() - d->started_us);
+  free(d);
+  c->dial = NULL;
+  // A policy change since the verdict: the caller judges the dialed address again first.
+  if (__atomic_load_n(&policy_version, __ATOMIC_ACQUIRE) == version) return start_splice(l, c, c->idle_ms);
+  c->stage = ST_WAIT;
+  sl_event e = {.kind = SL_EV_CONNECTED, .id = c->id, .state = i, .connect_us = c->connect_us};
+  emit(l, &e);
+}
+
+// An event on an attempt: which ones are over, and how.
+static void dial_check(sl_loop *l, sl_conn *c) {
+  sl_dial *d = c->dial;
+  bool failed = false;
+  for (int i = 0; i < d->n; i++) {
+    if (d->fd[i] < 0) continue;
+    struct pollfd p = {.fd = d->fd[i], .events = POLLOUT};
+    if (poll(&p, 1, 0) <= 0) continue;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(d->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err == 0 && (p.revents & POLLOUT) && !(p.revents & (POLLERR | POLLHUP))) return dial_won(l, c, i);
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
+    close(d->fd[i]);
+    d->fd[i] = -1;
+    c->attempt_err[i] = err != 0 ? err : ECONNREFUSED;
+    failed = true;
+  }
+  // RFC 8305 §5: a failed attempt starts the next one at once.
+  if (failed) dial_next(l, c);
+}
+
+// ---- set-up: refuse ----------------------------------------------------------------------------
+
+// Writes the answer, half-closes, then reads and discards until the client closes (or the
+// linger's bytes run out, or its time: the timer).
+static void refuse_run(sl_loop *l, sl_conn *c) {
+  int fd = c->fd[CLIENT];
+  while (c->answer && c->answer_off < c->answer_len) {
+    ssize_t n = send(fd, c->answer + c->answer_off, c->answer_len - c->answer_off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n < 0) return conn_close(l, c, SL_END_CLOSED, errno, -1);
+    c->answer_off += (size_t)n;
+  }
+  if (c->answer) {
+    free(c->answer);
+    c->answer = NULL;
+    shutdown(fd, SHUT_WR);
+  }
+  for (;;) {
+    ssize_t n = recv(fd, l->scratch, l->peek_cap, 0);
+    if (n > 0) {
+      if ((uint64_t)n > c->linger_left) return conn_close(l, c, SL_END_CLOSED, 0, -1);
+      c->linger_left -= (uint64_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    return conn_close(l, c, SL_END_CLOSED, n < 0 ? errno : 0, -1);
+  }
+}
+
 // ---- commands and the loop -------------------------------------------------------------------
 
 static void wake(sl_loop *l) {
@@ -244,11 +684,13 @@ static void wake(sl_loop *l) {
 
 static void push(sl_loop *l, sl_cmd *cmd) {
   pthread_mutex_lock(&l->lock);
+  bool first = l->cmds == NULL;
   if (l->cmds_tail) l->cmds_tail->next = cmd;
   else l->cmds = cmd;
   l->cmds_tail = cmd;
   pthread_mutex_unlock(&l->lock);
-  wake(l);
+  // One wake-up for a batch: the loop takes the whole queue at once.
+  if (first) wake(l);
 }
 
 static void add_conn(sl_loop *l, sl_conn *c) {
@@ -256,9 +698,9 @@ static void add_conn(sl_loop *l, sl_conn *c) {
   c->next = l->conns;
   if (l->conns) l->conns->prev = c;
   l->conns = c;
+  index_add(l, c);
   l->count++;
-  uint64_t due = l->now_ms + c->idle_ms;
-  if (due < l->next_idle_check) l->next_idle_check = due;
+  arm(l, l->now_ms + c->idle_ms);
   for (int s = 0; s < 2; s++) {
     // Tagged with the side in the low bit: the struct is at least 8-aligned.
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)s};
@@ -270,6 +712,98 @@ static void add_conn(sl_loop *l, sl_conn *c) {
   conn_run(l, c);
 }
 
+static void refuse(sl_loop *l, sl_conn *c, sl_cmd *cmd) {
+  // A refusal after the dial (the policy changed while it connected): the upstream is closed
+  // without a byte.
+  if (c->fd[UPSTREAM] >= 0) {
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd[UPSTREAM], NULL);
+    close(c->fd[UPSTREAM]);
+    c->fd[UPSTREAM] = -1;
+  }
+  if (cmd->a == SL_REFUSE_RESET) return conn_close(l, c, SL_END_CLOSED, 0, CLIENT);
+  if (cmd->a == SL_REFUSE_DROP) return conn_close(l, c, SL_END_CLOSED, 0, -1);
+  c->stage = ST_REFUSE;
+  c->answer = cmd->bytes;
+  c->answer_len = cmd->len;
+  c->answer_off = 0;
+  cmd->bytes = NULL;
+  c->linger_until = l->now_ms + cmd->b;
+  c->linger_left = cmd->big;
+  arm(l, c->linger_until);
+  refuse_run(l, c);
+}
+
+static void run_command(sl_loop *l, sl_cmd *cmd) {
+  sl_conn *c;
+  switch (cmd->kind) {
+    case CMD_ADD: add_conn(l, cmd->conn); return;
+    case CMD_ABORT:
+      if ((c = find(l, cmd->id))) conn_close(l, c, SL_END_ABORTED, 0, c->stage == ST_SPLICE ? -1 : CLIENT);
+      return;
+    case CMD_LISTEN: {
+      sl_listener *ls = calloc(1, sizeof *ls);
+      struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
+      if (!ls || epoll_ctl(l->epfd, EPOLL_CTL_ADD, cmd->fd, &ev) != 0) {
+        close(cmd->fd);
+        free(ls);
+        return;
+      }
+      ls->fd = cmd->fd;
+      ls->tag = cmd->tag;
+      ls->next = l->listeners;
+      l->listeners = ls;
+      if (l->reserve < 0) l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      return;
+    }
+    case CMD_UNLISTEN:
+      for (sl_listener **p = &l->listeners; *p;) {
+        sl_listener *ls = *p;
+        if (ls->tag != cmd->tag) {
+          p = &ls->next;
+          continue;
+        }
+        *p = ls->next;
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, ls->fd, NULL);
+        close(ls->fd);
+        free(ls);
+      }
+      return;
+    case CMD_PEEK:
+      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] >= 0) return;
+      c->stage = ST_PEEK;
+      c->peek_deadline = c->accepted_ms + cmd->a;
+      c->first_byte_at = cmd->b ? c->accepted_ms + cmd->b : 0;
+      c->stall_ms = cmd->c;
+      c->report_at = cmd->d;
+      return peek_run(l, c);
+    case CMD_DIAL:
+      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] >= 0) return;
+      c->stage = ST_DIAL;
+      c->dial = cmd->dial;
+      cmd->dial = NULL;
+      c->idle_ms = cmd->c;
+      c->dial->started_ms = l->now_ms;
+      c->dial->started_us = monotonic_us();
+      c->dial->deadline_ms = l->now_ms + cmd->a;
+      c->dial->delay_ms = cmd->b;
+      c->dial->version = cmd->big;
+      arm(l, c->dial->deadline_ms);
+      return dial_next(l, c);
+    case CMD_SPLICE:
+      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] < 0) return;
+      return start_splice(l, c, cmd->a);
+    case CMD_REFUSE:
+      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT) return;
+      return refuse(l, c, cmd);
+  }
+}
+
+static void free_cmd(sl_cmd *cmd) {
+  free(cmd->dial);
+  free(cmd->bytes);
+  free(cmd);
+}
+
 static void run_commands(sl_loop *l, bool *stop) {
   pthread_mutex_lock(&l->lock);
   sl_cmd *cmd = l->cmds;
@@ -278,31 +812,56 @@ static void run_commands(sl_loop *l, bool *stop) {
   pthread_mutex_unlock(&l->lock);
   while (cmd) {
     sl_cmd *next = cmd->next;
-    if (cmd->kind == CMD_ADD) {
-      add_conn(l, cmd->conn);
-    } else {
-      for (sl_conn *c = l->conns; c; c = c->next) {
-        if (c->id == cmd->id) {
-          conn_close(l, c, SL_END_ABORTED, 0, -1);
-          break;
-        }
-      }
-    }
-    free(cmd);
+    run_command(l, cmd);
+    free_cmd(cmd);
     cmd = next;
   }
 }
 
-static void check_idle(sl_loop *l) {
+// A connection's timer is due: what its stage does then.
+static void conn_timer(sl_loop *l, sl_conn *c) {
+  uint64_t now = l->now_ms;
+  switch (c->stage) {
+    case ST_SPLICE: return conn_close(l, c, SL_END_IDLE_TIMEOUT, 0, -1);
+    case ST_PEEK:
+      if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
+      if (c->peek_len == 0) return report_peek(l, c, SL_PEEK_SILENT);
+      return report_peek(l, c, SL_PEEK_STALLED);
+    case ST_DIAL:
+      if (now >= c->dial->deadline_ms) return dial_fail(l, c, ETIMEDOUT);
+      return dial_next(l, c);
+    case ST_REFUSE: return conn_close(l, c, SL_END_CLOSED, 0, -1);
+    default: return;
+  }
+}
+
+static void check_timers(sl_loop *l) {
   if (l->now_ms < l->next_idle_check) return;
+  // Recomputed below; arm() during the scan lowers it again.
+  l->next_idle_check = UINT64_MAX;
   uint64_t next = UINT64_MAX;
   for (sl_conn *c = l->conns, *n; c; c = n) {
     n = c->next;
-    uint64_t due = c->last_ms + c->idle_ms;
-    if (due <= l->now_ms) conn_close(l, c, SL_END_IDLE_TIMEOUT, 0, -1);
-    else if (due < next) next = due;
+    uint64_t due = conn_due(c);
+    if (due <= l->now_ms) {
+      conn_timer(l, c);
+      if (c->dead) continue;
+      due = conn_due(c);
+    }
+    if (due < next) next = due;
   }
-  l->next_idle_check = next;
+  for (sl_listener *ls = l->listeners; ls; ls = ls->next) {
+    if (ls->paused_until == 0) continue;
+    if (ls->paused_until <= l->now_ms) {
+      struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
+      epoll_ctl(l->epfd, EPOLL_CTL_MOD, ls->fd, &ev);
+      ls->paused_until = 0;
+      if (l->reserve < 0) l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    } else if (ls->paused_until < next) {
+      next = ls->paused_until;
+    }
+  }
+  l->next_idle_check = min64(next, l->next_idle_check);
 }
 
 static void bury(sl_loop *l) {
@@ -310,6 +869,24 @@ static void bury(sl_loop *l) {
     sl_conn *c = l->graves;
     l->graves = c->next;
     free(c);
+  }
+}
+
+static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
+  switch (c->stage) {
+    case ST_SPLICE:
+      if ((events & EPOLLERR) && !check_error(l, c, side)) return;
+      return conn_run(l, c);
+    case ST_PEEK:
+      if (side == CLIENT) peek_run(l, c);
+      return;
+    case ST_DIAL:
+      if (side == UPSTREAM) dial_check(l, c);
+      return;
+    case ST_REFUSE:
+      if (side == CLIENT) refuse_run(l, c);
+      return;
+    default: return; // waiting for a command; the command looks at the socket itself
   }
 }
 
@@ -325,21 +902,24 @@ static void *loop_main(void *arg) {
     int n = epoll_wait(l->epfd, events, SL_EVENTS, timeout);
     l->now_ms = monotonic_ms();
     for (int i = 0; i < n; i++) {
-      if (events[i].data.u64 == 0) {
+      uint64_t data = events[i].data.u64;
+      if (data == 0) {
         uint64_t count;
         ssize_t r = read(l->wakefd, &count, sizeof count);
         (void)r;
         continue;
       }
-      sl_conn *c = (sl_conn *)(uintptr_t)(events[i].data.u64 & ~(uint64_t)1);
-      int side = (int)(events[i].data.u64 & 1);
+      if ((data & 7u) == 2u) {
+        on_accept(l, (sl_listener *)(uintptr_t)(data & ~(uint64_t)7));
+        continue;
+      }
+      sl_conn *c = (sl_conn *)(uintptr_t)(data & ~(uint64_t)7);
       if (c->dead) continue;
-      if ((events[i].events & EPOLLERR) && !check_error(l, c, side)) continue;
-      conn_run(l, c);
+      on_conn_event(l, c, (int)(data & 1u), events[i].events);
     }
     bool stop = false;
     run_commands(l, &stop);
-    check_idle(l);
+    check_timers(l);
     bury(l);
     if (stop) break;
   }
@@ -358,6 +938,7 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
   }
   l->report = report;
   l->ctx = ctx;
+  l->reserve = -1;
   l->next_idle_check = UINT64_MAX;
   l->now_ms = monotonic_ms();
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -406,6 +987,8 @@ int sl_loop_add(sl_loop *l, uint64_t id, int client_fd, int upstream_fd, const v
   c->id = id;
   c->fd[CLIENT] = client_fd;
   c->fd[UPSTREAM] = upstream_fd;
+  c->stage = ST_SPLICE;
+  c->dialed = -1;
   c->idle_ms = idle_ms == 0 ? 1 : idle_ms;
   for (int s = 0; s < 2; s++) c->dir[s].pipe[0] = c->dir[s].pipe[1] = -1;
   c->dir[CLIENT].pending = up_copy;
@@ -421,13 +1004,108 @@ int sl_loop_add(sl_loop *l, uint64_t id, int client_fd, int upstream_fd, const v
   return 0;
 }
 
-int sl_loop_abort(sl_loop *l, uint64_t id) {
+static sl_cmd *new_cmd(cmd_kind kind, uint64_t id) {
   sl_cmd *cmd = calloc(1, sizeof *cmd);
+  if (cmd) {
+    cmd->kind = kind;
+    cmd->id = id;
+  }
+  return cmd;
+}
+
+int sl_loop_abort(sl_loop *l, uint64_t id) {
+  sl_cmd *cmd = new_cmd(CMD_ABORT, id);
   if (!cmd) return ENOMEM;
-  cmd->kind = CMD_ABORT;
-  cmd->id = id;
   push(l, cmd);
   return 0;
+}
+
+void sl_loop_setup(sl_loop *l, sl_event_fn on_event, size_t peek_cap) {
+  l->on_event = on_event;
+  l->peek_cap = peek_cap;
+  l->scratch = malloc(peek_cap);
+}
+
+int sl_loop_listen(sl_loop *l, int fd, int tag) {
+  sl_cmd *cmd = new_cmd(CMD_LISTEN, 0);
+  if (!cmd || !l->scratch) {
+    free(cmd);
+    return ENOMEM;
+  }
+  cmd->fd = fd;
+  cmd->tag = tag;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_unlisten(sl_loop *l, int tag) {
+  sl_cmd *cmd = new_cmd(CMD_UNLISTEN, 0);
+  if (!cmd) return ENOMEM;
+  cmd->tag = tag;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_peek(sl_loop *l, uint64_t id, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms, uint32_t report_at) {
+  sl_cmd *cmd = new_cmd(CMD_PEEK, id);
+  if (!cmd) return ENOMEM;
+  cmd->a = deadline_ms;
+  cmd->b = first_byte_ms;
+  cmd->c = stall_ms;
+  cmd->d = report_at;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
+                 uint32_t idle_ms, uint64_t version) {
+  if (n < 1 || n > SL_MAX_ADDRS) return EINVAL;
+  sl_cmd *cmd = new_cmd(CMD_DIAL, id);
+  sl_dial *d = calloc(1, sizeof *d);
+  if (!cmd || !d) {
+    free(cmd);
+    free(d);
+    return ENOMEM;
+  }
+  memcpy(d->addr, addrs, sizeof *addrs * (size_t)n);
+  d->n = n;
+  for (int i = 0; i < SL_MAX_ADDRS; i++) d->fd[i] = -1;
+  cmd->dial = d;
+  cmd->a = connect_ms;
+  cmd->b = attempt_delay_ms;
+  cmd->c = idle_ms;
+  cmd->big = version;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_splice(sl_loop *l, uint64_t id, uint32_t idle_ms) {
+  sl_cmd *cmd = new_cmd(CMD_SPLICE, id);
+  if (!cmd) return ENOMEM;
+  cmd->a = idle_ms;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_refuse(sl_loop *l, uint64_t id, sl_refusal how, const void *bytes, size_t len, uint32_t linger_ms, uint64_t linger_max) {
+  sl_cmd *cmd = new_cmd(CMD_REFUSE, id);
+  char *b = how == SL_REFUSE_ANSWER ? copy(bytes, len) : NULL;
+  if (!cmd || (how == SL_REFUSE_ANSWER && len > 0 && !b)) {
+    free(cmd);
+    free(b);
+    return ENOMEM;
+  }
+  cmd->a = how;
+  cmd->b = linger_ms;
+  cmd->big = linger_max;
+  cmd->bytes = b;
+  cmd->len = len;
+  push(l, cmd);
+  return 0;
+}
+
+void sl_set_policy_version(uint64_t version) {
+  __atomic_store_n(&policy_version, version, __ATOMIC_RELEASE);
 }
 
 void sl_loop_stop(sl_loop *l) {
@@ -444,14 +1122,23 @@ void sl_loop_stop(sl_loop *l) {
       sl_conn *c = cmd->conn;
       close(c->fd[0]);
       close(c->fd[1]);
-      sl_outcome o = {.id = c->id, .bytes_up = 0, .bytes_down = 0, .end = SL_END_ABORTED, .err = 0};
+      sl_outcome o = {.id = c->id, .end = SL_END_ABORTED, .dialed = -1};
       free(c->dir[0].pending);
       free(c->dir[1].pending);
       free(c);
       l->report(l->ctx, &o);
+    } else if (cmd->kind == CMD_LISTEN) {
+      close(cmd->fd);
     }
-    free(cmd);
+    free_cmd(cmd);
   }
+  while (l->listeners) {
+    sl_listener *ls = l->listeners;
+    l->listeners = ls->next;
+    close(ls->fd);
+    free(ls);
+  }
+  if (l->reserve >= 0) close(l->reserve);
   for (int i = 0; i < l->pooled; i++) {
     close(l->pool[i][0]);
     close(l->pool[i][1]);
@@ -459,6 +1146,7 @@ void sl_loop_stop(sl_loop *l) {
   close(l->epfd);
   close(l->wakefd);
   pthread_mutex_destroy(&l->lock);
+  free(l->scratch);
   free(l);
 }
 

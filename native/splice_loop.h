@@ -29,12 +29,22 @@ typedef enum {
   SL_END_ERROR = 5           // any other failure; `err` says which errno
 } sl_end;
 
+// The most addresses one dial tries (sl_loop_dial), and so the size of an outcome's attempts.
+#define SL_MAX_ADDRS 16
+// An attempt still in flight when another one connected (RFC 8305 §5: abandoned).
+#define SL_ATTEMPT_CANCELLED (-1)
+
 typedef struct {
   uint64_t id;
   uint64_t bytes_up;   // client → upstream, including the initial bytes
   uint64_t bytes_down; // upstream → client, including the initial bytes
   sl_end end;
   int err; // the errno behind a reset or an error, else 0
+  // Connections the loop set up itself (sl_loop_listen), once sl_loop_dial was asked:
+  int dialed;        // index of the address that connected, -1 when none did
+  uint32_t connect_us; // from the dial command to the connection
+  int attempts;      // how many addresses were tried
+  int attempt_err[SL_MAX_ADDRS]; // 0 connected, an errno, or SL_ATTEMPT_CANCELLED
 } sl_outcome;
 
 typedef void (*sl_report_fn)(void *ctx, const sl_outcome *outcome);
@@ -60,5 +70,81 @@ void sl_loop_stop(sl_loop *loop);
 
 /** How many connections the loop holds now (approximate when read from another thread). */
 unsigned sl_loop_size(const sl_loop *loop);
+
+// ---- connection set-up (issue 12): the loop accepts, peeks, dials and refuses ----------------
+//
+// A listening socket given to sl_loop_listen is accepted from on the loop's thread. For each
+// connection the loop reads SO_ORIGINAL_DST and whatever first bytes are already there, and
+// reports SL_EV_ACCEPTED; from then on the connection waits, doing nothing, for a command:
+//   sl_loop_peek    read more first bytes, under the deadlines given; report SL_EV_PEEK when
+//                   `report_at` bytes are in, the cap is full, the client closed, or a deadline
+//                   passed. Waits again after each report.
+//   sl_loop_dial    connect to the addresses in order, the next one on failure or after
+//                   `attempt_delay_ms` without an answer (RFC 8305 §5), within `connect_ms` in
+//                   all. Connected: when the policy version is still the one given, the bytes
+//                   read so far are written upstream and the bytes spliced both ways; otherwise
+//                   it reports SL_EV_CONNECTED and waits for sl_loop_splice or sl_loop_refuse.
+//   sl_loop_refuse  answer and close: a reset, a silent close, or `bytes` then a half-close,
+//                   reading and discarding until the client closes, `linger_ms` passes or more
+//                   than `linger_max` bytes arrived (nginx's lingering close).
+//   sl_loop_abort   reset the connection whatever it is doing.
+// Every accepted connection ends with exactly one outcome (sl_report_fn).
+//
+// accept(2) failing with EMFILE or ENFILE (descriptors exhausted): a reserve descriptor is
+// closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
+// reported (SL_EV_SHED), one by one; when even that fails the listener pauses for
+// SL_ACCEPT_PAUSE_MS (nginx pauses accepting; libuv's uv__emfile_trick uses the reserve). Never
+// a busy loop.
+
+#include <sys/socket.h>
+
+#define SL_ACCEPT_PAUSE_MS 100
+
+typedef enum { SL_EV_ACCEPTED = 1, SL_EV_PEEK = 2, SL_EV_CONNECTED = 3, SL_EV_SHED = 4 } sl_event_kind;
+
+// Why a peek report was made.
+typedef enum {
+  SL_PEEK_MORE = 0,     // report_at bytes are in (or, at accept, whatever was there)
+  SL_PEEK_FULL = 1,     // the cap is full
+  SL_PEEK_TIMEOUT = 2,  // the deadline passed
+  SL_PEEK_SILENT = 3,   // no byte within first_byte_ms
+  SL_PEEK_STALLED = 4,  // no new byte for stall_ms
+  SL_PEEK_CLOSED = 5    // the client closed or reset
+} sl_peek_state;
+
+typedef struct {
+  sl_event_kind kind;
+  uint64_t id;
+  int tag;     // ACCEPTED, SHED: the listener's tag
+  int err;     // ACCEPTED: 0, or SO_ORIGINAL_DST's errno (-1: the original destination is the listener
+               // itself); SHED: accept(2)'s errno
+  int state;   // ACCEPTED, PEEK: sl_peek_state; CONNECTED: the dialed index
+  uint32_t connect_us; // CONNECTED
+  struct sockaddr_storage peer, orig; // ACCEPTED (both), SHED (peer)
+  const void *bytes; // ACCEPTED, PEEK: the bytes read since the last report (valid during the call)
+  size_t len;
+} sl_event;
+
+typedef void (*sl_event_fn)(void *ctx, const sl_event *event);
+
+/** Sets the set-up callback (called on the loop's thread) and the peek's byte cap. Call before sl_loop_listen. */
+void sl_loop_setup(sl_loop *loop, sl_event_fn on_event, size_t peek_cap);
+
+/** The loop accepts on `fd` (listening, non-blocking) from now on and owns it. Thread-safe. */
+int sl_loop_listen(sl_loop *loop, int fd, int tag);
+/** Closes the loop's listening sockets of `tag`. Thread-safe. */
+int sl_loop_unlisten(sl_loop *loop, int tag);
+
+/** Times in ms from the accept; 0 turns first_byte_ms / stall_ms off. Thread-safe. */
+int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms, uint32_t report_at);
+int sl_loop_dial(sl_loop *loop, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
+                 uint32_t idle_ms, uint64_t version);
+int sl_loop_splice(sl_loop *loop, uint64_t id, uint32_t idle_ms);
+
+typedef enum { SL_REFUSE_RESET = 0, SL_REFUSE_DROP = 1, SL_REFUSE_ANSWER = 2 } sl_refusal;
+int sl_loop_refuse(sl_loop *loop, uint64_t id, sl_refusal how, const void *bytes, size_t len, uint32_t linger_ms, uint64_t linger_max);
+
+/** The policy version in force (every loop reads it when a dial connects). Thread-safe. */
+void sl_set_policy_version(uint64_t version);
 
 #endif

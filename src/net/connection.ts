@@ -13,14 +13,13 @@ import { canonicalSource } from '../match/ip.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, mayStall } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
-import { peekSocket, type PeekOutcome } from './peek-socket.ts';
+import type { PeekOutcome } from './peek-socket.ts';
 import type { ListenerKind } from './listener.ts';
 import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outcome.ts';
 import { chooseUpstream, type DialMode, type TargetReason } from './upstream-target.ts';
 import type { NameResolver } from './resolve.ts';
-import { dialFirst } from './dial-first.ts';
-import { splice } from './splice.ts';
-import { refuseHttp, refuseTcp, refuseTls, dropSilently, type BlockMode, type Linger } from './refuse.ts';
+import type { BlockMode, Linger } from './refuse.ts';
+import { SocketClient, type ClientSide } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
 import type { Facts } from '../policy/decide.ts';
@@ -49,20 +48,22 @@ export interface PipelineDeps {
   readonly onDecided?: () => void;
 }
 
-export async function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
+/** One connection on a Node socket (the JavaScript path). */
+export function handleConnection(socket: Socket, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
+  return handleClient(new SocketClient(socket, deps.originalDst), listener, deps);
+}
+
+/** One connection, wherever its socket lives (client-side.ts): the pipeline above, and its outcome. */
+export async function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
   const config = deps.config();
   const startedAt = Date.now();
   const deadline = startedAt + config.peek.timeoutMs;
-  // Errors surface through the socket's state and the steps below; an unhandled 'error'
-  // event must never take the process down.
-  socket.on('error', () => {});
-  socket.setNoDelay(true);
 
   const o: ConnectionOutcome = {
     listener,
     sandbox: null,
-    source: canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress),
-    sourcePort: socket.remotePort ?? 0,
+    source: canonicalSource(socket.remoteAddress) ?? socket.remoteAddress,
+    sourcePort: socket.remotePort,
     destination: null,
     destinationPort: null,
     name: null,
@@ -91,13 +92,13 @@ export async function handleConnection(socket: Socket, listener: ListenerKind, d
     o.reason = 'internal-error';
     o.endedBy = 'egressd';
     o.end = err instanceof Error ? err.message : String(err);
-    if (!socket.destroyed) socket.resetAndDestroy();
+    socket.reset();
   }
   finish();
 }
 
 async function run(
-  socket: Socket,
+  socket: ClientSide,
   listener: ListenerKind,
   deps: PipelineDeps,
   config: PipelineSettings,
@@ -105,7 +106,7 @@ async function run(
   o: ConnectionOutcome,
   live: LiveConnection,
 ): Promise<void> {
-  const od = deps.originalDst(socket);
+  const od = socket.originalDst();
   if (od.kind === 'not-redirected') {
     // A direct connection to a listener is a loop or a probe: nowhere legitimate to go.
     o.end = od.why;
@@ -128,7 +129,7 @@ async function run(
   let peek: PeekOutcome<Peeked> | null = null;
   if (mustPeek) {
     const peekStart = Date.now();
-    peek = await peekSocket(socket, anyStepper(), {
+    peek = await socket.peek(anyStepper(), {
       deadline,
       maxBytes: PEEK_CAPS.any,
       firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
@@ -256,19 +257,34 @@ async function run(
   if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
   admit(o, afterResolve);
 
-  // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget.
-  const d = await dialFirst({
+  // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
+  // then the policy in force on the address actually dialed, the last stage before any byte goes
+  // upstream; then (5) the splice.
+  const c = await socket.connect({
     addresses: target.addresses,
     port,
     connectTimeoutMs: config.upstream.connectTimeoutMs,
+    idleTimeoutMs: config.upstream.idleTimeoutMs,
+    initial,
     signal: live.abort.signal,
+    onConnected: (address) => {
+      o.dialed = address;
+      facts = { name: o.name ?? dnsName, ip: address, port };
+      live.facts = facts;
+    },
+    recheck: (address) => {
+      const v = judge(address);
+      if (v.verdict === 'refuse') return { refuse: true, why: v };
+      admit(o, v);
+      return { refuse: false };
+    },
   });
-  if (d.attempts.length > 1) o.tried = d.attempts.map((a) => `${a.address} ${a.result}`);
-  if (!d.ok) {
+  if (c.attempts.length > 1) o.tried = c.attempts.map((a) => `${a.address} ${a.result}`);
+  if (c.kind === 'dial-failed') {
     o.verdict = 'error';
-    o.dialFailure = d.cause;
-    o.end = d.detail;
-    if (d.cause === 'aborted') {
+    o.dialFailure = c.cause;
+    o.end = c.detail;
+    if (c.cause === 'aborted') {
       o.reason = live.closeReason ?? 'shutdown';
       o.endedBy = endedByClose(live);
       if (o.reason === 'policy-changed') o.verdict = 'refuse';
@@ -276,29 +292,16 @@ async function run(
       o.reason = 'upstream-failed';
       o.endedBy = 'upstream';
     }
-    if (!socket.destroyed) socket.resetAndDestroy();
+    socket.reset();
     return;
   }
-  o.dialed = d.address;
-  o.connectMs = d.connectMs;
-  // The policy in force now, on the address actually dialed: the last stage before any byte
-  // goes upstream.
-  facts = { name: o.name ?? dnsName, ip: d.address, port };
-  live.facts = facts;
-  const final = judge(d.address);
-  if (final.verdict === 'refuse') {
-    d.socket.destroy();
+  if (c.kind === 'refused') {
     o.dialed = null;
-    return refuse(socket, o.protocol, config, o, final);
+    return refuse(socket, o.protocol, config, o, c.why as Verdict);
   }
-  admit(o, final);
-
-  // (5) The splice.
-  const s = await splice(socket, d.socket, {
-    initial,
-    idleTimeoutMs: config.upstream.idleTimeoutMs,
-    signal: live.abort.signal,
-  });
+  o.dialed = c.address;
+  o.connectMs = c.connectMs;
+  const s = c.splice;
   o.bytesUp = s.bytesUp;
   o.bytesDown = s.bytesDown;
   o.end = s.end;
@@ -339,25 +342,25 @@ function endedByClose(live: LiveConnection): EndedBy {
 }
 
 /** Cut a connection that never got as far as a verdict: no bytes, a reset. */
-function cut(socket: Socket, o: ConnectionOutcome, v: ConnectionOutcome['verdict'], reason: OutcomeReason, endedBy: EndedBy): void {
+function cut(socket: ClientSide, o: ConnectionOutcome, v: ConnectionOutcome['verdict'], reason: OutcomeReason, endedBy: EndedBy): void {
   o.verdict = v;
   o.reason = reason;
   o.endedBy = endedBy;
-  if (!socket.destroyed) socket.resetAndDestroy();
+  socket.reset();
 }
 
 /** The client sent what cannot be read: refused in its protocol, the client's doing. */
-function refuseMalformed(socket: Socket, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): void {
+function refuseMalformed(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): void {
   answer(socket, protocol, config, o, { reason, rule: null, endedBy: 'client' });
 }
 
 /** No address could be chosen: a DNS failure is the upstream side's, the rest the policy's. */
-function refuseUpstream(socket: Socket, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): void {
+function refuseUpstream(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): void {
   answer(socket, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
 }
 
 /** The policy refused. */
-function refuse(socket: Socket, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): void {
+function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): void {
   answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
 }
 
@@ -368,7 +371,7 @@ function refuse(socket: Socket, protocol: Protocol, config: PipelineSettings, o:
  * ever reaches an upstream.
  */
 function answer(
-  socket: Socket,
+  socket: ClientSide,
   protocol: Protocol,
   config: PipelineSettings,
   o: ConnectionOutcome,
@@ -378,17 +381,20 @@ function answer(
   o.reason = r.reason;
   o.rule = r.rule;
   o.endedBy = r.endedBy;
-  if (config.block === 'drop') return dropSilently(socket);
-  if (protocol === 'tls') return refuseTls(socket, config.refusal);
+  if (config.block === 'drop') return socket.refuse({ kind: 'drop' });
+  if (protocol === 'tls') return socket.refuse({ kind: 'tls', linger: config.refusal });
   if (protocol === 'http') {
-    return refuseHttp(socket, {
-      host: o.name ?? o.rawName ?? o.destination ?? '',
-      reason: o.reason,
-      rule: o.rule,
-      port: o.destinationPort,
-      portDecided: r.portDecided ?? false,
-      linger: config.refusal,
+    return socket.refuse({
+      kind: 'http',
+      http: {
+        host: o.name ?? o.rawName ?? o.destination ?? '',
+        reason: o.reason,
+        rule: o.rule,
+        port: o.destinationPort,
+        portDecided: r.portDecided ?? false,
+        linger: config.refusal,
+      },
     });
   }
-  refuseTcp(socket);
+  socket.refuse({ kind: 'reset' });
 }

@@ -61,8 +61,8 @@ export function dial(o: DialOptions): Promise<DialResult> {
   });
 }
 
-/** Syscall errnos, mapped to the fixed set that the metrics label carries. */
-function causeOf(code: string): DialFailure {
+/** Syscall errnos (by name), mapped to the fixed set that the metrics label carries. */
+export function causeOf(code: string): DialFailure {
   switch (code) {
     case 'ECONNREFUSED':
       return 'refused';

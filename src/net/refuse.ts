@@ -8,7 +8,7 @@ import { MAX_NAME_LENGTH } from '../match/names.ts';
 // RFC 8446 §5.1 TLSPlaintext: type alert(21), legacy_record_version 0x0303, length 2; §6: level
 // fatal(2), description access_denied(49). Before any ServerHello this is a plaintext record
 // every TLS version reads.
-const ACCESS_DENIED_ALERT = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
+export const ACCESS_DENIED_ALERT: Readonly<Buffer> = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
 
 /**
  * How long, and for how many bytes, a refused client that is still sending is read (and its
@@ -67,6 +67,11 @@ export interface HttpRefusal {
  * altered: `a"b` reads `"a\"b"`, a control or non-ASCII character `\u{1b}`.
  */
 export function refuseHttp(socket: Socket, r: HttpRefusal): void {
+  answerAndClose(socket, httpRefusalBytes(r), r.linger ?? DEFAULT_LINGER);
+}
+
+/** The bytes of refuseHttp's answer (head and body), for a caller that writes them itself. */
+export function httpRefusalBytes(r: HttpRefusal): Buffer {
   const port = r.port === null || r.port === undefined ? '' : ` port ${r.port}`;
   const rule = r.rule ? ` (${escapeText(r.rule, MAX_RULE_CHARS)})` : '';
   const by = r.portDecided ? '; the destination port decided' : '';
@@ -80,7 +85,7 @@ export function refuseHttp(socket: Socket, r: HttpRefusal): void {
     'Connection: close\r\n' +
     '\r\n';
   // Everything is ASCII by construction (escapeText), so one encoding serves head and body.
-  answerAndClose(socket, Buffer.from(head + body, 'ascii'), r.linger ?? DEFAULT_LINGER);
+  return Buffer.from(head + body, 'ascii');
 }
 
 /** RFC 9209 §2.3's error types, for the refusal reasons that have a closer one than "denied". */
@@ -137,18 +142,35 @@ function answerAndClose(socket: Socket, answer: Buffer, linger: Linger): void {
     if (discarded > linger.lingerMaxBytes) socket.destroy();
   });
   socket.resume();
-  const full = lingering < linger.lingerMaxConnections;
-  if (full) lingering++;
-  const timer = setTimeout(() => socket.destroy(), full ? linger.lingerMs : Math.min(linger.lingerMs, SHORT_LINGER_MS));
+  const slot = lingerSlot(linger);
+  const timer = setTimeout(() => socket.destroy(), slot.ms);
   timer.unref();
   socket.once('close', () => {
     clearTimeout(timer);
-    if (full) lingering--;
+    slot.release();
   });
   // With allowHalfOpen the socket closes itself once the client's FIN has arrived and the
   // answer has been flushed (autoDestroy).
   if (!socket.writableEnded) socket.end(answer);
   else socket.destroy();
+}
+
+/**
+ * How long a refused connection may linger now: `lingerMs` while fewer than
+ * `lingerMaxConnections` linger, else SHORT_LINGER_MS at most. `release` (once, when the
+ * connection closes) gives the place back. Shared by every path that answers a refusal.
+ */
+export function lingerSlot(linger: Linger): { readonly ms: number; release(): void } {
+  const full = lingering < linger.lingerMaxConnections;
+  if (full) lingering++;
+  let released = false;
+  return {
+    ms: full ? linger.lingerMs : Math.min(linger.lingerMs, SHORT_LINGER_MS),
+    release: () => {
+      if (full && !released) lingering--;
+      released = true;
+    },
+  };
 }
 
 /** `text` in double quotes, escaped by escapeText (so `"` and `\` are escaped too). */
