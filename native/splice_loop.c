@@ -62,6 +62,7 @@ typedef struct {
   uint32_t delay_ms;
   uint64_t started_us;
   uint64_t version;
+  bool tell;
 } sl_dial;
 
 typedef struct sl_conn {
@@ -611,13 +612,20 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   c->dialed = i;
   close_attempts(l, c, SL_ATTEMPT_CANCELLED);
   uint64_t version = d->version;
+  bool tell = d->tell;
   c->connect_us = (uint32_t)(monotonic_us() - d->started_us);
   free(d);
   c->dial = NULL;
-  // A policy change since the verdict: the caller judges the dialed address again first.
-  if (__atomic_load_n(&policy_version, __ATOMIC_ACQUIRE) == version) return start_splice(l, c, c->idle_ms);
-  c->stage = ST_WAIT;
   sl_event e = {.kind = SL_EV_CONNECTED, .id = c->id, .state = i, .connect_us = c->connect_us};
+  // A policy change since the verdict: the caller judges the dialed address again first.
+  if (__atomic_load_n(&policy_version, __ATOMIC_ACQUIRE) == version) {
+    if (tell) {
+      e.err = 1;
+      emit(l, &e);
+    }
+    return start_splice(l, c, c->idle_ms);
+  }
+  c->stage = ST_WAIT;
   emit(l, &e);
 }
 
@@ -1058,7 +1066,7 @@ int sl_loop_peek(sl_loop *l, uint64_t id, uint32_t deadline_ms, uint32_t first_b
 }
 
 int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version) {
+                 uint32_t idle_ms, uint64_t version, bool tell) {
   if (n < 1 || n > SL_MAX_ADDRS) return EINVAL;
   sl_cmd *cmd = new_cmd(CMD_DIAL, id);
   sl_dial *d = calloc(1, sizeof *d);
@@ -1069,6 +1077,7 @@ int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, 
   }
   memcpy(d->addr, addrs, sizeof *addrs * (size_t)n);
   d->n = n;
+  d->tell = tell;
   for (int i = 0; i < SL_MAX_ADDRS; i++) d->fd[i] = -1;
   cmd->dial = d;
   cmd->a = connect_ms;

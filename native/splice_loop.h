@@ -17,6 +17,7 @@
 #ifndef EGRESSD_SPLICE_LOOP_H
 #define EGRESSD_SPLICE_LOOP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -118,7 +119,7 @@ typedef struct {
   int tag;     // ACCEPTED, SHED: the listener's tag
   int err;     // ACCEPTED: 0, or SO_ORIGINAL_DST's errno (-1: the original destination is the listener
                // itself); SHED: accept(2)'s errno
-  int state;   // ACCEPTED, PEEK: sl_peek_state; CONNECTED: the dialed index
+  int state;   // ACCEPTED, PEEK: sl_peek_state; CONNECTED: the dialed index (err 1: already splicing)
   uint32_t connect_us; // CONNECTED
   struct sockaddr_storage peer, orig; // ACCEPTED (both), SHED (peer)
   const void *bytes; // ACCEPTED, PEEK: the bytes read since the last report (valid during the call)
@@ -137,8 +138,9 @@ int sl_loop_unlisten(sl_loop *loop, int tag);
 
 /** Times in ms from the accept; 0 turns first_byte_ms / stall_ms off. Thread-safe. */
 int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms, uint32_t report_at);
+// `tell`: report SL_EV_CONNECTED (err 1) even when the loop goes on to splice by itself.
 int sl_loop_dial(sl_loop *loop, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version);
+                 uint32_t idle_ms, uint64_t version, bool tell);
 int sl_loop_splice(sl_loop *loop, uint64_t id, uint32_t idle_ms);
 
 typedef enum { SL_REFUSE_RESET = 0, SL_REFUSE_DROP = 1, SL_REFUSE_ANSWER = 2 } sl_refusal;

@@ -6,10 +6,13 @@ import type { Socket } from 'node:net';
 import { AdminServer, type Readiness } from './admin/server.ts';
 import { mountApi } from './admin/api.ts';
 import type { Config } from './config/schema.ts';
-import { handleConnection, type PipelineDeps } from './net/connection.ts';
+import { handleClient, type PipelineDeps } from './net/connection.ts';
+import { SocketClient, type ClientSide } from './net/client-side.ts';
 import { Listener } from './net/listener.ts';
+import { nativeSetup, NativeListener, type NativeClient, type NativeSetup } from './net/native-setup.ts';
+import { nativeSetupWanted, nativeSpliceStatus } from './net/native-splice.ts';
+import type { Ticket } from './limits/admission.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
-import { nativeSpliceStatus } from './net/native-splice.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
@@ -35,6 +38,11 @@ export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 export interface DaemonOptions {
   /** Replaces SO_ORIGINAL_DST: loopback tests that run without iptables say where a socket was going. */
   readonly originalDst?: PipelineDeps['originalDst'];
+  /**
+   * Where connections are accepted and set up: `native` in the native loops (native-setup.ts),
+   * `node` on Node's sockets. Default: EGRESSD_DATA_PLANE (native-setup) or node.
+   */
+  readonly setup?: 'native' | 'node';
 }
 
 /** The essential-services catalog the config asks for, or the config's error. */
@@ -74,7 +82,9 @@ export class Daemon {
   readonly resolver: NameResolver;
   /** The host's own addresses and egressd's listeners, which no policy reaches. */
   readonly host: HostAddresses;
-  readonly listeners: Listener[] = [];
+  readonly listeners: (Listener | NativeListener)[] = [];
+  /** The native loops that accept and set up connections (EGRESSD_DATA_PLANE=native-setup), or null: Node's listeners. */
+  readonly nativeSetup: NativeSetup | null = null;
   /** The DNS listeners (`listen.dns`), answering the sandboxes' port 53. */
   readonly dnsListeners: DnsListener[] = [];
   readonly dnsCache = new AnswerCache();
@@ -150,8 +160,18 @@ export class Daemon {
     );
     const onConnection = (socket: Socket, kind: Listener['kind']): void => this.#accept(socket, kind);
     const onAcceptError = (err: NodeJS.ErrnoException, kind: Listener['kind']): void => this.limits.acceptError(err, kind);
+    const setup = (opts.setup ?? (nativeSetupWanted() ? 'native' : 'node')) === 'native' ? nativeSetup() : null;
+    if (setup?.ok) this.nativeSetup = setup.plane;
+    else if (setup) log.warn({ event: 'native-setup-unavailable', reason: setup.reason }, 'connections are set up on Node sockets');
+    const native = {
+      onAccept: (c: NativeClient, kind: Listener['kind']) => this.#acceptNative(c, kind),
+      onShed: (kind: Listener['kind'], source: string, code: string) => this.limits.shedAtAccept(kind, source, code),
+      originalDst: opts.originalDst,
+    };
     for (const kind of ['http', 'tls', 'tcp'] as const) {
-      for (const ep of config.listen[kind]) this.listeners.push(new Listener(kind, ep, onConnection, onAcceptError));
+      for (const ep of config.listen[kind]) {
+        this.listeners.push(this.nativeSetup ? new NativeListener(kind, ep, this.nativeSetup, native) : new Listener(kind, ep, onConnection, onAcceptError));
+      }
     }
     this.admin = new AdminServer(config.admin.listen, () => this.readiness());
     this.admin.route({
@@ -316,7 +336,10 @@ export class Daemon {
       changed = true;
     }
     // Turning report-only off closes what it let through (unless onPolicyChange: keep).
-    if (changed) this.#rejudge();
+    if (changed) {
+      this.nativeSetup?.policyChanged();
+      this.#rejudge();
+    }
     this.metrics.instruments.configReloads.inc({ result: 'ok' });
     return { ok: true, sandboxes: r.value, needsRestart };
   }
@@ -326,10 +349,26 @@ export class Daemon {
       socket.resetAndDestroy();
       return;
     }
+    socket.on('error', () => {});
     const ticket = this.limits.admit(socket, kind, canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress));
     if (ticket === null) return;
+    this.#run(new SocketClient(socket, this.#originalDst), kind, ticket);
+  }
+
+  /** A connection the native loops accepted: the same admission and pipeline. */
+  #acceptNative(client: NativeClient, kind: Listener['kind']): void {
+    if (this.#state !== 'serving') {
+      client.reset();
+      return;
+    }
+    const ticket = this.limits.admit(client, kind, canonicalSource(client.remoteAddress) ?? client.remoteAddress);
+    if (ticket === null) return;
+    this.#run(client, kind, ticket);
+  }
+
+  #run(client: ClientSide, kind: Listener['kind'], ticket: Ticket): void {
     this.metrics.accepted(kind);
-    const p = handleConnection(socket, kind, {
+    const p = handleClient(client, kind, {
       config: () => this.#config,
       policies: this.store,
       resolver: this.resolver,
@@ -351,6 +390,7 @@ export class Daemon {
    * refuses are closed now (onPolicyChange: close), those it still allows are untouched.
    */
   #onPolicyChange(e: ChangeEvent): void {
+    this.nativeSetup?.policyChanged();
     this.metrics.instruments.policyChanges.inc({ source: e.source });
     // What a removed sandbox was given is not carried over to a new sandbox of the same id.
     if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);

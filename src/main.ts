@@ -27,19 +27,22 @@ function withEnv(config: Config): Config {
 }
 
 /**
- * EGRESSD_DATA_PLANE=js keeps the data phase in JavaScript; EGRESSD_DATA_PLANE_THREADS sets the
+ * EGRESSD_DATA_PLANE=js keeps the data phase in JavaScript; native-setup also accepts and sets
+ * up connections in the native loops (native-setup.ts); EGRESSD_DATA_PLANE_THREADS sets the
  * number of native splice loops (default: one per core).
  * @throws Error naming the variable when its value is invalid.
  */
 function dataPlaneFromEnv(): void {
   const mode = process.env['EGRESSD_DATA_PLANE'];
-  if (mode !== undefined && mode !== 'native' && mode !== 'js') throw new Error(`EGRESSD_DATA_PLANE must be "native" or "js", got "${mode}"`);
+  if (mode !== undefined && mode !== 'native' && mode !== 'js' && mode !== 'native-setup') {
+    throw new Error(`EGRESSD_DATA_PLANE must be "native", "native-setup" or "js", got "${mode}"`);
+  }
   const t = process.env['EGRESSD_DATA_PLANE_THREADS'];
   const threads = t === undefined || t === '' ? undefined : Number(t);
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
   }
-  configureNativeSplice({ enabled: mode !== 'js', ...(threads !== undefined ? { threads } : {}) });
+  configureNativeSplice({ enabled: mode !== 'js', setup: mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) });
 }
 
 async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {
@@ -62,7 +65,8 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     daemon = new Daemon(config, log);
     await daemon.start();
     const plane = nativeSpliceStatus();
-    if (plane.ok) log.info({ event: 'data-plane', plane: 'native', threads: plane.threads }, 'the data phase runs in the native splice loops');
+    const setup = daemon.nativeSetup !== null ? 'native' : 'node';
+    if (plane.ok) log.info({ event: 'data-plane', plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
     else log.warn({ event: 'data-plane', plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
     log.fatal({ event: 'start-failed', err: (e as Error).message }, 'egressd could not start');

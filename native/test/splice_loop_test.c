@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -380,6 +381,309 @@ static void test_stop_reports_every_connection(void) {
   close(b.upstream);
 }
 
+// ---- set-up: accept, peek, dial, refuse, shed ----------------------------------------------------
+
+#define MAX_EVENTS 256
+typedef struct {
+  sl_event e;
+  char bytes[256];
+} saved_event;
+static saved_event events[MAX_EVENTS];
+static int n_events;
+
+static void on_setup(void *ctx, const sl_event *e) {
+  (void)ctx;
+  pthread_mutex_lock(&lock);
+  if (n_events < MAX_EVENTS) {
+    events[n_events].e = *e;
+    size_t n = e->len < sizeof events[n_events].bytes ? e->len : sizeof events[n_events].bytes;
+    if (n) memcpy(events[n_events].bytes, e->bytes, n);
+    events[n_events].e.bytes = NULL;
+    events[n_events].e.len = n;
+    n_events++;
+  }
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+}
+
+/** Waits for the first event of `kind` (for `id`, when non-zero) from index *from on; false on timeout. */
+static bool wait_event(int kind, uint64_t id, int *from, int ms, saved_event *out) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += ms / 1000;
+  deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&lock);
+  for (;;) {
+    for (int i = *from; i < n_events; i++) {
+      if ((int)events[i].e.kind == kind && (id == 0 || events[i].e.id == id)) {
+        *out = events[i];
+        *from = i + 1;
+        pthread_mutex_unlock(&lock);
+        return true;
+      }
+    }
+    if (pthread_cond_timedwait(&cond, &lock, &deadline) == ETIMEDOUT) {
+      pthread_mutex_unlock(&lock);
+      return false;
+    }
+  }
+}
+
+static int seen; // events before this index are consumed
+
+static int listen_on_loop(sl_loop *l, int tag, struct sockaddr_in *addr) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr->sin_port = 0;
+  socklen_t len = sizeof *addr;
+  if (bind(fd, (struct sockaddr *)addr, sizeof *addr) != 0 || listen(fd, 128) != 0 || getsockname(fd, (struct sockaddr *)addr, &len) != 0) {
+    perror("listen");
+    exit(2);
+  }
+  CHECK(sl_loop_listen(l, fd, tag) == 0, "sl_loop_listen");
+  return fd;
+}
+
+static int connect_to(const struct sockaddr_in *addr) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
+/** A client that connects and sends `first`; the ACCEPTED event, with every first byte peeked. */
+static uint64_t accept_with(sl_loop *l, const struct sockaddr_in *front, const char *first, int *client) {
+  *client = connect_to(front);
+  CHECK(*client >= 0, "connect: %s", strerror(errno));
+  if (first) write_all(*client, first, strlen(first));
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+  CHECK(ev.e.tag == 7, "tag %d", ev.e.tag);
+  CHECK(ev.e.err != 0, "SO_ORIGINAL_DST answered for a connection no one redirected");
+  size_t want = first ? strlen(first) : 0;
+  if (ev.e.len < want) {
+    // The bytes came after the accept: the peek command reads them.
+    sl_loop_peek(l, ev.e.id, 5000, 0, 0, (uint32_t)want);
+    saved_event more;
+    CHECK(wait_event(SL_EV_PEEK, ev.e.id, &seen, 5000, &more), "no PEEK event");
+    CHECK(more.e.state == SL_PEEK_MORE && ev.e.len + more.e.len == want, "peek state %d, %zu bytes", more.e.state, ev.e.len + more.e.len);
+  }
+  return ev.e.id;
+}
+
+static struct sockaddr_storage storage_of(const struct sockaddr_in *a) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  memcpy(&ss, a, sizeof *a);
+  return ss;
+}
+
+static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "hello", &client);
+  // The first address refuses (a port nothing listens on), the second answers.
+  struct sockaddr_in closed = listen_addr;
+  int probe = socket(AF_INET, SOCK_STREAM, 0);
+  closed.sin_port = 0;
+  bind(probe, (struct sockaddr *)&closed, sizeof closed);
+  socklen_t len = sizeof closed;
+  getsockname(probe, (struct sockaddr *)&closed, &len);
+  close(probe);
+  struct sockaddr_storage addrs[2] = {storage_of(&closed), storage_of(&listen_addr)};
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, 10000, 0, false) == 0, "dial");
+  int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  CHECK(upstream >= 0, "the upstream was not dialed");
+  write_all(client, " world", 6);
+  shutdown(client, SHUT_WR);
+  char buf[64];
+  int err;
+  size_t n = read_all(upstream, buf, sizeof buf, &err, 5000);
+  CHECK(n == 11 && memcmp(buf, "hello world", 11) == 0, "upstream got %zu bytes", n);
+  write_all(upstream, "bye", 3);
+  shutdown(upstream, SHUT_WR);
+  n = read_all(client, buf, sizeof buf, &err, 5000);
+  CHECK(n == 3 && memcmp(buf, "bye", 3) == 0, "client got %zu bytes", n);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.end == SL_END_CLOSED && o.bytes_up == 11 && o.bytes_down == 3, "end %d, %llu up, %llu down", o.end, (unsigned long long)o.bytes_up,
+        (unsigned long long)o.bytes_down);
+  CHECK(o.dialed == 1 && o.attempts == 2 && o.attempt_err[0] == ECONNREFUSED && o.attempt_err[1] == 0, "dialed %d of %d, first %d", o.dialed,
+        o.attempts, o.attempt_err[0]);
+  close(client);
+  close(upstream);
+}
+
+static void test_setup_policy_change_asks_again(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  sl_set_policy_version(2);
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 1, false);
+  int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 5000, &ev), "no CONNECTED event after a policy change");
+  CHECK(ev.e.state == 0 && ev.e.err == 0, "dialed %d, err %d", ev.e.state, ev.e.err);
+  // Nothing went upstream before the answer.
+  struct pollfd p = {.fd = upstream, .events = POLLIN};
+  CHECK(poll(&p, 1, 100) == 0, "bytes reached the upstream before the verdict");
+  sl_loop_refuse(l, id, SL_REFUSE_ANSWER, "denied", 6, 2000, 1 << 20);
+  char buf[16];
+  int err;
+  size_t n = read_all(client, buf, sizeof buf, &err, 5000);
+  CHECK(n == 6 && memcmp(buf, "denied", 6) == 0 && err == 0, "client got %zu bytes (err %d)", n, err);
+  n = read_all(upstream, buf, sizeof buf, &err, 5000);
+  CHECK(n == 0, "the upstream got %zu bytes of a refused connection", n);
+  close(client);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.bytes_up == 0 && o.bytes_down == 0, "counted %llu up", (unsigned long long)o.bytes_up);
+  close(upstream);
+  sl_set_policy_version(0);
+}
+
+static void test_setup_peek_deadlines(sl_loop *l, const struct sockaddr_in *front) {
+  // Silent: nothing within the first-byte wait.
+  int c1;
+  uint64_t id = accept_with(l, front, NULL, &c1);
+  sl_loop_peek(l, id, 5000, 100, 0, 1);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_SILENT, "state %d, not silent", ev.e.state);
+  sl_loop_refuse(l, id, SL_REFUSE_RESET, NULL, 0, 0, 0);
+  int err;
+  read_all(c1, NULL, 0, &err, 2000);
+  CHECK(err == ECONNRESET, "a reset refusal reads errno %d", err);
+  close(c1);
+  // Stalled: bytes, then silence for stall_ms.
+  int c2;
+  id = accept_with(l, front, "pi", &c2);
+  sl_loop_peek(l, id, 5000, 0, 100, 3);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_STALLED, "state %d, not stalled", ev.e.state);
+  // The deadline: dripping bytes never pushes it back.
+  sl_loop_peek(l, id, 400, 0, 0, 1000);
+  for (int i = 0; i < 6; i++) {
+    usleep(100 * 1000);
+    write_all(c2, "n", 1);
+  }
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_TIMEOUT, "state %d, not timeout", ev.e.state);
+  CHECK(ev.e.len >= 1 && ev.e.len <= 4, "%zu new bytes by the deadline", ev.e.len);
+  sl_loop_abort(l, id);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_ABORTED, "aborted in the waiting stage: end %d", o.end);
+  close(c2);
+  // Closed: the client leaves mid-peek.
+  int c3;
+  id = accept_with(l, front, "G", &c3);
+  sl_loop_peek(l, id, 5000, 0, 0, 10);
+  close(c3);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_CLOSED, "state %d, not closed", ev.e.state);
+  sl_loop_refuse(l, id, SL_REFUSE_DROP, NULL, 0, 0, 0);
+  CHECK(wait_outcome(id, 5000, &o), "no outcome after the drop");
+}
+
+static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  // A loopback listener whose accept queue is full and never accepted from: the kernel drops
+  // further SYNs, so a dial to it never answers (and no packet leaves the host).
+  int full = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in black = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t blen = sizeof black;
+  bind(full, (struct sockaddr *)&black, sizeof black);
+  listen(full, 0);
+  getsockname(full, (struct sockaddr *)&black, &blen);
+  int fillers[4];
+  for (int i = 0; i < 4; i++) {
+    fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    connect(fillers[i], (struct sockaddr *)&black, sizeof black);
+  }
+  usleep(50 * 1000);
+  struct sockaddr_storage a = storage_of(&black);
+  sl_loop_dial(l, id, &a, 1, 200, 250, 10000, 0, false);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.dialed == -1 && o.end == SL_END_ERROR && o.err != 0, "dialed %d, end %d, err %d", o.dialed, o.end, o.err);
+  int err;
+  read_all(client, NULL, 0, &err, 2000);
+  CHECK(err == ECONNRESET, "the client saw errno %d, not a reset", err);
+  close(client);
+  for (int i = 0; i < 4; i++) close(fillers[i]);
+  close(full);
+}
+
+static void test_setup_sheds_at_emfile(sl_loop *l, const struct sockaddr_in *front) {
+  struct rlimit old;
+  getrlimit(RLIMIT_NOFILE, &old);
+  struct rlimit low = {.rlim_cur = 64, .rlim_max = old.rlim_max};
+  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit");
+  // Three clients connect first (their sockets exist), then every other descriptor is taken.
+  int clients[3];
+  for (int i = 0; i < 3; i++) clients[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fillers[64], n_fill = 0;
+  while (n_fill < 64) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    fillers[n_fill++] = fd;
+  }
+  struct rusage before, after;
+  getrusage(RUSAGE_SELF, &before);
+  for (int i = 0; i < 3; i++) CHECK(connect(clients[i], (const struct sockaddr *)front, sizeof *front) == 0, "connect %d", i);
+  saved_event ev;
+  int shed = 0;
+  while (shed < 3 && wait_event(SL_EV_SHED, 0, &seen, 3000, &ev)) {
+    CHECK(ev.e.tag == 7 && (ev.e.err == EMFILE || ev.e.err == ENFILE), "tag %d err %d", ev.e.tag, ev.e.err);
+    shed++;
+  }
+  CHECK(shed == 3, "%d of 3 refusals reported", shed);
+  for (int i = 0; i < 3; i++) {
+    int err;
+    read_all(clients[i], NULL, 0, &err, 2000);
+    CHECK(err == ECONNRESET, "client %d saw errno %d, not a reset", i, err);
+    close(clients[i]);
+  }
+  usleep(300 * 1000);
+  getrusage(RUSAGE_SELF, &after);
+  long cpu_us = (after.ru_utime.tv_sec - before.ru_utime.tv_sec) * 1000000L + (after.ru_utime.tv_usec - before.ru_utime.tv_usec) +
+                (after.ru_stime.tv_sec - before.ru_stime.tv_sec) * 1000000L + (after.ru_stime.tv_usec - before.ru_stime.tv_usec);
+  CHECK(cpu_us < 150000, "%ld µs of CPU while out of descriptors: a busy loop", cpu_us);
+  for (int i = 0; i < n_fill; i++) close(fillers[i]);
+  setrlimit(RLIMIT_NOFILE, &old);
+  // Descriptors free again: accepting goes on.
+  int c;
+  uint64_t id = accept_with(l, front, "ok", &c);
+  sl_loop_abort(l, id);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome after recovery");
+  close(c);
+}
+
+static void test_setup(void) {
+  int err = 0;
+  sl_loop *l = sl_loop_start(report, NULL, &err);
+  CHECK(l != NULL, "start: %s", strerror(err));
+  sl_loop_setup(l, on_setup, 16384);
+  struct sockaddr_in front;
+  listen_on_loop(l, 7, &front);
+  test_setup_dial_timeout(l, &front);
+  test_setup_dial_next_address_then_splice(l, &front);
+  test_setup_policy_change_asks_again(l, &front);
+  test_setup_peek_deadlines(l, &front);
+  test_setup_sheds_at_emfile(l, &front);
+  sl_loop_unlisten(l, 7);
+  usleep(50 * 1000);
+  CHECK(connect_to(&front) < 0 && errno == ECONNREFUSED, "still accepting after unlisten");
+  CHECK(sl_loop_size(l) == 0, "%u connections left", sl_loop_size(l));
+  sl_loop_stop(l);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); // as Node does
   listen_once();
@@ -398,6 +702,7 @@ int main(void) {
   test_many_connections_reuse_pipes(l);
   sl_loop_stop(l);
   test_stop_reports_every_connection();
+  test_setup();
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));
   pthread_mutex_unlock(&lock);

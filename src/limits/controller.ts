@@ -3,7 +3,6 @@
 // with their log lines, metrics and readiness. The daemon asks `admit` for each accepted
 // socket; a refused one is reset here at once and counted.
 
-import type { Socket } from 'node:net';
 import type { LimitsConfig } from '../config/schema.ts';
 import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -18,6 +17,11 @@ export interface SourceLimits {
   readonly sandbox: string | null;
   readonly sandboxLimits?: LimitsOverride | undefined;
   readonly orgLimits?: LimitsOverride | undefined;
+}
+
+/** What admission needs of a connection: a way to reset it (a Node socket, or a native one). */
+export interface Resettable {
+  resetAndDestroy(): void;
 }
 
 /** How long refusals are gathered into one log line per sandbox and reason. */
@@ -35,7 +39,7 @@ export class LimitsController {
   #nofile: NofileLimits = { soft: null, hard: null };
   #timers: NodeJS.Timeout[] = [];
   /** Admitted client sockets with no verdict yet, the first to go under critical memory pressure. */
-  readonly #peeking = new Set<Socket>();
+  readonly #peeking = new Set<Resettable>();
   readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
   #acceptErrorsLogged = 0;
 
@@ -115,7 +119,7 @@ export class LimitsController {
    * Admits the connection or resets it at once (counted, and logged once a second per
    * sandbox and reason). `source` is the canonical client address.
    */
-  admit(socket: Socket, kind: ListenerKind, source: string): Ticket | null {
+  admit(socket: Resettable, kind: ListenerKind, source: string): Ticket | null {
     const l = this.#lookup(source);
     const key = l.sandbox ?? `source ${source}`;
     const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
@@ -133,14 +137,28 @@ export class LimitsController {
         },
       };
     }
-    socket.on('error', () => {});
     socket.resetAndDestroy();
-    this.#metrics.shed(kind, a.reason, l.sandbox);
-    const k = `${key}\u0000${a.reason}`;
+    this.#refused(kind, l, source, a.reason, a.detail);
+    return null;
+  }
+
+  /**
+   * A connection the listener could not take for want of descriptors (EMFILE/ENFILE; the native
+   * accept resets it with its reserve descriptor): counted as `global-limit`, one by one.
+   */
+  shedAtAccept(kind: ListenerKind, source: string, code: string): void {
+    this.#metrics.instruments.acceptErrors.inc({ code });
+    this.#refused(kind, this.#lookup(source), source, 'global-limit', `accept(2) failed with ${code}: out of descriptors`);
+  }
+
+  /** Counts one refusal at accept, logged once a second per sandbox and reason. */
+  #refused(kind: ListenerKind, l: SourceLimits, source: string, reason: ShedReason, detail: string): void {
+    this.#metrics.shed(kind, reason, l.sandbox);
+    const key = l.sandbox ?? `source ${source}`;
+    const k = `${key}\u0000${reason}`;
     const e = this.#shed.get(k);
     if (e) e.count++;
-    else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason: a.reason, count: 1, detail: a.detail });
-    return null;
+    else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason, count: 1, detail });
   }
 
   /** Critical memory pressure: resets every connection still being peeked (they end as peek-closed). */

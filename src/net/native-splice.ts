@@ -21,11 +21,53 @@ import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import type { SpliceEnd, SpliceOptions, SpliceResult } from './splice.ts';
 
-interface DataPlaneAddon {
-  start(threads: number, onOutcome: (id: number, up: number, down: number, end: number, errno: number) => void): void;
+/** A connection's end in the loop: (id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos). */
+export type OutcomeFn = (id: number, up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, attempts: number[]) => void;
+/** A set-up report (native/data_plane.c's onSetup). */
+export type SetupFn = (
+  kind: number,
+  id: number,
+  loop: number,
+  tag: number,
+  err: number,
+  state: number,
+  connectUs: number,
+  peer: string | null,
+  peerPort: number,
+  orig: string | null,
+  origPort: number,
+  bytes: Buffer | null,
+) => void;
+
+export interface DataPlaneAddon {
+  start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn, peekCap?: number): void;
   handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
   abort(loop: number, id: number): void;
   active(): number;
+  listen(host: string, port: number, ipv6Only: boolean, backlog: number, tag: number): number;
+  unlisten(tag: number): void;
+  peek(loop: number, id: number, deadlineMs: number, firstByteMs: number, stallMs: number, reportAt: number): void;
+  dial(
+    loop: number,
+    id: number,
+    addresses: string[],
+    port: number,
+    connectMs: number,
+    attemptDelayMs: number,
+    idleMs: number,
+    version: number,
+    tell: boolean,
+  ): void;
+  splice(loop: number, id: number, idleMs: number): void;
+  refuse(loop: number, id: number, how: number, bytes: Buffer | null, lingerMs: number, lingerMaxBytes: number): void;
+  setPolicyVersion(version: number): void;
+}
+
+/** Where set-up reports and the outcomes of set-up connections go (native-setup.ts). */
+export interface SetupSink {
+  readonly event: SetupFn;
+  readonly outcome: OutcomeFn;
+  readonly peekCap: number;
 }
 
 interface Handle {
@@ -35,7 +77,7 @@ interface Handle {
 }
 
 // The order of sl_end in native/splice_loop.h.
-const ENDS: readonly SpliceEnd[] = ['closed', 'client-reset', 'upstream-reset', 'idle-timeout', 'aborted', 'error'];
+export const ENDS: readonly SpliceEnd[] = ['closed', 'client-reset', 'upstream-reset', 'idle-timeout', 'aborted', 'error'];
 // The addon's idleMs is a uint32; longer timeouts are capped (49 days).
 const MAX_IDLE_MS = 2 ** 32 - 1;
 
@@ -50,17 +92,23 @@ type State =
 
 let state: State | undefined;
 let threadsWanted: number | undefined;
+let setupSink: SetupSink | null = null;
+// EGRESSD_DATA_PLANE=native-setup (main.ts validates it): connections are also accepted and set
+// up in the loops. Read here too so that an in-process daemon (the tests) follows it.
+let setupWanted = process.env['EGRESSD_DATA_PLANE'] === 'native-setup';
 let nextId = 1;
 let nextLoop = 0;
 let handoffs = 0;
 
 /**
  * Sets how the data phase runs, before the first connection: `threads` loops (default: one
- * per core), or `enabled: false` for the JavaScript path only.
+ * per core), or `enabled: false` for the JavaScript path only; `setup: true` has the loops
+ * also accept and set up connections (native-setup.ts).
  * @throws Error when called after the data plane has started.
  */
-export function configureNativeSplice(o: { enabled?: boolean; threads?: number }): void {
+export function configureNativeSplice(o: { enabled?: boolean; threads?: number; setup?: boolean }): void {
   if (state?.ok) throw new Error('The native data plane is already running; configure it before the first connection');
+  if (o.setup !== undefined) setupWanted = o.setup;
   if (o.enabled === false) state = { ok: false, reason: 'disabled by configuration' };
   else if (state && !state.ok && state.reason === 'disabled by configuration') state = undefined;
   if (o.threads !== undefined) {
@@ -83,17 +131,43 @@ function load(): State {
   }
   const threads = threadsWanted ?? Math.min(64, availableParallelism());
   const pending = new Map<number, Pending>();
+  const sink = setupSink;
+  const onOutcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts) => {
+    const p = pending.get(id);
+    if (!p) return sink?.outcome(id, up, down, end, errno, dialed, connectUs, attempts);
+    pending.delete(id);
+    p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' });
+  };
   try {
-    addon.start(threads, (id, up, down, end, _errno) => {
-      const p = pending.get(id);
-      if (!p) return;
-      pending.delete(id);
-      p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' });
-    });
+    if (sink) addon.start(threads, onOutcome, sink.event, sink.peekCap);
+    else addon.start(threads, onOutcome);
   } catch (err) {
     return (state = { ok: false, reason: `the data-plane threads did not start: ${err instanceof Error ? err.message : String(err)}` });
   }
   return (state = { ok: true, addon: addon as DataPlaneAddon, threads, pending });
+}
+
+/** Whether connections should be set up in the native loops (EGRESSD_DATA_PLANE=native-setup). */
+export function nativeSetupWanted(): boolean {
+  return setupWanted;
+}
+
+/**
+ * Has the loops also accept and set up connections (native-setup.ts), reporting to `sink`.
+ * @throws Error when the data plane has already started.
+ */
+export function enableNativeSetup(sink: SetupSink): void {
+  if (state?.ok) throw new Error('The native data plane is already running; enable set-up before the first connection');
+  setupSink = sink;
+}
+
+/** The running addon with set-up enabled, or why there is none. */
+export function nativeSetupPlane(): { ok: true; addon: DataPlaneAddon; threads: number } | { ok: false; reason: string } {
+  const s = load();
+  if (!s.ok) return { ok: false, reason: s.reason };
+  if (setupSink === null) return { ok: false, reason: 'set-up was not enabled before the data plane started' };
+  if (typeof s.addon.listen !== 'function') return { ok: false, reason: 'native/build/data_plane.node has no set-up functions (rebuild it: npm ci)' };
+  return { ok: true, addon: s.addon, threads: s.threads };
 }
 
 /** Whether connections go to the native data plane, and if not, why. */

@@ -72,6 +72,11 @@ export class PeekBuffer<R> {
     return this.#total;
   }
 
+  /** How many bytes in all before the parser is asked again (a reader may wait for that many). */
+  get wantsAt(): number {
+    return Math.min(this.#parseAt, this.#max);
+  }
+
   /** Everything received, byte for byte, to be sent upstream first. */
   bytes(): Buffer {
     return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#total);

@@ -35,7 +35,8 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
   return r.config;
 }
 
-export async function startLoopbackDaemon(config: Config): Promise<LoopbackDaemon> {
+/** `setup` picks where connections are set up (DaemonOptions.setup); default: as EGRESSD_DATA_PLANE says. */
+export async function startLoopbackDaemon(config: Config, opts: { setup?: 'native' | 'node' } = {}): Promise<LoopbackDaemon> {
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
   const sink = new Writable({
@@ -51,7 +52,7 @@ export async function startLoopbackDaemon(config: Config): Promise<LoopbackDaemo
     const r = routes.get(canonicalSource(socket.remoteAddress ?? '') ?? '');
     return r ? { kind: 'redirected', ...r } : { kind: 'not-redirected', why: 'no test route for this source' };
   };
-  const daemon = new Daemon(config, log, { originalDst });
+  const daemon = new Daemon(config, log, { originalDst, ...(opts.setup ? { setup: opts.setup } : {}) });
   await daemon.start();
   const adminPort = daemon.admin.port!;
   return {

@@ -53,7 +53,14 @@ async function echoes(s: Socket, text: string): Promise<string> {
   return chunk.toString();
 }
 
-describe('the daemon on loopback', () => {
+// Every case on both set-up paths: Node's sockets, and the native loops (native-setup.ts).
+describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the daemon on loopback, set up on $setup', ({ setup }) => {
+  const start = async (config: Parameters<typeof startLoopbackDaemon>[0]): Promise<LoopbackDaemon> => {
+    const daemon = await startLoopbackDaemon(config, { setup });
+    // The native path is really taken where it can run.
+    if (process.platform === 'linux') expect(daemon.daemon.nativeSetup !== null).toBe(setup === 'native');
+    return daemon;
+  };
   let dir: string;
   let d: LoopbackDaemon | undefined;
   let upstream: Awaited<ReturnType<typeof echoServer>>;
@@ -75,7 +82,7 @@ describe('the daemon on loopback', () => {
   const api = (method: string, path: string, body?: unknown, headers?: Record<string, string>) => adminCall(d!.adminUrl, method, path, body, headers);
 
   it('carries an address-allowed connection both ways and logs one outcome line for it', async () => {
-    d = await startLoopbackDaemon(
+    d = await start(
       loopbackConfig({ sandboxes: [{ id: 'sb-a', sources: ['127.0.0.2'], network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } } }] }),
     );
     d.route('127.0.0.2', '127.0.0.1', upstream.port);
@@ -88,7 +95,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('refuses a source that belongs to no sandbox with the default policy', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     d.route('127.0.0.3', '127.0.0.1', upstream.port);
     expect(await refusedFrom('127.0.0.3', d.port('tcp'))).toEqual({ received: 0, error: 'ECONNRESET' });
     expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ sandbox: null, verdict: 'refuse', reason: 'default-block', dialed: null });
@@ -96,7 +103,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('refuses a connection that was not redirected (a loop or a probe)', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     expect((await refusedFrom('127.0.0.4', d.port('tls'))).received).toBe(0);
     expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ verdict: 'refuse', reason: 'not-redirected' });
   });
@@ -104,7 +111,7 @@ describe('the daemon on loopback', () => {
   it('closes open connections a live change refuses, spares those it still allows, and counts them', async () => {
     const other = await echoServer();
     try {
-      d = await startLoopbackDaemon(loopbackConfig({ state: { path: join(dir, 'state.json') } }));
+      d = await start(loopbackConfig({ state: { path: join(dir, 'state.json') } }));
       const put = await api('PUT', '/api/v1/sandboxes/sb-live', { sources: ['127.0.0.5', '127.0.0.6'], network: { mode: 'allow-all' } });
       expect(put.status).toBe(201);
       d.route('127.0.0.5', '127.0.0.1', upstream.port);
@@ -131,7 +138,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('answers API errors in one shape: 401, 400 with the field, 404, 409 and 413, and a refused change changes nothing', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({ admin: { listen: '127.0.0.1:0', token: TOKEN, maxBodyBytes: 2048 } }));
+    d = await start(loopbackConfig({ admin: { listen: '127.0.0.1:0', token: TOKEN, maxBodyBytes: 2048 } }));
     expect((await api('GET', '/api/v1/sandboxes', undefined, {})).status).toBe(401);
     expect((await api('GET', '/api/v1/sandboxes', undefined, { authorization: 'Bearer wrong' })).status).toBe(401);
     const bad = await api('PUT', '/api/v1/sandboxes/sb-1', { sources: ['127.0.0.7'], network: { mode: 'block-all', egress: { allowed_ports: [70000] } } });
@@ -156,7 +163,7 @@ describe('the daemon on loopback', () => {
 
   it('keeps every acknowledged change across a restart (state file)', async () => {
     const config = loopbackConfig({ state: { path: join(dir, 'state.json') } });
-    d = await startLoopbackDaemon(config);
+    d = await start(config);
     expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3 })).status).toBe(201);
     expect(
       (
@@ -168,7 +175,7 @@ describe('the daemon on loopback', () => {
       ).status,
     ).toBe(201);
     await d.stop();
-    d = await startLoopbackDaemon(config);
+    d = await start(config);
     const got = await api('GET', '/api/v1/sandboxes/sb-p');
     expect(got.status).toBe(200);
     expect(got.body).toMatchObject({ id: 'sb-p', org: 'acme', sources: ['127.0.0.9'] });
@@ -181,7 +188,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('lets a tier-1 organization override a sandbox that allows everything, keeping essential services', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     expect((await api('PUT', '/api/v1/orgs/small', { tier: 1 })).status).toBe(201);
     expect((await api('PUT', '/api/v1/sandboxes/sb-t', { sources: ['127.0.0.11'], org: 'small', network: { networkBlockAll: false } })).status).toBe(201);
     const npm = await api('POST', '/api/v1/check', { sandbox: 'sb-t', host: 'registry.npmjs.org', ip: '104.16.0.1', port: 443 });
@@ -203,11 +210,11 @@ describe('the daemon on loopback', () => {
         s.on('close', () => resolve(got));
         s.write('GET / HTTP/1.1\r\nHost: refused.test\r\n\r\n');
       });
-    d = await startLoopbackDaemon(loopbackConfig({ block: 'drop' }));
+    d = await start(loopbackConfig({ block: 'drop' }));
     d.route('127.0.0.12', '127.0.0.1', upstream.port);
     expect(await send('127.0.0.12')).toBe('');
     await d.stop();
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     d.route('127.0.0.12', '127.0.0.1', upstream.port);
     const answer = await send('127.0.0.12');
     expect(answer).toMatch(/^HTTP\/1\.1 403 /);
@@ -218,7 +225,7 @@ describe('the daemon on loopback', () => {
   it('refuses an SNI with a non-ASCII byte as an invalid name, with an access_denied alert, quoting it in the log', async () => {
     // A deny list makes the name matter, so the hello is read (under plain allow-all no name
     // can change the verdict and the connection is spliced at accept, issue 10 §4).
-    d = await startLoopbackDaemon(
+    d = await start(
       loopbackConfig({ sandboxes: [{ id: 'sb-n', sources: ['127.0.0.13'], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test'] } } }] }),
     );
     d.route('127.0.0.13', '127.0.0.1', upstream.port);
@@ -243,7 +250,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('deletes an organization only once no sandbox names it', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     expect((await api('PUT', '/api/v1/orgs/o1', { network: { mode: 'block-all', egress: { allowed_ports: [443] } } })).status).toBe(201);
     expect((await api('GET', '/api/v1/orgs/o1')).body).toMatchObject({ id: 'o1', tier: null });
     expect((await api('PUT', '/api/v1/sandboxes/sb-o', { sources: ['127.0.0.14'], org: 'o1', network: { mode: 'allow-all' } })).status).toBe(201);
@@ -264,7 +271,7 @@ describe('the daemon on loopback', () => {
     banner.listen(0, '127.0.0.1');
     await once(banner, 'listening');
     try {
-      d = await startLoopbackDaemon(
+      d = await start(
         loopbackConfig({ sandboxes: [{ id: 'sb-s', sources: ['127.0.0.15'], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test'] } } }] }),
       );
       d.route('127.0.0.15', '127.0.0.1', (banner.address() as { port: number }).port);
@@ -281,7 +288,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('leaves open connections alone on a policy change when onPolicyChange is keep', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({ onPolicyChange: 'keep' }));
+    d = await start(loopbackConfig({ onPolicyChange: 'keep' }));
     expect((await api('PUT', '/api/v1/sandboxes/sb-k', { sources: ['127.0.0.16'], network: { mode: 'allow-all' } })).status).toBe(201);
     d.route('127.0.0.16', '127.0.0.1', upstream.port);
     const c = await dialFrom('127.0.0.16', d.port('tcp'));
@@ -293,7 +300,7 @@ describe('the daemon on loopback', () => {
   });
 
   it('applies a reloaded defaultNetwork to the next connection and names the keys that need a restart', async () => {
-    d = await startLoopbackDaemon(loopbackConfig({}));
+    d = await start(loopbackConfig({}));
     d.route('127.0.0.17', '127.0.0.1', upstream.port);
     expect((await refusedFrom('127.0.0.17', d.port('tcp'))).received).toBe(0);
     const r = d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'allow-all' }, protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] } }));

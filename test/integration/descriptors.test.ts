@@ -4,7 +4,9 @@
 // with EMFILE. egressd must not crash or spin, and must accept again as soon as descriptors
 // free up. (libuv answers EMFILE itself: it closes the waiting connections with a descriptor
 // it keeps in reserve and tells Node nothing, so those are not counted one by one; an accept
-// error Node does see is counted in egressd_accept_errors_total.)
+// error Node does see is counted in egressd_accept_errors_total.) With the connections set up
+// in the native loops (EGRESSD_DATA_PLANE=native-setup) the loop does the same with its own
+// reserve descriptor and reports each refused connection: counted one by one as global-limit.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,7 +28,10 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
-describe.skipIf(!hasPrlimit)('descriptor exhaustion in a process with RLIMIT_NOFILE 64', () => {
+describe.skipIf(!hasPrlimit).each([
+  { setup: 'node', env: { EGRESSD_DATA_PLANE: 'native' } },
+  { setup: 'native', env: { EGRESSD_DATA_PLANE: 'native-setup' } },
+])('descriptor exhaustion in a process with RLIMIT_NOFILE 64, set up on $setup', ({ setup, env }) => {
   let dir: string;
   let d: DaemonProcess | undefined;
   const held: Socket[] = [];
@@ -48,7 +53,10 @@ describe.skipIf(!hasPrlimit)('descriptor exhaustion in a process with RLIMIT_NOF
       }),
     );
     d = await watchDaemon(
-      spawn('prlimit', ['--nofile=64:64', NODE, join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] }),
+      spawn('prlimit', ['--nofile=64:64', NODE, join(ROOT, 'src/main.ts'), 'serve', '--config', file], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...env },
+      }),
     );
     const started = d.lines.find((l) => l.event === 'started')!;
     const limits = d.lines.find((l) => l.event === 'limits')!;
@@ -89,6 +97,11 @@ describe.skipIf(!hasPrlimit)('descriptor exhaustion in a process with RLIMIT_NOF
       }
     }
     expect(metrics).toMatch(/^egressd_limit_descriptors\{kind="soft"\} 64$/m);
+    if (setup === 'native') {
+      // Each of the 20 was accepted with the reserve descriptor, reset, and counted.
+      expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} 20$/m);
+      expect(metrics).toMatch(/^egressd_accept_errors_total\{code="EMFILE"\} 20$/m);
+    }
     expect(Date.now() - t0).toBeLessThan(5000);
     const s = await open(tcpPort);
     held.push(s);

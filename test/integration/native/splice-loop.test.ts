@@ -9,30 +9,33 @@ import { expect, it, onTestFinished } from 'vitest';
 
 const NATIVE = resolve(import.meta.dirname, '../../../native');
 
-it.skipIf(process.platform !== 'linux')('the native splice loop passes its C test (bulk, half-close, reset, idle, abort, pipe reuse, stop)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
-  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-  const bin = join(dir, 'splice_loop_test');
-  const cc = process.env['CC'] ?? 'cc';
-  execFileSync(
-    cc,
-    [
-      '-O2',
-      '-Wall',
-      '-Wextra',
-      '-Werror',
-      '-std=c11',
-      '-D_GNU_SOURCE',
-      '-pthread',
-      `-I${NATIVE}`,
-      join(NATIVE, 'test/splice_loop_test.c'),
-      join(NATIVE, 'splice_loop.c'),
-      '-o',
-      bin,
-    ],
-    { stdio: 'pipe' },
-  );
-  const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
-  expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
-  expect(r.stdout).toContain('all checks passed');
-});
+it.skipIf(process.platform !== 'linux')(
+  'the native loop passes its C test (splice: bulk, half-close, reset, idle, abort, pipe reuse, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, EMFILE shedding)',
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const bin = join(dir, 'splice_loop_test');
+    const cc = process.env['CC'] ?? 'cc';
+    execFileSync(
+      cc,
+      [
+        '-O2',
+        '-Wall',
+        '-Wextra',
+        '-Werror',
+        '-std=c11',
+        '-D_GNU_SOURCE',
+        '-pthread',
+        `-I${NATIVE}`,
+        join(NATIVE, 'test/splice_loop_test.c'),
+        join(NATIVE, 'splice_loop.c'),
+        '-o',
+        bin,
+      ],
+      { stdio: 'pipe' },
+    );
+    const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toContain('all checks passed');
+  },
+);

@@ -1,0 +1,450 @@
+// Connection set-up in the native loops (issue 12; EGRESSD_DATA_PLANE=native-setup): each loop
+// accepts on its own SO_REUSEPORT socket, reads SO_ORIGINAL_DST and the first bytes already
+// there, and reports once (native/splice_loop.h). TypeScript stays the brain: connection.ts runs
+// the same pipeline as for a Node socket against a NativeClient, whose operations are commands
+// to the loop — peek more (only when the first report did not decide), dial (non-blocking,
+// RFC 8305 staggered, the next address on failure), splice, refuse — and the outcome comes back
+// once at the end. A connection whose policy did not change while it was dialed is spliced by
+// the loop at once, without asking again (the policy version, native/splice_loop.h).
+//
+// accept(2) failing for want of descriptors is handled in the loop (a reserve descriptor, then a
+// pause; never a busy loop) and each refused connection is reported here, to be counted as
+// `global-limit`.
+
+import { constants } from 'node:os';
+import type { Socket } from 'node:net';
+import { OriginalDstError } from '../errors.ts';
+import { canonicalSource } from '../match/ip.ts';
+import type { Peeked, PeekStep } from '../peek/peek-steps.ts';
+import { PEEK_CAPS } from '../peek/peek-steps.ts';
+import type { ClientSide, ConnectOptions, ConnectResult, Refusal } from './client-side.ts';
+import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
+import { causeOf } from './dial.ts';
+import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
+import { enableNativeSetup, ENDS, nativeSetupPlane, type DataPlaneAddon } from './native-splice.ts';
+import type { OriginalDestination } from './original-dst.ts';
+import { PeekBuffer, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
+import { ACCESS_DENIED_ALERT, httpRefusalBytes, lingerSlot } from './refuse.ts';
+
+// native/splice_loop.h
+const EV_ACCEPTED = 1;
+const EV_PEEK = 2;
+const EV_CONNECTED = 3;
+const EV_SHED = 4;
+const PEEK_FULL = 1;
+const PEEK_TIMEOUT = 2;
+const PEEK_SILENT = 3;
+const PEEK_STALLED = 4;
+const PEEK_CLOSED = 5;
+const REFUSE_RESET = 0;
+const REFUSE_DROP = 1;
+const REFUSE_ANSWER = 2;
+const ATTEMPT_CANCELLED = -1;
+const MAX_ADDRS = 16;
+const MAX_U32 = 2 ** 32 - 1;
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+const errnoName = (n: number): string => ERRNO_NAMES.get(n) ?? `errno ${n}`;
+
+/** What one listener does with its connections (one daemon's). */
+export interface ListenerHandlers {
+  readonly onAccept: (client: NativeClient, kind: ListenerKind) => void;
+  /** A connection accept(2) could not take (EMFILE/ENFILE): reset by the loop, to be counted. */
+  readonly onShed: (kind: ListenerKind, source: string, code: string) => void;
+  /** Replaces SO_ORIGINAL_DST (loopback tests without iptables), given the client's address. */
+  readonly originalDst?: ((socket: Socket) => OriginalDestination) | undefined;
+}
+
+let the: { ok: true; plane: NativeSetup } | { ok: false; reason: string } | undefined;
+let plane: NativeSetup | null = null;
+let enabled: string | null = null;
+// The loops are started with the set-up reports wired whenever this module is loaded first, so
+// that Node-socket and native daemons can share one process (the tests).
+try {
+  enableNativeSetup({
+    peekCap: PEEK_CAPS.any,
+    event: (...a) => plane?.event(...a),
+    outcome: (id, up, down, end, errno, dialed, connectUs, attempts) => plane?.outcome(id, up, down, end, errno, dialed, connectUs, attempts),
+  });
+} catch (err) {
+  enabled = err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The process's set-up plane (one, like the loops), started on first use, or why there is none
+ * (another OS, the addon not built, the data plane started before set-up was wired): the
+ * caller then keeps Node's listeners.
+ */
+export function nativeSetup(): { ok: true; plane: NativeSetup } | { ok: false; reason: string } {
+  if (the) return the;
+  if (enabled !== null) return (the = { ok: false, reason: enabled });
+  const p = nativeSetupPlane();
+  if (!p.ok) return (the = p);
+  plane = new NativeSetup(p.addon, p.threads);
+  return (the = { ok: true, plane });
+}
+
+/** The native set-up plane: listeners, and the connections between accept and outcome. */
+export class NativeSetup {
+  readonly #addon: DataPlaneAddon;
+  readonly threads: number;
+  readonly #conns = new Map<number, NativeClient>();
+  readonly #listeners = new Map<number, { kind: ListenerKind; handlers: ListenerHandlers }>();
+  #nextTag = 1;
+  #version = 0;
+
+  constructor(addon: DataPlaneAddon, threads: number) {
+    this.#addon = addon;
+    this.threads = threads;
+  }
+
+  /** Connections accepted and not yet ended. */
+  get size(): number {
+    return this.#conns.size;
+  }
+
+  /**
+   * A policy changed (anywhere in the process): a dial that connects after this is judged again
+   * on the policy in force before any byte goes upstream. Call synchronously with the change.
+   */
+  policyChanged(): void {
+    this.#version++;
+    this.#addon.setPolicyVersion(this.#version);
+  }
+
+  get policyVersion(): number {
+    return this.#version;
+  }
+
+  /** Listens on `endpoint` in every loop; returns the tag that unlisten takes and the port bound. */
+  listen(kind: ListenerKind, endpoint: Endpoint, handlers: ListenerHandlers): { tag: number; port: number } {
+    const tag = this.#nextTag++;
+    const port = this.#addon.listen(endpoint.host, endpoint.port, endpoint.host.includes(':'), 1024, tag);
+    this.#listeners.set(tag, { kind, handlers });
+    return { tag, port };
+  }
+
+  unlisten(tag: number): void {
+    this.#addon.unlisten(tag);
+    // Reports already queued for it still find their handlers; the entry is small.
+  }
+
+  /** A set-up report from a loop (native-splice.ts routes them here). */
+  event(
+    kind: number,
+    id: number,
+    loop: number,
+    tag: number,
+    err: number,
+    state: number,
+    connectUs: number,
+    peer: string | null,
+    peerPort: number,
+    orig: string | null,
+    origPort: number,
+    bytes: Buffer | null,
+  ): void {
+    try {
+      if (kind === EV_ACCEPTED) {
+        const l = this.#listeners.get(tag);
+        const od = this.#od(l?.handlers.originalDst, peer ?? '', peerPort, err, orig, origPort);
+        const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state);
+        this.#conns.set(id, c);
+        if (l) l.handlers.onAccept(c, l.kind);
+        else c.reset();
+      } else if (kind === EV_SHED) {
+        const l = this.#listeners.get(tag);
+        l?.handlers.onShed(l.kind, canonicalSource(peer ?? '') ?? String(peer), errnoName(err));
+      } else {
+        const c = this.#conns.get(id);
+        if (kind === EV_PEEK) c?.onPeek(state, bytes);
+        else if (kind === EV_CONNECTED) c?.onConnected(state, connectUs, err !== 0);
+      }
+    } catch (e) {
+      // A report must never throw back into the addon; the connection is reset and its outcome
+      // (internal-error) comes from the pipeline.
+      this.#addon.abort(loop, id);
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
+  }
+
+  /** A set-up connection's end. */
+  outcome(id: number, up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, attempts: number[]): void {
+    const c = this.#conns.get(id);
+    if (!c) return;
+    this.#conns.delete(id);
+    c.onOutcome(up, down, end, errno, dialed, connectUs, attempts);
+  }
+
+  #od(
+    replace: ListenerHandlers['originalDst'],
+    peer: string,
+    peerPort: number,
+    err: number,
+    orig: string | null,
+    origPort: number,
+  ): OriginalDestination | Error {
+    if (replace) return replace({ remoteAddress: peer, remotePort: peerPort } as Socket);
+    if (err === 0 && orig !== null) return { kind: 'redirected', address: orig, port: origPort };
+    if (err === -1) return { kind: 'not-redirected', why: `The original destination "${orig}:${origPort}" is the listener itself` };
+    const code = errnoName(err);
+    if (code === 'ENOENT') return { kind: 'not-redirected', why: 'No NAT entry for this connection (ENOENT)' };
+    if (code === 'ENOPROTOOPT') return { kind: 'not-redirected', why: 'Connection tracking is not loaded (ENOPROTOOPT)' };
+    if (code === 'ENOTCONN' || code === 'EBADF') return { kind: 'not-redirected', why: 'The socket is already closed' };
+    return new OriginalDstError(code);
+  }
+}
+
+type Pending =
+  | { kind: 'peek'; buf: PeekBuffer<Peeked>; opts: PeekOptions; resolve: (o: PeekOutcome<Peeked>) => void }
+  | { kind: 'connect'; o: ConnectOptions; resolve: (r: ConnectResult) => void; onAbort: () => void }
+  | null;
+
+/** A client connection held by a native loop (client-side.ts's contract). */
+export class NativeClient implements ClientSide {
+  readonly #addon: DataPlaneAddon;
+  readonly #plane: NativeSetup;
+  readonly id: number;
+  readonly loop: number;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly #od: OriginalDestination | Error;
+  readonly #acceptedAt = Date.now();
+  #first: Buffer | null;
+  #firstState: number;
+  #pending: Pending = null;
+  #ended = false;
+  #addresses: readonly string[] = [];
+  #releaseLinger: (() => void) | null = null;
+
+  constructor(
+    addon: DataPlaneAddon,
+    plane: NativeSetup,
+    id: number,
+    loop: number,
+    remoteAddress: string,
+    remotePort: number,
+    od: OriginalDestination | Error,
+    first: Buffer | null,
+    firstState: number,
+  ) {
+    this.#addon = addon;
+    this.#plane = plane;
+    this.id = id;
+    this.loop = loop;
+    this.remoteAddress = remoteAddress;
+    this.remotePort = remotePort;
+    this.#od = od;
+    this.#first = first;
+    this.#firstState = firstState;
+  }
+
+  /** Admission's handle: reset at once (critical memory pressure, a limit). */
+  resetAndDestroy(): void {
+    this.reset();
+  }
+
+  originalDst(): OriginalDestination {
+    if (this.#od instanceof Error) throw this.#od;
+    return this.#od;
+  }
+
+  peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
+    return new Promise((resolve) => {
+      const buf = new PeekBuffer(step, opts.maxBytes);
+      this.#pending = { kind: 'peek', buf, opts, resolve };
+      const first = this.#first;
+      this.#first = null;
+      this.#peekStep(this.#firstState, first);
+    });
+  }
+
+  /** Feeds a report's bytes to the parser; settles, or asks the loop for more. */
+  #peekStep(state: number, bytes: Buffer | null): void {
+    const p = this.#pending;
+    if (p?.kind !== 'peek') return;
+    const r = bytes && bytes.length > 0 ? p.buf.push(bytes) : null;
+    const settle = (o: PeekOutcome<Peeked>): void => {
+      this.#pending = null;
+      p.resolve(o);
+    };
+    if (r === 'too-large') return settle({ kind: 'too-large', bytes: p.buf.bytes() });
+    if (r !== null) return settle({ kind: 'done', result: r.result, bytes: p.buf.bytes() });
+    const all = (): Buffer => (p.buf.total > 0 ? p.buf.bytes() : Buffer.alloc(0));
+    switch (state) {
+      case PEEK_CLOSED:
+        return settle({ kind: 'closed', bytes: all() });
+      case PEEK_TIMEOUT:
+        return settle({ kind: 'timeout', bytes: all() });
+      case PEEK_SILENT:
+        return settle({ kind: 'silent', bytes: Buffer.alloc(0) });
+      case PEEK_STALLED:
+        return settle({ kind: 'stalled', bytes: all() });
+      case PEEK_FULL:
+        return settle({ kind: 'too-large', bytes: all() });
+    }
+    // PEEK_MORE: the parser wants more. The deadlines count from the accept, as peekSocket's
+    // count from the pipeline's start.
+    const remaining = p.opts.deadline - this.#acceptedAt;
+    if (remaining <= 0 || p.opts.deadline <= Date.now()) return settle({ kind: 'timeout', bytes: all() });
+    const first = p.opts.firstByteTimeoutMs !== undefined && p.opts.firstByteTimeoutMs < remaining ? Math.max(1, p.opts.firstByteTimeoutMs) : 0;
+    const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.bytes()) ? Math.max(1, p.opts.stall.ms) : 0;
+    // While a stall is possible every byte may change it (mayStall), so every byte is reported.
+    const reportAt = stall > 0 ? p.buf.total + 1 : Math.max(p.buf.total + 1, p.buf.wantsAt);
+    this.#addon.peek(this.loop, this.id, Math.min(MAX_U32, Math.ceil(remaining)), first, stall, reportAt);
+  }
+
+  onPeek(state: number, bytes: Buffer | null): void {
+    this.#peekStep(state, bytes);
+  }
+
+  connect(o: ConnectOptions): Promise<ConnectResult> {
+    return new Promise((resolve) => {
+      if (o.signal.aborted) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
+      // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
+      this.#addresses = o.addresses.slice(0, MAX_ADDRS);
+      const onAbort = (): void => this.#addon.abort(this.loop, this.id);
+      this.#pending = { kind: 'connect', o, resolve, onAbort };
+      o.signal.addEventListener('abort', onAbort, { once: true });
+      const od = this.#od instanceof Error ? null : this.#od;
+      // The loop tells which address answered only when the caller cannot know it already.
+      const tell = !(this.#addresses.length === 1 && od?.kind === 'redirected' && od.address === this.#addresses[0]);
+      this.#addon.dial(
+        this.loop,
+        this.id,
+        [...this.#addresses],
+        o.port,
+        Math.min(MAX_U32, Math.max(1, Math.ceil(o.connectTimeoutMs))),
+        CONNECTION_ATTEMPT_DELAY_MS,
+        Math.min(MAX_U32, Math.max(1, Math.ceil(o.idleTimeoutMs))),
+        this.#plane.policyVersion,
+        tell,
+      );
+    });
+  }
+
+  /** The dial connected: `spliced` when the loop went on (the policy did not change), else judge again. */
+  onConnected(index: number, _connectUs: number, spliced: boolean): void {
+    const p = this.#pending;
+    if (p?.kind !== 'connect') return;
+    const address = this.#addresses[index] ?? '';
+    p.o.onConnected?.(address);
+    if (spliced) return;
+    const r = p.o.recheck(address);
+    if (!r.refuse) return this.#addon.splice(this.loop, this.id, Math.min(MAX_U32, Math.max(1, Math.ceil(p.o.idleTimeoutMs))));
+    this.#pending = null;
+    p.o.signal.removeEventListener('abort', p.onAbort);
+    p.resolve({ kind: 'refused', why: r.why, address, connectMs: _connectUs / 1000, attempts: this.#attempts([], index) });
+  }
+
+  #attempts(errnos: readonly number[], connected: number): Attempt[] {
+    const n = Math.max(errnos.length, connected + 1);
+    const out: Attempt[] = [];
+    for (let i = 0; i < n && i < this.#addresses.length; i++) {
+      const e = i === connected ? 0 : (errnos[i] ?? ATTEMPT_CANCELLED);
+      out.push({ address: this.#addresses[i]!, result: e === 0 ? 'connected' : e === ATTEMPT_CANCELLED ? 'cancelled' : causeOf(errnoName(e)) });
+    }
+    return out;
+  }
+
+  onOutcome(up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, errnos: number[]): void {
+    this.#ended = true;
+    this.#releaseLinger?.();
+    this.#releaseLinger = null;
+    const p = this.#pending;
+    this.#pending = null;
+    if (p === null) return;
+    if (p.kind === 'peek') return p.resolve({ kind: 'closed', bytes: p.buf.total > 0 ? p.buf.bytes() : Buffer.alloc(0) });
+    p.o.signal.removeEventListener('abort', p.onAbort);
+    const attempts = this.#attempts(errnos, dialed);
+    if (dialed < 0) {
+      const aborted = ENDS[end] === 'aborted';
+      const cause = aborted ? 'aborted' : causeOf(errnoName(errno));
+      const target = (a: string): string => `${a.includes(':') ? `[${a}]` : a}:${p.o.port}`;
+      const detail = aborted
+        ? 'Dialing was aborted'
+        : cause === 'timeout'
+          ? `No address answered within ${p.o.connectTimeoutMs} ms (tried ${this.#addresses.slice(0, Math.max(1, attempts.length)).join(', ')})`
+          : attempts.length > 1
+            ? `Every address failed; last: Connecting to "${target(this.#addresses[attempts.length - 1]!)}" failed: ${errnoName(errno)}`
+            : `Connecting to "${target(this.#addresses[0] ?? '')}" failed: ${errnoName(errno)}`;
+      return p.resolve({ kind: 'dial-failed', cause, detail, attempts });
+    }
+    p.resolve({
+      kind: 'spliced',
+      address: this.#addresses[dialed] ?? '',
+      connectMs: Math.round(connectUs) / 1000,
+      attempts,
+      splice: { bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' },
+    });
+  }
+
+  refuse(r: Refusal): void {
+    if (this.#ended) return;
+    switch (r.kind) {
+      case 'reset':
+        return this.#addon.refuse(this.loop, this.id, REFUSE_RESET, null, 0, 0);
+      case 'drop':
+        return this.#addon.refuse(this.loop, this.id, REFUSE_DROP, null, 0, 0);
+      case 'tls':
+      case 'http': {
+        const linger = r.kind === 'tls' ? r.linger : r.http.linger;
+        const bytes = r.kind === 'tls' ? (ACCESS_DENIED_ALERT as Buffer) : httpRefusalBytes(r.http);
+        const slot = lingerSlot(linger);
+        this.#releaseLinger = () => slot.release();
+        return this.#addon.refuse(this.loop, this.id, REFUSE_ANSWER, bytes, Math.min(MAX_U32, slot.ms), linger.lingerMaxBytes);
+      }
+    }
+  }
+
+  reset(): void {
+    if (!this.#ended) this.#addon.abort(this.loop, this.id);
+  }
+}
+
+/** A listener whose sockets the native loops own (one per loop, SO_REUSEPORT): listener.ts's shape. */
+export class NativeListener {
+  readonly kind: ListenerKind;
+  readonly endpoint: Endpoint;
+  readonly #plane: NativeSetup;
+  readonly #handlers: ListenerHandlers;
+  #status: ListenerStatus = { state: 'idle' };
+  #tag: number | null = null;
+
+  constructor(kind: ListenerKind, endpoint: Endpoint, plane: NativeSetup, handlers: ListenerHandlers) {
+    this.kind = kind;
+    this.endpoint = endpoint;
+    this.#plane = plane;
+    this.#handlers = handlers;
+  }
+
+  get status(): ListenerStatus {
+    return this.#status;
+  }
+
+  get port(): number | null {
+    return this.#status.state === 'listening' ? this.#status.port : null;
+  }
+
+  listen(): Promise<void> {
+    try {
+      const r = this.#plane.listen(this.kind, this.endpoint, this.#handlers);
+      this.#tag = r.tag;
+      this.#status = { state: 'listening', address: this.endpoint.host, port: r.port };
+      return Promise.resolve();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.#status = { state: 'failed', error: `${this.endpoint.text}: ${message}` };
+      return Promise.reject(new Error(`Cannot listen on ${this.kind} ${this.endpoint.text}: ${message}`, { cause: err }));
+    }
+  }
+
+  close(): Promise<void> {
+    if (this.#tag !== null) this.#plane.unlisten(this.#tag);
+    this.#tag = null;
+    this.#status = { state: 'closed' };
+    return Promise.resolve();
+  }
+}
