@@ -114,6 +114,7 @@ export class Daemon {
         catalog: catalogOf(config),
         dnsServers: dnsListening ? [] : config.dns.sandboxServers,
         reportOnly: config.reportOnly,
+        overlays: config.overlays,
       },
       config.defaultNetwork,
     );
@@ -333,6 +334,10 @@ export class Daemon {
     }
     if (next.reportOnly !== this.store.reportOnly) {
       this.store.setReportOnly(next.reportOnly);
+      changed = true;
+    }
+    if (!same((c) => c.overlays)) {
+      this.store.setOverlays(next.overlays);
       changed = true;
     }
     // Turning report-only off closes what it let through (unless onPolicyChange: keep).

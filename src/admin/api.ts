@@ -9,7 +9,8 @@ import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../
 import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
-import { renderNetwork, type NetworkView } from '../policy/render.ts';
+import { formatPorts, renderNetwork, type NetworkView } from '../policy/render.ts';
+import type { OverlayEntry } from '../policy/overlay.ts';
 import { reportsOnly, verdict } from '../policy/verdict.ts';
 import { checkBearer, readJson, sendError } from './http-body.ts';
 import { ApiError, StateWriteError } from '../errors.ts';
@@ -40,6 +41,13 @@ function fromChange(e: ChangeError): ApiError {
   if (e.kind === 'conflict') return new ApiError(409, 'conflict', e.message, e.field);
   return new ApiError(404, 'not_found', e.message);
 }
+
+/** How the layers of the effective view combine (policy/verdict.ts `verdict`). */
+const ORDER =
+  'Protected addresses are refused first; then an always-deny entry refuses; then an always-allow entry allows; then the organization AND the sandbox decide. ' +
+  'Report-only lets through what the organization or the sandbox would refuse, never a protected address or an always-deny entry.';
+
+const entryView = (e: OverlayEntry) => ({ name: e.name, domains: e.side.domains, cidrs: e.side.cidrs, ports: formatPorts(e.side.ports) });
 
 export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions): void {
   const guarded =
@@ -150,6 +158,11 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         // reported as `would-refuse`. Protected addresses stay refused.
         report_only: { enabled: levels.length > 0, levels },
         rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
+        order: ORDER,
+        overlays: {
+          always_deny: cp.store.overlays.model.alwaysDeny.map(entryView),
+          always_allow: cp.store.overlays.model.alwaysAllow.map(entryView),
+        },
         organization:
           org == null
             ? null

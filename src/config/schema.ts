@@ -4,6 +4,7 @@
 
 import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
+import { parseOverlays, type Overlays } from '../policy/overlay.ts';
 import { validateCidr } from '../policy/validate.ts';
 import { canonicalSource, parseIp } from '../match/ip.ts';
 import { CappedIssues, type FieldIssue } from '../util/issues.ts';
@@ -111,6 +112,11 @@ export interface Config {
    * let through and reported as `would-refuse`. Protected addresses stay refused. Reloadable.
    */
   readonly reportOnly: boolean;
+  /**
+   * The operator's always-deny and always-allow lists, applied to every sandbox around its own
+   * policy (policy/verdict.ts gives the order). Reloadable; an invalid list refuses the file.
+   */
+  readonly overlays: Overlays;
   readonly sandboxes: readonly SandboxConfig[];
   readonly catalog: { readonly categories: readonly string[] | 'all'; readonly extra: readonly string[]; readonly file: string | null };
   readonly state: { readonly path: string | null };
@@ -149,6 +155,7 @@ export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze
   protected: { extra: [], except: [], reachableHostAddresses: [] },
   defaultNetwork: BLOCK_EVERYTHING,
   reportOnly: false,
+  overlays: { alwaysAllow: [], alwaysDeny: [] },
   sandboxes: [],
   catalog: { categories: 'all', extra: [], file: null },
   state: { path: null },
@@ -175,6 +182,7 @@ const TOP_KEYS = [
   'protected',
   'defaultNetwork',
   'reportOnly',
+  'overlays',
   'sandboxes',
   'catalog',
   'state',
@@ -320,6 +328,8 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const defaultNetwork = policyAt(root['defaultNetwork'] ?? BLOCK_EVERYTHING, 'defaultNetwork', issues);
   const reportOnly = optBool(root['reportOnly'], 'reportOnly', issues) ?? false;
+  const overlays = parseOverlays(root['overlays'], 'overlays');
+  if (!overlays.ok) for (const x of overlays.issues) issues.add(x.field, x.reason);
 
   const sandboxes: SandboxConfig[] = [];
   const sbIn = root['sandboxes'];
@@ -389,7 +399,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const connectionLimits = limitsAt(root['limits'], issues);
 
-  if (!issues.ok || !defaultNetwork || !adminListen) return { ok: false, issues: issues.result() };
+  if (!issues.ok || !defaultNetwork || !adminListen || !overlays.ok) return { ok: false, issues: issues.result() };
   const config: Config = {
     listen,
     admin: { listen: adminListen[0]!, token, maxBodyBytes },
@@ -401,6 +411,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     protected: { extra, except, reachableHostAddresses },
     defaultNetwork,
     reportOnly,
+    overlays: overlays.value,
     sandboxes,
     catalog: { categories, extra: catalogExtra, file: catalogFile },
     state: { path: statePath },

@@ -8,6 +8,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { compileLayer, tierNetwork, type CompiledLayer, type LayerSettings, type PolicyChain, type ReportOnlyLevel, type Tier } from '../policy/verdict.ts';
 import { compileProtected, type HostGuard, type ProtectedRanges } from '../match/protected.ts';
 import { SharedDomains } from '../policy/compile.ts';
+import { compileOverlays, NO_OVERLAYS, type CompiledOverlays, type Overlays } from '../policy/overlay.ts';
 
 export type { Tier } from '../policy/verdict.ts';
 
@@ -45,6 +46,8 @@ export interface StoreSettings {
   readonly dnsServers: readonly string[];
   /** Report-only mode for every chain, the default policy's included (the config's `reportOnly`). */
   readonly reportOnly?: boolean;
+  /** The operator's always-deny and always-allow lists (the config's `overlays`). */
+  readonly overlays?: Overlays;
 }
 
 interface SandboxEntry {
@@ -60,6 +63,7 @@ export class PolicyStore implements PolicyLookup {
   readonly #layerSettings: LayerSettings;
   #default: PolicyChain;
   #reportOnly: boolean;
+  #overlays: { readonly model: Overlays; readonly compiled: CompiledOverlays | null };
   readonly #bySource = new Map<string, SandboxEntry>();
   readonly #sandboxes = new Map<string, SandboxEntry>();
   readonly #orgs = new Map<string, { def: OrgDefinition; layer: CompiledLayer }>();
@@ -74,11 +78,36 @@ export class PolicyStore implements PolicyLookup {
       dnsServers: settings.dnsServers,
     };
     this.#reportOnly = settings.reportOnly ?? false;
+    this.#overlays = this.#compileOverlays(settings.overlays ?? NO_OVERLAYS);
     this.#default = this.#defaultChain(compileLayer(defaultNetwork, this.#layerSettings));
   }
 
   #defaultChain(layer: CompiledLayer): PolicyChain {
-    return Object.freeze({ sandbox: null, org: null, layer, reportOnly: this.#reportOnly ? (['global'] as const) : [] });
+    return Object.freeze({
+      sandbox: null,
+      org: null,
+      layer,
+      reportOnly: this.#reportOnly ? (['global'] as const) : [],
+      overlays: this.#overlays.compiled,
+    });
+  }
+
+  #compileOverlays(model: Overlays): { model: Overlays; compiled: CompiledOverlays | null } {
+    const empty = model.alwaysAllow.length === 0 && model.alwaysDeny.length === 0;
+    return { model, compiled: empty ? null : compileOverlays(model, this.#layerSettings.protectedRanges) };
+  }
+
+  /** The operator's overlays in force, as configured and as compiled (null when there are none). */
+  get overlays(): { readonly model: Overlays; readonly compiled: CompiledOverlays | null } {
+    return this.#overlays;
+  }
+
+  /** Replaces the operator's overlays (a config reload, already validated whole); chains link again on their next lookup. */
+  setOverlays(model: Overlays): void {
+    this.#overlays = this.#compileOverlays(model);
+    this.#default = this.#defaultChain(this.#default.layer);
+    for (const e of this.#sandboxes.values()) e.chain = null;
+    this.#version++;
   }
 
   /** Whether report-only mode is on for every chain (the config's `reportOnly`). */
@@ -166,7 +195,7 @@ export class PolicyStore implements PolicyLookup {
     if (this.#reportOnly) reportOnly.push('global');
     if (o?.def.reportOnly === true) reportOnly.push('org');
     if (e.def.reportOnly === true) reportOnly.push('sandbox');
-    return (e.chain = Object.freeze({ sandbox: e.def.id, org, layer, reportOnly: Object.freeze(reportOnly) }));
+    return (e.chain = Object.freeze({ sandbox: e.def.id, org, layer, reportOnly: Object.freeze(reportOnly), overlays: this.#overlays.compiled }));
   }
 
   /** Drops the chains of the sandboxes in one organization after it changed; the next lookup links them again. */

@@ -127,6 +127,26 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
   return p.policy.mode === 'allow-all' ? ALLOW_ALL : BLOCK_ALL;
 }
 
+/**
+ * Whether a connection matches one side taken as an allow side is matched (step 2's rule: host
+ * AND port), with no protected step and no mode: the operator's always-deny entries
+ * (policy/overlay.ts), which refuse and so need no protection. Returns the matching rule
+ * text, or null (also for facts that do not parse: the layers after refuse those).
+ */
+export function matchSide(side: CompiledSide, f: Facts, trace?: DecideTrace): Decision | null {
+  let family: 0 | IpFamily = parseIpInto(typeof f.ip === 'string' ? f.ip : '', words);
+  if (family === 0 || !Number.isInteger(f.port) || f.port < 1 || f.port > 65535 || side.empty) return null;
+  if (family === 6 && isIPv4Mapped(words)) {
+    words[0] = words[3]!;
+    words[2] = 0;
+    words[3] = 0;
+    family = 4;
+  }
+  const cidr = side.cidrIndex(family, words);
+  if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null) trace.nameConsulted = true;
+  return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port);
+}
+
 function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number): Decision | null {
   let host: string | null = null;
   let by: Decision['matchedBy'] = 'port';

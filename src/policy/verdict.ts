@@ -6,7 +6,8 @@
 
 import type { ProtectedRanges } from '../match/protected.ts';
 import { compilePolicy, type CompiledPolicy, type SharedDomains } from './compile.ts';
-import { decide, type Decision, type DecideTrace, type Facts } from './decide.ts';
+import { decide, matchSide, type Decision, type DecideTrace, type Facts } from './decide.ts';
+import type { CompiledOverlays } from './overlay.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
 
 export type { Decision, Facts } from './decide.ts';
@@ -76,6 +77,8 @@ export interface PolicyChain {
   readonly layer: CompiledLayer;
   /** The levels that put this chain in report-only mode; empty or absent: its policy is enforced. */
   readonly reportOnly?: readonly ReportOnlyLevel[];
+  /** The operator's always-deny and always-allow lists (config `overlays`); absent: none. */
+  readonly overlays?: CompiledOverlays | null;
 }
 
 /** Whether report-only mode is on for the chain. */
@@ -84,7 +87,7 @@ export function reportsOnly(chain: PolicyChain): boolean {
 }
 
 /** Which layer's rule decided: the key a per-rule hit count or a report needs beside `rule`. */
-export type VerdictLayer = 'org' | 'sandbox';
+export type VerdictLayer = 'always-deny' | 'always-allow' | 'org' | 'sandbox';
 
 /**
  * The verdict's three values: `allow` and `refuse` as decided, and `would-refuse` — a refusal
@@ -101,8 +104,22 @@ export interface Verdict extends Omit<Decision, 'verdict'> {
 }
 
 /**
- * The verdict for one connection. Evaluation order:
+ * The verdict for one connection. Evaluation order — protected > always-deny > always-allow >
+ * organization ∧ sandbox, then report-only:
  *
+ * 0. The operator's overlays (config `overlays`, policy/overlay.ts), around every policy:
+ *    a. always-deny: an entry that matches refuses (`deny-rule`, layer `always-deny`, rule
+ *       `always-deny "<name>": ...`), whatever the policies say and in report-only mode too —
+ *       it is the operator's list for every tenant, not a tenant's policy on trial;
+ *    b. always-allow: an entry that matches allows (layer `always-allow`), through decide()
+ *       on a block-all policy whose allow side is the entry, so the protected step applies as
+ *       to any policy: the host, egressd's listeners and protected.extra are never opened, and
+ *       a built-in range (a 10.x mirror) only by an entry CIDR wholly inside it. It beats an
+ *       organization's or a sandbox's block-all: the list is the platform's own services (its
+ *       API, a telemetry collector, a package mirror), which a sandbox needs whatever its
+ *       tenant's policy, and it lives in the operator's config, which no API client can write.
+ *    An always-deny entry that matches a protected address reports itself rather than the
+ *    protection; both refuse, in every mode.
  * 1. The organization, when the sandbox names one. An unknown organization refuses
  *    everything (fail closed, `default-block`, rule `org <id>: unknown organization`). When
  *    the organization's layer (below) refuses, that is the verdict, its rule prefixed
@@ -120,11 +137,10 @@ export interface Verdict extends Omit<Decision, 'verdict'> {
  * Facts that do not parse (an address that is not one, a port outside 1-65535) are refused
  * by the first layer that sees them.
  *
- * Extension points, each a step of its own here rather than a second copy of this order:
- * - operator overlays (always-deny before step 1, always-allow after it) are more layers in
- *   the chain, evaluated by the same `layerVerdict`; report-only mode is a flag the chain
- *   carries and the verdict returns beside the decision (the caller still splices);
- *   per-rule hit counts key on `layer` + `rule` of the returned verdict.
+ * 3. Report-only (the chain's `reportOnly`): a refusal by step 1 or 2 that no layer refuses as
+ *    a protected address becomes `would-refuse`; the caller splices it.
+ *
+ * Extension point:
  * - names resolved through egressd's DNS: `Facts` may grow the names this sandbox resolved
  *   to the address; a connection with no name of its own is then matched by them at the
  *   domain steps of decide() (`matchedBy: 'dns'`), and `nameMatters` stays exact because it
@@ -137,6 +153,7 @@ export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): 
   // egressd's own listeners, protected.extra, the built-in ranges) is a security boundary, not
   // policy, and stays refused in every mode.
   if (v.verdict !== 'refuse' || v.reason === 'protected-address' || !reportsOnly(chain)) return v;
+  if (v.layer === 'always-deny') return v;
   // The refusing layer may have stopped before another layer's protected step (an unknown
   // organization refuses everything at once; an organization that refuses leaves the sandbox
   // unread): every layer is asked, and a protected refusal by any of them stands.
@@ -150,6 +167,17 @@ export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): 
 
 /** The verdict as enforcement would make it (report-only aside). */
 function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | undefined): Verdict {
+  const ov = chain.overlays;
+  if (ov) {
+    for (const e of ov.alwaysDeny) {
+      const m = matchSide(e.side, facts, trace);
+      if (m !== null) return { verdict: 'refuse', reason: 'deny-rule', rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`, matchedBy: m.matchedBy, layer: 'always-deny' };
+    }
+    for (const e of ov.alwaysAllow) {
+      const d = decide(e.policy, facts, trace);
+      if (d.verdict === 'allow') return { ...d, rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`, layer: 'always-allow' };
+    }
+  }
   const org = chain.org;
   if (org !== null) {
     if (org.layer === null) {
@@ -203,9 +231,24 @@ export interface NameReach {
  * the allow side (a domain rule or catalog entry naming it, or a ports-only rule, which allows
  * any host), then the deny side's domains, then the mode. Address rules grant no name: a
  * block-all policy that allows only CIDRs resolves nothing. The DNS servers' port-53 rule
- * grants no name either.
+ * grants no name either. Before them, the overlays: an always-deny entry naming it on every
+ * port (no `ports`) denies it; an always-allow entry naming it, or listing ports only, reaches
+ * it. Report-only then forwards what the policies alone would not reach.
  */
 export function nameReach(chain: PolicyChain, name: string): NameReach {
+  const ov = chain.overlays;
+  if (ov) {
+    for (const e of ov.alwaysDeny) {
+      const i = e.side.ports === null ? (e.side.domains?.match(name) ?? -1) : -1;
+      if (i >= 0) return { reach: false, rule: `always-deny ${JSON.stringify(e.name)}: ${e.side.domainRule(i)}`, denied: true };
+    }
+    for (const e of ov.alwaysAllow) {
+      const a = e.policy.allow;
+      if (!a.hasHosts) return { reach: true, rule: `always-allow ${JSON.stringify(e.name)}: ${a.portRule(0)}`, denied: false };
+      const i = a.domains?.match(name) ?? -1;
+      if (i >= 0) return { reach: true, rule: `always-allow ${JSON.stringify(e.name)}: ${a.domainRule(i)}`, denied: false };
+    }
+  }
   const r = enforcedNameReach(chain, name);
   // In report-only mode a sandbox must resolve what it would be refused, or the report would
   // never see the connection: the name is forwarded and the rule that would refuse it kept.
@@ -239,11 +282,12 @@ function layerNameReach(layer: CompiledLayer, name: string): NameReach {
 /**
  * Whether the chain allows anything at all: false for block-all with an empty allow side
  * (`networkBlockAll`, `allowInternetAccess: false` without rules), in either layer or for an
- * unknown organization, unless report-only mode is on. Such a sandbox gets no DNS at all,
+ * unknown organization, unless report-only mode is on or the operator always allows something.
+ * Such a sandbox gets no DNS at all,
  * operator zones included.
  */
 export function allowsAnything(chain: PolicyChain): boolean {
-  if (reportsOnly(chain)) return true;
+  if (reportsOnly(chain) || (chain.overlays?.alwaysAllow.length ?? 0) > 0) return true;
   const some = (l: CompiledLayer): boolean => l.main.policy.mode === 'allow-all' || !l.main.allow.empty;
   if (chain.org !== null && (chain.org.layer === null || !some(chain.org.layer))) return false;
   return some(chain.layer);

@@ -107,3 +107,64 @@ describe('report-only for everyone (the config), reloaded', () => {
     expect(await check('blocked.test')).toMatchObject({ verdict: 'refuse', report_only: { enabled: false, levels: [] } });
   });
 });
+
+describe('operator overlays (the config), in check and the effective view, reloaded', () => {
+  let d: LoopbackDaemon;
+  const OVERLAYS = {
+    alwaysAllow: [{ name: 'platform-api', domains: ['api.platform.test'], ports: [443] }],
+    alwaysDeny: [{ name: 'smtp', ports: [25] }],
+  };
+  beforeAll(async () => {
+    d = await startLoopbackDaemon(loopbackConfig({ ...PROTECTED, overlays: OVERLAYS, sandboxes: [{ id: 'ov-sb', sources: ['10.9.2.1'], network: { networkBlockAll: true } }] }));
+  });
+  afterAll(async () => {
+    await d.stop();
+  });
+  const post = async (path: string, body: unknown) => {
+    const res = await request(`${d.adminUrl}${path}`, { method: 'POST', headers: auth, body: JSON.stringify(body) });
+    return (await res.body.json()) as Record<string, unknown>;
+  };
+  const get = async (path: string) => {
+    const res = await request(`${d.adminUrl}${path}`, { headers: auth });
+    return (await res.body.json()) as Record<string, any>;
+  };
+
+  it('always-allow opens the platform API to a block-all sandbox; always-deny refuses port 25 to everyone', async () => {
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', host: 'api.platform.test', ip: '198.18.1.2', port: 443 })).toMatchObject({
+      verdict: 'allow',
+      layer: 'always-allow',
+      rule: 'always-allow "platform-api": allowed_domains "api.platform.test" + allowed_ports "443"',
+    });
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', host: 'api.platform.test', ip: '198.18.1.2', port: 80 })).toMatchObject({
+      verdict: 'refuse',
+      layer: 'sandbox',
+    });
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', ip: '198.18.1.2', port: 25 })).toMatchObject({
+      verdict: 'refuse',
+      layer: 'always-deny',
+      rule: 'always-deny "smtp": denied_ports "25"',
+    });
+    const eff = await get('/api/v1/sandboxes/ov-sb/effective');
+    expect(eff['overlays']).toEqual({
+      always_deny: [{ name: 'smtp', domains: [], cidrs: [], ports: [25] }],
+      always_allow: [{ name: 'platform-api', domains: ['api.platform.test'], cidrs: [], ports: [443] }],
+    });
+    expect(eff['order']).toMatch(/always-deny.*always-allow.*organization AND the sandbox/);
+  });
+
+  it('a reload replaces the overlays, and report-only never lets an always-deny entry through', async () => {
+    const next = loopbackConfig({
+      ...PROTECTED,
+      reportOnly: true,
+      overlays: { alwaysDeny: [{ name: 'smtp', ports: [25] }] },
+      sandboxes: [{ id: 'ov-sb', sources: ['10.9.2.1'], network: { networkBlockAll: true } }],
+    });
+    expect(d.daemon.reload(next)).toMatchObject({ ok: true });
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', host: 'api.platform.test', ip: '198.18.1.2', port: 443 })).toMatchObject({
+      verdict: 'would-refuse',
+      layer: 'sandbox',
+    });
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', ip: '198.18.1.2', port: 25 })).toMatchObject({ verdict: 'refuse', layer: 'always-deny' });
+    expect((await get('/api/v1/sandboxes/ov-sb/effective'))['overlays']).toMatchObject({ always_allow: [] });
+  });
+});

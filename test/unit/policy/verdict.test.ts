@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { compileProtected } from '../../../src/match/protected.ts';
 import { SharedDomains } from '../../../src/policy/compile.ts';
 import type { DialectResult, Policy } from '../../../src/policy/model.ts';
-import { compileLayer, nameMatters, tierNetwork, verdict, type Facts, type LayerSettings, type PolicyChain } from '../../../src/policy/verdict.ts';
+import { compileLayer, nameMatters, nameReach, tierNetwork, verdict, type Facts, type LayerSettings, type PolicyChain } from '../../../src/policy/verdict.ts';
+import { compileOverlays, type OverlayEntry, type Overlays } from '../../../src/policy/overlay.ts';
 
 const settings: LayerSettings = {
   protectedRanges: compileProtected({}),
@@ -176,6 +177,104 @@ describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () =
   });
 });
 
+// The operator's overlays around every row of TABLE. `deny` columns are refused by an always-deny
+// entry (`D`), `allow` columns allowed by an always-allow entry, deny first; the rest keep the row.
+const entry = (name: string, side: Partial<OverlayEntry['side']>): OverlayEntry => ({ name, side: { ...NONE, ...side } });
+const OVERLAYS: Record<string, { overlays: Overlays; deny: string; allow: string }> = {
+  'deny a name': { overlays: { alwaysAllow: [], alwaysDeny: [entry('no-allowed', { domains: ['*.allowed.test'] })] }, deny: 'a', allow: '' },
+  'deny port 53': { overlays: { alwaysAllow: [], alwaysDeny: [entry('no-dns', { ports: [{ from: 53, to: 53 }] })] }, deny: 'd', allow: '' },
+  'allow a name on 443': {
+    overlays: { alwaysAllow: [entry('other', { domains: ['other.test'], ports: [{ from: 443, to: 443 }] })], alwaysDeny: [] },
+    deny: '',
+    allow: 'b',
+  },
+  'allow a network': { overlays: { alwaysAllow: [entry('net', { cidrs: ['93.184.216.0/24'] })], alwaysDeny: [] }, deny: '', allow: 'abce' },
+  // Deny beats allow: the name is refused at an always-allowed address.
+  'deny a name, allow its network': {
+    overlays: { alwaysAllow: [entry('net', { cidrs: ['93.184.216.0/24'] })], alwaysDeny: [entry('no-allowed', { domains: ['*.allowed.test'] })] },
+    deny: 'a',
+    allow: 'bce',
+  },
+  // A metadata address is not opened by an entry whose CIDR is not wholly inside the range.
+  'allow everything on port 80': { overlays: { alwaysAllow: [entry('web', { ports: [{ from: 80, to: 80 }] })], alwaysDeny: [] }, deny: '', allow: '' },
+};
+const COLUMNS = 'abcdefg';
+const withOverlays = (expected: string, o: { deny: string; allow: string }): string =>
+  expected
+    .split('')
+    .map((c, i) => (o.deny.includes(COLUMNS[i]!) ? 'D' : o.allow.includes(COLUMNS[i]!) ? 'a' : c))
+    .join('');
+
+describe('verdict: the operator overlays around organization ∧ sandbox, and report-only over all of it', () => {
+  const cases = Object.entries(OVERLAYS).flatMap(([kind, o]) => TABLE.map(([org, sandbox, expected]) => [kind, org, sandbox, withOverlays(expected, o)] as const));
+
+  it.each(cases)('%s, org %s, sandbox %s → %s (D: always-deny)', (kind, org, sandbox, expected) => {
+    const chain: PolicyChain = { ...chainOf(org, sandbox), overlays: compileOverlays(OVERLAYS[kind]!.overlays, settings.protectedRanges) };
+    const got = FACTS.map((f) => {
+      const v = verdict(chain, f);
+      return v.verdict === 'allow' ? 'a' : v.layer === 'always-deny' ? 'D' : 'r';
+    }).join('');
+    expect(got).toBe(expected);
+    // Report-only over the same chain: the policies' refusals become would-refuse; the
+    // always-deny list and the protected address (column f) stay refused.
+    for (const level of ['global', 'org', 'sandbox'] as const) {
+      const ro: PolicyChain = { ...chain, reportOnly: [level] };
+      const want = expected
+        .split('')
+        .map((c, i) => (c === 'a' ? 'a' : c === 'D' || i === 5 ? 'r' : 'w'))
+        .join('');
+      expect(FACTS.map((f) => verdict(ro, f).verdict[0]).join(''), `report-only by ${level}`).toBe(want);
+    }
+  });
+
+  it('names the entry that decided, and its layer', () => {
+    const chain: PolicyChain = { ...chainOf('essential', 'names'), overlays: compileOverlays(OVERLAYS['deny a name, allow its network']!.overlays, settings.protectedRanges) };
+    expect(verdict(chain, FACTS[0]!)).toMatchObject({ verdict: 'refuse', reason: 'deny-rule', layer: 'always-deny', rule: 'always-deny "no-allowed": denied_domains "*.allowed.test"' });
+    expect(verdict(chain, FACTS[1]!)).toMatchObject({ verdict: 'allow', reason: 'allow-rule', layer: 'always-allow', rule: 'always-allow "net": allowed_cidrs "93.184.216.0/24"', matchedBy: 'address' });
+    const byName: PolicyChain = { ...chainOf('unknown', 'cidr'), overlays: compileOverlays(OVERLAYS['allow a name on 443']!.overlays, settings.protectedRanges) };
+    // Allowed by name: the data path still resolves the name and dials only its addresses.
+    expect(verdict(byName, FACTS[1]!)).toMatchObject({ verdict: 'allow', matchedBy: 'name', rule: 'always-allow "other": allowed_domains "other.test" + allowed_ports "443"' });
+    expect(verdict(byName, { ...FACTS[1]!, port: 8443 })).toMatchObject({ verdict: 'refuse', layer: 'org' });
+  });
+
+  it('never opens the host, egressd\'s own listeners or protected.extra, whatever the always-allow list says', () => {
+    const prot = compileProtected({
+      extra: ['203.0.113.0/24'],
+      host: { refuses: (_f: unknown, w: Uint32Array, port: number) => (w[0] === 0xc6120063 && port === 9901 ? 'host 198.18.0.99 (egressd admin)' : null) } as never,
+    });
+    const overlays = compileOverlays(
+      { alwaysAllow: [entry('all-of-it', { cidrs: ['203.0.113.0/24', '198.18.0.99/32'] }), entry('every-port', { ports: [{ from: 1, to: 65535 }] })], alwaysDeny: [] },
+      prot,
+    );
+    const chain: PolicyChain = {
+      sandbox: 'sb',
+      org: null,
+      layer: compileLayer(SANDBOXES.full, { ...settings, protectedRanges: prot }),
+      overlays,
+      reportOnly: ['global'],
+    };
+    expect(verdict(chain, { name: null, ip: '203.0.113.9', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: 'protected.extra "203.0.113.0/24"' });
+    expect(verdict(chain, { name: null, ip: '198.18.0.99', port: 9901 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+    expect(verdict(chain, { name: null, ip: '127.0.0.1', port: 80 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+    expect(verdict(chain, { name: null, ip: '169.254.169.254', port: 80 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+  });
+
+  it('nameReach: always-deny on every port hides a name, on some ports it does not; always-allow names reach', () => {
+    const chain = (o: Overlays, org: OrgKind = 'essential'): PolicyChain => ({ ...chainOf(org, 'cidr'), overlays: compileOverlays(o, settings.protectedRanges) });
+    const deny = chain({ alwaysAllow: [], alwaysDeny: [entry('x', { domains: ['*.allowed.test'] })] }, 'full');
+    expect(nameReach({ ...chainOf('full', 'full') }, 'pkg.allowed.test')).toMatchObject({ reach: true });
+    expect(nameReach({ ...deny, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({ reach: false, denied: true, rule: 'always-deny "x": denied_domains "*.allowed.test"' });
+    const denySome = chain({ alwaysAllow: [], alwaysDeny: [entry('x', { domains: ['*.allowed.test'], ports: [{ from: 25, to: 25 }] })] }, 'full');
+    expect(nameReach({ ...denySome, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({ reach: true });
+    const allow = chain({ alwaysAllow: [entry('other', { domains: ['other.test'], ports: [{ from: 443, to: 443 }] })], alwaysDeny: [] });
+    expect(nameReach(allow, 'other.test')).toMatchObject({ reach: true, rule: 'always-allow "other": allowed_domains "other.test"' });
+    expect(nameReach(allow, 'unrelated.test')).toMatchObject({ reach: false });
+    // Report-only forwards what the policies would not reach, never what always-deny hides.
+    expect(nameReach({ ...allow, reportOnly: ['sandbox'] }, 'unrelated.test')).toMatchObject({ reach: true, wouldRefuse: true });
+    expect(nameReach({ ...deny, reportOnly: ['global'] }, 'pkg.allowed.test')).toMatchObject({ reach: false, denied: true });
+  });
+});
+
 describe('nameMatters: derived from the verdict', () => {
   const NAMES = [null, 'pkg.allowed.test', 'other.test', 'registry.npmjs.org', 'files.pypi.org', 'unrelated.test'];
 
@@ -190,6 +289,25 @@ describe('nameMatters: derived from the verdict', () => {
           return d.verdict !== bare.verdict || d.reason !== bare.reason || d.rule !== bare.rule;
         });
         if (changes) expect(nameMatters(chain, at), `${org}/${sandbox} ${f.ip}:${f.port}`).toBe(true);
+      }
+    }
+  });
+
+  it('stays exact with the overlays and report-only: a name that changes the verdict is always peeked for', () => {
+    for (const o of Object.values(OVERLAYS)) {
+      for (const [org, sandbox] of TABLE) {
+        for (const reportOnly of [[], ['sandbox']] as const) {
+          const chain: PolicyChain = { ...chainOf(org, sandbox), overlays: compileOverlays(o.overlays, settings.protectedRanges), reportOnly };
+          for (const f of FACTS) {
+            const at = { ip: f.ip, port: f.port };
+            const bare = verdict(chain, { ...at, name: null });
+            const changes = NAMES.some((name) => {
+              const d = verdict(chain, { ...at, name });
+              return d.verdict !== bare.verdict || d.reason !== bare.reason || d.rule !== bare.rule;
+            });
+            if (changes) expect(nameMatters(chain, at), `${org}/${sandbox} ${f.ip}:${f.port}`).toBe(true);
+          }
+        }
       }
     }
   });
