@@ -43,10 +43,12 @@ const ENTRY_KEYS = ['name', 'domains', 'cidrs', 'ports'];
 export function parseOverlays(v: unknown, field = 'overlays'): { ok: true; value: Overlays } | { ok: false; issues: FieldIssue[] } {
   const issues: FieldIssue[] = [];
   if (v === undefined || v === null) return { ok: true, value: NO_OVERLAYS };
-  if (typeof v !== 'object' || Array.isArray(v)) return { ok: false, issues: [{ field, reason: `Expected an object with alwaysAllow and alwaysDeny, got ${quote(v)}` }] };
+  if (typeof v !== 'object' || Array.isArray(v))
+    return { ok: false, issues: [{ field, reason: `Expected an object with alwaysAllow and alwaysDeny, got ${quote(v)}` }] };
   const o = v as Record<string, unknown>;
   for (const k of Object.keys(o)) {
-    if (k !== 'alwaysAllow' && k !== 'alwaysDeny') issues.push({ field: `${field}.${k}`, reason: `Unknown key ${quote(k)}; known keys are alwaysAllow, alwaysDeny` });
+    if (k !== 'alwaysAllow' && k !== 'alwaysDeny')
+      issues.push({ field: `${field}.${k}`, reason: `Unknown key ${quote(k)}; known keys are alwaysAllow, alwaysDeny` });
   }
   const list = (kind: OverlayKind): OverlayEntry[] => {
     const raw = o[kind];
@@ -103,14 +105,16 @@ function parseEntry(v: unknown, f: string, kind: OverlayKind, issues: FieldIssue
     const n = normalizePattern(d);
     if (!n.ok) issues.push({ field: `${f}.domains[${i}]`, reason: n.reason });
     // Allowing every name to every sandbox would void every policy: say so rather than do it.
-    else if (kind === 'alwaysAllow' && n.pattern === '*') issues.push({ field: `${f}.domains[${i}]`, reason: 'An always-allow entry may not allow every name ("*")' });
+    else if (kind === 'alwaysAllow' && n.pattern === '*')
+      issues.push({ field: `${f}.domains[${i}]`, reason: 'An always-allow entry may not allow every name ("*")' });
     else domains.push(n.pattern);
   });
   const cidrs: string[] = [];
   strings('cidrs').forEach((c, i) => {
     const r = validateCidr(c);
     if (!r.ok) issues.push({ field: `${f}.cidrs[${i}]`, reason: r.reason });
-    else if (kind === 'alwaysAllow' && r.cidr.endsWith('/0')) issues.push({ field: `${f}.cidrs[${i}]`, reason: `An always-allow entry may not allow every address (${quote(c)})` });
+    else if (kind === 'alwaysAllow' && r.cidr.endsWith('/0'))
+      issues.push({ field: `${f}.cidrs[${i}]`, reason: `An always-allow entry may not allow every address (${quote(c)})` });
     else cidrs.push(r.cidr);
   });
   const ports: PortRange[] = [];

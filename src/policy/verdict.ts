@@ -171,7 +171,14 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
   if (ov) {
     for (const e of ov.alwaysDeny) {
       const m = matchSide(e.side, facts, trace);
-      if (m !== null) return { verdict: 'refuse', reason: 'deny-rule', rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`, matchedBy: m.matchedBy, layer: 'always-deny' };
+      if (m !== null)
+        return {
+          verdict: 'refuse',
+          reason: 'deny-rule',
+          rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`,
+          matchedBy: m.matchedBy,
+          layer: 'always-deny',
+        };
     }
     for (const e of ov.alwaysAllow) {
       const d = decide(e.policy, facts, trace);

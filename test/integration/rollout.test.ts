@@ -115,7 +115,9 @@ describe('operator overlays (the config), in check and the effective view, reloa
     alwaysDeny: [{ name: 'smtp', ports: [25] }],
   };
   beforeAll(async () => {
-    d = await startLoopbackDaemon(loopbackConfig({ ...PROTECTED, overlays: OVERLAYS, sandboxes: [{ id: 'ov-sb', sources: ['10.9.2.1'], network: { networkBlockAll: true } }] }));
+    d = await startLoopbackDaemon(
+      loopbackConfig({ ...PROTECTED, overlays: OVERLAYS, sandboxes: [{ id: 'ov-sb', sources: ['10.9.2.1'], network: { networkBlockAll: true } }] }),
+    );
   });
   afterAll(async () => {
     await d.stop();

@@ -18,7 +18,19 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
           { name: 'platform-api', side: { domains: ['api.platform.test'], cidrs: [], ports: [{ from: 443, to: 443 }] } },
           { name: 'otel', side: { domains: [], cidrs: ['198.18.5.7/32'], ports: [{ from: 4317, to: 4318 }] } },
         ],
-        alwaysDeny: [{ name: 'smtp', side: { domains: [], cidrs: [], ports: [{ from: 25, to: 25 }, { from: 465, to: 465 }] } }],
+        alwaysDeny: [
+          {
+            name: 'smtp',
+            side: {
+              domains: [],
+              cidrs: [],
+              ports: [
+                { from: 25, to: 25 },
+                { from: 465, to: 465 },
+              ],
+            },
+          },
+        ],
       },
     });
     expect(parseOverlays(undefined)).toEqual({ ok: true, value: { alwaysAllow: [], alwaysDeny: [] } });
@@ -38,7 +50,16 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
     [{ alwaysAllow: [{ name: 'a', domains: ['*'] }] }, 'overlays.alwaysAllow[0].domains[0]', 'every name'],
     [{ alwaysAllow: [{ name: 'a', cidrs: ['0.0.0.0/0'] }] }, 'overlays.alwaysAllow[0].cidrs[0]', 'every address'],
     [{ alwaysAllow: [{ name: 'a', cidrs: ['::/0'] }] }, 'overlays.alwaysAllow[0].cidrs[0]', 'every address'],
-    [{ alwaysAllow: [{ name: 'a', ports: [1] }, { name: 'a', ports: [2] }] }, 'overlays.alwaysAllow[1].name', 'Duplicate name "a"'],
+    [
+      {
+        alwaysAllow: [
+          { name: 'a', ports: [1] },
+          { name: 'a', ports: [2] },
+        ],
+      },
+      'overlays.alwaysAllow[1].name',
+      'Duplicate name "a"',
+    ],
   ])('refuses %j at %s', (v, field, reason) => {
     const r = parseOverlays(v);
     expect(r.ok).toBe(false);
@@ -48,7 +69,13 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
 
   it('refuses the whole config for one bad entry, naming its field, beside every other problem', () => {
     const r = validateConfig({
-      overlays: { alwaysAllow: [{ name: 'ok', domains: ['mirror.test'] }, { name: 'bad', cidrs: ['nope'] }], alwaysDeny: [{ name: 'smtp', ports: [70000] }] },
+      overlays: {
+        alwaysAllow: [
+          { name: 'ok', domains: ['mirror.test'] },
+          { name: 'bad', cidrs: ['nope'] },
+        ],
+        alwaysDeny: [{ name: 'smtp', ports: [70000] }],
+      },
     });
     expect(r.ok).toBe(false);
     if (r.ok) return;

@@ -206,7 +206,9 @@ const withOverlays = (expected: string, o: { deny: string; allow: string }): str
     .join('');
 
 describe('verdict: the operator overlays around organization ∧ sandbox, and report-only over all of it', () => {
-  const cases = Object.entries(OVERLAYS).flatMap(([kind, o]) => TABLE.map(([org, sandbox, expected]) => [kind, org, sandbox, withOverlays(expected, o)] as const));
+  const cases = Object.entries(OVERLAYS).flatMap(([kind, o]) =>
+    TABLE.map(([org, sandbox, expected]) => [kind, org, sandbox, withOverlays(expected, o)] as const),
+  );
 
   it.each(cases)('%s, org %s, sandbox %s → %s (D: always-deny)', (kind, org, sandbox, expected) => {
     const chain: PolicyChain = { ...chainOf(org, sandbox), overlays: compileOverlays(OVERLAYS[kind]!.overlays, settings.protectedRanges) };
@@ -228,22 +230,48 @@ describe('verdict: the operator overlays around organization ∧ sandbox, and re
   });
 
   it('names the entry that decided, and its layer', () => {
-    const chain: PolicyChain = { ...chainOf('essential', 'names'), overlays: compileOverlays(OVERLAYS['deny a name, allow its network']!.overlays, settings.protectedRanges) };
-    expect(verdict(chain, FACTS[0]!)).toMatchObject({ verdict: 'refuse', reason: 'deny-rule', layer: 'always-deny', rule: 'always-deny "no-allowed": denied_domains "*.allowed.test"' });
-    expect(verdict(chain, FACTS[1]!)).toMatchObject({ verdict: 'allow', reason: 'allow-rule', layer: 'always-allow', rule: 'always-allow "net": allowed_cidrs "93.184.216.0/24"', matchedBy: 'address' });
-    const byName: PolicyChain = { ...chainOf('unknown', 'cidr'), overlays: compileOverlays(OVERLAYS['allow a name on 443']!.overlays, settings.protectedRanges) };
+    const chain: PolicyChain = {
+      ...chainOf('essential', 'names'),
+      overlays: compileOverlays(OVERLAYS['deny a name, allow its network']!.overlays, settings.protectedRanges),
+    };
+    expect(verdict(chain, FACTS[0]!)).toMatchObject({
+      verdict: 'refuse',
+      reason: 'deny-rule',
+      layer: 'always-deny',
+      rule: 'always-deny "no-allowed": denied_domains "*.allowed.test"',
+    });
+    expect(verdict(chain, FACTS[1]!)).toMatchObject({
+      verdict: 'allow',
+      reason: 'allow-rule',
+      layer: 'always-allow',
+      rule: 'always-allow "net": allowed_cidrs "93.184.216.0/24"',
+      matchedBy: 'address',
+    });
+    const byName: PolicyChain = {
+      ...chainOf('unknown', 'cidr'),
+      overlays: compileOverlays(OVERLAYS['allow a name on 443']!.overlays, settings.protectedRanges),
+    };
     // Allowed by name: the data path still resolves the name and dials only its addresses.
-    expect(verdict(byName, FACTS[1]!)).toMatchObject({ verdict: 'allow', matchedBy: 'name', rule: 'always-allow "other": allowed_domains "other.test" + allowed_ports "443"' });
+    expect(verdict(byName, FACTS[1]!)).toMatchObject({
+      verdict: 'allow',
+      matchedBy: 'name',
+      rule: 'always-allow "other": allowed_domains "other.test" + allowed_ports "443"',
+    });
     expect(verdict(byName, { ...FACTS[1]!, port: 8443 })).toMatchObject({ verdict: 'refuse', layer: 'org' });
   });
 
-  it('never opens the host, egressd\'s own listeners or protected.extra, whatever the always-allow list says', () => {
+  it("never opens the host, egressd's own listeners or protected.extra, whatever the always-allow list says", () => {
     const prot = compileProtected({
       extra: ['203.0.113.0/24'],
-      host: { refuses: (_f: unknown, w: Uint32Array, port: number) => (w[0] === 0xc6120063 && port === 9901 ? 'host 198.18.0.99 (egressd admin)' : null) } as never,
+      host: {
+        refuses: (_f: unknown, w: Uint32Array, port: number) => (w[0] === 0xc6120063 && port === 9901 ? 'host 198.18.0.99 (egressd admin)' : null),
+      } as never,
     });
     const overlays = compileOverlays(
-      { alwaysAllow: [entry('all-of-it', { cidrs: ['203.0.113.0/24', '198.18.0.99/32'] }), entry('every-port', { ports: [{ from: 1, to: 65535 }] })], alwaysDeny: [] },
+      {
+        alwaysAllow: [entry('all-of-it', { cidrs: ['203.0.113.0/24', '198.18.0.99/32'] }), entry('every-port', { ports: [{ from: 1, to: 65535 }] })],
+        alwaysDeny: [],
+      },
       prot,
     );
     const chain: PolicyChain = {
@@ -253,17 +281,28 @@ describe('verdict: the operator overlays around organization ∧ sandbox, and re
       overlays,
       reportOnly: ['global'],
     };
-    expect(verdict(chain, { name: null, ip: '203.0.113.9', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: 'protected.extra "203.0.113.0/24"' });
+    expect(verdict(chain, { name: null, ip: '203.0.113.9', port: 443 })).toMatchObject({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      rule: 'protected.extra "203.0.113.0/24"',
+    });
     expect(verdict(chain, { name: null, ip: '198.18.0.99', port: 9901 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
     expect(verdict(chain, { name: null, ip: '127.0.0.1', port: 80 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
     expect(verdict(chain, { name: null, ip: '169.254.169.254', port: 80 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
   });
 
   it('nameReach: always-deny on every port hides a name, on some ports it does not; always-allow names reach', () => {
-    const chain = (o: Overlays, org: OrgKind = 'essential'): PolicyChain => ({ ...chainOf(org, 'cidr'), overlays: compileOverlays(o, settings.protectedRanges) });
+    const chain = (o: Overlays, org: OrgKind = 'essential'): PolicyChain => ({
+      ...chainOf(org, 'cidr'),
+      overlays: compileOverlays(o, settings.protectedRanges),
+    });
     const deny = chain({ alwaysAllow: [], alwaysDeny: [entry('x', { domains: ['*.allowed.test'] })] }, 'full');
     expect(nameReach({ ...chainOf('full', 'full') }, 'pkg.allowed.test')).toMatchObject({ reach: true });
-    expect(nameReach({ ...deny, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({ reach: false, denied: true, rule: 'always-deny "x": denied_domains "*.allowed.test"' });
+    expect(nameReach({ ...deny, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({
+      reach: false,
+      denied: true,
+      rule: 'always-deny "x": denied_domains "*.allowed.test"',
+    });
     const denySome = chain({ alwaysAllow: [], alwaysDeny: [entry('x', { domains: ['*.allowed.test'], ports: [{ from: 25, to: 25 }] })] }, 'full');
     expect(nameReach({ ...denySome, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({ reach: true });
     const allow = chain({ alwaysAllow: [entry('other', { domains: ['other.test'], ports: [{ from: 443, to: 443 }] })], alwaysDeny: [] });
