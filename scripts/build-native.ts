@@ -11,6 +11,7 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { C_FLAGS, CC as cc } from './native-flags.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -18,7 +19,6 @@ const headers = (require('node-api-headers') as { include_dir: string }).include
 const src = join(root, 'native');
 const out = join(src, 'build');
 mkdirSync(out, { recursive: true });
-const cc = process.env['CC'] ?? 'cc';
 
 const files = readdirSync(src)
   .filter((f) => f.endsWith('.c'))
@@ -32,13 +32,7 @@ for (const addon of addons) {
   const args = [
     '-shared',
     '-fPIC',
-    '-O2',
-    '-Wall',
-    '-Wextra',
-    '-Werror',
-    '-std=c11',
-    '-D_GNU_SOURCE',
-    '-pthread',
+    ...C_FLAGS,
     `-DNODE_GYP_MODULE_NAME=${name}`,
     '-DNAPI_VERSION=8',
     `-I${headers}`,

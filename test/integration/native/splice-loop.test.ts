@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect, it, onTestFinished } from 'vitest';
+import { C_FLAGS, CC } from '../../../scripts/native-flags.ts';
 
 const NATIVE = resolve(import.meta.dirname, '../../../native');
 
@@ -15,25 +16,7 @@ it.skipIf(process.platform !== 'linux')(
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const bin = join(dir, 'splice_loop_test');
-    const cc = process.env['CC'] ?? 'cc';
-    execFileSync(
-      cc,
-      [
-        '-O2',
-        '-Wall',
-        '-Wextra',
-        '-Werror',
-        '-std=c11',
-        '-D_GNU_SOURCE',
-        '-pthread',
-        `-I${NATIVE}`,
-        join(NATIVE, 'test/splice_loop_test.c'),
-        join(NATIVE, 'splice_loop.c'),
-        '-o',
-        bin,
-      ],
-      { stdio: 'pipe' },
-    );
+    execFileSync(CC, [...C_FLAGS, `-I${NATIVE}`, join(NATIVE, 'test/splice_loop_test.c'), join(NATIVE, 'splice_loop.c'), '-o', bin], { stdio: 'pipe' });
     const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toContain('all checks passed');
