@@ -200,6 +200,17 @@ Run "egressd <command> --help" for a command's own options.`,
     .allowUnknownOption()
     .allowExcessArguments();
 
+  /** `get <id>`, `rm <id>` and `ls` on a collection of the API: GET and DELETE of one member, GET of the whole. */
+  const collection = (parent: Command, path: string, help: { id: string; get: string; rm: string; ls: string }): void => {
+    apiOptions(sub(parent, 'get', help.get))
+      .argument('<id>', help.id)
+      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `${path}/${enc(id)}` }));
+    apiOptions(sub(parent, 'rm', help.rm))
+      .argument('<id>', help.id)
+      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `${path}/${enc(id)}` }));
+    apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path }));
+  };
+
   const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');
   apiOptions(sub(sandbox, 'put', 'Create or replace a sandbox'))
     .argument('<id>', 'sandbox id')
@@ -222,13 +233,7 @@ Run "egressd <command> --help" for a command's own options.`,
       } else throw new UsageError('sandbox put needs --file BODY.json or --sources A,B');
       await api(c, { method: 'PUT', path: `/api/v1/sandboxes/${enc(id)}`, body });
     });
-  apiOptions(sub(sandbox, 'get', 'Show a sandbox'))
-    .argument('<id>', 'sandbox id')
-    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}` }));
-  apiOptions(sub(sandbox, 'rm', 'Delete a sandbox'))
-    .argument('<id>', 'sandbox id')
-    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/sandboxes/${enc(id)}` }));
-  apiOptions(sub(sandbox, 'ls', 'List sandboxes')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/sandboxes' }));
+  collection(sandbox, '/api/v1/sandboxes', { id: 'sandbox id', get: 'Show a sandbox', rm: 'Delete a sandbox', ls: 'List sandboxes' });
   apiOptions(sub(sandbox, 'network', "Show a sandbox's policy, or replace it with --file or --network"))
     .argument('<id>', 'sandbox id')
     .option('--file <body.json>', 'the policy body, JSON ("-": standard input)')
@@ -260,14 +265,12 @@ Run "egressd <command> --help" for a command's own options.`,
       if (body === undefined) throw new UsageError('org put needs --tier N, --network JSON or --file BODY.json');
       return api(c, { method: 'PUT', path: `/api/v1/orgs/${enc(id)}`, body });
     });
-  apiOptions(sub(org, 'get', 'Show an organization'))
-    .argument('<id>', 'organization id')
-    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/orgs/${enc(id)}` }));
-  apiOptions(sub(org, 'rm', 'Delete an organization (once no sandbox names it)'))
-    .argument('<id>', 'organization id')
-    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `/api/v1/orgs/${enc(id)}` }));
-
-  apiOptions(sub(org, 'ls', 'List organizations')).action((_o: unknown, c: Command) => api(c, { method: 'GET', path: '/api/v1/orgs' }));
+  collection(org, '/api/v1/orgs', {
+    id: 'organization id',
+    get: 'Show an organization',
+    rm: 'Delete an organization (once no sandbox names it)',
+    ls: 'List organizations',
+  });
 
   apiOptions(
     sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused, 4 would be refused (report-only)"),
