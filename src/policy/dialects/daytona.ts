@@ -42,23 +42,10 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
     else issues.push({ field: 'networkBlockAll', reason: `Expected true or false, got ${describe(blockRaw)}` });
   }
 
-  // The list is validated even when networkBlockAll overrides it: a malformed list is a
+  // The lists are validated even when networkBlockAll overrides them: a malformed list is a
   // mistake worth reporting whichever flag wins.
-  const listRaw = body['networkAllowList'];
-  let cidrs: string[] | null = null;
-  if (listRaw !== undefined && listRaw !== null) {
-    const r = parseAllowList(listRaw);
-    if (r.ok) cidrs = r.cidrs;
-    else for (const reason of r.reasons) issues.push({ field: 'networkAllowList', reason });
-  }
-
-  const domainsRaw = body['domainAllowList'];
-  let domains: string[] | null = null;
-  if (domainsRaw !== undefined && domainsRaw !== null) {
-    const r = parseDomainList(domainsRaw);
-    if (r.ok) domains = r.domains;
-    else for (const reason of r.reasons) issues.push({ field: 'domainAllowList', reason });
-  }
+  const cidrs = readList(body, issues, ALLOW_LIST, allowListEntry);
+  const domains = readList(body, issues, DOMAIN_LIST, domainListEntry);
 
   if (issues.length > 0) return { ok: false, issues };
   const value: DialectResult = blockAll
@@ -79,42 +66,74 @@ export function parseDaytona(body: Readonly<Record<string, unknown>>): Result {
   return { ok: true, value };
 }
 
+/** One of Daytona's comma-separated lists: its key, what its messages call it, and what it holds. */
+interface ListKind {
+  readonly key: 'networkAllowList' | 'domainAllowList';
+  readonly name: string;
+  readonly expected: string;
+}
+
 /**
  * Daytona "Network Limits (Firewall)" "Network allow list format", rule by rule: a comma-separated list of IPv4 CIDR
  * blocks; entries trimmed; each `A.B.C.D/N` with N an integer 0-32 ("CIDR required", so a bare
  * address is refused); no extra `/`; no hostnames, domains or IPv6; at most 10 entries.
  * Host bits may be set (Daytona "Network Configuration"'s own example is `192.168.1.0/16`) and are cleared.
  */
-function parseAllowList(raw: unknown): { ok: true; cidrs: string[] } | { ok: false; reasons: string[] } {
-  if (typeof raw !== 'string') {
-    return { ok: false, reasons: [`Expected a comma-separated list of IPv4 CIDRs such as "10.0.0.0/8,192.168.1.0/24", got ${describe(raw)}`] };
-  }
+const ALLOW_LIST: ListKind = { key: 'networkAllowList', name: 'allow list', expected: 'IPv4 CIDRs such as "10.0.0.0/8,192.168.1.0/24"' };
+
+/**
+ * Daytona's `domainAllowList`, validated as Daytona's API validates it: a comma-separated string
+ * of domain names, `*.` for every name below one; entries trimmed; at most 10 entries; no
+ * addresses, CIDRs, ports, schemes or paths; a bare `*` is refused (it would be every name).
+ * Names are normalized as every policy name is (lowercase, punycode, no trailing dot).
+ */
+const DOMAIN_LIST: ListKind = { key: 'domainAllowList', name: 'domain allow list', expected: 'domains such as "pypi.org,*.github.com"' };
+
+/**
+ * The list under `kind.key` of the body, each entry read by `entry` (its canonical form, or why
+ * not), duplicates kept once in order; null when the key is absent, null, or the list is
+ * refused (its reasons then pushed to `issues`, each naming the key).
+ */
+function readList(
+  body: Readonly<Record<string, unknown>>,
+  issues: FieldIssue[],
+  kind: ListKind,
+  entry: (e: string) => string | { reason: string },
+): string[] | null {
+  const raw = body[kind.key];
+  if (raw === undefined || raw === null) return null;
+  const r = parseList(raw, kind, entry);
+  if (Array.isArray(r)) return r;
+  for (const reason of r.reasons) issues.push({ field: kind.key, reason });
+  return null;
+}
+
+/** The entries of a list, or the reasons it is refused. */
+function parseList(raw: unknown, kind: ListKind, entry: (e: string) => string | { reason: string }): string[] | { reasons: string[] } {
+  if (typeof raw !== 'string') return { reasons: [`Expected a comma-separated list of ${kind.expected}, got ${describe(raw)}`] };
   // An empty list is refused, not read as "no list": it is unclear whether it means nothing
   // beyond the essential services or full access, and the two are opposites.
   if (raw.trim() === '') {
-    return {
-      ok: false,
-      reasons: [`The allow list ${quote(raw)} is empty; leave networkAllowList out for full access, or set networkBlockAll to true to block everything`],
-    };
+    return { reasons: [`The ${kind.name} ${quote(raw)} is empty; leave ${kind.key} out for full access, or set networkBlockAll to true to block everything`] };
   }
   // Counted before splitting, so a hostile megabyte of commas costs one pass and no array.
   let entries = 1;
   for (let i = 0; i < raw.length; i++) if (raw.charCodeAt(i) === 0x2c) entries++;
-  if (entries > MAX_ENTRIES) return { ok: false, reasons: [`The allow list has ${entries} entries; at most ${MAX_ENTRIES} are allowed`] };
+  if (entries > MAX_ENTRIES) return { reasons: [`The ${kind.name} has ${entries} entries; at most ${MAX_ENTRIES} are allowed`] };
 
   const reasons: string[] = [];
-  const cidrs: string[] = [];
+  const values: string[] = [];
   raw.split(',').forEach((untrimmed, i) => {
-    const entry = untrimmed.trim();
-    if (entry === '') {
+    const trimmed = untrimmed.trim();
+    if (trimmed === '') {
       reasons.push(`Entry ${i + 1} of ${quote(raw)} is empty`);
       return;
     }
-    const r = allowListEntry(entry);
+    const r = entry(trimmed);
     if (typeof r !== 'string') reasons.push(r.reason);
-    else if (!cidrs.includes(r)) cidrs.push(r);
+    else if (!values.includes(r)) values.push(r);
   });
-  return reasons.length > 0 ? { ok: false, reasons } : { ok: true, cidrs };
+  return reasons.length > 0 ? { reasons } : values;
 }
 
 /** The canonical CIDR, or why the entry breaks one of Daytona "Network Limits (Firewall)"'s rules. */
@@ -135,40 +154,12 @@ function allowListEntry(entry: string): string | { reason: string } {
   return r.ok ? r.cidr : { reason: r.reason };
 }
 
-/**
- * Daytona's `domainAllowList`, validated as Daytona's API validates it: a comma-separated string
- * of domain names, `*.` for every name below one; entries trimmed; at most 10 entries; no
- * addresses, CIDRs, ports, schemes or paths; a bare `*` is refused (it would be every name).
- * Names are normalized as every policy name is (lowercase, punycode, no trailing dot).
- */
-function parseDomainList(raw: unknown): { ok: true; domains: string[] } | { ok: false; reasons: string[] } {
-  if (typeof raw !== 'string') {
-    return { ok: false, reasons: [`Expected a comma-separated list of domains such as "pypi.org,*.github.com", got ${describe(raw)}`] };
-  }
-  if (raw.trim() === '') {
-    return {
-      ok: false,
-      reasons: [`The domain allow list ${quote(raw)} is empty; leave domainAllowList out for full access, or set networkBlockAll to true to block everything`],
-    };
-  }
-  let entries = 1;
-  for (let i = 0; i < raw.length; i++) if (raw.charCodeAt(i) === 0x2c) entries++;
-  if (entries > MAX_ENTRIES) return { ok: false, reasons: [`The domain allow list has ${entries} entries; at most ${MAX_ENTRIES} are allowed`] };
-
-  const reasons: string[] = [];
-  const domains: string[] = [];
-  raw.split(',').forEach((untrimmed, i) => {
-    const entry = untrimmed.trim();
-    const q = quote(entry);
-    if (entry === '') reasons.push(`Entry ${i + 1} of ${quote(raw)} is empty`);
-    else if (entry === '*') reasons.push('Entry "*" is not a domain; name the domains, or use "*.example.com" for every name below one');
-    else if (/[/:]/.test(entry)) reasons.push(`Entry ${q} is not a domain name; write the name alone, without a scheme, port, path or CIDR`);
-    else if (validateCidr(entry).ok) reasons.push(`Entry ${q} is an IP address; put addresses in networkAllowList as CIDRs`);
-    else {
-      const r = normalizePattern(entry);
-      if (!r.ok) reasons.push(r.reason);
-      else if (!domains.includes(r.pattern)) domains.push(r.pattern);
-    }
-  });
-  return reasons.length > 0 ? { ok: false, reasons } : { ok: true, domains };
+/** The normalized name pattern, or why the entry is not a domain Daytona's list takes. */
+function domainListEntry(entry: string): string | { reason: string } {
+  const q = quote(entry);
+  if (entry === '*') return { reason: 'Entry "*" is not a domain; name the domains, or use "*.example.com" for every name below one' };
+  if (/[/:]/.test(entry)) return { reason: `Entry ${q} is not a domain name; write the name alone, without a scheme, port, path or CIDR` };
+  if (validateCidr(entry).ok) return { reason: `Entry ${q} is an IP address; put addresses in networkAllowList as CIDRs` };
+  const r = normalizePattern(entry);
+  return r.ok ? r.pattern : { reason: r.reason };
 }
