@@ -16,6 +16,7 @@ import { checkBearer, readJson, sendError } from './http-body.ts';
 import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
+import { ID_PATTERN } from '../schema/constants.ts';
 
 export interface ApiOptions {
   readonly token: () => string | null;
@@ -30,7 +31,8 @@ export interface ApiOptions {
   readonly top?: () => unknown;
 }
 
-const ID = '([A-Za-z0-9][A-Za-z0-9._-]{0,127})';
+// Paths are matched with the one id pattern (src/schema/constants.ts): any other id matches no route.
+const ID = `(${ID_PATTERN.slice(1, -1)})`;
 
 function fromChange(e: ChangeError): ApiError {
   if (e.kind === 'invalid') {

@@ -1,6 +1,8 @@
-// The configuration file's wire format (YAML or JSON) and its validated, frozen model.
-// Every problem is reported at once with its key path; a document with any problem is refused
-// whole. The keys listed in DEFAULTS_DOC are the contract documented in docs/config.md.
+// The configuration file's validated, frozen model. A document is checked against the one
+// schema (src/schema/define/config-file.ts: shapes, bounds, defaults), then for what a shape cannot
+// say (addresses, CIDRs, names, repeated ids and sources, each policy by its dialect). Every
+// problem is reported at once with its key path; a document with any problem is refused whole.
+// The keys of DEFAULT_DOCUMENT are the contract documented in docs/config.md.
 
 import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
@@ -12,8 +14,11 @@ import { normalizePattern } from '../match/names.ts';
 import { type Endpoint, type ListenerKind, LISTENER_KINDS } from '../net/listener.ts';
 import type { BlockMode } from '../net/refuse.ts';
 import type { DialMode } from '../net/upstream-target.ts';
-import { optBool, deepFreeze, describe, objectWithKeys, optEnum, optInt, optString, optStringArray, quote } from '../util/fields.ts';
-import { parseLimits, type LimitsOverride, type SandboxLimits } from '../limits/limits-body.ts';
+import { deepFreeze, isPlainObject, quote } from '../util/fields.ts';
+import type { LimitsOverride, SandboxLimits } from '../limits/limits-body.ts';
+import { check } from '../schema/check.ts';
+import { DEFAULT_DOCUMENT } from '../schema/constants.ts';
+import { ConfigFile } from '../schema/schemas.ts';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -127,71 +132,7 @@ export interface Config {
   readonly limits: LimitsConfig;
 }
 
-const BLOCK_EVERYTHING: unknown = { mode: 'block-all' };
-
-/** The built-in default configuration, as a document, so `npm start` needs no file. */
-export const DEFAULT_DOCUMENT: Readonly<Record<string, unknown>> = Object.freeze({
-  listen: {
-    http: ['0.0.0.0:15080', '[::]:15080'],
-    tls: ['0.0.0.0:15443', '[::]:15443'],
-    tcp: ['0.0.0.0:15001', '[::]:15001'],
-    dns: ['0.0.0.0:15053', '[::]:15053'],
-  },
-  admin: { listen: '127.0.0.1:9901', maxBodyBytes: 1_048_576 },
-  dns: {
-    servers: [],
-    timeoutMs: 2000,
-    sandboxServers: ['8.8.8.8'],
-    refusal: 'nxdomain',
-    zones: [],
-    stripEch: true,
-    limits: { perSecond: 500, burst: 1000, inflightPerSandbox: 64, inflightTotal: 1024, tcpPerSandbox: 16 },
-    memory: { graceMs: 60_000, perSandbox: 4096 },
-  },
-  upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
-  peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
-  block: 'explain',
-  refusal: { lingerMs: 30_000, lingerMaxBytes: 67_108_864, lingerMaxConnections: 4096 },
-  protected: { extra: [], except: [], reachableHostAddresses: [] },
-  defaultNetwork: BLOCK_EVERYTHING,
-  reportOnly: false,
-  overlays: { alwaysAllow: [], alwaysDeny: [] },
-  sandboxes: [],
-  catalog: { categories: 'all', extra: [], file: null },
-  state: { path: null },
-  onPolicyChange: 'close',
-  shutdown: { drainMs: 30_000 },
-  metrics: { sandboxLabel: false },
-  log: { level: 'info', destination: null },
-  // Why these numbers: docs/config.md, "limits".
-  limits: {
-    sandbox: { connections: 1024, undecided: 256, perSecond: 200, burst: 400 },
-    global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
-    memory: { maxBytes: null, shedAt: 0.8, intervalMs: 250 },
-  },
-});
-
-const TOP_KEYS = [
-  'listen',
-  'admin',
-  'dns',
-  'upstream',
-  'peek',
-  'block',
-  'refusal',
-  'protected',
-  'defaultNetwork',
-  'reportOnly',
-  'overlays',
-  'sandboxes',
-  'catalog',
-  'state',
-  'onPolicyChange',
-  'shutdown',
-  'metrics',
-  'log',
-  'limits',
-];
+export { DEFAULT_DOCUMENT };
 
 export function parseEndpoint(text: string): Endpoint | string {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(text);
@@ -204,15 +145,19 @@ export function parseEndpoint(text: string): Endpoint | string {
   return { host, port, text };
 }
 
-function endpointList(v: unknown, field: string, issues: CappedIssues): Endpoint[] | undefined {
-  const list = typeof v === 'string' ? [v] : optStringArray(v, field, issues);
-  if (list === undefined) return undefined;
-  if (list.length === 0) {
-    issues.add(field, 'Expected at least one "address:port"');
-    return undefined;
-  }
+type Doc = Record<string, any>;
+
+/** The object at `key` of a shape-checked document, or {} when absent or not an object (its issue is already reported). */
+const section = (v: Doc, key: string): Doc => (isPlainObject(v[key]) ? (v[key] as Doc) : {});
+/** `v[key]` when present, else the default; only read once the whole document passed. */
+const pick = <T>(v: Doc, key: string, def: T): T => (v[key] === undefined ? def : (v[key] as T));
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : typeof v === 'string' ? [v] : []);
+
+/** Parses every endpoint of a shape-checked `string | string[]`, reporting each that does not parse. */
+function endpointsAt(v: unknown, field: string, issues: CappedIssues): Endpoint[] {
+  if (typeof v !== 'string' && !Array.isArray(v)) return [];
   const out: Endpoint[] = [];
-  list.forEach((t, i) => {
+  strings(v).forEach((t, i) => {
     const e = parseEndpoint(t);
     if (typeof e === 'string') issues.add(typeof v === 'string' ? field : `${field}[${i}]`, e);
     else out.push(e);
@@ -235,238 +180,182 @@ function policyAt(v: unknown, field: string, issues: CappedIssues): DialectResul
   return parsed.value;
 }
 
+function cidrsAt(v: unknown, field: string, issues: CappedIssues): void {
+  if (!Array.isArray(v)) return;
+  v.forEach((c, i) => {
+    if (typeof c !== 'string') return;
+    const r = validateCidr(c);
+    if (!r.ok) issues.add(`${field}[${i}]`, r.reason);
+  });
+}
+
 /**
- * Validates a parsed document (the file's contents, already merged over nothing: absent keys
- * take DEFAULT_DOCUMENT's values) into a frozen Config, or returns every issue found.
+ * Validates a parsed document (the file's contents; absent keys take DEFAULT_DOCUMENT's values)
+ * into a frozen Config, or returns every issue found.
  */
 export function validateConfig(doc: unknown): { ok: true; config: Config } | { ok: false; issues: FieldIssue[] } {
   const issues = new CappedIssues('(root)');
-  const root = doc === null || doc === undefined ? {} : objectWithKeys(doc, '', TOP_KEYS, issues);
-  if (!root) return { ok: false, issues: issues.result() };
-  const d = DEFAULT_DOCUMENT as Record<string, any>;
+  const input = doc === null || doc === undefined ? {} : doc;
+  if (!check(ConfigFile, input, '', issues, '(root)') && !isPlainObject(input)) return { ok: false, issues: issues.result() };
+  const root = input as Doc;
+  const d = DEFAULT_DOCUMENT as Doc;
 
-  const listenIn = root['listen'] === undefined ? {} : objectWithKeys(root['listen'], 'listen', [...LISTENER_KINDS, 'dns'], issues);
+  // What the shape cannot say, on the parts whose shape is right.
+  const listenIn = section(root, 'listen');
   const listen = {} as Record<ListenerKind, Endpoint[]> & { dns: Endpoint[] };
   for (const kind of LISTENER_KINDS) {
-    const raw = listenIn?.[kind] ?? d['listen'][kind];
-    listen[kind] = endpointList(raw, `listen.${kind}`, issues) ?? [];
+    const raw = pick(listenIn, kind, d['listen'][kind]);
+    if (Array.isArray(raw) && raw.length === 0) issues.add(`listen.${kind}`, 'Expected at least one "address:port"');
+    listen[kind] = endpointsAt(raw, `listen.${kind}`, issues);
   }
   // An empty list turns the DNS listener off (port 53 then works as before: dns.sandboxServers).
-  const dnsListen = listenIn?.['dns'] ?? d['listen']['dns'];
-  listen.dns = Array.isArray(dnsListen) && dnsListen.length === 0 ? [] : (endpointList(dnsListen, 'listen.dns', issues) ?? []);
+  listen.dns = endpointsAt(pick(listenIn, 'dns', d['listen']['dns']), 'listen.dns', issues);
 
-  const adminIn = root['admin'] === undefined ? {} : objectWithKeys(root['admin'], 'admin', ['listen', 'token', 'maxBodyBytes'], issues);
-  const adminListen = endpointList(adminIn?.['listen'] ?? d['admin']['listen'], 'admin.listen', issues);
-  if (adminListen && adminListen.length > 1) issues.add('admin.listen', 'Expected a single "address:port"');
-  const token = optString(adminIn?.['token'], 'admin.token', issues) ?? null;
-  const maxBodyBytes = optInt(adminIn?.['maxBodyBytes'], 'admin.maxBodyBytes', 1024, 64 * 1_048_576, issues) ?? d['admin']['maxBodyBytes'];
+  const adminIn = section(root, 'admin');
+  const adminRaw = pick(adminIn, 'listen', d['admin']['listen']);
+  const adminListen = endpointsAt(adminRaw, 'admin.listen', issues);
+  if (Array.isArray(adminRaw) && adminRaw.length !== 1) issues.add('admin.listen', 'Expected a single "address:port"');
 
-  const dnsIn =
-    root['dns'] === undefined
-      ? {}
-      : objectWithKeys(root['dns'], 'dns', ['servers', 'timeoutMs', 'sandboxServers', 'refusal', 'zones', 'stripEch', 'limits', 'memory'], issues);
-  const refusal = optEnum(dnsIn?.['refusal'], 'dns.refusal', ['nxdomain', 'refused'] as const, issues) ?? 'nxdomain';
+  const dnsIn = section(root, 'dns');
   const zones: string[] = [];
-  (optStringArray(dnsIn?.['zones'], 'dns.zones', issues) ?? []).forEach((z, i) => {
+  strings(dnsIn['zones']).forEach((z, i) => {
     const n = normalizePattern(z);
     if (!n.ok) issues.add(`dns.zones[${i}]`, n.reason);
     else zones.push(n.pattern);
   });
-  const stripEch = optBool(dnsIn?.['stripEch'], 'dns.stripEch', issues) ?? true;
-  const limIn = dnsIn?.['limits'] === undefined ? {} : objectWithKeys(dnsIn['limits'], 'dns.limits', Object.keys(d['dns']['limits']), issues);
-  const lim = (k: keyof DnsLimits, max: number): number => optInt(limIn?.[k], `dns.limits.${k}`, 1, max, issues) ?? d['dns']['limits'][k];
-  const limits: DnsLimits = {
-    perSecond: lim('perSecond', 1_000_000),
-    burst: lim('burst', 10_000_000),
-    inflightPerSandbox: lim('inflightPerSandbox', 100_000),
-    inflightTotal: lim('inflightTotal', 1_000_000),
-    tcpPerSandbox: lim('tcpPerSandbox', 100_000),
-  };
-  const memIn = dnsIn?.['memory'] === undefined ? {} : objectWithKeys(dnsIn['memory'], 'dns.memory', ['graceMs', 'perSandbox'], issues);
-  const memory = {
-    graceMs: optInt(memIn?.['graceMs'], 'dns.memory.graceMs', 0, 86_400_000, issues) ?? d['dns']['memory']['graceMs'],
-    perSandbox: optInt(memIn?.['perSandbox'], 'dns.memory.perSandbox', 1, 10_000_000, issues) ?? d['dns']['memory']['perSandbox'],
-  };
-  const servers = optStringArray(dnsIn?.['servers'], 'dns.servers', issues) ?? [];
-  servers.forEach((s, i) => {
-    if (dnsServer(s) === undefined) issues.add(`dns.servers[${i}]`, `Expected an address or "address:port", got ${quote(s)}`);
-  });
-  const sandboxServers = optStringArray(dnsIn?.['sandboxServers'], 'dns.sandboxServers', issues) ?? d['dns']['sandboxServers'];
-  const sandboxServersCanon: string[] = [];
-  sandboxServers.forEach((s: string, i: number) => {
-    const c = canonicalSource(s);
-    if (c === undefined) issues.add(`dns.sandboxServers[${i}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
-    else sandboxServersCanon.push(c);
-  });
-  const dnsTimeout = optInt(dnsIn?.['timeoutMs'], 'dns.timeoutMs', 1, 60_000, issues) ?? d['dns']['timeoutMs'];
+  if (Array.isArray(dnsIn['servers'])) {
+    (dnsIn['servers'] as unknown[]).forEach((s, i) => {
+      if (typeof s === 'string' && s !== '' && dnsServer(s) === undefined)
+        issues.add(`dns.servers[${i}]`, `Expected an address or "address:port", got ${quote(s)}`);
+    });
+  }
+  const sandboxServers: string[] = [];
+  if (Array.isArray(pick(dnsIn, 'sandboxServers', d['dns']['sandboxServers']))) {
+    (pick(dnsIn, 'sandboxServers', d['dns']['sandboxServers']) as unknown[]).forEach((s, i) => {
+      if (typeof s !== 'string' || s === '') return;
+      const c = canonicalSource(s);
+      if (c === undefined) issues.add(`dns.sandboxServers[${i}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+      else sandboxServers.push(c);
+    });
+  }
 
-  const upIn = root['upstream'] === undefined ? {} : objectWithKeys(root['upstream'], 'upstream', ['dial', 'connectTimeoutMs', 'idleTimeoutMs'], issues);
-  const dial = optEnum(upIn?.['dial'], 'upstream.dial', ['resolved', 'verify', 'original'] as const, issues) ?? 'resolved';
-  const connectTimeoutMs = optInt(upIn?.['connectTimeoutMs'], 'upstream.connectTimeoutMs', 1, 600_000, issues) ?? d['upstream']['connectTimeoutMs'];
-  const idleTimeoutMs = optInt(upIn?.['idleTimeoutMs'], 'upstream.idleTimeoutMs', 1, 7 * 86_400_000, issues) ?? d['upstream']['idleTimeoutMs'];
+  const peekIn = section(root, 'peek');
+  const peekTimeout = pick(peekIn, 'timeoutMs', d['peek']['timeoutMs']);
+  const firstByte = pick(peekIn, 'firstByteTimeoutMs', d['peek']['firstByteTimeoutMs']);
+  // Compared only when both passed their own bounds: one mistake, one reason.
+  const peekShapeOk = !issues.list.some((i) => i.field.startsWith('peek.'));
+  if (peekShapeOk && firstByte > peekTimeout) {
+    issues.add('peek.firstByteTimeoutMs', `Must not exceed peek.timeoutMs (${peekTimeout}), got ${firstByte}`);
+  }
 
-  const peekIn = root['peek'] === undefined ? {} : objectWithKeys(root['peek'], 'peek', ['timeoutMs', 'firstByteTimeoutMs'], issues);
-  const peekTimeout = optInt(peekIn?.['timeoutMs'], 'peek.timeoutMs', 1, 600_000, issues) ?? d['peek']['timeoutMs'];
-  const firstByte = optInt(peekIn?.['firstByteTimeoutMs'], 'peek.firstByteTimeoutMs', 1, 600_000, issues) ?? d['peek']['firstByteTimeoutMs'];
-  if (firstByte > peekTimeout) issues.add('peek.firstByteTimeoutMs', `Must not exceed peek.timeoutMs (${peekTimeout}), got ${firstByte}`);
+  const protIn = section(root, 'protected');
+  for (const k of ['extra', 'except', 'reachableHostAddresses']) cidrsAt(protIn[k], `protected.${k}`, issues);
 
-  const block = optEnum(root['block'], 'block', ['explain', 'drop'] as const, issues) ?? 'explain';
-  const refIn = root['refusal'] === undefined ? {} : objectWithKeys(root['refusal'], 'refusal', ['lingerMs', 'lingerMaxBytes', 'lingerMaxConnections'], issues);
-  const lingerMs = optInt(refIn?.['lingerMs'], 'refusal.lingerMs', 0, 600_000, issues) ?? d['refusal']['lingerMs'];
-  const lingerMaxBytes = optInt(refIn?.['lingerMaxBytes'], 'refusal.lingerMaxBytes', 0, 1_073_741_824, issues) ?? d['refusal']['lingerMaxBytes'];
-  const lingerMaxConnections =
-    optInt(refIn?.['lingerMaxConnections'], 'refusal.lingerMaxConnections', 0, 1_000_000, issues) ?? d['refusal']['lingerMaxConnections'];
-
-  const protIn = root['protected'] === undefined ? {} : objectWithKeys(root['protected'], 'protected', ['extra', 'except', 'reachableHostAddresses'], issues);
-  const extra = optStringArray(protIn?.['extra'], 'protected.extra', issues) ?? [];
-  const except = optStringArray(protIn?.['except'], 'protected.except', issues) ?? [];
-  const reachableHostAddresses = optStringArray(protIn?.['reachableHostAddresses'], 'protected.reachableHostAddresses', issues) ?? [];
-  const cidrIssues = validateCidrList(extra, 'protected.extra')
-    .concat(validateCidrList(except, 'protected.except'))
-    .concat(validateCidrList(reachableHostAddresses, 'protected.reachableHostAddresses'));
-  for (const i of cidrIssues) issues.add(i.field, i.reason);
-
-  const defaultNetwork = policyAt(root['defaultNetwork'] ?? BLOCK_EVERYTHING, 'defaultNetwork', issues);
-  const reportOnly = optBool(root['reportOnly'], 'reportOnly', issues) ?? false;
+  const defaultNetwork = policyAt(pick(root, 'defaultNetwork', d['defaultNetwork']), 'defaultNetwork', issues);
   const overlays = parseOverlays(root['overlays'], 'overlays');
   if (!overlays.ok) for (const x of overlays.issues) issues.add(x.field, x.reason);
 
   const sandboxes: SandboxConfig[] = [];
-  const sbIn = root['sandboxes'];
-  if (sbIn !== undefined && !Array.isArray(sbIn)) issues.add('sandboxes', `Expected a list, got ${describe(sbIn)}`);
   const seenIds = new Map<string, number>();
   const seenSources = new Map<string, string>();
-  if (Array.isArray(sbIn)) {
-    sbIn.forEach((raw, i) => {
-      const f = `sandboxes[${i}]`;
-      const sb = objectWithKeys(raw, f, ['id', 'sources', 'org', 'network', 'limits', 'reportOnly'], issues);
-      if (!sb) return;
-      const id = optString(sb['id'], `${f}.id`, issues);
-      if (sb['id'] === undefined) issues.add(`${f}.id`, 'Missing required field "id"');
-      else if (id !== undefined && !SANDBOX_ID.test(id)) issues.add(`${f}.id`, `Expected letters, digits, "-", "_" or "." (at most 128), got ${quote(id)}`);
-      else if (id !== undefined && seenIds.has(id)) issues.add(`${f}.id`, `Duplicate sandbox id ${quote(id)} (also sandboxes[${seenIds.get(id)}])`);
-      if (id !== undefined) seenIds.set(id, i);
-      const sources = optStringArray(sb['sources'], `${f}.sources`, issues);
-      if (sb['sources'] === undefined) issues.add(`${f}.sources`, 'Missing required field "sources"');
-      const canon: string[] = [];
-      (sources ?? []).forEach((s, j) => {
-        const c = canonicalSource(s);
-        if (c === undefined) issues.add(`${f}.sources[${j}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
-        else if (seenSources.has(c)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c))}`);
-        else {
-          seenSources.set(c, id ?? f);
-          canon.push(c);
-        }
-      });
-      const org = optString(sb['org'], `${f}.org`, issues);
-      if (org !== undefined && !SANDBOX_ID.test(org)) issues.add(`${f}.org`, `Expected an organization id, got ${quote(org)}`);
-      if (sb['network'] === undefined) issues.add(`${f}.network`, 'Missing required field "network"');
-      const network = sb['network'] === undefined ? undefined : policyAt(sb['network'], `${f}.network`, issues);
-      const limits = sb['limits'] === undefined ? null : parseLimits(sb['limits'], `${f}.limits`);
-      if (limits !== null && !limits.ok) for (const x of limits.issues) issues.add(x.field, x.reason);
-      const sbReportOnly = optBool(sb['reportOnly'], `${f}.reportOnly`, issues) ?? false;
-      if (id !== undefined && network !== undefined) {
-        sandboxes.push({
-          id,
-          sources: canon,
-          org: org ?? null,
-          networkBody: sb['network'],
-          network,
-          limits: limits?.ok ? limits.value : null,
-          reportOnly: sbReportOnly,
-        });
+  (Array.isArray(root['sandboxes']) ? (root['sandboxes'] as unknown[]) : []).forEach((raw, i) => {
+    if (!isPlainObject(raw)) return;
+    const f = `sandboxes[${i}]`;
+    const id = typeof raw['id'] === 'string' ? raw['id'] : undefined;
+    if (id !== undefined && seenIds.has(id)) issues.add(`${f}.id`, `Duplicate sandbox id ${quote(id)} (also sandboxes[${seenIds.get(id)}])`);
+    if (id !== undefined && !seenIds.has(id)) seenIds.set(id, i);
+    const canon: string[] = [];
+    (Array.isArray(raw['sources']) ? (raw['sources'] as unknown[]) : []).forEach((s, j) => {
+      if (typeof s !== 'string') return;
+      const c = canonicalSource(s);
+      if (c === undefined) issues.add(`${f}.sources[${j}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+      else if (seenSources.has(c)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c))}`);
+      else {
+        seenSources.set(c, id ?? f);
+        canon.push(c);
       }
     });
-  }
+    // Absent, a sandbox's network is block-all, as through the API: one shape for both.
+    const body = raw['network'] ?? { mode: 'block-all' };
+    const network = policyAt(body, `${f}.network`, issues);
+    if (id !== undefined && network !== undefined) {
+      const limits = isPlainObject(raw['limits']) ? (Object.freeze({ ...raw['limits'] }) as LimitsOverride) : null;
+      const org = typeof raw['org'] === 'string' ? raw['org'] : null;
+      sandboxes.push({ id, sources: canon, org, networkBody: body, network, limits, reportOnly: raw['reportOnly'] === true });
+    }
+  });
 
-  const catIn = root['catalog'] === undefined ? {} : objectWithKeys(root['catalog'], 'catalog', ['categories', 'extra', 'file'], issues);
-  const categories: readonly string[] | 'all' =
-    catIn?.['categories'] === undefined || catIn['categories'] === 'all' ? 'all' : (optStringArray(catIn['categories'], 'catalog.categories', issues) ?? []);
-  const catalogExtra = optStringArray(catIn?.['extra'], 'catalog.extra', issues) ?? [];
-  const catalogFile = optString(catIn?.['file'], 'catalog.file', issues) ?? null;
+  if (!issues.ok || !defaultNetwork || adminListen.length !== 1 || !overlays.ok) return { ok: false, issues: issues.result() };
 
-  const stateIn = root['state'] === undefined ? {} : objectWithKeys(root['state'], 'state', ['path'], issues);
-  const statePath = optString(stateIn?.['path'], 'state.path', issues) ?? null;
-  const onPolicyChange = optEnum(root['onPolicyChange'], 'onPolicyChange', ['close', 'keep'] as const, issues) ?? 'close';
-  const shutIn = root['shutdown'] === undefined ? {} : objectWithKeys(root['shutdown'], 'shutdown', ['drainMs'], issues);
-  const drainMs = optInt(shutIn?.['drainMs'], 'shutdown.drainMs', 0, 86_400_000, issues) ?? d['shutdown']['drainMs'];
-  const metIn = root['metrics'] === undefined ? {} : objectWithKeys(root['metrics'], 'metrics', ['sandboxLabel'], issues);
-  const sandboxLabel = optBool(metIn?.['sandboxLabel'], 'metrics.sandboxLabel', issues) ?? false;
-
-  const logIn = root['log'] === undefined ? {} : objectWithKeys(root['log'], 'log', ['level', 'destination'], issues);
-  const level = optEnum(logIn?.['level'], 'log.level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, issues) ?? 'info';
-  const destination = optString(logIn?.['destination'], 'log.destination', issues) ?? null;
-
-  const connectionLimits = limitsAt(root['limits'], issues);
-
-  if (!issues.ok || !defaultNetwork || !adminListen || !overlays.ok) return { ok: false, issues: issues.result() };
+  // The document passed: every value read below has its schema's shape.
+  const dnsLimits = section(dnsIn, 'limits');
+  const dnsMemory = section(dnsIn, 'memory');
+  const up = section(root, 'upstream');
+  const ref = section(root, 'refusal');
+  const cat = section(root, 'catalog');
+  const lim = section(root, 'limits');
+  const limGlobal = section(lim, 'global');
+  const limMemory = section(lim, 'memory');
+  const log = section(root, 'log');
+  const dl = d['dns']['limits'];
   const config: Config = {
     listen,
-    admin: { listen: adminListen[0]!, token, maxBodyBytes },
-    dns: { servers, timeoutMs: dnsTimeout, sandboxServers: sandboxServersCanon, refusal, zones, stripEch, limits, memory },
-    upstream: { dial, connectTimeoutMs, idleTimeoutMs },
+    admin: { listen: adminListen[0]!, token: pick(adminIn, 'token', null), maxBodyBytes: pick(adminIn, 'maxBodyBytes', d['admin']['maxBodyBytes']) },
+    dns: {
+      servers: strings(dnsIn['servers']),
+      timeoutMs: pick(dnsIn, 'timeoutMs', d['dns']['timeoutMs']),
+      sandboxServers,
+      refusal: pick(dnsIn, 'refusal', d['dns']['refusal']),
+      zones,
+      stripEch: pick(dnsIn, 'stripEch', d['dns']['stripEch']),
+      limits: {
+        perSecond: pick(dnsLimits, 'perSecond', dl['perSecond']),
+        burst: pick(dnsLimits, 'burst', dl['burst']),
+        inflightPerSandbox: pick(dnsLimits, 'inflightPerSandbox', dl['inflightPerSandbox']),
+        inflightTotal: pick(dnsLimits, 'inflightTotal', dl['inflightTotal']),
+        tcpPerSandbox: pick(dnsLimits, 'tcpPerSandbox', dl['tcpPerSandbox']),
+      },
+      memory: {
+        graceMs: pick(dnsMemory, 'graceMs', d['dns']['memory']['graceMs']),
+        perSandbox: pick(dnsMemory, 'perSandbox', d['dns']['memory']['perSandbox']),
+      },
+    },
+    upstream: {
+      dial: pick(up, 'dial', d['upstream']['dial']),
+      connectTimeoutMs: pick(up, 'connectTimeoutMs', d['upstream']['connectTimeoutMs']),
+      idleTimeoutMs: pick(up, 'idleTimeoutMs', d['upstream']['idleTimeoutMs']),
+    },
     peek: { timeoutMs: peekTimeout, firstByteTimeoutMs: firstByte },
-    block,
-    refusal: { lingerMs, lingerMaxBytes, lingerMaxConnections },
-    protected: { extra, except, reachableHostAddresses },
+    block: pick(root, 'block', d['block']),
+    refusal: {
+      lingerMs: pick(ref, 'lingerMs', d['refusal']['lingerMs']),
+      lingerMaxBytes: pick(ref, 'lingerMaxBytes', d['refusal']['lingerMaxBytes']),
+      lingerMaxConnections: pick(ref, 'lingerMaxConnections', d['refusal']['lingerMaxConnections']),
+    },
+    protected: { extra: strings(protIn['extra']), except: strings(protIn['except']), reachableHostAddresses: strings(protIn['reachableHostAddresses']) },
     defaultNetwork,
-    reportOnly,
+    reportOnly: pick(root, 'reportOnly', false),
     overlays: overlays.value,
     sandboxes,
-    catalog: { categories, extra: catalogExtra, file: catalogFile },
-    state: { path: statePath },
-    onPolicyChange,
-    shutdown: { drainMs },
-    metrics: { sandboxLabel },
-    log: { level, destination },
-    limits: connectionLimits,
+    catalog: { categories: pick(cat, 'categories', 'all'), extra: strings(cat['extra']), file: pick(cat, 'file', null) },
+    state: { path: pick(section(root, 'state'), 'path', null) },
+    onPolicyChange: pick(root, 'onPolicyChange', d['onPolicyChange']),
+    shutdown: { drainMs: pick(section(root, 'shutdown'), 'drainMs', d['shutdown']['drainMs']) },
+    metrics: { sandboxLabel: pick(section(root, 'metrics'), 'sandboxLabel', d['metrics']['sandboxLabel']) },
+    log: { level: pick(log, 'level', d['log']['level']), destination: pick(log, 'destination', null) },
+    limits: {
+      sandbox: { ...d['limits']['sandbox'], ...section(lim, 'sandbox') },
+      global: {
+        connections: pick(limGlobal, 'connections', d['limits']['global']['connections']),
+        reserveDescriptors: pick(limGlobal, 'reserveDescriptors', d['limits']['global']['reserveDescriptors']),
+        sandboxShare: pick(limGlobal, 'sandboxShare', d['limits']['global']['sandboxShare']),
+      },
+      memory: {
+        maxBytes: pick(limMemory, 'maxBytes', d['limits']['memory']['maxBytes']),
+        shedAt: pick(limMemory, 'shedAt', d['limits']['memory']['shedAt']),
+        intervalMs: pick(limMemory, 'intervalMs', d['limits']['memory']['intervalMs']),
+      },
+    },
   };
   return { ok: true, config: deepFreeze(config) };
-}
-
-function optRatio(v: unknown, field: string, min: number, max: number, issues: CappedIssues): number | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
-    issues.add(field, `Expected a number from ${min} to ${max}, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
-function limitsAt(v: unknown, issues: CappedIssues): LimitsConfig {
-  const d = (DEFAULT_DOCUMENT as Record<string, any>)['limits'];
-  const root = v === undefined ? {} : objectWithKeys(v, 'limits', ['sandbox', 'global', 'memory'], issues);
-  const sb = root?.['sandbox'] === undefined ? null : parseLimits(root['sandbox'], 'limits.sandbox');
-  if (sb !== null && !sb.ok) for (const x of sb.issues) issues.add(x.field, x.reason);
-  const g =
-    root?.['global'] === undefined ? {} : objectWithKeys(root['global'], 'limits.global', ['connections', 'reserveDescriptors', 'sandboxShare'], issues);
-  const m = root?.['memory'] === undefined ? {} : objectWithKeys(root['memory'], 'limits.memory', ['maxBytes', 'shedAt', 'intervalMs'], issues);
-  return {
-    sandbox: { ...d['sandbox'], ...(sb?.ok ? sb.value : {}) },
-    global: {
-      connections:
-        g?.['connections'] === null ? null : (optInt(g?.['connections'], 'limits.global.connections', 1, 10_000_000, issues) ?? d['global']['connections']),
-      reserveDescriptors: optInt(g?.['reserveDescriptors'], 'limits.global.reserveDescriptors', 16, 1_000_000, issues) ?? d['global']['reserveDescriptors'],
-      sandboxShare: optRatio(g?.['sandboxShare'], 'limits.global.sandboxShare', 0.01, 1, issues) ?? d['global']['sandboxShare'],
-    },
-    memory: {
-      maxBytes:
-        m?.['maxBytes'] === null
-          ? null
-          : (optInt(m?.['maxBytes'], 'limits.memory.maxBytes', 16 * 1_048_576, Number.MAX_SAFE_INTEGER, issues) ?? d['memory']['maxBytes']),
-      shedAt: optRatio(m?.['shedAt'], 'limits.memory.shedAt', 0.1, 1, issues) ?? d['memory']['shedAt'],
-      intervalMs: optInt(m?.['intervalMs'], 'limits.memory.intervalMs', 10, 60_000, issues) ?? d['memory']['intervalMs'],
-    },
-  };
-}
-
-export const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
-function validateCidrList(list: readonly string[], field: string): { field: string; reason: string }[] {
-  const out: { field: string; reason: string }[] = [];
-  list.forEach((c, i) => {
-    const r = validateCidr(c);
-    if (!r.ok) out.push({ field: `${field}[${i}]`, reason: r.reason });
-  });
-  return out;
 }

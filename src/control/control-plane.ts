@@ -5,12 +5,13 @@
 
 import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
-import { SANDBOX_ID } from '../config/schema.ts';
+import { OrgBody, OrgId, SandboxBody, SandboxId } from '../schema/schemas.ts';
+import { check } from '../schema/check.ts';
 import { canonicalSource } from '../match/ip.ts';
 import type { DialectResult } from '../policy/model.ts';
-import type { FieldIssue } from '../util/issues.ts';
+import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
-import { parseLimits, type LimitsOverride } from '../limits/limits-body.ts';
+import type { LimitsOverride } from '../limits/limits-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
 import type { EntryKind, StateStore, StoredEntry } from './state-store.ts';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
@@ -267,37 +268,26 @@ export class ControlPlane {
   }
 
   #validateSandbox(id: string, body: unknown, source: ChangeSource): ChangeResult<{ record: SandboxRecord; network: DialectResult }> {
-    const issues: FieldIssue[] = [];
-    if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
-    if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
-    for (const k of Object.keys(body)) {
-      if (!['sources', 'org', 'network', 'limits', 'reportOnly'].includes(k))
-        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are sources, org, network, limits, reportOnly` });
-    }
+    const issues = new CappedIssues();
+    check(SandboxId, id, 'id', issues);
+    // The one schema (src/schema/define/bodies.ts) gives the shape; the rest is what a shape cannot say.
+    if (!check(SandboxBody, body, '', issues) && !isPlainObject(body)) return invalid(issues.result());
+    const b = body as Record<string, unknown>;
     const sources: string[] = [];
-    const rawSources = body['sources'];
-    if (!Array.isArray(rawSources)) issues.push({ field: 'sources', reason: 'Expected a list of IPv4 or IPv6 addresses' });
-    else {
-      rawSources.forEach((s, i) => {
-        const c = typeof s === 'string' ? canonicalSource(s) : undefined;
-        if (c === undefined) issues.push({ field: `sources[${i}]`, reason: `Expected an IPv4 or IPv6 address, got ${quote(s)}` });
-        else if (sources.includes(c)) issues.push({ field: `sources[${i}]`, reason: `Duplicate source ${quote(s)}` });
+    if (Array.isArray(b['sources'])) {
+      (b['sources'] as unknown[]).forEach((s, i) => {
+        if (typeof s !== 'string') return;
+        const c = canonicalSource(s);
+        if (c === undefined) issues.add(`sources[${i}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+        else if (sources.includes(c)) issues.add(`sources[${i}]`, `Duplicate source ${quote(s)}`);
         else sources.push(c);
       });
     }
-    const org = body['org'];
-    if (org !== undefined && org !== null && (typeof org !== 'string' || !SANDBOX_ID.test(org))) {
-      issues.push({ field: 'org', reason: `Expected an organization id, got ${quote(org)}` });
-    }
-    const network = parseNetwork(body['network'] ?? { mode: 'block-all' }, 'network');
-    if (!network.ok) issues.push(...network.issues);
-    const limits = body['limits'] === undefined ? null : parseLimits(body['limits'], 'limits');
-    if (limits !== null && !limits.ok) issues.push(...limits.issues);
-    const reportOnly = body['reportOnly'];
-    if (reportOnly !== undefined && typeof reportOnly !== 'boolean')
-      issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
-    if (issues.length > 0 || !network.ok) return invalid(issues);
-    const orgId = typeof org === 'string' ? org : null;
+    const networkBody = b['network'] ?? { mode: 'block-all' };
+    const network = parseNetwork(networkBody, 'network');
+    if (!network.ok) for (const i of network.issues) issues.add(i.field, i.reason);
+    if (!issues.ok || !network.ok) return invalid(issues.result());
+    const orgId = typeof b['org'] === 'string' ? b['org'] : null;
     if (orgId !== null && !this.#orgs.has(orgId)) return notFound(`Organization ${quote(orgId)} does not exist`);
     const existing = this.#records.get(id);
     if (existing && existing.origin === 'config' && source === 'api') {
@@ -307,14 +297,16 @@ export class ControlPlane {
       const owner = this.store.ownerOf(s);
       if (owner !== null && owner !== id) return conflict(`Source ${quote(s)} belongs to sandbox ${quote(owner)}`, `sources[${i}]`);
     }
+    const limits = b['limits'] as LimitsOverride | undefined;
+    const reportOnly = b['reportOnly'] as boolean | undefined;
     const record: SandboxRecord = {
       id,
       sources,
       org: orgId,
-      network: body['network'] ?? { mode: 'block-all' },
+      network: networkBody,
       origin: source,
-      ...(limits?.ok ? { limits: limits.value } : {}),
-      ...(typeof reportOnly === 'boolean' ? { reportOnly } : {}),
+      ...(limits ? { limits: Object.freeze({ ...limits }) } : {}),
+      ...(reportOnly !== undefined ? { reportOnly } : {}),
     };
     return { ok: true, value: { record, network: network.value } };
   }
@@ -369,38 +361,28 @@ export class ControlPlane {
   }
 
   #validateOrg(id: string, body: unknown): ChangeResult<{ record: OrgRecord; def: OrgDefinition }> {
-    const issues: FieldIssue[] = [];
-    if (!SANDBOX_ID.test(id)) issues.push({ field: 'id', reason: `Expected letters, digits, ".", "_" or "-" (at most 128), got ${quote(id)}` });
-    if (!isPlainObject(body)) return invalid([...issues, { field: '', reason: 'Expected a JSON object' }]);
-    for (const k of Object.keys(body)) {
-      if (!['tier', 'network', 'limits', 'reportOnly'].includes(k))
-        issues.push({ field: k, reason: `Unknown field ${quote(k)}; known fields are tier, network, limits, reportOnly` });
-    }
-    const tier = body['tier'];
-    if (tier !== undefined && !(tier === 1 || tier === 2 || tier === 3 || tier === 4)) {
-      issues.push({ field: 'tier', reason: `Expected a tier from 1 to 4, got ${quote(tier)}` });
-    }
-    if (tier === undefined && body['network'] === undefined) issues.push({ field: '', reason: 'Expected "tier" or "network"' });
-    if (tier !== undefined && body['network'] !== undefined) issues.push({ field: 'network', reason: 'Give either "tier" or "network", not both' });
+    const issues = new CappedIssues();
+    check(OrgId, id, 'id', issues);
+    if (!check(OrgBody, body, '', issues) && !isPlainObject(body)) return invalid(issues.result());
+    const b = body as Record<string, unknown>;
+    if (b['tier'] === undefined && b['network'] === undefined) issues.add('', 'Expected "tier" or "network"');
+    if (b['tier'] !== undefined && b['network'] !== undefined) issues.add('network', 'Give either "tier" or "network", not both');
     let network: DialectResult | null = null;
-    if (body['network'] !== undefined) {
-      const n = parseNetwork(body['network'], 'network');
-      if (!n.ok) issues.push(...n.issues);
+    if (b['network'] !== undefined) {
+      const n = parseNetwork(b['network'], 'network');
+      if (!n.ok) for (const i of n.issues) issues.add(i.field, i.reason);
       else network = n.value;
     }
-    const limits = body['limits'] === undefined || body['limits'] === null ? null : parseLimits(body['limits'], 'limits');
-    if (limits !== null && !limits.ok) issues.push(...limits.issues);
-    const reportOnly = body['reportOnly'];
-    if (reportOnly !== undefined && typeof reportOnly !== 'boolean')
-      issues.push({ field: 'reportOnly', reason: `Expected true or false, got ${quote(reportOnly)}` });
-    if (issues.length > 0) return invalid(issues);
-    const t = (tier ?? null) as Tier | null;
+    if (!issues.ok) return invalid(issues.result());
+    const t = (b['tier'] ?? null) as Tier | null;
+    const limits = b['limits'] as LimitsOverride | null | undefined;
+    const reportOnly = b['reportOnly'] as boolean | undefined;
     const record: OrgRecord = {
       id,
       tier: t,
-      network: body['network'] ?? null,
-      ...(limits?.ok ? { limits: limits.value } : {}),
-      ...(typeof reportOnly === 'boolean' ? { reportOnly } : {}),
+      network: b['network'] ?? null,
+      ...(limits ? { limits: Object.freeze({ ...limits }) } : {}),
+      ...(reportOnly !== undefined ? { reportOnly } : {}),
     };
     return { ok: true, value: { record, def: { id, tier: t, network, reportOnly: reportOnly === true } } };
   }

@@ -5,9 +5,10 @@
 //
 // Each key absent falls back to the organization's, then to the config's default.
 
-import type { FieldIssue } from '../util/issues.ts';
-import { objectWithKeys, optInt } from '../util/fields.ts';
-import { CappedIssues } from '../util/issues.ts';
+import { CappedIssues, type FieldIssue } from '../util/issues.ts';
+import { LIMIT_MAX } from '../schema/constants.ts';
+import { LimitsBody } from '../schema/schemas.ts';
+import { check } from '../schema/check.ts';
 
 /** What one sandbox may hold and open. */
 export interface SandboxLimits {
@@ -25,24 +26,18 @@ export type LimitsOverride = Partial<SandboxLimits>;
 
 export const LIMIT_KEYS = ['connections', 'undecided', 'perSecond', 'burst'] as const;
 
-/** The bounds every key is checked against: 1 to ten million. */
-export const LIMIT_MAX = 10_000_000;
+/** The bounds every key is checked against: 1 to ten million (src/schema/constants.ts). */
+export { LIMIT_MAX };
 
 /**
- * Parses a `limits` object; issues name the key under `field` (e.g. `limits.perSecond`).
- * Every key is optional and an integer from 1 to 10,000,000.
+ * Checks a `limits` object against the one schema (src/schema/define/bodies.ts `LimitsBody`); issues
+ * name the key under `field` (e.g. `limits.perSecond`). Every key is optional and an integer
+ * from 1 to 10,000,000.
  */
 export function parseLimits(v: unknown, field: string): { ok: true; value: LimitsOverride } | { ok: false; issues: FieldIssue[] } {
   const issues = new CappedIssues();
-  const o = objectWithKeys(v, field, LIMIT_KEYS, issues);
-  if (!o) return { ok: false, issues: issues.result() };
-  const out: Record<string, number> = {};
-  for (const k of LIMIT_KEYS) {
-    const n = optInt(o[k], `${field}.${k}`, 1, LIMIT_MAX, issues);
-    if (n !== undefined) out[k] = n;
-  }
-  if (!issues.ok) return { ok: false, issues: issues.result() };
-  return { ok: true, value: Object.freeze(out) as LimitsOverride };
+  if (!check(LimitsBody, v, field, issues)) return { ok: false, issues: issues.result() };
+  return { ok: true, value: Object.freeze({ ...(v as LimitsOverride) }) };
 }
 
 /** Each key from the first layer that sets it: the sandbox's, then its organization's, then the defaults. */

@@ -1,7 +1,5 @@
-// Small helpers for validating a wire document (YAML or JSON, already parsed) into a model while
-// collecting every issue with its field path, instead of stopping at the first one.
-
-import { joinField, type CappedIssues } from './issues.ts';
+// Small helpers for reading a wire document (YAML or JSON, already parsed): the plain-object
+// test, and quoting and describing a value for a reason. Shapes are checked by src/schema/.
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -19,73 +17,11 @@ export function quote(v: unknown): string {
   return JSON.stringify(s);
 }
 
-/** Refuses keys outside `known`; returns the object or undefined (with an issue) when it is not one. */
-export function objectWithKeys(v: unknown, field: string, known: readonly string[], issues: CappedIssues): Record<string, unknown> | undefined {
-  if (!isPlainObject(v)) {
-    issues.add(field || '(root)', `Expected an object, got ${describe(v)}`);
-    return undefined;
-  }
-  for (const k of Object.keys(v)) {
-    if (!known.includes(k)) issues.add(joinField(field, k), `Unknown field ${quote(k)}; known fields are ${known.join(', ')}`);
-  }
-  return v;
-}
-
 export function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'string') return `the string ${quote(v)}`;
   return `${typeof v} ${quote(v)}`;
-}
-
-export function optString(v: unknown, field: string, issues: CappedIssues): string | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string' || v === '') {
-    issues.add(field, `Expected a non-empty string, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
-export function optInt(v: unknown, field: string, min: number, max: number, issues: CappedIssues): number | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    issues.add(field, `Expected an integer from ${min} to ${max}, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
-export function optBool(v: unknown, field: string, issues: CappedIssues): boolean | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'boolean') {
-    issues.add(field, `Expected true or false, got ${describe(v)}`);
-    return undefined;
-  }
-  return v;
-}
-
-export function optEnum<T extends string>(v: unknown, field: string, values: readonly T[], issues: CappedIssues): T | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) {
-    issues.add(field, `Expected one of ${values.join(', ')}, got ${describe(v)}`);
-    return undefined;
-  }
-  return v as T;
-}
-
-export function optStringArray(v: unknown, field: string, issues: CappedIssues): string[] | undefined {
-  if (v === undefined) return undefined;
-  if (!Array.isArray(v)) {
-    issues.add(field, `Expected a list of strings, got ${describe(v)}`);
-    return undefined;
-  }
-  const out: string[] = [];
-  v.forEach((item, i) => {
-    if (typeof item !== 'string' || item === '') issues.add(`${field}[${i}]`, `Expected a non-empty string, got ${describe(item)}`);
-    else out.push(item);
-  });
-  return out;
 }
 
 /** Deep-freezes a validated model so nothing downstream can mutate it by accident. */

@@ -1,0 +1,151 @@
+// The one validator: the config file, the admin API and the state all check a body against the
+// schema in src/schema/ and answer every problem with its field and reason. Its reading of the
+// schema agrees with Ajv's on generated documents, so the JSON Schema that editors and clients
+// get says exactly what egressd accepts (for the shape; the dialects and addresses are checked
+// in code on top).
+
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { validateConfig } from '../../../src/config/schema.ts';
+import { check } from '../../../src/schema/check.ts';
+import { ConfigFile } from '../../../src/schema/define/config-file.ts';
+import { LimitsBody, OrgBody, SandboxBody } from '../../../src/schema/define/bodies.ts';
+import { CappedIssues } from '../../../src/util/issues.ts';
+import { ajv } from '../../helpers/ajv.ts';
+
+const issuesOf = (doc: unknown) => {
+  const r = validateConfig(doc);
+  return r.ok ? [] : r.issues;
+};
+
+describe('validateConfig: every problem at once, each with its key and reason', () => {
+  it('names unknown keys, values out of range, enums, types and missing fields', () => {
+    expect(
+      issuesOf({
+        listne: {},
+        dns: { timeoutMs: 0, refusal: 'drop', zones: 'x', stripEch: 'yes' },
+        admin: { token: '' },
+        sandboxes: [
+          { id: 'a', sources: ['10.0.0.1'], limits: { burst: 1.5, rate: 2 } },
+          { sources: 'x', org: 'bad org' },
+        ],
+      }),
+    ).toEqual([
+      { field: 'listne', reason: expect.stringMatching(/^Unknown field "listne"; known fields are listen, admin, dns, /) },
+      { field: 'admin.token', reason: 'Expected a non-empty string, got the string ""' },
+      { field: 'dns.timeoutMs', reason: 'Expected an integer from 1 to 60000, got number "0"' },
+      { field: 'dns.refusal', reason: 'Expected one of nxdomain, refused, got the string "drop"' },
+      { field: 'dns.zones', reason: 'Expected a list of strings, got the string "x"' },
+      { field: 'dns.stripEch', reason: 'Expected true or false, got the string "yes"' },
+      { field: 'sandboxes[0].limits.rate', reason: 'Unknown field "rate"; known fields are connections, undecided, perSecond, burst' },
+      { field: 'sandboxes[0].limits.burst', reason: 'Expected an integer from 1 to 10000000, got number "1.5"' },
+      { field: 'sandboxes[1].id', reason: 'Missing required field "id"' },
+      { field: 'sandboxes[1].sources', reason: 'Expected a list of IPv4 or IPv6 addresses, got the string "x"' },
+      {
+        field: 'sandboxes[1].org',
+        reason: 'Expected an organization id: letters, digits, ".", "_" or "-", starting with a letter or digit (at most 128), got "bad org"',
+      },
+    ]);
+  });
+
+  it('checks what a shape cannot say: endpoints, addresses, CIDRs, repeated ids and sources, the policy, timeouts', () => {
+    expect(
+      issuesOf({
+        listen: { http: ['127.0.0.1:99999'], tls: [] },
+        admin: { listen: ['127.0.0.1:1', '127.0.0.1:2'] },
+        peek: { timeoutMs: 100, firstByteTimeoutMs: 200 },
+        protected: { extra: ['10.0.0.0/33'] },
+        sandboxes: [
+          { id: 'a', sources: ['10.0.0.1'], network: { mode: 'open' } },
+          { id: 'a', sources: ['10.0.0.1', 'nope'] },
+        ],
+      }),
+    ).toEqual([
+      { field: 'listen.http[0]', reason: 'Port 99999 is outside 0-65535 in "127.0.0.1:99999"' },
+      { field: 'listen.tls', reason: 'Expected at least one "address:port"' },
+      { field: 'admin.listen', reason: 'Expected a single "address:port"' },
+      { field: 'peek.firstByteTimeoutMs', reason: 'Must not exceed peek.timeoutMs (100), got 200' },
+      { field: 'protected.extra[0]', reason: expect.stringContaining('10.0.0.0/33') },
+      { field: 'sandboxes[0].network.mode', reason: expect.stringContaining('"open"') },
+      { field: 'sandboxes[1].id', reason: 'Duplicate sandbox id "a" (also sandboxes[0])' },
+      { field: 'sandboxes[1].sources[0]', reason: 'Source "10.0.0.1" already belongs to sandbox "a"' },
+      { field: 'sandboxes[1].sources[1]', reason: 'Expected an IPv4 or IPv6 address, got "nope"' },
+    ]);
+  });
+
+  it('refuses a document that is not an object, naming the root', () => {
+    expect(issuesOf([1])).toEqual([{ field: '(root)', reason: 'Expected an object, got an array' }]);
+  });
+
+  it('gives a sandbox without a network block-all, as the API does', () => {
+    const r = validateConfig({ sandboxes: [{ id: 'a', sources: ['10.0.0.1'] }] });
+    expect(r.ok && r.config.sandboxes[0]!.network.policy.mode).toBe('block-all');
+  });
+
+  it('takes every default from the schema when the document is empty', () => {
+    const r = validateConfig({});
+    expect(r.ok && r.config.admin).toEqual({ listen: { host: '127.0.0.1', port: 9901, text: '127.0.0.1:9901' }, token: null, maxBodyBytes: 1_048_576 });
+  });
+});
+
+describe('src/schema/check.ts reads the schema as Ajv does', () => {
+  // Values that are near the edges of each keyword: wrong types, bounds, unknown keys, nulls.
+  const scalar = fc.oneof(
+    fc.constantFrom(0, 1, 4, 5, 1.5, -1, 10_000_000, 10_000_001, 65535, 65536, '', 'a', '10.0.0.1', '-x', 'all', 'nxdomain', true, false, null),
+    fc.string({ maxLength: 4 }),
+    fc.integer(),
+  );
+  const value = fc.letrec<{ v: unknown }>((tie) => ({
+    v: fc.oneof(
+      { depthSize: 'small', withCrossShrink: true },
+      scalar,
+      fc.array(tie('v'), { maxLength: 3 }),
+      fc.dictionary(fc.constantFrom('connections', 'burst', 'sources', 'org', 'tier', 'limits', 'id', 'x'), tie('v'), { maxKeys: 3 }),
+    ),
+  })).v;
+  const limits = fc.dictionary(fc.constantFrom('connections', 'undecided', 'perSecond', 'burst', 'rate'), scalar, { maxKeys: 4 });
+  const sandbox = fc.record(
+    { sources: fc.oneof(fc.array(scalar, { maxLength: 3 }), scalar), org: scalar, limits: fc.oneof(limits, value), extra: scalar },
+    { requiredKeys: [] },
+  );
+  const org = fc.record({ tier: scalar, limits: fc.oneof(limits, scalar), other: scalar }, { requiredKeys: [] });
+  const config = fc.record(
+    {
+      dns: fc.record(
+        {
+          timeoutMs: scalar,
+          refusal: scalar,
+          zones: fc.oneof(fc.array(scalar, { maxLength: 2 }), scalar),
+          limits: fc.dictionary(fc.constantFrom('burst', 'perSecond', 'x'), scalar),
+        },
+        { requiredKeys: [] },
+      ),
+      listen: fc.record({ http: fc.oneof(scalar, fc.array(scalar, { maxLength: 2 })), dns: scalar }, { requiredKeys: [] }),
+      catalog: fc.record({ categories: fc.oneof(scalar, fc.array(scalar, { maxLength: 2 })), file: scalar }, { requiredKeys: [] }),
+      limits: fc.record(
+        { sandbox: fc.oneof(limits, scalar), global: fc.record({ connections: scalar, sandboxShare: scalar }, { requiredKeys: [] }) },
+        { requiredKeys: [] },
+      ),
+      block: scalar,
+      sandboxes: fc.array(fc.record({ id: scalar, sources: fc.array(scalar, { maxLength: 2 }), limits }, { requiredKeys: [] }), { maxLength: 2 }),
+      other: scalar,
+    },
+    { requiredKeys: [] },
+  );
+  const a = ajv();
+  it.each([
+    ['LimitsBody', LimitsBody, fc.oneof(limits, value)],
+    ['SandboxBody', SandboxBody, fc.oneof(sandbox, value)],
+    ['OrgBody', OrgBody, fc.oneof(org, value)],
+    ['ConfigFile', ConfigFile, fc.oneof(config, value)],
+  ] as const)('%s: the same verdict on 2,000 generated documents', (_name, schema, arb) => {
+    const ajvCheck = a.compile(schema);
+    fc.assert(
+      fc.property(arb, (doc) => {
+        const ours = check(schema, doc, '', new CappedIssues());
+        expect(ours).toBe(ajvCheck(doc));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
