@@ -1,23 +1,11 @@
 // dialFirst against loopback listeners: RFC 8305 §5 staggered attempts. 127.0.0.0/8 is all
 // loopback, so one port can be served on one address and refused on another.
 
-import { createServer, type Server, type Socket } from 'node:net';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { acceptingServer } from '../../helpers/listen.ts';
 import { dialFirst } from '../../../src/net/dial-first.ts';
 
-async function listening(host: string, port = 0): Promise<{ server: Server; port: number; accepted: Socket[] }> {
-  const accepted: Socket[] = [];
-  const server = createServer((s) => accepted.push(s));
-  onTestFinished(() => {
-    for (const s of accepted) s.destroy();
-    server.close();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, resolve);
-  });
-  return { server, port: (server.address() as { port: number }).port, accepted };
-}
+const listening = acceptingServer;
 
 describe('dialFirst', () => {
   it('moves to the next address at once when one refuses, and says which were tried', async () => {

@@ -4,29 +4,17 @@
 // accept queue is full the kernel drops further SYNs, and a connect there hangs.
 
 import { spawn } from 'node:child_process';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { acceptingServer, listenOn } from '../../helpers/listen.ts';
 import { dial } from '../../../src/net/dial.ts';
 
-async function listening(host: string): Promise<{ server: Server; port: number; accepted: Socket[] }> {
-  const accepted: Socket[] = [];
-  const server = createServer((s) => accepted.push(s));
-  onTestFinished(() => {
-    for (const s of accepted) s.destroy();
-    server.close();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, host, resolve);
-  });
-  return { server, port: (server.address() as { port: number }).port, accepted };
-}
+const listening = (host: string) => acceptingServer(host);
 
 /** A port whose listener was just closed: nothing listens there. */
 async function closedPort(): Promise<number> {
   const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
+  const port = await listenOn(server);
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
 }

@@ -6,6 +6,7 @@
 import { closeSync, openSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { listenOn } from '../../helpers/listen.ts';
 import { OriginalDstError } from '../../../src/errors.ts';
 import { nativeAddonStatus, originalDestination } from '../../../src/net/original-dst.ts';
 
@@ -17,11 +18,7 @@ async function acceptedSocket(listenHost: string, connectHost: string): Promise<
     for (const s of sockets) s.destroy();
     server.close();
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, listenHost, resolve);
-  });
-  const { port } = server.address() as { port: number };
+  const port = await listenOn(server, listenHost);
   const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
   const client = connect(port, connectHost);
   sockets.push(client);

@@ -10,6 +10,7 @@ import { Readable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { request as undiciRequest } from 'undici';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { listenOn } from '../../helpers/listen.ts';
 import { dropSilently, lingeringConnections, refuseHttp, refuseTcp, refuseTls } from '../../../src/net/refuse.ts';
 
 const noop = (): void => {};
@@ -37,11 +38,7 @@ async function front(refuse: (s: Socket) => void, waitForBytes = true): Promise<
       });
     }),
   );
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  return { port: (server.address() as { port: number }).port, accepted };
+  return { port: await listenOn(server), accepted };
 }
 
 function rawClient(port: number): Socket {

@@ -11,6 +11,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { listenOn } from '../../helpers/listen.ts';
 import { dial } from '../../../src/net/dial.ts';
 import { peekSocket } from '../../../src/net/peek-socket.ts';
 import { nativeHandoffs, nativeSpliceStatus } from '../../../src/net/native-splice.ts';
@@ -44,13 +45,7 @@ interface Rig {
 
 const noop = (): void => {};
 
-async function listen(server: Server): Promise<number> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  return (server.address() as { port: number }).port;
-}
+const listen = (server: Server): Promise<number> => listenOn(server);
 
 async function rig(o: RigOptions = {}): Promise<Rig> {
   const sockets: Socket[] = [];
