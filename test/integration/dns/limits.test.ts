@@ -3,20 +3,13 @@
 // waiting on an upstream that never answers (per sandbox and in total), and TCP connections
 // held by one sandbox — while what stays within the bounds is answered as usual.
 
-import { execFile } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
-import { promisify } from 'node:util';
 import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-
-const run = promisify(execFile);
-const haveDig = await run('dig', ['-v']).then(
-  () => true,
-  () => false,
-);
 
 const A = '127.0.0.51';
 const B = '127.0.0.52';
@@ -57,8 +50,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     await upstream?.close();
   });
 
-  const dig = async (from: string, ...args: string[]): Promise<string> =>
-    (await run('dig', ['@127.0.0.1', '-p', String(port), '-b', from, '+tries=1', '+time=2', ...args])).stdout;
+  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
 
   const metric = async (verdict: string): Promise<number> => {
     const m = await (await fetch(`${d.adminUrl}/metrics`)).text();

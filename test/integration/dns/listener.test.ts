@@ -3,20 +3,13 @@
 // forwarded; everything else is answered here; malformed and unserved queries get the RFC's
 // code; truncation sends dig to TCP; answers are cached; a flood is limited per sandbox.
 
-import { execFile } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect, createServer, type AddressInfo } from 'node:net';
-import { promisify } from 'node:util';
 import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-
-const run = promisify(execFile);
-const haveDig = await run('dig', ['-v']).then(
-  () => true,
-  () => false,
-);
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -51,8 +44,7 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
     await upstream?.close();
   });
 
-  const dig = async (from: string, ...args: string[]): Promise<string> =>
-    (await run('dig', [`@127.0.0.1`, '-p', String(port), '-b', from, '+tries=1', '+time=2', ...args])).stdout;
+  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
 
   it('resolves an allowed name and answers NXDOMAIN for another without asking the upstream', async () => {
     expect(await dig(A, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');

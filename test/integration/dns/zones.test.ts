@@ -3,18 +3,11 @@
 // by that name (HTTP Host) nor by the name remembered for its address; a name outside the zones
 // and the policy is answered NXDOMAIN here and never reaches the upstream.
 
-import { execFile } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-
-const run = promisify(execFile);
-const haveDig = await run('dig', ['-v']).then(
-  () => true,
-  () => false,
-);
 
 const Z = '127.0.0.41';
 const D = '127.0.0.42';
@@ -56,8 +49,7 @@ describe.skipIf(!haveDig)('dns.zones', () => {
     backend?.close();
   });
 
-  const dig = async (from: string, ...args: string[]): Promise<string> =>
-    (await run('dig', ['@127.0.0.1', '-p', String(port), '-b', from, '+tries=1', '+time=2', ...args])).stdout;
+  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
 
   /** What comes back to an HTTP request from `source` with this Host, routed to the backend. */
   const get = (source: string, host: string | null): Promise<string> =>
