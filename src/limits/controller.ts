@@ -64,6 +64,18 @@ export class LimitsController {
         else this.#log.info(fields, 'Memory pressure over: accepting new connections');
       },
       (s) => this.#resetUndecided(s),
+      (ms, before, after) =>
+        this.#log.info(
+          {
+            event: 'memory-shrunk',
+            ms: Math.round(ms),
+            pressureBefore: round(before.pressure),
+            pressureAfter: round(after.pressure),
+            rssBytesBefore: before.rssBytes,
+            rssBytesAfter: after.rssBytes,
+          },
+          'Memory pressure: collected garbage and returned free memory to the kernel',
+        ),
     );
     // No budget until start() has raised the limit and counted what is open.
     this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare });

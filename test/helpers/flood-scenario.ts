@@ -47,6 +47,11 @@ export interface FloodResult {
   readonly died: string | null;
   readonly memoryLimit: number | null;
   readonly peakMemory: number | null;
+  /**
+   * How many times the kernel's OOM killer acted in egressd's memory cgroup (cgroup v2
+   * memory.events, v1 memory.oom_control `oom_kill`), or null outside one.
+   */
+  readonly oomKills: number | null;
 }
 
 const TOKEN = 'flood-token';
@@ -119,6 +124,7 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
   let daemon: DaemonProcess | null = null;
   let memoryLimit: number | null = null;
   let peakMemory: number | null = null;
+  let oomKills: number | null = null;
   try {
     daemon = await watchDaemon(start());
     await rig.redirect(FLOOD_PORTS);
@@ -189,11 +195,12 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
       } catch {
         peakMemory = null;
       }
+      oomKills = oomKillCount(cgroup, mem.v1);
     }
     const code = daemon.child.exitCode;
     const signal = daemon.child.signalCode;
     const died = code !== null || signal !== null ? `${code ?? signal}` : null;
-    return { flood: floodResult, workload, probe: probeResult, metrics, limitsApi, sandbox1, lines: daemon.lines, died, memoryLimit, peakMemory };
+    return { flood: floodResult, workload, probe: probeResult, metrics, limitsApi, sandbox1, lines: daemon.lines, died, memoryLimit, peakMemory, oomKills };
   } finally {
     await daemon?.stop('SIGKILL', 5000);
     if (cgroup !== null) {
@@ -206,6 +213,16 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
         }
       }
     }
+  }
+}
+
+/** The `oom_kill` count of a memory cgroup (v2 memory.events, v1 memory.oom_control), or null when the kernel does not keep one. */
+function oomKillCount(dir: string, v1: boolean): number | null {
+  try {
+    const m = /^oom_kill (\d+)$/m.exec(readFileSync(join(dir, v1 ? 'memory.oom_control' : 'memory.events'), 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
   }
 }
 

@@ -61,6 +61,31 @@ describe('MemoryGuard', () => {
     expect(changes).toEqual([true, false]);
   });
 
+  it('shrinks the heap once shedding starts, after the pending accepts, then at most once a second, and never while not shedding', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
+    const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
+    const shrinks: { ms: number; before: number; after: number }[] = [];
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc }, undefined, undefined, (ms, before, after) =>
+      shrinks.push({ ms, before: before.pressure, after: after.pressure }),
+    );
+    const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+    g.refresh();
+    await turn();
+    expect(shrinks).toEqual([]);
+    writeFileSync(current, String(95 << 20));
+    expect(g.refresh()).toBe(true);
+    // Not within the same turn: the accepts already waiting are refused first.
+    expect(shrinks).toHaveLength(0);
+    await turn();
+    expect(shrinks).toHaveLength(1);
+    expect(shrinks[0]!.before).toBeCloseTo(0.95);
+    expect(shrinks[0]!.ms).toBeGreaterThanOrEqual(0);
+    // Still shedding a moment later: no second shrink within the second.
+    g.refresh();
+    await turn();
+    expect(shrinks).toHaveLength(1);
+  });
+
   it('does not count page cache the kernel can drop (inactive_file) as pressure', () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(95 << 20), childInactive: 40 << 20 });
     const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
