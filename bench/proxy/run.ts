@@ -567,7 +567,7 @@ async function main(): Promise<void> {
     const planes = columns
       .filter((c) => c.product === 'egressd')
       .map((c) => {
-        let line: { plane?: string; threads?: number; reason?: string } = {};
+        let line: { plane?: string; setup?: string; threads?: number; reason?: string } = {};
         try {
           const l = readFileSync(join(dir, `egressd-${c.key}.log`), 'utf8')
             .split('\n')
@@ -576,7 +576,8 @@ async function main(): Promise<void> {
         } catch {
           // no log: reported as unknown
         }
-        return `${c.key}: ${line.plane ?? 'unknown'}${line.threads ? ` (${line.threads} threads)` : ''}${line.reason ? ` (${line.reason})` : ''}`;
+        const setup = line.setup ? `, set up on ${line.setup}` : '';
+        return `${c.key}: ${line.plane ?? 'unknown'}${line.threads ? ` (${line.threads} threads)` : ''}${setup}${line.reason ? ` (${line.reason})` : ''}`;
       });
 
     const cpu = cpus()[0]?.model ?? 'unknown CPU';
