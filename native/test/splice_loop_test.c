@@ -619,6 +619,47 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
   close(full);
 }
 
+// RFC 8305 §5: an address that does not answer within the attempt delay does not hold up the
+// next one; the first to connect wins and the other is abandoned.
+static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  int full = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in black = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t blen = sizeof black;
+  bind(full, (struct sockaddr *)&black, sizeof black);
+  listen(full, 0);
+  getsockname(full, (struct sockaddr *)&black, &blen);
+  int fillers[4];
+  for (int i = 0; i < 4; i++) {
+    fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    connect(fillers[i], (struct sockaddr *)&black, sizeof black);
+  }
+  usleep(50 * 1000);
+  struct sockaddr_storage addrs[2] = {storage_of(&black), storage_of(&listen_addr)};
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, true);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+  CHECK(ev.e.state == 1 && ev.e.err == 1, "dialed %d (err %d): the second address should win and splice", ev.e.state, ev.e.err);
+  CHECK(ms >= 90 && ms < 2000, "connected after %ld ms, not after the 100 ms attempt delay", ms);
+  int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  char c;
+  CHECK(upstream >= 0 && read(upstream, &c, 1) == 1 && c == 'x', "the peeked byte did not reach the upstream");
+  sl_loop_abort(l, id);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.dialed == 1 && o.attempts == 2 && o.attempt_err[0] == SL_ATTEMPT_CANCELLED, "dialed %d of %d, first %d", o.dialed, o.attempts,
+        o.attempt_err[0]);
+  close(client);
+  close(upstream);
+  for (int i = 0; i < 4; i++) close(fillers[i]);
+  close(full);
+}
+
 static void test_setup_sheds_at_emfile(sl_loop *l, const struct sockaddr_in *front) {
   struct rlimit old;
   getrlimit(RLIMIT_NOFILE, &old);
@@ -673,6 +714,7 @@ static void test_setup(void) {
   struct sockaddr_in front;
   listen_on_loop(l, 7, &front);
   test_setup_dial_timeout(l, &front);
+  test_setup_dial_staggers(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_peek_deadlines(l, &front);
