@@ -153,6 +153,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       const settings = cp.store.settings;
       const chain = cp.store.policyOf(r.id);
       const levels = chain?.reportOnly ?? [];
+      const ov = cp.store.overlays.compiled;
       sendJson(res, 200, {
         sandbox: r.id,
         // Report-only: on when any level turned it on (the config's `reportOnly`, the
@@ -162,9 +163,21 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
         order: ORDER,
         overlays: {
-          always_deny: cp.store.overlays.model.alwaysDeny.map(entryView),
-          always_allow: cp.store.overlays.model.alwaysAllow.map(entryView),
+          always_deny: cp.store.overlays.model.alwaysDeny.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysDeny[i]?.counter.hits ?? 0 })),
+          always_allow: cp.store.overlays.model.alwaysAllow.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysAllow[i]?.counter.hits ?? 0 })),
         },
+        // How many connections each rule decided since its policy was last set (kept in
+        // memory): a rule at 0 is dead; the rule behind a refusal is in the log line too.
+        rule_hits:
+          chain === undefined
+            ? null
+            : {
+                sandbox: [
+                  ...(chain.layer.dns?.counts.list().map((h) => ({ ...h, id: `dns_servers.${h.id}`, rule: `dns servers: ${h.rule}` })) ?? []),
+                  ...chain.layer.main.counts.list(),
+                ],
+                organization: chain.org?.layer?.main.counts.list() ?? null,
+              },
         organization:
           org == null
             ? null

@@ -21,7 +21,7 @@ import type { NameResolver } from './resolve.ts';
 import type { BlockMode, Linger } from './refuse.ts';
 import { SocketClient, type ClientSide } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
-import { nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
+import { countVerdict, nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
 import type { Facts } from '../policy/decide.ts';
 import type { ConnectionRegistry, LiveConnection } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
@@ -81,6 +81,8 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
   const live: LiveConnection = deps.registry.add({ outcome: o, abort: new AbortController(), facts: null });
   const finish = (): void => {
     o.durationMs = Date.now() - startedAt;
+    // Each connection counts once, for the verdict that last applied to it.
+    if (o.decided !== undefined) countVerdict(o.decided);
     deps.registry.remove(live);
     deps.emit(o);
   };
@@ -328,6 +330,7 @@ async function run(
  * so a change made while the connection waited is what its log line shows.
  */
 function admit(o: ConnectionOutcome, v: Verdict): void {
+  o.decided = v;
   o.verdict = v.verdict === 'would-refuse' ? 'would-refuse' : 'allow';
   o.reason = v.reason;
   o.rule = v.rule;
@@ -361,6 +364,7 @@ function refuseUpstream(socket: ClientSide, config: PipelineSettings, o: Connect
 
 /** The policy refused. */
 function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): void {
+  o.decided = v;
   answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
 }
 

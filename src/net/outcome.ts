@@ -4,6 +4,7 @@
 import type { ListenerKind } from './listener.ts';
 import type { PeekReason } from '../peek/peek-steps.ts';
 import type { DecisionReason } from '../policy/decide.ts';
+import type { Verdict } from '../policy/verdict.ts';
 import type { LifecycleReason } from './registry.ts';
 import type { ShedReason } from '../limits/admission.ts';
 import type { UpstreamReason } from './upstream-target.ts';
@@ -56,6 +57,11 @@ export interface ConnectionOutcome {
   reason: OutcomeReason;
   endedBy: EndedBy;
   rule: string | null;
+  /**
+   * The verdict that decided, with the layer and rules behind it (policy/verdict.ts): counted
+   * once when the connection ends, for the per-rule hit counts. Absent when none was made.
+   */
+  decided?: Verdict;
   /** The upstream address that answered, when one did. */
   dialed: string | null;
   /** Every address a connection was attempted to, in order, when more than the one that answered (RFC 8305 §5). */

@@ -75,6 +75,12 @@ export const METRICS = {
     labels: ['listener', 'verdict', 'reason', 'ended_by'],
     sandboxLabel: true,
   },
+  ruleHits: {
+    name: 'egressd_rule_hits_total',
+    type: 'counter',
+    help: 'Connections decided, by the layer whose rule decided (always-deny, always-allow, org, sandbox, protected), the verdict (allow, refuse, would-refuse) and, for the operator overlays, the entry name (rule; empty for the other layers). Per-rule counts of each policy are in the effective view.',
+    labels: ['layer', 'verdict', 'rule'],
+  },
   activeConnections: {
     name: 'egressd_active_connections',
     type: 'gauge',
@@ -345,6 +351,9 @@ export class Metrics {
     if (o.connectMs !== undefined) m.connectDuration.observe(o.connectMs / 1000);
     if (o.dialFailure !== undefined) m.connectFailures.inc({ cause: o.dialFailure });
     if (o.reason === 'policy-changed') m.closedByPolicyChange.inc();
+    const d = o.decided;
+    // Bounded: five layers, three verdicts, and the overlay names the operator wrote.
+    if (d !== undefined) m.ruleHits.inc({ layer: d.reason === 'protected-address' ? 'protected' : d.layer, verdict: d.verdict, rule: d.overlay?.name ?? '' });
   }
 
   /** A connection refused at accept by admission control (it has no outcome record). */

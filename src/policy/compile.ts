@@ -7,6 +7,7 @@ import { CidrTrie } from '../match/cidr-trie.ts';
 import { DomainTrie } from '../match/domain-trie.ts';
 import { parseCidr, type IpFamily } from '../match/ip.ts';
 import type { Policy, PortRange, Side } from './model.ts';
+import { RuleCounts } from './rule-hits.ts';
 import { asIPv4IfMapped, type ProtectedRanges } from '../match/protected.ts';
 
 /** Destination ports as sorted, disjoint segments, each labelled with one range holding it. */
@@ -220,6 +221,8 @@ export interface CompiledPolicy {
   readonly protectedSet: ProtectedRanges;
   readonly allow: CompiledSide;
   readonly deny: CompiledSide;
+  /** How many connections each of its rules decided (rule-hits.ts); the one mutable part. */
+  readonly counts: RuleCounts;
 }
 
 /**
@@ -234,5 +237,6 @@ export function compilePolicy(policy: Policy, protectedSet: ProtectedRanges, joi
     // Only allowed CIDRs unlock protected addresses; a denied one never needs to.
     allow: new CompiledSide(policy.allow, 'allowed', protectedSet, joinAllow),
     deny: new CompiledSide(policy.deny, 'denied', null),
+    counts: new RuleCounts(policy.allow, policy.deny, policy.mode, joinAllow),
   });
 }

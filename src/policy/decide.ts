@@ -3,6 +3,7 @@
 
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
+import type { RuleCounts } from './rule-hits.ts';
 import { isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
 
 export interface Facts {
@@ -26,6 +27,23 @@ export interface Decision {
    * nothing about the address (SNI spoofing).
    */
   readonly matchedBy: 'name' | 'address' | 'port' | 'mode' | 'protected';
+  /** The rules that decided, for the per-rule hit counts (rule-hits.ts); absent for a protected address. */
+  readonly hit?: RuleHit;
+}
+
+/** Up to two rules of one policy (a host rule and a port rule, or one of them, or the mode), by slot. */
+export interface RuleHit {
+  readonly counts: RuleCounts;
+  readonly a: number;
+  /** -1 when one rule decided. */
+  readonly b: number;
+}
+
+/** Counts one connection for the rules of a decision (called once per connection, for its final verdict). */
+export function countHit(h: RuleHit | undefined): void {
+  if (h === undefined) return;
+  h.counts.add(h.a);
+  h.counts.add(h.b);
 }
 
 /**
@@ -103,7 +121,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
   // (2) The allow side.
   if (!allow.empty) {
     if (trace !== undefined && cidr < 0 && allow.hasHosts && allow.domains !== null) trace.nameConsulted = true;
-    const d = allowMatch(allow, cidr, name, port);
+    const d = allowMatch(allow, cidr, name, port, p.counts);
     if (d !== null) return d;
   }
 
@@ -113,19 +131,33 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
     if (trace !== undefined && deny.domains !== null) trace.nameConsulted = true;
     if (name !== null && deny.domains !== null) {
       const i = deny.domains.match(name);
-      if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.domainRule(i), matchedBy: 'name' };
+      if (i >= 0)
+        return {
+          verdict: 'refuse',
+          reason: 'deny-rule',
+          rule: deny.domainRule(i),
+          matchedBy: 'name',
+          hit: one(p.counts, p.counts.slot('denied', 'domains', i)),
+        };
     }
     const c = deny.cidrIndex(family, words);
-    if (c >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.cidrRule(c), matchedBy: 'address' };
+    if (c >= 0)
+      return { verdict: 'refuse', reason: 'deny-rule', rule: deny.cidrRule(c), matchedBy: 'address', hit: one(p.counts, p.counts.slot('denied', 'cidrs', c)) };
     if (deny.ports !== null) {
       const i = deny.ports.find(port);
-      if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.portRule(i), matchedBy: 'port' };
+      if (i >= 0)
+        return { verdict: 'refuse', reason: 'deny-rule', rule: deny.portRule(i), matchedBy: 'port', hit: one(p.counts, p.counts.slot('denied', 'ports', i)) };
     }
   }
 
-  // (4) The mode.
-  return p.policy.mode === 'allow-all' ? ALLOW_ALL : BLOCK_ALL;
+  // (4) The mode: one frozen decision per policy, built on first use.
+  return (p.counts.modeDecision ??= Object.freeze({
+    ...(p.policy.mode === 'allow-all' ? ALLOW_ALL : BLOCK_ALL),
+    hit: one(p.counts, p.counts.slot('allowed', null, 0)),
+  }));
 }
+
+const one = (counts: RuleCounts, a: number): RuleHit => ({ counts, a, b: -1 });
 
 /**
  * Whether a connection matches one side taken as an allow side is matched (step 2's rule: host
@@ -144,31 +176,37 @@ export function matchSide(side: CompiledSide, f: Facts, trace?: DecideTrace): De
   }
   const cidr = side.cidrIndex(family, words);
   if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null) trace.nameConsulted = true;
-  return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port);
+  return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null);
 }
 
-function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number): Decision | null {
+function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number, counts: RuleCounts | null): Decision | null {
   let host: string | null = null;
+  let hostSlot = -1;
   let by: Decision['matchedBy'] = 'port';
   if (allow.hasHosts) {
     if (cidr >= 0) {
       host = allow.cidrRule(cidr);
+      hostSlot = counts?.slot('allowed', 'cidrs', cidr) ?? -1;
       by = 'address';
     } else if (name !== null && allow.domains !== null) {
       const i = allow.domains.match(name);
       if (i < 0) return null;
       host = allow.domainRule(i);
+      hostSlot = counts?.slot('allowed', 'domains', i) ?? -1;
       by = 'name';
     } else {
       return null;
     }
   }
   let portRule: string | null = null;
+  let portSlot = -1;
   if (allow.ports !== null) {
     const i = allow.ports.find(port);
     if (i < 0) return null;
     portRule = allow.portRule(i);
+    portSlot = counts?.slot('allowed', 'ports', i) ?? -1;
   }
   const rule = host === null ? portRule : portRule === null ? host : `${host} + ${portRule}`;
-  return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by };
+  if (counts === null) return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by };
+  return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by, hit: hostSlot >= 0 ? { counts, a: hostSlot, b: portSlot } : one(counts, portSlot) };
 }

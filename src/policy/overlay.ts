@@ -139,6 +139,8 @@ export interface CompiledAllowEntry {
   readonly name: string;
   readonly entry: OverlayEntry;
   readonly policy: CompiledPolicy;
+  /** Connections this entry decided since it was loaded (the effective view's `hits`). */
+  readonly counter: { hits: number };
 }
 
 /** One always-deny entry: its side, matched as an allow side is (host AND port), rule texts `denied_*`. */
@@ -146,6 +148,7 @@ export interface CompiledDenyEntry {
   readonly name: string;
   readonly entry: OverlayEntry;
   readonly side: CompiledSide;
+  readonly counter: { hits: number };
 }
 
 export interface CompiledOverlays {
@@ -161,8 +164,11 @@ export function compileOverlays(o: Overlays, protectedSet: ProtectedRanges): Com
         name: entry.name,
         entry,
         policy: compilePolicy({ mode: 'block-all', allow: entry.side, deny: EMPTY_SIDE }, protectedSet),
+        counter: { hits: 0 },
       })),
     ),
-    alwaysDeny: Object.freeze(o.alwaysDeny.map((entry) => ({ name: entry.name, entry, side: new CompiledSide(entry.side, 'denied', null) }))),
+    alwaysDeny: Object.freeze(
+      o.alwaysDeny.map((entry) => ({ name: entry.name, entry, side: new CompiledSide(entry.side, 'denied', null), counter: { hits: 0 } })),
+    ),
   });
 }

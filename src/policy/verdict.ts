@@ -6,7 +6,7 @@
 
 import type { ProtectedRanges } from '../match/protected.ts';
 import { compilePolicy, type CompiledPolicy, type SharedDomains } from './compile.ts';
-import { decide, matchSide, type Decision, type DecideTrace, type Facts } from './decide.ts';
+import { countHit, decide, matchSide, type Decision, type DecideTrace, type Facts, type RuleHit } from './decide.ts';
 import type { CompiledOverlays } from './overlay.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
 
@@ -101,6 +101,21 @@ export type VerdictValue = 'allow' | 'refuse' | 'would-refuse';
 export interface Verdict extends Omit<Decision, 'verdict'> {
   readonly verdict: VerdictValue;
   readonly layer: VerdictLayer;
+  /** The organization's rules that allowed, when the sandbox's then decided (both are counted). */
+  readonly orgHit?: RuleHit;
+  /** The overlay entry that decided (layers `always-deny`, `always-allow`). */
+  readonly overlay?: { readonly name: string; readonly counter: { hits: number } };
+}
+
+/**
+ * Counts one connection's final verdict for the rules that made it: the policy's rules
+ * (rule-hits.ts), or the overlay entry. Called once per connection (net/connection.ts), never by
+ * a check or a re-judge.
+ */
+export function countVerdict(v: Verdict): void {
+  if (v.overlay !== undefined) v.overlay.counter.hits++;
+  countHit(v.hit);
+  countHit(v.orgHit);
 }
 
 /**
@@ -178,11 +193,21 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
           rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`,
           matchedBy: m.matchedBy,
           layer: 'always-deny',
+          overlay: e,
         };
     }
     for (const e of ov.alwaysAllow) {
       const d = decide(e.policy, facts, trace);
-      if (d.verdict === 'allow') return { ...d, rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`, layer: 'always-allow' };
+      if (d.verdict === 'allow') {
+        return {
+          verdict: 'allow',
+          reason: d.reason,
+          rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`,
+          matchedBy: d.matchedBy,
+          layer: 'always-allow',
+          overlay: e,
+        };
+      }
     }
   }
   const org = chain.org;
@@ -196,6 +221,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
     return {
       ...s,
       ...(s.verdict === 'allow' && o.matchedBy === 'name' && s.matchedBy !== 'name' ? { matchedBy: 'name' as const } : {}),
+      ...(s.verdict === 'allow' && o.hit !== undefined ? { orgHit: o.hit } : {}),
       layer: 'sandbox',
     };
   }

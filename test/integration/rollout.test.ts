@@ -3,6 +3,8 @@
 // view say about it, and bodies that carry a wrong value refused with the field. The real path
 // with real clients is test/e2e/rollout.test.ts.
 
+import { once } from 'node:events';
+import { connect, createServer, type Server } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
@@ -148,8 +150,8 @@ describe('operator overlays (the config), in check and the effective view, reloa
     });
     const eff = await get('/api/v1/sandboxes/ov-sb/effective');
     expect(eff['overlays']).toEqual({
-      always_deny: [{ name: 'smtp', domains: [], cidrs: [], ports: [25] }],
-      always_allow: [{ name: 'platform-api', domains: ['api.platform.test'], cidrs: [], ports: [443] }],
+      always_deny: [{ name: 'smtp', domains: [], cidrs: [], ports: [25], hits: 0 }],
+      always_allow: [{ name: 'platform-api', domains: ['api.platform.test'], cidrs: [], ports: [443], hits: 0 }],
     });
     expect(eff['order']).toMatch(/always-deny.*always-allow.*organization AND the sandbox/);
   });
@@ -168,5 +170,79 @@ describe('operator overlays (the config), in check and the effective view, reloa
     });
     expect(await post('/api/v1/check', { sandbox: 'ov-sb', ip: '198.18.1.2', port: 25 })).toMatchObject({ verdict: 'refuse', layer: 'always-deny' });
     expect((await get('/api/v1/sandboxes/ov-sb/effective'))['overlays']).toMatchObject({ always_allow: [] });
+  });
+});
+
+describe('per-rule hit counts, from real connections, read back through the API and /metrics', () => {
+  let d: LoopbackDaemon;
+  let upstream: Server;
+  let upstreamPort: number;
+  beforeAll(async () => {
+    upstream = createServer((s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    upstreamPort = (upstream.address() as { port: number }).port;
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        ...PROTECTED,
+        overlays: { alwaysDeny: [{ name: 'no-telnet', ports: [23] }] },
+        sandboxes: [
+          {
+            id: 'hits-sb',
+            sources: ['127.0.0.21', '127.0.0.22'],
+            network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32', '198.18.9.0/24'], allowed_ports: [upstreamPort, 8443] } },
+          },
+        ],
+      }),
+    );
+  });
+  afterAll(async () => {
+    await d.stop();
+    upstream.close();
+  });
+  /** One connection from `source`, "going to" address:port; resolves with its log line. */
+  const connectFrom = async (source: string, address: string, port: number, send = true): Promise<Record<string, unknown>> => {
+    d.route(source, address, port);
+    const before = d.logs.length;
+    const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: source });
+    s.on('error', () => {});
+    // A client that sends nothing is judged by address and port after the first-byte wait.
+    s.on('connect', () => (send ? s.end('ping') : undefined));
+    s.resume();
+    await new Promise((r) => s.once('close', r));
+    return d.waitForLog((l) => d.logs.indexOf(l) >= before && l['event'] === 'connection');
+  };
+
+  it('counts each connection once, for the rules that decided it, and the overlay entry by name', async () => {
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', upstreamPort)).toMatchObject({ verdict: 'allow' });
+    expect(await connectFrom('127.0.0.22', '127.0.0.1', upstreamPort)).toMatchObject({ verdict: 'allow' });
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', 9, false)).toMatchObject({ verdict: 'refuse', rule: 'mode "block-all"' });
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', 23, false)).toMatchObject({ verdict: 'refuse', rule: 'always-deny "no-telnet": denied_ports "23"' });
+    const res = await request(`${d.adminUrl}/api/v1/sandboxes/hits-sb/effective`, { headers: auth });
+    const eff = (await res.body.json()) as Record<string, any>;
+    expect(eff['rule_hits']).toEqual({
+      sandbox: [
+        { id: 'allowed_cidrs[0]', rule: 'allowed_cidrs "127.0.0.1/32"', hits: 2 },
+        { id: 'allowed_cidrs[1]', rule: 'allowed_cidrs "198.18.9.0/24"', hits: 0 },
+        { id: 'allowed_ports[0]', rule: `allowed_ports "${upstreamPort}"`, hits: 2 },
+        { id: 'allowed_ports[1]', rule: 'allowed_ports "8443"', hits: 0 },
+        { id: 'mode', rule: 'mode "block-all"', hits: 1 },
+      ],
+      organization: null,
+    });
+    expect(eff['overlays']['always_deny']).toEqual([{ name: 'no-telnet', domains: [], cidrs: [], ports: [23], hits: 1 }]);
+    // A check decides nothing: the counts do not move.
+    await request(`${d.adminUrl}/api/v1/check`, { method: 'POST', headers: auth, body: JSON.stringify({ sandbox: 'hits-sb', ip: '127.0.0.1', port: 9 }) }).then(
+      (r) => r.body.dump(),
+    );
+    const again = (await (await request(`${d.adminUrl}/api/v1/sandboxes/hits-sb/effective`, { headers: auth })).body.json()) as Record<string, any>;
+    expect(again['rule_hits']['sandbox'].at(-1)).toEqual({ id: 'mode', rule: 'mode "block-all"', hits: 1 });
+    const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="sandbox",verdict="allow",rule=""\} 2$/m);
+    expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="sandbox",verdict="refuse",rule=""\} 1$/m);
+    expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="always-deny",verdict="refuse",rule="no-telnet"\} 1$/m);
   });
 });

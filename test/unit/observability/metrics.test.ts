@@ -78,7 +78,7 @@ function feed(m: Metrics): void {
   m.accepted('tls');
   m.accepted('http');
   m.accepted('tcp');
-  m.outcome(outcome());
+  m.outcome(outcome({ decided: { verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "*.example.com"', matchedBy: 'name', layer: 'sandbox' } }));
   m.outcome(
     outcome(
       { listener: 'http', verdict: 'refuse', reason: 'default-block', endedBy: 'policy', rule: 'mode "block-all"', dialed: null, bytesUp: 0, bytesDown: 0 },
@@ -164,6 +164,31 @@ describe('Metrics declarations', () => {
 });
 
 describe('Metrics as the daemon feeds them', () => {
+  it('counts rule hits by layer, verdict and overlay entry name only', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    const counter = { hits: 0 };
+    m.outcome(
+      outcome({
+        decided: {
+          verdict: 'refuse',
+          reason: 'deny-rule',
+          rule: 'always-deny "smtp": denied_ports "25"',
+          matchedBy: 'port',
+          layer: 'always-deny',
+          overlay: { name: 'smtp', counter },
+        },
+      }),
+    );
+    m.outcome(outcome({ decided: { verdict: 'would-refuse', reason: 'deny-rule', rule: 'denied_domains "x.example"', matchedBy: 'name', layer: 'org' } }));
+    m.outcome(
+      outcome({ decided: { verdict: 'refuse', reason: 'protected-address', rule: 'protected "10.0.0.0/8"', matchedBy: 'protected', layer: 'sandbox' } }),
+    );
+    const s = await egressdSamples(m);
+    expect(value(s, 'egressd_rule_hits_total', { layer: 'always-deny', verdict: 'refuse', rule: 'smtp' })).toBe(1);
+    expect(value(s, 'egressd_rule_hits_total', { layer: 'org', verdict: 'would-refuse', rule: '' })).toBe(1);
+    expect(value(s, 'egressd_rule_hits_total', { layer: 'protected', verdict: 'refuse', rule: '' })).toBe(1);
+  });
+
   it('moves every egressd metric over a few connections, lookups and policy changes', async () => {
     const m = new Metrics({ sandboxLabel: false });
     const before = await egressdSamples(m);
@@ -323,7 +348,10 @@ describe('Metrics labels', () => {
   /** Every label egressd's metrics may carry, and the values each may take ('le' is the histogram's). */
   const LABEL_VALUES: Record<string, RegExp> = {
     listener: /^(?:http|tls|tcp)$/,
-    verdict: /^(?:allow|refuse|error|rate-limited|inflight-limited|tcp-limited|malformed|servfail)$/,
+    verdict: /^(?:allow|refuse|would-refuse|error|rate-limited|inflight-limited|tcp-limited|malformed|servfail)$/,
+    layer: /^(?:always-deny|always-allow|org|sandbox|protected)$/,
+    // An operator overlay entry's name (config overlays: the operator bounds the set), or empty.
+    rule: /^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$/,
     type: /^(?:A|AAAA|HTTPS|SVCB|CNAME|MX|TXT|PTR|SRV|NS|SOA|CAA|ANY|DS|DNSKEY|other)$/,
     reason: /^[a-z]+(?:-[a-z]+)*$/,
     ended_by: /^(?:client|policy|upstream|egressd)$/,

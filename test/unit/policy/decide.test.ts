@@ -5,6 +5,9 @@ import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
 import { compileProtected, type ProtectedRanges } from '../../../src/match/protected.ts';
 import { HostAddresses } from '../../../src/net/host-addresses.ts';
 
+/** The decision without its rule-hit reference (rule-hits.ts has its own tests). */
+const plain = ({ hit: _hit, ...d }: Decision): Decision => d;
+
 function iface(address: string) {
   const family = address.includes(':') ? ('IPv6' as const) : ('IPv4' as const);
   return { address, family, netmask: '', mac: '00:00:00:00:00:00', internal: false, cidr: null, scopeid: 0 };
@@ -28,7 +31,7 @@ const facts = (ip: string, port = 443, name: string | null = null): Facts => ({ 
 
 describe('decide (1): protected addresses', () => {
   it('refuses a protected address even in allow-all mode', () => {
-    expect(decide(compiled('allow-all'), facts('169.254.169.254', 80))).toEqual<Decision>({
+    expect(plain(decide(compiled('allow-all'), facts('169.254.169.254', 80)))).toEqual<Decision>({
       verdict: 'refuse',
       reason: 'protected-address',
       rule: 'protected "169.254.0.0/16"',
@@ -162,7 +165,7 @@ describe('decide (1a): the host itself', () => {
     ['2001:db8:7::1', 15080, "egressd's own listener [2001:db8:7::1]:15080"],
     ['127.0.0.1', 9901, "egressd's own listener 127.0.0.1:9901"],
   ])('refuses %s port %i whatever the policy and protected.except say (%s)', (ip, port, rule) => {
-    expect(decide(p, facts(ip, port))).toEqual<Decision>({ verdict: 'refuse', reason: 'protected-address', rule, matchedBy: 'protected' });
+    expect(plain(decide(p, facts(ip, port)))).toEqual<Decision>({ verdict: 'refuse', reason: 'protected-address', rule, matchedBy: 'protected' });
     expect(decide(compiled('allow-all', {}, {}, open), facts(ip, port)).rule).toBe(rule);
   });
 
@@ -198,7 +201,7 @@ describe('decide (1a): the host itself', () => {
 
 describe('decide (2): the allow side', () => {
   it('allows by name, reporting the domain rule and matchedBy name', () => {
-    expect(decide(compiled('block-all', { domains: ['*.github.com'] }), facts('140.82.112.6', 443, 'api.github.com'))).toEqual<Decision>({
+    expect(plain(decide(compiled('block-all', { domains: ['*.github.com'] }), facts('140.82.112.6', 443, 'api.github.com')))).toEqual<Decision>({
       verdict: 'allow',
       reason: 'allow-rule',
       rule: 'allowed_domains "*.github.com"',
@@ -207,7 +210,7 @@ describe('decide (2): the allow side', () => {
   });
 
   it('allows by address, reporting the CIDR rule and the port rule', () => {
-    expect(decide(compiled('block-all', { cidrs: ['8.8.8.0/24'], ports: [[8000, 8999], 443] }), facts('8.8.8.8', 8080))).toEqual<Decision>({
+    expect(plain(decide(compiled('block-all', { cidrs: ['8.8.8.0/24'], ports: [[8000, 8999], 443] }), facts('8.8.8.8', 8080)))).toEqual<Decision>({
       verdict: 'allow',
       reason: 'allow-rule',
       rule: 'allowed_cidrs "8.8.8.0/24" + allowed_ports "8000-8999"',
@@ -216,7 +219,7 @@ describe('decide (2): the allow side', () => {
   });
 
   it('allows any host on a listed port when the side lists no hosts', () => {
-    expect(decide(compiled('block-all', { ports: [443] }), facts('8.8.8.8', 443, 'anything.example'))).toEqual<Decision>({
+    expect(plain(decide(compiled('block-all', { ports: [443] }), facts('8.8.8.8', 443, 'anything.example')))).toEqual<Decision>({
       verdict: 'allow',
       reason: 'allow-rule',
       rule: 'allowed_ports "443"',
@@ -253,7 +256,7 @@ describe('decide (2): the allow side', () => {
   });
 
   it('matches nothing when the side lists nothing', () => {
-    expect(decide(compiled('block-all'), facts('8.8.8.8', 443, 'github.com'))).toEqual<Decision>({
+    expect(plain(decide(compiled('block-all'), facts('8.8.8.8', 443, 'github.com')))).toEqual<Decision>({
       verdict: 'refuse',
       reason: 'default-block',
       rule: 'mode "block-all"',
@@ -285,11 +288,11 @@ describe('decide (3): the deny side', () => {
     [facts('8.8.8.8', 22, null), 'denied_ports "22"', 'port'],
     [facts('8.8.8.8', 6010, 'x.example'), 'denied_ports "6000-6063"', 'port'],
   ])('refuses %j by %s', (f, rule, matchedBy) => {
-    expect(decide(p, f)).toEqual<Decision>({ verdict: 'refuse', reason: 'deny-rule', rule, matchedBy });
+    expect(plain(decide(p, f))).toEqual<Decision>({ verdict: 'refuse', reason: 'deny-rule', rule, matchedBy });
   });
 
   it('lets through what no deny rule names', () => {
-    expect(decide(p, facts('8.8.8.8', 443, 'github.com'))).toEqual<Decision>({
+    expect(plain(decide(p, facts('8.8.8.8', 443, 'github.com')))).toEqual<Decision>({
       verdict: 'allow',
       reason: 'default-allow',
       rule: 'mode "allow-all"',
