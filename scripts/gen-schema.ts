@@ -5,17 +5,21 @@
 //
 //   node scripts/gen-schema.ts
 
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { configJsonSchema } from '../src/schema/define/config-file.ts';
 import { runtimeSchemas } from '../src/schema/define/runtime.ts';
+import { openApiDocument } from '../src/schema/define/openapi.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 
 export const GENERATED: readonly { readonly path: string; readonly make: () => unknown }[] = [
   { path: 'src/schema/generated/schemas.json', make: runtimeSchemas },
   { path: 'docs/schema/config.schema.json', make: configJsonSchema },
+  { path: 'src/schema/generated/openapi.json', make: () => openApiDocument(version) },
+  { path: 'docs/openapi.json', make: () => openApiDocument(version) },
 ];
 
 /** The file's text: two-space JSON and a final newline, as committed. */

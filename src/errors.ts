@@ -138,6 +138,7 @@ export const API_ERRORS = {
   not_found: { status: 404, when: 'The sandbox, organization or route does not exist.' },
   method_not_allowed: { status: 405, when: 'The path exists but not with this method.' },
   conflict: { status: 409, when: 'The change contradicts the current state (a source owned elsewhere, a config-file sandbox).' },
+  precondition_failed: { status: 412, when: 'An `If-Match` or `If-None-Match` header did not hold; the answer carries the current `ETag`.' },
   body_too_large: { status: 413, when: 'The body exceeds `admin.maxBodyBytes`.' },
   unsupported_media_type: { status: 415, when: '`Content-Type` is not `application/json`.' },
   internal: { status: 500, when: 'An unexpected failure; nothing was applied.' },
@@ -151,7 +152,15 @@ export class ApiError extends EgressdError {
   readonly status: (typeof API_ERRORS)[ApiErrorCode]['status'];
   readonly apiCode: ApiErrorCode;
   readonly field: string | null;
-  constructor(status: (typeof API_ERRORS)[ApiErrorCode]['status'], apiCode: ApiErrorCode, message: string, field: string | null = null) {
+  /** Response headers the error carries (a 412's current `ETag`). */
+  readonly headers: Readonly<Record<string, string>>;
+  constructor(
+    status: (typeof API_ERRORS)[ApiErrorCode]['status'],
+    apiCode: ApiErrorCode,
+    message: string,
+    field: string | null = null,
+    headers: Readonly<Record<string, string>> = {},
+  ) {
     super('EGRESSD_ERR_API_REQUEST', message);
     this.name = 'ApiError';
     // The table decides; call sites spell the status for the reader, and the docs test checks
@@ -160,6 +169,7 @@ export class ApiError extends EgressdError {
     this.status = API_ERRORS[apiCode].status;
     this.apiCode = apiCode;
     this.field = field;
+    this.headers = headers;
   }
 }
 

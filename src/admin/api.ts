@@ -1,7 +1,10 @@
 // The control-plane API on the admin listener. Every /api/* call needs the bearer token; bodies
 // are JSON with a size cap; errors are { error: { code, message, field } } with 400, 401, 404,
-// 409, 413 or 503 (the state could not be written); a refused change changes nothing.
+// 409, 412, 413 or 503 (the state could not be written); a refused change changes nothing.
+// Lists are paged (limit, cursor); a sandbox or organization carries an ETag, and its writes
+// take If-Match / If-None-Match (docs/api.md).
 
+import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import { isPlainObject, quote } from '../util/fields.ts';
@@ -17,6 +20,8 @@ import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 import { ID_PATTERN } from '../schema/constants.ts';
+import { pageOf, pageQuery } from './pagination.ts';
+import { preconditionsOf } from './preconditions.ts';
 
 export interface ApiOptions {
   readonly token: () => string | null;
@@ -41,6 +46,10 @@ function fromChange(e: ChangeError): ApiError {
     return new ApiError(400, 'invalid_policy', message, first?.field || null);
   }
   if (e.kind === 'conflict') return new ApiError(409, 'conflict', e.message, e.field);
+  if (e.kind === 'precondition') {
+    const field = e.message.startsWith('If-None-Match') ? 'If-None-Match' : 'If-Match';
+    return new ApiError(412, 'precondition_failed', e.message, field, e.etag !== null ? { etag: e.etag } : {});
+  }
   return new ApiError(404, 'not_found', e.message);
 }
 
@@ -103,14 +112,34 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     return r;
   };
 
-  admin.route({ method: 'GET', path: /^\/api\/v1\/orgs$/, handler: guarded((_q, res) => sendJson(res, 200, { orgs: cp.orgs() })) });
-  admin.route({ method: 'GET', path: /^\/api\/v1\/sandboxes$/, handler: guarded((_q, res) => sendJson(res, 200, { sandboxes: cp.sandboxes().map(view) })) });
+  // Every list is paged (`limit`, `cursor`: src/admin/pagination.ts), ordered by id.
+  admin.route({
+    method: 'GET',
+    path: /^\/api\/v1\/orgs$/,
+    handler: guarded((req, res) => {
+      const p = pageOf(cp.orgs(), 'orgs', pageQuery(req.url, 'orgs'));
+      sendJson(res, 200, { orgs: p.items, next_cursor: p.next });
+    }),
+  });
+  admin.route({
+    method: 'GET',
+    path: /^\/api\/v1\/sandboxes$/,
+    handler: guarded((req, res) => {
+      const p = pageOf(cp.sandboxes(), 'sandboxes', pageQuery(req.url, 'sandboxes'));
+      sendJson(res, 200, { sandboxes: p.items.map(view), next_cursor: p.next });
+    }),
+  });
+  // Entity tags (RFC 9110 §8.8.3) of a sandbox or organization, on every answer that shows one.
+  const etag = (kind: 'sandbox' | 'org', id: string): Record<string, string> => {
+    const t = cp.etagOf(kind, id);
+    return t === undefined ? {} : { etag: t };
+  };
   admin.route({
     method: 'PUT',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
     handler: guarded(async (req, res, [id]) => {
-      const r = unwrap(await cp.putSandbox(id!, await body(req), actor(req)));
-      sendJson(res, r.created ? 201 : 200, view(r.record));
+      const r = unwrap(await cp.putSandbox(id!, await body(req), actor(req), preconditionsOf(req)));
+      sendJson(res, r.created ? 201 : 200, view(r.record), { etag: r.etag });
     }),
   });
   admin.route({
@@ -118,29 +147,40 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
     handler: guarded((_q, res, [id]) => {
       const r = get(id!);
-      sendJson(res, 200, { ...view(r), ...(opts.connections ? { connections: opts.connections(r.id) } : {}) });
+      sendJson(res, 200, { ...view(r), ...(opts.connections ? { connections: opts.connections(r.id) } : {}) }, etag('sandbox', r.id));
+    }),
+  });
+  // The OpenAPI 3.1 description, generated from the one schema (scripts/gen-schema.ts): read from
+  // disk on the first request, so an idle daemon holds neither it nor the schema library.
+  let openapi: Buffer | undefined;
+  admin.route({
+    method: 'GET',
+    path: /^\/api\/v1\/openapi\.json$/,
+    handler: guarded(async (_q, res) => {
+      openapi ??= await readFile(new URL('../schema/generated/openapi.json', import.meta.url));
+      res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': openapi.length, 'cache-control': 'no-store' }).end(openapi);
     }),
   });
   admin.route({ method: 'GET', path: /^\/api\/v1\/limits$/, handler: guarded((_q, res) => sendJson(res, 200, opts.top?.() ?? {})) });
   admin.route({
     method: 'DELETE',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
-    handler: guarded(async (_q, res, [id]) => {
-      unwrap(await cp.deleteSandbox(id!, actor(_q)));
+    handler: guarded(async (req, res, [id]) => {
+      unwrap(await cp.deleteSandbox(id!, actor(req), preconditionsOf(req)));
       res.writeHead(204).end();
     }),
   });
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
-    handler: guarded((_q, res, [id]) => sendJson(res, 200, networkView(get(id!)))),
+    handler: guarded((_q, res, [id]) => sendJson(res, 200, networkView(get(id!)), etag('sandbox', id!))),
   });
   admin.route({
     method: 'PUT',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
     handler: guarded(async (req, res, [id]) => {
-      const r = unwrap(await cp.putNetwork(id!, await body(req), actor(req)));
-      sendJson(res, 200, networkView(r.record));
+      const r = unwrap(await cp.putNetwork(id!, await body(req), actor(req), preconditionsOf(req)));
+      sendJson(res, 200, networkView(r.record), { etag: r.etag });
     }),
   });
   admin.route({
@@ -220,17 +260,17 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       path: new RegExp(`^/api/v1/orgs/${ID}$`),
       handler: guarded(async (req, res, [id]) => {
         if (method === 'PUT') {
-          const r = unwrap(await cp.putOrg(id!, await body(req), actor(req)));
-          return sendJson(res, r.created ? 201 : 200, r.record);
+          const r = unwrap(await cp.putOrg(id!, await body(req), actor(req), preconditionsOf(req)));
+          return sendJson(res, r.created ? 201 : 200, r.record, { etag: r.etag });
         }
         if (method === 'DELETE') {
-          unwrap(await cp.deleteOrg(id!, actor(req)));
+          unwrap(await cp.deleteOrg(id!, actor(req), preconditionsOf(req)));
           res.writeHead(204).end();
           return;
         }
         const r = cp.orgRecord(id!);
         if (!r) throw new ApiError(404, 'not_found', `Organization ${quote(id)} does not exist`);
-        sendJson(res, 200, r);
+        sendJson(res, 200, r, etag('org', r.id));
       }),
     });
   }

@@ -8,7 +8,7 @@ import { sendJson } from './server.ts';
 
 export function sendError(res: ServerResponse, e: ApiError): void {
   if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="egressd"');
-  sendJson(res, e.status, { error: { code: e.apiCode, message: e.message, field: e.field } });
+  sendJson(res, e.status, { error: { code: e.apiCode, message: e.message, field: e.field } }, e.headers);
 }
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();

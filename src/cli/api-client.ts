@@ -30,7 +30,8 @@ export interface ApiCall {
  * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
  * stdout on success, to stderr otherwise.
  */
-export async function callApi(call: ApiCall, o: { admin: string; token: string | undefined; kind?: 'plain' | 'check' }): Promise<CliResult> {
+export async function callApi(call: ApiCall, o: { admin: string; token: string | undefined; kind?: 'plain' | 'check' | 'list' }): Promise<CliResult> {
+  if (o.kind === 'list') return listAll(call.path, o);
   let status: number;
   let text: string;
   try {
@@ -64,4 +65,35 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
     return { code: verdict === 'allow' ? 0 : verdict === 'would-refuse' ? 4 : 1, stdout: out, stderr: '' };
   }
   return { code: 0, stdout: out, stderr: '' };
+}
+
+/**
+ * `ls`: every page of a list (`GET path?limit=1000&cursor=...`, docs/api.md "Lists"), printed as
+ * one answer `{ <list>: [...] }`. Exit codes as callApi's; a page that fails ends the walk with
+ * its own answer.
+ */
+async function listAll(path: string, o: { admin: string; token: string | undefined }): Promise<CliResult> {
+  const key = path.slice(path.lastIndexOf('/') + 1);
+  const all: unknown[] = [];
+  const seen = new Set<string>();
+  let cursor: string | null = null;
+  do {
+    const page = `${path}?limit=1000${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`;
+    const r = await callApi({ method: 'GET', path: page }, { ...o, kind: 'plain' });
+    if (r.code !== 0) return r;
+    let body: { next_cursor?: unknown } & Record<string, unknown>;
+    try {
+      body = JSON.parse(r.stdout) as typeof body;
+    } catch {
+      return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered something that is not JSON: ${r.stdout}` };
+    }
+    const items = body[key];
+    if (!Array.isArray(items)) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered no "${key}" list: ${r.stdout}` };
+    all.push(...(items as unknown[]));
+    cursor = typeof body.next_cursor === 'string' ? body.next_cursor : null;
+    // A server that hands back a cursor twice would loop forever: stop and say so.
+    if (cursor !== null && seen.has(cursor)) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} repeated the cursor ${cursor}\n` };
+    if (cursor !== null) seen.add(cursor);
+  } while (cursor !== null);
+  return { code: 0, stdout: `${JSON.stringify({ [key]: all })}\n`, stderr: '' };
 }

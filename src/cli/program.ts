@@ -117,7 +117,7 @@ Run "egressd <command> --help" for a command's own options.`,
       .addOption(new Option('--admin <url>', 'admin API base URL').env('EGRESSD_ADMIN_URL').default('http://127.0.0.1:9901'))
       .option('--token-file <file>', 'read the admin token from this file (default: EGRESSD_ADMIN_TOKEN)');
 
-  const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' = 'plain'): Promise<void> => {
+  const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' | 'list' = 'plain'): Promise<void> => {
     const o = c.opts<ApiOpts>();
     let token = io.env['EGRESSD_ADMIN_TOKEN'];
     if (o.tokenFile !== undefined) {
@@ -208,7 +208,8 @@ Run "egressd <command> --help" for a command's own options.`,
     apiOptions(sub(parent, 'rm', help.rm))
       .argument('<id>', help.id)
       .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `${path}/${enc(id)}` }));
-    apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path }));
+    // Every page, following the cursors (docs/api.md "Lists").
+    apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path }, 'list'));
   };
 
   const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');

@@ -49,7 +49,22 @@ export interface PersistedState {
 }
 
 export type ChangeError =
-  { kind: 'invalid'; issues: readonly FieldIssue[] } | { kind: 'conflict'; field: string | null; message: string } | { kind: 'not-found'; message: string };
+  | { kind: 'invalid'; issues: readonly FieldIssue[] }
+  | { kind: 'conflict'; field: string | null; message: string }
+  | { kind: 'not-found'; message: string }
+  /** An If-Match or If-None-Match that did not hold; `etag` is the entry's current one (null: absent). */
+  | { kind: 'precondition'; etag: string | null; message: string };
+
+/**
+ * The preconditions of a change (RFC 9110 §13.1.1 If-Match, §13.1.2 If-None-Match), evaluated
+ * against the entry's current entity tag inside the change's serialized section, so that of two
+ * writers holding the same tag exactly one succeeds. `'*'` is "any current entry"; a list holds
+ * opaque tags as sent, quotes included, compared strongly (a weak tag never matches If-Match).
+ */
+export interface Preconditions {
+  readonly ifMatch?: '*' | readonly string[];
+  readonly ifNoneMatch?: '*' | readonly string[];
+}
 
 export type ChangeResult<T> = { ok: true; value: T } | { ok: false; error: ChangeError };
 
@@ -77,6 +92,21 @@ const conflict = (message: string, field: string | null = null): { ok: false; er
   error: { kind: 'conflict', field, message },
 });
 const notFound = (message: string): { ok: false; error: ChangeError } => ({ ok: false, error: { kind: 'not-found', message } });
+
+/** Why `cond` fails against an entry whose tag is `etag` (undefined: absent), or null when it holds. */
+function failedPrecondition(cond: Preconditions | undefined, etag: string | undefined, what: string): { ok: false; error: ChangeError } | null {
+  if (cond === undefined) return null;
+  const fail = (message: string) => ({ ok: false as const, error: { kind: 'precondition' as const, etag: etag ?? null, message } });
+  const { ifMatch, ifNoneMatch } = cond;
+  if (ifMatch !== undefined) {
+    if (etag === undefined) return fail(`If-Match: ${what} does not exist`);
+    if (ifMatch !== '*' && !ifMatch.includes(etag)) return fail(`If-Match: ${what} has changed; its entity tag is now ${etag}`);
+  }
+  if (ifNoneMatch !== undefined && etag !== undefined && (ifNoneMatch === '*' || ifNoneMatch.includes(etag))) {
+    return fail(ifNoneMatch === '*' ? `If-None-Match: *: ${what} already exists` : `If-None-Match: ${what} still has entity tag ${etag}`);
+  }
+  return null;
+}
 
 export function parseNetwork(body: unknown, field: string): { ok: true; value: DialectResult } | { ok: false; issues: FieldIssue[] } {
   const r = parseNetworkBody(body);
@@ -116,6 +146,8 @@ export class ControlPlane {
   readonly #orgs = new Map<string, OrgRecord>();
   /** The state's revision of each stored entry, by `kind:id` (an entry's version). */
   readonly #revisions = new Map<string, number>();
+  /** Revisions of this process's own, for entries no state holds (no `state.path`): never reused while it runs. */
+  #counter = 0;
   readonly #listeners: ((e: ChangeEvent) => void)[] = [];
   readonly #failureListeners: ((e: WriteFailureEvent) => void)[] = [];
   /** Serializes changes so that validate → persist → apply is atomic with respect to others. */
@@ -141,11 +173,26 @@ export class ControlPlane {
   }
 
   /**
+   * The entity tag of a sandbox or organization (RFC 9110 §8.8.3), or undefined when absent:
+   * its revision (never reused: the state's, or this process's own without a state) and a digest
+   * of the entry, so that a tag from before a restart never matches different content.
+   */
+  etagOf(kind: EntryKind, id: string): string | undefined {
+    const r = kind === 'sandbox' ? this.#records.get(id) : this.#orgs.get(id);
+    if (r === undefined) return undefined;
+    return `"${this.#revisions.get(`${kind}:${id}`) ?? 0}-${digestOf(r)}"`;
+  }
+
+  /**
    * Writes one change durably. A failure is reported to the failure listeners and rethrown as
    * StateWriteError, before anything in memory changed.
    */
   async #write(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, body: Record<string, unknown> | null): Promise<void> {
-    if (!this.#state) return;
+    if (!this.#state) {
+      if (action === 'put') this.#revisions.set(`${kind}:${id}`, ++this.#counter);
+      else this.#revisions.delete(`${kind}:${id}`);
+      return;
+    }
     try {
       const revision = action === 'put' ? await this.#state.put(kind, id, body!) : await this.#state.delete(kind, id);
       if (action === 'put') this.#revisions.set(`${kind}:${id}`, revision);
@@ -317,21 +364,29 @@ export class ControlPlane {
     this.#records.set(record.id, record);
   }
 
-  putSandbox(id: string, body: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
+  putSandbox(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
     return this.#serialized(async () => {
       const v = this.#validateSandbox(id, body, 'api');
       if (!v.ok) return v;
+      const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
+      if (failed) return failed;
       const created = !this.#records.has(id);
       const before = this.#records.get(id);
       await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#apply(v.value.record, v.value.network);
       this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
-      return { ok: true, value: { record: v.value.record, created } };
+      // The tag of what this change wrote, read inside its serialized section: a later change cannot slip in.
+      return { ok: true, value: { record: v.value.record, created, etag: this.etagOf('sandbox', id)! } };
     });
   }
 
   /** Replaces only the network of an existing sandbox (the sandbox0 route). */
-  putNetwork(id: string, network: unknown, actor = 'api'): Promise<ChangeResult<{ record: SandboxRecord; created: boolean }>> {
+  putNetwork(
+    id: string,
+    network: unknown,
+    actor = 'api',
+    cond?: Preconditions,
+  ): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
     const r = this.#records.get(id);
     if (!r) return Promise.resolve(notFound(`Sandbox ${quote(id)} does not exist`));
     return this.putSandbox(
@@ -344,13 +399,16 @@ export class ControlPlane {
         network,
       },
       actor,
+      cond,
     );
   }
 
-  deleteSandbox(id: string, actor = 'api'): Promise<ChangeResult<SandboxRecord>> {
+  deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord>> {
     return this.#serialized(async () => {
       const r = this.#records.get(id);
       if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+      const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
+      if (failed) return failed;
       if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
       await this.#write('delete', 'sandbox', id, actor, null);
       this.#records.delete(id);
@@ -392,22 +450,26 @@ export class ControlPlane {
     this.#orgs.set(record.id, record);
   }
 
-  putOrg(id: string, body: unknown, actor = 'api'): Promise<ChangeResult<{ record: OrgRecord; created: boolean }>> {
+  putOrg(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: OrgRecord; created: boolean; etag: string }>> {
     return this.#serialized(async () => {
       const v = this.#validateOrg(id, body);
       if (!v.ok) return v;
+      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+      if (failed) return failed;
       const before = this.#orgs.get(id);
       await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
       this.#applyOrg(v.value.record, v.value.def);
       this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
-      return { ok: true, value: { record: v.value.record, created: before === undefined } };
+      return { ok: true, value: { record: v.value.record, created: before === undefined, etag: this.etagOf('org', id)! } };
     });
   }
 
-  deleteOrg(id: string, actor = 'api'): Promise<ChangeResult<OrgRecord>> {
+  deleteOrg(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<OrgRecord>> {
     return this.#serialized(async () => {
       const r = this.#orgs.get(id);
       if (!r) return notFound(`Organization ${quote(id)} does not exist`);
+      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+      if (failed) return failed;
       const user = [...this.#records.values()].find((s) => s.org === id);
       if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
       await this.#write('delete', 'org', id, actor, null);

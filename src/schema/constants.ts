@@ -9,6 +9,9 @@
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
 export const ID = new RegExp(ID_PATTERN);
 
+/** Entries per page of an API list when `limit` is absent, and the most a client may ask for. */
+export const PAGE_LIMIT = Object.freeze({ default: 100, max: 1000 });
+
 /** The bound of every connection limit: 1 to ten million. */
 export const LIMIT_MAX = 10_000_000;
 

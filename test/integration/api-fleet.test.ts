@@ -30,7 +30,7 @@ describe('the admin API for a fleet', () => {
   });
 
   it('lists the organizations, by id', async () => {
-    expect((await call('GET', '/api/v1/orgs')).body).toEqual({ orgs: [] });
+    expect((await call('GET', '/api/v1/orgs')).body).toEqual({ orgs: [], next_cursor: null });
     expect((await call('PUT', '/api/v1/orgs/zeta', { tier: 1 })).status).toBe(201);
     expect((await call('PUT', '/api/v1/orgs/acme', { network: { mode: 'allow-all' } })).status).toBe(201);
     const r = await call('GET', '/api/v1/orgs');

@@ -297,7 +297,13 @@ describe('kill -9 while PUTs stream', () => {
     }
     expect(acked.size).toBeGreaterThan(20);
     const { admin } = await start(path);
-    const ids = new Set((await api(admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((s: { id: string }) => s.id));
+    // Every page: the writers may have acknowledged more sandboxes than one page holds.
+    const ids = new Set<string>();
+    for (let cursor: string | null = '', pages = 0; cursor !== null && pages < 1000; pages++) {
+      const page = (await api(admin, 'GET', `/api/v1/sandboxes?limit=1000${cursor ? `&cursor=${cursor}` : ''}`)).body;
+      for (const s of page.sandboxes as { id: string }[]) ids.add(s.id);
+      cursor = page.next_cursor as string | null;
+    }
     for (const id of acked.keys()) expect(ids.has(id), id).toBe(true);
   }, 90_000);
 });
