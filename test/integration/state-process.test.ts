@@ -242,6 +242,17 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
   });
 });
 
+/** Every page of the sandbox list: the writers may have acknowledged more sandboxes than one page holds. */
+async function everySandbox(admin: string): Promise<{ id: string; network: unknown }[]> {
+  const all: { id: string; network: unknown }[] = [];
+  for (let cursor: string | null = '', pages = 0; cursor !== null && pages < 1000; pages++) {
+    const page = (await api(admin, 'GET', `/api/v1/sandboxes?limit=1000${cursor ? `&cursor=${cursor}` : ''}`)).body;
+    all.push(...(page.sandboxes as { id: string; network: unknown }[]));
+    cursor = page.next_cursor as string | null;
+  }
+  return all;
+}
+
 describe('kill -9 while PUTs stream', () => {
   it('keeps every acknowledged PUT, round after round (bounded: 5 rounds, 4 writers)', async () => {
     const path = join(dir, 'state.db');
@@ -255,9 +266,7 @@ describe('kill -9 while PUTs stream', () => {
       const { d, admin } = await start(path);
       // After a restart everything acknowledged so far is there, as last acknowledged (or as a
       // change sent after it whose answer the kill cut off).
-      const listed = new Map<string, string>(
-        (await api(admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((s: { id: string; network: any }) => [s.id, JSON.stringify(s.network)]),
-      );
+      const listed = new Map<string, string>((await everySandbox(admin)).map((s) => [s.id, JSON.stringify(s.network)]));
       for (const [id, a] of acked) {
         expect(listed.has(id), `${id} after round ${round}`).toBe(true);
         const net = listed.get(id)!;
@@ -297,13 +306,7 @@ describe('kill -9 while PUTs stream', () => {
     }
     expect(acked.size).toBeGreaterThan(20);
     const { admin } = await start(path);
-    // Every page: the writers may have acknowledged more sandboxes than one page holds.
-    const ids = new Set<string>();
-    for (let cursor: string | null = '', pages = 0; cursor !== null && pages < 1000; pages++) {
-      const page = (await api(admin, 'GET', `/api/v1/sandboxes?limit=1000${cursor ? `&cursor=${cursor}` : ''}`)).body;
-      for (const s of page.sandboxes as { id: string }[]) ids.add(s.id);
-      cursor = page.next_cursor as string | null;
-    }
+    const ids = new Set((await everySandbox(admin)).map((s) => s.id));
     for (const id of acked.keys()) expect(ids.has(id), id).toBe(true);
   }, 90_000);
 });
