@@ -8,12 +8,26 @@
 // It prints sandbox 2's throughput under the flood against the baseline (target ≥ 0.8x),
 // /healthz latency (target: every probe within 100 ms), and how soon sandbox 1 is admitted
 // again once its flood closes (target: within 1 s). Not run in CI; figures in bench/RESULTS.md.
+//
+//   sudo node bench/flood.ts --memory [--count 10000] [--headroom-mib 32]
+// runs the memory case alone instead: egressd in a memory cgroup --headroom-mib above its usage
+// once started, sandbox 1 unlimited (only the memory guard, at its defaults, stands between the
+// flood and the OOM killer). It prints the peak against the limit, the cgroup's OOM kills, the
+// connections shed with overload, each heap shrink (ms, pressure before and after), /healthz
+// latency and recovery.
 
 import { parseArgs } from 'node:util';
 import { createRig, rigUnavailableReason } from '../test/helpers/netns-rig.ts';
 import { floodScenario, metricSum, type FloodOptions, type FloodResult } from '../test/helpers/flood-scenario.ts';
 
-const { values } = parseArgs({ options: { count: { type: 'string', default: '10000' }, 'download-mib': { type: 'string', default: '50' } } });
+const { values } = parseArgs({
+  options: {
+    count: { type: 'string', default: '10000' },
+    'download-mib': { type: 'string', default: '50' },
+    memory: { type: 'boolean', default: false },
+    'headroom-mib': { type: 'string', default: '32' },
+  },
+});
 const why = rigUnavailableReason();
 if (why) {
   console.error(`flood: cannot run: ${why}`);
@@ -53,6 +67,44 @@ async function once(name: string, opts: FloodOptions): Promise<FloodResult> {
   } finally {
     await rig.teardown();
   }
+}
+
+if (values.memory) {
+  const rig = await createRig();
+  try {
+    const r = await floodScenario(rig, {
+      flood: { count: Number(values.count), holdMs: 30_000 },
+      limits1: { connections: 1_000_000, undecided: 1_000_000, perSecond: 1_000_000, burst: 1_000_000 },
+      memoryHeadroom: Number(values['headroom-mib']) * 1_048_576,
+      download: 1_048_576,
+      requests: 5,
+    });
+    console.log(
+      JSON.stringify({
+        run: 'memory',
+        died: r.died,
+        headroomMiB: Number(values['headroom-mib']),
+        limitMiB: r.memoryLimit === null ? null : Math.round((r.memoryLimit / 1_048_576) * 10) / 10,
+        peakMiB: r.peakMemory === null ? null : Math.round((r.peakMemory / 1_048_576) * 10) / 10,
+        peakOfLimit: r.peakMemory !== null && r.memoryLimit !== null ? Math.round((r.peakMemory / r.memoryLimit) * 1000) / 1000 : null,
+        oomKills: r.oomKills,
+        shedOverload: metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' }),
+        overloadEpisodes: r.lines.filter((l) => l.event === 'overload-start').length,
+        undecidedResets: r.lines.filter((l) => l.event === 'overload-reset-undecided').map((l) => l['count']),
+        shrinks: r.lines.filter((l) => l.event === 'memory-shrunk').map((l) => ({ ms: l['ms'], before: l['pressureBefore'], after: l['pressureAfter'] })),
+        probe: { probes: r.probe['probes'], failed: r.probe['failed'], over100ms: r.probe['over100ms'], p99Ms: r.probe['p99Ms'], maxMs: r.probe['maxMs'] },
+        flood: r.flood && {
+          attempted: r.flood['attempted'],
+          connected: r.flood['connected'],
+          stillOpen: r.flood['stillOpen'],
+          recoveryMs: r.flood['recoveryMs'],
+        },
+      }),
+    );
+  } finally {
+    await rig.teardown();
+  }
+  process.exit(0);
 }
 
 const base = await once('baseline', { flood: null, download, requests: 30 });

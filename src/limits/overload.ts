@@ -4,9 +4,10 @@
 // `envoy.load_shed_points.tcp_listener_accept`) until it falls back below `shedAt - 0.05`.
 // Spliced connections are left alone: shedding new work is what keeps the process under the
 // kernel's OOM killer without cutting anyone's running transfer. As shedding starts, and then
-// at most once a second while it lasts, the heap is shrunk (Envoy's shrink_heap): a full
-// collection (memory-reducing when V8's young generation has outgrown the limit, see collect)
-// and malloc_trim. Past the critical mark,
+// at most once a second while it lasts (less often while shrinks give little back), the heap is
+// shrunk (Envoy's shrink_heap): a full collection (memory-reducing when V8's young generation
+// has outgrown the limit, see collect) and malloc_trim; under a memory limit the young
+// generation is also held at its size (holdYoungGeneration). Past the critical mark,
 // halfway from `shedAt` to 1 (0.9 by default), `onCritical` runs on every sample: the caller
 // resets the connections still being peeked, the cheapest to lose and what a slow-hello flood
 // is made of (Envoy's reduce_timeouts action, taken to zero for the peek).
@@ -50,8 +51,16 @@ export interface MemorySample {
 }
 
 const HYSTERESIS = 0.05;
-/** The shortest time between two shrinks while shedding. */
+/**
+ * The shortest time between two shrinks while shedding. A shrink that gave back less than
+ * SHRINK_WORTHWHILE of the limit doubles the wait, up to SHRINK_EVERY_MAX_MS: the memory is in
+ * use by the connections held, and each shrink stops the event loop (a 10,000-connection flood
+ * held at 0.78-0.80 ran 24 of them, 0.1-0.4 s each, 22 giving back under 0.03, bench/RESULTS.md).
+ * Shedding anew starts over.
+ */
 const SHRINK_EVERY_MS = 1000;
+const SHRINK_EVERY_MAX_MS = 8000;
+const SHRINK_WORTHWHILE = 0.03;
 /**
  * A young generation (V8's new space) this large was sized for the machine, not the limit: V8
  * keeps it within 4 MiB when it sees a 160 MiB limit at start. Only then is the memory-reducing
@@ -156,7 +165,9 @@ export class MemoryGuard {
   #shedding = false;
   #sampledAt = 0;
   #shrunkAt = 0;
+  #youngHeld = false;
   #shrinkPending = false;
+  #shrinkEveryMs = SHRINK_EVERY_MS;
   readonly #onChange: (shedding: boolean, s: MemorySample) => void;
   readonly #onCritical: (s: MemorySample) => void;
   readonly #onShrink: (ms: number, before: MemorySample, after: MemorySample) => void;
@@ -248,6 +259,7 @@ export class MemoryGuard {
   refresh(): boolean {
     this.#sampledAt = Date.now();
     this.#last = this.sample();
+    this.#holdYoungGeneration(this.#last.cgroupLimitBytes !== null || this.#opts.maxBytes !== null);
     const p = this.#last.pressure;
     const next = this.#shedding ? p >= this.#opts.shedAt - HYSTERESIS : p >= this.#opts.shedAt;
     if (next !== this.#shedding) {
@@ -256,7 +268,8 @@ export class MemoryGuard {
     }
     // After this turn's pending accepts are shed (setImmediate runs after the poll phase): the
     // shrink stops the event loop, and the backlog that builds meanwhile must not find it open.
-    if (this.#shedding && !this.#shrinkPending && this.#sampledAt - this.#shrunkAt >= SHRINK_EVERY_MS) {
+    if (!this.#shedding) this.#shrinkEveryMs = SHRINK_EVERY_MS;
+    if (this.#shedding && !this.#shrinkPending && this.#sampledAt - this.#shrunkAt >= this.#shrinkEveryMs) {
       this.#shrinkPending = true;
       setImmediate(() => {
         this.#shrinkPending = false;
@@ -279,7 +292,28 @@ export class MemoryGuard {
     releaseFreeMemory?.();
     this.#shrunkAt = Date.now();
     const after = this.sample();
+    const gave = before.pressure - after.pressure;
+    this.#shrinkEveryMs = gave < SHRINK_WORTHWHILE ? Math.min(this.#shrinkEveryMs * 2, SHRINK_EVERY_MAX_MS) : SHRINK_EVERY_MS;
     this.#onShrink(performance.now() - t0, before, after);
+  }
+
+  /**
+   * Under a memory limit, V8's young generation is held at the size it has (after a shrink,
+   * under 1 MiB), as V8 itself sizes it when it sees the limit at start (within 4 MiB under 160
+   * MiB). Without a limit at start it is sized for the machine and grows in doublings, to 64 MiB
+   * in a second of allocation, each landing between two samples. V8 reads
+   * `--semi-space-growth-factor` at every growth decision: 1 holds (measured after a shrink:
+   * at most 3.8 MiB over 1.5 s of the allocation that took it to 64 MiB), 2 (V8's default)
+   * releases it when the limit goes.
+   */
+  #holdYoungGeneration(hold: boolean): void {
+    if (hold === this.#youngHeld) return;
+    this.#youngHeld = hold;
+    try {
+      setFlagsFromString(`--semi-space-growth-factor=${hold ? 1 : 2}`);
+    } catch {
+      // a V8 without the flag: the shrink still hands the young generation back
+    }
   }
 
   start(): void {
