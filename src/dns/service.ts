@@ -173,14 +173,15 @@ export class DnsService {
 
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
-    this.#deps.log.debug(
+    // A name answered only because of report-only mode is part of the report: logged at info.
+    this.#deps.log[gate.reason === 'report-only' ? 'info' : 'debug'](
       {
         event: 'dns-query',
         sandbox: policy.sandbox,
         source,
         name: q.name,
         type: q.type,
-        verdict: 'allow',
+        verdict: gate.reason === 'report-only' ? 'would-refuse' : 'allow',
         reason: gate.reason,
         rule: gate.rule,
         rcode: answered.rcode,
@@ -208,7 +209,8 @@ export class DnsService {
     const n = normalizeWireName(name);
     if (!n.ok || !('name' in n)) return { reach: false, reason: 'invalid-name', rule: null };
     const r = nameReach(policy, n.name);
-    if (r.reach) return { reach: true, reason: 'policy', rule: r.rule };
+    // Report-only: forwarded, and reported (the rule that would refuse the name).
+    if (r.reach) return { reach: true, reason: r.wouldRefuse === true ? 'report-only' : 'policy', rule: r.rule };
     const denied = r.denied;
     if (!denied && this.#zones !== null && allowsAnything(policy)) {
       const i = this.#zones.match(n.name);

@@ -4,6 +4,9 @@
 // with real clients is test/e2e/rollout.test.ts.
 
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect, createServer, type Server } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -244,5 +247,75 @@ describe('per-rule hit counts, from real connections, read back through the API 
     expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="sandbox",verdict="allow",rule=""\} 2$/m);
     expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="sandbox",verdict="refuse",rule=""\} 1$/m);
     expect(metrics).toMatch(/^egressd_rule_hits_total\{layer="always-deny",verdict="refuse",rule="no-telnet"\} 1$/m);
+  });
+});
+
+describe('report-only kept across a restart, and turning it off closes what it let through', () => {
+  let dir: string;
+  let upstream: Server;
+  let upstreamPort: number;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'egressd-it-rollout-'));
+    upstream = createServer((s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    upstreamPort = (upstream.address() as { port: number }).port;
+  });
+  afterAll(() => {
+    upstream.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a sandbox and an organization in report-only are restored as such from the state', async () => {
+    const config = loopbackConfig({ ...PROTECTED, state: { path: join(dir, 'state.db') } });
+    let d = await startLoopbackDaemon(config);
+    try {
+      const call = (method: string, path: string, body?: unknown) =>
+        request(`${d.adminUrl}${path}`, { method: method as 'PUT', headers: auth, ...(body ? { body: JSON.stringify(body) } : {}) }).then(async (r) => ({
+          status: r.statusCode,
+          body: (await r.body.json()) as Record<string, any>,
+        }));
+      expect((await call('PUT', '/api/v1/orgs/keep-org', { tier: 4, reportOnly: true })).status).toBe(201);
+      expect((await call('PUT', '/api/v1/sandboxes/keep-sb', { sources: ['10.9.3.1'], org: 'keep-org', network: DENIES, reportOnly: true })).status).toBe(201);
+      await d.stop();
+      d = await startLoopbackDaemon(config);
+      expect((await call('GET', '/api/v1/sandboxes/keep-sb')).body).toMatchObject({ reportOnly: true });
+      expect((await call('GET', '/api/v1/orgs/keep-org')).body).toMatchObject({ reportOnly: true });
+      expect((await call('POST', '/api/v1/check', { sandbox: 'keep-sb', host: 'blocked.test', ip: '198.18.1.3', port: 443 })).body).toMatchObject({
+        verdict: 'would-refuse',
+        report_only: { levels: ['org', 'sandbox'] },
+      });
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('an open would-refuse connection is closed when report-only is turned off (onPolicyChange: close)', async () => {
+    const d = await startLoopbackDaemon(loopbackConfig(PROTECTED));
+    try {
+      const put = (body: unknown) =>
+        request(`${d.adminUrl}/api/v1/sandboxes/open-sb`, { method: 'PUT', headers: auth, body: JSON.stringify(body) }).then((r) => r.body.dump());
+      // Block-all with no rule: the echo upstream is refused, and report-only lets it through.
+      await put({ sources: ['127.0.0.31'], network: { mode: 'block-all' }, reportOnly: true });
+      d.route('127.0.0.31', '127.0.0.1', upstreamPort);
+      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: '127.0.0.31' });
+      s.on('error', () => {});
+      await once(s, 'connect');
+      s.write('hello');
+      const [echo] = (await once(s, 'data')) as [Buffer];
+      expect(echo.toString()).toBe('hello');
+      const closed = new Promise((r) => s.once('close', r));
+      await put({ sources: ['127.0.0.31'], network: { mode: 'block-all' } });
+      await closed;
+      expect(await d.waitForLog((l) => l['event'] === 'connection' && l['reason'] === 'policy-changed')).toMatchObject({
+        verdict: 'refuse',
+        reason: 'policy-changed',
+      });
+    } finally {
+      await d.stop();
+    }
   });
 });
