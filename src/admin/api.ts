@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { isPlainObject, quote } from '../util/fields.ts';
+import { quote } from '../util/fields.ts';
 import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../control/control-plane.ts';
 import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
@@ -20,6 +20,9 @@ import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 import { ID_PATTERN } from '../schema/constants.ts';
+import { check } from '../schema/check.ts';
+import { CheckRequest } from '../schema/schemas.ts';
+import { CappedIssues } from '../util/issues.ts';
 import { pageOf, pageQuery } from './pagination.ts';
 import { preconditionsOf } from './preconditions.ts';
 
@@ -279,21 +282,18 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     path: /^\/api\/v1\/check$/,
     handler: guarded(async (req, res) => {
       const b = await body(req);
-      if (!isPlainObject(b)) throw new ApiError(400, 'invalid_request', 'Expected a JSON object');
-      for (const k of Object.keys(b)) {
-        if (!['sandbox', 'host', 'ip', 'port'].includes(k)) throw new ApiError(400, 'invalid_request', `Unknown field ${quote(k)}`, k);
+      // The shape from the one schema (src/schema/define/bodies.ts CheckRequest), every problem at once.
+      const issues = new CappedIssues();
+      if (!check(CheckRequest, b, '', issues)) {
+        const all = issues.result();
+        throw new ApiError(400, 'invalid_request', all.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; '), all[0]?.field || null);
       }
-      const { sandbox, host, ip, port } = b;
-      if (typeof sandbox !== 'string') throw new ApiError(400, 'invalid_request', 'Expected a sandbox id', 'sandbox');
+      const { sandbox, host, ip, port } = b as { sandbox: string; host?: string | null; ip: string; port: number };
       const policy = cp.store.policyOf(sandbox);
       if (!policy) throw new ApiError(404, 'not_found', `Sandbox ${quote(sandbox)} does not exist`);
-      if (typeof ip !== 'string' || isIP(ip) === 0) throw new ApiError(400, 'invalid_request', `Expected an IP address, got ${quote(ip)}`, 'ip');
-      if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
-        throw new ApiError(400, 'invalid_request', `Expected a port from 1 to 65535, got ${quote(port)}`, 'port');
-      }
+      if (isIP(ip) === 0) throw new ApiError(400, 'invalid_request', `Expected an IP address, got ${quote(ip)}`, 'ip');
       let name: string | null = null;
       if (host !== undefined && host !== null) {
-        if (typeof host !== 'string') throw new ApiError(400, 'invalid_request', 'Expected a host name', 'host');
         const n = normalizeName(host);
         if (!n.ok) throw new ApiError(400, 'invalid_request', n.reason, 'host');
         if ('name' in n) name = n.name;

@@ -7,7 +7,7 @@
 import generated from './generated/schemas.json' with { type: 'json' };
 import type { SchemaNode } from './check.ts';
 
-type Name = 'SandboxId' | 'OrgId' | 'LimitsBody' | 'SandboxBody' | 'OrgBody' | 'ConfigFile';
+type Name = 'SandboxId' | 'OrgId' | 'LimitsBody' | 'SandboxBody' | 'OrgBody' | 'CheckRequest' | 'ConfigFile';
 const schemas = generated as unknown as Readonly<Record<Name, SchemaNode>>;
 
 /** A sandbox id (`ID_PATTERN`). */
@@ -20,5 +20,7 @@ export const LimitsBody = schemas.LimitsBody;
 export const SandboxBody = schemas.SandboxBody;
 /** `PUT /api/v1/orgs/{id}`. */
 export const OrgBody = schemas.OrgBody;
+/** `POST /api/v1/check`. */
+export const CheckRequest = schemas.CheckRequest;
 /** The config file. */
 export const ConfigFile = schemas.ConfigFile;

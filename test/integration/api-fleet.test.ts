@@ -41,4 +41,21 @@ describe('the admin API for a fleet', () => {
     expect(noToken.statusCode).toBe(401);
     await noToken.body.dump();
   });
+
+  it('POST /api/v1/check: a malformed body is one 400 listing every problem, from the one schema', async () => {
+    const r = await call('POST', '/api/v1/check', { sandbox: 'bad id', ip: 7, port: 70000, colour: 'red' });
+    expect(r.status).toBe(400);
+    expect(r.body!['error']).toEqual({
+      code: 'invalid_request',
+      field: 'colour',
+      message:
+        'colour: Unknown field "colour"; known fields are sandbox, host, ip, port; ' +
+        'sandbox: Expected letters, digits, ".", "_" or "-", starting with a letter or digit (at most 128), got "bad id"; ' +
+        'ip: Expected an IP address, got number "7"; port: Expected a port from 1 to 65535, got number "70000"',
+    });
+    const notIp = await call('PUT', '/api/v1/sandboxes/chk', { sources: ['198.18.0.77'] });
+    expect(notIp.status).toBe(201);
+    expect((await call('POST', '/api/v1/check', { sandbox: 'chk', ip: 'example.test', port: 443 })).body!['error']).toMatchObject({ field: 'ip' });
+    expect((await call('POST', '/api/v1/check', { sandbox: 'absent', ip: '198.18.0.1', port: 443 })).status).toBe(404);
+  });
 });

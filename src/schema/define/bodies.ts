@@ -143,3 +143,14 @@ export const OrgBody = Type.Object(
   { additionalProperties: false, title: 'OrgBody', description: 'Exactly one of tier and network, and optionally limits.' },
 );
 export type OrgBody = Static<typeof OrgBody>;
+
+/** `POST /api/v1/check`: the connection to judge (the sandbox must exist; `host` is normalized as a connection's). */
+export const CheckRequest = Type.Object(
+  {
+    sandbox: SandboxId,
+    host: Type.Optional(Type.Union([Type.String(), Type.Null()], { errorMessage: 'Expected a host name', description: 'The SNI or Host the client sends.' })),
+    ip: Type.String({ errorMessage: 'Expected an IP address', description: 'The destination address.' }),
+    port: Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'Expected a port from 1 to 65535' }),
+  },
+  { additionalProperties: false, title: 'CheckRequest' },
+);

@@ -7,7 +7,7 @@
 import Type from 'typebox';
 import { API_ERRORS } from '../../errors.ts';
 import { ID_PATTERN, PAGE_LIMIT } from '../constants.ts';
-import { LimitsBody, OrgBody, SandboxBody } from './bodies.ts';
+import { CheckRequest, LimitsBody, OrgBody, SandboxBody } from './bodies.ts';
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const nullable = <T extends object>(s: T) => Type.Union([s as never, Type.Null()]);
@@ -104,16 +104,6 @@ const ApiErrorBody = Type.Object(
     ),
   },
   { ...closed, title: 'Error' },
-);
-
-const CheckRequest = Type.Object(
-  {
-    sandbox: Type.String(),
-    host: Type.Optional(nullable(Type.String())),
-    ip: Type.String(),
-    port: Type.Integer({ minimum: 1, maximum: 65535 }),
-  },
-  { ...closed, title: 'CheckRequest' },
 );
 
 const CheckResult = Type.Object(

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { validateConfig } from '../../../src/config/schema.ts';
 import { check } from '../../../src/schema/check.ts';
 import { ConfigFile } from '../../../src/schema/define/config-file.ts';
-import { LimitsBody, OrgBody, SandboxBody } from '../../../src/schema/define/bodies.ts';
+import { CheckRequest, LimitsBody, OrgBody, SandboxBody } from '../../../src/schema/define/bodies.ts';
 import { CappedIssues } from '../../../src/util/issues.ts';
 import { ajv } from '../../helpers/ajv.ts';
 
@@ -138,6 +138,7 @@ describe('src/schema/check.ts reads the schema as Ajv does', () => {
     ['SandboxBody', SandboxBody, fc.oneof(sandbox, value)],
     ['OrgBody', OrgBody, fc.oneof(org, value)],
     ['ConfigFile', ConfigFile, fc.oneof(config, value)],
+    ['CheckRequest', CheckRequest, fc.oneof(fc.record({ sandbox: scalar, host: scalar, ip: scalar, port: scalar, x: scalar }, { requiredKeys: [] }), value)],
   ] as const)('%s: the same verdict on 2,000 generated documents', (_name, schema, arb) => {
     const ajvCheck = a.compile(schema);
     fc.assert(
