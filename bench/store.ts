@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { watchDaemon } from '../test/helpers/daemon-process.ts';
+import { action } from '../test/helpers/log-line.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TOKEN = 'bench-token';
@@ -100,10 +101,10 @@ async function run(size: number): Promise<Run> {
       }),
     );
     const first = await startOnce();
-    const migrated = first.d.lines.find((l) => l.event === 'started')!;
+    const migrated = first.d.lines.find((l) => action(l) === 'started')!;
     await first.d.stop('SIGTERM');
     const second = await startOnce();
-    const started = second.d.lines.find((l) => l.event === 'started')!;
+    const started = second.d.lines.find((l) => action(l) === 'started')!;
     if (started['restored'] !== size) throw new Error(`restored ${String(started['restored'])}, expected ${size}`);
     const admin = `http://127.0.0.1:${String(started['adminPort'])}`;
     const agent = new Agent({ connections: 1 });

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { watchDaemon, type DaemonProcess, type LogLine } from '../test/helpers/daemon-process.ts';
 import { createRig, rigUnavailableReason, type Rig } from '../test/helpers/netns-rig.ts';
+import { action, destinationOf, field } from '../test/helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -74,11 +75,15 @@ async function main(): Promise<number> {
         timeoutMs: 20_000,
       });
       say(r.code === 0 ? `   answered: ${r.stdout.trim().slice(0, 120)}` : `   curl exit ${r.code}: ${r.stderr.trim()}`);
-      const line: LogLine = await daemon.waitFor((l) => l.event === 'connection' && JSON.stringify(l).includes(name), 15_000);
-      say(`   egressd: ${JSON.stringify(line)}`);
+      const line: LogLine = await daemon.waitFor((l) => action(l) === 'connection' && JSON.stringify(l).includes(name), 15_000);
+      const verdict = field(line, 'egressd.verdict');
+      say(
+        `   egressd: ${String(verdict)} ${String(field(line, 'destination.domain'))} → ${destinationOf(line)}, ${String(field(line, 'event.reason'))}, rule ${String(field(line, 'rule.name'))}`,
+      );
+      say(`   its log line (ECS fields, docs/logs.md): ${JSON.stringify(line)}`);
       const expected = name === 'allowed.test' ? 'allow' : 'refuse';
-      if (line['verdict'] !== expected || (r.code === 0) !== (expected === 'allow')) {
-        throw new Error(`${name}: expected ${expected}, got curl exit ${r.code} and verdict ${String(line['verdict'])}`);
+      if (verdict !== expected || (r.code === 0) !== (expected === 'allow')) {
+        throw new Error(`${name}: expected ${expected}, got curl exit ${r.code} and verdict ${String(verdict)}`);
       }
     }
     say('\n4. Cleaning up: daemon stopped, rules and namespaces removed');

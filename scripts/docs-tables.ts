@@ -7,6 +7,7 @@
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { CONNECTION_FIELDS, type LogField } from '../src/observability/connection-log.ts';
 import { METRICS, type MetricSpec } from '../src/observability/metrics.ts';
 
 /** The rows of docs/metrics.md's metric table, one per row of METRICS, in its order. */
@@ -16,6 +17,12 @@ export function metricsTable(specs: readonly MetricSpec[] = Object.values(METRIC
     return `| \`${s.name}\` | ${s.type} |${labels === '' ? ' ' : ` ${labels} `}| ${s.help} |`;
   });
   return ['| metric | type | labels | help |', '| --- | --- | --- | --- |', ...rows].join('\n');
+}
+
+/** The rows of docs/logs.md's connection-line table, one per field of CONNECTION_FIELDS. */
+export function connectionFieldsTable(fields: readonly LogField[] = CONNECTION_FIELDS): string {
+  const rows = fields.map((f) => `| \`${f.name}\` | ${f.type} | ${f.description} |`);
+  return ['| field | type | meaning |', '| --- | --- | --- |', ...rows].join('\n');
 }
 
 /** `doc` with the table that starts with `header` (up to the next blank line) replaced by `table`. */
@@ -28,6 +35,7 @@ export function replaceTable(doc: string, header: string, table: string): string
 
 export const GENERATED: readonly { readonly file: string; readonly header: string; readonly table: () => string }[] = [
   { file: 'docs/metrics.md', header: '| metric | type | labels | help |', table: () => metricsTable() },
+  { file: 'docs/logs.md', header: '| field | type | meaning |', table: () => connectionFieldsTable() },
 ];
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -18,6 +18,7 @@ import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
+import { logConnection } from './observability/connection-log.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
 import { verdict } from './policy/verdict.ts';
@@ -197,7 +198,7 @@ export class Daemon {
       dnsMemory: this.dnsMemory,
     });
     this.onOutcome((o) => this.metrics.outcome(o));
-    this.onOutcome((o) => this.#logOutcome(o));
+    this.onOutcome((o) => logConnection(this.log, o));
   }
 
   get config(): Config {
@@ -246,17 +247,17 @@ export class Daemon {
     const statePath = this.#config.state.path;
     if (loaded.migratedTo !== null) {
       this.log.warn(
-        { event: 'state-migrated', path: statePath, keptAs: loaded.migratedTo, sandboxes: loaded.loaded, orgs: loaded.orgs },
+        { event: { action: 'state-migrated' }, path: statePath, keptAs: loaded.migratedTo, sandboxes: loaded.loaded, orgs: loaded.orgs },
         'converted the version-1 JSON state to the SQLite state; the old file is kept',
       );
     }
     if (loaded.created) {
       // Visible on purpose: a mistyped state.path starts empty, and this line is how one notices.
-      this.log.warn({ event: 'state-created', path: statePath }, 'no state at state.path: created a new, empty one');
+      this.log.warn({ event: { action: 'state-created' }, path: statePath }, 'no state at state.path: created a new, empty one');
     }
     if (loaded.readOnly) {
       this.log.error(
-        { event: 'state-read-only', path: statePath },
+        { event: { action: 'state-read-only' }, path: statePath },
         'the state folder is not writable: policies are served, every change will be refused with 503',
       );
     }
@@ -279,7 +280,7 @@ export class Daemon {
     this.#state = 'serving';
     this.log.info(
       {
-        event: 'started',
+        event: { action: 'started' },
         listeners: this.listeners.map((l) => ({ kind: l.kind, address: l.endpoint.host, port: l.port })),
         dns: this.dnsListeners.map((l) => ({ address: l.endpoint.host, port: l.port })),
         admin: this.config.admin.listen.text,
@@ -401,7 +402,7 @@ export class Daemon {
     if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);
     this.log.info(
       {
-        event: 'policy-change',
+        event: { action: 'policy-change' },
         source: e.source,
         actor: e.actor,
         action: e.action,
@@ -421,7 +422,7 @@ export class Daemon {
     this.metrics.instruments.stateWriteFailures.inc({ errno: e.error.errno });
     this.log.error(
       {
-        event: 'state-write-failed',
+        event: { action: 'state-write-failed' },
         path: e.error.file,
         errno: e.error.errno,
         detail: e.error.detail,
@@ -446,7 +447,7 @@ export class Daemon {
         closed++;
       }
     }
-    if (closed > 0) this.log.info({ event: 'closed-by-policy-change', count: closed }, 'closed connections the new policy refuses');
+    if (closed > 0) this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed }, 'closed connections the new policy refuses');
   }
 
   #emit(o: ConnectionOutcome): void {
@@ -454,42 +455,9 @@ export class Daemon {
       try {
         l(o);
       } catch (err) {
-        this.log.error({ event: 'outcome-listener-failed', err }, 'An outcome listener threw');
+        this.log.error({ event: { action: 'outcome-listener-failed' }, err }, 'An outcome listener threw');
       }
     }
-  }
-
-  #logOutcome(o: Readonly<ConnectionOutcome>): void {
-    const level = o.verdict === 'error' ? 'warn' : 'info';
-    this.log[level](
-      {
-        event: 'connection',
-        listener: o.listener,
-        sandbox: o.sandbox,
-        source: `${o.source}:${o.sourcePort}`,
-        destination: o.destination === null ? null : `${o.destination}:${o.destinationPort}`,
-        name: o.name,
-        rawName: o.rawName,
-        protocol: o.protocol,
-        alpn: o.alpn,
-        ech: o.ech,
-        verdict: o.verdict,
-        reason: o.reason,
-        endedBy: o.endedBy,
-        rule: o.rule,
-        ...(o.dnsNames !== undefined ? { dnsNames: o.dnsNames, matchedBy: o.matchedBy } : {}),
-        dialed: o.dialed,
-        tried: o.tried,
-        dialFailure: o.dialFailure,
-        bytesUp: o.bytesUp,
-        bytesDown: o.bytesDown,
-        end: o.end,
-        durationMs: o.durationMs,
-        peekMs: o.peekMs,
-        connectMs: o.connectMs,
-      },
-      'connection',
-    );
   }
 
   /**
@@ -519,6 +487,6 @@ export class Daemon {
     await this.admin.close();
     await this.control.close();
     this.#state = 'stopped';
-    this.log.info({ event: 'stopped' }, 'egressd stopped');
+    this.log.info({ event: { action: 'stopped' } }, 'egressd stopped');
   }
 }

@@ -66,10 +66,10 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     await daemon.start();
     const plane = nativeSpliceStatus();
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
-    if (plane.ok) log.info({ event: 'data-plane', plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
-    else log.warn({ event: 'data-plane', plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
+    if (plane.ok) log.info({ event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
+    else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
-    log.fatal({ event: 'start-failed', err: (e as Error).message }, 'egressd could not start');
+    log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message }, 'egressd could not start');
     log.flush();
     err(`egressd: ${(e as Error).message}`);
     return 1;
@@ -79,7 +79,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     const stop = (signal: string): void => {
       if (stopping) return;
       stopping = true;
-      log.info({ event: 'signal', signal, drainMs: daemon.config.shutdown.drainMs }, 'draining, then stopping');
+      log.info({ event: { action: 'signal' }, signal, drainMs: daemon.config.shutdown.drainMs }, 'draining, then stopping');
       void daemon.stop(daemon.config.shutdown.drainMs).then(() => {
         log.flush();
         resolve(0);
@@ -89,21 +89,21 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     // configuration stays in force.
     const reload = async (): Promise<void> => {
       if (file === null) {
-        log.warn({ event: 'reload-skipped', reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
+        log.warn({ event: { action: 'reload-skipped' }, reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
         return;
       }
       try {
         const next = withEnv(await loadConfig(file));
         const r = daemon.reload(next);
         if (r.ok) {
-          log.info({ event: 'reload', file, sandboxes: r.sandboxes }, 'configuration reloaded');
+          log.info({ event: { action: 'reload' }, file, sandboxes: r.sandboxes }, 'configuration reloaded');
           if (r.needsRestart.length > 0) {
-            log.warn({ event: 'reload-partial', file, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
+            log.warn({ event: { action: 'reload-partial' }, file, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
           }
-        } else log.error({ event: 'reload-refused', file, reason: r.reason }, 'configuration refused; the running one stays');
+        } else log.error({ event: { action: 'reload-refused' }, file, reason: r.reason }, 'configuration refused; the running one stays');
       } catch (e) {
         daemon.metrics.instruments.configReloads.inc({ result: 'refused' });
-        log.error({ event: 'reload-refused', file, reason: (e as Error).message }, 'configuration refused; the running one stays');
+        log.error({ event: { action: 'reload-refused' }, file, reason: (e as Error).message }, 'configuration refused; the running one stays');
       }
     };
     process.on('SIGTERM', () => stop('SIGTERM'));

@@ -100,7 +100,7 @@ export class DnsService {
       this.#count('malformed', parsed.question?.type ?? 'other', false);
       this.#deps.log.info(
         {
-          event: 'dns-query',
+          event: { action: 'dns-query' },
           sandbox: policy.sandbox,
           source,
           name: parsed.question?.name ?? null,
@@ -122,7 +122,16 @@ export class DnsService {
     if (!gate.reach) {
       this.#count('refuse', q.type, false);
       this.#deps.log.info(
-        { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'refuse', reason: gate.reason, rule: gate.rule },
+        {
+          event: { action: 'dns-query' },
+          sandbox: policy.sandbox,
+          source,
+          name: q.name,
+          type: q.type,
+          verdict: 'refuse',
+          reason: gate.reason,
+          rule: gate.rule,
+        },
         'dns query',
       );
       return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
@@ -142,7 +151,16 @@ export class DnsService {
       if (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal) {
         this.#count('inflight-limited', q.type, false);
         this.#deps.log.info(
-          { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'refuse', reason: 'inflight-limited', rule: null },
+          {
+            event: { action: 'dns-query' },
+            sandbox: policy.sandbox,
+            source,
+            name: q.name,
+            type: q.type,
+            verdict: 'refuse',
+            reason: 'inflight-limited',
+            rule: null,
+          },
           'dns query',
         );
         return refusalResponse(q, 'REFUSED');
@@ -163,7 +181,16 @@ export class DnsService {
       if ('failed' in r) {
         this.#count('servfail', q.type, false, upstreamMs);
         this.#deps.log.warn(
-          { event: 'dns-query', sandbox: policy.sandbox, source, name: q.name, type: q.type, verdict: 'error', reason: 'upstream-failed', detail: r.failed },
+          {
+            event: { action: 'dns-query' },
+            sandbox: policy.sandbox,
+            source,
+            name: q.name,
+            type: q.type,
+            verdict: 'error',
+            reason: 'upstream-failed',
+            detail: r.failed,
+          },
           'dns query',
         );
         return refusalResponse(q, 'SERVFAIL');
@@ -176,7 +203,7 @@ export class DnsService {
     // A name answered only because of report-only mode is part of the report: logged at info.
     this.#deps.log[gate.reason === 'report-only' ? 'info' : 'debug'](
       {
-        event: 'dns-query',
+        event: { action: 'dns-query' },
         sandbox: policy.sandbox,
         source,
         name: q.name,
@@ -193,7 +220,15 @@ export class DnsService {
       return answerResponse(q, answered, ageS, limit);
     } catch (e) {
       this.#deps.log.warn(
-        { event: 'dns-query', sandbox: policy.sandbox, name: q.name, type: q.type, verdict: 'error', reason: 'unencodable', detail: (e as Error).message },
+        {
+          event: { action: 'dns-query' },
+          sandbox: policy.sandbox,
+          name: q.name,
+          type: q.type,
+          verdict: 'error',
+          reason: 'unencodable',
+          detail: (e as Error).message,
+        },
         'dns query',
       );
       return refusalResponse(q, 'SERVFAIL');
@@ -312,7 +347,7 @@ export class DnsService {
     }
     this.#deps.log.info(
       {
-        event: 'dns-query',
+        event: { action: 'dns-query' },
         sandbox,
         source,
         name: q?.name ?? null,

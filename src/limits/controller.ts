@@ -53,7 +53,7 @@ export class LimitsController {
       { maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs },
       (shedding, s) => {
         const fields = {
-          event: shedding ? 'overload-start' : 'overload-end',
+          event: { action: shedding ? 'overload-start' : 'overload-end' },
           monitor: s.monitor,
           pressure: round(s.pressure),
           rssBytes: s.rssBytes,
@@ -92,7 +92,7 @@ export class LimitsController {
     const r = raiseNofile();
     this.#nofile = r.after;
     if (r.error !== null)
-      this.#log.warn({ event: 'nofile-not-raised', error: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
+      this.#log.warn({ event: { action: 'nofile-not-raised' }, error: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
     const inUse = openDescriptors() ?? 0;
     const byDescriptors = connectionBudget(r.after.soft, inUse, c.global.reserveDescriptors);
     const global =
@@ -103,7 +103,7 @@ export class LimitsController {
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
     this.#log.info(
       {
-        event: 'limits',
+        event: { action: 'limits' },
         nofile: { before: r.before, after: r.after },
         descriptorsInUse: inUse,
         reserveDescriptors: c.global.reserveDescriptors,
@@ -180,7 +180,7 @@ export class LimitsController {
     for (const socket of this.#peeking) socket.resetAndDestroy();
     this.#peeking.clear();
     this.#log.warn(
-      { event: 'overload-reset-undecided', count: n, monitor: s.monitor, pressure: round(s.pressure) },
+      { event: { action: 'overload-reset-undecided' }, count: n, monitor: s.monitor, pressure: round(s.pressure) },
       'Critical memory pressure: reset the connections still being peeked',
     );
   }
@@ -188,7 +188,7 @@ export class LimitsController {
   #flushShed(): void {
     for (const e of this.#shed.values()) {
       this.#log.warn(
-        { event: 'connections-shed', sandbox: e.sandbox, source: e.source, verdict: 'refuse', reason: e.reason, count: e.count, detail: e.detail },
+        { event: { action: 'connections-shed' }, sandbox: e.sandbox, source: e.source, verdict: 'refuse', reason: e.reason, count: e.count, detail: e.detail },
         'connections refused at accept',
       );
     }
@@ -202,7 +202,7 @@ export class LimitsController {
     const now = Date.now();
     if (now - this.#acceptErrorsLogged >= 1000) {
       this.#acceptErrorsLogged = now;
-      this.#log.warn({ event: 'accept-failed', listener: kind, code }, 'accept failed; waiting connections are shed until descriptors free up');
+      this.#log.warn({ event: { action: 'accept-failed' }, listener: kind, code }, 'accept failed; waiting connections are shed until descriptors free up');
     }
   }
 

@@ -1,7 +1,14 @@
-// The process logger: pino, JSON lines, trusted keys only. Names a client sent (SNI, Host)
-// go under their own field, never into the message, so a hostile name cannot forge a line.
+// The process logger: pino, JSON lines in the ecs-logging layout, trusted keys only. Names a
+// client sent (SNI, Host) go under their own field, never into the message, so a hostile name
+// cannot forge a line.
+//
+// Every line carries the ecs-logging spec's keys, written dotted at the top level as that spec
+// asks: `@timestamp`, `log.level`, `message`, `ecs.version`; then `process.pid`, and
+// `event.action` naming what happened (`started`, `connection`, `policy-change`, …). The
+// connection line's fields are declared in observability/connection-log.ts.
 
 import { pino, type Logger, type LoggerOptions } from 'pino';
+import { ECS_VERSION } from './connection-log.ts';
 
 export type { Logger };
 
@@ -16,16 +23,28 @@ export interface LoggerSettings {
 /** Keys that may carry secrets are removed wherever they appear. */
 const REDACT = ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization'];
 
-export function createLogger(settings: LoggerSettings): Logger {
-  const options: LoggerOptions = {
-    level: settings.level,
-    base: { pid: process.pid },
-    timestamp: pino.stdTimeFunctions.isoTime,
+/** The lines' layout (ECS keys, redaction), without a destination: what every egressd logger uses. */
+export function loggerOptions(level: string): LoggerOptions {
+  return {
+    level,
+    base: { 'ecs.version': ECS_VERSION, process: { pid: process.pid } },
+    messageKey: 'message',
+    timestamp: isoTimestamp,
     redact: { paths: REDACT, remove: true },
-    formatters: { level: (label) => ({ level: label }) },
+    formatters: { level: (label) => ({ 'log.level': label }) },
   };
+}
+
+export function createLogger(settings: LoggerSettings): Logger {
+  const options = loggerOptions(settings.level);
   if (settings.pretty) {
-    return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: process.stdout.isTTY } } });
+    return pino({
+      ...options,
+      transport: {
+        target: 'pino-pretty',
+        options: { colorize: process.stdout.isTTY, messageKey: 'message', timestampKey: '@timestamp', levelKey: 'log\\.level' },
+      },
+    });
   }
   const dest = settings.destination ?? 1;
   // Connection lines gather in a buffer and leave in batches: one write(2) per LOG_BUFFER_BYTES
@@ -38,7 +57,7 @@ export function createLogger(settings: LoggerSettings): Logger {
     logMethod(args, method) {
       method.apply(this, args);
       const first: unknown = args[0];
-      if (typeof first === 'object' && first !== null && (first as { event?: unknown }).event === 'connection') return;
+      if (typeof first === 'object' && first !== null && (first as { event?: { action?: unknown } }).event?.action === 'connection') return;
       try {
         stream.flush();
       } catch {
@@ -61,6 +80,11 @@ export function createLogger(settings: LoggerSettings): Logger {
     }
   });
   return pino(options, stream);
+}
+
+/** ECS's `@timestamp`: ISO 8601 in UTC with milliseconds (pino's isoTime, under ECS's key). */
+function isoTimestamp(): string {
+  return `,"@timestamp":"${new Date().toISOString()}"`;
 }
 
 /** The connection log's batch: written out once this many bytes are waiting (≈ 30 lines). */

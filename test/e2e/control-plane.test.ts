@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
+import { field, destinationOf } from '../helpers/log-line.ts';
 import { curlIn, statusIn } from '../helpers/curl.ts';
 import { CA, E2E_PORTS, MAIN, NODE, SANDBOX_CLIENT, serveIn } from '../helpers/e2e-daemon.ts';
 
@@ -153,14 +154,14 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
     const r = await cli('sandbox', 'network', 'sb-a', '--network', JSON.stringify({ mode: 'allow-all', egress: { denied_cidrs: [`${ECHO_CUT}/32`] } }));
     expect(r.code, r.stderr).toBe(0);
     // The daemon closes what the change refuses before it acknowledges the change.
-    const cutLine: LogLine = await daemon.outcome((l) => l['reason'] === 'policy-changed', 1000);
+    const cutLine: LogLine = await daemon.outcome((l) => field(l, 'event.reason') === 'policy-changed', 1000);
     const [k, c] = await Promise.all([keep, cut]);
     const kept = JSON.parse(k.stdout);
     const closed = JSON.parse(c.stdout);
     expect(kept).toMatchObject({ outcome: 'held' });
     expect(kept.echoed).toBe(kept.sent);
     expect(closed.outcome).toBe('cut');
-    expect(cutLine['destination']).toBe(`${ECHO_CUT}:7000`);
+    expect(destinationOf(cutLine)).toBe(`${ECHO_CUT}:7000`);
   });
 
   it('keeps every acknowledged change across SIGTERM and kill -9', async () => {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { field, connectionFields } from '../helpers/log-line.ts';
 import { curlIn, statusIn, type CurlOptions } from '../helpers/curl.ts';
 import { CA, E2E_PORTS, NODE, SANDBOX_CLIENT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 const TOKEN = 'e2e-admin-token';
@@ -91,15 +92,15 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
     const o = await daemon.outcomeAt(`${REAL}:443`);
-    expect(o).toMatchObject({ sandbox: 'sb-1', name: 'allowed.test', protocol: 'tls', verdict: 'allow', reason: 'allow-rule', dialed: REAL });
-    expect(o['bytesDown']).toBeGreaterThan(0);
+    expect(connectionFields(o)).toMatchObject({ 'egressd.sandbox': 'sb-1', 'destination.domain': 'allowed.test', 'network.protocol': 'tls', 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': REAL });
+    expect(field(o, 'destination.bytes')).toBeGreaterThan(0);
   });
 
   it('lets an allowed name through over plain HTTP with curl', async () => {
     const r = await curl('http://www.allowed.test/hello', { resolve: REAL });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('www.allowed.test');
-    await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'www.allowed.test' && l['verdict'] === 'allow');
+    await daemon.outcomeAt(`${REAL}:80`, (l) => field(l, 'destination.domain') === 'www.allowed.test' && field(l, 'egressd.verdict') === 'allow');
   });
 
   it('answers a refused TLS name with an access_denied alert, and the server never sees a byte', async () => {
@@ -108,7 +109,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(r.code).not.toBe(0);
     expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
     const o = await daemon.outcomeAt(`${DENIED}:443`);
-    expect(o).toMatchObject({ name: 'denied.test', verdict: 'refuse', reason: 'default-block', dialed: null });
+    expect(connectionFields(o)).toMatchObject({ 'destination.domain': 'denied.test', 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.upstream.ip': undefined });
     expect(bytesAt(DENIED)).toBe(before);
   });
 
@@ -116,7 +117,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const r = await curl('http://denied.test/', { resolve: DENIED, writeOut: '\n%{http_code}' });
     expect(r.stdout.trim().split('\n').pop()).toBe('403');
     expect(r.stdout).toContain('denied.test');
-    await daemon.outcomeAt(`${DENIED}:80`, (l) => l['verdict'] === 'refuse');
+    await daemon.outcomeAt(`${DENIED}:80`, (l) => field(l, 'egressd.verdict') === 'refuse');
   });
 
   it('decides right on a ClientHello sent one byte per segment (Node tls client)', async () => {
@@ -138,7 +139,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
     const o = await daemon.outcomeAt(`${ATTACKER}:443`);
-    expect(o).toMatchObject({ verdict: 'allow', dialed: REAL });
+    expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': REAL });
     expect(bytesAt(ATTACKER)).toBe(before);
   });
 
@@ -152,12 +153,12 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
 
   it('never dials the metadata address, by address or through a name that resolves to it', async () => {
     expect(await status('http://169.254.169.254/latest/meta-data/')).toBe(403);
-    expect(await daemon.outcomeAt('169.254.169.254:80')).toMatchObject({ verdict: 'refuse', reason: 'protected-address', dialed: null });
+    expect(connectionFields(await daemon.outcomeAt('169.254.169.254:80'))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'protected-address', 'egressd.upstream.ip': undefined });
     expect(await status('http://metadata.test/', { resolve: REAL })).toBe(403);
-    expect(await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'metadata.test')).toMatchObject({
-      verdict: 'refuse',
-      reason: 'no-allowed-address',
-      dialed: null,
+    expect(connectionFields(await daemon.outcomeAt(`${REAL}:80`, (l) => field(l, 'destination.domain') === 'metadata.test'))).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'event.reason': 'no-allowed-address',
+      'egressd.upstream.ip': undefined,
     });
   });
 
@@ -165,16 +166,16 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const res = await client(['banner', '--host', BANNER, '--port', '2525']);
     expect(res).toMatchObject({ outcome: 'banner', banner: '220 hello\r\n' });
     const o = await daemon.outcomeAt(`${BANNER}:2525`);
-    expect(o).toMatchObject({ listener: 'tcp', verdict: 'allow', reason: 'allow-rule', dialed: BANNER });
-    expect(o['peekMs']).toBeUndefined();
+    expect(connectionFields(o)).toMatchObject({ 'egressd.listener': 'tcp', 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': BANNER });
+    expect(field(o, 'egressd.peek_duration')).toBeUndefined();
   });
 
   it('judges a silent client by address and port after the first-byte wait, where a name could matter', async () => {
     const res = await client(['silent', '--host', REAL, '--port', '443']);
     expect(res['outcome']).toBe('closed');
-    const o = await daemon.outcomeAt(`${REAL}:443`, (l) => l['protocol'] === 'none');
-    expect(o).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
-    expect(Number(o['peekMs'])).toBeGreaterThanOrEqual(450);
+    const o = await daemon.outcomeAt(`${REAL}:443`, (l) => field(l, 'network.protocol') === 'none');
+    expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
+    expect(Number(field(o, 'egressd.peek_duration'))).toBeGreaterThanOrEqual(450e6);
   });
 
   it('cuts a one-byte-a-second client at the deadline, which arriving bytes never push back', async () => {
@@ -183,7 +184,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const res = await client(['drip', '--host', DENIED, '--port', '443', '--interval', '500', '--timeout', '30000']);
     expect(res['outcome']).toBe('closed');
     expect(res['sent']).toBeLessThan(20);
-    await daemon.outcomeAt(`${DENIED}:443`, (l) => l['reason'] === 'peek-timeout');
+    await daemon.outcomeAt(`${DENIED}:443`, (l) => field(l, 'event.reason') === 'peek-timeout');
   });
 
   it('works the same over IPv6: allowed, refused, spoofed', async () => {
@@ -234,7 +235,7 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
       }
       logged = new Map();
       for (const l of daemon.connections()) {
-        const key = `${l['listener']} ${l['verdict']} ${l['reason']} ${l['endedBy']}`;
+        const key = `${field(l, 'egressd.listener')} ${field(l, 'egressd.verdict')} ${field(l, 'event.reason')} ${field(l, 'egressd.ended_by')}`;
         logged.set(key, (logged.get(key) ?? 0) + 1);
       }
       const same = counted.size === logged.size && [...counted].every(([k, v]) => logged.get(k) === v);

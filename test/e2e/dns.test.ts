@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { action, field, connectionFields } from '../helpers/log-line.ts';
 import { adminIn, curlIn } from '../helpers/curl.ts';
 import { CA, E2E_PORTS, MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
@@ -157,7 +158,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(log).toMatch(/query\[A\] allowed\.test from 198\.18\.1\.1/);
     expect(log).not.toContain('other.test');
     expect(log).not.toContain('c2VjcmV0');
-    const line = await daemon.waitFor((l) => l.event === 'dns-query' && l['name'] === 'c2vjcmv0lwrhdge.other.test');
+    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && l['name'] === 'c2vjcmv0lwrhdge.other.test');
     expect(line).toMatchObject({ sandbox: 'sb-a', type: 'TXT', verdict: 'refuse', reason: 'not-allowed', rule: 'mode "block-all"' });
   });
 
@@ -179,11 +180,11 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
     expect((await sh('python3', ['-c', GREETING, ALLOWED, '22'])).stdout.trim()).toBe('got 220 hello');
     const ok = await daemon.outcomeAt(`${ALLOWED}:22`);
-    expect(ok).toMatchObject({ sandbox: 'sb-a', verdict: 'allow', name: null, dnsNames: ['allowed.test'], dialed: ALLOWED });
-    expect(String(ok['rule'])).toBe('dns "allowed.test": allowed_domains "allowed.test"');
+    expect(connectionFields(ok)).toMatchObject({ 'egressd.sandbox': 'sb-a', 'egressd.verdict': 'allow', 'destination.domain': undefined, 'egressd.dns_names': ['allowed.test'], 'egressd.upstream.ip': ALLOWED });
+    expect(String(field(ok, 'rule.name'))).toBe('dns "allowed.test": allowed_domains "allowed.test"');
     // OTHER's name was refused, so the sandbox never resolved it: judged by address, refused.
     expect((await sh('python3', ['-c', GREETING, OTHER, '22'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    expect(await daemon.outcomeAt(`${OTHER}:22`)).toMatchObject({ sandbox: 'sb-a', verdict: 'refuse', reason: 'default-block' });
+    expect(connectionFields(await daemon.outcomeAt(`${OTHER}:22`))).toMatchObject({ 'egressd.sandbox': 'sb-a', 'egressd.verdict': 'refuse', 'event.reason': 'default-block' });
     expect(rig.events().filter((e) => e.local === `${OTHER}:22`)).toEqual([]);
   });
 
@@ -198,11 +199,11 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(put.stdout).toContain('bad.test');
     // Port 7000 echoes; the client's bytes are neither TLS nor HTTP, so it carries no name.
     expect((await sh('python3', ['-c', GREETING, BAD6, '7000', 'ping'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    const refused = await daemon.outcomeAt(`${BAD6}:7000`);
-    expect(refused).toMatchObject({ sandbox: 'sb-b', verdict: 'refuse', reason: 'deny-rule', dnsNames: ['bad.test'] });
-    expect(String(refused['rule'])).toBe('dns "bad.test": denied_domains "bad.test"');
+    const refused = await daemon.outcomeAt(`[${BAD6}]:7000`);
+    expect(connectionFields(refused)).toMatchObject({ 'egressd.sandbox': 'sb-b', 'egressd.verdict': 'refuse', 'event.reason': 'deny-rule', 'egressd.dns_names': ['bad.test'] });
+    expect(String(field(refused, 'rule.name'))).toBe('dns "bad.test": denied_domains "bad.test"');
     expect((await sh('python3', ['-c', GREETING, GOOD6, '7000', 'ping'])).stdout.trim()).toBe('got ping');
-    expect(await daemon.outcomeAt(`${GOOD6}:7000`)).toMatchObject({ sandbox: 'sb-b', verdict: 'allow', dnsNames: ['good.test'] });
+    expect(connectionFields(await daemon.outcomeAt(`[${GOOD6}]:7000`))).toMatchObject({ 'egressd.sandbox': 'sb-b', 'egressd.verdict': 'allow', 'egressd.dns_names': ['good.test'] });
     // And the denied name is no longer resolved at all.
     expect(await dig(`@${rig.dnsServerV6}`, 'bad.test', 'AAAA')).toMatch(/status: NXDOMAIN/);
   });
@@ -229,7 +230,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(refused, JSON.stringify(f)).toBeGreaterThan(2 * answered);
     const metrics = (await curlIn(rig, 'router', 'http://127.0.0.1:9901/metrics')).stdout;
     expect(Number(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} (\d+)/.exec(metrics)?.[1])).toBeGreaterThanOrEqual(refused);
-    const limited = daemon.lines.filter((l) => l.event === 'dns-query' && l['reason'] === 'rate-limited');
+    const limited = daemon.lines.filter((l) => action(l) === 'dns-query' && l['reason'] === 'rate-limited');
     // One line per sandbox per second, not one per query.
     expect(limited.length).toBeGreaterThan(0);
     expect(limited.length).toBeLessThan(20);
@@ -241,11 +242,11 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     const r = await curlIn(rig, 'sandbox', 'https://rot.allowed.test/', { resolve: ROT1, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(ROT1);
-    expect(await daemon.outcomeAt(`${ROT1}:443`)).toMatchObject({ name: 'rot.allowed.test', verdict: 'allow', dialed: ROT1 });
+    expect(connectionFields(await daemon.outcomeAt(`${ROT1}:443`))).toMatchObject({ 'destination.domain': 'rot.allowed.test', 'egressd.verdict': 'allow', 'egressd.upstream.ip': ROT1 });
     // An address egressd never gave for the name is still refused under verify.
     const spoof = await curlIn(rig, 'sandbox', 'https://allowed.test/', { resolve: OTHER, cacert: CA });
     expect(spoof.code).not.toBe(0);
-    expect(await daemon.outcomeAt(`${OTHER}:443`)).toMatchObject({ verdict: 'refuse', reason: 'dns-mismatch' });
+    expect(connectionFields(await daemon.outcomeAt(`${OTHER}:443`))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'dns-mismatch' });
   });
 
   it('redirects the same way with the nft backend, over IPv4 UDP and IPv6 TCP', async () => {

@@ -14,6 +14,7 @@ import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
+import { field, connectionFields } from '../helpers/log-line.ts';
 import { curlIn, statusIn } from '../helpers/curl.ts';
 import { E2E_PORTS, NODE, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 import type { Behaviour } from '../helpers/dns-server.ts';
@@ -120,28 +121,37 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
     it('refuses a v4 address of the host on another port, though the policy allows it by CIDR and protected.except holds it', async () => {
       expect(await probe(HOST_V4_SANDBOX_SIDE, HOST_SERVICE_PORT)).not.toContain('HOSTSVC');
       const o = await daemon.outcomeAt(`${HOST_V4_SANDBOX_SIDE}:${HOST_SERVICE_PORT}`);
-      expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `host address "${HOST_V4_SANDBOX_SIDE}"`, dialed: null });
+      expect(connectionFields(o)).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'protected-address',
+        'rule.name': `host address "${HOST_V4_SANDBOX_SIDE}"`,
+        'egressd.upstream.ip': undefined,
+      });
     });
 
     it('refuses a v6 address of the host the same way', async () => {
       expect(await probe(HOST_V6, HOST_SERVICE_PORT)).not.toContain('HOSTSVC');
-      const o = await daemon.outcomeAt(`${HOST_V6}:${HOST_SERVICE_PORT}`); // the log writes IPv6 destinations unbracketed
-      expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `host address "${HOST_V6}"` });
+      const o = await daemon.outcomeAt(`[${HOST_V6}]:${HOST_SERVICE_PORT}`);
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'protected-address', 'rule.name': `host address "${HOST_V6}"` });
     });
 
     it("refuses egressd's own listener ports, even on the address protected.reachableHostAddresses opens", async () => {
       for (const port of [E2E_PORTS.tcp, E2E_PORTS.http]) {
         expect(await probe(HOST_V4_REACHABLE, port)).not.toContain('HOSTSVC');
         const o = await daemon.outcomeAt(`${HOST_V4_REACHABLE}:${port}`);
-        expect(o).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `egressd's own listener ${HOST_V4_REACHABLE}:${port}` });
+        expect(connectionFields(o)).toMatchObject({
+          'egressd.verdict': 'refuse',
+          'event.reason': 'protected-address',
+          'rule.name': `egressd's own listener ${HOST_V4_REACHABLE}:${port}`,
+        });
       }
     });
 
     it('never dials the host through an allowed name that resolves to it', async () => {
       const before = rig.events().length;
       expect(await statusIn(rig, 'sandbox', 'http://selfie.test/', { resolve: REAL })).toBe(403);
-      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === 'selfie.test');
-      expect(o).toMatchObject({ verdict: 'refuse', dialed: null });
+      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => field(l, 'destination.domain') === 'selfie.test');
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'refuse', 'egressd.upstream.ip': undefined });
       expect(
         rig
           .events()
@@ -153,7 +163,7 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
     it('reaches the host service on the address the dedicated key names, and only there', async () => {
       expect(await probe(HOST_V4_REACHABLE, HOST_SERVICE_PORT)).toBe('data HOSTSVC');
       const o = await daemon.outcomeAt(`${HOST_V4_REACHABLE}:${HOST_SERVICE_PORT}`);
-      expect(o).toMatchObject({ verdict: 'allow', dialed: HOST_V4_REACHABLE });
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': HOST_V4_REACHABLE });
     });
   });
 
@@ -179,7 +189,7 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
       const [status, body] = r.stdout.split('\n');
       expect(status).toBe('403 egressd; error=http_request_denied; details="default-block"');
       expect(body).toBe('egressd refused the connection to "blocked.test" port 80: default-block (mode "block-all")');
-      await daemon.outcomeAt(`${BLOCKED}:80`, (l) => l['reason'] === 'default-block');
+      await daemon.outcomeAt(`${BLOCKED}:80`, (l) => field(l, 'event.reason') === 'default-block');
     });
 
     it('gives a plain socket client the 403 after it paced its whole body, then reads', async () => {
@@ -219,8 +229,8 @@ describe.skipIf(skip !== null)('what egressd protects, how it refuses, how it re
       const r = await curlIn(rig, 'sandbox', `http://${name}/`, { resolve: REAL, maxTimeS: 15 });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(REAL);
-      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => l['name'] === name);
-      expect(o).toMatchObject({ verdict: 'allow', reason: 'allow-rule', dialed: REAL });
+      const o = await daemon.outcomeAt(`${REAL}:80`, (l) => field(l, 'destination.domain') === name);
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': REAL });
     });
   });
 });

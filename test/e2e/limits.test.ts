@@ -8,6 +8,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import { floodScenario, memoryCgroupDir, metricSum } from '../helpers/flood-scenario.ts';
+import { action } from '../helpers/log-line.ts';
 
 const skip = rigUnavailableReason();
 /** The memory test's headroom above egressd's idle usage (docs/config.md, limits.memory). */
@@ -41,7 +42,7 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     expect(r.sandbox1!['connections'].undecided).toBeLessThanOrEqual(100);
     expect(r.sandbox1!['connections'].limits).toEqual({ connections: 300, undecided: 100, perSecond: 100_000, burst: 100_000 });
     expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'sandbox-limit' })).toBeGreaterThanOrEqual(3000 - 300 - f['connectFailed']);
-    expect(r.lines.some((l) => l.event === 'connections-shed' && l['sandbox'] === 'flood-1' && l['reason'] === 'sandbox-limit')).toBe(true);
+    expect(r.lines.some((l) => action(l) === 'connections-shed' && l['sandbox'] === 'flood-1' && l['reason'] === 'sandbox-limit')).toBe(true);
     // Sandbox 2: every request and the whole download.
     expect(r.workload['download'], JSON.stringify(r.workload)).toMatchObject({ ok: true, bytes: 20 * 1_048_576 });
     expect(r.workload['short']).toMatchObject({ total: 20, ok: 20 });
@@ -90,9 +91,9 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
       // The kernel never had to act: the cgroup's OOM killer stayed idle, whatever it would have killed.
       expect(r.oomKills, peak).toBe(0);
       expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' })).toBeGreaterThan(0);
-      expect(r.lines.some((l) => l.event === 'overload-start')).toBe(true);
+      expect(r.lines.some((l) => action(l) === 'overload-start')).toBe(true);
       // As shedding starts, the heap is shrunk and the memory handed back shows in the cgroup.
-      const shrunk = r.lines.filter((l) => l.event === 'memory-shrunk');
+      const shrunk = r.lines.filter((l) => action(l) === 'memory-shrunk');
       expect(shrunk.length, peak).toBeGreaterThan(0);
       expect(Math.min(...shrunk.map((l) => Number(l['pressureAfter']) - Number(l['pressureBefore'])))).toBeLessThan(0);
       expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
+import { field, destinationOf, connectionFields } from '../helpers/log-line.ts';
 import { adminIn, curlIn, statusIn, type CurlOptions } from '../helpers/curl.ts';
 import { CA, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 const TOKEN = 'e2e-verdicts-token';
@@ -163,7 +164,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
   const setNetwork = async (network: unknown): Promise<void> => expect(await api('PUT', '/api/v1/sandboxes/sb/network', network)).toBe(200);
   const inSandbox = (cmd: string, args: string[], timeoutMs = 20_000) => rig.execIn('sandbox', cmd, args, { timeoutMs });
   const curl = (url: string, opts?: CurlOptions) => curlIn(rig, 'sandbox', url, opts);
-  const fromPort = (port: string) => (l: LogLine) => String(l['source']).endsWith(`:${port}`);
+  const fromPort = (port: string) => (l: LogLine) => String(field(l, 'source.port')) === port;
   const eventsAt = (address: string): number => rig.events().filter((e) => e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
   const bytesAt = (address: string): number =>
     rig.events().filter((e) => e.event === 'data' && (e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`))).length;
@@ -205,7 +206,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const port = await client.connected;
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).toContain('403');
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'default-block', endedBy: 'policy', dialed: null });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
       expect(eventsAt(REAL)).toBe(before);
     });
 
@@ -217,10 +218,10 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'block-all' });
       const r = await client;
       expect(r.stdout).toMatch(/ssl-error .*ACCESS_DENIED/i);
-      expect(await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!))).toMatchObject({
-        protocol: 'tls',
-        name: 'other.test',
-        reason: 'default-block',
+      expect(connectionFields(await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!)))).toMatchObject({
+        'network.protocol': 'tls',
+        'destination.domain': 'other.test',
+        'event.reason': 'default-block',
       });
       expect(eventsAt(REAL)).toBe(before);
     });
@@ -233,7 +234,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // Tier 1: the essential services only.
       expect(await api('PUT', '/api/v1/orgs/acme', { tier: 1 })).toBe(200);
       expect(await client.done).toContain('403');
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', rule: 'org acme: mode "block-all"', dialed: null });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'rule.name': 'org acme: mode "block-all"', 'egressd.upstream.ip': undefined });
       await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
     });
 
@@ -245,7 +246,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 500));
       await setNetwork({ mode: 'block-all' });
       await client.done;
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy', dialed: null });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'policy-changed', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
     });
 
     it('a connection that was spliced at once (no name could matter) is closed by the change, and no byte reaches the upstream', async () => {
@@ -256,7 +257,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 300));
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).not.toContain('200 OK');
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'refuse', reason: 'policy-changed', endedBy: 'policy' });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'policy-changed', 'egressd.ended_by': 'policy' });
       expect(bytesAt(REAL)).toBe(before);
     });
   });
@@ -267,7 +268,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const before = eventsAt(DENIED);
       const { port, reply } = await waitThenSend(DENIED, 443, 0, GET('blocked.test'));
       expect(reply).toContain('403');
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ listener: 'tls', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.listener': 'tls', 'network.protocol': 'http', 'destination.domain': 'blocked.test', 'event.reason': 'deny-rule' });
       expect(eventsAt(DENIED)).toBe(before);
     });
 
@@ -275,10 +276,10 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const r = await inSandbox('openssl', ['s_client', '-connect', `${DENIED}:80`, '-servername', 'blocked.test', '-CAfile', CA], 20_000);
       expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
-      expect(await daemon.outcome((l) => l['destination'] === `${DENIED}:80` && l['protocol'] === 'tls')).toMatchObject({
-        listener: 'http',
-        name: 'blocked.test',
-        reason: 'deny-rule',
+      expect(connectionFields(await daemon.outcome((l) => destinationOf(l) === `${DENIED}:80` && field(l, 'network.protocol') === 'tls'))).toMatchObject({
+        'egressd.listener': 'http',
+        'destination.domain': 'blocked.test',
+        'event.reason': 'deny-rule',
       });
     });
 
@@ -287,16 +288,16 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // what is checked is egressd's verdict, by name, on the listener of the other protocol.
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'] } });
       await curl('http://other.test:443/', { resolve: REAL, maxTimeS: 5 });
-      expect(await daemon.outcome((l) => l['listener'] === 'tls' && l['protocol'] === 'http' && l['name'] === 'other.test')).toMatchObject({
-        verdict: 'allow',
-        reason: 'allow-rule',
-        dialed: REAL,
+      expect(connectionFields(await daemon.outcome((l) => field(l, 'egressd.listener') === 'tls' && field(l, 'network.protocol') === 'http' && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'event.reason': 'allow-rule',
+        'egressd.upstream.ip': REAL,
       });
       await curl('https://other.test:80/', { resolve: REAL, cacert: CA, maxTimeS: 5 });
-      expect(await daemon.outcome((l) => l['listener'] === 'http' && l['protocol'] === 'tls' && l['name'] === 'other.test')).toMatchObject({
-        verdict: 'allow',
-        reason: 'allow-rule',
-        dialed: REAL,
+      expect(connectionFields(await daemon.outcome((l) => field(l, 'egressd.listener') === 'http' && field(l, 'network.protocol') === 'tls' && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'event.reason': 'allow-rule',
+        'egressd.upstream.ip': REAL,
       });
     });
   });
@@ -308,30 +309,30 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const { port, reply } = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
       expect(reply).not.toContain('403');
       const o = await daemon.outcome(fromPort(port));
-      expect(o).toMatchObject({ verdict: 'allow', reason: 'allow-rule', dialed: CIDR_OK });
-      expect(o['peekMs']).toBeUndefined();
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': CIDR_OK });
+      expect(field(o, 'egressd.peek_duration')).toBeUndefined();
       expect(bytesAt(CIDR_OK)).toBeGreaterThan(before);
     });
 
     it('where the peek runs (a deny list), an SSH banner, a Redis command and an HTTP/0.9 line are read as not HTTP and relayed', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const ssh = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
-      expect(await daemon.outcome(fromPort(ssh.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', dialed: CIDR_OK });
+      expect(connectionFields(await daemon.outcome(fromPort(ssh.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown', 'egressd.upstream.ip': CIDR_OK });
       const ping = await waitThenSend(CIDR_OK, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
       expect(ping.reply).toContain('PING');
-      expect(await daemon.outcome(fromPort(ping.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown' });
+      expect(connectionFields(await daemon.outcome(fromPort(ping.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown' });
       const old = await waitThenSend(CIDR_OK, 443, 0, 'GET /\\r\\n');
-      expect(await daemon.outcome(fromPort(old.port))).toMatchObject({ verdict: 'allow', protocol: 'unknown', listener: 'tls' });
+      expect(connectionFields(await daemon.outcome(fromPort(old.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown', 'egressd.listener': 'tls' });
     });
 
     it('not HTTP to an address the policy does not allow is refused by address', async () => {
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${CIDR_OK}/32`] } });
       const refused = await waitThenSend(DENIED, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
-      expect(await daemon.outcome(fromPort(refused.port))).toMatchObject({
-        verdict: 'refuse',
-        reason: 'default-block',
-        protocol: 'unknown',
-        endedBy: 'policy',
+      expect(connectionFields(await daemon.outcome(fromPort(refused.port)))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'default-block',
+        'network.protocol': 'unknown',
+        'egressd.ended_by': 'policy',
       });
     });
 
@@ -339,7 +340,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const fold = await waitThenSend(CIDR_OK, 80, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\n x\\r\\n\\r\\n');
       expect(fold.reply).toContain('403');
-      expect(await daemon.outcome(fromPort(fold.port))).toMatchObject({ reason: 'malformed-http', endedBy: 'client' });
+      expect(connectionFields(await daemon.outcome(fromPort(fold.port)))).toMatchObject({ 'event.reason': 'malformed-http', 'egressd.ended_by': 'client' });
       const two = await waitThenSend(CIDR_OK, 443, 0, 'GET / HTTP/1.1\\r\\nHost: other.test\\r\\nHost: x.test\\r\\n\\r\\n');
       expect(two.reply).toContain('403');
       const lf = await waitThenSend(CIDR_OK, 7000, 0, 'GET / HTTP/1.1\\nHost: blocked.test\\r\\n\\r\\n');
@@ -354,8 +355,8 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
         expect(m?.[1], r.stdout).toContain('220 greeter ready');
         // Decided at accept: no peek at all.
         const o = await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
-        expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', dialed: GREETER });
-        expect(o['peekMs']).toBeUndefined();
+        expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'none', 'egressd.upstream.ip': GREETER });
+        expect(field(o, 'egressd.peek_duration')).toBeUndefined();
       }
     });
 
@@ -366,8 +367,8 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       expect(m?.[1], r.stdout).toContain('220 greeter ready');
       // Judged after peek.firstByteTimeoutMs (2 s here), never cut at the peek deadline.
       const o = await daemon.outcome(fromPort(/^port (\d+)$/m.exec(r.stdout)![1]!));
-      expect(o).toMatchObject({ verdict: 'allow', protocol: 'none', reason: 'default-allow' });
-      expect(Number(o['peekMs'])).toBeGreaterThanOrEqual(1900);
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'none', 'event.reason': 'default-allow' });
+      expect(Number(field(o, 'egressd.peek_duration'))).toBeGreaterThanOrEqual(1900e6);
       // The same under an allowing CIDR beside an allow list.
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'], allowed_cidrs: [`${GREETER}/32`] } });
       const c = await inSandbox('python3', ['-c', PY_WAIT_GREETING, GREETER, '80']);
@@ -380,10 +381,10 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test', 'denied.test'] } });
       const mk = await waitThenSend(DENIED, 5432, 0, 'MKACTIVITY / HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n');
       expect(mk.reply).toContain('403');
-      expect(await daemon.outcome(fromPort(mk.port))).toMatchObject({ listener: 'tcp', protocol: 'http', name: 'blocked.test', reason: 'deny-rule' });
+      expect(connectionFields(await daemon.outcome(fromPort(mk.port)))).toMatchObject({ 'egressd.listener': 'tcp', 'network.protocol': 'http', 'destination.domain': 'blocked.test', 'event.reason': 'deny-rule' });
       const crlf = await waitThenSend(DENIED, 5432, 0, '\\r\\nGET / HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n');
       expect(crlf.reply).toContain('403');
-      expect(await daemon.outcome(fromPort(crlf.port))).toMatchObject({ name: 'denied.test', reason: 'deny-rule' });
+      expect(connectionFields(await daemon.outcome(fromPort(crlf.port)))).toMatchObject({ 'destination.domain': 'denied.test', 'event.reason': 'deny-rule' });
     });
 
     it("under an allow list naming the Host, another token method and two leading empty lines pass to the name's address", async () => {
@@ -402,9 +403,9 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const r = await curl('https://other.test/', { resolve: ATTACKER, cacert: CA });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(REAL);
-      expect(await daemon.outcome((l) => l['destination'] === `${ATTACKER}:443` && l['name'] === 'other.test')).toMatchObject({
-        verdict: 'allow',
-        dialed: REAL,
+      expect(connectionFields(await daemon.outcome((l) => destinationOf(l) === `${ATTACKER}:443` && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'egressd.upstream.ip': REAL,
       });
       expect(eventsAt(ATTACKER)).toBe(before);
     });
@@ -415,14 +416,14 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const h = await curl('http://other.test/', { resolve: ATTACKER });
       expect(h.stdout).toContain(REAL);
       expect(await statusIn(rig, 'sandbox', 'http://nowhere.test/', { resolve: ATTACKER })).toBe(403);
-      expect(await daemon.outcome((l) => l['name'] === 'nowhere.test')).toMatchObject({ verdict: 'refuse', reason: 'dns-failure', endedBy: 'upstream' });
+      expect(connectionFields(await daemon.outcome((l) => field(l, 'destination.domain') === 'nowhere.test'))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'dns-failure', 'egressd.ended_by': 'upstream' });
       expect(eventsAt(ATTACKER)).toBe(before);
     });
 
     it('a connection that carries no name is judged by address and port alone (docs/limits.md)', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
       const { port } = await waitThenSend(ATTACKER, 7000, 0, 'hi\\r\\n');
-      expect(await daemon.outcome(fromPort(port))).toMatchObject({ verdict: 'allow', dialed: ATTACKER, name: null });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': ATTACKER, 'destination.domain': undefined });
     });
   });
 
@@ -432,8 +433,8 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const r = await curl('http://multi.test/', { resolve: FLAKY });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(FLAKY6);
-      const o = await daemon.outcome((l) => l['name'] === 'multi.test' && l['destination'] === `${FLAKY}:80`);
-      expect(o).toMatchObject({ verdict: 'allow', dialed: FLAKY6, tried: [`${FLAKY} refused`, `${FLAKY6} connected`] });
+      const o = await daemon.outcome((l) => field(l, 'destination.domain') === 'multi.test' && destinationOf(l) === `${FLAKY}:80`);
+      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': FLAKY6, 'egressd.upstream.tried': [`${FLAKY} refused`, `${FLAKY6} connected`] });
     });
 
     it("a spoofed destination goes to the name's addresses in turn; over TLS too", async () => {
@@ -448,10 +449,10 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const r = await curl('http://slow.test/', { resolve: HOLE });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(HOLE_OK);
-      const o = await daemon.outcome((l) => l['name'] === 'slow.test');
-      expect(o).toMatchObject({ dialed: HOLE_OK, tried: [`${HOLE} cancelled`, `${HOLE_OK} connected`] });
-      expect(Number(o['connectMs'])).toBeGreaterThanOrEqual(240);
-      expect(Number(o['connectMs'])).toBeLessThan(4000);
+      const o = await daemon.outcome((l) => field(l, 'destination.domain') === 'slow.test');
+      expect(connectionFields(o)).toMatchObject({ 'egressd.upstream.ip': HOLE_OK, 'egressd.upstream.tried': [`${HOLE} cancelled`, `${HOLE_OK} connected`] });
+      expect(Number(field(o, 'egressd.upstream.connect_duration'))).toBeGreaterThanOrEqual(240e6);
+      expect(Number(field(o, 'egressd.upstream.connect_duration'))).toBeLessThan(4000e6);
     });
   });
 });

@@ -5,10 +5,9 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 
-export interface LogLine {
-  readonly event?: string;
-  readonly [key: string]: unknown;
-}
+import { action, destinationOf, type LogLine } from './log-line.ts';
+
+export type { LogLine };
 
 export interface DaemonProcess {
   readonly child: ChildProcess;
@@ -17,9 +16,9 @@ export interface DaemonProcess {
   /** Waits for a log line that satisfies `pred`; rejects after `timeoutMs` with what was seen. */
   waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   connections(): LogLine[];
-  /** Waits for the outcome line (`event: connection`) of a connection that satisfies `pred`. */
+  /** Waits for the outcome line (`event.action: connection`) of a connection that satisfies `pred`. */
   outcome(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  /** Waits for the outcome line of a connection to `destination` (`ip:port`, as logged) that also satisfies `pred`. */
+  /** Waits for the outcome line of a connection to `destination` (`ip:port`, IPv6 in brackets) that also satisfies `pred`. */
   outcomeAt(destination: string, pred?: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   /** Sends the signal and waits for the exit code (SIGKILL after `timeoutMs`). */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
@@ -38,7 +37,7 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
     try {
       lines.push(JSON.parse(text) as LogLine);
     } catch {
-      lines.push({ event: 'unparsed', text });
+      lines.push({ event: { action: 'unparsed' }, text });
     }
     for (const w of [...waiters]) w();
   });
@@ -89,10 +88,10 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
     lines,
     stderr: () => err,
     waitFor,
-    connections: () => lines.filter((l) => l.event === 'connection'),
-    outcome: (pred, timeoutMs = 20_000) => waitFor((l) => l.event === 'connection' && pred(l), timeoutMs),
+    connections: () => lines.filter((l) => action(l) === 'connection'),
+    outcome: (pred, timeoutMs = 20_000) => waitFor((l) => action(l) === 'connection' && pred(l), timeoutMs),
     outcomeAt: (destination, pred = () => true, timeoutMs = 20_000) =>
-      waitFor((l) => l.event === 'connection' && l['destination'] === destination && pred(l), timeoutMs),
+      waitFor((l) => action(l) === 'connection' && destinationOf(l) === destination && pred(l), timeoutMs),
     async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
       if (exitCode !== undefined) return exitCode;
       const exited = once(child, 'exit');
@@ -103,6 +102,6 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
       return code;
     },
   };
-  await waitFor((l) => l.event === 'started', startTimeoutMs);
+  await waitFor((l) => action(l) === 'started', startTimeoutMs);
   return d;
 }

@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { validateConfig, type Config } from '../../src/config/schema.ts';
 import { canonicalSource } from '../../src/match/ip.ts';
 import { Daemon } from '../../src/daemon.ts';
+import { loggerOptions } from '../../src/observability/logger.ts';
 import type { OriginalDestination } from '../../src/net/original-dst.ts';
 
 export interface LoopbackDaemon {
@@ -46,7 +47,7 @@ export async function startLoopbackDaemon(config: Config, opts: { setup?: 'nativ
       cb();
     },
   });
-  const log = pino({ level: 'info' }, sink);
+  const log = pino(loggerOptions('info'), sink);
   const routes = new Map<string, { address: string; port: number }>();
   const originalDst = (socket: Socket): OriginalDestination => {
     const r = routes.get(canonicalSource(socket.remoteAddress ?? '') ?? '');

@@ -11,6 +11,7 @@ import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildHello } from '../helpers/hello-builder.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 const TOKEN = 'test-token';
 
@@ -90,22 +91,29 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     clients.push(c);
     expect(await echoes(c, 'ping')).toBe('ping');
     c.end();
-    const line = await d.waitForLog((l) => l['event'] === 'connection');
-    expect(line).toMatchObject({ sandbox: 'sb-a', verdict: 'allow', reason: 'allow-rule', dialed: '127.0.0.1', bytesUp: 4, bytesDown: 4 });
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({
+      egressd: { sandbox: 'sb-a', verdict: 'allow', upstream: { ip: '127.0.0.1' } },
+      event: { reason: 'allow-rule' },
+      source: { bytes: 4 },
+      destination: { bytes: 4 },
+    });
   });
 
   it('refuses a source that belongs to no sandbox with the default policy', async () => {
     d = await start(loopbackConfig({}));
     d.route('127.0.0.3', '127.0.0.1', upstream.port);
     expect(await refusedFrom('127.0.0.3', d.port('tcp'))).toEqual({ received: 0, error: 'ECONNRESET' });
-    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ sandbox: null, verdict: 'refuse', reason: 'default-block', dialed: null });
+    const refused = await d.waitForLog((l) => action(l) === 'connection');
+    expect(refused).toMatchObject({ egressd: { verdict: 'refuse' }, event: { reason: 'default-block' } });
+    expect([field(refused, 'egressd.sandbox'), field(refused, 'egressd.upstream.ip')]).toEqual([undefined, undefined]);
     expect(upstream.sockets.size).toBe(0);
   });
 
   it('refuses a connection that was not redirected (a loop or a probe)', async () => {
     d = await start(loopbackConfig({}));
     expect((await refusedFrom('127.0.0.4', d.port('tls'))).received).toBe(0);
-    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({ verdict: 'refuse', reason: 'not-redirected' });
+    expect(await d.waitForLog((l) => action(l) === 'connection')).toMatchObject({ egressd: { verdict: 'refuse' }, event: { reason: 'not-redirected' } });
   });
 
   it('closes open connections a live change refuses, spares those it still allows, and counts them', async () => {
@@ -126,8 +134,8 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
       expect(change.status).toBe(200);
       await once(doomed, 'close');
       expect(await echoes(keep, 'still here')).toBe('still here');
-      const closed = await d.waitForLog((l) => l['event'] === 'connection' && l['reason'] === 'policy-changed');
-      expect(closed).toMatchObject({ verdict: 'refuse', sandbox: 'sb-live' });
+      const closed = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'event.reason') === 'policy-changed');
+      expect(closed).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-live' } });
       const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
       expect(metrics).toMatch(/^egressd_connections_closed_by_policy_change_total 1$/m);
       expect(metrics).toMatch(/^egressd_policy_changes_total\{source="api"\} 2$/m);
@@ -240,12 +248,9 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     });
     // RFC 8446 §6: a fatal (2) access_denied (49) alert.
     expect([...answer]).toEqual([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
-    expect(await d.waitForLog((l) => l['event'] === 'connection')).toMatchObject({
-      verdict: 'refuse',
-      reason: 'invalid-name',
-      dialed: null,
-      rawName: 'b\u00fccher.test',
-    });
+    const invalid = await d.waitForLog((l) => action(l) === 'connection');
+    expect(invalid).toMatchObject({ egressd: { verdict: 'refuse', raw_name: 'b\u00fccher.test' }, event: { reason: 'invalid-name' } });
+    expect(field(invalid, 'egressd.upstream.ip')).toBeUndefined();
     expect(upstream.sockets.size).toBe(0);
   });
 
@@ -279,9 +284,10 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
       clients.push(c);
       const [line] = (await once(c, 'data')) as [Buffer];
       expect(line.toString()).toBe('220 banner\r\n');
-      const o = await d.waitForLog((l) => l['event'] === 'connection');
-      expect(o).toMatchObject({ verdict: 'allow', reason: 'default-allow', protocol: 'none', name: null });
-      expect(o['peekMs']).toBeDefined();
+      const o = await d.waitForLog((l) => action(l) === 'connection');
+      expect(o).toMatchObject({ egressd: { verdict: 'allow' }, event: { reason: 'default-allow' }, network: { protocol: 'none' } });
+      expect(field(o, 'destination.domain')).toBeUndefined();
+      expect(field(o, 'egressd.peek_duration')).toBeGreaterThan(0);
     } finally {
       banner.close();
     }

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { watchDaemon } from '../helpers/daemon-process.ts';
+import { action } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -33,7 +34,7 @@ async function planeLine(env: Record<string, string>): Promise<Record<string, un
   onTestFinished(async () => {
     await d.stop('SIGKILL');
   });
-  return d.waitFor((l) => l.event === 'data-plane', 5000);
+  return d.waitFor((l) => action(l) === 'data-plane', 5000);
 }
 
 describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up', () => {

@@ -16,6 +16,7 @@ import { join, resolve } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -58,8 +59,8 @@ describe.skipIf(!hasPrlimit).each([
         env: { ...process.env, ...env },
       }),
     );
-    const started = d.lines.find((l) => l.event === 'started')!;
-    const limits = d.lines.find((l) => l.event === 'limits')!;
+    const started = d.lines.find((l) => action(l) === 'started')!;
+    const limits = d.lines.find((l) => action(l) === 'limits')!;
     expect(limits['nofile']).toMatchObject({ after: { soft: 64, hard: 64 } });
     const admin = `127.0.0.1:${started['adminPort'] as number}`;
     const tcpPort = (started['listeners'] as { kind: string; port: number }[]).find((l) => l.kind === 'tcp')!.port;
@@ -106,7 +107,7 @@ describe.skipIf(!hasPrlimit).each([
     const s = await open(tcpPort);
     held.push(s);
     // Accepted (then refused as not redirected: there is no iptables here), not failed.
-    await d.waitFor((l) => l.event === 'connection' && l['reason'] === 'not-redirected', 5000);
+    await d.waitFor((l) => action(l) === 'connection' && field(l, 'event.reason') === 'not-redirected', 5000);
     expect(d.child.exitCode).toBeNull();
   }, 60_000);
 });

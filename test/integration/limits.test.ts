@@ -12,6 +12,7 @@ import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { validateConfig } from '../../src/config/schema.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 const ALLOW_LOOPBACK = { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } };
 
@@ -109,9 +110,9 @@ describe('limits on loopback', () => {
     expect(limits.body.top[0]).toMatchObject({ key: 'small', open: 2 });
     expect(limits.body.open).toBe(3);
     a.socket.destroy();
-    await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'small' && l['verdict'] === 'allow');
+    await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'small' && field(l, 'egressd.verdict') === 'allow');
     expect((await attempt('127.0.0.31')).spliced).toBe(true);
-    await d.waitForLog((l) => l['event'] === 'connections-shed' && l['sandbox'] === 'small' && l['reason'] === 'sandbox-limit' && l['count'] === 1, 3000);
+    await d.waitForLog((l) => action(l) === 'connections-shed' && l['sandbox'] === 'small' && l['reason'] === 'sandbox-limit' && l['count'] === 1, 3000);
     const metrics = await (await request(`${d.adminUrl}/metrics`)).body.text();
     expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="sandbox-limit",ended_by="egressd"\} 1$/m);
     expect(metrics).toMatch(/^egressd_limit_connections\{scope="global"\} \d+$/m);
@@ -142,7 +143,7 @@ describe('limits on loopback', () => {
     expect(metrics).toMatch(/^egressd_overloaded\{resource="descriptors"\} 1$/m);
     expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} 1$/m);
     first.socket.destroy();
-    await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'one');
+    await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'one');
     expect(await (await request(`${d.adminUrl}/readyz`)).body.json()).toEqual({ status: 'ready' });
     expect((await attempt('127.0.0.52')).spliced).toBe(true);
   });

@@ -6,6 +6,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action } from '../helpers/log-line.ts';
 
 /** A complete Daytona create-sandbox network section: both lists, as Daytona's API takes them. */
 const DAYTONA = { networkBlockAll: false, networkAllowList: '127.0.0.1/32', domainAllowList: 'pypi.test, *.github.test' };
@@ -69,7 +70,7 @@ describe("the platforms' complete bodies through the API", () => {
     expect(await get('127.0.0.21', 'raw.github.test')).toMatch(/^HTTP\/1\.1 200 /);
     expect(await get('127.0.0.21', 'pypi.test')).toMatch(/^HTTP\/1\.1 200 /);
     expect(await get('127.0.0.21', 'evil.test')).toMatch(/^HTTP\/1\.1 403 /);
-    const refused = await d.waitForLog((l) => l['event'] === 'connection' && JSON.stringify(l).includes('evil.test'));
+    const refused = await d.waitForLog((l) => action(l) === 'connection' && JSON.stringify(l).includes('evil.test'));
     expect(JSON.stringify(refused)).toContain('refuse');
     // Daytona's own limits, refused whole with the field.
     const eleven = Array.from({ length: 11 }, (_, i) => `h${i}.test`).join(',');

@@ -11,6 +11,7 @@ import { request } from 'undici';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import { action, type LogLine } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -36,7 +37,7 @@ describe('the egressd process', () => {
   const start = async (file: string): Promise<{ d: DaemonProcess; admin: string }> => {
     const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] }));
     running.push(d);
-    const started = d.lines.find((l) => l.event === 'started')!;
+    const started = d.lines.find((l) => action(l) === 'started')!;
     return { d, admin: `http://127.0.0.1:${started['adminPort']}` };
   };
   const api = (admin: string, method: string, path: string, body?: unknown) => adminCall(admin, method, path, body, bearer(TOKEN));
@@ -52,12 +53,12 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).status).toBe(404);
     write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.21'], network: { mode: 'allow-all' } }] }));
     d.child.kill('SIGHUP');
-    await d.waitFor((l) => l.event === 'reload');
+    await d.waitFor((l) => action(l) === 'reload');
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', origin: 'config' });
 
     write(base({ sandboxes: [{ id: 'sb-file', sources: ['not-an-address'], network: { mode: 'allow-all' } }] }));
     d.child.kill('SIGHUP');
-    const refused = await d.waitFor((l) => l.event === 'reload-refused');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused');
     expect(String(refused['reason'])).toContain('sandboxes[0].sources[0]');
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', sources: ['127.0.0.21'] });
     const metrics = await (await request(`${admin}/metrics`)).body.text();
@@ -83,7 +84,7 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-api')).status).toBe(404);
     expect((await request(`${admin}/healthz`)).statusCode).toBe(200);
     // Every change was logged with who made it and digests, and the token never was.
-    const changes = d.lines.filter((l) => l.event === 'policy-change');
+    const changes = d.lines.filter((l) => action(l) === 'policy-change');
     expect(changes.map((c) => `${c['action']} ${c['id']}`)).toEqual(['put sb-api', 'delete sb-api']);
     expect(changes[0]).toMatchObject({ source: 'api', before: null });
     expect(String(changes[0]!['actor'])).toMatch(/^api /);
@@ -106,14 +107,14 @@ describe('the egressd process', () => {
     const exit = first.d.stop('SIGTERM');
     expect(await exit).toBe(0);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
-    const listeners = second.d.lines.find((l) => l.event === 'started')!['listeners'] as { port: number }[];
+    const listeners = second.d.lines.find((l) => action(l) === 'started')!['listeners'] as { port: number }[];
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
-    expect((second.d.lines.find((l) => l.event === 'started')!['dns'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
+    expect((second.d.lines.find((l) => action(l) === 'started')!['dns'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
   });
 
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
     const { existsSync, readFileSync } = await import('node:fs');
-    const run = async (level: string): Promise<{ out: string; lines: { level: string; event?: string }[] }> => {
+    const run = async (level: string): Promise<{ out: string; lines: LogLine[] }> => {
       const logFile = join(dir, `egressd-${level}.log`);
       // A known admin port, so the test can tell when the daemon serves (and has its signal
       // handlers) without a log line, which level warn does not write.
@@ -138,10 +139,10 @@ describe('the egressd process', () => {
     };
     const info = await run('info');
     expect(info.out).toBe('');
-    expect(info.lines.map((l) => l.event)).toEqual(expect.arrayContaining(['started', 'signal', 'stopped']));
+    expect(info.lines.map((l) => action(l))).toEqual(expect.arrayContaining(['started', 'signal', 'stopped']));
     const warn = await run('warn');
     expect(warn.out).toBe('');
-    expect(warn.lines.filter((l) => l.level === 'info')).toEqual([]);
+    expect(warn.lines.filter((l) => l['log.level'] === 'info')).toEqual([]);
   });
 });
 

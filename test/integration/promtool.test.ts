@@ -9,6 +9,7 @@ import { connect, createServer } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action } from '../helpers/log-line.ts';
 
 const probe = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
 const missing = probe.error ? `promtool is not installed (${(probe.error as NodeJS.ErrnoException).code ?? 'error'}); apt-get install prometheus` : null;
@@ -35,7 +36,7 @@ describe.skipIf(missing !== null)('promtool check metrics', () => {
     c.resume();
     await once(c, 'close');
     up.close();
-    await d.waitForLog((l) => l['event'] === 'connection');
+    await d.waitForLog((l) => action(l) === 'connection');
 
     const res = await request(`${d.adminUrl}/metrics`);
     const text = await res.body.text();

@@ -4,6 +4,7 @@
 import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 function refusedFrom(source: string, port: number): Promise<void> {
   return new Promise((resolve) => {
@@ -36,8 +37,9 @@ describe('protected.extra through the daemon', () => {
     );
     d.route('127.0.0.9', ip, port);
     await refusedFrom('127.0.0.9', d.port('tcp'));
-    const line = await d.waitForLog((l) => l['event'] === 'connection');
-    expect(line).toMatchObject({ sandbox: 'sb', verdict: 'refuse', reason: 'protected-address', dialed: null });
-    expect(String(line['rule'])).toMatch(/^protected\.extra "/);
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({ egressd: { sandbox: 'sb', verdict: 'refuse' }, event: { reason: 'protected-address' } });
+    expect(field(line, 'egressd.upstream.ip')).toBeUndefined();
+    expect(String(field(line, 'rule.name'))).toMatch(/^protected\.extra "/);
   });
 });

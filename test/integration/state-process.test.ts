@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import { action } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -76,7 +77,7 @@ async function refusedStart(statePath: string): Promise<string> {
 async function start(statePath: string): Promise<{ d: DaemonProcess; admin: string }> {
   const d = await watchDaemon(spawnDaemon(statePath));
   running.push(d);
-  return { d, admin: `http://127.0.0.1:${d.lines.find((l) => l.event === 'started')!['adminPort']}` };
+  return { d, admin: `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}` };
 }
 
 async function api(admin: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
@@ -139,14 +140,14 @@ describe("a version-1 JSON state from today's egressd", () => {
     );
     writeFileSync(path, text);
     const first = await start(path);
-    expect(await first.d.waitFor((l) => l.event === 'state-migrated')).toMatchObject({ path, keptAs: `${path}.v1.json`, sandboxes: 1, orgs: 1 });
+    expect(await first.d.waitFor((l) => action(l) === 'state-migrated')).toMatchObject({ path, keptAs: `${path}.v1.json`, sandboxes: 1, orgs: 1 });
     expect((await api(first.admin, 'GET', '/api/v1/sandboxes/sb-old')).body).toMatchObject({ id: 'sb-old', org: 'acme', sources: ['198.18.0.7'] });
     expect((await api(first.admin, 'PUT', '/api/v1/sandboxes/sb-new', sandbox(5))).status).toBe(201);
     expect(readFileSync(`${path}.v1.json`, 'utf8')).toBe(text);
     await first.d.stop('SIGKILL');
     running.splice(0);
     const second = await start(path);
-    expect(second.d.lines.some((l) => l.event === 'state-migrated')).toBe(false);
+    expect(second.d.lines.some((l) => action(l) === 'state-migrated')).toBe(false);
     const ids = (await api(second.admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((x: { id: string }) => x.id);
     expect(ids).toEqual(['sb-new', 'sb-old']);
     expect((await api(second.admin, 'GET', '/api/v1/orgs/acme')).body).toMatchObject({ id: 'acme', tier: 3 });
@@ -177,8 +178,8 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
     const failedId = full!.body.id as string;
     // Nothing changed in memory: the sandbox is not there, its source belongs to no one.
     expect((await api(admin, 'GET', `/api/v1/sandboxes/${failedId}`)).status).toBe(404);
-    const log = await d.waitFor((l) => l.event === 'state-write-failed');
-    expect(log).toMatchObject({ level: 'error', path, errno: 'ENOSPC', id: failedId, action: 'put', kind: 'sandbox' });
+    const log = await d.waitFor((l) => action(l) === 'state-write-failed');
+    expect(log).toMatchObject({ 'log.level': 'error', path, errno: 'ENOSPC', id: failedId, action: 'put', kind: 'sandbox' });
     const metrics = await (await request(`${admin}/metrics`, { dispatcher: agent })).body.text();
     expect(metrics).toMatch(/^egressd_state_write_failures_total\{errno="ENOSPC"\} 1$/m);
     // A refused delete changes nothing either.
@@ -206,7 +207,7 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
     expect(spawnSync('mount', ['-o', 'remount,ro', m]).status).toBe(0);
     const before = readFileSync(path);
     const { d, admin } = await start(path);
-    expect(await d.waitFor((l) => l.event === 'state-read-only')).toMatchObject({ level: 'error', path });
+    expect(await d.waitFor((l) => action(l) === 'state-read-only')).toMatchObject({ 'log.level': 'error', path });
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-1')).body).toMatchObject({ id: 'sb-1', org: 'acme' });
     const put = await api(admin, 'PUT', '/api/v1/sandboxes/sb-2', sandbox(2));
     expect(put.status).toBe(503);
@@ -215,8 +216,8 @@ describe.skipIf(mountSkip !== null)('a full or read-only state folder (root: mou
     const del = await api(admin, 'DELETE', '/api/v1/sandboxes/sb-1');
     expect(del.status).toBe(503);
     expect((await api(admin, 'GET', '/api/v1/sandboxes')).body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['sb-1']);
-    expect(await d.waitFor((l) => l.event === 'state-write-failed' && l['action'] === 'delete')).toMatchObject({
-      level: 'error',
+    expect(await d.waitFor((l) => action(l) === 'state-write-failed' && l['action'] === 'delete')).toMatchObject({
+      'log.level': 'error',
       path,
       errno: 'EROFS',
       id: 'sb-1',

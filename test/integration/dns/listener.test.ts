@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -56,7 +57,7 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
     expect(await dig(B, 'blocked.test', 'A')).toMatch(/status: NXDOMAIN/);
     expect(upstream.count('blocked.test', 'A')).toBe(0);
     expect(await dig(B, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
-    const line = await d.waitForLog((l) => l['event'] === 'dns-query' && l['name'] === 'data-1234.attacker.test');
+    const line = await d.waitForLog((l) => action(l) === 'dns-query' && l['name'] === 'data-1234.attacker.test');
     expect(line).toMatchObject({ sandbox: 'sb-a', type: 'A', verdict: 'refuse', reason: 'not-allowed' });
   });
 
@@ -114,8 +115,9 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
       expect(await greet()).toBe('');
       expect(await dig(C, 'svc.test', 'A', '+short')).toBe('127.0.0.1\n');
       expect(await greet()).toBe('220 hello\r\n');
-      const line = await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'sb-c' && l['verdict'] === 'allow');
-      expect(line).toMatchObject({ name: null, dnsNames: ['svc.test'], matchedBy: 'dns', rule: 'dns "svc.test": allowed_domains "svc.test"' });
+      const line = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'sb-c' && field(l, 'egressd.verdict') === 'allow');
+      expect(line).toMatchObject({ egressd: { dns_names: ['svc.test'], matched_by: 'dns' }, rule: { name: 'dns "svc.test": allowed_domains "svc.test"' } });
+      expect(field(line, 'destination.domain')).toBeUndefined();
       const res = await fetch(`${d.adminUrl}/api/v1/dns/remembered?top=5`, { headers: { authorization: 'Bearer test-token' } });
       expect(await res.json()).toMatchObject({ top: expect.arrayContaining([{ sandbox: 'sb-c', addresses: 1 }]) });
     } finally {

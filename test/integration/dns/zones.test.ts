@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { action, field } from '../../helpers/log-line.ts';
 
 const Z = '127.0.0.41';
 const D = '127.0.0.42';
@@ -69,14 +70,18 @@ describe.skipIf(!haveDig)('dns.zones', () => {
 
     // By its name: the policy does not allow it, so the connection is refused.
     expect(await get(Z, 'svc.corp.test')).not.toMatch(/hello/);
-    expect(await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'sb-z' && l['name'] === 'svc.corp.test')).toMatchObject({
-      verdict: 'refuse',
+    expect(
+      await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'sb-z' && field(l, 'destination.domain') === 'svc.corp.test'),
+    ).toMatchObject({
+      egressd: { verdict: 'refuse' },
     });
     // Without a name: the name the sandbox resolved to the address does not allow it either.
     expect(await get(Z, null)).toBe('');
-    expect(await d.waitForLog((l) => l['event'] === 'connection' && l['sandbox'] === 'sb-z' && l['name'] === null && l['verdict'] !== undefined)).toMatchObject(
-      { verdict: 'refuse' },
-    );
+    expect(
+      await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'sb-z' && field(l, 'destination.domain') === undefined),
+    ).toMatchObject({
+      egressd: { verdict: 'refuse' },
+    });
     // The same path does let a name the policy allows through: the refusals above are the policy's.
     expect(await get(Z, 'allowed.test')).toMatch(/hello/);
   });

@@ -1,0 +1,181 @@
+// The one log line per connection, in Elastic Common Schema (ECS) field names. Every field is
+// declared once, in CONNECTION_FIELDS: its name, type, meaning and how it is read from the
+// connection's outcome record. The line is built from that table, docs/logs.md's field list is
+// generated from it (npm run docs:tables), and the tests read lines by the same names.
+//
+// Shape: nested objects (`"source":{"ip":…,"port":…}`), which ECS accepts as equal to dotted
+// keys. pino merges objects, jq and JavaScript readers walk them (`.source.ip`), fields that
+// share a prefix are written once, and a reader never meets the same field both ways. The
+// ecs-logging spec's own top-level keys (`@timestamp`, `log.level`, `message`, `ecs.version`)
+// are written dotted, as that spec asks, by the logger (observability/logger.ts) for every line.
+// Names the client sent (SNI, Host) are values of their own fields, never part of `message`.
+
+import type { ConnectionOutcome } from '../net/outcome.ts';
+import type { Logger } from './logger.ts';
+
+/** The ECS version whose field definitions the lines follow (`ecs.version` on every line). */
+export const ECS_VERSION = '8.11.0';
+
+/** One field of the connection line. */
+export interface LogField {
+  /** The dotted name: an ECS field, or egressd's own under `egressd.`. */
+  readonly name: string;
+  /** The ECS field type (`keyword`, `ip`, `long`, `boolean`; `[]` for an array of it). */
+  readonly type: string;
+  readonly description: string;
+  /** Its value for one connection; `undefined` or `null` leaves the field out of the line. */
+  readonly value: (o: Readonly<ConnectionOutcome>) => unknown;
+}
+
+const NS_PER_MS = 1_000_000;
+const ns = (ms: number | undefined): number | undefined => (ms === undefined ? undefined : Math.round(ms * NS_PER_MS));
+const EVENT_TYPE = { allow: ['connection', 'allowed'], refuse: ['connection', 'denied'], error: ['connection', 'error'] } as const;
+const CATEGORY = ['network'] as const;
+
+export const CONNECTION_FIELDS: readonly LogField[] = [
+  { name: 'event.action', type: 'keyword', description: 'Always `connection` (every egressd line has an `event.action`).', value: () => 'connection' },
+  { name: 'event.kind', type: 'keyword', description: 'Always `event`.', value: () => 'event' },
+  { name: 'event.category', type: 'keyword[]', description: 'Always `["network"]`.', value: () => CATEGORY },
+  {
+    name: 'event.type',
+    type: 'keyword[]',
+    description: '`["connection", "allowed"]`, `["connection", "denied"]` (refused) or `["connection", "error"]`.',
+    value: (o) => EVENT_TYPE[o.verdict],
+  },
+  {
+    name: 'event.outcome',
+    type: 'keyword',
+    description: '`success` when the connection was allowed, `failure` when it was refused or failed.',
+    value: (o) => (o.verdict === 'allow' ? 'success' : 'failure'),
+  },
+  {
+    name: 'event.reason',
+    type: 'keyword',
+    description: 'Why it ended so: the values of the `reason` label in docs/metrics.md (`allow-rule`, `default-block`, `not-redirected`, …).',
+    value: (o) => o.reason,
+  },
+  { name: 'event.duration', type: 'long', description: 'Accept to close, in nanoseconds (ECS unit).', value: (o) => ns(o.durationMs) },
+  { name: 'source.ip', type: 'ip', description: "The sandbox's address (IPv4 or IPv6, never with a port).", value: (o) => o.source },
+  { name: 'source.port', type: 'long', description: "The sandbox's port.", value: (o) => o.sourcePort },
+  { name: 'source.bytes', type: 'long', description: 'Bytes carried from the sandbox to the upstream.', value: (o) => o.bytesUp },
+  {
+    name: 'destination.ip',
+    type: 'ip',
+    description: 'Where the sandbox was going (SO_ORIGINAL_DST); absent when the connection was not redirected.',
+    value: (o) => o.destination,
+  },
+  { name: 'destination.port', type: 'long', description: 'Its port.', value: (o) => o.destinationPort },
+  {
+    name: 'destination.domain',
+    type: 'keyword',
+    description: 'The name the client asked for (SNI or Host, normalized), whatever the protocol; absent when it sent none.',
+    value: (o) => o.name,
+  },
+  { name: 'destination.bytes', type: 'long', description: 'Bytes carried from the upstream to the sandbox.', value: (o) => o.bytesDown },
+  { name: 'network.transport', type: 'keyword', description: 'Always `tcp`.', value: () => 'tcp' },
+  {
+    name: 'network.type',
+    type: 'keyword',
+    description: "`ipv4` or `ipv6`, the sandbox address's family.",
+    value: (o) => (o.source.includes(':') ? 'ipv6' : 'ipv4'),
+  },
+  {
+    name: 'network.protocol',
+    type: 'keyword',
+    description: 'What the peek found: `tls`, `http`, `unknown` (bytes of neither) or `none` (no byte before the verdict).',
+    value: (o) => o.protocol,
+  },
+  {
+    name: 'tls.client.server_name',
+    type: 'keyword',
+    description: 'The SNI of the ClientHello, normalized (lower case, no trailing dot, punycode).',
+    value: (o) => (o.protocol === 'tls' ? o.name : undefined),
+  },
+  {
+    name: 'url.domain',
+    type: 'keyword',
+    description: "The HTTP request's Host, normalized as above.",
+    value: (o) => (o.protocol === 'http' ? o.name : undefined),
+  },
+  {
+    name: 'rule.name',
+    type: 'keyword',
+    description: 'The policy rule that decided, as written in the policy (`allowed_domains "*.example.com"`).',
+    value: (o) => o.rule,
+  },
+  { name: 'egressd.verdict', type: 'keyword', description: '`allow`, `refuse` or `error`, as in `egressd_connections_total`.', value: (o) => o.verdict },
+  {
+    name: 'egressd.ended_by',
+    type: 'keyword',
+    description: 'Which side ended it: `client`, `policy`, `upstream` or `egressd` (docs/metrics.md).',
+    value: (o) => o.endedBy,
+  },
+  { name: 'egressd.listener', type: 'keyword', description: 'The listener that accepted it: `http`, `tls` or `tcp`.', value: (o) => o.listener },
+  { name: 'egressd.sandbox', type: 'keyword', description: 'The sandbox the source belongs to; absent when it belongs to none.', value: (o) => o.sandbox },
+  {
+    name: 'egressd.raw_name',
+    type: 'keyword',
+    description: 'The name as sent, only when it failed normalization (then it was not matched).',
+    value: (o) => o.rawName,
+  },
+  { name: 'egressd.alpn', type: 'keyword[]', description: 'The ALPN protocols the ClientHello offered.', value: (o) => o.alpn },
+  { name: 'egressd.ech', type: 'boolean', description: 'Whether the ClientHello carried Encrypted Client Hello.', value: (o) => o.ech },
+  {
+    name: 'egressd.dns_names',
+    type: 'keyword[]',
+    description: 'The names this sandbox resolved through egressd to the destination, when a connection without a name was judged by them.',
+    value: (o) => o.dnsNames,
+  },
+  { name: 'egressd.matched_by', type: 'keyword', description: '`dns` when the verdict came from those names.', value: (o) => o.matchedBy },
+  { name: 'egressd.upstream.ip', type: 'ip', description: 'The upstream address that answered, when one did.', value: (o) => o.dialed },
+  {
+    name: 'egressd.upstream.tried',
+    type: 'keyword[]',
+    description: 'Every address tried, in order, with its result (`198.18.1.2 refused`), when more than one was (RFC 8305 §5).',
+    value: (o) => o.tried,
+  },
+  {
+    name: 'egressd.upstream.failure',
+    type: 'keyword',
+    description: 'Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted`, `other`.',
+    value: (o) => o.dialFailure,
+  },
+  { name: 'egressd.upstream.connect_duration', type: 'long', description: 'Time to connect to the upstream, in nanoseconds.', value: (o) => ns(o.connectMs) },
+  {
+    name: 'egressd.peek_duration',
+    type: 'long',
+    description: 'Accept until the ClientHello or request head was read, in nanoseconds.',
+    value: (o) => ns(o.peekMs),
+  },
+  { name: 'egressd.end', type: 'keyword', description: 'How the splice ended (`closed`, a reset, the idle timeout…).', value: (o) => o.end },
+];
+
+interface Compiled {
+  readonly parents: readonly string[];
+  readonly leaf: string;
+  readonly value: LogField['value'];
+}
+
+// The dotted names split once, at load: building a line walks short arrays, nothing parses.
+const COMPILED: readonly Compiled[] = CONNECTION_FIELDS.map((f) => {
+  const path = f.name.split('.');
+  return { parents: path.slice(0, -1), leaf: path.at(-1)!, value: f.value };
+});
+
+/** The connection's fields as nested objects (`{ source: { ip, port }, … }`), absent ones left out. */
+export function connectionLine(o: Readonly<ConnectionOutcome>): Record<string, unknown> {
+  const line: Record<string, unknown> = {};
+  for (const f of COMPILED) {
+    const v = f.value(o);
+    if (v === undefined || v === null) continue;
+    let at = line;
+    for (const p of f.parents) at = (at[p] ??= {}) as Record<string, unknown>;
+    at[f.leaf] = v;
+  }
+  return line;
+}
+
+/** Writes the connection's one line: `info`, or `warn` when it ended in an error. */
+export function logConnection(log: Logger, o: Readonly<ConnectionOutcome>): void {
+  log[o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection');
+}

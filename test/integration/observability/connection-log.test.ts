@@ -1,0 +1,98 @@
+// The connection log line through a running daemon (loopback, original destination by table):
+// real sockets, the daemon's own logger layout, read back as JSON by the ECS names that
+// CONNECTION_FIELDS declares (docs/logs.md). An IPv6 source is an address and a port, never one
+// ambiguous "ip:port" string.
+
+import { once } from 'node:events';
+import { connect, createServer, type Server } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CONNECTION_FIELDS, ECS_VERSION } from '../../../src/observability/connection-log.ts';
+import { buildHello } from '../../helpers/hello-builder.ts';
+import { action, field, type LogLine } from '../../helpers/log-line.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const BASE = ['@timestamp', 'log.level', 'message', 'ecs.version', 'process.pid'];
+
+/** The line's dotted field names: nested objects walked, arrays and the dotted top-level keys kept whole. */
+function fieldNames(l: LogLine, prefix = ''): string[] {
+  return Object.entries(l).flatMap(([k, v]) =>
+    typeof v === 'object' && v !== null && !Array.isArray(v) ? fieldNames(v as LogLine, `${prefix}${k}.`) : [`${prefix}${k}`],
+  );
+}
+
+describe('the connection log line, read from a running daemon', () => {
+  let d: LoopbackDaemon | undefined;
+  let upstream: Server | undefined;
+  afterEach(async () => {
+    await d?.stop();
+    upstream?.close();
+    d = upstream = undefined;
+  });
+
+  it('logs an IPv6 source as source.ip and source.port, with the ECS base fields and only declared fields', async () => {
+    upstream = createServer((s) => s.pipe(s));
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '[::1]:0' },
+        sandboxes: [{ id: 'sb-v6', sources: ['::1'], network: { mode: 'allow-all' } }],
+      }),
+    );
+    const upPort = (upstream.address() as { port: number }).port;
+    d.route('::1', '127.0.0.1', upPort);
+    const c = connect({ host: '::1', port: d.port('tcp'), localAddress: '::1' });
+    await once(c, 'connect');
+    const clientPort = c.localPort!;
+    c.write('ping');
+    await once(c, 'data');
+    c.end();
+    await once(c, 'close');
+
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({
+      'log.level': 'info',
+      message: 'connection',
+      'ecs.version': ECS_VERSION,
+      process: { pid: process.pid },
+      event: { action: 'connection', kind: 'event', category: ['network'], type: ['connection', 'allowed'], outcome: 'success', reason: 'default-allow' },
+      source: { ip: '::1', port: clientPort, bytes: 4 },
+      destination: { ip: '127.0.0.1', port: upPort, bytes: 4 },
+      network: { transport: 'tcp', type: 'ipv6' },
+      egressd: { verdict: 'allow', listener: 'tcp', sandbox: 'sb-v6', upstream: { ip: '127.0.0.1' } },
+    });
+    expect(new Date(String(line['@timestamp'])).toISOString()).toBe(line['@timestamp']);
+    // ECS durations are nanoseconds: a whole number, and this one took at least a round trip.
+    const duration = field(line, 'event.duration') as number;
+    expect(Number.isInteger(duration) && duration > 0).toBe(true);
+    expect(JSON.stringify(line)).not.toMatch(/::1:\d/);
+    const declared = new Set([...BASE, ...CONNECTION_FIELDS.map((f) => f.name)]);
+    expect(fieldNames(line).filter((n) => !declared.has(n))).toEqual([]);
+  });
+
+  it('puts a refused TLS name in tls.client.server_name and destination.domain, the rule in rule.name', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8', '198.18.0.0/15'], reachableHostAddresses: ['127.0.0.0/8'] },
+        sandboxes: [{ id: 'sb-t', sources: ['127.0.0.61'], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } }],
+      }),
+    );
+    d.route('127.0.0.61', '198.18.1.2', 443);
+    const c = connect({ host: '127.0.0.1', port: d.port('tls'), localAddress: '127.0.0.61' });
+    c.on('error', () => {});
+    c.resume();
+    c.write(buildHello({ sni: ['Denied.TEST'], alpn: ['h2'] }));
+    await once(c, 'close');
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({
+      event: { type: ['connection', 'denied'], outcome: 'failure', reason: 'default-block' },
+      source: { ip: '127.0.0.61' },
+      destination: { ip: '198.18.1.2', port: 443, domain: 'denied.test' },
+      network: { type: 'ipv4', protocol: 'tls' },
+      tls: { client: { server_name: 'denied.test' } },
+      egressd: { verdict: 'refuse', ended_by: 'policy', listener: 'tls', sandbox: 'sb-t', alpn: ['h2'] },
+    });
+    expect(typeof field(line, 'rule.name')).toBe('string');
+    expect([field(line, 'url.domain'), field(line, 'egressd.upstream.ip')]).toEqual([undefined, undefined]);
+  });
+});

@@ -1,0 +1,102 @@
+// The connection line built from CONNECTION_FIELDS: nested ECS objects, every declared field
+// reachable, absent values left out, durations in nanoseconds, and docs/logs.md's example made
+// only of declared fields.
+
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { CONNECTION_FIELDS, connectionLine } from '../../../src/observability/connection-log.ts';
+import type { LogLine } from '../../helpers/log-line.ts';
+
+function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
+  return {
+    listener: 'tls',
+    sandbox: 'sb-1',
+    source: '2001:db8:1::7',
+    sourcePort: 40312,
+    destination: '2001:db8:2::2',
+    destinationPort: 443,
+    name: 'files.pythonhosted.org',
+    rawName: 'FILES.pythonhosted.org.',
+    dnsNames: ['a.test'],
+    matchedBy: 'dns',
+    protocol: 'tls',
+    alpn: ['h2'],
+    ech: false,
+    verdict: 'allow',
+    reason: 'allow-rule',
+    endedBy: 'client',
+    rule: 'allowed_domains "*.pythonhosted.org"',
+    dialed: '2001:db8:2::2',
+    tried: ['2001:db8:2::3 refused', '2001:db8:2::2 ok'],
+    dialFailure: 'refused',
+    bytesUp: 517,
+    bytesDown: 4096,
+    end: 'closed',
+    startedAt: 0,
+    durationMs: 41.5,
+    peekMs: 1,
+    connectMs: 2,
+    ...over,
+  };
+}
+
+const BASE = ['@timestamp', 'log.level', 'message', 'ecs.version', 'process.pid'];
+const names = (l: LogLine, prefix = ''): string[] =>
+  Object.entries(l).flatMap(([k, v]) => (typeof v === 'object' && v !== null && !Array.isArray(v) ? names(v as LogLine, `${prefix}${k}.`) : [`${prefix}${k}`]));
+
+describe('CONNECTION_FIELDS', () => {
+  it('declares each name once, in ECS or under egressd.', () => {
+    const all = CONNECTION_FIELDS.map((f) => f.name);
+    expect(new Set(all).size).toBe(all.length);
+    for (const n of all) expect(n).toMatch(/^(?:event|source|destination|network|tls|url|rule|egressd)\.[a-z_.]+$/);
+  });
+
+  it('builds every declared field, nested, from a TLS and an HTTP connection', () => {
+    const tls = connectionLine(outcome());
+    const http = connectionLine(outcome({ listener: 'http', protocol: 'http', destinationPort: 80 }));
+    expect(new Set([...names(tls), ...names(http)])).toEqual(new Set(CONNECTION_FIELDS.map((f) => f.name)));
+    expect(tls).toMatchObject({ source: { ip: '2001:db8:1::7', port: 40312 }, tls: { client: { server_name: 'files.pythonhosted.org' } } });
+    expect(http).toMatchObject({ url: { domain: 'files.pythonhosted.org' } });
+    expect('url' in tls || 'tls' in http).toBe(false);
+  });
+
+  it('leaves out what a connection does not have, never writing null', () => {
+    const l = connectionLine(
+      outcome({
+        sandbox: null,
+        destination: null,
+        destinationPort: null,
+        name: null,
+        rule: null,
+        dialed: null,
+        protocol: 'none',
+        verdict: 'refuse',
+        reason: 'not-redirected',
+      }),
+    );
+    expect(JSON.stringify(l)).not.toContain('null');
+    expect(l['destination']).toEqual({ bytes: 4096 });
+    expect(l).not.toHaveProperty('tls');
+    expect(l['event']).toMatchObject({ type: ['connection', 'denied'], outcome: 'failure', reason: 'not-redirected' });
+  });
+
+  it('writes durations in whole nanoseconds (ECS event.duration)', () => {
+    const l = connectionLine(outcome({ durationMs: 41.5, peekMs: 0.25, connectMs: 2 }));
+    expect(l).toMatchObject({ event: { duration: 41_500_000 }, egressd: { peek_duration: 250_000, upstream: { connect_duration: 2_000_000 } } });
+  });
+
+  it('marks an error as an error event', () => {
+    expect(connectionLine(outcome({ verdict: 'error', reason: 'upstream-failed' }))['event']).toMatchObject({
+      type: ['connection', 'error'],
+      outcome: 'failure',
+    });
+  });
+
+  it('docs/logs.md shows a line made only of declared fields', () => {
+    const doc = readFileSync(new URL('../../../docs/logs.md', import.meta.url), 'utf8');
+    const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(doc)![1]!) as LogLine;
+    const declared = new Set([...BASE, ...CONNECTION_FIELDS.map((f) => f.name)]);
+    expect(names(example).filter((n) => !declared.has(n))).toEqual([]);
+  });
+});
