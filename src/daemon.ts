@@ -164,7 +164,7 @@ export class Daemon {
     const onAcceptError = (err: NodeJS.ErrnoException, kind: Listener['kind']): void => this.limits.acceptError(err, kind);
     const setup = (opts.setup ?? (nativeSetupWanted() ? 'native' : 'node')) === 'native' ? nativeSetup() : null;
     if (setup?.ok) this.nativeSetup = setup.plane;
-    else if (setup) log.warn({ event: 'native-setup-unavailable', reason: setup.reason }, 'connections are set up on Node sockets');
+    else if (setup) log.warn({ event: { action: 'native-setup-unavailable' }, reason: setup.reason }, 'connections are set up on Node sockets');
     const native = {
       onAccept: (c: NativeClient, kind: Listener['kind']) => this.#acceptNative(c, kind),
       onShed: (kind: Listener['kind'], source: string, code: string) => this.limits.shedAtAccept(kind, source, code),

@@ -29,7 +29,13 @@ export interface LogField {
 
 const NS_PER_MS = 1_000_000;
 const ns = (ms: number | undefined): number | undefined => (ms === undefined ? undefined : Math.round(ms * NS_PER_MS));
-const EVENT_TYPE = { allow: ['connection', 'allowed'], refuse: ['connection', 'denied'], error: ['connection', 'error'] } as const;
+// A would-refuse connection (report-only mode) was carried: allowed, as far as the network saw.
+const EVENT_TYPE = {
+  allow: ['connection', 'allowed'],
+  'would-refuse': ['connection', 'allowed'],
+  refuse: ['connection', 'denied'],
+  error: ['connection', 'error'],
+} as const;
 const CATEGORY = ['network'] as const;
 
 export const CONNECTION_FIELDS: readonly LogField[] = [
@@ -39,14 +45,15 @@ export const CONNECTION_FIELDS: readonly LogField[] = [
   {
     name: 'event.type',
     type: 'keyword[]',
-    description: '`["connection", "allowed"]`, `["connection", "denied"]` (refused) or `["connection", "error"]`.',
+    description:
+      '`["connection", "allowed"]` (also when report-only mode let a refusal through), `["connection", "denied"]` (refused) or `["connection", "error"]`.',
     value: (o) => EVENT_TYPE[o.verdict],
   },
   {
     name: 'event.outcome',
     type: 'keyword',
-    description: '`success` when the connection was allowed, `failure` when it was refused or failed.',
-    value: (o) => (o.verdict === 'allow' ? 'success' : 'failure'),
+    description: '`success` when the connection was carried (allowed, or `would-refuse`), `failure` when it was refused or failed.',
+    value: (o) => (o.verdict === 'allow' || o.verdict === 'would-refuse' ? 'success' : 'failure'),
   },
   {
     name: 'event.reason',
@@ -103,7 +110,13 @@ export const CONNECTION_FIELDS: readonly LogField[] = [
     description: 'The policy rule that decided, as written in the policy (`allowed_domains "*.example.com"`).',
     value: (o) => o.rule,
   },
-  { name: 'egressd.verdict', type: 'keyword', description: '`allow`, `refuse` or `error`, as in `egressd_connections_total`.', value: (o) => o.verdict },
+  {
+    name: 'egressd.verdict',
+    type: 'keyword',
+    description:
+      '`allow`, `refuse`, `would-refuse` (report-only mode let a refusal through; `rule.name` is the refusing rule) or `error`, as in `egressd_connections_total`.',
+    value: (o) => o.verdict,
+  },
   {
     name: 'egressd.ended_by',
     type: 'keyword',
