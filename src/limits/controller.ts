@@ -67,7 +67,7 @@ export class LimitsController {
       (ms, before, after) =>
         this.#log.info(
           {
-            event: 'memory-shrunk',
+            event: { action: 'memory-shrunk' },
             ms: Math.round(ms),
             pressureBefore: round(before.pressure),
             pressureAfter: round(after.pressure),
