@@ -66,7 +66,8 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     await daemon.start();
     const plane = nativeSpliceStatus();
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
-    if (plane.ok) log.info({ event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
+    if (plane.ok)
+      log.info({ event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
     log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message }, 'egressd could not start');

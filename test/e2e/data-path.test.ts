@@ -92,7 +92,14 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(REAL);
     const o = await daemon.outcomeAt(`${REAL}:443`);
-    expect(connectionFields(o)).toMatchObject({ 'egressd.sandbox': 'sb-1', 'destination.domain': 'allowed.test', 'network.protocol': 'tls', 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': REAL });
+    expect(connectionFields(o)).toMatchObject({
+      'egressd.sandbox': 'sb-1',
+      'destination.domain': 'allowed.test',
+      'network.protocol': 'tls',
+      'egressd.verdict': 'allow',
+      'event.reason': 'allow-rule',
+      'egressd.upstream.ip': REAL,
+    });
     expect(field(o, 'destination.bytes')).toBeGreaterThan(0);
   });
 
@@ -109,7 +116,12 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     expect(r.code).not.toBe(0);
     expect(`${r.stdout}${r.stderr}`).toMatch(/access denied/i);
     const o = await daemon.outcomeAt(`${DENIED}:443`);
-    expect(connectionFields(o)).toMatchObject({ 'destination.domain': 'denied.test', 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.upstream.ip': undefined });
+    expect(connectionFields(o)).toMatchObject({
+      'destination.domain': 'denied.test',
+      'egressd.verdict': 'refuse',
+      'event.reason': 'default-block',
+      'egressd.upstream.ip': undefined,
+    });
     expect(bytesAt(DENIED)).toBe(before);
   });
 
@@ -153,7 +165,11 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
 
   it('never dials the metadata address, by address or through a name that resolves to it', async () => {
     expect(await status('http://169.254.169.254/latest/meta-data/')).toBe(403);
-    expect(connectionFields(await daemon.outcomeAt('169.254.169.254:80'))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'protected-address', 'egressd.upstream.ip': undefined });
+    expect(connectionFields(await daemon.outcomeAt('169.254.169.254:80'))).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'event.reason': 'protected-address',
+      'egressd.upstream.ip': undefined,
+    });
     expect(await status('http://metadata.test/', { resolve: REAL })).toBe(403);
     expect(connectionFields(await daemon.outcomeAt(`${REAL}:80`, (l) => field(l, 'destination.domain') === 'metadata.test'))).toMatchObject({
       'egressd.verdict': 'refuse',
@@ -166,7 +182,12 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const res = await client(['banner', '--host', BANNER, '--port', '2525']);
     expect(res).toMatchObject({ outcome: 'banner', banner: '220 hello\r\n' });
     const o = await daemon.outcomeAt(`${BANNER}:2525`);
-    expect(connectionFields(o)).toMatchObject({ 'egressd.listener': 'tcp', 'egressd.verdict': 'allow', 'event.reason': 'allow-rule', 'egressd.upstream.ip': BANNER });
+    expect(connectionFields(o)).toMatchObject({
+      'egressd.listener': 'tcp',
+      'egressd.verdict': 'allow',
+      'event.reason': 'allow-rule',
+      'egressd.upstream.ip': BANNER,
+    });
     expect(field(o, 'egressd.peek_duration')).toBeUndefined();
   });
 
@@ -174,7 +195,12 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
     const res = await client(['silent', '--host', REAL, '--port', '443']);
     expect(res['outcome']).toBe('closed');
     const o = await daemon.outcomeAt(`${REAL}:443`, (l) => field(l, 'network.protocol') === 'none');
-    expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
+    expect(connectionFields(o)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'event.reason': 'default-block',
+      'egressd.ended_by': 'policy',
+      'egressd.upstream.ip': undefined,
+    });
     expect(Number(field(o, 'egressd.peek_duration'))).toBeGreaterThanOrEqual(450e6);
   });
 

@@ -180,11 +180,21 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(await dig(`@${rig.dnsServer}`, '+short', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
     expect((await sh('python3', ['-c', GREETING, ALLOWED, '22'])).stdout.trim()).toBe('got 220 hello');
     const ok = await daemon.outcomeAt(`${ALLOWED}:22`);
-    expect(connectionFields(ok)).toMatchObject({ 'egressd.sandbox': 'sb-a', 'egressd.verdict': 'allow', 'destination.domain': undefined, 'egressd.dns_names': ['allowed.test'], 'egressd.upstream.ip': ALLOWED });
+    expect(connectionFields(ok)).toMatchObject({
+      'egressd.sandbox': 'sb-a',
+      'egressd.verdict': 'allow',
+      'destination.domain': undefined,
+      'egressd.dns_names': ['allowed.test'],
+      'egressd.upstream.ip': ALLOWED,
+    });
     expect(String(field(ok, 'rule.name'))).toBe('dns "allowed.test": allowed_domains "allowed.test"');
     // OTHER's name was refused, so the sandbox never resolved it: judged by address, refused.
     expect((await sh('python3', ['-c', GREETING, OTHER, '22'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
-    expect(connectionFields(await daemon.outcomeAt(`${OTHER}:22`))).toMatchObject({ 'egressd.sandbox': 'sb-a', 'egressd.verdict': 'refuse', 'event.reason': 'default-block' });
+    expect(connectionFields(await daemon.outcomeAt(`${OTHER}:22`))).toMatchObject({
+      'egressd.sandbox': 'sb-a',
+      'egressd.verdict': 'refuse',
+      'event.reason': 'default-block',
+    });
     expect(rig.events().filter((e) => e.local === `${OTHER}:22`)).toEqual([]);
   });
 
@@ -200,10 +210,19 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     // Port 7000 echoes; the client's bytes are neither TLS nor HTTP, so it carries no name.
     expect((await sh('python3', ['-c', GREETING, BAD6, '7000', 'ping'])).stdout.trim()).toMatch(/^(got eof|error \w+)$/);
     const refused = await daemon.outcomeAt(`[${BAD6}]:7000`);
-    expect(connectionFields(refused)).toMatchObject({ 'egressd.sandbox': 'sb-b', 'egressd.verdict': 'refuse', 'event.reason': 'deny-rule', 'egressd.dns_names': ['bad.test'] });
+    expect(connectionFields(refused)).toMatchObject({
+      'egressd.sandbox': 'sb-b',
+      'egressd.verdict': 'refuse',
+      'event.reason': 'deny-rule',
+      'egressd.dns_names': ['bad.test'],
+    });
     expect(String(field(refused, 'rule.name'))).toBe('dns "bad.test": denied_domains "bad.test"');
     expect((await sh('python3', ['-c', GREETING, GOOD6, '7000', 'ping'])).stdout.trim()).toBe('got ping');
-    expect(connectionFields(await daemon.outcomeAt(`[${GOOD6}]:7000`))).toMatchObject({ 'egressd.sandbox': 'sb-b', 'egressd.verdict': 'allow', 'egressd.dns_names': ['good.test'] });
+    expect(connectionFields(await daemon.outcomeAt(`[${GOOD6}]:7000`))).toMatchObject({
+      'egressd.sandbox': 'sb-b',
+      'egressd.verdict': 'allow',
+      'egressd.dns_names': ['good.test'],
+    });
     // And the denied name is no longer resolved at all.
     expect(await dig(`@${rig.dnsServerV6}`, 'bad.test', 'AAAA')).toMatch(/status: NXDOMAIN/);
   });
@@ -242,7 +261,11 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     const r = await curlIn(rig, 'sandbox', 'https://rot.allowed.test/', { resolve: ROT1, cacert: CA });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(ROT1);
-    expect(connectionFields(await daemon.outcomeAt(`${ROT1}:443`))).toMatchObject({ 'destination.domain': 'rot.allowed.test', 'egressd.verdict': 'allow', 'egressd.upstream.ip': ROT1 });
+    expect(connectionFields(await daemon.outcomeAt(`${ROT1}:443`))).toMatchObject({
+      'destination.domain': 'rot.allowed.test',
+      'egressd.verdict': 'allow',
+      'egressd.upstream.ip': ROT1,
+    });
     // An address egressd never gave for the name is still refused under verify.
     const spoof = await curlIn(rig, 'sandbox', 'https://allowed.test/', { resolve: OTHER, cacert: CA });
     expect(spoof.code).not.toBe(0);

@@ -206,7 +206,12 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const port = await client.connected;
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).toContain('403');
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'default-block',
+        'egressd.ended_by': 'policy',
+        'egressd.upstream.ip': undefined,
+      });
       expect(eventsAt(REAL)).toBe(before);
     });
 
@@ -234,7 +239,11 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // Tier 1: the essential services only.
       expect(await api('PUT', '/api/v1/orgs/acme', { tier: 1 })).toBe(200);
       expect(await client.done).toContain('403');
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'rule.name': 'org acme: mode "block-all"', 'egressd.upstream.ip': undefined });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'rule.name': 'org acme: mode "block-all"',
+        'egressd.upstream.ip': undefined,
+      });
       await putSandbox({ sources: [rig.sandboxV4, rig.sandboxV6], network: { mode: 'allow-all' } });
     });
 
@@ -246,7 +255,12 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 500));
       await setNetwork({ mode: 'block-all' });
       await client.done;
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'policy-changed', 'egressd.ended_by': 'policy', 'egressd.upstream.ip': undefined });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'policy-changed',
+        'egressd.ended_by': 'policy',
+        'egressd.upstream.ip': undefined,
+      });
     });
 
     it('a connection that was spliced at once (no name could matter) is closed by the change, and no byte reaches the upstream', async () => {
@@ -257,7 +271,11 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await new Promise((r) => setTimeout(r, 300));
       await setNetwork({ mode: 'block-all' });
       expect(await client.done).not.toContain('200 OK');
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'policy-changed', 'egressd.ended_by': 'policy' });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'policy-changed',
+        'egressd.ended_by': 'policy',
+      });
       expect(bytesAt(REAL)).toBe(before);
     });
   });
@@ -268,7 +286,12 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const before = eventsAt(DENIED);
       const { port, reply } = await waitThenSend(DENIED, 443, 0, GET('blocked.test'));
       expect(reply).toContain('403');
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.listener': 'tls', 'network.protocol': 'http', 'destination.domain': 'blocked.test', 'event.reason': 'deny-rule' });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.listener': 'tls',
+        'network.protocol': 'http',
+        'destination.domain': 'blocked.test',
+        'event.reason': 'deny-rule',
+      });
       expect(eventsAt(DENIED)).toBe(before);
     });
 
@@ -288,13 +311,25 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       // what is checked is egressd's verdict, by name, on the listener of the other protocol.
       await setNetwork({ mode: 'block-all', egress: { allowed_domains: ['other.test'] } });
       await curl('http://other.test:443/', { resolve: REAL, maxTimeS: 5 });
-      expect(connectionFields(await daemon.outcome((l) => field(l, 'egressd.listener') === 'tls' && field(l, 'network.protocol') === 'http' && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+      expect(
+        connectionFields(
+          await daemon.outcome(
+            (l) => field(l, 'egressd.listener') === 'tls' && field(l, 'network.protocol') === 'http' && field(l, 'destination.domain') === 'other.test',
+          ),
+        ),
+      ).toMatchObject({
         'egressd.verdict': 'allow',
         'event.reason': 'allow-rule',
         'egressd.upstream.ip': REAL,
       });
       await curl('https://other.test:80/', { resolve: REAL, cacert: CA, maxTimeS: 5 });
-      expect(connectionFields(await daemon.outcome((l) => field(l, 'egressd.listener') === 'http' && field(l, 'network.protocol') === 'tls' && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+      expect(
+        connectionFields(
+          await daemon.outcome(
+            (l) => field(l, 'egressd.listener') === 'http' && field(l, 'network.protocol') === 'tls' && field(l, 'destination.domain') === 'other.test',
+          ),
+        ),
+      ).toMatchObject({
         'egressd.verdict': 'allow',
         'event.reason': 'allow-rule',
         'egressd.upstream.ip': REAL,
@@ -317,12 +352,20 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
     it('where the peek runs (a deny list), an SSH banner, a Redis command and an HTTP/0.9 line are read as not HTTP and relayed', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } });
       const ssh = await waitThenSend(CIDR_OK, 80, 0, 'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\\r\\n');
-      expect(connectionFields(await daemon.outcome(fromPort(ssh.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown', 'egressd.upstream.ip': CIDR_OK });
+      expect(connectionFields(await daemon.outcome(fromPort(ssh.port)))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'network.protocol': 'unknown',
+        'egressd.upstream.ip': CIDR_OK,
+      });
       const ping = await waitThenSend(CIDR_OK, 7000, 0, '*1\\r\\n$4\\r\\nPING\\r\\n');
       expect(ping.reply).toContain('PING');
       expect(connectionFields(await daemon.outcome(fromPort(ping.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown' });
       const old = await waitThenSend(CIDR_OK, 443, 0, 'GET /\\r\\n');
-      expect(connectionFields(await daemon.outcome(fromPort(old.port)))).toMatchObject({ 'egressd.verdict': 'allow', 'network.protocol': 'unknown', 'egressd.listener': 'tls' });
+      expect(connectionFields(await daemon.outcome(fromPort(old.port)))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'network.protocol': 'unknown',
+        'egressd.listener': 'tls',
+      });
     });
 
     it('not HTTP to an address the policy does not allow is refused by address', async () => {
@@ -381,7 +424,12 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['blocked.test', 'denied.test'] } });
       const mk = await waitThenSend(DENIED, 5432, 0, 'MKACTIVITY / HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n');
       expect(mk.reply).toContain('403');
-      expect(connectionFields(await daemon.outcome(fromPort(mk.port)))).toMatchObject({ 'egressd.listener': 'tcp', 'network.protocol': 'http', 'destination.domain': 'blocked.test', 'event.reason': 'deny-rule' });
+      expect(connectionFields(await daemon.outcome(fromPort(mk.port)))).toMatchObject({
+        'egressd.listener': 'tcp',
+        'network.protocol': 'http',
+        'destination.domain': 'blocked.test',
+        'event.reason': 'deny-rule',
+      });
       const crlf = await waitThenSend(DENIED, 5432, 0, '\\r\\nGET / HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n');
       expect(crlf.reply).toContain('403');
       expect(connectionFields(await daemon.outcome(fromPort(crlf.port)))).toMatchObject({ 'destination.domain': 'denied.test', 'event.reason': 'deny-rule' });
@@ -403,7 +451,9 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const r = await curl('https://other.test/', { resolve: ATTACKER, cacert: CA });
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(REAL);
-      expect(connectionFields(await daemon.outcome((l) => destinationOf(l) === `${ATTACKER}:443` && field(l, 'destination.domain') === 'other.test'))).toMatchObject({
+      expect(
+        connectionFields(await daemon.outcome((l) => destinationOf(l) === `${ATTACKER}:443` && field(l, 'destination.domain') === 'other.test')),
+      ).toMatchObject({
         'egressd.verdict': 'allow',
         'egressd.upstream.ip': REAL,
       });
@@ -416,14 +466,22 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       const h = await curl('http://other.test/', { resolve: ATTACKER });
       expect(h.stdout).toContain(REAL);
       expect(await statusIn(rig, 'sandbox', 'http://nowhere.test/', { resolve: ATTACKER })).toBe(403);
-      expect(connectionFields(await daemon.outcome((l) => field(l, 'destination.domain') === 'nowhere.test'))).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'dns-failure', 'egressd.ended_by': 'upstream' });
+      expect(connectionFields(await daemon.outcome((l) => field(l, 'destination.domain') === 'nowhere.test'))).toMatchObject({
+        'egressd.verdict': 'refuse',
+        'event.reason': 'dns-failure',
+        'egressd.ended_by': 'upstream',
+      });
       expect(eventsAt(ATTACKER)).toBe(before);
     });
 
     it('a connection that carries no name is judged by address and port alone (docs/limits.md)', async () => {
       await setNetwork({ mode: 'allow-all', egress: { denied_domains: ['attacker.test'] } });
       const { port } = await waitThenSend(ATTACKER, 7000, 0, 'hi\\r\\n');
-      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': ATTACKER, 'destination.domain': undefined });
+      expect(connectionFields(await daemon.outcome(fromPort(port)))).toMatchObject({
+        'egressd.verdict': 'allow',
+        'egressd.upstream.ip': ATTACKER,
+        'destination.domain': undefined,
+      });
     });
   });
 
@@ -434,7 +492,11 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(FLAKY6);
       const o = await daemon.outcome((l) => field(l, 'destination.domain') === 'multi.test' && destinationOf(l) === `${FLAKY}:80`);
-      expect(connectionFields(o)).toMatchObject({ 'egressd.verdict': 'allow', 'egressd.upstream.ip': FLAKY6, 'egressd.upstream.tried': [`${FLAKY} refused`, `${FLAKY6} connected`] });
+      expect(connectionFields(o)).toMatchObject({
+        'egressd.verdict': 'allow',
+        'egressd.upstream.ip': FLAKY6,
+        'egressd.upstream.tried': [`${FLAKY} refused`, `${FLAKY6} connected`],
+      });
     });
 
     it("a spoofed destination goes to the name's addresses in turn; over TLS too", async () => {
