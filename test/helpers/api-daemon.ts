@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { watchDaemon, type DaemonProcess } from './daemon-process.ts';
+import { action } from './log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -40,7 +41,7 @@ export async function startApiDaemon(doc: Record<string, unknown> = {}, opts: { 
   const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
   return {
     d,
-    admin: `http://127.0.0.1:${d.lines.find((l) => l.event === 'started')!['adminPort']}`,
+    admin: `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}`,
     stop: async () => {
       await d.stop('SIGTERM');
       rmSync(dir, { recursive: true, force: true });

@@ -11,6 +11,7 @@ import { connect, createServer, type Server } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action } from '../helpers/log-line.ts';
 
 const auth = { authorization: 'Bearer test-token', 'content-type': 'application/json' };
 const DENIES = { mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } };
@@ -216,14 +217,17 @@ describe('per-rule hit counts, from real connections, read back through the API 
     s.on('connect', () => (send ? s.end('ping') : undefined));
     s.resume();
     await new Promise((r) => s.once('close', r));
-    return d.waitForLog((l) => d.logs.indexOf(l) >= before && l['event'] === 'connection');
+    return d.waitForLog((l) => d.logs.indexOf(l) >= before && action(l) === 'connection');
   };
 
   it('counts each connection once, for the rules that decided it, and the overlay entry by name', async () => {
-    expect(await connectFrom('127.0.0.21', '127.0.0.1', upstreamPort)).toMatchObject({ verdict: 'allow' });
-    expect(await connectFrom('127.0.0.22', '127.0.0.1', upstreamPort)).toMatchObject({ verdict: 'allow' });
-    expect(await connectFrom('127.0.0.21', '127.0.0.1', 9, false)).toMatchObject({ verdict: 'refuse', rule: 'mode "block-all"' });
-    expect(await connectFrom('127.0.0.21', '127.0.0.1', 23, false)).toMatchObject({ verdict: 'refuse', rule: 'always-deny "no-telnet": denied_ports "23"' });
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', upstreamPort)).toMatchObject({ egressd: { verdict: 'allow' } });
+    expect(await connectFrom('127.0.0.22', '127.0.0.1', upstreamPort)).toMatchObject({ egressd: { verdict: 'allow' } });
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', 9, false)).toMatchObject({ egressd: { verdict: 'refuse' }, rule: { name: 'mode "block-all"' } });
+    expect(await connectFrom('127.0.0.21', '127.0.0.1', 23, false)).toMatchObject({
+      egressd: { verdict: 'refuse' },
+      rule: { name: 'always-deny "no-telnet": denied_ports "23"' },
+    });
     const res = await request(`${d.adminUrl}/api/v1/sandboxes/hits-sb/effective`, { headers: auth });
     const eff = (await res.body.json()) as Record<string, any>;
     expect(eff['rule_hits']).toEqual({
