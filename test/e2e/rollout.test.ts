@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import { watchDaemon, type DaemonProcess, type LogLine } from '../helpers/daemon-process.ts';
 import { adminIn, curlIn, type CurlOptions } from '../helpers/curl.ts';
+import { action, connectionFields } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -91,14 +92,14 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
   const fetchIn = async (url: string, address: string, opts: CurlOptions = {}): Promise<{ body: string; line: LogLine }> => {
     const before = daemon.connections().length;
     const r = await curlIn(rig, 'sandbox', url, { resolve: address, cacert: CA, maxTimeS: 8, ...opts });
-    const line = await daemon.waitFor((l) => l.event === 'connection' && daemon.connections().indexOf(l) >= before, 15_000);
+    const line = await daemon.waitFor((l) => action(l) === 'connection' && daemon.connections().indexOf(l) >= before, 15_000);
     return { body: r.stdout, line };
   };
   /** A raw TCP client (python3) that reads what the server says first. */
   const banner = async (ip: string, port: number): Promise<{ said: string; line: LogLine }> => {
     const before = daemon.connections().length;
     const r = await rig.execIn('sandbox', 'python3', ['-c', PY_BANNER, ip, String(port)], { timeoutMs: 20_000 });
-    const line = await daemon.waitFor((l) => l.event === 'connection' && daemon.connections().indexOf(l) >= before, 15_000);
+    const line = await daemon.waitFor((l) => action(l) === 'connection' && daemon.connections().indexOf(l) >= before, 15_000);
     return { said: r.stdout.trim(), line };
   };
   const bytesAt = (address: string, port?: number): number =>
@@ -107,17 +108,20 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
     const before = daemon.lines.length;
     writeFileSync(file, JSON.stringify(config(over)));
     daemon.child.kill('SIGHUP');
-    return daemon.waitFor((l) => (l.event === 'reload' || l.event === 'reload-refused') && daemon.lines.indexOf(l) >= before, 15_000);
+    return daemon.waitFor((l) => (action(l) === 'reload' || action(l) === 'reload-refused') && daemon.lines.indexOf(l) >= before, 15_000);
   };
 
   it('always-allow: a block-all sandbox reaches the platform API by name on 443, and nothing else (curl, TLS)', async () => {
     await sandbox({ network: { networkBlockAll: true } });
     const ok = await fetchIn('https://api.allowed.test/', REAL);
     expect(ok.body).toContain('"host":"api.allowed.test"');
-    expect(ok.line).toMatchObject({ verdict: 'allow', rule: 'always-allow "platform-api": allowed_domains "api.allowed.test" + allowed_ports "443"' });
+    expect(connectionFields(ok.line)).toMatchObject({
+      'egressd.verdict': 'allow',
+      'rule.name': 'always-allow "platform-api": allowed_domains "api.allowed.test" + allowed_ports "443"',
+    });
     const other = await fetchIn('https://other.test/', REAL);
     expect(other.body).toBe('');
-    expect(other.line).toMatchObject({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"' });
+    expect(connectionFields(other.line)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'default-block', 'rule.name': 'mode "block-all"' });
   });
 
   it('always-deny: port 2525 is refused to an allow-all sandbox, before the server says a word (python)', async () => {
@@ -125,7 +129,11 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
     const before = rig.events().filter((e) => e.local === `${REAL}:2525`).length;
     const r = await banner(REAL, 2525);
     expect(r.said).not.toContain('220');
-    expect(r.line).toMatchObject({ verdict: 'refuse', reason: 'deny-rule', rule: 'always-deny "no-smtp": denied_ports "2525"' });
+    expect(connectionFields(r.line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'event.reason': 'deny-rule',
+      'rule.name': 'always-deny "no-smtp": denied_ports "2525"',
+    });
     expect(rig.events().filter((e) => e.local === `${REAL}:2525`).length).toBe(before);
   });
 
@@ -134,14 +142,21 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
     const seen = bytesAt(DENIED, 443);
     const r = await fetchIn('https://denied.test/', DENIED);
     expect(r.body).toContain('"host":"denied.test"');
-    expect(r.line).toMatchObject({ verdict: 'would-refuse', reason: 'deny-rule', rule: 'denied_domains "denied.test"' });
+    expect(connectionFields(r.line)).toMatchObject({
+      'egressd.verdict': 'would-refuse',
+      'event.reason': 'deny-rule',
+      'rule.name': 'denied_domains "denied.test"',
+    });
     expect(bytesAt(DENIED, 443)).toBeGreaterThan(seen);
     // The always-deny list holds in report-only mode too.
-    expect((await banner(REAL, 2525)).line).toMatchObject({ verdict: 'refuse', rule: 'always-deny "no-smtp": denied_ports "2525"' });
+    expect(connectionFields((await banner(REAL, 2525)).line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'rule.name': 'always-deny "no-smtp": denied_ports "2525"',
+    });
     await sandbox({ network: DENIES });
     const enforced = await fetchIn('https://denied.test/', DENIED);
     expect(enforced.body).toBe('');
-    expect(enforced.line).toMatchObject({ verdict: 'refuse', reason: 'deny-rule' });
+    expect(connectionFields(enforced.line)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'deny-rule' });
   });
 
   it('report-only on the organization: its refusal is let through for its sandboxes, with its rule', async () => {
@@ -149,7 +164,7 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
     await sandbox({ org: 'acme', network: { mode: 'allow-all' } });
     const r = await fetchIn('http://denied.test/', DENIED);
     expect(r.body).toContain('"host":"denied.test"');
-    expect(r.line).toMatchObject({ verdict: 'would-refuse', rule: 'org acme: denied_domains "denied.test"' });
+    expect(connectionFields(r.line)).toMatchObject({ 'egressd.verdict': 'would-refuse', 'rule.name': 'org acme: denied_domains "denied.test"' });
     const eff = await api('GET', '/api/v1/sandboxes/sb/effective');
     expect(eff.body['report_only']).toEqual({ enabled: true, levels: ['org'] });
     // `egressd check` says would-refuse with exit code 4.
@@ -168,48 +183,61 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
   });
 
   it('report-only for everyone (config + SIGHUP): lets the policy refusal through, never the host, its listeners or protected.extra', async () => {
-    expect(await reload({ reportOnly: true })).toMatchObject({ event: 'reload' });
+    expect(await reload({ reportOnly: true })).toMatchObject({ event: { action: 'reload' } });
     const r = await fetchIn('https://denied.test/', DENIED);
     expect(r.body).toContain('"host":"denied.test"');
-    expect(r.line).toMatchObject({ verdict: 'would-refuse', rule: 'denied_domains "denied.test"' });
+    expect(connectionFields(r.line)).toMatchObject({ 'egressd.verdict': 'would-refuse', 'rule.name': 'denied_domains "denied.test"' });
     expect((await api('GET', '/api/v1/sandboxes/sb/effective')).body['report_only']).toEqual({ enabled: true, levels: ['global'] });
 
     // protected.extra: a real server there, and not a byte reaches it.
     const guarded = await fetchIn(`http://${GUARDED}/`, GUARDED);
     expect(guarded.body).not.toContain('"host"');
-    expect(guarded.line).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: `protected.extra "${GUARDED}/32"` });
+    expect(connectionFields(guarded.line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'event.reason': 'protected-address',
+      'rule.name': `protected.extra "${GUARDED}/32"`,
+    });
     expect(bytesAt(GUARDED)).toBe(0);
     // The host itself, and egressd's own listener on it.
     for (const port of [80, PORTS.http]) {
       const host = await fetchIn(`http://${HOST}:${port}/`, HOST);
-      expect(host.line, `host port ${port}`).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+      expect(connectionFields(host.line), `host port ${port}`).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'protected-address' });
     }
     // The always-deny list still holds.
-    expect((await banner(REAL, 2525)).line).toMatchObject({ verdict: 'refuse', rule: 'always-deny "no-smtp": denied_ports "2525"' });
+    expect(connectionFields((await banner(REAL, 2525)).line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'rule.name': 'always-deny "no-smtp": denied_ports "2525"',
+    });
   });
 
   it('a reload with an invalid overlay is refused whole, naming the field, and changes nothing', async () => {
     const refused = await reload({ reportOnly: false, overlays: { alwaysAllow: [{ name: 'bad', cidrs: ['0.0.0.0/0'] }] } });
-    expect(refused).toMatchObject({ event: 'reload-refused' });
+    expect(refused).toMatchObject({ event: { action: 'reload-refused' } });
     expect(String(refused['reason'])).toContain('overlays.alwaysAllow[0].cidrs[0]');
     // Still report-only, still the old overlays.
-    expect((await fetchIn('https://denied.test/', DENIED)).line).toMatchObject({ verdict: 'would-refuse' });
+    expect(connectionFields((await fetchIn('https://denied.test/', DENIED)).line)).toMatchObject({ 'egressd.verdict': 'would-refuse' });
     await sandbox({ network: { networkBlockAll: true } });
-    expect((await fetchIn('https://api.allowed.test/', REAL)).line).toMatchObject({
-      verdict: 'allow',
-      rule: expect.stringContaining('always-allow "platform-api"'),
+    expect(connectionFields((await fetchIn('https://api.allowed.test/', REAL)).line)).toMatchObject({
+      'egressd.verdict': 'allow',
+      'rule.name': expect.stringContaining('always-allow "platform-api"'),
     });
     // A valid reload drops always-allow and report-only: the same request is refused now.
-    expect(await reload({ reportOnly: false, overlays: { alwaysDeny: [{ name: 'no-smtp', ports: [2525] }] } })).toMatchObject({ event: 'reload' });
-    expect((await fetchIn('https://api.allowed.test/', REAL)).line).toMatchObject({ verdict: 'refuse', rule: 'mode "block-all"' });
+    expect(await reload({ reportOnly: false, overlays: { alwaysDeny: [{ name: 'no-smtp', ports: [2525] }] } })).toMatchObject({ event: { action: 'reload' } });
+    expect(connectionFields((await fetchIn('https://api.allowed.test/', REAL)).line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'rule.name': 'mode "block-all"',
+    });
   });
 
   it('per-rule hit counts: the effective view counts what real connections were decided by', async () => {
     await sandbox({ network: { mode: 'block-all', egress: { allowed_domains: ['other.test', 'never.test'], allowed_ports: [80, 443] } } });
-    for (let i = 0; i < 3; i++) expect((await fetchIn('http://other.test/', REAL)).line).toMatchObject({ verdict: 'allow' });
-    expect((await fetchIn('https://other.test/', REAL)).line).toMatchObject({ verdict: 'allow' });
-    expect((await fetchIn('http://denied.test/', DENIED)).line).toMatchObject({ verdict: 'refuse', rule: 'mode "block-all"' });
-    expect((await banner(REAL, 2525)).line).toMatchObject({ verdict: 'refuse' });
+    for (let i = 0; i < 3; i++) expect(connectionFields((await fetchIn('http://other.test/', REAL)).line)).toMatchObject({ 'egressd.verdict': 'allow' });
+    expect(connectionFields((await fetchIn('https://other.test/', REAL)).line)).toMatchObject({ 'egressd.verdict': 'allow' });
+    expect(connectionFields((await fetchIn('http://denied.test/', DENIED)).line)).toMatchObject({
+      'egressd.verdict': 'refuse',
+      'rule.name': 'mode "block-all"',
+    });
+    expect(connectionFields((await banner(REAL, 2525)).line)).toMatchObject({ 'egressd.verdict': 'refuse' });
     const eff = (await api('GET', '/api/v1/sandboxes/sb/effective')).body;
     expect(eff['rule_hits']['sandbox']).toEqual([
       { id: 'allowed_domains[0]', rule: 'allowed_domains "other.test"', hits: 4 },
