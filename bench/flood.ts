@@ -19,6 +19,7 @@
 import { parseArgs } from 'node:util';
 import { createRig, rigUnavailableReason } from '../test/helpers/netns-rig.ts';
 import { floodScenario, metricSum, type FloodOptions, type FloodResult } from '../test/helpers/flood-scenario.ts';
+import { action } from '../test/helpers/log-line.ts';
 
 const { values } = parseArgs({
   options: {
@@ -89,9 +90,9 @@ if (values.memory) {
         peakOfLimit: r.peakMemory !== null && r.memoryLimit !== null ? Math.round((r.peakMemory / r.memoryLimit) * 1000) / 1000 : null,
         oomKills: r.oomKills,
         shedOverload: metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' }),
-        overloadEpisodes: r.lines.filter((l) => l.event === 'overload-start').length,
-        undecidedResets: r.lines.filter((l) => l.event === 'overload-reset-undecided').map((l) => l['count']),
-        shrinks: r.lines.filter((l) => l.event === 'memory-shrunk').map((l) => ({ ms: l['ms'], before: l['pressureBefore'], after: l['pressureAfter'] })),
+        overloadEpisodes: r.lines.filter((l) => action(l) === 'overload-start').length,
+        undecidedResets: r.lines.filter((l) => action(l) === 'overload-reset-undecided').map((l) => l['count']),
+        shrinks: r.lines.filter((l) => action(l) === 'memory-shrunk').map((l) => ({ ms: l['ms'], before: l['pressureBefore'], after: l['pressureAfter'] })),
         probe: { probes: r.probe['probes'], failed: r.probe['failed'], over100ms: r.probe['over100ms'], p99Ms: r.probe['p99Ms'], maxMs: r.probe['maxMs'] },
         flood: r.flood && {
           attempted: r.flood['attempted'],
