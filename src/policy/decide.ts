@@ -61,6 +61,19 @@ const BLOCK_ALL: Decision = Object.freeze({ verdict: 'refuse', reason: 'default-
 /** decide() is synchronous, so one scratch buffer serves every call. */
 const words = new Uint32Array(4);
 
+/** Parses the address into `words`; an IPv4-mapped IPv6 address as its IPv4 address. 0 when it is none. */
+function loadAddress(ip: unknown): 0 | IpFamily {
+  const family = parseIpInto(typeof ip === 'string' ? ip : '', words);
+  if (family === 6 && isIPv4Mapped(words)) {
+    // RFC 4291 §2.5.5.2: the kernel sends a mapped destination to the IPv4 address.
+    words[0] = words[3]!;
+    words[2] = 0;
+    words[3] = 0;
+    return 4;
+  }
+  return family;
+}
+
 /**
  * Decides one connection. Evaluation order:
  *
@@ -88,15 +101,8 @@ const words = new Uint32Array(4);
  * (::ffff:a.b.c.d) is judged as its IPv4 address throughout.
  */
 export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decision {
-  let family: 0 | IpFamily = parseIpInto(typeof f.ip === 'string' ? f.ip : '', words);
+  const family = loadAddress(f.ip);
   if (family === 0) return { verdict: 'refuse', reason: 'protected-address', rule: `address ${quote(f.ip)} is not an IP address`, matchedBy: 'protected' };
-  if (family === 6 && isIPv4Mapped(words)) {
-    // RFC 4291 §2.5.5.2: the kernel sends a mapped destination to the IPv4 address.
-    words[0] = words[3]!;
-    words[2] = 0;
-    words[3] = 0;
-    family = 4;
-  }
   const port = f.port;
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     return { verdict: 'refuse', reason: 'default-block', rule: `port ${quote(port)} is not a destination port`, matchedBy: 'port' };
@@ -166,14 +172,8 @@ const one = (counts: RuleCounts, a: number): RuleHit => ({ counts, a, b: -1 });
  * text, or null (also for facts that do not parse: the layers after refuse those).
  */
 export function matchSide(side: CompiledSide, f: Facts, trace?: DecideTrace): Decision | null {
-  let family: 0 | IpFamily = parseIpInto(typeof f.ip === 'string' ? f.ip : '', words);
+  const family = loadAddress(f.ip);
   if (family === 0 || !Number.isInteger(f.port) || f.port < 1 || f.port > 65535 || side.empty) return null;
-  if (family === 6 && isIPv4Mapped(words)) {
-    words[0] = words[3]!;
-    words[2] = 0;
-    words[3] = 0;
-    family = 4;
-  }
   const cidr = side.cidrIndex(family, words);
   if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null) trace.nameConsulted = true;
   return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null);

@@ -119,8 +119,8 @@ export function countVerdict(v: Verdict): void {
 }
 
 /**
- * The verdict for one connection. Evaluation order — protected > always-deny > always-allow >
- * organization ∧ sandbox, then report-only:
+ * The verdict for one connection. What wins: protected addresses and always-deny (both refuse,
+ * in every mode) > always-allow > organization ∧ sandbox > report-only. Evaluation order:
  *
  * 0. The operator's overlays (config `overlays`, policy/overlay.ts), around every policy:
  *    a. always-deny: an entry that matches refuses (`deny-rule`, layer `always-deny`, rule
@@ -149,11 +149,11 @@ export function countVerdict(v: Verdict): void {
  *   b. the layer's policy, with the catalog joined to its allow side: decide() in decide.ts,
  *      whose own order is protected addresses, the allow side, the deny side, the mode.
  *
- * Facts that do not parse (an address that is not one, a port outside 1-65535) are refused
- * by the first layer that sees them.
- *
  * 3. Report-only (the chain's `reportOnly`): a refusal by step 1 or 2 that no layer refuses as
  *    a protected address becomes `would-refuse`; the caller splices it.
+ *
+ * Facts that do not parse (an address that is not one, a port outside 1-65535) are refused
+ * by the first layer that sees them, in every mode.
  *
  * Extension point:
  * - names resolved through egressd's DNS: `Facts` may grow the names this sandbox resolved
@@ -169,6 +169,7 @@ export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): 
   // policy, and stays refused in every mode.
   if (v.verdict !== 'refuse' || v.reason === 'protected-address' || !reportsOnly(chain)) return v;
   if (v.layer === 'always-deny') return v;
+  if (!Number.isInteger(facts.port) || facts.port < 1 || facts.port > 65535) return v;
   // The refusing layer may have stopped before another layer's protected step (an unknown
   // organization refuses everything at once; an organization that refuses leaves the sandbox
   // unread): every layer is asked, and a protected refusal by any of them stands.

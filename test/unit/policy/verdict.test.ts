@@ -167,6 +167,7 @@ describe('verdict: organization ∧ sandbox, the catalog, the DNS servers', () =
     expect(verdict(guarded, { name: null, ip: '203.0.113.9', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
     expect(verdict(guarded, { name: null, ip: '127.0.0.1', port: 443 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
     expect(verdict(guarded, { name: null, ip: 'localhost', port: 80 }).verdict).toBe('refuse');
+    expect(verdict({ ...chainOf('none', 'names'), reportOnly: ['global'] }, { name: null, ip: '93.184.216.34', port: 0 }).verdict).toBe('refuse');
   });
 
   it('refuses facts that do not parse, whichever layer sees them first', () => {
