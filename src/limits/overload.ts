@@ -7,7 +7,7 @@
 // at most once a second while it lasts (less often while shrinks give little back), the heap is
 // shrunk (Envoy's shrink_heap): a full collection (memory-reducing when V8's young generation
 // has outgrown the limit, see collect) and malloc_trim; under a memory limit the young
-// generation is also held at its size (holdYoungGeneration). Past the critical mark,
+// generation is also held at its size when V8 was sized for more (holdYoungGeneration). Past the critical mark,
 // halfway from `shedAt` to 1 (0.9 by default), `onCritical` runs on every sample: the caller
 // resets the connections still being peeked, the cheapest to lose and what a slow-hello flood
 // is made of (Envoy's reduce_timeouts action, taken to zero for the peek).
@@ -259,7 +259,7 @@ export class MemoryGuard {
   refresh(): boolean {
     this.#sampledAt = Date.now();
     this.#last = this.sample();
-    this.#holdYoungGeneration(this.#last.cgroupLimitBytes !== null || this.#opts.maxBytes !== null);
+    this.#holdYoungGeneration(this.#sizedAboveLimit());
     const p = this.#last.pressure;
     const next = this.#shedding ? p >= this.#opts.shedAt - HYSTERESIS : p >= this.#opts.shedAt;
     if (next !== this.#shedding) {
@@ -298,14 +298,26 @@ export class MemoryGuard {
   }
 
   /**
-   * Under a memory limit, V8's young generation is held at the size it has (after a shrink,
-   * under 1 MiB), as V8 itself sizes it when it sees the limit at start (within 4 MiB under 160
-   * MiB). Without a limit at start it is sized for the machine and grows in doublings, to 64 MiB
+   * Under a memory limit V8 was not sized for (sizedAboveLimit), its young generation is held
+   * at the size it has (after a shrink, under 1 MiB), as V8 itself sizes it when it sees a small
+   * limit at start (within 4 MiB under 160 MiB). Without a limit at start it is sized for the machine and grows in doublings, to 64 MiB
    * in a second of allocation, each landing between two samples. V8 reads
    * `--semi-space-growth-factor` at every growth decision: 1 holds (measured after a shrink:
    * at most 3.8 MiB over 1.5 s of the allocation that took it to 64 MiB), 2 (V8's default)
    * releases it when the limit goes.
    */
+  /**
+   * Whether V8 sized its heap for more memory than the limit in force allows (heap_size_limit
+   * above it): it did not see the limit at start (24 GB machine, limit set after: 4 GiB against
+   * ~100 MiB), or the limit is small (a 160 MiB cgroup at start: 262 MiB, where V8 already keeps
+   * the young generation within 4 MiB and holding it costs nothing). A 4 GiB limit seen at start
+   * gets a 2 GiB heap and keeps V8's own young-generation sizing.
+   */
+  #sizedAboveLimit(): boolean {
+    const limits = [this.#last.cgroupLimitBytes, this.#opts.maxBytes].filter((x): x is number => x !== null);
+    return limits.length > 0 && getHeapStatistics().heap_size_limit > Math.min(...limits);
+  }
+
   #holdYoungGeneration(hold: boolean): void {
     if (hold === this.#youngHeld) return;
     this.#youngHeld = hold;
