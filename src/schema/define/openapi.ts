@@ -115,12 +115,55 @@ const CheckResult = Type.Object(
     verdict: Type.String({ description: 'allow, refuse, or would-refuse (report-only).' }),
     reason: Type.String(),
     rule: nullable(Type.String()),
+    layer: Type.Union([Type.Literal('always-deny'), Type.Literal('always-allow'), Type.Literal('org'), Type.Literal('sandbox')], {
+      description: 'The layer whose rule decided (src/policy/verdict.ts).',
+    }),
+    report_only: ref('ReportOnly') as never,
   },
   { title: 'CheckResult', description: 'The verdict, its reason and rule, and the layer that decided.' },
 );
 
+const ReportOnly = Type.Object(
+  {
+    enabled: Type.Boolean(),
+    levels: Type.Array(Type.Union([Type.Literal('global'), Type.Literal('org'), Type.Literal('sandbox')]), {
+      description: 'The levels that turned it on: the config, the organization, the sandbox.',
+    }),
+  },
+  { ...closed, title: 'ReportOnly', description: 'Report-only mode (docs/api.md, "Report-only").' },
+);
+
+const OverlayEntryView = Type.Object(
+  { name: Type.String(), domains: Type.Array(Type.String()), cidrs: Type.Array(Type.String()), ports: portList, hits: Type.Integer({ minimum: 0 }) },
+  { ...closed, title: 'OverlayEntryView', description: 'One always-deny or always-allow entry, with the connections it decided since it was loaded.' },
+);
+
+const RuleHits = Type.Array(
+  Type.Object(
+    {
+      id: Type.String({ description: 'The list and index in the policy as written: allowed_domains[0], essential_services[12], mode.' }),
+      rule: Type.String({ description: 'The rule as a verdict names it.' }),
+      hits: Type.Integer({ minimum: 0 }),
+    },
+    closed,
+  ),
+);
+
 const Effective = Type.Object(
-  { sandbox: Type.String(), rule: Type.String(), network: ref('NetworkView') as never },
+  {
+    sandbox: Type.String(),
+    rule: Type.String(),
+    network: ref('NetworkView') as never,
+    report_only: ref('ReportOnly') as never,
+    order: Type.String({ description: 'How the layers combine.' }),
+    overlays: Type.Object({ always_deny: Type.Array(OverlayEntryView), always_allow: Type.Array(OverlayEntryView) }, closed),
+    rule_hits: nullable(
+      Type.Object(
+        { sandbox: RuleHits, organization: nullable(RuleHits) },
+        { ...closed, description: 'Connections each rule decided since its policy was last set (docs/api.md, "Effective policy").' },
+      ),
+    ),
+  },
   { title: 'Effective', description: 'Every layer that decides a sandbox\'s connections (docs/api.md, "Effective policy").' },
 );
 
@@ -349,6 +392,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
         CheckRequest,
         CheckResult,
         Effective,
+        ReportOnly,
         Error: ApiErrorBody,
       },
     },
