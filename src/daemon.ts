@@ -19,6 +19,7 @@ import { ConnectionRegistry } from './net/registry.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { logConnection } from './observability/connection-log.ts';
+import type { OtlpExport } from './observability/otlp.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
 import { verdict } from './policy/verdict.ts';
@@ -98,6 +99,8 @@ export class Daemon {
   readonly #originalDst: PipelineDeps['originalDst'];
   #state: DaemonState = 'starting';
   #pending = new Set<Promise<void>>();
+  /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
+  #otlp: OtlpExport | null = null;
 
   constructor(config: Config, log: Logger, opts: DaemonOptions = {}) {
     this.#config = config;
@@ -277,6 +280,12 @@ export class Daemon {
     ]);
     this.host.start();
     this.limits.start();
+    const otlp = this.#config.metrics.otlp;
+    if (otlp.endpoint !== null) {
+      // Loaded only when asked for: the OpenTelemetry SDK stays out of memory otherwise (issue 12's idle RSS).
+      const { startOtlpExport } = await import('./observability/otlp.ts');
+      this.#otlp = startOtlpExport(this.metrics, { endpoint: otlp.endpoint, intervalMs: otlp.intervalMs }, this.log);
+    }
     this.#state = 'serving';
     this.log.info(
       {
@@ -290,6 +299,7 @@ export class Daemon {
         state: statePath,
         stateLoadMs,
         stateLoadCpuMs,
+        otlp: otlp.endpoint,
       },
       'egressd serving',
     );
@@ -484,6 +494,8 @@ export class Daemon {
     this.host.stop();
     this.dnsForwarder.close();
     this.limits.stop();
+    // The last export carries the counts of the connections closed above; bounded by the exporter's timeout.
+    await this.#otlp?.shutdown().catch((err: unknown) => this.log.warn({ event: { action: 'otlp-failed' }, err }, 'the last OTLP export failed'));
     await this.admin.close();
     await this.control.close();
     this.#state = 'stopped';

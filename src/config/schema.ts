@@ -127,7 +127,11 @@ export interface Config {
   readonly state: { readonly path: string | null };
   readonly onPolicyChange: OnPolicyChange;
   readonly shutdown: { readonly drainMs: number };
-  readonly metrics: { readonly sandboxLabel: boolean };
+  readonly metrics: {
+    readonly sandboxLabel: boolean;
+    /** OTLP/HTTP export of the metrics (observability/otlp.ts): off while endpoint is null. */
+    readonly otlp: { readonly endpoint: string | null; readonly intervalMs: number };
+  };
   readonly log: { readonly level: LogLevel; readonly destination: string | null };
   readonly limits: LimitsConfig;
 }
@@ -341,7 +345,13 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     state: { path: pick(section(root, 'state'), 'path', null) },
     onPolicyChange: pick(root, 'onPolicyChange', d['onPolicyChange']),
     shutdown: { drainMs: pick(section(root, 'shutdown'), 'drainMs', d['shutdown']['drainMs']) },
-    metrics: { sandboxLabel: pick(section(root, 'metrics'), 'sandboxLabel', d['metrics']['sandboxLabel']) },
+    metrics: {
+      sandboxLabel: pick(section(root, 'metrics'), 'sandboxLabel', d['metrics']['sandboxLabel']),
+      otlp: {
+        endpoint: pick(section(section(root, 'metrics'), 'otlp'), 'endpoint', d['metrics']['otlp']['endpoint']),
+        intervalMs: pick(section(section(root, 'metrics'), 'otlp'), 'intervalMs', d['metrics']['otlp']['intervalMs']),
+      },
+    },
     log: { level: pick(log, 'level', d['log']['level']), destination: pick(log, 'destination', null) },
     limits: {
       sandbox: { ...d['limits']['sandbox'], ...section(lim, 'sandbox') },

@@ -46,7 +46,7 @@ const DEFAULTS = {
   state: { path: null },
   onPolicyChange: 'close',
   shutdown: { drainMs: 30_000 },
-  metrics: { sandboxLabel: false },
+  metrics: { sandboxLabel: false, otlp: { endpoint: null, intervalMs: 60_000 } },
   log: { level: 'info', destination: null },
   // Why these numbers: docs/config.md, "limits".
   limits: {

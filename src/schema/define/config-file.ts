@@ -171,7 +171,22 @@ export const ConfigFile = Type.Object(
     onPolicyChange: oneOf(['close', 'keep'], D.onPolicyChange, 'What a policy change does to open connections it now refuses.'),
     shutdown: obj({ drainMs: int(0, 86_400_000, D.shutdown.drainMs, 'How long open connections may finish on SIGTERM.') }, 'Stopping.'),
     metrics: obj(
-      { sandboxLabel: Type.Optional(Type.Boolean({ default: D.metrics.sandboxLabel, description: 'Label connection metrics with the sandbox.' })) },
+      {
+        sandboxLabel: Type.Optional(Type.Boolean({ default: D.metrics.sandboxLabel, description: 'Label connection metrics with the sandbox.' })),
+        otlp: obj(
+          {
+            endpoint: Type.Optional(
+              Type.Union([Type.String({ pattern: '^https?://[^\\s]+$' }), Type.Null()], {
+                default: D.metrics.otlp.endpoint,
+                errorMessage: 'Expected an http:// or https:// URL, or null',
+                description: 'The OTLP/HTTP metrics endpoint (http://collector:4318/v1/metrics); null: no export (the default).',
+              }),
+            ),
+            intervalMs: int(100, 3_600_000, D.metrics.otlp.intervalMs, 'Milliseconds between exports.'),
+          },
+          'OpenTelemetry export of the metrics (OTLP/HTTP, JSON); off unless an endpoint is set.',
+        ),
+      },
       'Metrics.',
     ),
     log: obj(
