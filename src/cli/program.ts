@@ -219,7 +219,8 @@ Run "egressd <command> --help" for a command's own options.`,
     .option('--sources <list>', 'comma-separated source addresses (without --file)')
     .option('--org <id>', 'its organization (without --file)')
     .option('--network <json>', 'its policy in any dialect (without --file)')
-    .action(async (id: string, o: { file?: string; sources?: string; org?: string; network?: string }, c: Command) => {
+    .option('--report-only', 'report-only mode: what its policy would refuse is let through and logged as would-refuse (without --file)')
+    .action(async (id: string, o: { file?: string; sources?: string; org?: string; network?: string; reportOnly?: boolean }, c: Command) => {
       let body: unknown;
       if (o.file !== undefined) body = fileJson(o.file);
       else if (o.sources !== undefined) {
@@ -230,6 +231,7 @@ Run "egressd <command> --help" for a command's own options.`,
             .filter((s) => s !== ''),
           ...(o.org !== undefined ? { org: o.org } : {}),
           ...(o.network !== undefined ? { network: json(o.network, '--network') } : {}),
+          ...(o.reportOnly === true ? { reportOnly: true } : {}),
         };
       } else throw new UsageError('sandbox put needs --file BODY.json or --sources A,B');
       await api(c, { method: 'PUT', path: `/api/v1/sandboxes/${enc(id)}`, body });
@@ -254,14 +256,16 @@ Run "egressd <command> --help" for a command's own options.`,
     .option('--tier <n>', 'Daytona tier 1-4', tierArg)
     .option('--network <json>', 'its policy in any dialect')
     .option('--file <body.json>', 'the whole body, JSON ("-": standard input)')
-    .action((id: string, o: { tier?: number; network?: string; file?: string }, c: Command) => {
+    .option('--report-only', "report-only mode for the organization's sandboxes (without --file)")
+    .action((id: string, o: { tier?: number; network?: string; file?: string; reportOnly?: boolean }, c: Command) => {
+      const ro = o.reportOnly === true ? { reportOnly: true } : {};
       const body =
         o.file !== undefined
           ? fileJson(o.file)
           : o.tier !== undefined
-            ? { tier: o.tier }
+            ? { tier: o.tier, ...ro }
             : o.network !== undefined
-              ? { network: json(o.network, '--network') }
+              ? { network: json(o.network, '--network'), ...ro }
               : undefined;
       if (body === undefined) throw new UsageError('org put needs --tier N, --network JSON or --file BODY.json');
       return api(c, { method: 'PUT', path: `/api/v1/orgs/${enc(id)}`, body });

@@ -92,6 +92,30 @@ describe('egressd check exit codes against a running daemon', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'refuse' });
   });
 
+  it('exits 4 on a connection the policy refuses and report-only lets through (sandbox put --report-only)', async () => {
+    const put = await egressd(
+      [
+        'sandbox',
+        'put',
+        'sb-ro',
+        '--sources',
+        '127.0.0.34',
+        '--network',
+        '{"mode":"block-all","egress":{"allowed_domains":["ok.example.test"]}}',
+        '--report-only',
+      ],
+      env,
+    );
+    expect(put.code, put.stderr).toBe(0);
+    expect(JSON.parse(put.stdout)).toMatchObject({ id: 'sb-ro', reportOnly: true });
+    const r = await egressd(['check', '--sandbox', 'sb-ro', '--host', 'other.example.test', '--ip', '104.16.24.34', '--port', '443'], env);
+    expect(r.code).toBe(4);
+    expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'would-refuse', rule: 'mode "block-all"', report_only: { enabled: true, levels: ['sandbox'] } });
+    expect((await egressd(['check', '--sandbox', 'sb-ro', '--host', 'ok.example.test', '--ip', '104.16.24.34', '--port', '443'], env)).code).toBe(0);
+    const org = await egressd(['org', 'put', 'ro-org', '--tier', '1', '--report-only'], env);
+    expect(JSON.parse(org.stdout)).toMatchObject({ id: 'ro-org', reportOnly: true });
+  }, 120_000);
+
   it('exits 2 on a usage error, before calling the API', async () => {
     expect((await egressd(['check', '--sandbox', 'sb-cli', '--ip', '104.16.24.34'], env)).code).toBe(2);
     expect((await check('ok.example.test', ['--port', 'https'])).code).toBe(2);
