@@ -272,9 +272,12 @@ describe('compiled matchers agree with a linear scan', () => {
           const toSide = (s: RefSide) => ({ domains: s.domains, cidrs: s.cidrs.map(cidrText), ports: s.ports });
           const joined = compilePolicy({ mode, allow: toSide(allow), deny: toSide(deny) }, protectedSet, new SharedDomains(shared));
           const listed = compilePolicy({ mode, allow: { ...toSide(allow), domains: [...allow.domains, ...shared] }, deny: toSide(deny) }, protectedSet);
+          // The hit-count slots differ by design (joined patterns are counted apart, rule-hits.ts);
+          // what the verdict says must not.
+          const said = ({ verdict, reason, rule, matchedBy }: Decision) => ({ verdict, reason, rule, matchedBy });
           for (const f of fs) {
             const facts = { name: f.name, ip: text(f.addr), port: f.port };
-            expect(decide(joined, facts)).toEqual(decide(listed, facts));
+            expect(said(decide(joined, facts))).toEqual(said(decide(listed, facts)));
           }
         },
       ),
