@@ -273,6 +273,8 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
       if (typeof s !== 'string') return;
       const c = canonicalSource(s);
       if (c === undefined) issues.add(`${f}.sources[${j}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
+      else if (canon.includes(c))
+        issues.add(`${f}.sources[${j}]`, `Duplicate source ${quote(s)}`); // as the API says it
       else if (seenSources.has(c)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c))}`);
       else {
         seenSources.set(c, id ?? f);

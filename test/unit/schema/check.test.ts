@@ -58,6 +58,7 @@ describe('validateConfig: every problem at once, each with its key and reason', 
         sandboxes: [
           { id: 'a', sources: ['10.0.0.1'], network: { mode: 'open' } },
           { id: 'a', sources: ['10.0.0.1', 'nope'] },
+          { id: 'b', sources: ['10.0.0.2', '::ffff:10.0.0.2'] },
         ],
       }),
     ).toEqual([
@@ -70,6 +71,7 @@ describe('validateConfig: every problem at once, each with its key and reason', 
       { field: 'sandboxes[1].id', reason: 'Duplicate sandbox id "a" (also sandboxes[0])' },
       { field: 'sandboxes[1].sources[0]', reason: 'Source "10.0.0.1" already belongs to sandbox "a"' },
       { field: 'sandboxes[1].sources[1]', reason: 'Expected an IPv4 or IPv6 address, got "nope"' },
+      { field: 'sandboxes[2].sources[1]', reason: 'Duplicate source "::ffff:10.0.0.2"' },
     ]);
   });
 
