@@ -8,13 +8,33 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import type { ConnectionOutcome } from '../src/net/outcome.ts';
+import { connectionLogger, logConnection } from '../src/observability/connection-log.ts';
 import { createLogger } from '../src/observability/logger.ts';
 
 const N = 20_000;
 const ROUNDS = 5;
 const dir = mkdtempSync(join(tmpdir(), 'egressd-log-bench-'));
-const outcome = {
+/** The flat line egressd wrote before the ECS fields (ip:port strings, camelCase keys). */
+const flat = {
   event: 'connection',
+  listener: 'tls',
+  sandbox: 'build-7',
+  source: '10.200.0.7:51234',
+  destination: '198.18.1.2:443',
+  name: 'files.pythonhosted.org',
+  protocol: 'tls',
+  verdict: 'allow',
+  reason: 'allow-rule',
+  rule: 'allowed_domains[1]',
+  dialed: '198.18.1.2',
+  bytesUp: 517,
+  bytesDown: 4096,
+  durationMs: 12,
+  end: 'closed',
+};
+/** The same connection as its outcome record, from which the ECS line is built each time. */
+const outcome: ConnectionOutcome = {
   listener: 'tls',
   sandbox: 'build-7',
   source: '10.200.0.7',
@@ -23,14 +43,20 @@ const outcome = {
   destinationPort: 443,
   name: 'files.pythonhosted.org',
   protocol: 'tls',
+  alpn: ['h2', 'http/1.1'],
+  ech: false,
   verdict: 'allow',
-  reason: 'domain',
+  reason: 'allow-rule',
+  endedBy: 'client',
   rule: 'allowed_domains[1]',
   dialed: '198.18.1.2',
   bytesUp: 517,
   bytesDown: 4096,
-  durationMs: 12,
   end: 'closed',
+  startedAt: 0,
+  durationMs: 12,
+  peekMs: 1,
+  connectMs: 2,
 };
 const turn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -54,16 +80,23 @@ const flushOf = (log: pino.Logger) => (): Promise<void> => new Promise<void>((re
 const options = { base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label: string) => ({ level: label }) } };
 try {
   const base = await cpuPerIteration(null, async () => {});
-  const cases: Array<[string, pino.Logger]> = [
-    ['unbuffered, a write per line (before)', pino(options, pino.destination({ dest: join(dir, 'a.log'), sync: false, mkdir: true }))],
-    ['batched, no redaction', pino(options, pino.destination({ dest: join(dir, 'b.log'), sync: false, minLength: 8192, mkdir: true }))],
-    ['egressd: batched, with redaction (now)', createLogger({ level: 'info', destination: join(dir, 'c.log') })],
+  const flatLine = (log: pino.Logger) => (): void => log.info(flat, 'connection');
+  const ecsLine = (log: pino.Logger) => {
+    const connections = connectionLogger(log);
+    return (): void => logConnection(connections, outcome);
+  };
+  const egressd = createLogger({ level: 'info', destination: join(dir, 'd.log') });
+  const cases: Array<[string, pino.Logger, (log: pino.Logger) => () => void]> = [
+    ['unbuffered, a write per line, flat', pino(options, pino.destination({ dest: join(dir, 'a.log'), sync: false, mkdir: true })), flatLine],
+    ['batched, no redaction, flat', pino(options, pino.destination({ dest: join(dir, 'b.log'), sync: false, minLength: 8192, mkdir: true })), flatLine],
+    ['egressd logger, flat line (before ECS)', createLogger({ level: 'info', destination: join(dir, 'c.log') }), flatLine],
+    ['egressd logger, ECS line from the outcome (now)', egressd, ecsLine],
   ];
   console.log(`one line per event-loop turn, ${N} lines × ${ROUNDS} rounds; CPU µs per line, all threads, loop cost (${base.toFixed(2)} µs) removed\n`);
-  for (const [label, log] of cases) {
-    for (let i = 0; i < 1000; i++) log.info(outcome, 'connection');
-    const us = (await cpuPerIteration(() => log.info(outcome, 'connection'), flushOf(log))) - base;
-    console.log(`${label.padEnd(42)} ${us.toFixed(2).padStart(7)} µs`);
+  for (const [label, log, line] of cases) {
+    for (let i = 0; i < 1000; i++) line(log)();
+    const us = (await cpuPerIteration(line(log), flushOf(log))) - base;
+    console.log(`${label.padEnd(48)} ${us.toFixed(2).padStart(7)} µs`);
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

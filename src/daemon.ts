@@ -18,7 +18,7 @@ import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
-import { logConnection } from './observability/connection-log.ts';
+import { connectionLogger, logConnection } from './observability/connection-log.ts';
 import type { OtlpExport } from './observability/otlp.ts';
 import { Metrics } from './observability/metrics.ts';
 import { loadCatalog } from './policy/catalog/catalog.ts';
@@ -201,7 +201,8 @@ export class Daemon {
       dnsMemory: this.dnsMemory,
     });
     this.onOutcome((o) => this.metrics.outcome(o));
-    this.onOutcome((o) => logConnection(this.log, o));
+    const connections = connectionLogger(log);
+    this.onOutcome((o) => logConnection(connections, o));
   }
 
   get config(): Config {

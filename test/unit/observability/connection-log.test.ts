@@ -5,7 +5,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
-import { CONNECTION_FIELDS, connectionLine } from '../../../src/observability/connection-log.ts';
+import { pino } from 'pino';
+import { CONNECTION_FIELDS, connectionLine, connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
+import { loggerOptions } from '../../../src/observability/logger.ts';
 import type { LogLine } from '../../helpers/log-line.ts';
 
 function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
@@ -98,5 +100,14 @@ describe('CONNECTION_FIELDS', () => {
     const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(doc)![1]!) as LogLine;
     const declared = new Set([...BASE, ...CONNECTION_FIELDS.map((f) => f.name)]);
     expect(names(example).filter((n) => !declared.has(n))).toEqual([]);
+  });
+
+  it('writes the line whole through connectionLogger, while the process logger still redacts its other lines', () => {
+    const lines: LogLine[] = [];
+    const log = pino(loggerOptions('info'), { write: (l: string) => void lines.push(JSON.parse(l) as LogLine) });
+    logConnection(connectionLogger(log), outcome({ verdict: 'error', reason: 'upstream-failed' }));
+    log.info({ event: { action: 'x' }, token: 'secret', headers: { authorization: 'Bearer secret' } }, 'other');
+    expect(lines[0]).toMatchObject({ 'log.level': 'warn', message: 'connection', ...connectionLine(outcome({ verdict: 'error', reason: 'upstream-failed' })) });
+    expect(JSON.stringify(lines[1])).not.toContain('secret');
   });
 });
