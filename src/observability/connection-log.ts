@@ -111,6 +111,13 @@ export const CONNECTION_FIELDS: readonly LogField[] = [
     value: (o) => o.rule,
   },
   {
+    name: 'rule.ruleset',
+    type: 'keyword',
+    description:
+      'The layer whose rule decided (policy/verdict.ts): `always-deny` or `always-allow` (the operator overlays), `org`, `sandbox` (the default policy too), or `protected` (a protected address); absent when no verdict was made.',
+    value: (o) => (o.decided === undefined ? undefined : o.decided.reason === 'protected-address' ? 'protected' : o.decided.layer),
+  },
+  {
     name: 'egressd.verdict',
     type: 'keyword',
     description:

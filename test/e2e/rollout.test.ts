@@ -133,6 +133,7 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
       'egressd.verdict': 'refuse',
       'event.reason': 'deny-rule',
       'rule.name': 'always-deny "no-smtp": denied_ports "2525"',
+      'rule.ruleset': 'always-deny',
     });
     expect(rig.events().filter((e) => e.local === `${REAL}:2525`).length).toBe(before);
   });
@@ -164,7 +165,12 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
     await sandbox({ org: 'acme', network: { mode: 'allow-all' } });
     const r = await fetchIn('http://denied.test/', DENIED);
     expect(r.body).toContain('"host":"denied.test"');
-    expect(connectionFields(r.line)).toMatchObject({ 'egressd.verdict': 'would-refuse', 'rule.name': 'org acme: denied_domains "denied.test"' });
+    expect(connectionFields(r.line)).toMatchObject({
+      'egressd.verdict': 'would-refuse',
+      'event.outcome': 'success',
+      'rule.name': 'org acme: denied_domains "denied.test"',
+      'rule.ruleset': 'org',
+    });
     const eff = await api('GET', '/api/v1/sandboxes/sb/effective');
     expect(eff.body['report_only']).toEqual({ enabled: true, levels: ['org'] });
     // `egressd check` says would-refuse with exit code 4.
@@ -196,6 +202,7 @@ describe.skipIf(skip !== null)('rolling a policy out: report-only, overlays, rul
       'egressd.verdict': 'refuse',
       'event.reason': 'protected-address',
       'rule.name': `protected.extra "${GUARDED}/32"`,
+      'rule.ruleset': 'protected',
     });
     expect(bytesAt(GUARDED)).toBe(0);
     // The host itself, and egressd's own listener on it.

@@ -11,7 +11,7 @@ import { connect, createServer, type Server } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
-import { action } from '../helpers/log-line.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 const auth = { authorization: 'Bearer test-token', 'content-type': 'application/json' };
 const DENIES = { mode: 'allow-all', egress: { denied_domains: ['blocked.test'] } };
@@ -314,9 +314,9 @@ describe('report-only kept across a restart, and turning it off closes what it l
       const closed = new Promise((r) => s.once('close', r));
       await put({ sources: ['127.0.0.31'], network: { mode: 'block-all' } });
       await closed;
-      expect(await d.waitForLog((l) => l['event'] === 'connection' && l['reason'] === 'policy-changed')).toMatchObject({
-        verdict: 'refuse',
-        reason: 'policy-changed',
+      expect(await d.waitForLog((l) => action(l) === 'connection' && field(l, 'event.reason') === 'policy-changed')).toMatchObject({
+        egressd: { verdict: 'refuse' },
+        event: { reason: 'policy-changed' },
       });
     } finally {
       await d.stop();

@@ -29,6 +29,7 @@ function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
     reason: 'allow-rule',
     endedBy: 'client',
     rule: 'allowed_domains "*.pythonhosted.org"',
+    decided: { verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "*.pythonhosted.org"', matchedBy: 'name', layer: 'sandbox' },
     dialed: '2001:db8:2::2',
     tried: ['2001:db8:2::3 refused', '2001:db8:2::2 ok'],
     dialFailure: 'refused',
@@ -61,6 +62,34 @@ describe('CONNECTION_FIELDS', () => {
     expect(tls).toMatchObject({ source: { ip: '2001:db8:1::7', port: 40312 }, tls: { client: { server_name: 'files.pythonhosted.org' } } });
     expect(http).toMatchObject({ url: { domain: 'files.pythonhosted.org' } });
     expect('url' in tls || 'tls' in http).toBe(false);
+    expect(tls).toMatchObject({ rule: { name: 'allowed_domains "*.pythonhosted.org"', ruleset: 'sandbox' } });
+  });
+
+  it('names the layer that decided in rule.ruleset: an overlay, a protected address, a would-refuse', () => {
+    const line = (decided: NonNullable<ConnectionOutcome['decided']>) => connectionLine(outcome({ decided }));
+    const counter = { hits: 0 };
+    expect(
+      line({
+        verdict: 'refuse',
+        reason: 'deny-rule',
+        rule: 'always-deny "smtp": denied_ports "25"',
+        matchedBy: 'port',
+        layer: 'always-deny',
+        overlay: { name: 'smtp', counter },
+      }),
+    ).toMatchObject({ rule: { ruleset: 'always-deny' } });
+    expect(line({ verdict: 'refuse', reason: 'protected-address', rule: 'protected "10.0.0.0/8"', matchedBy: 'protected', layer: 'org' })).toMatchObject({
+      rule: { ruleset: 'protected' },
+    });
+    expect(
+      connectionLine(
+        outcome({
+          verdict: 'would-refuse',
+          reason: 'deny-rule',
+          decided: { verdict: 'would-refuse', reason: 'deny-rule', rule: 'org acme: denied_domains "x.test"', matchedBy: 'name', layer: 'org' },
+        }),
+      ),
+    ).toMatchObject({ event: { outcome: 'success' }, rule: { ruleset: 'org' }, egressd: { verdict: 'would-refuse' } });
   });
 
   it('leaves out what a connection does not have, never writing null', () => {
