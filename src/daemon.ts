@@ -292,7 +292,7 @@ export class Daemon {
       {
         event: { action: 'started' },
         listeners: this.listeners.map((l) => ({ kind: l.kind, address: l.endpoint.host, port: l.port })),
-        dns: this.dnsListeners.map((l) => ({ address: l.endpoint.host, port: l.port })),
+        dnsListeners: this.dnsListeners.map((l) => ({ address: l.endpoint.host, port: l.port })),
         admin: this.config.admin.listen.text,
         adminPort: this.admin.port,
         sandboxes: this.store.sandboxCount,

@@ -109,7 +109,7 @@ describe('the egressd process', () => {
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
     const listeners = second.d.lines.find((l) => action(l) === 'started')!['listeners'] as { port: number }[];
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
-    expect((second.d.lines.find((l) => action(l) === 'started')!['dns'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
+    expect((second.d.lines.find((l) => action(l) === 'started')!['dnsListeners'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
   });
 
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
