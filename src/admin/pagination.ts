@@ -31,11 +31,16 @@ function decode(list: string, cursor: string): string {
   return o.a;
 }
 
-/** The `limit` and `cursor` of a list request; any other query parameter, or a bad value, is a 400 naming it. */
+/** The `limit` and `cursor` of a list request; any other query parameter, one given twice, or a bad value, is a 400 naming it. */
 export function pageQuery(url: string | undefined, list: string): { limit: number; after: string | null } {
   const q = new URL(url ?? '/', 'http://x').searchParams;
-  for (const k of q.keys())
+  const seen = new Set<string>();
+  for (const k of q.keys()) {
     if (k !== 'limit' && k !== 'cursor') throw new ApiError(400, 'invalid_request', `Unknown query parameter ${quote(k)}; known are limit, cursor`, k);
+    // `?limit=1&limit=1000` has no one meaning (servers differ on first or last): say so.
+    if (seen.has(k)) throw new ApiError(400, 'invalid_request', `Query parameter ${quote(k)} is given more than once`, k);
+    seen.add(k);
+  }
   const rawLimit = q.get('limit');
   let limit: number = PAGE_LIMIT.default;
   if (rawLimit !== null) {

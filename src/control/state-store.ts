@@ -421,7 +421,9 @@ export class StateStore {
    */
   #spawnWriter(): void {
     if (this.#worker !== null) return;
-    const worker = new Worker(new URL('./state-writer.ts', import.meta.url));
+    // The writer's own file beside this one: state-writer.ts when Node runs src/, state-writer.js
+    // when it runs the compiled dist/ (tsc rewrites imports, never a URL string).
+    const worker = new Worker(new URL(import.meta.url.endsWith('.ts') ? './state-writer.ts' : './state-writer.js', import.meta.url));
     // The writer never keeps the process alive on its own; a write in flight is awaited by
     // an API request, which does.
     worker.unref();

@@ -5,8 +5,9 @@
 // `domains` (patterns as in `allowed_domains`), `cidrs`, `ports` (443 or "8000-8999").
 //
 // An entry matches a connection the way a policy's allow side does: its host (an address in
-// one of its CIDRs, else the name by one of its domains; any host when it lists neither) AND
-// its port (any port when it lists none). "smtp: ports [25]" is every host on port 25;
+// one of its CIDRs, else the name by one of its domains; any host when it lists neither, which
+// only always-deny may do) AND its port (any port when it lists none). "smtp: ports [25]" is
+// every host on port 25;
 // "mirror: domains [mirror.test], ports [443]" is that name on 443 only.
 
 import { quote } from '../util/fields.ts';
@@ -129,6 +130,10 @@ function parseEntry(v: unknown, f: string, kind: OverlayKind, issues: FieldIssue
   }
   if (issues.length === before && domains.length + cidrs.length + ports.length === 0) {
     issues.push({ field: f, reason: 'An entry lists no domains, cidrs or ports: it would match nothing' });
+  } else if (issues.length === before && kind === 'alwaysAllow' && domains.length + cidrs.length === 0) {
+    // With ports alone an entry matches any host: "*" on those ports (["1-65535"]: everything),
+    // for every sandbox, which the "*" and /0 refusals above exist to prevent.
+    issues.push({ field: f, reason: 'An always-allow entry must name its hosts (domains or cidrs): with ports alone it allows every host on them' });
   }
   if (issues.length > before) return null;
   return Object.freeze({ name: name as string, side: Object.freeze({ domains, cidrs, ports }) });

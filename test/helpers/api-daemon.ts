@@ -23,9 +23,9 @@ export interface ApiDaemon {
 /**
  * Starts egressd with `doc` over a loopback-only config; `state: true` keeps its state in SQLite
  * in a folder of its own (under /dev/shm where there is one: fsync there is free, and what is
- * tested is the API, not the disk).
+ * tested is the API, not the disk). `main` runs another entry point, e.g. the compiled dist/main.js.
  */
-export async function startApiDaemon(doc: Record<string, unknown> = {}, opts: { state?: boolean } = {}): Promise<ApiDaemon> {
+export async function startApiDaemon(doc: Record<string, unknown> = {}, opts: { state?: boolean; main?: string } = {}): Promise<ApiDaemon> {
   const dir = mkdtempSync(join(process.platform === 'linux' ? '/dev/shm' : tmpdir(), 'egressd-api-'));
   const config = join(dir, 'egressd.json');
   writeFileSync(
@@ -38,7 +38,7 @@ export async function startApiDaemon(doc: Record<string, unknown> = {}, opts: { 
       ...doc,
     }),
   );
-  const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const d = await watchDaemon(spawn(NODE, [opts.main ?? join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
   return {
     d,
     admin: `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}`,

@@ -53,13 +53,16 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
     [
       {
         alwaysAllow: [
-          { name: 'a', ports: [1] },
-          { name: 'a', ports: [2] },
+          { name: 'a', cidrs: ['198.18.0.1'], ports: [1] },
+          { name: 'a', cidrs: ['198.18.0.1'], ports: [2] },
         ],
       },
       'overlays.alwaysAllow[1].name',
       'Duplicate name "a"',
     ],
+    // Ports alone match every host: "*" on those ports, to every sandbox.
+    [{ alwaysAllow: [{ name: 'web', ports: [443] }] }, 'overlays.alwaysAllow[0]', 'must name its hosts'],
+    [{ alwaysAllow: [{ name: 'all', ports: ['1-65535'] }] }, 'overlays.alwaysAllow[0]', 'must name its hosts'],
   ])('refuses %j at %s', (v, field, reason) => {
     const r = parseOverlays(v);
     expect(r.ok).toBe(false);

@@ -1,0 +1,103 @@
+// Inputs a careless operator or a hostile API client sends, against a real egressd process over
+// loopback HTTP: each is refused with the field and the reason, and nothing changes. Also the
+// compiled daemon (dist/, what `npm start` and bin/egressd run after `npm ci`) with a state file,
+// which the suites that run src/ never exercise.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adminCall, bearer } from '../helpers/admin-api.ts';
+import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
+import { runProcess } from '../helpers/run-process.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const EGRESSD = join(ROOT, 'src/main.ts');
+
+describe('the compiled daemon (dist/) with a state file', () => {
+  let a: ApiDaemon | undefined;
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  it('starts its state writer thread and keeps API writes, and serves the OpenAPI document', async () => {
+    // build-js does nothing when dist/ is newer than src/ (npm ci built it).
+    const built = await runProcess(NODE, [join(ROOT, 'scripts/build-js.ts')], { timeoutMs: 180_000 });
+    expect(built.code, built.stderr).toBe(0);
+    a = await startApiDaemon({}, { state: true, main: join(ROOT, 'dist/main.js') });
+    const put = await adminCall(a.admin, 'PUT', '/api/v1/sandboxes/sbx-1', { sources: ['198.18.0.1'] }, bearer(API_TOKEN));
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    expect(put.headers['etag']).toMatch(/^"\d+-[0-9a-f]+"$/);
+    const doc = await adminCall(a.admin, 'GET', '/api/v1/openapi.json', undefined, bearer(API_TOKEN));
+    expect(doc.status).toBe(200);
+    expect(doc.body.openapi).toMatch(/^3\.1/);
+  }, 240_000);
+});
+
+describe('list query parameters given twice', () => {
+  let a: ApiDaemon;
+  beforeAll(async () => {
+    a = await startApiDaemon();
+    for (const i of [1, 2, 3]) {
+      const r = await adminCall(a.admin, 'PUT', `/api/v1/sandboxes/sbx-${i}`, { sources: [`198.18.0.${i}`] }, bearer(API_TOKEN));
+      expect(r.status).toBe(201);
+    }
+  }, 60_000);
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  it.each([
+    ['limit=1&limit=1000', 'limit'],
+    ['limit=2&limit=2', 'limit'],
+    ['cursor=a&cursor=b', 'cursor'],
+  ])('?%s is a 400 naming %s, not one of the two silently', async (query, field) => {
+    for (const list of ['sandboxes', 'orgs']) {
+      const r = await adminCall(a.admin, 'GET', `/api/v1/${list}?${query}`, undefined, bearer(API_TOKEN));
+      expect(r.status).toBe(400);
+      expect(r.body.error).toMatchObject({ code: 'invalid_request', field });
+      expect(r.body.error.message).toContain('more than once');
+    }
+  });
+
+  it('still pages with each parameter once', async () => {
+    const r = await adminCall(a.admin, 'GET', '/api/v1/sandboxes?limit=2', undefined, bearer(API_TOKEN));
+    expect(r.status).toBe(200);
+    expect(r.body.sandboxes).toHaveLength(2);
+    const next = await adminCall(a.admin, 'GET', `/api/v1/sandboxes?limit=2&cursor=${r.body.next_cursor}`, undefined, bearer(API_TOKEN));
+    expect(next.body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['sbx-3']);
+  });
+});
+
+describe('an always-allow entry that names no host', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it.each([[[443]], [['1-65535']]])(
+    'ports %j alone are refused by validate and at start, with the entry named',
+    async (ports) => {
+      const file = join(dir, 'egressd.json');
+      writeFileSync(
+        file,
+        JSON.stringify({
+          listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
+          admin: { listen: '127.0.0.1:0' },
+          overlays: {
+            alwaysAllow: [
+              { name: 'platform-api', domains: ['api.platform.test'], ports: [443] },
+              { name: 'web', ports },
+            ],
+          },
+        }),
+      );
+      const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
+      expect(v.code).toBe(1);
+      expect(v.stdout + v.stderr).toContain('overlays.alwaysAllow[1]: An always-allow entry must name its hosts');
+      const s = await runProcess(NODE, [EGRESSD, 'serve', '--config', file]);
+      expect(s.code).not.toBe(0);
+      expect(s.stdout + s.stderr).toContain('overlays.alwaysAllow[1]');
+    },
+    60_000,
+  );
+});
