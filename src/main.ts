@@ -27,8 +27,9 @@ function withEnv(config: Config): Config {
 }
 
 /**
- * EGRESSD_DATA_PLANE=js keeps the data phase in JavaScript; native-setup also accepts and sets
- * up connections in the native loops (native-setup.ts); EGRESSD_DATA_PLANE_THREADS sets the
+ * EGRESSD_DATA_PLANE: native-setup (the default) accepts and sets up connections in the native
+ * loops too (native-setup.ts); native keeps the set-up on Node's sockets and only the data phase
+ * in the loops; js keeps everything in JavaScript. EGRESSD_DATA_PLANE_THREADS sets the
  * number of native splice loops (default: one per core).
  * @throws Error naming the variable when its value is invalid.
  */
@@ -42,7 +43,7 @@ function dataPlaneFromEnv(): void {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
   }
-  configureNativeSplice({ enabled: mode !== 'js', setup: mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) });
+  configureNativeSplice({ enabled: mode !== 'js', setup: mode === undefined || mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) });
 }
 
 async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {

@@ -96,8 +96,8 @@ Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
   EGRESSD_ADMIN_URL     admin API for sandbox/org/check (default http://127.0.0.1:9901)
   EGRESSD_ADMIN_TOKEN   admin API token (serve: overrides admin.token)
-  EGRESSD_DATA_PLANE    native (default: splice(2) in native loops where the addon runs), native-setup
-                        (the loops also accept, peek, dial and refuse) or js
+  EGRESSD_DATA_PLANE    native-setup (default: native loops accept, peek, dial, refuse and splice
+                        where the addon runs), native (only splice(2) in the loops) or js
   EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)
 
 Run "egressd <command> --help" for a command's own options.`,

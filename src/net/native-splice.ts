@@ -93,9 +93,10 @@ type State =
 let state: State | undefined;
 let threadsWanted: number | undefined;
 let setupSink: SetupSink | null = null;
-// EGRESSD_DATA_PLANE=native-setup (main.ts validates it): connections are also accepted and set
-// up in the loops. Read here too so that an in-process daemon (the tests) follows it.
-let setupWanted = process.env['EGRESSD_DATA_PLANE'] === 'native-setup';
+// EGRESSD_DATA_PLANE=native-setup, the default (main.ts validates it): connections are also
+// accepted and set up in the loops; `native` keeps the set-up on Node's sockets, `js` everything.
+// Read here too so that an in-process daemon (the tests) follows it.
+let setupWanted = (process.env['EGRESSD_DATA_PLANE'] ?? 'native-setup') === 'native-setup';
 let nextId = 1;
 let nextLoop = 0;
 let handoffs = 0;
@@ -147,7 +148,7 @@ function load(): State {
   return (state = { ok: true, addon: addon as DataPlaneAddon, threads, pending });
 }
 
-/** Whether connections should be set up in the native loops (EGRESSD_DATA_PLANE=native-setup). */
+/** Whether connections should be set up in the native loops (EGRESSD_DATA_PLANE=native-setup, the default). */
 export function nativeSetupWanted(): boolean {
   return setupWanted;
 }

@@ -1,6 +1,7 @@
-// The data plane as an operator chooses it: the native splice loops by default, the JavaScript
-// path with EGRESSD_DATA_PLANE=js, and a clear refusal to start on a bad value. The start line
-// says which plane runs and why, so a silent fallback is never mistaken for the native one.
+// The data plane as an operator chooses it: the native loops by default (set-up and splice),
+// the set-up on Node's sockets with EGRESSD_DATA_PLANE=native, the JavaScript path with js,
+// and a clear refusal to start on a bad value. The start line says which plane runs and why, so
+// a silent fallback is never mistaken for the native one.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -38,8 +39,12 @@ async function planeLine(env: Record<string, string>): Promise<Record<string, un
 }
 
 describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up', () => {
-  it('runs the native splice loops by default, as many as EGRESSD_DATA_PLANE_THREADS says', async () => {
-    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', threads: 3 });
+  it('runs the native loops by default, setting connections up in them too, as many as EGRESSD_DATA_PLANE_THREADS says', async () => {
+    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', setup: 'native', threads: 3 });
+  });
+
+  it('sets connections up on Node sockets with EGRESSD_DATA_PLANE=native, splicing in the loops', async () => {
+    expect(await planeLine({ EGRESSD_DATA_PLANE: 'native' })).toMatchObject({ plane: 'native', setup: 'node' });
   });
 
   it('keeps the data phase in JavaScript with EGRESSD_DATA_PLANE=js, and says why', async () => {
