@@ -33,6 +33,12 @@
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
+// Accepted connections the caller has not answered yet, per loop, past which the loop stops
+// accepting for SL_BACKLOG_PAUSE_MS: the kernel's accept queue holds the rest (and drops SYNs
+// past it), so a flood costs the process no more than this, and the caller's own event loop
+// (the admin listener on it) is never buried under reports (nginx's worker_connections).
+#define SL_MAX_UNANSWERED 512
+#define SL_BACKLOG_PAUSE_MS 10
 // Set-up connections get ids from here up; ids below are the caller's (sl_loop_add).
 #define SL_SETUP_ID_BASE (1ull << 48)
 
@@ -73,6 +79,7 @@ typedef struct sl_conn {
   uint32_t idle_ms;
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
+  bool unanswered; // reported as accepted, no command yet
   sl_stage stage;
   // Set-up: the first bytes (kept to be written upstream), how many were reported.
   char *peek;
@@ -131,6 +138,7 @@ struct sl_loop {
   sl_event_fn on_event;
   size_t peek_cap;
   char *scratch; // peek_cap bytes
+  unsigned unanswered;
 };
 
 static uint64_t monotonic_ms(void) {
@@ -236,9 +244,16 @@ static void close_attempts(sl_loop *l, sl_conn *c, int why) {
   }
 }
 
+static void answered(sl_loop *l, sl_conn *c) {
+  if (!c->unanswered) return;
+  c->unanswered = false;
+  l->unanswered--;
+}
+
 static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_side) {
   if (c->dead) return;
   c->dead = true;
+  answered(l, c);
   // reset_side: -1 none, 0 or 1 that side, 2 both.
   for (int s = 0; s < 2; s++)
     if (c->fd[s] >= 0 && (reset_side == 2 || reset_side == s)) reset_fd(c->fd[s]);
@@ -483,6 +498,8 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   l->conns = c;
   index_add(l, c);
   l->count++;
+  c->unanswered = true;
+  l->unanswered++;
   sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
   e.err = original_dst(fd, &e.orig);
   // Whatever the client sent with its handshake is read now, so that most connections are
@@ -495,10 +512,10 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   emit(l, &e);
 }
 
-static void pause_listener(sl_loop *l, sl_listener *ls) {
+static void pause_listener(sl_loop *l, sl_listener *ls, uint32_t ms) {
   struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
   epoll_ctl(l->epfd, EPOLL_CTL_MOD, ls->fd, &ev);
-  ls->paused_until = l->now_ms + SL_ACCEPT_PAUSE_MS;
+  ls->paused_until = l->now_ms + ms;
   arm(l, ls->paused_until);
 }
 
@@ -525,6 +542,7 @@ static int shed_one(sl_loop *l, sl_listener *ls, int why) {
 
 static void on_accept(sl_loop *l, sl_listener *ls) {
   for (int i = 0; i < SL_ACCEPT_BATCH; i++) {
+    if (l->unanswered >= SL_MAX_UNANSWERED) return pause_listener(l, ls, SL_BACKLOG_PAUSE_MS);
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
     int fd = accept4(ls->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -541,7 +559,7 @@ static void on_accept(sl_loop *l, sl_listener *ls) {
       if (r == 0) return;
     }
     // No reserve, or ENOBUFS/ENOMEM: stop accepting for a moment rather than spin.
-    pause_listener(l, ls);
+    pause_listener(l, ls, SL_ACCEPT_PAUSE_MS);
     return;
   }
 }
@@ -743,6 +761,7 @@ static void refuse(sl_loop *l, sl_conn *c, sl_cmd *cmd) {
 
 static void run_command(sl_loop *l, sl_cmd *cmd) {
   sl_conn *c;
+  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && (c = find(l, cmd->id))) answered(l, c);
   switch (cmd->kind) {
     case CMD_ADD: add_conn(l, cmd->conn); return;
     case CMD_ABORT:

@@ -95,7 +95,8 @@ unsigned sl_loop_size(const sl_loop *loop);
 // closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
 // reported (SL_EV_SHED), one by one; when even that fails the listener pauses for
 // SL_ACCEPT_PAUSE_MS (nginx pauses accepting; libuv's uv__emfile_trick uses the reserve). Never
-// a busy loop.
+// a busy loop. While SL_MAX_UNANSWERED accepted connections per loop wait for their first
+// command, the loop stops accepting for a few milliseconds: the kernel's queue holds the rest.
 
 #include <sys/socket.h>
 

@@ -107,7 +107,8 @@ export class Daemon {
     this.log = log;
     this.#originalDst = opts.originalDst ?? originalDestination;
     this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
-    this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses });
+    // A host address that appears or goes changes verdicts: a dial connecting after it is judged again.
+    this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses, onChange: () => this.nativeSetup?.policyChanged() });
     // While egressd answers port 53 itself, no DNS server is reachable directly: raw traffic to
     // 8.8.8.8:53 would otherwise carry any payload out.
     const dnsListening = config.listen.dns.length > 0;

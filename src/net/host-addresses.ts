@@ -24,6 +24,8 @@ export interface HostAddressOptions {
   readonly refreshMs?: number;
   /** The interface table; tests replace it. Defaults to os.networkInterfaces(). */
   readonly interfaces?: () => NodeJS.Dict<NetworkInterfaceInfo[]>;
+  /** Called when a re-read finds the set of addresses changed (verdicts on them may change). */
+  readonly onChange?: () => void;
 }
 
 export interface ListenerAddress {
@@ -47,8 +49,10 @@ export class HostAddresses implements HostGuard {
   #wildcardPorts = new Set<number>();
   #boundPorts = new Set<string>();
   #timer: NodeJS.Timeout | null = null;
+  readonly #onChange: (() => void) | undefined;
 
   constructor(o: HostAddressOptions = {}) {
+    this.#onChange = o.onChange;
     for (const text of o.reachable ?? []) {
       const r = parseCidr(text);
       if (!r.ok) throw new TypeError(`Reachable host address: ${r.reason}`);
@@ -78,7 +82,9 @@ export class HostAddresses implements HostGuard {
         if (family !== 0) next.add(formatIp(family, words));
       }
     }
+    const changed = next.size !== this.#addresses.size || [...next].some((a) => !this.#addresses.has(a));
     this.#addresses = next;
+    if (changed) this.#onChange?.();
   }
 
   /** Starts the periodic re-read; the timer never keeps the process alive. */

@@ -42,6 +42,8 @@ const REFUSE_ANSWER = 2;
 const ATTEMPT_CANCELLED = -1;
 const MAX_ADDRS = 16;
 const MAX_U32 = 2 ** 32 - 1;
+/** Accepted connections handed to the pipeline per turn of the event loop. */
+const ACCEPT_CHUNK = 64;
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 const errnoName = (n: number): string => ERRNO_NAMES.get(n) ?? `errno ${n}`;
@@ -90,6 +92,9 @@ export class NativeSetup {
   readonly threads: number;
   readonly #conns = new Map<number, NativeClient>();
   readonly #listeners = new Map<number, { kind: ListenerKind; handlers: ListenerHandlers }>();
+  /** Accepted connections not yet given to their listener's handler (see #drain). */
+  readonly #accepted: { client: NativeClient; kind: ListenerKind; handlers: ListenerHandlers }[] = [];
+  #draining = false;
   #nextTag = 1;
   #version = 0;
 
@@ -150,8 +155,12 @@ export class NativeSetup {
         const od = this.#od(l?.handlers.originalDst, peer ?? '', peerPort, err, orig, origPort);
         const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state);
         this.#conns.set(id, c);
-        if (l) l.handlers.onAccept(c, l.kind);
-        else c.reset();
+        if (!l) return c.reset();
+        this.#accepted.push({ client: c, kind: l.kind, handlers: l.handlers });
+        if (!this.#draining) {
+          this.#draining = true;
+          setImmediate(() => this.#drain());
+        }
       } else if (kind === EV_SHED) {
         const l = this.#listeners.get(tag);
         l?.handlers.onShed(l.kind, canonicalSource(peer ?? '') ?? String(peer), errnoName(err));
@@ -168,6 +177,27 @@ export class NativeSetup {
         throw e;
       });
     }
+  }
+
+  /**
+   * Hands accepted connections to their handlers ACCEPT_CHUNK at a time, one chunk per turn of
+   * the event loop: a flood's reports arrive in large batches, and the admin listener (/healthz)
+   * must get its turn between chunks, as it does between Node's own accepts.
+   */
+  #drain(): void {
+    const chunk = this.#accepted.splice(0, ACCEPT_CHUNK);
+    for (const a of chunk) {
+      try {
+        a.handlers.onAccept(a.client, a.kind);
+      } catch (e) {
+        a.client.reset();
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+    if (this.#accepted.length > 0) setImmediate(() => this.#drain());
+    else this.#draining = false;
   }
 
   /** A set-up connection's end. */

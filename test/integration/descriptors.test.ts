@@ -99,9 +99,14 @@ describe.skipIf(!hasPrlimit).each([
     }
     expect(metrics).toMatch(/^egressd_limit_descriptors\{kind="soft"\} 64$/m);
     if (setup === 'native') {
-      // Each of the 20 was accepted with the reserve descriptor, reset, and counted.
-      expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} 20$/m);
-      expect(metrics).toMatch(/^egressd_accept_errors_total\{code="EMFILE"\} 20$/m);
+      // Each refused one was accepted with the reserve descriptor, reset, and counted: as many
+      // global-limit refusals as EMFILE accept errors (20, unless a descriptor was free for a
+      // moment while the machine was loaded).
+      const count = (re: RegExp): number => Number(re.exec(metrics)?.[1] ?? 0);
+      const shed = count(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} (\d+)$/m);
+      expect(shed).toBeGreaterThan(0);
+      expect(shed).toBeLessThanOrEqual(20);
+      expect(count(/^egressd_accept_errors_total\{code="EMFILE"\} (\d+)$/m)).toBe(shed);
     }
     expect(Date.now() - t0).toBeLessThan(5000);
     const s = await open(tcpPort);
