@@ -256,6 +256,15 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   for (const k of ['extra', 'except', 'reachableHostAddresses']) cidrsAt(protIn[k], `protected.${k}`, issues);
 
   const defaultNetwork = policyAt(pick(root, 'defaultNetwork', d['defaultNetwork']), 'defaultNetwork', issues);
+  const otlpEndpoint = section(section(root, 'metrics'), 'otlp')['endpoint'];
+  if (typeof otlpEndpoint === 'string' && /^https?:\/\/\S+$/.test(otlpEndpoint)) {
+    // The exporter parses it with WHATWG URL at start: refused here, `egressd validate` says so too.
+    const u = URL.canParse(otlpEndpoint) ? new URL(otlpEndpoint) : null;
+    if (u === null) issues.add('metrics.otlp.endpoint', `Not a URL: ${quote(otlpEndpoint)}`);
+    // The endpoint is written to the log (started, otlp-export-failing): no secret in it.
+    else if (u.username !== '' || u.password !== '')
+      issues.add('metrics.otlp.endpoint', 'Must not carry credentials (user:password@): the endpoint is written to the log');
+  }
   const overlays = parseOverlays(root['overlays'], 'overlays');
   if (!overlays.ok) for (const x of overlays.issues) issues.add(x.field, x.reason);
 

@@ -101,3 +101,34 @@ describe('an always-allow entry that names no host', () => {
     60_000,
   );
 });
+
+describe('an OTLP endpoint the exporter would refuse at start, or one with credentials', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it.each([
+    ['http://[zz]:4318/v1/metrics', 'Not a URL'],
+    ['http://collector:secret@127.0.0.1:4318/v1/metrics', 'Must not carry credentials'],
+  ])(
+    '%s is refused by validate and at start, naming metrics.otlp.endpoint',
+    async (endpoint, reason) => {
+      const file = join(dir, 'egressd.json');
+      writeFileSync(
+        file,
+        JSON.stringify({
+          listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
+          admin: { listen: '127.0.0.1:0' },
+          metrics: { otlp: { endpoint } },
+        }),
+      );
+      const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
+      expect(v.code).toBe(1);
+      expect(v.stdout + v.stderr).toContain(`metrics.otlp.endpoint: ${reason}`);
+      const s = await runProcess(NODE, [EGRESSD, 'serve', '--config', file]);
+      expect(s.code).not.toBe(0);
+      expect(s.stdout + s.stderr).toContain('metrics.otlp.endpoint');
+      expect(s.stdout + s.stderr).not.toContain('secret');
+    },
+    60_000,
+  );
+});
