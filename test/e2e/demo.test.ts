@@ -18,9 +18,12 @@ describe.skipIf(skip !== null)('npm run demo', () => {
     const r = spawnSync('npm', ['run', '-s', 'demo'], { cwd: ROOT, encoding: 'utf8', timeout: 180_000, killSignal: 'SIGKILL' });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('$ curl https://allowed.test/');
-    expect(r.stdout).toMatch(/egressd: \{.*"name":"allowed\.test".*"verdict":"allow"/);
+    // A summary, then the log line itself in ECS fields (docs/logs.md).
+    expect(r.stdout).toMatch(/egressd: allow allowed\.test → 198\.18\.1\.2:443, allow-rule/);
+    expect(r.stdout).toMatch(/its log line .*: \{.*"domain":"allowed\.test".*"egressd":\{"verdict":"allow"/);
     expect(r.stdout).toMatch(/tlsv1 alert access denied/);
-    expect(r.stdout).toMatch(/egressd: \{.*"name":"denied\.test".*"verdict":"refuse"/);
+    expect(r.stdout).toMatch(/egressd: refuse denied\.test → 198\.18\.1\.3:443, default-block/);
+    expect(r.stdout).toMatch(/its log line .*: \{.*"domain":"denied\.test".*"egressd":\{"verdict":"refuse"/);
     expect(namespaces()).toBe(before);
   }, 200_000);
 });
