@@ -72,8 +72,8 @@ try {
   const started = new Promise<void>((res, rej) => {
     const t = setTimeout(() => rej(new Error('egressd did not start within 20 s')), 20_000);
     createInterface({ input: daemon.stdout! }).on('line', (l) => {
-      if (l.includes('"event":"connection"')) connections++;
-      else if (l.includes('"event":"started"')) {
+      if (l.includes('"event":{"action":"connection"')) connections++;
+      else if (l.includes('"event":{"action":"started"')) {
         clearTimeout(t);
         res();
       }
