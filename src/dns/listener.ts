@@ -38,7 +38,7 @@ export class DnsListener {
   readonly endpoint: Endpoint;
   readonly kind = 'dns' as const;
   readonly #deps: DnsListenerDeps;
-  #udp: UdpSocket;
+  #udp!: UdpSocket;
   /**
    * For a wildcard endpoint, a second UDP socket on the loopback address and the same port.
    * A reply from a wildcard socket leaves from the address the kernel picks for the client,
@@ -49,7 +49,7 @@ export class DnsListener {
    * replies from it. (Node has no IP_PKTINFO to choose the source per datagram.)
    */
   #udpLoopback: UdpSocket | null = null;
-  #tcp: Server;
+  #tcp!: Server;
   #status: DnsListenerStatus = { state: 'idle' };
   readonly #connections = new Set<Socket>();
   readonly #perKey = new Map<string, number>();
@@ -58,15 +58,27 @@ export class DnsListener {
   constructor(endpoint: Endpoint, deps: DnsListenerDeps) {
     this.endpoint = endpoint;
     this.#deps = deps;
-    const v6 = endpoint.host.includes(':');
-    // ipv6Only: `[::]` and `0.0.0.0` are listeners of their own, as for TCP.
-    // reusePort: as for TCP, a new process can bind while the old one drains.
+    this.#makeSockets();
+  }
+
+  /**
+   * (Re)creates the unbound sockets of this endpoint. ipv6Only: `[::]` and `0.0.0.0` are
+   * listeners of their own, as for TCP; reusePort: as for TCP, a new process can bind while the
+   * old one drains.
+   */
+  #makeSockets(): void {
+    const v6 = this.endpoint.host.includes(':');
     this.#udp = this.#udpSocket(v6);
-    if (endpoint.host === '0.0.0.0' || endpoint.host === '::') this.#udpLoopback = this.#udpSocket(v6);
-    this.#tcp = createServer({ noDelay: true }, (s) => this.#onConnection(s));
-    this.#tcp.on('error', (err) => {
+    this.#udpLoopback = this.endpoint.host === '0.0.0.0' || this.endpoint.host === '::' ? this.#udpSocket(v6) : null;
+    this.#tcp = this.#tcpServer();
+  }
+
+  #tcpServer(): Server {
+    const tcp = createServer({ noDelay: true }, (s) => this.#onConnection(s));
+    tcp.on('error', (err) => {
       this.#status = { state: 'failed', error: err.message };
     });
+    return tcp;
   }
 
   get status(): DnsListenerStatus {
@@ -77,40 +89,72 @@ export class DnsListener {
     return this.#status.state === 'listening' ? this.#status.port : null;
   }
 
+  /**
+   * Binds UDP, then TCP (and the loopback UDP socket of a wildcard endpoint) on the port UDP
+   * got. With port 0 another process can hold that port for TCP: the sockets are made again
+   * and a new port is picked, up to 20 times (a loaded test machine hit it).
+   */
   async listen(): Promise<void> {
-    const v6 = this.endpoint.host.includes(':');
-    try {
-      await new Promise<void>((resolve, reject) => {
-        this.#udp.once('error', reject);
-        this.#udp.bind({ address: this.endpoint.host, port: this.endpoint.port }, () => {
-          this.#udp.off('error', reject);
-          resolve();
-        });
-      });
-      // The TCP side takes the port UDP got, so `:0` in tests gives one port for both.
-      const port = this.#udp.address().port;
-      const lo = this.#udpLoopback;
-      if (lo !== null) {
-        await new Promise<void>((resolve, reject) => {
-          lo.once('error', reject);
-          lo.bind({ address: v6 ? '::1' : '127.0.0.1', port }, () => {
-            lo.off('error', reject);
-            resolve();
-          });
-        });
+    const attempts = this.endpoint.port === 0 ? 20 : 1;
+    for (let i = 1; ; i++) {
+      try {
+        await this.#bind();
+        return;
+      } catch (err) {
+        if (i >= attempts || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+          this.#status = { state: 'failed', error: `${this.endpoint.text}: ${(err as Error).message}` };
+          throw new Error(`Cannot listen on dns ${this.endpoint.text}: ${(err as Error).message}`, { cause: err });
+        }
+        await this.#closeSockets();
+        this.#makeSockets();
       }
+    }
+  }
+
+  async #bind(): Promise<void> {
+    const v6 = this.endpoint.host.includes(':');
+    await new Promise<void>((resolve, reject) => {
+      this.#udp.once('error', reject);
+      this.#udp.bind({ address: this.endpoint.host, port: this.endpoint.port }, () => {
+        this.#udp.off('error', reject);
+        resolve();
+      });
+    });
+    // The TCP side takes the port UDP got, so `:0` in tests gives one port for both.
+    const port = this.#udp.address().port;
+    const lo = this.#udpLoopback;
+    if (lo !== null) {
       await new Promise<void>((resolve, reject) => {
-        this.#tcp.once('error', reject);
-        this.#tcp.listen({ host: this.endpoint.host, port, ipv6Only: v6, backlog: 1024, reusePort: true }, () => {
-          this.#tcp.off('error', reject);
+        lo.once('error', reject);
+        lo.bind({ address: v6 ? '::1' : '127.0.0.1', port }, () => {
+          lo.off('error', reject);
           resolve();
         });
       });
-      this.#status = { state: 'listening', address: this.endpoint.host, port };
-    } catch (err) {
-      this.#status = { state: 'failed', error: `${this.endpoint.text}: ${(err as Error).message}` };
-      throw new Error(`Cannot listen on dns ${this.endpoint.text}: ${(err as Error).message}`, { cause: err });
     }
+    await new Promise<void>((resolve, reject) => {
+      this.#tcp.once('error', reject);
+      this.#tcp.listen({ host: this.endpoint.host, port, ipv6Only: v6, backlog: 1024, reusePort: true }, () => {
+        this.#tcp.off('error', reject);
+        resolve();
+      });
+    });
+    this.#status = { state: 'listening', address: this.endpoint.host, port };
+  }
+
+  /** Closes whatever of the sockets is bound (a failed attempt). */
+  async #closeSockets(): Promise<void> {
+    for (const sock of [this.#udp, this.#udpLoopback]) {
+      if (sock === null) continue;
+      await new Promise<void>((resolve) => {
+        try {
+          sock.close(() => resolve());
+        } catch {
+          resolve(); // never bound
+        }
+      });
+    }
+    if (this.#tcp.listening) await new Promise<void>((resolve) => this.#tcp.close(() => resolve()));
   }
 
   #udpSocket(v6: boolean): UdpSocket {
