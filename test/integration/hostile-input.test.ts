@@ -132,3 +132,36 @@ describe('an OTLP endpoint the exporter would refuse at start, or one with crede
     60_000,
   );
 });
+
+describe('every route that reads a body, as its OpenAPI description says', () => {
+  let a: ApiDaemon;
+  beforeAll(async () => {
+    a = await startApiDaemon({ admin: { listen: '127.0.0.1:0', token: API_TOKEN, maxBodyBytes: 1024 } });
+    expect((await adminCall(a.admin, 'PUT', '/api/v1/sandboxes/b-1', { sources: ['198.18.0.1'] }, bearer(API_TOKEN))).status).toBe(201);
+    expect((await adminCall(a.admin, 'PUT', '/api/v1/orgs/b-1', { tier: 2 }, bearer(API_TOKEN))).status).toBe(201);
+  }, 60_000);
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  it('answers 415 to a body that is not JSON and 413 to one over admin.maxBodyBytes, and lists both', async () => {
+    const doc = (await adminCall(a.admin, 'GET', '/api/v1/openapi.json', undefined, bearer(API_TOKEN))).body;
+    const withBody: [string, string][] = [];
+    for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { requestBody?: unknown; responses: Record<string, unknown> }>>)) {
+      for (const [method, op] of Object.entries(ops)) {
+        if (typeof op !== 'object' || op === null || !('requestBody' in op)) continue;
+        withBody.push([method, path]);
+        const url = path.replace('{id}', 'b-1');
+        const form = await adminCall(a.admin, method.toUpperCase(), url, undefined, {
+          ...bearer(API_TOKEN),
+          'content-type': 'application/x-www-form-urlencoded',
+        });
+        expect(form.status, `${method} ${path}`).toBe(415);
+        const big = await adminCall(a.admin, method.toUpperCase(), url, { pad: 'x'.repeat(2000) }, bearer(API_TOKEN));
+        expect(big.status, `${method} ${path}`).toBe(413);
+        expect(Object.keys(op.responses), `${method} ${path}`).toEqual(expect.arrayContaining(['413', '415']));
+      }
+    }
+    expect(withBody.length).toBeGreaterThanOrEqual(4);
+  });
+});

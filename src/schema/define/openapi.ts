@@ -207,6 +207,8 @@ const pageParams = [
   { name: 'cursor', in: 'query', required: false, description: "The previous page's next_cursor.", schema: { type: 'string' } },
 ];
 const common = { '400': error('Invalid request or body (`field` names it).'), '401': error('No or wrong bearer token.') };
+/** Every route that reads a body answers these before looking at it (admin/http-body.ts). */
+const bodyErrors = { '413': error('The body is too large.'), '415': error('Not application/json.') };
 
 /** The OpenAPI 3.1 document. */
 export function openApiDocument(version: string): Record<string, unknown> {
@@ -248,8 +250,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
             '404': error('The organization named does not exist.'),
             '409': error('A source belongs to another sandbox, or the sandbox comes from the config file.'),
             '412': error('A precondition did not hold; the current ETag is in the header.'),
-            '413': error('The body is too large.'),
-            '415': error('Not application/json.'),
+            ...bodyErrors,
             '503': error('The change could not be made durable; nothing changed.'),
           },
         },
@@ -285,6 +286,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
             '404': error('No such sandbox.'),
             '409': error('The sandbox comes from the config file.'),
             '412': error('If-Match did not hold.'),
+            ...bodyErrors,
             '503': error('The change could not be made durable; nothing changed.'),
           },
         },
@@ -322,6 +324,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
             '201': json(ref('Org'), 'Created.', ETAG),
             ...common,
             '412': error('A precondition did not hold.'),
+            ...bodyErrors,
             '503': error('The change could not be made durable; nothing changed.'),
           },
         },
@@ -344,7 +347,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
           operationId: 'check',
           summary: "The verdict a sandbox's policy gives one connection",
           requestBody: { required: true, content: { 'application/json': { schema: ref('CheckRequest') } } },
-          responses: { '200': json(ref('CheckResult'), 'The verdict.'), ...common, '404': error('No such sandbox.') },
+          responses: { '200': json(ref('CheckResult'), 'The verdict.'), ...common, '404': error('No such sandbox.'), ...bodyErrors },
         },
       },
       '/api/v1/limits': {
