@@ -3,11 +3,12 @@
 // compiled daemon (dist/, what `npm start` and bin/egressd run after `npm ci`) with a state file,
 // which the suites that run src/ never exercise.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
+import { ajv } from '../helpers/ajv.ts';
 import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
 import { runProcess } from '../helpers/run-process.ts';
 
@@ -163,5 +164,32 @@ describe('every route that reads a body, as its OpenAPI description says', () =>
       }
     }
     expect(withBody.length).toBeGreaterThanOrEqual(4);
+  });
+});
+
+describe('the config schema for editors and `egressd validate` agree where the schema can say it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const schema = ajv().compile(JSON.parse(readFileSync(join(ROOT, 'docs/schema/config.schema.json'), 'utf8')) as object);
+
+  it.each([
+    [{ listen: { http: [] } }, 'listen.http'],
+    [{ listen: { tls: [] } }, 'listen.tls'],
+    [{ listen: { tcp: [] } }, 'listen.tcp'],
+  ])('%j is refused by both', async (doc, field) => {
+    expect(schema(doc)).toBe(false);
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, JSON.stringify(doc));
+    const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
+    expect(v.code).toBe(1);
+    expect(v.stdout + v.stderr).toContain(`${field}: Expected at least one "address:port"`);
+  });
+
+  it('an empty DNS listener list (DNS off) is accepted by both', async () => {
+    const doc = { listen: { dns: [] } };
+    expect(schema(doc)).toBe(true);
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, JSON.stringify(doc));
+    expect((await runProcess(NODE, [EGRESSD, 'validate', file])).code).toBe(0);
   });
 });

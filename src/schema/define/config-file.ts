@@ -28,13 +28,20 @@ const oneOf = <T extends string>(values: readonly T[], def: T, description: stri
 const optString = (description: string) => Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Null()], { description }));
 
 /** `"address:port"` (IPv6 in brackets) or a list of them; the address is checked by src/config/schema.ts. */
-const endpoints = (description: string, def: readonly string[] | string) =>
+/** `required`: a list may not be empty (a listener kind egressd cannot run without). */
+const endpoints = (description: string, def: readonly string[] | string, required = false) =>
   Type.Optional(
-    Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }))], {
-      errorMessage: 'Expected "address:port" or a list of them',
-      description,
-      default: def,
-    }),
+    Type.Union(
+      [
+        Type.String({ minLength: 1 }),
+        Type.Array(Type.String({ minLength: 1 }), required ? { minItems: 1, errorMessage: 'Expected at least one "address:port"' } : {}),
+      ],
+      {
+        errorMessage: 'Expected "address:port" or a list of them',
+        description,
+        default: def,
+      },
+    ),
   );
 
 /** One always-allow or always-deny entry: a name and the policies' grammar (src/policy/overlay.ts checks it). */
@@ -54,9 +61,9 @@ export const ConfigFile = Type.Object(
   {
     listen: obj(
       {
-        http: endpoints('Where plain HTTP redirected from port 80 arrives.', D.listen.http),
-        tls: endpoints('Where TLS redirected from port 443 arrives.', D.listen.tls),
-        tcp: endpoints('Where every other redirected TCP port arrives.', D.listen.tcp),
+        http: endpoints('Where plain HTTP redirected from port 80 arrives.', D.listen.http, true),
+        tls: endpoints('Where TLS redirected from port 443 arrives.', D.listen.tls, true),
+        tcp: endpoints('Where every other redirected TCP port arrives.', D.listen.tcp, true),
         dns: endpoints('The DNS listener (UDP and TCP); an empty list turns it off.', D.listen.dns),
       },
       'The listeners iptables redirects to.',

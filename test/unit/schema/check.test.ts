@@ -62,8 +62,9 @@ describe('validateConfig: every problem at once, each with its key and reason', 
         ],
       }),
     ).toEqual([
-      { field: 'listen.http[0]', reason: 'Port 99999 is outside 0-65535 in "127.0.0.1:99999"' },
+      // The schema's own problems first (an empty listener list: minItems), then what it cannot say.
       { field: 'listen.tls', reason: 'Expected at least one "address:port"' },
+      { field: 'listen.http[0]', reason: 'Port 99999 is outside 0-65535 in "127.0.0.1:99999"' },
       { field: 'admin.listen', reason: 'Expected a single "address:port"' },
       { field: 'peek.firstByteTimeoutMs', reason: 'Must not exceed peek.timeoutMs (100), got 200' },
       { field: 'protected.extra[0]', reason: expect.stringContaining('10.0.0.0/33') },
