@@ -110,6 +110,7 @@ describe('an OTLP endpoint the exporter would refuse at start, or one with crede
   it.each([
     ['http://[zz]:4318/v1/metrics', 'Not a URL'],
     ['http://collector:secret@127.0.0.1:4318/v1/metrics', 'Must not carry credentials'],
+    ['ftp://127.0.0.1/v1/metrics', 'Expected an http:// or https:// URL'],
   ])(
     '%s is refused by validate and at start, naming metrics.otlp.endpoint',
     async (endpoint, reason) => {

@@ -183,7 +183,7 @@ export const ConfigFile = Type.Object(
         otlp: obj(
           {
             endpoint: Type.Optional(
-              Type.Union([Type.String({ pattern: '^https?://[^\\s]+$' }), Type.Null()], {
+              Type.Union([Type.String({ pattern: '^https?://[^\\s]+$', patternErrorMessage: 'Expected an http:// or https:// URL' }), Type.Null()], {
                 default: D.metrics.otlp.endpoint,
                 errorMessage: 'Expected an http:// or https:// URL, or null',
                 description: 'The OTLP/HTTP metrics endpoint (http://collector:4318/v1/metrics); null: no export (the default).',
