@@ -13,6 +13,7 @@
 import { quote } from '../util/fields.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizePattern } from '../match/names.ts';
+import { cidrBounds, familyBits, parseCidr } from '../match/ip.ts';
 import type { ProtectedRanges } from '../match/protected.ts';
 import { compilePolicy, CompiledSide, type CompiledPolicy } from './compile.ts';
 import { EMPTY_SIDE, type PortRange, type Side } from './model.ts';
@@ -118,6 +119,11 @@ function parseEntry(v: unknown, f: string, kind: OverlayKind, issues: FieldIssue
       issues.push({ field: `${f}.cidrs[${i}]`, reason: `An always-allow entry may not allow every address (${quote(c)})` });
     else cidrs.push(r.cidr);
   });
+  if (kind === 'alwaysAllow' && cidrs.length > 1) {
+    const family = coversEveryAddress(cidrs);
+    if (family !== null)
+      issues.push({ field: `${f}.cidrs`, reason: `An always-allow entry may not allow every address: its CIDRs together cover every IPv${family} address` });
+  }
   const ports: PortRange[] = [];
   const rawPorts = e['ports'];
   if (rawPorts !== undefined && !Array.isArray(rawPorts)) issues.push({ field: `${f}.ports`, reason: `Expected a list, got ${quote(rawPorts)}` });
@@ -137,6 +143,23 @@ function parseEntry(v: unknown, f: string, kind: OverlayKind, issues: FieldIssue
   }
   if (issues.length > before) return null;
   return Object.freeze({ name: name as string, side: Object.freeze({ domains, cidrs, ports }) });
+}
+
+/** The family (4 or 6) whose whole address space `cidrs` (valid, canonical) cover together, or null: ["0.0.0.0/1", "128.0.0.0/1"] is a /0. */
+function coversEveryAddress(cidrs: readonly string[]): 4 | 6 | null {
+  for (const family of [4, 6] as const) {
+    const spans = cidrs
+      .map((c) => parseCidr(c))
+      .flatMap((r) => (r.ok && r.block.family === family ? [cidrBounds(r.block)] : []))
+      .sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+    let next = 0n; // the first address not covered yet
+    for (const { lo, hi } of spans) {
+      if (lo > next) break;
+      if (hi + 1n > next) next = hi + 1n;
+    }
+    if (next === 1n << BigInt(familyBits(family))) return family;
+  }
+  return null;
 }
 
 /** One always-allow entry: a block-all policy whose allow side is the entry, so decide() applies protection. */

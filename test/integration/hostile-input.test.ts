@@ -103,6 +103,19 @@ describe('an always-allow entry that names no host', () => {
   );
 });
 
+it('an always-allow entry whose CIDRs together cover every address is refused by validate, naming its cidrs', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
+  try {
+    const file = join(dir, 'egressd.json');
+    writeFileSync(file, JSON.stringify({ overlays: { alwaysAllow: [{ name: 'halves', cidrs: ['0.0.0.0/1', '128.0.0.0/1'], ports: [443] }] } }));
+    const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
+    expect(v.code).toBe(1);
+    expect(v.stdout + v.stderr).toContain('overlays.alwaysAllow[0].cidrs: An always-allow entry may not allow every address');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 describe('an OTLP endpoint the exporter would refuse at start, or one with credentials', () => {
   const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -60,6 +60,9 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
       'overlays.alwaysAllow[1].name',
       'Duplicate name "a"',
     ],
+    // CIDRs that together cover a family are a /0.
+    [{ alwaysAllow: [{ name: 'a', cidrs: ['0.0.0.0/1', '128.0.0.0/1'] }] }, 'overlays.alwaysAllow[0].cidrs', 'every IPv4 address'],
+    [{ alwaysAllow: [{ name: 'a', cidrs: ['8000::/1', '::/2', '4000::/2'], ports: [443] }] }, 'overlays.alwaysAllow[0].cidrs', 'every IPv6 address'],
     // Ports alone match every host: "*" on those ports, to every sandbox.
     [{ alwaysAllow: [{ name: 'web', ports: [443] }] }, 'overlays.alwaysAllow[0]', 'must name its hosts'],
     [{ alwaysAllow: [{ name: 'all', ports: ['1-65535'] }] }, 'overlays.alwaysAllow[0]', 'must name its hosts'],
@@ -83,6 +86,10 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
     expect(r.ok).toBe(false);
     if (r.ok) return;
     expect(r.issues.map((i) => i.field)).toEqual(['overlays.alwaysAllow[1].cidrs[0]', 'overlays.alwaysDeny[0].ports[0]']);
+  });
+
+  it('keeps always-allow CIDRs that leave part of the space uncovered', () => {
+    expect(parseOverlays({ alwaysAllow: [{ name: 'a', cidrs: ['0.0.0.0/1', '128.0.0.0/2', '::/1'] }] }).ok).toBe(true);
   });
 
   it('keeps the overlays in the validated config', () => {
