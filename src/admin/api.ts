@@ -14,7 +14,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { formatPorts, renderNetwork, type NetworkView } from '../policy/render.ts';
 import type { OverlayEntry } from '../policy/overlay.ts';
-import { reportsOnly, verdict } from '../policy/verdict.ts';
+import { reportsOnly, rulesetOf, verdict } from '../policy/verdict.ts';
 import { checkBearer, readJson, sendError } from './http-body.ts';
 import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
@@ -307,7 +307,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         verdict: d.verdict,
         reason: d.reason,
         rule: d.rule,
-        layer: d.layer,
+        layer: rulesetOf(d),
         report_only: { enabled: reportsOnly(policy), levels: policy.reportOnly ?? [] },
       });
     }),

@@ -12,6 +12,7 @@
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { Logger } from './logger.ts';
+import { rulesetOf } from '../policy/verdict.ts';
 
 /** The ECS version whose field definitions the lines follow (`ecs.version` on every line). */
 export const ECS_VERSION = '8.11.0';
@@ -115,7 +116,7 @@ export const CONNECTION_FIELDS: readonly LogField[] = [
     type: 'keyword',
     description:
       'The layer whose rule decided (policy/verdict.ts): `always-deny` or `always-allow` (the operator overlays), `org`, `sandbox` (the default policy too), or `protected` (a protected address); absent when no verdict was made.',
-    value: (o) => (o.decided === undefined ? undefined : o.decided.reason === 'protected-address' ? 'protected' : o.decided.layer),
+    value: (o) => (o.decided === undefined ? undefined : rulesetOf(o.decided)),
   },
   {
     name: 'egressd.verdict',

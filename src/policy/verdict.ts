@@ -90,6 +90,16 @@ export function reportsOnly(chain: PolicyChain): boolean {
 export type VerdictLayer = 'always-deny' | 'always-allow' | 'org' | 'sandbox';
 
 /**
+ * The layer named to operators (the log line's `rule.ruleset`, the check answer's `layer`): the
+ * verdict's layer, except that a protected-address refusal is `protected` whichever layer's
+ * protected step stopped it — the host, egressd's own ports and `protected.*` are not policy.
+ */
+export type Ruleset = VerdictLayer | 'protected';
+export function rulesetOf(v: { readonly layer: VerdictLayer; readonly reason: string }): Ruleset {
+  return v.reason === 'protected-address' ? 'protected' : v.layer;
+}
+
+/**
  * The verdict's three values: `allow` and `refuse` as decided, and `would-refuse` — a refusal
  * by the organization's or the sandbox's policy that report-only mode lets through (the data
  * path splices it as an allow; the log line and the counters say `would-refuse`, with the

@@ -173,6 +173,13 @@ describe('operator overlays (the config), in check and the effective view, reloa
       layer: 'sandbox',
     });
     expect(await post('/api/v1/check', { sandbox: 'ov-sb', ip: '198.18.1.2', port: 25 })).toMatchObject({ verdict: 'refuse', layer: 'always-deny' });
+    // A protected address (the metadata service) is named `protected`, as the log line's rule.ruleset names it, and stays
+    // refused under report-only.
+    expect(await post('/api/v1/check', { sandbox: 'ov-sb', ip: '169.254.169.254', port: 80 })).toMatchObject({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      layer: 'protected',
+    });
     expect((await get('/api/v1/sandboxes/ov-sb/effective'))['overlays']).toMatchObject({ always_allow: [] });
   });
 });

@@ -115,8 +115,8 @@ const CheckResult = Type.Object(
     verdict: Type.String({ description: 'allow, refuse, or would-refuse (report-only).' }),
     reason: Type.String(),
     rule: nullable(Type.String()),
-    layer: Type.Union([Type.Literal('always-deny'), Type.Literal('always-allow'), Type.Literal('org'), Type.Literal('sandbox')], {
-      description: 'The layer whose rule decided (src/policy/verdict.ts).',
+    layer: Type.Union([Type.Literal('always-deny'), Type.Literal('always-allow'), Type.Literal('org'), Type.Literal('sandbox'), Type.Literal('protected')], {
+      description: 'The layer whose rule decided (src/policy/verdict.ts `rulesetOf`): `protected` for a protected address, whichever layer stopped it.',
     }),
     report_only: ref('ReportOnly') as never,
   },
