@@ -1,13 +1,15 @@
 // Writes the tables of docs/ that are generated from a table in the code, so the docs list
-// exactly what egressd declares: the metrics (METRICS) in docs/metrics.md and the connection
-// log line's fields (CONNECTION_FIELDS) in docs/logs.md. test/unit/deploy.test.ts fails when a
+// exactly what egressd declares: the metrics (METRICS) in docs/metrics.md, and the fields of the
+// connection log line (CONNECTION_FIELDS) and the dns-query line (QUERY_FIELDS) in docs/logs.md. test/unit/deploy.test.ts fails when a
 // file is not what this script would write.
 //
 //   npm run docs:tables
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { CONNECTION_FIELDS, type LogField } from '../src/observability/connection-log.ts';
+import { QUERY_FIELDS } from '../src/dns/query-log.ts';
+import { CONNECTION_FIELDS } from '../src/observability/connection-log.ts';
+import type { LogField } from '../src/observability/ecs-line.ts';
 import { METRICS, type MetricSpec } from '../src/observability/metrics.ts';
 
 /** The rows of docs/metrics.md's metric table, one per row of METRICS, in its order. */
@@ -19,10 +21,10 @@ export function metricsTable(specs: readonly MetricSpec[] = Object.values(METRIC
   return ['| metric | type | labels | help |', '| --- | --- | --- | --- |', ...rows].join('\n');
 }
 
-/** The rows of docs/logs.md's connection-line table, one per field of CONNECTION_FIELDS. */
-export function connectionFieldsTable(fields: readonly LogField[] = CONNECTION_FIELDS): string {
+/** A docs/logs.md field table: `header` (its first column's title), then one row per field. */
+export function fieldsTable<T>(fields: readonly LogField<T>[], header = 'field'): string {
   const rows = fields.map((f) => `| \`${f.name}\` | ${f.type} | ${f.description} |`);
-  return ['| field | type | meaning |', '| --- | --- | --- |', ...rows].join('\n');
+  return [`| ${header} | type | meaning |`, '| --- | --- | --- |', ...rows].join('\n');
 }
 
 /** `doc` with the table that starts with `header` (up to the next blank line) replaced by `table`. */
@@ -35,7 +37,8 @@ export function replaceTable(doc: string, header: string, table: string): string
 
 export const GENERATED: readonly { readonly file: string; readonly header: string; readonly table: () => string }[] = [
   { file: 'docs/metrics.md', header: '| metric | type | labels | help |', table: () => metricsTable() },
-  { file: 'docs/logs.md', header: '| field | type | meaning |', table: () => connectionFieldsTable() },
+  { file: 'docs/logs.md', header: '| field | type | meaning |', table: () => fieldsTable(CONNECTION_FIELDS) },
+  { file: 'docs/logs.md', header: '| dns-query field | type | meaning |', table: () => fieldsTable(QUERY_FIELDS, 'dns-query field') },
 ];
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -16,6 +16,7 @@ import { MAX_CACHE_TTL_S, AnswerCache } from './cache.ts';
 import { HTTPS_TYPE, SVCB_TYPE, stripEch } from './ech.ts';
 import type { ResolvedNames } from './memory.ts';
 import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
+import { logQuery } from './query-log.ts';
 import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
@@ -91,49 +92,35 @@ export class DnsService {
     const key = DnsService.keyOf(policy, source);
     if (!this.#buckets.take(key)) {
       this.#count('rate-limited', parsed.kind === 'query' ? parsed.query.type : 'other', false);
-      this.#logLimited(key, policy.sandbox, source, parsed.kind === 'query' ? parsed.query : null);
+      this.#logLimited(key, policy.sandbox, source, transport, parsed.kind === 'query' ? parsed.query : null);
       return parsed.kind === 'query'
         ? refusalResponse(parsed.query, 'REFUSED')
         : errorResponse(parsed.id, parsed.flags, 'REFUSED', parsed.question, parsed.edns);
     }
     if (parsed.kind === 'error') {
       this.#count('malformed', parsed.question?.type ?? 'other', false);
-      this.#deps.log.info(
-        {
-          event: { action: 'dns-query' },
-          sandbox: policy.sandbox,
-          source,
-          name: parsed.question?.name ?? null,
-          type: parsed.question?.type ?? null,
-          verdict: 'refuse',
-          reason: 'malformed',
-          rcode: parsed.rcode,
-          detail: parsed.why,
-        },
-        'dns query',
-      );
+      logQuery(this.#deps.log, 'info', {
+        sandbox: policy.sandbox,
+        source,
+        transport,
+        name: parsed.question?.name,
+        type: parsed.question?.type,
+        verdict: 'refuse',
+        reason: 'malformed',
+        rcode: parsed.rcode,
+        detail: parsed.why,
+      });
       return errorResponse(parsed.id, parsed.flags, parsed.rcode, parsed.question, parsed.edns);
     }
     const q = parsed.query;
+    const about = { sandbox: policy.sandbox, source, transport, name: q.name, type: q.type };
     const limit = transport === 'udp' ? udpLimit(q) : TCP_LIMIT;
     const config = this.#deps.config();
 
     const gate = this.#gate(policy, q.name);
     if (!gate.reach) {
       this.#count('refuse', q.type, false);
-      this.#deps.log.info(
-        {
-          event: { action: 'dns-query' },
-          sandbox: policy.sandbox,
-          source,
-          name: q.name,
-          type: q.type,
-          verdict: 'refuse',
-          reason: gate.reason,
-          rule: gate.rule,
-        },
-        'dns query',
-      );
+      logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
       return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
     }
 
@@ -150,19 +137,7 @@ export class DnsService {
       const held = this.#inflightBy.get(key) ?? 0;
       if (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal) {
         this.#count('inflight-limited', q.type, false);
-        this.#deps.log.info(
-          {
-            event: { action: 'dns-query' },
-            sandbox: policy.sandbox,
-            source,
-            name: q.name,
-            type: q.type,
-            verdict: 'refuse',
-            reason: 'inflight-limited',
-            rule: null,
-          },
-          'dns query',
-        );
+        logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: 'inflight-limited' });
         return refusalResponse(q, 'REFUSED');
       }
       this.#inflightBy.set(key, held + 1);
@@ -180,19 +155,7 @@ export class DnsService {
       upstreamMs = performance.now() - started;
       if ('failed' in r) {
         this.#count('servfail', q.type, false, upstreamMs);
-        this.#deps.log.warn(
-          {
-            event: { action: 'dns-query' },
-            sandbox: policy.sandbox,
-            source,
-            name: q.name,
-            type: q.type,
-            verdict: 'error',
-            reason: 'upstream-failed',
-            detail: r.failed,
-          },
-          'dns query',
-        );
+        logQuery(this.#deps.log, 'warn', { ...about, verdict: 'error', reason: 'upstream-failed', detail: r.failed });
         return refusalResponse(q, 'SERVFAIL');
       }
       answered = r;
@@ -201,36 +164,19 @@ export class DnsService {
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
     // A name answered only because of report-only mode is part of the report: logged at info.
-    this.#deps.log[gate.reason === 'report-only' ? 'info' : 'debug'](
-      {
-        event: { action: 'dns-query' },
-        sandbox: policy.sandbox,
-        source,
-        name: q.name,
-        type: q.type,
-        verdict: gate.reason === 'report-only' ? 'would-refuse' : 'allow',
-        reason: gate.reason,
-        rule: gate.rule,
-        rcode: answered.rcode,
-        cached: hit !== undefined,
-      },
-      'dns query',
-    );
+    const reportOnly = gate.reason === 'report-only';
+    logQuery(this.#deps.log, reportOnly ? 'info' : 'debug', {
+      ...about,
+      verdict: reportOnly ? 'would-refuse' : 'allow',
+      reason: gate.reason,
+      rule: gate.rule,
+      rcode: answered.rcode,
+      cached: hit !== undefined,
+    });
     try {
       return answerResponse(q, answered, ageS, limit);
     } catch (e) {
-      this.#deps.log.warn(
-        {
-          event: { action: 'dns-query' },
-          sandbox: policy.sandbox,
-          name: q.name,
-          type: q.type,
-          verdict: 'error',
-          reason: 'unencodable',
-          detail: (e as Error).message,
-        },
-        'dns query',
-      );
+      logQuery(this.#deps.log, 'warn', { ...about, verdict: 'error', reason: 'unencodable', detail: (e as Error).message });
       return refusalResponse(q, 'SERVFAIL');
     }
   }
@@ -338,26 +284,23 @@ export class DnsService {
   }
 
   /** A flood must not become a flood of log lines: one line per sandbox per second, with a count. */
-  #logLimited(key: string, sandbox: string | null, source: string, q: Query | null): void {
+  #logLimited(key: string, sandbox: string | null, source: string, transport: Transport, q: Query | null): void {
     const now = performance.now();
     const e = this.#limitLog.get(key);
     if (e && now - e.at < 1000) {
       e.suppressed++;
       return;
     }
-    this.#deps.log.info(
-      {
-        event: { action: 'dns-query' },
-        sandbox,
-        source,
-        name: q?.name ?? null,
-        type: q?.type ?? null,
-        verdict: 'refuse',
-        reason: 'rate-limited',
-        suppressed: e?.suppressed ?? 0,
-      },
-      'dns query',
-    );
+    logQuery(this.#deps.log, 'info', {
+      sandbox,
+      source,
+      transport,
+      name: q?.name,
+      type: q?.type,
+      verdict: 'refuse',
+      reason: 'rate-limited',
+      suppressed: e?.suppressed ?? 0,
+    });
     if (this.#limitLog.size > 10_000) this.#limitLog.clear();
     this.#limitLog.set(key, { at: now, suppressed: 0 });
   }

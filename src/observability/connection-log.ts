@@ -1,7 +1,7 @@
 // The one log line per connection, in Elastic Common Schema (ECS) field names. Every field is
 // declared once, in CONNECTION_FIELDS: its name, type, meaning and how it is read from the
-// connection's outcome record. The line is built from that table, docs/logs.md's field list is
-// generated from it (npm run docs:tables), and the tests read lines by the same names.
+// connection's outcome record. The line is built from that table (ecs-line.ts), docs/logs.md's
+// field list is generated from it (npm run docs:tables), and the tests read lines by the same names.
 //
 // Shape: nested objects (`"source":{"ip":…,"port":…}`), which ECS accepts as equal to dotted
 // keys. pino merges objects, jq and JavaScript readers walk them (`.source.ip`), fields that
@@ -11,22 +11,12 @@
 // Names the client sent (SNI, Host) are values of their own fields, never part of `message`.
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
+import { lineBuilder, type LogField } from './ecs-line.ts';
 import type { Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
 /** The ECS version whose field definitions the lines follow (`ecs.version` on every line). */
 export const ECS_VERSION = '8.11.0';
-
-/** One field of the connection line. */
-export interface LogField {
-  /** The dotted name: an ECS field, or egressd's own under `egressd.`. */
-  readonly name: string;
-  /** The ECS field type (`keyword`, `ip`, `long`, `boolean`; `[]` for an array of it). */
-  readonly type: string;
-  readonly description: string;
-  /** Its value for one connection; `undefined` or `null` leaves the field out of the line. */
-  readonly value: (o: Readonly<ConnectionOutcome>) => unknown;
-}
 
 const NS_PER_MS = 1_000_000;
 const ns = (ms: number | undefined): number | undefined => (ms === undefined ? undefined : Math.round(ms * NS_PER_MS));
@@ -39,7 +29,7 @@ const EVENT_TYPE = {
 } as const;
 const CATEGORY = ['network'] as const;
 
-export const CONNECTION_FIELDS: readonly LogField[] = [
+export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[] = [
   { name: 'event.action', type: 'keyword', description: 'Always `connection` (every egressd line has an `event.action`).', value: () => 'connection' },
   { name: 'event.kind', type: 'keyword', description: 'Always `event`.', value: () => 'event' },
   { name: 'event.category', type: 'keyword[]', description: 'Always `["network"]`.', value: () => CATEGORY },
@@ -171,30 +161,8 @@ export const CONNECTION_FIELDS: readonly LogField[] = [
   { name: 'egressd.end', type: 'keyword', description: 'How the splice ended (`closed`, a reset, the idle timeout…).', value: (o) => o.end },
 ];
 
-interface Compiled {
-  readonly parents: readonly string[];
-  readonly leaf: string;
-  readonly value: LogField['value'];
-}
-
-// The dotted names split once, at load: building a line walks short arrays, nothing parses.
-const COMPILED: readonly Compiled[] = CONNECTION_FIELDS.map((f) => {
-  const path = f.name.split('.');
-  return { parents: path.slice(0, -1), leaf: path.at(-1)!, value: f.value };
-});
-
 /** The connection's fields as nested objects (`{ source: { ip, port }, … }`), absent ones left out. */
-export function connectionLine(o: Readonly<ConnectionOutcome>): Record<string, unknown> {
-  const line: Record<string, unknown> = {};
-  for (const f of COMPILED) {
-    const v = f.value(o);
-    if (v === undefined || v === null) continue;
-    let at = line;
-    for (const p of f.parents) at = (at[p] ??= {}) as Record<string, unknown>;
-    at[f.leaf] = v;
-  }
-  return line;
-}
+export const connectionLine: (o: Readonly<ConnectionOutcome>) => Record<string, unknown> = lineBuilder(CONNECTION_FIELDS);
 
 /**
  * The logger for connection lines: `log` without redaction. A connection line holds only the

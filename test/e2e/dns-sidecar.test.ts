@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
-import { action } from '../helpers/log-line.ts';
+import { action, field } from '../helpers/log-line.ts';
 import { MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const PORTS = { http: 16080, tls: 16443, tcp: 16001, dns: 16053 };
@@ -72,15 +72,17 @@ describe.skipIf(skip !== null)('sidecar mode: DNS from the sandbox process is an
     expect(await digAsSandbox(`@${NOWHERE}`, '+short', '+tcp', 'allowed.test', 'AAAA')).toBe(`${ALLOWED6}\n`);
     expect(await digAsSandbox(`@${rig.dnsServerV6}`, '+short', 'allowed.test', 'AAAA')).toBe(`${ALLOWED6}\n`);
     expect(await digAsSandbox(`@${rig.dnsServerV6}`, '+short', '+tcp', 'allowed.test', 'A')).toBe(`${ALLOWED}\n`);
-    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && l['name'] === 'allowed.test' && l['verdict'] === 'allow');
-    expect(line).toMatchObject({ sandbox: 'sb-s' });
+    const line = await daemon.waitFor(
+      (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'allowed.test' && field(l, 'egressd.verdict') === 'allow',
+    );
+    expect(line).toMatchObject({ egressd: { sandbox: 'sb-s' }, dns: { response_code: 'NOERROR' } });
   });
 
   it('answers NXDOMAIN for a name the policy does not allow, and the resolver never sees it', async () => {
     expect(await digAsSandbox(`@${rig.dnsServer}`, 'other.test', 'A')).toMatch(/status: NXDOMAIN/);
     expect(await digAsSandbox(`@${NOWHERE}`, '+tcp', 'c2VjcmV0.other.test', 'TXT')).toMatch(/status: NXDOMAIN/);
     expect(rig.dnsLog()).not.toContain('other.test');
-    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && l['name'] === 'other.test');
-    expect(line).toMatchObject({ sandbox: 'sb-s', verdict: 'refuse', reason: 'not-allowed' });
+    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'other.test');
+    expect(line).toMatchObject({ event: { reason: 'not-allowed' }, egressd: { sandbox: 'sb-s', verdict: 'refuse' } });
   });
 });

@@ -158,8 +158,13 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
     expect(log).toMatch(/query\[A\] allowed\.test from 198\.18\.1\.1/);
     expect(log).not.toContain('other.test');
     expect(log).not.toContain('c2VjcmV0');
-    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && l['name'] === 'c2vjcmv0lwrhdge.other.test');
-    expect(line).toMatchObject({ sandbox: 'sb-a', type: 'TXT', verdict: 'refuse', reason: 'not-allowed', rule: 'mode "block-all"' });
+    const line = await daemon.waitFor((l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'c2vjcmv0lwrhdge.other.test');
+    expect(line).toMatchObject({
+      event: { reason: 'not-allowed' },
+      dns: { question: { type: 'TXT' } },
+      rule: { name: 'mode "block-all"' },
+      egressd: { sandbox: 'sb-a', verdict: 'refuse' },
+    });
   });
 
   it('answers dig @8.8.8.8 itself and lets no raw UDP to port 53 leave the host', async () => {
@@ -253,7 +258,7 @@ describe.skipIf(skip !== null)("egressd answers the sandboxes' DNS", () => {
       Number(new RegExp(`egressd_dns_queries_total\\{verdict="${verdict}",type="A"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
     expect(countOf('rate-limited')).toBeGreaterThan(0);
     expect(countOf('rate-limited') + countOf('inflight-limited')).toBeGreaterThanOrEqual(refused);
-    const limited = daemon.lines.filter((l) => action(l) === 'dns-query' && l['reason'] === 'rate-limited');
+    const limited = daemon.lines.filter((l) => action(l) === 'dns-query' && field(l, 'event.reason') === 'rate-limited');
     // One line per sandbox per second, not one per query.
     expect(limited.length).toBeGreaterThan(0);
     expect(limited.length).toBeLessThan(20);

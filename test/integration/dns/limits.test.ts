@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { action } from '../../helpers/log-line.ts';
+import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.51';
 const B = '127.0.0.52';
@@ -90,8 +90,10 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     expect(await dig(C, 's4.slow.test', 'A')).toMatch(/status: REFUSED/);
     expect(upstream.count('s4.slow.test', 'A')).toBe(0);
     expect((await metric('inflight-limited')) - before).toBe(2);
-    const line = await d.waitForLog((l) => action(l) === 'dns-query' && l['sandbox'] === 'sb-c' && l['reason'] === 'inflight-limited');
-    expect(line).toMatchObject({ name: 's4.slow.test', verdict: 'refuse' });
+    const line = await d.waitForLog(
+      (l) => action(l) === 'dns-query' && field(l, 'egressd.sandbox') === 'sb-c' && field(l, 'event.reason') === 'inflight-limited',
+    );
+    expect(line).toMatchObject({ dns: { question: { name: 's4.slow.test' } }, egressd: { verdict: 'refuse' } });
     // Once the upstream gives up on them (SERVFAIL), the bound is free again.
     await new Promise((r) => setTimeout(r, UPSTREAM_TIMEOUT_MS + 200));
     expect(await dig(A, 'fast.test', 'A', '+short')).toBe('198.18.2.1\n');

@@ -57,8 +57,14 @@ describe.skipIf(!haveDig)('the DNS listener', () => {
     expect(await dig(B, 'blocked.test', 'A')).toMatch(/status: NXDOMAIN/);
     expect(upstream.count('blocked.test', 'A')).toBe(0);
     expect(await dig(B, 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
-    const line = await d.waitForLog((l) => action(l) === 'dns-query' && l['name'] === 'data-1234.attacker.test');
-    expect(line).toMatchObject({ sandbox: 'sb-a', type: 'A', verdict: 'refuse', reason: 'not-allowed' });
+    const line = await d.waitForLog((l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'data-1234.attacker.test');
+    expect(line).toMatchObject({
+      event: { outcome: 'failure', reason: 'not-allowed' },
+      dns: { question: { type: 'A' } },
+      network: { transport: 'udp', protocol: 'dns' },
+      egressd: { sandbox: 'sb-a', verdict: 'refuse' },
+    });
+    expect(typeof field(line, 'source.ip')).toBe('string');
   });
 
   it('answers over TCP, and a truncated UDP answer sends dig to TCP (RFC 7766)', async () => {

@@ -1,0 +1,40 @@
+// A log line declared as a table of ECS fields (docs/logs.md): each field once, with its dotted
+// name, type, meaning and how it is read from the record the line is about. The line is built
+// from the table as nested objects (`{ source: { ip } }`, which ECS takes as equal to the dotted
+// `source.ip`), absent fields left out, and docs/logs.md's field lists are generated from the
+// same tables (npm run docs:tables). The connection line (connection-log.ts) and the dns-query
+// line (dns/query-log.ts) are built so.
+
+/** One field of a line about a `T`. */
+export interface LogField<T> {
+  /** The dotted name: an ECS field, or egressd's own under `egressd.`. */
+  readonly name: string;
+  /** The ECS field type (`keyword`, `ip`, `long`, `boolean`; `[]` for an array of it). */
+  readonly type: string;
+  readonly description: string;
+  /** Its value for one record; `undefined` or `null` leaves the field out of the line. */
+  readonly value: (o: T) => unknown;
+}
+
+/**
+ * The function that builds a line from `fields`: `{ a: { b: value } }` for the field `a.b`,
+ * absent ones left out. The dotted names are split once, here: building a line walks short
+ * arrays, nothing parses.
+ */
+export function lineBuilder<T>(fields: readonly LogField<T>[]): (o: T) => Record<string, unknown> {
+  const compiled = fields.map((f) => {
+    const path = f.name.split('.');
+    return { parents: path.slice(0, -1), leaf: path.at(-1)!, value: f.value };
+  });
+  return (o) => {
+    const line: Record<string, unknown> = {};
+    for (const f of compiled) {
+      const v = f.value(o);
+      if (v === undefined || v === null) continue;
+      let at = line;
+      for (const p of f.parents) at = (at[p] ??= {}) as Record<string, unknown>;
+      at[f.leaf] = v;
+    }
+    return line;
+  };
+}
