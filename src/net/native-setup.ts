@@ -21,7 +21,7 @@ import type { ClientSide, ConnectOptions, ConnectResult, Refusal } from './clien
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
 import { causeOf } from './dial.ts';
 import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
-import { enableNativeSetup, ENDS, nativeSetupPlane, type DataPlaneAddon } from './native-splice.ts';
+import { enableNativeSetup, ENDS, nativeSetupPlane, type DataPlaneAddon, type OutcomeFn, type SetupFn } from './native-splice.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { PeekBuffer, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { ACCESS_DENIED_ALERT, httpRefusalBytes, lingerSlot } from './refuse.ts';
@@ -66,7 +66,7 @@ try {
   enableNativeSetup({
     peekCap: PEEK_CAPS.any,
     event: (...a) => plane?.event(...a),
-    outcome: (id, up, down, end, errno, dialed, connectUs, attempts) => plane?.outcome(id, up, down, end, errno, dialed, connectUs, attempts),
+    outcome: (...a) => plane?.outcome(...a),
   });
 } catch (err) {
   enabled = err instanceof Error ? err.message : String(err);
@@ -134,21 +134,11 @@ export class NativeSetup {
     // Reports already queued for it still find their handlers; the entry is small.
   }
 
-  /** A set-up report from a loop (native-splice.ts routes them here). */
-  event(
-    kind: number,
-    id: number,
-    loop: number,
-    tag: number,
-    err: number,
-    state: number,
-    connectUs: number,
-    peer: string | null,
-    peerPort: number,
-    orig: string | null,
-    origPort: number,
-    bytes: Buffer | null,
-  ): void {
+  /**
+   * A set-up report from a loop (native-splice.ts routes them here). Typed by SetupFn, the one
+   * declaration of the addon's report, so the two cannot disagree on an argument.
+   */
+  readonly event: SetupFn = (kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes) => {
     try {
       if (kind === EV_ACCEPTED) {
         const l = this.#listeners.get(tag);
@@ -177,7 +167,7 @@ export class NativeSetup {
         throw e;
       });
     }
-  }
+  };
 
   /**
    * Hands accepted connections to their handlers ACCEPT_CHUNK at a time, one chunk per turn of
@@ -200,13 +190,13 @@ export class NativeSetup {
     else this.#draining = false;
   }
 
-  /** A set-up connection's end. */
-  outcome(id: number, up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, attempts: number[]): void {
+  /** A set-up connection's end (typed by OutcomeFn, as `event` is by SetupFn). */
+  readonly outcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts) => {
     const c = this.#conns.get(id);
     if (!c) return;
     this.#conns.delete(id);
     c.onOutcome(up, down, end, errno, dialed, connectUs, attempts);
-  }
+  };
 
   #od(
     replace: ListenerHandlers['originalDst'],
