@@ -55,16 +55,22 @@ static int count_of(uint64_t id) {
   return n;
 }
 
+/** CLOCK_REALTIME `ms` from now: the absolute deadline pthread_cond_timedwait takes. */
+static struct timespec deadline_after(int ms) {
+  struct timespec d;
+  clock_gettime(CLOCK_REALTIME, &d);
+  d.tv_sec += ms / 1000;
+  d.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (d.tv_nsec >= 1000000000L) {
+    d.tv_sec++;
+    d.tv_nsec -= 1000000000L;
+  }
+  return d;
+}
+
 /** Waits up to ms for the outcome of `id`; false on timeout. */
 static bool wait_outcome(uint64_t id, int ms, sl_outcome *out) {
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += ms / 1000;
-  deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  struct timespec deadline = deadline_after(ms);
   pthread_mutex_lock(&lock);
   for (;;) {
     for (int i = 0; i < n_outcomes; i++) {
@@ -408,14 +414,7 @@ static void on_setup(void *ctx, const sl_event *e) {
 
 /** Waits for the first event of `kind` (for `id`, when non-zero) from index *from on; false on timeout. */
 static bool wait_event(int kind, uint64_t id, int *from, int ms, saved_event *out) {
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += ms / 1000;
-  deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  struct timespec deadline = deadline_after(ms);
   pthread_mutex_lock(&lock);
   for (;;) {
     for (int i = *from; i < n_events; i++) {
@@ -589,24 +588,39 @@ static void test_setup_peek_deadlines(sl_loop *l, const struct sockaddr_in *fron
   CHECK(wait_outcome(id, 5000, &o), "no outcome after the drop");
 }
 
+// A loopback listener whose accept queue is full and never accepted from: the kernel drops
+// further SYNs, so a dial to it never answers (and no packet leaves the host).
+typedef struct {
+  int full;
+  int fillers[4];
+  struct sockaddr_in addr;
+} blackhole;
+
+static blackhole blackhole_open(void) {
+  blackhole bh = {.addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}};
+  socklen_t len = sizeof bh.addr;
+  bh.full = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  bind(bh.full, (struct sockaddr *)&bh.addr, sizeof bh.addr);
+  listen(bh.full, 0);
+  getsockname(bh.full, (struct sockaddr *)&bh.addr, &len);
+  for (int i = 0; i < 4; i++) {
+    bh.fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    connect(bh.fillers[i], (struct sockaddr *)&bh.addr, sizeof bh.addr);
+  }
+  usleep(50 * 1000);
+  return bh;
+}
+
+static void blackhole_close(blackhole *bh) {
+  for (int i = 0; i < 4; i++) close(bh->fillers[i]);
+  close(bh->full);
+}
+
 static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front) {
   int client;
   uint64_t id = accept_with(l, front, "x", &client);
-  // A loopback listener whose accept queue is full and never accepted from: the kernel drops
-  // further SYNs, so a dial to it never answers (and no packet leaves the host).
-  int full = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in black = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t blen = sizeof black;
-  bind(full, (struct sockaddr *)&black, sizeof black);
-  listen(full, 0);
-  getsockname(full, (struct sockaddr *)&black, &blen);
-  int fillers[4];
-  for (int i = 0; i < 4; i++) {
-    fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    connect(fillers[i], (struct sockaddr *)&black, sizeof black);
-  }
-  usleep(50 * 1000);
-  struct sockaddr_storage a = storage_of(&black);
+  blackhole bh = blackhole_open();
+  struct sockaddr_storage a = storage_of(&bh.addr);
   sl_loop_dial(l, id, &a, 1, 200, 250, 10000, 0, false);
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
@@ -615,8 +629,7 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
   read_all(client, NULL, 0, &err, 2000);
   CHECK(err == ECONNRESET, "the client saw errno %d, not a reset", err);
   close(client);
-  for (int i = 0; i < 4; i++) close(fillers[i]);
-  close(full);
+  blackhole_close(&bh);
 }
 
 // RFC 8305 §5: an address that does not answer within the attempt delay does not hold up the
@@ -624,19 +637,8 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
 static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front) {
   int client;
   uint64_t id = accept_with(l, front, "x", &client);
-  int full = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in black = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t blen = sizeof black;
-  bind(full, (struct sockaddr *)&black, sizeof black);
-  listen(full, 0);
-  getsockname(full, (struct sockaddr *)&black, &blen);
-  int fillers[4];
-  for (int i = 0; i < 4; i++) {
-    fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    connect(fillers[i], (struct sockaddr *)&black, sizeof black);
-  }
-  usleep(50 * 1000);
-  struct sockaddr_storage addrs[2] = {storage_of(&black), storage_of(&listen_addr)};
+  blackhole bh = blackhole_open();
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, true);
@@ -656,8 +658,7 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
         o.attempt_err[0]);
   close(client);
   close(upstream);
-  for (int i = 0; i < 4; i++) close(fillers[i]);
-  close(full);
+  blackhole_close(&bh);
 }
 
 static void test_setup_sheds_at_emfile(sl_loop *l, const struct sockaddr_in *front) {
