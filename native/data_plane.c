@@ -40,6 +40,7 @@
 #include <unistd.h>
 #include <node_api.h>
 
+#include "napi_args.h"
 #include "splice_loop.h"
 
 #define MAX_LOOPS 64
@@ -118,17 +119,8 @@ static napi_value num(napi_env env, double v) {
 }
 
 static napi_value address(napi_env env, const struct sockaddr_storage *ss, int *port) {
-  char text[INET6_ADDRSTRLEN] = "";
-  *port = 0;
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-    inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
-    *port = ntohs(a->sin_port);
-  } else if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-    inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
-    *port = ntohs(a->sin6_port);
-  } else {
+  char text[INET6_ADDRSTRLEN];
+  if (!sockaddr_text(ss, text, port)) {
     napi_value n;
     napi_get_null(env, &n);
     return n;
@@ -315,15 +307,13 @@ static bool arg_id(napi_env env, napi_value v, uint64_t *id) {
 }
 
 static napi_value handoff(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop, cfd, ufd;
   uint64_t id;
   uint32_t idle;
   void *up, *down;
   size_t up_len, down_len;
-  if (argc != 7 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &cfd) != napi_ok ||
+  if (!args_exactly(env, info, 7, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &cfd) != napi_ok ||
       napi_get_value_int32(env, argv[3], &ufd) != napi_ok || arg_buffer(env, argv[4], &up, &up_len) != 0 ||
       arg_buffer(env, argv[5], &down, &down_len) != 0 || napi_get_value_uint32(env, argv[6], &idle) != napi_ok || cfd < 0 || ufd < 0)
     return bad_args(env, "handoff(loop, id, clientFd, upstreamFd, up, down, idleMs): bad arguments, or start() not called");
@@ -344,12 +334,10 @@ static napi_value handoff(napi_env env, napi_callback_info info) {
 }
 
 static napi_value abort_conn(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop;
   uint64_t id;
-  if (argc != 2 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id)) return bad_args(env, "abort(loop, id): bad arguments");
+  if (!args_exactly(env, info, 2, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id)) return bad_args(env, "abort(loop, id): bad arguments");
   int e = sl_loop_abort(loops[loop], id);
   if (e != 0) return throw_code(env, e, "abort");
   return NULL;
@@ -380,14 +368,12 @@ static bool parse_address(const char *text, uint32_t port, struct sockaddr_stora
 }
 
 static napi_value listen_on(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   char host[INET6_ADDRSTRLEN + 1];
   uint32_t port, backlog;
   int32_t tag;
   bool v6only;
-  if (argc != 5 || napi_get_value_string_utf8(env, argv[0], host, sizeof host, NULL) != napi_ok ||
+  if (!args_exactly(env, info, 5, argv) || napi_get_value_string_utf8(env, argv[0], host, sizeof host, NULL) != napi_ok ||
       napi_get_value_uint32(env, argv[1], &port) != napi_ok || port > 65535 || napi_get_value_bool(env, argv[2], &v6only) != napi_ok ||
       napi_get_value_uint32(env, argv[3], &backlog) != napi_ok || napi_get_value_int32(env, argv[4], &tag) != napi_ok || loop_count == 0 ||
       on_setup_ref == NULL)
@@ -440,23 +426,19 @@ static napi_value listen_on(napi_env env, napi_callback_info info) {
 }
 
 static napi_value unlisten(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t tag;
-  if (argc != 1 || napi_get_value_int32(env, argv[0], &tag) != napi_ok) return bad_args(env, "unlisten(tag)");
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &tag) != napi_ok) return bad_args(env, "unlisten(tag)");
   for (int i = 0; i < loop_count; i++) sl_loop_unlisten(loops[i], tag);
   return NULL;
 }
 
 static napi_value peek(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop;
   uint64_t id;
   uint32_t deadline, first, stall, at;
-  if (argc != 6 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &deadline) != napi_ok ||
+  if (!args_exactly(env, info, 6, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &deadline) != napi_ok ||
       napi_get_value_uint32(env, argv[3], &first) != napi_ok || napi_get_value_uint32(env, argv[4], &stall) != napi_ok ||
       napi_get_value_uint32(env, argv[5], &at) != napi_ok)
     return bad_args(env, "peek(loop, id, deadlineMs, firstByteMs, stallMs, reportAt): bad arguments");
@@ -465,15 +447,13 @@ static napi_value peek(napi_env env, napi_callback_info info) {
 }
 
 static napi_value dial(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop;
   uint64_t id, version;
   bool tell = false;
   uint32_t port, connect_ms, delay_ms, idle_ms, n = 0;
   bool is_array = false;
-  if (argc != 9 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
+  if (!args_exactly(env, info, 9, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
       !is_array || napi_get_array_length(env, argv[2], &n) != napi_ok || n < 1 || n > SL_MAX_ADDRS ||
       napi_get_value_uint32(env, argv[3], &port) != napi_ok || port > 65535 || napi_get_value_uint32(env, argv[4], &connect_ms) != napi_ok ||
       napi_get_value_uint32(env, argv[5], &delay_ms) != napi_ok || napi_get_value_uint32(env, argv[6], &idle_ms) != napi_ok ||
@@ -492,29 +472,25 @@ static napi_value dial(napi_env env, napi_callback_info info) {
 }
 
 static napi_value splice_conn(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop;
   uint64_t id;
   uint32_t idle;
-  if (argc != 3 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &idle) != napi_ok)
+  if (!args_exactly(env, info, 3, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_uint32(env, argv[2], &idle) != napi_ok)
     return bad_args(env, "splice(loop, id, idleMs): bad arguments");
   int e = sl_loop_splice(loops[loop], id, idle);
   return e ? throw_code(env, e, "splice") : NULL;
 }
 
 static napi_value refuse(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t loop, how;
   uint64_t id;
   uint32_t linger_ms;
   double linger_max;
   void *bytes;
   size_t len;
-  if (argc != 6 || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &how) != napi_ok ||
+  if (!args_exactly(env, info, 6, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_get_value_int32(env, argv[2], &how) != napi_ok ||
       how < SL_REFUSE_RESET || how > SL_REFUSE_ANSWER || arg_buffer(env, argv[3], &bytes, &len) != 0 ||
       napi_get_value_uint32(env, argv[4], &linger_ms) != napi_ok || napi_get_value_double(env, argv[5], &linger_max) != napi_ok ||
       !(linger_max >= 0))
@@ -524,11 +500,9 @@ static napi_value refuse(napi_env env, napi_callback_info info) {
 }
 
 static napi_value set_policy_version(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint64_t v;
-  if (argc != 1 || !arg_id(env, argv[0], &v)) return bad_args(env, "setPolicyVersion(version)");
+  if (!args_exactly(env, info, 1, argv) || !arg_id(env, argv[0], &v)) return bad_args(env, "setPolicyVersion(version)");
   sl_set_policy_version(v);
   return NULL;
 }

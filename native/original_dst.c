@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <node_api.h>
 
+#include "napi_args.h"
+
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
@@ -48,9 +50,8 @@ static napi_value throw_errno(napi_env env, int e) {
 }
 
 static napi_value original_dst(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2) {
+  if (!args_exactly(env, info, 2, argv)) {
     napi_throw_type_error(env, NULL, "originalDst(fd, family) takes two arguments");
     return NULL;
   }
@@ -60,23 +61,16 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "originalDst: fd must be a non-negative integer and family 4 or 6");
     return NULL;
   }
+  // The kernel fills a sockaddr_in (IPv4) or sockaddr_in6 (IPv6); the length asked is that
+  // family's, as before, and the storage holds either.
+  struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof sa);
+  socklen_t len = family == 4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  int r = family == 4 ? getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) : getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &sa, &len);
+  if (r != 0) return throw_errno(env, errno);
   char text[INET6_ADDRSTRLEN];
   int port;
-  if (family == 4) {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    memset(&sa, 0, sizeof sa);
-    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) != 0) return throw_errno(env, errno);
-    inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text);
-    port = ntohs(sa.sin_port);
-  } else {
-    struct sockaddr_in6 sa;
-    socklen_t len = sizeof sa;
-    memset(&sa, 0, sizeof sa);
-    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &sa, &len) != 0) return throw_errno(env, errno);
-    inet_ntop(AF_INET6, &sa.sin6_addr, text, sizeof text);
-    port = ntohs(sa.sin6_port);
-  }
+  sockaddr_text(&sa, text, &port);
   napi_value result, address, portValue;
   napi_create_object(env, &result);
   napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address);
