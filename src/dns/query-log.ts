@@ -3,7 +3,7 @@
 // (observability/ecs-line.ts; docs/logs.md's list is generated from it, npm run docs:tables).
 // ECS has `source`, `rule` and `dns` as objects: a top-level string there breaks an ECS index.
 
-import { lineBuilder, type LogField } from '../observability/ecs-line.ts';
+import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from '../observability/ecs-line.ts';
 import type { Logger } from '../observability/logger.ts';
 import { RCODE, type RcodeName } from './message.ts';
 import type { Transport } from './service.ts';
@@ -45,7 +45,7 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
     name: 'event.outcome',
     type: 'keyword',
     description: '`success` when the name was answered (`allow`, `would-refuse`), `failure` when it was refused or failed.',
-    value: (q) => (q.verdict === 'allow' || q.verdict === 'would-refuse' ? 'success' : 'failure'),
+    value: (q) => outcomeOf(q.verdict),
   },
   {
     name: 'event.reason',
@@ -57,7 +57,7 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
   { name: 'source.ip', type: 'ip', description: "The querier's address.", value: (q) => q.source },
   { name: 'network.transport', type: 'keyword', description: '`udp` or `tcp`.', value: (q) => q.transport },
   { name: 'network.protocol', type: 'keyword', description: 'Always `dns`.', value: () => 'dns' },
-  { name: 'network.type', type: 'keyword', description: "`ipv4` or `ipv6`, the querier's family.", value: (q) => (q.source.includes(':') ? 'ipv6' : 'ipv4') },
+  { name: 'network.type', type: 'keyword', description: "`ipv4` or `ipv6`, the querier's family.", value: (q) => networkTypeOf(q.source) },
   { name: 'dns.question.name', type: 'keyword', description: 'The name asked, as asked; absent when no question could be read.', value: (q) => q.name },
   { name: 'dns.question.type', type: 'keyword', description: 'Its type (`A`, `TXT`, …).', value: (q) => q.type },
   {

@@ -11,7 +11,7 @@
 // Names the client sent (SNI, Host) are values of their own fields, never part of `message`.
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
-import { lineBuilder, type LogField } from './ecs-line.ts';
+import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
 import type { Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
@@ -44,7 +44,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'event.outcome',
     type: 'keyword',
     description: '`success` when the connection was carried (allowed, or `would-refuse`), `failure` when it was refused or failed.',
-    value: (o) => (o.verdict === 'allow' || o.verdict === 'would-refuse' ? 'success' : 'failure'),
+    value: (o) => outcomeOf(o.verdict),
   },
   {
     name: 'event.reason',
@@ -75,7 +75,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'network.type',
     type: 'keyword',
     description: "`ipv4` or `ipv6`, the sandbox address's family.",
-    value: (o) => (o.source.includes(':') ? 'ipv6' : 'ipv4'),
+    value: (o) => networkTypeOf(o.source),
   },
   {
     name: 'network.protocol',

@@ -38,3 +38,12 @@ export function lineBuilder<T>(fields: readonly LogField<T>[]): (o: T) => Record
     return line;
   };
 }
+
+/**
+ * `event.outcome` for egressd's verdict: `success` for `allow` and for `would-refuse` (report-only
+ * mode carried the connection or answered the query), `failure` for `refuse` and `error`.
+ */
+export const outcomeOf = (verdict: string): 'success' | 'failure' => (verdict === 'allow' || verdict === 'would-refuse' ? 'success' : 'failure');
+
+/** `network.type` of an address in text: `ipv6` when it has a colon, else `ipv4`. */
+export const networkTypeOf = (address: string): 'ipv4' | 'ipv6' => (address.includes(':') ? 'ipv6' : 'ipv4');
