@@ -43,11 +43,15 @@ export class HostAddresses implements HostGuard {
   readonly #reachable = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
   readonly #refreshMs: number;
   readonly #interfaces: () => NodeJS.Dict<NetworkInterfaceInfo[]>;
-  /** Canonical text of every interface address. */
+  /** Canonical text of every interface address (change detection, logs). */
   #addresses = new Set<string>();
+  /** The same addresses as exact-match tries, so the per-connection check formats no text. */
+  #local = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
   /** Ports egressd listens on at every address (wildcard binds), and at one address each. */
   #wildcardPorts = new Set<number>();
   #boundPorts = new Set<string>();
+  /** The port numbers in #boundPorts: only a destination on one of them needs its text. */
+  #boundPortNumbers = new Set<number>();
   #timer: NodeJS.Timeout | null = null;
   readonly #onChange: (() => void) | undefined;
 
@@ -67,6 +71,7 @@ export class HostAddresses implements HostGuard {
   /** Re-reads the interface addresses now. */
   refresh(): void {
     const next = new Set<string>();
+    const local = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
     let table: NodeJS.Dict<NetworkInterfaceInfo[]>;
     try {
       table = this.#interfaces();
@@ -79,11 +84,14 @@ export class HostAddresses implements HostGuard {
         // A link-local IPv6 address carries its zone (fe80::1%eth0): the address is what counts.
         const text = String(i.address).split('%')[0]!;
         const family = parseIpInto(text, words);
-        if (family !== 0) next.add(formatIp(family, words));
+        if (family === 0) continue;
+        next.add(formatIp(family, words));
+        local[family].insert(words, family === 4 ? 32 : 128, 0);
       }
     }
     const changed = next.size !== this.#addresses.size || [...next].some((a) => !this.#addresses.has(a));
     this.#addresses = next;
+    this.#local = local;
     if (changed) this.#onChange?.();
   }
 
@@ -103,15 +111,20 @@ export class HostAddresses implements HostGuard {
   setListeners(list: readonly ListenerAddress[]): void {
     const wildcard = new Set<number>();
     const bound = new Set<string>();
+    const boundPortNumbers = new Set<number>();
     for (const l of list) {
       const family = parseIpInto(l.host, words);
       if (family === 0) continue;
       const allZero = words[0] === 0 && (family === 4 || (words[1] === 0 && words[2] === 0 && words[3] === 0));
       if (allZero) wildcard.add(l.port);
-      else bound.add(`${formatIp(family, words)} ${l.port}`);
+      else {
+        bound.add(`${formatIp(family, words)} ${l.port}`);
+        boundPortNumbers.add(l.port);
+      }
     }
     this.#wildcardPorts = wildcard;
     this.#boundPorts = bound;
+    this.#boundPortNumbers = boundPortNumbers;
   }
 
   /** The interface addresses as last read (canonical text), for logs and tests. */
@@ -125,22 +138,24 @@ export class HostAddresses implements HostGuard {
    * unspecified address (0.0.0.0/8, ::), which Linux delivers locally, count as the host's.
    */
   refuses(family: IpFamily, w: Uint32Array, port: number): string | null {
-    const text = formatIp(family, w);
-    const local = this.#isLocal(family, w, text);
-    if ((local && this.#wildcardPorts.has(port)) || this.#boundPorts.has(`${text} ${port}`)) {
+    // Called on every decide(): the address is formatted as text only for a refusal or a port
+    // egressd binds at one address, never for an ordinary destination.
+    const local = this.#isLocal(family, w);
+    if ((local && this.#wildcardPorts.has(port)) || (this.#boundPortNumbers.has(port) && this.#boundPorts.has(`${formatIp(family, w)} ${port}`))) {
+      const text = formatIp(family, w);
       return `egressd's own listener ${family === 6 ? `[${text}]` : text}:${port}`;
     }
-    if (local && this.#reachable[family].longest(w) < 0) return `host address ${JSON.stringify(text)}`;
+    if (local && this.#reachable[family].longest(w) < 0) return `host address ${JSON.stringify(formatIp(family, w))}`;
     return null;
   }
 
-  #isLocal(family: IpFamily, w: Uint32Array, text: string): boolean {
+  #isLocal(family: IpFamily, w: Uint32Array): boolean {
     if (family === 4) {
       const first = w[0]! >>> 24;
       if (first === 127 || first === 0) return true;
     } else if (w[0] === 0 && w[1] === 0 && w[2] === 0 && (w[3] === 0 || w[3] === 1)) {
       return true;
     }
-    return this.#addresses.has(text);
+    return this.#local[family].longest(w) >= 0;
   }
 }
