@@ -25,7 +25,8 @@ function rawOnce(cmd: 'D' | 'T', n: number): Promise<number> {
     s.on('data', (d: Buffer) => (got += d.length));
     s.once('end', () => {
       s.end();
-      resolve(got);
+      // 'T' is answered with exactly "ok": anything else (a proxy's refusal, a TLS alert) is an error.
+      resolve(cmd === 'T' && got !== 2 ? 0 : got);
     });
     s.once('error', reject);
   });
@@ -70,7 +71,7 @@ async function connLoop(clients: number, ms: number, once: () => Promise<number>
 }
 
 async function hold(n: number): Promise<void> {
-  const sockets: Socket[] = [];
+  const held: Socket[] = [];
   let errors = 0;
   // 200 at a time: a burst of 5,000 SYNs would overflow the proxies' listen backlogs.
   for (let i = 0; i < n; i += 200) {
@@ -80,21 +81,31 @@ async function hold(n: number): Promise<void> {
         () =>
           new Promise<void>((resolve) => {
             const s = connect({ host: RAW_ORIGIN, port: PORT }, () => s.write(request('H')));
-            s.once('data', () => resolve());
+            // Held only once the origin's "h" arrived: the connection went through the proxy to the
+            // origin. A refusal (an alert, a reset, a close) is an error, not a held connection.
+            s.once('data', (d: Buffer) => {
+              if (d.length === 1 && d[0] === 0x68) held.push(s);
+              else {
+                errors++;
+                s.destroy();
+              }
+              resolve();
+            });
             s.once('error', () => {
               errors++;
               resolve();
             });
             s.once('close', () => resolve());
-            sockets.push(s);
           }),
       ),
     );
   }
-  out({ held: sockets.filter((s) => !s.destroyed).length, errors });
+  out({ held: held.filter((s) => !s.destroyed).length, errors });
   process.stdin.resume();
   process.stdin.once('end', () => {
-    for (const s of sockets) s.destroy();
+    // A reset, not a FIN: the client's side would otherwise sit in TIME_WAIT for 60 s holding its
+    // port, and the next column's 5,000 connections would run out of ephemeral ports.
+    for (const s of held) s.resetAndDestroy();
     process.exit(0);
   });
 }

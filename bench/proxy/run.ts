@@ -65,6 +65,8 @@ interface Column {
   readonly product: Product | 'direct';
   readonly workers: 'one' | 'per-core';
   readonly port: number;
+  /** egressd's admin port (its /metrics), set when the column starts. */
+  admin?: number;
   proc?: ChildProcess;
   stderr: string;
 }
@@ -178,9 +180,10 @@ backend raw
 }
 
 function egressdConf(dir: string, c: Column, i: number): string {
+  c.admin = 19901 + i;
   return JSON.stringify({
     listen: { tls: `0.0.0.0:${c.port}`, http: `0.0.0.0:${c.port + 100}`, tcp: `0.0.0.0:${c.port + 200}` },
-    admin: { listen: `127.0.0.1:${19901 + i}` },
+    admin: { listen: `127.0.0.1:${c.admin}` },
     dns: { servers: ['198.18.1.53'] },
     upstream: { dial: 'resolved' },
     protected: { except: ['198.18.0.0/15'] },
@@ -192,6 +195,13 @@ function egressdConf(dir: string, c: Column, i: number): string {
       },
     ],
     log: { level: 'info', destination: join(dir, `egressd-${c.key}.log`) },
+    // The benchmark is one sandbox opening thousands of connections: the default per-sandbox
+    // limits (1,024 open, 200/s, half the descriptor budget) would refuse most of the hold and
+    // part of the connection tests, and the figures would measure refusals, not splices.
+    limits: {
+      sandbox: { connections: 1_000_000, undecided: 1_000_000, perSecond: 1_000_000, burst: 1_000_000 },
+      global: { sandboxShare: 1 },
+    },
   });
 }
 
@@ -299,6 +309,29 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
   record(workload, c.key, s);
 }
 
+/** Connections the column's proxy has accepted and holds established on its port (in the router namespace). */
+async function establishedOn(rig: Rig, port: number): Promise<number> {
+  const r = await rig.execIn('router', 'ss', ['-Htn', 'state', 'established', `sport = :${port}`]);
+  return r.stdout.split('\n').filter((l) => l.trim() !== '').length;
+}
+
+/** The sum of a metric's samples in egressd's /metrics (all label sets). */
+async function egressdMetric(rig: Rig, c: Column, name: string): Promise<number> {
+  const r = await rig.execIn('router', 'curl', ['-sS', '--max-time', '5', `http://127.0.0.1:${c.admin}/metrics`]);
+  if (r.code !== 0) throw new Error(`${c.key}: /metrics: ${r.stderr.trim()}`);
+  let sum = 0;
+  for (const l of r.stdout.split('\n')) if (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) sum += Number(l.slice(l.lastIndexOf(' ') + 1));
+  return sum;
+}
+
+/**
+ * RSS per held connection: the proxy's RSS before and while the client holds P.held connections
+ * spliced through it to the raw origin. Refuses to record a figure unless every connection is
+ * really held through this column: the client counts a connection only once the origin's byte
+ * came back through it, the proxy's port shows that many established connections, and egressd
+ * (its /metrics) has that many open. Any shortfall (a limit refusing, ports running out, the
+ * REDIRECT pointing elsewhere) would divide the RSS growth by the wrong count.
+ */
 async function holdTest(rig: Rig, c: Column): Promise<void> {
   await point(rig, c);
   const pid = c.proc!.pid!;
@@ -315,9 +348,20 @@ async function holdTest(rig: Rig, c: Column): Promise<void> {
   const r = JSON.parse(line) as { held: number; errors: number };
   await new Promise((res) => setTimeout(res, 1000));
   const during = rssKiB(pid);
+  const established = await establishedOn(rig, c.port);
+  const open = c.product === 'egressd' ? await egressdMetric(rig, c, 'egressd_active_connections') : NaN;
   child.stdin!.end();
   await new Promise((res) => child.once('exit', res));
-  record('hold', c.key, { before, during, held: r.held, errors: r.errors, kbPerConn: ((during - before) * 1.024) / Math.max(1, r.held) });
+  const faults = [
+    r.held !== P.held || r.errors !== 0 ? `the client held ${r.held} of ${P.held} (${r.errors} errors)` : '',
+    established < r.held ? `only ${established} established on port ${c.port}` : '',
+    c.product === 'egressd' && open !== r.held ? `egressd_active_connections is ${open}` : '',
+  ].filter((f) => f !== '');
+  if (faults.length > 0) {
+    process.stderr.write(`bench:proxy: hold ${c.key}: not recorded: ${faults.join('; ')}\n`);
+    return;
+  }
+  record('hold', c.key, { before, during, held: r.held, errors: r.errors, kbPerConn: ((during - before) * 1.024) / r.held });
 }
 
 // ---- report ---------------------------------------------------------------------------------
@@ -531,7 +575,14 @@ async function main(): Promise<void> {
       } else if (c.product === 'egressd') {
         writeFileSync(join(dir, `${c.key}.json`), egressdConf(dir, c, i));
         const threads = c.workers === 'one' ? '1' : String(perCore);
-        c.proc = rig.spawnIn('router', EGRESSD, ['serve', '--config', join(dir, `${c.key}.json`)], { env: { EGRESSD_DATA_PLANE_THREADS: threads } });
+        // BENCH_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") and BENCH_EGRESSD_ENV (a JSON
+        // object) reach egressd's process only, for profiling one column.
+        const env = {
+          EGRESSD_DATA_PLANE_THREADS: threads,
+          ...(process.env['BENCH_NODE_OPTIONS'] ? { NODE_OPTIONS: process.env['BENCH_NODE_OPTIONS'] } : {}),
+          ...(JSON.parse(process.env['BENCH_EGRESSD_ENV'] ?? '{}') as Record<string, string>),
+        };
+        c.proc = rig.spawnIn('router', EGRESSD, ['serve', '--config', join(dir, `${c.key}.json`)], { env });
       }
       c.proc?.stdout?.resume();
       c.proc?.stderr?.setEncoding('utf8').on('data', (d: string) => (c.stderr = (c.stderr + d).slice(-4096)));
@@ -600,7 +651,8 @@ async function main(): Promise<void> {
     }
   } finally {
     await rig.teardown();
-    rmSync(dir, { recursive: true, force: true });
+    if (process.env['BENCH_KEEP']) process.stderr.write(`kept ${dir}\n`);
+    else rmSync(dir, { recursive: true, force: true });
   }
 }
 
