@@ -21,6 +21,8 @@
 // splice(loop, id, idleMs): void
 // refuse(loop, id, how, bytes: Buffer | null, lingerMs, lingerMaxBytes): void
 // setPolicyVersion(version): void
+// sync(timeoutMs): number   blocks until every loop ran the commands posted before (aborts
+//     included), at most timeoutMs; how many loops had not answered (0: all did)
 // abort(loop, id): void
 // active(): number   connections whose outcome has not yet been delivered
 //
@@ -507,6 +509,13 @@ static napi_value set_policy_version(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value sync_loops(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint32_t timeout_ms;
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_uint32(env, argv[0], &timeout_ms) != napi_ok) return bad_args(env, "sync(timeoutMs)");
+  return num(env, sl_loops_sync(loops, loop_count, timeout_ms));
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
@@ -520,6 +529,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"splice", NULL, splice_conn, NULL, NULL, NULL, napi_default, NULL},
       {"refuse", NULL, refuse, NULL, NULL, NULL, napi_default, NULL},
       {"setPolicyVersion", NULL, set_policy_version, NULL, NULL, NULL, napi_default, NULL},
+      {"sync", NULL, sync_loops, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -102,7 +102,17 @@ typedef struct sl_listener {
   struct sl_listener *next;
 } sl_listener;
 
-typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE } cmd_kind;
+typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC } cmd_kind;
+
+// One sl_loops_sync call: each loop's CMD_SYNC counts itself off once every command queued
+// before it has run. Freed by whichever of the caller and the loops lets go of it last, so a
+// caller that gave up waiting never leaves a loop writing to freed memory.
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t done;
+  int waiting; // loops that have not reached their CMD_SYNC yet
+  int refs;    // the caller, and each CMD_SYNC not yet freed
+} sl_barrier;
 
 typedef struct sl_cmd {
   cmd_kind kind;
@@ -114,6 +124,7 @@ typedef struct sl_cmd {
   sl_dial *dial;
   char *bytes;
   size_t len;
+  sl_barrier *barrier; // SYNC
   struct sl_cmd *next;
 } sl_cmd;
 
@@ -759,10 +770,23 @@ static void refuse(sl_loop *l, sl_conn *c, sl_cmd *cmd) {
   refuse_run(l, c);
 }
 
+// `reached`: the loop ran every command before the barrier's (or holds no connection any more).
+static void barrier_release(sl_barrier *b, bool reached) {
+  pthread_mutex_lock(&b->lock);
+  if (reached && --b->waiting == 0) pthread_cond_signal(&b->done);
+  bool last = --b->refs == 0;
+  pthread_mutex_unlock(&b->lock);
+  if (!last) return;
+  pthread_cond_destroy(&b->done);
+  pthread_mutex_destroy(&b->lock);
+  free(b);
+}
+
 static void run_command(sl_loop *l, sl_cmd *cmd) {
   sl_conn *c;
-  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && (c = find(l, cmd->id))) answered(l, c);
+  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && cmd->kind != CMD_SYNC && (c = find(l, cmd->id))) answered(l, c);
   switch (cmd->kind) {
+    case CMD_SYNC: return; // released by free_cmd, right after, in queue order
     case CMD_ADD: add_conn(l, cmd->conn); return;
     case CMD_ABORT:
       if ((c = find(l, cmd->id))) conn_close(l, c, SL_END_ABORTED, 0, c->stage == ST_SPLICE ? -1 : CLIENT);
@@ -826,6 +850,8 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
 }
 
 static void free_cmd(sl_cmd *cmd) {
+  // A loop that stopped first closed every connection it had: its barrier is reached too.
+  if (cmd->barrier) barrier_release(cmd->barrier, true);
   free(cmd->dial);
   free(cmd->bytes);
   free(cmd);
@@ -1134,6 +1160,50 @@ int sl_loop_refuse(sl_loop *l, uint64_t id, sl_refusal how, const void *bytes, s
 
 void sl_set_policy_version(uint64_t version) {
   __atomic_store_n(&policy_version, version, __ATOMIC_RELEASE);
+}
+
+int sl_loops_sync(sl_loop *const *loops, int n, uint32_t timeout_ms) {
+  if (n <= 0) return 0;
+  sl_barrier *b = calloc(1, sizeof *b);
+  if (!b) return n;
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&b->done, &attr);
+  pthread_condattr_destroy(&attr);
+  pthread_mutex_init(&b->lock, NULL);
+  b->waiting = n;
+  b->refs = n + 1;
+  int unposted = 0;
+  for (int i = 0; i < n; i++) {
+    sl_cmd *cmd = new_cmd(CMD_SYNC, 0);
+    if (!cmd) {
+      // Not confirmed: counted as a loop that did not answer.
+      unposted++;
+      pthread_mutex_lock(&b->lock);
+      b->waiting--;
+      b->refs--;
+      pthread_mutex_unlock(&b->lock);
+      continue;
+    }
+    cmd->barrier = b;
+    push(loops[i], cmd);
+  }
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&b->lock);
+  int r = 0;
+  while (b->waiting > 0 && r == 0) r = pthread_cond_timedwait(&b->done, &b->lock, &deadline);
+  int late = b->waiting;
+  pthread_mutex_unlock(&b->lock);
+  barrier_release(b, false);
+  return late + unposted;
 }
 
 void sl_loop_stop(sl_loop *l) {

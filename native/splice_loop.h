@@ -150,4 +150,14 @@ int sl_loop_refuse(sl_loop *loop, uint64_t id, sl_refusal how, const void *bytes
 /** The policy version in force (every loop reads it when a dial connects). Thread-safe. */
 void sl_set_policy_version(uint64_t version);
 
+/**
+ * The hand-off of a policy change (issue 12: a change reaches every loop before the API answers):
+ * blocks the calling thread until each of the `n` loops has run every command posted to it
+ * before this call (an sl_loop_abort has closed its sockets; sl_set_policy_version was already
+ * read-visible), or until `timeout_ms` passed. Returns how many loops had not answered by then:
+ * 0 when all did. A loop answers within one turn of its event loop (microseconds); the bound is
+ * for a loop stuck in a system call, which must not stop the caller for long. Thread-safe.
+ */
+int sl_loops_sync(sl_loop *const *loops, int n, uint32_t timeout_ms);
+
 #endif

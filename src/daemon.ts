@@ -10,7 +10,7 @@ import { handleClient, type PipelineDeps } from './net/connection.ts';
 import { SocketClient, type ClientSide } from './net/client-side.ts';
 import { Listener } from './net/listener.ts';
 import { nativeSetup, NativeListener, type NativeClient, type NativeSetup } from './net/native-setup.ts';
-import { nativeSetupWanted, nativeSpliceStatus } from './net/native-splice.ts';
+import { nativeSetupWanted, nativeSpliceStatus, syncNativeLoops } from './net/native-splice.ts';
 import type { Ticket } from './limits/admission.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
@@ -46,6 +46,13 @@ export interface DaemonOptions {
    */
   readonly setup?: 'native' | 'node';
 }
+
+/**
+ * How long a policy change waits for every data-plane loop to confirm it closed the connections
+ * the change refuses, before the API answers anyway (logged and counted as late). A loop answers
+ * within one turn of its event loop; only one stuck in the kernel takes longer.
+ */
+const POLICY_HANDOFF_MS = 1000;
 
 /** The essential-services catalog the config asks for, or the config's error. */
 export function catalogOf(config: Config): string[] {
@@ -447,7 +454,12 @@ export class Daemon {
     );
   }
 
-  /** Closes the open connections the current policies refuse (unless onPolicyChange is keep). */
+  /**
+   * Closes the open connections the current policies refuse (unless onPolicyChange is keep), and
+   * returns only once they are closed: the closes of connections in the native loops are commands
+   * to those loops, so this waits, bounded, for every loop to confirm it ran them. Called
+   * synchronously with the change, so the API answers (and a reload returns) after it.
+   */
   #rejudge(): void {
     if (this.#config.onPolicyChange === 'keep') return;
     let closed = 0;
@@ -459,7 +471,17 @@ export class Daemon {
         closed++;
       }
     }
-    if (closed > 0) this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed }, 'closed connections the new policy refuses');
+    if (closed === 0) return;
+    const startedAt = performance.now();
+    const late = syncNativeLoops(POLICY_HANDOFF_MS);
+    if (late > 0) {
+      this.metrics.instruments.policyHandoffsLate.inc();
+      this.log.warn(
+        { event: { action: 'policy-handoff-late' }, loops: late, waited_ms: Math.round(performance.now() - startedAt) },
+        'a data-plane loop did not confirm the closes of a policy change in time; answering anyway',
+      );
+    }
+    this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed }, 'closed connections the new policy refuses');
   }
 
   #emit(o: ConnectionOutcome): void {

@@ -41,11 +41,16 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static sl_outcome outcomes[MAX_OUTCOMES];
 static int n_outcomes;
 
+// The report of `gate_id` holds its loop's thread until `gate_open` (a loop stuck mid-turn).
+static uint64_t gate_id;
+static bool gate_open = true;
+
 static void report(void *ctx, const sl_outcome *o) {
   (void)ctx;
   pthread_mutex_lock(&lock);
   if (n_outcomes < MAX_OUTCOMES) outcomes[n_outcomes++] = *o;
   pthread_cond_broadcast(&cond);
+  while (o->id == gate_id && !gate_open) pthread_cond_wait(&cond, &lock);
   pthread_mutex_unlock(&lock);
 }
 
@@ -370,6 +375,64 @@ static void test_many_connections_reuse_pipes(sl_loop *l) {
     close(e.upstream);
   }
   CHECK(sl_loop_size(l) == 0, "%u connections left", sl_loop_size(l));
+}
+
+static void *open_gate_later(void *arg) {
+  (void)arg;
+  usleep(100 * 1000);
+  pthread_mutex_lock(&lock);
+  gate_open = true;
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+  return NULL;
+}
+
+// sl_loops_sync returns only once every loop ran the aborts posted before it: the connection is
+// closed, and reported, when it returns. A loop held mid-turn makes it give up after its bound
+// and say so, without the abort having run.
+static void test_sync_waits_for_the_aborts(void) {
+  int err = 0;
+  sl_loop *ls[2] = {sl_loop_start(report, NULL, &err), sl_loop_start(report, NULL, &err)};
+  CHECK(ls[0] && ls[1], "start: %s", strerror(err));
+  CHECK(sl_loops_sync(ls, 2, 1000) == 0, "idle loops did not answer");
+  conn_ends held = hand_over(ls[0], 700, NULL, NULL, 10000), doomed = hand_over(ls[0], 701, NULL, NULL, 10000);
+  conn_ends other = hand_over(ls[1], 702, NULL, NULL, 10000);
+  pthread_mutex_lock(&lock);
+  gate_id = 700;
+  gate_open = false;
+  pthread_mutex_unlock(&lock);
+  sl_loop_abort(ls[0], 700);
+  sl_outcome o;
+  CHECK(wait_outcome(700, 5000, &o), "no outcome for the connection that holds the loop");
+  // Loop 0 is held in 700's report: the abort of 701 waits in its queue.
+  sl_loop_abort(ls[0], 701);
+  sl_loop_abort(ls[1], 702);
+  CHECK(sl_loops_sync(ls, 2, 100) == 1, "a held loop was counted as having answered");
+  pthread_mutex_lock(&lock);
+  CHECK(count_of(701) == 0, "the held loop ran a command");
+  CHECK(count_of(702) == 1, "the free loop's abort had not run when sync returned");
+  pthread_mutex_unlock(&lock);
+  struct pollfd p = {.fd = doomed.client, .events = POLLIN};
+  CHECK(poll(&p, 1, 0) == 0, "the held loop's connection is already closed");
+  // The gate opens while the caller waits: it returns once the abort ran, not at its bound.
+  pthread_t t;
+  pthread_create(&t, NULL, open_gate_later, NULL);
+  CHECK(sl_loops_sync(ls, 2, 5000) == 0, "sync gave up on a loop that answered");
+  pthread_mutex_lock(&lock);
+  CHECK(count_of(701) == 1, "sync returned before the abort ran");
+  pthread_mutex_unlock(&lock);
+  int e;
+  read_all(doomed.client, NULL, 0, &e, 2000);
+  CHECK(e == 0, "the client saw errno %d, not the close", e);
+  pthread_join(t, NULL);
+  sl_loop_stop(ls[0]);
+  sl_loop_stop(ls[1]);
+  close(held.client);
+  close(held.upstream);
+  close(doomed.client);
+  close(doomed.upstream);
+  close(other.client);
+  close(other.upstream);
 }
 
 static void test_stop_reports_every_connection(void) {
@@ -745,6 +808,7 @@ int main(void) {
   test_many_connections_reuse_pipes(l);
   sl_loop_stop(l);
   test_stop_reports_every_connection();
+  test_sync_waits_for_the_aborts();
   test_setup();
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));

@@ -61,6 +61,8 @@ export interface DataPlaneAddon {
   splice(loop: number, id: number, idleMs: number): void;
   refuse(loop: number, id: number, how: number, bytes: Buffer | null, lingerMs: number, lingerMaxBytes: number): void;
   setPolicyVersion(version: number): void;
+  /** Blocks until every loop ran the commands posted before (aborts included), at most timeoutMs; the loops that had not answered. */
+  sync(timeoutMs: number): number;
 }
 
 /** Where set-up reports and the outcomes of set-up connections go (native-setup.ts). */
@@ -175,6 +177,17 @@ export function nativeSetupPlane(): { ok: true; addon: DataPlaneAddon; threads: 
 export function nativeSpliceStatus(): { ok: true; threads: number } | { ok: false; reason: string } {
   const s = load();
   return s.ok ? { ok: true, threads: s.threads } : { ok: false, reason: s.reason };
+}
+
+/**
+ * The hand-off of a policy change: returns once every running loop has run the commands posted
+ * to it before this call — each abort has closed its connection's sockets — or after
+ * `timeoutMs`, blocking the calling thread meanwhile (a loop answers within one turn, in
+ * microseconds). Returns how many loops had not answered; 0 when there are no loops.
+ */
+export function syncNativeLoops(timeoutMs: number): number {
+  if (!state?.ok) return 0;
+  return state.addon.sync(Math.max(0, Math.min(2 ** 32 - 1, Math.ceil(timeoutMs))));
 }
 
 /** How many connections have been handed to the native data plane since start (for tests and metrics). */

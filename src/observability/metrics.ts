@@ -187,6 +187,12 @@ export const METRICS = {
     help: 'Open connections closed because a policy change refuses them.',
     labels: [],
   },
+  policyHandoffsLate: {
+    name: 'egressd_policy_handoffs_late_total',
+    type: 'counter',
+    help: 'Policy changes answered before every data-plane loop confirmed it had closed the connections they refuse (a loop silent for 1 s).',
+    labels: [],
+  },
   stateWriteFailures: {
     name: 'egressd_state_write_failures_total',
     type: 'counter',

@@ -95,6 +95,7 @@ function feed(m: Metrics): void {
   m.instruments.policyChanges.inc({ source: 'api' });
   m.instruments.policyChangesRefused.inc({ source: 'api' });
   m.instruments.configReloads.inc({ result: 'ok' });
+  m.instruments.policyHandoffsLate.inc();
   m.outcome(outcome({ listener: 'tcp', reason: 'policy-changed', protocol: 'none', name: null }));
   m.instruments.stateWriteFailures.inc({ errno: 'ENOSPC' });
   m.instruments.stateEntries.set(3);
