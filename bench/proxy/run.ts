@@ -117,6 +117,23 @@ function cpuSeconds(pid: number): number {
   }
   return ticks / TICK;
 }
+/**
+ * CPU seconds of the main threads alone (each process's thread whose id is the process's): for
+ * egressd, the JavaScript thread, apart from the data-plane loops, libuv's pool and V8's helpers.
+ */
+function mainThreadCpuSeconds(pid: number): number {
+  let ticks = 0;
+  for (const p of tree(pid)) {
+    try {
+      const f = readFileSync(`/proc/${p}/task/${p}/stat`, 'utf8');
+      const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(rest[11]) + Number(rest[12]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / TICK;
+}
 /** VmRSS of the process and its descendants, KiB. */
 function rssKiB(pid: number): number {
   let kib = 0;
@@ -242,6 +259,8 @@ function record(workload: string, column: string, s: Sample): void {
   const list = w.get(column) ?? [];
   list.push(s);
   w.set(column, list);
+  // Each sample as it is taken (counts and errors included), for runs read by eye or by script.
+  process.stderr.write(`${JSON.stringify({ workload, column, ...s })}\n`);
 }
 
 async function load(rig: Rig, argv: string[]): Promise<Record<string, number>> {
@@ -263,6 +282,7 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
   await point(rig, c);
   const pid = c.proc?.pid;
   const cpu0 = pid ? cpuSeconds(pid) : 0;
+  const main0 = pid ? mainThreadCpuSeconds(pid) : 0;
   let s: Sample;
   switch (workload) {
     case 'tls-bulk': {
@@ -304,7 +324,10 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
   if (pid) {
     const cpu = cpuSeconds(pid) - cpu0;
     if ('bytes' in s) s['cpuPerGB'] = cpu / (s['bytes']! / 1e9);
-    else s['cpuUsPerConn'] = (cpu / Math.max(1, s['count']!)) * 1e6;
+    else {
+      s['cpuUsPerConn'] = (cpu / Math.max(1, s['count']!)) * 1e6;
+      s['mainThreadUsPerConn'] = ((mainThreadCpuSeconds(pid) - main0) / Math.max(1, s['count']!)) * 1e6;
+    }
   }
   record(workload, c.key, s);
 }

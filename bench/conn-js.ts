@@ -1,0 +1,153 @@
+// The JavaScript thread's cost per connection (issue 12), measured without the network namespace
+// rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
+// origin and the clients in child processes, so this process's main thread runs egressd alone.
+//
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--setup native|node] [--prof DIR]
+//
+// Each client loops: connect, the raw workload's first flight (a ClientHello naming
+// raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
+// Printed: the main thread's CPU µs per connection (process.threadCpuUsage, user + system, so the
+// kernel work the thread does is in), the whole process's, and connections/s (meaningless on a
+// busy machine). `--prof DIR` writes a V8 CPU profile of the measured part (inspector), to read
+// with inclusive time ÷ connections. Loopback has no REDIRECT: the original destination is the
+// origin, given as the daemon's originalDst (as test/helpers/loopback-daemon.ts does), and the
+// dial is `original` (no DNS). Bounded by --count and a 120 s timer.
+
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { validateConfig } from '../src/config/schema.ts';
+import { Daemon } from '../src/daemon.ts';
+import { createLogger } from '../src/observability/logger.ts';
+import { RAW_NAME } from './proxy/wire.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    count: { type: 'string', default: '2000' },
+    clients: { type: 'string', default: '1' },
+    setup: { type: 'string', default: 'native' },
+    prof: { type: 'string' },
+    child: { type: 'string' },
+    port: { type: 'string' },
+  },
+  strict: true,
+});
+
+if (args.child === 'origin') {
+  // The raw origin: reads the 9-byte command after the hello, answers "ok", closes.
+  const { createServer } = await import('node:net');
+  const server = createServer((s) => {
+    s.on('error', () => {});
+    s.once('data', () => s.end('ok'));
+  });
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'clients') {
+  const { connect } = await import('node:net');
+  const { request } = await import('./proxy/wire.ts');
+  const first = request('T');
+  const port = Number(args.port);
+  let left = Number(args.count);
+  let errors = 0;
+  const once = (): Promise<void> =>
+    new Promise((resolve) => {
+      const s = connect({ host: '127.0.0.1', port, noDelay: true }, () => s.write(first));
+      s.on('data', () => {});
+      s.once('end', () => s.end());
+      s.once('error', () => errors++);
+      s.once('close', () => resolve());
+    });
+  const loop = async (): Promise<void> => {
+    while (left > 0) {
+      left--;
+      await once();
+    }
+  };
+  await Promise.all(Array.from({ length: Number(args.clients) }, loop));
+  process.send?.({ errors });
+  process.disconnect?.();
+} else {
+  await main();
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-conn-js-'));
+  const children: ChildProcess[] = [];
+  const timer = setTimeout(() => {
+    for (const c of children) c.kill();
+    console.error('conn-js: over 120 s, stopped');
+    process.exit(1);
+  }, 120_000);
+  try {
+    const origin = fork(import.meta.filename, ['--child', 'origin']);
+    children.push(origin);
+    const originPort = await new Promise<number>((resolve) => origin.once('message', (m) => resolve(m as number)));
+    const r = validateConfig({
+      listen: { tls: '127.0.0.1:0' },
+      admin: { listen: '127.0.0.1:0' },
+      protected: { except: ['127.0.0.0/8'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+      upstream: { dial: 'original' },
+      limits: { sandbox: { connections: 100_000, undecided: 100_000, perSecond: 10_000_000, burst: 10_000_000 } },
+      sandboxes: [
+        { id: 'bench', sources: ['127.0.0.1'], network: { mode: 'block-all', egress: { allowed_domains: [RAW_NAME], allowed_ports: [originPort] } } },
+      ],
+      log: { level: 'info', destination: join(dir, 'egressd.log') },
+    });
+    if (!r.ok) throw new Error(`config: ${JSON.stringify(r.issues)}`);
+    const log = createLogger({ level: 'info', destination: join(dir, 'egressd.log') });
+    const daemon = new Daemon(r.config, log, {
+      originalDst: () => ({ kind: 'redirected', address: '127.0.0.1', port: originPort }),
+      setup: args.setup === 'node' ? 'node' : 'native',
+    });
+    await daemon.start();
+    const port = daemon.listeners[0]!.port!;
+    const run = async (count: number): Promise<{ errors: number }> => {
+      const c = fork(import.meta.filename, ['--child', 'clients', '--port', String(port), '--count', String(count), '--clients', args.clients!]);
+      children.push(c);
+      return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
+    };
+    await run(200); // warm-up: JIT, caches
+    const session = args.prof !== undefined ? new Session() : null;
+    if (session) {
+      session.connect();
+      await session.post('Profiler.enable');
+      await session.post('Profiler.start');
+    }
+    const count = Number(args.count);
+    const t0 = performance.now();
+    const main0 = process.threadCpuUsage();
+    const all0 = process.cpuUsage();
+    const { errors } = await run(count);
+    const main = process.threadCpuUsage(main0);
+    const all = process.cpuUsage(all0);
+    const seconds = (performance.now() - t0) / 1000;
+    if (session) {
+      const { profile } = await session.post('Profiler.stop');
+      mkdirSync(args.prof!, { recursive: true });
+      const file = join(args.prof!, `conn-js-${Date.now()}.cpuprofile`);
+      writeFileSync(file, JSON.stringify(profile));
+      console.error(`profile: ${file}`);
+    }
+    const per = (u: { user: number; system: number }): number => Math.round(((u.user + u.system) / count) * 10) / 10;
+    console.log(
+      JSON.stringify({
+        setup: daemon.nativeSetup ? 'native' : 'node',
+        clients: Number(args.clients),
+        count,
+        errors,
+        mainThreadUsPerConn: per(main),
+        mainUserUs: Math.round((main.user / count) * 10) / 10,
+        mainSystemUs: Math.round((main.system / count) * 10) / 10,
+        processUsPerConn: per(all),
+        connPerSecond: Math.round(count / seconds),
+      }),
+    );
+    await daemon.stop(0);
+  } finally {
+    clearTimeout(timer);
+    for (const c of children) c.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
