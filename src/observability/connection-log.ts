@@ -11,7 +11,8 @@
 // Names the client sent (SNI, Host) are values of their own fields, never part of `message`.
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
-import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
+import { pino } from 'pino';
+import { lineBuilder, lineWriter, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
 import type { Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
@@ -164,16 +165,43 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
 /** The connection's fields as nested objects (`{ source: { ip, port }, … }`), absent ones left out. */
 export const connectionLine: (o: Readonly<ConnectionOutcome>) => Record<string, unknown> = lineBuilder(CONNECTION_FIELDS);
 
-/**
- * The logger for connection lines: `log` without redaction. A connection line holds only the
- * fields above, none of which can carry a secret, and redaction's walk over its nested objects
- * would be most of the line's cost (bench/log.ts). Make it once; every other line keeps `log`.
- */
-export function connectionLogger(log: Logger): Logger {
-  return log.child({}, { redact: [] });
+/** The same fields as JSON text, the members without the braces: `{${text}}` is `connectionLine`'s JSON. */
+export const connectionLineText: (o: Readonly<ConnectionOutcome>) => string = lineWriter(CONNECTION_FIELDS);
+
+/** Where connection lines go: `connectionLogger`'s answer, written to by `logConnection`. */
+export interface ConnectionLog {
+  write(o: Readonly<ConnectionOutcome>): void;
 }
 
-/** Writes the connection's one line through `connectionLogger`'s logger: `info`, or `warn` when it ended in an error. */
-export function logConnection(log: Logger, o: Readonly<ConnectionOutcome>): void {
-  log[o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection');
+/**
+ * The writer of connection lines into `log`'s destination, without redaction: a connection line
+ * holds only the fields above, none of which can carry a secret, and redaction's walk over its
+ * nested objects would be most of the line's cost (bench/log.ts). The line is written as text
+ * (connectionLineText) with the logger's own level key, time and bindings, exactly as pino would
+ * write `log.info(connectionLine(o), 'connection')`, and with no call of the logger's hooks: a
+ * connection line never forces the batch out (logger.ts). Make it once; every other line keeps `log`.
+ */
+export function connectionLogger(log: Logger): ConnectionLog {
+  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as { write(s: string): unknown; [k: symbol]: unknown } | undefined;
+  // A destination that wants each line's metadata (pino.multistream) gets lines through pino.
+  if (stream === undefined || stream[Symbol.for('pino.metadata')] === true) {
+    const child = log.child({}, { redact: [] });
+    return { write: (o) => child[o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection') };
+  }
+  const own = log as unknown as Record<symbol, unknown>;
+  const time = own[pino.symbols.timeSym] as () => string;
+  const bindings = own[pino.symbols.chindingsSym] as string;
+  return {
+    write: (o) => {
+      const level = o.verdict === 'error' ? 'warn' : 'info';
+      if (!log.isLevelEnabled(level)) return;
+      const body = connectionLineText(o);
+      stream.write(`{"log.level":"${level}"${time()}${bindings}${body === '' ? '' : `,${body}`},"message":"connection"}\n`);
+    },
+  };
+}
+
+/** Writes the connection's one line: `info`, or `warn` when it ended in an error. */
+export function logConnection(log: ConnectionLog, o: Readonly<ConnectionOutcome>): void {
+  log.write(o);
 }

@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
 import { pino } from 'pino';
-import { CONNECTION_FIELDS, connectionLine, connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
+import fc from 'fast-check';
+import { CONNECTION_FIELDS, connectionLine, connectionLineText, connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
 import { loggerOptions } from '../../../src/observability/logger.ts';
 import type { LogLine } from '../../helpers/log-line.ts';
 
@@ -129,6 +130,74 @@ describe('CONNECTION_FIELDS', () => {
     const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(doc)![1]!) as LogLine;
     const declared = new Set([...BASE, ...CONNECTION_FIELDS.map((f) => f.name)]);
     expect(names(example).filter((n) => !declared.has(n))).toEqual([]);
+  });
+
+  // The line is written as text (connectionLineText), not through pino's object walk: it must be
+  // byte for byte what pino wrote from connectionLine, for any record, absent fields and awkward
+  // strings included.
+  const anyOutcome = fc
+    .record(
+      {
+        verdict: fc.constantFrom('allow', 'refuse', 'would-refuse', 'error'),
+        sandbox: fc.option(fc.string(), { nil: null }),
+        name: fc.option(fc.string(), { nil: null }),
+        rawName: fc.option(fc.string(), { nil: undefined }),
+        protocol: fc.constantFrom('tls', 'http', 'unknown', 'none'),
+        source: fc.constantFrom('198.18.0.2', '2001:db8::7'),
+        destination: fc.option(fc.constant('198.18.1.2'), { nil: null }),
+        destinationPort: fc.option(fc.integer({ min: 0, max: 65535 }), { nil: null }),
+        rule: fc.option(fc.string(), { nil: null }),
+        dialed: fc.option(fc.constant('198.18.1.2'), { nil: null }),
+        alpn: fc.option(fc.array(fc.string(), { maxLength: 3 }), { nil: undefined }),
+        ech: fc.option(fc.boolean(), { nil: undefined }),
+        tried: fc.option(fc.array(fc.string(), { maxLength: 3 }), { nil: undefined }),
+        bytesUp: fc.nat(),
+        bytesDown: fc.nat(),
+        durationMs: fc.double({ min: 0, max: 1e7, noNaN: true }),
+        peekMs: fc.option(fc.double({ min: 0, max: 1e4, noNaN: true }), { nil: undefined }),
+        end: fc.option(fc.string(), { nil: undefined }),
+        decided: fc.option(fc.constant(outcome().decided), { nil: undefined }),
+      },
+      { requiredKeys: ['verdict', 'source', 'bytesUp', 'bytesDown', 'durationMs'] },
+    )
+    .map((over) => {
+      const o: Record<string, unknown> = { ...outcome(), ...over };
+      // Optional fields the record drew as absent, and the rarer ones, are left out.
+      for (const k of ['dnsNames', 'matchedBy', 'tried', 'dialFailure', 'connectMs', ...Object.keys(over)]) if (o[k] === undefined) delete o[k];
+      return o as unknown as ConnectionOutcome;
+    });
+
+  it('writes as text exactly the JSON of connectionLine', () => {
+    fc.assert(
+      fc.property(anyOutcome, (o) => {
+        expect(`{${connectionLineText(o)}}`).toBe(JSON.stringify(connectionLine(o)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('writes through connectionLogger the very line pino writes, with its level, time and bindings', () => {
+    fc.assert(
+      fc.property(anyOutcome, (o) => {
+        const direct: string[] = [];
+        const viaPino: string[] = [];
+        logConnection(connectionLogger(pino(loggerOptions('info'), { write: (l: string) => void direct.push(l) })), o);
+        pino(loggerOptions('info'), { write: (l: string) => void viaPino.push(l) })
+          .child({}, { redact: [] })
+          [o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection');
+        const noTime = (l: string): string => l.replace(/"@timestamp":"[^"]*"/, '"@timestamp":""');
+        expect(direct.map(noTime)).toEqual(viaPino.map(noTime));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it("writes nothing below the logger's level, and errors at warn", () => {
+    const lines: LogLine[] = [];
+    const log = connectionLogger(pino(loggerOptions('warn'), { write: (l: string) => void lines.push(JSON.parse(l) as LogLine) }));
+    logConnection(log, outcome());
+    logConnection(log, outcome({ verdict: 'error', reason: 'upstream-failed' }));
+    expect(lines.map((l) => [l['log.level'], (l['egressd'] as LogLine)['verdict']])).toEqual([['warn', 'error']]);
   });
 
   it('writes the line whole through connectionLogger, while the process logger still redacts its other lines', () => {
