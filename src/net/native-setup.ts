@@ -95,6 +95,8 @@ export class NativeSetup {
   /** Accepted connections not yet given to their listener's handler (see #drain). */
   readonly #accepted: { client: NativeClient; kind: ListenerKind; handlers: ListenerHandlers }[] = [];
   #draining = false;
+  /** Connections handed to their handler during the current batch of reports (see `event`). */
+  #handledNow = 0;
   #nextTag = 1;
   #version = 0;
 
@@ -146,6 +148,13 @@ export class NativeSetup {
         const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state);
         this.#conns.set(id, c);
         if (!l) return c.reset();
+        // Judged in this very call when nothing waits before it: the verdict and the dial command
+        // leave with the report that brought the first flight, without another turn of the event
+        // loop. Past ACCEPT_CHUNK in one batch of reports (a flood), the rest wait their turn.
+        if (!this.#draining && this.#handledNow < ACCEPT_CHUNK) {
+          if (this.#handledNow++ === 0) queueMicrotask(this.#endBatch);
+          return this.#hand(c, l.kind, l.handlers);
+        }
         this.#accepted.push({ client: c, kind: l.kind, handlers: l.handlers });
         if (!this.#draining) {
           this.#draining = true;
@@ -170,24 +179,32 @@ export class NativeSetup {
   };
 
   /**
-   * Hands accepted connections to their handlers ACCEPT_CHUNK at a time, one chunk per turn of
-   * the event loop: a flood's reports arrive in large batches, and the admin listener (/healthz)
-   * must get its turn between chunks, as it does between Node's own accepts.
+   * Hands the accepted connections a batch of reports brought beyond its first ACCEPT_CHUNK to
+   * their handlers ACCEPT_CHUNK at a time, one chunk per turn of the event loop: a flood's reports
+   * arrive in large batches, and the admin listener (/healthz) must get its turn between chunks,
+   * as it does between Node's own accepts.
    */
   #drain(): void {
     const chunk = this.#accepted.splice(0, ACCEPT_CHUNK);
-    for (const a of chunk) {
-      try {
-        a.handlers.onAccept(a.client, a.kind);
-      } catch (e) {
-        a.client.reset();
-        queueMicrotask(() => {
-          throw e;
-        });
-      }
-    }
+    for (const a of chunk) this.#hand(a.client, a.kind, a.handlers);
     if (this.#accepted.length > 0) setImmediate(() => this.#drain());
     else this.#draining = false;
+  }
+
+  /** One batch of reports is over (its microtasks run after it): the next may judge at once again. */
+  readonly #endBatch = (): void => {
+    this.#handledNow = 0;
+  };
+
+  #hand(client: NativeClient, kind: ListenerKind, handlers: ListenerHandlers): void {
+    try {
+      handlers.onAccept(client, kind);
+    } catch (e) {
+      client.reset();
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
   }
 
   /** A set-up connection's end (typed by OutcomeFn, as `event` is by SetupFn). */
