@@ -77,6 +77,13 @@ typedef struct sl_conn {
   sl_dir dir[2]; // dir[CLIENT]: client → upstream; dir[UPSTREAM]: upstream → client
   uint64_t last_ms;
   uint32_t idle_ms;
+  // What each socket may do without a probe (nginx's ready flags): `rd` is set by an event that
+  // can mean bytes, an EOF or an error, and cleared when a read would block; `wr` likewise for
+  // writes. With edge-triggered epoll a flag is only cleared by EAGAIN, so no readiness is lost,
+  // and no read or write is tried that must fail with EAGAIN. `out` says EPOLLOUT is in the
+  // socket's interest set: it is added only once a write has blocked, so a short connection is
+  // never woken for a writability it does not need.
+  bool rd[2], wr[2], out[2];
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
   bool unanswered; // reported as accepted, no command yet
@@ -98,6 +105,10 @@ typedef struct sl_conn {
 
 typedef struct sl_listener {
   int fd, tag;
+  // The bound address: an accepted socket's local address when `exact` (a specific address),
+  // so telling a connection to the listener itself from a redirected one needs no getsockname.
+  struct sockaddr_storage bound;
+  bool exact;
   uint64_t paused_until; // 0: accepting
   struct sl_listener *next;
 } sl_listener;
@@ -312,17 +323,36 @@ static void conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
 
 // ---- the data phase --------------------------------------------------------------------------
 
-// Moves what it can from dir->from to dir->to until either would block. Returns false when the
-// connection was closed.
+// Adds EPOLLOUT to the socket's interest set once a write to it has blocked (see sl_conn.out).
+static bool want_out(sl_loop *l, sl_conn *c, int side) {
+  if (c->out[side]) return true;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side};
+  if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd[side], &ev) != 0) return false;
+  c->out[side] = true;
+  return true;
+}
+
+// A write to `to` would block: wait for EPOLLOUT. False when the connection was closed.
+static bool blocked(sl_loop *l, sl_conn *c, int to) {
+  c->wr[to] = false;
+  if (want_out(l, c, to)) return true;
+  conn_close(l, c, SL_END_ERROR, errno, 2);
+  return false;
+}
+
+// Moves what it can from dir->from to dir->to until either would block, trying only what the
+// ready flags allow. Returns false when the connection was closed.
 static bool pump(sl_loop *l, sl_conn *c, int from) {
   sl_dir *d = &c->dir[from];
-  int in = c->fd[from], out = c->fd[1 - from];
+  int to = 1 - from;
+  int in = c->fd[from], out = c->fd[to];
   for (;;) {
     if (d->pending_off < d->pending_len) {
+      if (!c->wr[to]) return true;
       ssize_t n = send(out, d->pending + d->pending_off, d->pending_len - d->pending_off, MSG_NOSIGNAL);
       if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) return true;
-        conn_fail(l, c, 1 - from, errno);
+        if (errno == EAGAIN || errno == EINTR) return errno == EINTR || blocked(l, c, to);
+        conn_fail(l, c, to, errno);
         return false;
       }
       d->pending_off += (size_t)n;
@@ -335,10 +365,11 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       continue;
     }
     if (d->in_pipe > 0) {
+      if (!c->wr[to]) return true;
       ssize_t n = splice(d->pipe[0], NULL, out, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) return true;
-        conn_fail(l, c, 1 - from, errno);
+        if (errno == EAGAIN || errno == EINTR) return errno == EINTR || blocked(l, c, to);
+        conn_fail(l, c, to, errno);
         return false;
       }
       d->in_pipe -= (size_t)n;
@@ -349,9 +380,15 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       pipe_give(l, d);
       if (!d->shut) {
         d->shut = true;
-        // ENOTCONN: the other side is already gone; its own event reports that.
-        shutdown(out, SHUT_WR);
+        // The other way is over too: close(2) sends this FIN with nothing left to read, so a
+        // shutdown would only cost a syscall. ENOTCONN: the other side is already gone; its own
+        // event reports that.
+        if (!c->dir[to].shut) shutdown(out, SHUT_WR);
       }
+      return true;
+    }
+    if (!c->rd[from]) {
+      pipe_give(l, d); // empty here
       return true;
     }
     if (d->pipe[0] < 0) {
@@ -369,6 +406,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     }
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) {
+        if (errno == EAGAIN) c->rd[from] = false;
         pipe_give(l, d); // empty here: nothing was read into it
         return true;
       }
@@ -431,7 +469,10 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c->rd[CLIENT] = false;
+      return 0;
+    }
     return 1;
   }
   return 0;
@@ -453,35 +494,40 @@ static void peek_run(sl_loop *l, sl_conn *c) {
 
 // SO_ORIGINAL_DST: 0, an errno, or -1 when the "original" destination is the listener itself
 // (conntrack keeps a tuple for un-NATed connections too: a direct connection, a loop or a probe).
-static int original_dst(int fd, struct sockaddr_storage *orig) {
-  struct sockaddr_storage local;
-  socklen_t llen = sizeof local;
+// The family comes from the peer (an IPv4 client on a dual-stack socket has an IPv4 conntrack
+// entry); the local address from the listener's, asked of the socket only when the listener is
+// bound to a wildcard and the original port is the listener's own.
+static int original_dst(int fd, const sl_listener *ls, const struct sockaddr_storage *peer, struct sockaddr_storage *orig) {
   memset(orig, 0, sizeof *orig);
-  if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0) return errno;
-  bool v4 = local.ss_family == AF_INET;
-  struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
-  // An IPv4 client on a dual-stack socket: its conntrack entry is IPv4.
-  if (!v4 && IN6_IS_ADDR_V4MAPPED(&l6->sin6_addr)) v4 = true;
+  const struct sockaddr_in6 *p6 = (const struct sockaddr_in6 *)peer;
+  bool v4 = peer->ss_family == AF_INET || (peer->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr));
   socklen_t olen = sizeof *orig;
   if (getsockopt(fd, v4 ? SOL_IP : SOL_IPV6, SO_ORIGINAL_DST, orig, &olen) != 0) return errno;
+  in_port_t port = v4 ? ((struct sockaddr_in *)orig)->sin_port : ((struct sockaddr_in6 *)orig)->sin6_port;
+  in_port_t mine = ls->bound.ss_family == AF_INET ? ((const struct sockaddr_in *)&ls->bound)->sin_port
+                                                  : ((const struct sockaddr_in6 *)&ls->bound)->sin6_port;
+  if (port != mine) return 0;
+  struct sockaddr_storage local = ls->bound;
+  socklen_t llen = sizeof local;
+  if (!ls->exact && getsockname(fd, (struct sockaddr *)&local, &llen) != 0) return errno;
+  struct sockaddr_in6 *l6 = (struct sockaddr_in6 *)&local;
   if (v4) {
     struct sockaddr_in *o4 = (struct sockaddr_in *)orig;
     if (local.ss_family == AF_INET) {
       struct sockaddr_in *l4 = (struct sockaddr_in *)&local;
-      if (o4->sin_port == l4->sin_port && o4->sin_addr.s_addr == l4->sin_addr.s_addr) return -1;
-    } else if (o4->sin_port == l6->sin6_port && memcmp(&l6->sin6_addr.s6_addr[12], &o4->sin_addr, 4) == 0) {
+      if (o4->sin_addr.s_addr == l4->sin_addr.s_addr) return -1;
+    } else if (memcmp(&l6->sin6_addr.s6_addr[12], &o4->sin_addr, 4) == 0) {
       return -1;
     }
   } else {
     struct sockaddr_in6 *o6 = (struct sockaddr_in6 *)orig;
-    if (o6->sin6_port == l6->sin6_port && memcmp(&o6->sin6_addr, &l6->sin6_addr, 16) == 0) return -1;
+    if (memcmp(&o6->sin6_addr, &l6->sin6_addr, 16) == 0) return -1;
   }
   return 0;
 }
 
+// TCP_NODELAY comes from the listener (Linux copies it to every accepted socket).
 static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockaddr_storage *peer) {
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   sl_conn *c = calloc(1, sizeof *c);
   if (!c) {
     reset_fd(fd);
@@ -497,7 +543,8 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->stage = ST_WAIT;
   c->accepted_ms = c->last_ms = l->now_ms;
   c->idle_ms = 1;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT};
+  c->rd[CLIENT] = c->wr[CLIENT] = true;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT};
   if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     reset_fd(fd);
     close(fd);
@@ -512,7 +559,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->unanswered = true;
   l->unanswered++;
   sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
-  e.err = original_dst(fd, &e.orig);
+  e.err = original_dst(fd, ls, peer, &e.orig);
   // Whatever the client sent with its handshake is read now, so that most connections are
   // judged on this one report.
   int closed = peek_fill(l, c);
@@ -636,6 +683,8 @@ static void dial_next(sl_loop *l, sl_conn *c) {
 static void dial_won(sl_loop *l, sl_conn *c, int i) {
   sl_dial *d = c->dial;
   c->fd[UPSTREAM] = d->fd[i];
+  // Registered with EPOLLOUT for the connect; a fresh socket has room to write.
+  c->out[UPSTREAM] = c->wr[UPSTREAM] = true;
   d->fd[i] = -1;
   c->attempt_err[i] = 0;
   c->dialed = i;
@@ -658,18 +707,39 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   emit(l, &e);
 }
 
-// An event on an attempt: which ones are over, and how.
-static void dial_check(sl_loop *l, sl_conn *c) {
+// An event on an attempt: which ones are over, and how. With one attempt in flight (nearly
+// always) the event is its own and says it all: EPOLLOUT alone is a connection (tcp_poll reports
+// no writability before ESTABLISHED), EPOLLERR or EPOLLHUP a failure whose errno SO_ERROR gives.
+// With several, each is asked with poll(2).
+static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
   sl_dial *d = c->dial;
+  int only = -1, live = 0;
+  for (int i = 0; i < d->n; i++)
+    if (d->fd[i] >= 0) {
+      only = i;
+      live++;
+    }
   bool failed = false;
   for (int i = 0; i < d->n; i++) {
     if (d->fd[i] < 0) continue;
-    struct pollfd p = {.fd = d->fd[i], .events = POLLOUT};
-    if (poll(&p, 1, 0) <= 0) continue;
+    uint32_t ev = events;
+    if (live > 1) {
+      struct pollfd p = {.fd = d->fd[i], .events = POLLOUT};
+      if (poll(&p, 1, 0) <= 0) continue;
+      ev = (p.revents & POLLOUT ? EPOLLOUT : 0) | (p.revents & POLLERR ? EPOLLERR : 0) | (p.revents & POLLHUP ? EPOLLHUP : 0) | EPOLLIN;
+    } else if (i != only) {
+      continue;
+    }
+    if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) continue;
     int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(d->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err == 0 && (p.revents & POLLOUT) && !(p.revents & (POLLERR | POLLHUP))) return dial_won(l, c, i);
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+      socklen_t len = sizeof err;
+      if (getsockopt(d->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    } else {
+      // Bytes may have come with the connection (a server that speaks first).
+      c->rd[UPSTREAM] = (ev & (EPOLLIN | EPOLLRDHUP)) != 0;
+      return dial_won(l, c, i);
+    }
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
     close(d->fd[i]);
     d->fd[i] = -1;
@@ -689,7 +759,11 @@ static void refuse_run(sl_loop *l, sl_conn *c) {
   while (c->answer && c->answer_off < c->answer_len) {
     ssize_t n = send(fd, c->answer + c->answer_off, c->answer_len - c->answer_off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c->wr[CLIENT] = false;
+      if (!want_out(l, c, CLIENT)) conn_close(l, c, SL_END_CLOSED, errno, CLIENT);
+      return;
+    }
     if (n < 0) return conn_close(l, c, SL_END_CLOSED, errno, -1);
     c->answer_off += (size_t)n;
   }
@@ -706,7 +780,10 @@ static void refuse_run(sl_loop *l, sl_conn *c) {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c->rd[CLIENT] = false;
+      return;
+    }
     return conn_close(l, c, SL_END_CLOSED, n < 0 ? errno : 0, -1);
   }
 }
@@ -739,8 +816,9 @@ static void add_conn(sl_loop *l, sl_conn *c) {
   l->count++;
   arm(l, l->now_ms + c->idle_ms);
   for (int s = 0; s < 2; s++) {
+    c->rd[s] = c->wr[s] = true;
     // Tagged with the side in the low bit: the struct is at least 8-aligned.
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)s};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)s};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd[s], &ev) != 0) {
       conn_close(l, c, SL_END_ERROR, errno, -1);
       return;
@@ -801,6 +879,13 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       }
       ls->fd = cmd->fd;
       ls->tag = cmd->tag;
+      socklen_t blen = sizeof ls->bound;
+      getsockname(ls->fd, (struct sockaddr *)&ls->bound, &blen);
+      if (ls->bound.ss_family == AF_INET) ls->exact = ((struct sockaddr_in *)&ls->bound)->sin_addr.s_addr != htonl(INADDR_ANY);
+      else ls->exact = !IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&ls->bound)->sin6_addr);
+      // Inherited by every accepted socket: one setsockopt per listener, not per connection.
+      int one = 1;
+      setsockopt(ls->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       ls->next = l->listeners;
       l->listeners = ls;
       if (l->reserve < 0) l->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -926,6 +1011,11 @@ static void bury(sl_loop *l) {
 }
 
 static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
+  // During a dial, the upstream side's events are the attempts' (dial_check).
+  if (c->stage != ST_DIAL || side == CLIENT) {
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
+  }
   switch (c->stage) {
     case ST_SPLICE:
       if ((events & EPOLLERR) && !check_error(l, c, side)) return;
@@ -934,7 +1024,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
       if (side == CLIENT) peek_run(l, c);
       return;
     case ST_DIAL:
-      if (side == UPSTREAM) dial_check(l, c);
+      if (side == UPSTREAM) dial_check(l, c, events);
       return;
     case ST_REFUSE:
       if (side == CLIENT) refuse_run(l, c);

@@ -356,6 +356,71 @@ static void test_abort_closes_both(sl_loop *l) {
   close(e.upstream);
 }
 
+// A reader that does not read for a while: the loop's writes block (EPOLLOUT is added to the
+// socket's interest only then) and resume when it reads; every byte arrives, in order.
+static void test_slow_reader_blocks_then_drains(sl_loop *l) {
+  conn_ends e = hand_over(l, 10, NULL, NULL, 10000);
+  pthread_t t;
+  writer_arg a = {e.upstream, 9};
+  pthread_create(&t, NULL, writer, &a);
+  usleep(300 * 1000); // the socket buffers and the pipe fill; the loop waits for EPOLLOUT
+  char *down = malloc(BULK);
+  int err;
+  size_t n = read_all(e.client, down, BULK, &err, 10000);
+  CHECK(n == BULK && err == 0 && pattern_ok(down, BULK, 9), "the client got %zu of %u bytes (err %d), or other bytes", n, BULK, err);
+  pthread_join(t, NULL);
+  shutdown(e.client, SHUT_WR);
+  sl_outcome o;
+  CHECK(wait_outcome(10, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_down == BULK, "end %d, %llu down", o.end, (unsigned long long)o.bytes_down);
+  free(down);
+  close(e.client);
+  close(e.upstream);
+}
+
+// A connection reset while its pipe holds bytes bound for the client: that pipe must be closed,
+// never pooled, so the next connections (which take pooled pipes) get their own bytes only.
+static void test_pipe_with_bytes_is_never_reused(sl_loop *l) {
+  for (uint64_t id = 20; id < 30; id++) {
+    conn_ends e = hand_over(l, id, NULL, NULL, 10000);
+    // The client never reads: 4 MiB cannot fit in its socket buffers, so bytes wait in the pipe.
+    char *chunk = malloc(1u << 20);
+    memset(chunk, 'S', 1u << 20);
+    int fl = fcntl(e.upstream, F_GETFL);
+    fcntl(e.upstream, F_SETFL, fl | O_NONBLOCK);
+    size_t sent = 0;
+    for (int i = 0; i < 200 && sent < (4u << 20); i++) {
+      ssize_t w = write(e.upstream, chunk, 1u << 20);
+      if (w > 0) sent += (size_t)w;
+      else usleep(5000);
+    }
+    free(chunk);
+    usleep(20 * 1000);
+    reset_close(e.client);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLIENT_RESET, "connection %llu: end %d", (unsigned long long)id, o.end);
+    CHECK(o.bytes_down > 0 && o.bytes_down <= sent, "connection %llu counted %llu of %zu bytes", (unsigned long long)id,
+          (unsigned long long)o.bytes_down, sent);
+    close(e.upstream);
+    // The next connection: exactly its own bytes each way, nothing stale before them.
+    conn_ends f = hand_over(l, id + 1000, NULL, NULL, 10000);
+    write_all(f.upstream, "fresh-down", 10);
+    shutdown(f.upstream, SHUT_WR);
+    write_all(f.client, "fresh-up", 8);
+    shutdown(f.client, SHUT_WR);
+    char buf[64];
+    int err;
+    size_t n = read_all(f.client, buf, sizeof buf, &err, 5000);
+    CHECK(n == 10 && memcmp(buf, "fresh-down", 10) == 0, "connection %llu's client got %zu bytes, starting %.4s", (unsigned long long)id + 1000,
+          n, buf);
+    n = read_all(f.upstream, buf, sizeof buf, &err, 5000);
+    CHECK(n == 8 && memcmp(buf, "fresh-up", 8) == 0, "connection %llu's upstream got %zu bytes", (unsigned long long)id + 1000, n);
+    CHECK(wait_outcome(id + 1000, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_up == 8 && o.bytes_down == 10, "end %d, %llu up, %llu down",
+          o.end, (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+    close(f.client);
+    close(f.upstream);
+  }
+}
+
 // Many short connections one after another: pooled pipes must never carry one connection's
 // bytes into another.
 static void test_many_connections_reuse_pipes(sl_loop *l) {
@@ -651,6 +716,27 @@ static void test_setup_peek_deadlines(sl_loop *l, const struct sockaddr_in *fron
   CHECK(wait_outcome(id, 5000, &o), "no outcome after the drop");
 }
 
+// An answer larger than the socket's buffers: the loop waits for EPOLLOUT (added to the socket's
+// interest only when a write blocks) and writes the rest, then half-closes.
+static void test_setup_refusal_answer_blocks(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  size_t len = 4u << 20;
+  char *answer = malloc(len);
+  for (size_t i = 0; i < len; i++) answer[i] = (char)(i * 7 + 1);
+  CHECK(sl_loop_refuse(l, id, SL_REFUSE_ANSWER, answer, len, 5000, 1 << 20) == 0, "refuse");
+  usleep(200 * 1000);
+  char *got = malloc(len);
+  int err;
+  size_t n = read_all(client, got, len, &err, 5000);
+  CHECK(n == len && err == 0 && pattern_ok(got, len, 1), "the client got %zu of %zu bytes (err %d), or other bytes", n, len, err);
+  close(client);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome after the answer");
+  free(answer);
+  free(got);
+}
+
 // A loopback listener whose accept queue is full and never accepted from: the kernel drops
 // further SYNs, so a dial to it never answers (and no packet leaves the host).
 typedef struct {
@@ -782,6 +868,7 @@ static void test_setup(void) {
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_peek_deadlines(l, &front);
+  test_setup_refusal_answer_blocks(l, &front);
   test_setup_sheds_at_emfile(l, &front);
   sl_loop_unlisten(l, 7);
   usleep(50 * 1000);
@@ -806,6 +893,8 @@ int main(void) {
   test_idle_timeout_closes_both(l);
   test_abort_closes_both(l);
   test_many_connections_reuse_pipes(l);
+  test_slow_reader_blocks_then_drains(l);
+  test_pipe_with_bytes_is_never_reused(l);
   sl_loop_stop(l);
   test_stop_reports_every_connection();
   test_sync_waits_for_the_aborts();

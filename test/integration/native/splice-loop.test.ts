@@ -11,7 +11,7 @@ import { C_FLAGS, CC } from '../../../scripts/native-flags.ts';
 const NATIVE = resolve(import.meta.dirname, '../../../native');
 
 it.skipIf(process.platform !== 'linux')(
-  'the native loop passes its C test (splice: bulk, half-close, reset, idle, abort, pipe reuse, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, EMFILE shedding)',
+  'the native loop passes its C test (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding)',
   () => {
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
