@@ -3,7 +3,8 @@
 // addresses of A and AAAA answers also go into the resolver's address cache (net/dns-cache.ts),
 // so the address a sandbox was given and the address egressd dials come from one answer.
 
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { growingLru } from '../util/lru.ts';
 import type { Answer } from 'dns-packet';
 import { RCODE, type Answered } from './message.ts';
 
@@ -29,11 +30,7 @@ export class AnswerCache {
 
   constructor(o: AnswerCacheOptions = {}) {
     this.#clock = o.clock ?? (() => performance.now());
-    this.#cache = new LRUCache<string, CachedAnswer>({
-      max: Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES),
-      perf: { now: this.#clock },
-      ttlResolution: 0,
-    });
+    this.#cache = growingLru<string, CachedAnswer>(Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES), { perf: { now: this.#clock }, ttlResolution: 0 });
   }
 
   static key(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean): string {

@@ -4,7 +4,8 @@
 // client may open its connection just after the record expired), and each sandbox keeps a
 // bounded number of addresses, the least recently given going first.
 
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { growingLru } from '../util/lru.ts';
 
 export interface ResolvedNamesOptions {
   /** Kept past a record's TTL (ms). */
@@ -42,7 +43,7 @@ export class ResolvedNames {
     if (addresses.length === 0) return;
     let table = this.#bySandbox.get(sandbox);
     if (!table) {
-      table = new LRUCache<string, Names>({ max: this.#perSandbox });
+      table = growingLru<string, Names>(this.#perSandbox);
       this.#bySandbox.set(sandbox, table);
     }
     const until = this.#clock() + Math.max(0, ttlS) * 1000 + this.#graceMs;

@@ -2,7 +2,8 @@
 // each query takes one. Buckets of keys not seen for a while are dropped (LRU-bounded), so a
 // stream of new source addresses cannot grow memory without bound.
 
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { growingLru } from '../util/lru.ts';
 
 interface Bucket {
   tokens: number;
@@ -19,7 +20,7 @@ export class TokenBuckets {
     this.#perMs = o.perSecond / 1000;
     this.#burst = Math.max(1, o.burst);
     this.#clock = o.clock ?? (() => performance.now());
-    this.#buckets = new LRUCache({ max: o.maxKeys ?? 100_000 });
+    this.#buckets = growingLru<string, Bucket>(o.maxKeys ?? 100_000);
   }
 
   /** Takes one token for `key`: false when its bucket is empty. */

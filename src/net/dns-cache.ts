@@ -3,7 +3,8 @@
 // negative TTL. A piece of its own so that anything else answering names for sandboxes (a DNS
 // listener) can share it: one name, one set of addresses, whoever asked.
 
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { growingLru } from '../util/lru.ts';
 import { MAX_NAME_LENGTH } from '../match/names.ts';
 import type { DnsFailure } from './dns-client.ts';
 
@@ -38,10 +39,7 @@ export class AddressCache {
 
   constructor(o: AddressCacheOptions = {}) {
     const clock = o.clock;
-    this.#lru = new LRUCache<string, CachedAnswer>({
-      max: Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES),
-      ...(clock ? { perf: { now: clock }, ttlResolution: 0 } : {}),
-    });
+    this.#lru = growingLru<string, CachedAnswer>(Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES), clock ? { perf: { now: clock }, ttlResolution: 0 } : {});
   }
 
   /** The answer for a name already passed through cacheKey, while it may be kept. */
