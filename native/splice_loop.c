@@ -68,6 +68,7 @@ typedef struct {
   uint32_t delay_ms;
   uint64_t started_us;
   uint64_t version;
+  uint64_t valid_until_us; // 0: the verdict has no deadline of its own
   bool tell;
 } sl_dial;
 
@@ -630,6 +631,10 @@ static uint64_t monotonic_us(void) {
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+uint64_t sl_monotonic_us(void) {
+  return monotonic_us();
+}
+
 static bool in_flight(const sl_dial *d) {
   for (int i = 0; i < d->n; i++)
     if (d->fd[i] >= 0) return true;
@@ -689,14 +694,16 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   c->attempt_err[i] = 0;
   c->dialed = i;
   close_attempts(l, c, SL_ATTEMPT_CANCELLED);
-  uint64_t version = d->version;
+  uint64_t version = d->version, valid_until = d->valid_until_us;
   bool tell = d->tell;
-  c->connect_us = (uint32_t)(monotonic_us() - d->started_us);
+  uint64_t now_us = monotonic_us();
+  c->connect_us = (uint32_t)(now_us - d->started_us);
   free(d);
   c->dial = NULL;
   sl_event e = {.kind = SL_EV_CONNECTED, .id = c->id, .state = i, .connect_us = c->connect_us};
-  // A policy change since the verdict: the caller judges the dialed address again first.
-  if (__atomic_load_n(&policy_version, __ATOMIC_ACQUIRE) == version) {
+  // A policy change since the verdict, or the verdict's own deadline passed (a remembered DNS
+  // name it rested on expired): the caller judges the dialed address again first.
+  if (__atomic_load_n(&policy_version, __ATOMIC_ACQUIRE) == version && (valid_until == 0 || now_us < valid_until)) {
     if (tell) {
       e.err = 1;
       emit(l, &e);
@@ -1201,7 +1208,7 @@ int sl_loop_peek(sl_loop *l, uint64_t id, uint32_t deadline_ms, uint32_t first_b
 }
 
 int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version, bool tell) {
+                 uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us) {
   if (n < 1 || n > SL_MAX_ADDRS) return EINVAL;
   sl_cmd *cmd = new_cmd(CMD_DIAL, id);
   sl_dial *d = calloc(1, sizeof *d);
@@ -1213,6 +1220,7 @@ int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, 
   memcpy(d->addr, addrs, sizeof *addrs * (size_t)n);
   d->n = n;
   d->tell = tell;
+  d->valid_until_us = valid_until_us;
   for (int i = 0; i < SL_MAX_ADDRS; i++) d->fd[i] = -1;
   cmd->dial = d;
   cmd->a = connect_ms;

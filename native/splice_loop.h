@@ -82,9 +82,10 @@ unsigned sl_loop_size(const sl_loop *loop);
 //                   passed. Waits again after each report.
 //   sl_loop_dial    connect to the addresses in order, the next one on failure or after
 //                   `attempt_delay_ms` without an answer (RFC 8305 §5), within `connect_ms` in
-//                   all. Connected: when the policy version is still the one given, the bytes
-//                   read so far are written upstream and the bytes spliced both ways; otherwise
-//                   it reports SL_EV_CONNECTED and waits for sl_loop_splice or sl_loop_refuse.
+//                   all. Connected: when the policy version is still the one given and the
+//                   verdict's deadline (`valid_until_us`) has not passed, the bytes read so far
+//                   are written upstream and the bytes spliced both ways; otherwise it reports
+//                   SL_EV_CONNECTED and waits for sl_loop_splice or sl_loop_refuse.
 //   sl_loop_refuse  answer and close: a reset, a silent close, or `bytes` then a half-close,
 //                   reading and discarding until the client closes, `linger_ms` passes or more
 //                   than `linger_max` bytes arrived (nginx's lingering close).
@@ -140,8 +141,13 @@ int sl_loop_unlisten(sl_loop *loop, int tag);
 /** Times in ms from the accept; 0 turns first_byte_ms / stall_ms off. Thread-safe. */
 int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms, uint32_t report_at);
 // `tell`: report SL_EV_CONNECTED (err 1) even when the loop goes on to splice by itself.
+// `valid_until_us`: CLOCK_MONOTONIC µs (sl_monotonic_us) past which the verdict no longer holds
+// by itself (a remembered DNS name it rested on expired); 0: none.
 int sl_loop_dial(sl_loop *loop, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version, bool tell);
+                 uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us);
+
+/** CLOCK_MONOTONIC in µs: the clock of sl_loop_dial's valid_until_us. */
+uint64_t sl_monotonic_us(void);
 int sl_loop_splice(sl_loop *loop, uint64_t id, uint32_t idle_ms);
 
 typedef enum { SL_REFUSE_RESET = 0, SL_REFUSE_DROP = 1, SL_REFUSE_ANSWER = 2 } sl_refusal;

@@ -626,7 +626,7 @@ static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct so
   getsockname(probe, (struct sockaddr *)&closed, &len);
   close(probe);
   struct sockaddr_storage addrs[2] = {storage_of(&closed), storage_of(&listen_addr)};
-  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, 10000, 0, false) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, 10000, 0, false, 0) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   CHECK(upstream >= 0, "the upstream was not dialed");
   write_all(client, " world", 6);
@@ -654,7 +654,7 @@ static void test_setup_policy_change_asks_again(sl_loop *l, const struct sockadd
   uint64_t id = accept_with(l, front, "x", &client);
   sl_set_policy_version(2);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 1, false);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 1, false, 0);
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 5000, &ev), "no CONNECTED event after a policy change");
@@ -770,7 +770,7 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
   uint64_t id = accept_with(l, front, "x", &client);
   blackhole bh = blackhole_open();
   struct sockaddr_storage a = storage_of(&bh.addr);
-  sl_loop_dial(l, id, &a, 1, 200, 250, 10000, 0, false);
+  sl_loop_dial(l, id, &a, 1, 200, 250, 10000, 0, false, 0);
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
   CHECK(o.dialed == -1 && o.end == SL_END_ERROR && o.err != 0, "dialed %d, end %d, err %d", o.dialed, o.end, o.err);
@@ -790,7 +790,7 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, true);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, true, 0);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event");
   clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -805,6 +805,45 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
   CHECK(o.dialed == 1 && o.attempts == 2 && o.attempt_err[0] == SL_ATTEMPT_CANCELLED, "dialed %d of %d, first %d", o.dialed, o.attempts,
         o.attempt_err[0]);
+  close(client);
+  close(upstream);
+  blackhole_close(&bh);
+}
+
+// A verdict with a deadline of its own (a remembered DNS name it rested on): a dial that connects
+// before it splices by itself; one that connects after it (here: the first address holds the dial
+// past it) is reported first, with nothing sent upstream, as after a policy change.
+static void test_setup_verdict_deadline(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "y", &client);
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 0, false, sl_monotonic_us() + 5000000u);
+  int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  char c;
+  CHECK(upstream >= 0 && read(upstream, &c, 1) == 1 && c == 'y', "a verdict still in force was not spliced by the loop");
+  sl_loop_abort(l, id);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  close(client);
+  close(upstream);
+
+  id = accept_with(l, front, "z", &client);
+  blackhole bh = blackhole_open();
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
+  // Expires 30 ms in; the second address is tried only after the 100 ms attempt delay.
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, false, sl_monotonic_us() + 30000u);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event once the verdict's deadline passed");
+  CHECK(ev.e.state == 1 && ev.e.err == 0, "dialed %d, err %d: should wait for the caller", ev.e.state, ev.e.err);
+  upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  struct pollfd p = {.fd = upstream, .events = POLLIN};
+  CHECK(upstream >= 0 && poll(&p, 1, 100) == 0, "bytes reached the upstream after the verdict's deadline");
+  sl_loop_refuse(l, id, SL_REFUSE_RESET, NULL, 0, 0, 0);
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.bytes_up == 0, "counted %llu up", (unsigned long long)o.bytes_up);
+  int err;
+  size_t n = read_all(upstream, NULL, 0, &err, 2000);
+  CHECK(n == 0, "the upstream got %zu bytes", n);
   close(client);
   close(upstream);
   blackhole_close(&bh);
@@ -867,6 +906,7 @@ static void test_setup(void) {
   test_setup_dial_staggers(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_policy_change_asks_again(l, &front);
+  test_setup_verdict_deadline(l, &front);
   test_setup_peek_deadlines(l, &front);
   test_setup_refusal_answer_blocks(l, &front);
   test_setup_sheds_at_emfile(l, &front);

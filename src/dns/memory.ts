@@ -72,6 +72,18 @@ export class ResolvedNames {
     return out;
   }
 
+  /**
+   * When the first of the names `sandbox` was given `address` for expires (this clock's ms):
+   * a verdict made on those names holds until then at the latest. Infinity when none is
+   * remembered.
+   */
+  expiryOf(sandbox: string, address: string): number {
+    const names = this.#bySandbox.get(sandbox)?.peek(address);
+    let first = Infinity;
+    if (names) for (const until of names.values()) if (until < first) first = until;
+    return first;
+  }
+
   /** Everything remembered for a sandbox, for the effective-policy view. */
   view(sandbox: string): RememberedAddress[] {
     const table = this.#bySandbox.get(sandbox);

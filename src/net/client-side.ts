@@ -38,6 +38,13 @@ export interface ConnectOptions {
    * version), so an unchanged policy costs no second look.
    */
   readonly recheck: (address: string) => { readonly refuse: false } | { readonly refuse: true; readonly why: unknown };
+  /**
+   * When the verdict the dial was made on stops holding by itself (performance.now() ms;
+   * Infinity: never): the first remembered DNS name it rested on expires (dns/memory.ts). The
+   * native path judges again (recheck) when the dial connects after it, as after a policy change;
+   * the JavaScript path judges again at every dial anyway.
+   */
+  readonly validUntil?: number;
   /** Told the address that answered as soon as it is known (the registry re-judges on it). */
   readonly onConnected?: (address: string) => void;
 }

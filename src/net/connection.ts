@@ -40,7 +40,7 @@ export interface PipelineDeps {
   readonly resolver: NameResolver;
   readonly registry: ConnectionRegistry;
   /** Which names gave which addresses to each sandbox (judges connections that carry no name). */
-  readonly dnsMemory?: Pick<ResolvedNames, 'namesFor'>;
+  readonly dnsMemory?: Pick<ResolvedNames, 'namesFor' | 'expiryOf'>;
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
@@ -202,9 +202,16 @@ async function run(
   // address this sandbox resolved through egressd, is judged with the names that gave it the
   // address (Cilium's FQDN policy): allowed when one of them is allowed, refused when every one
   // is refused, so a domain deny rule also holds against clients that send no name.
+  // When the first remembered name a verdict rested on expires (dns/memory.ts's clock,
+  // performance.now()): the dial judges again if it connects later (ConnectOptions.validUntil).
+  let namesUntil = Infinity;
   const remembered = (): string[] => {
     const id = policyNow().sandbox;
-    return id === null || !deps.dnsMemory ? [] : deps.dnsMemory.namesFor(id, canonicalSource(ip) ?? ip);
+    if (id === null || !deps.dnsMemory) return [];
+    const at = canonicalSource(ip) ?? ip;
+    const names = deps.dnsMemory.namesFor(id, at);
+    if (names.length > 0) namesUntil = Math.min(namesUntil, deps.dnsMemory.expiryOf(id, at));
+    return names;
   };
   let dnsName: string | null = null;
   const judge = (address: string): Verdict => {
@@ -269,6 +276,7 @@ async function run(
     idleTimeoutMs: config.upstream.idleTimeoutMs,
     initial,
     signal: live.abort.signal,
+    validUntil: namesUntil,
     onConnected: (address) => {
       o.dialed = address;
       facts = { name: o.name ?? dnsName, ip: address, port };

@@ -5,7 +5,8 @@
 // to the loop — peek more (only when the first report did not decide), dial (non-blocking,
 // RFC 8305 staggered, the next address on failure), splice, refuse — and the outcome comes back
 // once at the end. A connection whose policy did not change while it was dialed is spliced by
-// the loop at once, without asking again (the policy version, native/splice_loop.h).
+// the loop at once, without asking again (the policy version, native/splice_loop.h), unless the
+// verdict's own deadline passed meanwhile (a remembered DNS name it rested on expired).
 //
 // accept(2) failing for want of descriptors is handled in the loop (a reserve descriptor, then a
 // pause; never a busy loop) and each refused connection is reported here, to be counted as
@@ -358,11 +359,16 @@ export class NativeClient implements ClientSide {
         Math.min(MAX_U32, Math.max(1, Math.ceil(o.idleTimeoutMs))),
         this.#plane.policyVersion,
         tell,
+        // The verdict's own deadline (a remembered DNS name expiring), from now; -1: none.
+        o.validUntil === undefined || o.validUntil === Infinity ? -1 : Math.max(0, o.validUntil - performance.now()),
       );
     });
   }
 
-  /** The dial connected: `spliced` when the loop went on (the policy did not change), else judge again. */
+  /**
+   * The dial connected: `spliced` when the loop went on (the policy did not change and the
+   * verdict's deadline had not passed), else judge again.
+   */
   onConnected(index: number, _connectUs: number, spliced: boolean): void {
     const p = this.#pending;
     if (p?.kind !== 'connect') return;

@@ -57,6 +57,7 @@ export interface DataPlaneAddon {
     idleMs: number,
     version: number,
     tell: boolean,
+    validMs: number,
   ): void;
   splice(loop: number, id: number, idleMs: number): void;
   refuse(loop: number, id: number, how: number, bytes: Buffer | null, lingerMs: number, lingerMaxBytes: number): void;

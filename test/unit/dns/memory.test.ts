@@ -17,6 +17,20 @@ describe('ResolvedNames', () => {
     expect(m.view('a')).toEqual([{ address: '198.18.1.10', names: [{ name: 'y.test', expiresInMs: 54_999 }] }]);
   });
 
+  it('says when the first name given for an address expires: a verdict on those names holds until then', () => {
+    let now = 0;
+    const m = new ResolvedNames({ graceMs: 1000, perSandbox: 10, clock: () => now });
+    expect(m.expiryOf('a', '198.18.1.10')).toBe(Infinity);
+    m.remember('a', 'y.test', ['198.18.1.10'], 60);
+    m.remember('a', 'x.test', ['198.18.1.10'], 5);
+    expect(m.expiryOf('a', '198.18.1.10')).toBe(6000);
+    expect(m.expiryOf('b', '198.18.1.10')).toBe(Infinity);
+    // Given again with a longer TTL: the later expiry stands.
+    now = 3000;
+    m.remember('a', 'x.test', ['198.18.1.10'], 100);
+    expect(m.expiryOf('a', '198.18.1.10')).toBe(61_000);
+  });
+
   it('keeps at most perSandbox addresses, dropping the least recently given', () => {
     const m = new ResolvedNames({ graceMs: 0, perSandbox: 2, clock: () => 0 });
     m.remember('a', 'x.test', ['198.18.1.1', '198.18.1.2', '198.18.1.3'], 60);
