@@ -4,7 +4,7 @@ import { buildProgram } from './cli/program.ts';
 import { loadConfig } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
-import { createLogger } from './observability/logger.ts';
+import { createLogger, type Logger } from './observability/logger.ts';
 import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
@@ -55,11 +55,17 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     err(`egressd: ${(e as Error).message}`);
     return 1;
   }
-  const log = createLogger({
-    level: config.log.level,
-    pretty: values.pretty === true,
-    ...(config.log.destination !== null ? { destination: config.log.destination } : {}),
-  });
+  let log: Logger;
+  try {
+    log = createLogger({
+      level: config.log.level,
+      pretty: values.pretty === true,
+      ...(config.log.destination !== null ? { destination: config.log.destination } : {}),
+    });
+  } catch (e) {
+    err(`egressd: cannot open log.destination: ${(e as Error).message}`);
+    return 1;
+  }
   let daemon: Daemon;
   try {
     dataPlaneFromEnv();

@@ -13,7 +13,7 @@
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import { pino } from 'pino';
 import { lineBuilder, lineWriter, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
-import type { Logger } from './logger.ts';
+import { lineBatchOf, type Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
 /** The ECS version whose field definitions the lines follow (`ecs.version` on every line). */
@@ -178,8 +178,9 @@ export interface ConnectionLog {
  * holds only the fields above, none of which can carry a secret, and redaction's walk over its
  * nested objects would be most of the line's cost (bench/log.ts). The line is written as text
  * (connectionLineText) with the logger's own level key, time and bindings, exactly as pino would
- * write `log.info(connectionLine(o), 'connection')`, and with no call of the logger's hooks: a
- * connection line never forces the batch out (logger.ts). Make it once; every other line keeps `log`.
+ * write `log.info(connectionLine(o), 'connection')`, into the batch of connection lines of a
+ * logger made by createLogger (logger.ts), else to the destination at once. Make it once; every
+ * other line keeps `log`.
  */
 export function connectionLogger(log: Logger): ConnectionLog {
   const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as { write(s: string): unknown; [k: symbol]: unknown } | undefined;
@@ -188,6 +189,7 @@ export function connectionLogger(log: Logger): ConnectionLog {
     const child = log.child({}, { redact: [] });
     return { write: (o) => child[o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection') };
   }
+  const batch = lineBatchOf(log);
   const own = log as unknown as Record<symbol, unknown>;
   const time = own[pino.symbols.timeSym] as () => string;
   const bindings = own[pino.symbols.chindingsSym] as string;
@@ -196,7 +198,9 @@ export function connectionLogger(log: Logger): ConnectionLog {
       const level = o.verdict === 'error' ? 'warn' : 'info';
       if (!log.isLevelEnabled(level)) return;
       const body = connectionLineText(o);
-      stream.write(`{"log.level":"${level}"${time()}${bindings}${body === '' ? '' : `,${body}`},"message":"connection"}\n`);
+      const line = `{"log.level":"${level}"${time()}${bindings}${body === '' ? '' : `,${body}`},"message":"connection"}\n`;
+      if (batch === null) stream.write(line);
+      else batch.add(line);
     },
   };
 }

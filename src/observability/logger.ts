@@ -7,6 +7,8 @@
 // `event.action` naming what happened (`started`, `connection`, `policy-change`, …). The
 // connection line's fields are declared in observability/connection-log.ts.
 
+import { mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { pino, type Logger, type LoggerOptions } from 'pino';
 import { ECS_VERSION } from './connection-log.ts';
 
@@ -47,39 +49,88 @@ export function createLogger(settings: LoggerSettings): Logger {
     });
   }
   const dest = settings.destination ?? 1;
-  // Connection lines gather in a buffer and leave in batches: one write(2) per LOG_BUFFER_BYTES
-  // or per LOG_FLUSH_MS, not one hand-off to libuv's thread pool per connection (bench/log.ts:
-  // about half of a line's cost). Every other line (start, stop, policy changes, errors) is
-  // rare and someone may be waiting for it, so it is written out at once, with what is waiting
-  // before it. The buffer is written out synchronously when the process exits for any reason
-  // but SIGKILL; SIGKILL loses at most LOG_FLUSH_MS of connection lines.
+  // Connection lines gather in a batch (LineBatch, written to by connection-log.ts) and leave as
+  // one write(2) per LOG_BATCH_BYTES or per LOG_FLUSH_MS, not one hand-off to libuv's thread pool
+  // per connection (bench/log.ts). Every other line (start, stop, policy changes, errors) is rare
+  // and someone may be waiting for it: the batch goes out first, then the line, at once. The
+  // destination itself buffers nothing (minLength 0): what reaches it is written at once, or
+  // behind the write in flight. The batch is written out synchronously when the process exits
+  // for any reason but SIGKILL; SIGKILL loses at most LOG_FLUSH_MS of connection lines. No timer
+  // runs while nothing waits (an idle daemon does not wake up to write nothing).
   options.hooks = {
     logMethod(args, method) {
+      batch.flush();
       method.apply(this, args);
-      const first: unknown = args[0];
-      if (typeof first === 'object' && first !== null && (first as { event?: { action?: unknown } }).event?.action === 'connection') return;
-      try {
-        stream.flush();
-      } catch {
-        // Destroyed at exit: the exit handler below already wrote what was waiting.
-      }
     },
   };
-  const stream = pino.destination({
-    dest,
-    sync: false,
-    minLength: LOG_BUFFER_BYTES,
-    periodicFlush: LOG_FLUSH_MS,
-    mkdir: typeof dest === 'string',
-  });
+  // A file is opened here, synchronously: the destination is ready from the first line, so the
+  // batch can always be written at exit, even by a process that exits just after starting.
+  const fd = typeof dest === 'string' ? openLogFile(dest) : dest;
+  const stream = pino.destination({ dest: fd, sync: false, minLength: 0 });
+  const batch = new LineBatch((text) => stream.write(text));
   process.once('exit', () => {
     try {
+      batch.flush();
       stream.flushSync();
     } catch {
       // Not open yet (nothing was written) or the destination is gone: nothing left to save.
     }
   });
-  return pino(options, stream);
+  const logger = pino(options, stream);
+  batches.set(stream, batch);
+  return logger;
+}
+
+/** Opens (creating it and its folder) a log file for appending; throws the open's error. */
+function openLogFile(path: string): number {
+  mkdirSync(dirname(path), { recursive: true });
+  return openSync(path, 'a');
+}
+
+/**
+ * Lines written together: held until LOG_BATCH_BYTES have gathered or LOG_FLUSH_MS have passed
+ * since the first of them, then handed to `write` as one string.
+ */
+export class LineBatch {
+  readonly #write: (text: string) => void;
+  #text = '';
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(write: (text: string) => void) {
+    this.#write = write;
+  }
+
+  add(line: string): void {
+    this.#text += line;
+    if (this.#text.length >= LOG_BATCH_BYTES) this.flush();
+    else if (this.#timer === null) this.#timer = setTimeout(this.#due, LOG_FLUSH_MS).unref();
+  }
+
+  /** Writes out what waits, now. */
+  flush(): void {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    if (this.#text === '') return;
+    const text = this.#text;
+    this.#text = '';
+    this.#write(text);
+  }
+
+  readonly #due = (): void => {
+    this.#timer = null;
+    this.flush();
+  };
+}
+
+/** The batch of each destination createLogger made, for connection lines (connection-log.ts). */
+const batches = new WeakMap<object, LineBatch>();
+
+/** The batch of lines bound for `log`'s destination, or null when `log` was not made by createLogger. */
+export function lineBatchOf(log: Logger): LineBatch | null {
+  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym];
+  return typeof stream === 'object' && stream !== null ? (batches.get(stream) ?? null) : null;
 }
 
 /** ECS's `@timestamp`: ISO 8601 in UTC with milliseconds (pino's isoTime, under ECS's key). */
@@ -87,7 +138,7 @@ function isoTimestamp(): string {
   return `,"@timestamp":"${new Date().toISOString()}"`;
 }
 
-/** The connection log's batch: written out once this many bytes are waiting (≈ 30 lines). */
-export const LOG_BUFFER_BYTES = 8192;
-/** ...or this long after the oldest waiting line, whichever comes first. */
+/** Connection lines are written out once this many characters wait (≈ 100 lines)... */
+export const LOG_BATCH_BYTES = 65_536;
+/** ...or this long after the first of them, whichever comes first. */
 export const LOG_FLUSH_MS = 100;

@@ -144,6 +144,18 @@ describe('the egressd process', () => {
     expect(warn.out).toBe('');
     expect(warn.lines.filter((l) => l['log.level'] === 'info')).toEqual([]);
   });
+
+  it('does not start with a log.destination it cannot open, and says why', async () => {
+    const notADir = join(dir, 'plain-file');
+    writeFileSync(notADir, '');
+    const file = write(base({ log: { level: 'info', destination: join(notADir, 'egressd.log') } }));
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/cannot open log\.destination: .*(ENOTDIR|EEXIST)/);
+  });
 });
 
 async function freePort(): Promise<number> {

@@ -1,0 +1,105 @@
+// The process logger's destination: connection lines leave in batches (one write per
+// LOG_BATCH_BYTES or LOG_FLUSH_MS), every other line at once with the batch before it, in order,
+// and what waits is written when the process exits.
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
+import { createLogger, LOG_BATCH_BYTES, LOG_FLUSH_MS } from '../../../src/observability/logger.ts';
+
+const outcome = (sourcePort: number): ConnectionOutcome => ({
+  listener: 'tls',
+  sandbox: 'sb-1',
+  source: '198.18.0.2',
+  sourcePort,
+  destination: '198.18.1.2',
+  destinationPort: 443,
+  name: 'a.test',
+  protocol: 'tls',
+  verdict: 'allow',
+  reason: 'allow-rule',
+  endedBy: 'client',
+  rule: 'allowed_domains "a.test"',
+  dialed: '198.18.1.2',
+  bytesUp: 1,
+  bytesDown: 2,
+  startedAt: 0,
+  durationMs: 1,
+});
+
+const ROOT = join(import.meta.dirname, '../../..');
+let dir: string;
+let file: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'egressd-logger-'));
+  file = join(dir, 'egressd.log');
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The lines in the file as `connection PORT` or the message, once `n` are there (polled, 5 s at most). */
+async function lines(n: number): Promise<string[]> {
+  const until = Date.now() + 5000;
+  for (;;) {
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      // not created yet
+    }
+    const got = text
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const j = JSON.parse(l) as { message: string; source?: { port: number } };
+        return j.message === 'connection' ? `connection ${j.source!.port}` : j.message;
+      });
+    if (got.length >= n || Date.now() > until) return got;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('createLogger', () => {
+  it('writes connection lines in a batch, and the batch before any other line, in order', async () => {
+    const log = createLogger({ level: 'info', destination: file });
+    const c = connectionLogger(log);
+    logConnection(c, outcome(1));
+    logConnection(c, outcome(2));
+    log.warn({ event: { action: 'x' } }, 'other');
+    logConnection(c, outcome(3));
+    expect(await lines(4)).toEqual(['connection 1', 'connection 2', 'other', 'connection 3']);
+  });
+
+  it('writes a lone connection line out within LOG_FLUSH_MS', async () => {
+    const log = createLogger({ level: 'info', destination: file });
+    const t0 = Date.now();
+    logConnection(connectionLogger(log), outcome(7));
+    expect(await lines(1)).toEqual(['connection 7']);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(LOG_FLUSH_MS - 5);
+  });
+
+  it('writes a full batch at once', async () => {
+    const log = createLogger({ level: 'info', destination: file });
+    const c = connectionLogger(log);
+    const n = Math.ceil(LOG_BATCH_BYTES / 300) + 10;
+    for (let i = 0; i < n; i++) logConnection(c, outcome(i));
+    // Without waiting for the timer: the first batch is already on its way.
+    const first = await lines(1);
+    expect(first.length).toBeGreaterThan(0);
+    expect(await lines(n)).toEqual(Array.from({ length: n }, (_, i) => `connection ${i}`));
+  });
+
+  it('writes what waits when the process exits', () => {
+    const script = `
+      import { createLogger } from ${JSON.stringify(join(ROOT, 'src/observability/logger.ts'))};
+      import { connectionLogger, logConnection } from ${JSON.stringify(join(ROOT, 'src/observability/connection-log.ts'))};
+      const c = connectionLogger(createLogger({ level: 'info', destination: ${JSON.stringify(file)} }));
+      for (let i = 0; i < 3; i++) logConnection(c, ${JSON.stringify(outcome(0))});
+      process.exit(0);`;
+    execFileSync(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script]);
+    expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(3);
+  });
+});
