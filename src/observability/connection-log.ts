@@ -12,7 +12,7 @@
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import { pino } from 'pino';
-import { lineBuilder, lineWriter, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
+import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
 import { lineBatchOf, type Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
@@ -165,9 +165,6 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
 /** The connection's fields as nested objects (`{ source: { ip, port }, … }`), absent ones left out. */
 export const connectionLine: (o: Readonly<ConnectionOutcome>) => Record<string, unknown> = lineBuilder(CONNECTION_FIELDS);
 
-/** The same fields as JSON text, the members without the braces: `{${text}}` is `connectionLine`'s JSON. */
-export const connectionLineText: (o: Readonly<ConnectionOutcome>) => string = lineWriter(CONNECTION_FIELDS);
-
 /** Where connection lines go: `connectionLogger`'s answer, written to by `logConnection`. */
 export interface ConnectionLog {
   write(o: Readonly<ConnectionOutcome>): void;
@@ -177,7 +174,7 @@ export interface ConnectionLog {
  * The writer of connection lines into `log`'s destination, without redaction: a connection line
  * holds only the fields above, none of which can carry a secret, and redaction's walk over its
  * nested objects would be most of the line's cost (bench/log.ts). The line is written as text
- * (connectionLineText) with the logger's own level key, time and bindings, exactly as pino would
+ * (JSON.stringify of connectionLine) with the logger's own level key, time and bindings, exactly as pino would
  * write `log.info(connectionLine(o), 'connection')`, into the batch of connection lines of a
  * logger made by createLogger (logger.ts), else to the destination at once. Make it once; every
  * other line keeps `log`.
@@ -197,8 +194,9 @@ export function connectionLogger(log: Logger): ConnectionLog {
     write: (o) => {
       const level = o.verdict === 'error' ? 'warn' : 'info';
       if (!log.isLevelEnabled(level)) return;
-      const body = connectionLineText(o);
-      const line = `{"log.level":"${level}"${time()}${bindings}${body === '' ? '' : `,${body}`},"message":"connection"}\n`;
+      // JSON.stringify of the built object is the fastest way to the text (V8's serializer).
+      const json = JSON.stringify(connectionLine(o));
+      const line = `{"log.level":"${level}"${time()}${bindings}${json === '{}' ? '' : `,${json.slice(1, -1)}`},"message":"connection"}\n`;
       if (batch === null) stream.write(line);
       else batch.add(line);
     },
