@@ -12,6 +12,7 @@ import type { PeekStep } from '../peek/peek-steps.ts';
  * connection stays linear in the bytes (at most cap / stride full parses).
  */
 const REPARSE_STRIDE = 1024;
+const EMPTY = Buffer.alloc(0);
 
 export type PeekOutcome<R> =
   | { kind: 'done'; result: R; bytes: Buffer }
@@ -54,7 +55,13 @@ export interface PeekOptions {
 export class PeekBuffer<R> {
   readonly #step: (buf: Buffer) => PeekStep<R>;
   readonly #max: number;
-  readonly #acc: Buffer;
+  /**
+   * What the parser reads: the first chunk itself while it is the only one (the usual case, a
+   * whole ClientHello or request head in one read: nothing allocated, nothing copied), then a
+   * copy of the first `maxBytes` of all of them, made once a second chunk comes.
+   */
+  #view: Buffer = EMPTY;
+  #acc: Buffer | null = null;
   readonly #chunks: Buffer[] = [];
   #total = 0;
   #filled = 0;
@@ -65,7 +72,6 @@ export class PeekBuffer<R> {
   constructor(step: (buf: Buffer) => PeekStep<R>, maxBytes: number) {
     this.#step = step;
     this.#max = maxBytes;
-    this.#acc = Buffer.allocUnsafe(maxBytes);
   }
 
   get total(): number {
@@ -87,12 +93,21 @@ export class PeekBuffer<R> {
     this.#total += chunk.length;
     const take = Math.min(chunk.length, this.#max - this.#filled);
     if (take > 0) {
-      chunk.copy(this.#acc, this.#filled, 0, take);
+      if (this.#filled === 0) {
+        this.#view = chunk.subarray(0, take);
+      } else {
+        if (this.#acc === null) {
+          this.#acc = Buffer.allocUnsafe(this.#max);
+          this.#view.copy(this.#acc, 0);
+        }
+        chunk.copy(this.#acc, this.#filled, 0, take);
+        this.#view = this.#acc.subarray(0, this.#filled + take);
+      }
       this.#filled += take;
     }
     if (this.#filled < this.#parseAt && this.#filled < this.#max) return null;
     this.parses++;
-    const s = this.#step(this.#acc.subarray(0, this.#filled));
+    const s = this.#step(this.#view);
     if (s.done) return s;
     if (this.#filled >= this.#max) return 'too-large';
     this.#parseAt = Math.min(Math.max(s.atLeast ?? 0, this.#filled + 1), this.#filled + REPARSE_STRIDE);

@@ -2,6 +2,7 @@
 // chunk for the upstream, stop at the cap, and ask the parser again only when the answer can
 // change — so a client dripping bytes cannot make the daemon re-parse the buffer per byte.
 
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PeekBuffer } from '../../../src/net/peek-socket.ts';
 import { anyStepper, httpStepper, tlsStep } from '../../../src/peek/peek-steps.ts';
@@ -67,5 +68,29 @@ describe('PeekBuffer', () => {
     expect(pb.push(Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'))).toMatchObject({ done: true, result: { kind: 'unknown' } });
     const http = new PeekBuffer(anyStepper(), MAX_HELLO_BYTES);
     expect(drip(http, Buffer.from('GET / HTTP/1.1\r\nHost: any.test\r\n\r\n')).r).toMatchObject({ result: { kind: 'http', result: { host: 'any.test' } } });
+  });
+
+  // The parser reads the first chunk itself while it is alone, and a copy once more come: any
+  // cut of the same bytes into chunks gives the same answer and keeps every byte.
+  it('answers the same for the bytes whole or cut anywhere into chunks, a first chunk past the cap included', () => {
+    const hello = Buffer.from(buildHello({ sni: ['cut.test'] }, { records: 2 }));
+    const big = Buffer.from(`GET / HTTP/1.1\r\nHost: a.test\r\n${'X: y\r\n'.repeat(2000)}`);
+    fc.assert(
+      fc.property(fc.constantFrom(hello, big), fc.uniqueArray(fc.integer({ min: 1, max: 20_000 }), { maxLength: 4 }), (bytes, cuts) => {
+        const run = (chunks: Buffer[]): { r: unknown; bytes: Buffer } => {
+          const pb = new PeekBuffer(anyStepper(), 4096);
+          let r: unknown = null;
+          for (const c of chunks) if (r === null) r = pb.push(c);
+          return { r, bytes: pb.bytes() };
+        };
+        const at = [0, ...cuts.filter((c) => c < bytes.length).sort((a, b) => a - b), bytes.length];
+        const pieces = at.slice(1).map((end, i) => bytes.subarray(at[i], end));
+        const whole = run([bytes]);
+        const cut = run(pieces);
+        expect(cut.r).toEqual(whole.r);
+        expect(Buffer.compare(cut.bytes, bytes.subarray(0, cut.bytes.length))).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
   });
 });
