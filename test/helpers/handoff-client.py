@@ -10,8 +10,8 @@
 # echoes.
 #
 # argv[1]: JSON {routerNetns, bind, port, cut: [address...], keep: address, adminPort, token,
-#                method, path, body}
-# stdout: JSON {status, atAnswer: ["fin" | "reset" | "open", ...], keptEchoes: bool}
+#                method, path, body}; keep and body may be null
+# stdout: JSON {status, atAnswer: ["fin" | "reset" | "open", ...], keptEchoes: bool | null}
 
 import ctypes
 import json
@@ -51,21 +51,24 @@ def main():
         if not echoed(s, b"a"):
             raise SystemExit(f"{host}: not spliced")
         cut.append(s)
-    keep = socket.create_connection((a["keep"], a["port"]), timeout=10, source_address=(a["bind"], 0))
-    if not echoed(keep, b"k"):
-        raise SystemExit(f"{a['keep']}: not spliced")
+    keep = None
+    if a.get("keep"):
+        keep = socket.create_connection((a["keep"], a["port"]), timeout=10, source_address=(a["bind"], 0))
+        if not echoed(keep, b"k"):
+            raise SystemExit(f"{a['keep']}: not spliced")
 
     fd = os.open(a["routerNetns"], os.O_RDONLY)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         raise SystemExit(f"setns: {os.strerror(ctypes.get_errno())}")
     os.close(fd)
-    body = json.dumps(a["body"]).encode()
+    body = b"" if a.get("body") is None else json.dumps(a["body"]).encode()
     api = socket.create_connection(("127.0.0.1", a["adminPort"]), timeout=10)
     api.sendall(
         (
             f"{a['method']} {a['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {a['token']}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            + ("Content-Type: application/json\r\n" if body else "")
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         + body
     )
@@ -84,7 +87,7 @@ def main():
             break
         rest += chunk
     status = int(rest.split(b" ", 2)[1])
-    kept = echoed(keep, b"still")
+    kept = echoed(keep, b"still") if keep else None
     print(json.dumps({"status": status, "atAnswer": at_answer, "keptEchoes": kept}))
 
 
