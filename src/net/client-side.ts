@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { Peeked } from '../peek/peek-steps.ts';
 import type { PeekStep } from '../peek/peek-steps.ts';
 import type { OriginalDestination } from './original-dst.ts';
+import type { Closing } from './registry.ts';
 import { peekSocket, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { dialFirst, type Attempt } from './dial-first.ts';
 import type { DialFailure } from './dial.ts';
@@ -29,8 +30,8 @@ export interface ConnectOptions {
   readonly idleTimeoutMs: number;
   /** The client's bytes read so far: they go upstream first, byte for byte. */
   readonly initial: Buffer;
-  /** Aborting ends the connection wherever it is: dialing or splicing. */
-  readonly signal: AbortSignal;
+  /** Closing ends the connection wherever it is: dialing or splicing. */
+  readonly closing: Closing;
   /**
    * Called once an address answered, before any byte goes upstream: the verdict on that address
    * under the policy in force now. A refusal closes the upstream and the caller answers the
@@ -113,7 +114,7 @@ export class SocketClient implements ClientSide {
   }
 
   async connect(o: ConnectOptions): Promise<ConnectResult> {
-    const d = await dialFirst({ addresses: o.addresses, port: o.port, connectTimeoutMs: o.connectTimeoutMs, signal: o.signal });
+    const d = await dialFirst({ addresses: o.addresses, port: o.port, connectTimeoutMs: o.connectTimeoutMs, signal: o.closing.signal });
     if (!d.ok) return { kind: 'dial-failed', cause: d.cause, detail: d.detail, attempts: d.attempts };
     o.onConnected?.(d.address);
     const r = o.recheck(d.address);
@@ -121,7 +122,7 @@ export class SocketClient implements ClientSide {
       d.socket.destroy();
       return { kind: 'refused', why: r.why, address: d.address, connectMs: d.connectMs, attempts: d.attempts };
     }
-    const s = await splice(this.#socket, d.socket, { initial: o.initial, idleTimeoutMs: o.idleTimeoutMs, signal: o.signal });
+    const s = await splice(this.#socket, d.socket, { initial: o.initial, idleTimeoutMs: o.idleTimeoutMs, signal: o.closing.signal });
     return { kind: 'spliced', address: d.address, connectMs: d.connectMs, attempts: d.attempts, splice: s };
   }
 

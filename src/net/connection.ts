@@ -23,7 +23,7 @@ import { SocketClient, type ClientSide } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
 import type { Facts } from '../policy/decide.ts';
-import type { ConnectionRegistry, LiveConnection } from './registry.ts';
+import { LiveConnection, type ConnectionRegistry } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 
 /** The settings a connection reads (the daemon passes its Config, which has these and more). */
@@ -78,7 +78,7 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
     startedAt,
     durationMs: 0,
   };
-  const live: LiveConnection = deps.registry.add({ outcome: o, abort: new AbortController(), facts: null });
+  const live = deps.registry.add(new LiveConnection(o));
   const finish = (): void => {
     o.durationMs = Date.now() - startedAt;
     // Each connection counts once, for the verdict that last applied to it.
@@ -261,7 +261,7 @@ async function run(
     o.end = target.detail;
     return refuseUpstream(socket, config, o, target.reason, decision.rule);
   }
-  if (live.abort.signal.aborted) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
+  if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
   const afterResolve = judge(ip);
   if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
   admit(o, afterResolve);
@@ -275,7 +275,7 @@ async function run(
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     idleTimeoutMs: config.upstream.idleTimeoutMs,
     initial,
-    signal: live.abort.signal,
+    closing: live,
     validUntil: namesUntil,
     onConnected: (address) => {
       o.dialed = address;

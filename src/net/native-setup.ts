@@ -237,7 +237,7 @@ export class NativeSetup {
 
 type Pending =
   | { kind: 'peek'; buf: PeekBuffer<Peeked>; opts: PeekOptions; resolve: (o: PeekOutcome<Peeked>) => void }
-  | { kind: 'connect'; o: ConnectOptions; resolve: (r: ConnectResult) => void; onAbort: () => void }
+  | { kind: 'connect'; o: ConnectOptions; resolve: (r: ConnectResult) => void }
   | null;
 
 /** A client connection held by a native loop (client-side.ts's contract). */
@@ -340,12 +340,11 @@ export class NativeClient implements ClientSide {
 
   connect(o: ConnectOptions): Promise<ConnectResult> {
     return new Promise((resolve) => {
-      if (o.signal.aborted) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
+      if (o.closing.closed) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
       // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
       this.#addresses = o.addresses.slice(0, MAX_ADDRS);
-      const onAbort = (): void => this.#addon.abort(this.loop, this.id);
-      this.#pending = { kind: 'connect', o, resolve, onAbort };
-      o.signal.addEventListener('abort', onAbort, { once: true });
+      this.#pending = { kind: 'connect', o, resolve };
+      o.closing.onClose = this.reset;
       const od = this.#od instanceof Error ? null : this.#od;
       // The loop tells which address answered only when the caller cannot know it already.
       const tell = !(this.#addresses.length === 1 && od?.kind === 'redirected' && od.address === this.#addresses[0]);
@@ -378,7 +377,7 @@ export class NativeClient implements ClientSide {
     const r = p.o.recheck(address);
     if (!r.refuse) return this.#addon.splice(this.loop, this.id, Math.min(MAX_U32, Math.max(1, Math.ceil(p.o.idleTimeoutMs))));
     this.#pending = null;
-    p.o.signal.removeEventListener('abort', p.onAbort);
+    if (p.o.closing.onClose === this.reset) p.o.closing.onClose = null;
     p.resolve({ kind: 'refused', why: r.why, address, connectMs: _connectUs / 1000, attempts: this.#attempts([], index) });
   }
 
@@ -400,7 +399,7 @@ export class NativeClient implements ClientSide {
     this.#pending = null;
     if (p === null) return;
     if (p.kind === 'peek') return p.resolve({ kind: 'closed', bytes: p.buf.total > 0 ? p.buf.bytes() : Buffer.alloc(0) });
-    p.o.signal.removeEventListener('abort', p.onAbort);
+    if (p.o.closing.onClose === this.reset) p.o.closing.onClose = null;
     const attempts = this.#attempts(errnos, dialed);
     if (dialed < 0) {
       const aborted = ENDS[end] === 'aborted';
@@ -442,9 +441,10 @@ export class NativeClient implements ClientSide {
     }
   }
 
-  reset(): void {
+  /** Closes the connection in its loop, at whatever stage (an arrow: also the dial's close hook). */
+  readonly reset = (): void => {
     if (!this.#ended) this.#addon.abort(this.loop, this.id);
-  }
+  };
 }
 
 /** A listener whose sockets the native loops own (one per loop, SO_REUSEPORT): listener.ts's shape. */

@@ -9,13 +9,59 @@ import type { Facts } from '../policy/decide.ts';
  */
 export type LifecycleReason = 'not-redirected' | 'policy-changed' | 'shutdown' | 'internal-error';
 
-export interface LiveConnection {
+/**
+ * What closes a connection wherever it is (dialing or splicing): a direct hook for the native
+ * loops, an AbortSignal for Node's sockets. Both only once the connection is closed.
+ */
+export interface Closing {
+  /** Whether the connection was closed (shutdown, a policy change). */
+  readonly closed: boolean;
+  /**
+   * Run once, synchronously, when the connection is closed: the one step in progress that must
+   * stop (the native loop's abort). Set and cleared by that step; null when none.
+   */
+  onClose: (() => void) | null;
+  /** Aborts when the connection is closed; made on first use (Node's sockets take one). */
+  readonly signal: AbortSignal;
+}
+
+/** One connection between accept and outcome. */
+export class LiveConnection implements Closing {
   readonly outcome: ConnectionOutcome;
-  /** Aborting closes the connection wherever it is: dialing or splicing. */
-  readonly abort: AbortController;
   /** What the verdict was made on; null until the decision. */
-  facts: Facts | null;
+  facts: Facts | null = null;
   closeReason?: Extract<LifecycleReason, 'policy-changed' | 'shutdown'>;
+  onClose: (() => void) | null = null;
+  #closed = false;
+  // Made only when asked for: an AbortController and a listener on it cost more than the rest of
+  // this record, and the native path never needs one.
+  #controller: AbortController | null = null;
+
+  constructor(outcome: ConnectionOutcome) {
+    this.outcome = outcome;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === null) {
+      this.#controller = new AbortController();
+      if (this.#closed) this.#controller.abort();
+    }
+    return this.#controller.signal;
+  }
+
+  /** Closes it: runs the step's hook and aborts the signal, once. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const hook = this.onClose;
+    this.onClose = null;
+    hook?.();
+    this.#controller?.abort();
+  }
 }
 
 export class ConnectionRegistry {
@@ -41,7 +87,7 @@ export class ConnectionRegistry {
   /** Closes one connection, recording why. */
   close(c: LiveConnection, reason: NonNullable<LiveConnection['closeReason']>): void {
     c.closeReason ??= reason;
-    c.abort.abort();
+    c.close();
   }
 
   closeAll(reason: NonNullable<LiveConnection['closeReason']>): number {
