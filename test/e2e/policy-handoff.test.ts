@@ -22,6 +22,8 @@ import { E2E_PORTS, MAIN, NODE, ROOT, writeConfig } from '../helpers/e2e-daemon.
 
 const CUT = ['198.18.1.7', '198.18.1.8'];
 const KEEP = '198.18.1.6';
+/** Its SYNs are dropped: a connection to it stays in its dial. */
+const DARK = '198.18.1.11';
 const SB = '198.18.0.2';
 const TOKEN = 'handoff-token';
 const ADMIN_PORT = 9911;
@@ -51,7 +53,9 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
   beforeAll(async () => {
     rig = await createRig();
     dir = mkdtempSync(join(tmpdir(), 'egressd-e2e-handoff-'));
-    await rig.servers([KEEP, ...CUT]);
+    await rig.servers([KEEP, DARK, ...CUT]);
+    const drop = await rig.execIn('internet', 'iptables', ['-A', 'INPUT', '-d', DARK, '-p', 'tcp', '--syn', '-j', 'DROP']);
+    expect(drop.code, drop.stderr).toBe(0);
     configFile = writeConfig(dir, {
       listen: { http: ['0.0.0.0:15080'], tls: ['0.0.0.0:15443'], tcp: ['0.0.0.0:15001'], dns: [] },
       admin: { listen: `127.0.0.1:${ADMIN_PORT}`, token: TOKEN },
@@ -100,6 +104,8 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
             port: 7000,
             cut: cut.flatMap((a) => Array<string>(PER_ADDRESS).fill(a)),
             keep,
+            dialing: Array<string>(PER_ADDRESS).fill(DARK),
+            sandbox: 'sb-h',
             adminPort: ADMIN_PORT,
             token: TOKEN,
             ...change,
@@ -108,10 +114,12 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
         { timeoutMs: 30_000 },
       );
       expect(r.code, r.stderr).toBe(0);
-      const out = JSON.parse(r.stdout) as { status: number; atAnswer: string[]; keptEchoes: boolean | null };
+      const out = JSON.parse(r.stdout) as { status: number; atAnswer: string[]; dialingAtAnswer: string[]; keptEchoes: boolean | null };
       expect(out.status).toBeLessThan(300);
-      // Each refused connection was closed by egressd before its answer was written.
+      // Each refused connection was closed by egressd before its answer was written: a spliced
+      // one with a FIN, one still dialing with a reset.
       expect(out.atAnswer).toEqual(Array<string>(n).fill('fin'));
+      expect(out.dialingAtAnswer).toEqual(Array<string>(PER_ADDRESS).fill('reset'));
       expect(out.keptEchoes).toBe(keep === null ? null : true);
       // The upstreams saw each refused connection close having received its one byte, never the
       // byte sent after the answer.
@@ -133,11 +141,11 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
       expect(data.reduce((sum, e) => sum + (e.bytes ?? 0), 0)).toBe(n);
       // Each is logged as closed by the policy change (the log is written in batches: polled).
       let closedByChange = 0;
-      for (let i = 0; i < 100 && closedByChange < n; i++) {
+      for (let i = 0; i < 100 && closedByChange < n + PER_ADDRESS; i++) {
         closedByChange = daemon.connections().filter((l) => field(l, 'event.reason') === 'policy-changed').length - before;
-        if (closedByChange < n) await new Promise((res) => setTimeout(res, 50));
+        if (closedByChange < n + PER_ADDRESS) await new Promise((res) => setTimeout(res, 50));
       }
-      expect(closedByChange).toBe(n);
+      expect(closedByChange).toBe(n + PER_ADDRESS);
       expect(daemon.lines.some((l) => action(l) === 'policy-handoff-late')).toBe(false);
     };
 
@@ -145,7 +153,7 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
       await changeRefuses(CUT, KEEP, {
         method: 'PUT',
         path: '/api/v1/sandboxes/sb-h/network',
-        body: { mode: 'allow-all', egress: { denied_cidrs: CUT.map((a) => `${a}/32`) } },
+        body: { mode: 'allow-all', egress: { denied_cidrs: [...CUT, DARK].map((a) => `${a}/32`) } },
       });
     });
 
