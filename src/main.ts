@@ -5,6 +5,7 @@ import { loadConfig } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
+import { releaseStartupMemory } from './limits/overload.ts';
 import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
@@ -71,6 +72,9 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     dataPlaneFromEnv();
     daemon = new Daemon(config, log);
     await daemon.start();
+    // Start-up's garbage, freed C memory and the executable's start-up pages go back before
+    // serving begins (issue 12: idle RSS; src/limits/overload.ts).
+    releaseStartupMemory();
     const plane = nativeSpliceStatus();
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
     if (plane.ok)

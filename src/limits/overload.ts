@@ -103,14 +103,52 @@ function collect(): void {
  * allocator (Buffers, libuv handles) handed back to the kernel. Null without the addon (npm ci
  * builds it) or off glibc.
  */
-const releaseFreeMemory: (() => boolean) | null = (() => {
+const memoryAddon: { releaseFreeMemory?: unknown; dropExecutablePages?: unknown } = (() => {
   try {
-    const m = createRequire(import.meta.url)('../../native/build/memory.node') as { releaseFreeMemory?: unknown };
-    return typeof m.releaseFreeMemory === 'function' ? (m.releaseFreeMemory as () => boolean) : null;
+    return createRequire(import.meta.url)('../../native/build/memory.node') as { releaseFreeMemory?: unknown; dropExecutablePages?: unknown };
   } catch {
-    return null;
+    return {};
   }
 })();
+const releaseFreeMemory: (() => boolean) | null = typeof memoryAddon.releaseFreeMemory === 'function' ? (memoryAddon.releaseFreeMemory as () => boolean) : null;
+const dropExecutablePages: (() => number) | null =
+  typeof memoryAddon.dropExecutablePages === 'function' ? (memoryAddon.dropExecutablePages as () => number) : null;
+
+/** What releaseStartupMemory handed back, in bytes of RSS (a figure of the start-up log line). */
+export interface StartupRelease {
+  /** RSS before and after, from /proc/self/status (null off Linux). */
+  readonly rssBefore: number | null;
+  readonly rssAfter: number | null;
+  /** The node executable's pages unmapped from this process (native/memory.c dropExecutablePages). */
+  readonly executableBytes: number;
+}
+
+/**
+ * Hands back what start-up used and serving does not, once the listeners are up (issue 12: idle
+ * RSS). Start-up compiles every module, parses the config, the catalog and the schemas, and
+ * leaves: a young generation grown to ≈ 7 MiB for that burst, garbage, and freed C memory
+ * glibc keeps in its arenas (≈ 13 MiB together), and ≈ 50 MB of the node executable's pages
+ * mapped (the loader, the parser, the compilers' first tiers, ICU), ≈ 4 MB of which serving
+ * touches again. So: V8's memory-reducing collection (the young generation shrinks and grows
+ * back with load), malloc_trim, and the executable's clean pages unmapped (they stay in the page
+ * cache and map back on use; native/memory.c says which mappings qualify). Runs once, for tens
+ * of milliseconds, before the first connection is accepted.
+ */
+export function releaseStartupMemory(): StartupRelease {
+  const rss = (): number | null => {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+      return m ? Number(m[1]) * 1024 : null;
+    } catch {
+      return null;
+    }
+  };
+  const rssBefore = rss();
+  gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+  releaseFreeMemory?.();
+  const executableBytes = dropExecutablePages?.() ?? 0;
+  return { rssBefore, rssAfter: rss(), executableBytes };
+}
 
 /**
  * The cgroup directories from this process's own up to the root: cgroup v2's (the `0::` line),

@@ -5,9 +5,22 @@
 // values come from small fixed sets — never a raw name, address or (unless asked) sandbox id.
 
 import { readFileSync } from 'node:fs';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { ListenerKind } from '../net/listener.ts';
+
+// prom-client's parts from their own files: its index also loads the Pushgateway (node:http,
+// https, zlib) and the cluster aggregator, which egressd never uses — about 4 MB of idle RSS.
+// The classes are the same objects the index exports.
+const promRequire = createRequire(import.meta.url);
+const prom = {
+  Counter: promRequire('prom-client/lib/counter') as typeof Counter,
+  Gauge: promRequire('prom-client/lib/gauge') as typeof Gauge,
+  Histogram: promRequire('prom-client/lib/histogram') as typeof Histogram,
+  Registry: promRequire('prom-client/lib/registry') as typeof Registry,
+  collectDefaultMetrics: promRequire('prom-client/lib/defaultMetrics') as typeof collectDefaultMetrics,
+};
 
 export interface MetricsOptions {
   /** Adds a `sandbox` label to the connection counters: only for small fleets. */
@@ -274,7 +287,7 @@ export interface ScrapeSources {
 }
 
 export class Metrics {
-  readonly registry = new Registry();
+  readonly registry = new prom.Registry();
   /** Every egressd metric, as declared in METRICS. */
   readonly instruments: Instruments;
   readonly #sandboxLabel: boolean;
@@ -282,7 +295,7 @@ export class Metrics {
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
-    collectDefaultMetrics({ register: this.registry });
+    prom.collectDefaultMetrics({ register: this.registry });
     const src = (): ScrapeSources => this.#sources;
     const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
       if (v !== null && v !== undefined) g.set(labels, v);
@@ -403,11 +416,11 @@ function instrument(
   const base = { name: spec.name, help: spec.help, labelNames, registers: [registry] };
   switch (spec.type) {
     case 'counter':
-      return new Counter(base);
+      return new prom.Counter(base);
     case 'histogram':
-      return new Histogram({ ...base, buckets: [...(spec.buckets ?? SECONDS_BUCKETS)] });
+      return new prom.Histogram({ ...base, buckets: [...(spec.buckets ?? SECONDS_BUCKETS)] });
     case 'gauge':
-      return new Gauge(
+      return new prom.Gauge(
         collect === undefined
           ? base
           : {
