@@ -105,7 +105,8 @@ export class Daemon {
   readonly #outcomeListeners: OutcomeListener[] = [];
   readonly #originalDst: PipelineDeps['originalDst'];
   #state: DaemonState = 'starting';
-  #pending = new Set<Promise<void>>();
+  /** What every connection's pipeline is given (connection.ts): made once. */
+  readonly #deps: PipelineDeps;
   /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
   #otlp: OtlpExport | null = null;
 
@@ -171,6 +172,15 @@ export class Daemon {
       this.metrics,
       (source) => this.sourceLimits(source),
     );
+    this.#deps = {
+      config: () => this.#config,
+      policies: this.store,
+      resolver: this.resolver,
+      registry: this.registry,
+      dnsMemory: this.dnsMemory,
+      originalDst: this.#originalDst,
+      emit: (o) => this.#emit(o),
+    };
     const onConnection = (socket: Socket, kind: Listener['kind']): void => this.#accept(socket, kind);
     const onAcceptError = (err: NodeJS.ErrnoException, kind: Listener['kind']): void => this.limits.acceptError(err, kind);
     const setup = (opts.setup ?? (nativeSetupWanted() ? 'native' : 'node')) === 'native' ? nativeSetup() : null;
@@ -375,9 +385,10 @@ export class Daemon {
       return;
     }
     socket.on('error', () => {});
-    const ticket = this.limits.admit(socket, kind, canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress));
+    const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
+    const ticket = this.limits.admit(socket, kind, source);
     if (ticket === null) return;
-    this.#run(new SocketClient(socket, this.#originalDst), kind, ticket);
+    this.#run(new SocketClient(socket, this.#originalDst), kind, source, ticket);
   }
 
   /** A connection the native loops accepted: the same admission and pipeline. */
@@ -386,28 +397,16 @@ export class Daemon {
       client.reset();
       return;
     }
-    const ticket = this.limits.admit(client, kind, canonicalSource(client.remoteAddress) ?? client.remoteAddress);
+    const source = canonicalSource(client.remoteAddress) ?? client.remoteAddress;
+    const ticket = this.limits.admit(client, kind, source);
     if (ticket === null) return;
-    this.#run(client, kind, ticket);
+    this.#run(client, kind, source, ticket);
   }
 
-  #run(client: ClientSide, kind: Listener['kind'], ticket: Ticket): void {
+  #run(client: ClientSide, kind: Listener['kind'], source: string, ticket: Ticket): void {
     this.metrics.accepted(kind);
-    const p = handleClient(client, kind, {
-      config: () => this.#config,
-      policies: this.store,
-      resolver: this.resolver,
-      registry: this.registry,
-      dnsMemory: this.dnsMemory,
-      originalDst: this.#originalDst,
-      emit: (o) => this.#emit(o),
-      onDecided: () => ticket.decided(),
-    });
-    this.#pending.add(p);
-    void p.finally(() => {
-      ticket.release();
-      this.#pending.delete(p);
-    });
+    // Never rejects (every failure becomes an outcome); stop() waits on the registry.
+    void handleClient(client, kind, this.#deps, source, ticket);
   }
 
   /**
@@ -502,10 +501,10 @@ export class Daemon {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
     this.#state = 'draining';
     await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
-    if (this.#pending.size > 0 && drainMs > 0) {
+    if (this.registry.size > 0 && drainMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        Promise.allSettled([...this.#pending]),
+        this.registry.whenEmpty(),
         new Promise((r) => {
           timer = setTimeout(r, drainMs);
         }),
@@ -513,7 +512,7 @@ export class Daemon {
       clearTimeout(timer);
     }
     this.registry.closeAll('shutdown');
-    await Promise.allSettled([...this.#pending]);
+    await this.registry.whenEmpty();
     this.resolver.close();
     this.host.stop();
     this.dnsForwarder.close();

@@ -44,8 +44,14 @@ export interface PipelineDeps {
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
-  /** Called once the verdict is made (the connection stops counting as undecided). */
-  readonly onDecided?: () => void;
+}
+
+/** Admission's hold on one connection (limits/admission.ts's Ticket). */
+export interface AdmissionTicket {
+  /** The verdict is made: the connection stops counting as undecided. */
+  decided(): void;
+  /** The connection is over (called before its outcome is emitted). */
+  release(): void;
 }
 
 /** One connection on a Node socket (the JavaScript path). */
@@ -53,8 +59,13 @@ export function handleConnection(socket: Socket, listener: ListenerKind, deps: P
   return handleClient(new SocketClient(socket, deps.originalDst), listener, deps);
 }
 
-/** One connection, wherever its socket lives (client-side.ts): the pipeline above, and its outcome. */
-export async function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps): Promise<void> {
+/**
+ * One connection, wherever its socket lives (client-side.ts): the pipeline above, and its outcome.
+ * `source` is the client's canonical address when the caller already has it (admission did);
+ * `ticket` is admission's hold, told of the verdict and released at the end. `deps` is the
+ * daemon's, the same for every connection.
+ */
+export async function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps, source?: string, ticket?: AdmissionTicket): Promise<void> {
   const config = deps.config();
   const startedAt = Date.now();
   const deadline = startedAt + config.peek.timeoutMs;
@@ -62,7 +73,7 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
   const o: ConnectionOutcome = {
     listener,
     sandbox: null,
-    source: canonicalSource(socket.remoteAddress) ?? socket.remoteAddress,
+    source: source ?? canonicalSource(socket.remoteAddress) ?? socket.remoteAddress,
     sourcePort: socket.remotePort,
     destination: null,
     destinationPort: null,
@@ -78,14 +89,7 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
     startedAt,
     durationMs: 0,
   };
-  const live = deps.registry.add(new LiveConnection(o));
-  const finish = (): void => {
-    o.durationMs = Date.now() - startedAt;
-    // Each connection counts once, for the verdict that last applied to it.
-    if (o.decided !== undefined) countVerdict(o.decided);
-    deps.registry.remove(live);
-    deps.emit(o);
-  };
+  const live = deps.registry.add(new LiveConnection(o, ticket));
 
   try {
     await run(socket, listener, deps, config, deadline, o, live);
@@ -96,7 +100,12 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
     o.end = err instanceof Error ? err.message : String(err);
     socket.reset();
   }
-  finish();
+  o.durationMs = Date.now() - startedAt;
+  // Each connection counts once, for the verdict that last applied to it.
+  if (o.decided !== undefined) countVerdict(o.decided);
+  ticket?.release();
+  deps.registry.remove(live);
+  deps.emit(o);
 }
 
 async function run(
@@ -234,7 +243,7 @@ async function run(
   };
   const decision = judge(ip);
   let facts: Facts = { name: o.name ?? dnsName, ip, port };
-  deps.onDecided?.();
+  live.ticket?.decided();
   live.facts = facts;
   if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
   admit(o, decision);

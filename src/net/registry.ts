@@ -37,8 +37,12 @@ export class LiveConnection implements Closing {
   // this record, and the native path never needs one.
   #controller: AbortController | null = null;
 
-  constructor(outcome: ConnectionOutcome) {
+  /** Admission's hold on it, if any (told of the verdict, released at the end). */
+  readonly ticket: { decided(): void } | undefined;
+
+  constructor(outcome: ConnectionOutcome, ticket?: { decided(): void }) {
     this.outcome = outcome;
+    this.ticket = ticket;
   }
 
   get closed(): boolean {
@@ -66,6 +70,7 @@ export class LiveConnection implements Closing {
 
 export class ConnectionRegistry {
   readonly #live = new Set<LiveConnection>();
+  #emptied: (() => void)[] = [];
 
   add(c: LiveConnection): LiveConnection {
     this.#live.add(c);
@@ -74,6 +79,20 @@ export class ConnectionRegistry {
 
   remove(c: LiveConnection): void {
     this.#live.delete(c);
+    if (this.#live.size === 0 && this.#emptied.length > 0) {
+      const waiting = this.#emptied;
+      this.#emptied = [];
+      for (const w of waiting) w();
+    }
+  }
+
+  /**
+   * Settles once no connection is left (at once when none is): the pipeline removes a
+   * connection just before emitting its outcome, and the caller resumes after that outcome.
+   */
+  whenEmpty(): Promise<void> {
+    if (this.#live.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#emptied.push(resolve));
   }
 
   get size(): number {

@@ -34,4 +34,19 @@ describe('LiveConnection', () => {
     expect(r.closeAll('shutdown')).toBe(2);
     expect([a.closeReason, b.closeReason, hooked, a.closed, b.closed]).toEqual(['policy-changed', 'shutdown', 1, true, true]);
   });
+
+  it('tells when the last connection is removed, at once when none is open', async () => {
+    const r = new ConnectionRegistry();
+    await r.whenEmpty();
+    const a = r.add(live());
+    const b = r.add(live());
+    let done = false;
+    const waiting = r.whenEmpty().then(() => (done = true));
+    r.remove(a);
+    await Promise.resolve();
+    expect(done).toBe(false);
+    r.remove(b);
+    await waiting;
+    expect(done).toBe(true);
+  });
 });
