@@ -13,7 +13,7 @@
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import { pino } from 'pino';
 import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
-import { lineBatchOf, type Logger } from './logger.ts';
+import { lineBatchOf, timestampAt, type Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
 /** The ECS version whose field definitions the lines follow (`ecs.version` on every line). */
@@ -184,24 +184,29 @@ export function connectionLogger(log: Logger): ConnectionLog {
   // A destination that wants each line's metadata (pino.multistream) gets lines through pino.
   if (stream === undefined || stream[Symbol.for('pino.metadata')] === true) {
     const child = log.child({}, { redact: [] });
-    return { write: (o) => child[o.verdict === 'error' ? 'warn' : 'info'](connectionLine(o), 'connection') };
+    return { write: (o) => child[levelOf(o)](connectionLine(o), 'connection') };
   }
   const batch = lineBatchOf(log);
   const own = log as unknown as Record<symbol, unknown>;
   const time = own[pino.symbols.timeSym] as () => string;
   const bindings = own[pino.symbols.chindingsSym] as string;
+  const render = (o: Readonly<ConnectionOutcome>, at: string): string => {
+    // JSON.stringify of the built object is the fastest way to the text (V8's serializer).
+    const json = JSON.stringify(connectionLine(o));
+    return `{"log.level":"${levelOf(o)}"${at}${bindings}${json === '{}' ? '' : `,${json.slice(1, -1)}`},"message":"connection"}\n`;
+  };
+  // In a batch the line is rendered when the batch is written, stamped with the connection's end.
+  const later = (o: Readonly<ConnectionOutcome>): string => render(o, timestampAt(o.startedAt + o.durationMs));
   return {
     write: (o) => {
-      const level = o.verdict === 'error' ? 'warn' : 'info';
-      if (!log.isLevelEnabled(level)) return;
-      // JSON.stringify of the built object is the fastest way to the text (V8's serializer).
-      const json = JSON.stringify(connectionLine(o));
-      const line = `{"log.level":"${level}"${time()}${bindings}${json === '{}' ? '' : `,${json.slice(1, -1)}`},"message":"connection"}\n`;
-      if (batch === null) stream.write(line);
-      else batch.add(line);
+      if (!log.isLevelEnabled(levelOf(o))) return;
+      if (batch === null) stream.write(render(o, time()));
+      else batch.add(o, later);
     },
   };
 }
+
+const levelOf = (o: Readonly<ConnectionOutcome>): 'warn' | 'info' => (o.verdict === 'error' ? 'warn' : 'info');
 
 /** Writes the connection's one line: `info`, or `warn` when it ended in an error. */
 export function logConnection(log: ConnectionLog, o: Readonly<ConnectionOutcome>): void {

@@ -50,7 +50,7 @@ export function createLogger(settings: LoggerSettings): Logger {
   }
   const dest = settings.destination ?? 1;
   // Connection lines gather in a batch (LineBatch, written to by connection-log.ts) and leave as
-  // one write(2) per LOG_BATCH_BYTES or per LOG_FLUSH_MS, not one hand-off to libuv's thread pool
+  // one write(2) per LOG_BATCH_LINES or per LOG_FLUSH_MS, not one hand-off to libuv's thread pool
   // per connection (bench/log.ts). Every other line (start, stop, policy changes, errors) is rare
   // and someone may be waiting for it: the batch goes out first, then the line, at once. The
   // destination itself buffers nothing (minLength 0): what reaches it is written at once, or
@@ -88,33 +88,42 @@ function openLogFile(path: string): number {
 }
 
 /**
- * Lines written together: held until LOG_BATCH_BYTES have gathered or LOG_FLUSH_MS have passed
- * since the first of them, then handed to `write` as one string.
+ * Lines written together: each added as its record and the function that renders it, rendered
+ * and handed to `write` as one string once LOG_BATCH_LINES wait or LOG_FLUSH_MS after the first.
+ * Rendered together, in one tight loop, a line costs a fraction of what it costs rendered alone
+ * at the end of its connection, among everything else the connection ran.
  */
 export class LineBatch {
   readonly #write: (text: string) => void;
-  #text = '';
+  #items: unknown[] = [];
+  #renders: ((item: never) => string)[] = [];
   #timer: NodeJS.Timeout | null = null;
 
   constructor(write: (text: string) => void) {
     this.#write = write;
   }
 
-  add(line: string): void {
-    this.#text += line;
-    if (this.#text.length >= LOG_BATCH_BYTES) this.flush();
+  /** Holds `item`, to be written as `render(item)` (one or more whole lines, each ending in a newline). */
+  add<T>(item: T, render: (item: T) => string): void {
+    this.#items.push(item);
+    this.#renders.push(render);
+    if (this.#items.length >= LOG_BATCH_LINES) this.flush();
     else if (this.#timer === null) this.#timer = setTimeout(this.#due, LOG_FLUSH_MS).unref();
   }
 
-  /** Writes out what waits, now. */
+  /** Renders and writes out what waits, now. */
   flush(): void {
     if (this.#timer !== null) {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
-    if (this.#text === '') return;
-    const text = this.#text;
-    this.#text = '';
+    const items = this.#items;
+    if (items.length === 0) return;
+    const renders = this.#renders as ((item: unknown) => string)[];
+    this.#items = [];
+    this.#renders = [];
+    let text = '';
+    for (let i = 0; i < items.length; i++) text += renders[i]!(items[i]);
     this.#write(text);
   }
 
@@ -135,10 +144,15 @@ export function lineBatchOf(log: Logger): LineBatch | null {
 
 /** ECS's `@timestamp`: ISO 8601 in UTC with milliseconds (pino's isoTime, under ECS's key). */
 function isoTimestamp(): string {
-  return `,"@timestamp":"${new Date().toISOString()}"`;
+  return timestampAt(Date.now());
 }
 
-/** Connection lines are written out once this many characters wait (≈ 100 lines)... */
-export const LOG_BATCH_BYTES = 65_536;
+/** The `@timestamp` member of a line for the time `ms` (Date.now() clock), as every line has it. */
+export function timestampAt(ms: number): string {
+  return `,"@timestamp":"${new Date(ms).toISOString()}"`;
+}
+
+/** Connection lines are written out once this many wait (≈ 64 KiB)... */
+export const LOG_BATCH_LINES = 128;
 /** ...or this long after the first of them, whichever comes first. */
 export const LOG_FLUSH_MS = 100;

@@ -1,5 +1,5 @@
 // The process logger's destination: connection lines leave in batches (one write per
-// LOG_BATCH_BYTES or LOG_FLUSH_MS), every other line at once with the batch before it, in order,
+// LOG_BATCH_LINES or LOG_FLUSH_MS), every other line at once with the batch before it, in order,
 // and what waits is written when the process exits.
 
 import { execFileSync } from 'node:child_process';
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
 import { connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
-import { createLogger, LOG_BATCH_BYTES, LOG_FLUSH_MS } from '../../../src/observability/logger.ts';
+import { createLogger, LOG_BATCH_LINES, LOG_FLUSH_MS } from '../../../src/observability/logger.ts';
 
 const outcome = (sourcePort: number): ConnectionOutcome => ({
   listener: 'tls',
@@ -84,12 +84,19 @@ describe('createLogger', () => {
   it('writes a full batch at once', async () => {
     const log = createLogger({ level: 'info', destination: file });
     const c = connectionLogger(log);
-    const n = Math.ceil(LOG_BATCH_BYTES / 300) + 10;
+    const n = LOG_BATCH_LINES + 10;
     for (let i = 0; i < n; i++) logConnection(c, outcome(i));
     // Without waiting for the timer: the first batch is already on its way.
     const first = await lines(1);
     expect(first.length).toBeGreaterThan(0);
     expect(await lines(n)).toEqual(Array.from({ length: n }, (_, i) => `connection ${i}`));
+  });
+
+  it('stamps a batched line with the end of its connection, not the time the batch is written', async () => {
+    const log = createLogger({ level: 'info', destination: file });
+    logConnection(connectionLogger(log), { ...outcome(9), startedAt: Date.UTC(2026, 0, 2, 3, 4, 5, 6), durationMs: 1000 });
+    expect(await lines(1)).toEqual(['connection 9']);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ '@timestamp': '2026-01-02T03:04:06.006Z', 'log.level': 'info' });
   });
 
   it('writes what waits when the process exits', () => {
