@@ -16,6 +16,8 @@
 //     `code` is the errno name on failure, with nothing handed over.
 // listen(host, port, ipv6Only, backlog, tag): number   one socket per loop, SO_REUSEPORT; the port
 // unlisten(tag): void
+// peekRules(tag, deadlineMs, firstByteMs, stallMs): void   the loops read each accepted
+//     connection's first flight by themselves and report it once (sl_loop_rules); 0: off
 // peek(loop, id, deadlineMs, firstByteMs, stallMs, reportAt): void
 // dial(loop, id, addresses: string[], port, connectMs, attemptDelayMs, idleMs, version, tell, validMs): void
 //     validMs: how long from now the verdict holds by itself (a remembered DNS name expiring);
@@ -437,6 +439,20 @@ static napi_value unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value peek_rules(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t tag;
+  uint32_t deadline, first, stall;
+  if (!args_exactly(env, info, 4, argv) || napi_get_value_int32(env, argv[0], &tag) != napi_ok || napi_get_value_uint32(env, argv[1], &deadline) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &first) != napi_ok || napi_get_value_uint32(env, argv[3], &stall) != napi_ok)
+    return bad_args(env, "peekRules(tag, deadlineMs, firstByteMs, stallMs): bad arguments");
+  for (int i = 0; i < loop_count; i++) {
+    int e = sl_loop_rules(loops[i], tag, deadline, first, stall);
+    if (e) return throw_code(env, e, "peekRules");
+  }
+  return NULL;
+}
+
 static napi_value peek(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   int32_t loop;
@@ -536,6 +552,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"peek", NULL, peek, NULL, NULL, NULL, napi_default, NULL},
+      {"peekRules", NULL, peek_rules, NULL, NULL, NULL, napi_default, NULL},
       {"dial", NULL, dial, NULL, NULL, NULL, napi_default, NULL},
       {"splice", NULL, splice_conn, NULL, NULL, NULL, napi_default, NULL},
       {"refuse", NULL, refuse, NULL, NULL, NULL, napi_default, NULL},

@@ -6,6 +6,8 @@
 
 #include "splice_loop.h"
 
+#include "first_flight.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -23,6 +25,10 @@
 
 // The most one splice(2) asks for; a pipe holds 64 KiB by default, so the kernel moves less.
 #define SL_SPLICE_MAX (1u << 20)
+// A new pipe's size (F_SETPIPE_SZ), 0: the kernel's default (64 KiB). Pooled pipes keep theirs.
+#ifndef SL_PIPE_SIZE
+#define SL_PIPE_SIZE 0
+#endif
 // Empty pipes kept for the next connection; beyond this they are closed.
 #define SL_PIPE_POOL 64
 #define SL_EVENTS 256
@@ -49,6 +55,7 @@ enum { CLIENT = 0, UPSTREAM = 1 };
 
 typedef struct {
   int pipe[2];       // -1 when none is held
+  unsigned slots;    // the pipe's buffers: a splice into it that moved fewer bytes did not fill it
   size_t in_pipe;    // bytes read from `from` and not yet written to `to`
   char *pending;     // initial bytes, written before anything is spliced
   size_t pending_len, pending_off;
@@ -85,6 +92,11 @@ typedef struct sl_conn {
   // socket's interest set: it is added only once a write has blocked, so a short connection is
   // never woken for a writability it does not need.
   bool rd[2], wr[2], out[2];
+  // An event said the peer closed or failed (EPOLLRDHUP, EPOLLHUP, EPOLLERR). Until then a read
+  // that returned less than asked (and was not limited by the pipe) emptied the socket, and the
+  // next byte brings a new edge: `rd` is cleared without a probe that must find EAGAIN. After it,
+  // the EOF or the error is still to be read, and its edge is already spent.
+  bool hup[2];
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
   bool unanswered; // reported as accepted, no command yet
@@ -94,6 +106,11 @@ typedef struct sl_conn {
   size_t peek_len, reported;
   uint64_t accepted_ms, peek_deadline, first_byte_at, last_byte_ms;
   uint32_t stall_ms, report_at;
+  // The loop reads the first flight by itself under its listener's rules (sl_loop_rules) until
+  // ff_complete, a deadline, the cap or the client's close: no command from the caller.
+  bool auto_peek;
+  uint32_t auto_stall_ms; // the stall wait while ff_may_stall holds
+  sl_event *accept_ev;    // the ACCEPTED report not yet made (the flight still incomplete)
   sl_dial *dial;
   int dialed, attempts, attempt_err[SL_MAX_ADDRS];
   uint32_t connect_us;
@@ -110,11 +127,12 @@ typedef struct sl_listener {
   // so telling a connection to the listener itself from a redirected one needs no getsockname.
   struct sockaddr_storage bound;
   bool exact;
+  uint32_t deadline_ms, first_byte_ms, stall_ms; // sl_loop_rules; deadline 0: none
   uint64_t paused_until; // 0: accepting
   struct sl_listener *next;
 } sl_listener;
 
-typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC } cmd_kind;
+typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC, CMD_RULES } cmd_kind;
 
 // One sl_loops_sync call: each loop's CMD_SYNC counts itself off once every command queued
 // before it has run. Freed by whichever of the caller and the loops lets go of it last, so a
@@ -151,7 +169,7 @@ struct sl_loop {
   sl_conn *conns;  // live connections (loop thread only)
   sl_conn *graves; // closed during this batch of events, freed after it
   unsigned count;
-  int pool[SL_PIPE_POOL][2];
+  int pool[SL_PIPE_POOL][3]; // read end, write end, buffers
   int pooled;
   uint64_t now_ms;
   uint64_t next_idle_check; // no connection's timer is due before this (ms); UINT64_MAX: none
@@ -172,14 +190,19 @@ static uint64_t monotonic_ms(void) {
 
 // ---- pipes ---------------------------------------------------------------------------------
 
-static int pipe_take(sl_loop *l, int p[2]) {
+static int pipe_take(sl_loop *l, sl_dir *d) {
   if (l->pooled > 0) {
     l->pooled--;
-    p[0] = l->pool[l->pooled][0];
-    p[1] = l->pool[l->pooled][1];
+    d->pipe[0] = l->pool[l->pooled][0];
+    d->pipe[1] = l->pool[l->pooled][1];
+    d->slots = (unsigned)l->pool[l->pooled][2];
     return 0;
   }
-  return pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0 ? 0 : errno;
+  if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) != 0) return errno;
+  int size = SL_PIPE_SIZE > 0 ? fcntl(d->pipe[1], F_SETPIPE_SZ, SL_PIPE_SIZE) : -1;
+  // Refused (pipe-user-pages limits): the kernel's default, 16 buffers.
+  d->slots = size > 0 ? (unsigned)size / 4096u : 16u;
+  return 0;
 }
 
 // Only an empty pipe goes back to the pool: stale bytes must never reach another connection.
@@ -188,6 +211,7 @@ static void pipe_give(sl_loop *l, sl_dir *d) {
   if (d->in_pipe == 0 && l->pooled < SL_PIPE_POOL) {
     l->pool[l->pooled][0] = d->pipe[0];
     l->pool[l->pooled][1] = d->pipe[1];
+    l->pool[l->pooled][2] = (int)d->slots;
     l->pooled++;
   } else {
     close(d->pipe[0]);
@@ -239,6 +263,7 @@ static uint64_t conn_due(const sl_conn *c) {
     case ST_SPLICE: return c->last_ms + c->idle_ms;
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
+      if (c->accept_ev) due = min64(due, c->accepted_ms + SL_FLIGHT_GRACE_MS);
       if (c->peek_len == 0 && c->first_byte_at != 0) due = min64(due, c->first_byte_at);
       if (c->peek_len > 0 && c->stall_ms != 0) due = min64(due, c->last_byte_ms + c->stall_ms);
       return due;
@@ -293,6 +318,8 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
   free(c->dial);
   free(c->peek);
   free(c->answer);
+  free(c->accept_ev);
+  c->accept_ev = NULL;
   c->dial = NULL;
   c->peek = c->answer = NULL;
   if (c->prev) c->prev->next = c->next;
@@ -393,7 +420,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       return true;
     }
     if (d->pipe[0] < 0) {
-      int e = pipe_take(l, d->pipe);
+      int e = pipe_take(l, d);
       if (e != 0) {
         d->pipe[0] = d->pipe[1] = -1;
         conn_close(l, c, SL_END_ERROR, e, 2);
@@ -417,6 +444,9 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     d->in_pipe += (size_t)n;
     d->bytes += (uint64_t)n;
     c->last_ms = l->now_ms;
+    // Each buffer holds at least a byte: fewer bytes than buffers did not fill the pipe, so the
+    // socket was emptied (see sl_conn.hup).
+    if ((size_t)n < d->slots && !c->hup[from]) c->rd[from] = false;
   }
 }
 
@@ -459,7 +489,8 @@ static void emit(sl_loop *l, sl_event *e) {
 // full), 1 when the client closed or failed.
 static int peek_fill(sl_loop *l, sl_conn *c) {
   while (c->peek_len < l->peek_cap) {
-    ssize_t n = recv(c->fd[CLIENT], l->scratch, l->peek_cap - c->peek_len, 0);
+    size_t want = l->peek_cap - c->peek_len;
+    ssize_t n = recv(c->fd[CLIENT], l->scratch, want, 0);
     if (n > 0) {
       char *p = realloc(c->peek, c->peek_len + (size_t)n);
       if (!p) return 1;
@@ -467,6 +498,13 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       c->peek = p;
       c->peek_len += (size_t)n;
       c->last_byte_ms = l->now_ms;
+      // Less than asked: the socket is empty (see sl_conn.hup), no read that must find EAGAIN.
+      if ((size_t)n < want && !c->hup[CLIENT]) {
+        c->rd[CLIENT] = false;
+        return 0;
+      }
+      // Enough to report: no read that would only find EAGAIN (the ready flag stays set).
+      if (c->auto_peek ? ff_complete((const uint8_t *)c->peek, c->peek_len, l->peek_cap) : c->stage == ST_PEEK && c->peek_len >= c->report_at) return 0;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -479,14 +517,47 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
   return 0;
 }
 
+static void answered(sl_loop *l, sl_conn *c);
+
+// Reports the bytes read since the last report: as the ACCEPTED report when it is still to be
+// made, else as SL_EV_PEEK. Any state but SL_PEEK_WAITING ends the peek: the connection waits
+// for a command.
 static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
   sl_event e = {.kind = SL_EV_PEEK, .id = c->id, .state = state, .bytes = c->peek + c->reported, .len = c->peek_len - c->reported};
+  sl_event *acc = c->accept_ev;
+  if (acc) {
+    acc->state = state;
+    acc->bytes = e.bytes;
+    acc->len = e.len;
+    c->accept_ev = NULL;
+  }
   c->reported = c->peek_len;
-  c->stage = ST_WAIT;
-  emit(l, &e);
+  if (state == SL_PEEK_WAITING) {
+    // Reported, and still read by the loop: it waits on the client, not on the caller.
+    answered(l, c);
+    arm(l, conn_due(c));
+  } else {
+    c->stage = ST_WAIT;
+    c->auto_peek = false;
+  }
+  emit(l, acc ? acc : &e);
+  free(acc);
+}
+
+// The first flight read by the loop itself (auto_peek): reported once it is whole enough, the
+// client closed, or the cap is full; an empty one at once (the caller may splice a server-first
+// protocol without waiting for a byte), and the rest by the timers (conn_timer).
+static void flight_run(sl_loop *l, sl_conn *c) {
+  if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
+  if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
+  if (ff_complete((const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
+  c->stall_ms = ff_may_stall((const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
+  if (c->accept_ev && c->peek_len == 0) return report_peek(l, c, SL_PEEK_WAITING);
+  arm(l, conn_due(c));
 }
 
 static void peek_run(sl_loop *l, sl_conn *c) {
+  if (c->auto_peek) return flight_run(l, c);
   if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (c->peek_len >= c->report_at) return report_peek(l, c, SL_PEEK_MORE);
@@ -561,6 +632,19 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   l->unanswered++;
   sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
   e.err = original_dst(fd, ls, peer, &e.orig);
+  if (ls->deadline_ms > 0) {
+    // The loop reads the first flight itself and reports it once (flight_run).
+    c->accept_ev = malloc(sizeof *c->accept_ev);
+    if (c->accept_ev) {
+      *c->accept_ev = e;
+      c->stage = ST_PEEK;
+      c->auto_peek = true;
+      c->peek_deadline = c->accepted_ms + ls->deadline_ms;
+      c->first_byte_at = ls->first_byte_ms != 0 && ls->first_byte_ms < ls->deadline_ms ? c->accepted_ms + ls->first_byte_ms : 0;
+      c->auto_stall_ms = ls->stall_ms;
+      return flight_run(l, c);
+    }
+  }
   // Whatever the client sent with its handshake is read now, so that most connections are
   // judged on this one report.
   int closed = peek_fill(l, c);
@@ -599,8 +683,12 @@ static int shed_one(sl_loop *l, sl_listener *ls, int why) {
   return 1;
 }
 
-static void on_accept(sl_loop *l, sl_listener *ls) {
-  for (int i = 0; i < SL_ACCEPT_BATCH; i++) {
+// `batch`: how many to take at most. The listener is level-triggered, so one left waiting makes
+// the next epoll_wait return at once; an idle loop (the listener's the only event) takes one,
+// never paying the accept(2) that must fail with EAGAIN (nginx's multi_accept off), and a busy
+// one takes up to SL_ACCEPT_BATCH.
+static void on_accept(sl_loop *l, sl_listener *ls, int batch) {
+  for (int i = 0; i < batch; i++) {
     if (l->unanswered >= SL_MAX_UNANSWERED) return pause_listener(l, ls, SL_BACKLOG_PAUSE_MS);
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
@@ -745,6 +833,7 @@ static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
     } else {
       // Bytes may have come with the connection (a server that speaks first).
       c->rd[UPSTREAM] = (ev & (EPOLLIN | EPOLLRDHUP)) != 0;
+      c->hup[UPSTREAM] = (ev & EPOLLRDHUP) != 0;
       return dial_won(l, c, i);
     }
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
@@ -869,7 +958,7 @@ static void barrier_release(sl_barrier *b, bool reached) {
 
 static void run_command(sl_loop *l, sl_cmd *cmd) {
   sl_conn *c;
-  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && cmd->kind != CMD_SYNC && (c = find(l, cmd->id))) answered(l, c);
+  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && cmd->kind != CMD_SYNC && cmd->kind != CMD_RULES && (c = find(l, cmd->id))) answered(l, c);
   switch (cmd->kind) {
     case CMD_SYNC: return; // released by free_cmd, right after, in queue order
     case CMD_ADD: add_conn(l, cmd->conn); return;
@@ -912,7 +1001,8 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       }
       return;
     case CMD_PEEK:
-      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] >= 0) return;
+      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->auto_peek) || c->fd[UPSTREAM] >= 0) return;
+      c->auto_peek = false;
       c->stage = ST_PEEK;
       c->peek_deadline = c->accepted_ms + cmd->a;
       c->first_byte_at = cmd->b ? c->accepted_ms + cmd->b : 0;
@@ -920,7 +1010,9 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       c->report_at = cmd->d;
       return peek_run(l, c);
     case CMD_DIAL:
-      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] >= 0) return;
+      // While the loop still reads the first flight (auto_peek), too: the caller judged without it.
+      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->auto_peek) || c->fd[UPSTREAM] >= 0) return;
+      c->auto_peek = false;
       c->stage = ST_DIAL;
       c->dial = cmd->dial;
       cmd->dial = NULL;
@@ -936,8 +1028,17 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] < 0) return;
       return start_splice(l, c, cmd->a);
     case CMD_REFUSE:
-      if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT) return;
+      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->auto_peek)) return;
+      c->auto_peek = false;
       return refuse(l, c, cmd);
+    case CMD_RULES:
+      for (sl_listener *ls = l->listeners; ls; ls = ls->next) {
+        if (ls->tag != cmd->tag) continue;
+        ls->deadline_ms = cmd->a;
+        ls->first_byte_ms = cmd->b;
+        ls->stall_ms = cmd->c;
+      }
+      return;
   }
 }
 
@@ -970,8 +1071,11 @@ static void conn_timer(sl_loop *l, sl_conn *c) {
     case ST_SPLICE: return conn_close(l, c, SL_END_IDLE_TIMEOUT, 0, -1);
     case ST_PEEK:
       if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
-      if (c->peek_len == 0) return report_peek(l, c, SL_PEEK_SILENT);
-      return report_peek(l, c, SL_PEEK_STALLED);
+      if (c->peek_len == 0 && c->first_byte_at != 0 && now >= c->first_byte_at) return report_peek(l, c, SL_PEEK_SILENT);
+      if (c->peek_len > 0 && c->stall_ms != 0 && now >= c->last_byte_ms + c->stall_ms) return report_peek(l, c, SL_PEEK_STALLED);
+      // The grace for an incomplete flight (auto_peek): reported as it is, read on.
+      if (c->accept_ev) return report_peek(l, c, SL_PEEK_WAITING);
+      return;
     case ST_DIAL:
       if (now >= c->dial->deadline_ms) return dial_fail(l, c, ETIMEDOUT);
       return dial_next(l, c);
@@ -1021,6 +1125,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   // During a dial, the upstream side's events are the attempts' (dial_check).
   if (c->stage != ST_DIAL || side == CLIENT) {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
   }
   switch (c->stage) {
@@ -1060,7 +1165,7 @@ static void *loop_main(void *arg) {
         continue;
       }
       if ((data & 7u) == 2u) {
-        on_accept(l, (sl_listener *)(uintptr_t)(data & ~(uint64_t)7));
+        on_accept(l, (sl_listener *)(uintptr_t)(data & ~(uint64_t)7), n > 1 ? SL_ACCEPT_BATCH : 1);
         continue;
       }
       sl_conn *c = (sl_conn *)(uintptr_t)(data & ~(uint64_t)7);
@@ -1192,6 +1297,17 @@ int sl_loop_unlisten(sl_loop *l, int tag) {
   sl_cmd *cmd = new_cmd(CMD_UNLISTEN, 0);
   if (!cmd) return ENOMEM;
   cmd->tag = tag;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_rules(sl_loop *l, int tag, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms) {
+  sl_cmd *cmd = new_cmd(CMD_RULES, 0);
+  if (!cmd) return ENOMEM;
+  cmd->tag = tag;
+  cmd->a = deadline_ms;
+  cmd->b = first_byte_ms;
+  cmd->c = stall_ms;
   push(l, cmd);
   return 0;
 }

@@ -102,6 +102,10 @@ unsigned sl_loop_size(const sl_loop *loop);
 #include <sys/socket.h>
 
 #define SL_ACCEPT_PAUSE_MS 100
+// An accepted connection whose first flight is still incomplete is reported after this long
+// anyway, and read on (sl_loop_rules): admission, per sandbox in the caller, never waits on a
+// slow client for longer, and neither does a connection held back from SL_MAX_UNANSWERED's count.
+#define SL_FLIGHT_GRACE_MS 50
 
 typedef enum { SL_EV_ACCEPTED = 1, SL_EV_PEEK = 2, SL_EV_CONNECTED = 3, SL_EV_SHED = 4 } sl_event_kind;
 
@@ -112,7 +116,8 @@ typedef enum {
   SL_PEEK_TIMEOUT = 2,  // the deadline passed
   SL_PEEK_SILENT = 3,   // no byte within first_byte_ms
   SL_PEEK_STALLED = 4,  // no new byte for stall_ms
-  SL_PEEK_CLOSED = 5    // the client closed or reset
+  SL_PEEK_CLOSED = 5,   // the client closed or reset
+  SL_PEEK_WAITING = 6   // (listeners with rules) not whole yet: the loop reads on and reports again
 } sl_peek_state;
 
 typedef struct {
@@ -137,6 +142,25 @@ void sl_loop_setup(sl_loop *loop, sl_event_fn on_event, size_t peek_cap);
 int sl_loop_listen(sl_loop *loop, int fd, int tag);
 /** Closes the loop's listening sockets of `tag`. Thread-safe. */
 int sl_loop_unlisten(sl_loop *loop, int tag);
+
+/**
+ * The first flight read by the loop itself (issue 12: one report per connection), for the
+ * listeners of `tag`, from their next accept on. With rules, an accepted connection is read
+ * until its first flight is whole enough to judge (first_flight.h: a ClientHello, however many
+ * records it spans; an HTTP request head; bytes neither could open), the cap is full or the
+ * client closes, and then reported once, as SL_EV_ACCEPTED with every byte. Until then:
+ *   - nothing at all yet: SL_EV_ACCEPTED at once with state SL_PEEK_WAITING (the caller may
+ *     splice a protocol where the server speaks first without waiting for a byte);
+ *   - some bytes, still incomplete after SL_FLIGHT_GRACE_MS: the same, with the bytes;
+ * and after such a report the loop reads on and reports SL_EV_PEEK once: the flight whole
+ * (SL_PEEK_MORE), FULL, CLOSED, SILENT (no byte within first_byte_ms, when it is shorter than
+ * deadline_ms), STALLED (no new byte for stall_ms while ff_may_stall holds), TIMEOUT
+ * (deadline_ms from the accept). Any command (sl_loop_dial, sl_loop_refuse, sl_loop_peek,
+ * sl_loop_abort) stops the loop's own reading; the bytes read stay the connection's, written
+ * upstream first. deadline_ms 0: no rules (each accept reported at once, as sl_loop_peek needs).
+ * Thread-safe.
+ */
+int sl_loop_rules(sl_loop *loop, int tag, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms);
 
 /** Times in ms from the accept; 0 turns first_byte_ms / stall_ms off. Thread-safe. */
 int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t first_byte_ms, uint32_t stall_ms, uint32_t report_at);

@@ -190,6 +190,7 @@ export class Daemon {
       onAccept: (c: NativeClient, kind: Listener['kind']) => this.#acceptNative(c, kind),
       onShed: (kind: Listener['kind'], source: string, code: string) => this.limits.shedAtAccept(kind, source, code),
       originalDst: opts.originalDst,
+      peek: () => this.#config.peek,
     };
     for (const kind of ['http', 'tls', 'tcp'] as const) {
       for (const ep of config.listen[kind]) {
@@ -357,6 +358,8 @@ export class Daemon {
       .filter(([, k]) => !same(k))
       .map(([name]) => name);
     this.#config = Object.freeze({ ...next, listen: before.listen, admin: { ...next.admin, listen: before.admin.listen } });
+    // The native loops read the first flight under the peek's times themselves: they take the new ones.
+    if (!same((c) => c.peek)) this.nativeSetup?.peekRulesChanged();
     let changed = false;
     if (!same((c) => c.defaultNetwork)) {
       this.store.setDefault(next.defaultNetwork);

@@ -4,6 +4,7 @@
 // when every check passed, prints each failure otherwise.
 
 #include "../splice_loop.h"
+#include "../first_flight.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -520,7 +521,7 @@ static void test_stop_reports_every_connection(void) {
 #define MAX_EVENTS 256
 typedef struct {
   sl_event e;
-  char bytes[256];
+  char bytes[4096];
 } saved_event;
 static saved_event events[MAX_EVENTS];
 static int n_events;
@@ -917,6 +918,299 @@ static void test_setup(void) {
   sl_loop_stop(l);
 }
 
+// ---- the first flight (first_flight.c, and the loop reading it by itself) ----------------------
+
+/** A ClientHello of `body` bytes (content irrelevant to framing) cut into records of `frag` bytes. */
+static size_t hello_records(uint8_t *out, size_t body, size_t frag) {
+  uint8_t msg[8192];
+  size_t mlen = 4 + body;
+  msg[0] = 1;
+  msg[1] = (uint8_t)(body >> 16);
+  msg[2] = (uint8_t)(body >> 8);
+  msg[3] = (uint8_t)body;
+  for (size_t i = 0; i < body; i++) msg[4 + i] = (uint8_t)(i * 13 + 5);
+  size_t o = 0;
+  for (size_t at = 0; at < mlen; at += frag) {
+    size_t n = mlen - at < frag ? mlen - at : frag;
+    out[o++] = 0x16;
+    out[o++] = 3;
+    out[o++] = 1;
+    out[o++] = (uint8_t)(n >> 8);
+    out[o++] = (uint8_t)n;
+    memcpy(out + o, msg + at, n);
+    o += n;
+  }
+  return o;
+}
+
+static bool ff_str(const char *s) {
+  return ff_complete((const uint8_t *)s, strlen(s), 16384);
+}
+
+static void test_first_flight_framing(void) {
+  uint8_t h[9000];
+  // One record, then the same hello in records of 1, 2, 100 bytes (RFC 8446 §5.1): complete at
+  // the last byte and at no prefix before it.
+  size_t frags[] = {10000, 1, 2, 100};
+  for (size_t f = 0; f < sizeof frags / sizeof frags[0]; f++) {
+    size_t n = hello_records(h, 517, frags[f]);
+    size_t early = 0;
+    for (size_t k = 0; k < n; k++) early += ff_complete(h, k, 16384);
+    CHECK(early == 0 && ff_complete(h, n, 16384), "records of %zu: complete at %zu prefixes, at the end %d", frags[f], early, ff_complete(h, n, 16384));
+    CHECK(!ff_may_stall(h, 1), "a handshake record's first byte may stall");
+  }
+  // What the parser answers at once: another record type next, a bad version, an empty record,
+  // a first message other than a ClientHello, a hello that cannot end within the cap.
+  size_t n = hello_records(h, 517, 100);
+  h[105] = 0x17;
+  CHECK(ff_complete(h, 110, 16384), "an application-data record inside the hello");
+  n = hello_records(h, 517, 100);
+  h[106] = 2;
+  CHECK(ff_complete(h, 110, 16384), "a continuation record of version 2");
+  uint8_t empty[] = {0x16, 3, 1, 0, 0};
+  CHECK(ff_complete(empty, 5, 16384), "an empty handshake record");
+  n = hello_records(h, 517, 10000);
+  h[5] = 2;
+  CHECK(ff_complete(h, 9, 16384), "a ServerHello first");
+  n = hello_records(h, 8000, 10000);
+  CHECK(ff_complete(h, 9, 4096), "a hello declared longer than the cap");
+  (void)n;
+  // HTTP: the head ends at an empty line, CRLF or a bare LF; empty lines before it end nothing.
+  CHECK(!ff_str("GET / HTTP/1.1\r\nHost: a.test\r\n") && ff_str("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), "a CRLF head");
+  CHECK(ff_str("GET / HTTP/1.1\nHost: a.test\n\n"), "a bare-LF head");
+  CHECK(!ff_str("\r\n\r\nGET / HTTP/1.1\r\n"), "leading empty lines");
+  CHECK(ff_str("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET"), "more leading empty lines than the parser takes");
+  // Neither TLS nor HTTP: at once. Could still open a request line: not yet, and it may stall.
+  CHECK(ff_str("SSH-2.0-OpenSSH_9.2\r\n") && ff_str("\x17\x03\x03") && ff_str("GET\r\n"), "not HTTP");
+  CHECK(!ff_str("pi") && ff_may_stall((const uint8_t *)"pi", 2), "a partial method");
+  CHECK(!ff_str("ping ") && ff_may_stall((const uint8_t *)"ping ", 5), "a method and a space");
+  CHECK(!ff_str("GET / HTTP/1.1\r\n") && !ff_may_stall((const uint8_t *)"GET / HTTP/1.1\r\n", 16), "a whole request line: HTTP, no stall");
+  CHECK(ff_sniff((const uint8_t *)"\x80\x2e\x01\x03\x01", 5) == FF_TLS && ff_str("\x80\x2e\x01\x03\x01"), "SSLv2: the parser's");
+}
+
+static sl_loop *rules_loop;
+// rules_front accepts at once; eager_front only once bytes came (TCP_DEFER_ACCEPT), so a test
+// knows what is there at the accept.
+static struct sockaddr_in rules_front, eager_front;
+
+/** Events for `id` from *from on, of any kind, until `ms` pass with none; how many. */
+static int events_for(uint64_t id, int from, int ms) {
+  usleep((useconds_t)ms * 1000);
+  int n = 0;
+  pthread_mutex_lock(&lock);
+  for (int i = from; i < n_events; i++) n += events[i].e.id == id;
+  pthread_mutex_unlock(&lock);
+  return n;
+}
+
+// A ClientHello in 3 records, written in 3 pieces 10 ms apart: one report, ACCEPTED, every byte.
+static void test_flight_across_reads_is_one_report(void) {
+  uint8_t h[2000];
+  size_t n = hello_records(h, 1500, 600);
+  int client = connect_to(&eager_front);
+  size_t cut1 = 3, cut2 = 700;
+  write_all(client, h, cut1);
+  usleep(10 * 1000);
+  write_all(client, h + cut1, cut2 - cut1);
+  usleep(10 * 1000);
+  write_all(client, h + cut2, n - cut2);
+  int from = seen;
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
+  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
+  sl_loop_abort(rules_loop, ev.e.id);
+  sl_outcome o;
+  CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
+  close(client);
+}
+
+// An HTTP head in two writes: one report at its end.
+static void test_http_head_across_reads_is_one_report(void) {
+  int client = connect_to(&eager_front);
+  write_all(client, "GET / HTTP/1.1\r\nHo", 18);
+  usleep(10 * 1000);
+  write_all(client, "st: a.test\r\n\r\n", 14);
+  int from = seen;
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == 32, "state %d, %zu bytes", ev.e.state, ev.e.len);
+  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one head");
+  sl_loop_abort(rules_loop, ev.e.id);
+  close(client);
+}
+
+/** Connects without sending; the ACCEPTED report, which must say WAITING with no byte. */
+static uint64_t accept_silent(int *client) {
+  *client = connect_to(&rules_front);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+  CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 0, "state %d with %zu bytes for a client that sent nothing yet", ev.e.state, ev.e.len);
+  return ev.e.id;
+}
+
+static long ms_since(const struct timespec *t0) {
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+// Nothing at accept: reported at once (WAITING); the flight, when it comes, in one PEEK report.
+static void test_flight_after_accept(void) {
+  int client;
+  uint64_t id = accept_silent(&client);
+  uint8_t h[2000];
+  size_t n = hello_records(h, 700, 300);
+  write_all(client, h, 200);
+  usleep(10 * 1000);
+  write_all(client, h + 200, n - 200);
+  int from = seen;
+  saved_event ev;
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 5000, &ev), "no PEEK event");
+  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
+  CHECK(events_for(id, from, 100) == 1, "more than one PEEK report");
+  sl_loop_abort(rules_loop, id);
+  close(client);
+}
+
+// The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts).
+static void test_flight_deadlines(void) {
+  struct timespec t0;
+  saved_event ev;
+  // Silent: SILENT after first_byte_ms (200).
+  int c1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  uint64_t id = accept_silent(&c1);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_SILENT, "state %d, not silent", ev.e.state);
+  long ms = ms_since(&t0);
+  CHECK(ms >= 190 && ms < 1000, "silent after %ld ms, not 200", ms);
+  sl_loop_abort(rules_loop, id);
+  close(c1);
+  // Stalled: "pi" could still open a request line; after the grace it is reported (WAITING),
+  // then STALLED stall_ms (300) after its last byte.
+  int c2 = connect_to(&eager_front);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  write_all(c2, "pi", 2);
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev), "no ACCEPTED event");
+  id = ev.e.id;
+  CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 2, "state %d with %zu bytes: not the grace's report", ev.e.state, ev.e.len);
+  ms = ms_since(&t0);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "the grace's report after %ld ms", ms);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_STALLED && ev.e.len == 0, "state %d, %zu bytes, not stalled", ev.e.state, ev.e.len);
+  ms = ms_since(&t0);
+  CHECK(ms >= 290 && ms < 1000, "stalled after %ld ms, not 300", ms);
+  sl_loop_abort(rules_loop, id);
+  close(c2);
+  // A partial TLS record keeps the whole deadline (600), however it drips: TIMEOUT.
+  int c3 = connect_to(&rules_front);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  uint8_t h[600];
+  size_t n = hello_records(h, 517, 10000);
+  write_all(c3, h, 1);
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev) && ev.e.state == SL_PEEK_WAITING, "state %d", ev.e.state);
+  id = ev.e.id;
+  size_t before = ev.e.len;
+  for (int i = 1; i < 9; i++) {
+    usleep(100 * 1000);
+    write_all(c3, h + i, 1);
+  }
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_TIMEOUT, "state %d, not timeout", ev.e.state);
+  ms = ms_since(&t0);
+  CHECK(ms >= 590 && ms < 1500, "timed out after %ld ms, not 600", ms);
+  CHECK(before + ev.e.len >= 5 && before + ev.e.len <= 8 && memcmp(ev.bytes, h + before, ev.e.len) == 0, "%zu bytes by the deadline", before + ev.e.len);
+  sl_loop_abort(rules_loop, id);
+  close(c3);
+  (void)n;
+  // Closed mid-flight: CLOSED with what came.
+  int c4 = connect_to(&rules_front);
+  write_all(c4, "GET / HT", 8);
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev) && ev.e.state == SL_PEEK_WAITING, "state %d", ev.e.state);
+  id = ev.e.id;
+  shutdown(c4, SHUT_WR);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_CLOSED, "state %d, not closed", ev.e.state);
+  sl_loop_abort(rules_loop, id);
+  close(c4);
+  // The cap (16384): a head that never ends is FULL, with every byte up to the cap.
+  int c5 = connect_to(&rules_front);
+  char line[1024];
+  memset(line, 'a', sizeof line);
+  memcpy(line, "GET / HTTP/1.1\r\nX: ", 19);
+  write_all(c5, line, sizeof line);
+  for (int i = 0; i < 16; i++) write_all(c5, line + 19, sizeof line - 19);
+  int from = seen;
+  bool full = false;
+  for (int k = 0; k < 2 && !full; k++) {
+    CHECK(wait_event(k == 0 ? SL_EV_ACCEPTED : SL_EV_PEEK, 0, &from, 3000, &ev), "no report");
+    full = ev.e.state == SL_PEEK_FULL;
+  }
+  CHECK(full, "state %d, not full", ev.e.state);
+  seen = from;
+  sl_loop_abort(rules_loop, ev.e.id);
+  close(c5);
+}
+
+// A client that waits for the server (SMTP, SSH): reported at once, dialed and spliced while the
+// loop was still waiting for a byte; what it sends later goes upstream, after the banner.
+static void test_server_first_is_spliced_without_a_byte(void) {
+  int client;
+  uint64_t id = accept_silent(&client);
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  CHECK(sl_loop_dial(rules_loop, id, &a, 1, 5000, 250, 10000, 0, false, 0) == 0, "dial");
+  int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  CHECK(upstream >= 0, "not dialed");
+  write_all(upstream, "220 hello\r\n", 11);
+  char buf[64];
+  size_t got = 0;
+  while (got < 11) {
+    ssize_t r = read(client, buf + got, sizeof buf - got);
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  CHECK(got == 11 && memcmp(buf, "220 hello\r\n", 11) == 0, "the banner: %zu bytes", got);
+  write_all(client, "HELO x\r\n", 8);
+  shutdown(client, SHUT_WR);
+  int err;
+  size_t n = read_all(upstream, buf, sizeof buf, &err, 5000);
+  CHECK(n == 8 && memcmp(buf, "HELO x\r\n", 8) == 0, "the upstream got %zu bytes", n);
+  shutdown(upstream, SHUT_WR);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_up == 8 && o.bytes_down == 11, "end %d, %llu up, %llu down", o.end,
+        (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+  saved_event ev;
+  int from = seen;
+  CHECK(!wait_event(SL_EV_PEEK, id, &from, 100, &ev), "a PEEK report after the dial command");
+  close(client);
+  close(upstream);
+}
+
+static void test_first_flight(void) {
+  test_first_flight_framing();
+  int err = 0;
+  rules_loop = sl_loop_start(report, NULL, &err);
+  CHECK(rules_loop != NULL, "start: %s", strerror(err));
+  sl_loop_setup(rules_loop, on_setup, 16384);
+  listen_on_loop(rules_loop, 8, &rules_front);
+  CHECK(sl_loop_rules(rules_loop, 8, 600, 200, 300) == 0, "rules");
+  int eager = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int defer_s = 5;
+  eager_front = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof eager_front;
+  if (setsockopt(eager, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof defer_s) != 0 || bind(eager, (struct sockaddr *)&eager_front, len) != 0 ||
+      listen(eager, 128) != 0 || getsockname(eager, (struct sockaddr *)&eager_front, &len) != 0) {
+    perror("eager listener");
+    exit(2);
+  }
+  CHECK(sl_loop_listen(rules_loop, eager, 9) == 0 && sl_loop_rules(rules_loop, 9, 600, 200, 300) == 0, "eager listener");
+  test_flight_across_reads_is_one_report();
+  test_http_head_across_reads_is_one_report();
+  test_flight_after_accept();
+  test_flight_deadlines();
+  test_server_first_is_spliced_without_a_byte();
+  usleep(50 * 1000);
+  CHECK(sl_loop_size(rules_loop) == 0, "%u connections left", sl_loop_size(rules_loop));
+  sl_loop_stop(rules_loop);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); // as Node does
   listen_once();
@@ -939,6 +1233,7 @@ int main(void) {
   test_stop_reports_every_connection();
   test_sync_waits_for_the_aborts();
   test_setup();
+  test_first_flight();
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));
   pthread_mutex_unlock(&lock);

@@ -37,6 +37,7 @@ const PEEK_TIMEOUT = 2;
 const PEEK_SILENT = 3;
 const PEEK_STALLED = 4;
 const PEEK_CLOSED = 5;
+const PEEK_WAITING = 6;
 const REFUSE_RESET = 0;
 const REFUSE_DROP = 1;
 const REFUSE_ANSWER = 2;
@@ -56,6 +57,13 @@ export interface ListenerHandlers {
   readonly onShed: (kind: ListenerKind, source: string, code: string) => void;
   /** Replaces SO_ORIGINAL_DST (loopback tests without iptables), given the client's address. */
   readonly originalDst?: ((socket: Socket) => OriginalDestination) | undefined;
+  /**
+   * The peek's times (config `peek`), read at listen and by peekRulesChanged: the loops then read
+   * each connection's first flight themselves, under the same deadlines as connection.ts's peek,
+   * and report it once (native/splice_loop.h sl_loop_rules). Without it, every accept is reported
+   * at once and the pipeline asks for more.
+   */
+  readonly peek?: (() => { readonly timeoutMs: number; readonly firstByteTimeoutMs: number }) | undefined;
 }
 
 let the: { ok: true; plane: NativeSetup } | { ok: false; reason: string } | undefined;
@@ -129,7 +137,22 @@ export class NativeSetup {
     const tag = this.#nextTag++;
     const port = this.#addon.listen(endpoint.host, endpoint.port, endpoint.host.includes(':'), 1024, tag);
     this.#listeners.set(tag, { kind, handlers });
+    this.#pushRules(tag, handlers);
     return { tag, port };
+  }
+
+  /** The peek's times changed (a reload): every listener's loops read by the new ones from their next accept. */
+  peekRulesChanged(): void {
+    for (const [tag, l] of this.#listeners) this.#pushRules(tag, l.handlers);
+  }
+
+  #pushRules(tag: number, handlers: ListenerHandlers): void {
+    const p = handlers.peek?.();
+    if (!p) return;
+    const ms = (n: number): number => Math.min(MAX_U32, Math.max(1, Math.ceil(n)));
+    // connection.ts: the deadline from the start, the first-byte wait, and the same wait as the
+    // stall for bytes that could still open a request line (mayStall).
+    this.#addon.peekRules(tag, ms(p.timeoutMs), ms(p.firstByteTimeoutMs), ms(p.firstByteTimeoutMs));
   }
 
   unlisten(tag: number): void {
@@ -322,6 +345,9 @@ export class NativeClient implements ClientSide {
         return settle({ kind: 'stalled', bytes: all() });
       case PEEK_FULL:
         return settle({ kind: 'too-large', bytes: all() });
+      case PEEK_WAITING:
+        // The loop reads on by itself and reports once more (sl_loop_rules).
+        return;
     }
     // PEEK_MORE: the parser wants more. The deadlines count from the accept, as peekSocket's
     // count from the pipeline's start.
@@ -335,7 +361,12 @@ export class NativeClient implements ClientSide {
   }
 
   onPeek(state: number, bytes: Buffer | null): void {
-    this.#peekStep(state, bytes);
+    if (this.#pending?.kind === 'peek') return this.#peekStep(state, bytes);
+    // The loop's own report came before the pipeline asked (it reads the first flight by itself
+    // after an early accept report): kept for peek(). After a dial or a refusal it is moot.
+    if (this.#pending !== null || this.#ended) return;
+    if (bytes && bytes.length > 0) this.#first = this.#first && this.#first.length > 0 ? Buffer.concat([this.#first, bytes]) : bytes;
+    this.#firstState = state;
   }
 
   connect(o: ConnectOptions): Promise<ConnectResult> {

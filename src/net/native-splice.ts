@@ -47,6 +47,8 @@ export interface DataPlaneAddon {
   listen(host: string, port: number, ipv6Only: boolean, backlog: number, tag: number): number;
   unlisten(tag: number): void;
   peek(loop: number, id: number, deadlineMs: number, firstByteMs: number, stallMs: number, reportAt: number): void;
+  /** The loops read each accepted connection's first flight themselves under these times (0: off). */
+  peekRules(tag: number, deadlineMs: number, firstByteMs: number, stallMs: number): void;
   dial(
     loop: number,
     id: number,
