@@ -16,7 +16,11 @@ it.skipIf(process.platform !== 'linux')(
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const bin = join(dir, 'splice_loop_test');
-    execFileSync(CC, [...C_FLAGS, `-I${NATIVE}`, join(NATIVE, 'test/splice_loop_test.c'), join(NATIVE, 'splice_loop.c'), join(NATIVE, 'first_flight.c'), '-o', bin], { stdio: 'pipe' });
+    execFileSync(
+      CC,
+      [...C_FLAGS, `-I${NATIVE}`, join(NATIVE, 'test/splice_loop_test.c'), join(NATIVE, 'splice_loop.c'), join(NATIVE, 'first_flight.c'), '-o', bin],
+      { stdio: 'pipe' },
+    );
     const r = spawnSync(bin, { encoding: 'utf8', timeout: 60_000 });
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toContain('all checks passed');
