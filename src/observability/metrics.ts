@@ -286,12 +286,22 @@ export interface ScrapeSources {
   readonly dataPlane: () => 'native' | 'js';
 }
 
+const LISTENERS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
+/** Outcomes counted together once this many wait... */
+const OUTCOME_BATCH = 128;
+/** ...or this long after the first of them, whichever comes first. */
+const OUTCOME_FLUSH_MS = 100;
+
 export class Metrics {
   readonly registry = new prom.Registry();
   /** Every egressd metric, as declared in METRICS. */
   readonly instruments: Instruments;
   readonly #sandboxLabel: boolean;
   #sources: ScrapeSources = { limits: () => null, remembered: () => 0, registered: () => null, dataPlane: () => 'js' };
+  /** Accepts and outcomes not yet counted (see `outcome`). */
+  readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
+  #outcomes: Readonly<ConnectionOutcome>[] = [];
+  #timer: NodeJS.Timeout | null = null;
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
@@ -352,12 +362,53 @@ export class Metrics {
     this.attach({ limits: snapshot });
   }
 
+  /**
+   * One connection accepted. Counted, as the outcomes are, in a batch (see `outcome`): the open
+   * connections' gauge moves by the batch's accepts less its outcomes.
+   */
   accepted(listener: ListenerKind): void {
-    this.instruments.activeConnections.inc({ listener });
+    this.#acceptedNow[listener]++;
+    this.#later();
   }
 
-  /** Records one finished connection: the outcome is the single source of every count. */
+  /**
+   * Records one finished connection: the outcome is the single source of every count. Counted in
+   * a batch, all in one tight loop, once OUTCOME_BATCH wait or OUTCOME_FLUSH_MS after the first,
+   * and always before the metrics are read (render, flush): a scrape sees every connection ended
+   * before it, and no label set is looked up per connection on the connection's own time.
+   */
   outcome(o: Readonly<ConnectionOutcome>): void {
+    this.#outcomes.push(o);
+    if (this.#outcomes.length >= OUTCOME_BATCH) this.flush();
+    else this.#later();
+  }
+
+  /** Counts what waits (accepts and outcomes), now. */
+  flush(): void {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    const a = this.#acceptedNow;
+    for (const listener of LISTENERS) {
+      if (a[listener] > 0) this.instruments.activeConnections.inc({ listener }, a[listener]);
+      a[listener] = 0;
+    }
+    const outcomes = this.#outcomes;
+    this.#outcomes = [];
+    for (const o of outcomes) this.#count(o);
+  }
+
+  #later(): void {
+    if (this.#timer === null) this.#timer = setTimeout(this.#due, OUTCOME_FLUSH_MS).unref();
+  }
+
+  readonly #due = (): void => {
+    this.#timer = null;
+    this.flush();
+  };
+
+  #count(o: Readonly<ConnectionOutcome>): void {
     const m = this.instruments;
     m.activeConnections.dec({ listener: o.listener });
     const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason, ended_by: o.endedBy };
@@ -401,6 +452,7 @@ export class Metrics {
   }
 
   async render(): Promise<{ contentType: string; body: string }> {
+    this.flush();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }

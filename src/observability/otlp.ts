@@ -110,6 +110,7 @@ function producerOf(metrics: Metrics, startMs: number): MetricProducer {
   const specs = new Map<string, MetricSpec>(Object.values(METRICS).map((s) => [s.name, s]));
   return {
     async collect(): Promise<CollectionResult> {
+      metrics.flush();
       const json = await metrics.registry.getMetricsAsJSON();
       const end = hrTime(Date.now());
       const start = hrTime(startMs);

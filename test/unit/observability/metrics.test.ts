@@ -239,6 +239,24 @@ describe('Metrics as the daemon feeds them', () => {
     expect(value(s, 'egressd_active_connections', { listener: 'http' })).toBe(0);
   });
 
+  it('counts outcomes in a batch: before any read, and on their own within a moment', async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    m.accepted('tls');
+    m.outcome(outcome({ listener: 'tls' }));
+    const raw = async (): Promise<number> =>
+      ((await m.registry.getSingleMetric('egressd_connections_total')!.get()).values as { value: number }[]).reduce((n, v) => n + v.value, 0);
+    // Not yet counted when nothing read the metrics...
+    expect(await raw()).toBe(0);
+    // ...counted within the flush interval without a read...
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await raw()).toBe(1);
+    // ...and always before a read.
+    m.outcome(outcome({ listener: 'tls' }));
+    expect(value(await egressdSamples(m), 'egressd_connections_total', { listener: 'tls', verdict: 'allow', reason: 'allow-rule', ended_by: 'client' })).toBe(
+      2,
+    );
+  });
+
   it('adds the bytes of each direction and observes peek and connect times in seconds', async () => {
     const m = new Metrics({ sandboxLabel: false });
     m.accepted('tls');
