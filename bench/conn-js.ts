@@ -117,6 +117,7 @@ async function main(): Promise<void> {
     }
     const count = Number(args.count);
     const t0 = performance.now();
+    const reports0 = { ...daemon.nativeSetup?.reports };
     const main0 = process.threadCpuUsage();
     const all0 = process.cpuUsage();
     const { errors } = await run(count);
@@ -142,6 +143,13 @@ async function main(): Promise<void> {
         mainSystemUs: Math.round((main.system / count) * 10) / 10,
         processUsPerConn: per(all),
         connPerSecond: Math.round(count / seconds),
+        // What crossed from the loops to JavaScript, per connection, by kind (native set-up).
+        reportsPerConn: Object.fromEntries(
+          Object.entries(daemon.nativeSetup?.reports ?? {}).map(([k, v]) => [
+            k,
+            Math.round(((v - ((reports0 as Record<string, number>)[k] ?? 0)) / count) * 100) / 100,
+          ]),
+        ),
       }),
     );
     await daemon.stop(0);

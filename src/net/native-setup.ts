@@ -114,6 +114,14 @@ export class NativeSetup {
     this.threads = threads;
   }
 
+  /**
+   * The loops' reports so far, by kind: an accept with its first flight, an accept before any
+   * byte (acceptedEarly, the flight follows as a peek report), a peek, a dial that needs judging
+   * again, a connection shed at accept, an outcome. What crosses to JavaScript per connection
+   * (bench/conn-js.ts prints it).
+   */
+  readonly reports = { accepted: 0, acceptedEarly: 0, peek: 0, connected: 0, shed: 0, outcome: 0 };
+
   /** Connections accepted and not yet ended. */
   get size(): number {
     return this.#conns.size;
@@ -165,6 +173,9 @@ export class NativeSetup {
    * declaration of the addon's report, so the two cannot disagree on an argument.
    */
   readonly event: SetupFn = (kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes) => {
+    this.reports[
+      kind === EV_ACCEPTED ? (state === PEEK_WAITING ? 'acceptedEarly' : 'accepted') : kind === EV_PEEK ? 'peek' : kind === EV_CONNECTED ? 'connected' : 'shed'
+    ]++;
     try {
       if (kind === EV_ACCEPTED) {
         const l = this.#listeners.get(tag);
@@ -233,6 +244,7 @@ export class NativeSetup {
 
   /** A set-up connection's end (typed by OutcomeFn, as `event` is by SetupFn). */
   readonly outcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts) => {
+    this.reports.outcome++;
     const c = this.#conns.get(id);
     if (!c) return;
     this.#conns.delete(id);
