@@ -109,25 +109,20 @@ export class Admission {
   }
 
   #ticket(key: string, a: Account): Ticket {
-    let undecided = true;
-    let open = true;
-    const decided = (): void => {
-      if (!undecided) return;
-      undecided = false;
-      a.undecided--;
-      this.#undecided--;
-    };
-    return {
-      decided,
-      release: () => {
-        if (!open) return;
-        decided();
-        open = false;
-        a.open--;
-        this.#open--;
-        if (a.open === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
-      },
-    };
+    return new AccountTicket(this, key, a);
+  }
+
+  /** A ticket's verdict came: one fewer undecided. */
+  decidedOne(a: Account): void {
+    a.undecided--;
+    this.#undecided--;
+  }
+
+  /** A ticket's connection closed: one fewer open, and the account forgotten once it can be. */
+  releasedOne(key: string, a: Account): void {
+    a.open--;
+    this.#open--;
+    if (a.open === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
   }
 
   /** Whether the bucket has refilled by now: forgetting the account then loses nothing. */
@@ -163,6 +158,34 @@ export class Admission {
     const all: AccountView[] = [];
     for (const [key, a] of this.#accounts) if (a.open > 0) all.push({ key, open: a.open, undecided: a.undecided });
     return all.sort((x, y) => y.open - x.open || (x.key < y.key ? -1 : 1)).slice(0, n);
+  }
+}
+
+/** One admitted connection's hold on its account: decided and released once each. */
+class AccountTicket implements Ticket {
+  readonly #admission: Admission;
+  readonly #key: string;
+  readonly #account: Account;
+  #undecided = true;
+  #open = true;
+
+  constructor(admission: Admission, key: string, account: Account) {
+    this.#admission = admission;
+    this.#key = key;
+    this.#account = account;
+  }
+
+  decided(): void {
+    if (!this.#undecided) return;
+    this.#undecided = false;
+    this.#admission.decidedOne(this.#account);
+  }
+
+  release(): void {
+    if (!this.#open) return;
+    this.decided();
+    this.#open = false;
+    this.#admission.releasedOne(this.#key, this.#account);
   }
 }
 

@@ -40,6 +40,11 @@ export class LimitsController {
   #timers: NodeJS.Timeout[] = [];
   /** Admitted client sockets with no verdict yet, the first to go under critical memory pressure. */
   readonly #peeking = new Set<Resettable>();
+  /** Each sandbox's effective limits, and the layers they were made of (limitsOf). */
+  readonly #limits = new Map<
+    string,
+    { defaults: SandboxLimits; sandboxLimits: LimitsOverride | undefined; orgLimits: LimitsOverride | undefined; limits: SandboxLimits }
+  >();
   readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
   #acceptErrorsLogged = 0;
 
@@ -124,7 +129,16 @@ export class LimitsController {
   }
 
   limitsOf(l: SourceLimits): SandboxLimits {
-    return effectiveLimits(this.#config().sandbox, l.sandboxLimits, l.orgLimits);
+    const defaults = this.#config().sandbox;
+    // Kept per sandbox while its record's, its organization's and the config's limits are the
+    // same objects (each is replaced whole when it changes): admission reads them per connection.
+    const key = l.sandbox ?? '';
+    const c = this.#limits.get(key);
+    if (c !== undefined && c.defaults === defaults && c.sandboxLimits === l.sandboxLimits && c.orgLimits === l.orgLimits) return c.limits;
+    const limits = effectiveLimits(defaults, l.sandboxLimits, l.orgLimits);
+    if (this.#limits.size >= LIMITS_CACHED) this.#limits.clear();
+    this.#limits.set(key, { defaults, sandboxLimits: l.sandboxLimits, orgLimits: l.orgLimits, limits });
+    return limits;
   }
 
   /**
@@ -136,18 +150,8 @@ export class LimitsController {
     const key = l.sandbox ?? `source ${source}`;
     const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
     if (a.ok) {
-      const t = a.ticket;
       this.#peeking.add(socket);
-      return {
-        decided: () => {
-          this.#peeking.delete(socket);
-          t.decided();
-        },
-        release: () => {
-          this.#peeking.delete(socket);
-          t.release();
-        },
-      };
+      return new PeekingTicket(a.ticket, this.#peeking, socket);
     }
     socket.resetAndDestroy();
     this.#refused(kind, l, source, a.reason, a.detail);
@@ -245,3 +249,29 @@ export class LimitsController {
 }
 
 const round = (x: number): number => Math.round(x * 1000) / 1000;
+
+/** Sandboxes whose effective limits are kept (limitsOf); past it, the cache starts over. */
+const LIMITS_CACHED = 10_000;
+
+/** Admission's ticket for a connection that also counts among those still being peeked. */
+class PeekingTicket implements Ticket {
+  readonly #ticket: Ticket;
+  readonly #peeking: Set<Resettable>;
+  readonly #socket: Resettable;
+
+  constructor(ticket: Ticket, peeking: Set<Resettable>, socket: Resettable) {
+    this.#ticket = ticket;
+    this.#peeking = peeking;
+    this.#socket = socket;
+  }
+
+  decided(): void {
+    this.#peeking.delete(this.#socket);
+    this.#ticket.decided();
+  }
+
+  release(): void {
+    this.#peeking.delete(this.#socket);
+    this.#ticket.release();
+  }
+}

@@ -121,6 +121,24 @@ describe('limits on loopback', () => {
     expect(await ready.body.json()).toEqual({ status: 'ready' });
   });
 
+  // Admission keeps each sandbox's effective limits while its record, its organization and the
+  // config are unchanged: a change through the API reaches the very next connection.
+  it('applies changed limits of a sandbox and of its organization to the next connection', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3, limits: { connections: 1 } })).status).toBe(201);
+    expect((await api('PUT', '/api/v1/sandboxes/sb-c', { sources: ['127.0.0.33'], org: 'acme', network: ALLOW_LOOPBACK })).status).toBe(201);
+    d.route('127.0.0.33', '127.0.0.1', upstreamPort);
+    expect((await attempt('127.0.0.33')).spliced).toBe(true);
+    expect((await attempt('127.0.0.33')).spliced).toBe(false);
+    expect((await api('PUT', '/api/v1/orgs/acme', { tier: 3, limits: { connections: 2 } })).status).toBe(200);
+    expect((await attempt('127.0.0.33')).spliced).toBe(true);
+    expect((await attempt('127.0.0.33')).spliced).toBe(false);
+    const put = await api('PUT', '/api/v1/sandboxes/sb-c', { sources: ['127.0.0.33'], org: 'acme', network: ALLOW_LOOPBACK, limits: { connections: 3 } });
+    expect(put.status).toBe(200);
+    expect((await attempt('127.0.0.33')).spliced).toBe(true);
+    expect((await attempt('127.0.0.33')).spliced).toBe(false);
+  });
+
   it('stays ready while the connection budget is full, saying so in /readyz and egressd_overloaded, and refuses past it with global-limit', async () => {
     d = await startLoopbackDaemon(
       loopbackConfig({
