@@ -301,6 +301,8 @@ export class Metrics {
   /** Accepts and outcomes not yet counted (see `outcome`). */
   readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
   #outcomes: Readonly<ConnectionOutcome>[] = [];
+  #dnsCacheHitsNow = 0;
+  readonly #dnsLookupsNow = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
@@ -383,7 +385,7 @@ export class Metrics {
     else this.#later();
   }
 
-  /** Counts what waits (accepts and outcomes), now. */
+  /** Counts what waits (accepts, outcomes, upstream lookups), now. */
   flush(): void {
     if (this.#timer !== null) {
       clearTimeout(this.#timer);
@@ -394,6 +396,13 @@ export class Metrics {
       if (a[listener] > 0) this.instruments.activeConnections.inc({ listener }, a[listener]);
       a[listener] = 0;
     }
+    if (this.#dnsCacheHitsNow > 0) this.instruments.dnsCacheHits.inc(this.#dnsCacheHitsNow);
+    this.#dnsCacheHitsNow = 0;
+    for (const [outcome, n] of this.#dnsLookupsNow) {
+      this.instruments.dnsLookups.inc({ outcome }, n);
+      if (outcome !== 'ok') this.instruments.dnsFailures.inc({ cause: outcome }, n);
+    }
+    this.#dnsLookupsNow.clear();
     const outcomes = this.#outcomes;
     this.#outcomes = [];
     for (const o of outcomes) this.#count(o);
@@ -434,10 +443,11 @@ export class Metrics {
     this.instruments.connections.inc(labels);
   }
 
+  /** One lookup of the upstream resolver (one per connection that carries a name): counted with the outcomes' batch. */
   dnsLookup(e: { cached: boolean; outcome: string }): void {
-    if (e.cached) this.instruments.dnsCacheHits.inc();
-    this.instruments.dnsLookups.inc({ outcome: e.outcome });
-    if (e.outcome !== 'ok') this.instruments.dnsFailures.inc({ cause: e.outcome });
+    if (e.cached) this.#dnsCacheHitsNow++;
+    this.#dnsLookupsNow.set(e.outcome, (this.#dnsLookupsNow.get(e.outcome) ?? 0) + 1);
+    this.#later();
   }
 
   dnsQuery(e: { verdict: string; type: string; cached: boolean; upstreamMs?: number }): void {
