@@ -19,7 +19,7 @@ import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outc
 import { chooseUpstream, type DialMode, type TargetReason } from './upstream-target.ts';
 import type { NameResolver } from './resolve.ts';
 import type { BlockMode, Linger } from './refuse.ts';
-import { SocketClient, type ClientSide } from './client-side.ts';
+import { SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
 import type { Facts } from '../policy/decide.ts';
@@ -278,7 +278,12 @@ async function run(
   // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
   // then the policy in force on the address actually dialed, the last stage before any byte goes
   // upstream; then (5) the splice.
-  const c = await socket.connect({
+  // The dial's answer and, once spliced, the connection's end come with this promise, hours later
+  // for a held connection. It is chained, not awaited: this function's frame (the peeked bytes,
+  // the parsed first flight, the resolve's answer, the verdicts on the way) is let go once the
+  // dial is under way, and a held connection keeps its outcome record and what the dial's
+  // callbacks above need (issue 12: RSS per held connection).
+  const connecting = socket.connect({
     addresses: target.addresses,
     port,
     connectTimeoutMs: config.upstream.connectTimeoutMs,
@@ -298,6 +303,11 @@ async function run(
       return { refuse: false };
     },
   });
+  return connecting.then((c) => dialed(socket, config, o, live, c));
+}
+
+/** What the dial's answer and the splice's end make of the outcome (see the end of `run`). */
+function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, live: LiveConnection, c: ConnectResult): void {
   if (c.attempts.length > 1) o.tried = c.attempts.map((a) => `${a.address} ${a.result}`);
   if (c.kind === 'dial-failed') {
     o.verdict = 'error';

@@ -270,9 +270,16 @@ export class NativeSetup {
   }
 }
 
+/**
+ * What a dial's reports read of its ConnectOptions, kept for the connection's whole life (the
+ * outcome settles the dial). Not the options themselves: their `initial` is the peeked first
+ * flight, which the loop holds and writes itself (issue 12: RSS per held connection).
+ */
+type DialWait = Pick<ConnectOptions, 'port' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'closing' | 'recheck' | 'onConnected'>;
+
 type Pending =
   | { kind: 'peek'; buf: PeekBuffer<Peeked>; opts: PeekOptions; resolve: (o: PeekOutcome<Peeked>) => void }
-  | { kind: 'connect'; o: ConnectOptions; resolve: (r: ConnectResult) => void }
+  | { kind: 'connect'; o: DialWait; resolve: (r: ConnectResult) => void }
   | null;
 
 /** A client connection held by a native loop (client-side.ts's contract). */
@@ -386,7 +393,15 @@ export class NativeClient implements ClientSide {
       if (o.closing.closed) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
       // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
       this.#addresses = o.addresses.slice(0, MAX_ADDRS);
-      this.#pending = { kind: 'connect', o, resolve };
+      const wait: DialWait = {
+        port: o.port,
+        connectTimeoutMs: o.connectTimeoutMs,
+        idleTimeoutMs: o.idleTimeoutMs,
+        closing: o.closing,
+        recheck: o.recheck,
+        ...(o.onConnected ? { onConnected: o.onConnected } : {}),
+      };
+      this.#pending = { kind: 'connect', o: wait, resolve };
       o.closing.onClose = this.reset;
       const od = this.#od instanceof Error ? null : this.#od;
       // The loop tells which address answered only when the caller cannot know it already.
