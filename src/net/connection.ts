@@ -16,8 +16,8 @@ import type { OriginalDestination } from './original-dst.ts';
 import type { PeekOutcome } from './peek-socket.ts';
 import type { ListenerKind } from './listener.ts';
 import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outcome.ts';
-import { chooseUpstream, type DialMode, type TargetReason } from './upstream-target.ts';
-import type { NameResolver } from './resolve.ts';
+import { chooseUpstream, chooseUpstreamNow, type DialMode, type TargetReason, type UpstreamQuery, type UpstreamTarget } from './upstream-target.ts';
+import type { NameResolver, ResolveResult } from './resolve.ts';
 import type { BlockMode, Linger } from './refuse.ts';
 import { SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
@@ -252,20 +252,25 @@ async function run(
   // judged on its own address by the policy in force while resolving.
   // An address egressd's DNS listener gave this very sandbox for this name is one of the name's
   // addresses, whatever a later lookup would answer (rotation, geo-DNS, a short TTL).
-  const target =
-    o.name === null && dnsName !== null
-      ? ({ ok: true, addresses: [ip], how: 'original' } as const)
-      : await chooseUpstream({
-          mode: config.upstream.dial,
-          name: o.name,
-          original: ip,
-          port,
-          resolver: {
-            resolve: async (name: string) => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : deps.resolver.resolve(name)),
-          },
-          // A would-refuse address is dialed as an allowed one (report-only); a refused one never.
-          allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict !== 'refuse',
-        });
+  let target: UpstreamTarget;
+  if (o.name === null && dnsName !== null) target = { ok: true, addresses: [ip], how: 'original' };
+  else {
+    const rememberedHere = (name: string): ResolveResult | null => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : null);
+    const query: UpstreamQuery = {
+      mode: config.upstream.dial,
+      name: o.name,
+      original: ip,
+      port,
+      resolver: {
+        resolve: async (name) => rememberedHere(name) ?? deps.resolver.resolve(name),
+        cached: (name) => rememberedHere(name) ?? deps.resolver.cached(name),
+      },
+      // A would-refuse address is dialed as an allowed one (report-only); a refused one never.
+      allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict !== 'refuse',
+    };
+    // A cached name is dialed in this same turn; only a lookup on the wire is waited for.
+    target = chooseUpstreamNow(query) ?? (await chooseUpstream(query));
+  }
   if (!target.ok) {
     o.end = target.detail;
     return refuseUpstream(socket, config, o, target.reason, decision.rule);

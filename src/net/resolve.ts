@@ -71,6 +71,18 @@ export class NameResolver {
     return this.#cache;
   }
 
+  /**
+   * The answer when it is in the cache (the lookup is reported as resolve() reports it), else
+   * null and nothing reported: the caller then awaits resolve(). Lets a connection whose name is
+   * cached be dialed in the same turn, without a promise.
+   */
+  cached(name: string): ResolveResult | null {
+    const key = cacheKey(name);
+    if (this.#closed || key === null) return null;
+    const hit = this.#cache.get(key);
+    return hit ? this.#report(true, hit) : null;
+  }
+
   async resolve(name: string): Promise<ResolveResult> {
     const key = cacheKey(name);
     if (this.#closed || key === null) return this.#report(false, { ok: false, cause: 'error' });

@@ -18,7 +18,7 @@
 import { isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import { orderAddresses } from './address-order.ts';
-import type { NameResolver } from './resolve.ts';
+import type { NameResolver, ResolveResult } from './resolve.ts';
 
 /** How the addresses to dial are chosen (see the header). */
 export type DialMode = 'resolved' | 'verify' | 'original';
@@ -37,14 +37,26 @@ export interface UpstreamQuery {
   readonly name: string | null;
   readonly original: string;
   readonly port: number;
-  /** Only `resolve` is used, so a test can hand in a stub. */
-  readonly resolver: Pick<NameResolver, 'resolve'>;
+  /** Only `resolve` and `cached` are used, so a test can hand in a stub. */
+  readonly resolver: Pick<NameResolver, 'resolve'> & Partial<Pick<NameResolver, 'cached'>>;
   readonly allows: (address: string) => boolean;
 }
 
 export async function chooseUpstream(q: UpstreamQuery): Promise<UpstreamTarget> {
+  return chooseUpstreamNow(q) ?? targetOf(q, await q.resolver.resolve(q.name!));
+}
+
+/**
+ * chooseUpstream's answer when it needs no wait (no name, `original`, or the name's addresses
+ * cached), else null: the caller then awaits chooseUpstream.
+ */
+export function chooseUpstreamNow(q: UpstreamQuery): UpstreamTarget | null {
   if (q.name === null || q.mode === 'original') return { ok: true, addresses: [q.original], how: 'original' };
-  const r = await q.resolver.resolve(q.name);
+  const r = q.resolver.cached?.(q.name) ?? null;
+  return r === null ? null : targetOf(q, r);
+}
+
+function targetOf(q: UpstreamQuery, r: ResolveResult): UpstreamTarget {
   if (!r.ok) return { ok: false, reason: 'dns-failure', detail: `Resolving "${q.name}" failed: ${r.cause}` };
   const original = canonicalSource(q.original);
   const resolved = r.addresses.map((a) => canonicalSource(a) ?? a);

@@ -68,6 +68,22 @@ describe('NameResolver', () => {
     expect(dns.count('ttl.test', 'A')).toBe(2);
   });
 
+  it('hands a cached answer over at once (cached), reported as a cached lookup, and nothing for a name not cached or expired', async () => {
+    const { dns, resolver, advance, lookups } = await setup();
+    dns.set('now.test', { kind: 'answer', a: ['192.0.2.6'], ttl: 5 });
+    expect(resolver.cached('now.test')).toBeNull();
+    expect(lookups).toEqual([]);
+    await resolver.resolve('now.test');
+    expect(resolver.cached('NOW.test.')).toEqual({ ok: true, addresses: ['192.0.2.6'], cached: true });
+    expect(lookups).toEqual([
+      { cached: false, outcome: 'ok' },
+      { cached: true, outcome: 'ok' },
+    ]);
+    advance(5_100);
+    expect(resolver.cached('now.test')).toBeNull();
+    expect(dns.count('now.test', 'A')).toBe(1);
+  });
+
   it('keeps a name with a TTL of 0 for the minimum TTL of one second', async () => {
     const { dns, resolver, advance } = await setup();
     dns.set('zero.test', { kind: 'answer', a: ['192.0.2.6'], ttl: 0 });

@@ -3,7 +3,7 @@
 // each candidate address.
 
 import { describe, expect, it } from 'vitest';
-import { chooseUpstream, type UpstreamQuery } from '../../../src/net/upstream-target.ts';
+import { chooseUpstream, chooseUpstreamNow, type UpstreamQuery } from '../../../src/net/upstream-target.ts';
 import type { ResolveResult } from '../../../src/net/resolve.ts';
 import { compilePolicy } from '../../../src/policy/compile.ts';
 import { decide } from '../../../src/policy/decide.ts';
@@ -200,5 +200,34 @@ describe('chooseUpstream: the next address when one fails (issue 10 §8)', () =>
     const r = stubResolver({ 'api.example.com': ok('192.0.2.10', '2001:db8::1', '198.51.100.2') });
     const t = await chooseUpstream(query({ resolver: r, allows: (a) => a !== '2001:db8::1' }));
     expect(t).toEqual({ ok: true, addresses: ['192.0.2.10', '198.51.100.2'], how: 'original' });
+  });
+});
+
+// A connection whose name is cached is dialed in the same turn (no promise): the answer must be
+// chooseUpstream's own, and a name that is not cached must be left to chooseUpstream.
+describe('chooseUpstreamNow', () => {
+  const answers: Record<string, ResolveResult> = {
+    'api.example.com': ok('198.51.100.1', '192.0.2.10'),
+    'other.example.com': ok('198.51.100.7'),
+    'gone.example.com': { ok: false, cause: 'nxdomain' },
+  };
+  const cachedResolver = () => ({ ...stubResolver(answers), cached: (name: string): ResolveResult | null => answers[name] ?? null });
+
+  it('answers as chooseUpstream does for a cached name, in every mode, and for no name', async () => {
+    for (const mode of ['resolved', 'verify', 'original'] as const) {
+      for (const name of ['api.example.com', 'other.example.com', 'gone.example.com', null]) {
+        const q = query({ resolver: cachedResolver(), mode, name });
+        expect(chooseUpstreamNow(q)).toEqual(await chooseUpstream(q));
+      }
+    }
+  });
+
+  it('leaves a name that is not cached to chooseUpstream, which looks it up', async () => {
+    const r = { ...stubResolver(answers), cached: (): ResolveResult | null => null };
+    const q = query({ resolver: r });
+    expect(chooseUpstreamNow(q)).toBeNull();
+    expect(r.asked).toEqual([]);
+    expect(await chooseUpstream(q)).toEqual({ ok: true, addresses: ['192.0.2.10', '198.51.100.1'], how: 'original' });
+    expect(r.asked).toEqual(['api.example.com']);
   });
 });
