@@ -75,6 +75,12 @@ export interface ClientSide {
   originalDst(): OriginalDestination;
   /** Reads the first flight under the cap and deadlines (peek-socket.ts's rules). */
   peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>>;
+  /**
+   * The peek's outcome when what already came settles it (the native loop's report carried the
+   * whole first flight), else null, and then `peek` with the same step and options, called at
+   * once, waits for the rest. Optional: without it, every peek is waited for.
+   */
+  peekNow?(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null;
   /** Dials, re-checks the policy, then carries the bytes both ways until the connection ends. */
   connect(o: ConnectOptions): Promise<ConnectResult>;
   /** Answers a refused client and closes (lingering as refuse.ts says). */

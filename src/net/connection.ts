@@ -13,7 +13,7 @@ import { canonicalSource } from '../match/ip.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, mayStall } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
-import type { PeekOutcome } from './peek-socket.ts';
+import type { PeekOptions, PeekOutcome } from './peek-socket.ts';
 import type { ListenerKind } from './listener.ts';
 import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outcome.ts';
 import { chooseUpstream, chooseUpstreamNow, type DialMode, type TargetReason, type UpstreamQuery, type UpstreamTarget } from './upstream-target.ts';
@@ -140,14 +140,17 @@ async function run(
   let peek: PeekOutcome<Peeked> | null = null;
   if (mustPeek) {
     const peekStart = Date.now();
-    peek = await socket.peek(anyStepper(), {
+    const step = anyStepper();
+    const opts: PeekOptions = {
       deadline,
       maxBytes: PEEK_CAPS.any,
       firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
       // Bytes that could still open an HTTP request line, then silence: judged as not TLS and
       // not HTTP after the same wait (a client that sent "ping" and waits for a reply).
       stall: { ms: config.peek.firstByteTimeoutMs, undecided: mayStall },
-    });
+    };
+    // A first flight already here is judged in this same turn; only a wait for bytes yields.
+    peek = socket.peekNow?.(step, opts) ?? (await socket.peek(step, opts));
     o.peekMs = Date.now() - peekStart;
   }
 

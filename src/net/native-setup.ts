@@ -331,8 +331,23 @@ export class NativeClient implements ClientSide {
     return this.#od;
   }
 
+  peekNow(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null {
+    const settled: { o: PeekOutcome<Peeked> | null } = { o: null };
+    this.#pending = { kind: 'peek', buf: new PeekBuffer(step, opts.maxBytes), opts, resolve: (o) => (settled.o = o) };
+    const first = this.#first;
+    this.#first = null;
+    this.#peekStep(this.#firstState, first);
+    // Unsettled, the peek stays pending (the loop reads on, or was asked for more): peek() takes it over.
+    return settled.o;
+  }
+
   peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
     return new Promise((resolve) => {
+      const started = this.#pending;
+      if (started?.kind === 'peek') {
+        started.resolve = resolve;
+        return;
+      }
       const buf = new PeekBuffer(step, opts.maxBytes);
       this.#pending = { kind: 'peek', buf, opts, resolve };
       const first = this.#first;

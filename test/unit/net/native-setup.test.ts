@@ -5,8 +5,16 @@
 
 import { setImmediate as turn } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { PolicyStore } from '../../../src/control/store.ts';
+import { handleClient, type PipelineDeps } from '../../../src/net/connection.ts';
 import type { DataPlaneAddon } from '../../../src/net/native-splice.ts';
 import { NativeSetup, type NativeClient } from '../../../src/net/native-setup.ts';
+import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { ConnectionRegistry } from '../../../src/net/registry.ts';
+import { NameResolver } from '../../../src/net/resolve.ts';
+import { parseNetworkBody } from '../../../src/policy/network-body.ts';
+import { anyStepper, PEEK_CAPS } from '../../../src/peek/peek-steps.ts';
+import { buildHello } from '../../helpers/hello-builder.ts';
 
 const EV_ACCEPTED = 1;
 
@@ -48,5 +56,131 @@ describe('NativeSetup hands accepted connections over', () => {
     await turn();
     p.accept(152);
     expect(p.handled.at(-1)).toBe(152);
+  });
+});
+
+const EV_PEEK = 2;
+const PEEK_MORE = 0;
+const PEEK_WAITING = 6;
+const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
+const opts = () => ({ deadline: Date.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
+
+/** A plane whose addon records its commands, with the whole pipeline (connection.ts) behind it. */
+function pipeline() {
+  const commands: string[] = [];
+  const addon = {
+    listen: () => 4430,
+    abort: () => commands.push('abort'),
+    setPolicyVersion: () => {},
+    peek: () => commands.push('peek'),
+    peekRules: () => {},
+    dial: (_loop: number, _id: number, addresses: string[]) => commands.push(`dial ${addresses.join(' ')}`),
+    refuse: () => commands.push('refuse'),
+  } as unknown as DataPlaneAddon;
+  const setup = new NativeSetup(addon, 1);
+  const body = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['a.test'] } });
+  if (!body.ok) throw new Error('bad policy');
+  // 198.18.0.0/15 (RFC 2544) is protected unless opened, as the bench and the e2e rig open it.
+  const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] }, body.value);
+  const resolver = new NameResolver({ servers: ['127.0.0.1:1'], timeoutMs: 100 });
+  const outcomes: ConnectionOutcome[] = [];
+  const deps: PipelineDeps = {
+    config: () =>
+      ({
+        peek: { timeoutMs: 5000, firstByteTimeoutMs: 1000 },
+        upstream: { dial: 'original', connectTimeoutMs: 1000, idleTimeoutMs: 60_000 },
+        block: 'reset',
+        refusal: { lingerMs: 0, lingerMaxBytes: 0, maxLingering: 1 },
+      }) as unknown as ReturnType<PipelineDeps['config']>,
+    policies: store,
+    resolver,
+    registry: new ConnectionRegistry(),
+    originalDst: () => ({ kind: 'not-redirected', why: 'unused' }),
+    emit: (o) => outcomes.push(o),
+  };
+  const { tag } = setup.listen(
+    'tls',
+    { host: '127.0.0.1', port: 0, text: '127.0.0.1:0' },
+    { onAccept: (c, kind) => void handleClient(c, kind, deps), onShed: () => {} },
+  );
+  const accept = (id: number, state: number, bytes: Buffer | null): void =>
+    setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes);
+  const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes);
+  return { commands, accept, report, outcomes };
+}
+
+describe('a connection whose first flight came with its report', () => {
+  it('is judged and dialed within that very report, before it returns', () => {
+    const p = pipeline();
+    p.accept(1, PEEK_MORE, hello);
+    expect(p.commands).toEqual(['dial 198.18.1.2']);
+  });
+
+  it('after an early accept, is judged and dialed within the report that brings the flight', async () => {
+    const p = pipeline();
+    p.accept(2, PEEK_WAITING, null);
+    expect(p.commands).toEqual([]);
+    await turn();
+    p.report(2, PEEK_MORE, hello);
+    // The pipeline waited on a promise: the dial follows within the same report's turn.
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(p.commands).toEqual(['dial 198.18.1.2']);
+  });
+
+  it('is refused within that very report when the policy refuses its name', () => {
+    const p = pipeline();
+    p.accept(3, PEEK_MORE, Buffer.from(buildHello({ sni: ['b.test'] })));
+    expect(p.commands).toEqual(['refuse']);
+  });
+});
+
+describe('NativeClient.peekNow', () => {
+  const clientOf = () => {
+    const asked: unknown[][] = [];
+    const addon = { listen: () => 4430, abort: () => {}, setPolicyVersion: () => {}, peek: (...a: unknown[]) => asked.push(a) } as unknown as DataPlaneAddon;
+    const setup = new NativeSetup(addon, 1);
+    const clients: NativeClient[] = [];
+    const { tag } = setup.listen('tls', { host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }, { onAccept: (c) => clients.push(c), onShed: () => {} });
+    return {
+      asked,
+      accept: (id: number, state: number, bytes: Buffer | null): NativeClient => {
+        setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes);
+        return clients.at(-1)!;
+      },
+      report: (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes),
+    };
+  };
+
+  it('settles at once on a whole flight in the accept report, asking the loop nothing', () => {
+    const p = clientOf();
+    const c = p.accept(1, PEEK_MORE, hello);
+    expect(c.peekNow(anyStepper(), opts())).toMatchObject({ kind: 'done', bytes: hello });
+    expect(p.asked).toEqual([]);
+  });
+
+  it('answers null after an early accept; peek() then settles on the loop’s report', async () => {
+    const p = clientOf();
+    const c = p.accept(2, PEEK_WAITING, null);
+    const step = anyStepper();
+    const o = opts();
+    expect(c.peekNow(step, o)).toBeNull();
+    const pending = c.peek(step, o);
+    p.report(2, PEEK_MORE, hello);
+    expect(await pending).toMatchObject({ kind: 'done', bytes: hello });
+    expect(p.asked).toEqual([]);
+  });
+
+  it('answers null on a short flight, having asked the loop for the rest once; peek() settles on it', async () => {
+    const p = clientOf();
+    const c = p.accept(3, PEEK_MORE, hello.subarray(0, 3));
+    const step = anyStepper();
+    const o = opts();
+    expect(c.peekNow(step, o)).toBeNull();
+    expect(p.asked.length).toBe(1);
+    const pending = c.peek(step, o);
+    p.report(3, PEEK_MORE, hello.subarray(3));
+    expect(await pending).toMatchObject({ kind: 'done', bytes: hello });
+    expect(p.asked.length).toBe(1);
   });
 });
