@@ -75,11 +75,16 @@ static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static item *queue_head, *queue_tail;
 static bool signalled;
 
-static void enqueue(item *it) {
+// A loop's reports of its current turn, passed on together at its end (turn_over): one lock and
+// at most one wake-up of the JavaScript thread per turn, however many connections it served.
+static __thread item *turn_head, *turn_tail;
+static __thread bool on_loop_thread;
+
+static void publish(item *head, item *tail) {
   pthread_mutex_lock(&queue_lock);
-  if (queue_tail) queue_tail->next = it;
-  else queue_head = it;
-  queue_tail = it;
+  if (queue_tail) queue_tail->next = head;
+  else queue_head = head;
+  queue_tail = tail;
   bool signal = !signalled;
   signalled = true;
   pthread_mutex_unlock(&queue_lock);
@@ -88,6 +93,32 @@ static void enqueue(item *it) {
     signalled = false;
     pthread_mutex_unlock(&queue_lock);
   }
+}
+
+static void enqueue(item *it) {
+  if (!on_loop_thread) return publish(it, it);
+  if (turn_tail) turn_tail->next = it;
+  else turn_head = it;
+  turn_tail = it;
+}
+
+// Runs on a loop's thread at the end of each of its turns (sl_loop_on_turn).
+static void turn_over(void *ctx) {
+  (void)ctx;
+  on_loop_thread = true;
+  if (!turn_head) return;
+  item *head = turn_head, *tail = turn_tail;
+  turn_head = turn_tail = NULL;
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) {
+    while (head) {
+      item *next = head->next;
+      free(head->bytes);
+      free(head);
+      head = next;
+    }
+    return;
+  }
+  publish(head, tail);
 }
 
 // Runs on a loop's thread: the report is copied and queued for the JavaScript thread.
@@ -276,6 +307,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
   for (int i = 0; i < n; i++) {
     int err = 0;
     loops[i] = sl_loop_start(report, (void *)(intptr_t)i, &err);
+    if (loops[i]) sl_loop_on_turn(loops[i], turn_over);
     if (loops[i] && setup) sl_loop_setup(loops[i], on_event, cap);
     if (!loops[i]) {
       for (int j = 0; j < i; j++) sl_loop_stop(loops[j]);

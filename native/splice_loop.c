@@ -183,6 +183,7 @@ struct sl_loop {
   sl_listener *listeners;
   int reserve; // a spare descriptor, given up to accept-and-reset at EMFILE; -1 when none
   sl_event_fn on_event;
+  sl_turn_fn on_turn; // atomic: set once, from another thread
   size_t peek_cap;
   char *scratch; // peek_cap bytes
   unsigned unanswered;
@@ -1154,6 +1155,11 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   }
 }
 
+static void turn_over(sl_loop *l) {
+  sl_turn_fn fn = __atomic_load_n(&l->on_turn, __ATOMIC_ACQUIRE);
+  if (fn) fn(l->ctx);
+}
+
 static void *loop_main(void *arg) {
   sl_loop *l = arg;
   struct epoll_event events[SL_EVENTS];
@@ -1185,10 +1191,12 @@ static void *loop_main(void *arg) {
     run_commands(l, &stop);
     check_timers(l);
     bury(l);
+    turn_over(l);
     if (stop) break;
   }
   while (l->conns) conn_close(l, l->conns, SL_END_ABORTED, 0, -1);
   bury(l);
+  turn_over(l);
   return NULL;
 }
 
@@ -1282,6 +1290,10 @@ int sl_loop_abort(sl_loop *l, uint64_t id) {
   if (!cmd) return ENOMEM;
   push(l, cmd);
   return 0;
+}
+
+void sl_loop_on_turn(sl_loop *l, sl_turn_fn fn) {
+  __atomic_store_n(&l->on_turn, fn, __ATOMIC_RELEASE);
 }
 
 void sl_loop_setup(sl_loop *l, sl_event_fn on_event, size_t peek_cap) {

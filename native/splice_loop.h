@@ -66,6 +66,16 @@ int sl_loop_add(sl_loop *loop, uint64_t id, int client_fd, int upstream_fd, cons
 /** Closes the connection `id` (reported as SL_END_ABORTED) if it is still open. Thread-safe. */
 int sl_loop_abort(sl_loop *loop, uint64_t id);
 
+typedef void (*sl_turn_fn)(void *ctx);
+
+/**
+ * `fn(ctx)` runs on the loop's thread at the end of each turn (the events, commands and timers
+ * it ran), and once more after stop closed the last connections: the reports of one turn can be
+ * held and passed on together, one wake-up of their reader for many (data_plane.c). Set it
+ * before handing the loop anything. Thread-safe.
+ */
+void sl_loop_on_turn(sl_loop *loop, sl_turn_fn fn);
+
 /** Closes every connection (each reported as SL_END_ABORTED), joins the thread, frees the loop. */
 void sl_loop_stop(sl_loop *loop);
 

@@ -46,9 +46,23 @@ static int n_outcomes;
 static uint64_t gate_id;
 static bool gate_open = true;
 
+// sl_loop_on_turn: every report is followed by the end of its turn, on the loop's thread.
+static int turns, reported_since_turn;
+static pthread_t loop_thread_seen;
+
+static void on_turn(void *ctx) {
+  (void)ctx;
+  pthread_mutex_lock(&lock);
+  turns++;
+  reported_since_turn = 0;
+  loop_thread_seen = pthread_self();
+  pthread_mutex_unlock(&lock);
+}
+
 static void report(void *ctx, const sl_outcome *o) {
   (void)ctx;
   pthread_mutex_lock(&lock);
+  reported_since_turn++;
   if (n_outcomes < MAX_OUTCOMES) outcomes[n_outcomes++] = *o;
   pthread_cond_broadcast(&cond);
   while (o->id == gate_id && !gate_open) pthread_cond_wait(&cond, &lock);
@@ -1220,6 +1234,7 @@ int main(void) {
     fprintf(stderr, "sl_loop_start: %s\n", strerror(err));
     return 2;
   }
+  sl_loop_on_turn(l, on_turn);
   test_bulk_both_ways_with_initial_bytes(l);
   test_half_close_each_way(l);
   test_reset_is_passed_on(l, 3, true);
@@ -1230,6 +1245,10 @@ int main(void) {
   test_slow_reader_blocks_then_drains(l);
   test_pipe_with_bytes_is_never_reused(l);
   sl_loop_stop(l);
+  pthread_mutex_lock(&lock);
+  CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),
+        "%d turns, %d reports after the last, on the loop's thread: %d", turns, reported_since_turn, !pthread_equal(loop_thread_seen, pthread_self()));
+  pthread_mutex_unlock(&lock);
   test_stop_reports_every_connection();
   test_sync_waits_for_the_aborts();
   test_setup();
