@@ -476,14 +476,16 @@ export class Daemon {
     if (closed === 0) return;
     const startedAt = performance.now();
     const late = syncNativeLoops(POLICY_HANDOFF_MS);
+    // How long the change waited for the loops (the API's answer waited as long).
+    const handoffUs = Math.round((performance.now() - startedAt) * 1000);
     if (late > 0) {
       this.metrics.instruments.policyHandoffsLate.inc();
       this.log.warn(
-        { event: { action: 'policy-handoff-late' }, loops: late, waited_ms: Math.round(performance.now() - startedAt) },
+        { event: { action: 'policy-handoff-late' }, loops: late, waited_ms: Math.round(handoffUs / 1000) },
         'a data-plane loop did not confirm the closes of a policy change in time; answering anyway',
       );
     }
-    this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed }, 'closed connections the new policy refuses');
+    this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed, handoff_us: handoffUs }, 'closed connections the new policy refuses');
   }
 
   #emit(o: ConnectionOutcome): void {

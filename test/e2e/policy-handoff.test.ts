@@ -147,6 +147,8 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
       }
       expect(closedByChange).toBe(n + PER_ADDRESS);
       expect(daemon.lines.some((l) => action(l) === 'policy-handoff-late')).toBe(false);
+      // The change's line says how long it waited for the loops to confirm.
+      expect(daemon.lines.findLast((l) => action(l) === 'closed-by-policy-change')).toMatchObject({ handoff_us: expect.any(Number) });
     };
 
     it('answers a change only once every connection it refuses is closed; no byte sent after the answer reaches the upstream', async () => {
