@@ -308,9 +308,22 @@ static void answered(sl_loop *l, sl_conn *c) {
   l->unanswered--;
 }
 
+static void emit(sl_loop *l, sl_event *e);
+
 static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_side) {
   if (c->dead) return;
   c->dead = true;
+  if (c->accept_ev) {
+    // Closed before its flight was reported (the loop stopped): the caller hears of the
+    // connection before its outcome, as of every other.
+    sl_event *acc = c->accept_ev;
+    c->accept_ev = NULL;
+    acc->state = SL_PEEK_CLOSED;
+    acc->bytes = c->peek;
+    acc->len = c->peek_len;
+    emit(l, acc);
+    free(acc);
+  }
   answered(l, c);
   // reset_side: -1 none, 0 or 1 that side, 2 both.
   for (int s = 0; s < 2; s++)

@@ -1222,7 +1222,20 @@ static void test_first_flight(void) {
   test_server_first_is_spliced_without_a_byte();
   usleep(50 * 1000);
   CHECK(sl_loop_size(rules_loop) == 0, "%u connections left", sl_loop_size(rules_loop));
+  // Stopped while a flight is still incomplete: its ACCEPTED report still comes before its outcome.
+  int late = connect_to(&eager_front);
+  write_all(late, "pi", 2);
+  usleep(10 * 1000);
   sl_loop_stop(rules_loop);
+  pthread_mutex_lock(&lock);
+  for (int i = 0; i < n_outcomes; i++) {
+    if (outcomes[i].id < (1ull << 48)) continue;
+    bool accepted = false;
+    for (int k = 0; k < n_events && !accepted; k++) accepted = events[k].e.kind == SL_EV_ACCEPTED && events[k].e.id == outcomes[i].id;
+    CHECK(accepted, "an outcome for %llu, never reported as accepted", (unsigned long long)outcomes[i].id);
+  }
+  pthread_mutex_unlock(&lock);
+  close(late);
 }
 
 int main(void) {
