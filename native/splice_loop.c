@@ -117,6 +117,10 @@ typedef struct sl_conn {
   bool auto_peek;
   uint32_t auto_stall_ms; // the stall wait while ff_may_stall holds
   sl_event *accept_ev;    // the ACCEPTED report not yet made (the flight still incomplete)
+  // When the first byte not yet reported was read: such bytes wait at most SL_FLIGHT_GRACE_MS
+  // (auto_peek), wherever in the flight they come, as the parser sees each chunk on the
+  // JavaScript path (peek-socket.ts PeekBuffer) and may answer before the flight is whole.
+  uint64_t unreported_ms;
   sl_dial *dial;
   int dialed, attempts, attempt_err[SL_MAX_ADDRS];
   uint32_t connect_us;
@@ -273,7 +277,7 @@ static uint64_t conn_due(const sl_conn *c) {
     case ST_SPLICE: return c->last_ms + c->idle_ms;
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
-      if (c->accept_ev) due = min64(due, c->accepted_ms + SL_FLIGHT_GRACE_MS);
+      if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + SL_FLIGHT_GRACE_MS);
       if (c->peek_len == 0 && c->first_byte_at != 0) due = min64(due, c->first_byte_at);
       if (c->peek_len > 0 && c->stall_ms != 0) due = min64(due, c->last_byte_ms + c->stall_ms);
       return due;
@@ -518,6 +522,7 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       char *p = realloc(c->peek, c->peek_len + (size_t)n);
       if (!p) return 1;
       memcpy(p + c->peek_len, l->scratch, (size_t)n);
+      if (c->peek_len == c->reported) c->unreported_ms = l->now_ms;
       c->peek = p;
       c->peek_len += (size_t)n;
       c->last_byte_ms = l->now_ms;
@@ -1096,8 +1101,9 @@ static void conn_timer(sl_loop *l, sl_conn *c) {
       if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
       if (c->peek_len == 0 && c->first_byte_at != 0 && now >= c->first_byte_at) return report_peek(l, c, SL_PEEK_SILENT);
       if (c->peek_len > 0 && c->stall_ms != 0 && now >= c->last_byte_ms + c->stall_ms) return report_peek(l, c, SL_PEEK_STALLED);
-      // The grace for an incomplete flight (auto_peek): reported as it is, read on.
-      if (c->accept_ev) return report_peek(l, c, SL_PEEK_WAITING);
+      // The grace for an incomplete flight (auto_peek): what is unreported is reported as it is,
+      // and read on.
+      if (c->auto_peek && c->peek_len > c->reported && now >= c->unreported_ms + SL_FLIGHT_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
       return;
     case ST_DIAL:
       if (now >= c->dial->deadline_ms) return dial_fail(l, c, ETIMEDOUT);

@@ -162,7 +162,10 @@ int sl_loop_unlisten(sl_loop *loop, int tag);
  *   - nothing at all yet: SL_EV_ACCEPTED at once with state SL_PEEK_WAITING (the caller may
  *     splice a protocol where the server speaks first without waiting for a byte);
  *   - some bytes, still incomplete after SL_FLIGHT_GRACE_MS: the same, with the bytes;
- * and after such a report the loop reads on and reports SL_EV_PEEK once: the flight whole
+ * and after such a report the loop reads on: bytes it has not reported for SL_FLIGHT_GRACE_MS
+ * are reported as SL_EV_PEEK with SL_PEEK_WAITING (the parser may answer on any chunk, as
+ * src/net/peek-socket.ts's PeekBuffer asks it: a bad line refused early, not at the deadline),
+ * and the end once: the flight whole
  * (SL_PEEK_MORE), FULL, CLOSED, SILENT (no byte within first_byte_ms, when it is shorter than
  * deadline_ms), STALLED (no new byte for stall_ms while ff_may_stall holds), TIMEOUT
  * (deadline_ms from the accept). Any command (sl_loop_dial, sl_loop_refuse, sl_loop_peek,

@@ -1087,6 +1087,38 @@ static void test_flight_after_accept(void) {
   close(client);
 }
 
+// Bytes the loop read and did not report wait at most SL_FLIGHT_GRACE_MS, whenever they came:
+// the parser answers on a flight's first chunk and again as it grows (src/net/peek-socket.ts
+// PeekBuffer), so a bad request line or a bare LF that came after an earlier report is refused
+// at once, as on the JavaScript path, and not at the deadline or the cap.
+static void test_flight_late_bytes_reported_within_the_grace(void) {
+  struct timespec t0;
+  saved_event ev;
+  // After an empty accept: the first bytes, an incomplete head.
+  int client;
+  uint64_t id = accept_silent(&client);
+  usleep(20 * 1000);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  write_all(client, "GET / HTTP/1.1\n", 15);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev), "no PEEK report");
+  long ms = ms_since(&t0);
+  CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 15, "state %d with %zu bytes", ev.e.state, ev.e.len);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "reported after %ld ms, not the grace", ms);
+  // After that report: the next bytes too, still read by the loop.
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  write_all(client, "Host: a.test\n", 13);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev), "no second PEEK report");
+  ms = ms_since(&t0);
+  CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 13 && memcmp(ev.bytes, "Host: a.test\n", 13) == 0, "state %d with %zu bytes", ev.e.state,
+        ev.e.len);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "reported after %ld ms, not the grace", ms);
+  // The head's end: one report, the flight whole.
+  write_all(client, "\n", 1);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_MORE && ev.e.len == 1, "state %d with %zu bytes", ev.e.state, ev.e.len);
+  sl_loop_abort(rules_loop, id);
+  close(client);
+}
+
 // The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts).
 static void test_flight_deadlines(void) {
   struct timespec t0;
@@ -1128,10 +1160,19 @@ static void test_flight_deadlines(void) {
     usleep(100 * 1000);
     write_all(c3, h + i, 1);
   }
-  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_TIMEOUT, "state %d, not timeout", ev.e.state);
+  // Each byte is reported within the grace (WAITING) as it drips, and read on: TIMEOUT ends it.
+  size_t got = before;
+  bool timeout = false;
+  while (!timeout && wait_event(SL_EV_PEEK, id, &seen, 3000, &ev)) {
+    CHECK(got + ev.e.len <= 9 && memcmp(ev.bytes, h + got, ev.e.len) == 0, "the bytes at %zu", got);
+    CHECK(ev.e.state == SL_PEEK_WAITING || ev.e.state == SL_PEEK_TIMEOUT, "state %d", ev.e.state);
+    got += ev.e.len;
+    timeout = ev.e.state == SL_PEEK_TIMEOUT;
+  }
+  CHECK(timeout, "not timed out");
   ms = ms_since(&t0);
   CHECK(ms >= 590 && ms < 1500, "timed out after %ld ms, not 600", ms);
-  CHECK(before + ev.e.len >= 5 && before + ev.e.len <= 8 && memcmp(ev.bytes, h + before, ev.e.len) == 0, "%zu bytes by the deadline", before + ev.e.len);
+  CHECK(got >= 5 && got <= 8, "%zu bytes by the deadline", got);
   sl_loop_abort(rules_loop, id);
   close(c3);
   (void)n;
@@ -1218,6 +1259,7 @@ static void test_first_flight(void) {
   test_flight_across_reads_is_one_report();
   test_http_head_across_reads_is_one_report();
   test_flight_after_accept();
+  test_flight_late_bytes_reported_within_the_grace();
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();
   usleep(50 * 1000);
