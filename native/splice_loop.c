@@ -25,16 +25,24 @@
 
 // The most one splice(2) asks for; a pipe holds 64 KiB by default, so the kernel moves less.
 #define SL_SPLICE_MAX (1u << 20)
-// A new pipe's size (F_SETPIPE_SZ; 0: the kernel's 64 KiB). Each splice(2) moves at most a
+// A bulk direction's pipe size (F_SETPIPE_SZ; 0: never grown). Each splice(2) moves at most a
 // pipe's worth, so the data phase's syscalls and wake-ups per GB fall with it: 1 MiB took the
 // proxy's CPU per GB from 1.07-1.37 s to 0.53-0.57 (bench/proxy raw-bulk and tls-bulk, busy
-// machine), 256 KiB to 0.82-0.90. An empty pipe holds no pages, only its 256 buffer slots, so an
-// idle connection (it holds none) or a pooled pipe costs ~10 KB of kernel memory. A process
-// without CAP_SYS_RESOURCE is bound by fs/pipe-max-size and fs/pipe-user-pages-soft (64 MiB in
-// all by default): past it the kernel refuses or shrinks the pipe, and the size it has is used.
+// machine), 256 KiB to 0.82-0.90. Pipes are made at the kernel's size (64 KiB) and one grows
+// when a splice fills half of it, at most SL_BIG_PIPES per loop: fs/pipe-user-pages-soft (64 MiB
+// of pipes per user by default, for a process without CAP_SYS_RESOURCE, as egressd.service runs)
+// counts a pipe's size, used or not, and past it the kernel makes new pipes of 2 buffers. Where
+// it refuses to grow one, the loop stops asking for a second.
 #ifndef SL_PIPE_SIZE
 #define SL_PIPE_SIZE (1 << 20)
 #endif
+#define SL_BIG_PIPES 16
+// A new pipe's size; 0: the kernel's. The C test sets 8192 (2 buffers, what the kernel gives
+// past fs/pipe-user-pages-soft) to run the loop on the smallest pipes.
+#ifndef SL_NEW_PIPE_SIZE
+#define SL_NEW_PIPE_SIZE 0
+#endif
+#define SL_GROW_RETRY_MS 1000
 // Empty pipes kept for the next connection; beyond this they are closed.
 #define SL_PIPE_POOL 64
 #define SL_EVENTS 256
@@ -180,6 +188,9 @@ struct sl_loop {
   sl_conn *graves; // closed during this batch of events, freed after it
   unsigned count;
   int pool[SL_PIPE_POOL][3]; // read end, write end, buffers
+  int big;                   // pipes grown to SL_PIPE_SIZE, held or pooled
+  uint64_t grow_refused_until;
+  long page;
   int pooled;
   uint64_t now_ms;
   uint64_t next_idle_check; // no connection's timer is due before this (ms); UINT64_MAX: none
@@ -201,6 +212,11 @@ static uint64_t monotonic_ms(void) {
 
 // ---- pipes ---------------------------------------------------------------------------------
 
+// A pipe has size / page-size buffers (fs/pipe.c).
+static unsigned slots_of(const sl_loop *l, int size) {
+  return size > 0 && l->page > 0 ? (unsigned)(size / l->page) : 1u;
+}
+
 static int pipe_take(sl_loop *l, sl_dir *d) {
   if (l->pooled > 0) {
     l->pooled--;
@@ -210,13 +226,23 @@ static int pipe_take(sl_loop *l, sl_dir *d) {
     return 0;
   }
   if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) != 0) return errno;
-  int size = SL_PIPE_SIZE > 0 ? fcntl(d->pipe[1], F_SETPIPE_SZ, SL_PIPE_SIZE) : -1;
-  // Refused (the limits above): the size the kernel gave it, which may be as small as 2 buffers.
-  if (size <= 0) size = fcntl(d->pipe[1], F_GETPIPE_SZ);
-  // A pipe has size / page-size buffers (fs/pipe.c).
-  long page = sysconf(_SC_PAGESIZE);
-  d->slots = size > 0 && page > 0 ? (unsigned)(size / page) : 1u;
+  if (SL_NEW_PIPE_SIZE > 0) fcntl(d->pipe[1], F_SETPIPE_SZ, SL_NEW_PIPE_SIZE);
+  // Usually 16 buffers; 2 when the user is past fs/pipe-user-pages-soft.
+  d->slots = slots_of(l, fcntl(d->pipe[1], F_GETPIPE_SZ));
   return 0;
+}
+
+// The splice into `d`'s pipe just filled half of it: a bulk direction, given a bigger pipe if
+// the budget allows (see SL_PIPE_SIZE). Bytes in the pipe stay.
+static void pipe_grow(sl_loop *l, sl_dir *d) {
+  if (SL_PIPE_SIZE <= 0 || l->big >= SL_BIG_PIPES || d->slots >= slots_of(l, SL_PIPE_SIZE) || l->now_ms < l->grow_refused_until) return;
+  int size = fcntl(d->pipe[1], F_SETPIPE_SZ, SL_PIPE_SIZE);
+  if (size <= 0) {
+    l->grow_refused_until = l->now_ms + SL_GROW_RETRY_MS;
+    return;
+  }
+  d->slots = slots_of(l, size);
+  l->big++;
 }
 
 // Only an empty pipe goes back to the pool: stale bytes must never reach another connection.
@@ -230,6 +256,7 @@ static void pipe_give(sl_loop *l, sl_dir *d) {
   } else {
     close(d->pipe[0]);
     close(d->pipe[1]);
+    if (d->slots > 16) l->big--;
   }
   d->pipe[0] = d->pipe[1] = -1;
   d->in_pipe = 0;
@@ -406,7 +433,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (!c->wr[to]) return true;
       ssize_t n = send(out, d->pending + d->pending_off, d->pending_len - d->pending_off, MSG_NOSIGNAL);
       if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) return errno == EINTR || blocked(l, c, to);
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return blocked(l, c, to);
         conn_fail(l, c, to, errno);
         return false;
       }
@@ -423,7 +451,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (!c->wr[to]) return true;
       ssize_t n = splice(d->pipe[0], NULL, out, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) return errno == EINTR || blocked(l, c, to);
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return blocked(l, c, to);
         conn_fail(l, c, to, errno);
         return false;
       }
@@ -460,8 +489,9 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       continue;
     }
     if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) {
-        if (errno == EAGAIN) c->rd[from] = false;
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        c->rd[from] = false;
         pipe_give(l, d); // empty here: nothing was read into it
         return true;
       }
@@ -474,6 +504,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     // Each buffer holds at least a byte: fewer bytes than buffers did not fill the pipe, so the
     // socket was emptied (see sl_conn.hup).
     if ((size_t)n < d->slots && !c->hup[from]) c->rd[from] = false;
+    else if ((size_t)n * 2 >= (size_t)d->slots * (size_t)l->page) pipe_grow(l, d);
   }
 }
 
@@ -1230,6 +1261,7 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
   l->report = report;
   l->ctx = ctx;
   l->reserve = -1;
+  l->page = sysconf(_SC_PAGESIZE);
   l->next_idle_check = UINT64_MAX;
   l->now_ms = monotonic_ms();
   l->epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -1,7 +1,8 @@
 // The C test of the native splice loop (native/test/splice_loop_test.c): compiled here with the
 // same flags as the addon and run, so `npm test` (and CI) fails when the loop does. Run twice:
-// with the loop's own pipe size (1 MiB), and with pipes of 2 buffers, the least the kernel gives
-// a process past fs/pipe-user-pages-soft, where a splice fills the pipe after 2 segments.
+// with the loop's own pipes (the kernel's, grown to 1 MiB for a bulk direction), and with pipes
+// of 2 buffers that never grow, the least the kernel gives a process past
+// fs/pipe-user-pages-soft, where a splice fills the pipe after 2 segments.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -14,7 +15,7 @@ const NATIVE = resolve(import.meta.dirname, '../../../native');
 
 it.skipIf(process.platform !== 'linux').each([
   ['its own pipe size', []],
-  ['pipes of 2 buffers', ['-DSL_PIPE_SIZE=8192']],
+  ['pipes of 2 buffers', ['-DSL_NEW_PIPE_SIZE=8192', '-DSL_PIPE_SIZE=0']],
 ])(
   'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding; the first flight: framing, one report across reads and records, each deadline, server-first)',
   (_name, defines) => {
