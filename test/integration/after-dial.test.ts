@@ -139,7 +139,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('after
     await sleep(150);
     const change = await adminCall(d.adminUrl, 'PUT', '/api/v1/sandboxes/sb-m/network', { mode: 'allow-all', egress: { denied_ports: [sink.port] } });
     expect(change.status).toBe(200);
-    await Promise.all(clients.map((c) => (c.closed ? null : new Promise((r) => c.once('close', r)))));
+    await Promise.all(clients.map((c) => (c.closed ? Promise.resolve() : new Promise((r) => c.once('close', r)))));
     await Promise.all(floods);
     await sleep(400);
     const all = lines();
