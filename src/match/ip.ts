@@ -289,11 +289,20 @@ export function canonicalIp(text: string): string | null {
  * IPv4 clients as ::ffff:a.b.c.d). Undefined when the text is not a strict address.
  */
 export function canonicalSource(text: string): string | undefined {
+  // Asked several times per connection (admission, the DNS memory, the upstream's addresses)
+  // about the same few texts: each text's answer is kept (bounded; started over when full).
+  const known = canonicalSources.get(text);
+  if (known !== undefined) return known === '' ? undefined : known;
   const a = parseIp(text);
-  if (a === null) return undefined;
-  if (a.family === 6 && isIPv4Mapped(a.words)) return formatIPv4(a.words[3]!);
-  return formatIp(a.family, a.words);
+  const c = a === null ? undefined : a.family === 6 && isIPv4Mapped(a.words) ? formatIPv4(a.words[3]!) : formatIp(a.family, a.words);
+  if (canonicalSources.size >= CANONICAL_SOURCES_KEPT) canonicalSources.clear();
+  canonicalSources.set(text, c ?? '');
+  return c;
 }
+
+/** canonicalSource's answers by text ('' for not an address); at most this many are kept. */
+const canonicalSources = new Map<string, string>();
+const CANONICAL_SOURCES_KEPT = 4096;
 
 export const familyBits = (family: IpFamily): number => (family === 4 ? 32 : 128);
 

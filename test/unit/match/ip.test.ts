@@ -1,7 +1,17 @@
 import { isIPv6 } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { canonicalIp, endsInNumber, formatIPv6, parseCidr, parseIPv4, parseIPv4Loose, parseIPv6, wordsToBigInt } from '../../../src/match/ip.ts';
+import {
+  canonicalIp,
+  canonicalSource,
+  endsInNumber,
+  formatIPv6,
+  parseCidr,
+  parseIPv4,
+  parseIPv4Loose,
+  parseIPv6,
+  wordsToBigInt,
+} from '../../../src/match/ip.ts';
 
 const v6 = (text: string): string | null => {
   const w = new Uint32Array(4);
@@ -138,6 +148,26 @@ describe('canonical text (RFC 5952)', () => {
         expect(wordsToBigInt(6, back)).toBe(wordsToBigInt(6, w));
       }),
       { numRuns: 1000 },
+    );
+  });
+});
+
+// canonicalSource keeps its answers per text: asked again, or after thousands of other texts
+// (the kept answers start over), it answers exactly as canonicalIp and the IPv4-mapped rule do.
+describe('canonicalSource', () => {
+  it('answers the same each time, for addresses and non-addresses, past the kept answers too', () => {
+    const texts = ['198.18.0.2', '::ffff:198.18.0.2', '2001:DB8::0:1', '2001:db8:0:0::1', 'not an address', '01.2.3.4', ''];
+    const expected = ['198.18.0.2', '198.18.0.2', '2001:db8::1', '2001:db8::1', undefined, undefined, undefined];
+    for (let round = 0; round < 3; round++) {
+      expect(texts.map((t) => canonicalSource(t))).toEqual(expected);
+      for (let i = 0; i < 5000; i++) canonicalSource(`10.${round}.${i >> 8}.${i & 255}`);
+    }
+    fc.assert(
+      fc.property(fc.oneof(fc.ipV4(), fc.ipV6(), fc.string()), (t) => {
+        const first = canonicalSource(t);
+        expect(canonicalSource(t)).toBe(first);
+        if (first !== undefined && !t.toLowerCase().startsWith('::ffff:')) expect(first).toBe(canonicalIp(t));
+      }),
     );
   });
 });
