@@ -18,10 +18,37 @@ export interface LogField<T> {
 
 /**
  * The function that builds a line from `fields`: `{ a: { b: value } }` for the field `a.b`,
- * absent ones left out. The dotted names are split once, here: building a line walks short
- * arrays, nothing parses.
+ * absent ones left out, each object made when its first present field is set (so the keys come
+ * in the table's order). The function is generated once, here, from the table: one statement
+ * per field with its path written out, so that building a line is straight-line property stores
+ * and one call per field, not a walk of the table with computed keys (3-4x faster, and a line is
+ * built per connection). Only the table's own names go into the generated text, each as a JSON
+ * string literal.
  */
 export function lineBuilder<T>(fields: readonly LogField<T>[]): (o: T) => Record<string, unknown> {
+  const body = fields
+    .map((f, i) => {
+      const path = f.name.split('.').map((p) => `[${JSON.stringify(p)}]`);
+      const parents = path.slice(0, -1).reduce((at, p) => `(${at}${p} ??= {})`, 'line');
+      return `v = f[${i}](o); if (v !== undefined && v !== null) ${parents}${path.at(-1)} = v;`;
+    })
+    .join('\n');
+  const values = fields.map((f) => f.value);
+  try {
+    // oxlint-disable-next-line typescript/no-implied-eval -- the text is made above from the field table's own names, as JSON literals
+    const make = new Function('f', `return function line(o) {\nconst line = {};\nlet v;\n${body}\nreturn line;\n};`) as (
+      f: readonly ((o: T) => unknown)[],
+    ) => (o: T) => Record<string, unknown>;
+    return make(values);
+  } catch {
+    // A process that forbids code from strings (--disallow-code-generation-from-strings): the
+    // same line, by walking the table.
+    return walkingBuilder(fields);
+  }
+}
+
+/** lineBuilder's line made by walking the table (the fallback; tests hold the two equal). */
+export function walkingBuilder<T>(fields: readonly LogField<T>[]): (o: T) => Record<string, unknown> {
   const compiled = fields.map((f) => {
     const path = f.name.split('.');
     return { parents: path.slice(0, -1), leaf: path.at(-1)!, value: f.value };

@@ -149,8 +149,19 @@ function isoTimestamp(): string {
 
 /** The `@timestamp` member of a line for the time `ms` (Date.now() clock), as every line has it. */
 export function timestampAt(ms: number): string {
-  return `,"@timestamp":"${new Date(ms).toISOString()}"`;
+  if (!Number.isInteger(ms)) return `,"@timestamp":"${new Date(ms).toISOString()}"`;
+  // Lines come many to a second: the text up to the second is made once per second.
+  const second = Math.floor(ms / 1000);
+  if (second !== stamp.second) {
+    stamp.second = second;
+    stamp.prefix = new Date(second * 1000).toISOString().slice(0, -4); // "…T03:04:05." without "000Z"
+  }
+  const frac = ms - second * 1000;
+  return `,"@timestamp":"${stamp.prefix}${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}Z"`;
 }
+
+/** The last second timestampAt wrote, and its text. */
+const stamp = { second: Number.NaN, prefix: '' };
 
 /** Connection lines are written out once this many wait (≈ 64 KiB)... */
 export const LOG_BATCH_LINES = 128;

@@ -405,7 +405,7 @@ export class Metrics {
     this.#dnsLookupsNow.clear();
     const outcomes = this.#outcomes;
     this.#outcomes = [];
-    for (const o of outcomes) this.#count(o);
+    if (outcomes.length > 0) this.#count(outcomes);
   }
 
   #later(): void {
@@ -417,22 +417,55 @@ export class Metrics {
     this.flush();
   };
 
-  #count(o: Readonly<ConnectionOutcome>): void {
+  /**
+   * Counts a batch of outcomes: each counter moved once per label set the batch holds (prom-client
+   * looks a label set up at every call), each histogram observed per connection.
+   */
+  #count(outcomes: readonly Readonly<ConnectionOutcome>[]): void {
     const m = this.instruments;
-    m.activeConnections.dec({ listener: o.listener });
-    const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason, ended_by: o.endedBy };
-    if (this.#sandboxLabel) labels['sandbox'] = o.sandbox ?? '';
-    m.connections.inc(labels);
-    m.connectionDuration.observe({ listener: o.listener, verdict: o.verdict }, o.durationMs / 1000);
-    if (o.bytesUp > 0) m.bytes.inc({ direction: 'up' }, o.bytesUp);
-    if (o.bytesDown > 0) m.bytes.inc({ direction: 'down' }, o.bytesDown);
-    if (o.peekMs !== undefined) m.peekDuration.observe({ listener: o.listener }, o.peekMs / 1000);
-    if (o.connectMs !== undefined) m.connectDuration.observe(o.connectMs / 1000);
-    if (o.dialFailure !== undefined) m.connectFailures.inc({ cause: o.dialFailure });
-    if (o.reason === 'policy-changed') m.closedByPolicyChange.inc();
-    const d = o.decided;
-    // Bounded: five layers, three verdicts, and the overlay names the operator wrote.
-    if (d !== undefined) m.ruleHits.inc({ layer: d.reason === 'protected-address' ? 'protected' : d.layer, verdict: d.verdict, rule: d.overlay?.name ?? '' });
+    const ended: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
+    const connections = new Map<string, { labels: Record<string, string>; n: number }>();
+    const failures = new Map<string, number>();
+    const hits = new Map<string, { labels: Record<string, string>; n: number }>();
+    let up = 0;
+    let down = 0;
+    let closedByPolicy = 0;
+    for (const o of outcomes) {
+      ended[o.listener]++;
+      const sandbox = this.#sandboxLabel ? (o.sandbox ?? '') : '';
+      const key = `${o.listener}\u0000${o.verdict}\u0000${o.reason}\u0000${o.endedBy}\u0000${sandbox}`;
+      const c = connections.get(key);
+      if (c !== undefined) c.n++;
+      else {
+        const labels: Record<string, string> = { listener: o.listener, verdict: o.verdict, reason: o.reason, ended_by: o.endedBy };
+        if (this.#sandboxLabel) labels['sandbox'] = sandbox;
+        connections.set(key, { labels, n: 1 });
+      }
+      m.connectionDuration.observe({ listener: o.listener, verdict: o.verdict }, o.durationMs / 1000);
+      if (o.bytesUp > 0) up += o.bytesUp;
+      if (o.bytesDown > 0) down += o.bytesDown;
+      if (o.peekMs !== undefined) m.peekDuration.observe({ listener: o.listener }, o.peekMs / 1000);
+      if (o.connectMs !== undefined) m.connectDuration.observe(o.connectMs / 1000);
+      if (o.dialFailure !== undefined) failures.set(o.dialFailure, (failures.get(o.dialFailure) ?? 0) + 1);
+      if (o.reason === 'policy-changed') closedByPolicy++;
+      const d = o.decided;
+      if (d !== undefined) {
+        // Bounded: five layers, three verdicts, and the overlay names the operator wrote.
+        const layer = d.reason === 'protected-address' ? 'protected' : d.layer;
+        const rule = d.overlay?.name ?? '';
+        const k = `${layer}\u0000${d.verdict}\u0000${rule}`;
+        const h = hits.get(k);
+        if (h !== undefined) h.n++;
+        else hits.set(k, { labels: { layer, verdict: d.verdict, rule }, n: 1 });
+      }
+    }
+    for (const listener of LISTENERS) if (ended[listener] > 0) m.activeConnections.dec({ listener }, ended[listener]);
+    for (const c of connections.values()) m.connections.inc(c.labels, c.n);
+    if (up > 0) m.bytes.inc({ direction: 'up' }, up);
+    if (down > 0) m.bytes.inc({ direction: 'down' }, down);
+    for (const [cause, n] of failures) m.connectFailures.inc({ cause }, n);
+    if (closedByPolicy > 0) m.closedByPolicyChange.inc(closedByPolicy);
+    for (const h of hits.values()) m.ruleHits.inc(h.labels, h.n);
   }
 
   /** A connection refused at accept by admission control (it has no outcome record). */

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import fc from 'fast-check';
 import { CONNECTION_FIELDS, connectionLine, connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
 import { loggerOptions } from '../../../src/observability/logger.ts';
+import { walkingBuilder } from '../../../src/observability/ecs-line.ts';
 import type { LogLine } from '../../helpers/log-line.ts';
 
 function outcome(over: Partial<ConnectionOutcome> = {}): ConnectionOutcome {
@@ -166,6 +167,16 @@ describe('CONNECTION_FIELDS', () => {
       for (const k of ['dnsNames', 'matchedBy', 'tried', 'dialFailure', 'connectMs', ...Object.keys(over)]) if (o[k] === undefined) delete o[k];
       return o as unknown as ConnectionOutcome;
     });
+
+  it('builds the same line with the generated builder and by walking the table', () => {
+    const walk = walkingBuilder(CONNECTION_FIELDS);
+    fc.assert(
+      fc.property(anyOutcome, (o) => {
+        expect(JSON.stringify(connectionLine(o))).toBe(JSON.stringify(walk(o)));
+      }),
+      { numRuns: 300 },
+    );
+  });
 
   it('writes through connectionLogger the very line pino writes, with its level, time and bindings', () => {
     fc.assert(

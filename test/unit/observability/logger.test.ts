@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
 import { connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
-import { createLogger, LOG_BATCH_LINES, LOG_FLUSH_MS } from '../../../src/observability/logger.ts';
+import { createLogger, LOG_BATCH_LINES, LOG_FLUSH_MS, timestampAt } from '../../../src/observability/logger.ts';
 
 const outcome = (sourcePort: number): ConnectionOutcome => ({
   listener: 'tls',
@@ -61,6 +61,13 @@ async function lines(n: number): Promise<string[]> {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+describe('timestampAt', () => {
+  it('writes what toISOString writes, within a second and across seconds, years and fractions', () => {
+    const at = [0, 1, 9, 10, 99, 100, 999, 1000, 1001, Date.UTC(2026, 10, 30, 23, 59, 59, 999), Date.UTC(2026, 11, 1), -1, -1001, 1.5, 253402300800000];
+    for (const ms of [...at, ...at.reverse()]) expect(timestampAt(ms)).toBe(`,"@timestamp":"${new Date(ms).toISOString()}"`);
+  });
+});
 
 describe('createLogger', () => {
   it('writes connection lines in a batch, and the batch before any other line, in order', async () => {
