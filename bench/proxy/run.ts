@@ -576,6 +576,9 @@ async function main(): Promise<void> {
   // egressd runs as npm ci ships it: bin/egressd runs dist/ only when no source is newer than
   // it, and otherwise type-strips src/ at start (≈ 25 MB more idle RSS, a slower start), as it
   // did in a checkout updated since the last build.
+  // The addons likewise: a checkout whose native/*.c changed since the last build would run the
+  // old loop (a changed call fails every connection with "bad arguments").
+  execFileSync(NODE, [join(ROOT, 'scripts/build-native.ts')], { stdio: ['ignore', 'ignore', 'inherit'] });
   execFileSync(NODE, [join(ROOT, 'scripts/build-js.ts')], { stdio: ['ignore', 'ignore', 'inherit'] });
   const load0 = loadavg()[0]!;
   const dir = mkdtempSync(join(tmpdir(), 'egressd-bench-'));

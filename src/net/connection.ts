@@ -65,7 +65,7 @@ export function handleConnection(socket: Socket, listener: ListenerKind, deps: P
  * `ticket` is admission's hold, told of the verdict and released at the end. `deps` is the
  * daemon's, the same for every connection.
  */
-export async function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps, source?: string, ticket?: AdmissionTicket): Promise<void> {
+export function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps, source?: string, ticket?: AdmissionTicket): Promise<void> {
   const config = deps.config();
   const startedAt = Date.now();
   const deadline = startedAt + config.peek.timeoutMs;
@@ -91,16 +91,24 @@ export async function handleClient(socket: ClientSide, listener: ListenerKind, d
   };
   const live = deps.registry.add(new LiveConnection(o, ticket));
 
-  try {
-    await run(socket, listener, deps, config, deadline, o, live);
-  } catch (err) {
-    o.verdict = 'error';
-    o.reason = 'internal-error';
-    o.endedBy = 'egressd';
-    o.end = err instanceof Error ? err.message : String(err);
-    socket.reset();
-  }
-  o.durationMs = Date.now() - startedAt;
+  // Chained, not awaited, as run's dial is: a held connection keeps no suspended frame of this
+  // function (issue 12: RSS per held connection).
+  return run(socket, listener, deps, config, deadline, o, live).then(
+    () => ended(deps, o, live, ticket),
+    (err: unknown) => {
+      o.verdict = 'error';
+      o.reason = 'internal-error';
+      o.endedBy = 'egressd';
+      o.end = err instanceof Error ? err.message : String(err);
+      socket.reset();
+      ended(deps, o, live, ticket);
+    },
+  );
+}
+
+/** The connection is over: its duration, its verdict counted, admission's hold and the registry's entry let go, its outcome emitted. */
+function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, ticket: AdmissionTicket | undefined): void {
+  o.durationMs = Date.now() - o.startedAt;
   // Each connection counts once, for the verdict that last applied to it.
   if (o.decided !== undefined) countVerdict(o.decided);
   ticket?.release();
