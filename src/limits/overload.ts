@@ -51,6 +51,8 @@ export interface MemorySample {
 }
 
 const HYSTERESIS = 0.05;
+/** New connections since the last sample before one at accept may resample (sheddingNow). */
+const SAMPLE_BURST = 32;
 /**
  * The shortest time between two shrinks while shedding. A shrink that gave back less than
  * SHRINK_WORTHWHILE of the limit doubles the wait, up to SHRINK_EVERY_MAX_MS: the memory is in
@@ -202,6 +204,8 @@ export class MemoryGuard {
   #last: MemorySample;
   #shedding = false;
   #sampledAt = 0;
+  /** sheddingNow's calls since the last sample. */
+  #askedSince = 0;
   #shrunkAt = 0;
   #youngHeld = false;
   #shrinkPending = false;
@@ -286,16 +290,21 @@ export class MemoryGuard {
   }
 
   /**
-   * Whether new connections are shed, resampling first when the last sample is older than
-   * `maxAgeMs`: a flood can climb faster than the timer looks.
+   * Whether new connections are shed (asked once per new connection), resampling first when
+   * `burst` connections were asked about since the last sample and it is older than `maxAgeMs`:
+   * a flood can climb faster than the timer looks. Memory grows with the connections taken on,
+   * so fewer than `burst` of them cannot move it far between the timer's samples; a sample (a few
+   * files read, tens of µs) is then not paid every 50 ms by a steady trickle of connections.
    */
-  sheddingNow(maxAgeMs = 50): boolean {
+  sheddingNow(maxAgeMs = 50, burst = SAMPLE_BURST): boolean {
+    if (++this.#askedSince < burst) return this.#shedding;
     return Date.now() - this.#sampledAt > maxAgeMs ? this.refresh() : this.#shedding;
   }
 
   /** Samples now and updates the shedding state; returns whether new connections are shed. */
   refresh(): boolean {
     this.#sampledAt = Date.now();
+    this.#askedSince = 0;
     this.#last = this.sample();
     this.#holdYoungGeneration(this.#sizedAboveLimit());
     const p = this.#last.pressure;

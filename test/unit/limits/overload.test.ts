@@ -61,6 +61,23 @@ describe('MemoryGuard', () => {
     expect(changes).toEqual([true, false]);
   });
 
+  it('resamples at accept only after a burst of new connections and once the last sample is stale', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
+    const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    g.refresh();
+    writeFileSync(current, String(95 << 20));
+    await new Promise((r) => setTimeout(r, 60));
+    // Stale, but a trickle of connections: the last sample stands (the timer resamples).
+    for (let i = 0; i < 30; i++) expect(g.sheddingNow(50, 32)).toBe(false);
+    // The burst's next connection resamples and sheds.
+    expect(g.sheddingNow(50, 32)).toBe(false);
+    expect(g.sheddingNow(50, 32)).toBe(true);
+    // Fresh again: a burst within maxAgeMs does not resample.
+    writeFileSync(current, String(50 << 20));
+    for (let i = 0; i < 40; i++) expect(g.sheddingNow(50, 32)).toBe(true);
+  });
+
   it('shrinks the heap once shedding starts, after the pending accepts, then at most once a second, and never while not shedding', async () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
     const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
