@@ -172,6 +172,16 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
     expect(await lineOf()).toMatchObject({ reason: 'peek-closed', lines: 1 });
   });
 
+  it('ends a half hello followed by a reset as peek-closed, nothing upstream', async () => {
+    await client('127.0.0.21', d!.port('tls'), async (s) => {
+      s.write(HELLO_OK.subarray(0, 40));
+      await sleep(80);
+      s.resetAndDestroy();
+    });
+    expect(up.received).toEqual([]);
+    expect(await lineOf()).toMatchObject({ reason: 'peek-closed', lines: 1 });
+  });
+
   it('times a record header announcing 16 KiB out at the peek deadline (never a stall), nothing upstream', async () => {
     const t0 = Date.now();
     await client('127.0.0.21', d!.port('tls'), async (s) => {
