@@ -83,7 +83,9 @@ describe('the egressd process', () => {
     expect((await api(admin, 'DELETE', '/api/v1/sandboxes/sb-api')).status).toBe(204);
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-api')).status).toBe(404);
     expect((await request(`${admin}/healthz`)).statusCode).toBe(200);
-    // Every change was logged with who made it and digests, and the token never was.
+    // Every change was logged with who made it and digests, and the token never was. The log is
+    // written asynchronously: the last line may reach the pipe after the API's answer.
+    await d.waitFor((l) => action(l) === 'policy-change' && l['action'] === 'delete');
     const changes = d.lines.filter((l) => action(l) === 'policy-change');
     expect(changes.map((c) => `${c['action']} ${c['id']}`)).toEqual(['put sb-api', 'delete sb-api']);
     expect(changes[0]).toMatchObject({ source: 'api', before: null });
