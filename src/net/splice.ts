@@ -136,6 +136,15 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       bytesUp += o.initial.length;
       upstreamReady = upstream.write(o.initial);
     }
+    // A FIN that came before the splice listened: a paused socket whose bytes were all taken (the
+    // peek) still emits 'end' (net.js reads the EOF at once), so a client that sent its request
+    // and its FIN together had its FIN dropped and the upstream waited for it until the idle
+    // timeout. Passed on after `initial`, as it came.
+    for (const [fromSide, from, to] of [['client', client, upstream] as const, ['upstream', upstream, client] as const]) {
+      if (!from.readableEnded) continue;
+      firstFin ??= fromSide;
+      if (!to.destroyed && !to.writableEnded) to.end();
+    }
     // An upstream that has not yet taken the peeked bytes gets nothing more until it drains.
     if (upstreamReady) client.resume();
     upstream.resume();

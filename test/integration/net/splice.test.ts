@@ -190,6 +190,19 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     if (p === 'native') expect(nativeSpliceStatus()).toMatchObject({ ok: true });
   });
 
+  // A client that sends its request and its FIN together (`printf … | nc -N`): the peek takes
+  // every byte, and the paused socket emits 'end' before the splice listens for it.
+  it('passes on a FIN that came with the peeked bytes, before the splice began', async () => {
+    const r = await rig({ peekBytes: 64, beforeSplice: (s) => (s.readableEnded ? Promise.resolve() : new Promise((ok) => s.once('end', () => ok()))) });
+    const flight = randomBytes(64);
+    r.client.end(flight);
+    const up = await r.upstream;
+    const got = await Promise.race([collect(up), new Promise<null>((ok) => setTimeout(() => ok(null), 3000))]);
+    expect(got?.equals(flight)).toBe(true);
+    up.end();
+    expect(await r.result).toMatchObject({ bytesUp: 64, end: 'closed' });
+  });
+
   it('sends the peeked bytes upstream first, byte for byte, then the rest of the stream', async () => {
     const r = await rig({ peekBytes: 256 });
     const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
