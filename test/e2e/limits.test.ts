@@ -69,7 +69,8 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     expect(r.flood!['recoveryMs']).not.toBeNull();
   }, 120_000);
 
-  // The memory cgroup's limit is egressd's usage once started (about 60 MiB here) plus HEADROOM:
+  // The memory cgroup's limit is egressd's usage serving at rest (after one quiet round of sandbox 2's
+  // traffic; about 45-50 MiB here) plus HEADROOM:
   // less than the flood would hold (12,000 connections, some 5,300 of them held open). Sandbox 1
   // is unlimited, so only the memory guard at its defaults (shedAt 0.8) stands between the flood
   // and the OOM killer. The limit is set after start, as an in-place resize does, so V8 never
@@ -77,7 +78,7 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
   // back, or shedding outlives the flood (src/limits/overload.ts). Measured over 3 runs: peak
   // 0.83–0.85 of the limit, 1,552–3,972 connections shed, no critical reset, no OOM kill.
   it.skipIf(memoryCgroupDir() === null)(
-    `in a memory cgroup ${HEADROOM / 1_048_576} MiB above idle, at the default shedAt, sheds with overload and is never OOM-killed`,
+    `in a memory cgroup ${HEADROOM / 1_048_576} MiB above its serving baseline, at the default shedAt, sheds with overload and is never OOM-killed`,
     async () => {
       const r = await floodScenario(rig, {
         flood: { count: 12_000, holdMs: 10_000 },
