@@ -203,6 +203,17 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(await r.result).toMatchObject({ bytesUp: 64, end: 'closed' });
   });
 
+  it("passes on the upstream's FIN that came before the splice began", async () => {
+    const r = await rig({ beforeSplice: () => new Promise((ok) => setTimeout(ok, 150)) });
+    const up = await r.upstream;
+    // No byte with it: the paused socket's buffer is empty, so its 'end' comes at once.
+    up.end();
+    const got = await Promise.race([collect(r.client), new Promise<null>((ok) => setTimeout(() => ok(null), 3000))]);
+    expect(got?.length).toBe(0);
+    r.client.end();
+    expect(await r.result).toMatchObject({ bytesDown: 0, end: 'closed' });
+  });
+
   it('sends the peeked bytes upstream first, byte for byte, then the rest of the stream', async () => {
     const r = await rig({ peekBytes: 256 });
     const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
