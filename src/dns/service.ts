@@ -133,24 +133,33 @@ export class DnsService {
       answered = hit.answered;
       ageS = hit.ageS;
     } else {
+      // The in-flight bounds count upstream queries: a question already on its way upstream is
+      // joined (#fetch), costs the resolver nothing more, and is bounded by the rate limit it
+      // passed above. Counting its waiters too refused a flood's repeats of one name while the
+      // name's first query was out, tokens already spent, before the answer could be cached.
+      const joins = this.#pending.has(answerKey);
       const limits = config.dns.limits;
       const held = this.#inflightBy.get(key) ?? 0;
-      if (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal) {
+      if (!joins && (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal)) {
         this.#count('inflight-limited', q.type, false);
         logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: 'inflight-limited' });
         return refusalResponse(q, 'REFUSED');
       }
-      this.#inflightBy.set(key, held + 1);
-      this.#inflight++;
+      if (!joins) {
+        this.#inflightBy.set(key, held + 1);
+        this.#inflight++;
+      }
       const started = performance.now();
       let r: Answered | { failed: string };
       try {
         r = await this.#fetch(answerKey, q);
       } finally {
-        const left = (this.#inflightBy.get(key) ?? 1) - 1;
-        if (left <= 0) this.#inflightBy.delete(key);
-        else this.#inflightBy.set(key, left);
-        this.#inflight--;
+        if (!joins) {
+          const left = (this.#inflightBy.get(key) ?? 1) - 1;
+          if (left <= 0) this.#inflightBy.delete(key);
+          else this.#inflightBy.set(key, left);
+          this.#inflight--;
+        }
       }
       upstreamMs = performance.now() - started;
       if ('failed' in r) {

@@ -83,6 +83,14 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     // sb-a holds its two: a third is refused here, not forwarded.
     expect(await dig(A, 's3.slow.test', 'A')).toMatch(/status: REFUSED/);
     expect(upstream.count('s3.slow.test', 'A')).toBe(0);
+    // A question already on its way upstream is joined, not refused: it costs the resolver
+    // nothing more (the silent upstream leaves dig to time out, where the bound said REFUSED).
+    const asked = upstream.count('s1.slow.test', 'A');
+    // (dig exits non-zero when it times out; what it printed is in the error either way.)
+    const joined = await dig(A, 's1.slow.test', 'A', '+tries=1', '+time=1').catch((e: Error & { stdout?: string }) => `${e.message}\n${e.stdout ?? ''}`);
+    expect(joined).not.toMatch(/status: REFUSED/);
+    expect(joined).toMatch(/timed out|no servers could be reached/);
+    expect(upstream.count('s1.slow.test', 'A')).toBe(asked);
     // sb-b may still ask: that takes the total to its bound of three.
     leave(B, 's3.slow.test');
     await reached('s3.slow.test');
