@@ -15,9 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, connectionFields } from '../helpers/log-line.ts';
-import { E2E_PORTS, MAIN, NODE, writeConfig } from '../helpers/e2e-daemon.ts';
+import { E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const PORTS = { ...E2E_PORTS, dns: 15053 };
 const SLOW = '198.18.1.9'; // slow.test: its first SYN is dropped
@@ -124,7 +124,7 @@ describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judge
   describe.each(PATHS)('on $name', ({ env, plane }) => {
     let daemon: DaemonProcess;
     beforeAll(async () => {
-      daemon = await watchDaemon(rig.spawnIn('router', NODE, [MAIN, 'serve', '--config', configFile], { env }));
+      daemon = await serveIn(rig, 'router', configFile, env);
       expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
     });
     afterAll(async () => {

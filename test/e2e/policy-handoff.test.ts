@@ -16,9 +16,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, field } from '../helpers/log-line.ts';
-import { E2E_PORTS, MAIN, NODE, ROOT, writeConfig } from '../helpers/e2e-daemon.ts';
+import { E2E_PORTS, NODE, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const CUT = ['198.18.1.7', '198.18.1.8'];
 const KEEP = '198.18.1.6';
@@ -73,7 +73,7 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
   describe.each(PATHS)('on $name', ({ env, plane }) => {
     let daemon: DaemonProcess;
     beforeAll(async () => {
-      daemon = await watchDaemon(rig.spawnIn('router', NODE, [MAIN, 'serve', '--config', configFile], { env }));
+      daemon = await serveIn(rig, 'router', configFile, env);
       expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
     });
     afterAll(async () => {

@@ -24,7 +24,10 @@ export function writeConfig(dir: string, config: unknown): string {
   return file;
 }
 
-/** Starts `egressd serve --config <file>` in namespace `ns`; resolves once it logs `started`. */
-export function serveIn(rig: Rig, ns: RigNamespace, configFile: string): Promise<DaemonProcess> {
-  return watchDaemon(rig.spawnIn(ns, NODE, [MAIN, 'serve', '--config', configFile]));
+/**
+ * Starts `egressd serve --config <file>` in namespace `ns`, with `env` added to its environment
+ * (e.g. EGRESSD_DATA_PLANE to pick a data path); resolves once it logs `started`.
+ */
+export function serveIn(rig: Rig, ns: RigNamespace, configFile: string, env?: Record<string, string>): Promise<DaemonProcess> {
+  return watchDaemon(rig.spawnIn(ns, NODE, [MAIN, 'serve', '--config', configFile], env ? { env } : undefined));
 }
