@@ -23,7 +23,7 @@ COPY package.json package-lock.json ./
 # is installed for the compile, then pruned, so no dev dependency reaches the final stage.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts/build-native.ts scripts/build-js.ts scripts/
+COPY scripts/build-native.ts scripts/build-js.ts scripts/build-stamp.ts scripts/native-flags.ts scripts/
 COPY native/*.c native/*.h native/
 COPY src ./src
 RUN CC=gcc node scripts/build-native.ts \

@@ -6,6 +6,8 @@ import { defineConfig } from 'vitest/config';
 // root, and runs one file at a time.
 export default defineConfig({
   test: {
+    // Rebuilds native/build and dist/ when a pull changed their sources (cheap when nothing did).
+    globalSetup: ['test/global-setup.ts'],
     coverage: {
       provider: 'v8',
       // The parsers and the pure policy core, measured by the unit stage alone: they must be

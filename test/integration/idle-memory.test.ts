@@ -8,10 +8,8 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
-import { runProcess } from '../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const NODE = join(ROOT, 'node_modules/.bin/node');
 const MiB = 1024 * 1024;
 
 function rssBytes(pid: number): number {
@@ -27,9 +25,7 @@ describe.runIf(process.platform === 'linux')('idle memory', () => {
   });
 
   it('holds at most 60 MiB of RSS once started, and still serves the API and /metrics', async () => {
-    // build-js does nothing when dist/ is newer than src/ (npm ci built it).
-    const built = await runProcess(NODE, [join(ROOT, 'scripts/build-js.ts')], { timeoutMs: 180_000 });
-    expect(built.code, built.stderr).toBe(0);
+    // dist/ is current: test/global-setup.ts rebuilt it if src/ changed since npm ci.
     a = await startApiDaemon(
       {
         sandboxes: [

@@ -132,6 +132,15 @@ describe('Dockerfile', () => {
     expect(/build-native\.ts/.test(r) || !/--ignore-scripts/.test(r)).toBe(true);
   });
 
+  it('copies every script the build stage runs together with the scripts those import', () => {
+    const copied = new Set(all(build, 'COPY').flatMap((a) => copyOf(a).sources));
+    const scripts = [...copied].filter((s) => s.startsWith('scripts/'));
+    expect(scripts).toContain('scripts/build-native.ts');
+    for (const s of scripts) {
+      for (const m of read(s).matchAll(/^import [^;]*? from '\.\/([\w.-]+)';/gm)) expect(copied.has(`scripts/${m[1]!}`), `${s} imports ./${m[1]!}`).toBe(true);
+    }
+  });
+
   it('runs as a non-root numeric user', () => {
     const users = all(final, 'USER');
     expect(users.length).toBeGreaterThan(0);
