@@ -2,14 +2,15 @@
 // rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
 // origin and the clients in child processes, so this process's main thread runs egressd alone.
 //
-//   node bench/conn-js.ts [--count 2000] [--clients 1] [--setup native|node] [--prof DIR]
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--setup native|node] [--prof DIR] [--heap-prof DIR]
 //
 // Each client loops: connect, the raw workload's first flight (a ClientHello naming
 // raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
 // Printed: the main thread's CPU µs per connection (process.threadCpuUsage, user + system, so the
 // kernel work the thread does is in), the whole process's, and connections/s (meaningless on a
 // busy machine). `--prof DIR` writes a V8 CPU profile of the measured part (inspector), to read
-// with inclusive time ÷ connections. Loopback has no REDIRECT: the original destination is the
+// with inclusive time ÷ connections; `--heap-prof DIR` a sampling heap profile of every allocation
+// (collected ones included), to read as bytes ÷ connections. Loopback has no REDIRECT: the original destination is the
 // origin, given as the daemon's originalDst (as test/helpers/loopback-daemon.ts does), and the
 // dial is `original` (no DNS). Bounded by --count and a 120 s timer.
 
@@ -18,7 +19,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
+import { getHeapStatistics } from 'node:v8';
 import { validateConfig } from '../src/config/schema.ts';
 import { Daemon } from '../src/daemon.ts';
 import { createLogger } from '../src/observability/logger.ts';
@@ -30,6 +33,7 @@ const { values: args } = parseArgs({
     clients: { type: 'string', default: '1' },
     setup: { type: 'string', default: 'native' },
     prof: { type: 'string' },
+    'heap-prof': { type: 'string' },
     child: { type: 'string' },
     port: { type: 'string' },
   },
@@ -109,22 +113,53 @@ async function main(): Promise<void> {
       return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
     };
     await run(200); // warm-up: JIT, caches
-    const session = args.prof !== undefined ? new Session() : null;
-    if (session) {
-      session.connect();
+    // The main thread's CPU while no connection arrives (timers, monitors): a cost per second,
+    // which a workload of fewer connections per second (TLS) pays more of per connection.
+    const idle0 = process.threadCpuUsage();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const idle = process.threadCpuUsage(idle0);
+    const session = args.prof !== undefined || args['heap-prof'] !== undefined ? new Session() : null;
+    if (session) session.connect();
+    if (session && args.prof !== undefined) {
       await session.post('Profiler.enable');
       await session.post('Profiler.start');
+    }
+    if (session && args['heap-prof'] !== undefined) {
+      // Every allocation sampled, the collected ones included: what a connection allocates, not what stays.
+      await session.post('HeapProfiler.enable');
+      await session.post('HeapProfiler.startSampling', {
+        samplingInterval: 256,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: true,
+      });
     }
     const count = Number(args.count);
     const t0 = performance.now();
     const reports0 = { ...daemon.nativeSetup?.reports };
+    // Garbage collections during the measured part, by kind (scavenges: the young generation).
+    const gcs = { scavenge: 0, other: 0 };
+    const gcObserver = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) gcs[(e as { detail?: { kind?: number } }).detail?.kind === 1 ? 'scavenge' : 'other']++;
+    });
+    gcObserver.observe({ entryTypes: ['gc'] });
+    const allocated0 = getHeapStatistics().total_allocated_bytes;
     const main0 = process.threadCpuUsage();
     const all0 = process.cpuUsage();
     const { errors } = await run(count);
     const main = process.threadCpuUsage(main0);
     const all = process.cpuUsage(all0);
+    const allocated = getHeapStatistics().total_allocated_bytes - allocated0;
+    await new Promise((resolve) => setImmediate(resolve));
+    gcObserver.disconnect();
     const seconds = (performance.now() - t0) / 1000;
-    if (session) {
+    if (session && args['heap-prof'] !== undefined) {
+      const { profile } = await session.post('HeapProfiler.stopSampling');
+      mkdirSync(args['heap-prof'], { recursive: true });
+      const file = join(args['heap-prof'], `conn-js-${Date.now()}.heapprofile`);
+      writeFileSync(file, JSON.stringify(profile));
+      console.error(`heap profile: ${file}`);
+    }
+    if (session && args.prof !== undefined) {
       const { profile } = await session.post('Profiler.stop');
       mkdirSync(args.prof!, { recursive: true });
       const file = join(args.prof!, `conn-js-${Date.now()}.cpuprofile`);
@@ -143,6 +178,12 @@ async function main(): Promise<void> {
         mainSystemUs: Math.round((main.system / count) * 10) / 10,
         processUsPerConn: per(all),
         connPerSecond: Math.round(count / seconds),
+        idleMainUsPerSecond: Math.round((idle.user + idle.system) / 2),
+        // V8 heap bytes this process allocated per connection (the clients are other processes),
+        // and the garbage collections per 1,000 connections.
+        heapBytesPerConn: Math.round(allocated / count),
+        scavengesPer1000: Math.round((gcs.scavenge / count) * 10_000) / 10,
+        otherGcsPer1000: Math.round((gcs.other / count) * 10_000) / 10,
         // What crossed from the loops to JavaScript, per connection, by kind (native set-up).
         reportsPerConn: Object.fromEntries(
           Object.entries(daemon.nativeSetup?.reports ?? {}).map(([k, v]) => [

@@ -21,7 +21,7 @@
 //   rss     the process's resident set over `limits.memory.maxBytes`, when set
 //   heap    V8's used heap over its heap_size_limit (--max-old-space-size)
 
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { getHeapSpaceStatistics, getHeapStatistics, setFlagsFromString } from 'node:v8';
@@ -173,24 +173,74 @@ export function cgroupChain(root = '/sys/fs/cgroup', procCgroup = '/proc/self/cg
   return out;
 }
 
-function readNumber(file: string): number | null {
-  try {
-    const t = readFileSync(file, 'utf8').trim();
-    if (t === 'max') return null;
+/**
+ * One cgroup file, read again on every sample (a limit can change while egressd runs) through a
+ * descriptor kept open: pread(2) at offset 0 re-reads a cgroup file as a fresh open does, and a
+ * sample costs one system call a file rather than readFileSync's open, fstat, read, read and
+ * close (the guard samples up to every 50 ms under a flood; issue 12). A file that cannot be
+ * opened (absent, EMFILE) is tried again at the next sample; an absent one (the root cgroup has
+ * no memory.max) is found so by stat(2), without the cost of an exception.
+ */
+class CgroupFile {
+  readonly #path: string;
+  #fd = -1;
+  #buf = Buffer.allocUnsafe(256);
+
+  constructor(path: string) {
+    this.#path = path;
+  }
+
+  /** The file's whole text, or null when it cannot be read. */
+  text(): string | null {
+    try {
+      if (this.#fd < 0) {
+        if (statSync(this.#path, { throwIfNoEntry: false }) === undefined) return null;
+        this.#fd = openSync(this.#path, 'r');
+      }
+      for (;;) {
+        const n = readSync(this.#fd, this.#buf, 0, this.#buf.length, 0);
+        // A file that filled the buffer may hold more (memory.stat): read it again, whole.
+        if (n < this.#buf.length) return this.#buf.toString('latin1', 0, n);
+        this.#buf = Buffer.allocUnsafe(this.#buf.length * 4);
+      }
+    } catch {
+      this.close();
+      return null;
+    }
+  }
+
+  /** The file's number ("max" and unreadable: null). */
+  number(): number | null {
+    const t = this.text()?.trim();
+    if (t === undefined || t === 'max') return null;
     const n = Number(t);
     return Number.isFinite(n) ? n : null;
-  } catch {
-    return null;
+  }
+
+  close(): void {
+    if (this.#fd >= 0) {
+      try {
+        closeSync(this.#fd);
+      } catch {
+        // already gone
+      }
+    }
+    this.#fd = -1;
   }
 }
 
-function inactiveFile(dir: string, key: string): number {
-  try {
-    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(readFileSync(join(dir, 'memory.stat'), 'utf8'));
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
+/** One cgroup of the chain: its limit, its usage, and its memory.stat with the inactive page cache's key. */
+interface CgroupFiles {
+  readonly max: CgroupFile;
+  readonly current: CgroupFile;
+  readonly stat: CgroupFile;
+  readonly inactive: RegExp;
+}
+
+function inactiveFile(c: CgroupFiles): number {
+  const t = c.stat.text();
+  const m = t === null ? null : c.inactive.exec(t);
+  return m ? Number(m[1]) : 0;
 }
 
 export class MemoryGuard {
@@ -199,7 +249,7 @@ export class MemoryGuard {
    * The process's cgroups (own and ancestors). Their limits are read on every sample, not once:
    * a limit can be set or resized while egressd runs (Kubernetes' in-place resize).
    */
-  readonly #chain: { dir: string; maxFile: string; current: string; inactive: string }[] = [];
+  readonly #chain: CgroupFiles[] = [];
   #timer: NodeJS.Timeout | null = null;
   #last: MemorySample;
   #shedding = false;
@@ -224,11 +274,17 @@ export class MemoryGuard {
     this.#onChange = onChange;
     this.#onCritical = onCritical;
     this.#onShrink = onShrink;
+    const files = (dir: string, max: string, current: string, inactive: string): CgroupFiles => ({
+      max: new CgroupFile(join(dir, max)),
+      current: new CgroupFile(join(dir, current)),
+      stat: new CgroupFile(join(dir, 'memory.stat')),
+      inactive: new RegExp(`^${inactive} (\\d+)$`, 'm'),
+    });
     for (const dir of cgroupChain(opts.cgroupRoot, opts.procCgroup)) {
-      this.#chain.push({ dir, maxFile: 'memory.max', current: 'memory.current', inactive: 'inactive_file' });
+      this.#chain.push(files(dir, 'memory.max', 'memory.current', 'inactive_file'));
     }
     for (const dir of cgroupChain(opts.cgroupRoot, opts.procCgroup, true)) {
-      this.#chain.push({ dir, maxFile: 'memory.limit_in_bytes', current: 'memory.usage_in_bytes', inactive: 'total_inactive_file' });
+      this.#chain.push(files(dir, 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file'));
     }
     this.#last = this.sample();
   }
@@ -261,12 +317,12 @@ export class MemoryGuard {
     let ws: number | null = null;
     let limit: number | null = null;
     for (const l of this.#chain) {
-      const max = readNumber(join(l.dir, l.maxFile));
+      const max = l.max.number();
       // cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages); v2 as "max".
       if (max === null || max >= 2 ** 60) continue;
-      const current = readNumber(join(l.dir, l.current));
+      const current = l.current.number();
       if (current === null) continue;
-      const w = Math.max(0, current - inactiveFile(l.dir, l.inactive));
+      const w = Math.max(0, current - inactiveFile(l));
       const p = w / max;
       if (limit === null || p > pressure) {
         ws = w;
@@ -390,5 +446,6 @@ export class MemoryGuard {
   stop(): void {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+    for (const c of this.#chain) for (const f of [c.max, c.current, c.stat]) f.close();
   }
 }

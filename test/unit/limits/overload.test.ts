@@ -61,6 +61,26 @@ describe('MemoryGuard', () => {
     expect(changes).toEqual([true, false]);
   });
 
+  it('reads each file again on every sample: a limit set later, a value rewritten shorter, a long memory.stat', () => {
+    const t = tree({ parentMax: 'max', childMax: 'max', childCurrent: String(50 << 20) });
+    const child = join(t.root, 'parent.slice/egressd.scope');
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    expect(g.cgroupLimitBytes).toBeNull();
+    // A limit set while running (Kubernetes' in-place resize), on the root too, where the file was absent.
+    writeFileSync(join(child, 'memory.max'), String(1 << 30));
+    writeFileSync(join(t.root, 'memory.max'), String(100 << 20));
+    writeFileSync(join(t.root, 'memory.current'), String(91 << 20));
+    expect(g.refresh()).toBe(true);
+    expect(g.last.cgroupLimitBytes).toBe(100 << 20);
+    // Shorter text than before: no stale digits left over from the longer one.
+    writeFileSync(join(t.root, 'memory.current'), '7');
+    // The inactive page cache far past the first bytes of memory.stat.
+    writeFileSync(join(child, 'memory.stat'), `${Array.from({ length: 200 }, (_, i) => `key_${i} ${i}`).join('\n')}\ninactive_file ${40 << 20}\n`);
+    expect(g.refresh()).toBe(false);
+    expect(g.last.cgroupWorkingSetBytes).toBe(10 << 20);
+    g.stop();
+  });
+
   it('resamples at accept only after a burst of new connections and once the last sample is stale', async () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
     const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
