@@ -2,7 +2,7 @@
 // traffic iptables sends to the proxy under test). One measurement per run, printed as one JSON
 // line on stdout. Bounded: every mode stops by count or by time.
 //
-//   raw-bulk BYTES            one raw connection downloading BYTES → { bytes, seconds }
+//   raw-bulk BYTES            one raw connection downloading BYTES → { bytes, seconds, cpu } (cpu: this client's CPU seconds)
 //   raw-conn CLIENTS MS       CLIENTS loops of connect / first flight / 2-byte reply / close, for MS
 //   tls-conn CLIENTS MS CA    the same with a full TLS handshake and GET /tiny (no resumption)
 //   hold N                    N raw connections held open; prints {"held":N} then waits for stdin to close
@@ -120,8 +120,10 @@ switch (mode) {
   case 'raw-bulk': {
     const n = Number(a);
     const t = performance.now();
+    const cpu0 = process.cpuUsage();
     const got = await rawOnce('D', n);
-    out({ bytes: got, seconds: (performance.now() - t) / 1000 });
+    const cpu = process.cpuUsage(cpu0);
+    out({ bytes: got, seconds: (performance.now() - t) / 1000, cpu: (cpu.user + cpu.system) / 1e6 });
     break;
   }
   case 'raw-conn':

@@ -1,6 +1,7 @@
 // The raw origin of the side-by-side benchmark (bench/proxy/run.ts starts it in the upstream
 // namespace): reads a first flight (wire.ts) and serves its command. Prints "listening" once
-// bound. Every socket is closed when the process is killed.
+// bound. Every socket is closed when the process is killed. An optional argument is a second port
+// it also serves (run.ts's kernel DNAT column rewrites port 443 to it).
 
 import { createServer, type Socket } from 'node:net';
 import { PORT, RAW_ORIGIN, requestLength } from './wire.ts';
@@ -41,5 +42,9 @@ function serve(s: Socket): void {
   s.on('data', onData);
 }
 
-const server = createServer({ allowHalfOpen: true }, serve);
-server.listen({ host: RAW_ORIGIN, port: PORT, backlog: 4096 }, () => process.stdout.write('listening\n'));
+const ports = [PORT, ...process.argv.slice(2).map(Number)];
+let listening = 0;
+for (const port of ports)
+  createServer({ allowHalfOpen: true }, serve).listen({ host: RAW_ORIGIN, port, backlog: 4096 }, () => {
+    if (++listening === ports.length) process.stdout.write('listening\n');
+  });

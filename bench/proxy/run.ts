@@ -3,7 +3,7 @@
 // run, rounds interleaved (the column order rotates each round), medians reported.
 //
 //   sudo bash bench/proxy/setup.sh      # once: nginx, its stream module, HAProxy, dnsmasq, curl
-//   npm run bench:proxy                 # ≈ 7 min, alone on the machine; rewrites bench/RESULTS.md's section
+//   npm run bench:proxy                 # ≈ 8 min, alone on the machine; rewrites bench/RESULTS.md's section
 //   npm run bench:proxy -- --smoke      # ≈ 1 min, tiny sizes: checks the harness, figures meaningless
 //
 // Topology (test/helpers/netns-rig.ts): a client namespace routed through a router namespace to
@@ -17,6 +17,14 @@
 // Each proxy runs twice: one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, egressd
 // one data-plane thread) and one worker per core. Proxy CPU is user+system time of the proxy's
 // whole process tree (/proc/PID/stat); RSS is the tree's VmRSS.
+//
+// Two floor columns, bulk workloads only, say what the rig allows before any proxy's own cost:
+// "kernel DNAT" (no proxy process: the router DNATs port 443 to the origins' second port, 8443,
+// so the path is Direct's plus conntrack's NAT rewrite, one TCP connection) and "splice floor"
+// (bench/proxy/splice-floor.c, built here with cc: the least a userspace proxy does, REDIRECT,
+// SO_ORIGINAL_DST, a second TCP connection, blocking splice(2) through a 1 MiB pipe, a thread per
+// direction). Direct ÷ kernel DNAT is what NAT costs; splice floor ÷ Direct is the best bulk
+// ratio any proxy can reach here; egressd ÷ splice floor is what egressd's loop costs on top.
 //
 // Bounded: a run stops starting new measurements after 9 minutes and reports what it has.
 
@@ -48,21 +56,26 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     workloads: { type: 'string' },
     'no-write': { type: 'boolean', default: false },
+    // The bulk transfers' size in MiB (default 1024), for a quicker look at the data phase.
+    'bulk-mib': { type: 'string' },
   },
   strict: true,
 });
 const smoke = args.smoke === true;
 const P = smoke ? { rounds: 1, bulkBytes: 64 << 20, connMs: 500, held: 300 } : { rounds: 3, bulkBytes: 1 << 30, connMs: 2000, held: HELD };
 if (args.rounds !== undefined) P.rounds = Number(args.rounds);
+if (args['bulk-mib'] !== undefined) P.bulkBytes = Number(args['bulk-mib']) * 2 ** 20;
 const started = Date.now();
 const overBudget = (): boolean => Date.now() - started > BUDGET_MS;
 
 // ---- columns --------------------------------------------------------------------------------
 
 type Product = 'nginx' | 'haproxy' | 'egressd';
+/** The floor columns (bulk only): the kernel forwarding with DNAT, and a minimal splice proxy. */
+type Floor = 'dnat' | 'floor';
 interface Column {
   readonly key: string;
-  readonly product: Product | 'direct';
+  readonly product: Product | Floor | 'direct';
   readonly workers: 'one' | 'per-core';
   readonly port: number;
   /** egressd's admin port (its /metrics), set when the column starts. */
@@ -80,7 +93,16 @@ const columns: Column[] = [{ key: 'direct', product: 'direct', workers: 'one', p
       columns.push({ key: `${product}-${workers}`, product, workers, port: port++, stderr: '' });
     }
   }
+  for (const product of ['dnat', 'floor'] as const) {
+    if (args.only !== undefined && !args.only.split(',').includes(product)) continue;
+    columns.push({ key: product, product, workers: 'one', port: port++, stderr: '' });
+  }
 }
+/** The workloads a floor column runs: it says nothing about connection set-up or memory. */
+const FLOOR_WORKLOADS = ['tls-bulk', 'raw-bulk'];
+const isFloor = (c: Column): boolean => c.product === 'dnat' || c.product === 'floor';
+/** The origins' second port, for the kernel DNAT column (a DNAT to the same port would rewrite nothing). */
+const DNAT_PORT = 8443;
 
 // ---- process accounting ---------------------------------------------------------------------
 
@@ -236,6 +258,7 @@ http {
   uwsgi_temp_path ${dir}/tmp; scgi_temp_path ${dir}/tmp;
   server {
     listen ${TLS_ORIGIN}:443 ssl backlog=4096;
+    listen ${TLS_ORIGIN}:${DNAT_PORT} ssl backlog=4096;
     ssl_certificate ${ROOT}/certs/server.pem;
     ssl_certificate_key ${ROOT}/certs/server-key.pem;
     ssl_session_cache off;
@@ -263,6 +286,15 @@ function record(workload: string, column: string, s: Sample): void {
   process.stderr.write(`${JSON.stringify({ workload, column, ...s })}\n`);
 }
 
+/** The origins' process ids (their trees' CPU is counted per bulk transfer). */
+const origins: { tls?: number | undefined; raw?: number | undefined } = {};
+/** Seconds from bash's `times` line for its children ("0m1.234s 0m0.567s": user, system). */
+function timesSeconds(line: string): number {
+  let t = 0;
+  for (const m of line.matchAll(/(\d+)m([\d.]+)s/g)) t += Number(m[1]) * 60 + Number(m[2]);
+  return t;
+}
+
 async function load(rig: Rig, argv: string[]): Promise<Record<string, number>> {
   const r = await rig.execIn('sandbox', NODE, [join(ROOT, 'bench/proxy/load.ts'), ...argv], { timeoutMs: 150_000 });
   if (r.code !== 0) throw new Error(`load ${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim()}`);
@@ -271,7 +303,12 @@ async function load(rig: Rig, argv: string[]): Promise<Record<string, number>> {
 
 async function point(rig: Rig, c: Column): Promise<void> {
   // A fresh rule per column: connections already tracked keep their NAT, new ones take this.
-  const rules = c.product === 'direct' ? [] : [['-t', 'nat', '-A', 'BENCH', '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(c.port)]];
+  const rules =
+    c.product === 'direct'
+      ? []
+      : c.product === 'dnat'
+        ? [TLS_ORIGIN, RAW_ORIGIN].map((a) => ['-t', 'nat', '-A', 'BENCH', '-d', a, '-p', 'tcp', '-j', 'DNAT', '--to-destination', `${a}:${DNAT_PORT}`])
+        : [['-t', 'nat', '-A', 'BENCH', '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(c.port)]];
   for (const r of [['-t', 'nat', '-F', 'BENCH'], ...rules]) {
     const x = await rig.execIn('router', 'iptables', r);
     if (x.code !== 0) throw new Error(`iptables ${r.join(' ')}: ${x.stderr}`);
@@ -282,14 +319,20 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
   await point(rig, c);
   const pid = c.proc?.pid;
   const cpu0 = pid ? cpuSeconds(pid) : 0;
+  const origin = workload === 'tls-bulk' ? origins.tls : workload === 'raw-bulk' ? origins.raw : undefined;
+  const origin0 = origin ? cpuSeconds(origin) : 0;
   const main0 = pid ? mainThreadCpuSeconds(pid) : 0;
   let s: Sample;
   switch (workload) {
     case 'tls-bulk': {
+      // Through bash, whose `times` gives curl's CPU seconds (its children's user and system time).
       const r = await rig.execIn(
         'sandbox',
-        'curl',
+        'bash',
         [
+          '-c',
+          'curl "$@" && times',
+          'curl',
           '-sS',
           '--cacert',
           CA,
@@ -298,21 +341,22 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
           '-o',
           '/dev/null',
           '-w',
-          '%{size_download} %{time_total}',
+          '%{size_download} %{time_total}\n',
           `https://${TLS_NAME}/1g`,
         ],
         { timeoutMs: 150_000 },
       );
       if (r.code !== 0) throw new Error(`curl failed (exit ${r.code}): ${r.stderr}`);
-      const [bytes, seconds] = r.stdout.trim().split(' ').map(Number) as [number, number];
+      const [result, , children] = r.stdout.trim().split('\n');
+      const [bytes, seconds] = result!.split(' ').map(Number) as [number, number];
       if (bytes !== P.bulkBytes) throw new Error(`curl got ${bytes} bytes, expected ${P.bulkBytes}`);
-      s = { mbps: bytes / 1e6 / seconds, bytes };
+      s = { mbps: bytes / 1e6 / seconds, bytes, clientCpu: timesSeconds(children ?? '') };
       break;
     }
     case 'raw-bulk': {
       const r = await load(rig, ['raw-bulk', String(P.bulkBytes)]);
       if (r['bytes'] !== P.bulkBytes) throw new Error(`raw-bulk got ${r['bytes']} bytes, expected ${P.bulkBytes}`);
-      s = { mbps: r['bytes']! / 1e6 / r['seconds']!, bytes: r['bytes']! };
+      s = { mbps: r['bytes']! / 1e6 / r['seconds']!, bytes: r['bytes']!, clientCpu: r['cpu']! };
       break;
     }
     default: {
@@ -320,6 +364,18 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
       const r = await load(rig, [kind, clients, String(P.connMs), CA]);
       s = { rate: r['rate']!, p50: r['p50']!, p99: r['p99']!, count: r['count']!, errors: r['errors']! };
     }
+  }
+  // The whole rig's CPU per GB (client + origin + proxy): with every byte's work on two shared
+  // cores, what bounds a bulk rate when the machine is otherwise idle, and a figure a busy
+  // machine does not distort as it does the rates. The kernel's forwarding and the softirqs that
+  // deliver to a socket mostly run in the sending task's context and are counted there (tick
+  // accounting); what ksoftirqd does is not counted.
+  if (origin && 'bytes' in s) {
+    const proxy = pid ? cpuSeconds(pid) - cpu0 : 0;
+    s['originCpuPerGB'] = (cpuSeconds(origin) - origin0) / (s['bytes']! / 1e9);
+    s['clientCpuPerGB'] = s['clientCpu']! / (s['bytes']! / 1e9);
+    s['rigCpuPerGB'] = s['originCpuPerGB'] + s['clientCpuPerGB'] + proxy / (s['bytes']! / 1e9);
+    delete s['clientCpu'];
   }
   if (pid) {
     const cpu = cpuSeconds(pid) - cpu0;
@@ -523,8 +579,54 @@ function report(machine: string, note: string): string {
     for (const t of TARGETS) lines.push(`| ${t.text} | ${verdict(t, w)} |`);
     lines.push('');
   }
+  lines.push(...floorReport());
   lines.push(END);
   return lines.join('\n');
+}
+
+/**
+ * The floor table: what the rig allows for bulk before any proxy's own cost (see the header), each
+ * figure as a ratio to Direct, and egressd and nginx (one worker) against the splice floor.
+ */
+function floorReport(): string[] {
+  if (!columns.some(isFloor)) return [];
+  const cols = [
+    ['Direct', 'direct'],
+    ['kernel DNAT', 'dnat'],
+    ['splice floor', 'floor'],
+    ['nginx', 'nginx-one'],
+    ['egressd', 'egressd-one'],
+  ] as const;
+  const lines = [
+    '### The floor: bulk through the rig with the least a forwarder can do (one worker)',
+    '',
+    'kernel DNAT: no proxy process, the router rewrites the destination (conntrack NAT), one TCP connection end to end. ' +
+      'splice floor: a few dozen lines of C (bench/proxy/splice-floor.c) behind the same REDIRECT, a second TCP connection, ' +
+      'blocking splice(2) through a 1 MiB pipe, a thread per direction, no policy. Its ratio to Direct is the most any proxy reaches on this rig.',
+    '',
+    `| figure | ${cols.map(([l]) => l).join(' | ')} | ${cols
+      .slice(1)
+      .map(([l]) => `${l} ÷ Direct`)
+      .join(' | ')} | nginx ÷ splice floor | egressd ÷ splice floor |`,
+    `|---|${cols.map(() => '---:').join('|')}|${cols
+      .slice(1)
+      .map(() => '---:')
+      .join('|')}|---:|---:|`,
+  ];
+  for (const [label, w, f] of [
+    ['raw bulk MB/s', 'raw-bulk', 'mbps'],
+    ['TLS bulk MB/s', 'tls-bulk', 'mbps'],
+    ['proxy CPU s per GB, raw', 'raw-bulk', 'cpuPerGB'],
+    ['proxy CPU s per GB, TLS', 'tls-bulk', 'cpuPerGB'],
+    ['rig CPU s per GB (client + origin + proxy), raw', 'raw-bulk', 'rigCpuPerGB'],
+    ['rig CPU s per GB (client + origin + proxy), TLS', 'tls-bulk', 'rigCpuPerGB'],
+  ] as const) {
+    const v = cols.map(([, c]) => fig(w, c, f));
+    const perDirect = f === 'cpuPerGB' ? v.slice(1).map(() => '—') : v.slice(1).map((x) => ratio(x, v[0]!));
+    lines.push(`| ${label} | ${v.map(fmt).join(' | ')} | ${perDirect.join(' | ')} | ${ratio(v[3]!, v[2]!)} | ${ratio(v[4]!, v[2]!)} |`);
+  }
+  lines.push('');
+  return lines;
 }
 
 function writeResults(section: string): void {
@@ -592,6 +694,10 @@ async function main(): Promise<void> {
     execFileSync('truncate', ['-s', String(P.bulkBytes), join(dir, '1g')]);
     execFileSync('chmod', ['644', join(dir, '1g')]);
     execFileSync('mkdir', ['-p', join(dir, 'tmp')]);
+    if (columns.some((c) => c.product === 'floor'))
+      execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-pthread', '-o', join(dir, 'splice-floor'), join(ROOT, 'bench/proxy/splice-floor.c')], {
+        stdio: 'inherit',
+      });
     const inIf = `${rig.prefix}in`;
     for (const a of [TLS_ORIGIN, RAW_ORIGIN]) {
       const r = await rig.execIn('internet', 'ip', ['addr', 'add', `${a}/24`, 'dev', inIf]);
@@ -607,8 +713,9 @@ async function main(): Promise<void> {
     }
 
     writeFileSync(join(dir, 'origin.conf'), originConf(dir));
-    rig.spawnIn('internet', 'nginx', ['-c', join(dir, 'origin.conf'), '-p', dir]);
-    const raw = rig.spawnIn('internet', NODE, [join(ROOT, 'bench/proxy/origin.ts')]);
+    origins.tls = rig.spawnIn('internet', 'nginx', ['-c', join(dir, 'origin.conf'), '-p', dir]).pid;
+    const raw = rig.spawnIn('internet', NODE, [join(ROOT, 'bench/proxy/origin.ts'), String(DNAT_PORT)]);
+    origins.raw = raw.pid;
     await new Promise<void>((res, rej) => {
       createInterface({ input: raw.stdout! }).once('line', () => res());
       raw.once('exit', (code) => rej(new Error(`origin.ts exited (${code})`)));
@@ -621,6 +728,8 @@ async function main(): Promise<void> {
       } else if (c.product === 'haproxy') {
         writeFileSync(join(dir, `${c.key}.cfg`), haproxyConf(c));
         c.proc = rig.spawnIn('router', 'haproxy', ['-db', '-f', join(dir, `${c.key}.cfg`)]);
+      } else if (c.product === 'floor') {
+        c.proc = rig.spawnIn('router', join(dir, 'splice-floor'), [String(c.port)]);
       } else if (c.product === 'egressd') {
         writeFileSync(join(dir, `${c.key}.json`), egressdConf(dir, c, i));
         const threads = c.workers === 'one' ? '1' : String(perCore);
@@ -645,7 +754,7 @@ async function main(): Promise<void> {
       }
     }
     await new Promise((res) => setTimeout(res, 1500));
-    for (const c of columns) if (c.proc?.pid) record('idle', c.key, { mb: rssKiB(c.proc.pid) / 1024 });
+    for (const c of columns) if (c.proc?.pid && !isFloor(c)) record('idle', c.key, { mb: rssKiB(c.proc.pid) / 1024 });
 
     const wanted = args.workloads?.split(',');
     const workloads = ['tls-bulk', 'raw-bulk', 'raw-conn@1', 'raw-conn@50', 'tls-conn@1', 'tls-conn@50'].filter((w) => !wanted || wanted.includes(w));
@@ -656,13 +765,14 @@ async function main(): Promise<void> {
         const order = columns.map((_, i) => columns[(i + round) % columns.length]!);
         for (const c of order) {
           if (overBudget()) break;
+          if (isFloor(c) && !FLOOR_WORKLOADS.includes(w)) continue;
           await measure(rig, c, w);
         }
       }
       rounds++;
       process.stderr.write(`bench:proxy: round ${round + 1}/${P.rounds} done at ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
     }
-    if (!wanted || wanted.includes('hold')) for (const c of columns) if (c.proc && !overBudget()) await holdTest(rig, c);
+    if (!wanted || wanted.includes('hold')) for (const c of columns) if (c.proc && !isFloor(c) && !overBudget()) await holdTest(rig, c);
     // Which data plane each egressd ran (its start line), so a JavaScript fallback is never mistaken for the native one.
     const planes = columns
       .filter((c) => c.product === 'egressd')
