@@ -294,6 +294,16 @@ static void arm(sl_loop *l, uint64_t due) {
   if (due < l->next_idle_check) l->next_idle_check = due;
 }
 
+// A connection socket's key in the epoll set (epoll_event.data): the connection's id and the
+// side, never its address; bit 1 is clear (listeners and the wake-up descriptor set it). close(2)
+// takes a socket out of the set only when no other descriptor refers to its file: a duplicate the
+// caller still holds (sl_loop_add's sockets are dup(2)s of Node's), or a fork(2)'s child before
+// its exec, keeps it there. Its late events then find no connection by that id, where an address
+// would be freed memory or a connection allocated in its place.
+static uint64_t conn_key(const sl_conn *c, int side) {
+  return c->id << 2 | (uint64_t)side;
+}
+
 static uint64_t min64(uint64_t a, uint64_t b) {
   return a < b ? a : b;
 }
@@ -326,6 +336,8 @@ static void close_attempts(sl_loop *l, sl_conn *c, int why) {
   if (!c->dial) return;
   for (int i = 0; i < c->dial->n; i++) {
     if (c->dial->fd[i] < 0) continue;
+    // Taken out explicitly (rare: only an attempt that did not win): it has the key of the
+    // connection that lives on (conn_key), and a late event of it must not pass for the upstream's.
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->dial->fd[i], NULL);
     close(c->dial->fd[i]);
     c->dial->fd[i] = -1;
@@ -360,10 +372,8 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
   for (int s = 0; s < 2; s++)
     if (c->fd[s] >= 0 && (reset_side == 2 || reset_side == s)) reset_fd(c->fd[s]);
   for (int s = 0; s < 2; s++) {
-    if (c->fd[s] >= 0) {
-      epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd[s], NULL);
-      close(c->fd[s]);
-    }
+    // No EPOLL_CTL_DEL: close(2) takes the socket out of the set (see conn_key for when not).
+    if (c->fd[s] >= 0) close(c->fd[s]);
     pipe_give(l, &c->dir[s]);
     free(c->dir[s].pending);
     c->dir[s].pending = NULL;
@@ -408,7 +418,7 @@ static void conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
 // Adds EPOLLOUT to the socket's interest set once a write to it has blocked (see sl_conn.out).
 static bool want_out(sl_loop *l, sl_conn *c, int side) {
   if (c->out[side]) return true;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side};
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, side)};
   if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd[side], &ev) != 0) return false;
   c->out[side] = true;
   return true;
@@ -675,7 +685,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->accepted_ms = c->last_ms = l->now_ms;
   c->idle_ms = 1;
   c->rd[CLIENT] = c->wr[CLIENT] = true;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT};
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, CLIENT)};
   if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     reset_fd(fd);
     close(fd);
@@ -817,7 +827,7 @@ static void dial_next(sl_loop *l, sl_conn *c) {
       close(fd);
       continue;
     }
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)UPSTREAM};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, UPSTREAM)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
       c->attempt_err[i] = errno;
       close(fd);
@@ -973,7 +983,7 @@ static void add_conn(sl_loop *l, sl_conn *c) {
   for (int s = 0; s < 2; s++) {
     c->rd[s] = c->wr[s] = true;
     // Tagged with the side in the low bit: the struct is at least 8-aligned.
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)s};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, s)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd[s], &ev) != 0) {
       conn_close(l, c, SL_END_ERROR, errno, -1);
       return;
@@ -986,7 +996,6 @@ static void refuse(sl_loop *l, sl_conn *c, sl_cmd *cmd) {
   // A refusal after the dial (the policy changed while it connected): the upstream is closed
   // without a byte.
   if (c->fd[UPSTREAM] >= 0) {
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd[UPSTREAM], NULL);
     close(c->fd[UPSTREAM]);
     c->fd[UPSTREAM] = -1;
   }
@@ -1223,19 +1232,20 @@ static void *loop_main(void *arg) {
     l->now_ms = monotonic_ms();
     for (int i = 0; i < n; i++) {
       uint64_t data = events[i].data.u64;
-      if (data == 0) {
-        uint64_t count;
-        ssize_t r = read(l->wakefd, &count, sizeof count);
-        (void)r;
+      if (data & 2u) {
+        sl_listener *ls = (sl_listener *)(uintptr_t)(data & ~(uint64_t)7);
+        if (ls) {
+          on_accept(l, ls, n > 1 ? SL_ACCEPT_BATCH : 1);
+        } else {
+          uint64_t count;
+          ssize_t r = read(l->wakefd, &count, sizeof count);
+          (void)r;
+        }
         continue;
       }
-      if ((data & 7u) == 2u) {
-        on_accept(l, (sl_listener *)(uintptr_t)(data & ~(uint64_t)7), n > 1 ? SL_ACCEPT_BATCH : 1);
-        continue;
-      }
-      sl_conn *c = (sl_conn *)(uintptr_t)(data & ~(uint64_t)7);
-      if (c->dead) continue;
-      on_conn_event(l, c, (int)(data & 1u), events[i].events);
+      // NULL: closed (the event came from a socket whose file outlived the descriptor, conn_key).
+      sl_conn *c = find(l, data >> 2);
+      if (c) on_conn_event(l, c, (int)(data & 1u), events[i].events);
     }
     bool stop = false;
     run_commands(l, &stop);
@@ -1266,7 +1276,7 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
   l->now_ms = monotonic_ms();
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
   l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 2u}; // a listener's tag, no listener
   if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
     *err = errno;
     goto fail;

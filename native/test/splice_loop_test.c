@@ -910,6 +910,74 @@ static void test_setup_sheds_at_emfile(sl_loop *l, const struct sockaddr_in *fro
   close(c);
 }
 
+// A socket whose file outlives the loop's descriptor stays in the epoll set after the loop closes
+// it (close(2) removes it only with the file's last reference): sl_loop_add's sockets are dup(2)s
+// of Node's, and a fork(2)'s child holds every descriptor until its exec. Its late bytes and FIN
+// must reach no connection made after it, the one allocated where it was included: here they
+// would end that connection's client direction early (its next short read taken for the end).
+static void test_late_events_of_a_closed_shared_socket(sl_loop *l, const struct sockaddr_in *front) {
+  for (uint64_t round = 0; round < 8; round++) {
+    uint64_t stale_id = 5000 + round;
+    int stale_client, stale_ours, stale_up, stale_up_ours;
+    pair(&stale_client, &stale_ours);
+    pair(&stale_up, &stale_up_ours);
+    int kept = dup(stale_ours);
+    CHECK(sl_loop_add(l, stale_id, stale_ours, stale_up_ours, NULL, 0, NULL, 0, 10000) == 0, "sl_loop_add");
+    sl_loop_abort(l, stale_id);
+    sl_outcome o;
+    CHECK(wait_outcome(stale_id, 5000, &o) && o.end == SL_END_ABORTED, "the first connection was not aborted");
+    usleep(5 * 1000); // its turn is over: the struct is freed
+    int client;
+    uint64_t id = accept_with(l, front, "one", &client);
+    struct sockaddr_storage a = storage_of(&listen_addr);
+    CHECK(sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 0, false, 0) == 0, "dial");
+    int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    CHECK(upstream >= 0, "not dialed");
+    char buf[64];
+    size_t got = 0;
+    while (got < 3) {
+      struct pollfd p = {.fd = upstream, .events = POLLIN};
+      if (poll(&p, 1, 5000) <= 0) break;
+      ssize_t n = read(upstream, buf + got, sizeof buf - got);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    CHECK(got == 3 && memcmp(buf, "one", 3) == 0, "round %llu: the upstream got %zu bytes", (unsigned long long)round, got);
+    // Edges on the closed socket's registration: bytes, then its FIN.
+    write_all(stale_client, "stale", 5);
+    shutdown(stale_client, SHUT_WR);
+    usleep(20 * 1000);
+    write_all(client, "two", 3);
+    got = 0;
+    while (got < 3) {
+      struct pollfd p = {.fd = upstream, .events = POLLIN};
+      if (poll(&p, 1, 5000) <= 0) break;
+      ssize_t n = read(upstream, buf + got, sizeof buf - got);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    CHECK(got == 3 && memcmp(buf, "two", 3) == 0, "round %llu: the upstream got %zu bytes", (unsigned long long)round, got);
+    struct pollfd p = {.fd = upstream, .events = POLLIN};
+    CHECK(poll(&p, 1, 50) == 0, "round %llu: the upstream saw an end the client never sent", (unsigned long long)round);
+    shutdown(client, SHUT_WR);
+    int err;
+    CHECK(read_all(upstream, buf, sizeof buf, &err, 5000) == 0 && err == 0, "round %llu: no clean FIN after the client's", (unsigned long long)round);
+    write_all(upstream, "back", 4);
+    shutdown(upstream, SHUT_WR);
+    CHECK(read_all(client, buf, sizeof buf, &err, 5000) == 4 && err == 0, "round %llu: the client did not get the answer", (unsigned long long)round);
+    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_up == 6 && o.bytes_down == 4, "round %llu: end %d, %llu up, %llu down",
+          (unsigned long long)round, o.end, (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+    pthread_mutex_lock(&lock);
+    CHECK(count_of(stale_id) == 1, "the closed connection reported %d times", count_of(stale_id));
+    pthread_mutex_unlock(&lock);
+    close(kept);
+    close(stale_client);
+    close(stale_up);
+    close(client);
+    close(upstream);
+  }
+}
+
 static void test_setup(void) {
   int err = 0;
   sl_loop *l = sl_loop_start(report, NULL, &err);
@@ -925,6 +993,7 @@ static void test_setup(void) {
   test_setup_peek_deadlines(l, &front);
   test_setup_refusal_answer_blocks(l, &front);
   test_setup_sheds_at_emfile(l, &front);
+  test_late_events_of_a_closed_shared_socket(l, &front);
   sl_loop_unlisten(l, 7);
   usleep(50 * 1000);
   CHECK(connect_to(&front) < 0 && errno == ECONNREFUSED, "still accepting after unlisten");
