@@ -147,6 +147,10 @@ typedef struct sl_listener {
   bool exact;
   uint32_t deadline_ms, first_byte_ms, stall_ms; // sl_loop_rules; deadline 0: none
   uint64_t paused_until; // 0: accepting
+  // The last wake-up's batch, and the turn it was taken in when it took all it was allowed
+  // (on_accept): only then may more be waiting.
+  unsigned batch;
+  uint64_t full_turn;
   struct sl_listener *next;
 } sl_listener;
 
@@ -202,6 +206,7 @@ struct sl_loop {
   size_t peek_cap;
   char *scratch; // peek_cap bytes
   unsigned unanswered;
+  uint64_t turn; // epoll_wait calls so far
 };
 
 static uint64_t monotonic_ms(void) {
@@ -752,12 +757,19 @@ static int shed_one(sl_loop *l, sl_listener *ls, int why) {
   return 1;
 }
 
-// `batch`: how many to take at most. The listener is level-triggered, so one left waiting makes
-// the next epoll_wait return at once; an idle loop (the listener's the only event) takes one,
-// never paying the accept(2) that must fail with EAGAIN (nginx's multi_accept off), and a busy
-// one takes up to SL_ACCEPT_BATCH.
-static void on_accept(sl_loop *l, sl_listener *ls, int batch) {
-  for (int i = 0; i < batch; i++) {
+// The listener is level-triggered: one left waiting makes the next epoll_wait return at once, so
+// a batch that stops early loses nothing, and only one that runs into EAGAIN pays an accept(2)
+// for nothing. A wake-up takes one (nginx's multi_accept off), unless the last wake-up was the
+// turn before and took all it was allowed: then the queue is not keeping up, and the batch
+// doubles, up to SL_ACCEPT_BATCH (one busy listener never starves the connections). So a
+// connection that comes alone costs one accept(2), and a flood is taken 64 at a time within a
+// few turns.
+static void on_accept(sl_loop *l, sl_listener *ls) {
+  bool behind = ls->full_turn != 0 && ls->full_turn + 1 == l->turn;
+  unsigned batch = !behind ? 1 : ls->batch * 2 < SL_ACCEPT_BATCH ? ls->batch * 2 : SL_ACCEPT_BATCH;
+  ls->batch = batch;
+  ls->full_turn = 0;
+  for (unsigned i = 0; i < batch; i++) {
     if (l->unanswered >= SL_MAX_UNANSWERED) return pause_listener(l, ls, SL_BACKLOG_PAUSE_MS);
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
@@ -767,7 +779,7 @@ static void on_accept(sl_loop *l, sl_listener *ls, int batch) {
       continue;
     }
     int e = errno;
-    if (e == EAGAIN || e == EWOULDBLOCK) return;
+    if (e == EAGAIN || e == EWOULDBLOCK) return; // emptied
     if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
     if (e == EMFILE || e == ENFILE) {
       int r = shed_one(l, ls, e);
@@ -778,6 +790,7 @@ static void on_accept(sl_loop *l, sl_listener *ls, int batch) {
     pause_listener(l, ls, SL_ACCEPT_PAUSE_MS);
     return;
   }
+  ls->full_turn = l->turn; // took all it was allowed: more may be waiting
 }
 
 // ---- set-up: dial ------------------------------------------------------------------------------
@@ -1230,12 +1243,13 @@ static void *loop_main(void *arg) {
     }
     int n = epoll_wait(l->epfd, events, SL_EVENTS, timeout);
     l->now_ms = monotonic_ms();
+    l->turn++;
     for (int i = 0; i < n; i++) {
       uint64_t data = events[i].data.u64;
       if (data & 2u) {
         sl_listener *ls = (sl_listener *)(uintptr_t)(data & ~(uint64_t)7);
         if (ls) {
-          on_accept(l, ls, n > 1 ? SL_ACCEPT_BATCH : 1);
+          on_accept(l, ls);
         } else {
           uint64_t count;
           ssize_t r = read(l->wakefd, &count, sizeof count);

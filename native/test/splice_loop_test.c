@@ -532,7 +532,7 @@ static void test_stop_reports_every_connection(void) {
 
 // ---- set-up: accept, peek, dial, refuse, shed ----------------------------------------------------
 
-#define MAX_EVENTS 256
+#define MAX_EVENTS 1024
 typedef struct {
   sl_event e;
   char bytes[4096];
@@ -910,6 +910,30 @@ static void test_setup_sheds_at_emfile(sl_loop *l, const struct sockaddr_in *fro
   close(c);
 }
 
+// A burst queued at once is taken in full: a wake-up takes one connection, and while the
+// listener is ready again on the next turn the batch doubles (on_accept), so nothing is left
+// waiting in the queue and no wake-up is lost.
+static void test_setup_burst_is_accepted(sl_loop *l, const struct sockaddr_in *front) {
+  enum { BURST = 100 };
+  int clients[BURST];
+  for (int i = 0; i < BURST; i++) {
+    clients[i] = connect_to(front);
+    CHECK(clients[i] >= 0, "connect %d: %s", i, strerror(errno));
+  }
+  uint64_t ids[BURST];
+  int got = 0;
+  saved_event ev;
+  while (got < BURST && wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev)) ids[got++] = ev.e.id;
+  CHECK(got == BURST, "%d of %d queued connections accepted", got, BURST);
+  for (int i = 0; i < got; i++) sl_loop_abort(l, ids[i]);
+  for (int i = 0; i < got; i++) {
+    sl_outcome o;
+    CHECK(wait_outcome(ids[i], 5000, &o) && o.end == SL_END_ABORTED, "connection %d: no outcome", i);
+  }
+  for (int i = 0; i < BURST; i++)
+    if (clients[i] >= 0) close(clients[i]);
+}
+
 // A socket whose file outlives the loop's descriptor stays in the epoll set after the loop closes
 // it (close(2) removes it only with the file's last reference): sl_loop_add's sockets are dup(2)s
 // of Node's, and a fork(2)'s child holds every descriptor until its exec. Its late bytes and FIN
@@ -993,6 +1017,7 @@ static void test_setup(void) {
   test_setup_peek_deadlines(l, &front);
   test_setup_refusal_answer_blocks(l, &front);
   test_setup_sheds_at_emfile(l, &front);
+  test_setup_burst_is_accepted(l, &front);
   test_late_events_of_a_closed_shared_socket(l, &front);
   sl_loop_unlisten(l, 7);
   usleep(50 * 1000);
