@@ -111,6 +111,10 @@ typedef struct sl_conn {
   // next byte brings a new edge: `rd` is cleared without a probe that must find EAGAIN. After it,
   // the EOF or the error is still to be read, and its edge is already spent.
   bool hup[2];
+  // The peer's FIN came (EPOLLRDHUP without EPOLLERR). The kernel sets it only once every byte
+  // before the FIN is in the socket's receive queue (tcp_fin runs in sequence), so a read that
+  // emptied the socket has taken them all: the FIN is the end, with no read to find the 0.
+  bool fin[2];
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
   bool unanswered; // reported as accepted, no command yet
@@ -517,8 +521,10 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     d->bytes += (uint64_t)n;
     c->last_ms = l->now_ms;
     // Each buffer holds at least a byte: fewer bytes than buffers did not fill the pipe, so the
-    // socket was emptied (see sl_conn.hup).
-    if ((size_t)n < d->slots && !c->hup[from]) c->rd[from] = false;
+    // socket was emptied (see sl_conn.hup and .fin).
+    bool emptied = (size_t)n < d->slots;
+    if (emptied && c->fin[from]) d->eof = true;
+    else if (emptied && !c->hup[from]) c->rd[from] = false;
     else if ((size_t)n * 2 >= (size_t)d->slots * (size_t)l->page) pipe_grow(l, d);
   }
 }
@@ -916,6 +922,7 @@ static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
       // Bytes may have come with the connection (a server that speaks first).
       c->rd[UPSTREAM] = (ev & (EPOLLIN | EPOLLRDHUP)) != 0;
       c->hup[UPSTREAM] = (ev & EPOLLRDHUP) != 0;
+      c->fin[UPSTREAM] = live == 1 && (ev & EPOLLRDHUP) != 0; // poll(2)'s answer does not ask for it
       return dial_won(l, c, i);
     }
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
@@ -1208,6 +1215,8 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   if (c->stage != ST_DIAL || side == CLIENT) {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
+    // An error to read first: the end is whatever the read says.
+    c->fin[side] = (events & EPOLLERR) ? false : c->fin[side] || (events & EPOLLRDHUP) != 0;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
   }
   switch (c->stage) {

@@ -436,6 +436,112 @@ static void test_pipe_with_bytes_is_never_reused(sl_loop *l) {
   }
 }
 
+// Edge-triggered edge cases, each many times so the events fall differently: an answer and its
+// FIN in one event (the FIN read from the event, not from a last read), an answer and a reset,
+// and bytes arriving one way while the other way's writes are blocked.
+static void test_answer_and_fin_in_one_event(sl_loop *l) {
+  for (uint64_t id = 600; id < 650; id++) {
+    conn_ends e = hand_over(l, id, "req", NULL, 10000);
+    char buf[64];
+    size_t got = 0;
+    while (got < 3) {
+      ssize_t n = read(e.upstream, buf + got, sizeof buf - got);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    CHECK(got == 3, "connection %llu: the upstream got %zu bytes", (unsigned long long)id, got);
+    // Odd ids: the answer and the FIN in one segment's time; even: a pause between them.
+    write_all(e.upstream, "answer", 6);
+    if (id % 2 == 0) usleep(2000);
+    shutdown(e.upstream, SHUT_WR);
+    int err;
+    size_t n = read_all(e.client, buf, sizeof buf, &err, 5000);
+    CHECK(n == 6 && err == 0 && memcmp(buf, "answer", 6) == 0, "connection %llu: the client got %zu bytes (err %d)", (unsigned long long)id, n, err);
+    // The client's direction is still open: its bytes go through after the upstream's FIN.
+    write_all(e.client, "more", 4);
+    shutdown(e.client, SHUT_WR);
+    n = read_all(e.upstream, buf, sizeof buf, &err, 5000);
+    CHECK(n == 4 && err == 0, "connection %llu: the upstream got %zu more bytes (err %d)", (unsigned long long)id, n, err);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_up == 7 && o.bytes_down == 6, "connection %llu: end %d, %llu up, %llu down",
+          (unsigned long long)id, o.end, (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+    close(e.client);
+    close(e.upstream);
+  }
+}
+
+// The upstream answers and resets at once, its bytes maybe still unread by the loop: the client
+// sees the reset (a clean end only when the upstream sent its FIN first, and then the reset after
+// it), and no more bytes than were sent are counted.
+static void test_answer_then_reset(sl_loop *l) {
+  for (uint64_t id = 650; id < 680; id++) {
+    conn_ends e = hand_over(l, id, "req", NULL, 10000);
+    char buf[64];
+    size_t got = 0;
+    while (got < 3) {
+      ssize_t n = read(e.upstream, buf + got, sizeof buf - got);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    write_all(e.upstream, "answer", 6);
+    if (id % 2 == 0) shutdown(e.upstream, SHUT_WR);
+    reset_close(e.upstream);
+    int err;
+    size_t n = read_all(e.client, buf, sizeof buf, &err, 5000);
+    if (err == 0 && id % 2 == 0) {
+      // The FIN came before the reset: passed on as it came, every byte, then the reset.
+      CHECK(n == 6, "connection %llu: the client got %zu bytes before the FIN", (unsigned long long)id, n);
+      // A read after a FIN says 0 whatever comes next: the reset is the socket's error.
+      struct pollfd p = {.fd = e.client, .events = 0};
+      for (int i = 0; i < 100 && !(p.revents & POLLERR); i++) poll(&p, 1, 50);
+      socklen_t len = sizeof err;
+      getsockopt(e.client, SOL_SOCKET, SO_ERROR, &err, &len);
+      CHECK(err == ECONNRESET || err == EPIPE, "connection %llu: after the FIN, errno %d, not the reset", (unsigned long long)id, err);
+    } else {
+      CHECK(err == ECONNRESET && n <= 6, "connection %llu: the client got %zu bytes and errno %d, not a reset", (unsigned long long)id, n, err);
+    }
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_UPSTREAM_RESET && o.bytes_down <= 6, "connection %llu: end %d, %llu down",
+          (unsigned long long)id, o.end, (unsigned long long)o.bytes_down);
+    close(e.client);
+  }
+}
+
+// The client does not read, so the loop's writes to it block; meanwhile its own bytes go up at
+// once, and then it reads every byte down, in order.
+static void test_bytes_up_while_writes_down_block(sl_loop *l) {
+  conn_ends e = hand_over(l, 690, NULL, NULL, 10000);
+  pthread_t t;
+  writer_arg a = {e.upstream, 11};
+  pthread_create(&t, NULL, writer, &a);
+  usleep(200 * 1000); // the client's buffers and the pipe are full: the loop waits for EPOLLOUT
+  for (int i = 0; i < 5; i++) {
+    write_all(e.client, "ping", 4);
+    char buf[4];
+    size_t got = 0;
+    while (got < 4) {
+      struct pollfd p = {.fd = e.upstream, .events = POLLIN};
+      if (poll(&p, 1, 2000) <= 0) break;
+      ssize_t n = read(e.upstream, buf + got, 4 - got);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    CHECK(got == 4 && memcmp(buf, "ping", 4) == 0, "ping %d: the upstream got %zu bytes while the client's writes were blocked", i, got);
+  }
+  char *down = malloc(BULK);
+  int err;
+  size_t n = read_all(e.client, down, BULK, &err, 10000);
+  CHECK(n == BULK && err == 0 && pattern_ok(down, BULK, 11), "the client got %zu of %u bytes (err %d), or other bytes", n, BULK, err);
+  pthread_join(t, NULL);
+  shutdown(e.client, SHUT_WR);
+  sl_outcome o;
+  CHECK(wait_outcome(690, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_down == BULK && o.bytes_up == 20, "end %d, %llu up, %llu down", o.end,
+        (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+  free(down);
+  close(e.client);
+  close(e.upstream);
+}
+
 // Many short connections one after another: pooled pipes must never carry one connection's
 // bytes into another.
 static void test_many_connections_reuse_pipes(sl_loop *l) {
@@ -1393,6 +1499,9 @@ int main(void) {
   test_many_connections_reuse_pipes(l);
   test_slow_reader_blocks_then_drains(l);
   test_pipe_with_bytes_is_never_reused(l);
+  test_answer_and_fin_in_one_event(l);
+  test_answer_then_reset(l);
+  test_bytes_up_while_writes_down_block(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
   CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),
