@@ -6,7 +6,7 @@ import type { Config } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { releaseStartupMemory } from './limits/overload.ts';
-import { configureNativeSplice, nativeSpliceStatus } from './net/native-splice.ts';
+import { configureNativeSplice, dataPlaneFromEnv, nativeSpliceStatus } from './net/native-splice.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -25,26 +25,6 @@ function withEnv(config: Config): Config {
   const token = process.env['EGRESSD_ADMIN_TOKEN'];
   if (!token) return config;
   return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
-}
-
-/**
- * EGRESSD_DATA_PLANE: native-setup (the default) accepts and sets up connections in the native
- * loops too (native-setup.ts); native keeps the set-up on Node's sockets and only the data phase
- * in the loops; js keeps everything in JavaScript. EGRESSD_DATA_PLANE_THREADS sets the
- * number of native splice loops (default: one per core).
- * @throws Error naming the variable when its value is invalid.
- */
-function dataPlaneFromEnv(): void {
-  const mode = process.env['EGRESSD_DATA_PLANE'];
-  if (mode !== undefined && mode !== 'native' && mode !== 'js' && mode !== 'native-setup') {
-    throw new Error(`EGRESSD_DATA_PLANE must be "native", "native-setup" or "js", got "${mode}"`);
-  }
-  const t = process.env['EGRESSD_DATA_PLANE_THREADS'];
-  const threads = t === undefined || t === '' ? undefined : Number(t);
-  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
-    throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
-  }
-  configureNativeSplice({ enabled: mode !== 'js', setup: mode === undefined || mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) });
 }
 
 async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {
@@ -69,7 +49,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
   }
   let daemon: Daemon;
   try {
-    dataPlaneFromEnv();
+    configureNativeSplice(dataPlaneFromEnv(process.env));
     daemon = new Daemon(config, log);
     await daemon.start();
     // Start-up's garbage, freed C memory and the executable's start-up pages go back before

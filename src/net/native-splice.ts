@@ -98,13 +98,50 @@ type State =
 let state: State | undefined;
 let threadsWanted: number | undefined;
 let setupSink: SetupSink | null = null;
-// EGRESSD_DATA_PLANE=native-setup, the default (main.ts validates it): connections are also
-// accepted and set up in the loops; `native` keeps the set-up on Node's sockets, `js` everything.
-// Read here too so that an in-process daemon (the tests) follows it.
-let setupWanted = (process.env['EGRESSD_DATA_PLANE'] ?? 'native-setup') === 'native-setup';
+let setupWanted = true;
 let nextId = 1;
 let nextLoop = 0;
 let handoffs = 0;
+
+/** How the data phase should run: the options of configureNativeSplice. */
+export interface DataPlaneChoice {
+  readonly enabled: boolean;
+  readonly setup: boolean;
+  readonly threads?: number;
+}
+
+/**
+ * The data path the environment asks for. EGRESSD_DATA_PLANE: `native-setup` (the default)
+ * accepts and sets up connections in the native loops too (native-setup.ts); `native` keeps the
+ * set-up on Node's sockets and only the data phase in the loops; `js` keeps everything in
+ * JavaScript. EGRESSD_DATA_PLANE_THREADS: the number of native loops, 1 to 64 (default: one per
+ * core).
+ * @throws Error naming the variable when its value is invalid.
+ */
+export function dataPlaneFromEnv(env: NodeJS.ProcessEnv): DataPlaneChoice {
+  const mode = env['EGRESSD_DATA_PLANE'];
+  if (mode !== undefined && mode !== 'native' && mode !== 'js' && mode !== 'native-setup') {
+    throw new Error(`EGRESSD_DATA_PLANE must be "native", "native-setup" or "js", got "${mode}"`);
+  }
+  const t = env['EGRESSD_DATA_PLANE_THREADS'];
+  const threads = t === undefined || t === '' ? undefined : Number(t);
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
+    throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
+  }
+  return { enabled: mode !== 'js', setup: mode === undefined || mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) };
+}
+
+// The environment's choice is the default of every daemon in this process, so an in-process
+// daemon (the integration tests) runs the data path the variable names, set-up and data phase
+// alike, as `egressd serve` does. An invalid value leaves the defaults: main.ts reports it and exits.
+try {
+  const choice = dataPlaneFromEnv(process.env);
+  setupWanted = choice.setup;
+  if (!choice.enabled) state = { ok: false, reason: 'disabled by configuration' };
+  if (choice.threads !== undefined) threadsWanted = choice.threads;
+} catch {
+  // main.ts validates the variables before serving.
+}
 
 /**
  * Sets how the data phase runs, before the first connection: `threads` loops (default: one
@@ -151,6 +188,11 @@ function load(): State {
     return (state = { ok: false, reason: `the data-plane threads did not start: ${err instanceof Error ? err.message : String(err)}` });
   }
   return (state = { ok: true, addon: addon as DataPlaneAddon, threads, pending });
+}
+
+/** Whether the native loops are running (started by a first use; never starts them). */
+export function nativeSpliceStarted(): boolean {
+  return state?.ok === true;
 }
 
 /** Whether connections should be set up in the native loops (EGRESSD_DATA_PLANE=native-setup, the default). */

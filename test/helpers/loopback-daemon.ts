@@ -10,6 +10,7 @@ import { canonicalSource } from '../../src/match/ip.ts';
 import { Daemon } from '../../src/daemon.ts';
 import { loggerOptions } from '../../src/observability/logger.ts';
 import type { OriginalDestination } from '../../src/net/original-dst.ts';
+import { useNativeLoops } from './data-plane.ts';
 
 export interface LoopbackDaemon {
   readonly daemon: Daemon;
@@ -36,8 +37,13 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
   return r.config;
 }
 
-/** `setup` picks where connections are set up (DaemonOptions.setup); default: as EGRESSD_DATA_PLANE says. */
+/**
+ * `setup` picks where connections are set up (DaemonOptions.setup; `native` also starts the
+ * loops when EGRESSD_DATA_PLANE=js had turned them off); default: as EGRESSD_DATA_PLANE says,
+ * for the data phase too (src/net/native-splice.ts dataPlaneFromEnv).
+ */
 export async function startLoopbackDaemon(config: Config, opts: { setup?: 'native' | 'node' } = {}): Promise<LoopbackDaemon> {
+  if (opts.setup === 'native') useNativeLoops();
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
   const sink = new Writable({

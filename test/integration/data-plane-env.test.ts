@@ -29,8 +29,16 @@ function config(): string {
   return file;
 }
 
+/** This process's environment without the data-plane variables (a run of the suite may set them), plus `env`. */
+function withEnv(env: Record<string, string>): NodeJS.ProcessEnv {
+  const e = { ...process.env };
+  delete e['EGRESSD_DATA_PLANE'];
+  delete e['EGRESSD_DATA_PLANE_THREADS'];
+  return { ...e, ...env };
+}
+
 async function planeLine(env: Record<string, string>): Promise<Record<string, unknown>> {
-  const child = spawn(NODE, [MAIN, 'serve', '--config', config()], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const child = spawn(NODE, [MAIN, 'serve', '--config', config()], { stdio: ['ignore', 'pipe', 'pipe'], env: withEnv(env) });
   const d = await watchDaemon(child);
   onTestFinished(async () => {
     await d.stop('SIGKILL');
@@ -56,9 +64,42 @@ describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up
     ['EGRESSD_DATA_PLANE_THREADS', '0'],
     ['EGRESSD_DATA_PLANE_THREADS', 'two'],
   ])('refuses to start when %s is "%s", naming the variable', (name, value) => {
-    const r = spawnSync(NODE, [MAIN, 'serve', '--config', config()], { env: { ...process.env, [name]: value }, encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(NODE, [MAIN, 'serve', '--config', config()], { env: withEnv({ [name]: value }), encoding: 'utf8', timeout: 30_000 });
     expect(r.status).toBe(1);
     expect(r.stderr).toContain(name);
     expect(r.stderr).toContain(`"${value}"`);
+  });
+});
+
+// The integration suites start their daemons in-process (test/helpers/loopback-daemon.ts): the
+// variable must choose the data path there as it does for `egressd serve`, the data phase
+// included, or `EGRESSD_DATA_PLANE=js npx vitest run ...` would test the native splice again.
+describe.skipIf(process.platform !== 'linux')('the data plane of an in-process daemon', () => {
+  const carried = (env: Record<string, string>): Record<string, unknown> => {
+    const r = spawnSync(NODE, [join(ROOT, 'test/helpers/in-process-plane-main.ts')], { env: withEnv(env), encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as Record<string, unknown>;
+  };
+
+  it('carries a connection on the JavaScript path, set-up and data phase, with EGRESSD_DATA_PLANE=js', () => {
+    expect(carried({ EGRESSD_DATA_PLANE: 'js' })).toEqual({
+      setup: 'node',
+      plane: { ok: false, reason: 'disabled by configuration' },
+      handoffs: 0,
+      echoed: 'ping',
+    });
+  });
+
+  it('splices in the loops after a set-up on Node sockets with EGRESSD_DATA_PLANE=native, in as many loops as EGRESSD_DATA_PLANE_THREADS says', () => {
+    expect(carried({ EGRESSD_DATA_PLANE: 'native', EGRESSD_DATA_PLANE_THREADS: '3' })).toEqual({
+      setup: 'node',
+      plane: { ok: true, threads: 3 },
+      handoffs: 1,
+      echoed: 'ping',
+    });
+  });
+
+  it('sets up and splices in the loops by default', () => {
+    expect(carried({})).toMatchObject({ setup: 'native', plane: { ok: true }, echoed: 'ping' });
   });
 });

@@ -8,6 +8,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { anyStepper, mayStall, PEEK_CAPS, type Peeked, type PeekStep } from '../../../src/peek/peek-steps.ts';
 import { peekSocket, type PeekOptions, type PeekOutcome } from '../../../src/net/peek-socket.ts';
 import { nativeSetup, type NativeClient } from '../../../src/net/native-setup.ts';
+import { useNativeLoops } from '../../helpers/data-plane.ts';
 
 type Peek = (step: (buf: Buffer) => PeekStep<Peeked>, o: PeekOptions) => Promise<PeekOutcome<Peeked>>;
 
@@ -28,6 +29,7 @@ async function nodePair(): Promise<{ client: Socket; peek: Peek }> {
 }
 
 async function nativePair(): Promise<{ client: Socket; peek: Peek }> {
+  useNativeLoops();
   const setup = nativeSetup();
   if (!setup.ok) throw new Error(setup.reason);
   let accepted!: (c: NativeClient) => void;

@@ -11,6 +11,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { useNativeLoops } from '../../helpers/data-plane.ts';
 import { listenOn } from '../../helpers/listen.ts';
 import { dial } from '../../../src/net/dial.ts';
 import { peekSocket } from '../../../src/net/peek-socket.ts';
@@ -187,7 +188,10 @@ function slowRead(s: Socket, sample: () => void): Promise<{ sha256: string; byte
 describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
   beforeAll(() => {
     plane = p;
-    if (p === 'native') expect(nativeSpliceStatus()).toMatchObject({ ok: true });
+    if (p === 'native') {
+      useNativeLoops();
+      expect(nativeSpliceStatus()).toMatchObject({ ok: true });
+    }
   });
 
   // A client that sends its request and its FIN together (`printf … | nc -N`): the peek takes
