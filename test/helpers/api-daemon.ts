@@ -2,9 +2,10 @@
 // state in a fresh folder, for the tests that hold the API to its contract over real HTTP.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { loopbackDocument, writeConfig } from './config-file.ts';
 import { watchDaemon, type DaemonProcess } from './daemon-process.ts';
 import { action } from './log-line.ts';
 
@@ -27,16 +28,9 @@ export interface ApiDaemon {
  */
 export async function startApiDaemon(doc: Record<string, unknown> = {}, opts: { state?: boolean; main?: string } = {}): Promise<ApiDaemon> {
   const dir = mkdtempSync(join(process.platform === 'linux' ? '/dev/shm' : tmpdir(), 'egressd-api-'));
-  const config = join(dir, 'egressd.json');
-  writeFileSync(
-    config,
-    JSON.stringify({
-      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-      admin: { listen: '127.0.0.1:0', token: API_TOKEN },
-      shutdown: { drainMs: 0 },
-      ...(opts.state === true ? { state: { path: join(dir, 'state.db') } } : {}),
-      ...doc,
-    }),
+  const config = writeConfig(
+    dir,
+    loopbackDocument({ shutdown: { drainMs: 0 }, ...(opts.state === true ? { state: { path: join(dir, 'state.db') } } : {}), ...doc }, { token: API_TOKEN }),
   );
   const d = await watchDaemon(spawn(NODE, [opts.main ?? join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
   return {

@@ -1,7 +1,6 @@
 // What every namespace e2e suite does to run egressd: the repository's paths, the config written
 // to the suite's temporary folder, and `egressd serve` started in one of the rig's namespaces.
 
-import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { watchDaemon, type DaemonProcess } from './daemon-process.ts';
 import type { Rig, RigNamespace } from './netns-rig.ts';
@@ -17,12 +16,7 @@ export const SANDBOX_CLIENT = join(ROOT, 'test/helpers/sandbox-client.ts');
 /** The listener ports most suites redirect to (`rig.redirect`). */
 export const E2E_PORTS = { http: 15080, tls: 15443, tcp: 15001 } as const;
 
-/** Writes `config` as `<dir>/egressd.json`; returns its path. */
-export function writeConfig(dir: string, config: unknown): string {
-  const file = join(dir, 'egressd.json');
-  writeFileSync(file, JSON.stringify(config));
-  return file;
-}
+export { writeConfig } from './config-file.ts';
 
 /**
  * Starts `egressd serve --config <file>` in namespace `ns`, with `env` added to its environment

@@ -3,13 +3,14 @@
 // compiled daemon (dist/, what `npm start` and bin/egressd run after `npm ci`) with a state file,
 // which the suites that run src/ never exercise.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { ajv } from '../helpers/ajv.ts';
 import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
+import { loopbackDocument, writeConfig } from '../helpers/config-file.ts';
 import { runProcess } from '../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -76,12 +77,9 @@ describe('an always-allow entry that names no host', () => {
   it.each([[[443]], [['1-65535']]])(
     'ports %j alone are refused by validate and at start, with the entry named',
     async (ports) => {
-      const file = join(dir, 'egressd.json');
-      writeFileSync(
-        file,
-        JSON.stringify({
-          listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-          admin: { listen: '127.0.0.1:0' },
+      const file = writeConfig(
+        dir,
+        loopbackDocument({
           overlays: {
             alwaysAllow: [
               { name: 'platform-api', domains: ['api.platform.test'], ports: [443] },
@@ -104,8 +102,7 @@ describe('an always-allow entry that names no host', () => {
 it('an always-allow entry whose CIDRs together cover every address is refused by validate, naming its cidrs', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'egressd-hostile-'));
   try {
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify({ overlays: { alwaysAllow: [{ name: 'halves', cidrs: ['0.0.0.0/1', '128.0.0.0/1'], ports: [443] }] } }));
+    const file = writeConfig(dir, { overlays: { alwaysAllow: [{ name: 'halves', cidrs: ['0.0.0.0/1', '128.0.0.0/1'], ports: [443] }] } });
     const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
     expect(v.code).toBe(1);
     expect(v.stdout + v.stderr).toContain('overlays.alwaysAllow[0].cidrs: An always-allow entry may not allow every address');
@@ -125,15 +122,7 @@ describe('an OTLP endpoint the exporter would refuse at start, or one with crede
   ])(
     '%s is refused by validate and at start, naming metrics.otlp.endpoint',
     async (endpoint, reason) => {
-      const file = join(dir, 'egressd.json');
-      writeFileSync(
-        file,
-        JSON.stringify({
-          listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-          admin: { listen: '127.0.0.1:0' },
-          metrics: { otlp: { endpoint } },
-        }),
-      );
+      const file = writeConfig(dir, loopbackDocument({ metrics: { otlp: { endpoint } } }));
       const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
       expect(v.code).toBe(1);
       expect(v.stdout + v.stderr).toContain(`metrics.otlp.endpoint: ${reason}`);
@@ -190,8 +179,7 @@ describe('the config schema for editors and `egressd validate` agree where the s
     [{ listen: { tcp: [] } }, 'listen.tcp'],
   ])('%j is refused by both', async (doc, field) => {
     expect(schema(doc)).toBe(false);
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(doc));
+    const file = writeConfig(dir, doc);
     const v = await runProcess(NODE, [EGRESSD, 'validate', file]);
     expect(v.code).toBe(1);
     expect(v.stdout + v.stderr).toContain(`${field}: Expected at least one "address:port"`);
@@ -200,8 +188,7 @@ describe('the config schema for editors and `egressd validate` agree where the s
   it('an empty DNS listener list (DNS off) is accepted by both', async () => {
     const doc = { listen: { dns: [] } };
     expect(schema(doc)).toBe(true);
-    const file = join(dir, 'egressd.json');
-    writeFileSync(file, JSON.stringify(doc));
+    const file = writeConfig(dir, doc);
     expect((await runProcess(NODE, [EGRESSD, 'validate', file])).code).toBe(0);
   });
 });

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { request } from 'undici';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loopbackDocument } from '../helpers/config-file.ts';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, type LogLine } from '../helpers/log-line.ts';
 
@@ -41,11 +42,7 @@ describe('the egressd process', () => {
     return { d, admin: `http://127.0.0.1:${started['adminPort']}` };
   };
   const api = (admin: string, method: string, path: string, body?: unknown) => adminCall(admin, method, path, body, bearer(TOKEN));
-  const base = (extra: Record<string, unknown> = {}) => ({
-    listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-    admin: { listen: '127.0.0.1:0', token: TOKEN },
-    ...extra,
-  });
+  const base = (extra: Record<string, unknown> = {}) => loopbackDocument(extra, { token: TOKEN });
 
   it('re-reads the config file on SIGHUP, and keeps the running config when the new file is refused', async () => {
     const file = write(base());

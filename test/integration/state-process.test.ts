@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loopbackDocument, writeConfig } from '../helpers/config-file.ts';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 import { action } from '../helpers/log-line.ts';
 
@@ -47,16 +48,7 @@ afterEach(async () => {
 });
 
 function configFile(statePath: string): string {
-  const file = join(dir, 'egressd.json');
-  writeFileSync(
-    file,
-    JSON.stringify({
-      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-      admin: { listen: '127.0.0.1:0', token: TOKEN },
-      state: { path: statePath },
-    }),
-  );
-  return file;
+  return writeConfig(dir, loopbackDocument({ state: { path: statePath } }, { token: TOKEN }));
 }
 
 function spawnDaemon(statePath: string) {

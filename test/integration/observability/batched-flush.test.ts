@@ -5,13 +5,14 @@
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loopbackDocument, writeConfig } from '../../helpers/config-file.ts';
 import { watchDaemon, type DaemonProcess } from '../../helpers/daemon-process.ts';
 import { action, type LogLine } from '../../helpers/log-line.ts';
 
@@ -54,15 +55,9 @@ describe.each([{ plane: 'default' }, { plane: 'js' }])('batched lines and counts
   });
 
   const start = async (log?: string): Promise<{ admin: string; tcp: number }> => {
-    const file = join(dir, 'egressd.json');
-    writeFileSync(
-      file,
-      JSON.stringify({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
-        admin: { listen: '127.0.0.1:0', token: 'flush-test-token' },
-        shutdown: { drainMs: 2000 },
-        ...(log ? { log: { level: 'info', destination: log } } : {}),
-      }),
+    const file = writeConfig(
+      dir,
+      loopbackDocument({ shutdown: { drainMs: 2000 }, ...(log ? { log: { level: 'info', destination: log } } : {}) }, { token: 'flush-test-token' }),
     );
     const env = { ...process.env, ...(plane === 'js' ? { EGRESSD_DATA_PLANE: 'js' } : {}) };
     if (plane !== 'js') delete env['EGRESSD_DATA_PLANE'];
