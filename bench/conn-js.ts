@@ -143,12 +143,14 @@ async function main(): Promise<void> {
     });
     gcObserver.observe({ entryTypes: ['gc'] });
     const allocated0 = getHeapStatistics().total_allocated_bytes;
+    const faults0 = process.resourceUsage().minorPageFault;
     const main0 = process.threadCpuUsage();
     const all0 = process.cpuUsage();
     const { errors } = await run(count);
     const main = process.threadCpuUsage(main0);
     const all = process.cpuUsage(all0);
     const allocated = getHeapStatistics().total_allocated_bytes - allocated0;
+    const faults = process.resourceUsage().minorPageFault - faults0;
     await new Promise((resolve) => setImmediate(resolve));
     gcObserver.disconnect();
     const seconds = (performance.now() - t0) / 1000;
@@ -183,6 +185,9 @@ async function main(): Promise<void> {
         // and the garbage collections per 1,000 connections.
         heapBytesPerConn: Math.round(allocated / count),
         scavengesPer1000: Math.round((gcs.scavenge / count) * 10_000) / 10,
+        // Minor page faults of the whole process per connection: fresh pages touched (a young
+        // generation handed back and faulted in again, malloc arenas), each a trap to the kernel.
+        pageFaultsPerConn: Math.round((faults / count) * 10) / 10,
         otherGcsPer1000: Math.round((gcs.other / count) * 10_000) / 10,
         // What crossed from the loops to JavaScript, per connection, by kind (native set-up).
         reportsPerConn: Object.fromEntries(

@@ -21,8 +21,8 @@ import type { NameResolver, ResolveResult } from './resolve.ts';
 import type { BlockMode, Linger } from './refuse.ts';
 import { SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
-import { countVerdict, nameMatters, verdict, type Verdict } from '../policy/verdict.ts';
-import type { Facts } from '../policy/decide.ts';
+import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
+import type { DecideTrace, Facts } from '../policy/decide.ts';
 import { LiveConnection, type ConnectionRegistry } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 
@@ -143,8 +143,11 @@ async function run(
   // verdict allows, it is made at once, so server-first protocols (SSH, SMTP, MySQL) are not
   // delayed; otherwise a client silent for peek.firstByteTimeoutMs is judged by address and
   // port (Envoy's continue_on_listener_filters_timeout).
-  const chain = policyNow();
-  const mustPeek = nameMatters(chain, { ip, port }) || (verdict(chain, { name: null, ip, port }).verdict === 'refuse' && config.block !== 'drop');
+  // One verdict on address and port answers both questions: whether a name could change it
+  // (nameMatters: the evaluation reached a domain rule) and whether it refuses.
+  const byAddress: DecideTrace = { nameConsulted: false };
+  const refusedByAddress = verdict(policyNow(), { name: null, ip, port }, byAddress).verdict === 'refuse';
+  const mustPeek = byAddress.nameConsulted || (refusedByAddress && config.block !== 'drop');
   let peek: PeekOutcome<Peeked> | null = null;
   if (mustPeek) {
     const peekStart = Date.now();
@@ -162,7 +165,7 @@ async function run(
     o.peekMs = Date.now() - peekStart;
   }
 
-  let initial: Buffer = Buffer.alloc(0);
+  let initial: Buffer = NO_BYTES;
   let rawName: string | null = null;
   if (peek) {
     initial = peek.bytes;
@@ -264,7 +267,11 @@ async function run(
   // An address egressd's DNS listener gave this very sandbox for this name is one of the name's
   // addresses, whatever a later lookup would answer (rotation, geo-DNS, a short TTL).
   let target: UpstreamTarget;
-  if (o.name === null && dnsName !== null) target = { ok: true, addresses: [ip], how: 'original' };
+  // Whether the connection waited (a lookup on the wire) since the verdict: only then can the
+  // policy, the DNS memory or the connection's own state have changed (nothing else runs
+  // within this turn), and only then is the verdict made again below.
+  let waited = false;
+  if (o.name === null || config.upstream.dial === 'original') target = { ok: true, addresses: [ip], how: 'original' };
   else {
     const rememberedHere = (name: string): ResolveResult | null => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : null);
     const query: UpstreamQuery = {
@@ -280,16 +287,23 @@ async function run(
       allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict !== 'refuse',
     };
     // A cached name is dialed in this same turn; only a lookup on the wire is waited for.
-    target = chooseUpstreamNow(query) ?? (await chooseUpstream(query));
+    const now = chooseUpstreamNow(query);
+    if (now !== null) target = now;
+    else {
+      waited = true;
+      target = await chooseUpstream(query);
+    }
   }
   if (!target.ok) {
     o.end = target.detail;
     return refuseUpstream(socket, config, o, target.reason, decision.rule);
   }
-  if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
-  const afterResolve = judge(ip);
-  if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
-  admit(o, afterResolve);
+  if (waited) {
+    if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
+    const afterResolve = judge(ip);
+    if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
+    admit(o, afterResolve);
+  }
 
   // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
   // then the policy in force on the address actually dialed, the last stage before any byte goes
@@ -321,6 +335,9 @@ async function run(
   });
   return connecting.then((c) => dialed(socket, config, o, live, c));
 }
+
+/** The first flight of a connection that sent none (never written to). */
+const NO_BYTES: Buffer = Buffer.alloc(0);
 
 /** What the dial's answer and the splice's end make of the outcome (see the end of `run`). */
 function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, live: LiveConnection, c: ConnectResult): void {

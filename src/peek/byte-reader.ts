@@ -111,6 +111,9 @@ export class ByteReader {
  * (TextDecoder('latin1') is windows-1252 per the WHATWG Encoding Standard, so not used.)
  */
 export function latin1(bytes: Uint8Array, start = 0, end: number = bytes.length): string {
+  // Node's latin1 decoder makes the string in one step, without a view and an argument list
+  // per call (issue 12: names and ALPN protocols are read per connection); any byte view will do.
+  if (bufferLatin1 !== null && start >= 0 && start <= end && end <= bytes.length) return bufferLatin1.call(bytes, start, end);
   let s = '';
   // fromCharCode.apply takes its arguments on the stack: feed it bounded slices.
   for (let i = start; i < end; i += 4096) {
@@ -118,3 +121,9 @@ export function latin1(bytes: Uint8Array, start = 0, end: number = bytes.length)
   }
   return s;
 }
+
+/** Buffer's own latin1 decoder (Node), or null elsewhere (the parsers run on plain bytes too). */
+const bufferLatin1: ((this: Uint8Array, start: number, end: number) => string) | null = (() => {
+  const f = (globalThis as { Buffer?: { prototype?: { latin1Slice?: unknown } } }).Buffer?.prototype?.latin1Slice;
+  return typeof f === 'function' ? (f as (this: Uint8Array, start: number, end: number) => string) : null;
+})();

@@ -232,6 +232,23 @@ function parseRecords(bytes: Uint8Array): TlsPeek {
   return stop ?? (completeAt > n ? { kind: 'need-more', atLeast: completeAt } : NEED_MORE);
 }
 
+/**
+ * The extension types one parse has seen (RFC 8446 §4.2: no type twice): `seenAt[type]` holds
+ * the generation of the parse that saw it last. Parsing is synchronous, so one table serves every
+ * parse without a Set allocated and grown per hello (issue 12: a connection's allocations), and
+ * without clearing: a new parse is a new generation, and the table is zeroed when they wrap.
+ */
+const seenAt = new Uint16Array(0x10000);
+let seenGeneration = 0;
+
+function nextSeenGeneration(): number {
+  if (++seenGeneration > 0xffff) {
+    seenAt.fill(0);
+    seenGeneration = 1;
+  }
+  return seenGeneration;
+}
+
 /** RFC 8446 §4.1.2 (and RFC 5246 §7.4.1.2, where the extensions may be absent). */
 function parseHelloBody(r: ByteReader): TlsPeek {
   const legacyVersion = r.u16();
@@ -282,7 +299,7 @@ function parseHelloBody(r: ByteReader): TlsPeek {
   let ech = false;
   let versions: number[] | null = null;
   let sawPsk = false;
-  const seen = new Set<number>();
+  const gen = nextSeenGeneration();
   let count = 0;
 
   // Bounded: every pass reads a 4-byte extension header or leaves.
@@ -299,13 +316,13 @@ function parseHelloBody(r: ByteReader): TlsPeek {
     // RFC 8446 §4.2.11: pre_shared_key MUST be the last extension in the ClientHello.
     if (sawPsk) return malformed('bad-extension', `Extension ${hex(type)} follows pre_shared_key, which must be last`);
     // RFC 8446 §4.2: there MUST NOT be more than one extension of the same type.
-    if (seen.has(type)) {
+    if (seenAt[type] === gen) {
       if (type === EXT_SERVER_NAME) {
         return malformed('duplicate-sni', `A second server_name extension follows the one naming ${quote(sni ?? '')}`);
       }
       return malformed('duplicate-extension', `Extension ${hex(type)} appears twice`);
     }
-    seen.add(type);
+    seenAt[type] = gen;
 
     if (type === EXT_SERVER_NAME) {
       const s = parseServerName(block.window(length)!);

@@ -72,6 +72,15 @@ describe('latin1', () => {
     for (let i = 0; i < 256; i++) expect(s.charCodeAt(i)).toBe(i);
   });
 
+  it('reads the range asked of a view into larger bytes (a Buffer or a plain Uint8Array)', () => {
+    const all = Uint8Array.from({ length: 64 }, (_, i) => 0x40 + i);
+    for (const view of [all.subarray(8, 40), Buffer.from(all.buffer, 8, 32)]) {
+      expect(latin1(view, 2, 5)).toBe(String.fromCharCode(0x4a, 0x4b, 0x4c));
+      expect(latin1(view)).toBe(String.fromCharCode(...all.subarray(8, 40)));
+      expect(latin1(view, 3, 3)).toBe('');
+    }
+  });
+
   it('decodes long inputs in slices', () => {
     const bytes = new Uint8Array(10_000).fill(0x61);
     expect(latin1(bytes, 1, 9_999)).toBe('a'.repeat(9_998));

@@ -308,6 +308,17 @@ describe('parseClientHello: malformed', () => {
     expect(reasonOf(parseClientHello(late))).toBe('duplicate-extension');
   });
 
+  it('tells each hello its own extensions across any number of parses (the seen-types table wraps)', () => {
+    const distinct = buildHello({ extra: [ext(0x3000), ext(0x3001)] });
+    const twice = buildHello({ extra: [ext(0x3000), ext(0x3000)] });
+    // Past 65,535 parses the table's generation wraps: no type seen before counts as seen again.
+    for (let i = 0; i < 0x10000 + 3; i++) {
+      if (parseClientHello(distinct).kind !== 'hello') throw new Error(`parse ${i} took a distinct hello for a duplicate`);
+    }
+    expect(reasonOf(parseClientHello(twice))).toBe('duplicate-extension');
+    expect(parseClientHello(distinct)).toMatchObject({ kind: 'hello' });
+  });
+
   it('reads a whole hello of thousands of extensions', () => {
     const many = buildHello({ extra: Array.from({ length: 3000 }, (_, i) => ext(0x3000 + i)) });
     expect(parseClientHello(many)).toMatchObject({ kind: 'hello', sni: 'example.test' });
