@@ -106,6 +106,15 @@ typedef struct sl_conn {
   // socket's interest set: it is added only once a write has blocked, so a short connection is
   // never woken for a writability it does not need.
   bool rd[2], wr[2], out[2];
+  // EPOLLIN is out of the socket's interest set: the direction reading from it filled its pipe
+  // with bytes the other socket could not take (a bulk transfer outrunning its reader). Every
+  // segment arriving meanwhile would wake the loop for nothing, as the pipe is not read into
+  // until the writer drains it; the socket's receive buffer and TCP's window hold the sender
+  // back instead, as they do a proxy blocked in write(2). When the pipe is empty the socket is
+  // read without an event (`rd` set), and EPOLLIN comes back only once a read finds it empty:
+  // while the source stays ahead of the reader, a transfer costs no epoll_ctl after the first.
+  // EPOLLRDHUP, EPOLLHUP and EPOLLERR are reported throughout.
+  bool paused[2];
   // An event said the peer closed or failed (EPOLLRDHUP, EPOLLHUP, EPOLLERR). Until then a read
   // that returned less than asked (and was not limited by the pipe) emptied the socket, and the
   // next byte brings a new edge: `rd` is cleared without a probe that must find EAGAIN. After it,
@@ -424,19 +433,41 @@ static void conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
 
 // ---- the data phase --------------------------------------------------------------------------
 
+// The socket's interest set from its flags (sl_conn.out, sl_conn.paused).
+static bool rearm(sl_loop *l, sl_conn *c, int side, bool out, bool paused) {
+  struct epoll_event ev = {.events = (paused ? 0 : EPOLLIN) | (out ? EPOLLOUT : 0) | EPOLLRDHUP | EPOLLET,
+                           .data.u64 = conn_key(c, side)};
+  if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd[side], &ev) != 0) return false;
+  c->out[side] = out;
+  c->paused[side] = paused;
+  return true;
+}
+
 // Adds EPOLLOUT to the socket's interest set once a write to it has blocked (see sl_conn.out).
 static bool want_out(sl_loop *l, sl_conn *c, int side) {
-  if (c->out[side]) return true;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, side)};
-  if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd[side], &ev) != 0) return false;
-  c->out[side] = true;
-  return true;
+  return c->out[side] || rearm(l, c, side, true, c->paused[side]);
 }
 
 // A write to `to` would block: wait for EPOLLOUT. False when the connection was closed.
 static bool blocked(sl_loop *l, sl_conn *c, int to) {
   c->wr[to] = false;
   if (want_out(l, c, to)) return true;
+  conn_close(l, c, SL_END_ERROR, errno, 2);
+  return false;
+}
+
+// The pipe of `from`'s direction holds bytes its writer cannot take: EPOLLIN off (sl_conn.paused).
+// False when the connection was closed.
+static bool pause_from(sl_loop *l, sl_conn *c, int from) {
+  if (c->paused[from] || rearm(l, c, from, c->out[from], true)) return true;
+  conn_close(l, c, SL_END_ERROR, errno, 2);
+  return false;
+}
+
+// A read found the paused socket empty: EPOLLIN back, for the next bytes' edge. A byte that came
+// after the read is not lost: EPOLL_CTL_MOD reports a socket already readable.
+static bool resume_from(sl_loop *l, sl_conn *c, int from) {
+  if (rearm(l, c, from, c->out[from], false)) return true;
   conn_close(l, c, SL_END_ERROR, errno, 2);
   return false;
 }
@@ -471,12 +502,19 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       ssize_t n = splice(d->pipe[0], NULL, out, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) return blocked(l, c, to);
+        if (errno == EAGAIN) return blocked(l, c, to) && pause_from(l, c, from);
         conn_fail(l, c, to, errno);
         return false;
       }
       d->in_pipe -= (size_t)n;
       c->last_ms = l->now_ms;
+      // A splice to a socket stops short only where the socket's buffer filled (splice_to_socket
+      // sends until its sendmsg would block), and that sendmsg set SOCK_NOSPACE, so the room
+      // it waits for brings EPOLLOUT: no second splice to find EAGAIN (nginx's ngx_unix_send
+      // clears `ready` on a short send alike).
+      if (d->in_pipe > 0) return blocked(l, c, to) && pause_from(l, c, from);
+      // Bytes that came while paused brought no event: the socket is read to find out.
+      if (c->paused[from]) c->rd[from] = true;
       continue;
     }
     if (d->eof) {
@@ -512,7 +550,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (errno == EAGAIN) {
         c->rd[from] = false;
         pipe_give(l, d); // empty here: nothing was read into it
-        return true;
+        return !c->paused[from] || resume_from(l, c, from);
       }
       conn_fail(l, c, from, errno);
       return false;
@@ -524,8 +562,10 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     // socket was emptied (see sl_conn.hup and .fin).
     bool emptied = (size_t)n < d->slots;
     if (emptied && c->fin[from]) d->eof = true;
-    else if (emptied && !c->hup[from]) c->rd[from] = false;
-    else if ((size_t)n * 2 >= (size_t)d->slots * (size_t)l->page) pipe_grow(l, d);
+    else if (emptied && !c->hup[from]) {
+      c->rd[from] = false;
+      if (c->paused[from] && !resume_from(l, c, from)) return false;
+    } else if ((size_t)n * 2 >= (size_t)d->slots * (size_t)l->page) pipe_grow(l, d);
   }
 }
 

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -141,6 +143,7 @@ static void pair(int *mine, int *theirs) {
 
 typedef struct {
   int client, upstream; // the test's ends
+  int loop_upstream;    // the loop's end of the upstream pair (its queue is read with SIOCINQ while the connection lives)
 } conn_ends;
 
 static conn_ends hand_over(sl_loop *l, uint64_t id, const char *up, const char *down, uint32_t idle_ms) {
@@ -148,6 +151,7 @@ static conn_ends hand_over(sl_loop *l, uint64_t id, const char *up, const char *
   int lc, lu;
   pair(&e.client, &lc);
   pair(&e.upstream, &lu);
+  e.loop_upstream = lu;
   int r = sl_loop_add(l, id, lc, lu, up, up ? strlen(up) : 0, down, down ? strlen(down) : 0, idle_ms);
   CHECK(r == 0, "sl_loop_add: %s", strerror(r));
   return e;
@@ -390,6 +394,59 @@ static void test_slow_reader_blocks_then_drains(sl_loop *l) {
   free(down);
   close(e.client);
   close(e.upstream);
+}
+
+static int turns_now(void) {
+  pthread_mutex_lock(&lock);
+  int t = turns;
+  pthread_mutex_unlock(&lock);
+  return t;
+}
+
+static int queued_in(int fd) {
+  int n = 0;
+  ioctl(fd, SIOCINQ, &n);
+  return n;
+}
+
+// A direction whose pipe holds bytes its writer cannot take stops listening to its source
+// (sl_conn.paused): segments arriving from the upstream while the client does not read wake the
+// loop no more (each one was a turn for nothing), and a reset from that upstream is still passed
+// on at once, not at the idle timeout.
+static void test_blocked_direction_sleeps_until_drained(sl_loop *l) {
+  conn_ends e = hand_over(l, 30, NULL, NULL, 20000);
+  int one = 1;
+  setsockopt(e.upstream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  fcntl(e.upstream, F_SETFL, fcntl(e.upstream, F_GETFL) | O_NONBLOCK);
+  char *chunk = calloc(1, 16384);
+  // Until the loop stops reading (bytes queued on its upstream socket are still there 100 ms
+  // later: the client's socket and the pipe are full), 16 KiB at a time, so that socket's
+  // receive buffer keeps room for what follows.
+  int queued = 0;
+  for (int i = 0; i < 4000 && queued == 0; i++) {
+    if (write(e.upstream, chunk, 16384) < 0) usleep(1000);
+    usleep(500);
+    int q = queued_in(e.loop_upstream);
+    if (q == 0) continue;
+    usleep(100 * 1000);
+    if (queued_in(e.loop_upstream) >= q) queued = queued_in(e.loop_upstream);
+  }
+  int before = turns_now();
+  CHECK(queued > 0, "the loop's upstream socket never kept bytes queued");
+  // 32 segments, one every 2 ms, each of which used to wake the loop.
+  for (int i = 0; i < 32; i++) {
+    if (write(e.upstream, chunk, 1024) < 0) break;
+    usleep(2000);
+  }
+  usleep(50 * 1000);
+  int woken = turns_now() - before, more = queued_in(e.loop_upstream) - queued;
+  CHECK(more >= 16 * 1024, "only %d more bytes reached the loop's upstream socket: the check proves nothing", more);
+  CHECK(woken <= 4, "the loop turned %d times while its client read nothing", woken);
+  reset_close(e.upstream);
+  sl_outcome o;
+  CHECK(wait_outcome(30, 2000, &o) && o.end == SL_END_UPSTREAM_RESET, "end %d after the upstream's reset", o.end);
+  free(chunk);
+  close(e.client);
 }
 
 // A connection reset while its pipe holds bytes bound for the client: that pipe must be closed,
@@ -1502,6 +1559,7 @@ int main(void) {
   test_answer_and_fin_in_one_event(l);
   test_answer_then_reset(l);
   test_bytes_up_while_writes_down_block(l);
+  test_blocked_direction_sleeps_until_drained(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
   CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),

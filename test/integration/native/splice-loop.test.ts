@@ -21,7 +21,7 @@ it.skipIf(process.platform !== 'linux').each([
   // checks (the memory usually still says "dead"), and so is any other use after free.
   ['AddressSanitizer', ['-fsanitize=address', '-fno-omit-frame-pointer', '-g']],
 ])(
-  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding; the first flight: framing, one report across reads and records, each deadline, server-first)',
+  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding; the first flight: framing, one report across reads and records, each deadline, server-first)',
   (_name, defines) => {
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
