@@ -46,6 +46,8 @@ export class LimitsController {
     { defaults: SandboxLimits; sandboxLimits: LimitsOverride | undefined; orgLimits: LimitsOverride | undefined; limits: SandboxLimits }
   >();
   readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
+  /** Logs #shed SHED_LOG_MS after the first refusal it holds; no timer while nothing is shed (an idle daemon sleeps). */
+  #shedTimer: NodeJS.Timeout | null = null;
   #acceptErrorsLogged = 0;
 
   constructor(config: () => LimitsConfig, log: Logger, metrics: Metrics, lookup: (source: string) => SourceLimits) {
@@ -104,7 +106,6 @@ export class LimitsController {
       byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
     this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare });
     this.memory.start();
-    this.#timers.push(setInterval(() => this.#flushShed(), SHED_LOG_MS).unref());
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
     this.#log.info(
       {
@@ -175,6 +176,7 @@ export class LimitsController {
     const e = this.#shed.get(k);
     if (e) e.count++;
     else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason, count: 1, detail });
+    this.#shedTimer ??= setTimeout(() => this.#flushShed(), SHED_LOG_MS).unref();
   }
 
   /** Critical memory pressure: resets every connection still being peeked (they end as peek-closed). */
@@ -190,6 +192,8 @@ export class LimitsController {
   }
 
   #flushShed(): void {
+    if (this.#shedTimer !== null) clearTimeout(this.#shedTimer);
+    this.#shedTimer = null;
     for (const e of this.#shed.values()) {
       this.#log.warn(
         { event: { action: 'connections-shed' }, sandbox: e.sandbox, source: e.source, verdict: 'refuse', reason: e.reason, count: e.count, detail: e.detail },

@@ -54,6 +54,14 @@ const HYSTERESIS = 0.05;
 /** New connections since the last sample before one at accept may resample (sheddingNow). */
 const SAMPLE_BURST = 32;
 /**
+ * Resting: no connection was asked about since the last sample and the pressure is under half of
+ * shedAt. The timer then looks this many times less often (2 s at the default 250 ms), so an idle
+ * egressd is not woken 4 times a second for a figure nothing reads; the next connection samples
+ * at once (sheddingNow) and the usual pace resumes. With no new connection, nothing is admitted
+ * on a stale figure, and none is still being peeked for a critical sample to reset.
+ */
+const RESTING_FACTOR = 8;
+/**
  * The shortest time between two shrinks while shedding. A shrink that gave back less than
  * SHRINK_WORTHWHILE of the limit doubles the wait, up to SHRINK_EVERY_MAX_MS: the memory is in
  * use by the connections held, and each shrink stops the event loop (a 10,000-connection flood
@@ -251,6 +259,8 @@ export class MemoryGuard {
    */
   readonly #chain: CgroupFiles[] = [];
   #timer: NodeJS.Timeout | null = null;
+  /** The timer is waiting RESTING_FACTOR intervals (see RESTING_FACTOR). */
+  #resting = false;
   #last: MemorySample;
   #shedding = false;
   #sampledAt = 0;
@@ -353,6 +363,7 @@ export class MemoryGuard {
    * files read, tens of µs) is then not paid every 50 ms by a steady trickle of connections.
    */
   sheddingNow(maxAgeMs = 50, burst = SAMPLE_BURST): boolean {
+    if (this.#resting) return this.#wake();
     if (++this.#askedSince < burst) return this.#shedding;
     return Date.now() - this.#sampledAt > maxAgeMs ? this.refresh() : this.#shedding;
   }
@@ -433,19 +444,34 @@ export class MemoryGuard {
 
   start(): void {
     if (this.#timer !== null) return;
-    const tick = (): void => {
-      this.refresh();
-      // Near the threshold, look twice as often: memory can climb fast under a flood.
-      const near = this.#last.pressure >= this.#opts.shedAt - 0.1;
-      this.#timer = setTimeout(tick, near ? this.#opts.intervalMs / 2 : this.#opts.intervalMs);
-      this.#timer.unref();
-    };
-    tick();
+    this.#tick();
+  }
+
+  readonly #tick = (): void => {
+    const asked = this.#askedSince;
+    this.refresh();
+    const p = this.#last.pressure;
+    // Near the threshold, look twice as often: memory can climb fast under a flood.
+    const near = p >= this.#opts.shedAt - 0.1;
+    this.#resting = asked === 0 && !this.#shedding && p < this.#opts.shedAt / 2;
+    const wait = near ? this.#opts.intervalMs / 2 : this.#resting ? this.#opts.intervalMs * RESTING_FACTOR : this.#opts.intervalMs;
+    this.#timer = setTimeout(this.#tick, wait);
+    this.#timer.unref();
+  };
+
+  /** A connection while resting: sample now and resume the usual pace. */
+  #wake(): boolean {
+    this.#resting = false;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#askedSince++;
+    this.#tick();
+    return this.#shedding;
   }
 
   stop(): void {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+    this.#resting = false;
     for (const c of this.#chain) for (const f of [c.max, c.current, c.stat]) f.close();
   }
 }

@@ -6,9 +6,10 @@
 
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { ListenerKind } from '../net/listener.ts';
+import { LoopDelay, registerDefaultMetrics } from './loop-delay.ts';
 
 // prom-client's parts from their own files: its index also loads the Pushgateway (node:http,
 // https, zlib) and the cluster aggregator, which egressd never uses — about 4 MB of idle RSS.
@@ -19,11 +20,8 @@ const prom = {
   Gauge: promRequire('prom-client/lib/gauge') as typeof Gauge,
   Histogram: promRequire('prom-client/lib/histogram') as typeof Histogram,
   Registry: promRequire('prom-client/lib/registry') as typeof Registry,
-  collectDefaultMetrics: promRequire('prom-client/lib/defaultMetrics') as typeof collectDefaultMetrics,
 };
 
-/** How often the event loop's delay is sampled (prom-client's nodejs_eventloop_lag_* gauges), ms. */
-const EVENT_LOOP_SAMPLE_MS = 50;
 export interface MetricsOptions {
   /** Adds a `sandbox` label to the connection counters: only for small fleets. */
   readonly sandboxLabel: boolean;
@@ -306,14 +304,12 @@ export class Metrics {
   #dnsCacheHitsNow = 0;
   readonly #dnsLookupsNow = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
+  /** The event loop's delay (nodejs_eventloop_lag_*), sampled while connections come (see #later). */
+  readonly loopDelay = new LoopDelay();
 
   constructor(opts: MetricsOptions = { sandboxLabel: false }) {
     this.#sandboxLabel = opts.sandboxLabel;
-    // The event-loop delay is sampled every EVENT_LOOP_SAMPLE_MS, not prom-client's 10 ms: each
-    // sample is a timer that wakes an idle daemon, 100 a second (≈ 9 ms of CPU a second on the
-    // test machine, paid per connection by a slow trickle of them; issue 12). A stall as long as
-    // the alert's 100 ms (docs/metrics.md) is still always seen.
-    prom.collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+    registerDefaultMetrics(this.registry, this.loopDelay);
     const src = (): ScrapeSources => this.#sources;
     const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
       if (v !== null && v !== undefined) g.set(labels, v);
@@ -415,7 +411,10 @@ export class Metrics {
   }
 
   #later(): void {
-    if (this.#timer === null) this.#timer = setTimeout(this.#due, OUTCOME_FLUSH_MS).unref();
+    if (this.#timer !== null) return;
+    this.#timer = setTimeout(this.#due, OUTCOME_FLUSH_MS).unref();
+    // A batch begins: egressd is serving, so the loop's delay is worth sampling (at most once per batch).
+    this.loopDelay.busy();
   }
 
   readonly #due = (): void => {

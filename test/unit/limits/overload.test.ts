@@ -98,6 +98,34 @@ describe('MemoryGuard', () => {
     for (let i = 0; i < 40; i++) expect(g.sheddingNow(50, 32)).toBe(true);
   });
 
+  it('rests while no connection comes and the pressure is low: samples 8 times less often, and the next connection samples at once', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(10 << 20) });
+    const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
+    const g = new MemoryGuard({ ...opts, intervalMs: 40, cgroupRoot: t.root, procCgroup: t.proc });
+    g.start();
+    try {
+      writeFileSync(current, String(20 << 20));
+      // Three usual intervals: a guard at its usual pace would have sampled twice; resting, it waits 320 ms.
+      await new Promise((r) => setTimeout(r, 120));
+      expect(g.last.cgroupWorkingSetBytes).toBe(10 << 20);
+      // The first connection: a fresh sample, not the one from before the rest.
+      writeFileSync(current, String(95 << 20));
+      expect(g.sheddingNow()).toBe(true);
+      expect(g.last.cgroupWorkingSetBytes).toBe(95 << 20);
+      // Connections keep coming: the usual pace (twice as often near shedAt).
+      writeFileSync(current, String(60 << 20));
+      const deadline = Date.now() + 2000;
+      while (g.last.cgroupWorkingSetBytes !== 60 << 20 && Date.now() < deadline) {
+        g.sheddingNow();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(g.last.cgroupWorkingSetBytes).toBe(60 << 20);
+      expect(g.shedding).toBe(false);
+    } finally {
+      g.stop();
+    }
+  });
+
   it('shrinks the heap once shedding starts, after the pending accepts, then at most once a second, and never while not shedding', async () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
     const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
