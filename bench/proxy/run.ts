@@ -602,7 +602,10 @@ function floorReport(): string[] {
     '',
     'kernel DNAT: no proxy process, the router rewrites the destination (conntrack NAT), one TCP connection end to end. ' +
       'splice floor: a few dozen lines of C (bench/proxy/splice-floor.c) behind the same REDIRECT, a second TCP connection, ' +
-      'blocking splice(2) through a 1 MiB pipe, a thread per direction, no policy. Its ratio to Direct is the most any proxy reaches on this rig.',
+      'blocking splice(2) through a 1 MiB pipe, a thread per direction, no policy: the least any proxy does, so its ratio to Direct is ' +
+      "about the most a proxy can reach on this machine. Rig CPU is the client's, the origin's and the proxy's CPU per GB together: " +
+      "where the three keep both cores busy, a column's rate is about Direct's times Direct's rig CPU ÷ its own, and a busy machine " +
+      "distorts this figure far less than the rates (compare a column's samples on stderr).",
     '',
     `| figure | ${cols.map(([l]) => l).join(' | ')} | ${cols
       .slice(1)
