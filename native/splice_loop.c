@@ -43,6 +43,16 @@
 #define SL_NEW_PIPE_SIZE 0
 #endif
 #define SL_GROW_RETRY_MS 1000
+// A direction's bytes go through the loop's own buffer (recv, send) until it has carried
+// SL_COPY_LIMIT bytes or a read filled the buffer, and are spliced from then on. A small exchange
+// (a TLS handshake, a short answer) costs two copies of a few hundred bytes, cheaper than two
+// splices through a pipe; and a read that returns less than the buffer proves the socket empty,
+// where a splice's count says nothing about whether the pipe filled (any number of segments, one
+// buffer each), so a splice that moved more bytes than the pipe has buffers had to be followed by
+// one that found EAGAIN. HAProxy likewise splices only a channel it has seen stream fast
+// (splice-auto: consecutive reads that filled its buffer), and not under 4 KiB to forward.
+#define SL_COPY_BUF (64u << 10)
+#define SL_COPY_LIMIT (64u << 10)
 // Empty pipes kept for the next connection; beyond this they are closed.
 #define SL_PIPE_POOL 64
 #define SL_EVENTS 256
@@ -71,8 +81,11 @@ typedef struct {
   int pipe[2];       // -1 when none is held
   unsigned slots;    // the pipe's buffers: a splice into it that moved fewer bytes did not fill it
   size_t in_pipe;    // bytes read from `from` and not yet written to `to`
-  char *pending;     // initial bytes, written before anything is spliced
+  // Bytes read and not yet written, written before anything else: the initial bytes, and what a
+  // write from the loop's buffer left (allocated only then, freed once written).
+  char *pending;
   size_t pending_len, pending_off;
+  bool bulk;         // spliced from now on (see SL_COPY_BUF)
   bool eof;          // `from` sent its FIN
   bool shut;         // the FIN was passed on: shutdown(to, SHUT_WR)
   uint64_t bytes;
@@ -218,6 +231,7 @@ struct sl_loop {
   sl_turn_fn on_turn; // atomic: set once, from another thread
   size_t peek_cap;
   char *scratch; // peek_cap bytes
+  char *copy;    // SL_COPY_BUF bytes: a small exchange's bytes between read and write
   unsigned unanswered;
   uint64_t turn; // epoll_wait calls so far
 };
@@ -484,17 +498,20 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       ssize_t n = send(out, d->pending + d->pending_off, d->pending_len - d->pending_off, MSG_NOSIGNAL);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) return blocked(l, c, to);
+        if (errno == EAGAIN) return blocked(l, c, to) && pause_from(l, c, from);
         conn_fail(l, c, to, errno);
         return false;
       }
       d->pending_off += (size_t)n;
       c->last_ms = l->now_ms;
-      if (d->pending_off == d->pending_len) {
-        free(d->pending);
-        d->pending = NULL;
-        d->pending_len = d->pending_off = 0;
-      }
+      // Less than asked: the socket's buffer is full (nginx clears its ready flag the same way),
+      // no write that must find EAGAIN.
+      if (d->pending_off < d->pending_len) return blocked(l, c, to) && pause_from(l, c, from);
+      free(d->pending);
+      d->pending = NULL;
+      d->pending_len = d->pending_off = 0;
+      // Bytes that came while paused brought no event: the socket is read to find out.
+      if (c->paused[from]) c->rd[from] = true;
       continue;
     }
     if (d->in_pipe > 0) {
@@ -531,6 +548,55 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     if (!c->rd[from]) {
       pipe_give(l, d); // empty here
       return true;
+    }
+    if (!d->bulk) {
+      // Nothing is read that cannot be written now: its bytes wait in the socket.
+      if (!c->wr[to]) return true;
+      ssize_t n = recv(in, l->copy, SL_COPY_BUF, 0);
+      if (n == 0) {
+        d->eof = true;
+        continue;
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) {
+          c->rd[from] = false;
+          return !c->paused[from] || resume_from(l, c, from);
+        }
+        conn_fail(l, c, from, errno);
+        return false;
+      }
+      d->bytes += (uint64_t)n;
+      c->last_ms = l->now_ms;
+      // Less than the buffer: the socket is empty (see sl_conn.hup and .fin).
+      bool emptied = (size_t)n < SL_COPY_BUF;
+      if (!emptied || d->bytes >= SL_COPY_LIMIT) d->bulk = true;
+      if (emptied && c->fin[from]) d->eof = true;
+      else if (emptied && !c->hup[from]) {
+        c->rd[from] = false;
+        if (c->paused[from] && !resume_from(l, c, from)) return false;
+      }
+      ssize_t w;
+      do w = send(out, l->copy, (size_t)n, MSG_NOSIGNAL);
+      while (w < 0 && errno == EINTR);
+      if (w < 0 && errno != EAGAIN) {
+        conn_fail(l, c, to, errno);
+        return false;
+      }
+      if (w < 0) w = 0;
+      if (w < n) {
+        // The rest is the connection's to keep, in order, before anything else it reads.
+        d->pending = malloc((size_t)(n - w));
+        if (!d->pending) {
+          conn_close(l, c, SL_END_ERROR, ENOMEM, 2);
+          return false;
+        }
+        memcpy(d->pending, l->copy + w, (size_t)(n - w));
+        d->pending_len = (size_t)(n - w);
+        d->pending_off = 0;
+        return blocked(l, c, to) && pause_from(l, c, from);
+      }
+      continue;
     }
     if (d->pipe[0] < 0) {
       int e = pipe_take(l, d);
@@ -1337,8 +1403,13 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
   l->page = sysconf(_SC_PAGESIZE);
   l->next_idle_check = UINT64_MAX;
   l->now_ms = monotonic_ms();
+  l->copy = malloc(SL_COPY_BUF);
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
   l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (!l->copy) {
+    *err = ENOMEM;
+    goto fail;
+  }
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 2u}; // a listener's tag, no listener
   if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
     *err = errno;
@@ -1355,6 +1426,7 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
 fail:
   if (l->epfd >= 0) close(l->epfd);
   if (l->wakefd >= 0) close(l->wakefd);
+  free(l->copy);
   free(l);
   return NULL;
 }
@@ -1604,6 +1676,7 @@ void sl_loop_stop(sl_loop *l) {
   close(l->wakefd);
   pthread_mutex_destroy(&l->lock);
   free(l->scratch);
+  free(l->copy);
   free(l);
 }
 

@@ -599,6 +599,57 @@ static void test_bytes_up_while_writes_down_block(sl_loop *l) {
   close(e.upstream);
 }
 
+// Small writes to a reader whose buffers are tiny: the loop's writes from its own buffer (a
+// direction under SL_COPY_LIMIT) come up short, and the rest waits in the connection's overflow,
+// written before any byte read after it. Every byte arrives once, in order, then the FIN; or,
+// when the client resets with bytes waiting, the reset is passed on and the overflow freed.
+static void test_copy_overflow_keeps_order(sl_loop *l) {
+  enum { TOTAL = 48 << 10, CHUNK = 1024 };
+  for (int resets = 0; resets < 2; resets++) {
+    uint64_t id = 720 + (uint64_t)resets;
+    int small = 4096;
+    int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    if (connect(client, (struct sockaddr *)&listen_addr, sizeof listen_addr) != 0) {
+      perror("connect");
+      exit(2);
+    }
+    int ours = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    setsockopt(ours, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    int upstream, ours_up;
+    pair(&upstream, &ours_up);
+    CHECK(sl_loop_add(l, id, ours, ours_up, NULL, 0, NULL, 0, 10000) == 0, "sl_loop_add");
+    char chunk[CHUNK];
+    for (int off = 0; off < TOTAL; off += CHUNK) {
+      for (int i = 0; i < CHUNK; i++) chunk[i] = (char)((off + i) * 7 + 13);
+      write_all(upstream, chunk, CHUNK);
+    }
+    shutdown(upstream, SHUT_WR);
+    usleep(100 * 1000); // the client's buffers are full: the rest waits in the loop or upstream
+    sl_outcome o;
+    if (resets) {
+      reset_close(client);
+      int err;
+      read_all(upstream, NULL, 0, &err, 5000);
+      CHECK(err == ECONNRESET, "the upstream saw errno %d, not the reset", err);
+      CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLIENT_RESET && o.bytes_down <= TOTAL, "end %d, %llu down", o.end,
+            (unsigned long long)o.bytes_down);
+      close(upstream);
+      continue;
+    }
+    char *down = malloc(TOTAL + 1);
+    int err;
+    size_t n = read_all(client, down, TOTAL + 1, &err, 5000);
+    CHECK(n == TOTAL && err == 0 && pattern_ok(down, TOTAL, 13), "the client got %zu of %d bytes (err %d), or other bytes", n, TOTAL, err);
+    free(down);
+    shutdown(client, SHUT_WR);
+    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_down == TOTAL && o.bytes_up == 0, "end %d, %llu down", o.end,
+          (unsigned long long)o.bytes_down);
+    close(client);
+    close(upstream);
+  }
+}
+
 // Many short connections one after another: pooled pipes must never carry one connection's
 // bytes into another.
 static void test_many_connections_reuse_pipes(sl_loop *l) {
@@ -1560,6 +1611,7 @@ int main(void) {
   test_answer_then_reset(l);
   test_bytes_up_while_writes_down_block(l);
   test_blocked_direction_sleeps_until_drained(l);
+  test_copy_overflow_keeps_order(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
   CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),
