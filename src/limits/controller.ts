@@ -39,7 +39,7 @@ export class LimitsController {
   #nofile: NofileLimits = { soft: null, hard: null };
   #timers: NodeJS.Timeout[] = [];
   /** Admitted client sockets with no verdict yet, the first to go under critical memory pressure. */
-  readonly #peeking = new Set<Resettable>();
+  readonly #peeking = new PeekingList();
   /** Each sandbox's effective limits, and the layers they were made of (limitsOf). */
   readonly #limits = new Map<
     string,
@@ -151,8 +151,9 @@ export class LimitsController {
     const key = l.sandbox ?? `source ${source}`;
     const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
     if (a.ok) {
-      this.#peeking.add(socket);
-      return new PeekingTicket(a.ticket, this.#peeking, socket);
+      const t = new PeekingTicket(a.ticket, this.#peeking, socket);
+      this.#peeking.add(t);
+      return t;
     }
     socket.resetAndDestroy();
     this.#refused(kind, l, source, a.reason, a.detail);
@@ -183,8 +184,7 @@ export class LimitsController {
   #resetUndecided(s: MemorySample): void {
     const n = this.#peeking.size;
     if (n === 0) return;
-    for (const socket of this.#peeking) socket.resetAndDestroy();
-    this.#peeking.clear();
+    for (const socket of this.#peeking.takeAll()) socket.resetAndDestroy();
     this.#log.warn(
       { event: { action: 'overload-reset-undecided' }, count: n, monitor: s.monitor, pressure: round(s.pressure) },
       'Critical memory pressure: reset the connections still being peeked',
@@ -260,22 +260,71 @@ const LIMITS_CACHED = 10_000;
 /** Admission's ticket for a connection that also counts among those still being peeked. */
 class PeekingTicket implements Ticket {
   readonly #ticket: Ticket;
-  readonly #peeking: Set<Resettable>;
-  readonly #socket: Resettable;
+  readonly #peeking: PeekingList;
+  readonly socket: Resettable;
+  /** PeekingList's links. */
+  prev: PeekingTicket | null = null;
+  next: PeekingTicket | null = null;
+  listed = false;
 
-  constructor(ticket: Ticket, peeking: Set<Resettable>, socket: Resettable) {
+  constructor(ticket: Ticket, peeking: PeekingList, socket: Resettable) {
     this.#ticket = ticket;
     this.#peeking = peeking;
-    this.#socket = socket;
+    this.socket = socket;
   }
 
   decided(): void {
-    this.#peeking.delete(this.#socket);
+    this.#peeking.remove(this);
     this.#ticket.decided();
   }
 
   release(): void {
-    this.#peeking.delete(this.#socket);
+    this.#peeking.remove(this);
     this.#ticket.release();
+  }
+}
+
+/**
+ * The admitted connections with no verdict yet, linked through their tickets: taking one on and
+ * letting it go allocate nothing and rehash no table (issue 12). Walked only under critical
+ * memory pressure.
+ */
+class PeekingList {
+  #head: PeekingTicket | null = null;
+  size = 0;
+
+  add(t: PeekingTicket): void {
+    if (t.listed) return;
+    t.listed = true;
+    t.prev = null;
+    t.next = this.#head;
+    if (this.#head !== null) this.#head.prev = t;
+    this.#head = t;
+    this.size++;
+  }
+
+  remove(t: PeekingTicket): void {
+    if (!t.listed) return;
+    t.listed = false;
+    if (t.prev !== null) t.prev.next = t.next;
+    else this.#head = t.next;
+    if (t.next !== null) t.next.prev = t.prev;
+    t.prev = t.next = null;
+    this.size--;
+  }
+
+  /** Empties the list; returns the sockets it held, oldest first. */
+  takeAll(): Resettable[] {
+    const out: Resettable[] = [];
+    for (let t = this.#head; t !== null;) {
+      const next = t.next;
+      out.push(t.socket);
+      t.listed = false;
+      t.prev = t.next = null;
+      t = next;
+    }
+    this.#head = null;
+    this.size = 0;
+    return out.reverse();
   }
 }

@@ -278,7 +278,8 @@ export class NativeSetup {
 type DialWait = Pick<ConnectOptions, 'port' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'closing' | 'recheck' | 'onConnected'>;
 
 type Pending =
-  | { kind: 'peek'; buf: PeekBuffer<Peeked>; opts: PeekOptions; resolve: (o: PeekOutcome<Peeked>) => void }
+  // `resolve` is null while peekNow's caller has not yet taken the wait over (peek()).
+  | { kind: 'peek'; buf: PeekBuffer<Peeked>; opts: PeekOptions; resolve: ((o: PeekOutcome<Peeked>) => void) | null }
   | { kind: 'connect'; o: DialWait; resolve: (r: ConnectResult) => void }
   | null;
 
@@ -295,6 +296,8 @@ export class NativeClient implements ClientSide {
   #first: Buffer | null;
   #firstState: number;
   #pending: Pending = null;
+  /** A peek settled while no one waited on it yet (see onPeek); peek() answers with it. */
+  #settledEarly: PeekOutcome<Peeked> | null = null;
   #ended = false;
   #addresses: readonly string[] = [];
   #releaseLinger: (() => void) | null = null;
@@ -332,70 +335,93 @@ export class NativeClient implements ClientSide {
   }
 
   peekNow(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null {
-    const settled: { o: PeekOutcome<Peeked> | null } = { o: null };
-    this.#pending = { kind: 'peek', buf: new PeekBuffer(step, opts.maxBytes), opts, resolve: (o) => (settled.o = o) };
+    const p: Pending & { kind: 'peek' } = { kind: 'peek', buf: new PeekBuffer(step, opts.maxBytes), opts, resolve: null };
+    this.#pending = p;
     const first = this.#first;
     this.#first = null;
-    this.#peekStep(this.#firstState, first);
+    const o = this.#peekStep(p, this.#firstState, first);
     // Unsettled, the peek stays pending (the loop reads on, or was asked for more): peek() takes it over.
-    return settled.o;
+    if (o !== null) this.#pending = null;
+    return o;
   }
 
   peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
     return new Promise((resolve) => {
+      const early = this.#settledEarly;
+      if (early !== null) {
+        this.#settledEarly = null;
+        return resolve(early);
+      }
       const started = this.#pending;
       if (started?.kind === 'peek') {
         started.resolve = resolve;
         return;
       }
-      const buf = new PeekBuffer(step, opts.maxBytes);
-      this.#pending = { kind: 'peek', buf, opts, resolve };
+      const p: Pending & { kind: 'peek' } = { kind: 'peek', buf: new PeekBuffer(step, opts.maxBytes), opts, resolve };
+      this.#pending = p;
       const first = this.#first;
       this.#first = null;
-      this.#peekStep(this.#firstState, first);
+      const o = this.#peekStep(p, this.#firstState, first);
+      if (o !== null) {
+        this.#pending = null;
+        resolve(o);
+      }
     });
   }
 
-  /** Feeds a report's bytes to the parser; settles, or asks the loop for more. */
-  #peekStep(state: number, bytes: Buffer | null): void {
-    const p = this.#pending;
-    if (p?.kind !== 'peek') return;
+  /**
+   * Feeds a report's bytes to the parser: the peek's outcome when it is settled (the caller then
+   * lets the pending peek go), else null, having asked the loop for more when it needs asking.
+   */
+  #peekStep(p: Pending & { kind: 'peek' }, state: number, bytes: Buffer | null): PeekOutcome<Peeked> | null {
     const r = bytes && bytes.length > 0 ? p.buf.push(bytes) : null;
-    const settle = (o: PeekOutcome<Peeked>): void => {
-      this.#pending = null;
-      p.resolve(o);
-    };
-    if (r === 'too-large') return settle({ kind: 'too-large', bytes: p.buf.bytes() });
-    if (r !== null) return settle({ kind: 'done', result: r.result, bytes: p.buf.bytes() });
-    const all = (): Buffer => (p.buf.total > 0 ? p.buf.bytes() : Buffer.alloc(0));
+    if (r === 'too-large') return { kind: 'too-large', bytes: p.buf.bytes() };
+    if (r !== null) return { kind: 'done', result: r.result, bytes: p.buf.bytes() };
     switch (state) {
       case PEEK_CLOSED:
-        return settle({ kind: 'closed', bytes: all() });
+        return { kind: 'closed', bytes: allOf(p.buf) };
       case PEEK_TIMEOUT:
-        return settle({ kind: 'timeout', bytes: all() });
+        return { kind: 'timeout', bytes: allOf(p.buf) };
       case PEEK_SILENT:
-        return settle({ kind: 'silent', bytes: Buffer.alloc(0) });
+        return { kind: 'silent', bytes: Buffer.alloc(0) };
       case PEEK_STALLED:
-        return settle({ kind: 'stalled', bytes: all() });
+        return { kind: 'stalled', bytes: allOf(p.buf) };
       case PEEK_FULL:
-        return settle({ kind: 'too-large', bytes: all() });
+        return { kind: 'too-large', bytes: allOf(p.buf) };
       case PEEK_WAITING:
         // The loop reads on by itself and reports once more (sl_loop_rules).
-        return;
+        return null;
     }
     // PEEK_MORE: the parser wants more. The deadlines count from the accept, as peekSocket's
     // count from the pipeline's start.
     const remaining = p.opts.deadline - this.#acceptedAt;
-    if (remaining <= 0 || p.opts.deadline <= Date.now()) return settle({ kind: 'timeout', bytes: all() });
+    if (remaining <= 0 || p.opts.deadline <= Date.now()) return { kind: 'timeout', bytes: allOf(p.buf) };
     const first = p.opts.firstByteTimeoutMs !== undefined && p.opts.firstByteTimeoutMs < remaining ? Math.max(1, p.opts.firstByteTimeoutMs) : 0;
     const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.bytes()) ? Math.max(1, p.opts.stall.ms) : 0;
     // While a stall is possible every byte may change it (mayStall), so every byte is reported.
     const reportAt = stall > 0 ? p.buf.total + 1 : Math.max(p.buf.total + 1, p.buf.wantsAt);
     this.#addon.peek(this.loop, this.id, Math.min(MAX_U32, Math.ceil(remaining)), first, stall, reportAt);
+    return null;
+  }
+
+  /**
+   * Answers a pending peek that was let go. peekNow's caller takes its wait over (peek()) within
+   * the same turn, before any report can come; should one come first, peek() answers with it.
+   */
+  #settle(p: Pending & { kind: 'peek' }, o: PeekOutcome<Peeked>): void {
+    if (p.resolve !== null) p.resolve(o);
+    else this.#settledEarly = o;
   }
 
   onPeek(state: number, bytes: Buffer | null): void {
-    if (this.#pending?.kind === 'peek') return this.#peekStep(state, bytes);
+    const p = this.#pending;
+    if (p?.kind === 'peek') {
+      const o = this.#peekStep(p, state, bytes);
+      if (o === null) return;
+      this.#pending = null;
+      this.#settle(p, o);
+      return;
+    }
     // The loop's own report came before the pipeline asked (it reads the first flight by itself
     // after an early accept report): kept for peek(). After a dial or a refusal it is moot.
     if (this.#pending !== null || this.#ended) return;
@@ -424,7 +450,8 @@ export class NativeClient implements ClientSide {
       this.#addon.dial(
         this.loop,
         this.id,
-        [...this.#addresses],
+        // Read during the call, never kept (data_plane.c copies the addresses).
+        this.#addresses as string[],
         o.port,
         Math.min(MAX_U32, Math.max(1, Math.ceil(o.connectTimeoutMs))),
         CONNECTION_ATTEMPT_DELAY_MS,
@@ -471,7 +498,7 @@ export class NativeClient implements ClientSide {
     const p = this.#pending;
     this.#pending = null;
     if (p === null) return;
-    if (p.kind === 'peek') return p.resolve({ kind: 'closed', bytes: p.buf.total > 0 ? p.buf.bytes() : Buffer.alloc(0) });
+    if (p.kind === 'peek') return this.#settle(p, { kind: 'closed', bytes: allOf(p.buf) });
     if (p.o.closing.onClose === this.reset) p.o.closing.onClose = null;
     const attempts = this.#attempts(errnos, dialed);
     if (dialed < 0) {
@@ -518,6 +545,11 @@ export class NativeClient implements ClientSide {
   readonly reset = (): void => {
     if (!this.#ended) this.#addon.abort(this.loop, this.id);
   };
+}
+
+/** Every byte a peek read, or an empty buffer when it read none. */
+function allOf(buf: PeekBuffer<Peeked>): Buffer {
+  return buf.total > 0 ? buf.bytes() : Buffer.alloc(0);
 }
 
 /** A listener whose sockets the native loops own (one per loop, SO_REUSEPORT): listener.ts's shape. */

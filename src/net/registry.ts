@@ -40,6 +40,11 @@ export class LiveConnection implements Closing {
   /** Admission's hold on it, if any (told of the verdict, released at the end). */
   readonly ticket: { decided(): void } | undefined;
 
+  /** The registry's list (ConnectionRegistry's own: a link each way, and whether it is listed). */
+  listPrev: LiveConnection | null = null;
+  listNext: LiveConnection | null = null;
+  listed = false;
+
   constructor(outcome: ConnectionOutcome, ticket?: { decided(): void }) {
     this.outcome = outcome;
     this.ticket = ticket;
@@ -68,18 +73,40 @@ export class LiveConnection implements Closing {
   }
 }
 
+/**
+ * The live connections, as a list linked through the connections themselves: adding and removing
+ * one allocates nothing and never rehashes a table (a Set grown and shrunk by every connection
+ * was a cost of each; issue 12). Walked only by a policy change, shutdown and the tests.
+ */
 export class ConnectionRegistry {
-  readonly #live = new Set<LiveConnection>();
+  #head: LiveConnection | null = null;
+  #tail: LiveConnection | null = null;
+  #size = 0;
   #emptied: (() => void)[] = [];
 
   add(c: LiveConnection): LiveConnection {
-    this.#live.add(c);
+    if (c.listed) return c;
+    c.listed = true;
+    c.listNext = null;
+    c.listPrev = this.#tail;
+    if (this.#tail !== null) this.#tail.listNext = c;
+    else this.#head = c;
+    this.#tail = c;
+    this.#size++;
     return c;
   }
 
   remove(c: LiveConnection): void {
-    this.#live.delete(c);
-    if (this.#live.size === 0 && this.#emptied.length > 0) {
+    if (c.listed) {
+      c.listed = false;
+      if (c.listPrev !== null) c.listPrev.listNext = c.listNext;
+      else this.#head = c.listNext;
+      if (c.listNext !== null) c.listNext.listPrev = c.listPrev;
+      else this.#tail = c.listPrev;
+      c.listPrev = c.listNext = null;
+      this.#size--;
+    }
+    if (this.#size === 0 && this.#emptied.length > 0) {
       const waiting = this.#emptied;
       this.#emptied = [];
       for (const w of waiting) w();
@@ -91,16 +118,19 @@ export class ConnectionRegistry {
    * connection just before emitting its outcome, and the caller resumes after that outcome.
    */
   whenEmpty(): Promise<void> {
-    if (this.#live.size === 0) return Promise.resolve();
+    if (this.#size === 0) return Promise.resolve();
     return new Promise((resolve) => this.#emptied.push(resolve));
   }
 
   get size(): number {
-    return this.#live.size;
+    return this.#size;
   }
 
+  /** The connections live now, oldest first (a snapshot: closing them while walking is safe). */
   [Symbol.iterator](): IterableIterator<LiveConnection> {
-    return this.#live.values();
+    const all: LiveConnection[] = [];
+    for (let c = this.#head; c !== null; c = c.listNext) all.push(c);
+    return all.values();
   }
 
   /** Closes one connection, recording why. */
@@ -111,7 +141,7 @@ export class ConnectionRegistry {
 
   closeAll(reason: NonNullable<LiveConnection['closeReason']>): number {
     let n = 0;
-    for (const c of this.#live) {
+    for (const c of this) {
       this.close(c, reason);
       n++;
     }

@@ -59,25 +59,25 @@ export function chooseUpstreamNow(q: UpstreamQuery): UpstreamTarget | null {
 function targetOf(q: UpstreamQuery, r: ResolveResult): UpstreamTarget {
   if (!r.ok) return { ok: false, reason: 'dns-failure', detail: `Resolving "${q.name}" failed: ${r.cause}` };
   const original = canonicalSource(q.original);
-  const resolved = r.addresses.map((a) => canonicalSource(a) ?? a);
-  const hasOriginal = original !== undefined && resolved.includes(original);
+  const resolvedText = (): string => r.addresses.map((a) => canonicalSource(a) ?? a).join(', ') || 'none';
+  let hasOriginal = false;
+  // The name's other addresses the policy allows, in the resolver's order; made only when there
+  // is one (a name usually has the one address the client dialed: no array, no ordering).
+  let others: string[] | null = null;
+  for (const a of r.addresses) {
+    const c = canonicalSource(a) ?? a;
+    if (c === original) hasOriginal = true;
+    else if (q.mode !== 'verify' && q.allows(c)) (others ??= []).push(c);
+  }
   if (q.mode === 'verify') {
     if (hasOriginal) return { ok: true, addresses: [q.original], how: 'original' };
-    return {
-      ok: false,
-      reason: 'dns-mismatch',
-      detail: `"${q.original}" is not an address of "${q.name}" (${resolved.join(', ') || 'none'})`,
-    };
+    return { ok: false, reason: 'dns-mismatch', detail: `"${q.original}" is not an address of "${q.name}" (${resolvedText()})` };
   }
-  const prefer = isIP(original ?? '') === 6 ? 6 : 4;
-  const others = orderAddresses(
-    resolved.filter((a) => a !== original && q.allows(a)),
-    prefer,
-  );
+  const ordered = others === null ? null : orderAddresses(others, isIP(original ?? '') === 6 ? 6 : 4);
   // The original destination was judged already (the verdict); it is tried first.
-  if (hasOriginal) return { ok: true, addresses: [q.original, ...others], how: 'original' };
-  if (others.length === 0) {
-    return { ok: false, reason: 'no-allowed-address', detail: `No address of "${q.name}" is allowed (${resolved.join(', ') || 'none'})` };
+  if (hasOriginal) return { ok: true, addresses: ordered === null ? [q.original] : [q.original, ...ordered], how: 'original' };
+  if (ordered === null || ordered.length === 0) {
+    return { ok: false, reason: 'no-allowed-address', detail: `No address of "${q.name}" is allowed (${resolvedText()})` };
   }
-  return { ok: true, addresses: others, how: 'resolved' };
+  return { ok: true, addresses: ordered, how: 'resolved' };
 }

@@ -22,6 +22,13 @@ const prom = {
   Registry: promRequire('prom-client/lib/registry') as typeof Registry,
 };
 
+/** The peek-duration histogram's label set of each listener (see Metrics.#durationLabels). */
+const PEEK_LABELS: Readonly<Record<ListenerKind, Readonly<Record<string, string>>>> = Object.freeze({
+  http: Object.freeze({ listener: 'http' }),
+  tls: Object.freeze({ listener: 'tls' }),
+  tcp: Object.freeze({ listener: 'tcp' }),
+});
+
 export interface MetricsOptions {
   /** Adds a `sandbox` label to the connection counters: only for small fleets. */
   readonly sandboxLabel: boolean;
@@ -410,6 +417,18 @@ export class Metrics {
     if (outcomes.length > 0) this.#count(outcomes);
   }
 
+  /**
+   * The connection-duration histogram's label set for a listener and verdict, made once: a label
+   * object per observation was most of what counting a connection allocated (prom-client keeps the
+   * object it first saw for a label set, and never changes it).
+   */
+  #durationLabels(listener: ListenerKind, verdict: ConnectionOutcome['verdict']): Readonly<Record<string, string>> {
+    const byVerdict = (this.#durationLabelSets[listener] ??= {});
+    return (byVerdict[verdict] ??= Object.freeze({ listener, verdict }));
+  }
+
+  readonly #durationLabelSets: Partial<Record<ListenerKind, Partial<Record<ConnectionOutcome['verdict'], Readonly<Record<string, string>>>>>> = {};
+
   #later(): void {
     if (this.#timer !== null) return;
     this.#timer = setTimeout(this.#due, OUTCOME_FLUSH_MS).unref();
@@ -446,10 +465,10 @@ export class Metrics {
         if (this.#sandboxLabel) labels['sandbox'] = sandbox;
         connections.set(key, { labels, n: 1 });
       }
-      m.connectionDuration.observe({ listener: o.listener, verdict: o.verdict }, o.durationMs / 1000);
+      m.connectionDuration.observe(this.#durationLabels(o.listener, o.verdict), o.durationMs / 1000);
       if (o.bytesUp > 0) up += o.bytesUp;
       if (o.bytesDown > 0) down += o.bytesDown;
-      if (o.peekMs !== undefined) m.peekDuration.observe({ listener: o.listener }, o.peekMs / 1000);
+      if (o.peekMs !== undefined) m.peekDuration.observe(PEEK_LABELS[o.listener], o.peekMs / 1000);
       if (o.connectMs !== undefined) m.connectDuration.observe(o.connectMs / 1000);
       if (o.dialFailure !== undefined) failures.set(o.dialFailure, (failures.get(o.dialFailure) ?? 0) + 1);
       if (o.reason === 'policy-changed') closedByPolicy++;

@@ -35,6 +35,24 @@ describe('LiveConnection', () => {
     expect([a.closeReason, b.closeReason, hooked, a.closed, b.closed]).toEqual(['policy-changed', 'shutdown', 1, true, true]);
   });
 
+  it('lists the live connections oldest first, whatever is removed from where, each once', () => {
+    const r = new ConnectionRegistry();
+    const c = Array.from({ length: 6 }, () => r.add(live()));
+    r.add(c[2]!); // listed already: nothing changes
+    r.remove(c[0]!); // the head
+    r.remove(c[3]!); // the middle
+    r.remove(c[5]!); // the tail
+    r.remove(c[5]!); // not listed: nothing changes
+    expect([...r]).toEqual([c[1], c[2], c[4]]);
+    expect(r.size).toBe(3);
+    const d = r.add(live());
+    expect([...r]).toEqual([c[1], c[2], c[4], d]);
+    // Closing while walking (a policy change, shutdown) walks every connection once.
+    expect(r.closeAll('shutdown')).toBe(4);
+    for (const x of [c[1], c[2], c[4], d]) r.remove(x!);
+    expect([...r, r.size]).toEqual([0]);
+  });
+
   it('tells when the last connection is removed, at once when none is open', async () => {
     const r = new ConnectionRegistry();
     await r.whenEmpty();
