@@ -1084,7 +1084,7 @@ static void refuse_run(sl_loop *l, sl_conn *c) {
 static void wake(sl_loop *l) {
   uint64_t one = 1;
   ssize_t n = write(l->wakefd, &one, sizeof one);
-  (void)n; // EAGAIN: the counter is already non-zero, the loop wakes anyway
+  (void)n; // EAGAIN only when the counter would pass 2^64 - 2: never, at one write per batch
 }
 
 static void push(sl_loop *l, sl_cmd *cmd) {
@@ -1363,13 +1363,8 @@ static void *loop_main(void *arg) {
       uint64_t data = events[i].data.u64;
       if (data & 2u) {
         sl_listener *ls = (sl_listener *)(uintptr_t)(data & ~(uint64_t)7);
-        if (ls) {
-          on_accept(l, ls);
-        } else {
-          uint64_t count;
-          ssize_t r = read(l->wakefd, &count, sizeof count);
-          (void)r;
-        }
+        // NULL: the wake-up descriptor, whose counter is never read (see sl_loop_start).
+        if (ls) on_accept(l, ls);
         continue;
       }
       // NULL: closed (the event came from a socket whose file outlived the descriptor, conn_key).
@@ -1410,7 +1405,11 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
     *err = ENOMEM;
     goto fail;
   }
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 2u}; // a listener's tag, no listener
+  // Edge-triggered, and never read: every write(2) to an eventfd wakes its waiters (eventfd_write),
+  // so each is an edge of its own, and the read(2) that would reset the counter for a
+  // level-triggered registration is one syscall per wake-up saved (the counter, one per batch
+  // of commands, cannot reach 2^64 - 2). Its key is a listener's tag with no listener.
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = 2u};
   if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
     *err = errno;
     goto fail;

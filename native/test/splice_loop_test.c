@@ -38,7 +38,7 @@ static int failures;
 
 // ---- outcomes --------------------------------------------------------------------------------
 
-#define MAX_OUTCOMES 1024
+#define MAX_OUTCOMES 4096
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static sl_outcome outcomes[MAX_OUTCOMES];
@@ -647,6 +647,46 @@ static void test_copy_overflow_keeps_order(sl_loop *l) {
           (unsigned long long)o.bytes_down);
     close(client);
     close(upstream);
+  }
+}
+
+// Commands wake the loop however they come (the wake-up descriptor is edge-triggered and never
+// read): one at a time on an idle loop, and in bursts from two threads; each runs at once, none
+// waits for an unrelated event.
+typedef struct {
+  sl_loop *l;
+  uint64_t first;
+} burst_arg;
+
+static void *abort_burst(void *p) {
+  burst_arg *a = p;
+  for (uint64_t id = a->first; id < a->first + 100; id++) sl_loop_abort(a->l, id);
+  return NULL;
+}
+
+static void test_every_command_wakes_the_loop(sl_loop *l) {
+  for (uint64_t id = 3000; id < 3100; id++) {
+    conn_ends e = hand_over(l, id, NULL, NULL, 60000);
+    usleep(id % 3 == 0 ? 1000 : 0); // sometimes idle first, sometimes right behind the hand-over
+    sl_loop_abort(l, id);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 1000, &o) && o.end == SL_END_ABORTED, "connection %llu: its abort did not run within 1 s", (unsigned long long)id);
+    close(e.client);
+    close(e.upstream);
+  }
+  conn_ends ends[200];
+  for (uint64_t i = 0; i < 200; i++) ends[i] = hand_over(l, 3100 + i, NULL, NULL, 60000);
+  pthread_t t1, t2;
+  burst_arg a1 = {l, 3100}, a2 = {l, 3200};
+  pthread_create(&t1, NULL, abort_burst, &a1);
+  pthread_create(&t2, NULL, abort_burst, &a2);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  for (uint64_t i = 0; i < 200; i++) {
+    sl_outcome o;
+    CHECK(wait_outcome(3100 + i, 1000, &o) && o.end == SL_END_ABORTED, "connection %llu: its abort did not run within 1 s", (unsigned long long)(3100 + i));
+    close(ends[i].client);
+    close(ends[i].upstream);
   }
 }
 
@@ -1612,6 +1652,7 @@ int main(void) {
   test_bytes_up_while_writes_down_block(l);
   test_blocked_direction_sleeps_until_drained(l);
   test_copy_overflow_keeps_order(l);
+  test_every_command_wakes_the_loop(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
   CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),
