@@ -6,6 +6,7 @@ import type { Socket } from 'node:net';
 import { AdminServer, type Readiness } from './admin/server.ts';
 import { mountApi } from './admin/api.ts';
 import type { Config } from './config/schema.ts';
+import { policySettingsOf } from './config/policy-settings.ts';
 import { handleClient, type PipelineDeps } from './net/connection.ts';
 import { SocketClient, type ClientSide } from './net/client-side.ts';
 import { Listener } from './net/listener.ts';
@@ -21,12 +22,10 @@ import type { Logger } from './observability/logger.ts';
 import { connectionLogger, logConnection } from './observability/connection-log.ts';
 import type { OtlpExport } from './observability/otlp.ts';
 import { Metrics } from './observability/metrics.ts';
-import { loadCatalog } from './policy/catalog/catalog.ts';
 import { verdict } from './policy/verdict.ts';
 import { ControlPlane, type ChangeEvent, type SandboxRecord, type WriteFailureEvent } from './control/control-plane.ts';
 import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
-import { InvalidConfigError } from './errors.ts';
 import { AnswerCache } from './dns/cache.ts';
 import { DnsListener } from './dns/listener.ts';
 import { ResolvedNames } from './dns/memory.ts';
@@ -53,21 +52,6 @@ export interface DaemonOptions {
  * within one turn of its event loop; only one stuck in the kernel takes longer.
  */
 const POLICY_HANDOFF_MS = 1000;
-
-/** The essential-services catalog the config asks for, or the config's error. */
-export function catalogOf(config: Config): string[] {
-  const c = loadCatalog({
-    categories: config.catalog.categories,
-    extra: config.catalog.extra,
-    ...(config.catalog.file !== null ? { file: config.catalog.file } : {}),
-  });
-  if (!c.ok)
-    throw new InvalidConfigError(
-      '(catalog)',
-      c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })),
-    );
-  return c.domains;
-}
 
 export function configSandboxRecords(config: Config): SandboxRecord[] {
   return config.sandboxes.map((s) => ({
@@ -117,20 +101,8 @@ export class Daemon {
     this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
     // A host address that appears or goes changes verdicts: a dial connecting after it is judged again.
     this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses, onChange: () => this.nativeSetup?.policyChanged() });
-    // While egressd answers port 53 itself, no DNS server is reachable directly: raw traffic to
-    // 8.8.8.8:53 would otherwise carry any payload out.
-    const dnsListening = config.listen.dns.length > 0;
-    this.store = new PolicyStore(
-      {
-        protected: config.protected,
-        host: this.host,
-        catalog: catalogOf(config),
-        dnsServers: dnsListening ? [] : config.dns.sandboxServers,
-        reportOnly: config.reportOnly,
-        overlays: config.overlays,
-      },
-      config.defaultNetwork,
-    );
+    // The settings `egressd decide --config` judges with too; the host's own addresses beside them.
+    this.store = new PolicyStore({ ...policySettingsOf(config), host: this.host }, config.defaultNetwork);
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));

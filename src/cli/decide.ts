@@ -1,24 +1,30 @@
-// `egressd decide --policy FILE [--host NAME] --ip ADDR --port N`: the verdict for one
-// connection, without opening anything. Exit 0 allowed, 1 refused, 2 invalid policy or usage.
+// `egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--config FILE] [--report-only]`:
+// the verdict for one connection, without opening anything. Exit 0 allowed, 1 refused, 4 would
+// be refused (report-only lets it through), 2 invalid policy, config or usage.
 //
 // The policy may be in any dialect (src/policy/network-body.ts), and is judged by the daemon's
-// own PolicyStore: the essential-services catalog (all categories) joins the allow side when the
-// dialect asks for it, and the sandbox DNS servers are allowed on port 53 when it says so. One
-// code path, so the CLI cannot drift from what the daemon does to the same connection.
+// own PolicyStore, built from the daemon's config as the daemon builds it
+// (src/config/policy-settings.ts; the built-in default config without --config): the
+// essential-services catalog joins the allow side when the dialect asks for it, the sandbox DNS
+// servers are allowed on port 53 when it says so and egressd does not answer DNS itself, the
+// operator's overlays apply, and report-only mode (the config's, or the sandbox's own with
+// --report-only) turns a refusal into would-refuse. One code path, so the CLI cannot drift from
+// what the daemon does to the same connection; only the host's own addresses, which a running
+// daemon protects, are unknown here.
 
 import { readFileSync } from 'node:fs';
 import { parseConfigText } from '../config/load.ts';
-import { validateConfig } from '../config/schema.ts';
+import { policySettingsOf } from '../config/policy-settings.ts';
+import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
-import { formatIssues } from '../errors.ts';
-import { loadCatalog } from '../policy/catalog/catalog.ts';
+import { formatIssues, InvalidConfigError } from '../errors.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizeName } from '../match/names.ts';
 import { EMPTY_SIDE } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
 import { validateCidr } from '../policy/validate.ts';
-import { verdict } from '../policy/verdict.ts';
+import { reportsOnly, rulesetOf, verdict } from '../policy/verdict.ts';
 import type { CommandResult } from './inspect.ts';
 
 export interface DecideArgs {
@@ -26,10 +32,14 @@ export interface DecideArgs {
   readonly host?: string;
   readonly ip: string;
   readonly port: string;
-  /** The sandboxes' DNS servers (the config's dns.sandboxServers); absent: the config's default. */
+  /** The sandboxes' DNS servers, in place of the config's dns.sandboxServers. */
   readonly dnsServers?: readonly string[];
-  /** CIDRs taken out of the protected ranges (the config's protected.except). */
+  /** CIDRs taken out of the protected ranges, beside the config's protected.except. */
   readonly protectedExcept?: readonly string[];
+  /** The daemon's config file (YAML or JSON); absent: the built-in default config. */
+  readonly config?: string;
+  /** Report-only mode for this sandbox (as `sandbox put --report-only`). */
+  readonly reportOnly?: boolean;
 }
 
 /** The one sandbox the CLI's store holds. */
@@ -49,8 +59,22 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     if (!n.ok) return usage(`--host: ${n.reason}`);
     if ('name' in n) name = n.name;
   }
+  let config: Config;
+  if (args.config === undefined) config = builtInConfig();
+  else {
+    let parsedConfig: unknown;
+    try {
+      parsedConfig = parseConfigText(readFileSync(args.config, 'utf8'), args.config);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      return usage(e.code !== undefined ? `Cannot read config "${args.config}": ${e.code}` : e.message);
+    }
+    const v = validateConfig(parsedConfig);
+    if (!v.ok) return usage(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
+    config = v.config;
+  }
   const dnsServers: string[] = [];
-  for (const s of args.dnsServers ?? defaultDnsServers()) {
+  for (const s of args.dnsServers ?? []) {
     const c = canonicalSource(s);
     if (c === undefined) return usage(`--dns-server: expected an IPv4 or IPv6 address, got "${s}"`);
     dnsServers.push(c);
@@ -77,19 +101,30 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   const parsed = parseNetworkBody(doc);
   if (!parsed.ok) return usage(`Invalid policy "${args.policy}":\n${formatIssues(parsed.issues.map(rooted))}`);
 
-  const catalog = loadCatalog({ categories: 'all' });
-  if (!catalog.ok) return usage(`Invalid essential-services catalog:\n${formatIssues(catalog.issues.map(rooted))}`);
-
+  if (args.dnsServers !== undefined) config = { ...config, dns: { ...config.dns, sandboxServers: dnsServers } };
+  let settings: ReturnType<typeof policySettingsOf>;
+  try {
+    settings = policySettingsOf(config);
+  } catch (err) {
+    if (!(err instanceof InvalidConfigError)) throw err;
+    return usage(`Invalid config "${args.config ?? '(built-in)'}":\n${formatIssues(err.issues)}`);
+  }
   const store = new PolicyStore(
-    { protected: { extra: [], except }, catalog: catalog.domains, dnsServers },
+    { ...settings, protected: { extra: settings.protected.extra, except: [...settings.protected.except, ...except] } },
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false },
   );
-  store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value });
-  const d = verdict(store.policyOf(SANDBOX_ID)!, { name, ip, port: Number(args.port) });
-  return {
-    code: d.verdict === 'allow' ? 0 : 1,
-    stdout: `${JSON.stringify({ verdict: d.verdict, reason: d.reason, rule: d.rule })}\n`,
+  store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value, ...(args.reportOnly === true ? { reportOnly: true } : {}) });
+  const chain = store.policyOf(SANDBOX_ID)!;
+  const d = verdict(chain, { name, ip, port: Number(args.port) });
+  // The fields of the API's check answer (docs/api.md "Check"), and its exit codes.
+  const answer = {
+    verdict: d.verdict,
+    reason: d.reason,
+    rule: d.rule,
+    layer: rulesetOf(d),
+    report_only: { enabled: reportsOnly(chain), levels: chain.reportOnly ?? [] },
   };
+  return { code: d.verdict === 'allow' ? 0 : d.verdict === 'would-refuse' ? 4 : 1, stdout: `${JSON.stringify(answer)}\n` };
 }
 
 /** network-body names the document itself ''; on a terminal "(root)" reads better than ": ...". */
@@ -97,8 +132,9 @@ function rooted(i: FieldIssue): FieldIssue {
   return i.field === '' ? { field: '(root)', reason: i.reason } : i;
 }
 
-/** The config's own default for dns.sandboxServers, so the CLI agrees with a daemon run without one. */
-function defaultDnsServers(): readonly string[] {
+/** The built-in default config, as a daemon run without a config file has it. */
+function builtInConfig(): Config {
   const d = validateConfig({});
-  return d.ok ? d.config.dns.sandboxServers : [];
+  if (!d.ok) throw new Error(`the built-in config is invalid: ${JSON.stringify(d.issues)}`);
+  return d.config;
 }

@@ -7,7 +7,7 @@ import { sniff } from '../peek/sniff.ts';
 import { normalizeWireName } from '../match/names.ts';
 
 export interface CommandResult {
-  readonly code: 0 | 1 | 2;
+  readonly code: 0 | 1 | 2 | 4;
   readonly stdout: string;
 }
 

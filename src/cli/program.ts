@@ -24,7 +24,7 @@ import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
  *     a change the API refused (400, 404, 409, 412, 413), a firewall command that failed
  *   2 usage error: unknown command or option, missing or malformed argument, unreadable input
  *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
- *   4 would be refused (check): the policy refuses it, and report-only mode lets it through
+ *   4 would be refused (check, decide): the policy refuses it, and report-only mode lets it through
  */
 export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3, wouldRefuse: 4 });
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
@@ -179,20 +179,40 @@ Run "egressd <command> --help" for a command's own options.`,
     .option('--host <name>', 'the SNI or Host the client sends')
     .requiredOption('--ip <addr>', 'the destination address')
     .requiredOption('--port <n>', 'the destination port')
-    .option('--dns-server <addr>', 'a sandbox DNS server (repeatable; default the config default)', collect, [])
+    .option('--config <file>', "the daemon's config: its overlays, report-only mode, protected ranges, catalog and DNS (default: the built-in config)")
+    .option('--report-only', "the sandbox's own report-only mode: what its policy refuses is would-refuse (exit 4)")
+    .option(
+      '--dns-server <addr>',
+      "a sandbox DNS server, in place of the config's (repeatable); allowed on port 53 only while egressd does not answer DNS itself (listen.dns empty)",
+      collect,
+      [],
+    )
     .option('--protected-except <cidr>', 'a range taken out of the protected ranges (repeatable)', collect, [])
-    .action((o: { policy: string; host?: string; ip: string; port: string; dnsServer: string[]; protectedExcept: string[] }) => {
-      emit(
-        decideCommand({
-          policy: o.policy,
-          ip: o.ip,
-          port: o.port,
-          ...(o.host !== undefined ? { host: o.host } : {}),
-          ...(o.dnsServer.length > 0 ? { dnsServers: o.dnsServer } : {}),
-          ...(o.protectedExcept.length > 0 ? { protectedExcept: o.protectedExcept } : {}),
-        }),
-      );
-    });
+    .action(
+      (o: {
+        policy: string;
+        host?: string;
+        ip: string;
+        port: string;
+        config?: string;
+        reportOnly?: boolean;
+        dnsServer: string[];
+        protectedExcept: string[];
+      }) => {
+        emit(
+          decideCommand({
+            policy: o.policy,
+            ip: o.ip,
+            port: o.port,
+            ...(o.config !== undefined ? { config: o.config } : {}),
+            ...(o.reportOnly === true ? { reportOnly: true } : {}),
+            ...(o.host !== undefined ? { host: o.host } : {}),
+            ...(o.dnsServer.length > 0 ? { dnsServers: o.dnsServer } : {}),
+            ...(o.protectedExcept.length > 0 ? { protectedExcept: o.protectedExcept } : {}),
+          }),
+        );
+      },
+    );
 
   // Listed here for the help; its arguments go to its own parser untouched (see run below).
   sub(program, 'iptables', 'Print, apply (--apply) or remove (--remove) the REDIRECT rules, iptables or nft; see "egressd iptables --help"')

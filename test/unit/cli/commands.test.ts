@@ -107,37 +107,51 @@ describe('egressd decide', () => {
   });
   const decide = async (policy: string, ...rest: string[]) => {
     const r = await egressd(['decide', '--policy', policy, ...rest]);
-    return { ...r, json: r.stdout === '' ? null : (JSON.parse(r.stdout) as { verdict: string; reason: string; rule: string | null }) };
+    return {
+      ...r,
+      json:
+        r.stdout === ''
+          ? null
+          : (JSON.parse(r.stdout) as {
+              verdict: string;
+              reason: string;
+              rule: string | null;
+              layer: string;
+              report_only: { enabled: boolean; levels: string[] };
+            }),
+    };
   };
+  /** The answer's fields besides verdict, reason and rule, for a sandbox layer's decision without report-only. */
+  const enforced = { layer: 'sandbox', report_only: { enabled: false, levels: [] } };
 
   it('allows a name a sandbox0 YAML policy lists, on its port, and exits 0', async () => {
     const r = await decide(sandbox0, '--host', 'API.GitHub.com', '--ip', '140.82.112.5', '--port', '443');
     expect(r.code).toBe(0);
-    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "*.github.com" + allowed_ports "443"' });
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "*.github.com" + allowed_ports "443"', ...enforced });
   });
 
   it('refuses the same name on another port under sandbox0, and exits 1', async () => {
     const r = await decide(sandbox0, '--host', 'api.github.com', '--ip', '140.82.112.5', '--port', '22');
     expect(r.code).toBe(1);
-    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"' });
+    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', ...enforced });
   });
 
   it('allows an address inside a Daytona allow-listed CIDR, with no name', async () => {
     const r = await decide(daytona, '--ip', '208.80.154.232', '--port', '443');
     expect(r.code).toBe(0);
-    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_cidrs "208.80.154.0/24"' });
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_cidrs "208.80.154.0/24"', ...enforced });
   });
 
   it('allows an essential service by name under a Daytona allow list', async () => {
     const r = await decide(daytona, '--host', 'registry.npmjs.org', '--ip', '104.16.1.34', '--port', '443');
     expect(r.code).toBe(0);
-    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "registry.npmjs.org"' });
+    expect(r.json).toEqual({ verdict: 'allow', reason: 'allow-rule', rule: 'allowed_domains "registry.npmjs.org"', ...enforced });
   });
 
   it('refuses a name outside the catalog and an address outside the list under Daytona', async () => {
     const r = await decide(daytona, '--host', 'evil.example', '--ip', '104.16.1.34', '--port', '443');
     expect(r.code).toBe(1);
-    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"' });
+    expect(r.json).toEqual({ verdict: 'refuse', reason: 'default-block', rule: 'mode "block-all"', ...enforced });
   });
 
   it('gives no essential services to a Daytona networkBlockAll policy', async () => {
@@ -147,15 +161,23 @@ describe('egressd decide', () => {
     expect(r.json?.verdict).toBe('refuse');
   });
 
-  it('allows the default DNS server 8.8.8.8 on port 53 under a Novita policy that names a domain', async () => {
-    const r = await decide(novita, '--ip', '8.8.8.8', '--port', '53');
+  it('allows the default DNS server 8.8.8.8 on port 53 under a Novita policy that names a domain, when egressd does not answer DNS itself', async () => {
+    const noDns = write('no-dns.yaml', 'listen:\n  dns: []\n');
+    const r = await decide(novita, '--ip', '8.8.8.8', '--port', '53', '--config', noDns);
     expect(r.code).toBe(0);
     expect(r.json?.verdict).toBe('allow');
     expect(r.json?.rule).toMatch(/^dns servers: /);
   });
 
-  it('allows the DNS servers given with --dns-server instead of the default, on port 53 only', async () => {
-    const args = ['--dns-server', '1.1.1.1', '--dns-server', '9.9.9.9'];
+  it('refuses raw DNS to 8.8.8.8 under the built-in config, as its daemon does: it answers port 53 itself', async () => {
+    const r = await decide(novita, '--ip', '8.8.8.8', '--port', '53');
+    expect(r.code).toBe(1);
+    expect(r.json).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+  });
+
+  it("allows the DNS servers given with --dns-server instead of the config's, on port 53 only", async () => {
+    const noDns = write('no-dns.yaml', 'listen:\n  dns: []\n');
+    const args = ['--config', noDns, '--dns-server', '1.1.1.1', '--dns-server', '9.9.9.9'];
     expect((await decide(novita, ...args, '--ip', '9.9.9.9', '--port', '53')).code).toBe(0);
     expect((await decide(novita, ...args, '--ip', '1.1.1.1', '--port', '53')).code).toBe(0);
     expect((await decide(novita, ...args, '--ip', '8.8.8.8', '--port', '53')).code).toBe(1);
@@ -177,6 +199,79 @@ describe('egressd decide', () => {
     const excepted = await decide(open, '--ip', '10.1.2.3', '--port', '80', '--protected-except', '10.1.0.0/16');
     expect(excepted.code).toBe(0);
     expect(excepted.json).toMatchObject({ verdict: 'allow', reason: 'default-allow' });
+  });
+
+  describe("with the daemon's config: overlays and report-only, as the daemon judges", () => {
+    const overlays = () =>
+      write(
+        'overlays.yaml',
+        [
+          'overlays:',
+          '  alwaysDeny:',
+          '    - { name: exfil, domains: [paste.example] }',
+          '  alwaysAllow:',
+          '    - { name: platform-api, domains: [api.platform.test], ports: [443] }',
+          '',
+        ].join('\n'),
+      );
+
+    it('lets an always-allow entry beat a block-all policy, and names it', async () => {
+      const r = await decide(sandbox0, '--host', 'api.platform.test', '--ip', '140.82.112.5', '--port', '443', '--config', overlays());
+      expect(r.code).toBe(0);
+      expect(r.json).toMatchObject({ verdict: 'allow', layer: 'always-allow', rule: expect.stringMatching(/^always-allow "platform-api": /) });
+    });
+
+    it('refuses what an always-deny entry names even where the policy allows it, and under report-only', async () => {
+      const open = write('open.yaml', 'mode: allow-all\n');
+      for (const extra of [[], ['--report-only']]) {
+        const r = await decide(open, '--host', 'paste.example', '--ip', '140.82.112.5', '--port', '443', '--config', overlays(), ...extra);
+        expect(r.code).toBe(1);
+        expect(r.json).toMatchObject({ verdict: 'refuse', reason: 'deny-rule', layer: 'always-deny' });
+      }
+    });
+
+    it("says would-refuse and exits 4 under report-only, the sandbox's own (--report-only) or the config's, naming the level", async () => {
+      const own = await decide(sandbox0, '--host', 'evil.example', '--ip', '140.82.112.5', '--port', '443', '--report-only');
+      expect(own.code).toBe(4);
+      expect(own.json).toEqual({
+        verdict: 'would-refuse',
+        reason: 'default-block',
+        rule: 'mode "block-all"',
+        layer: 'sandbox',
+        report_only: { enabled: true, levels: ['sandbox'] },
+      });
+      const global = await decide(
+        sandbox0,
+        '--host',
+        'evil.example',
+        '--ip',
+        '140.82.112.5',
+        '--port',
+        '443',
+        '--config',
+        write('ro.yaml', 'reportOnly: true\n'),
+      );
+      expect(global.code).toBe(4);
+      expect(global.json).toMatchObject({ verdict: 'would-refuse', report_only: { enabled: true, levels: ['global'] } });
+      // What the policy allows stays an allow; a protected address is refused in every mode.
+      expect((await decide(sandbox0, '--host', 'api.github.com', '--ip', '140.82.112.5', '--port', '443', '--report-only')).code).toBe(0);
+      const protectedAddress = await decide(sandbox0, '--ip', '10.1.2.3', '--port', '443', '--report-only');
+      expect(protectedAddress.code).toBe(1);
+      expect(protectedAddress.json).toMatchObject({ verdict: 'refuse', reason: 'protected-address', layer: 'protected' });
+    });
+
+    it('exits 2 on an invalid or unreadable config, naming the file and each field', async () => {
+      const bad = write('bad-config.yaml', 'reportOnly: maybe\nbogus: 1\n');
+      const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', bad);
+      expect(r.code).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toContain(`Invalid config "${bad}"`);
+      expect(r.stderr).toMatch(/^bogus: /m);
+      expect(r.stderr).toMatch(/^reportOnly: /m);
+      const absent = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', join(dir, 'absent-config.yaml'));
+      expect(absent.code).toBe(2);
+      expect(absent.stderr).toContain('ENOENT');
+    });
   });
 
   it('reads the policy from stdin when it is "-"', async () => {
