@@ -100,6 +100,11 @@ describe.runIf(process.platform === 'linux')('the builds follow their sources by
     expect(build('build-js.ts', root)).toContain('compiled');
     expect(readFileSync(join(root, 'dist/main.js'), 'utf8')).toContain('version = 2');
     expect(existsSync(join(root, 'dist/gone.js')), 'the output of a deleted source').toBe(false);
+
+    // A type error mid-change: compiled as written (the typecheck stage is where it fails).
+    writeFileSync(join(root, 'src/main.ts'), 'export const version: number = "3";\n');
+    expect(build('build-js.ts', root)).toContain('compiled');
+    expect(readFileSync(join(root, 'dist/main.js'), 'utf8')).toContain('version = "3"');
   }, 120_000);
 
   it('every test run and `npm start` ask for both builds first', () => {
