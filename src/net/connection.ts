@@ -91,20 +91,34 @@ export function handleClient(socket: ClientSide, listener: ListenerKind, deps: P
   };
   const live = deps.registry.add(new LiveConnection(o, ticket));
 
-  // Chained, not awaited, as run's dial is: a held connection keeps no suspended frame of this
-  // function (issue 12: RSS per held connection).
-  return run(socket, listener, deps, config, deadline, o, live).then(
-    () => ended(deps, o, live, ticket),
-    (err: unknown) => {
-      o.verdict = 'error';
-      o.reason = 'internal-error';
-      o.endedBy = 'egressd';
-      o.end = err instanceof Error ? err.message : String(err);
-      socket.reset();
-      ended(deps, o, live, ticket);
-    },
-  );
+  const failed = (err: unknown): void => {
+    o.verdict = 'error';
+    o.reason = 'internal-error';
+    o.endedBy = 'egressd';
+    o.end = err instanceof Error ? err.message : String(err);
+    socket.reset();
+    ended(deps, o, live, ticket);
+  };
+  // The pipeline runs in this very call as far as it can; only a wait (the client's bytes, a
+  // lookup on the wire, the dial and the splice) makes a promise, and the outcome follows the
+  // last one. Chained, not awaited: a held connection keeps no suspended frame (issue 12: RSS per
+  // held connection), and no async function's promise adds turns of the microtask queue.
+  let waiting: Promise<void> | undefined;
+  try {
+    waiting = run(socket, listener, deps, config, deadline, o, live);
+  } catch (err) {
+    failed(err);
+    return DONE;
+  }
+  if (waiting === undefined) {
+    ended(deps, o, live, ticket);
+    return DONE;
+  }
+  return waiting.then(() => ended(deps, o, live, ticket), failed);
 }
+
+/** handleClient's answer for a connection that ended within the call. */
+const DONE: Promise<void> = Promise.resolve();
 
 /** The connection is over: its duration, its verdict counted, admission's hold and the registry's entry let go, its outcome emitted. */
 function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, ticket: AdmissionTicket | undefined): void {
@@ -116,7 +130,11 @@ function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, t
   deps.emit(o);
 }
 
-async function run(
+/**
+ * The pipeline up to the peek's outcome: undefined when the connection ended within the call,
+ * else the promise of its end. Throws only on a fault of egressd's own (handleClient's `failed`).
+ */
+function run(
   socket: ClientSide,
   listener: ListenerKind,
   deps: PipelineDeps,
@@ -124,7 +142,7 @@ async function run(
   deadline: number,
   o: ConnectionOutcome,
   live: LiveConnection,
-): Promise<void> {
+): Promise<void> | undefined {
   const od = socket.originalDst();
   if (od.kind === 'not-redirected') {
     // A direct connection to a listener is a loop or a probe: nowhere legitimate to go.
@@ -135,8 +153,8 @@ async function run(
   o.destinationPort = od.port;
   const ip = od.address;
   const port = od.port;
-  const policyNow = () => deps.policies.lookup(o.source);
-  o.sandbox = policyNow().sandbox;
+  const chain = deps.policies.lookup(o.source);
+  o.sandbox = chain.sandbox;
 
   // (1) The peek. Every listener reads TLS and HTTP/1.x alike (the REDIRECT sorts by port, not
   // by protocol). When no name can change the verdict made on address and port and that
@@ -146,25 +164,47 @@ async function run(
   // One verdict on address and port answers both questions: whether a name could change it
   // (nameMatters: the evaluation reached a domain rule) and whether it refuses.
   const byAddress: DecideTrace = { nameConsulted: false };
-  const refusedByAddress = verdict(policyNow(), { name: null, ip, port }, byAddress).verdict === 'refuse';
+  const refusedByAddress = verdict(chain, { name: null, ip, port }, byAddress).verdict === 'refuse';
   const mustPeek = byAddress.nameConsulted || (refusedByAddress && config.block !== 'drop');
-  let peek: PeekOutcome<Peeked> | null = null;
-  if (mustPeek) {
-    const peekStart = Date.now();
-    const step = anyStepper();
-    const opts: PeekOptions = {
-      deadline,
-      maxBytes: PEEK_CAPS.any,
-      firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
-      // Bytes that could still open an HTTP request line, then silence: judged as not TLS and
-      // not HTTP after the same wait (a client that sent "ping" and waits for a reply).
-      stall: { ms: config.peek.firstByteTimeoutMs, undecided: mayStall },
-    };
-    // A first flight already here is judged in this same turn; only a wait for bytes yields.
-    peek = socket.peekNow?.(step, opts) ?? (await socket.peek(step, opts));
+  if (!mustPeek) return judged(socket, listener, deps, config, o, live, ip, port, null);
+  const peekStart = Date.now();
+  const step = anyStepper();
+  const opts: PeekOptions = {
+    deadline,
+    maxBytes: PEEK_CAPS.any,
+    firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
+    // Bytes that could still open an HTTP request line, then silence: judged as not TLS and
+    // not HTTP after the same wait (a client that sent "ping" and waits for a reply).
+    stall: { ms: config.peek.firstByteTimeoutMs, undecided: mayStall },
+  };
+  // A first flight already here is judged in this same turn; only a wait for bytes yields.
+  const now = socket.peekNow?.(step, opts) ?? null;
+  if (now !== null) {
     o.peekMs = Date.now() - peekStart;
+    return judged(socket, listener, deps, config, o, live, ip, port, now);
   }
+  return socket.peek(step, opts).then((peek) => {
+    o.peekMs = Date.now() - peekStart;
+    return judged(socket, listener, deps, config, o, live, ip, port, peek);
+  });
+}
 
+/**
+ * The pipeline from the peek's outcome (null: no peek was needed) to the dial: undefined when
+ * the connection ended within the call, else the promise of its end.
+ */
+function judged(
+  socket: ClientSide,
+  listener: ListenerKind,
+  deps: PipelineDeps,
+  config: PipelineSettings,
+  o: ConnectionOutcome,
+  live: LiveConnection,
+  ip: string,
+  port: number,
+  peek: PeekOutcome<Peeked> | null,
+): Promise<void> | undefined {
+  const policyNow = () => deps.policies.lookup(o.source);
   let initial: Buffer = NO_BYTES;
   let rawName: string | null = null;
   if (peek) {
@@ -266,13 +306,56 @@ async function run(
   // judged on its own address by the policy in force while resolving.
   // An address egressd's DNS listener gave this very sandbox for this name is one of the name's
   // addresses, whatever a later lookup would answer (rotation, geo-DNS, a short TTL).
-  let target: UpstreamTarget;
-  // Whether the connection waited (a lookup on the wire) since the verdict: only then can the
-  // policy, the DNS memory or the connection's own state have changed (nothing else runs
-  // within this turn), and only then is the verdict made again below.
-  let waited = false;
-  if (o.name === null || config.upstream.dial === 'original') target = { ok: true, addresses: [ip], how: 'original' };
-  else {
+  // `waited`: the connection waited (a lookup on the wire) since the verdict. Only then can the
+  // policy, the DNS memory or the connection's own state have changed (nothing else runs within
+  // this turn), and only then is the verdict made again before the dial.
+  // The first flight is an argument, never captured: the closures the dial keeps for the
+  // connection's life (onConnected, recheck) share this function's context, and a held
+  // connection must not keep its peeked bytes through it (held-connection.test.ts).
+  const dial = (target: UpstreamTarget, waited: boolean, first: Buffer): Promise<void> | undefined => {
+    if (!target.ok) {
+      o.end = target.detail;
+      return refuseUpstream(socket, config, o, target.reason, decision.rule);
+    }
+    if (waited) {
+      if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
+      const afterResolve = judge(ip);
+      if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
+      admit(o, afterResolve);
+    }
+
+    // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
+    // then the policy in force on the address actually dialed, the last stage before any byte goes
+    // upstream; then (5) the splice.
+    // The dial's answer and, once spliced, the connection's end come with this promise, hours later
+    // for a held connection. It is chained, not awaited: the pipeline's frames (the peeked bytes,
+    // the parsed first flight, the resolve's answer, the verdicts on the way) are let go once the
+    // dial is under way, and a held connection keeps its outcome record and what the dial's
+    // callbacks below need (issue 12: RSS per held connection).
+    const connecting = socket.connect({
+      addresses: target.addresses,
+      port,
+      connectTimeoutMs: config.upstream.connectTimeoutMs,
+      idleTimeoutMs: config.upstream.idleTimeoutMs,
+      initial: first,
+      closing: live,
+      validUntil: namesUntil,
+      onConnected: (address) => {
+        o.dialed = address;
+        facts = { name: o.name ?? dnsName, ip: address, port };
+        live.facts = facts;
+      },
+      recheck: (address) => {
+        const v = judge(address);
+        if (v.verdict === 'refuse') return { refuse: true, why: v };
+        admit(o, v);
+        return { refuse: false };
+      },
+    });
+    return connecting.then((c) => dialed(socket, config, o, live, c));
+  };
+  if (o.name === null || config.upstream.dial === 'original') return dial({ ok: true, addresses: [ip], how: 'original' }, false, initial);
+  {
     const rememberedHere = (name: string): ResolveResult | null => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : null);
     const query: UpstreamQuery = {
       mode: config.upstream.dial,
@@ -288,52 +371,13 @@ async function run(
     };
     // A cached name is dialed in this same turn; only a lookup on the wire is waited for.
     const now = chooseUpstreamNow(query);
-    if (now !== null) target = now;
-    else {
-      waited = true;
-      target = await chooseUpstream(query);
+    if (now !== null) return dial(now, false, initial);
+    // In a block of its own, so that only the wait's callback keeps it (see `dial`).
+    {
+      const first = initial;
+      return chooseUpstream(query).then((target) => dial(target, true, first));
     }
   }
-  if (!target.ok) {
-    o.end = target.detail;
-    return refuseUpstream(socket, config, o, target.reason, decision.rule);
-  }
-  if (waited) {
-    if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
-    const afterResolve = judge(ip);
-    if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
-    admit(o, afterResolve);
-  }
-
-  // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
-  // then the policy in force on the address actually dialed, the last stage before any byte goes
-  // upstream; then (5) the splice.
-  // The dial's answer and, once spliced, the connection's end come with this promise, hours later
-  // for a held connection. It is chained, not awaited: this function's frame (the peeked bytes,
-  // the parsed first flight, the resolve's answer, the verdicts on the way) is let go once the
-  // dial is under way, and a held connection keeps its outcome record and what the dial's
-  // callbacks above need (issue 12: RSS per held connection).
-  const connecting = socket.connect({
-    addresses: target.addresses,
-    port,
-    connectTimeoutMs: config.upstream.connectTimeoutMs,
-    idleTimeoutMs: config.upstream.idleTimeoutMs,
-    initial,
-    closing: live,
-    validUntil: namesUntil,
-    onConnected: (address) => {
-      o.dialed = address;
-      facts = { name: o.name ?? dnsName, ip: address, port };
-      live.facts = facts;
-    },
-    recheck: (address) => {
-      const v = judge(address);
-      if (v.verdict === 'refuse') return { refuse: true, why: v };
-      admit(o, v);
-      return { refuse: false };
-    },
-  });
-  return connecting.then((c) => dialed(socket, config, o, live, c));
 }
 
 /** The first flight of a connection that sent none (never written to). */
@@ -405,27 +449,28 @@ function endedByClose(live: LiveConnection): EndedBy {
 }
 
 /** Cut a connection that never got as far as a verdict: no bytes, a reset. */
-function cut(socket: ClientSide, o: ConnectionOutcome, v: ConnectionOutcome['verdict'], reason: OutcomeReason, endedBy: EndedBy): void {
+function cut(socket: ClientSide, o: ConnectionOutcome, v: ConnectionOutcome['verdict'], reason: OutcomeReason, endedBy: EndedBy): undefined {
   o.verdict = v;
   o.reason = reason;
   o.endedBy = endedBy;
   socket.reset();
+  return undefined;
 }
 
 /** The client sent what cannot be read: refused in its protocol, the client's doing. */
-function refuseMalformed(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): void {
-  answer(socket, protocol, config, o, { reason, rule: null, endedBy: 'client' });
+function refuseMalformed(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): undefined {
+  return answer(socket, protocol, config, o, { reason, rule: null, endedBy: 'client' });
 }
 
 /** No address could be chosen: a DNS failure is the upstream side's, the rest the policy's. */
-function refuseUpstream(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): void {
-  answer(socket, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
+function refuseUpstream(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): undefined {
+  return answer(socket, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
 }
 
 /** The policy refused. */
-function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): void {
+function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): undefined {
   o.decided = v;
-  answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
+  return answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
 }
 
 /**
@@ -440,15 +485,15 @@ function answer(
   config: PipelineSettings,
   o: ConnectionOutcome,
   r: { reason: OutcomeReason; rule: string | null; endedBy: EndedBy; portDecided?: boolean },
-): void {
+): undefined {
   o.verdict = 'refuse';
   o.reason = r.reason;
   o.rule = r.rule;
   o.endedBy = r.endedBy;
-  if (config.block === 'drop') return socket.refuse({ kind: 'drop' });
-  if (protocol === 'tls') return socket.refuse({ kind: 'tls', linger: config.refusal });
-  if (protocol === 'http') {
-    return socket.refuse({
+  if (config.block === 'drop') socket.refuse({ kind: 'drop' });
+  else if (protocol === 'tls') socket.refuse({ kind: 'tls', linger: config.refusal });
+  else if (protocol === 'http') {
+    socket.refuse({
       kind: 'http',
       http: {
         host: o.name ?? o.rawName ?? o.destination ?? '',
@@ -459,6 +504,6 @@ function answer(
         linger: config.refusal,
       },
     });
-  }
-  socket.refuse({ kind: 'reset' });
+  } else socket.refuse({ kind: 'reset' });
+  return undefined;
 }

@@ -58,40 +58,50 @@ function heldClient(): { client: ClientSide; firstFlight: () => WeakRef<Buffer> 
 }
 
 describe('a held connection', () => {
-  it('lets go of its peeked first flight once the dial is under way, and still logs its end', async () => {
-    const network = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['allowed.test'], allowed_ports: [443] } });
-    if (!network.ok) throw new Error(JSON.stringify(network.issues));
-    const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] }, network.value);
-    store.putSandbox({ id: 'sbx', sources: ['198.18.0.2'], org: null, network: network.value });
-    const outcomes: ConnectionOutcome[] = [];
-    const deps: PipelineDeps = {
-      config: () => ({
-        peek: { timeoutMs: 5000, firstByteTimeoutMs: 1000 },
-        upstream: { dial: 'original', connectTimeoutMs: 5000, idleTimeoutMs: 60_000 },
-        block: 'explain',
-        refusal: DEFAULT_LINGER,
-      }),
-      policies: store,
-      resolver: {} as NameResolver,
-      registry: new ConnectionRegistry(),
-      originalDst: () => {
-        throw new Error('not used: the client side answers it');
-      },
-      emit: (o) => outcomes.push(o),
-    };
-    const c = heldClient();
-    const done = handleClient(c.client, 'tls', deps);
-    await ticks();
-    expect(c.dialing()).toBe(true);
-    gc();
-    await ticks();
-    gc();
-    expect(c.firstFlight()).not.toBeNull();
-    expect(c.firstFlight()!.deref(), 'the first flight is still referenced while the connection is held').toBeUndefined();
+  // `resolved`: the name is looked up on the wire first, so the first flight waits for the answer.
+  it.each(['original', 'resolved'] as const)(
+    'lets go of its peeked first flight once the dial is under way, and still logs its end (dial %s)',
+    async (dial) => {
+      const network = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['allowed.test'], allowed_ports: [443] } });
+      if (!network.ok) throw new Error(JSON.stringify(network.issues));
+      const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] }, network.value);
+      store.putSandbox({ id: 'sbx', sources: ['198.18.0.2'], org: null, network: network.value });
+      const outcomes: ConnectionOutcome[] = [];
+      const deps: PipelineDeps = {
+        config: () => ({
+          peek: { timeoutMs: 5000, firstByteTimeoutMs: 1000 },
+          upstream: { dial, connectTimeoutMs: 5000, idleTimeoutMs: 60_000 },
+          block: 'explain',
+          refusal: DEFAULT_LINGER,
+        }),
+        policies: store,
+        resolver: {
+          cached: () => null,
+          resolve: async () => {
+            await ticks(2);
+            return { ok: true, addresses: ['198.18.1.2'], cached: false };
+          },
+        } as unknown as NameResolver,
+        registry: new ConnectionRegistry(),
+        originalDst: () => {
+          throw new Error('not used: the client side answers it');
+        },
+        emit: (o) => outcomes.push(o),
+      };
+      const c = heldClient();
+      const done = handleClient(c.client, 'tls', deps);
+      await ticks();
+      expect(c.dialing()).toBe(true);
+      gc();
+      await ticks();
+      gc();
+      expect(c.firstFlight()).not.toBeNull();
+      expect(c.firstFlight()!.deref(), 'the first flight is still referenced while the connection is held').toBeUndefined();
 
-    c.end({ kind: 'spliced', address: '198.18.1.2', connectMs: 1, attempts: [], splice: { bytesUp: 517, bytesDown: 1, end: 'closed', firstFin: 'client' } });
-    await done;
-    expect(outcomes).toHaveLength(1);
-    expect(outcomes[0]).toMatchObject({ verdict: 'allow', name: 'allowed.test', dialed: '198.18.1.2', bytesUp: 517, bytesDown: 1, endedBy: 'client' });
-  });
+      c.end({ kind: 'spliced', address: '198.18.1.2', connectMs: 1, attempts: [], splice: { bytesUp: 517, bytesDown: 1, end: 'closed', firstFin: 'client' } });
+      await done;
+      expect(outcomes).toHaveLength(1);
+      expect(outcomes[0]).toMatchObject({ verdict: 'allow', name: 'allowed.test', dialed: '198.18.1.2', bytesUp: 517, bytesDown: 1, endedBy: 'client' });
+    },
+  );
 });
