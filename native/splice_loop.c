@@ -347,6 +347,7 @@ static uint64_t conn_due(const sl_conn *c) {
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
       if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + SL_FLIGHT_GRACE_MS);
+      if (c->accept_ev && c->peek_len == 0) due = min64(due, c->accepted_ms + SL_EMPTY_GRACE_MS);
       if (c->peek_len == 0 && c->first_byte_at != 0) due = min64(due, c->first_byte_at);
       if (c->peek_len > 0 && c->stall_ms != 0) due = min64(due, c->last_byte_ms + c->stall_ms);
       return due;
@@ -731,14 +732,14 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
 }
 
 // The first flight read by the loop itself (auto_peek): reported once it is whole enough, the
-// client closed, or the cap is full; an empty one at once (the caller may splice a server-first
-// protocol without waiting for a byte), and the rest by the timers (conn_timer).
+// client closed, or the cap is full; an empty one after SL_EMPTY_GRACE_MS (the caller may splice
+// a server-first protocol without waiting for a byte), and the rest by the timers (conn_timer).
 static void flight_run(sl_loop *l, sl_conn *c) {
   if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (ff_complete((const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
   c->stall_ms = ff_may_stall((const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
-  if (c->accept_ev && c->peek_len == 0) return report_peek(l, c, SL_PEEK_WAITING);
+  if (c->accept_ev && c->peek_len == 0 && l->now_ms >= c->accepted_ms + SL_EMPTY_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
   arm(l, conn_due(c));
 }
 
@@ -1266,6 +1267,8 @@ static void conn_timer(sl_loop *l, sl_conn *c) {
     case ST_PEEK:
       if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
       if (c->peek_len == 0 && c->first_byte_at != 0 && now >= c->first_byte_at) return report_peek(l, c, SL_PEEK_SILENT);
+      // Nothing yet after SL_EMPTY_GRACE_MS: reported empty, and read on (server-first protocols).
+      if (c->accept_ev && c->peek_len == 0 && now >= c->accepted_ms + SL_EMPTY_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
       if (c->peek_len > 0 && c->stall_ms != 0 && now >= c->last_byte_ms + c->stall_ms) return report_peek(l, c, SL_PEEK_STALLED);
       // The grace for an incomplete flight (auto_peek): what is unreported is reported as it is,
       // and read on.

@@ -1417,7 +1417,39 @@ static long ms_since(const struct timespec *t0) {
   return (t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
-// Nothing at accept: reported at once (WAITING); the flight, when it comes, in one PEEK report.
+// A flight that comes a few milliseconds after the handshake (a busy client, a loaded host): the
+// empty accept waits SL_EMPTY_GRACE_MS for it, so the connection is reported once, with every
+// byte — not an empty ACCEPTED and then a PEEK.
+static void test_flight_soon_after_accept_is_one_report(void) {
+  uint8_t h[2000];
+  size_t n = hello_records(h, 700, 700);
+  int from = seen;
+  int client = connect_to(&rules_front);
+  usleep(SL_EMPTY_GRACE_MS * 1000 / 4);
+  write_all(client, h, n);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes: the empty accept was reported", ev.e.state, ev.e.len, n);
+  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
+  sl_loop_abort(rules_loop, ev.e.id);
+  close(client);
+}
+
+// A client that sends nothing (the server speaks first) is reported after SL_EMPTY_GRACE_MS, long
+// before the first-byte deadline: its upstream is dialed without waiting for bytes that never come.
+static void test_silent_client_reported_after_the_empty_grace(void) {
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int client;
+  uint64_t id = accept_silent(&client);
+  long ms = ms_since(&t0);
+  CHECK(ms >= SL_EMPTY_GRACE_MS - 1 && ms < 150, "an empty accept reported after %ld ms", ms);
+  sl_loop_abort(rules_loop, id);
+  close(client);
+}
+
+// Nothing after SL_EMPTY_GRACE_MS: reported then (WAITING); the flight, when it comes, in one PEEK
+// report.
 static void test_flight_after_accept(void) {
   int client;
   uint64_t id = accept_silent(&client);
@@ -1607,6 +1639,8 @@ static void test_first_flight(void) {
   test_flight_across_reads_is_one_report();
   test_http_head_across_reads_is_one_report();
   test_flight_after_accept();
+  test_flight_soon_after_accept_is_one_report();
+  test_silent_client_reported_after_the_empty_grace();
   test_flight_late_bytes_reported_within_the_grace();
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();
