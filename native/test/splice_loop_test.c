@@ -172,6 +172,20 @@ static void write_all(int fd, const void *p, size_t n) {
 }
 
 /** Reads until EOF (or error/timeout); returns the count, stores up to cap bytes, *err the errno. */
+/** Reads from `fd` until `want` bytes are in (at most `cap`), the peer ends or errs, or no byte
+ * comes for `timeout_ms`; the count read. */
+static size_t read_n(int fd, char *buf, size_t cap, size_t want, int timeout_ms) {
+  size_t got = 0;
+  while (got < want) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) <= 0) break;
+    ssize_t n = read(fd, buf + got, cap - got);
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  return got;
+}
+
 static size_t read_all(int fd, char *buf, size_t cap, int *err, int timeout_ms) {
   size_t got = 0;
   *err = 0;
@@ -311,12 +325,7 @@ static void test_reset_is_passed_on(sl_loop *l, uint64_t id, bool client_resets)
   int resetter = client_resets ? e.client : e.upstream, other = client_resets ? e.upstream : e.client;
   write_all(resetter, "abc", 3);
   char buf[8];
-  size_t got = 0;
-  while (got < 3) {
-    ssize_t n = read(other, buf + got, sizeof buf - got);
-    if (n <= 0) break;
-    got += (size_t)n;
-  }
+  size_t got = read_n(other, buf, sizeof buf, 3, 5000);
   CHECK(got == 3, "the other side got %zu of 3 bytes", got);
   reset_close(resetter);
   int err;
@@ -356,12 +365,7 @@ static void test_idle_timeout_closes_both(sl_loop *l) {
 static void test_abort_closes_both(sl_loop *l) {
   conn_ends e = hand_over(l, 6, "hello", NULL, 10000);
   char buf[8];
-  int got = 0;
-  while (got < 5) {
-    ssize_t n = read(e.upstream, buf + got, sizeof buf - (size_t)got);
-    if (n <= 0) break;
-    got += (int)n;
-  }
+  int got = (int)read_n(e.upstream, buf, sizeof buf, 5, 5000);
   CHECK(got == 5, "the initial bytes did not arrive (%d)", got);
   CHECK(sl_loop_abort(l, 6) == 0, "abort failed");
   CHECK(sl_loop_abort(l, 999) == 0, "aborting an unknown id failed");
@@ -500,12 +504,7 @@ static void test_answer_and_fin_in_one_event(sl_loop *l) {
   for (uint64_t id = 600; id < 650; id++) {
     conn_ends e = hand_over(l, id, "req", NULL, 10000);
     char buf[64];
-    size_t got = 0;
-    while (got < 3) {
-      ssize_t n = read(e.upstream, buf + got, sizeof buf - got);
-      if (n <= 0) break;
-      got += (size_t)n;
-    }
+    size_t got = read_n(e.upstream, buf, sizeof buf, 3, 5000);
     CHECK(got == 3, "connection %llu: the upstream got %zu bytes", (unsigned long long)id, got);
     // Odd ids: the answer and the FIN in one segment's time; even: a pause between them.
     write_all(e.upstream, "answer", 6);
@@ -534,12 +533,7 @@ static void test_answer_then_reset(sl_loop *l) {
   for (uint64_t id = 650; id < 680; id++) {
     conn_ends e = hand_over(l, id, "req", NULL, 10000);
     char buf[64];
-    size_t got = 0;
-    while (got < 3) {
-      ssize_t n = read(e.upstream, buf + got, sizeof buf - got);
-      if (n <= 0) break;
-      got += (size_t)n;
-    }
+    read_n(e.upstream, buf, sizeof buf, 3, 5000); // the request, before the answer
     write_all(e.upstream, "answer", 6);
     if (id % 2 == 0) shutdown(e.upstream, SHUT_WR);
     reset_close(e.upstream);
@@ -575,14 +569,7 @@ static void test_bytes_up_while_writes_down_block(sl_loop *l) {
   for (int i = 0; i < 5; i++) {
     write_all(e.client, "ping", 4);
     char buf[4];
-    size_t got = 0;
-    while (got < 4) {
-      struct pollfd p = {.fd = e.upstream, .events = POLLIN};
-      if (poll(&p, 1, 2000) <= 0) break;
-      ssize_t n = read(e.upstream, buf + got, 4 - got);
-      if (n <= 0) break;
-      got += (size_t)n;
-    }
+    size_t got = read_n(e.upstream, buf, 4, 4, 2000);
     CHECK(got == 4 && memcmp(buf, "ping", 4) == 0, "ping %d: the upstream got %zu bytes while the client's writes were blocked", i, got);
   }
   char *down = malloc(BULK);
@@ -1212,28 +1199,14 @@ static void test_late_events_of_a_closed_shared_socket(sl_loop *l, const struct 
     int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     CHECK(upstream >= 0, "not dialed");
     char buf[64];
-    size_t got = 0;
-    while (got < 3) {
-      struct pollfd p = {.fd = upstream, .events = POLLIN};
-      if (poll(&p, 1, 5000) <= 0) break;
-      ssize_t n = read(upstream, buf + got, sizeof buf - got);
-      if (n <= 0) break;
-      got += (size_t)n;
-    }
+    size_t got = read_n(upstream, buf, sizeof buf, 3, 5000);
     CHECK(got == 3 && memcmp(buf, "one", 3) == 0, "round %llu: the upstream got %zu bytes", (unsigned long long)round, got);
     // Edges on the closed socket's registration: bytes, then its FIN.
     write_all(stale_client, "stale", 5);
     shutdown(stale_client, SHUT_WR);
     usleep(20 * 1000);
     write_all(client, "two", 3);
-    got = 0;
-    while (got < 3) {
-      struct pollfd p = {.fd = upstream, .events = POLLIN};
-      if (poll(&p, 1, 5000) <= 0) break;
-      ssize_t n = read(upstream, buf + got, sizeof buf - got);
-      if (n <= 0) break;
-      got += (size_t)n;
-    }
+    got = read_n(upstream, buf, sizeof buf, 3, 5000);
     CHECK(got == 3 && memcmp(buf, "two", 3) == 0, "round %llu: the upstream got %zu bytes", (unsigned long long)round, got);
     struct pollfd p = {.fd = upstream, .events = POLLIN};
     CHECK(poll(&p, 1, 50) == 0, "round %llu: the upstream saw an end the client never sent", (unsigned long long)round);
@@ -1595,12 +1568,7 @@ static void test_server_first_is_spliced_without_a_byte(void) {
   CHECK(upstream >= 0, "not dialed");
   write_all(upstream, "220 hello\r\n", 11);
   char buf[64];
-  size_t got = 0;
-  while (got < 11) {
-    ssize_t r = read(client, buf + got, sizeof buf - got);
-    if (r <= 0) break;
-    got += (size_t)r;
-  }
+  size_t got = read_n(client, buf, sizeof buf, 11, 5000);
   CHECK(got == 11 && memcmp(buf, "220 hello\r\n", 11) == 0, "the banner: %zu bytes", got);
   write_all(client, "HELO x\r\n", 8);
   shutdown(client, SHUT_WR);
