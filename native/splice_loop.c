@@ -144,12 +144,16 @@ typedef struct sl_conn {
   // Set-up: the first bytes (kept to be written upstream), how many were reported.
   char *peek;
   size_t peek_len, reported;
+  // The room `peek` has: it grows by doubling (up to the cap), so a flight read one byte at a
+  // time is copied O(log n) times, not once per read.
+  size_t peek_room;
   uint64_t accepted_ms, peek_deadline, first_byte_at, last_byte_ms;
   uint32_t stall_ms, report_at;
   // The loop reads the first flight by itself under its listener's rules (sl_loop_rules) until
   // ff_complete, a deadline, the cap or the client's close: no command from the caller.
   bool auto_peek;
   uint32_t auto_stall_ms; // the stall wait while ff_may_stall holds
+  ff_progress ff;         // how far ff_next has read `peek` (each byte once, however it drips)
   sl_event *accept_ev;    // the ACCEPTED report not yet made (the flight still incomplete)
   // When the first byte not yet reported was read: such bytes wait at most SL_FLIGHT_GRACE_MS
   // (auto_peek), wherever in the flight they come, as the parser sees each chunk on the
@@ -660,6 +664,7 @@ static void start_splice(sl_loop *l, sl_conn *c, uint32_t idle_ms) {
   c->dir[CLIENT].pending_len = c->peek_len;
   c->dir[CLIENT].bytes = c->peek_len;
   c->peek = NULL;
+  c->peek_room = 0;
   c->last_ms = l->now_ms;
   arm(l, c->last_ms + c->idle_ms);
   conn_run(l, c);
@@ -678,11 +683,19 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
     size_t want = l->peek_cap - c->peek_len;
     ssize_t n = recv(c->fd[CLIENT], l->scratch, want, 0);
     if (n > 0) {
-      char *p = realloc(c->peek, c->peek_len + (size_t)n);
-      if (!p) return 1;
-      memcpy(p + c->peek_len, l->scratch, (size_t)n);
+      size_t need = c->peek_len + (size_t)n;
+      if (need > c->peek_room) {
+        // The first read takes what it needs (most flights come whole); later ones double.
+        size_t room = c->peek_room == 0 ? need : c->peek_room * 2;
+        if (room > l->peek_cap) room = l->peek_cap;
+        if (room < need) room = need;
+        char *p = realloc(c->peek, room);
+        if (!p) return 1;
+        c->peek = p;
+        c->peek_room = room;
+      }
+      memcpy(c->peek + c->peek_len, l->scratch, (size_t)n);
       if (c->peek_len == c->reported) c->unreported_ms = l->now_ms;
-      c->peek = p;
       c->peek_len += (size_t)n;
       c->last_byte_ms = l->now_ms;
       // Less than asked: the socket is empty (see sl_conn.hup), no read that must find EAGAIN.
@@ -691,7 +704,7 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
         return 0;
       }
       // Enough to report: no read that would only find EAGAIN (the ready flag stays set).
-      if (c->auto_peek ? ff_complete((const uint8_t *)c->peek, c->peek_len, l->peek_cap) : c->stage == ST_PEEK && c->peek_len >= c->report_at) return 0;
+      if (c->auto_peek ? ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap) : c->stage == ST_PEEK && c->peek_len >= c->report_at) return 0;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -737,8 +750,8 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
 static void flight_run(sl_loop *l, sl_conn *c) {
   if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
-  if (ff_complete((const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
-  c->stall_ms = ff_may_stall((const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
+  if (ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
+  c->stall_ms = ff_next_may_stall(&c->ff, (const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
   if (c->accept_ev && c->peek_len == 0 && l->now_ms >= c->accepted_ms + SL_EMPTY_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
   arm(l, conn_due(c));
 }
