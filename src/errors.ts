@@ -49,9 +49,9 @@ export class InvalidConfigError extends EgressdError {
 export class ConfigReadError extends EgressdError {
   /** Where a syntax error is (1-based), when the file could be read but not parsed. */
   readonly position: { readonly line: number; readonly column: number } | null;
-  constructor(file: string, detail: string, cause?: unknown, position: { line: number; column: number } | null = null) {
+  constructor(file: string, detail: string, cause?: unknown, position: { line: number; column: number } | null = null, what = 'configuration') {
     const at = position ? `${file}:${position.line}:${position.column}: ` : '';
-    super('EGRESSD_ERR_CONFIG_READ', `${at}Cannot read configuration "${file}": ${detail}`, { cause });
+    super('EGRESSD_ERR_CONFIG_READ', `${at}Cannot read ${what} "${file}": ${detail}`, { cause });
     this.name = 'ConfigReadError';
     this.position = position;
   }

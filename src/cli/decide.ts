@@ -17,7 +17,8 @@ import { parseConfigText } from '../config/load.ts';
 import { policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
-import { formatIssues, InvalidConfigError } from '../errors.ts';
+import { ConfigReadError, formatIssues, InvalidConfigError } from '../errors.ts';
+import { readFailure } from '../util/read-failure.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizeName } from '../match/names.ts';
 import { EMPTY_SIDE } from '../policy/model.ts';
@@ -66,8 +67,8 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     try {
       parsedConfig = parseConfigText(readFileSync(args.config, 'utf8'), args.config);
     } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      return usage(e.code !== undefined ? `Cannot read config "${args.config}": ${e.code}` : e.message);
+      // A YAML error carries its line and column in its message; a read error is worded here.
+      return usage(err instanceof ConfigReadError ? err.message : `Cannot read config "${args.config}": ${readFailure(err)}`);
     }
     const v = validateConfig(parsedConfig);
     if (!v.ok) return usage(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
@@ -90,11 +91,11 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   try {
     text = args.policy === '-' ? readFileSync(0, 'utf8') : readFileSync(args.policy, 'utf8');
   } catch (err) {
-    return usage(`Cannot read policy "${args.policy}": ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    return usage(`Cannot read policy "${args.policy}": ${readFailure(err)}`);
   }
   let doc: unknown;
   try {
-    doc = parseConfigText(text, args.policy);
+    doc = parseConfigText(text, args.policy, 'policy');
   } catch (err) {
     return usage((err as Error).message);
   }

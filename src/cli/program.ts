@@ -16,6 +16,7 @@ import { inspectBytes } from './inspect.ts';
 import { parseConfigText } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
+import { readFailure } from '../util/read-failure.ts';
 
 /**
  * Exit codes, the same for every command:
@@ -63,7 +64,7 @@ function fileJson(file: string): unknown {
   try {
     text = readFileSync(file === '-' ? 0 : file, 'utf8');
   } catch (e) {
-    throw new UsageError(`Cannot read "${file}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new UsageError(`Cannot read "${file}": ${readFailure(e)}`);
   }
   return json(text, `"${file}"`);
 }
@@ -124,7 +125,7 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         token = readFileSync(o.tokenFile, 'utf8').trim();
       } catch (e) {
-        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${readFailure(e)}`);
       }
     }
     // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
@@ -146,8 +147,11 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         doc = parseConfigText(readFileSync(file, 'utf8'), file);
       } catch (e) {
-        io.err(e instanceof ConfigReadError ? `${e.message}\n` : `${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
-        code = EXIT.no;
+        // A file that cannot be read is a usage error (exit 2), as for every other command that
+        // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).
+        const unreadable = !(e instanceof ConfigReadError);
+        io.err(unreadable ? `Cannot read "${file}": ${readFailure(e)}\n` : `${e.message}\n`);
+        code = unreadable ? EXIT.usage : EXIT.no;
         return;
       }
       const r = validateConfig(doc);
@@ -167,7 +171,7 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         bytes = readFileSync(src === '-' ? 0 : src);
       } catch (e) {
-        io.err(`Cannot read "${src}": ${(e as NodeJS.ErrnoException).code ?? String(e)}\n`);
+        io.err(`Cannot read "${src}": ${readFailure(e)}\n`);
         code = EXIT.usage;
         return;
       }

@@ -5,10 +5,14 @@
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
+import { readFailure } from '../util/read-failure.ts';
 import { type Config, validateConfig } from './schema.ts';
 
-/** Parses YAML/JSON text; duplicate keys and syntax errors are refusals, not warnings. */
-export function parseConfigText(text: string, file: string): unknown {
+/**
+ * Parses YAML/JSON text; duplicate keys and syntax errors are refusals, not warnings. `document` names
+ * the document in the error ("configuration", or "policy" for `egressd decide --policy`).
+ */
+export function parseConfigText(text: string, file: string, document = 'configuration'): unknown {
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: true });
   if (doc.errors.length > 0) {
     // The first error, as the yaml library words it ("... at line 2, column 1:" then the lines
@@ -23,6 +27,7 @@ export function parseConfigText(text: string, file: string): unknown {
       `${what} (YAML ${first.code}${pos ? `, line ${pos.line}, column ${pos.col}` : ''})${snippet ? `\n${snippet}` : ''}`,
       first,
       pos ? { line: pos.line, column: pos.col } : null,
+      document,
     );
   }
   return doc.toJS({ maxAliasCount: 100 });
@@ -40,7 +45,7 @@ export async function loadConfig(file: string | null): Promise<Config> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new ConfigReadError(file, (err as NodeJS.ErrnoException).code ?? String(err), err);
+    throw new ConfigReadError(file, readFailure(err), err);
   }
   return configFromText(text, file);
 }

@@ -270,7 +270,15 @@ describe('egressd decide', () => {
       expect(r.stderr).toMatch(/^reportOnly: /m);
       const absent = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', join(dir, 'absent-config.yaml'));
       expect(absent.code).toBe(2);
-      expect(absent.stderr).toContain('ENOENT');
+      expect(absent.stderr).toContain('ENOENT (no such file or directory)');
+    });
+
+    it('exits 2 on a config that is not YAML, with the YAML error, its line and column (not an error code)', async () => {
+      const broken = write('broken-config.yaml', 'listen: [unclosed\n');
+      const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', broken);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`${broken}:2:1: Cannot read configuration "${broken}": Flow sequence`);
+      expect(r.stderr).not.toContain('EGRESSD_ERR_');
     });
   });
 
@@ -300,7 +308,14 @@ describe('egressd decide', () => {
   it('exits 2 on a policy file that cannot be read', async () => {
     const r = await decide(join(dir, 'absent.yaml'), '--ip', '1.1.1.1', '--port', '443');
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('ENOENT');
+    expect(r.stderr).toContain('ENOENT (no such file or directory)');
+  });
+
+  it('exits 2 on a policy that is not JSON or YAML, calling it the policy, with the line and column', async () => {
+    const broken = write('broken-policy.json', '{"mode":\n');
+    const r = await decide(broken, '--ip', '1.1.1.1', '--port', '443');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`^${broken.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: Cannot read policy "`));
   });
 
   it.each([
@@ -347,10 +362,12 @@ describe('egressd validate', () => {
     expect(r.stderr).toMatch(/^block: .*"maybe"/m);
   });
 
-  it('exits 1 on a file that cannot be read', async () => {
-    const r = await egressd(['validate', join(dir, 'absent.yaml')]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain('ENOENT');
+  it('exits 2 on a file that cannot be read, as every command that takes a file, naming it and the reason in words', async () => {
+    const absent = join(dir, 'absent.yaml');
+    const r = await egressd(['validate', absent]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`Cannot read "${absent}": ENOENT (no such file or directory)\n`);
   });
 
   it('exits 1 on a file that is not YAML, printing the YAML error itself: line, column, what and where', async () => {
