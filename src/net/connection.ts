@@ -10,7 +10,7 @@
 
 import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
-import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, mayStall } from '../peek/peek-steps.ts';
+import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, stallCheck } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import type { PeekOptions, PeekOutcome } from './peek-socket.ts';
@@ -175,7 +175,7 @@ function run(
     firstByteTimeoutMs: config.peek.firstByteTimeoutMs,
     // Bytes that could still open an HTTP request line, then silence: judged as not TLS and
     // not HTTP after the same wait (a client that sent "ping" and waits for a reply).
-    stall: { ms: config.peek.firstByteTimeoutMs, undecided: mayStall },
+    stall: { ms: config.peek.firstByteTimeoutMs, undecided: stallCheck() },
   };
   // A first flight already here is judged in this same turn; only a wait for bytes yields.
   const now = socket.peekNow?.(step, opts) ?? null;

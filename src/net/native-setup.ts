@@ -397,7 +397,7 @@ export class NativeClient implements ClientSide {
     const remaining = p.opts.deadline - this.#acceptedAt;
     if (remaining <= 0 || p.opts.deadline <= Date.now()) return { kind: 'timeout', bytes: allOf(p.buf) };
     const first = p.opts.firstByteTimeoutMs !== undefined && p.opts.firstByteTimeoutMs < remaining ? Math.max(1, p.opts.firstByteTimeoutMs) : 0;
-    const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.bytes()) ? Math.max(1, p.opts.stall.ms) : 0;
+    const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.view()) ? Math.max(1, p.opts.stall.ms) : 0;
     // While a stall is possible every byte may change it (mayStall), so every byte is reported.
     const reportAt = stall > 0 ? p.buf.total + 1 : Math.max(p.buf.total + 1, p.buf.wantsAt);
     this.#addon.peek(this.loop, this.id, Math.min(MAX_U32, Math.ceil(remaining)), first, stall, reportAt);

@@ -36,7 +36,8 @@ export interface PeekOptions {
   /**
    * When set, give up with `stalled` if no byte arrives for `ms` while `undecided(bytes)` holds:
    * a client that sent a few bytes that could still open either protocol ("ping") and now waits
-   * for the server is not held until the deadline.
+   * for the server is not held until the deadline. Asked after every read with the bytes so far
+   * (at most `maxBytes`: the same bytes, grown), so it may resume where it stopped (stallCheck).
    */
   readonly stall?: { readonly ms: number; readonly undecided: (bytes: Buffer) => boolean };
 }
@@ -83,6 +84,14 @@ export class PeekBuffer<R> {
     return Math.min(this.#parseAt, this.#max);
   }
 
+  /**
+   * The first `maxBytes` received, as the parser reads them: one buffer grown in place, not a
+   * concatenation made per call (bytes()), so it can be asked after every read.
+   */
+  view(): Buffer {
+    return this.#view;
+  }
+
   /** Everything received, byte for byte, to be sent upstream first. */
   bytes(): Buffer {
     return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#total);
@@ -126,6 +135,7 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
       if (settled) return;
       settled = true;
       for (const t of timers) clearTimeout(t);
+      clearTimeout(stallTimer);
       socket.pause();
       socket.off('data', onData);
       socket.off('end', onClose);
@@ -139,10 +149,9 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
       if (r === null) {
         if (opts.stall !== undefined) {
           clearTimeout(stallTimer);
-          if (opts.stall.undecided(buf.bytes())) {
-            stallTimer = setTimeout(() => finish({ kind: 'stalled', bytes: buf.bytes() }), opts.stall.ms);
-            timers.push(stallTimer);
-          }
+          // The parser's view, not bytes(): a concatenation of every chunk per read made a client
+          // dripping its flight one byte per segment cost the main thread seconds.
+          if (opts.stall.undecided(buf.view())) stallTimer = setTimeout(() => finish({ kind: 'stalled', bytes: buf.bytes() }), opts.stall.ms);
         }
         return;
       }

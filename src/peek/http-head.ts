@@ -113,47 +113,131 @@ type RequestLine = { method: string; target: string; version: string; authority:
 export type RequestShape = 'need-more' | 'not-http' | { readonly skip: number; readonly emptyLines: number };
 
 /**
+ * Where requestShape stopped on a stream that only grows (`shapeProgress()` starts one): a caller
+ * that asks after every read hands it back, and each byte is looked at once. Without it a client
+ * dripping a 16 KiB request line one byte per segment made every read walk the whole line again.
+ */
+export interface ShapeProgress {
+  /** requestShape's answer once decided ('need-more' until then). */
+  result: RequestShape;
+  phase: number;
+  /** The next byte to look at. */
+  at: number;
+  /** Where the method or the target began. */
+  mark: number;
+  empty: number;
+  /** How many characters of "HTTP/" matched. */
+  k: number;
+  /** Bytes looked at, all calls together (tests bound it). */
+  examined: number;
+}
+
+export function shapeProgress(): ShapeProgress {
+  return { result: 'need-more', phase: PH_LEAD, at: 0, mark: 0, empty: 0, k: 0, examined: 0 };
+}
+
+const PH_LEAD = 0;
+const PH_METHOD = 1;
+const PH_SP1 = 2;
+const PH_TARGET = 3;
+const PH_SP2 = 4;
+const PH_NAME = 5;
+const HTTP_SLASH = 'HTTP/';
+
+/**
  * Whether the bytes have the shape of an HTTP/1.x request line, leniently (the strict grammar is
  * parseHttpHead's): up to MAX_LEADING_EMPTY_LINES empty lines (CRLF or a bare LF), a token
  * (RFC 9110 §9.1: any token is a method), spaces or tabs, a target, spaces or tabs, `HTTP/` in
  * any case. Answers as soon as the bytes decide and never changes its answer as more arrive;
  * `skip` is the length of the leading empty lines. More than MAX_LEADING_EMPTY_LINES empty lines
  * count as HTTP, so that parseHttpHead refuses them rather than the peek passing them by.
+ * `progress` (optional): resume where the last call on the same, since grown, bytes stopped.
  */
-export function requestShape(b: Uint8Array): RequestShape {
+export function requestShape(b: Uint8Array, progress?: ShapeProgress): RequestShape {
+  const p = progress ?? shapeProgress();
+  if (p.result !== 'need-more') return p.result;
   const n = Math.min(b.length, MAX_HEAD_BYTES);
-  let i = 0;
-  let empty = 0;
-  // Bounded: every pass consumes one or two bytes, at most MAX_LEADING_EMPTY_LINES + 1 passes.
-  while (i < n && (b[i] === CR || b[i] === LF)) {
-    if (b[i] === CR) {
-      if (i + 1 >= n) return 'need-more';
-      if (b[i + 1] !== LF) return 'not-http';
-      i += 2;
-    } else {
-      i += 1;
+  let i = p.at;
+  let r: RequestShape = 'need-more';
+  // Bounded: every pass moves `i` forward or leaves; one pass per phase change besides.
+  scan: for (;;) {
+    switch (p.phase) {
+      case PH_LEAD:
+        if (i >= n) break scan;
+        if (b[i] === CR) {
+          if (i + 1 >= n) break scan;
+          if (b[i + 1] !== LF) {
+            r = 'not-http';
+            break scan;
+          }
+          i += 2;
+        } else if (b[i] === LF) {
+          i += 1;
+        } else {
+          p.phase = PH_METHOD;
+          p.mark = i;
+          continue;
+        }
+        if (++p.empty > MAX_LEADING_EMPTY_LINES) {
+          r = { skip: i, emptyLines: p.empty };
+          break scan;
+        }
+        continue;
+      case PH_METHOD:
+        while (i < n && TCHAR[b[i]!] === 1) i++;
+        if (i === n) break scan;
+        if (i === p.mark || (b[i] !== SP && b[i] !== HTAB)) {
+          r = 'not-http';
+          break scan;
+        }
+        p.phase = PH_SP1;
+        continue;
+      case PH_SP1:
+        while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
+        if (i === n) break scan;
+        p.phase = PH_TARGET;
+        p.mark = i;
+        continue;
+      case PH_TARGET:
+        while (i < n && b[i] !== SP && b[i] !== HTAB && b[i] !== CR && b[i] !== LF) i++;
+        if (i === n) break scan;
+        // No target, or a line that ends after it (HTTP/0.9, an SSH banner): not an HTTP/1.x request.
+        if (i === p.mark || b[i] === CR || b[i] === LF) {
+          r = 'not-http';
+          break scan;
+        }
+        p.phase = PH_SP2;
+        continue;
+      case PH_SP2:
+        while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
+        if (i === n) break scan;
+        p.phase = PH_NAME;
+        p.k = 0;
+        continue;
+      default:
+        for (; p.k < HTTP_SLASH.length; p.k++, i++) {
+          if (i >= n) break scan;
+          // ASCII case folding: an upper-case letter's bit 0x20 is clear.
+          if ((b[i]! & ~0x20) !== (HTTP_SLASH.charCodeAt(p.k) & ~0x20) || (p.k === 4 && b[i] !== 0x2f)) {
+            r = 'not-http';
+            break scan;
+          }
+        }
+        r = { skip: skipOf(b), emptyLines: p.empty };
+        break scan;
     }
-    if (++empty > MAX_LEADING_EMPTY_LINES) return { skip: i, emptyLines: empty };
   }
-  const skip = i;
-  const methodStart = i;
-  while (i < n && TCHAR[b[i]!] === 1) i++;
-  if (i === n) return 'need-more';
-  if (i === methodStart || (b[i] !== SP && b[i] !== HTAB)) return 'not-http';
-  while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
-  const targetStart = i;
-  while (i < n && b[i] !== SP && b[i] !== HTAB && b[i] !== CR && b[i] !== LF) i++;
-  if (i === n) return 'need-more';
-  // No target, or a line that ends after it (HTTP/0.9, an SSH banner): not an HTTP/1.x request.
-  if (i === targetStart || b[i] === CR || b[i] === LF) return 'not-http';
-  while (i < n && (b[i] === SP || b[i] === HTAB)) i++;
-  const name = 'HTTP/';
-  for (let k = 0; k < name.length; k++) {
-    if (i + k >= n) return 'need-more';
-    // ASCII case folding: an upper-case letter's bit 0x20 is clear.
-    if ((b[i + k]! & ~0x20) !== (name.charCodeAt(k) & ~0x20) || (k === 4 && b[i + k] !== 0x2f)) return 'not-http';
-  }
-  return { skip, emptyLines: empty };
+  p.examined += i - p.at;
+  p.at = i;
+  p.result = r;
+  return r;
+}
+
+/** The length of the leading empty lines (CRLF or LF) of bytes requestShape found HTTP. */
+function skipOf(b: Uint8Array): number {
+  let i = 0;
+  while (b[i] === CR || b[i] === LF) i++;
+  return i;
 }
 
 export function parseHttpHead(input: Uint8Array): HttpPeek {

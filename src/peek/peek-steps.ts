@@ -2,7 +2,7 @@
 // listener, and when asking again is worth it.
 
 import { MAX_HELLO_BYTES, parseClientHello, type TlsPeek } from './tls-client-hello.ts';
-import { MAX_HEAD_BYTES, parseHttpHead, type HttpPeek } from './http-head.ts';
+import { MAX_HEAD_BYTES, parseHttpHead, shapeProgress, type HttpPeek } from './http-head.ts';
 import { sniff } from './sniff.ts';
 
 /**
@@ -53,8 +53,10 @@ export function httpStepper(): ((buf: Buffer) => PeekStep<Peeked>) & { readonly 
 /** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
 export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
   const http = httpStepper();
+  // Asked after every read while the request line is undecided: each byte is sniffed once.
+  const shape = shapeProgress();
   return (buf) => {
-    const s = sniff(buf);
+    const s = sniff(buf, shape);
     if (s === 'need-more') return { done: false };
     if (s === 'tls') return tlsStep(buf);
     if (s === 'http') return http(buf);
@@ -75,3 +77,12 @@ export const PEEK_CAPS = Object.freeze({ tls: MAX_HELLO_BYTES, http: MAX_HEAD_BY
  * on nothing but its own ClientHello, so it keeps the whole peek deadline.
  */
 export const mayStall = (bytes: Buffer): boolean => bytes[0] !== 0x16 && sniff(bytes) === 'need-more';
+
+/**
+ * mayStall for one connection's first flight, asked after every read with all of it so far (the
+ * same bytes, grown): each byte is looked at once, however the flight drips in.
+ */
+export function stallCheck(): (bytes: Buffer) => boolean {
+  const shape = shapeProgress();
+  return (bytes) => bytes[0] !== 0x16 && sniff(bytes, shape) === 'need-more';
+}

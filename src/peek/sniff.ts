@@ -7,11 +7,12 @@
 // It agrees with the parsers: when it says 'tls', parseClientHello never answers not-tls, and
 // a first byte it rejects is not-tls there too (the fuzz suite pins both).
 
-import { requestShape } from './http-head.ts';
+import { requestShape, type ShapeProgress } from './http-head.ts';
 
 export type Sniffed = 'need-more' | 'tls' | 'http' | 'unknown';
 
-export function sniff(bytes: Uint8Array): Sniffed {
+/** `shape` (optional): requestShape's progress on the same, growing bytes (http-head.ts ShapeProgress). */
+export function sniff(bytes: Uint8Array, shape?: ShapeProgress): Sniffed {
   const n = bytes.length;
   if (n === 0) return 'need-more';
   const b0 = bytes[0]!;
@@ -33,6 +34,6 @@ export function sniff(bytes: Uint8Array): Sniffed {
     return (major === 0 && minor === 2) || (major === 3 && minor <= 3) ? 'tls' : 'unknown';
   }
 
-  const shape = requestShape(bytes);
-  return shape === 'need-more' ? 'need-more' : shape === 'not-http' ? 'unknown' : 'http';
+  const s = requestShape(bytes, shape);
+  return s === 'need-more' ? 'need-more' : s === 'not-http' ? 'unknown' : 'http';
 }

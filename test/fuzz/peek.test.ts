@@ -12,8 +12,9 @@ import { join, resolve } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MAX_HELLO_BYTES, TLS_MALFORMED_REASONS, parseClientHello, type TlsPeek } from '../../src/peek/tls-client-hello.ts';
-import { HTTP_MALFORMED_REASONS, MAX_HEAD_BYTES, parseHttpHead, type HttpPeek } from '../../src/peek/http-head.ts';
+import { HTTP_MALFORMED_REASONS, MAX_HEAD_BYTES, parseHttpHead, requestShape, shapeProgress, type HttpPeek } from '../../src/peek/http-head.ts';
 import { sniff } from '../../src/peek/sniff.ts';
+import { mayStall, stallCheck } from '../../src/peek/peek-steps.ts';
 import { buildHello, concat, type HelloSpec } from '../helpers/hello-builder.ts';
 
 const RUNS = 300;
@@ -256,6 +257,36 @@ describe('sniff agrees with the parsers', () => {
         if (s === 'http') expect(parseHttpHead(b).kind).not.toBe('not-http');
       }),
       { numRuns: RUNS * 2 },
+    );
+  });
+
+  it('answers alike resumed on a growing stream (ShapeProgress, stallCheck) and asked afresh, however it is chunked', () => {
+    const line = fc
+      .tuple(
+        fc.array(fc.constantFrom('\r\n', '\n', '\r'), { maxLength: 10 }),
+        fc.constantFrom('GET', 'get', 'MKACTIVITY', 'PRI', '', 'G\u00e9T'),
+        fc.constantFrom(' ', '\t', '  ', ''),
+        fc.constantFrom('/', '/a/b?c', 'http://a.test/', '', '*'),
+        fc.constantFrom(' ', '\t ', '\r\n', ''),
+        fc.constantFrom('HTTP/1.1\r\n', 'http/1.0', 'HTTP', 'HTTPS', 'HTTP/2.0\r\n\r\n', 'X'),
+      )
+      .map(([lead, m, s1, t, s2, v]) => new Uint8Array(Buffer.from(lead.join('') + m + s1 + t + s2 + v, 'latin1')));
+    const stream = fc.oneof(line, anyStart, fc.uint8Array({ maxLength: 40 }));
+    fc.assert(
+      fc.property(stream, fc.array(fc.integer({ min: 1, max: 7 }), { minLength: 1, maxLength: 40 }), (b, cuts) => {
+        const shape = shapeProgress();
+        const sniffShape = shapeProgress();
+        const stall = stallCheck();
+        let at = 0;
+        for (let i = 0; at < b.length; i++) {
+          at = Math.min(b.length, at + cuts[i % cuts.length]!);
+          const prefix = Buffer.from(b.subarray(0, at));
+          expect(requestShape(prefix, shape)).toEqual(requestShape(prefix));
+          expect(sniff(prefix, sniffShape)).toBe(sniff(prefix));
+          expect(stall(prefix)).toBe(mayStall(prefix));
+        }
+      }),
+      { numRuns: RUNS * 3 },
     );
   });
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_HEAD_BYTES, MAX_LEADING_EMPTY_LINES, parseHttpHead, type HttpPeek } from '../../../src/peek/http-head.ts';
+import { MAX_HEAD_BYTES, MAX_LEADING_EMPTY_LINES, parseHttpHead, requestShape, shapeProgress, type HttpPeek } from '../../../src/peek/http-head.ts';
 import { sniff } from '../../../src/peek/sniff.ts';
 
 const enc = new TextEncoder();
@@ -265,5 +265,23 @@ describe('parseHttpHead: not HTTP versus bad HTTP', () => {
     expect(reason('GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n')).toBe('duplicate-host');
     expect(reason('GET / HTTP/2.0\r\n\r\n')).toBe('bad-request-line');
     expect(reason('GET\t/ HTTP/1.1\r\nHost: a.test\r\n\r\n')).toBe('bad-request-line');
+  });
+});
+
+describe('requestShape resumed on a growing stream (ShapeProgress)', () => {
+  // A client dripping its request line one byte per segment: the peek asks after every read, and
+  // asked afresh each time the walk over a 16 KiB line cost the main thread seconds.
+  it.each([
+    ['a 16 KiB request target', `GET /${'a'.repeat(MAX_HEAD_BYTES - 5)}`],
+    ['a 16 KiB method', 'G'.repeat(MAX_HEAD_BYTES)],
+    ['spaces after the method', `GET${' '.repeat(MAX_HEAD_BYTES - 3)}`],
+    ['a whole request line', `\r\n\nPOST /x${'y'.repeat(8000)} HTTP/1.1\r\n`],
+  ])('looks at each byte of %s once over a one-byte drip, and answers as asked afresh', (_what, text) => {
+    const b = Buffer.from(text, 'latin1');
+    const p = shapeProgress();
+    let last: ReturnType<typeof requestShape> = 'need-more';
+    for (let n = 1; n <= b.length; n++) last = requestShape(b.subarray(0, n), p);
+    expect(last).toEqual(requestShape(b));
+    expect(p.examined).toBeLessThanOrEqual(b.length);
   });
 });
