@@ -437,7 +437,14 @@ function parseSslv2(bytes: Uint8Array): TlsPeek {
   if (2 + length > MAX_HELLO_BYTES) {
     return malformed('too-large', `The SSLv2-format hello declares ${length} bytes, more than the ${MAX_HELLO_BYTES}-byte cap`);
   }
-  const r = new ByteReader(bytes, 2, 2 + length);
+  const fields = parseSslv2Fields(new ByteReader(bytes, 2, 2 + length), length, version);
+  // The hello cannot be whole before its declared end: the native loop is asked to report then,
+  // not after every read (a hello dripped one byte per segment was a report per byte).
+  return fields.kind === 'need-more' && 2 + length > n ? { kind: 'need-more', atLeast: 2 + length } : fields;
+}
+
+/** parseSslv2 past the header: the three lengths and the fields they declare. */
+function parseSslv2Fields(r: ByteReader, length: number, version: number): TlsPeek {
   const head = r.skip(3);
   if (head < 0) return cut(head, 'bad-handshake', `The SSLv2-format hello declares ${length} bytes, too few for its header`);
   const specsLength = r.u16();

@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { buildHello } from '../helpers/hello-builder.ts';
+import { buildHello, sslv2Hello } from '../helpers/hello-builder.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
@@ -198,6 +198,20 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
     });
     expect(up.received).toEqual([]);
     expect(await lineOf()).toMatchObject({ verdict: 'refuse', reason: 'peek-timeout', lines: 1 });
+  });
+
+  // Each report is a hand-off between the loop's thread and the main thread, which every tenant
+  // shares: a hello dripped one byte per segment must not be a report per byte.
+  it('judges an SSLv2-format hello dripped over 1-byte writes (no name: refused) on a few reports, not one per byte', async () => {
+    const flight = Buffer.from(sslv2Hello({ specs: 3 * 100 }));
+    const reports = (): number => (d!.daemon.nativeSetup ? d!.daemon.nativeSetup.reports.peek : 0);
+    const before = reports();
+    await client('127.0.0.21', d!.port('tls'), async (s) => {
+      await drip(s, flight, 1, 2);
+    });
+    expect(up.received).toEqual([]);
+    expect(await lineOf()).toMatchObject({ verdict: 'refuse', reason: 'default-block', lines: 1 });
+    expect(reports() - before).toBeLessThan(20);
   });
 
   it('carries an HTTP head dripped over many segments once it ends', async () => {

@@ -376,6 +376,14 @@ describe('parseClientHello: the length hint for callers fed one byte at a time',
     expect(parseClientHello(bytes)).toMatchObject({ kind: 'hello', sni: 'hint.test' });
   });
 
+  it('names the end an SSLv2-format hello declares, once its header is in', () => {
+    const bytes = sslv2Hello({ specs: 3 * 180 });
+    for (const cut of [5, 6, 100, bytes.length - 1]) {
+      expect(parseClientHello(bytes.subarray(0, cut))).toEqual({ kind: 'need-more', atLeast: bytes.length });
+    }
+    expect(parseClientHello(bytes)).toMatchObject({ kind: 'hello', sslv2: true });
+  });
+
   it('never names a length past the point where the answer changes', () => {
     const bytes = buildHello({ sni: ['hint.test'] }, { records: 4 });
     for (let cut = 1; cut < bytes.length; cut++) {
