@@ -7,6 +7,7 @@ import { Daemon } from './daemon.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { releaseStartupMemory } from './limits/overload.ts';
 import { configureNativeSplice, dataPlaneFromEnv, nativeSpliceStatus } from './net/native-splice.ts';
+import { listenFailureHint } from './util/system-error.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -61,9 +62,10 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
       log.info({ event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
-    log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message }, 'egressd could not start');
+    const hint = listenFailureHint(e);
+    log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message, ...(hint !== null ? { hint } : {}) }, 'egressd could not start');
     log.flush();
-    err(`egressd: ${(e as Error).message}`);
+    err(`egressd: ${(e as Error).message}${hint !== null ? `\n  ${hint}` : ''}`);
     return 1;
   }
   return new Promise<number>((resolve) => {

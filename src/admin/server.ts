@@ -2,6 +2,7 @@
 
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Endpoint } from '../net/listener.ts';
+import { systemError } from '../util/system-error.ts';
 
 // Not `import … from 'node:http'`: an ES import of a built-in reads every export, and node:http's
 // WebSocket/CloseEvent/MessageEvent getters then load Node's bundled undici, http2, zlib, web
@@ -97,10 +98,11 @@ export class AdminServer {
 
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
+      const fail = (err: Error): void => reject(new Error(`Cannot listen on admin ${this.endpoint.text}: ${systemError(err)}`, { cause: err }));
+      this.#server.once('error', fail);
       // SO_REUSEPORT, as the listeners: a new process can come up beside one that drains.
       this.#server.listen({ host: this.endpoint.host, port: this.endpoint.port, reusePort: true }, () => {
-        this.#server.off('error', reject);
+        this.#server.off('error', fail);
         resolve();
       });
     });

@@ -18,7 +18,7 @@ import { policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { ConfigReadError, formatIssues, InvalidConfigError } from '../errors.ts';
-import { readFailure } from '../util/read-failure.ts';
+import { systemError } from '../util/system-error.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizeName } from '../match/names.ts';
 import { EMPTY_SIDE } from '../policy/model.ts';
@@ -68,7 +68,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
       parsedConfig = parseConfigText(readFileSync(args.config, 'utf8'), args.config);
     } catch (err) {
       // A YAML error carries its line and column in its message; a read error is worded here.
-      return usage(err instanceof ConfigReadError ? err.message : `Cannot read config "${args.config}": ${readFailure(err)}`);
+      return usage(err instanceof ConfigReadError ? err.message : `Cannot read config "${args.config}": ${systemError(err)}`);
     }
     const v = validateConfig(parsedConfig);
     if (!v.ok) return usage(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
@@ -91,7 +91,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   try {
     text = args.policy === '-' ? readFileSync(0, 'utf8') : readFileSync(args.policy, 'utf8');
   } catch (err) {
-    return usage(`Cannot read policy "${args.policy}": ${readFailure(err)}`);
+    return usage(`Cannot read policy "${args.policy}": ${systemError(err)}`);
   }
   let doc: unknown;
   try {

@@ -16,7 +16,7 @@ import { inspectBytes } from './inspect.ts';
 import { parseConfigText } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
-import { readFailure } from '../util/read-failure.ts';
+import { systemError } from '../util/system-error.ts';
 
 /**
  * Exit codes, the same for every command:
@@ -64,7 +64,7 @@ function fileJson(file: string): unknown {
   try {
     text = readFileSync(file === '-' ? 0 : file, 'utf8');
   } catch (e) {
-    throw new UsageError(`Cannot read "${file}": ${readFailure(e)}`);
+    throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
   }
   return json(text, `"${file}"`);
 }
@@ -125,7 +125,7 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         token = readFileSync(o.tokenFile, 'utf8').trim();
       } catch (e) {
-        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${readFailure(e)}`);
+        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${systemError(e)}`);
       }
     }
     // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
@@ -150,7 +150,7 @@ Run "egressd <command> --help" for a command's own options.`,
         // A file that cannot be read is a usage error (exit 2), as for every other command that
         // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).
         const unreadable = !(e instanceof ConfigReadError);
-        io.err(unreadable ? `Cannot read "${file}": ${readFailure(e)}\n` : `${e.message}\n`);
+        io.err(unreadable ? `Cannot read "${file}": ${systemError(e)}\n` : `${e.message}\n`);
         code = unreadable ? EXIT.usage : EXIT.no;
         return;
       }
@@ -171,7 +171,7 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         bytes = readFileSync(src === '-' ? 0 : src);
       } catch (e) {
-        io.err(`Cannot read "${src}": ${readFailure(e)}\n`);
+        io.err(`Cannot read "${src}": ${systemError(e)}\n`);
         code = EXIT.usage;
         return;
       }

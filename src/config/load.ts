@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
-import { readFailure } from '../util/read-failure.ts';
+import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
 
 /**
@@ -45,7 +45,7 @@ export async function loadConfig(file: string | null): Promise<Config> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new ConfigReadError(file, readFailure(err), err);
+    throw new ConfigReadError(file, systemError(err), err);
   }
   return configFromText(text, file);
 }
