@@ -33,6 +33,7 @@ import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
+import { listenedOnElsewhere } from './util/port-shared.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 
@@ -257,6 +258,15 @@ export class Daemon {
       );
     }
     this.metrics.instruments.stateEntries.set(loaded.loaded + loaded.orgs);
+    // Looked at before binding: with SO_REUSEPORT our own bind succeeds beside another process's,
+    // which then shares the connections and API calls (src/util/port-shared.ts).
+    const endpoints = [
+      { kind: 'admin', endpoint: this.#config.admin.listen },
+      ...this.listeners.map((l) => ({ kind: l.kind, endpoint: l.endpoint })),
+      ...this.dnsListeners.map((l) => ({ kind: 'dns', endpoint: l.endpoint })),
+    ];
+    const elsewhere = await Promise.all(endpoints.map((e) => listenedOnElsewhere(e.endpoint.host, e.endpoint.port)));
+    const shared = endpoints.filter((_, i) => elsewhere[i]).map((e) => `${e.kind} ${e.endpoint.text}`);
     await this.admin.listen();
     try {
       await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);
@@ -295,6 +305,12 @@ export class Daemon {
       },
       'egressd serving',
     );
+    if (shared.length > 0) {
+      this.log.warn(
+        { event: { action: 'listener-shared' }, endpoints: shared },
+        'another process already listened on these endpoints: the kernel shares new connections and admin API calls between it and this one (SO_REUSEPORT) until it stops; expected while a replacement starts beside a draining egressd, otherwise stop one of them',
+      );
+    }
   }
 
   /**

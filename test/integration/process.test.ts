@@ -103,6 +103,18 @@ describe('the egressd process', () => {
     const first = await start(file);
     const second = await start(file);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
+    // Each says whether it came up beside another process: a second egressd started by mistake
+    // would otherwise share every connection and API call with the first, silently.
+    expect(first.d.lines.filter((l) => action(l) === 'listener-shared')).toEqual([]);
+    const shared = second.d.lines.find((l) => action(l) === 'listener-shared')!;
+    expect(shared['log.level']).toBe('warn');
+    // The admin ports differ here (port 0 each).
+    expect(shared['endpoints']).toEqual([
+      `http 127.0.0.1:${port}`,
+      `tls 127.0.0.1:${port + 1}`,
+      `tcp 127.0.0.1:${port + 2}`,
+      `dns 127.0.0.1:${port + 3}`,
+    ]);
     const exit = first.d.stop('SIGTERM');
     expect(await exit).toBe(0);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
@@ -110,6 +122,33 @@ describe('the egressd process', () => {
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
     expect((second.d.lines.find((l) => action(l) === 'started')!['dnsListeners'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
   });
+
+  it.each(['admin', 'http'] as const)(
+    'does not start when the %s port is held by another socket, naming the listener, the reason in words and what to do',
+    async (kind) => {
+      const { createServer } = await import('node:net');
+      const holder = createServer();
+      await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+      try {
+        const port = (holder.address() as { port: number }).port;
+        const endpoint = `127.0.0.1:${port}`;
+        const doc =
+          kind === 'admin'
+            ? base({ admin: { listen: endpoint, token: TOKEN } })
+            : base({ listen: { http: endpoint, tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' } });
+        const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', write(doc)], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+        const [code] = (await once(child, 'exit')) as [number];
+        expect(code).toBe(1);
+        expect(stderr).toContain(`egressd: Cannot listen on ${kind} ${endpoint}: `);
+        expect(stderr).toMatch(/EADDRINUSE|Address already in use/);
+        expect(stderr).toContain('another process holds that port');
+      } finally {
+        holder.close();
+      }
+    },
+  );
 
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
     const { existsSync, readFileSync } = await import('node:fs');
