@@ -109,12 +109,7 @@ describe('the egressd process', () => {
     const shared = second.d.lines.find((l) => action(l) === 'listener-shared')!;
     expect(shared['log.level']).toBe('warn');
     // The admin ports differ here (port 0 each).
-    expect(shared['endpoints']).toEqual([
-      `http 127.0.0.1:${port}`,
-      `tls 127.0.0.1:${port + 1}`,
-      `tcp 127.0.0.1:${port + 2}`,
-      `dns 127.0.0.1:${port + 3}`,
-    ]);
+    expect(shared['endpoints']).toEqual([`http 127.0.0.1:${port}`, `tls 127.0.0.1:${port + 1}`, `tcp 127.0.0.1:${port + 2}`, `dns 127.0.0.1:${port + 3}`]);
     const exit = first.d.stop('SIGTERM');
     expect(await exit).toBe(0);
     expect((await request(`${second.admin}/readyz`)).statusCode).toBe(200);
