@@ -1,8 +1,10 @@
 // The command line against a real admin API on loopback: every command's --help, and the exit
-// codes that tell the outcomes apart (0 allowed/done, 1 refused, 2 usage, 3 API unusable).
+// codes that tell the outcomes apart (0 allowed/done, 1 refused, 2 usage, 3 API unusable), and
+// README's "First steps" commands run as written.
 
 import { runProcess, type Run } from '../helpers/run-process.ts';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -150,5 +152,49 @@ describe('egressd check exit codes against a running daemon', () => {
     expect((await egressd(['sandbox', 'rm', 'sb-y'], env)).code).toBe(0);
     expect((await egressd(['sandbox', 'get', 'sb-y'], env)).code).toBe(1);
     expect((await egressd(['org', 'put', 'acme', '--tier', '9'], env)).code).toBe(2);
+  }, 120_000);
+});
+
+/** A command line's words, as a POSIX shell splits them: single quotes only, which is all README uses. */
+function shellWords(line: string): string[] {
+  const words = [...line.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+  expect(line, 'only single quotes').not.toMatch(/["\\$`](?=(?:[^']*'[^']*')*[^']*$)/);
+  return words;
+}
+
+describe('README.md "First steps", run as written', () => {
+  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const at = md.indexOf('## First steps');
+  const block = /```sh\n([\s\S]*?)```/.exec(md.slice(at))![1]!;
+  // Each `./bin/egressd` line, its expected exit code from its comment ("exit 1: ..."), 0 when none.
+  const steps = block
+    .split('\n')
+    .filter((l) => l.startsWith('./bin/egressd '))
+    .map((l) => {
+      const [command = '', comment = ''] = l.split(/\s+#\s+/, 2);
+      return { command, args: shellWords(command).slice(1), exit: Number(/^exit (\d)/.exec(comment)?.[1] ?? 0) };
+    });
+  let d: LoopbackDaemon;
+  let env: Record<string, string>;
+  beforeAll(async () => {
+    d = await startLoopbackDaemon(loopbackConfig({}));
+    env = { EGRESSD_ADMIN_URL: d.adminUrl, EGRESSD_ADMIN_TOKEN: 'test-token' };
+  });
+  afterAll(async () => {
+    await d.stop();
+  });
+
+  it('has a sandbox put in each dialect, a check that allows and one that refuses', () => {
+    expect(at).toBeGreaterThan(0);
+    expect(steps.filter((s) => s.args[0] === 'sandbox' && s.args[1] === 'put')).toHaveLength(3);
+    expect(steps.filter((s) => s.args[0] === 'check').map((s) => s.exit)).toEqual([0, 1]);
+  });
+
+  it('every command exits as its comment says, in order, against a running daemon', async () => {
+    for (const step of steps) {
+      const r = await egressd(step.args, env);
+      expect(r.code, `${step.command}\n${r.stderr}`).toBe(step.exit);
+      expect(() => JSON.parse(r.stdout), step.command).not.toThrow();
+    }
   }, 120_000);
 });
