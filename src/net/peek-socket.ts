@@ -62,8 +62,15 @@ export class PeekBuffer<R> {
    * copy of the first `maxBytes` of all of them, made once a second chunk comes.
    */
   #view: Buffer = EMPTY;
+  /** The first chunk, whole, while it is the only one. */
+  #first: Buffer | null = null;
+  /**
+   * From the second chunk on: the first `maxBytes` in one buffer, and in `#over` what came past
+   * them. The chunks themselves are let go: a flight dripped one byte per read would otherwise
+   * keep a Buffer object (about 100 bytes) per byte.
+   */
   #acc: Buffer | null = null;
-  readonly #chunks: Buffer[] = [];
+  readonly #over: Buffer[] = [];
   #total = 0;
   #filled = 0;
   #parseAt = 1;
@@ -94,25 +101,31 @@ export class PeekBuffer<R> {
 
   /** Everything received, byte for byte, to be sent upstream first. */
   bytes(): Buffer {
-    return this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#total);
+    if (this.#acc === null) return this.#first ?? EMPTY;
+    const head = this.#acc.subarray(0, this.#filled);
+    return this.#over.length === 0 ? head : Buffer.concat([head, ...this.#over], this.#total);
   }
 
   push(chunk: Buffer): { done: true; result: R } | 'too-large' | null {
-    this.#chunks.push(chunk);
     this.#total += chunk.length;
-    const take = Math.min(chunk.length, this.#max - this.#filled);
-    if (take > 0) {
-      if (this.#filled === 0) {
-        this.#view = chunk.subarray(0, take);
-      } else {
-        if (this.#acc === null) {
-          this.#acc = Buffer.allocUnsafe(this.#max);
-          this.#view.copy(this.#acc, 0);
-        }
-        chunk.copy(this.#acc, this.#filled, 0, take);
-        this.#view = this.#acc.subarray(0, this.#filled + take);
+    if (this.#first === null && this.#acc === null) {
+      this.#first = chunk;
+      this.#filled = Math.min(chunk.length, this.#max);
+      this.#view = chunk.subarray(0, this.#filled);
+    } else {
+      if (this.#acc === null) {
+        this.#acc = Buffer.allocUnsafe(this.#max);
+        this.#view.copy(this.#acc, 0);
+        if (this.#first!.length > this.#filled) this.#over.push(this.#first!.subarray(this.#filled));
+        this.#first = null;
       }
-      this.#filled += take;
+      const take = Math.min(chunk.length, this.#max - this.#filled);
+      if (take > 0) {
+        chunk.copy(this.#acc, this.#filled, 0, take);
+        this.#filled += take;
+        this.#view = this.#acc.subarray(0, this.#filled);
+      }
+      if (take < chunk.length) this.#over.push(take === 0 ? chunk : chunk.subarray(take));
     }
     if (this.#filled < this.#parseAt && this.#filled < this.#max) return null;
     this.parses++;

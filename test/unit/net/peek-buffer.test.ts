@@ -2,12 +2,17 @@
 // chunk for the upstream, stop at the cap, and ask the parser again only when the answer can
 // change — so a client dripping bytes cannot make the daemon re-parse the buffer per byte.
 
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PeekBuffer } from '../../../src/net/peek-socket.ts';
 import { anyStepper, httpStepper, tlsStep } from '../../../src/peek/peek-steps.ts';
 import { MAX_HELLO_BYTES } from '../../../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../../helpers/hello-builder.ts';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
 
 const drip = <R>(pb: PeekBuffer<R>, bytes: Uint8Array) => {
   for (let i = 0; i < bytes.length; i++) {
@@ -52,6 +57,24 @@ describe('PeekBuffer', () => {
     const { r, at } = drip(pb, bad);
     expect(r).toMatchObject({ done: true, result: { kind: 'http', result: { kind: 'malformed' } } });
     expect(at).toBeLessThanOrEqual(1024 + 40);
+  });
+
+  // A client dripping its flight one byte per segment: each read is its own Buffer (a JavaScript
+  // object of about 100 bytes for one byte of data), and a sandbox may hold 256 such peeks at once.
+  it('keeps one copy of a dripped flight, not every chunk it was read in', async () => {
+    const head = Buffer.from(`GET /${'a'.repeat(3000)}`);
+    const pb = new PeekBuffer(anyStepper(), 16384);
+    const chunks: WeakRef<Buffer>[] = [];
+    for (let i = 0; i < head.length; i++) {
+      const chunk = Buffer.alloc(1, head[i]);
+      if (i > 0) chunks.push(new WeakRef(chunk));
+      expect(pb.push(chunk)).toBeNull();
+    }
+    // A WeakRef's target lives until the end of the job that made it.
+    await new Promise((r) => setImmediate(r));
+    gc();
+    expect(chunks.filter((c) => c.deref() !== undefined).length).toBe(0);
+    expect(pb.bytes().equals(head)).toBe(true);
   });
 
   it('answers too-large when the cap fills before the parser is satisfied, keeping every byte', () => {
