@@ -56,6 +56,8 @@
 // Empty pipes kept for the next connection; beyond this they are closed.
 #define SL_PIPE_POOL 64
 #define SL_EVENTS 256
+// A hosted loop's turn runs the commands posted during it at most this many times (sl_loop_turn).
+#define SL_HOSTED_ROUNDS 4
 // Connections found by id (commands): chained buckets.
 #define SL_BUCKETS 4096
 // Accepts per listener event, so one busy listener cannot starve the connections.
@@ -213,6 +215,11 @@ typedef struct sl_cmd {
 struct sl_loop {
   int epfd, wakefd;
   pthread_t thread;
+  // Hosted (sl_loop_start_hosted): no thread of its own; the caller runs each turn (sl_loop_turn)
+  // on its thread, `host` (the last to run one). `in_turn` (under `lock`): a turn is running, and
+  // looks at the queue again before it ends, so a command posted meanwhile needs no wake-up.
+  bool hosted, in_turn;
+  pthread_t host;
   sl_report_fn report;
   void *ctx;
   pthread_mutex_t lock; // guards cmds and stopping
@@ -1103,12 +1110,14 @@ static void wake(sl_loop *l) {
 
 static void push(sl_loop *l, sl_cmd *cmd) {
   pthread_mutex_lock(&l->lock);
-  bool first = l->cmds == NULL;
+  // One wake-up for a batch: the loop takes the whole queue at once. None for a hosted loop's
+  // turn that is running (the commands its reports' reader posts in reply): it runs them before
+  // it ends.
+  bool first = l->cmds == NULL && !l->in_turn;
   if (l->cmds_tail) l->cmds_tail->next = cmd;
   else l->cmds = cmd;
   l->cmds_tail = cmd;
   pthread_mutex_unlock(&l->lock);
-  // One wake-up for a batch: the loop takes the whole queue at once.
   if (first) wake(l);
 }
 
@@ -1258,11 +1267,13 @@ static void free_cmd(sl_cmd *cmd) {
   free(cmd);
 }
 
-static void run_commands(sl_loop *l, bool *stop) {
+// Runs the queued commands. `enter_turn`: a hosted loop's turn begins (see push).
+static void run_commands(sl_loop *l, bool *stop, bool enter_turn) {
   pthread_mutex_lock(&l->lock);
   sl_cmd *cmd = l->cmds;
   l->cmds = l->cmds_tail = NULL;
   *stop = l->stopping;
+  if (enter_turn) l->in_turn = true;
   pthread_mutex_unlock(&l->lock);
   while (cmd) {
     sl_cmd *next = cmd->next;
@@ -1363,46 +1374,58 @@ static void turn_over(sl_loop *l) {
   if (fn) fn(l->ctx);
 }
 
-static void *loop_main(void *arg) {
-  sl_loop *l = arg;
+// One turn: the ready events (waiting up to `timeout` ms for one; -1: until one comes), the
+// queued commands, the due timers, then the turn's reports passed on. True once stopped.
+static bool loop_turn(sl_loop *l, int timeout) {
   struct epoll_event events[SL_EVENTS];
-  for (;;) {
-    int timeout = -1;
-    if (l->next_idle_check != UINT64_MAX) {
-      uint64_t now = monotonic_ms();
-      timeout = l->next_idle_check <= now ? 0 : (int)(l->next_idle_check - now > 60000 ? 60000 : l->next_idle_check - now);
+  int n = epoll_wait(l->epfd, events, SL_EVENTS, timeout);
+  l->now_ms = monotonic_ms();
+  l->turn++;
+  for (int i = 0; i < n; i++) {
+    uint64_t data = events[i].data.u64;
+    if (data & 2u) {
+      sl_listener *ls = (sl_listener *)(uintptr_t)(data & ~(uint64_t)7);
+      // NULL: the wake-up descriptor, whose counter is never read (see loop_init).
+      if (ls) on_accept(l, ls);
+      continue;
     }
-    int n = epoll_wait(l->epfd, events, SL_EVENTS, timeout);
-    l->now_ms = monotonic_ms();
-    l->turn++;
-    for (int i = 0; i < n; i++) {
-      uint64_t data = events[i].data.u64;
-      if (data & 2u) {
-        sl_listener *ls = (sl_listener *)(uintptr_t)(data & ~(uint64_t)7);
-        // NULL: the wake-up descriptor, whose counter is never read (see sl_loop_start).
-        if (ls) on_accept(l, ls);
-        continue;
-      }
-      // NULL: closed (the event came from a socket whose file outlived the descriptor, conn_key).
-      sl_conn *c = find(l, data >> 2);
-      if (c) on_conn_event(l, c, (int)(data & 1u), events[i].events);
-    }
-    bool stop = false;
-    run_commands(l, &stop);
-    check_timers(l);
-    bury(l);
-    turn_over(l);
-    if (stop) break;
+    // NULL: closed (the event came from a socket whose file outlived the descriptor, conn_key).
+    sl_conn *c = find(l, data >> 2);
+    if (c) on_conn_event(l, c, (int)(data & 1u), events[i].events);
   }
+  bool stop = false;
+  run_commands(l, &stop, l->hosted);
+  check_timers(l);
+  bury(l);
+  turn_over(l);
+  return stop;
+}
+
+// Milliseconds until the loop's next timer is due; -1: none.
+static int next_timeout(const sl_loop *l) {
+  if (l->next_idle_check == UINT64_MAX) return -1;
+  uint64_t now = monotonic_ms();
+  return l->next_idle_check <= now ? 0 : (int)(l->next_idle_check - now > 60000 ? 60000 : l->next_idle_check - now);
+}
+
+// The end of a loop: every connection closed and reported.
+static void loop_close_all(sl_loop *l) {
   while (l->conns) conn_close(l, l->conns, SL_END_ABORTED, 0, -1);
   bury(l);
   turn_over(l);
+}
+
+static void *loop_main(void *arg) {
+  sl_loop *l = arg;
+  while (!loop_turn(l, next_timeout(l))) {
+  }
+  loop_close_all(l);
   return NULL;
 }
 
 // ---- the public functions --------------------------------------------------------------------
 
-sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
+static sl_loop *loop_init(sl_report_fn report, void *ctx, int *err) {
   sl_loop *l = calloc(1, sizeof *l);
   if (!l) {
     *err = ENOMEM;
@@ -1431,12 +1454,6 @@ sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
     goto fail;
   }
   pthread_mutex_init(&l->lock, NULL);
-  int e = pthread_create(&l->thread, NULL, loop_main, l);
-  if (e != 0) {
-    *err = e;
-    pthread_mutex_destroy(&l->lock);
-    goto fail;
-  }
   return l;
 fail:
   if (l->epfd >= 0) close(l->epfd);
@@ -1444,6 +1461,67 @@ fail:
   free(l->copy);
   free(l);
   return NULL;
+}
+
+static void loop_free(sl_loop *l) {
+  close(l->epfd);
+  close(l->wakefd);
+  pthread_mutex_destroy(&l->lock);
+  free(l->scratch);
+  free(l->copy);
+  free(l);
+}
+
+sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err) {
+  sl_loop *l = loop_init(report, ctx, err);
+  if (!l) return NULL;
+  int e = pthread_create(&l->thread, NULL, loop_main, l);
+  if (e != 0) {
+    *err = e;
+    loop_free(l);
+    return NULL;
+  }
+  return l;
+}
+
+sl_loop *sl_loop_start_hosted(sl_report_fn report, void *ctx, int *err) {
+  sl_loop *l = loop_init(report, ctx, err);
+  if (l) {
+    l->hosted = true;
+    l->host = pthread_self();
+  }
+  return l;
+}
+
+int sl_loop_fd(const sl_loop *l) {
+  return l->epfd;
+}
+
+int sl_loop_turn(sl_loop *l) {
+  __atomic_store_n(&l->host, pthread_self(), __ATOMIC_RELAXED);
+  loop_turn(l, 0);
+  // The commands the turn's reports were answered with run now, in the same turn, and so do the
+  // answers to those reports (a dial that connected at once, a refusal): a few rounds, then a
+  // wake-up leaves the rest to the next turn, so a caller that always answers cannot hold the
+  // host's thread.
+  for (int round = 0;; round++) {
+    pthread_mutex_lock(&l->lock);
+    bool more = l->cmds != NULL;
+    if (!more || round == SL_HOSTED_ROUNDS) l->in_turn = false;
+    pthread_mutex_unlock(&l->lock);
+    if (!more) break;
+    if (round == SL_HOSTED_ROUNDS) {
+      wake(l);
+      break;
+    }
+    bool stop;
+    l->now_ms = monotonic_ms();
+    run_commands(l, &stop, false);
+    check_timers(l);
+    bury(l);
+    turn_over(l);
+  }
+  return next_timeout(l);
 }
 
 static char *copy(const void *p, size_t n) {
@@ -1622,6 +1700,20 @@ int sl_loops_sync(sl_loop *const *loops, int n, uint32_t timeout_ms) {
   b->refs = n + 1;
   int unposted = 0;
   for (int i = 0; i < n; i++) {
+    sl_loop *l = loops[i];
+    if (l->hosted && pthread_equal(__atomic_load_n(&l->host, __ATOMIC_RELAXED), pthread_self())) {
+      // A hosted loop on the calling thread runs its queue here: no turn can run while its
+      // host waits. Its reports and timers wait for the next turn, which the wake-up brings.
+      bool stop;
+      run_commands(l, &stop, false);
+      bury(l);
+      wake(l);
+      pthread_mutex_lock(&b->lock);
+      b->waiting--;
+      b->refs--;
+      pthread_mutex_unlock(&b->lock);
+      continue;
+    }
     sl_cmd *cmd = new_cmd(CMD_SYNC, 0);
     if (!cmd) {
       // Not confirmed: counted as a loop that did not answer.
@@ -1656,8 +1748,16 @@ void sl_loop_stop(sl_loop *l) {
   pthread_mutex_lock(&l->lock);
   l->stopping = true;
   pthread_mutex_unlock(&l->lock);
-  wake(l);
-  pthread_join(l->thread, NULL);
+  if (l->hosted) {
+    // On the host's thread: what was posted runs, then every connection is closed and reported.
+    bool stop;
+    l->now_ms = monotonic_ms();
+    run_commands(l, &stop, false);
+    loop_close_all(l);
+  } else {
+    wake(l);
+    pthread_join(l->thread, NULL);
+  }
   // Connections handed over after the loop's last look at its queue never ran; they are closed
   // and still reported, so every hand-off gets exactly one outcome.
   for (sl_cmd *cmd = l->cmds, *next; cmd; cmd = next) {
@@ -1687,12 +1787,7 @@ void sl_loop_stop(sl_loop *l) {
     close(l->pool[i][0]);
     close(l->pool[i][1]);
   }
-  close(l->epfd);
-  close(l->wakefd);
-  pthread_mutex_destroy(&l->lock);
-  free(l->scratch);
-  free(l->copy);
-  free(l);
+  loop_free(l);
 }
 
 unsigned sl_loop_size(const sl_loop *l) {

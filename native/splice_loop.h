@@ -56,6 +56,28 @@ typedef struct sl_loop sl_loop;
 sl_loop *sl_loop_start(sl_report_fn report, void *ctx, int *err);
 
 /**
+ * Starts a loop with no thread of its own: the calling thread hosts it, running a turn
+ * (sl_loop_turn) whenever sl_loop_fd is readable or the time it returned has passed. Its reports
+ * and on_turn then come on that thread, and the commands posted while they run are run in the
+ * same turn, with no wake-up: the hand-off between a loop's thread and the caller's (a wake-up
+ * each way per connection, a context switch apiece) is gone. A loop thread's work then runs
+ * on the host's thread, so a host that blocks stalls the loop's connections (nginx's worker
+ * does the same). The other functions work as for a threaded loop; sl_loop_stop and
+ * sl_loops_sync must then be called on the host's thread. NULL with *err set when it cannot.
+ */
+sl_loop *sl_loop_start_hosted(sl_report_fn report, void *ctx, int *err);
+
+/** A hosted loop's epoll descriptor: readable when a turn has work (an event, a command). */
+int sl_loop_fd(const sl_loop *loop);
+
+/**
+ * Runs one turn of a hosted loop without blocking: the ready events, the queued commands, the
+ * due timers, on_turn, then the commands posted meanwhile. Returns the milliseconds until the
+ * next timer is due (the host runs a turn then at the latest), or -1 when none is set.
+ */
+int sl_loop_turn(sl_loop *loop);
+
+/**
  * Hands a connection to the loop, which owns both descriptors from then on (also when this
  * fails: it closes them). `up`/`down` (may be NULL when their length is 0) are copied. Returns 0
  * or an errno. Thread-safe.
@@ -76,7 +98,7 @@ typedef void (*sl_turn_fn)(void *ctx);
  */
 void sl_loop_on_turn(sl_loop *loop, sl_turn_fn fn);
 
-/** Closes every connection (each reported as SL_END_ABORTED), joins the thread, frees the loop. */
+/** Closes every connection (each reported as SL_END_ABORTED), joins the thread (if any), frees the loop. */
 void sl_loop_stop(sl_loop *loop);
 
 /** How many connections the loop holds now (approximate when read from another thread). */

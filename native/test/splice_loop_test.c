@@ -25,6 +25,94 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef SL_TEST_HOSTED
+// Every loop of the test is hosted (sl_loop_start_hosted) by a thread of the test's own, which
+// runs a turn whenever the loop's descriptor is readable or its timer is due, as Node's event
+// loop does for data_plane.c. The tests are the same; so is every check.
+typedef struct {
+  sl_loop *l;
+  sl_report_fn report;
+  void *ctx;
+  int err, stop[2];
+  bool started;
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t ready;
+} sl_host;
+
+#define MAX_HOSTS 8
+static sl_host hosts[MAX_HOSTS];
+
+static void *host_main(void *arg) {
+  sl_host *h = arg;
+  int err = 0;
+  sl_loop *l = sl_loop_start_hosted(h->report, h->ctx, &err);
+  pthread_mutex_lock(&h->lock);
+  h->l = l;
+  h->err = err;
+  h->started = true;
+  pthread_cond_signal(&h->ready);
+  pthread_mutex_unlock(&h->lock);
+  if (!l) return NULL;
+  int timeout = -1;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = sl_loop_fd(l), .events = POLLIN}, {.fd = h->stop[0], .events = POLLIN}};
+    if (poll(p, 2, timeout) < 0 && errno != EINTR) break;
+    if (p[1].revents) break;
+    timeout = sl_loop_turn(l);
+  }
+  sl_loop_stop(l);
+  return NULL;
+}
+
+static sl_loop *hosted_start(sl_report_fn report, void *ctx, int *err) {
+  for (int i = 0; i < MAX_HOSTS; i++) {
+    sl_host *h = &hosts[i];
+    if (h->l || h->started) continue;
+    *h = (sl_host){.report = report, .ctx = ctx};
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->ready, NULL);
+    if (pipe(h->stop) != 0 || pthread_create(&h->thread, NULL, host_main, h) != 0) {
+      *err = errno;
+      return NULL;
+    }
+    pthread_mutex_lock(&h->lock);
+    while (!h->started) pthread_cond_wait(&h->ready, &h->lock);
+    pthread_mutex_unlock(&h->lock);
+    if (!h->l) {
+      *err = h->err;
+      pthread_join(h->thread, NULL);
+      h->started = false;
+    }
+    return h->l;
+  }
+  *err = EMFILE;
+  return NULL;
+}
+
+// The host stops its loop on its own thread (sl_loop_stop must be called there).
+static void hosted_stop(sl_loop *l) {
+  for (int i = 0; i < MAX_HOSTS; i++) {
+    sl_host *h = &hosts[i];
+    if (h->l != l) continue;
+    ssize_t n = write(h->stop[1], "x", 1);
+    (void)n;
+    pthread_join(h->thread, NULL);
+    close(h->stop[0]);
+    close(h->stop[1]);
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->ready);
+    *h = (sl_host){0};
+    return;
+  }
+  fprintf(stderr, "hosted_stop: not a hosted loop\n");
+  abort();
+}
+
+#define sl_loop_start(report, ctx, err) hosted_start(report, ctx, err)
+#define sl_loop_stop(l) hosted_stop(l)
+#endif
+
 static int failures;
 #define CHECK(cond, ...)                                                   \
   do {                                                                     \
@@ -1383,41 +1471,85 @@ static int events_for(uint64_t id, int from, int ms) {
   return n;
 }
 
+static long ms_since(const struct timespec *t0) {
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+// A flight written in pieces a few milliseconds apart is one report: unless this thread was held
+// off a core for most of SL_FLIGHT_GRACE_MS between two of them (a loaded machine), when the loop
+// rightly reports what it has. Such an attempt proves nothing and is made again, a few times.
+#define PIECES_ATTEMPTS 5
+
+/** Writes `n` pieces (`at` offsets, `pause_ms` apart); false when the writes took half the grace or more. */
+static bool write_pieces(int fd, const uint8_t *b, const size_t *at, int n, int pause_ms) {
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (int i = 0; i < n; i++) {
+    if (i) usleep((useconds_t)pause_ms * 1000);
+    write_all(fd, b + at[i], at[i + 1] - at[i]);
+  }
+  return ms_since(&t0) < SL_FLIGHT_GRACE_MS / 2;
+}
+
+/** Waits for the end of `id` (aborted) and skips every event it made. */
+static void discard_attempt(uint64_t id) {
+  sl_loop_abort(rules_loop, id);
+  sl_outcome o;
+  wait_outcome(id, 5000, &o);
+  pthread_mutex_lock(&lock);
+  seen = n_events;
+  pthread_mutex_unlock(&lock);
+}
+
 // A ClientHello in 3 records, written in 3 pieces 10 ms apart: one report, ACCEPTED, every byte.
 static void test_flight_across_reads_is_one_report(void) {
   uint8_t h[2000];
   size_t n = hello_records(h, 1500, 600);
-  int client = connect_to(&eager_front);
-  size_t cut1 = 3, cut2 = 700;
-  write_all(client, h, cut1);
-  usleep(10 * 1000);
-  write_all(client, h + cut1, cut2 - cut1);
-  usleep(10 * 1000);
-  write_all(client, h + cut2, n - cut2);
-  int from = seen;
-  saved_event ev;
-  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
-  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
-  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
-  sl_loop_abort(rules_loop, ev.e.id);
-  sl_outcome o;
-  CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
-  close(client);
+  for (int attempt = 1;; attempt++) {
+    int client = connect_to(&eager_front);
+    size_t at[] = {0, 3, 700, n};
+    bool timely = write_pieces(client, h, at, 3, 10);
+    int from = seen;
+    saved_event ev;
+    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+    if (!timely && attempt < PIECES_ATTEMPTS) {
+      discard_attempt(ev.e.id);
+      close(client);
+      continue;
+    }
+    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
+    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
+    sl_loop_abort(rules_loop, ev.e.id);
+    sl_outcome o;
+    CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
+    close(client);
+    return;
+  }
 }
 
-// An HTTP head in two writes: one report at its end.
+// An HTTP request head in 2 pieces 10 ms apart: one report.
 static void test_http_head_across_reads_is_one_report(void) {
-  int client = connect_to(&eager_front);
-  write_all(client, "GET / HTTP/1.1\r\nHo", 18);
-  usleep(10 * 1000);
-  write_all(client, "st: a.test\r\n\r\n", 14);
-  int from = seen;
-  saved_event ev;
-  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
-  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == 32, "state %d, %zu bytes", ev.e.state, ev.e.len);
-  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one head");
-  sl_loop_abort(rules_loop, ev.e.id);
-  close(client);
+  const char *head = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+  for (int attempt = 1;; attempt++) {
+    int client = connect_to(&eager_front);
+    size_t at[] = {0, 18, 32};
+    bool timely = write_pieces(client, (const uint8_t *)head, at, 2, 10);
+    int from = seen;
+    saved_event ev;
+    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+    if (!timely && attempt < PIECES_ATTEMPTS) {
+      discard_attempt(ev.e.id);
+      close(client);
+      continue;
+    }
+    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == 32, "state %d, %zu bytes", ev.e.state, ev.e.len);
+    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one head");
+    sl_loop_abort(rules_loop, ev.e.id);
+    close(client);
+    return;
+  }
 }
 
 /** Connects without sending; the ACCEPTED report, which must say WAITING with no byte. */
@@ -1427,12 +1559,6 @@ static uint64_t accept_silent(int *client) {
   CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
   CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 0, "state %d with %zu bytes for a client that sent nothing yet", ev.e.state, ev.e.len);
   return ev.e.id;
-}
-
-static long ms_since(const struct timespec *t0) {
-  struct timespec t1;
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  return (t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
 // A flight that comes a few milliseconds after the handshake (a busy client, a loaded host): the
@@ -1680,6 +1806,66 @@ static void test_first_flight(void) {
   close(late);
 }
 
+// A hosted loop driven by this thread: the refusal posted from on_turn, in reply to the accept
+// reported in that turn, runs in the same sl_loop_turn call, with no wake-up (the loop's
+// descriptor is not readable after it); a command posted outside a turn wakes it.
+static sl_loop *answering_loop;
+static uint64_t answer_id;
+
+static void refuse_from_turn(void *ctx) {
+  (void)ctx;
+  pthread_mutex_lock(&lock);
+  uint64_t id = 0;
+  for (int i = seen; i < n_events; i++)
+    if (events[i].e.kind == SL_EV_ACCEPTED) id = events[i].e.id;
+  pthread_mutex_unlock(&lock);
+  if (id && id != answer_id) {
+    answer_id = id;
+    sl_loop_refuse(answering_loop, id, SL_REFUSE_ANSWER, "bye\n", 4, 5000, 1 << 20);
+  }
+}
+
+static int loop_readable(sl_loop *l, int ms) {
+  struct pollfd p = {.fd = sl_loop_fd(l), .events = POLLIN};
+  return poll(&p, 1, ms);
+}
+
+static void test_hosted_turn_runs_its_answers(void) {
+  int err = 0;
+  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
+  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  if (!l) return;
+  pthread_mutex_lock(&lock);
+  seen = n_events;
+  pthread_mutex_unlock(&lock);
+  answering_loop = l;
+  sl_loop_setup(l, on_setup, 16384);
+  sl_loop_on_turn(l, refuse_from_turn);
+  struct sockaddr_in front;
+  listen_on_loop(l, 7, &front);
+  // The listen command itself came from outside a turn: it woke the loop.
+  CHECK(loop_readable(l, 1000) == 1, "a command posted outside a turn did not wake the hosted loop");
+  CHECK(sl_loop_turn(l) == -1, "an idle hosted loop has a timer");
+  int client = connect_to(&front);
+  CHECK(client >= 0, "connect: %s", strerror(errno));
+  write_all(client, "hello", 5);
+  // Turns until the accept is reported (the listener's event, then the connection's).
+  for (int i = 0; i < 20 && answer_id == 0; i++)
+    if (loop_readable(l, 1000) == 1) sl_loop_turn(l);
+  CHECK(answer_id != 0, "the accept was not reported");
+  char buf[16] = {0};
+  size_t n = read_n(client, buf, sizeof buf, 4, 1000); // no turn runs meanwhile
+  CHECK(n == 4 && memcmp(buf, "bye\n", 4) == 0, "the refusal posted in the turn was not written in it: %zu bytes", n);
+  CHECK(loop_readable(l, 0) == 0, "the hosted loop woke itself for a command posted during its turn");
+  close(client);
+  for (int i = 0; i < 20 && !count_of(answer_id); i++)
+    if (loop_readable(l, 1000) == 1) sl_loop_turn(l);
+  pthread_mutex_lock(&lock);
+  CHECK(count_of(answer_id) == 1, "the refused connection was reported %d times", count_of(answer_id));
+  pthread_mutex_unlock(&lock);
+  (sl_loop_stop)(l);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); // as Node does
   listen_once();
@@ -1714,6 +1900,7 @@ int main(void) {
   test_sync_waits_for_the_aborts();
   test_setup();
   test_first_flight();
+  test_hosted_turn_runs_its_answers();
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));
   pthread_mutex_unlock(&lock);

@@ -2,8 +2,9 @@
 // same flags as the addon and run, so `npm test` (and CI) fails when the loop does. Run twice:
 // with the loop's own pipes (the kernel's, grown to 1 MiB for a bulk direction), and with pipes
 // of 2 buffers that never grow, the least the kernel gives a process past
-// fs/pipe-user-pages-soft, where a splice fills the pipe after 2 segments; and a third time under
-// AddressSanitizer.
+// fs/pipe-user-pages-soft, where a splice fills the pipe after 2 segments; under
+// AddressSanitizer; and with every loop hosted by a thread of the test (sl_loop_start_hosted, as
+// data_plane.c hosts loop 0 on Node's event loop), plainly and under AddressSanitizer.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -20,8 +21,10 @@ it.skipIf(process.platform !== 'linux').each([
   // A late event of a closed socket read through a freed connection is caught here, not by the
   // checks (the memory usually still says "dead"), and so is any other use after free.
   ['AddressSanitizer', ['-fsanitize=address', '-fno-omit-frame-pointer', '-g']],
+  ['hosted loops', ['-DSL_TEST_HOSTED']],
+  ['hosted loops under AddressSanitizer', ['-DSL_TEST_HOSTED', '-fsanitize=address', '-fno-omit-frame-pointer', '-g']],
 ])(
-  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding; the first flight: framing, one report across reads and records, each deadline, server-first)',
+  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding; the first flight: framing, one report across reads and records, each deadline, server-first; hosted: the answers posted in a turn run in it, with no wake-up)',
   (_name, defines) => {
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
