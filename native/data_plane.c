@@ -8,7 +8,10 @@
 // loop queues each report and signals only when the queue was empty, and the JavaScript side
 // takes the whole queue at once.
 //
-// start(threads, onOutcome, onSetup?, peekCap?): void
+// start(threads, onOutcome, onSetup?, peekCap?, hosted?): void
+//     hosted: loop 0 runs on Node's own event loop (the JavaScript thread), the other loops on
+//     threads of their own; throws where the addon was built without libuv's header
+//     (hostedAvailable() says which)
 //     onOutcome(id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos[])
 //     onSetup(kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes)
 // handoff(loop, id, clientFd, upstreamFd, up: Buffer | null, down: Buffer | null, idleMs): void
@@ -29,10 +32,17 @@
 //     included), at most timeoutMs; how many loops had not answered (0: all did)
 // abort(loop, id): void
 // active(): number   connections whose outcome has not yet been delivered
+// hostedAvailable(): boolean
 //
-// The thread-safe function is referenced only while connections are in the loops, so idle loops
-// never keep the process alive. One data plane per process (Node-API instance data would allow
-// more; egressd runs one daemon per process).
+// A hosted loop (sl_loop_start_hosted) is a libuv poll handle on its epoll descriptor and a
+// timer: Node's event loop runs its turns, and its reports reach JavaScript in the same turn,
+// with no thread-safe function, no lock and no wake-up; the commands JavaScript answers with run
+// before the turn ends. A connection costs no cross-thread hand-off (a wake-up of the other
+// thread each way, and on a busy host the wait for a core: about a quarter of the CPU per TLS
+// connection at 50 clients, bench/RESULTS.md), as in nginx's single-threaded worker. The
+// thread-safe function is referenced only while connections are in the loops, so idle loops never
+// keep the process alive; the hosted loop's handles never do. One data plane per process
+// (Node-API instance data would allow more; egressd runs one daemon per process).
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,6 +55,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <node_api.h>
+#ifdef EGRESSD_HAVE_UV
+#include <uv.h> // the building Node's own (scripts/build-native.ts): the loop the addon runs on
+#endif
 
 #include "napi_args.h"
 #include "splice_loop.h"
@@ -75,6 +88,10 @@ static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static item *queue_head, *queue_tail;
 static bool signalled;
 
+// The hosted loop's index (-1: none), and its reports not yet delivered (JavaScript thread only).
+static int hosted = -1;
+static item *host_head, *host_tail;
+
 // A loop's reports of its current turn, passed on together at its end (turn_over): one lock and
 // at most one wake-up of the JavaScript thread per turn, however many connections it served.
 static __thread item *turn_head, *turn_tail;
@@ -95,7 +112,15 @@ static void publish(item *head, item *tail) {
   }
 }
 
+static void host_deliver(void);
+
 static void enqueue(item *it) {
+  if (it->loop == hosted) {
+    if (host_tail) host_tail->next = it;
+    else host_head = it;
+    host_tail = it;
+    return;
+  }
   if (!on_loop_thread) return publish(it, it);
   if (turn_tail) turn_tail->next = it;
   else turn_head = it;
@@ -104,7 +129,7 @@ static void enqueue(item *it) {
 
 // Runs on a loop's thread at the end of each of its turns (sl_loop_on_turn).
 static void turn_over(void *ctx) {
-  (void)ctx;
+  if ((int)(intptr_t)ctx == hosted) return host_deliver();
   on_loop_thread = true;
   if (!turn_head) return;
   item *head = turn_head, *tail = turn_tail;
@@ -223,6 +248,136 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   }
 }
 
+// ---- the hosted loop ---------------------------------------------------------------------------
+
+static void free_items(item *it) {
+  while (it) {
+    item *next = it->next;
+    free(it->bytes);
+    free(it);
+    it = next;
+  }
+}
+
+#ifdef EGRESSD_HAVE_UV
+static napi_env host_env;
+static napi_ref host_outcome, host_resource;
+static napi_async_context host_async;
+static uv_poll_t host_poll;
+static uv_timer_t host_timer;
+
+// Delivers the hosted loop's reports: on the JavaScript thread, from a libuv callback, so in a
+// callback scope of its own (the microtasks the handlers queue run when it closes, as after any
+// I/O callback); a handler's exception is the process's uncaught exception, as from a
+// thread-safe function's call.
+static void host_deliver(void) {
+  if (!host_head) return;
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) {
+    free_items(host_head);
+    host_head = host_tail = NULL;
+    return;
+  }
+  napi_env env = host_env;
+  napi_handle_scope outer;
+  napi_open_handle_scope(env, &outer);
+  napi_value resource, cb;
+  napi_get_reference_value(env, host_resource, &resource);
+  napi_get_reference_value(env, host_outcome, &cb);
+  napi_callback_scope scope;
+  napi_open_callback_scope(env, resource, host_async, &scope);
+  // Reports made while these are delivered (an abort run by sync()) come in the same call.
+  while (host_head) {
+    item *it = host_head;
+    host_head = host_tail = NULL;
+    while (it) {
+      item *next = it->next;
+      napi_handle_scope inner;
+      napi_open_handle_scope(env, &inner);
+      deliver(env, cb, it);
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) {
+        napi_value err;
+        napi_get_and_clear_last_exception(env, &err);
+        napi_fatal_exception(env, err);
+      }
+      napi_close_handle_scope(env, inner);
+      free(it->bytes);
+      free(it);
+      it = next;
+    }
+  }
+  napi_close_callback_scope(env, scope);
+  napi_close_handle_scope(env, outer);
+}
+
+static void on_host_timer(uv_timer_t *t);
+
+// One turn, and the timer set to its next due time.
+static void host_run(void) {
+  int due = sl_loop_turn(loops[hosted]);
+  if (due >= 0) uv_timer_start(&host_timer, on_host_timer, (uint64_t)due, 0);
+  else uv_timer_stop(&host_timer);
+}
+
+static void on_host_poll(uv_poll_t *h, int status, int events) {
+  (void)h;
+  (void)status;
+  (void)events;
+  host_run();
+}
+
+static void on_host_timer(uv_timer_t *t) {
+  (void)t;
+  host_run();
+}
+
+// Loop 0 as a hosted loop on Node's event loop; an errno, or 0.
+static int host_start(napi_env env, napi_value on_outcome) {
+  uv_loop_t *uvl;
+  if (napi_get_uv_event_loop(env, &uvl) != napi_ok) return EINVAL;
+  int err = 0;
+  sl_loop *l = sl_loop_start_hosted(report, (void *)(intptr_t)0, &err);
+  if (!l) return err;
+  napi_value resource, name;
+  napi_create_object(env, &resource);
+  napi_create_string_utf8(env, "egressd data plane", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, resource, 1, &host_resource) != napi_ok || napi_create_reference(env, on_outcome, 1, &host_outcome) != napi_ok ||
+      napi_async_init(env, resource, name, &host_async) != napi_ok || uv_poll_init(uvl, &host_poll, sl_loop_fd(l)) != 0) {
+    sl_loop_stop(l);
+    return ENOMEM;
+  }
+  uv_timer_init(uvl, &host_timer);
+  uv_poll_start(&host_poll, UV_READABLE, on_host_poll);
+  // The connections keep the process alive (the thread-safe function's reference), not these.
+  uv_unref((uv_handle_t *)&host_poll);
+  uv_unref((uv_handle_t *)&host_timer);
+  host_env = env;
+  loops[0] = l;
+  hosted = 0;
+  return 0;
+}
+
+// Before the loop closes its epoll descriptor: libuv must not poll a closed one.
+static void host_stop(void) {
+  uv_poll_stop(&host_poll);
+  uv_timer_stop(&host_timer);
+  uv_close((uv_handle_t *)&host_poll, NULL);
+  uv_close((uv_handle_t *)&host_timer, NULL);
+}
+#else
+static void host_deliver(void) {
+  free_items(host_head);
+  host_head = host_tail = NULL;
+}
+static int host_start(napi_env env, napi_value on_outcome) {
+  (void)env;
+  (void)on_outcome;
+  return ENOTSUP;
+}
+static void host_stop(void) {}
+#endif
+
 // ---- errors -----------------------------------------------------------------------------------
 
 static const char *errno_name(int e) {
@@ -264,7 +419,10 @@ static napi_value bad_args(napi_env env, const char *usage) {
 static void cleanup(void *arg) {
   (void)arg;
   __atomic_store_n(&closing, 1, __ATOMIC_RELEASE);
+  if (hosted >= 0) host_stop();
   for (int i = 0; i < loop_count; i++) sl_loop_stop(loops[i]);
+  free_items(host_head);
+  host_head = host_tail = NULL;
   loop_count = 0;
   pthread_mutex_lock(&queue_lock);
   item *it = queue_head;
@@ -279,19 +437,21 @@ static void cleanup(void *arg) {
 }
 
 static napi_value start(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t n = 0;
   uint32_t cap = 0;
   napi_valuetype t, t2 = napi_undefined;
   if (argc < 2 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1 || n > MAX_LOOPS ||
       napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
-    return bad_args(env, "start(threads, onOutcome, onSetup?, peekCap?): threads must be 1 to 64 and onOutcome a function");
+    return bad_args(env, "start(threads, onOutcome, onSetup?, peekCap?, hosted?): threads must be 1 to 64 and onOutcome a function");
   if (argc >= 3) napi_typeof(env, argv[2], &t2);
   bool setup = t2 == napi_function;
   if (setup && (argc < 4 || napi_get_value_uint32(env, argv[3], &cap) != napi_ok || cap < 16 || cap > (1u << 20)))
     return bad_args(env, "start: with onSetup, peekCap must be 16 to 1 MiB");
+  bool want_hosted = false;
+  if (argc >= 5 && napi_get_value_bool(env, argv[4], &want_hosted) != napi_ok) return bad_args(env, "start: hosted must be a boolean");
   if (loop_count > 0) {
     napi_throw_error(env, NULL, "start: the data plane is already running");
     return NULL;
@@ -306,14 +466,18 @@ static napi_value start(napi_env env, napi_callback_info info) {
   if (setup) napi_create_reference(env, argv[2], 1, &on_setup_ref);
   for (int i = 0; i < n; i++) {
     int err = 0;
-    loops[i] = sl_loop_start(report, (void *)(intptr_t)i, &err);
-    if (loops[i]) sl_loop_on_turn(loops[i], turn_over);
-    if (loops[i] && setup) sl_loop_setup(loops[i], on_event, cap);
-    if (!loops[i]) {
-      for (int j = 0; j < i; j++) sl_loop_stop(loops[j]);
-      napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
-      return throw_code(env, err, "start: a data-plane thread could not start");
+    if (i == 0 && want_hosted) err = host_start(env, argv[1]);
+    else loops[i] = sl_loop_start(report, (void *)(intptr_t)i, &err);
+    if (err == 0 && loops[i]) {
+      sl_loop_on_turn(loops[i], turn_over);
+      if (setup) sl_loop_setup(loops[i], on_event, cap);
+      continue;
     }
+    if (hosted >= 0) host_stop();
+    for (int j = 0; j < i; j++) sl_loop_stop(loops[j]);
+    hosted = -1;
+    napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
+    return throw_code(env, err ? err : ENOMEM, i == 0 && want_hosted ? "start: loop 0 could not be hosted on Node's event loop" : "start: a data-plane thread could not start");
   }
   loop_count = n;
   napi_add_env_cleanup_hook(env, cleanup, NULL);
@@ -384,6 +548,17 @@ static napi_value abort_conn(napi_env env, napi_callback_info info) {
 static napi_value active_count(napi_env env, napi_callback_info info) {
   (void)info;
   return num(env, (double)active);
+}
+
+static napi_value hosted_available(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r;
+#ifdef EGRESSD_HAVE_UV
+  napi_get_boolean(env, true, &r);
+#else
+  napi_get_boolean(env, false, &r);
+#endif
+  return r;
 }
 
 // ---- connection set-up --------------------------------------------------------------------------
@@ -580,6 +755,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
       {"handoff", NULL, handoff, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abort_conn, NULL, NULL, NULL, napi_default, NULL},
+      {"hostedAvailable", NULL, hosted_available, NULL, NULL, NULL, napi_default, NULL},
       {"active", NULL, active_count, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, unlisten, NULL, NULL, NULL, napi_default, NULL},

@@ -26,6 +26,16 @@ const rootAt = process.argv.indexOf('--root');
 const root = rootAt > 0 ? process.argv[rootAt + 1]! : join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const headers = (require('node-api-headers') as { include_dir: string }).include_dir;
+// libuv's header: data_plane.c hosts a loop on Node's event loop with it. From the Node that runs
+// this build (a release's own `include/node`), else the pinned Node package's, else Debian's
+// (libnode-dev). libuv keeps its ABI across 1.x, so the addon loads on any Node that loads
+// Node-API 8. Without one the addon is built without hosting (hostedAvailable() false), and every
+// loop has a thread of its own.
+const uvInclude = [
+  join(dirname(process.execPath), '..', 'include', 'node'),
+  join(root, 'node_modules', 'node', 'node_modules', `node-${process.platform}-${process.arch}`, 'include', 'node'),
+  '/usr/include/node',
+].find((d) => existsSync(join(d, 'uv.h')));
 const src = join(root, 'native');
 const out = join(src, 'build');
 const stamp = join(out, '.built');
@@ -44,11 +54,12 @@ const inputs = [
     .filter((f) => f.endsWith('.c') || f.endsWith('.h'))
     .map((f) => join(src, f)),
   ...filesUnder(headers),
+  ...(uvInclude ? filesUnder(join(uvInclude, 'uv')).concat(join(uvInclude, 'uv.h')) : []),
   fileURLToPath(import.meta.url),
   fileURLToPath(new URL('./native-flags.ts', import.meta.url)),
   fileURLToPath(new URL('./build-stamp.ts', import.meta.url)),
 ];
-const hash = inputsHash(root, inputs, [cc, ...C_FLAGS]);
+const hash = inputsHash(root, inputs, [cc, ...C_FLAGS, uvInclude ?? 'no libuv header']);
 if (!process.argv.includes('--force') && outputs.every((o) => existsSync(o)) && stampMatches(stamp, hash)) process.exit(0);
 rmSync(stamp, { force: true });
 
@@ -63,6 +74,7 @@ for (const addon of addons) {
     `-DNODE_GYP_MODULE_NAME=${name}`,
     '-DNAPI_VERSION=8',
     `-I${headers}`,
+    ...(uvInclude ? ['-DEGRESSD_HAVE_UV', `-idirafter${uvInclude}`] : []),
     `-I${src}`,
     join(src, addon),
     ...shared,

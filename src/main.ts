@@ -59,7 +59,10 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     const plane = nativeSpliceStatus();
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
     if (plane.ok)
-      log.info({ event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads }, 'the data phase runs in the native splice loops');
+      log.info(
+        { event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads, host: plane.hosted ? 'event-loop' : 'threads' },
+        'the data phase runs in the native splice loops',
+      );
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
     const hint = listenFailureHint(e);

@@ -1,7 +1,8 @@
 // The native data phase (native/splice_loop.c through native/data_plane.c): once the verdict is
 // made and the upstream is connected, the two sockets leave Node. Their descriptors are
 // duplicated into an epoll loop (one per core) that moves the bytes with splice(2), so they stay
-// in the kernel, and the outcome comes back once, for the log line and the metrics.
+// in the kernel, and the outcome comes back once, for the log line and the metrics. Loop 0 runs
+// on Node's own event loop (its reports and our answers cross no thread), the others on threads.
 //
 // Leaving Node safely: reading is stopped on both handles first, what Node had already read
 // (and not yet given anyone) is taken from the streams and handed over to be written first, the
@@ -40,7 +41,10 @@ export type SetupFn = (
 ) => void;
 
 export interface DataPlaneAddon {
-  start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn, peekCap?: number): void;
+  /** `hosted`: loop 0 runs on Node's event loop (this thread), the others on threads of their own. */
+  start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn | undefined, peekCap?: number, hosted?: boolean): void;
+  /** Whether the addon was built able to host a loop on Node's event loop (libuv's header found). */
+  hostedAvailable?(): boolean;
   handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
   abort(loop: number, id: number): void;
   active(): number;
@@ -92,11 +96,12 @@ interface Pending {
 }
 
 type State =
-  | { readonly ok: true; readonly addon: DataPlaneAddon; readonly threads: number; readonly pending: Map<number, Pending> }
+  | { readonly ok: true; readonly addon: DataPlaneAddon; readonly threads: number; readonly hosted: boolean; readonly pending: Map<number, Pending> }
   | { readonly ok: false; readonly reason: string };
 
 let state: State | undefined;
 let threadsWanted: number | undefined;
+let hostedWanted = true;
 let setupSink: SetupSink | null = null;
 let setupWanted = true;
 let nextId = 1;
@@ -108,6 +113,7 @@ export interface DataPlaneChoice {
   readonly enabled: boolean;
   readonly setup: boolean;
   readonly threads?: number;
+  readonly hosted?: boolean;
 }
 
 /**
@@ -115,7 +121,8 @@ export interface DataPlaneChoice {
  * accepts and sets up connections in the native loops too (native-setup.ts); `native` keeps the
  * set-up on Node's sockets and only the data phase in the loops; `js` keeps everything in
  * JavaScript. EGRESSD_DATA_PLANE_THREADS: the number of native loops, 1 to 64 (default: one per
- * core).
+ * core). EGRESSD_DATA_PLANE_HOST: `event-loop` (the default) runs loop 0 on Node's event loop and
+ * the others on threads of their own, `threads` gives every loop a thread.
  * @throws Error naming the variable when its value is invalid.
  */
 export function dataPlaneFromEnv(env: NodeJS.ProcessEnv): DataPlaneChoice {
@@ -128,7 +135,16 @@ export function dataPlaneFromEnv(env: NodeJS.ProcessEnv): DataPlaneChoice {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
   }
-  return { enabled: mode !== 'js', setup: mode === undefined || mode === 'native-setup', ...(threads !== undefined ? { threads } : {}) };
+  const h = env['EGRESSD_DATA_PLANE_HOST'];
+  if (h !== undefined && h !== '' && h !== 'event-loop' && h !== 'threads') {
+    throw new Error(`EGRESSD_DATA_PLANE_HOST must be "event-loop" or "threads", got "${h}"`);
+  }
+  return {
+    enabled: mode !== 'js',
+    setup: mode === undefined || mode === 'native-setup',
+    ...(threads !== undefined ? { threads } : {}),
+    ...(h === 'threads' || h === 'event-loop' ? { hosted: h === 'event-loop' } : {}),
+  };
 }
 
 // The environment's choice is the default of every daemon in this process, so an in-process
@@ -139,6 +155,7 @@ try {
   setupWanted = choice.setup;
   if (!choice.enabled) state = { ok: false, reason: 'disabled by configuration' };
   if (choice.threads !== undefined) threadsWanted = choice.threads;
+  if (choice.hosted !== undefined) hostedWanted = choice.hosted;
 } catch {
   // main.ts validates the variables before serving.
 }
@@ -146,12 +163,14 @@ try {
 /**
  * Sets how the data phase runs, before the first connection: `threads` loops (default: one
  * per core), or `enabled: false` for the JavaScript path only; `setup: true` has the loops
- * also accept and set up connections (native-setup.ts).
+ * also accept and set up connections (native-setup.ts); `hosted: false` gives loop 0 a thread of
+ * its own instead of Node's event loop.
  * @throws Error when called after the data plane has started.
  */
-export function configureNativeSplice(o: { enabled?: boolean; threads?: number; setup?: boolean }): void {
+export function configureNativeSplice(o: { enabled?: boolean; threads?: number; setup?: boolean; hosted?: boolean }): void {
   if (state?.ok) throw new Error('The native data plane is already running; configure it before the first connection');
   if (o.setup !== undefined) setupWanted = o.setup;
+  if (o.hosted !== undefined) hostedWanted = o.hosted;
   if (o.enabled === false) state = { ok: false, reason: 'disabled by configuration' };
   else if (state && !state.ok && state.reason === 'disabled by configuration') state = undefined;
   if (o.threads !== undefined) {
@@ -181,13 +200,13 @@ function load(): State {
     pending.delete(id);
     p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' });
   };
+  const hosted = hostedWanted && addon.hostedAvailable?.() === true;
   try {
-    if (sink) addon.start(threads, onOutcome, sink.event, sink.peekCap);
-    else addon.start(threads, onOutcome);
+    addon.start(threads, onOutcome, sink?.event, sink?.peekCap ?? 0, hosted);
   } catch (err) {
     return (state = { ok: false, reason: `the data-plane threads did not start: ${err instanceof Error ? err.message : String(err)}` });
   }
-  return (state = { ok: true, addon: addon as DataPlaneAddon, threads, pending });
+  return (state = { ok: true, addon: addon as DataPlaneAddon, threads, hosted, pending });
 }
 
 /** Whether the native loops are running (started by a first use; never starts them). */
@@ -218,10 +237,13 @@ export function nativeSetupPlane(): { ok: true; addon: DataPlaneAddon; threads: 
   return { ok: true, addon: s.addon, threads: s.threads };
 }
 
-/** Whether connections go to the native data plane, and if not, why. */
-export function nativeSpliceStatus(): { ok: true; threads: number } | { ok: false; reason: string } {
+/**
+ * Whether connections go to the native data plane, and if not, why. `hosted`: loop 0 runs on
+ * Node's event loop (EGRESSD_DATA_PLANE_HOST=event-loop, the default where the addon can).
+ */
+export function nativeSpliceStatus(): { ok: true; threads: number; hosted: boolean } | { ok: false; reason: string } {
   const s = load();
-  return s.ok ? { ok: true, threads: s.threads } : { ok: false, reason: s.reason };
+  return s.ok ? { ok: true, threads: s.threads, hosted: s.hosted } : { ok: false, reason: s.reason };
 }
 
 /**

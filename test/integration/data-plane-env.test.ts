@@ -34,6 +34,7 @@ function withEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   const e = { ...process.env };
   delete e['EGRESSD_DATA_PLANE'];
   delete e['EGRESSD_DATA_PLANE_THREADS'];
+  delete e['EGRESSD_DATA_PLANE_HOST'];
   return { ...e, ...env };
 }
 
@@ -48,7 +49,11 @@ async function planeLine(env: Record<string, string>): Promise<Record<string, un
 
 describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up', () => {
   it('runs the native loops by default, setting connections up in them too, as many as EGRESSD_DATA_PLANE_THREADS says', async () => {
-    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', setup: 'native', threads: 3 });
+    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', setup: 'native', threads: 3, host: 'event-loop' });
+  });
+
+  it('gives every loop a thread of its own with EGRESSD_DATA_PLANE_HOST=threads', async () => {
+    expect(await planeLine({ EGRESSD_DATA_PLANE_HOST: 'threads' })).toMatchObject({ plane: 'native', setup: 'native', host: 'threads' });
   });
 
   it('sets connections up on Node sockets with EGRESSD_DATA_PLANE=native, splicing in the loops', async () => {
@@ -63,6 +68,7 @@ describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up
     ['EGRESSD_DATA_PLANE', 'kernel'],
     ['EGRESSD_DATA_PLANE_THREADS', '0'],
     ['EGRESSD_DATA_PLANE_THREADS', 'two'],
+    ['EGRESSD_DATA_PLANE_HOST', 'main'],
   ])('refuses to start when %s is "%s", naming the variable', (name, value) => {
     const r = spawnSync(NODE, [MAIN, 'serve', '--config', config()], { env: withEnv({ [name]: value }), encoding: 'utf8', timeout: 30_000 });
     expect(r.status).toBe(1);
@@ -93,13 +99,29 @@ describe.skipIf(process.platform !== 'linux')('the data plane of an in-process d
   it('splices in the loops after a set-up on Node sockets with EGRESSD_DATA_PLANE=native, in as many loops as EGRESSD_DATA_PLANE_THREADS says', () => {
     expect(carried({ EGRESSD_DATA_PLANE: 'native', EGRESSD_DATA_PLANE_THREADS: '3' })).toEqual({
       setup: 'node',
-      plane: { ok: true, threads: 3 },
+      plane: { ok: true, threads: 3, hosted: true },
       handoffs: 1,
       echoed: 'ping',
     });
   });
 
+  // One loop: the connection is set up (or handed over) and spliced on the loop the host runs —
+  // Node's event loop by default, a thread of its own with EGRESSD_DATA_PLANE_HOST=threads.
+  it.each([
+    ['native', 'event-loop', true],
+    ['native', 'threads', false],
+    ['native-setup', 'event-loop', true],
+    ['native-setup', 'threads', false],
+  ])('carries a connection with EGRESSD_DATA_PLANE=%s on one loop hosted by %s', (mode, host, hosted) => {
+    expect(carried({ EGRESSD_DATA_PLANE: mode, EGRESSD_DATA_PLANE_THREADS: '1', EGRESSD_DATA_PLANE_HOST: host })).toEqual({
+      setup: mode === 'native' ? 'node' : 'native',
+      plane: { ok: true, threads: 1, hosted },
+      handoffs: mode === 'native' ? 1 : 0,
+      echoed: 'ping',
+    });
+  });
+
   it('sets up and splices in the loops by default', () => {
-    expect(carried({})).toMatchObject({ setup: 'native', plane: { ok: true }, echoed: 'ping' });
+    expect(carried({})).toMatchObject({ setup: 'native', plane: { ok: true, hosted: true }, echoed: 'ping' });
   });
 });
