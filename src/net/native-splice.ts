@@ -42,7 +42,7 @@ export type SetupFn = (
 
 export interface DataPlaneAddon {
   /** `hosted`: loop 0 runs on Node's event loop (this thread), the others on threads of their own. */
-  start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn | undefined, peekCap?: number, hosted?: boolean): void;
+  start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn, peekCap?: number, hosted?: boolean): void;
   /** Whether the addon was built able to host a loop on Node's event loop (libuv's header found). */
   hostedAvailable?(): boolean;
   handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
