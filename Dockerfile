@@ -57,8 +57,9 @@ RUN ln -s /app/bin/egressd /usr/local/bin/egressd
 # Numeric, so Kubernetes' runAsNonRoot can verify it; the sidecar manifest's
 # `egressd iptables --uid 10001` exempts exactly this user's own connections.
 USER 10001:10001
-# Listeners http, tls, tcp (src/config/schema.ts DEFAULT_DOCUMENT), then the admin port.
-EXPOSE 15080 15443 15001 9901
+# Listeners http, tls, tcp, the DNS listener (UDP and TCP) (src/schema/constants.ts
+# DEFAULT_DOCUMENT), then the admin port.
+EXPOSE 15080 15443 15001 15053 15053/udp 9901
 # Node itself is the probe: the image has no curl. /readyz is 200 only while every listener is
 # up and the addon is loaded. The default admin.listen is 127.0.0.1:9901, and 0.0.0.0:9901
 # (what the Kubernetes examples use) answers there too.

@@ -34,6 +34,7 @@ const DEFAULTS = (() => {
   return { listen, admin: endpoint(d.admin.listen) };
 })();
 const LISTENER_PORTS = LISTENER_KINDS.flatMap((k) => DEFAULTS.listen[k]);
+const DNS_PORTS = [...new Set((DEFAULT_DOCUMENT as { listen: { dns: string[] } }).listen.dns.map((t) => endpoint(t).port))];
 
 // ---------------------------------------------------------------------------------------------
 // Dockerfile
@@ -168,11 +169,20 @@ describe('Dockerfile', () => {
     expect(r).not.toMatch(/\b(gcc|g\+\+|clang|make|build-essential|libc6-dev|node-gyp)\b/);
   });
 
-  it('exposes the listener and admin ports of the default config', () => {
-    const exposed = all(final, 'EXPOSE')
-      .flatMap((a) => a.split(/\s+/))
-      .map((p) => Number(p.replace(/\/tcp$/, '')));
-    expect(new Set(exposed)).toEqual(new Set([...LISTENER_PORTS, DEFAULTS.admin.port]));
+  it('exposes the listener, DNS (UDP and TCP) and admin ports of the default config', () => {
+    const exposed = all(final, 'EXPOSE').flatMap((a) => a.split(/\s+/));
+    const tcp = exposed.filter((p) => !p.endsWith('/udp')).map((p) => Number(p.replace(/\/tcp$/, '')));
+    const udp = exposed.filter((p) => p.endsWith('/udp')).map((p) => Number(p.replace(/\/udp$/, '')));
+    expect(new Set(tcp)).toEqual(new Set([...LISTENER_PORTS, ...DNS_PORTS, DEFAULTS.admin.port]));
+    expect(new Set(udp)).toEqual(new Set(DNS_PORTS));
+  });
+
+  it("is described in docs/deployment.md as it is: the final stage's files, EXPOSE and ENTRYPOINT", () => {
+    const md = read('docs/deployment.md');
+    const section = md.slice(md.indexOf('## The image'), md.indexOf('## `egressd iptables`'));
+    expect(section).toContain(`\`EXPOSE ${all(final, 'EXPOSE').join(' ')}\``);
+    expect(section).toContain(`\`ENTRYPOINT ${all(final, 'ENTRYPOINT').at(-1)!}\``);
+    for (const c of all(final, 'COPY').map(copyOf)) for (const s of c.sources) expect(section, s).toContain(`\`${s}\``);
   });
 
   it('has a HEALTHCHECK that GETs /readyz on the default admin endpoint with node itself', () => {
