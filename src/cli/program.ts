@@ -100,6 +100,7 @@ Environment:
   EGRESSD_DATA_PLANE    native-setup (default: native loops accept, peek, dial, refuse and splice
                         where the addon runs), native (only splice(2) in the loops) or js
   EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)
+  EGRESSD_DATA_PLANE_HOST     event-loop (default: loop 0 on Node's event loop) or threads
 
 Run "egressd <command> --help" for a command's own options.`,
     )

@@ -341,6 +341,25 @@ describe('egressd decide', () => {
   });
 });
 
+describe('the environment variables', () => {
+  it('every EGRESSD_ variable src/ reads is listed by "egressd --help" and in docs/config.md "Environment"', async () => {
+    const { readdirSync } = await import('node:fs');
+    const files = readdirSync(join(ROOT, 'src'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+    const read = new Set<string>();
+    for (const f of files) {
+      for (const m of readFileSync(join(ROOT, 'src', f), 'utf8').matchAll(/(?:env\[|\.env\()'(EGRESSD_[A-Z_]+)'/g)) read.add(m[1]!);
+    }
+    expect(read.size).toBeGreaterThan(5);
+    const help = (await egressd(['--help'])).stdout;
+    const md = readFileSync(join(ROOT, 'docs/config.md'), 'utf8');
+    const section = md.slice(md.indexOf('## Environment'), md.indexOf('## Reloading'));
+    for (const v of read) {
+      expect(help, v).toMatch(new RegExp(`^  ${v} `, 'm'));
+      expect(section, v).toContain(`| \`${v}\` |`);
+    }
+  });
+});
+
 describe('egressd validate', () => {
   it('exits 0 on a valid config and says how many sandboxes it holds', async () => {
     const file = write(
