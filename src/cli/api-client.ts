@@ -12,7 +12,7 @@
 import { request } from 'undici';
 
 export interface CliResult {
-  readonly code: 0 | 1 | 3 | 4;
+  readonly code: 0 | 1 | 2 | 3 | 4;
   readonly stdout: string;
   readonly stderr: string;
 }
@@ -26,11 +26,15 @@ export interface ApiCall {
 /**
  * One call to the admin API. Exit codes (src/cli/program.ts EXIT): 0 the API answered 2xx
  * (`check`: and allowed); 1 it refused the request (4xx but 401; `check`: refused); 4 `check`:
- * would be refused, let through by report-only mode; 3 it could not
+ * would be refused, let through by report-only mode; 2 the admin URL is not one; 3 it could not
  * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
  * stdout on success, to stderr otherwise.
  */
 export async function callApi(call: ApiCall, o: { admin: string; token: string | undefined; kind?: 'plain' | 'check' | 'list' }): Promise<CliResult> {
+  // A malformed --admin / EGRESSD_ADMIN_URL is the caller's argument, not an unreachable API.
+  if (!URL.canParse(o.admin) || !/^https?:$/.test(new URL(o.admin).protocol)) {
+    return { code: 2, stdout: '', stderr: `--admin (or EGRESSD_ADMIN_URL): expected a URL such as http://127.0.0.1:9901, got "${o.admin}"\n` };
+  }
   if (o.kind === 'list') return listAll(call.path, o);
   let status: number;
   let text: string;
@@ -51,7 +55,13 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
     return { code: 3, stdout: '', stderr: `Cannot reach the admin API at ${o.admin}: ${(err as Error).message}\n` };
   }
   const out = text === '' ? '' : text.endsWith('\n') ? text : `${text}\n`;
-  if (status === 401 || status >= 500) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered ${status}: ${out || '\n'}` };
+  if (status === 401) {
+    const why = o.token
+      ? "the token was refused: it must be the daemon's admin.token or EGRESSD_ADMIN_TOKEN, and the daemon has the API disabled when it has neither"
+      : 'no token was sent: set EGRESSD_ADMIN_TOKEN or pass --token-file FILE';
+    return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered 401: ${out || '\n'}${why}\n` };
+  }
+  if (status >= 500) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered ${status}: ${out || '\n'}` };
   if (status >= 400) return { code: 1, stdout: '', stderr: out };
   if (o.kind === 'check') {
     let verdict: unknown;

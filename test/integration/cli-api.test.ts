@@ -134,7 +134,20 @@ describe('egressd check exit codes against a running daemon', () => {
     const unauthorized = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_TOKEN: 'wrong' });
     expect(unauthorized.code).toBe(3);
     expect(unauthorized.stderr).toContain('answered 401');
+    expect(unauthorized.stderr).toContain('the token was refused');
+    const { EGRESSD_ADMIN_TOKEN: _, ...noToken } = env;
+    const tokenless = await check('ok.example.test', [], noToken);
+    expect(tokenless.code).toBe(3);
+    expect(tokenless.stderr).toContain('no token was sent: set EGRESSD_ADMIN_TOKEN or pass --token-file FILE');
   }, 120_000);
+
+  it('exits 2 on an admin URL that is not one, naming the flag and the value, before calling anything', async () => {
+    for (const url of ['127.0.0.1:9901', 'ftp://127.0.0.1:9901']) {
+      const r = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_URL: url });
+      expect(r.code, url).toBe(2);
+      expect(r.stderr).toBe(`--admin (or EGRESSD_ADMIN_URL): expected a URL such as http://127.0.0.1:9901, got "${url}"\n`);
+    }
+  });
 
   it('exits 1 when the API refuses the request itself (an unknown sandbox, an invalid body)', async () => {
     expect((await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443'], env)).code).toBe(1);
