@@ -96,7 +96,11 @@ export class StateInvalidError extends EgressdError {
   readonly file: string;
   readonly issues: readonly StateIssue[];
   constructor(file: string, issues: readonly StateIssue[], cause?: unknown) {
-    const lines = issues.map((i) => `  ${[i.entry, i.field].filter((x) => x !== '').join(' ')}: ${i.reason}`);
+    // An issue of the whole file has no entry or field: its reason alone, not ": reason".
+    const lines = issues.map((i) => {
+      const where = [i.entry, i.field].filter((x) => x !== '').join(' ');
+      return `  ${where === '' ? '' : `${where}: `}${i.reason}`;
+    });
     super(
       'EGRESSD_ERR_STATE_INVALID',
       `Cannot use the state "${file}" (${issues.length} problem${issues.length === 1 ? '' : 's'}); nothing was loaded or written, see docs/config.md "Recovering the state":\n${lines.join('\n')}`,

@@ -351,9 +351,12 @@ export class StateStore {
       if (keptAs === null) for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
       const e = err as NodeJS.ErrnoException;
       const errno = e.code && /^E[A-Z]+$/.test(e.code) ? e.code : this.#writeError(err).errno;
+      // SQLite words a missing folder as "unable to open database file": say which folder.
+      const folder = dirname(this.path);
+      const detail = errno === 'ENOENT' && !existsSync(folder) ? `the folder ${quote(folder)} does not exist; create it, writable by egressd` : e.message;
       throw new StateInvalidError(
         this.path,
-        [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${e.message})`)],
+        [whole(`Cannot ${this.#format === 'json-v1' ? 'convert the version-1 JSON state' : 'create the state'}: ${errno} (${detail})`)],
         err,
       );
     }

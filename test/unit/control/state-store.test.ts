@@ -285,7 +285,11 @@ describe('the SQLite state', () => {
 describe('creating the state', () => {
   it('in a folder that does not exist stops start-up with ENOENT, creating nothing', async () => {
     const e = await refused(join(dir, 'missing', 'state.db'));
-    expect(e.issues[0]!.reason).toMatch(/Cannot create the state: ENOENT/);
+    expect(e.issues[0]!.reason).toBe(
+      `Cannot create the state: ENOENT (the folder ${JSON.stringify(join(dir, 'missing'))} does not exist; create it, writable by egressd)`,
+    );
+    // A problem of the whole file is its reason alone, with no empty "entry field:" before it.
+    expect(e.message).toMatch(/\n {2}Cannot create the state: /);
     expect(files()).toEqual([]);
   });
 });
