@@ -296,6 +296,11 @@ export class Daemon {
         dnsListeners: this.dnsListeners.map((l) => ({ address: l.endpoint.host, port: l.port })),
         admin: this.config.admin.listen.text,
         adminPort: this.admin.port,
+        // What a newcomer asks first: what happens to a source of no sandbox, and whether the
+        // API answers at all (without a token every call is 401).
+        defaultNetwork: this.#config.defaultNetwork.policy.mode,
+        reportOnly: this.#config.reportOnly,
+        api: this.#config.admin.token !== null ? 'enabled' : 'disabled: no admin.token or EGRESSD_ADMIN_TOKEN',
         sandboxes: this.store.sandboxCount,
         restored: loaded.loaded,
         state: statePath,

@@ -106,6 +106,7 @@ describe('the egressd process', () => {
     // Each says whether it came up beside another process: a second egressd started by mistake
     // would otherwise share every connection and API call with the first, silently.
     expect(first.d.lines.filter((l) => action(l) === 'listener-shared')).toEqual([]);
+    expect(first.d.lines.find((l) => action(l) === 'started')).toMatchObject({ defaultNetwork: 'block-all', reportOnly: false, api: 'enabled' });
     const shared = second.d.lines.find((l) => action(l) === 'listener-shared')!;
     expect(shared['log.level']).toBe('warn');
     // The admin ports differ here (port 0 each).
