@@ -271,7 +271,8 @@ export class Daemon {
     try {
       await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);
     } catch (err) {
-      await this.stop(0);
+      // Closes what did start, without a "stopped" line: the caller logs start-failed.
+      await this.stop(0, { quiet: true });
       throw err;
     }
     // Every bound port is known only now (port 0 in tests picks one).
@@ -495,7 +496,7 @@ export class Daemon {
    * Stops accepting (readiness turns 503 first), lets open connections finish for up to
    * `drainMs`, then closes the rest.
    */
-  async stop(drainMs: number): Promise<void> {
+  async stop(drainMs: number, opts: { quiet?: boolean } = {}): Promise<void> {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
     this.#state = 'draining';
     await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
@@ -520,6 +521,6 @@ export class Daemon {
     await this.admin.close();
     await this.control.close();
     this.#state = 'stopped';
-    this.log.info({ event: { action: 'stopped' } }, 'egressd stopped');
+    if (opts.quiet !== true) this.log.info({ event: { action: 'stopped' } }, 'egressd stopped');
   }
 }

@@ -134,9 +134,19 @@ describe('the egressd process', () => {
             : base({ listen: { http: endpoint, tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' } });
         const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', write(doc)], { stdio: ['ignore', 'pipe', 'pipe'] });
         let stderr = '';
+        let stdout = '';
         child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+        child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
         const [code] = (await once(child, 'exit')) as [number];
         expect(code).toBe(1);
+        // One fatal line says why; no "egressd stopped" before it for the listeners it closed.
+        expect(
+          stdout
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => action(JSON.parse(l) as LogLine)),
+        ).not.toContain('stopped');
+        expect(stdout).toContain('"start-failed"');
         expect(stderr).toContain(`egressd: Cannot listen on ${kind} ${endpoint}: `);
         expect(stderr).toMatch(/EADDRINUSE|Address already in use/);
         expect(stderr).toContain('another process holds that port');
