@@ -28,7 +28,7 @@
 //
 // Bounded: a run stops starting new measurements after 9 minutes and reports what it has.
 
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -563,7 +563,7 @@ function report(machine: string, note: string): string {
     const label =
       w === 'one'
         ? 'one worker each'
-        : `one worker per core each (${perCore}: nginx \`worker_processes ${perCore}\`, HAProxy \`nbthread ${perCore}\`, egressd ${perCore} data-plane threads)`;
+        : `one worker per core each (${perCore}: nginx \`worker_processes ${perCore}\`, HAProxy \`nbthread ${perCore}\`, egressd ${perCore} data-plane loops)`;
     lines.push(`### ${label[0]!.toUpperCase()}${label.slice(1)}`, '');
     lines.push('| figure | Direct | nginx | HAProxy | egressd | nginx ÷ Direct | HAProxy ÷ Direct | egressd ÷ Direct | HAProxy ÷ nginx | egressd ÷ nginx |');
     lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -641,13 +641,10 @@ function writeResults(section: string): void {
 }
 
 function version(cmd: string, argv: string[]): string {
-  try {
-    const r = execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return r.split('\n')[0]!.trim();
-  } catch (e) {
-    const err = e as { stderr?: string };
-    return (err.stderr ?? '').split('\n')[0]!.trim() || 'unknown';
-  }
+  // nginx -v answers on stderr (and exits 0), the others on stdout.
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const line = (text: string | null): string => (text ?? '').split('\n')[0]!.trim();
+  return line(r.stdout) || line(r.stderr) || 'unknown';
 }
 
 // ---- main -----------------------------------------------------------------------------------
@@ -780,7 +777,7 @@ async function main(): Promise<void> {
     const planes = columns
       .filter((c) => c.product === 'egressd')
       .map((c) => {
-        let line: { plane?: string; setup?: string; threads?: number; reason?: string } = {};
+        let line: { plane?: string; setup?: string; threads?: number; host?: string; reason?: string } = {};
         try {
           const l = readFileSync(join(dir, `egressd-${c.key}.log`), 'utf8')
             .split('\n')
@@ -790,7 +787,10 @@ async function main(): Promise<void> {
           // no log: reported as unknown
         }
         const setup = line.setup ? `, set up on ${line.setup}` : '';
-        return `${c.key}: ${line.plane ?? 'unknown'}${line.threads ? ` (${line.threads} threads)` : ''}${setup}${line.reason ? ` (${line.reason})` : ''}`;
+        const loops = line.threads
+          ? ` (${line.threads} loop${line.threads > 1 ? 's' : ''}${line.host === 'event-loop' ? ', loop 0 on the event loop' : line.host ? ', each on its own thread' : ''})`
+          : '';
+        return `${c.key}: ${line.plane ?? 'unknown'}${loops}${setup}${line.reason ? ` (${line.reason})` : ''}`;
       });
 
     const cpu = cpus()[0]?.model ?? 'unknown CPU';
