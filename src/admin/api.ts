@@ -41,6 +41,8 @@ export interface ApiOptions {
 
 // Paths are matched with the one id pattern (src/schema/constants.ts): any other id matches no route.
 const ID = `(${ID_PATTERN.slice(1, -1)})`;
+/** ID_PATTERN in words, as the schema words it. */
+const ID_RULE = 'letters, digits, ".", "_" or "-", starting with a letter or digit, at most 128';
 
 function fromChange(e: ChangeError): ApiError {
   if (e.kind === 'invalid') {
@@ -312,4 +314,28 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       });
     }),
   });
+
+  // An id outside the pattern matches none of the routes above. Still 404 (no sandbox or
+  // organization can have it), but saying why: "No route for ..." reads as a wrong path.
+  const badId = (kind: 'Sandbox' | 'Organization') =>
+    guarded((_q, _res, [raw]) => {
+      let id = raw!;
+      try {
+        id = decodeURIComponent(id);
+      } catch {
+        // Kept as sent: a malformed escape is quoted as it came.
+      }
+      throw new ApiError(404, 'not_found', `${kind} id ${quote(id)} is not a valid id: ${ID_RULE}`);
+    });
+  for (const [method, suffix] of [
+    ['GET', ''],
+    ['PUT', ''],
+    ['DELETE', ''],
+    ['GET', '/network'],
+    ['PUT', '/network'],
+    ['GET', '/effective'],
+  ] as const) {
+    admin.route({ method, path: new RegExp(`^/api/v1/sandboxes/([^/]+)${suffix}$`), handler: badId('Sandbox') });
+  }
+  for (const method of ['GET', 'PUT', 'DELETE'] as const) admin.route({ method, path: /^\/api\/v1\/orgs\/([^/]+)$/, handler: badId('Organization') });
 }

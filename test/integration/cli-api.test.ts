@@ -156,6 +156,23 @@ describe('egressd check exit codes against a running daemon', () => {
     expect(bad.stderr).toContain('invalid_policy');
   });
 
+  it('answers an id no sandbox or organization can have with the reason, not "No route for ..."', async () => {
+    const cases = [
+      [['sandbox', 'get', 'bad id'], 'Sandbox id "bad id" is not a valid id: '],
+      [['sandbox', 'put', 'x!', '--sources', '127.0.0.34'], 'Sandbox id "x!" is not a valid id: '],
+      [['sandbox', 'effective', '_x'], 'Sandbox id "_x" is not a valid id: '],
+      [['org', 'get', 'Ac!'], 'Organization id "Ac!" is not a valid id: '],
+    ] as const;
+    for (const [args, message] of cases) {
+      const r = await egressd(args, env);
+      expect(r.code, args.join(' ')).toBe(1);
+      const e = (JSON.parse(r.stderr) as { error: { code: string; message: string } }).error;
+      expect(e.code).toBe('not_found');
+      expect(e.message).toContain(message);
+      expect(e.message).toContain('starting with a letter or digit');
+    }
+  }, 120_000);
+
   it('runs the sandbox and org commands end to end', async () => {
     expect((await egressd(['org', 'put', 'acme', '--tier', '3'], env)).code).toBe(0);
     const put = await egressd(['sandbox', 'put', 'sb-y', '--sources', '127.0.0.33', '--org', 'acme', '--network', '{"domainAllowList":"pypi.test"}'], env);
