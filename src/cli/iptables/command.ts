@@ -22,7 +22,13 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
     return { code: 2, stdout: '', stderr: `egressd iptables: ${parsed.error}\n\n${IPTABLES_USAGE}` };
   }
   const o = parsed.options;
-  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: '' };
+  // Documented as ignored while the DNS listener is on, and the deploy examples pass it either
+  // way; said once on stderr, so that no one takes it for an opening of port 53.
+  const note =
+    o.action !== 'remove' && o.dnsPort !== null && o.dnsServers.length > 0
+      ? `egressd iptables: --dns-server is ignored while egressd's DNS listener is on (--dns-port ${o.dnsPort}): every query to port 53 is redirected to it, whatever server it addresses\n`
+      : '';
+  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: note };
   const done: string[] = [];
   const removedBy: string[] = [];
   try {
@@ -46,7 +52,7 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   }
   const what = o.action === 'apply' ? `applied ${o.mode}-mode rules` : 'removed egressd rules';
   const how = o.action === 'remove' && !o.backendGiven ? [...new Set(removedBy)].join(', ') || 'none were installed' : o.backend;
-  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: '' };
+  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: note };
 }
 
 /**

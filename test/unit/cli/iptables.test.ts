@@ -226,6 +226,17 @@ describe('parseIptablesArgs', () => {
     expect(options(['--remove'])).toMatchObject({ action: 'remove' });
   });
 
+  it('says on stderr that --dns-server is ignored while the DNS listener is on, and not when it is off', async () => {
+    const on = await iptablesCommand(['--interface', 'veth0', '--dns-server', '198.18.1.53'], recorder().run);
+    expect(on.code).toBe(0);
+    expect(on.stderr).toBe(
+      "egressd iptables: --dns-server is ignored while egressd's DNS listener is on (--dns-port 15053): every query to port 53 is redirected to it, whatever server it addresses\n",
+    );
+    const off = await iptablesCommand(['--interface', 'veth0', '--dns-port', 'off', '--dns-server', '198.18.1.53'], recorder().run);
+    expect(off.code).toBe(0);
+    expect(off.stderr).toBe('');
+  });
+
   it('answers --help with the usage and exit 0', async () => {
     const r = await iptablesCommand(['--help']);
     expect(r.code).toBe(0);
