@@ -49,6 +49,8 @@ export const PROTECTED_RANGES: readonly { readonly cidr: string; readonly why: s
   // Listed for completeness: an IPv4-mapped address is judged as its IPv4 address (decide.ts).
   { cidr: '::ffff:0.0.0.0/96', why: 'IPv4-mapped Address, RFC 4291 §2.5.5.2' },
   { cidr: '64:ff9b::/96', why: 'IPv4-IPv6 Translation, RFC 6052 (NAT64 reaches IPv4 behind the gateway)' },
+  // Not in the registry (RFC 6052 replaced it), but a stateless translator may still use it.
+  { cidr: '::ffff:0:0:0/96', why: 'IPv4-translated Address, RFC 2765 §2.1 (SIIT reaches IPv4 behind the translator)' },
   { cidr: '64:ff9b:1::/48', why: 'Local-use IPv4/IPv6 Translation, RFC 8215' },
   { cidr: '100::/64', why: 'Discard-Only Address Block, RFC 6666' },
   { cidr: '100:0:0:1::/64', why: 'Dummy IPv6 Prefix (IANA IPv6 Special-Purpose Address Registry)' },

@@ -32,6 +32,7 @@ describe('compileProtected: the built-in ranges', () => {
     ['::1', '::1/128', 'loopback'],
     ['::1.2.3.4', '::/96', 'IPv4-compatible (deprecated)'],
     ['64:ff9b::a00:1', '64:ff9b::/96', 'NAT64'],
+    ['::ffff:0:a9fe:a9fe', '::ffff:0:0:0/96', 'IPv4-translated (SIIT), to 169.254.169.254'],
     ['64:ff9b:1::1', '64:ff9b:1::/48', 'local-use NAT64'],
     ['100::1', '100::/64', 'discard-only'],
     ['2001:0:4136:e378::1', '2001::/32', 'Teredo'],
