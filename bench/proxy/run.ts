@@ -141,7 +141,8 @@ function cpuSeconds(pid: number): number {
 }
 /**
  * CPU seconds of the main threads alone (each process's thread whose id is the process's): for
- * egressd, the JavaScript thread, apart from the data-plane loops, libuv's pool and V8's helpers.
+ * egressd, the JavaScript thread (which runs loop 0 by default, EGRESSD_DATA_PLANE_HOST), apart from
+ * the loops on threads of their own, libuv's pool and V8's helpers.
  */
 function mainThreadCpuSeconds(pid: number): number {
   let ticks = 0;
