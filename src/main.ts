@@ -45,7 +45,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
       ...(config.log.destination !== null ? { destination: config.log.destination } : {}),
     });
   } catch (e) {
-    err(`egressd: cannot open log.destination: ${(e as Error).message}`);
+    err(`egressd: ${values.pretty === true ? 'cannot log with --pretty' : 'cannot open log.destination'}: ${(e as Error).message}`);
     return 1;
   }
   let daemon: Daemon;

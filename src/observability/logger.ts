@@ -8,6 +8,7 @@
 // connection line's fields are declared in observability/connection-log.ts.
 
 import { mkdirSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pino, type Logger, type LoggerOptions } from 'pino';
 import { ECS_VERSION } from './connection-log.ts';
@@ -40,13 +41,19 @@ export function loggerOptions(level: string): LoggerOptions {
 export function createLogger(settings: LoggerSettings): Logger {
   const options = loggerOptions(settings.level);
   if (settings.pretty) {
-    return pino({
-      ...options,
-      transport: {
-        target: 'pino-pretty',
-        options: { colorize: process.stdout.isTTY, messageKey: 'message', timestampKey: '@timestamp', levelKey: 'log\\.level' },
-      },
-    });
+    // A stream in this thread, not pino's transport: the transport's worker thread blocks
+    // process.exit for good once its stdout reader has gone (`serve --pretty | head`, then
+    // SIGTERM: the daemon drained, stopped and never exited).
+    let prettyStream: (o: Record<string, unknown>) => NodeJS.WritableStream;
+    try {
+      prettyStream = createRequire(import.meta.url)('pino-pretty') as typeof prettyStream;
+    } catch (err) {
+      throw new Error('--pretty needs pino-pretty, a development dependency (not installed by npm ci --omit=dev, nor in the image)', { cause: err });
+    }
+    return pino(
+      options,
+      prettyStream({ colorize: process.stdout.isTTY, messageKey: 'message', timestampKey: '@timestamp', levelKey: 'log\\.level', destination: 1, sync: true }),
+    );
   }
   const dest = settings.destination ?? 1;
   // Connection lines gather in a batch (LineBatch, written to by connection-log.ts) and leave as

@@ -189,6 +189,26 @@ describe('the egressd process', () => {
     expect(warn.lines.filter((l) => l['log.level'] === 'info')).toEqual([]);
   });
 
+  it('with --pretty, still exits 0 on SIGTERM after the reader of its output has gone (serve --pretty | head)', async () => {
+    const file = write(base());
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file, '--pretty'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env['PATH'] ?? '' },
+    });
+    // A clean environment, as an operator's shell: under the test runner's own the hang did not
+    // show. The pipe closed after the first line, as `head -1` closes it; the start-up lines after it
+    // and the drain's lines meet a closed pipe.
+    await once(child.stdout!, 'data');
+    child.stdout!.destroy();
+    await new Promise((r) => setTimeout(r, 2500));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+    clearTimeout(timer);
+    // pino's transport worker held process.exit for good here: the daemon stopped and never exited.
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+  }, 30_000);
+
   it('does not start with a log.destination it cannot open, and says why', async () => {
     const notADir = join(dir, 'plain-file');
     writeFileSync(notADir, '');
