@@ -1503,53 +1503,46 @@ static void discard_attempt(uint64_t id) {
   pthread_mutex_unlock(&lock);
 }
 
-// A ClientHello in 3 records, written in 3 pieces 10 ms apart: one report, ACCEPTED, every byte.
-static void test_flight_across_reads_is_one_report(void) {
-  uint8_t h[2000];
-  size_t n = hello_records(h, 1500, 600);
+/**
+ * A new connection to eager_front sends `b` in `pieces` pieces 10 ms apart (`at`: where each
+ * starts, then the end): it must be reported once, as ACCEPTED with every byte.
+ */
+static void check_one_report(const uint8_t *b, const size_t *at, int pieces, const char *what) {
+  size_t n = at[pieces];
   for (int attempt = 1;; attempt++) {
     int client = connect_to(&eager_front);
-    size_t at[] = {0, 3, 700, n};
-    bool timely = write_pieces(client, h, at, 3, 10);
+    bool timely = write_pieces(client, b, at, pieces, 10);
     int from = seen;
     saved_event ev;
-    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "%s: no ACCEPTED event", what);
     if (!timely && attempt < PIECES_ATTEMPTS) {
       discard_attempt(ev.e.id);
       close(client);
       continue;
     }
-    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
-    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
+    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, b, n) == 0, "%s: state %d, %zu of %zu bytes", what, ev.e.state, ev.e.len, n);
+    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one %s", what);
     sl_loop_abort(rules_loop, ev.e.id);
     sl_outcome o;
-    CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
+    CHECK(wait_outcome(ev.e.id, 5000, &o), "%s: no outcome", what);
     close(client);
     return;
   }
 }
 
-// An HTTP request head in 2 pieces 10 ms apart: one report.
+// A ClientHello in 3 records, written in 3 pieces: one report, ACCEPTED, every byte.
+static void test_flight_across_reads_is_one_report(void) {
+  uint8_t h[2000];
+  size_t n = hello_records(h, 1500, 600);
+  size_t at[] = {0, 3, 700, n};
+  check_one_report(h, at, 3, "ClientHello");
+}
+
+// An HTTP request head in 2 pieces: one report.
 static void test_http_head_across_reads_is_one_report(void) {
   const char *head = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
-  for (int attempt = 1;; attempt++) {
-    int client = connect_to(&eager_front);
-    size_t at[] = {0, 18, 32};
-    bool timely = write_pieces(client, (const uint8_t *)head, at, 2, 10);
-    int from = seen;
-    saved_event ev;
-    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
-    if (!timely && attempt < PIECES_ATTEMPTS) {
-      discard_attempt(ev.e.id);
-      close(client);
-      continue;
-    }
-    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == 32, "state %d, %zu bytes", ev.e.state, ev.e.len);
-    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one head");
-    sl_loop_abort(rules_loop, ev.e.id);
-    close(client);
-    return;
-  }
+  size_t at[] = {0, 18, 32};
+  check_one_report((const uint8_t *)head, at, 2, "request head");
 }
 
 /** Connects without sending; the ACCEPTED report, which must say WAITING with no byte. */
