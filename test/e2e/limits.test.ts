@@ -69,6 +69,27 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     expect(r.flood!['recoveryMs']).not.toBeNull();
   }, 120_000);
 
+  // Refused connections linger after their answer (refuse.ts) and hold a descriptor each while
+  // they do. Sandbox 1 opens TLS connections to a refused name and never reads or closes them:
+  // its lingering refusals must stay within its share of the descriptor budget (the rest closed
+  // right after the alert), so sandbox 2 is still admitted and served.
+  it('under RLIMIT_NOFILE 256, bounds the refusals one sandbox keeps lingering, so the other sandbox is served', async () => {
+    const r = await floodScenario(rig, {
+      flood: { count: 1000, holdMs: 8000, kinds: 'mute', sni: 'refused.test' },
+      nofile: 256,
+      download: 4 * 1_048_576,
+      requests: 10,
+    });
+    expect(r.died).toBeNull();
+    const limits = r.limitsApi!;
+    expect(limits['nofileSoft']).toBe(256);
+    expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'default-block' })).toBeGreaterThan(limits['globalConnections']);
+    expect(r.workload['download'], JSON.stringify(r.workload)).toMatchObject({ ok: true, bytes: 4 * 1_048_576 });
+    expect(r.workload['short'], JSON.stringify(r.workload)).toMatchObject({ total: 10, ok: 10 });
+    expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    expect(metricSum(r.metrics, 'egressd_refusal_lingers_given_up_total')).toBeGreaterThan(0);
+  }, 120_000);
+
   // The memory cgroup's limit is egressd's usage serving at rest (after one quiet round of sandbox 2's
   // traffic; about 45-50 MiB here) plus HEADROOM:
   // less than the flood would hold (12,000 connections, some 5,300 of them held open). Sandbox 1

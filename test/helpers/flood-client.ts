@@ -1,8 +1,11 @@
 // The hostile sandbox of the flood tests, run inside the rig's sandbox namespace:
 //   node flood-client.ts --bind ADDR --server IP --count N --hold-ms MS [--sni NAME] [--port 443]
+//                        [--kinds hello,silent,drip]
 // Opens N connections to IP:port from ADDR as fast as the kernel lets it (at most 256
-// connecting at once), in three kinds taken in turn: `hello` sends a whole ClientHello for
-// --sni and then idles, `silent` sends nothing, `drip` sends the hello one byte a second. Each
+// connecting at once), in the --kinds taken in turn: `hello` sends a whole ClientHello for
+// --sni and then idles, `silent` sends nothing, `drip` sends the hello one byte a second, `mute`
+// sends the hello and never reads (so a refusal's answer and FIN stay unread, and it never
+// closes: what holds a lingering refusal open). Each
 // stays open until the server closes it or --hold-ms after the first connect, when every
 // connection left is closed. Then it measures recovery: a new hello connection every 50 ms
 // until one is spliced (bytes come back from the server), `recoveryMs` after the close (null
@@ -21,13 +24,16 @@ const { values } = parseArgs({
     count: { type: 'string', default: '1000' },
     'hold-ms': { type: 'string', default: '10000' },
     sni: { type: 'string', default: 'allowed.test' },
+    kinds: { type: 'string', default: 'hello,silent,drip' },
   },
 });
 const count = Number(values.count);
 const holdMs = Number(values['hold-ms']);
 const hello = Buffer.from(buildHello({ sni: [values.sni!] }));
-const KINDS = ['hello', 'silent', 'drip'] as const;
-type Kind = (typeof KINDS)[number];
+const ALL_KINDS = ['hello', 'silent', 'drip', 'mute'] as const;
+type Kind = (typeof ALL_KINDS)[number];
+const KINDS = values.kinds!.split(',') as Kind[];
+for (const k of KINDS) if (!ALL_KINDS.includes(k)) throw new Error(`--kinds: unknown kind "${k}" (${ALL_KINDS.join(', ')})`);
 
 interface Totals {
   attempted: number;
@@ -42,7 +48,7 @@ interface Totals {
   stillOpen: number;
 }
 const zero = (): Totals => ({ attempted: 0, connected: 0, connectFailed: 0, closedByPeer: 0, closedWithin1s: 0, gotData: 0, stillOpen: 0 });
-const byKind: Record<Kind, Totals> = { hello: zero(), silent: zero(), drip: zero() };
+const byKind = Object.fromEntries(KINDS.map((k) => [k, zero()])) as Record<Kind, Totals>;
 const errors: Record<string, number> = {};
 const open = new Set<Socket>();
 const timers = new Set<NodeJS.Timeout>();
@@ -59,6 +65,8 @@ function one(i: number): void {
   let connectedAt = 0;
   let finished = false;
   const s = connect({ host: values.server!, port: Number(values.port), localAddress: values.bind! });
+  // Paused before the 'data' listener below, which then does not start the reading.
+  if (kind === 'mute') s.pause();
   const finish = (byPeer: boolean, err?: NodeJS.ErrnoException): void => {
     if (finished) return;
     finished = true;
@@ -81,7 +89,7 @@ function one(i: number): void {
     connecting--;
     t.connected++;
     open.add(s);
-    if (kind === 'hello') s.write(hello);
+    if (kind === 'hello' || kind === 'mute') s.write(hello);
     if (kind === 'drip') {
       let at = 0;
       const tick = setInterval(() => {

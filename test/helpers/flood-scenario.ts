@@ -20,7 +20,7 @@ const ADMIN = '127.0.0.1:9901';
 
 export interface FloodOptions {
   /** Sandbox 1's connections (null: no flood, the baseline). */
-  readonly flood: { readonly count: number; readonly holdMs: number } | null;
+  readonly flood: { readonly count: number; readonly holdMs: number; readonly kinds?: string; readonly sni?: string } | null;
   /** Sandbox 2's download, bytes, and its short requests. */
   readonly download: number;
   readonly requests: number;
@@ -167,7 +167,11 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
       ? run(
           'sandbox',
           'flood-client.ts',
-          ['--bind', rig.sandboxV4, '--server', FLOOD_SERVER, '--count', String(opts.flood.count), '--hold-ms', String(holdMs)],
+          [
+            ...['--bind', rig.sandboxV4, '--server', FLOOD_SERVER, '--count', String(opts.flood.count), '--hold-ms', String(holdMs)],
+            ...(opts.flood.kinds ? ['--kinds', opts.flood.kinds] : []),
+            ...(opts.flood.sni ? ['--sni', opts.flood.sni] : []),
+          ],
           holdMs + 60_000,
         )
       : Promise.resolve(null);
