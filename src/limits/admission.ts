@@ -9,6 +9,12 @@
 //   global-limit   when the process holds its descriptor budget of connections, or this one
 //                  sandbox already holds its share of that budget (so that one sandbox can
 //                  never take the last descriptors from the others).
+// A refused connection that lingers after its answer (net/refuse.ts) holds one descriptor, half
+// a connection's two, and counts so against both budgets. Lingering refusals may take half the
+// descriptors of the budget and of a sandbox's share, and fewer than the config's
+// lingerMaxConnections linger in all; past that the linger is given up (`linger` answers null)
+// and the connection closed right after its answer. nginx likewise closes its lingering
+// connections first when it runs out of connections (ngx_drain_connections).
 // A source that belongs to no sandbox is accounted on its own (keyed by its address), with
 // the default limits.
 
@@ -19,9 +25,23 @@ export type ShedReason = 'sandbox-limit' | 'global-limit' | 'overload';
 export interface Ticket {
   /** The verdict is made: the connection no longer counts as undecided. Idempotent. */
   decided(): void;
+  /**
+   * The connection was refused and would linger (holding its client descriptor) with at most
+   * `maxLingering` lingering in all: a hold to release once it closes, or null when the sandbox
+   * or the process has no room for it (the linger is given up). Outlives `release`.
+   */
+  linger(maxLingering: number): LingerHold | null;
   /** The connection is closed. Idempotent. */
   release(): void;
 }
+
+/** A lingering refusal's descriptor in the budget; `release` once, when it closes. Idempotent. */
+export interface LingerHold {
+  release(): void;
+}
+
+/** Why a linger was given up: its sandbox's share, or the process's budget or lingerMaxConnections. */
+export type LingerGivenUp = 'sandbox' | 'global';
 
 export type Admitted = { ok: true; ticket: Ticket } | { ok: false; reason: ShedReason; detail: string };
 
@@ -31,11 +51,15 @@ export interface AdmissionOptions {
   /** The fraction (0..1] of globalConnections one sandbox may hold. */
   readonly sandboxShare: number;
   readonly now?: () => number;
+  /** Told of each linger given up, and why. */
+  readonly onLingerGivenUp?: (why: LingerGivenUp) => void;
 }
 
 interface Account {
   open: number;
   undecided: number;
+  /** Refused connections of this key lingering (one descriptor each). */
+  lingering: number;
   tokens: number;
   /** When `tokens` was last refilled, ms. */
   stamp: number;
@@ -55,6 +79,7 @@ export class Admission {
   readonly #accounts = new Map<string, Account>();
   #open = 0;
   #undecided = 0;
+  #lingering = 0;
 
   constructor(opts: AdmissionOptions) {
     this.#opts = opts;
@@ -67,6 +92,11 @@ export class Admission {
 
   get undecided(): number {
     return this.#undecided;
+  }
+
+  /** Refused connections lingering now, all keys together. */
+  get lingering(): number {
+    return this.#lingering;
   }
 
   get globalConnections(): number | null {
@@ -84,7 +114,7 @@ export class Admission {
     const now = this.#now();
     let a = this.#accounts.get(key);
     if (a === undefined) {
-      a = { open: 0, undecided: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
+      a = { open: 0, undecided: 0, lingering: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
       this.#accounts.set(key, a);
     } else {
       a.tokens = Math.min(limits.burst, a.tokens + ((now - a.stamp) * limits.perSecond) / 1000);
@@ -97,9 +127,12 @@ export class Admission {
     if (a.tokens < 1) return refused('sandbox-limit', `more than ${limits.perSecond} new connections a second (burst ${limits.burst})`);
     if (overloaded) return refused('overload', 'memory pressure: new connections are shed');
     const g = this.#opts.globalConnections;
-    if (g !== null && this.#open >= g) return refused('global-limit', `${this.#open} connections open in total (descriptor budget ${g})`);
+    // In descriptors: two a connection, one a lingering refusal.
+    if (g !== null && 2 * this.#open + this.#lingering + 2 > 2 * g)
+      return refused('global-limit', `${this.#open} connections open and ${this.#lingering} refusals lingering in total (descriptor budget ${g})`);
     const share = this.sandboxShare;
-    if (share !== null && a.open >= share) return refused('global-limit', `${a.open} connections open, this sandbox's share of the descriptor budget`);
+    if (share !== null && 2 * a.open + a.lingering + 2 > 2 * share)
+      return refused('global-limit', `${a.open} connections open and ${a.lingering} refusals lingering, this sandbox's share of the descriptor budget`);
     a.tokens -= 1;
     a.open++;
     a.undecided++;
@@ -122,7 +155,48 @@ export class Admission {
   releasedOne(key: string, a: Account): void {
     a.open--;
     this.#open--;
-    if (a.open === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
+    this.#forget(key, a);
+  }
+
+  /**
+   * A place for one more lingering refusal of `a`, or null (told to onLingerGivenUp).
+   * Lingering refusals may take half the descriptors of the process's budget (`g` of `2g`) and
+   * half those of a sandbox's share, and fewer than `maxLingering` linger in all: the other half
+   * stays for live connections, so a sandbox whose refused clients never close still reaches
+   * its allowed destinations. The descriptor must also fit in the budget and the share as
+   * admit counts them. `asking`: the refusing connection is still open (its ticket not yet
+   * released); its two descriptors are then left out, as the linger keeps only its client's
+   * and the ticket is released right after.
+   */
+  lingerOne(key: string, a: Account, maxLingering: number, asking: boolean): LingerHold | null {
+    const mine = asking ? 2 : 0;
+    const g = this.#opts.globalConnections;
+    if (this.#lingering >= maxLingering || (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + 1 > 2 * g))) {
+      this.#opts.onLingerGivenUp?.('global');
+      return null;
+    }
+    const share = this.sandboxShare;
+    if (share !== null && (a.lingering >= share || 2 * a.open - mine + a.lingering + 1 > 2 * share)) {
+      this.#opts.onLingerGivenUp?.('sandbox');
+      return null;
+    }
+    a.lingering++;
+    this.#lingering++;
+    let held = true;
+    return {
+      release: () => {
+        if (!held) return;
+        held = false;
+        a.lingering--;
+        this.#lingering--;
+        this.#forget(key, a);
+      },
+    };
+  }
+
+  /** Forgets an account holding nothing whose bucket has refilled (its own or a newer one's). */
+  #forget(key: string, a: Account): void {
+    if (a.open === 0 && a.lingering === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
   }
 
   /** Whether the bucket has refilled by now: forgetting the account then loses nothing. */
@@ -135,7 +209,7 @@ export class Admission {
     const now = this.#now();
     let n = 0;
     for (const [k, a] of this.#accounts) {
-      if (a.open === 0 && this.#full(a, now)) {
+      if (a.open === 0 && a.lingering === 0 && this.#full(a, now)) {
         this.#accounts.delete(k);
         n++;
       }
@@ -179,6 +253,10 @@ class AccountTicket implements Ticket {
     if (!this.#undecided) return;
     this.#undecided = false;
     this.#admission.decidedOne(this.#account);
+  }
+
+  linger(maxLingering: number): LingerHold | null {
+    return this.#admission.lingerOne(this.#key, this.#account, maxLingering, this.#open);
   }
 
   release(): void {

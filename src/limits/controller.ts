@@ -7,7 +7,7 @@ import type { LimitsConfig } from '../config/schema.ts';
 import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
-import { Admission, type ShedReason, type Ticket } from './admission.ts';
+import { Admission, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
 import { connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
 import { MemoryGuard, type MemorySample } from './overload.ts';
@@ -85,7 +85,7 @@ export class LimitsController {
         ),
     );
     // No budget until start() has raised the limit and counted what is open.
-    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare });
+    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp });
     metrics.attachLimits(() => this.snapshot());
   }
 
@@ -104,7 +104,7 @@ export class LimitsController {
     const byDescriptors = connectionBudget(r.after.soft, inUse, c.global.reserveDescriptors);
     const global =
       byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
-    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare });
+    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp });
     this.memory.start();
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
     this.#log.info(
@@ -121,6 +121,8 @@ export class LimitsController {
       'limits in force',
     );
   }
+
+  readonly #lingerGivenUp = (why: LingerGivenUp): void => this.#metrics.instruments.refusalLingersGivenUp.inc({ scope: why });
 
   stop(): void {
     for (const t of this.#timers) clearInterval(t);
@@ -245,6 +247,7 @@ export class LimitsController {
       sandboxShare: this.#admission.sandboxShare,
       open: this.#admission.open,
       undecided: this.#admission.undecided,
+      lingering: this.#admission.lingering,
       memoryPressure: round(this.memory.last.pressure),
       memoryLimitBytes: this.memory.cgroupLimitBytes,
       overloaded: { memory: this.memory.shedding, descriptors: g !== null && this.#admission.open >= g },
@@ -276,6 +279,10 @@ class PeekingTicket implements Ticket {
   decided(): void {
     this.#peeking.remove(this);
     this.#ticket.decided();
+  }
+
+  linger(maxLingering: number): LingerHold | null {
+    return this.#ticket.linger(maxLingering);
   }
 
   release(): void {

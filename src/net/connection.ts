@@ -18,7 +18,7 @@ import type { ListenerKind } from './listener.ts';
 import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outcome.ts';
 import { chooseUpstream, chooseUpstreamNow, type DialMode, type TargetReason, type UpstreamQuery, type UpstreamTarget } from './upstream-target.ts';
 import type { NameResolver, ResolveResult } from './resolve.ts';
-import type { BlockMode, Linger } from './refuse.ts';
+import type { BlockMode, Linger, LingerHold } from './refuse.ts';
 import { SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
@@ -52,6 +52,8 @@ export interface AdmissionTicket {
   decided(): void;
   /** The connection is over (called before its outcome is emitted). */
   release(): void;
+  /** A lingering place for a refusal, or null: given up (limits/admission.ts). */
+  linger?(maxLingering: number): LingerHold | null;
 }
 
 /** One connection on a Node socket (the JavaScript path). */
@@ -216,7 +218,7 @@ function judged(
         // The client left before it was judged: its own doing, not a refusal.
         return cut(socket, o, 'error', 'peek-closed', 'client');
       case 'too-large':
-        return refuseMalformed(socket, protocolOfListener(listener), config, o, 'too-large');
+        return refuseMalformed(socket, live, protocolOfListener(listener), config, o, 'too-large');
       case 'silent':
         o.protocol = 'none';
         break;
@@ -231,7 +233,7 @@ function judged(
           o.protocol = p.result.kind === 'not-tls' ? 'unknown' : 'tls';
           if (p.result.kind === 'malformed') {
             o.end = p.result.detail;
-            return refuseMalformed(socket, 'tls', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls');
+            return refuseMalformed(socket, live, 'tls', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls');
           }
           if (p.result.kind === 'hello') {
             o.alpn = p.result.alpn;
@@ -242,7 +244,7 @@ function judged(
           o.protocol = p.result.kind === 'not-http' ? 'unknown' : 'http';
           if (p.result.kind === 'malformed') {
             o.end = p.result.detail;
-            return refuseMalformed(socket, 'http', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-http');
+            return refuseMalformed(socket, live, 'http', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-http');
           }
           if (p.result.kind === 'head') rawName = p.result.host;
         }
@@ -256,7 +258,7 @@ function judged(
     if (!n.ok) {
       o.rawName = rawName;
       o.end = n.reason;
-      return refuseMalformed(socket, o.protocol, config, o, 'invalid-name');
+      return refuseMalformed(socket, live, o.protocol, config, o, 'invalid-name');
     }
     if ('name' in n) o.name = n.name;
   }
@@ -299,7 +301,7 @@ function judged(
   let facts: Facts = { name: o.name ?? dnsName, ip, port };
   live.ticket?.decided();
   live.facts = facts;
-  if (decision.verdict === 'refuse') return refuse(socket, o.protocol, config, o, decision);
+  if (decision.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, decision);
   admit(o, decision);
 
   // (3) Where to dial: a presented name is dialed as upstream.dial says, every candidate
@@ -315,12 +317,12 @@ function judged(
   const dial = (target: UpstreamTarget, waited: boolean, first: Buffer): Promise<void> | undefined => {
     if (!target.ok) {
       o.end = target.detail;
-      return refuseUpstream(socket, config, o, target.reason, decision.rule);
+      return refuseUpstream(socket, live, config, o, target.reason, decision.rule);
     }
     if (waited) {
       if (live.closed) return cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live));
       const afterResolve = judge(ip);
-      if (afterResolve.verdict === 'refuse') return refuse(socket, o.protocol, config, o, afterResolve);
+      if (afterResolve.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, afterResolve);
       admit(o, afterResolve);
     }
 
@@ -403,7 +405,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
   }
   if (c.kind === 'refused') {
     o.dialed = null;
-    return refuse(socket, o.protocol, config, o, c.why as Verdict);
+    return refuse(socket, live, o.protocol, config, o, c.why as Verdict);
   }
   o.dialed = c.address;
   o.connectMs = c.connectMs;
@@ -458,19 +460,33 @@ function cut(socket: ClientSide, o: ConnectionOutcome, v: ConnectionOutcome['ver
 }
 
 /** The client sent what cannot be read: refused in its protocol, the client's doing. */
-function refuseMalformed(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, reason: PeekReason): undefined {
-  return answer(socket, protocol, config, o, { reason, rule: null, endedBy: 'client' });
+function refuseMalformed(
+  socket: ClientSide,
+  live: LiveConnection,
+  protocol: Protocol,
+  config: PipelineSettings,
+  o: ConnectionOutcome,
+  reason: PeekReason,
+): undefined {
+  return answer(socket, live, protocol, config, o, { reason, rule: null, endedBy: 'client' });
 }
 
 /** No address could be chosen: a DNS failure is the upstream side's, the rest the policy's. */
-function refuseUpstream(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, reason: TargetReason, rule: string | null): undefined {
-  return answer(socket, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
+function refuseUpstream(
+  socket: ClientSide,
+  live: LiveConnection,
+  config: PipelineSettings,
+  o: ConnectionOutcome,
+  reason: TargetReason,
+  rule: string | null,
+): undefined {
+  return answer(socket, live, o.protocol, config, o, { reason, rule, endedBy: reason === 'dns-failure' ? 'upstream' : 'policy' });
 }
 
 /** The policy refused. */
-function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): undefined {
+function refuse(socket: ClientSide, live: LiveConnection, protocol: Protocol, config: PipelineSettings, o: ConnectionOutcome, v: Verdict): undefined {
   o.decided = v;
-  return answer(socket, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
+  return answer(socket, live, protocol, config, o, { reason: v.reason, rule: v.rule, endedBy: 'policy', portDecided: v.matchedBy === 'port' });
 }
 
 /**
@@ -481,6 +497,7 @@ function refuse(socket: ClientSide, protocol: Protocol, config: PipelineSettings
  */
 function answer(
   socket: ClientSide,
+  live: LiveConnection,
   protocol: Protocol,
   config: PipelineSettings,
   o: ConnectionOutcome,
@@ -490,8 +507,14 @@ function answer(
   o.reason = r.reason;
   o.rule = r.rule;
   o.endedBy = r.endedBy;
-  if (config.block === 'drop') socket.refuse({ kind: 'drop' });
-  else if (protocol === 'tls') socket.refuse({ kind: 'tls', linger: config.refusal });
+  if (config.block === 'drop') {
+    socket.refuse({ kind: 'drop' });
+    return undefined;
+  }
+  // The linger holds the client's descriptor: admission places it in the budget, or gives it up.
+  const t = live.ticket;
+  const linger = t?.linger === undefined ? config.refusal : { ...config.refusal, hold: () => t.linger!(config.refusal.lingerMaxConnections) };
+  if (protocol === 'tls') socket.refuse({ kind: 'tls', linger });
   else if (protocol === 'http') {
     socket.refuse({
       kind: 'http',
@@ -501,7 +524,7 @@ function answer(
         rule: o.rule,
         port: o.destinationPort,
         portDecided: r.portDecided ?? false,
-        linger: config.refusal,
+        linger,
       },
     });
   } else socket.refuse({ kind: 'reset' });

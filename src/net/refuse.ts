@@ -26,6 +26,19 @@ export interface Linger {
    * hold the process's descriptors for `lingerMs` each.
    */
   readonly lingerMaxConnections: number;
+  /**
+   * Admission's say (limits/admission.ts), asked once when the refusal is answered: a hold on a
+   * lingering place within the sandbox's and the process's share of the descriptor budget, to
+   * be released when the connection closes, or null when there is none left — the linger is
+   * then given up and the connection closed right after its answer. Absent: only
+   * `lingerMaxConnections` bounds it.
+   */
+  readonly hold?: () => LingerHold | null;
+}
+
+/** A lingering refusal's place in the descriptor budget; `release` once, when it closes. */
+export interface LingerHold {
+  release(): void;
 }
 
 // nginx's lingering_timeout is 5 s between reads and lingering_time 30 s overall; 30 s and
@@ -125,8 +138,8 @@ export function dropSilently(socket: Socket): void {
 
 /**
  * Writes the answer and half-closes, then keeps reading and discarding until the client closes,
- * or `lingerMs` has passed (2 s once `lingerMaxConnections` linger already), or `lingerMaxBytes`
- * more have arrived: HTTP's staged close (RFC 9112
+ * or `lingerMs` has passed (2 s once `lingerMaxConnections` linger already; none at all when
+ * admission gives the linger up), or `lingerMaxBytes` more have arrived: HTTP's staged close (RFC 9112
  * §9.6; nginx's lingering close), used for TLS too. Closing with unread bytes in the receive
  * queue makes the kernel send a reset (RFC 9293 §3.6.1, RFC 2525 §2.17), and a reset can
  * discard the answer before the client has read it — exactly when a client is still sending a
@@ -143,7 +156,11 @@ function answerAndClose(socket: Socket, answer: Buffer, linger: Linger): void {
   });
   socket.resume();
   const slot = lingerSlot(linger);
-  const timer = setTimeout(() => socket.destroy(), slot.ms);
+  // Given up (no place in the budget): closed once the answer is written and what the client
+  // had already sent is read — setImmediate runs after the poll phase that reads it — as the
+  // native loop closes after one drain. The timer stays as the bound if the write never ends.
+  if (slot.ms === 0) socket.once('finish', () => setImmediate(() => socket.destroy()));
+  const timer = setTimeout(() => socket.destroy(), slot.ms === 0 ? SHORT_LINGER_MS : slot.ms);
   timer.unref();
   socket.once('close', () => {
     clearTimeout(timer);
@@ -156,22 +173,30 @@ function answerAndClose(socket: Socket, answer: Buffer, linger: Linger): void {
 }
 
 /**
- * How long a refused connection may linger now: `lingerMs` while fewer than
- * `lingerMaxConnections` linger, else SHORT_LINGER_MS at most. `release` (once, when the
- * connection closes) gives the place back. Shared by every path that answers a refusal.
+ * How long a refused connection may linger now: 0 (given up: closed right after the answer)
+ * when admission has no place for it (`linger.hold` answers null), else `lingerMs` while fewer
+ * than `lingerMaxConnections` linger, else SHORT_LINGER_MS at most. `release` (once, when the
+ * connection closes) gives the places back. Shared by every path that answers a refusal.
  */
 export function lingerSlot(linger: Linger): { readonly ms: number; release(): void } {
+  const hold = linger.hold === undefined ? NO_HOLD : linger.hold();
+  if (hold === null) return GIVEN_UP;
   const full = lingering < linger.lingerMaxConnections;
   if (full) lingering++;
   let released = false;
   return {
     ms: full ? linger.lingerMs : Math.min(linger.lingerMs, SHORT_LINGER_MS),
     release: () => {
-      if (full && !released) lingering--;
+      if (released) return;
       released = true;
+      if (full) lingering--;
+      hold.release();
     },
   };
 }
+
+const NO_HOLD: LingerHold = Object.freeze({ release: () => {} });
+const GIVEN_UP = Object.freeze({ ms: 0, release: () => {} });
 
 /** `text` in double quotes, escaped by escapeText (so `"` and `\` are escaped too). */
 function quoteText(text: string, max: number): string {

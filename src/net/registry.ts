@@ -2,6 +2,7 @@
 
 import type { ConnectionOutcome } from './outcome.ts';
 import type { Facts } from '../policy/decide.ts';
+import type { LingerHold } from './refuse.ts';
 
 /**
  * How a connection's life ended outside the policy's verdict and the upstream: not redirected
@@ -26,6 +27,13 @@ export interface Closing {
 }
 
 /** One connection between accept and outcome. */
+/** What the pipeline asks of admission's hold (limits/admission.ts's Ticket). */
+export interface LiveTicket {
+  decided(): void;
+  /** A lingering place for the refusal, or null: the linger is given up. Absent: no bound. */
+  linger?(maxLingering: number): LingerHold | null;
+}
+
 export class LiveConnection implements Closing {
   readonly outcome: ConnectionOutcome;
   /** What the verdict was made on; null until the decision. */
@@ -38,14 +46,14 @@ export class LiveConnection implements Closing {
   #controller: AbortController | null = null;
 
   /** Admission's hold on it, if any (told of the verdict, released at the end). */
-  readonly ticket: { decided(): void } | undefined;
+  readonly ticket: LiveTicket | undefined;
 
   /** The registry's list (ConnectionRegistry's own: a link each way, and whether it is listed). */
   listPrev: LiveConnection | null = null;
   listNext: LiveConnection | null = null;
   listed = false;
 
-  constructor(outcome: ConnectionOutcome, ticket?: { decided(): void }) {
+  constructor(outcome: ConnectionOutcome, ticket?: LiveTicket) {
     this.outcome = outcome;
     this.ticket = ticket;
   }

@@ -56,6 +56,8 @@ export interface LimitsSnapshot {
   readonly sandboxShare: number | null;
   readonly open: number;
   readonly undecided: number;
+  /** Refused connections lingering after their answer (one descriptor each). */
+  readonly lingering: number;
   readonly memoryPressure: number;
   readonly memoryLimitBytes: number | null;
   readonly overloaded: { readonly memory: boolean; readonly descriptors: boolean };
@@ -252,8 +254,14 @@ export const METRICS = {
   admittedConnections: {
     name: 'egressd_admitted_connections',
     type: 'gauge',
-    help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked).',
+    help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked; lingering: refused, still read after the answer, one descriptor each and not among open).',
     labels: ['state'],
+  },
+  refusalLingersGivenUp: {
+    name: 'egressd_refusal_lingers_given_up_total',
+    type: 'counter',
+    help: "Refused connections closed right after their answer instead of lingering, because their sandbox's share (sandbox) or the process's descriptor budget or refusal.lingerMaxConnections (global) had no room.",
+    labels: ['scope'],
   },
   memoryPressure: {
     name: 'egressd_memory_pressure_ratio',
@@ -345,6 +353,7 @@ export class Metrics {
         const s = src().limits();
         setIf(g, { state: 'open' }, s?.open);
         setIf(g, { state: 'undecided' }, s?.undecided);
+        setIf(g, { state: 'lingering' }, s?.lingering);
       },
       memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
       memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),

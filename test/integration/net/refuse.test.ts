@@ -265,6 +265,51 @@ describe('refusal lingering, bounded across connections', () => {
   });
 });
 
+describe('refusal lingering, placed by admission (linger.hold)', () => {
+  it('closes right after the answer when admission gives the linger up, with a FIN the client reads after the answer', async () => {
+    let asked = 0;
+    const linger = {
+      lingerMs: 60_000,
+      lingerMaxBytes: 1024 * 1024,
+      lingerMaxConnections: 100,
+      hold: () => {
+        asked++;
+        return null;
+      },
+    };
+    const { port, accepted } = await front((s) => refuseHttp(s, { host: 'full.test', reason: 'default-block', linger }));
+    const c = rawClient(port);
+    c.on('error', noop);
+    c.write('GET / HTTP/1.1\r\nHost: full.test\r\n\r\n');
+    c.pause(); // neither reads nor closes: only the given-up linger closes it
+    const s = await accepted;
+    await once(s, 'close');
+    expect(asked).toBe(1);
+    const o = outcome(c);
+    c.resume();
+    const { bytes, end } = await o;
+    expect(bytes.toString('latin1')).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(end).toBe('end');
+  });
+
+  it("lingers with admission's hold, and releases it once when the connection closes", async () => {
+    let released = 0;
+    const linger = { lingerMs: 60_000, lingerMaxBytes: 1024 * 1024, lingerMaxConnections: 100, hold: () => ({ release: () => released++ }) };
+    const { port, accepted } = await front((s) => refuseTls(s, linger));
+    const c = rawClient(port);
+    c.on('error', noop);
+    c.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x01, 0x01]));
+    const s = await accepted;
+    await new Promise((r) => setTimeout(r, 200));
+    // Still lingering: the client has not closed.
+    expect(s.destroyed).toBe(false);
+    expect(released).toBe(0);
+    c.end();
+    await once(s, 'close');
+    expect(released).toBe(1);
+  });
+});
+
 describe('refuseTcp', () => {
   it('resets the connection', async () => {
     const { port } = await front(refuseTcp);

@@ -117,6 +117,69 @@ describe('Admission', () => {
   });
 });
 
+describe('Admission, lingering refusals', () => {
+  const MANY: SandboxLimits = { connections: 1000, undecided: 1000, perSecond: 1000, burst: 1000 };
+  /** Admits one connection of `key`, refuses it, and asks for its linger (the ticket then released, as the pipeline does). */
+  function refuseAndLinger(a: Admission, key: string, max = 4096): ReturnType<Admission['lingerOne']> {
+    const r = a.admit(key, MANY, false);
+    if (!r.ok) throw new Error(`not admitted: ${r.detail}`);
+    r.ticket.decided();
+    const hold = r.ticket.linger(max);
+    r.ticket.release();
+    return hold;
+  }
+
+  it('lets one sandbox linger on half its share of the descriptors, gives up the rest, and leaves it and the others room', () => {
+    const givenUp: string[] = [];
+    // Budget 10 connections (20 descriptors); a sandbox's share 5 connections (10 descriptors).
+    const a = new Admission({ globalConnections: 10, sandboxShare: 0.5, onLingerGivenUp: (why) => givenUp.push(why) });
+    const holds = Array.from({ length: 20 }, () => refuseAndLinger(a, 'flood'));
+    expect(holds.filter((h) => h !== null)).toHaveLength(5);
+    expect(a.lingering).toBe(5);
+    expect(givenUp).toEqual(Array(15).fill('sandbox'));
+    // Lingering counts against admission, a descriptor each: 5 + 2 × 2 of the share's 10.
+    expect(a.admit('flood', MANY, false).ok).toBe(true);
+    expect(a.admit('flood', MANY, false).ok).toBe(true);
+    expect(a.admit('flood', MANY, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+    // The other sandbox has its share: 20 - 9 descriptors in all, 5 connections.
+    const other = Array.from({ length: 5 }, () => a.admit('calm', MANY, false));
+    expect(other.every((t) => t.ok)).toBe(true);
+    expect(a.admit('calm', MANY, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+    // A released linger gives its descriptor back, once.
+    holds[0]!.release();
+    holds[0]!.release();
+    expect(a.lingering).toBe(4);
+  });
+
+  it("gives up a linger past half the budget's descriptors, whichever sandboxes linger", () => {
+    const givenUp: string[] = [];
+    const a = new Admission({ globalConnections: 4, sandboxShare: 1, onLingerGivenUp: (why) => givenUp.push(why) });
+    const holds = ['a', 'b', 'c', 'd', 'e'].map((k) => refuseAndLinger(a, k));
+    expect(holds.map((h) => h !== null)).toEqual([true, true, true, true, false]);
+    expect(givenUp).toEqual(['global']);
+  });
+
+  it('gives up a linger past maxLingering in all, and with no budget that alone bounds it', () => {
+    const givenUp: string[] = [];
+    const a = new Admission({ globalConnections: null, sandboxShare: 0.5, onLingerGivenUp: (why) => givenUp.push(why) });
+    expect(refuseAndLinger(a, 'a', 2)).not.toBeNull();
+    expect(refuseAndLinger(a, 'b', 2)).not.toBeNull();
+    expect(refuseAndLinger(a, 'c', 2)).toBeNull();
+    expect(givenUp).toEqual(['global']);
+  });
+
+  it('keeps an account while it lingers, and forgets it once the linger ends', () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    const hold = refuseAndLinger(a, 'sb');
+    c.advance(10_000);
+    expect(a.sweep()).toBe(0);
+    expect(a.accounts).toBe(1);
+    hold!.release();
+    expect(a.accounts).toBe(0);
+  });
+});
+
 describe('parseLimits', () => {
   it('takes any of the four keys', () => {
     expect(parseLimits({ connections: 10, burst: 5 }, 'limits')).toEqual({ ok: true, value: { connections: 10, burst: 5 } });

@@ -101,6 +101,7 @@ function feed(m: Metrics): void {
   m.instruments.stateEntries.set(3);
   // Admission control: an accept(2) failure and the limits' gauges.
   m.instruments.acceptErrors.inc({ code: 'EMFILE' });
+  m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.attachLimits(() => ({
     nofileSoft: 1024,
     nofileHard: 4096,
@@ -109,6 +110,7 @@ function feed(m: Metrics): void {
     sandboxShare: 230,
     open: 3,
     undecided: 1,
+    lingering: 2,
     memoryPressure: 0.4,
     memoryLimitBytes: 512 * 1_048_576,
     overloaded: { memory: true, descriptors: false },
@@ -383,8 +385,8 @@ describe('Metrics labels', () => {
     errno: /^E[A-Z]+$/,
     code: /^E[A-Z]+$/,
     kind: /^(?:soft|hard)$/,
-    scope: /^(?:global|sandbox_share)$/,
-    state: /^(?:open|undecided)$/,
+    scope: /^(?:global|sandbox_share|sandbox)$/,
+    state: /^(?:open|undecided|lingering)$/,
     resource: /^(?:memory|descriptors)$/,
     version: /^\d+\.\d+\.\d+/,
     node_version: /^v\d+\.\d+\.\d+/,
