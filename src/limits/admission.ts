@@ -11,10 +11,11 @@
 //                  never take the last descriptors from the others).
 // A refused connection that lingers after its answer (net/refuse.ts) holds one descriptor, half
 // a connection's two, and counts so against both budgets. Lingering refusals may take half the
-// descriptors of the budget and of a sandbox's share, and fewer than the config's
-// lingerMaxConnections linger in all; past that the linger is given up (`linger` answers null)
-// and the connection closed right after its answer. nginx likewise closes its lingering
-// connections first when it runs out of connections (ngx_drain_connections).
+// descriptors of the budget and of a sandbox's share; past that the linger is given up
+// (`linger` answers null) and the connection closed right after its answer. nginx likewise
+// closes lingering connections first once fewer than 1/16 of its worker_connections are free
+// (ngx_drain_connections; a lingering close is a reusable connection since 1.19.2).
+// (refusal.lingerMaxConnections, in net/refuse.ts, shortens lingers past it to 2 s.)
 // A source that belongs to no sandbox is accounted on its own (keyed by its address), with
 // the default limits.
 
@@ -26,11 +27,11 @@ export interface Ticket {
   /** The verdict is made: the connection no longer counts as undecided. Idempotent. */
   decided(): void;
   /**
-   * The connection was refused and would linger (holding its client descriptor) with at most
-   * `maxLingering` lingering in all: a hold to release once it closes, or null when the sandbox
-   * or the process has no room for it (the linger is given up). Outlives `release`.
+   * The connection was refused and would linger (holding its client descriptor): a hold to
+   * release once it closes, or null when the sandbox or the process has no room for it (the
+   * linger is given up). Outlives `release`.
    */
-  linger(maxLingering: number): LingerHold | null;
+  linger(): LingerHold | null;
   /** The connection is closed. Idempotent. */
   release(): void;
 }
@@ -40,7 +41,7 @@ export interface LingerHold {
   release(): void;
 }
 
-/** Why a linger was given up: its sandbox's share, or the process's budget or lingerMaxConnections. */
+/** Why a linger was given up: its sandbox's share, or the process's budget. */
 export type LingerGivenUp = 'sandbox' | 'global';
 
 export type Admitted = { ok: true; ticket: Ticket } | { ok: false; reason: ShedReason; detail: string };
@@ -161,17 +162,17 @@ export class Admission {
   /**
    * A place for one more lingering refusal of `a`, or null (told to onLingerGivenUp).
    * Lingering refusals may take half the descriptors of the process's budget (`g` of `2g`) and
-   * half those of a sandbox's share, and fewer than `maxLingering` linger in all: the other half
+   * half those of a sandbox's share: the other half
    * stays for live connections, so a sandbox whose refused clients never close still reaches
    * its allowed destinations. The descriptor must also fit in the budget and the share as
    * admit counts them. `asking`: the refusing connection is still open (its ticket not yet
    * released); its two descriptors are then left out, as the linger keeps only its client's
    * and the ticket is released right after.
    */
-  lingerOne(key: string, a: Account, maxLingering: number, asking: boolean): LingerHold | null {
+  lingerOne(key: string, a: Account, asking: boolean): LingerHold | null {
     const mine = asking ? 2 : 0;
     const g = this.#opts.globalConnections;
-    if (this.#lingering >= maxLingering || (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + 1 > 2 * g))) {
+    if (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + 1 > 2 * g)) {
       this.#opts.onLingerGivenUp?.('global');
       return null;
     }
@@ -255,8 +256,8 @@ class AccountTicket implements Ticket {
     this.#admission.decidedOne(this.#account);
   }
 
-  linger(maxLingering: number): LingerHold | null {
-    return this.#admission.lingerOne(this.#key, this.#account, maxLingering, this.#open);
+  linger(): LingerHold | null {
+    return this.#admission.lingerOne(this.#key, this.#account, this.#open);
   }
 
   release(): void {

@@ -281,8 +281,8 @@ class PeekingTicket implements Ticket {
     this.#ticket.decided();
   }
 
-  linger(maxLingering: number): LingerHold | null {
-    return this.#ticket.linger(maxLingering);
+  linger(): LingerHold | null {
+    return this.#ticket.linger();
   }
 
   release(): void {

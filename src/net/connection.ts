@@ -53,7 +53,7 @@ export interface AdmissionTicket {
   /** The connection is over (called before its outcome is emitted). */
   release(): void;
   /** A lingering place for a refusal, or null: given up (limits/admission.ts). */
-  linger?(maxLingering: number): LingerHold | null;
+  linger?(): LingerHold | null;
 }
 
 /** One connection on a Node socket (the JavaScript path). */
@@ -513,7 +513,7 @@ function answer(
   }
   // The linger holds the client's descriptor: admission places it in the budget, or gives it up.
   const t = live.ticket;
-  const linger = t?.linger === undefined ? config.refusal : { ...config.refusal, hold: () => t.linger!(config.refusal.lingerMaxConnections) };
+  const linger = t?.linger === undefined ? config.refusal : { ...config.refusal, hold: () => t.linger!() };
   if (protocol === 'tls') socket.refuse({ kind: 'tls', linger });
   else if (protocol === 'http') {
     socket.refuse({

@@ -31,7 +31,7 @@ export interface Closing {
 export interface LiveTicket {
   decided(): void;
   /** A lingering place for the refusal, or null: the linger is given up. Absent: no bound. */
-  linger?(maxLingering: number): LingerHold | null;
+  linger?(): LingerHold | null;
 }
 
 export class LiveConnection implements Closing {

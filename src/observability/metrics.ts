@@ -260,7 +260,7 @@ export const METRICS = {
   refusalLingersGivenUp: {
     name: 'egressd_refusal_lingers_given_up_total',
     type: 'counter',
-    help: "Refused connections closed right after their answer instead of lingering, because their sandbox's share (sandbox) or the process's descriptor budget or refusal.lingerMaxConnections (global) had no room.",
+    help: "Refused connections closed right after their answer instead of lingering, because lingering refusals already held half the descriptors of their sandbox's share of the budget (sandbox) or of the whole budget (global).",
     labels: ['scope'],
   },
   memoryPressure: {
