@@ -127,6 +127,15 @@ static void enqueue(item *it) {
   turn_tail = it;
 }
 
+static void free_items(item *it) {
+  while (it) {
+    item *next = it->next;
+    free(it->bytes);
+    free(it);
+    it = next;
+  }
+}
+
 // Runs on a loop's thread at the end of each of its turns (sl_loop_on_turn).
 static void turn_over(void *ctx) {
   if ((int)(intptr_t)ctx == hosted) return host_deliver();
@@ -134,15 +143,7 @@ static void turn_over(void *ctx) {
   if (!turn_head) return;
   item *head = turn_head, *tail = turn_tail;
   turn_head = turn_tail = NULL;
-  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) {
-    while (head) {
-      item *next = head->next;
-      free(head->bytes);
-      free(head);
-      head = next;
-    }
-    return;
-  }
+  if (__atomic_load_n(&closing, __ATOMIC_ACQUIRE)) return free_items(head);
   publish(head, tail);
 }
 
@@ -249,15 +250,6 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
 }
 
 // ---- the hosted loop ---------------------------------------------------------------------------
-
-static void free_items(item *it) {
-  while (it) {
-    item *next = it->next;
-    free(it->bytes);
-    free(it);
-    it = next;
-  }
-}
 
 #ifdef EGRESSD_HAVE_UV
 static napi_env host_env;
@@ -428,12 +420,7 @@ static void cleanup(void *arg) {
   item *it = queue_head;
   queue_head = queue_tail = NULL;
   pthread_mutex_unlock(&queue_lock);
-  while (it) {
-    item *next = it->next;
-    free(it->bytes);
-    free(it);
-    it = next;
-  }
+  free_items(it);
 }
 
 static napi_value start(napi_env env, napi_callback_info info) {
