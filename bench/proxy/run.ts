@@ -25,6 +25,11 @@
 // SO_ORIGINAL_DST, a second TCP connection, blocking splice(2) through a 1 MiB pipe, a thread per
 // direction). Direct ÷ kernel DNAT is what NAT costs; splice floor ÷ Direct is the best bulk
 // ratio any proxy can reach here; egressd ÷ splice floor is what egressd's loop costs on top.
+// A third floor column, connection workloads only, says what egressd's JavaScript costs: "loop
+// floor" (bench/proxy/loop-floor.ts) is egressd's own native loop, one, hosted on Node's event
+// loop, behind the same REDIRECT, whose report handler dials the original destination at once:
+// no admission, parse, verdict, DNS, log line or metrics. egressd ÷ loop floor is the cost of
+// egressd's JavaScript per connection; loop floor ÷ nginx, the cost of the C loop and its crossings.
 //
 // Bounded: a run stops starting new measurements after 9 minutes and reports what it has.
 
@@ -71,8 +76,11 @@ const overBudget = (): boolean => Date.now() - started > BUDGET_MS;
 // ---- columns --------------------------------------------------------------------------------
 
 type Product = 'nginx' | 'haproxy' | 'egressd';
-/** The floor columns (bulk only): the kernel forwarding with DNAT, and a minimal splice proxy. */
-type Floor = 'dnat' | 'floor';
+/**
+ * The floor columns: the kernel forwarding with DNAT and a minimal splice proxy (bulk only), and
+ * egressd's loop with the least JavaScript (connection workloads only).
+ */
+type Floor = 'dnat' | 'floor' | 'loop';
 interface Column {
   readonly key: string;
   readonly product: Product | Floor | 'direct';
@@ -93,14 +101,18 @@ const columns: Column[] = [{ key: 'direct', product: 'direct', workers: 'one', p
       columns.push({ key: `${product}-${workers}`, product, workers, port: port++, stderr: '' });
     }
   }
-  for (const product of ['dnat', 'floor'] as const) {
+  for (const product of ['dnat', 'floor', 'loop'] as const) {
     if (args.only !== undefined && !args.only.split(',').includes(product)) continue;
     columns.push({ key: product, product, workers: 'one', port: port++, stderr: '' });
   }
 }
-/** The workloads a floor column runs: it says nothing about connection set-up or memory. */
-const FLOOR_WORKLOADS = ['tls-bulk', 'raw-bulk'];
-const isFloor = (c: Column): boolean => c.product === 'dnat' || c.product === 'floor';
+/** The workloads a floor column runs: the bulk floors say nothing about connection set-up or memory, the loop floor nothing about bulk. */
+const FLOOR_WORKLOADS: Readonly<Record<Floor, readonly string[]>> = {
+  dnat: ['tls-bulk', 'raw-bulk'],
+  floor: ['tls-bulk', 'raw-bulk'],
+  loop: ['raw-conn@1', 'raw-conn@50', 'tls-conn@1', 'tls-conn@50'],
+};
+const isFloor = (c: Column): c is Column & { product: Floor } => c.product === 'dnat' || c.product === 'floor' || c.product === 'loop';
 /** The origins' second port, for the kernel DNAT column (a DNAT to the same port would rewrite nothing). */
 const DNAT_PORT = 8443;
 
@@ -590,7 +602,11 @@ function report(machine: string, note: string): string {
  * figure as a ratio to Direct, and egressd and nginx (one worker) against the splice floor.
  */
 function floorReport(): string[] {
-  if (!columns.some(isFloor)) return [];
+  return [...bulkFloorReport(), ...loopFloorReport()];
+}
+
+function bulkFloorReport(): string[] {
+  if (!columns.some((c) => c.product === 'dnat' || c.product === 'floor')) return [];
   const cols = [
     ['Direct', 'direct'],
     ['kernel DNAT', 'dnat'],
@@ -630,6 +646,47 @@ function floorReport(): string[] {
     lines.push(`| ${label} | ${v.map(fmt).join(' | ')} | ${perDirect.join(' | ')} | ${ratio(v[3]!, v[2]!)} | ${ratio(v[4]!, v[2]!)} |`);
   }
   lines.push('');
+  return lines;
+}
+
+/**
+ * The loop floor table: connection set-up through egressd's own loop with the least JavaScript,
+ * against nginx and egressd (one worker each), and what egressd's JavaScript adds per connection.
+ */
+function loopFloorReport(): string[] {
+  if (!columns.some((c) => c.product === 'loop')) return [];
+  const cols = [
+    ['nginx', 'nginx-one'],
+    ['loop floor', 'loop'],
+    ['egressd', 'egressd-one'],
+  ] as const;
+  const lines = [
+    '### The loop floor: connection set-up with the least JavaScript (one worker)',
+    '',
+    "loop floor: egressd's own native loop (bench/proxy/loop-floor.ts), one, hosted on Node's event loop, behind the same REDIRECT: " +
+      "it accepts, reads the original destination and the first flight under egressd's peek rules, reports to JavaScript, and the " +
+      "report's handler dials the original destination at once. No admission, parse, verdict, DNS lookup, log line or metrics. " +
+      "loop floor ÷ nginx is what the C loop and its crossings to JavaScript cost; egressd ÷ loop floor, what egressd's JavaScript adds.",
+    '',
+    `| figure | ${cols.map(([l]) => l).join(' | ')} | loop floor ÷ nginx | egressd ÷ nginx | egressd ÷ loop floor |`,
+    `|---|${cols.map(() => '---:').join('|')}|---:|---:|---:|`,
+  ];
+  const rows = [
+    ['proxy CPU µs per connection, raw', 'raw-conn@50', 'cpuUsPerConn'],
+    ['proxy CPU µs per connection, TLS', 'tls-conn@50', 'cpuUsPerConn'],
+    ['raw new connections/s, 50 clients', 'raw-conn@50', 'rate'],
+    ['raw connection p99 ms, 50 clients', 'raw-conn@50', 'p99'],
+    ['new TLS connections/s, 50 clients', 'tls-conn@50', 'rate'],
+    ['TLS connection p99 ms, 50 clients', 'tls-conn@50', 'p99'],
+    ['raw new connections/s, sequential', 'raw-conn@1', 'rate'],
+    ['new TLS connections/s, sequential', 'tls-conn@1', 'rate'],
+  ] as const;
+  for (const [label, w, f] of rows) {
+    const [n, l, e] = cols.map(([, c]) => fig(w, c, f)) as unknown as [number, number, number];
+    lines.push(`| ${label} | ${fmt(n)} | ${fmt(l)} | ${fmt(e)} | ${ratio(l, n)} | ${ratio(e, n)} | ${ratio(e, l)} |`);
+  }
+  const js = (w: string): string => fmt(fig(w, 'egressd-one', 'cpuUsPerConn') - fig(w, 'loop', 'cpuUsPerConn'));
+  lines.push('', `egressd's JavaScript per connection (egressd's CPU less the loop floor's): raw ${js('raw-conn@50')} µs, TLS ${js('tls-conn@50')} µs.`, '');
   return lines;
 }
 
@@ -731,6 +788,8 @@ async function main(): Promise<void> {
         c.proc = rig.spawnIn('router', 'haproxy', ['-db', '-f', join(dir, `${c.key}.cfg`)]);
       } else if (c.product === 'floor') {
         c.proc = rig.spawnIn('router', join(dir, 'splice-floor'), [String(c.port)]);
+      } else if (c.product === 'loop') {
+        c.proc = rig.spawnIn('router', NODE, [join(ROOT, 'bench/proxy/loop-floor.ts'), String(c.port)]);
       } else if (c.product === 'egressd') {
         writeFileSync(join(dir, `${c.key}.json`), egressdConf(dir, c, i));
         const threads = c.workers === 'one' ? '1' : String(perCore);
@@ -766,7 +825,7 @@ async function main(): Promise<void> {
         const order = columns.map((_, i) => columns[(i + round) % columns.length]!);
         for (const c of order) {
           if (overBudget()) break;
-          if (isFloor(c) && !FLOOR_WORKLOADS.includes(w)) continue;
+          if (isFloor(c) && !FLOOR_WORKLOADS[c.product].includes(w)) continue;
           await measure(rig, c, w);
         }
       }
