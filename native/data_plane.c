@@ -532,6 +532,45 @@ static napi_value abort_conn(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value answered(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t loop;
+  uint64_t id;
+  if (!args_exactly(env, info, 2, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id)) return bad_args(env, "answered(loop, id): bad arguments");
+  int e = sl_loop_answered(loops[loop], id);
+  return e ? throw_code(env, e, "answered") : NULL;
+}
+
+// Every loop's cap of unanswered connections (splice_loop.h sl_loop_accept_cap).
+static napi_value accept_cap(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint32_t cap;
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_uint32(env, argv[0], &cap) != napi_ok || cap < 1)
+    return bad_args(env, "acceptCap(perLoop): a whole number from 1");
+  for (int i = 0; i < loop_count; i++) {
+    int e = sl_loop_accept_cap(loops[i], cap);
+    if (e) return throw_code(env, e, "acceptCap");
+  }
+  return NULL;
+}
+
+// [at the cap, out of descriptors]: the listeners' pauses, all loops together.
+static napi_value accept_pauses(napi_env env, napi_callback_info info) {
+  (void)info;
+  uint64_t capped = 0, out = 0;
+  for (int i = 0; i < loop_count; i++) {
+    uint64_t c, o;
+    sl_loop_accept_pauses(loops[i], &c, &o);
+    capped += c;
+    out += o;
+  }
+  napi_value r;
+  napi_create_array_with_length(env, 2, &r);
+  napi_set_element(env, r, 0, num(env, (double)capped));
+  napi_set_element(env, r, 1, num(env, (double)out));
+  return r;
+}
+
 static napi_value active_count(napi_env env, napi_callback_info info) {
   (void)info;
   return num(env, (double)active);
@@ -742,6 +781,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
       {"handoff", NULL, handoff, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abort_conn, NULL, NULL, NULL, napi_default, NULL},
+      {"answered", NULL, answered, NULL, NULL, NULL, napi_default, NULL},
+      {"acceptCap", NULL, accept_cap, NULL, NULL, NULL, napi_default, NULL},
+      {"acceptPauses", NULL, accept_pauses, NULL, NULL, NULL, napi_default, NULL},
       {"hostedAvailable", NULL, hosted_available, NULL, NULL, NULL, napi_default, NULL},
       {"active", NULL, active_count, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},

@@ -65,12 +65,6 @@
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
-// Accepted connections the caller has not answered yet, per loop, past which the loop stops
-// accepting for SL_BACKLOG_PAUSE_MS: the kernel's accept queue holds the rest (and drops SYNs
-// past it), so a flood costs the process no more than this, and the caller's own event loop
-// (the admin listener on it) is never buried under reports (nginx's worker_connections).
-#define SL_MAX_UNANSWERED 512
-#define SL_BACKLOG_PAUSE_MS 10
 // Set-up connections get ids from here up; ids below are the caller's (sl_loop_add).
 #define SL_SETUP_ID_BASE (1ull << 48)
 
@@ -179,6 +173,7 @@ typedef struct sl_listener {
   bool exact;
   uint32_t deadline_ms, first_byte_ms, stall_ms; // sl_loop_rules; deadline 0: none
   uint64_t paused_until; // 0: accepting
+  bool capped;           // not accepting while the loop holds its cap of unanswered connections
   // The last wake-up's batch, and the turn it was taken in when it took all it was allowed
   // (on_accept): only then may more be waiting.
   unsigned batch;
@@ -186,7 +181,7 @@ typedef struct sl_listener {
   struct sl_listener *next;
 } sl_listener;
 
-typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC, CMD_RULES } cmd_kind;
+typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC, CMD_RULES, CMD_ANSWERED, CMD_CAP } cmd_kind;
 
 // One sl_loops_sync call: each loop's CMD_SYNC counts itself off once every command queued
 // before it has run. Freed by whichever of the caller and the loops lets go of it last, so a
@@ -244,6 +239,9 @@ struct sl_loop {
   char *scratch; // peek_cap bytes
   char *copy;    // SL_COPY_BUF bytes: a small exchange's bytes between read and write
   unsigned unanswered;
+  unsigned max_unanswered; // sl_loop_accept_cap
+  bool capped;             // some listener is capped (sl_listener.capped)
+  uint64_t pauses[2];      // sl_loop_accept_pauses: at the cap, out of descriptors (read from other threads)
   uint64_t turn; // epoll_wait calls so far
 };
 
@@ -389,10 +387,30 @@ static void close_attempts(sl_loop *l, sl_conn *c, int why) {
   }
 }
 
+static void listener_events(sl_loop *l, sl_listener *ls, uint32_t events) {
+  struct epoll_event ev = {.events = events, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
+  epoll_ctl(l->epfd, EPOLL_CTL_MOD, ls->fd, &ev);
+}
+
+static void uncap(sl_loop *l);
+
 static void answered(sl_loop *l, sl_conn *c) {
   if (!c->unanswered) return;
   c->unanswered = false;
   l->unanswered--;
+  uncap(l);
+}
+
+// A slot is free (an answer, a higher cap): the capped listeners accept again. They are
+// level-triggered: a connection already waiting wakes the loop at once.
+static void uncap(sl_loop *l) {
+  if (!l->capped || l->unanswered >= l->max_unanswered) return;
+  l->capped = false;
+  for (sl_listener *ls = l->listeners; ls; ls = ls->next) {
+    if (!ls->capped) continue;
+    ls->capped = false;
+    listener_events(l, ls, EPOLLIN);
+  }
 }
 
 static void emit(sl_loop *l, sl_event *e);
@@ -740,8 +758,10 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
   }
   c->reported = c->peek_len;
   if (state == SL_PEEK_WAITING) {
-    // Reported, and still read by the loop: it waits on the client, not on the caller.
-    answered(l, c);
+    // Reported, and still read by the loop. It stays unanswered (its descriptor uncounted by the
+    // caller) until a command or sl_loop_answered says the caller took it on: the reports it
+    // has not yet read must not free the slots they hold, or a silent flood, reported after
+    // SL_EMPTY_GRACE_MS each, would be accepted as fast as it comes.
     arm(l, conn_due(c));
   } else {
     c->stage = ST_WAIT;
@@ -863,10 +883,19 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
 }
 
 static void pause_listener(sl_loop *l, sl_listener *ls, uint32_t ms) {
-  struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)ls | 2u};
-  epoll_ctl(l->epfd, EPOLL_CTL_MOD, ls->fd, &ev);
+  listener_events(l, ls, 0);
   ls->paused_until = l->now_ms + ms;
   arm(l, ls->paused_until);
+  __atomic_fetch_add(&l->pauses[1], 1, __ATOMIC_RELAXED);
+}
+
+// The loop holds its cap of unanswered connections: the listener waits, with no timer, for an
+// answer to free a slot (answered), as HAProxy's listener waits at maxconn.
+static void cap_listener(sl_loop *l, sl_listener *ls) {
+  listener_events(l, ls, 0);
+  ls->capped = true;
+  l->capped = true;
+  __atomic_fetch_add(&l->pauses[0], 1, __ATOMIC_RELAXED);
 }
 
 // Out of descriptors: the reserve makes room for one accept, whose connection is reset and
@@ -903,7 +932,7 @@ static void on_accept(sl_loop *l, sl_listener *ls) {
   ls->batch = batch;
   ls->full_turn = 0;
   for (unsigned i = 0; i < batch; i++) {
-    if (l->unanswered >= SL_MAX_UNANSWERED) return pause_listener(l, ls, SL_BACKLOG_PAUSE_MS);
+    if (l->unanswered >= l->max_unanswered) return cap_listener(l, ls);
     struct sockaddr_storage peer;
     socklen_t plen = sizeof peer;
     int fd = accept4(ls->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1175,9 +1204,15 @@ static void barrier_release(sl_barrier *b, bool reached) {
 
 static void run_command(sl_loop *l, sl_cmd *cmd) {
   sl_conn *c;
-  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && cmd->kind != CMD_SYNC && cmd->kind != CMD_RULES && (c = find(l, cmd->id))) answered(l, c);
+  if (cmd->kind != CMD_ADD && cmd->kind != CMD_LISTEN && cmd->kind != CMD_UNLISTEN && cmd->kind != CMD_SYNC && cmd->kind != CMD_RULES &&
+      cmd->kind != CMD_CAP && (c = find(l, cmd->id)))
+    answered(l, c);
   switch (cmd->kind) {
     case CMD_SYNC: return; // released by free_cmd, right after, in queue order
+    case CMD_ANSWERED: return; // answered above
+    case CMD_CAP:
+      l->max_unanswered = cmd->a;
+      return uncap(l);
     case CMD_ADD: add_conn(l, cmd->conn); return;
     case CMD_ABORT:
       if ((c = find(l, cmd->id))) conn_close(l, c, SL_END_ABORTED, 0, c->stage == ST_SPLICE ? -1 : CLIENT);
@@ -1434,6 +1469,7 @@ static sl_loop *loop_init(sl_report_fn report, void *ctx, int *err) {
   l->report = report;
   l->ctx = ctx;
   l->reserve = -1;
+  l->max_unanswered = SL_MAX_UNANSWERED;
   l->page = sysconf(_SC_PAGESIZE);
   l->next_idle_check = UINT64_MAX;
   l->now_ms = monotonic_ms();
@@ -1579,6 +1615,26 @@ int sl_loop_abort(sl_loop *l, uint64_t id) {
   if (!cmd) return ENOMEM;
   push(l, cmd);
   return 0;
+}
+
+int sl_loop_answered(sl_loop *l, uint64_t id) {
+  sl_cmd *cmd = new_cmd(CMD_ANSWERED, id);
+  if (!cmd) return ENOMEM;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_accept_cap(sl_loop *l, unsigned cap) {
+  sl_cmd *cmd = new_cmd(CMD_CAP, 0);
+  if (!cmd) return ENOMEM;
+  cmd->a = cap < 1 ? 1 : cap > SL_MAX_UNANSWERED ? SL_MAX_UNANSWERED : cap;
+  push(l, cmd);
+  return 0;
+}
+
+void sl_loop_accept_pauses(const sl_loop *l, uint64_t *capped, uint64_t *out_of_descriptors) {
+  *capped = __atomic_load_n(&l->pauses[0], __ATOMIC_RELAXED);
+  *out_of_descriptors = __atomic_load_n(&l->pauses[1], __ATOMIC_RELAXED);
 }
 
 void sl_loop_on_turn(sl_loop *l, sl_turn_fn fn) {

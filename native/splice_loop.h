@@ -88,6 +88,26 @@ int sl_loop_add(sl_loop *loop, uint64_t id, int client_fd, int upstream_fd, cons
 /** Closes the connection `id` (reported as SL_END_ABORTED) if it is still open. Thread-safe. */
 int sl_loop_abort(sl_loop *loop, uint64_t id);
 
+/**
+ * The caller took the set-up connection `id` on (admitted it) and will command it later: it no
+ * longer counts among the loop's unanswered connections (see sl_loop_accept_cap). Any command
+ * does the same. Thread-safe.
+ */
+int sl_loop_answered(sl_loop *loop, uint64_t id);
+
+/**
+ * The most unanswered set-up connections the loop holds before it stops accepting (1 to
+ * SL_MAX_UNANSWERED, clamped; SL_MAX_UNANSWERED until called): the caller's descriptor budget
+ * for connections it has not admitted yet. Thread-safe.
+ */
+int sl_loop_accept_cap(sl_loop *loop, unsigned cap);
+
+/**
+ * How many times the loop's listeners stopped accepting: at the cap of unanswered connections,
+ * and out of descriptors (SL_ACCEPT_PAUSE_MS). Thread-safe (approximate while they change).
+ */
+void sl_loop_accept_pauses(const sl_loop *loop, uint64_t *capped, uint64_t *out_of_descriptors);
+
 typedef void (*sl_turn_fn)(void *ctx);
 
 /**
@@ -128,15 +148,29 @@ unsigned sl_loop_size(const sl_loop *loop);
 // closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
 // reported (SL_EV_SHED), one by one; when even that fails the listener pauses for
 // SL_ACCEPT_PAUSE_MS (nginx pauses accepting; libuv's uv__emfile_trick uses the reserve). Never
-// a busy loop. While SL_MAX_UNANSWERED accepted connections per loop wait for their first
-// command, the loop stops accepting for a few milliseconds: the kernel's queue holds the rest.
+// a busy loop (counted: sl_loop_accept_pauses).
+//
+// Unanswered connections: accepted, and not yet taken on by the caller (no command yet, nor
+// sl_loop_answered). Each holds a descriptor the caller's budget does not count yet, and takes
+// another when it is dialed. While a loop holds its cap of them (SL_MAX_UNANSWERED, or lower by
+// sl_loop_accept_cap) it accepts nothing: the kernel's queue holds the rest (and drops SYNs past
+// its backlog), and the first answer lets the loop accept again (HAProxy pauses a listener at
+// maxconn the same way; nginx stops at worker_connections). A slot is held from the accept until
+// the caller answers the report: at most SL_FLIGHT_GRACE_MS (a flight still incomplete) or
+// SL_EMPTY_GRACE_MS (nothing yet) before the report, plus the caller's time to answer it, so a
+// flood of silent or dripping clients holds the slots only while it keeps coming, each slot for
+// that long, and another client waits in the kernel's queue behind at most the backlog.
 
 #include <sys/socket.h>
 
 #define SL_ACCEPT_PAUSE_MS 100
+// Unanswered connections a loop holds at most (see above): a flood costs the process no more
+// than this, and the caller's own event loop (the admin listener on it) is never buried under
+// reports. sl_loop_accept_cap lowers it to fit the caller's descriptor budget.
+#define SL_MAX_UNANSWERED 512
 // An accepted connection whose first flight is still incomplete is reported after this long
 // anyway, and read on (sl_loop_rules): admission, per sandbox in the caller, never waits on a
-// slow client for longer, and neither does a connection held back from SL_MAX_UNANSWERED's count.
+// slow client for longer, and neither does a slot of the unanswered connections' cap.
 #define SL_FLIGHT_GRACE_MS 50
 // An accepted connection with no byte yet is reported (SL_PEEK_WAITING, no bytes) only after this
 // long: most clients send their first flight a moment after the handshake, and waiting for it makes

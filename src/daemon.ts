@@ -138,6 +138,7 @@ export class Daemon {
       remembered: () => this.dnsMemory.total,
       registered: () => ({ sandboxes: this.store.sandboxCount, organizations: this.control.orgCount }),
       dataPlane: () => (nativeSpliceStatus().ok ? 'native' : 'js'),
+      acceptPauses: () => this.nativeSetup?.acceptPauses() ?? null,
     });
     this.limits = new LimitsController(
       () => this.#config.limits,
@@ -282,7 +283,10 @@ export class Daemon {
       { host: this.#config.admin.listen.host, port: this.admin.port ?? this.#config.admin.listen.port },
     ]);
     this.host.start();
-    this.limits.start();
+    this.limits.start(this.nativeSetup?.threads ?? 0);
+    // The loops accept no more than the descriptor budget leaves room for (native-setup.ts).
+    const slots = this.limits.acceptSlotsPerLoop;
+    if (slots !== null) this.nativeSetup?.setAcceptCap(slots);
     const otlp = this.#config.metrics.otlp;
     if (otlp.endpoint !== null) {
       // Loaded only when asked for: the OpenTelemetry SDK stays out of memory otherwise (issue 12's idle RSS).

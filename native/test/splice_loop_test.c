@@ -1317,6 +1317,58 @@ static void test_late_events_of_a_closed_shared_socket(sl_loop *l, const struct 
   }
 }
 
+/** ACCEPTED events from *from on within `ms`, their ids in `ids` (up to `max`). */
+static int accepted_within(int *from, int ms, uint64_t *ids, int max) {
+  int n = 0;
+  saved_event ev;
+  while (n < max && wait_event(SL_EV_ACCEPTED, 0, from, ms, &ev)) ids[n++] = ev.e.id;
+  return n;
+}
+
+// The cap of unanswered connections (sl_loop_accept_cap: the caller's descriptor budget): at it
+// the loop accepts nothing more, the kernel's queue holds the rest, and each answer (a command,
+// or sl_loop_answered) lets exactly one more in, with no timer; counted as a pause.
+static void test_setup_cap_of_unanswered(sl_loop *l, const struct sockaddr_in *front) {
+  uint64_t capped0, out0, capped1, out1;
+  sl_loop_accept_pauses(l, &capped0, &out0);
+  CHECK(sl_loop_accept_cap(l, 2) == 0, "sl_loop_accept_cap");
+  enum { N = 5 };
+  int clients[N];
+  for (int i = 0; i < N; i++) {
+    clients[i] = connect_to(front);
+    CHECK(clients[i] >= 0, "connect %d: %s", i, strerror(errno));
+    write_all(clients[i], "x", 1);
+  }
+  uint64_t ids[N];
+  int got = accepted_within(&seen, 2000, ids, 2);
+  CHECK(got == 2, "%d of the first 2 connections accepted under a cap of 2", got);
+  CHECK(accepted_within(&seen, 200, ids + got, 1) == 0, "a third connection accepted while 2 were unanswered");
+  sl_loop_accept_pauses(l, &capped1, &out1);
+  CHECK(capped1 > capped0 && out1 == out0, "pauses at the cap %llu -> %llu, out of descriptors %llu -> %llu", (unsigned long long)capped0,
+        (unsigned long long)capped1, (unsigned long long)out0, (unsigned long long)out1);
+  // Taken on by the caller, still open: its slot is free.
+  sl_loop_answered(l, ids[0]);
+  got += accepted_within(&seen, 2000, ids + got, 1);
+  CHECK(got == 3, "no connection accepted after an answer");
+  CHECK(accepted_within(&seen, 200, ids + got, 1) == 0, "more than one connection accepted for one answer");
+  // A command answers too; answering one twice frees nothing more.
+  sl_loop_abort(l, ids[1]);
+  sl_loop_answered(l, ids[0]);
+  got += accepted_within(&seen, 2000, ids + got, 1);
+  CHECK(got == 4, "no connection accepted after a command");
+  CHECK(accepted_within(&seen, 200, ids + got, 1) == 0, "a slot freed twice");
+  // A higher cap lets the rest in at once.
+  sl_loop_accept_cap(l, SL_MAX_UNANSWERED);
+  got += accepted_within(&seen, 2000, ids + got, N - got);
+  CHECK(got == N, "%d of %d accepted once the cap was raised", got, N);
+  for (int i = 0; i < got; i++) sl_loop_abort(l, ids[i]);
+  for (int i = 0; i < got; i++) {
+    sl_outcome o;
+    CHECK(wait_outcome(ids[i], 5000, &o), "connection %d: no outcome", i);
+  }
+  for (int i = 0; i < N; i++) close(clients[i]);
+}
+
 static void test_setup(void) {
   int err = 0;
   sl_loop *l = sl_loop_start(report, NULL, &err);
@@ -1333,6 +1385,7 @@ static void test_setup(void) {
   test_setup_refusal_answer_blocks(l, &front);
   test_setup_sheds_at_emfile(l, &front);
   test_setup_burst_is_accepted(l, &front);
+  test_setup_cap_of_unanswered(l, &front);
   test_late_events_of_a_closed_shared_socket(l, &front);
   sl_loop_unlisten(l, 7);
   usleep(50 * 1000);
@@ -1585,6 +1638,28 @@ static void test_silent_client_reported_after_the_empty_grace(void) {
   close(client);
 }
 
+// A silent client reported after SL_EMPTY_GRACE_MS keeps its slot among the unanswered until the
+// caller answers: reports not yet read must not let a silent flood in as fast as it comes.
+static void test_silent_client_holds_its_slot_until_answered(void) {
+  CHECK(sl_loop_accept_cap(rules_loop, 1) == 0, "sl_loop_accept_cap");
+  int a;
+  uint64_t id = accept_silent(&a);
+  int b = connect_to(&rules_front);
+  const char *head = "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n";
+  write_all(b, head, strlen(head));
+  uint64_t other;
+  CHECK(accepted_within(&seen, 150, &other, 1) == 0, "a second connection accepted while a silent one, reported, was unanswered");
+  sl_loop_answered(rules_loop, id);
+  CHECK(accepted_within(&seen, 2000, &other, 1) == 1, "no connection accepted once the silent one was answered");
+  sl_loop_accept_cap(rules_loop, SL_MAX_UNANSWERED);
+  sl_loop_abort(rules_loop, id);
+  sl_loop_abort(rules_loop, other);
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o) && wait_outcome(other, 5000, &o), "no outcome");
+  close(a);
+  close(b);
+}
+
 // Nothing after SL_EMPTY_GRACE_MS: reported then (WAITING); the flight, when it comes, in one PEEK
 // report.
 static void test_flight_after_accept(void) {
@@ -1778,6 +1853,7 @@ static void test_first_flight(void) {
   test_flight_after_accept();
   test_flight_soon_after_accept_is_one_report();
   test_silent_client_reported_after_the_empty_grace();
+  test_silent_client_holds_its_slot_until_answered();
   test_flight_late_bytes_reported_within_the_grace();
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();

@@ -8,7 +8,7 @@ import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
-import { connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
+import { acceptSlots, connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
 import { MemoryGuard, type MemorySample } from './overload.ts';
 
@@ -37,6 +37,8 @@ export class LimitsController {
   readonly memory: MemoryGuard;
   #admission: Admission;
   #nofile: NofileLimits = { soft: null, hard: null };
+  /** Each native loop's accept slots (descriptors.ts acceptSlots), or null: none set. */
+  #acceptSlots: number | null = null;
   #timers: NodeJS.Timeout[] = [];
   /** Admitted client sockets with no verdict yet, the first to go under critical memory pressure. */
   readonly #peeking = new PeekingList();
@@ -92,16 +94,18 @@ export class LimitsController {
   /**
    * Raises RLIMIT_NOFILE to its hard limit, sizes the connection budget from it and the
    * descriptors already open (call once the listeners are bound), starts the memory guard,
-   * and logs the limits egressd ends up with.
+   * and logs the limits egressd ends up with. `acceptLoops`: the native loops that accept (0 on
+   * the JS path); their accept slots (acceptSlotsPerLoop) come out of the budget.
    */
-  start(): void {
+  start(acceptLoops = 0): void {
     const c = this.#config();
     const r = raiseNofile();
     this.#nofile = r.after;
     if (r.error !== null)
       this.#log.warn({ event: { action: 'nofile-not-raised' }, error: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
     const inUse = openDescriptors() ?? 0;
-    const byDescriptors = connectionBudget(r.after.soft, inUse, c.global.reserveDescriptors);
+    this.#acceptSlots = acceptSlots(r.after.soft, inUse, c.global.reserveDescriptors, acceptLoops);
+    const byDescriptors = connectionBudget(r.after.soft, inUse + (this.#acceptSlots ?? 0) * acceptLoops, c.global.reserveDescriptors);
     const global =
       byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
     this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp });
@@ -115,11 +119,20 @@ export class LimitsController {
         reserveDescriptors: c.global.reserveDescriptors,
         globalConnections: global,
         sandboxShare: this.#admission.sandboxShare,
+        acceptSlotsPerLoop: this.#acceptSlots,
         sandbox: c.sandbox,
         memory: { cgroupLimitBytes: this.memory.cgroupLimitBytes, maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt },
       },
       'limits in force',
     );
+  }
+
+  /**
+   * How many connections each native loop may hold accepted before admission answers them, sized
+   * by start() from the descriptor budget; null when no descriptor limit sizes it.
+   */
+  get acceptSlotsPerLoop(): number | null {
+    return this.#acceptSlots;
   }
 
   readonly #lingerGivenUp = (why: LingerGivenUp): void => this.#metrics.instruments.refusalLingersGivenUp.inc({ scope: why });

@@ -81,3 +81,22 @@ export function connectionBudget(soft: number | null, inUse: number, reserve: nu
   if (soft === null) return null;
   return Math.max(0, Math.floor((soft - inUse - reserve) / 2));
 }
+
+/** The share of the descriptors left for connections that the native loops' accept slots take. */
+export const ACCEPT_SLOTS_SHARE = 1 / 4;
+/** native/splice_loop.h SL_MAX_UNANSWERED: a loop's slots at most. */
+export const MAX_ACCEPT_SLOTS = 512;
+
+/**
+ * Each native loop's accept slots: how many connections it may hold accepted before admission
+ * has answered them (native/splice_loop.h sl_loop_accept_cap). Each holds a descriptor admission
+ * does not count yet, so they are taken out of the descriptors left for connections before the
+ * budget is sized (connectionBudget's `inUse` grows by `loops` × this): a quarter of them, split
+ * between the loops, 1 to MAX_ACCEPT_SLOTS each. Null when there is no descriptor limit, or no
+ * loop accepts (the JS path admits in accept's own callback and holds nothing unanswered).
+ */
+export function acceptSlots(soft: number | null, inUse: number, reserve: number, loops: number): number | null {
+  if (soft === null || loops < 1) return null;
+  const free = Math.max(0, soft - inUse - reserve);
+  return Math.max(1, Math.min(MAX_ACCEPT_SLOTS, Math.floor((free * ACCEPT_SLOTS_SHARE) / loops)));
+}

@@ -10,7 +10,10 @@
 //
 // accept(2) failing for want of descriptors is handled in the loop (a reserve descriptor, then a
 // pause; never a busy loop) and each refused connection is reported here, to be counted as
-// `global-limit`.
+// `global-limit`. The loops themselves never cause it: each holds at most its cap of accepted
+// connections not yet admitted (setAcceptCap, sized from the descriptor budget), and a
+// connection admitted without a command yet (its flight still coming, its name being resolved)
+// is answered at once (`answered`), so that its slot is free for the next accept.
 
 import { constants } from 'node:os';
 import type { Socket } from 'node:net';
@@ -104,6 +107,8 @@ export class NativeSetup {
   /** Accepted connections not yet given to their listener's handler (see #drain). */
   readonly #accepted: { client: NativeClient; kind: ListenerKind; handlers: ListenerHandlers }[] = [];
   #draining = false;
+  /** Connections handed to their handler since the last #answerAdmitted (see #hand). */
+  #handed: NativeClient[] = [];
   /** Connections handed to their handler during the current batch of reports (see `event`). */
   #handledNow = 0;
   #nextTag = 1;
@@ -125,6 +130,20 @@ export class NativeSetup {
   /** Connections accepted and not yet ended. */
   get size(): number {
     return this.#conns.size;
+  }
+
+  /**
+   * The most accepted connections each loop holds before admission has answered them (1 to 512):
+   * past it a loop leaves new connections in the kernel's queue (native/splice_loop.h).
+   */
+  setAcceptCap(perLoop: number): void {
+    this.#addon.acceptCap(Math.max(1, Math.min(512, Math.floor(perLoop))));
+  }
+
+  /** How many times the loops' listeners stopped accepting: at the cap, and out of descriptors. */
+  acceptPauses(): { cap: number; descriptors: number } {
+    const [cap, descriptors] = this.#addon.acceptPauses();
+    return { cap, descriptors };
   }
 
   /**
@@ -240,7 +259,21 @@ export class NativeSetup {
         throw e;
       });
     }
+    if (this.#handed.push(client) === 1) setImmediate(this.#answerAdmitted);
   }
+
+  /**
+   * Tells the loops which connections handed over were taken on without a command yet (the loop
+   * reads their flight on, or the verdict waits for DNS): their slots among the loop's
+   * unanswered connections are free, and so a slow client or a slow name holds one only until
+   * admission, as every other connection does. After the handler's own continuations (the next
+   * turn), so that a connection commanded by then costs nothing more.
+   */
+  readonly #answerAdmitted = (): void => {
+    const handed = this.#handed;
+    this.#handed = [];
+    for (const c of handed) c.answerIfSilent();
+  };
 
   /** A set-up connection's end (typed by OutcomeFn, as `event` is by SetupFn). */
   readonly outcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts) => {
@@ -301,6 +334,8 @@ export class NativeClient implements ClientSide {
   #ended = false;
   #addresses: readonly string[] = [];
   #releaseLinger: (() => void) | null = null;
+  /** A command (or `answered`) went to the loop: the connection no longer holds an unanswered slot. */
+  #answered = false;
 
   constructor(
     addon: DataPlaneAddon,
@@ -322,6 +357,13 @@ export class NativeClient implements ClientSide {
     this.#od = od;
     this.#first = first;
     this.#firstState = firstState;
+  }
+
+  /** Tells the loop the connection was taken on, when no command did yet (NativeSetup's #answerAdmitted). */
+  answerIfSilent(): void {
+    if (this.#answered || this.#ended) return;
+    this.#answered = true;
+    this.#addon.answered(this.loop, this.id);
   }
 
   /** Admission's handle: reset at once (critical memory pressure, a limit). */
@@ -400,6 +442,7 @@ export class NativeClient implements ClientSide {
     const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.view()) ? Math.max(1, p.opts.stall.ms) : 0;
     // While a stall is possible every byte may change it (mayStall), so every byte is reported.
     const reportAt = stall > 0 ? p.buf.total + 1 : Math.max(p.buf.total + 1, p.buf.wantsAt);
+    this.#answered = true;
     this.#addon.peek(this.loop, this.id, Math.min(MAX_U32, Math.ceil(remaining)), first, stall, reportAt);
     return null;
   }
@@ -447,6 +490,7 @@ export class NativeClient implements ClientSide {
       const od = this.#od instanceof Error ? null : this.#od;
       // The loop tells which address answered only when the caller cannot know it already.
       const tell = !(this.#addresses.length === 1 && od?.kind === 'redirected' && od.address === this.#addresses[0]);
+      this.#answered = true;
       this.#addon.dial(
         this.loop,
         this.id,
@@ -525,6 +569,7 @@ export class NativeClient implements ClientSide {
 
   refuse(r: Refusal): void {
     if (this.#ended) return;
+    this.#answered = true;
     switch (r.kind) {
       case 'reset':
         return this.#addon.refuse(this.loop, this.id, REFUSE_RESET, null, 0, 0);
@@ -543,7 +588,9 @@ export class NativeClient implements ClientSide {
 
   /** Closes the connection in its loop, at whatever stage (an arrow: also the dial's close hook). */
   readonly reset = (): void => {
-    if (!this.#ended) this.#addon.abort(this.loop, this.id);
+    if (this.#ended) return;
+    this.#answered = true;
+    this.#addon.abort(this.loop, this.id);
   };
 }
 

@@ -47,6 +47,12 @@ export interface DataPlaneAddon {
   hostedAvailable?(): boolean;
   handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
   abort(loop: number, id: number): void;
+  /** The set-up connection was admitted and will be commanded later: its loop's slot among the unanswered is free. */
+  answered(loop: number, id: number): void;
+  /** Every loop's cap of accepted connections not yet answered (1 to 512). */
+  acceptCap(perLoop: number): void;
+  /** The listeners' pauses so far, all loops: [at the cap, out of descriptors]. */
+  acceptPauses(): [number, number];
   active(): number;
   listen(host: string, port: number, ipv6Only: boolean, backlog: number, tag: number): number;
   unlisten(tag: number): void;

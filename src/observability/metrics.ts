@@ -233,6 +233,12 @@ export const METRICS = {
     help: 'accept(2) failures on the listeners, by errno (EMFILE, ENFILE, ...): connections the kernel could not hand over.',
     labels: ['code'],
   },
+  acceptPauses: {
+    name: 'egressd_accept_pauses_total',
+    type: 'counter',
+    help: 'Times a native loop stopped accepting, by reason: cap (it held its cap of accepted connections not yet admitted, sized from the descriptor budget: the kernel queue holds the rest until an admission frees a slot) or descriptors (accept(2) failed with EMFILE/ENFILE and no reserve descriptor was left: paused 100 ms). Absent on the JS data path.',
+    labels: ['reason'],
+  },
   limitDescriptors: {
     name: 'egressd_limit_descriptors',
     type: 'gauge',
@@ -299,6 +305,8 @@ export interface ScrapeSources {
   readonly remembered: () => number;
   readonly registered: () => { readonly sandboxes: number; readonly organizations: number } | null;
   readonly dataPlane: () => 'native' | 'js';
+  /** The native loops' accept pauses so far (native-setup.ts), or null on the JS path. */
+  readonly acceptPauses: () => { readonly cap: number; readonly descriptors: number } | null;
 }
 
 const LISTENERS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
@@ -312,7 +320,7 @@ export class Metrics {
   /** Every egressd metric, as declared in METRICS. */
   readonly instruments: Instruments;
   readonly #sandboxLabel: boolean;
-  #sources: ScrapeSources = { limits: () => null, remembered: () => 0, registered: () => null, dataPlane: () => 'js' };
+  #sources: ScrapeSources = { limits: () => null, remembered: () => 0, registered: () => null, dataPlane: () => 'js', acceptPauses: () => null };
   /** Accepts and outcomes not yet counted (see `outcome`). */
   readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
   #outcomes: Readonly<ConnectionOutcome>[] = [];
@@ -329,7 +337,9 @@ export class Metrics {
     const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
       if (v !== null && v !== undefined) g.set(labels, v);
     };
-    // The gauges that are read at scrape time, by key; each runs with the gauge it fills.
+    // The pauses counted in C, read at scrape time: the counter moves by what they grew since.
+    const pausesSeen = { cap: 0, descriptors: 0 };
+    // The instruments that are read at scrape time, by key; each runs with the instrument it fills.
     const collect: Partial<Record<MetricKey, (g: Gauge<string>) => void>> = {
       buildInfo: (g) => {
         g.reset();
@@ -354,6 +364,16 @@ export class Metrics {
         setIf(g, { state: 'open' }, s?.open);
         setIf(g, { state: 'undecided' }, s?.undecided);
         setIf(g, { state: 'lingering' }, s?.lingering);
+      },
+      acceptPauses: (g) => {
+        const p = src().acceptPauses();
+        if (!p) return;
+        const c = g as unknown as Counter<string>;
+        for (const reason of ['cap', 'descriptors'] as const) {
+          if (p[reason] > pausesSeen[reason]) c.inc({ reason }, p[reason] - pausesSeen[reason]);
+          else c.inc({ reason }, 0);
+          pausesSeen[reason] = p[reason];
+        }
       },
       memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
       memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),
@@ -544,7 +564,16 @@ function instrument(
   const base = { name: spec.name, help: spec.help, labelNames, registers: [registry] };
   switch (spec.type) {
     case 'counter':
-      return new prom.Counter(base);
+      return new prom.Counter(
+        collect === undefined
+          ? base
+          : {
+              ...base,
+              collect() {
+                collect(this as unknown as Gauge<string>);
+              },
+            },
+      );
     case 'histogram':
       return new prom.Histogram({ ...base, buckets: [...(spec.buckets ?? SECONDS_BUCKETS)] });
     case 'gauge':

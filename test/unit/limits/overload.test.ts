@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryGuard, cgroupChain } from '../../../src/limits/overload.ts';
-import { connectionBudget, openDescriptors, raiseNofile } from '../../../src/limits/descriptors.ts';
+import { acceptSlots, connectionBudget, openDescriptors, raiseNofile } from '../../../src/limits/descriptors.ts';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -193,5 +193,15 @@ describe('descriptors', () => {
     expect(connectionBudget(256, 30, 64)).toBe(81);
     expect(connectionBudget(100, 60, 64)).toBe(0);
     expect(connectionBudget(null, 30, 64)).toBeNull();
+  });
+  it("gives each native loop a quarter of the descriptors left for connections as accept slots, 1 to 512, out of the budget", () => {
+    // 256 - 30 - 64 = 162 left: 40 slots for two loops, and a budget of (162 - 40) / 2 = 61.
+    expect(acceptSlots(256, 30, 64, 2)).toBe(20);
+    expect(connectionBudget(256, 30 + 2 * 20, 64)).toBe(61);
+    expect(acceptSlots(1_048_576, 30, 64, 2)).toBe(512);
+    expect(acceptSlots(100, 60, 64, 2)).toBe(1);
+    // No limit, or no loop accepting (the JS path admits in accept's own callback): none.
+    expect(acceptSlots(null, 30, 64, 2)).toBeNull();
+    expect(acceptSlots(256, 30, 64, 0)).toBeNull();
   });
 });

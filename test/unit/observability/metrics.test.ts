@@ -115,7 +115,7 @@ function feed(m: Metrics): void {
     memoryLimitBytes: 512 * 1_048_576,
     overloaded: { memory: true, descriptors: false },
   }));
-  m.attach({ registered: () => ({ sandboxes: 4, organizations: 2 }), dataPlane: () => 'native' });
+  m.attach({ registered: () => ({ sandboxes: 4, organizations: 2 }), dataPlane: () => 'native', acceptPauses: () => ({ cap: 3, descriptors: 1 }) });
   // One connection still open when the metrics are read.
   m.accepted('tls');
 }
@@ -190,6 +190,19 @@ describe('Metrics as the daemon feeds them', () => {
     expect(value(s, 'egressd_rule_hits_total', { layer: 'always-deny', verdict: 'refuse', rule: 'smtp' })).toBe(1);
     expect(value(s, 'egressd_rule_hits_total', { layer: 'org', verdict: 'would-refuse', rule: '' })).toBe(1);
     expect(value(s, 'egressd_rule_hits_total', { layer: 'protected', verdict: 'refuse', rule: '' })).toBe(1);
+  });
+
+  it("counts the native loops' accept pauses as the loops count them, read at scrape time, by reason", async () => {
+    const m = new Metrics({ sandboxLabel: false });
+    expect(value(await egressdSamples(m), 'egressd_accept_pauses_total', { reason: 'cap' })).toBe(0);
+    const pauses = { cap: 2, descriptors: 0 };
+    m.attach({ acceptPauses: () => pauses });
+    let s = await egressdSamples(m);
+    expect([value(s, 'egressd_accept_pauses_total', { reason: 'cap' }), value(s, 'egressd_accept_pauses_total', { reason: 'descriptors' })]).toEqual([2, 0]);
+    pauses.cap = 7;
+    pauses.descriptors = 1;
+    s = await egressdSamples(m);
+    expect([value(s, 'egressd_accept_pauses_total', { reason: 'cap' }), value(s, 'egressd_accept_pauses_total', { reason: 'descriptors' })]).toEqual([7, 1]);
   });
 
   it('moves every egressd metric over a few connections, lookups and policy changes', async () => {
