@@ -93,6 +93,48 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     expect(metricSum(r.metrics, 'egressd_refusal_lingers_given_up_total', { scope: 'sandbox' })).toBeGreaterThan(0);
   }, 120_000);
 
+  // Sandbox 1 opens thousands of connections as fast as it can, silent ones and whole hellos,
+  // while sandbox 2 downloads and makes short requests from the start. Each native loop may hold
+  // only its accept slots of connections admission has not answered (docs/config.md): without
+  // them the loops took every free descriptor during the burst (EMFILE), and whoever connected
+  // then, sandbox 2 included, was reset as global-limit. Both data paths: no accept(2) fails,
+  // and sandbox 2 is refused nothing.
+  it("under RLIMIT_NOFILE 256, one sandbox's accept flood takes no descriptor the other needs: no accept fails, the other's connections are all spliced", async () => {
+    const r = await floodScenario(rig, {
+      flood: { count: 4000, holdMs: 6000, kinds: 'silent,hello' },
+      nofile: 256,
+      download: 4 * 1_048_576,
+      requests: 40,
+      workloadAfterMs: 0,
+      config: { metrics: { sandboxLabel: true } },
+    });
+    expect(r.died).toBeNull();
+    const limits = r.limitsApi!;
+    expect(limits['nofileSoft']).toBe(256);
+    const refused = (sandbox: string, reason: string): number => metricSum(r.metrics, 'egressd_connections_total', { reason, sandbox });
+    const figures = JSON.stringify({
+      emfile: metricSum(r.metrics, 'egressd_accept_errors_total'),
+      pauses: metricSum(r.metrics, 'egressd_accept_pauses_total', { reason: 'cap' }),
+      flood: r.flood,
+      workload: r.workload,
+    });
+    // The flood was refused at admission, by its own limits and share.
+    expect(refused('flood-1', 'sandbox-limit') + refused('flood-1', 'global-limit'), figures).toBeGreaterThan(0);
+    // accept(2) never failed, so no connection was reset for want of descriptors.
+    expect(metricSum(r.metrics, 'egressd_accept_errors_total'), figures).toBe(0);
+    expect(r.lines.filter((l) => action(l) === 'accept-failed'), figures).toEqual([]);
+    // Sandbox 2: nothing refused, every request and the whole download spliced.
+    for (const reason of ['global-limit', 'sandbox-limit', 'overload']) expect(refused('calm-2', reason), `${reason}; ${figures}`).toBe(0);
+    expect(r.workload['download'], figures).toMatchObject({ ok: true, bytes: 4 * 1_048_576 });
+    expect(r.workload['short'], figures).toMatchObject({ total: 40, ok: 40 });
+    expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    expect(r.flood!['recoveryMs'], figures).not.toBeNull();
+    // The loops that accept held the flood in the kernel's queue rather than take more.
+    if ((process.env['EGRESSD_DATA_PLANE'] ?? 'native-setup') === 'native-setup')
+      expect(metricSum(r.metrics, 'egressd_accept_pauses_total', { reason: 'cap' }), figures).toBeGreaterThan(0);
+    console.log(`flood under RLIMIT_NOFILE 256: ${figures}`);
+  }, 120_000);
+
   // The memory cgroup's limit is egressd's usage serving at rest (after one quiet round of sandbox 2's
   // traffic; about 45-50 MiB here) plus HEADROOM:
   // less than the flood would hold (12,000 connections, some 5,300 of them held open). Sandbox 1

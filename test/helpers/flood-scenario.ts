@@ -33,6 +33,8 @@ export interface FloodOptions {
   /** Put egressd in a memory cgroup whose limit is its usage once started plus this many bytes. */
   readonly memoryHeadroom?: number;
   readonly probeMs?: number;
+  /** When sandbox 2 starts after the flood, ms (default: a quarter of the hold, at most 3 s). */
+  readonly workloadAfterMs?: number;
 }
 
 export interface FloodResult {
@@ -176,7 +178,7 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
         )
       : Promise.resolve(null);
     // Sandbox 2 starts once the flood is under way, and the figures are read while it holds.
-    if (opts.flood) await new Promise((r) => setTimeout(r, Math.min(3000, holdMs / 4)));
+    if (opts.flood) await new Promise((r) => setTimeout(r, opts.workloadAfterMs ?? Math.min(3000, holdMs / 4)));
     const probe = run(
       'router',
       'probe-client.ts',
