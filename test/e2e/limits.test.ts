@@ -122,7 +122,10 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     expect(refused('flood-1', 'sandbox-limit') + refused('flood-1', 'global-limit'), figures).toBeGreaterThan(0);
     // accept(2) never failed, so no connection was reset for want of descriptors.
     expect(metricSum(r.metrics, 'egressd_accept_errors_total'), figures).toBe(0);
-    expect(r.lines.filter((l) => action(l) === 'accept-failed'), figures).toEqual([]);
+    expect(
+      r.lines.filter((l) => action(l) === 'accept-failed'),
+      figures,
+    ).toEqual([]);
     // Sandbox 2: nothing refused, every request and the whole download spliced.
     for (const reason of ['global-limit', 'sandbox-limit', 'overload']) expect(refused('calm-2', reason), `${reason}; ${figures}`).toBe(0);
     expect(r.workload['download'], figures).toMatchObject({ ok: true, bytes: 4 * 1_048_576 });

@@ -194,7 +194,7 @@ describe('descriptors', () => {
     expect(connectionBudget(100, 60, 64)).toBe(0);
     expect(connectionBudget(null, 30, 64)).toBeNull();
   });
-  it("gives each native loop a quarter of the descriptors left for connections as accept slots, 1 to 512, out of the budget", () => {
+  it('gives each native loop a quarter of the descriptors left for connections as accept slots, 1 to 512, out of the budget', () => {
     // 256 - 30 - 64 = 162 left: 40 slots for two loops, and a budget of (162 - 40) / 2 = 61.
     expect(acceptSlots(256, 30, 64, 2)).toBe(20);
     expect(connectionBudget(256, 30 + 2 * 20, 64)).toBe(61);
