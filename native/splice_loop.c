@@ -303,6 +303,19 @@ static void pipe_give(sl_loop *l, sl_dir *d) {
   d->in_pipe = 0;
 }
 
+// Out of descriptors: the pooled pipes are a cache, and their descriptors go first (an accept or
+// a pipe for a connection already carried matters more). Returns whether any was closed.
+static bool pool_drain(sl_loop *l) {
+  if (l->pooled == 0) return false;
+  while (l->pooled > 0) {
+    l->pooled--;
+    close(l->pool[l->pooled][0]);
+    close(l->pool[l->pooled][1]);
+    if (l->pool[l->pooled][2] > 16) l->big--;
+  }
+  return true;
+}
+
 // ---- connections by id, and timers ------------------------------------------------------------
 
 static unsigned bucket_of(uint64_t id) {
@@ -630,6 +643,13 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     }
     if (d->pipe[0] < 0) {
       int e = pipe_take(l, d);
+      if (e == EMFILE || e == ENFILE) {
+        // Out of descriptors: the connection is carried on through the loop's buffer, a read at
+        // a time, and asks for a pipe again after each; never cut for want of one.
+        d->pipe[0] = d->pipe[1] = -1;
+        d->bulk = false;
+        continue;
+      }
       if (e != 0) {
         d->pipe[0] = d->pipe[1] = -1;
         conn_close(l, c, SL_END_ERROR, e, 2);
@@ -944,6 +964,7 @@ static void on_accept(sl_loop *l, sl_listener *ls) {
     if (e == EAGAIN || e == EWOULDBLOCK) return; // emptied
     if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
     if (e == EMFILE || e == ENFILE) {
+      if (pool_drain(l)) continue; // the pooled pipes' descriptors make room: accepted after all
       int r = shed_one(l, ls, e);
       if (r == 1) continue;
       if (r == 0) return;

@@ -9,7 +9,9 @@
 // write half (RFC 9293 §3.6); a reset or an error on one side resets the other (SO_LINGER 0), so
 // neither peer mistakes an aborted exchange for a complete one. No byte either way for idle_ms
 // closes both; so does sl_loop_abort. Each connection is reported exactly once, on the loop's
-// thread, after both sockets are closed.
+// thread, after both sockets are closed. A direction that needs a pipe when no descriptor is
+// left goes through the loop's buffer instead, and asks for a pipe again after each read: a
+// connection already carried is never cut for want of descriptors.
 //
 // SIGPIPE must be ignored by the process (Node does so at start-up): a splice into a socket whose
 // peer has gone would otherwise kill it instead of failing with EPIPE.
@@ -144,8 +146,9 @@ unsigned sl_loop_size(const sl_loop *loop);
 //   sl_loop_abort   reset the connection whatever it is doing.
 // Every accepted connection ends with exactly one outcome (sl_report_fn).
 //
-// accept(2) failing with EMFILE or ENFILE (descriptors exhausted): a reserve descriptor is
-// closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
+// accept(2) failing with EMFILE or ENFILE (descriptors exhausted): the pipes the loop keeps pooled
+// are closed first, and the accept tried again (a cache gives way to a connection); then a
+// reserve descriptor is closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
 // reported (SL_EV_SHED), one by one; when even that fails the listener pauses for
 // SL_ACCEPT_PAUSE_MS (nginx pauses accepting; libuv's uv__emfile_trick uses the reserve). Never
 // a busy loop (counted: sl_loop_accept_pauses).

@@ -1394,6 +1394,91 @@ static void test_setup(void) {
   sl_loop_stop(l);
 }
 
+// ---- short of descriptors: the loop's own cache gives way, a carried connection is never cut -----
+
+/** Takes every descriptor left under a limit of 256 (the old limit in *old); how many it took. */
+static int fill_descriptors(int *fillers, int max, struct rlimit *old) {
+  getrlimit(RLIMIT_NOFILE, old);
+  struct rlimit low = {.rlim_cur = 256, .rlim_max = old->rlim_max};
+  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit");
+  int n = 0;
+  while (n < max) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    fillers[n++] = fd;
+  }
+  return n;
+}
+
+static void release_descriptors(int *fillers, int n, const struct rlimit *old) {
+  for (int i = 0; i < n; i++) close(fillers[i]);
+  setrlimit(RLIMIT_NOFILE, old);
+}
+
+/** Writes `n` bytes of pattern `seed` to `from` and reads them at `to`; whether all came intact. */
+static bool carried(int from, int to, size_t n, unsigned seed) {
+  char *got = malloc(n);
+  writer_arg a = {from, seed};
+  pthread_t t;
+  pthread_create(&t, NULL, writer, &a);
+  size_t have = read_n(to, got, n, n, 10000);
+  pthread_join(t, NULL);
+  bool ok = have == n && pattern_ok(got, n, seed);
+  free(got);
+  return ok;
+}
+
+// Out of descriptors (RLIMIT_NOFILE reached by something else): the pipes the loop keeps pooled
+// are closed to make room, so a waiting connection is accepted rather than reset; and a
+// connection that needs a pipe while none can be made is carried through the loop's buffer
+// rather than cut.
+static void test_out_of_descriptors(void) {
+  int err = 0;
+  sl_loop *l = sl_loop_start(report, NULL, &err);
+  CHECK(l != NULL, "start: %s", strerror(err));
+  sl_loop_setup(l, on_setup, 16384);
+  struct sockaddr_in front;
+  listen_on_loop(l, 10, &front);
+  // A bulk transfer leaves its pipe in the pool.
+  conn_ends e = hand_over(l, 9001, NULL, NULL, 10000);
+  CHECK(carried(e.client, e.upstream, BULK, 9), "the first transfer");
+  close(e.client);
+  close(e.upstream);
+  sl_outcome o;
+  CHECK(wait_outcome(9001, 5000, &o), "no outcome");
+  int fillers[256];
+  struct rlimit old;
+  int n = fill_descriptors(fillers, 256, &old);
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (c < 0 && n > 0) {
+    close(fillers[--n]);
+    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  }
+  CHECK(c >= 0 && connect(c, (const struct sockaddr *)&front, sizeof front) == 0, "connect: %s", strerror(errno));
+  saved_event ev;
+  int from = seen;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev), "not accepted with pipes pooled");
+  CHECK(!wait_event(SL_EV_SHED, 0, &from, 1, &ev), "shed while pooled pipes held descriptors");
+  sl_loop_abort(l, ev.e.id);
+  CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
+  close(c);
+  release_descriptors(fillers, n, &old);
+  // Handed over first, then every descriptor taken (the pool is empty now): no pipe for it.
+  e = hand_over(l, 9002, NULL, NULL, 10000);
+  n = fill_descriptors(fillers, 256, &old);
+  int spare[2];
+  CHECK(pipe(spare) != 0 && errno == EMFILE, "a pipe could still be made");
+  CHECK(carried(e.client, e.upstream, BULK, 11), "a transfer with no pipe to be had was not carried whole");
+  shutdown(e.upstream, SHUT_WR);
+  char b;
+  CHECK(read_n(e.client, &b, 1, 1, 5000) == 0, "the client did not get the upstream's FIN");
+  CHECK(wait_outcome(9002, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_up == BULK, "end %d, %llu up", o.end, (unsigned long long)o.bytes_up);
+  release_descriptors(fillers, n, &old);
+  close(e.client);
+  close(e.upstream);
+  sl_loop_stop(l);
+}
+
 // ---- the first flight (first_flight.c, and the loop reading it by itself) ----------------------
 
 /** A ClientHello of `body` bytes (content irrelevant to framing) cut into records of `frag` bytes. */
@@ -1968,6 +2053,7 @@ int main(void) {
   test_stop_reports_every_connection();
   test_sync_waits_for_the_aborts();
   test_setup();
+  test_out_of_descriptors();
   test_first_flight();
   test_hosted_turn_runs_its_answers();
   pthread_mutex_lock(&lock);
