@@ -201,10 +201,10 @@ static void deliver(napi_env env, napi_value js_cb, item *it) {
     napi_value attempts;
     napi_create_array_with_length(env, (size_t)o->attempts, &attempts);
     for (int i = 0; i < o->attempts && i < SL_MAX_ADDRS; i++) napi_set_element(env, attempts, (uint32_t)i, num(env, o->attempt_err[i]));
-    napi_value argv[8] = {num(env, (double)o->id),  num(env, (double)o->bytes_up), num(env, (double)o->bytes_down),
+    napi_value argv[9] = {num(env, (double)o->id),  num(env, (double)o->bytes_up), num(env, (double)o->bytes_down),
                           num(env, o->end),         num(env, o->err),              num(env, o->dialed),
-                          num(env, o->connect_us), attempts};
-    napi_call_function(env, undefined, js_cb, 8, argv, NULL);
+                          num(env, o->connect_us), attempts,                       num(env, o->first_fin)};
+    napi_call_function(env, undefined, js_cb, 9, argv, NULL);
     if (--active == 0) napi_unref_threadsafe_function(env, tsfn);
     return;
   }

@@ -133,6 +133,13 @@ typedef struct sl_conn {
   // before the FIN is in the socket's receive queue (tcp_fin runs in sequence), so a read that
   // emptied the socket has taken them all: the FIN is the end, with no read to find the 0.
   bool fin[2];
+  // The peer's FIN was seen before anything failed (an EPOLLRDHUP without EPOLLERR, or the read
+  // of the EOF): `fin` is cleared by an error event, this is not. What conn_fail asks.
+  bool said_fin[2];
+  // The side reset after its FIN (conn_gone); `again`: the directions are to be pumped again.
+  bool gone[2], again;
+  // The side whose FIN was passed on first, -1 until one was: who ended a connection that closed.
+  int first_fin;
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
   bool unanswered; // reported as accepted, no command yet
@@ -473,6 +480,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
                   .bytes_down = c->dir[UPSTREAM].bytes,
                   .end = end,
                   .err = err,
+                  .first_fin = c->first_fin,
                   .dialed = c->dialed,
                   .connect_us = c->connect_us,
                   .attempts = c->attempts};
@@ -480,12 +488,52 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
   l->report(l->ctx, &o);
 }
 
-// The socket `side` failed with `err`: the other side is reset, never sent a FIN that would pass
-// for a clean end.
-static void conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
-  sl_end end = SL_END_ERROR;
-  if (err == ECONNRESET || err == EPIPE) end = side == CLIENT ? SL_END_CLIENT_RESET : SL_END_UPSTREAM_RESET;
-  conn_close(l, c, end, err, 1 - side);
+// `side` reset after its own FIN: it had finished, and the reset only refused bytes that reached
+// its closed socket (Linux resets a close(2) that leaves bytes unread or gets more, RFC 1122
+// §4.2.2.13) — a TLS client's close_notify after the origin closed, an origin's after the client
+// did. That ends no exchange: the connection closes as it would have, and the side whose FIN came
+// first ended it (HAProxy names a session by the first event that ended it). What the side sent
+// is delivered to the other, its FIN last; what the other sends it is dropped, as the side's own
+// kernel would have, and closing the other's socket at the end resets it if bytes are left.
+static void conn_gone(sl_loop *l, sl_conn *c, int side) {
+  sl_dir *d = &c->dir[1 - side];
+  free(d->pending);
+  d->pending = NULL;
+  d->pending_len = d->pending_off = 0;
+  pipe_give(l, d); // a pipe with bytes in it is closed, never pooled
+  d->eof = d->shut = true;
+  c->gone[side] = c->said_fin[side] = true;
+  c->rd[side] = true; // what it sent before its FIN may still be in its socket, then the EOF
+  c->again = true;
+}
+
+// Reads off and drops what the other side of one that went (conn_gone) sent after it: close(2)
+// on a socket with bytes unread sends a reset at once and drops what it had still to send
+// (tcp_close), which would be the last bytes of the side that went. Bounded: a socket's buffer.
+static void drop_unread(sl_loop *l, int fd) {
+  for (int i = 0; i < 64; i++) {
+    ssize_t n = recv(fd, l->copy, SL_COPY_BUF, MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && errno == EINTR)) continue;
+    return;
+  }
+}
+
+// The socket `side` failed with `err`. A reset after its FIN goes (conn_gone); any other failure
+// ends the connection, and the other side is reset, never sent a FIN that would pass for a clean
+// end. False when the connection was closed.
+static bool conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
+  if (err == ECONNRESET || err == EPIPE) {
+    // EPIPE is the reset of a socket in CLOSE_WAIT: its FIN had come (tcp_reset), even when the
+    // same wake-up brought the reset and no read has seen the EOF yet.
+    if (c->stage == ST_SPLICE && (c->said_fin[side] || c->dir[side].eof || err == EPIPE)) {
+      conn_gone(l, c, side);
+      return true;
+    }
+    conn_close(l, c, side == CLIENT ? SL_END_CLIENT_RESET : SL_END_UPSTREAM_RESET, err, 1 - side);
+    return false;
+  }
+  conn_close(l, c, SL_END_ERROR, err, 1 - side);
+  return false;
 }
 
 // ---- the data phase --------------------------------------------------------------------------
@@ -542,8 +590,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return blocked(l, c, to) && pause_from(l, c, from);
-        conn_fail(l, c, to, errno);
-        return false;
+        if (!conn_fail(l, c, to, errno)) return false;
+        continue;
       }
       d->pending_off += (size_t)n;
       c->last_ms = l->now_ms;
@@ -563,8 +611,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return blocked(l, c, to) && pause_from(l, c, from);
-        conn_fail(l, c, to, errno);
-        return false;
+        if (!conn_fail(l, c, to, errno)) return false;
+        continue;
       }
       d->in_pipe -= (size_t)n;
       c->last_ms = l->now_ms;
@@ -581,6 +629,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       pipe_give(l, d);
       if (!d->shut) {
         d->shut = true;
+        c->said_fin[from] = true;
+        if (c->first_fin < 0) c->first_fin = from;
         // The other way is over too: close(2) sends this FIN with nothing left to read, so a
         // shutdown would only cost a syscall. ENOTCONN: the other side is already gone; its own
         // event reports that.
@@ -606,8 +656,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
           c->rd[from] = false;
           return !c->paused[from] || resume_from(l, c, from);
         }
-        conn_fail(l, c, from, errno);
-        return false;
+        if (!conn_fail(l, c, from, errno)) return false;
+        continue;
       }
       d->bytes += (uint64_t)n;
       c->last_ms = l->now_ms;
@@ -623,8 +673,9 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       do w = send(out, l->copy, (size_t)n, MSG_NOSIGNAL);
       while (w < 0 && errno == EINTR);
       if (w < 0 && errno != EAGAIN) {
-        conn_fail(l, c, to, errno);
-        return false;
+        // The bytes read go nowhere: `to` went after its FIN (conn_gone), or the connection ends.
+        if (!conn_fail(l, c, to, errno)) return false;
+        continue;
       }
       if (w < 0) w = 0;
       if (w < n) {
@@ -668,8 +719,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
         pipe_give(l, d); // empty here: nothing was read into it
         return !c->paused[from] || resume_from(l, c, from);
       }
-      conn_fail(l, c, from, errno);
-      return false;
+      if (!conn_fail(l, c, from, errno)) return false;
+      continue;
     }
     d->in_pipe += (size_t)n;
     d->bytes += (uint64_t)n;
@@ -686,9 +737,16 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
 }
 
 static void conn_run(sl_loop *l, sl_conn *c) {
-  if (c->dead) return;
-  if (!pump(l, c, CLIENT) || !pump(l, c, UPSTREAM)) return;
-  if (c->dir[CLIENT].shut && c->dir[UPSTREAM].shut) conn_close(l, c, SL_END_CLOSED, 0, -1);
+  do {
+    if (c->dead) return;
+    // A side that went during one direction's pump may leave the other direction bytes to move.
+    c->again = false;
+    if (!pump(l, c, CLIENT) || !pump(l, c, UPSTREAM)) return;
+  } while (c->again);
+  if (!c->dir[CLIENT].shut || !c->dir[UPSTREAM].shut) return;
+  for (int s = 0; s < 2; s++)
+    if (c->gone[s] && !c->gone[1 - s]) drop_unread(l, c->fd[1 - s]);
+  conn_close(l, c, SL_END_CLOSED, 0, -1);
 }
 
 // A socket's pending error (a reset that arrived while nothing was being read or written).
@@ -697,8 +755,7 @@ static bool check_error(sl_loop *l, sl_conn *c, int side) {
   socklen_t len = sizeof err;
   if (getsockopt(c->fd[side], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err == 0) return true;
-  conn_fail(l, c, side, err);
-  return false;
+  return conn_fail(l, c, side, err);
 }
 
 // The bytes read so far go upstream first, then both directions are spliced.
@@ -856,6 +913,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->id = __atomic_fetch_add(&next_setup_id, 1, __ATOMIC_RELAXED);
   c->fd[CLIENT] = fd;
   c->fd[UPSTREAM] = -1;
+  c->first_fin = -1;
   for (int s = 0; s < 2; s++) c->dir[s].pipe[0] = c->dir[s].pipe[1] = -1;
   c->setup = true;
   c->dialed = -1;
@@ -1406,6 +1464,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
     if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
     // An error to read first: the end is whatever the read says.
     c->fin[side] = (events & EPOLLERR) ? false : c->fin[side] || (events & EPOLLRDHUP) != 0;
+    if (c->fin[side]) c->said_fin[side] = true;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
   }
   switch (c->stage) {
@@ -1605,6 +1664,7 @@ int sl_loop_add(sl_loop *l, uint64_t id, int client_fd, int upstream_fd, const v
   c->id = id;
   c->fd[CLIENT] = client_fd;
   c->fd[UPSTREAM] = upstream_fd;
+  c->first_fin = -1;
   c->stage = ST_SPLICE;
   c->dialed = -1;
   c->idle_ms = idle_ms == 0 ? 1 : idle_ms;

@@ -24,7 +24,9 @@
 #include <stdint.h>
 
 typedef enum {
-  SL_END_CLOSED = 0,         // both sides sent their FIN and every byte was delivered
+  // Both sides sent their FIN and every byte was delivered; or a side reset after its own FIN,
+  // its bytes were delivered, and the other's were dropped, as its kernel would have (conn_gone).
+  SL_END_CLOSED = 0,
   SL_END_CLIENT_RESET = 1,   // the client reset (or a write to it failed with EPIPE)
   SL_END_UPSTREAM_RESET = 2, // the same, upstream
   SL_END_IDLE_TIMEOUT = 3,   // no byte either way for idle_ms
@@ -43,6 +45,9 @@ typedef struct {
   uint64_t bytes_down; // upstream → client, including the initial bytes
   sl_end end;
   int err; // the errno behind a reset or an error, else 0
+  // The side whose FIN was passed on first (0 client, 1 upstream), -1 when neither's was: who
+  // ended a connection that closed.
+  int first_fin;
   // Connections the loop set up itself (sl_loop_listen), once sl_loop_dial was asked:
   int dialed;        // index of the address that connected, -1 when none did
   uint32_t connect_us; // from the dial command to the connection

@@ -404,6 +404,7 @@ static void test_half_close_each_way(sl_loop *l) {
   CHECK(wait_outcome(2, 5000, &o), "no outcome");
   CHECK(o.end == SL_END_CLOSED && o.bytes_up == 7 && o.bytes_down == 5, "end %d, %llu up, %llu down", o.end,
         (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+  CHECK(o.first_fin == 0, "first FIN from side %d, not the client's", o.first_fin);
   close(e.client);
   close(e.upstream);
 }
@@ -614,9 +615,12 @@ static void test_answer_and_fin_in_one_event(sl_loop *l) {
   }
 }
 
-// The upstream answers and resets at once, its bytes maybe still unread by the loop: the client
-// sees the reset (a clean end only when the upstream sent its FIN first, and then the reset after
-// it), and no more bytes than were sent are counted.
+// The upstream answers and resets at once, its bytes maybe still unread by the loop. Without a
+// FIN first (odd ids) that is a reset mid-exchange: the client sees the reset, and no more bytes
+// than were sent are counted. With its FIN first (even ids) the upstream had finished: the client
+// gets every byte and the FIN, and the connection closed, ended by the upstream — whether the
+// loop read the FIN before the reset came or found both at once (the reset of a socket in
+// CLOSE_WAIT reads EPIPE).
 static void test_answer_then_reset(sl_loop *l) {
   for (uint64_t id = 650; id < 680; id++) {
     conn_ends e = hand_over(l, id, "req", NULL, 10000);
@@ -627,23 +631,60 @@ static void test_answer_then_reset(sl_loop *l) {
     reset_close(e.upstream);
     int err;
     size_t n = read_all(e.client, buf, sizeof buf, &err, 5000);
-    if (err == 0 && id % 2 == 0) {
-      // The FIN came before the reset: passed on as it came, every byte, then the reset.
-      CHECK(n == 6, "connection %llu: the client got %zu bytes before the FIN", (unsigned long long)id, n);
-      // A read after a FIN says 0 whatever comes next: the reset is the socket's error.
-      struct pollfd p = {.fd = e.client, .events = 0};
-      for (int i = 0; i < 100 && !(p.revents & POLLERR); i++) poll(&p, 1, 50);
-      socklen_t len = sizeof err;
-      getsockopt(e.client, SOL_SOCKET, SO_ERROR, &err, &len);
-      CHECK(err == ECONNRESET || err == EPIPE, "connection %llu: after the FIN, errno %d, not the reset", (unsigned long long)id, err);
+    sl_outcome o;
+    if (id % 2 == 0) {
+      CHECK(n == 6 && err == 0, "connection %llu: the client got %zu bytes and errno %d, not all 6 and the FIN", (unsigned long long)id, n, err);
+      CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.bytes_down == 6 && o.first_fin == 1,
+            "connection %llu: end %d, %llu down, first FIN %d", (unsigned long long)id, o.end, (unsigned long long)o.bytes_down, o.first_fin);
     } else {
       CHECK(err == ECONNRESET && n <= 6, "connection %llu: the client got %zu bytes and errno %d, not a reset", (unsigned long long)id, n, err);
+      CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_UPSTREAM_RESET && o.bytes_down <= 6, "connection %llu: end %d, %llu down",
+            (unsigned long long)id, o.end, (unsigned long long)o.bytes_down);
     }
-    sl_outcome o;
-    CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_UPSTREAM_RESET && o.bytes_down <= 6, "connection %llu: end %d, %llu down",
-          (unsigned long long)id, o.end, (unsigned long long)o.bytes_down);
     close(e.client);
   }
+}
+
+// A side sends its last bytes and its FIN, the other answers late (a TLS close_notify), and the
+// first side's socket, closed with those bytes unread, resets: each way, many times. The first
+// side had finished, so this is a close, not a reset: the other side still gets every byte the
+// first sent (the reset may come while the loop holds some of them) and the FIN, and no reset;
+// the outcome is CLOSED, ended by the first side, with every byte counted.
+static void test_reset_after_fin_is_a_close(sl_loop *l) {
+  enum { LAST = 64 * 1024 };
+  char *last = malloc(LAST), *got = malloc(LAST + 1);
+  for (int i = 0; i < LAST; i++) last[i] = (char)('a' + i % 26);
+  for (uint64_t id = 750; id < 770; id++) {
+    bool client_first = id % 2 == 0;
+    conn_ends e = hand_over(l, id, NULL, NULL, 10000);
+    int first = client_first ? e.client : e.upstream, other = client_first ? e.upstream : e.client;
+    write_all(first, last, LAST);
+    shutdown(first, SHUT_WR);
+    write_all(other, "late", 4); // before reading: the loop may still hold the first's bytes
+    // Every byte and the FIN taken by the loop's kernel, and "late" here unread: close(2) resets.
+    struct pollfd p = {.fd = first, .events = POLLIN};
+    int queued = 1;
+    for (int i = 0; i < 200 && (queued > 0 || !(p.revents & POLLIN)); i++) {
+      poll(&p, 1, 10);
+      ioctl(first, SIOCOUTQ, &queued);
+    }
+    CHECK(queued == 0 && (p.revents & POLLIN), "connection %llu: %d bytes unsent, late bytes %s", (unsigned long long)id, queued,
+          p.revents & POLLIN ? "here" : "not here");
+    close(first);
+    int err;
+    size_t n = read_all(other, got, LAST + 1, &err, 5000);
+    CHECK(n == LAST && err == 0 && memcmp(got, last, LAST) == 0, "connection %llu: the other side got %zu of %d bytes, errno %d",
+          (unsigned long long)id, n, LAST, err);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o), "connection %llu: no outcome", (unsigned long long)id);
+    uint64_t from_first = client_first ? o.bytes_up : o.bytes_down, from_other = client_first ? o.bytes_down : o.bytes_up;
+    CHECK(o.end == SL_END_CLOSED && o.first_fin == (client_first ? 0 : 1) && from_first == LAST && from_other == 4,
+          "connection %llu: end %d, first FIN %d, %llu up, %llu down", (unsigned long long)id, o.end, o.first_fin,
+          (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down);
+    close(other);
+  }
+  free(last);
+  free(got);
 }
 
 // The client does not read, so the loop's writes to it block; meanwhile its own bytes go up at
@@ -2041,6 +2082,7 @@ int main(void) {
   test_pipe_with_bytes_is_never_reused(l);
   test_answer_and_fin_in_one_event(l);
   test_answer_then_reset(l);
+  test_reset_after_fin_is_a_close(l);
   test_bytes_up_while_writes_down_block(l);
   test_blocked_direction_sleeps_until_drained(l);
   test_copy_overflow_keeps_order(l);

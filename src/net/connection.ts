@@ -423,7 +423,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
         ? 'client'
         : s.end === 'upstream-reset'
           ? 'upstream'
-          : // A clean close whose FIN order is unknown (the native loop) is put on the client.
+          : // A clean close whose FIN order is unknown (neither FIN was passed on) is put on the client.
             s.end === 'closed'
             ? (s.firstFin ?? 'client')
             : 'egressd';

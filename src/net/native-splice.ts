@@ -20,10 +20,20 @@
 import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import type { SpliceEnd, SpliceOptions, SpliceResult } from './splice.ts';
+import type { Side, SpliceEnd, SpliceOptions, SpliceResult } from './splice.ts';
 
-/** A connection's end in the loop: (id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos). */
-export type OutcomeFn = (id: number, up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, attempts: number[]) => void;
+/** A connection's end in the loop: (id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos, firstFin: FIN_SIDES' index or -1). */
+export type OutcomeFn = (
+  id: number,
+  up: number,
+  down: number,
+  end: number,
+  errno: number,
+  dialed: number,
+  connectUs: number,
+  attempts: number[],
+  firstFin: number,
+) => void;
 /** A set-up report (native/data_plane.c's onSetup). */
 export type SetupFn = (
   kind: number,
@@ -93,6 +103,10 @@ interface Handle {
 
 // The order of sl_end in native/splice_loop.h.
 export const ENDS: readonly SpliceEnd[] = ['closed', 'client-reset', 'upstream-reset', 'idle-timeout', 'aborted', 'error'];
+// sl_outcome.first_fin: the side whose FIN the loop passed on first (-1: neither's, or an older addon).
+const FIN_SIDES: readonly Side[] = ['client', 'upstream'];
+/** The loop's first_fin as SpliceResult.firstFin. */
+export const firstFinOf = (i: number | undefined): Side | null => (i === undefined ? null : (FIN_SIDES[i] ?? null));
 // The addon's idleMs is a uint32; longer timeouts are capped (49 days).
 const MAX_IDLE_MS = 2 ** 32 - 1;
 
@@ -200,11 +214,11 @@ function load(): State {
   const threads = threadsWanted ?? Math.min(64, availableParallelism());
   const pending = new Map<number, Pending>();
   const sink = setupSink;
-  const onOutcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts) => {
+  const onOutcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts, firstFin) => {
     const p = pending.get(id);
-    if (!p) return sink?.outcome(id, up, down, end, errno, dialed, connectUs, attempts);
+    if (!p) return sink?.outcome(id, up, down, end, errno, dialed, connectUs, attempts, firstFin);
     pending.delete(id);
-    p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error' });
+    p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error', firstFin: firstFinOf(firstFin) });
   };
   const hosted = hostedWanted && addon.hostedAvailable?.() === true;
   try {

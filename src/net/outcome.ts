@@ -69,7 +69,7 @@ export interface ConnectionOutcome {
   dialFailure?: string;
   bytesUp: number;
   bytesDown: number;
-  /** How the splice ended (closed, a reset, the idle timeout...). */
+  /** How the splice ended (SpliceEnd: closed, a reset, the idle timeout...; docs/logs.md "How a splice ends"). */
   end?: string;
   readonly startedAt: number;
   durationMs: number;

@@ -7,6 +7,14 @@
 // TCP semantics are carried, not flattened: a FIN ends only the other side's write half
 // (RFC 9293 §3.6: a half-closed connection still carries data the other way), and a reset is
 // answered with a reset, so neither end mistakes an aborted exchange for a complete one.
+//
+// Except a reset from a side that had already sent its FIN: that side had finished, and its reset
+// only refused bytes that reached its closed socket (Linux resets a close(2) that leaves bytes
+// unread or gets more, RFC 1122 §4.2.2.13): a TLS client's close_notify arriving after the origin
+// closed, or the origin's after the client did. It ends no exchange, so it is not a failure: the
+// connection `closed`, ended by the side whose FIN came first (HAProxy names a session by the
+// first event that ended it, `--` for a normal end). What that side sent is still delivered, its
+// FIN last; what the other side sends it is dropped, as that side's own kernel would have.
 
 import type { Socket } from 'node:net';
 import { spliceNative } from './native-splice.ts';
@@ -27,8 +35,8 @@ export interface SpliceResult {
   readonly bytesDown: number;
   readonly end: SpliceEnd;
   /**
-   * Which side sent its FIN first, when one did: who ended a connection that `closed`. The
-   * JavaScript path reports it; the native loop does not (yet), and leaves it out.
+   * Which side sent its FIN first, when one did (null: neither's was passed on): who ended a
+   * connection that `closed`. Left out only by an addon built before the loop reported it.
    */
   readonly firstFin?: Side | null;
 }
@@ -54,6 +62,8 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     const socketOf = { client, upstream } as const;
     const other = (s: Side): Side => (s === 'client' ? 'upstream' : 'client');
     const closed = { client: false, upstream: false };
+    // A side that reset after its FIN (see the top of this file): its failure ends nothing.
+    const gone = { client: false, upstream: false };
     let bytesUp = 0;
     let bytesDown = 0;
     let end: SpliceEnd | null = null;
@@ -73,16 +83,33 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       reset(socketOf[other(side)]);
     };
     const onError = (side: Side) => (err: Error) => {
-      if (end !== null) return;
+      if (end !== null || gone[side]) return;
       const code = (err as NodeJS.ErrnoException).code;
-      failed(side, code === 'ECONNRESET' || code === 'EPIPE' ? `${side}-reset` : 'error');
+      const reset = code === 'ECONNRESET' || code === 'EPIPE';
+      // EPIPE is the reset of a socket in CLOSE_WAIT: its FIN had come (Linux's tcp_reset), even
+      // when Node has not read the EOF yet.
+      if (reset && (socketOf[side].readableEnded || code === 'EPIPE')) return goneAfterFin(side);
+      failed(side, reset ? `${side}-reset` : 'error');
+    };
+    const goneAfterFin = (side: Side): void => {
+      gone[side] = true;
+      firstFin ??= side;
+      const to = socketOf[other(side)];
+      // Its bytes already written go out, then its FIN; then the other side is closed. Node has
+      // read what it sent meanwhile (and dropped it, `carry`), so the close is a FIN, not a reset.
+      if (to.destroyed) return;
+      if (!to.writableEnded) to.end();
+      if (to.writableFinished) to.destroy();
+      else to.once('finish', () => to.destroy());
     };
     const onClose = (side: Side) => (): void => {
       if (closed[side]) return;
       closed[side] = true;
       const s = socketOf[side];
-      // Closed with a half still open and no error said why: something else destroyed it.
-      if (end === null && !(s.readableEnded && s.writableFinished)) failed(side, 'error');
+      // Closed with a half still open and no error said why: something else destroyed it (not
+      // goneAfterFin, which closes the other side on purpose).
+      const finished = gone.client || gone.upstream || (s.readableEnded && s.writableFinished);
+      if (end === null && !finished) failed(side, 'error');
       if (!closed.client || !closed.upstream || settled) return;
       settled = true;
       clearTimeout(idleTimer);
