@@ -159,7 +159,13 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     description: 'Accept until the ClientHello or request head was read, in nanoseconds.',
     value: (o) => ns(o.peekMs),
   },
-  { name: 'egressd.end', type: 'keyword', description: 'How the splice ended (`closed`, a reset, the idle timeout…).', value: (o) => o.end },
+  {
+    name: 'egressd.end',
+    type: 'keyword',
+    description:
+      'How a spliced connection ended: `closed`, `client-reset`, `upstream-reset`, `idle-timeout`, `aborted` or `error` (a reset after the side\'s own FIN is `closed`: "How a splice ends" below); for one not spliced, what ended it, in words.',
+    value: (o) => o.end,
+  },
 ];
 
 /** The connection's fields as nested objects (`{ source: { ip, port }, … }`), absent ones left out. */
