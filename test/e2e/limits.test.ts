@@ -63,6 +63,8 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     // Sandbox 1 never holds more than its share of the budget; the rest is refused at once.
     expect(r.flood!['stillOpen']).toBeLessThanOrEqual(limits['sandboxShare']);
     expect(metricSum(r.metrics, 'egressd_connections_total', { reason: 'global-limit' })).toBeGreaterThan(0);
+    // Refused by admission, never by accept(2) failing for want of descriptors.
+    expect(metricSum(r.metrics, 'egressd_accept_errors_total')).toBe(0);
     expect(r.workload['download'], JSON.stringify(r.workload)).toMatchObject({ ok: true });
     expect(r.workload['short']).toMatchObject({ total: 10, ok: 10 });
     expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
@@ -91,6 +93,9 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     // refusal holds one, a connection two); the lingers past it were given up.
     expect(metricSum(r.metrics, 'egressd_admitted_connections', { state: 'lingering' })).toBeLessThanOrEqual(limits['sandboxShare']);
     expect(metricSum(r.metrics, 'egressd_refusal_lingers_given_up_total', { scope: 'sandbox' })).toBeGreaterThan(0);
+    // Nor did the flood's accepts take the descriptors (native loops: their accept slots; 1,151
+    // EMFILE before them).
+    expect(metricSum(r.metrics, 'egressd_accept_errors_total')).toBe(0);
   }, 120_000);
 
   // Sandbox 1 opens thousands of connections as fast as it can, silent ones and whole hellos,
