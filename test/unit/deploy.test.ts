@@ -236,7 +236,7 @@ interface Container {
   readonly command?: string[];
   readonly args?: string[];
   readonly restartPolicy?: string;
-  readonly ports?: { readonly containerPort: number }[];
+  readonly ports?: { readonly name?: string; readonly containerPort: number; readonly protocol?: 'TCP' | 'UDP' | 'SCTP' }[];
   readonly env?: { readonly name: string; readonly valueFrom?: { readonly secretKeyRef?: { readonly name: string; readonly key: string } } }[];
   readonly volumeMounts?: { readonly name: string; readonly mountPath: string }[];
   readonly readinessProbe?: Probe;
@@ -334,14 +334,26 @@ describe.each([
     expect(w.daemon.args).toEqual(JSON.parse(all(final, 'CMD').at(-1)!));
   });
 
-  it('configures the listener and admin ports of DEFAULT_DOCUMENT, and the iptables rules send traffic to them', () => {
+  it('configures the listener, DNS and admin ports of DEFAULT_DOCUMENT, declares each (DNS on UDP and TCP), and the iptables rules send traffic to them', () => {
     for (const kind of LISTENER_KINDS) {
       expect([...new Set(w.config.listen[kind].map((e) => e.port))], `listen.${kind}`).toEqual(DEFAULTS.listen[kind]);
     }
+    expect([...new Set(w.config.listen.dns.map((e) => e.port))], 'listen.dns').toEqual(DNS_PORTS);
     expect(w.config.admin.listen.port).toBe(DEFAULTS.admin.port);
     for (const kind of LISTENER_KINDS) expect(DEFAULTS.listen[kind]).toContain(w.rules.ports[kind]);
-    const declared = (w.daemon.ports ?? []).map((p) => p.containerPort).sort((a, b) => a - b);
-    expect(declared).toEqual([...LISTENER_PORTS, DEFAULTS.admin.port].sort((a, b) => a - b));
+    expect(DNS_PORTS, '--dns-port').toContain(w.rules.dnsPort);
+    const byPort = (a: number, b: number): number => a - b;
+    // Kubernetes' default protocol is TCP.
+    const declared = (protocol: string): number[] =>
+      (w.daemon.ports ?? [])
+        .filter((p) => (p.protocol ?? 'TCP') === protocol)
+        .map((p) => p.containerPort)
+        .sort(byPort);
+    expect(declared('TCP')).toEqual([...LISTENER_PORTS, ...DNS_PORTS, DEFAULTS.admin.port].sort(byPort));
+    expect(declared('UDP')).toEqual([...DNS_PORTS].sort(byPort));
+    expect(declared('SCTP')).toEqual([]);
+    const names = (w.daemon.ports ?? []).map((p) => p.name);
+    expect(new Set(names).size, 'port names are unique').toBe(names.length);
   });
 
   it('probes /readyz and /healthz on the admin port, which listens beyond loopback so the kubelet reaches it', () => {
@@ -363,8 +375,15 @@ describe.each([
     expect(w.daemon.securityContext?.runAsUser).toBe(imageUid);
   });
 
-  it('leaves the same DNS servers reachable in the rules as the config allows', () => {
-    expect([...w.rules.dnsServers].sort()).toEqual([...w.config.dns.sandboxServers].sort());
+  it("sends the sandboxes' port 53 to the DNS listener the config opens, and names no --dns-server the rules would ignore", () => {
+    if (w.config.listen.dns.length > 0) {
+      expect(w.config.listen.dns.map((e) => e.port)).toContain(w.rules.dnsPort);
+      expect(w.rules.dnsServers).toEqual([]);
+    } else {
+      // Without the listener, port 53 stays open to the servers the config allows, and only those.
+      expect(w.rules.dnsPort).toBeNull();
+      expect([...w.rules.dnsServers].sort()).toEqual([...w.config.dns.sandboxServers].sort());
+    }
   });
 
   it('keeps the admin token out of the config file', () => {
