@@ -20,6 +20,7 @@ function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
   const addon = {
     listen: () => 4430,
     abort: () => {},
+    answered: () => {},
     setPolicyVersion: () => {},
     peek: (...a: unknown[]) => calls.peek.push(a),
     peekRules: (...a: unknown[]) => calls.rules.push(a),

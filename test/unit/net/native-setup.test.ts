@@ -19,7 +19,7 @@ import { buildHello } from '../../helpers/hello-builder.ts';
 const EV_ACCEPTED = 1;
 
 function plane(): { setup: NativeSetup; handled: number[]; tag: number; accept: (id: number) => void } {
-  const addon = { listen: () => 4430, abort: () => {}, setPolicyVersion: () => {} } as unknown as DataPlaneAddon;
+  const addon = { listen: () => 4430, abort: () => {}, answered: () => {}, setPolicyVersion: () => {} } as unknown as DataPlaneAddon;
   const setup = new NativeSetup(addon, 1);
   const handled: number[] = [];
   const { tag } = setup.listen(
@@ -71,6 +71,7 @@ function pipeline() {
   const addon = {
     listen: () => 4430,
     abort: () => commands.push('abort'),
+    answered: () => commands.push('answered'),
     setPolicyVersion: () => {},
     peek: () => commands.push('peek'),
     peekRules: () => {},
@@ -110,9 +111,11 @@ function pipeline() {
 }
 
 describe('a connection whose first flight came with its report', () => {
-  it('is judged and dialed within that very report, before it returns', () => {
+  it('is judged and dialed within that very report, before it returns; the dial answers it, nothing more is sent', async () => {
     const p = pipeline();
     p.accept(1, PEEK_MORE, hello);
+    expect(p.commands).toEqual(['dial 198.18.1.2']);
+    await turn();
     expect(p.commands).toEqual(['dial 198.18.1.2']);
   });
 
@@ -120,12 +123,15 @@ describe('a connection whose first flight came with its report', () => {
     const p = pipeline();
     p.accept(2, PEEK_WAITING, null);
     expect(p.commands).toEqual([]);
+    // Admitted with no command (the loop reads its flight on): the loop is told, by the next
+    // turn, that its accept slot is free (native/splice_loop.h sl_loop_answered).
     await turn();
+    expect(p.commands).toEqual(['answered']);
     p.report(2, PEEK_MORE, hello);
     // The pipeline waited on a promise: the dial follows within the same report's turn.
     await Promise.resolve();
     await Promise.resolve();
-    expect(p.commands).toEqual(['dial 198.18.1.2']);
+    expect(p.commands).toEqual(['answered', 'dial 198.18.1.2']);
   });
 
   it('is refused within that very report when the policy refuses its name', () => {
@@ -138,7 +144,13 @@ describe('a connection whose first flight came with its report', () => {
 describe('NativeClient.peekNow', () => {
   const clientOf = () => {
     const asked: unknown[][] = [];
-    const addon = { listen: () => 4430, abort: () => {}, setPolicyVersion: () => {}, peek: (...a: unknown[]) => asked.push(a) } as unknown as DataPlaneAddon;
+    const addon = {
+      listen: () => 4430,
+      abort: () => {},
+      answered: () => {},
+      setPolicyVersion: () => {},
+      peek: (...a: unknown[]) => asked.push(a),
+    } as unknown as DataPlaneAddon;
     const setup = new NativeSetup(addon, 1);
     const clients: NativeClient[] = [];
     const { tag } = setup.listen('tls', { host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }, { onAccept: (c) => clients.push(c), onShed: () => {} });
