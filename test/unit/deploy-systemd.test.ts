@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseIptablesArgs } from '../../src/cli/iptables/args.ts';
+import { DEFAULT_DOCUMENT, parseEndpoint } from '../../src/config/schema.ts';
 
 const ROOT = new URL('../../', import.meta.url);
 const read = (p: string): string => readFileSync(new URL(p, ROOT), 'utf8');
@@ -97,6 +98,11 @@ describe('what the units run', () => {
     const example = /EGRESSD_IPTABLES_ARGS="([^"]*)"/.exec(read('deploy/systemd/iptables.env.example'))![1]!;
     const applied = parseIptablesArgs(['--apply', ...example.split(' ')]);
     expect(applied.ok).toBe(true);
+    // DNS goes to the daemon's default DNS listener; a --dns-server would be ignored beside it
+    // (docs/deployment.md).
+    const dns = parseEndpoint((DEFAULT_DOCUMENT as { listen: { dns: string[] } }).listen.dns[0]!);
+    if (typeof dns === 'string') throw new Error(dns);
+    if (applied.ok) expect({ dnsPort: applied.options.dnsPort, dnsServers: applied.options.dnsServers }).toEqual({ dnsPort: dns.port, dnsServers: [] });
     expect(parseIptablesArgs(['--remove']).ok).toBe(true);
   });
 });
