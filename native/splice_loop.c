@@ -1069,6 +1069,8 @@ static void dial_next(sl_loop *l, sl_conn *c) {
     c->attempts = d->next;
     struct sockaddr_storage *a = &d->addr[i];
     int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    // Out of descriptors: the pooled pipes give way to an admitted connection's upstream.
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && pool_drain(l)) fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       c->attempt_err[i] = errno;
       continue;

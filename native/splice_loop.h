@@ -152,7 +152,8 @@ unsigned sl_loop_size(const sl_loop *loop);
 // Every accepted connection ends with exactly one outcome (sl_report_fn).
 //
 // accept(2) failing with EMFILE or ENFILE (descriptors exhausted): the pipes the loop keeps pooled
-// are closed first, and the accept tried again (a cache gives way to a connection); then a
+// are closed first, and the accept tried again (a cache gives way to a connection; a dial's
+// socket(2) does the same); then a
 // reserve descriptor is closed, the waiting connection accepted and reset, the reserve taken again, and the refusal
 // reported (SL_EV_SHED), one by one; when even that fails the listener pauses for
 // SL_ACCEPT_PAUSE_MS (nginx pauses accepting; libuv's uv__emfile_trick uses the reserve). Never

@@ -1504,6 +1504,26 @@ static void test_out_of_descriptors(void) {
   CHECK(wait_outcome(ev.e.id, 5000, &o), "no outcome");
   close(c);
   release_descriptors(fillers, n, &old);
+  // A dial, too: the pool refilled by a transfer, a connection accepted, then every descriptor
+  // taken; its upstream's socket comes from the pool's.
+  e = hand_over(l, 9003, NULL, NULL, 10000);
+  CHECK(carried(e.client, e.upstream, BULK, 13), "the third transfer");
+  close(e.client);
+  close(e.upstream);
+  CHECK(wait_outcome(9003, 5000, &o), "no outcome");
+  c = connect_to(&front);
+  CHECK(c >= 0 && wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev), "not accepted");
+  uint64_t dialed = ev.e.id;
+  n = fill_descriptors(fillers, 256, &old);
+  struct sockaddr_storage to = storage_of(&listen_addr);
+  sl_loop_dial(l, dialed, &to, 1, 5000, 250, 10000, 0, true, 0);
+  CHECK(wait_event(SL_EV_CONNECTED, dialed, &seen, 3000, &ev), "the dial did not connect with pipes pooled");
+  sl_loop_abort(l, dialed);
+  CHECK(wait_outcome(dialed, 5000, &o) && o.dialed == 0, "dialed %d, attempt errno %d", o.dialed, o.attempt_err[0]);
+  release_descriptors(fillers, n, &old);
+  close(c);
+  int u = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+  if (u >= 0) close(u);
   // Handed over first, then every descriptor taken (the pool is empty now): no pipe for it.
   e = hand_over(l, 9002, NULL, NULL, 10000);
   n = fill_descriptors(fillers, 256, &old);

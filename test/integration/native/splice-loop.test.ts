@@ -24,7 +24,7 @@ it.skipIf(process.platform !== 'linux').each([
   ['hosted loops', ['-DSL_TEST_HOSTED']],
   ['hosted loops under AddressSanitizer', ['-DSL_TEST_HOSTED', '-fsanitize=address', '-fno-omit-frame-pointer', '-g']],
 ])(
-  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding, the cap of unanswered connections; out of descriptors: pooled pipes give way to an accept, a transfer with no pipe is copied; the first flight: framing, one report across reads and records, each deadline, server-first; hosted: the answers posted in a turn run in it, with no wake-up)',
+  'the native loop passes its C test with %s (splice: bulk, half-close, reset, idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, a policy change, refusal, a refusal larger than the buffers, EMFILE shedding, the cap of unanswered connections; out of descriptors: pooled pipes give way to an accept and a dial, a transfer with no pipe is copied; the first flight: framing, one report across reads and records, each deadline, server-first; hosted: the answers posted in a turn run in it, with no wake-up)',
   (_name, defines) => {
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
