@@ -2,7 +2,7 @@
 // rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
 // origin and the clients in child processes, so this process's main thread runs egressd alone.
 //
-//   node bench/conn-js.ts [--count 2000] [--clients 1] [--setup native|node] [--prof DIR] [--heap-prof DIR]
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--setup native|node] [--prof DIR] [--heap-prof DIR]
 //
 // Each client loops: connect, the raw workload's first flight (a ClientHello naming
 // raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
@@ -12,7 +12,10 @@
 // with inclusive time ÷ connections; `--heap-prof DIR` a sampling heap profile of every allocation
 // (collected ones included), to read as bytes ÷ connections. Loopback has no REDIRECT: the original destination is the
 // origin, given as the daemon's originalDst (as test/helpers/loopback-daemon.ts does), and the
-// dial is `original` (no DNS). Bounded by --count and a 120 s timer.
+// dial is `original` (no DNS). `--warm N` connections go first, unmeasured: V8 compiles the
+// per-connection code over the first tens of thousands, and its helper threads' cost per
+// connection falls from 25-55 µs over the first 10,000 to about 6 after 30,000, so
+// `--warm 30000` measures a daemon that has run a while. Bounded by the counts and a 120 s timer.
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -30,6 +33,7 @@ import { RAW_NAME } from './proxy/wire.ts';
 const { values: args } = parseArgs({
   options: {
     count: { type: 'string', default: '2000' },
+    warm: { type: 'string', default: '200' },
     clients: { type: 'string', default: '1' },
     setup: { type: 'string', default: 'native' },
     prof: { type: 'string' },
@@ -39,6 +43,13 @@ const { values: args } = parseArgs({
   },
   strict: true,
 });
+for (const k of ['count', 'clients', 'warm'] as const) {
+  const n = Number(args[k]);
+  if (!Number.isInteger(n) || n < (k === 'warm' ? 0 : 1)) {
+    console.error(`conn-js: --${k} must be a whole number${k === 'warm' ? '' : ' of at least 1'}, got ${JSON.stringify(args[k])}`);
+    process.exit(2);
+  }
+}
 
 if (args.child === 'origin') {
   // The raw origin: reads the 9-byte command after the hello, answers "ok", closes.
@@ -112,7 +123,7 @@ async function main(): Promise<void> {
       children.push(c);
       return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
     };
-    await run(200); // warm-up: JIT, caches
+    await run(Number(args.warm)); // warm-up: JIT, caches
     // The main thread's CPU while no connection arrives (timers, monitors): a cost per second,
     // which a workload of fewer connections per second (TLS) pays more of per connection.
     const idle0 = process.threadCpuUsage();
