@@ -49,6 +49,7 @@ async function main(): Promise<number> {
     rig = await createRig();
     await rig.servers([ALLOWED, REFUSED]);
     await rig.dns({ 'allowed.test': [ALLOWED], 'denied.test': [REFUSED] });
+    say(`   namespaces ${rig.ns.sandbox}, ${rig.ns.router}, ${rig.ns.internet} (removed at the end)`);
     say(`   sandbox ${rig.sandboxV4}; allowed.test → ${ALLOWED}; denied.test → ${REFUSED}`);
 
     say('2. egressd in the router namespace; the sandbox may reach allowed.test only');
