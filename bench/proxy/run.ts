@@ -3,7 +3,7 @@
 // run, rounds interleaved (the column order rotates each round), medians reported.
 //
 //   sudo bash bench/proxy/setup.sh      # once: nginx, its stream module, HAProxy, dnsmasq, curl
-//   npm run bench:proxy                 # ≈ 8 min, alone on the machine; rewrites bench/RESULTS.md's section
+//   npm run bench:proxy                 # ≈ 9 min, alone on the machine; rewrites bench/RESULTS.md's section
 //   npm run bench:proxy -- --smoke      # ≈ 1 min, tiny sizes: checks the harness, figures meaningless
 //
 // Topology (test/helpers/netns-rig.ts): a client namespace routed through a router namespace to
