@@ -236,7 +236,7 @@ export const METRICS = {
   acceptPauses: {
     name: 'egressd_accept_pauses_total',
     type: 'counter',
-    help: 'Times a native loop stopped accepting, by reason: cap (it held its cap of accepted connections not yet admitted, sized from the descriptor budget: the kernel queue holds the rest until an admission frees a slot) or descriptors (accept(2) failed with EMFILE/ENFILE and no reserve descriptor was left: paused 100 ms). Absent on the JS data path.',
+    help: 'Times a native loop stopped accepting, by reason: cap (it held its cap of accepted connections not yet admitted, sized from the descriptor budget: the kernel queue holds the rest until an admission frees a slot) or descriptors (accept(2) failed with EMFILE/ENFILE and no reserve descriptor was left, or with ENOBUFS/ENOMEM: paused 100 ms). Absent on the JS data path.',
     labels: ['reason'],
   },
   limitDescriptors: {
