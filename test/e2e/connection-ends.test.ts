@@ -23,7 +23,7 @@ import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, field, type LogLine } from '../helpers/log-line.ts';
 import { curlIn } from '../helpers/curl.ts';
-import { CA, E2E_PORTS, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { CA, DATA_PATHS, E2E_PORTS, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const ORIGIN = '198.18.1.2';
 const NAME = 'ends.allowed.test';
@@ -48,12 +48,6 @@ function hasNginx(): boolean {
     }
   });
 }
-
-const PATHS = [
-  { name: 'the native set-up', env: {}, plane: { plane: 'native', setup: 'native' } },
-  { name: 'the Node set-up with the native splice', env: { EGRESSD_DATA_PLANE: 'native' }, plane: { plane: 'native', setup: 'node' } },
-  { name: 'the JavaScript path', env: { EGRESSD_DATA_PLANE: 'js' }, plane: { plane: 'js' } },
-] as const;
 
 describe.skipIf(skip !== null)('how a spliced connection ends is named', () => {
   let rig: Rig;
@@ -120,7 +114,7 @@ http {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  describe.each(PATHS)('on $name', ({ env, plane }) => {
+  describe.each(DATA_PATHS)('on $name', ({ env, plane }) => {
     let daemon: DaemonProcess;
     beforeAll(async () => {
       daemon = await serveIn(rig, 'router', configFile, env);

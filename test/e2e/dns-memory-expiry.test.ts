@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, connectionFields } from '../helpers/log-line.ts';
-import { E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { DATA_PATHS, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const PORTS = { ...E2E_PORTS, dns: 15053 };
 const SLOW = '198.18.1.9'; // slow.test: its first SYN is dropped
@@ -68,12 +68,6 @@ print(json.dumps({"address": addr, "ttl": ttl, "result": result, "ms": round((ti
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e dns-memory expiry skipped: ${skip}`);
 
-const PATHS = [
-  { name: 'the native set-up', env: {}, plane: { plane: 'native', setup: 'native' } },
-  { name: 'the Node set-up with the native splice', env: { EGRESSD_DATA_PLANE: 'native' }, plane: { plane: 'native', setup: 'node' } },
-  { name: 'the JavaScript path', env: { EGRESSD_DATA_PLANE: 'js' }, plane: { plane: 'js' } },
-] as const;
-
 describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judged again once the name expires', () => {
   let rig: Rig;
   let dir: string;
@@ -121,7 +115,7 @@ describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judge
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  describe.each(PATHS)('on $name', ({ env, plane }) => {
+  describe.each(DATA_PATHS)('on $name', ({ env, plane }) => {
     let daemon: DaemonProcess;
     beforeAll(async () => {
       daemon = await serveIn(rig, 'router', configFile, env);

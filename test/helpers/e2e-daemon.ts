@@ -19,6 +19,16 @@ export const E2E_PORTS = { http: 15080, tls: 15443, tcp: 15001 } as const;
 export { writeConfig } from './config-file.ts';
 
 /**
+ * The three data paths a suite runs through (`describe.each`): the environment that picks each
+ * (EGRESSD_DATA_PLANE) and what its start line (`data-plane`) then says.
+ */
+export const DATA_PATHS = [
+  { name: 'the native set-up', env: {}, plane: { plane: 'native', setup: 'native' } },
+  { name: 'the Node set-up with the native splice', env: { EGRESSD_DATA_PLANE: 'native' }, plane: { plane: 'native', setup: 'node' } },
+  { name: 'the JavaScript path', env: { EGRESSD_DATA_PLANE: 'js' }, plane: { plane: 'js' } },
+] as const;
+
+/**
  * Starts `egressd serve --config <file>` in namespace `ns`, with `env` added to its environment
  * (e.g. EGRESSD_DATA_PLANE to pick a data path); resolves once it logs `started`.
  */
