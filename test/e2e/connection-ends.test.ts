@@ -20,10 +20,9 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import type { DaemonProcess } from '../helpers/daemon-process.ts';
-import { action, field, type LogLine } from '../helpers/log-line.ts';
+import { field, type LogLine } from '../helpers/log-line.ts';
 import { curlIn } from '../helpers/curl.ts';
-import { CA, DATA_PATHS, E2E_PORTS, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { CA, DATA_PATHS, E2E_PORTS, ROOT, servedPerBlock, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const ORIGIN = '198.18.1.2';
 const NAME = 'ends.allowed.test';
@@ -115,16 +114,17 @@ http {
   });
 
   describe.each(DATA_PATHS)('on $name', ({ env, plane }) => {
-    let daemon: DaemonProcess;
-    beforeAll(async () => {
-      daemon = await serveIn(rig, 'router', configFile, env);
-      expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
-    });
-    afterAll(async () => {
-      await daemon?.stop('SIGTERM');
-    });
+    const daemon = servedPerBlock(
+      () => rig,
+      () => configFile,
+      env,
+      plane,
+    );
 
-    const linesTo = (port: number): LogLine[] => daemon.connections().filter((l) => field(l, 'destination.port') === port);
+    const linesTo = (port: number): LogLine[] =>
+      daemon()
+        .connections()
+        .filter((l) => field(l, 'destination.port') === port);
     /** Waits for `n` more outcome lines to `port` than `from`; `{'end ended_by': count}`, `{end: count}`. */
     const tally = async (port: number, n: number, from = 0): Promise<{ both: Record<string, number>; ends: Record<string, number> }> => {
       for (let i = 0; i < 100 && linesTo(port).length < from + n; i++) await new Promise((res) => setTimeout(res, 50));

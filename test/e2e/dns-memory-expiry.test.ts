@@ -15,9 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import type { DaemonProcess } from '../helpers/daemon-process.ts';
-import { action, connectionFields } from '../helpers/log-line.ts';
-import { DATA_PATHS, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { connectionFields } from '../helpers/log-line.ts';
+import { DATA_PATHS, E2E_PORTS, servedPerBlock, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const PORTS = { ...E2E_PORTS, dns: 15053 };
 const SLOW = '198.18.1.9'; // slow.test: its first SYN is dropped
@@ -116,14 +115,12 @@ describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judge
   });
 
   describe.each(DATA_PATHS)('on $name', ({ env, plane }) => {
-    let daemon: DaemonProcess;
-    beforeAll(async () => {
-      daemon = await serveIn(rig, 'router', configFile, env);
-      expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
-    });
-    afterAll(async () => {
-      await daemon?.stop('SIGTERM');
-    });
+    const daemon = servedPerBlock(
+      () => rig,
+      () => configFile,
+      env,
+      plane,
+    );
 
     const connect = async (name: string): Promise<{ address: string; ttl: number; result: string; ms: number }> => {
       const r = await rig.execIn('sandbox', 'python3', ['-c', RESOLVE_AND_CONNECT, rig.dnsServer, name, '7000', PAYLOAD], { timeoutMs: 20_000 });
@@ -134,7 +131,7 @@ describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judge
     it('splices a nameless connection allowed by a remembered name while the name holds', async () => {
       const r = await connect('fast.test');
       expect(r).toMatchObject({ address: FAST, ttl: 0, result: `got ${PAYLOAD}` });
-      expect(connectionFields(await daemon.outcomeAt(`${FAST}:7000`))).toMatchObject({
+      expect(connectionFields(await daemon().outcomeAt(`${FAST}:7000`))).toMatchObject({
         'egressd.verdict': 'allow',
         'egressd.dns_names': ['fast.test'],
         'egressd.upstream.ip': FAST,
@@ -148,7 +145,7 @@ describe.skipIf(skip !== null)('a verdict made on a remembered DNS name is judge
       expect(r.result).toMatch(/^(eof|error \w+)$/);
       // The dial connected on the retransmitted SYN, well past the name's grace.
       expect(r.ms).toBeGreaterThan(GRACE_MS);
-      const line = await daemon.outcomeAt(`${SLOW}:7000`);
+      const line = await daemon().outcomeAt(`${SLOW}:7000`);
       // Decided on the remembered name (so before it expired), refused when judged again.
       expect(connectionFields(line)).toMatchObject({
         'egressd.verdict': 'refuse',

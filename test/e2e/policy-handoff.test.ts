@@ -16,9 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
-import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, field } from '../helpers/log-line.ts';
-import { E2E_PORTS, NODE, ROOT, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { E2E_PORTS, NODE, ROOT, servedPerBlock, writeConfig } from '../helpers/e2e-daemon.ts';
 
 const CUT = ['198.18.1.7', '198.18.1.8'];
 const KEEP = '198.18.1.6';
@@ -71,14 +70,12 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
   });
 
   describe.each(PATHS)('on $name', ({ env, plane }) => {
-    let daemon: DaemonProcess;
-    beforeAll(async () => {
-      daemon = await serveIn(rig, 'router', configFile, env);
-      expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
-    });
-    afterAll(async () => {
-      await daemon?.stop('SIGTERM');
-    });
+    const daemon = servedPerBlock(
+      () => rig,
+      () => configFile,
+      env,
+      plane,
+    );
 
     const api = (method: string, path: string, body: unknown) =>
       rig.execIn('router', NODE, ['-e', ADMIN_SCRIPT, `http://127.0.0.1:${ADMIN_PORT}`, method, path, JSON.stringify(body), TOKEN], { timeoutMs: 20_000 });
@@ -91,7 +88,9 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
       const put = await api('PUT', '/api/v1/sandboxes/sb-h', { sources: [SB], network: { mode: 'allow-all' } });
       expect(put.stdout, put.stderr).toMatch(/^20[01]$/);
       const n = cut.length * PER_ADDRESS;
-      const before = daemon.connections().filter((l) => field(l, 'event.reason') === 'policy-changed').length;
+      const before = daemon()
+        .connections()
+        .filter((l) => field(l, 'event.reason') === 'policy-changed').length;
       const seen = rig.events().length;
       const r = await rig.execIn(
         'sandbox',
@@ -142,13 +141,16 @@ describe.skipIf(skip !== null)('a policy change has closed what it refuses when 
       // Each is logged as closed by the policy change (the log is written in batches: polled).
       let closedByChange = 0;
       for (let i = 0; i < 100 && closedByChange < n + PER_ADDRESS; i++) {
-        closedByChange = daemon.connections().filter((l) => field(l, 'event.reason') === 'policy-changed').length - before;
+        closedByChange =
+          daemon()
+            .connections()
+            .filter((l) => field(l, 'event.reason') === 'policy-changed').length - before;
         if (closedByChange < n + PER_ADDRESS) await new Promise((res) => setTimeout(res, 50));
       }
       expect(closedByChange).toBe(n + PER_ADDRESS);
-      expect(daemon.lines.some((l) => action(l) === 'policy-handoff-late')).toBe(false);
+      expect(daemon().lines.some((l) => action(l) === 'policy-handoff-late')).toBe(false);
       // The change's line says how long it waited for the loops to confirm.
-      expect(daemon.lines.findLast((l) => action(l) === 'closed-by-policy-change')).toMatchObject({ handoff_us: expect.any(Number) });
+      expect(daemon().lines.findLast((l) => action(l) === 'closed-by-policy-change')).toMatchObject({ handoff_us: expect.any(Number) });
     };
 
     it('answers a change only once every connection it refuses is closed; no byte sent after the answer reaches the upstream', async () => {

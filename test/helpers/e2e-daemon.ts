@@ -2,7 +2,9 @@
 // to the suite's temporary folder, and `egressd serve` started in one of the rig's namespaces.
 
 import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { watchDaemon, type DaemonProcess } from './daemon-process.ts';
+import { action } from './log-line.ts';
 import type { Rig, RigNamespace } from './netns-rig.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
@@ -34,4 +36,30 @@ export const DATA_PATHS = [
  */
 export function serveIn(rig: Rig, ns: RigNamespace, configFile: string, env?: Record<string, string>): Promise<DaemonProcess> {
   return watchDaemon(rig.spawnIn(ns, NODE, [MAIN, 'serve', '--config', configFile], env ? { env } : undefined));
+}
+
+/**
+ * Within a `describe` block (one data path of a suite): egressd served in the router namespace
+ * on `configFile()` with `env` before the block's tests, its start line (`data-plane`) checked
+ * to say `plane`, and stopped with SIGTERM after them. `rig` and `configFile` are read when the
+ * block starts, once the suite's own beforeAll has made them. Returns the running daemon.
+ */
+export function servedPerBlock(
+  rig: () => Rig,
+  configFile: () => string,
+  env: Readonly<Record<string, string>>,
+  plane: Readonly<Record<string, unknown>>,
+): () => DaemonProcess {
+  let daemon: DaemonProcess | undefined;
+  beforeAll(async () => {
+    daemon = await serveIn(rig(), 'router', configFile(), { ...env });
+    expect(await daemon.waitFor((l) => action(l) === 'data-plane', 5000)).toMatchObject(plane);
+  });
+  afterAll(async () => {
+    await daemon?.stop('SIGTERM');
+  });
+  return () => {
+    if (!daemon) throw new Error('egressd is served only while the block runs');
+    return daemon;
+  };
 }
