@@ -64,12 +64,18 @@ describe('PeekBuffer', () => {
   it('keeps one copy of a dripped flight, not every chunk it was read in', async () => {
     const head = Buffer.from(`GET /${'a'.repeat(3000)}`);
     const pb = new PeekBuffer(anyStepper(), 16384);
-    const chunks: WeakRef<Buffer>[] = [];
-    for (let i = 0; i < head.length; i++) {
-      const chunk = Buffer.alloc(1, head[i]);
-      if (i > 0) chunks.push(new WeakRef(chunk));
-      expect(pb.push(chunk)).toBeNull();
-    }
+    // Pushed in a function of its own: an async function's suspended frame keeps its registers,
+    // and the loop's last chunk in one of them would outlive the await below.
+    const drip = (): WeakRef<Buffer>[] => {
+      const refs: WeakRef<Buffer>[] = [];
+      for (let i = 0; i < head.length; i++) {
+        const chunk = Buffer.alloc(1, head[i]);
+        if (i > 0) refs.push(new WeakRef(chunk));
+        expect(pb.push(chunk)).toBeNull();
+      }
+      return refs;
+    };
+    const chunks = drip();
     // A WeakRef's target lives until the end of the job that made it.
     await new Promise((r) => setImmediate(r));
     gc();
