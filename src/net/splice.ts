@@ -6,7 +6,10 @@
 //
 // TCP semantics are carried, not flattened: a FIN ends only the other side's write half
 // (RFC 9293 §3.6: a half-closed connection still carries data the other way), and a reset is
-// answered with a reset, so neither end mistakes an aborted exchange for a complete one.
+// answered with a reset, so neither end mistakes an aborted exchange for a complete one. The reset
+// goes after what was read from the side that failed, as it would have reached the other side
+// without egressd between them (an origin's early answer, then its reset), within a bound
+// (RESET_LINGER_MS) so that a peer that does not read cannot hold the connection.
 //
 // Except a reset from a side that had already sent its FIN: that side had finished, and its reset
 // only refused bytes that reached its closed socket (Linux resets a close(2) that leaves bytes
@@ -47,6 +50,17 @@ export type Side = 'client' | 'upstream';
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
+ * How long the side that did not fail is given to take each part of what egressd still holds for
+ * it before it is reset (spliceJs's `lingerThenReset`): Node's write buffer, then the kernel's send
+ * queue. A reader on the sandbox's veth, or an origin reading at 10 MB/s through a full 4 MiB send
+ * buffer, takes it well within; a peer that takes nothing in a second is not reading its answer,
+ * and must not hold the connection. Envoy bounds the same wait, a write buffer flushed before a
+ * close, by its connection manager's `delayed_close_timeout`, 1 s by default.
+ */
+export const RESET_LINGER_MS = 1000;
+const EMPTY = Buffer.alloc(0);
+
+/**
  * Resolves exactly once, after both sockets have closed; never rejects. `client` may arrive
  * paused with bytes buffered (peekSocket leaves it so); both sockets must have been made with
  * `allowHalfOpen: true`, or a FIN would close the whole connection. The native data plane when
@@ -71,16 +85,46 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     let settled = false;
     let lastActivity = performance.now();
     let idleTimer: NodeJS.Timeout | undefined;
+    // When egressd last handed bytes for a side to its kernel (a write, or Node's buffer drained).
+    const handedOff = { client: -Infinity, upstream: -Infinity };
+    // The side being flushed before its reset (lingerThenReset), and the timer that resets it.
+    let lingering: Side | null = null;
+    let lingerTimer: NodeJS.Timeout | undefined;
 
     const destroyBoth = (cause: SpliceEnd): void => {
       end ??= cause;
+      // A side being flushed after the other's failure is reset, never closed with a FIN.
+      if (lingering !== null) reset(socketOf[lingering]);
       client.destroy();
       upstream.destroy();
     };
     // One side failed: the other gets a reset too, never a FIN that would pass for a clean end.
     const failed = (side: Side, cause: SpliceEnd): void => {
       end ??= cause;
-      reset(socketOf[other(side)]);
+      lingerThenReset(other(side));
+    };
+    // "Nothing acknowledged is lost": what egressd read from the failed side goes out before the
+    // reset (resetting at once drops Node's write buffer and the kernel's send queue). Node shows
+    // its own buffer, not the kernel's queue (no SIOCOUTQ), so the kernel is given RESET_LINGER_MS
+    // after the last byte it was handed; a peer that takes nothing is reset RESET_LINGER_MS after
+    // the failure, one that drains Node's buffer slowly at most twice that.
+    const lingerThenReset = (side: Side): void => {
+      const s = socketOf[side];
+      if (s.destroyed || lingering !== null) return;
+      lingering = side;
+      clearTimeout(idleTimer);
+      s.pause(); // what it sends has nowhere to go
+      const resetAfter = (from: number): void => {
+        clearTimeout(lingerTimer);
+        if (s.destroyed) return;
+        const wait = from + RESET_LINGER_MS - performance.now();
+        if (wait <= 0) return reset(s);
+        lingerTimer = setTimeout(() => reset(s), wait);
+      };
+      if (s.writableLength === 0 || s.writableEnded) return resetAfter(handedOff[side]);
+      resetAfter(performance.now());
+      // Written after what Node still holds, so its callback says all of that is in the kernel.
+      s.write(EMPTY, () => resetAfter(performance.now()));
     };
     const onError = (side: Side) => (err: Error) => {
       if (end !== null || gone[side]) return;
@@ -113,6 +157,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       if (!closed.client || !closed.upstream || settled) return;
       settled = true;
       clearTimeout(idleTimer);
+      clearTimeout(lingerTimer);
       o.signal.removeEventListener('abort', onAbort);
       resolve({ bytesUp, bytesDown, end: end ?? 'closed', firstFin });
     };
@@ -139,15 +184,18 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     // Paused before any 'data' listener exists, so nothing of the client's can overtake `initial`.
     client.pause();
     const carry = (fromSide: Side, from: Socket, to: Socket, count: (n: number) => void): void => {
+      const toSide = other(fromSide);
       from.on('data', (chunk: Buffer) => {
         count(chunk.length);
         lastActivity = performance.now();
         if (to.destroyed || to.writableEnded) return;
+        handedOff[toSide] = lastActivity;
         // Backpressure: stop reading until the slow side has taken what it was given.
         if (!to.write(chunk)) from.pause();
       });
       to.on('drain', () => {
-        if (!from.destroyed) from.resume();
+        handedOff[toSide] = performance.now();
+        if (!from.destroyed && lingering === null) from.resume();
       });
       // A FIN ends only the other side's write half; end() sends it after what is still queued.
       from.once('end', () => {
@@ -161,6 +209,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     let upstreamReady = true;
     if (o.initial.length > 0) {
       bytesUp += o.initial.length;
+      handedOff.upstream = performance.now();
       upstreamReady = upstream.write(o.initial);
     }
     // A FIN that came before the splice listened: a paused socket whose bytes were all taken (the
