@@ -11,8 +11,9 @@
 //   nginx on 9443, keep-alive: curl closes first; nginx's close_notify then meets curl's closed
 //     socket, and the sandbox's kernel resets it.
 //   upstream-server.ts on 443 (Node's TLS), which closes first too.
-//   close-origin.py on 7101-7104: the same sequences without TLS, each made deterministic, and
-//     the resets that come mid-exchange (before any FIN), from either side.
+//   close-origin.py on 7101-7105: the same sequences without TLS, each made deterministic, the
+//     resets that come mid-exchange (before any FIN), from either side, and an origin's early
+//     answer and reset, which the client must get before the reset.
 
 import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -235,6 +236,16 @@ http {
       const { out, line } = await py(7102, 'mid-reset');
       expect(out).toMatchObject({ received: BODY, saw: 'count', after: 'reset' });
       expect(fields(line)).toEqual({ end: 'upstream-reset', endedBy: 'upstream', up: 6 + 4, down: BODY });
+    });
+
+    // An origin answers an upload it will not read (a 413) and resets; the client looks for the
+    // answer half a second later. egressd read all of it: the client gets all of it, then the
+    // reset. The native loop still resets at once, dropping what it holds for the client; the
+    // helper "rstread" is fixing it in native/splice_loop.c. Unskip there once that is on main.
+    it.skipIf(plane.plane === 'native')("an origin's answer and then its reset: the client gets every byte egressd read, then the reset", async () => {
+      const { out, line } = await py(7105, 'late-read');
+      expect(out).toEqual({ received: BODY, saw: 'reset' });
+      expect(fields(line)).toEqual({ end: 'upstream-reset', endedBy: 'upstream', up: 6 + 65536, down: BODY });
     });
 
     it('a client that resets mid-exchange, before any FIN: client-reset, every byte counted', async () => {

@@ -8,6 +8,8 @@
 #                          meets a closed socket, and this host's kernel resets it.
 #   client-reset (7104)    sends a line and BODY bytes, reads the BODY echoed back, then resets
 #                          (SO_LINGER 0) without a FIN.
+#   late-read (7105)       sends a line and UPLOAD bytes the origin will not read, looks for the
+#                          answer only 0.5 s later, then reads it to the reset.
 #
 # argv[1]: JSON {address, port, mode, body}
 # stdout: JSON {received: bytes read, saw: "eof" | "reset" | "timeout" | "closed"}
@@ -16,9 +18,11 @@ import json
 import socket
 import struct
 import sys
+import time
 
 a = json.loads(sys.argv[1])
 mode = a["mode"]
+UPLOAD = 65536
 s = socket.create_connection((a["address"], a["port"]), timeout=10)
 
 
@@ -59,6 +63,11 @@ elif mode == "client-reset":
     got, saw = read_until(a["body"])  # the origin echoes what follows the line
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
+    out = {"received": got, "saw": saw}
+elif mode == "late-read":
+    s.sendall(b"u" * UPLOAD)
+    time.sleep(0.5)
+    got, saw = read_until(1 << 40)
     out = {"received": got, "saw": saw}
 else:
     sys.exit(f"close-client.py: unknown mode {mode!r}")

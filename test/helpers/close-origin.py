@@ -12,6 +12,9 @@
 #   7103 late-reply      waits for the client's FIN, then sends "late\n" and waits for the reset
 #                        or EOF that answers it: the client that closed first and did not read.
 #   7104 echo            echoes every byte until the client's FIN or reset.
+#   7105 early-answer    answers BODY bytes without reading the client's upload, then resets
+#                        (SO_LINGER 0), as its close with the upload unread would: an HTTP 413
+#                        to a body it will not take. Nothing of its answer was lost in flight.
 # prints {"event":"listening"} once bound, then one JSON line per connection when it ends:
 # {"port", "received": bytes read, "saw": "eof" | "reset" | "timeout"}.
 #
@@ -22,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 ADDRESS = sys.argv[1]
 BODY = int(sys.argv[2])
@@ -97,6 +101,11 @@ def serve(port, s):
                 saw = "timeout"
             if saw == "eof":
                 s.shutdown(socket.SHUT_WR)
+        elif port == 7105:
+            s.sendall(b"a" * BODY)
+            time.sleep(0.2)  # the answer is out of this host before the reset
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            saw = "reset-sent"
     except OSError as e:
         saw = type(e).__name__
     finally:
@@ -118,7 +127,7 @@ def listen(port):
     threading.Thread(target=accept_loop, daemon=True).start()
 
 
-for p in (7101, 7102, 7103, 7104):
+for p in (7101, 7102, 7103, 7104, 7105):
     listen(p)
 say({"event": "listening"})
 threading.Event().wait()
