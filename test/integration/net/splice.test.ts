@@ -462,6 +462,21 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(got.length).toBeLessThanOrEqual(res!.bytesDown);
   });
 
+  // Without those late bytes the JavaScript path cannot see the reset: the EOF took the socket out
+  // of libuv's epoll set, and Node reports nothing until egressd writes to it again (the other
+  // side's bytes or FIN). A connection whose other side stays silent is ended only by the idle
+  // timeout there; the native loop watches both sockets for errors throughout (docs/logs.md).
+  it.each(['upstream', 'client'] as const)('ends a connection whose %s reset after its FIN while the other side stays silent', async (first) => {
+    const r = await rig({ idleTimeoutMs: 1500 });
+    const up = await r.upstream;
+    const [finisher, other] = first === 'upstream' ? [up, r.client] : [r.client, up];
+    finisher.end('the last bytes');
+    expect((await collect(other)).toString()).toBe('the last bytes');
+    finisher.resetAndDestroy();
+    const res = await r.result;
+    expect(res).toMatchObject({ end: p === 'native' ? 'closed' : 'idle-timeout', firstFin: first });
+  });
+
   it('still calls a reset before any FIN a reset, though the other side had sent its FIN', async () => {
     const r = await rig();
     const up = await r.upstream;
