@@ -462,6 +462,24 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(got.length).toBeLessThanOrEqual(res!.bytesDown);
   });
 
+  // A shutdown or policy change while the other side is still being given its bytes: reset at
+  // once, never closed with a FIN, which would pass for a clean end after the upstream's reset.
+  it('resets, never closes, a client still being given its bytes when the signal aborts', async () => {
+    const ac = new AbortController();
+    const r = await rig({ signal: ac.signal });
+    const up = await r.upstream;
+    r.client.pause();
+    up.write(randomBytes(4 * MiB));
+    await sleep(100);
+    up.resetAndDestroy();
+    await sleep(100);
+    ac.abort();
+    expect((await r.result).end).toBe('upstream-reset');
+    const read = readToEnd(r.client);
+    r.client.resume();
+    expect((await read).ending).toBe('ECONNRESET');
+  });
+
   // Without those late bytes the JavaScript path cannot see the reset: the EOF took the socket out
   // of libuv's epoll set, and Node reports nothing until egressd writes to it again (the other
   // side's bytes or FIN). A connection whose other side stays silent is ended only by the idle
