@@ -700,20 +700,21 @@ static napi_value peek(napi_env env, napi_callback_info info) {
 }
 
 static napi_value dial(napi_env env, napi_callback_info info) {
-  napi_value argv[10];
+  napi_value argv[11];
   int32_t loop;
   uint64_t id, version;
   bool tell = false;
   double valid_ms = -1;
-  uint32_t port, connect_ms, delay_ms, idle_ms, n = 0;
+  uint32_t port, connect_ms, delay_ms, parallel, idle_ms, n = 0;
   bool is_array = false;
-  if (!args_exactly(env, info, 10, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
+  if (!args_exactly(env, info, 11, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
       !is_array || napi_get_array_length(env, argv[2], &n) != napi_ok || n < 1 || n > SL_MAX_ADDRS ||
       napi_get_value_uint32(env, argv[3], &port) != napi_ok || port > 65535 || napi_get_value_uint32(env, argv[4], &connect_ms) != napi_ok ||
-      napi_get_value_uint32(env, argv[5], &delay_ms) != napi_ok || napi_get_value_uint32(env, argv[6], &idle_ms) != napi_ok ||
-      !arg_id(env, argv[7], &version) || napi_get_value_bool(env, argv[8], &tell) != napi_ok ||
-      napi_get_value_double(env, argv[9], &valid_ms) != napi_ok || valid_ms != valid_ms)
-    return bad_args(env, "dial(loop, id, addresses (1 to 16), port, connectMs, attemptDelayMs, idleMs, version, tell, validMs): bad arguments");
+      napi_get_value_uint32(env, argv[5], &delay_ms) != napi_ok || napi_get_value_uint32(env, argv[6], &parallel) != napi_ok || parallel < 1 ||
+      parallel > SL_MAX_ADDRS || napi_get_value_uint32(env, argv[7], &idle_ms) != napi_ok || !arg_id(env, argv[8], &version) ||
+      napi_get_value_bool(env, argv[9], &tell) != napi_ok || napi_get_value_double(env, argv[10], &valid_ms) != napi_ok || valid_ms != valid_ms)
+    return bad_args(env,
+                    "dial(loop, id, addresses (1 to 16), port, connectMs, attemptDelayMs, parallel (1 to 16), idleMs, version, tell, validMs): bad arguments");
   struct sockaddr_storage addrs[SL_MAX_ADDRS];
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
@@ -729,7 +730,7 @@ static napi_value dial(napi_env env, napi_callback_info info) {
     valid_until = sl_monotonic_us() + (uint64_t)(valid_ms > 1e12 ? 1e15 : valid_ms * 1000.0);
     if (valid_until == 0) valid_until = 1;
   }
-  int e = sl_loop_dial(loops[loop], id, addrs, (int)n, connect_ms, delay_ms, idle_ms, version, tell, valid_until);
+  int e = sl_loop_dial(loops[loop], id, addrs, (int)n, connect_ms, delay_ms, (int)parallel, idle_ms, version, tell, valid_until);
   return e ? throw_code(env, e, "dial") : NULL;
 }
 

@@ -94,6 +94,8 @@ typedef struct {
   struct sockaddr_storage addr[SL_MAX_ADDRS];
   int fd[SL_MAX_ADDRS]; // -1: not started or over
   int n, next;          // how many addresses; the next to start
+  int parallel;         // the most attempts in flight at once (sl_loop_dial)
+  uint64_t start_ms[SL_MAX_ADDRS];
   uint64_t started_ms, deadline_ms, next_start_ms;
   uint32_t delay_ms;
   uint64_t started_us;
@@ -1060,10 +1062,44 @@ static void dial_fail(sl_loop *l, sl_conn *c, int err) {
   conn_close(l, c, SL_END_ERROR, last, CLIENT);
 }
 
+// The attempt in flight started first, or -1.
+static int oldest_attempt(const sl_dial *d) {
+  int o = -1;
+  for (int i = 0; i < d->n; i++)
+    if (d->fd[i] >= 0 && (o < 0 || d->start_ms[i] < d->start_ms[o])) o = i;
+  return o;
+}
+
+// When the next address starts: after the attempt delay below the cap; at it, once the oldest
+// attempt has had its share of the time left (sl_loop_dial).
+static void dial_schedule(sl_loop *l, sl_dial *d) {
+  int live = 0;
+  for (int i = 0; i < d->n; i++) live += d->fd[i] >= 0;
+  int o = oldest_attempt(d);
+  if (live < d->parallel || o < 0) {
+    d->next_start_ms = l->now_ms + d->delay_ms;
+    return;
+  }
+  uint64_t t0 = d->start_ms[o], left = d->deadline_ms > t0 ? d->deadline_ms - t0 : 0;
+  d->next_start_ms = t0 + left / (uint64_t)(1 + d->n - d->next);
+}
+
 // Starts the next address (skipping those that fail at once); fails the dial when none is left
-// and none is in flight.
-static void dial_next(sl_loop *l, sl_conn *c) {
+// and none is in flight. `due`: the time to start it came (dial_schedule), so at the cap the
+// oldest attempt gives way.
+static void dial_next(sl_loop *l, sl_conn *c, bool due) {
   sl_dial *d = c->dial;
+  if (due && d->next < d->n) {
+    int live = 0;
+    for (int i = 0; i < d->n; i++) live += d->fd[i] >= 0;
+    int o = oldest_attempt(d);
+    if (live >= d->parallel && o >= 0) {
+      epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[o], NULL);
+      close(d->fd[o]);
+      d->fd[o] = -1;
+      c->attempt_err[o] = ETIMEDOUT;
+    }
+  }
   while (d->next < d->n) {
     int i = d->next++;
     c->attempts = d->next;
@@ -1090,8 +1126,9 @@ static void dial_next(sl_loop *l, sl_conn *c) {
       continue;
     }
     d->fd[i] = fd;
+    d->start_ms[i] = l->now_ms;
     c->attempt_err[i] = EINPROGRESS;
-    d->next_start_ms = l->now_ms + d->delay_ms;
+    dial_schedule(l, d);
     arm(l, conn_due(c));
     return;
   }
@@ -1169,7 +1206,7 @@ static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
     failed = true;
   }
   // RFC 8305 §5: a failed attempt starts the next one at once.
-  if (failed) dial_next(l, c);
+  if (failed) dial_next(l, c, false);
 }
 
 // ---- set-up: refuse ----------------------------------------------------------------------------
@@ -1356,7 +1393,7 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       c->dial->delay_ms = cmd->b;
       c->dial->version = cmd->big;
       arm(l, c->dial->deadline_ms);
-      return dial_next(l, c);
+      return dial_next(l, c, false);
     case CMD_SPLICE:
       if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] < 0) return;
       return start_splice(l, c, cmd->a);
@@ -1416,7 +1453,7 @@ static void conn_timer(sl_loop *l, sl_conn *c) {
       return;
     case ST_DIAL:
       if (now >= c->dial->deadline_ms) return dial_fail(l, c, ETIMEDOUT);
-      return dial_next(l, c);
+      return dial_next(l, c, true);
     case ST_REFUSE: return conn_close(l, c, SL_END_CLOSED, 0, -1);
     default: return;
   }
@@ -1773,8 +1810,8 @@ int sl_loop_peek(sl_loop *l, uint64_t id, uint32_t deadline_ms, uint32_t first_b
 }
 
 int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us) {
-  if (n < 1 || n > SL_MAX_ADDRS) return EINVAL;
+                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us) {
+  if (n < 1 || n > SL_MAX_ADDRS || parallel < 1) return EINVAL;
   sl_cmd *cmd = new_cmd(CMD_DIAL, id);
   sl_dial *d = calloc(1, sizeof *d);
   if (!cmd || !d) {
@@ -1784,6 +1821,7 @@ int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, 
   }
   memcpy(d->addr, addrs, sizeof *addrs * (size_t)n);
   d->n = n;
+  d->parallel = parallel;
   d->tell = tell;
   d->valid_until_us = valid_until_us;
   for (int i = 0; i < SL_MAX_ADDRS; i++) d->fd[i] = -1;

@@ -141,7 +141,10 @@ unsigned sl_loop_size(const sl_loop *loop);
 //                   passed. Waits again after each report.
 //   sl_loop_dial    connect to the addresses in order, the next one on failure or after
 //                   `attempt_delay_ms` without an answer (RFC 8305 §5), within `connect_ms` in
-//                   all. Connected: when the policy version is still the one given and the
+//                   all, at most `parallel` attempts at once (each is a descriptor): at that cap
+//                   the next waits for one to fail, or for the oldest to have had its share of
+//                   the time left (split evenly between it and the addresses not yet tried, as
+//                   curl does), which is then given up (ETIMEDOUT). Connected: when the policy version is still the one given and the
 //                   verdict's deadline (`valid_until_us`) has not passed, the bytes read so far
 //                   are written upstream and the bytes spliced both ways; otherwise it reports
 //                   SL_EV_CONNECTED and waits for sl_loop_splice or sl_loop_refuse.
@@ -253,7 +256,7 @@ int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t firs
 // `valid_until_us`: CLOCK_MONOTONIC µs (sl_monotonic_us) past which the verdict no longer holds
 // by itself (a remembered DNS name it rested on expired); 0: none.
 int sl_loop_dial(sl_loop *loop, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us);
+                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us);
 
 /** CLOCK_MONOTONIC in µs: the clock of sl_loop_dial's valid_until_us. */
 uint64_t sl_monotonic_us(void);

@@ -7,6 +7,7 @@
 #include "../first_flight.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -1011,7 +1012,7 @@ static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct so
   getsockname(probe, (struct sockaddr *)&closed, &len);
   close(probe);
   struct sockaddr_storage addrs[2] = {storage_of(&closed), storage_of(&listen_addr)};
-  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, 10000, 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   CHECK(upstream >= 0, "the upstream was not dialed");
   write_all(client, " world", 6);
@@ -1039,7 +1040,7 @@ static void test_setup_policy_change_asks_again(sl_loop *l, const struct sockadd
   uint64_t id = accept_with(l, front, "x", &client);
   sl_set_policy_version(2);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 1, false, 0);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 1, false, 0);
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 5000, &ev), "no CONNECTED event after a policy change");
@@ -1155,7 +1156,7 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
   uint64_t id = accept_with(l, front, "x", &client);
   blackhole bh = blackhole_open();
   struct sockaddr_storage a = storage_of(&bh.addr);
-  sl_loop_dial(l, id, &a, 1, 200, 250, 10000, 0, false, 0);
+  sl_loop_dial(l, id, &a, 1, 200, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
   CHECK(o.dialed == -1 && o.end == SL_END_ERROR && o.err != 0, "dialed %d, end %d, err %d", o.dialed, o.end, o.err);
@@ -1175,7 +1176,7 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, true, 0);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, true, 0);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event");
   clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -1195,6 +1196,60 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
   blackhole_close(&bh);
 }
 
+// The descriptors this process has open now.
+static int open_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1; // the listing's own
+}
+
+// Each attempt in flight is a descriptor, so admission may allow fewer at once than there are
+// addresses (`parallel`): the loop never holds more, and at the cap the oldest attempt gives way
+// once it had its share of the time left (split evenly between it and the addresses not yet
+// tried), so an answering address late in the list is still reached within the connect timeout.
+static void test_setup_dial_capped(sl_loop *l, const struct sockaddr_in *front) {
+  for (int parallel = 1; parallel <= 2; parallel++) {
+    int client;
+    uint64_t id = accept_with(l, front, "x", &client);
+    blackhole bh = blackhole_open();
+    struct sockaddr_storage addrs[4] = {storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&listen_addr)};
+    int base = open_fds(), most = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    // 1200 ms in all, 50 ms attempt delay. parallel 1: 300 ms for each silent address, the
+    // fourth starts at 900. parallel 2: the first two by 50 ms; the first gives way at 400
+    // (1200 / 3) for the third, the second at 625 ((1200 - 50) / 2 after it began) for the fourth.
+    CHECK(sl_loop_dial(l, id, addrs, 4, 1200, 50, parallel, 10000, 0, true, 0) == 0, "dial");
+    saved_event ev;
+    bool connected = false;
+    for (int i = 0; i < 300 && !connected; i++) {
+      int n = open_fds() - base;
+      if (n > most) most = n;
+      connected = wait_event(SL_EV_CONNECTED, id, &seen, 5, &ev);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    CHECK(connected && ev.e.state == 3, "parallel %d: no connection to the fourth address (connected %d, state %d)", parallel, connected, ev.e.state);
+    CHECK(most >= 1 && most <= parallel, "parallel %d: %d descriptors held at once by the dial", parallel, most);
+    CHECK(ms >= (parallel == 1 ? 850 : 575), "parallel %d: connected after %ld ms, before the silent addresses had their shares", parallel, ms);
+    int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    char c;
+    CHECK(upstream >= 0 && read(upstream, &c, 1) == 1 && c == 'x', "the peeked byte did not reach the upstream");
+    sl_loop_abort(l, id);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o), "no outcome");
+    CHECK(o.dialed == 3 && o.attempts == 4, "dialed %d of %d", o.dialed, o.attempts);
+    CHECK(o.attempt_err[0] == ETIMEDOUT && o.attempt_err[1] == ETIMEDOUT, "given up: %d %d", o.attempt_err[0], o.attempt_err[1]);
+    CHECK(o.attempt_err[2] == (parallel == 1 ? ETIMEDOUT : SL_ATTEMPT_CANCELLED), "parallel %d: the third ended %d", parallel, o.attempt_err[2]);
+    close(client);
+    close(upstream);
+    blackhole_close(&bh);
+  }
+}
+
 // A verdict with a deadline of its own (a remembered DNS name it rested on): a dial that connects
 // before it splices by itself; one that connects after it (here: the first address holds the dial
 // past it) is reported first, with nothing sent upstream, as after a policy change.
@@ -1202,7 +1257,7 @@ static void test_setup_verdict_deadline(sl_loop *l, const struct sockaddr_in *fr
   int client;
   uint64_t id = accept_with(l, front, "y", &client);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 0, false, sl_monotonic_us() + 5000000u);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 5000000u);
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   char c;
   CHECK(upstream >= 0 && read(upstream, &c, 1) == 1 && c == 'y', "a verdict still in force was not spliced by the loop");
@@ -1216,7 +1271,7 @@ static void test_setup_verdict_deadline(sl_loop *l, const struct sockaddr_in *fr
   blackhole bh = blackhole_open();
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   // Expires 30 ms in; the second address is tried only after the 100 ms attempt delay.
-  sl_loop_dial(l, id, addrs, 2, 5000, 100, 10000, 0, false, sl_monotonic_us() + 30000u);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 30000u);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event once the verdict's deadline passed");
   CHECK(ev.e.state == 1 && ev.e.err == 0, "dialed %d, err %d: should wait for the caller", ev.e.state, ev.e.err);
@@ -1324,7 +1379,7 @@ static void test_late_events_of_a_closed_shared_socket(sl_loop *l, const struct 
     int client;
     uint64_t id = accept_with(l, front, "one", &client);
     struct sockaddr_storage a = storage_of(&listen_addr);
-    CHECK(sl_loop_dial(l, id, &a, 1, 5000, 250, 10000, 0, false, 0) == 0, "dial");
+    CHECK(sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
     int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     CHECK(upstream >= 0, "not dialed");
     char buf[64];
@@ -1419,6 +1474,7 @@ static void test_setup(void) {
   listen_on_loop(l, 7, &front);
   test_setup_dial_timeout(l, &front);
   test_setup_dial_staggers(l, &front);
+  test_setup_dial_capped(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_verdict_deadline(l, &front);
@@ -1516,7 +1572,7 @@ static void test_out_of_descriptors(void) {
   uint64_t dialed = ev.e.id;
   n = fill_descriptors(fillers, 256, &old);
   struct sockaddr_storage to = storage_of(&listen_addr);
-  sl_loop_dial(l, dialed, &to, 1, 5000, 250, 10000, 0, true, 0);
+  sl_loop_dial(l, dialed, &to, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, true, 0);
   CHECK(wait_event(SL_EV_CONNECTED, dialed, &seen, 3000, &ev), "the dial did not connect with pipes pooled");
   sl_loop_abort(l, dialed);
   CHECK(wait_outcome(dialed, 5000, &o) && o.dialed == 0, "dialed %d, attempt errno %d", o.dialed, o.attempt_err[0]);
@@ -1948,7 +2004,7 @@ static void test_server_first_is_spliced_without_a_byte(void) {
   int client;
   uint64_t id = accept_silent(&client);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  CHECK(sl_loop_dial(rules_loop, id, &a, 1, 5000, 250, 10000, 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(rules_loop, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   CHECK(upstream >= 0, "not dialed");
   write_all(upstream, "220 hello\r\n", 11);

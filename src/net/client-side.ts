@@ -22,11 +22,20 @@ export type Refusal =
   | { readonly kind: 'tls'; readonly linger: Linger }
   | { readonly kind: 'http'; readonly http: HttpRefusal & { readonly linger: Linger } };
 
+/** native/splice_loop.h SL_MAX_ADDRS: the most addresses the native loop tries in one dial. */
+export const MAX_DIAL_ADDRESSES = 16;
+
 export interface ConnectOptions {
   /** IP address literals in the order to try them (RFC 8305 §5 staggered). */
   readonly addresses: readonly string[];
   readonly port: number;
   readonly connectTimeoutMs: number;
+  /**
+   * The most attempts in flight at once (at least 1; all when absent): each holds a descriptor,
+   * granted by admission (limits/admission.ts Ticket.attempts). See dial-first.ts for the rule
+   * at the cap, which the native loop follows too.
+   */
+  readonly parallel?: number;
   readonly idleTimeoutMs: number;
   /** The client's bytes read so far: they go upstream first, byte for byte. */
   readonly initial: Buffer;
@@ -120,7 +129,13 @@ export class SocketClient implements ClientSide {
   }
 
   async connect(o: ConnectOptions): Promise<ConnectResult> {
-    const d = await dialFirst({ addresses: o.addresses, port: o.port, connectTimeoutMs: o.connectTimeoutMs, signal: o.closing.signal });
+    const d = await dialFirst({
+      addresses: o.addresses,
+      port: o.port,
+      connectTimeoutMs: o.connectTimeoutMs,
+      signal: o.closing.signal,
+      ...(o.parallel !== undefined ? { parallel: o.parallel } : {}),
+    });
     if (!d.ok) return { kind: 'dial-failed', cause: d.cause, detail: d.detail, attempts: d.attempts };
     o.onConnected?.(d.address);
     const r = o.recheck(d.address);

@@ -3,6 +3,12 @@
 // "Connection Attempt Delay", 250 ms recommended) without an answer, whichever comes first;
 // the first to connect wins and the others are abandoned; all of it within one overall
 // `connectTimeoutMs`.
+//
+// Each attempt in flight holds a descriptor, so admission may allow fewer at once than there are
+// addresses (`parallel`, limits/admission.ts). At that cap the next address waits for one to
+// fail, or for the oldest to have had its share of the time left — the time left split evenly
+// between it and the addresses not yet tried, as curl splits its connect timeout between the
+// addresses it tries one by one — when that one is given up (`timeout`) for the next.
 
 import type { Socket } from 'node:net';
 import { dial, type DialFailure } from './dial.ts';
@@ -27,20 +33,23 @@ export interface DialFirstOptions {
   /** The overall budget, across every attempt. */
   readonly connectTimeoutMs: number;
   readonly attemptDelayMs?: number;
+  /** The most attempts in flight at once (at least 1); all of them when absent. */
+  readonly parallel?: number;
   /** Aborting abandons every attempt and settles as `aborted`. */
   readonly signal: AbortSignal;
 }
 
 export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
   const delay = o.attemptDelayMs ?? CONNECTION_ATTEMPT_DELAY_MS;
+  const parallel = Math.max(1, o.parallel ?? Infinity);
   const started = performance.now();
   const deadline = started + o.connectTimeoutMs;
   return new Promise((resolve) => {
     const attempts: { address: string; result: Attempt['result'] | null }[] = [];
-    const cancel = new AbortController();
+    /** The attempts in flight, oldest first. */
+    const live: { slot: { address: string; result: Attempt['result'] | null }; abort: AbortController; at: number }[] = [];
     let settled = false;
     let next = 0;
-    let pending = 0;
     let lastFailure: { cause: DialFailure; detail: string } | null = null;
     let stagger: NodeJS.Timeout | undefined;
     const snapshot = (): Attempt[] => attempts.map((a) => ({ address: a.address, result: a.result ?? 'cancelled' }));
@@ -50,23 +59,35 @@ export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
       clearTimeout(stagger);
       clearTimeout(overall);
       o.signal.removeEventListener('abort', onAbort);
-      cancel.abort();
+      for (const a of live) a.abort.abort();
+      live.length = 0;
       resolve(r);
     };
     const fail = (cause: DialFailure, detail: string): void => settle({ ok: false, cause, detail, attempts: snapshot() });
+    const target = (a: string): string => `${a.includes(':') ? `[${a}]` : a}:${o.port}`;
 
     const start = (): void => {
       clearTimeout(stagger);
       if (settled || next >= o.addresses.length) return;
-      const remaining = deadline - performance.now();
+      const now = performance.now();
+      const remaining = deadline - now;
       if (remaining <= 0) return;
+      if (live.length >= parallel) {
+        // At the cap (see the top of this file): the oldest had its share and gives way.
+        const oldest = live.shift()!;
+        oldest.slot.result = 'timeout';
+        lastFailure = { cause: 'timeout', detail: `Connecting to "${target(oldest.slot.address)}" took longer than its share of the connect timeout` };
+        oldest.abort.abort();
+      }
       const slot = { address: o.addresses[next++]!, result: null as Attempt['result'] | null };
       attempts.push(slot);
-      pending++;
-      void dial({ address: slot.address, port: o.port, connectTimeoutMs: Math.ceil(remaining), signal: cancel.signal }).then((r) => {
-        pending--;
+      const attempt = { slot, abort: new AbortController(), at: now };
+      live.push(attempt);
+      void dial({ address: slot.address, port: o.port, connectTimeoutMs: Math.ceil(remaining), signal: attempt.abort.signal }).then((r) => {
+        const i = live.indexOf(attempt);
+        if (i >= 0) live.splice(i, 1);
         if (r.ok) {
-          if (settled) {
+          if (settled || i < 0) {
             r.socket.destroy();
             return;
           }
@@ -75,14 +96,20 @@ export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
           settle({ ok: true, socket: r.socket, address: slot.address, connectMs, attempts: snapshot() });
           return;
         }
-        if (settled) return;
+        // Given up for the next address (start): already told, and replaced.
+        if (settled || i < 0) return;
         slot.result = r.cause;
         lastFailure = { cause: r.cause, detail: r.detail };
         // RFC 8305 §5: a failed attempt starts the next one at once.
         if (next < o.addresses.length) start();
-        else if (pending === 0) fail(r.cause, attempts.length > 1 ? `Every address failed; last: ${r.detail}` : r.detail);
+        else if (live.length === 0) fail(r.cause, attempts.length > 1 ? `Every address failed; last: ${r.detail}` : r.detail);
       });
-      if (next < o.addresses.length) stagger = setTimeout(start, delay);
+      if (next < o.addresses.length) {
+        const first = live[0]!;
+        // Below the cap, the RFC's delay; at it, once the oldest has had its share.
+        const wait = live.length < parallel ? delay : (deadline - first.at) / (1 + o.addresses.length - next) - (now - first.at);
+        stagger = setTimeout(start, Math.max(0, wait));
+      }
     };
     const overall = setTimeout(
       () => {

@@ -21,7 +21,7 @@ import { OriginalDstError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import type { Peeked, PeekStep } from '../peek/peek-steps.ts';
 import { PEEK_CAPS } from '../peek/peek-steps.ts';
-import type { ClientSide, ConnectOptions, ConnectResult, Refusal } from './client-side.ts';
+import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type Refusal } from './client-side.ts';
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
 import { causeOf } from './dial.ts';
 import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
@@ -45,7 +45,6 @@ const REFUSE_RESET = 0;
 const REFUSE_DROP = 1;
 const REFUSE_ANSWER = 2;
 const ATTEMPT_CANCELLED = -1;
-const MAX_ADDRS = 16;
 const MAX_U32 = 2 ** 32 - 1;
 /** Accepted connections handed to the pipeline per turn of the event loop. */
 const ACCEPT_CHUNK = 64;
@@ -476,7 +475,7 @@ export class NativeClient implements ClientSide {
     return new Promise((resolve) => {
       if (o.closing.closed) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
       // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
-      this.#addresses = o.addresses.slice(0, MAX_ADDRS);
+      this.#addresses = o.addresses.slice(0, MAX_DIAL_ADDRESSES);
       const wait: DialWait = {
         port: o.port,
         connectTimeoutMs: o.connectTimeoutMs,
@@ -499,6 +498,7 @@ export class NativeClient implements ClientSide {
         o.port,
         Math.min(MAX_U32, Math.max(1, Math.ceil(o.connectTimeoutMs))),
         CONNECTION_ATTEMPT_DELAY_MS,
+        Math.min(MAX_DIAL_ADDRESSES, Math.max(1, Math.floor(o.parallel ?? MAX_DIAL_ADDRESSES))),
         Math.min(MAX_U32, Math.max(1, Math.ceil(o.idleTimeoutMs))),
         this.#plane.policyVersion,
         tell,

@@ -76,6 +76,8 @@ export interface DataPlaneAddon {
     port: number,
     connectMs: number,
     attemptDelayMs: number,
+    /** The most attempts in flight at once (1 to 16): the rule at the cap is dial-first.ts's. */
+    parallel: number,
     idleMs: number,
     version: number,
     tell: boolean,

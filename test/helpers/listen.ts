@@ -1,6 +1,7 @@
 // Loopback listeners for the socket tests: listen, learn the port, clean up when the test ends.
 
-import { createServer, type Server, type Socket } from 'node:net';
+import { spawn } from 'node:child_process';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { onTestFinished } from 'vitest';
 
 /** Starts `server` on host:port (0: a free port); resolves with the port, rejects on a listen error. */
@@ -21,4 +22,49 @@ export async function acceptingServer(host: string, port = 0): Promise<{ server:
     server.close();
   });
   return { server, port: await listenOn(server, host, port), accepted };
+}
+
+// A connect that never completes, without touching the machine's loopback (no iptables DROP): a
+// child process listens with a backlog of one and then blocks its event loop, so it never calls
+// accept(2); once its accept queue is full the kernel drops further SYNs, and a connect hangs.
+// Linux keeps backlog + 1 connections in the accept queue (sk_acceptq_is_full is `>`).
+const BACKLOG = 1;
+const QUEUE = BACKLOG + 1;
+const NEVER_ACCEPTS = `
+const net = require('node:net');
+const s = net.createServer();
+s.listen({ host: '127.0.0.1', port: 0, backlog: ${BACKLOG} }, () => {
+  process.stdout.write(s.address().port + '\\n');
+  // Blocks the event loop without using CPU, so accept(2) is never called; bounded so the
+  // child ends on its own even if the test process dies first.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);
+  process.exit(0);
+});`;
+
+/** A loopback port where a connect hangs in SYN_SENT: the accept queue is full and never drained. */
+export async function blackholePort(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', NEVER_ACCEPTS], { stdio: ['ignore', 'pipe', 'inherit'] });
+  onTestFinished(() => {
+    child.kill('SIGKILL');
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`The listener child exited early (${code})`)));
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+  });
+  const fillers: Socket[] = [];
+  onTestFinished(() => {
+    for (const f of fillers) f.destroy();
+  });
+  await Promise.all(
+    Array.from({ length: QUEUE }, () => {
+      const f = connect(port, '127.0.0.1');
+      fillers.push(f);
+      return new Promise<void>((resolve, reject) => {
+        f.once('connect', resolve);
+        f.once('error', reject);
+      });
+    }),
+  );
+  return port;
 }

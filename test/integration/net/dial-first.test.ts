@@ -2,8 +2,21 @@
 // loopback, so one port can be served on one address and refused on another.
 
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { acceptingServer } from '../../helpers/listen.ts';
+import { readFileSync } from 'node:fs';
+import { acceptingServer, blackholePort } from '../../helpers/listen.ts';
 import { dialFirst } from '../../../src/net/dial-first.ts';
+
+/** Connects to 127.0.0.0/8 port `port` still in SYN_SENT, machine-wide (/proc/net/tcp, state 02). */
+function synSent(port: number): number {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .filter((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[2]?.endsWith(hex) === true && f[3] === '02';
+    }).length;
+}
 
 const listening = acceptingServer;
 
@@ -52,5 +65,38 @@ describe('dialFirst', () => {
       ok: false,
       cause: 'other',
     });
+  });
+
+  // Each attempt in flight holds a descriptor, so admission may allow fewer at once than there
+  // are addresses; at that cap the oldest gives way once it had its share of the time left (the
+  // native loop's rule too: native/splice_loop.h sl_loop_dial).
+  it.each([
+    [1, 850, ['timeout', 'timeout', 'timeout', 'connected']],
+    [2, 575, ['timeout', 'timeout', 'cancelled', 'connected']],
+  ])('holds at most %i attempts at once, and still reaches a late address within the timeout', async (parallel, atLeastMs, results) => {
+    const port = await blackholePort();
+    await acceptingServer('127.0.0.2', port);
+    let most = 0;
+    const sampler = setInterval(() => (most = Math.max(most, synSent(port))), 5);
+    onTestFinished(() => clearInterval(sampler));
+    const t0 = performance.now();
+    // 1200 ms in all, 50 ms attempt delay: with one at a time, 300 ms for each silent address;
+    // with two, the first gives way at 400 ms (1200 / 3), the second at 625 ((1200 - 50) / 2 after it began).
+    const r = await dialFirst({
+      addresses: ['127.0.0.1', '127.0.0.1', '127.0.0.1', '127.0.0.2'],
+      port,
+      connectTimeoutMs: 1200,
+      attemptDelayMs: 50,
+      parallel,
+      signal: new AbortController().signal,
+    });
+    const ms = performance.now() - t0;
+    clearInterval(sampler);
+    if (r.ok) r.socket.destroy();
+    expect(r.ok && r.address).toBe('127.0.0.2');
+    expect(r.attempts.map((a) => a.result)).toEqual(results);
+    expect(most).toBeGreaterThanOrEqual(1);
+    expect(most).toBeLessThanOrEqual(parallel);
+    expect(ms).toBeGreaterThanOrEqual(atLeastMs);
   });
 });
