@@ -16,6 +16,10 @@
 // closes lingering connections first once fewer than 1/16 of its worker_connections are free
 // (ngx_drain_connections; a lingering close is a reusable connection since 1.19.2).
 // (refusal.lingerMaxConnections, in net/refuse.ts, shortens lingers past it to 2 s.)
+// A dial to several addresses may hold more than one upstream socket at once (RFC 8305 §5
+// staggered attempts: up to SL_MAX_ADDRS, for as long as the connect timeout). Each attempt past
+// a connection's first is a descriptor too, granted from the same budget and share (`attempts`)
+// and given back when the dial ends; a dial granted none tries its addresses one at a time.
 // A source that belongs to no sandbox is accounted on its own (keyed by its address), with
 // the default limits.
 
@@ -32,6 +36,14 @@ export interface Ticket {
    * linger is given up). Outlives `release`.
    */
   linger(): LingerHold | null;
+  /**
+   * Grants up to `wanted` dial attempts beyond the connection's first, each one descriptor, from
+   * what the process's budget and the sandbox's share leave free; returns how many (0 when none
+   * is free). The grant is held until attemptsDone or release.
+   */
+  attempts(wanted: number): number;
+  /** The dial ended (an address answered, or none did): its extra attempts are given back. Idempotent. */
+  attemptsDone(): void;
   /** The connection is closed. Idempotent. */
   release(): void;
 }
@@ -54,6 +66,8 @@ export interface AdmissionOptions {
   readonly now?: () => number;
   /** Told of each linger given up, and why. */
   readonly onLingerGivenUp?: (why: LingerGivenUp) => void;
+  /** Told how many dial attempts a dial asked for and was not granted (attemptsFor), when any. */
+  readonly onAttemptsWithheld?: (n: number) => void;
 }
 
 interface Account {
@@ -61,6 +75,8 @@ interface Account {
   undecided: number;
   /** Refused connections of this key lingering (one descriptor each). */
   lingering: number;
+  /** Dial attempts beyond their connection's first, held by this key's dials (one descriptor each). */
+  attempts: number;
   tokens: number;
   /** When `tokens` was last refilled, ms. */
   stamp: number;
@@ -81,6 +97,7 @@ export class Admission {
   #open = 0;
   #undecided = 0;
   #lingering = 0;
+  #attempts = 0;
 
   constructor(opts: AdmissionOptions) {
     this.#opts = opts;
@@ -93,6 +110,11 @@ export class Admission {
 
   get undecided(): number {
     return this.#undecided;
+  }
+
+  /** Dial attempts beyond their connections' first, held now, all keys together. */
+  get attemptsHeld(): number {
+    return this.#attempts;
   }
 
   /** Refused connections lingering now, all keys together. */
@@ -115,7 +137,7 @@ export class Admission {
     const now = this.#now();
     let a = this.#accounts.get(key);
     if (a === undefined) {
-      a = { open: 0, undecided: 0, lingering: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
+      a = { open: 0, undecided: 0, lingering: 0, attempts: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
       this.#accounts.set(key, a);
     } else {
       a.tokens = Math.min(limits.burst, a.tokens + ((now - a.stamp) * limits.perSecond) / 1000);
@@ -128,12 +150,18 @@ export class Admission {
     if (a.tokens < 1) return refused('sandbox-limit', `more than ${limits.perSecond} new connections a second (burst ${limits.burst})`);
     if (overloaded) return refused('overload', 'memory pressure: new connections are shed');
     const g = this.#opts.globalConnections;
-    // In descriptors: two a connection, one a lingering refusal.
-    if (g !== null && 2 * this.#open + this.#lingering + 2 > 2 * g)
-      return refused('global-limit', `${this.#open} connections open and ${this.#lingering} refusals lingering in total (descriptor budget ${g})`);
+    // In descriptors: two a connection, one a lingering refusal, one an extra dial attempt.
+    if (g !== null && 2 * this.#open + this.#lingering + this.#attempts + 2 > 2 * g)
+      return refused(
+        'global-limit',
+        `${this.#open} connections open, ${this.#lingering} refusals lingering and ${this.#attempts} extra dial attempts in total (descriptor budget ${g})`,
+      );
     const share = this.sandboxShare;
-    if (share !== null && 2 * a.open + a.lingering + 2 > 2 * share)
-      return refused('global-limit', `${a.open} connections open and ${a.lingering} refusals lingering, this sandbox's share of the descriptor budget`);
+    if (share !== null && 2 * a.open + a.lingering + a.attempts + 2 > 2 * share)
+      return refused(
+        'global-limit',
+        `${a.open} connections open, ${a.lingering} refusals lingering and ${a.attempts} extra dial attempts, this sandbox's share of the descriptor budget`,
+      );
     a.tokens -= 1;
     a.open++;
     a.undecided++;
@@ -150,6 +178,29 @@ export class Admission {
   decidedOne(a: Account): void {
     a.undecided--;
     this.#undecided--;
+  }
+
+  /**
+   * Up to `wanted` extra dial attempts for one of `a`'s connections: what the process's budget
+   * and `a`'s share leave free, in descriptors as admit counts them.
+   */
+  attemptsFor(a: Account, wanted: number): number {
+    let k = Math.max(0, Math.floor(wanted));
+    const g = this.#opts.globalConnections;
+    if (g !== null) k = Math.min(k, 2 * g - (2 * this.#open + this.#lingering + this.#attempts));
+    const share = this.sandboxShare;
+    if (share !== null) k = Math.min(k, 2 * share - (2 * a.open + a.lingering + a.attempts));
+    k = Math.max(0, k);
+    if (k < wanted) this.#opts.onAttemptsWithheld?.(Math.floor(wanted) - k);
+    a.attempts += k;
+    this.#attempts += k;
+    return k;
+  }
+
+  /** `k` extra dial attempts of `a` are over. */
+  attemptsBack(a: Account, k: number): void {
+    a.attempts -= k;
+    this.#attempts -= k;
   }
 
   /** A ticket's connection closed: one fewer open, and the account forgotten once it can be. */
@@ -172,12 +223,12 @@ export class Admission {
   lingerOne(key: string, a: Account, asking: boolean): LingerHold | null {
     const mine = asking ? 2 : 0;
     const g = this.#opts.globalConnections;
-    if (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + 1 > 2 * g)) {
+    if (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + this.#attempts + 1 > 2 * g)) {
       this.#opts.onLingerGivenUp?.('global');
       return null;
     }
     const share = this.sandboxShare;
-    if (share !== null && (a.lingering >= share || 2 * a.open - mine + a.lingering + 1 > 2 * share)) {
+    if (share !== null && (a.lingering >= share || 2 * a.open - mine + a.lingering + a.attempts + 1 > 2 * share)) {
       this.#opts.onLingerGivenUp?.('sandbox');
       return null;
     }
@@ -243,6 +294,8 @@ class AccountTicket implements Ticket {
   readonly #account: Account;
   #undecided = true;
   #open = true;
+  /** Extra dial attempts held (attempts). */
+  #attempts = 0;
 
   constructor(admission: Admission, key: string, account: Account) {
     this.#admission = admission;
@@ -260,9 +313,23 @@ class AccountTicket implements Ticket {
     return this.#admission.lingerOne(this.#key, this.#account, this.#open);
   }
 
+  attempts(wanted: number): number {
+    if (!this.#open) return 0;
+    this.attemptsDone();
+    this.#attempts = this.#admission.attemptsFor(this.#account, wanted);
+    return this.#attempts;
+  }
+
+  attemptsDone(): void {
+    if (this.#attempts === 0) return;
+    this.#admission.attemptsBack(this.#account, this.#attempts);
+    this.#attempts = 0;
+  }
+
   release(): void {
     if (!this.#open) return;
     this.decided();
+    this.attemptsDone();
     this.#open = false;
     this.#admission.releasedOne(this.#key, this.#account);
   }

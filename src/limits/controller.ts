@@ -87,7 +87,7 @@ export class LimitsController {
         ),
     );
     // No budget until start() has raised the limit and counted what is open.
-    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp });
+    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp, onAttemptsWithheld: this.#attemptsWithheld });
     metrics.attachLimits(() => this.snapshot());
   }
 
@@ -108,7 +108,7 @@ export class LimitsController {
     const byDescriptors = connectionBudget(r.after.soft, inUse + (this.#acceptSlots ?? 0) * acceptLoops, c.global.reserveDescriptors);
     const global =
       byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
-    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp });
+    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp, onAttemptsWithheld: this.#attemptsWithheld });
     this.memory.start();
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
     this.#log.info(
@@ -136,6 +136,7 @@ export class LimitsController {
   }
 
   readonly #lingerGivenUp = (why: LingerGivenUp): void => this.#metrics.instruments.refusalLingersGivenUp.inc({ scope: why });
+  readonly #attemptsWithheld = (n: number): void => this.#metrics.instruments.dialAttemptsWithheld.inc(n);
 
   stop(): void {
     for (const t of this.#timers) clearInterval(t);
@@ -261,6 +262,7 @@ export class LimitsController {
       open: this.#admission.open,
       undecided: this.#admission.undecided,
       lingering: this.#admission.lingering,
+      dialAttempts: this.#admission.attemptsHeld,
       memoryPressure: round(this.memory.last.pressure),
       memoryLimitBytes: this.memory.cgroupLimitBytes,
       overloaded: { memory: this.memory.shedding, descriptors: g !== null && this.#admission.open >= g },
@@ -296,6 +298,14 @@ class PeekingTicket implements Ticket {
 
   linger(): LingerHold | null {
     return this.#ticket.linger();
+  }
+
+  attempts(wanted: number): number {
+    return this.#ticket.attempts(wanted);
+  }
+
+  attemptsDone(): void {
+    this.#ticket.attemptsDone();
   }
 
   release(): void {

@@ -19,7 +19,7 @@ import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outc
 import { chooseUpstream, chooseUpstreamNow, type DialMode, type TargetReason, type UpstreamQuery, type UpstreamTarget } from './upstream-target.ts';
 import type { NameResolver, ResolveResult } from './resolve.ts';
 import type { BlockMode, Linger, LingerHold } from './refuse.ts';
-import { SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
+import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
 import type { DecideTrace, Facts } from '../policy/decide.ts';
@@ -54,6 +54,10 @@ export interface AdmissionTicket {
   release(): void;
   /** A lingering place for a refusal, or null: given up (limits/admission.ts). */
   linger?(): LingerHold | null;
+  /** Up to `wanted` dial attempts beyond the first, each a descriptor: how many are granted. */
+  attempts?(wanted: number): number;
+  /** The dial is over: the attempts granted are given back. */
+  attemptsDone?(): void;
 }
 
 /** One connection on a Node socket (the JavaScript path). */
@@ -334,15 +338,24 @@ function judged(
     // the parsed first flight, the resolve's answer, the verdicts on the way) are let go once the
     // dial is under way, and a held connection keeps its outcome record and what the dial's
     // callbacks below need (issue 12: RSS per held connection).
+    // Attempts past the first hold descriptors of their own: admission grants what the budget
+    // and the sandbox's share leave free, given back once an address answered (or at the end).
+    // Both paths try MAX_DIAL_ADDRESSES at most (the native loop's bound).
+    const t = live.ticket;
+    const addresses = target.addresses.length > MAX_DIAL_ADDRESSES ? target.addresses.slice(0, MAX_DIAL_ADDRESSES) : target.addresses;
+    const wanted = addresses.length - 1;
+    const extra = wanted > 0 && t?.attempts ? t.attempts(wanted) : wanted;
     const connecting = socket.connect({
-      addresses: target.addresses,
+      addresses,
       port,
       connectTimeoutMs: config.upstream.connectTimeoutMs,
+      parallel: 1 + Math.max(0, extra),
       idleTimeoutMs: config.upstream.idleTimeoutMs,
       initial: first,
       closing: live,
       validUntil: namesUntil,
       onConnected: (address) => {
+        t?.attemptsDone?.();
         o.dialed = address;
         facts = { name: o.name ?? dnsName, ip: address, port };
         live.facts = facts;

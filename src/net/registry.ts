@@ -32,6 +32,10 @@ export interface LiveTicket {
   decided(): void;
   /** A lingering place for the refusal, or null: the linger is given up. Absent: no bound. */
   linger?(): LingerHold | null;
+  /** Up to `wanted` dial attempts beyond the first, each a descriptor: how many are granted. Absent: no bound. */
+  attempts?(wanted: number): number;
+  /** The dial is over: the attempts granted are given back. */
+  attemptsDone?(): void;
 }
 
 export class LiveConnection implements Closing {

@@ -58,6 +58,8 @@ export interface LimitsSnapshot {
   readonly undecided: number;
   /** Refused connections lingering after their answer (one descriptor each). */
   readonly lingering: number;
+  /** Dial attempts in flight past their connection's first (one descriptor each). */
+  readonly dialAttempts: number;
   readonly memoryPressure: number;
   readonly memoryLimitBytes: number | null;
   readonly overloaded: { readonly memory: boolean; readonly descriptors: boolean };
@@ -263,6 +265,18 @@ export const METRICS = {
     help: 'Connections admitted and not yet closed, all sandboxes, by state (open: all of them; undecided: still being peeked; lingering: refused, still read after the answer, one descriptor each and not among open).',
     labels: ['state'],
   },
+  dialAttemptsExtra: {
+    name: 'egressd_dial_attempts_extra',
+    type: 'gauge',
+    help: "Dial attempts in flight past their connection's first (RFC 8305 staggered attempts to a name's several addresses), one descriptor each, counted against the descriptor budget and the sandbox's share.",
+    labels: [],
+  },
+  dialAttemptsWithheld: {
+    name: 'egressd_dial_attempts_withheld_total',
+    type: 'counter',
+    help: "Dial attempts past the first that dials asked for and were not granted, the descriptor budget or their sandbox's share having no room: their addresses were tried fewer at a time.",
+    labels: [],
+  },
   refusalLingersGivenUp: {
     name: 'egressd_refusal_lingers_given_up_total',
     type: 'counter',
@@ -365,6 +379,7 @@ export class Metrics {
         setIf(g, { state: 'undecided' }, s?.undecided);
         setIf(g, { state: 'lingering' }, s?.lingering);
       },
+      dialAttemptsExtra: (g) => setIf(g, {}, src().limits()?.dialAttempts),
       acceptPauses: (g) => {
         const p = src().acceptPauses();
         if (!p) return;

@@ -8,7 +8,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createRig, rigUnavailableReason, type Rig } from '../helpers/netns-rig.ts';
 import { floodScenario, memoryCgroupDir, metricSum } from '../helpers/flood-scenario.ts';
-import { action } from '../helpers/log-line.ts';
+import { action, field } from '../helpers/log-line.ts';
 
 const skip = rigUnavailableReason();
 /** The memory test's headroom above egressd's idle usage (docs/config.md, limits.memory). */
@@ -145,6 +145,61 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
     if ((process.env['EGRESSD_DATA_PLANE'] ?? 'native-setup') === 'native-setup')
       expect(metricSum(r.metrics, 'egressd_accept_pauses_total', { reason: 'cap' }), figures).toBeGreaterThan(0);
     console.log(`flood under RLIMIT_NOFILE 256: ${figures}`);
+  }, 120_000);
+
+  // A name with many addresses that never answer: each dial staggers attempts (RFC 8305), and
+  // each attempt in flight is a descriptor of its own. Before admission counted them, sandbox
+  // 1's share of connections dialing 16 silent addresses each took every descriptor egressd had
+  // (about 40 connections × 17), and whatever came next failed for want of one, sandbox 2's
+  // connections included. Now the attempts past a connection's first come out of the same budget
+  // and share, and a dial granted none tries its addresses one at a time.
+  it("under RLIMIT_NOFILE 256, one sandbox's dials to a name of 16 silent addresses take no descriptor the other needs", async () => {
+    const silent = Array.from({ length: 16 }, (_, i) => `198.18.1.${96 + i}`);
+    await rig.servers(silent);
+    // Served, then made silent: their SYNs are dropped, so every attempt waits.
+    const drop = await rig.execIn('internet', 'iptables', ['-I', 'INPUT', '-p', 'tcp', '-d', '198.18.1.96/28', '-j', 'DROP']);
+    expect(drop.code, drop.stderr).toBe(0);
+    const r = await floodScenario(rig, {
+      flood: { count: 400, holdMs: 8000, kinds: 'hello', sni: 'silent.test' },
+      names1: { 'silent.test': silent },
+      nofile: 256,
+      download: 4 * 1_048_576,
+      requests: 40,
+      workloadAfterMs: 2000,
+      config: { metrics: { sandboxLabel: true } },
+    });
+    expect(r.died).toBeNull();
+    const refused = (sandbox: string, reason: string): number => metricSum(r.metrics, 'egressd_connections_total', { reason, sandbox });
+    const floodLines = r.lines.filter(
+      (l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'flood-1' && Array.isArray(field(l, 'egressd.upstream.tried')),
+    );
+    const tried = floodLines.flatMap((l) => field(l, 'egressd.upstream.tried') as string[]);
+    const figures = JSON.stringify({
+      emfile: metricSum(r.metrics, 'egressd_accept_errors_total'),
+      floodDials: floodLines.length,
+      attempts: tried.length,
+      other: tried.filter((t) => t.endsWith(' other')).length,
+      flood: r.flood,
+      workload: r.workload,
+    });
+    // The admin API answered (it did not, out of descriptors, before the attempts were counted).
+    expect(r.limitsApi?.['nofileSoft'], figures).toBe(256);
+    // The flood dialed, several addresses a dial, and no attempt failed for want of a descriptor.
+    expect(floodLines.length, figures).toBeGreaterThan(0);
+    expect(tried.length, figures).toBeGreaterThan(floodLines.length);
+    expect(
+      tried.filter((t) => !/ (timeout|cancelled)$/.test(t)),
+      figures,
+    ).toEqual([]);
+    expect(metricSum(r.metrics, 'egressd_accept_errors_total'), figures).toBe(0);
+    // The budget bit: some dials were granted fewer attempts than addresses.
+    expect(metricSum(r.metrics, 'egressd_dial_attempts_withheld_total'), figures).toBeGreaterThan(0);
+    // Sandbox 2: nothing refused, every request and the whole download spliced.
+    for (const reason of ['global-limit', 'sandbox-limit', 'overload']) expect(refused('calm-2', reason), `${reason}; ${figures}`).toBe(0);
+    expect(r.workload['download'], figures).toMatchObject({ ok: true, bytes: 4 * 1_048_576 });
+    expect(r.workload['short'], figures).toMatchObject({ total: 40, ok: 40 });
+    expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
+    console.log(`silent addresses under RLIMIT_NOFILE 256: ${figures}`);
   }, 120_000);
 
   // The memory cgroup's limit is egressd's usage serving at rest (after one quiet round of sandbox 2's

@@ -26,6 +26,8 @@ export interface FloodOptions {
   readonly requests: number;
   /** Sandbox 1's `limits` object. */
   readonly limits1?: Record<string, number>;
+  /** More names dnsmasq answers (with allowed.test), each allowed to sandbox 1 too. */
+  readonly names1?: Record<string, string[]>;
   /** More config keys (merged at the top level). */
   readonly config?: Record<string, unknown>;
   /** Start egressd with RLIMIT_NOFILE soft = hard = this (prlimit). */
@@ -78,8 +80,9 @@ export function memoryCgroupDir(): { dir: string; v1: boolean } | null {
 
 export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<FloodResult> {
   await rig.servers([FLOOD_SERVER]);
-  await rig.dns({ 'allowed.test': [FLOOD_SERVER] });
+  await rig.dns({ 'allowed.test': [FLOOD_SERVER], ...opts.names1 });
   const network = { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } };
+  const network1 = { mode: 'block-all', egress: { allowed_domains: ['allowed.test', ...Object.keys(opts.names1 ?? {})] } };
   const config = {
     listen: { http: ['0.0.0.0:15080'], tls: ['0.0.0.0:15443'], tcp: ['0.0.0.0:15001'] },
     admin: { listen: ADMIN, token: TOKEN },
@@ -87,7 +90,7 @@ export async function floodScenario(rig: Rig, opts: FloodOptions): Promise<Flood
     protected: { except: ['198.18.0.0/15'] },
     peek: { timeoutMs: 30_000, firstByteTimeoutMs: 1000 },
     sandboxes: [
-      { id: 'flood-1', sources: [rig.sandboxV4], network, ...(opts.limits1 ? { limits: opts.limits1 } : {}) },
+      { id: 'flood-1', sources: [rig.sandboxV4], network: network1, ...(opts.limits1 ? { limits: opts.limits1 } : {}) },
       { id: 'calm-2', sources: [rig.sandbox2V4], network },
     ],
     ...opts.config,

@@ -166,6 +166,47 @@ describe('Admission, lingering refusals', () => {
     expect(a.lingering).toBe(100);
   });
 
+  // RFC 8305 staggered attempts: each attempt past a connection's first is a descriptor of its own.
+  it("grants extra dial attempts from what the budget and the sandbox's share leave, and counts them against admission until given back", () => {
+    // Budget 10 connections (20 descriptors); a sandbox's share 5 connections (10 descriptors).
+    const withheld: number[] = [];
+    const a = new Admission({ globalConnections: 10, sandboxShare: 0.5, onAttemptsWithheld: (n) => withheld.push(n) });
+    const admit = (k: string) => {
+      const r = a.admit(k, MANY, false);
+      if (!r.ok) throw new Error(`not admitted: ${r.detail}`);
+      return r.ticket;
+    };
+    const t1 = admit('flood');
+    const t2 = admit('flood');
+    // 4 of the share's 10 descriptors are the two connections': 6 left for attempts.
+    expect(t1.attempts(15)).toBe(6);
+    expect(t2.attempts(15)).toBe(0);
+    expect(a.attemptsHeld).toBe(6);
+    expect(withheld).toEqual([9, 15]);
+    // The attempts hold the share: no third connection until the dial is over.
+    expect(a.admit('flood', MANY, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+    const refused = a.admit('flood', MANY, false);
+    if (!refused.ok) expect(refused.detail).toContain('6 extra dial attempts');
+    // The other sandbox keeps its share.
+    const calm = Array.from({ length: 5 }, () => admit('calm'));
+    expect(calm[0]!.attempts(3)).toBe(0);
+    t1.attemptsDone();
+    t1.attemptsDone();
+    expect(a.attemptsHeld).toBe(0);
+    expect(admit('flood').attempts(1)).toBe(1);
+    // A release gives back what the ticket still held; a released ticket is granted nothing.
+    t2.release();
+    expect(t2.attempts(5)).toBe(0);
+    expect(a.attemptsHeld).toBe(1);
+  });
+
+  it('with no descriptor budget, grants every attempt asked for', () => {
+    const a = new Admission({ globalConnections: null, sandboxShare: 0.5 });
+    const r = a.admit('sb', MANY, false);
+    expect(r.ok && r.ticket.attempts(15)).toBe(15);
+    expect(r.ok && r.ticket.attempts(-2)).toBe(0);
+  });
+
   it('keeps an account while it lingers, and forgets it once the linger ends', () => {
     const c = clock();
     const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });

@@ -102,6 +102,7 @@ function feed(m: Metrics): void {
   // Admission control: an accept(2) failure and the limits' gauges.
   m.instruments.acceptErrors.inc({ code: 'EMFILE' });
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
+  m.instruments.dialAttemptsWithheld.inc(4);
   m.attachLimits(() => ({
     nofileSoft: 1024,
     nofileHard: 4096,
@@ -111,6 +112,7 @@ function feed(m: Metrics): void {
     open: 3,
     undecided: 1,
     lingering: 2,
+    dialAttempts: 5,
     memoryPressure: 0.4,
     memoryLimitBytes: 512 * 1_048_576,
     overloaded: { memory: true, descriptors: false },
