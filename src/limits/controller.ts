@@ -87,7 +87,12 @@ export class LimitsController {
         ),
     );
     // No budget until start() has raised the limit and counted what is open.
-    this.#admission = new Admission({ globalConnections: c.global.connections, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp, onAttemptsWithheld: this.#attemptsWithheld });
+    this.#admission = new Admission({
+      globalConnections: c.global.connections,
+      sandboxShare: c.global.sandboxShare,
+      onLingerGivenUp: this.#lingerGivenUp,
+      onAttemptsWithheld: this.#attemptsWithheld,
+    });
     metrics.attachLimits(() => this.snapshot());
   }
 
@@ -108,7 +113,12 @@ export class LimitsController {
     const byDescriptors = connectionBudget(r.after.soft, inUse + (this.#acceptSlots ?? 0) * acceptLoops, c.global.reserveDescriptors);
     const global =
       byDescriptors === null ? c.global.connections : c.global.connections === null ? byDescriptors : Math.min(byDescriptors, c.global.connections);
-    this.#admission = new Admission({ globalConnections: global, sandboxShare: c.global.sandboxShare, onLingerGivenUp: this.#lingerGivenUp, onAttemptsWithheld: this.#attemptsWithheld });
+    this.#admission = new Admission({
+      globalConnections: global,
+      sandboxShare: c.global.sandboxShare,
+      onLingerGivenUp: this.#lingerGivenUp,
+      onAttemptsWithheld: this.#attemptsWithheld,
+    });
     this.memory.start();
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
     this.#log.info(
