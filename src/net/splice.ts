@@ -229,8 +229,29 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     // One timer per connection, re-armed lazily, instead of one reset per chunk.
     const checkIdle = (): void => {
       const quiet = performance.now() - lastActivity;
-      if (quiet >= idleMs) return destroyBoth('idle-timeout');
+      if (quiet >= idleMs) return void Promise.all([probe('client'), probe('upstream')]).then(idleEnd);
       idleTimer = setTimeout(checkIdle, Math.ceil(idleMs - quiet));
+    };
+    // Node watches no socket it is not reading (paused for backpressure, or after its FIN): a reset
+    // there goes unseen until egressd writes to it. So before the idle timeout closes both sides,
+    // a zero-byte write asks each (it fails at once on a reset socket and sends nothing on a
+    // healthy one), and a side that reset ends the connection as its reset would have, never as
+    // an idle close whose FIN would pass for a clean end.
+    const probe = (side: Side): Promise<void> =>
+      new Promise((resolve) => {
+        const s = socketOf[side];
+        if (s.destroyed || s.writableEnded) return resolve();
+        s.write(EMPTY, (err) => {
+          if (err) onError(side)(err);
+          resolve();
+        });
+      });
+    const idleEnd = (): void => {
+      if (end !== null || settled) return; // a side failed: lingerThenReset ends it
+      if (!gone.client && !gone.upstream) return destroyBoth('idle-timeout');
+      // One reset after its FIN (goneAfterFin): `closed`, though the other side never took the rest.
+      client.destroy();
+      upstream.destroy();
     };
     idleTimer = setTimeout(checkIdle, idleMs);
   });

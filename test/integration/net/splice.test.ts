@@ -481,17 +481,33 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
 
   // Without those late bytes the JavaScript path cannot see the reset: the EOF took the socket out
   // of libuv's epoll set, and Node reports nothing until egressd writes to it again (the other
-  // side's bytes or FIN). A connection whose other side stays silent is ended only by the idle
-  // timeout there; the native loop watches both sockets for errors throughout (docs/logs.md).
-  it.each(['upstream', 'client'] as const)('ends a connection whose %s reset after its FIN while the other side stays silent', async (first) => {
+  // side's bytes or FIN). With the other side silent, only the idle timeout's probe finds it
+  // there, and the connection ends as the native loop ends it at once (docs/logs.md).
+  it.each(['upstream', 'client'] as const)('ends a connection whose %s reset after its FIN while the other side stays silent: closed', async (first) => {
     const r = await rig({ idleTimeoutMs: 1500 });
     const up = await r.upstream;
     const [finisher, other] = first === 'upstream' ? [up, r.client] : [r.client, up];
     finisher.end('the last bytes');
     expect((await collect(other)).toString()).toBe('the last bytes');
     finisher.resetAndDestroy();
-    const res = await r.result;
-    expect(res).toMatchObject({ end: p === 'native' ? 'closed' : 'idle-timeout', firstFin: first });
+    expect(await r.result).toMatchObject({ end: 'closed', firstFin: first });
+  });
+
+  // The same blindness for a socket egressd stopped reading because the other side does not read:
+  // an upstream that resets then, while the client reads nothing. At the idle timeout the
+  // JavaScript path closed both sides with a FIN, so the client, reading at last, took the 4 MiB
+  // it got of an aborted download for a complete one. Now it ends as the upstream's reset.
+  it('never closes with a FIN a client that read nothing while the upstream reset', async () => {
+    const r = await rig({ idleTimeoutMs: 2000 });
+    const up = await r.upstream;
+    r.client.pause();
+    up.write(randomBytes(32 * MiB)); // more than egressd's buffers take, so it stops reading the upstream
+    await sleep(300);
+    up.resetAndDestroy();
+    expect((await r.result).end).toBe('upstream-reset');
+    const read = readToEnd(r.client);
+    r.client.resume();
+    expect((await read).ending).toBe('ECONNRESET');
   });
 
   it('still calls a reset before any FIN a reset, though the other side had sent its FIN', async () => {
