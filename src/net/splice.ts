@@ -240,7 +240,9 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     const probe = (side: Side): Promise<void> =>
       new Promise((resolve) => {
         const s = socketOf[side];
-        if (s.destroyed || s.writableEnded) return resolve();
+        // A socket Node is still writing to is watched (its reset would have surfaced), and a
+        // probe queued behind bytes a stalled reader never takes would never answer.
+        if (s.destroyed || s.writableEnded || s.writableLength > 0) return resolve();
         s.write(EMPTY, (err) => {
           if (err) onError(side)(err);
           resolve();

@@ -547,6 +547,16 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(await upEnd).toBe('end');
   });
 
+  // A stalled reader holds bytes in egressd's buffers toward it: the idle timeout ends that too.
+  it('closes both sides at the idle timeout when the client has stopped reading', async () => {
+    const r = await rig({ idleTimeoutMs: 1000 });
+    const up = await r.upstream;
+    r.client.pause();
+    up.write(randomBytes(32 * MiB));
+    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
+    expect(res?.end).toBe('idle-timeout');
+  });
+
   it('keeps a connection that moves a byte within every idle period open past idleTimeoutMs', async () => {
     const r = await rig({ idleTimeoutMs: 600 });
     const up = await r.upstream;
