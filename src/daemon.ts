@@ -17,6 +17,7 @@ import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
+import { QuerySockets } from './net/query-sockets.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { connectionLogger, logConnection } from './observability/connection-log.ts';
@@ -84,6 +85,7 @@ export class Daemon {
   readonly dnsCache = new AnswerCache();
   readonly dnsMemory: ResolvedNames;
   readonly dnsForwarder: Forwarder;
+  readonly #querySockets = new QuerySockets();
   readonly dns: DnsService;
   readonly admin: AdminServer;
   readonly limits: LimitsController;
@@ -107,13 +109,16 @@ export class Daemon {
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
+    // One pool of query sockets for both: a bounded number of descriptors, whatever the number of
+    // lookups in flight (net/query-sockets.ts).
     this.resolver = new NameResolver({
       servers: [...config.dns.servers],
       timeoutMs: config.dns.timeoutMs,
       onLookup: (e) => this.metrics.dnsLookup(e),
+      sockets: this.#querySockets,
     });
     this.dnsMemory = new ResolvedNames(config.dns.memory);
-    this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs });
+    this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, sockets: this.#querySockets });
     this.dns = new DnsService({
       config: () => this.#config,
       policies: this.store,
@@ -519,6 +524,7 @@ export class Daemon {
     this.resolver.close();
     this.host.stop();
     this.dnsForwarder.close();
+    this.#querySockets.close();
     this.limits.stop();
     // The last export carries the counts of the connections closed above; bounded by the exporter's timeout.
     await this.#otlp?.shutdown().catch((err: unknown) => this.log.warn({ event: { action: 'otlp-failed' }, err }, 'the last OTLP export failed'));

@@ -1,17 +1,16 @@
 // Sends the queries egressd forwards to the upstream resolvers (`dns.servers`) and reads their
-// answers. Each attempt leaves from one of a pool of sockets picked at random, each bound to its
-// own random port, with a random id (RFC 5452 §9.2: POOL_SIZE ports × 16 bits of id against
-// spoofed answers; unbound's outgoing-range is the same idea) — a socket per query cost ~0.5 ms
-// of the loop each. The next server is tried after a share of the deadline while earlier
+// answers. Each attempt leaves from the process's pool of query sockets (net/query-sockets.ts:
+// a random one of POOL_SIZE ports, a random id; a socket per query cost ~0.5 ms of the loop
+// each, and a descriptor). The next server is tried after a share of the deadline while earlier
 // attempts keep listening, so any answer that arrives within `timeoutMs` is used. A truncated
 // answer is asked again over TCP (RFC 7766 §5).
 
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { getServers } from 'node:dns';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import { parseDnsServer } from '../net/dns-client.ts';
+import { QuerySockets, type SentQuery } from '../net/query-sockets.ts';
 import { frame, parseUpstreamReply, upstreamQuery, type Answered } from './message.ts';
 
 export interface UpstreamServer {
@@ -28,6 +27,8 @@ export interface ForwarderOptions {
   readonly servers: readonly string[];
   /** The most one forwarded query may take, whatever the number of servers and retries. */
   readonly timeoutMs: number;
+  /** The process's query sockets (shared with the resolver of dialed names); its own when absent. */
+  readonly sockets?: QuerySockets;
 }
 
 /** The largest answer read over TCP: the two-octet length allows no more (RFC 1035 §4.2.2). */
@@ -35,16 +36,6 @@ const MAX_TCP_ANSWER = 65_535;
 /** Each server gets one retransmission: 2 × servers attempts share the deadline. */
 const TRIES_PER_SERVER = 2;
 const MIN_ATTEMPT_MS = 100;
-/** Sockets per address family, each on its own ephemeral port. */
-const POOL_SIZE = 32;
-
-type ReplyHandler = (buf: Buffer, address: string, port: number) => void;
-
-interface PooledSocket {
-  readonly sock: UdpSocket;
-  /** The attempts waiting on this socket, by query id. */
-  readonly waiting: Map<number, ReplyHandler>;
-}
 
 /** "127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353" → a server (the resolver's own reading). */
 export function parseServer(text: string): UpstreamServer | null {
@@ -57,13 +48,19 @@ const label = (s: UpstreamServer): string => (isIP(s.host) === 6 ? `[${s.host}]:
 export class Forwarder {
   readonly #servers: UpstreamServer[];
   readonly #timeoutMs: number;
-  readonly #pools: Record<4 | 6, (PooledSocket | undefined)[]> = { 4: [], 6: [] };
+  readonly #sockets: QuerySockets;
+  /** The sockets are this forwarder's own, to close with it. */
+  readonly #ownSockets: boolean;
+  /** Each query in flight's way to end it (close). */
+  readonly #inflight = new Set<() => void>();
   #closed = false;
 
   constructor(o: ForwarderOptions) {
     const list = o.servers.length > 0 ? o.servers : getServers();
     this.#servers = list.map(parseServer).filter((s): s is UpstreamServer => s !== null);
     this.#timeoutMs = Math.max(1, o.timeoutMs);
+    this.#ownSockets = o.sockets === undefined;
+    this.#sockets = o.sockets ?? new QuerySockets();
   }
 
   get servers(): readonly string[] {
@@ -83,14 +80,17 @@ export class Forwarder {
       let n = 0;
       let lastError = 'no answer';
       const timers: NodeJS.Timeout[] = [];
-      const mine: { ps: PooledSocket; id: number }[] = [];
+      const mine: SentQuery[] = [];
       const finish = (r: ForwardResult): void => {
         if (settled) return;
         settled = true;
+        this.#inflight.delete(stop);
         for (const t of timers) clearTimeout(t);
-        for (const m of mine) m.ps.waiting.delete(m.id);
+        for (const m of mine) m.cancel();
         resolve(r);
       };
+      const stop = (): void => finish({ ok: false, cause: 'error', detail: 'forwarder closed', ms: ms() });
+      this.#inflight.add(stop);
       const overall = setTimeout(
         () => finish({ ok: false, cause: 'timeout', detail: `no answer within ${this.#timeoutMs} ms (${lastError})`, ms: ms() }),
         this.#timeoutMs,
@@ -100,29 +100,31 @@ export class Forwarder {
         if (settled || this.#closed) return;
         const server = this.#servers[n % this.#servers.length]!;
         n++;
-        const ps = this.#socket(isIP(server.host) === 6 ? 6 : 4);
-        let id = randomInt(0, 65_536);
-        while (ps.waiting.has(id)) id = randomInt(0, 65_536);
-        const msg = upstreamQuery(id, name, type, dnssecOk, checkingDisabled);
-        mine.push({ ps, id });
-        ps.waiting.set(id, (buf, address, port) => {
-          // RFC 5452 §9.1: only the server asked, from its port, with our id and question.
-          if (port !== server.port || canonical(address) !== canonical(server.host)) return;
-          const r = parseUpstreamReply(buf, id, name, type);
-          if (r.kind !== 'answer') {
-            if (r.kind === 'malformed') lastError = `malformed answer from ${label(server)}: ${r.why}`;
-            return;
-          }
-          if (!r.truncated) return finish({ ok: true, answered: r.answered, server: label(server), ms: ms() });
-          ps.waiting.delete(id);
-          void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now()).then((t) => {
-            if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
-            else lastError = t.detail;
-          });
-        });
-        ps.sock.send(msg, server.port, server.host, (err) => {
-          if (err) lastError = err.message;
-        });
+        const sent = this.#sockets.send(
+          server.host,
+          server.port,
+          (id) => upstreamQuery(id, name, type, dnssecOk, checkingDisabled),
+          (buf, address, port) => {
+            // RFC 5452 §9.1: only the server asked, from its port, with our id and question.
+            if (port !== server.port || canonical(address) !== canonical(server.host)) return;
+            const r = parseUpstreamReply(buf, sent!.id, name, type);
+            if (r.kind !== 'answer') {
+              if (r.kind === 'malformed') lastError = `malformed answer from ${label(server)}: ${r.why}`;
+              return;
+            }
+            if (!r.truncated) return finish({ ok: true, answered: r.answered, server: label(server), ms: ms() });
+            sent!.cancel();
+            void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now()).then((t) => {
+              if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
+              else lastError = t.detail;
+            });
+          },
+          (err) => {
+            if (err) lastError = err.message;
+          },
+        );
+        if (sent === null) return finish({ ok: false, cause: 'error', detail: 'forwarder closed', ms: ms() });
+        mine.push(sent);
         if (n < attempts) timers.push(setTimeout(attempt, attemptMs));
       };
       attempt();
@@ -164,45 +166,11 @@ export class Forwarder {
     });
   }
 
-  /** A socket of the pool, picked at random; made on first use, remade after an error. */
-  #socket(family: 4 | 6): PooledSocket {
-    const pool = this.#pools[family];
-    const i = randomInt(0, POOL_SIZE);
-    const have = pool[i];
-    if (have) return have;
-    const sock = createSocket(family === 6 ? 'udp6' : 'udp4');
-    const ps: PooledSocket = { sock, waiting: new Map() };
-    sock.on('message', (buf, rinfo) => {
-      if (buf.length < 2) return;
-      ps.waiting.get(buf.readUInt16BE(0))?.(buf, rinfo.address, rinfo.port);
-    });
-    sock.on('error', () => {
-      // The attempts on it time out or are answered on another; the slot gets a new socket.
-      if (pool[i] === ps) pool[i] = undefined;
-      try {
-        sock.close();
-      } catch {
-        // already closed
-      }
-    });
-    // An unbound socket is bound to a random ephemeral port by its first send.
-    pool[i] = ps;
-    return ps;
-  }
-
-  /** Stops every attempt in flight; later queries fail at once. */
+  /** Stops every attempt in flight (they fail as `error`); later queries fail at once. */
   close(): void {
     this.#closed = true;
-    for (const family of [4, 6] as const) {
-      for (const ps of this.#pools[family]) {
-        try {
-          ps?.sock.close();
-        } catch {
-          // already closed
-        }
-      }
-      this.#pools[family] = [];
-    }
+    for (const stop of [...this.#inflight]) stop();
+    if (this.#ownSockets) this.#sockets.close();
   }
 }
 

@@ -6,16 +6,17 @@
 // in 1.1 s under a 2 s budget — lands on a query nobody waits for any more. Here the lookup owns
 // its sockets: retransmissions go out on the same sockets, and an answer to any of them, at any
 // time before the deadline, is used (RFC 1035 §7.2: match the reply to the request by ID,
-// question and server; RFC 5452 §9.1: a fresh random ID per query and a random source port per
-// lookup). A truncated answer is asked again over TCP (RFC 7766 §5).
+// question and server; RFC 5452 §9.1-9.2: a fresh random ID per query, from a random one of the
+// process's pooled source ports, net/query-sockets.ts). A truncated answer is asked again over
+// TCP (RFC 7766 §5), as many at once as the pool allows.
 //
 // Messages are encoded and decoded by dns-packet; what is accepted from them is decided here.
 
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import * as packet from 'dns-packet';
+import type { QuerySockets, SentQuery } from './query-sockets.ts';
 
 export type DnsFailure = 'nxdomain' | 'nodata' | 'timeout' | 'servfail' | 'refused' | 'error';
 
@@ -52,6 +53,8 @@ export interface ExchangeOptions {
   readonly deadline: number;
   /** Time between sends: the first goes to servers[0] at once, the next to servers[1]..., round robin. */
   readonly retransmitMs: number;
+  /** The sockets the queries leave from (shared by every exchange of the process). */
+  readonly sockets: QuerySockets;
 }
 
 type QType = 'A' | 'AAAA';
@@ -63,13 +66,14 @@ const TCP_MAX_MESSAGE = 65_535;
  * One lookup of `name`'s A and AAAA records. Each family settles on its own: `onFamily` is
  * called once per family (in whatever order the answers come), and at the deadline for any
  * family still unanswered, with `timeout` or the last failure a server answered with.
- * `cancel()` settles what is left as `error` and closes the sockets.
+ * `cancel()` settles what is left as `error` and lets its queries go.
  */
 export class AddressExchange {
   readonly #name: string;
   readonly #o: ExchangeOptions;
   readonly #onFamily: (family: 4 | 6, a: FamilyAnswer) => void;
-  readonly #sockets = new Map<4 | 6, UdpSocket>();
+  /** The queries sent, to let go once settled. */
+  readonly #sent: SentQuery[] = [];
   /** Outstanding query IDs per type; every ID ever sent for the type stays valid until it settles. */
   readonly #ids: Record<QType, Set<number>> = { A: new Set(), AAAA: new Set() };
   readonly #settled: Record<QType, boolean> = { A: false, AAAA: false };
@@ -120,21 +124,16 @@ export class AddressExchange {
 
   #send(type: QType, serverIndex: number): void {
     const server = this.#o.servers[serverIndex]!;
-    const family = isIP(server.address) === 6 ? 6 : 4;
-    let socket = this.#sockets.get(family);
-    if (!socket) {
-      socket = createSocket(family === 6 ? 'udp6' : 'udp4');
-      // An ICMP port unreachable or a send error: the query stays unanswered; the deadline or
-      // another server settles it.
-      socket.on('error', () => {});
-      socket.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo.address, rinfo.port));
-      this.#sockets.set(family, socket);
-    }
-    let id = randomInt(0x10000);
-    while (this.#ids[type].has(id)) id = randomInt(0x10000);
-    this.#ids[type].add(id);
-    const query = packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type, class: 'IN', name: this.#name }] });
-    socket.send(query, server.port, server.address, () => {});
+    // A send error leaves the query unanswered: the deadline or another server settles it.
+    const sent = this.#o.sockets.send(
+      server.address,
+      server.port,
+      (id) => packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type, class: 'IN', name: this.#name }] }),
+      (msg, address, port) => this.#onMessage(msg, address, port),
+    );
+    if (sent === null) return;
+    this.#ids[type].add(sent.id);
+    this.#sent.push(sent);
   }
 
   #serverIndex(address: string, port: number): number {
@@ -187,8 +186,13 @@ export class AddressExchange {
     else this.#send(type, (server + 1) % this.#o.servers.length);
   }
 
-  #overTcp(type: QType, serverIndex: number): Promise<void> {
+  async #overTcp(type: QType, serverIndex: number): Promise<void> {
     const server = this.#o.servers[serverIndex]!;
+    // Each retry over TCP is a descriptor: past the pool's bound it waits its turn, within the
+    // deadline (the type's UDP rounds go on meanwhile).
+    const release = await this.#o.sockets.tcpSlot(this.#o.deadline - Date.now());
+    if (release === null) return;
+    if (this.#closed || this.#settled[type]) return release();
     return new Promise<void>((resolve) => {
       const id = randomInt(0x10000);
       this.#ids[type].add(id);
@@ -196,6 +200,7 @@ export class AddressExchange {
       const done = (): void => {
         clearTimeout(timer);
         s.destroy();
+        release();
         resolve();
       };
       const timer = setTimeout(done, Math.max(0, this.#o.deadline - Date.now()));
@@ -241,8 +246,8 @@ export class AddressExchange {
     this.#closed = true;
     if (this.#retransmit) clearTimeout(this.#retransmit);
     if (this.#deadline) clearTimeout(this.#deadline);
-    for (const s of this.#sockets.values()) s.close();
-    this.#sockets.clear();
+    for (const q of this.#sent) q.cancel();
+    this.#sent.length = 0;
   }
 }
 

@@ -11,6 +11,7 @@
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
 import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
+import { QuerySockets } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
 
@@ -30,6 +31,8 @@ export interface ResolverOptions {
   readonly clock?: () => number;
   /** The cache to read and fill; one is made when none is given (a DNS listener may share it). */
   readonly cache?: AddressCache;
+  /** The process's query sockets (shared with the DNS listener's forwarder); its own when absent. */
+  readonly sockets?: QuerySockets;
 }
 
 const DEFAULT_NEGATIVE_TTL_MS = 5_000;
@@ -54,11 +57,16 @@ export class NameResolver {
   readonly #cache: AddressCache;
   readonly #inflight = new Map<string, Promise<CachedAnswer>>();
   readonly #exchanges = new Set<AddressExchange>();
+  readonly #sockets: QuerySockets;
+  /** The sockets are this resolver's own, to close with it. */
+  readonly #ownSockets: boolean;
   #closed = false;
 
   constructor(o: ResolverOptions) {
     this.#timeoutMs = Math.max(1, o.timeoutMs);
     this.#negativeTtlMs = o.negativeTtlMs ?? DEFAULT_NEGATIVE_TTL_MS;
+    this.#ownSockets = o.sockets === undefined;
+    this.#sockets = o.sockets ?? new QuerySockets();
     this.#onLookup = o.onLookup;
     this.#cache = o.cache ?? new AddressCache({ ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}), ...(o.clock ? { clock: o.clock } : {}) });
     const texts = o.servers.length > 0 ? o.servers : getServers();
@@ -104,6 +112,7 @@ export class NameResolver {
   close(): void {
     this.#closed = true;
     for (const x of [...this.#exchanges]) x.cancel();
+    if (this.#ownSockets) this.#sockets.close();
     this.#cache.clear();
   }
 
@@ -135,7 +144,7 @@ export class NameResolver {
       };
       const exchange = new AddressExchange(
         key,
-        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs },
+        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs, sockets: this.#sockets },
         (family, a) => {
           answers[family] = a;
           const both = answers[4] !== null && answers[6] !== null;

@@ -2,10 +2,12 @@
 // answer, TTL and failure is chosen here, and the server counts what was actually asked. Cache
 // expiry runs on an injected clock, so no test waits for a TTL to pass.
 
+import { readdirSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
+import { QuerySockets } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 
 interface Setup {
@@ -340,5 +342,85 @@ describe('NameResolver: truncated answers', () => {
     expect(r).toMatchObject({ ok: true });
     if (r.ok) expect(r.addresses).toHaveLength(40);
     expect(tcpQueries).toBeGreaterThanOrEqual(1);
+  });
+});
+
+/** Descriptors this process has open now. */
+const openFds = (): number => readdirSync('/proc/self/fd').length - 1;
+
+/** Resolves once `n` queries have reached `dns` in all. */
+async function queriesSeen(dns: DnsTestServer, n: number): Promise<void> {
+  while (dns.queries.length < n) await dns.nextQuery();
+}
+
+// Each lookup's queries leave from the process's pool of sockets (net/query-sockets.ts): a
+// descriptor per lookup instead let a sandbox opening connections to fresh names under a slow
+// zone hold one for each until its timeout, outside the connection budget.
+describe.skipIf(process.platform !== 'linux')('NameResolver: descriptors', () => {
+  it('holds no more sockets than its pool, however many lookups wait', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const sockets = new QuerySockets({ size: 4 });
+    onTestFinished(() => sockets.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 1_500, sockets });
+    onTestFinished(() => resolver.close());
+    const names = Array.from({ length: 100 }, (_, i) => `slow${i}.test`);
+    for (const n of names) dns.set(n, { kind: 'silent' });
+    const before = openFds();
+    const all = Promise.all(names.map((n) => resolver.resolve(n)));
+    await queriesSeen(dns, 200);
+    expect(openFds() - before).toBeLessThanOrEqual(4);
+    expect(sockets.open).toBeLessThanOrEqual(4);
+    expect(sockets.waiting).toBeGreaterThanOrEqual(200);
+    const results = await all;
+    expect(results.every((r) => !r.ok && r.cause === 'timeout')).toBe(true);
+    // Settled lookups leave nothing waiting on the pool.
+    expect(sockets.waiting).toBe(0);
+  });
+
+  it('retries over TCP at most tcpMax at once; the others wait their turn within the timeout', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const port = Number(dns.server.split(':').pop());
+    // A TCP side that answers each query 300 ms after it came; `most`: queries it held at once.
+    let held = 0;
+    let most = 0;
+    const tcp = createServer((s: Socket) => {
+      s.on('error', () => {});
+      let buf = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
+        const q = packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+        most = Math.max(most, ++held);
+        const question = q.questions![0]!;
+        const answers: packet.Answer[] = question.type === 'A' ? [{ type: 'A', name: question.name, ttl: 60, data: '192.0.2.41' }] : [];
+        setTimeout(() => {
+          held--;
+          if (!s.destroyed)
+            s.end(
+              packet.streamEncode({
+                type: 'response',
+                id: q.id,
+                flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE,
+                questions: q.questions,
+                answers,
+              }),
+            );
+        }, 300).unref();
+      });
+    });
+    await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
+    onTestFinished(() => void tcp.close());
+    const sockets = new QuerySockets({ tcpMax: 2 });
+    onTestFinished(() => sockets.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 4_000, sockets });
+    onTestFinished(() => resolver.close());
+    const names = Array.from({ length: 6 }, (_, i) => `big${i}.test`);
+    for (const n of names) dns.set(n, { kind: 'answer', a: ['192.0.2.41'], ttl: 60, truncate: true });
+    const results = await Promise.all(names.map((n) => resolver.resolve(n)));
+    expect(most).toBe(2);
+    // Each got its answer over TCP in turn, within the timeout.
+    expect(results.filter((r) => r.ok)).toHaveLength(6);
   });
 });

@@ -1,0 +1,67 @@
+// The process's pool of DNS query sockets (src/net/query-sockets.ts) against a loopback UDP
+// echo: replies reach the query whose id they carry, on its socket only; the TCP places are
+// handed on in order and given up at their deadline or at close.
+
+import { createSocket } from 'node:dgram';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { QuerySockets } from '../../../src/net/query-sockets.ts';
+
+/** A UDP server on 127.0.0.1 that sends every datagram back; its port. */
+async function echo(): Promise<number> {
+  const s = createSocket('udp4');
+  s.on('message', (m, r) => s.send(m, r.port, r.address));
+  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve));
+  onTestFinished(() => void s.close());
+  return s.address().port;
+}
+
+const query = (id: number): Buffer => {
+  const b = Buffer.alloc(12);
+  b.writeUInt16BE(id, 0);
+  return b;
+};
+
+describe('QuerySockets', () => {
+  it('opens at most its size of sockets, gives each query an id free on its socket, and routes each reply to it', async () => {
+    const port = await echo();
+    const pool = new QuerySockets({ size: 2 });
+    onTestFinished(() => pool.close());
+    const got = new Map<number, number>();
+    const sent = Array.from({ length: 50 }, (_, i) => {
+      const q = pool.send('127.0.0.1', port, query, (buf) => got.set(i, buf.readUInt16BE(0)))!;
+      return q;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(pool.open).toBeLessThanOrEqual(2);
+    // Every query heard its own reply, with its own id, and no other.
+    expect([...got.keys()].sort((a, b) => a - b)).toEqual(sent.map((_, i) => i));
+    for (const [i, id] of got) expect(id).toBe(sent[i]!.id);
+    expect(pool.waiting).toBe(50);
+    for (const q of sent) q.cancel();
+    expect(pool.waiting).toBe(0);
+  });
+
+  it('hands TCP places on oldest first, gives a waiter up at its deadline, and every waiter up at close', async () => {
+    const pool = new QuerySockets({ tcpMax: 1 });
+    const first = await pool.tcpSlot(0);
+    expect(first).not.toBeNull();
+    expect(await pool.tcpSlot(0)).toBeNull();
+    expect(await pool.tcpSlot(20)).toBeNull();
+    const order: string[] = [];
+    const a = pool.tcpSlot(5_000).then((r) => (order.push('a'), r));
+    const b = pool.tcpSlot(5_000).then((r) => (order.push('b'), r));
+    first!();
+    first!();
+    const ra = await a;
+    expect(order).toEqual(['a']);
+    ra!();
+    const rb = await b;
+    expect(order).toEqual(['a', 'b']);
+    const c = pool.tcpSlot(5_000);
+    pool.close();
+    expect(await c).toBeNull();
+    rb!();
+    expect(await pool.tcpSlot(0)).toBeNull();
+    expect(pool.send('127.0.0.1', 9, query, () => {})).toBeNull();
+  });
+});
