@@ -19,9 +19,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 // The most one splice(2) asks for; a pipe holds 64 KiB by default, so the kernel moves less.
 #define SL_SPLICE_MAX (1u << 20)
@@ -43,6 +45,9 @@
 #define SL_NEW_PIPE_SIZE 0
 #endif
 #define SL_GROW_RETRY_MS 1000
+// A connection ending with a reset looks this often whether the last bytes it wrote to the
+// other side were acknowledged (conn_end): no event says so.
+#define SL_DRAIN_POLL_MS 5
 // A direction's bytes go through the loop's own buffer (recv, send) until it has carried
 // SL_COPY_LIMIT bytes or a read filled the buffer, and are spliced from then on. A small exchange
 // (a TLS handshake, a short answer) costs two copies of a few hundred bytes, cheaper than two
@@ -140,6 +145,14 @@ typedef struct sl_conn {
   bool said_fin[2];
   // The side reset after its FIN (conn_gone); `again`: the directions are to be pumped again.
   bool gone[2], again;
+  // The side that reset (or failed) before its FIN, -1 while none has, and its errno: what it
+  // sent before is still passed on (conn_broken), then the other side is reset (conn_end).
+  int failed, fail_err;
+  // The other side is reset once its peer has acknowledged what the loop wrote to it (conn_end):
+  // its socket's unacknowledged bytes (SIOCOUTQ) when last looked at, and when to look again.
+  bool ending;
+  int unacked;
+  uint64_t drain_at;
   // The side whose FIN was passed on first, -1 until one was: who ended a connection that closed.
   int first_fin;
   bool dead;
@@ -374,7 +387,7 @@ static uint64_t min64(uint64_t a, uint64_t b) {
 // When the connection's current stage next needs the clock; UINT64_MAX: never.
 static uint64_t conn_due(const sl_conn *c) {
   switch (c->stage) {
-    case ST_SPLICE: return c->last_ms + c->idle_ms;
+    case ST_SPLICE: return c->ending ? c->drain_at : c->last_ms + c->idle_ms;
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
       if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + SL_FLIGHT_GRACE_MS);
@@ -520,19 +533,76 @@ static void drop_unread(sl_loop *l, int fd) {
   }
 }
 
-// The socket `side` failed with `err`. A reset after its FIN goes (conn_gone); any other failure
-// ends the connection, and the other side is reset, never sent a FIN that would pass for a clean
-// end. False when the connection was closed.
+static sl_end end_of(int side, int err) {
+  if (err != ECONNRESET) return SL_END_ERROR;
+  return side == CLIENT ? SL_END_CLIENT_RESET : SL_END_UPSTREAM_RESET;
+}
+
+// The failed side's bytes are all passed on (conn_broken): the other side is reset, never sent a
+// FIN that would pass for a clean end. A reset drops what its socket still holds unacknowledged
+// (tcp_disconnect purges the write queue), so the loop waits for the other side's peer to
+// acknowledge the last bytes first, as long as it keeps acknowledging within idle_ms; the
+// timer looks again every SL_DRAIN_POLL_MS (conn_timer), any event at once.
+static void conn_end(sl_loop *l, sl_conn *c) {
+  int other = 1 - c->failed, unacked = 0;
+  if (!c->ending) {
+    c->ending = true;
+    c->unacked = INT32_MAX;
+    c->last_ms = l->now_ms;
+  }
+  // POLLHUP: the other side is gone too (a reset keeps its count of unacknowledged bytes).
+  struct pollfd p = {.fd = c->fd[other]};
+  if (ioctl(c->fd[other], SIOCOUTQ, &unacked) != 0 || unacked <= 0 || l->now_ms >= c->last_ms + c->idle_ms || poll(&p, 1, 0) != 0)
+    return conn_close(l, c, end_of(c->failed, c->fail_err), c->fail_err, other);
+  if (unacked < c->unacked) c->last_ms = l->now_ms;
+  c->unacked = unacked;
+  c->drain_at = l->now_ms + SL_DRAIN_POLL_MS;
+  arm(l, c->drain_at);
+}
+
+// The socket `side` failed with `err` before its FIN, learnt from a read, a write or SO_ERROR.
+// Linux keeps a reset socket's queued bytes readable (tcp_recvmsg and tcp_splice_read copy them
+// before they report sk_err, then read 0), and the peer was told they arrived: they are passed on
+// first (its direction reads on to that 0), and only then is the other side reset (conn_end).
+// What the other side sends it is dropped: no write reaches it any more.
+static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
+  sl_dir *d = &c->dir[1 - side];
+  free(d->pending);
+  d->pending = NULL;
+  d->pending_len = d->pending_off = 0;
+  pipe_give(l, d); // a pipe with bytes in it is closed, never pooled
+  d->eof = d->shut = true;
+  c->failed = side;
+  c->fail_err = err;
+  c->rd[side] = c->hup[side] = true;
+  c->fin[side] = false;
+  c->again = true;
+}
+
+// The socket `side` failed with `err`. A reset after its FIN goes (conn_gone). A reset or a
+// timeout before it (the socket is closed: a read gets its queued bytes, then 0) passes on what
+// the side sent, then resets the other side (conn_broken); any other failure resets it at once.
+// Never a FIN that would pass for a clean end. False when the connection was closed, or is ending.
 static bool conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
-  if (err == ECONNRESET || err == EPIPE) {
-    // EPIPE is the reset of a socket in CLOSE_WAIT: its FIN had come (tcp_reset), even when the
-    // same wake-up brought the reset and no read has seen the EOF yet.
-    if (c->stage == ST_SPLICE && (c->said_fin[side] || c->dir[side].eof || err == EPIPE)) {
-      conn_gone(l, c, side);
-      return true;
-    }
-    conn_close(l, c, side == CLIENT ? SL_END_CLIENT_RESET : SL_END_UPSTREAM_RESET, err, 1 - side);
+  if (c->failed == side) {
+    // Its read failed again (an error that a read does not consume): nothing more is coming.
+    conn_end(l, c);
     return false;
+  }
+  if (c->failed >= 0) {
+    // Both failed: nothing can be passed on either way.
+    conn_close(l, c, end_of(c->failed, c->fail_err), c->fail_err, 2);
+    return false;
+  }
+  // EPIPE is the reset of a socket in CLOSE_WAIT: its FIN had come (tcp_reset), even when the
+  // same wake-up brought the reset and no read has seen the EOF yet.
+  if ((err == ECONNRESET || err == EPIPE) && (c->said_fin[side] || c->dir[side].eof || err == EPIPE)) {
+    conn_gone(l, c, side);
+    return true;
+  }
+  if (err == ECONNRESET || err == ETIMEDOUT) {
+    conn_broken(l, c, side, err);
+    return true;
   }
   conn_close(l, c, SL_END_ERROR, err, 1 - side);
   return false;
@@ -629,6 +699,11 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     }
     if (d->eof) {
       pipe_give(l, d);
+      if (c->failed == from) {
+        // Every byte it sent before it failed is passed on: no FIN follows them, a reset does.
+        conn_end(l, c);
+        return false;
+      }
       if (!d->shut) {
         d->shut = true;
         c->said_fin[from] = true;
@@ -740,7 +815,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
 
 static void conn_run(sl_loop *l, sl_conn *c) {
   do {
-    if (c->dead) return;
+    if (c->dead || c->ending) return;
     // A side that went during one direction's pump may leave the other direction bytes to move.
     c->again = false;
     if (!pump(l, c, CLIENT) || !pump(l, c, UPSTREAM)) return;
@@ -915,7 +990,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->id = __atomic_fetch_add(&next_setup_id, 1, __ATOMIC_RELAXED);
   c->fd[CLIENT] = fd;
   c->fd[UPSTREAM] = -1;
-  c->first_fin = -1;
+  c->first_fin = c->failed = -1;
   for (int s = 0; s < 2; s++) c->dir[s].pipe[0] = c->dir[s].pipe[1] = -1;
   c->setup = true;
   c->dialed = -1;
@@ -1440,7 +1515,20 @@ static void run_commands(sl_loop *l, bool *stop, bool enter_turn) {
 static void conn_timer(sl_loop *l, sl_conn *c) {
   uint64_t now = l->now_ms;
   switch (c->stage) {
-    case ST_SPLICE: return conn_close(l, c, SL_END_IDLE_TIMEOUT, 0, -1);
+    case ST_SPLICE:
+      if (c->ending) return conn_end(l, c);
+      // A side failed (maybe unread yet, behind its bytes), and the other did not take what it
+      // sent before within idle_ms: still its failure, and still a reset, never a FIN.
+      for (int s = 0; s < 2 && c->failed < 0; s++) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (!c->said_fin[s] && getsockopt(c->fd[s], SOL_SOCKET, SO_ERROR, &err, &len) == 0 && (err == ECONNRESET || err == ETIMEDOUT)) {
+          c->failed = s;
+          c->fail_err = err;
+        }
+      }
+      if (c->failed >= 0) return conn_close(l, c, end_of(c->failed, c->fail_err), c->fail_err, 1 - c->failed);
+      return conn_close(l, c, SL_END_IDLE_TIMEOUT, 0, -1);
     case ST_PEEK:
       if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
       if (c->peek_len == 0 && c->first_byte_at != 0 && now >= c->first_byte_at) return report_peek(l, c, SL_PEEK_SILENT);
@@ -1508,8 +1596,12 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   }
   switch (c->stage) {
     case ST_SPLICE:
-      if ((events & EPOLLERR) && !check_error(l, c, side)) return;
-      return conn_run(l, c);
+      if (c->ending) return conn_end(l, c);
+      // The bytes that came before an error are read first: the read reports it after them. A
+      // side with nothing more to read (its FIN came) learns it only from SO_ERROR.
+      conn_run(l, c);
+      if ((events & EPOLLERR) && !c->dead && !c->ending && c->dir[side].eof && check_error(l, c, side)) conn_run(l, c);
+      return;
     case ST_PEEK:
       if (side == CLIENT) peek_run(l, c);
       return;
@@ -1703,7 +1795,7 @@ int sl_loop_add(sl_loop *l, uint64_t id, int client_fd, int upstream_fd, const v
   c->id = id;
   c->fd[CLIENT] = client_fd;
   c->fd[UPSTREAM] = upstream_fd;
-  c->first_fin = -1;
+  c->first_fin = c->failed = -1;
   c->stage = ST_SPLICE;
   c->dialed = -1;
   c->idle_ms = idle_ms == 0 ? 1 : idle_ms;

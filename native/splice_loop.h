@@ -7,7 +7,9 @@
 // writes the bytes given with them first (what JavaScript already read: the peeked first flight,
 // anything the upstream sent before the hand-off), then splices. A FIN ends only the other side's
 // write half (RFC 9293 §3.6); a reset or an error on one side resets the other (SO_LINGER 0), so
-// neither peer mistakes an aborted exchange for a complete one. No byte either way for idle_ms
+// neither peer mistakes an aborted exchange for a complete one — after the bytes the side sent
+// before its reset (its kernel acknowledged them, and Linux keeps them readable) are passed on
+// and acknowledged by the other's peer, within idle_ms. No byte either way for idle_ms
 // closes both; so does sl_loop_abort. Each connection is reported exactly once, on the loop's
 // thread, after both sockets are closed. A direction that needs a pipe when no descriptor is
 // left goes through the loop's buffer instead, and asks for a pipe again after each read: a
