@@ -1585,6 +1585,12 @@ static void bury(sl_loop *l) {
 }
 
 static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
+  // EPOLLHUP while the socket's write half is still open is a closed socket (a reset, a timeout),
+  // though EPOLLERR may be missing: a splice into it that moved some bytes and then met the reset
+  // consumed sk_err and reported the count (splice_to_socket), and a read would find an EOF
+  // where the peer sent no FIN.
+  bool lost = c->stage == ST_SPLICE && (events & (EPOLLHUP | EPOLLERR)) == EPOLLHUP && !c->dir[1 - side].shut;
+  if (lost) events |= EPOLLERR;
   // During a dial, the upstream side's events are the attempts' (dial_check).
   if (c->stage != ST_DIAL || side == CLIENT) {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
@@ -1597,6 +1603,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   switch (c->stage) {
     case ST_SPLICE:
       if (c->ending) return conn_end(l, c);
+      if (lost && c->failed < 0 && !conn_fail(l, c, side, ECONNRESET)) return;
       // The bytes that came before an error are read first: the read reports it after them. A
       // side with nothing more to read (its FIN came) learns it only from SO_ERROR.
       conn_run(l, c);

@@ -2217,8 +2217,13 @@ static bool arrived_unread(int fd, int queued) {
 // the bytes and the reset in the loop's socket before a turn runs. `bulk`: the direction was
 // spliced before (a first transfer past SL_COPY_LIMIT), else copied; `upload`: the other side's
 // bytes arrive in the same wake-up (the loop's write of them is what fails first); `fin`: the
-// side sent its FIN before its reset, which is then a close ended by it.
-static void reset_in_one_wakeup(sl_loop *l, uint64_t id, bool upstream_resets, bool bulk, bool upload, bool fin) {
+// side sent its FIN before its reset, which is then a close ended by it. `lost`: the socket's
+// error is taken before the turn, as a splice into it that moved some bytes and then met the
+// reset takes it (splice_to_socket reports the count): a closed socket all the same, whose read
+// ends in an EOF the peer never sent. Not with `upload`: that splice left bytes in the pipe, so
+// no write to the socket comes before its own event (a write would find EPIPE, which is the
+// reset of a socket whose FIN came).
+static void reset_in_one_wakeup(sl_loop *l, uint64_t id, bool upstream_resets, bool bulk, bool upload, bool fin, bool lost) {
   enum { ANSWER = 3000, PREFACE = 96 * 1024 };
   const char *what = upstream_resets ? "upstream" : "client";
   conn_ends e = hand_over(l, id, "req", NULL, 10000);
@@ -2243,6 +2248,12 @@ static void reset_in_one_wakeup(sl_loop *l, uint64_t id, bool upstream_resets, b
   reset_close(resetter);
   CHECK(arrived_unread(loop_resetter, ANSWER), "%llu: the %s's bytes and reset did not arrive together (%d queued)", (unsigned long long)id, what,
         queued_in(loop_resetter));
+  if (lost) {
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    getsockopt(loop_resetter, SOL_SOCKET, SO_ERROR, &soerr, &len);
+    CHECK(soerr == ECONNRESET, "%llu: the loop's socket held errno %d, not the reset", (unsigned long long)id, soerr);
+  }
   for (int i = 0; i < 200 && count_of(id) == 0; i++) {
     loop_readable(l, 10);
     sl_loop_turn(l);
@@ -2275,7 +2286,8 @@ static void test_reset_with_bytes_in_one_wakeup(void) {
   for (int up = 1; up >= 0; up--)
     for (int bulk = 0; bulk < 2; bulk++)
       for (int upload = 0; upload < 2; upload++)
-        for (int fin = 0; fin < 2; fin++) reset_in_one_wakeup(l, id++, up, bulk, upload, fin);
+        for (int fin = 0; fin < 2; fin++)
+          for (int lost = 0; lost < 2 - fin - upload; lost++) reset_in_one_wakeup(l, id++, up, bulk, upload, fin, lost);
   (sl_loop_stop)(l);
 }
 
