@@ -48,6 +48,11 @@
 // A connection ending with a reset looks this often whether the last bytes it wrote to the
 // other side were acknowledged (conn_end): no event says so.
 #define SL_DRAIN_POLL_MS 5
+// After a side failed, the other side is given what it sent before as long as it takes some of it
+// within this long (or idle_ms, if shorter), and is reset then: a peer that reads nothing cannot
+// hold a failed connection. The JavaScript path's RESET_LINGER_MS (src/net/splice.ts); Envoy's
+// delayed_close_timeout bounds the same flush before a close by 1 s.
+#define SL_RESET_LINGER_MS 1000
 // A direction's bytes go through the loop's own buffer (recv, send) until it has carried
 // SL_COPY_LIMIT bytes or a read filled the buffer, and are spliced from then on. A small exchange
 // (a TLS handshake, a short answer) costs two copies of a few hundred bytes, cheaper than two
@@ -387,7 +392,9 @@ static uint64_t min64(uint64_t a, uint64_t b) {
 // When the connection's current stage next needs the clock; UINT64_MAX: never.
 static uint64_t conn_due(const sl_conn *c) {
   switch (c->stage) {
-    case ST_SPLICE: return c->ending ? c->drain_at : c->last_ms + c->idle_ms;
+    case ST_SPLICE:
+      if (c->ending) return c->drain_at;
+      return c->last_ms + (c->failed >= 0 && c->idle_ms > SL_RESET_LINGER_MS ? SL_RESET_LINGER_MS : c->idle_ms);
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
       if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + SL_FLIGHT_GRACE_MS);
@@ -450,9 +457,18 @@ static void uncap(sl_loop *l) {
 
 static void emit(sl_loop *l, sl_event *e);
 
+static sl_end end_of(int side, int err);
+
 static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_side) {
   if (c->dead) return;
   c->dead = true;
+  if (c->failed >= 0 && end == SL_END_ABORTED) {
+    // Aborted (a policy change, the loop's stop) while a failed side's bytes were still being
+    // passed on: reset, never a FIN after that side's failure, and still named by it.
+    end = end_of(c->failed, c->fail_err);
+    err = c->fail_err;
+    reset_side = 2;
+  }
   if (c->accept_ev) {
     // Closed before its flight was reported (the loop stopped): the caller hears of the
     // connection before its outcome, as of every other.
@@ -541,18 +557,18 @@ static sl_end end_of(int side, int err) {
 // The failed side's bytes are all passed on (conn_broken): the other side is reset, never sent a
 // FIN that would pass for a clean end. A reset drops what its socket still holds unacknowledged
 // (tcp_disconnect purges the write queue), so the loop waits for the other side's peer to
-// acknowledge the last bytes first, as long as it keeps acknowledging within idle_ms; the
-// timer looks again every SL_DRAIN_POLL_MS (conn_timer), any event at once.
+// acknowledge the last bytes first, as long as it acknowledges some within SL_RESET_LINGER_MS;
+// the timer looks again every SL_DRAIN_POLL_MS (conn_timer), any event at once.
 static void conn_end(sl_loop *l, sl_conn *c) {
   int other = 1 - c->failed, unacked = 0;
   if (!c->ending) {
     c->ending = true;
     c->unacked = INT32_MAX;
-    c->last_ms = l->now_ms;
   }
+  uint64_t linger = c->idle_ms > SL_RESET_LINGER_MS ? SL_RESET_LINGER_MS : c->idle_ms;
   // POLLHUP: the other side is gone too (a reset keeps its count of unacknowledged bytes).
   struct pollfd p = {.fd = c->fd[other]};
-  if (ioctl(c->fd[other], SIOCOUTQ, &unacked) != 0 || unacked <= 0 || l->now_ms >= c->last_ms + c->idle_ms || poll(&p, 1, 0) != 0)
+  if (ioctl(c->fd[other], SIOCOUTQ, &unacked) != 0 || unacked <= 0 || l->now_ms >= c->last_ms + linger || poll(&p, 1, 0) != 0)
     return conn_close(l, c, end_of(c->failed, c->fail_err), c->fail_err, other);
   if (unacked < c->unacked) c->last_ms = l->now_ms;
   c->unacked = unacked;
@@ -562,9 +578,10 @@ static void conn_end(sl_loop *l, sl_conn *c) {
 
 // The socket `side` failed with `err` before its FIN, learnt from a read, a write or SO_ERROR.
 // Linux keeps a reset socket's queued bytes readable (tcp_recvmsg and tcp_splice_read copy them
-// before they report sk_err, then read 0), and the peer was told they arrived: they are passed on
-// first (its direction reads on to that 0), and only then is the other side reset (conn_end).
-// What the other side sends it is dropped: no write reaches it any more.
+// before they report sk_err, and read 0 once it was taken), and the peer was told they arrived:
+// they are passed on first (its direction reads on to that 0), and only then is the other side
+// reset (conn_end), within SL_RESET_LINGER_MS of the last byte it took. What the other side
+// sends it is dropped: no write reaches it any more.
 static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
   sl_dir *d = &c->dir[1 - side];
   free(d->pending);
@@ -574,6 +591,7 @@ static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
   d->eof = d->shut = true;
   c->failed = side;
   c->fail_err = err;
+  c->last_ms = l->now_ms; // SL_RESET_LINGER_MS from now, unless the other side takes bytes
   c->rd[side] = c->hup[side] = true;
   c->fin[side] = false;
   c->again = true;
@@ -1603,12 +1621,11 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
   switch (c->stage) {
     case ST_SPLICE:
       if (c->ending) return conn_end(l, c);
+      // The error is taken at once (which side failed, how, when: the linger's clock), and never
+      // ends the connection by itself: what the side sent before it is still read (conn_fail).
       if (lost && c->failed < 0 && !conn_fail(l, c, side, ECONNRESET)) return;
-      // The bytes that came before an error are read first: the read reports it after them. A
-      // side with nothing more to read (its FIN came) learns it only from SO_ERROR.
-      conn_run(l, c);
-      if ((events & EPOLLERR) && !c->dead && !c->ending && c->dir[side].eof && check_error(l, c, side)) conn_run(l, c);
-      return;
+      if ((events & EPOLLERR) && !lost && c->failed != side && !check_error(l, c, side)) return;
+      return conn_run(l, c);
     case ST_PEEK:
       if (side == CLIENT) peek_run(l, c);
       return;

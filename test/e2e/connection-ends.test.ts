@@ -240,9 +240,8 @@ http {
 
     // An origin answers an upload it will not read (a 413) and resets; the client looks for the
     // answer half a second later. egressd read all of it: the client gets all of it, then the
-    // reset. The native loop still resets at once, dropping what it holds for the client; the
-    // helper "rstread" is fixing it in native/splice_loop.c. Unskip there once that is on main.
-    it.skipIf(plane.plane === 'native')("an origin's answer and then its reset: the client gets every byte egressd read, then the reset", async () => {
+    // reset.
+    it("an origin's answer and then its reset: the client gets every byte egressd read, then the reset", async () => {
       const { out, line } = await py(7105, 'late-read');
       expect(out).toEqual({ received: BODY, saw: 'reset' });
       expect(fields(line)).toEqual({ end: 'upstream-reset', endedBy: 'upstream', up: 6 + 65536, down: BODY });
