@@ -1502,6 +1502,37 @@ static void test_setup_cap_of_unanswered(sl_loop *l, const struct sockaddr_in *f
   for (int i = 0; i < N; i++) close(clients[i]);
 }
 
+// The stages before the splice: a client that sends more and resets while its dial is still in
+// flight (the first address does not answer) has every byte it sent, the peeked flight first,
+// passed on to the upstream once the dial connects, and then the reset.
+static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "flight", &client);
+  blackhole bh = blackhole_open();
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
+  sl_loop_dial(l, id, addrs, 2, 5000, 150, SL_MAX_ADDRS, 10000, 0, false, 0);
+  write_all(client, "more bytes", 10);
+  reset_close(client);
+  int upstream = -1;
+  for (int i = 0; i < 300 && upstream < 0; i++) {
+    upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (upstream < 0) usleep(10 * 1000);
+  }
+  CHECK(upstream >= 0, "the dial never reached the upstream");
+  if (upstream >= 0) {
+    fcntl(upstream, F_SETFL, fcntl(upstream, F_GETFL) & ~O_NONBLOCK);
+    char buf[64] = {0};
+    int err;
+    size_t n = read_all(upstream, buf, sizeof buf, &err, 3000);
+    CHECK(n == 16 && memcmp(buf, "flightmore bytes", 16) == 0 && err == ECONNRESET, "the upstream got %zu bytes (%.*s), then errno %d", n, (int)n, buf, err);
+    close(upstream);
+  }
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLIENT_RESET && o.bytes_up == 16 && o.dialed == 1, "end %d, %llu up, dialed %d", o.end,
+        (unsigned long long)o.bytes_up, o.dialed);
+  blackhole_close(&bh);
+}
+
 static void test_setup(void) {
   int err = 0;
   sl_loop *l = sl_loop_start(report, NULL, &err);
@@ -1513,6 +1544,7 @@ static void test_setup(void) {
   test_setup_dial_staggers(l, &front);
   test_setup_dial_capped(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
+  test_setup_client_resets_during_dial(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_verdict_deadline(l, &front);
   test_setup_peek_deadlines(l, &front);
