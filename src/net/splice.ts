@@ -19,6 +19,7 @@
 // first event that ended it, `--` for a normal end). What that side sent is still delivered, its
 // FIN last; what the other side sends it is dropped, as that side's own kernel would have.
 
+import { readSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { spliceNative } from './native-splice.ts';
 
@@ -59,6 +60,10 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  */
 export const RESET_LINGER_MS = 1000;
 const EMPTY = Buffer.alloc(0);
+// What rescueUnread reads off a reset socket at most, in reads of RESCUE_READ bytes: a socket's
+// receive buffer, as the native loop bounds its own read of one (drop_unread).
+const RESCUE_READ = 64 * 1024;
+const RESCUE_READS = 64;
 
 /**
  * Resolves exactly once, after both sockets have closed; never rejects. `client` may arrive
@@ -87,6 +92,8 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     let idleTimer: NodeJS.Timeout | undefined;
     // When egressd last handed bytes for a side to its kernel (a write, or Node's buffer drained).
     const handedOff = { client: -Infinity, upstream: -Infinity };
+    // Each direction's 'data' handler: what one side sent, passed on to the other (carry).
+    const forward = { client: (_chunk: Buffer): void => {}, upstream: (_chunk: Buffer): void => {} };
     // The side being flushed before its reset (lingerThenReset), and the timer that resets it.
     let lingering: Side | null = null;
     let lingerTimer: NodeJS.Timeout | undefined;
@@ -183,16 +190,44 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
 
     // Paused before any 'data' listener exists, so nothing of the client's can overtake `initial`.
     client.pause();
+    // A write that meets a side's reset fails before Node has read what that side sent with it
+    // (its last bytes and its reset can arrive together, the write first in the same turn), and
+    // Node then closes the socket with them unread. The write's callback runs before that close:
+    // they are read off the descriptor there and passed on, Node's own buffer of them first.
+    const rescued = { client: false, upstream: false };
+    const rescueUnread = (side: Side): void => {
+      const s = socketOf[side];
+      if (rescued[side] || closed[side]) return;
+      rescued[side] = true;
+      while (s.read() !== null); // emits 'data' for each chunk: forward passes it on
+      const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      if (typeof fd !== 'number' || fd < 0) return;
+      for (let i = 0; i < RESCUE_READS; i++) {
+        const chunk = Buffer.allocUnsafe(RESCUE_READ);
+        let n: number;
+        try {
+          n = readSync(fd, chunk); // non-blocking: EAGAIN once it is empty
+        } catch {
+          return;
+        }
+        if (n <= 0) return;
+        forward[side](chunk.subarray(0, n));
+      }
+    };
     const carry = (fromSide: Side, from: Socket, to: Socket, count: (n: number) => void): void => {
       const toSide = other(fromSide);
-      from.on('data', (chunk: Buffer) => {
+      const written = (err?: Error | null): void => {
+        if (err) rescueUnread(toSide);
+      };
+      forward[fromSide] = (chunk: Buffer): void => {
         count(chunk.length);
         lastActivity = performance.now();
         if (to.destroyed || to.writableEnded) return;
         handedOff[toSide] = lastActivity;
         // Backpressure: stop reading until the slow side has taken what it was given.
-        if (!to.write(chunk)) from.pause();
-      });
+        if (!to.write(chunk, written)) from.pause();
+      };
+      from.on('data', forward[fromSide]);
       to.on('drain', () => {
         handedOff[toSide] = performance.now();
         if (!from.destroyed && lingering === null) from.resume();
@@ -244,7 +279,10 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
         // probe queued behind bytes a stalled reader never takes would never answer.
         if (s.destroyed || s.writableEnded || s.writableLength > 0) return resolve();
         s.write(EMPTY, (err) => {
-          if (err) onError(side)(err);
+          if (err) {
+            rescueUnread(side);
+            onError(side)(err);
+          }
           resolve();
         });
       });
