@@ -197,7 +197,8 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     const rescued = { client: false, upstream: false };
     const rescueUnread = (side: Side): void => {
       const s = socketOf[side];
-      if (rescued[side] || closed[side]) return;
+      // Only before Node closes it: a closed descriptor's number may already be another socket's.
+      if (rescued[side] || s.destroyed) return;
       rescued[side] = true;
       while (s.read() !== null); // emits 'data' for each chunk: forward passes it on
       const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
@@ -217,7 +218,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     const carry = (fromSide: Side, from: Socket, to: Socket, count: (n: number) => void): void => {
       const toSide = other(fromSide);
       const written = (err?: Error | null): void => {
-        if (err) rescueUnread(toSide);
+        if (isReset(err)) rescueUnread(toSide);
       };
       forward[fromSide] = (chunk: Buffer): void => {
         count(chunk.length);
@@ -280,7 +281,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
         if (s.destroyed || s.writableEnded || s.writableLength > 0) return resolve();
         s.write(EMPTY, (err) => {
           if (err) {
-            rescueUnread(side);
+            if (isReset(err)) rescueUnread(side);
             onError(side)(err);
           }
           resolve();
@@ -295,6 +296,12 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     };
     idleTimer = setTimeout(checkIdle, idleMs);
   });
+}
+
+/** A write's or read's error that is the peer's reset (EPIPE: one that came after its FIN). */
+function isReset(err: Error | null | undefined): boolean {
+  const code = (err as NodeJS.ErrnoException | null | undefined)?.code;
+  return code === 'ECONNRESET' || code === 'EPIPE';
 }
 
 function reset(s: Socket): void {
