@@ -17,7 +17,7 @@ import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
-import { QuerySockets } from './net/query-sockets.ts';
+import { POOL_SIZE, QuerySockets, TCP_RETRIES } from './net/query-sockets.ts';
 import { NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { connectionLogger, logConnection } from './observability/connection-log.ts';
@@ -85,7 +85,7 @@ export class Daemon {
   readonly dnsCache = new AnswerCache();
   readonly dnsMemory: ResolvedNames;
   readonly dnsForwarder: Forwarder;
-  readonly #querySockets = new QuerySockets();
+  readonly #querySockets: QuerySockets;
   readonly dns: DnsService;
   readonly admin: AdminServer;
   readonly limits: LimitsController;
@@ -110,7 +110,13 @@ export class Daemon {
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
     // One pool of query sockets for both: a bounded number of descriptors, whatever the number of
-    // lookups in flight (net/query-sockets.ts).
+    // lookups in flight (net/query-sockets.ts), taken from the reserve: at most half of it per
+    // address family (the servers are usually of one) and an eighth for TCP retries.
+    const reserve = config.limits.global.reserveDescriptors;
+    this.#querySockets = new QuerySockets({
+      size: Math.max(4, Math.min(POOL_SIZE, Math.floor(reserve / 2))),
+      tcpMax: Math.max(2, Math.min(TCP_RETRIES, Math.floor(reserve / 8))),
+    });
     this.resolver = new NameResolver({
       servers: [...config.dns.servers],
       timeoutMs: config.dns.timeoutMs,
