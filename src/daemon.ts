@@ -109,9 +109,9 @@ export class Daemon {
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
-    // One pool of query sockets for both: a bounded number of descriptors, whatever the number of
-    // lookups in flight (net/query-sockets.ts), taken from the reserve: at most half of it per
-    // address family (the servers are usually of one) and an eighth for TCP retries.
+    // The forwarder's pool of query sockets and both's places for TCP retries (net/query-sockets.ts),
+    // taken from the reserve: at most half of it per address family (the servers are usually of
+    // one) and an eighth for TCP retries.
     const reserve = config.limits.global.reserveDescriptors;
     this.#querySockets = new QuerySockets({
       size: Math.max(4, Math.min(POOL_SIZE, Math.floor(reserve / 2))),

@@ -1,9 +1,9 @@
 // Sends the queries egressd forwards to the upstream resolvers (`dns.servers`) and reads their
-// answers. Each attempt leaves from the process's pool of query sockets (net/query-sockets.ts:
-// a random one of POOL_SIZE ports, a random id; a socket per query cost ~0.5 ms of the loop
-// each, and a descriptor). The next server is tried after a share of the deadline while earlier
-// attempts keep listening, so any answer that arrives within `timeoutMs` is used. A truncated
-// answer is asked again over TCP (RFC 7766 §5).
+// answers. Each attempt leaves from a pool of query sockets (net/query-sockets.ts: a random one
+// of POOL_SIZE ports, a random id; a socket per query cost ~0.5 ms of the loop each). The next
+// server is tried after a share of the deadline while earlier attempts keep listening, so any
+// answer that arrives within `timeoutMs` is used. A truncated answer is asked again over TCP
+// (RFC 7766 §5), in one of the process's places for TCP retries.
 
 import { getServers } from 'node:dns';
 import { randomInt } from 'node:crypto';
@@ -131,7 +131,7 @@ export class Forwarder {
     });
   }
 
-  #overTcp(
+  async #overTcp(
     server: UpstreamServer,
     name: string,
     type: string,
@@ -139,12 +139,23 @@ export class Forwarder {
     checkingDisabled: boolean,
     budgetMs: number,
   ): Promise<{ ok: true; answered: Answered } | { ok: false; detail: string }> {
+    if (budgetMs <= 0) return { ok: false, detail: 'no time left for TCP' };
+    // A TCP retry is a descriptor of its own: one of the process's places (net/query-sockets.ts),
+    // waited for within the budget.
+    const started = performance.now();
+    const release = await this.#sockets.tcpSlot(budgetMs);
+    if (release === null) return { ok: false, detail: 'no place for a TCP retry within the budget' };
+    budgetMs -= performance.now() - started;
     return new Promise((resolve) => {
-      if (budgetMs <= 0) return resolve({ ok: false, detail: 'no time left for TCP' });
+      if (budgetMs <= 0 || this.#closed) {
+        release();
+        return resolve({ ok: false, detail: 'no time left for TCP' });
+      }
       const id = randomInt(0, 65_536);
       const sock = connect({ host: server.host, port: server.port });
       let buf = Buffer.alloc(0);
       const done = (r: { ok: true; answered: Answered } | { ok: false; detail: string }): void => {
+        release();
         clearTimeout(timer);
         sock.destroy();
         resolve(r);

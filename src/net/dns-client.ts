@@ -6,17 +6,19 @@
 // in 1.1 s under a 2 s budget — lands on a query nobody waits for any more. Here the lookup owns
 // its sockets: retransmissions go out on the same sockets, and an answer to any of them, at any
 // time before the deadline, is used (RFC 1035 §7.2: match the reply to the request by ID,
-// question and server; RFC 5452 §9.1-9.2: a fresh random ID per query, from a random one of the
-// process's pooled source ports, net/query-sockets.ts). A truncated answer is asked again over
-// TCP (RFC 7766 §5), as many at once as the pool allows.
+// question and server; RFC 5452 §9.1: a fresh random ID per query and a random source port per
+// lookup). A truncated answer is asked again over TCP (RFC 7766 §5), as many at once as the
+// process allows (net/query-sockets.ts tcpSlot). A lookup's own sockets are paid for by the
+// connections waiting on it: each holds its admission ticket, two descriptors, until the lookup
+// has answered (connection.ts), and the upstream's is not open yet.
 //
 // Messages are encoded and decoded by dns-packet; what is accepted from them is decided here.
 
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import * as packet from 'dns-packet';
-import type { QuerySockets, SentQuery } from './query-sockets.ts';
 
 export type DnsFailure = 'nxdomain' | 'nodata' | 'timeout' | 'servfail' | 'refused' | 'error';
 
@@ -53,8 +55,8 @@ export interface ExchangeOptions {
   readonly deadline: number;
   /** Time between sends: the first goes to servers[0] at once, the next to servers[1]..., round robin. */
   readonly retransmitMs: number;
-  /** The sockets the queries leave from (shared by every exchange of the process). */
-  readonly sockets: QuerySockets;
+  /** A place for one retry over TCP within `waitMs`, or null (net/query-sockets.ts QuerySockets.tcpSlot). */
+  readonly tcpSlot: (waitMs: number) => Promise<(() => void) | null>;
 }
 
 type QType = 'A' | 'AAAA';
@@ -66,14 +68,13 @@ const TCP_MAX_MESSAGE = 65_535;
  * One lookup of `name`'s A and AAAA records. Each family settles on its own: `onFamily` is
  * called once per family (in whatever order the answers come), and at the deadline for any
  * family still unanswered, with `timeout` or the last failure a server answered with.
- * `cancel()` settles what is left as `error` and lets its queries go.
+ * `cancel()` settles what is left as `error` and closes the sockets.
  */
 export class AddressExchange {
   readonly #name: string;
   readonly #o: ExchangeOptions;
   readonly #onFamily: (family: 4 | 6, a: FamilyAnswer) => void;
-  /** The queries sent, to let go once settled. */
-  readonly #sent: SentQuery[] = [];
+  readonly #sockets = new Map<4 | 6, UdpSocket>();
   /** Outstanding query IDs per type; every ID ever sent for the type stays valid until it settles. */
   readonly #ids: Record<QType, Set<number>> = { A: new Set(), AAAA: new Set() };
   readonly #settled: Record<QType, boolean> = { A: false, AAAA: false };
@@ -124,16 +125,21 @@ export class AddressExchange {
 
   #send(type: QType, serverIndex: number): void {
     const server = this.#o.servers[serverIndex]!;
-    // A send error leaves the query unanswered: the deadline or another server settles it.
-    const sent = this.#o.sockets.send(
-      server.address,
-      server.port,
-      (id) => packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type, class: 'IN', name: this.#name }] }),
-      (msg, address, port) => this.#onMessage(msg, address, port),
-    );
-    if (sent === null) return;
-    this.#ids[type].add(sent.id);
-    this.#sent.push(sent);
+    const family = isIP(server.address) === 6 ? 6 : 4;
+    let socket = this.#sockets.get(family);
+    if (!socket) {
+      socket = createSocket(family === 6 ? 'udp6' : 'udp4');
+      // An ICMP port unreachable or a send error: the query stays unanswered; the deadline or
+      // another server settles it.
+      socket.on('error', () => {});
+      socket.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo.address, rinfo.port));
+      this.#sockets.set(family, socket);
+    }
+    let id = randomInt(0x10000);
+    while (this.#ids[type].has(id)) id = randomInt(0x10000);
+    this.#ids[type].add(id);
+    const query = packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type, class: 'IN', name: this.#name }] });
+    socket.send(query, server.port, server.address, () => {});
   }
 
   #serverIndex(address: string, port: number): number {
@@ -188,9 +194,9 @@ export class AddressExchange {
 
   async #overTcp(type: QType, serverIndex: number): Promise<void> {
     const server = this.#o.servers[serverIndex]!;
-    // Each retry over TCP is a descriptor: past the pool's bound it waits its turn, within the
-    // deadline (the type's UDP rounds go on meanwhile).
-    const release = await this.#o.sockets.tcpSlot(this.#o.deadline - Date.now());
+    // Each retry over TCP is a descriptor beyond the lookup's own: past the process's bound it
+    // waits its turn, within the deadline (the type's UDP rounds go on meanwhile).
+    const release = await this.#o.tcpSlot(this.#o.deadline - Date.now());
     if (release === null) return;
     if (this.#closed || this.#settled[type]) return release();
     return new Promise<void>((resolve) => {
@@ -246,8 +252,8 @@ export class AddressExchange {
     this.#closed = true;
     if (this.#retransmit) clearTimeout(this.#retransmit);
     if (this.#deadline) clearTimeout(this.#deadline);
-    for (const q of this.#sent) q.cancel();
-    this.#sent.length = 0;
+    for (const s of this.#sockets.values()) s.close();
+    this.#sockets.clear();
   }
 }
 

@@ -1,15 +1,16 @@
-// The UDP sockets egressd's DNS queries leave from: the resolver of the names it dials
-// (net/dns-client.ts) and the forwarder of the sandboxes' own queries (dns/upstream.ts) share one
-// pool per process. POOL_SIZE sockets per address family, each bound to its own random port by
-// its first send; each query leaves from one picked at random with an id not in use on it (RFC
-// 5452 §9.2: ports × 16 bits of id against spoofed answers; unbound's outgoing-range is the same
-// idea). A socket per query would cost a descriptor per query in flight, outside the connection
-// budget: a sandbox opening connections to fresh names under a slow zone held one for each
-// lookup until its timeout, whether or not the connection was still there.
+// The sockets egressd's DNS queries to `dns.servers` leave from, one set per process.
 //
-// Retries over TCP (RFC 7766 §5, after a truncated answer) hold a descriptor each as well:
-// tcpSlot bounds how many run at once; the others wait their turn, in order, within their own
-// deadline.
+// UDP: the DNS listener's forwarder (dns/upstream.ts) sends each query from one of POOL_SIZE
+// sockets per address family, each bound to its own random port by its first send, picked at
+// random, with an id not in use on it (RFC 5452 §9.2: ports × 16 bits of id against spoofed
+// answers; unbound's outgoing-range is the same idea): a socket per query cost ~0.5 ms of the
+// loop each. The resolver of the names egressd dials (net/dns-client.ts) does not use the pool:
+// a lookup is rarer (its answer is cached) and takes a fresh random port of its own (RFC 5452
+// §9.1), whose descriptor its waiting connections' admission already counts.
+//
+// TCP: a retry over TCP after a truncated answer (RFC 7766 §5) holds a descriptor no budget
+// counts, for the resolver and the forwarder alike: tcpSlot bounds how many run at once; the
+// others wait their turn, in order, within their own deadline.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';

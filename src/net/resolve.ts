@@ -31,7 +31,7 @@ export interface ResolverOptions {
   readonly clock?: () => number;
   /** The cache to read and fill; one is made when none is given (a DNS listener may share it). */
   readonly cache?: AddressCache;
-  /** The process's query sockets (shared with the DNS listener's forwarder); its own when absent. */
+  /** Where retries over TCP take their place (shared with the DNS listener's forwarder); its own when absent. */
   readonly sockets?: QuerySockets;
 }
 
@@ -144,7 +144,7 @@ export class NameResolver {
       };
       const exchange = new AddressExchange(
         key,
-        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs, sockets: this.#sockets },
+        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs, tcpSlot: (ms) => this.#sockets.tcpSlot(ms) },
         (family, a) => {
           answers[family] = a;
           const both = answers[4] !== null && answers[6] !== null;
