@@ -105,6 +105,7 @@ typedef struct {
   int fd[SL_MAX_ADDRS]; // -1: not started or over
   int n, next;          // how many addresses; the next to start
   int parallel;         // the most attempts in flight at once (sl_loop_dial)
+  int last_err;         // the errno of the attempt that failed last, in time (0: none yet)
   uint64_t start_ms[SL_MAX_ADDRS];
   uint64_t started_ms, deadline_ms, next_start_ms;
   uint32_t delay_ms;
@@ -1147,12 +1148,11 @@ static bool in_flight(const sl_dial *d) {
   return false;
 }
 
+// `err`: why the dial ended, as dial-first.ts says it: ETIMEDOUT at the deadline (whatever
+// failed before), else the last attempt's own failure, the last in time.
 static void dial_fail(sl_loop *l, sl_conn *c, int err) {
   close_attempts(l, c, err);
-  int last = err;
-  for (int i = 0; i < c->attempts; i++)
-    if (c->attempt_err[i] > 0) last = c->attempt_err[i];
-  conn_close(l, c, SL_END_ERROR, last, CLIENT);
+  conn_close(l, c, SL_END_ERROR, err, CLIENT);
 }
 
 // The attempt in flight started first, or -1.
@@ -1190,7 +1190,7 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
       epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[o], NULL);
       close(d->fd[o]);
       d->fd[o] = -1;
-      c->attempt_err[o] = ETIMEDOUT;
+      c->attempt_err[o] = d->last_err = ETIMEDOUT;
     }
   }
   while (d->next < d->n) {
@@ -1201,20 +1201,20 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
     // Out of descriptors: the pooled pipes give way to an admitted connection's upstream.
     if (fd < 0 && (errno == EMFILE || errno == ENFILE) && pool_drain(l)) fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      c->attempt_err[i] = errno;
+      c->attempt_err[i] = d->last_err = errno;
       continue;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     socklen_t len = a->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
     if (connect(fd, (struct sockaddr *)a, len) != 0 && errno != EINPROGRESS) {
-      c->attempt_err[i] = errno;
+      c->attempt_err[i] = d->last_err = errno;
       close(fd);
       continue;
     }
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, UPSTREAM)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      c->attempt_err[i] = errno;
+      c->attempt_err[i] = d->last_err = errno;
       close(fd);
       continue;
     }
@@ -1225,7 +1225,7 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
     arm(l, conn_due(c));
     return;
   }
-  if (!in_flight(d)) dial_fail(l, c, ETIMEDOUT);
+  if (!in_flight(d)) dial_fail(l, c, d->last_err > 0 ? d->last_err : ETIMEDOUT);
 }
 
 static void dial_won(sl_loop *l, sl_conn *c, int i) {
@@ -1295,7 +1295,7 @@ static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
     close(d->fd[i]);
     d->fd[i] = -1;
-    c->attempt_err[i] = err != 0 ? err : ECONNREFUSED;
+    c->attempt_err[i] = d->last_err = err != 0 ? err : ECONNREFUSED;
     failed = true;
   }
   // RFC 8305 §5: a failed attempt starts the next one at once.

@@ -1287,6 +1287,32 @@ static void test_setup_dial_capped(sl_loop *l, const struct sockaddr_in *front) 
   }
 }
 
+// Why a failed dial ended, as the JS path says it (dial-first.ts): its deadline, with a silent
+// address still in flight, is a timeout though a later address refused; when every address
+// failed, the failure that came last in time, not the last address's.
+static void test_setup_dial_failure_cause(sl_loop *l, const struct sockaddr_in *front) {
+  struct sockaddr_in closed = listen_addr;
+  int probe = socket(AF_INET, SOCK_STREAM, 0);
+  closed.sin_port = 0;
+  bind(probe, (struct sockaddr *)&closed, sizeof closed);
+  socklen_t len = sizeof closed;
+  getsockname(probe, (struct sockaddr *)&closed, &len);
+  close(probe);
+  blackhole bh = blackhole_open();
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&closed)};
+  // The second refuses after the 50 ms attempt delay; the first is still silent at 300 ms.
+  CHECK(sl_loop_dial(l, id, addrs, 2, 300, 50, SL_MAX_ADDRS, 10000, 0, true, 0) == 0, "dial");
+  sl_outcome o;
+  CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  CHECK(o.end == SL_END_ERROR && o.err == ETIMEDOUT, "a dial ended by its deadline: end %d, err %d", o.end, o.err);
+  CHECK(o.attempts == 2 && o.attempt_err[0] == ETIMEDOUT && o.attempt_err[1] == ECONNREFUSED, "tried %d: %d %d", o.attempts, o.attempt_err[0],
+        o.attempt_err[1]);
+  close(client);
+  blackhole_close(&bh);
+}
+
 // A verdict with a deadline of its own (a remembered DNS name it rested on): a dial that connects
 // before it splices by itself; one that connects after it (here: the first address holds the dial
 // past it) is reported first, with nothing sent upstream, as after a policy change.
@@ -1543,6 +1569,7 @@ static void test_setup(void) {
   test_setup_dial_timeout(l, &front);
   test_setup_dial_staggers(l, &front);
   test_setup_dial_capped(l, &front);
+  test_setup_dial_failure_cause(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_client_resets_during_dial(l, &front);
   test_setup_policy_change_asks_again(l, &front);

@@ -113,6 +113,8 @@ export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
     };
     const overall = setTimeout(
       () => {
+        // Still unanswered at the deadline: timed out, as the native loop reports them.
+        for (const a of live) a.slot.result = 'timeout';
         const tried = attempts.map((a) => a.address).join(', ');
         fail('timeout', `No address answered within ${o.connectTimeoutMs} ms (tried ${tried || 'none'})${lastFailure ? `; last: ${lastFailure.detail}` : ''}`);
       },
