@@ -1164,7 +1164,8 @@ static int oldest_attempt(const sl_dial *d) {
 }
 
 // When the next address starts: after the attempt delay below the cap; at it, once the oldest
-// attempt has had its share of the time left (sl_loop_dial).
+// attempt has had its share of the time left (sl_loop_dial), and never before the attempt delay
+// (the cap makes fewer attempts run at once, never more start).
 static void dial_schedule(sl_loop *l, sl_dial *d) {
   int live = 0;
   for (int i = 0; i < d->n; i++) live += d->fd[i] >= 0;
@@ -1175,6 +1176,7 @@ static void dial_schedule(sl_loop *l, sl_dial *d) {
   }
   uint64_t t0 = d->start_ms[o], left = d->deadline_ms > t0 ? d->deadline_ms - t0 : 0;
   d->next_start_ms = t0 + left / (uint64_t)(1 + d->n - d->next);
+  if (d->next_start_ms < l->now_ms + d->delay_ms) d->next_start_ms = l->now_ms + d->delay_ms;
 }
 
 // Starts the next address (skipping those that fail at once); fails the dial when none is left

@@ -1287,6 +1287,24 @@ static void test_setup_dial_capped(sl_loop *l, const struct sockaddr_in *front) 
   }
 }
 
+// At the cap each attempt still has the attempt delay: 400 ms shared by four silent addresses
+// would be 100 ms each; one at a time, as without a cap, the second starts at 250 ms and no third.
+static void test_setup_dial_capped_keeps_the_delay(sl_loop *l, const struct sockaddr_in *front) {
+  blackhole bh = blackhole_open();
+  for (int parallel = 1; parallel <= 4; parallel += 3) {
+    int client;
+    uint64_t id = accept_with(l, front, "x", &client);
+    struct sockaddr_storage addrs[4] = {storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&bh.addr)};
+    CHECK(sl_loop_dial(l, id, addrs, 4, 400, 250, parallel, 10000, 0, true, 0) == 0, "dial");
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o), "no outcome");
+    CHECK(o.err == ETIMEDOUT && o.attempts == 2 && o.attempt_err[0] == ETIMEDOUT && o.attempt_err[1] == ETIMEDOUT,
+          "parallel %d: err %d, %d addresses tried", parallel, o.err, o.attempts);
+    close(client);
+  }
+  blackhole_close(&bh);
+}
+
 // Why a failed dial ended, as the JS path says it (dial-first.ts): its deadline, with a silent
 // address still in flight, is a timeout though a later address refused; when every address
 // failed, the failure that came last in time, not the last address's.
@@ -1570,6 +1588,7 @@ static void test_setup(void) {
   test_setup_dial_staggers(l, &front);
   test_setup_dial_capped(l, &front);
   test_setup_dial_failure_cause(l, &front);
+  test_setup_dial_capped_keeps_the_delay(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_client_resets_during_dial(l, &front);
   test_setup_policy_change_asks_again(l, &front);

@@ -8,7 +8,10 @@
 // addresses (`parallel`, limits/admission.ts). At that cap the next address waits for one to
 // fail, or for the oldest to have had its share of the time left — the time left split evenly
 // between it and the addresses not yet tried, as curl splits its connect timeout between the
-// addresses it tries one by one — when that one is given up (`timeout`) for the next.
+// addresses it tries one by one — when that one is given up (`timeout`) for the next. Never
+// sooner than the attempt delay after the last start: the cap makes fewer attempts run at once,
+// never more of them start (a short connect timeout shared by many addresses would otherwise
+// give up each before a merely distant address could answer).
 
 import type { Socket } from 'node:net';
 import { dial, type DialFailure } from './dial.ts';
@@ -106,8 +109,8 @@ export function dialFirst(o: DialFirstOptions): Promise<DialFirstResult> {
       });
       if (next < o.addresses.length) {
         const first = live[0]!;
-        // Below the cap, the RFC's delay; at it, once the oldest has had its share.
-        const wait = live.length < parallel ? delay : (deadline - first.at) / (1 + o.addresses.length - next) - (now - first.at);
+        // Below the cap, the RFC's delay; at it, once the oldest has had its share, and the delay.
+        const wait = live.length < parallel ? delay : Math.max(delay, (deadline - first.at) / (1 + o.addresses.length - next) - (now - first.at));
         stagger = setTimeout(start, Math.max(0, wait));
       }
     };

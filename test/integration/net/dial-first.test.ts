@@ -99,4 +99,20 @@ describe('dialFirst', () => {
     expect(most).toBeLessThanOrEqual(parallel);
     expect(ms).toBeGreaterThanOrEqual(atLeastMs);
   });
+
+  // 400 ms shared by four silent addresses is 100 ms each, less than the 250 ms attempt delay:
+  // at the cap each still has the delay, so no more addresses are tried than without a cap (and
+  // one that answers in 150 ms is reached). The native loop's C test checks the same.
+  it.each([[1], [4]])('never starts the next address sooner than the attempt delay, with %i at once', async (parallel) => {
+    const port = await blackholePort();
+    const r = await dialFirst({
+      addresses: ['127.0.0.1', '127.0.0.1', '127.0.0.1', '127.0.0.1'],
+      port,
+      connectTimeoutMs: 400,
+      parallel,
+      signal: new AbortController().signal,
+    });
+    expect(r).toMatchObject({ ok: false, cause: 'timeout' });
+    expect(r.attempts.map((a) => a.result)).toEqual(['timeout', 'timeout']);
+  });
 });
