@@ -18,7 +18,7 @@ import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
 import { ConnectionRegistry } from './net/registry.ts';
 import { POOL_SIZE, QuerySockets, TCP_RETRIES } from './net/query-sockets.ts';
-import { NameResolver } from './net/resolve.ts';
+import { LATE_FAMILIES, NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
 import { connectionLogger, logConnection } from './observability/connection-log.ts';
 import type { OtlpExport } from './observability/otlp.ts';
@@ -111,7 +111,8 @@ export class Daemon {
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
     // The forwarder's pool of query sockets and both's places for TCP retries (net/query-sockets.ts),
     // taken from the reserve: at most half of it per address family (the servers are usually of
-    // one) and an eighth for TCP retries.
+    // one) and an eighth for TCP retries; another eighth for the settled lookups of dialed names
+    // still listening for their other family, which no connection's admission counts any more.
     const reserve = config.limits.global.reserveDescriptors;
     this.#querySockets = new QuerySockets({
       size: Math.max(4, Math.min(POOL_SIZE, Math.floor(reserve / 2))),
@@ -122,6 +123,7 @@ export class Daemon {
       timeoutMs: config.dns.timeoutMs,
       onLookup: (e) => this.metrics.dnsLookup(e),
       sockets: this.#querySockets,
+      lateFamilies: Math.max(2, Math.min(LATE_FAMILIES, Math.floor(reserve / 8))),
     });
     this.dnsMemory = new ResolvedNames(config.dns.memory);
     this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, sockets: this.#querySockets });

@@ -33,6 +33,11 @@ export interface ResolverOptions {
   readonly cache?: AddressCache;
   /** Where retries over TCP take their place (shared with the DNS listener's forwarder); its own when absent. */
   readonly sockets?: QuerySockets;
+  /**
+   * The most settled lookups that keep listening for their other family (LATE_FAMILIES when
+   * absent): each holds a socket no connection's admission counts any more.
+   */
+  readonly lateFamilies?: number;
 }
 
 const DEFAULT_NEGATIVE_TTL_MS = 5_000;
@@ -45,6 +50,13 @@ const MIN_RETRANSMIT_MS = 100;
 // long before the lookup settles with what it has. The other family's answer still fills the
 // cache if it comes before the deadline.
 const RESOLUTION_DELAY_MS = 50;
+/**
+ * Settled lookups listening on for their other family, at most, by default. A lookup's socket is
+ * counted with the connections waiting for it (their admission tickets) until it settles; they
+ * then go on, and may end, while it listens to the timeout. Past the bound a settled lookup
+ * stops: its other family is then asked again on the name's next lookup.
+ */
+export const LATE_FAMILIES = 16;
 
 const TIMEOUT: FamilyAnswer = { ok: false, cause: 'timeout' };
 
@@ -60,12 +72,16 @@ export class NameResolver {
   readonly #sockets: QuerySockets;
   /** The sockets are this resolver's own, to close with it. */
   readonly #ownSockets: boolean;
+  readonly #lateMax: number;
+  /** Settled lookups still listening for their other family. */
+  #late = 0;
   #closed = false;
 
   constructor(o: ResolverOptions) {
     this.#timeoutMs = Math.max(1, o.timeoutMs);
     this.#negativeTtlMs = o.negativeTtlMs ?? DEFAULT_NEGATIVE_TTL_MS;
     this.#ownSockets = o.sockets === undefined;
+    this.#lateMax = Math.max(0, o.lateFamilies ?? LATE_FAMILIES);
     this.#sockets = o.sockets ?? new QuerySockets();
     this.#onLookup = o.onLookup;
     this.#cache = o.cache ?? new AddressCache({ ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}), ...(o.clock ? { clock: o.clock } : {}) });
@@ -130,6 +146,8 @@ export class NameResolver {
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
+      /** Counted in #late: settled, the other family still asked for. */
+      let late = false;
       let delay: NodeJS.Timeout | null = null;
       const store = (): CachedAnswer => {
         const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
@@ -141,6 +159,11 @@ export class NameResolver {
         settled = true;
         if (delay) clearTimeout(delay);
         resolve(store());
+        // The other family still unanswered: it listens on only within the bound (LATE_FAMILIES).
+        if (answers[4] !== null && answers[6] !== null) return;
+        if (this.#late >= this.#lateMax) return exchange.cancel();
+        this.#late++;
+        late = true;
       };
       const exchange = new AddressExchange(
         key,
@@ -150,6 +173,10 @@ export class NameResolver {
           const both = answers[4] !== null && answers[6] !== null;
           if (both) {
             this.#exchanges.delete(exchange);
+            if (late) {
+              late = false;
+              this.#late--;
+            }
             // The late family of a lookup that already settled completes the cached answer.
             if (settled) {
               if (a.ok) store();

@@ -379,6 +379,26 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     expect(openFds() - before).toBeLessThanOrEqual(2);
   });
 
+  // A lookup settles once one family answered, and every connection waiting for it goes on (and
+  // may end, its admission let go) while the other family's socket keeps listening to the
+  // timeout: a sandbox dialing fresh names whose AAAA is never answered would keep a socket open
+  // per name outside any budget. At most lateFamilies keep listening; past that, a settled
+  // lookup stops asking for the other family.
+  it('keeps at most lateFamilies settled lookups listening for their other family', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 3000, lateFamilies: 4 });
+    onTestFinished(() => resolver.close());
+    const names = Array.from({ length: 40 }, (_, i) => `v4only${i}.test`);
+    for (const n of names) dns.set(n, { kind: 'answer', a: ['192.0.2.40'], ttl: 60, silentTypes: ['AAAA'] });
+    const before = openFds();
+    const results = await Promise.all(names.map((n) => resolver.resolve(n)));
+    expect(results.every((r) => r.ok)).toBe(true);
+    await new Promise((r) => setImmediate(r));
+    // The four still listening (give or take a descriptor the process opened or closed meanwhile).
+    expect(openFds() - before).toBeLessThanOrEqual(6);
+  });
+
   it('retries over TCP at most tcpMax at once; the others wait their turn within the timeout', async () => {
     const dns = await DnsTestServer.start();
     onTestFinished(() => dns.close());
