@@ -434,8 +434,9 @@ export class Daemon {
     if (e.kind === 'sandbox' && e.action === 'delete') this.dnsMemory.forget(e.id);
     this.log.info(
       {
-        event: { action: 'policy-change' },
-        source: e.source,
+        // ECS: `source` is the peer of a network event (an object); where the change came from
+        // (api, config) is the event's provider.
+        event: { action: 'policy-change', provider: e.source },
         actor: e.actor,
         action: e.action,
         kind: e.kind,

@@ -60,7 +60,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
     if (plane.ok)
       log.info(
-        { event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads, host: plane.hosted ? 'event-loop' : 'threads' },
+        { event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads, loopHost: plane.hosted ? 'event-loop' : 'threads' },
         'the data phase runs in the native splice loops',
       );
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
@@ -93,14 +93,14 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
         const next = withEnv(await loadConfig(file));
         const r = daemon.reload(next);
         if (r.ok) {
-          log.info({ event: { action: 'reload' }, file, sandboxes: r.sandboxes }, 'configuration reloaded');
+          log.info({ event: { action: 'reload' }, file: { path: file }, sandboxes: r.sandboxes }, 'configuration reloaded');
           if (r.needsRestart.length > 0) {
-            log.warn({ event: { action: 'reload-partial' }, file, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
+            log.warn({ event: { action: 'reload-partial' }, file: { path: file }, keys: r.needsRestart }, 'these keys changed but apply only after a restart');
           }
-        } else log.error({ event: { action: 'reload-refused' }, file, reason: r.reason }, 'configuration refused; the running one stays');
+        } else log.error({ event: { action: 'reload-refused' }, file: { path: file }, reason: r.reason }, 'configuration refused; the running one stays');
       } catch (e) {
         daemon.metrics.instruments.configReloads.inc({ result: 'refused' });
-        log.error({ event: { action: 'reload-refused' }, file, reason: (e as Error).message }, 'configuration refused; the running one stays');
+        log.error({ event: { action: 'reload-refused' }, file: { path: file }, reason: (e as Error).message }, 'configuration refused; the running one stays');
       }
     };
     process.on('SIGTERM', () => stop('SIGTERM'));

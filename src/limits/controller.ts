@@ -107,7 +107,7 @@ export class LimitsController {
     const r = raiseNofile();
     this.#nofile = r.after;
     if (r.error !== null)
-      this.#log.warn({ event: { action: 'nofile-not-raised' }, error: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
+      this.#log.warn({ event: { action: 'nofile-not-raised' }, err: r.error, soft: r.after.soft, hard: r.after.hard }, 'Could not raise RLIMIT_NOFILE');
     const inUse = openDescriptors() ?? 0;
     this.#acceptSlots = acceptSlots(r.after.soft, inUse, c.global.reserveDescriptors, acceptLoops);
     const byDescriptors = connectionBudget(r.after.soft, inUse + (this.#acceptSlots ?? 0) * acceptLoops, c.global.reserveDescriptors);
@@ -222,7 +222,16 @@ export class LimitsController {
     this.#shedTimer = null;
     for (const e of this.#shed.values()) {
       this.#log.warn(
-        { event: { action: 'connections-shed' }, sandbox: e.sandbox, source: e.source, verdict: 'refuse', reason: e.reason, count: e.count, detail: e.detail },
+        {
+          event: { action: 'connections-shed' },
+          sandbox: e.sandbox,
+          // ECS's source.ip, as on the connection line: the address of a source that belongs to no sandbox.
+          ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          verdict: 'refuse',
+          reason: e.reason,
+          count: e.count,
+          detail: e.detail,
+        },
         'connections refused at accept',
       );
     }

@@ -5,7 +5,7 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 
-import { action, destinationOf, type LogLine } from './log-line.ts';
+import { action, destinationOf, ecsConflicts, type LogLine } from './log-line.ts';
 
 export type { LogLine };
 
@@ -83,6 +83,14 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
       check();
     });
 
+  // Every line the daemon wrote fits an ECS mapping (docs/logs.md): checked when any test that
+  // runs egressd's process stops it, whatever that test was about.
+  const fitsEcs = (code: number | null): number | null => {
+    const bad = lines.flatMap((l) => ecsConflicts(l).map((k) => `${String(action(l))}: ${k}=${JSON.stringify(l[k])}`));
+    if (bad.length > 0) throw new Error(`egressd wrote log lines an ECS mapping rejects: ${[...new Set(bad)].join('; ')}`);
+    return code;
+  };
+
   const d: DaemonProcess = {
     child,
     lines,
@@ -93,13 +101,13 @@ export async function watchDaemon(child: ChildProcess, startTimeoutMs = 20_000):
     outcomeAt: (destination, pred = () => true, timeoutMs = 20_000) =>
       waitFor((l) => action(l) === 'connection' && destinationOf(l) === destination && pred(l), timeoutMs),
     async stop(signal = 'SIGTERM', timeoutMs = 15_000) {
-      if (exitCode !== undefined) return exitCode;
+      if (exitCode !== undefined) return fitsEcs(exitCode);
       const exited = once(child, 'exit');
       child.kill(signal);
       const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
       const [code] = (await exited) as [number | null];
       clearTimeout(timer);
-      return code;
+      return fitsEcs(code);
     },
   };
   await waitFor((l) => action(l) === 'started', startTimeoutMs);

@@ -20,6 +20,70 @@ export function field(l: LogLine, name: string): unknown {
   return at;
 }
 
+/**
+ * The ECS field sets that are objects (ECS 8.x): an index that maps ECS rejects a whole line in
+ * which one of them is a string or a number (Elasticsearch: "object mapping for [source] tried to
+ * parse field [source] as object, but found a concrete value").
+ */
+const ECS_OBJECTS = new Set([
+  'agent',
+  'as',
+  'client',
+  'cloud',
+  'code_signature',
+  'container',
+  'data_stream',
+  'destination',
+  'device',
+  'dll',
+  'dns',
+  'ecs',
+  'elf',
+  'email',
+  'error',
+  'event',
+  'faas',
+  'file',
+  'geo',
+  'group',
+  'hash',
+  'host',
+  'http',
+  'interface',
+  'log',
+  'network',
+  'observer',
+  'orchestrator',
+  'organization',
+  'os',
+  'package',
+  'pe',
+  'process',
+  'registry',
+  'related',
+  'risk',
+  'rule',
+  'server',
+  'service',
+  'source',
+  'span',
+  'threat',
+  'tls',
+  'trace',
+  'transaction',
+  'url',
+  'user',
+  'user_agent',
+  'vlan',
+  'vulnerability',
+  'x509',
+]);
+
+/** The top-level keys of `l` that an ECS mapping would reject: an ECS field set given as anything but an object. */
+export function ecsConflicts(l: LogLine): string[] {
+  return Object.keys(l).filter((k) => ECS_OBJECTS.has(k) && (typeof l[k] !== 'object' || l[k] === null || Array.isArray(l[k])));
+}
+
 /** What the line records: `event.action` (`started`, `connection`, `dns-query`, …). */
 export const action = (l: LogLine): unknown => field(l, 'event.action');
 

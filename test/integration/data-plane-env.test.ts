@@ -49,11 +49,11 @@ async function planeLine(env: Record<string, string>): Promise<Record<string, un
 
 describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up', () => {
   it('runs the native loops by default, setting connections up in them too, as many as EGRESSD_DATA_PLANE_THREADS says', async () => {
-    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', setup: 'native', threads: 3, host: 'event-loop' });
+    expect(await planeLine({ EGRESSD_DATA_PLANE_THREADS: '3' })).toMatchObject({ plane: 'native', setup: 'native', threads: 3, loopHost: 'event-loop' });
   });
 
   it('gives every loop a thread of its own with EGRESSD_DATA_PLANE_HOST=threads', async () => {
-    expect(await planeLine({ EGRESSD_DATA_PLANE_HOST: 'threads' })).toMatchObject({ plane: 'native', setup: 'native', host: 'threads' });
+    expect(await planeLine({ EGRESSD_DATA_PLANE_HOST: 'threads' })).toMatchObject({ plane: 'native', setup: 'native', loopHost: 'threads' });
   });
 
   it('sets connections up on Node sockets with EGRESSD_DATA_PLANE=native, splicing in the loops', async () => {

@@ -85,7 +85,7 @@ describe('the egressd process', () => {
     await d.waitFor((l) => action(l) === 'policy-change' && l['action'] === 'delete');
     const changes = d.lines.filter((l) => action(l) === 'policy-change');
     expect(changes.map((c) => `${c['action']} ${c['id']}`)).toEqual(['put sb-api', 'delete sb-api']);
-    expect(changes[0]).toMatchObject({ source: 'api', before: null });
+    expect(changes[0]).toMatchObject({ event: { provider: 'api' }, before: null });
     expect(String(changes[0]!['actor'])).toMatch(/^api /);
     expect(changes[1]!['before']).toBe(changes[0]!['after']);
     expect(JSON.stringify(d.lines) + d.stderr()).not.toContain(TOKEN);
