@@ -126,6 +126,15 @@ export class Admission {
     return this.#opts.globalConnections;
   }
 
+  /**
+   * The descriptor budget has no room for a new connection (admit refuses `global-limit`):
+   * counted as admit counts it, lingering refusals and extra dial attempts included.
+   */
+  get budgetFull(): boolean {
+    const g = this.#opts.globalConnections;
+    return g !== null && 2 * this.#open + this.#lingering + this.#attempts + 2 > 2 * g;
+  }
+
   /** The most connections one sandbox may hold because of the global budget, or null. */
   get sandboxShare(): number | null {
     const g = this.#opts.globalConnections;
@@ -151,7 +160,7 @@ export class Admission {
     if (overloaded) return refused('overload', 'memory pressure: new connections are shed');
     const g = this.#opts.globalConnections;
     // In descriptors: two a connection, one a lingering refusal, one an extra dial attempt.
-    if (g !== null && 2 * this.#open + this.#lingering + this.#attempts + 2 > 2 * g)
+    if (this.budgetFull)
       return refused(
         'global-limit',
         `${this.#open} connections open, ${this.#lingering} refusals lingering and ${this.#attempts} extra dial attempts in total (descriptor budget ${g})`,

@@ -256,7 +256,9 @@ export class LimitsController {
       return `memory pressure ${round(s.pressure)} (${s.monitor}) at or above ${this.#config().memory.shedAt}: new connections are shed`;
     }
     const g = this.#admission.globalConnections;
-    if (g !== null && this.#admission.open >= g) return `connection budget full (${this.#admission.open} of ${g}): new connections are shed`;
+    const a = this.#admission;
+    if (a.budgetFull)
+      return `connection budget full (${a.open} of ${g}), with ${a.lingering} refusals lingering and ${a.attemptsHeld} extra dial attempts: new connections are shed`;
     return null;
   }
 
@@ -284,7 +286,7 @@ export class LimitsController {
       dialAttempts: this.#admission.attemptsHeld,
       memoryPressure: round(this.memory.last.pressure),
       memoryLimitBytes: this.memory.cgroupLimitBytes,
-      overloaded: { memory: this.memory.shedding, descriptors: g !== null && this.#admission.open >= g },
+      overloaded: { memory: this.memory.shedding, descriptors: this.#admission.budgetFull },
     };
   }
 }

@@ -190,9 +190,12 @@ describe('Admission, lingering refusals', () => {
     // The other sandbox keeps its share.
     const calm = Array.from({ length: 5 }, () => admit('calm'));
     expect(calm[0]!.attempts(3)).toBe(0);
+    // 7 connections (14 descriptors) and 6 attempts: no room for an eighth, though 7 < 10.
+    expect(a.budgetFull).toBe(true);
     t1.attemptsDone();
     t1.attemptsDone();
     expect(a.attemptsHeld).toBe(0);
+    expect(a.budgetFull).toBe(false);
     expect(admit('flood').attempts(1)).toBe(1);
     // A release gives back what the ticket still held; a released ticket is granted nothing.
     t2.release();
