@@ -145,8 +145,8 @@ unsigned sl_loop_size(const sl_loop *loop);
 //                   `attempt_delay_ms` without an answer (RFC 8305 §5), within `connect_ms` in
 //                   all, at most `parallel` attempts at once (each is a descriptor): at that cap
 //                   the next waits for one to fail, or for the oldest to have had its share of
-//                   the time left (split evenly between it and the addresses not yet tried, as
-//                   curl does) and no sooner than `attempt_delay_ms` after the last start, when
+//                   the time left (split evenly between it and the addresses not yet tried)
+//                   and no sooner than `attempt_delay_ms` after the last start, when
 //                   it is given up (ETIMEDOUT). Connected: when the policy version is still the one given and the
 //                   verdict's deadline (`valid_until_us`) has not passed, the bytes read so far
 //                   are written upstream and the bytes spliced both ways; otherwise it reports

@@ -7,8 +7,8 @@
 // Each attempt in flight holds a descriptor, so admission may allow fewer at once than there are
 // addresses (`parallel`, limits/admission.ts). At that cap the next address waits for one to
 // fail, or for the oldest to have had its share of the time left — the time left split evenly
-// between it and the addresses not yet tried, as curl splits its connect timeout between the
-// addresses it tries one by one — when that one is given up (`timeout`) for the next. Never
+// between it and the addresses not yet tried, so that each address left gets its part of the
+// connect timeout — when that one is given up (`timeout`) for the next. Never
 // sooner than the attempt delay after the last start: the cap makes fewer attempts run at once,
 // never more of them start (a short connect timeout shared by many addresses would otherwise
 // give up each before a merely distant address could answer).
