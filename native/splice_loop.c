@@ -520,6 +520,16 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
   l->report(l->ctx, &o);
 }
 
+// The direction toward a side that went or failed is over: what it held is dropped, as that
+// side's own kernel would have dropped it.
+static void drop_toward(sl_loop *l, sl_dir *d) {
+  free(d->pending);
+  d->pending = NULL;
+  d->pending_len = d->pending_off = 0;
+  pipe_give(l, d); // a pipe with bytes in it is closed, never pooled
+  d->eof = d->shut = true;
+}
+
 // `side` reset after its own FIN: it had finished, and the reset only refused bytes that reached
 // its closed socket (Linux resets a close(2) that leaves bytes unread or gets more, RFC 1122
 // §4.2.2.13) — a TLS client's close_notify after the origin closed, an origin's after the client
@@ -528,12 +538,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
 // is delivered to the other, its FIN last; what the other sends it is dropped, as the side's own
 // kernel would have, and closing the other's socket at the end resets it if bytes are left.
 static void conn_gone(sl_loop *l, sl_conn *c, int side) {
-  sl_dir *d = &c->dir[1 - side];
-  free(d->pending);
-  d->pending = NULL;
-  d->pending_len = d->pending_off = 0;
-  pipe_give(l, d); // a pipe with bytes in it is closed, never pooled
-  d->eof = d->shut = true;
+  drop_toward(l, &c->dir[1 - side]);
   c->gone[side] = c->said_fin[side] = true;
   c->rd[side] = true; // what it sent before its FIN may still be in its socket, then the EOF
   c->again = true;
@@ -584,12 +589,7 @@ static void conn_end(sl_loop *l, sl_conn *c) {
 // reset (conn_end), within SL_RESET_LINGER_MS of the last byte it took. What the other side
 // sends it is dropped: no write reaches it any more.
 static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
-  sl_dir *d = &c->dir[1 - side];
-  free(d->pending);
-  d->pending = NULL;
-  d->pending_len = d->pending_off = 0;
-  pipe_give(l, d); // a pipe with bytes in it is closed, never pooled
-  d->eof = d->shut = true;
+  drop_toward(l, &c->dir[1 - side]);
   c->failed = side;
   c->fail_err = err;
   c->last_ms = l->now_ms; // SL_RESET_LINGER_MS from now, unless the other side takes bytes

@@ -1037,10 +1037,8 @@ static struct sockaddr_storage storage_of(const struct sockaddr_in *a) {
   return ss;
 }
 
-static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct sockaddr_in *front) {
-  int client;
-  uint64_t id = accept_with(l, front, "hello", &client);
-  // The first address refuses (a port nothing listens on), the second answers.
+// A loopback address whose port nothing listens on: a dial to it is refused at once.
+static struct sockaddr_in closed_port(void) {
   struct sockaddr_in closed = listen_addr;
   int probe = socket(AF_INET, SOCK_STREAM, 0);
   closed.sin_port = 0;
@@ -1048,6 +1046,14 @@ static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct so
   socklen_t len = sizeof closed;
   getsockname(probe, (struct sockaddr *)&closed, &len);
   close(probe);
+  return closed;
+}
+
+static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "hello", &client);
+  // The first address refuses (a port nothing listens on), the second answers.
+  struct sockaddr_in closed = closed_port();
   struct sockaddr_storage addrs[2] = {storage_of(&closed), storage_of(&listen_addr)};
   CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
@@ -1309,13 +1315,7 @@ static void test_setup_dial_capped_keeps_the_delay(sl_loop *l, const struct sock
 // address still in flight, is a timeout though a later address refused; when every address
 // failed, the failure that came last in time, not the last address's.
 static void test_setup_dial_failure_cause(sl_loop *l, const struct sockaddr_in *front) {
-  struct sockaddr_in closed = listen_addr;
-  int probe = socket(AF_INET, SOCK_STREAM, 0);
-  closed.sin_port = 0;
-  bind(probe, (struct sockaddr *)&closed, sizeof closed);
-  socklen_t len = sizeof closed;
-  getsockname(probe, (struct sockaddr *)&closed, &len);
-  close(probe);
+  struct sockaddr_in closed = closed_port();
   blackhole bh = blackhole_open();
   int client;
   uint64_t id = accept_with(l, front, "x", &client);

@@ -309,6 +309,35 @@ describe('NameResolver: answers within the timeout', () => {
   });
 });
 
+/**
+ * A DNS-over-TCP side on 127.0.0.1:`port` (RFC 7766: two-octet length, then the message): each
+ * query is answered with `answers(question)` after `delayMs` (`answered` told when it is).
+ */
+async function tcpDns(port: number, answers: (question: packet.Question) => packet.Answer[], delayMs = 0, answered: () => void = () => {}): Promise<void> {
+  const tcp = createServer((s: Socket) => {
+    s.on('error', () => {});
+    let buf = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
+      const q = packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      const reply = packet.streamEncode({
+        type: 'response',
+        id: q.id,
+        flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE,
+        questions: q.questions,
+        answers: answers(q.questions![0]!),
+      });
+      setTimeout(() => {
+        answered();
+        if (!s.destroyed) s.end(reply);
+      }, delayMs).unref();
+    });
+  });
+  await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
+  onTestFinished(() => void tcp.close());
+}
+
 // RFC 7766 §5: a truncated UDP answer is asked again over TCP. The UDP side is the test server
 // with the TC bit forced on; the TCP side a small server of this test's own on the same port.
 describe('NameResolver: truncated answers', () => {
@@ -318,24 +347,12 @@ describe('NameResolver: truncated answers', () => {
     dns.set('big.test', { kind: 'answer', a: ['192.0.2.40'], ttl: 60, truncate: true });
     const port = Number(dns.server.split(':').pop());
     let tcpQueries = 0;
-    const tcp = createServer((s: Socket) => {
-      s.on('error', () => {});
-      let buf = Buffer.alloc(0);
-      s.on('data', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
-        const q = packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0)));
-        tcpQueries++;
-        const question = q.questions![0]!;
-        const answers: packet.Answer[] =
-          question.type === 'A' ? Array.from({ length: 40 }, (_, i) => ({ type: 'A' as const, name: question.name, ttl: 60, data: `192.0.2.${100 + i}` })) : [];
-        s.end(
-          packet.streamEncode({ type: 'response', id: q.id, flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE, questions: q.questions, answers }),
-        );
-      });
+    await tcpDns(port, (question) => {
+      tcpQueries++;
+      return question.type === 'A'
+        ? Array.from({ length: 40 }, (_, i) => ({ type: 'A' as const, name: question.name, ttl: 60, data: `192.0.2.${100 + i}` }))
+        : [];
     });
-    await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
-    onTestFinished(() => void tcp.close());
     const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 2_000 });
     onTestFinished(() => resolver.close());
     const r = await resolver.resolve('big.test');
@@ -406,33 +423,15 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     // A TCP side that answers each query 300 ms after it came; `most`: queries it held at once.
     let held = 0;
     let most = 0;
-    const tcp = createServer((s: Socket) => {
-      s.on('error', () => {});
-      let buf = Buffer.alloc(0);
-      s.on('data', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
-        const q = packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+    await tcpDns(
+      port,
+      (question) => {
         most = Math.max(most, ++held);
-        const question = q.questions![0]!;
-        const answers: packet.Answer[] = question.type === 'A' ? [{ type: 'A', name: question.name, ttl: 60, data: '192.0.2.41' }] : [];
-        setTimeout(() => {
-          held--;
-          if (!s.destroyed)
-            s.end(
-              packet.streamEncode({
-                type: 'response',
-                id: q.id,
-                flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE,
-                questions: q.questions,
-                answers,
-              }),
-            );
-        }, 300).unref();
-      });
-    });
-    await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
-    onTestFinished(() => void tcp.close());
+        return question.type === 'A' ? [{ type: 'A', name: question.name, ttl: 60, data: '192.0.2.41' }] : [];
+      },
+      300,
+      () => held--,
+    );
     const sockets = new QuerySockets({ tcpMax: 2 });
     onTestFinished(() => sockets.close());
     const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 4_000, sockets });
