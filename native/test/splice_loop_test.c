@@ -1010,6 +1010,16 @@ static int connect_to(const struct sockaddr_in *addr) {
   return fd;
 }
 
+/** A loop that sets connections up itself, listening with `tag` on a loopback port (`front`). */
+static sl_loop *setup_loop(int tag, struct sockaddr_in *front) {
+  int err = 0;
+  sl_loop *l = sl_loop_start(report, NULL, &err);
+  CHECK(l != NULL, "start: %s", strerror(err));
+  sl_loop_setup(l, on_setup, 16384);
+  listen_on_loop(l, tag, front);
+  return l;
+}
+
 /** A client that connects and sends `first`; the ACCEPTED event, with every first byte peeked. */
 static uint64_t accept_with(sl_loop *l, const struct sockaddr_in *front, const char *first, int *client) {
   *client = connect_to(front);
@@ -1578,12 +1588,8 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
 }
 
 static void test_setup(void) {
-  int err = 0;
-  sl_loop *l = sl_loop_start(report, NULL, &err);
-  CHECK(l != NULL, "start: %s", strerror(err));
-  sl_loop_setup(l, on_setup, 16384);
   struct sockaddr_in front;
-  listen_on_loop(l, 7, &front);
+  sl_loop *l = setup_loop(7, &front);
   test_setup_dial_timeout(l, &front);
   test_setup_dial_staggers(l, &front);
   test_setup_dial_capped(l, &front);
@@ -1645,12 +1651,8 @@ static bool carried(int from, int to, size_t n, unsigned seed) {
 // connection that needs a pipe while none can be made is carried through the loop's buffer
 // rather than cut.
 static void test_out_of_descriptors(void) {
-  int err = 0;
-  sl_loop *l = sl_loop_start(report, NULL, &err);
-  CHECK(l != NULL, "start: %s", strerror(err));
-  sl_loop_setup(l, on_setup, 16384);
   struct sockaddr_in front;
-  listen_on_loop(l, 10, &front);
+  sl_loop *l = setup_loop(10, &front);
   // A bulk transfer leaves its pipe in the pool.
   conn_ends e = hand_over(l, 9001, NULL, NULL, 10000);
   CHECK(carried(e.client, e.upstream, BULK, 9), "the first transfer");
@@ -2145,11 +2147,7 @@ static void test_server_first_is_spliced_without_a_byte(void) {
 static void test_first_flight(void) {
   test_first_flight_framing();
   test_first_flight_dripped_is_read_once();
-  int err = 0;
-  rules_loop = sl_loop_start(report, NULL, &err);
-  CHECK(rules_loop != NULL, "start: %s", strerror(err));
-  sl_loop_setup(rules_loop, on_setup, 16384);
-  listen_on_loop(rules_loop, 8, &rules_front);
+  rules_loop = setup_loop(8, &rules_front);
   CHECK(sl_loop_rules(rules_loop, 8, 600, 200, 300) == 0, "rules");
   int eager = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int defer_s = 5;
