@@ -152,7 +152,7 @@ export class DnsService {
       const started = performance.now();
       let r: Answered | { failed: string };
       try {
-        r = await this.#fetch(answerKey, q);
+        r = await this.#fetch(answerKey, q, key);
       } finally {
         if (!joins) {
           const left = (this.#inflightBy.get(key) ?? 1) - 1;
@@ -209,11 +209,14 @@ export class DnsService {
     return { reach: false, reason: denied ? 'deny-rule' : 'not-allowed', rule: r.rule };
   }
 
-  /** One upstream query per question in flight, however many sandboxes ask it at once. */
-  #fetch(answerKey: string, q: Query): Promise<Answered | { failed: string }> {
+  /**
+   * One upstream query per question in flight, however many sandboxes ask it at once; charged to
+   * `key`, the sandbox that asked first (its share of TCP retries).
+   */
+  #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
     let p = this.#pending.get(answerKey);
     if (p) return p;
-    p = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled).then((r) => {
+    p = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, key).then((r) => {
       if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
       const a = this.#prepare(r.answered);
       this.#deps.cache.set(answerKey, a);

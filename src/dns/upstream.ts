@@ -67,8 +67,11 @@ export class Forwarder {
     return this.#servers.map(label);
   }
 
-  /** Asks the upstreams for `name`/`type`; never rejects. */
-  query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean): Promise<ForwardResult> {
+  /**
+   * Asks the upstreams for `name`/`type`; never rejects. `tenant`: whose query it is (a sandbox
+   * id, or `source ADDR`), charged for a retry over TCP (net/query-sockets.ts tcpSlot).
+   */
+  query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean, tenant = ''): Promise<ForwardResult> {
     const started = performance.now();
     const ms = (): number => performance.now() - started;
     if (this.#closed) return Promise.resolve({ ok: false, cause: 'error', detail: 'forwarder closed', ms: 0 });
@@ -114,7 +117,7 @@ export class Forwarder {
             }
             if (!r.truncated) return finish({ ok: true, answered: r.answered, server: label(server), ms: ms() });
             sent!.cancel();
-            void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now()).then((t) => {
+            void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now(), tenant).then((t) => {
               if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
               else lastError = t.detail;
             });
@@ -138,12 +141,13 @@ export class Forwarder {
     dnssecOk: boolean,
     checkingDisabled: boolean,
     budgetMs: number,
+    tenant: string,
   ): Promise<{ ok: true; answered: Answered } | { ok: false; detail: string }> {
     if (budgetMs <= 0) return { ok: false, detail: 'no time left for TCP' };
     // A TCP retry is a descriptor of its own: one of the process's places (net/query-sockets.ts),
-    // waited for within the budget.
+    // of the tenant's share, waited for within the budget.
     const started = performance.now();
-    const release = await this.#sockets.tcpSlot(budgetMs);
+    const release = await this.#sockets.tcpSlot(budgetMs, tenant);
     if (release === null) return { ok: false, detail: 'no place for a TCP retry within the budget' };
     budgetMs -= performance.now() - started;
     return new Promise((resolve) => {

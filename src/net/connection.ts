@@ -378,7 +378,7 @@ function judged(
       original: ip,
       port,
       resolver: {
-        resolve: async (name) => rememberedHere(name) ?? deps.resolver.resolve(name),
+        resolve: async (name) => rememberedHere(name) ?? deps.resolver.resolve(name, o.sandbox ?? `source ${o.source}`),
         cached: (name) => rememberedHere(name) ?? deps.resolver.cached(name),
       },
       // A would-refuse address is dialed as an allowed one (report-only); a refused one never.

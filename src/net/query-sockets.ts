@@ -10,7 +10,10 @@
 //
 // TCP: a retry over TCP after a truncated answer (RFC 7766 §5) holds a descriptor no budget
 // counts, for the resolver and the forwarder alike: tcpSlot bounds how many run at once; the
-// others wait their turn, in order, within their own deadline.
+// others wait their turn within their own deadline. Each place is charged to a tenant (the
+// sandbox whose query it is): a tenant holds at most its share (tcpShare) while the places left
+// free are fewer than a share, so one sandbox whose answers all come back truncated cannot hold
+// every place; a freed place goes to the waiting tenant holding fewest.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
@@ -20,6 +23,14 @@ import { isIP } from 'node:net';
 export const POOL_SIZE = 32;
 /** TCP retries in flight at once, all queries together. */
 export const TCP_RETRIES = 16;
+
+/** Why a TCP retry got no place at once: its tenant held its share, or every place was taken. */
+export type TcpHeldBack = 'sandbox' | 'global';
+
+/** A tenant's share of `tcpMax` places: a quarter, at least one. */
+export function tcpShare(tcpMax: number): number {
+  return Math.max(1, Math.floor(tcpMax / 4));
+}
 
 /** Told every datagram that arrives on the query's socket with its id (the caller checks the rest). */
 export type ReplyHandler = (buf: Buffer, address: string, port: number) => void;
@@ -37,18 +48,35 @@ export interface SentQuery {
   cancel(): void;
 }
 
+interface TcpWaiter {
+  readonly tenant: string;
+  readonly grant: (release: (() => void) | null) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
 export class QuerySockets {
   readonly #size: number;
   readonly #tcpMax: number;
   readonly #pools: Record<4 | 6, (PooledSocket | undefined)[]> = { 4: [], 6: [] };
+  readonly #tcpShare: number;
   #tcpInUse = 0;
+  /** TCP places held, by tenant. */
+  readonly #tcpBy = new Map<string, number>();
   /** Retries waiting for a TCP place, oldest first. */
-  readonly #tcpWaiting: { grant: (release: (() => void) | null) => void; timer: NodeJS.Timeout }[] = [];
+  readonly #tcpWaiting: TcpWaiter[] = [];
+  readonly #onTcpHeldBack: ((why: TcpHeldBack) => void) | undefined;
   #closed = false;
 
-  constructor(o: { size?: number; tcpMax?: number } = {}) {
+  /**
+   * `tcpMax`: TCP retries at once, all tenants together (TCP_RETRIES when absent);
+   * `onTcpHeldBack`: told of each retry that got no place at once (it waits, or fails when it
+   * may not), and why.
+   */
+  constructor(o: { size?: number; tcpMax?: number; onTcpHeldBack?: (why: TcpHeldBack) => void } = {}) {
     this.#size = Math.max(1, o.size ?? POOL_SIZE);
     this.#tcpMax = Math.max(0, o.tcpMax ?? TCP_RETRIES);
+    this.#tcpShare = tcpShare(this.#tcpMax);
+    this.#onTcpHeldBack = o.onTcpHeldBack;
   }
 
   /**
@@ -72,18 +100,18 @@ export class QuerySockets {
   }
 
   /**
-   * A place for one TCP retry, to release when it ends (idempotent): at once while fewer than
-   * tcpMax run, else the first to free up within `waitMs`; null when none did, or once closed.
+   * A place for one TCP retry of `tenant`'s (a sandbox id, or any key its caller counts by), to
+   * release when it ends (idempotent): at once while the tenant may take one (#mayTake), else
+   * when one is handed to it within `waitMs`; null when none was, or once closed.
    */
-  tcpSlot(waitMs: number): Promise<(() => void) | null> {
+  tcpSlot(waitMs: number, tenant = ''): Promise<(() => void) | null> {
     if (this.#closed) return Promise.resolve(null);
-    if (this.#tcpInUse < this.#tcpMax) {
-      this.#tcpInUse++;
-      return Promise.resolve(this.#release());
-    }
+    if (this.#mayTake(tenant)) return Promise.resolve(this.#take(tenant));
+    this.#onTcpHeldBack?.(this.#why(tenant));
     if (waitMs <= 0) return Promise.resolve(null);
     return new Promise((resolve) => {
-      const w = {
+      const w: TcpWaiter = {
+        tenant,
         grant: resolve,
         timer: setTimeout(() => {
           const i = this.#tcpWaiting.indexOf(w);
@@ -95,20 +123,57 @@ export class QuerySockets {
     });
   }
 
-  #release(): () => void {
+  /** TCP places held now, all tenants together. */
+  get tcpInUse(): number {
+    return this.#tcpInUse;
+  }
+
+  /**
+   * A free place, and the tenant under its share, or taking one more still leaves more than a
+   * share free for the others (an unused share is lent, never the last one).
+   */
+  #mayTake(tenant: string): boolean {
+    const free = this.#tcpMax - this.#tcpInUse;
+    return free > 0 && ((this.#tcpBy.get(tenant) ?? 0) < this.#tcpShare || free > this.#tcpShare);
+  }
+
+  #why(tenant: string): TcpHeldBack {
+    return this.#tcpInUse < this.#tcpMax && (this.#tcpBy.get(tenant) ?? 0) >= this.#tcpShare ? 'sandbox' : 'global';
+  }
+
+  #take(tenant: string): () => void {
+    this.#tcpInUse++;
+    this.#tcpBy.set(tenant, (this.#tcpBy.get(tenant) ?? 0) + 1);
     let held = true;
     return () => {
       if (!held) return;
       held = false;
-      const next = this.#tcpWaiting.shift();
-      if (next === undefined || this.#closed) {
-        this.#tcpInUse--;
-        return;
-      }
-      // The place passes straight to the oldest waiter.
-      clearTimeout(next.timer);
-      next.grant(this.#release());
+      this.#tcpInUse--;
+      const left = (this.#tcpBy.get(tenant) ?? 1) - 1;
+      if (left <= 0) this.#tcpBy.delete(tenant);
+      else this.#tcpBy.set(tenant, left);
+      if (!this.#closed) this.#handOn();
     };
+  }
+
+  /** Hands free places to waiters: the tenant holding fewest first, oldest first among equals. */
+  #handOn(): void {
+    for (;;) {
+      let best = -1;
+      let fewest = Infinity;
+      for (let i = 0; i < this.#tcpWaiting.length; i++) {
+        const w = this.#tcpWaiting[i]!;
+        const held = this.#tcpBy.get(w.tenant) ?? 0;
+        if (held < fewest && this.#mayTake(w.tenant)) {
+          best = i;
+          fewest = held;
+        }
+      }
+      if (best < 0) return;
+      const [w] = this.#tcpWaiting.splice(best, 1);
+      clearTimeout(w!.timer);
+      w!.grant(this.#take(w!.tenant));
+    }
   }
 
   /** Sockets open now, both families. */

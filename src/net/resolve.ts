@@ -107,14 +107,19 @@ export class NameResolver {
     return hit ? this.#report(true, hit) : null;
   }
 
-  async resolve(name: string): Promise<ResolveResult> {
+  /**
+   * `tenant`: whose lookup this is (a sandbox id, or `source ADDR`): a retry over TCP takes a place
+   * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is charged to
+   * the one that started it.
+   */
+  async resolve(name: string, tenant = ''): Promise<ResolveResult> {
     const key = cacheKey(name);
     if (this.#closed || key === null) return this.#report(false, { ok: false, cause: 'error' });
     const hit = this.#cache.get(key);
     if (hit) return this.#report(true, hit);
     let p = this.#inflight.get(key);
     if (!p) {
-      p = this.#lookup(key);
+      p = this.#lookup(key, tenant);
       this.#inflight.set(key, p);
       const q = p;
       void q.finally(() => {
@@ -142,7 +147,7 @@ export class NameResolver {
     return r;
   }
 
-  #lookup(key: string): Promise<CachedAnswer> {
+  #lookup(key: string, tenant: string): Promise<CachedAnswer> {
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
@@ -167,7 +172,12 @@ export class NameResolver {
       };
       const exchange = new AddressExchange(
         key,
-        { servers: this.#servers, deadline: Date.now() + this.#timeoutMs, retransmitMs: this.#retransmitMs, tcpSlot: (ms) => this.#sockets.tcpSlot(ms) },
+        {
+          servers: this.#servers,
+          deadline: Date.now() + this.#timeoutMs,
+          retransmitMs: this.#retransmitMs,
+          tcpSlot: (ms) => this.#sockets.tcpSlot(ms, tenant),
+        },
         (family, a) => {
           answers[family] = a;
           const both = answers[4] !== null && answers[6] !== null;

@@ -187,6 +187,12 @@ export const METRICS = {
     help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
     labels: [],
   },
+  dnsTcpRetriesHeldBack: {
+    name: 'egressd_dns_tcp_retries_held_back_total',
+    type: 'counter',
+    help: "Retries over TCP of truncated DNS answers (the DNS listener's and the resolver's) that found no place at once and waited their turn within their deadline, by scope: sandbox (their sandbox held its share and no more than a share's worth of places was free) or global (every place was taken).",
+    labels: ['scope'],
+  },
   policyChanges: {
     name: 'egressd_policy_changes_total',
     type: 'counter',

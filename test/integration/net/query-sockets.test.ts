@@ -1,10 +1,11 @@
 // The process's pool of DNS query sockets (src/net/query-sockets.ts) against a loopback UDP
 // echo: replies reach the query whose id they carry, on its socket only; the TCP places are
-// handed on in order and given up at their deadline or at close.
+// handed on in order and given up at their deadline or at close, and one tenant holds no more
+// than its share while the places left are fewer than a share.
 
 import { createSocket } from 'node:dgram';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { QuerySockets } from '../../../src/net/query-sockets.ts';
+import { QuerySockets, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
 
 /** A UDP server on 127.0.0.1 that sends every datagram back; its port. */
 async function echo(): Promise<number> {
@@ -63,5 +64,48 @@ describe('QuerySockets', () => {
     rb!();
     expect(await pool.tcpSlot(0)).toBeNull();
     expect(pool.send('127.0.0.1', 9, query, () => {})).toBeNull();
+  });
+
+  it("lends a tenant the places others do not use, but never the last share's worth; a freed place goes to the tenant holding fewest", async () => {
+    const heldBack: TcpHeldBack[] = [];
+    const pool = new QuerySockets({ tcpMax: 8, onTcpHeldBack: (why) => heldBack.push(why) });
+    onTestFinished(() => pool.close());
+    expect(tcpShare(8)).toBe(2);
+    // Tenant a takes all it may: its share of 2, then lent places while more than 2 stay free.
+    const a: (() => void)[] = [];
+    for (;;) {
+      const r = await pool.tcpSlot(0, 'a');
+      if (r === null) break;
+      a.push(r);
+    }
+    expect(a).toHaveLength(6);
+    expect(heldBack).toEqual(['sandbox']);
+    // Tenant b is not kept waiting: the places a may not take are there for it.
+    const b1 = await pool.tcpSlot(0, 'b');
+    const b2 = await pool.tcpSlot(0, 'b');
+    expect(b1).not.toBeNull();
+    expect(b2).not.toBeNull();
+    expect(pool.tcpInUse).toBe(8);
+    // All taken: a and c wait. A place a frees goes to c (holding none), not back to a.
+    const order: string[] = [];
+    const aMore = pool.tcpSlot(5_000, 'a').then((r) => (order.push('a'), r));
+    const c = pool.tcpSlot(5_000, 'c').then((r) => (order.push('c'), r));
+    expect(heldBack).toEqual(['sandbox', 'global', 'global']);
+    a.pop()!();
+    const rc = await c;
+    expect(rc).not.toBeNull();
+    expect(order).toEqual(['c']);
+    // b lets go: two places free, but a (holding five) would leave fewer than a share free.
+    b1!();
+    b2!();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(order).toEqual(['c']);
+    // c lets go: three free, and a's waiting retry takes one.
+    rc!();
+    const ra = await aMore;
+    expect(ra).not.toBeNull();
+    expect(order).toEqual(['c', 'a']);
+    for (const r of [...a, ra!]) r();
+    expect(pool.tcpInUse).toBe(0);
   });
 });

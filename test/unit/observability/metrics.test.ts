@@ -103,6 +103,7 @@ function feed(m: Metrics): void {
   m.instruments.acceptErrors.inc({ code: 'EMFILE' });
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.instruments.dialAttemptsWithheld.inc(4);
+  m.instruments.dnsTcpRetriesHeldBack.inc({ scope: 'sandbox' });
   m.attachLimits(() => ({
     nofileSoft: 1024,
     nofileHard: 4096,
