@@ -376,14 +376,28 @@ static void arm(sl_loop *l, uint64_t due) {
   if (due < l->next_idle_check) l->next_idle_check = due;
 }
 
-// A connection socket's key in the epoll set (epoll_event.data): the connection's id and the
-// side, never its address; bit 1 is clear (listeners and the wake-up descriptor set it). close(2)
-// takes a socket out of the set only when no other descriptor refers to its file: a duplicate the
-// caller still holds (sl_loop_add's sockets are dup(2)s of Node's), or a fork(2)'s child before
-// its exec, keeps it there. Its late events then find no connection by that id, where an address
-// would be freed memory or a connection allocated in its place.
+// A connection socket's key in the epoll set (epoll_event.data): the connection's id, the side,
+// and on the upstream side the index of the dial's attempt the socket is (0 for a connection
+// handed over), never an address; bit 1 is clear (listeners and the wake-up descriptor set it).
+// close(2) takes a socket out of the set only when no other descriptor refers to its file: a
+// duplicate the caller still holds (sl_loop_add's sockets are dup(2)s of Node's), or a fork(2)'s
+// child before its exec, keeps it there. Its late events then find no connection by that id, where
+// an address would be freed memory or a connection allocated in its place. An attempt's events
+// name the attempt, so one that ended while its event waited in the same batch (it lost the
+// race, failed, gave way at the cap) is never taken for another attempt's, nor for the winner's.
+// Ids are below 2^53 (data_plane.c's arg_id; set-up ids from 2^48).
+static uint64_t sock_key(uint64_t id, int side, int attempt) {
+  return id << 6 | (uint64_t)attempt << 2 | (uint64_t)side;
+}
+_Static_assert(SL_MAX_ADDRS <= 16, "an attempt's index has 4 bits of the key");
+
+// The attempt whose socket is the connection's upstream: the winner keeps its key.
+static int up_attempt(const sl_conn *c) {
+  return c->dialed > 0 ? c->dialed : 0;
+}
+
 static uint64_t conn_key(const sl_conn *c, int side) {
-  return c->id << 2 | (uint64_t)side;
+  return sock_key(c->id, side, side == UPSTREAM ? up_attempt(c) : 0);
 }
 
 static uint64_t min64(uint64_t a, uint64_t b) {
@@ -417,13 +431,11 @@ static void reset_fd(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
 
-static void close_attempts(sl_loop *l, sl_conn *c, int why) {
+static void close_attempts(sl_conn *c, int why) {
   if (!c->dial) return;
   for (int i = 0; i < c->dial->n; i++) {
     if (c->dial->fd[i] < 0) continue;
-    // Taken out explicitly (rare: only an attempt that did not win): it has the key of the
-    // connection that lives on (conn_key), and a late event of it must not pass for the upstream's.
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->dial->fd[i], NULL);
+    // No EPOLL_CTL_DEL: a late event names this attempt, which is over (conn_key).
     close(c->dial->fd[i]);
     c->dial->fd[i] = -1;
     c->attempt_err[i] = why;
@@ -492,7 +504,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
     free(c->dir[s].pending);
     c->dir[s].pending = NULL;
   }
-  close_attempts(l, c, end == SL_END_ABORTED ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
+  close_attempts(c, end == SL_END_ABORTED ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
   free(c->dial);
   free(c->peek);
   free(c->answer);
@@ -1151,7 +1163,7 @@ static bool in_flight(const sl_dial *d) {
 // `err`: why the dial ended, as dial-first.ts says it: ETIMEDOUT at the deadline (whatever
 // failed before), else the last attempt's own failure, the last in time.
 static void dial_fail(sl_loop *l, sl_conn *c, int err) {
-  close_attempts(l, c, err);
+  close_attempts(c, err);
   conn_close(l, c, SL_END_ERROR, err, CLIENT);
 }
 
@@ -1189,7 +1201,6 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
     for (int i = 0; i < d->n; i++) live += d->fd[i] >= 0;
     int o = oldest_attempt(d);
     if (live >= d->parallel && o >= 0) {
-      epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[o], NULL);
       close(d->fd[o]);
       d->fd[o] = -1;
       c->attempt_err[o] = d->last_err = ETIMEDOUT;
@@ -1214,7 +1225,7 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
       close(fd);
       continue;
     }
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, UPSTREAM)};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = sock_key(c->id, UPSTREAM, i)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
       c->attempt_err[i] = d->last_err = errno;
       close(fd);
@@ -1238,7 +1249,7 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   d->fd[i] = -1;
   c->attempt_err[i] = 0;
   c->dialed = i;
-  close_attempts(l, c, SL_ATTEMPT_CANCELLED);
+  close_attempts(c, SL_ATTEMPT_CANCELLED);
   uint64_t version = d->version, valid_until = d->valid_until_us;
   bool tell = d->tell;
   uint64_t now_us = monotonic_us();
@@ -1259,49 +1270,26 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   emit(l, &e);
 }
 
-// An event on an attempt: which ones are over, and how. With one attempt in flight (nearly
-// always) the event is its own and says it all: EPOLLOUT alone is a connection (tcp_poll reports
-// no writability before ESTABLISHED), EPOLLERR or EPOLLHUP a failure whose errno SO_ERROR gives.
-// With several, each is asked with poll(2).
-static void dial_check(sl_loop *l, sl_conn *c, uint32_t events) {
+// An event of the attempt `i`, still in flight (its own key: conn_key): EPOLLOUT alone is a
+// connection (tcp_poll reports no writability before ESTABLISHED), EPOLLERR or EPOLLHUP a failure
+// whose errno SO_ERROR gives.
+static void dial_check(sl_loop *l, sl_conn *c, int i, uint32_t events) {
   sl_dial *d = c->dial;
-  int only = -1, live = 0;
-  for (int i = 0; i < d->n; i++)
-    if (d->fd[i] >= 0) {
-      only = i;
-      live++;
-    }
-  bool failed = false;
-  for (int i = 0; i < d->n; i++) {
-    if (d->fd[i] < 0) continue;
-    uint32_t ev = events;
-    if (live > 1) {
-      struct pollfd p = {.fd = d->fd[i], .events = POLLOUT};
-      if (poll(&p, 1, 0) <= 0) continue;
-      ev = (p.revents & POLLOUT ? EPOLLOUT : 0) | (p.revents & POLLERR ? EPOLLERR : 0) | (p.revents & POLLHUP ? EPOLLHUP : 0) | EPOLLIN;
-    } else if (i != only) {
-      continue;
-    }
-    if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) continue;
-    int err = 0;
-    if (ev & (EPOLLERR | EPOLLHUP)) {
-      socklen_t len = sizeof err;
-      if (getsockopt(d->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    } else {
-      // Bytes may have come with the connection (a server that speaks first).
-      c->rd[UPSTREAM] = (ev & (EPOLLIN | EPOLLRDHUP)) != 0;
-      c->hup[UPSTREAM] = (ev & EPOLLRDHUP) != 0;
-      c->fin[UPSTREAM] = live == 1 && (ev & EPOLLRDHUP) != 0; // poll(2)'s answer does not ask for it
-      return dial_won(l, c, i);
-    }
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, d->fd[i], NULL);
-    close(d->fd[i]);
-    d->fd[i] = -1;
-    c->attempt_err[i] = d->last_err = err != 0 ? err : ECONNREFUSED;
-    failed = true;
+  if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+  if (!(events & (EPOLLERR | EPOLLHUP))) {
+    // Bytes may have come with the connection (a server that speaks first).
+    c->rd[UPSTREAM] = (events & (EPOLLIN | EPOLLRDHUP)) != 0;
+    c->hup[UPSTREAM] = c->fin[UPSTREAM] = (events & EPOLLRDHUP) != 0;
+    return dial_won(l, c, i);
   }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(d->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  close(d->fd[i]);
+  d->fd[i] = -1;
+  c->attempt_err[i] = d->last_err = err != 0 ? err : ECONNREFUSED;
   // RFC 8305 §5: a failed attempt starts the next one at once.
-  if (failed) dial_next(l, c, false);
+  dial_next(l, c, false);
 }
 
 // ---- set-up: refuse ----------------------------------------------------------------------------
@@ -1604,22 +1592,29 @@ static void bury(sl_loop *l) {
   }
 }
 
-static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
+// `attempt`: the dial's attempt the upstream socket was (conn_key).
+static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_t events) {
+  if (side == UPSTREAM) {
+    // An attempt that ended while its event waited in this batch: the event is its own, and
+    // nothing else's (conn_key).
+    if (c->stage == ST_DIAL) {
+      if (c->dial->fd[attempt] >= 0) dial_check(l, c, attempt, events);
+      return;
+    }
+    if (c->fd[UPSTREAM] < 0 || attempt != up_attempt(c)) return;
+  }
   // EPOLLHUP while the socket's write half is still open is a closed socket (a reset, a timeout),
   // though EPOLLERR may be missing: a splice into it that moved some bytes and then met the reset
   // consumed sk_err and reported the count (splice_to_socket), and a read would find an EOF
   // where the peer sent no FIN.
   bool lost = c->stage == ST_SPLICE && (events & (EPOLLHUP | EPOLLERR)) == EPOLLHUP && !c->dir[1 - side].shut;
   if (lost) events |= EPOLLERR;
-  // During a dial, the upstream side's events are the attempts' (dial_check).
-  if (c->stage != ST_DIAL || side == CLIENT) {
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
-    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
-    // An error to read first: the end is whatever the read says.
-    c->fin[side] = (events & EPOLLERR) ? false : c->fin[side] || (events & EPOLLRDHUP) != 0;
-    if (c->fin[side]) c->said_fin[side] = true;
-    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
-  }
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
+  // An error to read first: the end is whatever the read says.
+  c->fin[side] = (events & EPOLLERR) ? false : c->fin[side] || (events & EPOLLRDHUP) != 0;
+  if (c->fin[side]) c->said_fin[side] = true;
+  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
   switch (c->stage) {
     case ST_SPLICE:
       if (c->ending) return conn_end(l, c);
@@ -1630,9 +1625,6 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, uint32_t events) {
       return conn_run(l, c);
     case ST_PEEK:
       if (side == CLIENT) peek_run(l, c);
-      return;
-    case ST_DIAL:
-      if (side == UPSTREAM) dial_check(l, c, events);
       return;
     case ST_REFUSE:
       if (side == CLIENT) refuse_run(l, c);
@@ -1662,8 +1654,8 @@ static bool loop_turn(sl_loop *l, int timeout) {
       continue;
     }
     // NULL: closed (the event came from a socket whose file outlived the descriptor, conn_key).
-    sl_conn *c = find(l, data >> 2);
-    if (c) on_conn_event(l, c, (int)(data & 1u), events[i].events);
+    sl_conn *c = find(l, data >> 6);
+    if (c) on_conn_event(l, c, (int)(data & 1u), (int)(data >> 2 & 15u), events[i].events);
   }
   bool stop = false;
   run_commands(l, &stop, l->hosted);

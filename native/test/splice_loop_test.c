@@ -2367,6 +2367,171 @@ static void test_reset_with_bytes_in_one_wakeup(void) {
   (sl_loop_stop)(l);
 }
 
+// ---- two attempts of one dial ending in one wake-up (hosted: the test decides when a turn runs) -
+
+// A loopback listener nothing else uses (its accept queue is the test's to read); its address.
+static int loopback_listener(struct sockaddr_in *addr) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  *addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof *addr;
+  if (bind(fd, (struct sockaddr *)addr, sizeof *addr) != 0 || listen(fd, 16) != 0 || getsockname(fd, (struct sockaddr *)addr, &len) != 0) {
+    perror("listen");
+    exit(2);
+  }
+  return fd;
+}
+
+// Turns the hosted loop until it reports an event of `kind` for `id` (0: any); false when none comes.
+static bool turn_until_event(sl_loop *l, int kind, uint64_t id, saved_event *out) {
+  for (int i = 0; i < 200; i++) {
+    if (wait_event(kind, id, &seen, 0, out)) return true;
+    loop_readable(l, 10);
+    sl_loop_turn(l);
+  }
+  return false;
+}
+
+// A client accepted by the hosted loop with `first` read; its id.
+static uint64_t accept_hosted(sl_loop *l, const struct sockaddr_in *front, const char *first, int *client) {
+  *client = connect_to(front);
+  CHECK(*client >= 0, "connect: %s", strerror(errno));
+  write_all(*client, first, strlen(first));
+  saved_event ev = {0};
+  CHECK(turn_until_event(l, SL_EV_ACCEPTED, 0, &ev), "no ACCEPTED event");
+  CHECK(ev.e.len == strlen(first), "%zu first bytes read at the accept", ev.e.len);
+  return ev.e.id;
+}
+
+// How the attempt that loses the race ends, in the wake-up where the other connects.
+typedef enum { LOSER_CLOSES, LOSER_RESETS, LOSER_REFUSED } loser_end;
+
+// RFC 8305 staggered attempts: two in flight (an attempt delay of 0 starts both in one turn), the
+// first connected, the second ended (its server accepted and closed, accepted and reset, or its
+// port is closed) before the loop turns again, so both events come in one epoll_wait batch, the
+// winner's first. Whatever the loser's event says is the loser's: the connection splices with the
+// winner and carries bytes both ways, and its client sees no end the winner did not send.
+// `ask_again`: the policy changed during the dial, so the loop reports the connection and waits
+// for sl_loop_splice (ST_WAIT) with the loser's event already applied, or not. `refused_first`
+// (LOSER_REFUSED): the refused address is the first, so its event comes first and the winner's
+// after it.
+static void two_attempts_end_in_one_wakeup(sl_loop *l, const struct sockaddr_in *front, loser_end how, bool ask_again, bool refused_first) {
+  struct sockaddr_in win_addr, lose_addr;
+  int win_ls = loopback_listener(&win_addr), lose_ls = -1;
+  if (how == LOSER_REFUSED) lose_addr = closed_port();
+  else lose_ls = loopback_listener(&lose_addr);
+  int client;
+  uint64_t id = accept_hosted(l, front, "hi", &client);
+  if (ask_again) sl_set_policy_version(2);
+  int win = refused_first ? 1 : 0;
+  struct sockaddr_storage addrs[2];
+  addrs[win] = storage_of(&win_addr);
+  addrs[1 - win] = storage_of(&lose_addr);
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 0, SL_MAX_ADDRS, 10000, ask_again ? 1 : 0, false, 0) == 0, "dial");
+  sl_loop_turn(l); // the dial's command starts the first attempt, its timer the second
+  int up = accept4(win_ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  CHECK(up >= 0, "%d/%d: the listening address was not dialed", how, ask_again);
+  if (how != LOSER_REFUSED) {
+    int lose = accept4(lose_ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    CHECK(lose >= 0, "%d/%d: the second address was not dialed in the same turn", how, ask_again);
+    if (how == LOSER_CLOSES) close(lose);
+    else reset_close(lose);
+  }
+  usleep(20 * 1000); // the loser's FIN, reset or refusal reaches its socket
+  CHECK(loop_readable(l, 0) == 1, "%d/%d: nothing ready", how, ask_again);
+  sl_loop_turn(l); // both attempts' events
+  if (ask_again) {
+    saved_event ev = {0};
+    CHECK(turn_until_event(l, SL_EV_CONNECTED, id, &ev) && ev.e.state == win, "%d/%d: no CONNECTED report for the listening address", how, ask_again);
+    sl_loop_splice(l, id, 10000);
+    sl_set_policy_version(0);
+    loop_readable(l, 1000);
+    sl_loop_turn(l);
+  }
+  if (up >= 0) {
+    fcntl(up, F_SETFL, fcntl(up, F_GETFL) & ~O_NONBLOCK);
+    char buf[4];
+    CHECK(read_n(up, buf, sizeof buf, 2, 2000) == 2, "%d/%d: the first bytes did not reach the upstream", how, ask_again);
+    // Down, up, down: an end the loser's event passed for the winner's would stop the second.
+    CHECK(carry_hosted(l, up, client, 3000), "%d/%d: the upstream's first answer did not reach the client", how, ask_again);
+    CHECK(carry_hosted(l, client, up, 3000), "%d/%d: the client's bytes did not reach the upstream", how, ask_again);
+    CHECK(carry_hosted(l, up, client, 3000), "%d/%d: the upstream's second answer did not reach the client", how, ask_again);
+    shutdown(client, SHUT_WR);
+    shutdown(up, SHUT_WR);
+  }
+  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
+    loop_readable(l, 10);
+    sl_loop_turn(l);
+  }
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 0, &o) && o.end == SL_END_CLOSED && o.bytes_up == 3002 && o.bytes_down == 6000 && o.dialed == win && o.attempts == 2,
+        "%d/%d: end %d (err %d), %llu up, %llu down, dialed %d of %d", how, ask_again, o.end, o.err, (unsigned long long)o.bytes_up,
+        (unsigned long long)o.bytes_down, o.dialed, o.attempts);
+  close(client);
+  if (up >= 0) close(up);
+  close(win_ls);
+  if (lose_ls >= 0) close(lose_ls);
+}
+
+// Two attempts refused in one wake-up while a third address listens: the first refusal starts the
+// third attempt at once (RFC 8305 §5), and the second refusal, still in the batch, is the second
+// attempt's own, never the third's, which connects.
+static void two_refusals_then_an_answer(sl_loop *l, const struct sockaddr_in *front) {
+  struct sockaddr_in win_addr, refused = closed_port();
+  int win_ls = loopback_listener(&win_addr);
+  int client;
+  uint64_t id = accept_hosted(l, front, "hi", &client);
+  struct sockaddr_storage addrs[3] = {storage_of(&refused), storage_of(&refused), storage_of(&win_addr)};
+  CHECK(sl_loop_dial(l, id, addrs, 3, 5000, 0, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
+  sl_loop_turn(l); // both refused attempts start, and are refused, before the next turn
+  CHECK(loop_readable(l, 0) == 1, "nothing ready");
+  sl_loop_turn(l); // both refusals' events
+  int up = -1;
+  for (int i = 0; i < 200 && up < 0 && count_of(id) == 0; i++) {
+    up = accept4(win_ls, NULL, NULL, SOCK_CLOEXEC);
+    if (up >= 0) break;
+    loop_readable(l, 10);
+    sl_loop_turn(l);
+  }
+  CHECK(up >= 0, "the third address was not dialed");
+  if (up >= 0) {
+    char buf[4];
+    turn_until_quiet(l);
+    CHECK(read_n(up, buf, sizeof buf, 2, 2000) == 2, "the first bytes did not reach the upstream");
+    CHECK(carry_hosted(l, up, client, 3000), "the upstream's answer did not reach the client");
+    shutdown(client, SHUT_WR);
+    shutdown(up, SHUT_WR);
+  }
+  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
+    loop_readable(l, 10);
+    sl_loop_turn(l);
+  }
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 0, &o) && o.end == SL_END_CLOSED && o.dialed == 2 && o.attempts == 3 && o.attempt_err[0] == ECONNREFUSED &&
+            o.attempt_err[1] == ECONNREFUSED && o.attempt_err[2] == 0,
+        "end %d (err %d), dialed %d of %d: %d %d %d", o.end, o.err, o.dialed, o.attempts, o.attempt_err[0], o.attempt_err[1], o.attempt_err[2]);
+  close(client);
+  if (up >= 0) close(up);
+  close(win_ls);
+}
+
+static void test_dial_attempts_in_one_wakeup(void) {
+  int err = 0;
+  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
+  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  if (!l) return;
+  pthread_mutex_lock(&lock);
+  seen = n_events;
+  pthread_mutex_unlock(&lock);
+  sl_loop_setup(l, on_setup, 16384);
+  struct sockaddr_in front;
+  listen_on_loop(l, 7, &front);
+  for (int how = LOSER_CLOSES; how <= LOSER_REFUSED; how++)
+    for (int ask_again = 0; ask_again < 2; ask_again++) two_attempts_end_in_one_wakeup(l, &front, (loser_end)how, ask_again, false);
+  two_attempts_end_in_one_wakeup(l, &front, LOSER_REFUSED, false, true);
+  two_refusals_then_an_answer(l, &front);
+  (sl_loop_stop)(l);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN); // as Node does
   listen_once();
@@ -2406,6 +2571,7 @@ int main(void) {
   test_first_flight();
   test_hosted_turn_runs_its_answers();
   test_reset_with_bytes_in_one_wakeup();
+  test_dial_attempts_in_one_wakeup();
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));
   pthread_mutex_unlock(&lock);
