@@ -2,9 +2,11 @@
 // loopback, so one port can be served on one address and refused on another.
 
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { acceptingServer, blackholePort } from '../../helpers/listen.ts';
-import { dialFirst } from '../../../src/net/dial-first.ts';
+import { dialFirst, type DialFirstResult } from '../../../src/net/dial-first.ts';
 
 /** Connects to 127.0.0.0/8 port `port` still in SYN_SENT, machine-wide (/proc/net/tcp, state 02). */
 function synSent(port: number): number {
@@ -19,6 +21,42 @@ function synSent(port: number): number {
 }
 
 const listening = acceptingServer;
+
+// A server in a child process, so it accepts while this process's event loop is blocked: each
+// connection it accepts is closed at once (`end`: a FIN) or reset (`reset`).
+const CLOSES_EACH = `
+const net = require('node:net');
+const [host, how] = process.argv.slice(1);
+const s = net.createServer((c) => (how === 'reset' ? c.resetAndDestroy() : c.end()));
+s.listen({ host, port: 0 }, () => process.stdout.write(s.address().port + '\\n'));
+setTimeout(() => process.exit(0), 60000);`;
+
+async function closingServer(host: string, how: 'end' | 'reset'): Promise<number> {
+  const child = spawn(process.execPath, ['-e', CLOSES_EACH, host, how], { stdio: ['ignore', 'pipe', 'inherit'] });
+  onTestFinished(() => {
+    child.kill('SIGKILL');
+  });
+  return new Promise<number>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`The closing server exited early (${code})`)));
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+  });
+}
+
+/** Resolves with what `s` receives within `ms`, and whether it ended or failed meanwhile. */
+function received(s: Socket, ms: number): Promise<{ data: string; ended: boolean }> {
+  return new Promise((resolve) => {
+    let data = '';
+    let ended = false;
+    const onData = (d: Buffer): void => void (data += d.toString());
+    const onEnd = (): void => void (ended = true);
+    s.on('data', onData).on('end', onEnd).on('error', onEnd);
+    setTimeout(() => {
+      s.off('data', onData).off('end', onEnd).off('error', onEnd);
+      resolve({ data, ended });
+    }, ms);
+  });
+}
 
 describe('dialFirst', () => {
   it('moves to the next address at once when one refuses, and says which were tried', async () => {
@@ -114,5 +152,55 @@ describe('dialFirst', () => {
     });
     expect(r).toMatchObject({ ok: false, cause: 'timeout' });
     expect(r.attempts.map((a) => a.result)).toEqual(['timeout', 'timeout']);
+  });
+
+  // The native loop's C test has the same case (two_attempts_end_in_one_wakeup): two attempts in
+  // flight (an attempt delay of 0), the first connected and the second closed, reset or refused,
+  // both before this process polls again (its event loop is blocked meanwhile), so libuv finds
+  // both in one epoll_wait. The winner's socket carries bytes both ways and sees no end of the
+  // loser's.
+  it.each([
+    ['closes', 'end'],
+    ['resets', 'reset'],
+    ['is refused', null],
+  ] as const)('splices the first to connect when another attempt %s in the same wake-up', async (_name, how) => {
+    const port = how ? await closingServer('127.0.0.11', how) : (await listening('127.0.0.12')).port;
+    const up = await listening('127.0.0.10', port);
+    const block = (ms: number): void => void Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    // Started from the check phase, held 5 ms: the stagger timer is due when the next loop
+    // iteration runs its timers, before it polls, so the second attempt starts before the first's
+    // connection is seen. Then (a timer of the same timeout, set after it) the loop is held while
+    // both attempts end.
+    const r = await new Promise<DialFirstResult>((resolve) => {
+      setImmediate(() => {
+        void dialFirst({
+          addresses: ['127.0.0.10', how ? '127.0.0.11' : '127.0.0.13'],
+          port,
+          connectTimeoutMs: 2000,
+          attemptDelayMs: 0,
+          signal: new AbortController().signal,
+        }).then(resolve);
+        setTimeout(() => block(200), 0);
+        block(5);
+      });
+    });
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    onTestFinished(() => {
+      r.socket.destroy();
+    });
+    expect(r.address).toBe('127.0.0.10');
+    expect(r.attempts).toEqual([
+      { address: '127.0.0.10', result: 'connected' },
+      { address: how ? '127.0.0.11' : '127.0.0.13', result: 'cancelled' },
+    ]);
+    await expect.poll(() => up.accepted.length).toBe(1);
+    const server = up.accepted[0]!;
+    const down = received(r.socket, 300);
+    server.write('down');
+    expect(await down).toEqual({ data: 'down', ended: false });
+    const upward = received(server, 300);
+    r.socket.write('up');
+    expect(await upward).toEqual({ data: 'up', ended: false });
   });
 });
