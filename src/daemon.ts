@@ -144,7 +144,13 @@ export class Daemon {
           answer: (msg, source, transport) => (this.#state === 'serving' ? this.dns.answer(msg, source, transport) : Promise.resolve(null)),
           keyOf: (source) => DnsService.keyOf(this.store.lookup(source), source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
-          onTcpRefused: () => this.metrics.dnsQuery({ verdict: 'tcp-limited', type: 'other', cached: false }),
+          // Each connection a descriptor of the budget, as a proxied connection's are.
+          takeTcp: (source, refusing) => this.limits.dnsTcp(source, this.#config.dns.limits.tcpTotal, refusing),
+          onTcpRefused: (source, why, reset) => {
+            this.metrics.dnsQuery({ verdict: 'tcp-limited', type: 'other', cached: false });
+            this.limits.dnsTcpRefused(source, why, reset);
+          },
+          onTcpShed: () => this.metrics.instruments.dnsTcpShed.inc(),
         }),
       );
     }

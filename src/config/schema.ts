@@ -71,6 +71,8 @@ export interface DnsLimits {
   readonly inflightTotal: number;
   /** TCP connections one sandbox may hold to the DNS listener. */
   readonly tcpPerSandbox: number;
+  /** TCP connections all sandboxes together may hold to the DNS listeners (within a quarter of the descriptor budget). */
+  readonly tcpTotal: number;
 }
 
 export interface Config {
@@ -252,6 +254,14 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     issues.add('peek.firstByteTimeoutMs', `Must not exceed peek.timeoutMs (${peekTimeout}), got ${firstByte}`);
   }
 
+  // A sandbox allowed more than all of them together is a typo, not a bound.
+  const dnsLimitsIn = section(dnsIn, 'limits');
+  const tcpPer = pick(dnsLimitsIn, 'tcpPerSandbox', d['dns']['limits']['tcpPerSandbox']);
+  const tcpTotal = pick(dnsLimitsIn, 'tcpTotal', d['dns']['limits']['tcpTotal']);
+  if (!issues.list.some((i) => i.field.startsWith('dns.limits.')) && tcpPer > tcpTotal) {
+    issues.add('dns.limits.tcpPerSandbox', `Must not exceed dns.limits.tcpTotal (${tcpTotal}), got ${tcpPer}`);
+  }
+
   const protIn = section(root, 'protected');
   for (const k of ['extra', 'except', 'reachableHostAddresses']) cidrsAt(protIn[k], `protected.${k}`, issues);
 
@@ -329,6 +339,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
         inflightPerSandbox: pick(dnsLimits, 'inflightPerSandbox', dl['inflightPerSandbox']),
         inflightTotal: pick(dnsLimits, 'inflightTotal', dl['inflightTotal']),
         tcpPerSandbox: pick(dnsLimits, 'tcpPerSandbox', dl['tcpPerSandbox']),
+        tcpTotal: pick(dnsLimits, 'tcpTotal', dl['tcpTotal']),
       },
       memory: {
         graceMs: pick(dnsMemory, 'graceMs', d['dns']['memory']['graceMs']),

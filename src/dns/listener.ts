@@ -1,7 +1,11 @@
 // One DNS endpoint (`listen.dns`): a UDP socket and a TCP server on the same address and port,
 // the REDIRECT target of the sandboxes' port 53. Over TCP (RFC 7766 §6.2) a connection may carry
 // several queries, answered as each is ready (in any order, §6.2.1.1), and is closed after an
-// idle period; each sandbox may hold a bounded number of connections.
+// idle period; each sandbox may hold a bounded number of connections. Each connection is a
+// descriptor of the process's budget (limits/admission.ts dnsTcp): past the listeners' total or
+// DNS's part of the budget, the oldest idle connection of the sandbox holding the most is closed
+// to make room (RFC 7766 §6.2.3 lets a server close idle connections under pressure), else the
+// new one is refused.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -9,6 +13,14 @@ import type { Endpoint } from '../net/listener.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { frame, MAX_QUERY_BYTES, refusedFor } from './message.ts';
 import type { Transport } from './service.ts';
+
+/** Why a TCP connection is refused: the sandbox's bound or share, the listeners' total, DNS's part of the budget. */
+export type TcpRefusal = 'sandbox' | 'total' | 'budget';
+
+/** A connection's descriptor in the budget, released once when it closes (idempotent). */
+export interface TcpHold {
+  release(): void;
+}
 
 export type DnsListenerStatus =
   { state: 'idle' } | { state: 'listening'; address: string; port: number } | { state: 'failed'; error: string } | { state: 'closed' };
@@ -18,8 +30,26 @@ export interface DnsListenerDeps {
   /** The key a source's TCP connections are counted under (its sandbox). */
   readonly keyOf: (source: string) => string;
   readonly tcpPerSandbox: number;
-  /** Called when a TCP connection is refused by the per-sandbox bound (its query answered REFUSED). */
-  readonly onTcpRefused?: (key: string) => void;
+  /**
+   * A descriptor for one TCP connection from `source`, or why there is none; `refusing`: it is
+   * held only to answer its query REFUSED. Absent: no budget (only tcpPerSandbox bounds them).
+   */
+  readonly takeTcp?: (source: string, refusing: boolean) => TcpHold | TcpRefusal;
+  /** Told of each TCP connection refused, and why; `reset`: not even answered REFUSED. */
+  readonly onTcpRefused?: (source: string, why: TcpRefusal, reset: boolean) => void;
+  /** Told of each idle connection closed to make room for a new one. */
+  readonly onTcpShed?: () => void;
+}
+
+/** One served TCP connection. */
+interface TcpConnection {
+  readonly socket: Socket;
+  readonly key: string;
+  /** Queries read and not yet answered. */
+  waiting: number;
+  /** When it was accepted or last answered (performance.now()): idle once TCP_SHED_IDLE_MS ago with nothing waiting. */
+  active: number;
+  hold: TcpHold | null;
 }
 
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
@@ -33,6 +63,11 @@ const TCP_REFUSE_MS = 2_000;
  * this, they are reset without an answer, so a flood of them costs a bounded number of sockets.
  */
 const TCP_REFUSING_MAX = 256;
+/**
+ * How long a connection must have had no query waiting before it may be closed to make room: a
+ * new one is not idle before its client could ask (RFC 7766 §6.2.3 "a few seconds" at most).
+ */
+const TCP_SHED_IDLE_MS = 1_000;
 
 export class DnsListener {
   readonly endpoint: Endpoint;
@@ -52,6 +87,8 @@ export class DnsListener {
   #tcp!: Server;
   #status: DnsListenerStatus = { state: 'idle' };
   readonly #connections = new Set<Socket>();
+  /** The served connections (not those being refused), oldest first. */
+  readonly #served = new Set<TcpConnection>();
   readonly #perKey = new Map<string, number>();
   #refusing = 0;
 
@@ -184,14 +221,17 @@ export class DnsListener {
       socket.resetAndDestroy();
       return;
     }
-    if (held >= this.#deps.tcpPerSandbox) {
-      this.#deps.onTcpRefused?.(key);
-      this.#refuse(socket);
-      return;
-    }
+    if (held >= this.#deps.tcpPerSandbox) return this.#refuse(socket, source, 'sandbox');
+    let hold = this.#deps.takeTcp?.(source, false) ?? null;
+    if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedIdle()) hold = this.#deps.takeTcp?.(source, false) ?? null;
+    if (typeof hold === 'string') return this.#refuse(socket, source, hold);
+    const conn: TcpConnection = { socket, key, waiting: 0, active: performance.now(), hold };
     this.#perKey.set(key, held + 1);
     this.#connections.add(socket);
+    this.#served.add(conn);
     socket.once('close', () => {
+      conn.hold?.release();
+      this.#served.delete(conn);
       this.#connections.delete(socket);
       const left = (this.#perKey.get(key) ?? 1) - 1;
       if (left <= 0) this.#perKey.delete(key);
@@ -199,7 +239,6 @@ export class DnsListener {
     });
     socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
     let buf: Buffer = Buffer.alloc(0);
-    let waiting = 0;
     let ended = false;
     socket.on('data', (d: Buffer) => {
       buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
@@ -212,11 +251,11 @@ export class DnsListener {
         if (buf.length < len + 2) break;
         const msg = Buffer.from(buf.subarray(2, len + 2));
         buf = buf.subarray(len + 2);
-        if (waiting >= TCP_PIPELINE) {
+        if (conn.waiting >= TCP_PIPELINE) {
           // A client that sends faster than it reads is paused, not buffered without bound.
           socket.pause();
         }
-        waiting++;
+        conn.waiting++;
         void this.#deps
           .answer(msg, source, 'tcp')
           .then((res) => {
@@ -224,32 +263,64 @@ export class DnsListener {
           })
           .catch(() => {})
           .finally(() => {
-            waiting--;
-            if (waiting < TCP_PIPELINE && socket.isPaused()) socket.resume();
-            if (ended && waiting === 0) socket.end();
+            conn.waiting--;
+            conn.active = performance.now();
+            if (conn.waiting < TCP_PIPELINE && socket.isPaused()) socket.resume();
+            if (ended && conn.waiting === 0) socket.end();
           });
       }
     });
     // A client that half-closes after its queries still gets every answer (RFC 7766 §6.2.4).
     socket.on('end', () => {
       ended = true;
-      if (waiting === 0) socket.end();
+      if (conn.waiting === 0) socket.end();
     });
   }
 
   /**
-   * A connection past the sandbox's bound: its first query is answered REFUSED (RFC 1035
+   * Closes the oldest idle connection (no query waiting for TCP_SHED_IDLE_MS) of the sandbox
+   * holding the most, so a new one can have its descriptor: the one filling the listeners loses
+   * its own first. Its descriptor is given back now (destroy closes it at once). False when none
+   * is idle.
+   */
+  #shedIdle(): boolean {
+    let pick: TcpConnection | null = null;
+    let most = 0;
+    const idleSince = performance.now() - TCP_SHED_IDLE_MS;
+    for (const c of this.#served) {
+      if (c.waiting > 0 || c.active > idleSince || c.socket.destroyed) continue;
+      const n = this.#perKey.get(c.key) ?? 0;
+      if (n > most) {
+        pick = c;
+        most = n;
+      }
+    }
+    if (pick === null) return false;
+    pick.hold?.release();
+    pick.hold = null;
+    pick.socket.destroy();
+    this.#deps.onTcpShed?.();
+    return true;
+  }
+
+  /**
+   * A connection past a bound (`why`): its first query is answered REFUSED (RFC 1035
    * §4.1.1, "refuses to perform the specified operation for policy reasons"), so the client
    * learns why at once rather than retrying a reset, and the connection is closed.
    */
-  #refuse(socket: Socket): void {
-    if (this.#refusing >= TCP_REFUSING_MAX) {
+  #refuse(socket: Socket, source: string, why: TcpRefusal): void {
+    const hold = this.#refusing >= TCP_REFUSING_MAX ? null : (this.#deps.takeTcp?.(source, true) ?? { release: () => {} });
+    if (hold === null || typeof hold === 'string') {
+      // Not even a descriptor to answer with: reset at once.
+      this.#deps.onTcpRefused?.(source, why, true);
       socket.resetAndDestroy();
       return;
     }
+    this.#deps.onTcpRefused?.(source, why, false);
     this.#refusing++;
     this.#connections.add(socket);
     socket.once('close', () => {
+      hold.release();
       this.#refusing--;
       this.#connections.delete(socket);
     });

@@ -20,6 +20,10 @@
 // staggered attempts: up to SL_MAX_ADDRS, for as long as the connect timeout). Each attempt past
 // a connection's first is a descriptor too, granted from the same budget and share (`attempts`)
 // and given back when the dial ends; a dial granted none tries its addresses one at a time.
+// A TCP connection to the DNS listener (dnsTcp) is one descriptor too, from the same budget and
+// share; all of them together may take a quarter of the budget's descriptors (and
+// dns.limits.tcpTotal), those held only to answer REFUSED another eighth, so that DNS can never
+// take the proxied connections' descriptors, nor they DNS's entirely.
 // A source that belongs to no sandbox is accounted on its own (keyed by its address), with
 // the default limits.
 
@@ -53,6 +57,17 @@ export interface LingerHold {
   release(): void;
 }
 
+/** A DNS TCP connection's descriptor in the budget; `release` once, when it closes. Idempotent. */
+export interface DnsTcpHold {
+  release(): void;
+}
+
+/**
+ * Why a DNS TCP connection got no descriptor: its sandbox's share of the budget (sandbox), the
+ * DNS listener's total (total: dns.limits.tcpTotal) or the budget's part for DNS (budget).
+ */
+export type DnsTcpRefusal = 'sandbox' | 'total' | 'budget';
+
 /** Why a linger was given up: its sandbox's share, or the process's budget. */
 export type LingerGivenUp = 'sandbox' | 'global';
 
@@ -77,6 +92,8 @@ interface Account {
   lingering: number;
   /** Dial attempts beyond their connection's first, held by this key's dials (one descriptor each). */
   attempts: number;
+  /** TCP connections of this key to the DNS listener (one descriptor each). */
+  dnsTcp: number;
   tokens: number;
   /** When `tokens` was last refilled, ms. */
   stamp: number;
@@ -98,6 +115,9 @@ export class Admission {
   #undecided = 0;
   #lingering = 0;
   #attempts = 0;
+  #dnsTcp = 0;
+  /** Of #dnsTcp, those held only to answer REFUSED. */
+  #dnsRefusing = 0;
 
   constructor(opts: AdmissionOptions) {
     this.#opts = opts;
@@ -117,6 +137,11 @@ export class Admission {
     return this.#attempts;
   }
 
+  /** TCP connections to the DNS listener held now, all keys together (refusing ones included). */
+  get dnsTcpHeld(): number {
+    return this.#dnsTcp;
+  }
+
   /** Refused connections lingering now, all keys together. */
   get lingering(): number {
     return this.#lingering;
@@ -132,7 +157,17 @@ export class Admission {
    */
   get budgetFull(): boolean {
     const g = this.#opts.globalConnections;
-    return g !== null && 2 * this.#open + this.#lingering + this.#attempts + 2 > 2 * g;
+    return g !== null && this.#used() + 2 > 2 * g;
+  }
+
+  /** Descriptors of the budget in use: two a connection, one a lingering refusal, an extra dial attempt, a DNS TCP connection. */
+  #used(): number {
+    return 2 * this.#open + this.#lingering + this.#attempts + this.#dnsTcp;
+  }
+
+  /** The same, of one key's account. */
+  static #usedBy(a: Account): number {
+    return 2 * a.open + a.lingering + a.attempts + a.dnsTcp;
   }
 
   /** The most connections one sandbox may hold because of the global budget, or null. */
@@ -146,7 +181,7 @@ export class Admission {
     const now = this.#now();
     let a = this.#accounts.get(key);
     if (a === undefined) {
-      a = { open: 0, undecided: 0, lingering: 0, attempts: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
+      a = { open: 0, undecided: 0, lingering: 0, attempts: 0, dnsTcp: 0, tokens: limits.burst, stamp: now, burst: limits.burst, perSecond: limits.perSecond };
       this.#accounts.set(key, a);
     } else {
       a.tokens = Math.min(limits.burst, a.tokens + ((now - a.stamp) * limits.perSecond) / 1000);
@@ -159,17 +194,17 @@ export class Admission {
     if (a.tokens < 1) return refused('sandbox-limit', `more than ${limits.perSecond} new connections a second (burst ${limits.burst})`);
     if (overloaded) return refused('overload', 'memory pressure: new connections are shed');
     const g = this.#opts.globalConnections;
-    // In descriptors: two a connection, one a lingering refusal, one an extra dial attempt.
+    // In descriptors: two a connection, one a lingering refusal, an extra dial attempt, a DNS TCP connection.
     if (this.budgetFull)
       return refused(
         'global-limit',
-        `${this.#open} connections open, ${this.#lingering} refusals lingering and ${this.#attempts} extra dial attempts in total (descriptor budget ${g})`,
+        `${this.#open} connections open, ${this.#lingering} refusals lingering, ${this.#attempts} extra dial attempts and ${this.#dnsTcp} DNS TCP connections in total (descriptor budget ${g})`,
       );
     const share = this.sandboxShare;
-    if (share !== null && 2 * a.open + a.lingering + a.attempts + 2 > 2 * share)
+    if (share !== null && Admission.#usedBy(a) + 2 > 2 * share)
       return refused(
         'global-limit',
-        `${a.open} connections open, ${a.lingering} refusals lingering and ${a.attempts} extra dial attempts, this sandbox's share of the descriptor budget`,
+        `${a.open} connections open, ${a.lingering} refusals lingering, ${a.attempts} extra dial attempts and ${a.dnsTcp} DNS TCP connections, this sandbox's share of the descriptor budget`,
       );
     a.tokens -= 1;
     a.open++;
@@ -196,9 +231,9 @@ export class Admission {
   attemptsFor(a: Account, wanted: number): number {
     let k = Math.max(0, Math.floor(wanted));
     const g = this.#opts.globalConnections;
-    if (g !== null) k = Math.min(k, 2 * g - (2 * this.#open + this.#lingering + this.#attempts));
+    if (g !== null) k = Math.min(k, 2 * g - this.#used());
     const share = this.sandboxShare;
-    if (share !== null) k = Math.min(k, 2 * share - (2 * a.open + a.lingering + a.attempts));
+    if (share !== null) k = Math.min(k, 2 * share - Admission.#usedBy(a));
     k = Math.max(0, k);
     if (k < wanted) this.#opts.onAttemptsWithheld?.(Math.floor(wanted) - k);
     a.attempts += k;
@@ -232,12 +267,12 @@ export class Admission {
   lingerOne(key: string, a: Account, asking: boolean): LingerHold | null {
     const mine = asking ? 2 : 0;
     const g = this.#opts.globalConnections;
-    if (g !== null && (this.#lingering >= g || 2 * this.#open - mine + this.#lingering + this.#attempts + 1 > 2 * g)) {
+    if (g !== null && (this.#lingering >= g || this.#used() - mine + 1 > 2 * g)) {
       this.#opts.onLingerGivenUp?.('global');
       return null;
     }
     const share = this.sandboxShare;
-    if (share !== null && (a.lingering >= share || 2 * a.open - mine + a.lingering + a.attempts + 1 > 2 * share)) {
+    if (share !== null && (a.lingering >= share || Admission.#usedBy(a) - mine + 1 > 2 * share)) {
       this.#opts.onLingerGivenUp?.('sandbox');
       return null;
     }
@@ -255,9 +290,50 @@ export class Admission {
     };
   }
 
+  /**
+   * A descriptor for one TCP connection of `key` to the DNS listener, or why not: the budget's
+   * part for DNS (a quarter of its descriptors, and `total` connections) and `key`'s share must
+   * have room for it. `refusing`: the connection is held only to answer its query REFUSED (for at
+   * most a few seconds): it needs no room under `total`, but refusing ones may take only an eighth
+   * of the budget's descriptors besides.
+   */
+  dnsTcp(key: string, total: number, refusing: boolean): DnsTcpHold | DnsTcpRefusal {
+    const g = this.#opts.globalConnections;
+    if (refusing) {
+      if (g !== null && this.#dnsRefusing + 1 > Math.max(1, Math.floor((2 * g) / 8))) return 'budget';
+    } else {
+      if (this.#dnsTcp - this.#dnsRefusing >= total) return 'total';
+      if (g !== null && this.#dnsTcp - this.#dnsRefusing + 1 > Math.max(1, Math.floor((2 * g) / 4))) return 'budget';
+    }
+    if (g !== null && this.#used() + 1 > 2 * g) return 'budget';
+    let a = this.#accounts.get(key);
+    const share = this.sandboxShare;
+    if (share !== null && a !== undefined && Admission.#usedBy(a) + 1 > 2 * share) return 'sandbox';
+    if (a === undefined) {
+      // A full bucket whatever the key's limits: admit clamps it to the burst on its first connection.
+      a = { open: 0, undecided: 0, lingering: 0, attempts: 0, dnsTcp: 0, tokens: Infinity, stamp: this.#now(), burst: 0, perSecond: 0 };
+      this.#accounts.set(key, a);
+    }
+    const account = a;
+    account.dnsTcp++;
+    this.#dnsTcp++;
+    if (refusing) this.#dnsRefusing++;
+    let held = true;
+    return {
+      release: () => {
+        if (!held) return;
+        held = false;
+        account.dnsTcp--;
+        this.#dnsTcp--;
+        if (refusing) this.#dnsRefusing--;
+        this.#forget(key, account);
+      },
+    };
+  }
+
   /** Forgets an account holding nothing whose bucket has refilled (its own or a newer one's). */
   #forget(key: string, a: Account): void {
-    if (a.open === 0 && a.lingering === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
+    if (a.open === 0 && a.lingering === 0 && a.dnsTcp === 0 && this.#accounts.get(key) === a && this.#full(a, this.#now())) this.#accounts.delete(key);
   }
 
   /** Whether the bucket has refilled by now: forgetting the account then loses nothing. */
@@ -270,7 +346,7 @@ export class Admission {
     const now = this.#now();
     let n = 0;
     for (const [k, a] of this.#accounts) {
-      if (a.open === 0 && a.lingering === 0 && this.#full(a, now)) {
+      if (a.open === 0 && a.lingering === 0 && a.dnsTcp === 0 && this.#full(a, now)) {
         this.#accounts.delete(k);
         n++;
       }

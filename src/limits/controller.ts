@@ -7,7 +7,7 @@ import type { LimitsConfig } from '../config/schema.ts';
 import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
-import { Admission, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
+import { Admission, type DnsTcpHold, type DnsTcpRefusal, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
 import { acceptSlots, connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
 import { MemoryGuard, type MemorySample } from './overload.ts';
@@ -51,6 +51,9 @@ export class LimitsController {
   /** Logs #shed SHED_LOG_MS after the first refusal it holds; no timer while nothing is shed (an idle daemon sleeps). */
   #shedTimer: NodeJS.Timeout | null = null;
   #acceptErrorsLogged = 0;
+  /** DNS TCP connections refused since the last log line, by sandbox (or source) and scope (dnsTcpRefused). */
+  readonly #dnsRefused = new Map<string, { sandbox: string | null; source: string | null; scope: DnsTcpRefusal; count: number; reset: number }>();
+  #dnsRefusedTimer: NodeJS.Timeout | null = null;
 
   constructor(config: () => LimitsConfig, log: Logger, metrics: Metrics, lookup: (source: string) => SourceLimits) {
     this.#config = config;
@@ -153,6 +156,53 @@ export class LimitsController {
     this.#timers = [];
     this.memory.stop();
     this.#flushShed();
+    this.#flushDnsRefused();
+  }
+
+  /**
+   * A descriptor of the budget for one TCP connection of `source` to the DNS listener
+   * (Admission.dnsTcp), or why there is none. `total`: dns.limits.tcpTotal.
+   */
+  dnsTcp(source: string, total: number, refusing: boolean): DnsTcpHold | DnsTcpRefusal {
+    const sandbox = this.#lookup(source).sandbox;
+    return this.#admission.dnsTcp(sandbox ?? `source ${source}`, total, refusing);
+  }
+
+  /**
+   * Counts one DNS TCP connection refused at accept, by scope; `reset`: not even answered
+   * REFUSED. Logged once a second per sandbox (or source of none) and scope, with a count.
+   */
+  dnsTcpRefused(source: string, scope: DnsTcpRefusal, reset: boolean): void {
+    this.#metrics.instruments.dnsTcpRefused.inc({ scope });
+    const sandbox = this.#lookup(source).sandbox;
+    const k = `${sandbox ?? `source ${source}`}\u0000${scope}`;
+    const e = this.#dnsRefused.get(k);
+    if (e) {
+      e.count++;
+      if (reset) e.reset++;
+    } else this.#dnsRefused.set(k, { sandbox, source: sandbox === null ? source : null, scope, count: 1, reset: reset ? 1 : 0 });
+    this.#dnsRefusedTimer ??= setTimeout(() => this.#flushDnsRefused(), SHED_LOG_MS).unref();
+  }
+
+  #flushDnsRefused(): void {
+    if (this.#dnsRefusedTimer !== null) clearTimeout(this.#dnsRefusedTimer);
+    this.#dnsRefusedTimer = null;
+    for (const e of this.#dnsRefused.values()) {
+      this.#log.warn(
+        {
+          event: { action: 'dns-tcp-refused' },
+          sandbox: e.sandbox,
+          ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          verdict: 'refuse',
+          reason: e.scope,
+          count: e.count,
+          reset: e.reset,
+          detail: DNS_TCP_DETAIL[e.scope],
+        },
+        'DNS TCP connections refused at accept',
+      );
+    }
+    this.#dnsRefused.clear();
   }
 
   limitsOf(l: SourceLimits): SandboxLimits {
@@ -284,6 +334,7 @@ export class LimitsController {
       undecided: this.#admission.undecided,
       lingering: this.#admission.lingering,
       dialAttempts: this.#admission.attemptsHeld,
+      dnsTcp: this.#admission.dnsTcpHeld,
       memoryPressure: round(this.memory.last.pressure),
       memoryLimitBytes: this.memory.cgroupLimitBytes,
       overloaded: { memory: this.memory.shedding, descriptors: this.#admission.budgetFull },
@@ -292,6 +343,12 @@ export class LimitsController {
 }
 
 const round = (x: number): number => Math.round(x * 1000) / 1000;
+
+const DNS_TCP_DETAIL: Record<DnsTcpRefusal, string> = {
+  sandbox: 'the sandbox holds dns.limits.tcpPerSandbox connections, or its share of the descriptor budget',
+  total: 'the DNS listener holds dns.limits.tcpTotal connections, none of them idle',
+  budget: "DNS's part of the descriptor budget is taken, no connection of it idle",
+};
 
 /** Sandboxes whose effective limits are kept (limitsOf); past it, the cache starts over. */
 const LIMITS_CACHED = 10_000;

@@ -60,6 +60,8 @@ export interface LimitsSnapshot {
   readonly lingering: number;
   /** Dial attempts in flight past their connection's first (one descriptor each). */
   readonly dialAttempts: number;
+  /** TCP connections to the DNS listener held now (descriptors of the budget). */
+  readonly dnsTcp: number;
   readonly memoryPressure: number;
   readonly memoryLimitBytes: number | null;
   readonly overloaded: { readonly memory: boolean; readonly descriptors: boolean };
@@ -192,6 +194,24 @@ export const METRICS = {
     type: 'counter',
     help: "Retries over TCP of truncated DNS answers (the DNS listener's and the resolver's) that found no place at once and waited their turn within their deadline, by scope: sandbox (their sandbox held its share and no more than a share's worth of places was free) or global (every place was taken).",
     labels: ['scope'],
+  },
+  dnsTcpConnections: {
+    name: 'egressd_dns_tcp_connections',
+    type: 'gauge',
+    help: "TCP connections to the DNS listener held now, those held only to answer REFUSED included: one descriptor each, counted against the descriptor budget and the sandbox's share.",
+    labels: [],
+  },
+  dnsTcpRefused: {
+    name: 'egressd_dns_tcp_connections_refused_total',
+    type: 'counter',
+    help: "TCP connections to the DNS listener refused at accept (their first query answered REFUSED, or reset when no descriptor was left even for that), by scope: sandbox (dns.limits.tcpPerSandbox, or the sandbox's share of the descriptor budget), total (dns.limits.tcpTotal) or budget (DNS's part of the descriptor budget).",
+    labels: ['scope'],
+  },
+  dnsTcpShed: {
+    name: 'egressd_dns_tcp_connections_shed_total',
+    type: 'counter',
+    help: 'Idle TCP connections to the DNS listener closed to make room for a new one at dns.limits.tcpTotal or the budget (RFC 7766 §6.2.3), the sandbox holding the most first.',
+    labels: [],
   },
   policyChanges: {
     name: 'egressd_policy_changes_total',
@@ -386,6 +406,7 @@ export class Metrics {
         setIf(g, { state: 'lingering' }, s?.lingering);
       },
       dialAttemptsExtra: (g) => setIf(g, {}, src().limits()?.dialAttempts),
+      dnsTcpConnections: (g) => setIf(g, {}, src().limits()?.dnsTcp),
       acceptPauses: (g) => {
         const p = src().acceptPauses();
         if (!p) return;

@@ -91,6 +91,12 @@ export const ConfigFile = Type.Object(
             inflightPerSandbox: int(1, 100_000, D.dns.limits.inflightPerSandbox, 'Upstream queries one sandbox may have waiting.'),
             inflightTotal: int(1, 1_000_000, D.dns.limits.inflightTotal, 'Upstream queries all sandboxes may have waiting.'),
             tcpPerSandbox: int(1, 100_000, D.dns.limits.tcpPerSandbox, 'TCP connections one sandbox may hold to the DNS listener.'),
+            tcpTotal: int(
+              1,
+              1_000_000,
+              D.dns.limits.tcpTotal,
+              'TCP connections all sandboxes together may hold to the DNS listeners (at most a quarter of the descriptor budget besides).',
+            ),
           },
           "The DNS listener's limits.",
         ),

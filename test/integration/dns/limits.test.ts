@@ -1,7 +1,8 @@
 // The DNS listener's bounds through the whole daemon on loopback (issue 14 part 5): past each,
 // the query is answered REFUSED at once and counted in egressd_dns_queries_total — queries
 // waiting on an upstream that never answers (per sandbox and in total), and TCP connections
-// held by one sandbox — while what stays within the bounds is answered as usual.
+// held by one sandbox or by all together (where an idle one makes room for a new one) — while
+// what stays within the bounds is answered as usual.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
@@ -34,7 +35,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
         dns: {
           servers: [upstream.server],
           timeoutMs: UPSTREAM_TIMEOUT_MS,
-          limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 3, tcpPerSandbox: 2 },
+          limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 3, tcpPerSandbox: 2, tcpTotal: 3 },
         },
         sandboxes: [
           { id: 'sb-a', sources: [A], network: allow },
@@ -52,6 +53,8 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
   });
 
   const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
+
+  const scrape = async (re: RegExp): Promise<number> => Number(re.exec(await (await fetch(`${d.adminUrl}/metrics`)).text())?.[1] ?? 0);
 
   const metric = async (verdict: string): Promise<number> => {
     const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
@@ -141,6 +144,40 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       await new Promise((r) => setTimeout(r, 20));
     }
     throw new Error('sb-a was not served over TCP after closing its connections');
+  });
+
+  it('refuses a TCP connection past dns.limits.tcpTotal while none is idle, counted and logged, then closes the oldest idle one of the sandbox holding the most to make room', async () => {
+    const total = /^egressd_dns_tcp_connections_refused_total\{scope="total"\} (\d+)$/m;
+    const shedMetric = /^egressd_dns_tcp_connections_shed_total (\d+)$/m;
+    const refusedBefore = await scrape(total);
+    const shedBefore = await scrape(shedMetric);
+    const open: Socket[] = [];
+    const served = async (from: string): Promise<Socket> => {
+      const s = connect({ host: '127.0.0.1', port, localAddress: from });
+      s.on('error', () => {});
+      open.push(s);
+      expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+      return s;
+    };
+    try {
+      // sb-a holds two, sb-b one: the listeners' total of three.
+      const oldestOfA = await served(A);
+      const closed = new Promise<void>((r) => oldestOfA.once('close', () => r()));
+      await served(A);
+      await served(B);
+      // sb-c holds none, but none of the three is idle yet: refused, counted and logged.
+      expect(await dig(C, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
+      expect((await scrape(total)) - refusedBefore).toBe(1);
+      const line = await d.waitForLog((l) => action(l) === 'dns-tcp-refused' && l['sandbox'] === 'sb-c');
+      expect(line).toMatchObject({ reason: 'total', count: 1, reset: 0, verdict: 'refuse' });
+      // A second on, they are idle: sb-c's connection takes the place of sb-a's oldest.
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(await dig(C, '+tcp', 'fast.test', 'A', '+short')).toBe('198.18.2.1\n');
+      await closed;
+      expect((await scrape(shedMetric)) - shedBefore).toBe(1);
+    } finally {
+      for (const s of open) s.destroy();
+    }
   });
 });
 

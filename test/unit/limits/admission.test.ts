@@ -251,4 +251,40 @@ describe('effectiveLimits', () => {
     expect(effectiveLimits(d, { connections: 5 }, { connections: 50, perSecond: 7 })).toEqual({ connections: 5, undecided: 256, perSecond: 7, burst: 400 });
     expect(effectiveLimits(d, undefined, null)).toEqual(d);
   });
+
+  it("counts DNS TCP connections in the budget and the sandbox's share: a quarter of the descriptors, an eighth more for refusing ones", () => {
+    const c = clock();
+    const a = new Admission({ globalConnections: 16, sandboxShare: 0.5, now: c.now });
+    // 32 descriptors: DNS takes at most 8, whoever holds them; the eight sources of no sandbox below hold one each.
+    const holds = Array.from({ length: 8 }, (_, i) => a.dnsTcp(`source 198.18.0.${i}`, 1000, false));
+    for (const h of holds) expect(typeof h).toBe('object');
+    expect(a.dnsTcp('source 198.18.0.99', 1000, false)).toBe('budget');
+    expect(a.dnsTcpHeld).toBe(8);
+    // Refusing ones have a part of their own: an eighth, 4.
+    for (let i = 0; i < 4; i++) expect(typeof a.dnsTcp('source 198.18.0.99', 1000, true)).toBe('object');
+    expect(a.dnsTcp('source 198.18.0.99', 1000, true)).toBe('budget');
+    // Proxied connections have what is left: (32 - 12) / 2 = 10.
+    let admitted = 0;
+    while (a.admit(`sb${admitted}`, { ...LIMITS, burst: 100 }, false).ok) admitted++;
+    expect(admitted).toBe(10);
+    expect(a.budgetFull).toBe(true);
+    // Given back, the descriptor is free again, and an account holding nothing is forgotten.
+    (holds[0] as { release(): void }).release();
+    (holds[0] as { release(): void }).release();
+    expect(a.dnsTcpHeld).toBe(11);
+    expect(a.dnsTcp('source 198.18.0.0', 1000, false)).not.toBe('budget');
+  });
+
+  it('refuses a DNS TCP connection past the total, and past the sandbox share, with the scope', () => {
+    const a = new Admission({ globalConnections: 100, sandboxShare: 0.02, now: clock().now });
+    // A share of 2 connections: 4 descriptors. One proxied connection takes two.
+    const t = a.admit('sb', LIMITS, false);
+    expect(t.ok).toBe(true);
+    expect(typeof a.dnsTcp('sb', 10, false)).toBe('object');
+    expect(typeof a.dnsTcp('sb', 10, false)).toBe('object');
+    expect(a.dnsTcp('sb', 10, false)).toBe('sandbox');
+    expect(a.dnsTcp('other', 2, false)).toBe('total');
+    // The proxied side sees the DNS descriptors: the share is full.
+    expect(a.admit('sb', LIMITS, false)).toMatchObject({ ok: false, reason: 'global-limit' });
+  });
 });

@@ -104,6 +104,8 @@ function feed(m: Metrics): void {
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.instruments.dialAttemptsWithheld.inc(4);
   m.instruments.dnsTcpRetriesHeldBack.inc({ scope: 'sandbox' });
+  m.instruments.dnsTcpRefused.inc({ scope: 'budget' });
+  m.instruments.dnsTcpShed.inc();
   m.attachLimits(() => ({
     nofileSoft: 1024,
     nofileHard: 4096,
@@ -113,6 +115,7 @@ function feed(m: Metrics): void {
     open: 3,
     undecided: 1,
     lingering: 2,
+    dnsTcp: 3,
     dialAttempts: 5,
     memoryPressure: 0.4,
     memoryLimitBytes: 512 * 1_048_576,
@@ -401,7 +404,7 @@ describe('Metrics labels', () => {
     errno: /^E[A-Z]+$/,
     code: /^E[A-Z]+$/,
     kind: /^(?:soft|hard)$/,
-    scope: /^(?:global|sandbox_share|sandbox)$/,
+    scope: /^(?:global|sandbox_share|sandbox|total|budget)$/,
     state: /^(?:open|undecided|lingering)$/,
     resource: /^(?:memory|descriptors)$/,
     version: /^\d+\.\d+\.\d+/,

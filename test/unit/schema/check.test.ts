@@ -76,6 +76,17 @@ describe('validateConfig: every problem at once, each with its key and reason', 
     ]);
   });
 
+  it('refuses DNS TCP bounds where one sandbox may hold more than all together, naming the field, and a total out of range', () => {
+    expect(issuesOf({ dns: { limits: { tcpPerSandbox: 32, tcpTotal: 16 } } })).toEqual([
+      { field: 'dns.limits.tcpPerSandbox', reason: 'Must not exceed dns.limits.tcpTotal (16), got 32' },
+    ]);
+    expect(issuesOf({ dns: { limits: { tcpTotal: 8 } } })).toEqual([
+      { field: 'dns.limits.tcpPerSandbox', reason: 'Must not exceed dns.limits.tcpTotal (8), got 16' },
+    ]);
+    expect(issuesOf({ dns: { limits: { tcpTotal: 0 } } })).toEqual([{ field: 'dns.limits.tcpTotal', reason: expect.stringContaining('0') }]);
+    expect(issuesOf({ dns: { limits: { tcpTotal: 16 } } })).toEqual([]);
+  });
+
   it('refuses a document that is not an object, naming the root', () => {
     expect(issuesOf([1])).toEqual([{ field: '(root)', reason: 'Expected an object, got an array' }]);
   });
