@@ -2381,6 +2381,12 @@ static int loopback_listener(struct sockaddr_in *addr) {
   return fd;
 }
 
+// A connection accepted from `ls` (blocking), waiting up to `ms` for one; -1 when none came.
+static int accept_one(int ls, int ms) {
+  struct pollfd p = {.fd = ls, .events = POLLIN};
+  return poll(&p, 1, ms) == 1 ? accept4(ls, NULL, NULL, SOCK_CLOEXEC) : -1;
+}
+
 // Turns the hosted loop until it reports an event of `kind` for `id` (0: any); false when none comes.
 static bool turn_until_event(sl_loop *l, int kind, uint64_t id, saved_event *out) {
   for (int i = 0; i < 200; i++) {
@@ -2428,10 +2434,10 @@ static void two_attempts_end_in_one_wakeup(sl_loop *l, const struct sockaddr_in 
   addrs[1 - win] = storage_of(&lose_addr);
   CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 0, SL_MAX_ADDRS, 10000, ask_again ? 1 : 0, false, 0) == 0, "dial");
   sl_loop_turn(l); // the dial's command starts the first attempt, its timer the second
-  int up = accept4(win_ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  int up = accept_one(win_ls, 1000);
   CHECK(up >= 0, "%d/%d: the listening address was not dialed", how, ask_again);
   if (how != LOSER_REFUSED) {
-    int lose = accept4(lose_ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int lose = accept_one(lose_ls, 1000);
     CHECK(lose >= 0, "%d/%d: the second address was not dialed in the same turn", how, ask_again);
     if (how == LOSER_CLOSES) close(lose);
     else reset_close(lose);
@@ -2448,7 +2454,6 @@ static void two_attempts_end_in_one_wakeup(sl_loop *l, const struct sockaddr_in 
     sl_loop_turn(l);
   }
   if (up >= 0) {
-    fcntl(up, F_SETFL, fcntl(up, F_GETFL) & ~O_NONBLOCK);
     char buf[4];
     CHECK(read_n(up, buf, sizeof buf, 2, 2000) == 2, "%d/%d: the first bytes did not reach the upstream", how, ask_again);
     // Down, up, down: an end the loser's event passed for the winner's would stop the second.
