@@ -3,8 +3,10 @@
 // several queries, answered as each is ready (in any order, §6.2.1.1), and is closed after an
 // idle period; each sandbox may hold a bounded number of connections. Each connection is a
 // descriptor of the process's budget (limits/admission.ts dnsTcp): past the listeners' total or
-// DNS's part of the budget, the oldest idle connection of the sandbox holding the most is closed
-// to make room (RFC 7766 §6.2.3 lets a server close idle connections under pressure), else the
+// DNS's part of the budget, a connection with no query waiting is closed to make room (RFC 7766
+// §6.2.3 lets a server close idle connections under pressure), of the sandbox holding the most
+// — one idle for a while, or any answered one of a sandbox holding at least two more than the
+// newcomer's, so many sources that keep theirs busy still leave room for the others — else the
 // new one is refused.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
@@ -49,6 +51,8 @@ interface TcpConnection {
   waiting: number;
   /** When it was accepted or last answered (performance.now()): idle once TCP_SHED_IDLE_MS ago with nothing waiting. */
   active: number;
+  /** A query of it was answered: closing it between queries costs its client a reconnect, not an answer. */
+  answered: boolean;
   hold: TcpHold | null;
 }
 
@@ -223,9 +227,9 @@ export class DnsListener {
     }
     if (held >= this.#deps.tcpPerSandbox) return this.#refuse(socket, source, 'sandbox');
     let hold = this.#deps.takeTcp?.(source, false) ?? null;
-    if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedIdle()) hold = this.#deps.takeTcp?.(source, false) ?? null;
+    if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedFor(held)) hold = this.#deps.takeTcp?.(source, false) ?? null;
     if (typeof hold === 'string') return this.#refuse(socket, source, hold);
-    const conn: TcpConnection = { socket, key, waiting: 0, active: performance.now(), hold };
+    const conn: TcpConnection = { socket, key, waiting: 0, active: performance.now(), answered: false, hold };
     this.#perKey.set(key, held + 1);
     this.#connections.add(socket);
     this.#served.add(conn);
@@ -265,6 +269,7 @@ export class DnsListener {
           .finally(() => {
             conn.waiting--;
             conn.active = performance.now();
+            conn.answered = true;
             if (conn.waiting < TCP_PIPELINE && socket.isPaused()) socket.resume();
             if (ended && conn.waiting === 0) socket.end();
           });
@@ -278,19 +283,20 @@ export class DnsListener {
   }
 
   /**
-   * Closes the oldest idle connection (no query waiting for TCP_SHED_IDLE_MS) of the sandbox
-   * holding the most, so a new one can have its descriptor: the one filling the listeners loses
-   * its own first. Its descriptor is given back now (destroy closes it at once). False when none
-   * is idle.
+   * Closes a connection with no query waiting so that a new one, whose sandbox holds `mine`, can
+   * have its descriptor: of the sandbox holding the most, its oldest that is idle
+   * (TCP_SHED_IDLE_MS), or answered when that sandbox holds at least two more than `mine`. Its
+   * descriptor is given back now (destroy closes it at once). False when there is none.
    */
-  #shedIdle(): boolean {
+  #shedFor(mine: number): boolean {
     let pick: TcpConnection | null = null;
     let most = 0;
     const idleSince = performance.now() - TCP_SHED_IDLE_MS;
     for (const c of this.#served) {
-      if (c.waiting > 0 || c.active > idleSince || c.socket.destroyed) continue;
+      if (c.waiting > 0 || c.socket.destroyed) continue;
       const n = this.#perKey.get(c.key) ?? 0;
-      if (n > most) {
+      if (n <= most) continue;
+      if (c.active <= idleSince || (c.answered && n >= mine + 2)) {
         pick = c;
         most = n;
       }

@@ -210,7 +210,7 @@ export const METRICS = {
   dnsTcpShed: {
     name: 'egressd_dns_tcp_connections_shed_total',
     type: 'counter',
-    help: 'Idle TCP connections to the DNS listener closed to make room for a new one at dns.limits.tcpTotal or the budget (RFC 7766 §6.2.3), the sandbox holding the most first.',
+    help: "TCP connections to the DNS listener with no query waiting closed to make room for a new one at dns.limits.tcpTotal or DNS's part of the budget (RFC 7766 §6.2.3): the sandbox holding the most loses its oldest idle one, or an answered one when it holds two more than the newcomer's sandbox.",
     labels: [],
   },
   policyChanges: {

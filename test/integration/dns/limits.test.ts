@@ -16,6 +16,8 @@ import { action, field } from '../../helpers/log-line.ts';
 const A = '127.0.0.51';
 const B = '127.0.0.52';
 const C = '127.0.0.53';
+/** A source of no sandbox. */
+const NONE = '127.0.0.54';
 /** Long enough that the silent upstream's queries are still waiting while the test asks more. */
 const UPSTREAM_TIMEOUT_MS = 4000;
 
@@ -146,7 +148,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     throw new Error('sb-a was not served over TCP after closing its connections');
   });
 
-  it('refuses a TCP connection past dns.limits.tcpTotal while none is idle, counted and logged, then closes the oldest idle one of the sandbox holding the most to make room', async () => {
+  it('at dns.limits.tcpTotal closes an answered connection of the sandbox holding the most, refuses when all hold alike (counted, logged), and closes an idle one a second on', async () => {
     const total = /^egressd_dns_tcp_connections_refused_total\{scope="total"\} (\d+)$/m;
     const shedMetric = /^egressd_dns_tcp_connections_shed_total (\d+)$/m;
     const refusedBefore = await scrape(total);
@@ -159,22 +161,27 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
       return s;
     };
+    const closed = (s: Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
     try {
       // sb-a holds two, sb-b one: the listeners' total of three.
-      const oldestOfA = await served(A);
-      const closed = new Promise<void>((r) => oldestOfA.once('close', () => r()));
-      await served(A);
+      const a1 = await served(A);
+      const a2 = await served(A);
       await served(B);
-      // sb-c holds none, but none of the three is idle yet: refused, counted and logged.
-      expect(await dig(C, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
-      expect((await scrape(total)) - refusedBefore).toBe(1);
-      const line = await d.waitForLog((l) => action(l) === 'dns-tcp-refused' && l['sandbox'] === 'sb-c');
-      expect(line).toMatchObject({ reason: 'total', count: 1, reset: 0, verdict: 'refuse' });
-      // A second on, they are idle: sb-c's connection takes the place of sb-a's oldest.
-      await new Promise((r) => setTimeout(r, 1100));
-      expect(await dig(C, '+tcp', 'fast.test', 'A', '+short')).toBe('198.18.2.1\n');
-      await closed;
+      // sb-c holds none, two fewer than sb-a: sb-a's oldest answered one makes room at once.
+      await served(C);
+      await closed(a1);
       expect((await scrape(shedMetric)) - shedBefore).toBe(1);
+      // Each of the three holds one now, none idle: a source of no sandbox is refused, counted and logged.
+      expect(await dig(NONE, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
+      expect((await scrape(total)) - refusedBefore).toBe(1);
+      const line = await d.waitForLog((l) => action(l) === 'dns-tcp-refused' && field(l, 'source.ip') === NONE);
+      expect(line).toMatchObject({ sandbox: null, reason: 'total', count: 1, reset: 0, verdict: 'refuse' });
+      // A second on, they are idle: the oldest, sb-a's, makes room for it (served: its policy,
+      // block-all, answers NXDOMAIN).
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(await dig(NONE, '+tcp', 'fast.test', 'A')).toMatch(/status: NXDOMAIN/);
+      await closed(a2);
+      expect((await scrape(shedMetric)) - shedBefore).toBe(2);
     } finally {
       for (const s of open) s.destroy();
     }
