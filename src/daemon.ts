@@ -82,7 +82,7 @@ export class Daemon {
   readonly nativeSetup: NativeSetup | null = null;
   /** The DNS listeners (`listen.dns`), answering the sandboxes' port 53. */
   readonly dnsListeners: DnsListener[] = [];
-  readonly dnsCache = new AnswerCache();
+  readonly dnsCache: AnswerCache;
   readonly dnsMemory: ResolvedNames;
   readonly dnsForwarder: Forwarder;
   readonly #querySockets: QuerySockets;
@@ -127,6 +127,7 @@ export class Daemon {
       lateFamilies: Math.max(2, Math.min(LATE_FAMILIES, Math.floor(reserve / 8))),
     });
     this.dnsMemory = new ResolvedNames(config.dns.memory);
+    this.dnsCache = new AnswerCache({ maxEntries: config.dns.cacheEntries });
     this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, sockets: this.#querySockets });
     this.dns = new DnsService({
       config: () => this.#config,

@@ -96,6 +96,8 @@ export interface Config {
     readonly limits: DnsLimits;
     /** Names given to a sandbox are remembered for the record's TTL plus `graceMs`, at most `perSandbox` addresses. */
     readonly memory: { readonly graceMs: number; readonly perSandbox: number };
+    /** Answers the DNS listener caches, all sandboxes together (dns/cache.ts). */
+    readonly cacheEntries: number;
   };
   readonly upstream: {
     readonly dial: DialMode;
@@ -345,6 +347,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
         graceMs: pick(dnsMemory, 'graceMs', d['dns']['memory']['graceMs']),
         perSandbox: pick(dnsMemory, 'perSandbox', d['dns']['memory']['perSandbox']),
       },
+      cacheEntries: pick(dnsIn, 'cacheEntries', d['dns']['cacheEntries']),
     },
     upstream: {
       dial: pick(up, 'dial', d['upstream']['dial']),

@@ -2,6 +2,10 @@
 // sections), kept for their TTL (lru-cache) for the next sandbox asking the same question. The
 // addresses of A and AAAA answers also go into the resolver's address cache (net/dns-cache.ts),
 // so the address a sandbox was given and the address egressd dials come from one answer.
+// Each answer is charged to the sandbox whose query fetched it. When the cache is full, the
+// sandbox holding the most answers loses its oldest (not the least recently used of all), so one
+// sandbox asking thousands of names it may reach evicts its own answers, not the others'; room
+// nobody else uses is its to fill.
 
 import type { LRUCache } from 'lru-cache';
 import { growingLru } from '../util/lru.ts';
@@ -16,6 +20,8 @@ export interface CachedAnswer {
   readonly answered: Answered;
   /** When it was stored, on the cache's clock (ms). */
   readonly storedAt: number;
+  /** Whose query fetched it (a sandbox id, or `source ADDR`). */
+  readonly owner: string;
 }
 
 export interface AnswerCacheOptions {
@@ -27,10 +33,18 @@ export interface AnswerCacheOptions {
 export class AnswerCache {
   readonly #cache: LRUCache<string, CachedAnswer>;
   readonly #clock: () => number;
+  readonly #max: number;
+  readonly #owners = new OwnerCounts();
 
   constructor(o: AnswerCacheOptions = {}) {
     this.#clock = o.clock ?? (() => performance.now());
-    this.#cache = growingLru<string, CachedAnswer>(Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES), { perf: { now: this.#clock }, ttlResolution: 0 });
+    this.#max = Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES);
+    this.#cache = growingLru<string, CachedAnswer>(this.#max, {
+      perf: { now: this.#clock },
+      ttlResolution: 0,
+      // Every way an entry leaves (evicted, expired, replaced, deleted) un-charges its owner.
+      dispose: (v, k) => this.#owners.remove(v.owner, k),
+    });
   }
 
   static key(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean): string {
@@ -44,11 +58,24 @@ export class AnswerCache {
     return { answered: e.answered, ageS: Math.floor((this.#clock() - e.storedAt) / 1000) };
   }
 
-  /** Stores an answer for its TTL (RFC 2308 §5 for negative answers); answers with none are not kept. */
-  set(key: string, answered: Answered): void {
+  /**
+   * Stores an answer for its TTL (RFC 2308 §5 for negative answers), charged to `owner`; answers
+   * with none are not kept. When full, the owner holding the most answers loses its oldest first.
+   */
+  set(key: string, answered: Answered, owner = ''): void {
     const ttlS = cacheTtl(answered);
     if (ttlS <= 0) return;
-    this.#cache.set(key, { answered, storedAt: this.#clock() }, { ttl: ttlS * 1000 });
+    if (!this.#cache.has(key) && this.#cache.size >= this.#max) {
+      const oldest = this.#owners.oldestOfLargest();
+      if (oldest !== undefined) this.#cache.delete(oldest);
+    }
+    this.#cache.set(key, { answered, storedAt: this.#clock(), owner }, { ttl: ttlS * 1000 });
+    this.#owners.add(owner, key);
+  }
+
+  /** Answers charged to `owner` now (expired ones not yet dropped included). */
+  heldBy(owner: string): number {
+    return this.#owners.count(owner);
   }
 
   get size(): number {
@@ -57,6 +84,60 @@ export class AnswerCache {
 
   clear(): void {
     this.#cache.clear();
+  }
+}
+
+/**
+ * The keys each owner holds, oldest first, and which owner holds the most, in O(1) a change:
+ * owners are kept in buckets by count (the LFU bucket idea, applied to owners).
+ */
+class OwnerCounts {
+  readonly #keys = new Map<string, Set<string>>();
+  readonly #byCount = new Map<number, Set<string>>();
+  #most = 0;
+
+  count(owner: string): number {
+    return this.#keys.get(owner)?.size ?? 0;
+  }
+
+  add(owner: string, key: string): void {
+    let keys = this.#keys.get(owner);
+    if (keys === undefined) {
+      keys = new Set();
+      this.#keys.set(owner, keys);
+    }
+    if (keys.has(key)) return;
+    this.#move(owner, keys.size, keys.size + 1);
+    keys.add(key);
+  }
+
+  remove(owner: string, key: string): void {
+    const keys = this.#keys.get(owner);
+    if (keys === undefined || !keys.delete(key)) return;
+    this.#move(owner, keys.size + 1, keys.size);
+    if (keys.size === 0) this.#keys.delete(owner);
+  }
+
+  /** The oldest key of an owner holding the most, or undefined when none holds any. */
+  oldestOfLargest(): string | undefined {
+    const owner = this.#byCount.get(this.#most)?.values().next().value;
+    return owner === undefined ? undefined : this.#keys.get(owner)?.values().next().value;
+  }
+
+  #move(owner: string, from: number, to: number): void {
+    const old = this.#byCount.get(from);
+    old?.delete(owner);
+    if (old?.size === 0) this.#byCount.delete(from);
+    if (to > 0) {
+      let b = this.#byCount.get(to);
+      if (b === undefined) {
+        b = new Set();
+        this.#byCount.set(to, b);
+      }
+      b.add(owner);
+    }
+    if (to > this.#most) this.#most = to;
+    else if (from === this.#most && !this.#byCount.has(from)) this.#most = to;
   }
 }
 

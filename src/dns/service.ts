@@ -219,7 +219,7 @@ export class DnsService {
     p = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, key).then((r) => {
       if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
       const a = this.#prepare(r.answered);
-      this.#deps.cache.set(answerKey, a);
+      this.#deps.cache.set(answerKey, a, key);
       this.#share(q.name, a);
       return a;
     });

@@ -32,6 +32,7 @@ const DEFAULTS = {
     stripEch: true,
     limits: { perSecond: 500, burst: 1000, inflightPerSandbox: 64, inflightTotal: 1024, tcpPerSandbox: 16, tcpTotal: 1024 },
     memory: { graceMs: 60_000, perSandbox: 4096 },
+    cacheEntries: 10_000,
   },
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },

@@ -107,6 +107,12 @@ export const ConfigFile = Type.Object(
           },
           'What the DNS listener remembers per sandbox.',
         ),
+        cacheEntries: int(
+          1,
+          10_000_000,
+          D.dns.cacheEntries,
+          'Answers the DNS listener caches, all sandboxes together; when full, the sandbox holding the most loses its oldest.',
+        ),
       },
       'Resolution, and the DNS listener.',
     ),
