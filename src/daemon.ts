@@ -122,6 +122,7 @@ export class Daemon {
     this.resolver = new NameResolver({
       servers: [...config.dns.servers],
       timeoutMs: config.dns.timeoutMs,
+      maxEntries: config.dns.cacheEntries,
       onLookup: (e) => this.metrics.dnsLookup(e),
       sockets: this.#querySockets,
       lateFamilies: Math.max(2, Math.min(LATE_FAMILIES, Math.floor(reserve / 8))),

@@ -96,7 +96,7 @@ export interface Config {
     readonly limits: DnsLimits;
     /** Names given to a sandbox are remembered for the record's TTL plus `graceMs`, at most `perSandbox` addresses. */
     readonly memory: { readonly graceMs: number; readonly perSandbox: number };
-    /** Answers the DNS listener caches, all sandboxes together (dns/cache.ts). */
+    /** Answers each DNS cache holds, all sandboxes together (dns/cache.ts, net/dns-cache.ts). */
     readonly cacheEntries: number;
   };
   readonly upstream: {

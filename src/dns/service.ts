@@ -220,7 +220,7 @@ export class DnsService {
       if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
       const a = this.#prepare(r.answered);
       this.#deps.cache.set(answerKey, a, key);
-      this.#share(q.name, a);
+      this.#share(q.name, a, key);
       return a;
     });
     this.#pending.set(answerKey, p);
@@ -253,7 +253,7 @@ export class DnsService {
    * Puts the addresses of an A or AAAA answer into the data path's address cache, beside what
    * it already holds for the name (the other family), for the shorter of the two TTLs.
    */
-  #share(name: string, a: Answered): void {
+  #share(name: string, a: Answered, owner: string): void {
     const cache = this.#deps.addresses;
     const key = cacheKey(name);
     if (!cache || key === null || a.rcode !== 0) return;
@@ -272,7 +272,7 @@ export class DnsService {
       found.push(...old.addresses);
       ttlMs = Math.min(ttlMs, cache.remainingMs(key));
     }
-    cache.set(key, { ok: true, addresses: [...new Set(found)] }, ttlMs);
+    cache.set(key, { ok: true, addresses: [...new Set(found)] }, ttlMs, owner);
   }
 
   #remember(sandbox: string, name: string, a: Answered, ageS: number): void {

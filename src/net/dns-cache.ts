@@ -1,10 +1,13 @@
 // The resolver's answers, by name, for as long as their records may be kept: a positive answer
 // for the smallest TTL among its records (clamped), a negative one (NXDOMAIN, NODATA) for the
 // negative TTL. A piece of its own so that anything else answering names for sandboxes (a DNS
-// listener) can share it: one name, one set of addresses, whoever asked.
+// listener) can share it: one name, one set of addresses, whoever asked. Each answer is charged to
+// the sandbox whose lookup or query brought it; when full, the one holding the most loses its
+// oldest (util/owner-counts.ts), so a sandbox resolving thousands of names evicts its own.
 
 import type { LRUCache } from 'lru-cache';
 import { growingLru } from '../util/lru.ts';
+import { OwnerCounts } from '../util/owner-counts.ts';
 import { MAX_NAME_LENGTH } from '../match/names.ts';
 import type { DnsFailure } from './dns-client.ts';
 
@@ -36,10 +39,22 @@ export function cacheKey(name: string): string | null {
 
 export class AddressCache {
   readonly #lru: LRUCache<string, CachedAnswer>;
+  readonly #max: number;
+  readonly #owners = new OwnerCounts();
+  /** Each key's owner (lru-cache's dispose gives the key and value, not set's options). */
+  readonly #ownerOf = new Map<string, string>();
 
   constructor(o: AddressCacheOptions = {}) {
     const clock = o.clock;
-    this.#lru = growingLru<string, CachedAnswer>(Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES), clock ? { perf: { now: clock }, ttlResolution: 0 } : {});
+    this.#max = Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES);
+    this.#lru = growingLru<string, CachedAnswer>(this.#max, {
+      ...(clock ? { perf: { now: clock }, ttlResolution: 0 } : {}),
+      dispose: (_v, k) => {
+        const owner = this.#ownerOf.get(k);
+        this.#ownerOf.delete(k);
+        if (owner !== undefined) this.#owners.remove(owner, k);
+      },
+    });
   }
 
   /** The answer for a name already passed through cacheKey, while it may be kept. */
@@ -52,8 +67,21 @@ export class AddressCache {
     return this.#lru.has(key) ? Math.max(0, this.#lru.getRemainingTTL(key)) : 0;
   }
 
-  set(key: string, answer: CachedAnswer, ttlMs: number): void {
-    if (ttlMs > 0) this.#lru.set(key, answer, { ttl: ttlMs });
+  /** Keeps `answer` for `ttlMs`, charged to `owner` (a sandbox id, or `source ADDR`). */
+  set(key: string, answer: CachedAnswer, ttlMs: number, owner = ''): void {
+    if (ttlMs <= 0) return;
+    if (!this.#lru.has(key) && this.#lru.size >= this.#max) {
+      const oldest = this.#owners.oldestOfLargest();
+      if (oldest !== undefined) this.#lru.delete(oldest);
+    }
+    this.#lru.set(key, answer, { ttl: ttlMs });
+    this.#ownerOf.set(key, owner);
+    this.#owners.add(owner, key);
+  }
+
+  /** Answers charged to `owner` now (expired ones not yet dropped included). */
+  heldBy(owner: string): number {
+    return this.#owners.count(owner);
   }
 
   clear(): void {

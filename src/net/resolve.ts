@@ -156,7 +156,7 @@ export class NameResolver {
       let delay: NodeJS.Timeout | null = null;
       const store = (): CachedAnswer => {
         const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
-        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs);
+        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs, tenant);
         return e.entry;
       };
       const settle = (): void => {

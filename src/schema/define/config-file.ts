@@ -111,7 +111,7 @@ export const ConfigFile = Type.Object(
           1,
           10_000_000,
           D.dns.cacheEntries,
-          'Answers the DNS listener caches, all sandboxes together; when full, the sandbox holding the most loses its oldest.',
+          "Answers each of egressd's DNS caches holds (the listener's answers; the addresses of dialed names), all sandboxes together; when full, the sandbox holding the most loses its oldest.",
         ),
       },
       'Resolution, and the DNS listener.',
