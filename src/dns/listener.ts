@@ -65,6 +65,8 @@ const TCP_REFUSE_MS = 2_000;
 /**
  * Connections past the bound held at once (all sandboxes) while their query is read; past
  * this, they are reset without an answer, so a flood of them costs a bounded number of sockets.
+ * One sandbox holds at most tcpPerSandbox of them, so its silent ones cannot turn the others'
+ * refusals into resets.
  */
 const TCP_REFUSING_MAX = 256;
 /**
@@ -95,6 +97,8 @@ export class DnsListener {
   readonly #served = new Set<TcpConnection>();
   readonly #perKey = new Map<string, number>();
   #refusing = 0;
+  /** Connections being refused, by sandbox. */
+  readonly #refusingBy = new Map<string, number>();
 
   constructor(endpoint: Endpoint, deps: DnsListenerDeps) {
     this.endpoint = endpoint;
@@ -225,10 +229,10 @@ export class DnsListener {
       socket.resetAndDestroy();
       return;
     }
-    if (held >= this.#deps.tcpPerSandbox) return this.#refuse(socket, source, 'sandbox');
+    if (held >= this.#deps.tcpPerSandbox) return this.#refuse(socket, source, key, 'sandbox');
     let hold = this.#deps.takeTcp?.(source, false) ?? null;
     if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedFor(held)) hold = this.#deps.takeTcp?.(source, false) ?? null;
-    if (typeof hold === 'string') return this.#refuse(socket, source, hold);
+    if (typeof hold === 'string') return this.#refuse(socket, source, key, hold);
     const conn: TcpConnection = { socket, key, waiting: 0, active: performance.now(), answered: false, hold };
     this.#perKey.set(key, held + 1);
     this.#connections.add(socket);
@@ -314,8 +318,10 @@ export class DnsListener {
    * §4.1.1, "refuses to perform the specified operation for policy reasons"), so the client
    * learns why at once rather than retrying a reset, and the connection is closed.
    */
-  #refuse(socket: Socket, source: string, why: TcpRefusal): void {
-    const hold = this.#refusing >= TCP_REFUSING_MAX ? null : (this.#deps.takeTcp?.(source, true) ?? { release: () => {} });
+  #refuse(socket: Socket, source: string, key: string, why: TcpRefusal): void {
+    const mine = this.#refusingBy.get(key) ?? 0;
+    const room = this.#refusing < TCP_REFUSING_MAX && mine < this.#deps.tcpPerSandbox;
+    const hold = room ? (this.#deps.takeTcp?.(source, true) ?? { release: () => {} }) : null;
     if (hold === null || typeof hold === 'string') {
       // Not even a descriptor to answer with: reset at once.
       this.#deps.onTcpRefused?.(source, why, true);
@@ -324,10 +330,14 @@ export class DnsListener {
     }
     this.#deps.onTcpRefused?.(source, why, false);
     this.#refusing++;
+    this.#refusingBy.set(key, mine + 1);
     this.#connections.add(socket);
     socket.once('close', () => {
       hold.release();
       this.#refusing--;
+      const left = (this.#refusingBy.get(key) ?? 1) - 1;
+      if (left <= 0) this.#refusingBy.delete(key);
+      else this.#refusingBy.set(key, left);
       this.#connections.delete(socket);
     });
     socket.setTimeout(TCP_REFUSE_MS, () => socket.destroy());

@@ -186,6 +186,29 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       for (const s of open) s.destroy();
     }
   });
+
+  it("answers another sandbox's refused connection REFUSED while one sandbox holds silent connections past its bound", async () => {
+    const open: Socket[] = [];
+    const connected = (from: string): Promise<Socket> =>
+      new Promise((resolve) => {
+        const s = connect({ host: '127.0.0.1', port, localAddress: from });
+        s.on('error', () => {});
+        open.push(s);
+        s.once('connect', () => resolve(s));
+        s.once('close', () => resolve(s));
+      });
+    try {
+      for (let i = 0; i < 2; i++) expect((await readFrame(await connected(A), frame(query('fast.test')))).rcode).toBe('NOERROR');
+      // sb-a, at its bound, opens more than the listener holds refusing, and sends nothing on them.
+      await Promise.all(Array.from({ length: 260 }, () => connected(A)));
+      await new Promise((r) => setTimeout(r, 100));
+      // sb-b takes the last of the total, then one more: refused, with an answer, not a reset.
+      expect((await readFrame(await connected(B), frame(query('fast.test')))).rcode).toBe('NOERROR');
+      expect(await dig(B, '+tcp', 'fast.test', 'A').catch((e: Error) => e.message)).toMatch(/status: REFUSED/);
+    } finally {
+      for (const s of open) s.destroy();
+    }
+  });
 });
 
 function query(name: string): Buffer {
