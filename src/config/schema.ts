@@ -260,8 +260,12 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const dnsLimitsIn = section(dnsIn, 'limits');
   const tcpPer = pick(dnsLimitsIn, 'tcpPerSandbox', d['dns']['limits']['tcpPerSandbox']);
   const tcpTotal = pick(dnsLimitsIn, 'tcpTotal', d['dns']['limits']['tcpTotal']);
-  if (!issues.list.some((i) => i.field.startsWith('dns.limits.')) && tcpPer > tcpTotal) {
-    issues.add('dns.limits.tcpPerSandbox', `Must not exceed dns.limits.tcpTotal (${tcpTotal}), got ${tcpPer}`);
+  const inflightPer = pick(dnsLimitsIn, 'inflightPerSandbox', d['dns']['limits']['inflightPerSandbox']);
+  const inflightTotal = pick(dnsLimitsIn, 'inflightTotal', d['dns']['limits']['inflightTotal']);
+  if (!issues.list.some((i) => i.field.startsWith('dns.limits.'))) {
+    if (tcpPer > tcpTotal) issues.add('dns.limits.tcpPerSandbox', `Must not exceed dns.limits.tcpTotal (${tcpTotal}), got ${tcpPer}`);
+    if (inflightPer > inflightTotal)
+      issues.add('dns.limits.inflightPerSandbox', `Must not exceed dns.limits.inflightTotal (${inflightTotal}), got ${inflightPer}`);
   }
 
   const protIn = section(root, 'protected');

@@ -76,7 +76,7 @@ describe('validateConfig: every problem at once, each with its key and reason', 
     ]);
   });
 
-  it('refuses DNS TCP bounds where one sandbox may hold more than all together, naming the field, and a total out of range', () => {
+  it('refuses DNS bounds where one sandbox may hold more than all together, naming the field, and a total out of range', () => {
     expect(issuesOf({ dns: { limits: { tcpPerSandbox: 32, tcpTotal: 16 } } })).toEqual([
       { field: 'dns.limits.tcpPerSandbox', reason: 'Must not exceed dns.limits.tcpTotal (16), got 32' },
     ]);
@@ -85,6 +85,9 @@ describe('validateConfig: every problem at once, each with its key and reason', 
     ]);
     expect(issuesOf({ dns: { limits: { tcpTotal: 0 } } })).toEqual([{ field: 'dns.limits.tcpTotal', reason: expect.stringContaining('0') }]);
     expect(issuesOf({ dns: { limits: { tcpTotal: 16 } } })).toEqual([]);
+    expect(issuesOf({ dns: { limits: { inflightPerSandbox: 64, inflightTotal: 32 } } })).toEqual([
+      { field: 'dns.limits.inflightPerSandbox', reason: 'Must not exceed dns.limits.inflightTotal (32), got 64' },
+    ]);
   });
 
   it('refuses a document that is not an object, naming the root', () => {
