@@ -33,7 +33,7 @@
 //
 // Bounded: a run stops starting new measurements after 9 minutes and reports what it has.
 
-import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -330,6 +330,27 @@ async function point(rig: Rig, c: Column): Promise<void> {
   }
 }
 
+/**
+ * BENCH_CONN_HOOK: a shell command run while a connection workload is measured (a tracer such as
+ * `perf stat -e 'syscalls:sys_enter_*' -p "$PIDS"`), with PIDS (the proxy's process tree, comma
+ * separated), COL and W (the column and the workload) in its environment; it is given 1 s to
+ * attach, and SIGINT when the workload ends. The sample's count says how many connections it saw.
+ */
+async function startConnHook(pid: number, c: Column, workload: string): Promise<ChildProcess | undefined> {
+  const cmd = process.env['BENCH_CONN_HOOK'];
+  if (!cmd) return undefined;
+  const child = spawn('sh', ['-c', cmd], { stdio: 'inherit', detached: true, env: { ...process.env, PIDS: tree(pid).join(','), COL: c.key, W: workload } });
+  await new Promise((res) => setTimeout(res, 1000));
+  return child;
+}
+
+async function stopConnHook(child: ChildProcess): Promise<void> {
+  const exited = new Promise((res) => child.once('exit', res));
+  // Its own process group (detached): the shell and the tracer it started both get the signal.
+  if (child.pid) process.kill(-child.pid, 'SIGINT');
+  await exited;
+}
+
 async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
   await point(rig, c);
   const pid = c.proc?.pid;
@@ -376,7 +397,9 @@ async function measure(rig: Rig, c: Column, workload: string): Promise<void> {
     }
     default: {
       const [kind, clients] = workload.split('@') as [string, string];
+      const hook = pid ? await startConnHook(pid, c, workload) : undefined;
       const r = await load(rig, [kind, clients, String(P.connMs), CA]);
+      if (hook) await stopConnHook(hook);
       s = { rate: r['rate']!, p50: r['p50']!, p99: r['p99']!, count: r['count']!, errors: r['errors']! };
     }
   }
