@@ -559,7 +559,12 @@ static void conn_gone(sl_loop *l, sl_conn *c, int side) {
 // Reads off and drops what the other side of one that went (conn_gone) sent after it: close(2)
 // on a socket with bytes unread sends a reset at once and drops what it had still to send
 // (tcp_close), which would be the last bytes of the side that went. Bounded: a socket's buffer.
-static void drop_unread(sl_loop *l, int fd) {
+// None when the socket is known empty (`rd` clear: a read emptied it, and no event came since
+// while EPOLLIN was in its interest set), as after a TLS client's close_notify, which drew the
+// origin's reset: the read found EAGAIN.
+static void drop_unread(sl_loop *l, sl_conn *c, int side) {
+  if (!c->rd[side] && !c->paused[side]) return;
+  int fd = c->fd[side];
   for (int i = 0; i < 64; i++) {
     ssize_t n = recv(fd, l->copy, SL_COPY_BUF, MSG_DONTWAIT);
     if (n > 0 || (n < 0 && errno == EINTR)) continue;
@@ -853,7 +858,7 @@ static void conn_run(sl_loop *l, sl_conn *c) {
   } while (c->again);
   if (!c->dir[CLIENT].shut || !c->dir[UPSTREAM].shut) return;
   for (int s = 0; s < 2; s++)
-    if (c->gone[s] && !c->gone[1 - s]) drop_unread(l, c->fd[1 - s]);
+    if (c->gone[s] && !c->gone[1 - s]) drop_unread(l, c, 1 - s);
   conn_close(l, c, SL_END_CLOSED, 0, -1);
 }
 
