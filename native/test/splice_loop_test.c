@@ -725,6 +725,48 @@ static void test_reset_after_fin_is_a_close(sl_loop *l) {
   free(got);
 }
 
+// The upstream finished (its FIN passed on), then the client sent more than the upstream reads,
+// so the loop stopped reading its client socket with bytes queued there, and the upstream, closing
+// with bytes unread, reset. Still a close (as above): the loop reads off what its client socket
+// holds before it closes it, as close(2) with bytes unread would reset the client (tcp_close).
+static void test_gone_side_leaves_nothing_unread(sl_loop *l) {
+  conn_ends e = hand_over(l, 790, NULL, NULL, 10000);
+  write_all(e.upstream, "bye", 3);
+  shutdown(e.upstream, SHUT_WR);
+  char buf[8];
+  size_t got = read_n(e.client, buf, sizeof buf, sizeof buf, 2000); // "bye", then the FIN ends the read
+  CHECK(got == 3 && memcmp(buf, "bye", 3) == 0, "the client got %zu bytes before the FIN", got);
+  char *chunk = calloc(1, 16384);
+  // 16 KiB at a time until the loop stops reading (bytes queued on its client socket are still
+  // there 100 ms later), so that socket keeps room and every byte sent reaches it.
+  int queued = 0;
+  for (int i = 0; i < 4000 && queued == 0; i++) {
+    if (send(e.client, chunk, 16384, MSG_DONTWAIT | MSG_NOSIGNAL) <= 0) usleep(1000);
+    usleep(500);
+    int q = queued_in(e.loop_client);
+    if (q == 0) continue;
+    usleep(100 * 1000);
+    if (queued_in(e.loop_client) >= q) queued = queued_in(e.loop_client);
+  }
+  CHECK(queued > 0, "the loop's client socket never kept bytes queued");
+  int unsent = 1;
+  for (int i = 0; i < 200 && unsent > 0; i++) {
+    ioctl(e.client, SIOCOUTQ, &unsent);
+    if (unsent > 0) usleep(5000);
+  }
+  CHECK(unsent == 0, "%d bytes of the client's still in flight: the check proves nothing", unsent);
+  close(e.upstream); // with the client's bytes unread: a reset
+  sl_outcome o = {0};
+  CHECK(wait_outcome(790, 5000, &o) && o.end == SL_END_CLOSED && o.first_fin == 1, "end %d, first FIN %d", o.end, o.first_fin);
+  usleep(50 * 1000);
+  int err = 0;
+  socklen_t len = sizeof err;
+  getsockopt(e.client, SOL_SOCKET, SO_ERROR, &err, &len);
+  CHECK(err == 0, "the client was reset (%s) after a clean end, %d bytes were unread at the loop", strerror(err), queued);
+  free(chunk);
+  close(e.client);
+}
+
 // The client does not read, so the loop's writes to it block; meanwhile its own bytes go up at
 // once, and then it reads every byte down, in order.
 static void test_bytes_up_while_writes_down_block(sl_loop *l) {
@@ -2559,6 +2601,7 @@ int main(void) {
   test_answer_and_fin_in_one_event(l);
   test_answer_then_reset(l);
   test_reset_after_fin_is_a_close(l);
+  test_gone_side_leaves_nothing_unread(l);
   test_bytes_up_while_writes_down_block(l);
   test_blocked_direction_sleeps_until_drained(l);
   test_reset_behind_unread_bytes_at_idle(l);
