@@ -1326,7 +1326,8 @@ static void refuse_run(sl_loop *l, sl_conn *c) {
     c->answer = NULL;
     shutdown(fd, SHUT_WR);
   }
-  for (;;) {
+  // Only what an event says is there: the flight's last read emptied the socket.
+  while (c->rd[CLIENT]) {
     ssize_t n = recv(fd, l->scratch, l->peek_cap, 0);
     if (n > 0) {
       if ((uint64_t)n > c->linger_left) return conn_close(l, c, SL_END_CLOSED, 0, -1);
