@@ -610,6 +610,9 @@ static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
   c->failed = side;
   c->fail_err = err;
   c->last_ms = l->now_ms; // SL_RESET_LINGER_MS from now, unless the other side takes bytes
+  // Sooner than the idle timeout armed before: should the other side take nothing, nothing else
+  // would wake the connection until then.
+  arm(l, conn_due(c));
   c->rd[side] = c->hup[side] = true;
   c->fin[side] = false;
   c->again = true;
