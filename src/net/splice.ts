@@ -97,6 +97,8 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
     // The side being flushed before its reset (lingerThenReset), and the timer that resets it.
     let lingering: Side | null = null;
     let lingerTimer: NodeJS.Timeout | undefined;
+    // A side paused for backpressure is asked every RESET_LINGER_MS whether it reset (watchPaused).
+    const pausedTimer: Record<Side, NodeJS.Timeout | undefined> = { client: undefined, upstream: undefined };
 
     const destroyBoth = (cause: SpliceEnd): void => {
       end ??= cause;
@@ -165,10 +167,14 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       settled = true;
       clearTimeout(idleTimer);
       clearTimeout(lingerTimer);
+      clearTimeout(pausedTimer.client);
+      clearTimeout(pausedTimer.upstream);
       o.signal.removeEventListener('abort', onAbort);
       resolve({ bytesUp, bytesDown, end: end ?? 'closed', firstFin });
     };
-    const onAbort = (): void => destroyBoth('aborted');
+    // A side that reset unseen (paused, so unwatched: probe) ended the exchange first: the end is
+    // its reset, and the other side is reset, never closed with a FIN.
+    const onAbort = (): void => void Promise.all([probe('client'), probe('upstream')]).then(() => destroyBoth('aborted'));
 
     for (const side of ['client', 'upstream'] as const) {
       const s = socketOf[side];
@@ -226,7 +232,10 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
         if (to.destroyed || to.writableEnded) return;
         handedOff[toSide] = lastActivity;
         // Backpressure: stop reading until the slow side has taken what it was given.
-        if (!to.write(chunk, written)) from.pause();
+        if (!to.write(chunk, written)) {
+          from.pause();
+          watchPaused(fromSide);
+        }
       };
       from.on('data', forward[fromSide]);
       to.on('drain', () => {
@@ -287,6 +296,21 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
           resolve();
         });
       });
+    // Node watches no socket it is not reading: a side paused because the other takes nothing
+    // could reset and hold the connection until the idle timeout, though a failed side's other
+    // side is to be reset within RESET_LINGER_MS of taking nothing. So while it stays paused, it
+    // is probed every RESET_LINGER_MS.
+    const watchPaused = (side: Side): void => {
+      if (pausedTimer[side] !== undefined) return;
+      pausedTimer[side] = setTimeout(() => {
+        pausedTimer[side] = undefined;
+        const s = socketOf[side];
+        if (end !== null || settled || s.destroyed || !s.isPaused()) return;
+        void probe(side).then(() => {
+          if (end === null && !settled && s.isPaused()) watchPaused(side);
+        });
+      }, RESET_LINGER_MS);
+    };
     const idleEnd = (): void => {
       if (end !== null || settled) return; // a side failed: lingerThenReset ends it
       if (!gone.client && !gone.upstream) return destroyBoth('idle-timeout');
