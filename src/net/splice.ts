@@ -266,7 +266,8 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       firstFin ??= fromSide;
       if (!to.destroyed && !to.writableEnded) to.end();
     }
-    // An upstream that has not yet taken the peeked bytes gets nothing more until it drains.
+    // An upstream that has not yet taken the peeked bytes gets nothing more until it drains; the
+    // client is then paused as for any backpressure, and probed the same way (watchPaused).
     if (upstreamReady) client.resume();
     upstream.resume();
 
@@ -318,6 +319,7 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
       client.destroy();
       upstream.destroy();
     };
+    if (!upstreamReady) watchPaused('client');
     idleTimer = setTimeout(checkIdle, idleMs);
   });
 }

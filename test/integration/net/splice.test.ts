@@ -478,6 +478,32 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(got.length).toBeLessThanOrEqual(res!.bytesUp);
   });
 
+  // The same, with the client paused from the start: the first flight (`initial`) is more than the
+  // upstream takes, so the client is never read, and the JavaScript path kept it paused unwatched
+  // until the upstream drained (Node reads a paused socket only up to its 16 KiB mark, then stops
+  // watching it): its reset went unseen until the idle timeout. (A first flight is
+  // at most the peek's cap, 16 KiB, past Node's 16 KiB write mark: an origin that accepts and
+  // reads nothing holds it the same way; 32 MiB here takes any kernel's buffers.)
+  it('resets an upstream that reads nothing within seconds of a reset from the client, while the first flight is still held', async () => {
+    const r = await rig({ idleTimeoutMs: 60_000, initial: randomBytes(32 * MiB) });
+    const up = await r.upstream;
+    up.pause();
+    r.client.on('error', noop);
+    await r.egress;
+    // More bytes than Node reads ahead of a paused socket (its 16 KiB mark): it then stops reading.
+    r.client.write(randomBytes(1 * MiB));
+    await sleep(300);
+    r.client.resetAndDestroy();
+    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
+    expect(res?.end).toBe('client-reset');
+    const { ending } = await (async () => {
+      const read = readToEnd(up);
+      up.resume();
+      return read;
+    })();
+    expect(ending).toBe('ECONNRESET');
+  });
+
   // A shutdown or policy change while the other side is still being given its bytes: reset at
   // once, never closed with a FIN, which would pass for a clean end after the upstream's reset.
   // The end stays the upstream's reset, the first event that ended the exchange (splice.ts).
