@@ -80,10 +80,30 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// socketError(fd): the socket's pending error (SO_ERROR: a reset, a timeout), 0 when none, or
+// -errno when it cannot be asked. Taking it clears it, as the native loop's check_error does: the
+// caller acts on it (splice.ts probe: a socket whose write half is ended, so no write can ask).
+static napi_value socket_error(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "socketError(fd) takes a non-negative integer");
+    return NULL;
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = -errno;
+  napi_value result;
+  napi_create_int32(env, err, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "originalDst", NAPI_AUTO_LENGTH, original_dst, NULL, &fn);
   napi_set_named_property(env, exports, "originalDst", fn);
+  napi_create_function(env, "socketError", NAPI_AUTO_LENGTH, socket_error, NULL, &fn);
+  napi_set_named_property(env, exports, "socketError", fn);
   return exports;
 }
 

@@ -1,9 +1,11 @@
 // Where a redirected connection was going before iptables REDIRECT rewrote it: netfilter's
-// conntrack keeps the original tuple, and getsockopt(SO_ORIGINAL_DST) reads it (the one call
-// in native/original_dst.c). A connection that was not redirected is a result, not an error.
+// conntrack keeps the original tuple, and getsockopt(SO_ORIGINAL_DST) reads it
+// (native/original_dst.c). A connection that was not redirected is a result, not an error. The
+// same addon asks a socket its pending error (SO_ERROR) for splice.ts.
 
 import { createRequire } from 'node:module';
 import { isIP, type Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import { canonicalSource } from '../match/ip.ts';
 import { NativeAddonError, OriginalDstError } from '../errors.ts';
 
@@ -11,6 +13,8 @@ export type OriginalDestination = { kind: 'redirected'; address: string; port: n
 
 interface Addon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
+  /** Absent from an addon built before it. */
+  socketError?(fd: number): number;
 }
 
 type Loaded = { ok: true; addon: Addon } | { ok: false; error: NativeAddonError };
@@ -32,6 +36,24 @@ function load(): Loaded {
   }
   return loaded;
 }
+
+/**
+ * The socket's pending error (getsockopt SO_ERROR), by its errno name (`ECONNRESET`,
+ * `ETIMEDOUT`...), taking it: a reset that came while Node watched nothing on the socket. null when
+ * there is none, or it cannot be asked (no addon, no descriptor). For a socket no write can probe
+ * (its write half ended): the caller must act on what it returns, Node will not see it again.
+ */
+export function takeSocketError(socket: Socket): string | null {
+  const l = load();
+  if (!l.ok || typeof l.addon.socketError !== 'function') return null;
+  const fd: unknown = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return null;
+  const e = l.addon.socketError(fd);
+  if (e <= 0) return null;
+  return errnoNames.get(e) ?? `E${e}`;
+}
+
+const errnoNames = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
 
 export function nativeAddonStatus(): { ok: true } | { ok: false; reason: string } {
   const l = load();

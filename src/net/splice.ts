@@ -22,6 +22,7 @@
 import { readSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { spliceNative } from './native-splice.ts';
+import { takeSocketError } from './original-dst.ts';
 
 export interface SpliceOptions {
   /** The bytes already read from the client (the peek): they go upstream first, byte for byte. */
@@ -288,7 +289,20 @@ export function spliceJs(client: Socket, upstream: Socket, o: SpliceOptions): Pr
         const s = socketOf[side];
         // A socket Node is still writing to is watched (its reset would have surfaced), and a
         // probe queued behind bytes a stalled reader never takes would never answer.
-        if (s.destroyed || s.writableEnded || s.writableLength > 0) return resolve();
+        if (s.destroyed || s.writableLength > 0) return resolve();
+        if (s.writableEnded) {
+          // Its write half is ended (the other side's FIN was passed on): no write can ask it, so
+          // its pending error is taken instead (SO_ERROR, as the native loop's check_error does).
+          // Node will not see that error again: what the socket still holds is read off and
+          // passed on, and the socket is closed here, after its failure is taken.
+          const code = takeSocketError(s);
+          if (code !== null) {
+            rescueUnread(side);
+            onError(side)(Object.assign(new Error(`read ${code}`), { code }));
+            s.destroy();
+          }
+          return resolve();
+        }
         s.write(EMPTY, (err) => {
           if (err) {
             if (isReset(err)) rescueUnread(side);

@@ -557,6 +557,26 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect((await read).ending).toBe('ECONNRESET');
   });
 
+  // The same after the client's half-close: egressd has passed its FIN on, so the upstream's write
+  // half is ended and the JavaScript path's zero-byte probe cannot be written to it. The upstream
+  // that resets halfway through its answer is still `upstream-reset` (docs/logs.md: a reset before
+  // that side's FIN), within seconds, and the client is reset, never given a FIN after a cut answer.
+  it('resets within seconds a half-closed client that read nothing while the upstream reset', async () => {
+    const r = await rig({ idleTimeoutMs: 60_000 });
+    const up = await r.upstream;
+    r.client.pause();
+    r.client.end();
+    await ending(up);
+    up.write(randomBytes(32 * MiB)); // more than egressd's buffers take, so it stops reading the upstream
+    await sleep(300);
+    up.resetAndDestroy();
+    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
+    expect(res?.end).toBe('upstream-reset');
+    const read = readToEnd(r.client);
+    r.client.resume();
+    expect((await read).ending).toBe('ECONNRESET');
+  });
+
   // An origin that answers before it has read the whole upload (an HTTP 413) and resets; and the
   // mirror, a client's last bytes and its reset while the download is still on its way. The
   // bytes egressd's kernel acknowledged reach the other side before the reset does. Bytes and
