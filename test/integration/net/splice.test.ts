@@ -577,6 +577,24 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect((await read).ending).toBe('ECONNRESET');
   });
 
+  // Its mirror: the upstream half-closed first, then the client resets halfway through an upload the
+  // upstream does not read.
+  it('resets within seconds a half-closed upstream that reads nothing while the client reset', async () => {
+    const r = await rig({ idleTimeoutMs: 60_000 });
+    const up = await r.upstream;
+    up.pause();
+    up.end();
+    await ending(r.client);
+    r.client.write(randomBytes(16 * MiB)); // more than egressd's buffers take, so it stops reading the client
+    await sleep(300);
+    r.client.resetAndDestroy();
+    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
+    expect(res?.end).toBe('client-reset');
+    const read = readToEnd(up);
+    up.resume();
+    expect((await read).ending).toBe('ECONNRESET');
+  });
+
   // An origin that answers before it has read the whole upload (an HTTP 413) and resets; and the
   // mirror, a client's last bytes and its reset while the download is still on its way. The
   // bytes egressd's kernel acknowledged reach the other side before the reset does. Bytes and
