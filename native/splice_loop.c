@@ -1864,6 +1864,20 @@ int sl_loop_abort(sl_loop *l, uint64_t id) {
 }
 
 int sl_loop_answered(sl_loop *l, uint64_t id) {
+  // A hosted loop's host between turns, with nothing queued before it, frees the slot itself:
+  // the answer makes no report and needs no order, and a queued one cost an eventfd write, a
+  // wake-up of the host's event loop and a turn (libuv's epoll_pwait and the loop's epoll_wait)
+  // for each connection admitted before its command (75% of TLS connections at 50 clients).
+  if (l->hosted && pthread_equal(__atomic_load_n(&l->host, __ATOMIC_RELAXED), pthread_self())) {
+    pthread_mutex_lock(&l->lock);
+    bool between_turns = !l->in_turn && l->cmds == NULL && !l->stopping;
+    pthread_mutex_unlock(&l->lock);
+    if (between_turns) {
+      sl_conn *c = find(l, id);
+      if (c) answered(l, c);
+      return 0;
+    }
+  }
   sl_cmd *cmd = new_cmd(CMD_ANSWERED, id);
   if (!cmd) return ENOMEM;
   push(l, cmd);

@@ -100,7 +100,8 @@ int sl_loop_abort(sl_loop *loop, uint64_t id);
 /**
  * The caller took the set-up connection `id` on (admitted it) and will command it later: it no
  * longer counts among the loop's unanswered connections (see sl_loop_accept_cap). Any command
- * does the same. Thread-safe.
+ * does the same. Thread-safe; on a hosted loop's host between its turns, done at once, with no
+ * wake-up.
  */
 int sl_loop_answered(sl_loop *loop, uint64_t id);
 

@@ -2292,6 +2292,48 @@ static void test_hosted_turn_runs_its_answers(void) {
   (sl_loop_stop)(l);
 }
 
+// A hosted loop's host answers an accepted connection between turns (as egressd does from a
+// setImmediate, when the verdict waits for DNS): the slot is free at once, with no wake-up of
+// the loop (a write to its eventfd, a turn of the host's event loop and of the loop's own).
+static void test_hosted_answer_between_turns(void) {
+  int err = 0;
+  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
+  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  if (!l) return;
+  pthread_mutex_lock(&lock);
+  int from = n_events;
+  pthread_mutex_unlock(&lock);
+  sl_loop_setup(l, on_setup, 16384);
+  struct sockaddr_in front;
+  listen_on_loop(l, 8, &front);
+  sl_loop_accept_cap(l, 1);
+  for (int i = 0; i < 20 && loop_readable(l, 0) == 1; i++) sl_loop_turn(l);
+  int first = connect_to(&front);
+  write_all(first, "one", 3);
+  saved_event ev = {0};
+  bool accepted = false;
+  for (int i = 0; i < 20 && !accepted; i++) {
+    if (loop_readable(l, 1000) == 1) sl_loop_turn(l);
+    accepted = wait_event(SL_EV_ACCEPTED, 0, &from, 0, &ev);
+  }
+  CHECK(accepted, "the first connection was not reported");
+  for (int i = 0; i < 20 && loop_readable(l, 0) == 1; i++) sl_loop_turn(l);
+  CHECK(sl_loop_answered(l, ev.e.id) == 0, "sl_loop_answered");
+  CHECK(loop_readable(l, 0) == 0, "the answer between turns woke the hosted loop");
+  // The cap is 1: the next connection is accepted only if the answer freed the slot.
+  int second = connect_to(&front);
+  write_all(second, "two", 3);
+  accepted = false;
+  for (int i = 0; i < 20 && !accepted; i++) {
+    if (loop_readable(l, 1000) == 1) sl_loop_turn(l);
+    accepted = wait_event(SL_EV_ACCEPTED, 0, &from, 0, &ev);
+  }
+  CHECK(accepted, "the answer did not free the slot: the second connection was not accepted");
+  close(first);
+  close(second);
+  (sl_loop_stop)(l);
+}
+
 // ---- bytes and a reset in one wake-up (hosted: the test decides when a turn runs) -------------
 
 // Turns the hosted loop until it has nothing ready.
@@ -2618,6 +2660,7 @@ int main(void) {
   test_out_of_descriptors();
   test_first_flight();
   test_hosted_turn_runs_its_answers();
+  test_hosted_answer_between_turns();
   test_reset_with_bytes_in_one_wakeup();
   test_dial_attempts_in_one_wakeup();
   pthread_mutex_lock(&lock);
