@@ -2370,6 +2370,14 @@ static bool arrived_unread(int fd, int queued) {
   return false;
 }
 
+// Turns the hosted loop until `id`'s outcome is reported (about 2 s at most).
+static void turn_until_outcome(sl_loop *l, uint64_t id) {
+  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
+    loop_readable(l, 10);
+    sl_loop_turn(l);
+  }
+}
+
 // Linux keeps a reset socket's queued bytes readable (tcp_recvmsg copies them before it reports
 // the error), so bytes the kernel acknowledged before a reset are passed on before the reset is,
 // also when both are found in one wake-up: an origin that answers early and resets (an HTTP 413
@@ -2414,10 +2422,7 @@ static void reset_in_one_wakeup(sl_loop *l, uint64_t id, bool upstream_resets, b
     getsockopt(loop_resetter, SOL_SOCKET, SO_ERROR, &soerr, &len);
     CHECK(soerr == ECONNRESET, "%llu: the loop's socket held errno %d, not the reset", (unsigned long long)id, soerr);
   }
-  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
-    loop_readable(l, 10);
-    sl_loop_turn(l);
-  }
+  turn_until_outcome(l, id);
   int err;
   size_t n = read_all(other, got, ANSWER + 1, &err, 2000);
   CHECK(n == ANSWER && memcmp(got, answer, ANSWER) == 0 && err == (fin ? 0 : ECONNRESET),
@@ -2547,10 +2552,7 @@ static void two_attempts_end_in_one_wakeup(sl_loop *l, const struct sockaddr_in 
     shutdown(client, SHUT_WR);
     shutdown(up, SHUT_WR);
   }
-  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
-    loop_readable(l, 10);
-    sl_loop_turn(l);
-  }
+  turn_until_outcome(l, id);
   sl_outcome o = {0};
   CHECK(wait_outcome(id, 0, &o) && o.end == SL_END_CLOSED && o.bytes_up == 3002 && o.bytes_down == 6000 && o.dialed == win && o.attempts == 2,
         "%d/%d: end %d (err %d), %llu up, %llu down, dialed %d of %d", how, ask_again, o.end, o.err, (unsigned long long)o.bytes_up,
@@ -2590,10 +2592,7 @@ static void two_refusals_then_an_answer(sl_loop *l, const struct sockaddr_in *fr
     shutdown(client, SHUT_WR);
     shutdown(up, SHUT_WR);
   }
-  for (int i = 0; i < 200 && count_of(id) == 0; i++) {
-    loop_readable(l, 10);
-    sl_loop_turn(l);
-  }
+  turn_until_outcome(l, id);
   sl_outcome o = {0};
   CHECK(wait_outcome(id, 0, &o) && o.end == SL_END_CLOSED && o.dialed == 2 && o.attempts == 3 && o.attempt_err[0] == ECONNREFUSED &&
             o.attempt_err[1] == ECONNREFUSED && o.attempt_err[2] == 0,

@@ -456,29 +456,7 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(got.length).toBeLessThanOrEqual(res!.bytesDown);
   });
 
-  // The mirror of 'never closes with a FIN a client that read nothing while the upstream reset'
-  // (below): an upload the upstream does not read, then the client's reset.
-  it('resets an upstream that reads nothing within seconds of a reset from the client, while egressd holds bytes it has not taken', async () => {
-    const r = await rig({ idleTimeoutMs: 60_000 });
-    const up = await r.upstream;
-    up.pause();
-    r.client.on('error', noop);
-    r.client.write(randomBytes(16 * MiB));
-    await sleep(300);
-    r.client.resetAndDestroy();
-    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
-    expect(res?.end).toBe('client-reset');
-    expect(res!.bytesUp).toBeLessThan(16 * MiB);
-    const { got, ending } = await (async () => {
-      const read = readToEnd(up);
-      up.resume();
-      return read;
-    })();
-    expect(ending).toBe('ECONNRESET');
-    expect(got.length).toBeLessThanOrEqual(res!.bytesUp);
-  });
-
-  // The same, with the client paused from the start: the first flight (`initial`) is more than the
+  // A client paused from the start (see 'resets within seconds the side that reads nothing' below): the first flight (`initial`) is more than the
   // upstream takes, so the client is never read, and the JavaScript path kept it paused unwatched
   // until the upstream drained (Node reads a paused socket only up to its 16 KiB mark, then stops
   // watching it): its reset went unseen until the idle timeout. (A first flight is
@@ -538,62 +516,46 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
   });
 
   // The same blindness for a socket egressd stopped reading because the other side does not read:
-  // an upstream that resets then, while the client reads nothing. At the idle timeout the
-  // JavaScript path closed both sides with a FIN, so the client, reading at last, took the 4 MiB
-  // it got of an aborted download for a complete one. Now it ends as the upstream's reset, and
-  // within seconds, not at the idle timeout: nothing else wakes such a connection (the JavaScript
-  // path probes a paused side; the native loop's timer must be brought forward to the bound).
-  it('never closes with a FIN a client that read nothing while the upstream reset, and resets it within seconds', async () => {
-    const r = await rig({ idleTimeoutMs: 60_000 });
-    const up = await r.upstream;
-    r.client.pause();
-    up.write(randomBytes(32 * MiB)); // more than egressd's buffers take, so it stops reading the upstream
-    await sleep(300);
-    up.resetAndDestroy();
-    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
-    expect(res?.end).toBe('upstream-reset');
-    const read = readToEnd(r.client);
-    r.client.resume();
-    expect((await read).ending).toBe('ECONNRESET');
-  });
-
-  // The same after the client's half-close: egressd has passed its FIN on, so the upstream's write
-  // half is ended and the JavaScript path's zero-byte probe cannot be written to it. The upstream
-  // that resets halfway through its answer is still `upstream-reset` (docs/logs.md: a reset before
-  // that side's FIN), within seconds, and the client is reset, never given a FIN after a cut answer.
-  it('resets within seconds a half-closed client that read nothing while the upstream reset', async () => {
-    const r = await rig({ idleTimeoutMs: 60_000 });
-    const up = await r.upstream;
-    r.client.pause();
-    r.client.end();
-    await ending(up);
-    up.write(randomBytes(32 * MiB)); // more than egressd's buffers take, so it stops reading the upstream
-    await sleep(300);
-    up.resetAndDestroy();
-    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
-    expect(res?.end).toBe('upstream-reset');
-    const read = readToEnd(r.client);
-    r.client.resume();
-    expect((await read).ending).toBe('ECONNRESET');
-  });
-
-  // Its mirror: the upstream half-closed first, then the client resets halfway through an upload the
-  // upstream does not read.
-  it('resets within seconds a half-closed upstream that reads nothing while the client reset', async () => {
-    const r = await rig({ idleTimeoutMs: 60_000 });
-    const up = await r.upstream;
-    up.pause();
-    up.end();
-    await ending(r.client);
-    r.client.write(randomBytes(16 * MiB)); // more than egressd's buffers take, so it stops reading the client
-    await sleep(300);
-    r.client.resetAndDestroy();
-    const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
-    expect(res?.end).toBe('client-reset');
-    const read = readToEnd(up);
-    up.resume();
-    expect((await read).ending).toBe('ECONNRESET');
-  });
+  // a side that resets then (an upstream halfway through a download, a client halfway through an
+  // upload), while the other reads nothing. At the idle timeout the JavaScript path closed both
+  // sides with a FIN, so the reader, reading at last, took the 4 MiB it got of an aborted transfer
+  // for a complete one. Now it ends as that side's reset, and within seconds, not at the idle
+  // timeout: nothing else wakes such a connection (the JavaScript path probes a paused side, and
+  // one whose write half is ended, through SO_ERROR; the native loop's timer must be brought
+  // forward to the bound). `halfClosed`: the reader half-closed first, so egressd passed its FIN on
+  // and the resetting side's write half is ended (docs/logs.md: a reset before that side's own FIN
+  // stays a reset). 32 MiB is more than egressd's and the reader's socket buffers take.
+  it.each([
+    { resetter: 'upstream', halfClosed: false },
+    { resetter: 'upstream', halfClosed: true },
+    { resetter: 'client', halfClosed: false },
+    { resetter: 'client', halfClosed: true },
+  ] as const)(
+    'resets within seconds the side that reads nothing when the $resetter resets (the reader half-closed: $halfClosed)',
+    async ({ resetter, halfClosed }) => {
+      const r = await rig({ idleTimeoutMs: 60_000 });
+      const up = await r.upstream;
+      const [from, to] = resetter === 'upstream' ? [up, r.client] : [r.client, up];
+      from.on('error', noop);
+      to.pause();
+      if (halfClosed) {
+        to.end();
+        await ending(from);
+      }
+      from.write(randomBytes(32 * MiB));
+      await sleep(300);
+      from.resetAndDestroy();
+      const res = await Promise.race([r.result, sleep(10_000).then(() => null)]);
+      expect(res?.end).toBe(`${resetter}-reset`);
+      const carried = resetter === 'upstream' ? res!.bytesDown : res!.bytesUp;
+      expect(carried).toBeLessThan(32 * MiB);
+      const read = readToEnd(to);
+      to.resume();
+      const { got, ending: how } = await read;
+      expect(how).toBe('ECONNRESET');
+      expect(got.length).toBeLessThanOrEqual(carried);
+    },
+  );
 
   // An origin that answers before it has read the whole upload (an HTTP 413) and resets; and the
   // mirror, a client's last bytes and its reset while the download is still on its way. The
