@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -92,8 +92,10 @@ describe('the egressd process', () => {
   });
 
   it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
-    // A fixed port both processes bind; picked at random in the dynamic range to stay clear of others.
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    // A fixed port both processes bind (and the three above it), picked at random below the
+    // kernel's ephemeral range: a port inside it can be the local port of any test's outgoing
+    // connection at that moment, and the bind then fails (EADDRINUSE), as it did on a loaded run.
+    const port = 20_000 + Math.floor(Math.random() * (ephemeralLow() - 4 - 20_000));
     const file = write(
       base({
         listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` },
@@ -221,6 +223,13 @@ describe('the egressd process', () => {
     expect(stderr).toMatch(/cannot open log\.destination: .*(ENOTDIR|EEXIST)/);
   });
 });
+
+/** The lowest port the kernel picks for an outgoing connection (net.ipv4.ip_local_port_range). */
+function ephemeralLow(): number {
+  const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  // A range starting below 20,064 leaves no port outside it: the test then takes its chance below 32,768.
+  return Number.isInteger(low) && low >= 20_000 + 64 ? low : 32_768;
+}
 
 async function freePort(): Promise<number> {
   const { createServer } = await import('node:net');
