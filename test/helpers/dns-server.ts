@@ -5,7 +5,7 @@
 // REFUSED.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { isIP } from 'node:net';
+import { createServer, isIP, type Server, type Socket } from 'node:net';
 
 export type Behaviour = (
   | { kind: 'answer'; a?: readonly string[]; aaaa?: readonly string[]; ttl: number }
@@ -48,13 +48,39 @@ export class DnsTestServer {
   readonly queries: Query[] = [];
   #waiters: ((q: Query) => void)[] = [];
   #port = 0;
+  /** The TCP side on the same port (`start`'s `tcp`), and what serves its connections (tcp-dns.ts). */
+  #tcp: Server | null = null;
+  onTcpConnection: (s: Socket) => void = (s) => s.destroy();
 
   private constructor(socket: UdpSocket) {
     this.#socket = socket;
   }
 
-  /** Starts a server on `host` (127.0.0.1 or ::1, or a rig address), on `port` (ephemeral by default). */
-  static async start(host = '127.0.0.1', port = 0): Promise<DnsTestServer> {
+  /**
+   * Starts a server on `host` (127.0.0.1 or ::1, or a rig address), on `port` (ephemeral by
+   * default). `tcp`: a TCP listener on the same port too, for answers asked again over TCP
+   * (test/helpers/tcp-dns.ts); an ephemeral UDP port's number may be a live TCP connection's local
+   * port at that moment, so another port is taken then.
+   */
+  static async start(host = '127.0.0.1', port = 0, o: { tcp?: boolean } = {}): Promise<DnsTestServer> {
+    for (let attempt = 0; ; attempt++) {
+      const server = await DnsTestServer.#bind(host, port);
+      if (!o.tcp) return server;
+      const tcp = createServer((s) => server.onTcpConnection(s));
+      const err = await new Promise<Error | null>((resolve) => {
+        tcp.once('error', resolve);
+        tcp.listen(server.#port, host, () => resolve(null));
+      });
+      if (err === null) {
+        server.#tcp = tcp;
+        return server;
+      }
+      await server.close();
+      if (port !== 0 || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt === 9) throw err;
+    }
+  }
+
+  static async #bind(host: string, port: number): Promise<DnsTestServer> {
     const socket = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4');
     const server = new DnsTestServer(socket);
     socket.on('message', (msg, rinfo) => server.#onMessage(msg, rinfo.address, rinfo.port));
@@ -91,7 +117,12 @@ export class DnsTestServer {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => this.#socket.close(() => resolve()));
+    const tcp = this.#tcp;
+    this.#tcp = null;
+    return Promise.all([
+      new Promise<void>((resolve) => this.#socket.close(() => resolve())),
+      tcp ? new Promise<void>((resolve) => tcp.close(() => resolve())) : undefined,
+    ]).then(() => undefined);
   }
 
   #onMessage(msg: Buffer, address: string, port: number): void {

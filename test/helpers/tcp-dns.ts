@@ -1,23 +1,22 @@
-// The TCP side of a test's DNS server (test/helpers/dns-server.ts is UDP only), for answers that
-// come back truncated over UDP and are asked again over TCP (RFC 7766 §5).
+// The TCP side of a test's DNS server (test/helpers/dns-server.ts, started with `tcp: true`), for
+// answers that come back truncated over UDP and are asked again over TCP (RFC 7766 §5).
 
-import { createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import * as packet from 'dns-packet';
-import { onTestFinished } from 'vitest';
+import type { DnsTestServer } from './dns-server.ts';
 
 /**
- * A DNS-over-TCP side on 127.0.0.1:`port` (RFC 7766: two-octet length, then the message), beside
- * a DnsTestServer's UDP one, for a test's truncated answers: each query is answered with
- * `answers(question)` after `delayMs` (per question when a function; `answered` told when it is).
- * Closed when the test finishes.
+ * The DNS-over-TCP side of `dns` (started with `tcp: true`; RFC 7766: two-octet length, then the
+ * message), for a test's truncated answers: each query is answered with `answers(question)` after
+ * `delayMs` (per question when a function; `answered` told when it is).
  */
-export async function tcpDns(
-  port: number,
+export function tcpDns(
+  dns: DnsTestServer,
   answers: (question: packet.Question) => packet.Answer[],
   delayMs: number | ((question: packet.Question) => number) = 0,
   answered: () => void = () => {},
-): Promise<void> {
-  const tcp = createServer((s: Socket) => {
+): void {
+  dns.onTcpConnection = (s: Socket) => {
     s.on('error', () => {});
     let buf = Buffer.alloc(0);
     s.on('data', (d: Buffer) => {
@@ -40,7 +39,5 @@ export async function tcpDns(
         typeof delayMs === 'function' ? delayMs(question) : delayMs,
       ).unref();
     });
-  });
-  await new Promise<void>((r) => tcp.listen(port, '127.0.0.1', r));
-  onTestFinished(() => void tcp.close());
+  };
 }

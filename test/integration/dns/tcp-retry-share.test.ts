@@ -26,7 +26,7 @@ describe.skipIf(!haveDig)("the DNS listener's retries over TCP", () => {
   const held: UdpSocket[] = [];
 
   beforeAll(async () => {
-    upstream = await DnsTestServer.start();
+    upstream = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
     for (let i = 0; i < FLOOD; i++) upstream.set(`a${i}.flood.test`, { kind: 'answer', a: ['198.18.3.1'], ttl: 60, truncate: true });
     upstream.set('b.truncated.test', { kind: 'answer', a: ['198.18.3.2'], ttl: 60, truncate: true });
     d = await startLoopbackDaemon(
@@ -54,8 +54,8 @@ describe.skipIf(!haveDig)("the DNS listener's retries over TCP", () => {
   it("answers another sandbox's truncated query while one sandbox's retries hold all they may", async () => {
     // The TCP side: A's names are answered long after every deadline, B's at once.
     let tcpSeen = 0;
-    await tcpDns(
-      Number(upstream.server.split(':').pop()),
+    tcpDns(
+      upstream,
       (q) => {
         tcpSeen++;
         return [{ type: 'A', name: q.name, ttl: 60, data: q.name.startsWith('b.') ? '198.18.3.2' : '198.18.3.1' }];

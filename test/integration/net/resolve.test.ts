@@ -312,12 +312,11 @@ describe('NameResolver: answers within the timeout', () => {
 // with the TC bit forced on; the TCP side a small server of this test's own on the same port.
 describe('NameResolver: truncated answers', () => {
   it('asks again over TCP when the UDP answer is truncated, and uses the TCP answer', async () => {
-    const dns = await DnsTestServer.start();
+    const dns = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
     onTestFinished(() => dns.close());
     dns.set('big.test', { kind: 'answer', a: ['192.0.2.40'], ttl: 60, truncate: true });
-    const port = Number(dns.server.split(':').pop());
     let tcpQueries = 0;
-    await tcpDns(port, (question) => {
+    tcpDns(dns, (question) => {
       tcpQueries++;
       return question.type === 'A'
         ? Array.from({ length: 40 }, (_, i) => ({ type: 'A' as const, name: question.name, ttl: 60, data: `192.0.2.${100 + i}` }))
@@ -387,14 +386,13 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
   });
 
   it('retries over TCP at most tcpMax at once, the tenants together; the others wait their turn within the timeout', async () => {
-    const dns = await DnsTestServer.start();
+    const dns = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
     onTestFinished(() => dns.close());
-    const port = Number(dns.server.split(':').pop());
     // A TCP side that answers each query 300 ms after it came; `most`: queries it held at once.
     let held = 0;
     let most = 0;
-    await tcpDns(
-      port,
+    tcpDns(
+      dns,
       (question) => {
         most = Math.max(most, ++held);
         return question.type === 'A' ? [{ type: 'A', name: question.name, ttl: 60, data: '192.0.2.41' }] : [];
