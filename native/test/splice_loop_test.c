@@ -2256,10 +2256,16 @@ static int loop_readable(sl_loop *l, int ms) {
   return poll(&p, 1, ms);
 }
 
-static void test_hosted_turn_runs_its_answers(void) {
+// A hosted loop (driven by sl_loop_turn), or NULL after a failed check.
+static sl_loop *start_hosted(void) {
   int err = 0;
   sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
   CHECK(l != NULL, "start hosted: %s", strerror(err));
+  return l;
+}
+
+static void test_hosted_turn_runs_its_answers(void) {
+  sl_loop *l = start_hosted();
   if (!l) return;
   pthread_mutex_lock(&lock);
   seen = n_events;
@@ -2296,9 +2302,7 @@ static void test_hosted_turn_runs_its_answers(void) {
 // setImmediate, when the verdict waits for DNS): the slot is free at once, with no wake-up of
 // the loop (a write to its eventfd, a turn of the host's event loop and of the loop's own).
 static void test_hosted_answer_between_turns(void) {
-  int err = 0;
-  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
-  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  sl_loop *l = start_hosted();
   if (!l) return;
   pthread_mutex_lock(&lock);
   int from = n_events;
@@ -2443,9 +2447,7 @@ static void reset_in_one_wakeup(sl_loop *l, uint64_t id, bool upstream_resets, b
 }
 
 static void test_reset_with_bytes_in_one_wakeup(void) {
-  int err = 0;
-  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
-  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  sl_loop *l = start_hosted();
   if (!l) return;
   uint64_t id = 9200; // ids no other check uses
   for (int up = 1; up >= 0; up--)
@@ -2603,9 +2605,7 @@ static void two_refusals_then_an_answer(sl_loop *l, const struct sockaddr_in *fr
 }
 
 static void test_dial_attempts_in_one_wakeup(void) {
-  int err = 0;
-  sl_loop *l = sl_loop_start_hosted(report, NULL, &err);
-  CHECK(l != NULL, "start hosted: %s", strerror(err));
+  sl_loop *l = start_hosted();
   if (!l) return;
   pthread_mutex_lock(&lock);
   seen = n_events;
