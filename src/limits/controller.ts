@@ -62,7 +62,7 @@ export class LimitsController {
     this.#lookup = lookup;
     const c = config();
     this.memory = new MemoryGuard(
-      { maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs },
+      { maxBytes: c.memory.maxBytes, shedAt: c.memory.shedAt, intervalMs: c.memory.intervalMs, held: () => this.#admission.open },
       (shedding, s) => {
         const fields = {
           event: { action: shedding ? 'overload-start' : 'overload-end' },

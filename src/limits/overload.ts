@@ -37,6 +37,12 @@ export interface MemoryGuardOptions {
   /** The cgroup v2 mount point and the process's cgroup file (tests point them elsewhere). */
   readonly cgroupRoot?: string;
   readonly procCgroup?: string;
+  /**
+   * The connections held now (admitted and not yet closed), or absent: what a shrink that gave
+   * little back found the memory in use by, so their leaving makes the next shrink worth its cost
+   * again (SHRINK_EVERY_MS).
+   */
+  readonly held?: () => number;
 }
 
 export interface MemorySample {
@@ -66,11 +72,15 @@ const RESTING_FACTOR = 8;
  * SHRINK_WORTHWHILE of the limit doubles the wait, up to SHRINK_EVERY_MAX_MS: the memory is in
  * use by the connections held, and each shrink stops the event loop (a 10,000-connection flood
  * held at 0.78-0.80 ran 24 of them, 0.1-0.4 s each, 22 giving back under 0.03, bench/RESULTS.md).
- * Shedding anew starts over.
+ * Shedding anew starts over, and so does SHRINK_HELD_GONE of the connections held at the last
+ * shrink having closed: what they held is garbage now, and only a shrink hands it back. Without
+ * that, a flood that closed just after a shrink that gave little left the guard shedding for up
+ * to 8 s with the flood gone (the memory e2e test measured 7.3 s of its 10 s window).
  */
 const SHRINK_EVERY_MS = 1000;
 const SHRINK_EVERY_MAX_MS = 8000;
 const SHRINK_WORTHWHILE = 0.03;
+const SHRINK_HELD_GONE = 0.25;
 /**
  * A young generation (V8's new space) this large was sized for the machine, not the limit: V8
  * keeps it within 4 MiB when it sees a 160 MiB limit at start. Only then is the memory-reducing
@@ -270,6 +280,8 @@ export class MemoryGuard {
   #youngHeld = false;
   #shrinkPending = false;
   #shrinkEveryMs = SHRINK_EVERY_MS;
+  /** opts.held() at the last shrink. */
+  #heldAtShrink = 0;
   readonly #onChange: (shedding: boolean, s: MemorySample) => void;
   readonly #onCritical: (s: MemorySample) => void;
   readonly #onShrink: (ms: number, before: MemorySample, after: MemorySample) => void;
@@ -382,7 +394,9 @@ export class MemoryGuard {
     }
     // After this turn's pending accepts are shed (setImmediate runs after the poll phase): the
     // shrink stops the event loop, and the backlog that builds meanwhile must not find it open.
-    if (!this.#shedding) this.#shrinkEveryMs = SHRINK_EVERY_MS;
+    if (!this.#shedding || (this.#opts.held !== undefined && this.#opts.held() < this.#heldAtShrink * (1 - SHRINK_HELD_GONE))) {
+      this.#shrinkEveryMs = SHRINK_EVERY_MS;
+    }
     if (this.#shedding && !this.#shrinkPending && this.#sampledAt - this.#shrunkAt >= this.#shrinkEveryMs) {
       this.#shrinkPending = true;
       setImmediate(() => {
@@ -405,6 +419,7 @@ export class MemoryGuard {
     collect();
     releaseFreeMemory?.();
     this.#shrunkAt = Date.now();
+    this.#heldAtShrink = this.#opts.held?.() ?? 0;
     const after = this.sample();
     const gave = before.pressure - after.pressure;
     this.#shrinkEveryMs = gave < SHRINK_WORTHWHILE ? Math.min(this.#shrinkEveryMs * 2, SHRINK_EVERY_MAX_MS) : SHRINK_EVERY_MS;

@@ -234,6 +234,9 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
       // Once the flood closes, the memory it held is handed back and new connections are
       // admitted again: shedding does not outlive the flood.
       expect(r.flood!['recoveryMs'], `${JSON.stringify(r.flood)}; ${peak}`).not.toBeNull();
+      console.log(
+        `memory flood: ${JSON.stringify({ recoveryMs: r.flood!['recoveryMs'], shed: metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' }), shrinks: shrunk.length })}; ${peak}`,
+      );
     },
     120_000,
   );

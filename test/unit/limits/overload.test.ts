@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MemoryGuard, cgroupChain } from '../../../src/limits/overload.ts';
 import { acceptSlots, connectionBudget, openDescriptors, raiseNofile } from '../../../src/limits/descriptors.ts';
 
@@ -149,6 +149,41 @@ describe('MemoryGuard', () => {
     g.refresh();
     await turn();
     expect(shrinks).toHaveLength(1);
+  });
+
+  it('backs off shrinks that give little back, and shrinks again within the second once a quarter of the connections held have closed', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(95 << 20) });
+    let held = 1000;
+    const shrinks: number[] = [];
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc, held: () => held }, undefined, undefined, () => shrinks.push(Date.now()));
+    const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const at = (ms: number): Promise<void> => {
+        vi.setSystemTime(ms);
+        g.refresh();
+        return turn();
+      };
+      // Each shrink gives nothing back (memory.current stays): the wait doubles, 2 s then 4 s.
+      for (const ms of [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000]) await at(1_000_000 + ms);
+      expect(shrinks.map((ms) => ms - 1_000_000)).toEqual([0, 2000, 6000]);
+      // A few connections close: still 8 s to wait.
+      held = 900;
+      await at(1_008_100);
+      expect(shrinks).toHaveLength(3);
+      // A quarter of them have gone (the flood let go): what they held is garbage, shrink now.
+      held = 700;
+      await at(1_008_200);
+      expect(shrinks).toHaveLength(4);
+      // And with nothing left to free, the wait grows again.
+      await at(1_009_000);
+      expect(shrinks).toHaveLength(4);
+      await at(1_010_200);
+      expect(shrinks).toHaveLength(5);
+    } finally {
+      vi.useRealTimers();
+      g.stop();
+    }
   });
 
   it('does not count page cache the kernel can drop (inactive_file) as pressure', () => {
