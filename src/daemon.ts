@@ -118,6 +118,7 @@ export class Daemon {
       size: Math.max(4, Math.min(POOL_SIZE, Math.floor(reserve / 2))),
       tcpMax: Math.max(2, Math.min(TCP_RETRIES, Math.floor(reserve / 8))),
       onTcpHeldBack: (why) => this.metrics.instruments.dnsTcpRetriesHeldBack.inc({ scope: why }),
+      onTcpJoined: () => this.metrics.instruments.dnsTcpRetriesJoined.inc(),
     });
     this.resolver = new NameResolver({
       servers: [...config.dns.servers],

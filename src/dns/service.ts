@@ -21,6 +21,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
+import { TcpTenants } from '../net/query-sockets.ts';
 
 export type Transport = 'udp' | 'tcp';
 
@@ -58,7 +59,8 @@ export class DnsService {
   readonly #zones: DomainTrie | null;
   readonly #inflightBy = new Map<string, number>();
   #inflight = 0;
-  readonly #pending = new Map<string, Promise<Answered | { failed: string }>>();
+  /** Questions on their way upstream, and the sandboxes that asked them (the first, then those that joined). */
+  readonly #pending = new Map<string, { answer: Promise<Answered | { failed: string }>; tenants: TcpTenants }>();
   /** Per sandbox: when a rate-limit line was last logged and how many were not logged since. */
   readonly #limitLog = new Map<string, { at: number; suppressed: number }>();
 
@@ -210,22 +212,28 @@ export class DnsService {
   }
 
   /**
-   * One upstream query per question in flight, however many sandboxes ask it at once; charged to
-   * `key`, the sandbox that asked first (its share of TCP retries).
+   * One upstream query per question in flight, however many sandboxes ask it at once. Its cache
+   * entries are charged to `key`, the sandbox that asked first; a retry over TCP to any sandbox
+   * that asked it with room in its share (net/query-sockets.ts TcpTenants), so one that joins
+   * never waits on another's share.
    */
   #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
-    let p = this.#pending.get(answerKey);
-    if (p) return p;
-    p = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, key).then((r) => {
+    const pending = this.#pending.get(answerKey);
+    if (pending) {
+      pending.tenants.join(key);
+      return pending.answer;
+    }
+    const tenants = new TcpTenants(key);
+    const answer = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, tenants).then((r) => {
       if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
       const a = this.#prepare(r.answered);
       this.#deps.cache.set(answerKey, a, key);
       this.#share(q.name, a, key);
       return a;
     });
-    this.#pending.set(answerKey, p);
-    void p.finally(() => this.#pending.delete(answerKey));
-    return p;
+    this.#pending.set(answerKey, { answer, tenants });
+    void answer.finally(() => this.#pending.delete(answerKey));
+    return answer;
   }
 
   /** TTLs clamped to the cache's bound (so a sandbox asks again when egressd would) and ECH removed. */

@@ -13,7 +13,10 @@
 // others wait their turn within their own deadline. Each place is charged to a tenant (the
 // sandbox whose query it is): a tenant holds at most its share (tcpShare) while the places left
 // free are fewer than a share, so one sandbox whose answers all come back truncated cannot hold
-// every place; a freed place goes to the waiting tenant holding fewest.
+// every place; a freed place goes to the waiting tenant holding fewest. A query other tenants
+// joined (the same question asked while it was on its way) is theirs too (TcpTenants): its retry
+// is charged to whichever of them may take a place, so a tenant that joins never waits longer
+// than it would have alone.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
@@ -30,6 +33,47 @@ export type TcpHeldBack = 'sandbox' | 'global';
 /** A tenant's share of `tcpMax` places: a quarter, at least one. */
 export function tcpShare(tcpMax: number): number {
   return Math.max(1, Math.floor(tcpMax / 4));
+}
+
+/**
+ * Tenants beyond the first a TcpTenants keeps. At most tcpMax (≤ TCP_RETRIES in the daemon)
+ * tenants hold a place at any time, so among more than that one always holds none: a longer list
+ * would never find a place a shorter one does not.
+ */
+export const JOINED_MAX = TCP_RETRIES + 1;
+
+/**
+ * The tenants a shared query is for: the one that asked first, then each that joined it while it
+ * was on its way (up to JOINED_MAX more). Its retries over TCP may be charged to any of them.
+ */
+export class TcpTenants {
+  readonly first: string;
+  readonly #all: Set<string>;
+  /** Told when a tenant joins: a retry of the query waiting may now have a place. */
+  readonly #onJoin = new Set<() => void>();
+
+  constructor(first: string) {
+    this.first = first;
+    this.#all = new Set([first]);
+  }
+
+  /** Adds `tenant` (idempotent; ignored past JOINED_MAX). */
+  join(tenant: string): void {
+    if (this.#all.has(tenant) || this.#all.size > JOINED_MAX) return;
+    this.#all.add(tenant);
+    for (const f of [...this.#onJoin]) f();
+  }
+
+  /** The tenants, the first first, then in the order they joined. */
+  get all(): ReadonlySet<string> {
+    return this.#all;
+  }
+
+  /** @internal QuerySockets' watch while a retry of this query waits; returns the unwatch. */
+  watch(f: () => void): () => void {
+    this.#onJoin.add(f);
+    return () => this.#onJoin.delete(f);
+  }
 }
 
 /** Told every datagram that arrives on the query's socket with its id (the caller checks the rest). */
@@ -49,9 +93,10 @@ export interface SentQuery {
 }
 
 interface TcpWaiter {
-  readonly tenant: string;
+  readonly tenants: TcpTenants;
   readonly grant: (release: (() => void) | null) => void;
   readonly timer: NodeJS.Timeout;
+  readonly unwatch: () => void;
 }
 
 export class QuerySockets {
@@ -65,18 +110,21 @@ export class QuerySockets {
   /** Retries waiting for a TCP place, oldest first. */
   readonly #tcpWaiting: TcpWaiter[] = [];
   readonly #onTcpHeldBack: ((why: TcpHeldBack) => void) | undefined;
+  readonly #onTcpJoined: (() => void) | undefined;
   #closed = false;
 
   /**
    * `tcpMax`: TCP retries at once, all tenants together (TCP_RETRIES when absent);
    * `onTcpHeldBack`: told of each retry that got no place at once (it waits, or fails when it
-   * may not), and why.
+   * may not), and why; `onTcpJoined`: told of each place charged to a tenant that joined the
+   * query, not the one that asked first.
    */
-  constructor(o: { size?: number; tcpMax?: number; onTcpHeldBack?: (why: TcpHeldBack) => void } = {}) {
+  constructor(o: { size?: number; tcpMax?: number; onTcpHeldBack?: (why: TcpHeldBack) => void; onTcpJoined?: () => void } = {}) {
     this.#size = Math.max(1, o.size ?? POOL_SIZE);
     this.#tcpMax = Math.max(0, o.tcpMax ?? TCP_RETRIES);
     this.#tcpShare = tcpShare(this.#tcpMax);
     this.#onTcpHeldBack = o.onTcpHeldBack;
+    this.#onTcpJoined = o.onTcpJoined;
   }
 
   /**
@@ -100,24 +148,29 @@ export class QuerySockets {
   }
 
   /**
-   * A place for one TCP retry of `tenant`'s (a sandbox id, or any key its caller counts by), to
-   * release when it ends (idempotent): at once while the tenant may take one (#mayTake), else
-   * when one is handed to it within `waitMs`; null when none was, or once closed.
+   * A place for one TCP retry of `tenant`'s (a sandbox id, or any key its caller counts by; or the
+   * tenants of a query others joined, charged to one of them that may take it), to release when it
+   * ends (idempotent): at once while a tenant may take one (#mayTake), else when one is handed on
+   * within `waitMs` (a tenant joining meanwhile may take it); null when none was, or once closed.
    */
-  tcpSlot(waitMs: number, tenant = ''): Promise<(() => void) | null> {
+  tcpSlot(waitMs: number, tenant: string | TcpTenants = ''): Promise<(() => void) | null> {
     if (this.#closed) return Promise.resolve(null);
-    if (this.#mayTake(tenant)) return Promise.resolve(this.#take(tenant));
-    this.#onTcpHeldBack?.(this.#why(tenant));
+    const tenants = typeof tenant === 'string' ? new TcpTenants(tenant) : tenant;
+    const now = this.#pick(tenants);
+    if (now !== null) return Promise.resolve(this.#take(tenants, now));
+    this.#onTcpHeldBack?.(this.#why());
     if (waitMs <= 0) return Promise.resolve(null);
     return new Promise((resolve) => {
       const w: TcpWaiter = {
-        tenant,
+        tenants,
         grant: resolve,
         timer: setTimeout(() => {
+          w.unwatch();
           const i = this.#tcpWaiting.indexOf(w);
           if (i >= 0) this.#tcpWaiting.splice(i, 1);
           resolve(null);
         }, waitMs),
+        unwatch: tenants.watch(() => this.#handOn()),
       };
       this.#tcpWaiting.push(w);
     });
@@ -137,11 +190,31 @@ export class QuerySockets {
     return free > 0 && ((this.#tcpBy.get(tenant) ?? 0) < this.#tcpShare || free > this.#tcpShare);
   }
 
-  #why(tenant: string): TcpHeldBack {
-    return this.#tcpInUse < this.#tcpMax && (this.#tcpBy.get(tenant) ?? 0) >= this.#tcpShare ? 'sandbox' : 'global';
+  /**
+   * Of `tenants`, the one a place is charged to now: of those that may take one, the one holding
+   * fewest (the earliest among equals); null when none may.
+   */
+  #pick(tenants: TcpTenants): string | null {
+    let best: string | null = null;
+    let fewest = Infinity;
+    for (const t of tenants.all) {
+      const held = this.#tcpBy.get(t) ?? 0;
+      if (held < fewest && this.#mayTake(t)) {
+        best = t;
+        fewest = held;
+        if (held === 0) break;
+      }
+    }
+    return best;
   }
 
-  #take(tenant: string): () => void {
+  /** Why no tenant of a retry may take a place (#pick gave none). */
+  #why(): TcpHeldBack {
+    return this.#tcpInUse < this.#tcpMax ? 'sandbox' : 'global';
+  }
+
+  #take(tenants: TcpTenants, tenant: string): () => void {
+    if (tenant !== tenants.first) this.#onTcpJoined?.();
     this.#tcpInUse++;
     this.#tcpBy.set(tenant, (this.#tcpBy.get(tenant) ?? 0) + 1);
     let held = true;
@@ -156,23 +229,30 @@ export class QuerySockets {
     };
   }
 
-  /** Hands free places to waiters: the tenant holding fewest first, oldest first among equals. */
+  /**
+   * Hands free places to waiters: the one whose tenant to charge (#pick) holds fewest first,
+   * oldest first among equals.
+   */
   #handOn(): void {
     for (;;) {
       let best = -1;
+      let bestTenant = '';
       let fewest = Infinity;
       for (let i = 0; i < this.#tcpWaiting.length; i++) {
-        const w = this.#tcpWaiting[i]!;
-        const held = this.#tcpBy.get(w.tenant) ?? 0;
-        if (held < fewest && this.#mayTake(w.tenant)) {
+        const t = this.#pick(this.#tcpWaiting[i]!.tenants);
+        if (t === null) continue;
+        const held = this.#tcpBy.get(t) ?? 0;
+        if (held < fewest) {
           best = i;
+          bestTenant = t;
           fewest = held;
         }
       }
       if (best < 0) return;
       const [w] = this.#tcpWaiting.splice(best, 1);
       clearTimeout(w!.timer);
-      w!.grant(this.#take(w!.tenant));
+      w!.unwatch();
+      w!.grant(this.#take(w!.tenants, bestTenant));
     }
   }
 
@@ -193,6 +273,7 @@ export class QuerySockets {
     this.#closed = true;
     for (const w of this.#tcpWaiting.splice(0)) {
       clearTimeout(w.timer);
+      w.unwatch();
       w.grant(null);
     }
     for (const family of [4, 6] as const) {

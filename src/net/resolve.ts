@@ -11,7 +11,7 @@
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
 import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
-import { QuerySockets } from './query-sockets.ts';
+import { QuerySockets, TcpTenants } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
 
@@ -67,7 +67,8 @@ export class NameResolver {
   readonly #negativeTtlMs: number;
   readonly #onLookup: ResolverOptions['onLookup'];
   readonly #cache: AddressCache;
-  readonly #inflight = new Map<string, Promise<CachedAnswer>>();
+  /** Lookups on their way, and the tenants that asked them (the first, then those that joined). */
+  readonly #inflight = new Map<string, { answer: Promise<CachedAnswer>; tenants: TcpTenants }>();
   readonly #exchanges = new Set<AddressExchange>();
   readonly #sockets: QuerySockets;
   /** The sockets are this resolver's own, to close with it. */
@@ -109,8 +110,9 @@ export class NameResolver {
 
   /**
    * `tenant`: whose lookup this is (a sandbox id, or `source ADDR`): a retry over TCP takes a place
-   * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is charged to
-   * the one that started it.
+   * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is theirs too:
+   * its retry is charged to any of them with room in its share, so one that joins never waits on
+   * another's share. Its cache entry is charged to the one that started it.
    */
   async resolve(name: string, tenant = ''): Promise<ResolveResult> {
     const key = cacheKey(name);
@@ -118,15 +120,17 @@ export class NameResolver {
     const hit = this.#cache.get(key);
     if (hit) return this.#report(true, hit);
     let p = this.#inflight.get(key);
-    if (!p) {
-      p = this.#lookup(key, tenant);
-      this.#inflight.set(key, p);
-      const q = p;
-      void q.finally(() => {
+    if (p) p.tenants.join(tenant);
+    else {
+      const tenants = new TcpTenants(tenant);
+      const q = { answer: this.#lookup(key, tenants), tenants };
+      this.#inflight.set(key, q);
+      p = q;
+      void q.answer.finally(() => {
         if (this.#inflight.get(key) === q) this.#inflight.delete(key);
       });
     }
-    return this.#report(false, await p);
+    return this.#report(false, await p.answer);
   }
 
   /** Cancels in-flight queries (they settle as `error`) and refuses every later lookup. */
@@ -147,7 +151,7 @@ export class NameResolver {
     return r;
   }
 
-  #lookup(key: string, tenant: string): Promise<CachedAnswer> {
+  #lookup(key: string, tenants: TcpTenants): Promise<CachedAnswer> {
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
@@ -156,7 +160,7 @@ export class NameResolver {
       let delay: NodeJS.Timeout | null = null;
       const store = (): CachedAnswer => {
         const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
-        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs, tenant);
+        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs, tenants.first);
         return e.entry;
       };
       const settle = (): void => {
@@ -176,7 +180,7 @@ export class NameResolver {
           servers: this.#servers,
           deadline: Date.now() + this.#timeoutMs,
           retransmitMs: this.#retransmitMs,
-          tcpSlot: (ms) => this.#sockets.tcpSlot(ms, tenant),
+          tcpSlot: (ms) => this.#sockets.tcpSlot(ms, tenants),
         },
         (family, a) => {
           answers[family] = a;

@@ -195,6 +195,12 @@ export const METRICS = {
     help: "Retries over TCP of truncated DNS answers (the DNS listener's and the resolver's) that found no place at once and waited their turn within their deadline, by scope: sandbox (their sandbox held its share and no more than a share's worth of places was free) or global (every place was taken).",
     labels: ['scope'],
   },
+  dnsTcpRetriesJoined: {
+    name: 'egressd_dns_tcp_retries_joined_total',
+    type: 'counter',
+    help: 'Retries over TCP of truncated DNS answers whose place was charged to a sandbox that joined the query (asked the same question while it was on its way), not the one that asked first: the joiner held fewer places, or the first held its share.',
+    labels: [],
+  },
   dnsTcpConnections: {
     name: 'egressd_dns_tcp_connections',
     type: 'gauge',

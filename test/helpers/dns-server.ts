@@ -50,6 +50,7 @@ export class DnsTestServer {
   #port = 0;
   /** The TCP side on the same port (`start`'s `tcp`), and what serves its connections (tcp-dns.ts). */
   #tcp: Server | null = null;
+  readonly #tcpConnections = new Set<Socket>();
   onTcpConnection: (s: Socket) => void = (s) => s.destroy();
 
   private constructor(socket: UdpSocket) {
@@ -66,7 +67,11 @@ export class DnsTestServer {
     for (let attempt = 0; ; attempt++) {
       const server = await DnsTestServer.#bind(host, port);
       if (!o.tcp) return server;
-      const tcp = createServer((s) => server.onTcpConnection(s));
+      const tcp = createServer((s) => {
+        server.#tcpConnections.add(s);
+        s.once('close', () => server.#tcpConnections.delete(s));
+        server.onTcpConnection(s);
+      });
       const err = await new Promise<Error | null>((resolve) => {
         tcp.once('error', resolve);
         tcp.listen(server.#port, host, () => resolve(null));
@@ -116,9 +121,11 @@ export class DnsTestServer {
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
+  /** Closes both sides; TCP connections still held (a test's answer not yet sent) are closed too. */
   close(): Promise<void> {
     const tcp = this.#tcp;
     this.#tcp = null;
+    for (const c of this.#tcpConnections) c.destroy();
     return Promise.all([
       new Promise<void>((resolve) => this.#socket.close(() => resolve())),
       tcp ? new Promise<void>((resolve) => tcp.close(() => resolve())) : undefined,

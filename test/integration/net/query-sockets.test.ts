@@ -5,7 +5,7 @@
 
 import { createSocket } from 'node:dgram';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { QuerySockets, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
+import { QuerySockets, TcpTenants, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
 
 /** A UDP server on 127.0.0.1 that sends every datagram back; its port. */
 async function echo(): Promise<number> {
@@ -106,6 +106,41 @@ describe('QuerySockets', () => {
     expect(ra).not.toBeNull();
     expect(order).toEqual(['c', 'a']);
     for (const r of [...a, ra!]) r();
+    expect(pool.tcpInUse).toBe(0);
+  });
+
+  it("charges a shared query's retry to whichever of its tenants may take a place, one that joins while it waits too", async () => {
+    let joined = 0;
+    const pool = new QuerySockets({ tcpMax: 8, onTcpJoined: () => joined++ });
+    onTestFinished(() => pool.close());
+    const a: (() => void)[] = [];
+    for (let r = await pool.tcpSlot(0, 'a'); r !== null; r = await pool.tcpSlot(0, 'a')) a.push(r);
+    expect(a).toHaveLength(6);
+    // a's query, waiting: b joins it, and the retry takes a place of b's at once.
+    const shared = new TcpTenants('a');
+    const waiting = pool.tcpSlot(5_000, shared);
+    let granted = false;
+    void waiting.then(() => (granted = true));
+    await new Promise((r) => setImmediate(r));
+    expect(granted).toBe(false);
+    shared.join('b');
+    const rb = await waiting;
+    expect(rb).not.toBeNull();
+    expect(joined).toBe(1);
+    // Charged to b: b has one place of its share left, and a still none.
+    expect(await pool.tcpSlot(0, 'a')).toBeNull();
+    const b2 = await pool.tcpSlot(0, 'b');
+    expect(b2).not.toBeNull();
+    expect(await pool.tcpSlot(0, 'b')).toBeNull();
+    // A query already joined by a tenant holding fewer places is charged to it from the start.
+    b2!();
+    rb!();
+    const both = new TcpTenants('a');
+    both.join('c');
+    const rc = await pool.tcpSlot(0, both);
+    expect(rc).not.toBeNull();
+    expect(joined).toBe(2);
+    for (const r of [...a, rc!]) r();
     expect(pool.tcpInUse).toBe(0);
   });
 });

@@ -412,4 +412,38 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     // Each got its answer over TCP in turn, within the timeout.
     expect(results.filter((r) => r.ok)).toHaveLength(6);
   });
+
+  // A lookup another tenant joins is theirs too: its retries over TCP must not wait on the share of
+  // the tenant that started it. `a` holds all it may and waits for more; `b`, holding none, joins
+  // a's lookup of a truncated name: alone it would take a place at once, so joined it must too.
+  it("charges a joined lookup's retry over TCP to a joining tenant with room in its share", async () => {
+    const dns = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
+    onTestFinished(() => dns.close());
+    // The TCP side: a's own names are answered long after the test, the shared name at once.
+    tcpDns(
+      dns,
+      (q) => (q.type === 'A' ? [{ type: 'A', name: q.name, ttl: 60, data: '192.0.2.42' }] : []),
+      (q) => (q.name === 'shared.test' ? 0 : 60_000),
+    );
+    let heldBack = 0;
+    let joined = 0;
+    // Four places, a share of one: a takes three, then waits.
+    const sockets = new QuerySockets({ tcpMax: 4, onTcpHeldBack: () => heldBack++, onTcpJoined: () => joined++ });
+    onTestFinished(() => sockets.close());
+    // Longer than the test: before the fix, b's answer came only when a's wait gave up.
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 8_000, sockets });
+    onTestFinished(() => resolver.close());
+    for (const n of ['a0.test', 'a1.test', 'shared.test']) dns.set(n, { kind: 'answer', a: ['192.0.2.42'], ttl: 60, truncate: true });
+    void resolver.resolve('a0.test', 'a');
+    void resolver.resolve('a1.test', 'a');
+    // Four retries of a's (A and AAAA each): three placed, one held back.
+    for (let i = 0; i < 200 && (sockets.tcpInUse < 3 || heldBack < 1); i++) await new Promise((r) => setTimeout(r, 10));
+    const shared = resolver.resolve('shared.test', 'a');
+    for (let i = 0; i < 200 && heldBack < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    expect([sockets.tcpInUse, heldBack]).toEqual([3, 3]);
+    const b = await resolver.resolve('shared.test', 'b');
+    expect(b).toEqual({ ok: true, addresses: ['192.0.2.42'], cached: false });
+    expect(await shared).toEqual(b);
+    expect(joined).toBeGreaterThanOrEqual(1);
+  });
 });
