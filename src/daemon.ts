@@ -29,6 +29,7 @@ import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
 import { AnswerCache } from './dns/cache.ts';
 import { DnsListener } from './dns/listener.ts';
+import { DnsTcpConnections } from './dns/tcp-connections.ts';
 import { ResolvedNames } from './dns/memory.ts';
 import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
@@ -141,6 +142,8 @@ export class Daemon {
       log,
       onQuery: (e) => this.metrics.dnsQuery(e),
     });
+    // tcpPerSandbox and tcpTotal count every listener's connections together (v4 and v6 by default).
+    const dnsTcp = new DnsTcpConnections();
     for (const ep of config.listen.dns) {
       this.dnsListeners.push(
         new DnsListener(ep, {
@@ -154,6 +157,7 @@ export class Daemon {
             this.limits.dnsTcpRefused(source, why, reset);
           },
           onTcpShed: () => this.metrics.instruments.dnsTcpShed.inc(),
+          tcpConnections: dnsTcp,
         }),
       );
     }

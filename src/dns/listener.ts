@@ -1,13 +1,14 @@
 // One DNS endpoint (`listen.dns`): a UDP socket and a TCP server on the same address and port,
 // the REDIRECT target of the sandboxes' port 53. Over TCP (RFC 7766 §6.2) a connection may carry
 // several queries, answered as each is ready (in any order, §6.2.1.1), and is closed after an
-// idle period; each sandbox may hold a bounded number of connections. Each connection is a
-// descriptor of the process's budget (limits/admission.ts dnsTcp): past the listeners' total or
-// DNS's part of the budget, a connection with no query waiting is closed to make room (RFC 7766
-// §6.2.3 lets a server close idle connections under pressure), of the sandbox holding the most
-// — one idle for a while, or any answered one of a sandbox holding at least two more than the
-// newcomer's, so many sources that keep theirs busy still leave room for the others — else the
-// new one is refused.
+// idle period; each sandbox may hold a bounded number of connections, over every listener
+// (dns/tcp-connections.ts). Each connection is a descriptor of the process's budget
+// (limits/admission.ts dnsTcp): past the listeners' total or DNS's part of the budget, a
+// connection with no query waiting, on any listener, is closed to make room (RFC 7766 §6.2.3 lets
+// a server close idle connections under pressure), of the sandbox holding the most — one idle
+// for a while, or any answered one of a sandbox holding at least two more than the newcomer's, so
+// many sources that keep theirs busy still leave room for the others — else the new one is
+// refused.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -15,14 +16,10 @@ import type { Endpoint } from '../net/listener.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { frame, MAX_QUERY_BYTES, refusedFor } from './message.ts';
 import type { Transport } from './service.ts';
+import { DnsTcpConnections, type TcpConnection, type TcpHold } from './tcp-connections.ts';
 
 /** Why a TCP connection is refused: the sandbox's bound or share, the listeners' total, DNS's part of the budget. */
 export type TcpRefusal = 'sandbox' | 'total' | 'budget';
-
-/** A connection's descriptor in the budget, released once when it closes (idempotent). */
-export interface TcpHold {
-  release(): void;
-}
 
 export type DnsListenerStatus =
   { state: 'idle' } | { state: 'listening'; address: string; port: number } | { state: 'failed'; error: string } | { state: 'closed' };
@@ -41,19 +38,11 @@ export interface DnsListenerDeps {
   readonly onTcpRefused?: (source: string, why: TcpRefusal, reset: boolean) => void;
   /** Told of each idle connection closed to make room for a new one. */
   readonly onTcpShed?: () => void;
-}
-
-/** One served TCP connection. */
-interface TcpConnection {
-  readonly socket: Socket;
-  readonly key: string;
-  /** Queries read and not yet answered. */
-  waiting: number;
-  /** When it was accepted or last answered (performance.now()): idle once TCP_SHED_IDLE_MS ago with nothing waiting. */
-  active: number;
-  /** A query of it was answered: closing it between queries costs its client a reconnect, not an answer. */
-  answered: boolean;
-  hold: TcpHold | null;
+  /**
+   * The TCP connections of every DNS listener of the process, which tcpPerSandbox and the
+   * budget's total count together; this listener's own when absent.
+   */
+  readonly tcpConnections?: DnsTcpConnections;
 }
 
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
@@ -63,7 +52,7 @@ const TCP_PIPELINE = 16;
 /** How long a connection past the per-sandbox bound is given to send the query it is refused. */
 const TCP_REFUSE_MS = 2_000;
 /**
- * Connections past the bound held at once (all sandboxes) while their query is read; past
+ * Connections past the bound held at once (all sandboxes, every listener) while their query is read; past
  * this, they are reset without an answer, so a flood of them costs a bounded number of sockets.
  * One sandbox holds at most tcpPerSandbox of them, so its silent ones cannot turn the others'
  * refusals into resets.
@@ -92,17 +81,14 @@ export class DnsListener {
   #udpLoopback: UdpSocket | null = null;
   #tcp!: Server;
   #status: DnsListenerStatus = { state: 'idle' };
+  /** This listener's sockets, served or being refused, to close with it. */
   readonly #connections = new Set<Socket>();
-  /** The served connections (not those being refused), oldest first. */
-  readonly #served = new Set<TcpConnection>();
-  readonly #perKey = new Map<string, number>();
-  #refusing = 0;
-  /** Connections being refused, by sandbox. */
-  readonly #refusingBy = new Map<string, number>();
+  readonly #tcpAll: DnsTcpConnections;
 
   constructor(endpoint: Endpoint, deps: DnsListenerDeps) {
     this.endpoint = endpoint;
     this.#deps = deps;
+    this.#tcpAll = deps.tcpConnections ?? new DnsTcpConnections();
     this.#makeSockets();
   }
 
@@ -224,7 +210,7 @@ export class DnsListener {
     socket.on('error', () => {});
     const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
     const key = this.#deps.keyOf(source);
-    const held = this.#perKey.get(key) ?? 0;
+    const held = this.#tcpAll.held(key);
     if (this.#status.state !== 'listening') {
       socket.resetAndDestroy();
       return;
@@ -234,16 +220,12 @@ export class DnsListener {
     if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedFor(held)) hold = this.#deps.takeTcp?.(source, false) ?? null;
     if (typeof hold === 'string') return this.#refuse(socket, source, key, hold);
     const conn: TcpConnection = { socket, key, waiting: 0, active: performance.now(), answered: false, hold };
-    this.#perKey.set(key, held + 1);
     this.#connections.add(socket);
-    this.#served.add(conn);
+    this.#tcpAll.add(conn);
     socket.once('close', () => {
       conn.hold?.release();
-      this.#served.delete(conn);
+      this.#tcpAll.remove(conn);
       this.#connections.delete(socket);
-      const left = (this.#perKey.get(key) ?? 1) - 1;
-      if (left <= 0) this.#perKey.delete(key);
-      else this.#perKey.set(key, left);
     });
     socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
     let buf: Buffer = Buffer.alloc(0);
@@ -286,29 +268,9 @@ export class DnsListener {
     });
   }
 
-  /**
-   * Closes a connection with no query waiting so that a new one, whose sandbox holds `mine`, can
-   * have its descriptor: of the sandbox holding the most, its oldest that is idle
-   * (TCP_SHED_IDLE_MS), or answered when that sandbox holds at least two more than `mine`. Its
-   * descriptor is given back now (destroy closes it at once). False when there is none.
-   */
+  /** Closes a connection with no query waiting, on any listener, to make room (DnsTcpConnections.shedFor). */
   #shedFor(mine: number): boolean {
-    let pick: TcpConnection | null = null;
-    let most = 0;
-    const idleSince = performance.now() - TCP_SHED_IDLE_MS;
-    for (const c of this.#served) {
-      if (c.waiting > 0 || c.socket.destroyed) continue;
-      const n = this.#perKey.get(c.key) ?? 0;
-      if (n <= most) continue;
-      if (c.active <= idleSince || (c.answered && n >= mine + 2)) {
-        pick = c;
-        most = n;
-      }
-    }
-    if (pick === null) return false;
-    pick.hold?.release();
-    pick.hold = null;
-    pick.socket.destroy();
+    if (!this.#tcpAll.shedFor(mine, TCP_SHED_IDLE_MS)) return false;
     this.#deps.onTcpShed?.();
     return true;
   }
@@ -319,8 +281,7 @@ export class DnsListener {
    * learns why at once rather than retrying a reset, and the connection is closed.
    */
   #refuse(socket: Socket, source: string, key: string, why: TcpRefusal): void {
-    const mine = this.#refusingBy.get(key) ?? 0;
-    const room = this.#refusing < TCP_REFUSING_MAX && mine < this.#deps.tcpPerSandbox;
+    const room = this.#tcpAll.refusing < TCP_REFUSING_MAX && this.#tcpAll.refusingBy(key) < this.#deps.tcpPerSandbox;
     const hold = room ? (this.#deps.takeTcp?.(source, true) ?? { release: () => {} }) : null;
     if (hold === null || typeof hold === 'string') {
       // Not even a descriptor to answer with: reset at once.
@@ -329,15 +290,11 @@ export class DnsListener {
       return;
     }
     this.#deps.onTcpRefused?.(source, why, false);
-    this.#refusing++;
-    this.#refusingBy.set(key, mine + 1);
+    const uncount = this.#tcpAll.addRefusing(key);
     this.#connections.add(socket);
     socket.once('close', () => {
       hold.release();
-      this.#refusing--;
-      const left = (this.#refusingBy.get(key) ?? 1) - 1;
-      if (left <= 0) this.#refusingBy.delete(key);
-      else this.#refusingBy.set(key, left);
+      uncount();
       this.#connections.delete(socket);
     });
     socket.setTimeout(TCP_REFUSE_MS, () => socket.destroy());

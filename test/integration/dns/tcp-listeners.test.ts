@@ -1,0 +1,116 @@
+// The DNS listeners' TCP bounds count every listener's connections together (the default set-up
+// has two, `0.0.0.0` and `[::]`), through the whole daemon on loopback with two endpoints:
+// dns.limits.tcpTotal is reached by one listener's connections, so room for a newcomer on the
+// other must be made there; and a sandbox's dns.limits.tcpPerSandbox spans both.
+
+import { connect, type Socket } from 'node:net';
+import * as packet from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const A = '127.0.0.71';
+const B = '127.0.0.72';
+const C = '127.0.0.73';
+/** The two listeners' addresses. */
+const FIRST = '127.0.0.1';
+const SECOND = '127.0.0.2';
+
+describe('two DNS listeners', () => {
+  let upstream: DnsTestServer;
+  let d: LoopbackDaemon;
+  const port: Record<string, number> = {};
+  const open: Socket[] = [];
+
+  beforeAll(async () => {
+    upstream = await DnsTestServer.start();
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    const allow = { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } };
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server], limits: { tcpPerSandbox: 3, tcpTotal: 4 } },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: allow },
+          { id: 'sb-b', sources: [B], network: allow },
+          { id: 'sb-c', sources: [C], network: allow },
+        ],
+      }),
+    );
+    for (const l of d.daemon.dnsListeners) port[l.endpoint.host] = l.port!;
+  });
+  afterAll(async () => {
+    for (const s of open) s.destroy();
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  const scrape = async (re: RegExp): Promise<number> => Number(re.exec(await (await fetch(`${d.adminUrl}/metrics`)).text())?.[1] ?? 0);
+  const shedMetric = /^egressd_dns_tcp_connections_shed_total (\d+)$/m;
+  const refusedMetric = (scope: string): RegExp => new RegExp(`^egressd_dns_tcp_connections_refused_total\\{scope="${scope}"\\} (\\d+)$`, 'm');
+
+  /** A connection from `from` to the listener on `to`, and the rcode of one query asked on it. */
+  const ask = async (from: string, to: string): Promise<{ s: Socket; rcode: string | undefined }> => {
+    const s = connect({ host: to, port: port[to]!, localAddress: from });
+    s.on('error', () => {});
+    open.push(s);
+    return { s, rcode: (await readFrame(s, frame(query('fast.test')))).rcode };
+  };
+  const closed = (s: Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
+
+  it("makes room at dns.limits.tcpTotal on the listener holding the most, for a newcomer on the other, and bounds a sandbox's connections over both", async () => {
+    const shedBefore = await scrape(shedMetric);
+    const refusedBefore = await scrape(refusedMetric('sandbox'));
+    try {
+      // sb-a holds three on the first listener, its bound; one more on the second is past it too.
+      const a: Socket[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await ask(A, FIRST);
+        expect(r.rcode).toBe('NOERROR');
+        a.push(r.s);
+      }
+      expect((await ask(A, SECOND)).rcode).toBe('REFUSED');
+      expect((await scrape(refusedMetric('sandbox'))) - refusedBefore).toBe(1);
+      // sb-b takes the last of the total on the second.
+      expect((await ask(B, SECOND)).rcode).toBe('NOERROR');
+      // sb-c, holding none, two fewer than sb-a: sb-a's oldest answered one, on the first
+      // listener, makes room for it on the second.
+      expect((await ask(C, SECOND)).rcode).toBe('NOERROR');
+      await closed(a[0]!);
+      expect((await scrape(shedMetric)) - shedBefore).toBe(1);
+    } finally {
+      for (const s of open) s.destroy();
+    }
+  });
+});
+
+function query(name: string): Buffer {
+  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
+}
+
+function frame(msg: Buffer): Buffer {
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(msg.length);
+  return Buffer.concat([len, msg]);
+}
+
+/** Writes `msg` on the connection and reads one length-framed response (RFC 7766 §8), or the close. */
+function readFrame(s: Socket, msg: Buffer): Promise<{ rcode: string | undefined }> {
+  return new Promise((resolve) => {
+    let buf = Buffer.alloc(0);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) done('answer');
+    };
+    const onClose = (): void => done('closed');
+    const done = (how: 'answer' | 'closed'): void => {
+      s.off('data', onData);
+      s.off('close', onClose);
+      if (how === 'closed') resolve({ rcode: 'closed without an answer' });
+      else resolve({ rcode: (packet.decode(buf.subarray(2, buf.readUInt16BE(0) + 2)) as { rcode?: string }).rcode });
+    };
+    s.on('data', onData);
+    s.once('close', onClose);
+    s.write(msg);
+  });
+}
