@@ -158,6 +158,8 @@ export class Daemon {
           },
           onTcpShed: () => this.metrics.instruments.dnsTcpShed.inc(),
           tcpConnections: dnsTcp,
+          // Until serving, as the proxy listeners: before the limits start none would count it.
+          accepting: () => this.#state === 'serving',
         }),
       );
     }

@@ -43,6 +43,12 @@ export interface DnsListenerDeps {
    * budget's total count together; this listener's own when absent.
    */
   readonly tcpConnections?: DnsTcpConnections;
+  /**
+   * Whether a TCP connection may be taken now; one that may not is reset. The daemon's limits
+   * start only once every listener is bound (the budget is sized from what is then open): a
+   * connection taken sooner would be held in no budget. Always, when absent.
+   */
+  readonly accepting?: () => boolean;
 }
 
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
@@ -211,7 +217,7 @@ export class DnsListener {
     const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
     const key = this.#deps.keyOf(source);
     const held = this.#tcpAll.held(key);
-    if (this.#status.state !== 'listening') {
+    if (this.#status.state !== 'listening' || this.#deps.accepting?.() === false) {
       socket.resetAndDestroy();
       return;
     }

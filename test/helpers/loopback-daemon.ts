@@ -40,9 +40,13 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
 /**
  * `setup` picks where connections are set up (DaemonOptions.setup; `native` also starts the
  * loops when EGRESSD_DATA_PLANE=js had turned them off); default: as EGRESSD_DATA_PLANE says,
- * for the data phase too (src/net/native-splice.ts dataPlaneFromEnv).
+ * for the data phase too (src/net/native-splice.ts dataPlaneFromEnv). `beforeStart`: given the
+ * daemon made and not started (a test that acts while it starts).
  */
-export async function startLoopbackDaemon(config: Config, opts: { setup?: 'native' | 'node' } = {}): Promise<LoopbackDaemon> {
+export async function startLoopbackDaemon(
+  config: Config,
+  opts: { setup?: 'native' | 'node'; beforeStart?: (daemon: Daemon) => void } = {},
+): Promise<LoopbackDaemon> {
   if (opts.setup === 'native') useNativeLoops();
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<() => void>();
@@ -60,6 +64,7 @@ export async function startLoopbackDaemon(config: Config, opts: { setup?: 'nativ
     return r ? { kind: 'redirected', ...r } : { kind: 'not-redirected', why: 'no test route for this source' };
   };
   const daemon = new Daemon(config, log, { originalDst, ...(opts.setup ? { setup: opts.setup } : {}) });
+  opts.beforeStart?.(daemon);
   await daemon.start();
   const adminPort = daemon.admin.port!;
   return {

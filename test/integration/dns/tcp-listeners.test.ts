@@ -84,6 +84,65 @@ describe('two DNS listeners', () => {
   });
 });
 
+// The budget is sized once every listener is bound (limits/controller.ts start): a DNS connection
+// accepted by the first listener while the second still binds must not be held outside it. The
+// second's bind is held here until the first has taken or turned away a connection.
+describe('a DNS TCP connection arriving while the daemon starts', () => {
+  let upstream: DnsTestServer;
+  let d: LoopbackDaemon | undefined;
+  let early: Socket | undefined;
+  afterAll(async () => {
+    early?.destroy();
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  it('is turned away, not held outside the budget, and the first one after the start is counted', async () => {
+    upstream = await DnsTestServer.start();
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    let earlyClosed = false;
+    let dnsTcpBeforeStart = 0;
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server] },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
+      }),
+      {
+        beforeStart: (daemon) => {
+          const [first, second] = daemon.dnsListeners;
+          const listen = second!.listen.bind(second);
+          second!.listen = async () => {
+            for (let i = 0; i < 200 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            early = connect({ host: FIRST, port: first!.port!, localAddress: A });
+            early.on('error', () => {});
+            early.once('close', () => (earlyClosed = true));
+            for (let i = 0; i < 200 && !earlyClosed && dnsTcpBeforeStart === 0; i++) {
+              await new Promise((r) => setTimeout(r, 10));
+              dnsTcpBeforeStart = daemon.limits.snapshot().dnsTcp;
+            }
+            return listen();
+          };
+        },
+      },
+    );
+    const gauge = async (): Promise<number> =>
+      Number(/^egressd_dns_tcp_connections (\d+)$/m.exec(await (await fetch(`${d!.adminUrl}/metrics`)).text())?.[1] ?? -1);
+    // Held before the limits started, it would be in none: reset, as a proxied one is then.
+    expect(dnsTcpBeforeStart).toBe(0);
+    expect(earlyClosed).toBe(true);
+    expect(await gauge()).toBe(0);
+    const s = connect({ host: FIRST, port: d.daemon.dnsListeners[0]!.port!, localAddress: A });
+    s.on('error', () => {});
+    try {
+      expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+      expect(await gauge()).toBe(1);
+    } finally {
+      s.destroy();
+    }
+  });
+});
+
 function query(name: string): Buffer {
   return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
 }
