@@ -113,11 +113,11 @@ describe('a DNS TCP connection arriving while the daemon starts', () => {
           const [first, second] = daemon.dnsListeners;
           const listen = second!.listen.bind(second);
           second!.listen = async () => {
-            for (let i = 0; i < 200 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            for (let i = 0; i < 1000 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
             early = connect({ host: FIRST, port: first!.port!, localAddress: A });
             early.on('error', () => {});
             early.once('close', () => (earlyClosed = true));
-            for (let i = 0; i < 200 && !earlyClosed && dnsTcpBeforeStart === 0; i++) {
+            for (let i = 0; i < 1000 && !earlyClosed && dnsTcpBeforeStart === 0; i++) {
               await new Promise((r) => setTimeout(r, 10));
               dnsTcpBeforeStart = daemon.limits.snapshot().dnsTcp;
             }

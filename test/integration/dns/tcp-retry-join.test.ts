@@ -34,8 +34,9 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     upstream.set(SHARED, { kind: 'answer', a: ['198.18.3.3'], ttl: 60, truncate: true });
     d = await startLoopbackDaemon(
       loopbackConfig({
-        // Far longer than dig's 2 s: A's retries wait for a place until then.
-        dns: { servers: [upstream.server], timeoutMs: 6000 },
+        // Far longer than the test: A's retries wait for a place until then, and the forwarder's
+        // second attempt (at half of it) brings no second truncated answer meanwhile.
+        dns: { servers: [upstream.server], timeoutMs: 20_000 },
         sandboxes: [
           { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.flood.test', SHARED] } } },
           { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: [SHARED] } } },
@@ -64,7 +65,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     s.bind(0, A, () => s.send(query(name), port, '127.0.0.1'));
   };
   const waitFor = async (what: () => Promise<boolean>): Promise<void> => {
-    for (let i = 0; i < 200 && !(await what()); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 500 && !(await what()); i++) await new Promise((r) => setTimeout(r, 20));
     expect(await what()).toBe(true);
   };
 

@@ -430,16 +430,17 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     // Four places, a share of one: a takes three, then waits.
     const sockets = new QuerySockets({ tcpMax: 4, onTcpHeldBack: () => heldBack++, onTcpJoined: () => joined++ });
     onTestFinished(() => sockets.close());
-    // Longer than the test: before the fix, b's answer came only when a's wait gave up.
-    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 8_000, sockets });
+    // Far longer than the test: before the fix, b's answer came only when a's wait gave up; and
+    // no retransmission (at half of it) brings more truncated answers meanwhile.
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 20_000, sockets });
     onTestFinished(() => resolver.close());
     for (const n of ['a0.test', 'a1.test', 'shared.test']) dns.set(n, { kind: 'answer', a: ['192.0.2.42'], ttl: 60, truncate: true });
     void resolver.resolve('a0.test', 'a');
     void resolver.resolve('a1.test', 'a');
     // Four retries of a's (A and AAAA each): three placed, one held back.
-    for (let i = 0; i < 200 && (sockets.tcpInUse < 3 || heldBack < 1); i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 1000 && (sockets.tcpInUse < 3 || heldBack < 1); i++) await new Promise((r) => setTimeout(r, 10));
     const shared = resolver.resolve('shared.test', 'a');
-    for (let i = 0; i < 200 && heldBack < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 1000 && heldBack < 3; i++) await new Promise((r) => setTimeout(r, 10));
     expect([sockets.tcpInUse, heldBack]).toEqual([3, 3]);
     const b = await resolver.resolve('shared.test', 'b');
     expect(b).toEqual({ ok: true, addresses: ['192.0.2.42'], cached: false });
