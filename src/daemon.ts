@@ -384,7 +384,9 @@ export class Daemon {
     )
       .filter(([, k]) => !same(k))
       .map(([name]) => name);
-    this.#config = Object.freeze({ ...next, listen: before.listen, admin: { ...next.admin, listen: before.admin.listen } });
+    // dns.* too: the listeners and the forwarder were built from it, and half of a change (a new
+    // tcpTotal read live beside the listeners' old tcpPerSandbox) is a bound nobody configured.
+    this.#config = Object.freeze({ ...next, listen: before.listen, dns: before.dns, admin: { ...next.admin, listen: before.admin.listen } });
     // The native loops read the first flight under the peek's times themselves: they take the new ones.
     if (!same((c) => c.peek)) this.nativeSetup?.peekRulesChanged();
     let changed = false;

@@ -22,21 +22,23 @@ describe('two DNS listeners', () => {
   const port: Record<string, number> = {};
   const open: Socket[] = [];
 
+  const configWith = (limits: Record<string, number>): ReturnType<typeof loopbackConfig> => {
+    const allow = { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } };
+    return loopbackConfig({
+      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+      dns: { servers: [upstream.server], limits },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: allow },
+        { id: 'sb-b', sources: [B], network: allow },
+        { id: 'sb-c', sources: [C], network: allow },
+      ],
+    });
+  };
+
   beforeAll(async () => {
     upstream = await DnsTestServer.start();
     upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
-    const allow = { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } };
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
-        dns: { servers: [upstream.server], limits: { tcpPerSandbox: 3, tcpTotal: 4 } },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: allow },
-          { id: 'sb-b', sources: [B], network: allow },
-          { id: 'sb-c', sources: [C], network: allow },
-        ],
-      }),
-    );
+    d = await startLoopbackDaemon(configWith({ tcpPerSandbox: 3, tcpTotal: 4 }));
     for (const l of d.daemon.dnsListeners) port[l.endpoint.host] = l.port!;
   });
   afterAll(async () => {
@@ -78,6 +80,22 @@ describe('two DNS listeners', () => {
       expect((await ask(C, SECOND)).rcode).toBe('NOERROR');
       await closed(a[0]!);
       expect((await scrape(shedMetric)) - shedBefore).toBe(1);
+    } finally {
+      for (const s of open) s.destroy();
+    }
+  });
+
+  // dns.* takes effect at a restart (docs/config.md, reload): a reload must not apply the new
+  // total while the listeners keep the old per-sandbox bound, nor the other way round.
+  it('keeps the DNS TCP bounds it started with across a reload, and says a restart is needed', async () => {
+    const gauge = async (): Promise<number> => scrape(/^egressd_dns_tcp_connections (\d+)$/m);
+    for (let i = 0; i < 500 && (await gauge()) > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await gauge()).toBe(0);
+    const r = d.daemon.reload(configWith({ tcpPerSandbox: 1, tcpTotal: 1 }));
+    expect(r).toMatchObject({ ok: true, needsRestart: ['dns'] });
+    try {
+      for (let i = 0; i < 3; i++) expect((await ask(A, i % 2 === 0 ? FIRST : SECOND)).rcode).toBe('NOERROR');
+      expect((await ask(A, FIRST)).rcode).toBe('REFUSED');
     } finally {
       for (const s of open) s.destroy();
     }
