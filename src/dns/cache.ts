@@ -2,7 +2,8 @@
 // sections), kept for their TTL (lru-cache) for the next sandbox asking the same question. The
 // addresses of A and AAAA answers also go into the resolver's address cache (net/dns-cache.ts),
 // so the address a sandbox was given and the address egressd dials come from one answer.
-// Each answer is charged to the sandbox whose query fetched it. When the cache is full, the
+// Each answer is charged to the sandbox whose query fetched it (of several asking at once, the one
+// holding fewest: dns/service.ts #fetch). When the cache is full, the
 // sandbox holding the most answers loses its oldest (not the least recently used of all), so one
 // sandbox asking thousands of names it may reach evicts its own answers, not the others'; room
 // nobody else uses is its to fill.

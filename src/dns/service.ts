@@ -21,7 +21,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
-import { TcpTenants } from '../net/query-sockets.ts';
+import { QueryTenants } from '../net/query-sockets.ts';
 
 export type Transport = 'udp' | 'tcp';
 
@@ -60,7 +60,7 @@ export class DnsService {
   readonly #inflightBy = new Map<string, number>();
   #inflight = 0;
   /** Questions on their way upstream, and the sandboxes that asked them (the first, then those that joined). */
-  readonly #pending = new Map<string, { answer: Promise<Answered | { failed: string }>; tenants: TcpTenants }>();
+  readonly #pending = new Map<string, { answer: Promise<Answered | { failed: string }>; tenants: QueryTenants }>();
   /** Per sandbox: when a rate-limit line was last logged and how many were not logged since. */
   readonly #limitLog = new Map<string, { at: number; suppressed: number }>();
 
@@ -212,10 +212,10 @@ export class DnsService {
   }
 
   /**
-   * One upstream query per question in flight, however many sandboxes ask it at once. Its cache
-   * entries are charged to `key`, the sandbox that asked first; a retry over TCP to any sandbox
-   * that asked it with room in its share (net/query-sockets.ts TcpTenants), so one that joins
-   * never waits on another's share.
+   * One upstream query per question in flight, however many sandboxes ask it at once. It is each
+   * asker's as if it had asked alone (net/query-sockets.ts QueryTenants): a retry over TCP takes a
+   * place of any of them with room in its share, and the answer is charged, in each cache, to the
+   * one holding fewest there, so a sandbox flooding a cache never evicts an answer another asked.
    */
   #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
     const pending = this.#pending.get(answerKey);
@@ -223,12 +223,17 @@ export class DnsService {
       pending.tenants.join(key);
       return pending.answer;
     }
-    const tenants = new TcpTenants(key);
+    const tenants = new QueryTenants(key);
     const answer = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, tenants).then((r) => {
       if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
       const a = this.#prepare(r.answered);
-      this.#deps.cache.set(answerKey, a, key);
-      this.#share(q.name, a, key);
+      const cache = this.#deps.cache;
+      cache.set(
+        answerKey,
+        a,
+        tenants.fewest((t) => cache.heldBy(t)),
+      );
+      this.#share(q.name, a, tenants);
       return a;
     });
     this.#pending.set(answerKey, { answer, tenants });
@@ -261,7 +266,7 @@ export class DnsService {
    * Puts the addresses of an A or AAAA answer into the data path's address cache, beside what
    * it already holds for the name (the other family), for the shorter of the two TTLs.
    */
-  #share(name: string, a: Answered, owner: string): void {
+  #share(name: string, a: Answered, tenants: QueryTenants): void {
     const cache = this.#deps.addresses;
     const key = cacheKey(name);
     if (!cache || key === null || a.rcode !== 0) return;
@@ -280,7 +285,12 @@ export class DnsService {
       found.push(...old.addresses);
       ttlMs = Math.min(ttlMs, cache.remainingMs(key));
     }
-    cache.set(key, { ok: true, addresses: [...new Set(found)] }, ttlMs, owner);
+    cache.set(
+      key,
+      { ok: true, addresses: [...new Set(found)] },
+      ttlMs,
+      tenants.fewest((t) => cache.heldBy(t)),
+    );
   }
 
   #remember(sandbox: string, name: string, a: Answered, ageS: number): void {

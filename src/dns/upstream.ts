@@ -10,7 +10,7 @@ import { randomInt } from 'node:crypto';
 import { connect, isIP } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import { parseDnsServer } from '../net/dns-client.ts';
-import { QuerySockets, type SentQuery, type TcpTenants } from '../net/query-sockets.ts';
+import { QuerySockets, type SentQuery, type QueryTenants } from '../net/query-sockets.ts';
 import { frame, parseUpstreamReply, upstreamQuery, type Answered } from './message.ts';
 
 export interface UpstreamServer {
@@ -72,7 +72,7 @@ export class Forwarder {
    * id, or `source ADDR`; or the tenants of a query others joined), charged for a retry over TCP
    * (net/query-sockets.ts tcpSlot).
    */
-  query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean, tenant: string | TcpTenants = ''): Promise<ForwardResult> {
+  query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean, tenant: string | QueryTenants = ''): Promise<ForwardResult> {
     const started = performance.now();
     const ms = (): number => performance.now() - started;
     if (this.#closed) return Promise.resolve({ ok: false, cause: 'error', detail: 'forwarder closed', ms: 0 });
@@ -142,7 +142,7 @@ export class Forwarder {
     dnssecOk: boolean,
     checkingDisabled: boolean,
     budgetMs: number,
-    tenant: string | TcpTenants,
+    tenant: string | QueryTenants,
   ): Promise<{ ok: true; answered: Answered } | { ok: false; detail: string }> {
     if (budgetMs <= 0) return { ok: false, detail: 'no time left for TCP' };
     // A TCP retry is a descriptor of its own: one of the process's places (net/query-sockets.ts),

@@ -14,7 +14,7 @@
 // sandbox whose query it is): a tenant holds at most its share (tcpShare) while the places left
 // free are fewer than a share, so one sandbox whose answers all come back truncated cannot hold
 // every place; a freed place goes to the waiting tenant holding fewest. A query other tenants
-// joined (the same question asked while it was on its way) is theirs too (TcpTenants): its retry
+// joined (the same question asked while it was on its way) is theirs too (QueryTenants): its retry
 // is charged to whichever of them may take a place, so a tenant that joins never waits longer
 // than it would have alone.
 
@@ -36,7 +36,7 @@ export function tcpShare(tcpMax: number): number {
 }
 
 /**
- * Tenants beyond the first a TcpTenants keeps. At most tcpMax (≤ TCP_RETRIES in the daemon)
+ * Tenants beyond the first a QueryTenants keeps. At most tcpMax (≤ TCP_RETRIES in the daemon)
  * tenants hold a place at any time, so among more than that one always holds none: a longer list
  * would never find a place a shorter one does not.
  */
@@ -44,9 +44,10 @@ export const JOINED_MAX = TCP_RETRIES + 1;
 
 /**
  * The tenants a shared query is for: the one that asked first, then each that joined it while it
- * was on its way (up to JOINED_MAX more). Its retries over TCP may be charged to any of them.
+ * was on its way (up to JOINED_MAX more). Its retries over TCP may be charged to any of them, and
+ * so may its answer in a cache (fewest), so a tenant that joins pays as if it had asked alone.
  */
-export class TcpTenants {
+export class QueryTenants {
   readonly first: string;
   readonly #all: Set<string>;
   /** Told when a tenant joins: a retry of the query waiting may now have a place. */
@@ -62,6 +63,21 @@ export class TcpTenants {
     if (this.#all.has(tenant) || this.#all.size > JOINED_MAX) return;
     this.#all.add(tenant);
     for (const f of [...this.#onJoin]) f();
+  }
+
+  /** Of the tenants, the one for which `held` is least (the earliest among equals). */
+  fewest(held: (tenant: string) => number): string {
+    let best = this.first;
+    let least = Infinity;
+    for (const t of this.#all) {
+      const n = held(t);
+      if (n < least) {
+        best = t;
+        least = n;
+        if (n === 0) break;
+      }
+    }
+    return best;
   }
 
   /** The tenants, the first first, then in the order they joined. */
@@ -93,7 +109,7 @@ export interface SentQuery {
 }
 
 interface TcpWaiter {
-  readonly tenants: TcpTenants;
+  readonly tenants: QueryTenants;
   readonly grant: (release: (() => void) | null) => void;
   readonly timer: NodeJS.Timeout;
   readonly unwatch: () => void;
@@ -153,9 +169,9 @@ export class QuerySockets {
    * ends (idempotent): at once while a tenant may take one (#mayTake), else when one is handed on
    * within `waitMs` (a tenant joining meanwhile may take it); null when none was, or once closed.
    */
-  tcpSlot(waitMs: number, tenant: string | TcpTenants = ''): Promise<(() => void) | null> {
+  tcpSlot(waitMs: number, tenant: string | QueryTenants = ''): Promise<(() => void) | null> {
     if (this.#closed) return Promise.resolve(null);
-    const tenants = typeof tenant === 'string' ? new TcpTenants(tenant) : tenant;
+    const tenants = typeof tenant === 'string' ? new QueryTenants(tenant) : tenant;
     const now = this.#pick(tenants);
     if (now !== null) return Promise.resolve(this.#take(tenants, now));
     this.#onTcpHeldBack?.(this.#why());
@@ -194,7 +210,7 @@ export class QuerySockets {
    * Of `tenants`, the one a place is charged to now: of those that may take one, the one holding
    * fewest (the earliest among equals); null when none may.
    */
-  #pick(tenants: TcpTenants): string | null {
+  #pick(tenants: QueryTenants): string | null {
     let best: string | null = null;
     let fewest = Infinity;
     for (const t of tenants.all) {
@@ -213,7 +229,7 @@ export class QuerySockets {
     return this.#tcpInUse < this.#tcpMax ? 'sandbox' : 'global';
   }
 
-  #take(tenants: TcpTenants, tenant: string): () => void {
+  #take(tenants: QueryTenants, tenant: string): () => void {
     if (tenant !== tenants.first) this.#onTcpJoined?.();
     this.#tcpInUse++;
     this.#tcpBy.set(tenant, (this.#tcpBy.get(tenant) ?? 0) + 1);

@@ -11,7 +11,7 @@
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
 import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
-import { QuerySockets, TcpTenants } from './query-sockets.ts';
+import { QuerySockets, QueryTenants } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
 
@@ -68,7 +68,7 @@ export class NameResolver {
   readonly #onLookup: ResolverOptions['onLookup'];
   readonly #cache: AddressCache;
   /** Lookups on their way, and the tenants that asked them (the first, then those that joined). */
-  readonly #inflight = new Map<string, { answer: Promise<CachedAnswer>; tenants: TcpTenants }>();
+  readonly #inflight = new Map<string, { answer: Promise<CachedAnswer>; tenants: QueryTenants }>();
   readonly #exchanges = new Set<AddressExchange>();
   readonly #sockets: QuerySockets;
   /** The sockets are this resolver's own, to close with it. */
@@ -111,8 +111,8 @@ export class NameResolver {
   /**
    * `tenant`: whose lookup this is (a sandbox id, or `source ADDR`): a retry over TCP takes a place
    * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is theirs too:
-   * its retry is charged to any of them with room in its share, so one that joins never waits on
-   * another's share. Its cache entry is charged to the one that started it.
+   * its retry is charged to any of them with room in its share, and its cache entry to the one
+   * holding fewest, so one that joins pays as if it had asked alone, never on another's account.
    */
   async resolve(name: string, tenant = ''): Promise<ResolveResult> {
     const key = cacheKey(name);
@@ -122,7 +122,7 @@ export class NameResolver {
     let p = this.#inflight.get(key);
     if (p) p.tenants.join(tenant);
     else {
-      const tenants = new TcpTenants(tenant);
+      const tenants = new QueryTenants(tenant);
       const q = { answer: this.#lookup(key, tenants), tenants };
       this.#inflight.set(key, q);
       p = q;
@@ -151,7 +151,7 @@ export class NameResolver {
     return r;
   }
 
-  #lookup(key: string, tenants: TcpTenants): Promise<CachedAnswer> {
+  #lookup(key: string, tenants: QueryTenants): Promise<CachedAnswer> {
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
@@ -160,7 +160,13 @@ export class NameResolver {
       let delay: NodeJS.Timeout | null = null;
       const store = (): CachedAnswer => {
         const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
-        if (!this.#closed) this.#cache.set(key, e.entry, e.ttlMs, tenants.first);
+        if (!this.#closed)
+          this.#cache.set(
+            key,
+            e.entry,
+            e.ttlMs,
+            tenants.fewest((t) => this.#cache.heldBy(t)),
+          );
         return e.entry;
       };
       const settle = (): void => {

@@ -4,7 +4,9 @@
 // own answers, not another sandbox's — neither its DNS answers nor the addresses its connections
 // are dialed to.
 
+import { createSocket } from 'node:dgram';
 import { createServer, connect, type AddressInfo } from 'node:net';
+import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
@@ -13,6 +15,7 @@ import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../
 const A = '127.0.0.71';
 const B = '127.0.0.72';
 const ENTRIES = 20;
+const SHARED = 'shared.slow.test';
 
 describe.skipIf(!haveDig)("the DNS listener's answer cache", () => {
   let upstream: DnsTestServer;
@@ -22,14 +25,18 @@ describe.skipIf(!haveDig)("the DNS listener's answer cache", () => {
   beforeAll(async () => {
     upstream = await DnsTestServer.start();
     for (let i = 0; i < 2 * ENTRIES; i++) upstream.set(`n${i}.flood.test`, { kind: 'answer', a: ['198.18.5.1'], ttl: 300 });
+    for (let i = 0; i < 2 * ENTRIES; i++) upstream.set(`m${i}.flood.test`, { kind: 'answer', a: ['198.18.5.1'], ttl: 300 });
+    // Slow, so a second sandbox's query joins the first's on its way (and faster than the
+    // forwarder's second attempt, at half of dns.timeoutMs).
+    upstream.set(SHARED, { kind: 'answer', a: ['198.18.5.3'], ttl: 300, delayMs: 1500 });
     upstream.set('b.cached.test', { kind: 'answer', a: ['198.18.5.2'], ttl: 300 });
     upstream.set('b.dial.test', { kind: 'answer', a: ['127.0.0.1'], ttl: 300 });
     d = await startLoopbackDaemon(
       loopbackConfig({
-        dns: { servers: [upstream.server], cacheEntries: ENTRIES, limits: { perSecond: 10_000, burst: 10_000 } },
+        dns: { servers: [upstream.server], timeoutMs: 8000, cacheEntries: ENTRIES, limits: { perSecond: 10_000, burst: 10_000 } },
         sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.flood.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['b.cached.test', 'b.dial.test'] } } },
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.flood.test', SHARED] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['b.cached.test', 'b.dial.test', SHARED] } } },
         ],
       }),
     );
@@ -76,4 +83,40 @@ describe.skipIf(!haveDig)("the DNS listener's answer cache", () => {
     expect(d.daemon.dnsCache.heldBy('sb-a')).toBe(ENTRIES - 1);
     expect(d.daemon.dnsCache.heldBy('sb-b')).toBe(1);
   });
+
+  // An answer both sandboxes asked for, B joining A's query on its way, is charged to the one
+  // holding fewer answers, as if B had asked alone: A's flood then evicts A's own, not it.
+  it("keeps an answer another sandbox's query was joined for while that sandbox floods the cache", async () => {
+    for (let i = 0; i < ENTRIES; i++) expect(await digFrom(port, A, `m${i}.flood.test`, 'A', '+short')).toBe('198.18.5.1\n');
+    const aAsked = askUdp(A, SHARED);
+    for (let i = 0; i < 500 && upstream.count(SHARED, 'A') === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const bAsked = askUdp(B, SHARED);
+    expect(await Promise.all([aAsked, bAsked])).toEqual([['198.18.5.3'], ['198.18.5.3']]);
+    expect(upstream.count(SHARED, 'A')).toBe(1);
+    for (let i = ENTRIES; i < 2 * ENTRIES; i++) expect(await digFrom(port, A, `m${i}.flood.test`, 'A', '+short')).toBe('198.18.5.1\n');
+    expect(await askUdp(B, SHARED)).toEqual(['198.18.5.3']);
+    expect(upstream.count(SHARED, 'A')).toBe(1);
+  });
+
+  /** The A records of the answer to one query from `from` over UDP (no retry: loopback loses nothing). */
+  const askUdp = (from: string, name: string): Promise<string[]> =>
+    new Promise((resolve, reject) => {
+      const s = createSocket('udp4');
+      const timer = setTimeout(() => {
+        s.close();
+        reject(new Error(`no answer for ${name} within 10 s`));
+      }, 10_000);
+      s.on('message', (m) => {
+        clearTimeout(timer);
+        s.close();
+        resolve((packet.decode(m).answers ?? []).filter((a) => a.type === 'A').map((a) => String((a as { data?: unknown }).data)));
+      });
+      s.bind(0, from, () =>
+        s.send(
+          packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] }),
+          port,
+          '127.0.0.1',
+        ),
+      );
+    });
 });

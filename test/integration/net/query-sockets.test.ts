@@ -5,7 +5,7 @@
 
 import { createSocket } from 'node:dgram';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { QuerySockets, TcpTenants, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
+import { QuerySockets, QueryTenants, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
 
 /** A UDP server on 127.0.0.1 that sends every datagram back; its port. */
 async function echo(): Promise<number> {
@@ -117,7 +117,7 @@ describe('QuerySockets', () => {
     for (let r = await pool.tcpSlot(0, 'a'); r !== null; r = await pool.tcpSlot(0, 'a')) a.push(r);
     expect(a).toHaveLength(6);
     // a's query, waiting: b joins it, and the retry takes a place of b's at once.
-    const shared = new TcpTenants('a');
+    const shared = new QueryTenants('a');
     const waiting = pool.tcpSlot(5_000, shared);
     let granted = false;
     void waiting.then(() => (granted = true));
@@ -135,7 +135,7 @@ describe('QuerySockets', () => {
     // A query already joined by a tenant holding fewer places is charged to it from the start.
     b2!();
     rb!();
-    const both = new TcpTenants('a');
+    const both = new QueryTenants('a');
     both.join('c');
     const rc = await pool.tcpSlot(0, both);
     expect(rc).not.toBeNull();
