@@ -53,7 +53,7 @@ export interface DnsListenerDeps {
 
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
 const TCP_IDLE_MS = 10_000;
-/** Queries one TCP connection may have waiting for an answer. */
+/** Queries one TCP connection may have waiting for an answer; past it, its queries are not read. */
 const TCP_PIPELINE = 16;
 /** How long a connection past the per-sandbox bound is given to send the query it is refused. */
 const TCP_REFUSE_MS = 2_000;
@@ -236,9 +236,14 @@ export class DnsListener {
     socket.setTimeout(TCP_IDLE_MS, () => socket.destroy());
     let buf: Buffer = Buffer.alloc(0);
     let ended = false;
-    socket.on('data', (d: Buffer) => {
-      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
-      while (buf.length >= 2) {
+    // Queries are taken from what was read only while fewer than TCP_PIPELINE wait and the client
+    // has taken the answers written so far; otherwise reading stops (the rest waits in `buf`) until
+    // an answer is done or the answers drain. A client that pipelines without reading would make
+    // egressd buffer answers without bound; paused, it holds one socket buffer, and a connection
+    // that neither reads nor sends meets the idle timeout.
+    const room = (): boolean => conn.waiting < TCP_PIPELINE && !socket.writableNeedDrain;
+    const pump = (): void => {
+      while (room() && buf.length >= 2) {
         const len = buf.readUInt16BE(0);
         if (len > MAX_QUERY_BYTES) {
           socket.destroy();
@@ -247,10 +252,6 @@ export class DnsListener {
         if (buf.length < len + 2) break;
         const msg = Buffer.from(buf.subarray(2, len + 2));
         buf = buf.subarray(len + 2);
-        if (conn.waiting >= TCP_PIPELINE) {
-          // A client that sends faster than it reads is paused, not buffered without bound.
-          socket.pause();
-        }
         conn.waiting++;
         void this.#deps
           .answer(msg, source, 'tcp')
@@ -262,11 +263,19 @@ export class DnsListener {
             conn.waiting--;
             conn.active = performance.now();
             conn.answered = true;
-            if (conn.waiting < TCP_PIPELINE && socket.isPaused()) socket.resume();
+            pump();
             if (ended && conn.waiting === 0) socket.end();
           });
       }
+      if (socket.destroyed) return;
+      if (!room()) socket.pause();
+      else if (socket.isPaused()) socket.resume();
+    };
+    socket.on('data', (d: Buffer) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      pump();
     });
+    socket.on('drain', pump);
     // A client that half-closes after its queries still gets every answer (RFC 7766 §6.2.4).
     socket.on('end', () => {
       ended = true;
