@@ -504,7 +504,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
     free(c->dir[s].pending);
     c->dir[s].pending = NULL;
   }
-  close_attempts(c, end == SL_END_ABORTED ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
+  close_attempts(c, end == SL_END_ABORTED || end == SL_END_CLIENT_RESET ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
   free(c->dial);
   free(c->peek);
   free(c->answer);
@@ -1608,6 +1608,21 @@ static void bury(sl_loop *l) {
   }
 }
 
+// The client reset (or its socket failed) while its connection waited for a command (its name
+// being resolved, its verdict judged again) or its upstream was dialed: no one is left to carry
+// anything for, so the dial is cancelled at once, every attempt's descriptor closed, and the
+// connection reported as the client's reset, rather than held for up to the connect timeout (a
+// sandbox resetting in a loop toward an address that never answers would hold a dial each time).
+// Nothing it sent goes upstream: without egressd between them, its connection would have ended
+// before the upstream's handshake, with no byte through. A FIN is not that (EPOLLRDHUP alone:
+// the client half-closed and still reads its answer); EPOLLHUP or EPOLLERR is a socket closed.
+static void client_left(sl_loop *l, sl_conn *c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd[CLIENT], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  conn_close(l, c, SL_END_CLIENT_RESET, err != 0 ? err : ECONNRESET, 2);
+}
+
 // `attempt`: the dial's attempt the upstream socket was (conn_key).
 static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_t events) {
   if (side == UPSTREAM) {
@@ -1645,7 +1660,11 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_
     case ST_REFUSE:
       if (side == CLIENT) refuse_run(l, c);
       return;
-    default: return; // waiting for a command; the command looks at the socket itself
+    case ST_WAIT:
+    case ST_DIAL:
+      if (side == CLIENT && (events & (EPOLLHUP | EPOLLERR))) client_left(l, c);
+      return; // else waiting for a command, or the dial; the command looks at the socket itself
+    default: return;
   }
 }
 

@@ -1598,34 +1598,88 @@ static void test_setup_cap_of_unanswered(sl_loop *l, const struct sockaddr_in *f
   for (int i = 0; i < N; i++) close(clients[i]);
 }
 
-// The stages before the splice: a client that sends more and resets while its dial is still in
-// flight (the first address does not answer) has every byte it sent, the peeked flight first,
-// passed on to the upstream once the dial connects, and then the reset.
+// A connection waiting in the upstream listener's queue, accepted (blocking), or -1 after `ms`.
+static int accept_within(int ms) {
+  struct pollfd p = {.fd = listener, .events = POLLIN};
+  if (poll(&p, 1, ms) != 1) return -1;
+  return accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+}
+
+// A client that resets while its upstream is dialed (the first address does not answer) ends
+// the dial at once: every attempt's descriptor closed, the outcome the client's reset, and nothing
+// it sent goes upstream (without egressd between them its connection would have ended before the
+// upstream's handshake). Before, the dial went on for the whole connect timeout (20 s here), the
+// next address was dialed and given the client's bytes.
 static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockaddr_in *front) {
+  blackhole bh = blackhole_open();
   int client;
   uint64_t id = accept_with(l, front, "flight", &client);
-  blackhole bh = blackhole_open();
+  int before = open_fds();
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
-  sl_loop_dial(l, id, addrs, 2, 5000, 150, SL_MAX_ADDRS, 10000, 0, false, 0);
+  sl_loop_dial(l, id, addrs, 2, 20000, 150, SL_MAX_ADDRS, 10000, 0, false, 0);
   write_all(client, "more bytes", 10);
+  usleep(20 * 1000); // the dial is under way (a reset before it is the next test's)
   reset_close(client);
-  int upstream = -1;
-  for (int i = 0; i < 300 && upstream < 0; i++) {
-    upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (upstream < 0) usleep(10 * 1000);
-  }
-  CHECK(upstream >= 0, "the dial never reached the upstream");
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset (connect timeout 20 s)");
+  CHECK(o.end == SL_END_CLIENT_RESET && o.err == ECONNRESET && o.dialed == -1 && o.bytes_up == 0, "end %d, err %d, dialed %d, %llu up", o.end, o.err,
+        o.dialed, (unsigned long long)o.bytes_up);
+  CHECK(o.attempts >= 1 && o.attempt_err[0] == SL_ATTEMPT_CANCELLED, "%d attempts, the first ended %d", o.attempts, o.attempt_err[0]);
+  // The test's client and the loop's, and every attempt: gone.
+  int left = open_fds() - (before - 2);
+  CHECK(left == 0, "%d descriptors still held after the outcome", left);
+  // Past the attempt delay: a dial still going would reach the second address now.
+  int upstream = accept_within(300);
+  CHECK(upstream < 0, "the upstream was dialed after the client's reset");
+  if (upstream >= 0) close(upstream);
+  blackhole_close(&bh);
+}
+
+// A client that resets while its connection waits for a command (its name resolved, its verdict
+// judged) is reported at once, not when the command comes; a dial asked for later does nothing.
+static void test_setup_client_resets_while_waiting(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "x", &client);
+  reset_close(client);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
+  CHECK(o.end == SL_END_CLIENT_RESET && o.dialed == -1 && o.attempts == 0, "end %d, dialed %d, %d attempts", o.end, o.dialed, o.attempts);
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
+  int upstream = accept_within(100);
+  CHECK(upstream < 0, "a connection whose client had reset was dialed");
+  if (upstream >= 0) close(upstream);
+  CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
+}
+
+// A client's FIN during the dial is not its going away (EPOLLRDHUP alone): it sent its request and
+// reads the answer. The request and the FIN reach the upstream once an address answers, and the
+// answer comes back (`printf 'GET / HTTP/1.0\r\n\r\n' | nc -q0`).
+static void test_setup_client_fin_during_dial(sl_loop *l, const struct sockaddr_in *front) {
+  blackhole bh = blackhole_open();
+  int client;
+  uint64_t id = accept_with(l, front, "request", &client);
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
+  sl_loop_dial(l, id, addrs, 2, 20000, 300, SL_MAX_ADDRS, 10000, 0, false, 0);
+  usleep(20 * 1000);
+  shutdown(client, SHUT_WR);
+  int upstream = accept_within(3000);
+  CHECK(upstream >= 0, "the dial never reached the second address");
   if (upstream >= 0) {
-    fcntl(upstream, F_SETFL, fcntl(upstream, F_GETFL) & ~O_NONBLOCK);
     char buf[64] = {0};
     int err;
     size_t n = read_all(upstream, buf, sizeof buf, &err, 3000);
-    CHECK(n == 16 && memcmp(buf, "flightmore bytes", 16) == 0 && err == ECONNRESET, "the upstream got %zu bytes (%.*s), then errno %d", n, (int)n, buf, err);
+    CHECK(n == 7 && memcmp(buf, "request", 7) == 0 && err == 0, "the upstream got %zu bytes (%.*s), then errno %d", n, (int)n, buf, err);
+    write_all(upstream, "answer", 6);
+    shutdown(upstream, SHUT_WR);
+    n = read_all(client, buf, sizeof buf, &err, 3000);
+    CHECK(n == 6 && memcmp(buf, "answer", 6) == 0 && err == 0, "the client got %zu bytes, then errno %d", n, err);
     close(upstream);
   }
   sl_outcome o = {0};
-  CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLIENT_RESET && o.bytes_up == 16 && o.dialed == 1, "end %d, %llu up, dialed %d", o.end,
-        (unsigned long long)o.bytes_up, o.dialed);
+  CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && o.dialed == 1 && o.bytes_up == 7 && o.bytes_down == 6, "end %d, dialed %d, %llu up",
+        o.end, o.dialed, (unsigned long long)o.bytes_up);
+  close(client);
   blackhole_close(&bh);
 }
 
@@ -1639,6 +1693,8 @@ static void test_setup(void) {
   test_setup_dial_capped_keeps_the_delay(l, &front);
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_client_resets_during_dial(l, &front);
+  test_setup_client_resets_while_waiting(l, &front);
+  test_setup_client_fin_during_dial(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_verdict_deadline(l, &front);
   test_setup_peek_deadlines(l, &front);
