@@ -68,6 +68,11 @@ export type ConnectResult =
       readonly connectMs: number;
       readonly attempts: readonly Attempt[];
     }
+  /**
+   * The client reset (or its socket failed) while its upstream was dialed: the dial was cancelled
+   * at once, every attempt closed, and no byte went upstream.
+   */
+  | { readonly kind: 'client-gone'; readonly attempts: readonly Attempt[] }
   | {
       readonly kind: 'spliced';
       readonly address: string;
@@ -90,8 +95,19 @@ export interface ClientSide {
    * once, waits for the rest. Optional: without it, every peek is waited for.
    */
   peekNow?(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null;
-  /** Dials, re-checks the policy, then carries the bytes both ways until the connection ends. */
+  /**
+   * Dials, re-checks the policy, then carries the bytes both ways until the connection ends. The
+   * client's reset during the dial cancels it (`client-gone`); its FIN does not (a client that
+   * sent its request and half-closed still reads the answer).
+   */
   connect(o: ConnectOptions): Promise<ConnectResult>;
+  /**
+   * Calls `gone` once when the client resets (or its socket fails) before the returned function
+   * is called: for a wait of the pipeline's own (a lookup on the wire), so that a client that went
+   * holds neither its place in the limits nor the log line until the wait is over. A FIN is not
+   * going away. Called at once (in a microtask) when the client is already gone.
+   */
+  watchGone(gone: () => void): () => void;
   /** Answers a refused client and closes (lingering as refuse.ts says). */
   refuse(r: Refusal): void;
   /** Resets the client, if it is still open. */
@@ -129,13 +145,31 @@ export class SocketClient implements ClientSide {
   }
 
   async connect(o: ConnectOptions): Promise<ConnectResult> {
+    // The dial ends when the connection is closed (shutdown, a policy change) or the client goes.
+    const stop = new AbortController();
+    const closing = o.closing.signal;
+    const onClosing = (): void => stop.abort();
+    let gone = false;
+    const unwatch = this.watchGone(() => {
+      gone = true;
+      stop.abort();
+    });
+    if (closing.aborted) stop.abort();
+    else closing.addEventListener('abort', onClosing, { once: true });
     const d = await dialFirst({
       addresses: o.addresses,
       port: o.port,
       connectTimeoutMs: o.connectTimeoutMs,
-      signal: o.closing.signal,
+      signal: stop.signal,
       ...(o.parallel !== undefined ? { parallel: o.parallel } : {}),
     });
+    unwatch();
+    closing.removeEventListener('abort', onClosing);
+    if (gone) {
+      // An attempt that connected in the same turn as the client's reset carries nothing.
+      if (d.ok) d.socket.destroy();
+      return { kind: 'client-gone', attempts: d.attempts };
+    }
     if (!d.ok) return { kind: 'dial-failed', cause: d.cause, detail: d.detail, attempts: d.attempts };
     o.onConnected?.(d.address);
     const r = o.recheck(d.address);
@@ -145,6 +179,25 @@ export class SocketClient implements ClientSide {
     }
     const s = await splice(this.#socket, d.socket, { initial: o.initial, idleTimeoutMs: o.idleTimeoutMs, signal: o.closing.signal });
     return { kind: 'spliced', address: d.address, connectMs: d.connectMs, attempts: d.attempts, splice: s };
+  }
+
+  watchGone(gone: () => void): () => void {
+    const s = this.#socket;
+    // Node reads the client from its accept on (a paused socket still fills its buffer), so a reset
+    // destroys the socket ('close' after 'error'); a FIN only ends its readable side
+    // (allowHalfOpen). A socket Node stopped reading (its buffer full, past the first flight) shows
+    // its reset only to the splice.
+    if (s.destroyed) {
+      let live = true;
+      queueMicrotask(() => {
+        if (live) gone();
+      });
+      return () => {
+        live = false;
+      };
+    }
+    s.once('close', gone);
+    return () => void s.off('close', gone);
   }
 
   refuse(r: Refusal): void {

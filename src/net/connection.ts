@@ -388,9 +388,29 @@ function judged(
     const now = chooseUpstreamNow(query);
     if (now !== null) return dial(now, false, initial);
     // In a block of its own, so that only the wait's callback keeps it (see `dial`).
+    // A client that resets meanwhile ends the connection at once (its place in the limits, its
+    // log line); the lookup, shared with other queries for the name, runs on to its own bound.
     {
       const first = initial;
-      return chooseUpstream(query).then((target) => dial(target, true, first));
+      return new Promise<void>((resolve, reject) => {
+        let waiting = true;
+        const unwatch = socket.watchGone(() => {
+          if (!waiting) return;
+          waiting = false;
+          clientGone(socket, o);
+          resolve();
+        });
+        chooseUpstream(query).then((target) => {
+          if (!waiting) return;
+          waiting = false;
+          unwatch();
+          try {
+            resolve(dial(target, true, first));
+          } catch (err) {
+            reject(err);
+          }
+        }, reject);
+      });
     }
   }
 }
@@ -401,6 +421,11 @@ const NO_BYTES: Buffer = Buffer.alloc(0);
 /** What the dial's answer and the splice's end make of the outcome (see the end of `run`). */
 function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, live: LiveConnection, c: ConnectResult): void {
   if (c.attempts.length > 1) o.tried = c.attempts.map((a) => `${a.address} ${a.result}`);
+  if (c.kind === 'client-gone') {
+    // The dial was cancelled for it (HAProxy's abortonclose, for a reset only).
+    if (c.attempts.length > 0) o.dialFailure = 'aborted';
+    return clientGone(socket, o);
+  }
   if (c.kind === 'dial-failed') {
     o.verdict = 'error';
     o.dialFailure = c.cause;
@@ -441,6 +466,17 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
             ? (s.firstFin ?? 'client')
             : 'egressd';
   }
+}
+
+/**
+ * The client reset (or its socket failed) after its verdict, before anything was carried: its
+ * lookup or its dial was let go, and the connection ends as the client's reset (its verdict
+ * stands: it was the client's doing, not a refusal nor a failure of the upstream).
+ */
+function clientGone(socket: ClientSide, o: ConnectionOutcome): void {
+  o.end = 'client-reset';
+  o.endedBy = 'client';
+  socket.reset();
 }
 
 /**

@@ -335,6 +335,10 @@ export class NativeClient implements ClientSide {
   #releaseLinger: (() => void) | null = null;
   /** A command (or `answered`) went to the loop: the connection no longer holds an unanswered slot. */
   #answered = false;
+  /** The loop reported the client's reset while no step of the pipeline waited on the loop (see onOutcome). */
+  #gone = false;
+  /** watchGone's callback while it watches. */
+  #onGone: (() => void) | null = null;
 
   constructor(
     addon: DataPlaneAddon,
@@ -471,9 +475,32 @@ export class NativeClient implements ClientSide {
     this.#firstState = state;
   }
 
+  watchGone(gone: () => void): () => void {
+    if (this.#gone) {
+      let live = true;
+      queueMicrotask(() => {
+        if (live) gone();
+      });
+      return () => {
+        live = false;
+      };
+    }
+    this.#onGone = gone;
+    return () => {
+      if (this.#onGone === gone) this.#onGone = null;
+    };
+  }
+
   connect(o: ConnectOptions): Promise<ConnectResult> {
     return new Promise((resolve) => {
       if (o.closing.closed) return resolve({ kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] });
+      // The loop closed the connection while the pipeline waited (the client's reset, reported
+      // at once: native/splice_loop.c client_left): nothing to dial for.
+      if (this.#ended) {
+        return resolve(
+          this.#gone ? { kind: 'client-gone', attempts: [] } : { kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] },
+        );
+      }
       // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
       this.#addresses = o.addresses.slice(0, MAX_DIAL_ADDRESSES);
       const wait: DialWait = {
@@ -541,10 +568,20 @@ export class NativeClient implements ClientSide {
     this.#releaseLinger = null;
     const p = this.#pending;
     this.#pending = null;
-    if (p === null) return;
+    if (p === null) {
+      // Nothing asked of the loop waits (a lookup on the wire, the verdict): the loop ended the
+      // connection by itself, on the client's reset, and the pipeline's wait is told.
+      this.#gone = ENDS[end] === 'client-reset';
+      const gone = this.#onGone;
+      this.#onGone = null;
+      if (this.#gone) gone?.();
+      return;
+    }
     if (p.kind === 'peek') return this.#settle(p, { kind: 'closed', bytes: allOf(p.buf) });
     if (p.o.closing.onClose === this.reset) p.o.closing.onClose = null;
     const attempts = this.#attempts(errnos, dialed);
+    // The client reset while its upstream was dialed: the loop cancelled every attempt.
+    if (dialed < 0 && ENDS[end] === 'client-reset') return p.resolve({ kind: 'client-gone', attempts });
     if (dialed < 0) {
       const aborted = ENDS[end] === 'aborted';
       const cause = aborted ? 'aborted' : causeOf(errnoName(errno));

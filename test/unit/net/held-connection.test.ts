@@ -39,6 +39,7 @@ function heldClient(): { client: ClientSide; firstFlight: () => WeakRef<Buffer> 
       if (!s.done) throw new Error('the hello should parse in one step');
       return Promise.resolve({ kind: 'done', result: s.result, bytes } as PeekOutcome<Peeked>);
     },
+    watchGone: () => () => {},
     // As the native loop does: the first flight is the loop's to write, so the options' `initial`
     // is not kept; the dial's callbacks are.
     connect: (o: ConnectOptions) => {
