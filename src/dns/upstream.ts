@@ -85,12 +85,16 @@ export class Forwarder {
       let lastError = 'no answer';
       const timers: NodeJS.Timeout[] = [];
       const mine: SentQuery[] = [];
+      // Ends the query's retries over TCP still waiting or connected: answered, they are no use,
+      // and each holds one of the process's few places until it ends.
+      const tcpDone = new AbortController();
       const finish = (r: ForwardResult): void => {
         if (settled) return;
         settled = true;
         this.#inflight.delete(stop);
         for (const t of timers) clearTimeout(t);
         for (const m of mine) m.cancel();
+        tcpDone.abort();
         resolve(r);
       };
       const stop = (): void => finish({ ok: false, cause: 'error', detail: 'forwarder closed', ms: ms() });
@@ -118,10 +122,12 @@ export class Forwarder {
             }
             if (!r.truncated) return finish({ ok: true, answered: r.answered, server: label(server), ms: ms() });
             sent!.cancel();
-            void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now(), tenant).then((t) => {
-              if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
-              else lastError = t.detail;
-            });
+            void this.#overTcp(server, name, type, dnssecOk, checkingDisabled, started + this.#timeoutMs - performance.now(), tenant, tcpDone.signal).then(
+              (t) => {
+                if (t.ok) finish({ ok: true, answered: t.answered, server: label(server), ms: ms() });
+                else lastError = t.detail;
+              },
+            );
           },
           (err) => {
             if (err) lastError = err.message;
@@ -143,16 +149,18 @@ export class Forwarder {
     checkingDisabled: boolean,
     budgetMs: number,
     tenant: string | QueryTenants,
+    answered: AbortSignal,
   ): Promise<{ ok: true; answered: Answered } | { ok: false; detail: string }> {
     if (budgetMs <= 0) return { ok: false, detail: 'no time left for TCP' };
     // A TCP retry is a descriptor of its own: one of the process's places (net/query-sockets.ts),
-    // of the tenant's share, waited for within the budget.
+    // of the tenant's share, waited for within the budget, and given back once the query is
+    // answered (`answered`), by this retry or another.
     const started = performance.now();
-    const release = await this.#sockets.tcpSlot(budgetMs, tenant);
+    const release = await this.#sockets.tcpSlot(budgetMs, tenant, answered);
     if (release === null) return { ok: false, detail: 'no place for a TCP retry within the budget' };
     budgetMs -= performance.now() - started;
     return new Promise((resolve) => {
-      if (budgetMs <= 0 || this.#closed) {
+      if (budgetMs <= 0 || this.#closed || answered.aborted) {
         release();
         return resolve({ ok: false, detail: 'no time left for TCP' });
       }
@@ -162,9 +170,12 @@ export class Forwarder {
       const done = (r: { ok: true; answered: Answered } | { ok: false; detail: string }): void => {
         release();
         clearTimeout(timer);
+        answered.removeEventListener('abort', onAnswered);
         sock.destroy();
         resolve(r);
       };
+      const onAnswered = (): void => done({ ok: false, detail: 'answered otherwise' });
+      answered.addEventListener('abort', onAnswered, { once: true });
       const timer = setTimeout(() => done({ ok: false, detail: `TCP to ${label(server)} timed out` }), budgetMs);
       sock.on('error', (e) => done({ ok: false, detail: `TCP to ${label(server)}: ${e.message}` }));
       sock.on('connect', () => sock.write(frame(upstreamQuery(id, name, type, dnssecOk, checkingDisabled))));

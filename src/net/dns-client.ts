@@ -55,8 +55,11 @@ export interface ExchangeOptions {
   readonly deadline: number;
   /** Time between sends: the first goes to servers[0] at once, the next to servers[1]..., round robin. */
   readonly retransmitMs: number;
-  /** A place for one retry over TCP within `waitMs`, or null (net/query-sockets.ts QuerySockets.tcpSlot). */
-  readonly tcpSlot: (waitMs: number) => Promise<(() => void) | null>;
+  /**
+   * A place for one retry over TCP within `waitMs`; null when none came, or once `signal`
+   * aborts (net/query-sockets.ts QuerySockets.tcpSlot).
+   */
+  readonly tcpSlot: (waitMs: number, signal: AbortSignal) => Promise<(() => void) | null>;
 }
 
 type QType = 'A' | 'AAAA';
@@ -78,6 +81,11 @@ export class AddressExchange {
   /** Outstanding query IDs per type; every ID ever sent for the type stays valid until it settles. */
   readonly #ids: Record<QType, Set<number>> = { A: new Set(), AAAA: new Set() };
   readonly #settled: Record<QType, boolean> = { A: false, AAAA: false };
+  /**
+   * Aborted when the type settles: its retries over TCP still waiting or connected end then, each
+   * holding one of the process's few places (net/query-sockets.ts) for no use any more.
+   */
+  readonly #tcpDone: Record<QType, AbortController> = { A: new AbortController(), AAAA: new AbortController() };
   /** A failure answered by a server, kept in case no server answers better. */
   readonly #lastFailure: Record<QType, DnsFailure | null> = { A: null, AAAA: null };
   /** Servers that answered each type with a failure (SERVFAIL, REFUSED): not asked again. */
@@ -196,19 +204,22 @@ export class AddressExchange {
     const server = this.#o.servers[serverIndex]!;
     // Each retry over TCP is a descriptor beyond the lookup's own: past the process's bound it
     // waits its turn, within the deadline (the type's UDP rounds go on meanwhile).
-    const release = await this.#o.tcpSlot(this.#o.deadline - Date.now());
+    const settled = this.#tcpDone[type].signal;
+    const release = await this.#o.tcpSlot(this.#o.deadline - Date.now(), settled);
     if (release === null) return;
-    if (this.#closed || this.#settled[type]) return release();
+    if (this.#closed || settled.aborted) return release();
     return new Promise<void>((resolve) => {
       const id = randomInt(0x10000);
       this.#ids[type].add(id);
       const s = connect({ host: server.address, port: server.port });
       const done = (): void => {
         clearTimeout(timer);
+        settled.removeEventListener('abort', done);
         s.destroy();
         release();
         resolve();
       };
+      settled.addEventListener('abort', done, { once: true });
       const timer = setTimeout(done, Math.max(0, this.#o.deadline - Date.now()));
       let buf = Buffer.alloc(0);
       s.on('error', done);
@@ -235,6 +246,7 @@ export class AddressExchange {
     if (this.#settled[type]) return;
     this.#settled[type] = true;
     this.#ids[type].clear();
+    this.#tcpDone[type].abort();
     if (this.#settled.A && this.#settled.AAAA) this.#close();
     this.#onFamily(type === 'A' ? 4 : 6, a);
   }

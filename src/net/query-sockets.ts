@@ -110,9 +110,8 @@ export interface SentQuery {
 
 interface TcpWaiter {
   readonly tenants: QueryTenants;
-  readonly grant: (release: (() => void) | null) => void;
-  readonly timer: NodeJS.Timeout;
-  readonly unwatch: () => void;
+  /** Ends the wait with a place or none (once): the timer, the watch and the abort listener go. */
+  readonly settle: (release: (() => void) | null) => void;
 }
 
 export class QuerySockets {
@@ -167,26 +166,36 @@ export class QuerySockets {
    * A place for one TCP retry of `tenant`'s (a sandbox id, or any key its caller counts by; or the
    * tenants of a query others joined, charged to one of them that may take it), to release when it
    * ends (idempotent): at once while a tenant may take one (#mayTake), else when one is handed on
-   * within `waitMs` (a tenant joining meanwhile may take it); null when none was, or once closed.
+   * within `waitMs` (a tenant joining meanwhile may take it); null when none was, once closed, or
+   * when `signal` aborts first (the query was answered otherwise: it leaves the queue).
    */
-  tcpSlot(waitMs: number, tenant: string | QueryTenants = ''): Promise<(() => void) | null> {
-    if (this.#closed) return Promise.resolve(null);
+  tcpSlot(waitMs: number, tenant: string | QueryTenants = '', signal?: AbortSignal): Promise<(() => void) | null> {
+    if (this.#closed || signal?.aborted === true) return Promise.resolve(null);
     const tenants = typeof tenant === 'string' ? new QueryTenants(tenant) : tenant;
     const now = this.#pick(tenants);
     if (now !== null) return Promise.resolve(this.#take(tenants, now));
     this.#onTcpHeldBack?.(this.#why());
     if (waitMs <= 0) return Promise.resolve(null);
     return new Promise((resolve) => {
+      const leave = (): void => {
+        const i = this.#tcpWaiting.indexOf(w);
+        if (i >= 0) this.#tcpWaiting.splice(i, 1);
+        w.settle(null);
+      };
+      const timer = setTimeout(leave, waitMs);
+      const unwatch = tenants.watch(() => this.#handOn());
+      signal?.addEventListener('abort', leave, { once: true });
+      let done = false;
       const w: TcpWaiter = {
         tenants,
-        grant: resolve,
-        timer: setTimeout(() => {
-          w.unwatch();
-          const i = this.#tcpWaiting.indexOf(w);
-          if (i >= 0) this.#tcpWaiting.splice(i, 1);
-          resolve(null);
-        }, waitMs),
-        unwatch: tenants.watch(() => this.#handOn()),
+        settle: (release) => {
+          if (done) return release?.();
+          done = true;
+          clearTimeout(timer);
+          unwatch();
+          signal?.removeEventListener('abort', leave);
+          resolve(release);
+        },
       };
       this.#tcpWaiting.push(w);
     });
@@ -266,9 +275,7 @@ export class QuerySockets {
       }
       if (best < 0) return;
       const [w] = this.#tcpWaiting.splice(best, 1);
-      clearTimeout(w!.timer);
-      w!.unwatch();
-      w!.grant(this.#take(w!.tenants, bestTenant));
+      w!.settle(this.#take(w!.tenants, bestTenant));
     }
   }
 
@@ -287,11 +294,7 @@ export class QuerySockets {
   /** Closes every socket; queries still waiting are never answered, and later sends return null. */
   close(): void {
     this.#closed = true;
-    for (const w of this.#tcpWaiting.splice(0)) {
-      clearTimeout(w.timer);
-      w.unwatch();
-      w.grant(null);
-    }
+    for (const w of this.#tcpWaiting.splice(0)) w.settle(null);
     for (const family of [4, 6] as const) {
       for (const ps of this.#pools[family]) {
         try {

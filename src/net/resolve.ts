@@ -186,7 +186,7 @@ export class NameResolver {
           servers: this.#servers,
           deadline: Date.now() + this.#timeoutMs,
           retransmitMs: this.#retransmitMs,
-          tcpSlot: (ms) => this.#sockets.tcpSlot(ms, tenants),
+          tcpSlot: (ms, signal) => this.#sockets.tcpSlot(ms, tenants, signal),
         },
         (family, a) => {
           answers[family] = a;

@@ -41,3 +41,50 @@ export function tcpDns(
     });
   };
 }
+
+/**
+ * The DNS-over-TCP side of `dns` for a query retried twice over TCP: the first connection's query
+ * is answered with `answers(question)` once a second connection has sent its own, and the second's
+ * never (it stays open until the client closes it). `connections`: how many came;
+ * `allClosed()`: resolves once the client has closed every one.
+ */
+export function secondHoldsFirst(
+  dns: DnsTestServer,
+  answers: (question: packet.Question) => packet.Answer[],
+): { readonly connections: number; allClosed(): Promise<void> } {
+  const asked: { s: Socket; q: packet.DecodedPacket }[] = [];
+  let open = 0;
+  let connections = 0;
+  let onAllClosed: (() => void) | null = null;
+  dns.onTcpConnection = (s: Socket) => {
+    connections++;
+    open++;
+    s.on('error', () => {});
+    s.once('close', () => {
+      if (--open === 0) onAllClosed?.();
+    });
+    let buf = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
+      asked.push({ s, q: packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0))) });
+      if (asked.length !== 2) return;
+      const { s: first, q } = asked[0]!;
+      first.end(
+        packet.streamEncode({
+          type: 'response',
+          id: q.id,
+          flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE,
+          questions: q.questions,
+          answers: answers(q.questions![0]!),
+        }),
+      );
+    });
+  };
+  return {
+    get connections() {
+      return connections;
+    },
+    allClosed: () => new Promise<void>((resolve) => (open === 0 ? resolve() : (onAllClosed = resolve))),
+  };
+}

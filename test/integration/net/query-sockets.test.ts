@@ -109,6 +109,25 @@ describe('QuerySockets', () => {
     expect(pool.tcpInUse).toBe(0);
   });
 
+  it('gives a waiting retry up when its signal aborts (its query answered otherwise), and hands the place to the next', async () => {
+    const pool = new QuerySockets({ tcpMax: 1 });
+    onTestFinished(() => pool.close());
+    const held = await pool.tcpSlot(0, 'a');
+    expect(held).not.toBeNull();
+    const answered = new AbortController();
+    const gone = pool.tcpSlot(5_000, 'b', answered.signal);
+    const next = pool.tcpSlot(5_000, 'c');
+    answered.abort();
+    expect(await gone).toBeNull();
+    held!();
+    const rc = await next;
+    expect(rc).not.toBeNull();
+    expect(pool.tcpInUse).toBe(1);
+    rc!();
+    expect(await pool.tcpSlot(5_000, 'd', answered.signal)).toBeNull();
+    expect(pool.tcpInUse).toBe(0);
+  });
+
   it("charges a shared query's retry to whichever of its tenants may take a place, one that joins while it waits too", async () => {
     let joined = 0;
     const pool = new QuerySockets({ tcpMax: 8, onTcpJoined: () => joined++ });

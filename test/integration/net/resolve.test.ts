@@ -7,7 +7,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
 import { QuerySockets } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { tcpDns } from '../../helpers/tcp-dns.ts';
+import { secondHoldsFirst, tcpDns } from '../../helpers/tcp-dns.ts';
 
 interface Setup {
   dns: DnsTestServer;
@@ -446,5 +446,23 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     expect(b).toEqual({ ok: true, addresses: ['192.0.2.42'], cached: false });
     expect(await shared).toEqual(b);
     expect(joined).toBeGreaterThanOrEqual(1);
+  });
+
+  // A retry over TCP holds one of the process's few places: once its family is answered (by
+  // another retry of it), it must let the place go at once, not hold it to the deadline.
+  it('lets the place of a retry over TCP go once its family is answered', async () => {
+    const dns = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
+    onTestFinished(() => dns.close());
+    // A comes back truncated to the first send and to the retransmission; AAAA never answers.
+    dns.set('big.test', { kind: 'answer', a: ['192.0.2.51'], ttl: 60, truncate: true, silentTypes: ['AAAA'] });
+    const tcp = secondHoldsFirst(dns, (q) => [{ type: 'A', name: q.name, ttl: 60, data: '192.0.2.51' }]);
+    const sockets = new QuerySockets({ tcpMax: 4 });
+    onTestFinished(() => sockets.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 1000, sockets });
+    onTestFinished(() => resolver.close());
+    expect(await resolver.resolve('big.test', 'a')).toEqual({ ok: true, addresses: ['192.0.2.51'], cached: false });
+    expect(tcp.connections).toBe(2);
+    expect(sockets.tcpInUse).toBe(0);
+    await tcp.allClosed();
   });
 });
