@@ -7,12 +7,12 @@
 import type { Socket } from 'node:net';
 import type { Peeked } from '../peek/peek-steps.ts';
 import type { PeekStep } from '../peek/peek-steps.ts';
-import type { OriginalDestination } from './original-dst.ts';
+import { takeSocketError, type OriginalDestination } from './original-dst.ts';
 import type { Closing } from './registry.ts';
 import { peekSocket, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { dialFirst, type Attempt } from './dial-first.ts';
 import type { DialFailure } from './dial.ts';
-import { splice, type SpliceResult } from './splice.ts';
+import { RESET_LINGER_MS, splice, type SpliceResult } from './splice.ts';
 import { dropSilently, refuseHttp, refuseTcp, refuseTls, type HttpRefusal, type Linger } from './refuse.ts';
 
 /** How a refused client is answered (refuse.ts has the bytes and the linger). */
@@ -183,10 +183,6 @@ export class SocketClient implements ClientSide {
 
   watchGone(gone: () => void): () => void {
     const s = this.#socket;
-    // Node reads the client from its accept on (a paused socket still fills its buffer), so a reset
-    // destroys the socket ('close' after 'error'); a FIN only ends its readable side
-    // (allowHalfOpen). A socket Node stopped reading (its buffer full, past the first flight) shows
-    // its reset only to the splice.
     if (s.destroyed) {
       let live = true;
       queueMicrotask(() => {
@@ -196,8 +192,30 @@ export class SocketClient implements ClientSide {
         live = false;
       };
     }
+    // Node reads the client from its accept on (a paused socket still fills its buffer), so a reset
+    // destroys the socket ('close' after 'error'); a FIN only ends its readable side
+    // (allowHalfOpen).
     s.once('close', gone);
-    return () => void s.off('close', gone);
+    // Node watches nothing on a socket it stopped reading: its buffer full (the client sent more
+    // than 64 KiB past its first flight) or its EOF read (the client's FIN). A reset there is
+    // unseen, so while the wait lasts the socket's pending error is asked for every
+    // RESET_LINGER_MS (SO_ERROR, as the native loop's client_left takes it): a reset after the
+    // FIN is going away too here, as nothing was sent to the client that it could be refusing.
+    let probe: NodeJS.Timeout | undefined;
+    const ask = (): void => {
+      if (s.destroyed) return;
+      const code = takeSocketError(s);
+      if (code === null) {
+        probe = setTimeout(ask, RESET_LINGER_MS);
+        return;
+      }
+      s.destroy(Object.assign(new Error(`read ${code}`), { code }));
+    };
+    probe = setTimeout(ask, RESET_LINGER_MS);
+    return () => {
+      clearTimeout(probe);
+      s.off('close', gone);
+    };
   }
 
   refuse(r: Refusal): void {

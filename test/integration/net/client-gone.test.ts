@@ -62,7 +62,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     });
 
     /** Sends an HTTP/1.0 request for `name` from a fresh source routed to `original`; the socket, and the connection's log line once it ends. */
-    const request = (name: string, original: string, finToo = false): { socket: Socket; line: Promise<LogLine> } => {
+    const request = (name: string, original: string, finToo = false, body = 0): { socket: Socket; line: Promise<LogLine> } => {
       const source = sources[nextSource++ % sources.length]!;
       d.route(source, original, port);
       const socket = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: source, allowHalfOpen: true });
@@ -71,6 +71,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       const seen = d.logs.length;
       const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, PROMPTLY_MS + 5_000);
       socket.write(`GET / HTTP/1.0\r\nHost: ${name}\r\n\r\n`);
+      if (body > 0) socket.write(Buffer.alloc(body, 0x61));
       // `printf 'GET / ...' | nc -q0`: the request, then the client's FIN; it still reads the answer.
       if (finToo) socket.end();
       return { socket, line };
@@ -100,6 +101,32 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       expect(after, 'the line came only when the dial timed out').toBeLessThan(PROMPTLY_MS);
       // Let go before the line was written: nothing left to wait for.
       expect(synSent(port), 'dial attempts still in SYN_SENT after the line').toBe(0);
+      expect(held()).toEqual({ open: 0, dialAttempts: 0 });
+    });
+
+    // Two resets no event shows the JavaScript path (Node stops reading a socket whose buffer is
+    // full, or whose EOF it read): asked for every second there (SO_ERROR); the native loop sees them.
+    it.each([
+      { what: 'after sending more than Node buffers past its flight', body: 512 * 1024, fin: false },
+      { what: 'after its own FIN (nothing was sent to it that it could be refusing)', body: 0, fin: true },
+    ])('a reset while its upstream is dialed, $what, ends the dial at once too', async ({ body, fin }) => {
+      port = await blackholePort();
+      dns.set('silent.gone.test', { kind: 'answer', a: [SILENT], ttl: 60 });
+      const r = request('silent.gone.test', SILENT, fin, body);
+      expect(await within(PROMPTLY_MS, () => synSent(port) > 0), 'the dial never began').toBe(true);
+      // Every byte handed to the kernel: what egressd can read of it, it has.
+      expect(await within(PROMPTLY_MS, () => r.socket.writableLength === 0)).toBe(true);
+      await sleep(100);
+      const resetAt = Date.now();
+      r.socket.resetAndDestroy();
+      const l = await r.line;
+      expect({ endedBy: field(l, 'egressd.ended_by'), end: field(l, 'egressd.end'), failure: field(l, 'egressd.upstream.failure') }).toEqual({
+        endedBy: 'client',
+        end: 'client-reset',
+        failure: 'aborted',
+      });
+      expect(Date.now() - resetAt, 'the line came only when the dial timed out').toBeLessThan(PROMPTLY_MS);
+      expect(synSent(port)).toBe(0);
       expect(held()).toEqual({ open: 0, dialAttempts: 0 });
     });
 
