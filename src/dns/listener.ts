@@ -53,9 +53,11 @@ export interface DnsListenerDeps {
 
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
 const TCP_IDLE_MS = 10_000;
+/** How long the bytes of one query may take to arrive, from its first (a client writes a query at once). */
+const TCP_QUERY_MS = 2_000;
 /** Queries one TCP connection may have waiting for an answer; past it, its queries are not read. */
 const TCP_PIPELINE = 16;
-/** How long a connection past the per-sandbox bound is given to send the query it is refused. */
+/** How long a connection past a bound is given, from its accept, to send the query it is refused and take the answer. */
 const TCP_REFUSE_MS = 2_000;
 /**
  * Connections past the bound held at once (all sandboxes, every listener) while their query is read; past
@@ -242,6 +244,9 @@ export class DnsListener {
     // egressd buffer answers without bound; paused, it holds one socket buffer, and a connection
     // that neither reads nor sends meets the idle timeout.
     const room = (): boolean => conn.waiting < TCP_PIPELINE && !socket.writableNeedDrain;
+    // A query begun must be whole within TCP_QUERY_MS: the idle timeout counts bytes, so a byte
+    // now and then would otherwise hold the connection for ever without asking anything.
+    let partial: NodeJS.Timeout | null = null;
     const pump = (): void => {
       while (room() && buf.length >= 2) {
         const len = buf.readUInt16BE(0);
@@ -252,6 +257,10 @@ export class DnsListener {
         if (buf.length < len + 2) break;
         const msg = Buffer.from(buf.subarray(2, len + 2));
         buf = buf.subarray(len + 2);
+        if (partial !== null) {
+          clearTimeout(partial);
+          partial = null;
+        }
         conn.waiting++;
         void this.#deps
           .answer(msg, source, 'tcp')
@@ -268,9 +277,20 @@ export class DnsListener {
           });
       }
       if (socket.destroyed) return;
-      if (!room()) socket.pause();
-      else if (socket.isPaused()) socket.resume();
+      if (!room()) {
+        // Not read meanwhile, so the rest of a query begun cannot come: its clock starts again.
+        socket.pause();
+        if (partial !== null) clearTimeout(partial);
+        partial = null;
+      } else {
+        if (socket.isPaused()) socket.resume();
+        // With room, what is left is part of a query.
+        if (buf.length > 0 && partial === null) partial = setTimeout(() => socket.destroy(), TCP_QUERY_MS);
+      }
     };
+    socket.once('close', () => {
+      if (partial !== null) clearTimeout(partial);
+    });
     socket.on('data', (d: Buffer) => {
       buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
       pump();
@@ -307,12 +327,15 @@ export class DnsListener {
     this.#deps.onTcpRefused?.(source, why, false);
     const uncount = this.#tcpAll.addRefusing(key);
     this.#connections.add(socket);
+    // From the accept, not from the last byte (socket.setTimeout): a byte now and then is no
+    // query, and must not hold one of the few places for connections being refused.
+    const bound = setTimeout(() => socket.destroy(), TCP_REFUSE_MS);
     socket.once('close', () => {
+      clearTimeout(bound);
       hold.release();
       uncount();
       this.#connections.delete(socket);
     });
-    socket.setTimeout(TCP_REFUSE_MS, () => socket.destroy());
     let buf: Buffer = Buffer.alloc(0);
     socket.on('data', (d: Buffer) => {
       buf = buf.length === 0 ? d : Buffer.concat([buf, d]);

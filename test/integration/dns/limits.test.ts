@@ -148,6 +148,43 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     throw new Error('sb-a was not served over TCP after closing its connections');
   });
 
+  // A byte now and then is no query: it must not keep a connection past its bound for as long as
+  // it dribbles — past the per-sandbox bound (docs/config.md: reset if it sends no query within
+  // 2 s, from its place among those being refused), nor within it (no query, so idle).
+  it.each([
+    ['past the per-sandbox bound', A, 2],
+    ['within the per-sandbox bound', C, 0],
+  ])('closes a connection %s that dribbles bytes of a query it never completes', async (_, from, before) => {
+    const open: Socket[] = [];
+    try {
+      for (let i = 0; i < before; i++) {
+        const s = connect({ host: '127.0.0.1', port, localAddress: from });
+        s.on('error', () => {});
+        open.push(s);
+        expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+      }
+      const slow = connect({ host: '127.0.0.1', port, localAddress: from });
+      slow.on('error', () => {});
+      open.push(slow);
+      const closed = new Promise<void>((r) => slow.once('close', () => r()));
+      await new Promise<void>((r) => slow.once('connect', () => r()));
+      // A length of 300, then one byte of the query every 250 ms: 60 bytes take 15 s, past any bound.
+      slow.write(Buffer.from([0x01, 0x2c]));
+      let sent = 0;
+      let gone = false;
+      void closed.then(() => (gone = true));
+      while (!gone && sent < 60) {
+        await new Promise((r) => setTimeout(r, 250));
+        if (!gone) slow.write(Buffer.from([0x61]));
+        sent++;
+      }
+      expect(gone).toBe(true);
+      expect(sent).toBeLessThan(60);
+    } finally {
+      for (const s of open) s.destroy();
+    }
+  });
+
   it('at dns.limits.tcpTotal closes an answered connection of the sandbox holding the most, refuses when all hold alike (counted, logged), and closes an idle one a second on', async () => {
     const total = /^egressd_dns_tcp_connections_refused_total\{scope="total"\} (\d+)$/m;
     const shedMetric = /^egressd_dns_tcp_connections_shed_total (\d+)$/m;
