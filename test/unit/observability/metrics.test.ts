@@ -104,6 +104,7 @@ function feed(m: Metrics): void {
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.instruments.dialAttemptsWithheld.inc(4);
   m.instruments.dnsTcpRetriesHeldBack.inc({ scope: 'sandbox' });
+  m.instruments.dnsTcpRetriesJoined.inc();
   m.instruments.dnsTcpRefused.inc({ scope: 'budget' });
   m.instruments.dnsTcpShed.inc();
   m.attachLimits(() => ({
