@@ -895,7 +895,8 @@ static void emit(sl_loop *l, sl_event *e) {
 }
 
 // Reads what the client has sent, up to the cap. Returns 0 when it would block (or the cap is
-// full), 1 when the client closed or failed.
+// full), 1 when the client closed (its FIN), -errno when its socket failed (a reset: the read took
+// the error, and no event will show it again).
 static int peek_fill(sl_loop *l, sl_conn *c) {
   // Known empty (a read found it so, and no event came since): a read would only find EAGAIN.
   if (!c->rd[CLIENT]) return 0;
@@ -932,10 +933,12 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       c->rd[CLIENT] = false;
       return 0;
     }
-    return 1;
+    return n < 0 ? -errno : 1;
   }
   return 0;
 }
+
+static void client_left(sl_loop *l, sl_conn *c, int err);
 
 static void answered(sl_loop *l, sl_conn *c);
 
@@ -970,7 +973,9 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
 // client closed, or the cap is full; an empty one after SL_EMPTY_GRACE_MS (the caller may splice
 // a server-first protocol without waiting for a byte), and the rest by the timers (conn_timer).
 static void flight_run(sl_loop *l, sl_conn *c) {
-  if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
+  int r = peek_fill(l, c);
+  if (r < 0) return client_left(l, c, -r);
+  if (r) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
   c->stall_ms = ff_next_may_stall(&c->ff, (const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
@@ -980,7 +985,9 @@ static void flight_run(sl_loop *l, sl_conn *c) {
 
 static void peek_run(sl_loop *l, sl_conn *c) {
   if (c->auto_peek) return flight_run(l, c);
-  if (peek_fill(l, c)) return report_peek(l, c, SL_PEEK_CLOSED);
+  int r = peek_fill(l, c);
+  if (r < 0) return client_left(l, c, -r);
+  if (r) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (c->peek_len >= c->report_at) return report_peek(l, c, SL_PEEK_MORE);
   arm(l, conn_due(c));
@@ -1081,6 +1088,8 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   e.len = c->peek_len;
   c->reported = c->peek_len;
   emit(l, &e);
+  // Reset already: reported, then ended at once (the read took its error; see client_left).
+  if (closed < 0) client_left(l, c, -closed);
 }
 
 static void pause_listener(sl_loop *l, sl_listener *ls, uint32_t ms) {
@@ -1608,18 +1617,21 @@ static void bury(sl_loop *l) {
   }
 }
 
-// The client reset (or its socket failed) while its connection waited for a command (its name
-// being resolved, its verdict judged again) or its upstream was dialed: no one is left to carry
-// anything for, so the dial is cancelled at once, every attempt's descriptor closed, and the
+// The client reset (or its socket failed) before its connection was spliced: while it waited for
+// a command (its name being resolved, its verdict judged again), its upstream was dialed, or its
+// first flight was read. No one is left to carry anything for, so the connection ends at once,
+// whatever command is on its way: a dial is cancelled, every attempt's descriptor closed, and the
 // connection reported as the client's reset, rather than held for up to the connect timeout (a
 // sandbox resetting in a loop toward an address that never answers would hold a dial each time).
-// Nothing it sent goes upstream: without egressd between them, its connection would have ended
-// before the upstream's handshake, with no byte through. A FIN is not that (EPOLLRDHUP alone:
-// the client half-closed and still reads its answer); EPOLLHUP or EPOLLERR is a socket closed.
-static void client_left(sl_loop *l, sl_conn *c) {
-  int err = 0;
+// A read that met the reset took its error, so no later event would show it: a dial command
+// already sent for the flight read must not find the connection waiting. Nothing the client
+// sent goes upstream: without egressd between them, its connection would have ended before the
+// upstream's handshake. A FIN is not that (EPOLLRDHUP alone, or a read of 0: the client
+// half-closed and still reads its answer); EPOLLHUP or EPOLLERR is a socket closed. `err`: the
+// error a read took, or 0 to ask the socket.
+static void client_left(sl_loop *l, sl_conn *c, int err) {
   socklen_t len = sizeof err;
-  if (getsockopt(c->fd[CLIENT], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0 && getsockopt(c->fd[CLIENT], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   conn_close(l, c, SL_END_CLIENT_RESET, err != 0 ? err : ECONNRESET, 2);
 }
 
@@ -1662,7 +1674,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_
       return;
     case ST_WAIT:
     case ST_DIAL:
-      if (side == CLIENT && (events & (EPOLLHUP | EPOLLERR))) client_left(l, c);
+      if (side == CLIENT && (events & (EPOLLHUP | EPOLLERR))) client_left(l, c, 0);
       return; // else waiting for a command, or the dial; the command looks at the socket itself
     default: return;
   }

@@ -1652,6 +1652,28 @@ static void test_setup_client_resets_while_waiting(sl_loop *l, const struct sock
   CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
 }
 
+// A client that resets while its flight is read: the read takes the reset's error, so no later
+// event would show it, and a dial command sent meanwhile (the caller judged on what came before)
+// must not find the connection waiting: it ends at once as the client's reset. Before, the loop
+// reported CLOSED and waited; the dial command that crossed the report dialed, until the connect
+// timeout (a sandbox resetting 50 ms after its first byte hit this 19 times in 20).
+static void test_setup_client_resets_while_its_flight_is_read(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "G", &client);
+  sl_loop_peek(l, id, 5000, 0, 0, 10);
+  usleep(20 * 1000);
+  reset_close(client);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
+  CHECK(o.end == SL_END_CLIENT_RESET && o.err == ECONNRESET && o.dialed == -1, "end %d, err %d, dialed %d", o.end, o.err, o.dialed);
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
+  int upstream = accept_within(100);
+  CHECK(upstream < 0, "a connection whose client had reset was dialed");
+  if (upstream >= 0) close(upstream);
+  CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
+}
+
 // A client's FIN during the dial is not its going away (EPOLLRDHUP alone): it sent its request and
 // reads the answer. The request and the FIN reach the upstream once an address answers, and the
 // answer comes back (`printf 'GET / HTTP/1.0\r\n\r\n' | nc -q0`).
@@ -1694,6 +1716,7 @@ static void test_setup(void) {
   test_setup_dial_next_address_then_splice(l, &front);
   test_setup_client_resets_during_dial(l, &front);
   test_setup_client_resets_while_waiting(l, &front);
+  test_setup_client_resets_while_its_flight_is_read(l, &front);
   test_setup_client_fin_during_dial(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_verdict_deadline(l, &front);
