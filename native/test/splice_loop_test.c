@@ -1616,9 +1616,14 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
   uint64_t id = accept_with(l, front, "flight", &client);
   int before = open_fds();
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
-  sl_loop_dial(l, id, addrs, 2, 20000, 150, SL_MAX_ADDRS, 10000, 0, false, 0);
+  // The attempt delay is long enough that a loaded machine cannot reach the second address
+  // before the reset; the check below waits it out.
+  sl_loop_dial(l, id, addrs, 2, 20000, 1000, SL_MAX_ADDRS, 10000, 0, false, 0);
   write_all(client, "more bytes", 10);
-  usleep(20 * 1000); // the dial is under way (a reset before it is the next test's)
+  // The dial under way: its first attempt's socket is open (a reset before it is the next
+  // test's). Waited for, not slept: the loop's thread may run late on a loaded machine.
+  for (int i = 0; i < 3000 && open_fds() <= before; i++) usleep(1000);
+  CHECK(open_fds() > before, "the dial's first attempt never began");
   reset_close(client);
   sl_outcome o = {0};
   CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset (connect timeout 20 s)");
@@ -1629,7 +1634,7 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
   int left = open_fds() - (before - 2);
   CHECK(left == 0, "%d descriptors still held after the outcome", left);
   // Past the attempt delay: a dial still going would reach the second address now.
-  int upstream = accept_within(300);
+  int upstream = accept_within(1200);
   CHECK(upstream < 0, "the upstream was dialed after the client's reset");
   if (upstream >= 0) close(upstream);
   blackhole_close(&bh);
