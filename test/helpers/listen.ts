@@ -33,7 +33,7 @@ const QUEUE = BACKLOG + 1;
 const NEVER_ACCEPTS = `
 const net = require('node:net');
 const s = net.createServer();
-s.listen({ host: '127.0.0.1', port: 0, backlog: ${BACKLOG} }, () => {
+s.listen({ host: process.argv[1], port: 0, backlog: ${BACKLOG} }, () => {
   process.stdout.write(s.address().port + '\\n');
   // Blocks the event loop without using CPU, so accept(2) is never called; bounded so the
   // child ends on its own even if the test process dies first.
@@ -41,9 +41,14 @@ s.listen({ host: '127.0.0.1', port: 0, backlog: ${BACKLOG} }, () => {
   process.exit(0);
 });`;
 
-/** A loopback port where a connect hangs in SYN_SENT: the accept queue is full and never drained. */
-export async function blackholePort(): Promise<number> {
-  const child = spawn(process.execPath, ['-e', NEVER_ACCEPTS], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * A loopback port where a connect hangs in SYN_SENT: the accept queue is full and never drained.
+ * On 127.0.0.1, or with `dualStack` on `::` (one queue for both families), so that 127.0.0.1 and
+ * ::1 both hang on it: a dial with attempts of both families in flight at once (RFC 8305).
+ */
+export async function blackholePort(o: { dualStack?: boolean } = {}): Promise<number> {
+  const host = o.dualStack === true ? '::' : '127.0.0.1';
+  const child = spawn(process.execPath, ['-e', NEVER_ACCEPTS, host], { stdio: ['ignore', 'pipe', 'inherit'] });
   onTestFinished(() => {
     child.kill('SIGKILL');
   });
@@ -57,8 +62,8 @@ export async function blackholePort(): Promise<number> {
     for (const f of fillers) f.destroy();
   });
   await Promise.all(
-    Array.from({ length: QUEUE }, () => {
-      const f = connect(port, '127.0.0.1');
+    Array.from({ length: QUEUE }, (_, i) => {
+      const f = connect(port, o.dualStack === true && i % 2 === 1 ? '::1' : '127.0.0.1');
       fillers.push(f);
       return new Promise<void>((resolve, reject) => {
         f.once('connect', resolve);
