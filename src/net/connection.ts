@@ -390,20 +390,32 @@ function judged(
     // In a block of its own, so that only the wait's callback keeps it (see `dial`).
     // A client that resets meanwhile ends the connection at once (its place in the limits, its
     // log line); the lookup, shared with other queries for the name, runs on to its own bound.
+    // So does a close meanwhile (a policy change that refuses it, shutdown), as it ends a dial
+    // under way: not when the lookup ends, up to dns.timeoutMs later.
     {
       const first = initial;
       return new Promise<void>((resolve, reject) => {
         let waiting = true;
-        const unwatch = socket.watchGone(() => {
-          if (!waiting) return;
+        const closing = live.signal;
+        const done = (): boolean => {
+          if (!waiting) return false;
           waiting = false;
+          unwatch();
+          closing.removeEventListener('abort', onClose);
+          return true;
+        };
+        const onClose = (): void => {
+          if (done()) resolve(cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live)));
+        };
+        const unwatch = socket.watchGone(() => {
+          if (!done()) return;
           clientGone(socket, o);
           resolve();
         });
+        if (closing.aborted) return onClose();
+        closing.addEventListener('abort', onClose, { once: true });
         chooseUpstream(query).then((target) => {
-          if (!waiting) return;
-          waiting = false;
-          unwatch();
+          if (!done()) return;
           try {
             resolve(dial(target, true, first));
           } catch (err) {
