@@ -368,6 +368,9 @@ export class DnsListener {
           // never bound
         }
       }
+      // Closed while its listen was still under way (a start that failed on another listener):
+      // closed now, it never binds, where it would otherwise bind later and keep the process alive.
+      this.#tcp.close();
     }
   }
 }
