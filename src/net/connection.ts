@@ -131,7 +131,10 @@ function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, t
   o.durationMs = Date.now() - o.startedAt;
   // Each connection counts once, for the verdict that last applied to it.
   if (o.decided !== undefined) countVerdict(o.decided);
-  ticket?.release();
+  if (ticket !== undefined && live.heldFor !== null) {
+    const release = (): void => ticket.release();
+    live.heldFor.then(release, release);
+  } else ticket?.release();
   deps.registry.remove(live);
   deps.emit(o);
 }
@@ -388,34 +391,43 @@ function judged(
     const now = chooseUpstreamNow(query);
     if (now !== null) return dial(now, false, initial);
     // In a block of its own, so that only the wait's callback keeps it (see `dial`).
-    // A client that resets meanwhile ends the connection at once (its place in the limits, its
-    // log line); the lookup, shared with other queries for the name, runs on to its own bound.
-    // So does a close meanwhile (a policy change that refuses it, shutdown), as it ends a dial
-    // under way: not when the lookup ends, up to dns.timeoutMs later.
+    // A client that resets meanwhile ends the connection at once (its client socket, its log
+    // line); the lookup, shared with other queries for the name, runs on to its own bound. So
+    // does a close meanwhile (a policy change that refuses it, shutdown), as it ends a dial under
+    // way: not when the lookup ends, up to dns.timeoutMs later. Its place in the limits is held
+    // until the lookup settles (live.heldFor): the lookup's socket is a descriptor that place
+    // counts, and a sandbox resetting each connection as its name is asked would otherwise hold
+    // lookups no limit bounds.
     {
       const first = initial;
       return new Promise<void>((resolve, reject) => {
         let waiting = true;
+        // Null until it starts: a close already made ends the connection before any lookup.
+        let lookup: Promise<unknown> | null = null;
         const closing = live.signal;
-        const done = (): boolean => {
+        /** The wait is over; `left`: the connection ends before the lookup settles. */
+        const done = (left: boolean): boolean => {
           if (!waiting) return false;
           waiting = false;
           unwatch();
           closing.removeEventListener('abort', onClose);
+          if (left) live.heldFor = lookup;
           return true;
         };
         const onClose = (): void => {
-          if (done()) resolve(cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live)));
+          if (done(true)) resolve(cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live)));
         };
         const unwatch = socket.watchGone(() => {
-          if (!done()) return;
+          if (!done(true)) return;
           clientGone(socket, o);
           resolve();
         });
         if (closing.aborted) return onClose();
         closing.addEventListener('abort', onClose, { once: true });
-        chooseUpstream(query).then((target) => {
-          if (!done()) return;
+        const chosen = chooseUpstream(query);
+        lookup = chosen;
+        chosen.then((target) => {
+          if (!done(false)) return;
           try {
             resolve(dial(target, true, first));
           } catch (err) {

@@ -1,9 +1,9 @@
 // A connection closed by egressd while its name is looked up on the wire — a live policy change
 // that now refuses it (onPolicyChange: close), or shutdown — ends when it is closed, through the
 // whole daemon on both set-up paths, as a dial under way does (the native loop's abort, the JS
-// dial's signal). Before, it was held until the lookup ended (dns.timeoutMs, a minute here): its
-// client kept a connection already refused, its place in the limits stayed taken, and a stop
-// waited for it.
+// dial's signal). Before, it was held until the lookup ended (up to dns.timeoutMs): its client
+// kept a connection already refused, and a stop waited for it. Its place in the limits is held
+// until the lookup settles, since the lookup's socket is a descriptor that place counts.
 
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
@@ -14,6 +14,8 @@ import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
 /** Far beyond every wait here: a connection that ends at all within the test ended when it was closed. */
 const DNS_TIMEOUT_MS = 60_000;
+/** How long the DNS server takes to answer: the lookup is still on the wire when the connection ends. */
+const LOOKUP_MS = 6_000;
 /** How long the end may take after the close on a loaded machine (still far below the lookup's bound). */
 const PROMPTLY_MS = 10_000;
 const SOURCE = '127.0.6.10';
@@ -29,7 +31,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a con
     d = dns = undefined;
   });
 
-  /** A daemon whose sandbox may reach *.gone.test, and a connection from it waiting for a name no server answers; the client's close and its line. */
+  /** A daemon whose sandbox may reach *.gone.test, and a connection from it waiting for a name the server answers only after LOOKUP_MS; the client's close and its line. */
   const waitingForItsName = async (): Promise<{ daemon: LoopbackDaemon; socket: Socket; closed: Promise<void>; line: Promise<LogLine> }> => {
     const server = (dns = await DnsTestServer.start());
     const daemon = (d = await startLoopbackDaemon(
@@ -42,7 +44,8 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a con
       network: { mode: 'block-all', egress: { allowed_domains: ['*.gone.test'] } },
     });
     expect(put.status).toBe(201);
-    server.set('unanswered.gone.test', { kind: 'silent' });
+    // Answered late: the lookup is still on the wire when the connection ends.
+    server.set('unanswered.gone.test', { kind: 'nxdomain', delayMs: LOOKUP_MS });
     daemon.route(SOURCE, '127.0.0.1', 9);
     const socket = connect({ host: '127.0.0.1', port: daemon.port('http'), localAddress: SOURCE });
     socket.on('error', () => {});
@@ -59,7 +62,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a con
     return { daemon, socket, closed, line };
   };
 
-  it('a policy change that now refuses it ends it at once, with its place given back', async () => {
+  it('a policy change that now refuses it ends it at once, its place held until the lookup settles', async () => {
     const c = await waitingForItsName();
     const changedAt = Date.now();
     const change = await adminCall(c.daemon.adminUrl, 'PUT', '/api/v1/sandboxes/sb-look/network', {
@@ -69,12 +72,15 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a con
     expect(change.status).toBe(200);
     const l = await c.line;
     await c.closed;
-    expect(Date.now() - changedAt, 'ended only when the lookup did').toBeLessThan(PROMPTLY_MS);
+    expect(Date.now() - changedAt, 'ended only when the lookup did').toBeLessThan(LOOKUP_MS);
     expect({ verdict: field(l, 'egressd.verdict'), reason: field(l, 'event.reason'), endedBy: field(l, 'egressd.ended_by') }).toEqual({
       verdict: 'refuse',
       reason: 'policy-changed',
       endedBy: 'policy',
     });
+    // The lookup's socket is a descriptor its place counts (lookup-after-reset.test.ts).
+    expect(c.daemon.daemon.limits.snapshot().open).toBe(1);
+    for (let i = 0; i < (LOOKUP_MS + PROMPTLY_MS) / 20 && c.daemon.daemon.limits.snapshot().open !== 0; i++) await sleep(20);
     expect(c.daemon.daemon.limits.snapshot().open).toBe(0);
   });
 
