@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <node_api.h>
@@ -80,9 +81,13 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// socketError(fd): the socket's pending error (SO_ERROR: a reset, a timeout), 0 when none, or
-// -errno when it cannot be asked. Taking it clears it, as the native loop's check_error does: the
-// caller acts on it (splice.ts probe: a socket whose write half is ended, so no write can ask).
+// socketError(fd): the error a TCP socket failed with (SO_ERROR: a reset, a timeout), 0 while it
+// has not failed, or -errno when it cannot be asked. Taking it clears it, as the native loop's
+// check_error does: the caller acts on it (splice.ts probe: a socket whose write half is ended, so
+// no write can ask). Only a connection that is over (TCP_CLOSE) has failed: SO_ERROR also hands
+// out a live socket's soft error (an ICMP unreachable, kept in sk_err_soft, which Linux's
+// tcp_v4_err leaves the connection open after), and a caller told of that would end a healthy
+// connection. A live socket's soft error is left untaken.
 static napi_value socket_error(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int32_t fd;
@@ -92,7 +97,10 @@ static napi_value socket_error(napi_env env, napi_callback_info info) {
   }
   int err = 0;
   socklen_t len = sizeof err;
-  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = -errno;
+  struct tcp_info ti;
+  socklen_t tl = sizeof ti;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 && ti.tcpi_state != TCP_CLOSE) err = 0;
+  else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = -errno;
   napi_value result;
   napi_create_int32(env, err, &result);
   return result;
