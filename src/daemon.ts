@@ -384,9 +384,21 @@ export class Daemon {
     )
       .filter(([, k]) => !same(k))
       .map(([name]) => name);
-    // dns.* too: the listeners and the forwarder were built from it, and half of a change (a new
-    // tcpTotal read live beside the listeners' old tcpPerSandbox) is a bound nobody configured.
-    this.#config = Object.freeze({ ...next, listen: before.listen, dns: before.dns, admin: { ...next.admin, listen: before.admin.listen } });
+    // Every key named there is kept as it started, not only those bound to a socket: half of a
+    // change is a bound nobody configured (dns: a new tcpTotal read live beside the listeners' old
+    // tcpPerSandbox; limits.memory: /readyz naming a new shedAt the guard does not use).
+    this.#config = Object.freeze({
+      ...next,
+      listen: before.listen,
+      admin: { ...next.admin, listen: before.admin.listen, maxBodyBytes: before.admin.maxBodyBytes },
+      protected: before.protected,
+      catalog: before.catalog,
+      dns: before.dns,
+      state: before.state,
+      metrics: before.metrics,
+      log: before.log,
+      limits: { ...next.limits, global: before.limits.global, memory: before.limits.memory },
+    });
     // The native loops read the first flight under the peek's times themselves: they take the new ones.
     if (!same((c) => c.peek)) this.nativeSetup?.peekRulesChanged();
     let changed = false;

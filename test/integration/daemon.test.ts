@@ -315,4 +315,29 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     clients.push(c);
     expect(await echoes(c, 'open now')).toBe('open now');
   });
+
+  it('keeps every key a reload names as needing a restart as it started, and applies the rest', async () => {
+    d = await start(loopbackConfig({}));
+    const before = d.daemon.config;
+    const next = loopbackConfig({
+      defaultNetwork: { mode: 'allow-all' },
+      protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] },
+      limits: { memory: { shedAt: 0.5 }, global: { sandboxShare: 0.25 }, sandbox: { connections: 7 } },
+      metrics: { sandboxLabel: true },
+    });
+    const r = d.daemon.reload(next);
+    expect(r).toMatchObject({ ok: true, needsRestart: ['protected', 'metrics', 'limits.global', 'limits.memory'] });
+    const now = d.daemon.config;
+    // Before, the reloaded values stood in the running config while what was built from them at
+    // start (the memory guard, the budget, the metrics) kept the old: /readyz named a shedAt the
+    // guard did not use.
+    expect({ protected: now.protected, metrics: now.metrics, global: now.limits.global, memory: now.limits.memory }).toEqual({
+      protected: before.protected,
+      metrics: before.metrics,
+      global: before.limits.global,
+      memory: before.limits.memory,
+    });
+    expect(now.limits.sandbox.connections).toBe(7);
+    expect(now.defaultNetwork).toEqual(next.defaultNetwork);
+  });
 });
