@@ -1,6 +1,6 @@
 // Loopback listeners for the socket tests: listen, learn the port, clean up when the test ends.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { onTestFinished } from 'vitest';
 
@@ -72,4 +72,16 @@ export async function blackholePort(o: { dualStack?: boolean } = {}): Promise<nu
     }),
   );
   return port;
+}
+
+/** Sockets in SYN_SENT toward `port`, machine-wide, either family (ss): the dial attempts in flight to a blackholePort. */
+export function synSent(port: number): number {
+  const out = execFileSync('ss', ['-Htn', 'state', 'syn-sent', `( dport = :${port} )`], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.trim() !== '').length;
+}
+
+/** Polls `check` every 20 ms for up to `ms`; whether it held. */
+export async function within(ms: number, check: () => boolean): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) if (check()) return true;
+  return check();
 }

@@ -5,11 +5,10 @@
 // left in SYN_SENT), its place in the limits and its attempts' descriptors given back, the line
 // the client's reset with its verdict.
 
-import { execFileSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { blackholePort } from '../../helpers/listen.ts';
+import { blackholePort, synSent, within } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
@@ -17,20 +16,6 @@ import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 const CONNECT_TIMEOUT_MS = 60_000;
 /** How long a line may take after the reset on a loaded machine (still far below the timeout). */
 const PROMPTLY_MS = 10_000;
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** This process's sockets in SYN_SENT toward `port` (the daemon runs in-process). */
-function synSent(port: number): number {
-  const out = execFileSync('ss', ['-Htn', 'state', 'syn-sent', `( dport = :${port} )`], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.trim() !== '').length;
-}
-
-/** Polls `check` every 20 ms for up to `ms`; whether it held. */
-async function within(ms: number, check: () => boolean): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) if (check()) return true;
-  return check();
-}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a client that resets while its upstream is dialed, set up on $setup',

@@ -5,11 +5,10 @@
 // (a sandbox resetting in a loop would otherwise hold a dial each time, for connectTimeoutMs).
 // Its FIN is not going away: a client that sent its request and half-closed still gets the answer.
 
-import { execFileSync } from 'node:child_process';
 import { connect, createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { blackholePort, listenOn } from '../../helpers/listen.ts';
+import { blackholePort, listenOn, synSent, within } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
@@ -25,18 +24,6 @@ const PROMPTLY_MS = 10_000;
 const LOOKUP_MS = 6_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** This process's sockets in SYN_SENT toward `port` (the daemon runs in-process): the dial attempts in flight. */
-function synSent(port: number): number {
-  const out = execFileSync('ss', ['-Htn', 'state', 'syn-sent', `( dport = :${port} )`], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.trim() !== '').length;
-}
-
-/** Polls `check` every 20 ms for up to `ms`; whether it held. */
-async function within(ms: number, check: () => boolean): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) if (check()) return true;
-  return check();
-}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a client that goes before its upstream is reached, set up on $setup',
