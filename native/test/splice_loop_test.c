@@ -1640,6 +1640,17 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
   blackhole_close(&bh);
 }
 
+// A dial asked for after the connection `id` ended (its client reset): nothing is dialed, and its
+// one outcome stands.
+static void check_late_dial_does_nothing(sl_loop *l, uint64_t id) {
+  struct sockaddr_storage a = storage_of(&listen_addr);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
+  int upstream = accept_within(100);
+  CHECK(upstream < 0, "a connection whose client had reset was dialed");
+  if (upstream >= 0) close(upstream);
+  CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
+}
+
 // A client that resets while its connection waits for a command (its name resolved, its verdict
 // judged) is reported at once, not when the command comes; a dial asked for later does nothing.
 static void test_setup_client_resets_while_waiting(sl_loop *l, const struct sockaddr_in *front) {
@@ -1649,12 +1660,7 @@ static void test_setup_client_resets_while_waiting(sl_loop *l, const struct sock
   sl_outcome o = {0};
   CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
   CHECK(o.end == SL_END_CLIENT_RESET && o.dialed == -1 && o.attempts == 0, "end %d, dialed %d, %d attempts", o.end, o.dialed, o.attempts);
-  struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
-  int upstream = accept_within(100);
-  CHECK(upstream < 0, "a connection whose client had reset was dialed");
-  if (upstream >= 0) close(upstream);
-  CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
+  check_late_dial_does_nothing(l, id);
 }
 
 // A client that resets while its flight is read: the read takes the reset's error, so no later
@@ -1671,12 +1677,7 @@ static void test_setup_client_resets_while_its_flight_is_read(sl_loop *l, const 
   sl_outcome o = {0};
   CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
   CHECK(o.end == SL_END_CLIENT_RESET && o.err == ECONNRESET && o.dialed == -1, "end %d, err %d, dialed %d", o.end, o.err, o.dialed);
-  struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
-  int upstream = accept_within(100);
-  CHECK(upstream < 0, "a connection whose client had reset was dialed");
-  if (upstream >= 0) close(upstream);
-  CHECK(count_of(id) == 1, "%d outcomes", count_of(id));
+  check_late_dial_does_nothing(l, id);
 }
 
 // A client's FIN during the dial is not its going away (EPOLLRDHUP alone): it sent its request and
