@@ -88,3 +88,39 @@ export function secondHoldsFirst(
     allClosed: () => new Promise<void>((resolve) => (open === 0 ? resolve() : (onAllClosed = resolve))),
   };
 }
+
+/** A recursive query for `name`'s A records, as a stub resolver sends it (random id). */
+export function dnsQuery(name: string): Buffer {
+  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
+}
+
+/**
+ * Asks `name` on the DNS-over-TCP connection `s` (RFC 7766 §8: two-octet length, then the
+ * message) and reads one answer: its rcode, or `closed without an answer` when the connection
+ * closes first. Rejects when neither comes within `timeoutMs`.
+ */
+export function askOverTcp(s: Socket, name: string, timeoutMs = 5000): Promise<{ rcode: string | undefined }> {
+  const msg = dnsQuery(name);
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(msg.length);
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => done(new Error(`no framed answer within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) done('answer');
+    };
+    const onClose = (): void => done('closed');
+    const done = (how: 'answer' | 'closed' | Error): void => {
+      clearTimeout(timer);
+      s.off('data', onData);
+      s.off('close', onClose);
+      if (how instanceof Error) reject(how);
+      else if (how === 'closed') resolve({ rcode: 'closed without an answer' });
+      else resolve({ rcode: (packet.decode(buf.subarray(2, buf.readUInt16BE(0) + 2)) as { rcode?: string }).rcode });
+    };
+    s.on('data', onData);
+    s.once('close', onClose);
+    s.write(Buffer.concat([len, msg]));
+  });
+}

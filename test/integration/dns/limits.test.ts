@@ -6,11 +6,11 @@
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
-import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { askOverTcp, dnsQuery } from '../../helpers/tcp-dns.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.51';
@@ -70,7 +70,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     const s = createSocket('udp4');
     held.push(s);
     s.on('error', () => {});
-    s.bind(0, from, () => s.send(query(name), port, '127.0.0.1'));
+    s.bind(0, from, () => s.send(dnsQuery(name), port, '127.0.0.1'));
   };
 
   /** Resolves once the upstream has seen `name` (the query is then in flight), bounded. */
@@ -121,7 +121,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
         const s = connect({ host: '127.0.0.1', port, localAddress: A });
         s.on('error', () => {});
         open.push(s);
-        const first = await readFrame(s, frame(query('fast.test')));
+        const first = await askOverTcp(s, 'fast.test');
         expect(first.rcode).toBe('NOERROR');
       }
       // A third, from dig: the bound answers its query REFUSED rather than resetting it.
@@ -130,7 +130,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       const third = connect({ host: '127.0.0.1', port, localAddress: A });
       third.on('error', () => {});
       const ended = new Promise<void>((r) => third.once('end', () => r()));
-      expect((await readFrame(third, frame(query('fast.test')))).rcode).toBe('REFUSED');
+      expect((await askOverTcp(third, 'fast.test')).rcode).toBe('REFUSED');
       await ended;
       third.destroy();
       expect((await metric('tcp-limited')) - before).toBe(2);
@@ -161,7 +161,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
         const s = connect({ host: '127.0.0.1', port, localAddress: from });
         s.on('error', () => {});
         open.push(s);
-        expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+        expect((await askOverTcp(s, 'fast.test')).rcode).toBe('NOERROR');
       }
       const slow = connect({ host: '127.0.0.1', port, localAddress: from });
       slow.on('error', () => {});
@@ -195,7 +195,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       const s = connect({ host: '127.0.0.1', port, localAddress: from });
       s.on('error', () => {});
       open.push(s);
-      expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+      expect((await askOverTcp(s, 'fast.test')).rcode).toBe('NOERROR');
       return s;
     };
     const closed = (s: Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
@@ -235,45 +235,15 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
         s.once('close', () => resolve(s));
       });
     try {
-      for (let i = 0; i < 2; i++) expect((await readFrame(await connected(A), frame(query('fast.test')))).rcode).toBe('NOERROR');
+      for (let i = 0; i < 2; i++) expect((await askOverTcp(await connected(A), 'fast.test')).rcode).toBe('NOERROR');
       // sb-a, at its bound, opens more than the listener holds refusing, and sends nothing on them.
       await Promise.all(Array.from({ length: 260 }, () => connected(A)));
       await new Promise((r) => setTimeout(r, 100));
       // sb-b takes the last of the total, then one more: refused, with an answer, not a reset.
-      expect((await readFrame(await connected(B), frame(query('fast.test')))).rcode).toBe('NOERROR');
+      expect((await askOverTcp(await connected(B), 'fast.test')).rcode).toBe('NOERROR');
       expect(await dig(B, '+tcp', 'fast.test', 'A').catch((e: Error) => e.message)).toMatch(/status: REFUSED/);
     } finally {
       for (const s of open) s.destroy();
     }
   });
 });
-
-function query(name: string): Buffer {
-  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
-}
-
-function frame(msg: Buffer): Buffer {
-  const len = Buffer.alloc(2);
-  len.writeUInt16BE(msg.length);
-  return Buffer.concat([len, msg]);
-}
-
-/** Writes `msg` on the connection and reads one length-framed response (RFC 7766 §8), within 2 s. */
-function readFrame(s: Socket, msg: Buffer): Promise<{ rcode: string | undefined }> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => done(new Error('no framed answer within 2 s')), 2000);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) done(null);
-    };
-    const done = (err: Error | null): void => {
-      clearTimeout(timer);
-      s.off('data', onData);
-      if (err) reject(err);
-      else resolve({ rcode: (packet.decode(buf.subarray(2, buf.readUInt16BE(0) + 2)) as { rcode?: string }).rcode });
-    };
-    s.on('data', onData);
-    s.write(msg);
-  });
-}

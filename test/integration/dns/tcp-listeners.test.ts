@@ -4,10 +4,10 @@
 // other must be made there; and a sandbox's dns.limits.tcpPerSandbox spans both.
 
 import { connect, type Socket } from 'node:net';
-import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { askOverTcp } from '../../helpers/tcp-dns.ts';
 
 const A = '127.0.0.71';
 const B = '127.0.0.72';
@@ -56,7 +56,7 @@ describe('two DNS listeners', () => {
     const s = connect({ host: to, port: port[to]!, localAddress: from });
     s.on('error', () => {});
     open.push(s);
-    return { s, rcode: (await readFrame(s, frame(query('fast.test')))).rcode };
+    return { s, rcode: (await askOverTcp(s, 'fast.test')).rcode };
   };
   const closed = (s: Socket): Promise<void> => new Promise((r) => (s.destroyed ? r() : s.once('close', () => r())));
 
@@ -153,41 +153,10 @@ describe('a DNS TCP connection arriving while the daemon starts', () => {
     const s = connect({ host: FIRST, port: d.daemon.dnsListeners[0]!.port!, localAddress: A });
     s.on('error', () => {});
     try {
-      expect((await readFrame(s, frame(query('fast.test')))).rcode).toBe('NOERROR');
+      expect((await askOverTcp(s, 'fast.test')).rcode).toBe('NOERROR');
       expect(await gauge()).toBe(1);
     } finally {
       s.destroy();
     }
   });
 });
-
-function query(name: string): Buffer {
-  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
-}
-
-function frame(msg: Buffer): Buffer {
-  const len = Buffer.alloc(2);
-  len.writeUInt16BE(msg.length);
-  return Buffer.concat([len, msg]);
-}
-
-/** Writes `msg` on the connection and reads one length-framed response (RFC 7766 §8), or the close. */
-function readFrame(s: Socket, msg: Buffer): Promise<{ rcode: string | undefined }> {
-  return new Promise((resolve) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer): void => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= 2 && buf.length >= buf.readUInt16BE(0) + 2) done('answer');
-    };
-    const onClose = (): void => done('closed');
-    const done = (how: 'answer' | 'closed'): void => {
-      s.off('data', onData);
-      s.off('close', onClose);
-      if (how === 'closed') resolve({ rcode: 'closed without an answer' });
-      else resolve({ rcode: (packet.decode(buf.subarray(2, buf.readUInt16BE(0) + 2)) as { rcode?: string }).rcode });
-    };
-    s.on('data', onData);
-    s.once('close', onClose);
-    s.write(msg);
-  });
-}

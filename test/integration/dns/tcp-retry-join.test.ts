@@ -7,13 +7,12 @@
 // none); joined, its answer must come as soon.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tcpShare } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { tcpDns } from '../../helpers/tcp-dns.ts';
+import { dnsQuery, tcpDns } from '../../helpers/tcp-dns.ts';
 
 const A = '127.0.0.63';
 const B = '127.0.0.64';
@@ -62,7 +61,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     const s = createSocket('udp4');
     held.push(s);
     s.on('error', () => {});
-    s.bind(0, A, () => s.send(query(name), port, '127.0.0.1'));
+    s.bind(0, A, () => s.send(dnsQuery(name), port, '127.0.0.1'));
   };
   const waitFor = async (what: () => Promise<boolean>): Promise<void> => {
     for (let i = 0; i < 500 && !(await what()); i++) await new Promise((r) => setTimeout(r, 20));
@@ -96,7 +95,3 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     expect((await metric('egressd_dns_tcp_retries_joined_total')) - joinedBefore).toBe(1);
   });
 });
-
-function query(name: string): Buffer {
-  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
-}

@@ -5,13 +5,12 @@
 // A's retries past its share wait, counted.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tcpShare } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { tcpDns } from '../../helpers/tcp-dns.ts';
+import { dnsQuery, tcpDns } from '../../helpers/tcp-dns.ts';
 
 const A = '127.0.0.61';
 const B = '127.0.0.62';
@@ -67,7 +66,7 @@ describe.skipIf(!haveDig)("the DNS listener's retries over TCP", () => {
       const s = createSocket('udp4');
       held.push(s);
       s.on('error', () => {});
-      s.bind(0, A, () => s.send(query(`a${i}.flood.test`), port, '127.0.0.1'));
+      s.bind(0, A, () => s.send(dnsQuery(`a${i}.flood.test`), port, '127.0.0.1'));
     }
     // A's retries reach the TCP side: all it may hold, every place but a share's worth.
     const most = PLACES - tcpShare(PLACES);
@@ -80,7 +79,3 @@ describe.skipIf(!haveDig)("the DNS listener's retries over TCP", () => {
     expect((await metric('sandbox')) - heldBefore).toBe(FLOOD - most);
   });
 });
-
-function query(name: string): Buffer {
-  return packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] });
-}
