@@ -76,6 +76,43 @@ export function asIPv4IfMapped(b: CidrBlock): CidrBlock {
   return { family: 4, words: Uint32Array.of(b.words[3]!, 0, 0, 0), prefix: b.prefix - 96 };
 }
 
+/**
+ * The IPv4 addresses a packet to the IPv6 address `w` is carried on to by a translator or a
+ * tunnel, written to `out` (room for 2); returns how many. The gateway, not egressd, then
+ * connects to them, so each is as protected as if the sandbox had dialed it (decide.ts step 1):
+ * - NAT64, the well-known prefix 64:ff9b::/96 (RFC 6052 §2.1): the last 32 bits;
+ * - SIIT, ::ffff:0:0:0/96 (RFC 2765 §2.1), and IPv4-compatible, ::/96 (RFC 4291 §2.5.5.1): the last 32 bits;
+ * - 6to4, 2002::/16 (RFC 3056 §2): bits 16–47, the site's IPv4 address;
+ * - Teredo, 2001::/32 (RFC 4380 §4): the server's address (bits 32–63) and the client's,
+ *   its bits inverted (the last 32).
+ * IPv4-mapped addresses are not here: they are judged as their IPv4 address throughout. The
+ * local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) and a network's own NAT64 prefix are not
+ * decoded: the RFC 6052 format a translator uses there cannot be told from the address.
+ */
+export function embeddedIPv4(w: Uint32Array, out: Uint32Array): number {
+  const w0 = w[0]!;
+  if (w0 === 0x0064ff9b) {
+    if (w[1] !== 0 || w[2] !== 0) return 0;
+    out[0] = w[3]!;
+    return 1;
+  }
+  if (w0 === 0) {
+    if (w[1] !== 0 || (w[2] !== 0 && w[2] !== 0xffff0000)) return 0;
+    out[0] = w[3]!;
+    return 1;
+  }
+  if (w0 >>> 16 === 0x2002) {
+    out[0] = ((w0 << 16) | (w[1]! >>> 16)) >>> 0;
+    return 1;
+  }
+  if (w0 === 0x20010000) {
+    out[0] = w[1]!;
+    out[1] = ~w[3]! >>> 0;
+    return 2;
+  }
+  return 0;
+}
+
 interface Interval {
   lo: bigint;
   hi: bigint;

@@ -4,7 +4,8 @@
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import type { RuleCounts } from './rule-hits.ts';
-import { isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
+import { formatIPv4, isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
+import { embeddedIPv4 } from '../match/protected.ts';
 
 export interface Facts {
   /** The name the client sent (SNI, Host), normalized by names.ts, or null when there is none. */
@@ -61,6 +62,23 @@ const BLOCK_ALL: Decision = Object.freeze({ verdict: 'refuse', reason: 'default-
 /** decide() is synchronous, so one scratch buffer serves every call. */
 const words = new Uint32Array(4);
 
+/** The IPv4 addresses inside an IPv6 destination (embeddedIPv4), and one of them as IPv4 words. */
+const inner = new Uint32Array(2);
+const innerWords = new Uint32Array(4);
+
+/** Step 1 (a)–(c) for the IPv4 address `v4`: the rule that refuses it, or null. */
+function protectedIPv4(set: CompiledPolicy['protectedSet'], allow: CompiledSide, v4: number, port: number): string | null {
+  innerWords[0] = v4;
+  const host = set.host?.refuses(4, innerWords, port) ?? null;
+  if (host !== null) return host;
+  const locked = set.lockedWords(4, innerWords);
+  if (locked >= 0) return `protected.extra ${JSON.stringify(set.ranges[locked])}`;
+  const prot = set.lookupWords(4, innerWords);
+  if (prot < 0) return null;
+  const cidr = allow.cidrIndex(4, innerWords);
+  return cidr >= 0 && allow.unlocks(cidr) ? null : `protected ${JSON.stringify(set.ranges[prot])}`;
+}
+
 /** Parses the address into `words`; an IPv4-mapped IPv6 address as its IPv4 address. 0 when it is none. */
 function loadAddress(ip: unknown): 0 | IpFamily {
   const family = parseIpInto(typeof ip === 'string' ? ip : '', words);
@@ -86,6 +104,10 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *    c. the built-in ranges, unless an allowed CIDR holds the address AND lies wholly inside
  *       them: `10.0.0.0/8` or `169.254.169.254/32` unlock what they name, `0.0.0.0/0`
  *       unlocks nothing.
+ *    d. an IPv6 address that a translator or tunnel carries on to an IPv4 address (NAT64
+ *       64:ff9b::/96, SIIT, IPv4-compatible, 6to4, Teredo: protected.ts embeddedIPv4) is
+ *       refused when a, b or c refuses that IPv4 address, an allowed IPv4 CIDR unlocking it as
+ *       in c: unlocking or lifting the IPv6 range opens only the public addresses behind it.
  *    A name never unlocks an address. An address that does not parse is refused here too
  *    (fail closed).
  * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
@@ -122,6 +144,18 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
   const prot = set.lookupWords(family, words);
   if (prot >= 0 && !(cidr >= 0 && allow.unlocks(cidr))) {
     return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(set.ranges[prot])}`, matchedBy: 'protected' };
+  }
+  // (1d) The IPv4 addresses a translator or tunnel carries this IPv6 address on to: each is
+  // judged by (a)–(c) as if dialed itself, so lifting or unlocking the IPv6 range (64:ff9b::/96
+  // on a DNS64 host) opens the public IPv4 addresses behind it, never the metadata service.
+  if (family === 6) {
+    const n = embeddedIPv4(words, inner);
+    for (let i = 0; i < n; i++) {
+      const rule = protectedIPv4(set, allow, inner[i]!, port);
+      if (rule !== null) {
+        return { verdict: 'refuse', reason: 'protected-address', rule: `${rule} (${formatIPv4(inner[i]!)}, inside ${f.ip})`, matchedBy: 'protected' };
+      }
+    }
   }
 
   // (2) The allow side.

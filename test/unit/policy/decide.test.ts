@@ -135,6 +135,45 @@ describe("decide (1b): the operator's protected.extra ranges are never unlocked 
   });
 });
 
+describe('decide (1c): an IPv6 address that hands an IPv4 address to a translator or a tunnel', () => {
+  // The gateway connects to the IPv4 address inside (RFC 6052 NAT64, RFC 2765 SIIT, RFC 3056
+  // 6to4, RFC 4380 Teredo, RFC 4291 §2.5.5.1): that address is protected as itself, as an
+  // IPv4-mapped address is. Unlocking the IPv6 range opens its public IPv4 addresses only.
+  it.each([
+    ['64:ff9b::/96', '64:ff9b::a9fe:a9fe', '169.254.0.0/16'],
+    ['64:ff9b::/96', '64:ff9b::7f00:1', '127.0.0.0/8'],
+    ['64:ff9b::/96', '64:ff9b::10.0.0.5', '10.0.0.0/8'],
+    ['::ffff:0:0:0/96', '::ffff:0:a9fe:a9fe', '169.254.0.0/16'],
+    ['::/96', '::a9fe:a9fe', '169.254.0.0/16'],
+    ['2002::/16', '2002:a9fe:a9fe::1', '169.254.0.0/16'],
+    ['2002::/16', '2002:c0a8:101::1', '192.168.0.0/16'],
+    // Teredo: the server's address, and the client's, obfuscated (bits inverted).
+    ['2001::/32', '2001:0:a9fe:a9fe::1', '169.254.0.0/16'],
+    ['2001::/32', '2001:0:808:808:0:0:5601:5601', '169.254.0.0/16'],
+  ])('an allowed %s does not unlock %s, which reaches %s', (cidr, ip, range) => {
+    const d = decide(compiled('block-all', { cidrs: [cidr] }), facts(ip));
+    expect(d).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
+    expect(d.rule).toContain(`protected "${range}"`);
+  });
+
+  it('opens the public IPv4 addresses behind an unlocked translation prefix, and a protected one only with an IPv4 CIDR that unlocks it', () => {
+    expect(decide(compiled('block-all', { cidrs: ['64:ff9b::/96'] }), facts('64:ff9b::808:808')).verdict).toBe('allow');
+    expect(decide(compiled('block-all', { cidrs: ['2002::/16'] }), facts('2002:808:808::1')).verdict).toBe('allow');
+    const both = compiled('block-all', { cidrs: ['64:ff9b::/96', '169.254.169.254/32'] });
+    expect(decide(both, facts('64:ff9b::a9fe:a9fe')).verdict).toBe('allow');
+    expect(decide(both, facts('64:ff9b::a9fe:a9fd')).reason).toBe('protected-address');
+  });
+
+  it('keeps the IPv4 address protected when the operator lifts the NAT64 prefix (protected.except), as a DNS64 host must', () => {
+    const nat64 = compileProtected({ except: ['64:ff9b::/96'] });
+    expect(decide(compiled('allow-all', {}, {}, nat64), facts('64:ff9b::808:808')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all', {}, {}, nat64), facts('64:ff9b::a9fe:a9fe'))).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
+    expect(
+      decide(compiled('allow-all', {}, {}, compileProtected({ except: ['64:ff9b::/96'], extra: ['8.8.4.0/24'] })), facts('64:ff9b::808:404')).rule,
+    ).toContain('protected.extra "8.8.4.0/24"');
+  });
+});
+
 describe('decide (1a): the host itself', () => {
   const host = new HostAddresses({
     reachable: ['198.18.7.1'],

@@ -1,0 +1,51 @@
+// An IPv6 destination that carries an IPv4 address for a translator or a tunnel to connect to
+// (NAT64, 6to4, Teredo, SIIT, IPv4-compatible), through a running daemon on both set-up paths:
+// lifting or unlocking the IPv6 range must not open the metadata service, loopback or a private
+// network behind the gateway. The original destination comes from the loopback rig's table; a
+// refused connection is never dialed, so no translator is needed to tell the two apart.
+
+import { connect } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action, field } from '../helpers/log-line.ts';
+
+function closedFrom(source: string, port: number): Promise<void> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: source });
+    s.on('error', () => {});
+    s.on('close', () => resolve());
+  });
+}
+
+describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('an IPv4 address inside an IPv6 destination, set up on $setup', ({ setup }) => {
+  let d: LoopbackDaemon | undefined;
+  afterEach(async () => {
+    await d?.stop();
+    d = undefined;
+  });
+
+  it.each([
+    // A DNS64/NAT64 host must lift the NAT64 prefix (protected.except) for its sandboxes to reach
+    // anything over IPv6; the metadata service behind the gateway stays refused.
+    ['allow-all, NAT64 prefix lifted', { mode: 'allow-all' }, '64:ff9b::a9fe:a9fe', '169.254.0.0/16'],
+    ['allow-all, NAT64 prefix lifted', { mode: 'allow-all' }, '64:ff9b::a00:5', '10.0.0.0/8'],
+    // A tenant's allowed CIDR that lies wholly inside a protected transition range unlocks it as an
+    // IPv6 range, not the protected IPv4 addresses it tunnels to.
+    ['sandbox0 allowed_cidrs 2002::/16', { mode: 'block-all', egress: { allowed_cidrs: ['2002::/16'] } }, '2002:a9fe:a9fe::1', '169.254.0.0/16'],
+    ['Novita allowOut 64:ff9b::/96', { network: { denyOut: ['0.0.0.0/0'], allowOut: ['64:ff9b::/96'] } }, '64:ff9b::c0a8:101', '192.168.0.0/16'],
+  ])('%s: refuses %s (%s), never dialed', async (_label, network, ip, range) => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8', '64:ff9b::/96'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+        sandboxes: [{ id: 'sb-embedded', sources: ['127.0.0.43'], network }],
+      }),
+      { setup },
+    );
+    d.route('127.0.0.43', ip, 80);
+    await closedFrom('127.0.0.43', d.port('tcp'));
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason') }).toEqual({ verdict: 'refuse', reason: 'protected-address' });
+    expect(field(line, 'egressd.upstream.ip')).toBeUndefined();
+    expect(String(field(line, 'rule.name'))).toContain(`protected "${range}"`);
+  });
+});
