@@ -259,7 +259,8 @@ function judged(
     }
   }
 
-  // A name in any spelling of an IP address is not a name: only address rules apply to it.
+  // A name in any spelling of an IP address is not a name: only address rules apply to it. It is
+  // still what the client sent, and the log keeps it (egressd.raw_name), not "no name".
   if (rawName !== null) {
     const n = normalizeWireName(rawName);
     if (!n.ok) {
@@ -268,6 +269,7 @@ function judged(
       return refuseMalformed(socket, live, o.protocol, config, o, 'invalid-name');
     }
     if ('name' in n) o.name = n.name;
+    else o.rawName = rawName;
   }
 
   // (2) The verdict, on the policy in force now. A connection that carries no name, to an

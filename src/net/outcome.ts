@@ -37,7 +37,7 @@ export interface ConnectionOutcome {
   destinationPort: number | null;
   /** The normalized name the client asked for (SNI or Host), null when none. */
   name: string | null;
-  /** The raw name as sent, only when it failed normalization (quoted in the log, not matched). */
+  /** The raw name as sent, only when it failed normalization (not matched) or spells an IP address (judged by address). */
   rawName?: string;
   /**
    * The names this sandbox resolved through egressd to the destination, when a connection that

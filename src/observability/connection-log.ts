@@ -67,7 +67,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
   {
     name: 'destination.domain',
     type: 'keyword',
-    description: 'The name the client asked for (SNI or Host, normalized), whatever the protocol; absent when it sent none.',
+    description:
+      'The name the client asked for (SNI or Host, normalized), whatever the protocol; absent when it sent none, or an IP address (see `egressd.raw_name`).',
     value: (o) => o.name,
   },
   { name: 'destination.bytes', type: 'long', description: 'Bytes carried from the upstream to the sandbox.', value: (o) => o.bytesDown },
@@ -127,7 +128,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
   {
     name: 'egressd.raw_name',
     type: 'keyword',
-    description: 'The name as sent, only when it failed normalization (then it was not matched).',
+    description:
+      'The name as sent (SNI or Host), only when it failed normalization (then it was not matched) or spells an IP address (then address rules alone judged it).',
     value: (o) => o.rawName,
   },
   { name: 'egressd.alpn', type: 'keyword[]', description: 'The ALPN protocols the ClientHello offered.', value: (o) => o.alpn },

@@ -95,4 +95,25 @@ describe('the connection log line, read from a running daemon', () => {
     expect(typeof field(line, 'rule.name')).toBe('string');
     expect([field(line, 'url.domain'), field(line, 'egressd.upstream.ip')]).toEqual([undefined, undefined]);
   });
+
+  it.each([
+    ['a TLS server_name', 'tls', buildHello({ sni: ['169.254.169.254'] }), '169.254.169.254'],
+    ['an HTTP Host', 'http', Buffer.from('GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n'), '[::1]'],
+  ] as const)('keeps %s that spells an address in egressd.raw_name: the client did send one, judged by address alone', async (_what, listener, flight, raw) => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8', '198.18.0.0/15'], reachableHostAddresses: ['127.0.0.0/8'] },
+        sandboxes: [{ id: 'sb-a', sources: ['127.0.0.62'], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } }],
+      }),
+    );
+    d.route('127.0.0.62', '198.18.1.2', 443);
+    const c = connect({ host: '127.0.0.1', port: d.port(listener), localAddress: '127.0.0.62' });
+    c.on('error', () => {});
+    c.resume();
+    c.end(flight);
+    await once(c, 'close');
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({ event: { reason: 'default-block' }, egressd: { verdict: 'refuse', raw_name: raw } });
+    expect(field(line, 'destination.domain')).toBeUndefined();
+  });
 });
