@@ -115,7 +115,8 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *    lists neither — AND the port matches (any port when it lists none). A side that lists
  *    nothing matches nothing.
  * 3. The deny side matches → refused. It matches when any one of its domains (by name),
- *    CIDRs (by address) or ports matches.
+ *    CIDRs (by address, an IPv4 CIDR also by the IPv4 address inside a NAT64, SIIT,
+ *    IPv4-compatible, 6to4 or Teredo destination, as in 1d) or ports matches.
  * 4. The mode: allow-all allows, block-all refuses.
  *
  * A name is matched only by domain rules and an address only by CIDR rules; a connection
@@ -183,6 +184,19 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
     const c = deny.cidrIndex(family, words);
     if (c >= 0)
       return { verdict: 'refuse', reason: 'deny-rule', rule: deny.cidrRule(c), matchedBy: 'address', hit: one(p.counts, p.counts.slot('denied', 'cidrs', c)) };
+    // A denied IPv4 CIDR holds against the IPv6 forms that reach its addresses, as against the
+    // IPv4-mapped one: on a DNS64 host every IPv4-only name resolves to its NAT64 form.
+    if (family === 6) {
+      const n = embeddedIPv4(words, inner);
+      for (let k = 0; k < n; k++) {
+        innerWords[0] = inner[k]!;
+        const e = deny.cidrIndex(4, innerWords);
+        if (e >= 0) {
+          const rule = `${deny.cidrRule(e)} (${formatIPv4(inner[k]!)}, inside ${f.ip})`;
+          return { verdict: 'refuse', reason: 'deny-rule', rule, matchedBy: 'address', hit: one(p.counts, p.counts.slot('denied', 'cidrs', e)) };
+        }
+      }
+    }
     if (deny.ports !== null) {
       const i = deny.ports.find(port);
       if (i >= 0)
@@ -202,13 +216,22 @@ const one = (counts: RuleCounts, a: number): RuleHit => ({ counts, a, b: -1 });
 /**
  * Whether a connection matches one side taken as an allow side is matched (step 2's rule: host
  * AND port), with no protected step and no mode: the operator's always-deny entries
- * (policy/overlay.ts), which refuse and so need no protection. Returns the matching rule
+ * (policy/overlay.ts), which refuse and so need no protection. An IPv4 CIDR also matches the
+ * IPv6 forms that reach its addresses, as on decide()'s deny side. Returns the matching rule
  * text, or null (also for facts that do not parse: the layers after refuse those).
  */
 export function matchSide(side: CompiledSide, f: Facts, trace?: DecideTrace): Decision | null {
   const family = loadAddress(f.ip);
   if (family === 0 || !Number.isInteger(f.port) || f.port < 1 || f.port > 65535 || side.empty) return null;
-  const cidr = side.cidrIndex(family, words);
+  let cidr = side.cidrIndex(family, words);
+  // As on the deny side of decide(): an IPv4 CIDR of the entry matches the IPv6 forms that reach it.
+  if (cidr < 0 && family === 6) {
+    const n = embeddedIPv4(words, inner);
+    for (let k = 0; k < n && cidr < 0; k++) {
+      innerWords[0] = inner[k]!;
+      cidr = side.cidrIndex(4, innerWords);
+    }
+  }
   if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null) trace.nameConsulted = true;
   return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null);
 }

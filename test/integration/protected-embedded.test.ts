@@ -1,7 +1,7 @@
 // An IPv6 destination that carries an IPv4 address for a translator or a tunnel to connect to
 // (NAT64, 6to4, Teredo, SIIT, IPv4-compatible), through a running daemon on both set-up paths:
 // lifting or unlocking the IPv6 range must not open the metadata service, loopback or a private
-// network behind the gateway. The original destination comes from the loopback rig's table; a
+// network behind the gateway, nor an IPv4 address a deny rule names. The original destination comes from the loopback rig's table; a
 // refused connection is never dialed, so no translator is needed to tell the two apart.
 
 import { connect } from 'node:net';
@@ -47,5 +47,24 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('an IP
     expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason') }).toEqual({ verdict: 'refuse', reason: 'protected-address' });
     expect(field(line, 'egressd.upstream.ip')).toBeUndefined();
     expect(String(field(line, 'rule.name'))).toContain(`protected "${range}"`);
+  });
+
+  it.each([
+    ['sandbox0 denied_cidrs', { mode: 'allow-all', egress: { denied_cidrs: ['198.51.100.0/24', '1.2.3.0/24'] } }],
+    ['Novita denyOut', { network: { denyOut: ['1.2.3.4'] } }],
+  ])('%s: refuses the NAT64 form of a denied address on a DNS64 host, never dialed', async (_label, network) => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8', '64:ff9b::/96'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+        sandboxes: [{ id: 'sb-denied', sources: ['127.0.0.44'], network }],
+      }),
+      { setup },
+    );
+    d.route('127.0.0.44', '64:ff9b::102:304', 443);
+    await closedFrom('127.0.0.44', d.port('tcp'));
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason') }).toEqual({ verdict: 'refuse', reason: 'deny-rule' });
+    expect(field(line, 'egressd.upstream.ip')).toBeUndefined();
+    expect(String(field(line, 'rule.name'))).toContain('(1.2.3.4, inside 64:ff9b::102:304)');
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
-import { decide, type Decision, type Facts } from '../../../src/policy/decide.ts';
+import { decide, matchSide, type Decision, type Facts } from '../../../src/policy/decide.ts';
 import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
 import { compileProtected, type ProtectedRanges } from '../../../src/match/protected.ts';
 import { HostAddresses } from '../../../src/net/host-addresses.ts';
@@ -171,6 +171,29 @@ describe('decide (1c): an IPv6 address that hands an IPv4 address to a translato
     expect(
       decide(compiled('allow-all', {}, {}, compileProtected({ except: ['64:ff9b::/96'], extra: ['8.8.4.0/24'] })), facts('64:ff9b::808:404')).rule,
     ).toContain('protected.extra "8.8.4.0/24"');
+  });
+});
+
+describe('decide (3): a denied IPv4 CIDR holds against its NAT64, 6to4 and SIIT forms', () => {
+  // On a DNS64 host the operator lifts 64:ff9b::/96, and every IPv4-only name resolves to its
+  // NAT64 form: a deny rule written for the IPv4 address must still match, as it does for the
+  // IPv4-mapped form.
+  const lifted = compileProtected({ except: ['64:ff9b::/96', '2002::/16', '::ffff:0:0:0/96'] });
+  it.each(['64:ff9b::102:304', '2002:102:304::1', '::ffff:0:102:304'])('refuses %s under allow-all with denied_cidrs 1.2.3.0/24', (ip) => {
+    const p = compiled('allow-all', {}, { cidrs: ['1.2.3.0/24'] }, lifted);
+    expect(plain(decide(p, facts(ip)))).toEqual<Decision>({
+      verdict: 'refuse',
+      reason: 'deny-rule',
+      rule: `denied_cidrs "1.2.3.0/24" (1.2.3.4, inside ${ip})`,
+      matchedBy: 'address',
+    });
+    expect(decide(p, facts(ip.replace('102:304', '808:808'))).verdict).toBe('allow');
+  });
+
+  it("matches an always-deny entry's IPv4 CIDR in its NAT64 form too (matchSide)", () => {
+    const side = compiled('block-all', { cidrs: ['1.2.3.0/24'] }, {}, lifted).allow;
+    expect(matchSide(side, facts('64:ff9b::102:304'))).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
+    expect(matchSide(side, facts('64:ff9b::808:808'))).toBeNull();
   });
 });
 
