@@ -66,8 +66,33 @@ const words = new Uint32Array(4);
 const inner = new Uint32Array(2);
 const innerWords = new Uint32Array(4);
 
+/**
+ * The grants of protected addresses that a sandbox's layer lends to its organization's layer
+ * (verdict.ts): what the sandbox's own decide() would open at step 1c. An organization bounds
+ * its sandboxes; it does not cancel, by protection alone, what a sandbox's policy opens.
+ */
+export interface LentUnlock {
+  /** The sandbox's allow side: an allowed CIDR that unlocks the address opens it, on any port. */
+  readonly allow: CompiledSide;
+  /** The sandbox DNS servers' rule (Novita), or null: it opens its addresses on its ports only. */
+  readonly dns: CompiledSide | null;
+}
+
+/** Whether `lent` opens the built-in protected range holding `w` (step 1c) for `port`. */
+function lentOpens(lent: LentUnlock, family: IpFamily, w: Uint32Array, port: number): boolean {
+  const c = lent.allow.cidrIndex(family, w);
+  if (c >= 0 && lent.allow.unlocks(c)) return true;
+  const dns = lent.dns;
+  if (dns === null) return false;
+  const d = dns.cidrIndex(family, w);
+  return d >= 0 && dns.unlocks(d) && (dns.ports === null || dns.ports.find(port) >= 0);
+}
+
+/** Set by a decide() call when only the lent grant opened a protected address (decide() is synchronous). */
+let openedByLent = false;
+
 /** Step 1 (a)–(c) for the IPv4 address `v4`: the rule that refuses it, or null. */
-function protectedIPv4(set: CompiledPolicy['protectedSet'], allow: CompiledSide, v4: number, port: number): string | null {
+function protectedIPv4(set: CompiledPolicy['protectedSet'], allow: CompiledSide, lent: LentUnlock | null, v4: number, port: number): string | null {
   innerWords[0] = v4;
   const host = set.host?.refuses(4, innerWords, port) ?? null;
   if (host !== null) return host;
@@ -76,7 +101,12 @@ function protectedIPv4(set: CompiledPolicy['protectedSet'], allow: CompiledSide,
   const prot = set.lookupWords(4, innerWords);
   if (prot < 0) return null;
   const cidr = allow.cidrIndex(4, innerWords);
-  return cidr >= 0 && allow.unlocks(cidr) ? null : `protected ${JSON.stringify(set.ranges[prot])}`;
+  if (cidr >= 0 && allow.unlocks(cidr)) return null;
+  if (lent !== null && lentOpens(lent, 4, innerWords, port)) {
+    openedByLent = true;
+    return null;
+  }
+  return `protected ${JSON.stringify(set.ranges[prot])}`;
 }
 
 /** Parses the address into `words`; an IPv4-mapped IPv6 address as its IPv4 address. 0 when it is none. */
@@ -110,6 +140,11 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *       in c: unlocking or lifting the IPv6 range opens only the public addresses behind it.
  *    A name never unlocks an address. An address that does not parse is refused here too
  *    (fail closed).
+ *    With `lent` (an organization's layer, given its sandbox's grants: verdict.ts), what the
+ *    sandbox opens at c (and at d, through c) is open here too; the allow side then matches
+ *    such an address by its CIDRs and ports only, never by a domain (a name never unlocks an
+ *    address, so an organization that allows names only still refuses it). The deny side and
+ *    the mode judge it as any address.
  * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
  *    the address by one of its CIDRs, else the name by one of its domains; any host when it
  *    lists neither — AND the port matches (any port when it lists none). A side that lists
@@ -123,7 +158,7 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  * without a name is judged by address and port alone. An IPv4-mapped IPv6 address
  * (::ffff:a.b.c.d) is judged as its IPv4 address throughout.
  */
-export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decision {
+export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: LentUnlock | null = null): Decision {
   const family = loadAddress(f.ip);
   if (family === 0) return { verdict: 'refuse', reason: 'protected-address', rule: `address ${quote(f.ip)} is not an IP address`, matchedBy: 'protected' };
   const port = f.port;
@@ -143,8 +178,12 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
   }
   const cidr = allow.cidrIndex(family, words);
   const prot = set.lookupWords(family, words);
+  openedByLent = false;
   if (prot >= 0 && !(cidr >= 0 && allow.unlocks(cidr))) {
-    return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(set.ranges[prot])}`, matchedBy: 'protected' };
+    if (lent === null || !lentOpens(lent, family, words, port)) {
+      return { verdict: 'refuse', reason: 'protected-address', rule: `protected ${JSON.stringify(set.ranges[prot])}`, matchedBy: 'protected' };
+    }
+    openedByLent = true;
   }
   // (1d) The IPv4 addresses a translator or tunnel carries this IPv6 address on to: each is
   // judged by (a)–(c) as if dialed itself, so lifting or unlocking the IPv6 range (64:ff9b::/96
@@ -152,17 +191,18 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace): Decisi
   if (family === 6) {
     const n = embeddedIPv4(words, inner);
     for (let i = 0; i < n; i++) {
-      const rule = protectedIPv4(set, allow, inner[i]!, port);
+      const rule = protectedIPv4(set, allow, lent, inner[i]!, port);
       if (rule !== null) {
         return { verdict: 'refuse', reason: 'protected-address', rule: `${rule} (${formatIPv4(inner[i]!)}, inside ${f.ip})`, matchedBy: 'protected' };
       }
     }
   }
 
-  // (2) The allow side.
+  // (2) The allow side; by address and port alone when only the lent grant opened the address.
   if (!allow.empty) {
-    if (trace !== undefined && cidr < 0 && allow.hasHosts && allow.domains !== null) trace.nameConsulted = true;
-    const d = allowMatch(allow, cidr, name, port, p.counts);
+    const byName = openedByLent ? null : name;
+    if (trace !== undefined && !openedByLent && cidr < 0 && allow.hasHosts && allow.domains !== null) trace.nameConsulted = true;
+    const d = allowMatch(allow, cidr, byName, port, p.counts);
     if (d !== null) return d;
   }
 

@@ -6,7 +6,7 @@
 
 import type { ProtectedRanges } from '../match/protected.ts';
 import { compilePolicy, type CompiledPolicy, type SharedDomains } from './compile.ts';
-import { countHit, decide, matchSide, type Decision, type DecideTrace, type Facts, type RuleHit } from './decide.ts';
+import { countHit, decide, matchSide, type Decision, type DecideTrace, type Facts, type LentUnlock, type RuleHit } from './decide.ts';
 import type { CompiledOverlays } from './overlay.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
 
@@ -33,6 +33,11 @@ export interface CompiledLayer {
    * "these addresses on this port" beside the policy's other rules. Null when off.
    */
   readonly dns: CompiledPolicy | null;
+  /**
+   * What this layer, as a sandbox's, opens of the protected ranges for its organization's layer
+   * (decide.ts step 1): its allowed CIDRs, and its DNS servers on port 53.
+   */
+  readonly lends: LentUnlock;
 }
 
 /** Compiles one dialect result into a layer. Throws TypeError only on unvalidated input. */
@@ -44,7 +49,8 @@ export function compileLayer(r: DialectResult, s: LayerSettings): CompiledLayer 
           s.protectedRanges,
         )
       : null;
-  return Object.freeze({ main: compilePolicy(r.policy, s.protectedRanges, r.essentialServices ? s.catalog : null), dns });
+  const main = compilePolicy(r.policy, s.protectedRanges, r.essentialServices ? s.catalog : null);
+  return Object.freeze({ main, dns, lends: Object.freeze({ allow: main.allow, dns: dns?.allow ?? null }) });
 }
 
 export type Tier = 1 | 2 | 3 | 4;
@@ -148,7 +154,15 @@ export function countVerdict(v: Verdict): void {
  * 1. The organization, when the sandbox names one. An unknown organization refuses
  *    everything (fail closed, `default-block`, rule `org <id>: unknown organization`). When
  *    the organization's layer (below) refuses, that is the verdict, its rule prefixed
- *    `org <id>: `: a sandbox narrows its organization, never widens it.
+ *    `org <id>: `: a sandbox narrows its organization, never widens it. A protected address
+ *    that the sandbox's layer opens (an allowed CIDR wholly inside the protected ranges, its
+ *    DNS servers on port 53) is open in the organization's layer too, which then judges it by
+ *    address, port, deny rules and mode, never by an allowed domain (decide.ts `lent`): the
+ *    protected ranges are egressd's boundary, not the organization's policy, so an allow-all
+ *    organization (Daytona tiers 3 and 4: "full internet access ... with the ability to
+ *    configure custom network settings") leaves the sandbox's `192.168.1.0/24` open, and a
+ *    block-all one (tiers 1 and 2) still refuses it by its own mode. Nothing is lent the other
+ *    way: what the organization's allowed CIDRs open, the sandbox must open itself.
  * 2. The sandbox's layer (or the default policy's, for a source that is no sandbox's). When
  *    the organization allowed by name and the sandbox by address, port or mode, the verdict
  *    still says `matchedBy: 'name'`, so the data path resolves and checks the name.
@@ -185,7 +199,7 @@ export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): 
   // unread): every layer is asked, and a protected refusal by any of them stands.
   const layers = chain.org?.layer ? [chain.org.layer, chain.layer] : [chain.layer];
   for (const l of layers) {
-    const p = layerVerdict(l, facts, undefined);
+    const p = layerVerdict(l, facts, undefined, l === chain.layer ? null : chain.layer.lends);
     if (p.verdict === 'refuse' && p.reason === 'protected-address') return { ...p, layer: l === chain.layer ? 'sandbox' : 'org' };
   }
   return { ...v, verdict: 'would-refuse' };
@@ -226,9 +240,9 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
     if (org.layer === null) {
       return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
     }
-    const o = layerVerdict(org.layer, facts, trace);
+    const o = layerVerdict(org.layer, facts, trace, chain.layer.lends);
     if (o.verdict === 'refuse') return { ...o, rule: `org ${org.id}: ${o.rule ?? o.reason}`, layer: 'org' };
-    const s = layerVerdict(chain.layer, facts, trace);
+    const s = layerVerdict(chain.layer, facts, trace, null);
     return {
       ...s,
       ...(s.verdict === 'allow' && o.matchedBy === 'name' && s.matchedBy !== 'name' ? { matchedBy: 'name' as const } : {}),
@@ -236,15 +250,16 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
       layer: 'sandbox',
     };
   }
-  return { ...layerVerdict(chain.layer, facts, trace), layer: 'sandbox' };
+  return { ...layerVerdict(chain.layer, facts, trace, null), layer: 'sandbox' };
 }
 
-function layerVerdict(layer: CompiledLayer, facts: Facts, trace: DecideTrace | undefined): Decision {
+/** `lent`: the sandbox's grants, when `layer` is its organization's (decide.ts step 1). */
+function layerVerdict(layer: CompiledLayer, facts: Facts, trace: DecideTrace | undefined, lent: LentUnlock | null): Decision {
   if (layer.dns !== null) {
-    const d = decide(layer.dns, facts, trace);
+    const d = decide(layer.dns, facts, trace, lent);
     if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
   }
-  return decide(layer.main, facts, trace);
+  return decide(layer.main, facts, trace, lent);
 }
 
 /**

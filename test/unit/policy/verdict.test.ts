@@ -2,7 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { compileProtected } from '../../../src/match/protected.ts';
 import { SharedDomains } from '../../../src/policy/compile.ts';
 import type { DialectResult, Policy } from '../../../src/policy/model.ts';
-import { compileLayer, nameMatters, nameReach, tierNetwork, verdict, type Facts, type LayerSettings, type PolicyChain } from '../../../src/policy/verdict.ts';
+import { parseNetworkBody } from '../../../src/policy/network-body.ts';
+import {
+  compileLayer,
+  nameMatters,
+  nameReach,
+  tierNetwork,
+  verdict,
+  type Facts,
+  type LayerSettings,
+  type PolicyChain,
+  type Tier,
+} from '../../../src/policy/verdict.ts';
 import { compileOverlays, type OverlayEntry, type Overlays } from '../../../src/policy/overlay.ts';
 
 const settings: LayerSettings = {
@@ -368,5 +379,159 @@ describe('nameMatters: derived from the verdict', () => {
     expect(nameMatters(chainOf('denies-other', 'full'), FACTS[2]!)).toBe(true);
     expect(nameMatters(chainOf('none', 'cidrCatalog'), FACTS[2]!)).toBe(true);
     expect(nameMatters(chainOf('essential', 'full'), FACTS[2]!)).toBe(true);
+  });
+});
+
+// A protected address (decide.ts step 1c/1d) is opened by the sandbox's own grant — an allowed
+// CIDR wholly inside the protected ranges, or its DNS servers on port 53 — and an organization
+// bounds that grant, never makes it and never cancels it by protection alone: Daytona "Network
+// Limits (Firewall)" gives tiers 3 and 4 "full internet access ... with the ability to configure
+// custom network settings", its example list opening "192.168.1.0/24 (Private network)"; tiers 1
+// and 2 "cannot be overridden at the sandbox level". Bodies go through the dialects' parser.
+describe('verdict: a protected address across the organization and the sandbox', () => {
+  const body = (b: unknown): DialectResult => {
+    const r = parseNetworkBody(b);
+    if (!r.ok) throw new Error(JSON.stringify(r.issues));
+    return r.value;
+  };
+  const ORG_KINDS = {
+    none: null,
+    tier1: tierNetwork(1),
+    tier2: tierNetwork(2),
+    tier3: tierNetwork(3),
+    tier4: tierNetwork(4),
+    // An organization that opens the private ranges itself: it grants its sandboxes nothing.
+    unlocks: body({ mode: 'block-all', egress: { allowed_cidrs: ['192.168.0.0/16', 'fd00::/8'] } }),
+    // Allows every IPv4 address by a CIDR that unlocks nothing.
+    everyIPv4: body({ network: { denyOut: ['::/0'], allowOut: ['0.0.0.0/0'] } }),
+    deniesRange: body({ mode: 'allow-all', egress: { denied_cidrs: ['192.168.1.0/24'] } }),
+    deniesName: body({ mode: 'allow-all', egress: { denied_domains: ['other.test'] } }),
+    port80: body({ mode: 'block-all', egress: { allowed_ports: [80] } }),
+    // Allows by name only: a name never unlocks an address, the sandbox's CIDR notwithstanding.
+    names: body({ mode: 'block-all', egress: { allowed_domains: ['registry.npmjs.org', 'other.test'] } }),
+  } as const;
+  const SANDBOX_KINDS = {
+    daytona: body({ networkAllowList: '208.80.154.232/32, 192.168.1.0/24' }),
+    novita: body({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['192.168.1.0/24'] } }),
+    full: body({}),
+    ula: body({ mode: 'block-all', egress: { allowed_cidrs: ['fd00:1::/64'] } }),
+  } as const;
+  const COLS: readonly Facts[] = [
+    { name: null, ip: '192.168.1.5', port: 80 }, // p: inside the sandbox's private CIDR
+    { name: 'registry.npmjs.org', ip: '192.168.1.5', port: 443 }, // n: a catalog name there
+    { name: 'other.test', ip: '192.168.1.5', port: 80 }, // d: a name an organization denies
+    { name: null, ip: '::ffff:192.168.1.5', port: 80 }, // m: its IPv4-mapped form
+    { name: null, ip: '64:ff9b::c0a8:105', port: 80 }, // x: its NAT64 form (the prefix protected)
+    { name: null, ip: '192.168.2.5', port: 80 }, // o: private, outside the sandbox's CIDR
+    { name: null, ip: 'fd00:1::5', port: 443 }, // u: an IPv6 unique-local address
+    { name: null, ip: '169.254.169.254', port: 80 }, // k: the metadata service
+  ];
+  const rows: [keyof typeof ORG_KINDS, keyof typeof SANDBOX_KINDS, string][] = [
+    ['none', 'daytona', 'aaaarrrr'],
+    ['tier1', 'daytona', 'rrrrrrrr'],
+    ['tier2', 'daytona', 'rrrrrrrr'],
+    ['tier3', 'daytona', 'aaaarrrr'],
+    ['tier4', 'daytona', 'aaaarrrr'],
+    ['unlocks', 'daytona', 'aaaarrrr'],
+    ['everyIPv4', 'daytona', 'aaaarrrr'],
+    ['deniesRange', 'daytona', 'rrrrrrrr'],
+    ['deniesName', 'daytona', 'aararrrr'],
+    ['port80', 'daytona', 'araarrrr'],
+    ['names', 'daytona', 'rrrrrrrr'],
+    ['tier3', 'novita', 'aaaarrrr'],
+    ['tier1', 'novita', 'rrrrrrrr'],
+    ['deniesName', 'novita', 'aararrrr'],
+    // The sandbox opens nothing: no organization's own unlock reaches it.
+    ['none', 'full', 'rrrrrrrr'],
+    ['tier4', 'full', 'rrrrrrrr'],
+    ['unlocks', 'full', 'rrrrrrrr'],
+    ['everyIPv4', 'full', 'rrrrrrrr'],
+    ['none', 'ula', 'rrrrrrar'],
+    ['tier3', 'ula', 'rrrrrrar'],
+    ['unlocks', 'ula', 'rrrrrrar'],
+    ['everyIPv4', 'ula', 'rrrrrrrr'],
+    ['tier1', 'ula', 'rrrrrrrr'],
+    ['deniesRange', 'ula', 'rrrrrrar'],
+  ];
+  const chainFor = (org: keyof typeof ORG_KINDS, sandbox: keyof typeof SANDBOX_KINDS, s: LayerSettings = settings): PolicyChain => {
+    const o = ORG_KINDS[org];
+    return { sandbox: 'sb', org: o === null ? null : { id: 'o', layer: compileLayer(o, s) }, layer: compileLayer(SANDBOX_KINDS[sandbox], s) };
+  };
+
+  it.each(rows)('org %s, sandbox %s → %s', (org, sandbox, expected) => {
+    const chain = chainFor(org, sandbox);
+    expect(COLS.map((f) => (verdict(chain, f).verdict === 'allow' ? 'a' : 'r')).join('')).toBe(expected);
+  });
+
+  it("opens an IPv4 address behind a lifted NAT64 prefix by the sandbox's IPv4 CIDR, never by the organization's", () => {
+    const lifted: LayerSettings = { ...settings, protectedRanges: compileProtected({ except: ['64:ff9b::/96'] }) };
+    const both = compileLayer(body({ mode: 'block-all', egress: { allowed_cidrs: ['64:ff9b::/96', '192.168.1.0/24'] } }), lifted);
+    const prefixOnly = compileLayer(body({ mode: 'block-all', egress: { allowed_cidrs: ['64:ff9b::/96'] } }), lifted);
+    const org = (r: DialectResult): PolicyChain['org'] => ({ id: 'o', layer: compileLayer(r, lifted) });
+    const nat64 = { name: null, ip: '64:ff9b::c0a8:105', port: 80 };
+    expect(verdict({ sandbox: 'sb', org: null, layer: both }, nat64).verdict).toBe('allow');
+    expect(verdict({ sandbox: 'sb', org: org(tierNetwork(3)), layer: both }, nat64).verdict).toBe('allow');
+    expect(verdict({ sandbox: 'sb', org: org(tierNetwork(1)), layer: both }, nat64).verdict).toBe('refuse');
+    expect(verdict({ sandbox: 'sb', org: org(tierNetwork(3)), layer: both }, { ...nat64, ip: '64:ff9b::a9fe:a9fe' })).toMatchObject({
+      verdict: 'refuse',
+      rule: 'org o: protected "169.254.0.0/16" (169.254.169.254, inside 64:ff9b::a9fe:a9fe)',
+    });
+    const orgUnlocks = org(body({ mode: 'block-all', egress: { allowed_cidrs: ['64:ff9b::/96', '192.168.0.0/16'] } }));
+    expect(verdict({ sandbox: 'sb', org: orgUnlocks, layer: both }, nat64).verdict).toBe('allow');
+    expect(verdict({ sandbox: 'sb', org: orgUnlocks, layer: prefixOnly }, nat64)).toMatchObject({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      layer: 'sandbox',
+    });
+  });
+
+  it("opens the sandbox's DNS servers on port 53 only (Novita), under an organization that allows everything", () => {
+    const privateDns: LayerSettings = { ...settings, dnsServers: ['10.0.0.2'] };
+    const layer = compileLayer(body({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['pypi.org'] } }), privateDns);
+    const chain = (t: Tier): PolicyChain => ({ sandbox: 'sb', org: { id: 'o', layer: compileLayer(tierNetwork(t), privateDns) }, layer });
+    expect(verdict(chain(3), { name: null, ip: '10.0.0.2', port: 53 })).toMatchObject({
+      verdict: 'allow',
+      rule: 'dns servers: allowed_cidrs "10.0.0.2" + allowed_ports "53"',
+    });
+    expect(verdict(chain(3), { name: null, ip: '10.0.0.2', port: 80 }).verdict).toBe('refuse');
+    expect(verdict(chain(1), { name: null, ip: '10.0.0.2', port: 53 }).verdict).toBe('refuse');
+  });
+
+  it('reports rather than refuses, in report-only mode, what the sandbox opened and a policy refuses; never what nobody opened', () => {
+    const port443 = body({ mode: 'block-all', egress: { allowed_cidrs: ['192.168.1.0/24'], allowed_ports: [443] } });
+    const at22 = { name: null, ip: '192.168.1.5', port: 22 };
+    for (const o of [null, tierNetwork(3), tierNetwork(1)]) {
+      const chain: PolicyChain = {
+        sandbox: 'sb',
+        org: o === null ? null : { id: 'o', layer: compileLayer(o, settings) },
+        layer: compileLayer(port443, settings),
+        reportOnly: ['sandbox'],
+      };
+      expect(verdict(chain, at22).verdict, JSON.stringify(o)).toBe('would-refuse');
+    }
+    const full: PolicyChain = { ...chainFor('tier3', 'full'), reportOnly: ['global'] };
+    expect(verdict(full, COLS[0]!)).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: 'org o: protected "192.168.0.0/16"' });
+  });
+
+  it("names the organization's own rule when it refuses what the sandbox opened", () => {
+    expect(verdict(chainFor('tier1', 'daytona'), COLS[0]!)).toMatchObject({
+      verdict: 'refuse',
+      reason: 'default-block',
+      rule: 'org o: mode "block-all"',
+      layer: 'org',
+    });
+    expect(verdict(chainFor('deniesRange', 'daytona'), COLS[3]!)).toMatchObject({ verdict: 'refuse', rule: 'org o: denied_cidrs "192.168.1.0/24"' });
+    expect(verdict(chainFor('deniesName', 'daytona'), COLS[2]!)).toMatchObject({ verdict: 'refuse', rule: 'org o: denied_domains "other.test"' });
+    expect(verdict(chainFor('tier3', 'daytona'), COLS[0]!)).toMatchObject({ verdict: 'allow', rule: 'allowed_cidrs "192.168.1.0/24"', layer: 'sandbox' });
+  });
+
+  it("never opens the host or protected.extra, which no policy opens, by the sandbox's grant", () => {
+    const extra: LayerSettings = { ...settings, protectedRanges: compileProtected({ extra: ['192.168.1.0/24'] }) };
+    const chain: PolicyChain = {
+      sandbox: 'sb',
+      org: { id: 'o', layer: compileLayer(tierNetwork(3), extra) },
+      layer: compileLayer(SANDBOX_KINDS.daytona, extra),
+    };
+    expect(verdict(chain, COLS[0]!)).toMatchObject({ verdict: 'refuse', reason: 'protected-address', rule: 'org o: protected.extra "192.168.1.0/24"' });
   });
 });
