@@ -81,7 +81,8 @@ export function asIPv4IfMapped(b: CidrBlock): CidrBlock {
  * tunnel, written to `out` (room for 2); returns how many. The gateway, not egressd, then
  * connects to them, so each is as protected as if the sandbox had dialed it (decide.ts step 1):
  * - NAT64, the well-known prefix 64:ff9b::/96 (RFC 6052 §2.1): the last 32 bits;
- * - SIIT, ::ffff:0:0:0/96 (RFC 2765 §2.1), and IPv4-compatible, ::/96 (RFC 4291 §2.5.5.1): the last 32 bits;
+ * - SIIT, ::ffff:0:0:0/96 (RFC 2765 §2.1), and IPv4-compatible, ::/96 (RFC 4291 §2.5.5.1): the last 32 bits
+ *   (but not :: and ::1, which are not IPv4-compatible addresses);
  * - 6to4, 2002::/16 (RFC 3056 §2): bits 16–47, the site's IPv4 address;
  * - Teredo, 2001::/32 (RFC 4380 §4): the server's address (bits 32–63) and the client's,
  *   its bits inverted (the last 32).
@@ -98,6 +99,10 @@ export function embeddedIPv4(w: Uint32Array, out: Uint32Array): number {
   }
   if (w0 === 0) {
     if (w[1] !== 0 || (w[2] !== 0 && w[2] !== 0xffff0000)) return 0;
+    // :: and ::1 are the unspecified and loopback addresses (RFC 4291 §2.5.2, §2.5.3), protected
+    // as themselves: no translator carries them on, and `protected.except: ["::1/128"]` must open
+    // the host's own loopback without 0.0.0.1 refusing it again.
+    if (w[2] === 0 && w[3]! <= 1) return 0;
     out[0] = w[3]!;
     return 1;
   }
