@@ -176,7 +176,10 @@ describe('decide (1c): an IPv6 address that hands an IPv4 address to a translato
   it('judges :: and ::1 as themselves, not as 0.0.0.0 and 0.0.0.1: lifting ::1/128 opens the loopback, and :: stays protected', () => {
     const loopback = compileProtected({ except: ['::1/128'] });
     expect(decide(compiled('allow-all', {}, {}, loopback), facts('::1')).verdict).toBe('allow');
-    expect(decide(compiled('allow-all', {}, {}, loopback), facts('::'))).toMatchObject({ verdict: 'refuse', rule: expect.stringContaining('protected "::/128"') });
+    expect(decide(compiled('allow-all', {}, {}, loopback), facts('::'))).toMatchObject({
+      verdict: 'refuse',
+      rule: expect.stringContaining('protected "::/128"'),
+    });
     expect(decide(compiled('allow-all'), facts('::1'))).toMatchObject({ verdict: 'refuse', rule: expect.stringContaining('protected "::1/128"') });
     // The addresses after them are IPv4-compatible: with ::/96 lifted, ::2 is still 0.0.0.2.
     const compatible = compileProtected({ except: ['::/96'] });
