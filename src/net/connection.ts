@@ -131,10 +131,7 @@ function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, t
   o.durationMs = Date.now() - o.startedAt;
   // Each connection counts once, for the verdict that last applied to it.
   if (o.decided !== undefined) countVerdict(o.decided);
-  if (ticket !== undefined && live.heldFor !== null) {
-    const release = (): void => ticket.release();
-    live.heldFor.then(release, release);
-  } else ticket?.release();
+  ticket?.release();
   deps.registry.remove(live);
   deps.emit(o);
 }
@@ -383,7 +380,7 @@ function judged(
       original: ip,
       port,
       resolver: {
-        resolve: async (name) => rememberedHere(name) ?? deps.resolver.resolve(name, o.sandbox ?? `source ${o.source}`),
+        resolve: async (name, _tenant, signal) => rememberedHere(name) ?? deps.resolver.resolve(name, o.sandbox ?? `source ${o.source}`, signal),
         cached: (name) => rememberedHere(name) ?? deps.resolver.cached(name),
       },
       // A would-refuse address is dialed as an allowed one (report-only); a refused one never.
@@ -393,19 +390,18 @@ function judged(
     const now = chooseUpstreamNow(query);
     if (now !== null) return dial(now, false, initial);
     // In a block of its own, so that only the wait's callback keeps it (see `dial`).
-    // A client that resets meanwhile ends the connection at once (its client socket, its log
-    // line); the lookup, shared with other queries for the name, runs on to its own bound. So
-    // does a close meanwhile (a policy change that refuses it, shutdown), as it ends a dial under
-    // way: not when the lookup ends, up to dns.timeoutMs later. Its place in the limits is held
-    // until the lookup settles (live.heldFor): the lookup's socket is a descriptor that place
-    // counts, and a sandbox resetting each connection as its name is asked would otherwise hold
-    // lookups no limit bounds.
+    // A client that resets meanwhile ends the
+    // connection at once (its client socket, its log line); so does a close meanwhile (a policy
+    // change that refuses it, shutdown), as it ends a dial under way. Either way the connection
+    // leaves the lookup: a lookup every waiter left is cancelled, its socket closed
+    // (NameResolver.resolve), and one others still wait on is held by their places. So its own
+    // place is given back at once, and a sandbox that leaves each connection as its name is asked
+    // holds no lookup once its connections are gone.
     {
       const first = initial;
       return new Promise<void>((resolve, reject) => {
         let waiting = true;
-        // Null until it starts: a close already made ends the connection before any lookup.
-        let lookup: Promise<unknown> | null = null;
+        const leaving = new AbortController();
         const closing = live.signal;
         /** The wait is over; `left`: the connection ends before the lookup settles. */
         const done = (left: boolean): boolean => {
@@ -413,7 +409,7 @@ function judged(
           waiting = false;
           unwatch();
           closing.removeEventListener('abort', onClose);
-          if (left) live.heldFor = lookup;
+          if (left) leaving.abort();
           return true;
         };
         const onClose = (): void => {
@@ -426,9 +422,7 @@ function judged(
         });
         if (closing.aborted) return onClose();
         closing.addEventListener('abort', onClose, { once: true });
-        const chosen = chooseUpstream(query);
-        lookup = chosen;
-        chosen.then((target) => {
+        chooseUpstream(query, leaving.signal).then((target) => {
           if (!done(false)) return;
           try {
             resolve(dial(target, true, first));

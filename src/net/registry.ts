@@ -51,12 +51,6 @@ export class LiveConnection implements Closing {
 
   /** Admission's hold on it, if any (told of the verdict, released at the end). */
   readonly ticket: LiveTicket | undefined;
-  /**
-   * A lookup on the wire the connection ended before (its client reset, it was closed): the
-   * admission's hold is released once it settles, not at the end (connection.ts, the lookup's wait).
-   */
-  heldFor: Promise<unknown> | null = null;
-
   /** The registry's list (ConnectionRegistry's own: a link each way, and whether it is listed). */
   listPrev: LiveConnection | null = null;
   listNext: LiveConnection | null = null;

@@ -6,7 +6,9 @@
 //
 // Every lookup settles within `timeoutMs`, and never rejects: a failure is one of a fixed set
 // of causes, safe as a metric label. Any answer that arrives within `timeoutMs` is used: the
-// queries of a lookup keep listening until then, retransmissions included.
+// queries of a lookup keep listening until then, retransmissions included. A lookup every waiter
+// has left (its connections went, or were closed) is cancelled at once: its sockets are
+// descriptors no one's place in the limits counts any more.
 
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
@@ -23,7 +25,7 @@ export interface ResolverOptions {
   /** The most one lookup may take, whatever the number of servers and retries. */
   readonly timeoutMs: number;
   readonly maxEntries?: number;
-  /** Called once per resolve() call, for metrics. */
+  /** Called once per resolve() call that was answered (not one left through its signal), for metrics. */
   readonly onLookup?: (e: { cached: boolean; outcome: 'ok' | ResolveFailure }) => void;
   /** How long NXDOMAIN and NODATA answers are cached. */
   readonly negativeTtlMs?: number;
@@ -68,7 +70,7 @@ export class NameResolver {
   readonly #onLookup: ResolverOptions['onLookup'];
   readonly #cache: AddressCache;
   /** Lookups on their way, and the tenants that asked them (the first, then those that joined). */
-  readonly #inflight = new Map<string, { answer: Promise<CachedAnswer>; tenants: QueryTenants }>();
+  readonly #inflight = new Map<string, Lookup>();
   readonly #exchanges = new Set<AddressExchange>();
   readonly #sockets: QuerySockets;
   /** The sockets are this resolver's own, to close with it. */
@@ -113,24 +115,54 @@ export class NameResolver {
    * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is theirs too:
    * its retry is charged to any of them with room in its share, and its cache entry to the one
    * holding fewest, so one that joins pays as if it had asked alone, never on another's account.
+   *
+   * `signal`: the caller leaves when it aborts (its client went, it was closed): the call answers
+   * `{ ok: false, cause: 'error' }` at once, unreported, and a lookup on the wire that every
+   * waiter has left is cancelled, its sockets closed (anything already answered still cached).
+   * One that others still wait on goes on for them, and its answer is cached as ever. A call
+   * without a signal waits to the end, so its lookup is never cancelled under it.
    */
-  async resolve(name: string, tenant = ''): Promise<ResolveResult> {
+  resolve(name: string, tenant = '', signal?: AbortSignal): Promise<ResolveResult> {
     const key = cacheKey(name);
-    if (this.#closed || key === null) return this.#report(false, { ok: false, cause: 'error' });
+    if (this.#closed || key === null) return Promise.resolve(this.#report(false, { ok: false, cause: 'error' }));
     const hit = this.#cache.get(key);
-    if (hit) return this.#report(true, hit);
+    if (hit) return Promise.resolve(this.#report(true, hit));
+    if (signal?.aborted) return Promise.resolve(LEFT);
     let p = this.#inflight.get(key);
-    if (p) p.tenants.join(tenant);
-    else {
+    if (p) {
+      p.tenants.join(tenant);
+      p.waiters++;
+    } else {
       const tenants = new QueryTenants(tenant);
-      const q = { answer: this.#lookup(key, tenants), tenants };
+      const q: Lookup = { answer: null!, tenants, waiters: 1, cancel: null };
+      q.answer = this.#lookup(key, q);
       this.#inflight.set(key, q);
       p = q;
       void q.answer.finally(() => {
         if (this.#inflight.get(key) === q) this.#inflight.delete(key);
       });
     }
-    return this.#report(false, await p.answer);
+    const q = p;
+    if (signal === undefined) return q.answer.then((e) => this.#report(false, e));
+    return new Promise<ResolveResult>((resolve) => {
+      let waiting = true;
+      const leave = (): void => {
+        if (!waiting) return;
+        waiting = false;
+        resolve(LEFT);
+        if (--q.waiters > 0 || q.cancel === null) return;
+        // The last waiter left a lookup still on the wire: no one is left to pay for its sockets.
+        if (this.#inflight.get(key) === q) this.#inflight.delete(key);
+        q.cancel();
+      };
+      signal.addEventListener('abort', leave, { once: true });
+      void q.answer.then((e) => {
+        signal.removeEventListener('abort', leave);
+        if (!waiting) return;
+        waiting = false;
+        resolve(this.#report(false, e));
+      });
+    });
   }
 
   /** Cancels in-flight queries (they settle as `error`) and refuses every later lookup. */
@@ -151,7 +183,9 @@ export class NameResolver {
     return r;
   }
 
-  #lookup(key: string, tenants: QueryTenants): Promise<CachedAnswer> {
+  /** One lookup of `key` on the wire; sets `q.cancel` while it is unsettled. */
+  #lookup(key: string, q: Lookup): Promise<CachedAnswer> {
+    const tenants = q.tenants;
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
@@ -172,6 +206,7 @@ export class NameResolver {
       const settle = (): void => {
         if (settled) return;
         settled = true;
+        q.cancel = null;
         if (delay) clearTimeout(delay);
         resolve(store());
         // The other family still unanswered: it listens on only within the bound (LATE_FAMILIES).
@@ -206,10 +241,26 @@ export class NameResolver {
           }
         },
       );
-      if (answers[4] === null || answers[6] === null) this.#exchanges.add(exchange);
+      if (answers[4] === null || answers[6] === null) {
+        this.#exchanges.add(exchange);
+        // Settles every family not yet answered as `error` (closing the sockets), and so the lookup.
+        if (!settled) q.cancel = () => exchange.cancel();
+      }
     });
   }
 }
+
+/** A lookup on its way: its answer, who asked it, how many wait on it, and its cancel while unsettled. */
+interface Lookup {
+  answer: Promise<CachedAnswer>;
+  readonly tenants: QueryTenants;
+  /** resolve() calls waiting on the answer (one without a signal never leaves). */
+  waiters: number;
+  cancel: (() => void) | null;
+}
+
+/** What a caller that left gets (never reported: no resolution was made for it). */
+const LEFT: ResolveResult = Object.freeze({ ok: false, cause: 'error' }) as ResolveResult;
 
 /**
  * One cache entry from the two families' answers, and how long it may be kept. Records from

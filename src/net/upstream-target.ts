@@ -42,8 +42,9 @@ export interface UpstreamQuery {
   readonly allows: (address: string) => boolean;
 }
 
-export async function chooseUpstream(q: UpstreamQuery): Promise<UpstreamTarget> {
-  return chooseUpstreamNow(q) ?? targetOf(q, await q.resolver.resolve(q.name!));
+/** `signal`: the caller leaves the lookup when it aborts (NameResolver.resolve); what it settles with is then moot. */
+export async function chooseUpstream(q: UpstreamQuery, signal?: AbortSignal): Promise<UpstreamTarget> {
+  return chooseUpstreamNow(q) ?? targetOf(q, await q.resolver.resolve(q.name!, undefined, signal));
 }
 
 /**

@@ -365,6 +365,56 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     expect(openFds() - before).toBeLessThanOrEqual(2);
   });
 
+  // A lookup's socket is a descriptor the places of the connections waiting on it count: once
+  // every one of them has left (its client went, it was closed), nothing counts it any more, so
+  // it is cancelled and its socket closed at once, not held to the timeout.
+  it('cancels a lookup every waiter left, closing its socket at once, and reports nothing for the callers that left', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const lookups: { outcome: string }[] = [];
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 30_000, onLookup: (e) => lookups.push(e) });
+    onTestFinished(() => resolver.close());
+    dns.set('left.test', { kind: 'silent' });
+    const before = openFds();
+    const a = new AbortController();
+    const b = new AbortController();
+    const both = Promise.all([resolver.resolve('left.test', 'x', a.signal), resolver.resolve('left.test', 'y', b.signal)]);
+    await queriesSeen(dns, 2);
+    expect(openFds() - before).toBeGreaterThanOrEqual(1);
+    a.abort();
+    // One waiter is left: the lookup goes on.
+    await new Promise((r) => setImmediate(r));
+    expect(openFds() - before).toBeGreaterThanOrEqual(1);
+    b.abort();
+    expect(await both).toEqual([
+      { ok: false, cause: 'error' },
+      { ok: false, cause: 'error' },
+    ]);
+    await new Promise((r) => setImmediate(r));
+    expect(openFds() - before).toBeLessThanOrEqual(0);
+    expect(lookups).toEqual([]);
+    // A later lookup of the name asks afresh.
+    dns.set('left.test', { kind: 'answer', a: ['192.0.2.9'], ttl: 60 });
+    expect(await resolver.resolve('left.test')).toEqual({ ok: true, addresses: ['192.0.2.9'], cached: false });
+  });
+
+  it('goes on with a lookup one waiter left for those still waiting, and caches its answer', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 30_000 });
+    onTestFinished(() => resolver.close());
+    dns.set('stays.test', { kind: 'answer', a: ['192.0.2.7'], ttl: 60, delayMs: 300 });
+    const a = new AbortController();
+    const left = resolver.resolve('stays.test', 'x', a.signal);
+    const stays = resolver.resolve('stays.test', 'y', new AbortController().signal);
+    await queriesSeen(dns, 2);
+    a.abort();
+    expect(await left).toEqual({ ok: false, cause: 'error' });
+    expect(await stays).toEqual({ ok: true, addresses: ['192.0.2.7'], cached: false });
+    expect(resolver.cached('stays.test')).toEqual({ ok: true, addresses: ['192.0.2.7'], cached: true });
+    expect(dns.count('stays.test', 'A')).toBe(1);
+  });
+
   // A lookup settles once one family answered, and every connection waiting for it goes on (and
   // may end, its admission let go) while the other family's socket keeps listening to the
   // timeout: a sandbox dialing fresh names whose AAAA is never answered would keep a socket open
