@@ -22,9 +22,10 @@
 // peekRules(tag, deadlineMs, firstByteMs, stallMs): void   the loops read each accepted
 //     connection's first flight by themselves and report it once (sl_loop_rules); 0: off
 // peek(loop, id, deadlineMs, firstByteMs, stallMs, reportAt): void
-// dial(loop, id, addresses: string[], port, connectMs, attemptDelayMs, idleMs, version, tell, validMs): void
+// dial(loop, id, addresses: string[], port, connectMs, attemptDelayMs, idleMs, version, tell, validMs, finEnds): void
 //     validMs: how long from now the verdict holds by itself (a remembered DNS name expiring);
-//     negative: no deadline
+//     negative: no deadline. finEnds: the client's FIN ends it before an upstream connected
+// finEnds(loop, id): void   the same while the connection waits for its command (sl_loop_fin_ends)
 // splice(loop, id, idleMs): void
 // refuse(loop, id, how, bytes: Buffer | null, lingerMs, lingerMaxBytes): void
 // setPolicyVersion(version): void
@@ -541,6 +542,15 @@ static napi_value answered(napi_env env, napi_callback_info info) {
   return e ? throw_code(env, e, "answered") : NULL;
 }
 
+static napi_value fin_ends(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t loop;
+  uint64_t id;
+  if (!args_exactly(env, info, 2, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id)) return bad_args(env, "finEnds(loop, id): bad arguments");
+  int e = sl_loop_fin_ends(loops[loop], id);
+  return e ? throw_code(env, e, "finEnds") : NULL;
+}
+
 // Every loop's cap of unanswered connections (splice_loop.h sl_loop_accept_cap).
 static napi_value accept_cap(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -700,21 +710,22 @@ static napi_value peek(napi_env env, napi_callback_info info) {
 }
 
 static napi_value dial(napi_env env, napi_callback_info info) {
-  napi_value argv[11];
+  napi_value argv[12];
   int32_t loop;
   uint64_t id, version;
-  bool tell = false;
+  bool tell = false, fin_ends = false;
   double valid_ms = -1;
   uint32_t port, connect_ms, delay_ms, parallel, idle_ms, n = 0;
   bool is_array = false;
-  if (!args_exactly(env, info, 11, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
+  if (!args_exactly(env, info, 12, argv) || !arg_loop(env, argv[0], &loop) || !arg_id(env, argv[1], &id) || napi_is_array(env, argv[2], &is_array) != napi_ok ||
       !is_array || napi_get_array_length(env, argv[2], &n) != napi_ok || n < 1 || n > SL_MAX_ADDRS ||
       napi_get_value_uint32(env, argv[3], &port) != napi_ok || port > 65535 || napi_get_value_uint32(env, argv[4], &connect_ms) != napi_ok ||
       napi_get_value_uint32(env, argv[5], &delay_ms) != napi_ok || napi_get_value_uint32(env, argv[6], &parallel) != napi_ok || parallel < 1 ||
       parallel > SL_MAX_ADDRS || napi_get_value_uint32(env, argv[7], &idle_ms) != napi_ok || !arg_id(env, argv[8], &version) ||
-      napi_get_value_bool(env, argv[9], &tell) != napi_ok || napi_get_value_double(env, argv[10], &valid_ms) != napi_ok || valid_ms != valid_ms)
+      napi_get_value_bool(env, argv[9], &tell) != napi_ok || napi_get_value_double(env, argv[10], &valid_ms) != napi_ok || valid_ms != valid_ms ||
+      napi_get_value_bool(env, argv[11], &fin_ends) != napi_ok)
     return bad_args(env,
-                    "dial(loop, id, addresses (1 to 16), port, connectMs, attemptDelayMs, parallel (1 to 16), idleMs, version, tell, validMs): bad arguments");
+                    "dial(loop, id, addresses (1 to 16), port, connectMs, attemptDelayMs, parallel (1 to 16), idleMs, version, tell, validMs, finEnds): bad arguments");
   struct sockaddr_storage addrs[SL_MAX_ADDRS];
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
@@ -730,7 +741,7 @@ static napi_value dial(napi_env env, napi_callback_info info) {
     valid_until = sl_monotonic_us() + (uint64_t)(valid_ms > 1e12 ? 1e15 : valid_ms * 1000.0);
     if (valid_until == 0) valid_until = 1;
   }
-  int e = sl_loop_dial(loops[loop], id, addrs, (int)n, connect_ms, delay_ms, (int)parallel, idle_ms, version, tell, valid_until);
+  int e = sl_loop_dial(loops[loop], id, addrs, (int)n, connect_ms, delay_ms, (int)parallel, idle_ms, version, tell, valid_until, fin_ends);
   return e ? throw_code(env, e, "dial") : NULL;
 }
 
@@ -783,6 +794,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"handoff", NULL, handoff, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abort_conn, NULL, NULL, NULL, napi_default, NULL},
       {"answered", NULL, answered, NULL, NULL, NULL, napi_default, NULL},
+      {"finEnds", NULL, fin_ends, NULL, NULL, NULL, napi_default, NULL},
       {"acceptCap", NULL, accept_cap, NULL, NULL, NULL, napi_default, NULL},
       {"acceptPauses", NULL, accept_pauses, NULL, NULL, NULL, napi_default, NULL},
       {"hostedAvailable", NULL, hosted_available, NULL, NULL, NULL, napi_default, NULL},

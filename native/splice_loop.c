@@ -163,6 +163,8 @@ typedef struct sl_conn {
   int first_fin;
   bool dead;
   bool setup; // accepted by the loop: its outcome carries the dial's fields
+  // The client's FIN before an upstream connected ends the connection (sl_loop_fin_ends).
+  bool fin_ends;
   bool unanswered; // reported as accepted, no command yet
   sl_stage stage;
   // Set-up: the first bytes (kept to be written upstream), how many were reported.
@@ -209,7 +211,7 @@ typedef struct sl_listener {
   struct sl_listener *next;
 } sl_listener;
 
-typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC, CMD_RULES, CMD_ANSWERED, CMD_CAP } cmd_kind;
+typedef enum { CMD_ADD, CMD_ABORT, CMD_LISTEN, CMD_UNLISTEN, CMD_PEEK, CMD_DIAL, CMD_SPLICE, CMD_REFUSE, CMD_SYNC, CMD_RULES, CMD_ANSWERED, CMD_CAP, CMD_FIN_ENDS } cmd_kind;
 
 // One sl_loops_sync call: each loop's CMD_SYNC counts itself off once every command queued
 // before it has run. Freed by whichever of the caller and the loops lets go of it last, so a
@@ -226,7 +228,7 @@ typedef struct sl_cmd {
   uint64_t id;
   sl_conn *conn;
   int fd, tag;
-  uint32_t a, b, c, d; // PEEK: deadline, first byte, stall, report_at; DIAL: connect, delay, idle; SPLICE: idle; REFUSE: how, linger
+  uint32_t a, b, c, d; // PEEK: deadline, first byte, stall, report_at; DIAL: connect, delay, idle, fin_ends; SPLICE: idle; REFUSE: how, linger
   uint64_t big;        // DIAL: version; REFUSE: linger_max
   sl_dial *dial;
   char *bytes;
@@ -504,7 +506,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
     free(c->dir[s].pending);
     c->dir[s].pending = NULL;
   }
-  close_attempts(c, end == SL_END_ABORTED || end == SL_END_CLIENT_RESET ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
+  close_attempts(c, end == SL_END_ABORTED || end == SL_END_CLIENT_RESET || end == SL_END_CLIENT_FIN ? SL_ATTEMPT_CANCELLED : ETIMEDOUT);
   free(c->dial);
   free(c->peek);
   free(c->answer);
@@ -933,12 +935,15 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       c->rd[CLIENT] = false;
       return 0;
     }
+    // The EOF read is the client's FIN, even where no EPOLLRDHUP was seen (read at the accept).
+    if (n == 0) c->said_fin[CLIENT] = true;
     return n < 0 ? -errno : 1;
   }
   return 0;
 }
 
 static void client_left(sl_loop *l, sl_conn *c, int err);
+static bool client_finished(sl_loop *l, sl_conn *c);
 
 static void answered(sl_loop *l, sl_conn *c);
 
@@ -1492,6 +1497,9 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->auto_peek) || c->fd[UPSTREAM] >= 0) return;
       c->auto_peek = false;
       c->stage = ST_DIAL;
+      if (cmd->d) c->fin_ends = true;
+      // Its FIN came already: nothing to dial for (no attempt made: the outcome names none).
+      if (client_finished(l, c)) return;
       c->dial = cmd->dial;
       cmd->dial = NULL;
       c->idle_ms = cmd->c;
@@ -1502,6 +1510,11 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       c->dial->version = cmd->big;
       arm(l, c->dial->deadline_ms);
       return dial_next(l, c, false);
+    case CMD_FIN_ENDS:
+      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->stage == ST_DIAL) || c->fd[UPSTREAM] >= 0) return;
+      c->fin_ends = true;
+      client_finished(l, c);
+      return;
     case CMD_SPLICE:
       if (!(c = find(l, cmd->id)) || c->stage != ST_WAIT || c->fd[UPSTREAM] < 0) return;
       return start_splice(l, c, cmd->a);
@@ -1635,6 +1648,17 @@ static void client_left(sl_loop *l, sl_conn *c, int err) {
   conn_close(l, c, SL_END_CLIENT_RESET, err != 0 ? err : ECONNRESET, 2);
 }
 
+// The client's FIN, under fin_ends, before an upstream connected (waiting for a command, or its
+// dial): the client can make no use of anything the upstream would send (its first flight was a
+// TLS ClientHello, sl_loop_fin_ends), so it ends as client_left does, every attempt cancelled,
+// nothing sent upstream. The client is reset: a FIN back would pass for an answer that ended.
+// True when it ended the connection.
+static bool client_finished(sl_loop *l, sl_conn *c) {
+  if (!c->fin_ends || !c->said_fin[CLIENT] || c->fd[UPSTREAM] >= 0 || !(c->stage == ST_WAIT || c->stage == ST_DIAL)) return false;
+  conn_close(l, c, SL_END_CLIENT_FIN, 0, 2);
+  return true;
+}
+
 // `attempt`: the dial's attempt the upstream socket was (conn_key).
 static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_t events) {
   if (side == UPSTREAM) {
@@ -1675,6 +1699,7 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_
     case ST_WAIT:
     case ST_DIAL:
       if (side == CLIENT && (events & (EPOLLHUP | EPOLLERR))) client_left(l, c, 0);
+      else if (side == CLIENT) client_finished(l, c);
       return; // else waiting for a command, or the dial; the command looks at the socket itself
     default: return;
   }
@@ -1981,7 +2006,7 @@ int sl_loop_peek(sl_loop *l, uint64_t id, uint32_t deadline_ms, uint32_t first_b
 }
 
 int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us) {
+                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us, bool fin_ends) {
   if (n < 1 || n > SL_MAX_ADDRS || parallel < 1) return EINVAL;
   sl_cmd *cmd = new_cmd(CMD_DIAL, id);
   sl_dial *d = calloc(1, sizeof *d);
@@ -2000,7 +2025,15 @@ int sl_loop_dial(sl_loop *l, uint64_t id, const struct sockaddr_storage *addrs, 
   cmd->a = connect_ms;
   cmd->b = attempt_delay_ms;
   cmd->c = idle_ms;
+  cmd->d = fin_ends;
   cmd->big = version;
+  push(l, cmd);
+  return 0;
+}
+
+int sl_loop_fin_ends(sl_loop *l, uint64_t id) {
+  sl_cmd *cmd = new_cmd(CMD_FIN_ENDS, id);
+  if (!cmd) return ENOMEM;
   push(l, cmd);
   return 0;
 }

@@ -33,7 +33,10 @@ typedef enum {
   SL_END_UPSTREAM_RESET = 2, // the same, upstream
   SL_END_IDLE_TIMEOUT = 3,   // no byte either way for idle_ms
   SL_END_ABORTED = 4,        // sl_loop_abort or sl_loop_stop
-  SL_END_ERROR = 5           // any other failure; `err` says which errno
+  SL_END_ERROR = 5,          // any other failure; `err` says which errno
+  // The client sent its FIN while a connection told so (sl_loop_fin_ends, sl_loop_dial's
+  // fin_ends) waited for its upstream: it is going, as a reset is (the client is reset).
+  SL_END_CLIENT_FIN = 6
 } sl_end;
 
 // The most addresses one dial tries (sl_loop_dial), and so the size of an outcome's attempts.
@@ -259,8 +262,20 @@ int sl_loop_peek(sl_loop *loop, uint64_t id, uint32_t deadline_ms, uint32_t firs
 // `tell`: report SL_EV_CONNECTED (err 1) even when the loop goes on to splice by itself.
 // `valid_until_us`: CLOCK_MONOTONIC µs (sl_monotonic_us) past which the verdict no longer holds
 // by itself (a remembered DNS name it rested on expired); 0: none.
+// `fin_ends`: as sl_loop_fin_ends, from this command on.
 int sl_loop_dial(sl_loop *loop, uint64_t id, const struct sockaddr_storage *addrs, int n, uint32_t connect_ms, uint32_t attempt_delay_ms,
-                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us);
+                 int parallel, uint32_t idle_ms, uint64_t version, bool tell, uint64_t valid_until_us, bool fin_ends);
+
+/**
+ * The client's FIN ends the set-up connection `id` while it waits for a command or its dial
+ * (before an upstream connected), as its reset does: reported as SL_END_CLIENT_FIN, every
+ * attempt cancelled, the client reset. The caller says so when the client's first flight was a
+ * TLS ClientHello: such a client cannot finish its handshake once it has sent its FIN
+ * (RFC 8446 §2, RFC 5246 §7.3), while another may have half-closed and still read its answer. A
+ * FIN already read ends it at once. Once an upstream connected, a FIN is the splice's to carry.
+ * A command: the connection counts as answered. Thread-safe.
+ */
+int sl_loop_fin_ends(sl_loop *loop, uint64_t id);
 
 /** CLOCK_MONOTONIC in µs: the clock of sl_loop_dial's valid_until_us. */
 uint64_t sl_monotonic_us(void);

@@ -35,7 +35,7 @@ const onSetup: SetupFn = (kind, id, loop, _tag, err, _state, _connectUs, _peer, 
   if (kind !== EV_ACCEPTED) return;
   if (err !== 0 || orig === null) return addon.abort(loop, id);
   // egressd's default times (connect, idle) and RFC 8305's delay between attempts.
-  addon.dial(loop, id, [orig], origPort, upstream.connectTimeoutMs, CONNECTION_ATTEMPT_DELAY_MS, 1, upstream.idleTimeoutMs, 0, false, -1);
+  addon.dial(loop, id, [orig], origPort, upstream.connectTimeoutMs, CONNECTION_ATTEMPT_DELAY_MS, 1, upstream.idleTimeoutMs, 0, false, -1, false);
 };
 const onOutcome: OutcomeFn = () => {};
 addon.start(1, onOutcome, onSetup, PEEK_CAPS.any, addon.hostedAvailable?.() === true);

@@ -1107,7 +1107,7 @@ static void test_setup_dial_next_address_then_splice(sl_loop *l, const struct so
   // The first address refuses (a port nothing listens on), the second answers.
   struct sockaddr_in closed = closed_port();
   struct sockaddr_storage addrs[2] = {storage_of(&closed), storage_of(&listen_addr)};
-  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   CHECK(upstream >= 0, "the upstream was not dialed");
   write_all(client, " world", 6);
@@ -1135,7 +1135,7 @@ static void test_setup_policy_change_asks_again(sl_loop *l, const struct sockadd
   uint64_t id = accept_with(l, front, "x", &client);
   sl_set_policy_version(2);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 1, false, 0);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 1, false, 0, false);
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 5000, &ev), "no CONNECTED event after a policy change");
@@ -1251,7 +1251,7 @@ static void test_setup_dial_timeout(sl_loop *l, const struct sockaddr_in *front)
   uint64_t id = accept_with(l, front, "x", &client);
   blackhole bh = blackhole_open();
   struct sockaddr_storage a = storage_of(&bh.addr);
-  sl_loop_dial(l, id, &a, 1, 200, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
+  sl_loop_dial(l, id, &a, 1, 200, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false);
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
   CHECK(o.dialed == -1 && o.end == SL_END_ERROR && o.err != 0, "dialed %d, end %d, err %d", o.dialed, o.end, o.err);
@@ -1271,7 +1271,7 @@ static void test_setup_dial_staggers(sl_loop *l, const struct sockaddr_in *front
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, true, 0);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, true, 0, false);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event");
   clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -1317,7 +1317,7 @@ static void test_setup_dial_capped(sl_loop *l, const struct sockaddr_in *front) 
     // 1200 ms in all, 50 ms attempt delay. parallel 1: 300 ms for each silent address, the
     // fourth starts at 900. parallel 2: the first two by 50 ms; the first gives way at 400
     // (1200 / 3) for the third, the second at 625 ((1200 - 50) / 2 after it began) for the fourth.
-    CHECK(sl_loop_dial(l, id, addrs, 4, 1200, 50, parallel, 10000, 0, true, 0) == 0, "dial");
+    CHECK(sl_loop_dial(l, id, addrs, 4, 1200, 50, parallel, 10000, 0, true, 0, false) == 0, "dial");
     saved_event ev;
     bool connected = false;
     for (int i = 0; i < 300 && !connected; i++) {
@@ -1353,7 +1353,7 @@ static void test_setup_dial_capped_keeps_the_delay(sl_loop *l, const struct sock
     int client;
     uint64_t id = accept_with(l, front, "x", &client);
     struct sockaddr_storage addrs[4] = {storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&bh.addr), storage_of(&bh.addr)};
-    CHECK(sl_loop_dial(l, id, addrs, 4, 400, 250, parallel, 10000, 0, true, 0) == 0, "dial");
+    CHECK(sl_loop_dial(l, id, addrs, 4, 400, 250, parallel, 10000, 0, true, 0, false) == 0, "dial");
     sl_outcome o;
     CHECK(wait_outcome(id, 5000, &o), "no outcome");
     CHECK(o.err == ETIMEDOUT && o.attempts == 2 && o.attempt_err[0] == ETIMEDOUT && o.attempt_err[1] == ETIMEDOUT,
@@ -1373,7 +1373,7 @@ static void test_setup_dial_failure_cause(sl_loop *l, const struct sockaddr_in *
   uint64_t id = accept_with(l, front, "x", &client);
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&closed)};
   // The second refuses after the 50 ms attempt delay; the first is still silent at 300 ms.
-  CHECK(sl_loop_dial(l, id, addrs, 2, 300, 50, SL_MAX_ADDRS, 10000, 0, true, 0) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 2, 300, 50, SL_MAX_ADDRS, 10000, 0, true, 0, false) == 0, "dial");
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
   CHECK(o.end == SL_END_ERROR && o.err == ETIMEDOUT, "a dial ended by its deadline: end %d, err %d", o.end, o.err);
@@ -1390,7 +1390,7 @@ static void test_setup_verdict_deadline(sl_loop *l, const struct sockaddr_in *fr
   int client;
   uint64_t id = accept_with(l, front, "y", &client);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 5000000u);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 5000000u, false);
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   char c;
   CHECK(upstream >= 0 && read(upstream, &c, 1) == 1 && c == 'y', "a verdict still in force was not spliced by the loop");
@@ -1404,7 +1404,7 @@ static void test_setup_verdict_deadline(sl_loop *l, const struct sockaddr_in *fr
   blackhole bh = blackhole_open();
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   // Expires 30 ms in; the second address is tried only after the 100 ms attempt delay.
-  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 30000u);
+  sl_loop_dial(l, id, addrs, 2, 5000, 100, SL_MAX_ADDRS, 10000, 0, false, sl_monotonic_us() + 30000u, false);
   saved_event ev;
   CHECK(wait_event(SL_EV_CONNECTED, id, &seen, 3000, &ev), "no CONNECTED event once the verdict's deadline passed");
   CHECK(ev.e.state == 1 && ev.e.err == 0, "dialed %d, err %d: should wait for the caller", ev.e.state, ev.e.err);
@@ -1512,7 +1512,7 @@ static void test_late_events_of_a_closed_shared_socket(sl_loop *l, const struct 
     int client;
     uint64_t id = accept_with(l, front, "one", &client);
     struct sockaddr_storage a = storage_of(&listen_addr);
-    CHECK(sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
+    CHECK(sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false) == 0, "dial");
     int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     CHECK(upstream >= 0, "not dialed");
     char buf[64];
@@ -1618,7 +1618,7 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
   // The attempt delay is long enough that a loaded machine cannot reach the second address
   // before the reset; the check below waits it out.
-  sl_loop_dial(l, id, addrs, 2, 20000, 1000, SL_MAX_ADDRS, 10000, 0, false, 0);
+  sl_loop_dial(l, id, addrs, 2, 20000, 1000, SL_MAX_ADDRS, 10000, 0, false, 0, false);
   write_all(client, "more bytes", 10);
   // The dial under way: its first attempt's socket is open (a reset before it is the next
   // test's). Waited for, not slept: the loop's thread may run late on a loaded machine.
@@ -1644,7 +1644,7 @@ static void test_setup_client_resets_during_dial(sl_loop *l, const struct sockad
 // one outcome stands.
 static void check_late_dial_does_nothing(sl_loop *l, uint64_t id) {
   struct sockaddr_storage a = storage_of(&listen_addr);
-  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0);
+  sl_loop_dial(l, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false);
   int upstream = accept_within(100);
   CHECK(upstream < 0, "a connection whose client had reset was dialed");
   if (upstream >= 0) close(upstream);
@@ -1688,7 +1688,7 @@ static void test_setup_client_fin_during_dial(sl_loop *l, const struct sockaddr_
   int client;
   uint64_t id = accept_with(l, front, "request", &client);
   struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
-  sl_loop_dial(l, id, addrs, 2, 20000, 300, SL_MAX_ADDRS, 10000, 0, false, 0);
+  sl_loop_dial(l, id, addrs, 2, 20000, 300, SL_MAX_ADDRS, 10000, 0, false, 0, false);
   usleep(20 * 1000);
   shutdown(client, SHUT_WR);
   int upstream = accept_within(3000);
@@ -1711,6 +1711,68 @@ static void test_setup_client_fin_during_dial(sl_loop *l, const struct sockaddr_
   blackhole_close(&bh);
 }
 
+// A TLS client's FIN while its upstream is dialed, the dial told so (fin_ends): the client can
+// never finish its handshake (RFC 8446 §2), so the FIN ends the dial at once, as a reset does:
+// every attempt's descriptor closed, SL_END_CLIENT_FIN, nothing sent upstream, the client reset.
+// Before, the FIN left the dial running to its connect timeout (20 s here), and the next address
+// was dialed and given the client's bytes.
+static void test_setup_tls_client_fin_during_dial(sl_loop *l, const struct sockaddr_in *front) {
+  blackhole bh = blackhole_open();
+  int client;
+  uint64_t id = accept_with(l, front, "hello", &client);
+  int before = open_fds();
+  struct sockaddr_storage addrs[2] = {storage_of(&bh.addr), storage_of(&listen_addr)};
+  sl_loop_dial(l, id, addrs, 2, 20000, 1000, SL_MAX_ADDRS, 10000, 0, false, 0, true);
+  for (int i = 0; i < 3000 && open_fds() <= before; i++) usleep(1000);
+  CHECK(open_fds() > before, "the dial's first attempt never began");
+  shutdown(client, SHUT_WR);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's FIN (connect timeout 20 s)");
+  CHECK(o.end == SL_END_CLIENT_FIN && o.err == 0 && o.dialed == -1 && o.bytes_up == 0, "end %d, err %d, dialed %d, %llu up", o.end, o.err, o.dialed,
+        (unsigned long long)o.bytes_up);
+  CHECK(o.attempts >= 1 && o.attempt_err[0] == SL_ATTEMPT_CANCELLED, "%d attempts, the first ended %d", o.attempts, o.attempt_err[0]);
+  // Only the test's client is left: the loop's side and every attempt are closed.
+  int left = open_fds() - (before - 1);
+  CHECK(left == 0, "%d descriptors still held after the outcome", left);
+  // The client is reset, not answered with a FIN that would pass for an answer that ended.
+  char buf[8];
+  int err = 0;
+  read_all(client, buf, sizeof buf, &err, 1000);
+  CHECK(err == ECONNRESET, "the client read errno %d, not a reset", err);
+  int upstream = accept_within(1200);
+  CHECK(upstream < 0, "the upstream was dialed after the client's FIN");
+  if (upstream >= 0) close(upstream);
+  close(client);
+  blackhole_close(&bh);
+}
+
+// A TLS client's FIN while its connection waits for a command (its name resolved), told so by
+// sl_loop_fin_ends: reported at once, whether the FIN came before the command (here) or after it;
+// a dial asked for later does nothing. Without the command, the same FIN waits (an HTTP client's
+// half-close): only the caller knows what the first flight was.
+static void test_setup_tls_client_fin_while_waiting(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "hello", &client);
+  shutdown(client, SHUT_WR);
+  usleep(50 * 1000);
+  CHECK(count_of(id) == 0, "a FIN ended a connection not told that a FIN ends it");
+  sl_loop_fin_ends(l, id);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of fin_ends after the client's FIN");
+  CHECK(o.end == SL_END_CLIENT_FIN && o.dialed == -1 && o.attempts == 0, "end %d, dialed %d, %d attempts", o.end, o.dialed, o.attempts);
+  check_late_dial_does_nothing(l, id);
+  close(client);
+
+  id = accept_with(l, front, "hello", &client);
+  sl_loop_fin_ends(l, id);
+  usleep(20 * 1000);
+  CHECK(count_of(id) == 0, "fin_ends alone ended the connection");
+  shutdown(client, SHUT_WR);
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's FIN after fin_ends");
+  CHECK(o.end == SL_END_CLIENT_FIN && o.dialed == -1, "end %d, dialed %d", o.end, o.dialed);
+  close(client);
+}
+
 static void test_setup(void) {
   struct sockaddr_in front;
   sl_loop *l = setup_loop(7, &front);
@@ -1724,6 +1786,8 @@ static void test_setup(void) {
   test_setup_client_resets_while_waiting(l, &front);
   test_setup_client_resets_while_its_flight_is_read(l, &front);
   test_setup_client_fin_during_dial(l, &front);
+  test_setup_tls_client_fin_during_dial(l, &front);
+  test_setup_tls_client_fin_while_waiting(l, &front);
   test_setup_policy_change_asks_again(l, &front);
   test_setup_verdict_deadline(l, &front);
   test_setup_peek_deadlines(l, &front);
@@ -1816,7 +1880,7 @@ static void test_out_of_descriptors(void) {
   uint64_t dialed = ev.e.id;
   n = fill_descriptors(fillers, 256, &old);
   struct sockaddr_storage to = storage_of(&listen_addr);
-  sl_loop_dial(l, dialed, &to, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, true, 0);
+  sl_loop_dial(l, dialed, &to, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, true, 0, false);
   CHECK(wait_event(SL_EV_CONNECTED, dialed, &seen, 3000, &ev), "the dial did not connect with pipes pooled");
   sl_loop_abort(l, dialed);
   CHECK(wait_outcome(dialed, 5000, &o) && o.dialed == 0, "dialed %d, attempt errno %d", o.dialed, o.attempt_err[0]);
@@ -2248,7 +2312,7 @@ static void test_server_first_is_spliced_without_a_byte(void) {
   int client;
   uint64_t id = accept_silent(&client);
   struct sockaddr_storage a = storage_of(&listen_addr);
-  CHECK(sl_loop_dial(rules_loop, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(rules_loop, id, &a, 1, 5000, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false) == 0, "dial");
   int upstream = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
   CHECK(upstream >= 0, "not dialed");
   write_all(upstream, "220 hello\r\n", 11);
@@ -2608,7 +2672,7 @@ static void two_attempts_end_in_one_wakeup(sl_loop *l, const struct sockaddr_in 
   struct sockaddr_storage addrs[2];
   addrs[win] = storage_of(&win_addr);
   addrs[1 - win] = storage_of(&lose_addr);
-  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 0, SL_MAX_ADDRS, 10000, ask_again ? 1 : 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 2, 5000, 0, SL_MAX_ADDRS, 10000, ask_again ? 1 : 0, false, 0, false) == 0, "dial");
   sl_loop_turn(l); // the dial's command starts the first attempt, its timer the second
   int up = accept_one(win_ls, 1000);
   CHECK(up >= 0, "%d/%d: the listening address was not dialed", how, ask_again);
@@ -2659,7 +2723,7 @@ static void two_refusals_then_an_answer(sl_loop *l, const struct sockaddr_in *fr
   int client;
   uint64_t id = accept_hosted(l, front, "hi", &client);
   struct sockaddr_storage addrs[3] = {storage_of(&refused), storage_of(&refused), storage_of(&win_addr)};
-  CHECK(sl_loop_dial(l, id, addrs, 3, 5000, 0, SL_MAX_ADDRS, 10000, 0, false, 0) == 0, "dial");
+  CHECK(sl_loop_dial(l, id, addrs, 3, 5000, 0, SL_MAX_ADDRS, 10000, 0, false, 0, false) == 0, "dial");
   sl_loop_turn(l); // both refused attempts start, and are refused, before the next turn
   CHECK(loop_readable(l, 0) == 1, "nothing ready");
   sl_loop_turn(l); // both refusals' events

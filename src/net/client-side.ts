@@ -42,6 +42,13 @@ export interface ConnectOptions {
   /** Closing ends the connection wherever it is: dialing or splicing. */
   readonly closing: Closing;
   /**
+   * The client's FIN before the upstream connected is its going, as a reset is (`client-gone`,
+   * `fin`): its first flight was a TLS ClientHello, and a TLS client cannot finish its handshake
+   * once it has sent its FIN (RFC 8446 §2, RFC 5246 §7.3). Otherwise a FIN is a half-close whose
+   * sender still reads the answer. Once connected, the splice's rules apply (splice.ts).
+   */
+  readonly finEnds?: boolean;
+  /**
    * Called once an address answered, before any byte goes upstream: the verdict on that address
    * under the policy in force now. A refusal closes the upstream and the caller answers the
    * client. The native path asks only when the policy changed since the dial began (the policy
@@ -69,10 +76,10 @@ export type ConnectResult =
       readonly attempts: readonly Attempt[];
     }
   /**
-   * The client reset (or its socket failed) while its upstream was dialed: the dial was cancelled
-   * at once, every attempt closed, and no byte went upstream.
+   * The client reset (or its socket failed), or sent its FIN under `finEnds`, while its upstream
+   * was dialed: the dial was cancelled at once, every attempt closed, and no byte went upstream.
    */
-  | { readonly kind: 'client-gone'; readonly attempts: readonly Attempt[] }
+  | { readonly kind: 'client-gone'; readonly how: GoneHow; readonly attempts: readonly Attempt[] }
   | {
       readonly kind: 'spliced';
       readonly address: string;
@@ -80,6 +87,9 @@ export type ConnectResult =
       readonly attempts: readonly Attempt[];
       readonly splice: SpliceResult;
     };
+
+/** How a client went before its upstream was reached: its reset (or a failed socket), or its FIN when that ends it (`finEnds`). */
+export type GoneHow = 'reset' | 'fin';
 
 export interface ClientSide {
   /** The client's address and port, as Node spells them (an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d). */
@@ -97,17 +107,18 @@ export interface ClientSide {
   peekNow?(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null;
   /**
    * Dials, re-checks the policy, then carries the bytes both ways until the connection ends. The
-   * client's reset during the dial cancels it (`client-gone`); its FIN does not (a client that
-   * sent its request and half-closed still reads the answer).
+   * client's reset during the dial cancels it (`client-gone`); its FIN does only under `finEnds`
+   * (a client that sent its request and half-closed still reads the answer).
    */
   connect(o: ConnectOptions): Promise<ConnectResult>;
   /**
    * Calls `gone` once when the client resets (or its socket fails) before the returned function
    * is called: for a wait of the pipeline's own (a lookup on the wire), so that a client that went
-   * holds neither its place in the limits nor the log line until the wait is over. A FIN is not
-   * going away. Called at once (in a microtask) when the client is already gone.
+   * holds neither its place in the limits nor the log line until the wait is over. A FIN is going
+   * away only under `finEnds` (ConnectOptions.finEnds says when), and then it is `fin`. Called at
+   * once (in a microtask) when the client is already gone.
    */
-  watchGone(gone: () => void): () => void;
+  watchGone(gone: (how: GoneHow) => void, finEnds?: boolean): () => void;
   /** Answers a refused client and closes (lingering as refuse.ts says). */
   refuse(r: Refusal): void;
   /** Resets the client, if it is still open. */
@@ -149,11 +160,11 @@ export class SocketClient implements ClientSide {
     const stop = new AbortController();
     const closing = o.closing.signal;
     const onClosing = (): void => stop.abort();
-    let gone = false;
-    const unwatch = this.watchGone(() => {
-      gone = true;
+    let gone: GoneHow | null = null;
+    const unwatch = this.watchGone((how) => {
+      gone = how;
       stop.abort();
-    });
+    }, o.finEnds);
     if (closing.aborted) stop.abort();
     else closing.addEventListener('abort', onClosing, { once: true });
     const d = await dialFirst({
@@ -165,10 +176,10 @@ export class SocketClient implements ClientSide {
     });
     unwatch();
     closing.removeEventListener('abort', onClosing);
-    if (gone) {
-      // An attempt that connected in the same turn as the client's reset carries nothing.
+    if (gone !== null) {
+      // An attempt that connected in the same turn as the client's going carries nothing.
       if (d.ok) d.socket.destroy();
-      return { kind: 'client-gone', attempts: d.attempts };
+      return { kind: 'client-gone', how: gone, attempts: d.attempts };
     }
     if (!d.ok) return { kind: 'dial-failed', cause: d.cause, detail: d.detail, attempts: d.attempts };
     o.onConnected?.(d.address);
@@ -181,12 +192,13 @@ export class SocketClient implements ClientSide {
     return { kind: 'spliced', address: d.address, connectMs: d.connectMs, attempts: d.attempts, splice: s };
   }
 
-  watchGone(gone: () => void): () => void {
+  watchGone(gone: (how: GoneHow) => void, finEnds = false): () => void {
     const s = this.#socket;
-    if (s.destroyed) {
+    const already: GoneHow | null = s.destroyed ? 'reset' : finEnds && finRead(s) ? 'fin' : null;
+    if (already !== null) {
       let live = true;
       queueMicrotask(() => {
-        if (live) gone();
+        if (live) gone(already);
       });
       return () => {
         live = false;
@@ -194,16 +206,31 @@ export class SocketClient implements ClientSide {
     }
     // Node reads the client from its accept on (a paused socket still fills its buffer), so a reset
     // destroys the socket ('close' after 'error'); a FIN only ends its readable side
-    // (allowHalfOpen).
-    s.once('close', gone);
+    // (allowHalfOpen), and 'end' comes at once when nothing past the first flight waits unread.
+    let over = false;
+    const onClose = (): void => {
+      if (over) return;
+      over = true;
+      gone('reset');
+    };
+    const onEnd = (): void => {
+      if (over) return;
+      over = true;
+      gone('fin');
+    };
+    s.once('close', onClose);
+    if (finEnds) s.once('end', onEnd);
     // Node watches nothing on a socket it stopped reading: its buffer full (the client sent more
     // than 64 KiB past its first flight) or its EOF read (the client's FIN). A reset there is
     // unseen, so while the wait lasts the socket's pending error is asked for every
     // RESET_LINGER_MS (SO_ERROR, as the native loop's client_left takes it): a reset after the
     // FIN is going away too here, as nothing was sent to the client that it could be refusing.
+    // The same asks whether a FIN that ends it was read behind bytes the client sent past its
+    // hello (no 'end' until they are read, and they are kept for the upstream).
     let probe: NodeJS.Timeout | undefined;
     const ask = (): void => {
-      if (s.destroyed) return;
+      if (s.destroyed || over) return;
+      if (finEnds && finRead(s)) return onEnd();
       const code = takeSocketError(s);
       if (code === null) {
         probe = setTimeout(ask, RESET_LINGER_MS);
@@ -213,8 +240,10 @@ export class SocketClient implements ClientSide {
     };
     probe = setTimeout(ask, RESET_LINGER_MS);
     return () => {
+      over = true;
       clearTimeout(probe);
-      s.off('close', gone);
+      s.off('close', onClose);
+      s.off('end', onEnd);
     };
   }
 
@@ -234,4 +263,15 @@ export class SocketClient implements ClientSide {
   reset(): void {
     if (!this.#socket.destroyed) this.#socket.resetAndDestroy();
   }
+}
+
+/**
+ * Whether Node has read the client's FIN: its readable side ended, whether or not what came before
+ * it was read out yet (`_readableState.ended`, set as the EOF is read; the public readableEnded
+ * waits for the buffer to be drained, which the bytes kept for the upstream never are).
+ */
+function finRead(s: Socket): boolean {
+  if (s.readableEnded) return true;
+  const state = (s as unknown as { _readableState?: { ended?: boolean } })._readableState;
+  return state?.ended === true;
 }

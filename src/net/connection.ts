@@ -19,7 +19,7 @@ import type { ConnectionOutcome, EndedBy, OutcomeReason, Protocol } from './outc
 import { chooseUpstream, chooseUpstreamNow, type DialMode, type TargetReason, type UpstreamQuery, type UpstreamTarget } from './upstream-target.ts';
 import type { NameResolver, ResolveResult } from './resolve.ts';
 import type { BlockMode, Linger, LingerHold } from './refuse.ts';
-import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult } from './client-side.ts';
+import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult, type GoneHow } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
 import type { DecideTrace, Facts } from '../policy/decide.ts';
@@ -213,6 +213,11 @@ function judged(
   const policyNow = () => deps.policies.lookup(o.source);
   let initial: Buffer = NO_BYTES;
   let rawName: string | null = null;
+  // The client's first flight was a TLS ClientHello: it cannot finish a handshake once it has sent
+  // its FIN (every TLS version needs more from it after the hello: RFC 8446 §2, RFC 5246 §7.3), so
+  // a FIN before the upstream is reached is its going, as a reset is. Known only when the hello
+  // was read before the verdict: one made on address and port alone reads no first flight.
+  let finEnds = false;
   if (peek) {
     initial = peek.bytes;
     switch (peek.kind) {
@@ -240,6 +245,7 @@ function judged(
             return refuseMalformed(socket, live, 'tls', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-tls');
           }
           if (p.result.kind === 'hello') {
+            finEnds = true;
             o.alpn = p.result.alpn;
             o.ech = p.result.ech;
             rawName = p.result.sni;
@@ -355,6 +361,7 @@ function judged(
       idleTimeoutMs: config.upstream.idleTimeoutMs,
       initial: first,
       closing: live,
+      finEnds,
       validUntil: namesUntil,
       onConnected: (address) => {
         t?.attemptsDone?.();
@@ -390,7 +397,7 @@ function judged(
     const now = chooseUpstreamNow(query);
     if (now !== null) return dial(now, false, initial);
     // In a block of its own, so that only the wait's callback keeps it (see `dial`).
-    // A client that resets meanwhile ends the
+    // A client that goes meanwhile (its reset; its FIN after a ClientHello, `finEnds`) ends the
     // connection at once (its client socket, its log line); so does a close meanwhile (a policy
     // change that refuses it, shutdown), as it ends a dial under way. Either way the connection
     // leaves the lookup: a lookup every waiter left is cancelled, its socket closed
@@ -415,11 +422,11 @@ function judged(
         const onClose = (): void => {
           if (done(true)) resolve(cut(socket, o, 'refuse', live.closeReason ?? 'policy-changed', endedByClose(live)));
         };
-        const unwatch = socket.watchGone(() => {
+        const unwatch = socket.watchGone((how) => {
           if (!done(true)) return;
-          clientGone(socket, o);
+          clientGone(socket, o, how);
           resolve();
-        });
+        }, finEnds);
         if (closing.aborted) return onClose();
         closing.addEventListener('abort', onClose, { once: true });
         chooseUpstream(query, leaving.signal).then((target) => {
@@ -444,7 +451,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
   if (c.kind === 'client-gone') {
     // The dial was cancelled for it (HAProxy's abortonclose, for a reset only).
     if (c.attempts.length > 0) o.dialFailure = 'aborted';
-    return clientGone(socket, o);
+    return clientGone(socket, o, c.how);
   }
   if (c.kind === 'dial-failed') {
     o.verdict = 'error';
@@ -489,12 +496,14 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
 }
 
 /**
- * The client reset (or its socket failed) after its verdict, before anything was carried: its
- * lookup or its dial was let go, and the connection ends as the client's reset (its verdict
- * stands: it was the client's doing, not a refusal nor a failure of the upstream).
+ * The client went after its verdict, before anything was carried: it reset (or its socket
+ * failed), or it sent its FIN after a ClientHello (`fin`: it can never finish the handshake).
+ * Its lookup or its dial was let go, and the connection ends as its doing (its verdict stands:
+ * not a refusal nor a failure of the upstream): `client-reset`, or `client-fin`. The client is
+ * reset either way: nothing it sent was carried, and a FIN would pass for an answer that ended.
  */
-function clientGone(socket: ClientSide, o: ConnectionOutcome): void {
-  o.end = 'client-reset';
+function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): void {
+  o.end = how === 'fin' ? 'client-fin' : 'client-reset';
   o.endedBy = 'client';
   socket.reset();
 }

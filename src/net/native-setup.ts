@@ -21,11 +21,11 @@ import { OriginalDstError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import type { Peeked, PeekStep } from '../peek/peek-steps.ts';
 import { PEEK_CAPS } from '../peek/peek-steps.ts';
-import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type Refusal } from './client-side.ts';
+import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type GoneHow, type Refusal } from './client-side.ts';
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
 import { causeOf } from './dial.ts';
 import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
-import { enableNativeSetup, ENDS, firstFinOf, nativeSetupPlane, type DataPlaneAddon, type OutcomeFn, type SetupFn } from './native-splice.ts';
+import { enableNativeSetup, END_CLIENT_FIN, ENDS, firstFinOf, nativeSetupPlane, type DataPlaneAddon, type OutcomeFn, type SetupFn } from './native-splice.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { PeekBuffer, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { ACCESS_DENIED_ALERT, httpRefusalBytes, lingerSlot } from './refuse.ts';
@@ -335,10 +335,10 @@ export class NativeClient implements ClientSide {
   #releaseLinger: (() => void) | null = null;
   /** A command (or `answered`) went to the loop: the connection no longer holds an unanswered slot. */
   #answered = false;
-  /** The loop reported the client's reset while no step of the pipeline waited on the loop (see onOutcome). */
-  #gone = false;
+  /** How the client went, as the loop reported it while no step of the pipeline waited on the loop (see onOutcome); null while it has not. */
+  #gone: GoneHow | null = null;
   /** watchGone's callback while it watches. */
-  #onGone: (() => void) | null = null;
+  #onGone: ((how: GoneHow) => void) | null = null;
 
   constructor(
     addon: DataPlaneAddon,
@@ -475,17 +475,24 @@ export class NativeClient implements ClientSide {
     this.#firstState = state;
   }
 
-  watchGone(gone: () => void): () => void {
-    if (this.#gone) {
+  watchGone(gone: (how: GoneHow) => void, finEnds = false): () => void {
+    const already = this.#gone;
+    if (already !== null) {
       let live = true;
       queueMicrotask(() => {
-        if (live) gone();
+        if (live) gone(already);
       });
       return () => {
         live = false;
       };
     }
     this.#onGone = gone;
+    // The loop watches the client throughout; told that its FIN ends it, it ends the connection on
+    // it (or at once, when it came already) and reports `client-fin` (onOutcome).
+    if (finEnds && !this.#ended) {
+      this.#answered = true;
+      this.#addon.finEnds(this.loop, this.id);
+    }
     return () => {
       if (this.#onGone === gone) this.#onGone = null;
     };
@@ -498,7 +505,9 @@ export class NativeClient implements ClientSide {
       // at once: native/splice_loop.c client_left): nothing to dial for.
       if (this.#ended) {
         return resolve(
-          this.#gone ? { kind: 'client-gone', attempts: [] } : { kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] },
+          this.#gone !== null
+            ? { kind: 'client-gone', how: this.#gone, attempts: [] }
+            : { kind: 'dial-failed', cause: 'aborted', detail: 'Dialing was aborted', attempts: [] },
         );
       }
       // The loop takes 16 addresses at most; RFC 8305 needs far fewer to find one that answers.
@@ -531,6 +540,7 @@ export class NativeClient implements ClientSide {
         tell,
         // The verdict's own deadline (a remembered DNS name expiring), from now; -1: none.
         o.validUntil === undefined || o.validUntil === Infinity ? -1 : Math.max(0, o.validUntil - performance.now()),
+        o.finEnds === true,
       );
     });
   }
@@ -568,20 +578,22 @@ export class NativeClient implements ClientSide {
     this.#releaseLinger = null;
     const p = this.#pending;
     this.#pending = null;
+    const went: GoneHow | null = end === END_CLIENT_FIN ? 'fin' : ENDS[end] === 'client-reset' ? 'reset' : null;
     if (p === null) {
       // Nothing asked of the loop waits (a lookup on the wire, the verdict): the loop ended the
-      // connection by itself, on the client's reset, and the pipeline's wait is told.
-      this.#gone = ENDS[end] === 'client-reset';
+      // connection by itself, on the client's reset (or its FIN, told finEnds), and the
+      // pipeline's wait is told.
+      this.#gone = went;
       const gone = this.#onGone;
       this.#onGone = null;
-      if (this.#gone) gone?.();
+      if (went !== null) gone?.(went);
       return;
     }
     if (p.kind === 'peek') return this.#settle(p, { kind: 'closed', bytes: allOf(p.buf) });
     if (p.o.closing.onClose === this.reset) p.o.closing.onClose = null;
     const attempts = this.#attempts(errnos, dialed);
-    // The client reset while its upstream was dialed: the loop cancelled every attempt.
-    if (dialed < 0 && ENDS[end] === 'client-reset') return p.resolve({ kind: 'client-gone', attempts });
+    // The client went while its upstream was dialed: the loop cancelled every attempt.
+    if (dialed < 0 && went !== null) return p.resolve({ kind: 'client-gone', how: went, attempts });
     if (dialed < 0) {
       const aborted = ENDS[end] === 'aborted';
       const cause = aborted ? 'aborted' : causeOf(errnoName(errno));

@@ -59,6 +59,11 @@ export interface DataPlaneAddon {
   abort(loop: number, id: number): void;
   /** The set-up connection was admitted and will be commanded later: its loop's slot among the unanswered is free. */
   answered(loop: number, id: number): void;
+  /**
+   * The client's FIN ends the set-up connection while it waits for its command or its dial, before
+   * an upstream connected (native/splice_loop.h sl_loop_fin_ends): a TLS client's. A command.
+   */
+  finEnds(loop: number, id: number): void;
   /** Every loop's cap of accepted connections not yet answered (1 to 512). */
   acceptCap(perLoop: number): void;
   /** The listeners' pauses so far, all loops: [at the cap, out of descriptors]. */
@@ -82,6 +87,8 @@ export interface DataPlaneAddon {
     version: number,
     tell: boolean,
     validMs: number,
+    /** As finEnds(), from this command on. */
+    finEnds: boolean,
   ): void;
   splice(loop: number, id: number, idleMs: number): void;
   refuse(loop: number, id: number, how: number, bytes: Buffer | null, lingerMs: number, lingerMaxBytes: number): void;
@@ -103,8 +110,10 @@ interface Handle {
   reading?: boolean;
 }
 
-// The order of sl_end in native/splice_loop.h.
+// The order of sl_end in native/splice_loop.h, up to the last that can end a splice.
 export const ENDS: readonly SpliceEnd[] = ['closed', 'client-reset', 'upstream-reset', 'idle-timeout', 'aborted', 'error'];
+/** sl_end's SL_END_CLIENT_FIN: ends no splice, only a set-up connection waiting for its upstream (sl_loop_fin_ends). */
+export const END_CLIENT_FIN = 6;
 // sl_outcome.first_fin: the side whose FIN the loop passed on first (-1: neither's, or an older addon).
 const FIN_SIDES: readonly Side[] = ['client', 'upstream'];
 /** The loop's first_fin as SpliceResult.firstFin. */

@@ -152,7 +152,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'egressd.upstream.failure',
     type: 'keyword',
     description:
-      "Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted` (a shutdown, a policy change, or the client's reset cancelled the dial), `other`.",
+      "Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted` (a shutdown, a policy change, or the client's going (its reset; a TLS client's FIN) cancelled the dial), `other`.",
     value: (o) => o.dialFailure,
   },
   { name: 'egressd.upstream.connect_duration', type: 'long', description: 'Time to connect to the upstream, in nanoseconds.', value: (o) => ns(o.connectMs) },
@@ -166,7 +166,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'egressd.end',
     type: 'keyword',
     description:
-      'How a spliced connection ended: `closed`, `client-reset`, `upstream-reset`, `idle-timeout`, `aborted` or `error` (a reset after the side\'s own FIN is `closed`: "How a splice ends" below); `client-reset` too for a client that reset while its name was resolved or its upstream dialed ("A client that goes before its upstream is reached" below); for another one not spliced, what ended it, in words.',
+      'How a spliced connection ended: `closed`, `client-reset`, `upstream-reset`, `idle-timeout`, `aborted` or `error` (a reset after the side\'s own FIN is `closed`: "How a splice ends" below); `client-reset` too for a client that reset while its name was resolved or its upstream dialed, and `client-fin` for a TLS client that sent its FIN then, after its ClientHello ("A client that goes before its upstream is reached" below); for another one not spliced, what ended it, in words.',
     value: (o) => o.end,
   },
 ];
