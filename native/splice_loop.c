@@ -1511,7 +1511,13 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
       arm(l, c->dial->deadline_ms);
       return dial_next(l, c, false);
     case CMD_FIN_ENDS:
-      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->stage == ST_DIAL) || c->fd[UPSTREAM] >= 0) return;
+      if (!(c = find(l, cmd->id)) || !(c->stage == ST_WAIT || c->stage == ST_DIAL || c->auto_peek) || c->fd[UPSTREAM] >= 0) return;
+      // The caller judged on what was reported (its parser had the hello): the loop's own
+      // reading stops, as for any command, and the rest stays in the socket for the upstream.
+      if (c->auto_peek) {
+        c->auto_peek = false;
+        c->stage = ST_WAIT;
+      }
       c->fin_ends = true;
       client_finished(l, c);
       return;

@@ -2335,6 +2335,25 @@ static void test_server_first_is_spliced_without_a_byte(void) {
   close(upstream);
 }
 
+// A client whose flight the loop still reads by itself (reported incomplete, WAITING) when the
+// caller, whose parser had enough, says its FIN ends it (sl_loop_fin_ends): the loop's own reading
+// stops, and the FIN ends the connection (SL_END_CLIENT_FIN), not a CLOSED report no one waits for.
+static void test_fin_ends_while_the_flight_is_read(void) {
+  int client = connect_to(&rules_front);
+  // A TLS record's header and the start of its payload: incomplete for the loop.
+  write_all(client, "\x16\x03\x01\x00\x40\x01\x00", 7);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev) && ev.e.state == SL_PEEK_WAITING, "state %d, not waiting", ev.e.state);
+  uint64_t id = ev.e.id;
+  sl_loop_fin_ends(rules_loop, id);
+  usleep(20 * 1000);
+  shutdown(client, SHUT_WR);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's FIN after fin_ends");
+  CHECK(o.end == SL_END_CLIENT_FIN && o.dialed == -1, "end %d, dialed %d", o.end, o.dialed);
+  close(client);
+}
+
 static void test_first_flight(void) {
   test_first_flight_framing();
   test_first_flight_dripped_is_read_once();
@@ -2363,6 +2382,7 @@ static void test_first_flight(void) {
   test_flight_late_bytes_reported_within_the_grace();
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();
+  test_fin_ends_while_the_flight_is_read();
   usleep(50 * 1000);
   CHECK(sl_loop_size(rules_loop) == 0, "%u connections left", sl_loop_size(rules_loop));
   // Stopped while a flight is still incomplete: its ACCEPTED report still comes before its outcome.
