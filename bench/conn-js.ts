@@ -2,13 +2,16 @@
 // rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
 // origin and the clients in child processes, so this process's main thread runs egressd alone.
 //
-//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--setup native|node] [--prof DIR] [--heap-prof DIR]
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--workload raw|tls] [--setup native|node] [--prof DIR] [--heap-prof DIR]
 //
 // Each client loops: connect, the raw workload's first flight (a ClientHello naming
 // raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
+// `--workload tls`: a full TLS handshake with a Node TLS origin instead (certs/, no resumption),
+// GET /tiny, the 2-byte answer, close_notify both ways: bench/proxy's tls-conn, on loopback.
 // Printed: the main thread's CPU µs per connection (process.threadCpuUsage, user + system, so the
-// kernel work the thread does is in), the whole process's, and connections/s (meaningless on a
-// busy machine). `--prof DIR` writes a V8 CPU profile of the measured part (inspector), to read
+// kernel work the thread does is in), the whole process's, connections/s (meaningless on a busy
+// machine), and counts per connection: the loops' reports, the main thread's sleeps, and the turns
+// of Node's event loop. `--prof DIR` writes a V8 CPU profile of the measured part (inspector), to read
 // with inclusive time ÷ connections; `--heap-prof DIR` a sampling heap profile of every allocation
 // (collected ones included), to read as bytes ÷ connections. Loopback has no REDIRECT: the original destination is the
 // origin, given as the daemon's originalDst (as test/helpers/loopback-daemon.ts does), and the
@@ -18,7 +21,7 @@
 // `--warm 30000` measures a daemon that has run a while. Bounded by the counts and a 120 s timer.
 
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +41,7 @@ const { values: args } = parseArgs({
     setup: { type: 'string', default: 'native' },
     prof: { type: 'string' },
     'heap-prof': { type: 'string' },
+    workload: { type: 'string', default: 'raw' },
     child: { type: 'string' },
     port: { type: 'string' },
   },
@@ -51,7 +55,31 @@ for (const k of ['count', 'clients', 'warm'] as const) {
   }
 }
 
-if (args.child === 'origin') {
+if (args.workload !== 'raw' && args.workload !== 'tls') {
+  console.error(`conn-js: --workload must be raw or tls, got ${JSON.stringify(args.workload)}`);
+  process.exit(2);
+}
+const tls = args.workload === 'tls';
+const certs = join(import.meta.dirname, '../certs');
+
+if (args.child === 'origin' && tls) {
+  // The TLS origin: answers the request with "ok" and closes, as bench/proxy's nginx origin does
+  // /tiny with `Connection: close`: TLS 1.2 (nginx 1.22's default protocols end there), no
+  // session tickets, so every handshake is a full one with the same round trips.
+  const { createServer } = await import('node:tls');
+  const { constants } = await import('node:crypto');
+  const opts = {
+    cert: readFileSync(join(certs, 'server.pem')),
+    key: readFileSync(join(certs, 'server-key.pem')),
+    maxVersion: 'TLSv1.2' as const,
+    secureOptions: constants.SSL_OP_NO_TICKET,
+  };
+  const server = createServer(opts, (s) => {
+    s.on('error', () => {});
+    s.once('data', () => s.end('ok'));
+  });
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'origin') {
   // The raw origin: reads the 9-byte command after the hello, answers "ok", closes.
   const { createServer } = await import('node:net');
   const server = createServer((s) => {
@@ -62,13 +90,18 @@ if (args.child === 'origin') {
 } else if (args.child === 'clients') {
   const { connect } = await import('node:net');
   const { request } = await import('./proxy/wire.ts');
+  const { connect: tlsConnect } = await import('node:tls');
   const first = request('T');
+  const ca = readFileSync(join(certs, 'ca.pem'));
+  const get = `GET /tiny HTTP/1.1\r\nHost: ${RAW_NAME}\r\nConnection: close\r\n\r\n`;
   const port = Number(args.port);
   let left = Number(args.count);
   let errors = 0;
   const once = (): Promise<void> =>
     new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port, noDelay: true }, () => s.write(first));
+      const s = tls
+        ? tlsConnect({ host: '127.0.0.1', port, servername: RAW_NAME, ca, ALPNProtocols: ['http/1.1'] }, () => s.write(get))
+        : connect({ host: '127.0.0.1', port, noDelay: true }, () => s.write(first));
       s.on('data', () => {});
       s.once('end', () => s.end());
       s.once('error', () => errors++);
@@ -96,7 +129,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }, 120_000);
   try {
-    const origin = fork(import.meta.filename, ['--child', 'origin']);
+    const origin = fork(import.meta.filename, ['--child', 'origin', '--workload', args.workload!]);
     children.push(origin);
     const originPort = await new Promise<number>((resolve) => origin.once('message', (m) => resolve(m as number)));
     const r = validateConfig({
@@ -119,7 +152,18 @@ async function main(): Promise<void> {
     await daemon.start();
     const port = daemon.listeners[0]!.port!;
     const run = async (count: number): Promise<{ errors: number }> => {
-      const c = fork(import.meta.filename, ['--child', 'clients', '--port', String(port), '--count', String(count), '--clients', args.clients!]);
+      const c = fork(import.meta.filename, [
+        '--child',
+        'clients',
+        '--workload',
+        args.workload!,
+        '--port',
+        String(port),
+        '--count',
+        String(count),
+        '--clients',
+        args.clients!,
+      ]);
       children.push(c);
       return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
     };
@@ -155,6 +199,8 @@ async function main(): Promise<void> {
     gcObserver.observe({ entryTypes: ['gc'] });
     const allocated0 = getHeapStatistics().total_allocated_bytes;
     const faults0 = process.resourceUsage().minorPageFault;
+    const wakeups0 = mainWakeups();
+    const uv0 = performance.nodeTiming.uvMetricsInfo;
     const main0 = process.threadCpuUsage();
     const all0 = process.cpuUsage();
     const { errors } = await run(count);
@@ -162,6 +208,8 @@ async function main(): Promise<void> {
     const all = process.cpuUsage(all0);
     const allocated = getHeapStatistics().total_allocated_bytes - allocated0;
     const faults = process.resourceUsage().minorPageFault - faults0;
+    const wakeups = mainWakeups() - wakeups0;
+    const uv = performance.nodeTiming.uvMetricsInfo;
     await new Promise((resolve) => setImmediate(resolve));
     gcObserver.disconnect();
     const seconds = (performance.now() - t0) / 1000;
@@ -183,6 +231,7 @@ async function main(): Promise<void> {
     console.log(
       JSON.stringify({
         setup: daemon.nativeSetup ? 'native' : 'node',
+        workload: args.workload,
         clients: Number(args.clients),
         count,
         errors,
@@ -199,6 +248,15 @@ async function main(): Promise<void> {
         // Minor page faults of the whole process per connection: fresh pages touched (a young
         // generation handed back and faulted in again, malloc arenas), each a trap to the kernel.
         pageFaultsPerConn: Math.round((faults / count) * 10) / 10,
+        // The main thread's sleeps per connection (voluntary context switches: each epoll_pwait
+        // that blocked), and the turns of Node's event loop (libuv's loop count) and the events
+        // its polls returned. Counts, steady on a busy machine where times are not: a TLS
+        // connection's exchanges come one at a time, and each wake-up costs a context switch,
+        // libuv's epoll_pwait (two before a sleep: Node configures UV_METRICS_IDLE_TIME, whose
+        // first poll never waits), the hosted loop's own epoll_wait, and Node's phases.
+        wakeupsPerConn: Math.round((wakeups / count) * 100) / 100,
+        loopTurnsPerConn: Math.round(((uv.loopCount - uv0.loopCount) / count) * 100) / 100,
+        uvEventsPerConn: Math.round(((uv.events - uv0.events) / count) * 100) / 100,
         otherGcsPer1000: Math.round((gcs.other / count) * 10_000) / 10,
         // What crossed from the loops to JavaScript, per connection, by kind (native set-up).
         reportsPerConn: Object.fromEntries(
@@ -214,5 +272,14 @@ async function main(): Promise<void> {
     clearTimeout(timer);
     for (const c of children) c.kill();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The main thread's voluntary context switches so far (Linux; 0 elsewhere). */
+function mainWakeups(): number {
+  try {
+    return Number(/^voluntary_ctxt_switches:\s+(\d+)$/m.exec(readFileSync(`/proc/self/task/${process.pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
   }
 }
