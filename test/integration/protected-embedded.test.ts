@@ -4,7 +4,8 @@
 // network behind the gateway, nor an IPv4 address a deny rule names. The original destination comes from the loopback rig's table; a
 // refused connection is never dialed, so no translator is needed to tell the two apart.
 
-import { connect } from 'node:net';
+import { once } from 'node:events';
+import { connect, createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
@@ -66,5 +67,38 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('an IP
     expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason') }).toEqual({ verdict: 'refuse', reason: 'deny-rule' });
     expect(field(line, 'egressd.upstream.ip')).toBeUndefined();
     expect(String(field(line, 'rule.name'))).toContain('(1.2.3.4, inside 64:ff9b::102:304)');
+  });
+
+  // :: and ::1 lie in ::/96 but are no IPv4-compatible addresses (RFC 4291 §2.5.5.1; Linux delivers
+  // them locally): a policy that allows ::1, on a host whose operator opened it, reaches it.
+  it('reaches ::1 where the operator opened it and the policy allows ::1/128, not judged as 0.0.0.1', async () => {
+    const server = createServer((s) => {
+      s.on('error', () => {});
+      s.end('ok');
+    });
+    server.listen(0, '::1');
+    await once(server, 'listening');
+    try {
+      d = await startLoopbackDaemon(
+        loopbackConfig({
+          protected: { except: ['127.0.0.0/8'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+          sandboxes: [{ id: 'sb-loopback6', sources: ['127.0.0.45'], network: { mode: 'block-all', egress: { allowed_cidrs: ['::1/128'] } } }],
+        }),
+        { setup },
+      );
+      d.route('127.0.0.45', '::1', (server.address() as { port: number }).port);
+      const read = await new Promise<string>((resolve) => {
+        const s = connect({ host: '127.0.0.1', port: d!.port('tcp'), localAddress: '127.0.0.45' });
+        let got = '';
+        s.on('data', (b) => (got += b.toString()));
+        s.on('error', () => {});
+        s.on('close', () => resolve(got));
+      });
+      const line = await d.waitForLog((l) => action(l) === 'connection');
+      expect({ verdict: field(line, 'egressd.verdict'), rule: field(line, 'rule.name') }).toEqual({ verdict: 'allow', rule: 'allowed_cidrs "::1/128"' });
+      expect(read).toBe('ok');
+    } finally {
+      server.close();
+    }
   });
 });

@@ -186,6 +186,21 @@ describe('decide (1c): an IPv6 address that hands an IPv4 address to a translato
     expect(decide(compiled('allow-all', {}, {}, compatible), facts('::2'))).toMatchObject({ verdict: 'refuse', rule: expect.stringContaining('0.0.0.0/8') });
     expect(decide(compiled('allow-all', {}, {}, compatible), facts('::808:808')).verdict).toBe('allow');
   });
+
+  it('lets a policy that allows ::1/128 or ::/128 reach it, and keeps a denied 0.0.0.0/8 off :: and ::1', () => {
+    for (const ip of ['::', '::1']) {
+      const own = `${ip}/128`;
+      expect(plain(decide(compiled('block-all', { cidrs: [own] }), facts(ip)))).toEqual<Decision>({
+        verdict: 'allow',
+        reason: 'allow-rule',
+        rule: `allowed_cidrs ${JSON.stringify(own)}`,
+        matchedBy: 'address',
+      });
+      const lifted = compileProtected({ except: [own] });
+      expect(decide(compiled('allow-all', {}, { cidrs: ['0.0.0.0/8'] }, lifted), facts(ip)).verdict).toBe('allow');
+      expect(matchSide(compiled('block-all', { cidrs: ['0.0.0.0/8'] }, {}, lifted).allow, facts(ip))).toBeNull();
+    }
+  });
 });
 
 describe('decide (3): a denied IPv4 CIDR holds against its NAT64, 6to4 and SIIT forms', () => {
