@@ -116,5 +116,75 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       expect({ verdict: field(c.line, 'egressd.verdict'), reason: field(c.line, 'event.reason') }).toEqual({ verdict: 'refuse', reason: 'protected-address' });
       expect(upstream.sockets.size).toBe(0);
     });
+
+    // A connection the sandbox's grant opened is held to the policies as they change (the
+    // re-judge after a PUT asks the same chain, lends included): kept while the organization
+    // still leaves the address to the sandbox, closed once either side no longer allows it.
+    describe('a spliced connection to what the sandbox opened, when a policy changes', () => {
+      let echo: { server: Server; port: number; sockets: Set<Socket> };
+      beforeEach(async () => {
+        const sockets = new Set<Socket>();
+        const server = createServer((s) => {
+          sockets.add(s);
+          s.on('close', () => sockets.delete(s));
+          s.on('error', () => {});
+          s.pipe(s);
+        });
+        server.listen(0, '127.0.0.1');
+        await once(server, 'listening');
+        echo = { server, port: (server.address() as { port: number }).port, sockets };
+      });
+      afterEach(() => {
+        for (const s of echo.sockets) s.destroy();
+        echo.server.close();
+      });
+
+      /** A connection through the daemon to the echo server, and a round trip through it. */
+      async function held(source: string): Promise<{ closed: Promise<void>; roundTrip: (text: string) => Promise<string> }> {
+        d!.route(source, '127.0.0.1', echo.port);
+        const socket = connect({ host: '127.0.0.1', port: d!.port('tcp'), localAddress: source });
+        socket.on('error', () => {});
+        const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+        await once(socket, 'connect');
+        const roundTrip = (text: string): Promise<string> =>
+          new Promise((resolve) => {
+            let got = '';
+            const onData = (b: Buffer): void => {
+              got += b.toString();
+              if (got.length < text.length) return;
+              socket.off('data', onData);
+              resolve(got);
+            };
+            socket.on('data', onData);
+            socket.write(text);
+          });
+        return { closed, roundTrip };
+      }
+
+      it.each([
+        ['the organization moves to tier 1', { path: '/api/v1/orgs/open', body: { tier: 1 } }],
+        [
+          'the organization denies the range',
+          { path: '/api/v1/orgs/open', body: { network: { mode: 'allow-all', egress: { denied_cidrs: ['127.0.0.0/24'] } } } },
+        ],
+        [
+          'the sandbox no longer lists it',
+          { path: '/api/v1/sandboxes/listed', body: { sources: ['127.0.0.65'], org: 'open', network: { networkAllowList: '192.168.1.0/24' } } },
+        ],
+      ])('is closed when %s, kept while the organization moves between tiers 3 and 4', async (_label, change) => {
+        expect((await api('PUT', '/api/v1/orgs/open', { tier: 3 })).status).toBe(201);
+        expect(
+          (await api('PUT', '/api/v1/sandboxes/listed', { sources: ['127.0.0.65'], org: 'open', network: { networkAllowList: '127.0.0.0/24' } })).status,
+        ).toBe(201);
+        const c = await held('127.0.0.65');
+        expect(await c.roundTrip('one')).toBe('one');
+        expect((await api('PUT', '/api/v1/orgs/open', { tier: 4 })).status).toBe(200);
+        expect(await c.roundTrip('two')).toBe('two');
+        expect((await api('PUT', change.path, change.body)).status).toBe(200);
+        await c.closed;
+        const line = await d!.waitForLog((l) => action(l) === 'connection' && field(l, 'source.ip') === '127.0.0.65');
+        expect(field(line, 'event.reason')).toBe('policy-changed');
+      });
+    });
   },
 );
