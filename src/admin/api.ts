@@ -244,7 +244,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         protected: {
           extra: settings.protected.extra,
           except: settings.protected.except,
-          note: "Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR of the sandbox's policy, wholly inside them, unlocks them; its organization's policy then judges them by address, port and mode.",
+          note: "Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR of the sandbox's policy, wholly inside them, unlocks them (no policy opens protected.extra or the host itself); its organization's policy then judges them by its allowed CIDRs and ports, its deny rules and its mode, never by an allowed domain.",
         },
       });
     }),
