@@ -118,7 +118,8 @@ export class NameResolver {
    *
    * `signal`: the caller leaves when it aborts (its client went, it was closed): the call answers
    * `{ ok: false, cause: 'error' }` at once, unreported, and a lookup on the wire that every
-   * waiter has left is cancelled, its sockets closed (anything already answered still cached).
+   * waiter has left is cancelled, its sockets closed (an NXDOMAIN already answered still cached,
+   * not one family's records alone).
    * One that others still wait on goes on for them, and its answer is cached as ever. A call
    * without a signal waits to the end, so its lookup is never cancelled under it.
    */
@@ -192,9 +193,15 @@ export class NameResolver {
       /** Counted in #late: settled, the other family still asked for. */
       let late = false;
       let delay: NodeJS.Timeout | null = null;
+      /** Every waiter left (q.cancel): the families the cancel settled were never answered. */
+      let cancelled = false;
       const store = (): CachedAnswer => {
         const e = combine(answers[4] ?? TIMEOUT, answers[6] ?? TIMEOUT, this.#negativeTtlMs);
-        if (!this.#closed)
+        // One family's records alone would stand for the name's for their whole TTL, no late
+        // family completing them, so whoever leaves just after the first answer would choose what
+        // every sandbox gets. Only NXDOMAIN is final without the other family (RFC 8020).
+        const whole = !cancelled || (!e.entry.ok && e.entry.cause === 'nxdomain');
+        if (!this.#closed && whole)
           this.#cache.set(
             key,
             e.entry,
@@ -244,7 +251,11 @@ export class NameResolver {
       if (answers[4] === null || answers[6] === null) {
         this.#exchanges.add(exchange);
         // Settles every family not yet answered as `error` (closing the sockets), and so the lookup.
-        if (!settled) q.cancel = () => exchange.cancel();
+        if (!settled)
+          q.cancel = () => {
+            cancelled = true;
+            exchange.cancel();
+          };
       }
     });
   }

@@ -415,6 +415,30 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     expect(dns.count('stays.test', 'A')).toBe(1);
   });
 
+  // The family a cancel settles was never answered. Caching the other family's records alone
+  // would hand every sandbox a one-family answer for the whole TTL (no late family completes
+  // it): one sandbox leaving each connection just after the A answer came would keep another
+  // sandbox's IPv6 upstream out of the cache.
+  it('caches nothing of a cancelled lookup that only one family answered, so another sandbox gets both families', async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 30_000 });
+    onTestFinished(() => resolver.close());
+    dns.set('half.test', { kind: 'answer', a: ['192.0.2.11'], aaaa: ['2001:db8::11'], ttl: 600, delayMs: { AAAA: 150 } });
+    const a = new AbortController();
+    const left = resolver.resolve('half.test', 'hostile', a.signal);
+    await queriesSeen(dns, 2);
+    // The A answer is in (loopback), the AAAA one 150 ms away, and the lookup not yet settled
+    // (it waits RESOLUTION_DELAY_MS, 50 ms, for the other family once one answered).
+    await new Promise((r) => setTimeout(r, 20));
+    a.abort();
+    expect(await left).toEqual({ ok: false, cause: 'error' });
+    expect(resolver.cached('half.test')).toBeNull();
+    // The victim's lookup is answered by both families at once: it asks afresh.
+    dns.set('half.test', { kind: 'answer', a: ['192.0.2.11'], aaaa: ['2001:db8::11'], ttl: 600 });
+    expect(await resolver.resolve('half.test', 'victim')).toEqual({ ok: true, addresses: ['192.0.2.11', '2001:db8::11'], cached: false });
+  });
+
   // A lookup settles once one family answered, and every connection waiting for it goes on (and
   // may end, its admission let go) while the other family's socket keeps listening to the
   // timeout: a sandbox dialing fresh names whose AAAA is never answered would keep a socket open
