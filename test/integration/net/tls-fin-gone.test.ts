@@ -23,6 +23,10 @@ import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 /** 127.0.0.1 is the blackhole's (a connect there hangs in SYN_SENT), .0.2 answers. */
 const SILENT = '127.0.0.1';
 const ANSWERS = '127.0.0.2';
+/** Nothing listens here: a dial is refused at once. */
+const REFUSES = '127.0.0.3';
+/** Another sandbox's source. */
+const OTHER = '127.0.7.10';
 /** Far beyond every wait here: a line that comes at all came from the client's going. */
 const CONNECT_TIMEOUT_MS = 60_000;
 const DNS_TIMEOUT_MS = 60_000;
@@ -54,7 +58,11 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
         loopbackConfig({
           dns: { servers: [dns.server], timeoutMs: DNS_TIMEOUT_MS },
           upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
-          sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } }],
+          sandboxes: [
+            { id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
+            { id: 'other', sources: [OTHER], network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
+          ],
+          protected: { except: ['127.0.0.0/8', '::1/128'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
         }),
         { setup },
       );
@@ -188,6 +196,46 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       });
       expect(answer).toContain('answered');
       expect(ending(await c.line)).toMatchObject({ end: 'closed', endedBy: 'client', dialed: ANSWERS });
+    });
+
+    // The address cache is every sandbox's: a lookup cancelled once its only waiter left, after
+    // the A answer came and before the AAAA one, must not leave the A records alone cached as the
+    // name's answer for their TTL, else one sandbox leaving so decides that another gets no IPv6
+    // address (here: the one that answers).
+    it('a TLS client leaving just after the A answer does not leave another sandbox with A records alone', async () => {
+      let accepted = 0;
+      const server = createServer((s) => {
+        accepted++;
+        s.on('error', () => {});
+        s.resume();
+      });
+      onTestFinished(() => void server.close());
+      port = await listenOn(server, '::1');
+      const both = { kind: 'answer', a: [REFUSES], aaaa: ['::1'], ttl: 60 } as const;
+      dns.set('split.fin.test', { ...both, delayMs: { AAAA: 400 } });
+      const asked = dns.queries.length;
+      const c = from(REFUSES);
+      const s = rawClient('tls', c.source, buildHello({ sni: ['split.fin.test'] }));
+      expect(await within(PROMPTLY_MS, () => dns.queries.slice(asked).some((q) => q.name === 'split.fin.test' && q.type === 'AAAA')), 'never asked').toBe(true);
+      // The A answer is in (loopback); the lookup waits 50 ms for AAAA before it settles.
+      await sleep(15);
+      s.end();
+      expect(field(await c.line, 'egressd.end')).toBe('client-fin');
+      // The other sandbox's lookup would be answered by both families at once.
+      dns.set('split.fin.test', both);
+      d.route(OTHER, REFUSES, port);
+      const seen = d.logs.length;
+      const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === OTHER, PROMPTLY_MS + 5_000);
+      const o = rawClient('tls', OTHER, buildHello({ sni: ['split.fin.test'] }));
+      // Its line comes when it ends: once dialed (or failed).
+      await within(PROMPTLY_MS, () => accepted > 0 || d.logs.slice(seen).some((x) => isConnection(x) && field(x, 'source.ip') === OTHER));
+      o.destroy();
+      const l = await line;
+      expect({ sandbox: field(l, 'egressd.sandbox'), dialed: field(l, 'egressd.upstream.ip'), failure: field(l, 'egressd.upstream.failure') }).toEqual({
+        sandbox: 'other',
+        dialed: '::1',
+        failure: undefined,
+      });
     });
 
     it('a lookup another connection still waits on goes on: its answer dialed, and cached for the next', async () => {
