@@ -106,12 +106,33 @@ static napi_value socket_error(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// peerFinished(fd): 1 when the peer's FIN came and nothing failed since (TCP_CLOSE_WAIT: Linux's
+// tcp_fin moves the socket there as the FIN is taken in sequence, whether or not the bytes before
+// it were read), 0 otherwise, -errno when it cannot be asked. What Node cannot say of a socket it
+// stopped reading (its buffer full) before the EOF: client-side.ts watchGone, a TLS client's FIN.
+static napi_value peer_finished(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "peerFinished(fd) takes a non-negative integer");
+    return NULL;
+  }
+  struct tcp_info ti;
+  socklen_t tl = sizeof ti;
+  int r = getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0 ? -errno : ti.tcpi_state == TCP_CLOSE_WAIT;
+  napi_value result;
+  napi_create_int32(env, r, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "originalDst", NAPI_AUTO_LENGTH, original_dst, NULL, &fn);
   napi_set_named_property(env, exports, "originalDst", fn);
   napi_create_function(env, "socketError", NAPI_AUTO_LENGTH, socket_error, NULL, &fn);
   napi_set_named_property(env, exports, "socketError", fn);
+  napi_create_function(env, "peerFinished", NAPI_AUTO_LENGTH, peer_finished, NULL, &fn);
+  napi_set_named_property(env, exports, "peerFinished", fn);
   return exports;
 }
 

@@ -7,7 +7,7 @@
 import type { Socket } from 'node:net';
 import type { Peeked } from '../peek/peek-steps.ts';
 import type { PeekStep } from '../peek/peek-steps.ts';
-import { takeSocketError, type OriginalDestination } from './original-dst.ts';
+import { peerFinished, takeSocketError, type OriginalDestination } from './original-dst.ts';
 import type { Closing } from './registry.ts';
 import { peekSocket, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { dialFirst, type Attempt } from './dial-first.ts';
@@ -194,7 +194,7 @@ export class SocketClient implements ClientSide {
 
   watchGone(gone: (how: GoneHow) => void, finEnds = false): () => void {
     const s = this.#socket;
-    const already: GoneHow | null = s.destroyed ? 'reset' : finEnds && finRead(s) ? 'fin' : null;
+    const already: GoneHow | null = s.destroyed ? 'reset' : finEnds && (finRead(s) || peerFinished(s)) ? 'fin' : null;
     if (already !== null) {
       let live = true;
       queueMicrotask(() => {
@@ -225,12 +225,13 @@ export class SocketClient implements ClientSide {
     // unseen, so while the wait lasts the socket's pending error is asked for every
     // RESET_LINGER_MS (SO_ERROR, as the native loop's client_left takes it): a reset after the
     // FIN is going away too here, as nothing was sent to the client that it could be refusing.
-    // The same asks whether a FIN that ends it was read behind bytes the client sent past its
-    // hello (no 'end' until they are read, and they are kept for the upstream).
+    // The same asks whether a FIN that ends it came behind bytes the client sent past its hello:
+    // read (no 'end' until they are, and they are kept for the upstream), or, past Node's buffer,
+    // still in the kernel's (Node never reads its EOF: the socket's TCP state says it came).
     let probe: NodeJS.Timeout | undefined;
     const ask = (): void => {
       if (s.destroyed || over) return;
-      if (finEnds && finRead(s)) return onEnd();
+      if (finEnds && (finRead(s) || peerFinished(s))) return onEnd();
       const code = takeSocketError(s);
       if (code === null) {
         probe = setTimeout(ask, RESET_LINGER_MS);

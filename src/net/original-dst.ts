@@ -15,6 +15,8 @@ interface Addon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   /** Absent from an addon built before it. */
   socketError?(fd: number): number;
+  /** Absent from an addon built before it. */
+  peerFinished?(fd: number): number;
 }
 
 type Loaded = { ok: true; addon: Addon } | { ok: false; error: NativeAddonError };
@@ -51,6 +53,19 @@ export function takeSocketError(socket: Socket): string | null {
   const e = l.addon.socketError(fd);
   if (e <= 0) return null;
   return errnoNames.get(e) ?? `E${e}`;
+}
+
+/**
+ * Whether the peer's FIN came, read by Node or not (the socket's TCP state is CLOSE_WAIT): for a
+ * socket Node stopped reading with its buffer full, whose EOF Node never reads. False when it
+ * cannot be asked (no addon, no descriptor).
+ */
+export function peerFinished(socket: Socket): boolean {
+  const l = load();
+  if (!l.ok || typeof l.addon.peerFinished !== 'function') return false;
+  const fd: unknown = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return false;
+  return l.addon.peerFinished(fd) === 1;
 }
 
 const errnoNames = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
