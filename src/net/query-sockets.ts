@@ -11,8 +11,8 @@
 // TCP: a retry over TCP after a truncated answer (RFC 7766 §5) holds a descriptor no budget
 // counts, for the resolver and the forwarder alike: tcpSlot bounds how many run at once; the
 // others wait their turn within their own deadline. Each place is charged to a tenant (the
-// sandbox whose query it is): a tenant holds at most its share (tcpShare) while the places left
-// free are fewer than a share, so one sandbox whose answers all come back truncated cannot hold
+// sandbox whose query it is, TenantPlaces): a tenant holds at most its share (tenantShare) while the
+// places left free are fewer than a share, so one sandbox whose answers all come back truncated cannot hold
 // every place; a freed place goes to the waiting tenant holding fewest. A query other tenants
 // joined (the same question asked while it was on its way) is theirs too (QueryTenants): its retry
 // is charged to whichever of them may take a place, so a tenant that joins never waits longer
@@ -30,14 +30,14 @@ export const TCP_RETRIES = 16;
 /** Why a TCP retry got no place at once: its tenant held its share, or every place was taken. */
 export type TcpHeldBack = 'sandbox' | 'global';
 
-/** A tenant's share of `tcpMax` places: a quarter, at least one. */
-export function tcpShare(tcpMax: number): number {
-  return Math.max(1, Math.floor(tcpMax / 4));
+/** A tenant's share of `places` (TenantPlaces): a quarter, at least one. */
+export function tenantShare(places: number): number {
+  return Math.max(1, Math.floor(places / 4));
 }
 
 /**
- * Tenants beyond the first a QueryTenants keeps. At most tcpMax (≤ TCP_RETRIES in the daemon)
- * tenants hold a place at any time, so among more than that one always holds none: a longer list
+ * Tenants beyond the first a QueryTenants keeps. At most a TenantPlaces' max (TCP_RETRIES, and
+ * net/resolve.ts LATE_FAMILIES, at most, in the daemon) tenants hold a place at any time, so among more than that one always holds none: a longer list
  * would never find a place a shorter one does not.
  */
 export const JOINED_MAX = TCP_RETRIES + 1;
@@ -92,6 +92,79 @@ export class QueryTenants {
   }
 }
 
+/**
+ * A bounded number of places, each charged to a tenant while held: a tenant holds at most its
+ * share (tenantShare) while the places left free are fewer than a share (an unused share is lent,
+ * never the last one), so one sandbox cannot hold them all. The TCP retries (QuerySockets.tcpSlot)
+ * and the settled lookups listening for their late family (net/resolve.ts, LATE_FAMILIES) are each
+ * one.
+ */
+export class TenantPlaces {
+  readonly max: number;
+  readonly share: number;
+  #inUse = 0;
+  /** Places held, by tenant. */
+  readonly #by = new Map<string, number>();
+  /** Told each time a place is given back (while waiters may want it). */
+  readonly #onFree: (() => void) | undefined;
+
+  constructor(max: number, onFree?: () => void) {
+    this.max = Math.max(0, max);
+    this.share = tenantShare(this.max);
+    this.#onFree = onFree;
+  }
+
+  /** Places held now, all tenants together. */
+  get inUse(): number {
+    return this.#inUse;
+  }
+
+  /** Places `tenant` holds now. */
+  held(tenant: string): number {
+    return this.#by.get(tenant) ?? 0;
+  }
+
+  /** A free place, and `tenant` under its share or taking one more still leaves more than a share free. */
+  mayTake(tenant: string): boolean {
+    const free = this.max - this.#inUse;
+    return free > 0 && (this.held(tenant) < this.share || free > this.share);
+  }
+
+  /**
+   * Of `tenants`, the one a place is charged to now: of those that may take one, the one holding
+   * fewest (the earliest among equals); null when none may.
+   */
+  pick(tenants: QueryTenants): string | null {
+    let best: string | null = null;
+    let fewest = Infinity;
+    for (const t of tenants.all) {
+      const held = this.held(t);
+      if (held < fewest && this.mayTake(t)) {
+        best = t;
+        fewest = held;
+        if (held === 0) break;
+      }
+    }
+    return best;
+  }
+
+  /** Charges a place to `tenant` (the caller checked mayTake or pick); returns its release (idempotent). */
+  take(tenant: string): () => void {
+    this.#inUse++;
+    this.#by.set(tenant, this.held(tenant) + 1);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.#inUse--;
+      const left = this.held(tenant) - 1;
+      if (left <= 0) this.#by.delete(tenant);
+      else this.#by.set(tenant, left);
+      this.#onFree?.();
+    };
+  }
+}
+
 /** Told every datagram that arrives on the query's socket with its id (the caller checks the rest). */
 export type ReplyHandler = (buf: Buffer, address: string, port: number) => void;
 
@@ -116,12 +189,8 @@ interface TcpWaiter {
 
 export class QuerySockets {
   readonly #size: number;
-  readonly #tcpMax: number;
   readonly #pools: Record<4 | 6, (PooledSocket | undefined)[]> = { 4: [], 6: [] };
-  readonly #tcpShare: number;
-  #tcpInUse = 0;
-  /** TCP places held, by tenant. */
-  readonly #tcpBy = new Map<string, number>();
+  readonly #tcp: TenantPlaces;
   /** Retries waiting for a TCP place, oldest first. */
   readonly #tcpWaiting: TcpWaiter[] = [];
   readonly #onTcpHeldBack: ((why: TcpHeldBack) => void) | undefined;
@@ -136,8 +205,9 @@ export class QuerySockets {
    */
   constructor(o: { size?: number; tcpMax?: number; onTcpHeldBack?: (why: TcpHeldBack) => void; onTcpJoined?: () => void } = {}) {
     this.#size = Math.max(1, o.size ?? POOL_SIZE);
-    this.#tcpMax = Math.max(0, o.tcpMax ?? TCP_RETRIES);
-    this.#tcpShare = tcpShare(this.#tcpMax);
+    this.#tcp = new TenantPlaces(o.tcpMax ?? TCP_RETRIES, () => {
+      if (!this.#closed) this.#handOn();
+    });
     this.#onTcpHeldBack = o.onTcpHeldBack;
     this.#onTcpJoined = o.onTcpJoined;
   }
@@ -165,14 +235,14 @@ export class QuerySockets {
   /**
    * A place for one TCP retry of `tenant`'s (a sandbox id, or any key its caller counts by; or the
    * tenants of a query others joined, charged to one of them that may take it), to release when it
-   * ends (idempotent): at once while a tenant may take one (#mayTake), else when one is handed on
+   * ends (idempotent): at once while a tenant may take one (TenantPlaces.mayTake), else when one is handed on
    * within `waitMs` (a tenant joining meanwhile may take it); null when none was, once closed, or
    * when `signal` aborts first (the query was answered otherwise: it leaves the queue).
    */
   tcpSlot(waitMs: number, tenant: string | QueryTenants = '', signal?: AbortSignal): Promise<(() => void) | null> {
     if (this.#closed || signal?.aborted === true) return Promise.resolve(null);
     const tenants = typeof tenant === 'string' ? new QueryTenants(tenant) : tenant;
-    const now = this.#pick(tenants);
+    const now = this.#tcp.pick(tenants);
     if (now !== null) return Promise.resolve(this.#take(tenants, now));
     this.#onTcpHeldBack?.(this.#why());
     if (waitMs <= 0) return Promise.resolve(null);
@@ -203,59 +273,21 @@ export class QuerySockets {
 
   /** TCP places held now, all tenants together. */
   get tcpInUse(): number {
-    return this.#tcpInUse;
+    return this.#tcp.inUse;
   }
 
-  /**
-   * A free place, and the tenant under its share, or taking one more still leaves more than a
-   * share free for the others (an unused share is lent, never the last one).
-   */
-  #mayTake(tenant: string): boolean {
-    const free = this.#tcpMax - this.#tcpInUse;
-    return free > 0 && ((this.#tcpBy.get(tenant) ?? 0) < this.#tcpShare || free > this.#tcpShare);
-  }
-
-  /**
-   * Of `tenants`, the one a place is charged to now: of those that may take one, the one holding
-   * fewest (the earliest among equals); null when none may.
-   */
-  #pick(tenants: QueryTenants): string | null {
-    let best: string | null = null;
-    let fewest = Infinity;
-    for (const t of tenants.all) {
-      const held = this.#tcpBy.get(t) ?? 0;
-      if (held < fewest && this.#mayTake(t)) {
-        best = t;
-        fewest = held;
-        if (held === 0) break;
-      }
-    }
-    return best;
-  }
-
-  /** Why no tenant of a retry may take a place (#pick gave none). */
+  /** Why no tenant of a retry may take a place (pick gave none). */
   #why(): TcpHeldBack {
-    return this.#tcpInUse < this.#tcpMax ? 'sandbox' : 'global';
+    return this.#tcp.inUse < this.#tcp.max ? 'sandbox' : 'global';
   }
 
   #take(tenants: QueryTenants, tenant: string): () => void {
     if (tenant !== tenants.first) this.#onTcpJoined?.();
-    this.#tcpInUse++;
-    this.#tcpBy.set(tenant, (this.#tcpBy.get(tenant) ?? 0) + 1);
-    let held = true;
-    return () => {
-      if (!held) return;
-      held = false;
-      this.#tcpInUse--;
-      const left = (this.#tcpBy.get(tenant) ?? 1) - 1;
-      if (left <= 0) this.#tcpBy.delete(tenant);
-      else this.#tcpBy.set(tenant, left);
-      if (!this.#closed) this.#handOn();
-    };
+    return this.#tcp.take(tenant);
   }
 
   /**
-   * Hands free places to waiters: the one whose tenant to charge (#pick) holds fewest first,
+   * Hands free places to waiters: the one whose tenant to charge (pick) holds fewest first,
    * oldest first among equals.
    */
   #handOn(): void {
@@ -264,9 +296,9 @@ export class QuerySockets {
       let bestTenant = '';
       let fewest = Infinity;
       for (let i = 0; i < this.#tcpWaiting.length; i++) {
-        const t = this.#pick(this.#tcpWaiting[i]!.tenants);
+        const t = this.#tcp.pick(this.#tcpWaiting[i]!.tenants);
         if (t === null) continue;
-        const held = this.#tcpBy.get(t) ?? 0;
+        const held = this.#tcp.held(t);
         if (held < fewest) {
           best = i;
           bestTenant = t;

@@ -8,7 +8,7 @@
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tcpShare } from '../../../src/net/query-sockets.ts';
+import { tenantShare } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
@@ -81,7 +81,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     );
     const before = await heldBack();
     for (let i = 0; i < FLOOD; i++) sendFromA(`a${i}.flood.test`);
-    const most = PLACES - tcpShare(PLACES);
+    const most = PLACES - tenantShare(PLACES);
     await waitFor(async () => seen.length >= most && (await heldBack()) - before >= FLOOD - most);
     // A's own query of the shared name: its retry waits behind A's share like the rest.
     sendFromA(SHARED);

@@ -6,7 +6,7 @@
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tcpShare } from '../../../src/net/query-sockets.ts';
+import { tenantShare } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
@@ -69,7 +69,7 @@ describe.skipIf(!haveDig)("the DNS listener's retries over TCP", () => {
       s.bind(0, A, () => s.send(dnsQuery(`a${i}.flood.test`), port, '127.0.0.1'));
     }
     // A's retries reach the TCP side: all it may hold, every place but a share's worth.
-    const most = PLACES - tcpShare(PLACES);
+    const most = PLACES - tenantShare(PLACES);
     for (let i = 0; i < 100 && tcpSeen < most; i++) await new Promise((r) => setTimeout(r, 20));
     await new Promise((r) => setTimeout(r, 200));
     // B's truncated answer is asked again over TCP at once, answered before dig's 2 s are up.

@@ -5,7 +5,7 @@
 
 import { createSocket } from 'node:dgram';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { QuerySockets, QueryTenants, tcpShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
+import { QuerySockets, QueryTenants, tenantShare, type TcpHeldBack } from '../../../src/net/query-sockets.ts';
 
 /** A UDP server on 127.0.0.1 that sends every datagram back; its port. */
 async function echo(): Promise<number> {
@@ -70,7 +70,7 @@ describe('QuerySockets', () => {
     const heldBack: TcpHeldBack[] = [];
     const pool = new QuerySockets({ tcpMax: 8, onTcpHeldBack: (why) => heldBack.push(why) });
     onTestFinished(() => pool.close());
-    expect(tcpShare(8)).toBe(2);
+    expect(tenantShare(8)).toBe(2);
     // Tenant a takes all it may: its share of 2, then lent places while more than 2 stay free.
     const a: (() => void)[] = [];
     for (;;) {
