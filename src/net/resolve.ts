@@ -13,7 +13,7 @@
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
 import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
-import { QuerySockets, QueryTenants } from './query-sockets.ts';
+import { QuerySockets, QueryTenants, TenantPlaces } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
 
@@ -37,7 +37,8 @@ export interface ResolverOptions {
   readonly sockets?: QuerySockets;
   /**
    * The most settled lookups that keep listening for their other family (LATE_FAMILIES when
-   * absent): each holds a socket no connection's admission counts any more.
+   * absent), each charged to a tenant as TCP retries are: each holds a socket no connection's
+   * admission counts any more.
    */
   readonly lateFamilies?: number;
 }
@@ -55,7 +56,10 @@ const RESOLUTION_DELAY_MS = 50;
 /**
  * Settled lookups listening on for their other family, at most, by default. A lookup's socket is
  * counted with the connections waiting for it (their admission tickets) until it settles; they
- * then go on, and may end, while it listens to the timeout. Past the bound a settled lookup
+ * then go on, and may end, while it listens to the timeout. Each place is charged to a tenant
+ * (net/query-sockets.ts TenantPlaces: at most a share while fewer than a share are free), so one
+ * sandbox dialing names whose other family is slow cannot leave every other sandbox's lookups
+ * cached with one family for their TTL. Past the bound, or the tenants' shares, a settled lookup
  * stops: its other family is then asked again on the name's next lookup.
  */
 export const LATE_FAMILIES = 16;
@@ -75,16 +79,15 @@ export class NameResolver {
   readonly #sockets: QuerySockets;
   /** The sockets are this resolver's own, to close with it. */
   readonly #ownSockets: boolean;
-  readonly #lateMax: number;
-  /** Settled lookups still listening for their other family. */
-  #late = 0;
+  /** Settled lookups still listening for their other family, by tenant. */
+  readonly #late: TenantPlaces;
   #closed = false;
 
   constructor(o: ResolverOptions) {
     this.#timeoutMs = Math.max(1, o.timeoutMs);
     this.#negativeTtlMs = o.negativeTtlMs ?? DEFAULT_NEGATIVE_TTL_MS;
     this.#ownSockets = o.sockets === undefined;
-    this.#lateMax = Math.max(0, o.lateFamilies ?? LATE_FAMILIES);
+    this.#late = new TenantPlaces(o.lateFamilies ?? LATE_FAMILIES);
     this.#sockets = o.sockets ?? new QuerySockets();
     this.#onLookup = o.onLookup;
     this.#cache = o.cache ?? new AddressCache({ ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}), ...(o.clock ? { clock: o.clock } : {}) });
@@ -112,9 +115,11 @@ export class NameResolver {
 
   /**
    * `tenant`: whose lookup this is (a sandbox id, or `source ADDR`): a retry over TCP takes a place
-   * of the tenant's share (net/query-sockets.ts tcpSlot). A lookup joined by others is theirs too:
-   * its retry is charged to any of them with room in its share, and its cache entry to the one
-   * holding fewest, so one that joins pays as if it had asked alone, never on another's account.
+   * of the tenant's share (net/query-sockets.ts tcpSlot), and so does a settled lookup listening on
+   * for its late family (LATE_FAMILIES). A lookup joined by others is theirs too: its retry and its
+   * late family are charged to the one with room in its share holding fewest, and its cache entry
+   * to the one holding fewest, so one that joins pays as if it had asked alone, never on another's
+   * account.
    *
    * `signal`: the caller leaves when it aborts (its client went, it was closed): the call answers
    * `{ ok: false, cause: 'error' }` at once, unreported, and a lookup on the wire that every
@@ -190,8 +195,8 @@ export class NameResolver {
     return new Promise<CachedAnswer>((resolve) => {
       const answers: { 4: FamilyAnswer | null; 6: FamilyAnswer | null } = { 4: null, 6: null };
       let settled = false;
-      /** Counted in #late: settled, the other family still asked for. */
-      let late = false;
+      /** Gives back the #late place held while settled with the other family still asked for. */
+      let late: (() => void) | null = null;
       let delay: NodeJS.Timeout | null = null;
       /** Every waiter left (q.cancel): the families the cancel settled were never answered. */
       let cancelled = false;
@@ -216,11 +221,12 @@ export class NameResolver {
         q.cancel = null;
         if (delay) clearTimeout(delay);
         resolve(store());
-        // The other family still unanswered: it listens on only within the bound (LATE_FAMILIES).
+        // The other family still unanswered: it listens on only within the bound (LATE_FAMILIES)
+        // and a tenant's share of it.
         if (answers[4] !== null && answers[6] !== null) return;
-        if (this.#late >= this.#lateMax) return exchange.cancel();
-        this.#late++;
-        late = true;
+        const tenant = this.#late.pick(tenants);
+        if (tenant === null) return exchange.cancel();
+        late = this.#late.take(tenant);
       };
       const exchange = new AddressExchange(
         key,
@@ -235,10 +241,8 @@ export class NameResolver {
           const both = answers[4] !== null && answers[6] !== null;
           if (both) {
             this.#exchanges.delete(exchange);
-            if (late) {
-              late = false;
-              this.#late--;
-            }
+            late?.();
+            late = null;
             // The late family of a lookup that already settled completes the cached answer.
             if (settled) {
               if (a.ok) store();

@@ -4,7 +4,7 @@
 
 import { readdirSync } from 'node:fs';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
+import { LATE_FAMILIES, NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
 import { QuerySockets } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { secondHoldsFirst, tcpDns } from '../../helpers/tcp-dns.ts';
@@ -457,6 +457,36 @@ describe.skipIf(process.platform !== 'linux')('NameResolver: sockets', () => {
     await new Promise((r) => setImmediate(r));
     // The four still listening (give or take a descriptor the process opened or closed meanwhile).
     expect(openFds() - before).toBeLessThanOrEqual(6);
+  });
+
+  // The late places are the process's: one sandbox dialing names whose AAAA never comes would
+  // hold them all, and every other sandbox's lookup of a name whose AAAA comes a little after its
+  // A would be cached with the A records alone for their TTL (an IPv6-only upstream unreachable).
+  // Charged to tenants like the TCP retries, the hostile sandbox holds no more than leaves a share
+  // free; a lookup it started and the victim joined is charged to the victim, holding fewer.
+  it("keeps a tenant's lookups listening for their late family while another holds all the late places it may", async () => {
+    const dns = await DnsTestServer.start();
+    onTestFinished(() => dns.close());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 5_000 });
+    onTestFinished(() => resolver.close());
+    const hostile = Array.from({ length: LATE_FAMILIES }, (_, i) => `slow${i}.test`);
+    for (const n of hostile) dns.set(n, { kind: 'answer', a: ['192.0.2.50'], ttl: 600, silentTypes: ['AAAA'] });
+    // Settled on their A answers, every one whose place was granted listens on to the timeout.
+    expect((await Promise.all(hostile.map((n) => resolver.resolve(n, 'hostile')))).every((r) => r.ok)).toBe(true);
+    // The AAAA answer comes well after RESOLUTION_DELAY_MS (50 ms): the lookups settle with A alone.
+    for (const n of ['own.test', 'joined.test']) dns.set(n, { kind: 'answer', a: ['192.0.2.51'], aaaa: ['2001:db8::51'], ttl: 600, delayMs: { AAAA: 300 } });
+    const own = await resolver.resolve('own.test', 'victim');
+    const started = resolver.resolve('joined.test', 'hostile');
+    const joined = resolver.resolve('joined.test', 'victim');
+    expect([own, await started, await joined]).toEqual(Array(3).fill({ ok: true, addresses: ['192.0.2.51'], cached: false }));
+    // Their late families complete the cached answers (bounded: before the fix they never did).
+    const whole = { ok: true, addresses: ['192.0.2.51', '2001:db8::51'], cached: true };
+    const complete = (n: string): boolean => {
+      const r = resolver.cached(n);
+      return r?.ok === true && r.addresses.length === 2;
+    };
+    for (let i = 0; i < 300 && !(complete('own.test') && complete('joined.test')); i++) await new Promise((r) => setTimeout(r, 10));
+    expect([resolver.cached('own.test'), resolver.cached('joined.test')]).toEqual([whole, whole]);
   });
 
   it('retries over TCP at most tcpMax at once, the tenants together; the others wait their turn within the timeout', async () => {
