@@ -16,7 +16,7 @@ import type { Ticket } from './limits/admission.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses } from './net/host-addresses.ts';
-import { ConnectionRegistry } from './net/registry.ts';
+import { ConnectionRegistry, type RejudgeReason } from './net/registry.ts';
 import { POOL_SIZE, QuerySockets, TCP_RETRIES } from './net/query-sockets.ts';
 import { LATE_FAMILIES, NameResolver } from './net/resolve.ts';
 import type { Logger } from './observability/logger.ts';
@@ -103,8 +103,17 @@ export class Daemon {
     this.log = log;
     this.#originalDst = opts.originalDst ?? originalDestination;
     this.metrics = new Metrics({ sandboxLabel: config.metrics.sandboxLabel });
-    // A host address that appears or goes changes verdicts: a dial connecting after it is judged again.
-    this.host = new HostAddresses({ reachable: config.protected.reachableHostAddresses, onChange: () => this.nativeSetup?.policyChanged() });
+    // A host address that appears or goes changes verdicts (decide step 1a): a dial connecting
+    // after it is judged again, and an open connection to an address the host now holds is
+    // closed as a policy change closes one (onPolicyChange), with its own reason.
+    this.host = new HostAddresses({
+      reachable: config.protected.reachableHostAddresses,
+      onChange: () => {
+        this.nativeSetup?.policyChanged();
+        // The first read, inside this constructor, finds no connection to re-judge yet.
+        if (this.#state === 'serving' || this.#state === 'draining') this.#rejudge('host-address-changed');
+      },
+    });
     // The settings `egressd decide --config` judges with too; the host's own addresses beside them.
     this.store = new PolicyStore({ ...policySettingsOf(config), host: this.host }, config.defaultNetwork);
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
@@ -417,7 +426,7 @@ export class Daemon {
     // Turning report-only off closes what it let through (unless onPolicyChange: keep).
     if (changed) {
       this.nativeSetup?.policyChanged();
-      this.#rejudge();
+      this.#rejudge('policy-changed');
     }
     this.metrics.instruments.configReloads.inc({ result: 'ok' });
     return { ok: true, sandboxes: r.value, needsRestart };
@@ -477,7 +486,7 @@ export class Daemon {
       },
       'policy change',
     );
-    this.#rejudge();
+    this.#rejudge('policy-changed');
   }
 
   /** A change that could not be made durable: answered 503 by the API, logged and counted here. */
@@ -502,16 +511,18 @@ export class Daemon {
    * Closes the open connections the current policies refuse (unless onPolicyChange is keep), and
    * returns only once they are closed: the closes of connections in the native loops are commands
    * to those loops, so this waits, bounded, for every loop to confirm it ran them. Called
-   * synchronously with the change, so the API answers (and a reload returns) after it.
+   * synchronously with the change, so the API answers (and a reload returns) after it. `reason`
+   * is what changed, the closed connections' `event.reason`: a policy, or the host's own
+   * addresses (decide step 1a: a connection to an address the host has since gained).
    */
-  #rejudge(): void {
+  #rejudge(reason: RejudgeReason): void {
     if (this.#config.onPolicyChange === 'keep') return;
     let closed = 0;
     for (const c of this.registry) {
       if (c.facts === null) continue;
       const d = verdict(this.store.lookup(c.outcome.source), c.facts);
       if (d.verdict === 'refuse') {
-        this.registry.close(c, 'policy-changed');
+        this.registry.close(c, reason);
         closed++;
       }
     }
@@ -527,7 +538,14 @@ export class Daemon {
         'a data-plane loop did not confirm the closes of a policy change in time; answering anyway',
       );
     }
-    this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed, handoff_us: handoffUs }, 'closed connections the new policy refuses');
+    if (reason === 'policy-changed') {
+      this.log.info({ event: { action: 'closed-by-policy-change' }, count: closed, handoff_us: handoffUs }, 'closed connections the new policy refuses');
+    } else {
+      this.log.info(
+        { event: { action: 'closed-by-host-address-change' }, count: closed, handoff_us: handoffUs, addresses: this.host.addresses },
+        'closed connections to addresses the host now holds as its own',
+      );
+    }
   }
 
   #emit(o: ConnectionOutcome): void {

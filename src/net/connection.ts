@@ -23,7 +23,7 @@ import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult, 
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
 import type { DecideTrace, Facts } from '../policy/decide.ts';
-import { LiveConnection, type ConnectionRegistry } from './registry.ts';
+import { LiveConnection, isRejudged, type ConnectionRegistry } from './registry.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 
 /** The settings a connection reads (the daemon passes its Config, which has these and more). */
@@ -460,7 +460,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
     if (c.cause === 'aborted') {
       o.reason = live.closeReason ?? 'shutdown';
       o.endedBy = endedByClose(live);
-      if (o.reason === 'policy-changed') o.verdict = 'refuse';
+      if (isRejudged(live.closeReason)) o.verdict = 'refuse';
     } else {
       o.reason = 'upstream-failed';
       o.endedBy = 'upstream';
@@ -479,7 +479,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
   o.bytesDown = s.bytesDown;
   o.end = s.end;
   if (s.end === 'aborted' && live.closeReason) {
-    o.verdict = live.closeReason === 'policy-changed' ? 'refuse' : o.verdict;
+    o.verdict = isRejudged(live.closeReason) ? 'refuse' : o.verdict;
     o.reason = live.closeReason;
     o.endedBy = endedByClose(live);
   } else {
@@ -525,7 +525,7 @@ function protocolOfListener(l: ListenerKind): Protocol {
 }
 
 function endedByClose(live: LiveConnection): EndedBy {
-  return live.closeReason === 'policy-changed' ? 'policy' : 'egressd';
+  return isRejudged(live.closeReason) ? 'policy' : 'egressd';
 }
 
 /** Cut a connection that never got as far as a verdict: no bytes, a reset. */

@@ -6,16 +6,26 @@ import type { LingerHold } from './refuse.ts';
 
 /**
  * How a connection's life ended outside the policy's verdict and the upstream: not redirected
- * at all, closed by a policy change or by shutdown, or a fault of egressd's own.
+ * at all, closed by a policy change, closed because the host gained its destination as an
+ * address of its own (decide step 1a, net/host-addresses.ts), by shutdown, or a fault of
+ * egressd's own.
  */
-export type LifecycleReason = 'not-redirected' | 'policy-changed' | 'shutdown' | 'internal-error';
+export type LifecycleReason = 'not-redirected' | 'policy-changed' | 'host-address-changed' | 'shutdown' | 'internal-error';
+
+/** Why an open connection was judged again and refused: a policy change or a change of the host's own addresses. */
+export type RejudgeReason = Extract<LifecycleReason, 'policy-changed' | 'host-address-changed'>;
+
+/** Whether a close reason is a new verdict (a refusal, ended by `policy`) rather than egressd's shutdown. */
+export function isRejudged(reason: LifecycleReason | undefined): reason is RejudgeReason {
+  return reason === 'policy-changed' || reason === 'host-address-changed';
+}
 
 /**
  * What closes a connection wherever it is (dialing or splicing): a direct hook for the native
  * loops, an AbortSignal for Node's sockets. Both only once the connection is closed.
  */
 export interface Closing {
-  /** Whether the connection was closed (shutdown, a policy change). */
+  /** Whether the connection was closed (shutdown, a policy or host-address change). */
   readonly closed: boolean;
   /**
    * Run once, synchronously, when the connection is closed: the one step in progress that must
@@ -42,7 +52,7 @@ export class LiveConnection implements Closing {
   readonly outcome: ConnectionOutcome;
   /** What the verdict was made on; null until the decision. */
   facts: Facts | null = null;
-  closeReason?: Extract<LifecycleReason, 'policy-changed' | 'shutdown'>;
+  closeReason?: RejudgeReason | 'shutdown';
   onClose: (() => void) | null = null;
   #closed = false;
   // Made only when asked for: an AbortController and a listener on it cost more than the rest of

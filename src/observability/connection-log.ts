@@ -152,7 +152,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'egressd.upstream.failure',
     type: 'keyword',
     description:
-      "Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted` (a shutdown, a policy change, or the client's going (its reset; a TLS client's FIN) cancelled the dial), `other`.",
+      "Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted` (a shutdown, a policy change, a change of the host's own addresses, or the client's going (its reset; a TLS client's FIN) cancelled the dial), `other`.",
     value: (o) => o.dialFailure,
   },
   { name: 'egressd.upstream.connect_duration', type: 'long', description: 'Time to connect to the upstream, in nanoseconds.', value: (o) => ns(o.connectMs) },
