@@ -109,9 +109,14 @@ export interface Config {
   /** A refused client still sending is read (and discarded) this long, for this many bytes, so it reads the answer. */
   readonly refusal: { readonly lingerMs: number; readonly lingerMaxBytes: number; readonly lingerMaxConnections: number };
   readonly protected: {
+    /** CIDRs refused whatever a policy allows (decide step 1b); only `except` lifts them. */
     readonly extra: readonly string[];
+    /** CIDRs taken out of the built-in and `extra` ranges outright: no policy needs to unlock them. */
     readonly except: readonly string[];
-    /** Host addresses (or CIDRs) sandboxes may reach through egressd: a documented risk. */
+    /**
+     * Host addresses (or CIDRs) no longer refused as the host's (decide step 1a), a documented
+     * risk: egressd's own listeners stay refused, and steps 1b-1c and the policy still judge them.
+     */
     readonly reachableHostAddresses: readonly string[];
   };
   /** The policy for a source that belongs to no sandbox. */

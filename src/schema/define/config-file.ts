@@ -142,11 +142,17 @@ export const ConfigFile = Type.Object(
     ),
     protected: obj(
       {
-        extra: strings('More CIDRs no policy can unlock.', D.protected.extra),
-        except: strings('Protected CIDRs a policy may unlock.', D.protected.except),
-        reachableHostAddresses: strings("The host's own addresses (or CIDRs) sandboxes may reach: a documented risk.", D.protected.reachableHostAddresses),
+        extra: strings('More CIDRs to protect: refused whatever a policy allows; only `except` lifts them.', D.protected.extra),
+        except: strings(
+          "CIDRs taken out of the protected ranges (built-in and `extra`): not protected at all, with no policy needed to unlock them. The host's own addresses stay refused.",
+          D.protected.except,
+        ),
+        reachableHostAddresses: strings(
+          "The host's own addresses (or CIDRs) no longer refused as the host's, a documented risk: egressd's own listeners on them stay refused, and the other protected ranges and the policy still judge them.",
+          D.protected.reachableHostAddresses,
+        ),
       },
-      'Addresses refused whatever the policy says.',
+      "Addresses refused before a policy's rules: the host's own, `extra`, and the built-in ranges (which an allowed CIDR inside one unlocks).",
     ),
     defaultNetwork: Type.Optional({ ...NetworkBody, description: 'The policy of a source that belongs to no sandbox.', default: D.defaultNetwork }),
     reportOnly: Type.Optional(
