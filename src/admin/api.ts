@@ -14,7 +14,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { normalizeName } from '../match/names.ts';
 import { formatPorts, renderNetwork, type NetworkView } from '../policy/render.ts';
 import type { OverlayEntry } from '../policy/overlay.ts';
-import { reportsOnly, rulesetOf, verdict } from '../policy/verdict.ts';
+import { nameReach, reportsOnly, rulesetOf, verdict, type PolicyChain } from '../policy/verdict.ts';
 import { checkBearer, readJson, sendError } from './http-body.ts';
 import { ApiError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
@@ -64,6 +64,30 @@ const ORDER =
   'Report-only lets through what the organization or the sandbox would refuse, never a protected address or an always-deny entry.';
 
 const entryView = (e: OverlayEntry) => ({ name: e.name, domains: e.side.domains, cidrs: e.side.cidrs, ports: formatPorts(e.side.ports) });
+
+/**
+ * The sandboxes' DNS servers (`dns.sandboxServers`) the chain allows on port 53: each asked of
+ * verdict() as `POST /api/v1/check` and the data path ask it, so the organization's layer, the
+ * overlays and the protected addresses count as they do there (a Daytona tier 1 or 2
+ * organization refuses what its Novita sandbox's domain rule lets through). Report-only's
+ * `would-refuse` is not an allow: the view reports it as `report_only`.
+ */
+function dnsServersAllowed(chain: PolicyChain, servers: readonly string[]): string[] {
+  return servers.filter((ip) => verdict(chain, { name: null, ip, port: 53 }).verdict === 'allow');
+}
+
+/**
+ * The essential-services catalog's patterns the chain reaches by name (verdict.ts `nameReach`,
+ * what the DNS listener asks): a pattern is listed only when the organization AND the sandbox
+ * reach it, whichever of them joined the catalog. A `*.name` pattern is asked as itself, which
+ * matches the wildcard rules above it and no single name below it: "any name below".
+ */
+function essentialServicesReached(chain: PolicyChain, catalog: readonly string[]): string[] {
+  return catalog.filter((pattern) => {
+    const r = nameReach(chain, pattern);
+    return r.reach && r.wouldRefuse !== true;
+  });
+}
 
 export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions): void {
   const guarded =
@@ -236,11 +260,12 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
                     : { mode: 'allow-all' },
               },
         network: renderNetwork(networkOf(r)),
-        dns_servers_allowed: networkOf(r).dnsServersAllowed ? settings.dnsServers : [],
+        // What the data path decides, not what the sandbox's own policy asks for: both through the chain.
+        dns_servers_allowed: chain === undefined ? [] : dnsServersAllowed(chain, settings.dnsServers),
         // The names this sandbox resolved through egressd and the addresses they gave: a
         // connection that carries no name to one of these addresses is judged with the names.
         dns_remembered: opts.dnsMemory?.view(r.id) ?? [],
-        essential_services: networkOf(r).essentialServices || (org?.tier != null && org.tier <= 2) ? settings.catalog : [],
+        essential_services: chain === undefined ? [] : essentialServicesReached(chain, settings.catalog),
         protected: {
           extra: settings.protected.extra,
           except: settings.protected.except,

@@ -157,6 +157,12 @@ const Effective = Type.Object(
     report_only: ref('ReportOnly') as never,
     order: Type.String({ description: 'How the layers combine.' }),
     overlays: Type.Object({ always_deny: Type.Array(OverlayEntryView), always_allow: Type.Array(OverlayEntryView) }, closed),
+    dns_servers_allowed: Type.Array(Type.String(), {
+      description: 'The `dns.sandboxServers` a connection on port 53 is allowed to, as POST /api/v1/check decides it (every layer counted).',
+    }),
+    essential_services: Type.Array(Type.String(), {
+      description: "The essential-services catalog's patterns a name can reach: the organization AND the sandbox both reach it.",
+    }),
     rule_hits: nullable(
       Type.Object(
         { sandbox: RuleHits, organization: nullable(RuleHits) },
