@@ -15,7 +15,7 @@ import { nativeSetupWanted, nativeSpliceStatus, syncNativeLoops } from './net/na
 import type { Ticket } from './limits/admission.ts';
 import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
-import { HostAddresses } from './net/host-addresses.ts';
+import { HostAddresses, type HostAddressOptions } from './net/host-addresses.ts';
 import { ConnectionRegistry, type RejudgeReason } from './net/registry.ts';
 import { POOL_SIZE, QuerySockets, TCP_RETRIES } from './net/query-sockets.ts';
 import { LATE_FAMILIES, NameResolver } from './net/resolve.ts';
@@ -47,6 +47,11 @@ export interface DaemonOptions {
    * `node` on Node's sockets. Default: EGRESSD_DATA_PLANE (native-setup) or node.
    */
   readonly setup?: 'native' | 'node';
+  /**
+   * Replaces os.networkInterfaces() for the host's own addresses (net/host-addresses.ts):
+   * loopback tests make the host gain an address without changing the machine's.
+   */
+  readonly hostInterfaces?: HostAddressOptions['interfaces'];
 }
 
 /**
@@ -108,6 +113,7 @@ export class Daemon {
     // closed as a policy change closes one (onPolicyChange), with its own reason.
     this.host = new HostAddresses({
       reachable: config.protected.reachableHostAddresses,
+      ...(opts.hostInterfaces ? { interfaces: opts.hostInterfaces } : {}),
       onChange: () => {
         this.nativeSetup?.policyChanged();
         // The first read, inside this constructor, finds no connection to re-judge yet.
@@ -513,7 +519,10 @@ export class Daemon {
    * to those loops, so this waits, bounded, for every loop to confirm it ran them. Called
    * synchronously with the change, so the API answers (and a reload returns) after it. `reason`
    * is what changed, the closed connections' `event.reason`: a policy, or the host's own
-   * addresses (decide step 1a: a connection to an address the host has since gained).
+   * addresses (decide step 1a: a connection to an address the host has since gained). The
+   * host's addresses decide only protected-address refusals, so that change closes only those:
+   * a connection some policy refuses and that is still open (kept by onPolicyChange: keep, which
+   * a reload then turned to close) did not change its verdict with the host, and is left alone.
    */
   #rejudge(reason: RejudgeReason): void {
     if (this.#config.onPolicyChange === 'keep') return;
@@ -521,7 +530,7 @@ export class Daemon {
     for (const c of this.registry) {
       if (c.facts === null) continue;
       const d = verdict(this.store.lookup(c.outcome.source), c.facts);
-      if (d.verdict === 'refuse') {
+      if (d.verdict === 'refuse' && (reason === 'policy-changed' || d.reason === 'protected-address')) {
         this.registry.close(c, reason);
         closed++;
       }

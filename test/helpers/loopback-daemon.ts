@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { pino } from 'pino';
 import { validateConfig, type Config } from '../../src/config/schema.ts';
 import { canonicalSource } from '../../src/match/ip.ts';
-import { Daemon } from '../../src/daemon.ts';
+import { Daemon, type DaemonOptions } from '../../src/daemon.ts';
 import { loggerOptions } from '../../src/observability/logger.ts';
 import type { OriginalDestination } from '../../src/net/original-dst.ts';
 import { useNativeLoops } from './data-plane.ts';
@@ -41,11 +41,12 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
  * `setup` picks where connections are set up (DaemonOptions.setup; `native` also starts the
  * loops when EGRESSD_DATA_PLANE=js had turned them off); default: as EGRESSD_DATA_PLANE says,
  * for the data phase too (src/net/native-splice.ts dataPlaneFromEnv). `beforeStart`: given the
- * daemon made and not started (a test that acts while it starts).
+ * daemon made and not started (a test that acts while it starts). `hostInterfaces`: the host's
+ * interface table (DaemonOptions.hostInterfaces).
  */
 export async function startLoopbackDaemon(
   config: Config,
-  opts: { setup?: 'native' | 'node'; beforeStart?: (daemon: Daemon) => void } = {},
+  opts: { setup?: 'native' | 'node'; beforeStart?: (daemon: Daemon) => void; hostInterfaces?: DaemonOptions['hostInterfaces'] } = {},
 ): Promise<LoopbackDaemon> {
   if (opts.setup === 'native') useNativeLoops();
   const logs: Record<string, unknown>[] = [];
@@ -63,7 +64,11 @@ export async function startLoopbackDaemon(
     const r = routes.get(canonicalSource(socket.remoteAddress ?? '') ?? '');
     return r ? { kind: 'redirected', ...r } : { kind: 'not-redirected', why: 'no test route for this source' };
   };
-  const daemon = new Daemon(config, log, { originalDst, ...(opts.setup ? { setup: opts.setup } : {}) });
+  const daemon = new Daemon(config, log, {
+    originalDst,
+    ...(opts.setup ? { setup: opts.setup } : {}),
+    ...(opts.hostInterfaces ? { hostInterfaces: opts.hostInterfaces } : {}),
+  });
   opts.beforeStart?.(daemon);
   await daemon.start();
   const adminPort = daemon.admin.port!;
