@@ -528,7 +528,9 @@ export class Daemon {
     if (this.#config.onPolicyChange === 'keep') return;
     let closed = 0;
     for (const c of this.registry) {
-      if (c.facts === null) continue;
+      // A connection an earlier change (or shutdown) closed stays listed until it has ended: it
+      // is that change's, not counted again nor waited for twice.
+      if (c.facts === null || c.closed) continue;
       const d = verdict(this.store.lookup(c.outcome.source), c.facts);
       if (d.verdict === 'refuse' && (reason === 'policy-changed' || d.reason === 'protected-address')) {
         this.registry.close(c, reason);

@@ -5,7 +5,8 @@
 // is no business of the host's addresses: closing it then would name a cause that is not one.
 // The host's interface table is the test's (DaemonOptions.hostInterfaces), so the host gains an
 // address without the machine's changing; the end-to-end case of a connection to the gained
-// address is test/e2e/host-address-change.test.ts.
+// address is test/e2e/host-address-change.test.ts. And every re-judge counts (and waits for) only
+// what it closed itself: a connection an earlier change closed stays listed until it has ended.
 
 import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -84,5 +85,43 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
     expect(d.daemon.host.addresses).toContain(GAINED);
     expect(await echo(client, 'four')).toBe('four');
     expect(d.logs.filter((l) => action(l) === 'closed-by-host-address-change')).toEqual([]);
+  });
+});
+
+describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('re-judges in a row, set up on $setup', ({ setup }) => {
+  let upstream: Server;
+  let d: LoopbackDaemon | undefined;
+  let client: Socket | undefined;
+
+  beforeEach(async () => {
+    upstream = createServer((s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+  });
+  afterEach(async () => {
+    client?.destroy();
+    await d?.stop();
+    d = undefined;
+    upstream.close();
+  });
+
+  it('count a connection once: the one that closed it, not a later one while it is still ending', async () => {
+    const open = loopbackConfig({ defaultNetwork: { mode: 'allow-all' } });
+    d = await startLoopbackDaemon(open, { setup });
+    d.route(SOURCE, '127.0.0.1', (upstream.address() as { port: number }).port);
+    client = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: SOURCE });
+    await once(client, 'connect');
+    expect(await echo(client, 'one')).toBe('one');
+    // Two changes in one turn: the connection the first closed has not ended yet at the second.
+    expect(d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' } }))).toMatchObject({ ok: true });
+    expect(
+      d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' }, overlays: { alwaysDeny: [{ name: 'x', domains: ['x.test'] }] } })),
+    ).toMatchObject({ ok: true });
+    expect(await echo(client, 'two')).not.toBe('two');
+    const closes = d.logs.filter((l) => action(l) === 'closed-by-policy-change').map((l) => l['count']);
+    expect(closes).toEqual([1]);
   });
 });
