@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -125,6 +126,36 @@ static napi_value peer_finished(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// interfaceAddresses(): every IPv4 and IPv6 address on the host's interfaces, as text, whatever
+// the interface's state. os.networkInterfaces() (libuv's uv_interface_addresses) leaves out an
+// interface that is not both IFF_UP and IFF_RUNNING, but Linux delivers to an address of an
+// interface that is up without carrier (a veth whose peer is not up yet, a bridge with no port up)
+// as to any other local address (its `local` route is in place). An address on an interface that is
+// down is listed too: refusing it costs nothing. Throws an Error with the errno name when
+// getifaddrs(3) fails.
+static napi_value interface_addresses(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct ifaddrs *all = NULL;
+  if (getifaddrs(&all) != 0) return throw_errno(env, errno);
+  napi_value out;
+  napi_create_array(env, &out);
+  uint32_t n = 0;
+  for (struct ifaddrs *i = all; i != NULL; i = i->ifa_next) {
+    if (i->ifa_addr == NULL) continue;
+    char text[INET6_ADDRSTRLEN];
+    const void *a;
+    if (i->ifa_addr->sa_family == AF_INET) a = &((const struct sockaddr_in *)i->ifa_addr)->sin_addr;
+    else if (i->ifa_addr->sa_family == AF_INET6) a = &((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
+    else continue;
+    if (inet_ntop(i->ifa_addr->sa_family, a, text, sizeof text) == NULL) continue;
+    napi_value v;
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, out, n++, v);
+  }
+  freeifaddrs(all);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "originalDst", NAPI_AUTO_LENGTH, original_dst, NULL, &fn);
@@ -133,6 +164,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "socketError", fn);
   napi_create_function(env, "peerFinished", NAPI_AUTO_LENGTH, peer_finished, NULL, &fn);
   napi_set_named_property(env, exports, "peerFinished", fn);
+  napi_create_function(env, "interfaceAddresses", NAPI_AUTO_LENGTH, interface_addresses, NULL, &fn);
+  napi_set_named_property(env, exports, "interfaceAddresses", fn);
   return exports;
 }
 

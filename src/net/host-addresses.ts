@@ -3,9 +3,10 @@
 // (smokescreen refuses connections to itself for the same reason: a proxy that dials its own
 // host hands the sandbox the host's loopback-only services and egressd's own admin API).
 //
-// The interface addresses are read at start and re-read every `refreshMs` (getifaddrs(3) via
-// os.networkInterfaces()). A periodic re-read rather than a netlink subscription: it needs no
-// native code, costs microseconds for a few hundred interfaces, and what it can miss — an
+// The interface addresses are read at start and re-read every `refreshMs` (getifaddrs(3), through
+// the native addon: every address, whatever its interface's state; os.networkInterfaces() only
+// where the addon is missing). A periodic re-read rather than a netlink subscription: it costs
+// microseconds for a few hundred interfaces, and what it can miss — an
 // address added in the last `refreshMs` — is on a sandbox host almost always a veth gateway in
 // a private range, which the built-in protected ranges refuse anyway.
 
@@ -13,6 +14,7 @@ import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os';
 import { formatIp, parseCidr, parseIpInto, type CidrBlock, type IpFamily } from '../match/ip.ts';
 import { asIPv4IfMapped, type HostGuard } from '../match/protected.ts';
 import { CidrTrie } from '../match/cidr-trie.ts';
+import { interfaceAddresses } from './original-dst.ts';
 
 export interface HostAddressOptions {
   /**
@@ -22,7 +24,7 @@ export interface HostAddressOptions {
   readonly reachable?: readonly string[];
   /** How often the interface addresses are re-read, in milliseconds. */
   readonly refreshMs?: number;
-  /** The interface table; tests replace it. Defaults to os.networkInterfaces(). */
+  /** The interface table; tests replace it. Defaults to every address the kernel has (kernelInterfaces). */
   readonly interfaces?: () => NodeJS.Dict<NetworkInterfaceInfo[]>;
   /** Called when a re-read finds the set of addresses changed (verdicts on them may change). */
   readonly onChange?: () => void;
@@ -37,6 +39,18 @@ export interface ListenerAddress {
 export const DEFAULT_HOST_REFRESH_MS = 2_000;
 
 const words = new Uint32Array(4);
+
+/**
+ * The host's interface addresses: every one the kernel has (native addon, getifaddrs), else
+ * os.networkInterfaces(). The latter (libuv) leaves out an interface that is up without carrier,
+ * a veth whose peer is not up yet or an empty bridge, whose addresses Linux still delivers to
+ * locally: a sandbox could reach the host on them.
+ */
+function kernelInterfaces(): NodeJS.Dict<NetworkInterfaceInfo[]> {
+  const all = interfaceAddresses();
+  if (all === null) return networkInterfaces();
+  return { all: all.map((address) => ({ address }) as NetworkInterfaceInfo) };
+}
 
 /** The live set of the host's own addresses and egressd's listeners, consulted by decide step (1). */
 export class HostAddresses implements HostGuard {
@@ -64,7 +78,7 @@ export class HostAddresses implements HostGuard {
       this.#reachable[b.family].insert(b.words, b.prefix, 0);
     }
     this.#refreshMs = Math.max(100, o.refreshMs ?? DEFAULT_HOST_REFRESH_MS);
-    this.#interfaces = o.interfaces ?? networkInterfaces;
+    this.#interfaces = o.interfaces ?? kernelInterfaces;
     this.refresh();
   }
 

@@ -17,6 +17,7 @@ interface Addon {
   socketError?(fd: number): number;
   /** Absent from an addon built before it. */
   peerFinished?(fd: number): number;
+  interfaceAddresses?(): string[];
 }
 
 type Loaded = { ok: true; addon: Addon } | { ok: false; error: NativeAddonError };
@@ -66,6 +67,19 @@ export function peerFinished(socket: Socket): boolean {
   const fd: unknown = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) return false;
   return l.addon.peerFinished(fd) === 1;
+}
+
+/**
+ * Every address on the host's interfaces, as text (getifaddrs(3)), whatever the interface's state;
+ * null when the addon cannot be loaded or is too old to have it. Unlike os.networkInterfaces(),
+ * which leaves out an interface without carrier, though Linux delivers to its addresses.
+ *
+ * @throws Error with the errno name as `code` when getifaddrs fails.
+ */
+export function interfaceAddresses(): readonly string[] | null {
+  const l = load();
+  if (!l.ok || typeof l.addon.interfaceAddresses !== 'function') return null;
+  return l.addon.interfaceAddresses();
 }
 
 const errnoNames = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));

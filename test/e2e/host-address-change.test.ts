@@ -17,6 +17,9 @@ import { DATA_PATHS, E2E_PORTS, servedPerBlock, writeConfig } from '../helpers/e
 
 const GAINED = '198.18.1.77'; // becomes an address of egressd's host during the test
 const OTHER = '198.18.1.78'; // stays a remote address
+// An address of the host on an interface that is up without carrier (a veth whose peer is down):
+// Linux delivers to it locally, though os.networkInterfaces() leaves the interface out.
+const NO_CARRIER = '198.18.1.79';
 const SB = '198.18.0.2';
 // Neither TLS nor an HTTP request line: judged at once, with no name, and spliced.
 const PAYLOAD = '@ping';
@@ -39,6 +42,18 @@ def ping():
 print("first", ping(), flush=True)
 time.sleep(wait)
 print("second", ping(), flush=True)
+`;
+
+// Connects, sends the payload, prints what came back or how it failed.
+const PING_ONCE = `
+import socket, sys
+ip, port, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+try:
+    s = socket.create_connection((ip, port), timeout=5, source_address=("${SB}", 0))
+    s.sendall(payload)
+    print("got", s.recv(100))
+except Exception as e:
+    print("error", type(e).__name__)
 `;
 
 const skip = rigUnavailableReason();
@@ -69,7 +84,7 @@ describe.skipIf(skip !== null)('a connection spliced to an address the host then
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  describe.each(DATA_PATHS)('on $name', ({ env, plane }) => {
+  describe.each(DATA_PATHS)('on $name', ({ name, env, plane }) => {
     const daemon = servedPerBlock(
       () => rig,
       () => configFile,
@@ -114,6 +129,33 @@ describe.skipIf(skip !== null)('a connection spliced to an address the host then
         expect(connectionFields(await daemon().outcomeAt(`${OTHER}:7000`))).toMatchObject({ 'egressd.verdict': 'allow', 'event.reason': 'default-allow' });
       } finally {
         await rig.execIn('router', 'ip', ['addr', 'del', `${GAINED}/32`, 'dev', 'lo']);
+      }
+    });
+
+    it('refuses an address of the host on an interface without carrier', async () => {
+      const link = `nc${DATA_PATHS.findIndex((p) => p.name === name)}`;
+      const steps = [
+        ['link', 'add', link, 'type', 'veth', 'peer', 'name', `${link}p`],
+        ['addr', 'add', `${NO_CARRIER}/32`, 'dev', link],
+        ['link', 'set', link, 'up'],
+      ];
+      try {
+        for (const args of steps) {
+          const r = await rig.execIn('router', 'ip', args);
+          expect(r.code, r.stderr).toBe(0);
+        }
+        expect((await rig.execIn('router', 'ip', ['-br', 'link', 'show', link])).stdout).toMatch(/LOWERLAYERDOWN|NO-CARRIER/);
+        // The next re-read of the host's addresses (every 2 s).
+        await new Promise((r) => setTimeout(r, 2500));
+        const probe = await rig.execIn('sandbox', 'python3', ['-c', PING_ONCE, NO_CARRIER, '7001', PAYLOAD], { timeoutMs: 15_000 });
+        expect(probe.code, probe.stderr).toBe(0);
+        expect(connectionFields(await daemon().outcomeAt(`${NO_CARRIER}:7001`))).toMatchObject({
+          'egressd.verdict': 'refuse',
+          'event.reason': 'protected-address',
+          'rule.name': `host address "${NO_CARRIER}"`,
+        });
+      } finally {
+        await rig.execIn('router', 'ip', ['link', 'del', link]);
       }
     });
   });
