@@ -78,9 +78,10 @@ function dnsServersAllowed(chain: PolicyChain, servers: readonly string[]): stri
 
 /**
  * The essential-services catalog's patterns the chain reaches by name (verdict.ts `nameReach`,
- * what the DNS listener asks): a pattern is listed only when the organization AND the sandbox
- * reach it, whichever of them joined the catalog. A `*.name` pattern is asked as itself, which
- * matches the wildcard rules above it and no single name below it: "any name below".
+ * what the DNS listener asks): a pattern is listed only when one port passes the overlays, the
+ * organization AND the sandbox, whichever of them joined the catalog. A `*.name` pattern is
+ * asked as itself, which matches the wildcard rules above it and no single name below it: "any
+ * name below" that no narrower rule names.
  */
 function essentialServicesReached(chain: PolicyChain, catalog: readonly string[]): string[] {
   return catalog.filter((pattern) => {

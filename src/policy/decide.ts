@@ -307,3 +307,28 @@ function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port
   if (counts === null) return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by };
   return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by, hit: hostSlot >= 0 ? { counts, a: hostSlot, b: portSlot } : one(counts, portSlot) };
 }
+
+/**
+ * decide()'s steps 2–4 for a connection carrying `name` (normalized) on `port` (1–65535) to an
+ * address that no rule of the policy names and no protected range holds: what the policy decides
+ * by name and port alone (verdict.ts `nameReach`). Steps 1 and the CIDR rules cannot apply to
+ * such an address, so the result is decide()'s for it. Counts no hit.
+ */
+export function decideByName(p: CompiledPolicy, name: string, port: number): Decision {
+  const allow = p.allow;
+  if (!allow.empty) {
+    const d = allowMatch(allow, -1, name, port, null);
+    if (d !== null) return d;
+  }
+  const deny = p.deny;
+  const i = deny.domains?.match(name) ?? -1;
+  if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.domainRule(i), matchedBy: 'name' };
+  const j = deny.ports?.find(port) ?? -1;
+  if (j >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.portRule(j), matchedBy: 'port' };
+  return p.policy.mode === 'allow-all' ? ALLOW_ALL : BLOCK_ALL;
+}
+
+/** matchSide() for `name` on `port` at an address no CIDR of the side names (see decideByName). */
+export function matchSideByName(side: CompiledSide, name: string, port: number): Decision | null {
+  return side.empty ? null : allowMatch(side, -1, name, port, null);
+}

@@ -5,8 +5,19 @@
 // the re-judge after a change, the API's `check` and the CLI's `decide` all ask this module.
 
 import type { ProtectedRanges } from '../match/protected.ts';
-import { compilePolicy, type CompiledPolicy, type SharedDomains } from './compile.ts';
-import { countHit, decide, matchSide, type Decision, type DecideTrace, type Facts, type LentUnlock, type RuleHit } from './decide.ts';
+import { compilePolicy, type CompiledPolicy, type CompiledSide, type SharedDomains } from './compile.ts';
+import {
+  countHit,
+  decide,
+  decideByName,
+  matchSide,
+  matchSideByName,
+  type Decision,
+  type DecideTrace,
+  type Facts,
+  type LentUnlock,
+  type RuleHit,
+} from './decide.ts';
 import type { CompiledOverlays } from './overlay.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
 
@@ -184,7 +195,8 @@ export function countVerdict(v: Verdict): void {
  *   to the address; a connection with no name of its own is then matched by them at the
  *   domain steps of decide() (`matchedBy: 'dns'`), and `nameMatters` stays exact because it
  *   is derived from which steps read the name. "Could this sandbox reach name N on some
- *   port" is the same chain walked over the domain tries alone.
+ *   port" is this chain walked over name and port alone, one port through every layer
+ *   (nameReach).
  */
 export function verdict(chain: PolicyChain, facts: Facts, trace?: DecideTrace): Verdict {
   const v = enforcedVerdict(chain, facts, trace);
@@ -277,65 +289,114 @@ export function nameMatters(chain: PolicyChain, at: { readonly ip: string; reado
 export interface NameReach {
   readonly reach: boolean;
   readonly rule: string | null;
-  /** A deny rule names it (as opposed to nothing allowing it). */
+  /** A deny rule naming it refuses it on some port (as opposed to nothing allowing it). */
   readonly denied: boolean;
   /** Report-only mode let a name through that the policy would not reach (`rule` says which rule). */
   readonly wouldRefuse?: boolean;
 }
 
 /**
- * Whether a connection carrying `name` (normalized) could be allowed on some port and address:
- * what the DNS listener asks before it forwards a query. The chain walked over the domain
- * steps alone, in the verdict's order — organization first, then the sandbox; within a layer
- * the allow side (a domain rule or catalog entry naming it, or a ports-only rule, which allows
- * any host), then the deny side's domains, then the mode. Address rules grant no name: a
- * block-all policy that allows only CIDRs resolves nothing. The DNS servers' port-53 rule
- * grants no name either. Before them, the overlays: an always-deny entry naming it on every
- * port (no `ports`) denies it; an always-allow entry naming it, or listing ports only, reaches
- * it. Report-only then forwards what the policies alone would not reach.
+ * Whether a connection carrying `name` (normalized) could be allowed on some port: what the DNS
+ * listener asks before it forwards a query, and what the effective view's `essential_services`
+ * lists. True iff some port p gives verdict() allow for `name` on p at an address that no rule
+ * names and no protected range holds — one port must pass the overlays, the organization's
+ * layer and the sandbox's together, so port sets are intersected, never asked layer by layer (an
+ * organization allowing the name on 443 over a sandbox allowing port 22 only reaches nothing).
+ * Address rules grant no name: a block-all policy that allows only CIDRs resolves nothing, nor
+ * does the DNS servers' port-53 rule. In report-only mode the name reaches when some port's
+ * refusal is the policies' (not an always-deny entry's): the DNS listener forwards what would be
+ * refused, or the report would never see the connection, and `rule` keeps the refusing rule.
+ *
+ * The verdict's port rules cut 1–65535 into segments on which every one of them answers alike;
+ * each segment is judged once, at its first port, through the verdict's own order.
+ *
+ * When nothing reaches, `rule` is the refusal that got furthest through the chain (a deny rule
+ * naming it first), and `denied` says whether some port is refused by a rule naming the name.
  */
 export function nameReach(chain: PolicyChain, name: string): NameReach {
+  let refusal: { v: NameVerdict; at: number } | null = null;
+  let wouldRefuse: NameVerdict | null = null;
+  let denied = false;
+  for (const port of portSegments(chain)) {
+    const v = nameVerdictAt(chain, name, port);
+    if (v.verdict === 'allow') return { reach: true, rule: v.rule, denied: false };
+    const byName = v.reason === 'deny-rule' && v.matchedBy === 'name';
+    denied ||= byName;
+    if (v.layer !== 'always-deny') wouldRefuse ??= v;
+    const at = byName ? 3 : v.layer === 'sandbox' ? 2 : v.layer === 'org' ? 1 : 0;
+    if (refusal === null || at > refusal.at) refusal = { v, at };
+  }
+  if (wouldRefuse !== null && reportsOnly(chain)) return { reach: true, rule: wouldRefuse.rule, denied: false, wouldRefuse: true };
+  return { reach: false, rule: refusal?.v.rule ?? null, denied };
+}
+
+type NameVerdict = Pick<Verdict, 'verdict' | 'reason' | 'rule' | 'matchedBy' | 'layer'>;
+
+/**
+ * enforcedVerdict() for `name` on `port` at an address no rule names and no protected range
+ * holds, with the same rule texts: decide() reduced to its name and port steps (decideByName).
+ */
+function nameVerdictAt(chain: PolicyChain, name: string, port: number): NameVerdict {
   const ov = chain.overlays;
   if (ov) {
     for (const e of ov.alwaysDeny) {
-      const i = e.side.ports === null ? (e.side.domains?.match(name) ?? -1) : -1;
-      if (i >= 0) return { reach: false, rule: `always-deny ${JSON.stringify(e.name)}: ${e.side.domainRule(i)}`, denied: true };
+      const m = matchSideByName(e.side, name, port);
+      if (m !== null)
+        return {
+          verdict: 'refuse',
+          reason: 'deny-rule',
+          rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`,
+          matchedBy: m.matchedBy,
+          layer: 'always-deny',
+        };
     }
     for (const e of ov.alwaysAllow) {
-      const a = e.policy.allow;
-      if (!a.hasHosts) return { reach: true, rule: `always-allow ${JSON.stringify(e.name)}: ${a.portRule(0)}`, denied: false };
-      const i = a.domains?.match(name) ?? -1;
-      if (i >= 0) return { reach: true, rule: `always-allow ${JSON.stringify(e.name)}: ${a.domainRule(i)}`, denied: false };
+      const d = decideByName(e.policy, name, port);
+      if (d.verdict === 'allow') return { ...d, rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`, layer: 'always-allow' };
     }
   }
-  const r = enforcedNameReach(chain, name);
-  // In report-only mode a sandbox must resolve what it would be refused, or the report would
-  // never see the connection: the name is forwarded and the rule that would refuse it kept.
-  if (!r.reach && reportsOnly(chain)) return { reach: true, rule: r.rule, denied: false, wouldRefuse: true };
-  return r;
-}
-
-function enforcedNameReach(chain: PolicyChain, name: string): NameReach {
   const org = chain.org;
   if (org !== null) {
-    if (org.layer === null) return { reach: false, rule: `org ${org.id}: unknown organization`, denied: false };
-    const o = layerNameReach(org.layer, name);
-    if (!o.reach) return { ...o, rule: `org ${org.id}: ${o.rule ?? ''}` };
+    if (org.layer === null) return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
+    const o = layerByName(org.layer, name, port);
+    if (o.verdict === 'refuse') return { ...o, rule: `org ${org.id}: ${o.rule ?? o.reason}`, layer: 'org' };
   }
-  return layerNameReach(chain.layer, name);
+  return { ...layerByName(chain.layer, name, port), layer: 'sandbox' };
 }
 
-function layerNameReach(layer: CompiledLayer, name: string): NameReach {
-  const p = layer.main;
-  const allow = p.allow;
-  if (!allow.empty) {
-    if (!allow.hasHosts) return { reach: true, rule: allow.portRule(0), denied: false };
-    const i = allow.domains?.match(name) ?? -1;
-    if (i >= 0) return { reach: true, rule: allow.domainRule(i), denied: false };
+function layerByName(layer: CompiledLayer, name: string, port: number): Decision {
+  if (layer.dns !== null) {
+    const d = decideByName(layer.dns, name, port);
+    if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
   }
-  const j = p.deny.domains?.match(name) ?? -1;
-  if (j >= 0) return { reach: false, rule: p.deny.domainRule(j), denied: true };
-  return p.policy.mode === 'allow-all' ? { reach: true, rule: 'mode "allow-all"', denied: false } : { reach: false, rule: 'mode "block-all"', denied: false };
+  return decideByName(layer.main, name, port);
+}
+
+/**
+ * The first port of each segment of 1–65535 on which every port rule of the chain (overlay
+ * entries, both layers' policies and DNS-server rules) answers alike, ascending.
+ */
+function portSegments(chain: PolicyChain): number[] {
+  const starts = new Set<number>([1]);
+  const add = (s: CompiledSide): void => {
+    for (const r of s.side.ports) {
+      starts.add(r.from);
+      if (r.to < 65535) starts.add(r.to + 1);
+    }
+  };
+  const addPolicy = (p: CompiledPolicy | null): void => {
+    if (p === null) return;
+    add(p.allow);
+    add(p.deny);
+  };
+  for (const e of chain.overlays?.alwaysDeny ?? []) add(e.side);
+  for (const e of chain.overlays?.alwaysAllow ?? []) addPolicy(e.policy);
+  for (const l of [chain.org?.layer ?? null, chain.layer]) {
+    if (l === null) continue;
+    addPolicy(l.main);
+    addPolicy(l.dns);
+  }
+  return [...starts].sort((a, b) => a - b);
 }
 
 /**

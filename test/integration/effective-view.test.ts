@@ -26,7 +26,22 @@ const CASES = [
   { name: 'tier 1; Daytona allow-all', org: { tier: 1 }, network: {} },
   { name: 'no organization; Daytona block-all', org: null, network: { networkBlockAll: true } },
   { name: 'block-all organization without the catalog; Daytona allow-all', org: { network: { networkBlockAll: true } }, network: {} },
+  // The organization allows a catalog name on 443 only, the sandbox port 22 only: no port passes both.
+  {
+    name: 'organization allowing registry.test on 443; sandbox0 allowing port 22 only',
+    org: { network: { mode: 'block-all', egress: { allowed_domains: ['registry.test'], allowed_ports: [443] } } },
+    network: { mode: 'block-all', egress: { allowed_ports: [22] } },
+  },
+  { name: 'tier 1; sandbox0 allow-all denying every port', org: { tier: 1 }, network: { mode: 'allow-all', egress: { denied_ports: ['1-65535'] } } },
+  // A name below the wildcard denied leaves the others: the pattern is still reached.
+  {
+    name: 'tier 1; sandbox0 allow-all denying one name below a wildcard',
+    org: { tier: 1 },
+    network: { mode: 'allow-all', egress: { denied_domains: ['x.cdn.test'] } },
+  },
 ] as const;
+// The ports the cases' rules name, and one they do not: a name reaches on some port iff on one of these.
+const PORTS = [22, 443, 9999];
 
 describe('the effective view tells what check and the data path decide', () => {
   let d: LoopbackDaemon;
@@ -68,7 +83,13 @@ describe('the effective view tells what check and the data path decide', () => {
     expect(view.body!['dns_servers_allowed']).toEqual(allowedServers);
     // A wildcard pattern stands for any name below it: asked as one such name.
     const reached: string[] = [];
-    for (const pattern of CATALOG) if ((await check(sandbox, PUBLIC, 443, pattern.replace('*', 'any'))) === 'allow') reached.push(pattern);
+    for (const pattern of CATALOG) {
+      for (const port of PORTS) {
+        if ((await check(sandbox, PUBLIC, port, pattern.replace('*', 'any'))) !== 'allow') continue;
+        reached.push(pattern);
+        break;
+      }
+    }
     expect(view.body!['essential_services']).toEqual(reached);
   });
 
@@ -79,5 +100,9 @@ describe('the effective view tells what check and the data path decide', () => {
     // Tier 1 with an allow-all sandbox: the catalog; with a block-all sandbox: none of it.
     expect((await call('GET', '/api/v1/sandboxes/sb-5/effective')).body!['essential_services']).toEqual(CATALOG);
     expect((await call('GET', '/api/v1/sandboxes/sb-4/effective')).body!['essential_services']).toEqual([]);
+    // Allowed by name on 443 and by port on 22, by different layers: reached on no port.
+    expect((await call('GET', '/api/v1/sandboxes/sb-8/effective')).body!['essential_services']).toEqual([]);
+    expect((await call('GET', '/api/v1/sandboxes/sb-9/effective')).body!['essential_services']).toEqual([]);
+    expect((await call('GET', '/api/v1/sandboxes/sb-10/effective')).body!['essential_services']).toEqual(CATALOG);
   });
 });

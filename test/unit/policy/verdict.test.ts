@@ -9,6 +9,7 @@ import {
   nameReach,
   tierNetwork,
   verdict,
+  type CompiledLayer,
   type Facts,
   type LayerSettings,
   type PolicyChain,
@@ -318,11 +319,53 @@ describe('verdict: the operator overlays around organization ∧ sandbox, and re
     const denySome = chain({ alwaysAllow: [], alwaysDeny: [entry('x', { domains: ['*.allowed.test'], ports: [{ from: 25, to: 25 }] })] }, 'full');
     expect(nameReach({ ...denySome, layer: chainOf('full', 'full').layer }, 'pkg.allowed.test')).toMatchObject({ reach: true });
     const allow = chain({ alwaysAllow: [entry('other', { domains: ['other.test'], ports: [{ from: 443, to: 443 }] })], alwaysDeny: [] });
-    expect(nameReach(allow, 'other.test')).toMatchObject({ reach: true, rule: 'always-allow "other": allowed_domains "other.test"' });
+    expect(nameReach(allow, 'other.test')).toMatchObject({ reach: true, rule: 'always-allow "other": allowed_domains "other.test" + allowed_ports "443"' });
     expect(nameReach(allow, 'unrelated.test')).toMatchObject({ reach: false });
     // Report-only forwards what the policies would not reach, never what always-deny hides.
     expect(nameReach({ ...allow, reportOnly: ['sandbox'] }, 'unrelated.test')).toMatchObject({ reach: true, wouldRefuse: true });
     expect(nameReach({ ...deny, reportOnly: ['global'] }, 'pkg.allowed.test')).toMatchObject({ reach: false, denied: true });
+  });
+
+  it('nameReach: a name reaches only when one port passes every layer', () => {
+    const layer = (policy: Policy): CompiledLayer => compileLayer(net(policy), settings);
+    const org = layer({ mode: 'block-all', allow: { ...NONE, domains: ['registry.test'], ports: [{ from: 443, to: 443 }] }, deny: NONE });
+    const of = (sandbox: Policy, extra: Partial<PolicyChain> = {}): PolicyChain => ({
+      sandbox: 'sb',
+      org: { id: 'acme', layer: org },
+      layer: layer(sandbox),
+      ...extra,
+    });
+    // The organization allows the name on 443 only, the sandbox port 22 only: no port passes both.
+    const ssh = of({ mode: 'block-all', allow: { ...NONE, ports: [{ from: 22, to: 22 }] }, deny: NONE });
+    for (const port of [22, 443]) expect(verdict(ssh, { name: 'registry.test', ip: '93.184.216.34', port }).verdict).toBe('refuse');
+    expect(nameReach(ssh, 'registry.test')).toEqual({ reach: false, rule: 'mode "block-all"', denied: false });
+    // A port-only deny rule of the sandbox takes the one port the organization allows.
+    const noTls = of({ mode: 'allow-all', allow: NONE, deny: { ...NONE, ports: [{ from: 400, to: 500 }] } });
+    expect(nameReach(noTls, 'registry.test')).toEqual({ reach: false, rule: 'denied_ports "400-500"', denied: false });
+    // Ranges that overlap on one port reach, and the rule is the verdict's on that port.
+    const some = of({
+      mode: 'block-all',
+      allow: {
+        ...NONE,
+        ports: [
+          { from: 22, to: 22 },
+          { from: 443, to: 8443 },
+        ],
+      },
+      deny: NONE,
+    });
+    expect(nameReach(some, 'registry.test')).toEqual({ reach: true, rule: 'allowed_ports "443-8443"', denied: false });
+    // An always-allow entry for the name on 22 opens the port no layer shares.
+    const overlays = compileOverlays(
+      { alwaysAllow: [entry('git', { domains: ['registry.test'], ports: [{ from: 22, to: 22 }] })], alwaysDeny: [] },
+      settings.protectedRanges,
+    );
+    expect(nameReach({ ...ssh, overlays }, 'registry.test')).toMatchObject({
+      reach: true,
+      rule: 'always-allow "git": allowed_domains "registry.test" + allowed_ports "22"',
+    });
+    // Report-only forwards it, with the rule that would refuse it.
+    expect(nameReach({ ...ssh, reportOnly: ['org'] }, 'registry.test')).toMatchObject({ reach: true, wouldRefuse: true });
   });
 });
 
