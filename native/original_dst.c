@@ -12,6 +12,8 @@
 #include <ifaddrs.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <node_api.h>
@@ -82,6 +84,17 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// The one argument of socketError and peerFinished: a descriptor. False (a TypeError thrown,
+// naming `fn`) when it is not a non-negative integer.
+static bool fd_arg(napi_env env, napi_callback_info info, const char *fn, int32_t *fd) {
+  napi_value argv[1];
+  if (args_exactly(env, info, 1, argv) && napi_get_value_int32(env, argv[0], fd) == napi_ok && *fd >= 0) return true;
+  char msg[64];
+  snprintf(msg, sizeof msg, "%s(fd) takes a non-negative integer", fn);
+  napi_throw_type_error(env, NULL, msg);
+  return false;
+}
+
 // socketError(fd): the error a TCP socket failed with (SO_ERROR: a reset, a timeout), 0 while it
 // has not failed, or -errno when it cannot be asked. Taking it clears it, as the native loop's
 // check_error does: the caller acts on it (splice.ts probe: a socket whose write half is ended, so
@@ -90,12 +103,8 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
 // tcp_v4_err leaves the connection open after), and a caller told of that would end a healthy
 // connection. A live socket's soft error is left untaken.
 static napi_value socket_error(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int32_t fd;
-  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    napi_throw_type_error(env, NULL, "socketError(fd) takes a non-negative integer");
-    return NULL;
-  }
+  if (!fd_arg(env, info, "socketError", &fd)) return NULL;
   int err = 0;
   socklen_t len = sizeof err;
   struct tcp_info ti;
@@ -112,12 +121,8 @@ static napi_value socket_error(napi_env env, napi_callback_info info) {
 // it were read), 0 otherwise, -errno when it cannot be asked. What Node cannot say of a socket it
 // stopped reading (its buffer full) before the EOF: client-side.ts watchGone, a TLS client's FIN.
 static napi_value peer_finished(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
   int32_t fd;
-  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    napi_throw_type_error(env, NULL, "peerFinished(fd) takes a non-negative integer");
-    return NULL;
-  }
+  if (!fd_arg(env, info, "peerFinished", &fd)) return NULL;
   struct tcp_info ti;
   socklen_t tl = sizeof ti;
   int r = getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0 ? -errno : ti.tcpi_state == TCP_CLOSE_WAIT;

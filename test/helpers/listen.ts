@@ -80,6 +80,12 @@ export function synSent(port: number): number {
   return out.split('\n').filter((l) => l.trim() !== '').length;
 }
 
+/** This process's UDP sockets (a daemon started in-process: its lookups' sockets), as `ss` lists them. */
+export function udpSockets(): number {
+  const out = execFileSync('ss', ['-Huanp'], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.includes(`pid=${process.pid},`)).length;
+}
+
 /** Polls `check` every 20 ms for up to `ms`; whether it held. */
 export async function within(ms: number, check: () => boolean): Promise<boolean> {
   for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) if (check()) return true;

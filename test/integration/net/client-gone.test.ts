@@ -7,11 +7,10 @@
 // (a TLS client's FIN is: tls-fin-gone.test.ts). A lookup it leaves, no one else waiting on it, is
 // cancelled at once.
 
-import { execFileSync } from 'node:child_process';
 import { connect, createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { blackholePort, listenOn, synSent, within } from '../../helpers/listen.ts';
+import { blackholePort, listenOn, synSent, udpSockets, within } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
@@ -27,12 +26,6 @@ const PROMPTLY_MS = 10_000;
 const LOOKUP_MS = 6_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** This process's UDP sockets (the daemon runs in it: its lookups' sockets). */
-function udpSockets(): number {
-  const out = execFileSync('ss', ['-Huanp'], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.includes(`pid=${process.pid},`)).length;
-}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a client that goes before its upstream is reached, set up on $setup',

@@ -7,23 +7,16 @@
 // bounds): a sandbox limited to 2 connections then had its names asked 2 at a time, each lookup
 // held to dns.timeoutMs. Now none is held past its last waiter.
 
-import { execFileSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { within } from '../../helpers/listen.ts';
+import { udpSockets, within } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
 
 const LIMIT = 2;
 const ROUNDS = 12;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** This process's UDP sockets. */
-function udpSockets(): number {
-  const out = execFileSync('ss', ['-Huanp'], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.includes(`pid=${process.pid},`)).length;
-}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('lookups of connections that reset, set up on $setup', ({ setup }) => {
   let dns: DnsTestServer;

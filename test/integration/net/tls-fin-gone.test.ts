@@ -10,13 +10,12 @@
 // And a lookup every waiting connection has left is cancelled at once, its socket closed, while
 // one another connection still waits on goes on, and its answer reaches the cache.
 
-import { execFileSync } from 'node:child_process';
 import { connect, createServer, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { buildHello } from '../../helpers/hello-builder.ts';
-import { blackholePort, listenOn, synSent, within } from '../../helpers/listen.ts';
+import { blackholePort, listenOn, synSent, udpSockets, within } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
@@ -41,12 +40,6 @@ const CHANGE_CIPHER_SPEC = Buffer.from([0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
 const EARLY_DATA = Buffer.concat(Array.from({ length: 5 }, () => Buffer.concat([Buffer.from([0x17, 0x03, 0x03, 0x40, 0x00]), Buffer.alloc(16_384)])));
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** This process's UDP sockets (the daemon runs in it: its lookups' sockets). */
-function udpSockets(): number {
-  const out = execFileSync('ss', ['-Huanp'], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.includes(`pid=${process.pid},`)).length;
-}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a TLS client that sends its FIN before its upstream is reached, set up on $setup',
