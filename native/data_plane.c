@@ -34,6 +34,8 @@
 // abort(loop, id): void
 // active(): number   connections whose outcome has not yet been delivered
 // hostedAvailable(): boolean
+// idleTimeMetrics(): boolean | null   whether libuv's idle-time metrics are on for Node's event
+//     loop (null: not known here); starting a hosted loop turns them off (idle_time_flags)
 //
 // A hosted loop (sl_loop_start_hosted) is a libuv poll handle on its epoll descriptor and a
 // timer: Node's event loop runs its turns, and its reports reach JavaScript in the same turn,
@@ -325,6 +327,29 @@ static void on_host_timer(uv_timer_t *t) {
   host_run();
 }
 
+// Node turns on libuv's idle-time metrics (UV_METRICS_IDLE_TIME, for
+// performance.eventLoopUtilization), and with them on, each poll of the event loop first calls
+// epoll_pwait with a zero timeout and only then waits: a wake-up of a hosted loop costs Node's two
+// epoll calls and the loop's own, where nginx makes one. egressd reads no event-loop utilization,
+// so the hosted loop turns them off: 12-13% less CPU per raw connection at 50 clients
+// (bench/RESULTS.md). libuv has no call to turn them off, so the flag is cleared in the loop's
+// internal fields (`flags`, their first word, bit 0 in libuv 1.39 to 1.52), and only where a
+// private loop has shown that uv_loop_configure sets exactly that bit in this process's libuv.
+// Returns the flags word of `uvl`, or NULL where that is not shown.
+static unsigned *idle_time_flags(uv_loop_t *uvl) {
+  static int known = -1;
+  if (known < 0) {
+    uv_loop_t probe;
+    known = 0;
+    if (uv_loop_init(&probe) == 0) {
+      unsigned *flags = probe.internal_fields;
+      known = flags != NULL && *flags == 0 && uv_loop_configure(&probe, UV_METRICS_IDLE_TIME) == 0 && *flags == 1u;
+      uv_loop_close(&probe);
+    }
+  }
+  return known ? uvl->internal_fields : NULL;
+}
+
 // Loop 0 as a hosted loop on Node's event loop; an errno, or 0.
 static int host_start(napi_env env, napi_value on_outcome) {
   uv_loop_t *uvl;
@@ -341,6 +366,8 @@ static int host_start(napi_env env, napi_value on_outcome) {
     return ENOMEM;
   }
   uv_timer_init(uvl, &host_timer);
+  unsigned *flags = idle_time_flags(uvl);
+  if (flags) *flags &= ~1u;
   uv_poll_start(&host_poll, UV_READABLE, on_host_poll);
   // The connections keep the process alive (the thread-safe function's reference), not these.
   uv_unref((uv_handle_t *)&host_poll);
@@ -597,6 +624,20 @@ static napi_value hosted_available(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// Whether the idle-time metrics are on for Node's event loop, read from libuv's flags; null where
+// their place is not known (idle_time_flags) or the addon was built without libuv's header.
+static napi_value idle_metrics(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r;
+  napi_get_null(env, &r);
+#ifdef EGRESSD_HAVE_UV
+  uv_loop_t *uvl;
+  unsigned *flags = napi_get_uv_event_loop(env, &uvl) == napi_ok ? idle_time_flags(uvl) : NULL;
+  if (flags) napi_get_boolean(env, (*flags & 1u) != 0, &r);
+#endif
+  return r;
+}
+
 // ---- connection set-up --------------------------------------------------------------------------
 
 static bool parse_address(const char *text, uint32_t port, struct sockaddr_storage *ss) {
@@ -798,6 +839,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"acceptCap", NULL, accept_cap, NULL, NULL, NULL, napi_default, NULL},
       {"acceptPauses", NULL, accept_pauses, NULL, NULL, NULL, napi_default, NULL},
       {"hostedAvailable", NULL, hosted_available, NULL, NULL, NULL, napi_default, NULL},
+      {"idleTimeMetrics", NULL, idle_metrics, NULL, NULL, NULL, napi_default, NULL},
       {"active", NULL, active_count, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, unlisten, NULL, NULL, NULL, napi_default, NULL},

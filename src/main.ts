@@ -60,7 +60,14 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     const setup = daemon.nativeSetup !== null ? 'native' : 'node';
     if (plane.ok)
       log.info(
-        { event: { action: 'data-plane' }, plane: 'native', setup, threads: plane.threads, loopHost: plane.hosted ? 'event-loop' : 'threads' },
+        {
+          event: { action: 'data-plane' },
+          plane: 'native',
+          setup,
+          threads: plane.threads,
+          loopHost: plane.hosted ? 'event-loop' : 'threads',
+          idleTimeMetrics: plane.idleTimeMetrics === null ? 'unknown' : plane.idleTimeMetrics ? 'on' : 'off',
+        },
         'the data phase runs in the native splice loops',
       );
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');

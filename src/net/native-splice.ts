@@ -55,6 +55,13 @@ export interface DataPlaneAddon {
   start(threads: number, onOutcome: OutcomeFn, onSetup?: SetupFn, peekCap?: number, hosted?: boolean): void;
   /** Whether the addon was built able to host a loop on Node's event loop (libuv's header found). */
   hostedAvailable?(): boolean;
+  /**
+   * Whether libuv's idle-time metrics are on for Node's event loop; null where the addon cannot
+   * read them (built without libuv's header, or a libuv whose layout it could not confirm). A
+   * hosted loop turns them off (native/data_plane.c): `performance.eventLoopUtilization()` then
+   * reads no idle time.
+   */
+  idleTimeMetrics?(): boolean | null;
   handoff(loop: number, id: number, clientFd: number, upstreamFd: number, up: Buffer | null, down: Buffer | null, idleMs: number): void;
   abort(loop: number, id: number): void;
   /** The set-up connection was admitted and will be commanded later: its loop's slot among the unanswered is free. */
@@ -270,11 +277,13 @@ export function nativeSetupPlane(): { ok: true; addon: DataPlaneAddon; threads: 
 
 /**
  * Whether connections go to the native data plane, and if not, why. `hosted`: loop 0 runs on
- * Node's event loop (EGRESSD_DATA_PLANE_HOST=event-loop, the default where the addon can).
+ * Node's event loop (EGRESSD_DATA_PLANE_HOST=event-loop, the default where the addon can);
+ * `idleTimeMetrics`: whether libuv's idle-time metrics are on for Node's event loop (off once a
+ * loop is hosted there, where the addon could confirm libuv's layout; null: not known).
  */
-export function nativeSpliceStatus(): { ok: true; threads: number; hosted: boolean } | { ok: false; reason: string } {
+export function nativeSpliceStatus(): { ok: true; threads: number; hosted: boolean; idleTimeMetrics: boolean | null } | { ok: false; reason: string } {
   const s = load();
-  return s.ok ? { ok: true, threads: s.threads, hosted: s.hosted } : { ok: false, reason: s.reason };
+  return s.ok ? { ok: true, threads: s.threads, hosted: s.hosted, idleTimeMetrics: s.addon.idleTimeMetrics?.() ?? null } : { ok: false, reason: s.reason };
 }
 
 /**

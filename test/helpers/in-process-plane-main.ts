@@ -1,10 +1,14 @@
 // Run as a process of its own (data-plane-env.test.ts), with EGRESSD_DATA_PLANE in its
 // environment: starts an in-process loopback daemon the way the integration suites do, carries
 // one address-allowed connection through it to an echo server, and prints which data path
-// carried it, as JSON: { setup: "native" | "node", plane: nativeSpliceStatus(), handoffs, echoed }.
+// carried it, as JSON: { setup: "native" | "node", plane: nativeSpliceStatus(), handoffs, echoed,
+// idleMs }: idleMs is the idle time performance.eventLoopUtilization() saw over 200 ms of sleep
+// afterwards (about 200 with libuv's idle-time metrics on, 0 with them off).
 
 import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { nativeHandoffs, nativeSpliceStatus } from '../../src/net/native-splice.ts';
 import { loopbackConfig, startLoopbackDaemon } from './loopback-daemon.ts';
 
@@ -24,8 +28,11 @@ let echoed = '';
 c.setEncoding('utf8').on('data', (t: string) => (echoed += t));
 await once(c, 'close');
 await d.waitForLog((l) => (l['event'] as { action?: string } | undefined)?.action === 'connection');
+const before = performance.eventLoopUtilization();
+await sleep(200);
+const idleMs = Math.round(performance.eventLoopUtilization(before).idle);
 process.stdout.write(
-  `${JSON.stringify({ setup: d.daemon.nativeSetup !== null ? 'native' : 'node', plane: nativeSpliceStatus(), handoffs: nativeHandoffs(), echoed })}\n`,
+  `${JSON.stringify({ setup: d.daemon.nativeSetup !== null ? 'native' : 'node', plane: nativeSpliceStatus(), handoffs: nativeHandoffs(), echoed, idleMs })}\n`,
 );
 await d.stop();
 upstream.close();
