@@ -233,7 +233,11 @@ describe.skipIf(skip !== null)('limits under a flood, through iptables REDIRECT'
       expect(r.probe['failed'], JSON.stringify(r.probe)).toBe(0);
       // Once the flood closes, the memory it held is handed back and new connections are
       // admitted again: shedding does not outlive the flood.
-      expect(r.flood!['recoveryMs'], `${JSON.stringify(r.flood)}; ${peak}`).not.toBeNull();
+      // On failure, the guard's own account: whether shedding outlived the flood, and at what pressure.
+      const guard = r.lines
+        .filter((l) => ['overload-start', 'overload-end', 'memory-shrunk'].includes(String(action(l))))
+        .map((l) => ({ at: l['@timestamp'], action: action(l), pressure: l['pressure'] ?? `${l['pressureBefore']}→${l['pressureAfter']}`, ms: l['ms'] }));
+      expect(r.flood!['recoveryMs'], `${JSON.stringify(r.flood)}; ${peak}; ${JSON.stringify(guard)}`).not.toBeNull();
       console.log(
         `memory flood: ${JSON.stringify({ recoveryMs: r.flood!['recoveryMs'], shed: metricSum(r.metrics, 'egressd_connections_total', { reason: 'overload' }), shrinks: shrunk.length })}; ${peak}`,
       );
