@@ -135,7 +135,7 @@ export class StateWriteError extends EgressdError {
  * table lists exactly these rows (test/unit/deploy.test.ts).
  */
 export const API_ERRORS = {
-  invalid_json: { status: 400, when: 'The body is empty or not valid JSON.' },
+  invalid_json: { status: 400, when: 'The body is empty, not valid JSON, or gives one key of an object more than once (`field` names it).' },
   invalid_policy: { status: 400, when: 'A sandbox or organization body fails validation.' },
   invalid_request: { status: 400, when: 'A `POST /api/v1/check` body or a query parameter is malformed.' },
   unauthorized: { status: 401, when: 'No token, a wrong token, or no token configured.' },

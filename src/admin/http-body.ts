@@ -4,6 +4,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ApiError } from '../errors.ts';
+import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
 import { sendJson } from './server.ts';
 
 export function sendError(res: ServerResponse, e: ApiError): void {
@@ -27,7 +28,7 @@ export function checkBearer(req: IncomingMessage, token: string | null): void {
   }
 }
 
-/** Reads a JSON body of at most `limit` bytes; anything else is a 400/413/415 ApiError. */
+/** Reads a JSON body of at most `limit` bytes, each object's keys unique; anything else is a 400/413/415 ApiError. */
 export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   const type = req.headers['content-type'];
   if (type !== undefined && !/^application\/json\b/i.test(type)) {
@@ -50,9 +51,15 @@ export async function readJson(req: IncomingMessage, limit: number): Promise<unk
   }
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'The body is empty; a JSON object was expected');
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (err) {
     throw new ApiError(400, 'invalid_json', `The body is not valid JSON: ${(err as Error).message}`);
   }
+  const dup = duplicateKeyPath(text);
+  if (dup !== null) {
+    throw new ApiError(400, 'invalid_json', `The body gives the key ${JSON.stringify(dup)} more than once; give each key once (RFC 8259 §4)`, dup);
+  }
+  return value;
 }

@@ -17,6 +17,7 @@ import { parseConfigText } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
+import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
 
 /**
  * Exit codes, the same for every command:
@@ -52,11 +53,16 @@ function tierArg(v: string): number {
 }
 
 function json(text: string, what: string): unknown {
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (e) {
     throw new UsageError(`${what} is not valid JSON: ${(e as Error).message}`);
   }
+  // Parsed here, a duplicate key would reach the API already collapsed to its last value.
+  const dup = duplicateKeyPath(text);
+  if (dup !== null) throw new UsageError(`${what} gives the key ${JSON.stringify(dup)} more than once; give each key once`);
+  return value;
 }
 
 function fileJson(file: string): unknown {

@@ -122,6 +122,11 @@ describe('egressd check exit codes against a running daemon', () => {
     expect((await egressd(['check', '--sandbox', 'sb-cli', '--ip', '104.16.24.34'], env)).code).toBe(2);
     expect((await check('ok.example.test', ['--port', 'https'])).code).toBe(2);
     expect((await egressd(['check', '--sandbox', 'sb-cli', '--ip', '104.16.24.34', '--port', '443', '--bogus'], env)).code).toBe(2);
+    // A key given twice would reach the API collapsed to its last value, which the API cannot see.
+    const dup = await egressd(['sandbox', 'put', 'sb-dup', '--sources', '127.0.0.35', '--network', '{"networkBlockAll":true,"networkBlockAll":false}'], env);
+    expect(dup.code).toBe(2);
+    expect(dup.stderr).toContain('--network gives the key "networkBlockAll" more than once');
+    expect((await egressd(['sandbox', 'get', 'sb-dup'], env)).code).toBe(1);
   });
 
   it('exits 3 when the API is unreachable, failing or refuses the token', async () => {

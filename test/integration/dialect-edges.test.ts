@@ -1,0 +1,62 @@
+// The platforms' policy bodies at their edges, through a real daemon's API: what is refused is
+// refused whole, naming the field, and leaves the policy in force as it was.
+
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adminCall, bearer } from '../helpers/admin-api.ts';
+import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
+
+describe('a body that gives one key twice', () => {
+  let a: ApiDaemon;
+  const api = (method: string, path: string, body?: unknown) => adminCall(a.admin, method, path, body, bearer(API_TOKEN));
+  /** `text` sent as it is: JSON.stringify cannot write a duplicate key. */
+  const raw = async (method: string, path: string, text: string) => {
+    const res = await request(`${a.admin}${path}`, { method: method as 'PUT', headers: bearer(API_TOKEN), body: text });
+    return { status: res.statusCode, body: (await res.body.json()) as { error: { code: string; field: string | null; message: string } } };
+  };
+  const check = async (ip: string) => (await api('POST', '/api/v1/check', { sandbox: 'dup-1', ip, port: 443 })).body.verdict as string;
+
+  beforeAll(async () => {
+    a = await startApiDaemon();
+    expect((await api('PUT', '/api/v1/sandboxes/dup-1', { sources: ['198.18.0.1'], network: { networkBlockAll: true } })).status).toBe(201);
+  }, 60_000);
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  // JSON.parse keeps the last of two equal keys, another reader the first (RFC 8259 §4: "the
+  // behavior of software that receives such an object is unpredictable"): a control plane that
+  // checked `true` would have egressd enforce `false`. The config file refuses them too.
+  it('is refused with the key path, and the policy in force stays as it was', async () => {
+    const bodies: [string, string, string][] = [
+      ['/api/v1/sandboxes/dup-1/network', '{"networkBlockAll":true,"networkBlockAll":false}', 'networkBlockAll'],
+      [
+        '/api/v1/sandboxes/dup-1',
+        '{"sources":["198.18.0.1"],"network":{"network":{"denyOut":["0.0.0.0/0"],"allowOut":[],"denyOut":[]}}}',
+        'network.network.denyOut',
+      ],
+      // The same key spelled with an escape is the same key.
+      ['/api/v1/sandboxes/dup-1/network', '{"mode":"block-all","m\\u006fde":"allow-all"}', 'mode'],
+      [
+        '/api/v1/sandboxes/dup-1',
+        '{"sources":["198.18.0.1"],"network":{"mode":"allow-all","egress":{"denied_cidrs":[],"denied_cidrs":["1.2.3.4"]}}}',
+        'network.egress.denied_cidrs',
+      ],
+    ];
+    for (const [path, text, field] of bodies) {
+      const r = await raw('PUT', path, text);
+      expect(r.status, text).toBe(400);
+      expect(r.body.error, text).toMatchObject({ code: 'invalid_json', field });
+      expect(r.body.error.message, text).toContain('more than once');
+    }
+    expect((await api('GET', '/api/v1/sandboxes/dup-1/network')).body).toMatchObject({ mode: 'block-all', essential_services: false });
+    expect(await check('203.0.113.7')).toBe('refuse');
+  });
+
+  it('still accepts equal keys in different objects and equal strings as values', async () => {
+    const text = '{"sources":["198.18.0.1"],"network":{"mode":"block-all","egress":{"allowed_domains":["mode","egress"],"allowed_cidrs":["203.0.113.7"]}}}';
+    const r = await raw('PUT', '/api/v1/sandboxes/dup-1', text);
+    expect(r.status).toBe(200);
+    expect(await check('203.0.113.7')).toBe('allow');
+  });
+});
