@@ -37,11 +37,13 @@ export function normalizeName(raw: string): NormalizedName {
 /**
  * A domain pattern: `example.com` (that name only), `*.example.com` (every name below it, at
  * any depth, never `example.com` itself), or `*` (every name). The name part is normalized
- * like a connection's name. A wildcard over an ICANN public suffix (`*.com`, `*.co.uk`) is
- * refused: it would allow every site under that registry. Private-section suffixes of the
- * Public Suffix List (`*.vercel.app`) name one operator's hosts and are accepted.
+ * like a connection's name. In a list that allows (`use` 'allow', the default), a wildcard over
+ * an ICANN public suffix (`*.com`, `*.co.uk`) is refused: it would allow every site under that
+ * registry. Private-section suffixes of the Public Suffix List (`*.vercel.app`) name one
+ * operator's hosts and are accepted. In a list that denies (`use` 'deny') it is taken: denying
+ * a registry (`*.ru`) narrows a policy, and is what its writer asked for.
  */
-export function normalizePattern(raw: string): { ok: true; pattern: string } | { ok: false; reason: string } {
+export function normalizePattern(raw: string, use: 'allow' | 'deny' = 'allow'): { ok: true; pattern: string } | { ok: false; reason: string } {
   if (typeof raw !== 'string') return { ok: false, reason: `Expected a domain pattern, got ${typeof raw}` };
   if (raw === '*') return { ok: true, pattern: '*' };
   const wildcard = raw.startsWith('*.');
@@ -54,7 +56,7 @@ export function normalizePattern(raw: string): { ok: true; pattern: string } | {
   if ('ip' in h) {
     return { ok: false, reason: `Pattern ${quote(raw)} is an IP address, which never matches a name; list it as a CIDR` };
   }
-  if (!wildcard) return { ok: true, pattern: h.name };
+  if (!wildcard || use === 'deny') return { ok: true, pattern: `${wildcard ? '*.' : ''}${h.name}` };
   const suffix = publicSuffixOf(h.name);
   if (suffix !== null) {
     return { ok: false, reason: `Pattern ${quote(raw)} is a wildcard over the public suffix "${suffix}"` };

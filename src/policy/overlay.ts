@@ -104,7 +104,7 @@ function parseEntry(v: unknown, f: string, kind: OverlayKind, issues: FieldIssue
   };
   const domains: string[] = [];
   strings('domains').forEach((d, i) => {
-    const n = normalizePattern(d);
+    const n = normalizePattern(d, kind === 'alwaysDeny' ? 'deny' : 'allow');
     if (!n.ok) issues.push({ field: `${f}.domains[${i}]`, reason: n.reason });
     // Allowing every name to every sandbox would void every policy: say so rather than do it.
     else if (kind === 'alwaysAllow' && n.pattern === '*')

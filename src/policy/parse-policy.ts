@@ -53,12 +53,12 @@ export function parsePolicyDocument(doc: unknown): Parsed<Policy> {
   }
 
   const allow: Side = {
-    domains: list(e['allowed_domains'], 'egress.allowed_domains', issues, domainEntry),
+    domains: list(e['allowed_domains'], 'egress.allowed_domains', issues, domainEntry('allow')),
     cidrs: list(e['allowed_cidrs'], 'egress.allowed_cidrs', issues, cidrEntry),
     ports: list(e['allowed_ports'], 'egress.allowed_ports', issues, portEntry),
   };
   const deny: Side = {
-    domains: list(e['denied_domains'], 'egress.denied_domains', issues, domainEntry),
+    domains: list(e['denied_domains'], 'egress.denied_domains', issues, domainEntry('deny')),
     cidrs: list(e['denied_cidrs'], 'egress.denied_cidrs', issues, cidrEntry),
     ports: list(e['denied_ports'], 'egress.denied_ports', issues, portEntry),
   };
@@ -70,11 +70,13 @@ export function parsePolicyDocument(doc: unknown): Parsed<Policy> {
 
 type Entry<T> = (v: unknown) => { ok: true; value: T; key: string } | { ok: false; reason: string };
 
-const domainEntry: Entry<string> = (v) => {
-  if (typeof v !== 'string') return { ok: false, reason: `Expected a domain pattern, got ${describe(v)}` };
-  const r = normalizePattern(v);
-  return r.ok ? { ok: true, value: r.pattern, key: r.pattern } : r;
-};
+const domainEntry =
+  (use: 'allow' | 'deny'): Entry<string> =>
+  (v) => {
+    if (typeof v !== 'string') return { ok: false, reason: `Expected a domain pattern, got ${describe(v)}` };
+    const r = normalizePattern(v, use);
+    return r.ok ? { ok: true, value: r.pattern, key: r.pattern } : r;
+  };
 
 const cidrEntry: Entry<string> = (v) => {
   if (typeof v !== 'string') return { ok: false, reason: `Expected a CIDR such as "10.0.0.0/8", got ${describe(v)}` };

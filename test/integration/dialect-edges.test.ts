@@ -50,13 +50,47 @@ describe('a body that gives one key twice', () => {
       expect(r.body.error.message, text).toContain('more than once');
     }
     expect((await api('GET', '/api/v1/sandboxes/dup-1/network')).body).toMatchObject({ mode: 'block-all', essential_services: false });
-    expect(await check('203.0.113.7')).toBe('refuse');
+    expect(await check('104.16.24.34')).toBe('refuse');
   });
 
   it('still accepts equal keys in different objects and equal strings as values', async () => {
-    const text = '{"sources":["198.18.0.1"],"network":{"mode":"block-all","egress":{"allowed_domains":["mode","egress"],"allowed_cidrs":["203.0.113.7"]}}}';
+    const text = '{"sources":["198.18.0.1"],"network":{"mode":"block-all","egress":{"allowed_domains":["mode","egress"],"allowed_cidrs":["104.16.24.34"]}}}';
     const r = await raw('PUT', '/api/v1/sandboxes/dup-1', text);
     expect(r.status).toBe(200);
-    expect(await check('203.0.113.7')).toBe('allow');
+    expect(await check('104.16.24.34')).toBe('allow');
+  });
+});
+
+describe('a deny rule over a public suffix', () => {
+  let a: ApiDaemon;
+  const api = (method: string, path: string, body?: unknown) => adminCall(a.admin, method, path, body, bearer(API_TOKEN));
+  const check = async (host: string) => (await api('POST', '/api/v1/check', { sandbox: 'ps-1', host, ip: '104.16.24.34', port: 443 })).body;
+
+  beforeAll(async () => {
+    a = await startApiDaemon();
+  }, 60_000);
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  // The public-suffix refusal keeps an allow list from opening a whole registry; a deny list
+  // over one (`*.ru`: "block this country's sites") only narrows, and is what it says.
+  it('is taken, and refuses the names below it, never the other names', async () => {
+    const put = await api('PUT', '/api/v1/sandboxes/ps-1', {
+      sources: ['198.18.0.2'],
+      network: { mode: 'allow-all', egress: { denied_domains: ['*.ru', '*.co.uk'] } },
+    });
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    expect(put.body.network.egress.denied_domains).toEqual(['*.ru', '*.co.uk']);
+    expect(await check('mail.example.ru')).toMatchObject({ verdict: 'refuse', rule: 'denied_domains "*.ru"' });
+    expect(await check('bbc.co.uk')).toMatchObject({ verdict: 'refuse', rule: 'denied_domains "*.co.uk"' });
+    expect(await check('example.com')).toMatchObject({ verdict: 'allow' });
+  });
+
+  it('is still refused on the allow side, naming the field', async () => {
+    const r = await api('PUT', '/api/v1/sandboxes/ps-1/network', { mode: 'block-all', egress: { allowed_domains: ['*.ru'] } });
+    expect(r.status).toBe(400);
+    expect(r.body.error).toMatchObject({ code: 'invalid_policy', field: 'network.egress.allowed_domains[0]' });
+    expect((await api('GET', '/api/v1/sandboxes/ps-1/network')).body.egress.denied_domains).toEqual(['*.ru', '*.co.uk']);
   });
 });

@@ -151,6 +151,8 @@ describe('normalizePattern', () => {
     ['*.рф', 'xn--p1ai'],
   ])('refuses %j, a wildcard over the ICANN public suffix %j', (raw, suffix) => {
     expect(normalizePattern(raw)).toEqual({ ok: false, reason: `Pattern ${JSON.stringify(raw)} is a wildcard over the public suffix "${suffix}"` });
+    // In a deny list it only narrows: taken, normalized.
+    expect(normalizePattern(raw, 'deny')).toEqual({ ok: true, pattern: `*.${suffix}` });
   });
 
   it.each(['a*.example.com', '*.*.example.com', 'foo.*.example.com', '**.example.com', '*example.com', 'example.*'])(

@@ -45,7 +45,8 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
     [{ alwaysDeny: [{ name: 'a', ports: [0] }] }, 'overlays.alwaysDeny[0].ports[0]', 'outside 1-65535'],
     [{ alwaysDeny: [{ name: 'a', ports: ['90-80'] }] }, 'overlays.alwaysDeny[0].ports[0]', 'reversed'],
     [{ alwaysDeny: [{ name: 'a', cidrs: ['10.0.0.0/33'] }] }, 'overlays.alwaysDeny[0].cidrs[0]', ''],
-    [{ alwaysDeny: [{ name: 'a', domains: ['*.com'] }] }, 'overlays.alwaysDeny[0].domains[0]', 'public suffix'],
+    [{ alwaysAllow: [{ name: 'a', domains: ['*.com'] }] }, 'overlays.alwaysAllow[0].domains[0]', 'public suffix'],
+    [{ alwaysDeny: [{ name: 'a', domains: ['a.*.com'] }] }, 'overlays.alwaysDeny[0].domains[0]', 'whole first label'],
     [{ alwaysDeny: [{ name: 'a', ports: [25], proto: 'tcp' }] }, 'overlays.alwaysDeny[0].proto', 'Unknown key "proto"'],
     [{ alwaysAllow: [{ name: 'a', domains: ['*'] }] }, 'overlays.alwaysAllow[0].domains[0]', 'every name'],
     [{ alwaysAllow: [{ name: 'a', cidrs: ['0.0.0.0/0'] }] }, 'overlays.alwaysAllow[0].cidrs[0]', 'every address'],
@@ -86,6 +87,15 @@ describe('parseOverlays: the operator lists, in the policies own grammar', () =>
     expect(r.ok).toBe(false);
     if (r.ok) return;
     expect(r.issues.map((i) => i.field)).toEqual(['overlays.alwaysAllow[1].cidrs[0]', 'overlays.alwaysDeny[0].ports[0]']);
+  });
+
+  it('takes a wildcard over a public suffix in always-deny, never in always-allow', () => {
+    const deny = parseOverlays({ alwaysDeny: [{ name: 'no-ru', domains: ['*.RU'] }] });
+    expect(deny).toEqual({ ok: true, value: { alwaysAllow: [], alwaysDeny: [{ name: 'no-ru', side: { domains: ['*.ru'], cidrs: [], ports: [] } }] } });
+    expect(parseOverlays({ alwaysAllow: [{ name: 'all-ru', domains: ['*.ru'] }] })).toEqual({
+      ok: false,
+      issues: [{ field: 'overlays.alwaysAllow[0].domains[0]', reason: 'Pattern "*.ru" is a wildcard over the public suffix "ru"' }],
+    });
   });
 
   it('keeps always-allow CIDRs that leave part of the space uncovered', () => {

@@ -122,7 +122,8 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
         allowed_domains: ['ok.com', '*.com', 'bad domain'],
         allowed_cidrs: ['10.0.0.0/8', '10.0.0.0/33', 'x'],
         allowed_ports: [443, 70000, '9000-8000'],
-        denied_domains: ['*.co.uk'],
+        // A deny wildcard over a public suffix is taken (names.ts); a broken pattern is not.
+        denied_domains: ['*.co.uk', '*.*.co.uk'],
         denied_cidrs: 'nope',
         denied_ports: [0],
       },
@@ -134,7 +135,7 @@ describe('parsePolicyDocument: the sandbox0 wire format', () => {
       'egress.allowed_cidrs[2]',
       'egress.allowed_ports[1]',
       'egress.allowed_ports[2]',
-      'egress.denied_domains[0]',
+      'egress.denied_domains[1]',
       'egress.denied_cidrs',
       'egress.denied_ports[0]',
     ]);
