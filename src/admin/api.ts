@@ -11,7 +11,7 @@ import { quote } from '../util/fields.ts';
 import type { ChangeError, ChangeResult, ControlPlane, SandboxRecord } from '../control/control-plane.ts';
 import { parseNetwork } from '../control/control-plane.ts';
 import type { DialectResult } from '../policy/model.ts';
-import { normalizeName } from '../match/names.ts';
+import { normalizeWireName } from '../match/names.ts';
 import { formatPorts, renderNetwork, type NetworkView } from '../policy/render.ts';
 import type { OverlayEntry } from '../policy/overlay.ts';
 import { nameReach, reportsOnly, rulesetOf, verdict, type PolicyChain } from '../policy/verdict.ts';
@@ -322,7 +322,9 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
       if (isIP(ip) === 0) throw new ApiError(400, 'invalid_request', `Expected an IP address, got ${quote(ip)}`, 'ip');
       let name: string | null = null;
       if (host !== undefined && host !== null) {
-        const n = normalizeName(host);
+        // As the data path reads an SNI or Host (net/connection.ts): a client sends an IDN as its
+        // A-label, and a raw U-label it is refused for must not be answered "allow" here.
+        const n = normalizeWireName(host);
         if (!n.ok) throw new ApiError(400, 'invalid_request', n.reason, 'host');
         if ('name' in n) name = n.name;
       }

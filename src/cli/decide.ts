@@ -20,7 +20,7 @@ import { canonicalSource } from '../match/ip.ts';
 import { ConfigReadError, formatIssues, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import type { FieldIssue } from '../util/issues.ts';
-import { normalizeName } from '../match/names.ts';
+import { normalizeWireName } from '../match/names.ts';
 import { EMPTY_SIDE } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
@@ -56,7 +56,8 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   }
   let name: string | null = null;
   if (args.host !== undefined) {
-    const n = normalizeName(args.host);
+    // As the data path reads an SNI or Host (net/connection.ts): a name it refuses is refused here too.
+    const n = normalizeWireName(args.host);
     if (!n.ok) return usage(`--host: ${n.reason}`);
     if ('name' in n) name = n.name;
   }

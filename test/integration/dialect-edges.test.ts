@@ -1,10 +1,13 @@
 // The platforms' policy bodies at their edges, through a real daemon's API: what is refused is
 // refused whole, naming the field, and leaves the policy in force as it was.
 
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { API_TOKEN, startApiDaemon, type ApiDaemon } from '../helpers/api-daemon.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 
 describe('a body that gives one key twice', () => {
   let a: ApiDaemon;
@@ -92,5 +95,65 @@ describe('a deny rule over a public suffix', () => {
     expect(r.status).toBe(400);
     expect(r.body.error).toMatchObject({ code: 'invalid_policy', field: 'network.egress.allowed_domains[0]' });
     expect((await api('GET', '/api/v1/sandboxes/ps-1/network')).body.egress.denied_domains).toEqual(['*.ru', '*.co.uk']);
+  });
+});
+
+describe('an internationalized name, in a policy, a check and a connection', () => {
+  let d: LoopbackDaemon;
+  let upstream: Server;
+  let upstreamPort = 0;
+  const accepted: Socket[] = [];
+  const api = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
+
+  beforeAll(async () => {
+    upstream = createServer((s) => {
+      accepted.push(s);
+      s.on('error', () => {});
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok'));
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    upstreamPort = (upstream.address() as { port: number }).port;
+    d = await startLoopbackDaemon(loopbackConfig({ upstream: { dial: 'original' } }));
+  });
+  afterAll(async () => {
+    await d?.stop();
+    for (const s of accepted) s.destroy();
+    upstream.close();
+  });
+
+  /** An HTTP request whose Host is `host` as UTF-8 bytes, from `source`, redirected to the upstream. */
+  const get = (source: string, host: string): Promise<string> =>
+    new Promise((resolve) => {
+      d.route(source, '127.0.0.1', upstreamPort);
+      const s = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: source });
+      let got = '';
+      s.on('data', (b) => (got += b.toString()));
+      s.on('error', () => {});
+      s.on('close', () => resolve(got));
+      s.write(`GET / HTTP/1.1\r\nHost: ${host}\r\nconnection: close\r\n\r\n`);
+    });
+
+  // A policy's U-label is stored as its A-label (punycode); a connection carries the A-label
+  // (RFC 6066 §3, RFC 9110 §7.2), and one that sends raw non-ASCII bytes is refused as a
+  // malformed name. A check, "normalized as a connection's would be" (docs/api.md), must not
+  // answer allow for a name the connection itself is refused for.
+  it('check answers as the connection: the A-label allowed, the raw U-label refused as a malformed name', async () => {
+    const put = await api('PUT', '/api/v1/sandboxes/idn-1', {
+      sources: ['127.0.0.41'],
+      network: { mode: 'block-all', egress: { allowed_domains: ['bücher.test'] } },
+    });
+    expect(put.status).toBe(201);
+    expect(put.body.network.egress.allowed_domains).toEqual(['xn--bcher-kva.test']);
+
+    expect(await get('127.0.0.41', 'xn--bcher-kva.test')).toMatch(/^HTTP\/1\.1 200 /);
+    const ok = await api('POST', '/api/v1/check', { sandbox: 'idn-1', host: 'xn--bcher-kva.test', ip: '104.16.24.34', port: 80 });
+    expect(ok.body).toMatchObject({ verdict: 'allow', host: 'xn--bcher-kva.test' });
+
+    expect(await get('127.0.0.41', 'bücher.test')).not.toMatch(/^HTTP\/1\.1 200 /);
+    const raw = await api('POST', '/api/v1/check', { sandbox: 'idn-1', host: 'bücher.test', ip: '104.16.24.34', port: 80 });
+    expect(raw.status).toBe(400);
+    expect(raw.body.error).toMatchObject({ code: 'invalid_request', field: 'host' });
+    expect(raw.body.error.message).toContain('non-ASCII');
   });
 });

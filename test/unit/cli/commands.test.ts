@@ -288,6 +288,15 @@ describe('egressd decide', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow' });
   });
 
+  it('reads --host as a connection carries it: the A-label of an IDN, never its raw U-label', async () => {
+    const policy = JSON.stringify({ mode: 'block-all', egress: { allowed_domains: ['bücher.test'] } });
+    const ok = await egressd(['decide', '--policy', '-', '--host', 'xn--bcher-kva.test', '--ip', '208.80.154.1', '--port', '443'], policy);
+    expect(ok.code).toBe(0);
+    const raw = await egressd(['decide', '--policy', '-', '--host', 'bücher.test', '--ip', '208.80.154.1', '--port', '443'], policy);
+    expect(raw.code).toBe(2);
+    expect(raw.stderr).toMatch(/^--host: .*non-ASCII/);
+  });
+
   it('exits 2 on an invalid policy, naming the file, each field and its reason on stderr', async () => {
     const bad = write('bad.json', JSON.stringify({ network: { denyOut: ['github.com'], allowOut: ['10.0.0.0/33'] } }));
     const r = await decide(bad, '--ip', '1.1.1.1', '--port', '443');
