@@ -66,7 +66,13 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
     description: 'The RCODE answered (`NOERROR`, `NXDOMAIN`, `FORMERR`, …), on answered and malformed lines.',
     value: (q) => (typeof q.rcode === 'number' ? (RCODE_NAME.get(q.rcode) ?? String(q.rcode)) : q.rcode),
   },
-  { name: 'rule.name', type: 'keyword', description: 'The policy rule (or `dns.zones` entry) that decided, as written.', value: (q) => q.rule },
+  {
+    name: 'rule.name',
+    type: 'keyword',
+    description:
+      'The policy rule (or `dns.zones` entry) that decided, as written; `alias "name": <rule>` when the answer\'s CNAME or DNAME chain led to a name that rule denies.',
+    value: (q) => q.rule,
+  },
   {
     name: 'error.message',
     type: 'keyword',

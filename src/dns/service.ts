@@ -1,6 +1,7 @@
 // What happens to one DNS query from a sandbox, top to bottom:
 //   parse → sandbox by source → rate limit → may this sandbox reach the name? → cache | upstream
-//   → strip ECH → remember the addresses given → answer
+//   → strip ECH → does the alias chain run through a name it denies? → remember the addresses
+//   given → answer
 // A name the sandbox may not reach is answered NXDOMAIN (or REFUSED, `dns.refusal`) here, so its
 // labels never leave the host. Nothing here throws to the listener: every query gets an answer
 // or, when it is not a query at all, silence.
@@ -172,6 +173,19 @@ export class DnsService {
       answered = r;
     }
 
+    const target = this.#deniedTarget(policy, answered);
+    if (target !== null) {
+      this.#count('refuse', q.type, hit !== undefined, upstreamMs);
+      logQuery(this.#deps.log, 'info', {
+        ...about,
+        verdict: 'refuse',
+        reason: 'deny-rule',
+        rule: `alias ${JSON.stringify(target.name)}: ${target.rule ?? 'deny-rule'}`,
+        cached: hit !== undefined,
+      });
+      return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
+    }
+
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
     // A name answered only because of report-only mode is part of the report: logged at info.
@@ -209,6 +223,25 @@ export class DnsService {
       if (i >= 0) return { reach: true, reason: 'zone', rule: `dns.zones ${JSON.stringify(this.#deps.config().dns.zones[i])}` };
     }
     return { reach: false, reason: denied ? 'deny-rule' : 'not-allowed', rule: r.rule };
+  }
+
+  /**
+   * The first alias target of the answer (a CNAME's or DNAME's, RFC 1034 §3.6.2, RFC 6672 §2)
+   * that a deny rule of this sandbox names and no port reaches, or null. Such a chain would hand
+   * the sandbox the denied name's addresses under the name it asked, and the DNS memory would
+   * then judge a nameless connection to them by that name; BIND's RPZ judges every CNAME target
+   * of a chain as it judges the question. A target the policy merely does not name (a CDN's) is
+   * no reason: most chains end in one. Judged per sandbox, on cached answers too.
+   */
+  #deniedTarget(policy: PolicyChain, a: Answered): { name: string; rule: string | null } | null {
+    for (const r of a.answers) {
+      if ((r.type !== 'CNAME' && r.type !== 'DNAME') || typeof r.data !== 'string') continue;
+      const n = normalizeWireName(r.data);
+      if (!n.ok || !('name' in n)) continue;
+      const reach = nameReach(policy, n.name);
+      if (!reach.reach && reach.denied) return { name: n.name, rule: reach.rule };
+    }
+    return null;
   }
 
   /**
