@@ -266,7 +266,10 @@ export class DnsService {
         a,
         tenants.fewest((t) => cache.heldBy(t)),
       );
-      this.#share(q.name, a, tenants);
+      // With CD set the upstream did not validate (RFC 4035 §3.2.2): what it answers is for the
+      // asker alone, never the address another sandbox's connection is dialed to (the data
+      // path's own lookups leave CD clear). Its answer cache entry is keyed apart already.
+      if (!q.checkingDisabled) this.#share(q.name, a, tenants);
       return a;
     });
     this.#pending.set(answerKey, { answer, tenants });

@@ -1,0 +1,95 @@
+// A query with CD set (RFC 4035 §3.2.2: "do not validate") gets from a validating resolver what
+// failed validation, which it answers SERVFAIL to everyone else. The listener passes it to the
+// sandbox that asked, but it must not become the address egressd dials for another sandbox's
+// connection to that name: the data path's own lookups never set CD. The upstream is a real UDP
+// DNS server on loopback that answers as a validating resolver does for a bogus zone.
+
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { connect, createServer, type AddressInfo, type Server } from 'node:net';
+import * as packet from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const A = '127.0.0.2';
+const B = '127.0.0.3';
+/** Where the bogus record points: a server of its own, to see whether anything is dialed there. */
+const BOGUS = '127.0.0.9';
+const FLAG_CD = 0x0010;
+
+async function startValidatingUpstream(): Promise<{ server: string; close: () => Promise<void> }> {
+  const sock: UdpSocket = createSocket('udp4');
+  sock.on('message', (msg, rinfo) => {
+    let q: packet.DecodedPacket;
+    try {
+      q = packet.decode(msg);
+    } catch {
+      return;
+    }
+    const question = q.questions?.[0];
+    if (!question) return;
+    const cd = (msg.readUInt16BE(2) & FLAG_CD) !== 0;
+    const bogusA = question.name.toLowerCase() === 'bank.test' && question.type === 'A';
+    const reply = packet.encode({
+      type: 'response',
+      id: q.id,
+      flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (cd ? FLAG_CD : 0) | (cd ? 0 : 2),
+      questions: [question],
+      answers: cd && bogusA ? [{ name: 'bank.test', type: 'A', ttl: 300, data: BOGUS }] : [],
+    });
+    sock.send(reply, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  return { server: `127.0.0.1:${sock.address().port}`, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
+}
+
+describe.skipIf(!haveDig)('an answer asked with checking disabled', () => {
+  let upstream: Awaited<ReturnType<typeof startValidatingUpstream>>;
+  let d: LoopbackDaemon;
+  let port: number;
+  let bogus: Server;
+  let bogusConnections = 0;
+
+  beforeAll(async () => {
+    upstream = await startValidatingUpstream();
+    bogus = createServer((s) => {
+      bogusConnections++;
+      s.on('error', () => {});
+      s.end('HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbogus');
+    });
+    await new Promise<void>((r) => bogus.listen(0, BOGUS, r));
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 1000 },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
+        ],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+    bogus?.close();
+  });
+
+  it("is the asker's alone: another sandbox's connection to the name is not dialed to it", async () => {
+    expect(await digFrom(port, A, '+cd', 'bank.test', 'A', '+short')).toBe(`${BOGUS}\n`);
+    expect(await digFrom(port, B, 'bank.test', 'A')).toMatch(/status: SERVFAIL/);
+    // B's connection names bank.test; its original destination is the bogus server's port on
+    // another address, so only a dial to the cached bogus address could reach the bogus server.
+    d.route(B, '127.0.0.1', (bogus.address() as AddressInfo).port);
+    const got = await new Promise<string>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: B });
+      let out = '';
+      s.on('data', (b) => (out += b.toString()));
+      s.on('error', () => {});
+      s.on('close', () => resolve(out));
+      s.write('GET / HTTP/1.1\r\nHost: bank.test\r\nConnection: close\r\n\r\n');
+    });
+    expect(got).not.toMatch(/bogus/);
+    expect(bogusConnections).toBe(0);
+  });
+});
