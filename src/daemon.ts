@@ -172,6 +172,7 @@ export class Daemon {
             this.limits.dnsTcpRefused(source, why, reset);
           },
           onTcpShed: () => this.metrics.instruments.dnsTcpShed.inc(),
+          onTcpMalformed: () => this.metrics.dnsQuery({ verdict: 'malformed', type: 'other', cached: false }),
           tcpConnections: dnsTcp,
           // Until serving, as the proxy listeners: before the limits start none would count it.
           accepting: () => this.#state === 'serving',

@@ -39,6 +39,11 @@ export interface DnsListenerDeps {
   /** Told of each idle connection closed to make room for a new one. */
   readonly onTcpShed?: () => void;
   /**
+   * Told of each TCP message whose length is past MAX_QUERY_BYTES: its connection is closed
+   * unread, where the same bytes over UDP are answered FORMERR, and it counts as malformed alike.
+   */
+  readonly onTcpMalformed?: () => void;
+  /**
    * The TCP connections of every DNS listener of the process, which tcpPerSandbox and the
    * budget's total count together; this listener's own when absent.
    */
@@ -251,6 +256,7 @@ export class DnsListener {
       while (room() && buf.length >= 2) {
         const len = buf.readUInt16BE(0);
         if (len > MAX_QUERY_BYTES) {
+          this.#deps.onTcpMalformed?.();
           socket.destroy();
           return;
         }
@@ -341,7 +347,10 @@ export class DnsListener {
       buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
       if (buf.length < 2) return;
       const len = buf.readUInt16BE(0);
-      if (len > MAX_QUERY_BYTES) return void socket.destroy();
+      if (len > MAX_QUERY_BYTES) {
+        this.#deps.onTcpMalformed?.();
+        return void socket.destroy();
+      }
       if (buf.length < len + 2) return;
       socket.removeAllListeners('data');
       const res = refusedFor(Buffer.from(buf.subarray(2, len + 2)));
