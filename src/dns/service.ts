@@ -22,6 +22,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
+import { chainOwners } from '../net/dns-client.ts';
 import { QueryTenants } from '../net/query-sockets.ts';
 
 export type Transport = 'udp' | 'tcp';
@@ -308,8 +309,9 @@ export class DnsService {
     if (!cache || key === null || a.rcode !== 0) return;
     const found: string[] = [];
     let ttl = Infinity;
+    const owners = chainOwners(name, a.answers);
     for (const r of a.answers) {
-      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string') {
+      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && owners.has(r.name.toLowerCase())) {
         found.push(r.data);
         ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
       }
@@ -330,15 +332,18 @@ export class DnsService {
   }
 
   #remember(sandbox: string, name: string, a: Answered, ageS: number): void {
-    const v4: string[] = [];
+    const given: string[] = [];
     let ttl = MAX_CACHE_TTL_S;
+    // Only the chain's own records: a record of another owner is no address of `name`'s, and would
+    // have a nameless connection to it judged by `name`.
+    const owners = chainOwners(name, a.answers);
     for (const r of a.answers) {
-      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string') {
-        v4.push(canonicalSource(r.data) ?? r.data);
+      if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && owners.has(r.name.toLowerCase())) {
+        given.push(canonicalSource(r.data) ?? r.data);
         ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
       }
     }
-    if (v4.length > 0) this.#deps.memory.remember(sandbox, name, v4, Math.max(0, ttl - ageS));
+    if (given.length > 0) this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS));
   }
 
   #count(verdict: QueryVerdict, type: string, cached: boolean, upstreamMs?: number): void {

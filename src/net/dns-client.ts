@@ -270,10 +270,12 @@ export class AddressExchange {
 }
 
 /**
- * The addresses of `type` that answer `name`, following the CNAME chain the answer section
- * carries (RFC 1034 §3.6.2); records about other owners are ignored.
+ * The owner names (lower case) of `name`'s chain in an answer section: `name`, then each CNAME
+ * target reached from it (RFC 1034 §3.6.2; a DNAME comes with the CNAME it synthesizes, RFC 6672
+ * §3.1). Records of any other owner are not part of the answer to `name`, and nothing reads
+ * addresses from them: neither the data path's lookups nor the DNS listener's cache and memory.
  */
-function addressRecords(name: string, type: QType, answers: readonly packet.Answer[]): DnsRecord[] {
+export function chainOwners(name: string, answers: readonly packet.Answer[]): Set<string> {
   const owners = new Set([name.toLowerCase()]);
   // A chain is at most as long as the answer section; each pass adds at least one owner or stops.
   for (let pass = 0; pass < answers.length; pass++) {
@@ -286,6 +288,12 @@ function addressRecords(name: string, type: QType, answers: readonly packet.Answ
     }
     if (!grew) break;
   }
+  return owners;
+}
+
+/** The addresses of `type` that answer `name` (chainOwners); records about other owners are ignored. */
+function addressRecords(name: string, type: QType, answers: readonly packet.Answer[]): DnsRecord[] {
+  const owners = chainOwners(name, answers);
   const out: DnsRecord[] = [];
   for (const a of answers) {
     if (a.type !== type || !owners.has(a.name.toLowerCase()) || typeof a.data !== 'string') continue;
