@@ -112,7 +112,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     return usage(`Invalid config "${args.config ?? '(built-in)'}":\n${formatIssues(err.issues)}`);
   }
   const store = new PolicyStore(
-    { ...settings, protected: { extra: settings.protected.extra, except: [...settings.protected.except, ...except] } },
+    { ...settings, protected: { ...settings.protected, except: [...settings.protected.except, ...except] } },
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY_SIDE, deny: EMPTY_SIDE }, essentialServices: false, dnsServersAllowed: false },
   );
   store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value, ...(args.reportOnly === true ? { reportOnly: true } : {}) });

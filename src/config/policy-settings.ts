@@ -30,7 +30,7 @@ export function catalogOf(config: Config): string[] {
  * @throws InvalidConfigError when the catalog cannot be loaded.
  */
 export function policySettingsOf(config: Config): {
-  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
+  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[]; readonly nat64Prefixes: readonly string[] };
   readonly catalog: readonly string[];
   readonly dnsServers: readonly string[];
   readonly reportOnly: boolean;

@@ -9,6 +9,7 @@ import { parseNetworkBody } from '../policy/network-body.ts';
 import { parseOverlays, type Overlays } from '../policy/overlay.ts';
 import { validateCidr } from '../policy/validate.ts';
 import { canonicalSource, parseIp } from '../match/ip.ts';
+import { parseNat64Prefix } from '../match/protected.ts';
 import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { normalizePattern } from '../match/names.ts';
 import { type Endpoint, type ListenerKind, LISTENER_KINDS } from '../net/listener.ts';
@@ -118,6 +119,11 @@ export interface Config {
      * risk: egressd's own listeners stay refused, and steps 1b-1c and the policy still judge them.
      */
     readonly reachableHostAddresses: readonly string[];
+    /**
+     * The host's NAT64 prefixes beyond the well-known 64:ff9b::/96 (RFC 6052 §2.2 formats,
+     * parseNat64Prefix): an address inside one is also judged by the IPv4 address it carries.
+     */
+    readonly nat64Prefixes: readonly string[];
   };
   /** The policy for a source that belongs to no sandbox. */
   readonly defaultNetwork: DialectResult;
@@ -275,6 +281,13 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
 
   const protIn = section(root, 'protected');
   for (const k of ['extra', 'except', 'reachableHostAddresses']) cidrsAt(protIn[k], `protected.${k}`, issues);
+  if (Array.isArray(protIn['nat64Prefixes'])) {
+    (protIn['nat64Prefixes'] as unknown[]).forEach((c, i) => {
+      if (typeof c !== 'string') return;
+      const r = parseNat64Prefix(c);
+      if (!r.ok) issues.add(`protected.nat64Prefixes[${i}]`, r.reason);
+    });
+  }
 
   const defaultNetwork = policyAt(pick(root, 'defaultNetwork', d['defaultNetwork']), 'defaultNetwork', issues);
   const otlpEndpoint = section(section(root, 'metrics'), 'otlp')['endpoint'];
@@ -370,7 +383,12 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
       lingerMaxBytes: pick(ref, 'lingerMaxBytes', d['refusal']['lingerMaxBytes']),
       lingerMaxConnections: pick(ref, 'lingerMaxConnections', d['refusal']['lingerMaxConnections']),
     },
-    protected: { extra: strings(protIn['extra']), except: strings(protIn['except']), reachableHostAddresses: strings(protIn['reachableHostAddresses']) },
+    protected: {
+      extra: strings(protIn['extra']),
+      except: strings(protIn['except']),
+      reachableHostAddresses: strings(protIn['reachableHostAddresses']),
+      nat64Prefixes: strings(protIn['nat64Prefixes']),
+    },
     defaultNetwork,
     reportOnly: pick(root, 'reportOnly', false),
     overlays: overlays.value,

@@ -37,7 +37,8 @@ export interface OrgDefinition {
 }
 
 export interface StoreSettings {
-  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[] };
+  /** The config's `protected.*` (`nat64Prefixes` checked by parseNat64Prefix). */
+  readonly protected: { readonly extra: readonly string[]; readonly except: readonly string[]; readonly nat64Prefixes: readonly string[] };
   /** The host's own addresses and egressd's listeners (net/host-addresses.ts); none offline (`egressd decide`). */
   readonly host?: HostGuard | null;
   /** The essential-services catalog's domains, joined to the allow side of policies that have it on. */
@@ -72,7 +73,12 @@ export class PolicyStore implements PolicyLookup {
   constructor(settings: StoreSettings, defaultNetwork: DialectResult) {
     this.#settings = settings;
     this.#layerSettings = {
-      protectedRanges: compileProtected({ extra: [...settings.protected.extra], except: [...settings.protected.except], host: settings.host ?? null }),
+      protectedRanges: compileProtected({
+        extra: [...settings.protected.extra],
+        except: [...settings.protected.except],
+        nat64Prefixes: [...settings.protected.nat64Prefixes],
+        host: settings.host ?? null,
+      }),
       // Compiled here once for the life of the store, and shared by every layer that has it on.
       catalog: new SharedDomains(settings.catalog),
       dnsServers: settings.dnsServers,

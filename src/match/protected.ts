@@ -77,20 +77,95 @@ export function asIPv4IfMapped(b: CidrBlock): CidrBlock {
 }
 
 /**
+ * The prefix lengths of RFC 6052 §2.2's address formats: a translator using a network-specific
+ * prefix (NSP) of one of these lengths writes the IPv4 address after it, skipping bits 64–71.
+ */
+export const NAT64_PREFIX_LENGTHS: readonly number[] = Object.freeze([32, 40, 48, 56, 64, 96]);
+
+/** The most IPv4 addresses embeddedIPv4 writes for one address: `out` needs this much room. */
+export const MAX_EMBEDDED_IPV4 = 8;
+
+/**
+ * Checks a NAT64 prefix the operator declares (`protected.nat64Prefixes`): an IPv6 CIDR whose
+ * length is one of RFC 6052 §2.2's formats, with no bit set past that length and bits 64–71
+ * zero (§2.2: they are reserved and "MUST be set to zero", a /96 included). Returns the block,
+ * or a sentence-case reason quoting the value. Host bits are refused, not cleared as in policy
+ * CIDRs: the prefix says where the IPv4 address starts, so a typo must not silently move it.
+ */
+export function parseNat64Prefix(text: string): { ok: true; block: CidrBlock } | { ok: false; reason: string } {
+  if (typeof text !== 'string') return { ok: false, reason: `Expected an IPv6 prefix such as "2001:db8:64::/96", got ${typeof text}` };
+  const r = parseCidr(text);
+  if (!r.ok) return r;
+  const q = JSON.stringify(text);
+  const b = r.block;
+  if (b.family !== 6) return { ok: false, reason: `NAT64 prefix ${q} is not an IPv6 prefix` };
+  if (!NAT64_PREFIX_LENGTHS.includes(b.prefix)) {
+    return { ok: false, reason: `NAT64 prefix ${q} has a length other than 32, 40, 48, 56, 64 or 96 (RFC 6052 §2.2)` };
+  }
+  const given = new Uint32Array(4);
+  parseIpInto(text.slice(0, text.indexOf('/')), given);
+  if (given[2]! >>> 24 !== 0) return { ok: false, reason: `NAT64 prefix ${q} sets bits 64-71, which RFC 6052 §2.2 reserves as zero` };
+  if (r.hostBitsSet) return { ok: false, reason: `NAT64 prefix ${q} sets bits past its length; did you mean ${JSON.stringify(formatCidr(b))}?` };
+  return { ok: true, block: b };
+}
+
+/** Whether the IPv6 address `w` lies inside the IPv6 block `b`. */
+function inside(w: Uint32Array, b: CidrBlock): boolean {
+  for (let i = 0, left = b.prefix; left > 0; i++, left -= 32) {
+    const mask = left >= 32 ? 0xffffffff : ~(0xffffffff >>> left);
+    if (((w[i]! ^ b.words[i]!) & mask) !== 0) return false;
+  }
+  return true;
+}
+
+/**
+ * The IPv4 address inside `w` as RFC 6052 §2.2 writes it after a prefix of `length` bits:
+ * straight after the prefix, skipping bits 64–71 (the u-octet), the suffix ignored.
+ */
+function afterPrefix(w: Uint32Array, length: number): number {
+  const w1 = w[1]!;
+  const w2 = w[2]!;
+  switch (length) {
+    case 32:
+      return w1;
+    case 40:
+      return ((w1 << 8) | ((w2 >>> 16) & 0xff)) >>> 0;
+    case 48:
+      return ((w1 << 16) | ((w2 >>> 8) & 0xffff)) >>> 0;
+    case 56:
+      return ((w1 << 24) | (w2 & 0xffffff)) >>> 0;
+    case 64:
+      return ((w2 << 8) | (w[3]! >>> 24)) >>> 0;
+    default:
+      return w[3]!;
+  }
+}
+
+/**
  * The IPv4 addresses a packet to the IPv6 address `w` is carried on to by a translator or a
- * tunnel, written to `out` (room for 2); returns how many. The gateway, not egressd, then
- * connects to them, so each is as protected as if the sandbox had dialed it (decide.ts step 1):
+ * tunnel, written to `out` (room for MAX_EMBEDDED_IPV4); returns how many. The gateway, not
+ * egressd, then connects to them, so each is as protected as if the sandbox had dialed it
+ * (decide.ts step 1):
  * - NAT64, the well-known prefix 64:ff9b::/96 (RFC 6052 §2.1): the last 32 bits;
  * - SIIT, ::ffff:0:0:0/96 (RFC 2765 §2.1), and IPv4-compatible, ::/96 (RFC 4291 §2.5.5.1): the last 32 bits
  *   (but not :: and ::1, which are not IPv4-compatible addresses);
  * - 6to4, 2002::/16 (RFC 3056 §2): bits 16–47, the site's IPv4 address;
  * - Teredo, 2001::/32 (RFC 4380 §4): the server's address (bits 32–63) and the client's,
- *   its bits inverted (the last 32).
- * IPv4-mapped addresses are not here: they are judged as their IPv4 address throughout. The
- * local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) and a network's own NAT64 prefix are not
- * decoded: the RFC 6052 format a translator uses there cannot be told from the address.
+ *   its bits inverted (the last 32);
+ * - NAT64 through each of `nat64`, the prefixes the operator declares (parseNat64Prefix;
+ *   the local-use 64:ff9b:1::/48 of RFC 8215 or a network-specific one, RFC 6052 §2.2) that
+ *   holds `w`: the 32 bits after the prefix, bits 64–71 skipped. Their length cannot be told
+ *   from the address, so undeclared ones are not decoded. An address inside several (nested
+ *   declarations) yields the IPv4 address of each: the host's translator uses one of them.
+ * IPv4-mapped addresses are not here: they are judged as their IPv4 address throughout.
  */
-export function embeddedIPv4(w: Uint32Array, out: Uint32Array): number {
+export function embeddedIPv4(w: Uint32Array, out: Uint32Array, nat64: readonly CidrBlock[]): number {
+  let n = builtInEmbedded(w, out);
+  for (const p of nat64) if (inside(w, p)) out[n++] = afterPrefix(w, p.prefix);
+  return n;
+}
+
+function builtInEmbedded(w: Uint32Array, out: Uint32Array): number {
   const w0 = w[0]!;
   if (w0 === 0x0064ff9b) {
     if (w[1] !== 0 || w[2] !== 0) return 0;
@@ -127,6 +202,8 @@ interface Interval {
 export class ProtectedRanges {
   readonly ranges: readonly string[];
   readonly host: HostGuard | null;
+  /** The operator's NAT64 prefixes (parseNat64Prefix), each once: what embeddedIPv4 decodes beyond the built-in ones. */
+  readonly nat64: readonly CidrBlock[];
   readonly #tries: { 4: CidrTrie; 6: CidrTrie };
   /** The `extra` ranges (values index `ranges`): no policy unlocks them. */
   readonly #locked: { 4: CidrTrie; 6: CidrTrie };
@@ -134,8 +211,18 @@ export class ProtectedRanges {
   /** built-in \ except, as disjoint, non-adjacent, sorted intervals per family: what an allowed CIDR may unlock. */
   readonly #covered: { 4: Interval[]; 6: Interval[] };
 
-  constructor(ranges: readonly CidrBlock[], except: readonly CidrBlock[], extra: readonly CidrBlock[] = [], host: HostGuard | null = null) {
+  constructor(
+    ranges: readonly CidrBlock[],
+    except: readonly CidrBlock[],
+    extra: readonly CidrBlock[] = [],
+    host: HostGuard | null = null,
+    nat64: readonly CidrBlock[] = [],
+  ) {
     this.host = host;
+    // Each once: distinct prefixes of one length are disjoint, so an address lies in at most six
+    // (one per length), which with the built-in two bounds embeddedIPv4 (MAX_EMBEDDED_IPV4).
+    const byText = new Map(nat64.map((b) => [formatCidr(b), b]));
+    this.nat64 = Object.freeze([...byText.values()]);
     this.#tries = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
     this.#locked = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
     this.#except = { 4: new CidrTrie(4), 6: new CidrTrie(6) };
@@ -273,14 +360,17 @@ function subtract(from: Interval[], cut: Interval[]): Interval[] {
  * 198.18.0.0/15 and 2001:db8::/32, the ranges they address their fake internet from). An
  * address inside an `except` range is never protected by a range, even when an `extra` range
  * holds it; an `extra` range is never unlocked by a policy. `host` (the running daemon's own
- * addresses and listeners) is consulted before all of them and nothing lifts it. Entries are
- * CIDR text already checked by validateCidr; an entry that does not parse is a programming
- * error and throws.
+ * addresses and listeners) is consulted before all of them and nothing lifts it. `nat64Prefixes`
+ * protects nothing itself: it says which IPv6 addresses also carry an IPv4 address to judge
+ * (embeddedIPv4). Entries are CIDR text already checked by validateCidr (parseNat64Prefix for
+ * `nat64Prefixes`); an entry that does not parse is a programming error and throws.
  */
 export interface ProtectedOptions {
   readonly extra?: readonly string[];
   readonly except?: readonly string[];
   readonly host?: HostGuard | null;
+  /** The host's NAT64 prefixes (`protected.nat64Prefixes`), already checked by parseNat64Prefix. */
+  readonly nat64Prefixes?: readonly string[];
 }
 
 export function compileProtected(opts: ProtectedOptions): ProtectedRanges {
@@ -294,5 +384,10 @@ export function compileProtected(opts: ProtectedOptions): ProtectedRanges {
     (opts.except ?? []).map(block),
     (opts.extra ?? []).map(block),
     opts.host ?? null,
+    (opts.nat64Prefixes ?? []).map((text) => {
+      const r = parseNat64Prefix(text);
+      if (!r.ok) throw new TypeError(`NAT64 prefix: ${r.reason}`);
+      return r.block;
+    }),
   );
 }

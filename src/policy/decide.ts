@@ -4,8 +4,8 @@
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import type { RuleCounts } from './rule-hits.ts';
-import { formatIPv4, isIPv4Mapped, parseIpInto, type IpFamily } from '../match/ip.ts';
-import { embeddedIPv4 } from '../match/protected.ts';
+import { formatIPv4, isIPv4Mapped, parseIpInto, type CidrBlock, type IpFamily } from '../match/ip.ts';
+import { embeddedIPv4, MAX_EMBEDDED_IPV4 } from '../match/protected.ts';
 
 export interface Facts {
   /** The name the client sent (SNI, Host), normalized by names.ts, or null when there is none. */
@@ -63,7 +63,7 @@ const BLOCK_ALL: Decision = Object.freeze({ verdict: 'refuse', reason: 'default-
 const words = new Uint32Array(4);
 
 /** The IPv4 addresses inside an IPv6 destination (embeddedIPv4), and one of them as IPv4 words. */
-const inner = new Uint32Array(2);
+const inner = new Uint32Array(MAX_EMBEDDED_IPV4);
 const innerWords = new Uint32Array(4);
 
 /**
@@ -135,7 +135,8 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *       them: `10.0.0.0/8` or `169.254.169.254/32` unlock what they name, `0.0.0.0/0`
  *       unlocks nothing.
  *    d. an IPv6 address that a translator or tunnel carries on to an IPv4 address (NAT64
- *       64:ff9b::/96, SIIT, IPv4-compatible, 6to4, Teredo: protected.ts embeddedIPv4) is
+ *       64:ff9b::/96 and the operator's `protected.nat64Prefixes`, SIIT, IPv4-compatible,
+ *       6to4, Teredo: protected.ts embeddedIPv4) is
  *       refused when a, b or c refuses that IPv4 address, an allowed IPv4 CIDR unlocking it as
  *       in c: unlocking or lifting the IPv6 range opens only the public addresses behind it.
  *    A name never unlocks an address. An address that does not parse is refused here too
@@ -150,8 +151,9 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *    lists neither — AND the port matches (any port when it lists none). A side that lists
  *    nothing matches nothing.
  * 3. The deny side matches → refused. It matches when any one of its domains (by name),
- *    CIDRs (by address, an IPv4 CIDR also by the IPv4 address inside a NAT64, SIIT,
- *    IPv4-compatible, 6to4 or Teredo destination, as in 1d) or ports matches.
+ *    CIDRs (by address, an IPv4 CIDR also by the IPv4 address inside a NAT64 — the
+ *    well-known or a declared prefix —, SIIT, IPv4-compatible, 6to4 or Teredo destination, as
+ *    in 1d) or ports matches.
  * 4. The mode: allow-all allows, block-all refuses.
  *
  * A name is matched only by domain rules and an address only by CIDR rules; a connection
@@ -187,9 +189,10 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
   }
   // (1d) The IPv4 addresses a translator or tunnel carries this IPv6 address on to: each is
   // judged by (a)–(c) as if dialed itself, so lifting or unlocking the IPv6 range (64:ff9b::/96
-  // on a DNS64 host) opens the public IPv4 addresses behind it, never the metadata service.
+  // or a declared NAT64 prefix on a DNS64 host) opens the public IPv4 addresses behind it, never
+  // the metadata service.
   if (family === 6) {
-    const n = embeddedIPv4(words, inner);
+    const n = embeddedIPv4(words, inner, set.nat64);
     for (let i = 0; i < n; i++) {
       const rule = protectedIPv4(set, allow, lent, inner[i]!, port);
       if (rule !== null) {
@@ -227,7 +230,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
     // A denied IPv4 CIDR holds against the IPv6 forms that reach its addresses, as against the
     // IPv4-mapped one: on a DNS64 host every IPv4-only name resolves to its NAT64 form.
     if (family === 6) {
-      const n = embeddedIPv4(words, inner);
+      const n = embeddedIPv4(words, inner, set.nat64);
       for (let k = 0; k < n; k++) {
         innerWords[0] = inner[k]!;
         const e = deny.cidrIndex(4, innerWords);
@@ -257,16 +260,17 @@ const one = (counts: RuleCounts, a: number): RuleHit => ({ counts, a, b: -1 });
  * Whether a connection matches one side taken as an allow side is matched (step 2's rule: host
  * AND port), with no protected step and no mode: the operator's always-deny entries
  * (policy/overlay.ts), which refuse and so need no protection. An IPv4 CIDR also matches the
- * IPv6 forms that reach its addresses, as on decide()'s deny side. Returns the matching rule
- * text, or null (also for facts that do not parse: the layers after refuse those).
+ * IPv6 forms that reach its addresses, as on decide()'s deny side, those inside `nat64` (the
+ * protected set's NAT64 prefixes) included. Returns the matching rule text, or null (also for
+ * facts that do not parse: the layers after refuse those).
  */
-export function matchSide(side: CompiledSide, f: Facts, trace?: DecideTrace): Decision | null {
+export function matchSide(side: CompiledSide, f: Facts, nat64: readonly CidrBlock[], trace?: DecideTrace): Decision | null {
   const family = loadAddress(f.ip);
   if (family === 0 || !Number.isInteger(f.port) || f.port < 1 || f.port > 65535 || side.empty) return null;
   let cidr = side.cidrIndex(family, words);
   // As on the deny side of decide(): an IPv4 CIDR of the entry matches the IPv6 forms that reach it.
   if (cidr < 0 && family === 6) {
-    const n = embeddedIPv4(words, inner);
+    const n = embeddedIPv4(words, inner, nat64);
     for (let k = 0; k < n && cidr < 0; k++) {
       innerWords[0] = inner[k]!;
       cidr = side.cidrIndex(4, innerWords);

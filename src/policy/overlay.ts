@@ -182,6 +182,8 @@ export interface CompiledDenyEntry {
 export interface CompiledOverlays {
   readonly alwaysAllow: readonly CompiledAllowEntry[];
   readonly alwaysDeny: readonly CompiledDenyEntry[];
+  /** The protected set's NAT64 prefixes: an always-deny IPv4 CIDR holds against its forms inside them too (matchSide). */
+  readonly nat64: ProtectedRanges['nat64'];
 }
 
 /** Compiles the overlays against the protected set in force; compile again when either changes. */
@@ -198,5 +200,6 @@ export function compileOverlays(o: Overlays, protectedSet: ProtectedRanges): Com
     alwaysDeny: Object.freeze(
       o.alwaysDeny.map((entry) => ({ name: entry.name, entry, side: new CompiledSide(entry.side, 'denied', null), counter: { hits: 0 } })),
     ),
+    nat64: protectedSet.nat64,
   });
 }

@@ -222,7 +222,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
   const ov = chain.overlays;
   if (ov) {
     for (const e of ov.alwaysDeny) {
-      const m = matchSide(e.side, facts, trace);
+      const m = matchSide(e.side, facts, ov.nat64, trace);
       if (m !== null)
         return {
           verdict: 'refuse',

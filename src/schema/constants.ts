@@ -38,7 +38,7 @@ const DEFAULTS = {
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },
   block: 'explain',
   refusal: { lingerMs: 30_000, lingerMaxBytes: 67_108_864, lingerMaxConnections: 4096 },
-  protected: { extra: [], except: [], reachableHostAddresses: [] },
+  protected: { extra: [], except: [], reachableHostAddresses: [], nat64Prefixes: [] },
   defaultNetwork: { mode: 'block-all' },
   reportOnly: false,
   overlays: { alwaysAllow: [], alwaysDeny: [] },

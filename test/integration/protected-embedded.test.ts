@@ -69,6 +69,46 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('an IP
     expect(String(field(line, 'rule.name'))).toContain('(1.2.3.4, inside 64:ff9b::102:304)');
   });
 
+  // A DNS64 host whose translator uses the local-use prefix 64:ff9b:1::/48 (RFC 8215) declares
+  // it with its length (protected.nat64Prefixes), so a policy may allow the prefix: the form of
+  // the metadata service behind the translator stays refused, the form of a public address is
+  // dialed. No translator is here: the dial goes out as any (bounded by a 200 ms connect
+  // timeout), and only its attempt is checked.
+  describe('a declared NAT64 prefix a policy allows', () => {
+    const config = () =>
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8'], reachableHostAddresses: ['127.0.0.0/8', '::1'], nat64Prefixes: ['64:ff9b:1::/48'] },
+        upstream: { connectTimeoutMs: 200 },
+        sandboxes: [{ id: 'sb-nsp', sources: ['127.0.0.46'], network: { mode: 'block-all', egress: { allowed_cidrs: ['64:ff9b:1::/48'] } } }],
+      });
+
+    it('refuses the form of 169.254.169.254 inside it, naming the IPv4 address, never dialed', async () => {
+      d = await startLoopbackDaemon(config(), { setup });
+      d.route('127.0.0.46', '64:ff9b:1:a9fe:a9:fe00::', 80);
+      await closedFrom('127.0.0.46', d.port('tcp'));
+      const line = await d.waitForLog((l) => action(l) === 'connection');
+      expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason'), rule: field(line, 'rule.name') }).toEqual({
+        verdict: 'refuse',
+        reason: 'protected-address',
+        rule: 'protected "169.254.0.0/16" (169.254.169.254, inside 64:ff9b:1:a9fe:a9:fe00::)',
+      });
+      expect(field(line, 'egressd.upstream.tried')).toBeUndefined();
+    });
+
+    it('dials the form of 93.184.216.34 inside it, judged by its rule', async () => {
+      d = await startLoopbackDaemon(config(), { setup });
+      d.route('127.0.0.46', '64:ff9b:1:5db8:d8:2200::', 80);
+      await closedFrom('127.0.0.46', d.port('tcp'));
+      const line = await d.waitForLog((l) => action(l) === 'connection');
+      // Dialed: the attempt times out here (or a translator on the test machine's network answers).
+      expect({ rule: field(line, 'rule.name'), reason: field(line, 'event.reason') }).toEqual({
+        rule: 'allowed_cidrs "64:ff9b:1::/48"',
+        reason: expect.stringMatching(/^(allow-rule|upstream-failed)$/),
+      });
+      expect(field(line, 'egressd.upstream.ip') ?? String(field(line, 'egressd.end'))).toContain('64:ff9b:1:5db8:d8:2200::');
+    });
+  });
+
   // :: and ::1 lie in ::/96 but are no IPv4-compatible addresses (RFC 4291 §2.5.5.1; Linux delivers
   // them locally): a policy that allows ::1, on a host whose operator opened it, reaches it.
   it('reaches ::1 where the operator opened it and the policy allows ::1/128, not judged as 0.0.0.1', async () => {

@@ -151,6 +151,10 @@ export const ConfigFile = Type.Object(
           "The host's own addresses (or CIDRs) no longer refused as the host's, a documented risk: egressd's own listeners on them stay refused, and the other protected ranges and the policy still judge them.",
           D.protected.reachableHostAddresses,
         ),
+        nat64Prefixes: strings(
+          "The host's NAT64 prefixes besides 64:ff9b::/96 (RFC 6052 §2.2: IPv6, length 32, 40, 48, 56, 64 or 96, bits 64-71 zero): an address inside one is also judged by the IPv4 address it carries. Protects nothing by itself.",
+          D.protected.nat64Prefixes,
+        ),
       },
       "Addresses refused before a policy's rules: the host's own, `extra`, and the built-in ranges (which an allowed CIDR inside one unlocks).",
     ),

@@ -201,6 +201,15 @@ describe('egressd decide', () => {
     expect(excepted.json).toMatchObject({ verdict: 'allow', reason: 'default-allow' });
   });
 
+  it("judges an address inside the config's declared NAT64 prefix by the IPv4 address it carries, --protected-except added", async () => {
+    const open = write('sandbox0-open.yaml', 'mode: allow-all\n');
+    const nsp = write('nsp.yaml', 'protected:\n  nat64Prefixes: ["64:ff9b:1::/48"]\n');
+    const args = ['--port', '80', '--config', nsp, '--protected-except', '64:ff9b:1::/48'];
+    const metadata = await decide(open, '--ip', '64:ff9b:1:a9fe:a9:fe00::', ...args);
+    expect(metadata.json).toMatchObject({ verdict: 'refuse', rule: 'protected "169.254.0.0/16" (169.254.169.254, inside 64:ff9b:1:a9fe:a9:fe00::)' });
+    expect((await decide(open, '--ip', '64:ff9b:1:808:8:800::', ...args)).json).toMatchObject({ verdict: 'allow', reason: 'default-allow' });
+  });
+
   describe("with the daemon's config: overlays and report-only, as the daemon judges", () => {
     const overlays = () =>
       write(

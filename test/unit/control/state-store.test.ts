@@ -17,7 +17,7 @@ const EMPTY = { domains: [], cidrs: [], ports: [] };
 
 function plane(path: string): ControlPlane {
   const store = new PolicyStore(
-    { protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] },
+    { protected: { extra: [], except: ['198.18.0.0/15'], nat64Prefixes: [] }, catalog: [], dnsServers: [] },
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
   );
   return new ControlPlane(store, new StateStore(path));

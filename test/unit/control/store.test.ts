@@ -13,7 +13,7 @@ const network = (body: unknown): DialectResult => {
   return r.value;
 };
 const store = (): PolicyStore =>
-  new PolicyStore({ protected: { extra: [], except: [] }, catalog: ['registry.npmjs.org', '*.pypi.org'], dnsServers: [] }, network({}));
+  new PolicyStore({ protected: { extra: [], except: [], nat64Prefixes: [] }, catalog: ['registry.npmjs.org', '*.pypi.org'], dnsServers: [] }, network({}));
 const at = { ip: '93.184.216.34', port: 443 };
 
 describe('PolicyStore', () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { compileProtected, PROTECTED_RANGES } from '../../../src/match/protected.ts';
+import { formatIPv4, parseIpInto, type CidrBlock } from '../../../src/match/ip.ts';
+import { compileProtected, embeddedIPv4, MAX_EMBEDDED_IPV4, parseNat64Prefix, PROTECTED_RANGES } from '../../../src/match/protected.ts';
 import { validateCidr } from '../../../src/policy/validate.ts';
 
 describe('compileProtected: the built-in ranges', () => {
@@ -160,5 +161,77 @@ describe('compileProtected: extra and except', () => {
 
   it('throws on a range that was not validated', () => {
     expect(() => compileProtected({ extra: ['10.0.0.0/33'] })).toThrow(TypeError);
+  });
+});
+
+/** The IPv4 addresses embeddedIPv4 finds inside the IPv6 address `ip`, as text. */
+function embedded(ip: string, nat64: readonly CidrBlock[]): string[] {
+  const words = new Uint32Array(4);
+  expect(parseIpInto(ip, words)).toBe(6);
+  const out = new Uint32Array(MAX_EMBEDDED_IPV4);
+  return [...out.subarray(0, embeddedIPv4(words, out, nat64))].map(formatIPv4);
+}
+
+describe('embeddedIPv4: the NAT64 prefixes the operator declares (protected.nat64Prefixes)', () => {
+  // RFC 6052 §2.4's table: 192.0.2.33 behind a network-specific prefix of each length.
+  it.each([
+    ['2001:db8::/32', '2001:db8:c000:221::'],
+    ['2001:db8:100::/40', '2001:db8:1c0:2:21::'],
+    ['2001:db8:122::/48', '2001:db8:122:c000:2:2100::'],
+    ['2001:db8:122:300::/56', '2001:db8:122:3c0:0:221::'],
+    ['2001:db8:122:344::/64', '2001:db8:122:344:c0:2:2100:0'],
+    ['2001:db8:122:344::/96', '2001:db8:122:344::192.0.2.33'],
+  ])('reads 192.0.2.33 inside %s from %s (RFC 6052 §2.4), and nothing while undeclared', (prefix, ip) => {
+    expect(embedded(ip, compileProtected({ nat64Prefixes: [prefix] }).nat64)).toEqual(['192.0.2.33']);
+    expect(embedded(ip, [])).toEqual([]);
+  });
+
+  it('keeps decoding the well-known prefix with nothing declared (RFC 6052 §2.4)', () => {
+    expect(embedded('64:ff9b::192.0.2.33', [])).toEqual(['192.0.2.33']);
+  });
+
+  it('skips bits 64-71 and ignores the suffix, as a translator does (RFC 6052 §2.2)', () => {
+    const nat64 = compileProtected({ nat64Prefixes: ['2001:db8:122::/48'] }).nat64;
+    expect(embedded('2001:db8:122:c000:ff02:21ff:ffff:ffff', nat64)).toEqual(['192.0.2.33']);
+  });
+
+  it('reads nothing from an address outside every declared prefix', () => {
+    const nat64 = compileProtected({ nat64Prefixes: ['2001:db8:122::/48', '64:ff9b:1::/48'] }).nat64;
+    expect(embedded('2001:db8:123:c000:2:2100::', nat64)).toEqual([]);
+    expect(embedded('64:ff9b:1:a9fe:a9:fe00::', nat64)).toEqual(['169.254.169.254']);
+  });
+
+  it('reads the address of each nested prefix holding it, and a repeated prefix once', () => {
+    // The translator uses one of them; egressd cannot tell which, so it judges both.
+    const nat64 = compileProtected({ nat64Prefixes: ['64:ff9b:1::/48', '64:ff9b:1:a9fe::/64', '64:ff9b:1::/48'] }).nat64;
+    expect(nat64).toHaveLength(2);
+    expect(embedded('64:ff9b:1:a9fe:a9:fe00::', nat64)).toEqual(['169.254.169.254', '169.254.0.0']);
+  });
+
+  it('protects nothing by itself: the prefix stays as protected or open as it was', () => {
+    const p = compileProtected({ nat64Prefixes: ['2600:db8:64::/96'] });
+    expect(p.lookup('2600:db8:64::808:808')).toBeNull();
+    expect(compileProtected({ nat64Prefixes: ['64:ff9b:1::/48'] }).lookup('64:ff9b:1::1')).toBe('64:ff9b:1::/48');
+  });
+});
+
+describe('parseNat64Prefix: the RFC 6052 §2.2 formats only', () => {
+  it.each(['2001:db8::/32', '2001:db8:100::/40', '64:ff9b:1::/48', '2001:db8:122:300::/56', '2001:db8:122:344::/64', '2001:db8:122:344::/96'])(
+    'accepts %s',
+    (text) => {
+      expect(parseNat64Prefix(text)).toMatchObject({ ok: true, block: { family: 6 } });
+    },
+  );
+
+  it.each([
+    ['10.0.0.0/8', 'NAT64 prefix "10.0.0.0/8" is not an IPv6 prefix'],
+    ['2001:db8::/33', 'NAT64 prefix "2001:db8::/33" has a length other than 32, 40, 48, 56, 64 or 96 (RFC 6052 §2.2)'],
+    ['2001:db8::', 'NAT64 prefix "2001:db8::" has a length other than 32, 40, 48, 56, 64 or 96 (RFC 6052 §2.2)'],
+    ['2001:db8:122:344::/48', 'NAT64 prefix "2001:db8:122:344::/48" sets bits past its length; did you mean "2001:db8:122::/48"?'],
+    ['2001:db8:122:344:100::/64', 'NAT64 prefix "2001:db8:122:344:100::/64" sets bits 64-71, which RFC 6052 §2.2 reserves as zero'],
+    ['2001:db8:122:344:100::/96', 'NAT64 prefix "2001:db8:122:344:100::/96" sets bits 64-71, which RFC 6052 §2.2 reserves as zero'],
+    ['nat64', 'CIDR "nat64" does not start with an IPv4 or IPv6 address'],
+  ])('refuses %s', (text, reason) => {
+    expect(parseNat64Prefix(text)).toEqual({ ok: false, reason });
   });
 });

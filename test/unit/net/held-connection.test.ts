@@ -65,7 +65,7 @@ describe('a held connection', () => {
     async (dial) => {
       const network = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['allowed.test'], allowed_ports: [443] } });
       if (!network.ok) throw new Error(JSON.stringify(network.issues));
-      const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] }, network.value);
+      const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'], nat64Prefixes: [] }, catalog: [], dnsServers: [] }, network.value);
       store.putSandbox({ id: 'sbx', sources: ['198.18.0.2'], org: null, network: network.value });
       const outcomes: ConnectionOutcome[] = [];
       const deps: PipelineDeps = {

@@ -82,7 +82,7 @@ function pipeline() {
   const body = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['a.test'] } });
   if (!body.ok) throw new Error('bad policy');
   // 198.18.0.0/15 (RFC 2544) is protected unless opened, as the bench and the e2e rig open it.
-  const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'] }, catalog: [], dnsServers: [] }, body.value);
+  const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'], nat64Prefixes: [] }, catalog: [], dnsServers: [] }, body.value);
   const resolver = new NameResolver({ servers: ['127.0.0.1:1'], timeoutMs: 100 });
   const outcomes: ConnectionOutcome[] = [];
   const deps: PipelineDeps = {

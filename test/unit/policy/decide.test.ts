@@ -198,7 +198,7 @@ describe('decide (1c): an IPv6 address that hands an IPv4 address to a translato
       });
       const lifted = compileProtected({ except: [own] });
       expect(decide(compiled('allow-all', {}, { cidrs: ['0.0.0.0/8'] }, lifted), facts(ip)).verdict).toBe('allow');
-      expect(matchSide(compiled('block-all', { cidrs: ['0.0.0.0/8'] }, {}, lifted).allow, facts(ip))).toBeNull();
+      expect(matchSide(compiled('block-all', { cidrs: ['0.0.0.0/8'] }, {}, lifted).allow, facts(ip), lifted.nat64)).toBeNull();
     }
   });
 });
@@ -221,8 +221,68 @@ describe('decide (3): a denied IPv4 CIDR holds against its NAT64, 6to4 and SIIT 
 
   it("matches an always-deny entry's IPv4 CIDR in its NAT64 form too (matchSide)", () => {
     const side = compiled('block-all', { cidrs: ['1.2.3.0/24'] }, {}, lifted).allow;
-    expect(matchSide(side, facts('64:ff9b::102:304'))).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
-    expect(matchSide(side, facts('64:ff9b::808:808'))).toBeNull();
+    expect(matchSide(side, facts('64:ff9b::102:304'), lifted.nat64)).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
+    expect(matchSide(side, facts('64:ff9b::808:808'), lifted.nat64)).toBeNull();
+  });
+});
+
+describe('decide (1d, 3): a NAT64 prefix the operator declares (protected.nat64Prefixes)', () => {
+  // A DNS64 host whose translator uses the local-use prefix (RFC 8215) at /48, or its own
+  // network-specific prefix at /64, lifts it for its sandboxes to reach IPv4-only names: the
+  // IPv4 address behind each form is judged as if dialed, so the metadata service and private
+  // networks stay refused and deny rules on IPv4 CIDRs hold.
+  const lifted = compileProtected({
+    except: ['64:ff9b:1::/48', '2001:db8::/32'],
+    nat64Prefixes: ['64:ff9b:1::/48', '2001:db8:122:344::/64'],
+  });
+  // The same addresses, each the form of 169.254.169.254, 10.0.0.5, 8.8.8.8 or 1.2.3.4 behind one of the two prefixes.
+  const forms = {
+    '64:ff9b:1::/48': {
+      metadata: '64:ff9b:1:a9fe:a9:fe00::',
+      private: '64:ff9b:1:a00:0:500::',
+      public: '64:ff9b:1:808:8:800::',
+      denied: '64:ff9b:1:102:3:400::',
+    },
+    '2001:db8:122:344::/64': {
+      metadata: '2001:db8:122:344:a9:fea9:fe00:0',
+      private: '2001:db8:122:344:a:0:500:0',
+      public: '2001:db8:122:344:8:808:800:0',
+      denied: '2001:db8:122:344:1:203:400:0',
+    },
+  };
+
+  describe.each(Object.entries(forms))('through %s', (_prefix, ip) => {
+    it('refuses the forms of a protected IPv4 address under allow-all, naming it', () => {
+      expect(plain(decide(compiled('allow-all', {}, {}, lifted), facts(ip.metadata)))).toEqual<Decision>({
+        verdict: 'refuse',
+        reason: 'protected-address',
+        rule: `protected "169.254.0.0/16" (169.254.169.254, inside ${ip.metadata})`,
+        matchedBy: 'protected',
+      });
+      expect(decide(compiled('allow-all', {}, {}, lifted), facts(ip.private)).rule).toBe(`protected "10.0.0.0/8" (10.0.0.5, inside ${ip.private})`);
+    });
+
+    it('allows the form of a public IPv4 address once the prefix is lifted', () => {
+      expect(decide(compiled('allow-all', {}, {}, lifted), facts(ip.public))).toMatchObject({ verdict: 'allow', reason: 'default-allow' });
+    });
+
+    it('refuses the form of an address a denied IPv4 CIDR holds, in decide and in an always-deny entry (matchSide)', () => {
+      expect(plain(decide(compiled('allow-all', {}, { cidrs: ['1.2.3.0/24'] }, lifted), facts(ip.denied)))).toEqual<Decision>({
+        verdict: 'refuse',
+        reason: 'deny-rule',
+        rule: `denied_cidrs "1.2.3.0/24" (1.2.3.4, inside ${ip.denied})`,
+        matchedBy: 'address',
+      });
+      const side = compiled('block-all', { cidrs: ['1.2.3.0/24'] }, {}, lifted).allow;
+      expect(matchSide(side, facts(ip.denied), lifted.nat64)).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
+      expect(matchSide(side, facts(ip.public), lifted.nat64)).toBeNull();
+    });
+  });
+
+  it('lets an allowed IPv4 CIDR unlock the address behind the form, as for 64:ff9b::/96', () => {
+    const p = compiled('block-all', { cidrs: ['64:ff9b:1::/48', '169.254.169.254/32'] }, {}, compileProtected({ nat64Prefixes: ['64:ff9b:1::/48'] }));
+    expect(decide(p, facts('64:ff9b:1:a9fe:a9:fe00::')).verdict).toBe('allow');
+    expect(decide(p, facts('64:ff9b:1:a9fe:a9:fd00::')).reason).toBe('protected-address');
   });
 });
 

@@ -304,6 +304,22 @@ describe('verdict: the operator overlays around organization ∧ sandbox, and re
     expect(verdict(chain, { name: null, ip: '169.254.169.254', port: 80 })).toMatchObject({ verdict: 'refuse', reason: 'protected-address' });
   });
 
+  it("holds an always-deny IPv4 CIDR against its form inside the protected set's declared NAT64 prefix", () => {
+    const prot = compileProtected({ except: ['64:ff9b:1::/48'], nat64Prefixes: ['64:ff9b:1::/48'] });
+    const chain: PolicyChain = {
+      sandbox: 'sb',
+      org: null,
+      layer: compileLayer(SANDBOXES.full, { ...settings, protectedRanges: prot }),
+      overlays: compileOverlays({ alwaysAllow: [], alwaysDeny: [entry('exfil', { cidrs: ['1.2.3.0/24'] })] }, prot),
+    };
+    expect(verdict(chain, { name: null, ip: '64:ff9b:1:102:3:400::', port: 443 })).toMatchObject({
+      verdict: 'refuse',
+      layer: 'always-deny',
+      rule: 'always-deny "exfil": denied_cidrs "1.2.3.0/24"',
+    });
+    expect(verdict(chain, { name: null, ip: '64:ff9b:1:808:8:800::', port: 443 })).toMatchObject({ verdict: 'allow' });
+  });
+
   it('nameReach: always-deny on every port hides a name, on some ports it does not; always-allow names reach', () => {
     const chain = (o: Overlays, org: OrgKind = 'essential'): PolicyChain => ({
       ...chainOf(org, 'cidr'),

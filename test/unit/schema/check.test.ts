@@ -76,6 +76,20 @@ describe('validateConfig: every problem at once, each with its key and reason', 
     ]);
   });
 
+  it('refuses a NAT64 prefix outside the RFC 6052 §2.2 formats, naming the entry and the reason, and takes the valid ones', () => {
+    expect(
+      issuesOf({ protected: { nat64Prefixes: ['64:ff9b:1::/48', '2001:db8::/33', '10.0.0.0/8', '2001:db8:122:344::/48', '2001:db8:122:344:100::/96'] } }),
+    ).toEqual([
+      { field: 'protected.nat64Prefixes[1]', reason: expect.stringContaining('has a length other than 32, 40, 48, 56, 64 or 96') },
+      { field: 'protected.nat64Prefixes[2]', reason: 'NAT64 prefix "10.0.0.0/8" is not an IPv6 prefix' },
+      { field: 'protected.nat64Prefixes[3]', reason: expect.stringContaining('sets bits past its length') },
+      { field: 'protected.nat64Prefixes[4]', reason: expect.stringContaining('sets bits 64-71') },
+    ]);
+    expect(issuesOf({ protected: { nat64Prefixes: [42] } })).toEqual([{ field: 'protected.nat64Prefixes[0]', reason: expect.any(String) }]);
+    const r = validateConfig({ protected: { nat64Prefixes: ['64:ff9b:1::/48', '2001:db8:122:344::/64'] } });
+    expect(r.ok && r.config.protected.nat64Prefixes).toEqual(['64:ff9b:1::/48', '2001:db8:122:344::/64']);
+  });
+
   it('refuses DNS bounds where one sandbox may hold more than all together, naming the field, and a total out of range', () => {
     expect(issuesOf({ dns: { limits: { tcpPerSandbox: 32, tcpTotal: 16 } } })).toEqual([
       { field: 'dns.limits.tcpPerSandbox', reason: 'Must not exceed dns.limits.tcpTotal (16), got 32' },
