@@ -3,10 +3,12 @@
 // addresses of A and AAAA answers also go into the resolver's address cache (net/dns-cache.ts),
 // so the address a sandbox was given and the address egressd dials come from one answer.
 // Each answer is charged to the sandbox whose query fetched it (of several asking at once, the one
-// holding fewest: dns/service.ts #fetch). When the cache is full, the
-// sandbox holding the most answers loses its oldest (not the least recently used of all), so one
-// sandbox asking thousands of names it may reach evicts its own answers, not the others'; room
-// nobody else uses is its to fill.
+// holding fewest: dns/service.ts #fetch). The cache is bounded by answers and by bytes (an answer
+// over TCP may be 64 KiB on the wire and ~0.7 MB decoded: 10,000 of them would be ~7 GB). When
+// it is full by count, the sandbox holding the most answers loses its oldest; by bytes, the one
+// holding the most bytes (not the least recently used of all), so one sandbox asking thousands of
+// names, or names with huge answers, evicts its own answers, not the others'; room nobody else
+// uses is its to fill.
 
 import type { LRUCache } from 'lru-cache';
 import { growingLru } from '../util/lru.ts';
@@ -17,6 +19,8 @@ import { RCODE, type Answered } from './message.ts';
 /** A record's TTL is clamped to this, so a changed record is picked up within minutes. */
 export const MAX_CACHE_TTL_S = 300;
 const DEFAULT_MAX_ENTRIES = 10_000;
+/** The byte budget when none is given (the `dns.cacheBytes` default, docs/config.md says why). */
+const DEFAULT_MAX_BYTES = 32 * 1_048_576;
 
 export interface CachedAnswer {
   readonly answered: Answered;
@@ -28,6 +32,8 @@ export interface CachedAnswer {
 
 export interface AnswerCacheOptions {
   readonly maxEntries?: number;
+  /** The most bytes the answers may hold, as answerBytes estimates them. */
+  readonly maxBytes?: number;
   /** A monotonic millisecond clock; tests replace it to expire entries without waiting. */
   readonly clock?: () => number;
 }
@@ -36,11 +42,13 @@ export class AnswerCache {
   readonly #cache: LRUCache<string, CachedAnswer>;
   readonly #clock: () => number;
   readonly #max: number;
+  readonly #maxBytes: number;
   readonly #owners = new OwnerCounts();
 
   constructor(o: AnswerCacheOptions = {}) {
     this.#clock = o.clock ?? (() => performance.now());
     this.#max = Math.max(1, o.maxEntries ?? DEFAULT_MAX_ENTRIES);
+    this.#maxBytes = Math.max(0, o.maxBytes ?? DEFAULT_MAX_BYTES);
     this.#cache = growingLru<string, CachedAnswer>(this.#max, {
       perf: { now: this.#clock },
       ttlResolution: 0,
@@ -62,22 +70,37 @@ export class AnswerCache {
 
   /**
    * Stores an answer for its TTL (RFC 2308 §5 for negative answers), charged to `owner`; answers
-   * with none are not kept. When full, the owner holding the most answers loses its oldest first.
+   * with none are not kept, nor one larger than the whole byte budget. When full by count, the
+   * owner holding the most answers loses its oldest first; by bytes, the owner holding the most
+   * bytes.
    */
   set(key: string, answered: Answered, owner = ''): void {
     const ttlS = cacheTtl(answered);
     if (ttlS <= 0) return;
-    if (!this.#cache.has(key) && this.#cache.size >= this.#max) {
-      const oldest = this.#owners.oldestOfLargest();
-      if (oldest !== undefined) this.#cache.delete(oldest);
-    }
+    // The answer it replaces leaves first, so its bytes make room rather than count twice.
+    this.#cache.delete(key);
+    const bytes = ENTRY_BYTES + key.length + answerBytes(answered);
+    if (bytes > this.#maxBytes) return;
+    // Each delete gives the key's bytes back (dispose); a key it did not find would never leave.
+    const victim = (): string | undefined => this.#owners.victim(this.#cache.size, this.#max, bytes, this.#maxBytes);
+    for (let k = victim(); k !== undefined && this.#cache.delete(k); k = victim());
     this.#cache.set(key, { answered, storedAt: this.#clock(), owner }, { ttl: ttlS * 1000 });
-    this.#owners.add(owner, key);
+    this.#owners.add(owner, key, bytes);
   }
 
   /** Answers charged to `owner` now (expired ones not yet dropped included). */
   heldBy(owner: string): number {
     return this.#owners.count(owner);
+  }
+
+  /** The bytes of the answers charged to `owner` now, as estimated when stored. */
+  bytesHeldBy(owner: string): number {
+    return this.#owners.bytes(owner);
+  }
+
+  /** The bytes of every answer held, as estimated when stored (at most the byte budget). */
+  get bytes(): number {
+    return this.#owners.totalBytes;
   }
 
   get size(): number {
@@ -103,4 +126,51 @@ export function cacheTtl(a: Answered): number {
   const soa = a.authorities.find((r) => r.type === 'SOA') as (Answer & { ttl?: number; data?: { minimum?: number } }) | undefined;
   if (!soa) return 0;
   return Math.min(MAX_CACHE_TTL_S, soa.ttl ?? 0, soa.data?.minimum ?? 0);
+}
+
+// The size an answer keeps on the heap, estimated when it is stored from the decoded records
+// themselves (the encoded length alone is no guide: 64 KiB of A records decode to ~0.7 MB, 64 KiB
+// of TXT to ~0.1 MB). A conservative per-value estimate, calibrated with `node --expose-gc` on
+// decoded answers (heapUsed and arrayBuffers per answer over 200 copies): 4,000 A records, 167
+// bytes a record measured, 207 estimated; 250 TXT records of 255 bytes, 420 bytes a record plus
+// the message measured, 437 estimated plus the message.
+/** A string: V8's header, then a byte a character (DNS names and text are Latin-1). */
+const STRING_BYTES = 16;
+/** An object or array: its header and elements pointer. */
+const OBJECT_BYTES = 24;
+/** A property of an object (its slot, with the shape's share); an array element takes 8. */
+const FIELD_BYTES = 16;
+/** A Buffer (a Uint8Array view): the typed-array object and its wrapper. */
+const VIEW_BYTES = 224;
+/**
+ * An entry's own bookkeeping: the lru-cache slot, CachedAnswer and Answered objects, the owner's
+ * map entry. Generous: 10,000 answers of one A record measured 224 bytes each, estimated 644.
+ */
+const ENTRY_BYTES = 400;
+
+/**
+ * The estimated heap bytes of an answer's records (every section), in bytes. A Buffer in a record
+ * (TXT strings, an unknown type's RDATA, keys and signatures) is dns-packet's view of the message
+ * it was decoded from, and keeps that whole message alive: the bytes of each distinct backing
+ * ArrayBuffer are counted once, so a small record from a large message counts as the message.
+ */
+export function answerBytes(a: Answered): number {
+  const backing = new Set<ArrayBufferLike>();
+  let n = 0;
+  for (const rs of [a.answers, a.authorities, a.additionals]) for (const r of rs) n += valueBytes(r, backing);
+  return n;
+}
+
+function valueBytes(v: unknown, backing: Set<ArrayBufferLike>): number {
+  if (typeof v === 'string') return STRING_BYTES + v.length;
+  if (typeof v !== 'object' || v === null) return 0;
+  if (ArrayBuffer.isView(v)) {
+    if (backing.has(v.buffer)) return VIEW_BYTES;
+    backing.add(v.buffer);
+    return VIEW_BYTES + v.buffer.byteLength;
+  }
+  let n = OBJECT_BYTES;
+  if (Array.isArray(v)) for (const e of v as unknown[]) n += 8 + valueBytes(e, backing);
+  else for (const e of Object.values(v)) n += FIELD_BYTES + valueBytes(e, backing);
+  return n;
 }

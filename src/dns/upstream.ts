@@ -185,7 +185,12 @@ export class Forwarder {
         if (buf.length < 2) return;
         const len = buf.readUInt16BE(0);
         if (buf.length < len + 2) return;
-        const r = parseUpstreamReply(buf.subarray(2, len + 2), id, name, type);
+        // The message in a buffer of its own, exactly its size: the decoded records' Buffers (TXT,
+        // unknown types) are views of it and keep it alive in the answer cache, which counts it
+        // (dns/cache.ts answerBytes), so it must be neither a 64 KiB pool slab nor this read buffer.
+        const msg = Buffer.allocUnsafeSlow(len);
+        buf.copy(msg, 0, 2, len + 2);
+        const r = parseUpstreamReply(msg, id, name, type);
         if (r.kind === 'answer') done({ ok: true, answered: r.answered });
         else done({ ok: false, detail: `TCP answer from ${label(server)}: ${r.why}` });
       });

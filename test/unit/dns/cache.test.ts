@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { AnswerCache } from '../../../src/dns/cache.ts';
-import type { Answered } from '../../../src/dns/message.ts';
+import { AnswerCache, answerBytes } from '../../../src/dns/cache.ts';
+import * as packet from 'dns-packet';
+import type { Answer } from 'dns-packet';
+import { parseUpstreamReply, type Answered } from '../../../src/dns/message.ts';
 
 const answer = (ttl: number): Answered => ({
   rcode: 0,
@@ -42,5 +44,79 @@ describe('AnswerCache: who holds the room', () => {
     expect(c.heldBy('b')).toBe(0);
     c.clear();
     expect(c.size).toBe(0);
+  });
+});
+
+/** An answer of `n` A records (what 64 KiB of wire carries by the thousand). */
+const manyA = (n: number): Answered => ({
+  rcode: 0,
+  authenticData: false,
+  answers: Array.from({ length: n }, (_, i) => ({ type: 'A' as const, name: 'big.test', ttl: 60, data: `198.18.${i >> 8}.${i & 255}` })),
+  authorities: [],
+  additionals: [],
+});
+
+describe('AnswerCache: bytes', () => {
+  it('keeps the bytes under the budget by evicting the sandbox holding the most bytes, oldest first', () => {
+    const big = answerBytes(manyA(1000));
+    const c = new AnswerCache({ maxEntries: 10_000, maxBytes: 4 * big });
+    for (let i = 0; i < 10; i++) c.set(`b${i}`, answer(60), 'b');
+    const small = c.bytesHeldBy('b');
+    for (let i = 0; i < 20; i++) {
+      c.set(`a${i}`, manyA(1000), 'a');
+      expect(c.bytes).toBeLessThanOrEqual(4 * big);
+    }
+    // b holds fewer bytes than a: every b answer survived, a lost its oldest to its newest.
+    for (let i = 0; i < 10; i++) expect(c.get(`b${i}`), `b${i}`).toBeDefined();
+    expect(c.bytesHeldBy('b')).toBe(small);
+    expect(c.get('a0')).toBeUndefined();
+    expect(c.get('a19')).toBeDefined();
+    expect(c.bytes).toBe(c.bytesHeldBy('a') + c.bytesHeldBy('b'));
+    // A sandbox holding few bytes still gets room: taken from a, not from b.
+    c.set('c0', manyA(1000), 'c');
+    expect(c.get('c0')).toBeDefined();
+    expect(c.bytesHeldBy('b')).toBe(small);
+  });
+
+  it('keeps no answer larger than the whole budget, and counts an answer stored again once', () => {
+    const c = new AnswerCache({ maxBytes: answerBytes(manyA(100)) });
+    c.set('huge', manyA(1000), 'a');
+    expect(c.get('huge')).toBeUndefined();
+    expect(c.bytes).toBe(0);
+    c.set('k', answer(60), 'a');
+    const once = c.bytes;
+    c.set('k', answer(60), 'b');
+    expect([c.bytes, c.bytesHeldBy('a'), c.bytesHeldBy('b')]).toEqual([once, 0, once]);
+  });
+});
+
+describe('answerBytes', () => {
+  it('grows with the records and their strings', () => {
+    expect(answerBytes(manyA(2000))).toBeGreaterThan(2 * answerBytes(manyA(999)));
+    // At least what 4,000 A records decoded from the wire were measured to take (167 bytes each).
+    const wire = packet.encode({
+      type: 'response',
+      id: 7,
+      flags: 0x8180,
+      questions: [{ type: 'A', name: 'big.test' }],
+      answers: manyA(4000).answers as Answer[],
+    });
+    const r = parseUpstreamReply(wire, 7, 'big.test', 'A');
+    expect(r.kind).toBe('answer');
+    if (r.kind === 'answer') expect(answerBytes(r.answered)).toBeGreaterThanOrEqual(4000 * 167);
+  });
+
+  it('counts the message a small record is a view of, once per message', () => {
+    const message = Buffer.allocUnsafeSlow(60_000);
+    const txt = (data: Buffer[]): Answered => ({
+      rcode: 0,
+      authenticData: false,
+      answers: [{ type: 'TXT', name: 'x.test', ttl: 60, data }],
+      authorities: [],
+      additionals: [],
+    });
+    const one = answerBytes(txt([message.subarray(100, 110)]));
+    expect(one).toBeGreaterThanOrEqual(60_000);
+    expect(answerBytes(txt([message.subarray(100, 110), message.subarray(200, 210)]))).toBeLessThan(one + 1000);
   });
 });
