@@ -26,7 +26,8 @@ export function precedence(address: string): number {
   return 40;
 }
 
-const familyOf = (address: string): 4 | 6 => {
+/** The family an address is dialed as: 6, or 4 for IPv4 and IPv4-mapped IPv6 (and what does not parse). */
+export const familyOf = (address: string): 4 | 6 => {
   const w = new Uint32Array(4);
   const f = parseIpInto(address, w);
   return f === 6 && !isIPv4Mapped(w) ? 6 : 4;
