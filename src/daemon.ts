@@ -140,12 +140,13 @@ export class Daemon {
       servers: [...config.dns.servers],
       timeoutMs: config.dns.timeoutMs,
       maxEntries: config.dns.cacheEntries,
+      maxBytes: config.dns.cacheBytes,
       onLookup: (e) => this.metrics.dnsLookup(e),
       sockets: this.#querySockets,
       lateFamilies: Math.max(2, Math.min(LATE_FAMILIES, Math.floor(reserve / 8))),
     });
     this.dnsMemory = new ResolvedNames(config.dns.memory);
-    this.dnsCache = new AnswerCache({ maxEntries: config.dns.cacheEntries });
+    this.dnsCache = new AnswerCache({ maxEntries: config.dns.cacheEntries, maxBytes: config.dns.cacheBytes });
     this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, sockets: this.#querySockets });
     this.dns = new DnsService({
       config: () => this.#config,
@@ -181,6 +182,7 @@ export class Daemon {
     }
     this.metrics.attach({
       remembered: () => this.dnsMemory.total,
+      dnsCacheBytes: () => ({ answers: this.dnsCache.bytes, addresses: this.resolver.cache.bytes }),
       registered: () => ({ sandboxes: this.store.sandboxCount, organizations: this.control.orgCount }),
       dataPlane: () => (nativeSpliceStatus().ok ? 'native' : 'js'),
       acceptPauses: () => this.nativeSetup?.acceptPauses() ?? null,

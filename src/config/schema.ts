@@ -99,6 +99,8 @@ export interface Config {
     readonly memory: { readonly graceMs: number; readonly perSandbox: number };
     /** Answers each DNS cache holds, all sandboxes together (dns/cache.ts, net/dns-cache.ts). */
     readonly cacheEntries: number;
+    /** Bytes each DNS cache may hold (estimated when an answer is stored), all sandboxes together. */
+    readonly cacheBytes: number;
   };
   readonly upstream: {
     readonly dial: DialMode;
@@ -370,6 +372,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
         perSandbox: pick(dnsMemory, 'perSandbox', d['dns']['memory']['perSandbox']),
       },
       cacheEntries: pick(dnsIn, 'cacheEntries', d['dns']['cacheEntries']),
+      cacheBytes: pick(dnsIn, 'cacheBytes', d['dns']['cacheBytes']),
     },
     upstream: {
       dial: pick(up, 'dial', d['upstream']['dial']),

@@ -25,6 +25,8 @@ export interface ResolverOptions {
   /** The most one lookup may take, whatever the number of servers and retries. */
   readonly timeoutMs: number;
   readonly maxEntries?: number;
+  /** The address cache's byte budget (net/dns-cache.ts). */
+  readonly maxBytes?: number;
   /** Called once per resolve() call that was answered (not one left through its signal), for metrics. */
   readonly onLookup?: (e: { cached: boolean; outcome: 'ok' | ResolveFailure }) => void;
   /** How long NXDOMAIN and NODATA answers are cached. */
@@ -90,7 +92,13 @@ export class NameResolver {
     this.#late = new TenantPlaces(o.lateFamilies ?? LATE_FAMILIES);
     this.#sockets = o.sockets ?? new QuerySockets();
     this.#onLookup = o.onLookup;
-    this.#cache = o.cache ?? new AddressCache({ ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}), ...(o.clock ? { clock: o.clock } : {}) });
+    this.#cache =
+      o.cache ??
+      new AddressCache({
+        ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
+        ...(o.maxBytes !== undefined ? { maxBytes: o.maxBytes } : {}),
+        ...(o.clock ? { clock: o.clock } : {}),
+      });
     const texts = o.servers.length > 0 ? o.servers : getServers();
     this.#servers = texts.map(parseDnsServer).filter((s): s is DnsServer => s !== null);
     this.#retransmitMs = Math.max(MIN_RETRANSMIT_MS, Math.floor(this.#timeoutMs / (SENDS_PER_SERVER * Math.max(1, this.#servers.length))));

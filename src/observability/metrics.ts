@@ -189,6 +189,12 @@ export const METRICS = {
     help: 'Addresses remembered with the names that gave them, over every sandbox (the API lists the top sandboxes).',
     labels: [],
   },
+  dnsCacheBytes: {
+    name: 'egressd_dns_cache_bytes',
+    type: 'gauge',
+    help: "Bytes held by each of egressd's DNS caches, as estimated when each entry was stored, by cache: answers (the DNS listener's) or addresses (the names' addresses, dialed from); each at most dns.cacheBytes.",
+    labels: ['cache'],
+  },
   dnsTcpRetriesHeldBack: {
     name: 'egressd_dns_tcp_retries_held_back_total',
     type: 'counter',
@@ -349,6 +355,8 @@ export type Instruments = { readonly [K in MetricKey]: InstrumentOf<(typeof METR
 export interface ScrapeSources {
   readonly limits: () => LimitsSnapshot | null;
   readonly remembered: () => number;
+  /** The DNS caches' estimated bytes (dns/cache.ts, net/dns-cache.ts), or null before they exist. */
+  readonly dnsCacheBytes: () => { readonly answers: number; readonly addresses: number } | null;
   readonly registered: () => { readonly sandboxes: number; readonly organizations: number } | null;
   readonly dataPlane: () => 'native' | 'js';
   /** The native loops' accept pauses so far (native-setup.ts), or null on the JS path. */
@@ -366,7 +374,14 @@ export class Metrics {
   /** Every egressd metric, as declared in METRICS. */
   readonly instruments: Instruments;
   readonly #sandboxLabel: boolean;
-  #sources: ScrapeSources = { limits: () => null, remembered: () => 0, registered: () => null, dataPlane: () => 'js', acceptPauses: () => null };
+  #sources: ScrapeSources = {
+    limits: () => null,
+    remembered: () => 0,
+    dnsCacheBytes: () => null,
+    registered: () => null,
+    dataPlane: () => 'js',
+    acceptPauses: () => null,
+  };
   /** Accepts and outcomes not yet counted (see `outcome`). */
   readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
   #outcomes: Readonly<ConnectionOutcome>[] = [];
@@ -394,6 +409,11 @@ export class Metrics {
       sandboxes: (g) => setIf(g, {}, src().registered()?.sandboxes),
       organizations: (g) => setIf(g, {}, src().registered()?.organizations),
       dnsRememberedAddresses: (g) => g.set(src().remembered()),
+      dnsCacheBytes: (g) => {
+        const b = src().dnsCacheBytes();
+        setIf(g, { cache: 'answers' }, b?.answers);
+        setIf(g, { cache: 'addresses' }, b?.addresses);
+      },
       limitDescriptors: (g) => {
         const s = src().limits();
         setIf(g, { kind: 'soft' }, s?.nofileSoft);

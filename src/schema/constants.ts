@@ -33,6 +33,7 @@ const DEFAULTS = {
     limits: { perSecond: 500, burst: 1000, inflightPerSandbox: 64, inflightTotal: 1024, tcpPerSandbox: 16, tcpTotal: 1024 },
     memory: { graceMs: 60_000, perSandbox: 4096 },
     cacheEntries: 10_000,
+    cacheBytes: 32 * 1_048_576,
   },
   upstream: { dial: 'resolved', connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 },
   peek: { timeoutMs: 10_000, firstByteTimeoutMs: 1000 },

@@ -113,6 +113,12 @@ export const ConfigFile = Type.Object(
           D.dns.cacheEntries,
           "Answers each of egressd's DNS caches holds (the listener's answers; the addresses of dialed names), all sandboxes together; when full, the sandbox holding the most loses its oldest.",
         ),
+        cacheBytes: int(
+          1_048_576,
+          68_719_476_736,
+          D.dns.cacheBytes,
+          "Bytes each of egressd's DNS caches may hold (estimated per answer when stored), all sandboxes together; when full, the sandbox holding the most bytes loses its oldest.",
+        ),
       },
       'Resolution, and the DNS listener.',
     ),

@@ -92,6 +92,7 @@ function feed(m: Metrics): void {
   m.dnsQuery({ verdict: 'allow', type: 'A', cached: false, upstreamMs: 3 });
   m.dnsQuery({ verdict: 'allow', type: 'A', cached: true });
   m.dnsRemembered(() => ({ total: 2 }));
+  m.attach({ dnsCacheBytes: () => ({ answers: 4096, addresses: 1024 }) });
   m.instruments.policyChanges.inc({ source: 'api' });
   m.instruments.policyChangesRefused.inc({ source: 'api' });
   m.instruments.configReloads.inc({ result: 'ok' });
@@ -408,6 +409,7 @@ describe('Metrics labels', () => {
     scope: /^(?:global|sandbox_share|sandbox|total|budget)$/,
     state: /^(?:open|undecided|lingering)$/,
     resource: /^(?:memory|descriptors)$/,
+    cache: /^(?:answers|addresses)$/,
     version: /^\d+\.\d+\.\d+/,
     node_version: /^v\d+\.\d+\.\d+/,
     data_plane: /^(?:native|js)$/,
