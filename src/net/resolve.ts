@@ -12,7 +12,7 @@
 
 import { getServers } from 'node:dns';
 import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
-import { AddressCache, cacheKey, clampTtlMs, type CachedAnswer } from './dns-cache.ts';
+import { AddressCache, cacheKey, clampTtlMs, dialableAddresses, type CachedAnswer } from './dns-cache.ts';
 import { QuerySockets, QueryTenants, TenantPlaces } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
@@ -288,13 +288,15 @@ const LEFT: ResolveResult = Object.freeze({ ok: false, cause: 'error' }) as Reso
 /**
  * One cache entry from the two families' answers, and how long it may be kept. Records from
  * either family make a positive answer kept for the smallest TTL among them, even when the
- * other family failed: the failure says nothing about the records that did come.
+ * other family failed: the failure says nothing about the records that did come. Its addresses
+ * are those the cache keeps (dialableAddresses), so the lookup's first connections see what
+ * the later ones, answered from the cache, see.
  */
 function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { entry: CachedAnswer; ttlMs: number } {
   const records = [...(a.ok ? a.records : []), ...(aaaa.ok ? aaaa.records : [])];
   if (records.length > 0) {
     const ttlMs = clampTtlMs(Math.min(...records.map((r) => r.ttl)));
-    return { entry: { ok: true, addresses: [...new Set(records.map((r) => r.address))] }, ttlMs };
+    return { entry: { ok: true, addresses: dialableAddresses([...new Set(records.map((r) => r.address))]) }, ttlMs };
   }
   const causes = [a, aaaa].map((f) => (f.ok ? 'nodata' : f.cause));
   // RFC 8020: NXDOMAIN means no name at all, whichever type was asked.

@@ -191,6 +191,16 @@ describe('NameResolver', () => {
     expect(dns.queries).toHaveLength(0);
   });
 
+  it('keeps of a name with hundreds of addresses the 16 of each family a dial tries, cached or not', async () => {
+    const { dns, resolver } = await setup();
+    const v4 = Array.from({ length: 200 }, (_, i) => `198.18.${i >> 8}.${i & 255}`);
+    const v6 = Array.from({ length: 20 }, (_, i) => `2001:db8::${(i + 1).toString(16)}`);
+    dns.set('many.test', { kind: 'answer', a: v4, aaaa: v6, ttl: 60 });
+    const kept = [...v4.slice(0, 16), ...v6.slice(0, 16)];
+    expect(await resolver.resolve('many.test')).toEqual({ ok: true, addresses: kept, cached: false });
+    expect(await resolver.resolve('many.test')).toEqual({ ok: true, addresses: kept, cached: true });
+  });
+
   it('forgets the least recently used name beyond maxEntries', async () => {
     const { dns, resolver } = await setup({ maxEntries: 2 });
     for (const n of ['one', 'two', 'three']) dns.set(`${n}.test`, { kind: 'answer', a: ['192.0.2.12'], ttl: 60 });
@@ -326,7 +336,8 @@ describe('NameResolver: truncated answers', () => {
     onTestFinished(() => resolver.close());
     const r = await resolver.resolve('big.test');
     expect(r).toMatchObject({ ok: true });
-    if (r.ok) expect(r.addresses).toHaveLength(40);
+    // The TCP answer's addresses, not the UDP one's: the first 16 of its 40, as many as a dial tries.
+    if (r.ok) expect(r.addresses).toEqual(Array.from({ length: 16 }, (_, i) => `192.0.2.${100 + i}`));
     expect(tcpQueries).toBeGreaterThanOrEqual(1);
   });
 });
