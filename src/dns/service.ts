@@ -318,14 +318,19 @@ export class DnsService {
     }
     if (found.length === 0) return;
     let ttlMs = clampTtlMs(ttl);
+    // The chain's aliases go with the addresses: a connection dialed from this entry judges them
+    // as this listener did before answering (#deniedTarget), whichever sandbox asked.
+    const aliases = [...owners].slice(1);
     const old = cache.get(key);
     if (old?.ok) {
       found.push(...old.addresses);
+      aliases.push(...(old.aliases ?? []));
       ttlMs = Math.min(ttlMs, cache.remainingMs(key));
     }
+    const addresses = [...new Set(found)];
     cache.set(
       key,
-      { ok: true, addresses: [...new Set(found)] },
+      aliases.length > 0 ? { ok: true, addresses, aliases: [...new Set(aliases)] } : { ok: true, addresses },
       ttlMs,
       tenants.fewest((t) => cache.heldBy(t)),
     );

@@ -337,6 +337,21 @@ function judged(
       if (afterResolve.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, afterResolve);
       admit(o, afterResolve);
     }
+    // A name whose chain runs through an alias (CNAME) a deny rule names on this port is refused,
+    // as the DNS listener refuses its answer (dns/service.ts #deniedTarget): whichever resolver
+    // the sandbox used, a deny rule holds for the host behind an allowed name. An alias no rule
+    // names (a CDN's) is no reason; a would-refuse (report-only) lets it through, as there.
+    if (target.aliases !== undefined) {
+      const chain = policyNow();
+      for (const alias of target.aliases) {
+        const n = normalizeWireName(alias);
+        if (!n.ok || !('name' in n)) continue;
+        const v = verdict(chain, { name: n.name, ip, port });
+        if (v.verdict === 'refuse' && v.reason === 'deny-rule') {
+          return refuse(socket, live, o.protocol, config, o, { ...v, rule: `alias ${JSON.stringify(n.name)}: ${v.rule ?? v.reason}` });
+        }
+      }
+    }
 
     // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
     // then the policy in force on the address actually dialed, the last stage before any byte goes

@@ -16,7 +16,8 @@ import { familyOf, precedence } from './address-order.ts';
 import { MAX_DIAL_ADDRESSES } from './client-side.ts';
 import type { DnsFailure } from './dns-client.ts';
 
-export type CachedAnswer = { ok: true; addresses: readonly string[] } | { ok: false; cause: DnsFailure };
+/** `aliases`: the CNAME targets the answer's chain ran through (FamilyAnswer), absent when none. */
+export type CachedAnswer = { ok: true; addresses: readonly string[]; aliases?: readonly string[] } | { ok: false; cause: DnsFailure };
 
 export interface AddressCacheOptions {
   readonly maxEntries?: number;
@@ -42,7 +43,7 @@ const ADDRESS_BYTES = 16 + 8;
 /** The estimated heap bytes of an entry for `key`. */
 export function entryBytes(key: string, answer: CachedAnswer): number {
   let n = ENTRY_BYTES + key.length;
-  if (answer.ok) for (const a of answer.addresses) n += ADDRESS_BYTES + a.length;
+  if (answer.ok) for (const a of [...answer.addresses, ...(answer.aliases ?? [])]) n += ADDRESS_BYTES + a.length;
   return n;
 }
 
@@ -121,7 +122,7 @@ export class AddressCache {
    */
   set(key: string, answer: CachedAnswer, ttlMs: number, owner = ''): void {
     if (ttlMs <= 0) return;
-    const kept: CachedAnswer = answer.ok ? { ok: true, addresses: dialableAddresses(answer.addresses) } : answer;
+    const kept: CachedAnswer = answer.ok ? { ...answer, addresses: dialableAddresses(answer.addresses) } : answer;
     // The entry it replaces leaves first, so its bytes make room rather than count twice.
     this.#lru.delete(key);
     const bytes = entryBytes(key, kept);

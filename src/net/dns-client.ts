@@ -28,7 +28,12 @@ export interface DnsRecord {
   readonly ttl: number;
 }
 
-export type FamilyAnswer = { ok: true; records: DnsRecord[] } | { ok: false; cause: DnsFailure };
+/**
+ * A family's answer. `aliases`: the CNAME targets its chain ran through (chainOwners less the
+ * name itself), in order: the data path judges them as the DNS listener does (a chain through a
+ * name a deny rule names is refused, net/connection.ts).
+ */
+export type FamilyAnswer = { ok: true; records: DnsRecord[]; aliases: readonly string[] } | { ok: false; cause: DnsFailure };
 
 export interface DnsServer {
   readonly address: string;
@@ -189,8 +194,9 @@ export class AddressExchange {
   #accept(type: QType, server: number, m: packet.DecodedPacket): void {
     const rcode = (m.flags ?? 0) & 0xf;
     if (rcode === 0) {
-      const records = addressRecords(this.#name, type, m.answers ?? []);
-      return this.#settle(type, records.length > 0 ? { ok: true, records } : { ok: false, cause: 'nodata' });
+      const owners = chainOwners(this.#name, m.answers ?? []);
+      const records = addressRecords(owners, type, m.answers ?? []);
+      return this.#settle(type, records.length > 0 ? { ok: true, records, aliases: [...owners].slice(1) } : { ok: false, cause: 'nodata' });
     }
     // RFC 8020: NXDOMAIN is final. SERVFAIL and REFUSED are one server's trouble: ask the others.
     if (rcode === 3) return this.#settle(type, { ok: false, cause: 'nxdomain' });
@@ -291,9 +297,8 @@ export function chainOwners(name: string, answers: readonly packet.Answer[]): Se
   return owners;
 }
 
-/** The addresses of `type` that answer `name` (chainOwners); records about other owners are ignored. */
-function addressRecords(name: string, type: QType, answers: readonly packet.Answer[]): DnsRecord[] {
-  const owners = chainOwners(name, answers);
+/** The addresses of `type` that answer a name whose chain is `owners` (chainOwners); records about other owners are ignored. */
+function addressRecords(owners: ReadonlySet<string>, type: QType, answers: readonly packet.Answer[]): DnsRecord[] {
   const out: DnsRecord[] = [];
   for (const a of answers) {
     if (a.type !== type || !owners.has(a.name.toLowerCase()) || typeof a.data !== 'string') continue;

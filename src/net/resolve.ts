@@ -17,7 +17,8 @@ import { QuerySockets, QueryTenants, TenantPlaces } from './query-sockets.ts';
 
 export type ResolveFailure = DnsFailure;
 
-export type ResolveResult = { ok: true; addresses: string[]; cached: boolean } | { ok: false; cause: ResolveFailure };
+/** `aliases`: the CNAME targets the name's chain ran through (CachedAnswer), absent when none. */
+export type ResolveResult = { ok: true; addresses: string[]; cached: boolean; aliases?: readonly string[] } | { ok: false; cause: ResolveFailure };
 
 export interface ResolverOptions {
   /** "127.0.0.1", "127.0.0.1:5353", "[::1]:5353"; empty: the system's resolvers (/etc/resolv.conf). */
@@ -188,7 +189,9 @@ export class NameResolver {
   }
 
   #report(cached: boolean, e: CachedAnswer): ResolveResult {
-    const r: ResolveResult = e.ok ? { ok: true, addresses: [...e.addresses], cached } : { ok: false, cause: e.cause };
+    const r: ResolveResult = e.ok
+      ? { ok: true, addresses: [...e.addresses], cached, ...(e.aliases !== undefined ? { aliases: e.aliases } : {}) }
+      : { ok: false, cause: e.cause };
     try {
       this.#onLookup?.({ cached, outcome: e.ok ? 'ok' : e.cause });
     } catch {
@@ -296,7 +299,9 @@ function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { 
   const records = [...(a.ok ? a.records : []), ...(aaaa.ok ? aaaa.records : [])];
   if (records.length > 0) {
     const ttlMs = clampTtlMs(Math.min(...records.map((r) => r.ttl)));
-    return { entry: { ok: true, addresses: dialableAddresses([...new Set(records.map((r) => r.address))]) }, ttlMs };
+    const aliases = [...new Set([...(a.ok ? a.aliases : []), ...(aaaa.ok ? aaaa.aliases : [])])];
+    const addresses = dialableAddresses([...new Set(records.map((r) => r.address))]);
+    return { entry: aliases.length > 0 ? { ok: true, addresses, aliases } : { ok: true, addresses }, ttlMs };
   }
   const causes = [a, aaaa].map((f) => (f.ok ? 'nodata' : f.cause));
   // RFC 8020: NXDOMAIN means no name at all, whichever type was asked.

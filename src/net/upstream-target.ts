@@ -29,7 +29,12 @@ export type TargetReason = 'dns-failure' | 'dns-mismatch' | 'no-allowed-address'
 /** The upstream's part of the outcome reasons: no address chosen, or none answered. */
 export type UpstreamReason = TargetReason | 'upstream-failed';
 
-export type UpstreamTarget = { ok: true; addresses: readonly string[]; how: 'original' | 'resolved' } | { ok: false; reason: TargetReason; detail: string };
+/**
+ * `aliases`: the CNAME targets the name's chain ran through, when it was resolved (ResolveResult):
+ * the caller judges them before dialing (net/connection.ts).
+ */
+export type UpstreamTarget =
+  { ok: true; addresses: readonly string[]; how: 'original' | 'resolved'; aliases?: readonly string[] } | { ok: false; reason: TargetReason; detail: string };
 
 export interface UpstreamQuery {
   readonly mode: DialMode;
@@ -59,6 +64,11 @@ export function chooseUpstreamNow(q: UpstreamQuery): UpstreamTarget | null {
 
 function targetOf(q: UpstreamQuery, r: ResolveResult): UpstreamTarget {
   if (!r.ok) return { ok: false, reason: 'dns-failure', detail: `Resolving "${q.name}" failed: ${r.cause}` };
+  const t = chosen(q, r);
+  return t.ok && r.aliases !== undefined && r.aliases.length > 0 ? { ...t, aliases: r.aliases } : t;
+}
+
+function chosen(q: UpstreamQuery, r: ResolveResult & { ok: true }): UpstreamTarget {
   const original = canonicalSource(q.original);
   const resolvedText = (): string => r.addresses.map((a) => canonicalSource(a) ?? a).join(', ') || 'none';
   let hasOriginal = false;

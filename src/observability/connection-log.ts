@@ -100,7 +100,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
   {
     name: 'rule.name',
     type: 'keyword',
-    description: 'The policy rule that decided, as written in the policy (`allowed_domains "*.example.com"`).',
+    description:
+      'The policy rule that decided, as written in the policy (`allowed_domains "*.example.com"`); `alias "name": <rule>` when the name\'s CNAME chain ran through a name that rule denies.',
     value: (o) => o.rule,
   },
   {

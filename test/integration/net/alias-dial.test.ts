@@ -1,0 +1,167 @@
+// A connection presenting an allowed name whose CNAME chain runs through a name a deny rule names:
+// the DNS listener refuses that answer (dns/service.ts, test/integration/dns/alias-chain.test.ts),
+// and the data path must hold the same line for a sandbox that resolved the name some other way
+// (its own resolver, DoH, an address it kept): egressd resolves the name itself to dial it
+// (`upstream.dial: resolved`), and that chain is judged before any byte goes upstream. The
+// upstream DNS server is a real UDP server on loopback serving the chains as recorded.
+
+import { once } from 'node:events';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { connect, createServer, type AddressInfo, type Server } from 'node:net';
+import * as packet from 'dns-packet';
+import type { Answer } from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { field, isConnection } from '../../helpers/log-line.ts';
+
+const A = '127.0.0.2';
+const B = '127.0.0.3';
+const C = '127.0.0.4';
+/** Where every chain ends: the origin below. */
+const HOST = '127.0.0.1';
+
+const ZONE: Record<string, Answer[]> = {
+  'alias.allowed.test': [
+    { name: 'alias.allowed.test', type: 'CNAME', ttl: 60, data: 'x.pool.test' },
+    { name: 'x.pool.test', type: 'A', ttl: 60, data: HOST },
+  ],
+  'deep.allowed.test': [
+    { name: 'deep.allowed.test', type: 'CNAME', ttl: 60, data: 'hop.cdn.test' },
+    { name: 'hop.cdn.test', type: 'CNAME', ttl: 60, data: 'Y.Pool.Test' },
+    { name: 'y.pool.test', type: 'A', ttl: 60, data: HOST },
+  ],
+  'cdn.allowed.test': [
+    { name: 'cdn.allowed.test', type: 'CNAME', ttl: 60, data: 'edge.cdn.test' },
+    { name: 'edge.cdn.test', type: 'A', ttl: 60, data: HOST },
+  ],
+  'mirror.other.test': [
+    { name: 'mirror.other.test', type: 'CNAME', ttl: 60, data: 'files.blocked.test' },
+    { name: 'files.blocked.test', type: 'A', ttl: 60, data: HOST },
+  ],
+};
+
+async function startUpstream(): Promise<{ server: string; asked: string[]; close: () => Promise<void> }> {
+  const sock: UdpSocket = createSocket('udp4');
+  const asked: string[] = [];
+  sock.on('message', (msg, rinfo) => {
+    let q: packet.DecodedPacket;
+    try {
+      q = packet.decode(msg);
+    } catch {
+      return;
+    }
+    const question = q.questions?.[0];
+    if (!question) return;
+    const name = question.name.toLowerCase();
+    asked.push(`${name} ${question.type}`);
+    const chain = ZONE[name];
+    // The chain for either type; the address records only for A (no AAAA here: NODATA's chain).
+    const answers = chain?.filter((r) => r.type !== 'A' || question.type === 'A');
+    const reply = packet.encode({
+      type: 'response',
+      id: q.id,
+      flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (chain ? 0 : 3),
+      questions: [question],
+      answers: answers ?? [],
+    });
+    sock.send(reply, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  return { server: `127.0.0.1:${sock.address().port}`, asked, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
+}
+
+describe('a resolved name whose alias chain runs through a denied name', () => {
+  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let d: LoopbackDaemon;
+  let origin: Server;
+  let reached = 0;
+
+  beforeAll(async () => {
+    upstream = await startUpstream();
+    origin = createServer((s) => {
+      reached++;
+      s.on('error', () => {});
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'));
+    });
+    origin.listen(0, HOST);
+    await once(origin, 'listening');
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 1000 },
+        upstream: { dial: 'resolved', connectTimeoutMs: 1000 },
+        overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test'] } } },
+          { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
+        ],
+      }),
+    );
+    const port = (origin.address() as AddressInfo).port;
+    for (const from of [A, B, C]) d.route(from, HOST, port);
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+    origin?.close();
+  });
+
+  /** An HTTP request for `host` from `from` (the sandbox resolved it itself); what came back. */
+  const request = (from: string, host: string): Promise<string> =>
+    new Promise((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: from });
+      let got = '';
+      const t = setTimeout(() => s.destroy(), 3000);
+      s.on('connect', () => s.write(`GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+      s.on('data', (b) => (got += b.toString()));
+      s.on('error', () => {});
+      s.on('close', () => {
+        clearTimeout(t);
+        resolve(got);
+      });
+    });
+  const lineFor = (from: string, host: string) =>
+    d.waitForLog((l) => isConnection(l) && field(l, 'source.ip') === from && field(l, 'destination.domain') === host);
+
+  // Twice each: the first connection waits for egressd's own lookup, the second is judged from
+  // the address cache it filled.
+  it('refuses it, after one hop or two (any case), naming the alias and the rule; the origin is never reached', async () => {
+    for (const [host, alias] of [
+      ['alias.allowed.test', 'x.pool.test'],
+      ['deep.allowed.test', 'y.pool.test'],
+    ] as const) {
+      const before = reached;
+      expect(await request(A, host), host).toMatch(/^HTTP\/1\.1 403 /);
+      expect(await request(A, host), host).toMatch(/^HTTP\/1\.1 403 /);
+      expect(reached, host).toBe(before);
+      const line = await lineFor(A, host);
+      expect({ verdict: field(line, 'egressd.verdict'), reason: field(line, 'event.reason'), rule: field(line, 'rule.name') }, host).toEqual({
+        verdict: 'refuse',
+        reason: 'deny-rule',
+        rule: `alias "${alias}": always-deny "miners": denied_domains "*.pool.test"`,
+      });
+    }
+  });
+
+  it('dials a chain through names no rule names (a CDN)', async () => {
+    const before = reached;
+    expect(await request(A, 'cdn.allowed.test')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reached).toBe(before + 1);
+  });
+
+  // The address cache is shared with the DNS listener: sandbox C's answer is there, aliases and
+  // all, when sandbox B, whose policy denies the alias, connects with the name.
+  it.skipIf(!haveDig)("judges the chain by each sandbox's own policy, from the DNS listener's shared answer too", async () => {
+    expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'mirror.other.test', 'A', '+short')).toBe(`files.blocked.test.\n${HOST}\n`);
+    const asked = upstream.asked.length;
+    const before = reached;
+    expect(await request(B, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(reached).toBe(before);
+    // Judged from the listener's entry: nothing asked again.
+    expect(upstream.asked.slice(asked)).toEqual([]);
+    expect(field(await lineFor(B, 'mirror.other.test'), 'rule.name')).toBe('alias "files.blocked.test": denied_domains "*.blocked.test"');
+    expect(await request(C, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reached).toBe(before + 1);
+  });
+});
