@@ -15,6 +15,7 @@ import { growingLru } from '../util/lru.ts';
 import { OwnerCounts } from '../util/owner-counts.ts';
 import type { Answer } from 'dns-packet';
 import { RCODE, type Answered } from './message.ts';
+import { recordTtl } from '../net/dns-client.ts';
 
 /** A record's TTL is clamped to this, so a changed record is picked up within minutes. */
 export const MAX_CACHE_TTL_S = 300;
@@ -119,13 +120,13 @@ export class AnswerCache {
  */
 export function cacheTtl(a: Answered): number {
   if (a.rcode !== RCODE.NOERROR && a.rcode !== RCODE.NXDOMAIN) return 0;
-  const ttls = (rs: readonly Answer[]): number[] => rs.map((r) => ('ttl' in r && typeof r.ttl === 'number' ? r.ttl : 0));
+  const ttls = (rs: readonly Answer[]): number[] => rs.map((r) => ('ttl' in r ? recordTtl(r.ttl) : 0));
   if (a.rcode === RCODE.NOERROR && a.answers.length > 0) {
     return Math.min(MAX_CACHE_TTL_S, ...ttls(a.answers), ...ttls(a.authorities));
   }
   const soa = a.authorities.find((r) => r.type === 'SOA') as (Answer & { ttl?: number; data?: { minimum?: number } }) | undefined;
   if (!soa) return 0;
-  return Math.min(MAX_CACHE_TTL_S, soa.ttl ?? 0, soa.data?.minimum ?? 0);
+  return Math.min(MAX_CACHE_TTL_S, recordTtl(soa.ttl), recordTtl(soa.data?.minimum));
 }
 
 // The size an answer keeps on the heap, estimated when it is stored from the decoded records

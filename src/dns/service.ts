@@ -22,7 +22,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
-import { chainOwners } from '../net/dns-client.ts';
+import { chainOwners, recordTtl } from '../net/dns-client.ts';
 import { QueryTenants } from '../net/query-sockets.ts';
 
 export type Transport = 'udp' | 'tcp';
@@ -285,7 +285,10 @@ export class DnsService {
       const out: Answer[] = [];
       for (const r of rs) {
         let rec = r;
-        if ('ttl' in rec && typeof rec.ttl === 'number' && rec.ttl > MAX_CACHE_TTL_S) rec = { ...rec, ttl: MAX_CACHE_TTL_S } as Answer;
+        if ('ttl' in rec && typeof rec.ttl === 'number') {
+          const ttl = Math.min(recordTtl(rec.ttl), MAX_CACHE_TTL_S);
+          if (ttl !== rec.ttl) rec = { ...rec, ttl } as Answer;
+        }
         const t = rec.type as string;
         if (strip && (t === `UNKNOWN_${HTTPS_TYPE}` || t === `UNKNOWN_${SVCB_TYPE}`) && Buffer.isBuffer((rec as { data?: unknown }).data)) {
           const s = stripEch((rec as { data: Buffer }).data);
@@ -313,7 +316,7 @@ export class DnsService {
     for (const r of a.answers) {
       if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && owners.has(r.name.toLowerCase())) {
         found.push(r.data);
-        ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
+        ttl = Math.min(ttl, recordTtl(r.ttl));
       }
     }
     if (found.length === 0) return;
@@ -345,7 +348,7 @@ export class DnsService {
     for (const r of a.answers) {
       if ((r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && owners.has(r.name.toLowerCase())) {
         given.push(canonicalSource(r.data) ?? r.data);
-        ttl = Math.min(ttl, typeof r.ttl === 'number' ? r.ttl : 0);
+        ttl = Math.min(ttl, recordTtl(r.ttl));
       }
     }
     if (given.length > 0) this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS));

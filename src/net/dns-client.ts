@@ -297,13 +297,22 @@ export function chainOwners(name: string, answers: readonly packet.Answer[]): Se
   return owners;
 }
 
+/**
+ * A record's TTL in seconds as it is to be used: 0 for one with the most significant bit set,
+ * which RFC 2181 §8 says to treat "as if the entire value received was zero" (dns-packet reads it
+ * unsigned, so it would otherwise be kept for the longest time allowed), 0 when absent.
+ */
+export function recordTtl(ttl: unknown): number {
+  return typeof ttl === 'number' && ttl >= 0 && ttl < 0x80000000 ? ttl : 0;
+}
+
 /** The addresses of `type` that answer a name whose chain is `owners` (chainOwners); records about other owners are ignored. */
 function addressRecords(owners: ReadonlySet<string>, type: QType, answers: readonly packet.Answer[]): DnsRecord[] {
   const out: DnsRecord[] = [];
   for (const a of answers) {
     if (a.type !== type || !owners.has(a.name.toLowerCase()) || typeof a.data !== 'string') continue;
     if (isIP(a.data) !== (type === 'A' ? 4 : 6)) continue;
-    out.push({ address: a.data, ttl: typeof a.ttl === 'number' ? a.ttl : 0 });
+    out.push({ address: a.data, ttl: recordTtl(a.ttl) });
   }
   return out;
 }
