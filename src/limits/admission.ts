@@ -192,19 +192,30 @@ export class Admission {
     if (a.open >= limits.connections) return refused('sandbox-limit', `${a.open} connections open (limit ${limits.connections})`);
     if (a.undecided >= limits.undecided) return refused('sandbox-limit', `${a.undecided} connections undecided (limit ${limits.undecided})`);
     if (a.tokens < 1) return refused('sandbox-limit', `more than ${limits.perSecond} new connections a second (burst ${limits.burst})`);
-    if (overloaded) return refused('overload', 'memory pressure: new connections are shed');
+    // Refused past this point, the connection took no token: an account holding nothing with a
+    // full bucket is forgotten at once, not at the next sweep, so that sources rotated through an
+    // IPv6 prefix while egressd sheds (under memory pressure, of all times) leave nothing behind.
+    if (overloaded) return this.#refusedHolding(key, a, refused('overload', 'memory pressure: new connections are shed'));
     const g = this.#opts.globalConnections;
     // In descriptors: two a connection, one a lingering refusal, an extra dial attempt, a DNS TCP connection.
     if (this.budgetFull)
-      return refused(
-        'global-limit',
-        `${this.#open} connections open, ${this.#lingering} refusals lingering, ${this.#attempts} extra dial attempts and ${this.#dnsTcp} DNS TCP connections in total (descriptor budget ${g})`,
+      return this.#refusedHolding(
+        key,
+        a,
+        refused(
+          'global-limit',
+          `${this.#open} connections open, ${this.#lingering} refusals lingering, ${this.#attempts} extra dial attempts and ${this.#dnsTcp} DNS TCP connections in total (descriptor budget ${g})`,
+        ),
       );
     const share = this.sandboxShare;
     if (share !== null && Admission.#usedBy(a) + 2 > 2 * share)
-      return refused(
-        'global-limit',
-        `${a.open} connections open, ${a.lingering} refusals lingering, ${a.attempts} extra dial attempts and ${a.dnsTcp} DNS TCP connections, this sandbox's share of the descriptor budget`,
+      return this.#refusedHolding(
+        key,
+        a,
+        refused(
+          'global-limit',
+          `${a.open} connections open, ${a.lingering} refusals lingering, ${a.attempts} extra dial attempts and ${a.dnsTcp} DNS TCP connections, this sandbox's share of the descriptor budget`,
+        ),
       );
     a.tokens -= 1;
     a.open++;
@@ -212,6 +223,12 @@ export class Admission {
     this.#open++;
     this.#undecided++;
     return { ok: true, ticket: this.#ticket(key, a) };
+  }
+
+  /** `r`, once `key`'s account is forgotten if it can be (#forget). */
+  #refusedHolding(key: string, a: Account, r: Admitted): Admitted {
+    this.#forget(key, a);
+    return r;
   }
 
   #ticket(key: string, a: Account): Ticket {

@@ -104,6 +104,29 @@ describe('Admission', () => {
     expect(a.accounts).toBe(0);
   });
 
+  it('keeps no account for a source it refuses holding nothing, so rotating addresses under overload or a full budget grow nothing', () => {
+    // A sandbox with an IPv6 /64 can open each connection from a new source of no sandbox: shed at
+    // accept, each would otherwise leave an account (≈ 190 bytes) until the 10 s sweep.
+    const c = clock();
+    const a = new Admission({ globalConnections: 1, sandboxShare: 1, now: c.now });
+    const held = a.admit('sb', LIMITS, false);
+    expect(held.ok).toBe(true);
+    for (let i = 0; i < 10_000; i++) {
+      const key = `source 2001:db8::${i.toString(16)}`;
+      expect(a.admit(key, LIMITS, i % 2 === 0)).toMatchObject({ ok: false, reason: i % 2 === 0 ? 'overload' : 'global-limit' });
+    }
+    expect(a.accounts).toBe(1);
+    // One whose bucket is what refuses it keeps its account, connections closed or not.
+    const b = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
+    for (let i = 0; i < 3; i++) {
+      const t = b.admit('source 2001:db8::1', LIMITS, false);
+      if (t.ok) t.ticket.release();
+    }
+    expect(b.admit('source 2001:db8::1', LIMITS, false)).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+    expect(b.admit('source 2001:db8::1', LIMITS, true)).toMatchObject({ ok: false, reason: 'sandbox-limit' });
+    expect(b.accounts).toBe(1);
+  });
+
   it('lists the sandboxes holding the most connections first', () => {
     const a = new Admission({ globalConnections: null, sandboxShare: 1 });
     const l = { connections: 100, undecided: 100, perSecond: 100, burst: 100 };
