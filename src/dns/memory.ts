@@ -2,10 +2,15 @@
 // connection that carries no name, to an address this sandbox was given for a name, is judged
 // with that name. An entry lives for the TTL the sandbox was given plus a grace period (a
 // client may open its connection just after the record expired), and each sandbox keeps a
-// bounded number of addresses, the least recently given going first.
+// bounded number of addresses, and of bytes, the least recently given going first.
+//
+// The bytes, because the sandbox chooses what fills its table: the names it asks (random
+// labels under an allowed wildcard, up to 253 characters) and, through a zone it runs, the
+// addresses they give. Bounded by addresses alone, 16 names of 253 characters for each of 4096
+// addresses held 20 MB of heap per sandbox, where one name of 20 characters an address holds
+// 1.5 MB (Node 26, measured with a full table).
 
-import type { LRUCache } from 'lru-cache';
-import { growingLru } from '../util/lru.ts';
+import { LRUCache } from 'lru-cache';
 
 export interface ResolvedNamesOptions {
   /** Kept past a record's TTL (ms). */
@@ -20,6 +25,28 @@ export interface ResolvedNamesOptions {
 const NAMES_PER_ADDRESS = 16;
 
 type Names = Map<string, number>;
+
+/**
+ * What an entry costs its sandbox's table, in bytes of heap as measured on Node 26 (tables of
+ * 4096 addresses, 1 or 16 names of 20 or 253 characters each): about 300 an address with its
+ * map of names, and 60 a name plus one a character.
+ */
+const ADDRESS_BYTES = 320;
+const NAME_BYTES = 64;
+/**
+ * Each sandbox's table may take perSandbox × this many bytes (2 MiB at the default 4096): an
+ * address given one or two names of ordinary length fits, so the count is what bounds a table
+ * of those; addresses given many long names are fewer.
+ */
+const BYTES_PER_ADDRESS = 512;
+/** The most one entry can cost (a table always has room for one: lru-cache refuses a bigger one). */
+const MAX_ENTRY_BYTES = ADDRESS_BYTES + NAMES_PER_ADDRESS * (NAME_BYTES + 255);
+
+function entryBytes(names: Names): number {
+  let n = ADDRESS_BYTES;
+  for (const name of names.keys()) n += NAME_BYTES + name.length;
+  return n;
+}
 
 export interface RememberedAddress {
   readonly address: string;
@@ -43,7 +70,9 @@ export class ResolvedNames {
     if (addresses.length === 0) return;
     let table = this.#bySandbox.get(sandbox);
     if (!table) {
-      table = growingLru<string, Names>(this.#perSandbox);
+      // Bounded by bytes here and by count in the loop below: lru-cache's `max` would allocate
+      // its bookkeeping for every slot up front (util/lru.ts).
+      table = new LRUCache<string, Names>({ maxSize: Math.max(this.#perSandbox * BYTES_PER_ADDRESS, MAX_ENTRY_BYTES), sizeCalculation: entryBytes });
       this.#bySandbox.set(sandbox, table);
     }
     const until = this.#clock() + Math.max(0, ttlS) * 1000 + this.#graceMs;
@@ -51,11 +80,16 @@ export class ResolvedNames {
       let names = table.get(a);
       if (!names) {
         names = new Map();
-        table.set(a, names);
+        if (table.size >= this.#perSandbox) table.pop();
       }
       names.delete(name);
       names.set(name, Math.max(until, names.get(name) ?? 0));
       if (names.size > NAMES_PER_ADDRESS) names.delete(names.keys().next().value!);
+      // Stored again, new or not: lru-cache sizes an entry only as it is added (a set with the
+      // same value keeps the old size), the least recently given going while the table is past
+      // its bytes.
+      table.delete(a);
+      table.set(a, names);
     }
   }
 
@@ -100,6 +134,11 @@ export class ResolvedNames {
   /** Drops what a removed sandbox was given. */
   forget(sandbox: string): void {
     this.#bySandbox.delete(sandbox);
+  }
+
+  /** What `sandbox`'s table costs, in the bytes its bound counts (entryBytes). */
+  bytesOf(sandbox: string): number {
+    return this.#bySandbox.get(sandbox)?.calculatedSize ?? 0;
   }
 
   /** Addresses remembered across every sandbox. */

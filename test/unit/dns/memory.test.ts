@@ -41,6 +41,32 @@ describe('ResolvedNames', () => {
     m.forget('a');
     expect(m.total).toBe(0);
   });
+
+  // A sandbox chooses the names it asks (random labels under an allowed wildcard) and, through a
+  // zone it runs, the addresses they give: 16 names of 253 characters for each of 4096 addresses
+  // held 20 MB of heap per sandbox, where one name of 20 characters an address holds 1.5 MB.
+  it("bounds each sandbox's names by size too: long names for many addresses evict the least recently given first", () => {
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 64, clock: () => 0 });
+    const name = (i: number, j: number): string => `n${i}-${j}.`.padEnd(240, 'x') + '.test';
+    for (let i = 0; i < 64; i++) for (let j = 0; j < 16; j++) m.remember('a', name(i, j), [`198.18.0.${i}`], 60);
+    m.remember('b', 'b.test', ['198.18.0.1'], 60);
+    const chars = m.view('a').reduce((n, e) => n + e.names.reduce((k, x) => k + x.name.length, 0), 0);
+    expect(chars).toBeLessThanOrEqual(64 * 512);
+    expect(m.bytesOf('a')).toBeLessThanOrEqual(64 * 512);
+    // The latest kept whole, the earliest gone, the other sandbox untouched.
+    expect(m.namesFor('a', '198.18.0.63')).toHaveLength(16);
+    expect(m.namesFor('a', '198.18.0.0')).toEqual([]);
+    expect(m.namesFor('b', '198.18.0.1')).toEqual(['b.test']);
+  });
+
+  it('keeps perSandbox addresses of ordinary names, and one address with all its names under a tiny perSandbox', () => {
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 4096, clock: () => 0 });
+    for (let i = 0; i < 4096; i++) m.remember('a', `host-${i}.service.example-cdn.test`, [`198.18.${i >> 8}.${i & 255}`], 60);
+    expect(m.total).toBe(4096);
+    const one = new ResolvedNames({ graceMs: 0, perSandbox: 1, clock: () => 0 });
+    for (let j = 0; j < 16; j++) one.remember('a', `${j}.`.padEnd(248, 'y') + '.test', ['198.18.0.1'], 60);
+    expect(one.namesFor('a', '198.18.0.1')).toHaveLength(16);
+  });
 });
 
 describe('TokenBuckets', () => {
