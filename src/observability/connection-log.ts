@@ -30,6 +30,17 @@ const EVENT_TYPE = {
 } as const;
 const CATEGORY = ['network'] as const;
 
+/** The most of a raw name a line keeps: a name has at most 253 characters (RFC 1035 §2.3.4). */
+const RAW_NAME_LOGGED = 256;
+
+/**
+ * A raw name as the line keeps it. The client chooses it, up to the peek's 16 KiB, and a control
+ * byte is written as a six-character JSON escape: whole, one 16 KB hello made a 96 KB line.
+ */
+function rawNameLogged(raw: string | undefined): string | undefined {
+  return raw !== undefined && raw.length > RAW_NAME_LOGGED ? `${raw.slice(0, RAW_NAME_LOGGED)}…` : raw;
+}
+
 export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[] = [
   { name: 'event.action', type: 'keyword', description: 'Always `connection` (every egressd line has an `event.action`).', value: () => 'connection' },
   { name: 'event.kind', type: 'keyword', description: 'Always `event`.', value: () => 'event' },
@@ -130,8 +141,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'egressd.raw_name',
     type: 'keyword',
     description:
-      'The name as sent (SNI or Host), only when it failed normalization (then it was not matched) or spells an IP address (then address rules alone judged it).',
-    value: (o) => o.rawName,
+      'The name as sent (SNI or Host), only when it failed normalization (then it was not matched) or spells an IP address (then address rules alone judged it); cut to its first 256 characters and `…` when longer (a name has at most 253).',
+    value: (o) => rawNameLogged(o.rawName),
   },
   { name: 'egressd.alpn', type: 'keyword[]', description: 'The ALPN protocols the ClientHello offered.', value: (o) => o.alpn },
   { name: 'egressd.ech', type: 'boolean', description: 'Whether the ClientHello carried Encrypted Client Hello.', value: (o) => o.ech },

@@ -116,4 +116,29 @@ describe('the connection log line, read from a running daemon', () => {
     expect(line).toMatchObject({ event: { reason: 'default-block' }, egressd: { verdict: 'refuse', raw_name: raw } });
     expect(field(line, 'destination.domain')).toBeUndefined();
   });
+
+  // The name is the sandbox's to choose, up to the peek's 16 KiB: control bytes, each written as
+  // a six-character JSON escape, made a 96 KB line of a 16 KB hello, 128 of them to a batch.
+  it.each([
+    ['a TLS server_name', 'tls', (raw: string) => buildHello({ sni: [raw] })],
+    // The request head takes no control byte: letters, past the longest name normalization reads.
+    ['an HTTP Host', 'http', (raw: string) => Buffer.from(`GET / HTTP/1.1\r\nHost: ${raw.replaceAll('\x01', 'a')}\r\n\r\n`, 'latin1')],
+  ] as const)('cuts %s that failed normalization to its first 256 characters in egressd.raw_name', async (_what, listener, flight) => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({ sandboxes: [{ id: 'sb-a', sources: ['127.0.0.63'], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } }] }),
+    );
+    d.route('127.0.0.63', '198.18.1.2', 443);
+    const raw = '\x01'.repeat(15_000);
+    const c = connect({ host: '127.0.0.1', port: d.port(listener), localAddress: '127.0.0.63' });
+    c.on('error', () => {});
+    c.resume();
+    c.end(flight(raw));
+    await once(c, 'close');
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({ event: { reason: 'invalid-name' }, egressd: { verdict: 'refuse' } });
+    const logged = field(line, 'egressd.raw_name') as string;
+    expect(logged.length).toBe(257);
+    expect(logged.endsWith('…')).toBe(true);
+    expect(JSON.stringify(line).length).toBeLessThan(4096);
+  });
 });
