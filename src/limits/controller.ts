@@ -26,6 +26,14 @@ export interface Resettable {
 
 /** How long refusals are gathered into one log line per sandbox and reason. */
 const SHED_LOG_MS = 1000;
+/**
+ * Sources of no sandbox whose refusals get lines of their own in one gathering; the others' are
+ * counted together, one line per reason with `other_sources`. Such a source is a key of its own
+ * (its address), and a client opening each connection from a new one (an IPv6 prefix) would
+ * otherwise turn a flood into a line per connection, and hold an entry per connection until the
+ * lines are written.
+ */
+const SOURCES_LOGGED = 16;
 /** The top-N sandboxes by open connections in the API and the log. */
 export const TOP_N = 10;
 
@@ -48,11 +56,15 @@ export class LimitsController {
     { defaults: SandboxLimits; sandboxLimits: LimitsOverride | undefined; orgLimits: LimitsOverride | undefined; limits: SandboxLimits }
   >();
   readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
+  /** Sources of no sandbox with an entry of their own in #shed (at most SOURCES_LOGGED). */
+  #shedSources = 0;
   /** Logs #shed SHED_LOG_MS after the first refusal it holds; no timer while nothing is shed (an idle daemon sleeps). */
   #shedTimer: NodeJS.Timeout | null = null;
   #acceptErrorsLogged = 0;
   /** DNS TCP connections refused since the last log line, by sandbox (or source) and scope (dnsTcpRefused). */
   readonly #dnsRefused = new Map<string, { sandbox: string | null; source: string | null; scope: DnsTcpRefusal; count: number; reset: number }>();
+  /** Sources of no sandbox with an entry of their own in #dnsRefused (at most SOURCES_LOGGED). */
+  #dnsRefusedSources = 0;
   #dnsRefusedTimer: NodeJS.Timeout | null = null;
 
   constructor(config: () => LimitsConfig, log: Logger, metrics: Metrics, lookup: (source: string) => SourceLimits) {
@@ -175,24 +187,34 @@ export class LimitsController {
   dnsTcpRefused(source: string, scope: DnsTcpRefusal, reset: boolean): void {
     this.#metrics.instruments.dnsTcpRefused.inc({ scope });
     const sandbox = this.#lookup(source).sandbox;
-    const k = `${sandbox ?? `source ${source}`}\u0000${scope}`;
-    const e = this.#dnsRefused.get(k);
+    let k = `${sandbox ?? `source ${source}`}\u0000${scope}`;
+    let e = this.#dnsRefused.get(k);
+    let own = sandbox === null ? source : null;
+    if (e === undefined && own !== null && this.#dnsRefusedSources >= SOURCES_LOGGED) {
+      k = `${OTHER_SOURCES}\u0000${scope}`;
+      e = this.#dnsRefused.get(k);
+      own = null;
+    }
     if (e) {
       e.count++;
       if (reset) e.reset++;
-    } else this.#dnsRefused.set(k, { sandbox, source: sandbox === null ? source : null, scope, count: 1, reset: reset ? 1 : 0 });
+    } else {
+      if (own !== null) this.#dnsRefusedSources++;
+      this.#dnsRefused.set(k, { sandbox, source: own, scope, count: 1, reset: reset ? 1 : 0 });
+    }
     this.#dnsRefusedTimer ??= setTimeout(() => this.#flushDnsRefused(), SHED_LOG_MS).unref();
   }
 
   #flushDnsRefused(): void {
     if (this.#dnsRefusedTimer !== null) clearTimeout(this.#dnsRefusedTimer);
     this.#dnsRefusedTimer = null;
-    for (const e of this.#dnsRefused.values()) {
+    for (const [k, e] of this.#dnsRefused) {
       this.#log.warn(
         {
           event: { action: 'dns-tcp-refused' },
           sandbox: e.sandbox,
           ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.scope,
           count: e.count,
@@ -203,6 +225,7 @@ export class LimitsController {
       );
     }
     this.#dnsRefused.clear();
+    this.#dnsRefusedSources = 0;
   }
 
   limitsOf(l: SourceLimits): SandboxLimits {
@@ -248,11 +271,19 @@ export class LimitsController {
   /** Counts one refusal at accept, logged once a second per sandbox and reason. */
   #refused(kind: ListenerKind, l: SourceLimits, source: string, reason: ShedReason, detail: string): void {
     this.#metrics.shed(kind, reason, l.sandbox);
-    const key = l.sandbox ?? `source ${source}`;
-    const k = `${key}\u0000${reason}`;
-    const e = this.#shed.get(k);
+    let k = `${l.sandbox ?? `source ${source}`}\u0000${reason}`;
+    let e = this.#shed.get(k);
+    let own = l.sandbox === null ? source : null;
+    if (e === undefined && own !== null && this.#shedSources >= SOURCES_LOGGED) {
+      k = `${OTHER_SOURCES}\u0000${reason}`;
+      e = this.#shed.get(k);
+      own = null;
+    }
     if (e) e.count++;
-    else this.#shed.set(k, { sandbox: l.sandbox, source: l.sandbox === null ? source : null, reason, count: 1, detail });
+    else {
+      if (own !== null) this.#shedSources++;
+      this.#shed.set(k, { sandbox: l.sandbox, source: own, reason, count: 1, detail });
+    }
     this.#shedTimer ??= setTimeout(() => this.#flushShed(), SHED_LOG_MS).unref();
   }
 
@@ -270,13 +301,14 @@ export class LimitsController {
   #flushShed(): void {
     if (this.#shedTimer !== null) clearTimeout(this.#shedTimer);
     this.#shedTimer = null;
-    for (const e of this.#shed.values()) {
+    for (const [k, e] of this.#shed) {
       this.#log.warn(
         {
           event: { action: 'connections-shed' },
           sandbox: e.sandbox,
           // ECS's source.ip, as on the connection line: the address of a source that belongs to no sandbox.
           ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.reason,
           count: e.count,
@@ -286,6 +318,7 @@ export class LimitsController {
       );
     }
     this.#shed.clear();
+    this.#shedSources = 0;
   }
 
   /** accept(2) failed (EMFILE, ENFILE): counted, logged at most once a second. */
@@ -343,6 +376,9 @@ export class LimitsController {
 }
 
 const round = (x: number): number => Math.round(x * 1000) / 1000;
+
+/** The key prefix of the entries that count sources of no sandbox past SOURCES_LOGGED (no sandbox id or source starts so). */
+const OTHER_SOURCES = '\u0000other sources';
 
 const DNS_TCP_DETAIL: Record<DnsTcpRefusal, string> = {
   sandbox: 'the sandbox holds dns.limits.tcpPerSandbox connections, or its share of the descriptor budget',

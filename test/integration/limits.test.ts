@@ -166,6 +166,51 @@ describe('limits on loopback', () => {
     expect((await attempt('127.0.0.52')).spliced).toBe(true);
   });
 
+  // Lines are gathered per sandbox and reason, and a source of no sandbox is a key of its own: a
+  // client that opens each connection from a new address (an IPv6 prefix) made one line per
+  // connection, the flood of lines the gathering is there to prevent.
+  it('logs sources of no sandbox shed in one second on lines of their own up to 16, the rest on one line per reason', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({ limits: { global: { connections: 1, sandboxShare: 1 } }, sandboxes: [{ id: 'one', sources: ['127.0.0.51'], network: ALLOW_LOOPBACK }] }),
+    );
+    d.route('127.0.0.51', '127.0.0.1', upstreamPort);
+    expect((await attempt('127.0.0.51')).spliced).toBe(true);
+    const SOURCES = 100;
+    const attempts = await Promise.all(Array.from({ length: SOURCES }, (_, i) => attempt(`127.0.1.${i + 1}`)));
+    expect(attempts.every((a) => !a.spliced)).toBe(true);
+    const shed = (): Record<string, unknown>[] => d!.logs.filter((l) => action(l) === 'connections-shed');
+    const counted = (): number => shed().reduce((n, l) => n + (l['count'] as number), 0);
+    await d.waitForLog(() => counted() === SOURCES, 5000);
+    const own = shed().filter((l) => field(l, 'source.ip') !== undefined);
+    const others = shed().filter((l) => l['other_sources'] === true);
+    // The attempts may straddle two one-second windows: 16 lines of their own in each at most.
+    expect(own.length).toBeLessThanOrEqual(32);
+    expect(own.length + others.length).toBe(shed().length);
+    expect(others.every((l) => l['reason'] === 'global-limit' && l['sandbox'] === null && field(l, 'source.ip') === undefined)).toBe(true);
+  });
+
+  it('logs sources of no sandbox refused a DNS TCP connection alike: 16 on lines of their own, the rest together', async () => {
+    d = await startLoopbackDaemon(loopbackConfig({ dns: { limits: { tcpPerSandbox: 1, tcpTotal: 1 } } }));
+    const port = d.daemon.dnsListeners[0]!.port!;
+    const open = (source: string): Promise<Socket> =>
+      new Promise((resolve) => {
+        const s = connect({ host: '127.0.0.1', port, localAddress: source });
+        sockets.add(s);
+        s.on('error', () => {});
+        s.on('connect', () => resolve(s));
+        s.on('close', () => resolve(s));
+      });
+    // Held, never idle for the second that would let it be closed to make room: the rest are refused.
+    await open('127.0.0.71');
+    const SOURCES = 100;
+    await Promise.all(Array.from({ length: SOURCES }, (_, i) => open(`127.0.2.${i + 1}`)));
+    const refused = (): Record<string, unknown>[] => d!.logs.filter((l) => action(l) === 'dns-tcp-refused');
+    await d.waitForLog(() => refused().reduce((n, l) => n + (l['count'] as number), 0) === SOURCES, 5000);
+    const own = refused().filter((l) => field(l, 'source.ip') !== undefined);
+    expect(own.length).toBeLessThanOrEqual(32);
+    expect(refused().filter((l) => l['other_sources'] === true).length).toBe(refused().length - own.length);
+  });
+
   it('holds a sandbox to its rate: the burst at once, then refused until the bucket refills', async () => {
     d = await startLoopbackDaemon(
       loopbackConfig({ sandboxes: [{ id: 'rate', sources: ['127.0.0.41'], network: ALLOW_LOOPBACK, limits: { perSecond: 1, burst: 3 } }] }),
