@@ -19,7 +19,7 @@ import { HostAddresses, type HostAddressOptions } from './net/host-addresses.ts'
 import { ConnectionRegistry, type RejudgeReason } from './net/registry.ts';
 import { POOL_SIZE, QuerySockets, TCP_RETRIES } from './net/query-sockets.ts';
 import { LATE_FAMILIES, NameResolver } from './net/resolve.ts';
-import type { Logger } from './observability/logger.ts';
+import { logLinesDropped, type Logger } from './observability/logger.ts';
 import { connectionLogger, logConnection } from './observability/connection-log.ts';
 import type { OtlpExport } from './observability/otlp.ts';
 import { Metrics } from './observability/metrics.ts';
@@ -186,6 +186,7 @@ export class Daemon {
       registered: () => ({ sandboxes: this.store.sandboxCount, organizations: this.control.orgCount }),
       dataPlane: () => (nativeSpliceStatus().ok ? 'native' : 'js'),
       acceptPauses: () => this.nativeSetup?.acceptPauses() ?? null,
+      logLinesDropped: () => logLinesDropped(log),
     });
     this.limits = new LimitsController(
       () => this.#config.limits,

@@ -73,7 +73,26 @@ export function createLogger(settings: LoggerSettings): Logger {
   // A file is opened here, synchronously: the destination is ready from the first line, so the
   // batch can always be written at exit, even by a process that exits just after starting.
   const fd = typeof dest === 'string' ? openLogFile(dest) : dest;
-  const stream = pino.destination({ dest: fd, sync: false, minLength: 0 });
+  // What the destination has not taken waits in memory, LOG_BUFFER_BYTES at most: past it a write
+  // is dropped (sonic-boom's maxLength), counted, and told once the destination takes lines again.
+  const stream = pino.destination({ dest: fd, sync: false, minLength: 0, maxLength: LOG_BUFFER_BYTES });
+  const dropped = { lines: 0, untold: 0 };
+  stream.on('drop', (data: string | Buffer) => {
+    const n = linesIn(data);
+    dropped.lines += n;
+    dropped.untold += n;
+  });
+  // 'drain': everything held was written, so the destination takes lines again.
+  stream.on('drain', () => {
+    if (dropped.untold === 0) return;
+    const count = dropped.untold;
+    dropped.untold = 0;
+    logger.warn(
+      { event: { action: 'log-lines-dropped' }, count, bufferBytes: LOG_BUFFER_BYTES },
+      'Log lines dropped while the log destination was bufferBytes behind',
+    );
+  });
+  drops.set(stream, dropped);
   const batch = new LineBatch((text) => stream.write(text));
   process.once('exit', () => {
     try {
@@ -142,6 +161,22 @@ export class LineBatch {
 
 /** The batch of each destination createLogger made, for connection lines (connection-log.ts). */
 const batches = new WeakMap<object, LineBatch>();
+/** The lines each destination createLogger made dropped (LOG_BUFFER_BYTES), in all and not yet told. */
+const drops = new WeakMap<object, { lines: number; untold: number }>();
+
+/** The lines in what a write held (each ends in a newline). */
+function linesIn(data: string | Buffer): number {
+  let n = 0;
+  if (typeof data === 'string') for (let i = data.indexOf('\n'); i >= 0; i = data.indexOf('\n', i + 1)) n++;
+  else for (let i = data.indexOf(10); i >= 0; i = data.indexOf(10, i + 1)) n++;
+  return n;
+}
+
+/** The lines `log`'s destination dropped so far for want of room (0 for a logger createLogger did not make). */
+export function logLinesDropped(log: Logger): number {
+  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym];
+  return typeof stream === 'object' && stream !== null ? (drops.get(stream)?.lines ?? 0) : 0;
+}
 
 /** The batch of lines bound for `log`'s destination, or null when `log` was not made by createLogger. */
 export function lineBatchOf(log: Logger): LineBatch | null {
@@ -170,6 +205,12 @@ export function timestampAt(ms: number): string {
 /** The last second timestampAt wrote, and its text. */
 const stamp = { second: Number.NaN, prefix: '' };
 
+/**
+ * The most a destination that falls behind (journald, a full pipe, a slow disk) may have waiting
+ * in memory. The lines come at the sandboxes' pace (a refused connection or DNS query is one):
+ * held whole, a stalled destination cost 450 bytes of heap a line, without bound.
+ */
+export const LOG_BUFFER_BYTES = 16 * 1024 * 1024;
 /** Connection lines are written out once this many wait (≈ 64 KiB)... */
 export const LOG_BATCH_LINES = 128;
 /** ...or this long after the first of them, whichever comes first. */

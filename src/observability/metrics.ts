@@ -321,6 +321,12 @@ export const METRICS = {
     help: "Refused connections closed right after their answer instead of lingering, because lingering refusals already held half the descriptors of their sandbox's share of the budget (sandbox) or of the whole budget (global).",
     labels: ['scope'],
   },
+  logLinesDropped: {
+    name: 'egressd_log_lines_dropped_total',
+    type: 'counter',
+    help: 'Log lines dropped because the log destination had not taken the 16 MiB already waiting for it (journald, a full pipe, a slow disk); told on a log-lines-dropped line once it takes lines again.',
+    labels: [],
+  },
   memoryPressure: {
     name: 'egressd_memory_pressure_ratio',
     type: 'gauge',
@@ -361,6 +367,8 @@ export interface ScrapeSources {
   readonly dataPlane: () => 'native' | 'js';
   /** The native loops' accept pauses so far (native-setup.ts), or null on the JS path. */
   readonly acceptPauses: () => { readonly cap: number; readonly descriptors: number } | null;
+  /** The log lines dropped so far (observability/logger.ts logLinesDropped). */
+  readonly logLinesDropped: () => number;
 }
 
 const LISTENERS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
@@ -381,6 +389,7 @@ export class Metrics {
     registered: () => null,
     dataPlane: () => 'js',
     acceptPauses: () => null,
+    logLinesDropped: () => 0,
   };
   /** Accepts and outcomes not yet counted (see `outcome`). */
   readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
@@ -400,6 +409,7 @@ export class Metrics {
     };
     // The pauses counted in C, read at scrape time: the counter moves by what they grew since.
     const pausesSeen = { cap: 0, descriptors: 0 };
+    let droppedSeen = 0;
     // The instruments that are read at scrape time, by key; each runs with the instrument it fills.
     const collect: Partial<Record<MetricKey, (g: Gauge<string>) => void>> = {
       buildInfo: (g) => {
@@ -442,6 +452,11 @@ export class Metrics {
           else c.inc({ reason }, 0);
           pausesSeen[reason] = p[reason];
         }
+      },
+      logLinesDropped: (g) => {
+        const n = src().logLinesDropped();
+        (g as unknown as Counter<string>).inc(Math.max(0, n - droppedSeen));
+        droppedSeen = Math.max(droppedSeen, n);
       },
       memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
       memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),

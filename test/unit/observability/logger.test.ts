@@ -2,7 +2,7 @@
 // LOG_BATCH_LINES or LOG_FLUSH_MS), every other line at once with the batch before it, in order,
 // and what waits is written when the process exits.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -115,5 +115,59 @@ describe('createLogger', () => {
       process.exit(0);`;
     execFileSync(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script]);
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(3);
+  });
+
+  // The lines are the sandboxes' to multiply (a refused connection or DNS query is a line), and a
+  // destination can fall behind them (journald, a full pipe): what it has not taken waited in
+  // memory without bound, 450 bytes of heap a line.
+  it('holds at most 16 MiB a destination has not taken, drops the rest, and says how many once it takes them again', () => {
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    // In a process of its own, which reports and then kills itself: a destination that takes
+    // nothing would hold its exit (the exit flush waits for the destination).
+    const script = `
+      import { constants, openSync, readSync, writeSync } from 'node:fs';
+      import { setFlagsFromString } from 'node:v8';
+      import { runInNewContext } from 'node:vm';
+      import { createLogger, logLinesDropped } from ${JSON.stringify(join(ROOT, 'src/observability/logger.ts'))};
+      setFlagsFromString('--expose-gc');
+      const gc = runInNewContext('gc');
+      const heap = () => (gc(), gc(), process.memoryUsage().heapUsed);
+      const report = (o) => {
+        writeSync(1, JSON.stringify(o) + '\\n');
+        process.kill(process.pid, 'SIGKILL');
+      };
+      // Read-write, so the pipe stays open with no reader reading: it fills (64 KiB), then takes nothing.
+      const fd = openSync(${JSON.stringify(fifo)}, constants.O_RDWR | constants.O_NONBLOCK);
+      const log = createLogger({ level: 'info', destination: fd });
+      const before = heap();
+      const pad = 'x'.repeat(1000);
+      for (let i = 0; i < 40 * 1024; i++) log.info({ event: { action: 'x' }, pad }, 'line ' + i);
+      const grew = heap() - before;
+      if (grew > 32 * 1024 * 1024) report({ grew, dropped: logLinesDropped(log), line: null });
+      // Now the destination takes everything again.
+      const buf = Buffer.alloc(1 << 20);
+      let text = '';
+      const until = Date.now() + 10_000;
+      const read = () => {
+        for (;;) {
+          try {
+            const n = readSync(fd, buf, 0, buf.length, null);
+            text += buf.toString('latin1', 0, n).replace(/"pad":"x+"/g, '');
+          } catch {
+            break;
+          }
+        }
+        const line = text.split('\\n').find((l) => l.includes('"log-lines-dropped"'));
+        if (line === undefined && Date.now() < until) return void setImmediate(read);
+        report({ grew, dropped: logLinesDropped(log), line: line ? JSON.parse(line) : null });
+      };
+      read();`;
+    const run = spawnSync(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+    const out = JSON.parse(run.stdout) as { grew: number; dropped: number; line: { count: number } | null };
+    // 40 MiB of lines: held whole, the heap grew by more than that.
+    expect(out.grew).toBeLessThan(32 * 1024 * 1024);
+    expect(out.dropped).toBeGreaterThan(16 * 1024);
+    expect(out.line).toMatchObject({ 'log.level': 'warn', count: out.dropped });
   });
 });

@@ -123,7 +123,12 @@ function feed(m: Metrics): void {
     memoryLimitBytes: 512 * 1_048_576,
     overloaded: { memory: true, descriptors: false },
   }));
-  m.attach({ registered: () => ({ sandboxes: 4, organizations: 2 }), dataPlane: () => 'native', acceptPauses: () => ({ cap: 3, descriptors: 1 }) });
+  m.attach({
+    registered: () => ({ sandboxes: 4, organizations: 2 }),
+    dataPlane: () => 'native',
+    acceptPauses: () => ({ cap: 3, descriptors: 1 }),
+    logLinesDropped: () => 7,
+  });
   // One connection still open when the metrics are read.
   m.accepted('tls');
 }
