@@ -82,8 +82,10 @@ export class ResolvedNames {
         names = new Map();
         if (table.size >= this.#perSandbox) table.pop();
       }
+      // The later expiry stands: the sandbox may still hold the answer that gave the longer TTL.
+      const was = names.get(name) ?? 0;
       names.delete(name);
-      names.set(name, Math.max(until, names.get(name) ?? 0));
+      names.set(name, Math.max(until, was));
       if (names.size > NAMES_PER_ADDRESS) names.delete(names.keys().next().value!);
       // Stored again, new or not: lru-cache sizes an entry only as it is added (a set with the
       // same value keeps the old size), the least recently given going while the table is past

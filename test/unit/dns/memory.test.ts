@@ -29,6 +29,13 @@ describe('ResolvedNames', () => {
     now = 3000;
     m.remember('a', 'x.test', ['198.18.1.10'], 100);
     expect(m.expiryOf('a', '198.18.1.10')).toBe(61_000);
+    // Given again with a shorter TTL: the sandbox may still hold the longer answer, so the
+    // later expiry still stands.
+    now = 4000;
+    m.remember('a', 'x.test', ['198.18.1.10'], 1);
+    expect(m.namesFor('a', '198.18.1.10')).toEqual(['y.test', 'x.test']);
+    now = 100_000;
+    expect(m.namesFor('a', '198.18.1.10')).toEqual(['x.test']);
   });
 
   it('keeps at most perSandbox addresses, dropping the least recently given', () => {
