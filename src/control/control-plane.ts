@@ -152,6 +152,8 @@ export class ControlPlane {
   readonly #failureListeners: ((e: WriteFailureEvent) => void)[] = [];
   /** Serializes changes so that validate → persist → apply is atomic with respect to others. */
   #lock: Promise<unknown> = Promise.resolve();
+  /** The sandbox an API change has validated and is writing now (at most one: changes are serialized). */
+  #claim: { readonly id: string; readonly sources: readonly string[] } | null = null;
 
   constructor(store: PolicyStore, state: StateStore | null) {
     this.store = store;
@@ -267,13 +269,19 @@ export class ControlPlane {
     const issues: FieldIssue[] = [];
     const parsed = next.map((r) => ({ r, n: parseNetwork(r.network, `sandboxes.${r.id}.network`) }));
     for (const p of parsed) if (!p.n.ok) issues.push(...p.n.issues);
+    // A reload is synchronous and may land while an API change waits for its write: that
+    // change's sandbox and sources count as taken, as they will be once it is applied.
+    const claim = this.#claim;
     for (const r of next) {
       const api = this.#records.get(r.id);
       if (api && api.origin === 'api') issues.push({ field: `sandboxes.${r.id}`, reason: `Sandbox ${quote(r.id)} already exists through the API` });
+      else if (claim?.id === r.id) issues.push({ field: `sandboxes.${r.id}`, reason: `Sandbox ${quote(r.id)} is being written through the API now` });
       for (const s of r.sources) {
         const owner = this.store.ownerOf(s);
         if (owner !== null && owner !== r.id && this.#records.get(owner)?.origin === 'api') {
           issues.push({ field: `sandboxes.${r.id}.sources`, reason: `Source ${quote(s)} belongs to API sandbox ${quote(owner)}` });
+        } else if (claim !== null && claim.id !== r.id && claim.sources.includes(s)) {
+          issues.push({ field: `sandboxes.${r.id}.sources`, reason: `Source ${quote(s)} is being given to API sandbox ${quote(claim.id)} now` });
         }
       }
     }
@@ -365,42 +373,59 @@ export class ControlPlane {
   }
 
   putSandbox(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    return this.#serialized(async () => {
-      const v = this.#validateSandbox(id, body, 'api');
-      if (!v.ok) return v;
-      const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
-      if (failed) return failed;
-      const created = !this.#records.has(id);
-      const before = this.#records.get(id);
-      await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
-      this.#apply(v.value.record, v.value.network);
-      this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
-      // The tag of what this change wrote, read inside its serialized section: a later change cannot slip in.
-      return { ok: true, value: { record: v.value.record, created, etag: this.etagOf('sandbox', id)! } };
-    });
+    return this.#serialized(() => this.#putSandbox(id, body, actor, cond));
   }
 
-  /** Replaces only the network of an existing sandbox (the sandbox0 route). */
+  /** putSandbox's work; runs only inside the serialized section. */
+  async #putSandbox(
+    id: string,
+    body: unknown,
+    actor: string,
+    cond?: Preconditions,
+  ): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
+    const v = this.#validateSandbox(id, body, 'api');
+    if (!v.ok) return v;
+    const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
+    if (failed) return failed;
+    const created = !this.#records.has(id);
+    const before = this.#records.get(id);
+    // Validated against the table as it is now; a reload during the write must not hand out
+    // what this change is about to take (replaceConfigSandboxes).
+    this.#claim = { id, sources: v.value.record.sources };
+    try {
+      await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
+    } finally {
+      this.#claim = null;
+    }
+    this.#apply(v.value.record, v.value.network);
+    this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
+    // The tag of what this change wrote, read inside its serialized section: a later change cannot slip in.
+    return { ok: true, value: { record: v.value.record, created, etag: this.etagOf('sandbox', id)! } };
+  }
+
+  /**
+   * Replaces only the network of an existing sandbox (the sandbox0 route). The rest of the
+   * sandbox is read inside the serialized section: a change queued before this one (a DELETE,
+   * a PUT that moved its sources or organization) is kept, not undone by a stale copy.
+   */
   putNetwork(
     id: string,
     network: unknown,
     actor = 'api',
     cond?: Preconditions,
   ): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    const r = this.#records.get(id);
-    if (!r) return Promise.resolve(notFound(`Sandbox ${quote(id)} does not exist`));
-    return this.putSandbox(
-      id,
-      {
+    return this.#serialized(async () => {
+      const r = this.#records.get(id);
+      if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+      const body = {
         sources: r.sources,
         ...(r.org !== null ? { org: r.org } : {}),
         ...(r.limits ? { limits: r.limits } : {}),
         ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
         network,
-      },
-      actor,
-      cond,
-    );
+      };
+      return this.#putSandbox(id, body, actor, cond);
+    });
   }
 
   deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord>> {
