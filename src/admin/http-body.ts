@@ -5,6 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ApiError } from '../errors.ts';
 import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
+import { quote } from '../util/fields.ts';
 import { sendJson } from './server.ts';
 
 export function sendError(res: ServerResponse, e: ApiError): void {
@@ -20,6 +21,11 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
  */
 export function checkBearer(req: IncomingMessage, token: string | null): void {
   if (token === null) throw new ApiError(401, 'unauthorized', 'The admin API is disabled: no admin.token is configured');
+  // node:http keeps the first of two Authorization fields and drops the second; a proxy in front
+  // may read the other one. A singleton field given twice (RFC 9110 §5.3) has no one meaning.
+  if ((req.headersDistinct['authorization']?.length ?? 0) > 1) {
+    throw new ApiError(401, 'unauthorized', 'The request gives the Authorization field more than once; give one bearer token');
+  }
   const h = req.headers.authorization ?? '';
   const m = /^Bearer\s+(\S+)\s*$/i.exec(h);
   const presented = m ? m[1]! : '';
@@ -30,9 +36,10 @@ export function checkBearer(req: IncomingMessage, token: string | null): void {
 
 /** Reads a JSON body of at most `limit` bytes, each object's keys unique; anything else is a 400/413/415 ApiError. */
 export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
-  const type = req.headers['content-type'];
-  if (type !== undefined && !/^application\/json\b/i.test(type)) {
-    throw new ApiError(415, 'unsupported_media_type', `Expected application/json, got "${type}"`);
+  // node:http keeps the first of two Content-Type fields; both are judged. The media type ends
+  // at ";" or the end (RFC 9110 §8.3.1): application/json-seq is another type.
+  for (const type of req.headersDistinct['content-type'] ?? []) {
+    if (!/^application\/json[ \t]*(?:;|$)/i.test(type)) throw new ApiError(415, 'unsupported_media_type', `Expected application/json, got ${quote(type)}`);
   }
   const declared = Number(req.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared > limit) {

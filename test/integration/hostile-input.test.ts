@@ -4,6 +4,7 @@
 // which the suites that run src/ never exercise.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -190,5 +191,61 @@ describe('the config schema for editors and `egressd validate` agree where the s
     expect(schema(doc)).toBe(true);
     const file = writeConfig(dir, doc);
     expect((await runProcess(NODE, [EGRESSD, 'validate', file])).code).toBe(0);
+  });
+});
+
+describe('request header fields the API reads, given twice or in a near spelling', () => {
+  let a: ApiDaemon;
+  beforeAll(async () => {
+    a = await startApiDaemon();
+  }, 60_000);
+  afterAll(async () => {
+    await a?.stop();
+  });
+
+  /** One request written as raw bytes (undici and node:http would fold or refuse a repeated field): the status line's code. */
+  function rawStatus(head: string, body = ''): Promise<number> {
+    const { port } = new URL(a.admin);
+    return new Promise((resolve, reject) => {
+      const s = connect(Number(port), '127.0.0.1', () => s.write(`${head}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`));
+      let out = '';
+      s.setEncoding('latin1');
+      s.on('data', (d: string) => (out += d));
+      s.on('error', reject);
+      s.on('close', () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(out)?.[1] ?? 0)));
+    });
+  }
+  // Each id its own source, so that a PUT wrongly let through cannot make the next one a 409.
+  const sourceOf = new Map<string, string>();
+  const put = (id: string, fields: string): Promise<number> => {
+    const source = sourceOf.get(id) ?? `198.18.1.${sourceOf.size + 1}`;
+    sourceOf.set(id, source);
+    return rawStatus(
+      `PUT /api/v1/sandboxes/${id} HTTP/1.1\r\nHost: egressd.test\r\n${fields}`,
+      JSON.stringify({ sources: [source], network: { mode: 'allow-all' } }),
+    );
+  };
+  const exists = async (id: string): Promise<boolean> =>
+    (await adminCall(a.admin, 'GET', `/api/v1/sandboxes/${id}`, undefined, bearer(API_TOKEN))).status === 200;
+  const TOKEN = `Authorization: Bearer ${API_TOKEN}\r\n`;
+  const JSON_TYPE = 'Content-Type: application/json\r\n';
+
+  it('a second Authorization field is 401 whichever comes first: Authorization is a singleton field (RFC 9110 §5.3, §11.6.2)', async () => {
+    expect(await put('twice-1', `${TOKEN}Authorization: Bearer someone-else\r\n${JSON_TYPE}`)).toBe(401);
+    expect(await put('twice-2', `Authorization: Bearer someone-else\r\n${TOKEN}${JSON_TYPE}`)).toBe(401);
+    expect(await exists('twice-1')).toBe(false);
+    expect(await exists('twice-2')).toBe(false);
+  });
+
+  it('a media type that only starts like application/json, or two Content-Type fields, is 415', async () => {
+    for (const type of ['application/json-seq', 'application/jsonpath', 'application/json+x']) {
+      expect(await put('typed', `${TOKEN}Content-Type: ${type}\r\n`), type).toBe(415);
+    }
+    expect(await put('typed', `${TOKEN}Content-Type: text/plain\r\n${JSON_TYPE}`)).toBe(415);
+    expect(await put('typed', `${TOKEN}${JSON_TYPE}Content-Type: text/plain\r\n`)).toBe(415);
+    expect(await exists('typed')).toBe(false);
+    // RFC 9110 §8.3.1: the type is case-insensitive and takes parameters, with or without spaces.
+    expect(await put('typed', `${TOKEN}Content-Type: Application/JSON;charset=utf-8\r\n`)).toBe(201);
+    expect(await put('typed', `${TOKEN}Content-Type: application/json ; charset=UTF-8\r\n`)).toBe(200);
   });
 });
