@@ -286,14 +286,18 @@ export class ControlPlane {
       }
     }
     if (issues.length > 0) return invalid(issues);
-    for (const r of [...this.#records.values()]) {
-      if (r.origin === 'config') {
-        this.store.removeSandbox(r.id);
-        this.#records.delete(r.id);
-      }
-    }
     const before = new Map([...this.#records.values()].filter((r) => r.origin === 'config').map((r) => [r.id, digestOf(r)]));
+    for (const id of before.keys()) {
+      this.store.removeSandbox(id);
+      this.#records.delete(id);
+    }
     for (const p of parsed) if (p.n.ok) this.#apply(p.r, p.n.value);
+    // A removed sandbox is a change too: its sources fall to the default policy, which must
+    // re-judge their open connections and dials as an API DELETE does.
+    const kept = new Set(next.map((r) => r.id));
+    for (const [id, digest] of before) {
+      if (!kept.has(id)) this.#emit({ source: 'config', action: 'delete', kind: 'sandbox', id, actor: 'config', before: digest, after: null });
+    }
     for (const r of next) {
       this.#emit({ source: 'config', action: 'put', kind: 'sandbox', id: r.id, actor: 'config', before: before.get(r.id) ?? null, after: digestOf(r) });
     }

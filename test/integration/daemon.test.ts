@@ -305,6 +305,24 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     expect((await refusedFrom('127.0.0.16', d.port('tcp'))).received).toBe(0);
   });
 
+  it('closes the open connections of the config sandboxes a reload removes, when the default policy refuses them, and logs each removal', async () => {
+    d = await start(loopbackConfig({ sandboxes: [{ id: 'cfg-gone', sources: ['127.0.0.18'], network: { mode: 'allow-all' } }] }));
+    d.route('127.0.0.18', '127.0.0.1', upstream.port);
+    const c = await dialFrom('127.0.0.18', d.port('tcp'));
+    clients.push(c);
+    c.on('error', () => {});
+    expect(await echoes(c, 'before')).toBe('before');
+    // The default policy (block-all) now judges 127.0.0.18: the reload returns only once the
+    // connection it refuses is closed, as an API DELETE is answered.
+    const closed = once(c, 'close').then(() => 'closed');
+    expect(d.daemon.reload(loopbackConfig({ sandboxes: [] }))).toMatchObject({ ok: true });
+    expect(await Promise.race([closed, new Promise((r) => setTimeout(() => r('still open'), 3000))])).toBe('closed');
+    expect(await d.waitForLog((l) => action(l) === 'connection' && field(l, 'event.reason') === 'policy-changed')).toMatchObject({
+      egressd: { verdict: 'refuse' },
+    });
+    expect(d.logs.find((l) => action(l) === 'policy-change' && l['id'] === 'cfg-gone')).toMatchObject({ action: 'delete', actor: 'config', after: null });
+  });
+
   it('applies a reloaded defaultNetwork to the next connection and names the keys that need a restart', async () => {
     d = await start(loopbackConfig({}));
     d.route('127.0.0.17', '127.0.0.1', upstream.port);

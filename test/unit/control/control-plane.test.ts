@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ControlPlane, type SandboxRecord } from '../../../src/control/control-plane.ts';
+import { ControlPlane, digestOf, type ChangeEvent, type SandboxRecord } from '../../../src/control/control-plane.ts';
 import { StateStore, type EntryKind } from '../../../src/control/state-store.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
 
@@ -120,5 +120,28 @@ describe('a config reload while an API change waits for its write', () => {
     const r = cp.sandbox('sb-1')!;
     for (const s of r.sources) expect(cp.store.ownerOf(s)).toBe('sb-1');
     for (const s of ['198.18.0.7', '198.18.0.8'].filter((x) => !r.sources.includes(x))) expect(cp.store.ownerOf(s)).toBeNull();
+  });
+});
+
+describe("a config reload's change events", () => {
+  const config = (id: string, source: string, mode = 'allow-all'): SandboxRecord => ({ id, sources: [source], org: null, network: { mode }, origin: 'config' });
+
+  it('carry the digest from before the reload, and a delete for each sandbox it removes', async () => {
+    const cp = await plane(null);
+    const a = config('cfg-a', '198.18.0.1');
+    const b = config('cfg-b', '198.18.0.2');
+    expect(cp.replaceConfigSandboxes([a, b]).ok).toBe(true);
+    const events: ChangeEvent[] = [];
+    cp.onChange((e) => events.push(e));
+    const a2 = config('cfg-a', '198.18.0.1', 'block-all');
+    expect(cp.replaceConfigSandboxes([a2]).ok).toBe(true);
+    expect(events.map((e) => [e.action, e.id, e.before, e.after])).toEqual(
+      expect.arrayContaining([
+        ['put', 'cfg-a', digestOf(a), digestOf(a2)],
+        ['delete', 'cfg-b', digestOf(b), null],
+      ]),
+    );
+    expect(events).toHaveLength(2);
+    expect(cp.store.ownerOf('198.18.0.2')).toBeNull();
   });
 });
