@@ -248,4 +248,13 @@ describe('request header fields the API reads, given twice or in a near spelling
     expect(await put('typed', `${TOKEN}Content-Type: Application/JSON;charset=utf-8\r\n`)).toBe(201);
     expect(await put('typed', `${TOKEN}Content-Type: application/json ; charset=UTF-8\r\n`)).toBe(200);
   });
+
+  it('an entity tag with a comma inside its quotes is one tag (RFC 9110 §8.8.3 etagc): 412 when it does not match, not 400', async () => {
+    expect(await put('tagged', `${TOKEN}${JSON_TYPE}`)).toBe(201);
+    const tag = (await adminCall(a.admin, 'GET', '/api/v1/sandboxes/tagged', undefined, bearer(API_TOKEN))).headers['etag'] as string;
+    expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-Match: "a,b"\r\n`)).toBe(412);
+    expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-Match: "x,y", ${tag}\r\n`)).toBe(200);
+    expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-None-Match: W/"a,b" , "c"\r\n`)).toBe(200);
+    expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-Match: "a,b\r\n`)).toBe(400);
+  });
 });
