@@ -30,6 +30,19 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
+/**
+ * The path with its percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2: `%61` and
+ * `a` are the same URI), so that routes and ids match however a client encodes them. Every other
+ * escape (`%2F`, a non-ASCII byte) stays encoded and outside the id pattern.
+ */
+function unreservedDecoded(path: string): string {
+  if (!path.includes('%')) return path;
+  return path.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
+    const c = String.fromCharCode(parseInt(hex, 16));
+    return /^[A-Za-z0-9._~-]$/.test(c) ? c : escape;
+  });
+}
+
 export class AdminServer {
   readonly endpoint: Endpoint;
   #server: Server;
@@ -63,7 +76,7 @@ export class AdminServer {
   }
 
   async #dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0]!;
+    const path = unreservedDecoded((req.url ?? '/').split('?')[0]!);
     const allowed = new Set<string>();
     for (const r of this.#routes) {
       const m = r.path.exec(path);

@@ -194,7 +194,7 @@ describe('the config schema for editors and `egressd validate` agree where the s
   });
 });
 
-describe('request header fields the API reads, given twice or in a near spelling', () => {
+describe('what the API reads of a request (header fields, the path), given twice or in a near spelling', () => {
   let a: ApiDaemon;
   beforeAll(async () => {
     a = await startApiDaemon();
@@ -256,5 +256,16 @@ describe('request header fields the API reads, given twice or in a near spelling
     expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-Match: "x,y", ${tag}\r\n`)).toBe(200);
     expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-None-Match: W/"a,b" , "c"\r\n`)).toBe(200);
     expect(await put('tagged', `${TOKEN}${JSON_TYPE}If-Match: "a,b\r\n`)).toBe(400);
+  });
+
+  it('a path that percent-encodes an unreserved character names the same sandbox (RFC 3986 §6.2.2.2)', async () => {
+    expect(await put('enc.1', `${TOKEN}${JSON_TYPE}`)).toBe(201);
+    const get = (path: string) => adminCall(a.admin, 'GET', path, undefined, bearer(API_TOKEN));
+    expect((await get('/api/v1/sandboxes/%65nc%2E1')).body).toMatchObject({ id: 'enc.1' });
+    expect((await get('/api/v1/sandboxes/%65nc%2e1/network')).status).toBe(200);
+    // A reserved or other character stays encoded, and stays outside the id pattern.
+    const slash = await get('/api/v1/sandboxes/enc%2F1');
+    expect(slash.status).toBe(404);
+    expect(slash.body.error.message).toContain('is not a valid id');
   });
 });
