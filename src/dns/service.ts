@@ -92,7 +92,7 @@ export class DnsService {
       this.#count('malformed', 'other', false);
       return null;
     }
-    const policy = this.#deps.policies.lookup(source);
+    let policy = this.#deps.policies.lookup(source);
     const key = DnsService.keyOf(policy, source);
     if (!this.#buckets.take(key)) {
       this.#count('rate-limited', parsed.kind === 'query' ? parsed.query.type : 'other', false);
@@ -117,11 +117,11 @@ export class DnsService {
       return errorResponse(parsed.id, parsed.flags, parsed.rcode, parsed.question, parsed.edns);
     }
     const q = parsed.query;
-    const about = { sandbox: policy.sandbox, source, transport, name: q.name, type: q.type };
+    let about = { sandbox: policy.sandbox, source, transport, name: q.name, type: q.type };
     const limit = transport === 'udp' ? udpLimit(q) : TCP_LIMIT;
     const config = this.#deps.config();
 
-    const gate = this.#gate(policy, q.name);
+    let gate = this.#gate(policy, q.name);
     if (!gate.reach) {
       this.#count('refuse', q.type, false);
       logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
@@ -172,6 +172,20 @@ export class DnsService {
         return refusalResponse(q, 'SERVFAIL');
       }
       answered = r;
+      // The wait upstream may have outlasted a policy change, which the API answered meanwhile:
+      // the answer is given, and remembered, only as the policy in force now for this source
+      // allows (its sandbox may have changed too: a source handed to another one).
+      const now = this.#deps.policies.lookup(source);
+      if (now !== policy) {
+        policy = now;
+        about = { ...about, sandbox: policy.sandbox };
+        gate = this.#gate(policy, q.name);
+        if (!gate.reach) {
+          this.#count('refuse', q.type, false, upstreamMs);
+          logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
+          return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
+        }
+      }
     }
 
     const target = this.#deniedTarget(policy, answered);
