@@ -500,7 +500,8 @@ export class StateStore {
   }
 
   #writeError(err: unknown): StateWriteError {
-    const e = err as { errcode?: number | null; errstr?: string | null; message?: string };
+    const e = err as { errcode?: number | null; errstr?: string | null; errno?: string | null; message?: string };
+    if (typeof e.errno === 'string') return new StateWriteError(this.path, e.errno, e.errstr ?? e.message ?? String(err), err);
     const primary = (e.errcode ?? 0) & 0xff;
     // SQLite reports "read-only" for a read-only file system and for missing permission alike;
     // asking the folder tells which, with the system's own errno.

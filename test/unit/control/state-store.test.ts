@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ControlPlane, type SandboxRecord } from '../../../src/control/control-plane.ts';
 import { StateStore } from '../../../src/control/state-store.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
-import { StateInvalidError } from '../../../src/errors.ts';
+import { StateInvalidError, StateWriteError } from '../../../src/errors.ts';
 import { verdict } from '../../../src/policy/verdict.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
@@ -303,6 +303,51 @@ describe('writing', () => {
     order.push('change acknowledged');
     expect(r.ok).toBe(true);
     expect(order).toEqual(['event loop turned', 'change acknowledged']);
+  });
+
+  // The files at state.path are what a restart reads: a change written to files that were
+  // moved or deleted meanwhile (a "reset" with rm, a restore that put another file in place)
+  // would be acknowledged and then be gone.
+  describe('refuses a change once state.path no longer names the files it writes, changing nothing', () => {
+    const db = (): string => join(dir, 'state.db');
+    async function afterward(act: () => void): Promise<{ cp: ControlPlane; err: unknown }> {
+      const cp = await load(db());
+      expect((await cp.putSandbox('sb-1', { sources: ['198.18.0.1'] })).ok).toBe(true);
+      act();
+      const err = await cp.putSandbox('sb-2', { sources: ['198.18.0.2'] }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(cp.sandbox('sb-2')).toBeUndefined();
+      expect(cp.store.ownerOf('198.18.0.2')).toBeNull();
+      return { cp, err };
+    }
+
+    it('the database and its WAL moved away: ENOENT', async () => {
+      const away = mkdtempSync(join(tmpdir(), 'egressd-state-away-'));
+      try {
+        const { err } = await afterward(() => {
+          for (const f of files()) renameSync(join(dir, f), join(away, f));
+        });
+        expect(err).toBeInstanceOf(StateWriteError);
+        expect(err).toMatchObject({ errno: 'ENOENT' });
+      } finally {
+        rmSync(away, { recursive: true, force: true });
+      }
+    });
+
+    it('only the WAL deleted: ENOENT', async () => {
+      const { err } = await afterward(() => rmSync(`${db()}-wal`));
+      expect(err).toMatchObject({ errno: 'ENOENT' });
+    });
+
+    it('another database put in its place: ESTALE', async () => {
+      const { err } = await afterward(() => {
+        writeFileSync(`${db()}.other`, readFileSync(db()));
+        renameSync(`${db()}.other`, db());
+      });
+      expect(err).toMatchObject({ errno: 'ESTALE' });
+    });
   });
 
   it('keeps changes in the order they were made', async () => {
