@@ -896,9 +896,24 @@ static void emit(sl_loop *l, sl_event *e) {
   if (l->on_event) l->on_event(l->ctx, e);
 }
 
+// Where peek_fill stops reading before the socket is empty (the flight is whole, the report is
+// due, the cap is full): an edge that said the socket failed (EPOLLHUP/EPOLLERR, `hup`) was spent
+// on the bytes before the error, and no event will show that error again. Taken here, it ends the
+// connection as a reset (client_left), where it would otherwise wait for a command and hold a
+// dial to the connect timeout for a client already gone: a client that sends its request and
+// resets before the loop accepts it (at the cap of unanswered connections) had its dial held
+// 30 s. -errno, or 0 (a FIN alone sets `hup` too, and leaves no error).
+static int unread_error(const sl_conn *c) {
+  if (!c->hup[CLIENT]) return 0;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd[CLIENT], SOL_SOCKET, SO_ERROR, &err, &len) != 0) return 0;
+  return -err;
+}
+
 // Reads what the client has sent, up to the cap. Returns 0 when it would block (or the cap is
 // full), 1 when the client closed (its FIN), -errno when its socket failed (a reset: the read took
-// the error, and no event will show it again).
+// the error, or unread_error did, and no event will show it again).
 static int peek_fill(sl_loop *l, sl_conn *c) {
   // Known empty (a read found it so, and no event came since): a read would only find EAGAIN.
   if (!c->rd[CLIENT]) return 0;
@@ -927,7 +942,8 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
         return 0;
       }
       // Enough to report: no read that would only find EAGAIN (the ready flag stays set).
-      if (c->auto_peek ? ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap) : c->stage == ST_PEEK && c->peek_len >= c->report_at) return 0;
+      if (c->auto_peek ? ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap) : c->stage == ST_PEEK && c->peek_len >= c->report_at)
+        return unread_error(c);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -939,7 +955,7 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
     if (n == 0) c->said_fin[CLIENT] = true;
     return n < 0 ? -errno : 1;
   }
-  return 0;
+  return unread_error(c);
 }
 
 static void client_left(sl_loop *l, sl_conn *c, int err);

@@ -2354,6 +2354,42 @@ static void test_fin_ends_while_the_flight_is_read(void) {
   close(client);
 }
 
+// A client whose whole flight and reset both came before the loop accepted it (it waited in the
+// listener's queue behind the cap of unanswered connections): the edge that said "reset" is spent
+// on the read of the flight, which stops once the flight is whole, so the error must be taken
+// then. The connection ends as the client's reset; a dial asked for on the flight dials nothing.
+// Before, the flight was reported, the reset never seen, and the dial held to its connect timeout
+// (20 s here; a sandbox resetting under a flood held a dial each time, 30 s in
+// test/integration/net/ending-storm.test.ts).
+static void test_flight_and_reset_before_accept(void) {
+  CHECK(sl_loop_accept_cap(rules_loop, 1) == 0, "sl_loop_accept_cap");
+  int silent;
+  uint64_t held = accept_silent(&silent);
+  int client = connect_to(&rules_front);
+  const char *head = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+  write_all(client, head, strlen(head));
+  usleep(20 * 1000);
+  reset_close(client);
+  usleep(20 * 1000);
+  // The slot is freed: the waiting connection is accepted, its flight and its reset both there.
+  sl_loop_answered(rules_loop, held);
+  saved_event ev;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev), "no ACCEPTED event");
+  uint64_t id = ev.e.id;
+  blackhole bh = blackhole_open();
+  struct sockaddr_storage a = storage_of(&bh.addr);
+  sl_loop_dial(rules_loop, id, &a, 1, 20000, 250, SL_MAX_ADDRS, 10000, 0, false, 0, false);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of a dial for a client that had reset (connect timeout 20 s)");
+  CHECK(o.end == SL_END_CLIENT_RESET && o.dialed == -1 && o.bytes_up == 0, "end %d, dialed %d, %llu up", o.end, o.dialed, (unsigned long long)o.bytes_up);
+  if (!o.id) sl_loop_abort(rules_loop, id), wait_outcome(id, 3000, &o);
+  blackhole_close(&bh);
+  sl_loop_abort(rules_loop, held);
+  wait_outcome(held, 3000, &o);
+  close(silent);
+  sl_loop_accept_cap(rules_loop, SL_MAX_UNANSWERED);
+}
+
 static void test_first_flight(void) {
   test_first_flight_framing();
   test_first_flight_dripped_is_read_once();
@@ -2383,6 +2419,7 @@ static void test_first_flight(void) {
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();
   test_fin_ends_while_the_flight_is_read();
+  test_flight_and_reset_before_accept();
   usleep(50 * 1000);
   CHECK(sl_loop_size(rules_loop) == 0, "%u connections left", sl_loop_size(rules_loop));
   // Stopped while a flight is still incomplete: its ACCEPTED report still comes before its outcome.
