@@ -165,6 +165,8 @@ describe.skipIf(process.platform !== 'linux').each([
       socketsLeft: 0,
     });
     if (acceptCap > 0) expect(d.daemon.nativeSetup!.acceptPauses().cap).toBeGreaterThan(0);
+    // However it went, no connection ended in egressd's own error.
+    expect(lines.filter((l) => field(l, 'event.reason') === 'internal-error').map((l) => field(l, 'egressd.end'))).toEqual([]);
     expect(clients).toHaveLength(CONNECTIONS);
     expect(lines).toHaveLength(CONNECTIONS);
     // On the Node path a client reset before its address was read is logged without it (the
