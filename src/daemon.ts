@@ -448,7 +448,11 @@ export class Daemon {
       return;
     }
     socket.on('error', () => {});
-    const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
+    // A client that reset before Node read its address (getpeername then fails) has none: '' is
+    // no sandbox's, and its lines leave `source.ip` out rather than carry a placeholder an index
+    // mapping it as an IP would reject.
+    const remote = socket.remoteAddress;
+    const source = remote === undefined ? '' : (canonicalSource(remote) ?? remote);
     const ticket = this.limits.admit(socket, kind, source);
     if (ticket === null) return;
     this.#run(new SocketClient(socket, this.#originalDst), kind, source, ticket);

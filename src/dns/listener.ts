@@ -221,7 +221,11 @@ export class DnsListener {
 
   #onConnection(socket: Socket): void {
     socket.on('error', () => {});
-    const source = canonicalSource(socket.remoteAddress ?? '') ?? String(socket.remoteAddress);
+    // A client that reset before Node read its address (getpeername then fails) is gone: nothing
+    // to answer, and no source to count it under.
+    const remote = socket.remoteAddress;
+    if (remote === undefined) return void socket.destroy();
+    const source = canonicalSource(remote) ?? remote;
     const key = this.#deps.keyOf(source);
     const held = this.#tcpAll.held(key);
     if (this.#status.state !== 'listening' || this.#deps.accepting?.() === false) {

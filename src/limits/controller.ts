@@ -273,7 +273,8 @@ export class LimitsController {
     this.#metrics.shed(kind, reason, l.sandbox);
     let k = `${l.sandbox ?? `source ${source}`}\u0000${reason}`;
     let e = this.#shed.get(k);
-    let own = l.sandbox === null ? source : null;
+    // A source of no sandbox is named, unless it is unknown ('': a client gone before its address was read).
+    let own = l.sandbox === null && source !== '' ? source : null;
     if (e === undefined && own !== null && this.#shedSources >= SOURCES_LOGGED) {
       k = `${OTHER_SOURCES}\u0000${reason}`;
       e = this.#shed.get(k);

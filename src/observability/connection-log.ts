@@ -65,7 +65,12 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     value: (o) => o.reason,
   },
   { name: 'event.duration', type: 'long', description: 'Accept to close, in nanoseconds (ECS unit).', value: (o) => ns(o.durationMs) },
-  { name: 'source.ip', type: 'ip', description: "The sandbox's address (IPv4 or IPv6, never with a port).", value: (o) => o.source },
+  {
+    name: 'source.ip',
+    type: 'ip',
+    description: "The sandbox's address (IPv4 or IPv6, never with a port); absent for a client that reset before its address could be read.",
+    value: (o) => (o.source === '' ? null : o.source),
+  },
   { name: 'source.port', type: 'long', description: "The sandbox's port.", value: (o) => o.sourcePort },
   { name: 'source.bytes', type: 'long', description: 'Bytes carried from the sandbox to the upstream.', value: (o) => o.bytesUp },
   {
