@@ -4,12 +4,11 @@
 // connection to that name: the data path's own lookups never set CD. The upstream is a real UDP
 // DNS server on loopback that answers as a validating resolver does for a bogus zone.
 
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
-import * as packet from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -17,41 +16,21 @@ const B = '127.0.0.3';
 const BOGUS = '127.0.0.9';
 const FLAG_CD = 0x0010;
 
-async function startValidatingUpstream(): Promise<{ server: string; close: () => Promise<void> }> {
-  const sock: UdpSocket = createSocket('udp4');
-  sock.on('message', (msg, rinfo) => {
-    let q: packet.DecodedPacket;
-    try {
-      q = packet.decode(msg);
-    } catch {
-      return;
-    }
-    const question = q.questions?.[0];
-    if (!question) return;
-    const cd = (msg.readUInt16BE(2) & FLAG_CD) !== 0;
-    const bogusA = question.name.toLowerCase() === 'bank.test' && question.type === 'A';
-    const reply = packet.encode({
-      type: 'response',
-      id: q.id,
-      flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (cd ? FLAG_CD : 0) | (cd ? 0 : 2),
-      questions: [question],
-      answers: cd && bogusA ? [{ name: 'bank.test', type: 'A', ttl: 300, data: BOGUS }] : [],
-    });
-    sock.send(reply, rinfo.port, rinfo.address);
-  });
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
-  return { server: `127.0.0.1:${sock.address().port}`, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
-}
-
 describe.skipIf(!haveDig)('an answer asked with checking disabled', () => {
-  let upstream: Awaited<ReturnType<typeof startValidatingUpstream>>;
+  let upstream: RecordedDns;
   let d: LoopbackDaemon;
   let port: number;
   let bogus: Server;
   let bogusConnections = 0;
 
   beforeAll(async () => {
-    upstream = await startValidatingUpstream();
+    // A validating resolver and a bogus zone: SERVFAIL, unless CD is set; then bank.test's A
+    // record as it failed validation, CD echoed.
+    upstream = await startRecordedDns(({ name, type, flags }) =>
+      (flags & FLAG_CD) === 0
+        ? { rcode: 'SERVFAIL' }
+        : { flags: FLAG_CD, answers: name === 'bank.test' && type === 'A' ? [{ name: 'bank.test', type: 'A', ttl: 300, data: BOGUS }] : [] },
+    );
     bogus = createServer((s) => {
       bogusConnections++;
       s.on('error', () => {});

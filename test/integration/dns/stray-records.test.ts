@@ -8,14 +8,13 @@
 // the daemon's listener.
 
 import { once } from 'node:events';
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
-import * as packet from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
+import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -39,40 +38,20 @@ const ZONE: Record<string, Answer[]> = {
   ],
 };
 
-async function startUpstream(): Promise<{ server: string; close: () => Promise<void> }> {
-  const sock: UdpSocket = createSocket('udp4');
-  sock.on('message', (msg, rinfo) => {
-    let q: packet.DecodedPacket;
-    try {
-      q = packet.decode(msg);
-    } catch {
-      return;
-    }
-    const question = q.questions?.[0];
-    if (!question) return;
-    const answers = question.type === 'A' ? ZONE[question.name.toLowerCase()] : [];
-    const reply = packet.encode({
-      type: 'response',
-      id: q.id,
-      flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (answers ? 0 : 3),
-      questions: [question],
-      answers: answers ?? [],
-    });
-    sock.send(reply, rinfo.port, rinfo.address);
-  });
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
-  return { server: `127.0.0.1:${sock.address().port}`, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
-}
-
 describe.skipIf(!haveDig)('records of another owner in an answer section', () => {
-  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let upstream: RecordedDns;
   let d: LoopbackDaemon;
   let echo: Server;
   let echoPort: number;
   let echoed = 0;
 
   beforeAll(async () => {
-    upstream = await startUpstream();
+    // The sections for A; any other type of any name is NODATA.
+    upstream = await startRecordedDns(({ name, type }) => {
+      if (type !== 'A') return {};
+      const answers = ZONE[name];
+      return answers ? { answers } : { rcode: 'NXDOMAIN' };
+    });
     echo = createServer((s) => {
       echoed++;
       s.on('error', () => {});

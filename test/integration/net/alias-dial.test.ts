@@ -6,14 +6,13 @@
 // upstream DNS server is a real UDP server on loopback serving the chains as recorded.
 
 import { once } from 'node:events';
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
-import * as packet from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
+import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -41,44 +40,18 @@ const ZONE: Record<string, Answer[]> = {
   ],
 };
 
-async function startUpstream(): Promise<{ server: string; asked: string[]; close: () => Promise<void> }> {
-  const sock: UdpSocket = createSocket('udp4');
-  const asked: string[] = [];
-  sock.on('message', (msg, rinfo) => {
-    let q: packet.DecodedPacket;
-    try {
-      q = packet.decode(msg);
-    } catch {
-      return;
-    }
-    const question = q.questions?.[0];
-    if (!question) return;
-    const name = question.name.toLowerCase();
-    asked.push(`${name} ${question.type}`);
-    const chain = ZONE[name];
-    // The chain for either type; the address records only for A (no AAAA here: NODATA's chain).
-    const answers = chain?.filter((r) => r.type !== 'A' || question.type === 'A');
-    const reply = packet.encode({
-      type: 'response',
-      id: q.id,
-      flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (chain ? 0 : 3),
-      questions: [question],
-      answers: answers ?? [],
-    });
-    sock.send(reply, rinfo.port, rinfo.address);
-  });
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
-  return { server: `127.0.0.1:${sock.address().port}`, asked, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
-}
-
 describe('a resolved name whose alias chain runs through a denied name', () => {
-  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let upstream: RecordedDns;
   let d: LoopbackDaemon;
   let origin: Server;
   let reached = 0;
 
   beforeAll(async () => {
-    upstream = await startUpstream();
+    // The chain for either type; the address records only for A (no AAAA here: NODATA's chain).
+    upstream = await startRecordedDns(({ name, type }) => {
+      const chain = ZONE[name];
+      return chain ? { answers: chain.filter((r) => r.type !== 'A' || type === 'A') } : { rcode: 'NXDOMAIN' };
+    });
     origin = createServer((s) => {
       reached++;
       s.on('error', () => {});
