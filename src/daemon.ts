@@ -35,6 +35,7 @@ import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
+import { tenantKeyOf } from './match/tenant-key.ts';
 import { listenedOnElsewhere } from './util/port-shared.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
@@ -148,8 +149,12 @@ export class Daemon {
     this.dnsMemory = new ResolvedNames(config.dns.memory);
     this.dnsCache = new AnswerCache({ maxEntries: config.dns.cacheEntries, maxBytes: config.dns.cacheBytes });
     this.dnsForwarder = new Forwarder({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, sockets: this.#querySockets });
+    // Whose limits a source's connections and queries count against: one key function for every
+    // limit (admission, the DNS listener's, the lookups of dialed names), fixed at start.
+    const tenantOf = tenantKeyOf(config.limits.unknownSourcePrefix);
     this.dns = new DnsService({
       config: () => this.#config,
+      tenantOf,
       policies: this.store,
       forwarder: this.dnsForwarder,
       cache: this.dnsCache,
@@ -164,7 +169,7 @@ export class Daemon {
       this.dnsListeners.push(
         new DnsListener(ep, {
           answer: (msg, source, transport) => (this.#state === 'serving' ? this.dns.answer(msg, source, transport) : Promise.resolve(null)),
-          keyOf: (source) => DnsService.keyOf(this.store.lookup(source), source),
+          keyOf: (source) => tenantOf(this.store.lookup(source).sandbox, source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
           // Each connection a descriptor of the budget, as a proxied connection's are.
           takeTcp: (source, refusing) => this.limits.dnsTcp(source, this.#config.dns.limits.tcpTotal, refusing),
@@ -193,6 +198,7 @@ export class Daemon {
       log,
       this.metrics,
       (source) => this.sourceLimits(source),
+      tenantOf,
     );
     this.#deps = {
       config: () => this.#config,
@@ -200,6 +206,7 @@ export class Daemon {
       resolver: this.resolver,
       registry: this.registry,
       dnsMemory: this.dnsMemory,
+      tenantOf,
       originalDst: this.#originalDst,
       emit: (o) => this.#emit(o),
     };
@@ -399,6 +406,7 @@ export class Daemon {
         ['log', (c: Config) => c.log],
         ['limits.global', (c: Config) => c.limits.global],
         ['limits.memory', (c: Config) => c.limits.memory],
+        ['limits.unknownSourcePrefix', (c: Config) => c.limits.unknownSourcePrefix],
       ] as const
     )
       .filter(([, k]) => !same(k))
@@ -416,7 +424,7 @@ export class Daemon {
       state: before.state,
       metrics: before.metrics,
       log: before.log,
-      limits: { ...next.limits, global: before.limits.global, memory: before.limits.memory },
+      limits: { ...next.limits, global: before.limits.global, memory: before.limits.memory, unknownSourcePrefix: before.limits.unknownSourcePrefix },
     });
     // The native loops read the first flight under the peek's times themselves: they take the new ones.
     if (!same((c) => c.peek)) this.nativeSetup?.peekRulesChanged();

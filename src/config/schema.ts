@@ -17,6 +17,7 @@ import type { BlockMode } from '../net/refuse.ts';
 import type { DialMode } from '../net/upstream-target.ts';
 import { deepFreeze, isPlainObject, quote } from '../util/fields.ts';
 import type { LimitsOverride, SandboxLimits } from '../limits/limits-body.ts';
+import type { UnknownSourcePrefix } from '../match/tenant-key.ts';
 import { check } from '../schema/check.ts';
 import { DEFAULT_DOCUMENT } from '../schema/constants.ts';
 import { ConfigFile } from '../schema/schemas.ts';
@@ -55,6 +56,8 @@ export interface LimitsConfig {
     readonly shedAt: number;
     readonly intervalMs: number;
   };
+  /** The block a source of no sandbox is counted by, per family (match/tenant-key.ts). */
+  readonly unknownSourcePrefix: UnknownSourcePrefix;
 }
 
 export type OnPolicyChange = 'close' | 'keep';
@@ -347,6 +350,7 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const lim = section(root, 'limits');
   const limGlobal = section(lim, 'global');
   const limMemory = section(lim, 'memory');
+  const limPrefix = section(lim, 'unknownSourcePrefix');
   const log = section(root, 'log');
   const dl = d['dns']['limits'];
   const config: Config = {
@@ -419,6 +423,10 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
         maxBytes: pick(limMemory, 'maxBytes', d['limits']['memory']['maxBytes']),
         shedAt: pick(limMemory, 'shedAt', d['limits']['memory']['shedAt']),
         intervalMs: pick(limMemory, 'intervalMs', d['limits']['memory']['intervalMs']),
+      },
+      unknownSourcePrefix: {
+        ipv4: pick(limPrefix, 'ipv4', d['limits']['unknownSourcePrefix']['ipv4']),
+        ipv6: pick(limPrefix, 'ipv6', d['limits']['unknownSourcePrefix']['ipv6']),
       },
     },
   };

@@ -27,7 +27,7 @@ export interface CachedAnswer {
   readonly answered: Answered;
   /** When it was stored, on the cache's clock (ms). */
   readonly storedAt: number;
-  /** Whose query fetched it (a sandbox id, or `source ADDR`). */
+  /** Whose query fetched it (a sandbox id, or `source BLOCK`: match/tenant-key.ts). */
   readonly owner: string;
 }
 

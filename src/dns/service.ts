@@ -24,6 +24,7 @@ import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
 import { chainOwners, recordTtl } from '../net/dns-client.ts';
 import { QueryTenants } from '../net/query-sockets.ts';
+import type { TenantKeyOf } from '../match/tenant-key.ts';
 
 export type Transport = 'udp' | 'tcp';
 
@@ -43,6 +44,8 @@ export interface QueryEvent {
 
 export interface DnsServiceDeps {
   readonly config: () => Config;
+  /** The key a source's limits are counted under (match/tenant-key.ts). */
+  readonly tenantOf: TenantKeyOf;
   readonly policies: PolicyLookup;
   readonly forwarder: Pick<Forwarder, 'query'>;
   readonly cache: AnswerCache;
@@ -79,11 +82,6 @@ export class DnsService {
     }
   }
 
-  /** The key a sandbox's limits are counted under: its id, or its source when it has none. */
-  static keyOf(chain: PolicyChain, source: string): string {
-    return chain.sandbox ?? `source ${source}`;
-  }
-
   /** The response to one message from `source` (canonical address), or null for silence. */
   async answer(msg: Buffer, rawSource: string, transport: Transport): Promise<Buffer | null> {
     const source = canonicalSource(rawSource) ?? rawSource;
@@ -93,7 +91,7 @@ export class DnsService {
       return null;
     }
     let policy = this.#deps.policies.lookup(source);
-    const key = DnsService.keyOf(policy, source);
+    const key = this.#deps.tenantOf(policy.sandbox, source);
     if (!this.#buckets.take(key)) {
       this.#count('rate-limited', parsed.kind === 'query' ? parsed.query.type : 'other', false);
       this.#logLimited(key, policy.sandbox, source, transport, parsed.kind === 'query' ? parsed.query : null);

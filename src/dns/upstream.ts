@@ -69,7 +69,7 @@ export class Forwarder {
 
   /**
    * Asks the upstreams for `name`/`type`; never rejects. `tenant`: whose query it is (a sandbox
-   * id, or `source ADDR`; or the tenants of a query others joined), charged for a retry over TCP
+   * id, or `source BLOCK`; or the tenants of a query others joined), charged for a retry over TCP
    * (net/query-sockets.ts tcpSlot).
    */
   query(name: string, type: string, dnssecOk: boolean, checkingDisabled: boolean, tenant: string | QueryTenants = ''): Promise<ForwardResult> {

@@ -24,8 +24,8 @@
 // share; all of them together may take a quarter of the budget's descriptors (and
 // dns.limits.tcpTotal), those held only to answer REFUSED another eighth, so that DNS can never
 // take the proxied connections' descriptors, nor they DNS's entirely.
-// A source that belongs to no sandbox is accounted on its own (keyed by its address), with
-// the default limits.
+// A source that belongs to no sandbox is accounted under the network block holding it (its /64
+// for IPv6 by default: match/tenant-key.ts), with the default limits.
 
 import type { SandboxLimits } from './limits-body.ts';
 

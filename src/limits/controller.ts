@@ -28,10 +28,10 @@ export interface Resettable {
 const SHED_LOG_MS = 1000;
 /**
  * Sources of no sandbox whose refusals get lines of their own in one gathering; the others' are
- * counted together, one line per reason with `other_sources`. Such a source is a key of its own
- * (its address), and a client opening each connection from a new one (an IPv6 prefix) would
- * otherwise turn a flood into a line per connection, and hold an entry per connection until the
- * lines are written.
+ * counted together, one line per reason with `other_sources`. Such a source's lines name its
+ * address (its limits count its block: match/tenant-key.ts), and a client opening each connection
+ * from a new one (an IPv6 prefix) would otherwise turn a flood into a line per connection, and
+ * hold an entry per connection until the lines are written.
  */
 const SOURCES_LOGGED = 16;
 /** The top-N sandboxes by open connections in the API and the log. */
@@ -42,6 +42,7 @@ export class LimitsController {
   readonly #log: Logger;
   readonly #metrics: Metrics;
   readonly #lookup: (source: string) => SourceLimits;
+  readonly #tenantOf: (sandbox: string | null, source: string) => string;
   readonly memory: MemoryGuard;
   #admission: Admission;
   #nofile: NofileLimits = { soft: null, hard: null };
@@ -67,8 +68,19 @@ export class LimitsController {
   #dnsRefusedSources = 0;
   #dnsRefusedTimer: NodeJS.Timeout | null = null;
 
-  constructor(config: () => LimitsConfig, log: Logger, metrics: Metrics, lookup: (source: string) => SourceLimits) {
+  /**
+   * `tenantOf`: the key a source's limits are counted under, its sandbox's id or, for a source of
+   * none, the block holding it (match/tenant-key.ts, `limits.unknownSourcePrefix`).
+   */
+  constructor(
+    config: () => LimitsConfig,
+    log: Logger,
+    metrics: Metrics,
+    lookup: (source: string) => SourceLimits,
+    tenantOf: (sandbox: string | null, source: string) => string,
+  ) {
     this.#config = config;
+    this.#tenantOf = tenantOf;
     this.#log = log;
     this.#metrics = metrics;
     this.#lookup = lookup;
@@ -176,8 +188,7 @@ export class LimitsController {
    * (Admission.dnsTcp), or why there is none. `total`: dns.limits.tcpTotal.
    */
   dnsTcp(source: string, total: number, refusing: boolean): DnsTcpHold | DnsTcpRefusal {
-    const sandbox = this.#lookup(source).sandbox;
-    return this.#admission.dnsTcp(sandbox ?? `source ${source}`, total, refusing);
+    return this.#admission.dnsTcp(this.#tenantOf(this.#lookup(source).sandbox, source), total, refusing);
   }
 
   /**
@@ -247,8 +258,7 @@ export class LimitsController {
    */
   admit(socket: Resettable, kind: ListenerKind, source: string): Ticket | null {
     const l = this.#lookup(source);
-    const key = l.sandbox ?? `source ${source}`;
-    const a = this.#admission.admit(key, this.limitsOf(l), this.memory.sheddingNow());
+    const a = this.#admission.admit(this.#tenantOf(l.sandbox, source), this.limitsOf(l), this.memory.sheddingNow());
     if (a.ok) {
       const t = new PeekingTicket(a.ticket, this.#peeking, socket);
       this.#peeking.add(t);

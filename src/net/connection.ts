@@ -12,6 +12,7 @@ import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, stallCheck } from '../peek/peek-steps.ts';
 import { normalizeWireName } from '../match/names.ts';
+import type { TenantKeyOf } from '../match/tenant-key.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import type { PeekOptions, PeekOutcome } from './peek-socket.ts';
 import type { ListenerKind } from './listener.ts';
@@ -41,6 +42,8 @@ export interface PipelineDeps {
   readonly registry: ConnectionRegistry;
   /** Which names gave which addresses to each sandbox (judges connections that carry no name). */
   readonly dnsMemory?: Pick<ResolvedNames, 'namesFor' | 'expiryOf'>;
+  /** The key a source's limits are counted under (match/tenant-key.ts): whose lookup a dialed name's is. */
+  readonly tenantOf: TenantKeyOf;
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
   readonly originalDst: (socket: Socket) => OriginalDestination;
   readonly emit: (o: ConnectionOutcome) => void;
@@ -402,7 +405,7 @@ function judged(
       original: ip,
       port,
       resolver: {
-        resolve: async (name, _tenant, signal) => rememberedHere(name) ?? deps.resolver.resolve(name, o.sandbox ?? `source ${o.source}`, signal),
+        resolve: async (name, _tenant, signal) => rememberedHere(name) ?? deps.resolver.resolve(name, deps.tenantOf(o.sandbox, o.source), signal),
         cached: (name) => rememberedHere(name) ?? deps.resolver.cached(name),
       },
       // A would-refuse address is dialed as an allowed one (report-only); a refused one never.

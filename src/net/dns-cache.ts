@@ -116,7 +116,7 @@ export class AddressCache {
   }
 
   /**
-   * Keeps `answer` for `ttlMs`, charged to `owner` (a sandbox id, or `source ADDR`), with its
+   * Keeps `answer` for `ttlMs`, charged to `owner` (a sandbox id, or `source BLOCK`: match/tenant-key.ts), with its
    * dialable addresses only (dialableAddresses). When full by count, the owner holding the most
    * entries loses its oldest first; by bytes, the owner holding the most bytes.
    */

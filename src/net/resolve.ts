@@ -123,7 +123,7 @@ export class NameResolver {
   }
 
   /**
-   * `tenant`: whose lookup this is (a sandbox id, or `source ADDR`): a retry over TCP takes a place
+   * `tenant`: whose lookup this is (a sandbox id, or `source BLOCK`: match/tenant-key.ts): a retry over TCP takes a place
    * of the tenant's share (net/query-sockets.ts tcpSlot), and so does a settled lookup listening on
    * for its late family (LATE_FAMILIES). A lookup joined by others is theirs too: its retry and its
    * late family are charged to the one with room in its share holding fewest, and its cache entry

@@ -55,6 +55,7 @@ const DEFAULTS = {
     sandbox: { connections: 1024, undecided: 256, perSecond: 200, burst: 400 },
     global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
     memory: { maxBytes: null, shedAt: 0.8, intervalMs: 250 },
+    unknownSourcePrefix: { ipv4: 32, ipv6: 64 },
   },
 } as const;
 

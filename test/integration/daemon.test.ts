@@ -340,20 +340,27 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     const next = loopbackConfig({
       defaultNetwork: { mode: 'allow-all' },
       protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] },
-      limits: { memory: { shedAt: 0.5 }, global: { sandboxShare: 0.25 }, sandbox: { connections: 7 } },
+      limits: { memory: { shedAt: 0.5 }, global: { sandboxShare: 0.25 }, sandbox: { connections: 7 }, unknownSourcePrefix: { ipv6: 56 } },
       metrics: { sandboxLabel: true },
     });
     const r = d.daemon.reload(next);
-    expect(r).toMatchObject({ ok: true, needsRestart: ['protected', 'metrics', 'limits.global', 'limits.memory'] });
+    expect(r).toMatchObject({ ok: true, needsRestart: ['protected', 'metrics', 'limits.global', 'limits.memory', 'limits.unknownSourcePrefix'] });
     const now = d.daemon.config;
     // Before, the reloaded values stood in the running config while what was built from them at
     // start (the memory guard, the budget, the metrics) kept the old: /readyz named a shedAt the
     // guard did not use.
-    expect({ protected: now.protected, metrics: now.metrics, global: now.limits.global, memory: now.limits.memory }).toEqual({
+    expect({
+      protected: now.protected,
+      metrics: now.metrics,
+      global: now.limits.global,
+      memory: now.limits.memory,
+      unknownSourcePrefix: now.limits.unknownSourcePrefix,
+    }).toEqual({
       protected: before.protected,
       metrics: before.metrics,
       global: before.limits.global,
       memory: before.limits.memory,
+      unknownSourcePrefix: before.limits.unknownSourcePrefix,
     });
     expect(now.limits.sandbox.connections).toBe(7);
     expect(now.defaultNetwork).toEqual(next.defaultNetwork);

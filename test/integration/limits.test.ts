@@ -246,6 +246,7 @@ describe('limits in the config file', () => {
       sandbox: { connections: 10, undecided: 256, perSecond: 200, burst: 400 },
       global: { connections: null, reserveDescriptors: 64, sandboxShare: 0.5 },
       memory: { maxBytes: null, shedAt: 0.8, intervalMs: 250 },
+      unknownSourcePrefix: { ipv4: 32, ipv6: 64 },
     });
   });
 });

@@ -260,6 +260,13 @@ export const ConfigFile = Type.Object(
           },
           'The memory overload guard.',
         ),
+        unknownSourcePrefix: obj(
+          {
+            ipv4: int(0, 32, D.limits.unknownSourcePrefix.ipv4, 'The prefix length an IPv4 source of no sandbox is counted by.'),
+            ipv6: int(0, 128, D.limits.unknownSourcePrefix.ipv6, 'The prefix length an IPv6 source of no sandbox is counted by.'),
+          },
+          'Sources of no sandbox are counted by the network block holding them, so that rotating through the addresses of one block gains no allowance.',
+        ),
       },
       'Connection limits (docs/config.md, limits).',
     ),

@@ -9,7 +9,9 @@ import { PolicyStore } from '../../../src/control/store.ts';
 import type { ClientSide, ConnectOptions, ConnectResult } from '../../../src/net/client-side.ts';
 import { handleClient, type PipelineDeps } from '../../../src/net/connection.ts';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { tenantKeyOf } from '../../../src/match/tenant-key.ts';
 import { ConnectionRegistry } from '../../../src/net/registry.ts';
+import { DEFAULTS_TYPED } from '../../../src/schema/constants.ts';
 import { DEFAULT_LINGER } from '../../../src/net/refuse.ts';
 import type { NameResolver } from '../../../src/net/resolve.ts';
 import type { PeekOutcome } from '../../../src/net/peek-socket.ts';
@@ -84,6 +86,7 @@ describe('a held connection', () => {
           },
         } as unknown as NameResolver,
         registry: new ConnectionRegistry(),
+        tenantOf: tenantKeyOf(DEFAULTS_TYPED.limits.unknownSourcePrefix),
         originalDst: () => {
           throw new Error('not used: the client side answers it');
         },

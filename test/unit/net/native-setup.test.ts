@@ -10,7 +10,9 @@ import { handleClient, type PipelineDeps } from '../../../src/net/connection.ts'
 import type { DataPlaneAddon } from '../../../src/net/native-splice.ts';
 import { NativeSetup, type NativeClient } from '../../../src/net/native-setup.ts';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
+import { tenantKeyOf } from '../../../src/match/tenant-key.ts';
 import { ConnectionRegistry } from '../../../src/net/registry.ts';
+import { DEFAULTS_TYPED } from '../../../src/schema/constants.ts';
 import { NameResolver } from '../../../src/net/resolve.ts';
 import { parseNetworkBody } from '../../../src/policy/network-body.ts';
 import { anyStepper, PEEK_CAPS } from '../../../src/peek/peek-steps.ts';
@@ -96,6 +98,7 @@ function pipeline() {
     policies: store,
     resolver,
     registry: new ConnectionRegistry(),
+    tenantOf: tenantKeyOf(DEFAULTS_TYPED.limits.unknownSourcePrefix),
     originalDst: () => ({ kind: 'not-redirected', why: 'unused' }),
     emit: (o) => outcomes.push(o),
   };

@@ -104,6 +104,18 @@ describe('validateConfig: every problem at once, each with its key and reason', 
     ]);
   });
 
+  it('takes the prefix sources of no sandbox are counted by, /32 and /64 by default, and refuses one past its family, naming the field', () => {
+    const d = validateConfig({});
+    expect(d.ok && d.config.limits.unknownSourcePrefix).toEqual({ ipv4: 32, ipv6: 64 });
+    const r = validateConfig({ limits: { unknownSourcePrefix: { ipv6: 56 } } });
+    expect(r.ok && r.config.limits.unknownSourcePrefix).toEqual({ ipv4: 32, ipv6: 56 });
+    expect(issuesOf({ limits: { unknownSourcePrefix: { ipv4: 33, ipv6: 129 } } })).toEqual([
+      { field: 'limits.unknownSourcePrefix.ipv4', reason: expect.stringContaining('32') },
+      { field: 'limits.unknownSourcePrefix.ipv6', reason: expect.stringContaining('128') },
+    ]);
+    expect(issuesOf({ limits: { unknownSourcePrefix: { ipv6: 64.5 } } })).toEqual([{ field: 'limits.unknownSourcePrefix.ipv6', reason: expect.any(String) }]);
+  });
+
   it('refuses a document that is not an object, naming the root', () => {
     expect(issuesOf([1])).toEqual([{ field: '(root)', reason: 'Expected an object, got an array' }]);
   });
