@@ -30,6 +30,8 @@ export interface QueryLog {
   readonly detail?: string;
   /** Rate-limited lines: how many such lines for this sandbox were not written since the last. */
   readonly suppressed?: number;
+  /** Answered lines: the denied names whose records were withheld from the answer (denied-records.ts). */
+  readonly withheld?: readonly string[];
 }
 
 const RCODE_NAME = new Map<number, string>(Object.entries(RCODE).map(([k, v]) => [v, k]));
@@ -92,6 +94,13 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
     type: 'long',
     description: 'On a rate-limited line: how many such lines for this sandbox were left out since the last.',
     value: (q) => q.suppressed,
+  },
+  {
+    name: 'egressd.dns_withheld',
+    type: 'keyword[]',
+    description:
+      "On an answered line: the names a deny rule of the sandbox's denies whose records the answer carried besides its chain (an address in the additional section, an NS, MX, SRV or HTTPS record pointing at one), withheld from the answer.",
+    value: (q) => q.withheld,
   },
 ];
 

@@ -1,7 +1,7 @@
 // What happens to one DNS query from a sandbox, top to bottom:
 //   parse → sandbox by source → rate limit → may this sandbox reach the name? → cache | upstream
 //   → strip ECH → does the alias chain run through a name it denies? → remember the addresses
-//   given → answer
+//   given → withhold the other records of names it denies → answer
 // A name the sandbox may not reach is answered NXDOMAIN (or REFUSED, `dns.refusal`) here, so its
 // labels never leave the host. Nothing here throws to the listener: every query gets an answer
 // or, when it is not a query at all, silence.
@@ -14,6 +14,7 @@ import { DomainTrie } from '../match/domain-trie.ts';
 import { normalizeWireName } from '../match/names.ts';
 import type { Logger } from '../observability/logger.ts';
 import { MAX_CACHE_TTL_S, AnswerCache } from './cache.ts';
+import { withoutDeniedRecords } from './denied-records.ts';
 import { HTTPS_TYPE, SVCB_TYPE, stripEch } from './ech.ts';
 import type { ResolvedNames } from './memory.ts';
 import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
@@ -200,19 +201,30 @@ export class DnsService {
     }
 
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
+    // Records of other names the sandbox's policy denies (glue, an NS or SOA of a denied zone, an
+    // MX, SRV or HTTPS record pointing at a denied host) are withheld: the sandbox would learn the
+    // denied host's addresses without asking. Per sandbox, after the cache, as #deniedTarget.
+    const judged = new Map<string, string | null>();
+    const shown = withoutDeniedRecords(answered, (name) => {
+      let d = judged.get(name);
+      if (d === undefined) judged.set(name, (d = this.#denied(policy, name)?.name ?? null));
+      return d;
+    });
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
-    // A name answered only because of report-only mode is part of the report: logged at info.
+    // A name answered only because of report-only mode is part of the report, and so is an answer
+    // that lost records to a deny rule: logged at info.
     const reportOnly = gate.reason === 'report-only';
-    logQuery(this.#deps.log, reportOnly ? 'info' : 'debug', {
+    logQuery(this.#deps.log, reportOnly || shown.withheld.length > 0 ? 'info' : 'debug', {
       ...about,
       verdict: reportOnly ? 'would-refuse' : 'allow',
       reason: gate.reason,
       rule: gate.rule,
       rcode: answered.rcode,
       cached: hit !== undefined,
+      ...(shown.withheld.length > 0 ? { withheld: shown.withheld } : {}),
     });
     try {
-      return answerResponse(q, answered, ageS, limit);
+      return answerResponse(q, shown.answered, ageS, limit);
     } catch (e) {
       logQuery(this.#deps.log, 'warn', { ...about, verdict: 'error', reason: 'unencodable', detail: (e as Error).message });
       return refusalResponse(q, 'SERVFAIL');
@@ -249,12 +261,21 @@ export class DnsService {
   #deniedTarget(policy: PolicyChain, a: Answered): { name: string; rule: string | null } | null {
     for (const r of a.answers) {
       if ((r.type !== 'CNAME' && r.type !== 'DNAME') || typeof r.data !== 'string') continue;
-      const n = normalizeWireName(r.data);
-      if (!n.ok || !('name' in n)) continue;
-      const reach = nameReach(policy, n.name);
-      if (!reach.reach && reach.denied) return { name: n.name, rule: reach.rule };
+      const d = this.#denied(policy, r.data);
+      if (d !== null) return d;
     }
     return null;
+  }
+
+  /**
+   * `name` (as written in a record) normalized, with the rule, when a deny rule of this sandbox
+   * names it and no port reaches it; null otherwise, and for what is no host name.
+   */
+  #denied(policy: PolicyChain, name: string): { name: string; rule: string | null } | null {
+    const n = normalizeWireName(name);
+    if (!n.ok || !('name' in n)) return null;
+    const reach = nameReach(policy, n.name);
+    return !reach.reach && reach.denied ? { name: n.name, rule: reach.rule } : null;
   }
 
   /**

@@ -1,5 +1,6 @@
 // An upstream DNS server for tests that serves answer sections as recorded: CNAME and DNAME
-// chains, records of other owners, TTLs as written, flags a validating resolver sets. It is a
+// chains, records of other owners, TTLs as written, flags a validating resolver sets, and the
+// authority and additional sections beside them (NS, SOA, glue). It is a
 // real UDP socket on loopback (or a rig address); replies are encoded by dns-packet, the library
 // egressd reads them with, unless a test hands back raw bytes on purpose (a malformed reply).
 // For answers chosen per name by kind (addresses, NXDOMAIN, silence, delays, TCP), see
@@ -21,11 +22,20 @@ export interface RecordedQuery {
 }
 
 /**
- * What to send back for a query: an answer section with an rcode (NOERROR by default) and
- * extra header flags OR-ed into RD|RA (e.g. CD echoed); a Buffer sent as it is; or null for no
- * reply at all.
+ * What to send back for a query: an answer section (and authority and additional sections) with
+ * an rcode (NOERROR by default) and extra header flags OR-ed into RD|RA (e.g. CD echoed); a
+ * Buffer sent as it is; or null for no reply at all.
  */
-export type RecordedReply = { readonly answers?: readonly Answer[]; readonly rcode?: RcodeName; readonly flags?: number } | Buffer | null;
+export type RecordedReply =
+  | {
+      readonly answers?: readonly Answer[];
+      readonly authorities?: readonly Answer[];
+      readonly additionals?: readonly Answer[];
+      readonly rcode?: RcodeName;
+      readonly flags?: number;
+    }
+  | Buffer
+  | null;
 
 /**
  * A function from query to reply, or a table from lowercase question name to its answer
@@ -68,6 +78,8 @@ export async function startRecordedDns(recording: Recording, host = '127.0.0.1')
           flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE | (r.flags ?? 0) | RCODE[r.rcode ?? 'NOERROR'],
           questions: [question],
           answers: [...(r.answers ?? [])],
+          authorities: [...(r.authorities ?? [])],
+          additionals: [...(r.additionals ?? [])],
         });
     sock.send(bytes, rinfo.port, rinfo.address);
   });
