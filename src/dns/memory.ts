@@ -9,6 +9,11 @@
 // addresses they give. Bounded by addresses alone, 16 names of 253 characters for each of 4096
 // addresses held 20 MB of heap per sandbox, where one name of 20 characters an address holds
 // 1.5 MB (Node 26, measured with a full table).
+//
+// Each name keeps the aliases its answer's chain ran through (CNAME and DNAME targets): the chain
+// was judged when the answer was given, but a deny rule added since (API, reload) names a host
+// behind the name, and a nameless connection to the address is judged on the chain again, as a
+// live answer is (net/connection.ts).
 
 import { LRUCache } from 'lru-cache';
 
@@ -24,7 +29,24 @@ export interface ResolvedNamesOptions {
 /** Names kept per address: a CDN address shared by many names keeps the latest few. */
 const NAMES_PER_ADDRESS = 16;
 
-type Names = Map<string, number>;
+/**
+ * A chain of more aliases is not remembered: longer than a resolver follows (Unbound's iterator
+ * restarts a query at most 8 times, MAX_RESTART_COUNT in iterator.h, which bounds its CNAME
+ * chains), with room for DNAME targets; and short enough that one name with its chain fits an
+ * entry's bytes (MAX_ENTRY_BYTES).
+ */
+export const MAX_ALIASES = 12;
+
+/**
+ * When a name's entry expires (this clock's ms), with the aliases its chain ran through when it
+ * had any: a plain answer's name costs no more than its expiry.
+ */
+type Given = number | { readonly until: number; readonly aliases: readonly string[] };
+
+type Names = Map<string, Given>;
+
+const untilOf = (g: Given): number => (typeof g === 'number' ? g : g.until);
+const aliasesOf = (g: Given): readonly string[] => (typeof g === 'number' ? NO_ALIASES : g.aliases);
 
 /**
  * What an entry costs its sandbox's table, in bytes of heap as measured on Node 26 (tables of
@@ -34,6 +56,13 @@ type Names = Map<string, number>;
 const ADDRESS_BYTES = 320;
 const NAME_BYTES = 64;
 /**
+ * A name given through aliases: 88 for its record of expiry and chain, and 48 an alias plus one
+ * a character (measured as above, tables of names with 1, 4 or 16 aliases of 20 or 253
+ * characters: from 5% under to 10% over the heap they held). A plain answer's name costs none.
+ */
+const ALIASES_BYTES = 88;
+const ALIAS_BYTES = 48;
+/**
  * Each sandbox's table may take perSandbox × this many bytes (2 MiB at the default 4096): an
  * address given one or two names of ordinary length fits, so the count is what bounds a table
  * of those; addresses given many long names are fewer.
@@ -42,15 +71,29 @@ const BYTES_PER_ADDRESS = 512;
 /** The most one entry can cost (a table always has room for one: lru-cache refuses a bigger one). */
 const MAX_ENTRY_BYTES = ADDRESS_BYTES + NAMES_PER_ADDRESS * (NAME_BYTES + 255);
 
+const NO_ALIASES: readonly string[] = Object.freeze([]);
+
 function entryBytes(names: Names): number {
   let n = ADDRESS_BYTES;
-  for (const name of names.keys()) n += NAME_BYTES + name.length;
+  for (const [name, g] of names) {
+    n += NAME_BYTES + name.length;
+    if (typeof g !== 'number') {
+      n += ALIASES_BYTES;
+      for (const a of g.aliases) n += ALIAS_BYTES + a.length;
+    }
+  }
   return n;
+}
+
+/** A name remembered for an address, with the aliases its chain ran through (in order). */
+export interface RememberedName {
+  readonly name: string;
+  readonly aliases: readonly string[];
 }
 
 export interface RememberedAddress {
   readonly address: string;
-  readonly names: readonly { readonly name: string; readonly expiresInMs: number }[];
+  readonly names: readonly { readonly name: string; readonly expiresInMs: number; readonly aliases?: readonly string[] }[];
 }
 
 export class ResolvedNames {
@@ -65,9 +108,15 @@ export class ResolvedNames {
     this.#clock = o.clock ?? (() => performance.now());
   }
 
-  /** Records that `sandbox` was given `addresses` (canonical text) for `name`, valid `ttlS` seconds. */
-  remember(sandbox: string, name: string, addresses: readonly string[], ttlS: number): void {
-    if (addresses.length === 0) return;
+  /**
+   * Records that `sandbox` was given `addresses` (canonical text) for `name`, valid `ttlS`
+   * seconds, through the chain of `aliases` (lower case, in order; none for a plain answer). A
+   * chain of more than MAX_ALIASES is not remembered: its addresses are then judged by address
+   * alone, as any the sandbox learned elsewhere, rather than by a name whose chain was cut.
+   */
+  remember(sandbox: string, name: string, addresses: readonly string[], ttlS: number, aliases: readonly string[] = NO_ALIASES): void {
+    if (addresses.length === 0 || aliases.length > MAX_ALIASES) return;
+    const chain = aliases.length === 0 ? null : Object.freeze([...aliases]);
     let table = this.#bySandbox.get(sandbox);
     if (!table) {
       // Bounded by bytes here and by count in the loop below: lru-cache's `max` would allocate
@@ -83,10 +132,13 @@ export class ResolvedNames {
         if (table.size >= this.#perSandbox) table.pop();
       }
       // The later expiry stands: the sandbox may still hold the answer that gave the longer TTL.
-      const was = names.get(name) ?? 0;
+      // The chain is the latest answer's: a deny rule is judged against what the name leads to now.
+      const was = names.get(name);
+      const latest = Math.max(until, was === undefined ? 0 : untilOf(was));
       names.delete(name);
-      names.set(name, Math.max(until, was));
-      if (names.size > NAMES_PER_ADDRESS) names.delete(names.keys().next().value!);
+      names.set(name, chain === null ? latest : { until: latest, aliases: chain });
+      // The earliest given go first past 16 names, or past an entry's bytes (names with chains).
+      while (names.size > 1 && (names.size > NAMES_PER_ADDRESS || entryBytes(names) > MAX_ENTRY_BYTES)) names.delete(names.keys().next().value!);
       // Stored again, new or not: lru-cache sizes an entry only as it is added (a set with the
       // same value keeps the old size), the least recently given going while the table is past
       // its bytes.
@@ -97,13 +149,18 @@ export class ResolvedNames {
 
   /** The names `sandbox` was given `address` for and that have not expired, latest last. */
   namesFor(sandbox: string, address: string): string[] {
+    return this.chainsFor(sandbox, address).map((g) => g.name);
+  }
+
+  /** namesFor, each name with the aliases its chain ran through. */
+  chainsFor(sandbox: string, address: string): RememberedName[] {
     const names = this.#bySandbox.get(sandbox)?.peek(address);
     if (!names) return [];
     const now = this.#clock();
-    const out: string[] = [];
-    for (const [n, until] of names) {
-      if (until > now) out.push(n);
-      else names.delete(n);
+    const out: RememberedName[] = [];
+    for (const [name, g] of names) {
+      if (untilOf(g) > now) out.push({ name, aliases: aliasesOf(g) });
+      else names.delete(name);
     }
     return out;
   }
@@ -116,7 +173,7 @@ export class ResolvedNames {
   expiryOf(sandbox: string, address: string): number {
     const names = this.#bySandbox.get(sandbox)?.peek(address);
     let first = Infinity;
-    if (names) for (const until of names.values()) if (until < first) first = until;
+    if (names) for (const g of names.values()) first = Math.min(first, untilOf(g));
     return first;
   }
 
@@ -127,7 +184,9 @@ export class ResolvedNames {
     const now = this.#clock();
     const out: RememberedAddress[] = [];
     for (const [address, names] of table.entries()) {
-      const live = [...names].filter(([, u]) => u > now).map(([name, u]) => ({ name, expiresInMs: Math.round(u - now) }));
+      const live = [...names]
+        .filter(([, g]) => untilOf(g) > now)
+        .map(([name, g]) => ({ name, expiresInMs: Math.round(untilOf(g) - now), ...(typeof g === 'number' ? {} : { aliases: g.aliases }) }));
       if (live.length > 0) out.push({ address, names: live });
     }
     return out.sort((a, b) => (a.address < b.address ? -1 : 1));

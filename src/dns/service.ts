@@ -384,7 +384,12 @@ export class DnsService {
         ttl = Math.min(ttl, recordTtl(r.ttl));
       }
     }
-    if (given.length > 0) this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS));
+    if (given.length === 0) return;
+    // The chain goes with the name (the aliases #deniedTarget judged): a deny rule added later is
+    // judged on it when a nameless connection comes to one of the addresses (net/connection.ts).
+    const aliases = new Set([...owners].slice(1));
+    for (const r of a.answers) if (r.type === 'DNAME' && typeof r.data === 'string') aliases.add(r.data.toLowerCase().replace(/\.$/, ''));
+    this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS), [...aliases]);
   }
 
   #count(verdict: QueryVerdict, type: string, cached: boolean, upstreamMs?: number): void {

@@ -22,10 +22,10 @@ import type { NameResolver, ResolveResult } from './resolve.ts';
 import type { BlockMode, Linger, LingerHold } from './refuse.ts';
 import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult, type GoneHow } from './client-side.ts';
 import type { PolicyLookup } from '../control/store.ts';
-import { countVerdict, verdict, type Verdict } from '../policy/verdict.ts';
+import { countVerdict, verdict, type PolicyChain, type Verdict } from '../policy/verdict.ts';
 import type { DecideTrace, Facts } from '../policy/decide.ts';
 import { LiveConnection, isRejudged, type ConnectionRegistry } from './registry.ts';
-import type { ResolvedNames } from '../dns/memory.ts';
+import type { RememberedName, ResolvedNames } from '../dns/memory.ts';
 
 /** The settings a connection reads (the daemon passes its Config, which has these and more). */
 export interface PipelineSettings {
@@ -41,7 +41,7 @@ export interface PipelineDeps {
   readonly resolver: NameResolver;
   readonly registry: ConnectionRegistry;
   /** Which names gave which addresses to each sandbox (judges connections that carry no name). */
-  readonly dnsMemory?: Pick<ResolvedNames, 'namesFor' | 'expiryOf'>;
+  readonly dnsMemory?: Pick<ResolvedNames, 'chainsFor' | 'expiryOf'>;
   /** The key a source's limits are counted under (match/tenant-key.ts): whose lookup a dialed name's is. */
   readonly tenantOf: TenantKeyOf;
   /** SO_ORIGINAL_DST; replaceable so loopback tests can run without iptables. */
@@ -281,15 +281,17 @@ function judged(
   // (2) The verdict, on the policy in force now. A connection that carries no name, to an
   // address this sandbox resolved through egressd, is judged with the names that gave it the
   // address (Cilium's FQDN policy): allowed when one of them is allowed, refused when every one
-  // is refused, so a domain deny rule also holds against clients that send no name.
+  // is refused, so a domain deny rule also holds against clients that send no name. A name whose
+  // remembered chain runs through an alias a deny rule names on this port counts as refused (as a
+  // live answer's chain is, below at the dial): the rule may have come after the answer.
   // When the first remembered name a verdict rested on expires (dns/memory.ts's clock,
   // performance.now()): the dial judges again if it connects later (ConnectOptions.validUntil).
   let namesUntil = Infinity;
-  const remembered = (): string[] => {
+  const remembered = (): RememberedName[] => {
     const id = policyNow().sandbox;
     if (id === null || !deps.dnsMemory) return [];
     const at = canonicalSource(ip) ?? ip;
-    const names = deps.dnsMemory.namesFor(id, at);
+    const names = deps.dnsMemory.chainsFor(id, at);
     if (names.length > 0) namesUntil = Math.min(namesUntil, deps.dnsMemory.expiryOf(id, at));
     return names;
   };
@@ -298,16 +300,21 @@ function judged(
     const chain = policyNow();
     const names = o.name === null ? remembered() : [];
     if (names.length === 0) return verdict(chain, { name: o.name, ip: address, port });
-    o.dnsNames = names;
+    o.dnsNames = names.map((n) => n.name);
     o.matchedBy = 'dns';
     let chosen: { name: string; d: Verdict } | null = null;
     for (let i = names.length - 1; i >= 0; i--) {
-      const d = verdict(chain, { name: names[i]!, ip: address, port });
+      const { name, aliases } = names[i]!;
+      let d = verdict(chain, { name, ip: address, port });
       if (d.verdict === 'allow') {
-        chosen = { name: names[i]!, d };
-        break;
+        const denied = deniedAlias(chain, aliases, address, port);
+        if (denied === null) {
+          chosen = { name, d };
+          break;
+        }
+        d = denied;
       }
-      chosen ??= { name: names[i]!, d };
+      chosen ??= { name, d };
     }
     dnsName = chosen!.name;
     return { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
@@ -345,15 +352,8 @@ function judged(
     // the sandbox used, a deny rule holds for the host behind an allowed name. An alias no rule
     // names (a CDN's) is no reason; a would-refuse (report-only) lets it through, as there.
     if (target.aliases !== undefined) {
-      const chain = policyNow();
-      for (const alias of target.aliases) {
-        const n = normalizeWireName(alias);
-        if (!n.ok || !('name' in n)) continue;
-        const v = verdict(chain, { name: n.name, ip, port });
-        if (v.verdict === 'refuse' && v.reason === 'deny-rule') {
-          return refuse(socket, live, o.protocol, config, o, { ...v, rule: `alias ${JSON.stringify(n.name)}: ${v.rule ?? v.reason}` });
-        }
-      }
+      const denied = deniedAlias(policyNow(), target.aliases, ip, port);
+      if (denied !== null) return refuse(socket, live, o.protocol, config, o, denied);
     }
 
     // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
@@ -398,7 +398,12 @@ function judged(
   };
   if (o.name === null || config.upstream.dial === 'original') return dial({ ok: true, addresses: [ip], how: 'original' }, false, initial);
   {
-    const rememberedHere = (name: string): ResolveResult | null => (remembered().includes(name) ? { ok: true, addresses: [ip], cached: true } : null);
+    // The remembered chain goes with it: the dial judges its aliases as a live answer's.
+    const rememberedHere = (name: string): ResolveResult | null => {
+      const given = remembered().find((n) => n.name === name);
+      if (given === undefined) return null;
+      return given.aliases.length > 0 ? { ok: true, addresses: [ip], cached: true, aliases: given.aliases } : { ok: true, addresses: [ip], cached: true };
+    };
     const query: UpstreamQuery = {
       mode: config.upstream.dial,
       name: o.name,
@@ -531,6 +536,22 @@ function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): voi
  * mode) with the reason and rule that would have refused it. The latest stage's verdict wins,
  * so a change made while the connection waited is what its log line shows.
  */
+/**
+ * The refusal of the first alias (a CNAME or DNAME target the name's chain ran through) that a
+ * deny rule names on this port, its rule read `alias "name": ...`; null when none does. An alias
+ * no rule names (a CDN's) is no reason, and a would-refuse (report-only) lets it through, as the
+ * DNS listener judges a chain (dns/service.ts #deniedTarget).
+ */
+function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: string, port: number): Verdict | null {
+  for (const alias of aliases) {
+    const n = normalizeWireName(alias);
+    if (!n.ok || !('name' in n)) continue;
+    const v = verdict(chain, { name: n.name, ip, port });
+    if (v.verdict === 'refuse' && v.reason === 'deny-rule') return { ...v, rule: `alias ${JSON.stringify(n.name)}: ${v.rule ?? v.reason}` };
+  }
+  return null;
+}
+
 function admit(o: ConnectionOutcome, v: Verdict): void {
   o.decided = v;
   o.verdict = v.verdict === 'would-refuse' ? 'would-refuse' : 'allow';

@@ -74,6 +74,40 @@ describe('ResolvedNames', () => {
     for (let j = 0; j < 16; j++) one.remember('a', `${j}.`.padEnd(248, 'y') + '.test', ['198.18.0.1'], 60);
     expect(one.namesFor('a', '198.18.0.1')).toHaveLength(16);
   });
+
+  it("keeps the aliases each name was given through, the latest answer's chain standing", () => {
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 10, clock: () => 0 });
+    m.remember('a', 'www.x.test', ['198.18.1.10'], 60, ['edge.cdn.test', 'pop.cdn.test']);
+    m.remember('a', 'plain.x.test', ['198.18.1.10'], 60);
+    expect(m.chainsFor('a', '198.18.1.10')).toEqual([
+      { name: 'www.x.test', aliases: ['edge.cdn.test', 'pop.cdn.test'] },
+      { name: 'plain.x.test', aliases: [] },
+    ]);
+    m.remember('a', 'www.x.test', ['198.18.1.10'], 60, ['other.cdn.test']);
+    expect(m.chainsFor('a', '198.18.1.10').find((g) => g.name === 'www.x.test')?.aliases).toEqual(['other.cdn.test']);
+    expect(m.view('a')[0]!.names).toContainEqual({ name: 'www.x.test', expiresInMs: 60_000, aliases: ['other.cdn.test'] });
+    // A chain longer than any a resolver follows is not remembered: judged by address alone.
+    m.remember(
+      'a',
+      'long.x.test',
+      ['198.18.1.11'],
+      60,
+      Array.from({ length: 13 }, (_, i) => `h${i}.cdn.test`),
+    );
+    expect(m.namesFor('a', '198.18.1.11')).toEqual([]);
+  });
+
+  it('counts the aliases in the bytes: long chains of long names keep the table within perSandbox × 512 bytes', () => {
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 64, clock: () => 0 });
+    const long = (i: number, j: number, k: number): string => `n${i}-${j}-${k}.`.padEnd(240, 'x') + '.test';
+    const chain = (i: number, j: number): string[] => Array.from({ length: 12 }, (_, k) => long(i, j, k + 1));
+    for (let i = 0; i < 64; i++) for (let j = 0; j < 16; j++) m.remember('a', long(i, j, 0), [`198.18.0.${i}`], 60, chain(i, j));
+    expect(m.bytesOf('a')).toBeLessThanOrEqual(64 * 512);
+    const aliasChars = m.view('a').reduce((n, e) => n + e.names.reduce((k, x) => k + (x.aliases ?? []).join('').length, 0), 0);
+    expect(aliasChars).toBeLessThanOrEqual(64 * 512);
+    // The latest name of the latest address is kept whole, with its chain.
+    expect(m.chainsFor('a', '198.18.0.63').at(-1)).toEqual({ name: long(63, 15, 0), aliases: chain(63, 15) });
+  });
 });
 
 describe('TokenBuckets', () => {
