@@ -24,14 +24,21 @@ export interface Resettable {
   resetAndDestroy(): void;
 }
 
+/** A source of no sandbox on a refusal line: the first address seen and the block holding it (`2001:db8::/64`). */
+interface SourceNamed {
+  readonly ip: string;
+  readonly block: string;
+}
+
 /** How long refusals are gathered into one log line per sandbox and reason. */
 const SHED_LOG_MS = 1000;
 /**
- * Sources of no sandbox whose refusals get lines of their own in one gathering; the others' are
- * counted together, one line per reason with `other_sources`. Such a source's lines name its
- * address (its limits count its block: match/tenant-key.ts), and a client opening each connection
- * from a new one (an IPv6 prefix) would otherwise turn a flood into a line per connection, and
- * hold an entry per connection until the lines are written.
+ * Blocks of sources of no sandbox whose refusals get lines of their own in one gathering; the
+ * others' are counted together, one line per reason with `other_sources`. A source of no sandbox
+ * is gathered under the block its limits count (match/tenant-key.ts, `limits.unknownSourcePrefix`),
+ * named by the block and the first address seen in it: a client opening each connection from a
+ * new address of its /64 makes one line, not one per address, and leaves the other sources their
+ * own lines. The bound still holds many blocks to SOURCES_LOGGED entries until the lines are written.
  */
 const SOURCES_LOGGED = 16;
 /** The top-N sandboxes by open connections in the API and the log. */
@@ -56,15 +63,15 @@ export class LimitsController {
     string,
     { defaults: SandboxLimits; sandboxLimits: LimitsOverride | undefined; orgLimits: LimitsOverride | undefined; limits: SandboxLimits }
   >();
-  readonly #shed = new Map<string, { sandbox: string | null; source: string | null; reason: ShedReason; count: number; detail: string }>();
-  /** Sources of no sandbox with an entry of their own in #shed (at most SOURCES_LOGGED). */
+  readonly #shed = new Map<string, { sandbox: string | null; source: SourceNamed | null; reason: ShedReason; count: number; detail: string }>();
+  /** Blocks of sources of no sandbox with an entry of their own in #shed (at most SOURCES_LOGGED). */
   #shedSources = 0;
   /** Logs #shed SHED_LOG_MS after the first refusal it holds; no timer while nothing is shed (an idle daemon sleeps). */
   #shedTimer: NodeJS.Timeout | null = null;
   #acceptErrorsLogged = 0;
   /** DNS TCP connections refused since the last log line, by sandbox (or source) and scope (dnsTcpRefused). */
-  readonly #dnsRefused = new Map<string, { sandbox: string | null; source: string | null; scope: DnsTcpRefusal; count: number; reset: number }>();
-  /** Sources of no sandbox with an entry of their own in #dnsRefused (at most SOURCES_LOGGED). */
+  readonly #dnsRefused = new Map<string, { sandbox: string | null; source: SourceNamed | null; scope: DnsTcpRefusal; count: number; reset: number }>();
+  /** Blocks of sources of no sandbox with an entry of their own in #dnsRefused (at most SOURCES_LOGGED). */
   #dnsRefusedSources = 0;
   #dnsRefusedTimer: NodeJS.Timeout | null = null;
 
@@ -198,9 +205,9 @@ export class LimitsController {
   dnsTcpRefused(source: string, scope: DnsTcpRefusal, reset: boolean): void {
     this.#metrics.instruments.dnsTcpRefused.inc({ scope });
     const sandbox = this.#lookup(source).sandbox;
-    let k = `${sandbox ?? `source ${source}`}\u0000${scope}`;
+    let k = `${this.#tenantOf(sandbox, source)}\u0000${scope}`;
     let e = this.#dnsRefused.get(k);
-    let own = sandbox === null ? source : null;
+    let own = sandbox === null && source !== '' ? this.#named(source) : null;
     if (e === undefined && own !== null && this.#dnsRefusedSources >= SOURCES_LOGGED) {
       k = `${OTHER_SOURCES}\u0000${scope}`;
       e = this.#dnsRefused.get(k);
@@ -224,7 +231,7 @@ export class LimitsController {
         {
           event: { action: 'dns-tcp-refused' },
           sandbox: e.sandbox,
-          ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          ...(e.source !== null ? { source: { ip: e.source.ip }, source_block: e.source.block } : {}),
           ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.scope,
@@ -237,6 +244,12 @@ export class LimitsController {
     }
     this.#dnsRefused.clear();
     this.#dnsRefusedSources = 0;
+  }
+
+  /** A source of no sandbox as its refusal lines name it: the address, and the block its limits count. */
+  #named(source: string): SourceNamed {
+    const key = this.#tenantOf(null, source);
+    return { ip: source, block: key.startsWith('source ') ? key.slice(7) : source };
   }
 
   limitsOf(l: SourceLimits): SandboxLimits {
@@ -281,10 +294,10 @@ export class LimitsController {
   /** Counts one refusal at accept, logged once a second per sandbox and reason. */
   #refused(kind: ListenerKind, l: SourceLimits, source: string, reason: ShedReason, detail: string): void {
     this.#metrics.shed(kind, reason, l.sandbox);
-    let k = `${l.sandbox ?? `source ${source}`}\u0000${reason}`;
+    let k = `${this.#tenantOf(l.sandbox, source)}\u0000${reason}`;
     let e = this.#shed.get(k);
     // A source of no sandbox is named, unless it is unknown ('': a client gone before its address was read).
-    let own = l.sandbox === null && source !== '' ? source : null;
+    let own = l.sandbox === null && source !== '' ? this.#named(source) : null;
     if (e === undefined && own !== null && this.#shedSources >= SOURCES_LOGGED) {
       k = `${OTHER_SOURCES}\u0000${reason}`;
       e = this.#shed.get(k);
@@ -318,7 +331,7 @@ export class LimitsController {
           event: { action: 'connections-shed' },
           sandbox: e.sandbox,
           // ECS's source.ip, as on the connection line: the address of a source that belongs to no sandbox.
-          ...(e.source !== null ? { source: { ip: e.source } } : {}),
+          ...(e.source !== null ? { source: { ip: e.source.ip }, source_block: e.source.block } : {}),
           ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.reason,

@@ -189,6 +189,38 @@ describe('limits on loopback', () => {
     expect(others.every((l) => l['reason'] === 'global-limit' && l['sandbox'] === null && field(l, 'source.ip') === undefined)).toBe(true);
   });
 
+  // The lines gather a source of no sandbox under the block its limits count: a client rotating
+  // through the addresses of its block (an IPv6 /64; here a /24 on loopback) filled the 16 lines
+  // of their own with one address each and hid every other source under other_sources.
+  it('logs the sources of no sandbox of one block on one line, naming the block, and leaves the others lines of their own', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        limits: { global: { connections: 1, sandboxShare: 1 }, unknownSourcePrefix: { ipv4: 24, ipv6: 64 } },
+        sandboxes: [{ id: 'one', sources: ['127.0.0.51'], network: ALLOW_LOOPBACK }],
+      }),
+    );
+    d.route('127.0.0.51', '127.0.0.1', upstreamPort);
+    expect((await attempt('127.0.0.51')).spliced).toBe(true);
+    const ROTATING = 60;
+    const attempts = await Promise.all([
+      ...Array.from({ length: ROTATING }, (_, i) => attempt(`127.0.1.${i + 1}`)),
+      attempt('127.0.3.7'),
+      attempt('127.0.4.9'),
+    ]);
+    expect(attempts.every((a) => !a.spliced)).toBe(true);
+    const shed = (): Record<string, unknown>[] => d!.logs.filter((l) => action(l) === 'connections-shed');
+    const counted = (): number => shed().reduce((n, l) => n + (l['count'] as number), 0);
+    await d.waitForLog(() => counted() === ROTATING + 2, 5000);
+    expect(shed().filter((l) => l['other_sources'] === true)).toEqual([]);
+    const byBlock = (block: string): Record<string, unknown>[] => shed().filter((l) => l['source_block'] === block);
+    // The attempts may straddle two one-second windows: a line per block in each at most.
+    expect(byBlock('127.0.1.0/24').length).toBeLessThanOrEqual(2);
+    expect(byBlock('127.0.1.0/24').reduce((n, l) => n + (l['count'] as number), 0)).toBe(ROTATING);
+    expect(byBlock('127.0.1.0/24').every((l) => String(field(l, 'source.ip')).startsWith('127.0.1.'))).toBe(true);
+    expect(byBlock('127.0.3.0/24').map((l) => [field(l, 'source.ip'), l['count']])).toEqual([['127.0.3.7', 1]]);
+    expect(byBlock('127.0.4.0/24').map((l) => [field(l, 'source.ip'), l['count']])).toEqual([['127.0.4.9', 1]]);
+  });
+
   it('logs sources of no sandbox refused a DNS TCP connection alike: 16 on lines of their own, the rest together', async () => {
     d = await startLoopbackDaemon(loopbackConfig({ dns: { limits: { tcpPerSandbox: 1, tcpTotal: 1 } } }));
     const port = d.daemon.dnsListeners[0]!.port!;
@@ -208,6 +240,8 @@ describe('limits on loopback', () => {
     await d.waitForLog(() => refused().reduce((n, l) => n + (l['count'] as number), 0) === SOURCES, 5000);
     const own = refused().filter((l) => field(l, 'source.ip') !== undefined);
     expect(own.length).toBeLessThanOrEqual(32);
+    // Each names the block its limits count: the address itself at the default IPv4 prefix, /32.
+    expect(own.every((l) => l['source_block'] === `${String(field(l, 'source.ip'))}/32`)).toBe(true);
     expect(refused().filter((l) => l['other_sources'] === true).length).toBe(refused().length - own.length);
   });
 
