@@ -24,7 +24,7 @@ import { connectionLogger, logConnection } from './observability/connection-log.
 import type { OtlpExport } from './observability/otlp.ts';
 import { Metrics } from './observability/metrics.ts';
 import { verdict } from './policy/verdict.ts';
-import { ControlPlane, type ChangeEvent, type SandboxRecord, type WriteFailureEvent } from './control/control-plane.ts';
+import { ControlPlane, type ChangeEvent, type SandboxRecord, type StateRejectedEvent, type WriteFailureEvent } from './control/control-plane.ts';
 import { StateStore } from './control/state-store.ts';
 import { PolicyStore } from './control/store.ts';
 import { AnswerCache } from './dns/cache.ts';
@@ -126,6 +126,7 @@ export class Daemon {
     this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
+    this.control.onStateRejected((e) => this.#onStateRejected(e));
     // The forwarder's pool of query sockets and both's places for TCP retries (net/query-sockets.ts),
     // taken from the reserve: at most half of it per address family (the servers are usually of
     // one) and an eighth for TCP retries; another eighth for the settled lookups of dialed names
@@ -509,6 +510,26 @@ export class Daemon {
       'policy change',
     );
     this.#rejudge('policy-changed');
+  }
+
+  /**
+   * Another process wrote what this one cannot accept: it keeps its last good view and refuses
+   * changes (503 state_rejected) until the state is whole again, which is logged too.
+   */
+  #onStateRejected(e: StateRejectedEvent): void {
+    if (e.issues.length === 0) {
+      this.log.warn({ event: { action: 'state-accepted' }, path: e.path }, 'the state is whole again: following it and accepting changes');
+      return;
+    }
+    this.metrics.instruments.stateRejected.inc();
+    this.log.error(
+      {
+        event: { action: 'state-rejected' },
+        path: e.path,
+        issues: e.issues.slice(0, 20).map((i) => [i.entry, i.field, i.reason].filter((x) => x !== '').join(': ')),
+      },
+      'another process wrote entries to the state that fail validation: serving the last good view and refusing changes until they are fixed',
+    );
   }
 
   /** A change that could not be made durable: answered 503 by the API, logged and counted here. */

@@ -17,6 +17,8 @@ export const ERROR_CODES = {
   EGRESSD_ERR_API_REQUEST: 'An admin API request was refused; the response carries its API error code',
   EGRESSD_ERR_COMMAND_FAILED: 'A system command egressd ran (iptables-restore, nft, ...) exited with an error',
   EGRESSD_ERR_STATE_WRITE: 'A change could not be made durable in the state (state.path); nothing was changed',
+  EGRESSD_ERR_STATE_REJECTED:
+    'Another process wrote entries to the state (state.path) that fail validation; this one serves its last good view and refuses changes until they are fixed',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -130,6 +132,30 @@ export class StateWriteError extends EgressdError {
 }
 
 /**
+ * Another egressd on the same state (a rollout: docs/deployment.md) wrote what this one cannot
+ * accept: an entry that fails validation, two sandboxes on one source, a schema it does not
+ * read. This process keeps its last good view and refuses every change until the state is
+ * whole again (docs/config.md "The state"), so that it never writes on top of the problem.
+ */
+export class StateRejectedError extends EgressdError {
+  readonly file: string;
+  readonly issues: readonly StateIssue[];
+  constructor(file: string, issues: readonly StateIssue[]) {
+    const lines = issues.map((i) => {
+      const where = [i.entry, i.field].filter((x) => x !== '').join(' ');
+      return `${where === '' ? '' : `${where}: `}${i.reason}`;
+    });
+    super(
+      'EGRESSD_ERR_STATE_REJECTED',
+      `Another process wrote to the state "${file}" what this egressd cannot accept, so it refuses changes until that is fixed: ${lines.join('; ')}`,
+    );
+    this.name = 'StateRejectedError';
+    this.file = file;
+    this.issues = issues;
+  }
+}
+
+/**
  * The admin API's error codes: the HTTP status each is answered with and when. The server
  * answers with these codes only (ApiError takes its status from here), and docs/api.md's error
  * table lists exactly these rows (test/unit/deploy.test.ts).
@@ -147,6 +173,10 @@ export const API_ERRORS = {
   unsupported_media_type: { status: 415, when: '`Content-Type` is not `application/json`.' },
   internal: { status: 500, when: 'An unexpected failure; nothing was applied.' },
   state_write_failed: { status: 503, when: 'The change could not be made durable in `state.path`; nothing was changed.' },
+  state_rejected: {
+    status: 503,
+    when: 'Another egressd on the same `state.path` wrote entries that fail validation; changes are refused until they are fixed. Nothing was changed.',
+  },
 } as const;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;

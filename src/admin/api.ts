@@ -16,7 +16,7 @@ import { formatPorts, renderNetwork, type NetworkView } from '../policy/render.t
 import type { OverlayEntry } from '../policy/overlay.ts';
 import { nameReach, reportsOnly, rulesetOf, verdict, type PolicyChain } from '../policy/verdict.ts';
 import { checkBearer, readJson, sendError } from './http-body.ts';
-import { ApiError, StateWriteError } from '../errors.ts';
+import { ApiError, StateRejectedError, StateWriteError } from '../errors.ts';
 import { sendJson, type AdminServer } from './server.ts';
 import type { ResolvedNames } from '../dns/memory.ts';
 import { ID_PATTERN } from '../schema/constants.ts';
@@ -102,8 +102,17 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         // The change was not made durable, so it was not made at all: a retry may succeed once
         // the operator frees space or makes the folder writable again.
         if (err instanceof StateWriteError) return sendError(res, new ApiError(503, 'state_write_failed', err.message));
+        if (err instanceof StateRejectedError) return sendError(res, new ApiError(503, 'state_rejected', err.message));
         throw err;
       }
+    };
+  // A read answers with what any egressd on the same state acknowledged before it (another
+  // process's change is otherwise followed within milliseconds, not before this answer).
+  const read =
+    (fn: (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void> | void) =>
+    async (req: IncomingMessage, res: ServerResponse, params: string[]): Promise<void> => {
+      await cp.refresh();
+      await fn(req, res, params);
     };
   const unwrap = <T>(r: ChangeResult<T>): T => {
     if (r.ok) return r.value;
@@ -146,18 +155,22 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   admin.route({
     method: 'GET',
     path: /^\/api\/v1\/orgs$/,
-    handler: guarded((req, res) => {
-      const p = pageOf(cp.orgs(), 'orgs', pageQuery(req.url, 'orgs'));
-      sendJson(res, 200, { orgs: p.items, next_cursor: p.next });
-    }),
+    handler: guarded(
+      read((req, res) => {
+        const p = pageOf(cp.orgs(), 'orgs', pageQuery(req.url, 'orgs'));
+        sendJson(res, 200, { orgs: p.items, next_cursor: p.next });
+      }),
+    ),
   });
   admin.route({
     method: 'GET',
     path: /^\/api\/v1\/sandboxes$/,
-    handler: guarded((req, res) => {
-      const p = pageOf(cp.sandboxes(), 'sandboxes', pageQuery(req.url, 'sandboxes'));
-      sendJson(res, 200, { sandboxes: p.items.map(view), next_cursor: p.next });
-    }),
+    handler: guarded(
+      read((req, res) => {
+        const p = pageOf(cp.sandboxes(), 'sandboxes', pageQuery(req.url, 'sandboxes'));
+        sendJson(res, 200, { sandboxes: p.items.map(view), next_cursor: p.next });
+      }),
+    ),
   });
   // Entity tags (RFC 9110 §8.8.3) of a sandbox or organization, on every answer that shows one.
   const etag = (kind: 'sandbox' | 'org', id: string): Record<string, string> => {
@@ -175,10 +188,12 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}$`),
-    handler: guarded((_q, res, [id]) => {
-      const r = get(id!);
-      sendJson(res, 200, { ...view(r), ...(opts.connections ? { connections: opts.connections(r.id) } : {}) }, etag('sandbox', r.id));
-    }),
+    handler: guarded(
+      read((_q, res, [id]) => {
+        const r = get(id!);
+        sendJson(res, 200, { ...view(r), ...(opts.connections ? { connections: opts.connections(r.id) } : {}) }, etag('sandbox', r.id));
+      }),
+    ),
   });
   // The OpenAPI 3.1 description, generated from the one schema (scripts/gen-schema.ts): read from
   // disk on the first request, so an idle daemon holds neither it nor the schema library.
@@ -203,7 +218,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/network$`),
-    handler: guarded((_q, res, [id]) => sendJson(res, 200, networkView(get(id!)), etag('sandbox', id!))),
+    handler: guarded(read((_q, res, [id]) => sendJson(res, 200, networkView(get(id!)), etag('sandbox', id!)))),
   });
   admin.route({
     method: 'PUT',
@@ -216,64 +231,66 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
   admin.route({
     method: 'GET',
     path: new RegExp(`^/api/v1/sandboxes/${ID}/effective$`),
-    handler: guarded((_q, res, [id]) => {
-      const r = get(id!);
-      const org = r.org === null ? null : cp.orgRecord(r.org);
-      const orgNet = org?.network != null ? parseNetwork(org.network, 'network') : null;
-      const settings = cp.store.settings;
-      const chain = cp.store.policyOf(r.id);
-      const levels = chain?.reportOnly ?? [];
-      const ov = cp.store.overlays.compiled;
-      sendJson(res, 200, {
-        sandbox: r.id,
-        // Report-only: on when any level turned it on (the config's `reportOnly`, the
-        // organization's, the sandbox's); what the policy would refuse is then let through and
-        // reported as `would-refuse`. Protected addresses stay refused.
-        report_only: { enabled: levels.length > 0, levels },
-        rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
-        order: ORDER,
-        overlays: {
-          always_deny: cp.store.overlays.model.alwaysDeny.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysDeny[i]?.counter.hits ?? 0 })),
-          always_allow: cp.store.overlays.model.alwaysAllow.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysAllow[i]?.counter.hits ?? 0 })),
-        },
-        // How many connections each rule decided since its policy was last set (kept in
-        // memory): a rule at 0 is dead; the rule behind a refusal is in the log line too.
-        rule_hits:
-          chain === undefined
-            ? null
-            : {
-                sandbox: [
-                  ...(chain.layer.dns?.counts.list().map((h) => ({ ...h, id: `dns_servers.${h.id}`, rule: `dns servers: ${h.rule}` })) ?? []),
-                  ...chain.layer.main.counts.list(),
-                ],
-                organization: chain.org?.layer?.main.counts.list() ?? null,
-              },
-        organization:
-          org == null
-            ? null
-            : {
-                id: org.id,
-                tier: org.tier,
-                network: orgNet?.ok
-                  ? renderNetwork(orgNet.value)
-                  : org.tier !== null && org.tier <= 2
-                    ? { mode: 'block-all', essential_services: true }
-                    : { mode: 'allow-all' },
-              },
-        network: renderNetwork(networkOf(r)),
-        // What the data path decides, not what the sandbox's own policy asks for: both through the chain.
-        dns_servers_allowed: chain === undefined ? [] : dnsServersAllowed(chain, settings.dnsServers),
-        // The names this sandbox resolved through egressd and the addresses they gave: a
-        // connection that carries no name to one of these addresses is judged with the names.
-        dns_remembered: opts.dnsMemory?.view(r.id) ?? [],
-        essential_services: chain === undefined ? [] : essentialServicesReached(chain, settings.catalog),
-        protected: {
-          extra: settings.protected.extra,
-          except: settings.protected.except,
-          note: "Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR of the sandbox's policy, wholly inside them, unlocks them (no policy opens protected.extra or the host itself); its organization's policy then judges them by its allowed CIDRs and ports, its deny rules and its mode, never by an allowed domain.",
-        },
-      });
-    }),
+    handler: guarded(
+      read((_q, res, [id]) => {
+        const r = get(id!);
+        const org = r.org === null ? null : cp.orgRecord(r.org);
+        const orgNet = org?.network != null ? parseNetwork(org.network, 'network') : null;
+        const settings = cp.store.settings;
+        const chain = cp.store.policyOf(r.id);
+        const levels = chain?.reportOnly ?? [];
+        const ov = cp.store.overlays.compiled;
+        sendJson(res, 200, {
+          sandbox: r.id,
+          // Report-only: on when any level turned it on (the config's `reportOnly`, the
+          // organization's, the sandbox's); what the policy would refuse is then let through and
+          // reported as `would-refuse`. Protected addresses stay refused.
+          report_only: { enabled: levels.length > 0, levels },
+          rule: 'A connection is allowed when its organization allows it AND the sandbox allows it.',
+          order: ORDER,
+          overlays: {
+            always_deny: cp.store.overlays.model.alwaysDeny.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysDeny[i]?.counter.hits ?? 0 })),
+            always_allow: cp.store.overlays.model.alwaysAllow.map((e, i) => ({ ...entryView(e), hits: ov?.alwaysAllow[i]?.counter.hits ?? 0 })),
+          },
+          // How many connections each rule decided since its policy was last set (kept in
+          // memory): a rule at 0 is dead; the rule behind a refusal is in the log line too.
+          rule_hits:
+            chain === undefined
+              ? null
+              : {
+                  sandbox: [
+                    ...(chain.layer.dns?.counts.list().map((h) => ({ ...h, id: `dns_servers.${h.id}`, rule: `dns servers: ${h.rule}` })) ?? []),
+                    ...chain.layer.main.counts.list(),
+                  ],
+                  organization: chain.org?.layer?.main.counts.list() ?? null,
+                },
+          organization:
+            org == null
+              ? null
+              : {
+                  id: org.id,
+                  tier: org.tier,
+                  network: orgNet?.ok
+                    ? renderNetwork(orgNet.value)
+                    : org.tier !== null && org.tier <= 2
+                      ? { mode: 'block-all', essential_services: true }
+                      : { mode: 'allow-all' },
+                },
+          network: renderNetwork(networkOf(r)),
+          // What the data path decides, not what the sandbox's own policy asks for: both through the chain.
+          dns_servers_allowed: chain === undefined ? [] : dnsServersAllowed(chain, settings.dnsServers),
+          // The names this sandbox resolved through egressd and the addresses they gave: a
+          // connection that carries no name to one of these addresses is judged with the names.
+          dns_remembered: opts.dnsMemory?.view(r.id) ?? [],
+          essential_services: chain === undefined ? [] : essentialServicesReached(chain, settings.catalog),
+          protected: {
+            extra: settings.protected.extra,
+            except: settings.protected.except,
+            note: "Protected addresses (loopback, private, link-local, metadata, ...) are refused unless an allowed CIDR of the sandbox's policy, wholly inside them, unlocks them (no policy opens protected.extra or the host itself); its organization's policy then judges them by its allowed CIDRs and ports, its deny rules and its mode, never by an allowed domain.",
+          },
+        });
+      }),
+    ),
   });
   admin.route({
     method: 'GET',
@@ -299,6 +316,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
           res.writeHead(204).end();
           return;
         }
+        await cp.refresh();
         const r = cp.orgRecord(id!);
         if (!r) throw new ApiError(404, 'not_found', `Organization ${quote(id)} does not exist`);
         sendJson(res, 200, r, etag('org', r.id));
@@ -317,6 +335,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         throw new ApiError(400, 'invalid_request', all.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; '), all[0]?.field || null);
       }
       const { sandbox, host, ip, port } = b as { sandbox: string; host?: string | null; ip: string; port: number };
+      await cp.refresh();
       const policy = cp.store.policyOf(sandbox);
       if (!policy) throw new ApiError(404, 'not_found', `Sandbox ${quote(sandbox)} does not exist`);
       if (isIP(ip) === 0) throw new ApiError(400, 'invalid_request', `Expected an IP address, got ${quote(ip)}`, 'ip');

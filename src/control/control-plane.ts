@@ -2,6 +2,12 @@
 // and what a change does to open connections. Every change is validated whole first, then
 // persisted (one row, fsynced: state-store.ts) and only then applied and acknowledged: a
 // refused change or a failed write changes nothing, and an acknowledged one survives a crash.
+//
+// Several processes may share one state (a rollout: docs/deployment.md). The database is their
+// one serialization point: a change opens its write transaction first, applies what the others
+// committed since (as a policy change: `source: 'state'`), and only then validates against
+// that view and writes. Between changes, another process's commit is followed within
+// milliseconds (state-writer.ts watches the WAL), and reads through the API follow it first.
 
 import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
@@ -13,8 +19,8 @@ import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import type { LimitsOverride } from '../limits/limits-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
-import type { EntryKind, StateStore, StoredEntry } from './state-store.ts';
-import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
+import { schemaProblem, type EntryKind, type StateChanges, type StateStore, type StoredEntry } from './state-store.ts';
+import { StateInvalidError, StateRejectedError, StateWriteError, type StateIssue } from '../errors.ts';
 
 export type ChangeSource = 'api' | 'config';
 
@@ -69,7 +75,8 @@ export interface Preconditions {
 export type ChangeResult<T> = { ok: true; value: T } | { ok: false; error: ChangeError };
 
 export interface ChangeEvent {
-  readonly source: ChangeSource;
+  /** `state`: another egressd process on the same state made the change (read from the state). */
+  readonly source: ChangeSource | 'state';
   readonly action: 'put' | 'delete';
   readonly kind: 'sandbox' | 'org';
   readonly id: string;
@@ -78,6 +85,15 @@ export interface ChangeEvent {
   /** Digests of the entry before and after (null when absent), so a log shows what moved without the body. */
   readonly before: string | null;
   readonly after: string | null;
+}
+
+/**
+ * What another process wrote that this one refused to apply (`issues`, named after the entries),
+ * or that the state is whole again (`issues` empty) after such a refusal.
+ */
+export interface StateRejectedEvent {
+  readonly path: string;
+  readonly issues: readonly StateIssue[];
 }
 
 /** A short, stable digest of an entry as persisted: the first 16 hex digits of its SHA-256. */
@@ -154,6 +170,11 @@ export class ControlPlane {
   #lock: Promise<unknown> = Promise.resolve();
   /** The sandbox an API change has validated and is writing now (at most one: changes are serialized). */
   #claim: { readonly id: string; readonly sources: readonly string[] } | null = null;
+  /** What another process wrote that this one did not apply; null while it follows the state. */
+  #rejected: readonly StateIssue[] | null = null;
+  readonly #rejectedListeners: ((e: StateRejectedEvent) => void)[] = [];
+  /** A refresh for another process's commit is waiting for its turn (one is enough). */
+  #refreshQueued = false;
 
   constructor(store: PolicyStore, state: StateStore | null) {
     this.store = store;
@@ -167,6 +188,181 @@ export class ControlPlane {
   /** Called for every change whose write failed (for the error log and the metric). */
   onWriteFailure(l: (e: WriteFailureEvent) => void): void {
     this.#failureListeners.push(l);
+  }
+
+  /** Called when changes another process wrote are refused (and once when the state is whole again). */
+  onStateRejected(l: (e: StateRejectedEvent) => void): void {
+    this.#rejectedListeners.push(l);
+  }
+
+  /** What another process wrote that this one refused to apply, or null while it follows the state. */
+  get rejected(): readonly StateIssue[] | null {
+    return this.#rejected;
+  }
+
+  /**
+   * Applies what other processes committed to the state since this one last looked, so that a
+   * read answers with what any of them acknowledged. Never rejects: when the state cannot be
+   * read now, the view stays as it was (the next change or commit tries again).
+   */
+  refresh(): Promise<void> {
+    if (!this.#state?.shared) return Promise.resolve();
+    return this.#serialized(async () => {
+      this.#refreshQueued = false;
+      try {
+        const c = await this.#state!.changes();
+        if (c !== null) await this.#take(c);
+      } catch {
+        // Read again at the next change, commit or read.
+      }
+    });
+  }
+
+  /** Another process committed: follow it, once for however many commits arrive while a refresh waits. */
+  #followCommit(): void {
+    if (this.#refreshQueued) return;
+    this.#refreshQueued = true;
+    void this.refresh();
+  }
+
+  /**
+   * Applies another process's changes when the view they make is whole, and tells the state they
+   * were taken; else keeps the last good view, and reports them once. True when applied.
+   */
+  async #take(c: StateChanges): Promise<boolean> {
+    const issues = this.#follow(c);
+    if (issues.length === 0) {
+      await this.#state!.accept();
+      if (this.#rejected !== null) {
+        this.#rejected = null;
+        for (const l of this.#rejectedListeners) l({ path: this.#state!.path, issues: [] });
+      }
+      return true;
+    }
+    const again = this.#rejected !== null && JSON.stringify(this.#rejected) === JSON.stringify(issues);
+    this.#rejected = issues;
+    if (!again) for (const l of this.#rejectedListeners) l({ path: this.#state!.path, issues });
+    return false;
+  }
+
+  /**
+   * Validates the view another process's changes make, as a whole (as start-up does: every
+   * entry valid, each source held by one sandbox, every organization named exists), and applies
+   * it only when it has no problem; returns the problems. Applied as an API change is: the
+   * store changes, then one policy-change event per entry (re-judging open connections).
+   */
+  #follow(c: StateChanges): StateIssue[] {
+    const schema = schemaProblem(c.schema);
+    if (schema !== null) return [{ entry: '', field: '', reason: schema }];
+    const issues: StateIssue[] = [];
+    const goneSandboxes = new Set<string>();
+    const goneOrgs = new Set<string>();
+    for (const d of c.deletes) (d.kind === 'org' ? goneOrgs : goneSandboxes).add(d.id);
+    const orgs: { id: string; revision: number; record: OrgRecord; def: OrgDefinition }[] = [];
+    const bodies: { id: string; revision: number; body: Record<string, unknown> }[] = [];
+    for (const row of c.upserts) {
+      const entry = `${row.kind} ${quote(row.id)}`;
+      let body: unknown;
+      try {
+        body = JSON.parse(row.body);
+      } catch (err) {
+        issues.push({ entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` });
+        continue;
+      }
+      if (!isPlainObject(body)) {
+        issues.push({ entry, field: '', reason: `Expected an object, got ${quote(body)}` });
+        continue;
+      }
+      if (row.kind === 'org') {
+        const v = this.#validateOrg(row.id, bodyOf(body));
+        if (!v.ok) issues.push(...issuesOf(entry, v.error));
+        else orgs.push({ id: row.id, revision: row.revision, ...v.value });
+      } else if (row.kind === 'sandbox') bodies.push({ id: row.id, revision: row.revision, body });
+      else issues.push({ entry, field: 'kind', reason: `Unknown kind ${quote(row.kind)}` });
+    }
+    // The view after: organizations that stay or come; sources of sandboxes that stay, then of those that come.
+    const hasOrg = (id: string): boolean => orgs.some((o) => o.id === id) || (this.#orgs.has(id) && !goneOrgs.has(id));
+    const changed = new Set([...goneSandboxes, ...bodies.map((b) => b.id)]);
+    const claimed = new Map<string, string>();
+    const ownerOf = (source: string): string | null => {
+      const owner = claimed.get(source) ?? this.store.ownerOf(source);
+      return owner === null || (changed.has(owner) && !claimed.has(source)) ? null : owner;
+    };
+    const sandboxes: { id: string; revision: number; record: SandboxRecord; network: DialectResult }[] = [];
+    for (const b of bodies) {
+      const v = this.#validateSandbox(b.id, bodyOf(b.body), 'api', { ownerOf, hasOrg });
+      if (!v.ok) {
+        issues.push(...issuesOf(`sandbox ${quote(b.id)}`, v.error));
+        continue;
+      }
+      for (const s of v.value.record.sources) claimed.set(s, b.id);
+      sandboxes.push({ id: b.id, revision: b.revision, ...v.value });
+    }
+    for (const id of goneOrgs) {
+      const user = [...this.#records.values()].find((r) => r.org === id && !changed.has(r.id));
+      if (user) issues.push({ entry: `org ${quote(id)}`, field: '', reason: `Deleted, but sandbox ${quote(user.id)} still names it` });
+    }
+    if (issues.length > 0) return issues;
+
+    const events: ChangeEvent[] = [];
+    const event = (action: 'put' | 'delete', kind: EntryKind, id: string, before: unknown, after: unknown): void => {
+      events.push({ source: 'state', action, kind, id, actor: 'state', before: digestOf(before), after: digestOf(after) });
+    };
+    for (const id of goneSandboxes) {
+      const r = this.#records.get(id);
+      this.#revisions.delete(`sandbox:${id}`);
+      if (r === undefined || r.origin !== 'api') continue;
+      this.#records.delete(id);
+      this.store.removeSandbox(id);
+      event('delete', 'sandbox', id, r, null);
+    }
+    for (const o of orgs) {
+      const before = this.#orgs.get(o.id);
+      this.#applyOrg(o.record, o.def);
+      this.#revisions.set(`org:${o.id}`, o.revision);
+      event('put', 'org', o.id, before, o.record);
+    }
+    for (const sb of sandboxes) {
+      const before = this.#records.get(sb.id);
+      this.#apply(sb.record, sb.network);
+      this.#revisions.set(`sandbox:${sb.id}`, sb.revision);
+      event('put', 'sandbox', sb.id, before, sb.record);
+    }
+    for (const id of goneOrgs) {
+      const r = this.#orgs.get(id);
+      this.#revisions.delete(`org:${id}`);
+      if (r === undefined) continue;
+      this.#orgs.delete(id);
+      this.store.removeOrg(id);
+      event('delete', 'org', id, r, null);
+    }
+    // Emitted once the whole view is in place: each re-judges open connections against it.
+    for (const e of events) this.#emit(e);
+    return [];
+  }
+
+  /**
+   * Runs a change inside the state's write transaction: first what other processes committed
+   * is applied (or, when it cannot be, the change is refused with StateRejectedError), then `fn`
+   * validates against that view and writes; the transaction is rolled back if `fn` did not write.
+   */
+  async #inWrite<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, fn: () => Promise<T>): Promise<T> {
+    const state = this.#state;
+    if (state === null) return fn();
+    let c: StateChanges | null;
+    try {
+      c = await state.begin();
+    } catch (err) {
+      if (!(err instanceof StateWriteError)) throw err;
+      for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
+      throw err;
+    }
+    try {
+      if (c !== null && !(await this.#take(c))) throw new StateRejectedError(state.path, this.#rejected ?? []);
+      return await fn();
+    } finally {
+      await state.rollback();
+    }
   }
 
   /** The stored revision of a sandbox or organization (its version), or undefined when not stored. */
@@ -261,6 +457,9 @@ export class ControlPlane {
     }
     const format = this.#state.format ?? 'absent';
     const c = await this.#state.commit();
+    // What another process committed between the read and now, then whatever it commits later.
+    this.#state.onChanged(() => this.#followCommit());
+    await this.refresh();
     return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, created: c.created, readOnly: this.#state.readOnly };
   }
 
@@ -326,7 +525,16 @@ export class ControlPlane {
     return this.#orgs.get(id);
   }
 
-  #validateSandbox(id: string, body: unknown, source: ChangeSource): ChangeResult<{ record: SandboxRecord; network: DialectResult }> {
+  /**
+   * Validates a sandbox against the view in memory, or against `view` (the view another
+   * process's changes make: #follow).
+   */
+  #validateSandbox(
+    id: string,
+    body: unknown,
+    source: ChangeSource,
+    view?: { ownerOf: (source: string) => string | null; hasOrg: (id: string) => boolean },
+  ): ChangeResult<{ record: SandboxRecord; network: DialectResult }> {
     const issues = new CappedIssues();
     check(SandboxId, id, 'id', issues);
     // The one schema (src/schema/define/bodies.ts) gives the shape; the rest is what a shape cannot say.
@@ -347,13 +555,13 @@ export class ControlPlane {
     if (!network.ok) for (const i of network.issues) issues.add(i.field, i.reason);
     if (!issues.ok || !network.ok) return invalid(issues.result());
     const orgId = typeof b['org'] === 'string' ? b['org'] : null;
-    if (orgId !== null && !this.#orgs.has(orgId)) return notFound(`Organization ${quote(orgId)} does not exist`);
+    if (orgId !== null && !(view ? view.hasOrg(orgId) : this.#orgs.has(orgId))) return notFound(`Organization ${quote(orgId)} does not exist`);
     const existing = this.#records.get(id);
     if (existing && existing.origin === 'config' && source === 'api') {
       return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot change it`);
     }
     for (const [i, s] of sources.entries()) {
-      const owner = this.store.ownerOf(s);
+      const owner = view ? view.ownerOf(s) : this.store.ownerOf(s);
       if (owner !== null && owner !== id) return conflict(`Source ${quote(s)} belongs to sandbox ${quote(owner)}`, `sources[${i}]`);
     }
     const limits = b['limits'] as LimitsOverride | undefined;
@@ -377,10 +585,10 @@ export class ControlPlane {
   }
 
   putSandbox(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    return this.#serialized(() => this.#putSandbox(id, body, actor, cond));
+    return this.#serialized(() => this.#inWrite('put', 'sandbox', id, actor, () => this.#putSandbox(id, body, actor, cond)));
   }
 
-  /** putSandbox's work; runs only inside the serialized section. */
+  /** putSandbox's work; runs only inside the serialized section and the state's write transaction. */
   async #putSandbox(
     id: string,
     body: unknown,
@@ -418,33 +626,37 @@ export class ControlPlane {
     actor = 'api',
     cond?: Preconditions,
   ): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    return this.#serialized(async () => {
-      const r = this.#records.get(id);
-      if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
-      const body = {
-        sources: r.sources,
-        ...(r.org !== null ? { org: r.org } : {}),
-        ...(r.limits ? { limits: r.limits } : {}),
-        ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
-        network,
-      };
-      return this.#putSandbox(id, body, actor, cond);
-    });
+    return this.#serialized(() =>
+      this.#inWrite('put', 'sandbox', id, actor, async () => {
+        const r = this.#records.get(id);
+        if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+        const body = {
+          sources: r.sources,
+          ...(r.org !== null ? { org: r.org } : {}),
+          ...(r.limits ? { limits: r.limits } : {}),
+          ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
+          network,
+        };
+        return this.#putSandbox(id, body, actor, cond);
+      }),
+    );
   }
 
   deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord>> {
-    return this.#serialized(async () => {
-      const r = this.#records.get(id);
-      if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
-      const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
-      if (failed) return failed;
-      if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
-      await this.#write('delete', 'sandbox', id, actor, null);
-      this.#records.delete(id);
-      this.store.removeSandbox(id);
-      this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
-      return { ok: true, value: r };
-    });
+    return this.#serialized(() =>
+      this.#inWrite('delete', 'sandbox', id, actor, async () => {
+        const r = this.#records.get(id);
+        if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+        const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
+        if (failed) return failed;
+        if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
+        await this.#write('delete', 'sandbox', id, actor, null);
+        this.#records.delete(id);
+        this.store.removeSandbox(id);
+        this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
+        return { ok: true, value: r };
+      }),
+    );
   }
 
   #validateOrg(id: string, body: unknown): ChangeResult<{ record: OrgRecord; def: OrgDefinition }> {
@@ -480,33 +692,37 @@ export class ControlPlane {
   }
 
   putOrg(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: OrgRecord; created: boolean; etag: string }>> {
-    return this.#serialized(async () => {
-      const v = this.#validateOrg(id, body);
-      if (!v.ok) return v;
-      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
-      if (failed) return failed;
-      const before = this.#orgs.get(id);
-      await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
-      this.#applyOrg(v.value.record, v.value.def);
-      this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
-      return { ok: true, value: { record: v.value.record, created: before === undefined, etag: this.etagOf('org', id)! } };
-    });
+    return this.#serialized(() =>
+      this.#inWrite('put', 'org', id, actor, async () => {
+        const v = this.#validateOrg(id, body);
+        if (!v.ok) return v;
+        const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+        if (failed) return failed;
+        const before = this.#orgs.get(id);
+        await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
+        this.#applyOrg(v.value.record, v.value.def);
+        this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
+        return { ok: true, value: { record: v.value.record, created: before === undefined, etag: this.etagOf('org', id)! } };
+      }),
+    );
   }
 
   deleteOrg(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<OrgRecord>> {
-    return this.#serialized(async () => {
-      const r = this.#orgs.get(id);
-      if (!r) return notFound(`Organization ${quote(id)} does not exist`);
-      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
-      if (failed) return failed;
-      const user = [...this.#records.values()].find((s) => s.org === id);
-      if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
-      await this.#write('delete', 'org', id, actor, null);
-      this.#orgs.delete(id);
-      this.store.removeOrg(id);
-      this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
-      return { ok: true, value: r };
-    });
+    return this.#serialized(() =>
+      this.#inWrite('delete', 'org', id, actor, async () => {
+        const r = this.#orgs.get(id);
+        if (!r) return notFound(`Organization ${quote(id)} does not exist`);
+        const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+        if (failed) return failed;
+        const user = [...this.#records.values()].find((s) => s.org === id);
+        if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
+        await this.#write('delete', 'org', id, actor, null);
+        this.#orgs.delete(id);
+        this.store.removeOrg(id);
+        this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
+        return { ok: true, value: r };
+      }),
+    );
   }
 }
 

@@ -20,7 +20,9 @@ import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
-import type { WriterReply, WriterRequest } from './state-writer.ts';
+import type { StateChanges, WriterReply, WriterRequest } from './state-writer.ts';
+
+export type { StateChanges } from './state-writer.ts';
 
 export type EntryKind = 'sandbox' | 'org';
 
@@ -39,11 +41,22 @@ export interface StoredEntry {
 export type StateFormat = 'absent' | 'sqlite' | 'json-v1';
 
 const SQLITE_MAGIC = 'SQLite format 3\0';
-const SCHEMA_VERSION = 1;
+/**
+ * The schema this egressd writes. 2 has the tables of 1; it says that every process writing the
+ * state reads the others' changes inside its write transaction (state-writer.ts), so an egressd
+ * that would not (schema 1 only) refuses to start on it rather than hand out what another holds.
+ */
+const SCHEMA_VERSION = 2;
+/** Schemas this egressd reads: 1 is raised to 2 once the state is opened for writing. */
+const SCHEMAS_READ: readonly number[] = [1, 2];
 /** A WAL larger than this is truncated after a checkpoint (bytes). */
 const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
-/** How long a change waits for another process's lock before it fails (ms); short, as it blocks. */
-const BUSY_TIMEOUT_MS = 200;
+/**
+ * How long a change waits for another process's write lock before it fails with EBUSY (ms). The
+ * other process holds it for one change (its validation and one fsync); the wait blocks only
+ * the writer thread and the API request behind it.
+ */
+const BUSY_TIMEOUT_MS = 2000;
 
 const SCHEMA = `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -109,6 +122,14 @@ function formatOf(path: string): StateFormat {
 
 const whole = (reason: string): StateIssue => ({ entry: '', field: '', reason });
 
+/** Whether a process reading `schema` may go on with the state; the reason when not. */
+export function schemaProblem(schema: number | null): string | null {
+  return schema !== null && SCHEMAS_READ.includes(schema) ? null : unknownSchema(schema);
+}
+
+const unknownSchema = (schema: number | null | undefined): string =>
+  `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.join(' and ')} (a newer egressd wrote it?)`;
+
 /** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}). */
 export function parseJsonState(text: string): { entries: StoredEntry[]; issues: StateIssue[] } {
   const issues: StateIssue[] = [];
@@ -160,7 +181,10 @@ export class StateStore {
   /** The thread that writes (state-writer.ts), once the state is committed. */
   #worker: Worker | null = null;
   #seq = 0;
-  readonly #pending = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
+  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+  /** Whether a change's write transaction is open (between `begin` and `put`/`delete`/`rollback`). */
+  #inWrite = false;
+  #onChanged: (() => void) | null = null;
 
   constructor(path: string) {
     this.path = path;
@@ -291,7 +315,7 @@ export class StateStore {
         .all()
         .map((r) => [String(r['key']), Number(r['value'])]),
     );
-    if (meta.get('schema') !== SCHEMA_VERSION) return [whole(`Unknown state schema ${quote(meta.get('schema'))}; this egressd reads schema ${SCHEMA_VERSION}`)];
+    if (!SCHEMAS_READ.includes(meta.get('schema') ?? -1)) return [whole(unknownSchema(meta.get('schema')))];
     if (meta.get('complete') !== 1) return [whole('The state was never completed (an interrupted conversion?)')];
     const issues: StateIssue[] = [];
     const entries: StoredEntry[] = [];
@@ -430,11 +454,12 @@ export class StateStore {
     // The writer never keeps the process alive on its own; a write in flight is awaited by
     // an API request, which does.
     worker.unref();
-    worker.on('message', (r: WriterReply) => {
+    worker.on('message', (r: WriterReply | { changed: true }) => {
+      if ('changed' in r) return this.#onChanged?.();
       const p = this.#pending.get(r.seq);
       this.#pending.delete(r.seq);
       if (!p) return;
-      if (r.ok) p.resolve();
+      if (r.ok) p.resolve(r.value);
       else p.reject(r);
     });
     const died = (why: string): void => {
@@ -450,7 +475,14 @@ export class StateStore {
   async #startWriter(): Promise<void> {
     this.#spawnWriter();
     try {
-      await this.#send({ op: 'open', path: this.path, busyTimeoutMs: BUSY_TIMEOUT_MS, journalSizeLimit: JOURNAL_SIZE_LIMIT });
+      await this.#send({
+        op: 'open',
+        path: this.path,
+        busyTimeoutMs: BUSY_TIMEOUT_MS,
+        journalSizeLimit: JOURNAL_SIZE_LIMIT,
+        schema: SCHEMA_VERSION,
+        known: this.#entries.map((e) => [e.kind, e.id, e.revision] as const),
+      });
     } catch (err) {
       await this.close();
       const e = this.#writeError(err);
@@ -458,42 +490,96 @@ export class StateStore {
     }
   }
 
-  #send(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<void> {
+  #send<T = null>(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<T> {
     const worker = this.#worker;
     if (worker === null) return Promise.reject({ errcode: 10, errstr: 'the state writer is not running', message: 'the state writer is not running' });
     const seq = ++this.#seq;
-    return new Promise<void>((resolve, reject) => {
-      this.#pending.set(seq, { resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(seq, { resolve: resolve as (v: unknown) => void, reject });
       worker.postMessage({ ...m, seq });
     });
   }
 
+  /** Called (with no argument) when another process committed a change to the state; at most one listener. */
+  onChanged(l: () => void): void {
+    this.#onChanged = l;
+  }
+
+  /** True when the state can be written and followed: a committed, writable SQLite state. */
+  get shared(): boolean {
+    return this.#worker !== null && !this.#readOnly && this.#format === 'sqlite';
+  }
+
   /**
-   * Durably stores one entry: resolves with its new revision once SQLite has fsynced it.
+   * What other processes committed since this one last accepted (null: nothing), read from one
+   * snapshot. After applying it, call `accept`; changes not accepted are listed again at the
+   * next `begin` (and at the next `changes` after another commit). Rejects with StateWriteError.
+   */
+  async changes(): Promise<StateChanges | null> {
+    if (!this.shared) return null;
+    try {
+      return await this.#send<StateChanges | null>({ op: 'changes', write: false });
+    } catch (err) {
+      throw this.#writeError(err);
+    }
+  }
+
+  /**
+   * Opens a change's write transaction (BEGIN IMMEDIATE: other processes' changes wait) and
+   * returns what other processes committed since this one last accepted, as `changes` does.
+   * Exactly one `put`, `delete` or `rollback` must follow. Rejects with StateWriteError (EBUSY
+   * when another process held the lock longer than the busy timeout), with no transaction open.
+   */
+  async begin(): Promise<StateChanges | null> {
+    if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
+    try {
+      const c = await this.#send<StateChanges | null>({ op: 'changes', write: true });
+      this.#inWrite = true;
+      return c;
+    } catch (err) {
+      throw this.#writeError(err);
+    }
+  }
+
+  /** The last changes listed were applied in memory: they are no longer listed. */
+  async accept(): Promise<void> {
+    if (this.#worker !== null) await this.#send({ op: 'accept' }).catch(() => {});
+  }
+
+  /** Whether a change's write transaction is open. */
+  get inWrite(): boolean {
+    return this.#inWrite;
+  }
+
+  /** Ends the open write transaction without writing (a refused change). Never rejects. */
+  async rollback(): Promise<void> {
+    if (!this.#inWrite) return;
+    this.#inWrite = false;
+    await this.#send({ op: 'rollback' }).catch(() => {});
+  }
+
+  /**
+   * Durably stores one entry in the transaction `begin` opened, and commits: resolves with its
+   * new revision (the database's next, whoever wrote the last) once SQLite has fsynced it.
    * Rejects with StateWriteError, having changed nothing.
    */
   async put(kind: EntryKind, id: string, body: Readonly<Record<string, unknown>>): Promise<number> {
-    const revision = this.#nextRevision();
-    await this.#write({ op: 'put', kind, id, revision, body: JSON.stringify(body) });
-    return revision;
+    return this.#write({ op: 'put', kind, id, body: JSON.stringify(body) });
   }
 
-  /** Durably removes one entry; resolves with the revision of the removal. Rejects with StateWriteError. */
+  /** Durably removes one entry, as `put`; resolves with the revision of the removal. Rejects with StateWriteError. */
   async delete(kind: EntryKind, id: string): Promise<number> {
-    const revision = this.#nextRevision();
-    await this.#write({ op: 'delete', kind, id, revision });
-    return revision;
+    return this.#write({ op: 'delete', kind, id });
   }
 
-  /** Revisions are taken in memory and never handed out twice, even for a write that failed. */
-  #nextRevision(): number {
-    return ++this.#revision;
-  }
-
-  async #write(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<void> {
+  async #write(m: DistributiveOmit<WriterRequest, 'seq'>): Promise<number> {
     if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
+    // The change's transaction ends here, committed or rolled back, whatever the answer.
+    this.#inWrite = false;
     try {
-      await this.#send(m);
+      const revision = await this.#send<number>(m);
+      this.#revision = Math.max(this.#revision, revision);
+      return revision;
     } catch (err) {
       throw this.#writeError(err);
     }

@@ -1,32 +1,139 @@
-// The state's writes, in a worker thread of their own. node:sqlite is synchronous: a commit in
-// synchronous=FULL mode waits for an fsync (milliseconds on a disk, hundreds under load), and on
-// the main thread that wait would stall every connection egressd carries. Here it stalls only
-// this thread; the main thread awaits the answer (state-store.ts) before the API answers.
+// The state's connection for writing, in a worker thread of its own. node:sqlite is synchronous:
+// a commit in synchronous=FULL mode waits for an fsync (milliseconds on a disk, hundreds under
+// load), and on the main thread that wait would stall every connection egressd carries. Here it
+// stalls only this thread; the main thread awaits the answer (state-store.ts) before the API
+// answers.
 //
-// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit}, {op: 'put', seq, kind, id,
-// revision, body}, {op: 'delete', seq, kind, id, revision}, {op: 'close', seq}. Each is answered
-// {seq, ok: true} or {seq, ok: false, errcode, errstr, errno, message}, in order.
+// Several egressd processes may hold one state (a rollout starts a new one beside one that
+// drains: docs/deployment.md). The database is their one serialization point, as SQLite's own
+// multi-process model has it: a change runs inside BEGIN IMMEDIATE (the database's write lock),
+// reads what the others committed since this process last looked, lets the main thread apply
+// and validate against that, then takes the next revision from the database and commits. Between
+// changes, an inotify watch on the WAL (every commit writes to it) and `PRAGMA data_version`
+// (https://sqlite.org/pragma.html#pragma_data_version: changes only on another connection's
+// commit) tell this thread that another process committed; it then says so to the main thread.
+//
+// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, known}, {op: 'changes', write}
+// (write: BEGIN IMMEDIATE first, the transaction stays open), {op: 'accept'} (the main thread
+// applied the last changes), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
+// the open transaction; commit), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
+// answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
+// Unasked: {changed: true} when another process committed.
 
-import { statSync } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
 
+/** One entry as the database holds it now. */
+export interface EntryRow {
+  readonly kind: string;
+  readonly id: string;
+  readonly revision: number;
+  /** The stored body text, parsed by the main thread. */
+  readonly body: string;
+}
+
+/** What other processes committed since the main thread last accepted: rows added or changed, and keys gone. */
+export interface StateChanges {
+  /** meta.schema as found now. */
+  readonly schema: number | null;
+  readonly upserts: readonly EntryRow[];
+  readonly deletes: readonly { readonly kind: string; readonly id: string }[];
+}
+
 export type WriterRequest =
-  | { op: 'open'; seq: number; path: string; busyTimeoutMs: number; journalSizeLimit: number }
-  | { op: 'put'; seq: number; kind: string; id: string; revision: number; body: string }
-  | { op: 'delete'; seq: number; kind: string; id: string; revision: number }
+  | {
+      op: 'open';
+      seq: number;
+      path: string;
+      busyTimeoutMs: number;
+      journalSizeLimit: number;
+      /** The schema this egressd writes (state-store.ts); an older one in meta is raised to it. */
+      schema: number;
+      /** Every entry the main thread read, as [kind, id, revision]. */
+      known: readonly (readonly [string, string, number])[];
+    }
+  | { op: 'changes'; seq: number; write: boolean }
+  | { op: 'accept'; seq: number }
+  | { op: 'put'; seq: number; kind: string; id: string; body: string }
+  | { op: 'delete'; seq: number; kind: string; id: string }
+  | { op: 'rollback'; seq: number }
   | { op: 'close'; seq: number };
 
-/** `errno`: set when the failure is no SQLite error (the files moved: ENOENT, ESTALE); else null. */
+/**
+ * `value`: the new revision (put, delete), the changes or null (changes). `errno`: set when the
+ * failure is no SQLite error (the files moved: ENOENT, ESTALE); else null.
+ */
 export type WriterReply =
-  { seq: number; ok: true } | { seq: number; ok: false; errcode: number | null; errstr: string | null; errno: string | null; message: string };
+  | { seq: number; ok: true; value: number | StateChanges | null }
+  | { seq: number; ok: false; errcode: number | null; errstr: string | null; errno: string | null; message: string };
 
 let db: DatabaseSync | null = null;
-let put: StatementSync | null = null;
-let del: StatementSync | null = null;
-let bump: StatementSync | null = null;
+let stmts: {
+  put: StatementSync;
+  del: StatementSync;
+  bump: StatementSync;
+  top: StatementSync;
+  keys: StatementSync;
+  body: StatementSync;
+  schema: StatementSync;
+  dataVersion: StatementSync;
+} | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
 let files: { path: string; db: string | null; wal: string | null } | null = null;
+/** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
+let known = new Map<string, number>();
+/** The database's entries as last listed, waiting for the main thread's accept; null: none waiting. */
+let listed: Map<string, number> | null = null;
+/** `PRAGMA data_version` when the database was last listed (or opened): unchanged, nobody else committed. */
+let seenVersion = -1;
+let watcher: FSWatcher | null = null;
+let writtenSchema = 0;
+let recheck: NodeJS.Timeout | null = null;
+let safety: NodeJS.Timeout | null = null;
+/** Rechecks after a WAL write that was not yet a visible commit (ms), doubling up to the last. */
+const RECHECK_MS = [2, 4, 8, 16, 32, 64, 128, 256, 512];
+/** How often data_version is read when the WAL was quiet, in case a watch event was lost (ms). */
+const SAFETY_POLL_MS = 1000;
+
+/** Tells the main thread when another process's commit became visible since the last listing. */
+function notice(): boolean {
+  try {
+    if (stmts === null || dataVersion() === seenVersion) return false;
+  } catch {
+    // Busy or failing now: the next write, recheck or safety poll asks again (a throw here
+    // would end this thread, and every change with it).
+    return false;
+  }
+  parentPort!.postMessage({ changed: true });
+  return true;
+}
+
+/**
+ * A WAL write is seen before its commit is: SQLite writes the frames, fsyncs them
+ * (synchronous=FULL), and only then publishes the commit in the WAL index. So a write that is
+ * not yet a visible commit is looked at again, a few times, until it is.
+ */
+function onWalWrite(): void {
+  // Each write starts the rechecks over: a commit's last write must not wait out the long
+  // delays a write before it reached.
+  if (recheck !== null) clearTimeout(recheck);
+  recheck = null;
+  if (notice()) return;
+  let i = 0;
+  const again = (): void => {
+    recheck = null;
+    if (i >= RECHECK_MS.length) return;
+    recheck = setTimeout(() => {
+      recheck = null;
+      if (!notice()) again();
+    }, RECHECK_MS[i++]);
+    recheck.unref();
+  };
+  again();
+}
+
+const keyOf = (kind: string, id: string): string => `${kind}:${id}`;
 
 /** `dev:ino` of the file at `p`, or null when there is none. */
 function fileId(p: string): string | null {
@@ -59,53 +166,171 @@ function stillAtPath(): void {
   f.wal = wal;
 }
 
-function handle(m: WriterRequest): void {
+const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
+
+/**
+ * Lists the database's entries (an index-only scan of entries_by_revision, which holds kind
+ * and id) and returns what differs from what the main thread holds, with the bodies of what
+ * was added or changed. A full listing rather than "revision > N": it sees deletions, and
+ * revisions an older egressd reused.
+ */
+function diff(write: boolean): StateChanges | null {
+  const s = stmts!;
+  const version = dataVersion();
+  // Nothing committed since the last listing: nothing new, unless a change is about to be written
+  // over changes the main thread did not accept (it must see them again, and refuse again).
+  if (version === seenVersion && (listed === null || !write)) return null;
+  seenVersion = version;
+  const pending = listed !== null;
+  const now = new Map<string, number>();
+  const upserts: EntryRow[] = [];
+  for (const r of s.keys.all()) {
+    const kind = String(r['kind']);
+    const id = String(r['id']);
+    const revision = Number(r['revision']);
+    now.set(keyOf(kind, id), revision);
+    if (known.get(keyOf(kind, id)) !== revision) upserts.push({ kind, id, revision, body: String(s.body.get(kind, id)?.['body']) });
+  }
+  const deletes: { kind: string; id: string }[] = [];
+  for (const k of known.keys()) {
+    if (now.has(k)) continue;
+    const at = k.indexOf(':');
+    deletes.push({ kind: k.slice(0, at), id: k.slice(at + 1) });
+  }
+  const schemaRow = s.schema.get();
+  const schema = schemaRow === undefined ? null : Number(schemaRow['value']);
+  if (upserts.length === 0 && deletes.length === 0 && schema === writtenSchema) {
+    listed = null;
+    // The changes the main thread refused are gone (undone by whoever wrote them): an empty
+    // change, which it takes as "the state is whole again".
+    return pending ? { schema, upserts, deletes } : null;
+  }
+  listed = now;
+  return { schema, upserts, deletes };
+}
+
+/** The next revision: past every one the database holds or ever held (meta.revision), whoever wrote it. */
+function nextRevision(): number {
+  const r = stmts!.top.get();
+  return Math.max(Number(r?.['meta'] ?? 0), Number(r?.['rows'] ?? 0)) + 1;
+}
+
+function rollback(): void {
+  if (db?.isTransaction) {
+    try {
+      db.exec('ROLLBACK');
+    } catch {
+      // SQLite rolled back already (SQLITE_FULL and SQLITE_IOERR do)
+    }
+  }
+}
+
+function handle(m: WriterRequest): number | StateChanges | null {
   if (m.op === 'open') {
     db = new DatabaseSync(m.path);
     // WAL: a change appends its pages to the log; FULL: the log is fsynced at every commit.
     const mode = db.prepare('PRAGMA journal_mode = WAL').get();
     if (String(Object.values(mode ?? {})[0]) !== 'wal') throw new Error('Cannot switch the database to WAL mode');
     db.exec(`PRAGMA synchronous = FULL; PRAGMA busy_timeout = ${m.busyTimeoutMs}; PRAGMA journal_size_limit = ${m.journalSizeLimit};`);
-    put = db.prepare(
-      'INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body',
-    );
-    del = db.prepare('DELETE FROM entries WHERE kind = ? AND id = ?');
-    bump = db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'");
+    stmts = {
+      put: db.prepare(
+        'INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET revision = excluded.revision, body = excluded.body',
+      ),
+      del: db.prepare('DELETE FROM entries WHERE kind = ? AND id = ?'),
+      bump: db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'"),
+      top: db.prepare("SELECT (SELECT value FROM meta WHERE key = 'revision') AS meta, (SELECT max(revision) FROM entries) AS rows"),
+      keys: db.prepare('SELECT kind, id, revision FROM entries INDEXED BY entries_by_revision'),
+      body: db.prepare('SELECT body FROM entries WHERE kind = ? AND id = ?'),
+      schema: db.prepare("SELECT value FROM meta WHERE key = 'schema'"),
+      dataVersion: db.prepare('PRAGMA data_version'),
+    };
+    writtenSchema = m.schema;
+    known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
+    listed = null;
+    // Marks the state as written by processes that follow each other (an older egressd, which
+    // would not, then refuses to start on it), unless it already is.
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      db.prepare("UPDATE meta SET value = ? WHERE key = 'schema' AND value < ?").run(m.schema, m.schema);
+      db.exec('COMMIT');
+    } catch (err) {
+      rollback();
+      throw err;
+    }
+    // Whatever another process committed since the main thread read the state is found by the
+    // first 'changes', which the main thread asks for at once: this is the baseline before it.
+    seenVersion = -1;
     files = { path: m.path, db: fileId(m.path), wal: null };
-    return;
+    // Every commit appends to the WAL, and WAL mode needs the one host's shared memory, so the
+    // file is local and inotify sees it. data_version filters out this process's own commits.
+    watcher = watch(`${m.path}-wal`, { persistent: false }, onWalWrite);
+    watcher.on('error', () => {});
+    safety = setInterval(notice, SAFETY_POLL_MS);
+    safety.unref();
+    return null;
   }
   if (m.op === 'close') {
     const d = db;
-    db = put = del = bump = null;
+    watcher?.close();
+    watcher = null;
+    if (recheck !== null) clearTimeout(recheck);
+    if (safety !== null) clearInterval(safety);
+    recheck = safety = null;
+    db = null;
+    stmts = null;
     files = null;
     if (d?.isOpen) d.close();
-    return;
+    return null;
   }
   if (db === null) throw new Error('The state is not open');
+  if (m.op === 'changes') {
+    if (m.write) db.exec('BEGIN IMMEDIATE');
+    try {
+      if (m.write) return diff(true);
+      // A read transaction: the listing and the bodies from one snapshot.
+      db.exec('BEGIN');
+      try {
+        return diff(false);
+      } finally {
+        db.exec('COMMIT');
+      }
+    } catch (err) {
+      rollback();
+      throw err;
+    }
+  }
+  if (m.op === 'accept') {
+    if (listed !== null) known = listed;
+    listed = null;
+    return null;
+  }
+  if (m.op === 'rollback') {
+    rollback();
+    return null;
+  }
+  if (!db.isTransaction) throw new Error('A change outside of its transaction');
+  let revision: number;
   try {
-    db.exec('BEGIN IMMEDIATE');
-    if (m.op === 'put') put!.run(m.kind, m.id, m.revision, m.body);
-    else del!.run(m.kind, m.id);
-    bump!.run(m.revision);
+    // Not revision = what this process wrote last + 1: another process may have written since.
+    revision = nextRevision();
+    if (m.op === 'put') stmts!.put.run(m.kind, m.id, revision, m.body);
+    else stmts!.del.run(m.kind, m.id);
+    stmts!.bump.run(revision);
     db.exec('COMMIT');
   } catch (err) {
-    if (db.isTransaction) {
-      try {
-        db.exec('ROLLBACK');
-      } catch {
-        // SQLite rolled back already (SQLITE_FULL and SQLITE_IOERR do)
-      }
-    }
+    rollback();
     throw err;
   }
+  if (m.op === 'put') known.set(keyOf(m.kind, m.id), revision);
+  else known.delete(keyOf(m.kind, m.id));
   stillAtPath();
+  return revision;
 }
 
 parentPort?.on('message', (m: WriterRequest) => {
   let reply: WriterReply;
   try {
-    handle(m);
-    reply = { seq: m.seq, ok: true };
+    reply = { seq: m.seq, ok: true, value: handle(m) };
   } catch (err) {
     const e = err as Error & { errcode?: number; errstr?: string; errno?: string };
     reply = { seq: m.seq, ok: false, errcode: e.errcode ?? null, errstr: e.errstr ?? null, errno: e.errno ?? null, message: e.message };

@@ -228,7 +228,7 @@ export const METRICS = {
   policyChanges: {
     name: 'egressd_policy_changes_total',
     type: 'counter',
-    help: 'Policy changes applied, by source (api, config).',
+    help: 'Policy changes applied, by source (api, config, state: made by another egressd process on the same state).',
     labels: ['source'],
   },
   policyChangesRefused: {
@@ -260,6 +260,12 @@ export const METRICS = {
     type: 'counter',
     help: 'Policy changes refused (503) because the state could not be written, by errno (ENOSPC, EROFS, EACCES, EIO, EBUSY, ...).',
     labels: ['errno'],
+  },
+  stateRejected: {
+    name: 'egressd_state_rejected_total',
+    type: 'counter',
+    help: 'Times changes another egressd process wrote to the state were refused (an entry that fails validation, two sandboxes on one source, an unknown schema); changes are then refused until the state is whole.',
+    labels: [],
   },
   stateEntries: {
     name: 'egressd_state_entries',

@@ -54,6 +54,14 @@ const CASES: Record<string, Case> = {
     quoted: '"/var/lib/egressd/state.db"',
     takesCause: true,
   },
+  StateRejectedError: {
+    make: () =>
+      new errors.StateRejectedError('/var/lib/egressd/state.db', [
+        { entry: 'sandbox "thief"', field: 'sources[0]', reason: 'Source "198.18.0.1" belongs to sandbox "on-a"' },
+      ]),
+    quoted: '"/var/lib/egressd/state.db"',
+    takesCause: false,
+  },
 };
 
 describe('the error classes', () => {

@@ -99,6 +99,7 @@ function feed(m: Metrics): void {
   m.instruments.policyHandoffsLate.inc();
   m.outcome(outcome({ listener: 'tcp', reason: 'policy-changed', protocol: 'none', name: null }));
   m.instruments.stateWriteFailures.inc({ errno: 'ENOSPC' });
+  m.instruments.stateRejected.inc();
   m.instruments.stateEntries.set(3);
   // Admission control: an accept(2) failure and the limits' gauges.
   m.instruments.acceptErrors.inc({ code: 'EMFILE' });

@@ -1,0 +1,217 @@
+// Two egressd processes on one state file, as in a rollout (docs/deployment.md: a new egressd
+// starts beside one that drains, and SO_REUSEPORT shares the API between them): a change either
+// acknowledges is in force in the other, revisions and entity tags stay one sequence, a source
+// one holds is refused by the other, and what one process cannot accept (written behind its
+// back) is refused loudly, never applied and never written over.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { adminCall, bearer } from '../helpers/admin-api.ts';
+import { loopbackDocument, writeConfig } from '../helpers/config-file.ts';
+import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
+import { action, field } from '../helpers/log-line.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const TOKEN = 't';
+const running: DaemonProcess[] = [];
+let dir = '';
+let statePath = '';
+beforeEach(() => {
+  dir = mkdtempSync('/dev/shm/egressd-shared-');
+  statePath = join(dir, 'state.db');
+});
+afterEach(async () => {
+  for (const d of running.splice(0)) await d.stop('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function start(): Promise<{ d: DaemonProcess; admin: string }> {
+  // 198.18.0.0/15 (RFC 2544, protected by default) stands in for the internet in /check.
+  const doc = { shutdown: { drainMs: 0 }, state: { path: statePath }, protected: { except: ['198.18.0.0/15'] } };
+  const config = writeConfig(dir, loopbackDocument(doc, { token: TOKEN }));
+  const d = await watchDaemon(
+    spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }),
+  );
+  running.push(d);
+  return { d, admin: `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}` };
+}
+
+const call = (admin: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+  adminCall(admin, method, path, body, { ...bearer(TOKEN), ...headers });
+
+const allowing = (domain: string) => ({ mode: 'block-all', egress: { allowed_domains: [domain] } });
+
+/** A change another process's API acknowledged, seen by `d` without anyone asking it (its log). */
+const followed = (d: DaemonProcess, id: string, act: 'put' | 'delete') =>
+  d.waitFor((l) => action(l) === 'policy-change' && field(l, 'event.provider') === 'state' && l['id'] === id && l['action'] === act, 5000);
+
+/** The metrics page as text (adminCall parses JSON). */
+async function metricsText(admin: string): Promise<string> {
+  const res = await fetch(`${admin}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  return res.text();
+}
+
+it('a change acknowledged by one of two processes on one state is in force in the other', async () => {
+  const [a, b] = [await start(), await start()];
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/on-a', { sources: ['198.18.0.1'] })).status).toBe(201);
+  // Before: 503 state_write_failed "EIO (constraint failed)": both processes handed out revision 1.
+  expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/on-b', { sources: ['198.18.0.2'] })).status).toBe(201);
+  // Before: 404. B never read what A wrote.
+  expect((await call(b.admin, 'GET', '/api/v1/sandboxes/on-a')).status).toBe(200);
+  // Before: 201. B handed A's source to another sandbox, and neither process could start again.
+  const thief = await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] });
+  expect(thief.status).toBe(409);
+  expect(thief.body.error).toMatchObject({ code: 'conflict', field: 'sources[0]' });
+  expect((await call(a.admin, 'GET', '/api/v1/sandboxes/on-b')).status).toBe(200);
+
+  // One revision sequence: each process's entity tag of an entry is the same, and a tag from one
+  // is a precondition the other honours.
+  const tagA = (await call(a.admin, 'GET', '/api/v1/sandboxes/on-b')).headers['etag'];
+  const tagB = (await call(b.admin, 'GET', '/api/v1/sandboxes/on-b')).headers['etag'];
+  expect(tagA).toBe(tagB);
+  const moved = await call(
+    a.admin,
+    'PUT',
+    '/api/v1/sandboxes/on-b',
+    { sources: ['198.18.0.2'], network: allowing('x.example.test') },
+    { 'if-match': String(tagB) },
+  );
+  expect(moved.status).toBe(200);
+  const stale = await call(b.admin, 'PUT', '/api/v1/sandboxes/on-b', { sources: ['198.18.0.2'] }, { 'if-match': String(tagB) });
+  expect(stale.status).toBe(412);
+  expect(stale.headers['etag']).toBe(moved.headers['etag']);
+
+  // Both restart on what they wrote together.
+  for (const d of running.splice(0)) await d.stop('SIGTERM');
+  const c = await start();
+  const list = await call(c.admin, 'GET', '/api/v1/sandboxes');
+  expect(list.body.sandboxes.map((s: { id: string }) => s.id)).toEqual(['on-a', 'on-b']);
+});
+
+it('a DELETE or a narrowing on one process is in force in the other, without a request to it', async () => {
+  const [a, b] = [await start(), await start()];
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/sb', { sources: ['198.18.0.5'], network: allowing('a.example.test') })).status).toBe(201);
+  await followed(b.d, 'sb', 'put');
+  const check = (admin: string) => call(admin, 'POST', '/api/v1/check', { sandbox: 'sb', host: 'a.example.test', ip: '198.18.1.2', port: 443 });
+  expect((await check(b.admin)).body.verdict).toBe('allow');
+
+  // Narrowed on A: B re-judges (its policy-change line, which closes what the new policy refuses).
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/sb', { sources: ['198.18.0.5'], network: allowing('b.example.test') })).status).toBe(200);
+  const narrowed = await followed(b.d, 'sb', 'put');
+  expect(narrowed['after']).not.toBe(narrowed['before']);
+  expect((await check(b.admin)).body.verdict).toBe('refuse');
+
+  expect((await call(a.admin, 'DELETE', '/api/v1/sandboxes/sb')).status).toBe(204);
+  await followed(b.d, 'sb', 'delete');
+  expect((await call(b.admin, 'GET', '/api/v1/sandboxes/sb')).status).toBe(404);
+  expect((await check(b.admin)).status).toBe(404);
+  // The source is free again, on either process.
+  expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/sb2', { sources: ['198.18.0.5'] })).status).toBe(201);
+});
+
+it('interleaved writes to both (50 each, concurrently) lose none, and both views equal a fresh process view of the file', async () => {
+  const [a, b] = [await start(), await start()];
+  expect((await call(a.admin, 'PUT', '/api/v1/orgs/acme', { tier: 3 })).status).toBe(201);
+  const N = 50;
+  // Each process writes its own sandboxes and, in turns, one both write (last writer wins, and
+  // its write must be the one stored); every request must be acknowledged.
+  const writes = (p: { admin: string }, side: string) =>
+    Promise.all(
+      Array.from({ length: N }, async (_, i) => {
+        const own = await call(p.admin, 'PUT', `/api/v1/sandboxes/${side}-${i}`, {
+          sources: [`198.18.${side === 'a' ? 1 : 2}.${i + 1}`],
+          org: 'acme',
+          network: allowing(`${side}${i}.example.test`),
+        });
+        const shared = await call(p.admin, 'PUT', '/api/v1/sandboxes/both', { sources: ['198.18.3.1'], network: allowing(`${side}${i}.example.test`) });
+        return [own.status, shared.status];
+      }),
+    );
+  const [ra, rb] = await Promise.all([writes(a, 'a'), writes(b, 'b')]);
+  expect(ra.flat().filter((s) => s !== 200 && s !== 201)).toEqual([]);
+  expect(rb.flat().filter((s) => s !== 200 && s !== 201)).toEqual([]);
+  // Deletes from both sides too: every fifth of the other's.
+  for (let i = 0; i < N; i += 5) {
+    expect((await call(a.admin, 'DELETE', `/api/v1/sandboxes/b-${i}`)).status).toBe(204);
+    expect((await call(b.admin, 'DELETE', `/api/v1/sandboxes/a-${i}`)).status).toBe(204);
+  }
+
+  const view = async (admin: string) => {
+    const list = await call(admin, 'GET', '/api/v1/sandboxes?limit=1000');
+    const tags = await Promise.all(
+      list.body.sandboxes.map(async (s: { id: string }) => (await call(admin, 'GET', `/api/v1/sandboxes/${s.id}`)).headers['etag']),
+    );
+    return { sandboxes: list.body.sandboxes, tags };
+  };
+  const c = await start();
+  const fresh = await view(c.admin);
+  expect(fresh.sandboxes).toHaveLength(2 * N - 2 * (N / 5) + 1);
+  expect(await view(a.admin)).toEqual(fresh);
+  expect(await view(b.admin)).toEqual(fresh);
+  // Revisions are one sequence: no tag's revision is handed out twice.
+  const revisions = fresh.tags.map((t: string) => t.slice(1, t.indexOf('-')));
+  expect(new Set(revisions).size).toBe(revisions.length);
+}, 60_000);
+
+describe('what another process wrote that this one cannot accept', () => {
+  /** Writes behind egressd's back, as an older egressd or a hand edit would: one transaction. */
+  const sneak = (sql: string, ...params: (string | number)[]) => {
+    const db = new DatabaseSync(statePath);
+    try {
+      db.exec('PRAGMA busy_timeout = 2000; BEGIN IMMEDIATE');
+      db.prepare(sql).run(...params);
+      db.exec("UPDATE meta SET value = value + 1 WHERE key = 'revision'; COMMIT");
+    } finally {
+      db.close();
+    }
+  };
+
+  it('is refused, logged and counted; the last good view is served and changes are refused until it is fixed', async () => {
+    const a = await start();
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/owner', { sources: ['198.18.0.9'], network: allowing('a.example.test') })).status).toBe(201);
+    // Two sandboxes on one source, as an egressd that does not follow the others could write.
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'thief', 100, ?)", JSON.stringify({ sources: ['198.18.0.9'] }));
+    const rejected = await a.d.waitFor((l) => action(l) === 'state-rejected', 5000);
+    expect(rejected['log.level']).toBe('error');
+    expect(JSON.stringify(rejected['issues'])).toContain('Source \\"198.18.0.9\\" belongs to sandbox \\"owner\\"');
+    expect(await metricsText(a.admin)).toMatch(/^egressd_state_rejected_total 1$/m);
+
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/owner')).status).toBe(200);
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/thief')).status).toBe(404);
+    const refused = await call(a.admin, 'PUT', '/api/v1/sandboxes/other', { sources: ['198.18.0.10'] });
+    expect(refused.status).toBe(503);
+    expect(refused.body.error.code).toBe('state_rejected');
+    expect(refused.body.error.message).toContain('thief');
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/other')).status).toBe(404);
+    // Logged once, not at every read or refused change.
+    expect(a.d.lines.filter((l) => action(l) === 'state-rejected')).toHaveLength(1);
+
+    // Fixed behind its back too: followed again, and changes are accepted.
+    sneak("DELETE FROM entries WHERE kind = 'sandbox' AND id = ?", 'thief');
+    await a.d.waitFor((l) => action(l) === 'state-accepted', 5000);
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/other', { sources: ['198.18.0.10'] })).status).toBe(201);
+  });
+
+  it('an entry that fails validation, or a schema this egressd does not read, is refused the same way', async () => {
+    const a = await start();
+    sneak(
+      "INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'odd', 7, ?)",
+      JSON.stringify({ sources: ['198.18.0.1'], network: { mode: 'promiscuous' } }),
+    );
+    const bad = await a.d.waitFor((l) => action(l) === 'state-rejected', 5000);
+    expect(JSON.stringify(bad['issues'])).toContain('sandbox \\"odd\\"');
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/odd')).status).toBe(404);
+    sneak("DELETE FROM entries WHERE kind = 'sandbox' AND id = ?", 'odd');
+    await a.d.waitFor((l) => action(l) === 'state-accepted', 5000);
+
+    const db = new DatabaseSync(statePath);
+    db.exec("UPDATE meta SET value = 3 WHERE key = 'schema'");
+    db.close();
+    const newer = await a.d.waitFor((l) => action(l) === 'state-rejected' && JSON.stringify(l['issues']).includes('Unknown state schema'), 5000);
+    expect(newer).toBeDefined();
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/x', { sources: ['198.18.0.2'] })).body.error.code).toBe('state_rejected');
+  });
+});
