@@ -1,0 +1,190 @@
+// Several processes on one SQLite state (docs/config.md "Several processes on one state"), with
+// two stores on one real file: what one commits, the other lists and applies; revisions come
+// from the database; changes not accepted are listed again; a view that is not whole is never
+// applied, and changes are refused while it stands.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ControlPlane, type ChangeEvent } from '../../../src/control/control-plane.ts';
+import { StateStore } from '../../../src/control/state-store.ts';
+import { PolicyStore } from '../../../src/control/store.ts';
+import { StateRejectedError } from '../../../src/errors.ts';
+
+const EMPTY = { domains: [], cidrs: [], ports: [] };
+
+let dir: string;
+let path: string;
+const closing: { close(): Promise<void> }[] = [];
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'egressd-shared-'));
+  path = join(dir, 'state.db');
+});
+afterEach(async () => {
+  for (const c of closing.splice(0)) await c.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function store(): Promise<StateStore> {
+  const s = new StateStore(path);
+  closing.push(s);
+  s.read();
+  await s.commit();
+  return s;
+}
+
+async function plane(): Promise<ControlPlane> {
+  const policies = new PolicyStore(
+    { protected: { extra: [], except: [], nat64Prefixes: [] }, catalog: [], dnsServers: [] },
+    { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
+  );
+  const cp = new ControlPlane(policies, new StateStore(path));
+  closing.push(cp);
+  await cp.load([]);
+  return cp;
+}
+
+const put = async (s: StateStore, kind: 'sandbox' | 'org', id: string, body: Record<string, unknown>): Promise<number> => {
+  await s.begin();
+  return s.put(kind, id, body);
+};
+
+/** Writes behind the stores' back, as another program would: one transaction. */
+function sneak(sql: string, ...params: (string | number)[]): void {
+  const db = new DatabaseSync(path);
+  try {
+    db.exec('BEGIN IMMEDIATE');
+    db.prepare(sql).run(...params);
+    db.exec("UPDATE meta SET value = value + 1 WHERE key = 'revision'; COMMIT");
+  } finally {
+    db.close();
+  }
+}
+
+describe('two stores on one state', () => {
+  it('list what the other committed, once accepted no more; a change not accepted is listed again at the next write', async () => {
+    const [a, b] = [await store(), await store()];
+    expect(await b.changes()).toBeNull();
+    const r1 = await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
+    const seen = await b.changes();
+    expect(seen).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-1', revision: r1, body: '{"sources":["198.18.0.1"]}' }], deletes: [] });
+    await b.accept();
+    expect(await b.changes()).toBeNull();
+
+    await a.begin();
+    await a.delete('sandbox', 'sb-1');
+    const inWrite = await b.begin();
+    expect(inWrite).toEqual({ schema: 2, upserts: [], deletes: [{ kind: 'sandbox', id: 'sb-1' }] });
+    await b.rollback();
+    // Not accepted: a read lists nothing new (nobody committed since), a write lists it again.
+    expect(await b.changes()).toBeNull();
+    expect(await b.begin()).toEqual(inWrite);
+    await b.rollback();
+  });
+
+  it('take the next revision from the database, whoever wrote the last', async () => {
+    const [a, b] = [await store(), await store()];
+    const r1 = await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
+    const r2 = await put(a, 'sandbox', 'sb-2', { sources: ['198.18.0.2'] });
+    // b has written nothing and read nothing since its start: before, it handed out 1 again.
+    const r3 = await put(b, 'sandbox', 'sb-3', { sources: ['198.18.0.3'] });
+    expect([r1, r2, r3]).toEqual([1, 2, 3]);
+    await a.begin();
+    expect(await a.delete('sandbox', 'sb-2')).toBe(4);
+    expect(await put(b, 'org', 'acme', { tier: 3 })).toBe(5);
+  });
+
+  it("are told of the other's commit without asking", async () => {
+    const [a, b] = [await store(), await store()];
+    const told = new Promise<void>((resolve) => b.onChanged(resolve));
+    await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
+    await expect(Promise.race([told.then(() => 'told'), new Promise((r) => setTimeout(r, 3000, 'not told'))])).resolves.toBe('told');
+  });
+
+  it('a schema-1 state is read, and marked schema 2 once opened for writing', async () => {
+    await store();
+    for (const c of closing.splice(0)) await c.close();
+    const db = new DatabaseSync(path);
+    db.exec("UPDATE meta SET value = 1 WHERE key = 'schema'");
+    db.close();
+    await store();
+    const check = new DatabaseSync(path, { readOnly: true });
+    expect(check.prepare("SELECT value FROM meta WHERE key = 'schema'").get()).toEqual({ value: 2 });
+    check.close();
+  });
+});
+
+describe('two control planes on one state', () => {
+  it("apply the other's changes as a whole view: a source moved through several changes is no conflict", async () => {
+    const [a, b] = [await plane(), await plane()];
+    expect((await a.putSandbox('x', { sources: ['198.18.0.1'] })).ok).toBe(true);
+    await b.refresh();
+    const events: ChangeEvent[] = [];
+    b.onChange((e) => events.push(e));
+    // In one transaction, so that b lists it at once: x gives its source to y (revision 2), then
+    // changes again (3). Applied one revision at a time, y would meet x's first version still
+    // holding the source.
+    const db = new DatabaseSync(path);
+    db.exec('BEGIN IMMEDIATE');
+    db.prepare("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'y', 2, ?)").run(JSON.stringify({ sources: ['198.18.0.1'] }));
+    db.prepare("UPDATE entries SET revision = 3, body = ? WHERE kind = 'sandbox' AND id = 'x'").run(JSON.stringify({ sources: ['198.18.0.9'] }));
+    db.exec("UPDATE meta SET value = 3 WHERE key = 'revision'; COMMIT");
+    db.close();
+    await b.refresh();
+    expect(b.rejected).toBeNull();
+    expect(b.store.ownerOf('198.18.0.1')).toBe('y');
+    expect(b.store.ownerOf('198.18.0.9')).toBe('x');
+    expect(events.map((e) => `${e.source} ${e.action} ${e.id}`).sort()).toEqual(['state put x', 'state put y']);
+    // One revision sequence, one entity tag per entry.
+    await a.refresh();
+    expect(b.etagOf('sandbox', 'x')).toBe(a.etagOf('sandbox', 'x'));
+    expect(b.etagOf('sandbox', 'x')).toMatch(/^"3-/);
+  });
+
+  it('validate a change against what the other committed first', async () => {
+    const [a, b] = [await plane(), await plane()];
+    expect((await a.putOrg('acme', { tier: 3 })).ok).toBe(true);
+    expect((await a.putSandbox('x', { sources: ['198.18.0.1'] })).ok).toBe(true);
+    // No refresh in between: the write itself reads what a committed.
+    expect(await b.putSandbox('thief', { sources: ['198.18.0.1'] })).toMatchObject({ ok: false, error: { kind: 'conflict', field: 'sources[0]' } });
+    expect((await b.putSandbox('member', { sources: ['198.18.0.2'], org: 'acme' })).ok).toBe(true);
+    await a.refresh();
+    expect(await a.deleteOrg('acme')).toMatchObject({ ok: false, error: { kind: 'conflict' } });
+  });
+
+  it('never apply a view that is not whole, refuse changes while it stands, and take the fix', async () => {
+    const [a, b] = [await plane(), await plane()];
+    expect((await a.putSandbox('owner', { sources: ['198.18.0.1'] })).ok).toBe(true);
+    await b.refresh();
+    const reported: (readonly unknown[])[] = [];
+    b.onStateRejected((e) => reported.push(e.issues));
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'thief', 50, ?)", JSON.stringify({ sources: ['198.18.0.1'] }));
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'fine', 51, ?)", JSON.stringify({ sources: ['198.18.0.5'] }));
+    await b.refresh();
+    await b.refresh();
+    expect(b.rejected).toEqual([{ entry: 'sandbox "thief"', field: 'sources[0]', reason: 'Source "198.18.0.1" belongs to sandbox "owner"' }]);
+    expect(reported).toHaveLength(1);
+    // Nothing of it applied, not even the entry that is fine on its own.
+    expect(b.sandbox('fine')).toBeUndefined();
+    expect(b.store.ownerOf('198.18.0.1')).toBe('owner');
+    await expect(b.putSandbox('other', { sources: ['198.18.0.7'] })).rejects.toBeInstanceOf(StateRejectedError);
+    await expect(b.deleteSandbox('owner')).rejects.toBeInstanceOf(StateRejectedError);
+    const db = new DatabaseSync(path, { readOnly: true });
+    expect(
+      db
+        .prepare("SELECT id FROM entries WHERE kind = 'sandbox' ORDER BY id")
+        .all()
+        .map((r) => r['id']),
+    ).toEqual(['fine', 'owner', 'thief']);
+    db.close();
+
+    sneak("DELETE FROM entries WHERE kind = 'sandbox' AND id = 'thief'");
+    await b.refresh();
+    expect(b.rejected).toBeNull();
+    expect(reported.at(-1)).toEqual([]);
+    expect(b.sandbox('fine')?.sources).toEqual(['198.18.0.5']);
+    expect((await b.putSandbox('other', { sources: ['198.18.0.7'] })).ok).toBe(true);
+  });
+});
