@@ -5,7 +5,9 @@
 // back) is refused loudly, never applied and never written over.
 
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -13,6 +15,7 @@ import { adminCall, bearer } from '../helpers/admin-api.ts';
 import { loopbackDocument, writeConfig } from '../helpers/config-file.ts';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, field } from '../helpers/log-line.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const TOKEN = 't';
@@ -213,5 +216,60 @@ describe('what another process wrote that this one cannot accept', () => {
     const newer = await a.d.waitFor((l) => action(l) === 'state-rejected' && JSON.stringify(l['issues']).includes('Unknown state schema'), 5000);
     expect(newer).toBeDefined();
     expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/x', { sources: ['198.18.0.2'] })).body.error.code).toBe('state_rejected');
+  });
+});
+
+describe('the data path of the other process', () => {
+  const daemons: LoopbackDaemon[] = [];
+  afterEach(async () => {
+    for (const d of daemons.splice(0)) await d.stop();
+  });
+
+  const dialFrom = (source: string, port: number): Promise<Socket> =>
+    new Promise((resolve, reject) => {
+      const s = connect({ host: '127.0.0.1', port, localAddress: source });
+      s.once('connect', () => {
+        s.off('error', reject);
+        s.on('error', () => {});
+        resolve(s);
+      });
+      s.once('error', reject);
+    });
+
+  it('closes an open connection a narrowing on the other process refuses, and refuses new ones, with no request to it', async () => {
+    const sink = createServer((s) => {
+      s.on('error', () => {});
+      s.resume();
+    });
+    sink.listen(0, '127.0.0.1');
+    await once(sink, 'listening');
+    const port = (sink.address() as { port: number }).port;
+    try {
+      const config = loopbackConfig({ state: { path: statePath }, shutdown: { drainMs: 0 } });
+      const a = await startLoopbackDaemon(config);
+      daemons.push(a);
+      const b = await startLoopbackDaemon(config);
+      daemons.push(b);
+      b.route('127.0.0.41', '127.0.0.1', port);
+      expect((await adminCall(a.adminUrl, 'PUT', '/api/v1/sandboxes/sb-d', { sources: ['127.0.0.41'], network: { mode: 'allow-all' } })).status).toBe(201);
+      await b.waitForLog((l) => action(l) === 'policy-change' && field(l, 'event.provider') === 'state' && l['id'] === 'sb-d');
+
+      const upstream = once(sink, 'connection');
+      const open = await dialFrom('127.0.0.41', b.port('tcp'));
+      open.write('hello');
+      await upstream;
+      const closed = new Promise((r) => open.once('close', r));
+      expect((await adminCall(a.adminUrl, 'PUT', '/api/v1/sandboxes/sb-d/network', { mode: 'allow-all', egress: { denied_ports: [port] } })).status).toBe(200);
+      await closed;
+      const line = await b.waitForLog((l) => action(l) === 'connection' && field(l, 'source.ip') === '127.0.0.41');
+      expect(field(line, 'event.reason')).toBe('policy-changed');
+
+      const again = await dialFrom('127.0.0.41', b.port('tcp'));
+      await new Promise((r) => again.once('close', r));
+      const refused = await b.waitForLog((l) => action(l) === 'connection' && field(l, 'source.ip') === '127.0.0.41' && l !== line);
+      expect(field(refused, 'egressd.verdict')).toBe('refuse');
+    } finally {
+      sink.close();
+    }
   });
 });
