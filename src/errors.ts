@@ -175,7 +175,7 @@ export const API_ERRORS = {
   state_write_failed: { status: 503, when: 'The change could not be made durable in `state.path`; nothing was changed.' },
   state_rejected: {
     status: 503,
-    when: 'Another egressd on the same `state.path` wrote entries that fail validation; changes are refused until they are fixed. Nothing was changed.',
+    when: 'Another egressd on the same `state.path` wrote entries that fail validation; changes are refused until they are fixed (a `DELETE` of one is taken). Nothing was changed.',
   },
 } as const;
 

@@ -175,6 +175,11 @@ export class ControlPlane {
   readonly #rejectedListeners: ((e: StateRejectedEvent) => void)[] = [];
   /** A refresh for another process's commit is waiting for its turn (one is enough). */
   #refreshQueued = false;
+  /**
+   * The entry (`kind:id`) the change now being written repairs: stored by another process, not
+   * accepted here, and replaced or deleted by this change (#inWrite). Null otherwise.
+   */
+  #repairing: string | null = null;
 
   constructor(store: PolicyStore, state: StateStore | null) {
     this.store = store;
@@ -345,6 +350,10 @@ export class ControlPlane {
    * Runs a change inside the state's write transaction: first what other processes committed
    * is applied (or, when it cannot be, the change is refused with StateRejectedError), then `fn`
    * validates against that view and writes; the transaction is rolled back if `fn` did not write.
+   * A change of an entry that is itself part of the problem may repair it: when the rest of
+   * what was committed is whole without that entry, the rest is applied and the change goes on
+   * (validated as any, so a PUT must make a whole view, and a DELETE of an organization still
+   * in use is refused): a change that makes the state whole again, never one that leaves it worse.
    */
   async #inWrite<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, fn: () => Promise<T>): Promise<T> {
     const state = this.#state;
@@ -358,9 +367,22 @@ export class ControlPlane {
       throw err;
     }
     try {
-      if (c !== null && !(await this.#take(c))) throw new StateRejectedError(state.path, this.#rejected ?? []);
-      return await fn();
+      if (c !== null && !(await this.#take(c))) {
+        const rest = { ...c, upserts: c.upserts.filter((u) => u.kind !== kind || u.id !== id) };
+        if (rest.upserts.length === c.upserts.length || this.#follow(rest).length > 0) throw new StateRejectedError(state.path, this.#rejected ?? []);
+        // The rest is applied; the entry stays listed until this change writes over it.
+        await state.accept([kind, id]);
+        this.#repairing = `${kind}:${id}`;
+      }
+      const result = await fn();
+      if (this.#repairing !== null && !state.inWrite) {
+        // Written: the state is whole again.
+        this.#rejected = null;
+        for (const l of this.#rejectedListeners) l({ path: state.path, issues: [] });
+      }
+      return result;
     } finally {
+      this.#repairing = null;
       await state.rollback();
     }
   }
@@ -642,10 +664,16 @@ export class ControlPlane {
     );
   }
 
-  deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord>> {
+  /** Deletes a sandbox; the value is what was deleted (null: an entry stored by another process and refused here, see #inWrite). */
+  deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord | null>> {
     return this.#serialized(() =>
       this.#inWrite('delete', 'sandbox', id, actor, async () => {
         const r = this.#records.get(id);
+        if (!r && this.#repairing === `sandbox:${id}`) {
+          // Stored by another process and refused here: only the row goes, nothing in memory held it.
+          await this.#write('delete', 'sandbox', id, actor, null);
+          return { ok: true, value: null };
+        }
         if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
         const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
         if (failed) return failed;
@@ -707,10 +735,15 @@ export class ControlPlane {
     );
   }
 
-  deleteOrg(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<OrgRecord>> {
+  /** Deletes an organization; the value is what was deleted (null: an entry stored by another process and refused here, see #inWrite). */
+  deleteOrg(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<OrgRecord | null>> {
     return this.#serialized(() =>
       this.#inWrite('delete', 'org', id, actor, async () => {
         const r = this.#orgs.get(id);
+        if (!r && this.#repairing === `org:${id}`) {
+          await this.#write('delete', 'org', id, actor, null);
+          return { ok: true, value: null };
+        }
         if (!r) return notFound(`Organization ${quote(id)} does not exist`);
         const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
         if (failed) return failed;

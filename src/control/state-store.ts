@@ -541,9 +541,13 @@ export class StateStore {
     }
   }
 
-  /** The last changes listed were applied in memory: they are no longer listed. */
-  async accept(): Promise<void> {
-    if (this.#worker !== null) await this.#send({ op: 'accept' }).catch(() => {});
+  /**
+   * The last changes listed were applied in memory: they are no longer listed, but for
+   * `except` (an entry left out of them, which the change in the open transaction replaces or
+   * deletes: listed again should that change not be written).
+   */
+  async accept(except: readonly [EntryKind, string] | null = null): Promise<void> {
+    if (this.#worker !== null) await this.#send({ op: 'accept', except }).catch(() => {});
   }
 
   /** Whether a change's write transaction is open. */

@@ -13,9 +13,9 @@
 // (https://sqlite.org/pragma.html#pragma_data_version: changes only on another connection's
 // commit) tell this thread that another process committed; it then says so to the main thread.
 //
-// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, known}, {op: 'changes', write}
-// (write: BEGIN IMMEDIATE first, the transaction stays open), {op: 'accept'} (the main thread
-// applied the last changes), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
+// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, known}, {op: 'changes',
+// write} (write: BEGIN IMMEDIATE first, the transaction stays open), {op: 'accept', except} (the
+// main thread applied the last changes, but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
 // the open transaction; commit), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
 // answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
 // Unasked: {changed: true} when another process committed.
@@ -54,7 +54,8 @@ export type WriterRequest =
       known: readonly (readonly [string, string, number])[];
     }
   | { op: 'changes'; seq: number; write: boolean }
-  | { op: 'accept'; seq: number }
+  /** `except`: an entry [kind, id] left as the main thread held it (listed again unless this change writes it). */
+  | { op: 'accept'; seq: number; except: readonly [string, string] | null }
   | { op: 'put'; seq: number; kind: string; id: string; body: string }
   | { op: 'delete'; seq: number; kind: string; id: string }
   | { op: 'rollback'; seq: number }
@@ -300,6 +301,14 @@ function handle(m: WriterRequest): number | StateChanges | null {
     }
   }
   if (m.op === 'accept') {
+    if (listed !== null && m.except !== null) {
+      const k = keyOf(...m.except);
+      const held = known.get(k);
+      if (held === undefined) listed.delete(k);
+      else listed.set(k, held);
+      // What the main thread holds differs from the database until this change is written.
+      seenVersion = -1;
+    }
     if (listed !== null) known = listed;
     listed = null;
     return null;
