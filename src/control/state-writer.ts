@@ -76,6 +76,8 @@ let stmts: {
   bump: StatementSync;
   top: StatementSync;
   keys: StatementSync;
+  since: StatementSync;
+  count: StatementSync;
   body: StatementSync;
   schema: StatementSync;
   dataVersion: StatementSync;
@@ -84,8 +86,12 @@ let stmts: {
 let files: { path: string; db: string | null; wal: string | null } | null = null;
 /** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
 let known = new Map<string, number>();
-/** The database's entries as last listed, waiting for the main thread's accept; null: none waiting. */
-let listed: Map<string, number> | null = null;
+/** The newest revision in `known`, or written since: a row past it is a change. */
+let knownTop = 0;
+/** The next listing reads every key (what the main thread holds was set apart from the database). */
+let listAll = false;
+/** The changes last listed, waiting for the main thread's accept; null: none waiting. */
+let listed: { readonly upserts: readonly (readonly [string, number])[]; readonly deletes: readonly string[] } | null = null;
 /** `PRAGMA data_version` when the database was last listed (or opened): unchanged, nobody else committed. */
 let seenVersion = -1;
 let watcher: FSWatcher | null = null;
@@ -170,10 +176,11 @@ function stillAtPath(): void {
 const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
 
 /**
- * Lists the database's entries (an index-only scan of entries_by_revision, which holds kind
- * and id) and returns what differs from what the main thread holds, with the bodies of what
- * was added or changed. A full listing rather than "revision > N": it sees deletions, and
- * revisions an older egressd reused.
+ * What differs between the database and what the main thread holds, with the bodies of what was
+ * added or changed. Rows past the newest revision held are the changes, unless an entry was
+ * deleted (or an older egressd reused a revision below it): then the count of rows differs
+ * from what those rows explain, and every key is listed (an index-only scan of
+ * entries_by_revision: about 9 ms for 10,000 entries on the project's machine, against 0.01 ms).
  */
 function diff(write: boolean): StateChanges | null {
   const s = stmts!;
@@ -183,21 +190,24 @@ function diff(write: boolean): StateChanges | null {
   if (version === seenVersion && (listed === null || !write)) return null;
   seenVersion = version;
   const pending = listed !== null;
-  const now = new Map<string, number>();
+  const key = (r: Record<string, unknown>): string => keyOf(String(r['kind']), String(r['id']));
+  let rows = s.since.all(knownTop);
+  const gone: string[] = [];
+  const added = rows.reduce((n, r) => (known.has(key(r)) ? n : n + 1), 0);
+  if (listAll || Number(s.count.get()?.['n']) !== known.size + added) {
+    listAll = false;
+    rows = s.keys.all();
+    const present = new Set(rows.map(key));
+    for (const k of known.keys()) if (!present.has(k)) gone.push(k);
+  }
   const upserts: EntryRow[] = [];
-  for (const r of s.keys.all()) {
+  for (const r of rows) {
     const kind = String(r['kind']);
     const id = String(r['id']);
     const revision = Number(r['revision']);
-    now.set(keyOf(kind, id), revision);
     if (known.get(keyOf(kind, id)) !== revision) upserts.push({ kind, id, revision, body: String(s.body.get(kind, id)?.['body']) });
   }
-  const deletes: { kind: string; id: string }[] = [];
-  for (const k of known.keys()) {
-    if (now.has(k)) continue;
-    const at = k.indexOf(':');
-    deletes.push({ kind: k.slice(0, at), id: k.slice(at + 1) });
-  }
+  const deletes = gone.map((k) => ({ kind: k.slice(0, k.indexOf(':')), id: k.slice(k.indexOf(':') + 1) }));
   const schemaRow = s.schema.get();
   const schema = schemaRow === undefined ? null : Number(schemaRow['value']);
   if (upserts.length === 0 && deletes.length === 0 && schema === writtenSchema) {
@@ -206,7 +216,7 @@ function diff(write: boolean): StateChanges | null {
     // change, which it takes as "the state is whole again".
     return pending ? { schema, upserts, deletes } : null;
   }
-  listed = now;
+  listed = { upserts: upserts.map((u) => [keyOf(u.kind, u.id), u.revision] as const), deletes: gone };
   return { schema, upserts, deletes };
 }
 
@@ -241,13 +251,17 @@ function handle(m: WriterRequest): number | StateChanges | null {
       bump: db.prepare("UPDATE meta SET value = ? WHERE key = 'revision'"),
       top: db.prepare("SELECT (SELECT value FROM meta WHERE key = 'revision') AS meta, (SELECT max(revision) FROM entries) AS rows"),
       keys: db.prepare('SELECT kind, id, revision FROM entries INDEXED BY entries_by_revision'),
+      since: db.prepare('SELECT kind, id, revision FROM entries WHERE revision > ?'),
+      count: db.prepare('SELECT count(*) AS n FROM entries'),
       body: db.prepare('SELECT body FROM entries WHERE kind = ? AND id = ?'),
       schema: db.prepare("SELECT value FROM meta WHERE key = 'schema'"),
       dataVersion: db.prepare('PRAGMA data_version'),
     };
     writtenSchema = m.schema;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
+    knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
     listed = null;
+    listAll = false;
     // Marks the state as written by processes that follow each other (an older egressd, which
     // would not, then refuses to start on it), unless it already is.
     db.exec('BEGIN IMMEDIATE');
@@ -301,16 +315,20 @@ function handle(m: WriterRequest): number | StateChanges | null {
     }
   }
   if (m.op === 'accept') {
-    if (listed !== null && m.except !== null) {
-      const k = keyOf(...m.except);
-      const held = known.get(k);
-      if (held === undefined) listed.delete(k);
-      else listed.set(k, held);
-      // What the main thread holds differs from the database until this change is written.
-      seenVersion = -1;
+    const except = m.except === null ? null : keyOf(...m.except);
+    for (const [k, revision] of listed?.upserts ?? []) {
+      if (k === except) continue;
+      known.set(k, revision);
+      knownTop = Math.max(knownTop, revision);
     }
-    if (listed !== null) known = listed;
+    for (const k of listed?.deletes ?? []) if (k !== except) known.delete(k);
     listed = null;
+    if (except !== null) {
+      // What the main thread holds differs from the database until this change is written: the
+      // entry left out is listed again (its revision may be below knownTop now).
+      seenVersion = -1;
+      listAll = true;
+    }
     return null;
   }
   if (m.op === 'rollback') {
@@ -332,6 +350,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
   }
   if (m.op === 'put') known.set(keyOf(m.kind, m.id), revision);
   else known.delete(keyOf(m.kind, m.id));
+  knownTop = Math.max(knownTop, revision);
   stillAtPath();
   return revision;
 }

@@ -84,6 +84,26 @@ describe('two stores on one state', () => {
     await b.rollback();
   });
 
+  it('list a deletion and an addition made in one transaction, and an update, and nothing else', async () => {
+    const [a, b] = [await store(), await store()];
+    for (let i = 0; i < 5; i++) await put(a, 'sandbox', `sb-${i}`, { sources: [`198.18.0.${i + 1}`] });
+    await b.changes();
+    await b.accept();
+    // As many rows as before: only the listing of every key tells the deletion.
+    sneak("DELETE FROM entries WHERE id = 'sb-1'");
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'sb-new', 9, '{}')");
+    expect(await b.changes()).toEqual({
+      schema: 2,
+      upserts: [{ kind: 'sandbox', id: 'sb-new', revision: 9, body: '{}' }],
+      deletes: [{ kind: 'sandbox', id: 'sb-1' }],
+    });
+    await b.accept();
+    const r = await put(a, 'sandbox', 'sb-3', { sources: ['198.18.0.33'] });
+    expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
+    await b.accept();
+    expect(await b.changes()).toBeNull();
+  });
+
   it('take the next revision from the database, whoever wrote the last', async () => {
     const [a, b] = [await store(), await store()];
     const r1 = await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
