@@ -77,7 +77,7 @@ let stmts: {
   top: StatementSync;
   keys: StatementSync;
   since: StatementSync;
-  count: StatementSync;
+  fingerprint: StatementSync;
   body: StatementSync;
   schema: StatementSync;
   dataVersion: StatementSync;
@@ -88,6 +88,8 @@ let files: { path: string; db: string | null; wal: string | null } | null = null
 let known = new Map<string, number>();
 /** The newest revision in `known`, or written since: a row past it is a change. */
 let knownTop = 0;
+/** The sum of the revisions in `known`: with its size, what the database's rows must add up to. */
+let knownSum = 0;
 /** The next listing reads every key (what the main thread holds was set apart from the database). */
 let listAll = false;
 /** The changes last listed, waiting for the main thread's accept; null: none waiting. */
@@ -142,6 +144,18 @@ function onWalWrite(): void {
 
 const keyOf = (kind: string, id: string): string => `${kind}:${id}`;
 
+/** The main thread now holds `k` at `revision` (null: not at all). */
+function hold(k: string, revision: number | null): void {
+  knownSum -= known.get(k) ?? 0;
+  if (revision === null) {
+    known.delete(k);
+    return;
+  }
+  known.set(k, revision);
+  knownSum += revision;
+  knownTop = Math.max(knownTop, revision);
+}
+
 /** `dev:ino` of the file at `p`, or null when there is none. */
 function fileId(p: string): string | null {
   try {
@@ -178,9 +192,10 @@ const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() 
 /**
  * What differs between the database and what the main thread holds, with the bodies of what was
  * added or changed. Rows past the newest revision held are the changes, unless an entry was
- * deleted (or an older egressd reused a revision below it): then the count of rows differs
- * from what those rows explain, and every key is listed (an index-only scan of
- * entries_by_revision: about 9 ms for 10,000 entries on the project's machine, against 0.01 ms).
+ * deleted, or a writer that does not follow the others (an older egressd, a hand edit) reused a
+ * revision below it: then the count and the sum of the revisions differ from what those rows
+ * explain, and every key is listed. On the project's machine, for 10,000 entries: 0.3 ms for
+ * the count and sum, 9 ms to list every key (index-only scans of entries_by_revision).
  */
 function diff(write: boolean): StateChanges | null {
   const s = stmts!;
@@ -193,8 +208,15 @@ function diff(write: boolean): StateChanges | null {
   const key = (r: Record<string, unknown>): string => keyOf(String(r['kind']), String(r['id']));
   let rows = s.since.all(knownTop);
   const gone: string[] = [];
-  const added = rows.reduce((n, r) => (known.has(key(r)) ? n : n + 1), 0);
-  if (listAll || Number(s.count.get()?.['n']) !== known.size + added) {
+  let count = known.size;
+  let sum = knownSum;
+  for (const r of rows) {
+    const held = known.get(key(r));
+    if (held === undefined) count++;
+    sum += Number(r['revision']) - (held ?? 0);
+  }
+  const whole = s.fingerprint.get();
+  if (listAll || Number(whole?.['n']) !== count || Number(whole?.['s'] ?? 0) !== sum) {
     listAll = false;
     rows = s.keys.all();
     const present = new Set(rows.map(key));
@@ -252,7 +274,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
       top: db.prepare("SELECT (SELECT value FROM meta WHERE key = 'revision') AS meta, (SELECT max(revision) FROM entries) AS rows"),
       keys: db.prepare('SELECT kind, id, revision FROM entries INDEXED BY entries_by_revision'),
       since: db.prepare('SELECT kind, id, revision FROM entries WHERE revision > ?'),
-      count: db.prepare('SELECT count(*) AS n FROM entries'),
+      fingerprint: db.prepare('SELECT count(*) AS n, sum(revision) AS s FROM entries INDEXED BY entries_by_revision'),
       body: db.prepare('SELECT body FROM entries WHERE kind = ? AND id = ?'),
       schema: db.prepare("SELECT value FROM meta WHERE key = 'schema'"),
       dataVersion: db.prepare('PRAGMA data_version'),
@@ -260,6 +282,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
     writtenSchema = m.schema;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
     knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
+    knownSum = m.known.reduce((sum, [, , revision]) => sum + revision, 0);
     listed = null;
     listAll = false;
     // Marks the state as written by processes that follow each other (an older egressd, which
@@ -316,12 +339,8 @@ function handle(m: WriterRequest): number | StateChanges | null {
   }
   if (m.op === 'accept') {
     const except = m.except === null ? null : keyOf(...m.except);
-    for (const [k, revision] of listed?.upserts ?? []) {
-      if (k === except) continue;
-      known.set(k, revision);
-      knownTop = Math.max(knownTop, revision);
-    }
-    for (const k of listed?.deletes ?? []) if (k !== except) known.delete(k);
+    for (const [k, revision] of listed?.upserts ?? []) if (k !== except) hold(k, revision);
+    for (const k of listed?.deletes ?? []) if (k !== except) hold(k, null);
     listed = null;
     if (except !== null) {
       // What the main thread holds differs from the database until this change is written: the
@@ -348,8 +367,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
     rollback();
     throw err;
   }
-  if (m.op === 'put') known.set(keyOf(m.kind, m.id), revision);
-  else known.delete(keyOf(m.kind, m.id));
+  hold(keyOf(m.kind, m.id), m.op === 'put' ? revision : null);
   knownTop = Math.max(knownTop, revision);
   stillAtPath();
   return revision;

@@ -102,6 +102,10 @@ describe('two stores on one state', () => {
     expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
     await b.accept();
     expect(await b.changes()).toBeNull();
+    // A writer that does not follow the others (an egressd of schema 1) reuses a free revision
+    // below the newest: the rows' revisions no longer add up, so every key is listed.
+    sneak("UPDATE entries SET revision = 2, body = '{\"sources\":[]}' WHERE id = 'sb-4'");
+    expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-4', revision: 2, body: '{"sources":[]}' }], deletes: [] });
   });
 
   it('take the next revision from the database, whoever wrote the last', async () => {
