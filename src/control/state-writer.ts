@@ -286,14 +286,17 @@ function handle(m: WriterRequest): number | StateChanges | null {
     listed = null;
     listAll = false;
     // Marks the state as written by processes that follow each other (an older egressd, which
-    // would not, then refuses to start on it), unless it already is.
-    db.exec('BEGIN IMMEDIATE');
-    try {
-      db.prepare("UPDATE meta SET value = ? WHERE key = 'schema' AND value < ?").run(m.schema, m.schema);
-      db.exec('COMMIT');
-    } catch (err) {
-      rollback();
-      throw err;
+    // would not, then refuses to start on it), unless it already is: the write lock is taken
+    // only then, so a start beside a busy writer does not wait for it.
+    if (Number(stmts.schema.get()?.['value']) < m.schema) {
+      db.exec('BEGIN IMMEDIATE');
+      try {
+        db.prepare("UPDATE meta SET value = ? WHERE key = 'schema' AND value < ?").run(m.schema, m.schema);
+        db.exec('COMMIT');
+      } catch (err) {
+        rollback();
+        throw err;
+      }
     }
     // Whatever another process committed since the main thread read the state is found by the
     // first 'changes', which the main thread asks for at once: this is the baseline before it.
