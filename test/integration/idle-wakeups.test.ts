@@ -41,4 +41,17 @@ describe.runIf(process.platform === 'linux')('an idle egressd', () => {
     for (const s of ['', '_min', '_max', '_mean', '_stddev', '_p50', '_p90', '_p99'])
       expect(metrics).toMatch(new RegExp(`^nodejs_eventloop_lag${s}_seconds \\S+$`, 'm'));
   }, 30_000);
+
+  // With a state, its writer thread follows other processes' commits by a watch on the WAL,
+  // not by polling: one look a second in case a watch event is lost (docs/config.md).
+  it('with a state, still sleeps: every thread together at most a few times a second', async () => {
+    a = await startApiDaemon({}, { state: true });
+    const pid = a.d.child.pid!;
+    await sleep(2500);
+    const seconds = 4;
+    const all0 = allSwitches(pid);
+    await sleep(seconds * 1000);
+    const all = allSwitches(pid) - all0;
+    expect(all / seconds, `every thread's wake-ups: ${all} in ${seconds} s`).toBeLessThanOrEqual(8);
+  }, 30_000);
 });
