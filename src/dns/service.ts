@@ -11,7 +11,7 @@ import type { Config } from '../config/schema.ts';
 import type { PolicyLookup } from '../control/store.ts';
 import { allowsAnything, nameReach, type PolicyChain } from '../policy/verdict.ts';
 import { DomainTrie } from '../match/domain-trie.ts';
-import { normalizeWireName } from '../match/names.ts';
+import { judgedDnsName, normalizeWireName } from '../match/names.ts';
 import type { Logger } from '../observability/logger.ts';
 import { MAX_CACHE_TTL_S, AnswerCache } from './cache.ts';
 import { withoutDeniedRecords } from './denied-records.ts';
@@ -268,14 +268,16 @@ export class DnsService {
   }
 
   /**
-   * `name` (as written in a record) normalized, with the rule, when a deny rule of this sandbox
-   * names it and no port reaches it; null otherwise, and for what is no host name.
+   * `name` (as written in a record) as judged (match/names.ts judgedDnsName: a name that is no
+   * host name, a wildcard owner, as a child of the host name above it), with the rule, when a
+   * deny rule of this sandbox names it and no port reaches it; null otherwise, and for what has
+   * no host name above it (the root).
    */
   #denied(policy: PolicyChain, name: string): { name: string; rule: string | null } | null {
-    const n = normalizeWireName(name);
-    if (!n.ok || !('name' in n)) return null;
-    const reach = nameReach(policy, n.name);
-    return !reach.reach && reach.denied ? { name: n.name, rule: reach.rule } : null;
+    const n = judgedDnsName(name);
+    if (n === null) return null;
+    const reach = nameReach(policy, n);
+    return !reach.reach && reach.denied ? { name: n, rule: reach.rule } : null;
   }
 
   /**

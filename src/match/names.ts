@@ -160,3 +160,23 @@ export function normalizeWireName(raw: string): NormalizedName {
   }
   return normalizeName(raw);
 }
+
+/**
+ * The name a policy judges for `raw`, a name as a DNS record writes it (an owner, a CNAME or
+ * other target; dns-packet text, labels joined by dots): its normalized host name
+ * (normalizeWireName); for one that is no host name, `*.` and the nearest host name enclosing it
+ * (`*.denied.test` for the wildcard owner `*.denied.test`, for `a b.denied.test`, for
+ * `x.a!b.denied.test`). A record may carry any bytes in a label (RFC 2181 §11), and such a name
+ * lies under that host name all the same: judged as a child no rule names, it is matched by the
+ * wildcard rules over that name only (the `*` label is no rule's label: a rule's `*.` is kept
+ * apart, domain-trie.ts). Null for what has no host name above it: the root, an address.
+ */
+export function judgedDnsName(raw: string): string | null {
+  const n = normalizeWireName(raw);
+  if (n.ok) return 'name' in n ? n.name : null;
+  for (let dot = raw.indexOf('.'); dot >= 0; dot = raw.indexOf('.', dot + 1)) {
+    const up = normalizeWireName(raw.slice(dot + 1));
+    if (up.ok && 'name' in up) return `*.${up.name}`;
+  }
+  return null;
+}

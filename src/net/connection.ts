@@ -11,7 +11,7 @@
 import type { Socket } from 'node:net';
 import { canonicalSource } from '../match/ip.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, stallCheck } from '../peek/peek-steps.ts';
-import { normalizeWireName } from '../match/names.ts';
+import { judgedDnsName, normalizeWireName } from '../match/names.ts';
 import type { TenantKeyOf } from '../match/tenant-key.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import type { PeekOptions, PeekOutcome } from './peek-socket.ts';
@@ -532,11 +532,6 @@ function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): voi
 }
 
 /**
- * Records the verdict that lets the connection through: `allow`, or `would-refuse` (report-only
- * mode) with the reason and rule that would have refused it. The latest stage's verdict wins,
- * so a change made while the connection waited is what its log line shows.
- */
-/**
  * The refusal of the first alias (a CNAME or DNAME target the name's chain ran through) that a
  * deny rule names on this port, its rule read `alias "name": ...`; null when none does. An alias
  * no rule names (a CDN's) is no reason, and a would-refuse (report-only) lets it through, as the
@@ -544,14 +539,20 @@ function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): voi
  */
 function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: string, port: number): Verdict | null {
   for (const alias of aliases) {
-    const n = normalizeWireName(alias);
-    if (!n.ok || !('name' in n)) continue;
-    const v = verdict(chain, { name: n.name, ip, port });
-    if (v.verdict === 'refuse' && v.reason === 'deny-rule') return { ...v, rule: `alias ${JSON.stringify(n.name)}: ${v.rule ?? v.reason}` };
+    // As the listener judged it: an alias that is no host name, as a child of the one above it.
+    const n = judgedDnsName(alias);
+    if (n === null) continue;
+    const v = verdict(chain, { name: n, ip, port });
+    if (v.verdict === 'refuse' && v.reason === 'deny-rule') return { ...v, rule: `alias ${JSON.stringify(n)}: ${v.rule ?? v.reason}` };
   }
   return null;
 }
 
+/**
+ * Records the verdict that lets the connection through: `allow`, or `would-refuse` (report-only
+ * mode) with the reason and rule that would have refused it. The latest stage's verdict wins,
+ * so a change made while the connection waited is what its log line shows.
+ */
 function admit(o: ConnectionOutcome, v: Verdict): void {
   o.decided = v;
   o.verdict = v.verdict === 'would-refuse' ? 'would-refuse' : 'allow';

@@ -74,6 +74,22 @@ const ZONE: Record<string, RecordedReply> = {
       { name: 'svc.allowed.test', type: 'UNKNOWN_65', ttl: 60, data: httpsRdata(2, '.', '198.18.1.36') } as unknown as Answer,
     ],
   },
+  // Names that are no host names: a wildcard owner, a label with a byte no host name has, a
+  // CNAME target under the denied zone that is no host name either.
+  'odd.allowed.test A': {
+    answers: [{ name: 'odd.allowed.test', type: 'A', ttl: 60, data: '198.18.1.40' }],
+    additionals: [
+      { name: '*.denied.test', type: 'A', ttl: 60, data: '198.18.1.41' },
+      { name: 'a b.Denied.test', type: 'A', ttl: 60, data: '198.18.1.42' },
+      { name: '*.ok.test', type: 'A', ttl: 60, data: '198.18.1.43' },
+    ],
+  },
+  'via-odd.allowed.test A': {
+    answers: [
+      { name: 'via-odd.allowed.test', type: 'CNAME', ttl: 60, data: 'edge!.denied.test' },
+      { name: 'edge!.denied.test', type: 'A', ttl: 60, data: '198.18.1.44' },
+    ],
+  },
   'gone.allowed.test A': { rcode: 'NXDOMAIN', authorities: [soa('allowed.test')] },
   'empty.allowed.test A': { authorities: [soa('denied.test')] },
 };
@@ -141,6 +157,26 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     expect(https).toContain('198.18.1.36');
     expect(https).not.toContain('edge.denied.test');
     expect(https).not.toContain('198.18.1.35');
+  });
+
+  it('judges a name that is no host name (a wildcard owner, an odd byte) as a child of the host name above it', async () => {
+    const out = await dig(A, 'odd.allowed.test', 'A');
+    expect(out).toMatch(/ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 2/);
+    expect(out).toContain('198.18.1.40');
+    expect(out).toContain('198.18.1.43');
+    expect(out).not.toContain('198.18.1.41');
+    expect(out).not.toContain('198.18.1.42');
+    const line = await d.waitForLog(
+      (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'odd.allowed.test' && field(l, 'egressd.sandbox') === 'sb-a',
+    );
+    expect(field(line, 'egressd.dns_withheld')).toEqual(['*.denied.test']);
+
+    const via = await dig(A, 'via-odd.allowed.test', 'A');
+    expect(via).toMatch(/status: NXDOMAIN/);
+    expect(via).not.toContain('198.18.1.44');
+    // A sandbox that denies nothing gets them all.
+    expect(await dig(C, 'odd.allowed.test', 'A')).toMatch(/ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 4/);
+    expect(await dig(C, 'via-odd.allowed.test', 'A')).toContain('198.18.1.44');
   });
 
   it("keeps a negative answer's SOA, and withholds one whose zone is denied", async () => {

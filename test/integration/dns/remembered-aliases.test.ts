@@ -21,6 +21,7 @@ import { field, isConnection } from '../../helpers/log-line.ts';
 const A = '127.0.0.2';
 const EDGE = '127.0.0.1';
 const MIRROR = '127.0.0.6';
+const ODD = '127.0.0.7';
 
 /** Answer sections by question name, whatever the type asked; NXDOMAIN for any other name. */
 const ZONE: Record<string, Answer[]> = {
@@ -32,6 +33,11 @@ const ZONE: Record<string, Answer[]> = {
     { name: 'dn.allowed.test', type: 'DNAME', ttl: 60, data: 'mirror.test' },
     { name: 'www.dn.allowed.test', type: 'CNAME', ttl: 60, data: 'www.mirror.test' },
     { name: 'www.mirror.test', type: 'A', ttl: 60, data: MIRROR },
+  ],
+  // An alias that is no host name (a byte no host name has, RFC 2181 §11 allows it in a label).
+  'odd.allowed.test': [
+    { name: 'odd.allowed.test', type: 'CNAME', ttl: 60, data: 'e!ge.odd-cdn.test' },
+    { name: 'e!ge.odd-cdn.test', type: 'A', ttl: 60, data: ODD },
   ],
 };
 
@@ -50,6 +56,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
   let d: LoopbackDaemon;
   let edge: Awaited<ReturnType<typeof greeter>>;
   let mirror: Awaited<ReturnType<typeof greeter>>;
+  let odd: Awaited<ReturnType<typeof greeter>>;
   const api = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
   // allow-all, where a sandbox's own deny rules decide (docs/dialects.md: one side per mode); a
   // nameless connection to an address it was given is judged by the names that gave it.
@@ -59,6 +66,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     upstream = await startRecordedDns(ZONE);
     edge = await greeter(EDGE);
     mirror = await greeter(MIRROR);
+    odd = await greeter(ODD);
     d = await startLoopbackDaemon(
       loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 1000 }, upstream: { dial: 'resolved', connectTimeoutMs: 1000 } }),
     );
@@ -69,6 +77,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     await upstream?.close();
     edge?.server.close();
     mirror?.server.close();
+    odd?.server.close();
   });
 
   const dig = (name: string): Promise<string> => digFrom(d.daemon.dnsListeners[0]!.port!, A, name, 'A');
@@ -129,5 +138,19 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     const nameless = lastConnection();
     expect(await exchange()).toBe('');
     expect(field(await nameless, 'rule.name')).toBe('dns "www.dn.allowed.test": alias "mirror.test": denied_domains "mirror.test"');
+  });
+
+  it('judges an alias that is no host name as a child of the host name above it', async () => {
+    expect((await api('PUT', '/api/v1/sandboxes/sb-a/network', allowed)).status).toBe(200);
+    expect(await dig('odd.allowed.test')).toMatch(/status: NOERROR/);
+    d.route(A, ODD, odd.port);
+    expect(await exchange()).toBe('hello\n');
+
+    const deny = { ...allowed, egress: { denied_domains: ['*.odd-cdn.test'] } };
+    expect((await api('PUT', '/api/v1/sandboxes/sb-a/network', deny)).status).toBe(200);
+    expect(await dig('odd.allowed.test')).toMatch(/status: NXDOMAIN/);
+    const nameless = lastConnection();
+    expect(await exchange()).toBe('');
+    expect(field(await nameless, 'rule.name')).toBe('dns "odd.allowed.test": alias "*.odd-cdn.test": denied_domains "*.odd-cdn.test"');
   });
 });

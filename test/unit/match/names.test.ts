@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { normalizeName, normalizePattern, normalizeWireName } from '../../../src/match/names.ts';
+import { judgedDnsName, normalizeName, normalizePattern, normalizeWireName } from '../../../src/match/names.ts';
 
 const reasonOf = (raw: string): string => {
   const r = normalizeName(raw);
@@ -188,5 +188,27 @@ describe('normalizeWireName', () => {
   it('normalizes an ASCII name exactly as normalizeName does', () => {
     expect(normalizeWireName('XN--BCHER-KVA.Test.')).toEqual(normalizeName('XN--BCHER-KVA.Test.'));
     expect(normalizeWireName('127.1')).toEqual({ ok: true, ip: '127.0.0.1' });
+  });
+});
+
+describe('judgedDnsName', () => {
+  it('is the normalized host name of a name that is one', () => {
+    expect(judgedDnsName('WWW.Denied.test')).toBe('www.denied.test');
+    expect(judgedDnsName('_xmpp._tcp.a.test')).toBe('_xmpp._tcp.a.test');
+  });
+
+  it('judges a name that is no host name as a child of the nearest host name above it', () => {
+    expect(judgedDnsName('*.denied.test')).toBe('*.denied.test');
+    expect(judgedDnsName('a b.Denied.test')).toBe('*.denied.test');
+    expect(judgedDnsName('x.a!b.denied.test')).toBe('*.denied.test');
+    expect(judgedDnsName('b\u00fccher.denied.test')).toBe('*.denied.test');
+    expect(judgedDnsName('\ufffd\ufffd.denied.test')).toBe('*.denied.test');
+  });
+
+  it('is null for what has no host name above it: the root, an address, bad bytes to the last label', () => {
+    expect(judgedDnsName('')).toBeNull();
+    expect(judgedDnsName('198.18.0.1')).toBeNull();
+    expect(judgedDnsName('*')).toBeNull();
+    expect(judgedDnsName('a.b!c')).toBeNull();
   });
 });
