@@ -4,8 +4,8 @@
 // host. The sandbox would learn the denied host's addresses without ever asking for it, and
 // could then connect to them without a name. They are withheld from the response, as BIND's and
 // Unbound's `minimal-responses` leave out what a stub resolver does not need (a stub reads the
-// answer section's chain; RFC 2308 §3's SOA for negative caching is kept unless its zone is
-// denied). Cilium's DNS proxy forwards the upstream's message whole; egressd does not, because
+// answer section's chain and a negative answer's SOA, RFC 2308 §3, which is kept whatever its
+// zone: it leads to no address, and without it the stub does not cache the negative answer). Cilium's DNS proxy forwards the upstream's message whole; egressd does not, because
 // the additional section is where an address rides without a question.
 //
 // Pure: an answer and a judge in, the answer without the denied records out.
@@ -26,12 +26,16 @@ import type { Answered } from './message.ts';
  *   addresses of the TargetName, so a denied TargetName withholds the hints with the record; a
  *   TargetName of "." means the owner itself (§2.5), judged anyway. RDATA that cannot be read to
  *   its TargetName yields null: the caller withholds what it cannot judge.
- * Left out: a PTR's target (RFC 1035 §3.3.12) names an address the client already holds; SOA's
- * MNAME and RNAME (§3.3.13) name the zone's primary server and a mailbox, nothing a stub dials;
+ * Left out: a PTR's target (RFC 1035 §3.3.12) names an address the client already holds. An SOA
+ * is judged on no name, not even its owner: its owner is the zone of a negative answer, which a
+ * stub caches only with the SOA (RFC 2308 §5: one without is not cached, so the stub would ask
+ * again every time), and its MNAME and RNAME (RFC 1035 §3.3.13) name the zone's primary server
+ * and a mailbox, nothing a stub dials;
  * RRSIG's signer and NSEC's next name are the zone's own DNSSEC bookkeeping.
  * Names are as written (any case, trailing dot or not); normalizing is the judge's.
  */
 export function recordNames(r: Answer): string[] | null {
+  if (r.type === 'SOA') return [];
   const names = [r.name];
   const data = (r as { data?: unknown }).data;
   switch (r.type as string) {

@@ -201,7 +201,7 @@ export class DnsService {
     }
 
     if (policy.sandbox !== null) this.#remember(policy.sandbox, q.name, answered, ageS);
-    // Records of other names the sandbox's policy denies (glue, an NS or SOA of a denied zone, an
+    // Records of other names the sandbox's policy denies (glue, the NS of a denied zone, an
     // MX, SRV or HTTPS record pointing at a denied host) are withheld: the sandbox would learn the
     // denied host's addresses without asking. Per sandbox, after the cache, as #deniedTarget.
     const judged = new Map<string, string | null>();

@@ -14,7 +14,7 @@ import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../
 import { startRecordedDns, type RecordedDns, type RecordedReply } from '../../helpers/recorded-dns.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
-/** Sandbox A denies `*.denied.test` (and `denied.test`); C denies nothing. */
+/** Sandbox A denies `*.denied.test` (and `denied.test`, and the apex `denied-apex.test` alone); C denies nothing. */
 const A = '127.0.0.2';
 const C = '127.0.0.4';
 
@@ -91,7 +91,10 @@ const ZONE: Record<string, RecordedReply> = {
     ],
   },
   'gone.allowed.test A': { rcode: 'NXDOMAIN', authorities: [soa('allowed.test')] },
-  'empty.allowed.test A': { authorities: [soa('denied.test')] },
+  // NODATA for a name allowed under an apex the sandbox denies (denied_domains `denied-apex.test`).
+  'api.denied-apex.test AAAA': {
+    authorities: [{ ...soa('denied-apex.test'), ttl: 30 } as Answer, { name: 'denied-apex.test', type: 'NS', ttl: 60, data: 'ns.denied-apex.test' }],
+  },
 };
 
 describe.skipIf(!haveDig)('records of denied names beside an allowed answer', () => {
@@ -105,7 +108,7 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
       loopbackConfig({
         dns: { servers: [upstream.server], timeoutMs: 1000 },
         sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test'] } } },
+          { id: 'sb-a', sources: [A], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } } },
           { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
         ],
       }),
@@ -179,14 +182,18 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     expect(await dig(C, 'via-odd.allowed.test', 'A')).toContain('198.18.1.44');
   });
 
-  it("keeps a negative answer's SOA, and withholds one whose zone is denied", async () => {
+  // RFC 2308 §5: a negative answer without its SOA is not cached, so the stub would ask again
+  // each time (each a token of the sandbox's rate limit); the SOA leads to no address.
+  it("keeps a negative answer's SOA, even one whose zone a deny rule names", async () => {
     const gone = await dig(A, 'gone.allowed.test', 'A');
     expect(gone).toMatch(/status: NXDOMAIN/);
     expect(gone).toMatch(/AUTHORITY: 1,/);
     expect(gone).toMatch(/allowed\.test\.\s+\d+\s+IN\s+SOA\s+ns\.denied\.test\. hostmaster\.allowed\.test\./);
-    const empty = await dig(A, 'empty.allowed.test', 'A');
+    const empty = await dig(A, 'api.denied-apex.test', 'AAAA');
     expect(empty).toMatch(/status: NOERROR/);
-    expect(empty).toMatch(/ANSWER: 0, AUTHORITY: 0,/);
+    expect(empty).toMatch(/ANSWER: 0, AUTHORITY: 1,/);
+    expect(empty).toMatch(/denied-apex\.test\.\s+30\s+IN\s+SOA\s/);
+    expect(empty).not.toContain('IN\tNS');
   });
 
   it('judges each sandbox by its own policy, on the answer cached for the other: one that denies nothing gets every record', async () => {

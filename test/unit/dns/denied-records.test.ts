@@ -29,6 +29,8 @@ describe('recordNames', () => {
     expect(recordNames(rr({ name: 'a.test', type: 'UNKNOWN_64', data: svcb('') }))).toEqual(['a.test']);
     // Names that lead to no address are not read.
     expect(recordNames(rr({ name: '1.0.18.198.in-addr.arpa', type: 'PTR', data: 'b.test' }))).toEqual(['1.0.18.198.in-addr.arpa']);
+    // An SOA not even by its owner: a negative answer is cached only with it (RFC 2308 §5).
+    expect(recordNames(rr({ name: 'b.test', type: 'SOA', data: { mname: 'ns.b.test', rname: 'h.b.test' } }))).toEqual([]);
   });
 
   it('answers null for SVCB RDATA that does not read to a TargetName', () => {
