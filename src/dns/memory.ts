@@ -16,6 +16,7 @@
 // live answer is (net/connection.ts).
 
 import { LRUCache } from 'lru-cache';
+import { judgedDnsName } from '../match/names.ts';
 
 export interface ResolvedNamesOptions {
   /** Kept past a record's TTL (ms). */
@@ -110,13 +111,23 @@ export class ResolvedNames {
 
   /**
    * Records that `sandbox` was given `addresses` (canonical text) for `name`, valid `ttlS`
-   * seconds, through the chain of `aliases` (lower case, in order; none for a plain answer). A
+   * seconds, through the chain of `aliases` (as written in the answer, in order; none for a plain
+   * answer; each kept as judgedDnsName reads it, an alias with no host name above it dropped). A
    * chain of more than MAX_ALIASES is not remembered: its addresses are then judged by address
    * alone, as any the sandbox learned elsewhere, rather than by a name whose chain was cut.
    */
   remember(sandbox: string, name: string, addresses: readonly string[], ttlS: number, aliases: readonly string[] = NO_ALIASES): void {
     if (addresses.length === 0 || aliases.length > MAX_ALIASES) return;
-    const chain = aliases.length === 0 ? null : Object.freeze([...aliases]);
+    // Kept as judged (match/names.ts judgedDnsName), which is all a deny rule is matched against:
+    // ASCII of at most 255 characters, one byte of heap each as entryBytes counts them. An alias as
+    // the upstream wrote it may hold any byte, and dns-packet reads a label's bytes as UTF-8, an
+    // invalid byte becoming U+FFFD: a two-byte string, twice the heap its length counts.
+    const judged = new Set<string>();
+    for (const a of aliases) {
+      const j = judgedDnsName(a);
+      if (j !== null) judged.add(j);
+    }
+    const chain = judged.size === 0 ? null : Object.freeze([...judged]);
     let table = this.#bySandbox.get(sandbox);
     if (!table) {
       // Bounded by bytes here and by count in the loop below: lru-cache's `max` would allocate

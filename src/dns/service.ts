@@ -390,7 +390,7 @@ export class DnsService {
     // The chain goes with the name (the aliases #deniedTarget judged): a deny rule added later is
     // judged on it when a nameless connection comes to one of the addresses (net/connection.ts).
     const aliases = new Set([...owners].slice(1));
-    for (const r of a.answers) if (r.type === 'DNAME' && typeof r.data === 'string') aliases.add(r.data.toLowerCase().replace(/\.$/, ''));
+    for (const r of a.answers) if (r.type === 'DNAME' && typeof r.data === 'string') aliases.add(r.data);
     this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS), [...aliases]);
   }
 

@@ -97,9 +97,20 @@ describe('ResolvedNames', () => {
     expect(m.namesFor('a', '198.18.1.11')).toEqual([]);
   });
 
+  it('keeps each alias as a deny rule judges it: ASCII, one byte a character as the bytes count it', () => {
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 10, clock: () => 0 });
+    // dns-packet reads a label of invalid UTF-8 as U+FFFD each byte: a two-byte string.
+    const odd = `${'\ufffd'.repeat(63)}.${'\ufffd'.repeat(63)}.${'\ufffd'.repeat(63)}.cdn.test`;
+    m.remember('a', 'www.x.test', ['198.18.1.10'], 60, ['Edge.CDN.test', odd, '*.cdn.test', 'x.a!b.cdn.test', '']);
+    const [given] = m.chainsFor('a', '198.18.1.10');
+    expect(given!.aliases).toEqual(['edge.cdn.test', '*.cdn.test']);
+    for (const a of given!.aliases) expect(a).toMatch(/^[\x21-\x7e]{1,255}$/);
+  });
+
   it('counts the aliases in the bytes: long chains of long names keep the table within perSandbox × 512 bytes', () => {
     const m = new ResolvedNames({ graceMs: 0, perSandbox: 64, clock: () => 0 });
-    const long = (i: number, j: number, k: number): string => `n${i}-${j}-${k}.`.padEnd(240, 'x') + '.test';
+    // Host names of 245 characters, in labels of at most 63 (a longer one is no host name).
+    const long = (i: number, j: number, k: number): string => (`n${i}-${j}-${k}.` + `${'x'.repeat(60)}.`.repeat(3)).padEnd(240, 'y') + '.test';
     const chain = (i: number, j: number): string[] => Array.from({ length: 12 }, (_, k) => long(i, j, k + 1));
     for (let i = 0; i < 64; i++) for (let j = 0; j < 16; j++) m.remember('a', long(i, j, 0), [`198.18.0.${i}`], 60, chain(i, j));
     expect(m.bytesOf('a')).toBeLessThanOrEqual(64 * 512);
