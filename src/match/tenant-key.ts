@@ -25,7 +25,8 @@ export type TenantKeyOf = (sandbox: string | null, source: string) => string;
  * `source ` and the canonical CIDR text of the block holding it, host bits cleared
  * (`source 2001:db8:1:2::/64`, `source 198.18.0.1/32`), so each block has one spelling. An
  * IPv4-mapped IPv6 address (::ffff:a.b.c.d, RFC 4291 §2.5.5.2: an IPv4 client of a dual-stack
- * listener) is counted as its IPv4 address. A source that is no address (`''`: a client gone
+ * listener) is counted as its IPv4 address; a link-local one by its block on its interface
+ * (`source fe80::/64%eth0`, sourceBlock). A source that is no address (`''`: a client gone
  * before its address was read) is keyed by its text.
  */
 export function tenantKeyOf(prefix: UnknownSourcePrefix): TenantKeyOf {
@@ -46,16 +47,24 @@ export function tenantKeyOf(prefix: UnknownSourcePrefix): TenantKeyOf {
 
 const KEYS_KEPT = 4096;
 
-/** The canonical CIDR text of the block of `prefix` holding `source`, or `source` as it is when it is no address. */
+/**
+ * The canonical CIDR text of the block of `prefix` holding `source`, or `source` as it is when it
+ * is no address. An IPv6 address with a zone (`fe80::1%eth0`: Node's remoteAddress and a datagram's
+ * rinfo.address name the interface of a link-local address, RFC 4007 §11) is its block on that
+ * zone (`fe80::/64%eth0`): each link is a network of its own, and its hosts pick their link-local
+ * addresses as freely as their global ones (RFC 4862 §5.3).
+ */
 export function sourceBlock(source: string, prefix: UnknownSourcePrefix): string {
-  const a = parseIp(source);
-  if (a === null) return source;
+  const pct = source.indexOf('%');
+  const a = parseIp(pct < 0 ? source : source.slice(0, pct));
+  if (a === null || (pct >= 0 && a.family !== 6)) return source;
+  const zone = pct < 0 ? '' : source.slice(pct);
   if (a.family === 6 && isIPv4Mapped(a.words)) {
     const words = new Uint32Array([a.words[3]!, 0, 0, 0]);
     clearHostBits(words, prefix.ipv4);
-    return formatCidr({ family: 4, words, prefix: prefix.ipv4 });
+    return formatCidr({ family: 4, words, prefix: prefix.ipv4 }) + zone;
   }
   const bits = a.family === 4 ? prefix.ipv4 : prefix.ipv6;
   clearHostBits(a.words, bits);
-  return formatCidr({ family: a.family, words: a.words, prefix: bits });
+  return formatCidr({ family: a.family, words: a.words, prefix: bits }) + zone;
 }

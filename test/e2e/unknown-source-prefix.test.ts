@@ -21,6 +21,12 @@ const ROTATED = ['2001:db8:0:1::a1', '2001:db8:0:1::a2', '2001:db8:0:1:ffff::a3'
 /** Another /64 (of the same /48), routed over the sandbox link. */
 const OTHER_PREFIX = '2001:db8:0:3::';
 const OTHER = [`${OTHER_PREFIX}2`, `${OTHER_PREFIX}3`];
+/**
+ * Four link-local addresses (fe80::/64, RFC 4291 §2.5.6) on the sandbox link: a host picks any
+ * of them as freely as of its global /64. egressd sees each with its interface (`fe80::b1%ifname`,
+ * Node's remoteAddress and rinfo.address name the scope of a link-local address).
+ */
+const LINK_LOCAL = ['fe80::b1', 'fe80::b2', 'fe80::ffff:b3', 'fe80::8000:0:0:b4'];
 /** Each key's allowance: a burst of 3, refilled at 1 a second (the least the schema allows). */
 const BURST = 3;
 
@@ -36,10 +42,13 @@ mode, server, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.
 out = {}
 for src in sys.argv[5:]:
     got = []
+    # A link-local source is given with its interface (fe80::a1%eth0): bound with its scope.
+    addr, _, ifname = src.partition("%")
+    bind = (addr, 0, 0, socket.if_nametoindex(ifname)) if ifname else (addr, 0)
     for i in range(count):
         if mode == "dns":
             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            s.bind((src, 0))
+            s.bind(bind)
             s.settimeout(2)
             s.sendto(struct.pack(">HHHHHH", i + 1, 0x0100, 1, 0, 0, 0) + b"\\x01x\\x04test\\x00\\x00\\x01\\x00\\x01", (server, port))
             try:
@@ -48,7 +57,7 @@ for src in sys.argv[5:]:
                 got.append("silence")
         else:
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            s.bind((src, 0))
+            s.bind(bind)
             s.settimeout(5)
             try:
                 s.connect((server, port))
@@ -73,7 +82,7 @@ describe.skipIf(skip !== null)('sources of no sandbox, counted by their IPv6 pre
     dir = mkdtempSync(join(tmpdir(), 'egressd-e2e-prefix-'));
     const sandboxIf = `${rig.prefix}sb`;
     // Deprecated (preferred_lft 0), as the rig's second sandbox address: used only when bound.
-    for (const a of [...ROTATED, ...OTHER]) {
+    for (const a of [...ROTATED, ...OTHER, ...LINK_LOCAL]) {
       const r = await rig.execIn('sandbox', 'ip', ['addr', 'add', `${a}/64`, 'dev', sandboxIf, 'nodad', 'preferred_lft', '0']);
       expect(r.code, r.stderr).toBe(0);
     }
@@ -145,6 +154,16 @@ describe.skipIf(skip !== null)('sources of no sandbox, counted by their IPv6 pre
     await served({ limits: { unknownSourcePrefix: { ipv6: 48 } } }, async () => {
       const got = await attempts('dns', BURST, [...ROTATED.slice(0, 2), ...OTHER]);
       expect(count(got, OTHER, 5), JSON.stringify(got)).toBeGreaterThanOrEqual(OTHER.length * BURST - 2);
+    });
+  }, 90_000);
+
+  it('gives the link-local addresses of one link one allowance, as a /64, whatever scope egressd sees them with', async () => {
+    const sources = LINK_LOCAL.map((a) => `${a}%${rig.prefix}sb`);
+    await served({}, async () => {
+      const dns = await attempts('dns', BURST, sources);
+      expect(count(dns, sources, 5), JSON.stringify(dns)).toBeGreaterThanOrEqual(sources.length * BURST - BURST - 2);
+      const tcp = await attempts('tcp', BURST, sources);
+      expect(count(tcp, sources, 'reset'), JSON.stringify(tcp)).toBeGreaterThanOrEqual(sources.length * BURST - BURST - 2);
     });
   }, 90_000);
 });

@@ -23,6 +23,16 @@ describe('tenantKeyOf: whose limits a source counts against', () => {
     }
   });
 
+  it('counts the link-local addresses of one interface as one block, each interface apart (RFC 4007 §11)', () => {
+    const keys = ['fe80::1%eth0', 'fe80::ffff:ffff:ffff:ffff%eth0', 'FE80::8000:0:0:1%eth0'].map((s) => key(null, s));
+    expect(new Set(keys)).toEqual(new Set(['source fe80::/64%eth0']));
+    expect(key(null, 'fe80::1%eth1')).toBe('source fe80::/64%eth1');
+    expect(key(null, 'fe80::1%7')).toBe('source fe80::/64%7');
+    expect(tenantKeyOf({ ipv4: 32, ipv6: 128 })(null, 'fe80::1%eth0')).toBe('source fe80::1/128%eth0');
+    // A zone on what is no IPv6 address is no block.
+    expect(key(null, '198.18.0.2%eth0')).toBe('source 198.18.0.2%eth0');
+  });
+
   it('counts an IPv4-mapped IPv6 address as its IPv4 address (RFC 4291 §2.5.5.2)', () => {
     expect(key(null, '::ffff:198.18.0.2')).toBe('source 198.18.0.2/32');
     expect(key(null, '::FFFF:c612:2')).toBe(key(null, '198.18.0.2'));
