@@ -32,6 +32,8 @@ export interface QueryLog {
   readonly suppressed?: number;
   /** Answered lines: the denied names whose records were withheld from the answer (denied-records.ts). */
   readonly withheld?: readonly string[];
+  /** Answered lines, report-only mode: the denied names whose records enforcing would have withheld. */
+  readonly wouldWithhold?: readonly string[];
 }
 
 const RCODE_NAME = new Map<number, string>(Object.entries(RCODE).map(([k, v]) => [v, k]));
@@ -101,6 +103,13 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
     description:
       "On an answered line: the names a deny rule of the sandbox's denies whose records the answer carried besides its chain (an address in the additional section, an NS, MX, SRV or HTTPS record pointing at one), withheld from the answer.",
     value: (q) => q.withheld,
+  },
+  {
+    name: 'egressd.dns_would_withhold',
+    type: 'keyword[]',
+    description:
+      'On an answered line of report-only mode: the names whose records `egressd.dns_withheld` would list were the policy enforced; they were forwarded.',
+    value: (q) => q.wouldWithhold,
   },
 ];
 

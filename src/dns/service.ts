@@ -59,6 +59,15 @@ export interface DnsServiceDeps {
 
 const TCP_LIMIT = 65_535;
 
+/** A name in an answer that a deny rule of the sandbox names (#denied), and report-only mode's part in it. */
+interface DeniedName {
+  /** As judged (match/names.ts judgedDnsName). */
+  readonly name: string;
+  readonly rule: string | null;
+  /** Report-only mode lets it through: reported, never refused nor withheld. */
+  readonly reportOnly: boolean;
+}
+
 export class DnsService {
   readonly #deps: DnsServiceDeps;
   readonly #buckets: TokenBuckets;
@@ -188,7 +197,7 @@ export class DnsService {
     }
 
     const target = this.#deniedTarget(policy, answered);
-    if (target !== null) {
+    if (target !== null && !target.reportOnly) {
       this.#count('refuse', q.type, hit !== undefined, upstreamMs);
       logQuery(this.#deps.log, 'info', {
         ...about,
@@ -204,24 +213,30 @@ export class DnsService {
     // Records of other names the sandbox's policy denies (glue, the NS of a denied zone, an
     // MX, SRV or HTTPS record pointing at a denied host) are withheld: the sandbox would learn the
     // denied host's addresses without asking. Per sandbox, after the cache, as #deniedTarget.
-    const judged = new Map<string, string | null>();
+    // Report-only mode withholds nothing and reports what it would have withheld.
+    const judged = new Map<string, DeniedName | null>();
+    const wouldWithhold = new Set<string>();
     const shown = withoutDeniedRecords(answered, (name) => {
       let d = judged.get(name);
-      if (d === undefined) judged.set(name, (d = this.#denied(policy, name)?.name ?? null));
-      return d;
+      if (d === undefined) judged.set(name, (d = this.#denied(policy, name)));
+      if (d?.reportOnly === true) wouldWithhold.add(d.name);
+      return d === null || d.reportOnly ? null : d.name;
     });
     this.#count('allow', q.type, hit !== undefined, upstreamMs);
-    // A name answered only because of report-only mode is part of the report, and so is an answer
-    // that lost records to a deny rule: logged at info.
-    const reportOnly = gate.reason === 'report-only';
-    logQuery(this.#deps.log, reportOnly || shown.withheld.length > 0 ? 'info' : 'debug', {
+    // A name answered only because of report-only mode is part of the report (refused by the gate,
+    // or by its chain, as #deniedTarget would: the gate's rule first, as enforcing asks it first),
+    // and so is an answer that lost records to a deny rule, or would have: logged at info.
+    const reportOnly = gate.reason === 'report-only' || target !== null;
+    const rule = gate.reason !== 'report-only' && target !== null ? `alias ${JSON.stringify(target.name)}: ${target.rule ?? 'deny-rule'}` : gate.rule;
+    logQuery(this.#deps.log, reportOnly || shown.withheld.length > 0 || wouldWithhold.size > 0 ? 'info' : 'debug', {
       ...about,
       verdict: reportOnly ? 'would-refuse' : 'allow',
-      reason: gate.reason,
-      rule: gate.rule,
+      reason: reportOnly ? 'report-only' : gate.reason,
+      rule,
       rcode: answered.rcode,
       cached: hit !== undefined,
       ...(shown.withheld.length > 0 ? { withheld: shown.withheld } : {}),
+      ...(wouldWithhold.size > 0 ? { wouldWithhold: [...wouldWithhold] } : {}),
     });
     try {
       return answerResponse(q, shown.answered, ageS, limit);
@@ -256,28 +271,34 @@ export class DnsService {
    * the sandbox the denied name's addresses under the name it asked, and the DNS memory would
    * then judge a nameless connection to them by that name; BIND's RPZ judges every CNAME target
    * of a chain as it judges the question. A target the policy merely does not name (a CDN's) is
-   * no reason: most chains end in one. Judged per sandbox, on cached answers too.
+   * no reason: most chains end in one. Judged per sandbox, on cached answers too. One that only
+   * report-only mode lets through is answered with `reportOnly` (the first one refused outright
+   * comes before it).
    */
-  #deniedTarget(policy: PolicyChain, a: Answered): { name: string; rule: string | null } | null {
+  #deniedTarget(policy: PolicyChain, a: Answered): DeniedName | null {
+    let would: DeniedName | null = null;
     for (const r of a.answers) {
       if ((r.type !== 'CNAME' && r.type !== 'DNAME') || typeof r.data !== 'string') continue;
       const d = this.#denied(policy, r.data);
-      if (d !== null) return d;
+      if (d !== null && !d.reportOnly) return d;
+      would ??= d;
     }
-    return null;
+    return would;
   }
 
   /**
    * `name` (as written in a record) as judged (match/names.ts judgedDnsName: a name that is no
    * host name, a wildcard owner, as a child of the host name above it), with the rule, when a
-   * deny rule of this sandbox names it and no port reaches it; null otherwise, and for what has
-   * no host name above it (the root).
+   * deny rule of this sandbox names it and no port reaches it, `reportOnly` when report-only mode
+   * lets it through all the same; null otherwise, and for what has no host name above it (the
+   * root).
    */
-  #denied(policy: PolicyChain, name: string): { name: string; rule: string | null } | null {
+  #denied(policy: PolicyChain, name: string): DeniedName | null {
     const n = judgedDnsName(name);
     if (n === null) return null;
     const reach = nameReach(policy, n);
-    return !reach.reach && reach.denied ? { name: n, rule: reach.rule } : null;
+    if (!reach.denied) return null;
+    return !reach.reach || reach.wouldRefuse === true ? { name: n, rule: reach.rule, reportOnly: reach.reach } : null;
   }
 
   /**

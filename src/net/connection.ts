@@ -350,10 +350,14 @@ function judged(
     // A name whose chain runs through an alias (CNAME) a deny rule names on this port is refused,
     // as the DNS listener refuses its answer (dns/service.ts #deniedTarget): whichever resolver
     // the sandbox used, a deny rule holds for the host behind an allowed name. An alias no rule
-    // names (a CDN's) is no reason; a would-refuse (report-only) lets it through, as there.
-    if (target.aliases !== undefined) {
-      const denied = deniedAlias(policyNow(), target.aliases, ip, port);
-      if (denied !== null) return refuse(socket, live, o.protocol, config, o, denied);
+    // names (a CDN's) is no reason; a would-refuse (report-only) lets it through, reported, as there.
+    // Kept for the recheck at connect, which judges the chain again (a rule may come meanwhile);
+    // the aliases alone, not the whole target (a held connection keeps what its closures name).
+    const aliases = target.aliases;
+    if (aliases !== undefined) {
+      const denied = deniedAlias(policyNow(), aliases, ip, port);
+      if (denied?.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, denied);
+      if (denied !== null) admit(o, denied);
     }
 
     // (4) The dial: the candidates in order, RFC 8305 §5 staggered attempts within one budget;
@@ -388,7 +392,12 @@ function judged(
         live.facts = facts;
       },
       recheck: (address) => {
-        const v = judge(address);
+        let v = judge(address);
+        // The chain as at (3): a refusal stands, a would-refuse is reported unless the name's own is.
+        if (v.verdict !== 'refuse' && aliases !== undefined) {
+          const a = deniedAlias(policyNow(), aliases, address, port);
+          if (a !== null && (a.verdict === 'refuse' || v.verdict === 'allow')) v = a;
+        }
         if (v.verdict === 'refuse') return { refuse: true, why: v };
         admit(o, v);
         return { refuse: false };
@@ -533,19 +542,24 @@ function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): voi
 
 /**
  * The refusal of the first alias (a CNAME or DNAME target the name's chain ran through) that a
- * deny rule names on this port, its rule read `alias "name": ...`; null when none does. An alias
- * no rule names (a CDN's) is no reason, and a would-refuse (report-only) lets it through, as the
- * DNS listener judges a chain (dns/service.ts #deniedTarget).
+ * deny rule names on this port, its rule read `alias "name": ...`; else the would-refuse of the
+ * first one report-only mode lets through, which the caller admits, so the connection's line
+ * reports it; null when none. An alias no rule names (a CDN's) is no reason, as the DNS listener
+ * judges a chain (dns/service.ts #deniedTarget).
  */
 function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: string, port: number): Verdict | null {
+  let would: Verdict | null = null;
   for (const alias of aliases) {
     // As the listener judged it: an alias that is no host name, as a child of the one above it.
     const n = judgedDnsName(alias);
     if (n === null) continue;
     const v = verdict(chain, { name: n, ip, port });
-    if (v.verdict === 'refuse' && v.reason === 'deny-rule') return { ...v, rule: `alias ${JSON.stringify(n)}: ${v.rule ?? v.reason}` };
+    if (v.reason !== 'deny-rule' || v.verdict === 'allow') continue;
+    const named = { ...v, rule: `alias ${JSON.stringify(n)}: ${v.rule ?? v.reason}` };
+    if (v.verdict === 'refuse') return named;
+    would ??= named;
   }
-  return null;
+  return would;
 }
 
 /**

@@ -289,7 +289,10 @@ export function nameMatters(chain: PolicyChain, at: { readonly ip: string; reado
 export interface NameReach {
   readonly reach: boolean;
   readonly rule: string | null;
-  /** A deny rule naming it refuses it on some port (as opposed to nothing allowing it). */
+  /**
+   * A deny rule naming it refuses it on some port (as opposed to nothing allowing it); with
+   * `wouldRefuse`, would refuse it were the policy enforced.
+   */
   readonly denied: boolean;
   /** Report-only mode let a name through that the policy would not reach (`rule` says which rule). */
   readonly wouldRefuse?: boolean;
@@ -326,7 +329,7 @@ export function nameReach(chain: PolicyChain, name: string): NameReach {
     const at = byName ? 3 : v.layer === 'sandbox' ? 2 : v.layer === 'org' ? 1 : 0;
     if (refusal === null || at > refusal.at) refusal = { v, at };
   }
-  if (wouldRefuse !== null && reportsOnly(chain)) return { reach: true, rule: wouldRefuse.rule, denied: false, wouldRefuse: true };
+  if (wouldRefuse !== null && reportsOnly(chain)) return { reach: true, rule: wouldRefuse.rule, denied, wouldRefuse: true };
   return { reach: false, rule: refusal?.v.rule ?? null, denied };
 }
 

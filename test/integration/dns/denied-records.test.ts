@@ -17,6 +17,8 @@ import { action, field } from '../../helpers/log-line.ts';
 /** Sandbox A denies `*.denied.test` (and `denied.test`, and the apex `denied-apex.test` alone); C denies nothing. */
 const A = '127.0.0.2';
 const C = '127.0.0.4';
+/** Sandbox R denies what A denies, in report-only mode. */
+const R = '127.0.0.5';
 
 /** SVCB/HTTPS RDATA (RFC 9460 §2.2): SvcPriority, an uncompressed TargetName, an ipv4hint (key 4). */
 function httpsRdata(priority: number, target: string, hint: string): Buffer {
@@ -90,6 +92,12 @@ const ZONE: Record<string, RecordedReply> = {
       { name: 'edge!.denied.test', type: 'A', ttl: 60, data: '198.18.1.44' },
     ],
   },
+  'chain.allowed.test A': {
+    answers: [
+      { name: 'chain.allowed.test', type: 'CNAME', ttl: 60, data: 'edge.denied.test' },
+      { name: 'edge.denied.test', type: 'A', ttl: 60, data: '198.18.1.45' },
+    ],
+  },
   'gone.allowed.test A': { rcode: 'NXDOMAIN', authorities: [soa('allowed.test')] },
   // NODATA for a name allowed under an apex the sandbox denies (denied_domains `denied-apex.test`).
   'api.denied-apex.test AAAA': {
@@ -110,6 +118,12 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
         sandboxes: [
           { id: 'sb-a', sources: [A], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } } },
           { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
+          {
+            id: 'sb-r',
+            sources: [R],
+            reportOnly: true,
+            network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } },
+          },
         ],
       }),
     );
@@ -201,5 +215,32 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     expect(out).toMatch(/ANSWER: 1, AUTHORITY: 3, ADDITIONAL: 4/);
     expect(out).toContain('198.18.1.31');
     expect(out).toContain('2001:db8::31');
+  });
+
+  // Report-only mode answers everything, and reports what enforcing would have done: the chain
+  // refused, the records withheld.
+  it('in report-only mode forwards the whole answer, and reports the chain it would refuse and the records it would withhold', async () => {
+    const out = await dig(R, 'www.allowed.test', 'A');
+    expect(out).toMatch(/ANSWER: 1, AUTHORITY: 3, ADDITIONAL: 4/);
+    const line = await d.waitForLog(
+      (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'www.allowed.test' && field(l, 'egressd.sandbox') === 'sb-r',
+    );
+    expect(line['log.level']).toBe('info');
+    expect(field(line, 'egressd.verdict')).toBe('allow');
+    expect(field(line, 'egressd.dns_withheld')).toBeUndefined();
+    expect(field(line, 'egressd.dns_would_withhold')).toEqual(['ns.denied.test', 'denied.test', 'api.denied.test']);
+
+    const chain = await dig(R, 'chain.allowed.test', 'A');
+    expect(chain).toMatch(/status: NOERROR/);
+    expect(chain).toContain('198.18.1.45');
+    const chainLine = await d.waitForLog(
+      (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'chain.allowed.test' && field(l, 'egressd.sandbox') === 'sb-r',
+    );
+    expect(chainLine['log.level']).toBe('info');
+    expect(field(chainLine, 'egressd.verdict')).toBe('would-refuse');
+    expect(field(chainLine, 'event.reason')).toBe('report-only');
+    expect(field(chainLine, 'rule.name')).toBe('alias "edge.denied.test": denied_domains "*.denied.test"');
+    // Enforced, the same chain is refused.
+    expect(await dig(A, 'chain.allowed.test', 'A')).toMatch(/status: NXDOMAIN/);
   });
 });

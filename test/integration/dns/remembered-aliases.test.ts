@@ -153,4 +153,23 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     expect(await exchange()).toBe('');
     expect(field(await nameless, 'rule.name')).toBe('dns "odd.allowed.test": alias "*.odd-cdn.test": denied_domains "*.odd-cdn.test"');
   });
+
+  it('in report-only mode lets both connections through, and reports the alias that would refuse them', async () => {
+    const reporting = { sources: [A], reportOnly: true, network: { ...allowed, egress: { denied_domains: ['*.cdn.test'] } } };
+    expect((await api('PUT', '/api/v1/sandboxes/sb-a', reporting)).status).toBeLessThan(300);
+    expect(await dig('app.allowed.test')).toMatch(/status: NOERROR/);
+    d.route(A, EDGE, edge.port);
+
+    const nameless = lastConnection();
+    expect(await exchange()).toBe('hello\n');
+    const line = await nameless;
+    expect(field(line, 'egressd.verdict')).toBe('would-refuse');
+    expect(field(line, 'rule.name')).toBe('dns "app.allowed.test": alias "edge.cdn.test": denied_domains "*.cdn.test"');
+
+    const named = lastConnection();
+    expect(await exchange('GET / HTTP/1.1\r\nHost: app.allowed.test\r\n\r\n')).toContain('hello');
+    const namedLine = await named;
+    expect(field(namedLine, 'egressd.verdict')).toBe('would-refuse');
+    expect(field(namedLine, 'rule.name')).toBe('alias "edge.cdn.test": denied_domains "*.cdn.test"');
+  });
 });
