@@ -23,7 +23,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
-import { chainOwners, recordTtl } from '../net/dns-client.ts';
+import { chainAliases, chainOwners, recordTtl } from '../net/dns-client.ts';
 import { QueryTenants } from '../net/query-sockets.ts';
 import type { TenantKeyOf } from '../match/tenant-key.ts';
 
@@ -379,7 +379,7 @@ export class DnsService {
     let ttlMs = clampTtlMs(ttl);
     // The chain's aliases go with the addresses: a connection dialed from this entry judges them
     // as this listener did before answering (#deniedTarget), whichever sandbox asked.
-    const aliases = [...owners].slice(1);
+    const aliases = chainAliases(name, a.answers);
     const old = cache.get(key);
     if (old?.ok) {
       found.push(...old.addresses);
@@ -410,9 +410,7 @@ export class DnsService {
     if (given.length === 0) return;
     // The chain goes with the name (the aliases #deniedTarget judged): a deny rule added later is
     // judged on it when a nameless connection comes to one of the addresses (net/connection.ts).
-    const aliases = new Set([...owners].slice(1));
-    for (const r of a.answers) if (r.type === 'DNAME' && typeof r.data === 'string') aliases.add(r.data);
-    this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS), [...aliases]);
+    this.#deps.memory.remember(sandbox, name, given, Math.max(0, ttl - ageS), chainAliases(name, a.answers));
   }
 
   #count(verdict: QueryVerdict, type: string, cached: boolean, upstreamMs?: number): void {

@@ -29,9 +29,9 @@ export interface DnsRecord {
 }
 
 /**
- * A family's answer. `aliases`: the CNAME targets its chain ran through (chainOwners less the
- * name itself), in order: the data path judges them as the DNS listener does (a chain through a
- * name a deny rule names is refused, net/connection.ts).
+ * A family's answer. `aliases`: the CNAME and DNAME targets its chain ran through (chainAliases),
+ * in order: the data path judges them as the DNS listener does (a chain through a name a deny
+ * rule names is refused, net/connection.ts).
  */
 export type FamilyAnswer = { ok: true; records: DnsRecord[]; aliases: readonly string[] } | { ok: false; cause: DnsFailure };
 
@@ -196,7 +196,10 @@ export class AddressExchange {
     if (rcode === 0) {
       const owners = chainOwners(this.#name, m.answers ?? []);
       const records = addressRecords(owners, type, m.answers ?? []);
-      return this.#settle(type, records.length > 0 ? { ok: true, records, aliases: [...owners].slice(1) } : { ok: false, cause: 'nodata' });
+      return this.#settle(
+        type,
+        records.length > 0 ? { ok: true, records, aliases: chainAliases(this.#name, m.answers ?? []) } : { ok: false, cause: 'nodata' },
+      );
     }
     // RFC 8020: NXDOMAIN is final. SERVFAIL and REFUSED are one server's trouble: ask the others.
     if (rcode === 3) return this.#settle(type, { ok: false, cause: 'nxdomain' });
@@ -295,6 +298,19 @@ export function chainOwners(name: string, answers: readonly packet.Answer[]): Se
     if (!grew) break;
   }
   return owners;
+}
+
+/**
+ * The aliases an answer to `name` ran through, as every path judges them (the DNS listener before
+ * answering, its memory, the dial, net/connection.ts): the chain's CNAME targets in order
+ * (chainOwners less `name`), then each DNAME's target (RFC 6672 §2: every name below the DNAME's
+ * owner is an alias of the same name below its target, so a deny rule naming the target names
+ * the chain). Lower case, each once.
+ */
+export function chainAliases(name: string, answers: readonly packet.Answer[]): string[] {
+  const aliases = new Set([...chainOwners(name, answers)].slice(1));
+  for (const a of answers) if (a.type === 'DNAME' && typeof a.data === 'string') aliases.add(a.data.toLowerCase());
+  return [...aliases];
 }
 
 /**

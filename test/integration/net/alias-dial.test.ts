@@ -34,6 +34,17 @@ const ZONE: Record<string, Answer[]> = {
     { name: 'cdn.allowed.test', type: 'CNAME', ttl: 60, data: 'edge.cdn.test' },
     { name: 'edge.cdn.test', type: 'A', ttl: 60, data: HOST },
   ],
+  // A DNAME (RFC 6672 §2) maps dn.other.test's names under mirror.test; the CNAME is its synthesis.
+  'www.dn.other.test': [
+    { name: 'dn.other.test', type: 'DNAME', ttl: 60, data: 'mirror.test' },
+    { name: 'www.dn.other.test', type: 'CNAME', ttl: 60, data: 'www.mirror.test' },
+    { name: 'www.mirror.test', type: 'A', ttl: 60, data: HOST },
+  ],
+  'api.dn.other.test': [
+    { name: 'dn.other.test', type: 'DNAME', ttl: 60, data: 'mirror.test' },
+    { name: 'api.dn.other.test', type: 'CNAME', ttl: 60, data: 'api.mirror.test' },
+    { name: 'api.mirror.test', type: 'A', ttl: 60, data: HOST },
+  ],
   'mirror.other.test': [
     { name: 'mirror.other.test', type: 'CNAME', ttl: 60, data: 'files.blocked.test' },
     { name: 'files.blocked.test', type: 'A', ttl: 60, data: HOST },
@@ -66,7 +77,7 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
         overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
         sandboxes: [
           { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test', 'mirror.test'] } } },
           { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
         ],
       }),
@@ -135,6 +146,23 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
     expect(upstream.asked.slice(asked)).toEqual([]);
     expect(field(await lineFor(B, 'mirror.other.test'), 'rule.name')).toBe('alias "files.blocked.test": denied_domains "*.blocked.test"');
     expect(await request(C, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reached).toBe(before + 1);
+  });
+
+  // The listener refuses a chain through a DNAME whose target a deny rule names (alias-chain.test.ts)
+  // and the memory judges it (remembered-aliases.test.ts): the dial judges it alike, from its own
+  // lookup and from the listener's shared answer.
+  it.skipIf(!haveDig)("judges a DNAME's target as an alias of the chain, from egressd's own lookup and the listener's answer", async () => {
+    const before = reached;
+    expect(await request(B, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(await request(B, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(field(await lineFor(B, 'www.dn.other.test'), 'rule.name')).toBe('alias "mirror.test": denied_domains "mirror.test"');
+    expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'api.dn.other.test', 'A', '+short')).toContain(HOST);
+    const asked = upstream.asked.length;
+    expect(await request(B, 'api.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(upstream.asked.slice(asked)).toEqual([]);
+    expect(reached).toBe(before);
+    expect(await request(C, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 200 /);
     expect(reached).toBe(before + 1);
   });
 });
