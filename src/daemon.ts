@@ -7,7 +7,7 @@ import { AdminServer, type Readiness } from './admin/server.ts';
 import { mountApi } from './admin/api.ts';
 import type { Config } from './config/schema.ts';
 import { policySettingsOf } from './config/policy-settings.ts';
-import { handleClient, type PipelineDeps } from './net/connection.ts';
+import { deniedAlias, handleClient, type PipelineDeps } from './net/connection.ts';
 import { SocketClient, type ClientSide } from './net/client-side.ts';
 import { Listener } from './net/listener.ts';
 import { nativeSetup, NativeListener, type NativeClient, type NativeSetup } from './net/native-setup.ts';
@@ -568,7 +568,11 @@ export class Daemon {
       // A connection an earlier change (or shutdown) closed stays listed until it has ended: it
       // is that change's, not counted again nor waited for twice.
       if (c.facts === null || c.closed) continue;
-      const d = verdict(this.store.lookup(c.outcome.source), c.facts);
+      const chain = this.store.lookup(c.outcome.source);
+      let d = verdict(chain, c.facts);
+      // The chain the connection's name ran through, as the dial judged it (a deny rule for a host
+      // behind the name may be the change).
+      if (d.verdict !== 'refuse' && c.aliases !== null) d = deniedAlias(chain, c.aliases, c.facts.ip, c.facts.port) ?? d;
       if (d.verdict === 'refuse' && (reason === 'policy-changed' || d.reason === 'protected-address')) {
         this.registry.close(c, reason);
         closed++;

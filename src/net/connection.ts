@@ -296,33 +296,37 @@ function judged(
     return names;
   };
   let dnsName: string | null = null;
+  /** The chain of the name chosen (dnsName), judged again with it on a policy change (live.aliases). */
+  let dnsAliases: readonly string[] = [];
   const judge = (address: string): Verdict => {
     const chain = policyNow();
     const names = o.name === null ? remembered() : [];
     if (names.length === 0) return verdict(chain, { name: o.name, ip: address, port });
     o.dnsNames = names.map((n) => n.name);
     o.matchedBy = 'dns';
-    let chosen: { name: string; d: Verdict } | null = null;
+    let chosen: { name: string; aliases: readonly string[]; d: Verdict } | null = null;
     for (let i = names.length - 1; i >= 0; i--) {
       const { name, aliases } = names[i]!;
       let d = verdict(chain, { name, ip: address, port });
       if (d.verdict === 'allow') {
         const denied = deniedAlias(chain, aliases, address, port);
         if (denied === null) {
-          chosen = { name, d };
+          chosen = { name, aliases, d };
           break;
         }
         d = denied;
       }
-      chosen ??= { name, d };
+      chosen ??= { name, aliases, d };
     }
     dnsName = chosen!.name;
+    dnsAliases = chosen!.aliases;
     return { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
   };
   const decision = judge(ip);
   let facts: Facts = { name: o.name ?? dnsName, ip, port };
   live.ticket?.decided();
   live.facts = facts;
+  if (o.name === null) live.aliases = dnsAliases;
   if (decision.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, decision);
   admit(o, decision);
 
@@ -355,6 +359,7 @@ function judged(
     // the aliases alone, not the whole target (a held connection keeps what its closures name).
     const aliases = target.aliases;
     if (aliases !== undefined) {
+      live.aliases = aliases;
       const denied = deniedAlias(policyNow(), aliases, ip, port);
       if (denied?.verdict === 'refuse') return refuse(socket, live, o.protocol, config, o, denied);
       if (denied !== null) admit(o, denied);
@@ -390,6 +395,7 @@ function judged(
         o.dialed = address;
         facts = { name: o.name ?? dnsName, ip: address, port };
         live.facts = facts;
+        if (o.name === null) live.aliases = dnsAliases;
       },
       recheck: (address) => {
         let v = judge(address);
@@ -547,7 +553,7 @@ function clientGone(socket: ClientSide, o: ConnectionOutcome, how: GoneHow): voi
  * reports it; null when none. An alias no rule names (a CDN's) is no reason, as the DNS listener
  * judges a chain (dns/service.ts #deniedTarget).
  */
-function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: string, port: number): Verdict | null {
+export function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: string, port: number): Verdict | null {
   let would: Verdict | null = null;
   for (const alias of aliases) {
     // As the listener judged it: an alias that is no host name, as a child of the one above it.

@@ -52,6 +52,11 @@ export class LiveConnection implements Closing {
   readonly outcome: ConnectionOutcome;
   /** What the verdict was made on; null until the decision. */
   facts: Facts | null = null;
+  /**
+   * The alias chain the verdict was made on (the remembered name's, or the dial's lookup), judged
+   * again with `facts` on a change (net/connection.ts deniedAlias); null when there is none.
+   */
+  aliases: readonly string[] | null = null;
   closeReason?: RejudgeReason | 'shutdown';
   onClose: (() => void) | null = null;
   #closed = false;

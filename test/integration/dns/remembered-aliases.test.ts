@@ -22,6 +22,7 @@ const A = '127.0.0.2';
 const EDGE = '127.0.0.1';
 const MIRROR = '127.0.0.6';
 const ODD = '127.0.0.7';
+const HELD = '127.0.0.8';
 
 /** Answer sections by question name, whatever the type asked; NXDOMAIN for any other name. */
 const ZONE: Record<string, Answer[]> = {
@@ -33,6 +34,10 @@ const ZONE: Record<string, Answer[]> = {
     { name: 'dn.allowed.test', type: 'DNAME', ttl: 60, data: 'mirror.test' },
     { name: 'www.dn.allowed.test', type: 'CNAME', ttl: 60, data: 'www.mirror.test' },
     { name: 'www.mirror.test', type: 'A', ttl: 60, data: MIRROR },
+  ],
+  'held.allowed.test': [
+    { name: 'held.allowed.test', type: 'CNAME', ttl: 60, data: 'edge.held-cdn.test' },
+    { name: 'edge.held-cdn.test', type: 'A', ttl: 60, data: HELD },
   ],
   // An alias that is no host name (a byte no host name has, RFC 2181 §11 allows it in a label).
   'odd.allowed.test': [
@@ -57,6 +62,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
   let edge: Awaited<ReturnType<typeof greeter>>;
   let mirror: Awaited<ReturnType<typeof greeter>>;
   let odd: Awaited<ReturnType<typeof greeter>>;
+  let held: { server: Server; port: number };
   const api = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
   // allow-all, where a sandbox's own deny rules decide (docs/dialects.md: one side per mode); a
   // nameless connection to an address it was given is judged by the names that gave it.
@@ -67,6 +73,13 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     edge = await greeter(EDGE);
     mirror = await greeter(MIRROR);
     odd = await greeter(ODD);
+    // Greets and holds the connection open: a spliced connection a policy change must judge.
+    const holder = createServer((s) => {
+      s.on('error', () => {});
+      s.write('hello\n');
+    });
+    await new Promise<void>((r) => holder.listen(0, HELD, r));
+    held = { server: holder, port: (holder.address() as AddressInfo).port };
     d = await startLoopbackDaemon(
       loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 1000 }, upstream: { dial: 'resolved', connectTimeoutMs: 1000 } }),
     );
@@ -78,6 +91,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     edge?.server.close();
     mirror?.server.close();
     odd?.server.close();
+    held?.server.close();
   });
 
   const dig = (name: string): Promise<string> => digFrom(d.daemon.dnsListeners[0]!.port!, A, name, 'A');
@@ -171,5 +185,33 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     const namedLine = await named;
     expect(field(namedLine, 'egressd.verdict')).toBe('would-refuse');
     expect(field(namedLine, 'rule.name')).toBe('alias "edge.cdn.test": denied_domains "*.cdn.test"');
+  });
+
+  it('closes a held connection, nameless or presenting the name, when a deny rule comes for an alias of its chain', async () => {
+    expect((await api('PUT', '/api/v1/sandboxes/sb-a', { sources: [A], network: allowed })).status).toBeLessThan(300);
+    expect(await dig('held.allowed.test')).toMatch(/status: NOERROR/);
+    d.route(A, HELD, held.port);
+    /** A connection that got its greeting and is held open, and when it closes. */
+    const open = async (bytes: string): Promise<{ closed: Promise<void> }> => {
+      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      s.on('error', () => {});
+      const closed = new Promise<void>((r) => s.on('close', () => r()));
+      s.on('connect', () => {
+        if (bytes) s.write(bytes);
+      });
+      await new Promise<void>((r, j) => {
+        s.once('data', () => r());
+        void closed.then(() => j(new Error('closed before its greeting')));
+      });
+      // An async function's promise would take on `closed` itself: handed back inside an object.
+      return { closed };
+    };
+    const nameless = (await open('')).closed;
+    const named = (await open('GET / HTTP/1.1\r\nHost: held.allowed.test\r\n\r\n')).closed;
+    const deny = { ...allowed, egress: { denied_domains: ['*.held-cdn.test'] } };
+    expect((await api('PUT', '/api/v1/sandboxes/sb-a/network', deny)).status).toBe(200);
+    const within = (p: Promise<void>) => Promise.race([p.then(() => 'closed'), new Promise((r) => setTimeout(() => r('open'), 3000))]);
+    expect(await within(nameless)).toBe('closed');
+    expect(await within(named)).toBe('closed');
   });
 });
