@@ -117,7 +117,13 @@ export class ResolvedNames {
    * alone, as any the sandbox learned elsewhere, rather than by a name whose chain was cut.
    */
   remember(sandbox: string, name: string, addresses: readonly string[], ttlS: number, aliases: readonly string[] = NO_ALIASES): void {
-    if (addresses.length === 0 || aliases.length > MAX_ALIASES) return;
+    if (addresses.length === 0) return;
+    if (aliases.length > MAX_ALIASES) {
+      // An earlier answer's shorter chain no longer is what the name leads to: the name is
+      // forgotten for these addresses rather than judged by a chain it left.
+      this.#forgetName(sandbox, name, addresses);
+      return;
+    }
     // Kept as judged (match/names.ts judgedDnsName), which is all a deny rule is matched against:
     // ASCII of at most 255 characters, one byte of heap each as entryBytes counts them. An alias as
     // the upstream wrote it may hold any byte, and dns-packet reads a label's bytes as UTF-8, an
@@ -155,6 +161,18 @@ export class ResolvedNames {
       // its bytes.
       table.delete(a);
       table.set(a, names);
+    }
+  }
+
+  #forgetName(sandbox: string, name: string, addresses: readonly string[]): void {
+    const table = this.#bySandbox.get(sandbox);
+    if (!table) return;
+    for (const a of addresses) {
+      const names = table.peek(a);
+      if (!names?.delete(name)) continue;
+      // Stored again so that lru-cache sizes it anew (as remember does); an empty entry goes.
+      table.delete(a);
+      if (names.size > 0) table.set(a, names);
     }
   }
 

@@ -95,6 +95,17 @@ describe('ResolvedNames', () => {
       Array.from({ length: 13 }, (_, i) => `h${i}.cdn.test`),
     );
     expect(m.namesFor('a', '198.18.1.11')).toEqual([]);
+    // Nor does an earlier answer's shorter chain stand for it: the name is forgotten there.
+    m.remember(
+      'a',
+      'www.x.test',
+      ['198.18.1.10', '198.18.1.12'],
+      60,
+      Array.from({ length: 13 }, (_, i) => `h${i}.cdn.test`),
+    );
+    expect(m.namesFor('a', '198.18.1.10')).toEqual(['plain.x.test']);
+    expect(m.namesFor('a', '198.18.1.12')).toEqual([]);
+    expect(m.total).toBe(1);
   });
 
   it('keeps each alias as a deny rule judges it: ASCII, one byte a character as the bytes count it', () => {
