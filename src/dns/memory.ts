@@ -17,6 +17,7 @@
 
 import { LRUCache } from 'lru-cache';
 import { judgedDnsName } from '../match/names.ts';
+import { MAX_CHAIN_ALIASES } from '../net/dns-client.ts';
 
 export interface ResolvedNamesOptions {
   /** Kept past a record's TTL (ms). */
@@ -31,12 +32,11 @@ export interface ResolvedNamesOptions {
 const NAMES_PER_ADDRESS = 16;
 
 /**
- * A chain of more aliases is not remembered: longer than a resolver follows (Unbound's iterator
- * restarts a query at most 8 times, MAX_RESTART_COUNT in iterator.h, which bounds its CNAME
- * chains), with room for DNAME targets; and short enough that one name with its chain fits an
- * entry's bytes (MAX_ENTRY_BYTES).
+ * A chain of more aliases is not remembered: the bound every path keeps (net/dns-client.ts
+ * MAX_CHAIN_ALIASES, longer than resolvers follow), short enough that one name with its chain
+ * fits an entry's bytes (MAX_ENTRY_BYTES).
  */
-export const MAX_ALIASES = 12;
+export const MAX_ALIASES = MAX_CHAIN_ALIASES;
 
 /**
  * When a name's entry expires (this clock's ms), with the aliases its chain ran through when it

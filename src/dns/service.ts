@@ -23,7 +23,7 @@ import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { cacheKey, clampTtlMs, type AddressCache } from '../net/dns-cache.ts';
-import { chainAliases, chainOwners, recordTtl } from '../net/dns-client.ts';
+import { chainAliases, chainOwners, MAX_CHAIN_ALIASES, recordTtl } from '../net/dns-client.ts';
 import { QueryTenants } from '../net/query-sockets.ts';
 import type { TenantKeyOf } from '../match/tenant-key.ts';
 
@@ -379,17 +379,22 @@ export class DnsService {
     let ttlMs = clampTtlMs(ttl);
     // The chain's aliases go with the addresses: a connection dialed from this entry judges them
     // as this listener did before answering (#deniedTarget), whichever sandbox asked.
-    const aliases = chainAliases(name, a.answers);
+    // A chain past MAX_CHAIN_ALIASES is not shared: egressd's own lookup would not use it either
+    // (it fails as a resolver's does), and every alias kept is judged on every connection.
+    const aliases = new Set(chainAliases(name, a.answers));
+    if (aliases.size > MAX_CHAIN_ALIASES) return;
     const old = cache.get(key);
-    if (old?.ok) {
+    // The other family's answer joins this one unless their chains together would pass the bound
+    // (an upstream answering each query with another chain): then this answer replaces it.
+    if (old?.ok && new Set([...aliases, ...(old.aliases ?? [])]).size <= MAX_CHAIN_ALIASES) {
       found.push(...old.addresses);
-      aliases.push(...(old.aliases ?? []));
+      for (const x of old.aliases ?? []) aliases.add(x);
       ttlMs = Math.min(ttlMs, cache.remainingMs(key));
     }
     const addresses = [...new Set(found)];
     cache.set(
       key,
-      aliases.length > 0 ? { ok: true, addresses, aliases: [...new Set(aliases)] } : { ok: true, addresses },
+      aliases.size > 0 ? { ok: true, addresses, aliases: [...aliases] } : { ok: true, addresses },
       ttlMs,
       tenants.fewest((t) => cache.heldBy(t)),
     );

@@ -196,10 +196,11 @@ export class AddressExchange {
     if (rcode === 0) {
       const owners = chainOwners(this.#name, m.answers ?? []);
       const records = addressRecords(owners, type, m.answers ?? []);
-      return this.#settle(
-        type,
-        records.length > 0 ? { ok: true, records, aliases: chainAliases(this.#name, m.answers ?? []) } : { ok: false, cause: 'nodata' },
-      );
+      if (records.length === 0) return this.#settle(type, { ok: false, cause: 'nodata' });
+      const aliases = chainAliases(this.#name, m.answers ?? []);
+      // A chain longer than resolvers follow is a server failure, as theirs is (MAX_CHAIN_ALIASES).
+      if (aliases.length > MAX_CHAIN_ALIASES) return this.#settle(type, { ok: false, cause: 'servfail' });
+      return this.#settle(type, { ok: true, records, aliases });
     }
     // RFC 8020: NXDOMAIN is final. SERVFAIL and REFUSED are one server's trouble: ask the others.
     if (rcode === 3) return this.#settle(type, { ok: false, cause: 'nxdomain' });
@@ -299,6 +300,18 @@ export function chainOwners(name: string, answers: readonly packet.Answer[]): Se
   }
   return owners;
 }
+
+/**
+ * The most aliases (CNAME and DNAME targets, chainAliases) a name's chain may run through to be
+ * used: every one is judged against the policy on every connection to the name, so the bound is
+ * the CPU one answer can cost each connection. Resolvers stop following a chain at about this
+ * length and answer SERVFAIL: Unbound restarts a query a fixed number of times (MAX_RESTART_COUNT
+ * in iterator.h, 8 until a Microsoft login name with 9 CNAMEs failed: NLnetLabs/unbound#438,
+ * which raised it). Past the bound egressd's own
+ * lookup is a server failure (the connection is refused `dns-failure`), the DNS listener does
+ * not share the answer with the data path, and the DNS memory does not keep the name.
+ */
+export const MAX_CHAIN_ALIASES = 12;
 
 /**
  * The aliases an answer to `name` ran through, as every path judges them (the DNS listener before

@@ -11,7 +11,7 @@
 // descriptors no one's place in the limits counts any more.
 
 import { getServers } from 'node:dns';
-import { AddressExchange, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
+import { AddressExchange, MAX_CHAIN_ALIASES, parseDnsServer, type DnsFailure, type DnsServer, type FamilyAnswer } from './dns-client.ts';
 import { AddressCache, cacheKey, clampTtlMs, dialableAddresses, type CachedAnswer } from './dns-cache.ts';
 import { QuerySockets, QueryTenants, TenantPlaces } from './query-sockets.ts';
 
@@ -300,6 +300,8 @@ function combine(a: FamilyAnswer, aaaa: FamilyAnswer, negativeTtlMs: number): { 
   if (records.length > 0) {
     const ttlMs = clampTtlMs(Math.min(...records.map((r) => r.ttl)));
     const aliases = [...new Set([...(a.ok ? a.aliases : []), ...(aaaa.ok ? aaaa.aliases : [])])];
+    // Each family's chain is within the bound (dns-client.ts); two different ones together may not be.
+    if (aliases.length > MAX_CHAIN_ALIASES) return { entry: { ok: false, cause: 'servfail' }, ttlMs: 0 };
     const addresses = dialableAddresses([...new Set(records.map((r) => r.address))]);
     return { entry: aliases.length > 0 ? { ok: true, addresses, aliases } : { ok: true, addresses }, ttlMs };
   }

@@ -51,6 +51,18 @@ const ZONE: Record<string, Answer[]> = {
   ],
 };
 
+/** `name` → hop1.chain.test → … → hop`n`.chain.test → HOST: a chain of n aliases, none of them denied. */
+function longChain(name: string, n: number): Answer[] {
+  const hop = (i: number): string => `hop${i}.${name.split('.')[0]}.chain.test`;
+  const out: Answer[] = [{ name, type: 'CNAME', ttl: 60, data: hop(1) }];
+  for (let i = 1; i < n; i++) out.push({ name: hop(i), type: 'CNAME', ttl: 60, data: hop(i + 1) });
+  out.push({ name: hop(n), type: 'A', ttl: 60, data: HOST });
+  return out;
+}
+ZONE['twelve.other.test'] = longChain('twelve.other.test', 12);
+ZONE['thirteen.other.test'] = longChain('thirteen.other.test', 13);
+ZONE['shared13.other.test'] = longChain('shared13.other.test', 13);
+
 describe('a resolved name whose alias chain runs through a denied name', () => {
   let upstream: RecordedDns;
   let d: LoopbackDaemon;
@@ -146,6 +158,24 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
     expect(upstream.asked.slice(asked)).toEqual([]);
     expect(field(await lineFor(B, 'mirror.other.test'), 'rule.name')).toBe('alias "files.blocked.test": denied_domains "*.blocked.test"');
     expect(await request(C, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reached).toBe(before + 1);
+  });
+
+  // Every alias is judged on every connection to the name: a chain longer than resolvers follow
+  // (MAX_CHAIN_ALIASES, 12) made each connection cost as many verdicts as the upstream's answer
+  // held CNAMEs, from egressd's own lookup and from the DNS listener's shared answer alike.
+  it('refuses a name whose chain runs through more aliases than resolvers follow, from its own lookup and from the shared answer', async () => {
+    const before = reached;
+    expect(await request(C, 'twelve.other.test')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reached).toBe(before + 1);
+    expect(await request(C, 'thirteen.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+    expect(field(await lineFor(C, 'thirteen.other.test'), 'event.reason')).toBe('dns-failure');
+    if (haveDig) {
+      // The listener answers the sandbox as its upstream did; it does not hand the chain to the dial.
+      expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'shared13.other.test', 'A', '+short')).toContain(HOST);
+      expect(await request(C, 'shared13.other.test')).toMatch(/^HTTP\/1\.1 403 /);
+      expect(field(await lineFor(C, 'shared13.other.test'), 'event.reason')).toBe('dns-failure');
+    }
     expect(reached).toBe(before + 1);
   });
 
