@@ -328,4 +328,49 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       expect((await tcpAs(NOBODY, '::1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);
     });
   });
+
+  // kube-proxy and Docker put their NAT rules first when they start (kube-proxy: `-I PREROUTING 1
+  // -j KUBE-SERVICES`, or a table of its own under nftables): a DNAT evaluated before egressd's
+  // redirect takes the connection, and the sandbox reaches the DNAT's target unfiltered.
+  describe.each(['iptables', 'nft'] as const)('a NAT rule another tool adds later, with the %s backend', (backend) => {
+    const FPORTS = { http: 27080, tls: 27443, tcp: 27001 };
+    // A "service address" no host has, sent by the DNAT to the rig's echo server.
+    const SERVICE = '198.18.1.77';
+    const DNAT = ['-d', `${SERVICE}/32`, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${S4}:7000`];
+    let catcher: ChildProcess;
+    beforeAll(async () => {
+      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(FPORTS.http), String(FPORTS.tls), String(FPORTS.tcp)]);
+      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      await rig.redirect(FPORTS, { backend });
+    });
+    afterAll(async () => {
+      if (backend === 'nft') await rig.execIn('router', 'nft', ['delete', 'table', 'ip', 'foreign']);
+      else await rig.execIn('router', 'iptables', ['-t', 'nat', '-D', 'PREROUTING', ...DNAT]);
+      await ok(['--remove', '--backend', backend]);
+      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+    });
+    const toService = () => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, SERVICE, '80', '-'], { timeoutMs: 15_000 });
+
+    it('cannot take a sandbox connection from egressd', async () => {
+      if (backend === 'nft') {
+        // A table made after egressd's, its NAT chain at the usual dstnat priority.
+        const r = await rig.execIn('router', 'nft', ['-f', '-'], {
+          input: `table ip foreign {\n\tchain pre {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\t\tip daddr ${SERVICE} tcp dport 80 dnat to ${S4}:7000\n\t}\n}\n`,
+        });
+        expect(r.code, r.stderr).toBe(0);
+        expect((await toService()).stdout).toBe(`caught ${FPORTS.http}\n`);
+      } else {
+        const r = await rig.execIn('router', 'iptables', ['-t', 'nat', '-I', 'PREROUTING', '1', ...DNAT]);
+        expect(r.code, r.stderr).toBe(0);
+      }
+      // Applying again, as an operator repairs: egressd's jump goes back in front, and only one.
+      await rig.redirect(FPORTS, { backend });
+      expect((await toService()).stdout).toBe(`caught ${FPORTS.http}\n`);
+      if (backend === 'iptables') {
+        const nat = (await rig.execIn('router', 'iptables-save', ['-t', 'nat'])).stdout;
+        expect(nat.split('\n').filter((l) => l.startsWith('-A PREROUTING '))[0]).toBe('-A PREROUTING -j EGRESSD-PREROUTING');
+        expect(nat.split('\n').filter((l) => l === '-A PREROUTING -j EGRESSD-PREROUTING')).toHaveLength(1);
+      }
+    });
+  });
 });

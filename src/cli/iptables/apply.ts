@@ -66,23 +66,26 @@ export async function must(run: Runner, cmd: string, args: readonly string[], in
 
 export const ALL_IPTABLES_CHAINS: ReadonlySet<string> = new Set(Object.values(CHAINS).map((c) => c.iptables));
 
-export async function removeIptablesChains(run: Runner, family: Family, chains: Readonly<Record<Table, ReadonlySet<string>>>): Promise<void> {
+/** The nat and filter tables of one family, as `iptables-save -t TABLE` prints them. */
+async function saveTables(run: Runner, family: Family): Promise<Record<Table, string>> {
   const save = family === 4 ? 'iptables-save' : 'ip6tables-save';
-  const saved = {
+  return {
     nat: (await must(run, save, ['-t', 'nat'])).stdout,
     filter: (await must(run, save, ['-t', 'filter'])).stdout,
   };
+}
+
+export async function removeIptablesChains(run: Runner, family: Family, chains: Readonly<Record<Table, ReadonlySet<string>>>): Promise<void> {
+  const saved = await saveTables(run, family);
   const input = renderIptablesRemoval(saved, chains);
   if (input !== null) await must(run, family === 4 ? 'iptables-restore' : 'ip6tables-restore', ['-w', '10', '--noflush'], input);
 }
 
 export async function applyIptables(run: Runner, rs: RuleSet): Promise<void> {
   const tool = rs.family === 4 ? 'iptables' : 'ip6tables';
-  await must(run, `${tool}-restore`, ['-w', '10', '--noflush'], renderIptablesRestore(rs));
-  for (const [table, builtin, chain] of iptablesJumps(rs)) {
-    const check = await run(tool, ['-w', '10', '-t', table, '-C', builtin, '-j', chain]);
-    if (check.code !== 0) await must(run, tool, ['-w', '10', '-t', table, '-I', builtin, '1', '-j', chain]);
-  }
+  // The chains and their jumps, each table in one transaction; a rule that changed between the
+  // save and the restore fails the restore, which then changes nothing in that table.
+  await must(run, `${tool}-restore`, ['-w', '10', '--noflush'], renderIptablesRestore(rs, await saveTables(run, rs.family)));
   // The other mode's chains, left by an earlier --apply, would still catch traffic. EGRESSD-OUTPUT
   // names a chain in both nat and filter, so staleness is decided per table.
   const staleIn = (table: Table): ReadonlySet<string> => {

@@ -30,8 +30,13 @@ function iptablesTarget(t: Target, family: Family): string[] {
   }
 }
 
-/** The input for `iptables-restore --noflush`: declaring a chain creates it or flushes it. */
-export function renderIptablesRestore(rs: RuleSet): string {
+/**
+ * The input for `iptables-restore --noflush`: declaring a chain creates it or flushes it. Given
+ * the tables as `iptables-save -t TABLE` prints them now, each table's transaction also makes
+ * egressd's jump the first rule of its built-in chain (jumpPlacement); without them (the printed
+ * script) the jumps are left to the script's own `-C || -I` lines.
+ */
+export function renderIptablesRestore(rs: RuleSet, saved?: Readonly<Record<Table, string>>): string {
   const out: string[] = [];
   for (const table of ['nat', 'filter'] as const) {
     const chains = rs.chains.filter((c) => CHAINS[c.id].table === table);
@@ -41,9 +46,31 @@ export function renderIptablesRestore(rs: RuleSet): string {
     for (const c of chains) {
       for (const r of c.rules) out.push(['-A', CHAINS[c.id].iptables, ...iptablesMatch(r.match), ...iptablesTarget(r.target, rs.family)].join(' '));
     }
+    if (saved !== undefined) {
+      for (const [t, builtin, chain] of iptablesJumps(rs)) if (t === table) out.push(...jumpPlacement(saved[table], builtin, chain));
+    }
     out.push('COMMIT');
   }
   return `${out.join('\n')}\n`;
+}
+
+/**
+ * The restore lines that leave exactly one `-A BUILTIN -j CHAIN`, as the first rule of BUILTIN,
+ * given the table as `iptables-save` printed it: none when it is so already. Rules in front of
+ * egressd's jump decide first (kube-proxy and Docker insert theirs at the top when they start: a
+ * DNAT there sends a sandbox's connection past egressd, an ACCEPT in FORWARD lets its UDP out), so
+ * applying again moves the jump back in front. Deleting and inserting in one transaction leaves
+ * no moment without the jump.
+ */
+function jumpPlacement(saved: string, builtin: BuiltinChain, chain: string): string[] {
+  const jump = `-A ${builtin} -j ${chain}`;
+  const rules = saved
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter((l) => l.startsWith(`-A ${builtin} `));
+  const mine = rules.filter((l) => l === jump).length;
+  if (mine === 1 && rules[0] === jump) return [];
+  return [...Array.from({ length: mine }, () => `-D ${builtin} -j ${chain}`), `-I ${builtin} 1 -j ${chain}`];
 }
 
 /** The jumps from built-in chains: `[table, builtin, chain name]`. */

@@ -30,6 +30,16 @@ function nftTarget(t: Target, family: Family): string {
   }
 }
 
+/**
+ * The NAT chains' priority: before "dstnat" (-100), where kube-proxy, Docker and iptables-nft's
+ * own nat table hook in. The first NAT a connection meets is the only one it gets, and chains of
+ * equal priority run newest first: at -100, a table another tool made after egressd's (kube-proxy
+ * starting after the init container) DNATs a sandbox's connection to a service address past
+ * egressd. Filter chains need no such care: a reject in any table is final. Spelled as a number
+ * because nft 1.0 rejects "dstnat - 10" on the output hook; still after conntrack (-200).
+ */
+export const NAT_PRIORITY = -110;
+
 const NFT_HOOK: Readonly<Record<BuiltinChain, string>> = { PREROUTING: 'prerouting', INPUT: 'input', FORWARD: 'forward', OUTPUT: 'output' };
 
 export function nftTableName(family: Family): string {
@@ -49,8 +59,7 @@ export function renderNft(rs: RuleSet): string {
     const info = CHAINS[c.id];
     out.push(`\tchain ${info.nft} {`);
     if (info.hook !== null) {
-      // -100 is "dstnat", spelled numerically because nft 1.0 rejects the name on the output hook.
-      const priority = info.table === 'nat' ? '-100' : '0';
+      const priority = info.table === 'nat' ? String(NAT_PRIORITY) : '0';
       out.push(`\t\ttype ${info.table} hook ${NFT_HOOK[info.hook]} priority ${priority}; policy accept;`);
     }
     for (const r of c.rules) out.push(`\t\t${[...nftMatch(r.match, rs.family), nftTarget(r.target, rs.family)].join(' ')}`);

@@ -331,7 +331,7 @@ describe('renderNft', () => {
         '\t\tmeta l4proto udp reject with icmpv6 type port-unreachable',
         '\t}',
         '\tchain nat_prerouting {',
-        '\t\ttype nat hook prerouting priority -100; policy accept;',
+        '\t\ttype nat hook prerouting priority -110; policy accept;',
         '\t\tiifname "veth*" meta l4proto tcp jump redirect_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp jump redirect_tcp',
         '\t}',
@@ -406,18 +406,28 @@ describe('iptablesCommand', () => {
     expect(r.stdout).not.toContain('ip6tables');
   });
 
-  it('inserts a jump from a built-in chain only when the -C check finds none', async () => {
-    const present = new Set(['INPUT']);
-    const { calls, run } = recorder((cmd, args) => {
-      if (cmd === 'iptables' && args.includes('-C')) return { code: present.has(args[args.indexOf('-C') + 1]!) ? 0 : 1 };
-      return { code: 0, stdout: '' };
-    });
+  it('puts each jump first in its built-in chain, once, in the same transaction as the chains, and leaves one already first alone', async () => {
+    const saved = {
+      // Another tool's rule went in front of the jump, which a racing apply also added twice.
+      nat: '*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d 10.96.0.1/32 -p tcp -j DNAT --to-destination 10.0.0.5:443\n-A PREROUTING -j EGRESSD-PREROUTING\n-A PREROUTING -j EGRESSD-PREROUTING\nCOMMIT\n',
+      // INPUT's jump is first (after the policy line); FORWARD has none yet.
+      filter: '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n-A INPUT -j EGRESSD-INPUT\n-A INPUT -p icmp -j ACCEPT\n-A FORWARD -j DOCKER-USER\nCOMMIT\n',
+    };
+    const { calls, run } = recorder((cmd, args) => (cmd === 'iptables-save' ? { code: 0, stdout: saved[args[1] as 'nat' | 'filter'] } : { code: 0 }));
     const r = await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4'], run);
-    expect(r.code).toBe(0);
-    expect(calls[0]).toMatchObject({ cmd: 'iptables-restore', args: ['-w', '10', '--noflush'] });
-    expect(calls[0]!.input).toContain(':EGRESSD-PREROUTING - [0:0]');
-    const inserts = calls.filter((c) => c.args.includes('-I')).map((c) => c.args.join(' '));
-    expect(inserts).toEqual(['-w 10 -t nat -I PREROUTING 1 -j EGRESSD-PREROUTING', '-w 10 -t filter -I FORWARD 1 -j EGRESSD-FORWARD']);
+    expect(r.code, r.stderr).toBe(0);
+    const restore = calls.find((c) => c.cmd === 'iptables-restore')!;
+    expect(restore.args).toEqual(['-w', '10', '--noflush']);
+    const [nat, filter] = restore.input!.split('COMMIT\n');
+    expect(nat).toContain(':EGRESSD-PREROUTING - [0:0]');
+    expect(nat!.split('\n').filter((l) => /^-[DI] /.test(l))).toEqual([
+      '-D PREROUTING -j EGRESSD-PREROUTING',
+      '-D PREROUTING -j EGRESSD-PREROUTING',
+      '-I PREROUTING 1 -j EGRESSD-PREROUTING',
+    ]);
+    expect(filter!.split('\n').filter((l) => /^-[DI] /.test(l))).toEqual(['-I FORWARD 1 -j EGRESSD-FORWARD']);
+    // No separate -C/-I commands: the jumps are in the restore's transactions.
+    expect(calls.filter((c) => c.cmd === 'iptables')).toEqual([]);
   });
 
   it("on apply, takes out the other mode's chains left by an earlier apply", async () => {
