@@ -373,4 +373,57 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       }
     });
   });
+
+  // Whatever got ahead of egressd's redirect (a DNAT of a tool that started since the last
+  // --apply, one placed deliberately earlier) or predates it (a connection the sandbox opened
+  // before the rules went in: NAT is decided at a connection's first packet), a sandbox's TCP that
+  // was not redirected to egressd must not be forwarded.
+  describe.each(['iptables', 'nft'] as const)('TCP that escaped the redirect, with the %s backend', (backend) => {
+    const FPORTS = { http: 28080, tls: 28443, tcp: 28001 };
+    const SERVICE = '198.18.1.78';
+    const DNAT = ['-d', `${SERVICE}/32`, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${S4}:7000`];
+    // Connects, says "connected", then sends each line of its stdin and reports what comes back.
+    const HELD_CLIENT = `
+const s = require('node:net').connect({ host: process.argv[1], port: Number(process.argv[2]) });
+s.on('connect', () => console.log('connected'));
+process.stdin.setEncoding('utf8').on('data', (d) => s.write(d));
+s.on('data', (d) => { console.log('got ' + String(d).trim()); process.exit(0); });
+s.on('error', (e) => { console.log('error ' + e.code); process.exit(0); });
+s.on('close', () => { console.log('closed'); process.exit(0); });
+setTimeout(() => { console.log('timeout'); process.exit(0); }, 10000).unref();
+`;
+    const echoAccepts = (): number => rig.events().filter((e) => e.event === 'accept' && e.local === `${S4}:7000`).length;
+    afterAll(async () => {
+      if (backend === 'nft') await rig.execIn('router', 'nft', ['delete', 'table', 'ip', 'foreign']);
+      else await rig.execIn('router', 'iptables', ['-t', 'nat', '-D', 'PREROUTING', ...DNAT]);
+      await ok(['--remove', '--backend', backend]);
+    });
+
+    it('is reset when a DNAT ahead of egressd would send it elsewhere', async () => {
+      await rig.redirect(FPORTS, { backend });
+      // In front of egressd's NAT: inserted after the apply (iptables), or at an earlier priority (nft).
+      const r =
+        backend === 'nft'
+          ? await rig.execIn('router', 'nft', ['-f', '-'], {
+              input: `table ip foreign {\n\tchain pre {\n\t\ttype nat hook prerouting priority -120; policy accept;\n\t\tip daddr ${SERVICE} tcp dport 80 dnat to ${S4}:7000\n\t}\n}\n`,
+            })
+          : await rig.execIn('router', 'iptables', ['-t', 'nat', '-I', 'PREROUTING', '1', ...DNAT]);
+      expect(r.code, r.stderr).toBe(0);
+      const before = echoAccepts();
+      const c = await rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, SERVICE, '80', '-', 'x'], { timeoutMs: 15_000 });
+      expect(c.stderr).toMatch(/ECONNREFUSED|ECONNRESET/);
+      expect(echoAccepts()).toBe(before);
+    });
+
+    it('cuts a connection the sandbox opened before the rules went in', async () => {
+      await ok(['--remove', '--backend', backend]);
+      const client = rig.spawnIn('sandbox', NODE, ['-e', HELD_CLIENT, S4, '7000']);
+      const lines = createInterface({ input: client.stdout! });
+      const next = (): Promise<string> => new Promise((got) => lines.once('line', got));
+      expect(await next()).toBe('connected');
+      await rig.redirect(FPORTS, { backend });
+      client.stdin!.write('ping\n');
+      expect(await next()).toMatch(/^error (ECONNRESET|EPIPE)$/);
+    });
+  });
 });

@@ -12,6 +12,12 @@ function iptablesMatch(m: Match): string[] {
   if (m.protocol !== undefined) a.push('-p', m.protocol);
   if (m.dport !== undefined) a.push('--dport', String(m.dport));
   if (m.uid !== undefined) a.push('-m', 'owner', '--uid-owner', String(m.uid));
+  if (m.originalDirection !== undefined || m.originalDestination !== undefined || m.originalDport !== undefined) {
+    a.push('-m', 'conntrack');
+    if (m.originalDestination !== undefined) a.push('--ctorigdst', m.originalDestination);
+    if (m.originalDport !== undefined) a.push('--ctorigdstport', String(m.originalDport));
+    if (m.originalDirection !== undefined) a.push('--ctdir', 'ORIGINAL');
+  }
   return a;
 }
 
@@ -25,6 +31,8 @@ function iptablesTarget(t: Target, family: Family): string[] {
       return ['-j', 'REDIRECT', '--to-ports', String(t.port)];
     case 'reject':
       return ['-j', 'REJECT', '--reject-with', family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'];
+    case 'reset':
+      return ['-j', 'REJECT', '--reject-with', 'tcp-reset'];
     case 'drop':
       return ['-j', 'DROP'];
   }

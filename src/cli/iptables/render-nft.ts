@@ -12,6 +12,9 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.source !== undefined) a.push(`${ip} saddr ${m.source}`);
   if (m.destination !== undefined) a.push(`${ip} daddr ${m.destination}`);
   if (m.protocol !== undefined) a.push(m.dport !== undefined ? `${m.protocol} dport ${m.dport}` : `meta l4proto ${m.protocol}`);
+  if (m.originalDestination !== undefined) a.push(`ct original ${ip} daddr ${m.originalDestination}`);
+  if (m.originalDport !== undefined) a.push(`ct original proto-dst ${m.originalDport}`);
+  if (m.originalDirection !== undefined) a.push('ct direction original');
   return a;
 }
 
@@ -25,6 +28,8 @@ function nftTarget(t: Target, family: Family): string {
       return `redirect to :${t.port}`;
     case 'reject':
       return family === 4 ? 'reject with icmp type port-unreachable' : 'reject with icmpv6 type port-unreachable';
+    case 'reset':
+      return 'reject with tcp reset';
     case 'drop':
       return 'drop';
   }

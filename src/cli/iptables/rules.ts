@@ -46,7 +46,7 @@ export interface IptablesOptions {
   readonly backendGiven: boolean;
 }
 
-export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp';
+export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp' | 'tcp';
 
 interface ChainInfo {
   readonly table: Table;
@@ -65,6 +65,7 @@ export const CHAINS: Readonly<Record<ChainId, ChainInfo>> = Object.freeze({
   'filter-forward': { table: 'filter', hook: 'FORWARD', iptables: 'EGRESSD-FORWARD', nft: 'filter_forward' },
   'filter-output': { table: 'filter', hook: 'OUTPUT', iptables: 'EGRESSD-OUTPUT', nft: 'filter_output' },
   udp: { table: 'filter', hook: null, iptables: 'EGRESSD-UDP', nft: 'limit_udp' },
+  tcp: { table: 'filter', hook: null, iptables: 'EGRESSD-TCP', nft: 'unredirected_tcp' },
 });
 
 export interface Match {
@@ -75,6 +76,11 @@ export interface Match {
   readonly protocol?: 'tcp' | 'udp';
   readonly dport?: number;
   readonly uid?: number;
+  /** Only packets in the direction of the connection's first packet (conntrack's ORIGINAL). */
+  readonly originalDirection?: true;
+  /** The destination as the connection's first packet had it, before any NAT (conntrack's original tuple). */
+  readonly originalDestination?: string;
+  readonly originalDport?: number;
 }
 
 export type Target =
@@ -83,6 +89,8 @@ export type Target =
   | { readonly kind: 'redirect'; readonly port: number }
   /** ICMP (v6: ICMPv6) port unreachable: the client's connect fails at once instead of timing out. */
   | { readonly kind: 'reject' }
+  /** A TCP reset: the client's connect fails at once, and an open connection ends. */
+  | { readonly kind: 'reset' }
   | { readonly kind: 'drop' };
 
 export interface Rule {
@@ -148,9 +156,22 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     { match: { protocol: 'udp', dport: 443 }, target: { kind: 'reject' } },
     { match: { protocol: 'udp' }, target: { kind: options.udp } },
   ];
+  // TCP from a sandbox that reaches the forward path (host mode) or leaves for another host
+  // (sidecar mode) was not redirected to egressd: another tool's DNAT ran before egressd's redirect
+  // (kube-proxy and Docker put theirs first when they start), or the connection predates the
+  // rules (NAT is decided at a connection's first packet, so an --apply never catches a
+  // connection already open). It is reset, unless the redirect chain would have let it pass: the
+  // same exclusions, judged on the destination the connection was opened to.
+  const tcp: Rule[] = [
+    ...excluded.map((c): Rule => ({ match: { protocol: 'tcp', originalDestination: c }, target: { kind: 'return' } })),
+    ...options.excludePorts.map((p): Rule => ({ match: { protocol: 'tcp', originalDport: p }, target: { kind: 'return' } })),
+    ...dns.map((a): Rule => ({ match: { protocol: 'tcp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } })),
+    { match: { protocol: 'tcp' }, target: { kind: 'reset' } },
+  ];
   const chains: Chain[] = [
     { id: 'redirect', rules: redirect },
     { id: 'udp', rules: udp },
+    { id: 'tcp', rules: tcp },
   ];
   if (options.mode === 'host') {
     const selectors: Match[] = [
@@ -159,13 +180,16 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     ];
     const to = (protocol: 'tcp' | 'udp', chain: ChainId, dport?: number): Rule[] =>
       selectors.map((m) => ({ match: { ...m, protocol, ...(dport !== undefined ? { dport } : {}) }, target: { kind: 'jump', chain } }));
+    // Only the sandbox's own connections: the answers of a connection made to a sandbox (a
+    // platform reaching a service in it) travel in the reply direction and pass.
+    const unredirected: Rule[] = selectors.map((m) => ({ match: { ...m, protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'tcp' } }));
     // A redirected query reaches INPUT with the listener's port as its destination; only INPUT
     // (the host itself), never FORWARD, lets that port through.
     const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
     chains.push(
       { id: 'nat-prerouting', rules: [...(dnsPort === null ? [] : to('udp', 'redirect', 53)), ...to('tcp', 'redirect')] },
       { id: 'filter-input', rules: [...dnsIn, ...to('udp', 'udp')] },
-      { id: 'filter-forward', rules: to('udp', 'udp') },
+      { id: 'filter-forward', rules: [...to('udp', 'udp'), ...unredirected] },
     );
   } else {
     // REDIRECT in OUTPUT rewrites to a loopback address, so egressd's own dials (its uid) and
@@ -184,7 +208,16 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
           { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'redirect' } },
         ],
       },
-      { id: 'filter-output', rules: [...exempt, { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } }] },
+      {
+        id: 'filter-output',
+        rules: [
+          ...exempt,
+          { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } },
+          // A redirected connection goes to loopback, exempt above; the pod's answers to
+          // connections made to it travel in the reply direction.
+          { match: { protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'tcp' } },
+        ],
+      },
     );
   }
   return { family, mode: options.mode, chains };

@@ -133,10 +133,27 @@ describe('buildRuleSet', () => {
     expect(rs.chains.find((c) => c.id === 'udp')!.rules.at(-1)!.target).toEqual({ kind: 'reject' });
   });
 
+  it('resets TCP that was not redirected, except what the redirect chain lets pass, judged on the original destination', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--dns-server', '198.18.1.53', '--exclude-cidr', '10.96.0.0/12', '--exclude-port', '7000']), 4);
+    expect(chain(rs, 'tcp')).toEqual([
+      JSON.stringify([{ protocol: 'tcp', originalDestination: '10.96.0.0/12' }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp', originalDport: 7000 }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp', originalDestination: '198.18.1.53/32', originalDport: 53 }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp' }, { kind: 'reset' }]),
+    ]);
+    const text = renderIptablesRestore(rs);
+    expect(text).toContain('-A EGRESSD-TCP -p tcp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN');
+    expect(text).toContain('-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset');
+    expect(text).toContain('-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP');
+    const nft = renderNft(rs);
+    expect(nft).toContain('meta l4proto tcp ct original ip daddr 198.18.1.53/32 ct original proto-dst 53 return');
+    expect(nft).toContain('iifname "veth0" meta l4proto tcp ct direction original jump unredirected_tcp');
+  });
+
   it('in host mode, selects sandbox traffic by interface and by the sources of its own family only', () => {
     const o = options(['--interface', 'veth+', '--source', '10.0.0.0/8', '--source', '2001:db8:1::/48']);
     const v4 = buildRuleSet(o, 4);
-    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'udp']);
+    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'tcp', 'udp']);
     expect(chain(v4, 'nat-prerouting')).toEqual([
       JSON.stringify([
         { inInterface: 'veth+', protocol: 'tcp' },
@@ -147,8 +164,7 @@ describe('buildRuleSet', () => {
         { kind: 'jump', chain: 'redirect' },
       ]),
     ]);
-    expect(chain(v4, 'filter-forward')).toEqual(chain(v4, 'filter-input'));
-    expect(chain(v4, 'filter-forward')).toEqual([
+    const udpJumps = [
       JSON.stringify([
         { inInterface: 'veth+', protocol: 'udp' },
         { kind: 'jump', chain: 'udp' },
@@ -156,6 +172,19 @@ describe('buildRuleSet', () => {
       JSON.stringify([
         { source: '10.0.0.0/8', protocol: 'udp' },
         { kind: 'jump', chain: 'udp' },
+      ]),
+    ];
+    expect(chain(v4, 'filter-input')).toEqual(udpJumps);
+    // TCP that reaches FORWARD was not redirected: the sandbox's own connections go to the tcp chain.
+    expect(chain(v4, 'filter-forward')).toEqual([
+      ...udpJumps,
+      JSON.stringify([
+        { inInterface: 'veth+', protocol: 'tcp', originalDirection: true },
+        { kind: 'jump', chain: 'tcp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'tcp', originalDirection: true },
+        { kind: 'jump', chain: 'tcp' },
       ]),
     ]);
     expect(chain(buildRuleSet(o, 6), 'nat-prerouting')[1]).toContain('2001:db8:1::/48');
@@ -168,14 +197,21 @@ describe('buildRuleSet', () => {
       [6, '::1/128'],
     ] as const) {
       const rs = buildRuleSet(o, family);
-      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'udp']);
+      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'tcp', 'udp']);
       const exempt = [
         JSON.stringify([{ uid: 1337 }, { kind: 'return' }]),
         JSON.stringify([{ outInterface: 'lo' }, { kind: 'return' }]),
         JSON.stringify([{ destination: loopback }, { kind: 'return' }]),
       ];
       expect(chain(rs, 'nat-output')).toEqual([...exempt, JSON.stringify([{ protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }])]);
-      expect(chain(rs, 'filter-output')).toEqual([...exempt, JSON.stringify([{ protocol: 'udp' }, { kind: 'jump', chain: 'udp' }])]);
+      expect(chain(rs, 'filter-output')).toEqual([
+        ...exempt,
+        JSON.stringify([{ protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
+        JSON.stringify([
+          { protocol: 'tcp', originalDirection: true },
+          { kind: 'jump', chain: 'tcp' },
+        ]),
+      ]);
     }
   });
 });
@@ -292,13 +328,17 @@ describe('renderIptablesRestore', () => {
         'COMMIT',
         '*filter',
         ':EGRESSD-UDP - [0:0]',
+        ':EGRESSD-TCP - [0:0]',
         ':EGRESSD-INPUT - [0:0]',
         ':EGRESSD-FORWARD - [0:0]',
         '-A EGRESSD-UDP -d 198.18.1.53/32 -p udp --dport 53 -j RETURN',
         '-A EGRESSD-UDP -p udp --dport 443 -j REJECT --reject-with icmp-port-unreachable',
         '-A EGRESSD-UDP -p udp -j DROP',
+        '-A EGRESSD-TCP -p tcp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN',
+        '-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset',
         '-A EGRESSD-INPUT -i veth0 -p udp -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p udp -j EGRESSD-UDP',
+        '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP',
         'COMMIT',
         '',
       ].join('\n'),
@@ -330,6 +370,9 @@ describe('renderNft', () => {
         '\t\tudp dport 443 reject with icmpv6 type port-unreachable',
         '\t\tmeta l4proto udp reject with icmpv6 type port-unreachable',
         '\t}',
+        '\tchain unredirected_tcp {',
+        '\t\tmeta l4proto tcp reject with tcp reset',
+        '\t}',
         '\tchain nat_prerouting {',
         '\t\ttype nat hook prerouting priority -110; policy accept;',
         '\t\tiifname "veth*" meta l4proto tcp jump redirect_tcp',
@@ -344,6 +387,8 @@ describe('renderNft', () => {
         '\t\ttype filter hook forward priority 0; policy accept;',
         '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto tcp ct direction original jump unredirected_tcp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump unredirected_tcp',
         '\t}',
         '}',
         '',
