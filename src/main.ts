@@ -91,7 +91,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     };
     // SIGHUP re-reads the config file; an invalid file is refused and logged, and the running
     // configuration stays in force.
-    const reload = async (): Promise<void> => {
+    const reloadOnce = async (): Promise<void> => {
       if (file === null) {
         log.warn({ event: { action: 'reload-skipped' }, reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
         return;
@@ -112,7 +112,27 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => void reload());
+    // One reload at a time: reads that overlap can finish out of order (a large file, a slow
+    // disk), and the older file read last would win. A SIGHUP that comes during a reload asks for
+    // one more, after it, which reads the file as it is then; any number of them ask for one.
+    let reloading: Promise<void> | null = null;
+    let again = false;
+    const reload = (): void => {
+      if (reloading !== null) {
+        again = true;
+        return;
+      }
+      reloading = (async () => {
+        do {
+          again = false;
+          if (stopping) return;
+          await reloadOnce();
+        } while (again);
+      })().finally(() => {
+        reloading = null;
+      });
+    };
+    process.on('SIGHUP', reload);
   });
 }
 

@@ -2,9 +2,10 @@
 // SIGHUP re-reads the config file (a refused file changes nothing), the API cannot overwrite a
 // sandbox from the file, and a second process can take the ports over while the first drains.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -61,6 +62,33 @@ describe('the egressd process', () => {
     const metrics = await (await request(`${admin}/metrics`)).body.text();
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="ok"\} 1$/m);
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
+  });
+
+  // Two SIGHUPs close together (a config manager's and systemd's ExecReload): each reload reads
+  // the file, and a read can take long (a large file, a slow disk). The second signal's read of
+  // the newer file must not be overtaken by the first's read of the older one.
+  it('ends a SIGHUP storm on the file as it last was, however long an earlier read took', async () => {
+    const file = write(base());
+    const { d, admin } = await start(file);
+    const marker = (source: string) => base({ sandboxes: [{ id: 'sb-marker', sources: [source], network: { mode: 'allow-all' } }] });
+    // The first reload reads a FIFO: its read lasts until the test writes the older file into it.
+    const fifo = join(dir, 'slow.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    rmSync(file);
+    linkSync(fifo, file);
+    d.child.kill('SIGHUP');
+    const slow = await open(fifo, 'w'); // resolves once the daemon's read has opened it
+    // The newer file replaces the path atomically, and the second SIGHUP asks for it.
+    writeFileSync(`${file}.new`, JSON.stringify(marker('127.0.0.32')));
+    renameSync(`${file}.new`, file);
+    d.child.kill('SIGHUP');
+    // Room for a reload that does not wait its turn to apply the newer file first (it then
+    // logs it); one that waits logs nothing yet.
+    await Promise.race([d.waitFor((l) => action(l) === 'reload', 3000).catch(() => undefined), new Promise((r) => setTimeout(r, 1500))]);
+    await slow.writeFile(JSON.stringify(marker('127.0.0.31')));
+    await slow.close();
+    await d.waitFor((l) => action(l) === 'reload' && d.lines.filter((x) => action(x) === 'reload').length >= 2);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-marker')).body).toMatchObject({ sources: ['127.0.0.32'] });
   });
 
   it('refuses (409) an API change to a sandbox the config file defines, and a source it owns', async () => {
