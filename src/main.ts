@@ -86,6 +86,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
       log.info({ event: { action: 'signal' }, signal, drainMs: daemon.config.shutdown.drainMs }, 'draining, then stopping');
       void daemon.stop(daemon.config.shutdown.drainMs).then(() => {
         log.flush();
+        stopped = true;
         resolve(0);
       });
     };
@@ -136,5 +137,13 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
   });
 }
 
+/** The daemon stopped on a signal: everything it owns is closed and its log written out. */
+let stopped = false;
+
 const { run } = buildProgram({ out, err, env: process.env, serve });
 process.exitCode = await run(process.argv.slice(2));
+// What the daemon gave up on may still hold the event loop: an OTLP export to a collector that
+// does not answer waits out the exporter's request timeout (10 s), while the listeners are
+// already closed and a replacement process waits for this one to go. The log's last lines are
+// written by its exit hook.
+if (stopped) process.exit();

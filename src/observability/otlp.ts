@@ -156,6 +156,14 @@ function reporting(exporter: PushMetricExporter, endpoint: string, log: Logger):
   };
 }
 
+/**
+ * The most the last export, on shutdown, may take before egressd stops without it. The listeners
+ * are closed by then: the sandboxes' connections are refused and a replacement process waits
+ * until this one is gone, so a collector that does not answer must not hold that up for the
+ * exporter's request timeout (10 s).
+ */
+export const OTLP_SHUTDOWN_MS = 3000;
+
 /** Starts pushing egressd's metrics to `settings.endpoint` every `settings.intervalMs`. */
 export function startOtlpExport(metrics: Metrics, settings: OtlpSettings, log: Logger): OtlpExport {
   const exporter = new OTLPMetricExporter({ url: settings.endpoint, temporalityPreference: AggregationTemporality.CUMULATIVE });
@@ -171,6 +179,12 @@ export function startOtlpExport(metrics: Metrics, settings: OtlpSettings, log: L
   });
   return {
     forceFlush: () => provider.forceFlush(),
-    shutdown: () => provider.shutdown(),
+    shutdown: () => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${OTLP_SHUTDOWN_MS} ms`)), OTLP_SHUTDOWN_MS);
+      });
+      return Promise.race([provider.shutdown(), late]).finally(() => clearTimeout(timer));
+    },
   };
 }

@@ -13,6 +13,7 @@ import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { watchDaemon, type DaemonProcess } from '../../helpers/daemon-process.ts';
 import { action, field } from '../../helpers/log-line.ts';
+import { OTLP_SHUTDOWN_MS } from '../../../src/observability/otlp.ts';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -138,6 +139,28 @@ describe('OTLP export of the metrics', () => {
     // Only egressd's own table goes out: no process_* or nodejs_* defaults.
     expect([...byName.keys()].every((n) => n.startsWith('egressd_'))).toBe(true);
   });
+
+  // SIGTERM closes the listeners first: until the process is gone, the sandboxes' connections are
+  // refused and its replacement waits (a DaemonSet's rolling update, systemd's restart). A
+  // collector that takes the final export and never answers must not hold that up for the
+  // export timeout (up to 30 s), nor past a grace period.
+  it('stops on SIGTERM without waiting out a collector that never answers the final export', async () => {
+    const held: IncomingMessage[] = [];
+    server = createServer((req) => held.push(req)); // reads nothing, answers nothing
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/v1/metrics`;
+    d = await start({ otlp: { endpoint: url, intervalMs: 60_000 } });
+    // The helper sends SIGKILL 8 s after SIGTERM: before the exporter's own request timeout (10 s)
+    // would end the export, well after OTLP_SHUTDOWN_MS.
+    const code = await d.stop('SIGTERM', 8_000);
+    // Stopped by itself (exit 0), after giving up on the export at its own bound, and said so.
+    expect(code).toBe(0);
+    expect(held.length).toBeGreaterThan(0);
+    const failed = d.lines.find((l) => action(l) === 'otlp-failed');
+    expect((failed?.['err'] as { message?: string } | undefined)?.message).toBe(`no answer within ${OTLP_SHUTDOWN_MS} ms`);
+    expect(d.lines.some((l) => action(l) === 'stopped')).toBe(true);
+  }, 40_000);
 
   it('is off by default: no export, no endpoint in the start line', async () => {
     const r = await receiver();
