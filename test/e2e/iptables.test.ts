@@ -327,6 +327,30 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       expect((await tcpAs(NOBODY, '127.0.0.1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);
       expect((await tcpAs(NOBODY, '::1', LOOPBACK_ONLY)).stdout).toBe(`caught ${LOOPBACK_ONLY}\n`);
     });
+
+    it("reset a connection that a NAT rule ahead of egressd's sent elsewhere", async () => {
+      const service = '198.18.1.79';
+      const dnat = ['-t', 'nat', 'OUTPUT', '-d', `${service}/32`, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${S4}:7000`];
+      const at = (op: string[]) => [...dnat.slice(0, 2), ...op, ...dnat.slice(3)];
+      const before = rig.events().filter((e) => e.event === 'accept' && e.local === `${S4}:7000`).length;
+      // iptables' nat OUTPUT sits at dstnat (-100); the nft backend's chain at -110 runs first,
+      // so the other tool's rule goes ahead of it in a chain of its own at -120.
+      const add =
+        backend === 'nft'
+          ? await rig.execIn('sandbox', 'nft', ['-f', '-'], {
+              input: `table ip foreign {\n\tchain out {\n\t\ttype nat hook output priority -120; policy accept;\n\t\tip daddr ${service} tcp dport 80 dnat to ${S4}:7000\n\t}\n}\n`,
+            })
+          : await rig.execIn('sandbox', 'iptables', at(['-I', 'OUTPUT', '1']));
+      expect(add.code, add.stderr).toBe(0);
+      try {
+        const c = await tcpAs(NOBODY, service, 80, 'x');
+        expect(c.stderr).toMatch(/ECONNREFUSED|ECONNRESET/);
+        expect(rig.events().filter((e) => e.event === 'accept' && e.local === `${S4}:7000`).length).toBe(before);
+      } finally {
+        if (backend === 'nft') await rig.execIn('sandbox', 'nft', ['delete', 'table', 'ip', 'foreign']);
+        else await rig.execIn('sandbox', 'iptables', at(['-D', 'OUTPUT']));
+      }
+    });
   });
 
   // kube-proxy and Docker put their NAT rules first when they start (kube-proxy: `-I PREROUTING 1

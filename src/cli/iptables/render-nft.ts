@@ -15,6 +15,7 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.originalDestination !== undefined) a.push(`ct original ${ip} daddr ${m.originalDestination}`);
   if (m.originalDport !== undefined) a.push(`ct original proto-dst ${m.originalDport}`);
   if (m.originalDirection !== undefined) a.push('ct direction original');
+  if (m.newConnection !== undefined) a.push('ct state new');
   return a;
 }
 

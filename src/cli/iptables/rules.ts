@@ -78,6 +78,8 @@ export interface Match {
   readonly uid?: number;
   /** Only packets in the direction of the connection's first packet (conntrack's ORIGINAL). */
   readonly originalDirection?: true;
+  /** Only a connection's first packet (conntrack's NEW: a SYN and its retransmissions). */
+  readonly newConnection?: true;
   /** The destination as the connection's first packet had it, before any NAT (conntrack's original tuple). */
   readonly originalDestination?: string;
   readonly originalDport?: number;
@@ -213,9 +215,11 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
         rules: [
           ...exempt,
           { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } },
-          // A redirected connection goes to loopback, exempt above; the pod's answers to
-          // connections made to it travel in the reply direction.
-          { match: { protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'tcp' } },
+          // A redirected connection goes to loopback, exempt above. Only opening packets: what
+          // the kernel sends for egressd's own connections without their socket (a reset for a
+          // closed one, a TIME_WAIT's ACK) carries no uid for the exemption, and a pod's
+          // connections all start after the rules (the init container runs first).
+          { match: { protocol: 'tcp', newConnection: true }, target: { kind: 'jump', chain: 'tcp' } },
         ],
       },
     );

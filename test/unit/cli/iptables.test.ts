@@ -208,7 +208,7 @@ describe('buildRuleSet', () => {
         ...exempt,
         JSON.stringify([{ protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
         JSON.stringify([
-          { protocol: 'tcp', originalDirection: true },
+          { protocol: 'tcp', newConnection: true },
           { kind: 'jump', chain: 'tcp' },
         ]),
       ]);
