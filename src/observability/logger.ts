@@ -93,6 +93,28 @@ export function createLogger(settings: LoggerSettings): Logger {
     );
   });
   drops.set(stream, dropped);
+  // A destination that fails a write (a full disk: ENOSPC, EDQUOT, EIO) must not stop egressd with
+  // it. Unheard, the stream's 'error' ends the process (pino re-emits every error but EPIPE), and
+  // sonic-boom's flushSync (4.2) retries a failed write forever whatever the error, so the exit
+  // hooks (this module's and pino's) then hang the process: it neither served nor exited, SIGTERM
+  // included. What failed waits in memory and is written when the destination takes writes again
+  // (past LOG_BUFFER_BYTES lines are dropped and counted, as for a slow destination); the first
+  // failure is told on standard error, the one channel left; while failing, an exit writes nothing.
+  let failing = false;
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (failing) return;
+    failing = true;
+    process.stderr.write(
+      `egressd: cannot write the log to ${typeof dest === 'string' ? dest : `fd ${dest}`}: ${e.code ?? e.message}; lines wait in memory (${LOG_BUFFER_BYTES} bytes at most, then they are dropped and counted)\n`,
+    );
+  });
+  stream.on('write', () => {
+    failing = false;
+  });
+  const flushSync = stream.flushSync.bind(stream);
+  stream.flushSync = () => {
+    if (!failing) flushSync();
+  };
   const batch = new LineBatch((text) => stream.write(text));
   process.once('exit', () => {
     try {

@@ -186,6 +186,42 @@ describe('the egressd process', () => {
     },
   );
 
+  // A log destination that fails every write (a full disk: /dev/full answers ENOSPC) must not take
+  // the filter down with it: the write error crashed the process, and the exit hooks' flushSync
+  // then retried the write forever, so the process neither served nor exited, not even on SIGTERM.
+  it('keeps serving while its log destination fails every write, says so on stderr, and stops on SIGTERM', async () => {
+    const port = await freePort();
+    const file = write(base({ log: { destination: '/dev/full' }, admin: { listen: `127.0.0.1:${port}`, token: TOKEN } }));
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = once(child, 'exit');
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    // A hung process accepts (the kernel's backlog) and never answers: each probe has its own deadline.
+    const up = (): Promise<boolean> =>
+      fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) }).then(
+        (r) => r.ok,
+        () => false,
+      );
+    try {
+      const until = Date.now() + 10_000;
+      while (Date.now() < until && !(await up())) await new Promise((r) => setTimeout(r, 50));
+      expect(await up()).toBe(true);
+      // More lines fail to be written (each API change is logged); it still answers.
+      for (let i = 0; i < 3; i++)
+        expect((await api(`http://127.0.0.1:${port}`, 'PUT', `/api/v1/sandboxes/sb-${i}`, { sources: [`127.0.0.4${i}`] })).status).toBe(201);
+      expect(await up()).toBe(true);
+      expect(stderr).toContain('/dev/full');
+      expect(stderr).toContain('ENOSPC');
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const [code] = (await exited) as [number | null];
+      clearTimeout(timer);
+      expect(code).toBe(0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  }, 60_000);
+
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
     const { existsSync, readFileSync } = await import('node:fs');
     const run = async (level: string): Promise<{ out: string; lines: LogLine[] }> => {
