@@ -4,6 +4,7 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
@@ -38,6 +39,17 @@ s.on('data', (d) => { got += d; });
 s.on('close', () => { process.stdout.write(got); process.exit(0); });
 s.on('error', (e) => { process.stderr.write(e.code || e.message); process.exit(2); });
 `;
+
+/**
+ * Stops a catcher and waits until it is gone: the next describe's catcher listens on the same
+ * ports, and one started while this one still held them never said "ready".
+ */
+async function stopCatcher(catcher: ChildProcess | undefined): Promise<void> {
+  if (catcher?.pid === undefined || catcher.exitCode !== null || catcher.signalCode !== null) return;
+  const gone = once(catcher, 'exit');
+  process.kill(catcher.pid, 'SIGTERM');
+  await gone;
+}
 
 const haveDig = spawnSync('dig', ['-v'], { stdio: 'ignore' }).status === 0;
 const skip = rigUnavailableReason() ?? (haveDig ? null : 'dig is missing (bash scripts/ensure-test-tools.sh installs bind9-dnsutils)');
@@ -204,7 +216,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     });
     afterAll(async () => {
       await ok(['--remove']);
-      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+      await stopCatcher(catcher);
     });
     const tcp = (host: string, port: number, send?: string) =>
       rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), '-', ...(send !== undefined ? [send] : [])], { timeoutMs: 15_000 });
@@ -252,7 +264,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     });
     afterAll(async () => {
       await ok(['--remove', '--backend', backend]);
-      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+      await stopCatcher(catcher);
     });
 
     const tcp = (host: string, port: number) => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port), '-'], { timeoutMs: 15_000 });
@@ -309,7 +321,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     });
     afterAll(async () => {
       await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--remove', '--backend', backend], { timeoutMs: 30_000 });
-      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+      await stopCatcher(catcher);
     });
 
     const tcpAs = (uid: string, host: string, port: number, send?: string) =>
@@ -371,7 +383,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       if (backend === 'nft') await rig.execIn('router', 'nft', ['delete', 'table', 'ip', 'foreign']);
       else await rig.execIn('router', 'iptables', ['-t', 'nat', '-D', 'PREROUTING', ...DNAT]);
       await ok(['--remove', '--backend', backend]);
-      if (catcher?.pid !== undefined && catcher.exitCode === null) process.kill(catcher.pid, 'SIGTERM');
+      await stopCatcher(catcher);
     });
     const toService = () => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, SERVICE, '80', '-'], { timeoutMs: 15_000 });
 
