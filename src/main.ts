@@ -29,6 +29,13 @@ function withEnv(config: Config): Config {
 }
 
 async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {
+  // SIGHUP's default action ends the process: one that comes while egressd starts (a reload sent
+  // just after a restart) asks for a reload once it serves instead.
+  let hupWhileStarting = false;
+  const hupEarly = (): void => {
+    hupWhileStarting = true;
+  };
+  process.on('SIGHUP', hupEarly);
   const file = values.config ?? null;
   let config: Config;
   try {
@@ -133,7 +140,9 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
         reloading = null;
       });
     };
+    process.off('SIGHUP', hupEarly);
     process.on('SIGHUP', reload);
+    if (hupWhileStarting) reload();
   });
 }
 

@@ -91,6 +91,50 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-marker')).body).toMatchObject({ sources: ['127.0.0.32'] });
   });
 
+  // SIGHUP's default action ends a process: one that came while egressd was starting (a config
+  // manager's reload just after a restart; systemd reloads a Type=simple unit as soon as it runs)
+  // killed it. It now asks for a reload once egressd serves.
+  it('survives a SIGHUP that comes while it starts, and reloads once it serves', async () => {
+    const fifo = join(dir, 'egressd.json');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', fifo], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const exited = once(child, 'exit');
+    // Opening a FIFO to write waits for its reader: the daemon reading its config. Should the
+    // daemon be gone instead, say so rather than wait for good.
+    const writer = async (step: string) => {
+      const gone = exited.then(([code, signal]) => {
+        throw new Error(`egressd exited (${String(code)}, ${String(signal)}) before reading its config ${step}; stderr: ${stderr}`);
+      });
+      return Promise.race([open(fifo, 'w'), gone]);
+    };
+    try {
+      // Start-up is reading its config: one of the daemon's threads waits in the FIFO's open for a
+      // writer (Linux shows it as wchan wait_for_partner).
+      const opening = (): boolean =>
+        spawnSync('sh', ['-c', `cat /proc/${child.pid}/task/*/wchan 2>/dev/null; echo`])
+          .stdout.toString()
+          .includes('wait_for_partner');
+      for (let i = 0; i < 400 && !opening(); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(opening()).toBe(true);
+      const slow = await writer('at start');
+      child.kill('SIGHUP');
+      await slow.writeFile(JSON.stringify(base()));
+      await slow.close();
+      const d = await watchDaemon(child);
+      // The reload reads the config file again: the FIFO, now written by the test once more.
+      const again = await writer('for the reload');
+      await again.writeFile(JSON.stringify(base({ sandboxes: [{ id: 'sb-after', sources: ['127.0.0.34'], network: { mode: 'allow-all' } }] })));
+      await again.close();
+      await d.waitFor((l) => action(l) === 'reload');
+      const admin = `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}`;
+      expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-after')).status).toBe(200);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  }, 60_000);
+
   it('refuses (409) an API change to a sandbox the config file defines, and a source it owns', async () => {
     const file = write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.22'], network: { mode: 'block-all' } }] }));
     const { d, admin } = await start(file);
