@@ -4,7 +4,7 @@ import { buildProgram } from './cli/program.ts';
 import { loadConfig } from './config/load.ts';
 import type { Config } from './config/schema.ts';
 import { Daemon } from './daemon.ts';
-import { createLogger, type Logger } from './observability/logger.ts';
+import { createLogger, reopenLogFile, type Logger } from './observability/logger.ts';
 import { releaseStartupMemory } from './limits/overload.ts';
 import { configureNativeSplice, dataPlaneFromEnv, nativeSpliceStatus } from './net/native-splice.ts';
 import { listenFailureHint } from './util/system-error.ts';
@@ -100,6 +100,9 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     // SIGHUP re-reads the config file; an invalid file is refused and logged, and the running
     // configuration stays in force.
     const reloadOnce = async (): Promise<void> => {
+      // A rotation (logrotate's postrotate sends SIGHUP) renamed the log file: lines from here on
+      // go to a new one at its path, the reload's among them.
+      reopenLogFile(log);
       if (file === null) {
         log.warn({ event: { action: 'reload-skipped' }, reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
         return;

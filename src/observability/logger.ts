@@ -76,6 +76,9 @@ export function createLogger(settings: LoggerSettings): Logger {
   // What the destination has not taken waits in memory, LOG_BUFFER_BYTES at most: past it a write
   // is dropped (sonic-boom's maxLength), counted, and told once the destination takes lines again.
   const stream = pino.destination({ dest: fd, sync: false, minLength: 0, maxLength: LOG_BUFFER_BYTES });
+  // sonic-boom reopens only a destination it knows by path (`reopen()` after a rotation); it was
+  // given the descriptor opened above, so it is told the path the descriptor came from.
+  if (typeof dest === 'string') (stream as unknown as { file: string }).file = dest;
   const dropped = { lines: 0, untold: 0 };
   stream.on('drop', (data: string | Buffer) => {
     const n = linesIn(data);
@@ -192,6 +195,21 @@ function linesIn(data: string | Buffer): number {
   if (typeof data === 'string') for (let i = data.indexOf('\n'); i >= 0; i = data.indexOf('\n', i + 1)) n++;
   else for (let i = data.indexOf(10); i >= 0; i = data.indexOf(10, i + 1)) n++;
   return n;
+}
+
+/**
+ * Reopens `log`'s destination file by its path, after a rotation renamed it (logrotate's
+ * `create`): lines written from now on go to the file at that path, created if missing. Those
+ * already handed over finish in the old file. False, doing nothing, when the destination is not a
+ * file createLogger opened (standard output). A failure to open is the stream's error: told on
+ * standard error, the old file kept.
+ */
+export function reopenLogFile(log: Logger): boolean {
+  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as { file?: unknown; reopen?: () => void } | undefined;
+  if (stream === undefined || !drops.has(stream) || typeof stream.file !== 'string' || typeof stream.reopen !== 'function') return false;
+  lineBatchOf(log)?.flush();
+  stream.reopen();
+  return true;
 }
 
 /** The lines `log`'s destination dropped so far for want of room (0 for a logger createLogger did not make). */

@@ -4,7 +4,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { linkSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -265,6 +265,32 @@ describe('the egressd process', () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   }, 60_000);
+
+  // logrotate's default (create): the file is renamed and a new one made, then the daemon is told
+  // (postrotate: systemctl reload, which sends SIGHUP). Lines after it belong in the new file.
+  it('reopens log.destination on SIGHUP, so that lines after a rotation go to the new file', async () => {
+    const logFile = join(dir, 'egressd.log');
+    const port = await freePort();
+    const file = write(base({ log: { destination: logFile }, admin: { listen: `127.0.0.1:${port}`, token: TOKEN } }));
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = once(child, 'exit');
+    const read = (f: string): string => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+    try {
+      for (let i = 0; i < 200 && !read(logFile).includes('"started"'); i++) await new Promise((r) => setTimeout(r, 50));
+      renameSync(logFile, `${logFile}.1`);
+      child.kill('SIGHUP');
+      for (let i = 0; i < 200 && !read(logFile).includes('"reload"') && !read(`${logFile}.1`).includes('"reload"'); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(read(logFile)).toContain('"reload"');
+      expect(read(`${logFile}.1`)).toContain('"started"');
+      expect(read(`${logFile}.1`)).not.toContain('"reload"');
+      child.kill('SIGTERM');
+      expect(((await exited) as [number])[0]).toBe(0);
+      expect(read(logFile)).toContain('"stopped"');
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
 
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
     const { existsSync, readFileSync } = await import('node:fs');
