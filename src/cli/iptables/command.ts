@@ -28,7 +28,15 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
     o.action !== 'remove' && o.dnsPort !== null && o.dnsServers.length > 0
       ? `egressd iptables: --dns-server is ignored while egressd's DNS listener is on (--dns-port ${o.dnsPort}): every query to port 53 is redirected to it, whatever server it addresses\n`
       : '';
-  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: note };
+  // The exemption is by uid alone: with egressd as root, whatever else runs as root in the
+  // namespace (a sandbox image's default user) leaves unfiltered. Allowed (a test rig, a pod
+  // whose sandbox is known to run as another user), never silently.
+  const rootNote =
+    o.action !== 'remove' && o.mode === 'sidecar' && o.uid === 0
+      ? "egressd iptables: --uid 0 exempts every process running as root in this namespace: a sandbox running as root (many images' default) leaves unfiltered; run egressd as a uid of its own (the image's is 10001)\n"
+      : '';
+  const notes = note + rootNote;
+  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: notes };
   const done: string[] = [];
   const removedBy: string[] = [];
   try {
@@ -52,7 +60,7 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   }
   const what = o.action === 'apply' ? `applied ${o.mode}-mode rules` : 'removed egressd rules';
   const how = o.action === 'remove' && !o.backendGiven ? [...new Set(removedBy)].join(', ') || 'none were installed' : o.backend;
-  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: note };
+  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: notes };
 }
 
 /**

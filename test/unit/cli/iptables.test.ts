@@ -273,6 +273,14 @@ describe('parseIptablesArgs', () => {
     expect(off.stderr).toBe('');
   });
 
+  it("warns on stderr that --uid 0 exempts every root process, the sandbox's too if it runs as root", async () => {
+    const root = await iptablesCommand(['--mode', 'sidecar', '--uid', '0'], recorder().run);
+    expect(root.code).toBe(0);
+    expect(root.stderr).toContain('--uid 0');
+    expect(root.stderr).toContain('unfiltered');
+    expect((await iptablesCommand(['--mode', 'sidecar', '--uid', '10001'], recorder().run)).stderr).toBe('');
+  });
+
   it('answers --help with the usage and exit 0', async () => {
     const r = await iptablesCommand(['--help']);
     expect(r.code).toBe(0);
