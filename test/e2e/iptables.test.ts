@@ -210,6 +210,8 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
         rig.dnsServerV6,
         '--exclude-cidr',
         `${S6}/128`,
+        '--exclude-cidr',
+        `${rig.dnsServer}/32`,
         '--exclude-port',
         '7000',
       ]);
@@ -251,6 +253,13 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
       expect(banner.stdout).toContain('220 hello');
       expect((await tcp(S4, 2525)).stdout).toBe(`caught ${XPORTS.tcp}\n`);
       expect((await tcp(S4, 80)).stdout).toBe(`caught ${XPORTS.http}\n`);
+    });
+
+    // UDP 53 is redirected to the DNS listener (--dns-port, on by default) from the same chain as
+    // TCP: an excluded server must get its queries over UDP as over TCP, not the listener.
+    it('lets DNS over UDP to an excluded server reach it', async () => {
+      const r = await rig.execIn('sandbox', 'dig', ['+time=3', '+tries=1', `@${rig.dnsServer}`, 'nothere.test'], { timeoutMs: 15_000 });
+      expect(r.stdout).toContain('status: NXDOMAIN');
     });
   });
 

@@ -143,6 +143,8 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   // Exclusions come first, so nothing below (a redirect, a reject) ever sees that traffic.
   const redirect: Rule[] = [
     ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'tcp' }, target: { kind: 'return' } })),
+    // UDP 53 enters this chain too while the DNS listener answers port 53: an excluded server keeps it.
+    ...(dnsPort === null ? [] : excluded.map((c): Rule => ({ match: { destination: c, protocol: 'udp', dport: 53 }, target: { kind: 'return' } }))),
     ...options.excludePorts.map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),
     ...(dnsPort === null
       ? []

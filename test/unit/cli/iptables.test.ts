@@ -538,9 +538,12 @@ describe('--exclude-cidr and --exclude-port', () => {
     if (!p.ok) throw new Error(p.error);
     const rs = buildRuleSet(p.options, 4);
     const chain = (id: string) => rs.chains.find((c) => c.id === id)!.rules;
-    expect(chain('redirect').slice(0, 3)).toEqual([
+    expect(chain('redirect').slice(0, 5)).toEqual([
       { match: { destination: '10.96.0.0/12', protocol: 'tcp' }, target: { kind: 'return' } },
       { match: { destination: '169.254.169.254/32', protocol: 'tcp' }, target: { kind: 'return' } },
+      // UDP 53 enters the redirect chain for the DNS listener: an excluded range keeps it too.
+      { match: { destination: '10.96.0.0/12', protocol: 'udp', dport: 53 }, target: { kind: 'return' } },
+      { match: { destination: '169.254.169.254/32', protocol: 'udp', dport: 53 }, target: { kind: 'return' } },
       { match: { protocol: 'tcp', dport: 15020 }, target: { kind: 'return' } },
     ]);
     expect(chain('udp').slice(0, 2)).toEqual([
