@@ -21,6 +21,12 @@ export function renderScript(options: IptablesOptions): string {
     }
     const tool = family === 4 ? 'iptables' : 'ip6tables';
     out.push(`${tool}-restore -w 10 --noflush <<'EOF'`, renderIptablesRestore(rs).trimEnd(), 'EOF');
+    // Moving a jump another tool put ahead needs the table read and rewritten in one transaction,
+    // which --apply does; a static script can only add a missing one without a fail-open window.
+    out.push(
+      `# These add a missing jump only. A NAT rule another tool puts ahead of egressd's (kube-proxy and Docker do when they`,
+      `# start) wins for the connections it matches: \`egressd iptables --apply\` moves egressd's jumps first again, atomically.`,
+    );
     for (const [table, builtin, chain] of iptablesJumps(rs)) {
       out.push(`${tool} -w 10 -t ${table} -C ${builtin} -j ${chain} 2>/dev/null || ${tool} -w 10 -t ${table} -I ${builtin} 1 -j ${chain}`);
     }
