@@ -355,12 +355,12 @@ export class ControlPlane {
    * (validated as any, so a PUT must make a whole view, and a DELETE of an organization still
    * in use is refused): a change that makes the state whole again, never one that leaves it worse.
    */
-  async #inWrite<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, fn: () => Promise<T>): Promise<T> {
+  async #inWrite<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, asked: number, fn: () => Promise<T>): Promise<T> {
     const state = this.#state;
     if (state === null) return fn();
     let c: StateChanges | null;
     try {
-      c = await state.begin();
+      c = await state.begin(asked);
     } catch (err) {
       if (!(err instanceof StateWriteError)) throw err;
       for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
@@ -385,6 +385,17 @@ export class ControlPlane {
       this.#repairing = null;
       await state.rollback();
     }
+  }
+
+  /**
+   * Queues a change (serialized with this process's others) to run in the state's write
+   * transaction. Its wait for another process's write lock counts from now, not from its turn:
+   * changes queued behind one that waits are answered within the busy timeout too, and reads
+   * queued behind them (refresh) wait at most that long.
+   */
+  #change<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, fn: () => Promise<T>): Promise<T> {
+    const asked = performance.now();
+    return this.#serialized(() => this.#inWrite(action, kind, id, actor, asked, fn));
   }
 
   /** The stored revision of a sandbox or organization (its version), or undefined when not stored. */
@@ -607,7 +618,7 @@ export class ControlPlane {
   }
 
   putSandbox(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    return this.#serialized(() => this.#inWrite('put', 'sandbox', id, actor, () => this.#putSandbox(id, body, actor, cond)));
+    return this.#change('put', 'sandbox', id, actor, () => this.#putSandbox(id, body, actor, cond));
   }
 
   /** putSandbox's work; runs only inside the serialized section and the state's write transaction. */
@@ -648,43 +659,39 @@ export class ControlPlane {
     actor = 'api',
     cond?: Preconditions,
   ): Promise<ChangeResult<{ record: SandboxRecord; created: boolean; etag: string }>> {
-    return this.#serialized(() =>
-      this.#inWrite('put', 'sandbox', id, actor, async () => {
-        const r = this.#records.get(id);
-        if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
-        const body = {
-          sources: r.sources,
-          ...(r.org !== null ? { org: r.org } : {}),
-          ...(r.limits ? { limits: r.limits } : {}),
-          ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
-          network,
-        };
-        return this.#putSandbox(id, body, actor, cond);
-      }),
-    );
+    return this.#change('put', 'sandbox', id, actor, async () => {
+      const r = this.#records.get(id);
+      if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+      const body = {
+        sources: r.sources,
+        ...(r.org !== null ? { org: r.org } : {}),
+        ...(r.limits ? { limits: r.limits } : {}),
+        ...(r.reportOnly !== undefined ? { reportOnly: r.reportOnly } : {}),
+        network,
+      };
+      return this.#putSandbox(id, body, actor, cond);
+    });
   }
 
   /** Deletes a sandbox; the value is what was deleted (null: an entry stored by another process and refused here, see #inWrite). */
   deleteSandbox(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<SandboxRecord | null>> {
-    return this.#serialized(() =>
-      this.#inWrite('delete', 'sandbox', id, actor, async () => {
-        const r = this.#records.get(id);
-        if (!r && this.#repairing === `sandbox:${id}`) {
-          // Stored by another process and refused here: only the row goes, nothing in memory held it.
-          await this.#write('delete', 'sandbox', id, actor, null);
-          return { ok: true, value: null };
-        }
-        if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
-        const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
-        if (failed) return failed;
-        if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
+    return this.#change('delete', 'sandbox', id, actor, async () => {
+      const r = this.#records.get(id);
+      if (!r && this.#repairing === `sandbox:${id}`) {
+        // Stored by another process and refused here: only the row goes, nothing in memory held it.
         await this.#write('delete', 'sandbox', id, actor, null);
-        this.#records.delete(id);
-        this.store.removeSandbox(id);
-        this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
-        return { ok: true, value: r };
-      }),
-    );
+        return { ok: true, value: null };
+      }
+      if (!r) return notFound(`Sandbox ${quote(id)} does not exist`);
+      const failed = failedPrecondition(cond, this.etagOf('sandbox', id), `sandbox ${quote(id)}`);
+      if (failed) return failed;
+      if (r.origin === 'config') return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot delete it`);
+      await this.#write('delete', 'sandbox', id, actor, null);
+      this.#records.delete(id);
+      this.store.removeSandbox(id);
+      this.#emit({ source: 'api', action: 'delete', kind: 'sandbox', id, actor, before: digestOf(r), after: null });
+      return { ok: true, value: r };
+    });
   }
 
   #validateOrg(id: string, body: unknown): ChangeResult<{ record: OrgRecord; def: OrgDefinition }> {
@@ -720,42 +727,38 @@ export class ControlPlane {
   }
 
   putOrg(id: string, body: unknown, actor = 'api', cond?: Preconditions): Promise<ChangeResult<{ record: OrgRecord; created: boolean; etag: string }>> {
-    return this.#serialized(() =>
-      this.#inWrite('put', 'org', id, actor, async () => {
-        const v = this.#validateOrg(id, body);
-        if (!v.ok) return v;
-        const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
-        if (failed) return failed;
-        const before = this.#orgs.get(id);
-        await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
-        this.#applyOrg(v.value.record, v.value.def);
-        this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
-        return { ok: true, value: { record: v.value.record, created: before === undefined, etag: this.etagOf('org', id)! } };
-      }),
-    );
+    return this.#change('put', 'org', id, actor, async () => {
+      const v = this.#validateOrg(id, body);
+      if (!v.ok) return v;
+      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+      if (failed) return failed;
+      const before = this.#orgs.get(id);
+      await this.#write('put', 'org', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
+      this.#applyOrg(v.value.record, v.value.def);
+      this.#emit({ source: 'api', action: 'put', kind: 'org', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
+      return { ok: true, value: { record: v.value.record, created: before === undefined, etag: this.etagOf('org', id)! } };
+    });
   }
 
   /** Deletes an organization; the value is what was deleted (null: an entry stored by another process and refused here, see #inWrite). */
   deleteOrg(id: string, actor = 'api', cond?: Preconditions): Promise<ChangeResult<OrgRecord | null>> {
-    return this.#serialized(() =>
-      this.#inWrite('delete', 'org', id, actor, async () => {
-        const r = this.#orgs.get(id);
-        if (!r && this.#repairing === `org:${id}`) {
-          await this.#write('delete', 'org', id, actor, null);
-          return { ok: true, value: null };
-        }
-        if (!r) return notFound(`Organization ${quote(id)} does not exist`);
-        const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
-        if (failed) return failed;
-        const user = [...this.#records.values()].find((s) => s.org === id);
-        if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
+    return this.#change('delete', 'org', id, actor, async () => {
+      const r = this.#orgs.get(id);
+      if (!r && this.#repairing === `org:${id}`) {
         await this.#write('delete', 'org', id, actor, null);
-        this.#orgs.delete(id);
-        this.store.removeOrg(id);
-        this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
-        return { ok: true, value: r };
-      }),
-    );
+        return { ok: true, value: null };
+      }
+      if (!r) return notFound(`Organization ${quote(id)} does not exist`);
+      const failed = failedPrecondition(cond, this.etagOf('org', id), `organization ${quote(id)}`);
+      if (failed) return failed;
+      const user = [...this.#records.values()].find((s) => s.org === id);
+      if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
+      await this.#write('delete', 'org', id, actor, null);
+      this.#orgs.delete(id);
+      this.store.removeOrg(id);
+      this.#emit({ source: 'api', action: 'delete', kind: 'org', id, actor, before: digestOf(r), after: null });
+      return { ok: true, value: r };
+    });
   }
 }
 

@@ -527,13 +527,17 @@ export class StateStore {
   /**
    * Opens a change's write transaction (BEGIN IMMEDIATE: other processes' changes wait) and
    * returns what other processes committed since this one last accepted, as `changes` does.
-   * Exactly one `put`, `delete` or `rollback` must follow. Rejects with StateWriteError (EBUSY
-   * when another process held the lock longer than the busy timeout), with no transaction open.
+   * Exactly one `put`, `delete` or `rollback` must follow. `asked`: when the change was asked
+   * for (performance.now(), ms); the lock is waited for until the busy timeout past it, so a
+   * change that waited its turn behind others waits for the lock only what is left. Rejects
+   * with StateWriteError (EBUSY when another process held the lock past that), with no
+   * transaction open.
    */
-  async begin(): Promise<StateChanges | null> {
+  async begin(asked = performance.now()): Promise<StateChanges | null> {
     if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
     try {
-      const c = await this.#send<StateChanges | null>({ op: 'changes', write: true });
+      const busyMs = Math.max(0, Math.ceil(BUSY_TIMEOUT_MS - (performance.now() - asked)));
+      const c = await this.#send<StateChanges | null>({ op: 'changes', write: true, busyMs });
       this.#inWrite = true;
       return c;
     } catch (err) {

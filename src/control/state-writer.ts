@@ -14,8 +14,9 @@
 // commit) tell this thread that another process committed; it then says so to the main thread.
 //
 // Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, known}, {op: 'changes',
-// write} (write: BEGIN IMMEDIATE first, the transaction stays open), {op: 'accept', except} (the
-// main thread applied the last changes, but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
+// write, busyMs} (write: BEGIN IMMEDIATE first, waiting busyMs at most for the lock; the
+// transaction stays open), {op: 'accept', except} (the main thread applied the last changes,
+// but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
 // the open transaction; commit), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
 // answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
 // Unasked: {changed: true} when another process committed.
@@ -53,7 +54,8 @@ export type WriterRequest =
       /** Every entry the main thread read, as [kind, id, revision]. */
       known: readonly (readonly [string, string, number])[];
     }
-  | { op: 'changes'; seq: number; write: boolean }
+  /** `busyMs` (with `write`): how long BEGIN IMMEDIATE waits for another process's lock. */
+  | { op: 'changes'; seq: number; write: boolean; busyMs?: number }
   /** `except`: an entry [kind, id] left as the main thread held it (listed again unless this change writes it). */
   | { op: 'accept'; seq: number; except: readonly [string, string] | null }
   | { op: 'put'; seq: number; kind: string; id: string; body: string }
@@ -98,6 +100,8 @@ let listed: { readonly upserts: readonly (readonly [string, number])[]; readonly
 let seenVersion = -1;
 let watcher: FSWatcher | null = null;
 let writtenSchema = 0;
+/** The busy timeout asked at open (ms): every wait but a change's wait for the write lock. */
+let busyTimeoutMs = 0;
 let recheck: NodeJS.Timeout | null = null;
 let safety: NodeJS.Timeout | null = null;
 /** Rechecks after a WAL write that was not yet a visible commit (ms), doubling up to the last. */
@@ -280,6 +284,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
       dataVersion: db.prepare('PRAGMA data_version'),
     };
     writtenSchema = m.schema;
+    busyTimeoutMs = m.busyTimeoutMs;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
     knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
     knownSum = m.known.reduce((sum, [, , revision]) => sum + revision, 0);
@@ -325,7 +330,16 @@ function handle(m: WriterRequest): number | StateChanges | null {
   }
   if (db === null) throw new Error('The state is not open');
   if (m.op === 'changes') {
-    if (m.write) db.exec('BEGIN IMMEDIATE');
+    if (m.write) {
+      // The change's own deadline, not a fresh busy timeout per change: a change queued behind
+      // others that waited must not wait as long again (state-store.ts begin).
+      db.exec(`PRAGMA busy_timeout = ${m.busyMs ?? busyTimeoutMs}`);
+      try {
+        db.exec('BEGIN IMMEDIATE');
+      } finally {
+        db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+      }
+    }
     try {
       if (m.write) return diff(true);
       // A read transaction: the listing and the bodies from one snapshot.

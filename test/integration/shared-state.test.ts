@@ -159,6 +159,40 @@ it('interleaved writes to both (50 each, concurrently) lose none, and both views
   expect(new Set(revisions).size).toBe(revisions.length);
 }, 60_000);
 
+it('while another process holds the write lock, every queued change is answered 503 within the busy timeout, and reads are not held longer', async () => {
+  const a = await start();
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/s0', { sources: ['198.18.0.9'] })).status).toBe(201);
+  // A process stopped inside its change (SIGSTOP, a sqlite3 session left in BEGIN IMMEDIATE) holds
+  // the lock; here for 4.5 s, more than twice the 2 s busy timeout.
+  const holder = new DatabaseSync(statePath);
+  holder.exec('BEGIN IMMEDIATE');
+  let released = false;
+  const release = setTimeout(() => {
+    released = true;
+    holder.exec('ROLLBACK');
+  }, 4500);
+  try {
+    const answered = async (p: Promise<{ status: number; body: { error?: { code?: string } } }>) => {
+      const r = await p;
+      return { status: r.status, code: r.body.error?.code, whileHeld: !released };
+    };
+    const puts = [1, 2, 3].map((i) => answered(call(a.admin, 'PUT', `/api/v1/sandboxes/s${i}`, { sources: [`198.18.0.${i}`] })));
+    await new Promise((r) => setTimeout(r, 50));
+    const get = answered(call(a.admin, 'GET', '/api/v1/sandboxes/s0'));
+    // Before: each change waited its own 2 s once its turn came, so the third was answered after
+    // 6 s (here: written once the lock was freed, 201), and the GET behind them after 6 s.
+    expect(await Promise.all(puts)).toEqual([1, 2, 3].map(() => ({ status: 503, code: 'state_write_failed', whileHeld: true })));
+    expect(await get).toEqual({ status: 200, code: undefined, whileHeld: true });
+  } finally {
+    clearTimeout(release);
+    if (!released) holder.exec('ROLLBACK');
+    holder.close();
+  }
+  // Nothing was written, and the state takes changes again.
+  expect((await call(a.admin, 'GET', '/api/v1/sandboxes/s1')).status).toBe(404);
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/s1', { sources: ['198.18.0.1'] })).status).toBe(201);
+});
+
 describe('what another process wrote that this one cannot accept', () => {
   /** Writes behind egressd's back, as an older egressd or a hand edit would: one transaction. */
   const sneak = (sql: string, ...params: (string | number)[]) => {
