@@ -123,7 +123,16 @@ export class Daemon {
     });
     // The settings `egressd decide --config` judges with too; the host's own addresses beside them.
     this.store = new PolicyStore({ ...policySettingsOf(config), host: this.host }, config.defaultNetwork);
-    this.control = new ControlPlane(this.store, config.state.path === null ? null : new StateStore(config.state.path));
+    const state = config.state.path === null ? null : new StateStore(config.state.path);
+    state?.onWatch((watching, message) => {
+      if (watching) this.log.warn({ event: { action: 'state-watch-restored' }, path: state.path }, 'the state is watched again');
+      else
+        this.log.warn(
+          { event: { action: 'state-watch-failed' }, path: state.path, reason: message },
+          "cannot watch the state's write-ahead log: following other processes on it by polling every 100 ms",
+        );
+    });
+    this.control = new ControlPlane(this.store, state);
     this.control.onChange((e) => this.#onPolicyChange(e));
     this.control.onWriteFailure((e) => this.#onStateWriteFailure(e));
     this.control.onStateRejected((e) => this.#onStateRejected(e));

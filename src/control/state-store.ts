@@ -185,6 +185,7 @@ export class StateStore {
   /** Whether a change's write transaction is open (between `begin` and `put`/`delete`/`rollback`). */
   #inWrite = false;
   #onChanged: (() => void) | null = null;
+  #onWatch: ((watching: boolean, message: string | null) => void) | null = null;
 
   constructor(path: string) {
     this.path = path;
@@ -454,8 +455,9 @@ export class StateStore {
     // The writer never keeps the process alive on its own; a write in flight is awaited by
     // an API request, which does.
     worker.unref();
-    worker.on('message', (r: WriterReply | { changed: true }) => {
+    worker.on('message', (r: WriterReply | { changed: true } | { watch: boolean; message: string | null }) => {
       if ('changed' in r) return this.#onChanged?.();
+      if ('watch' in r) return this.#onWatch?.(r.watch, r.message);
       const p = this.#pending.get(r.seq);
       this.#pending.delete(r.seq);
       if (!p) return;
@@ -503,6 +505,15 @@ export class StateStore {
   /** Called (with no argument) when another process committed a change to the state; at most one listener. */
   onChanged(l: () => void): void {
     this.#onChanged = l;
+  }
+
+  /**
+   * Called with false (and the system's message) when the state's WAL cannot be watched, so
+   * other processes' commits are followed by polling (every 100 ms), and with true when it is
+   * watched again; at most one listener.
+   */
+  onWatch(l: (watching: boolean, message: string | null) => void): void {
+    this.#onWatch = l;
   }
 
   /** True when the state can be written and followed: a committed, writable SQLite state. */

@@ -19,7 +19,8 @@
 // but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
 // the open transaction; commit), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
 // answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
-// Unasked: {changed: true} when another process committed.
+// Unasked: {changed: true} when another process committed; {watch: false, message} when the
+// WAL cannot be watched (following polls), {watch: true, message: null} when it is again.
 
 import { statSync, watch, type FSWatcher } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
@@ -104,10 +105,18 @@ let writtenSchema = 0;
 let busyTimeoutMs = 0;
 let recheck: NodeJS.Timeout | null = null;
 let safety: NodeJS.Timeout | null = null;
+/** Whether the WAL is watched (null: not yet tried): the main thread is told when this changes. */
+let watching: boolean | null = null;
 /** Rechecks after a WAL write that was not yet a visible commit (ms), doubling up to the last. */
 const RECHECK_MS = [2, 4, 8, 16, 32, 64, 128, 256, 512];
 /** How often data_version is read when the WAL was quiet, in case a watch event was lost (ms). */
 const SAFETY_POLL_MS = 1000;
+/**
+ * How often data_version is read, and the watch tried again, while the WAL cannot be watched
+ * (inotify's fs.inotify.max_user_watches or max_user_instances spent by other programs of the
+ * same user) (ms): following then costs a wake-up per period instead of none.
+ */
+const UNWATCHED_POLL_MS = 100;
 
 /** Tells the main thread when another process's commit became visible since the last listing. */
 function notice(): boolean {
@@ -144,6 +153,47 @@ function onWalWrite(): void {
     recheck.unref();
   };
   again();
+}
+
+/**
+ * Watches the WAL: every commit appends to it, and WAL mode needs the one host's shared memory,
+ * so the file is local and inotify sees it (data_version filters out this process's own
+ * commits). When no watch can be set, or it fails later, following polls instead (a start must
+ * not fail, nor a process stop following, because other programs spent the inotify watches),
+ * and tries the watch again at each poll; the main thread is told both ({watch}).
+ */
+function watchWal(): void {
+  if (safety !== null) clearTimeout(safety);
+  safety = null;
+  if (files === null) return;
+  try {
+    const w = watch(`${files.path}-wal`, { persistent: false }, onWalWrite);
+    w.on('error', (err: Error) => {
+      // The watch is gone (its file removed, the kernel's queue overflowed): poll from now.
+      w.close();
+      if (watcher !== w) return;
+      watcher = null;
+      watching = false;
+      parentPort!.postMessage({ watch: false, message: err.message });
+      watchWal();
+    });
+    watcher = w;
+    if (watching === false) parentPort!.postMessage({ watch: true, message: null });
+    watching = true;
+  } catch (err) {
+    if (watching !== false) parentPort!.postMessage({ watch: false, message: (err as Error).message });
+    watching = false;
+  }
+  const poll = (): void => {
+    notice();
+    if (watcher === null) watchWal();
+    else {
+      safety = setTimeout(poll, SAFETY_POLL_MS);
+      safety.unref();
+    }
+  };
+  safety = setTimeout(poll, watcher === null ? UNWATCHED_POLL_MS : SAFETY_POLL_MS);
+  safety.unref();
 }
 
 const keyOf = (kind: string, id: string): string => `${kind}:${id}`;
@@ -307,12 +357,7 @@ function handle(m: WriterRequest): number | StateChanges | null {
     // first 'changes', which the main thread asks for at once: this is the baseline before it.
     seenVersion = -1;
     files = { path: m.path, db: fileId(m.path), wal: null };
-    // Every commit appends to the WAL, and WAL mode needs the one host's shared memory, so the
-    // file is local and inotify sees it. data_version filters out this process's own commits.
-    watcher = watch(`${m.path}-wal`, { persistent: false }, onWalWrite);
-    watcher.on('error', () => {});
-    safety = setInterval(notice, SAFETY_POLL_MS);
-    safety.unref();
+    watchWal();
     return null;
   }
   if (m.op === 'close') {
@@ -320,8 +365,9 @@ function handle(m: WriterRequest): number | StateChanges | null {
     watcher?.close();
     watcher = null;
     if (recheck !== null) clearTimeout(recheck);
-    if (safety !== null) clearInterval(safety);
+    if (safety !== null) clearTimeout(safety);
     recheck = safety = null;
+    watching = null;
     db = null;
     stmts = null;
     files = null;

@@ -4,7 +4,7 @@
 // one holds is refused by the other, and what one process cannot accept (written behind its
 // back) is refused loudly, never applied and never written over.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
@@ -31,13 +31,17 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function start(): Promise<{ d: DaemonProcess; admin: string }> {
+/** Starts egressd on the state; `shell`: a shell command run first, in the process that becomes egressd (with `unshare`). */
+async function start(opts: { unshare?: string[]; shell?: string } = {}): Promise<{ d: DaemonProcess; admin: string }> {
   // 198.18.0.0/15 (RFC 2544, protected by default) stands in for the internet in /check.
   const doc = { shutdown: { drainMs: 0 }, state: { path: statePath }, protected: { except: ['198.18.0.0/15'] } };
   const config = writeConfig(dir, loopbackDocument(doc, { token: TOKEN }));
-  const d = await watchDaemon(
-    spawn(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }),
-  );
+  const argv = [join(ROOT, 'node_modules/.bin/node'), join(ROOT, 'src/main.ts'), 'serve', '--config', config];
+  const child =
+    opts.unshare === undefined
+      ? spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('unshare', [...opts.unshare, 'sh', '-c', `${opts.shell ?? 'true'} && exec "$@"`, 'sh', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const d = await watchDaemon(child);
   running.push(d);
   return { d, admin: `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}` };
 }
@@ -191,6 +195,23 @@ it('while another process holds the write lock, every queued change is answered 
   // Nothing was written, and the state takes changes again.
   expect((await call(a.admin, 'GET', '/api/v1/sandboxes/s1')).status).toBe(404);
   expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/s1', { sources: ['198.18.0.1'] })).status).toBe(201);
+});
+
+// A user namespace of its own, where this test may set the inotify limits of its user to 0
+// (/proc/sys/user/max_inotify_watches is per user namespace), leaving the host's alone.
+const canUnshare = spawnSync('unshare', ['-Ur', 'sh', '-c', 'echo 0 > /proc/sys/user/max_inotify_watches']).status === 0;
+
+it.skipIf(!canUnshare)('a process that cannot watch the WAL (inotify watches spent) starts, follows the other by polling, and says so', async () => {
+  const a = await start();
+  // Before: B did not start at all ("Cannot open the database for writing: EIO (ENOSPC: System
+  // limit for number of file watchers reached").
+  const b = await start({ unshare: ['-Ur'], shell: 'echo 0 > /proc/sys/user/max_inotify_watches' });
+  expect(b.d.lines.find((l) => action(l) === 'state-watch-failed')).toMatchObject({ path: statePath, reason: expect.stringContaining('ENOSPC') });
+  expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/on-a', { sources: ['198.18.0.1'] })).status).toBe(201);
+  // Followed with no request to B: its policy-change line.
+  await followed(b.d, 'on-a', 'put');
+  expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/on-b', { sources: ['198.18.0.2'] })).status).toBe(201);
+  await followed(a.d, 'on-b', 'put');
 });
 
 describe('what another process wrote that this one cannot accept', () => {
