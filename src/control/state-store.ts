@@ -70,6 +70,32 @@ CREATE TABLE entries (
 CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
 `;
 
+/**
+ * Every row written, by whichever program (another egressd, sqlite3 by hand), takes a
+ * revision above every one the state holds or held (meta.revision), and meta.revision follows
+ * it: what the others follow by (state-writer.ts, rows past the newest revision held, and the
+ * count and sum of all) then misses no change. Without them, a hand edit of a body that kept
+ * its revision, or a deletion and an insertion at the deleted row's revision, was never seen
+ * by a running process. Created in a new state, and in an older one when opened for writing.
+ */
+export const TRIGGERS = `
+CREATE TRIGGER IF NOT EXISTS entries_revision_insert BEFORE INSERT ON entries
+WHEN NEW.revision <= max(coalesce((SELECT value FROM meta WHERE key = 'revision'), 0), coalesce((SELECT max(revision) FROM entries), 0))
+BEGIN SELECT RAISE(ABORT, 'egressd: a new entry needs a revision above meta.revision (docs/config.md, "Several processes on one state")'); END;
+CREATE TRIGGER IF NOT EXISTS entries_revision_update BEFORE UPDATE ON entries
+WHEN NEW.revision <= max(coalesce((SELECT value FROM meta WHERE key = 'revision'), 0), coalesce((SELECT max(revision) FROM entries), 0))
+BEGIN SELECT RAISE(ABORT, 'egressd: a changed entry needs a revision above meta.revision (docs/config.md, "Several processes on one state")'); END;
+CREATE TRIGGER IF NOT EXISTS entries_revision_meta_insert AFTER INSERT ON entries
+BEGIN UPDATE meta SET value = NEW.revision WHERE key = 'revision' AND value < NEW.revision; END;
+CREATE TRIGGER IF NOT EXISTS entries_revision_meta_update AFTER UPDATE ON entries
+BEGIN UPDATE meta SET value = NEW.revision WHERE key = 'revision' AND value < NEW.revision; END;
+CREATE TRIGGER IF NOT EXISTS meta_revision_grows BEFORE UPDATE ON meta
+WHEN OLD.key = 'revision' AND NEW.value < OLD.value
+BEGIN SELECT RAISE(ABORT, 'egressd: meta.revision never goes back (revisions are never reused)'); END;
+`;
+/** The names of TRIGGERS, to tell whether a state has them all. */
+export const TRIGGER_NAMES = [...TRIGGERS.matchAll(/CREATE TRIGGER IF NOT EXISTS (\w+)/g)].map((m) => m[1]!);
+
 // SQLite's primary result codes (https://sqlite.org/rescode.html) as the errno they stand for.
 const ERRNO_OF: Record<number, string> = {
   3: 'EACCES',
@@ -407,6 +433,8 @@ export class StateStore {
       const meta = db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
       meta.run('schema', SCHEMA_VERSION);
       meta.run('revision', top);
+      // After the entries (each row would otherwise be checked against the ones before it).
+      db.exec(TRIGGERS);
       // Written last, in the same transaction: a database without it was interrupted.
       meta.run('complete', 1);
       db.exec('COMMIT');
@@ -483,6 +511,8 @@ export class StateStore {
         busyTimeoutMs: BUSY_TIMEOUT_MS,
         journalSizeLimit: JOURNAL_SIZE_LIMIT,
         schema: SCHEMA_VERSION,
+        triggers: TRIGGERS,
+        triggerNames: TRIGGER_NAMES,
         known: this.#entries.map((e) => [e.kind, e.id, e.revision] as const),
       });
     } catch (err) {

@@ -56,7 +56,9 @@ function sneak(sql: string, ...params: (string | number)[]): void {
   const db = new DatabaseSync(path);
   try {
     db.exec('BEGIN IMMEDIATE');
-    db.prepare(sql).run(...params);
+    // Several statements (exec) or one with parameters.
+    if (params.length === 0) db.exec(sql);
+    else db.prepare(sql).run(...params);
     db.exec("UPDATE meta SET value = value + 1 WHERE key = 'revision'; COMMIT");
   } finally {
     db.close();
@@ -102,10 +104,31 @@ describe('two stores on one state', () => {
     expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
     await b.accept();
     expect(await b.changes()).toBeNull();
-    // A writer that does not follow the others (an egressd of schema 1) reuses a free revision
-    // below the newest: the rows' revisions no longer add up, so every key is listed.
-    sneak("UPDATE entries SET revision = 2, body = '{\"sources\":[]}' WHERE id = 'sb-4'");
-    expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-4', revision: 2, body: '{"sources":[]}' }], deletes: [] });
+  });
+
+  it('a row written by hand must take a new revision: the database refuses one that could go unseen, and follows one that does', async () => {
+    const [a, b] = [await store(), await store()];
+    for (let i = 0; i < 5; i++) await put(a, 'sandbox', `sb-${i}`, { sources: [`198.18.0.${i + 1}`] });
+    await b.changes();
+    await b.accept();
+    // Before: each was committed, and b listed nothing (same count, same sum of revisions, no
+    // row past the newest it held): b served the old entries until it restarted.
+    expect(() => sneak("UPDATE entries SET body = '{\"sources\":[]}' WHERE id = 'sb-4'")).toThrow(/needs a revision above meta.revision/);
+    expect(() => sneak("DELETE FROM entries WHERE id = 'sb-2'; INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'sb-new', 3, '{}')")).toThrow(
+      /needs a revision above meta.revision/,
+    );
+    // A writer that does not follow the others (an egressd of schema 1) reusing a free revision
+    // below the newest.
+    expect(() => sneak("UPDATE entries SET revision = 2, body = '{\"sources\":[]}' WHERE id = 'sb-4'")).toThrow(/needs a revision above/);
+    expect(() => sneak("UPDATE meta SET value = 1 WHERE key = 'revision'")).toThrow(/never goes back/);
+    expect(await b.changes()).toBeNull();
+    // As docs/config.md says to: the next revision, in the same statement.
+    sneak("UPDATE entries SET body = '{\"sources\":[]}', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-4'");
+    const c = await b.changes();
+    expect(c?.upserts).toEqual([{ kind: 'sandbox', id: 'sb-4', revision: expect.any(Number), body: '{"sources":[]}' }]);
+    // meta.revision followed the row: the next revision egressd hands out is past it.
+    await b.accept();
+    expect(await put(a, 'sandbox', 'sb-9', { sources: ['198.18.0.9'] })).toBeGreaterThan(c!.upserts[0]!.revision);
   });
 
   it('take the next revision from the database, whoever wrote the last', async () => {
@@ -185,7 +208,7 @@ describe('two control planes on one state', () => {
     const reported: (readonly unknown[])[] = [];
     b.onStateRejected((e) => reported.push(e.issues));
     sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'thief', 50, ?)", JSON.stringify({ sources: ['198.18.0.1'] }));
-    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'fine', 51, ?)", JSON.stringify({ sources: ['198.18.0.5'] }));
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'fine', 52, ?)", JSON.stringify({ sources: ['198.18.0.5'] }));
     await b.refresh();
     await b.refresh();
     expect(b.rejected).toEqual([{ entry: 'sandbox "thief"', field: 'sources[0]', reason: 'Source "198.18.0.1" belongs to sandbox "owner"' }]);

@@ -226,23 +226,31 @@ describe('the SQLite state', () => {
 
   it('an entry with an unknown mode', async () => {
     const e = await damaged((db) =>
-      db.prepare("UPDATE entries SET body = ? WHERE id = 'sb-2'").run(JSON.stringify({ sources: ['198.18.0.2'], network: { mode: 'wide-open' } })),
+      db
+        .prepare("UPDATE entries SET body = ?, revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-2'")
+        .run(JSON.stringify({ sources: ['198.18.0.2'], network: { mode: 'wide-open' } })),
     );
     expect(e.issues).toEqual([expect.objectContaining({ entry: 'sandbox "sb-2"', field: 'network.mode' })]);
   });
 
   it('an entry whose body is null', async () => {
-    const e = await damaged((db) => db.prepare("UPDATE entries SET body = 'null' WHERE id = 'sb-1'").run());
+    const e = await damaged((db) =>
+      db.prepare("UPDATE entries SET body = 'null', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-1'").run(),
+    );
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: 'Expected an object, got "null"' }]);
   });
 
   it('an entry whose body is {}', async () => {
-    const e = await damaged((db) => db.prepare("UPDATE entries SET body = '{}' WHERE id = 'sb-1'").run());
+    const e = await damaged((db) =>
+      db.prepare("UPDATE entries SET body = '{}', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-1'").run(),
+    );
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: 'sources', reason: 'Missing required field "sources"' }]);
   });
 
   it('an entry whose body is garbage', async () => {
-    const e = await damaged((db) => db.prepare("UPDATE entries SET body = '{\"sources\": [' WHERE id = 'sb-1'").run());
+    const e = await damaged((db) =>
+      db.prepare("UPDATE entries SET body = '{\"sources\": [', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-1'").run(),
+    );
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringContaining('not valid JSON') }]);
   });
 
