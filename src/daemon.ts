@@ -518,7 +518,8 @@ export class Daemon {
       },
       'policy change',
     );
-    this.#rejudge('policy-changed');
+    // A batch (another process's changes) is applied whole before its first event: judged once.
+    if (e.more !== true) this.#rejudge('policy-changed');
   }
 
   /**

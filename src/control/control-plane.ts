@@ -85,6 +85,11 @@ export interface ChangeEvent {
   /** Digests of the entry before and after (null when absent), so a log shows what moved without the body. */
   readonly before: string | null;
   readonly after: string | null;
+  /**
+   * True on every event of a batch but its last (another process's changes, followed as one
+   * view): the view is already whole, so open connections need judging once, at the last.
+   */
+  readonly more?: boolean;
 }
 
 /**
@@ -341,8 +346,7 @@ export class ControlPlane {
       this.store.removeOrg(id);
       event('delete', 'org', id, r, null);
     }
-    // Emitted once the whole view is in place: each re-judges open connections against it.
-    for (const e of events) this.#emit(e);
+    this.#emitBatch(events);
     return [];
   }
 
@@ -444,6 +448,15 @@ export class ControlPlane {
     for (const l of this.#listeners) l(e);
   }
 
+  /**
+   * Emits the events of changes already applied together (a reload, another process's changes):
+   * open connections are judged against the whole view once, at the last (`more` on the
+   * others); per event, a batch of k changes judged every open connection k times.
+   */
+  #emitBatch(events: readonly ChangeEvent[]): void {
+    for (const [i, e] of events.entries()) this.#emit(i < events.length - 1 ? { ...e, more: true } : e);
+  }
+
   #serialized<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.#lock.then(fn, fn);
     this.#lock = run.catch(() => {});
@@ -527,12 +540,14 @@ export class ControlPlane {
     // A removed sandbox is a change too: its sources fall to the default policy, which must
     // re-judge their open connections and dials as an API DELETE does.
     const kept = new Set(next.map((r) => r.id));
+    const events: ChangeEvent[] = [];
     for (const [id, digest] of before) {
-      if (!kept.has(id)) this.#emit({ source: 'config', action: 'delete', kind: 'sandbox', id, actor: 'config', before: digest, after: null });
+      if (!kept.has(id)) events.push({ source: 'config', action: 'delete', kind: 'sandbox', id, actor: 'config', before: digest, after: null });
     }
     for (const r of next) {
-      this.#emit({ source: 'config', action: 'put', kind: 'sandbox', id: r.id, actor: 'config', before: before.get(r.id) ?? null, after: digestOf(r) });
+      events.push({ source: 'config', action: 'put', kind: 'sandbox', id: r.id, actor: 'config', before: before.get(r.id) ?? null, after: digestOf(r) });
     }
+    this.#emitBatch(events);
     return { ok: true, value: next.length };
   }
 

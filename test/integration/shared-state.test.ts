@@ -327,4 +327,59 @@ describe('the data path of the other process', () => {
       sink.close();
     }
   });
+
+  it("judges its open connections once for a batch of another process's changes, not once per change", async () => {
+    const sink = createServer((s) => {
+      s.on('error', () => {});
+      s.resume();
+    });
+    sink.listen(0, '127.0.0.1');
+    await once(sink, 'listening');
+    const port = (sink.address() as { port: number }).port;
+    const opened: Socket[] = [];
+    try {
+      const b = await startLoopbackDaemon(loopbackConfig({ state: { path: statePath }, shutdown: { drainMs: 0 } }));
+      daemons.push(b);
+      const N = 12;
+      const source = (i: number): string => `127.0.0.${50 + i}`;
+      for (let i = 0; i < N; i++) {
+        b.route(source(i), '127.0.0.1', port);
+        expect((await adminCall(b.adminUrl, 'PUT', `/api/v1/sandboxes/sb-${i}`, { sources: [source(i)], network: { mode: 'allow-all' } })).status).toBe(201);
+      }
+      let upstream = 0;
+      const all = new Promise<void>((resolve) => sink.on('connection', () => ++upstream === N && resolve()));
+      for (let i = 0; i < N; i++) {
+        const s = await dialFrom(source(i), b.port('tcp'));
+        s.write('hello');
+        opened.push(s);
+      }
+      await all;
+      // Every open connection's verdict is looked up through the store: count them.
+      const store = b.daemon.store as unknown as { lookup: (...a: unknown[]) => unknown };
+      const lookup = store.lookup.bind(store);
+      let lookups = 0;
+      store.lookup = (...a) => (lookups++, lookup(...a));
+      // Another process changes half of them in one transaction: one batch for B.
+      const db = new DatabaseSync(statePath);
+      db.exec('BEGIN IMMEDIATE');
+      for (let i = 0; i < N / 2; i++) {
+        db.prepare("UPDATE entries SET body = ?, revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE kind = 'sandbox' AND id = ?").run(
+          JSON.stringify({ sources: [source(i)], network: { mode: 'allow-all', egress: { denied_ports: [1] } } }),
+          `sb-${i}`,
+        );
+      }
+      db.exec('COMMIT');
+      db.close();
+      for (let i = 0; i < N / 2; i++)
+        await b.waitForLog((l) => action(l) === 'policy-change' && field(l, 'event.provider') === 'state' && l['id'] === `sb-${i}`);
+      // Before: N/2 × N (every open connection judged once per change of the batch). Once per
+      // connection now, and a few lookups of the JavaScript data path's own.
+      expect(lookups).toBeGreaterThanOrEqual(N);
+      expect(lookups).toBeLessThan(2 * N);
+      expect(opened.every((s) => !s.destroyed)).toBe(true);
+    } finally {
+      for (const s of opened) s.destroy();
+      sink.close();
+    }
+  });
 });
