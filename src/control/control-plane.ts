@@ -393,9 +393,10 @@ export class ControlPlane {
 
   /**
    * Queues a change (serialized with this process's others) to run in the state's write
-   * transaction. Its wait for another process's write lock counts from now, not from its turn:
-   * changes queued behind one that waits are answered within the busy timeout too, and reads
-   * queued behind them (refresh) wait at most that long.
+   * transaction. Its wait for another process's write lock counts from now (or from the end
+   * of this process's last change: StateStore.begin), not from its turn: changes queued behind
+   * one that waits out a lock held elsewhere fail within the busy timeout too, and reads queued
+   * behind them (refresh) wait at most that long.
    */
   #change<T>(action: 'put' | 'delete', kind: EntryKind, id: string, actor: string, fn: () => Promise<T>): Promise<T> {
     const asked = performance.now();

@@ -210,6 +210,8 @@ export class StateStore {
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
   /** Whether a change's write transaction is open (between `begin` and `put`/`delete`/`rollback`). */
   #inWrite = false;
+  /** When this process's last change held the write lock and ended (performance.now(), ms): begin's wait counts from no earlier. */
+  #lastWritten = 0;
   #onChanged: (() => void) | null = null;
   #onWatch: ((watching: boolean, message: string | null) => void) | null = null;
 
@@ -569,15 +571,18 @@ export class StateStore {
    * Opens a change's write transaction (BEGIN IMMEDIATE: other processes' changes wait) and
    * returns what other processes committed since this one last accepted, as `changes` does.
    * Exactly one `put`, `delete` or `rollback` must follow. `asked`: when the change was asked
-   * for (performance.now(), ms); the lock is waited for until the busy timeout past it, so a
-   * change that waited its turn behind others waits for the lock only what is left. Rejects
-   * with StateWriteError (EBUSY when another process held the lock past that), with no
-   * transaction open.
+   * for (performance.now(), ms). The lock is waited for until the busy timeout past the later
+   * of that and the end of this process's last change: a change queued behind others that
+   * waited out a lock held elsewhere (a process stopped inside its change) fails at once, not
+   * after a wait of its own; one queued behind changes that were written (slow fsyncs) gets
+   * the whole wait. Rejects with StateWriteError (EBUSY when another process held the lock
+   * past that), with no transaction open.
    */
   async begin(asked = performance.now()): Promise<StateChanges | null> {
     if (this.#readOnly) throw new StateWriteError(this.path, this.#dirWritable() ?? 'EROFS', 'the state folder is not writable');
     try {
-      const busyMs = Math.max(0, Math.ceil(BUSY_TIMEOUT_MS - (performance.now() - asked)));
+      const since = Math.max(asked, this.#lastWritten);
+      const busyMs = Math.max(0, Math.ceil(BUSY_TIMEOUT_MS - (performance.now() - since)));
       const c = await this.#send<StateChanges | null>({ op: 'changes', write: true, busyMs });
       this.#inWrite = true;
       return c;
@@ -605,6 +610,7 @@ export class StateStore {
     if (!this.#inWrite) return;
     this.#inWrite = false;
     await this.#send({ op: 'rollback' }).catch(() => {});
+    this.#lastWritten = performance.now();
   }
 
   /**
@@ -631,6 +637,8 @@ export class StateStore {
       return revision;
     } catch (err) {
       throw this.#writeError(err);
+    } finally {
+      this.#lastWritten = performance.now();
     }
   }
 
