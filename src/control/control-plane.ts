@@ -24,6 +24,9 @@ import { StateInvalidError, StateRejectedError, StateWriteError, type StateIssue
 
 export type ChangeSource = 'api' | 'config';
 
+/** How often another process's commits are checked while the state stands rejected (ms): see #followCommit. */
+const REJECTED_RECHECK_MS = 250;
+
 /** What a client sent, kept as sent so that a restart re-reads it with the same rules. */
 export interface SandboxRecord {
   readonly id: string;
@@ -180,6 +183,8 @@ export class ControlPlane {
   readonly #rejectedListeners: ((e: StateRejectedEvent) => void)[] = [];
   /** A refresh for another process's commit is waiting for its turn (one is enough). */
   #refreshQueued = false;
+  /** When the state's changes were last listed by a refresh (performance.now(), ms). */
+  #checkedAt = 0;
   /**
    * The entry (`kind:id`) the change now being written repairs: stored by another process, not
    * accepted here, and replaced or deleted by this change (#inWrite). Null otherwise.
@@ -221,6 +226,7 @@ export class ControlPlane {
       this.#refreshQueued = false;
       try {
         const c = await this.#state!.changes();
+        this.#checkedAt = performance.now();
         if (c !== null) await this.#take(c);
       } catch {
         // Read again at the next change, commit or read.
@@ -228,11 +234,21 @@ export class ControlPlane {
     });
   }
 
-  /** Another process committed: follow it, once for however many commits arrive while a refresh waits. */
+  /**
+   * Another process committed: follow it, once for however many commits arrive while a refresh
+   * waits. While the state stands rejected, at most every REJECTED_RECHECK_MS: each check lists
+   * and validates every change since the rejection again (nothing of it is accepted), so
+   * following each commit of a busy writer cost this process's main thread, which runs the
+   * data path too, work growing with every commit (a quarter of a core at a few hundred
+   * changes a second). The view it serves is the last good one either way; a change through
+   * this process's API checks at once.
+   */
   #followCommit(): void {
     if (this.#refreshQueued) return;
     this.#refreshQueued = true;
-    void this.refresh();
+    const wait = this.#rejected === null ? 0 : REJECTED_RECHECK_MS - (performance.now() - this.#checkedAt);
+    if (wait <= 0) void this.refresh();
+    else setTimeout(() => void this.refresh(), wait).unref();
   }
 
   /**

@@ -35,12 +35,12 @@ async function store(): Promise<StateStore> {
   return s;
 }
 
-async function plane(): Promise<ControlPlane> {
+async function plane(state = new StateStore(path)): Promise<ControlPlane> {
   const policies = new PolicyStore(
     { protected: { extra: [], except: [], nat64Prefixes: [] }, catalog: [], dnsServers: [] },
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
   );
-  const cp = new ControlPlane(policies, new StateStore(path));
+  const cp = new ControlPlane(policies, state);
   closing.push(cp);
   await cp.load([]);
   return cp;
@@ -238,6 +238,38 @@ describe('two control planes on one state', () => {
     expect(a.rejected).toBeNull();
     expect(a.sandbox('fine')?.sources).toEqual(['198.18.0.5']);
     expect((await b.putSandbox('other', { sources: ['198.18.0.7'] })).ok).toBe(true);
+  });
+});
+
+describe('a state rejected while another process keeps writing', () => {
+  it('is checked again a few times a second, not at each commit, and followed once fixed', async () => {
+    const stateStore = new StateStore(path);
+    const b = await plane(stateStore);
+    const a = await store();
+    sneak(
+      "INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'odd', 100, ?)",
+      JSON.stringify({ sources: [], network: { mode: 'promiscuous' } }),
+    );
+    await b.refresh();
+    expect(b.rejected).not.toBeNull();
+    // Every listing of the changes since the rejection: counted through the state's changes().
+    let listings = 0;
+    const changes = stateStore.changes.bind(stateStore);
+    stateStore.changes = () => (listings++, changes());
+    // 40 commits, 20 ms apart (800 ms): before, each was listed and validated again.
+    for (let i = 0; i < 40; i++) {
+      await put(a, 'sandbox', `sb-${i}`, { sources: [`198.18.1.${i + 1}`] });
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    expect(listings).toBeGreaterThan(0);
+    expect(listings).toBeLessThanOrEqual(8);
+    // Fixed by the other process: followed without a request, within the recheck period.
+    await a.begin();
+    await a.delete('sandbox', 'odd');
+    for (let t = 0; t < 100 && b.rejected !== null; t++) await new Promise((r) => setTimeout(r, 20));
+    expect(b.rejected).toBeNull();
+    expect(b.sandbox('sb-39')?.sources).toEqual(['198.18.1.40']);
   });
 });
 
