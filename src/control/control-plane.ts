@@ -183,6 +183,11 @@ export class ControlPlane {
   readonly #rejectedListeners: ((e: StateRejectedEvent) => void)[] = [];
   /** A refresh for another process's commit is waiting for its turn (one is enough). */
   #refreshQueued = false;
+  /**
+   * Events of other processes' changes applied inside a change's write transaction, emitted
+   * when it ends (#release); null outside of one.
+   */
+  #held: ChangeEvent[] | null = null;
   /** When the state's changes were last listed by a refresh (performance.now(), ms). */
   #checkedAt = 0;
   /**
@@ -362,7 +367,8 @@ export class ControlPlane {
       this.store.removeOrg(id);
       event('delete', 'org', id, r, null);
     }
-    this.#emitBatch(events);
+    if (this.#held !== null) this.#held.push(...events);
+    else this.#emitBatch(events);
     return [];
   }
 
@@ -386,6 +392,8 @@ export class ControlPlane {
       for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
       throw err;
     }
+    // What the others committed is applied now, but judged (its events) once the transaction ends.
+    this.#held = [];
     try {
       if (c !== null && !(await this.#take(c))) {
         const rest = { ...c, upserts: c.upserts.filter((u) => u.kind !== kind || u.id !== id) };
@@ -404,7 +412,20 @@ export class ControlPlane {
     } finally {
       this.#repairing = null;
       await state.rollback();
+      this.#release();
     }
+  }
+
+  /**
+   * Emits the events of other processes' changes applied inside the change's write transaction,
+   * now that it ended (committed or rolled back): re-judging open connections, and waiting up to
+   * a second for the data-plane loops to close the refused ones, must not hold the database's
+   * write lock, which every other process's change waits for.
+   */
+  #release(): void {
+    const held = this.#held;
+    this.#held = null;
+    if (held !== null && held.length > 0) this.#emitBatch(held);
   }
 
   /**
@@ -453,6 +474,9 @@ export class ControlPlane {
       if (!(err instanceof StateWriteError)) throw err;
       for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
       throw err;
+    } finally {
+      // The transaction ended: the others' changes it applied are judged before this one.
+      this.#release();
     }
   }
 

@@ -241,6 +241,32 @@ describe('two control planes on one state', () => {
   });
 });
 
+describe("the others' changes a write finds", () => {
+  it('are judged (their events) once its transaction ended: the write lock is free by then', async () => {
+    const b = await plane();
+    const lockFree: string[] = [];
+    b.onChange((e) => {
+      const db = new DatabaseSync(path);
+      try {
+        db.exec('PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; ROLLBACK');
+        lockFree.push(`${e.source} ${e.id} free`);
+      } catch {
+        lockFree.push(`${e.source} ${e.id} locked`);
+      } finally {
+        db.close();
+      }
+    });
+    // Committed by another program, and b writes at once: its write finds x in its transaction.
+    sneak(
+      "INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'x', (SELECT value FROM meta WHERE key = 'revision') + 1, ?)",
+      JSON.stringify({ sources: ['198.18.0.1'] }),
+    );
+    expect((await b.putSandbox('y', { sources: ['198.18.0.2'] })).ok).toBe(true);
+    // Before: "state x locked": re-judging (and waiting for the data-plane loops) held the lock.
+    expect(lockFree).toEqual(['state x free', 'api y free']);
+  });
+});
+
 describe('a state rejected while another process keeps writing', () => {
   it('is checked again a few times a second, not at each commit, and followed once fixed', async () => {
     const stateStore = new StateStore(path);
