@@ -83,6 +83,9 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
     log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message, ...(hint !== null ? { hint } : {}) }, 'egressd could not start');
     log.flush();
     err(`egressd: ${(e as Error).message}${hint !== null ? `\n  ${hint}` : ''}`);
+    // Whatever start-up had begun must not keep a process that serves nothing alive: its
+    // supervisor restarts it only once it has exited.
+    stopped = true;
     return 1;
   }
   return new Promise<number>((resolve) => {
@@ -149,7 +152,10 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
   });
 }
 
-/** The daemon stopped on a signal: everything it owns is closed and its log written out. */
+/**
+ * The daemon stopped on a signal, or could not start: everything it owns is closed or given up,
+ * and its log written out, so nothing it began may hold the process.
+ */
 let stopped = false;
 
 const { run } = buildProgram({ out, err, env: process.env, serve });

@@ -402,6 +402,9 @@ export class StateStore {
       fsyncDir(dirname(this.path));
     } catch (err) {
       if (keptAs === null) for (const s of ['', '-journal']) unlinkQuiet(tmp + s);
+      // The writer thread started when reading began: a state that cannot be made leaves it
+      // nothing to do, and it must not outlive the start-up it was part of.
+      await this.close();
       const e = err as NodeJS.ErrnoException;
       const errno = e.code && /^E[A-Z]+$/.test(e.code) ? e.code : this.#writeError(err).errno;
       // SQLite words a missing folder as "unable to open database file": say which folder.

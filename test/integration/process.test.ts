@@ -345,6 +345,33 @@ describe('the egressd process', () => {
     expect({ code, signal }).toEqual({ code: 0, signal: null });
   }, 30_000);
 
+  // A process that could not start must exit, so that its supervisor (systemd, a kubelet) starts
+  // it again and says so: the state writer's thread, started while the state was read, held
+  // the event loop after a state.path in a missing folder stopped start-up, and the process
+  // stayed up, serving nothing, until killed (docs/examples/config.yaml's /var/lib/egressd).
+  it.each([
+    [
+      'a state.path in a folder that does not exist',
+      (d: string) => ({ state: { path: join(d, 'no-such-folder', 'state.db') } }),
+      /the folder ".*no-such-folder" does not exist/,
+    ],
+    ['a state.path that is a folder', (d: string) => ({ state: { path: d } }), /Cannot use the state/],
+  ])(
+    'exits 1 when start-up stops on %s, and says why',
+    async (_what, state, message) => {
+      const file = write(base(state(dir)));
+      const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+      clearTimeout(timer);
+      expect({ code, signal }).toEqual({ code: 1, signal: null });
+      expect(stderr).toMatch(message);
+    },
+    30_000,
+  );
+
   it('does not start with a log.destination it cannot open, and says why', async () => {
     const notADir = join(dir, 'plain-file');
     writeFileSync(notADir, '');
