@@ -246,7 +246,8 @@ Run "egressd <command> --help" for a command's own options.`,
   const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');
   apiOptions(sub(sandbox, 'put', 'Create or replace a sandbox'))
     .argument('<id>', 'sandbox id')
-    .option('--file <body.json>', 'the whole body, JSON ("-": standard input)')
+    // A body from a file is the whole body: a flag beside it would be dropped without a word.
+    .addOption(new Option('--file <body.json>', 'the whole body, JSON ("-": standard input)').conflicts(['sources', 'org', 'network', 'reportOnly']))
     .option('--sources <list>', 'comma-separated source addresses (without --file)')
     .option('--org <id>', 'its organization (without --file)')
     .option('--network <json>', 'its policy in any dialect (without --file)')
@@ -270,7 +271,7 @@ Run "egressd <command> --help" for a command's own options.`,
   collection(sandbox, '/api/v1/sandboxes', { id: 'sandbox id', get: 'Show a sandbox', rm: 'Delete a sandbox', ls: 'List sandboxes' });
   apiOptions(sub(sandbox, 'network', "Show a sandbox's policy, or replace it with --file or --network"))
     .argument('<id>', 'sandbox id')
-    .option('--file <body.json>', 'the policy body, JSON ("-": standard input)')
+    .addOption(new Option('--file <body.json>', 'the policy body, JSON ("-": standard input)').conflicts('network'))
     .option('--network <json>', 'the policy body inline')
     .action((id: string, o: { file?: string; network?: string }, c: Command) => {
       const body = o.file !== undefined ? fileJson(o.file) : o.network !== undefined ? json(o.network, '--network') : undefined;
@@ -284,9 +285,10 @@ Run "egressd <command> --help" for a command's own options.`,
   const org = sub(program, 'org', 'Organizations through the control-plane API');
   apiOptions(sub(org, 'put', 'Create or replace an organization: a Daytona tier or a policy'))
     .argument('<id>', 'organization id')
-    .option('--tier <n>', 'Daytona tier 1-4', tierArg)
+    // An organization has a tier or a policy (the API refuses both), and a file is the whole body.
+    .addOption(new Option('--tier <n>', 'Daytona tier 1-4').argParser(tierArg).conflicts('network'))
     .option('--network <json>', 'its policy in any dialect')
-    .option('--file <body.json>', 'the whole body, JSON ("-": standard input)')
+    .addOption(new Option('--file <body.json>', 'the whole body, JSON ("-": standard input)').conflicts(['tier', 'network', 'reportOnly']))
     .option('--report-only', "report-only mode for the organization's sandboxes (without --file)")
     .action((id: string, o: { tier?: number; network?: string; file?: string; reportOnly?: boolean }, c: Command) => {
       const ro = o.reportOnly === true ? { reportOnly: true } : {};

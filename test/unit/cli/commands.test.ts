@@ -437,6 +437,22 @@ describe('egressd serve', () => {
   });
 });
 
+// A flag the body would not carry was dropped without a word: `org put --tier 1 --network ...`
+// stored the tier alone (the API refuses both), and a body file beat every flag beside it.
+describe('the API commands refuse flags their body would drop', () => {
+  it.each([
+    [['org', 'put', 'o1', '--tier', '1', '--network', '{}'], "option '--tier <n>' cannot be used with option '--network <json>'"],
+    [['org', 'put', 'o1', '--file', 'body.json', '--report-only'], "option '--file <body.json>' cannot be used with option '--report-only'"],
+    [['sandbox', 'put', 's1', '--file', 'body.json', '--sources', '198.18.0.1'], "option '--file <body.json>' cannot be used with option '--sources <list>'"],
+    [['sandbox', 'put', 's1', '--file', 'body.json', '--network', '{}'], "option '--file <body.json>' cannot be used with option '--network <json>'"],
+    [['sandbox', 'network', 's1', '--file', 'body.json', '--network', '{}'], "option '--file <body.json>' cannot be used with option '--network <json>'"],
+  ])('egressd %j exits 2 before any request', async (args, message) => {
+    // No API is listening there: a request made would exit 3 (unavailable), not 2.
+    const r = await egressd([...args, '--admin', 'http://127.0.0.1:9']);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 2, stderr: expect.stringContaining(message) });
+  });
+});
+
 describe('egressd without a known command', () => {
   it('prints the usage and exits 2 when no command is given', async () => {
     const r = await egressd([]);
