@@ -12,9 +12,16 @@ function iptablesMatch(m: Match): string[] {
   if (m.protocol !== undefined) a.push('-p', m.protocol);
   if (m.dport !== undefined) a.push('--dport', String(m.dport));
   if (m.uid !== undefined) a.push('-m', 'owner', '--uid-owner', String(m.uid));
-  if (m.originalDirection !== undefined || m.newConnection !== undefined || m.originalDestination !== undefined || m.originalDport !== undefined) {
+  if (
+    m.originalDirection !== undefined ||
+    m.newConnection !== undefined ||
+    m.untracked !== undefined ||
+    m.originalDestination !== undefined ||
+    m.originalDport !== undefined
+  ) {
     a.push('-m', 'conntrack');
     if (m.newConnection !== undefined) a.push('--ctstate', 'NEW');
+    if (m.untracked !== undefined) a.push('--ctstate', 'INVALID,UNTRACKED');
     if (m.originalDestination !== undefined) a.push('--ctorigdst', m.originalDestination);
     if (m.originalDport !== undefined) a.push('--ctorigdstport', String(m.originalDport));
     if (m.originalDirection !== undefined) a.push('--ctdir', 'ORIGINAL');

@@ -16,6 +16,7 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.originalDport !== undefined) a.push(`ct original proto-dst ${m.originalDport}`);
   if (m.originalDirection !== undefined) a.push('ct direction original');
   if (m.newConnection !== undefined) a.push('ct state new');
+  if (m.untracked !== undefined) a.push('ct state invalid,untracked');
   return a;
 }
 

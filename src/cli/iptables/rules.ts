@@ -46,7 +46,16 @@ export interface IptablesOptions {
   readonly backendGiven: boolean;
 }
 
-export type ChainId = 'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp' | 'tcp';
+export type ChainId =
+  | 'nat-prerouting'
+  | 'nat-output'
+  | 'redirect'
+  | 'filter-input'
+  | 'filter-forward'
+  | 'filter-output'
+  | 'udp'
+  | 'tcp'
+  | 'untracked';
 
 interface ChainInfo {
   readonly table: Table;
@@ -66,6 +75,7 @@ export const CHAINS: Readonly<Record<ChainId, ChainInfo>> = Object.freeze({
   'filter-output': { table: 'filter', hook: 'OUTPUT', iptables: 'EGRESSD-OUTPUT', nft: 'filter_output' },
   udp: { table: 'filter', hook: null, iptables: 'EGRESSD-UDP', nft: 'limit_udp' },
   tcp: { table: 'filter', hook: null, iptables: 'EGRESSD-TCP', nft: 'unredirected_tcp' },
+  untracked: { table: 'filter', hook: null, iptables: 'EGRESSD-UNTRACKED', nft: 'untracked_tcp' },
 });
 
 export interface Match {
@@ -83,6 +93,11 @@ export interface Match {
   /** The destination as the connection's first packet had it, before any NAT (conntrack's original tuple). */
   readonly originalDestination?: string;
   readonly originalDport?: number;
+  /**
+   * Only packets conntrack holds no connection for: INVALID (a segment no TCP state allows, e.g.
+   * SYN|FIN) or UNTRACKED (a raw-table NOTRACK). The NAT tables never see them.
+   */
+  readonly untracked?: true;
 }
 
 export type Target =
@@ -172,10 +187,23 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     ...dns.map((a): Rule => ({ match: { protocol: 'tcp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } })),
     { match: { protocol: 'tcp' }, target: { kind: 'reset' } },
   ];
+  // TCP conntrack holds no connection for skips NAT, so no redirect catches it, and it carries no
+  // direction or state for the tcp chain's entry to match: a sandbox with CAP_NET_RAW (container
+  // runtimes grant it by default) sends such segments, data and all, to any address. No connection
+  // needs them: they are dropped (kube-proxy drops INVALID too), not reset, because a reset for an
+  // out-of-window segment of a connection made to the sandbox would cut that connection. Without
+  // NAT the destination is the one sent to, so the exclusions are judged on it directly.
+  const untracked: Rule[] = [
+    ...excluded.map((c): Rule => ({ match: { protocol: 'tcp', destination: c }, target: { kind: 'return' } })),
+    ...options.excludePorts.map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),
+    ...dns.map((a): Rule => ({ match: { protocol: 'tcp', destination: hostCidr(a), dport: 53 }, target: { kind: 'return' } })),
+    { match: { protocol: 'tcp' }, target: { kind: 'drop' } },
+  ];
   const chains: Chain[] = [
     { id: 'redirect', rules: redirect },
     { id: 'udp', rules: udp },
     { id: 'tcp', rules: tcp },
+    { id: 'untracked', rules: untracked },
   ];
   if (options.mode === 'host') {
     const selectors: Match[] = [
@@ -186,7 +214,10 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       selectors.map((m) => ({ match: { ...m, protocol, ...(dport !== undefined ? { dport } : {}) }, target: { kind: 'jump', chain } }));
     // Only the sandbox's own connections: the answers of a connection made to a sandbox (a
     // platform reaching a service in it) travel in the reply direction and pass.
-    const unredirected: Rule[] = selectors.map((m) => ({ match: { ...m, protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'tcp' } }));
+    const unredirected: Rule[] = selectors.flatMap((m): Rule[] => [
+      { match: { ...m, protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'tcp' } },
+      { match: { ...m, protocol: 'tcp', untracked: true }, target: { kind: 'jump', chain: 'untracked' } },
+    ]);
     // A redirected query reaches INPUT with the listener's port as its destination; only INPUT
     // (the host itself), never FORWARD, lets that port through.
     const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
@@ -222,6 +253,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
           // closed one, a TIME_WAIT's ACK) carries no uid for the exemption, and a pod's
           // connections all start after the rules (the init container runs first).
           { match: { protocol: 'tcp', newConnection: true }, target: { kind: 'jump', chain: 'tcp' } },
+          { match: { protocol: 'tcp', untracked: true }, target: { kind: 'jump', chain: 'untracked' } },
         ],
       },
     );

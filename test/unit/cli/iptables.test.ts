@@ -150,10 +150,23 @@ describe('buildRuleSet', () => {
     expect(nft).toContain('iifname "veth0" meta l4proto tcp ct direction original jump unredirected_tcp');
   });
 
+  // Such a segment never met NAT: its destination is the one the sandbox sent to.
+  it('drops TCP conntrack holds no connection for, except what the redirect chain lets pass, judged on the destination', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--dns-server', '198.18.1.53', '--exclude-cidr', '10.96.0.0/12', '--exclude-port', '7000']), 4);
+    expect(chain(rs, 'untracked')).toEqual([
+      JSON.stringify([{ protocol: 'tcp', destination: '10.96.0.0/12' }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp', dport: 7000 }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp', destination: '198.18.1.53/32', dport: 53 }, { kind: 'return' }]),
+      JSON.stringify([{ protocol: 'tcp' }, { kind: 'drop' }]),
+    ]);
+    expect(renderIptablesRestore(rs)).toContain('-A EGRESSD-UNTRACKED -d 10.96.0.0/12 -p tcp -j RETURN');
+    expect(renderNft(rs)).toContain('iifname "veth0" meta l4proto tcp ct state invalid,untracked jump untracked_tcp');
+  });
+
   it('in host mode, selects sandbox traffic by interface and by the sources of its own family only', () => {
     const o = options(['--interface', 'veth+', '--source', '10.0.0.0/8', '--source', '2001:db8:1::/48']);
     const v4 = buildRuleSet(o, 4);
-    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'tcp', 'udp']);
+    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'tcp', 'udp', 'untracked']);
     expect(chain(v4, 'nat-prerouting')).toEqual([
       JSON.stringify([
         { inInterface: 'veth+', protocol: 'tcp' },
@@ -175,7 +188,8 @@ describe('buildRuleSet', () => {
       ]),
     ];
     expect(chain(v4, 'filter-input')).toEqual(udpJumps);
-    // TCP that reaches FORWARD was not redirected: the sandbox's own connections go to the tcp chain.
+    // TCP that reaches FORWARD was not redirected: the sandbox's own connections go to the tcp
+    // chain, segments conntrack holds no connection for to the untracked chain.
     expect(chain(v4, 'filter-forward')).toEqual([
       ...udpJumps,
       JSON.stringify([
@@ -183,8 +197,16 @@ describe('buildRuleSet', () => {
         { kind: 'jump', chain: 'tcp' },
       ]),
       JSON.stringify([
+        { inInterface: 'veth+', protocol: 'tcp', untracked: true },
+        { kind: 'jump', chain: 'untracked' },
+      ]),
+      JSON.stringify([
         { source: '10.0.0.0/8', protocol: 'tcp', originalDirection: true },
         { kind: 'jump', chain: 'tcp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'tcp', untracked: true },
+        { kind: 'jump', chain: 'untracked' },
       ]),
     ]);
     expect(chain(buildRuleSet(o, 6), 'nat-prerouting')[1]).toContain('2001:db8:1::/48');
@@ -197,7 +219,7 @@ describe('buildRuleSet', () => {
       [6, '::1/128'],
     ] as const) {
       const rs = buildRuleSet(o, family);
-      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'tcp', 'udp']);
+      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'tcp', 'udp', 'untracked']);
       const exempt = [
         JSON.stringify([{ uid: 1337 }, { kind: 'return' }]),
         JSON.stringify([{ outInterface: 'lo' }, { kind: 'return' }]),
@@ -210,6 +232,10 @@ describe('buildRuleSet', () => {
         JSON.stringify([
           { protocol: 'tcp', newConnection: true },
           { kind: 'jump', chain: 'tcp' },
+        ]),
+        JSON.stringify([
+          { protocol: 'tcp', untracked: true },
+          { kind: 'jump', chain: 'untracked' },
         ]),
       ]);
     }
@@ -337,6 +363,7 @@ describe('renderIptablesRestore', () => {
         '*filter',
         ':EGRESSD-UDP - [0:0]',
         ':EGRESSD-TCP - [0:0]',
+        ':EGRESSD-UNTRACKED - [0:0]',
         ':EGRESSD-INPUT - [0:0]',
         ':EGRESSD-FORWARD - [0:0]',
         '-A EGRESSD-UDP -d 198.18.1.53/32 -p udp --dport 53 -j RETURN',
@@ -344,9 +371,12 @@ describe('renderIptablesRestore', () => {
         '-A EGRESSD-UDP -p udp -j DROP',
         '-A EGRESSD-TCP -p tcp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN',
         '-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset',
+        '-A EGRESSD-UNTRACKED -d 198.18.1.53/32 -p tcp --dport 53 -j RETURN',
+        '-A EGRESSD-UNTRACKED -p tcp -j DROP',
         '-A EGRESSD-INPUT -i veth0 -p udp -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p udp -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP',
+        '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UNTRACKED',
         'COMMIT',
         '',
       ].join('\n'),
@@ -381,6 +411,9 @@ describe('renderNft', () => {
         '\tchain unredirected_tcp {',
         '\t\tmeta l4proto tcp reject with tcp reset',
         '\t}',
+        '\tchain untracked_tcp {',
+        '\t\tmeta l4proto tcp drop',
+        '\t}',
         '\tchain nat_prerouting {',
         '\t\ttype nat hook prerouting priority -110; policy accept;',
         '\t\tiifname "veth*" meta l4proto tcp jump redirect_tcp',
@@ -396,7 +429,9 @@ describe('renderNft', () => {
         '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
         '\t\tiifname "veth*" meta l4proto tcp ct direction original jump unredirected_tcp',
+        '\t\tiifname "veth*" meta l4proto tcp ct state invalid,untracked jump untracked_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump unredirected_tcp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct state invalid,untracked jump untracked_tcp',
         '\t}',
         '}',
         '',
