@@ -169,9 +169,19 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     { match: { protocol: 'tcp', dport: 443 }, target: { kind: 'redirect', port: options.ports.tls } },
     { match: { protocol: 'tcp' }, target: { kind: 'redirect', port: options.ports.tcp } },
   ];
+  // Exclusions are judged on the destination the sandbox sent to: filter runs after every NAT,
+  // and another tool's DNAT (kube-proxy's, for a service range excluded here or a --dns-server that
+  // is a service address) has by then replaced it with an endpoint no exclusion names. A datagram
+  // conntrack does not track met no NAT, so its destination is the one sent to.
   const udp: Rule[] = [
-    ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'udp' }, target: { kind: 'return' } })),
-    ...dns.map((a): Rule => ({ match: { destination: hostCidr(a), protocol: 'udp', dport: 53 }, target: { kind: 'return' } })),
+    ...excluded.flatMap((c): Rule[] => [
+      { match: { protocol: 'udp', originalDestination: c }, target: { kind: 'return' } },
+      { match: { destination: c, protocol: 'udp', untracked: true }, target: { kind: 'return' } },
+    ]),
+    ...dns.flatMap((a): Rule[] => [
+      { match: { protocol: 'udp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } },
+      { match: { destination: hostCidr(a), protocol: 'udp', dport: 53, untracked: true }, target: { kind: 'return' } },
+    ]),
     { match: { protocol: 'udp', dport: 443 }, target: { kind: 'reject' } },
     { match: { protocol: 'udp' }, target: { kind: options.udp } },
   ];
@@ -205,6 +215,13 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     { id: 'tcp', rules: tcp },
     { id: 'untracked', rules: untracked },
   ];
+  // A sandbox's own UDP: the direction of a flow's first datagram, so the answers of a UDP service
+  // in the sandbox (a platform querying it) pass, and datagrams conntrack does not track, which
+  // have no direction.
+  const ownUdp: Match[] = [
+    { protocol: 'udp', originalDirection: true },
+    { protocol: 'udp', untracked: true },
+  ];
   if (options.mode === 'host') {
     const selectors: Match[] = [
       ...options.interfaces.map((i): Match => ({ inInterface: i })),
@@ -212,6 +229,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     ];
     const to = (protocol: 'tcp' | 'udp', chain: ChainId, dport?: number): Rule[] =>
       selectors.map((m) => ({ match: { ...m, protocol, ...(dport !== undefined ? { dport } : {}) }, target: { kind: 'jump', chain } }));
+    const udpOut: Rule[] = selectors.flatMap((m) => ownUdp.map((u): Rule => ({ match: { ...m, ...u }, target: { kind: 'jump', chain: 'udp' } })));
     // Only the sandbox's own connections: the answers of a connection made to a sandbox (a
     // platform reaching a service in it) travel in the reply direction and pass.
     const unredirected: Rule[] = selectors.flatMap((m): Rule[] => [
@@ -223,8 +241,8 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
     chains.push(
       { id: 'nat-prerouting', rules: [...(dnsPort === null ? [] : to('udp', 'redirect', 53)), ...to('tcp', 'redirect')] },
-      { id: 'filter-input', rules: [...dnsIn, ...to('udp', 'udp')] },
-      { id: 'filter-forward', rules: [...to('udp', 'udp'), ...unredirected] },
+      { id: 'filter-input', rules: [...dnsIn, ...udpOut] },
+      { id: 'filter-forward', rules: [...udpOut, ...unredirected] },
     );
   } else {
     // REDIRECT in OUTPUT rewrites to a loopback address, so egressd's own dials (its uid) and
@@ -247,7 +265,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
         id: 'filter-output',
         rules: [
           ...exempt,
-          { match: { protocol: 'udp' }, target: { kind: 'jump', chain: 'udp' } },
+          ...ownUdp.map((match): Rule => ({ match, target: { kind: 'jump', chain: 'udp' } })),
           // A redirected connection goes to loopback, exempt above. Only opening packets: what
           // the kernel sends for egressd's own connections without their socket (a reset for a
           // closed one, a TIME_WAIT's ACK) carries no uid for the exemption, and a pod's

@@ -111,12 +111,13 @@ describe('buildRuleSet', () => {
       match: { destination: '198.18.1.53/32', protocol: 'tcp', dport: 53 },
       target: { kind: 'return' },
     });
-    expect(v4.chains.find((c) => c.id === 'udp')!.rules[0]).toEqual({
-      match: { destination: '198.18.1.53/32', protocol: 'udp', dport: 53 },
-      target: { kind: 'return' },
-    });
+    // Filter runs after every NAT: judged on the server the sandbox addressed, as conntrack recorded it.
+    expect(v4.chains.find((c) => c.id === 'udp')!.rules.slice(0, 2)).toEqual([
+      { match: { protocol: 'udp', originalDestination: '198.18.1.53/32', originalDport: 53 }, target: { kind: 'return' } },
+      { match: { destination: '198.18.1.53/32', protocol: 'udp', dport: 53, untracked: true }, target: { kind: 'return' } },
+    ]);
     expect(JSON.stringify(v4)).not.toContain('2001:db8::53');
-    expect(v6.chains.find((c) => c.id === 'udp')!.rules[0]!.match.destination).toBe('2001:db8::53/128');
+    expect(v6.chains.find((c) => c.id === 'udp')!.rules[0]!.match.originalDestination).toBe('2001:db8::53/128');
     expect(JSON.stringify(v6)).not.toContain('198.18.1.53');
   });
 
@@ -177,13 +178,22 @@ describe('buildRuleSet', () => {
         { kind: 'jump', chain: 'redirect' },
       ]),
     ]);
+    // The sandbox's own UDP flows and untracked datagrams: the answers of a UDP service in it pass.
     const udpJumps = [
       JSON.stringify([
-        { inInterface: 'veth+', protocol: 'udp' },
+        { inInterface: 'veth+', protocol: 'udp', originalDirection: true },
         { kind: 'jump', chain: 'udp' },
       ]),
       JSON.stringify([
-        { source: '10.0.0.0/8', protocol: 'udp' },
+        { inInterface: 'veth+', protocol: 'udp', untracked: true },
+        { kind: 'jump', chain: 'udp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'udp', originalDirection: true },
+        { kind: 'jump', chain: 'udp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'udp', untracked: true },
         { kind: 'jump', chain: 'udp' },
       ]),
     ];
@@ -228,7 +238,14 @@ describe('buildRuleSet', () => {
       expect(chain(rs, 'nat-output')).toEqual([...exempt, JSON.stringify([{ protocol: 'tcp' }, { kind: 'jump', chain: 'redirect' }])]);
       expect(chain(rs, 'filter-output')).toEqual([
         ...exempt,
-        JSON.stringify([{ protocol: 'udp' }, { kind: 'jump', chain: 'udp' }]),
+        JSON.stringify([
+          { protocol: 'udp', originalDirection: true },
+          { kind: 'jump', chain: 'udp' },
+        ]),
+        JSON.stringify([
+          { protocol: 'udp', untracked: true },
+          { kind: 'jump', chain: 'udp' },
+        ]),
         JSON.stringify([
           { protocol: 'tcp', newConnection: true },
           { kind: 'jump', chain: 'tcp' },
@@ -366,15 +383,18 @@ describe('renderIptablesRestore', () => {
         ':EGRESSD-UNTRACKED - [0:0]',
         ':EGRESSD-INPUT - [0:0]',
         ':EGRESSD-FORWARD - [0:0]',
-        '-A EGRESSD-UDP -d 198.18.1.53/32 -p udp --dport 53 -j RETURN',
+        '-A EGRESSD-UDP -p udp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN',
+        '-A EGRESSD-UDP -d 198.18.1.53/32 -p udp --dport 53 -m conntrack --ctstate INVALID,UNTRACKED -j RETURN',
         '-A EGRESSD-UDP -p udp --dport 443 -j REJECT --reject-with icmp-port-unreachable',
         '-A EGRESSD-UDP -p udp -j DROP',
         '-A EGRESSD-TCP -p tcp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN',
         '-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset',
         '-A EGRESSD-UNTRACKED -d 198.18.1.53/32 -p tcp --dport 53 -j RETURN',
         '-A EGRESSD-UNTRACKED -p tcp -j DROP',
-        '-A EGRESSD-INPUT -i veth0 -p udp -j EGRESSD-UDP',
-        '-A EGRESSD-FORWARD -i veth0 -p udp -j EGRESSD-UDP',
+        '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
+        '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
+        '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
+        '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UNTRACKED',
         'COMMIT',
@@ -421,13 +441,17 @@ describe('renderNft', () => {
         '\t}',
         '\tchain filter_input {',
         '\t\ttype filter hook input priority 0; policy accept;',
-        '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
-        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto udp ct direction original jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto udp ct state invalid,untracked jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct direction original jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct state invalid,untracked jump limit_udp',
         '\t}',
         '\tchain filter_forward {',
         '\t\ttype filter hook forward priority 0; policy accept;',
-        '\t\tiifname "veth*" meta l4proto udp jump limit_udp',
-        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto udp ct direction original jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto udp ct state invalid,untracked jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct direction original jump limit_udp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct state invalid,untracked jump limit_udp',
         '\t\tiifname "veth*" meta l4proto tcp ct direction original jump unredirected_tcp',
         '\t\tiifname "veth*" meta l4proto tcp ct state invalid,untracked jump untracked_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump unredirected_tcp',
@@ -581,9 +605,12 @@ describe('--exclude-cidr and --exclude-port', () => {
       { match: { destination: '169.254.169.254/32', protocol: 'udp', dport: 53 }, target: { kind: 'return' } },
       { match: { protocol: 'tcp', dport: 15020 }, target: { kind: 'return' } },
     ]);
-    expect(chain('udp').slice(0, 2)).toEqual([
-      { match: { destination: '10.96.0.0/12', protocol: 'udp' }, target: { kind: 'return' } },
-      { match: { destination: '169.254.169.254/32', protocol: 'udp' }, target: { kind: 'return' } },
+    // Judged on the destination the sandbox sent to (filter sees another tool's DNAT done).
+    expect(chain('udp').slice(0, 4)).toEqual([
+      { match: { protocol: 'udp', originalDestination: '10.96.0.0/12' }, target: { kind: 'return' } },
+      { match: { destination: '10.96.0.0/12', protocol: 'udp', untracked: true }, target: { kind: 'return' } },
+      { match: { protocol: 'udp', originalDestination: '169.254.169.254/32' }, target: { kind: 'return' } },
+      { match: { destination: '169.254.169.254/32', protocol: 'udp', untracked: true }, target: { kind: 'return' } },
     ]);
   });
 
