@@ -55,7 +55,23 @@ describe.skipIf(skip !== null)('the udp chain on a live kernel', () => {
   describe.each(['iptables', 'nft'] as const)('host mode, with the %s backend', (backend) => {
     afterAll(async () => {
       if (backend === 'nft') await rig.execIn('router', 'nft', ['delete', 'table', 'ip', 'foreign']);
-      else await rig.execIn('router', 'iptables', ['-t', 'nat', '-D', 'PREROUTING', '-d', `${SERVICE}/32`, '-p', 'udp', '--dport', '53', '-j', 'DNAT', '--to-destination', rig.dnsServer]);
+      else
+        await rig.execIn('router', 'iptables', [
+          '-t',
+          'nat',
+          '-D',
+          'PREROUTING',
+          '-d',
+          `${SERVICE}/32`,
+          '-p',
+          'udp',
+          '--dport',
+          '53',
+          '-j',
+          'DNAT',
+          '--to-destination',
+          rig.dnsServer,
+        ]);
       await ok('router', ['--remove', '--backend', backend]);
     });
 
@@ -91,7 +107,8 @@ describe.skipIf(skip !== null)('the udp chain on a live kernel', () => {
         process.kill(echo.pid, 'SIGTERM');
       }
     });
-    const ask = async (from: 'router' | 'internet', host: string): Promise<string> => (await rig.execIn(from, NODE, ['-e', UDP_CLIENT, host], { timeoutMs: 10_000 })).stdout;
+    const ask = async (from: 'router' | 'internet', host: string): Promise<string> =>
+      (await rig.execIn(from, NODE, ['-e', UDP_CLIENT, host], { timeoutMs: 10_000 })).stdout;
 
     it('in host mode, to the host itself and through it, over IPv4 and IPv6', async () => {
       await ok('router', ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf]);

@@ -47,15 +47,7 @@ export interface IptablesOptions {
 }
 
 export type ChainId =
-  | 'nat-prerouting'
-  | 'nat-output'
-  | 'redirect'
-  | 'filter-input'
-  | 'filter-forward'
-  | 'filter-output'
-  | 'udp'
-  | 'tcp'
-  | 'untracked';
+  'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp' | 'tcp' | 'untracked' | 'local-tcp';
 
 interface ChainInfo {
   readonly table: Table;
@@ -76,6 +68,7 @@ export const CHAINS: Readonly<Record<ChainId, ChainInfo>> = Object.freeze({
   udp: { table: 'filter', hook: null, iptables: 'EGRESSD-UDP', nft: 'limit_udp' },
   tcp: { table: 'filter', hook: null, iptables: 'EGRESSD-TCP', nft: 'unredirected_tcp' },
   untracked: { table: 'filter', hook: null, iptables: 'EGRESSD-UNTRACKED', nft: 'untracked_tcp' },
+  'local-tcp': { table: 'filter', hook: null, iptables: 'EGRESSD-LOCAL-TCP', nft: 'local_tcp' },
 });
 
 export interface Match {
@@ -239,9 +232,20 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     // A redirected query reaches INPUT with the listener's port as its destination; only INPUT
     // (the host itself), never FORWARD, lets that port through.
     const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
+    // TCP a DNAT ahead of egressd's redirect sent to the host itself (a service whose endpoint is
+    // on the host's network: the API server on a control-plane node) reaches INPUT, never FORWARD.
+    // A connection egressd's redirect took arrives at one of its listeners; any other the
+    // sandbox opened goes to the tcp chain, which keeps the exclusions.
+    const listeners = [options.ports.http, options.ports.tls, options.ports.tcp, ...(dnsPort === null ? [] : [dnsPort])];
+    const localTcp: Rule[] = [
+      ...[...new Set(listeners)].map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),
+      { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'tcp' } },
+    ];
+    const toLocal: Rule[] = selectors.map((m) => ({ match: { ...m, protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'local-tcp' } }));
     chains.push(
+      { id: 'local-tcp', rules: localTcp },
       { id: 'nat-prerouting', rules: [...(dnsPort === null ? [] : to('udp', 'redirect', 53)), ...to('tcp', 'redirect')] },
-      { id: 'filter-input', rules: [...dnsIn, ...udpOut] },
+      { id: 'filter-input', rules: [...dnsIn, ...udpOut, ...toLocal] },
       { id: 'filter-forward', rules: [...udpOut, ...unredirected] },
     );
   } else {

@@ -167,7 +167,7 @@ describe('buildRuleSet', () => {
   it('in host mode, selects sandbox traffic by interface and by the sources of its own family only', () => {
     const o = options(['--interface', 'veth+', '--source', '10.0.0.0/8', '--source', '2001:db8:1::/48']);
     const v4 = buildRuleSet(o, 4);
-    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'nat-prerouting', 'redirect', 'tcp', 'udp', 'untracked']);
+    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'local-tcp', 'nat-prerouting', 'redirect', 'tcp', 'udp', 'untracked']);
     expect(chain(v4, 'nat-prerouting')).toEqual([
       JSON.stringify([
         { inInterface: 'veth+', protocol: 'tcp' },
@@ -197,7 +197,22 @@ describe('buildRuleSet', () => {
         { kind: 'jump', chain: 'udp' },
       ]),
     ];
-    expect(chain(v4, 'filter-input')).toEqual(udpJumps);
+    // TCP the sandbox opened to the host itself goes to the local-tcp chain, which lets egressd's listeners through.
+    expect(chain(v4, 'filter-input')).toEqual([
+      ...udpJumps,
+      JSON.stringify([
+        { inInterface: 'veth+', protocol: 'tcp', originalDirection: true },
+        { kind: 'jump', chain: 'local-tcp' },
+      ]),
+      JSON.stringify([
+        { source: '10.0.0.0/8', protocol: 'tcp', originalDirection: true },
+        { kind: 'jump', chain: 'local-tcp' },
+      ]),
+    ]);
+    expect(chain(v4, 'local-tcp')).toEqual([
+      ...[15080, 15443, 15001].map((dport) => JSON.stringify([{ protocol: 'tcp', dport }, { kind: 'return' }])),
+      JSON.stringify([{ protocol: 'tcp' }, { kind: 'jump', chain: 'tcp' }]),
+    ]);
     // TCP that reaches FORWARD was not redirected: the sandbox's own connections go to the tcp
     // chain, segments conntrack holds no connection for to the untracked chain.
     expect(chain(v4, 'filter-forward')).toEqual([
@@ -381,6 +396,7 @@ describe('renderIptablesRestore', () => {
         ':EGRESSD-UDP - [0:0]',
         ':EGRESSD-TCP - [0:0]',
         ':EGRESSD-UNTRACKED - [0:0]',
+        ':EGRESSD-LOCAL-TCP - [0:0]',
         ':EGRESSD-INPUT - [0:0]',
         ':EGRESSD-FORWARD - [0:0]',
         '-A EGRESSD-UDP -p udp -m conntrack --ctorigdst 198.18.1.53/32 --ctorigdstport 53 -j RETURN',
@@ -391,8 +407,13 @@ describe('renderIptablesRestore', () => {
         '-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset',
         '-A EGRESSD-UNTRACKED -d 198.18.1.53/32 -p tcp --dport 53 -j RETURN',
         '-A EGRESSD-UNTRACKED -p tcp -j DROP',
+        '-A EGRESSD-LOCAL-TCP -p tcp --dport 15080 -j RETURN',
+        '-A EGRESSD-LOCAL-TCP -p tcp --dport 15443 -j RETURN',
+        '-A EGRESSD-LOCAL-TCP -p tcp --dport 15001 -j RETURN',
+        '-A EGRESSD-LOCAL-TCP -p tcp -j EGRESSD-TCP',
         '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
         '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
+        '-A EGRESSD-INPUT -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-LOCAL-TCP',
         '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP',
@@ -434,6 +455,12 @@ describe('renderNft', () => {
         '\tchain untracked_tcp {',
         '\t\tmeta l4proto tcp drop',
         '\t}',
+        '\tchain local_tcp {',
+        '\t\ttcp dport 15080 return',
+        '\t\ttcp dport 15443 return',
+        '\t\ttcp dport 15001 return',
+        '\t\tmeta l4proto tcp jump unredirected_tcp',
+        '\t}',
         '\tchain nat_prerouting {',
         '\t\ttype nat hook prerouting priority -110; policy accept;',
         '\t\tiifname "veth*" meta l4proto tcp jump redirect_tcp',
@@ -445,6 +472,8 @@ describe('renderNft', () => {
         '\t\tiifname "veth*" meta l4proto udp ct state invalid,untracked jump limit_udp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct direction original jump limit_udp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct state invalid,untracked jump limit_udp',
+        '\t\tiifname "veth*" meta l4proto tcp ct direction original jump local_tcp',
+        '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump local_tcp',
         '\t}',
         '\tchain filter_forward {',
         '\t\ttype filter hook forward priority 0; policy accept;',
