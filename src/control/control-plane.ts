@@ -19,7 +19,7 @@ import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import type { LimitsOverride } from '../limits/limits-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
-import { schemaProblem, type EntryKind, type StateChanges, type StateStore, type StoredEntry } from './state-store.ts';
+import { schemaProblem, storedBody, type EntryKind, type StateChanges, type StateStore, type StoredEntry } from './state-store.ts';
 import { StateInvalidError, StateRejectedError, StateWriteError, type StateIssue } from '../errors.ts';
 
 export type ChangeSource = 'api' | 'config';
@@ -293,17 +293,12 @@ export class ControlPlane {
     const bodies: { id: string; revision: number; body: Record<string, unknown> }[] = [];
     for (const row of c.upserts) {
       const entry = `${row.kind} ${quote(row.id)}`;
-      let body: unknown;
-      try {
-        body = JSON.parse(row.body);
-      } catch (err) {
-        issues.push({ entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` });
+      const parsed = storedBody(row.kind, row.id, row.body);
+      if (!parsed.ok) {
+        issues.push(parsed.issue);
         continue;
       }
-      if (!isPlainObject(body)) {
-        issues.push({ entry, field: '', reason: `Expected an object, got ${quote(body)}` });
-        continue;
-      }
+      const body = parsed.body;
       if (row.kind === 'org') {
         const v = this.#validateOrg(row.id, bodyOf(body));
         if (!v.ok) issues.push(...issuesOf(entry, v.error));

@@ -149,6 +149,22 @@ function formatOf(path: string): StateFormat {
 const whole = (reason: string): StateIssue => ({ entry: '', field: '', reason });
 
 /** Whether a process reading `schema` may go on with the state; the reason when not. */
+/**
+ * A stored entry's body text as the object it must be: a JSON object, else the problem, named by
+ * the entry (`sandbox "id"`), as start-up reports it and as following another process's changes does.
+ */
+export function storedBody(kind: string, id: string, text: string): { ok: true; body: Record<string, unknown> } | { ok: false; issue: StateIssue } {
+  const entry = `${kind} ${quote(id)}`;
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, issue: { entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` } };
+  }
+  if (!isPlainObject(body)) return { ok: false, issue: { entry, field: '', reason: `Expected an object, got ${quote(body)}` } };
+  return { ok: true, body };
+}
+
 export function schemaProblem(schema: number | null): string | null {
   return schema !== null && SCHEMAS_READ.includes(schema) ? null : unknownSchema(schema);
 }
@@ -352,18 +368,12 @@ export class StateStore {
     for (const r of db.prepare('SELECT kind, id, revision, body FROM entries ORDER BY kind, id').all()) {
       const kind = String(r['kind']) as EntryKind;
       const id = String(r['id']);
-      const entry = `${kind} ${quote(id)}`;
-      let body: unknown;
-      try {
-        body = JSON.parse(String(r['body']));
-      } catch (err) {
-        issues.push({ entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` });
+      const parsed = storedBody(kind, id, String(r['body']));
+      if (!parsed.ok) {
+        issues.push(parsed.issue);
         continue;
       }
-      if (!isPlainObject(body)) {
-        issues.push({ entry, field: '', reason: `Expected an object, got ${quote(body)}` });
-        continue;
-      }
+      const body = parsed.body;
       const revision = Number(r['revision']);
       top = Math.max(top, revision);
       entries.push({ kind, id, body, revision });
