@@ -3,10 +3,9 @@
 // a control-plane node) reaches filter INPUT, never FORWARD, and must not get through either.
 
 import type { ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, NODE } from '../helpers/e2e-daemon.ts';
+import { startCatcher, stopCatcher } from '../helpers/port-catcher.ts';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
 
 const PORTS = { http: 29080, tls: 29443, tcp: 29001 };
@@ -18,15 +17,6 @@ const SERVICE = '198.18.1.82';
 /** The router's address on the sandbox side, where the DNATs send both. */
 const ROUTER = '198.18.0.1';
 
-const CATCHER = `
-const net = require('node:net');
-const ports = process.argv.slice(1).map(Number);
-let ready = 0;
-for (const port of ports) {
-  net.createServer((s) => s.end('caught ' + port + '\\n'))
-    .listen({ host: '::', port }, () => { if (++ready === ports.length) console.log('ready'); });
-}
-`;
 const TCP_CLIENT = `
 const [host, port] = process.argv.slice(1);
 const s = require('node:net').connect({ host, port: Number(port) });
@@ -45,15 +35,10 @@ describe.skipIf(skip !== null)('a DNAT to the host itself ahead of egressd', () 
   let catcher: ChildProcess;
   beforeAll(async () => {
     rig = await createRig();
-    catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(PORTS.http), String(PORTS.tls), String(PORTS.tcp), String(HOST_PORT)]);
-    await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+    catcher = await startCatcher(rig, 'router', [PORTS.http, PORTS.tls, PORTS.tcp, HOST_PORT]);
   });
   afterAll(async () => {
-    if (catcher?.pid !== undefined && catcher.exitCode === null) {
-      const gone = once(catcher, 'exit');
-      process.kill(catcher.pid, 'SIGTERM');
-      await gone;
-    }
+    await stopCatcher(catcher);
     await rig?.teardown();
   });
   const tcp = (host: string, port: number) => rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, host, String(port)], { timeoutMs: 15_000 });

@@ -4,28 +4,17 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
-import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
 import { MAIN, NODE } from '../helpers/e2e-daemon.ts';
+import { startCatcher, stopCatcher } from '../helpers/port-catcher.ts';
 
 const S4 = '198.18.1.2';
 const S6 = '2001:db8:0:2::2';
 const NO_HOST4 = '198.18.1.99';
 const NO_HOST6 = '2001:db8:0:2::99';
 const PORTS = { http: 25080, tls: 25443, tcp: 25001 };
-
-// Listens dual-stack on every port given and answers each connection with "caught PORT".
-const CATCHER = `
-const net = require('node:net');
-const ports = process.argv.slice(1).map(Number);
-let ready = 0;
-for (const port of ports) {
-  net.createServer((s) => s.end('caught ' + port + '\\n'))
-    .listen({ host: '::', port }, () => { if (++ready === ports.length) console.log('ready'); });
-}
-`;
 
 // Connects as user argv[3] ("-": as is), sends argv[4] if given, prints what arrives until close.
 const TCP_CLIENT = `
@@ -44,13 +33,6 @@ s.on('error', (e) => { process.stderr.write(e.code || e.message); process.exit(2
  * Stops a catcher and waits until it is gone: the next describe's catcher listens on the same
  * ports, and one started while this one still held them never said "ready".
  */
-async function stopCatcher(catcher: ChildProcess | undefined): Promise<void> {
-  if (catcher?.pid === undefined || catcher.exitCode !== null || catcher.signalCode !== null) return;
-  const gone = once(catcher, 'exit');
-  process.kill(catcher.pid, 'SIGTERM');
-  await gone;
-}
-
 const haveDig = spawnSync('dig', ['-v'], { stdio: 'ignore' }).status === 0;
 const skip = rigUnavailableReason() ?? (haveDig ? null : 'dig is missing (bash scripts/ensure-test-tools.sh installs bind9-dnsutils)');
 if (skip) console.warn(`e2e iptables tests skipped: ${skip}`);
@@ -188,8 +170,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     let catcher: ChildProcess;
     beforeAll(async () => {
       await rig.servers([S4, S6]);
-      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(XPORTS.http), String(XPORTS.tls), String(XPORTS.tcp)]);
-      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      catcher = await startCatcher(rig, 'router', [XPORTS.http, XPORTS.tls, XPORTS.tcp]);
       await ok([
         '--apply',
         '--backend',
@@ -267,8 +248,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     let catcher: ChildProcess;
 
     beforeAll(async () => {
-      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(PORTS.http), String(PORTS.tls), String(PORTS.tcp)]);
-      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      catcher = await startCatcher(rig, 'router', [PORTS.http, PORTS.tls, PORTS.tcp]);
       await rig.redirect(PORTS, { backend });
     });
     afterAll(async () => {
@@ -319,8 +299,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     let catcher: ChildProcess;
 
     beforeAll(async () => {
-      catcher = rig.spawnIn('sandbox', NODE, ['-e', CATCHER, String(PORTS.http), String(PORTS.tls), String(PORTS.tcp), String(LOOPBACK_ONLY)]);
-      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      catcher = await startCatcher(rig, 'sandbox', [PORTS.http, PORTS.tls, PORTS.tcp, LOOPBACK_ONLY]);
       const portArgs = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp)];
       // egressd's uid is root's here, so the test's root clients play egressd and nobody plays the sandbox.
       const r = await rig.execIn('sandbox', NODE, [MAIN, 'iptables', '--apply', '--backend', backend, '--mode', 'sidecar', '--uid', '0', ...portArgs], {
@@ -384,8 +363,7 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     const DNAT = ['-d', `${SERVICE}/32`, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${S4}:7000`];
     let catcher: ChildProcess;
     beforeAll(async () => {
-      catcher = rig.spawnIn('router', NODE, ['-e', CATCHER, String(FPORTS.http), String(FPORTS.tls), String(FPORTS.tcp)]);
-      await new Promise<void>((ready) => createInterface({ input: catcher.stdout! }).on('line', (l) => l === 'ready' && ready()));
+      catcher = await startCatcher(rig, 'router', [FPORTS.http, FPORTS.tls, FPORTS.tcp]);
       await rig.redirect(FPORTS, { backend });
     });
     afterAll(async () => {
