@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -291,14 +291,19 @@ describe('the data path of the other process', () => {
       s.once('error', reject);
     });
 
-  it('closes an open connection a narrowing on the other process refuses, and refuses new ones, with no request to it', async () => {
+  /** An upstream on loopback that reads and never answers: what the connections are spliced to. */
+  const startSink = async (): Promise<{ sink: Server; port: number }> => {
     const sink = createServer((s) => {
       s.on('error', () => {});
       s.resume();
     });
     sink.listen(0, '127.0.0.1');
     await once(sink, 'listening');
-    const port = (sink.address() as { port: number }).port;
+    return { sink, port: (sink.address() as { port: number }).port };
+  };
+
+  it('closes an open connection a narrowing on the other process refuses, and refuses new ones, with no request to it', async () => {
+    const { sink, port } = await startSink();
     try {
       const config = loopbackConfig({ state: { path: statePath }, shutdown: { drainMs: 0 } });
       const a = await startLoopbackDaemon(config);
@@ -329,13 +334,7 @@ describe('the data path of the other process', () => {
   });
 
   it("judges its open connections once for a batch of another process's changes, not once per change", async () => {
-    const sink = createServer((s) => {
-      s.on('error', () => {});
-      s.resume();
-    });
-    sink.listen(0, '127.0.0.1');
-    await once(sink, 'listening');
-    const port = (sink.address() as { port: number }).port;
+    const { sink, port } = await startSink();
     const opened: Socket[] = [];
     try {
       const b = await startLoopbackDaemon(loopbackConfig({ state: { path: statePath }, shutdown: { drainMs: 0 } }));
