@@ -392,8 +392,8 @@ export class Daemon {
    * Replaces the running configuration's sandboxes (SIGHUP). The listeners, ports and admin
    * endpoint stay as they are; a config whose sandboxes are refused changes nothing.
    */
-  reload(next: Config): { ok: true; sandboxes: number; needsRestart: string[] } | { ok: false; reason: string } {
-    const r = this.control.replaceConfigSandboxes(configSandboxRecords(next));
+  async reload(next: Config): Promise<{ ok: true; sandboxes: number; needsRestart: string[] } | { ok: false; reason: string }> {
+    const r = await this.control.replaceConfigSandboxes(configSandboxRecords(next));
     if (!r.ok) {
       this.metrics.instruments.configReloads.inc({ result: 'refused' });
       const e = r.error;

@@ -112,7 +112,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
       }
       try {
         const next = withEnv(await loadConfig(file));
-        const r = daemon.reload(next);
+        const r = await daemon.reload(next);
         if (r.ok) {
           log.info({ event: { action: 'reload' }, file: { path: file }, sandboxes: r.sandboxes }, 'configuration reloaded');
           if (r.needsRestart.length > 0) {

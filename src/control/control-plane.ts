@@ -19,7 +19,16 @@ import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import type { LimitsOverride } from '../limits/limits-body.ts';
 import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './store.ts';
-import { schemaProblem, storedBody, type EntryKind, type StateChanges, type StateStore, type StoredEntry } from './state-store.ts';
+import {
+  schemaProblem,
+  storedBody,
+  type ConfigClaim,
+  type EntryKind,
+  type OtherClaim,
+  type StateChanges,
+  type StateStore,
+  type StoredEntry,
+} from './state-store.ts';
 import { StateInvalidError, StateRejectedError, StateWriteError, type StateIssue } from '../errors.ts';
 
 export type ChangeSource = 'api' | 'config';
@@ -176,8 +185,11 @@ export class ControlPlane {
   readonly #failureListeners: ((e: WriteFailureEvent) => void)[] = [];
   /** Serializes changes so that validate → persist → apply is atomic with respect to others. */
   #lock: Promise<unknown> = Promise.resolve();
-  /** The sandbox an API change has validated and is writing now (at most one: changes are serialized). */
-  #claim: { readonly id: string; readonly sources: readonly string[] } | null = null;
+  /**
+   * The config sandboxes of the other live egressd processes on the state, read in the write
+   * transaction of the change now running (#inWrite, the reload's); empty outside of one.
+   */
+  #others: readonly OtherClaim[] = [];
   /** What another process wrote that this one did not apply; null while it follows the state. */
   #rejected: readonly StateIssue[] | null = null;
   readonly #rejectedListeners: ((e: StateRejectedEvent) => void)[] = [];
@@ -397,6 +409,7 @@ export class ControlPlane {
         await state.accept([kind, id]);
         this.#repairing = `${kind}:${id}`;
       }
+      this.#others = await this.#claimsOrReport(state, action, kind, id, actor);
       const result = await fn();
       if (this.#repairing !== null && !state.inWrite) {
         // Written: the state is whole again.
@@ -406,8 +419,19 @@ export class ControlPlane {
       return result;
     } finally {
       this.#repairing = null;
+      this.#others = [];
       await state.rollback();
       this.#release();
+    }
+  }
+
+  /** The other processes' config claims, as StateStore.claims; a failure is reported as a failed write. */
+  async #claimsOrReport(state: StateStore, action: 'put' | 'delete', kind: EntryKind, id: string, actor: string): Promise<readonly OtherClaim[]> {
+    try {
+      return await state.claims();
+    } catch (err) {
+      if (err instanceof StateWriteError) for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
+      throw err;
     }
   }
 
@@ -475,9 +499,12 @@ export class ControlPlane {
     }
   }
 
-  /** Closes the state (a clean shutdown folds the WAL into the database). */
+  /** Removes this process's config claims and closes the state (a clean shutdown folds the WAL into the database). */
   async close(): Promise<void> {
-    await this.#state?.close();
+    await this.#serialized(async () => {
+      await this.#state?.dropClaims();
+      await this.#state?.close();
+    });
   }
 
   #emit(e: ChangeEvent): void {
@@ -542,37 +569,115 @@ export class ControlPlane {
     // What another process committed between the read and now, then whatever it commits later.
     this.#state.onChanged(() => this.#followCommit());
     await this.refresh();
+    await this.#claimAtStart(configSandboxes);
     return { loaded, orgs: orgs.length, format, migratedTo: c.migratedTo, created: c.created, readOnly: this.#state.readOnly };
   }
 
-  /** Replaces the config file's sandboxes (SIGHUP), leaving the API's alone. */
-  replaceConfigSandboxes(next: readonly SandboxRecord[]): ChangeResult<number> {
+  /**
+   * Records the config file's sandboxes in the state at start, once checked in the same write
+   * transaction against what the others committed and against their config claims. A conflict
+   * stops start-up as a state that conflicts with the config file does (StateInvalidError).
+   */
+  async #claimAtStart(configSandboxes: readonly SandboxRecord[]): Promise<void> {
+    const state = this.#state!;
+    if (!state.shared) return;
+    const problem = await this.#serialized(async (): Promise<StateInvalidError | null> => {
+      this.#held = [];
+      try {
+        const c = await state.begin();
+        if (c !== null && !(await this.#take(c))) {
+          return new StateInvalidError(state.path, this.#rejected ?? []);
+        }
+        const issues = this.#configIssues(configSandboxes, await state.claims());
+        if (issues.length > 0) {
+          return new StateInvalidError(
+            state.path,
+            issues.map((i) => ({ entry: 'config file', field: i.field, reason: i.reason })),
+          );
+        }
+        await state.setClaims(claimsOf(configSandboxes));
+        return null;
+      } catch (err) {
+        if (!(err instanceof StateWriteError)) throw err;
+        return new StateInvalidError(state.path, [{ entry: '', field: '', reason: `Cannot record the config file's sandboxes: ${err.errno} (${err.detail})` }], err);
+      } finally {
+        await state.rollback();
+        this.#release();
+      }
+    });
+    if (problem !== null) {
+      await state.close();
+      throw problem;
+    }
+  }
+
+  /**
+   * Replaces the config file's sandboxes (SIGHUP), leaving the API's alone; refused whole
+   * (`invalid`, each field and reason; nothing changed) when a sandbox is invalid, takes an API
+   * sandbox's id or source, or gives a source to another sandbox than another live process's
+   * config file does. With a shared state this runs in a write transaction: it is checked
+   * against every change any process acknowledged before it and against the others' config
+   * claims as they are, then records its own claims (config_claims) in the same commit; a
+   * failed write refuses the reload (`conflict`, with the errno). Serialized with API changes.
+   */
+  replaceConfigSandboxes(next: readonly SandboxRecord[]): Promise<ChangeResult<number>> {
+    return this.#serialized(async () => {
+      const state = this.#state;
+      if (state === null || !state.shared) return this.#replaceConfig(next, []);
+      this.#held = [];
+      try {
+        // What the others committed first: a change one acknowledged before this reload holds.
+        // Should it not be whole, the reload is judged against the last good view.
+        const c = await state.begin();
+        if (c !== null) await this.#take(c);
+        const others = await state.claims();
+        const issues = this.#configIssues(next, others);
+        if (issues.length > 0) return invalid(issues);
+        await state.setClaims(claimsOf(next));
+        return this.#replaceConfig(next, others);
+      } catch (err) {
+        if (!(err instanceof StateWriteError)) throw err;
+        return conflict(`Cannot record the config file's sandboxes in the state: ${err.errno} (${err.detail})`);
+      } finally {
+        await state.rollback();
+        this.#release();
+      }
+    });
+  }
+
+  /** Why the config sandboxes `next` cannot replace this process's, given the other processes' claims; empty when they can. */
+  #configIssues(next: readonly SandboxRecord[], others: readonly OtherClaim[]): FieldIssue[] {
     const issues: FieldIssue[] = [];
-    const parsed = next.map((r) => ({ r, n: parseNetwork(r.network, `sandboxes.${r.id}.network`) }));
-    for (const p of parsed) if (!p.n.ok) issues.push(...p.n.issues);
-    // A reload is synchronous and may land while an API change waits for its write: that
-    // change's sandbox and sources count as taken, as they will be once it is applied.
-    const claim = this.#claim;
     for (const r of next) {
+      const n = parseNetwork(r.network, `sandboxes.${r.id}.network`);
+      if (!n.ok) issues.push(...n.issues);
       const api = this.#records.get(r.id);
       if (api && api.origin === 'api') issues.push({ field: `sandboxes.${r.id}`, reason: `Sandbox ${quote(r.id)} already exists through the API` });
-      else if (claim?.id === r.id) issues.push({ field: `sandboxes.${r.id}`, reason: `Sandbox ${quote(r.id)} is being written through the API now` });
       for (const s of r.sources) {
         const owner = this.store.ownerOf(s);
         if (owner !== null && owner !== r.id && this.#records.get(owner)?.origin === 'api') {
           issues.push({ field: `sandboxes.${r.id}.sources`, reason: `Source ${quote(s)} belongs to API sandbox ${quote(owner)}` });
-        } else if (claim !== null && claim.id !== r.id && claim.sources.includes(s)) {
-          issues.push({ field: `sandboxes.${r.id}.sources`, reason: `Source ${quote(s)} is being given to API sandbox ${quote(claim.id)} now` });
+          continue;
         }
+        // The same source to the same sandbox is a rollout (both configs alike, or the new one
+        // changing its policy); to another sandbox, one source would be judged by two policies.
+        const other = others.find((o) => o.sandbox !== r.id && o.sources.includes(s));
+        if (other !== undefined) issues.push({ field: `sandboxes.${r.id}.sources`, reason: claimedReason(s, other) });
       }
     }
+    return issues;
+  }
+
+  /** Puts `next` in place of this process's config sandboxes, unless #configIssues finds a problem. */
+  #replaceConfig(next: readonly SandboxRecord[], others: readonly OtherClaim[]): ChangeResult<number> {
+    const issues = this.#configIssues(next, others);
     if (issues.length > 0) return invalid(issues);
     const before = new Map([...this.#records.values()].filter((r) => r.origin === 'config').map((r) => [r.id, digestOf(r)]));
     for (const id of before.keys()) {
       this.store.removeSandbox(id);
       this.#records.delete(id);
     }
-    for (const p of parsed) if (p.n.ok) this.#apply(p.r, p.n.value);
+    for (const r of next) this.#apply(r, parseNetworkOrThrow(r.network));
     // A removed sandbox is a change too: its sources fall to the default policy, which must
     // re-judge their open connections and dials as an API DELETE does.
     const kept = new Set(next.map((r) => r.id));
@@ -644,9 +749,17 @@ export class ControlPlane {
     if (existing && existing.origin === 'config' && source === 'api') {
       return conflict(`Sandbox ${quote(id)} comes from the config file; the API cannot change it`);
     }
+    // Another live process's config file (#others: an API change's, read in its transaction).
+    const others = view === undefined && source === 'api' ? this.#others : [];
+    const theirs = others.find((o) => o.sandbox === id);
+    if (theirs !== undefined) {
+      return conflict(`Sandbox ${quote(id)} comes from the config file of another egressd process on the state (pid ${theirs.pid}); the API cannot change it`);
+    }
     for (const [i, s] of sources.entries()) {
       const owner = view ? view.ownerOf(s) : this.store.ownerOf(s);
       if (owner !== null && owner !== id) return conflict(`Source ${quote(s)} belongs to sandbox ${quote(owner)}`, `sources[${i}]`);
+      const other = others.find((o) => o.sources.includes(s));
+      if (other !== undefined) return conflict(claimedReason(s, other), `sources[${i}]`);
     }
     const limits = b['limits'] as LimitsOverride | undefined;
     const reportOnly = b['reportOnly'] as boolean | undefined;
@@ -685,14 +798,8 @@ export class ControlPlane {
     if (failed) return failed;
     const created = !this.#records.has(id);
     const before = this.#records.get(id);
-    // Validated against the table as it is now; a reload during the write must not hand out
-    // what this change is about to take (replaceConfigSandboxes).
-    this.#claim = { id, sources: v.value.record.sources };
-    try {
-      await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
-    } finally {
-      this.#claim = null;
-    }
+    // A reload cannot hand out what this change takes while it writes: reloads are serialized with changes.
+    await this.#write('put', 'sandbox', id, actor, bodyOf(v.value.record as unknown as Record<string, unknown>));
     this.#apply(v.value.record, v.value.network);
     this.#emit({ source: 'api', action: 'put', kind: 'sandbox', id, actor, before: digestOf(before), after: digestOf(v.value.record) });
     // The tag of what this change wrote, read inside its serialized section: a later change cannot slip in.
@@ -804,6 +911,12 @@ export class ControlPlane {
       if (failed) return failed;
       const user = [...this.#records.values()].find((s) => s.org === id);
       if (user) return conflict(`Organization ${quote(id)} still has sandbox ${quote(user.id)}`);
+      const theirs = this.#others.find((o) => o.org === id);
+      if (theirs) {
+        return conflict(
+          `Organization ${quote(id)} still has sandbox ${quote(theirs.sandbox)} in the config file of another egressd process on the state (pid ${theirs.pid})`,
+        );
+      }
       await this.#write('delete', 'org', id, actor, null);
       this.#orgs.delete(id);
       this.store.removeOrg(id);
@@ -812,6 +925,13 @@ export class ControlPlane {
     });
   }
 }
+
+/** What config_claims records of a process's config sandboxes. */
+const claimsOf = (records: readonly SandboxRecord[]): ConfigClaim[] => records.map((r) => ({ sandbox: r.id, sources: r.sources, org: r.org }));
+
+/** Why a source another live process's config file gives out cannot be given here. */
+const claimedReason = (source: string, other: OtherClaim): string =>
+  `Source ${quote(source)} belongs to config sandbox ${quote(other.sandbox)} of another egressd process's config file (pid ${other.pid}, on the same state)`;
 
 /** A refused entry's problems, named after the entry. */
 function issuesOf(entry: string, e: ChangeError): StateIssue[] {

@@ -13,6 +13,7 @@
 // validates them all and refuses to start on any problem; only then does `commit()` convert a
 // version-1 JSON file (today's format) or create a new database, and changes may be written.
 
+import { randomUUID } from 'node:crypto';
 import { accessSync, closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
 import { Worker } from 'node:worker_threads';
@@ -20,9 +21,9 @@ import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
-import type { StateChanges, WriterReply, WriterRequest } from './state-writer.ts';
+import type { ConfigClaim, OtherClaim, StateChanges, WriterReply, WriterRequest } from './state-writer.ts';
 
-export type { StateChanges } from './state-writer.ts';
+export type { ConfigClaim, OtherClaim, StateChanges } from './state-writer.ts';
 
 export type EntryKind = 'sandbox' | 'org';
 
@@ -45,10 +46,14 @@ const SQLITE_MAGIC = 'SQLite format 3\0';
  * The schema this egressd writes. 2 has the tables of 1; it says that every process writing the
  * state reads the others' changes inside its write transaction (state-writer.ts), so an egressd
  * that would not (schema 1 only) refuses to start on it rather than hand out what another holds.
+ * 3 adds config_claims: every process writing the state records there the sources its config
+ * file gives out, and checks every change against the others' (control-plane.ts), so an egressd
+ * that would not (schema 2) refuses to start on it rather than hand out a source another
+ * process's config file holds.
  */
-const SCHEMA_VERSION = 2;
-/** Schemas this egressd reads: 1 is raised to 2 once the state is opened for writing. */
-const SCHEMAS_READ: readonly number[] = [1, 2];
+const SCHEMA_VERSION = 3;
+/** Schemas this egressd reads: 1 and 2 are raised to 3 once the state is opened for writing. */
+const SCHEMAS_READ: readonly number[] = [1, 2, 3];
 /** A WAL larger than this is truncated after a checkpoint (bytes). */
 const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
 /**
@@ -68,6 +73,28 @@ CREATE TABLE entries (
   PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
+`;
+
+/**
+ * The config file's sandboxes of each egressd process on the state, which are not entries: one
+ * row per process (`instance`, a random id per start) and sandbox, with the process's pid, its
+ * start time (clock ticks after boot, /proc/<pid>/stat) and the boot's id, which together tell
+ * whether the process still runs (state-writer.ts processAlive); `sources` is a JSON list of
+ * canonical addresses. Written at start and at each reload, removed at a clean exit, and a dead
+ * process's rows are deleted by the next change that reads them. Created in a new state, and
+ * in an older one when opened for writing.
+ */
+export const CLAIMS_TABLE = `
+CREATE TABLE IF NOT EXISTS config_claims (
+  instance TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  started INTEGER NOT NULL,
+  boot TEXT NOT NULL,
+  sandbox TEXT NOT NULL,
+  org TEXT,
+  sources TEXT NOT NULL,
+  PRIMARY KEY (instance, sandbox)
+) WITHOUT ROWID;
 `;
 
 /**
@@ -170,7 +197,7 @@ export function schemaProblem(schema: number | null): string | null {
 }
 
 const unknownSchema = (schema: number | null | undefined): string =>
-  `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.join(' and ')} (a newer egressd wrote it?)`;
+  `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.slice(0, -1).join(', ')} and ${SCHEMAS_READ.at(-1)} (a newer egressd wrote it?)`;
 
 /** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}). */
 export function parseJsonState(text: string): { entries: StoredEntry[]; issues: StateIssue[] } {
@@ -230,6 +257,8 @@ export class StateStore {
   #lastWritten = 0;
   #onChanged: (() => void) | null = null;
   #onWatch: ((watching: boolean, message: string | null) => void) | null = null;
+  /** This process's id in config_claims (a pid alone is reused after the process is gone). */
+  readonly #instance = randomUUID();
 
   constructor(path: string) {
     this.path = path;
@@ -439,6 +468,7 @@ export class StateStore {
       db.exec('PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;');
       db.exec('BEGIN');
       db.exec(SCHEMA);
+      db.exec(CLAIMS_TABLE);
       const ins = db.prepare('INSERT INTO entries (kind, id, revision, body) VALUES (?, ?, ?, ?)');
       let top = 0;
       for (const e of entries) {
@@ -528,6 +558,8 @@ export class StateStore {
         schema: SCHEMA_VERSION,
         triggers: TRIGGERS,
         triggerNames: TRIGGER_NAMES,
+        claimsTable: CLAIMS_TABLE,
+        instance: this.#instance,
         known: this.#entries.map((e) => [e.kind, e.id, e.revision] as const),
       });
     } catch (err) {
@@ -616,6 +648,41 @@ export class StateStore {
   /** Whether a change's write transaction is open. */
   get inWrite(): boolean {
     return this.#inWrite;
+  }
+
+  /**
+   * The config claims of every other egressd process on the state that runs still, read in the
+   * write transaction `begin` opened (so that none changes before this change commits); the
+   * rows of processes gone are deleted with it. Rejects with StateWriteError.
+   */
+  async claims(): Promise<readonly OtherClaim[]> {
+    if (!this.shared || !this.#inWrite) return [];
+    try {
+      return await this.#send<readonly OtherClaim[]>({ op: 'claims' });
+    } catch (err) {
+      throw this.#writeError(err);
+    }
+  }
+
+  /**
+   * Replaces this process's config claims in the transaction `begin` opened, and commits
+   * (fsynced as a change is). Rejects with StateWriteError, having changed nothing.
+   */
+  async setClaims(claims: readonly ConfigClaim[]): Promise<void> {
+    if (!this.#inWrite) throw new Error('StateStore.setClaims outside of a write transaction');
+    this.#inWrite = false;
+    try {
+      await this.#send({ op: 'set-claims', claims });
+    } catch (err) {
+      throw this.#writeError(err);
+    } finally {
+      this.#lastWritten = performance.now();
+    }
+  }
+
+  /** Removes this process's config claims (a clean exit), in a transaction of its own. Never rejects: a dead process's claims expire anyway. */
+  async dropClaims(): Promise<void> {
+    if (this.shared) await this.#send({ op: 'drop-claims' }).catch(() => {});
   }
 
   /** Ends the open write transaction without writing (a refused change). Never rejects. */

@@ -13,16 +13,19 @@
 // (https://sqlite.org/pragma.html#pragma_data_version: changes only on another connection's
 // commit) tell this thread that another process committed; it then says so to the main thread.
 //
-// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, known}, {op: 'changes',
+// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, claimsTable, instance, known}, {op: 'changes',
 // write, busyMs} (write: BEGIN IMMEDIATE first, waiting busyMs at most for the lock; the
 // transaction stays open), {op: 'accept', except} (the main thread applied the last changes,
 // but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
-// the open transaction; commit), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
+// the open transaction; commit), {op: 'claims'} (inside the open transaction: the config claims
+// of the other live processes, a dead one's deleted), {op: 'set-claims', claims} (inside the open
+// transaction: this process's config claims replaced; commit), {op: 'drop-claims'} (its own
+// transaction), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
 // answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
 // Unasked: {changed: true} when another process committed; {watch: false, message} when the
 // WAL cannot be watched (following polls), {watch: true, message: null} when it is again.
 
-import { statSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
 
@@ -43,6 +46,20 @@ export interface StateChanges {
   readonly deletes: readonly { readonly kind: string; readonly id: string }[];
 }
 
+/** A sandbox the config file of one process gives sources to (docs/config.md "Several processes on one state"). */
+export interface ConfigClaim {
+  readonly sandbox: string;
+  /** Canonical source addresses (match/ip canonicalSource). */
+  readonly sources: readonly string[];
+  readonly org: string | null;
+}
+
+/** A claim of another egressd process that is alive now: its pid, and the instance that wrote it. */
+export interface OtherClaim extends ConfigClaim {
+  readonly instance: string;
+  readonly pid: number;
+}
+
 export type WriterRequest =
   | {
       op: 'open';
@@ -55,9 +72,16 @@ export type WriterRequest =
       /** The SQL that creates the state's triggers (state-store.ts TRIGGERS), run when any of `triggerNames` is missing. */
       triggers: string;
       triggerNames: readonly string[];
+      /** The SQL that creates the config_claims table (state-store.ts CLAIMS_TABLE) where it is missing. */
+      claimsTable: string;
+      /** This process's instance id in config_claims: one per StateStore, never reused. */
+      instance: string;
       /** Every entry the main thread read, as [kind, id, revision]. */
       known: readonly (readonly [string, string, number])[];
     }
+  | { op: 'claims'; seq: number }
+  | { op: 'set-claims'; seq: number; claims: readonly ConfigClaim[] }
+  | { op: 'drop-claims'; seq: number }
   /** `busyMs` (with `write`): how long BEGIN IMMEDIATE waits for another process's lock. */
   | { op: 'changes'; seq: number; write: boolean; busyMs?: number }
   /** `except`: an entry [kind, id] left as the main thread held it (listed again unless this change writes it). */
@@ -72,7 +96,7 @@ export type WriterRequest =
  * failure is no SQLite error (the files moved: ENOENT, ESTALE); else null.
  */
 export type WriterReply =
-  | { seq: number; ok: true; value: number | StateChanges | null }
+  | { seq: number; ok: true; value: number | StateChanges | readonly OtherClaim[] | null }
   | { seq: number; ok: false; errcode: number | null; errstr: string | null; errno: string | null; message: string };
 
 let db: DatabaseSync | null = null;
@@ -88,6 +112,8 @@ let stmts: {
   schema: StatementSync;
   dataVersion: StatementSync;
 } | null = null;
+/** This process in config_claims: its instance id, pid, start time and boot (see processAlive). */
+let self: { instance: string; pid: number; started: number; boot: string } | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
 let files: { path: string; db: string | null; wal: string | null } | null = null;
 /** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
@@ -244,6 +270,44 @@ function stillAtPath(): void {
   f.wal = wal;
 }
 
+/** The kernel's boot id: a pid and start time from another boot name no process of this one. */
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * The state (R, S, Z, ...) and start time (clock ticks since boot) of process `pid`, from
+ * /proc/<pid>/stat (proc(5): fields 3 and 22, counted after the command name, which may hold
+ * spaces and parentheses, so from its last ')'), or null when there is no such process here.
+ */
+function procStat(pid: number): { state: string; started: number } | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const started = Number(fields[19]);
+  return fields[0] === undefined || !Number.isFinite(started) ? null : { state: fields[0], started };
+}
+
+/**
+ * Whether the process that wrote a claim runs still: same boot, a process at its pid started at
+ * its start time (a pid reused by a later process has a later one), and not a zombie (Z) or dead
+ * (X): a process killed by SIGKILL stops claiming the moment it died, before its parent reaps it.
+ * A process in another PID namespace is not found here and counts as gone (docs/config.md).
+ */
+function processAlive(pid: number, started: number, boot: string): boolean {
+  if (boot !== self!.boot) return false;
+  const st = procStat(pid);
+  return st !== null && st.started === started && st.state !== 'Z' && st.state !== 'X';
+}
+
 const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
 
 /**
@@ -316,7 +380,7 @@ function rollback(): void {
   }
 }
 
-function handle(m: WriterRequest): number | StateChanges | null {
+function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[] | null {
   if (m.op === 'open') {
     db = new DatabaseSync(m.path);
     // WAL: a change appends its pages to the log; FULL: the log is fsynced at every commit.
@@ -338,6 +402,8 @@ function handle(m: WriterRequest): number | StateChanges | null {
       dataVersion: db.prepare('PRAGMA data_version'),
     };
     writtenSchema = m.schema;
+    const own = procStat(process.pid);
+    self = { instance: m.instance, pid: process.pid, started: own?.started ?? -1, boot: bootId() };
     busyTimeoutMs = m.busyTimeoutMs;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
     knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
@@ -349,11 +415,17 @@ function handle(m: WriterRequest): number | StateChanges | null {
     // to new revisions, unless it has both already: the write lock is taken only then, so a
     // start beside a busy writer does not wait for it.
     const triggers = db.prepare(`SELECT count(*) AS n FROM sqlite_schema WHERE type = 'trigger' AND name IN (${m.triggerNames.map(() => '?').join(', ')})`);
-    if (Number(stmts.schema.get()?.['value']) < m.schema || Number(triggers.get(...m.triggerNames)?.['n']) < m.triggerNames.length) {
+    const claims = db.prepare("SELECT count(*) AS n FROM sqlite_schema WHERE type = 'table' AND name = 'config_claims'");
+    if (
+      Number(stmts.schema.get()?.['value']) < m.schema ||
+      Number(triggers.get(...m.triggerNames)?.['n']) < m.triggerNames.length ||
+      Number(claims.get()?.['n']) === 0
+    ) {
       db.exec('BEGIN IMMEDIATE');
       try {
         db.prepare("UPDATE meta SET value = ? WHERE key = 'schema' AND value < ?").run(m.schema, m.schema);
         db.exec(m.triggers);
+        db.exec(m.claimsTable);
         db.exec('COMMIT');
       } catch (err) {
         rollback();
@@ -424,7 +496,56 @@ function handle(m: WriterRequest): number | StateChanges | null {
     rollback();
     return null;
   }
+  if (m.op === 'drop-claims') {
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      db.prepare('DELETE FROM config_claims WHERE instance = ?').run(self!.instance);
+      db.exec('COMMIT');
+    } catch (err) {
+      rollback();
+      throw err;
+    }
+    return null;
+  }
   if (!db.isTransaction) throw new Error('A change outside of its transaction');
+  if (m.op === 'claims') {
+    const rows = db.prepare('SELECT instance, pid, started, boot, sandbox, org, sources FROM config_claims WHERE instance != ? ORDER BY instance, sandbox').all(self!.instance);
+    const alive = new Map<string, boolean>();
+    const claims: OtherClaim[] = [];
+    for (const r of rows) {
+      const instance = String(r['instance']);
+      const pid = Number(r['pid']);
+      let live = alive.get(instance);
+      if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']))));
+      if (!live) continue;
+      let sources: string[] = [];
+      try {
+        const parsed: unknown = JSON.parse(String(r['sources']));
+        if (Array.isArray(parsed)) sources = parsed.filter((s): s is string => typeof s === 'string');
+      } catch {
+        // A hand-edited row: it claims its sandbox id, and no source.
+      }
+      claims.push({ instance, pid, sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
+    }
+    // A dead process's claims go with the change that found it dead (its transaction commits
+    // them away, or a rollback leaves them to the next).
+    const del = db.prepare('DELETE FROM config_claims WHERE instance = ?');
+    for (const [instance, live] of alive) if (!live) del.run(instance);
+    return claims;
+  }
+  if (m.op === 'set-claims') {
+    try {
+      db.prepare('DELETE FROM config_claims WHERE instance = ?').run(self!.instance);
+      const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, ?)');
+      for (const c of m.claims) ins.run(self!.instance, self!.pid, self!.started, self!.boot, c.sandbox, c.org, JSON.stringify(c.sources));
+      db.exec('COMMIT');
+    } catch (err) {
+      rollback();
+      throw err;
+    }
+    stillAtPath();
+    return null;
+  }
   let revision: number;
   try {
     // Not revision = what this process wrote last + 1: another process may have written since.

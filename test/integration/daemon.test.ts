@@ -315,7 +315,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     // The default policy (block-all) now judges 127.0.0.18: the reload returns only once the
     // connection it refuses is closed, as an API DELETE is answered.
     const closed = once(c, 'close').then(() => 'closed');
-    expect(d.daemon.reload(loopbackConfig({ sandboxes: [] }))).toMatchObject({ ok: true });
+    expect(await d.daemon.reload(loopbackConfig({ sandboxes: [] }))).toMatchObject({ ok: true });
     expect(await Promise.race([closed, new Promise((r) => setTimeout(() => r('still open'), 3000))])).toBe('closed');
     expect(await d.waitForLog((l) => action(l) === 'connection' && field(l, 'event.reason') === 'policy-changed')).toMatchObject({
       egressd: { verdict: 'refuse' },
@@ -327,7 +327,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
     d = await start(loopbackConfig({}));
     d.route('127.0.0.17', '127.0.0.1', upstream.port);
     expect((await refusedFrom('127.0.0.17', d.port('tcp'))).received).toBe(0);
-    const r = d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'allow-all' }, protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] } }));
+    const r = await d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'allow-all' }, protected: { except: ['127.0.0.0/8', '10.0.0.0/8'] } }));
     expect(r).toMatchObject({ ok: true, needsRestart: ['protected'] });
     const c = await dialFrom('127.0.0.17', d.port('tcp'));
     clients.push(c);
@@ -343,7 +343,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
       limits: { memory: { shedAt: 0.5 }, global: { sandboxShare: 0.25 }, sandbox: { connections: 7 }, unknownSourcePrefix: { ipv6: 56 } },
       metrics: { sandboxLabel: true },
     });
-    const r = d.daemon.reload(next);
+    const r = await d.daemon.reload(next);
     expect(r).toMatchObject({ ok: true, needsRestart: ['protected', 'metrics', 'limits.global', 'limits.memory', 'limits.unknownSourcePrefix'] });
     const now = d.daemon.config;
     // Before, the reloaded values stood in the running config while what was built from them at

@@ -76,7 +76,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
     const r = await adminCall(d.adminUrl, 'PUT', '/api/v1/sandboxes/sb-h/network', { mode: 'block-all' });
     expect(r.status).toBe(200);
     expect(await echo(client, 'two')).toBe('two');
-    expect(d.daemon.reload(config('close'))).toMatchObject({ ok: true, needsRestart: [] });
+    expect(await d.daemon.reload(config('close'))).toMatchObject({ ok: true, needsRestart: [] });
     expect(await echo(client, 'three')).toBe('three');
 
     // The host gains an address this connection does not go to: its verdict did not change.
@@ -116,9 +116,9 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('re-ju
     await once(client, 'connect');
     expect(await echo(client, 'one')).toBe('one');
     // Two changes in one turn: the connection the first closed has not ended yet at the second.
-    expect(d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' } }))).toMatchObject({ ok: true });
+    expect(await d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' } }))).toMatchObject({ ok: true });
     expect(
-      d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' }, overlays: { alwaysDeny: [{ name: 'x', domains: ['x.test'] }] } })),
+      await d.daemon.reload(loopbackConfig({ defaultNetwork: { mode: 'block-all' }, overlays: { alwaysDeny: [{ name: 'x', domains: ['x.test'] }] } })),
     ).toMatchObject({ ok: true });
     expect(await echo(client, 'two')).not.toBe('two');
     const closes = d.logs.filter((l) => action(l) === 'closed-by-policy-change').map((l) => l['count']);

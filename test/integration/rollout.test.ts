@@ -109,7 +109,7 @@ describe('report-only for everyone (the config), reloaded', () => {
   it('names every level that turned it on, and a reload that turns it off enforces', async () => {
     expect(await check('blocked.test')).toMatchObject({ verdict: 'would-refuse', report_only: { enabled: true, levels: ['global', 'sandbox'] } });
     const next = loopbackConfig({ ...PROTECTED, sandboxes: [{ id: 'cfg-sb', sources: ['10.9.1.1'], network: DENIES }] });
-    expect(d.daemon.reload(next)).toMatchObject({ ok: true });
+    expect(await d.daemon.reload(next)).toMatchObject({ ok: true });
     expect(await check('blocked.test')).toMatchObject({ verdict: 'refuse', report_only: { enabled: false, levels: [] } });
   });
 });
@@ -167,7 +167,7 @@ describe('operator overlays (the config), in check and the effective view, reloa
       overlays: { alwaysDeny: [{ name: 'smtp', ports: [25] }] },
       sandboxes: [{ id: 'ov-sb', sources: ['10.9.2.1'], network: { networkBlockAll: true } }],
     });
-    expect(d.daemon.reload(next)).toMatchObject({ ok: true });
+    expect(await d.daemon.reload(next)).toMatchObject({ ok: true });
     expect(await post('/api/v1/check', { sandbox: 'ov-sb', host: 'api.platform.test', ip: '198.18.1.2', port: 443 })).toMatchObject({
       verdict: 'would-refuse',
       layer: 'sandbox',

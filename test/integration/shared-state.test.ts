@@ -6,7 +6,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -31,11 +31,24 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Starts egressd on the state; `shell`: a shell command run first, in the process that becomes egressd (with `unshare`). */
-async function start(opts: { unshare?: string[]; shell?: string } = {}): Promise<{ d: DaemonProcess; admin: string }> {
+/** The config file of the process named `name` (its own folder): its sandboxes, on the state. */
+function configFile(name: string, sandboxes: readonly unknown[]): string {
   // 198.18.0.0/15 (RFC 2544, protected by default) stands in for the internet in /check.
-  const doc = { shutdown: { drainMs: 0 }, state: { path: statePath }, protected: { except: ['198.18.0.0/15'] } };
-  const config = writeConfig(dir, loopbackDocument(doc, { token: TOKEN }));
+  const doc = { shutdown: { drainMs: 0 }, state: { path: statePath }, protected: { except: ['198.18.0.0/15'] }, sandboxes };
+  const folder = join(dir, name);
+  mkdirSync(folder, { recursive: true });
+  return writeConfig(folder, loopbackDocument(doc, { token: TOKEN }));
+}
+
+/**
+ * Starts egressd on the state; `shell`: a shell command run first, in the process that becomes
+ * egressd (with `unshare`); `name`: its config file's folder (processes of one name share it);
+ * `sandboxes`: its config file's.
+ */
+async function start(
+  opts: { unshare?: string[]; shell?: string; name?: string; sandboxes?: readonly unknown[] } = {},
+): Promise<{ d: DaemonProcess; admin: string }> {
+  const config = configFile(opts.name ?? 'egressd', opts.sandboxes ?? []);
   const argv = [join(ROOT, 'node_modules/.bin/node'), join(ROOT, 'src/main.ts'), 'serve', '--config', config];
   const child =
     opts.unshare === undefined
@@ -266,7 +279,7 @@ describe('what another process wrote that this one cannot accept', () => {
     await a.d.waitFor((l) => action(l) === 'state-accepted', 5000);
 
     const db = new DatabaseSync(statePath);
-    db.exec("UPDATE meta SET value = 3 WHERE key = 'schema'");
+    db.exec("UPDATE meta SET value = 4 WHERE key = 'schema'");
     db.close();
     const newer = await a.d.waitFor((l) => action(l) === 'state-rejected' && JSON.stringify(l['issues']).includes('Unknown state schema'), 5000);
     expect(newer).toBeDefined();
@@ -380,5 +393,82 @@ describe('the data path of the other process', () => {
       for (const s of opened) s.destroy();
       sink.close();
     }
+  });
+});
+
+describe("the config files' sandboxes of two processes on one state", () => {
+  const cfg = (id: string, source: string, network: unknown = { mode: 'allow-all' }) => ({ id, sources: [source], network });
+
+  it("refuse the other's API a source or id one's config file gives out (409); that process keeps taking changes and starts again", async () => {
+    const a = await start({ name: 'a', sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    const b = await start({ name: 'b' });
+    // Before: 201; a then rejected the whole state (every change 503) and could not start again.
+    const thief = await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] });
+    expect(thief.status).toBe(409);
+    expect(thief.body.error).toMatchObject({ code: 'conflict', field: 'sources[0]' });
+    expect(thief.body.error.message).toMatch(/^Source "198.18.0.1" belongs to config sandbox "cfg-a" of another egressd process's config file \(pid \d+/);
+    expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/cfg-a', { sources: ['198.18.0.9'] })).status).toBe(409);
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/api-1', { sources: ['198.18.0.2'] })).status).toBe(201);
+    await followed(b.d, 'api-1', 'put');
+    expect(a.d.lines.filter((l) => action(l) === 'state-rejected')).toEqual([]);
+    await a.d.stop('SIGTERM');
+    const again = await start({ name: 'a', sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    expect((await call(again.admin, 'GET', '/api/v1/sandboxes/api-1')).status).toBe(200);
+  });
+
+  it("refuse a reload whole (logged, the running config kept) that gives out a source the other holds, by its config file or its API", async () => {
+    const a = await start({ name: 'a', sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    const b = await start({ name: 'b', sandboxes: [cfg('cfg-b', '198.18.0.2')] });
+    expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/api-b', { sources: ['198.18.0.5'] })).status).toBe(201);
+    const reloadA = async (sandboxes: unknown[]) => {
+      const seen = a.d.lines.length;
+      configFile('a', sandboxes);
+      a.d.child.kill('SIGHUP');
+      await a.d.waitFor((l) => ['reload', 'reload-refused'].includes(String(action(l))) && a.d.lines.indexOf(l) >= seen, 5000);
+      return a.d.lines.slice(seen).find((l) => ['reload', 'reload-refused'].includes(String(action(l))))!;
+    };
+    // Before: reloaded; one source then judged by cfg-a2's policy on a and by cfg-b's on b.
+    const byConfig = await reloadA([cfg('cfg-a', '198.18.0.1', { mode: 'block-all' }), cfg('cfg-a2', '198.18.0.2')]);
+    expect(action(byConfig)).toBe('reload-refused');
+    expect(byConfig['reason']).toMatch(/^sandboxes\.cfg-a2\.sources: Source "198.18.0.2" belongs to config sandbox "cfg-b" of another egressd process's config file \(pid \d+/);
+    const byApi = await reloadA([cfg('cfg-a', '198.18.0.1', { mode: 'block-all' }), cfg('cfg-a5', '198.18.0.5')]);
+    expect(action(byApi)).toBe('reload-refused');
+    expect(byApi['reason']).toBe('sandboxes.cfg-a5.sources: Source "198.18.0.5" belongs to API sandbox "api-b"');
+    // Refused whole: cfg-a keeps its running policy, and no sandbox was added.
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/cfg-a')).body.network.mode).toBe('allow-all');
+    expect((await call(a.admin, 'GET', '/api/v1/sandboxes/cfg-a2')).status).toBe(404);
+    // b's API may still not take cfg-a's source: a's claims are those of its running config.
+    expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] })).status).toBe(409);
+    expect(action(await reloadA([cfg('cfg-a', '198.18.0.1', { mode: 'block-all' })]))).toBe('reload');
+  });
+
+  it('take the rollout: the same config file on both, both start, changes flow, and a clean exit takes its claims away', async () => {
+    const same = [cfg('cfg-a', '198.18.0.1')];
+    const a = await start({ name: 'a', sandboxes: same });
+    const b = await start({ name: 'b', sandboxes: same });
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/api-1', { sources: ['198.18.0.2'] })).status).toBe(201);
+    await followed(b.d, 'api-1', 'put');
+    const pids = () => {
+      const db = new DatabaseSync(statePath, { readOnly: true });
+      try {
+        return db.prepare("SELECT pid FROM config_claims WHERE sandbox = 'cfg-a' ORDER BY pid").all().map((r) => r['pid']);
+      } finally {
+        db.close();
+      }
+    };
+    expect(pids()).toEqual([a.d.child.pid, b.d.child.pid].sort((x, y) => x! - y!));
+    await a.d.stop('SIGTERM');
+    expect(pids()).toEqual([b.d.child.pid]);
+  });
+
+  it("do not block once the process is gone: a SIGKILLed process's claims stop counting at once", async () => {
+    const a = await start({ name: 'a', sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    const b = await start({ name: 'b' });
+    expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] })).status).toBe(409);
+    await a.d.stop('SIGKILL');
+    expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] })).status).toBe(201);
+    const db = new DatabaseSync(statePath, { readOnly: true });
+    expect(db.prepare('SELECT count(*) AS n FROM config_claims').get()).toEqual({ n: 0 });
+    db.close();
   });
 });

@@ -91,7 +91,7 @@ describe('two DNS listeners', () => {
     const gauge = async (): Promise<number> => scrape(/^egressd_dns_tcp_connections (\d+)$/m);
     for (let i = 0; i < 500 && (await gauge()) > 0; i++) await new Promise((r) => setTimeout(r, 20));
     expect(await gauge()).toBe(0);
-    const r = d.daemon.reload(configWith({ tcpPerSandbox: 1, tcpTotal: 1 }));
+    const r = await d.daemon.reload(configWith({ tcpPerSandbox: 1, tcpTotal: 1 }));
     expect(r).toMatchObject({ ok: true, needsRestart: ['dns'] });
     try {
       for (let i = 0; i < 3; i++) expect((await ask(A, i % 2 === 0 ? FIRST : SECOND)).rcode).toBe('NOERROR');

@@ -100,7 +100,7 @@ describe('a config reload while an API change waits for its write', () => {
     const reload = cp.replaceConfigSandboxes([config('cfg-1', '198.18.0.7')]);
     held.release();
     const put = await api;
-    expect([put.ok, reload.ok]).not.toEqual([true, true]);
+    expect([put.ok, (await reload).ok]).not.toEqual([true, true]);
     const owners = cp.sandboxes().filter((s) => s.sources.includes('198.18.0.7'));
     expect(owners).toHaveLength(1);
     expect(cp.store.ownerOf('198.18.0.7')).toBe(owners[0]!.id);
@@ -115,7 +115,7 @@ describe('a config reload while an API change waits for its write', () => {
     const reload = cp.replaceConfigSandboxes([config('sb-1', '198.18.0.8')]);
     held.release();
     const put = await api;
-    expect([put.ok, reload.ok]).not.toEqual([true, true]);
+    expect([put.ok, (await reload).ok]).not.toEqual([true, true]);
     // Whichever won, the record and the live table agree on who owns which address.
     const r = cp.sandbox('sb-1')!;
     for (const s of r.sources) expect(cp.store.ownerOf(s)).toBe('sb-1');
@@ -130,11 +130,11 @@ describe("a config reload's change events", () => {
     const cp = await plane(null);
     const a = config('cfg-a', '198.18.0.1');
     const b = config('cfg-b', '198.18.0.2');
-    expect(cp.replaceConfigSandboxes([a, b]).ok).toBe(true);
+    expect((await cp.replaceConfigSandboxes([a, b])).ok).toBe(true);
     const events: ChangeEvent[] = [];
     cp.onChange((e) => events.push(e));
     const a2 = config('cfg-a', '198.18.0.1', 'block-all');
-    expect(cp.replaceConfigSandboxes([a2]).ok).toBe(true);
+    expect((await cp.replaceConfigSandboxes([a2])).ok).toBe(true);
     expect(events.map((e) => [e.action, e.id, e.before, e.after])).toEqual(
       expect.arrayContaining([
         ['put', 'cfg-a', digestOf(a), digestOf(a2)],

@@ -3,15 +3,16 @@
 // from the database; changes not accepted are listed again; a view that is not whole is never
 // applied, and changes are refused while it stands.
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ControlPlane, type ChangeEvent } from '../../../src/control/control-plane.ts';
+import { spawnSync } from 'node:child_process';
+import { ControlPlane, type ChangeEvent, type SandboxRecord } from '../../../src/control/control-plane.ts';
 import { StateStore } from '../../../src/control/state-store.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
-import { StateRejectedError } from '../../../src/errors.ts';
+import { StateInvalidError, StateRejectedError } from '../../../src/errors.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
 
@@ -35,14 +36,14 @@ async function store(): Promise<StateStore> {
   return s;
 }
 
-async function plane(state = new StateStore(path)): Promise<ControlPlane> {
+async function plane(state = new StateStore(path), config: readonly SandboxRecord[] = []): Promise<ControlPlane> {
   const policies = new PolicyStore(
     { protected: { extra: [], except: [], nat64Prefixes: [] }, catalog: [], dnsServers: [] },
     { dialect: 'sandbox0', policy: { mode: 'block-all', allow: EMPTY, deny: EMPTY }, essentialServices: false, dnsServersAllowed: false },
   );
   const cp = new ControlPlane(policies, state);
   closing.push(cp);
-  await cp.load([]);
+  await cp.load(config);
   return cp;
 }
 
@@ -71,14 +72,14 @@ describe('two stores on one state', () => {
     expect(await b.changes()).toBeNull();
     const r1 = await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
     const seen = await b.changes();
-    expect(seen).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-1', revision: r1, body: '{"sources":["198.18.0.1"]}' }], deletes: [] });
+    expect(seen).toEqual({ schema: 3, upserts: [{ kind: 'sandbox', id: 'sb-1', revision: r1, body: '{"sources":["198.18.0.1"]}' }], deletes: [] });
     await b.accept();
     expect(await b.changes()).toBeNull();
 
     await a.begin();
     await a.delete('sandbox', 'sb-1');
     const inWrite = await b.begin();
-    expect(inWrite).toEqual({ schema: 2, upserts: [], deletes: [{ kind: 'sandbox', id: 'sb-1' }] });
+    expect(inWrite).toEqual({ schema: 3, upserts: [], deletes: [{ kind: 'sandbox', id: 'sb-1' }] });
     await b.rollback();
     // Not accepted: a read lists nothing new (nobody committed since), a write lists it again.
     expect(await b.changes()).toBeNull();
@@ -95,13 +96,13 @@ describe('two stores on one state', () => {
     sneak("DELETE FROM entries WHERE id = 'sb-1'");
     sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'sb-new', 9, '{}')");
     expect(await b.changes()).toEqual({
-      schema: 2,
+      schema: 3,
       upserts: [{ kind: 'sandbox', id: 'sb-new', revision: 9, body: '{}' }],
       deletes: [{ kind: 'sandbox', id: 'sb-1' }],
     });
     await b.accept();
     const r = await put(a, 'sandbox', 'sb-3', { sources: ['198.18.0.33'] });
-    expect(await b.changes()).toEqual({ schema: 2, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
+    expect(await b.changes()).toEqual({ schema: 3, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
     await b.accept();
     expect(await b.changes()).toBeNull();
   });
@@ -150,15 +151,16 @@ describe('two stores on one state', () => {
     await expect(Promise.race([told.then(() => 'told'), new Promise((r) => setTimeout(r, 3000, 'not told'))])).resolves.toBe('told');
   });
 
-  it('a schema-1 state is read, and marked schema 2 once opened for writing', async () => {
+  it.each([1, 2])('a schema-%i state (no config_claims) is read, and marked schema 3 with the table once opened for writing', async (old) => {
     await store();
     for (const c of closing.splice(0)) await c.close();
     const db = new DatabaseSync(path);
-    db.exec("UPDATE meta SET value = 1 WHERE key = 'schema'");
+    db.exec(`DROP TABLE config_claims; UPDATE meta SET value = ${old} WHERE key = 'schema'`);
     db.close();
     await store();
     const check = new DatabaseSync(path, { readOnly: true });
-    expect(check.prepare("SELECT value FROM meta WHERE key = 'schema'").get()).toEqual({ value: 2 });
+    expect(check.prepare("SELECT value FROM meta WHERE key = 'schema'").get()).toEqual({ value: 3 });
+    expect(check.prepare("SELECT count(*) AS n FROM sqlite_schema WHERE type = 'table' AND name = 'config_claims'").get()).toEqual({ n: 1 });
     check.close();
   });
 });
@@ -310,5 +312,93 @@ describe('a state fixed behind the processes back', () => {
     await b.refresh();
     expect(b.rejected).toBeNull();
     expect((await b.putSandbox('other', { sources: ['198.18.0.7'] })).ok).toBe(true);
+  });
+});
+
+describe("the config files' sandboxes of the processes on one state (config_claims)", () => {
+  const config = (id: string, source: string, org: string | null = null): SandboxRecord => ({
+    id,
+    sources: [source],
+    org,
+    network: { mode: 'allow-all' },
+    origin: 'config',
+  });
+  const claims = (): unknown[] => {
+    const db = new DatabaseSync(path, { readOnly: true });
+    try {
+      return db.prepare('SELECT pid, sandbox, sources FROM config_claims ORDER BY sandbox').all();
+    } finally {
+      db.close();
+    }
+  };
+
+  it("refuse an API change or a reload of another process that takes a source or id one's config file holds; the same sandbox on the same source is taken", async () => {
+    const a = await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')]);
+    const b = await plane();
+    // Before: 201, and a, following it, rejected the whole state (and could not start again).
+    const thief = await b.putSandbox('thief', { sources: ['198.18.0.1'] });
+    expect(thief).toMatchObject({ ok: false, error: { kind: 'conflict', field: 'sources[0]' } });
+    expect(!thief.ok && thief.error.kind === 'conflict' && thief.error.message).toMatch(
+      /^Source "198.18.0.1" belongs to config sandbox "cfg-a" of another egressd process's config file \(pid \d+, on the same state\)$/,
+    );
+    const sameId = await b.putSandbox('cfg-a', { sources: ['198.18.0.9'] });
+    expect(!sameId.ok && sameId.error.kind === 'conflict' && sameId.error.message).toMatch(/^Sandbox "cfg-a" comes from the config file of another egressd process/);
+    const reload = await b.replaceConfigSandboxes([config('other', '198.18.0.1')]);
+    expect(reload).toMatchObject({ ok: false, error: { kind: 'invalid', issues: [{ field: 'sandboxes.other.sources' }] } });
+    expect(b.sandbox('other')).toBeUndefined();
+    // The rollout: both config files give the source to the same sandbox.
+    expect((await b.replaceConfigSandboxes([config('cfg-a', '198.18.0.1')])).ok).toBe(true);
+    expect(a.rejected).toBeNull();
+    expect((await a.putSandbox('api-1', { sources: ['198.18.0.2'] })).ok).toBe(true);
+    expect(claims()).toEqual([
+      { pid: process.pid, sandbox: 'cfg-a', sources: '["198.18.0.1"]' },
+      { pid: process.pid, sandbox: 'cfg-a', sources: '["198.18.0.1"]' },
+    ]);
+    // A clean close takes a's claims away; b's stay, and b's reload replaces them.
+    await a.close();
+    expect(claims()).toEqual([{ pid: process.pid, sandbox: 'cfg-a', sources: '["198.18.0.1"]' }]);
+    expect((await b.replaceConfigSandboxes([])).ok).toBe(true);
+    expect(claims()).toEqual([]);
+    expect((await b.putSandbox('thief', { sources: ['198.18.0.1'] })).ok).toBe(true);
+  });
+
+  it("refuse a reload that gives out an API sandbox's source another process wrote a moment before, and a DELETE of an organization another's config names", async () => {
+    const a = await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')]);
+    const b = await plane();
+    expect((await b.putOrg('acme', { tier: 3 })).ok).toBe(true);
+    expect((await b.putSandbox('api-1', { sources: ['198.18.0.5'] })).ok).toBe(true);
+    // a has not followed yet (no refresh): the reload reads what was committed in its own transaction.
+    const r = await a.replaceConfigSandboxes([config('cfg-a', '198.18.0.1', 'acme'), config('cfg-b', '198.18.0.5')]);
+    expect(r).toMatchObject({ ok: false, error: { kind: 'invalid', issues: [{ field: 'sandboxes.cfg-b.sources', reason: 'Source "198.18.0.5" belongs to API sandbox "api-1"' }] } });
+    expect(a.sandbox('cfg-a')?.org).toBeNull();
+    expect((await a.replaceConfigSandboxes([config('cfg-a', '198.18.0.1', 'acme')])).ok).toBe(true);
+    const del = await b.deleteOrg('acme');
+    expect(!del.ok && del.error.kind === 'conflict' && del.error.message).toMatch(/^Organization "acme" still has sandbox "cfg-a" in the config file of another egressd process/);
+    expect(a.rejected).toBeNull();
+  });
+
+  it("stop a start whose config file gives a source to another sandbox than a running process's does, naming it; the same sandbox starts", async () => {
+    await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')]);
+    const refused = plane(new StateStore(path), [config('other', '198.18.0.1')]);
+    await expect(refused).rejects.toBeInstanceOf(StateInvalidError);
+    await expect(refused).rejects.toMatchObject({
+      code: 'EGRESSD_ERR_STATE_INVALID',
+      issues: [{ entry: 'config file', field: 'sandboxes.other.sources', reason: expect.stringContaining('belongs to config sandbox "cfg-a"') }],
+    });
+    expect((await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')])).rejected).toBeNull();
+  });
+
+  it("ignore and delete the claims of a process that is gone, or of an earlier process at a reused pid", async () => {
+    const b = await plane();
+    const gone = spawnSync('true').pid;
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const db = new DatabaseSync(path);
+    const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, NULL, ?)');
+    ins.run('dead', gone, 1, boot, 'cfg-dead', '["198.18.0.1"]');
+    // This very process's pid, but a start time it does not have: the pid was reused.
+    ins.run('reused', process.pid, 1, boot, 'cfg-reused', '["198.18.0.2"]');
+    db.close();
+    expect((await b.putSandbox('x', { sources: ['198.18.0.1', '198.18.0.2'] })).ok).toBe(true);
+    expect(claims()).toEqual([]);
   });
 });
