@@ -599,7 +599,11 @@ export class ControlPlane {
         return null;
       } catch (err) {
         if (!(err instanceof StateWriteError)) throw err;
-        return new StateInvalidError(state.path, [{ entry: '', field: '', reason: `Cannot record the config file's sandboxes: ${err.errno} (${err.detail})` }], err);
+        return new StateInvalidError(
+          state.path,
+          [{ entry: '', field: '', reason: `Cannot record the config file's sandboxes: ${err.errno} (${err.detail})` }],
+          err,
+        );
       } finally {
         await state.rollback();
         this.#release();

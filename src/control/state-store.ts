@@ -78,8 +78,8 @@ CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
 /**
  * The config file's sandboxes of each egressd process on the state, which are not entries: one
  * row per process (`instance`, a random id per start) and sandbox, with the process's pid, its
- * start time (clock ticks after boot, /proc/<pid>/stat) and the boot's id, which together tell
- * whether the process still runs (state-writer.ts processAlive); `sources` is a JSON list of
+ * start time (clock ticks after boot, /proc/<pid>/stat), the boot's id and its PID namespace,
+ * which together tell whether the process still runs (state-writer.ts processAlive); `sources` is a JSON list of
  * canonical addresses. Written at start and at each reload, removed at a clean exit, and a dead
  * process's rows are deleted by the next change that reads them. Created in a new state, and
  * in an older one when opened for writing.
@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS config_claims (
   pid INTEGER NOT NULL,
   started INTEGER NOT NULL,
   boot TEXT NOT NULL,
+  pidns TEXT NOT NULL,
   sandbox TEXT NOT NULL,
   org TEXT,
   sources TEXT NOT NULL,

@@ -25,7 +25,7 @@
 // Unasked: {changed: true} when another process committed; {watch: false, message} when the
 // WAL cannot be watched (following polls), {watch: true, message: null} when it is again.
 
-import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, readlinkSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
 
@@ -112,8 +112,8 @@ let stmts: {
   schema: StatementSync;
   dataVersion: StatementSync;
 } | null = null;
-/** This process in config_claims: its instance id, pid, start time and boot (see processAlive). */
-let self: { instance: string; pid: number; started: number; boot: string } | null = null;
+/** This process in config_claims: its instance id, pid, start time, boot and PID namespace (see processAlive). */
+let self: { instance: string; pid: number; started: number; boot: string; pidns: string } | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
 let files: { path: string; db: string | null; wal: string | null } | null = null;
 /** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
@@ -296,16 +296,27 @@ function procStat(pid: number): { state: string; started: number } | null {
   return fields[0] === undefined || !Number.isFinite(started) ? null : { state: fields[0], started };
 }
 
+/** This process's PID namespace (`pid:[inode]`), in which the pids of config_claims are read. */
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
+
 /**
  * Whether the process that wrote a claim runs still: same boot, a process at its pid started at
  * its start time (a pid reused by a later process has a later one), and not a zombie (Z) or dead
  * (X): a process killed by SIGKILL stops claiming the moment it died, before its parent reaps it.
- * A process in another PID namespace is not found here and counts as gone (docs/config.md).
+ * `unseen`: it ran in another PID namespace, where its pid means another process; it cannot be
+ * checked from here, so its claims neither count nor are deleted (docs/config.md).
  */
-function processAlive(pid: number, started: number, boot: string): boolean {
-  if (boot !== self!.boot) return false;
+function processAlive(pid: number, started: number, boot: string, pidns: string): 'alive' | 'gone' | 'unseen' {
+  if (boot !== self!.boot) return 'gone';
+  if (pidns !== self!.pidns) return 'unseen';
   const st = procStat(pid);
-  return st !== null && st.started === started && st.state !== 'Z' && st.state !== 'X';
+  return st !== null && st.started === started && st.state !== 'Z' && st.state !== 'X' ? 'alive' : 'gone';
 }
 
 const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
@@ -403,7 +414,7 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
     };
     writtenSchema = m.schema;
     const own = procStat(process.pid);
-    self = { instance: m.instance, pid: process.pid, started: own?.started ?? -1, boot: bootId() };
+    self = { instance: m.instance, pid: process.pid, started: own?.started ?? -1, boot: bootId(), pidns: pidNamespace() };
     busyTimeoutMs = m.busyTimeoutMs;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
     knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
@@ -509,15 +520,17 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
   }
   if (!db.isTransaction) throw new Error('A change outside of its transaction');
   if (m.op === 'claims') {
-    const rows = db.prepare('SELECT instance, pid, started, boot, sandbox, org, sources FROM config_claims WHERE instance != ? ORDER BY instance, sandbox').all(self!.instance);
-    const alive = new Map<string, boolean>();
+    const rows = db
+      .prepare('SELECT instance, pid, started, boot, pidns, sandbox, org, sources FROM config_claims WHERE instance != ? ORDER BY instance, sandbox')
+      .all(self!.instance);
+    const alive = new Map<string, 'alive' | 'gone' | 'unseen'>();
     const claims: OtherClaim[] = [];
     for (const r of rows) {
       const instance = String(r['instance']);
       const pid = Number(r['pid']);
       let live = alive.get(instance);
-      if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']))));
-      if (!live) continue;
+      if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']), String(r['pidns']))));
+      if (live !== 'alive') continue;
       let sources: string[] = [];
       try {
         const parsed: unknown = JSON.parse(String(r['sources']));
@@ -530,14 +543,15 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
     // A dead process's claims go with the change that found it dead (its transaction commits
     // them away, or a rollback leaves them to the next).
     const del = db.prepare('DELETE FROM config_claims WHERE instance = ?');
-    for (const [instance, live] of alive) if (!live) del.run(instance);
+    for (const [instance, live] of alive) if (live === 'gone') del.run(instance);
     return claims;
   }
   if (m.op === 'set-claims') {
     try {
       db.prepare('DELETE FROM config_claims WHERE instance = ?').run(self!.instance);
-      const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, ?)');
-      for (const c of m.claims) ins.run(self!.instance, self!.pid, self!.started, self!.boot, c.sandbox, c.org, JSON.stringify(c.sources));
+      const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+      const me = self!;
+      for (const c of m.claims) ins.run(me.instance, me.pid, me.started, me.boot, me.pidns, c.sandbox, c.org, JSON.stringify(c.sources));
       db.exec('COMMIT');
     } catch (err) {
       rollback();

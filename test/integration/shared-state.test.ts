@@ -416,7 +416,7 @@ describe("the config files' sandboxes of two processes on one state", () => {
     expect((await call(again.admin, 'GET', '/api/v1/sandboxes/api-1')).status).toBe(200);
   });
 
-  it("refuse a reload whole (logged, the running config kept) that gives out a source the other holds, by its config file or its API", async () => {
+  it('refuse a reload whole (logged, the running config kept) that gives out a source the other holds, by its config file or its API', async () => {
     const a = await start({ name: 'a', sandboxes: [cfg('cfg-a', '198.18.0.1')] });
     const b = await start({ name: 'b', sandboxes: [cfg('cfg-b', '198.18.0.2')] });
     expect((await call(b.admin, 'PUT', '/api/v1/sandboxes/api-b', { sources: ['198.18.0.5'] })).status).toBe(201);
@@ -430,7 +430,9 @@ describe("the config files' sandboxes of two processes on one state", () => {
     // Before: reloaded; one source then judged by cfg-a2's policy on a and by cfg-b's on b.
     const byConfig = await reloadA([cfg('cfg-a', '198.18.0.1', { mode: 'block-all' }), cfg('cfg-a2', '198.18.0.2')]);
     expect(action(byConfig)).toBe('reload-refused');
-    expect(byConfig['reason']).toMatch(/^sandboxes\.cfg-a2\.sources: Source "198.18.0.2" belongs to config sandbox "cfg-b" of another egressd process's config file \(pid \d+/);
+    expect(byConfig['reason']).toMatch(
+      /^sandboxes\.cfg-a2\.sources: Source "198.18.0.2" belongs to config sandbox "cfg-b" of another egressd process's config file \(pid \d+/,
+    );
     const byApi = await reloadA([cfg('cfg-a', '198.18.0.1', { mode: 'block-all' }), cfg('cfg-a5', '198.18.0.5')]);
     expect(action(byApi)).toBe('reload-refused');
     expect(byApi['reason']).toBe('sandboxes.cfg-a5.sources: Source "198.18.0.5" belongs to API sandbox "api-b"');
@@ -451,7 +453,10 @@ describe("the config files' sandboxes of two processes on one state", () => {
     const pids = () => {
       const db = new DatabaseSync(statePath, { readOnly: true });
       try {
-        return db.prepare("SELECT pid FROM config_claims WHERE sandbox = 'cfg-a' ORDER BY pid").all().map((r) => r['pid']);
+        return db
+          .prepare("SELECT pid FROM config_claims WHERE sandbox = 'cfg-a' ORDER BY pid")
+          .all()
+          .map((r) => r['pid']);
       } finally {
         db.close();
       }

@@ -3,7 +3,7 @@
 // from the database; changes not accepted are listed again; a view that is not whole is never
 // applied, and changes are refused while it stands.
 
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -342,7 +342,9 @@ describe("the config files' sandboxes of the processes on one state (config_clai
       /^Source "198.18.0.1" belongs to config sandbox "cfg-a" of another egressd process's config file \(pid \d+, on the same state\)$/,
     );
     const sameId = await b.putSandbox('cfg-a', { sources: ['198.18.0.9'] });
-    expect(!sameId.ok && sameId.error.kind === 'conflict' && sameId.error.message).toMatch(/^Sandbox "cfg-a" comes from the config file of another egressd process/);
+    expect(!sameId.ok && sameId.error.kind === 'conflict' && sameId.error.message).toMatch(
+      /^Sandbox "cfg-a" comes from the config file of another egressd process/,
+    );
     const reload = await b.replaceConfigSandboxes([config('other', '198.18.0.1')]);
     expect(reload).toMatchObject({ ok: false, error: { kind: 'invalid', issues: [{ field: 'sandboxes.other.sources' }] } });
     expect(b.sandbox('other')).toBeUndefined();
@@ -369,11 +371,16 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     expect((await b.putSandbox('api-1', { sources: ['198.18.0.5'] })).ok).toBe(true);
     // a has not followed yet (no refresh): the reload reads what was committed in its own transaction.
     const r = await a.replaceConfigSandboxes([config('cfg-a', '198.18.0.1', 'acme'), config('cfg-b', '198.18.0.5')]);
-    expect(r).toMatchObject({ ok: false, error: { kind: 'invalid', issues: [{ field: 'sandboxes.cfg-b.sources', reason: 'Source "198.18.0.5" belongs to API sandbox "api-1"' }] } });
+    expect(r).toMatchObject({
+      ok: false,
+      error: { kind: 'invalid', issues: [{ field: 'sandboxes.cfg-b.sources', reason: 'Source "198.18.0.5" belongs to API sandbox "api-1"' }] },
+    });
     expect(a.sandbox('cfg-a')?.org).toBeNull();
     expect((await a.replaceConfigSandboxes([config('cfg-a', '198.18.0.1', 'acme')])).ok).toBe(true);
     const del = await b.deleteOrg('acme');
-    expect(!del.ok && del.error.kind === 'conflict' && del.error.message).toMatch(/^Organization "acme" still has sandbox "cfg-a" in the config file of another egressd process/);
+    expect(!del.ok && del.error.kind === 'conflict' && del.error.message).toMatch(
+      /^Organization "acme" still has sandbox "cfg-a" in the config file of another egressd process/,
+    );
     expect(a.rejected).toBeNull();
   });
 
@@ -388,17 +395,22 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     expect((await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')])).rejected).toBeNull();
   });
 
-  it("ignore and delete the claims of a process that is gone, or of an earlier process at a reused pid", async () => {
+  it('ignore and delete the claims of a process that is gone, or of an earlier process at a reused pid', async () => {
     const b = await plane();
     const gone = spawnSync('true').pid;
     const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
     const db = new DatabaseSync(path);
-    const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, NULL, ?)');
-    ins.run('dead', gone, 1, boot, 'cfg-dead', '["198.18.0.1"]');
+    const pidns = readlinkSync('/proc/self/ns/pid');
+    const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)');
+    ins.run('dead', gone, 1, boot, pidns, 'cfg-dead', '["198.18.0.1"]');
     // This very process's pid, but a start time it does not have: the pid was reused.
-    ins.run('reused', process.pid, 1, boot, 'cfg-reused', '["198.18.0.2"]');
+    ins.run('reused', process.pid, 1, boot, pidns, 'cfg-reused', '["198.18.0.2"]');
+    // Another boot's process.
+    ins.run('rebooted', process.pid, 1, 'another-boot', pidns, 'cfg-rebooted', '["198.18.0.3"]');
+    // A process of another PID namespace: not checkable here, so it blocks nothing, and stays.
+    ins.run('elsewhere', 1, 1, boot, 'pid:[1]', 'cfg-elsewhere', '["198.18.0.4"]');
     db.close();
-    expect((await b.putSandbox('x', { sources: ['198.18.0.1', '198.18.0.2'] })).ok).toBe(true);
-    expect(claims()).toEqual([]);
+    expect((await b.putSandbox('x', { sources: ['198.18.0.1', '198.18.0.2', '198.18.0.3', '198.18.0.4'] })).ok).toBe(true);
+    expect(claims()).toEqual([{ pid: 1, sandbox: 'cfg-elsewhere', sources: '["198.18.0.4"]' }]);
   });
 });
