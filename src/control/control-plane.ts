@@ -186,8 +186,8 @@ export class ControlPlane {
   /** Serializes changes so that validate → persist → apply is atomic with respect to others. */
   #lock: Promise<unknown> = Promise.resolve();
   /**
-   * The config sandboxes of the other live egressd processes on the state, read in the write
-   * transaction of the change now running (#inWrite, the reload's); empty outside of one.
+   * The config sandboxes of the other live egressd processes on the state, read when the API
+   * change now running opened its write transaction (#inWrite); empty outside of one.
    */
   #others: readonly OtherClaim[] = [];
   /** What another process wrote that this one did not apply; null while it follows the state. */
@@ -409,7 +409,7 @@ export class ControlPlane {
         await state.accept([kind, id]);
         this.#repairing = `${kind}:${id}`;
       }
-      this.#others = await this.#claimsOrReport(state, action, kind, id, actor);
+      this.#others = state.claims();
       const result = await fn();
       if (this.#repairing !== null && !state.inWrite) {
         // Written: the state is whole again.
@@ -422,16 +422,6 @@ export class ControlPlane {
       this.#others = [];
       await state.rollback();
       this.#release();
-    }
-  }
-
-  /** The other processes' config claims, as StateStore.claims; a failure is reported as a failed write. */
-  async #claimsOrReport(state: StateStore, action: 'put' | 'delete', kind: EntryKind, id: string, actor: string): Promise<readonly OtherClaim[]> {
-    try {
-      return await state.claims();
-    } catch (err) {
-      if (err instanceof StateWriteError) for (const l of this.#failureListeners) l({ action, kind, id, actor, error: err });
-      throw err;
     }
   }
 
@@ -588,7 +578,7 @@ export class ControlPlane {
         if (c !== null && !(await this.#take(c))) {
           return new StateInvalidError(state.path, this.#rejected ?? []);
         }
-        const issues = this.#configIssues(configSandboxes, await state.claims());
+        const issues = this.#configIssues(configSandboxes, state.claims());
         if (issues.length > 0) {
           return new StateInvalidError(
             state.path,
@@ -634,7 +624,7 @@ export class ControlPlane {
         // Should it not be whole, the reload is judged against the last good view.
         const c = await state.begin();
         if (c !== null) await this.#take(c);
-        const others = await state.claims();
+        const others = state.claims();
         const issues = this.#configIssues(next, others);
         if (issues.length > 0) return invalid(issues);
         await state.setClaims(claimsOf(next));

@@ -21,7 +21,7 @@ import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
-import type { ConfigClaim, OtherClaim, StateChanges, WriterReply, WriterRequest } from './state-writer.ts';
+import type { ConfigClaim, OtherClaim, StateChanges, WriteBegun, WriterReply, WriterRequest } from './state-writer.ts';
 
 export type { ConfigClaim, OtherClaim, StateChanges } from './state-writer.ts';
 
@@ -252,8 +252,10 @@ export class StateStore {
   #worker: Worker | null = null;
   #seq = 0;
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
-  /** Whether a change's write transaction is open (between `begin` and `put`/`delete`/`rollback`). */
+  /** Whether a change's write transaction is open (between `begin` and `put`/`delete`/`setClaims`/`rollback`). */
   #inWrite = false;
+  /** The other live processes' config claims, read by `begin` in the open transaction. */
+  #claims: readonly OtherClaim[] = [];
   /** When this process's last change held the write lock and ended (performance.now(), ms): begin's wait counts from no earlier. */
   #lastWritten = 0;
   #onChanged: (() => void) | null = null;
@@ -629,9 +631,10 @@ export class StateStore {
     try {
       const since = Math.max(asked, this.#lastWritten);
       const busyMs = Math.max(0, Math.ceil(BUSY_TIMEOUT_MS - (performance.now() - since)));
-      const c = await this.#send<StateChanges | null>({ op: 'changes', write: true, busyMs });
+      const r = await this.#send<WriteBegun>({ op: 'changes', write: true, busyMs });
       this.#inWrite = true;
-      return c;
+      this.#claims = r.claims;
+      return r.changes;
     } catch (err) {
       throw this.#writeError(err);
     }
@@ -652,17 +655,12 @@ export class StateStore {
   }
 
   /**
-   * The config claims of every other egressd process on the state that runs still, read in the
-   * write transaction `begin` opened (so that none changes before this change commits); the
-   * rows of processes gone are deleted with it. Rejects with StateWriteError.
+   * The config claims of every other egressd process on the state that runs still, read when
+   * `begin` opened the write transaction (so that none changes before this change commits); the
+   * rows of processes gone are deleted with it. Empty outside of a write transaction.
    */
-  async claims(): Promise<readonly OtherClaim[]> {
-    if (!this.shared || !this.#inWrite) return [];
-    try {
-      return await this.#send<readonly OtherClaim[]>({ op: 'claims' });
-    } catch (err) {
-      throw this.#writeError(err);
-    }
+  claims(): readonly OtherClaim[] {
+    return this.#inWrite ? this.#claims : [];
   }
 
   /**

@@ -13,14 +13,14 @@
 // (https://sqlite.org/pragma.html#pragma_data_version: changes only on another connection's
 // commit) tell this thread that another process committed; it then says so to the main thread.
 //
-// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, claimsTable, instance, known}, {op: 'changes',
-// write, busyMs} (write: BEGIN IMMEDIATE first, waiting busyMs at most for the lock; the
-// transaction stays open), {op: 'accept', except} (the main thread applied the last changes,
-// but for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside
-// the open transaction; commit), {op: 'claims'} (inside the open transaction: the config claims
-// of the other live processes, a dead one's deleted), {op: 'set-claims', claims} (inside the open
-// transaction: this process's config claims replaced; commit), {op: 'drop-claims'} (its own
-// transaction), {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
+// Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, claimsTable, instance,
+// known}, {op: 'changes', write, busyMs} (write: BEGIN IMMEDIATE first, waiting busyMs at most
+// for the lock; the transaction stays open, and the answer carries the other live processes'
+// config claims too), {op: 'accept', except} (the main thread applied the last changes, but
+// for `except`), {op: 'put', kind, id, body} and {op: 'delete', kind, id} (inside the open
+// transaction; commit), {op: 'set-claims', claims} (inside the open transaction: this
+// process's config claims replaced; commit), {op: 'drop-claims'} (its own transaction),
+// {op: 'rollback'}, {op: 'close'}, each with a seq. Each is
 // answered {seq, ok: true, value} or {seq, ok: false, errcode, errstr, errno, message}, in order.
 // Unasked: {changed: true} when another process committed; {watch: false, message} when the
 // WAL cannot be watched (following polls), {watch: true, message: null} when it is again.
@@ -60,6 +60,13 @@ export interface OtherClaim extends ConfigClaim {
   readonly pid: number;
 }
 
+/** The answer to {op: 'changes', write: true}: the transaction is open. */
+export interface WriteBegun {
+  readonly changes: StateChanges | null;
+  /** The config claims of the other live processes (a dead one's are deleted in this transaction). */
+  readonly claims: readonly OtherClaim[];
+}
+
 export type WriterRequest =
   | {
       op: 'open';
@@ -79,7 +86,6 @@ export type WriterRequest =
       /** Every entry the main thread read, as [kind, id, revision]. */
       known: readonly (readonly [string, string, number])[];
     }
-  | { op: 'claims'; seq: number }
   | { op: 'set-claims'; seq: number; claims: readonly ConfigClaim[] }
   | { op: 'drop-claims'; seq: number }
   /** `busyMs` (with `write`): how long BEGIN IMMEDIATE waits for another process's lock. */
@@ -96,7 +102,7 @@ export type WriterRequest =
  * failure is no SQLite error (the files moved: ENOENT, ESTALE); else null.
  */
 export type WriterReply =
-  | { seq: number; ok: true; value: number | StateChanges | readonly OtherClaim[] | null }
+  | { seq: number; ok: true; value: number | StateChanges | WriteBegun | null }
   | { seq: number; ok: false; errcode: number | null; errstr: string | null; errno: string | null; message: string };
 
 let db: DatabaseSync | null = null;
@@ -112,6 +118,7 @@ let stmts: {
   schema: StatementSync;
   dataVersion: StatementSync;
 } | null = null;
+let claimStmts: { live: StatementSync; drop: StatementSync; add: StatementSync } | null = null;
 /** This process in config_claims: its instance id, pid, start time, boot and PID namespace (see processAlive). */
 let self: { instance: string; pid: number; started: number; boot: string; pidns: string } | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
@@ -319,6 +326,33 @@ function processAlive(pid: number, started: number, boot: string, pidns: string)
   return st !== null && st.started === started && st.state !== 'Z' && st.state !== 'X' ? 'alive' : 'gone';
 }
 
+/**
+ * The config claims of the other processes that run still, read inside the open write
+ * transaction; the rows of processes gone are deleted in it (committed with the change, or left
+ * to the next one by a rollback).
+ */
+function liveClaims(): OtherClaim[] {
+  const alive = new Map<string, 'alive' | 'gone' | 'unseen'>();
+  const claims: OtherClaim[] = [];
+  for (const r of claimStmts!.live.all(self!.instance)) {
+    const instance = String(r['instance']);
+    const pid = Number(r['pid']);
+    let live = alive.get(instance);
+    if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']), String(r['pidns']))));
+    if (live !== 'alive') continue;
+    let sources: string[] = [];
+    try {
+      const parsed: unknown = JSON.parse(String(r['sources']));
+      if (Array.isArray(parsed)) sources = parsed.filter((s): s is string => typeof s === 'string');
+    } catch {
+      // A hand-edited row: it claims its sandbox id, and no source.
+    }
+    claims.push({ instance, pid, sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
+  }
+  for (const [instance, live] of alive) if (live === 'gone') claimStmts!.drop.run(instance);
+  return claims;
+}
+
 const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
 
 /**
@@ -391,7 +425,7 @@ function rollback(): void {
   }
 }
 
-function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[] | null {
+function handle(m: WriterRequest): number | StateChanges | WriteBegun | null {
   if (m.op === 'open') {
     db = new DatabaseSync(m.path);
     // WAL: a change appends its pages to the log; FULL: the log is fsynced at every commit.
@@ -443,6 +477,11 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
         throw err;
       }
     }
+    claimStmts = {
+      live: db.prepare('SELECT instance, pid, started, boot, pidns, sandbox, org, sources FROM config_claims WHERE instance != ? ORDER BY instance, sandbox'),
+      drop: db.prepare('DELETE FROM config_claims WHERE instance = ?'),
+      add: db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+    };
     // Whatever another process committed since the main thread read the state is found by the
     // first 'changes', which the main thread asks for at once: this is the baseline before it.
     seenVersion = -1;
@@ -460,6 +499,7 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
     watching = null;
     db = null;
     stmts = null;
+    claimStmts = null;
     files = null;
     if (d?.isOpen) d.close();
     return null;
@@ -477,7 +517,8 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
       }
     }
     try {
-      if (m.write) return diff(true);
+      // The others' config claims come with the changes: one round trip to this thread, not two.
+      if (m.write) return { changes: diff(true), claims: liveClaims() };
       // A read transaction: the listing and the bodies from one snapshot.
       db.exec('BEGIN');
       try {
@@ -510,7 +551,7 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
   if (m.op === 'drop-claims') {
     db.exec('BEGIN IMMEDIATE');
     try {
-      db.prepare('DELETE FROM config_claims WHERE instance = ?').run(self!.instance);
+      claimStmts!.drop.run(self!.instance);
       db.exec('COMMIT');
     } catch (err) {
       rollback();
@@ -519,39 +560,11 @@ function handle(m: WriterRequest): number | StateChanges | readonly OtherClaim[]
     return null;
   }
   if (!db.isTransaction) throw new Error('A change outside of its transaction');
-  if (m.op === 'claims') {
-    const rows = db
-      .prepare('SELECT instance, pid, started, boot, pidns, sandbox, org, sources FROM config_claims WHERE instance != ? ORDER BY instance, sandbox')
-      .all(self!.instance);
-    const alive = new Map<string, 'alive' | 'gone' | 'unseen'>();
-    const claims: OtherClaim[] = [];
-    for (const r of rows) {
-      const instance = String(r['instance']);
-      const pid = Number(r['pid']);
-      let live = alive.get(instance);
-      if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']), String(r['pidns']))));
-      if (live !== 'alive') continue;
-      let sources: string[] = [];
-      try {
-        const parsed: unknown = JSON.parse(String(r['sources']));
-        if (Array.isArray(parsed)) sources = parsed.filter((s): s is string => typeof s === 'string');
-      } catch {
-        // A hand-edited row: it claims its sandbox id, and no source.
-      }
-      claims.push({ instance, pid, sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
-    }
-    // A dead process's claims go with the change that found it dead (its transaction commits
-    // them away, or a rollback leaves them to the next).
-    const del = db.prepare('DELETE FROM config_claims WHERE instance = ?');
-    for (const [instance, live] of alive) if (live === 'gone') del.run(instance);
-    return claims;
-  }
   if (m.op === 'set-claims') {
     try {
-      db.prepare('DELETE FROM config_claims WHERE instance = ?').run(self!.instance);
-      const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
       const me = self!;
-      for (const c of m.claims) ins.run(me.instance, me.pid, me.started, me.boot, me.pidns, c.sandbox, c.org, JSON.stringify(c.sources));
+      claimStmts!.drop.run(me.instance);
+      for (const c of m.claims) claimStmts!.add.run(me.instance, me.pid, me.started, me.boot, me.pidns, c.sandbox, c.org, JSON.stringify(c.sources));
       db.exec('COMMIT');
     } catch (err) {
       rollback();
