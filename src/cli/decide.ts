@@ -1,6 +1,9 @@
 // `egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--config FILE] [--report-only]`:
-// the verdict for one connection, without opening anything. Exit 0 allowed, 1 refused, 4 would
-// be refused (report-only lets it through), 2 invalid policy, config or usage.
+// the verdict for one connection, without opening anything. Exit codes as every command's
+// (src/cli/program.ts EXIT): 0 allowed, 1 refused, or a policy or config that was read and found
+// invalid (as `validate` exits 1 for that config), 2 a usage error (a malformed flag, a file that
+// cannot be read), 4 would be refused (report-only lets it through). A refusal prints the verdict
+// on stdout; an invalid file prints its problems on stderr and nothing on stdout.
 //
 // The policy may be in any dialect (src/policy/network-body.ts), and is judged by the daemon's
 // own PolicyStore, built from the daemon's config as the daemon builds it
@@ -48,6 +51,8 @@ const SANDBOX_ID = 'decide';
 
 export function decideCommand(args: DecideArgs): CommandResult & { stderr?: string } {
   const usage = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
+  // What was read and found wrong is the answer no (exit 1), as `egressd validate` says of a config.
+  const invalid = (msg: string) => ({ code: 1 as const, stdout: '', stderr: `${msg}\n` });
 
   const ip = args.ip.replace(/^\[|\]$/g, '');
   if (canonicalSource(ip) === undefined) return usage(`--ip: expected an IPv4 or IPv6 address, got "${args.ip}"`);
@@ -69,10 +74,11 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
       parsedConfig = parseConfigText(readFileSync(args.config, 'utf8'), args.config);
     } catch (err) {
       // A YAML error carries its line and column in its message; a read error is worded here.
-      return usage(err instanceof ConfigReadError ? err.message : `Cannot read config "${args.config}": ${systemError(err)}`);
+      if (err instanceof ConfigReadError) return invalid(err.message);
+      return usage(`Cannot read config "${args.config}": ${systemError(err)}`);
     }
     const v = validateConfig(parsedConfig);
-    if (!v.ok) return usage(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
+    if (!v.ok) return invalid(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
     config = v.config;
   }
   const dnsServers: string[] = [];
@@ -98,10 +104,11 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   try {
     doc = parseConfigText(text, args.policy, 'policy');
   } catch (err) {
-    return usage((err as Error).message);
+    // Read, but not YAML (or an alias bomb): a problem in the file, as for the config.
+    return invalid((err as Error).message);
   }
   const parsed = parseNetworkBody(doc);
-  if (!parsed.ok) return usage(`Invalid policy "${args.policy}":\n${formatIssues(parsed.issues.map(rooted))}`);
+  if (!parsed.ok) return invalid(`Invalid policy "${args.policy}":\n${formatIssues(parsed.issues.map(rooted))}`);
 
   if (args.dnsServers !== undefined) config = { ...config, dns: { ...config.dns, sandboxServers: dnsServers } };
   let settings: ReturnType<typeof policySettingsOf>;
@@ -109,7 +116,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     settings = policySettingsOf(config);
   } catch (err) {
     if (!(err instanceof InvalidConfigError)) throw err;
-    return usage(`Invalid config "${args.config ?? '(built-in)'}":\n${formatIssues(err.issues)}`);
+    return invalid(`Invalid config "${args.config ?? '(built-in)'}":\n${formatIssues(err.issues)}`);
   }
   const store = new PolicyStore(
     { ...settings, protected: { ...settings.protected, except: [...settings.protected.except, ...except] } },

@@ -16,15 +16,21 @@ import { inspectBytes } from './inspect.ts';
 import { parseConfigText } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
+import { canonicalSource } from '../match/ip.ts';
+import { normalizeWireName } from '../match/names.ts';
 import { systemError } from '../util/system-error.ts';
 import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
 
 /**
  * Exit codes, the same for every command:
- *   0 done: allowed (check, decide), valid (validate), parsed (inspect), applied (iptables)
- *   1 the answer is no: refused (check, decide), invalid (validate), not parseable (inspect),
- *     a change the API refused (400, 404, 409, 412, 413), a firewall command that failed
- *   2 usage error: unknown command or option, missing or malformed argument, unreadable input
+ *   0 done: allowed (check, decide), valid (validate), parsed (inspect), applied (iptables),
+ *     stopped on a signal (serve)
+ *   1 the answer is no: refused (check, decide), an input file that was read and found invalid
+ *     (validate's config, decide's policy or config, a --file body that is not JSON), not
+ *     parseable (inspect), a change the API refused (400, 404, 409, 412, 413), a firewall
+ *     command that failed, a daemon that could not start (serve)
+ *   2 usage error: unknown command or option, missing or malformed argument (checked before any
+ *     request: check's --ip, --host and --port as decide's), an input file that cannot be read
  *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
  *   4 would be refused (check, decide): the policy refuses it, and report-only mode lets it through
  */
@@ -47,21 +53,43 @@ function portArg(v: string): string {
   return v;
 }
 
+// `check` checks its address and name here, with decide's words, so that a malformed one is the
+// usage error (2) it is for decide rather than the API's 400, which means "refused" (1).
+function ipArg(v: string): string {
+  const ip = v.replace(/^\[|\]$/g, '');
+  if (canonicalSource(ip) === undefined) throw new InvalidArgumentError(`expected an IPv4 or IPv6 address, got "${v}"`);
+  return ip;
+}
+
+function hostArg(v: string): string {
+  // As the data path reads an SNI or Host: a name it refuses (a raw U-label) is refused here too.
+  const n = normalizeWireName(v);
+  if (!n.ok) throw new InvalidArgumentError(n.reason);
+  return v;
+}
+
 function tierArg(v: string): number {
   if (!/^[1-4]$/.test(v)) throw new InvalidArgumentError(`expected a tier from 1 to 4, got "${v}"`);
   return Number(v);
 }
 
-function json(text: string, what: string): unknown {
+/**
+ * JSON from an argument or a file. Malformed JSON in an argument (`--network`) is a malformed
+ * argument, a usage error (2); in a file that was read, it is a problem found in the file (1), as
+ * `egressd validate` and `decide` say of a config or policy file that is not YAML.
+ */
+function json(text: string, what: string, source: 'argument' | 'file' = 'argument'): unknown {
+  const fail = (detail: string, cause?: unknown): Error =>
+    source === 'file' ? new ConfigReadError(what, `it ${detail}`, cause, null, 'body') : new UsageError(`${what} ${detail}`);
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw new UsageError(`${what} is not valid JSON: ${(e as Error).message}`);
+    throw fail(`is not valid JSON: ${(e as Error).message}`, e);
   }
   // Parsed here, a duplicate key would reach the API already collapsed to its last value.
   const dup = duplicateKeyPath(text);
-  if (dup !== null) throw new UsageError(`${what} gives the key ${JSON.stringify(dup)} more than once; give each key once`);
+  if (dup !== null) throw fail(`gives the key ${JSON.stringify(dup)} more than once; give each key once`);
   return value;
 }
 
@@ -72,7 +100,7 @@ function fileJson(file: string): unknown {
   } catch (e) {
     throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
   }
-  return json(text, `"${file}"`);
+  return json(text, file, 'file');
 }
 
 interface ApiOpts {
@@ -95,9 +123,10 @@ export function buildProgram(io: CliIo): { program: Command; run: (argv: readonl
     .addHelpText(
       'after',
       `
-Exit codes: 0 done/allowed/valid, 1 refused/invalid/the API refused the change,
-2 usage error, 3 the admin API is unreachable, failing or refuses the token,
-4 check: would be refused, let through by report-only mode.
+Exit codes: 0 done/allowed/valid, 1 refused, an input file found invalid (a config,
+a policy, a body), the API refused the change, 2 usage error (an unknown or malformed
+flag or argument, a file that cannot be read), 3 the admin API is unreachable, failing
+or refuses the token, 4 check/decide: would be refused, let through by report-only mode.
 
 Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
@@ -314,8 +343,8 @@ Run "egressd <command> --help" for a command's own options.`,
     sub(program, 'check', "A sandbox's verdict for one connection, from the running daemon: exit 0 allowed, 1 refused, 4 would be refused (report-only)"),
   )
     .requiredOption('--sandbox <id>', 'sandbox id')
-    .option('--host <name>', 'the SNI or Host the client sends')
-    .requiredOption('--ip <addr>', 'the destination address')
+    .option('--host <name>', 'the SNI or Host the client sends', hostArg)
+    .requiredOption('--ip <addr>', 'the destination address', ipArg)
     .requiredOption('--port <n>', 'the destination port', portArg)
     .action((o: { sandbox: string; host?: string; ip: string; port: string }, c: Command) =>
       api(
@@ -347,6 +376,11 @@ Run "egressd <command> --help" for a command's own options.`,
       if (e instanceof UsageError) {
         io.err(`error: ${e.message}\n`);
         return EXIT.usage;
+      }
+      // A body file that was read but is not JSON: a problem found in it, as validate's.
+      if (e instanceof ConfigReadError) {
+        io.err(`error: ${e.message}\n`);
+        return EXIT.no;
       }
       if (e instanceof CommanderError) {
         // --help and --version are answers; everything else commander raises (and has already

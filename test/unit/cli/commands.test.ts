@@ -269,10 +269,13 @@ describe('egressd decide', () => {
       expect(protectedAddress.json).toMatchObject({ verdict: 'refuse', reason: 'protected-address', layer: 'protected' });
     });
 
-    it('exits 2 on an invalid or unreadable config, naming the file and each field', async () => {
+    // The convention (src/cli/program.ts EXIT): a file read and found invalid is 1, as validate
+    // exits for the same config; a file that cannot be read is a usage error, 2.
+    it('exits 1 on an invalid config, naming the file and each field, and 2 on an unreadable one', async () => {
       const bad = write('bad-config.yaml', 'reportOnly: maybe\nbogus: 1\n');
       const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', bad);
-      expect(r.code).toBe(2);
+      expect(r.code).toBe(1);
+      expect((await egressd(['validate', bad])).code).toBe(1);
       expect(r.stdout).toBe('');
       expect(r.stderr).toContain(`Invalid config "${bad}"`);
       expect(r.stderr).toMatch(/^bogus: /m);
@@ -282,10 +285,12 @@ describe('egressd decide', () => {
       expect(absent.stderr).toContain('ENOENT (no such file or directory)');
     });
 
-    it('exits 2 on a config that is not YAML, with the YAML error, its line and column (not an error code)', async () => {
+    it('exits 1 on a config that is not YAML, as validate does, with the YAML error, its line and column (not an error code)', async () => {
       const broken = write('broken-config.yaml', 'listen: [unclosed\n');
       const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', broken);
-      expect(r.code).toBe(2);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect((await egressd(['validate', broken])).code).toBe(1);
       expect(r.stderr).toContain(`${broken}:2:1: Cannot read configuration "${broken}": Flow sequence`);
       expect(r.stderr).not.toContain('EGRESSD_ERR_');
     });
@@ -306,20 +311,20 @@ describe('egressd decide', () => {
     expect(raw.stderr).toMatch(/^--host: .*non-ASCII/);
   });
 
-  it('exits 2 on an invalid policy, naming the file, each field and its reason on stderr', async () => {
+  it('exits 1 on an invalid policy, naming the file, each field and its reason on stderr, and nothing on stdout', async () => {
     const bad = write('bad.json', JSON.stringify({ network: { denyOut: ['github.com'], allowOut: ['10.0.0.0/33'] } }));
     const r = await decide(bad, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr).toContain(`Invalid policy "${bad}"`);
     expect(r.stderr).toMatch(/^network\.allowOut\[0\]: .*"10\.0\.0\.0\/33"/m);
     expect(r.stderr).toMatch(/^network\.denyOut\[0\]: Domain "github\.com" cannot be denied/m);
   });
 
-  it('exits 2 on a policy that mixes two dialects', async () => {
+  it('exits 1 on a policy that mixes two dialects', async () => {
     const mixed = write('mixed.json', JSON.stringify({ mode: 'allow-all', networkBlockAll: true }));
     const r = await decide(mixed, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^networkBlockAll: .*one dialect/m);
   });
 
@@ -329,10 +334,11 @@ describe('egressd decide', () => {
     expect(r.stderr).toContain('ENOENT (no such file or directory)');
   });
 
-  it('exits 2 on a policy that is not JSON or YAML, calling it the policy, with the line and column', async () => {
+  it('exits 1 on a policy that is not JSON or YAML, calling it the policy, with the line and column', async () => {
     const broken = write('broken-policy.json', '{"mode":\n');
     const r = await decide(broken, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(new RegExp(`^${broken.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: Cannot read policy "`));
   });
 
@@ -451,6 +457,38 @@ describe('the API commands refuse flags their body would drop', () => {
     const r = await egressd([...args, '--admin', 'http://127.0.0.1:9']);
     expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 2, stderr: expect.stringContaining(message) });
   });
+});
+
+// One convention for every command (src/cli/program.ts EXIT, docs/api.md "From the command
+// line"): a malformed argument is 2 before any request, a file read and found invalid is 1.
+describe('the exit-code convention, across commands', () => {
+  it.each([
+    [['check', '--sandbox', 's1', '--ip', '1.1.1', '--port', '443'], /--ip <addr>' argument '1\.1\.1' is invalid\. expected an IPv4 or IPv6 address/],
+    [['check', '--sandbox', 's1', '--host', 'bücher.test', '--ip', '1.1.1.1', '--port', '443'], /--host <name>' argument .* is invalid\. .*non-ASCII/],
+  ])('egressd %j exits 2, as decide does for the same flag, before any request', async (args, message) => {
+    // No API is listening there: a request made would exit 3 (unavailable), or 1 on its 400.
+    const r = await egressd([...args, '--admin', 'http://127.0.0.1:9']);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 2, stderr: expect.stringMatching(message) });
+  });
+
+  it.each([
+    ['sandbox', 'put', 's1'],
+    ['sandbox', 'network', 's1'],
+    ['org', 'put', 'o1'],
+  ])(
+    'egressd %s %s %s --file exits 1 on a body file that is not JSON, as validate on a config that is not YAML, and 2 on one it cannot read',
+    async (...words) => {
+      const broken = write('broken-body.json', '{"sources": [\n');
+      const r = await egressd([...words, '--file', broken, '--admin', 'http://127.0.0.1:9']);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 1, stdout: '' });
+      expect(r.stderr).toContain(`Cannot read body "${broken}": it is not valid JSON`);
+      const dup = write('dup-body.json', '{"sources":[],"sources":[]}');
+      expect((await egressd([...words, '--file', dup, '--admin', 'http://127.0.0.1:9'])).code).toBe(1);
+      const absent = await egressd([...words, '--file', join(dir, 'absent-body.json'), '--admin', 'http://127.0.0.1:9']);
+      expect(absent.code).toBe(2);
+      expect(absent.stderr).toContain('ENOENT');
+    },
+  );
 });
 
 describe('egressd without a known command', () => {
