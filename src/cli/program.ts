@@ -20,6 +20,8 @@ import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
 import { systemError } from '../util/system-error.ts';
 import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
+import { EGRESSD_VERSION } from '../util/version.ts';
+import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
 /**
  * Exit codes, the same for every command:
@@ -36,6 +38,16 @@ import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
  */
 export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3, wouldRefuse: 4 });
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+/**
+ * What `egressd --version` (and `egressd version`) prints: the package version on the first line
+ * alone, for scripts (`egressd --version | head -1`), then what an operator needs beside it during a
+ * rollout: the state schema this egressd writes and those it reads (docs/config.md "The state": a
+ * process that cannot read the schema refuses to start), and the Node.js that runs it.
+ */
+export function versionText(): string {
+  return `egressd ${EGRESSD_VERSION}\nstate schema ${STATE_SCHEMA_VERSION} (reads ${STATE_SCHEMAS_READ.join(', ')})\nnode ${process.version}\n`;
+}
 
 export interface CliIo {
   readonly out: (s: string) => void;
@@ -139,6 +151,8 @@ Environment:
 
 Run "egressd <command> --help" for a command's own options.`,
     )
+    // commander's own version option: printed through writeOut, then commander.version, exit 0.
+    .version(versionText().trimEnd(), '-V, --version', 'print the egressd version, the state schema version and the Node.js version')
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err });
@@ -357,6 +371,10 @@ Run "egressd <command> --help" for a command's own options.`,
         'check',
       ),
     );
+
+  sub(program, 'version', 'Print the egressd version, the state schema version and the Node.js version (as --version)').action(() => {
+    io.out(versionText());
+  });
 
   const run = async (argv: readonly string[]): Promise<number> => {
     if (argv.length === 0) {

@@ -21,6 +21,7 @@ import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
+import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from './state-schema.ts';
 import type { ConfigClaim, OtherClaim, StateChanges, WriteBegun, WriterReply, WriterRequest } from './state-writer.ts';
 
 export type { ConfigClaim, OtherClaim, StateChanges } from './state-writer.ts';
@@ -42,18 +43,9 @@ export interface StoredEntry {
 export type StateFormat = 'absent' | 'sqlite' | 'json-v1';
 
 const SQLITE_MAGIC = 'SQLite format 3\0';
-/**
- * The schema this egressd writes. 2 has the tables of 1; it says that every process writing the
- * state reads the others' changes inside its write transaction (state-writer.ts), so an egressd
- * that would not (schema 1 only) refuses to start on it rather than hand out what another holds.
- * 3 adds config_claims: every process writing the state records there the sources its config
- * file gives out, and checks every change against the others' (control-plane.ts), so an egressd
- * that would not (schema 2) refuses to start on it rather than hand out a source another
- * process's config file holds.
- */
-const SCHEMA_VERSION = 3;
-/** Schemas this egressd reads: 1 and 2 are raised to 3 once the state is opened for writing. */
-const SCHEMAS_READ: readonly number[] = [1, 2, 3];
+// The schema written and those read: state-schema.ts.
+const SCHEMA_VERSION = STATE_SCHEMA_VERSION;
+const SCHEMAS_READ = STATE_SCHEMAS_READ;
 /** A WAL larger than this is truncated after a checkpoint (bytes). */
 const JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024;
 /**

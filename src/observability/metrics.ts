@@ -4,12 +4,12 @@
 // conventions: the `egressd_` prefix, `_total` counters, base units (seconds, bytes). Label
 // values come from small fixed sets — never a raw name, address or (unless asked) sandbox id.
 
-import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { ListenerKind } from '../net/listener.ts';
 import { LoopDelay, registerDefaultMetrics } from './loop-delay.ts';
+import { EGRESSD_VERSION } from '../util/version.ts';
 
 // prom-client's parts from their own files: its index also loads the Pushgateway (node:http,
 // https, zlib) and the cluster aggregator, which egressd never uses — about 4 MB of idle RSS.
@@ -72,8 +72,7 @@ const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 /** Whole connections: a refusal in milliseconds, a download or a held-open stream for an hour. */
 const CONNECTION_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600] as const;
 
-/** The version egressd reports (package.json), read once. */
-export const EGRESSD_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+export { EGRESSD_VERSION };
 
 export const METRICS = {
   buildInfo: {

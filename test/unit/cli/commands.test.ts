@@ -491,6 +491,24 @@ describe('the exit-code convention, across commands', () => {
   );
 });
 
+describe('egressd --version', () => {
+  it('prints the package version alone on the first line, then the state schema and Node.js versions, and exits 0; -V and "egressd version" say the same', async () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    const r = await egressd(['--version']);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    const node = await runProcess(NODE, ['-p', 'process.version']);
+    expect(r.stdout).toBe(`egressd ${pkg.version}\nstate schema 2 (reads 1, 2)\nnode ${node.stdout.trim()}\n`);
+    expect(await egressd(['-V'])).toMatchObject({ code: 0, stdout: r.stdout });
+    expect(await egressd(['version'])).toMatchObject({ code: 0, stdout: r.stdout });
+  });
+
+  it('is listed by "egressd --help"', async () => {
+    const r = await egressd(['--help']);
+    expect(r.stdout).toMatch(/^ {2}-V, --version +print the egressd version/m);
+    expect(r.stdout).toMatch(/^ {2}version +Print the egressd version/m);
+  });
+});
+
 describe('egressd without a known command', () => {
   it('prints the usage and exits 2 when no command is given', async () => {
     const r = await egressd([]);
