@@ -666,21 +666,29 @@ export class ControlPlane {
   #replaceConfig(next: readonly SandboxRecord[], others: readonly OtherClaim[]): ChangeResult<number> {
     const issues = this.#configIssues(next, others);
     if (issues.length > 0) return invalid(issues);
+    // Only what the file changed is a change: a sandbox the reload leaves as it was keeps its
+    // compiled policy, logs no policy-change line and re-judges no connection (a reload that
+    // touched one sandbox of a thousand must not say a thousand policies changed, nor re-judge
+    // every open connection). The digest is of the whole record: sources, org, network, reportOnly.
     const before = new Map([...this.#records.values()].filter((r) => r.origin === 'config').map((r) => [r.id, digestOf(r)]));
-    for (const id of before.keys()) {
+    const after = new Map(next.map((r) => [r.id, { r, digest: digestOf(r) }]));
+    const gone = [...before.keys()].filter((id) => after.get(id)?.digest !== before.get(id));
+    // Every changed sandbox's old sources are freed before any is applied: one may take another's.
+    for (const id of gone) {
       this.store.removeSandbox(id);
       this.#records.delete(id);
     }
-    for (const r of next) this.#apply(r, parseNetworkOrThrow(r.network));
+    const events: ChangeEvent[] = [];
     // A removed sandbox is a change too: its sources fall to the default policy, which must
     // re-judge their open connections and dials as an API DELETE does.
-    const kept = new Set(next.map((r) => r.id));
-    const events: ChangeEvent[] = [];
-    for (const [id, digest] of before) {
-      if (!kept.has(id)) events.push({ source: 'config', action: 'delete', kind: 'sandbox', id, actor: 'config', before: digest, after: null });
+    for (const id of gone) {
+      if (!after.has(id))
+        events.push({ source: 'config', action: 'delete', kind: 'sandbox', id, actor: 'config', before: before.get(id) ?? null, after: null });
     }
-    for (const r of next) {
-      events.push({ source: 'config', action: 'put', kind: 'sandbox', id: r.id, actor: 'config', before: before.get(r.id) ?? null, after: digestOf(r) });
+    for (const [id, { r, digest }] of after) {
+      if (before.get(id) === digest) continue;
+      this.#apply(r, parseNetworkOrThrow(r.network));
+      events.push({ source: 'config', action: 'put', kind: 'sandbox', id, actor: 'config', before: before.get(id) ?? null, after: digest });
     }
     this.#emitBatch(events);
     return { ok: true, value: next.length };

@@ -64,6 +64,45 @@ describe('the egressd process', () => {
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
   });
 
+  // A reload logged a policy change (and re-judged every open connection) for every sandbox in
+  // the file, changed or not: with a thousand sandboxes, one edit read as a thousand changes.
+  it('logs a policy change on SIGHUP only for the file sandboxes it added, changed or removed', async () => {
+    const sandbox = (id: string, source: string, mode: string) => ({ id, sources: [source], network: { mode } });
+    const file = write(base({ sandboxes: [sandbox('sb-same', '127.0.0.41', 'allow-all'), sandbox('sb-edit', '127.0.0.42', 'allow-all')] }));
+    const { d, admin } = await start(file);
+    const changesAfter = (reloads: number): LogLine[] => {
+      const at = d.lines.filter((l) => action(l) === 'reload')[reloads - 1]!;
+      const before = d.lines.filter((l) => action(l) === 'reload')[reloads - 2];
+      const from = before === undefined ? d.lines.findIndex((l) => action(l) === 'started') : d.lines.indexOf(before);
+      return d.lines.slice(from + 1, d.lines.indexOf(at)).filter((l) => action(l) === 'policy-change');
+    };
+
+    d.child.kill('SIGHUP');
+    await d.waitFor((l) => action(l) === 'reload');
+    expect(changesAfter(1)).toEqual([]);
+
+    write(
+      base({
+        sandboxes: [sandbox('sb-same', '127.0.0.41', 'allow-all'), sandbox('sb-edit', '127.0.0.42', 'block-all'), sandbox('sb-new', '127.0.0.43', 'allow-all')],
+      }),
+    );
+    d.child.kill('SIGHUP');
+    await d.waitFor(() => d.lines.filter((x) => action(x) === 'reload').length >= 2);
+    expect(changesAfter(2).map((l) => [l['id'], l['action']])).toEqual([
+      ['sb-edit', 'put'],
+      ['sb-new', 'put'],
+    ]);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-edit')).body).toMatchObject({ network: { mode: 'block-all' } });
+
+    write(base({ sandboxes: [sandbox('sb-same', '127.0.0.41', 'allow-all'), sandbox('sb-new', '127.0.0.43', 'allow-all')] }));
+    d.child.kill('SIGHUP');
+    await d.waitFor(() => d.lines.filter((x) => action(x) === 'reload').length >= 3);
+    expect(changesAfter(3).map((l) => [l['id'], l['action']])).toEqual([['sb-edit', 'delete']]);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-same')).body).toMatchObject({ id: 'sb-same', origin: 'config', sources: ['127.0.0.41'] });
+    const metrics = await (await request(`${admin}/metrics`)).body.text();
+    expect(metrics).toMatch(/^egressd_policy_changes_total\{source="config"\} 3$/m);
+  });
+
   // Two SIGHUPs close together (a config manager's and systemd's ExecReload): each reload reads
   // the file, and a read can take long (a large file, a slow disk). The second signal's read of
   // the newer file must not be overtaken by the first's read of the older one.
