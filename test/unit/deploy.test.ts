@@ -615,6 +615,20 @@ describe('docs', () => {
     for (const k of [...keys, 'admin.token']) expect(md, k).toContain(`\`${k}\``);
   });
 
+  // The first example listened on 0.0.0.0 while docs/api.md says to keep the plain-HTTP admin
+  // listener on loopback; a reader copies an example, not the advice beside another page.
+  it('docs/config.md: every example under "Examples" is a valid config, and one that sets admin.listen keeps it on loopback', () => {
+    const md = read('docs/config.md');
+    const examples = [...md.slice(md.indexOf('\n## Examples')).matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parseYaml(m[1]!) as Record<string, unknown>);
+    expect(examples.length).toBeGreaterThan(1);
+    for (const doc of examples) {
+      const v = validateConfig(doc);
+      expect(v.ok, JSON.stringify(v.ok ? null : v.issues)).toBe(true);
+      const listen = (doc['admin'] as { listen?: string } | undefined)?.listen;
+      if (listen !== undefined) expect(['127.0.0.1', '::1']).toContain(endpoint(listen).host);
+    }
+  });
+
   it('docs/api.md lists exactly the API_ERRORS table, and the server answers with its codes and statuses only', () => {
     const md = read('docs/api.md');
     // The rows of the error table: | status | `code` | when |
