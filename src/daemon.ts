@@ -36,7 +36,8 @@ import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
 import { tenantKeyOf } from './match/tenant-key.ts';
-import { listenedOnElsewhere } from './util/port-shared.ts';
+import { listenedOnElsewhere, portShareable } from './util/port-shared.ts';
+import { PortsSharedError } from './errors.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 
@@ -53,6 +54,11 @@ export interface DaemonOptions {
    * loopback tests make the host gain an address without changing the machine's.
    */
   readonly hostInterfaces?: HostAddressOptions['interfaces'];
+  /**
+   * `serve --share-ports`: start beside another process listening on the same endpoints even
+   * without state.path (see start()). Default false.
+   */
+  readonly sharePorts?: boolean;
 }
 
 /**
@@ -103,8 +109,10 @@ export class Daemon {
   readonly #deps: PipelineDeps;
   /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
   #otlp: OtlpExport | null = null;
+  readonly #opts: DaemonOptions;
 
   constructor(config: Config, log: Logger, opts: DaemonOptions = {}) {
+    this.#opts = opts;
     this.#config = config;
     this.log = log;
     this.#originalDst = opts.originalDst ?? originalDestination;
@@ -332,7 +340,25 @@ export class Daemon {
       ...this.dnsListeners.map((l) => ({ kind: 'dns', endpoint: l.endpoint })),
     ];
     const elsewhere = await Promise.all(endpoints.map((e) => listenedOnElsewhere(e.endpoint.host, e.endpoint.port)));
-    const shared = endpoints.filter((_, i) => elsewhere[i]).map((e) => `${e.kind} ${e.endpoint.text}`);
+    const held = endpoints.filter((_, i) => elsewhere[i]);
+    const shared = held.map((e) => `${e.kind} ${e.endpoint.text}`);
+    // Sharing is consistent only through the state: with state.path, every process on it applies
+    // the others' API changes (docs/config.md "Several processes on one state"), which is the
+    // documented rollout. Without it, each process holds the API changes that happened to reach
+    // it, so the same source is judged by different sandboxes depending on which process the
+    // kernel hands its connection to, and no later call can fix that (the API port is shared
+    // too). That is a second egressd started by mistake far more often than a rollout of a
+    // deployment that does not use the API, which says so with --share-ports.
+    if (held.length > 0 && this.#config.state.path === null && this.#opts.sharePorts !== true) {
+      // Only a holder that would let this process bind beside it shares; any other makes the
+      // bind below fail with EADDRINUSE, in its own words (another service on port 9901).
+      const joinable = await Promise.all(held.map((e) => portShareable(e.endpoint.host, e.endpoint.port)));
+      const sharing = held.filter((_, i) => joinable[i]).map((e) => `${e.kind} ${e.endpoint.text}`);
+      if (sharing.length > 0) {
+        await this.stop(0, { quiet: true });
+        throw new PortsSharedError(sharing);
+      }
+    }
     await this.admin.listen();
     try {
       await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);

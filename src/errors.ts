@@ -17,6 +17,8 @@ export const ERROR_CODES = {
   EGRESSD_ERR_API_REQUEST: 'An admin API request was refused; the response carries its API error code',
   EGRESSD_ERR_COMMAND_FAILED: 'A system command egressd ran (iptables-restore, nft, ...) exited with an error',
   EGRESSD_ERR_STATE_WRITE: 'A change could not be made durable in the state (state.path); nothing was changed',
+  EGRESSD_ERR_PORTS_SHARED:
+    "Another process already listens on this egressd's endpoints, and this one keeps the API's sandboxes in memory (no state.path): egressd did not start, as the two would judge connections from different sandboxes",
   EGRESSD_ERR_STATE_REJECTED:
     'Another process wrote entries to the state (state.path) that fail validation; this one serves its last good view and refuses changes until they are fixed',
 } as const;
@@ -222,5 +224,26 @@ export class CommandFailed extends EgressdError {
     super('EGRESSD_ERR_COMMAND_FAILED', `Command failed (exit ${r.code ?? 'none'}): ${shown}`);
     this.name = 'CommandFailed';
     this.detail = `${this.message}\n${r.stderr.trim()}${stdin}`;
+  }
+}
+
+/**
+ * `serve` found another process listening on its endpoints (SO_REUSEPORT would have let it bind
+ * beside it) while it keeps the API's sandboxes in memory: each process would hold the API changes
+ * that reached it only, and the kernel would hand each new connection and API call to either.
+ * `endpoints` are `kind host:port`, as the listener-shared line names them.
+ */
+export class PortsSharedError extends EgressdError {
+  readonly endpoints: readonly string[];
+  constructor(endpoints: readonly string[]) {
+    super(
+      'EGRESSD_ERR_PORTS_SHARED',
+      `Another process already listens on ${endpoints.map((e) => `"${e}"`).join(', ')}, and this egressd keeps the API's sandboxes in memory (no state.path): ` +
+        'the kernel would share connections and API calls between the two, each judging by the sandboxes it was given. ' +
+        'Stop the other process; for a rollout beside a draining egressd, give both the same state.path (docs/deployment.md); ' +
+        'or pass "serve --share-ports" when neither uses the API',
+    );
+    this.name = 'PortsSharedError';
+    this.endpoints = endpoints;
   }
 }

@@ -28,7 +28,7 @@ function withEnv(config: Config): Config {
   return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
 }
 
-async function serve(values: { config?: string; pretty?: boolean }): Promise<number> {
+async function serve(values: { config?: string; pretty?: boolean; sharePorts?: boolean }): Promise<number> {
   // SIGHUP's default action ends the process: one that comes while egressd starts (a reload sent
   // just after a restart) asks for a reload once it serves instead.
   let hupWhileStarting = false;
@@ -58,7 +58,7 @@ async function serve(values: { config?: string; pretty?: boolean }): Promise<num
   let daemon: Daemon;
   try {
     configureNativeSplice(dataPlaneFromEnv(process.env));
-    daemon = new Daemon(config, log);
+    daemon = new Daemon(config, log, values.sharePorts === true ? { sharePorts: true } : {});
     await daemon.start();
     // Start-up's garbage, freed C memory and the executable's start-up pages go back before
     // serving begins (issue 12: idle RSS; src/limits/overload.ts).

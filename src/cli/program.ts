@@ -54,7 +54,7 @@ export interface CliIo {
   readonly err: (s: string) => void;
   readonly env: NodeJS.ProcessEnv;
   /** Runs the daemon until it stops; resolves to the exit code. */
-  readonly serve: (opts: { config?: string; pretty?: boolean }) => Promise<number>;
+  readonly serve: (opts: { config?: string; pretty?: boolean; sharePorts?: boolean }) => Promise<number>;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -186,7 +186,11 @@ Run "egressd <command> --help" for a command's own options.`,
   sub(program, 'serve', 'Run the daemon (the built-in default configuration without --config)')
     .addOption(new Option('--config <file>', 'configuration file (YAML or JSON)').env('EGRESSD_CONFIG'))
     .option('--pretty', 'human-readable logs (needs the dev dependency pino-pretty)')
-    .action(async (o: { config?: string; pretty?: boolean }) => {
+    .option(
+      '--share-ports',
+      'start even when another process listens on these endpoints and this egressd has no state.path: the kernel then splits connections and API calls between the two, each with its own API sandboxes (for a rollout of a deployment that does not use the API)',
+    )
+    .action(async (o: { config?: string; pretty?: boolean; sharePorts?: boolean }) => {
       code = await io.serve(o);
     });
 

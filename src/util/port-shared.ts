@@ -23,3 +23,19 @@ export function listenedOnElsewhere(host: string, port: number): Promise<boolean
     probe.listen({ host, port, exclusive: true, ipv6Only: host.includes(':') }, () => probe.close(() => resolve(false)));
   });
 }
+
+/**
+ * True when this process could bind `host`:`port` beside its holder: the holder set SO_REUSEPORT
+ * and runs as the same user (Linux socket(7)), as another egressd does. False when the bind fails
+ * (a holder that does not share: egressd's own bind then fails with EADDRINUSE and says so).
+ * The trial socket listens for the moment between its bind and its close, so the kernel may hand
+ * it a connection meant for the holder, which is then reset: call it only to decide a start-up
+ * that will not go on, never on a rollout's path.
+ */
+export function portShareable(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen({ host, port, reusePort: true, ipv6Only: host.includes(':'), backlog: 1 }, () => probe.close(() => resolve(true)));
+  });
+}

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { loopbackDocument } from '../helpers/config-file.ts';
 import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 import { action, type LogLine } from '../helpers/log-line.ts';
@@ -202,15 +202,17 @@ describe('the egressd process', () => {
     expect(JSON.stringify(d.lines) + d.stderr()).not.toContain(TOKEN);
   });
 
-  it('lets a second process take the ports over while the first drains (SO_REUSEPORT)', async () => {
+  it('lets a second process on the same state.path take the ports over while the first drains (SO_REUSEPORT)', async () => {
     // A fixed port both processes bind (and the three above it), picked at random below the
     // kernel's ephemeral range: a port inside it can be the local port of any test's outgoing
     // connection at that moment, and the bind then fails (EADDRINUSE), as it did on a loaded run.
     const port = 20_000 + Math.floor(Math.random() * (ephemeralLow() - 4 - 20_000));
+    // The documented rollout (docs/deployment.md): both processes on one state.
     const file = write(
       base({
         listen: { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` },
         shutdown: { drainMs: 2000 },
+        state: { path: join(dir, 'state.db') },
       }),
     );
     const first = await start(file);
@@ -230,6 +232,52 @@ describe('the egressd process', () => {
     const listeners = second.d.lines.find((l) => action(l) === 'started')!['listeners'] as { port: number }[];
     expect(listeners.map((l) => l.port)).toEqual([port, port + 1, port + 2]);
     expect((second.d.lines.find((l) => action(l) === 'started')!['dnsListeners'] as { port: number }[]).map((l) => l.port)).toEqual([port + 3]);
+  });
+
+  // Without state.path each process keeps the API changes that reached it: a second egressd
+  // (`egressd serve` twice, both on the default config) split the API's sandboxes between two
+  // processes, and a connection was judged by whichever the kernel handed it to.
+  it('refuses to start beside another egressd on its ports when it has no state.path, unless serve --share-ports', async () => {
+    const port = 20_000 + Math.floor(Math.random() * (ephemeralLow() - 5 - 20_000));
+    const listen = { http: `127.0.0.1:${port}`, tls: `127.0.0.1:${port + 1}`, tcp: `127.0.0.1:${port + 2}`, dns: `127.0.0.1:${port + 3}` };
+    const file = write(base({ listen, admin: { listen: `127.0.0.1:${port + 4}`, token: TOKEN } }));
+    const first = await start(file);
+    const put = await api(first.admin, 'PUT', '/api/v1/sandboxes/sb-mem', { sources: ['127.0.0.51'], network: { mode: 'allow-all' } });
+    expect(put.status).toBe(201);
+
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // One that starts after all (the fault) must not outlive the test.
+    onTestFinished(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    let stderr = '';
+    let stdout = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+    const [code] = (await Promise.race([once(child, 'exit'), new Promise((r) => setTimeout(() => r(['still running']), 15_000))])) as [number | string];
+    expect(code).toBe(1);
+    expect(stderr).toContain(`egressd: Another process already listens on "admin 127.0.0.1:${port + 4}", "http 127.0.0.1:${port}"`);
+    expect(stderr).toContain('no state.path');
+    expect(stderr).toContain('serve --share-ports');
+    const lines = stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as LogLine);
+    expect(lines.map(action)).not.toContain('started');
+    expect(lines.find((l) => action(l) === 'start-failed')).toBeDefined();
+    // It bound nothing: every API call still reaches the first, which still has its sandbox.
+    for (let i = 0; i < 20; i++) expect((await api(first.admin, 'GET', '/api/v1/sandboxes/sb-mem')).status).toBe(200);
+
+    // Told, it starts beside the first and says so.
+    const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--share-ports', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    running.push(d);
+    expect(d.lines.find((l) => action(l) === 'listener-shared')!['endpoints']).toEqual([
+      `admin 127.0.0.1:${port + 4}`,
+      `http 127.0.0.1:${port}`,
+      `tls 127.0.0.1:${port + 1}`,
+      `tcp 127.0.0.1:${port + 2}`,
+      `dns 127.0.0.1:${port + 3}`,
+    ]);
   });
 
   it.each(['admin', 'http'] as const)(

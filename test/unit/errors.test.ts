@@ -54,6 +54,7 @@ const CASES: Record<string, Case> = {
     quoted: '"/var/lib/egressd/state.db"',
     takesCause: true,
   },
+  PortsSharedError: { make: () => new errors.PortsSharedError(['tls 0.0.0.0:15443']), quoted: '"tls 0.0.0.0:15443"', takesCause: false },
   StateRejectedError: {
     make: () =>
       new errors.StateRejectedError('/var/lib/egressd/state.db', [
