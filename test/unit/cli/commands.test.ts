@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../../../src/control/state-schema.ts';
 import { runProcess, type Run } from '../../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
@@ -497,7 +498,9 @@ describe('egressd --version', () => {
     const r = await egressd(['--version']);
     expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
     const node = await runProcess(NODE, ['-p', 'process.version']);
-    expect(r.stdout).toBe(`egressd ${pkg.version}\nstate schema 2 (reads 1, 2)\nnode ${node.stdout.trim()}\n`);
+    expect(r.stdout).toBe(
+      `egressd ${pkg.version}\nstate schema ${STATE_SCHEMA_VERSION} (reads ${STATE_SCHEMAS_READ.join(', ')})\nnode ${node.stdout.trim()}\n`,
+    );
     expect(await egressd(['-V'])).toMatchObject({ code: 0, stdout: r.stdout });
     expect(await egressd(['version'])).toMatchObject({ code: 0, stdout: r.stdout });
   });
