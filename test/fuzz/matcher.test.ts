@@ -153,11 +153,36 @@ const refSide = fc.record({
   ports: maybe(portRange, 3),
 });
 
+/**
+ * The IPv4 addresses a translator or tunnel carries an IPv6 destination on to, read off the RFCs'
+ * layouts: NAT64 64:ff9b::/96 (RFC 6052 §2.1), IPv4-compatible ::/96 but :: and ::1 (RFC 4291
+ * §2.5.5.1), SIIT ::ffff:0:0:0/96 (RFC 2765 §2.1), 6to4 2002::/16 (RFC 3056 §2), Teredo
+ * 2001::/32 (RFC 4380 §4: the server, and the client with its bits inverted).
+ */
+function refEmbedded(a: Addr): Addr[] {
+  if (a.family !== 6) return [];
+  const v = a.value;
+  const low = (x: bigint): Addr => ({ family: 4, value: x & 0xffffffffn });
+  const top96 = v >> 32n;
+  if (top96 === 0x64ff9b0000000000000000n) return [low(v)];
+  if (top96 === 0n) return v > 1n ? [low(v)] : [];
+  if (top96 === 0xffff0000n) return [low(v)];
+  if (v >> 112n === 0x2002n) return [low(v >> 80n)];
+  if (v >> 96n === 0x20010000n) return [low(v >> 64n), low(~v)];
+  return [];
+}
+
 function refDecide(mode: Mode, allow: RefSide, deny: RefSide, n: string | null, a0: Addr, p: number): Pick<Decision, 'verdict' | 'reason' | 'matchedBy'> {
   const a = asV4(a0);
   const allowCidrs = allow.cidrs.map(asV4);
   const holding = allowCidrs.filter((b) => contains(b, a));
   if (refProtected(a) && !holding.some(refCovered)) return { verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' };
+  // What a gateway carries the address on to is as protected as if it were dialed (decide.ts 1d).
+  const carried = refEmbedded(a);
+  for (const e of carried) {
+    if (refProtected(e) && !allowCidrs.some((b) => contains(b, e) && refCovered(b)))
+      return { verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' };
+  }
 
   const hasHosts = allow.domains.length > 0 || allow.cidrs.length > 0;
   if (hasHosts || allow.ports.length > 0) {
@@ -170,7 +195,8 @@ function refDecide(mode: Mode, allow: RefSide, deny: RefSide, n: string | null, 
   }
 
   if (n !== null && refDomain(deny.domains, n) >= 0) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'name' };
-  if (deny.cidrs.map(asV4).some((b) => contains(b, a))) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'address' };
+  if (deny.cidrs.map(asV4).some((b) => contains(b, a) || carried.some((e) => contains(b, e))))
+    return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'address' };
   if (deny.ports.some((r) => r.from <= p && p <= r.to)) return { verdict: 'refuse', reason: 'deny-rule', matchedBy: 'port' };
   return mode === 'allow-all'
     ? { verdict: 'allow', reason: 'default-allow', matchedBy: 'mode' }
