@@ -185,7 +185,7 @@ static napi_value num(napi_env env, double v) {
 }
 
 static napi_value address(napi_env env, const struct sockaddr_storage *ss, int *port) {
-  char text[INET6_ADDRSTRLEN];
+  char text[SOCKADDR_TEXT_LEN];
   if (!sockaddr_text(ss, text, port)) {
     napi_value n;
     napi_get_null(env, &n);
@@ -640,26 +640,9 @@ static napi_value idle_metrics(napi_env env, napi_callback_info info) {
 
 // ---- connection set-up --------------------------------------------------------------------------
 
-static bool parse_address(const char *text, uint32_t port, struct sockaddr_storage *ss) {
-  memset(ss, 0, sizeof *ss);
-  struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-  if (inet_pton(AF_INET, text, &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons((uint16_t)port);
-    return true;
-  }
-  if (inet_pton(AF_INET6, text, &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons((uint16_t)port);
-    return true;
-  }
-  return false;
-}
-
 static napi_value listen_on(napi_env env, napi_callback_info info) {
   napi_value argv[5];
-  char host[INET6_ADDRSTRLEN + 1];
+  char host[SOCKADDR_TEXT_LEN + 1];
   uint32_t port, backlog;
   int32_t tag;
   bool v6only;
@@ -669,7 +652,7 @@ static napi_value listen_on(napi_env env, napi_callback_info info) {
       on_setup_ref == NULL)
     return bad_args(env, "listen(host, port, ipv6Only, backlog, tag): bad arguments, or start() not called with onSetup");
   struct sockaddr_storage ss;
-  if (!parse_address(host, port, &ss)) return throw_code(env, EINVAL, "listen: not an IP address");
+  if (!sockaddr_parse(host, port, &ss)) return throw_code(env, EINVAL, "listen: not an IP address");
   int fds[MAX_LOOPS];
   int made = 0, e = 0;
   // One socket per loop in one SO_REUSEPORT group: the kernel spreads new connections over the
@@ -770,9 +753,9 @@ static napi_value dial(napi_env env, napi_callback_info info) {
   struct sockaddr_storage addrs[SL_MAX_ADDRS];
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
-    char text[INET6_ADDRSTRLEN + 1];
+    char text[SOCKADDR_TEXT_LEN + 1];
     if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_string_utf8(env, v, text, sizeof text, NULL) != napi_ok ||
-        !parse_address(text, port, &addrs[i]))
+        !sockaddr_parse(text, port, &addrs[i]))
       return bad_args(env, "dial: every address must be an IP address literal");
   }
   // Counted from this call, which comes after the caller read its clock: never later than the

@@ -72,7 +72,10 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
   socklen_t len = family == 4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
   int r = family == 4 ? getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) : getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &sa, &len);
   if (r != 0) return throw_errno(env, errno);
-  char text[INET6_ADDRSTRLEN];
+  // The kernel gives a link-local original destination the scope of the interface the connection
+  // came in on (nf_conntrack_proto.c ipv6_getorigdst): written as its zone, as Node writes the
+  // socket's own addresses, so the dial goes back out on that link.
+  char text[SOCKADDR_TEXT_LEN];
   int port;
   sockaddr_text(&sa, text, &port);
   napi_value result, address, portValue;
@@ -147,12 +150,14 @@ static napi_value interface_addresses(napi_env env, napi_callback_info info) {
   uint32_t n = 0;
   for (struct ifaddrs *i = all; i != NULL; i = i->ifa_next) {
     if (i->ifa_addr == NULL) continue;
-    char text[INET6_ADDRSTRLEN];
-    const void *a;
-    if (i->ifa_addr->sa_family == AF_INET) a = &((const struct sockaddr_in *)i->ifa_addr)->sin_addr;
-    else if (i->ifa_addr->sa_family == AF_INET6) a = &((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
+    // A link-local address with its zone, as os.networkInterfaces() and sockaddr_text write it.
+    struct sockaddr_storage ss;
+    if (i->ifa_addr->sa_family == AF_INET) memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in));
+    else if (i->ifa_addr->sa_family == AF_INET6) memcpy(&ss, i->ifa_addr, sizeof(struct sockaddr_in6));
     else continue;
-    if (inet_ntop(i->ifa_addr->sa_family, a, text, sizeof text) == NULL) continue;
+    char text[SOCKADDR_TEXT_LEN];
+    int port;
+    sockaddr_text(&ss, text, &port);
     napi_value v;
     napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &v);
     napi_set_element(env, out, n++, v);

@@ -1043,7 +1043,8 @@ static int original_dst(int fd, const sl_listener *ls, const struct sockaddr_sto
     }
   } else {
     struct sockaddr_in6 *o6 = (struct sockaddr_in6 *)orig;
-    if (memcmp(&o6->sin6_addr, &l6->sin6_addr, 16) == 0) return -1;
+    // A link-local address is the listener's only on the listener's link (RFC 4007 §6).
+    if (memcmp(&o6->sin6_addr, &l6->sin6_addr, 16) == 0 && (!IN6_IS_ADDR_LINKLOCAL(&o6->sin6_addr) || o6->sin6_scope_id == l6->sin6_scope_id)) return -1;
   }
   return 0;
 }

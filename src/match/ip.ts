@@ -224,6 +224,19 @@ export function parseIpInto(text: string, out: Uint32Array): 0 | IpFamily {
   return text.indexOf(':') >= 0 && parseIPv6(text, out) ? 6 : 0;
 }
 
+/**
+ * parseIpInto for an address a socket reported, which may carry a zone: a link-local IPv6 address
+ * is written with its interface, `fe80::1%eth0` (RFC 4007 §11; Node's remoteAddress, the native
+ * plane's reports, SO_ORIGINAL_DST's scope). The zone says which link the address is on, so it is
+ * kept for the dial; rules and protected ranges carry none and judge the address itself. An IPv4
+ * address with a zone, or an empty zone, is none.
+ */
+export function parseZonedIpInto(text: string, out: Uint32Array): 0 | IpFamily {
+  const pct = text.indexOf('%');
+  if (pct < 0) return parseIpInto(text, out);
+  return pct < text.length - 1 && parseIpInto(text.slice(0, pct), out) === 6 ? 6 : 0;
+}
+
 /** A strict address as data, or null. */
 export function parseIp(text: string): IpAddress | null {
   const words = new Uint32Array(4);

@@ -13,7 +13,7 @@
 // the node's loopback services, the cluster's private addresses.
 
 import { CidrTrie } from './cidr-trie.ts';
-import { cidrBounds, formatCidr, isIPv4Mapped, parseCidr, parseIpInto, type CidrBlock, type IpFamily } from './ip.ts';
+import { cidrBounds, formatCidr, isIPv4Mapped, parseCidr, parseIpInto, parseZonedIpInto, type CidrBlock, type IpFamily } from './ip.ts';
 
 /** The host's own addresses and listeners, kept current by whoever owns it (net/host-addresses.ts). */
 export interface HostGuard {
@@ -274,7 +274,7 @@ export class ProtectedRanges {
 
   #lookupText(ip: string, find: (family: IpFamily, words: Uint32Array) => number): string | null {
     const words = new Uint32Array(4);
-    let family = parseIpInto(typeof ip === 'string' ? ip : '', words);
+    let family = parseZonedIpInto(typeof ip === 'string' ? ip : '', words);
     if (family === 0) return null;
     if (family === 6 && isIPv4Mapped(words)) {
       words[0] = words[3]!;

@@ -4,7 +4,7 @@
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import type { RuleCounts } from './rule-hits.ts';
-import { formatIPv4, isIPv4Mapped, parseIpInto, type CidrBlock, type IpFamily } from '../match/ip.ts';
+import { formatIPv4, isIPv4Mapped, parseZonedIpInto, type CidrBlock, type IpFamily } from '../match/ip.ts';
 import { embeddedIPv4, MAX_EMBEDDED_IPV4 } from '../match/protected.ts';
 
 export interface Facts {
@@ -109,9 +109,12 @@ function protectedIPv4(set: CompiledPolicy['protectedSet'], allow: CompiledSide,
   return `protected ${JSON.stringify(set.ranges[prot])}`;
 }
 
-/** Parses the address into `words`; an IPv4-mapped IPv6 address as its IPv4 address. 0 when it is none. */
+/**
+ * Parses the address into `words`; an IPv4-mapped IPv6 address as its IPv4 address, a link-local
+ * one's zone left aside (parseZonedIpInto). 0 when it is none.
+ */
 function loadAddress(ip: unknown): 0 | IpFamily {
-  const family = parseIpInto(typeof ip === 'string' ? ip : '', words);
+  const family = parseZonedIpInto(typeof ip === 'string' ? ip : '', words);
   if (family === 6 && isIPv4Mapped(words)) {
     // RFC 4291 §2.5.5.2: the kernel sends a mapped destination to the IPv4 address.
     words[0] = words[3]!;

@@ -91,8 +91,18 @@ describe('decide (1): protected addresses', () => {
     expect(decide(compiled('allow-all', {}, {}, rig), facts('10.0.0.5')).verdict).toBe('refuse');
   });
 
+  it('judges a link-local destination by its address, its zone left for the dial', () => {
+    const rig = compileProtected({ except: ['fe80::/10'] });
+    expect(decide(compiled('allow-all', {}, {}, rig), facts('fe80::1%eth0')).verdict).toBe('allow');
+    expect(decide(compiled('allow-all'), facts('fe80::1%eth0'))).toMatchObject({
+      verdict: 'refuse',
+      reason: 'protected-address',
+      rule: expect.stringContaining('fe80::/10'),
+    });
+  });
+
   it('refuses an address that does not parse, failing closed', () => {
-    for (const ip of ['', 'localhost', '127.1', '010.0.0.1', '[::1]', 'fe80::1%eth0']) {
+    for (const ip of ['', 'localhost', '127.1', '010.0.0.1', '[::1]', 'fe80::1%', '198.18.0.1%eth0']) {
       expect(decide(compiled('allow-all'), facts(ip))).toMatchObject({ verdict: 'refuse', reason: 'protected-address', matchedBy: 'protected' });
     }
   });
