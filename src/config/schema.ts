@@ -8,7 +8,7 @@ import type { DialectResult } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { parseOverlays, type Overlays } from '../policy/overlay.ts';
 import { validateCidr } from '../policy/validate.ts';
-import { canonicalSource, parseIp } from '../match/ip.ts';
+import { canonicalSource, parseIp, sandboxSource } from '../match/ip.ts';
 import { parseNat64Prefix } from '../match/protected.ts';
 import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { normalizePattern } from '../match/names.ts';
@@ -319,14 +319,15 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
     const canon: string[] = [];
     (Array.isArray(raw['sources']) ? (raw['sources'] as unknown[]) : []).forEach((s, j) => {
       if (typeof s !== 'string') return;
-      const c = canonicalSource(s);
-      if (c === undefined) issues.add(`${f}.sources[${j}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
-      else if (canon.includes(c))
+      const r = sandboxSource(s);
+      const c = r.ok ? r.source : undefined;
+      if (!r.ok) issues.add(`${f}.sources[${j}]`, r.reason);
+      else if (canon.includes(c!))
         issues.add(`${f}.sources[${j}]`, `Duplicate source ${quote(s)}`); // as the API says it
-      else if (seenSources.has(c)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c))}`);
+      else if (seenSources.has(c!)) issues.add(`${f}.sources[${j}]`, `Source ${quote(s)} already belongs to sandbox ${quote(seenSources.get(c!))}`);
       else {
-        seenSources.set(c, id ?? f);
-        canon.push(c);
+        seenSources.set(c!, id ?? f);
+        canon.push(c!);
       }
     });
     // Absent, a sandbox's network is block-all, as through the API: one shape for both.

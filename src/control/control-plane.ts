@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { isPlainObject, quote } from '../util/fields.ts';
 import { OrgBody, OrgId, SandboxBody, SandboxId } from '../schema/schemas.ts';
 import { check } from '../schema/check.ts';
-import { canonicalSource } from '../match/ip.ts';
+import { sandboxSource } from '../match/ip.ts';
 import type { DialectResult } from '../policy/model.ts';
 import { CappedIssues, type FieldIssue } from '../util/issues.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
@@ -735,10 +735,10 @@ export class ControlPlane {
     if (Array.isArray(b['sources'])) {
       (b['sources'] as unknown[]).forEach((s, i) => {
         if (typeof s !== 'string') return;
-        const c = canonicalSource(s);
-        if (c === undefined) issues.add(`sources[${i}]`, `Expected an IPv4 or IPv6 address, got ${quote(s)}`);
-        else if (sources.includes(c)) issues.add(`sources[${i}]`, `Duplicate source ${quote(s)}`);
-        else sources.push(c);
+        const r = sandboxSource(s);
+        if (!r.ok) issues.add(`sources[${i}]`, r.reason);
+        else if (sources.includes(r.source)) issues.add(`sources[${i}]`, `Duplicate source ${quote(s)}`);
+        else sources.push(r.source);
       });
     }
     const networkBody = b['network'] ?? { mode: 'block-all' };

@@ -313,6 +313,35 @@ export function canonicalSource(text: string): string | undefined {
   return c;
 }
 
+/**
+ * A sandbox's `sources` entry as the key the sandbox table is indexed by, or why it is none. The
+ * key is what a connection's source is looked up by: canonicalSource's text, and for a link-local
+ * IPv6 address (fe80::/10, RFC 4291 §2.5.6) the address with its interface, `fe80::b1%eth1`, as
+ * both data planes report a link-local peer (Node's remoteAddress, native/napi_args.h
+ * sockaddr_text). A link-local address names a host only on one link (RFC 4007 §6): without its
+ * interface it would match no connection, and with any interface the same address on two links
+ * would be one sandbox, so one is required, and a zone is refused on any other address. The
+ * interface name is kept as written (Linux names are case-sensitive).
+ */
+export function sandboxSource(text: string): { ok: true; source: string } | { ok: false; reason: string } {
+  const pct = text.indexOf('%');
+  const a = parseIp(pct < 0 ? text : text.slice(0, pct));
+  if (a === null) return { ok: false, reason: `Expected an IPv4 or IPv6 address, got ${quote(text)}` };
+  const linkLocal = a.family === 6 && (a.words[0]! & 0xffc00000) >>> 0 === 0xfe800000;
+  if (!linkLocal) {
+    if (pct >= 0) return { ok: false, reason: `Only a link-local address (fe80::/10) takes an interface, got ${quote(text)}` };
+    return { ok: true, source: canonicalSource(text)! };
+  }
+  const zone = pct < 0 ? '' : text.slice(pct + 1);
+  if (!/^[A-Za-z0-9_.@-]{1,15}$/.test(zone)) {
+    return {
+      ok: false,
+      reason: `A link-local source needs the interface it is seen on, as in "${formatIp(6, a.words)}%eth0" (a link-local address names a host on one link only), got ${quote(text)}`,
+    };
+  }
+  return { ok: true, source: `${formatIp(6, a.words)}%${zone}` };
+}
+
 /** canonicalSource's answers by text ('' for not an address); at most this many are kept. */
 const canonicalSources = new Map<string, string>();
 const CANONICAL_SOURCES_KEPT = 4096;

@@ -108,7 +108,7 @@ export const NetworkBody = Type.Union([Sandbox0Network, DaytonaNetwork, NovitaNe
 const sandboxFields = {
   sources: Type.Array(Type.String({ errorMessage: 'Expected an IPv4 or IPv6 address' }), {
     errorMessage: 'Expected a list of IPv4 or IPv6 addresses',
-    description: "The sandbox's source addresses (IPv4 or IPv6); each belongs to one sandbox.",
+    description: "The sandbox's source addresses (IPv4 or IPv6; a link-local one with its interface, fe80::b1%eth1); each belongs to one sandbox.",
   }),
   org: Type.Optional(Type.Union([OrgId, Type.Null()], { errorMessage: 'Expected an organization id' })),
   network: Type.Optional(NetworkBody),

@@ -10,6 +10,8 @@ import {
   parseIPv4,
   parseIPv4Loose,
   parseIPv6,
+  parseZonedIpInto,
+  sandboxSource,
   wordsToBigInt,
 } from '../../../src/match/ip.ts';
 
@@ -183,5 +185,47 @@ describe('parseCidr', () => {
     const r = parseCidr('fe80::1%eth0/64');
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.reason).toContain('zone indexes');
+  });
+});
+
+describe('parseZonedIpInto', () => {
+  it.each([
+    ['fe80::1%eth0', 6],
+    ['fe80::1', 6],
+    ['198.18.0.1', 4],
+    ['fe80::1%', 0],
+    ['198.18.0.1%eth0', 0],
+    ['%eth0', 0],
+  ] as const)('reads %j as family %d, the zone left aside', (text, family) => {
+    const w = new Uint32Array(4);
+    expect(parseZonedIpInto(text, w)).toBe(family);
+    if (family === 6) expect(w[0]).toBe(0xfe800000);
+  });
+});
+
+describe('sandboxSource', () => {
+  it.each([
+    ['198.18.0.2', '198.18.0.2'],
+    ['::ffff:198.18.0.2', '198.18.0.2'],
+    ['2001:DB8::1', '2001:db8::1'],
+    // Linux interface names are case-sensitive: the zone is kept as written.
+    ['FE80::B1%Eth1', 'fe80::b1%Eth1'],
+    ['febf::1%veth-a.1', 'febf::1%veth-a.1'],
+  ])('keys %j as %j', (text, key) => {
+    expect(sandboxSource(text)).toEqual({ ok: true, source: key });
+  });
+
+  it.each([
+    ['fe80::b1', 'needs the interface it is seen on, as in "fe80::b1%eth0"'],
+    ['fe80::b1%', 'needs the interface'],
+    ['fe80::b1%a/b', 'needs the interface'],
+    ['fe80::b1%sixteen-chars-xx', 'needs the interface'],
+    ['2001:db8::1%eth0', 'Only a link-local address (fe80::/10) takes an interface, got "2001:db8::1%eth0"'],
+    ['198.18.0.2%eth0', 'Only a link-local address (fe80::/10) takes an interface, got "198.18.0.2%eth0"'],
+    ['fe80::/64', 'Expected an IPv4 or IPv6 address, got "fe80::/64"'],
+  ])('refuses %j', (text, reason) => {
+    const r = sandboxSource(text);
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.reason).toContain(reason);
   });
 });
