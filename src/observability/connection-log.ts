@@ -68,7 +68,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
   {
     name: 'source.ip',
     type: 'ip',
-    description: "The sandbox's address (IPv4 or IPv6, never with a port); absent for a client that reset before its address could be read.",
+    description:
+      "The sandbox's address (IPv4 or IPv6, never with a port); a link-local one with the interface it came in on, `fe80::b1%eth1` (RFC 4007 §11, as Node writes it; an index when the interface has no name any more), on every data path; absent for a client that reset before its address could be read.",
     value: (o) => (o.source === '' ? null : o.source),
   },
   { name: 'source.port', type: 'long', description: "The sandbox's port.", value: (o) => o.sourcePort },
@@ -76,7 +77,8 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
   {
     name: 'destination.ip',
     type: 'ip',
-    description: 'Where the sandbox was going (SO_ORIGINAL_DST); absent when the connection was not redirected.',
+    description:
+      'Where the sandbox was going (SO_ORIGINAL_DST), a link-local address with its interface as `source.ip`; absent when the connection was not redirected.',
     value: (o) => o.destination,
   },
   { name: 'destination.port', type: 'long', description: 'Its port.', value: (o) => o.destinationPort },
