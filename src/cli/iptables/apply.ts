@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { CommandFailed } from '../../errors.ts';
 import { buildRuleSet, CHAINS, type Family, type IptablesOptions, type RuleSet, type Table } from './rules.ts';
 import { iptablesJumps, renderIptablesRemoval, renderIptablesRestore } from './render-iptables.ts';
-import { renderNft } from './render-nft.ts';
+import { nftTableName, renderNft, renderNftRemove } from './render-nft.ts';
 
 /** What `--apply` does, as a shell script an operator can read or run. */
 export function renderScript(options: IptablesOptions): string {
@@ -81,10 +81,38 @@ async function saveTables(run: Runner, family: Family): Promise<Record<Table, st
   };
 }
 
-export async function removeIptablesChains(run: Runner, family: Family, chains: Readonly<Record<Table, ReadonlySet<string>>>): Promise<void> {
+/**
+ * Deletes `chains` (per table) and every jump into them, as found now; returns the chains it
+ * deleted, each named once, in the order found (none: nothing was there).
+ */
+export async function removeIptablesChains(run: Runner, family: Family, chains: Readonly<Record<Table, ReadonlySet<string>>>): Promise<string[]> {
   const saved = await saveTables(run, family);
   const input = renderIptablesRemoval(saved, chains);
-  if (input !== null) await must(run, family === 4 ? 'iptables-restore' : 'ip6tables-restore', ['-w', '10', '--noflush'], input);
+  if (input === null) return [];
+  await must(run, family === 4 ? 'iptables-restore' : 'ip6tables-restore', ['-w', '10', '--noflush'], input);
+  return [...new Set(input.split('\n').flatMap((l) => (l.startsWith('-X ') ? [l.slice(3)] : [])))];
+}
+
+/**
+ * The iptables backend's chains (EGRESSD-*) of one family, removed where the iptables tools are
+ * installed (a host without them has none); returns the chains deleted. Any other failure throws.
+ */
+export async function removeIptablesLeftovers(run: Runner, family: Family): Promise<string[]> {
+  const probe = await run(family === 4 ? 'iptables-save' : 'ip6tables-save', ['-t', 'nat']);
+  return probe.code === null ? [] : removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
+}
+
+/** Whether egressd's nft table of `family` exists; false where nft cannot list (not installed, no nf_tables). */
+export async function hasNftTable(run: Runner, family: Family): Promise<boolean> {
+  const list = await run('nft', ['list', 'tables', family === 4 ? 'ip' : 'ip6']);
+  return list.code === 0 && new RegExp(`^table ${nftTableName(family)}$`, 'm').test(list.stdout);
+}
+
+/** The nft backend's table of one family (`ip egressd`, `ip6 egressd`), deleted when it is there; true when it was. */
+export async function removeNftLeftover(run: Runner, family: Family): Promise<boolean> {
+  if (!(await hasNftTable(run, family))) return false;
+  await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
+  return true;
 }
 
 export async function applyIptables(run: Runner, rs: RuleSet): Promise<void> {

@@ -10,7 +10,7 @@ export type ParsedArgs = { readonly ok: true; readonly options: IptablesOptions 
 export const IPTABLES_USAGE = `Usage: egressd iptables [--apply | --remove] [options]
 
 Prints the rules that send sandbox traffic to egressd; --apply installs them (idempotent),
---remove deletes egressd's jumps and chains (or nftables tables) and nothing else.
+--remove deletes egressd's jumps and chains and nftables tables, and nothing else.
 
   --mode host|sidecar      host (default): redirect traffic forwarded from sandboxes
                            (nat PREROUTING); sidecar: redirect this host's own traffic
@@ -33,8 +33,9 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
                            cluster's service range, a node-local metadata proxy; not filtered
   --exclude-port N         never redirect TCP to this destination port (repeatable)
 
---remove removes what either backend installed (iptables chains and nft tables) unless
---backend names one; it needs no other option.
+--apply with one backend also removes what the other backend installed. --remove removes
+what either backend installed (iptables chains and nft tables); it needs no other option
+(with --backend, that backend's tool must be installed).
 
 Exit 0 done, 1 a command failed (printed with its error), 2 usage error.
 `;

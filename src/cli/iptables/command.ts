@@ -5,14 +5,27 @@
 //
 // Everything lives in egressd's own chains (EGRESSD-*) or, for nftables, its own tables
 // (`ip egressd`, `ip6 egressd`), reached from the built-in chains by one jump each: applying
-// again refills the chains and adds no jump; removing deletes the jumps and the chains and
-// leaves every other rule where it was.
+// again refills the chains and adds no jump; applying with one backend deletes what the other
+// backend installed; removing deletes both backends' jumps, chains and tables and leaves every
+// other rule where it was.
 
 import { IPTABLES_USAGE, parseIptablesArgs } from './args.ts';
 import { CommandFailed } from '../../errors.ts';
-import { ALL_IPTABLES_CHAINS, applyIptables, must, removeIptablesChains, renderScript, runCommand, type Runner } from './apply.ts';
+import {
+  ALL_IPTABLES_CHAINS,
+  applyIptables,
+  hasNftTable,
+  must,
+  removeIptablesChains,
+  removeIptablesLeftovers,
+  removeNftLeftover,
+  renderScript,
+  runCommand,
+  type Runner,
+} from './apply.ts';
+import { variantWarning } from './variant.ts';
 import { nftTableName, renderNft, renderNftRemove } from './render-nft.ts';
-import { buildRuleSet, type Family } from './rules.ts';
+import { buildRuleSet } from './rules.ts';
 
 /** `egressd iptables ...`; `run` is replaceable so tests can watch the commands. */
 export async function iptablesCommand(argv: string[], run: Runner = runCommand): Promise<{ code: 0 | 1 | 2; stdout: string; stderr: string }> {
@@ -35,50 +48,51 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
     o.action !== 'remove' && o.mode === 'sidecar' && o.uid === 0
       ? "egressd iptables: --uid 0 exempts every process running as root in this namespace: a sandbox running as root (many images' default) leaves unfiltered; run egressd as a uid of its own (the image's is 10001)\n"
       : '';
-  const notes = note + rootNote;
-  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: notes };
+  if (o.action === 'print') return { code: 0, stdout: renderScript(o), stderr: note + rootNote };
   const done: string[] = [];
-  const removedBy: string[] = [];
+  /** What was found and deleted beyond the rules asked for (apply) or as asked (remove), by name. */
+  const removed: string[] = [];
+  let notes = note + rootNote;
   try {
+    // Asked before anything changes, so the warning stands even when the apply then fails.
+    if (o.action === 'apply' && o.backend === 'iptables') notes += await variantWarning(run, o.families[0]!);
     for (const family of o.families) {
+      const tool = family === 4 ? 'iptables' : 'ip6tables';
+      const chains = (names: readonly string[]): string[] => (names.length > 0 ? [`${tool} chains ${names.join(', ')}`] : []);
       if (o.action === 'apply') {
+        // The other backend's rules, left by an earlier apply, would still catch traffic: taken
+        // out in the same run, after the new ones are in, so that no moment is without rules.
         const rs = buildRuleSet(o, family);
-        if (o.backend === 'nft') await must(run, 'nft', ['-f', '-'], renderNft(rs));
-        else await applyIptables(run, rs);
-      } else if (o.backendGiven) {
-        if (o.backend === 'nft') await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
-        else await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
+        if (o.backend === 'nft') {
+          await must(run, 'nft', ['-f', '-'], renderNft(rs));
+          removed.push(...chains(await removeIptablesLeftovers(run, family)));
+        } else {
+          await applyIptables(run, rs);
+          if (await removeNftLeftover(run, family)) removed.push(`nft table ${nftTableName(family)}`);
+        }
       } else {
-        removedBy.push(...(await removeEither(run, family)));
+        // Both backends' rules, whichever installed them; a backend named with --backend must be
+        // removable (its tool installed), the other is removed where it is found.
+        if (o.backendGiven && o.backend === 'iptables')
+          removed.push(...chains(await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS })));
+        else removed.push(...chains(await removeIptablesLeftovers(run, family)));
+        if (o.backendGiven && o.backend === 'nft') {
+          const had = await hasNftTable(run, family);
+          await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
+          if (had) removed.push(`nft table ${nftTableName(family)}`);
+        } else if (await removeNftLeftover(run, family)) removed.push(`nft table ${nftTableName(family)}`);
       }
       done.push(`IPv${family}`);
     }
   } catch (e) {
     if (!(e instanceof CommandFailed)) throw e;
     const partial = done.length > 0 ? `\n(${done.join(' and ')} already ${o.action === 'apply' ? 'applied' : 'removed'})` : '';
-    return { code: 1, stdout: '', stderr: `egressd iptables: ${e.detail}${partial}\n` };
+    return { code: 1, stdout: '', stderr: `${notes}egressd iptables: ${e.detail}${partial}\n` };
   }
-  const what = o.action === 'apply' ? `applied ${o.mode}-mode rules` : 'removed egressd rules';
-  const how = o.action === 'remove' && !o.backendGiven ? [...new Set(removedBy)].join(', ') || 'none were installed' : o.backend;
-  return { code: 0, stdout: `egressd iptables: ${what} for ${done.join(' and ')} (${how})\n`, stderr: notes };
-}
-
-/**
- * Removes what either backend installed for one family: egressd's iptables chains and its nft
- * table. A backend whose tool is not installed has nothing installed; an nft table that is not
- * there is nothing to remove. Any other failure is an error. Returns the backends that acted.
- */
-async function removeEither(run: Runner, family: Family): Promise<string[]> {
-  const acted: string[] = [];
-  const save = await run(family === 4 ? 'iptables-save' : 'ip6tables-save', ['-t', 'nat']);
-  if (save.code !== null) {
-    await removeIptablesChains(run, family, { nat: ALL_IPTABLES_CHAINS, filter: ALL_IPTABLES_CHAINS });
-    acted.push('iptables');
+  const families = done.join(' and ');
+  if (o.action === 'apply') {
+    const other = removed.length > 0 ? `; removed what the ${o.backend === 'nft' ? 'iptables' : 'nft'} backend had installed: ${removed.join(', ')}` : '';
+    return { code: 0, stdout: `egressd iptables: applied ${o.mode}-mode rules for ${families} (${o.backend})${other}\n`, stderr: notes };
   }
-  const list = await run('nft', ['list', 'tables', family === 4 ? 'ip' : 'ip6']);
-  if (list.code === 0 && new RegExp(`^table ${nftTableName(family)}$`, 'm').test(list.stdout)) {
-    await must(run, 'nft', ['-f', '-'], renderNftRemove(family));
-    acted.push('nft');
-  }
-  return acted;
+  return { code: 0, stdout: `egressd iptables: removed egressd rules for ${families}: ${removed.join(', ') || 'none were installed'}\n`, stderr: notes };
 }

@@ -42,7 +42,7 @@ export interface IptablesOptions {
   readonly excludeCidrs: readonly string[];
   /** TCP destination ports never redirected (istio-init's --exclude-outbound-ports). */
   readonly excludePorts: readonly number[];
-  /** --remove only: the backend was named, so only its rules are removed (else both backends'). */
+  /** --remove only: the backend was named, so its tool must be installed (both backends' rules are removed either way). */
   readonly backendGiven: boolean;
 }
 

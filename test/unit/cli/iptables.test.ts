@@ -4,6 +4,7 @@ import { parseIptablesArgs, parseSourceCidr } from '../../../src/cli/iptables/ar
 import type { Runner } from '../../../src/cli/iptables/apply.ts';
 import { iptablesCommand } from '../../../src/cli/iptables/command.ts';
 import { renderIptablesRemoval, renderIptablesRestore } from '../../../src/cli/iptables/render-iptables.ts';
+import { nftHasOtherRules } from '../../../src/cli/iptables/variant.ts';
 import { renderNft } from '../../../src/cli/iptables/render-nft.ts';
 import { buildRuleSet, type IptablesOptions, type RuleSet } from '../../../src/cli/iptables/rules.ts';
 
@@ -588,15 +589,82 @@ describe('iptablesCommand', () => {
     const { calls, run } = recorder();
     const r = await iptablesCommand(['--apply', '--backend', 'nft', '--mode', 'sidecar', '--uid', '0'], run);
     expect(r.code).toBe(0);
-    expect(calls.map((c) => [c.cmd, ...c.args].join(' '))).toEqual(['nft -f -', 'nft -f -']);
-    expect(calls[0]!.input).toMatch(/^table ip egressd\ndelete table ip egressd\n/);
-    expect(calls[1]!.input).toMatch(/^table ip6 egressd\ndelete table ip6 egressd\n/);
+    const nft = calls.filter((c) => c.cmd === 'nft');
+    expect(nft.map((c) => [c.cmd, ...c.args].join(' '))).toEqual(['nft -f -', 'nft -f -']);
+    expect(nft[0]!.input).toMatch(/^table ip egressd\ndelete table ip egressd\n/);
+    expect(nft[1]!.input).toMatch(/^table ip6 egressd\ndelete table ip6 egressd\n/);
+    // Nothing of the iptables backend was there: nothing restored, nothing said.
+    expect(calls.filter((c) => c.cmd.endsWith('-restore'))).toEqual([]);
+    expect(r.stdout).toBe('egressd iptables: applied sidecar-mode rules for IPv4 and IPv6 (nft)\n');
   });
 
   it('removes the nftables tables without needing the options they were applied with', async () => {
     const { calls, run } = recorder();
     expect((await iptablesCommand(['--remove', '--backend', 'nft', '--family', '6'], run)).code).toBe(0);
-    expect(calls).toEqual([{ cmd: 'nft', args: ['-f', '-'], input: 'table ip6 egressd\ndelete table ip6 egressd\n' }]);
+    expect(calls.filter((c) => c.cmd === 'nft' && c.args[0] === '-f')).toEqual([
+      { cmd: 'nft', args: ['-f', '-'], input: 'table ip6 egressd\ndelete table ip6 egressd\n' },
+    ]);
+  });
+
+  const leftovers = {
+    nat: '*nat\n:PREROUTING ACCEPT [0:0]\n:EGRESSD-PREROUTING - [0:0]\n:EGRESSD-REDIRECT - [0:0]\n-A PREROUTING -j EGRESSD-PREROUTING\n-A PREROUTING -j DOCKER\nCOMMIT\n',
+    filter: '*filter\n:FORWARD ACCEPT [0:0]\n:EGRESSD-FORWARD - [0:0]\n-A FORWARD -j EGRESSD-FORWARD\nCOMMIT\n',
+  };
+
+  it("on apply with nft, takes out the iptables backend's chains in the same run, after its own rules, and says so", async () => {
+    const { calls, run } = recorder((cmd, args) => (cmd === 'iptables-save' ? { code: 0, stdout: leftovers[args[1] as 'nat' | 'filter'] ?? '' } : { code: 0 }));
+    const r = await iptablesCommand(['--apply', '--backend', 'nft', '--interface', 'veth0', '--family', '4'], run);
+    expect(r.code, r.stderr).toBe(0);
+    const nft = calls.findIndex((c) => c.cmd === 'nft' && c.args[0] === '-f');
+    const restore = calls.findIndex((c) => c.cmd === 'iptables-restore');
+    expect(nft).toBeGreaterThanOrEqual(0);
+    expect(restore).toBeGreaterThan(nft);
+    const removal = calls[restore]!.input!;
+    expect(removal).toContain('-D PREROUTING -j EGRESSD-PREROUTING');
+    expect(removal).toContain('-X EGRESSD-FORWARD');
+    expect(removal).not.toContain('DOCKER');
+    expect(r.stdout).toBe(
+      'egressd iptables: applied host-mode rules for IPv4 (nft); removed what the iptables backend had installed: iptables chains EGRESSD-PREROUTING, EGRESSD-REDIRECT, EGRESSD-FORWARD\n',
+    );
+  });
+
+  it("on apply with iptables, deletes the nft backend's table in the same run, and says so", async () => {
+    const { calls, run } = recorder((cmd, args) =>
+      cmd === 'nft' && args[0] === 'list' ? { code: 0, stdout: `table ${args[2]} filter\ntable ${args[2]} egressd\n` } : { code: 0 },
+    );
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0'], run);
+    expect(r.code, r.stderr).toBe(0);
+    expect(calls.filter((c) => c.cmd === 'nft' && c.args[0] === '-f').map((c) => c.input)).toEqual([
+      'table ip egressd\ndelete table ip egressd\n',
+      'table ip6 egressd\ndelete table ip6 egressd\n',
+    ]);
+    expect(r.stdout).toBe(
+      'egressd iptables: applied host-mode rules for IPv4 and IPv6 (iptables); removed what the nft backend had installed: nft table ip egressd, nft table ip6 egressd\n',
+    );
+  });
+
+  it('on remove, removes both backends whichever is named, and names what it removed', async () => {
+    const { run } = recorder((cmd, args) =>
+      cmd === 'iptables-save'
+        ? { code: 0, stdout: leftovers[args[1] as 'nat' | 'filter'] ?? '' }
+        : cmd === 'nft' && args[0] === 'list'
+          ? { code: 0, stdout: `table ${args[2]} egressd\n` }
+          : { code: 0 },
+    );
+    for (const named of [[], ['--backend', 'nft'], ['--backend', 'iptables']]) {
+      const r = await iptablesCommand(['--remove', '--family', '4', ...named], run);
+      expect(r.stdout, named.join(' ')).toBe(
+        'egressd iptables: removed egressd rules for IPv4: iptables chains EGRESSD-PREROUTING, EGRESSD-REDIRECT, EGRESSD-FORWARD, nft table ip egressd\n',
+      );
+    }
+    const none = await iptablesCommand(['--remove'], recorder().run);
+    expect(none.stdout).toBe('egressd iptables: removed egressd rules for IPv4 and IPv6: none were installed\n');
+  });
+
+  it('on remove, a backend not installed has nothing to remove unless it was named', async () => {
+    const missing = (cmd: string) => (cmd.startsWith('iptables') ? { code: null as unknown as number, stderr: 'not found' } : { code: 0 });
+    expect((await iptablesCommand(['--remove', '--family', '4'], recorder(missing).run)).code).toBe(0);
+    expect((await iptablesCommand(['--remove', '--family', '4', '--backend', 'iptables'], recorder(missing).run)).code).toBe(1);
   });
 
   it('exits 1 naming the failed command and its error, and says which family was already done', async () => {
@@ -657,5 +725,54 @@ describe('--exclude-cidr and --exclude-port', () => {
     const named = parseIptablesArgs(['--remove', '--backend', 'nft']);
     expect(bare.ok && bare.options.backendGiven).toBe(false);
     expect(named.ok && named.options.backendGiven).toBe(true);
+  });
+});
+
+describe('the iptables variant', () => {
+  const ruleset = (table: string, body: string) => `table ${table} {\n\tchain c {\n${body}\t}\n}\n`;
+
+  it.each([
+    ['no table', '', false],
+    ['an empty base chain', ruleset('ip filter', '\t\ttype filter hook input priority filter; policy accept;\n'), false],
+    ["a rule in egressd's own table", ruleset('ip egressd', '\t\ttcp dport 80 redirect to :15080\n'), false],
+    ['a rule in another table', ruleset('inet other', '\t\ttype filter hook input priority 10; policy accept;\n\t\ttcp dport 9 accept\n'), true],
+    [
+      'an iptables-nft rule',
+      ruleset('ip nat', '\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tcounter packets 0 bytes 0 jump DOCKER\n'),
+      true,
+    ],
+  ])('nftHasOtherRules: %s', (_what, text, has) => {
+    expect(nftHasOtherRules(text)).toBe(has);
+  });
+
+  const host = (version: string, nftRules: string, legacySave: string) =>
+    recorder((cmd, args) => {
+      if (args[0] === '--version') return { code: 0, stdout: `${cmd} v1.8.9 ${version}\n` };
+      if (cmd === 'nft' && args[0] === 'list' && args[1] === 'ruleset') return { code: 0, stdout: nftRules };
+      if (cmd.endsWith('-legacy-save')) return { code: 0, stdout: legacySave };
+      return { code: 0 };
+    });
+  const nftRule = ruleset('inet other', '\t\ttcp dport 9 accept\n');
+  const legacyRule = '*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n';
+
+  it.each([
+    ['(legacy)', nftRule, '', /iptables here is the legacy variant, but this host's other rules are in nftables/],
+    ['(nf_tables)', '', legacyRule, /iptables here is the nf_tables variant, but this host's other rules are in the legacy tables/],
+    ['(legacy)', '', legacyRule, null],
+    ['(nf_tables)', nftRule, '', null],
+  ])('iptables %s, nft rules %j, legacy rules %j: warns in one line on apply when they differ', async (version, nft, legacy, warning) => {
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4'], host(version, nft, legacy).run);
+    expect(r.code, r.stderr).toBe(0);
+    if (warning === null) expect(r.stderr).toBe('');
+    else {
+      expect(r.stderr).toMatch(warning);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    }
+  });
+
+  it('asks nothing about variants for the nft backend', async () => {
+    const { calls, run } = host('(legacy)', nftRule, '');
+    expect((await iptablesCommand(['--apply', '--backend', 'nft', '--interface', 'veth0'], run)).stderr).toBe('');
+    expect(calls.filter((c) => c.args[0] === '--version')).toEqual([]);
   });
 });
