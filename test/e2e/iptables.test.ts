@@ -4,6 +4,9 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
@@ -163,6 +166,93 @@ describe.skipIf(skip !== null)('egressd iptables on a live kernel', () => {
     const again = await egressd(['--remove']);
     expect(again.code, again.stderr).toBe(0);
     expect(await snapshot()).toBe(before);
+  });
+
+  it.each([
+    ['iptables', 'nft'],
+    ['nft', 'iptables'],
+  ])("switching from the %s backend to %s, --apply takes out the first one's rules in the same run and says so", async (first, second) => {
+    const before = await snapshot();
+    await ok(['--apply', '--backend', first!, ...MODES['host']!]);
+    const r = await egressd(['--apply', '--backend', second!, ...MODES['host']!]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`removed what the ${first} backend had installed: `);
+    expect(r.stdout).toContain(first === 'nft' ? 'nft table ip egressd, nft table ip6 egressd' : 'iptables chains EGRESSD-');
+    // The iptables here is the nf_tables variant, as the host's other rules: nothing to warn of.
+    expect(r.stderr).not.toContain('variant');
+    const switched = await snapshot();
+    // Exactly what the second backend installs on a host that never had the first.
+    await ok(['--remove']);
+    expect(await snapshot()).toBe(before);
+    await ok(['--apply', '--backend', second!, ...MODES['host']!]);
+    expect(switched).toBe(await snapshot());
+    await ok(['--remove']);
+    expect(await snapshot()).toBe(before);
+  });
+
+  it.each(['iptables', 'nft'])("--remove --backend %s also removes the other backend's rules, and names what it removed", async (named) => {
+    const before = await snapshot();
+    // One family each, so that neither apply takes the other's out.
+    await ok(['--apply', '--backend', 'iptables', '--family', '4', '--interface', 'veth+']);
+    await ok(['--apply', '--backend', 'nft', '--family', '6', '--interface', 'veth+']);
+    const r = await egressd(['--remove', '--backend', named]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^egressd iptables: removed egressd rules for IPv4 and IPv6: iptables chains EGRESSD-[^\n]*, nft table ip6 egressd\n$/);
+    expect(await snapshot()).toBe(before);
+  });
+
+  describe('when the iptables egressd drives is not the variant the host uses', () => {
+    let shim: string;
+    beforeAll(() => {
+      // iptables-save and -restore that are the legacy variant, first on PATH (xtables-legacy-multi
+      // acts by the name it is called with).
+      shim = mkdtempSync(join(tmpdir(), 'egressd-legacy-'));
+      for (const tool of ['iptables', 'ip6tables']) {
+        for (const verb of ['save', 'restore']) symlinkSync(`/usr/sbin/${tool}-legacy-${verb}`, join(shim, `${tool}-${verb}`));
+      }
+    });
+    afterAll(() => {
+      if (shim) rmSync(shim, { recursive: true, force: true });
+    });
+    const withLegacy = (args: string[]) =>
+      rig.execIn('router', 'env', [`PATH=${shim}:${process.env['PATH'] ?? ''}:/usr/sbin:/sbin`, NODE, MAIN, 'iptables', ...args], { timeoutMs: 30_000 });
+    const HOST4 = ['--family', '4', '--mode', 'host', '--interface', 'veth+', '--dns-port', 'off', '--dns-server', '198.18.1.53'];
+
+    it('warns in one line when it is legacy and the rules are in nftables', async () => {
+      const before = await snapshot();
+      // The router's other rules (beforeAll's) are in nftables: iptables-nft's tables and `inet other`.
+      const r = await withLegacy(['--apply', ...HOST4]);
+      try {
+        expect(r.code, r.stderr).toBe(0);
+        const lines = r.stderr.trimEnd().split('\n');
+        expect(lines).toHaveLength(1);
+        expect(lines[0]).toMatch(/^egressd iptables: warning: iptables here is the legacy variant, but this host's other rules are in nftables/);
+        expect((await rig.execIn('router', 'iptables-legacy-save', [])).stdout).toContain('EGRESSD-PREROUTING');
+      } finally {
+        const removed = await withLegacy(['--remove', '--family', '4']);
+        expect(removed.code, removed.stderr).toBe(0);
+      }
+      expect((await rig.execIn('router', 'iptables-legacy-save', [])).stdout).not.toContain('EGRESSD');
+      expect(await snapshot()).toBe(before);
+    });
+
+    it('warns in one line when it is nf_tables and the rules are in the legacy tables', async () => {
+      const before = await snapshot();
+      const rule = ['-A', 'INPUT', '-p', 'udp', '--dport', '9', '-j', 'ACCEPT'];
+      const added = await rig.execIn('router', 'iptables-legacy', rule);
+      expect(added.code, added.stderr).toBe(0);
+      try {
+        const r = await egressd(['--apply', ...HOST4]);
+        expect(r.code, r.stderr).toBe(0);
+        const lines = r.stderr.trimEnd().split('\n');
+        expect(lines).toHaveLength(1);
+        expect(lines[0]).toMatch(/^egressd iptables: warning: iptables here is the nf_tables variant, but this host's other rules are in the legacy tables/);
+      } finally {
+        await ok(['--remove', '--family', '4']);
+        await rig.execIn('router', 'iptables-legacy', ['-D', ...rule.slice(1)]);
+      }
+      expect(await snapshot()).toBe(before);
+    });
   });
 
   describe.each(['iptables', 'nft'] as const)('--exclude-cidr and --exclude-port with the %s backend', (backend) => {
