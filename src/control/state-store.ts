@@ -69,12 +69,13 @@ CREATE UNIQUE INDEX entries_by_revision ON entries (revision);
 
 /**
  * The config file's sandboxes of each egressd process on the state, which are not entries: one
- * row per process (`instance`, a random id per start) and sandbox, with the process's pid, its
- * start time (clock ticks after boot, /proc/<pid>/stat), the boot's id and its PID namespace,
- * which together tell whether the process still runs (state-writer.ts processAlive); `sources` is a JSON list of
- * canonical addresses. Written at start and at each reload, removed at a clean exit, and a dead
- * process's rows are deleted by the next change that reads them. Created in a new state, and
- * in an older one when opened for writing.
+ * row per process (`instance`, a random id per start) and sandbox; `sources` is a JSON list of
+ * canonical addresses. The pid (in the PID namespace `pidns`), start time (clock ticks after
+ * boot, /proc/<pid>/stat) and boot id are for a reader of the table: whether the process runs
+ * is whether it holds its instance's byte of `<state.path>-instances` (state-writer.ts
+ * instanceAlive), which every PID namespace sees. Written at start and at each reload, removed
+ * at a clean exit, and a dead process's rows are deleted by the next change that reads them.
+ * Created in a new state, and in an older one when opened for writing.
  */
 export const CLAIMS_TABLE = `
 CREATE TABLE IF NOT EXISTS config_claims (

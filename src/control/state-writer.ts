@@ -12,6 +12,9 @@
 // changes, an inotify watch on the WAL (every commit writes to it) and `PRAGMA data_version`
 // (https://sqlite.org/pragma.html#pragma_data_version: changes only on another connection's
 // commit) tell this thread that another process committed; it then says so to the main thread.
+// From the open on, this thread holds the process's byte of the instance lock file
+// (`<state.path>-instances`, native/instance_lock.c): whether another process runs, and so
+// whether its config claims count, is whether its byte is locked.
 //
 // Messages in: {op: 'open', path, busyTimeoutMs, journalSizeLimit, schema, claimsTable, instance,
 // known}, {op: 'changes', write, busyMs} (write: BEGIN IMMEDIATE first, waiting busyMs at most
@@ -25,7 +28,10 @@
 // Unasked: {changed: true} when another process committed; {watch: false, message} when the
 // WAL cannot be watched (following polls), {watch: true, message: null} when it is again.
 
+import { createHash } from 'node:crypto';
 import { readFileSync, readlinkSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
 
@@ -63,7 +69,7 @@ export interface OtherClaim extends ConfigClaim {
 /** The answer to {op: 'changes', write: true}: the transaction is open. */
 export interface WriteBegun {
   readonly changes: StateChanges | null;
-  /** The config claims of the other live processes (a dead one's are deleted in this transaction). */
+  /** The config claims of the other live processes (a dead one's are deleted in this transaction: instanceAlive). */
   readonly claims: readonly OtherClaim[];
 }
 
@@ -119,8 +125,10 @@ let stmts: {
   dataVersion: StatementSync;
 } | null = null;
 let claimStmts: { live: StatementSync; drop: StatementSync; add: StatementSync } | null = null;
-/** This process in config_claims: its instance id, pid, start time, boot and PID namespace (see processAlive). */
+/** This process in config_claims: its instance id, pid, start time, boot and PID namespace (for a reader of the table). */
 let self: { instance: string; pid: number; started: number; boot: string; pidns: string } | null = null;
+/** The instance lock file, open with this instance's byte locked (instanceAlive), from the open on. */
+let lockFd: number | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
 let files: { path: string; db: string | null; wal: string | null } | null = null;
 /** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
@@ -277,7 +285,52 @@ function stillAtPath(): void {
   f.wal = wal;
 }
 
-/** The kernel's boot id: a pid and start time from another boot name no process of this one. */
+/**
+ * The instance lock file's addon (native/instance_lock.c): Node cannot take fcntl(2) locks.
+ * Loaded at open, in this thread.
+ */
+interface InstanceLockAddon {
+  hold(path: string, mode: number, offset: number): number;
+  held(fd: number, offset: number): boolean;
+  release(fd: number): void;
+}
+const LOCK_ADDON_PATH = '../../native/build/instance_lock.node';
+let lockAddon: InstanceLockAddon | null = null;
+
+/**
+ * The byte of the instance lock file that the instance `instance` holds while its process runs:
+ * 48 bits of the SHA-256 of its id (a random UUID), so that two instances meet on one byte with a
+ * chance of about n²/2⁴⁹, and a hand-written id still names one byte.
+ */
+export const lockOffset = (instance: string): number => Number.parseInt(createHash('sha256').update(instance).digest('hex').slice(0, 12), 16);
+
+/** The instance lock file of the state at `path`: beside it, as SQLite's -wal and -shm are. */
+export const instanceLockPath = (path: string): string => `${path}-instances`;
+
+/**
+ * This process's PID namespace (`pid:[inode]`), recorded with its claims: a pid means a process
+ * in that namespace only.
+ */
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
+
+/** This process's start time (clock ticks after boot), from /proc/self/stat (proc(5) field 22, counted from after the command name's last ')'). */
+function startTime(): number {
+  try {
+    const text = readFileSync('/proc/self/stat', 'utf8');
+    const started = Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[19]);
+    return Number.isFinite(started) ? started : -1;
+  } catch {
+    return -1;
+  }
+}
+
+/** The kernel's boot id, recorded with the claims (for a reader of the table: the lock decides). */
 function bootId(): string {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -287,43 +340,14 @@ function bootId(): string {
 }
 
 /**
- * The state (R, S, Z, ...) and start time (clock ticks since boot) of process `pid`, from
- * /proc/<pid>/stat (proc(5): fields 3 and 22, counted after the command name, which may hold
- * spaces and parentheses, so from its last ')'), or null when there is no such process here.
+ * Whether the egressd instance that wrote a claim runs still: another open file description
+ * holds its byte of the instance lock file. The kernel drops a lock the moment its process dies
+ * (SIGKILL, a crash, the OOM killer: before a parent reaps it), and a lock is the file's, so it is
+ * seen from every PID namespace, container or pod that opens the file, where a pid is not (in
+ * another namespace it names another process, or none). A stopped process (SIGSTOP) holds it.
  */
-function procStat(pid: number): { state: string; started: number } | null {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const started = Number(fields[19]);
-  return fields[0] === undefined || !Number.isFinite(started) ? null : { state: fields[0], started };
-}
-
-/** This process's PID namespace (`pid:[inode]`), in which the pids of config_claims are read. */
-function pidNamespace(): string {
-  try {
-    return readlinkSync('/proc/self/ns/pid');
-  } catch {
-    return '';
-  }
-}
-
-/**
- * Whether the process that wrote a claim runs still: same boot, a process at its pid started at
- * its start time (a pid reused by a later process has a later one), and not a zombie (Z) or dead
- * (X): a process killed by SIGKILL stops claiming the moment it died, before its parent reaps it.
- * `unseen`: it ran in another PID namespace, where its pid means another process; it cannot be
- * checked from here, so its claims neither count nor are deleted (docs/config.md).
- */
-function processAlive(pid: number, started: number, boot: string, pidns: string): 'alive' | 'gone' | 'unseen' {
-  if (boot !== self!.boot) return 'gone';
-  if (pidns !== self!.pidns) return 'unseen';
-  const st = procStat(pid);
-  return st !== null && st.started === started && st.state !== 'Z' && st.state !== 'X' ? 'alive' : 'gone';
+function instanceAlive(instance: string): boolean {
+  return lockAddon!.held(lockFd!, lockOffset(instance));
 }
 
 /**
@@ -332,14 +356,13 @@ function processAlive(pid: number, started: number, boot: string, pidns: string)
  * to the next one by a rollback).
  */
 function liveClaims(): OtherClaim[] {
-  const alive = new Map<string, 'alive' | 'gone' | 'unseen'>();
+  const alive = new Map<string, boolean>();
   const claims: OtherClaim[] = [];
   for (const r of claimStmts!.live.all(self!.instance)) {
     const instance = String(r['instance']);
-    const pid = Number(r['pid']);
     let live = alive.get(instance);
-    if (live === undefined) alive.set(instance, (live = processAlive(pid, Number(r['started']), String(r['boot']), String(r['pidns']))));
-    if (live !== 'alive') continue;
+    if (live === undefined) alive.set(instance, (live = instanceAlive(instance)));
+    if (!live) continue;
     let sources: string[] = [];
     try {
       const parsed: unknown = JSON.parse(String(r['sources']));
@@ -347,10 +370,36 @@ function liveClaims(): OtherClaim[] {
     } catch {
       // A hand-edited row: it claims its sandbox id, and no source.
     }
-    claims.push({ instance, pid, sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
+    claims.push({ instance, pid: Number(r['pid']), sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
   }
-  for (const [instance, live] of alive) if (live === 'gone') claimStmts!.drop.run(instance);
+  for (const [instance, live] of alive) if (!live) claimStmts!.drop.run(instance);
   return claims;
+}
+
+/**
+ * Opens the instance lock file (created with the database's permissions, so that every process
+ * that may write the state may open it) and locks this instance's byte, for as long as the state
+ * is open. Throws, failing the open, when it cannot: claims no other process could see as alive
+ * would be deleted by the next change of any of them.
+ */
+function holdInstanceLock(path: string, instance: string): void {
+  if (lockFd !== null) return;
+  if (lockAddon === null) {
+    try {
+      lockAddon = createRequire(import.meta.url)(LOCK_ADDON_PATH) as InstanceLockAddon;
+    } catch (err) {
+      throw new Error(`Cannot load "${LOCK_ADDON_PATH}": ${(err as Error).message} (npm ci builds it)`);
+    }
+  }
+  const file = instanceLockPath(path);
+  try {
+    lockFd = lockAddon.hold(file, statSync(path).mode & 0o666, lockOffset(instance));
+  } catch (err) {
+    const n = (err as { errno?: unknown }).errno;
+    const errno = Object.entries(osConstants.errno).find(([, v]) => v === n)?.[0] ?? 'EUNKNOWN';
+    const what = `the instance lock file ${JSON.stringify(file)}: ${(err as Error).message}`;
+    throw Object.assign(new Error(`Cannot lock ${what}`), { errno, errstr: what });
+  }
 }
 
 const dataVersion = (): number => Number(Object.values(stmts!.dataVersion.get() ?? {})[0]);
@@ -447,8 +496,8 @@ function handle(m: WriterRequest): number | StateChanges | WriteBegun | null {
       dataVersion: db.prepare('PRAGMA data_version'),
     };
     writtenSchema = m.schema;
-    const own = procStat(process.pid);
-    self = { instance: m.instance, pid: process.pid, started: own?.started ?? -1, boot: bootId(), pidns: pidNamespace() };
+    self = { instance: m.instance, pid: process.pid, started: startTime(), boot: bootId(), pidns: pidNamespace() };
+    holdInstanceLock(m.path, m.instance);
     busyTimeoutMs = m.busyTimeoutMs;
     known = new Map(m.known.map(([kind, id, revision]) => [keyOf(kind, id), revision]));
     knownTop = m.known.reduce((top, [, , revision]) => Math.max(top, revision), 0);
@@ -502,6 +551,9 @@ function handle(m: WriterRequest): number | StateChanges | WriteBegun | null {
     claimStmts = null;
     files = null;
     if (d?.isOpen) d.close();
+    // After the claims were dropped (drop-claims comes first at a clean exit): until now they count.
+    if (lockFd !== null) lockAddon?.release(lockFd);
+    lockFd = null;
     return null;
   }
   if (db === null) throw new Error('The state is not open');

@@ -6,9 +6,10 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { adminCall, bearer } from '../helpers/admin-api.ts';
@@ -475,5 +476,65 @@ describe("the config files' sandboxes of two processes on one state", () => {
     const db = new DatabaseSync(statePath, { readOnly: true });
     expect(db.prepare('SELECT count(*) AS n FROM config_claims').get()).toEqual({ n: 0 });
     db.close();
+  });
+});
+
+// A Kubernetes DaemonSet's rolling update, or two containers on one hostPath state: each egressd
+// in a PID namespace of its own, where the other's pid names nothing (or another process).
+const canUnsharePid = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', 'true']).status === 0;
+describe.skipIf(!canUnsharePid)("the config files' sandboxes of two processes in different PID namespaces", () => {
+  const cfg = (id: string, source: string) => ({ id, sources: [source], network: { mode: 'allow-all' } });
+  const inItsOwn = ['--pid', '--fork', '--mount-proc', '--kill-child'];
+  const claimRows = (): number => {
+    const db = new DatabaseSync(statePath, { readOnly: true });
+    try {
+      return Number(db.prepare('SELECT count(*) AS n FROM config_claims').get()!['n']);
+    } finally {
+      db.close();
+    }
+  };
+
+  it("refuse the other's API a source one's config file gives out while it runs, and stop counting the moment it is SIGKILLed", async () => {
+    const a = await start({ name: 'a', unshare: inItsOwn, sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    const b = await start({ name: 'b' });
+    // Before: 201 (a's claim was not counted across namespaces); a then rejected the whole state
+    // (every change 503) and could not start again.
+    const thief = await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] });
+    expect(thief.status).toBe(409);
+    expect(thief.body.error).toMatchObject({ code: 'conflict', field: 'sources[0]' });
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/api-1', { sources: ['198.18.0.2'] })).status).toBe(201);
+    expect(a.d.lines.filter((l) => action(l) === 'state-rejected')).toEqual([]);
+    // unshare --fork: egressd is its child, killed (--kill-child) once unshare is.
+    const inner = Number(readFileSync(`/proc/${a.d.child.pid}/task/${a.d.child.pid}/children`, 'utf8').trim());
+    await a.d.stop('SIGKILL');
+    // Dead once its last thread is: a killed process's leader shows Z while its other threads
+    // still exit, and its descriptors (its lock) go with the last of them.
+    const dead = (): boolean => {
+      try {
+        return readFileSync(`/proc/${inner}/stat`, 'utf8').includes(') Z ') && readdirSync(`/proc/${inner}/task`).length <= 1;
+      } catch {
+        return true;
+      }
+    };
+    for (let i = 0; i < 300 && !dead(); i++) await sleep(50);
+    expect(dead()).toBe(true);
+    // Before: 409 until someone deleted a's rows by hand (they were never deleted).
+    const again = await call(b.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.1'] });
+    expect(again.status).toBe(201);
+    expect(claimRows()).toBe(0);
+  });
+
+  it("refuse a reload that gives out a source the other's config file holds, across namespaces", async () => {
+    const a = await start({ name: 'a', unshare: inItsOwn, sandboxes: [cfg('cfg-a', '198.18.0.1')] });
+    const b = await start({ name: 'b', sandboxes: [cfg('cfg-b', '198.18.0.2')] });
+    const seen = b.d.lines.length;
+    configFile('b', [cfg('cfg-b', '198.18.0.2'), cfg('cfg-b2', '198.18.0.1')]);
+    b.d.child.kill('SIGHUP');
+    const r = await b.d.waitFor((l) => ['reload', 'reload-refused'].includes(String(action(l))) && b.d.lines.indexOf(l) >= seen, 5000);
+    // Before: reloaded; one source then judged by cfg-b2's policy on b and by cfg-a's on a.
+    expect(action(r)).toBe('reload-refused');
+    expect(r['reason']).toMatch(/^sandboxes\.cfg-b2\.sources: Source "198.18.0.1" belongs to config sandbox "cfg-a"/);
+    // And a, in its namespace, sees b's claims.
+    expect((await call(a.admin, 'PUT', '/api/v1/sandboxes/thief', { sources: ['198.18.0.2'] })).status).toBe(409);
   });
 });

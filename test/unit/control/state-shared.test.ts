@@ -3,18 +3,21 @@
 // from the database; changes not accepted are listed again; a view that is not whole is never
 // applied, and changes are refused while it stands.
 
-import { mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { ControlPlane, type ChangeEvent, type SandboxRecord } from '../../../src/control/control-plane.ts';
 import { StateStore } from '../../../src/control/state-store.ts';
+import { instanceLockPath, lockOffset } from '../../../src/control/state-writer.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
 import { StateInvalidError, StateRejectedError } from '../../../src/errors.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
+const LOCK_ADDON = resolve(import.meta.dirname, '../../../native/build/instance_lock.node');
 
 let dir: string;
 let path: string;
@@ -395,7 +398,7 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     expect((await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')])).rejected).toBeNull();
   });
 
-  it('ignore and delete the claims of a process that is gone, or of an earlier process at a reused pid', async () => {
+  it('ignore and delete the claims of an instance whose lock no process holds: gone, at a reused pid, of another boot or PID namespace', async () => {
     const b = await plane();
     const gone = spawnSync('true').pid;
     const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
@@ -403,14 +406,53 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     const pidns = readlinkSync('/proc/self/ns/pid');
     const ins = db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)');
     ins.run('dead', gone, 1, boot, pidns, 'cfg-dead', '["198.18.0.1"]');
-    // This very process's pid, but a start time it does not have: the pid was reused.
+    // This very process's pid, which runs: the lock, not the pid, says whether the instance does.
     ins.run('reused', process.pid, 1, boot, pidns, 'cfg-reused', '["198.18.0.2"]');
-    // Another boot's process.
     ins.run('rebooted', process.pid, 1, 'another-boot', pidns, 'cfg-rebooted', '["198.18.0.3"]');
-    // A process of another PID namespace: not checkable here, so it blocks nothing, and stays.
+    // Before: counted as "unseen", never deleted, and never blocking.
     ins.run('elsewhere', 1, 1, boot, 'pid:[1]', 'cfg-elsewhere', '["198.18.0.4"]');
     db.close();
     expect((await b.putSandbox('x', { sources: ['198.18.0.1', '198.18.0.2', '198.18.0.3', '198.18.0.4'] })).ok).toBe(true);
-    expect(claims()).toEqual([{ pid: 1, sandbox: 'cfg-elsewhere', sources: '["198.18.0.4"]' }]);
+    expect(claims()).toEqual([]);
+  });
+
+  it('count the claims of an instance whose lock another process holds, whatever pid and PID namespace its rows name, until it dies', async () => {
+    const b = await plane();
+    const lockPath = instanceLockPath(path);
+    // Another process, holding the instance's byte as an egressd does (native/instance_lock.c).
+    const holder = spawn(
+      process.execPath,
+      [
+        '-e',
+        `require(${JSON.stringify(LOCK_ADDON)}).hold(${JSON.stringify(lockPath)}, 0o600, ${lockOffset('elsewhere')}); console.log('held'); setInterval(() => {}, 1000)`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await once(holder.stdout!, 'data');
+    const db = new DatabaseSync(path);
+    db.prepare('INSERT INTO config_claims (instance, pid, started, boot, pidns, sandbox, org, sources) VALUES (?, 1, 1, ?, ?, ?, NULL, ?)').run(
+      'elsewhere',
+      'another-boot',
+      'pid:[1]',
+      'cfg-elsewhere',
+      '["198.18.0.4"]',
+    );
+    db.close();
+    // Before: taken (a claim of another PID namespace was not counted).
+    const refused = await b.putSandbox('x', { sources: ['198.18.0.4'] });
+    expect(!refused.ok && refused.error).toMatchObject({ kind: 'conflict', field: 'sources[0]' });
+    holder.kill('SIGKILL');
+    await once(holder, 'exit');
+    expect((await b.putSandbox('x', { sources: ['198.18.0.4'] })).ok).toBe(true);
+    expect(claims()).toEqual([]);
+  });
+
+  it('stop a start that cannot lock the instance lock file, naming it: no other process could see its claims', async () => {
+    mkdirSync(instanceLockPath(path));
+    const refused = plane();
+    await expect(refused).rejects.toBeInstanceOf(StateInvalidError);
+    await expect(refused).rejects.toMatchObject({
+      issues: [{ reason: expect.stringContaining(`EISDIR (the instance lock file ${JSON.stringify(instanceLockPath(path))}`) }],
+    });
   });
 });

@@ -1,0 +1,115 @@
+// Whether another egressd process on the state runs still, seen from any PID namespace. Each
+// process holds a write lock on one byte of a file beside the state (state-writer.ts picks the
+// byte from its instance id) for as long as it runs; the kernel drops the lock when the process
+// dies, however (SIGKILL, a crash, the OOM killer), and a lock is a property of the file's inode,
+// so a process in another PID namespace, container or pod that opens the same file sees it, as
+// SQLite's own locks on the database are seen. A pid and start time are not: they name another
+// process, or none, in another PID namespace.
+//
+// Open file description locks (fcntl(2) F_OFD_SETLK, Linux 3.15), not POSIX record locks: a
+// POSIX lock belongs to the process and is dropped when it closes any descriptor of the file,
+// which any other code in the process might do.
+//
+// hold(path: string, mode: number, offset: number): number   opens (creating with `mode`) and
+//   locks byte `offset` for writing without waiting; returns the descriptor, kept open until
+//   the process exits or release(). Throws an Error whose `errno` is the errno's number (EAGAIN:
+//   another open file description holds that byte).
+// held(fd: number, offset: number): boolean   whether another open file description holds a
+//   lock on byte `offset` (F_OFD_GETLK); its own lock does not count. Throws as hold.
+// release(fd: number): undefined   closes the descriptor, which drops its lock.
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+#include "napi_args.h"
+
+// The errno as a number (`errno`): the caller names it (os.constants.errno), the list is long.
+static napi_value throw_errno(napi_env env, int e) {
+  napi_value msg, err, num;
+  napi_create_string_utf8(env, strerror(e), NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, NULL, msg, &err);
+  napi_create_int32(env, e, &num);
+  napi_set_named_property(env, err, "errno", num);
+  napi_throw(env, err);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *what) {
+  napi_throw_type_error(env, NULL, what);
+  return NULL;
+}
+
+static struct flock one_byte(short type, int64_t offset) {
+  struct flock l;
+  memset(&l, 0, sizeof l);
+  l.l_type = type;
+  l.l_whence = SEEK_SET;
+  l.l_start = (off_t)offset;
+  l.l_len = 1;
+  return l;
+}
+
+static napi_value hold(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  char path[4096];
+  size_t len = 0;
+  uint32_t mode = 0;
+  int64_t offset = 0;
+  if (!args_exactly(env, info, 3, argv) || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok ||
+      len >= sizeof path - 1 || napi_get_value_uint32(env, argv[1], &mode) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &offset) != napi_ok || offset < 0) {
+    return throw_type(env, "hold(path, mode, offset): a path, a file mode and an offset >= 0");
+  }
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, (mode_t)(mode & 0777));
+  if (fd < 0) return throw_errno(env, errno);
+  struct flock l = one_byte(F_WRLCK, offset);
+  if (fcntl(fd, F_OFD_SETLK, &l) != 0) {
+    int e = errno == EACCES ? EAGAIN : errno;
+    close(fd);
+    return throw_errno(env, e);
+  }
+  napi_value out;
+  napi_create_int32(env, fd, &out);
+  return out;
+}
+
+static napi_value held(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd = -1;
+  int64_t offset = 0;
+  if (!args_exactly(env, info, 2, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &offset) != napi_ok || offset < 0) {
+    return throw_type(env, "held(fd, offset): a descriptor and an offset >= 0");
+  }
+  struct flock l = one_byte(F_WRLCK, offset);
+  if (fcntl(fd, F_OFD_GETLK, &l) != 0) return throw_errno(env, errno);
+  napi_value out;
+  napi_get_boolean(env, l.l_type != F_UNLCK, &out);
+  return out;
+}
+
+static napi_value release(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd = -1;
+  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    return throw_type(env, "release(fd): a descriptor");
+  }
+  if (fd >= 0) close(fd);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "hold", NAPI_AUTO_LENGTH, hold, NULL, &fn);
+  napi_set_named_property(env, exports, "hold", fn);
+  napi_create_function(env, "held", NAPI_AUTO_LENGTH, held, NULL, &fn);
+  napi_set_named_property(env, exports, "held", fn);
+  napi_create_function(env, "release", NAPI_AUTO_LENGTH, release, NULL, &fn);
+  napi_set_named_property(env, exports, "release", fn);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
