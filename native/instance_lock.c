@@ -11,15 +11,18 @@
 // which any other code in the process might do.
 //
 // hold(path: string, mode: number, offset: number): number   opens (creating with `mode`) and
-//   locks byte `offset` for writing without waiting; returns the descriptor, kept open until
-//   the process exits or release(). Throws an Error whose `errno` is the errno's number (EAGAIN:
+//   locks byte `offset` for writing (waiting 1 s at most); returns the descriptor, kept open
+//   until the process exits or release(). Throws an Error whose `errno` is the errno's number (EAGAIN:
 //   another open file description holds that byte).
 // held(fd: number, offset: number): boolean   whether another open file description holds a
 //   lock on byte `offset` (F_OFD_GETLK); its own lock does not count. Throws as hold.
-// release(fd: number): undefined   closes the descriptor, which drops its lock.
+// release(fd: number, path: string): undefined   closes the descriptor, which drops its lock,
+//   and unlinks the file at `path` first when no other process holds a byte of it.
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -52,6 +55,12 @@ static struct flock one_byte(short type, int64_t offset) {
   return l;
 }
 
+// Whether the descriptor's file is still the one at `path` (a closer may have unlinked it).
+static bool still_at(int fd, const char *path) {
+  struct stat a, b;
+  return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 static napi_value hold(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   char path[4096];
@@ -63,17 +72,29 @@ static napi_value hold(napi_env env, napi_callback_info info) {
       napi_get_value_int64(env, argv[2], &offset) != napi_ok || offset < 0) {
     return throw_type(env, "hold(path, mode, offset): a path, a file mode and an offset >= 0");
   }
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, (mode_t)(mode & 0777));
-  if (fd < 0) return throw_errno(env, errno);
-  struct flock l = one_byte(F_WRLCK, offset);
-  if (fcntl(fd, F_OFD_SETLK, &l) != 0) {
-    int e = errno == EACCES ? EAGAIN : errno;
+  // The last process to close unlinks the file while it holds all of it (release): a lock
+  // taken on the file it unlinked is seen by nobody, so the lock counts only once the path
+  // still names the file locked; a byte held for an instant is that closer's whole-file lock.
+  int e = EAGAIN;
+  for (int attempt = 0; attempt < 1000; attempt++) {
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, (mode_t)(mode & 0777));
+    if (fd < 0) return throw_errno(env, errno);
+    struct flock l = one_byte(F_WRLCK, offset);
+    if (fcntl(fd, F_OFD_SETLK, &l) == 0) {
+      if (still_at(fd, path)) {
+        napi_value out;
+        napi_create_int32(env, fd, &out);
+        return out;
+      }
+      close(fd);
+      continue;
+    }
+    e = errno == EACCES ? EAGAIN : errno;
     close(fd);
-    return throw_errno(env, e);
+    if (e != EAGAIN) break;
+    usleep(1000);
   }
-  napi_value out;
-  napi_create_int32(env, fd, &out);
-  return out;
+  return throw_errno(env, e);
 }
 
 static napi_value held(napi_env env, napi_callback_info info) {
@@ -92,12 +113,22 @@ static napi_value held(napi_env env, napi_callback_info info) {
 }
 
 static napi_value release(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
+  napi_value argv[2];
   int32_t fd = -1;
-  if (!args_exactly(env, info, 1, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
-    return throw_type(env, "release(fd): a descriptor");
+  char path[4096];
+  size_t len = 0;
+  if (!args_exactly(env, info, 2, argv) || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1) {
+    return throw_type(env, "release(fd, path): a descriptor and the file's path");
   }
-  if (fd >= 0) close(fd);
+  if (fd < 0) return NULL;
+  // No other process holds a byte (the whole file is ours), and none can unlink it meanwhile
+  // (that takes the whole file too): the file is needed by nobody, and goes, as SQLite's -wal and
+  // -shm go when the last connection closes.
+  struct flock all = one_byte(F_WRLCK, 0);
+  all.l_len = 0;
+  if (fcntl(fd, F_OFD_SETLK, &all) == 0 && still_at(fd, path)) unlink(path);
+  close(fd);
   return NULL;
 }
 

@@ -129,6 +129,7 @@ let claimStmts: { live: StatementSync; drop: StatementSync; add: StatementSync }
 let self: { instance: string; pid: number; started: number; boot: string; pidns: string } | null = null;
 /** The instance lock file, open with this instance's byte locked (instanceAlive), from the open on. */
 let lockFd: number | null = null;
+let lockPath: string | null = null;
 /** The files this connection writes, as `dev:ino`: the database's from the open, the WAL's from the first write. */
 let files: { path: string; db: string | null; wal: string | null } | null = null;
 /** `kind:id` → revision of every entry as the main thread holds it (what it last accepted or wrote). */
@@ -292,7 +293,7 @@ function stillAtPath(): void {
 interface InstanceLockAddon {
   hold(path: string, mode: number, offset: number): number;
   held(fd: number, offset: number): boolean;
-  release(fd: number): void;
+  release(fd: number, path: string): void;
 }
 const LOCK_ADDON_PATH = '../../native/build/instance_lock.node';
 let lockAddon: InstanceLockAddon | null = null;
@@ -394,6 +395,7 @@ function holdInstanceLock(path: string, instance: string): void {
   const file = instanceLockPath(path);
   try {
     lockFd = lockAddon.hold(file, statSync(path).mode & 0o666, lockOffset(instance));
+    lockPath = file;
   } catch (err) {
     const n = (err as { errno?: unknown }).errno;
     const errno = Object.entries(osConstants.errno).find(([, v]) => v === n)?.[0] ?? 'EUNKNOWN';
@@ -552,8 +554,8 @@ function handle(m: WriterRequest): number | StateChanges | WriteBegun | null {
     files = null;
     if (d?.isOpen) d.close();
     // After the claims were dropped (drop-claims comes first at a clean exit): until now they count.
-    if (lockFd !== null) lockAddon?.release(lockFd);
-    lockFd = null;
+    if (lockFd !== null && lockPath !== null) lockAddon?.release(lockFd, lockPath);
+    lockFd = lockPath = null;
     return null;
   }
   if (db === null) throw new Error('The state is not open');

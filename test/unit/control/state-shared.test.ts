@@ -3,7 +3,7 @@
 // from the database; changes not accepted are listed again; a view that is not whole is never
 // applied, and changes are refused while it stands.
 
-import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -454,5 +454,15 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     await expect(refused).rejects.toMatchObject({
       issues: [{ reason: expect.stringContaining(`EISDIR (the instance lock file ${JSON.stringify(instanceLockPath(path))}`) }],
     });
+  });
+
+  it('keep the instance lock file while any process has the state open, and remove it with the last clean close', async () => {
+    const [a, b] = [await plane(), await plane()];
+    expect(existsSync(instanceLockPath(path))).toBe(true);
+    await a.close();
+    // b's lock is on that file: one made anew would not show it to a process starting now.
+    expect(existsSync(instanceLockPath(path))).toBe(true);
+    await b.close();
+    expect(existsSync(instanceLockPath(path))).toBe(false);
   });
 });
