@@ -623,12 +623,18 @@ export class ControlPlane {
         // What the others committed first: a change one acknowledged before this reload holds.
         // Should it not be whole, the reload is judged against the last good view.
         const c = await state.begin();
-        if (c !== null) await this.#take(c);
+        const refused = c !== null && !(await this.#take(c)) ? c : null;
         const others = state.claims();
-        const issues = this.#configIssues(next, others);
+        const pending = refused === null ? [] : refusedSandboxes(refused);
+        const issues = this.#configIssues(next, others, pending);
         if (issues.length > 0) return invalid(issues);
         await state.setClaims(claimsOf(next));
-        return this.#replaceConfig(next, others);
+        const r = this.#replaceConfig(next, others, pending);
+        // The reload may be what makes the refused changes whole (it took back the source they
+        // give): judged again now, not when some process next writes. The same listing: accept
+        // takes what was listed, and what was committed since is found by the next look.
+        if (refused !== null) await this.#take(refused);
+        return r;
       } catch (err) {
         if (!(err instanceof StateWriteError)) throw err;
         return conflict(`Cannot record the config file's sandboxes in the state: ${err.errno} (${err.detail})`);
@@ -639,18 +645,39 @@ export class ControlPlane {
     });
   }
 
-  /** Why the config sandboxes `next` cannot replace this process's, given the other processes' claims; empty when they can. */
-  #configIssues(next: readonly SandboxRecord[], others: readonly OtherClaim[]): FieldIssue[] {
+  /**
+   * Why the config sandboxes `next` cannot replace this process's, given the other processes'
+   * claims and, while the state stands rejected, the sandboxes of the refused changes
+   * (`pending`: not in this view, but in the state, and in force once the rejection is fixed);
+   * empty when they can. A source a refused sandbox holds is refused unless the running config
+   * gives it to the same sandbox already: that conflict is the rejection's, not the reload's.
+   */
+  #configIssues(next: readonly SandboxRecord[], others: readonly OtherClaim[], pending: readonly PendingSandbox[] = []): FieldIssue[] {
     const issues: FieldIssue[] = [];
     for (const r of next) {
       const n = parseNetwork(r.network, `sandboxes.${r.id}.network`);
       if (!n.ok) issues.push(...n.issues);
       const api = this.#records.get(r.id);
       if (api && api.origin === 'api') issues.push({ field: `sandboxes.${r.id}`, reason: `Sandbox ${quote(r.id)} already exists through the API` });
+      else if (pending.some((p) => p.id === r.id) && api?.origin !== 'config') {
+        issues.push({
+          field: `sandboxes.${r.id}`,
+          reason: `Sandbox ${quote(r.id)} exists through the API of another egressd process (not applied here: the state stands rejected)`,
+        });
+      }
+      const running = api?.origin === 'config' ? api.sources : [];
       for (const s of r.sources) {
         const owner = this.store.ownerOf(s);
         if (owner !== null && owner !== r.id && this.#records.get(owner)?.origin === 'api') {
           issues.push({ field: `sandboxes.${r.id}.sources`, reason: `Source ${quote(s)} belongs to API sandbox ${quote(owner)}` });
+          continue;
+        }
+        const held = pending.find((p) => p.id !== r.id && p.sources.includes(s));
+        if (held !== undefined && !running.includes(s)) {
+          issues.push({
+            field: `sandboxes.${r.id}.sources`,
+            reason: `Source ${quote(s)} belongs to API sandbox ${quote(held.id)}, written by another egressd process (not applied here: the state stands rejected)`,
+          });
           continue;
         }
         // The same source to the same sandbox is a rollout (both configs alike, or the new one
@@ -663,8 +690,8 @@ export class ControlPlane {
   }
 
   /** Puts `next` in place of this process's config sandboxes, unless #configIssues finds a problem. */
-  #replaceConfig(next: readonly SandboxRecord[], others: readonly OtherClaim[]): ChangeResult<number> {
-    const issues = this.#configIssues(next, others);
+  #replaceConfig(next: readonly SandboxRecord[], others: readonly OtherClaim[], pending: readonly PendingSandbox[] = []): ChangeResult<number> {
+    const issues = this.#configIssues(next, others, pending);
     if (issues.length > 0) return invalid(issues);
     // Only what the file changed is a change: a sandbox the reload leaves as it was keeps its
     // compiled policy, logs no policy-change line and re-judges no connection (a reload that
@@ -926,6 +953,28 @@ export class ControlPlane {
       return { ok: true, value: r };
     });
   }
+}
+
+/** A sandbox another process wrote that this one refused (the state stands rejected): its id and canonical sources. */
+interface PendingSandbox {
+  readonly id: string;
+  readonly sources: readonly string[];
+}
+
+/** The sandboxes `c` puts, as far as their stored bodies give sources (a body beyond reading gives none). */
+function refusedSandboxes(c: StateChanges): PendingSandbox[] {
+  const out: PendingSandbox[] = [];
+  for (const row of c.upserts) {
+    if (row.kind !== 'sandbox') continue;
+    const parsed = storedBody(row.kind, row.id, row.body);
+    const raw = parsed.ok && Array.isArray(parsed.body['sources']) ? (parsed.body['sources'] as unknown[]) : [];
+    const sources = raw.flatMap((t) => {
+      const k = typeof t === 'string' ? sandboxSource(t) : null;
+      return k?.ok === true ? [k.source] : [];
+    });
+    out.push({ id: row.id, sources });
+  }
+  return out;
 }
 
 /** What config_claims records of a process's config sandboxes. */

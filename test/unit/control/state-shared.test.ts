@@ -456,6 +456,42 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     });
   });
 
+  it('while the state stands rejected, a reload that removes the conflict makes it whole at once', async () => {
+    const a = await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')]);
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'thief', 50, ?)", JSON.stringify({ sources: ['198.18.0.1'] }));
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'fine', 52, ?)", JSON.stringify({ sources: ['198.18.0.5'] }));
+    await a.refresh();
+    expect(a.rejected).not.toBeNull();
+    expect((await a.replaceConfigSandboxes([])).ok).toBe(true);
+    // Before: still rejected, thief and fine unknown, until another change came by.
+    expect(a.rejected).toBeNull();
+    expect(a.store.ownerOf('198.18.0.1')).toBe('thief');
+    expect(a.sandbox('fine')?.sources).toEqual(['198.18.0.5']);
+  });
+
+  it('while the state stands rejected, a reload may not give out a source a refused entry holds: the state would stay rejected once fixed', async () => {
+    const a = await plane();
+    sneak(
+      "INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'bad', 50, ?)",
+      JSON.stringify({ sources: ['198.18.0.9'], network: { mode: 'nope' } }),
+    );
+    sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'x', 52, ?)", JSON.stringify({ sources: ['198.18.0.7'] }));
+    await a.refresh();
+    expect(a.rejected).not.toBeNull();
+    const r = await a.replaceConfigSandboxes([config('cfg-new', '198.18.0.7')]);
+    // Before: reloaded; once "bad" was fixed, x and cfg-new held one source and the state stayed rejected.
+    expect(r).toMatchObject({
+      ok: false,
+      error: { kind: 'invalid', issues: [{ field: 'sandboxes.cfg-new.sources', reason: expect.stringContaining('"x"') }] },
+    });
+    // A reload that gives out no such source is taken meanwhile.
+    expect((await a.replaceConfigSandboxes([config('cfg-new', '198.18.0.8')])).ok).toBe(true);
+    sneak("DELETE FROM entries WHERE id = 'bad'");
+    await a.refresh();
+    expect(a.rejected).toBeNull();
+    expect(a.store.ownerOf('198.18.0.7')).toBe('x');
+  });
+
   it('keep the instance lock file while any process has the state open, and remove it with the last clean close', async () => {
     const [a, b] = [await plane(), await plane()];
     expect(existsSync(instanceLockPath(path))).toBe(true);
