@@ -827,7 +827,12 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     }
     ssize_t n = splice(in, NULL, d->pipe[1], NULL, SL_SPLICE_MAX, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n == 0) {
-      d->eof = true;
+      // Not always the end: at TCP urgent data (a byte sent with MSG_OOB, as telnet's and FTP's
+      // Synch, RFC 854) tcp_splice_read stops at the urgent mark and answers 0 with bytes still
+      // queued behind it (net/ipv4/tcp.c, since the fix of CVE-2017-6214). recv(2) steps over
+      // the mark, so the copy path reads on, and its 0 is the end; past SL_COPY_LIMIT it turns
+      // back to splicing after one read.
+      d->bulk = false;
       continue;
     }
     if (n < 0) {

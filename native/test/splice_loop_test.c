@@ -846,6 +846,44 @@ static void test_copy_overflow_keeps_order(sl_loop *l) {
   }
 }
 
+// A byte the client sends as TCP urgent data (MSG_OOB: telnet's and FTP's Synch, RFC 854, RFC
+// 959 §4.1.3; rlogin's flow control) in the middle of a spliced transfer: splice(2) stops at the
+// urgent mark and answers 0 with the rest still queued (tcp_splice_read, net/ipv4/tcp.c; its
+// "This might happen with URG data" check came with the fix of CVE-2017-6214). That 0 is no end:
+// every byte after the mark goes on, the urgent byte itself left out as recv(2) and Node's reads
+// leave it out (SO_OOBINLINE off), and the one FIN is the client's own.
+static void test_urgent_byte_mid_bulk_is_not_an_end(sl_loop *l) {
+  enum { BEFORE = 256 << 10, AFTER = 256 << 10, CHUNK = 65536 };
+  conn_ends e = hand_over(l, 740, NULL, NULL, 10000);
+  char *buf = malloc(BEFORE + AFTER + 1);
+  for (size_t i = 0; i < BEFORE + AFTER; i++) buf[i] = (char)(i * 7 + 11);
+  write_all(e.client, buf, BEFORE);
+  // Past SL_COPY_LIMIT: the direction is spliced by now.
+  size_t got = read_n(e.upstream, buf, BEFORE + AFTER + 1, BEFORE, 5000);
+  CHECK(got == BEFORE, "the upstream got %zu of the first %d bytes", got, BEFORE);
+  CHECK(send(e.client, "!", 1, MSG_OOB) == 1, "send MSG_OOB: %s", strerror(errno));
+  for (size_t i = 0; i < AFTER; i++) buf[BEFORE + i] = (char)((BEFORE + i) * 7 + 11);
+  write_all(e.client, buf + BEFORE, AFTER);
+  shutdown(e.client, SHUT_WR);
+  int err;
+  size_t rest = read_all(e.upstream, buf + BEFORE, AFTER + 1, &err, 5000);
+  // Before: 0 bytes after the mark, then a FIN the client never sent.
+  CHECK(rest == AFTER && err == 0 && pattern_ok(buf, BEFORE + AFTER, 11), "after the urgent byte the upstream got %zu of %d bytes (err %d), or other bytes",
+        rest, AFTER, err);
+  write_all(e.upstream, "bye", 3);
+  shutdown(e.upstream, SHUT_WR);
+  char tail[8];
+  size_t n = read_all(e.client, tail, sizeof tail, &err, 5000);
+  CHECK(n == 3 && err == 0, "the client got %zu bytes then the FIN (err %d)", n, err);
+  sl_outcome o;
+  CHECK(wait_outcome(740, 5000, &o), "no outcome");
+  CHECK(o.end == SL_END_CLOSED && o.bytes_up == BEFORE + AFTER && o.bytes_down == 3 && o.first_fin == 0, "end %d, %llu up, %llu down, first FIN %d", o.end,
+        (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down, o.first_fin);
+  free(buf);
+  close(e.client);
+  close(e.upstream);
+}
+
 // Commands wake the loop however they come (the wake-up descriptor is edge-triggered and never
 // read): one at a time on an idle loop, and in bursts from two threads; each runs at once, none
 // waits for an unrelated event.
@@ -2853,6 +2891,7 @@ int main(void) {
   test_blocked_direction_sleeps_until_drained(l);
   test_reset_behind_unread_bytes_at_idle(l);
   test_copy_overflow_keeps_order(l);
+  test_urgent_byte_mid_bulk_is_not_an_end(l);
   test_every_command_wakes_the_loop(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
