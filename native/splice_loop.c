@@ -146,6 +146,12 @@ typedef struct sl_conn {
   // before the FIN is in the socket's receive queue (tcp_fin runs in sequence), so a read that
   // emptied the socket has taken them all: the FIN is the end, with no read to find the 0.
   bool fin[2];
+  // EPOLLPRI came: the peer sent TCP urgent data (MSG_OOB, as telnet's and FTP's Synch, RFC 854).
+  // A read stops at its mark with bytes still queued behind it (recv returns short, splice
+  // short and then 0 or EAGAIN: tcp_recvmsg and tcp_read_sock in net/ipv4/tcp.c), so until a
+  // read finds EAGAIN a short read is not taken to have emptied the socket: the bytes behind the
+  // mark would wait for an edge that never comes.
+  bool urg[2];
   // The peer's FIN was seen before anything failed (an EPOLLRDHUP without EPOLLERR, or the read
   // of the EOF): `fin` is cleared by an error event, this is not. What conn_fail asks.
   bool said_fin[2];
@@ -653,7 +659,7 @@ static bool conn_fail(sl_loop *l, sl_conn *c, int side, int err) {
 
 // The socket's interest set from its flags (sl_conn.out, sl_conn.paused).
 static bool rearm(sl_loop *l, sl_conn *c, int side, bool out, bool paused) {
-  struct epoll_event ev = {.events = (paused ? 0 : EPOLLIN) | (out ? EPOLLOUT : 0) | EPOLLRDHUP | EPOLLET,
+  struct epoll_event ev = {.events = (paused ? 0 : EPOLLIN | EPOLLPRI) | (out ? EPOLLOUT : 0) | EPOLLRDHUP | EPOLLET,
                            .data.u64 = conn_key(c, side)};
   if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, c->fd[side], &ev) != 0) return false;
   c->out[side] = out;
@@ -771,7 +777,7 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) {
-          c->rd[from] = false;
+          c->rd[from] = c->urg[from] = false;
           return !c->paused[from] || resume_from(l, c, from);
         }
         if (!conn_fail(l, c, from, errno)) return false;
@@ -779,8 +785,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       }
       d->bytes += (uint64_t)n;
       c->last_ms = l->now_ms;
-      // Less than the buffer: the socket is empty (see sl_conn.hup and .fin).
-      bool emptied = (size_t)n < SL_COPY_BUF;
+      // Less than the buffer: the socket is empty (see sl_conn.hup, .fin and .urg).
+      bool emptied = (size_t)n < SL_COPY_BUF && !c->urg[from];
       if (!emptied || d->bytes >= SL_COPY_LIMIT) d->bulk = true;
       if (emptied && c->fin[from]) d->eof = true;
       else if (emptied && !c->hup[from]) {
@@ -826,12 +832,12 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       }
     }
     ssize_t n = splice(in, NULL, d->pipe[1], NULL, SL_SPLICE_MAX, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (n == 0) {
-      // Not always the end: at TCP urgent data (a byte sent with MSG_OOB, as telnet's and FTP's
-      // Synch, RFC 854) tcp_splice_read stops at the urgent mark and answers 0 with bytes still
-      // queued behind it (net/ipv4/tcp.c, since the fix of CVE-2017-6214). recv(2) steps over
-      // the mark, so the copy path reads on, and its 0 is the end; past SL_COPY_LIMIT it turns
-      // back to splicing after one read.
+    if (n == 0 || (n < 0 && errno == EAGAIN && c->urg[from])) {
+      // Not always the end, nor an empty socket: tcp_splice_read never reads past TCP urgent
+      // data's mark (sl_conn.urg), and answers there 0 once the FIN is in (the bytes behind the
+      // mark still queued: CVE-2017-6214's fix), else EAGAIN. recv(2) steps over the mark, so
+      // the copy path reads on, and its 0 is the end; past SL_COPY_LIMIT it turns back to
+      // splicing after one read.
       d->bulk = false;
       continue;
     }
@@ -849,8 +855,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     d->bytes += (uint64_t)n;
     c->last_ms = l->now_ms;
     // Each buffer holds at least a byte: fewer bytes than buffers did not fill the pipe, so the
-    // socket was emptied (see sl_conn.hup and .fin).
-    bool emptied = (size_t)n < d->slots;
+    // socket was emptied (see sl_conn.hup, .fin and .urg).
+    bool emptied = (size_t)n < d->slots && !c->urg[from];
     if (emptied && c->fin[from]) d->eof = true;
     else if (emptied && !c->hup[from]) {
       c->rd[from] = false;
@@ -942,7 +948,7 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
       c->peek_len += (size_t)n;
       c->last_byte_ms = l->now_ms;
       // Less than asked: the socket is empty (see sl_conn.hup), no read that must find EAGAIN.
-      if ((size_t)n < want && !c->hup[CLIENT]) {
+      if ((size_t)n < want && !c->hup[CLIENT] && !c->urg[CLIENT]) {
         c->rd[CLIENT] = false;
         return 0;
       }
@@ -953,7 +959,7 @@ static int peek_fill(sl_loop *l, sl_conn *c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      c->rd[CLIENT] = false;
+      c->rd[CLIENT] = c->urg[CLIENT] = false;
       return 0;
     }
     // The EOF read is the client's FIN, even where no EPOLLRDHUP was seen (read at the accept).
@@ -1073,7 +1079,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   c->accepted_ms = c->last_ms = l->now_ms;
   c->idle_ms = 1;
   c->rd[CLIENT] = c->wr[CLIENT] = true;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, CLIENT)};
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, CLIENT)};
   if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
     reset_fd(fd);
     close(fd);
@@ -1276,7 +1282,7 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
       close(fd);
       continue;
     }
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = sock_key(c->id, UPSTREAM, i)};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = sock_key(c->id, UPSTREAM, i)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
       c->attempt_err[i] = d->last_err = errno;
       close(fd);
@@ -1329,7 +1335,8 @@ static void dial_check(sl_loop *l, sl_conn *c, int i, uint32_t events) {
   if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
   if (!(events & (EPOLLERR | EPOLLHUP))) {
     // Bytes may have come with the connection (a server that speaks first).
-    c->rd[UPSTREAM] = (events & (EPOLLIN | EPOLLRDHUP)) != 0;
+    c->rd[UPSTREAM] = (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP)) != 0;
+    c->urg[UPSTREAM] = (events & EPOLLPRI) != 0;
     c->hup[UPSTREAM] = c->fin[UPSTREAM] = (events & EPOLLRDHUP) != 0;
     return dial_won(l, c, i);
   }
@@ -1414,7 +1421,7 @@ static void add_conn(sl_loop *l, sl_conn *c) {
   for (int s = 0; s < 2; s++) {
     c->rd[s] = c->wr[s] = true;
     // Tagged with the side in the low bit: the struct is at least 8-aligned.
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, s)};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET, .data.u64 = conn_key(c, s)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd[s], &ev) != 0) {
       conn_close(l, c, SL_END_ERROR, errno, -1);
       return;
@@ -1704,7 +1711,8 @@ static void on_conn_event(sl_loop *l, sl_conn *c, int side, int attempt, uint32_
   // where the peer sent no FIN.
   bool lost = c->stage == ST_SPLICE && (events & (EPOLLHUP | EPOLLERR)) == EPOLLHUP && !c->dir[1 - side].shut;
   if (lost) events |= EPOLLERR;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+  if (events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+  if (events & EPOLLPRI) c->urg[side] = true;
   if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->hup[side] = true;
   // An error to read first: the end is whatever the read says.
   c->fin[side] = (events & EPOLLERR) ? false : c->fin[side] || (events & EPOLLRDHUP) != 0;

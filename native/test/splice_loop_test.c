@@ -884,6 +884,61 @@ static void test_urgent_byte_mid_bulk_is_not_an_end(sl_loop *l) {
   close(e.upstream);
 }
 
+// Urgent data with bytes behind it, all queued before the loop reads (the loop held mid-turn
+// meanwhile): a read stops short at the mark with the bytes after it still queued, and no new
+// edge comes for them. Once copied (a small exchange) and once spliced (past SL_COPY_LIMIT), both
+// ways: every byte but the urgent one arrives.
+static void test_urgent_byte_with_bytes_behind_it(sl_loop *l) {
+  uint64_t gate = 7900;
+  for (int spliced = 0; spliced < 2; spliced++) {
+    uint64_t id = 741 + (uint64_t)spliced;
+    conn_ends e = hand_over(l, id, NULL, NULL, 10000);
+    size_t lead = spliced ? 256u << 10 : 0;
+    char *buf = malloc(lead + 64);
+    if (lead) {
+      memset(buf, 'p', lead);
+      write_all(e.client, buf, lead);
+      write_all(e.upstream, buf, lead);
+      CHECK(read_n(e.upstream, buf, lead, lead, 5000) == lead, "the upstream did not get the lead");
+      CHECK(read_n(e.client, buf, lead, lead, 5000) == lead, "the client did not get the lead");
+    }
+    for (int from = 0; from < 2; from++) {
+      int src = from == 0 ? e.client : e.upstream, dst = from == 0 ? e.upstream : e.client;
+      // The loop is held in the report of a connection of its own while the bytes arrive.
+      conn_ends g = hand_over(l, gate, NULL, NULL, 10000);
+      pthread_mutex_lock(&lock);
+      gate_id = gate;
+      gate_open = false;
+      pthread_mutex_unlock(&lock);
+      sl_loop_abort(l, gate);
+      sl_outcome o;
+      CHECK(wait_outcome(gate, 5000, &o), "no outcome for the connection that holds the loop");
+      write_all(src, "hello1", 6);
+      CHECK(send(src, "!", 1, MSG_OOB) == 1, "send MSG_OOB: %s", strerror(errno));
+      write_all(src, "world2", 6);
+      usleep(50 * 1000);
+      pthread_mutex_lock(&lock);
+      gate_open = true;
+      pthread_cond_broadcast(&cond);
+      pthread_mutex_unlock(&lock);
+      char got[64] = {0};
+      size_t n = read_n(dst, got, sizeof got, 12, 2000);
+      // Before: "hello1", and "world2" waited in the loop's socket for an edge that never came.
+      CHECK(n == 12 && memcmp(got, "hello1world2", 12) == 0, "%s: %s got %zu bytes \"%.*s\"", spliced ? "spliced" : "copied",
+            from == 0 ? "the upstream" : "the client", n, (int)n, got);
+      close(g.client);
+      close(g.upstream);
+      gate++;
+    }
+    sl_loop_abort(l, id);
+    sl_outcome o;
+    CHECK(wait_outcome(id, 5000, &o), "no outcome");
+    free(buf);
+    close(e.client);
+    close(e.upstream);
+  }
+}
+
 // Commands wake the loop however they come (the wake-up descriptor is edge-triggered and never
 // read): one at a time on an idle loop, and in bursts from two threads; each runs at once, none
 // waits for an unrelated event.
@@ -2892,6 +2947,7 @@ int main(void) {
   test_reset_behind_unread_bytes_at_idle(l);
   test_copy_overflow_keeps_order(l);
   test_urgent_byte_mid_bulk_is_not_an_end(l);
+  test_urgent_byte_with_bytes_behind_it(l);
   test_every_command_wakes_the_loop(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);

@@ -4,9 +4,12 @@
 // the transfer. splice(2) answers 0 at the urgent mark with bytes still queued behind it
 // (tcp_splice_read in Linux's net/ipv4/tcp.c, whose check for it came with the fix of
 // CVE-2017-6214), and the native data plane took that 0 for the client's FIN: the upstream got
-// the bytes before the mark, then a FIN, and the client a reset. Every data path now carries all
-// the bytes, leaving out the urgent byte itself, as a reader without SO_OOBINLINE (Node's included)
-// does.
+// the bytes before the mark, then a FIN, and the client a reset. Without the FIN in, splice
+// answers EAGAIN there instead, and a read stops short at the mark: the native loop took the
+// socket for empty, and the bytes behind the mark waited for an edge that never came (pinned in
+// native/test/splice_loop_test.c, where the loop can be held until they are all queued). Every data
+// path now carries all the bytes, leaving out the urgent byte itself, as a reader without
+// SO_OOBINLINE (Node's included) does.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
