@@ -834,10 +834,10 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     ssize_t n = splice(in, NULL, d->pipe[1], NULL, SL_SPLICE_MAX, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n == 0 || (n < 0 && errno == EAGAIN && c->urg[from])) {
       // Not always the end, nor an empty socket: tcp_splice_read never reads past TCP urgent
-      // data's mark (sl_conn.urg), and answers there 0 once the FIN is in (the bytes behind the
-      // mark still queued: CVE-2017-6214's fix), else EAGAIN. recv(2) steps over the mark, so
-      // the copy path reads on, and its 0 is the end; past SL_COPY_LIMIT it turns back to
-      // splicing after one read.
+      // data's mark (sl_conn.urg; its loop there was CVE-2017-6214) and answers there 0 once
+      // the FIN is in, else EAGAIN, with the bytes behind the mark still queued. recv(2) steps
+      // over the mark, so the copy path reads on, and its 0 is the end; past SL_COPY_LIMIT it
+      // turns back to splicing after one read.
       d->bulk = false;
       continue;
     }

@@ -848,8 +848,8 @@ static void test_copy_overflow_keeps_order(sl_loop *l) {
 
 // A byte the client sends as TCP urgent data (MSG_OOB: telnet's and FTP's Synch, RFC 854, RFC
 // 959 §4.1.3; rlogin's flow control) in the middle of a spliced transfer: splice(2) stops at the
-// urgent mark and answers 0 with the rest still queued (tcp_splice_read, net/ipv4/tcp.c; its
-// "This might happen with URG data" check came with the fix of CVE-2017-6214). That 0 is no end:
+// urgent mark and, once the FIN is in, answers 0 with the rest still queued (tcp_splice_read,
+// net/ipv4/tcp.c, whose loop at URG data was CVE-2017-6214). That 0 is no end:
 // every byte after the mark goes on, the urgent byte itself left out as recv(2) and Node's reads
 // leave it out (SO_OOBINLINE off), and the one FIN is the client's own.
 static void test_urgent_byte_mid_bulk_is_not_an_end(sl_loop *l) {

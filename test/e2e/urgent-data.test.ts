@@ -1,8 +1,8 @@
 // TCP urgent data through the real path (iptables REDIRECT, egressd in the router namespace, a
 // Python client in the sandbox, the rig's echo server): a byte sent with MSG_OOB in the middle of
 // a large transfer (telnet's and FTP's Synch, RFC 854, RFC 959 §4.1.3, send it so) must not end
-// the transfer. splice(2) answers 0 at the urgent mark with bytes still queued behind it
-// (tcp_splice_read in Linux's net/ipv4/tcp.c, whose check for it came with the fix of
+// the transfer. Once the FIN is in, splice(2) answers 0 at the urgent mark with bytes still
+// queued behind it (tcp_splice_read in Linux's net/ipv4/tcp.c, whose own loop at URG data was
 // CVE-2017-6214), and the native data plane took that 0 for the client's FIN: the upstream got
 // the bytes before the mark, then a FIN, and the client a reset. Without the FIN in, splice
 // answers EAGAIN there instead, and a read stops short at the mark: the native loop took the
