@@ -9,6 +9,7 @@ import type { Logger } from '../observability/logger.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type DnsTcpHold, type DnsTcpRefusal, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
 import { acceptSlots, connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
+import { readHostTcp, timeWaitReuseProblem } from './host-tcp.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
 import { MemoryGuard, type MemorySample } from './overload.ts';
 
@@ -155,9 +156,19 @@ export class LimitsController {
     });
     this.memory.start();
     this.#timers.push(setInterval(() => this.#admission.sweep(), 10_000).unref());
+    const tcp = readHostTcp();
+    const reuse = timeWaitReuseProblem(tcp);
+    if (reuse !== null) {
+      const ports = tcp.localPorts === null ? null : tcp.localPorts.to - tcp.localPorts.from + 1;
+      this.#log.warn(
+        { event: { action: 'time-wait-reuse-off' }, reason: reuse, tcp, ports },
+        `A source port egressd closed first is held 60 s: about ${ports === null ? 'ip_local_port_range ÷ 60' : Math.floor(ports / 60)} connections a second to one upstream address leave later ones to it EADDRNOTAVAIL (in host mode, every sandbox's); set net.ipv4.tcp_tw_reuse=1 (docs/deployment.md)`,
+      );
+    }
     this.#log.info(
       {
         event: { action: 'limits' },
+        tcp,
         nofile: { before: r.before, after: r.after },
         descriptorsInUse: inUse,
         reserveDescriptors: c.global.reserveDescriptors,
