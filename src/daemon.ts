@@ -34,6 +34,7 @@ import { ResolvedNames } from './dns/memory.ts';
 import { DnsService } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
+import { socketAddress } from './net/socket-address.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
 import { tenantKeyOf } from './match/tenant-key.ts';
 import { listenedOnElsewhere, portShareable } from './util/port-shared.ts';
@@ -492,10 +493,11 @@ export class Daemon {
       return;
     }
     socket.on('error', () => {});
-    // A client that reset before Node read its address (getpeername then fails) has none: '' is
-    // no sandbox's, and its lines leave `source.ip` out rather than carry a placeholder an index
-    // mapping it as an IP would reject.
-    const remote = socket.remoteAddress;
+    // A client that reset before Node read its address (getpeername then fails), or a link-local
+    // one whose interface is gone since (net/socket-address.ts), has none: '' is no sandbox's,
+    // and its lines leave `source.ip` out rather than carry a placeholder an index mapping it as
+    // an IP would reject.
+    const remote = socketAddress(socket, 'remote')?.address;
     const source = remote === undefined ? '' : (canonicalSource(remote) ?? remote);
     const ticket = this.limits.admit(socket, kind, source);
     if (ticket === null) return;

@@ -24,6 +24,7 @@ import { check } from '../schema/check.ts';
 import { CheckRequest } from '../schema/schemas.ts';
 import { CappedIssues } from '../util/issues.ts';
 import { pageOf, pageQuery } from './pagination.ts';
+import { socketAddress } from '../net/socket-address.ts';
 import { preconditionsOf } from './preconditions.ts';
 
 export interface ApiOptions {
@@ -120,7 +121,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     throw fromChange(r.error);
   };
   const body = (req: IncomingMessage): Promise<unknown> => readJson(req, opts.maxBodyBytes);
-  const actor = (req: IncomingMessage): string => `api ${req.socket.remoteAddress ?? '?'}`;
+  const actor = (req: IncomingMessage): string => `api ${socketAddress(req.socket, 'remote')?.address ?? '?'}`;
   const networkOf = (r: SandboxRecord): DialectResult => {
     const n = parseNetwork(r.network, 'network');
     if (!n.ok) throw new ApiError(400, 'invalid_policy', 'Stored network no longer validates');

@@ -14,6 +14,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Endpoint } from '../net/listener.ts';
 import { canonicalSource } from '../match/ip.ts';
+import { socketAddress } from '../net/socket-address.ts';
 import { frame, MAX_QUERY_BYTES, refusedFor } from './message.ts';
 import type { Transport } from './service.ts';
 import { DnsTcpConnections, type TcpConnection, type TcpHold } from './tcp-connections.ts';
@@ -205,6 +206,11 @@ export class DnsListener {
     const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true });
     sock.on('message', (msg, rinfo) => this.#onDatagram(sock, msg, rinfo.address, rinfo.port));
     sock.on('error', (err) => {
+      // Once bound, an error is one datagram's, and the socket goes on receiving: a failed read,
+      // or one from a link-local source whose interface is gone before it was read (Node's
+      // udp_wrap cannot write its address: ENXIO, net/socket-address.ts). That datagram is lost
+      // as any other is; the listener is not, for every sandbox.
+      if (this.#status.state === 'listening') return;
       this.#status = { state: 'failed', error: err.message };
     });
     return sock;
@@ -221,9 +227,10 @@ export class DnsListener {
 
   #onConnection(socket: Socket): void {
     socket.on('error', () => {});
-    // A client that reset before Node read its address (getpeername then fails) is gone: nothing
-    // to answer, and no source to count it under.
-    const remote = socket.remoteAddress;
+    // A client that reset before Node read its address (getpeername then fails), or a link-local
+    // one whose interface is gone since (net/socket-address.ts), is gone: nothing to answer, and
+    // no source to count it under.
+    const remote = socketAddress(socket, 'remote')?.address;
     if (remote === undefined) return void socket.destroy();
     const source = canonicalSource(remote) ?? remote;
     const key = this.#deps.keyOf(source);

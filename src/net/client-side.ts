@@ -13,6 +13,7 @@ import { peekSocket, type PeekOptions, type PeekOutcome } from './peek-socket.ts
 import { dialFirst, type Attempt } from './dial-first.ts';
 import type { DialFailure } from './dial.ts';
 import { RESET_LINGER_MS, splice, type SpliceResult } from './splice.ts';
+import { socketAddress } from './socket-address.ts';
 import { dropSilently, refuseHttp, refuseTcp, refuseTls, type HttpRefusal, type Linger } from './refuse.ts';
 
 /** How a refused client is answered (refuse.ts has the bytes and the linger). */
@@ -140,11 +141,11 @@ export class SocketClient implements ClientSide {
   }
 
   get remoteAddress(): string {
-    return this.#socket.remoteAddress ?? '';
+    return socketAddress(this.#socket, 'remote')?.address ?? '';
   }
 
   get remotePort(): number {
-    return this.#socket.remotePort ?? 0;
+    return socketAddress(this.#socket, 'remote')?.port ?? 0;
   }
 
   originalDst(): OriginalDestination {

@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { isIP, type Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { canonicalSource } from '../match/ip.ts';
+import { socketAddress } from './socket-address.ts';
 import { NativeAddonError, OriginalDstError } from '../errors.ts';
 
 export type OriginalDestination = { kind: 'redirected'; address: string; port: number } | { kind: 'not-redirected'; why: string };
@@ -101,12 +102,13 @@ export function originalDestination(socket: Socket): OriginalDestination {
   const l = load();
   if (!l.ok) throw l.error;
   const fd: unknown = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  const local = socket.localAddress;
-  const localPort = socket.localPort;
-  // A client can reset before its connection is looked at; that is its choice, not a fault.
-  if (typeof fd !== 'number' || fd < 0 || local === undefined || localPort === undefined) {
+  const own = socketAddress(socket, 'local');
+  // A client can reset before its connection is looked at; that is its choice, not a fault. A
+  // link-local connection whose interface has gone since has no address either (socket-address.ts).
+  if (typeof fd !== 'number' || fd < 0 || own === undefined) {
     return { kind: 'not-redirected', why: 'The socket is already closed' };
   }
+  const { address: local, port: localPort } = own;
   const localPlain = unmapped(local);
   // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d; its conntrack entry is IPv4.
   const family: 4 | 6 = isIP(localPlain) === 6 ? 6 : 4;

@@ -69,7 +69,7 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'source.ip',
     type: 'ip',
     description:
-      "The sandbox's address (IPv4 or IPv6, never with a port); a link-local one with the interface it came in on, `fe80::b1%eth1` (RFC 4007 §11, as Node writes it; an index when the interface has no name any more), on every data path; absent for a client that reset before its address could be read.",
+      "The sandbox's address (IPv4 or IPv6, never with a port); a link-local one with the interface it came in on, `fe80::b1%eth1` (RFC 4007 §11, as Node writes it), on every data path; absent for a client that reset before its address could be read, or whose interface was deleted before then (the native set-up writes the interface's index instead, `fe80::b1%7`: Node cannot read such an address, net/socket-address.ts).",
     value: (o) => (o.source === '' ? null : o.source),
   },
   { name: 'source.port', type: 'long', description: "The sandbox's port.", value: (o) => o.sourcePort },
