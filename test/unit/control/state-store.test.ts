@@ -255,6 +255,24 @@ describe('the SQLite state', () => {
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringContaining('not valid JSON') }]);
   });
 
+  it('a bare link-local source an egressd before link-local zones wrote, until repaired as docs/config.md says', async () => {
+    const e = await damaged((db) =>
+      db
+        .prepare("UPDATE entries SET body = ?, revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-2'")
+        .run(JSON.stringify({ sources: ['198.18.0.2', 'fe80::b1'] })),
+    );
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-2"', field: 'sources[1]', reason: expect.stringContaining('needs the interface it is seen on') }]);
+    // "Recovering the state", as written there (with this entry's id).
+    const db = new DatabaseSync(dbPath());
+    db.exec(
+      "UPDATE entries SET body = json_replace(body, '$.sources[1]', 'fe80::b1%eth1'), revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE kind = 'sandbox' AND id = 'sb-2'",
+    );
+    db.close();
+    const cp = await load(dbPath());
+    expect(cp.store.ownerOf('fe80::b1%eth1')).toBe('sb-2');
+    expect(cp.store.ownerOf('fe80::b1')).toBeNull();
+  });
+
   it('a database of another schema', async () => {
     const e = await damaged((db) => db.exec("UPDATE meta SET value = 99 WHERE key = 'schema'"));
     expect(e.issues[0]!.reason).toMatch(/Unknown state schema "99"/);
