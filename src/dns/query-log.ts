@@ -3,7 +3,7 @@
 // (observability/ecs-line.ts; docs/logs.md's list is generated from it, npm run docs:tables).
 // ECS has `source`, `rule` and `dns` as objects: a top-level string there breaks an ECS index.
 
-import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from '../observability/ecs-line.ts';
+import { ecsIp, lineBuilder, networkTypeOf, outcomeOf, zoneOf, type LogField } from '../observability/ecs-line.ts';
 import type { Logger } from '../observability/logger.ts';
 import { RCODE, type RcodeName } from './message.ts';
 import type { Transport } from './service.ts';
@@ -58,7 +58,13 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
       "Why: `policy`, `zone` (an operator's `dns.zones`), `report-only`, `not-allowed`, `deny-rule`, `invalid-name`, `malformed`, `rate-limited`, `inflight-limited`, `upstream-failed` or `unencodable`.",
     value: (q) => q.reason,
   },
-  { name: 'source.ip', type: 'ip', description: "The querier's address.", value: (q) => q.source },
+  { name: 'source.ip', type: 'ip', description: "The querier's address, without a zone as on the connection line.", value: (q) => ecsIp(q.source) },
+  {
+    name: 'observer.ingress.interface.name',
+    type: 'keyword',
+    description: "A link-local querier's interface (its address's zone), as on the connection line; absent for any other address.",
+    value: (q) => zoneOf(q.source),
+  },
   { name: 'network.transport', type: 'keyword', description: '`udp` or `tcp`.', value: (q) => q.transport },
   { name: 'network.protocol', type: 'keyword', description: 'Always `dns`.', value: () => 'dns' },
   { name: 'network.type', type: 'keyword', description: "`ipv4` or `ipv6`, the querier's family.", value: (q) => networkTypeOf(q.source) },

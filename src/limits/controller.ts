@@ -6,6 +6,7 @@
 import type { LimitsConfig } from '../config/schema.ts';
 import type { ListenerKind } from '../net/listener.ts';
 import type { Logger } from '../observability/logger.ts';
+import { ecsIp } from '../observability/ecs-line.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type DnsTcpHold, type DnsTcpRefusal, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
 import { acceptSlots, connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
@@ -242,7 +243,7 @@ export class LimitsController {
         {
           event: { action: 'dns-tcp-refused' },
           sandbox: e.sandbox,
-          ...(e.source !== null ? { source: { ip: e.source.ip }, source_block: e.source.block } : {}),
+          ...(e.source !== null ? { source: { ip: ecsIp(e.source.ip) }, source_block: e.source.block } : {}),
           ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.scope,
@@ -342,7 +343,7 @@ export class LimitsController {
           event: { action: 'connections-shed' },
           sandbox: e.sandbox,
           // ECS's source.ip, as on the connection line: the address of a source that belongs to no sandbox.
-          ...(e.source !== null ? { source: { ip: e.source.ip }, source_block: e.source.block } : {}),
+          ...(e.source !== null ? { source: { ip: ecsIp(e.source.ip) }, source_block: e.source.block } : {}),
           ...(k.startsWith(OTHER_SOURCES) ? { other_sources: true } : {}),
           verdict: 'refuse',
           reason: e.reason,

@@ -12,7 +12,7 @@
 
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import { pino } from 'pino';
-import { lineBuilder, networkTypeOf, outcomeOf, type LogField } from './ecs-line.ts';
+import { ecsIp, lineBuilder, networkTypeOf, outcomeOf, zoneOf, type LogField } from './ecs-line.ts';
 import { lineBatchOf, timestampAt, type Logger } from './logger.ts';
 import { rulesetOf } from '../policy/verdict.ts';
 
@@ -69,19 +69,25 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     name: 'source.ip',
     type: 'ip',
     description:
-      "The sandbox's address (IPv4 or IPv6, never with a port); a link-local one with the interface it came in on, `fe80::b1%eth1` (RFC 4007 §11, as Node writes it), on every data path; absent for a client that reset before its address could be read, or whose interface was deleted before then (the native set-up writes the interface's index instead, `fe80::b1%7`: Node cannot read such an address, net/socket-address.ts).",
-    value: (o) => (o.source === '' ? null : o.source),
+      "The sandbox's address (IPv4 or IPv6, never with a port, nor with a zone: a link-local one's interface is `observer.ingress.interface.name`); absent for a client that reset before its address could be read, or whose link-local interface was deleted before then on the Node set-up and the JavaScript path (Node cannot read such an address, net/socket-address.ts).",
+    value: (o) => (o.source === '' ? null : ecsIp(o.source)),
   },
   { name: 'source.port', type: 'long', description: "The sandbox's port.", value: (o) => o.sourcePort },
   { name: 'source.bytes', type: 'long', description: 'Bytes carried from the sandbox to the upstream.', value: (o) => o.bytesUp },
   {
     name: 'destination.ip',
     type: 'ip',
-    description:
-      'Where the sandbox was going (SO_ORIGINAL_DST), a link-local address with its interface as `source.ip`; absent when the connection was not redirected.',
-    value: (o) => o.destination,
+    description: 'Where the sandbox was going (SO_ORIGINAL_DST), without a zone as `source.ip`; absent when the connection was not redirected.',
+    value: (o) => ecsIp(o.destination),
   },
   { name: 'destination.port', type: 'long', description: 'Its port.', value: (o) => o.destinationPort },
+  {
+    name: 'observer.ingress.interface.name',
+    type: 'keyword',
+    description:
+      "The interface a link-local source or destination is on: its address's zone (RFC 4007 §11), `eth1` of `fe80::b1%eth1` as Node writes it, which tells the same `fe80::b1` on two links apart (an ip field cannot carry it); a link-local destination is dialed on it. The interface's index (`7`) when it was deleted before the native set-up read the address. Absent for any other address.",
+    value: (o) => zoneOf(o.source) ?? zoneOf(o.destination),
+  },
   {
     name: 'destination.domain',
     type: 'keyword',
@@ -160,7 +166,12 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     value: (o) => o.dnsNames,
   },
   { name: 'egressd.matched_by', type: 'keyword', description: '`dns` when the verdict came from those names.', value: (o) => o.matchedBy },
-  { name: 'egressd.upstream.ip', type: 'ip', description: 'The upstream address that answered, when one did.', value: (o) => o.dialed },
+  {
+    name: 'egressd.upstream.ip',
+    type: 'ip',
+    description: 'The upstream address that answered, when one did, without a zone as `destination.ip`.',
+    value: (o) => ecsIp(o.dialed),
+  },
   {
     name: 'egressd.upstream.tried',
     type: 'keyword[]',

@@ -74,3 +74,21 @@ export const outcomeOf = (verdict: string): 'success' | 'failure' => (verdict ==
 
 /** `network.type` of an address in text: `ipv6` when it has a colon, else `ipv4`. */
 export const networkTypeOf = (address: string): 'ipv4' | 'ipv6' => (address.includes(':') ? 'ipv6' : 'ipv4');
+
+/**
+ * An address as an ECS `ip` field takes it: a link-local one without its zone, `fe80::b1` of
+ * `fe80::b1%eth1` (RFC 4007 §11). Elasticsearch's ip type refuses a zone ("is not an IP string
+ * literal", elastic/elasticsearch#22400: the whole line is then refused), and ECS has no field of
+ * its own for one (elastic/ecs#314 was closed without); the interface is written apart, as
+ * `observer.ingress.interface.name` (zoneOf). Null stays null.
+ */
+export function ecsIp(address: string | null): string | null {
+  const pct = address === null ? -1 : address.indexOf('%');
+  return pct < 0 ? address : address!.slice(0, pct);
+}
+
+/** The zone of an address written with one (`eth1` of `fe80::b1%eth1`), else null. */
+export function zoneOf(address: string | null): string | null {
+  const pct = address === null ? -1 : address.indexOf('%');
+  return pct < 0 ? null : address!.slice(pct + 1);
+}

@@ -192,9 +192,14 @@ describe.skipIf(skip !== null)('link-local sources and destinations on two links
         // The same address on the other link is another host: its first burst is answered in full.
         const second = await attempts(BURST, [on(1)]);
         expect(second[on(1)], JSON.stringify(second)).toEqual(Array(BURST).fill(`link ${links[1]!.router}`));
-        // The refusals are logged against the first link's block, named with its interface.
+        // The refusals are logged against the first link's block, named with its interface; the
+        // address, an ECS ip field, without it (an index mapping it as an ip refuses a zone).
         const shed = await daemon.waitFor((l) => action(l) === 'connections-shed', 5000);
         expect(field(shed, 'source_block')).toBe(`fe80::/64%${links[0]!.router}`);
+        expect(field(shed, 'source.ip')).toBe(SANDBOX_LL);
+        // Each connection line the same way, with the interface apart.
+        const line = await daemon.outcome((l) => field(l, 'observer.ingress.interface.name') === links[1]!.router, 5000);
+        expect([field(line, 'source.ip'), field(line, 'destination.ip')]).toEqual([SANDBOX_LL, ROUTER_LL]);
       });
     }, 90_000);
 

@@ -23,6 +23,11 @@ describe('the dns-query line', () => {
     });
   });
 
+  it('writes a link-local querier without its zone in source.ip, and its interface apart', () => {
+    const line = queryLine({ sandbox: 'sb-a', source: 'fe80::b1%eth1', transport: 'udp', name: 'x.test', type: 'A', verdict: 'allow', reason: 'policy' });
+    expect(line).toMatchObject({ source: { ip: 'fe80::b1' }, observer: { ingress: { interface: { name: 'eth1' } } }, network: { type: 'ipv6' } });
+  });
+
   it('names the upstream RCODE, leaves out what is absent, and counts an allowed or would-refuse answer a success', () => {
     const line = queryLine({
       sandbox: null,

@@ -3,6 +3,7 @@
 // only of declared fields.
 
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
 import { pino } from 'pino';
@@ -54,12 +55,13 @@ describe('CONNECTION_FIELDS', () => {
   it('declares each name once, in ECS or under egressd.', () => {
     const all = CONNECTION_FIELDS.map((f) => f.name);
     expect(new Set(all).size).toBe(all.length);
-    for (const n of all) expect(n).toMatch(/^(?:event|source|destination|network|tls|url|rule|egressd)\.[a-z_.]+$/);
+    for (const n of all) expect(n).toMatch(/^(?:event|source|destination|network|tls|url|rule|observer|egressd)\.[a-z_.]+$/);
   });
 
   it('builds every declared field, nested, from a TLS and an HTTP connection', () => {
     const tls = connectionLine(outcome());
-    const http = connectionLine(outcome({ listener: 'http', protocol: 'http', destinationPort: 80 }));
+    // A link-local one, for the interface it came in on.
+    const http = connectionLine(outcome({ listener: 'http', protocol: 'http', destinationPort: 80, source: 'fe80::b1%eth1' }));
     expect(new Set([...names(tls), ...names(http)])).toEqual(new Set(CONNECTION_FIELDS.map((f) => f.name)));
     expect(tls).toMatchObject({ source: { ip: '2001:db8:1::7', port: 40312 }, tls: { client: { server_name: 'files.pythonhosted.org' } } });
     expect(http).toMatchObject({ url: { domain: 'files.pythonhosted.org' } });
@@ -112,6 +114,22 @@ describe('CONNECTION_FIELDS', () => {
     expect(l['destination']).toEqual({ bytes: 4096 });
     expect(l).not.toHaveProperty('tls');
     expect(l['event']).toMatchObject({ type: ['connection', 'denied'], outcome: 'failure', reason: 'not-redirected' });
+  });
+
+  it('writes a link-local address in every ip field without its zone, and its interface apart', () => {
+    // An ip field with a zone is refused by an ECS index (Elasticsearch: "is not an IP string
+    // literal"), and with it the whole line.
+    const zoned = outcome({ source: 'fe80::b1%eth1', destination: 'fe80::1%eth1', dialed: 'fe80::1%eth1' });
+    const l = connectionLine(zoned);
+    for (const f of CONNECTION_FIELDS.filter((f) => f.type.startsWith('ip'))) {
+      const v = f.value(zoned);
+      expect([f.name, isIP(String(v))], f.name).toEqual([f.name, 6]);
+    }
+    expect(l).toMatchObject({ source: { ip: 'fe80::b1' }, destination: { ip: 'fe80::1' }, egressd: { upstream: { ip: 'fe80::1' } } });
+    expect(l['observer']).toEqual({ ingress: { interface: { name: 'eth1' } } });
+    // A global source to a link-local destination: the destination's interface.
+    expect(connectionLine(outcome({ source: '2001:db8::7', destination: 'fe80::1%eth2' }))['observer']).toEqual({ ingress: { interface: { name: 'eth2' } } });
+    expect(connectionLine(outcome())).not.toHaveProperty('observer');
   });
 
   it('writes durations in whole nanoseconds (ECS event.duration)', () => {
