@@ -237,6 +237,17 @@ export function parseZonedIpInto(text: string, out: Uint32Array): 0 | IpFamily {
   return pct < text.length - 1 && parseIpInto(text.slice(0, pct), out) === 6 ? 6 : 0;
 }
 
+/**
+ * The address of a socket's address text without its zone: `fe80::1` of `fe80::1%eth0` (RFC 4007
+ * §11), the text as it is when it has none. What a name's DNS answer or a remembered address is
+ * compared with: neither carries a zone, while the original destination of a link-local
+ * connection does (parseZonedIpInto).
+ */
+export function withoutZone(text: string): string {
+  const pct = text.indexOf('%');
+  return pct < 0 ? text : text.slice(0, pct);
+}
+
 /** A strict address as data, or null. */
 export function parseIp(text: string): IpAddress | null {
   const words = new Uint32Array(4);

@@ -9,7 +9,7 @@
 // any byte goes upstream; `onPolicyChange: close` covers decided connections (daemon.ts).
 
 import type { Socket } from 'node:net';
-import { canonicalSource } from '../match/ip.ts';
+import { canonicalSource, withoutZone } from '../match/ip.ts';
 import { anyStepper, PEEK_CAPS, type Peeked, type PeekReason, stallCheck } from '../peek/peek-steps.ts';
 import { judgedDnsName, normalizeWireName } from '../match/names.ts';
 import type { TenantKeyOf } from '../match/tenant-key.ts';
@@ -290,7 +290,8 @@ function judged(
   const remembered = (): RememberedName[] => {
     const id = policyNow().sandbox;
     if (id === null || !deps.dnsMemory) return [];
-    const at = canonicalSource(ip) ?? ip;
+    // Remembered as the answer gave it, without the zone a link-local destination carries.
+    const at = canonicalSource(withoutZone(ip)) ?? ip;
     const names = deps.dnsMemory.chainsFor(id, at);
     if (names.length > 0) namesUntil = Math.min(namesUntil, deps.dnsMemory.expiryOf(id, at));
     return names;

@@ -16,7 +16,7 @@
 // unlocked. The candidates come in the order they are tried (address-order.ts).
 
 import { isIP } from 'node:net';
-import { canonicalSource } from '../match/ip.ts';
+import { canonicalSource, withoutZone } from '../match/ip.ts';
 import { orderAddresses } from './address-order.ts';
 import type { NameResolver, ResolveResult } from './resolve.ts';
 
@@ -69,7 +69,9 @@ function targetOf(q: UpstreamQuery, r: ResolveResult): UpstreamTarget {
 }
 
 function chosen(q: UpstreamQuery, r: ResolveResult & { ok: true }): UpstreamTarget {
-  const original = canonicalSource(q.original);
+  // A link-local original destination carries its zone, which no DNS answer does: compared by
+  // its address, dialed as it is (on the link the connection came in on).
+  const original = canonicalSource(withoutZone(q.original));
   const resolvedText = (): string => r.addresses.map((a) => canonicalSource(a) ?? a).join(', ') || 'none';
   let hasOriginal = false;
   // The name's other addresses the policy allows, in the resolver's order; made only when there

@@ -147,6 +147,17 @@ describe('chooseUpstream in verify mode', () => {
   });
 });
 
+describe('chooseUpstream with a link-local original destination', () => {
+  // The original destination of a link-local connection carries the zone of the link it came in
+  // on (fe80::1%eth1, SO_ORIGINAL_DST's scope); the name's AAAA records carry none.
+  it.each(['resolved', 'verify'] as const)("%s: finds it among the name's addresses and dials it on its link", async (mode) => {
+    const r = stubResolver({ 'api.example.com': ok('fe80::1', '2001:db8::9') });
+    const t = await chooseUpstream(query({ mode, resolver: r, original: 'fe80::1%eth1' }));
+    expect(t).toMatchObject({ ok: true, how: 'original' });
+    expect(t.ok && t.addresses[0]).toBe('fe80::1%eth1');
+  });
+});
+
 describe('chooseUpstream in original mode', () => {
   it('dials the original destination and never resolves, even for a connection allowed by name', async () => {
     const r = stubResolver({ 'api.example.com': ok('198.51.100.1') });
