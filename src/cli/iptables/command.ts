@@ -53,6 +53,8 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   /** What was found and deleted beyond the rules asked for (apply) or as asked (remove), by name. */
   const removed: string[] = [];
   let notes = note + rootNote;
+  /** Set while the other backend's rules are being removed: this family's new rules are in already. */
+  let replacing: string | null = null;
   try {
     // Asked before anything changes, so the warning stands even when the apply then fails.
     if (o.action === 'apply' && o.backend === 'iptables') notes += await variantWarning(run, o.families[0]!);
@@ -63,13 +65,14 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
         // The other backend's rules, left by an earlier apply, would still catch traffic: taken
         // out in the same run, after the new ones are in, so that no moment is without rules.
         const rs = buildRuleSet(o, family);
-        if (o.backend === 'nft') {
-          await must(run, 'nft', ['-f', '-'], renderNft(rs));
-          removed.push(...chains(await removeIptablesLeftovers(run, family)));
-        } else {
-          await applyIptables(run, rs);
-          if (await removeNftLeftover(run, family)) removed.push(`nft table ${nftTableName(family)}`);
-        }
+        if (o.backend === 'nft') await must(run, 'nft', ['-f', '-'], renderNft(rs));
+        else await applyIptables(run, rs);
+        // A failure from here leaves both backends' rules in, never none: said so, since the
+        // command's error alone reads as if nothing had changed.
+        replacing = `IPv${family}'s ${o.backend} rules are in, and what the ${o.backend === 'nft' ? 'iptables' : 'nft'} backend had installed is still there: both catch traffic until an --apply succeeds`;
+        if (o.backend === 'nft') removed.push(...chains(await removeIptablesLeftovers(run, family)));
+        else if (await removeNftLeftover(run, family)) removed.push(`nft table ${nftTableName(family)}`);
+        replacing = null;
       } else {
         // Both backends' rules, whichever installed them; a backend named with --backend must be
         // removable (its tool installed), the other is removed where it is found.
@@ -87,7 +90,8 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   } catch (e) {
     if (!(e instanceof CommandFailed)) throw e;
     const partial = done.length > 0 ? `\n(${done.join(' and ')} already ${o.action === 'apply' ? 'applied' : 'removed'})` : '';
-    return { code: 1, stdout: '', stderr: `${notes}egressd iptables: ${e.detail}${partial}\n` };
+    const both = replacing !== null ? `\n(${replacing})` : '';
+    return { code: 1, stdout: '', stderr: `${notes}egressd iptables: ${e.detail}${partial}${both}\n` };
   }
   const families = done.join(' and ');
   if (o.action === 'apply') {

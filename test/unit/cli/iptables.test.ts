@@ -667,6 +667,28 @@ describe('iptablesCommand', () => {
     expect((await iptablesCommand(['--remove', '--family', '4', '--backend', 'iptables'], recorder(missing).run)).code).toBe(1);
   });
 
+  it('says, when removing the other backend fails, that the new rules are in beside it', async () => {
+    // Switching to nft: its table is in, then iptables-restore cannot delete the old chains.
+    const saved = '*nat\n:PREROUTING ACCEPT [0:0]\n:EGRESSD-PREROUTING - [0:0]\n-A PREROUTING -j EGRESSD-PREROUTING\nCOMMIT\n';
+    const { run, calls } = recorder((cmd) =>
+      cmd === 'iptables-save' ? { code: 0, stdout: saved } : cmd === 'iptables-restore' ? { code: 4, stderr: 'iptables-restore: resource busy' } : { code: 0 },
+    );
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4', '--backend', 'nft'], run);
+    expect(calls[0]).toMatchObject({ cmd: 'nft', args: ['-f', '-'] });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('iptables-restore: resource busy');
+    expect(r.stderr).toContain(
+      "(IPv4's nft rules are in, and what the iptables backend had installed is still there: both catch traffic until an --apply succeeds)",
+    );
+    // The new backend's own failure leaves nothing of it in: no such line.
+    const own = await iptablesCommand(
+      ['--apply', '--interface', 'veth0', '--family', '4', '--backend', 'nft'],
+      recorder((cmd) => (cmd === 'nft' ? { code: 1 } : { code: 0 })).run,
+    );
+    expect(own.code).toBe(1);
+    expect(own.stderr).not.toContain('still there');
+  });
+
   it('exits 1 naming the failed command and its error, and says which family was already done', async () => {
     const { run } = recorder((cmd) => (cmd === 'ip6tables-restore' ? { code: 2, stderr: 'ip6tables-restore: line 3 failed' } : { code: 0 }));
     const r = await iptablesCommand(['--apply', '--interface', 'veth0'], run);
