@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <node_api.h>
 
 #include "napi_args.h"
@@ -166,6 +167,39 @@ static napi_value interface_addresses(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// reusePortBindable(host, port, ipv6Only): 0 when a TCP socket with SO_REUSEADDR and SO_REUSEPORT
+// could bind host:port now, else the errno (EADDRINUSE: a holder that did not set SO_REUSEPORT,
+// or another user's; socket(7)). bind(2) alone makes that check (inet_csk_get_port), and the
+// socket is closed without ever listening: a listening one would join the holder's SO_REUSEPORT
+// group, and the kernel would hand it connections meant for the holder, reset as it closes.
+static napi_value reuseport_bindable(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  char host[SOCKADDR_TEXT_LEN + 1];
+  uint32_t port;
+  bool v6only;
+  struct sockaddr_storage ss;
+  if (!args_exactly(env, info, 3, argv) || napi_get_value_string_utf8(env, argv[0], host, sizeof host, NULL) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &port) != napi_ok || napi_get_value_bool(env, argv[2], &v6only) != napi_ok || port > 65535 ||
+      !sockaddr_parse(host, port, &ss)) {
+    napi_throw_type_error(env, NULL, "reusePortBindable(host, port, ipv6Only): an IP address literal, a port and a boolean");
+    return NULL;
+  }
+  int e = 0;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) e = errno;
+  else {
+    int one = 1, v6 = v6only ? 1 : 0;
+    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) != 0) || bind(fd, (struct sockaddr *)&ss, len) != 0)
+      e = errno;
+    close(fd);
+  }
+  napi_value result;
+  napi_create_int32(env, e, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "originalDst", NAPI_AUTO_LENGTH, original_dst, NULL, &fn);
@@ -176,6 +210,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "peerFinished", fn);
   napi_create_function(env, "interfaceAddresses", NAPI_AUTO_LENGTH, interface_addresses, NULL, &fn);
   napi_set_named_property(env, exports, "interfaceAddresses", fn);
+  napi_create_function(env, "reusePortBindable", NAPI_AUTO_LENGTH, reuseport_bindable, NULL, &fn);
+  napi_set_named_property(env, exports, "reusePortBindable", fn);
   return exports;
 }
 

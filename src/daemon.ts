@@ -13,7 +13,7 @@ import { Listener } from './net/listener.ts';
 import { nativeSetup, NativeListener, type NativeClient, type NativeSetup } from './net/native-setup.ts';
 import { nativeSetupWanted, nativeSpliceStatus, syncNativeLoops } from './net/native-splice.ts';
 import type { Ticket } from './limits/admission.ts';
-import { nativeAddonStatus, originalDestination } from './net/original-dst.ts';
+import { nativeAddonStatus, originalDestination, reusePortBindable } from './net/original-dst.ts';
 import type { ConnectionOutcome, OutcomeListener } from './net/outcome.ts';
 import { HostAddresses, type HostAddressOptions } from './net/host-addresses.ts';
 import { ConnectionRegistry, type RejudgeReason } from './net/registry.ts';
@@ -353,7 +353,11 @@ export class Daemon {
     if (held.length > 0 && this.#config.state.path === null && this.#opts.sharePorts !== true) {
       // Only a holder that would let this process bind beside it shares; any other makes the
       // bind below fail with EADDRINUSE, in its own words (another service on port 9901).
-      const joinable = await Promise.all(held.map((e) => portShareable(e.endpoint.host, e.endpoint.port)));
+      // Asked by bind(2) alone where the addon can: a trial listener would take some of the
+      // holder's new connections and reset them as it closes (util/port-shared.ts).
+      const joinable = await Promise.all(
+        held.map(async (e) => reusePortBindable(e.endpoint.host, e.endpoint.port) ?? portShareable(e.endpoint.host, e.endpoint.port)),
+      );
       const sharing = held.filter((_, i) => joinable[i]).map((e) => `${e.kind} ${e.endpoint.text}`);
       if (sharing.length > 0) {
         await this.stop(0, { quiet: true });

@@ -19,6 +19,8 @@ interface Addon {
   /** Absent from an addon built before it. */
   peerFinished?(fd: number): number;
   interfaceAddresses?(): string[];
+  /** Absent from an addon built before it. */
+  reusePortBindable?(host: string, port: number, ipv6Only: boolean): number;
 }
 
 type Loaded = { ok: true; addon: Addon } | { ok: false; error: NativeAddonError };
@@ -135,4 +137,17 @@ export function originalDestination(socket: Socket): OriginalDestination {
  */
 function unmapped(address: string): string {
   return canonicalSource(address) ?? address.toLowerCase();
+}
+
+/**
+ * Whether a TCP socket of this process could bind `host`:`port` beside its holder now, with
+ * SO_REUSEPORT (the holder set it too and runs as the same user, socket(7)), found by bind(2)
+ * alone (native/original_dst.c): the trial socket never listens, so the kernel never hands it a
+ * connection meant for the holder. An IPv6 host is tried IPv6-only, as egressd binds it. Null
+ * when the addon cannot say (not loaded, or built before it).
+ */
+export function reusePortBindable(host: string, port: number): boolean | null {
+  const l = load();
+  if (!l.ok || l.addon.reusePortBindable === undefined) return null;
+  return l.addon.reusePortBindable(host, port, host.includes(':')) === 0;
 }

@@ -29,8 +29,9 @@ export function listenedOnElsewhere(host: string, port: number): Promise<boolean
  * and runs as the same user (Linux socket(7)), as another egressd does. False when the bind fails
  * (a holder that does not share: egressd's own bind then fails with EADDRINUSE and says so).
  * The trial socket listens for the moment between its bind and its close, so the kernel may hand
- * it a connection meant for the holder, which is then reset: call it only to decide a start-up
- * that will not go on, never on a rollout's path.
+ * it a connection meant for the holder, which is then reset: the fallback for when the addon's
+ * bind-only trial (net/original-dst.ts reusePortBindable) cannot be had, and only to decide a
+ * start-up that will not go on, never on a rollout's path.
  */
 export function portShareable(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
