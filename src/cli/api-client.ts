@@ -62,7 +62,8 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
     return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered 401: ${out || '\n'}${why}\n` };
   }
   if (status >= 500) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered ${status}: ${out || '\n'}` };
-  if (status >= 400) return { code: 1, stdout: '', stderr: out };
+  // check's 1 is a refusal: a request the API refuses (an unknown sandbox: 404) gave no verdict.
+  if (status >= 400) return { code: o.kind === 'check' ? 2 : 1, stdout: '', stderr: out };
   if (o.kind === 'check') {
     let verdict: unknown;
     try {

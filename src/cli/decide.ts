@@ -1,9 +1,9 @@
 // `egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--config FILE] [--report-only]`:
 // the verdict for one connection, without opening anything. Exit codes as every command's
-// (src/cli/program.ts EXIT): 0 allowed, 1 refused, or a policy or config that was read and found
-// invalid (as `validate` exits 1 for that config), 2 a usage error (a malformed flag, a file that
-// cannot be read), 4 would be refused (report-only lets it through). A refusal prints the verdict
-// on stdout; an invalid file prints its problems on stderr and nothing on stdout.
+// (src/cli/program.ts EXIT): 0 allowed, 1 refused, 4 would be refused (report-only lets it
+// through), 2 no verdict: a usage error (a malformed flag, a file that cannot be read) or a policy
+// or config that is invalid, so that 1 always means a refusal (grep's 0/1/2). A refusal prints the
+// verdict on stdout; an invalid file prints its problems on stderr and nothing on stdout.
 //
 // The policy may be in any dialect (src/policy/network-body.ts), and is judged by the daemon's
 // own PolicyStore, built from the daemon's config as the daemon builds it
@@ -51,8 +51,8 @@ const SANDBOX_ID = 'decide';
 
 export function decideCommand(args: DecideArgs): CommandResult & { stderr?: string } {
   const usage = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
-  // What was read and found wrong is the answer no (exit 1), as `egressd validate` says of a config.
-  const invalid = (msg: string) => ({ code: 1 as const, stdout: '', stderr: `${msg}\n` });
+  // An invalid policy or config gives no verdict: 2, never the 1 of a refusal.
+  const invalid = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
 
   const ip = args.ip.replace(/^\[|\]$/g, '');
   if (canonicalSource(ip) === undefined) return usage(`--ip: expected an IPv4 or IPv6 address, got "${args.ip}"`);

@@ -27,12 +27,14 @@ import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schem
  * Exit codes, the same for every command:
  *   0 done: allowed (check, decide), valid (validate), parsed (inspect), applied (iptables),
  *     stopped on a signal (serve)
- *   1 the answer is no: refused (check, decide), an input file that was read and found invalid
- *     (validate's config, decide's policy or config, a --file body that is not JSON), not
- *     parseable (inspect), a change the API refused (400, 404, 409, 412, 413), a firewall
- *     command that failed, a daemon that could not start (serve)
- *   2 usage error: unknown command or option, missing or malformed argument (checked before any
- *     request: check's --ip, --host and --port as decide's), an input file that cannot be read
+ *   1 the answer is no: refused (check, decide), invalid (validate's config), not parseable
+ *     (inspect), a change the API refused (400, 404, 409, 412, 413; a --file body that is not
+ *     JSON), a firewall command that failed, a daemon that could not start (serve)
+ *   2 no answer could be given: unknown command or option, missing or malformed argument (checked
+ *     before any request: check's --ip, --host and --port as decide's), an input file that cannot
+ *     be read, and for check and decide, whose 1 is a refusal, any input they cannot judge with
+ *     (decide's invalid policy or config, a check request the API refuses): grep's convention, so
+ *     that a script reading 1 as "refused" is never handed a broken policy
  *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
  *   4 would be refused (check, decide): the policy refuses it, and report-only mode lets it through
  */

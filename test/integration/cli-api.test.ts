@@ -154,8 +154,10 @@ describe('egressd check exit codes against a running daemon', () => {
     }
   });
 
-  it('exits 1 when the API refuses the request itself (an unknown sandbox, an invalid body)', async () => {
-    expect((await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443'], env)).code).toBe(1);
+  it("exits 1 when the API refuses a change (an invalid body), and 2 when it refuses a check (an unknown sandbox): check's 1 is a refusal", async () => {
+    const nope = await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443'], env);
+    expect({ code: nope.code, stdout: nope.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(nope.stderr).toContain('nope');
     const bad = await egressd(['sandbox', 'put', 'sb-x', '--sources', '127.0.0.32', '--network', '{"mode":"sometimes"}'], env);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain('invalid_policy');

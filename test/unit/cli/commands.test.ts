@@ -270,12 +270,12 @@ describe('egressd decide', () => {
       expect(protectedAddress.json).toMatchObject({ verdict: 'refuse', reason: 'protected-address', layer: 'protected' });
     });
 
-    // The convention (src/cli/program.ts EXIT): a file read and found invalid is 1, as validate
-    // exits for the same config; a file that cannot be read is a usage error, 2.
-    it('exits 1 on an invalid config, naming the file and each field, and 2 on an unreadable one', async () => {
+    // The convention (src/cli/program.ts EXIT): decide's 1 is a refusal and nothing else, so a
+    // config it cannot judge with is 2 (no verdict), readable or not; validate's answer is 1.
+    it('exits 2 on an invalid config, naming the file and each field, as on an unreadable one', async () => {
       const bad = write('bad-config.yaml', 'reportOnly: maybe\nbogus: 1\n');
       const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', bad);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(2);
       expect((await egressd(['validate', bad])).code).toBe(1);
       expect(r.stdout).toBe('');
       expect(r.stderr).toContain(`Invalid config "${bad}"`);
@@ -286,10 +286,10 @@ describe('egressd decide', () => {
       expect(absent.stderr).toContain('ENOENT (no such file or directory)');
     });
 
-    it('exits 1 on a config that is not YAML, as validate does, with the YAML error, its line and column (not an error code)', async () => {
+    it('exits 2 on a config that is not YAML (validate says 1: its answer), with the YAML error, its line and column (not an error code)', async () => {
       const broken = write('broken-config.yaml', 'listen: [unclosed\n');
       const r = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', broken);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(2);
       expect(r.stdout).toBe('');
       expect((await egressd(['validate', broken])).code).toBe(1);
       expect(r.stderr).toContain(`${broken}:2:1: Cannot read configuration "${broken}": Flow sequence`);
@@ -312,20 +312,20 @@ describe('egressd decide', () => {
     expect(raw.stderr).toMatch(/^--host: .*non-ASCII/);
   });
 
-  it('exits 1 on an invalid policy, naming the file, each field and its reason on stderr, and nothing on stdout', async () => {
+  it('exits 2 on an invalid policy (never the 1 of a refusal), naming the file, each field and its reason on stderr, and nothing on stdout', async () => {
     const bad = write('bad.json', JSON.stringify({ network: { denyOut: ['github.com'], allowOut: ['10.0.0.0/33'] } }));
     const r = await decide(bad, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toContain(`Invalid policy "${bad}"`);
     expect(r.stderr).toMatch(/^network\.allowOut\[0\]: .*"10\.0\.0\.0\/33"/m);
     expect(r.stderr).toMatch(/^network\.denyOut\[0\]: Domain "github\.com" cannot be denied/m);
   });
 
-  it('exits 1 on a policy that mixes two dialects', async () => {
+  it('exits 2 on a policy that mixes two dialects', async () => {
     const mixed = write('mixed.json', JSON.stringify({ mode: 'allow-all', networkBlockAll: true }));
     const r = await decide(mixed, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^networkBlockAll: .*one dialect/m);
   });
 
@@ -335,10 +335,10 @@ describe('egressd decide', () => {
     expect(r.stderr).toContain('ENOENT (no such file or directory)');
   });
 
-  it('exits 1 on a policy that is not JSON or YAML, calling it the policy, with the line and column', async () => {
+  it('exits 2 on a policy that is not JSON or YAML, calling it the policy, with the line and column', async () => {
     const broken = write('broken-policy.json', '{"mode":\n');
     const r = await decide(broken, '--ip', '1.1.1.1', '--port', '443');
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(new RegExp(`^${broken.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: Cannot read policy "`));
   });
@@ -461,7 +461,8 @@ describe('the API commands refuse flags their body would drop', () => {
 });
 
 // One convention for every command (src/cli/program.ts EXIT, docs/api.md "From the command
-// line"): a malformed argument is 2 before any request, a file read and found invalid is 1.
+// line"): a malformed argument is 2 before any request; a body file read and found invalid is a
+// refused change, 1.
 describe('the exit-code convention, across commands', () => {
   it.each([
     [['check', '--sandbox', 's1', '--ip', '1.1.1', '--port', '443'], /--ip <addr>' argument '1\.1\.1' is invalid\. expected an IPv4 or IPv6 address/],
