@@ -2212,20 +2212,36 @@ static uint64_t accept_silent(int *client) {
 
 // A flight that comes a few milliseconds after the handshake (a busy client, a loaded host): the
 // empty accept waits SL_EMPTY_GRACE_MS for it, so the connection is reported once, with every
-// byte — not an empty ACCEPTED and then a PEEK.
+// byte — not an empty ACCEPTED and then a PEEK. The loop accepts no earlier than connect(2) was
+// called, so a flight written within half the grace of that call is in before the grace ends;
+// one written later (this thread held off a core between connect and write: 84 of 200 runs
+// failed with six busy loops on its core) rightly gets the empty report, proves nothing, and is
+// tried again, as check_one_report does.
 static void test_flight_soon_after_accept_is_one_report(void) {
   uint8_t h[2000];
   size_t n = hello_records(h, 700, 700);
-  int from = seen;
-  int client = connect_to(&rules_front);
-  usleep(SL_EMPTY_GRACE_MS * 1000 / 4);
-  write_all(client, h, n);
-  saved_event ev;
-  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
-  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes: the empty accept was reported", ev.e.state, ev.e.len, n);
-  CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
-  sl_loop_abort(rules_loop, ev.e.id);
-  close(client);
+  for (int attempt = 1;; attempt++) {
+    int from = seen;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int client = connect_to(&rules_front);
+    usleep(SL_EMPTY_GRACE_MS * 1000 / 4);
+    write_all(client, h, n);
+    bool timely = ms_since(&t0) < SL_EMPTY_GRACE_MS / 2;
+    saved_event ev;
+    CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
+    if (!timely && attempt < PIECES_ATTEMPTS) {
+      discard_attempt(ev.e.id);
+      close(client);
+      continue;
+    }
+    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes: the empty accept was reported", ev.e.state,
+          ev.e.len, n);
+    CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one flight");
+    sl_loop_abort(rules_loop, ev.e.id);
+    close(client);
+    return;
+  }
 }
 
 // A client that sends nothing (the server speaks first) is reported after SL_EMPTY_GRACE_MS, long
