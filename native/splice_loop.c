@@ -150,7 +150,8 @@ typedef struct sl_conn {
   // A read stops at its mark with bytes still queued behind it (recv returns short, splice
   // short and then 0 or EAGAIN: tcp_recvmsg and tcp_read_sock in net/ipv4/tcp.c), so until a
   // read finds EAGAIN a short read is not taken to have emptied the socket: the bytes behind the
-  // mark would wait for an edge that never comes.
+  // mark would wait for an edge that never comes. Not set while paused (EPOLLPRI is out of the
+  // interest set then): read_emptied asks the kernel where that matters.
   bool urg[2];
   // The peer's FIN was seen before anything failed (an EPOLLRDHUP without EPOLLERR, or the read
   // of the EOF): `fin` is cleared by an error event, this is not. What conn_fail asks.
@@ -696,6 +697,26 @@ static bool resume_from(sl_loop *l, sl_conn *c, int from) {
   return false;
 }
 
+// Whether a read of `from` that returned less than it could (`short_read`) emptied its socket
+// (see sl_conn.hup, .fin and .urg). Not where it stopped at TCP urgent data's mark. The loop
+// learns of urgent data from EPOLLPRI, which leaves the interest set with EPOLLIN while the
+// direction is paused (sl_conn.paused), where EPOLLRDHUP stays: urgent data, bytes behind it and
+// the FIN may all come then, and the FIN alone be seen. Taken for empty, the short read at the
+// mark was the last, and the bytes behind it were dropped. So where a paused direction's read
+// would end it, the kernel is asked (SIOCATMARK: the next byte is the urgent one, tcp_ioctl in
+// net/ipv4/tcp.c): one ioctl, at the end of a direction that was paused. Anywhere else a short
+// read stopped at the mark is not the last: EPOLL_CTL_MOD of a socket with urgent data pending
+// reports EPOLLPRI at once (resume_from), and so does the next event of an unpaused one.
+static bool read_emptied(sl_conn *c, int from, bool short_read) {
+  if (!short_read || c->urg[from]) return false;
+  if (!c->paused[from] || !c->fin[from]) return true;
+  int at_mark = 0;
+  // Where the kernel does not answer, read on: the next read finds the end, or the bytes.
+  if (ioctl(c->fd[from], SIOCATMARK, &at_mark) == 0 && !at_mark) return true;
+  c->urg[from] = true;
+  return false;
+}
+
 // Moves what it can from dir->from to dir->to until either would block, trying only what the
 // ready flags allow. Returns false when the connection was closed.
 static bool pump(sl_loop *l, sl_conn *c, int from) {
@@ -785,8 +806,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
       }
       d->bytes += (uint64_t)n;
       c->last_ms = l->now_ms;
-      // Less than the buffer: the socket is empty (see sl_conn.hup, .fin and .urg).
-      bool emptied = (size_t)n < SL_COPY_BUF && !c->urg[from];
+      // Less than the buffer: the socket is empty (read_emptied).
+      bool emptied = read_emptied(c, from, (size_t)n < SL_COPY_BUF);
       if (!emptied || d->bytes >= SL_COPY_LIMIT) d->bulk = true;
       if (emptied && c->fin[from]) d->eof = true;
       else if (emptied && !c->hup[from]) {
@@ -855,8 +876,8 @@ static bool pump(sl_loop *l, sl_conn *c, int from) {
     d->bytes += (uint64_t)n;
     c->last_ms = l->now_ms;
     // Each buffer holds at least a byte: fewer bytes than buffers did not fill the pipe, so the
-    // socket was emptied (see sl_conn.hup, .fin and .urg).
-    bool emptied = (size_t)n < d->slots && !c->urg[from];
+    // socket was emptied (read_emptied).
+    bool emptied = read_emptied(c, from, (size_t)n < d->slots);
     if (emptied && c->fin[from]) d->eof = true;
     else if (emptied && !c->hup[from]) {
       c->rd[from] = false;

@@ -939,6 +939,95 @@ static void test_urgent_byte_with_bytes_behind_it(sl_loop *l) {
   }
 }
 
+/** pair(), with a receive buffer of `rcvbuf` on the test's end (set before the handshake, so its
+ * window is that small) and a send buffer of `sndbuf` on the loop's: 0 leaves either alone. */
+static void narrow_pair(int *mine, int *theirs, int rcvbuf, int sndbuf) {
+  *mine = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (rcvbuf) setsockopt(*mine, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  if (connect(*mine, (struct sockaddr *)&listen_addr, sizeof listen_addr) != 0) {
+    perror("connect");
+    exit(2);
+  }
+  *theirs = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (*theirs < 0) {
+    perror("accept");
+    exit(2);
+  }
+  if (sndbuf) setsockopt(*theirs, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+}
+
+// Urgent data, bytes behind it and the FIN, all come while the direction is paused (its writer
+// blocked by a reader that does not read, sl_conn.paused) and its socket was emptied by the
+// last read: EPOLLPRI is out of the interest set then, with EPOLLIN, and EPOLLRDHUP is not, so
+// the loop learns of the FIN and not of the urgent data. Once the reader reads, the loop's read
+// stops short at the mark, and used to be taken for the last before that FIN: the bytes behind
+// the mark were dropped, the reader got the FIN early, the sender a reset. Copied (the peer's
+// buffers kept small, so that the writer blocks within SL_COPY_LIMIT) and spliced, both ways.
+static void test_urgent_byte_and_fin_while_paused(sl_loop *l) {
+  enum { LEAD = 256 << 10, PROBE = 8 };
+  for (int spliced = 0; spliced < 2; spliced++) {
+    for (int from = 0; from < 2; from++) {
+      uint64_t id = 745 + (uint64_t)(spliced * 2 + from);
+      conn_ends e;
+      int lc, lu;
+      // Small buffers toward the reader only: the writer blocks early; the source's own
+      // socket keeps its room for what is queued while the direction is paused.
+      narrow_pair(&e.client, &lc, from == 1 ? 4096 : 0, from == 1 ? 4096 : 0);
+      narrow_pair(&e.upstream, &lu, from == 0 ? 4096 : 0, from == 0 ? 4096 : 0);
+      e.loop_client = lc;
+      e.loop_upstream = lu;
+      CHECK(sl_loop_add(l, id, lc, lu, NULL, 0, NULL, 0, 10000) == 0, "sl_loop_add");
+      int src = from == 0 ? e.client : e.upstream, dst = from == 0 ? e.upstream : e.client;
+      int loop_src = from == 0 ? lc : lu;
+      int one = 1;
+      setsockopt(src, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      char *buf = calloc(1, LEAD + 64);
+      if (spliced) {
+        // Past SL_COPY_LIMIT: the direction is spliced by now.
+        write_all(src, buf, LEAD);
+        CHECK(read_n(dst, buf, LEAD, LEAD, 5000) == LEAD, "the reader did not get the lead");
+      }
+      // The reader stops reading. Small writes, each read by the loop by itself (the read empties
+      // the socket), until one is left in the loop's socket: the direction is paused, and what
+      // waits before the mark is fewer bytes than a pipe has buffers.
+      size_t sent = 0;
+      int queued = 0;
+      for (int i = 0; i < 20000 && queued == 0; i++) {
+        write_all(src, "probe..!", PROBE);
+        sent += PROBE;
+        usleep(500);
+        if (queued_in(loop_src) == 0) continue;
+        usleep(50 * 1000);
+        queued = queued_in(loop_src);
+      }
+      CHECK(queued > 0 && queued < 16, "%s: %d bytes left in the loop's socket: the check proves nothing", spliced ? "spliced" : "copied", queued);
+      write_all(src, "hello1", 6);
+      CHECK(send(src, "!", 1, MSG_OOB) == 1, "send MSG_OOB: %s", strerror(errno));
+      write_all(src, "world2", 6);
+      shutdown(src, SHUT_WR);
+      usleep(50 * 1000);
+      int err;
+      char *got = malloc(sent + 64);
+      size_t n = read_all(dst, got, sent + 64, &err, 5000);
+      // Before: the bytes up to "hello1", then the FIN.
+      CHECK(n == sent + 12 && err == 0 && memcmp(got + sent, "hello1world2", 12) == 0, "%s, %s: the reader got %zu of %zu bytes (err %d), ending \"%.*s\"",
+            spliced ? "spliced" : "copied", from == 0 ? "up" : "down", n, sent + 12, err, n >= 12 ? 12 : (int)n, n >= 12 ? got + n - 12 : got);
+      shutdown(dst, SHUT_WR);
+      char tail[8];
+      size_t back = read_all(src, tail, sizeof tail, &err, 5000);
+      CHECK(back == 0 && err == 0, "the sender got %zu bytes, then errno %d", back, err);
+      sl_outcome o;
+      uint64_t want = (spliced ? LEAD : 0) + sent + 12;
+      CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_CLOSED && (from == 0 ? o.bytes_up : o.bytes_down) == want, "end %d, %llu up, %llu down, %llu wanted",
+            o.end, (unsigned long long)o.bytes_up, (unsigned long long)o.bytes_down, (unsigned long long)want);
+      free(got);
+      free(buf);
+      close(e.client);
+      close(e.upstream);
+    }
+  }
+}
+
 // Commands wake the loop however they come (the wake-up descriptor is edge-triggered and never
 // read): one at a time on an idle loop, and in bursts from two threads; each runs at once, none
 // waits for an unrelated event.
@@ -2964,6 +3053,7 @@ int main(void) {
   test_copy_overflow_keeps_order(l);
   test_urgent_byte_mid_bulk_is_not_an_end(l);
   test_urgent_byte_with_bytes_behind_it(l);
+  test_urgent_byte_and_fin_while_paused(l);
   test_every_command_wakes_the_loop(l);
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
