@@ -236,7 +236,9 @@ backend raw
 function egressdConf(dir: string, c: Column, i: number): string {
   c.admin = 19901 + i;
   return JSON.stringify({
-    listen: { tls: `0.0.0.0:${c.port}`, http: `0.0.0.0:${c.port + 100}`, tcp: `0.0.0.0:${c.port + 200}` },
+    // Each column's own DNS port too: the columns run at once in one namespace, and an egressd
+    // without state.path refuses to share a port with another (EGRESSD_ERR_PORTS_SHARED).
+    listen: { tls: `0.0.0.0:${c.port}`, http: `0.0.0.0:${c.port + 100}`, tcp: `0.0.0.0:${c.port + 200}`, dns: `0.0.0.0:${c.port + 300}` },
     admin: { listen: `127.0.0.1:${c.admin}` },
     dns: { servers: ['198.18.1.53'] },
     upstream: { dial: 'resolved' },
