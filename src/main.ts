@@ -8,6 +8,7 @@ import { createLogger, reopenLogFile, type Logger } from './observability/logger
 import { releaseStartupMemory } from './limits/overload.ts';
 import { configureNativeSplice, dataPlaneFromEnv, nativeSpliceStatus } from './net/native-splice.ts';
 import { listenFailureHint } from './util/system-error.ts';
+import { EgressdError } from './errors.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -80,9 +81,14 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
     else log.warn({ event: { action: 'data-plane' }, plane: 'js', reason: plane.reason }, 'the data phase runs in JavaScript');
   } catch (e) {
     const hint = listenFailureHint(e);
-    log.fatal({ event: { action: 'start-failed' }, err: (e as Error).message, ...(hint !== null ? { hint } : {}) }, 'egressd could not start');
+    // egressd's own failures carry their code (EGRESSD_ERR_*, src/errors.ts) for alerts and greps.
+    const code = e instanceof EgressdError ? e.code : null;
+    log.fatal(
+      { event: { action: 'start-failed' }, err: (e as Error).message, ...(code !== null ? { error: { code } } : {}), ...(hint !== null ? { hint } : {}) },
+      'egressd could not start',
+    );
     log.flush();
-    err(`egressd: ${(e as Error).message}${hint !== null ? `\n  ${hint}` : ''}`);
+    err(`egressd: ${code !== null ? `${code}: ` : ''}${(e as Error).message}${hint !== null ? `\n  ${hint}` : ''}`);
     // Whatever start-up had begun must not keep a process that serves nothing alive: its
     // supervisor restarts it only once it has exited.
     stopped = true;

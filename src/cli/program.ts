@@ -137,10 +137,11 @@ export function buildProgram(io: CliIo): { program: Command; run: (argv: readonl
     .addHelpText(
       'after',
       `
-Exit codes: 0 done/allowed/valid, 1 refused, an input file found invalid (a config,
-a policy, a body), the API refused the change, 2 usage error (an unknown or malformed
-flag or argument, a file that cannot be read), 3 the admin API is unreachable, failing
-or refuses the token, 4 check/decide: would be refused, let through by report-only mode.
+Exit codes: 0 done/allowed/valid, 1 the answer is no (refused; validate: invalid; the
+API refused the change), 2 no answer (an unknown or malformed flag or argument, a file
+that cannot be read; check/decide: a policy or config they cannot judge with, a check
+the API refuses), 3 the admin API is unreachable, failing or refuses the token,
+4 check/decide: would be refused, let through by report-only mode.
 
 Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent

@@ -340,7 +340,8 @@ export function sandboxSource(text: string): { ok: true; source: string } | { ok
   if (a === null) return { ok: false, reason: `Expected an IPv4 or IPv6 address, got ${quote(text)}` };
   const linkLocal = a.family === 6 && (a.words[0]! & 0xffc00000) >>> 0 === 0xfe800000;
   if (!linkLocal) {
-    if (pct >= 0) return { ok: false, reason: `Only a link-local address (fe80::/10) takes an interface, got ${quote(text)}` };
+    // An IPv4 address has no zone in the socket API, link-local (169.254/16) or not.
+    if (pct >= 0) return { ok: false, reason: `Only an IPv6 link-local address (fe80::/10) takes an interface, got ${quote(text)}` };
     return { ok: true, source: canonicalSource(text)! };
   }
   const zone = pct < 0 ? '' : text.slice(pct + 1);
@@ -348,6 +349,14 @@ export function sandboxSource(text: string): { ok: true; source: string } | { ok
     return {
       ok: false,
       reason: `A link-local source needs the interface it is seen on, as in "${formatIp(6, a.words)}%eth0" (a link-local address names a host on one link only), got ${quote(text)}`,
+    };
+  }
+  // Both data planes report the interface by its name; a number is what the native one writes
+  // only for an interface that is gone, so an index here could never match a connection.
+  if (/^\d+$/.test(zone)) {
+    return {
+      ok: false,
+      reason: `A link-local source names its interface, not its index (connections are reported by name), as in "${formatIp(6, a.words)}%eth0", got ${quote(text)}`,
     };
   }
   return { ok: true, source: `${formatIp(6, a.words)}%${zone}` };

@@ -256,7 +256,8 @@ describe('the egressd process', () => {
     child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
     const [code] = (await Promise.race([once(child, 'exit'), new Promise((r) => setTimeout(() => r(['still running']), 15_000))])) as [number | string];
     expect(code).toBe(1);
-    expect(stderr).toContain(`egressd: Another process already listens on "admin 127.0.0.1:${port + 4}", "http 127.0.0.1:${port}"`);
+    // The code alerts and greps look for, on standard error and in the fatal line.
+    expect(stderr).toContain(`egressd: EGRESSD_ERR_PORTS_SHARED: Another process already listens on "admin 127.0.0.1:${port + 4}", "http 127.0.0.1:${port}"`);
     expect(stderr).toContain('no state.path');
     expect(stderr).toContain('serve --share-ports');
     const lines = stdout
@@ -264,7 +265,7 @@ describe('the egressd process', () => {
       .filter(Boolean)
       .map((l) => JSON.parse(l) as LogLine);
     expect(lines.map(action)).not.toContain('started');
-    expect(lines.find((l) => action(l) === 'start-failed')).toBeDefined();
+    expect(lines.find((l) => action(l) === 'start-failed')).toMatchObject({ error: { code: 'EGRESSD_ERR_PORTS_SHARED' } });
     // It bound nothing: every API call still reaches the first, which still has its sandbox.
     for (let i = 0; i < 20; i++) expect((await api(first.admin, 'GET', '/api/v1/sandboxes/sb-mem')).status).toBe(200);
 

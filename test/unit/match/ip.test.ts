@@ -220,8 +220,10 @@ describe('sandboxSource', () => {
     ['fe80::b1%', 'needs the interface'],
     ['fe80::b1%a/b', 'needs the interface'],
     ['fe80::b1%sixteen-chars-xx', 'needs the interface'],
-    ['2001:db8::1%eth0', 'Only a link-local address (fe80::/10) takes an interface, got "2001:db8::1%eth0"'],
-    ['198.18.0.2%eth0', 'Only a link-local address (fe80::/10) takes an interface, got "198.18.0.2%eth0"'],
+    ['fe80::7%2', 'names its interface, not its index'],
+    ['2001:db8::1%eth0', 'Only an IPv6 link-local address (fe80::/10) takes an interface, got "2001:db8::1%eth0"'],
+    ['198.18.0.2%eth0', 'Only an IPv6 link-local address (fe80::/10) takes an interface, got "198.18.0.2%eth0"'],
+    ['169.254.1.1%eth0', 'Only an IPv6 link-local address (fe80::/10) takes an interface'],
     ['fe80::/64', 'Expected an IPv4 or IPv6 address, got "fe80::/64"'],
   ])('refuses %j', (text, reason) => {
     const r = sandboxSource(text);
