@@ -216,18 +216,11 @@ static void listen_once(void) {
   }
 }
 
+static void narrow_pair(int *mine, int *theirs, int rcvbuf, int sndbuf);
+
 /** A connected pair: *mine stays blocking (the test's end), *theirs is non-blocking (the loop's). */
 static void pair(int *mine, int *theirs) {
-  *mine = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (connect(*mine, (struct sockaddr *)&listen_addr, sizeof listen_addr) != 0) {
-    perror("connect");
-    exit(2);
-  }
-  *theirs = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (*theirs < 0) {
-    perror("accept");
-    exit(2);
-  }
+  narrow_pair(mine, theirs, 0, 0);
 }
 
 typedef struct {
