@@ -164,8 +164,11 @@ export class StateRejectedError extends EgressdError {
  */
 export const API_ERRORS = {
   invalid_json: { status: 400, when: 'The body is empty, not valid JSON, or gives one key of an object more than once (`field` names it).' },
-  invalid_policy: { status: 400, when: 'A sandbox or organization body fails validation.' },
-  invalid_request: { status: 400, when: 'A `POST /api/v1/check` body or a query parameter is malformed.' },
+  invalid_policy: { status: 400, when: "A sandbox's or organization's policy (`network`, `tier`, `reportOnly`) fails validation." },
+  invalid_request: {
+    status: 400,
+    when: 'A body is malformed outside its policy (not an object, an unknown field, a bad `sources`, `org` or `limits`), or a `POST /api/v1/check` body, a query parameter or a precondition header is.',
+  },
   unauthorized: { status: 401, when: 'No token, a wrong token, or no token configured.' },
   not_found: { status: 404, when: 'The sandbox, organization or route does not exist.' },
   method_not_allowed: { status: 405, when: 'The path exists but not with this method.' },

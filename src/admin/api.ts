@@ -45,11 +45,27 @@ const ID = `(${ID_PATTERN.slice(1, -1)})`;
 /** ID_PATTERN in words, as the schema words it. */
 const ID_RULE = 'letters, digits, ".", "_" or "-", starting with a letter or digit, at most 128';
 
+/**
+ * Whether a body's field is part of the policy: what decides a verdict (`network` and below, an
+ * organization's `tier`, `reportOnly`). The rest of a body (its shape, `sources`, `org`,
+ * `limits`, an unknown key) is the request around the policy.
+ */
+function inPolicy(field: string): boolean {
+  return /^(?:network|tier|reportOnly)(?:$|[.[])/.test(field);
+}
+
+/**
+ * A refused change as the API answers it. An invalid body is `invalid_policy` when every problem
+ * is in the policy (a platform can hand that answer to whoever wrote the policy), and
+ * `invalid_request` when any is in the request around it (the caller's own bug); the problems
+ * outside the policy come first, so `field` names one of them.
+ */
 function fromChange(e: ChangeError): ApiError {
   if (e.kind === 'invalid') {
-    const first = e.issues[0];
-    const message = e.issues.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; ');
-    return new ApiError(400, 'invalid_policy', message, first?.field || null);
+    const outside = e.issues.filter((i) => !inPolicy(i.field));
+    const issues = [...outside, ...e.issues.filter((i) => inPolicy(i.field))];
+    const message = issues.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; ');
+    return new ApiError(400, outside.length > 0 ? 'invalid_request' : 'invalid_policy', message, issues[0]?.field || null);
   }
   if (e.kind === 'conflict') return new ApiError(409, 'conflict', e.message, e.field);
   if (e.kind === 'precondition') {

@@ -886,7 +886,7 @@ export class ControlPlane {
     check(OrgId, id, 'id', issues);
     if (!check(OrgBody, body, '', issues) && !isPlainObject(body)) return invalid(issues.result());
     const b = body as Record<string, unknown>;
-    if (b['tier'] === undefined && b['network'] === undefined) issues.add('', 'Expected "tier" or "network"');
+    if (b['tier'] === undefined && b['network'] === undefined) issues.add('tier', 'Expected "tier" or "network"');
     if (b['tier'] !== undefined && b['network'] !== undefined) issues.add('network', 'Give either "tier" or "network", not both');
     let network: DialectResult | null = null;
     if (b['network'] !== undefined) {
