@@ -21,6 +21,55 @@ export interface ApiCall {
   readonly method: 'GET' | 'PUT' | 'DELETE' | 'POST';
   readonly path: string;
   readonly body?: unknown;
+  /** What the call asks, in the command's words (`sandbox put "sb-1"`): what a refusal names. */
+  readonly what: string;
+}
+
+export interface CallOptions {
+  readonly admin: string;
+  readonly token: string | undefined;
+  readonly kind?: 'plain' | 'check' | 'list';
+  /** `--json`: an API error is printed as the API's error document, as it came, not as a sentence. */
+  readonly json?: boolean;
+}
+
+/** The API's error document (docs/api.md "Errors"): `{ error: { code, message, field } }`. */
+interface ErrorDocument {
+  readonly code: string;
+  readonly message: string;
+  readonly field: string | null;
+}
+
+function errorDocument(text: string): ErrorDocument | null {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const e = (doc as { error?: unknown } | null)?.error as Partial<Record<keyof ErrorDocument, unknown>> | undefined;
+  if (typeof e !== 'object' || e === null || typeof e.code !== 'string') return null;
+  return { code: e.code, message: typeof e.message === 'string' ? e.message : '', field: typeof e.field === 'string' ? e.field : null };
+}
+
+/** One line, whatever the text holds: a message never spreads over the lines after it. */
+const oneLine = (s: string, max = 500): string => {
+  const flat = s.replace(/\s*\n\s*/g, ' ').trim();
+  return flat.length > max ? `${flat.slice(0, max - 3)}...` : flat;
+};
+
+/**
+ * The line printed for an answer the API refused (4xx, 5xx): what was asked, the status and
+ * the API's code, the field it names, and its message; `hint` says what to do about it (401).
+ * `--json` prints the error document itself, for scripts that branch on its code.
+ */
+function refusal(call: ApiCall, o: CallOptions, status: number, text: string, hint?: string): string {
+  const doc = errorDocument(text);
+  if (o.json === true && doc !== null) return text.endsWith('\n') ? text : `${text}\n`;
+  const answer = doc === null ? `${status}${text.trim() === '' ? '' : `: ${oneLine(text, 200)}`}` : `${status} ${doc.code}`;
+  const field = doc?.field ? ` (field ${JSON.stringify(doc.field)})` : '';
+  const message = doc === null || doc.message === '' ? '' : `: ${oneLine(doc.message)}`;
+  return `error: ${call.what}: the admin API at ${o.admin} answered ${answer}${field}${message}${hint ? `; ${hint}` : ''}\n`;
 }
 
 /**
@@ -28,14 +77,15 @@ export interface ApiCall {
  * (`check`: and allowed); 1 it refused the request (4xx but 401; `check`: refused); 4 `check`:
  * would be refused, let through by report-only mode; 2 the admin URL is not one; 3 it could not
  * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
- * stdout on success, to stderr otherwise.
+ * stdout on success; a refusal is one line on stderr (`refusal`), or with `json` the API's error
+ * document as it came.
  */
-export async function callApi(call: ApiCall, o: { admin: string; token: string | undefined; kind?: 'plain' | 'check' | 'list' }): Promise<CliResult> {
+export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult> {
   // A malformed --admin / EGRESSD_ADMIN_URL is the caller's argument, not an unreachable API.
   if (!URL.canParse(o.admin) || !/^https?:$/.test(new URL(o.admin).protocol)) {
     return { code: 2, stdout: '', stderr: `--admin (or EGRESSD_ADMIN_URL): expected a URL such as http://127.0.0.1:9901, got "${o.admin}"\n` };
   }
-  if (o.kind === 'list') return listAll(call.path, o);
+  if (o.kind === 'list') return listAll(call, o);
   let status: number;
   let text: string;
   try {
@@ -52,24 +102,24 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
     status = res.statusCode;
     text = await res.body.text();
   } catch (err) {
-    return { code: 3, stdout: '', stderr: `Cannot reach the admin API at ${o.admin}: ${(err as Error).message}\n` };
+    return { code: 3, stdout: '', stderr: `error: ${call.what}: cannot reach the admin API at ${o.admin}: ${(err as Error).message}\n` };
   }
   const out = text === '' ? '' : text.endsWith('\n') ? text : `${text}\n`;
   if (status === 401) {
     const why = o.token
       ? "the token was refused: it must be the daemon's admin.token or EGRESSD_ADMIN_TOKEN, and the daemon has the API disabled when it has neither"
       : 'no token was sent: set EGRESSD_ADMIN_TOKEN or pass --token-file FILE';
-    return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered 401: ${out || '\n'}${why}\n` };
+    return { code: 3, stdout: '', stderr: refusal(call, o, status, text, why) };
   }
-  if (status >= 500) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered ${status}: ${out || '\n'}` };
+  if (status >= 500) return { code: 3, stdout: '', stderr: refusal(call, o, status, text) };
   // check's 1 is a refusal: a request the API refuses (an unknown sandbox: 404) gave no verdict.
-  if (status >= 400) return { code: o.kind === 'check' ? 2 : 1, stdout: '', stderr: out };
+  if (status >= 400) return { code: o.kind === 'check' ? 2 : 1, stdout: '', stderr: refusal(call, o, status, text) };
   if (o.kind === 'check') {
     let verdict: unknown;
     try {
       verdict = (JSON.parse(text) as { verdict?: unknown }).verdict;
     } catch {
-      return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered something that is not JSON: ${out}` };
+      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${oneLine(text, 200)}\n` };
     }
     // would-refuse: allowed now only because report-only mode is on; its own code, so a script
     // can tell "allowed" from "allowed until the policy is enforced".
@@ -83,27 +133,28 @@ export async function callApi(call: ApiCall, o: { admin: string; token: string |
  * one answer `{ <list>: [...] }`. Exit codes as callApi's; a page that fails ends the walk with
  * its own answer.
  */
-async function listAll(path: string, o: { admin: string; token: string | undefined }): Promise<CliResult> {
+async function listAll(call: ApiCall, o: CallOptions): Promise<CliResult> {
+  const path = call.path;
   const key = path.slice(path.lastIndexOf('/') + 1);
   const all: unknown[] = [];
   const seen = new Set<string>();
   let cursor: string | null = null;
   do {
     const page = `${path}?limit=1000${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`;
-    const r = await callApi({ method: 'GET', path: page }, { ...o, kind: 'plain' });
+    const r = await callApi({ method: 'GET', path: page, what: call.what }, { ...o, kind: 'plain' });
     if (r.code !== 0) return r;
     let body: { next_cursor?: unknown } & Record<string, unknown>;
     try {
       body = JSON.parse(r.stdout) as typeof body;
     } catch {
-      return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered something that is not JSON: ${r.stdout}` };
+      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page that is not JSON: ${oneLine(r.stdout, 200)}\n` };
     }
     const items = body[key];
-    if (!Array.isArray(items)) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} answered no "${key}" list: ${r.stdout}` };
+    if (!Array.isArray(items)) return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page with no "${key}" list: ${oneLine(r.stdout, 200)}\n` };
     all.push(...(items as unknown[]));
     cursor = typeof body.next_cursor === 'string' ? body.next_cursor : null;
     // A server that hands back a cursor twice would loop forever: stop and say so.
-    if (cursor !== null && seen.has(cursor)) return { code: 3, stdout: '', stderr: `The admin API at ${o.admin} repeated the cursor ${cursor}\n` };
+    if (cursor !== null && seen.has(cursor)) return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} repeated the cursor ${cursor}\n` };
     if (cursor !== null) seen.add(cursor);
   } while (cursor !== null);
   return { code: 0, stdout: `${JSON.stringify({ [key]: all })}\n`, stderr: '' };

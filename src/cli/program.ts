@@ -18,6 +18,7 @@ import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
+import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
 import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
@@ -120,6 +121,7 @@ function fileJson(file: string): unknown {
 interface ApiOpts {
   admin?: string;
   tokenFile?: string;
+  json?: boolean;
 }
 
 /** Builds the program; `run` parses argv with it and returns the exit code. */
@@ -169,7 +171,8 @@ Run "egressd <command> --help" for a command's own options.`,
   const apiOptions = (c: Command): Command =>
     c
       .addOption(new Option('--admin <url>', 'admin API base URL').env('EGRESSD_ADMIN_URL').default('http://127.0.0.1:9901'))
-      .option('--token-file <file>', 'read the admin token from this file (default: EGRESSD_ADMIN_TOKEN)');
+      .option('--token-file <file>', 'read the admin token from this file (default: EGRESSD_ADMIN_TOKEN)')
+      .option('--json', "when the API refuses the request, print its error document (JSON) on stderr instead of one line");
 
   const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' | 'list' = 'plain'): Promise<void> => {
     const o = c.opts<ApiOpts>();
@@ -183,7 +186,7 @@ Run "egressd <command> --help" for a command's own options.`,
     }
     // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
     const { callApi } = await import('./api-client.ts');
-    emit(await callApi(call, { admin: o.admin ?? 'http://127.0.0.1:9901', token, kind }));
+    emit(await callApi(call, { admin: o.admin ?? 'http://127.0.0.1:9901', token, kind, ...(o.json === true ? { json: true } : {}) }));
   };
 
   sub(program, 'serve', 'Run the daemon (the built-in default configuration without --config)')
@@ -283,14 +286,15 @@ Run "egressd <command> --help" for a command's own options.`,
 
   /** `get <id>`, `rm <id>` and `ls` on a collection of the API: GET and DELETE of one member, GET of the whole. */
   const collection = (parent: Command, path: string, help: { id: string; get: string; rm: string; ls: string }): void => {
+    const noun = parent.name();
     apiOptions(sub(parent, 'get', help.get))
       .argument('<id>', help.id)
-      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `${path}/${enc(id)}` }));
+      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `${path}/${enc(id)}`, what: `${noun} get ${quote(id)}` }));
     apiOptions(sub(parent, 'rm', help.rm))
       .argument('<id>', help.id)
-      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `${path}/${enc(id)}` }));
+      .action((id: string, _o: unknown, c: Command) => api(c, { method: 'DELETE', path: `${path}/${enc(id)}`, what: `${noun} rm ${quote(id)}` }));
     // Every page, following the cursors (docs/api.md "Lists").
-    apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path }, 'list'));
+    apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path, what: `${noun} ls` }, 'list'));
   };
 
   const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');
@@ -316,7 +320,7 @@ Run "egressd <command> --help" for a command's own options.`,
           ...(o.reportOnly === true ? { reportOnly: true } : {}),
         };
       } else throw new UsageError('sandbox put needs --file BODY.json or --sources A,B');
-      await api(c, { method: 'PUT', path: `/api/v1/sandboxes/${enc(id)}`, body });
+      await api(c, { method: 'PUT', path: `/api/v1/sandboxes/${enc(id)}`, body, what: `sandbox put ${quote(id)}` });
     });
   collection(sandbox, '/api/v1/sandboxes', { id: 'sandbox id', get: 'Show a sandbox', rm: 'Delete a sandbox', ls: 'List sandboxes' });
   apiOptions(sub(sandbox, 'network', "Show a sandbox's policy, or replace it with --file or --network"))
@@ -326,11 +330,14 @@ Run "egressd <command> --help" for a command's own options.`,
     .action((id: string, o: { file?: string; network?: string }, c: Command) => {
       const body = o.file !== undefined ? fileJson(o.file) : o.network !== undefined ? json(o.network, '--network') : undefined;
       const path = `/api/v1/sandboxes/${enc(id)}/network`;
-      return api(c, body === undefined ? { method: 'GET', path } : { method: 'PUT', path, body });
+      const what = `sandbox network ${quote(id)}`;
+      return api(c, body === undefined ? { method: 'GET', path, what } : { method: 'PUT', path, body, what });
     });
   apiOptions(sub(sandbox, 'effective', 'What applies to a sandbox: its organization, policy, catalog, DNS servers and protected ranges'))
     .argument('<id>', 'sandbox id')
-    .action((id: string, _o: unknown, c: Command) => api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}/effective` }));
+    .action((id: string, _o: unknown, c: Command) =>
+      api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}/effective`, what: `sandbox effective ${quote(id)}` }),
+    );
 
   const org = sub(program, 'org', 'Organizations through the control-plane API');
   apiOptions(sub(org, 'put', 'Create or replace an organization: a Daytona tier or a policy'))
@@ -351,7 +358,7 @@ Run "egressd <command> --help" for a command's own options.`,
               ? { network: json(o.network, '--network'), ...ro }
               : undefined;
       if (body === undefined) throw new UsageError('org put needs --tier N, --network JSON or --file BODY.json');
-      return api(c, { method: 'PUT', path: `/api/v1/orgs/${enc(id)}`, body });
+      return api(c, { method: 'PUT', path: `/api/v1/orgs/${enc(id)}`, body, what: `org put ${quote(id)}` });
     });
   collection(org, '/api/v1/orgs', {
     id: 'organization id',
@@ -374,6 +381,7 @@ Run "egressd <command> --help" for a command's own options.`,
           method: 'POST',
           path: '/api/v1/check',
           body: { sandbox: o.sandbox, ...(o.host !== undefined ? { host: o.host } : {}), ip: o.ip, port: Number(o.port) },
+          what: `check --sandbox ${quote(o.sandbox)}`,
         },
         'check',
       ),

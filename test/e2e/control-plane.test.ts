@@ -115,7 +115,7 @@ describe.skipIf(skip !== null)('the control plane through the API, on real conne
   });
 
   it('refuses an invalid policy whole, with the field and the reason, and changes nothing', async () => {
-    const r = await cli('sandbox', 'network', 'sb-b', '--network', JSON.stringify({ networkAllowList: '198.18.1.3/33' }));
+    const r = await cli('sandbox', 'network', 'sb-b', '--network', JSON.stringify({ networkAllowList: '198.18.1.3/33' }), '--json');
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stderr).error).toMatchObject({ code: 'invalid_policy' });
     expect(JSON.parse(r.stderr).error.field).toContain('networkAllowList');

@@ -132,14 +132,13 @@ describe('egressd check exit codes against a running daemon', () => {
   it('exits 3 when the API is unreachable, failing or refuses the token', async () => {
     const down = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_URL: 'http://127.0.0.1:1' });
     expect(down.code).toBe(3);
-    expect(down.stderr).toContain('Cannot reach the admin API at http://127.0.0.1:1');
+    expect(down.stderr).toMatch(/^error: check --sandbox "sb-cli": cannot reach the admin API at http:\/\/127\.0\.0\.1:1: .*\n$/);
     const broken = await check('ok.example.test', ['--admin', failingUrl]);
     expect(broken.code).toBe(3);
-    expect(broken.stderr).toContain('answered 500');
+    expect(broken.stderr).toBe(`error: check --sandbox "sb-cli": the admin API at ${failingUrl} answered 500 internal\n`);
     const unauthorized = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_TOKEN: 'wrong' });
     expect(unauthorized.code).toBe(3);
-    expect(unauthorized.stderr).toContain('answered 401');
-    expect(unauthorized.stderr).toContain('the token was refused');
+    expect(unauthorized.stderr).toMatch(/^error: check --sandbox "sb-cli": the admin API at \S+ answered 401 unauthorized: Missing or wrong bearer token; the token was refused: [^\n]*\n$/);
     const { EGRESSD_ADMIN_TOKEN: _, ...noToken } = env;
     const tokenless = await check('ok.example.test', [], noToken);
     expect(tokenless.code).toBe(3);
@@ -157,10 +156,42 @@ describe('egressd check exit codes against a running daemon', () => {
   it("exits 1 when the API refuses a change (an invalid body), and 2 when it refuses a check (an unknown sandbox): check's 1 is a refusal", async () => {
     const nope = await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443'], env);
     expect({ code: nope.code, stdout: nope.stdout }).toEqual({ code: 2, stdout: '' });
-    expect(nope.stderr).toContain('nope');
+    expect(nope.stderr).toBe(`error: check --sandbox "nope": the admin API at ${d.adminUrl} answered 404 not_found: Sandbox "nope" does not exist\n`);
     const bad = await egressd(['sandbox', 'put', 'sb-x', '--sources', '127.0.0.32', '--network', '{"mode":"sometimes"}'], env);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toContain('invalid_policy');
+    expect(bad.stderr).toMatch(
+      new RegExp(`^error: sandbox put "sb-x": the admin API at ${d.adminUrl} answered 400 invalid_policy \\(field "network\\.mode"\\): network\\.mode: [^\\n]+\\n$`),
+    );
+  });
+
+  it('prints every refusal the API answers as one line on stderr naming the command, the status, the code and the field, with the documented exit code', async () => {
+    const cases: [string[], number, RegExp][] = [
+      [['sandbox', 'get', 'sb-none'], 1, /^error: sandbox get "sb-none": the admin API at \S+ answered 404 not_found: Sandbox "sb-none" does not exist\n$/],
+      [['sandbox', 'rm', 'sb-none'], 1, /^error: sandbox rm "sb-none": the admin API at \S+ answered 404 not_found: /],
+      [['sandbox', 'effective', 'sb-none'], 1, /^error: sandbox effective "sb-none": the admin API at \S+ answered 404 not_found: /],
+      [['sandbox', 'network', 'sb-none'], 1, /^error: sandbox network "sb-none": the admin API at \S+ answered 404 not_found: /],
+      [['sandbox', 'network', 'sb-cli', '--network', '{"networkBlockAll":true}'], 1, /^error: sandbox network "sb-cli": the admin API at \S+ answered 409 conflict: /],
+      [['sandbox', 'put', 'sb-z', '--sources', '127.0.0.31'], 1, /^error: sandbox put "sb-z": the admin API at \S+ answered 409 conflict \(field "sources\[0\]"\): Source "127\.0\.0\.31" belongs to sandbox "sb-cli"\n$/],
+      [['sandbox', 'put', 'sb-z', '--sources', 'nowhere'], 1, /^error: sandbox put "sb-z": the admin API at \S+ answered 400 invalid_request \(field "sources\[0\]"\): sources\[0\]: /],
+      [['org', 'get', 'org-none'], 1, /^error: org get "org-none": the admin API at \S+ answered 404 not_found: Organization "org-none" does not exist\n$/],
+      [['org', 'rm', 'org-none'], 1, /^error: org rm "org-none": the admin API at \S+ answered 404 not_found: /],
+      [['org', 'put', 'org-y', '--network', '{"mode":"sometimes"}'], 1, /^error: org put "org-y": the admin API at \S+ answered 400 invalid_policy \(field "network\.mode"\): /],
+    ];
+    for (const [args, code, line] of cases) {
+      const r = await egressd(args, env);
+      expect({ code: r.code, stdout: r.stdout }, args.join(' ')).toEqual({ code, stdout: '' });
+      expect(r.stderr, args.join(' ')).toMatch(line);
+      expect(r.stderr.split('\n'), args.join(' ')).toHaveLength(2);
+    }
+  }, 120_000);
+
+  it('--json prints the error document the API gave, as it came, with the same exit code', async () => {
+    const r = await egressd(['sandbox', 'get', 'sb-none', '--json'], env);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stderr)).toEqual({ error: { code: 'not_found', message: 'Sandbox "sb-none" does not exist', field: null } });
+    const c = await egressd(['check', '--sandbox', 'nope', '--ip', '104.16.24.34', '--port', '443', '--json'], env);
+    expect(c.code).toBe(2);
+    expect(JSON.parse(c.stderr).error).toMatchObject({ code: 'not_found' });
   });
 
   it('answers an id no sandbox or organization can have with the reason, not "No route for ..."', async () => {
@@ -171,7 +202,7 @@ describe('egressd check exit codes against a running daemon', () => {
       [['org', 'get', 'Ac!'], 'Organization id "Ac!" is not a valid id: '],
     ] as const;
     for (const [args, message] of cases) {
-      const r = await egressd(args, env);
+      const r = await egressd([...args, '--json'], env);
       expect(r.code, args.join(' ')).toBe(1);
       const e = (JSON.parse(r.stderr) as { error: { code: string; message: string } }).error;
       expect(e.code).toBe('not_found');
