@@ -119,7 +119,11 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
     try {
       verdict = (JSON.parse(text) as { verdict?: unknown }).verdict;
     } catch {
-      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${oneLine(text, 200)}\n` };
+      return {
+        code: 3,
+        stdout: '',
+        stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${oneLine(text, 200)}\n`,
+      };
     }
     // would-refuse: allowed now only because report-only mode is on; its own code, so a script
     // can tell "allowed" from "allowed until the policy is enforced".
@@ -150,11 +154,17 @@ async function listAll(call: ApiCall, o: CallOptions): Promise<CliResult> {
       return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page that is not JSON: ${oneLine(r.stdout, 200)}\n` };
     }
     const items = body[key];
-    if (!Array.isArray(items)) return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page with no "${key}" list: ${oneLine(r.stdout, 200)}\n` };
+    if (!Array.isArray(items))
+      return {
+        code: 3,
+        stdout: '',
+        stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page with no "${key}" list: ${oneLine(r.stdout, 200)}\n`,
+      };
     all.push(...(items as unknown[]));
     cursor = typeof body.next_cursor === 'string' ? body.next_cursor : null;
     // A server that hands back a cursor twice would loop forever: stop and say so.
-    if (cursor !== null && seen.has(cursor)) return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} repeated the cursor ${cursor}\n` };
+    if (cursor !== null && seen.has(cursor))
+      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} repeated the cursor ${cursor}\n` };
     if (cursor !== null) seen.add(cursor);
   } while (cursor !== null);
   return { code: 0, stdout: `${JSON.stringify({ [key]: all })}\n`, stderr: '' };

@@ -159,6 +159,7 @@ Run "egressd <command> --help" for a command's own options.`,
     // commander's own version option: printed through writeOut, then commander.version, exit 0.
     .version(versionText().trimEnd(), '-V, --version', 'print the egressd version, the state schema version and the Node.js version')
     .showSuggestionAfterError(true)
+    .showHelpAfterError('(see "egressd --help")')
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err });
 
@@ -168,11 +169,23 @@ Run "egressd <command> --help" for a command's own options.`,
     return c.showHelpAfterError(`(see "${[...lineage(parent), c.name()].join(' ')} --help")`);
   };
 
+  // A group run without its subcommand (`egressd sandbox`) is a usage error like any other: the
+  // error and where the help is, where commander would print the whole help on stderr.
+  const group = (parent: Command, spec: string, description: string): Command => {
+    const c = sub(parent, spec, description);
+    const help = c.help.bind(c) as (context?: { error?: boolean }) => never;
+    c.help = ((context?: { error?: boolean }) => {
+      if (context?.error === true) c.error(`error: missing command: one of ${c.commands.map((x) => x.name()).join(', ')}`);
+      return help(context);
+    }) as Command['help'];
+    return c;
+  };
+
   const apiOptions = (c: Command): Command =>
     c
       .addOption(new Option('--admin <url>', 'admin API base URL').env('EGRESSD_ADMIN_URL').default('http://127.0.0.1:9901'))
       .option('--token-file <file>', 'read the admin token from this file (default: EGRESSD_ADMIN_TOKEN)')
-      .option('--json', "when the API refuses the request, print its error document (JSON) on stderr instead of one line");
+      .option('--json', 'when the API refuses the request, print its error document (JSON) on stderr instead of one line');
 
   const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' | 'list' = 'plain'): Promise<void> => {
     const o = c.opts<ApiOpts>();
@@ -297,7 +310,7 @@ Run "egressd <command> --help" for a command's own options.`,
     apiOptions(sub(parent, 'ls', help.ls)).action((_o: unknown, c: Command) => api(c, { method: 'GET', path, what: `${noun} ls` }, 'list'));
   };
 
-  const sandbox = sub(program, 'sandbox', 'Sandboxes through the control-plane API');
+  const sandbox = group(program, 'sandbox', 'Sandboxes through the control-plane API');
   apiOptions(sub(sandbox, 'put', 'Create or replace a sandbox'))
     .argument('<id>', 'sandbox id')
     // A body from a file is the whole body: a flag beside it would be dropped without a word.
@@ -339,7 +352,7 @@ Run "egressd <command> --help" for a command's own options.`,
       api(c, { method: 'GET', path: `/api/v1/sandboxes/${enc(id)}/effective`, what: `sandbox effective ${quote(id)}` }),
     );
 
-  const org = sub(program, 'org', 'Organizations through the control-plane API');
+  const org = group(program, 'org', 'Organizations through the control-plane API');
   apiOptions(sub(org, 'put', 'Create or replace an organization: a Daytona tier or a policy'))
     .argument('<id>', 'organization id')
     // An organization has a tier or a policy (the API refuses both), and a file is the whole body.
@@ -418,7 +431,8 @@ Run "egressd <command> --help" for a command's own options.`,
       if (e instanceof CommanderError) {
         // --help and --version are answers; everything else commander raises (and has already
         // printed) is a usage error.
-        if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.ok;
+        // `egressd sandbox help` is commander.help with exit code 0: asked for, so an answer too.
+        if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || (e.code === 'commander.help' && e.exitCode === 0)) return EXIT.ok;
         return EXIT.usage;
       }
       throw e;

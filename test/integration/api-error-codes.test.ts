@@ -29,7 +29,12 @@ describe('the code of a refused body', () => {
     ['a sandbox body without sources', '/api/v1/sandboxes/sb-1', { network: { networkBlockAll: true } }, 'sources'],
     ['a sandbox body with an unknown top-level field', '/api/v1/sandboxes/sb-1', { sources: ['127.0.0.42'], color: 'red' }, 'color'],
     ['a source that is not an address', '/api/v1/sandboxes/sb-1', { sources: ['not-an-address'] }, 'sources[0]'],
-    ['a bad source beside a bad policy: the request is named first', '/api/v1/sandboxes/sb-1', { sources: ['nope'], network: { mode: 'sometimes' } }, 'sources[0]'],
+    [
+      'a bad source beside a bad policy: the request is named first',
+      '/api/v1/sandboxes/sb-1',
+      { sources: ['nope'], network: { mode: 'sometimes' } },
+      'sources[0]',
+    ],
     ['an organization body that is not an object', '/api/v1/orgs/o-1', 'tier 3', null],
     ['an organization body with an unknown field', '/api/v1/orgs/o-1', { tier: 3, owner: 'x' }, 'owner'],
   ])('%s is invalid_request', async (_what, path, body, field) => {

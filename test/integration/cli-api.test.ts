@@ -138,7 +138,9 @@ describe('egressd check exit codes against a running daemon', () => {
     expect(broken.stderr).toBe(`error: check --sandbox "sb-cli": the admin API at ${failingUrl} answered 500 internal\n`);
     const unauthorized = await check('ok.example.test', [], { ...env, EGRESSD_ADMIN_TOKEN: 'wrong' });
     expect(unauthorized.code).toBe(3);
-    expect(unauthorized.stderr).toMatch(/^error: check --sandbox "sb-cli": the admin API at \S+ answered 401 unauthorized: Missing or wrong bearer token; the token was refused: [^\n]*\n$/);
+    expect(unauthorized.stderr).toMatch(
+      /^error: check --sandbox "sb-cli": the admin API at \S+ answered 401 unauthorized: Missing or wrong bearer token; the token was refused: [^\n]*\n$/,
+    );
     const { EGRESSD_ADMIN_TOKEN: _, ...noToken } = env;
     const tokenless = await check('ok.example.test', [], noToken);
     expect(tokenless.code).toBe(3);
@@ -160,7 +162,9 @@ describe('egressd check exit codes against a running daemon', () => {
     const bad = await egressd(['sandbox', 'put', 'sb-x', '--sources', '127.0.0.32', '--network', '{"mode":"sometimes"}'], env);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(
-      new RegExp(`^error: sandbox put "sb-x": the admin API at ${d.adminUrl} answered 400 invalid_policy \\(field "network\\.mode"\\): network\\.mode: [^\\n]+\\n$`),
+      new RegExp(
+        `^error: sandbox put "sb-x": the admin API at ${d.adminUrl} answered 400 invalid_policy \\(field "network\\.mode"\\): network\\.mode: [^\\n]+\\n$`,
+      ),
     );
   });
 
@@ -170,12 +174,28 @@ describe('egressd check exit codes against a running daemon', () => {
       [['sandbox', 'rm', 'sb-none'], 1, /^error: sandbox rm "sb-none": the admin API at \S+ answered 404 not_found: /],
       [['sandbox', 'effective', 'sb-none'], 1, /^error: sandbox effective "sb-none": the admin API at \S+ answered 404 not_found: /],
       [['sandbox', 'network', 'sb-none'], 1, /^error: sandbox network "sb-none": the admin API at \S+ answered 404 not_found: /],
-      [['sandbox', 'network', 'sb-cli', '--network', '{"networkBlockAll":true}'], 1, /^error: sandbox network "sb-cli": the admin API at \S+ answered 409 conflict: /],
-      [['sandbox', 'put', 'sb-z', '--sources', '127.0.0.31'], 1, /^error: sandbox put "sb-z": the admin API at \S+ answered 409 conflict \(field "sources\[0\]"\): Source "127\.0\.0\.31" belongs to sandbox "sb-cli"\n$/],
-      [['sandbox', 'put', 'sb-z', '--sources', 'nowhere'], 1, /^error: sandbox put "sb-z": the admin API at \S+ answered 400 invalid_request \(field "sources\[0\]"\): sources\[0\]: /],
+      [
+        ['sandbox', 'network', 'sb-cli', '--network', '{"networkBlockAll":true}'],
+        1,
+        /^error: sandbox network "sb-cli": the admin API at \S+ answered 409 conflict: /,
+      ],
+      [
+        ['sandbox', 'put', 'sb-z', '--sources', '127.0.0.31'],
+        1,
+        /^error: sandbox put "sb-z": the admin API at \S+ answered 409 conflict \(field "sources\[0\]"\): Source "127\.0\.0\.31" belongs to sandbox "sb-cli"\n$/,
+      ],
+      [
+        ['sandbox', 'put', 'sb-z', '--sources', 'nowhere'],
+        1,
+        /^error: sandbox put "sb-z": the admin API at \S+ answered 400 invalid_request \(field "sources\[0\]"\): sources\[0\]: /,
+      ],
       [['org', 'get', 'org-none'], 1, /^error: org get "org-none": the admin API at \S+ answered 404 not_found: Organization "org-none" does not exist\n$/],
       [['org', 'rm', 'org-none'], 1, /^error: org rm "org-none": the admin API at \S+ answered 404 not_found: /],
-      [['org', 'put', 'org-y', '--network', '{"mode":"sometimes"}'], 1, /^error: org put "org-y": the admin API at \S+ answered 400 invalid_policy \(field "network\.mode"\): /],
+      [
+        ['org', 'put', 'org-y', '--network', '{"mode":"sometimes"}'],
+        1,
+        /^error: org put "org-y": the admin API at \S+ answered 400 invalid_policy \(field "network\.mode"\): /,
+      ],
     ];
     for (const [args, code, line] of cases) {
       const r = await egressd(args, env);

@@ -32,7 +32,8 @@ export async function iptablesCommand(argv: string[], run: Runner = runCommand):
   const parsed = parseIptablesArgs(argv);
   if (!parsed.ok) {
     if (parsed.help) return { code: 0, stdout: IPTABLES_USAGE, stderr: '' };
-    return { code: 2, stdout: '', stderr: `egressd iptables: ${parsed.error}\n\n${IPTABLES_USAGE}` };
+    // As every other command's usage error: the error and where the help is, not the whole help.
+    return { code: 2, stdout: '', stderr: `error: ${parsed.error}\n(see "egressd iptables --help")\n` };
   }
   const o = parsed.options;
   // Documented as ignored while the DNS listener is on, and the deploy examples pass it either

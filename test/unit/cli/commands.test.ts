@@ -535,3 +535,42 @@ describe('egressd without a known command', () => {
     expect(r.stderr).toContain("unknown option '--frob'");
   });
 });
+
+describe('a usage error', () => {
+  // Every command alike: the error, then one line saying where the help is; the help itself
+  // only on --help, where it is the answer.
+  it.each(
+    [
+      [['--bogus'], 'egressd'],
+      [['frobnicate'], 'egressd'],
+      [['sandbox'], 'egressd sandbox'],
+      [['org'], 'egressd org'],
+      [['sandbox', 'nope'], 'egressd sandbox'],
+      [['sandbox', 'get'], 'egressd sandbox get'],
+      [['check', '--bogus'], 'egressd check'],
+      [['decide', '--ip', '192.0.2.1'], 'egressd decide'],
+      [['validate'], 'egressd validate'],
+      [['inspect', 'a', 'b'], 'egressd inspect'],
+      [['serve', '--bogus'], 'egressd serve'],
+      [['iptables', '--bogus'], 'egressd iptables'],
+      [['iptables', '--mode'], 'egressd iptables'],
+      [['iptables', '--mode', 'bridge'], 'egressd iptables'],
+    ].map(([args, command]) => [(args as string[]).join(' '), args as string[], command as string] as const),
+  )('"egressd %s" prints the error and a pointer to its --help, exit 2', async (_line, args, command) => {
+    const r = await egressd(args);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines.at(-1)).toBe(`(see "${command} --help")`);
+    expect(lines[0]).toMatch(/^error: \S/);
+    // What the error says, not the help's list of options and commands.
+    expect(r.stderr).not.toMatch(/^Usage:|^Options:|^Commands:/m);
+  });
+});
+
+describe('"help" as a command', () => {
+  it('"egressd sandbox help" prints the help on stdout and exits 0, as --help does', async () => {
+    const r = await egressd(['sandbox', 'help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: egressd sandbox /);
+  });
+});
