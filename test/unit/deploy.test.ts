@@ -13,6 +13,7 @@ import { API_ERRORS } from '../../src/errors.ts';
 import { type Config, DEFAULT_DOCUMENT, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
 import { type Endpoint, LISTENER_KINDS, type ListenerKind } from '../../src/net/listener.ts';
 import { METRICS, Metrics } from '../../src/observability/metrics.ts';
+import { timeWaitReuseProblem } from '../../src/limits/host-tcp.ts';
 import { GENERATED, replaceTable } from '../../scripts/docs-tables.ts';
 
 const ROOT = new URL('../../', import.meta.url);
@@ -518,6 +519,60 @@ const queries: { where: string; expr: string; legend: string }[] = [
       legend: '',
     })),
 ];
+
+describe("the host's sysctls docs/deployment.md asks for", () => {
+  const md = read('docs/deployment.md');
+  /** `key = value` lines of a sysctl.d file (sysctl.d(5)). */
+  const conf = new Map(
+    read('deploy/systemd/egressd-sysctl.conf')
+      .split('\n')
+      .filter((l) => /^\s*[^#;\s]/.test(l))
+      .map((l) => l.split('=').map((x) => x.trim()) as [string, string]),
+  );
+  // What the host must set: the bullets under "The host must also:".
+  const asked = md.slice(md.indexOf('The host must also:'), md.indexOf('**The source address is'));
+  const wanted = [...asked.matchAll(/`net\.ipv4\.tcp_tw_reuse=(\d+)`/g)].map((m) => m[1]);
+
+  it('deploy/systemd/egressd-sysctl.conf sets tcp_tw_reuse as the docs ask, a value the daemon does not warn about', () => {
+    expect(wanted.length).toBeGreaterThan(0);
+    expect([...conf.keys()]).toEqual(['net.ipv4.tcp_tw_reuse']);
+    expect(new Set(wanted)).toEqual(new Set([conf.get('net.ipv4.tcp_tw_reuse')]));
+    expect(timeWaitReuseProblem({ twReuse: Number(conf.get('net.ipv4.tcp_tw_reuse')), timestamps: 1, localPorts: null })).toBeNull();
+  });
+
+  it('the VM install steps put it in /etc/sysctl.d and apply it', () => {
+    const steps = /## Without Kubernetes[\s\S]*?```sh\n([\s\S]*?)```/.exec(md)![1]!;
+    const installed = /(?:cp|install -m 0644) deploy\/systemd\/egressd-sysctl\.conf (\/etc\/sysctl\.d\/\S+\.conf)/.exec(steps);
+    expect(installed, 'the sysctl.d drop-in is installed').not.toBeNull();
+    expect(steps).toContain(`sysctl -p ${installed![1]}`);
+  });
+
+  it('host mode: a privileged init container sets it in the host namespace, not securityContext.sysctls, which the kubelet refuses with hostNetwork', () => {
+    expect(host.pod.hostNetwork).toBe(true);
+    type Init = Container & { command?: string[]; securityContext?: { privileged?: boolean } };
+    const setters = ((host.pod.initContainers ?? []) as Init[]).filter((c) => (c.command ?? []).join(' ').includes('/proc/sys/net/ipv4/tcp_tw_reuse'));
+    expect(setters).toHaveLength(1);
+    const written = /echo (\d+) > \/proc\/sys\/net\/ipv4\/tcp_tw_reuse/.exec(setters[0]!.command!.join(' '));
+    expect(written?.[1]).toBe(conf.get('net.ipv4.tcp_tw_reuse'));
+    // The runtime mounts /proc/sys read-only in any container that is not privileged.
+    expect(setters[0]!.securityContext?.privileged).toBe(true);
+    const pod = host.pod as PodSpec & { securityContext?: { sysctls?: { name: string }[] } };
+    expect((pod.securityContext?.sysctls ?? []).filter((x) => x.name.startsWith('net.'))).toEqual([]);
+  });
+
+  it("sidecar: asks for no sysctl outside Kubernetes' safe set, which would keep the pod from starting on a default kubelet", () => {
+    const pod = sidecar.pod as PodSpec & { securityContext?: { sysctls?: { name: string }[] } };
+    const safe = [
+      'kernel.shm_rmid_forced',
+      'net.ipv4.ip_local_port_range',
+      'net.ipv4.tcp_syncookies',
+      'net.ipv4.ping_group_range',
+      'net.ipv4.ip_unprivileged_port_start',
+    ];
+    expect((pod.securityContext?.sysctls ?? []).map((x) => x.name).filter((n) => !safe.includes(n))).toEqual([]);
+    expect(read('deploy/kubernetes/sidecar.yaml')).toContain('--allowed-unsafe-sysctls=net.ipv4.tcp_tw_reuse');
+  });
+});
 
 describe('deploy/grafana/egressd-dashboard.json', () => {
   it('is a dashboard with panels, each with a description and a query', () => {
