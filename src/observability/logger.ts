@@ -7,7 +7,7 @@
 // `event.action` naming what happened (`started`, `connection`, `policy-change`, …). The
 // connection line's fields are declared in observability/connection-log.ts.
 
-import { mkdirSync, openSync } from 'node:fs';
+import { mkdirSync, openSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pino, type Logger, type LoggerOptions } from 'pino';
@@ -48,7 +48,7 @@ export function createLogger(settings: LoggerSettings): Logger {
     try {
       prettyStream = createRequire(import.meta.url)('pino-pretty') as typeof prettyStream;
     } catch (err) {
-      throw new Error('--pretty needs pino-pretty, a development dependency (not installed by npm ci --omit=dev, nor in the image)', { cause: err });
+      throw new Error(prettyMissing(), { cause: err });
     }
     return pino(
       options,
@@ -255,3 +255,27 @@ export const LOG_BUFFER_BYTES = 16 * 1024 * 1024;
 export const LOG_BATCH_LINES = 128;
 /** ...or this long after the first of them, whichever comes first. */
 export const LOG_FLUSH_MS = 100;
+
+/**
+ * What to do when `--pretty` finds no pino-pretty, with the version range package.json pins.
+ * It stays a development dependency: a daemon's logs go to a collector as JSON, and the
+ * formatter and its dozen dependencies have no place in the image. A production install cannot
+ * add it beside egressd either (`npm install --omit=dev pino-pretty` skips it, since
+ * package.json lists it under devDependencies), so the way that works from any install is
+ * pino-pretty's own command reading the JSON lines, as pino advises.
+ */
+function prettyMissing(): string {
+  let range = '';
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { devDependencies?: Record<string, string> };
+    range = pkg.devDependencies?.['pino-pretty'] ?? '';
+  } catch {
+    // Named without a version: any pino-pretty reads these lines.
+  }
+  const spec = range === '' ? 'pino-pretty' : `pino-pretty@${range}`;
+  return (
+    `--pretty needs ${spec}, a development dependency that only a development install (npm ci) has; ` +
+    `from any install, run without --pretty and pipe the JSON lines through it: ` +
+    `egressd serve | npx --yes ${spec} --messageKey message --timestampKey @timestamp --levelKey 'log\\.level'`
+  );
+}

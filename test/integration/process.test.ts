@@ -433,6 +433,22 @@ describe('the egressd process', () => {
     expect({ code, signal }).toEqual({ code: 0, signal: null });
   }, 30_000);
 
+  it('with --pretty and no pino-pretty (a production install), exits 1 naming the version to run, and the pipe it gives formats the JSON lines', async () => {
+    const file = write(base());
+    const hide = join(ROOT, 'test/helpers/without-pino-pretty.mjs');
+    const r = spawnSync(NODE, ['--import', hide, join(ROOT, 'src/main.ts'), 'serve', '--config', file, '--pretty'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(1);
+    const range = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> }).devDependencies['pino-pretty']!;
+    const pipe = new RegExp(`\\| npx --yes pino-pretty@${range.replace(/[.^]/g, '\\$&')} (.+)$`, 'm').exec(r.stderr);
+    expect(pipe, r.stderr).not.toBeNull();
+    // The flags it gives, to the pino-pretty this checkout has, on one of egressd's own lines.
+    const flags = [...pipe![1]!.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+    const line = JSON.stringify({ 'log.level': 'info', '@timestamp': '2026-01-02T03:04:05.006Z', 'ecs.version': '8.11.0', message: 'egressd serving' });
+    const pretty = spawnSync(NODE, [join(ROOT, 'node_modules/pino-pretty/bin.js'), ...flags], { input: `${line}\n`, encoding: 'utf8', timeout: 20_000 });
+    expect(pretty.stdout).toMatch(/INFO.*: egressd serving/);
+    expect(readFileSync(join(ROOT, 'README.md'), 'utf8')).toContain(`npx --yes pino-pretty@${range}`);
+  }, 30_000);
+
   // A process that could not start must exit, so that its supervisor (systemd, a kubelet) starts
   // it again and says so: the state writer's thread, started while the state was read, held
   // the event loop after a state.path in a missing folder stopped start-up, and the process
