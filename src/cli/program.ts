@@ -20,7 +20,8 @@ import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
 import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
-import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
+import { duplicateKey } from '../util/json-duplicate-key.ts';
+import { lineColumn } from '../util/text-position.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -94,17 +95,25 @@ function tierArg(v: string): number {
  * `egressd validate` and `decide` say of a config or policy file that is not YAML.
  */
 function json(text: string, what: string, source: 'argument' | 'file' = 'argument'): unknown {
-  const fail = (detail: string, cause?: unknown): Error =>
-    source === 'file' ? new ConfigReadError(what, `it ${detail}`, cause, null, 'body') : new UsageError(`${what} ${detail}`);
+  // A file's problem is named `file:line:column:` as the config's YAML errors are; an argument's
+  // keeps V8's "at position N", since an argument has no lines to count.
+  const fail = (detail: string, offset: number | null, cause?: unknown): Error =>
+    source === 'file'
+      ? new ConfigReadError(what, `it ${detail}`, cause, offset === null ? null : lineColumn(text, offset), 'body')
+      : new UsageError(`${what} ${detail}`);
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw fail(`is not valid JSON: ${(e as Error).message}`, e);
+    const message = (e as Error).message;
+    const at = /\bat position (\d+)/.exec(message);
+    const detail = source === 'file' && at !== null ? message.replace(/ (?:in JSON )?at position \d+(?: \(line \d+ column \d+\))?/, '') : message;
+    // No position: the text ended early ("Unexpected end of JSON input"), so the end is where.
+    throw fail(`is not valid JSON: ${detail}`, at !== null ? Number(at[1]) : text.length, e);
   }
   // Parsed here, a duplicate key would reach the API already collapsed to its last value.
-  const dup = duplicateKeyPath(text);
-  if (dup !== null) throw fail(`gives the key ${JSON.stringify(dup)} more than once; give each key once`);
+  const dup = duplicateKey(text);
+  if (dup !== null) throw fail(`gives the key ${JSON.stringify(dup.path)} more than once; give each key once`, dup.offset);
   return value;
 }
 

@@ -3,7 +3,7 @@
 // reason; the caller keeps whatever configuration it was running.
 
 import { readFile } from 'node:fs/promises';
-import { parseDocument } from 'yaml';
+import { readYaml } from '../util/yaml-read.ts';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
@@ -13,24 +13,11 @@ import { type Config, validateConfig } from './schema.ts';
  * the document in the error ("configuration", or "policy" for `egressd decide --policy`).
  */
 export function parseConfigText(text: string, file: string, document = 'configuration'): unknown {
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: true });
-  if (doc.errors.length > 0) {
-    // The first error, as the yaml library words it ("... at line 2, column 1:" then the lines
-    // around it with a caret): what is wrong, where, and its code, so no one has to guess.
-    const first = doc.errors[0]!;
-    const [head = 'YAML syntax error', ...context] = first.message.split('\n');
-    const what = head.replace(/ at line \d+, column \d+:?$/, '');
-    const pos = first.linePos?.[0];
-    const snippet = context.join('\n').replace(/^\n+|\n+$/g, '');
-    throw new ConfigReadError(
-      file,
-      `${what} (YAML ${first.code}${pos ? `, line ${pos.line}, column ${pos.col}` : ''})${snippet ? `\n${snippet}` : ''}`,
-      first,
-      pos ? { line: pos.line, column: pos.col } : null,
-      document,
-    );
-  }
-  return doc.toJS({ maxAliasCount: 100 });
+  const r = readYaml(text);
+  if (r.ok) return r.value;
+  // What is wrong, where, and its code, so no one has to guess.
+  const at = r.position ? `, line ${r.position.line}, column ${r.position.column}` : '';
+  throw new ConfigReadError(file, `${r.reason} (YAML ${r.code}${at})${r.snippet ? `\n${r.snippet}` : ''}`, r.cause, r.position, document);
 }
 
 export function configFromText(text: string, file: string): Config {

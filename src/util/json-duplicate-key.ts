@@ -11,6 +11,11 @@
  * and `"m\u006fde"` are the same key. One pass over the text, no tree built.
  */
 export function duplicateKeyPath(text: string): string | null {
+  return duplicateKey(text)?.path ?? null;
+}
+
+/** As duplicateKeyPath, with the UTF-16 offset of the second occurrence's opening quote. */
+export function duplicateKey(text: string): { path: string; offset: number } | null {
   // One frame per open object (its keys so far and the key being read) or array (its index).
   const frames: ({ keys: Set<string>; key: string } | { keys: null; index: number })[] = [];
   let expectKey = false;
@@ -37,7 +42,7 @@ export function duplicateKeyPath(text: string): string | null {
         const literal = text.slice(i, j + 1);
         const key = literal.includes('\\') ? (JSON.parse(literal) as string) : literal.slice(1, -1);
         top.key = key;
-        if (top.keys.has(key)) return pathOf(frames);
+        if (top.keys.has(key)) return { path: pathOf(frames), offset: i };
         top.keys.add(key);
         expectKey = false;
       }

@@ -9,7 +9,7 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseDocument } from 'yaml';
+import { readYaml } from '../../util/yaml-read.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -167,17 +167,14 @@ function readCatalogFile(path: string): FileRead {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     return { ok: false, reason: `Cannot read catalog file ${q} (${code})` };
   }
-  let doc: unknown;
-  try {
-    // uniqueKeys: a category written twice would silently lose one of its lists.
-    // maxAliasCount bounds alias expansion ("billion laughs") in a file that is not ours.
-    const parsed = parseDocument(text, { uniqueKeys: true, prettyErrors: false });
-    const first = parsed.errors[0];
-    if (first !== undefined) return { ok: false, reason: `Catalog file ${q} is not valid YAML: ${truncate(first.message)}` };
-    doc = parsed.toJS({ maxAliasCount: 100 });
-  } catch (err) {
-    return { ok: false, reason: `Catalog file ${q} is not valid YAML: ${truncate(err instanceof Error ? err.message : String(err))}` };
+  // Duplicate keys refused: a category written twice would silently lose one of its lists.
+  // Alias expansion is bounded ("billion laughs") in a file that is not ours.
+  const parsed = readYaml(text);
+  if (!parsed.ok) {
+    const at = parsed.position ? ` at line ${parsed.position.line}, column ${parsed.position.column}` : '';
+    return { ok: false, reason: `Catalog file ${q} is not valid YAML${at}: ${truncate(parsed.reason)}` };
   }
+  const doc = parsed.value;
   if (!isPlainObject(doc)) return { ok: false, reason: `Catalog file ${q} should hold an object with "categories", got ${describe(doc)}` };
   const unknown = Object.keys(doc).filter((k) => k !== 'categories' && k !== 'published');
   if (unknown.length > 0) return { ok: false, reason: `Catalog file ${q} has unknown field ${quote(unknown[0])}; the fields are categories and published` };

@@ -574,3 +574,55 @@ describe('"help" as a command', () => {
     expect(r.stdout).toMatch(/^Usage: egressd sandbox /);
   });
 });
+
+describe('a file that is read but cannot be used says where: file:line:column', () => {
+  // Errors found after parsing (an alias with no anchor, an alias bomb) have no position from
+  // the yaml package; a JSON body has none from the CLI unless it counts one.
+  const config = 'admin:\n  listen: "127.0.0.1:0"\nlog:\n  level: *lvl\n';
+  it.each([
+    ['validate', (f: string) => ['validate', f], 1],
+    [
+      'decide --config',
+      (f: string) => ['decide', '--policy', write('ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
+      2,
+    ],
+    ['decide --policy', (f: string) => ['decide', '--policy', f, '--ip', '192.0.2.1', '--port', '443'], 2],
+    ['serve', (f: string) => ['serve', '--config', f], 1],
+  ] as const)('%s: an alias with no anchor on line 4', async (_what, args, code) => {
+    const file = write('unresolved.yaml', config);
+    const r = await egressd(args(file));
+    expect(r.code).toBe(code);
+    expect(r.stderr).toMatch(new RegExp(`^(?:egressd: )?${file.replace(/[.]/g, '\\.')}:4:10: Cannot read (?:configuration|policy) .*Unresolved alias`));
+  });
+
+  it('validate: an alias bomb is placed at its first alias and is a problem in the file (exit 1), not an unreadable file (2)', async () => {
+    const lines = ['a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]'];
+    for (let i = 1; i < 6; i++)
+      lines.push(
+        `${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(10)
+          .fill(`*${String.fromCharCode(96 + i)}`)
+          .join(', ')}]`,
+      );
+    const file = write('laughs.yaml', `${lines.join('\n')}\n`);
+    const r = await egressd(['validate', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^${file.replace(/[.]/g, '\\.')}:2:8: Cannot read configuration .*Excessive alias count`));
+  });
+
+  it.each([
+    ['not JSON on line 3', '{\n "sources": ["192.0.2.7"],\n "network": {,}\n}\n', ':3:14: ', /it is not valid JSON: Expected property name or '\}'$/m],
+    [
+      'a key given twice on line 3',
+      '{"sources": ["192.0.2.7"],\n "network": {"networkBlockAll": true,\n  "networkBlockAll": false}}\n',
+      ':3:3: ',
+      /gives the key "network\.networkBlockAll" more than once/,
+    ],
+    ['a body that ends early', '{\n "sources": [', ':2:14: ', /Unexpected end of JSON input/],
+  ])('sandbox put --file: %s', async (_what, text, at, message) => {
+    const file = write('body.json', text);
+    const r = await egressd(['sandbox', 'put', 'sb-1', '--file', file, '--admin', 'http://127.0.0.1:1']);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(r.stderr.startsWith(`error: ${file}${at}Cannot read body`), r.stderr).toBe(true);
+    expect(r.stderr).toMatch(message);
+  });
+});

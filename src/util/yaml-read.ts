@@ -1,0 +1,75 @@
+// YAML (and so JSON) text read into plain values, every refusal with where it is: the config
+// file, `decide --policy` and the essential-services catalog file read through here.
+
+import { type Document, parseDocument, visit } from 'yaml';
+import { lineColumn } from './text-position.ts';
+
+export type YamlRead =
+  | { readonly ok: true; readonly value: unknown }
+  | {
+      readonly ok: false;
+      /** What is wrong, in the yaml package's words, without its position. */
+      readonly reason: string;
+      /** The yaml package's error code (`BAD_INDENT`, `DUPLICATE_KEY`, ...), or `ALIAS`. */
+      readonly code: string;
+      /** 1-based; null only when the text gives no place to point at. */
+      readonly position: { readonly line: number; readonly column: number } | null;
+      /** The lines around it with a caret under the place, when the yaml package gives them. */
+      readonly snippet: string;
+      readonly cause: unknown;
+    };
+
+/**
+ * Parses one YAML document: duplicate keys and syntax errors are refusals, not warnings, and so
+ * are the errors found while aliases are expanded (an alias with no anchor before it, or more
+ * than `maxAliasCount` expansions: an alias bomb), which the yaml package raises only after
+ * parsing, with no position: they are placed at that alias.
+ */
+export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number } = {}): YamlRead {
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true });
+  const first = doc.errors[0];
+  if (first !== undefined) {
+    // prettyErrors words it "... at line 2, column 1:" then the lines around it with a caret.
+    const [head = 'YAML syntax error', ...context] = first.message.split('\n');
+    const pos = first.linePos?.[0];
+    return {
+      ok: false,
+      reason: head.replace(/ at line \d+, column \d+:?$/, ''),
+      code: first.code,
+      position: pos ? { line: pos.line, column: pos.col } : null,
+      snippet: context.join('\n').replace(/^\n+|\n+$/g, ''),
+      cause: first,
+    };
+  }
+  try {
+    return { ok: true, value: doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 }) };
+  } catch (err) {
+    const offset = aliasOffset(doc);
+    return {
+      ok: false,
+      reason: err instanceof Error ? err.message : String(err),
+      code: 'ALIAS',
+      position: offset === null ? null : lineColumn(text, offset),
+      snippet: '',
+      cause: err,
+    };
+  }
+}
+
+/** The offset of the first alias whose anchor is not set before it, or else of the first alias. */
+function aliasOffset(doc: Document): number | null {
+  let unresolved: number | null = null;
+  let first: number | null = null;
+  visit(doc, {
+    Alias(_key, node) {
+      const at = node.range?.[0] ?? null;
+      first ??= at;
+      if (node.resolve(doc) === undefined) {
+        unresolved = at;
+        return visit.BREAK;
+      }
+      return undefined;
+    },
+  });
+  return unresolved ?? first;
+}
