@@ -6,6 +6,7 @@
 // docs/api.md by the docs test.
 
 import type { FieldIssue } from './util/issues.ts';
+import type { Locate } from './util/yaml-read.ts';
 
 export const ERROR_CODES = {
   EGRESSD_ERR_INVALID_CONFIG: 'The configuration file failed validation; nothing was changed',
@@ -35,15 +36,25 @@ export class EgressdError extends Error {
 }
 
 /** Formats issues as `field: reason` lines, the shape every validation error prints. */
-export function formatIssues(issues: readonly FieldIssue[]): string {
-  return issues.map((i) => `${i.field}: ${i.reason}`).join('\n');
+/**
+ * One issue a line, `field: reason`; given where the fields are written (util/yaml-read.ts
+ * `Locate`), each line ends ` (line L, column C)`, as a YAML syntax error's does. The field
+ * stays first: what a reader (and a script) looks for.
+ */
+export function formatIssues(issues: readonly FieldIssue[], locate?: Locate): string {
+  return issues
+    .map((i) => {
+      const pos = locate?.(i.field) ?? null;
+      return `${i.field}: ${i.reason}${pos ? ` (line ${pos.line}, column ${pos.column})` : ''}`;
+    })
+    .join('\n');
 }
 
 export class InvalidConfigError extends EgressdError {
   readonly file: string;
   readonly issues: readonly FieldIssue[];
-  constructor(file: string, issues: readonly FieldIssue[]) {
-    super('EGRESSD_ERR_INVALID_CONFIG', `Invalid configuration in "${file}":\n${formatIssues(issues)}`);
+  constructor(file: string, issues: readonly FieldIssue[], locate?: Locate) {
+    super('EGRESSD_ERR_INVALID_CONFIG', `Invalid configuration in "${file}":\n${formatIssues(issues, locate)}`);
     this.name = 'InvalidConfigError';
     this.file = file;
     this.issues = issues;

@@ -16,7 +16,7 @@
 // daemon protects, are unknown here.
 
 import { readFileSync } from 'node:fs';
-import { parseConfigText } from '../config/load.ts';
+import { parseConfigDocument } from '../config/load.ts';
 import { policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
@@ -69,16 +69,16 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   let config: Config;
   if (args.config === undefined) config = builtInConfig();
   else {
-    let parsedConfig: unknown;
+    let parsedConfig: ReturnType<typeof parseConfigDocument>;
     try {
-      parsedConfig = parseConfigText(readFileSync(args.config, 'utf8'), args.config);
+      parsedConfig = parseConfigDocument(readFileSync(args.config, 'utf8'), args.config);
     } catch (err) {
       // A YAML error carries its line and column in its message; a read error is worded here.
       if (err instanceof ConfigReadError) return invalid(err.message);
       return usage(`Cannot read config "${args.config}": ${systemError(err)}`);
     }
-    const v = validateConfig(parsedConfig);
-    if (!v.ok) return invalid(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted))}`);
+    const v = validateConfig(parsedConfig.value);
+    if (!v.ok) return invalid(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted), parsedConfig.locate)}`);
     config = v.config;
   }
   const dnsServers: string[] = [];
@@ -100,15 +100,15 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   } catch (err) {
     return usage(`Cannot read policy "${args.policy}": ${systemError(err)}`);
   }
-  let doc: unknown;
+  let doc: ReturnType<typeof parseConfigDocument>;
   try {
-    doc = parseConfigText(text, args.policy, 'policy');
+    doc = parseConfigDocument(text, args.policy, 'policy');
   } catch (err) {
     // Read, but not YAML (or an alias bomb): a problem in the file, as for the config.
     return invalid((err as Error).message);
   }
-  const parsed = parseNetworkBody(doc);
-  if (!parsed.ok) return invalid(`Invalid policy "${args.policy}":\n${formatIssues(parsed.issues.map(rooted))}`);
+  const parsed = parseNetworkBody(doc.value);
+  if (!parsed.ok) return invalid(`Invalid policy "${args.policy}":\n${formatIssues(parsed.issues.map(rooted), doc.locate)}`);
 
   if (args.dnsServers !== undefined) config = { ...config, dns: { ...config.dns, sandboxServers: dnsServers } };
   let settings: ReturnType<typeof policySettingsOf>;

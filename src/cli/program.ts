@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import type { ApiCall } from './api-client.ts';
 import { decideCommand } from './decide.ts';
 import { inspectBytes } from './inspect.ts';
-import { parseConfigText } from '../config/load.ts';
+import { parseConfigDocument } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
@@ -225,9 +225,9 @@ Run "egressd <command> --help" for a command's own options.`,
   sub(program, 'validate', 'Check a configuration file: every problem with its key, or the YAML error with its line and column')
     .argument('<file>', 'configuration file (YAML or JSON)')
     .action((file: string) => {
-      let doc: unknown;
+      let doc: ReturnType<typeof parseConfigDocument>;
       try {
-        doc = parseConfigText(readFileSync(file, 'utf8'), file);
+        doc = parseConfigDocument(readFileSync(file, 'utf8'), file);
       } catch (e) {
         // A file that cannot be read is a usage error (exit 2), as for every other command that
         // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).
@@ -236,9 +236,9 @@ Run "egressd <command> --help" for a command's own options.`,
         code = unreadable ? EXIT.usage : EXIT.no;
         return;
       }
-      const r = validateConfig(doc);
+      const r = validateConfig(doc.value);
       if (!r.ok) {
-        io.err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues)}\n`);
+        io.err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues, doc.locate)}\n`);
         code = EXIT.no;
         return;
       }

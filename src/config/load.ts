@@ -3,7 +3,7 @@
 // reason; the caller keeps whatever configuration it was running.
 
 import { readFile } from 'node:fs/promises';
-import { readYaml } from '../util/yaml-read.ts';
+import { type Locate, readYaml } from '../util/yaml-read.ts';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
@@ -13,16 +13,22 @@ import { type Config, validateConfig } from './schema.ts';
  * the document in the error ("configuration", or "policy" for `egressd decide --policy`).
  */
 export function parseConfigText(text: string, file: string, document = 'configuration'): unknown {
+  return parseConfigDocument(text, file, document).value;
+}
+
+/** As parseConfigText, with where each field is written (for the problems validation finds). */
+export function parseConfigDocument(text: string, file: string, document = 'configuration'): { value: unknown; locate: Locate } {
   const r = readYaml(text);
-  if (r.ok) return r.value;
+  if (r.ok) return { value: r.value, locate: r.locate };
   // What is wrong, where, and its code, so no one has to guess.
   const at = r.position ? `, line ${r.position.line}, column ${r.position.column}` : '';
   throw new ConfigReadError(file, `${r.reason} (YAML ${r.code}${at})${r.snippet ? `\n${r.snippet}` : ''}`, r.cause, r.position, document);
 }
 
 export function configFromText(text: string, file: string): Config {
-  const result = validateConfig(parseConfigText(text, file));
-  if (!result.ok) throw new InvalidConfigError(file, result.issues);
+  const { value, locate } = parseConfigDocument(text, file);
+  const result = validateConfig(value);
+  if (!result.ok) throw new InvalidConfigError(file, result.issues, locate);
   return result.config;
 }
 

@@ -1,11 +1,14 @@
 // YAML (and so JSON) text read into plain values, every refusal with where it is: the config
 // file, `decide --policy` and the essential-services catalog file read through here.
 
-import { type Document, parseDocument, visit } from 'yaml';
+import { type Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import { lineColumn } from './text-position.ts';
 
+/** Where a field (`sandboxes[2].network.mode`, issue-path style) is written, 1-based; null when nowhere. */
+export type Locate = (field: string) => { readonly line: number; readonly column: number } | null;
+
 export type YamlRead =
-  | { readonly ok: true; readonly value: unknown }
+  | { readonly ok: true; readonly value: unknown; readonly locate: Locate }
   | {
       readonly ok: false;
       /** What is wrong, in the yaml package's words, without its position. */
@@ -42,7 +45,15 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
     };
   }
   try {
-    return { ok: true, value: doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 }) };
+    const value = doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 });
+    return {
+      ok: true,
+      value,
+      locate: (field) => {
+        const offset = fieldOffset(doc, field);
+        return offset === null ? null : lineColumn(text, offset);
+      },
+    };
   } catch (err) {
     const offset = aliasOffset(doc);
     return {
@@ -72,4 +83,27 @@ function aliasOffset(doc: Document): number | null {
     },
   });
   return unresolved ?? first;
+}
+
+/**
+ * The offset where `field` is written: a map entry's key (where a reader looks for it), a list
+ * item itself; a field that is not written (a required key left out) is placed at the nearest
+ * one above it that is. Null for an empty document.
+ */
+function fieldOffset(doc: Document, field: string): number | null {
+  const steps = [...field.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : m[1]!));
+  let node: unknown = doc.contents;
+  let at: number | null = (doc.contents as { range?: [number, number, number] } | null)?.range?.[0] ?? null;
+  for (const step of steps) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => (isScalar(p.key) ? String(p.key.value) : p.key) === String(step));
+      if (pair === undefined) break;
+      at = (pair.key as { range?: [number, number, number] } | null)?.range?.[0] ?? at;
+      node = pair.value;
+    } else if (isSeq(node) && typeof step === 'number' && step < node.items.length) {
+      node = node.items[step];
+      at = (node as { range?: [number, number, number] } | null)?.range?.[0] ?? at;
+    } else break;
+  }
+  return at;
 }

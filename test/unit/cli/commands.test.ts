@@ -626,3 +626,28 @@ describe('a file that is read but cannot be used says where: file:line:column', 
     expect(r.stderr).toMatch(message);
   });
 });
+
+describe('a problem validation finds says where it is written: (line L, column C)', () => {
+  const config = 'admin:\n  listen: "127.0.0.1:0"\nsandboxes:\n  - id: a\n    sources: ["192.0.2.7"]\n    network:\n      mode: sometimes\n  - id: b\n';
+  it.each([
+    ['validate', (f: string) => ['validate', f], 1],
+    ['serve', (f: string) => ['serve', '--config', f], 1],
+    [
+      'decide --config',
+      (f: string) => ['decide', '--policy', write('ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
+      2,
+    ],
+  ] as const)('%s: each field of the config at its line and column, a missing one at its entry', async (_what, args, code) => {
+    const r = await egressd(args(write('invalid.yaml', config)));
+    expect(r.code).toBe(code);
+    expect(r.stderr).toMatch(/^sandboxes\[0\]\.network\.mode: Unknown mode "sometimes".* \(line 7, column 7\)$/m);
+    expect(r.stderr).toMatch(/^sandboxes\[1\]\.sources: Missing required field "sources" \(line 8, column 5\)$/m);
+  });
+
+  it("decide --policy: the policy file's field at its line and column", async () => {
+    const file = write('policy.yaml', 'mode: block-all\negress:\n  allowed_ports: [443, 70000]\n');
+    const r = await egressd(['decide', '--policy', file, '--ip', '192.0.2.1', '--port', '443']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^egress\.allowed_ports\[1\]: .*70000.* \(line 3, column 24\)$/m);
+  });
+});
