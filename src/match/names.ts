@@ -27,8 +27,8 @@ type Host = { ok: true; name: string } | { ok: true; ip: string } | { ok: false;
  * (`{ name }`), or the canonical text of the address it spells (`{ ip }`), or a refusal.
  *
  * Any spelling of an IP address is an address, not a name (`127.1`, `2130706433`, `0x7f.1`,
- * `[::1]`): a resolver or URL parser would turn it into that address, so only address rules
- * may judge it.
+ * `[::1]`, `[fe80::1%eth0]`): a resolver or URL parser would turn it into that address, so only
+ * address rules may judge it. An IPv6 address's zone is left out of `{ ip }` (zoneStart).
  */
 export function normalizeName(raw: string): NormalizedName {
   return normalizeHost(raw, 'Name');
@@ -75,6 +75,32 @@ function publicSuffixOf(name: string): string | null {
   }
 }
 
+/**
+ * Where the address ends in `text[start, end)` when a zone follows it (`fe80::1%eth0`, RFC 4007
+ * §11): the index of its "%"; else `end`. Node's http writes a link-local destination's zone
+ * into its Host as the interface is named (`[fe80::1%eth0]`; Go's net/http, Python's http.client
+ * and curl leave it out), and a URI writes it after "%25" (RFC 6874 §2). Either is taken as
+ * 1*( unreserved / pct-encoded ) and left aside: the link is the connection's own, and rules judge
+ * the address itself. A malformed or empty zone gives `end`, so the "%" fails the address.
+ */
+function zoneStart(text: string, start: number, end: number): number {
+  const pct = text.indexOf('%', start);
+  if (pct < 0 || pct >= end || pct === end - 1) return end;
+  for (let i = pct + 1; i < end; i++) {
+    const c = text.charCodeAt(i);
+    const unreserved = (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x2e || c === 0x5f || c === 0x7e;
+    if (unreserved) continue;
+    if (c === 0x25 && i + 2 < end && isHex(text.charCodeAt(i + 1)) && isHex(text.charCodeAt(i + 2))) {
+      i += 2;
+      continue;
+    }
+    return end;
+  }
+  return pct;
+}
+
+const isHex = (c: number): boolean => (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
+
 function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string = raw): Host {
   if (typeof raw !== 'string') return { ok: false, reason: `Expected a host name, got ${typeof raw}` };
   const q = quote(original);
@@ -92,12 +118,13 @@ function normalizeHost(raw: string, noun: 'Name' | 'Pattern', original: string =
   // RFC 3986 §3.2.2: an IPv6 literal in a host is bracketed; a bare one is accepted too.
   if (raw.charCodeAt(0) === 0x5b) {
     const words = new Uint32Array(4);
-    if (raw.charCodeAt(raw.length - 1) === 0x5d && parseIPv6(raw, words, 1, raw.length - 1)) return { ok: true, ip: formatIPv6(words) };
+    const end = raw.length - 1;
+    if (raw.charCodeAt(end) === 0x5d && parseIPv6(raw, words, 1, zoneStart(raw, 1, end))) return { ok: true, ip: formatIPv6(words) };
     return { ok: false, reason: `${noun} ${q} is bracketed but is not an IPv6 address` };
   }
   if (raw.includes(':')) {
     const words = new Uint32Array(4);
-    if (parseIPv6(raw, words)) return { ok: true, ip: formatIPv6(words) };
+    if (parseIPv6(raw, words, 0, zoneStart(raw, 0, raw.length))) return { ok: true, ip: formatIPv6(words) };
     return { ok: false, reason: `${noun} ${q} contains ":", which is not allowed in a host name` };
   }
 

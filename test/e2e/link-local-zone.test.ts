@@ -71,6 +71,27 @@ for arg in sys.argv[3:]:
 print(json.dumps(out))
 `;
 
+// For each interface given, one HTTP request by Node's http to the router's fe80::1 on that link,
+// which writes the zone into the Host (`[fe80::1%IFNAME]:PORT`; Go's net/http, Python's
+// http.client and curl leave it out); prints per interface what came back: the upstream's line (it
+// answers "link IFNAME", not HTTP), the status of an HTTP answer (egressd's refusal), or "closed".
+const HTTP_REQUESTS = `
+const http = require('node:http');
+const [port, ...ifnames] = process.argv.slice(1);
+const one = (ifname) => new Promise((resolve) => {
+  const req = http.get({ host: '${ROUTER_LL}%' + ifname, port: Number(port), path: '/', timeout: 5000 });
+  req.on('response', (res) => { res.resume(); resolve(String(res.statusCode)); });
+  req.on('timeout', () => req.destroy(new Error('timeout')));
+  // Not HTTP: the parser's error carries the bytes it could not read.
+  req.on('error', (e) => resolve(e.rawPacket ? e.rawPacket.toString('latin1').split('\\n')[0].trim() : 'closed'));
+});
+(async () => {
+  const out = {};
+  for (const ifname of ifnames) out[ifname] = await one(ifname);
+  console.log(JSON.stringify(out));
+})();
+`;
+
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e link-local-zone skipped: ${skip}`);
 
@@ -210,6 +231,19 @@ describe.skipIf(skip !== null)('link-local sources and destinations on two links
         // Link 0's fe80::b1 is the sandbox, refused by its block-all; link 1's is no sandbox's.
         expect(got[on(0)], JSON.stringify(got)).not.toEqual([`link ${links[0]!.router}`]);
         expect(got[on(1)], JSON.stringify(got)).toEqual([`link ${links[1]!.router}`]);
+      });
+    }, 90_000);
+
+    it('judges an HTTP request whose Host is the link-local destination with its zone by that destination, not as a bad name', async () => {
+      // A domain deny rule makes the name matter, so the request head is read.
+      const defaultNetwork = { mode: 'allow-all', egress: { denied_domains: ['denied.test'] } };
+      await served({ defaultNetwork }, async (daemon) => {
+        const r = await rig.execIn('sandbox', NODE, ['-e', HTTP_REQUESTS, String(UPSTREAM_PORT), ...links.map((l) => l.sandbox)], { timeoutMs: 60_000 });
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout)).toEqual(Object.fromEntries(links.map((l) => [l.sandbox, `link ${l.router}`])));
+        const line = await daemon.outcome((l) => field(l, 'observer.ingress.interface.name') === links[1]!.router, 5000);
+        expect(field(line, 'egressd.raw_name')).toBe(`[${ROUTER_LL}%${links[1]!.sandbox}]`);
+        expect(field(line, 'destination.domain')).toBeUndefined();
       });
     }, 90_000);
   });

@@ -73,7 +73,25 @@ describe('normalizeName', () => {
 
   it('refuses brackets around anything but an IPv6 address', () => {
     expect(reasonOf('[1.2.3.4]')).toBe('Name "[1.2.3.4]" is bracketed but is not an IPv6 address');
-    expect(reasonOf('[fe80::1%eth0]')).toContain('is bracketed but is not an IPv6 address');
+    expect(reasonOf('[1.2.3.4%eth0]')).toContain('is bracketed but is not an IPv6 address');
+  });
+
+  // Node's http writes a link-local destination's zone into its Host as the interface is named
+  // (`[fe80::1%eth0]`); a URI writes it after "%25" (RFC 6874 §2).
+  it.each([
+    ['[fe80::1%eth0]', 'fe80::1'],
+    ['[fe80::1%25eth0]', 'fe80::1'],
+    ['[FE80::B1%eg1a2b3sb]', 'fe80::b1'],
+    ['[fe80::1%eth0.100]', 'fe80::1'],
+    ['[fe80::1%2]', 'fe80::1'],
+    ['fe80::1%eth0', 'fe80::1'],
+  ])('classifies %j, an IPv6 address with its zone, as the address %j', (raw, ip) => {
+    expect(normalizeName(raw)).toEqual({ ok: true, ip });
+    expect(normalizeWireName(raw)).toEqual({ ok: true, ip });
+  });
+
+  it.each(['[fe80::1%]', '[fe80::1%eth 0]', '[fe80::1%eth0%zz]', '[fe80::1%eth0/64]', '[%eth0]'])('refuses %j, whose zone or address is malformed', (raw) => {
+    expect(normalizeName(raw).ok).toBe(false);
   });
 
   it.each(['a..b.com', '.example.com', 'example.com..'])('refuses the empty label in %j', (raw) => {
