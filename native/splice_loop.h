@@ -194,10 +194,14 @@ unsigned sl_loop_size(const sl_loop *loop);
 // An accepted connection with no byte yet is reported (SL_PEEK_WAITING, no bytes) only after this
 // long: most clients send their first flight a moment after the handshake, and waiting for it makes
 // one report of the connection instead of an empty one and then the flight (two hand-offs to the
-// caller; at 50 concurrent clients 62-71% of connections paid both). A protocol where the server
-// speaks first is dialed this much later. HAProxy's `tcp-request inspect-delay` and nginx's
-// `preread_timeout` wait for the client's bytes in the same way, for seconds.
-#define SL_EMPTY_GRACE_MS 10
+// caller, and a wake-up of its own for the empty one). A busy client is late by more than a moment:
+// 50 TLS clients in one Node process send their ClientHello over 10 ms after the handshake for
+// 73-91% of connections, which cost egressd 50-70 µs more each (bench/conn-js.ts --workload tls).
+// So the same wait as for an incomplete flight: a slot of the unanswered connections' cap is held
+// no longer than a dripping client already holds one. A protocol where the server speaks first is
+// dialed this much later; HAProxy's `tcp-request inspect-delay` and nginx's `preread_timeout` wait
+// for the client's bytes in the same way, for seconds.
+#define SL_EMPTY_GRACE_MS SL_FLIGHT_GRACE_MS
 
 typedef enum { SL_EV_ACCEPTED = 1, SL_EV_PEEK = 2, SL_EV_CONNECTED = 3, SL_EV_SHED = 4 } sl_event_kind;
 
