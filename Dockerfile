@@ -66,5 +66,5 @@ EXPOSE 15080 15443 15001 15053 15053/udp 9901
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9901/readyz',{signal:AbortSignal.timeout(2000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 # --max-semi-space-size: as bin/egressd (V8's young generation capped; issue 12, RSS per connection).
-ENTRYPOINT ["node", "--max-semi-space-size=2", "dist/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=4", "dist/main.js"]
 CMD ["serve", "--config", "/etc/egressd/config.yaml"]

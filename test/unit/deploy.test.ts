@@ -198,7 +198,7 @@ describe('Dockerfile', () => {
   });
 
   it('runs the daemon with node dist/main.js serve --config /etc/egressd/config.yaml', () => {
-    expect(JSON.parse(all(final, 'ENTRYPOINT').at(-1)!)).toEqual(['node', '--max-semi-space-size=2', 'dist/main.js']);
+    expect(JSON.parse(all(final, 'ENTRYPOINT').at(-1)!)).toEqual(['node', '--max-semi-space-size=4', 'dist/main.js']);
     expect(JSON.parse(all(final, 'CMD').at(-1)!)).toEqual(['serve', '--config', '/etc/egressd/config.yaml']);
   });
 });
