@@ -10,6 +10,7 @@
 // token from EGRESSD_ADMIN_TOKEN or --token-file.
 
 import { request } from 'undici';
+import { terminalJson, terminalLine } from '../util/terminal-text.ts';
 
 export interface CliResult {
   readonly code: 0 | 1 | 2 | 3 | 4;
@@ -29,7 +30,7 @@ export interface CallOptions {
   readonly admin: string;
   readonly token: string | undefined;
   readonly kind?: 'plain' | 'check' | 'list';
-  /** `--json`: an API error is printed as the API's error document, as it came, not as a sentence. */
+  /** `--json`: an API error is printed as the API's error document (re-serialized, terminalJson), not as a sentence. */
   readonly json?: boolean;
 }
 
@@ -52,12 +53,6 @@ function errorDocument(text: string): ErrorDocument | null {
   return { code: e.code, message: typeof e.message === 'string' ? e.message : '', field: typeof e.field === 'string' ? e.field : null };
 }
 
-/** One line, whatever the text holds: a message never spreads over the lines after it. */
-const oneLine = (s: string, max = 500): string => {
-  const flat = s.replace(/\s*\n\s*/g, ' ').trim();
-  return flat.length > max ? `${flat.slice(0, max - 3)}...` : flat;
-};
-
 /**
  * The line printed for an answer the API refused (4xx, 5xx): what was asked, the status and
  * the API's code, the field it names, and its message; `hint` says what to do about it (401).
@@ -65,10 +60,13 @@ const oneLine = (s: string, max = 500): string => {
  */
 function refusal(call: ApiCall, o: CallOptions, status: number, text: string, hint?: string): string {
   const doc = errorDocument(text);
-  if (o.json === true && doc !== null) return text.endsWith('\n') ? text : `${text}\n`;
-  const answer = doc === null ? `${status}${text.trim() === '' ? '' : `: ${oneLine(text, 200)}`}` : `${status} ${doc.code}`;
-  const field = doc?.field ? ` (field ${JSON.stringify(doc.field)})` : '';
-  const message = doc === null || doc.message === '' ? '' : `: ${oneLine(doc.message)}`;
+  // Re-serialized, not as it came: a raw C1 control or bidi override is valid inside a JSON string.
+  if (o.json === true && doc !== null) return `${terminalJson(JSON.parse(text))}\n`;
+  // Every piece the answer supplied goes through terminalLine: whatever answers at --admin (a
+  // proxy's page, a hostile server) must not reach the operator's terminal as escape sequences.
+  const answer = doc === null ? `${status}${text.trim() === '' ? '' : `: ${terminalLine(text, 200)}`}` : `${status} ${terminalLine(doc.code, 100)}`;
+  const field = doc?.field ? ` (field "${terminalLine(doc.field, 200)}")` : '';
+  const message = doc === null || doc.message === '' ? '' : `: ${terminalLine(doc.message)}`;
   return `error: ${call.what}: the admin API at ${o.admin} answered ${answer}${field}${message}${hint ? `; ${hint}` : ''}\n`;
 }
 
@@ -78,7 +76,7 @@ function refusal(call: ApiCall, o: CallOptions, status: number, text: string, hi
  * would be refused, let through by report-only mode; 2 the admin URL is not one; 3 it could not
  * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
  * stdout on success; a refusal is one line on stderr (`refusal`), or with `json` the API's error
- * document as it came.
+ * document, re-serialized on one line.
  */
 export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult> {
   // A malformed --admin / EGRESSD_ADMIN_URL is the caller's argument, not an unreachable API.
@@ -102,7 +100,7 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
     status = res.statusCode;
     text = await res.body.text();
   } catch (err) {
-    return { code: 3, stdout: '', stderr: `error: ${call.what}: cannot reach the admin API at ${o.admin}: ${(err as Error).message}\n` };
+    return { code: 3, stdout: '', stderr: `error: ${call.what}: cannot reach the admin API at ${o.admin}: ${terminalLine((err as Error).message)}\n` };
   }
   const out = text === '' ? '' : text.endsWith('\n') ? text : `${text}\n`;
   if (status === 401) {
@@ -122,7 +120,7 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
       return {
         code: 3,
         stdout: '',
-        stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${oneLine(text, 200)}\n`,
+        stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${terminalLine(text, 200)}\n`,
       };
     }
     // would-refuse: allowed now only because report-only mode is on; its own code, so a script
@@ -151,20 +149,24 @@ async function listAll(call: ApiCall, o: CallOptions): Promise<CliResult> {
     try {
       body = JSON.parse(r.stdout) as typeof body;
     } catch {
-      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page that is not JSON: ${oneLine(r.stdout, 200)}\n` };
+      return {
+        code: 3,
+        stdout: '',
+        stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page that is not JSON: ${terminalLine(r.stdout, 200)}\n`,
+      };
     }
     const items = body[key];
     if (!Array.isArray(items))
       return {
         code: 3,
         stdout: '',
-        stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page with no "${key}" list: ${oneLine(r.stdout, 200)}\n`,
+        stderr: `error: ${call.what}: the admin API at ${o.admin} answered a page with no "${key}" list: ${terminalLine(r.stdout, 200)}\n`,
       };
     all.push(...(items as unknown[]));
     cursor = typeof body.next_cursor === 'string' ? body.next_cursor : null;
     // A server that hands back a cursor twice would loop forever: stop and say so.
     if (cursor !== null && seen.has(cursor))
-      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} repeated the cursor ${cursor}\n` };
+      return { code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} repeated the cursor "${terminalLine(cursor, 200)}"\n` };
     if (cursor !== null) seen.add(cursor);
   } while (cursor !== null);
   return { code: 0, stdout: `${JSON.stringify({ [key]: all })}\n`, stderr: '' };
