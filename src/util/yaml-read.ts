@@ -29,6 +29,9 @@ export type YamlRead =
  * parsing, with no position: they are placed at that alias.
  */
 export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number } = {}): YamlRead {
+  // A byte order mark is not content (YAML 1.2 §5.2): left in, the yaml package counts it as a
+  // column of line 1, and every position on that line is one too far right.
+  if (text.startsWith('\ufeff')) text = text.slice(1);
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true });
   const first = doc.errors[0];
   if (first !== undefined) {
