@@ -22,6 +22,7 @@ import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
 import { duplicateKey } from '../util/json-duplicate-key.ts';
 import { lineColumn } from '../util/text-position.ts';
+import { jsonErrorOffset } from '../util/json-error-offset.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -96,20 +97,22 @@ function tierArg(v: string): number {
  */
 function json(text: string, what: string, source: 'argument' | 'file' = 'argument'): unknown {
   // A file's problem is named `file:line:column:` as the config's YAML errors are; an argument's
-  // keeps V8's "at position N", since an argument has no lines to count.
-  const fail = (detail: string, offset: number | null, cause?: unknown): Error =>
+  // says "at position N", since an argument has no lines to count.
+  const fail = (detail: string, offset: number, cause?: unknown): Error =>
     source === 'file'
-      ? new ConfigReadError(what, `it ${detail}`, cause, offset === null ? null : lineColumn(text, offset), 'body')
-      : new UsageError(`${what} ${detail}`);
+      ? new ConfigReadError(what, `it ${detail}`, cause, lineColumn(text, offset), 'body')
+      : new UsageError(`${what} ${detail} (at position ${offset})`);
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (e) {
-    const message = (e as Error).message;
-    const at = /\bat position (\d+)/.exec(message);
-    const detail = source === 'file' && at !== null ? message.replace(/ (?:in JSON )?at position \d+(?: \(line \d+ column \d+\))?/, '') : message;
-    // No position: the text ended early ("Unexpected end of JSON input"), so the end is where.
-    throw fail(`is not valid JSON: ${detail}`, at !== null ? Number(at[1]) : text.length, e);
+    // V8's words without its position, which it gives for some errors only, nor the text it
+    // quotes around an unexpected token (over several lines, when the text has them); where the
+    // text stops being JSON is found by reading it (V8's position when it gives one).
+    const detail = (e as Error).message
+      .replace(/ (?:in JSON )?at position \d+(?: \(line \d+ column \d+\))?/, '')
+      .replace(/, (?:\.\.\.)?"[^]* is not valid JSON$/, '');
+    throw fail(`is not valid JSON: ${detail}`, jsonErrorOffset(text) ?? text.length, e);
   }
   // Parsed here, a duplicate key would reach the API already collapsed to its last value.
   const dup = duplicateKey(text);
@@ -124,7 +127,9 @@ function fileJson(file: string): unknown {
   } catch (e) {
     throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
   }
-  return json(text, file, 'file');
+  // RFC 8259 §8.1: a parser may ignore a byte order mark, which some editors write; dropped, it
+  // leaves the text's positions as the editor shows them.
+  return json(text.startsWith('\ufeff') ? text.slice(1) : text, file, 'file');
 }
 
 interface ApiOpts {

@@ -618,12 +618,28 @@ describe('a file that is read but cannot be used says where: file:line:column', 
       /gives the key "network\.networkBlockAll" more than once/,
     ],
     ['a body that ends early', '{\n "sources": [', ':2:14: ', /Unexpected end of JSON input/],
+    // V8 gives no position for an unexpected token, and quotes the text around it over lines.
+    [
+      'an unexpected token on line 2',
+      '{"sources": ["192.0.2.7"],\n "network": x,\n "org": "o"}\n',
+      ':2:13: ',
+      /^[^\n]*not valid JSON: Unexpected token 'x'\n$/,
+    ],
+    ['an address unquoted', '{"sources": [192.0.2.7]}', ':1:19: ', /^[^\n]*not valid JSON: Expected ',' or ']' after array element\n$/],
+    ['a byte order mark before a token on line 1', '\ufeff{"sources": x}', ':1:13: ', /^[^\n]*not valid JSON: Unexpected token 'x'\n$/],
   ])('sandbox put --file: %s', async (_what, text, at, message) => {
     const file = write('body.json', text);
     const r = await egressd(['sandbox', 'put', 'sb-1', '--file', file, '--admin', 'http://127.0.0.1:1']);
     expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 1, stdout: '' });
     expect(r.stderr.startsWith(`error: ${file}${at}Cannot read body`), r.stderr).toBe(true);
     expect(r.stderr).toMatch(message);
+  });
+
+  it('sandbox put --file: a body with a byte order mark is read (RFC 8259 §8.1), and sent', async () => {
+    const file = write('bom-body.json', '\ufeff{"sources": ["192.0.2.7"]}\n');
+    const r = await egressd(['sandbox', 'put', 'sb-1', '--file', file, '--admin', 'http://127.0.0.1:1']);
+    expect(r.code, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/^error: sandbox put "sb-1": cannot reach the admin API/);
   });
 });
 
