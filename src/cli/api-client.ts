@@ -74,7 +74,8 @@ function refusal(call: ApiCall, o: CallOptions, status: number, text: string, hi
  * One call to the admin API. Exit codes (src/cli/program.ts EXIT): 0 the API answered 2xx
  * (`check`: and allowed); 1 it refused the request (4xx but 401; `check`: refused); 4 `check`:
  * would be refused, let through by report-only mode; 2 the admin URL is not one; 3 it could not
- * be used: unreachable, timed out, 5xx, or 401 (no or wrong token). The answer's JSON goes to
+ * be used: unreachable, timed out, 5xx, or 401 (no or wrong token), or not the API (a 3xx, a 2xx
+ * that is not JSON, a check without a verdict). The answer's JSON goes to
  * stdout on success; a refusal is one line on stderr (`refusal`), or with `json` the API's error
  * document, re-serialized on one line.
  */
@@ -86,6 +87,7 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
   if (o.kind === 'list') return listAll(call, o);
   let status: number;
   let text: string;
+  let location: string | null;
   try {
     const res = await request(new URL(call.path, o.admin), {
       method: call.method,
@@ -99,6 +101,7 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
     });
     status = res.statusCode;
     text = await res.body.text();
+    location = typeof res.headers['location'] === 'string' ? res.headers['location'] : null;
   } catch (err) {
     return { code: 3, stdout: '', stderr: `error: ${call.what}: cannot reach the admin API at ${o.admin}: ${terminalLine((err as Error).message)}\n` };
   }
@@ -112,17 +115,26 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
   if (status >= 500) return { code: 3, stdout: '', stderr: refusal(call, o, status, text) };
   // check's 1 is a refusal: a request the API refuses (an unknown sandbox: 404) gave no verdict.
   if (status >= 400) return { code: o.kind === 'check' ? 2 : 1, stdout: '', stderr: refusal(call, o, status, text) };
-  if (o.kind === 'check') {
-    let verdict: unknown;
+  // What is not the API's own answer is not "done": the API never redirects and answers a 2xx
+  // with JSON or nothing (204), so a 3xx (a proxy sending to its login page) or a page that is
+  // not JSON came from something else at --admin, and the change was not made.
+  const unusable = (what: string): CliResult => ({ code: 3, stdout: '', stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${what}\n` });
+  if (status < 200 || status >= 300) {
+    const to = location === null ? '' : ` (to ${terminalLine(location, 200)})`;
+    return unusable(`${status}${to}, which egressd's API never answers: something else answers at that address`);
+  }
+  let answer: unknown = null;
+  if (text !== '') {
     try {
-      verdict = (JSON.parse(text) as { verdict?: unknown }).verdict;
+      answer = JSON.parse(text);
     } catch {
-      return {
-        code: 3,
-        stdout: '',
-        stderr: `error: ${call.what}: the admin API at ${o.admin} answered ${status} with something that is not JSON: ${terminalLine(text, 200)}\n`,
-      };
+      return unusable(`${status} with something that is not JSON: ${terminalLine(text, 200)}`);
     }
+  }
+  if (o.kind === 'check') {
+    const verdict = (answer as { verdict?: unknown } | null)?.verdict;
+    // Only a verdict the API gives is read as one: a JSON answer without it is not a refusal (1).
+    if (verdict !== 'allow' && verdict !== 'refuse' && verdict !== 'would-refuse') return unusable(`${status} with no verdict: ${terminalLine(text, 200)}`);
     // would-refuse: allowed now only because report-only mode is on; its own code, so a script
     // can tell "allowed" from "allowed until the policy is enforced".
     return { code: verdict === 'allow' ? 0 : verdict === 'would-refuse' ? 4 : 1, stdout: out, stderr: '' };

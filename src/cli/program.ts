@@ -38,7 +38,8 @@ import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schem
  *     be read, and for check and decide, whose 1 is a refusal, any input they cannot judge with
  *     (decide's invalid policy or config, a check request the API refuses): grep's convention, so
  *     that a script reading 1 as "refused" is never handed a broken policy
- *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401)
+ *   3 the admin API cannot be used: unreachable, timed out, failing (5xx) or refusing the token (401),
+ *     or what answers is not the API (a redirect, a 2xx that is not JSON, a check without a verdict)
  *   4 would be refused (check, decide): the policy refuses it, and report-only mode lets it through
  */
 export const EXIT = Object.freeze({ ok: 0, no: 1, usage: 2, unavailable: 3, wouldRefuse: 4 });
@@ -156,7 +157,7 @@ export function buildProgram(io: CliIo): { program: Command; run: (argv: readonl
 Exit codes: 0 done/allowed/valid, 1 the answer is no (refused; validate: invalid; the
 API refused the change), 2 no answer (an unknown or malformed flag or argument, a file
 that cannot be read; check/decide: a policy or config they cannot judge with, a check
-the API refuses), 3 the admin API is unreachable, failing or refuses the token,
+the API refuses), 3 the admin API is unreachable, failing, refuses the token or is not the API,
 4 check/decide: would be refused, let through by report-only mode.
 
 Environment:

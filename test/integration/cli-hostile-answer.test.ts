@@ -18,7 +18,7 @@ const ACTS_ON_TERMINAL = /[\p{Cc}\p{Cf}]/u;
 /** The strings a hostile error document carries: CSI, OSC (window title) with BEL, CR, raw C1 CSI, RLO. */
 const HOSTILE = 'clear\u001b[2J title\u001b]0;pwned\u0007 back\rOVERWRITE c1\u009b31m rlo\u202eevil\nnext line';
 
-const ANSWERS: Record<string, { status: number; type?: string; body: string | Buffer }> = {
+const ANSWERS: Record<string, { status: number; type?: string; body: string | Buffer; location?: string }> = {
   '/doc': {
     status: 400,
     type: 'application/json',
@@ -32,6 +32,10 @@ const ANSWERS: Record<string, { status: number; type?: string; body: string | Bu
     body: JSON.stringify({ error: { code: 'c'.repeat(5000), message: 'm'.repeat(100_000), field: 'f'.repeat(5000) } }),
   },
   '/empty': { status: 503, body: '' },
+  // Not egressd's API at all: a proxy sending to its login page, a captive portal's page, JSON without a verdict.
+  '/redirect': { status: 302, type: 'text/html', body: '<a href="/login">login</a>', location: 'http://portal.example.test/login' },
+  '/portal': { status: 200, type: 'text/html', body: '<html><body>Sign in to continue</body></html>' },
+  '/no-verdict': { status: 200, type: 'application/json', body: '{"sandboxes":[],"next_cursor":null,"id":"sb-1"}' },
 };
 
 describe('an answer the CLI cannot trust', () => {
@@ -41,7 +45,13 @@ describe('an answer the CLI cannot trust', () => {
     // One server a kind of answer, answering every request with it.
     for (const [name, answer] of Object.entries(ANSWERS)) {
       const server = createServer((req, res) => {
-        req.resume().on('end', () => res.writeHead(answer.status, answer.type ? { 'content-type': answer.type } : {}).end(answer.body));
+        req
+          .resume()
+          .on('end', () =>
+            res
+              .writeHead(answer.status, { ...(answer.type ? { 'content-type': answer.type } : {}), ...(answer.location ? { location: answer.location } : {}) })
+              .end(answer.body),
+          );
       });
       servers.push(server);
       server.listen(0, '127.0.0.1');
@@ -63,7 +73,7 @@ describe('an answer the CLI cannot trust', () => {
     ['check', '--sandbox', 'sb-1', '--ip', '192.0.2.1', '--port', '443'],
   ];
 
-  it.each(Object.keys(ANSWERS))(
+  it.each(Object.keys(ANSWERS).filter((p) => p !== '/no-verdict'))(
     '%s: one line on stderr, nothing a terminal acts on but its newline, at most a few hundred characters',
     async (path) => {
       for (const args of COMMANDS) {
@@ -76,6 +86,27 @@ describe('an answer the CLI cannot trust', () => {
     },
     120_000,
   );
+
+  it.each(['/redirect', '/portal'])(
+    '%s is not done: every command exits 3 (the API unusable), nothing on stdout',
+    async (path) => {
+      for (const args of [...COMMANDS, ['sandbox', 'rm', 'sb-1'], ['sandbox', 'put', 'sb-1', '--sources', '192.0.2.7']]) {
+        const r = await egressd(args, base[path]!);
+        expect({ code: r.code, stdout: r.stdout }, `${args.join(' ')}: ${r.stderr}`).toEqual({ code: 3, stdout: '' });
+        expect(r.stderr, args.join(' ')).toMatch(
+          path === '/redirect' ? / answered 302 \(to http:\/\/portal\.example\.test\/login\), / : / answered 200 with something that is not JSON: /,
+        );
+      }
+    },
+    120_000,
+  );
+
+  it('a check answered with JSON that holds no verdict exits 3, not the 1 of a refusal', async () => {
+    const r = await egressd(COMMANDS[3]!, base['/no-verdict']!);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 3, stdout: '' });
+    expect(r.stderr).toMatch(/answered 200 with no verdict: /);
+    expect((await egressd(COMMANDS[1]!, base['/no-verdict']!)).code, 'sandbox ls: its list is there').toBe(0);
+  });
 
   it("shows the hostile strings' characters as escapes the reader can see", async () => {
     const r = await egressd(['sandbox', 'get', 'sb-1'], base['/doc']!);
