@@ -50,7 +50,8 @@ export interface DecideArgs {
 const SANDBOX_ID = 'decide';
 
 export function decideCommand(args: DecideArgs): CommandResult & { stderr?: string } {
-  const usage = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
+  // Worded as every usage error is (src/cli/program.ts `run`): the error, then where the help is.
+  const usage = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `error: ${msg}\n(see "egressd decide --help")\n` });
   // An invalid policy or config gives no verdict: 2, never the 1 of a refusal.
   const invalid = (msg: string) => ({ code: 2 as const, stdout: '', stderr: `${msg}\n` });
 

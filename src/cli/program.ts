@@ -177,6 +177,12 @@ Run "egressd <command> --help" for a command's own options.`,
     .showHelpAfterError('(see "egressd --help")')
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err });
+  // The command whose action runs: a usage error its action raises (a missing body, a file that
+  // cannot be read) points at that command's help, as commander's own errors do.
+  let acting: Command = program;
+  program.hook('preAction', (_program, actionCommand) => {
+    acting = actionCommand;
+  });
 
   // Subcommands inherit the output and error handling; every one of them exits through EXIT.
   const sub = (parent: Command, spec: string, description: string): Command => {
@@ -237,9 +243,9 @@ Run "egressd <command> --help" for a command's own options.`,
       } catch (e) {
         // A file that cannot be read is a usage error (exit 2), as for every other command that
         // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).
-        const unreadable = !(e instanceof ConfigReadError);
-        io.err(unreadable ? `Cannot read "${file}": ${systemError(e)}\n` : `${e.message}\n`);
-        code = unreadable ? EXIT.usage : EXIT.no;
+        if (!(e instanceof ConfigReadError)) throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
+        io.err(`${e.message}\n`);
+        code = EXIT.no;
         return;
       }
       const r = validateConfig(doc.value);
@@ -259,9 +265,7 @@ Run "egressd <command> --help" for a command's own options.`,
       try {
         bytes = readFileSync(src === '-' ? 0 : src);
       } catch (e) {
-        io.err(`Cannot read "${src}": ${systemError(e)}\n`);
-        code = EXIT.usage;
-        return;
+        throw new UsageError(`Cannot read "${src}": ${systemError(e)}`);
       }
       emit(inspectBytes(bytes));
     });
@@ -435,7 +439,7 @@ Run "egressd <command> --help" for a command's own options.`,
     } catch (e) {
       // Raised by an action after commander's own checks passed (a file, a JSON argument).
       if (e instanceof UsageError) {
-        io.err(`error: ${e.message}\n`);
+        io.err(`error: ${e.message}\n(see "${lineage(acting).join(' ')} --help")\n`);
         return EXIT.usage;
       }
       // A body file that was read but is not JSON: a problem found in it, as validate's.

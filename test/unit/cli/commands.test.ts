@@ -309,7 +309,7 @@ describe('egressd decide', () => {
     expect(ok.code).toBe(0);
     const raw = await egressd(['decide', '--policy', '-', '--host', 'bücher.test', '--ip', '208.80.154.1', '--port', '443'], policy);
     expect(raw.code).toBe(2);
-    expect(raw.stderr).toMatch(/^--host: .*non-ASCII/);
+    expect(raw.stderr).toMatch(/^error: --host: .*non-ASCII/);
   });
 
   it('exits 2 on an invalid policy (never the 1 of a refusal), naming the file, each field and its reason on stderr, and nothing on stdout', async () => {
@@ -344,13 +344,13 @@ describe('egressd decide', () => {
   });
 
   it.each([
-    ['--ip', ['--ip', '1.1.1', '--port', '443'], /^--ip: .*"1\.1\.1"/m],
-    ['--ip', ['--ip', 'localhost', '--port', '443'], /^--ip: .*"localhost"/m],
-    ['--port', ['--ip', '1.1.1.1', '--port', '0'], /^--port: .*"0"/m],
-    ['--port', ['--ip', '1.1.1.1', '--port', '65536'], /^--port: .*"65536"/m],
-    ['--port', ['--ip', '1.1.1.1', '--port', 'https'], /^--port: .*"https"/m],
-    ['--dns-server', ['--ip', '1.1.1.1', '--port', '53', '--dns-server', 'dns.google'], /^--dns-server: .*"dns\.google"/m],
-    ['--protected-except', ['--ip', '1.1.1.1', '--port', '53', '--protected-except', '10.0.0.0/40'], /^--protected-except: /m],
+    ['--ip', ['--ip', '1.1.1', '--port', '443'], /^error: --ip: .*"1\.1\.1"/m],
+    ['--ip', ['--ip', 'localhost', '--port', '443'], /^error: --ip: .*"localhost"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', '0'], /^error: --port: .*"0"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', '65536'], /^error: --port: .*"65536"/m],
+    ['--port', ['--ip', '1.1.1.1', '--port', 'https'], /^error: --port: .*"https"/m],
+    ['--dns-server', ['--ip', '1.1.1.1', '--port', '53', '--dns-server', 'dns.google'], /^error: --dns-server: .*"dns\.google"/m],
+    ['--protected-except', ['--ip', '1.1.1.1', '--port', '53', '--protected-except', '10.0.0.0/40'], /^error: --protected-except: /m],
   ] as const)('exits 2 on a bad %s, saying which flag and why', async (_, args, message) => {
     const r = await decide(daytona, ...args);
     expect(r.code).toBe(2);
@@ -411,7 +411,7 @@ describe('egressd validate', () => {
     const r = await egressd(['validate', absent]);
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
-    expect(r.stderr).toBe(`Cannot read "${absent}": ENOENT (no such file or directory)\n`);
+    expect(r.stderr).toBe(`error: Cannot read "${absent}": ENOENT (no such file or directory)\n(see "egressd validate --help")\n`);
   });
 
   it('exits 1 on a file that is not YAML, printing the YAML error itself: line, column, what and where', async () => {
@@ -555,6 +555,16 @@ describe('a usage error', () => {
       [['iptables', '--bogus'], 'egressd iptables'],
       [['iptables', '--mode'], 'egressd iptables'],
       [['iptables', '--mode', 'bridge'], 'egressd iptables'],
+      // Raised by the command's own action, after commander's checks passed.
+      [['sandbox', 'put', 'sb-1'], 'egressd sandbox put'],
+      [['org', 'put', 'o-1'], 'egressd org put'],
+      [['sandbox', 'put', 'sb-1', '--file', '/nonexistent/body.json'], 'egressd sandbox put'],
+      [['sandbox', 'network', 'sb-1', '--network', '{'], 'egressd sandbox network'],
+      [['sandbox', 'ls', '--token-file', '/nonexistent/token'], 'egressd sandbox ls'],
+      [['validate', '/nonexistent/config.yaml'], 'egressd validate'],
+      [['inspect', '/nonexistent/hello.bin'], 'egressd inspect'],
+      [['decide', '--policy', '/nonexistent/policy.yaml', '--ip', '192.0.2.1', '--port', '443'], 'egressd decide'],
+      [['decide', '--policy', '-', '--ip', '192.0.2.300', '--port', '443'], 'egressd decide'],
     ].map(([args, command]) => [(args as string[]).join(' '), args as string[], command as string] as const),
   )('"egressd %s" prints the error and a pointer to its --help, exit 2', async (_line, args, command) => {
     const r = await egressd(args);
