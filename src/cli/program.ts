@@ -15,6 +15,7 @@ import { decideCommand } from './decide.ts';
 import { inspectBytes } from './inspect.ts';
 import { parseConfigDocument } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
+import { catalogProblems } from '../config/policy-settings.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
@@ -248,13 +249,15 @@ Run "egressd <command> --help" for a command's own options.`,
         code = EXIT.no;
         return;
       }
-      const r = validateConfig(doc.value);
-      if (!r.ok) {
-        io.err(`${file}: ${r.issues.length} problem${r.issues.length === 1 ? '' : 's'}\n${formatIssues(r.issues, doc.locate)}\n`);
+      const v = validateConfig(doc.value);
+      // As the daemon loads it (config/load.ts): the catalog it asks for is checked too.
+      const issues = v.ok ? catalogProblems(v.config) : v.issues;
+      if (!v.ok || issues.length > 0) {
+        io.err(`${file}: ${issues.length} problem${issues.length === 1 ? '' : 's'}\n${formatIssues(issues, doc.locate)}\n`);
         code = EXIT.no;
         return;
       }
-      io.out(`${file}: valid (${r.config.sandboxes.length} sandboxes)\n`);
+      io.out(`${file}: valid (${v.config.sandboxes.length} sandboxes)\n`);
       code = EXIT.ok;
     });
 

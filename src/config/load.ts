@@ -7,6 +7,7 @@ import { type Locate, readYaml } from '../util/yaml-read.ts';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
+import { catalogProblems } from './policy-settings.ts';
 
 /**
  * Parses YAML/JSON text; duplicate keys and syntax errors are refusals, not warnings. `document` names
@@ -29,6 +30,9 @@ export function configFromText(text: string, file: string): Config {
   const { value, locate } = parseConfigDocument(text, file);
   const result = validateConfig(value);
   if (!result.ok) throw new InvalidConfigError(file, result.issues, locate);
+  // The catalog is part of the config: its problems are this file's, at the fields that name it.
+  const catalog = catalogProblems(result.config);
+  if (catalog.length > 0) throw new InvalidConfigError(file, catalog, locate);
   return result.config;
 }
 

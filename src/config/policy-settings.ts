@@ -6,20 +6,33 @@
 import { InvalidConfigError } from '../errors.ts';
 import { loadCatalog } from '../policy/catalog/catalog.ts';
 import type { Config } from './schema.ts';
+import type { FieldIssue } from '../util/issues.ts';
 
 /** The essential-services catalog the config asks for, or the config's error. */
 export function catalogOf(config: Config): string[] {
+  const c = readCatalog(config);
+  if (!c.ok) throw new InvalidConfigError('(catalog)', c.issues);
+  return c.domains;
+}
+
+/**
+ * The problems of the catalog the config asks for (its file, its categories), as the config's own
+ * fields (`catalog.file`, `catalog.categories[1]`): what `egressd validate` and loading a config
+ * report with the other problems, so a config that validates is one the daemon starts with.
+ */
+export function catalogProblems(config: Config): FieldIssue[] {
+  const c = readCatalog(config);
+  return c.ok ? [] : c.issues;
+}
+
+function readCatalog(config: Config): { ok: true; domains: string[] } | { ok: false; issues: FieldIssue[] } {
   const c = loadCatalog({
     categories: config.catalog.categories,
     extra: config.catalog.extra,
     ...(config.catalog.file !== null ? { file: config.catalog.file } : {}),
   });
-  if (!c.ok)
-    throw new InvalidConfigError(
-      '(catalog)',
-      c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })),
-    );
-  return c.domains;
+  if (!c.ok) return { ok: false, issues: c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })) };
+  return { ok: true, domains: c.domains };
 }
 
 /**

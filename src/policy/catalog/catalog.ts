@@ -9,7 +9,7 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { readYaml } from '../../util/yaml-read.ts';
+import { type Locate, readYaml } from '../../util/yaml-read.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -61,9 +61,15 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
     return finish();
   }
 
+  // A problem inside the file is placed in it: `Catalog file "F", line L, column C, at categories.x[1]`,
+  // the position the catalog file's own, ahead of the config's (where `catalog.file` is written).
+  const at = (field: string): string => {
+    const pos = file.locate(field);
+    return `Catalog file ${quote(path)}${pos ? `, line ${pos.line}, column ${pos.column},` : ''} at ${field}`;
+  };
   const byName = new Map<string, string[]>();
   for (const [name, raw] of file.categories) {
-    const where = `Catalog file ${quote(path)} at categories.${name}`;
+    const where = at(`categories.${name}`);
     if (!CATEGORY_NAME.test(name)) {
       add(fileField, `${where}: category names are lowercase letters, digits and "-"`);
       continue;
@@ -76,14 +82,14 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
     raw.forEach((entry: unknown, i: number) => {
       const r = pattern(entry);
       if (r.ok) patterns.push(r.pattern);
-      else add(fileField, `${where}[${i}]: ${r.reason}`);
+      else add(fileField, `${at(`categories.${name}[${i}]`)}: ${r.reason}`);
     });
     byName.set(name, patterns);
   }
 
   const published: PublishedHost[] = [];
   for (const [name, raw] of file.published) {
-    const where = `Catalog file ${quote(path)} at published.${name}`;
+    const where = at(`published.${name}`);
     if (!byName.has(name)) {
       add(fileField, `${where}: no category of that name under "categories"`);
       continue;
@@ -95,7 +101,7 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
     raw.forEach((entry: unknown, i: number) => {
       const r = publishedEntry(entry);
       if (r.ok) published.push({ category: name, ...r.value });
-      else add(fileField, `${where}[${i}]: ${r.reason}`);
+      else add(fileField, `${at(`published.${name}[${i}]`)}: ${r.reason}`);
     });
   }
 
@@ -154,7 +160,7 @@ function publishedEntry(entry: unknown): { ok: true; value: Omit<PublishedHost, 
   return { ok: true, value: { host: host.pattern, title, url } };
 }
 
-type FileRead = { ok: true; categories: [string, unknown][]; published: [string, unknown][] } | { ok: false; reason: string };
+type FileRead = { ok: true; categories: [string, unknown][]; published: [string, unknown][]; locate: Locate } | { ok: false; reason: string };
 
 function readCatalogFile(path: string): FileRead {
   const q = quote(path);
@@ -186,7 +192,7 @@ function readCatalogFile(path: string): FileRead {
   if (!isPlainObject(published)) {
     return { ok: false, reason: `Catalog file ${q} should map category names to lists under "published", got ${describe(published)}` };
   }
-  return { ok: true, categories: Object.entries(categories), published: Object.entries(published) };
+  return { ok: true, categories: Object.entries(categories), published: Object.entries(published), locate: parsed.locate };
 }
 
 function truncate(s: string): string {

@@ -676,4 +676,20 @@ describe('a problem validation finds says where it is written: (line L, column C
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^egress\.allowed_ports\[1\]: .*70000.* \(line 3, column 24\)$/m);
   });
+
+  // The catalog a config asks for is part of it: validate said "valid" for a config serve then
+  // refused, and serve named "(catalog)" instead of the file, with no line anywhere.
+  it.each([
+    ['validate', (f: string) => ['validate', f], 1],
+    ['serve', (f: string) => ['serve', '--config', f], 1],
+  ] as const)("%s: the catalog's problems are the config's, the catalog file's own at its line and column", async (_what, args, code) => {
+    const catalog = write('catalog.yaml', 'categories:\n  pkg:\n    - "*.npmjs.org"\n    - "**bad"\n');
+    const file = write('with-catalog.yaml', `admin:\n  listen: "127.0.0.1:0"\ncatalog:\n  file: ${JSON.stringify(catalog)}\n  categories: [pkg, nosuch]\n`);
+    const r = await egressd(args(file));
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code, stdout: '' });
+    expect(r.stderr).toContain(file);
+    expect(r.stderr).not.toContain('(catalog)');
+    expect(r.stderr).toMatch(/^catalog\.file: Catalog file ".*catalog\.yaml", line 4, column 7, at categories\.pkg\[1\]: .*"\*\*bad".* \(line 4, column 3\)$/m);
+    expect(r.stderr).toMatch(/^catalog\.categories\[1\]: Unknown category "nosuch".* \(line 5, column 21\)$/m);
+  });
 });
