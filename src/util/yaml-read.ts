@@ -40,7 +40,12 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
     const pos = first.linePos?.[0];
     return {
       ok: false,
-      reason: head.replace(/ at line \d+, column \d+:?$/, ''),
+      // The yaml package's advice for this one is to its caller ("use YAML.parseAllDocuments()"):
+      // the reader of the file needs to know what in it to change.
+      reason:
+        first.code === 'MULTIPLE_DOCS'
+          ? 'The file holds more than one YAML document (a "---" or "..." line after the first); egressd reads one'
+          : head.replace(/ at line \d+, column \d+:?$/, ''),
       code: first.code,
       position: pos ? { line: pos.line, column: pos.col } : null,
       snippet: context.join('\n').replace(/^\n+|\n+$/g, ''),

@@ -28,3 +28,16 @@ describe('readYaml: positions in a file that starts with a byte order mark', () 
     }
   });
 });
+
+describe('readYaml: a file with more than one document', () => {
+  it("says what in the file to change, at the second document, not the yaml package's advice to its caller", () => {
+    const r = readYaml('sandboxes: []\n---\nsandboxes: []\n');
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('MULTIPLE_DOCS');
+      expect(r.position).toEqual({ line: 2, column: 1 });
+      expect(r.reason).toMatch(/more than one YAML document/);
+      expect(r.reason).not.toMatch(/parseAllDocuments/);
+    }
+  });
+});
