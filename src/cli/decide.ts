@@ -17,7 +17,7 @@
 
 import { readFileSync } from 'node:fs';
 import { parseConfigDocument } from '../config/load.ts';
-import { policySettingsOf } from '../config/policy-settings.ts';
+import { catalogProblems, policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { ConfigReadError, formatIssues, InvalidConfigError } from '../errors.ts';
@@ -79,7 +79,9 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
       return usage(`Cannot read config "${args.config}": ${systemError(err)}`);
     }
     const v = validateConfig(parsedConfig.value);
-    if (!v.ok) return invalid(`Invalid config "${args.config}":\n${formatIssues(v.issues.map(rooted), parsedConfig.locate)}`);
+    // The catalog it asks for with the rest, as the daemon loads it (config/load.ts).
+    const issues = v.ok ? catalogProblems(v.config) : v.issues;
+    if (!v.ok || issues.length > 0) return invalid(`Invalid config "${args.config}":\n${formatIssues(issues.map(rooted), parsedConfig.locate)}`);
     config = v.config;
   }
   const dnsServers: string[] = [];

@@ -682,6 +682,11 @@ describe('a problem validation finds says where it is written: (line L, column C
   it.each([
     ['validate', (f: string) => ['validate', f], 1],
     ['serve', (f: string) => ['serve', '--config', f], 1],
+    [
+      'decide --config',
+      (f: string) => ['decide', '--policy', write('ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
+      2,
+    ],
   ] as const)("%s: the catalog's problems are the config's, the catalog file's own at its line and column", async (_what, args, code) => {
     const catalog = write('catalog.yaml', 'categories:\n  pkg:\n    - "*.npmjs.org"\n    - "**bad"\n');
     const file = write('with-catalog.yaml', `admin:\n  listen: "127.0.0.1:0"\ncatalog:\n  file: ${JSON.stringify(catalog)}\n  categories: [pkg, nosuch]\n`);
