@@ -329,6 +329,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
             '200': json(ref('Org'), 'Replaced.', ETAG),
             '201': json(ref('Org'), 'Created.', ETAG),
             ...common,
+            '404': error('The id in the path is not a valid id (the message says why).'),
             '412': error('A precondition did not hold.'),
             ...bodyErrors,
             '503': error('The change could not be made durable; nothing changed.'),
