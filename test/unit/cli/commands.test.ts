@@ -654,8 +654,8 @@ describe('a file that is read but cannot be used says where: file:line:column', 
 });
 
 describe('a problem validation finds says where it is written: (line L, column C)', () => {
-  const config = 'admin:\n  listen: "127.0.0.1:0"\nsandboxes:\n  - id: a\n    sources: ["192.0.2.7"]\n    network:\n      mode: sometimes\n  - id: b\n';
-  it.each([
+  // The three commands that read a config file, each with its exit code for an invalid one.
+  const readingConfig = [
     ['validate', (f: string) => ['validate', f], 1],
     ['serve', (f: string) => ['serve', '--config', f], 1],
     [
@@ -663,7 +663,9 @@ describe('a problem validation finds says where it is written: (line L, column C
       (f: string) => ['decide', '--policy', write('ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
       2,
     ],
-  ] as const)('%s: each field of the config at its line and column, a missing one at its entry', async (_what, args, code) => {
+  ] as const;
+  const config = 'admin:\n  listen: "127.0.0.1:0"\nsandboxes:\n  - id: a\n    sources: ["192.0.2.7"]\n    network:\n      mode: sometimes\n  - id: b\n';
+  it.each(readingConfig)('%s: each field of the config at its line and column, a missing one at its entry', async (_what, args, code) => {
     const r = await egressd(args(write('invalid.yaml', config)));
     expect(r.code).toBe(code);
     expect(r.stderr).toMatch(/^sandboxes\[0\]\.network\.mode: Unknown mode "sometimes".* \(line 7, column 7\)$/m);
@@ -679,15 +681,7 @@ describe('a problem validation finds says where it is written: (line L, column C
 
   // The catalog a config asks for is part of it: validate said "valid" for a config serve then
   // refused, and serve named "(catalog)" instead of the file, with no line anywhere.
-  it.each([
-    ['validate', (f: string) => ['validate', f], 1],
-    ['serve', (f: string) => ['serve', '--config', f], 1],
-    [
-      'decide --config',
-      (f: string) => ['decide', '--policy', write('ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
-      2,
-    ],
-  ] as const)("%s: the catalog's problems are the config's, the catalog file's own at its line and column", async (_what, args, code) => {
+  it.each(readingConfig)("%s: the catalog's problems are the config's, the catalog file's own at its line and column", async (_what, args, code) => {
     const catalog = write('catalog.yaml', 'categories:\n  pkg:\n    - "*.npmjs.org"\n    - "**bad"\n');
     const file = write('with-catalog.yaml', `admin:\n  listen: "127.0.0.1:0"\ncatalog:\n  file: ${JSON.stringify(catalog)}\n  categories: [pkg, nosuch]\n`);
     const r = await egressd(args(file));
