@@ -131,6 +131,7 @@ static int failures;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static sl_outcome outcomes[MAX_OUTCOMES];
+static uint64_t outcome_us[MAX_OUTCOMES]; // when each was reported (sl_monotonic_us)
 static int n_outcomes;
 
 // The report of `gate_id` holds its loop's thread until `gate_open` (a loop stuck mid-turn).
@@ -154,7 +155,10 @@ static void report(void *ctx, const sl_outcome *o) {
   (void)ctx;
   pthread_mutex_lock(&lock);
   reported_since_turn++;
-  if (n_outcomes < MAX_OUTCOMES) outcomes[n_outcomes++] = *o;
+  if (n_outcomes < MAX_OUTCOMES) {
+    outcome_us[n_outcomes] = sl_monotonic_us();
+    outcomes[n_outcomes++] = *o;
+  }
   pthread_cond_broadcast(&cond);
   while (o->id == gate_id && !gate_open) pthread_cond_wait(&cond, &lock);
   pthread_mutex_unlock(&lock);
@@ -164,6 +168,16 @@ static int count_of(uint64_t id) {
   int n = 0;
   for (int i = 0; i < n_outcomes; i++) n += outcomes[i].id == id;
   return n;
+}
+
+/** When the outcome of `id` was reported (sl_monotonic_us); 0 when it was not. */
+static uint64_t outcome_time(uint64_t id) {
+  pthread_mutex_lock(&lock);
+  uint64_t at = 0;
+  for (int i = 0; i < n_outcomes && at == 0; i++)
+    if (outcomes[i].id == id) at = outcome_us[i];
+  pthread_mutex_unlock(&lock);
+  return at;
 }
 
 /** CLOCK_REALTIME `ms` from now: the absolute deadline pthread_cond_timedwait takes. */
@@ -445,6 +459,46 @@ static void test_idle_timeout_closes_both(sl_loop *l) {
   CHECK(err == 0, "the upstream saw errno %d, not a FIN", err);
   close(e.client);
   close(e.upstream);
+}
+
+// Many connections' timers at once, due in an order unlike their creation's, some ended early
+// (their timers leave the heap from its middle): each idle one ends by its idle timeout and not
+// before it, and every one is reported. Built with SL_TIMER_AUDIT, each turn also checks the
+// timer heap's order against a scan of every connection.
+static void test_many_timers_each_in_its_time(sl_loop *l) {
+  enum { N = 96, FIRST = 7000 };
+  conn_ends e[N];
+  uint64_t added_us[N];
+  uint32_t idle_ms[N];
+  for (int i = 0; i < N; i++) {
+    idle_ms[i] = 100 + (uint32_t)((i * 37) % N) * 4; // 100 to 480 ms, scrambled
+    added_us[i] = sl_monotonic_us();
+    e[i] = hand_over(l, FIRST + (uint64_t)i, NULL, NULL, idle_ms[i]);
+  }
+  for (int i = 0; i < N; i += 5) {
+    shutdown(e[i].client, SHUT_WR);
+    shutdown(e[i].upstream, SHUT_WR);
+  }
+  for (int i = 0; i < N; i++) {
+    sl_outcome o;
+    uint64_t id = FIRST + (uint64_t)i;
+    if (!wait_outcome(id, 10000, &o)) {
+      CHECK(false, "connection %d: no outcome", i);
+      continue;
+    }
+    if (i % 5 == 0) {
+      CHECK(o.end == SL_END_CLOSED, "connection %d: end %d, not closed", i, o.end);
+      continue;
+    }
+    // The loop's clock is in whole milliseconds: up to 1 ms early by the test's.
+    long long after_ms = (long long)(outcome_time(id) - added_us[i]) / 1000;
+    CHECK(o.end == SL_END_IDLE_TIMEOUT && after_ms + 1 >= (long long)idle_ms[i], "connection %d: end %d after %lld ms, its idle timeout %u ms", i, o.end,
+          after_ms, idle_ms[i]);
+  }
+  for (int i = 0; i < N; i++) {
+    close(e[i].client);
+    close(e[i].upstream);
+  }
 }
 
 static void test_abort_closes_both(sl_loop *l) {
@@ -3040,6 +3094,7 @@ int main(void) {
   test_reset_is_passed_on(l, 3, true);
   test_reset_is_passed_on(l, 4, false);
   test_idle_timeout_closes_both(l);
+  test_many_timers_each_in_its_time(l);
   test_abort_closes_both(l);
   test_many_connections_reuse_pipes(l);
   test_slow_reader_blocks_then_drains(l);

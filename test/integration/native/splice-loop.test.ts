@@ -4,7 +4,9 @@
 // of 2 buffers that never grow, the least the kernel gives a process past
 // fs/pipe-user-pages-soft, where a splice fills the pipe after 2 segments; under
 // AddressSanitizer; and with every loop hosted by a thread of the test (sl_loop_start_hosted, as
-// data_plane.c hosts loop 0 on Node's event loop), plainly and under AddressSanitizer.
+// data_plane.c hosts loop 0 on Node's event loop), plainly and under AddressSanitizer. Every
+// build audits the loop's timer heap at each turn (SL_TIMER_AUDIT: a connection due earlier than
+// its key aborts the test), so a change that moves a timer earlier without arming it fails here.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -30,7 +32,7 @@ it.skipIf(process.platform !== 'linux').each([
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const bin = join(dir, 'splice_loop_test');
     const sources = ['test/splice_loop_test.c', 'splice_loop.c', 'first_flight.c'].map((f) => join(NATIVE, f));
-    execFileSync(CC, [...C_FLAGS, ...defines, `-I${NATIVE}`, ...sources, '-o', bin], { stdio: 'pipe' });
+    execFileSync(CC, [...C_FLAGS, '-DSL_TIMER_AUDIT', ...defines, `-I${NATIVE}`, ...sources, '-o', bin], { stdio: 'pipe' });
     const r = spawnSync(bin, { encoding: 'utf8', timeout: 150_000 });
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toContain('all checks passed');
