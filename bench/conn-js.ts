@@ -2,7 +2,7 @@
 // rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
 // origin and the clients in child processes, so this process's main thread runs egressd alone.
 //
-//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--workload raw|tls] [--setup native|node] [--prof DIR] [--heap-prof DIR]
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--workload raw|tls] [--setup native|node] [--hold N] [--prof DIR] [--heap-prof DIR]
 //
 // Each client loops: connect, the raw workload's first flight (a ClientHello naming
 // raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
@@ -18,7 +18,10 @@
 // dial is `original` (no DNS). `--warm N` connections go first, unmeasured: V8 compiles the
 // per-connection code over the first tens of thousands, and its helper threads' cost per
 // connection falls from 25-55 µs over the first 10,000 to about 6 after 30,000, so
-// `--warm 30000` measures a daemon that has run a while. Bounded by the counts and a 120 s timer.
+// `--warm 30000` measures a daemon that has run a while. `--hold N`: N more connections, from
+// another source address to an origin that never answers nor closes, are opened and spliced
+// before the measured part and held idle through it, as a sandbox holding connections open does
+// (what N held connections cost every other connection's set-up). Bounded by the counts and a 120 s timer.
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -42,15 +45,17 @@ const { values: args } = parseArgs({
     prof: { type: 'string' },
     'heap-prof': { type: 'string' },
     workload: { type: 'string', default: 'raw' },
+    hold: { type: 'string', default: '0' },
     child: { type: 'string' },
     port: { type: 'string' },
   },
   strict: true,
 });
-for (const k of ['count', 'clients', 'warm'] as const) {
+for (const k of ['count', 'clients', 'warm', 'hold'] as const) {
   const n = Number(args[k]);
-  if (!Number.isInteger(n) || n < (k === 'warm' ? 0 : 1)) {
-    console.error(`conn-js: --${k} must be a whole number${k === 'warm' ? '' : ' of at least 1'}, got ${JSON.stringify(args[k])}`);
+  const zero = k === 'warm' || k === 'hold';
+  if (!Number.isInteger(n) || n < (zero ? 0 : 1)) {
+    console.error(`conn-js: --${k} must be a whole number${zero ? '' : ' of at least 1'}, got ${JSON.stringify(args[k])}`);
     process.exit(2);
   }
 }
@@ -60,6 +65,8 @@ if (args.workload !== 'raw' && args.workload !== 'tls') {
   process.exit(2);
 }
 const tls = args.workload === 'tls';
+/** The source address of --hold's connections, routed to the origin that never answers. */
+const HOLD_SOURCE = '127.0.0.2';
 const certs = join(import.meta.dirname, '../certs');
 
 if (args.child === 'origin' && tls) {
@@ -87,6 +94,41 @@ if (args.child === 'origin' && tls) {
     s.once('data', () => s.end('ok'));
   });
   server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'hold-origin') {
+  // Takes held connections and keeps them: reads and discards, never answers, never closes.
+  const { createServer } = await import('node:net');
+  const server = createServer((s) => {
+    s.on('error', () => {});
+    s.resume();
+  });
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'holder') {
+  // Opens --count connections from HOLD_SOURCE, 100 at a time, each sending the raw workload's
+  // first flight, and keeps them; tells how many were established (a reset one is not).
+  const { connect } = await import('node:net');
+  const { request } = await import('./proxy/wire.ts');
+  const first = request('T');
+  const port = Number(args.port);
+  const held: unknown[] = [];
+  let left = Number(args.count);
+  const one = (): Promise<void> =>
+    new Promise((resolve) => {
+      const s = connect({ host: '127.0.0.1', port, localAddress: HOLD_SOURCE }, () => {
+        s.write(first);
+        held.push(s);
+        resolve();
+      });
+      s.on('error', () => resolve());
+    });
+  await Promise.all(
+    Array.from({ length: 100 }, async () => {
+      while (left > 0) {
+        left--;
+        await one();
+      }
+    }),
+  );
+  process.send?.({ held: held.length });
 } else if (args.child === 'clients') {
   const { connect } = await import('node:net');
   const { request } = await import('./proxy/wire.ts');
@@ -132,6 +174,13 @@ async function main(): Promise<void> {
     const origin = fork(import.meta.filename, ['--child', 'origin', '--workload', args.workload!]);
     children.push(origin);
     const originPort = await new Promise<number>((resolve) => origin.once('message', (m) => resolve(m as number)));
+    const hold = Number(args.hold);
+    let holdPort = originPort;
+    if (hold > 0) {
+      const h = fork(import.meta.filename, ['--child', 'hold-origin']);
+      children.push(h);
+      holdPort = await new Promise<number>((resolve) => h.once('message', (m) => resolve(m as number)));
+    }
     const r = validateConfig({
       listen: { tls: '127.0.0.1:0' },
       admin: { listen: '127.0.0.1:0' },
@@ -139,14 +188,18 @@ async function main(): Promise<void> {
       upstream: { dial: 'original' },
       limits: { sandbox: { connections: 100_000, undecided: 100_000, perSecond: 10_000_000, burst: 10_000_000 } },
       sandboxes: [
-        { id: 'bench', sources: ['127.0.0.1'], network: { mode: 'block-all', egress: { allowed_domains: [RAW_NAME], allowed_ports: [originPort] } } },
+        {
+          id: 'bench',
+          sources: ['127.0.0.1', HOLD_SOURCE],
+          network: { mode: 'block-all', egress: { allowed_domains: [RAW_NAME], allowed_ports: [...new Set([originPort, holdPort])] } },
+        },
       ],
       log: { level: 'info', destination: join(dir, 'egressd.log') },
     });
     if (!r.ok) throw new Error(`config: ${JSON.stringify(r.issues)}`);
     const log = createLogger({ level: 'info', destination: join(dir, 'egressd.log') });
     const daemon = new Daemon(r.config, log, {
-      originalDst: () => ({ kind: 'redirected', address: '127.0.0.1', port: originPort }),
+      originalDst: (s) => ({ kind: 'redirected', address: '127.0.0.1', port: s.remoteAddress === HOLD_SOURCE ? holdPort : originPort }),
       setup: args.setup === 'node' ? 'node' : 'native',
     });
     await daemon.start();
@@ -168,6 +221,14 @@ async function main(): Promise<void> {
       return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
     };
     await run(Number(args.warm)); // warm-up: JIT, caches
+    let held = 0;
+    if (hold > 0) {
+      const h = fork(import.meta.filename, ['--child', 'holder', '--port', String(port), '--count', String(hold)]);
+      children.push(h);
+      held = await new Promise<number>((resolve) => h.once('message', (m) => resolve((m as { held: number }).held)));
+      // Every held connection spliced (the daemon's open connections), before the measured part.
+      for (let i = 0; i < 200 && (daemon.nativeSetup?.size ?? hold) < held; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     // The main thread's CPU while no connection arrives (timers, monitors): a cost per second,
     // which a workload of fewer connections per second (TLS) pays more of per connection.
     const idle0 = process.threadCpuUsage();
@@ -235,6 +296,7 @@ async function main(): Promise<void> {
         clients: Number(args.clients),
         count,
         errors,
+        held,
         mainThreadUsPerConn: per(main),
         mainUserUs: Math.round((main.user / count) * 10) / 10,
         mainSystemUs: Math.round((main.system / count) * 10) / 10,
