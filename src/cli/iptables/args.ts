@@ -3,9 +3,12 @@
 
 import { parseArgs } from 'node:util';
 import { formatCidr, formatIp, parseCidr, parseIp } from '../../match/ip.ts';
-import { cidrFamily, DEFAULT_DNS_PORT, DEFAULT_PORTS, type Family, type IptablesOptions } from './rules.ts';
+import { cidrFamily, DEFAULT_DNS_PORT, DEFAULT_PORTS, type Family, type IptablesOptions, type NewConnectionLimit } from './rules.ts';
 
 export type ParsedArgs = { readonly ok: true; readonly options: IptablesOptions } | { readonly ok: false; readonly help: boolean; readonly error: string };
+
+/** hashlimit takes up to 100,000/s and a burst as large here (iptables 1.8.9, Linux 6.18); no sandbox needs more. */
+export const MAX_NEW_CONNECTIONS = 100_000;
 
 export const IPTABLES_USAGE = `Usage: egressd iptables [--apply | --remove] [options]
 
@@ -32,6 +35,13 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
   --exclude-cidr CIDR      never redirect nor reject traffic to this range (repeatable): a
                            cluster's service range, a node-local metadata proxy; not filtered
   --exclude-port N         never redirect TCP to this destination port (repeatable)
+  --new-connections-per-source RATE[/s]
+                           host mode: reset a source's new connections to egressd beyond
+                           RATE a second (1-${MAX_NEW_CONNECTIONS}), so that no sandbox fills the host's
+                           connection-tracking table (default: no limit)
+  --new-connections-burst N
+                           with the above: connections a source may open at once before
+                           the rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
 
 --apply with one backend also removes what the other backend installed. --remove removes
 what either backend installed (iptables chains and nft tables); it needs no other option
@@ -68,6 +78,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         'tcp-port': { type: 'string' },
         'exclude-cidr': { type: 'string', multiple: true },
         'exclude-port': { type: 'string', multiple: true },
+        'new-connections-per-source': { type: 'string' },
+        'new-connections-burst': { type: 'string' },
       },
     }));
   } catch (e) {
@@ -139,6 +151,27 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
     if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) return fail(`--exclude-port: expected an integer from 1 to 65535, got "${raw}"`);
     if (!excludePorts.includes(Number(raw))) excludePorts.push(Number(raw));
   }
+  let newConnections: NewConnectionLimit | null = null;
+  const rateArg = str('new-connections-per-source');
+  const burstArg = str('new-connections-burst');
+  if (rateArg !== undefined) {
+    const m = /^(\d{1,6})(?:\/s)?$/.exec(rateArg);
+    const perSecond = m ? Number(m[1]) : 0;
+    if (perSecond < 1 || perSecond > MAX_NEW_CONNECTIONS) {
+      return fail(
+        `--new-connections-per-source: expected connections a second, an integer from 1 to ${MAX_NEW_CONNECTIONS} (optionally with "/s"), got "${rateArg}"`,
+      );
+    }
+    let burst = perSecond;
+    if (burstArg !== undefined) {
+      burst = /^\d{1,6}$/.test(burstArg) ? Number(burstArg) : 0;
+      if (burst < 1 || burst > MAX_NEW_CONNECTIONS)
+        return fail(`--new-connections-burst: expected an integer from 1 to ${MAX_NEW_CONNECTIONS}, got "${burstArg}"`);
+    }
+    newConnections = { perSecond, burst };
+  } else if (burstArg !== undefined) {
+    return fail('--new-connections-burst needs --new-connections-per-source');
+  }
   let uid: number | null = null;
   const uidArg = str('uid');
   if (uidArg !== undefined) {
@@ -163,6 +196,9 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
     } else {
       if (uid === null) return fail("sidecar mode needs --uid: egressd's own connections must not be redirected back to it");
       if (interfaces.length > 0 || sources.length > 0) return fail('--interface and --source apply to host mode only');
+      // A pod's own namespace has its own table and one source: the pod.
+      if (newConnections !== null)
+        return fail('--new-connections-per-source applies to host mode only: in sidecar mode each pod has a connection-tracking table of its own');
     }
   }
   return {
@@ -181,6 +217,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       dnsPort,
       excludeCidrs,
       excludePorts,
+      newConnections,
       backendGiven: str('backend') !== undefined,
     },
   };

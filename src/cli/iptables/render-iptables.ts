@@ -1,9 +1,9 @@
 // `egressd iptables`, iptables spelling: the rule set as `iptables-restore` input, the jumps from
 // the built-in chains, and the removal of egressd's chains found in `iptables-save` output.
 
-import { type BuiltinChain, CHAINS, type Family, type Match, type RuleSet, type Table, type Target } from './rules.ts';
+import { type BuiltinChain, CHAINS, type Family, type Match, type NewConnectionLimit, type RuleSet, type Table, type Target } from './rules.ts';
 
-function iptablesMatch(m: Match): string[] {
+function iptablesMatch(m: Match, family: Family): string[] {
   const a: string[] = [];
   if (m.inInterface !== undefined) a.push('-i', m.inInterface);
   if (m.outInterface !== undefined) a.push('-o', m.outInterface);
@@ -11,6 +11,7 @@ function iptablesMatch(m: Match): string[] {
   if (m.destination !== undefined) a.push('-d', m.destination);
   if (m.protocol !== undefined) a.push('-p', m.protocol);
   if (m.dport !== undefined) a.push('--dport', String(m.dport));
+  if (m.syn !== undefined) a.push('--syn');
   if (m.uid !== undefined) a.push('-m', 'owner', '--uid-owner', String(m.uid));
   if (
     m.originalDirection !== undefined ||
@@ -26,7 +27,38 @@ function iptablesMatch(m: Match): string[] {
     if (m.originalDport !== undefined) a.push('--ctorigdstport', String(m.originalDport));
     if (m.originalDirection !== undefined) a.push('--ctdir', 'ORIGINAL');
   }
+  if (m.overPerSource !== undefined) a.push(...hashlimit(m.overPerSource, family));
   return a;
+}
+
+/**
+ * hashlimit(8) keyed on the whole source address. The kernel shares a table among the rules that
+ * name it (per family) and keeps the settings of whichever rule created it: a rule with a new rate
+ * restored while the old rule still holds the table would get the old rate, so the name carries
+ * the rate and burst. Table size and expiry are hashlimit's defaults: 8192 buckets (on a host with
+ * over 1 GiB of memory), 65,536 sources at most (beyond that a new source's packets are dropped:
+ * xt_hashlimit.c, dsthash_alloc_init), a source forgotten 10 s after its last SYN.
+ */
+export function hashlimit(limit: NewConnectionLimit, family: Family): string[] {
+  return [
+    '-m',
+    'hashlimit',
+    '--hashlimit-above',
+    `${limit.perSecond}/sec`,
+    '--hashlimit-burst',
+    String(limit.burst),
+    '--hashlimit-mode',
+    'srcip',
+    '--hashlimit-srcmask',
+    family === 4 ? '32' : '128',
+    '--hashlimit-name',
+    hashlimitName(limit),
+  ];
+}
+
+/** The hashlimit table's name: /proc/net/ipt_hashlimit/NAME (ip6t_hashlimit for IPv6) lists its sources. */
+export function hashlimitName(limit: NewConnectionLimit): string {
+  return `egressd-${limit.perSecond}-${limit.burst}`;
 }
 
 function iptablesTarget(t: Target, family: Family): string[] {
@@ -60,7 +92,7 @@ export function renderIptablesRestore(rs: RuleSet, saved?: Readonly<Record<Table
     out.push(`*${table}`);
     for (const c of chains) out.push(`:${CHAINS[c.id].iptables} - [0:0]`);
     for (const c of chains) {
-      for (const r of c.rules) out.push(['-A', CHAINS[c.id].iptables, ...iptablesMatch(r.match), ...iptablesTarget(r.target, rs.family)].join(' '));
+      for (const r of c.rules) out.push(['-A', CHAINS[c.id].iptables, ...iptablesMatch(r.match, rs.family), ...iptablesTarget(r.target, rs.family)].join(' '));
     }
     if (saved !== undefined) {
       for (const [t, builtin, chain] of iptablesJumps(rs)) if (t === table) out.push(...jumpPlacement(saved[table], builtin, chain));

@@ -12,11 +12,16 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.source !== undefined) a.push(`${ip} saddr ${m.source}`);
   if (m.destination !== undefined) a.push(`${ip} daddr ${m.destination}`);
   if (m.protocol !== undefined) a.push(m.dport !== undefined ? `${m.protocol} dport ${m.dport}` : `meta l4proto ${m.protocol}`);
+  if (m.syn !== undefined) a.push('tcp flags & (fin | syn | rst | ack) == syn');
   if (m.originalDestination !== undefined) a.push(`ct original ${ip} daddr ${m.originalDestination}`);
   if (m.originalDport !== undefined) a.push(`ct original proto-dst ${m.originalDport}`);
   if (m.originalDirection !== undefined) a.push('ct direction original');
   if (m.newConnection !== undefined) a.push('ct state new');
   if (m.untracked !== undefined) a.push('ct state invalid,untracked');
+  if (m.overPerSource !== undefined) {
+    const { perSecond, burst } = m.overPerSource;
+    a.push(`update @${NEW_PER_SOURCE_SET} { ${ip} saddr limit rate over ${perSecond}/second burst ${burst} packets }`);
+  }
   return a;
 }
 
@@ -47,6 +52,16 @@ function nftTarget(t: Target, family: Family): string {
  */
 export const NAT_PRIORITY = -110;
 
+/**
+ * The per-source buckets of --new-connections-per-source: a dynamic set, one element (a token
+ * bucket) per source address, forgotten 10 s after its last SYN, as hashlimit's defaults. When the
+ * set is full a new source's update fails and the rule does not match: that source is not limited
+ * (hashlimit drops it instead).
+ */
+export const NEW_PER_SOURCE_SET = 'new_tcp_per_source';
+const NEW_PER_SOURCE_MAX = 65536;
+const NEW_PER_SOURCE_TIMEOUT = '10s';
+
 const NFT_HOOK: Readonly<Record<BuiltinChain, string>> = { PREROUTING: 'prerouting', INPUT: 'input', FORWARD: 'forward', OUTPUT: 'output' };
 
 export function nftTableName(family: Family): string {
@@ -62,6 +77,16 @@ export function nftTableName(family: Family): string {
 export function renderNft(rs: RuleSet): string {
   const table = nftTableName(rs.family);
   const out = [`table ${table}`, `delete table ${table}`, `table ${table} {`];
+  if (rs.chains.some((c) => c.rules.some((r) => r.match.overPerSource !== undefined))) {
+    out.push(
+      `\tset ${NEW_PER_SOURCE_SET} {`,
+      `\t\ttype ${rs.family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
+      `\t\tsize ${NEW_PER_SOURCE_MAX}`,
+      '\t\tflags dynamic,timeout',
+      `\t\ttimeout ${NEW_PER_SOURCE_TIMEOUT}`,
+      '\t}',
+    );
+  }
   for (const c of rs.chains) {
     const info = CHAINS[c.id];
     out.push(`\tchain ${info.nft} {`);

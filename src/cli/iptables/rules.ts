@@ -42,8 +42,22 @@ export interface IptablesOptions {
   readonly excludeCidrs: readonly string[];
   /** TCP destination ports never redirected (istio-init's --exclude-outbound-ports). */
   readonly excludePorts: readonly number[];
+  /**
+   * host mode: each source address may open at most this many new connections to egressd's
+   * listeners a second, beyond a burst; the rest are reset before conntrack confirms them, so they
+   * take no entry in the host's connection-tracking table. Null: no limit.
+   */
+  readonly newConnections: NewConnectionLimit | null;
   /** --remove only: the backend was named, so its tool must be installed (both backends' rules are removed either way). */
   readonly backendGiven: boolean;
+}
+
+/** A token bucket per source address (hashlimit's --hashlimit-above and --hashlimit-burst). */
+export interface NewConnectionLimit {
+  /** Connections a second, refilled continuously. */
+  readonly perSecond: number;
+  /** Connections a source may open at once before the rate applies. */
+  readonly burst: number;
 }
 
 export type ChainId =
@@ -91,6 +105,10 @@ export interface Match {
    * SYN|FIN) or UNTRACKED (a raw-table NOTRACK). The NAT tables never see them.
    */
   readonly untracked?: true;
+  /** A TCP segment whose only flag of SYN, ACK, FIN and RST is SYN: a connection's opening (iptables' --syn). */
+  readonly syn?: true;
+  /** Only the packets of a source beyond this rate, one bucket per source address (full length), shared by every rule. */
+  readonly overPerSource?: NewConnectionLimit;
 }
 
 export type Target =
@@ -139,6 +157,8 @@ export const DEFAULT_DNS_PORT = 15053;
  * clients fall back to TCP at once; every other UDP is rejected or dropped (`--udp`).
  * host mode: traffic that arrives through a listed interface or from a listed source CIDR
  * enters those chains from nat PREROUTING (TCP, and UDP 53) and filter INPUT and FORWARD (UDP).
+ * With a new-connection limit (host mode), a source's opening SYNs to the listeners beyond its
+ * rate are reset in filter INPUT, before conntrack confirms them.
  * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
  * egressd's own (its uid) and traffic to loopback.
  */
@@ -237,7 +257,17 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     // A connection egressd's redirect took arrives at one of its listeners; any other the
     // sandbox opened goes to the tcp chain, which keeps the exclusions.
     const listeners = [options.ports.http, options.ports.tls, options.ports.tcp, ...(dnsPort === null ? [] : [dnsPort])];
+    // A redirected connection's opening SYN reaches filter INPUT before conntrack confirms its
+    // entry (at the end of INPUT): a reset here leaves no entry, so a source over the rate cannot
+    // fill the host's table, shared by every sandbox. Excluded traffic never gets here.
+    const limit = options.newConnections;
     const localTcp: Rule[] = [
+      ...(limit === null
+        ? []
+        : [...new Set(listeners)].map((p): Rule => ({
+            match: { protocol: 'tcp', dport: p, syn: true, newConnection: true, overPerSource: limit },
+            target: { kind: 'reset' },
+          }))),
       ...[...new Set(listeners)].map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),
       { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'tcp' } },
     ];

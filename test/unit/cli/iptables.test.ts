@@ -798,3 +798,80 @@ describe('the iptables variant', () => {
     expect(calls.filter((c) => c.args[0] === '--version')).toEqual([]);
   });
 });
+
+describe('--new-connections-per-source', () => {
+  const LIMITED = ['--interface', 'veth0', '--new-connections-per-source', '20/s', '--new-connections-burst', '40'];
+
+  it('is off by default, takes RATE or RATE/s, and defaults the burst to one second of the rate', () => {
+    expect(options(['--interface', 'veth0']).newConnections).toBeNull();
+    expect(options(['--interface', 'veth0', '--new-connections-per-source', '50']).newConnections).toEqual({ perSecond: 50, burst: 50 });
+    expect(options(LIMITED).newConnections).toEqual({ perSecond: 20, burst: 40 });
+  });
+
+  it.each([
+    [['--new-connections-per-source', '0'], /^--new-connections-per-source: .*from 1 to 100000.*got "0"$/],
+    [['--new-connections-per-source', '100001'], /^--new-connections-per-source: .*got "100001"$/],
+    [['--new-connections-per-source', '5/min'], /^--new-connections-per-source: .*got "5\/min"$/],
+    [['--new-connections-per-source', '2.5'], /^--new-connections-per-source: .*got "2.5"$/],
+    [['--new-connections-per-source', '5', '--new-connections-burst', '0'], /^--new-connections-burst: .*from 1 to 100000, got "0"$/],
+    [['--new-connections-per-source', '5', '--new-connections-burst', 'x'], /^--new-connections-burst: .*got "x"$/],
+    [['--new-connections-burst', '5'], /^--new-connections-burst needs --new-connections-per-source$/],
+  ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
+    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
+    expect(p.ok ? '' : p.error).toMatch(message);
+    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(p.ok ? '-' : p.error);
+  });
+
+  it('is refused in sidecar mode, where each pod has a table of its own', async () => {
+    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--new-connections-per-source', '5'], recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--new-connections-per-source applies to host mode only');
+  });
+
+  it("resets a source's opening SYN beyond the rate, at each listener, before the listener lets it in; nothing else changes", () => {
+    for (const family of [4, 6] as const) {
+      const plain = buildRuleSet(options(['--interface', 'veth0', '--dns-port', '15053']), family);
+      const limited = buildRuleSet(options([...LIMITED, '--dns-port', '15053']), family);
+      const limit = { perSecond: 20, burst: 40 };
+      expect(chain(limited, 'local-tcp')).toEqual([
+        ...[15080, 15443, 15001, 15053].map((dport) =>
+          JSON.stringify([{ protocol: 'tcp', dport, syn: true, newConnection: true, overPerSource: limit }, { kind: 'reset' }]),
+        ),
+        ...chain(plain, 'local-tcp'),
+      ]);
+      // The excluded traffic's returns, the redirects and every other chain are as without it.
+      for (const c of plain.chains) if (c.id !== 'local-tcp') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+    }
+  });
+
+  it('renders hashlimit keyed on the whole source address, named by its settings', () => {
+    const first = (text: string) => text.split('\n').find((l) => l.includes('hashlimit'));
+    expect(first(renderIptablesRestore(buildRuleSet(options(LIMITED), 4)))).toBe(
+      '-A EGRESSD-LOCAL-TCP -p tcp --dport 15080 --syn -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 20/sec --hashlimit-burst 40 --hashlimit-mode srcip --hashlimit-srcmask 32 --hashlimit-name egressd-20-40 -j REJECT --reject-with tcp-reset',
+    );
+    expect(first(renderIptablesRestore(buildRuleSet(options(LIMITED), 6)))).toContain('--hashlimit-srcmask 128 --hashlimit-name egressd-20-40 ');
+    expect(renderIptablesRestore(buildRuleSet(options(['--interface', 'veth0']), 4))).not.toContain('hashlimit');
+  });
+
+  it('renders an nft dynamic set of token buckets per source, declared only when used', () => {
+    for (const family of [4, 6] as const) {
+      const ip = family === 4 ? 'ip' : 'ip6';
+      const text = renderNft(buildRuleSet(options([...LIMITED, '--backend', 'nft']), family));
+      const lines = text.split('\n');
+      expect(lines.slice(3, 9)).toEqual([
+        '\tset new_tcp_per_source {',
+        `\t\ttype ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
+        '\t\tsize 65536',
+        '\t\tflags dynamic,timeout',
+        '\t\ttimeout 10s',
+        '\t}',
+      ]);
+      expect(lines.filter((l) => l.includes('@new_tcp_per_source'))[0]).toBe(
+        `\t\ttcp dport 15080 tcp flags & (fin | syn | rst | ack) == syn ct state new update @new_tcp_per_source { ${ip} saddr limit rate over 20/second burst 40 packets } reject with tcp reset`,
+      );
+      expect(renderNft(buildRuleSet(options(['--interface', 'veth0', '--backend', 'nft']), family))).not.toContain('new_tcp_per_source');
+    }
+  });
+});
