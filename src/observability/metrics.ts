@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ConnectionOutcome } from '../net/outcome.ts';
 import type { ListenerKind } from '../net/listener.ts';
+import { type ConntrackTable, readConntrackTable } from './conntrack.ts';
 import { LoopDelay, registerDefaultMetrics } from './loop-delay.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 
@@ -344,6 +345,18 @@ export const METRICS = {
     help: 'The tightest cgroup memory.max above egressd (absent without one).',
     labels: [],
   },
+  conntrackEntries: {
+    name: 'egressd_conntrack_entries',
+    type: 'gauge',
+    help: "Entries in the connection-tracking table of egressd's network namespace (nf_conntrack_count), as node_exporter's node_nf_conntrack_entries: in host mode the host's table, where each redirected connection and each of egressd's dials holds one, 120 s past its close. Absent without conntrack.",
+    labels: [],
+  },
+  conntrackEntriesLimit: {
+    name: 'egressd_conntrack_entries_limit',
+    type: 'gauge',
+    help: "The entries the connection-tracking table may hold (nf_conntrack_max); when full, the kernel drops new connections' packets, every sandbox's. Absent without conntrack.",
+    labels: [],
+  },
   overloaded: {
     name: 'egressd_overloaded',
     type: 'gauge',
@@ -374,6 +387,8 @@ export interface ScrapeSources {
   readonly acceptPauses: () => { readonly cap: number; readonly descriptors: number } | null;
   /** The log lines dropped so far (observability/logger.ts logLinesDropped). */
   readonly logLinesDropped: () => number;
+  /** The connection-tracking table of egressd's namespace (observability/conntrack.ts), or null without one. */
+  readonly conntrack: () => ConntrackTable | null;
 }
 
 const LISTENERS: readonly ListenerKind[] = ['http', 'tls', 'tcp'];
@@ -395,6 +410,7 @@ export class Metrics {
     dataPlane: () => 'js',
     acceptPauses: () => null,
     logLinesDropped: () => 0,
+    conntrack: () => readConntrackTable(),
   };
   /** Accepts and outcomes not yet counted (see `outcome`). */
   readonly #acceptedNow: Record<ListenerKind, number> = { http: 0, tls: 0, tcp: 0 };
@@ -411,6 +427,12 @@ export class Metrics {
     const src = (): ScrapeSources => this.#sources;
     const setIf = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined): void => {
       if (v !== null && v !== undefined) g.set(labels, v);
+    };
+    // A label-less gauge starts at 0 (prom-client): removing its one sample leaves it absent, as
+    // node_exporter's are where conntrack is not loaded; 0 would read as an empty table.
+    const setOrAbsent = (g: Gauge<string>, v: number | undefined): void => {
+      if (v === undefined) g.remove({});
+      else g.set(v);
     };
     // The pauses counted in C, read at scrape time: the counter moves by what they grew since.
     const pausesSeen = { cap: 0, descriptors: 0 };
@@ -465,6 +487,8 @@ export class Metrics {
       },
       memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
       memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),
+      conntrackEntries: (g) => setOrAbsent(g, src().conntrack()?.entries),
+      conntrackEntriesLimit: (g) => setOrAbsent(g, src().conntrack()?.limit),
       overloaded: (g) => {
         const s = src().limits();
         if (!s) return;

@@ -129,6 +129,7 @@ function feed(m: Metrics): void {
     dataPlane: () => 'native',
     acceptPauses: () => ({ cap: 3, descriptors: 1 }),
     logLinesDropped: () => 7,
+    conntrack: () => ({ entries: 900, limit: 262_144 }),
   });
   // One connection still open when the metrics are read.
   m.accepted('tls');
@@ -221,6 +222,8 @@ describe('Metrics as the daemon feeds them', () => {
 
   it('moves every egressd metric over a few connections, lookups and policy changes', async () => {
     const m = new Metrics({ sandboxLabel: false });
+    // The test host's own conntrack table moves on its own: none before, feed's after.
+    m.attach({ conntrack: () => null });
     const before = await egressdSamples(m);
     feed(m);
     const after = await egressdSamples(m);
@@ -366,6 +369,23 @@ describe('METRICS, the one table', () => {
     m.attach({ dataPlane: () => 'js' });
     s = await egressdSamples(m);
     expect(s.filter((x) => x.name === 'egressd_build_info').map((x) => x.labels['data_plane'])).toEqual(['js']);
+  });
+
+  it("reads the conntrack table's entries and limit at scrape time, and leaves both absent without conntrack", async () => {
+    const m = new Metrics();
+    let table: { entries: number; limit: number } | null = { entries: 1200, limit: 262_144 };
+    m.attach({ conntrack: () => table });
+    let s = await egressdSamples(m);
+    expect(s.filter((x) => x.name.startsWith('egressd_conntrack_'))).toEqual([
+      { name: 'egressd_conntrack_entries', labels: {}, value: 1200 },
+      { name: 'egressd_conntrack_entries_limit', labels: {}, value: 262_144 },
+    ]);
+    // Not 0: an empty table and no table are different answers.
+    table = null;
+    s = await egressdSamples(m);
+    expect(s.filter((x) => x.name.startsWith('egressd_conntrack_'))).toEqual([]);
+    table = { entries: 7, limit: 65_536 };
+    expect(value(await egressdSamples(m), 'egressd_conntrack_entries')).toBe(7);
   });
 
   it('reads the registered sandboxes and organizations at scrape time', async () => {
