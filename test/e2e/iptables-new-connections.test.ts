@@ -90,6 +90,15 @@ describe.skipIf(skip !== null)('egressd iptables --new-connections-per-source on
       },
     );
 
+    // hashlimit shares a table among rules of one name and keeps the settings of the rule that
+    // made it: a re-apply's rule, loaded while the old one still holds the table, would get the old rate.
+    it.each([4, 6] as const)('over IPv%s, applying again with a higher rate serves what the lower one reset', async (family) => {
+      await apply(backend, ['--new-connections-per-source', '5', '--new-connections-burst', '5']);
+      expect((await burst(source(family), 40, family))['reset']).toBeGreaterThan(0);
+      await apply(backend, ['--new-connections-per-source', '1000', '--new-connections-burst', '100']);
+      expect(await burst(source(family), 40, family)).toEqual({ caught: 40 });
+    });
+
     it('applying again with the same limit adds nothing, and --remove takes the limit out with the rest', async () => {
       await apply(backend, ['--new-connections-per-source', '5', '--new-connections-burst', '5']);
       const list = async (): Promise<string> =>
