@@ -486,7 +486,7 @@ export class Metrics {
         droppedSeen = Math.max(droppedSeen, n);
       },
       memoryPressure: (g) => setIf(g, {}, src().limits()?.memoryPressure),
-      memoryLimit: (g) => setIf(g, {}, src().limits()?.memoryLimitBytes),
+      memoryLimit: (g) => setOrAbsent(g, src().limits()?.memoryLimitBytes ?? undefined),
       conntrackEntries: (g) => setOrAbsent(g, src().conntrack()?.entries),
       conntrackEntriesLimit: (g) => setOrAbsent(g, src().conntrack()?.limit),
       overloaded: (g) => {

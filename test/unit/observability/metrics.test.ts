@@ -371,6 +371,29 @@ describe('METRICS, the one table', () => {
     expect(s.filter((x) => x.name === 'egressd_build_info').map((x) => x.labels['data_plane'])).toEqual(['js']);
   });
 
+  it('leaves egressd_memory_limit_bytes absent without a cgroup limit, as its help says, not 0', async () => {
+    const m = new Metrics();
+    const limits = (memoryLimitBytes: number | null) => ({
+      nofileSoft: 1024,
+      nofileHard: 4096,
+      openDescriptors: 40,
+      globalConnections: 460,
+      sandboxShare: 230,
+      open: 0,
+      undecided: 0,
+      lingering: 0,
+      dnsTcp: 0,
+      dialAttempts: 0,
+      memoryPressure: 0.1,
+      memoryLimitBytes,
+      overloaded: { memory: false, descriptors: false },
+    });
+    m.attachLimits(() => limits(null));
+    expect((await egressdSamples(m)).filter((x) => x.name === 'egressd_memory_limit_bytes')).toEqual([]);
+    m.attachLimits(() => limits(1_048_576));
+    expect(value(await egressdSamples(m), 'egressd_memory_limit_bytes')).toBe(1_048_576);
+  });
+
   it("reads the conntrack table's entries and limit at scrape time, and leaves both absent without conntrack", async () => {
     const m = new Metrics();
     let table: { entries: number; limit: number } | null = { entries: 1200, limit: 262_144 };
