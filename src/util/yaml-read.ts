@@ -1,7 +1,7 @@
 // YAML (and so JSON) text read into plain values, every refusal with where it is: the config
 // file, `decide --policy` and the essential-services catalog file read through here.
 
-import { type Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
+import { type Document, isAlias, isMap, isScalar, isSeq, type Node, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
 import { lineColumn } from './text-position.ts';
 
 /** Where a field (`sandboxes[2].network.mode`, issue-path style) is written, 1-based; null when nowhere. */
@@ -27,12 +27,18 @@ export type YamlRead =
  * are the errors found while aliases are expanded (an alias with no anchor before it, or more
  * than `maxAliasCount` expansions: an alias bomb), which the yaml package raises only after
  * parsing, with no position: they are placed at that alias.
+ *
+ * Merge keys (`<<: *base`, https://yaml.org/type/merge.html) are read as the fields written out,
+ * a key written in the map beside them winning; two in one map, or one whose value is not a map,
+ * an alias to one or a list of them, are refused at that place.
  */
 export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number } = {}): YamlRead {
   // A byte order mark is not content (YAML 1.2 §5.2): left in, the yaml package counts it as a
   // column of line 1, and every position on that line is one too far right.
   if (text.startsWith('\ufeff')) text = text.slice(1);
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true });
+  // merge: YAML 1.2 dropped merge keys, but the files operators write still use them (Helm
+  // values, docker-compose, GitLab CI); off, `<<` was an unknown field with no word of why.
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true, merge: true });
   const first = doc.errors[0];
   if (first !== undefined) {
     // prettyErrors words it "... at line 2, column 1:" then the lines around it with a caret.
@@ -51,6 +57,10 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       snippet: context.join('\n').replace(/^\n+|\n+$/g, ''),
       cause: first,
     };
+  }
+  const merge = mergeProblem(doc);
+  if (merge !== null) {
+    return { ok: false, reason: merge.reason, code: 'MERGE', position: lineColumn(text, merge.offset), snippet: '', cause: null };
   }
   try {
     const value = doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 });
@@ -93,6 +103,62 @@ function aliasOffset(doc: Document): number | null {
   return unresolved ?? first;
 }
 
+const isMergeKey = (key: unknown): boolean => isScalar(key) && typeof key.value === 'symbol';
+const offsetOf = (node: unknown): number | null => (node as { range?: [number, number, number] } | null)?.range?.[0] ?? null;
+
+/**
+ * The first merge key the yaml package would refuse while building values (with no position), or
+ * that it takes where another reader might not: a second `<<` in one map, which the yaml package
+ * merges after the first, where the merge-key spec gives one key with a list for that.
+ */
+function mergeProblem(doc: Document): { reason: string; offset: number } | null {
+  let problem: { reason: string; offset: number } | null = null;
+  const notMap = (node: unknown, at: unknown): boolean => {
+    const target = isAlias(node) ? node.resolve(doc) : node;
+    if (isMap(target)) return false;
+    problem = {
+      reason: `A merge key (<<) takes a map, an alias to one, or a list of them; this is ${isSeq(target) ? 'a list' : isScalar(target) ? 'a scalar' : 'empty'}`,
+      offset: offsetOf(at) ?? 0,
+    };
+    return true;
+  };
+  visit(doc, {
+    Map(_key, map) {
+      const merges = map.items.filter((p) => isMergeKey(p.key));
+      if (merges.length > 1) {
+        problem = { reason: 'The map gives more than one merge key (<<); give one with a list, e.g. "<<: [*a, *b]"', offset: offsetOf(merges[1]!.key) ?? 0 };
+        return visit.BREAK;
+      }
+      const value = merges[0]?.value;
+      if (merges[0] === undefined) return undefined;
+      if (isSeq(value)) {
+        for (const item of value.items) if (notMap(item, item)) return visit.BREAK;
+      } else if (notMap(value, value ?? merges[0].key)) return visit.BREAK;
+      return undefined;
+    },
+  });
+  return problem;
+}
+
+/**
+ * The pair that gives `key` in `map`: its own, or else the one a merge brings in (the first merge
+ * source that has it, as the yaml package merges). Aliases are followed.
+ */
+function pairOf(doc: Document, map: YAMLMap, key: string, depth = 0): Pair | undefined {
+  const own = map.items.find((p) => !isMergeKey(p.key) && (isScalar(p.key) ? String(p.key.value) : p.key) === key);
+  if (own !== undefined || depth > 32) return own;
+  for (const p of map.items) {
+    if (!isMergeKey(p.key)) continue;
+    const sources = isSeq(p.value) ? p.value.items : [p.value];
+    for (const s of sources) {
+      const source = isAlias(s) ? s.resolve(doc) : s;
+      const found = isMap(source) ? pairOf(doc, source, key, depth + 1) : undefined;
+      if (found !== undefined) return found;
+    }
+  }
+  return undefined;
+}
+
 /**
  * The offset where `field` is written: a map entry's key (where a reader looks for it), a list
  * item itself; a field that is not written (a required key left out) is placed at the nearest
@@ -101,16 +167,18 @@ function aliasOffset(doc: Document): number | null {
 function fieldOffset(doc: Document, field: string): number | null {
   const steps = [...field.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : m[1]!));
   let node: unknown = doc.contents;
-  let at: number | null = (doc.contents as { range?: [number, number, number] } | null)?.range?.[0] ?? null;
+  let at: number | null = offsetOf(doc.contents);
   for (const step of steps) {
+    // A value written as an alias is where its anchor's node is written.
+    if (isAlias(node)) node = node.resolve(doc) as Node | undefined;
     if (isMap(node)) {
-      const pair = node.items.find((p) => (isScalar(p.key) ? String(p.key.value) : p.key) === String(step));
+      const pair = pairOf(doc, node, String(step));
       if (pair === undefined) break;
-      at = (pair.key as { range?: [number, number, number] } | null)?.range?.[0] ?? at;
+      at = offsetOf(pair.key) ?? at;
       node = pair.value;
     } else if (isSeq(node) && typeof step === 'number' && step < node.items.length) {
       node = node.items[step];
-      at = (node as { range?: [number, number, number] } | null)?.range?.[0] ?? at;
+      at = offsetOf(node) ?? at;
     } else break;
   }
   return at;

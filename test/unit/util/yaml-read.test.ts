@@ -41,3 +41,61 @@ describe('readYaml: a file with more than one document', () => {
     }
   });
 });
+
+// YAML 1.1 merge keys (https://yaml.org/type/merge.html), which operators' files and Kubernetes-
+// adjacent tooling use to share a block: read as the fields written out, each field placed where
+// its value is written.
+describe('readYaml: merge keys', () => {
+  const base = 'base: &b\n  mode: block-all\n  egress: {allowed_ports: [443]}\n';
+
+  it('reads the merged fields as if written out; a key written beside the merge wins, before or after it', () => {
+    for (const text of [`${base}n:\n  <<: *b\n  mode: allow-all\n`, `${base}n:\n  mode: allow-all\n  <<: *b\n`]) {
+      const r = readYaml(text);
+      expect(r.ok, text).toBe(true);
+      if (r.ok) expect((r.value as { n: unknown }).n, text).toEqual({ mode: 'allow-all', egress: { allowed_ports: [443] } });
+    }
+  });
+
+  it('merges a list of maps, the earlier one winning, and an inline map', () => {
+    const r = readYaml('a: &a {x: 1}\nb: &b {x: 2, y: 3}\nn:\n  <<: [*a, *b]\nm:\n  <<: {z: 4}\n');
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.value).toMatchObject({ n: { x: 1, y: 3 }, m: { z: 4 } });
+  });
+
+  it('places a merged field where its value is written, in the anchored map', () => {
+    const r = readYaml(`${base}n:\n  <<: *b\n  mode: allow-all\n`);
+    expect(r.ok).toBe(true);
+    if (r.ok) {
+      expect(r.locate('n.egress.allowed_ports[0]')).toEqual({ line: 3, column: 28 });
+      expect(r.locate('n.mode')).toEqual({ line: 6, column: 3 });
+    }
+  });
+
+  it('a quoted "<<" is a key like any other', () => {
+    const r = readYaml(`${base}n:\n  "<<": *b\n`);
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(Object.keys((r.value as { n: object }).n)).toEqual(['<<']);
+  });
+
+  it('refuses two merge keys in one map, at the second, saying to give one with a list', () => {
+    const r = readYaml('a: &a {x: 1}\nb: &b {x: 2}\nn:\n  <<: *a\n  <<: *b\n');
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.position).toEqual({ line: 5, column: 3 });
+      expect(r.reason).toMatch(/more than one merge key .*<<: \[\*a, \*b\]/);
+    }
+  });
+
+  it.each([
+    ['a number', 'n:\n  <<: 1\n', { line: 2, column: 7 }],
+    ['a list holding a string', 'n:\n  <<: [x]\n', { line: 2, column: 8 }],
+    ['an alias to a list', 'a: &a [1]\nn:\n  <<: *a\n', { line: 3, column: 7 }],
+  ])('refuses a merge of %s, at it, naming what a merge takes', (_what, text, where) => {
+    const r = readYaml(text);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.position).toEqual(where);
+      expect(r.reason).toMatch(/A merge key \(<<\) takes a map, an alias to one, or a list of them/);
+    }
+  });
+});
