@@ -21,9 +21,8 @@ import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
 import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
-import { duplicateKey } from '../util/json-duplicate-key.ts';
 import { lineColumn } from '../util/text-position.ts';
-import { jsonErrorOffset } from '../util/json-error-offset.ts';
+import { readJsonText } from '../util/json-read.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -104,22 +103,11 @@ function json(text: string, what: string, source: 'argument' | 'file' = 'argumen
     source === 'file'
       ? new ConfigReadError(what, `it ${detail}`, cause, lineColumn(text, offset), 'body')
       : new UsageError(`${what} ${detail} (at position ${offset})`);
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    // V8's words without its position, which it gives for some errors only, nor the text it
-    // quotes around an unexpected token (over several lines, when the text has them); where the
-    // text stops being JSON is found by reading it (V8's position when it gives one).
-    const detail = (e as Error).message
-      .replace(/ (?:in JSON )?at position \d+(?: \(line \d+ column \d+\))?/, '')
-      .replace(/, (?:\.\.\.)?"[^]* is not valid JSON$/, '');
-    throw fail(`is not valid JSON: ${detail}`, jsonErrorOffset(text) ?? text.length, e);
-  }
+  const r = readJsonText(text);
+  if (r.ok) return r.value;
   // Parsed here, a duplicate key would reach the API already collapsed to its last value.
-  const dup = duplicateKey(text);
-  if (dup !== null) throw fail(`gives the key ${JSON.stringify(dup.path)} more than once; give each key once`, dup.offset);
-  return value;
+  if (r.kind === 'duplicate') throw fail(`gives the key ${JSON.stringify(r.detail)} more than once; give each key once`, r.offset);
+  throw fail(`is not valid JSON: ${r.detail}`, r.offset, r.cause);
 }
 
 function fileJson(file: string): unknown {

@@ -1,16 +1,18 @@
-// Reads a configuration file (YAML, which includes JSON) and validates it. A file that cannot
-// be read or parsed, or that has any invalid key, is refused with the file, the key and the
+// Reads a configuration file (YAML, or JSON alone for a file named `.json`) and validates it. A
+// file that cannot be read or parsed, or that has any invalid key, is refused with the file, the key and the
 // reason; the caller keeps whatever configuration it was running.
 
 import { readFile } from 'node:fs/promises';
 import { type Locate, readYaml } from '../util/yaml-read.ts';
+import { namesJson } from '../util/json-read.ts';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
 import { catalogProblems } from './policy-settings.ts';
 
 /**
- * Parses YAML/JSON text; duplicate keys and syntax errors are refusals, not warnings. `document` names
+ * Parses YAML text, or JSON alone when `file` is named `.json`; duplicate keys and syntax errors
+ * are refusals, not warnings. `document` names
  * the document in the error ("configuration", or "policy" for `egressd decide --policy`).
  */
 export function parseConfigText(text: string, file: string, document = 'configuration'): unknown {
@@ -19,11 +21,11 @@ export function parseConfigText(text: string, file: string, document = 'configur
 
 /** As parseConfigText, with where each field is written (for the problems validation finds). */
 export function parseConfigDocument(text: string, file: string, document = 'configuration'): { value: unknown; locate: Locate } {
-  const r = readYaml(text);
+  const r = readYaml(text, { json: namesJson(file) });
   if (r.ok) return { value: r.value, locate: r.locate };
   // What is wrong, where, and its code, so no one has to guess.
   const at = r.position ? `, line ${r.position.line}, column ${r.position.column}` : '';
-  throw new ConfigReadError(file, `${r.reason} (YAML ${r.code}${at})${r.snippet ? `\n${r.snippet}` : ''}`, r.cause, r.position, document);
+  throw new ConfigReadError(file, `${r.reason} (${r.syntax} ${r.code}${at})${r.snippet ? `\n${r.snippet}` : ''}`, r.cause, r.position, document);
 }
 
 export function configFromText(text: string, file: string): Config {

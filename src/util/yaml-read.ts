@@ -1,7 +1,9 @@
 // YAML (and so JSON) text read into plain values, every refusal with where it is: the config
-// file, `decide --policy` and the essential-services catalog file read through here.
+// file, `decide --policy` and the essential-services catalog file read through here. A file
+// declared to be JSON (named `.json`) is read as strict JSON.
 
 import { type Document, isAlias, isMap, isScalar, isSeq, type Node, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
+import { readJsonText } from './json-read.ts';
 import { lineColumn } from './text-position.ts';
 
 /** Where a field (`sandboxes[2].network.mode`, issue-path style) is written, 1-based; null when nowhere. */
@@ -11,9 +13,14 @@ export type YamlRead =
   | { readonly ok: true; readonly value: unknown; readonly locate: Locate }
   | {
       readonly ok: false;
-      /** What is wrong, in the yaml package's words, without its position. */
+      /** What is wrong, in the yaml package's words (or V8's, for JSON), without its position. */
       readonly reason: string;
-      /** The yaml package's error code (`BAD_INDENT`, `DUPLICATE_KEY`, ...), or `ALIAS`. */
+      /** Which reader refused it: the text as YAML, or as JSON (`json: true`). */
+      readonly syntax: 'YAML' | 'JSON';
+      /**
+       * The yaml package's error code (`BAD_INDENT`, `DUPLICATE_KEY`, ...), `ALIAS` or `MERGE`; for
+       * JSON, `SYNTAX` or `DUPLICATE_KEY`.
+       */
       readonly code: string;
       /** 1-based; null only when the text gives no place to point at. */
       readonly position: { readonly line: number; readonly column: number } | null;
@@ -31,11 +38,16 @@ export type YamlRead =
  * Merge keys (`<<: *base`, https://yaml.org/type/merge.html) are read as the fields written out,
  * a key written in the map beside them winning; two in one map, or one whose value is not a map,
  * an alias to one or a list of them, are refused at that place.
+ *
+ * With `json: true` the text must be one JSON text (RFC 8259), each object's keys unique; its
+ * value is JSON.parse's, and a `<<` key is a key.
  */
-export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number } = {}): YamlRead {
-  // A byte order mark is not content (YAML 1.2 §5.2): left in, the yaml package counts it as a
-  // column of line 1, and every position on that line is one too far right.
+export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number; readonly json?: boolean } = {}): YamlRead {
+  // A byte order mark is not content (YAML 1.2 §5.2; RFC 8259 §8.1 lets a JSON reader ignore it):
+  // left in, the yaml package counts it as a column of line 1, and every position on that line is
+  // one too far right.
   if (text.startsWith('\ufeff')) text = text.slice(1);
+  if (options.json === true) return readJson(text);
   // merge: YAML 1.2 dropped merge keys, but the files operators write still use them (Helm
   // values, docker-compose, GitLab CI); off, `<<` was an unknown field with no word of why.
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true, merge: true });
@@ -48,6 +60,7 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       ok: false,
       // The yaml package's advice for this one is to its caller ("use YAML.parseAllDocuments()"):
       // the reader of the file needs to know what in it to change.
+      syntax: 'YAML',
       reason:
         first.code === 'MULTIPLE_DOCS'
           ? 'The file holds more than one YAML document (a "---" or "..." line after the first); egressd reads one'
@@ -60,7 +73,7 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
   }
   const merge = mergeProblem(doc);
   if (merge !== null) {
-    return { ok: false, reason: merge.reason, code: 'MERGE', position: lineColumn(text, merge.offset), snippet: '', cause: null };
+    return { ok: false, syntax: 'YAML', reason: merge.reason, code: 'MERGE', position: lineColumn(text, merge.offset), snippet: '', cause: null };
   }
   try {
     const value = doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 });
@@ -76,6 +89,7 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
     const offset = aliasOffset(doc);
     return {
       ok: false,
+      syntax: 'YAML',
       reason: err instanceof Error ? err.message : String(err),
       code: 'ALIAS',
       position: offset === null ? null : lineColumn(text, offset),
@@ -83,6 +97,41 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       cause: err,
     };
   }
+}
+
+function readJson(text: string): YamlRead {
+  const r = readJsonText(text);
+  if (!r.ok) {
+    const position = lineColumn(text, r.offset);
+    return {
+      ok: false,
+      syntax: 'JSON',
+      reason:
+        r.kind === 'syntax' ? `Not valid JSON: ${r.detail}` : `The key ${JSON.stringify(r.detail)} is given more than once; give each key once (RFC 8259 §4)`,
+      code: r.kind === 'syntax' ? 'SYNTAX' : 'DUPLICATE_KEY',
+      position,
+      snippet: caretUnder(text, position),
+      cause: r.cause,
+    };
+  }
+  // JSON is YAML 1.2 (but for the leniencies refused above), read again for where fields are.
+  const doc = parseDocument(text, { uniqueKeys: true, strict: true, merge: false });
+  return {
+    ok: true,
+    value: r.value,
+    locate: (field) => {
+      if (doc.errors.length > 0) return null;
+      const offset = fieldOffset(doc, field);
+      return offset === null ? null : lineColumn(text, offset);
+    },
+  };
+}
+
+/** The line of `position` and a caret under its column, as the yaml package's prettyErrors; '' for a line too long to show. */
+function caretUnder(text: string, position: { line: number; column: number }): string {
+  const line = text.split(/\r\n|\r|\n/)[position.line - 1] ?? '';
+  if (line.length > 120) return '';
+  return `${line}\n${' '.repeat(position.column - 1)}^`;
 }
 
 /** The offset of the first alias whose anchor is not set before it, or else of the first alias. */

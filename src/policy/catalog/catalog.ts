@@ -10,6 +10,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { type Locate, readYaml } from '../../util/yaml-read.ts';
+import { namesJson } from '../../util/json-read.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -175,10 +176,11 @@ function readCatalogFile(path: string): FileRead {
   }
   // Duplicate keys refused: a category written twice would silently lose one of its lists.
   // Alias expansion is bounded ("billion laughs") in a file that is not ours.
-  const parsed = readYaml(text);
+  // A file named .json is JSON alone (RFC 8259), not the YAML superset.
+  const parsed = readYaml(text, { json: namesJson(path) });
   if (!parsed.ok) {
     const at = parsed.position ? ` at line ${parsed.position.line}, column ${parsed.position.column}` : '';
-    return { ok: false, reason: `Catalog file ${q} is not valid YAML${at}: ${truncate(parsed.reason)}` };
+    return { ok: false, reason: `Catalog file ${q} is not valid ${parsed.syntax}${at}: ${truncate(parsed.reason)}` };
   }
   const doc = parsed.value;
   if (!isPlainObject(doc)) return { ok: false, reason: `Catalog file ${q} should hold an object with "categories", got ${describe(doc)}` };

@@ -297,6 +297,24 @@ describe('egressd decide', () => {
     });
   });
 
+  // A file named .json is JSON alone (RFC 8259): read as YAML, a trailing comma or a comment
+  // passed, and `"networkBlockAll": }` was null.
+  it('exits 2 on a policy or config named .json that only YAML reads, at its line and column; the same text named .yaml is judged', async () => {
+    const text = '{"mode": "block-all",\n "egress": {"allowed_ports": [443],}}\n';
+    const lenient = write('lenient.json', text);
+    const r = await decide(lenient, '--ip', '140.82.112.5', '--port', '443');
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toContain(`${lenient}:2:36: Cannot read policy "${lenient}": Not valid JSON: `);
+    expect((await decide(write('lenient.yaml', text), '--ip', '140.82.112.5', '--port', '443')).code).toBe(0);
+    const config = write('lenient-config.json', '{"reportOnly": false, // off\n}\n');
+    const c = await decide(sandbox0, '--ip', '140.82.112.5', '--port', '443', '--config', config);
+    expect(c.code).toBe(2);
+    expect(c.stderr).toContain(`${config}:1:23: Cannot read configuration`);
+    const v = await egressd(['validate', config]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toContain('(JSON SYNTAX, line 1, column 23)');
+  });
+
   it('reads the policy from stdin when it is "-"', async () => {
     const r = await egressd(['decide', '--policy', '-', '--ip', '208.80.154.1', '--port', '443'], JSON.stringify({ networkAllowList: '208.80.154.0/24' }));
     expect(r.code).toBe(0);

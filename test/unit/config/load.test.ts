@@ -3,6 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { configFromText } from '../../../src/config/load.ts';
+import { ConfigReadError } from '../../../src/errors.ts';
 
 /** The error configFromText raises for `text`, as an operator reads it. */
 function refusal(text: string, file = 'egressd.yaml'): string {
@@ -17,7 +18,7 @@ function refusal(text: string, file = 'egressd.yaml'): string {
 describe('merge keys in the config file', () => {
   const shared = 'sandboxes:\n  - id: a\n    sources: ["198.18.0.1"]\n    network: &net\n      mode: block-all\n      egress:\n        allowed_ports: [443]\n';
 
-  it('a sandbox that merges another\'s network has the same policy as one that writes it out', () => {
+  it("a sandbox that merges another's network has the same policy as one that writes it out", () => {
     const merged = configFromText(`${shared}  - id: b\n    sources: ["198.18.0.2"]\n    network:\n      <<: *net\n`, 'merged.yaml');
     const written = configFromText(
       `${shared}  - id: b\n    sources: ["198.18.0.2"]\n    network:\n      mode: block-all\n      egress:\n        allowed_ports: [443]\n`,
@@ -31,5 +32,39 @@ describe('merge keys in the config file', () => {
     const msg = refusal(text);
     expect(msg).toMatch(/^sandboxes\[1\]\.network\.egress\.allowed_ports\[0\]: Port "70000" is outside 1-65535 \(line 7, column 25\)$/m);
     expect(msg).toMatch(/^sandboxes\[1\]\.network\.bogus: Unknown field "bogus".* \(line 12, column 7\)$/m);
+  });
+});
+
+// A file named .json is JSON (RFC 8259) alone: read as YAML, `{"reportOnly": }` was
+// `reportOnly: null`, and comments, single quotes and trailing commas passed.
+describe('a config file named .json', () => {
+  it.each([
+    ['a value left out', '{"block": "drop",\n "reportOnly": }', '2:16'],
+    ['a trailing comma', '{"block": "drop",}', '1:18'],
+    ['an unquoted key', '{block: "drop"}', '1:2'],
+    ['single quotes', "{'block': 'drop'}", '1:2'],
+    ['a comment', '{"block": "drop"} # drop', '1:19'],
+    ['YAML', 'block: drop\n', '1:1'],
+  ])('refuses %s, at FILE:LINE:COLUMN, which the same text named .yaml reads', (_what, text, at) => {
+    // Read (`reportOnly: null` is then a problem of validation), not refused as unreadable.
+    expect(() => configFromText(text, 'egressd.yaml')).not.toThrow(ConfigReadError);
+    const msg = refusal(text, 'egressd.json');
+    expect(msg).toMatch(
+      new RegExp(
+        `^egressd\\.json:${at}: Cannot read configuration "egressd\\.json": Not valid JSON: .* \\(JSON SYNTAX, line ${at.replace(':', ', column ')}\\)`,
+      ),
+    );
+  });
+
+  it('refuses a key given twice, naming its path, at the second', () => {
+    expect(refusal('{"peek": {"timeoutMs": 5000,\n  "timeoutMs": 1}}', 'egressd.json')).toMatch(
+      /^egressd\.json:2:3: .*The key "peek\.timeoutMs" is given more than once.* \(JSON DUPLICATE_KEY, line 2, column 3\)/,
+    );
+  });
+
+  it('places a validation problem at its line and column, as in YAML, and takes "<<" as a key', () => {
+    const msg = refusal('{"block": "drop",\n "peek": {"timeoutMs": 0}, "<<": {}}', 'egressd.json');
+    expect(msg).toMatch(/^peek\.timeoutMs: .* \(line 2, column 11\)$/m);
+    expect(msg).toMatch(/^<<: Unknown field "<<"/m);
   });
 });

@@ -254,6 +254,13 @@ describe('loadCatalog options', () => {
     if (!r.ok) expect(r.issues[0]!.reason).toMatch(/^Catalog file ".*bad\.yaml" is not valid YAML at line 2, column 1: /);
   });
 
+  it('reads a file named .json as JSON alone: what YAML would take is refused at its line and column', () => {
+    const text = '{"categories": {"mirrors": ["mirror.example.com"],\n}}';
+    expect(loadCatalog({ file: catalogFile('lenient.yaml', text) }).ok).toBe(true);
+    const r = loadCatalog({ file: catalogFile('lenient.json', text) });
+    expect(r.ok || r.issues[0]!.reason).toMatch(/^Catalog file ".*lenient\.json" is not valid JSON at line 2, column 1: Not valid JSON: /);
+  });
+
   it('reports a category written twice rather than keeping one of its lists', () => {
     const r = loadCatalog({ file: catalogFile('dup.yaml', 'categories:\n  a: [a.example.com]\n  a: [b.example.com]\n') });
     expect(r.ok || r.issues[0]!.reason).toMatch(/is not valid YAML at line 3, column 3: Map keys must be unique$/);

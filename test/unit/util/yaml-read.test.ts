@@ -99,3 +99,49 @@ describe('readYaml: merge keys', () => {
     }
   });
 });
+
+// Text declared to be JSON is JSON (RFC 8259): the YAML reader takes a superset, and a `.json`
+// file it read could mean what no JSON reader would take it to mean.
+describe('readYaml with json: true', () => {
+  it.each([
+    ['a value left out', '{"a": }', { line: 1, column: 7 }],
+    ['a trailing comma', '{"a": 1,\n}', { line: 2, column: 1 }],
+    ['an unquoted key', '{a: 1}', { line: 1, column: 2 }],
+    ['single quotes', "{'a': 1}", { line: 1, column: 2 }],
+    ['a comment', '{"a": 1} # no', { line: 1, column: 10 }],
+    ['a hexadecimal number', '{"a": 0x1bb}', { line: 1, column: 8 }],
+    ['a YAML block map', 'a: 1\n', { line: 1, column: 1 }],
+    ['a tag', '{"a": !!str 1}', { line: 1, column: 7 }],
+  ])('refuses %s at its line and column, which YAML takes', (_what, text, where) => {
+    expect(readYaml(text).ok).toBe(true);
+    const r = readYaml(text, { json: true });
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.syntax).toBe('JSON');
+      expect(r.code).toBe('SYNTAX');
+      expect(r.position).toEqual(where);
+      expect(r.reason).toMatch(/^Not valid JSON: /);
+    }
+  });
+
+  it('refuses a key given twice, at the second, naming its path', () => {
+    const r = readYaml('{"a": {"b": 1,\n  "b": 2}}', { json: true });
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('DUPLICATE_KEY');
+      expect(r.position).toEqual({ line: 2, column: 3 });
+      expect(r.reason).toMatch(/"a\.b" is given more than once/);
+    }
+  });
+
+  it('reads JSON as JSON.parse does, "<<" a key like any other, and places fields', () => {
+    const text = '{"a": {"x": 1},\n "<<": {"y": 2}, "n": 1e2}';
+    const r = readYaml(`\ufeff${text}`, { json: true });
+    expect(r.ok).toBe(true);
+    if (r.ok) {
+      expect(r.value).toEqual(JSON.parse(text));
+      expect(r.locate('<<')).toEqual({ line: 2, column: 2 });
+      expect(r.locate('a.x')).toEqual({ line: 1, column: 8 });
+    }
+  });
+});
