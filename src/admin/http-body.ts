@@ -4,7 +4,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ApiError } from '../errors.ts';
-import { duplicateKeyPath } from '../util/json-duplicate-key.ts';
+import { readJsonText } from '../util/json-read.ts';
+import { lineColumn } from '../util/text-position.ts';
 import { quote } from '../util/fields.ts';
 import { sendJson } from './server.ts';
 
@@ -58,15 +59,13 @@ export async function readJson(req: IncomingMessage, limit: number): Promise<unk
   }
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'The body is empty; a JSON object was expected');
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new ApiError(400, 'invalid_json', `The body is not valid JSON: ${(err as Error).message}`);
+  const r = readJsonText(text);
+  if (r.ok) return r.value;
+  if (r.kind === 'duplicate') {
+    throw new ApiError(400, 'invalid_json', `The body gives the key ${JSON.stringify(r.detail)} more than once; give each key once (RFC 8259 §4)`, r.detail);
   }
-  const dup = duplicateKeyPath(text);
-  if (dup !== null) {
-    throw new ApiError(400, 'invalid_json', `The body gives the key ${JSON.stringify(dup)} more than once; give each key once (RFC 8259 §4)`, dup);
-  }
-  return value;
+  // Where, as an editor counts: V8 gives a position for some errors only, as an offset, and
+  // quotes the text around an unexpected token instead, over several lines when it has them.
+  const { line, column } = lineColumn(text, r.offset);
+  throw new ApiError(400, 'invalid_json', `The body is not valid JSON at line ${line}, column ${column}: ${r.detail}`);
 }

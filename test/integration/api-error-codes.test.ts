@@ -64,4 +64,19 @@ describe('the code of a refused body', () => {
       error: { code: 'unsupported_media_type' },
     });
   });
+
+  // A body is JSON (RFC 8259), no YAML leniency; where it breaks is said as an editor counts, for
+  // every error (V8 gives an offset for some only, and quotes the text around the others).
+  it.each([
+    ['a value left out', '{"sources": ["127.0.0.46"],\n "network": }', 2, 13],
+    ['a trailing comma', '{"sources": ["127.0.0.46"],\n}', 2, 1],
+    ['an unquoted key', '{\n  sources: ["127.0.0.46"]}', 2, 3],
+    ['single quotes', "{'sources': ['127.0.0.46']}", 1, 2],
+    ['a comment', '{"sources": ["127.0.0.46"]} // mine', 1, 29],
+  ])('%s is invalid_json, at its line and column', async (_what, body, line, column) => {
+    const r = await raw('PUT', '/api/v1/sandboxes/sb-json', body);
+    expect(r.status).toBe(400);
+    expect(r.error.code).toBe('invalid_json');
+    expect((r.error as unknown as { message: string }).message).toMatch(new RegExp(`^The body is not valid JSON at line ${line}, column ${column}: \\S`));
+  });
 });
