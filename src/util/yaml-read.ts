@@ -48,27 +48,49 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
   // one too far right.
   if (text.startsWith('\ufeff')) text = text.slice(1);
   if (options.json === true) return readJson(text);
-  // merge: YAML 1.2 dropped merge keys, but the files operators write still use them (Helm
-  // values, docker-compose, GitLab CI); off, `<<` was an unknown field with no word of why.
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: options.strict ?? true, merge: true });
-  const first = doc.errors[0];
+  const doc = parseDocument(text, {
+    // Two merge keys are refused below, in words that say what to write instead.
+    uniqueKeys: (a, b) => a === b || (isScalar(a) && isScalar(b) && a.value === b.value && !isMergeKey(a)),
+    prettyErrors: true,
+    strict: options.strict ?? true,
+    // YAML 1.2 dropped merge keys, but the files operators write still use them (Helm values,
+    // docker-compose, GitLab CI); off, `<<` was an unknown field with no word of why.
+    merge: true,
+    // Every key is its text: `1` and "1" are one key (a duplicate), and a list or a map as a key
+    // is refused rather than stringified ("[ a ]") with a warning on the process's stderr.
+    stringKeys: true,
+    // YAML 1.1's !!binary, !!set, !!timestamp, !!omap and !!pairs are refused as unknown tags
+    // below, not read into a Buffer, a Set or a Date that no field takes.
+    resolveKnownTags: false,
+  });
+  // The yaml package only warns of what it could not read as written (a tag it does not resolve,
+  // read as its bare text; an unknown directive or YAML version; an anchor ending in ":"): each
+  // means the file says something egressd would not do.
+  const first = doc.errors[0] ?? doc.warnings[0];
   if (first !== undefined) {
     // prettyErrors words it "... at line 2, column 1:" then the lines around it with a caret.
     const [head = 'YAML syntax error', ...context] = first.message.split('\n');
     const pos = first.linePos?.[0];
     return {
       ok: false,
-      // The yaml package's advice for this one is to its caller ("use YAML.parseAllDocuments()"):
-      // the reader of the file needs to know what in it to change.
       syntax: 'YAML',
-      reason:
-        first.code === 'MULTIPLE_DOCS'
-          ? 'The file holds more than one YAML document (a "---" or "..." line after the first); egressd reads one'
-          : head.replace(/ at line \d+, column \d+:?$/, ''),
+      reason: reasonOf(first.code, head.replace(/ at line \d+, column \d+:?$/, '')),
       code: first.code,
       position: pos ? { line: pos.line, column: pos.col } : null,
       snippet: context.join('\n').replace(/^\n+|\n+$/g, ''),
       cause: first,
+    };
+  }
+  const ambiguous = ambiguousNumber(doc);
+  if (ambiguous !== null) {
+    return {
+      ok: false,
+      syntax: 'YAML',
+      reason: ambiguous.reason,
+      code: 'AMBIGUOUS_NUMBER',
+      position: lineColumn(text, ambiguous.offset),
+      snippet: '',
+      cause: null,
     };
   }
   const merge = mergeProblem(doc);
@@ -97,6 +119,47 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       cause: err,
     };
   }
+}
+
+/** The yaml package's words, or egressd's where they speak to the package's caller, not to the file's writer. */
+function reasonOf(code: string, words: string): string {
+  switch (code) {
+    // Its advice is "use YAML.parseAllDocuments()".
+    case 'MULTIPLE_DOCS':
+      return 'The file holds more than one YAML document (a "---" or "..." line after the first); egressd reads one';
+    case 'NON_STRING_KEY':
+      return 'A key must be a string, not a list or a map (nor a value tagged other than !!str)';
+    case 'TAG_RESOLVE_FAILED': {
+      const tag = /Unresolved tag: (\S+)/.exec(words)?.[1]?.replace(/^tag:yaml\.org,2002:/, '!!');
+      return `The tag ${tag ?? 'here'} cannot be read: egressd reads YAML 1.2's core tags alone, !!str, !!int, !!float, !!bool, !!null, !!map and !!seq, each on a value of its kind; write the value itself`;
+    }
+    default:
+      return words;
+  }
+}
+
+/**
+ * The first plain integer written with a leading zero (0443) in a YAML 1.2 document: 443 to YAML
+ * 1.2 (the yaml package), octal to YAML 1.1 (§ int: `0[0-7]+`; PyYAML, go-yaml v2, Ruby's Psych),
+ * 291, or a string where a digit is 8 or 9. A document that declares `%YAML 1.1` says which.
+ */
+function ambiguousNumber(doc: Document): { reason: string; offset: number } | null {
+  if (doc.directives?.yaml.version !== '1.2') return null;
+  let found: { reason: string; offset: number } | null = null;
+  visit(doc, {
+    Scalar(_key, node) {
+      const m = typeof node.value === 'number' ? /^([-+]?)0([0-9]+)$/.exec(node.source ?? '') : null;
+      if (m === null) return undefined;
+      const [, sign = '', digits = ''] = m;
+      const v11 = /^[0-7]+$/.test(digits) ? String(Number.parseInt(`${sign}${digits}`, 8)) : `the string ${JSON.stringify(node.source)}`;
+      found = {
+        reason: `${node.source} is ${String(node.value)} in YAML 1.2 but ${v11} in YAML 1.1, which other tools that read this file may follow: write ${String(node.value)}${/^[0-7]+$/.test(digits) ? `, or ${v11} for the octal` : ''}`,
+        offset: node.range?.[0] ?? 0,
+      };
+      return visit.BREAK;
+    },
+  });
+  return found;
 }
 
 function readJson(text: string): YamlRead {
@@ -152,7 +215,9 @@ function aliasOffset(doc: Document): number | null {
   return unresolved ?? first;
 }
 
-const isMergeKey = (key: unknown): boolean => isScalar(key) && typeof key.value === 'symbol';
+/** A plain `<<` key: with stringKeys the yaml package keeps its text and merges it by that. */
+const isMergeKey = (key: unknown): boolean =>
+  isScalar(key) && (typeof key.value === 'symbol' || (key.value === '<<' && (key.type === undefined || key.type === 'PLAIN')));
 const offsetOf = (node: unknown): number | null => (node as { range?: [number, number, number] } | null)?.range?.[0] ?? null;
 
 /**

@@ -68,3 +68,17 @@ describe('a config file named .json', () => {
     expect(msg).toMatch(/^<<: Unknown field "<<"/m);
   });
 });
+
+describe('what the YAML reader read as something else, refused at its place', () => {
+  it('a tag egressd does not resolve: the token was the bare text after !secret', () => {
+    expect(refusal('admin:\n  listen: "127.0.0.1:9901"\n  token: !secret admin-token\n')).toMatch(
+      /^egressd\.yaml:3:10: .*The tag !secret cannot be read.* \(YAML TAG_RESOLVE_FAILED, line 3, column 10\)/,
+    );
+  });
+
+  it('a port with a leading zero, 443 to egressd and 291 to a YAML 1.1 reader of the same file', () => {
+    const text = 'sandboxes:\n  - id: a\n    sources: ["198.18.0.1"]\n    network:\n      mode: block-all\n      egress: {allowed_ports: [0443]}\n';
+    expect(refusal(text)).toMatch(/^egressd\.yaml:6:32: .*0443 is 443 in YAML 1\.2 but 291 in YAML 1\.1.* \(YAML AMBIGUOUS_NUMBER, line 6, column 32\)/);
+    expect(configFromText(text.replace('0443', '443'), 'fixed.yaml').sandboxes[0]).toBeDefined();
+  });
+});

@@ -145,3 +145,97 @@ describe('readYaml with json: true', () => {
     }
   });
 });
+
+// What the yaml package reads with only a warning, or reads into what no field takes, is a
+// refusal at its place: a tag egressd does not resolve was read as its bare text
+// (`token: !secret admin` was the token "admin"), and YAML 1.1's types as objects.
+describe('readYaml: tags', () => {
+  it.each([
+    ['a custom tag', 'token: !secret admin\n', '!secret'],
+    ['a custom tag on a list', 'sources: !include [a.yaml]\n', '!include'],
+    ['YAML 1.1 binary', 'x: !!binary aGVsbG8=\n', '!!binary'],
+    ['YAML 1.1 set', 'x: !!set {a, b}\n', '!!set'],
+    ['YAML 1.1 timestamp', 'x: !!timestamp 2001-01-01\n', '!!timestamp'],
+    ['a core tag on a value it does not fit', 'x: !!int abc\n', '!!int'],
+  ])('refuses %s at the tag, naming it', (_what, text, tag) => {
+    const r = readYaml(text);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('TAG_RESOLVE_FAILED');
+      expect(r.position).toEqual({ line: 1, column: text.indexOf('!') + 1 });
+      expect(r.reason).toContain(tag);
+      expect(r.reason).toMatch(/!!str, !!int, !!float, !!bool, !!null, !!map and !!seq/);
+    }
+  });
+
+  it('reads the core schema tags', () => {
+    const r = readYaml('a: !!str 443\nb: !!int "443"\nc: !!bool true\nd: !!null ""\ne: !!seq [1]\nf: !!map {g: 1}\nh: !!float 1.5\n');
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.value).toEqual({ a: '443', b: 443, c: true, d: null, e: [1], f: { g: 1 }, h: 1.5 });
+  });
+
+  it('refuses an unknown directive or YAML version the yaml package only warns of', () => {
+    for (const text of ['%YAML 1.3\n---\na: 1\n', '%FOO bar\n---\na: 1\n']) {
+      const r = readYaml(text);
+      expect(r.ok, text).toBe(false);
+      if (!r.ok) expect(r.position, text).toMatchObject({ line: 1 });
+    }
+  });
+});
+
+describe('readYaml: keys', () => {
+  it('refuses a key that is a list or a map, at it', () => {
+    for (const text of ['? [a]\n: 1\n', '{[a]: 1}\n', '? {a: 1}\n: 1\n']) {
+      const r = readYaml(text);
+      expect(r.ok, text).toBe(false);
+      if (!r.ok) {
+        expect(r.code, text).toBe('NON_STRING_KEY');
+        expect(r.reason, text).toMatch(/A key must be a string, not a list or a map/);
+        expect(r.position?.line, text).toBe(1);
+      }
+    }
+  });
+
+  it('refuses two keys that are one key once read, as a duplicate: 1 and "1", true and "true"', () => {
+    for (const text of ['1: a\n"1": b\n', 'true: a\n"true": b\n', 'null: a\n"null": b\n']) {
+      const r = readYaml(text);
+      expect(r.ok, text).toBe(false);
+      if (!r.ok) expect([r.code, r.position], text).toEqual(['DUPLICATE_KEY', { line: 2, column: 1 }]);
+    }
+  });
+
+  it('reads a key that looks like a number, a boolean or null as its text', () => {
+    const r = readYaml('1: a\ntrue: b\nnull: c\non: d\n0x1b: e\n');
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.value).toEqual({ '1': 'a', true: 'b', null: 'c', on: 'd', '0x1b': 'e' });
+  });
+});
+
+// YAML 1.1 (PyYAML, go-yaml v2, Ruby's Psych: the tools that may write or check the same file)
+// reads a leading zero as octal, 0443 as 291; YAML 1.2 as decimal, 443. A port or a limit whose
+// value depends on the reader is refused; 0o (1.2 octal) and a file that declares %YAML 1.1 say
+// which they mean.
+describe('readYaml: integers with a leading zero', () => {
+  it.each([
+    ['0443', 443, 291],
+    ['-010', -10, -8],
+    ['+0777', 777, 511],
+  ])('refuses %s (%d in YAML 1.2, %d in 1.1) at it', (n, v12, v11) => {
+    const r = readYaml(`ports: [1, ${n}]\n`);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('AMBIGUOUS_NUMBER');
+      expect(r.position).toEqual({ line: 1, column: 12 });
+      expect(r.reason).toContain(`${n} is ${v12} in YAML 1.2 but ${v11} in YAML 1.1`);
+    }
+  });
+
+  it('reads 0, 0o777, 0x1bb, 1e3, a quoted "0443" and a leading zero under %YAML 1.1', () => {
+    const r = readYaml('a: [0, -0, 0o777, 0x1bb, 1e3, 0.5, "0443"]\n');
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.value).toEqual({ a: [0, -0, 511, 443, 1000, 0.5, '0443'] });
+    const v11 = readYaml('%YAML 1.1\n---\na: 0443\n');
+    expect(v11.ok).toBe(true);
+    if (v11.ok) expect(v11.value).toEqual({ a: 291 });
+  });
+});
