@@ -2,7 +2,7 @@
 // file, `decide --policy` and the essential-services catalog file read through here. A file
 // declared to be JSON (named `.json`) is read as strict JSON.
 
-import { type Document, isAlias, isMap, isScalar, isSeq, type Node, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
+import { type Document, isAlias, isMap, isPair, isScalar, isSeq, type Node, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
 import { readJsonText } from './json-read.ts';
 import { lineColumn } from './text-position.ts';
 
@@ -42,7 +42,7 @@ export type YamlRead =
  * With `json: true` the text must be one JSON text (RFC 8259), each object's keys unique; its
  * value is JSON.parse's, and a `<<` key is a key.
  */
-export function readYaml(text: string, options: { readonly strict?: boolean; readonly maxAliasCount?: number; readonly json?: boolean } = {}): YamlRead {
+export function readYaml(text: string, options: { readonly strict?: boolean; readonly json?: boolean } = {}): YamlRead {
   // A byte order mark is not content (YAML 1.2 §5.2; RFC 8259 §8.1 lets a JSON reader ignore it):
   // left in, the yaml package counts it as a column of line 1, and every position on that line is
   // one too far right.
@@ -93,12 +93,19 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       cause: null,
     };
   }
-  const merge = mergeProblem(doc);
+  const targets = aliasTargets(doc);
+  const expansion = expansionProblem(doc, targets);
+  if (expansion !== null) {
+    return { ok: false, syntax: 'YAML', reason: expansion.reason, code: 'ALIAS', position: lineColumn(text, expansion.offset), snippet: '', cause: null };
+  }
+  const merge = mergeProblem(doc, targets);
   if (merge !== null) {
     return { ok: false, syntax: 'YAML', reason: merge.reason, code: 'MERGE', position: lineColumn(text, merge.offset), snippet: '', cause: null };
   }
   try {
-    const value = doc.toJS({ maxAliasCount: options.maxAliasCount ?? 100 });
+    // The expansion is bounded above; the yaml package's count of an anchor's uses is not a bound
+    // on size, and refused 100 sandboxes sharing one network.
+    const value = doc.toJS({ maxAliasCount: -1 });
     return {
       ok: true,
       value,
@@ -119,6 +126,67 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       cause: err,
     };
   }
+}
+
+/**
+ * Values a document may hold once its aliases are expanded: go-yaml v3's bound, under which it
+ * takes any share of aliases (decode.go, allowedAliasRatio). A billion laughs of nine levels
+ * holds 10^9; a config of 10,000 sandboxes sharing one network anchor about 200,000.
+ */
+const MAX_EXPANDED_VALUES = 400_000;
+
+/**
+ * An alias bomb (the document's values, aliases expanded, past MAX_EXPANDED_VALUES), placed at its
+ * first alias, or an alias inside the node it names (a cycle, which no JSON value can be), placed
+ * at that alias. Each node is counted once: linear in the document, nothing built.
+ */
+function expansionProblem(doc: Document, targets: ReadonlyMap<unknown, unknown>): { reason: string; offset: number } | null {
+  const sizes = new Map<unknown, number>();
+  const open = new Set<unknown>();
+  let cycle: number | null = null;
+  const sizeOf = (node: unknown): number => {
+    if (cycle !== null || node === null || node === undefined) return 0;
+    if (isAlias(node)) {
+      const target = targets.get(node);
+      if (open.has(target)) {
+        cycle = offsetOf(node) ?? 0;
+        return 0;
+      }
+      return sizeOf(target);
+    }
+    const known = sizes.get(node);
+    if (known !== undefined) return known;
+    let size = 1;
+    if (isMap(node) || isSeq(node)) {
+      open.add(node);
+      for (const item of node.items as unknown[]) size += isPair(item) ? sizeOf(item.key) + sizeOf(item.value) : sizeOf(item);
+      open.delete(node);
+    }
+    sizes.set(node, size);
+    return size;
+  };
+  const total = sizeOf(doc.contents);
+  if (cycle !== null) return { reason: 'An alias is inside the node it names (a cycle, which egressd cannot read as a value)', offset: cycle };
+  if (total <= MAX_EXPANDED_VALUES) return null;
+  return {
+    reason: `Aliases expand the document past ${MAX_EXPANDED_VALUES} values (an alias bomb); write the repeated parts out, or share fewer`,
+    offset: aliasOffset(doc) ?? 0,
+  };
+}
+
+/**
+ * Each alias's node, in one pass: an alias names the last node with its anchor before it (YAML
+ * 1.2 §3.2.2.2). The yaml package's Alias.resolve walks the whole document for each alias, which
+ * made 1,000 aliases take seconds.
+ */
+function aliasTargets(doc: Document): Map<unknown, unknown> {
+  const anchors = new Map<string, unknown>();
+  const targets = new Map<unknown, unknown>();
+  visit(doc, (_key, node) => {
+    if (isAlias(node)) targets.set(node, anchors.get(node.source));
+    else if ((isScalar(node) || isMap(node) || isSeq(node)) && node.anchor) anchors.set(node.anchor, node);
+  });
+  return targets;
 }
 
 /** The yaml package's words, or egressd's where they speak to the package's caller, not to the file's writer. */
@@ -225,10 +293,10 @@ const offsetOf = (node: unknown): number | null => (node as { range?: [number, n
  * that it takes where another reader might not: a second `<<` in one map, which the yaml package
  * merges after the first, where the merge-key spec gives one key with a list for that.
  */
-function mergeProblem(doc: Document): { reason: string; offset: number } | null {
+function mergeProblem(doc: Document, targets: ReadonlyMap<unknown, unknown>): { reason: string; offset: number } | null {
   let problem: { reason: string; offset: number } | null = null;
   const notMap = (node: unknown, at: unknown): boolean => {
-    const target = isAlias(node) ? node.resolve(doc) : node;
+    const target = isAlias(node) ? targets.get(node) : node;
     if (isMap(target)) return false;
     problem = {
       reason: `A merge key (<<) takes a map, an alias to one, or a list of them; this is ${isSeq(target) ? 'a list' : isScalar(target) ? 'a scalar' : 'empty'}`,

@@ -27,6 +27,12 @@ describe('merge keys in the config file', () => {
     expect(merged.sandboxes).toEqual(written.sandboxes);
   });
 
+  it('150 sandboxes may share one network anchor: the yaml package refused the 100th use as "a resource exhaustion attack"', () => {
+    let text = 'defaultNetwork: &net\n  mode: block-all\n  egress: {allowed_ports: [443]}\nsandboxes:\n';
+    for (let i = 0; i < 150; i++) text += `  - {id: s${i}, sources: ["198.18.1.${i + 1}"], network: {<<: *net}}\n`;
+    expect(configFromText(text, 'shared.yaml').sandboxes).toHaveLength(150);
+  });
+
   it('the merged fields are validated where they are used, each problem at the line its value is written on', () => {
     const text = shared.replace('[443]', '[70000]') + '  - id: b\n    sources: ["198.18.0.2"]\n    network:\n      <<: *net\n      bogus: 1\n';
     const msg = refusal(text);

@@ -239,3 +239,48 @@ describe('readYaml: integers with a leading zero', () => {
     if (v11.ok) expect(v11.value).toEqual({ a: 291 });
   });
 });
+
+// The yaml package's maxAliasCount (100) counts uses of an anchor, not what they expand to: a
+// config with 100 sandboxes sharing one network anchor was refused as "a resource exhaustion
+// attack", while the bomb it guards against grows exponentially. The expanded size is bounded.
+describe('readYaml: aliases', () => {
+  it('reads 1,000 uses of one anchor, by alias or merge', () => {
+    const uses = Array.from({ length: 1000 }, (_, i) => `  - {id: s${i}, a: *net, m: {<<: *net}}`).join('\n');
+    const r = readYaml(`base: &net {mode: block-all, egress: {allowed_ports: [443]}}\nlist:\n${uses}\n`);
+    expect(r.ok).toBe(true);
+    if (r.ok)
+      expect((r.value as { list: unknown[] }).list[999]).toEqual({
+        id: 's999',
+        a: { mode: 'block-all', egress: { allowed_ports: [443] } },
+        m: { mode: 'block-all', egress: { allowed_ports: [443] } },
+      });
+  });
+
+  it('refuses a billion laughs, at its first alias, before building anything', () => {
+    const lines = ['a: &a [x, x, x, x, x, x, x, x, x, x]'];
+    for (let i = 1; i < 9; i++)
+      lines.push(
+        `${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(10)
+          .fill(`*${String.fromCharCode(96 + i)}`)
+          .join(', ')}]`,
+      );
+    const r = readYaml(`${lines.join('\n')}\n`);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('ALIAS');
+      expect(r.position).toEqual({ line: 2, column: 8 });
+      expect(r.reason).toMatch(/^Aliases expand the document past 400000 values \(an alias bomb\)/);
+    }
+  });
+
+  it('refuses an alias inside the node it names, at the alias', () => {
+    for (const text of ['a: &a [1, *a]\n', 'n: &n\n  mode: x\n  <<: *n\n']) {
+      const r = readYaml(text);
+      expect(r.ok, text).toBe(false);
+      if (!r.ok) {
+        expect(r.reason, text).toMatch(/inside the node it names/);
+        expect(r.position, text).toEqual(text.startsWith('a') ? { line: 1, column: 11 } : { line: 3, column: 7 });
+      }
+    }
+  });
+});
