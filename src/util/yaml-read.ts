@@ -2,7 +2,7 @@
 // file, `decide --policy` and the essential-services catalog file read through here. A file
 // declared to be JSON (named `.json`) is read as strict JSON.
 
-import { type Document, isAlias, isMap, isPair, isScalar, isSeq, type Node, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
+import { type Document, isAlias, isMap, isPair, isScalar, isSeq, type Pair, parseDocument, visit, type YAMLMap } from 'yaml';
 import { readJsonText } from './json-read.ts';
 import { lineColumn } from './text-position.ts';
 
@@ -110,7 +110,7 @@ export function readYaml(text: string, options: { readonly strict?: boolean; rea
       ok: true,
       value,
       locate: (field) => {
-        const offset = fieldOffset(doc, field);
+        const offset = fieldOffset(doc, field, targets);
         return offset === null ? null : lineColumn(text, offset);
       },
     };
@@ -245,14 +245,18 @@ function readJson(text: string): YamlRead {
       cause: r.cause,
     };
   }
-  // JSON is YAML 1.2 (but for the leniencies refused above), read again for where fields are.
-  const doc = parseDocument(text, { uniqueKeys: true, strict: true, merge: false });
+  // JSON is YAML 1.2 (but for the leniencies refused above), read again for where fields are,
+  // when a problem is to be placed: JSON nested a million deep is JSON.parse's in milliseconds and
+  // the yaml package's in seconds, to fail at its stack's depth.
+  let doc: Document | undefined;
   return {
     ok: true,
     value: r.value,
     locate: (field) => {
+      doc ??= parseDocument(text, { uniqueKeys: true, strict: true, merge: false });
       if (doc.errors.length > 0) return null;
-      const offset = fieldOffset(doc, field);
+      // JSON has no aliases.
+      const offset = fieldOffset(doc, field, new Map());
       return offset === null ? null : lineColumn(text, offset);
     },
   };
@@ -326,15 +330,15 @@ function mergeProblem(doc: Document, targets: ReadonlyMap<unknown, unknown>): { 
  * The pair that gives `key` in `map`: its own, or else the one a merge brings in (the first merge
  * source that has it, as the yaml package merges). Aliases are followed.
  */
-function pairOf(doc: Document, map: YAMLMap, key: string, depth = 0): Pair | undefined {
+function pairOf(targets: ReadonlyMap<unknown, unknown>, map: YAMLMap, key: string, depth = 0): Pair | undefined {
   const own = map.items.find((p) => !isMergeKey(p.key) && (isScalar(p.key) ? String(p.key.value) : p.key) === key);
   if (own !== undefined || depth > 32) return own;
   for (const p of map.items) {
     if (!isMergeKey(p.key)) continue;
     const sources = isSeq(p.value) ? p.value.items : [p.value];
     for (const s of sources) {
-      const source = isAlias(s) ? s.resolve(doc) : s;
-      const found = isMap(source) ? pairOf(doc, source, key, depth + 1) : undefined;
+      const source = isAlias(s) ? targets.get(s) : s;
+      const found = isMap(source) ? pairOf(targets, source, key, depth + 1) : undefined;
       if (found !== undefined) return found;
     }
   }
@@ -346,15 +350,15 @@ function pairOf(doc: Document, map: YAMLMap, key: string, depth = 0): Pair | und
  * item itself; a field that is not written (a required key left out) is placed at the nearest
  * one above it that is. Null for an empty document.
  */
-function fieldOffset(doc: Document, field: string): number | null {
+function fieldOffset(doc: Document, field: string, targets: ReadonlyMap<unknown, unknown> = aliasTargets(doc)): number | null {
   const steps = [...field.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : m[1]!));
   let node: unknown = doc.contents;
   let at: number | null = offsetOf(doc.contents);
   for (const step of steps) {
     // A value written as an alias is where its anchor's node is written.
-    if (isAlias(node)) node = node.resolve(doc) as Node | undefined;
+    if (isAlias(node)) node = targets.get(node);
     if (isMap(node)) {
-      const pair = pairOf(doc, node, String(step));
+      const pair = pairOf(targets, node, String(step));
       if (pair === undefined) break;
       at = offsetOf(pair.key) ?? at;
       node = pair.value;
