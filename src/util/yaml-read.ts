@@ -201,6 +201,10 @@ function reasonOf(code: string, words: string): string {
       const tag = /Unresolved tag: (\S+)/.exec(words)?.[1]?.replace(/^tag:yaml\.org,2002:/, '!!');
       return `The tag ${tag ?? 'here'} cannot be read: egressd reads YAML 1.2's core tags alone, !!str, !!int, !!float, !!bool, !!null, !!map and !!seq, each on a value of its kind; write the value itself`;
     }
+    // The yaml package's composer ran out of stack ("Maximum call stack size exceeded"), which
+    // says where but not what in the file to change.
+    case 'RESOURCE_EXHAUSTION':
+      return /call stack/i.test(words) ? 'Lists and maps nest here deeper than egressd reads (about a thousand levels; its files need fewer than ten)' : words;
     default:
       return words;
   }

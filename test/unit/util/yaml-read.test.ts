@@ -284,3 +284,15 @@ describe('readYaml: aliases', () => {
     }
   });
 });
+
+describe('readYaml: nesting', () => {
+  it('refuses lists nested past what the reader takes, in words about the file, not its call stack', () => {
+    const r = readYaml(`a: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.code).toBe('RESOURCE_EXHAUSTION');
+      expect(r.reason).toMatch(/^Lists and maps nest here deeper than egressd reads/);
+      expect(r.position?.line).toBe(1);
+    }
+  });
+});
