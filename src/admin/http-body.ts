@@ -5,6 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ApiError } from '../errors.ts';
 import { readJsonText } from '../util/json-read.ts';
+import { utf8Text } from '../util/utf8-text.ts';
 import { lineColumn } from '../util/text-position.ts';
 import { quote } from '../util/fields.ts';
 import { sendJson } from './server.ts';
@@ -57,7 +58,17 @@ export async function readJson(req: IncomingMessage, limit: number): Promise<unk
     }
     chunks.push(chunk);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  // RFC 8259 §8.1: JSON exchanged is UTF-8; decoded leniently, another byte became U+FFFD.
+  const decoded = utf8Text(Buffer.concat(chunks));
+  if (!decoded.ok) {
+    const { line, column } = decoded.position;
+    throw new ApiError(
+      400,
+      'invalid_json',
+      `The body is not UTF-8 at line ${line}, column ${column}: byte ${decoded.byte} (offset ${decoded.offset}) starts no UTF-8 character there`,
+    );
+  }
+  const text = decoded.text;
   if (text.trim() === '') throw new ApiError(400, 'invalid_json', 'The body is empty; a JSON object was expected');
   const r = readJsonText(text);
   if (r.ok) return r.value;

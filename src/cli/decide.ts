@@ -16,7 +16,7 @@
 // daemon protects, are unknown here.
 
 import { readFileSync } from 'node:fs';
-import { parseConfigDocument } from '../config/load.ts';
+import { parseConfigBytes, type parseConfigDocument } from '../config/load.ts';
 import { catalogProblems, policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
 import { canonicalSource } from '../match/ip.ts';
@@ -72,7 +72,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   else {
     let parsedConfig: ReturnType<typeof parseConfigDocument>;
     try {
-      parsedConfig = parseConfigDocument(readFileSync(args.config, 'utf8'), args.config);
+      parsedConfig = parseConfigBytes(readFileSync(args.config), args.config);
     } catch (err) {
       // A YAML error carries its line and column in its message; a read error is worded here.
       if (err instanceof ConfigReadError) return invalid(err.message);
@@ -97,15 +97,15 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     except.push(r.cidr);
   }
 
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = args.policy === '-' ? readFileSync(0, 'utf8') : readFileSync(args.policy, 'utf8');
+    bytes = args.policy === '-' ? readFileSync(0) : readFileSync(args.policy);
   } catch (err) {
     return usage(`Cannot read policy "${args.policy}": ${systemError(err)}`);
   }
   let doc: ReturnType<typeof parseConfigDocument>;
   try {
-    doc = parseConfigDocument(text, args.policy, 'policy');
+    doc = parseConfigBytes(bytes, args.policy, 'policy');
   } catch (err) {
     // Read, but not YAML (or an alias bomb): a problem in the file, as for the config.
     return invalid((err as Error).message);

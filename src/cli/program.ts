@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import type { ApiCall } from './api-client.ts';
 import { decideCommand } from './decide.ts';
 import { inspectBytes } from './inspect.ts';
-import { parseConfigDocument } from '../config/load.ts';
+import { parseConfigBytes, type parseConfigDocument } from '../config/load.ts';
 import { validateConfig } from '../config/schema.ts';
 import { catalogProblems } from '../config/policy-settings.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
@@ -23,6 +23,7 @@ import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
 import { lineColumn } from '../util/text-position.ts';
 import { readJsonText } from '../util/json-read.ts';
+import { utf8Text } from '../util/utf8-text.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -111,12 +112,16 @@ function json(text: string, what: string, source: 'argument' | 'file' = 'argumen
 }
 
 function fileJson(file: string): unknown {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(file === '-' ? 0 : file, 'utf8');
+    bytes = readFileSync(file === '-' ? 0 : file);
   } catch (e) {
     throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
   }
+  // RFC 8259 §8.1: JSON exchanged is UTF-8; decoded leniently, another byte was sent as U+FFFD.
+  const t = utf8Text(bytes);
+  if (!t.ok) throw new ConfigReadError(file, `it is not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`, null, t.position, 'body');
+  const text = t.text;
   // RFC 8259 §8.1: a parser may ignore a byte order mark, which some editors write; dropped, it
   // leaves the text's positions as the editor shows them.
   return json(text.startsWith('\ufeff') ? text.slice(1) : text, file, 'file');
@@ -228,7 +233,7 @@ Run "egressd <command> --help" for a command's own options.`,
     .action((file: string) => {
       let doc: ReturnType<typeof parseConfigDocument>;
       try {
-        doc = parseConfigDocument(readFileSync(file, 'utf8'), file);
+        doc = parseConfigBytes(readFileSync(file), file);
       } catch (e) {
         // A file that cannot be read is a usage error (exit 2), as for every other command that
         // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).

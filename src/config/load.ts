@@ -5,6 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { type Locate, readYaml } from '../util/yaml-read.ts';
 import { namesJson } from '../util/json-read.ts';
+import { utf8Text } from '../util/utf8-text.ts';
 import { ConfigReadError, InvalidConfigError } from '../errors.ts';
 import { systemError } from '../util/system-error.ts';
 import { type Config, validateConfig } from './schema.ts';
@@ -28,6 +29,28 @@ export function parseConfigDocument(text: string, file: string, document = 'conf
   throw new ConfigReadError(file, `${r.reason} (${r.syntax} ${r.code}${at})${r.snippet ? `\n${r.snippet}` : ''}`, r.cause, r.position, document);
 }
 
+/**
+ * The file's bytes as text, or a ConfigReadError at the first byte that is not UTF-8: decoded
+ * leniently, such a byte was read as U+FFFD, another text than the file's.
+ */
+export function configText(bytes: Uint8Array, file: string, document = 'configuration'): string {
+  const t = utf8Text(bytes);
+  if (t.ok) return t.text;
+  const { line, column } = t.position;
+  throw new ConfigReadError(
+    file,
+    `Not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there; save the file as UTF-8 (line ${line}, column ${column})`,
+    null,
+    t.position,
+    document,
+  );
+}
+
+/** As parseConfigDocument, from the file's bytes (configText). */
+export function parseConfigBytes(bytes: Uint8Array, file: string, document = 'configuration'): { value: unknown; locate: Locate } {
+  return parseConfigDocument(configText(bytes, file, document), file, document);
+}
+
 export function configFromText(text: string, file: string): Config {
   const { value, locate } = parseConfigDocument(text, file);
   const result = validateConfig(value);
@@ -40,11 +63,11 @@ export function configFromText(text: string, file: string): Config {
 
 export async function loadConfig(file: string | null): Promise<Config> {
   if (file === null) return configFromText('', '(built-in default)');
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = await readFile(file, 'utf8');
+    bytes = await readFile(file);
   } catch (err) {
     throw new ConfigReadError(file, systemError(err), err);
   }
-  return configFromText(text, file);
+  return configFromText(configText(bytes, file), file);
 }

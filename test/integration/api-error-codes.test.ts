@@ -79,4 +79,13 @@ describe('the code of a refused body', () => {
     expect(r.error.code).toBe('invalid_json');
     expect((r.error as unknown as { message: string }).message).toMatch(new RegExp(`^The body is not valid JSON at line ${line}, column ${column}: \\S`));
   });
+
+  // Decoded leniently, a byte that is not UTF-8 became U+FFFD, and the body another text.
+  it('a body that is not UTF-8 is invalid_json, at its line and column', async () => {
+    const body = Buffer.concat([Buffer.from('{"sources": ["127.0.0.47"],\n "network": {"networkAllowList": "'), Buffer.from([0xff]), Buffer.from('"}}')]);
+    const res = await request(`${d.adminUrl}/api/v1/sandboxes/sb-utf8`, { method: 'PUT', headers: bearer(), body });
+    const error = ((await res.body.json()) as { error: { code: string; message: string } }).error;
+    expect({ status: res.statusCode, code: error.code }).toEqual({ status: 400, code: 'invalid_json' });
+    expect(error.message).toBe('The body is not UTF-8 at line 2, column 35: byte 0xFF (offset 62) starts no UTF-8 character there');
+  });
 });

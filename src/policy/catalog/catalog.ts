@@ -11,6 +11,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { type Locate, readYaml } from '../../util/yaml-read.ts';
 import { namesJson } from '../../util/json-read.ts';
+import { utf8Text } from '../../util/utf8-text.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -169,7 +170,15 @@ function readCatalogFile(path: string): FileRead {
   try {
     const size = statSync(path).size;
     if (size > MAX_FILE_BYTES) return { ok: false, reason: `Catalog file ${q} is ${size} bytes; at most ${MAX_FILE_BYTES} are read` };
-    text = readFileSync(path, 'utf8');
+    const t = utf8Text(readFileSync(path));
+    if (!t.ok) {
+      const { line, column } = t.position;
+      return {
+        ok: false,
+        reason: `Catalog file ${q} is not UTF-8 at line ${line}, column ${column}: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`,
+      };
+    }
+    text = t.text;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     return { ok: false, reason: `Cannot read catalog file ${q} (${code})` };

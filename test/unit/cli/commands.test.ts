@@ -38,7 +38,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function write(name: string, text: string): string {
+function write(name: string, text: string | Uint8Array): string {
   const file = join(dir, name);
   writeFileSync(file, text);
   return file;
@@ -313,6 +313,19 @@ describe('egressd decide', () => {
     const v = await egressd(['validate', config]);
     expect(v.code).toBe(1);
     expect(v.stderr).toContain('(JSON SYNTAX, line 1, column 23)');
+  });
+
+  it('exits 2 on a policy that is not UTF-8 (validate 1 on such a config), at the byte', async () => {
+    const latin1 = write(
+      'latin1.yaml',
+      Buffer.concat([Buffer.from('mode: block-all\negress:\n  allowed_domains: ["b'), Buffer.from([0xfc]), Buffer.from('cher.test"]\n')]),
+    );
+    const r = await decide(latin1, '--ip', '140.82.112.5', '--port', '443');
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toContain(`${latin1}:3:23: Cannot read policy "${latin1}": Not UTF-8: byte 0xFC`);
+    const v = await egressd(['validate', latin1]);
+    expect(v.code).toBe(1);
+    expect(v.stderr).toContain(`${latin1}:3:23: Cannot read configuration`);
   });
 
   it('reads the policy from stdin when it is "-"', async () => {

@@ -2,7 +2,10 @@
 // YAML or JSON reader takes, and where each problem is said to be.
 
 import { describe, expect, it } from 'vitest';
-import { configFromText } from '../../../src/config/load.ts';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { configFromText, loadConfig } from '../../../src/config/load.ts';
 import { ConfigReadError } from '../../../src/errors.ts';
 
 /** The error configFromText raises for `text`, as an operator reads it. */
@@ -86,5 +89,22 @@ describe('what the YAML reader read as something else, refused at its place', ()
     const text = 'sandboxes:\n  - id: a\n    sources: ["198.18.0.1"]\n    network:\n      mode: block-all\n      egress: {allowed_ports: [0443]}\n';
     expect(refusal(text)).toMatch(/^egressd\.yaml:6:32: .*0443 is 443 in YAML 1\.2 but 291 in YAML 1\.1.* \(YAML AMBIGUOUS_NUMBER, line 6, column 32\)/);
     expect(configFromText(text.replace('0443', '443'), 'fixed.yaml').sandboxes[0]).toBeDefined();
+  });
+});
+
+// Read with readFile(file, 'utf8'), a byte that is not UTF-8 became U+FFFD without a word: a
+// Latin-1 file was read as another text than the one its writer saved.
+describe('a config file that is not UTF-8', () => {
+  it('is refused at its first byte that is not, as FILE:LINE:COLUMN', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'egressd-load-'));
+    try {
+      const file = join(dir, 'latin1.yaml');
+      writeFileSync(file, Buffer.concat([Buffer.from('reportOnly: false\nadmin:\n  token: "b'), Buffer.from([0xfc]), Buffer.from('cher"\n')]));
+      await expect(loadConfig(file)).rejects.toThrow(
+        new RegExp(`^${file.replace(/[.]/g, '\\.')}:3:12: Cannot read configuration .*: Not UTF-8: byte 0xFC \\(offset 36\\)`),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

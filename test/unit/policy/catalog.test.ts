@@ -42,7 +42,7 @@ const CATALOG_FILE = fileURLToPath(new URL('../../../src/policy/catalog/essentia
 
 const tmp = mkdtempSync(join(tmpdir(), 'egressd-catalog-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-function catalogFile(name: string, text: string): string {
+function catalogFile(name: string, text: string | Uint8Array): string {
   const p = join(tmp, name);
   writeFileSync(p, text);
   return p;
@@ -259,6 +259,12 @@ describe('loadCatalog options', () => {
     expect(loadCatalog({ file: catalogFile('lenient.yaml', text) }).ok).toBe(true);
     const r = loadCatalog({ file: catalogFile('lenient.json', text) });
     expect(r.ok || r.issues[0]!.reason).toMatch(/^Catalog file ".*lenient\.json" is not valid JSON at line 2, column 1: Not valid JSON: /);
+  });
+
+  it('reports a file that is not UTF-8 at its first byte that is not, rather than reading U+FFFD', () => {
+    const file = catalogFile('latin1.yaml', Buffer.concat([Buffer.from('categories:\n  mirrors: [b'), Buffer.from([0xfc]), Buffer.from('cher.example]\n')]));
+    const r = loadCatalog({ file });
+    expect(r.ok || r.issues[0]!.reason).toMatch(/^Catalog file ".*latin1\.yaml" is not UTF-8 at line 2, column 14: byte 0xFC \(offset 25\)/);
   });
 
   it('reports a category written twice rather than keeping one of its lists', () => {
