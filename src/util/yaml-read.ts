@@ -31,9 +31,11 @@ export type YamlRead =
 
 /**
  * Parses one YAML document: duplicate keys and syntax errors are refusals, not warnings, and so
- * are the errors found while aliases are expanded (an alias with no anchor before it, or more
- * than `maxAliasCount` expansions: an alias bomb), which the yaml package raises only after
- * parsing, with no position: they are placed at that alias.
+ * are what the yaml package only warns of (a tag it does not resolve, an unknown directive), a
+ * key that is not a string, an integer with a leading zero (0443: 443 in YAML 1.2, 291 in 1.1),
+ * an alias with no anchor before it or inside the node it names, and aliases that expand the
+ * document past MAX_EXPANDED_VALUES (an alias bomb); those the yaml package finds only while
+ * building values, with no position, are placed at the alias.
  *
  * Merge keys (`<<: *base`, https://yaml.org/type/merge.html) are read as the fields written out,
  * a key written in the map beside them winning; two in one map, or one whose value is not a map,
