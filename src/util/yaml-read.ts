@@ -206,7 +206,9 @@ function reasonOf(code: string, words: string): string {
     // The yaml package's composer ran out of stack ("Maximum call stack size exceeded"), which
     // says where but not what in the file to change.
     case 'RESOURCE_EXHAUSTION':
-      return /call stack/i.test(words) ? 'Lists and maps nest here deeper than egressd reads (about a thousand levels; its files need fewer than ten)' : words;
+      return /call stack/i.test(words)
+        ? 'Lists and maps nest here deeper than egressd reads (several hundred levels, as deep as its stack allows; its files need fewer than ten)'
+        : words;
     default:
       return words;
   }
