@@ -6,7 +6,7 @@
 
 import type { Socket } from 'node:net';
 import type { Peeked } from '../peek/peek-steps.ts';
-import type { PeekStep } from '../peek/peek-steps.ts';
+import type { PeekStepper } from '../peek/peek-steps.ts';
 import { peerFinished, takeSocketError, type OriginalDestination } from './original-dst.ts';
 import type { Closing } from './registry.ts';
 import { peekSocket, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
@@ -99,13 +99,13 @@ export interface ClientSide {
   /** Where the client was going before REDIRECT. */
   originalDst(): OriginalDestination;
   /** Reads the first flight under the cap and deadlines (peek-socket.ts's rules). */
-  peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>>;
+  peek(step: PeekStepper<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>>;
   /**
    * The peek's outcome when what already came settles it (the native loop's report carried the
    * whole first flight), else null, and then `peek` with the same step and options, called at
    * once, waits for the rest. Optional: without it, every peek is waited for.
    */
-  peekNow?(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null;
+  peekNow?(step: PeekStepper<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null;
   /**
    * Dials, re-checks the policy, then carries the bytes both ways until the connection ends. The
    * client's reset during the dial cancels it (`client-gone`); its FIN does only under `finEnds`
@@ -152,7 +152,7 @@ export class SocketClient implements ClientSide {
     return this.#originalDst(this.#socket);
   }
 
-  peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
+  peek(step: PeekStepper<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
     return peekSocket(this.#socket, step, opts);
   }
 

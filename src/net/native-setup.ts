@@ -19,7 +19,7 @@ import { constants } from 'node:os';
 import type { Socket } from 'node:net';
 import { OriginalDstError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
-import type { Peeked, PeekStep } from '../peek/peek-steps.ts';
+import type { Peeked, PeekStepper } from '../peek/peek-steps.ts';
 import { PEEK_CAPS } from '../peek/peek-steps.ts';
 import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type GoneHow, type Refusal } from './client-side.ts';
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
@@ -35,6 +35,7 @@ const EV_ACCEPTED = 1;
 const EV_PEEK = 2;
 const EV_CONNECTED = 3;
 const EV_SHED = 4;
+const PEEK_MORE = 0;
 const PEEK_FULL = 1;
 const PEEK_TIMEOUT = 2;
 const PEEK_SILENT = 3;
@@ -379,7 +380,7 @@ export class NativeClient implements ClientSide {
     return this.#od;
   }
 
-  peekNow(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null {
+  peekNow(step: PeekStepper<Peeked>, opts: PeekOptions): PeekOutcome<Peeked> | null {
     const p: Pending & { kind: 'peek' } = { kind: 'peek', buf: new PeekBuffer(step, opts.maxBytes), opts, resolve: null };
     this.#pending = p;
     const first = this.#first;
@@ -390,7 +391,7 @@ export class NativeClient implements ClientSide {
     return o;
   }
 
-  peek(step: (buf: Buffer) => PeekStep<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
+  peek(step: PeekStepper<Peeked>, opts: PeekOptions): Promise<PeekOutcome<Peeked>> {
     return new Promise((resolve) => {
       const early = this.#settledEarly;
       if (early !== null) {
@@ -419,8 +420,11 @@ export class NativeClient implements ClientSide {
    * lets the pending peek go), else null, having asked the loop for more when it needs asking.
    */
   #peekStep(p: Pending & { kind: 'peek' }, state: number, bytes: Buffer | null): PeekOutcome<Peeked> | null {
-    const r = bytes && bytes.length > 0 ? p.buf.push(bytes) : null;
+    let r = bytes && bytes.length > 0 ? p.buf.push(bytes) : null;
     if (r === 'too-large') return { kind: 'too-large', bytes: p.buf.bytes() };
+    // The loop's read ended without the parser's answer (a deadline, the client's close, a
+    // stall, the cap): the bytes may have one it was not asked for yet (PeekBuffer.settle).
+    if (r === null && state !== PEEK_MORE && state !== PEEK_WAITING) r = p.buf.settle();
     if (r !== null) return { kind: 'done', result: r.result, bytes: p.buf.bytes() };
     switch (state) {
       case PEEK_CLOSED:

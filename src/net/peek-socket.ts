@@ -4,7 +4,7 @@
 // (Envoy's tls_inspector: a slow-drip client is cut at the deadline, not kept alive by it).
 
 import type { Socket } from 'node:net';
-import type { PeekStep } from '../peek/peek-steps.ts';
+import type { PeekStepper } from '../peek/peek-steps.ts';
 
 /**
  * Even when a parser says it needs many more bytes, it is asked again after this many new
@@ -54,7 +54,7 @@ export interface PeekOptions {
  * cap filled first, or null to wait for more.
  */
 export class PeekBuffer<R> {
-  readonly #step: (buf: Buffer) => PeekStep<R>;
+  readonly #step: PeekStepper<R>;
   readonly #max: number;
   /**
    * What the parser reads: the first chunk itself while it is the only one (the usual case, a
@@ -77,7 +77,7 @@ export class PeekBuffer<R> {
   /** How many times the parser was asked (benchmarks and tests read it). */
   parses = 0;
 
-  constructor(step: (buf: Buffer) => PeekStep<R>, maxBytes: number) {
+  constructor(step: PeekStepper<R>, maxBytes: number) {
     this.#step = step;
     this.#max = maxBytes;
   }
@@ -106,6 +106,19 @@ export class PeekBuffer<R> {
     return this.#over.length === 0 ? head : Buffer.concat([head, ...this.#over], this.#total);
   }
 
+  /**
+   * The parser's answer to every byte so far, asked even where push would not have asked it: the
+   * peek ends without one (the deadline, the client's FIN or reset, a stall), and the bytes must
+   * be judged as the same bytes read at once would be — a bad line that came in the last read
+   * is malformed, not a timeout. Null when they have no answer yet (or there are none).
+   */
+  settle(): { done: true; result: R } | null {
+    if (this.#total === 0) return null;
+    this.parses++;
+    const s = this.#step(this.#view, true);
+    return s.done ? s : null;
+  }
+
   push(chunk: Buffer): { done: true; result: R } | 'too-large' | null {
     this.#total += chunk.length;
     if (this.#first === null && this.#acc === null) {
@@ -129,7 +142,8 @@ export class PeekBuffer<R> {
     }
     if (this.#filled < this.#parseAt && this.#filled < this.#max) return null;
     this.parses++;
-    const s = this.#step(this.#view);
+    // At the cap the parser is asked for the last time: it must answer as on one read.
+    const s = this.#step(this.#view, this.#filled >= this.#max);
     if (s.done) return s;
     if (this.#filled >= this.#max) return 'too-large';
     this.#parseAt = Math.min(Math.max(s.atLeast ?? 0, this.#filled + 1), this.#filled + REPARSE_STRIDE);
@@ -137,7 +151,7 @@ export class PeekBuffer<R> {
   }
 }
 
-export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>, opts: PeekOptions): Promise<PeekOutcome<R>> {
+export function peekSocket<R>(socket: Socket, step: PeekStepper<R>, opts: PeekOptions): Promise<PeekOutcome<R>> {
   return new Promise((resolve) => {
     const buf = new PeekBuffer(step, opts.maxBytes);
     let settled = false;
@@ -151,12 +165,19 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
       clearTimeout(stallTimer);
       socket.pause();
       socket.off('data', onData);
-      socket.off('end', onClose);
+      socket.off('end', onEnd);
       socket.off('close', onClose);
       socket.off('error', onError);
       resolve(o);
     };
-
+    // Ended without the parser's answer (the deadline, the client's FIN, a stall): the bytes may
+    // have one it was not asked for yet (PeekBuffer.settle). Not at a reset: the client left
+    // before it was judged, as the native loop reports it whatever it had sent (client_left).
+    const ended = (kind: 'timeout' | 'closed' | 'stalled'): void => {
+      if (settled) return;
+      const r = buf.settle();
+      finish(r !== null ? { kind: 'done', result: r.result, bytes: buf.bytes() } : { kind, bytes: buf.bytes() });
+    };
     const onData = (chunk: Buffer): void => {
       const r = buf.push(chunk);
       if (r === null) {
@@ -164,20 +185,21 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
           clearTimeout(stallTimer);
           // The parser's view, not bytes(): a concatenation of every chunk per read made a client
           // dripping its flight one byte per segment cost the main thread seconds.
-          if (opts.stall.undecided(buf.view())) stallTimer = setTimeout(() => finish({ kind: 'stalled', bytes: buf.bytes() }), opts.stall.ms);
+          if (opts.stall.undecided(buf.view())) stallTimer = setTimeout(() => ended('stalled'), opts.stall.ms);
         }
         return;
       }
       if (r === 'too-large') return finish({ kind: 'too-large', bytes: buf.bytes() });
       finish({ kind: 'done', result: r.result, bytes: buf.bytes() });
     };
+    const onEnd = (): void => ended('closed');
     const onClose = (): void => finish({ kind: 'closed', bytes: buf.bytes() });
     // An error is followed by 'close'; the caller learns of it from the socket's state.
     const onError = (): void => finish({ kind: 'closed', bytes: buf.bytes() });
 
     const remaining = opts.deadline - Date.now();
     if (remaining <= 0) return finish({ kind: 'timeout', bytes: Buffer.alloc(0) });
-    timers.push(setTimeout(() => finish({ kind: 'timeout', bytes: buf.bytes() }), remaining));
+    timers.push(setTimeout(() => ended('timeout'), remaining));
     if (opts.firstByteTimeoutMs !== undefined && opts.firstByteTimeoutMs < remaining) {
       timers.push(
         setTimeout(() => {
@@ -186,7 +208,7 @@ export function peekSocket<R>(socket: Socket, step: (buf: Buffer) => PeekStep<R>
       );
     }
     socket.on('data', onData);
-    socket.once('end', onClose);
+    socket.once('end', onEnd);
     socket.once('close', onClose);
     socket.on('error', onError);
     socket.resume();

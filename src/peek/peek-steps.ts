@@ -12,6 +12,13 @@ import { sniff } from './sniff.ts';
  */
 export type PeekStep<R> = { done: true; result: R } | { done: false; atLeast?: number };
 
+/**
+ * A peek's parser: given every byte so far. `last`: no byte will follow (the cap is full, the
+ * deadline passed, the client closed), so a step that skips parses while bytes drip in
+ * (httpStepper) must parse now: its answer is then the one the same bytes in one read get.
+ */
+export type PeekStepper<R> = (buf: Buffer, last?: boolean) => PeekStep<R>;
+
 /** Why a peek ended a connection before any verdict: the peek's part of the outcome reasons. */
 export type PeekReason = 'peek-timeout' | 'peek-closed' | 'too-large' | 'malformed-tls' | 'malformed-http' | 'invalid-name';
 
@@ -27,12 +34,14 @@ export const tlsStep = (buf: Buffer): PeekStep<Peeked> => {
 /**
  * An HTTP head can only end at a blank line, so the whole head is re-parsed only when one may
  * have arrived (a LF after a LF or CRLF); peekSocket still re-parses every 1 KiB, so a bad
- * line is refused early. `scanned` makes the search for it linear over the connection.
+ * line is refused early, and once more at the `last` bytes, so a bad line in the last 1 KiB is
+ * refused as malformed, not cut as too-large or at the deadline. `scanned` makes the search
+ * for it linear over the connection.
  */
-export function httpStepper(): ((buf: Buffer) => PeekStep<Peeked>) & { readonly parses: number } {
+export function httpStepper(): PeekStepper<Peeked> & { readonly parses: number } {
   let scanned = 0;
   let parsedAt = -1;
-  const step = (buf: Buffer): PeekStep<Peeked> => {
+  const step = (buf: Buffer, last = false): PeekStep<Peeked> => {
     let lf = buf.indexOf(0x0a, Math.max(0, scanned - 2));
     let blank = false;
     while (lf >= 0 && !blank) {
@@ -40,7 +49,7 @@ export function httpStepper(): ((buf: Buffer) => PeekStep<Peeked>) & { readonly 
       if (!blank) lf = buf.indexOf(0x0a, lf + 1);
     }
     scanned = buf.length;
-    if (!blank && parsedAt >= 0 && buf.length - parsedAt < 1024) return { done: false };
+    if (!blank && !last && parsedAt >= 0 && buf.length - parsedAt < 1024) return { done: false };
     parsedAt = buf.length;
     step.parses++;
     const r = parseHttpHead(buf);
@@ -51,15 +60,15 @@ export function httpStepper(): ((buf: Buffer) => PeekStep<Peeked>) & { readonly 
 }
 
 /** The `tcp` listener serves every other port: sniff first, then parse what the client speaks. */
-export function anyStepper(): (buf: Buffer) => PeekStep<Peeked> {
+export function anyStepper(): PeekStepper<Peeked> {
   const http = httpStepper();
   // Asked after every read while the request line is undecided: each byte is sniffed once.
   const shape = shapeProgress();
-  return (buf) => {
+  return (buf, last) => {
     const s = sniff(buf, shape);
     if (s === 'need-more') return { done: false };
     if (s === 'tls') return tlsStep(buf);
-    if (s === 'http') return http(buf);
+    if (s === 'http') return http(buf, last);
     return { done: true, result: { kind: 'unknown' } };
   };
 }

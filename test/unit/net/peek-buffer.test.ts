@@ -7,7 +7,7 @@ import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PeekBuffer } from '../../../src/net/peek-socket.ts';
-import { anyStepper, httpStepper, tlsStep } from '../../../src/peek/peek-steps.ts';
+import { anyStepper, httpStepper, PEEK_CAPS, tlsStep } from '../../../src/peek/peek-steps.ts';
 import { MAX_HELLO_BYTES } from '../../../src/peek/tls-client-hello.ts';
 import { buildHello, frame, handshake, helloBody } from '../../helpers/hello-builder.ts';
 
@@ -118,6 +118,53 @@ describe('PeekBuffer', () => {
         const cut = run(pieces);
         expect(cut.r).toEqual(whole.r);
         expect(Buffer.compare(cut.bytes, bytes.subarray(0, cut.bytes.length))).toBe(0);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  // httpStepper skips a parse while less than 1 KiB came since the last one and no blank line
+  // did: the last bytes before the cap, or before the peek ends, must still be parsed, or a bad
+  // line in them is cut as too-large or timed out instead of refused as malformed.
+  const badLine = (pad: number): Buffer => Buffer.from(`GET / HTTP/1.1\r\nHost: a.test\r\nX-Pad: ${'a'.repeat(pad)}\r\nBad Line\r\nX: ${'b'.repeat(2000)}`);
+  const cutBefore = (b: Buffer): number => b.indexOf('Bad Line');
+
+  it('answers at the cap as one read does: a bad line within 1 KiB of the cap is malformed, not too-large', () => {
+    const b = badLine(15_600);
+    const whole = new PeekBuffer(anyStepper(), PEEK_CAPS.any).push(b);
+    expect(whole).toMatchObject({ done: true, result: { kind: 'http', result: { kind: 'malformed' } } });
+    const pb = new PeekBuffer(anyStepper(), PEEK_CAPS.any);
+    expect(pb.push(b.subarray(0, cutBefore(b)))).toBeNull();
+    expect(pb.push(b.subarray(cutBefore(b)))).toEqual(whole);
+  });
+
+  it('settles on every byte when the peek ends: a bad line the parser was not asked about yet is malformed', () => {
+    const b = badLine(2000).subarray(0, cutBefore(badLine(2000)) + 10);
+    const whole = new PeekBuffer(anyStepper(), PEEK_CAPS.any).push(b);
+    expect(whole).toMatchObject({ done: true, result: { kind: 'http', result: { kind: 'malformed' } } });
+    const pb = new PeekBuffer(anyStepper(), PEEK_CAPS.any);
+    expect(pb.push(b.subarray(0, cutBefore(b)))).toBeNull();
+    expect(pb.push(b.subarray(cutBefore(b)))).toBeNull();
+    expect(pb.settle()).toEqual(whole);
+    // Bytes with no answer yet have none to settle on.
+    expect(new PeekBuffer(anyStepper(), PEEK_CAPS.any).settle()).toBeNull();
+    const partial = new PeekBuffer(anyStepper(), PEEK_CAPS.any);
+    partial.push(Buffer.from('GET / HTTP/1.1\r\nHost: a.test\r\n'));
+    expect(partial.settle()).toBeNull();
+  });
+
+  it('answers the same at the real cap for the bytes whole or cut anywhere, then settled', () => {
+    const inputs = [badLine(15_600), badLine(2000), badLine(15_000), Buffer.from(`GET / HTTP/1.1\r\nHost: a.test\r\nX: ${'a'.repeat(17_000)}`)];
+    fc.assert(
+      fc.property(fc.constantFrom(...inputs), fc.uniqueArray(fc.integer({ min: 1, max: 18_000 }), { maxLength: 4 }), (bytes, cuts) => {
+        const run = (chunks: Buffer[]): unknown => {
+          const pb = new PeekBuffer(anyStepper(), PEEK_CAPS.any);
+          let r: unknown = null;
+          for (const c of chunks) if (r === null) r = pb.push(c);
+          return r ?? pb.settle();
+        };
+        const at = [0, ...cuts.filter((c) => c < bytes.length).sort((a, b) => a - b), bytes.length];
+        expect(run(at.slice(1).map((end, i) => bytes.subarray(at[i], end)))).toEqual(run([bytes]));
       }),
       { numRuns: 200 },
     );
