@@ -190,6 +190,8 @@ typedef struct sl_conn {
   uint32_t auto_stall_ms; // the stall wait while ff_may_stall holds
   ff_progress ff;         // how far ff_next has read `peek` (each byte once, however it drips)
   sl_event *accept_ev;    // the ACCEPTED report not yet made (the flight still incomplete)
+  // While accept_ev is: its place in the loop's list of such connections (sl_loop.waiting).
+  struct sl_conn *wait_prev, *wait_next;
   // When the first byte not yet reported was read: such bytes wait at most SL_FLIGHT_GRACE_MS
   // (auto_peek), wherever in the flight they come, as the parser sees each chunk on the
   // JavaScript path (peek-socket.ts PeekBuffer) and may answer before the flight is whole.
@@ -296,6 +298,10 @@ struct sl_loop {
   char *copy;    // SL_COPY_BUF bytes: a small exchange's bytes between read and write
   unsigned unanswered;
   unsigned max_unanswered; // sl_loop_accept_cap
+  // The connections whose first report is still to be made (sl_conn.accept_ev): when the loop is
+  // pressed their grace ends (see grace), and their timers are brought forward (press), with no
+  // walk over the others.
+  sl_conn *waiting;
   bool capped;             // some listener is capped (sl_listener.capped)
   uint64_t pauses[2];      // sl_loop_accept_pauses: at the cap, out of descriptors (read from other threads)
   uint64_t turn; // epoll_wait calls so far
@@ -508,16 +514,45 @@ static uint64_t min64(uint64_t a, uint64_t b) {
   return a < b ? a : b;
 }
 
+// More than half the cap of unanswered connections is held (sl_loop.max_unanswered).
+static bool pressed(const sl_loop *l) {
+  return l->unanswered * 2 > l->max_unanswered;
+}
+
+// The wait before a connection's first report (SL_FLIGHT_GRACE_MS, SL_EMPTY_GRACE_MS): `ms`, or 0
+// while the loop is pressed. The grace saves the caller a second report of a client a moment late;
+// under pressure it would let one sandbox's silent or dripping connections hold the shared slots,
+// each for the grace, out of reach of the caller's admission (per sandbox), while no sandbox's
+// next connection is accepted. Only the first report: the caller answers a connection once it is
+// reported, whatever bytes follow (native-setup.ts answerIfSilent), so later ones keep the grace.
+static uint64_t grace(const sl_loop *l, const sl_conn *c, uint64_t ms) {
+  return c->accept_ev && pressed(l) ? 0 : ms;
+}
+
+static void waiting_add(sl_loop *l, sl_conn *c) {
+  c->wait_prev = NULL;
+  c->wait_next = l->waiting;
+  if (l->waiting) l->waiting->wait_prev = c;
+  l->waiting = c;
+}
+
+static void waiting_del(sl_loop *l, sl_conn *c) {
+  if (c->wait_prev) c->wait_prev->wait_next = c->wait_next;
+  else l->waiting = c->wait_next;
+  if (c->wait_next) c->wait_next->wait_prev = c->wait_prev;
+  c->wait_prev = c->wait_next = NULL;
+}
+
 // When the connection's current stage next needs the clock; UINT64_MAX: never.
-static uint64_t conn_due(const sl_conn *c) {
+static uint64_t conn_due(const sl_loop *l, const sl_conn *c) {
   switch (c->stage) {
     case ST_SPLICE:
       if (c->ending) return c->drain_at;
       return c->last_ms + (c->failed >= 0 && c->idle_ms > SL_RESET_LINGER_MS ? SL_RESET_LINGER_MS : c->idle_ms);
     case ST_PEEK: {
       uint64_t due = c->peek_deadline;
-      if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + SL_FLIGHT_GRACE_MS);
-      if (c->accept_ev && c->peek_len == 0) due = min64(due, c->accepted_ms + SL_EMPTY_GRACE_MS);
+      if (c->auto_peek && c->peek_len > c->reported) due = min64(due, c->unreported_ms + grace(l, c, SL_FLIGHT_GRACE_MS));
+      if (c->accept_ev && c->peek_len == 0) due = min64(due, c->accepted_ms + grace(l, c, SL_EMPTY_GRACE_MS));
       if (c->peek_len == 0 && c->first_byte_at != 0) due = min64(due, c->first_byte_at);
       if (c->peek_len > 0 && c->stall_ms != 0) due = min64(due, c->last_byte_ms + c->stall_ms);
       return due;
@@ -526,6 +561,15 @@ static uint64_t conn_due(const sl_conn *c) {
     case ST_REFUSE: return c->linger_until;
     default: return UINT64_MAX;
   }
+}
+
+// The loop has just become pressed (an accept, a lower cap): the connections in their grace are
+// due at once (see grace), and reported in this turn (check_timers). A key may be early, never
+// late (arm), so their keys are brought forward; connections armed while pressed are keyed
+// without a grace already, and those reported leave the list, so each is walked over at most
+// once a crossing.
+static void press(sl_loop *l) {
+  for (sl_conn *c = l->waiting; c; c = c->wait_next) arm(l, c, conn_due(l, c));
 }
 
 // ---- closing ---------------------------------------------------------------------------------
@@ -591,6 +635,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
     // connection before its outcome, as of every other.
     sl_event *acc = c->accept_ev;
     c->accept_ev = NULL;
+    waiting_del(l, c);
     acc->state = SL_PEEK_CLOSED;
     acc->bytes = c->peek;
     acc->len = c->peek_len;
@@ -717,7 +762,7 @@ static void conn_broken(sl_loop *l, sl_conn *c, int side, int err) {
   c->last_ms = l->now_ms; // SL_RESET_LINGER_MS from now, unless the other side takes bytes
   // Sooner than the idle timeout armed before: should the other side take nothing, nothing else
   // would wake the connection until then.
-  arm(l, c, conn_due(c));
+  arm(l, c, conn_due(l, c));
   c->rd[side] = c->hup[side] = true;
   c->fin[side] = false;
   c->again = true;
@@ -1102,6 +1147,7 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
     acc->bytes = e.bytes;
     acc->len = e.len;
     c->accept_ev = NULL;
+    waiting_del(l, c);
   }
   c->reported = c->peek_len;
   if (state == SL_PEEK_WAITING) {
@@ -1109,7 +1155,7 @@ static void report_peek(sl_loop *l, sl_conn *c, sl_peek_state state) {
     // caller) until a command or sl_loop_answered says the caller took it on: the reports it
     // has not yet read must not free the slots they hold, or a silent flood, reported after
     // SL_EMPTY_GRACE_MS each, would be accepted as fast as it comes.
-    arm(l, c, conn_due(c));
+    arm(l, c, conn_due(l, c));
   } else {
     c->stage = ST_WAIT;
     c->auto_peek = false;
@@ -1128,8 +1174,8 @@ static void flight_run(sl_loop *l, sl_conn *c) {
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (ff_next(&c->ff, (const uint8_t *)c->peek, c->peek_len, l->peek_cap)) return report_peek(l, c, SL_PEEK_MORE);
   c->stall_ms = ff_next_may_stall(&c->ff, (const uint8_t *)c->peek, c->peek_len) ? c->auto_stall_ms : 0;
-  if (c->accept_ev && c->peek_len == 0 && l->now_ms >= c->accepted_ms + SL_EMPTY_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
-  arm(l, c, conn_due(c));
+  if (c->accept_ev && c->peek_len == 0 && l->now_ms >= c->accepted_ms + grace(l, c, SL_EMPTY_GRACE_MS)) return report_peek(l, c, SL_PEEK_WAITING);
+  arm(l, c, conn_due(l, c));
 }
 
 static void peek_run(sl_loop *l, sl_conn *c) {
@@ -1139,7 +1185,7 @@ static void peek_run(sl_loop *l, sl_conn *c) {
   if (r) return report_peek(l, c, SL_PEEK_CLOSED);
   if (c->peek_len >= l->peek_cap) return report_peek(l, c, SL_PEEK_FULL);
   if (c->peek_len >= c->report_at) return report_peek(l, c, SL_PEEK_MORE);
-  arm(l, c, conn_due(c));
+  arm(l, c, conn_due(l, c));
 }
 
 // SO_ORIGINAL_DST: 0, an errno, or -1 when the "original" destination is the listener itself
@@ -1210,7 +1256,9 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   index_add(l, c);
   l->count++;
   c->unanswered = true;
+  bool was_pressed = pressed(l);
   l->unanswered++;
+  if (!was_pressed && pressed(l)) press(l);
   sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
   e.err = original_dst(fd, ls, peer, &e.orig);
   if (ls->deadline_ms > 0) {
@@ -1218,6 +1266,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
     c->accept_ev = malloc(sizeof *c->accept_ev);
     if (c->accept_ev) {
       *c->accept_ev = e;
+      waiting_add(l, c);
       c->stage = ST_PEEK;
       c->auto_peek = true;
       c->peek_deadline = c->accepted_ms + ls->deadline_ms;
@@ -1226,8 +1275,9 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
       // Not read now: a client sends its first flight a moment after the handshake that made
       // the accept, so a read here found EAGAIN for 64% of raw and nearly all TLS connections
       // at 50 clients (bench/proxy). Its bytes bring an event, and EPOLL_CTL_ADD above queued
-      // one already if they are there (ep_insert polls the socket), as nginx waits for it.
-      c->rd[CLIENT] = false;
+      // one already if they are there (ep_insert polls the socket), as nginx waits for it. Under
+      // pressure it is reported now (see grace), so whatever is there is read into that report.
+      c->rd[CLIENT] = pressed(l);
       return flight_run(l, c);
     }
   }
@@ -1410,7 +1460,7 @@ static void dial_next(sl_loop *l, sl_conn *c, bool due) {
     d->start_ms[i] = l->now_ms;
     c->attempt_err[i] = EINPROGRESS;
     dial_schedule(l, d);
-    arm(l, c, conn_due(c));
+    arm(l, c, conn_due(l, c));
     return;
   }
   if (!in_flight(d)) dial_fail(l, c, d->last_err > 0 ? d->last_err : ETIMEDOUT);
@@ -1591,9 +1641,12 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
   switch (cmd->kind) {
     case CMD_SYNC: return; // released by free_cmd, right after, in queue order
     case CMD_ANSWERED: return; // answered above
-    case CMD_CAP:
+    case CMD_CAP: {
+      bool was_pressed = pressed(l);
       l->max_unanswered = cmd->a;
+      if (!was_pressed && pressed(l)) press(l);
       return uncap(l);
+    }
     case CMD_ADD: add_conn(l, cmd->conn); return;
     case CMD_ABORT:
       if ((c = find(l, cmd->id))) conn_close(l, c, SL_END_ABORTED, 0, c->stage == ST_SPLICE ? -1 : CLIENT);
@@ -1734,12 +1787,14 @@ static void conn_timer(sl_loop *l, sl_conn *c) {
     case ST_PEEK:
       if (now >= c->peek_deadline) return report_peek(l, c, SL_PEEK_TIMEOUT);
       if (c->peek_len == 0 && c->first_byte_at != 0 && now >= c->first_byte_at) return report_peek(l, c, SL_PEEK_SILENT);
-      // Nothing yet after SL_EMPTY_GRACE_MS: reported empty, and read on (server-first protocols).
-      if (c->accept_ev && c->peek_len == 0 && now >= c->accepted_ms + SL_EMPTY_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
+      // Nothing yet after SL_EMPTY_GRACE_MS (see grace): reported empty, and read on (server-first
+      // protocols).
+      if (c->accept_ev && c->peek_len == 0 && now >= c->accepted_ms + grace(l, c, SL_EMPTY_GRACE_MS)) return report_peek(l, c, SL_PEEK_WAITING);
       if (c->peek_len > 0 && c->stall_ms != 0 && now >= c->last_byte_ms + c->stall_ms) return report_peek(l, c, SL_PEEK_STALLED);
-      // The grace for an incomplete flight (auto_peek): what is unreported is reported as it is,
-      // and read on.
-      if (c->auto_peek && c->peek_len > c->reported && now >= c->unreported_ms + SL_FLIGHT_GRACE_MS) return report_peek(l, c, SL_PEEK_WAITING);
+      // The grace for an incomplete flight (auto_peek, see grace): what is unreported is reported
+      // as it is, and read on.
+      if (c->auto_peek && c->peek_len > c->reported && now >= c->unreported_ms + grace(l, c, SL_FLIGHT_GRACE_MS))
+        return report_peek(l, c, SL_PEEK_WAITING);
       return;
     case ST_DIAL:
       if (now >= c->dial->deadline_ms) return dial_fail(l, c, ETIMEDOUT);
@@ -1762,7 +1817,7 @@ static void timer_audit(const sl_loop *l) {
     }
   }
   for (const sl_conn *c = l->conns; c; c = c->next) {
-    uint64_t due = conn_due(c);
+    uint64_t due = conn_due(l, c);
     if (due == UINT64_MAX) continue;
     if (c->timer_at == SL_NO_TIMER || l->timers[c->timer_at].due > due) {
       fprintf(stderr, "SL_TIMER_AUDIT: connection %llu (stage %d) is due at %llu, its key is %s%llu\n", (unsigned long long)c->id, (int)c->stage,
@@ -1791,8 +1846,8 @@ static void check_timers(sl_loop *l) {
   for (sl_conn *c = due_now; c; c = c->due_next) {
     // Closed by another's timer in this turn: still allocated (freed by bury), out of the heap.
     if (c->dead) continue;
-    if (conn_due(c) <= l->now_ms) conn_timer(l, c);
-    if (!c->dead) arm(l, c, conn_due(c));
+    if (conn_due(l, c) <= l->now_ms) conn_timer(l, c);
+    if (!c->dead) arm(l, c, conn_due(l, c));
   }
   if (l->now_ms >= l->next_listener_check) {
     uint64_t next = UINT64_MAX;

@@ -179,6 +179,15 @@ unsigned sl_loop_size(const sl_loop *loop);
 // SL_EMPTY_GRACE_MS (nothing yet) before the report, plus the caller's time to answer it, so a
 // flood of silent or dripping clients holds the slots only while it keeps coming, each slot for
 // that long, and another client waits in the kernel's queue behind at most the backlog.
+// While the loop holds more than half its cap, the graces are 0: a connection not yet reported
+// is reported at once (SL_PEEK_WAITING, with what it sent; one accepted then is read at once, so
+// a flight already there is reported whole), and those in their grace when the loop crosses the
+// half line (an accept, a lower cap) in the same turn. The graces save the caller a second report
+// of a client a moment late; under pressure they would let one sandbox's silent connections hold
+// the shared slots, each for the grace, out of reach of the caller's admission, which is per
+// sandbox, while no sandbox's next connection is accepted. Below half, they return. Only the
+// first report: the deadlines (sl_loop_rules) are unchanged, and bytes after it keep their grace
+// (the caller answers a connection once reported, whatever follows).
 
 #include <sys/socket.h>
 
@@ -189,7 +198,8 @@ unsigned sl_loop_size(const sl_loop *loop);
 #define SL_MAX_UNANSWERED 512
 // An accepted connection whose first flight is still incomplete is reported after this long
 // anyway, and read on (sl_loop_rules): admission, per sandbox in the caller, never waits on a
-// slow client for longer, and neither does a slot of the unanswered connections' cap.
+// slow client for longer, and neither does a slot of the unanswered connections' cap (at once
+// past half that cap, see above).
 #define SL_FLIGHT_GRACE_MS 50
 // An accepted connection with no byte yet is reported (SL_PEEK_WAITING, no bytes) only after this
 // long: most clients send their first flight a moment after the handshake, and waiting for it makes
@@ -198,9 +208,10 @@ unsigned sl_loop_size(const sl_loop *loop);
 // 50 TLS clients in one Node process send their ClientHello over 10 ms after the handshake for
 // 73-91% of connections, which cost egressd 50-70 µs more each (bench/conn-js.ts --workload tls).
 // So the same wait as for an incomplete flight: a slot of the unanswered connections' cap is held
-// no longer than a dripping client already holds one. A protocol where the server speaks first is
-// dialed this much later; HAProxy's `tcp-request inspect-delay` and nginx's `preread_timeout` wait
-// for the client's bytes in the same way, for seconds.
+// no longer than a dripping client already holds one (at once past half the cap, see above). A
+// protocol where the server speaks first is dialed this much later; HAProxy's `tcp-request
+// inspect-delay` and nginx's `preread_timeout` wait for the client's bytes in the same way, for
+// seconds.
 #define SL_EMPTY_GRACE_MS SL_FLIGHT_GRACE_MS
 
 typedef enum { SL_EV_ACCEPTED = 1, SL_EV_PEEK = 2, SL_EV_CONNECTED = 3, SL_EV_SHED = 4 } sl_event_kind;
