@@ -1758,6 +1758,11 @@ static void run_commands(sl_loop *l, bool *stop, bool enter_turn) {
   *stop = l->stopping;
   if (enter_turn) l->in_turn = true;
   pthread_mutex_unlock(&l->lock);
+  // The times a command sets (an idle timeout's start, a linger's, a dial's deadline) count from
+  // when it runs. The turn's clock was read before its events, and a hosted loop's host runs the
+  // queue between turns too (sl_loops_sync), up to a minute after the last: a hand-over run there
+  // was idle from the last turn on, and closed at the next one, before its idle timeout.
+  if (cmd) l->now_ms = monotonic_ms();
   while (cmd) {
     sl_cmd *next = cmd->next;
     run_command(l, cmd);

@@ -2975,6 +2975,29 @@ static void turn_until_outcome(sl_loop *l, uint64_t id) {
   }
 }
 
+// A hosted loop's host runs the queue itself in sl_loops_sync, between turns: a command run there
+// counts its times from when it runs, not from the last turn's clock, however long ago that
+// turn was. A connection handed over 300 ms after the last turn, with an idle timeout of 200 ms,
+// used to be idle from that turn on: closed at the next turn, 200 ms before its time.
+static void test_hosted_sync_runs_commands_on_time(void) {
+  sl_loop *l = start_hosted();
+  if (!l) return;
+  turn_until_quiet(l);
+  sl_loop_turn(l);
+  usleep(300 * 1000);
+  uint64_t added = sl_monotonic_us();
+  conn_ends e = hand_over(l, 9100, NULL, NULL, 200);
+  CHECK(sl_loops_sync(&l, 1, 1000) == 0, "sync");
+  turn_until_outcome(l, 9100);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(9100, 0, &o), "no outcome");
+  long long after_ms = (long long)(outcome_time(9100) - added) / 1000;
+  CHECK(o.end == SL_END_IDLE_TIMEOUT && after_ms + 1 >= 200, "end %d after %lld ms, its idle timeout 200 ms", o.end, after_ms);
+  close(e.client);
+  close(e.upstream);
+  (sl_loop_stop)(l);
+}
+
 // Linux keeps a reset socket's queued bytes readable (tcp_recvmsg copies them before it reports
 // the error), so bytes the kernel acknowledged before a reset are passed on before the reset is,
 // also when both are found in one wake-up: an origin that answers early and resets (an HTTP 413
@@ -3257,6 +3280,7 @@ int main(void) {
   test_first_flight();
   test_hosted_turn_runs_its_answers();
   test_hosted_answer_between_turns();
+  test_hosted_sync_runs_commands_on_time();
   test_reset_with_bytes_in_one_wakeup();
   test_dial_attempts_in_one_wakeup();
   pthread_mutex_lock(&lock);
