@@ -7,6 +7,8 @@
 // data_plane.c hosts loop 0 on Node's event loop), plainly and under AddressSanitizer. Every
 // build audits the loop's timer heap at each turn (SL_TIMER_AUDIT: a connection due earlier than
 // its key aborts the test), so a change that moves a timer earlier without arming it fails here.
+// The timer storm's seed differs each run and is named in each of its failures: SL_STORM_SEED=n
+// SL_STORM_ONLY=1 runs that storm alone again.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -26,7 +28,7 @@ it.skipIf(process.platform !== 'linux').each([
   ['hosted loops', ['-DSL_TEST_HOSTED']],
   ['hosted loops under AddressSanitizer', ['-DSL_TEST_HOSTED', '-fsanitize=address', '-fno-omit-frame-pointer', '-g']],
 ])(
-  'the native loop passes its C test with %s (splice: bulk, half-close, urgent data neither ends nor stalls a transfer (nor loses its bytes to a FIN that came behind a slow reader), reset, the bytes before a reset passed on first (found with it in one wake-up, behind a slow reader, or with its error taken by a splice), idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, the reset of a client waiting, being dialed or having its flight read ends it at once, a dial command on its way included, and so does one that came with its flight before the accept (a FIN does not, unless told that a TLS client FIN ends it), two attempts ending in one wake-up (each event applied to its own attempt only), a policy change, refusal, a refusal larger than the buffers, EMFILE shedding, the cap of unanswered connections; out of descriptors: pooled pipes give way to an accept and a dial, a transfer with no pipe is copied; the first flight: framing, one report across reads and records, each deadline, server-first; hosted: the answers posted in a turn run in it, with no wake-up)',
+  'the native loop passes its C test with %s (splice: bulk, half-close, urgent data neither ends nor stalls a transfer (nor loses its bytes to a FIN that came behind a slow reader), reset, the bytes before a reset passed on first (found with it in one wake-up, behind a slow reader, or with its error taken by a splice), idle, abort, pipe reuse, a pipe with bytes never pooled, blocked writes, a blocked direction not woken by its source, stop; set-up: accept, peek deadlines, dial with the next address and a timeout, the reset of a client waiting, being dialed or having its flight read ends it at once, a dial command on its way included, and so does one that came with its flight before the accept (a FIN does not, unless told that a TLS client FIN ends it), two attempts ending in one wake-up (each event applied to its own attempt only), a policy change, refusal, a refusal larger than the buffers, EMFILE shedding, the cap of unanswered connections; out of descriptors: pooled pipes give way to an accept and a dial, a transfer with no pipe is copied; the first flight: framing, one report across reads and records, each deadline, server-first; hosted: the answers posted in a turn run in it, with no wake-up, and a command run between turns counts its times from then; timers: hundreds of connections at random (seeded), each ending once, never before its due)',
   (_name, defines) => {
     const dir = mkdtempSync(join(tmpdir(), 'egressd-splice-loop-'));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
