@@ -3262,7 +3262,7 @@ typedef enum { S_SILENT, S_HEAD, S_STALL, S_DRIP, S_PEEKCMD, S_RESET, S_DIALSILE
 #define STORM_S 84
 #define STORM_ACTS 4
 // How late a report or an outcome may come after its due: a loaded machine, AddressSanitizer.
-#define STORM_SLACK_US 1500000ull
+#define STORM_SLACK_US 4000000ull
 // The storm's rules: the deadline, the first byte's, the stall (as test_first_flight's).
 #define STORM_DEADLINE_MS 2500
 #define STORM_FIRST_BYTE_MS 200
@@ -3533,7 +3533,8 @@ static void storm_check_s(const storm_conn *c, const sl_outcome *o, uint64_t at)
 // with SL_TIMER_AUDIT, each turn also checks the heap.
 static void test_timer_storm(void) {
   const char *env = getenv("SL_STORM_SEED");
-  storm_seed = env ? strtoull(env, NULL, 10) : sl_monotonic_us();
+  // A fixed seed by default, so that CI repeats the same storm; SL_STORM_SEED explores others.
+  storm_seed = env ? strtoull(env, NULL, 10) : 20261202ull;
   storm_rng = storm_seed ? storm_seed : 1;
   int err = 0;
   sl_loop *l = sl_loop_start(report, NULL, &err);
