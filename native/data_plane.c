@@ -13,7 +13,9 @@
 //     threads of their own; throws where the addon was built without libuv's header
 //     (hostedAvailable() says which)
 //     onOutcome(id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos[])
-//     onSetup(kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes)
+//     onSetup(kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes, sinceAcceptMs)
+//     sinceAcceptMs (ACCEPTED): how long before this call the loop accepted the connection (its
+//     first report waits for the first flight, and the queue to this thread adds its own wait)
 // handoff(loop, id, clientFd, upstreamFd, up: Buffer | null, down: Buffer | null, idleMs): void
 //     dup(2)s both descriptors (the caller then closes its own handles); throws an Error whose
 //     `code` is the errno name on failure, with nothing handed over.
@@ -56,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <node_api.h>
 #ifdef EGRESSD_HAVE_UV
@@ -222,12 +225,20 @@ static void deliver(napi_env env, napi_value js_cb, item *it) {
   } else {
     napi_get_null(env, &bytes);
   }
-  napi_value argv[12] = {num(env, e->kind), num(env, (double)e->id), num(env, it->loop), num(env, e->tag),
+  // Read here, on the thread that runs the callback, so the wait in the queue is counted too.
+  uint64_t since = 0;
+  if (e->kind == SL_EV_ACCEPTED) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    since = now > e->accepted_ms ? now - e->accepted_ms : 0;
+  }
+  napi_value argv[13] = {num(env, e->kind), num(env, (double)e->id), num(env, it->loop), num(env, e->tag),
                          num(env, e->err),  num(env, e->state),      num(env, e->connect_us), address(env, &e->peer, &peer_port),
-                         num(env, 0),       address(env, &e->orig, &orig_port), num(env, 0), bytes};
+                         num(env, 0),       address(env, &e->orig, &orig_port), num(env, 0), bytes, num(env, (double)since)};
   argv[8] = num(env, peer_port);
   argv[10] = num(env, orig_port);
-  napi_call_function(env, undefined, fn, 12, argv, NULL);
+  napi_call_function(env, undefined, fn, 13, argv, NULL);
 }
 
 static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {

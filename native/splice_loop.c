@@ -1259,7 +1259,7 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   bool was_pressed = pressed(l);
   l->unanswered++;
   if (!was_pressed && pressed(l)) press(l);
-  sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .peer = *peer};
+  sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .accepted_ms = c->accepted_ms, .peer = *peer};
   e.err = original_dst(fd, ls, peer, &e.orig);
   if (ls->deadline_ms > 0) {
     // The loop reads the first flight itself and reports it once (flight_run).

@@ -235,6 +235,7 @@ typedef struct {
                // itself); SHED: accept(2)'s errno
   int state;   // ACCEPTED, PEEK: sl_peek_state; CONNECTED: the dialed index (err 1: already splicing)
   uint32_t connect_us; // CONNECTED
+  uint64_t accepted_ms; // ACCEPTED: the loop's CLOCK_MONOTONIC, in ms, at the accept (the report may come later)
   struct sockaddr_storage peer, orig; // ACCEPTED (both), SHED (peer)
   const void *bytes; // ACCEPTED, PEEK: the bytes read since the last report (valid during the call)
   size_t len;

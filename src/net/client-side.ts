@@ -96,6 +96,13 @@ export interface ClientSide {
   /** The client's address and port, as Node spells them (an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d). */
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /**
+   * When the connection was accepted (Date.now() ms), where that was before the pipeline was
+   * handed it: a native loop reports a connection once its first flight is in, or after a wait.
+   * The outcome's start, duration and peek time, and the peek's deadline, count from it. Absent:
+   * the pipeline starts at the accept (a Node socket's 'connection' event).
+   */
+  readonly acceptedAt?: number;
   /** Where the client was going before REDIRECT. */
   originalDst(): OriginalDestination;
   /** Reads the first flight under the cap and deadlines (peek-socket.ts's rules). */

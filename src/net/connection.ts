@@ -76,7 +76,7 @@ export function handleConnection(socket: Socket, listener: ListenerKind, deps: P
  */
 export function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps, source?: string, ticket?: AdmissionTicket): Promise<void> {
   const config = deps.config();
-  const startedAt = Date.now();
+  const startedAt = socket.acceptedAt ?? Date.now();
   const deadline = startedAt + config.peek.timeoutMs;
 
   const o: ConnectionOutcome = {
@@ -176,7 +176,8 @@ function run(
   const refusedByAddress = verdict(chain, { name: null, ip, port }, byAddress).verdict === 'refuse';
   const mustPeek = byAddress.nameConsulted || (refusedByAddress && config.block !== 'drop');
   if (!mustPeek) return judged(socket, listener, deps, config, o, live, ip, port, null);
-  const peekStart = Date.now();
+  // From the accept (ClientSide.acceptedAt): a native loop read the first flight before this call.
+  const peekStart = o.startedAt;
   const step = anyStepper();
   const opts: PeekOptions = {
     deadline,

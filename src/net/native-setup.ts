@@ -191,7 +191,7 @@ export class NativeSetup {
    * A set-up report from a loop (native-splice.ts routes them here). Typed by SetupFn, the one
    * declaration of the addon's report, so the two cannot disagree on an argument.
    */
-  readonly event: SetupFn = (kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes) => {
+  readonly event: SetupFn = (kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes, sinceAcceptMs) => {
     this.reports[
       kind === EV_ACCEPTED ? (state === PEEK_WAITING ? 'acceptedEarly' : 'accepted') : kind === EV_PEEK ? 'peek' : kind === EV_CONNECTED ? 'connected' : 'shed'
     ]++;
@@ -199,7 +199,7 @@ export class NativeSetup {
       if (kind === EV_ACCEPTED) {
         const l = this.#listeners.get(tag);
         const od = this.#od(l?.handlers.originalDst, peer ?? '', peerPort, err, orig, origPort);
-        const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state);
+        const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state, Date.now() - sinceAcceptMs);
         this.#conns.set(id, c);
         if (!l) return c.reset();
         // Judged in this very call when nothing waits before it: the verdict and the dial command
@@ -325,7 +325,8 @@ export class NativeClient implements ClientSide {
   readonly remoteAddress: string;
   readonly remotePort: number;
   readonly #od: OriginalDestination | Error;
-  readonly #acceptedAt = Date.now();
+  /** When the loop accepted the connection (Date.now() ms): its first report may come 50 ms or more after (ClientSide.acceptedAt). */
+  readonly acceptedAt: number;
   #first: Buffer | null;
   #firstState: number;
   #pending: Pending = null;
@@ -351,8 +352,10 @@ export class NativeClient implements ClientSide {
     od: OriginalDestination | Error,
     first: Buffer | null,
     firstState: number,
+    acceptedAt: number,
   ) {
     this.#addon = addon;
+    this.acceptedAt = acceptedAt;
     this.#plane = plane;
     this.id = id;
     this.loop = loop;
@@ -443,7 +446,7 @@ export class NativeClient implements ClientSide {
     }
     // PEEK_MORE: the parser wants more. The deadlines count from the accept, as peekSocket's
     // count from the pipeline's start.
-    const remaining = p.opts.deadline - this.#acceptedAt;
+    const remaining = p.opts.deadline - this.acceptedAt;
     if (remaining <= 0 || p.opts.deadline <= Date.now()) return { kind: 'timeout', bytes: allOf(p.buf) };
     const first = p.opts.firstByteTimeoutMs !== undefined && p.opts.firstByteTimeoutMs < remaining ? Math.max(1, p.opts.firstByteTimeoutMs) : 0;
     const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.view()) ? Math.max(1, p.opts.stall.ms) : 0;

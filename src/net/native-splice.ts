@@ -48,6 +48,8 @@ export type SetupFn = (
   orig: string | null,
   origPort: number,
   bytes: Buffer | null,
+  /** ACCEPTED: how long ago (ms) the loop accepted the connection; its first report can come 50 ms or more after. */
+  sinceAcceptMs: number,
 ) => void;
 
 export interface DataPlaneAddon {

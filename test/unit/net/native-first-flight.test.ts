@@ -34,10 +34,10 @@ function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
     { onAccept: (c: NativeClient) => clients.push(c), onShed: () => {}, peek: () => rules },
   );
   const accept = (id: number, state: number, bytes: Buffer | null): NativeClient => {
-    setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes);
+    setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes, 0);
     return clients.at(-1)!;
   };
-  const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes);
+  const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0);
   const change = (next: typeof peek): void => {
     rules = next;
     setup.peekRulesChanged();

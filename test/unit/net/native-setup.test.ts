@@ -32,7 +32,7 @@ function plane(): { setup: NativeSetup; handled: number[]; tag: number; accept: 
       onShed: () => {},
     },
   );
-  const accept = (id: number): void => setup.event(EV_ACCEPTED, id, 0, tag, 0, 0, 0, '198.18.0.2', 40000 + id, '198.18.1.2', 443, null);
+  const accept = (id: number): void => setup.event(EV_ACCEPTED, id, 0, tag, 0, 0, 0, '198.18.0.2', 40000 + id, '198.18.1.2', 443, null, 0);
   return { setup, handled, tag, accept };
 }
 
@@ -108,8 +108,8 @@ function pipeline() {
     { onAccept: (c, kind) => void handleClient(c, kind, deps), onShed: () => {} },
   );
   const accept = (id: number, state: number, bytes: Buffer | null): void =>
-    setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes);
-  const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes);
+    setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes, 0);
+  const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0);
   return { commands, accept, report, outcomes };
 }
 
@@ -160,10 +160,10 @@ describe('NativeClient.peekNow', () => {
     return {
       asked,
       accept: (id: number, state: number, bytes: Buffer | null): NativeClient => {
-        setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes);
+        setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes, 0);
         return clients.at(-1)!;
       },
-      report: (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes),
+      report: (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0),
     };
   };
 

@@ -1,0 +1,105 @@
+// A connection's times count from its accept on every set-up path. The native loops report a
+// connection to the pipeline only once its first flight is in, or after their 50 ms grace
+// (native/splice_loop.h SL_EMPTY_GRACE_MS); the pipeline must not start its clock there. Measured
+// from that hand-over, a client silent until the 500 ms first-byte wait was logged with a peek
+// of 449 ms (CI, 2026-12-02), and a client that paused before its ClientHello with a peek and a
+// duration short by the pause.
+//
+// Each check is a lower bound the client itself guarantees (it waited that long before sending),
+// or an order (the peek is part of the whole), never an upper bound on how fast the machine is.
+
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildHello } from '../helpers/hello-builder.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { action, field, type LogLine } from '../helpers/log-line.ts';
+
+const FIRST_BYTE_MS = 400;
+const PEEK_MS = 1500;
+const HELLO = Buffer.from(buildHello({ sni: ['ok.test'] }));
+/** The log's nanoseconds, in ms; the log's ms are whole, so a bound is met within one. */
+const ms = (l: LogLine, name: string): number => Number(field(l, name)) / 1e6;
+const SLACK_MS = 1;
+/** Resolves when the socket closed, whether by a FIN or a reset (once() would reject on the reset's error). */
+const closed = (s: Socket): Promise<void> => new Promise((resolve) => s.once('close', () => resolve()));
+
+describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('times count from the accept, set up on $setup', ({ setup }) => {
+  let d: LoopbackDaemon;
+  let upstream: Server;
+  const held = new Set<Socket>();
+  let next = 1;
+
+  beforeAll(async () => {
+    upstream = createServer((s) => {
+      held.add(s);
+      s.on('error', () => {});
+      s.on('close', () => held.delete(s));
+      s.on('data', () => s.end());
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        sandboxes: [
+          {
+            id: 'sb',
+            sources: Array.from({ length: 40 }, (_, i) => `127.0.36.${i + 1}`),
+            network: { mode: 'block-all', egress: { allowed_domains: ['ok.test'] } },
+          },
+        ],
+        upstream: { dial: 'original' },
+        peek: { timeoutMs: PEEK_MS, firstByteTimeoutMs: FIRST_BYTE_MS },
+      }),
+      { setup },
+    );
+    if (process.platform === 'linux') expect(d.daemon.nativeSetup !== null).toBe(setup === 'native');
+  });
+  afterAll(async () => {
+    for (const s of held) s.destroy();
+    upstream.close();
+    await d.stop();
+  });
+
+  /** Connects from a source of its own; `act` drives the socket; resolves with the connection's log line. */
+  async function run(act: (s: Socket) => Promise<void>): Promise<LogLine> {
+    const source = `127.0.36.${next++}`;
+    d.route(source, '127.0.0.1', (upstream.address() as { port: number }).port);
+    const s = connect({ host: '127.0.0.1', port: d.port('tls'), localAddress: source });
+    s.on('error', () => {});
+    await once(s, 'connect');
+    const me = `${source}:${s.localPort}`;
+    await act(s);
+    return d.waitForLog((l) => action(l) === 'connection' && `${String(field(l, 'source.ip'))}:${String(field(l, 'source.port'))}` === me, PEEK_MS + 3000);
+  }
+
+  it('a silent client: the first-byte wait, whole', async () => {
+    const l = await run(async () => {});
+    expect(field(l, 'egressd.verdict')).toBe('refuse');
+    expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(FIRST_BYTE_MS - SLACK_MS);
+    expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
+  });
+
+  it.each([120, 250])('a client that waits %i ms before its ClientHello: the wait is in the peek and the duration', async (pause) => {
+    const l = await run(async (s) => {
+      await sleep(pause);
+      s.write(HELLO);
+      await closed(s);
+    });
+    expect(field(l, 'egressd.verdict')).toBe('allow');
+    expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(pause - SLACK_MS);
+    expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
+  });
+
+  it('a client whose ClientHello stops half-way: cut at the peek deadline counted from the accept', async () => {
+    const l = await run(async (s) => {
+      await sleep(80);
+      s.write(HELLO.subarray(0, 40));
+      await closed(s);
+    });
+    expect(field(l, 'event.reason')).toBe('peek-timeout');
+    expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(PEEK_MS - SLACK_MS);
+    expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
+  });
+});
