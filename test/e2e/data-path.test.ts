@@ -201,7 +201,9 @@ describe.skipIf(skip !== null)('the data path through iptables REDIRECT', () => 
       'egressd.ended_by': 'policy',
       'egressd.upstream.ip': undefined,
     });
-    expect(Number(field(o, 'egressd.peek_duration'))).toBeGreaterThanOrEqual(450e6);
+    // The whole 500 ms wait, counted from the accept (times-from-accept.test.ts), within the
+    // log's whole ms: counted from the native loop's report (50 ms later) it was 449 ms.
+    expect(Number(field(o, 'egressd.peek_duration'))).toBeGreaterThanOrEqual(499e6);
   });
 
   it('cuts a one-byte-a-second client at the deadline, which arriving bytes never push back', async () => {
