@@ -42,6 +42,13 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
   --new-connections-burst N
                            with the above: connections a source may open at once before
                            the rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
+  --new-dns-flows-per-source RATE[/s]
+                           host mode: drop a source's new UDP flows to DNS (the DNS
+                           listener, or a --dns-server's port 53) beyond RATE a second
+                           (1-${MAX_NEW_CONNECTIONS}): each query from a fresh source port is a
+                           connection-tracking entry for 30 s (default: no limit)
+  --new-dns-flows-burst N  with the above: flows a source may start at once before the
+                           rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
 
 --apply with one backend also removes what the other backend installed. --remove removes
 what either backend installed (iptables chains and nft tables); it needs no other option
@@ -80,6 +87,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         'exclude-port': { type: 'string', multiple: true },
         'new-connections-per-source': { type: 'string' },
         'new-connections-burst': { type: 'string' },
+        'new-dns-flows-per-source': { type: 'string' },
+        'new-dns-flows-burst': { type: 'string' },
       },
     }));
   } catch (e) {
@@ -151,27 +160,10 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
     if (!/^\d{1,5}$/.test(raw) || Number(raw) < 1 || Number(raw) > 65535) return fail(`--exclude-port: expected an integer from 1 to 65535, got "${raw}"`);
     if (!excludePorts.includes(Number(raw))) excludePorts.push(Number(raw));
   }
-  let newConnections: NewConnectionLimit | null = null;
-  const rateArg = str('new-connections-per-source');
-  const burstArg = str('new-connections-burst');
-  if (rateArg !== undefined) {
-    const m = /^(\d{1,6})(?:\/s)?$/.exec(rateArg);
-    const perSecond = m ? Number(m[1]) : 0;
-    if (perSecond < 1 || perSecond > MAX_NEW_CONNECTIONS) {
-      return fail(
-        `--new-connections-per-source: expected connections a second, an integer from 1 to ${MAX_NEW_CONNECTIONS} (optionally with "/s"), got "${rateArg}"`,
-      );
-    }
-    let burst = perSecond;
-    if (burstArg !== undefined) {
-      burst = /^\d{1,6}$/.test(burstArg) ? Number(burstArg) : 0;
-      if (burst < 1 || burst > MAX_NEW_CONNECTIONS)
-        return fail(`--new-connections-burst: expected an integer from 1 to ${MAX_NEW_CONNECTIONS}, got "${burstArg}"`);
-    }
-    newConnections = { perSecond, burst };
-  } else if (burstArg !== undefined) {
-    return fail('--new-connections-burst needs --new-connections-per-source');
-  }
+  const newConnections = perSourceLimit('new-connections', 'connections', str('new-connections-per-source'), str('new-connections-burst'));
+  if (typeof newConnections === 'string') return fail(newConnections);
+  const newDnsFlows = perSourceLimit('new-dns-flows', 'flows', str('new-dns-flows-per-source'), str('new-dns-flows-burst'));
+  if (typeof newDnsFlows === 'string') return fail(newDnsFlows);
   let uid: number | null = null;
   const uidArg = str('uid');
   if (uidArg !== undefined) {
@@ -197,8 +189,12 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       if (uid === null) return fail("sidecar mode needs --uid: egressd's own connections must not be redirected back to it");
       if (interfaces.length > 0 || sources.length > 0) return fail('--interface and --source apply to host mode only');
       // A pod's own namespace has its own table and one source: the pod.
-      if (newConnections !== null)
-        return fail('--new-connections-per-source applies to host mode only: in sidecar mode each pod has a connection-tracking table of its own');
+      for (const [flag, limit] of [
+        ['--new-connections-per-source', newConnections],
+        ['--new-dns-flows-per-source', newDnsFlows],
+      ] as const) {
+        if (limit !== null) return fail(`${flag} applies to host mode only: in sidecar mode each pod has a connection-tracking table of its own`);
+      }
     }
   }
   return {
@@ -218,9 +214,26 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       excludeCidrs,
       excludePorts,
       newConnections,
+      newDnsFlows,
       backendGiven: str('backend') !== undefined,
     },
   };
+}
+
+/**
+ * `--PREFIX-per-source RATE[/s]` and `--PREFIX-burst N` (burst RATE when not given) read into a
+ * limit, null when neither is given, or the usage error naming the flag and its value.
+ */
+function perSourceLimit(prefix: string, unit: string, rateArg: string | undefined, burstArg: string | undefined): NewConnectionLimit | null | string {
+  if (rateArg === undefined) return burstArg === undefined ? null : `--${prefix}-burst needs --${prefix}-per-source`;
+  const m = /^(\d{1,6})(?:\/s)?$/.exec(rateArg);
+  const perSecond = m ? Number(m[1]) : 0;
+  if (perSecond < 1 || perSecond > MAX_NEW_CONNECTIONS)
+    return `--${prefix}-per-source: expected ${unit} a second, an integer from 1 to ${MAX_NEW_CONNECTIONS} (optionally with "/s"), got "${rateArg}"`;
+  if (burstArg === undefined) return { perSecond, burst: perSecond };
+  const burst = /^\d{1,6}$/.test(burstArg) ? Number(burstArg) : 0;
+  if (burst < 1 || burst > MAX_NEW_CONNECTIONS) return `--${prefix}-burst: expected an integer from 1 to ${MAX_NEW_CONNECTIONS}, got "${burstArg}"`;
+  return { perSecond, burst };
 }
 
 /**

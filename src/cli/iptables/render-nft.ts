@@ -1,6 +1,6 @@
 // `egressd iptables --backend nft`: the rule set as an `nft -f` file, one table per family.
 
-import { type BuiltinChain, CHAINS, type Family, type Match, type RuleSet, type Target } from './rules.ts';
+import { type BuiltinChain, CHAINS, type Family, type Match, type PerSourceBucket, type RuleSet, type Target } from './rules.ts';
 
 function nftMatch(m: Match, family: Family): string[] {
   const ip = family === 4 ? 'ip' : 'ip6';
@@ -19,8 +19,8 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.newConnection !== undefined) a.push('ct state new');
   if (m.untracked !== undefined) a.push('ct state invalid,untracked');
   if (m.overPerSource !== undefined) {
-    const { perSecond, burst } = m.overPerSource;
-    a.push(`update @${NEW_PER_SOURCE_SET} { ${ip} saddr limit rate over ${perSecond}/second burst ${burst} packets }`);
+    const { bucket, perSecond, burst } = m.overPerSource;
+    a.push(`update @${PER_SOURCE_SETS[bucket]} { ${ip} saddr limit rate over ${perSecond}/second burst ${burst} packets }`);
   }
   return a;
 }
@@ -53,12 +53,16 @@ function nftTarget(t: Target, family: Family): string {
 export const NAT_PRIORITY = -110;
 
 /**
- * The per-source buckets of --new-connections-per-source: a dynamic set, one element (a token
- * bucket) per source address, forgotten 10 s after its last SYN, as hashlimit's defaults. When the
- * set is full a new source's update fails and the rule does not match: that source is not limited
- * (hashlimit drops it instead).
+ * The per-source buckets of --new-connections-per-source (new_tcp_per_source) and
+ * --new-dns-flows-per-source (new_dns_per_source): a dynamic set each, one element (a token
+ * bucket) per source address, forgotten 10 s after its last packet counted, as hashlimit's
+ * defaults. When a set is full a new source's update fails and the rule does not match: that
+ * source is not limited (hashlimit drops it instead).
  */
-export const NEW_PER_SOURCE_SET = 'new_tcp_per_source';
+export const PER_SOURCE_SETS: Readonly<Record<PerSourceBucket, string>> = Object.freeze({
+  'new-connections': 'new_tcp_per_source',
+  'new-dns-flows': 'new_dns_per_source',
+});
 const NEW_PER_SOURCE_MAX = 65536;
 const NEW_PER_SOURCE_TIMEOUT = '10s';
 
@@ -77,9 +81,10 @@ export function nftTableName(family: Family): string {
 export function renderNft(rs: RuleSet): string {
   const table = nftTableName(rs.family);
   const out = [`table ${table}`, `delete table ${table}`, `table ${table} {`];
-  if (rs.chains.some((c) => c.rules.some((r) => r.match.overPerSource !== undefined))) {
+  for (const bucket of ['new-connections', 'new-dns-flows'] as const) {
+    if (!rs.chains.some((c) => c.rules.some((r) => r.match.overPerSource?.bucket === bucket))) continue;
     out.push(
-      `\tset ${NEW_PER_SOURCE_SET} {`,
+      `\tset ${PER_SOURCE_SETS[bucket]} {`,
       `\t\ttype ${rs.family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
       `\t\tsize ${NEW_PER_SOURCE_MAX}`,
       '\t\tflags dynamic,timeout',

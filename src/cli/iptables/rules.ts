@@ -48,6 +48,13 @@ export interface IptablesOptions {
    * take no entry in the host's connection-tracking table. Null: no limit.
    */
   readonly newConnections: NewConnectionLimit | null;
+  /**
+   * host mode: each source address may start at most this many new UDP flows to DNS a second
+   * (to egressd's DNS listener, or with `dnsPort` null to a `dnsServers` port 53), beyond a burst;
+   * the first datagrams of the rest are dropped before conntrack confirms them, so they take no
+   * entry in the host's connection-tracking table. Null: no limit.
+   */
+  readonly newDnsFlows: NewConnectionLimit | null;
   /** --remove only: the backend was named, so its tool must be installed (both backends' rules are removed either way). */
   readonly backendGiven: boolean;
 }
@@ -58,6 +65,16 @@ export interface NewConnectionLimit {
   readonly perSecond: number;
   /** Connections a source may open at once before the rate applies. */
   readonly burst: number;
+}
+
+/**
+ * Which per-source buckets a limit takes from: one set of buckets per flag, so that a sandbox's
+ * DNS queries do not spend its connections' allowance, nor the reverse.
+ */
+export type PerSourceBucket = 'new-connections' | 'new-dns-flows';
+
+export interface PerSourceLimit extends NewConnectionLimit {
+  readonly bucket: PerSourceBucket;
 }
 
 export type ChainId =
@@ -107,8 +124,11 @@ export interface Match {
   readonly untracked?: true;
   /** A TCP segment whose only flag of SYN, ACK, FIN and RST is SYN: a connection's opening (iptables' --syn). */
   readonly syn?: true;
-  /** Only the packets of a source beyond this rate, one bucket per source address (full length), shared by every rule. */
-  readonly overPerSource?: NewConnectionLimit;
+  /**
+   * Only the packets of a source beyond this rate: one bucket per source address (full length),
+   * shared by every rule that names the same `bucket`.
+   */
+  readonly overPerSource?: PerSourceLimit;
 }
 
 export type Target =
@@ -158,7 +178,9 @@ export const DEFAULT_DNS_PORT = 15053;
  * host mode: traffic that arrives through a listed interface or from a listed source CIDR
  * enters those chains from nat PREROUTING (TCP, and UDP 53) and filter INPUT and FORWARD (UDP).
  * With a new-connection limit (host mode), a source's opening SYNs to the listeners beyond its
- * rate are reset in filter INPUT, before conntrack confirms them.
+ * rate are reset in filter INPUT, before conntrack confirms them. With a new-DNS-flow limit (host
+ * mode), a source's first datagrams of UDP flows beyond its rate are dropped at the same point:
+ * to the DNS listener in filter INPUT, or to a listed DNS server in the udp chain.
  * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
  * egressd's own (its uid) and traffic to loopback.
  */
@@ -168,6 +190,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   // otherwise carry any payload out.
   const dns = dnsPort === null ? options.dnsServers.filter((a) => cidrFamily(a) === family) : [];
   const excluded = options.excludeCidrs.filter((c) => cidrFamily(c) === family);
+  const dnsFlows: PerSourceLimit | null = options.newDnsFlows === null ? null : { bucket: 'new-dns-flows', ...options.newDnsFlows };
   // Exclusions come first, so nothing below (a redirect, a reject) ever sees that traffic.
   const redirect: Rule[] = [
     ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'tcp' }, target: { kind: 'return' } })),
@@ -192,6 +215,16 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       { match: { destination: c, protocol: 'udp', untracked: true }, target: { kind: 'return' } },
     ]),
     ...dns.flatMap((a): Rule[] => [
+      // A query to a DNS server left reachable is a flow, and an entry, of the host's table as
+      // much as one to the listener; dropped before the confirm as there (host mode only).
+      ...(dnsFlows === null || options.mode !== 'host'
+        ? []
+        : [
+            {
+              match: { protocol: 'udp', originalDestination: hostCidr(a), originalDport: 53, newConnection: true, overPerSource: dnsFlows },
+              target: { kind: 'drop' },
+            } satisfies Rule,
+          ]),
       { match: { protocol: 'udp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } },
       { match: { destination: hostCidr(a), protocol: 'udp', dport: 53, untracked: true }, target: { kind: 'return' } },
     ]),
@@ -250,8 +283,26 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       { match: { ...m, protocol: 'tcp', untracked: true }, target: { kind: 'jump', chain: 'untracked' } },
     ]);
     // A redirected query reaches INPUT with the listener's port as its destination; only INPUT
-    // (the host itself), never FORWARD, lets that port through.
-    const dnsIn: Rule[] = dnsPort === null ? [] : selectors.map((m) => ({ match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } }));
+    // (the host itself), never FORWARD, lets that port through. A flow's first datagram over the
+    // source's rate is dropped here, before conntrack confirms its entry (at the end of INPUT), so
+    // it takes none: every query from a fresh source port is otherwise an entry for
+    // nf_conntrack_udp_timeout (30 s), made before egressd reads the query. Dropped, not rejected
+    // as the TCP limit's SYNs are: a stub resolver retransmits a lost query after its timeout
+    // (glibc's 5 s, RFC 1123 §6.1.3.3), by when the bucket has refilled, while an ICMP port
+    // unreachable reaches its connected socket as ECONNREFUSED at once (measured through this
+    // redirect), which glibc takes for a failed server (res_send.c, send_dg): it tries the next,
+    // or again at once, and fails the lookup within milliseconds. A burst over the rate would fail
+    // lookups instead of slowing them. Each selector's limit comes right before its return, so a
+    // query takes a token once, from the first selector it matches.
+    const dnsIn: Rule[] =
+      dnsPort === null
+        ? []
+        : selectors.flatMap((m): Rule[] => [
+            ...(dnsFlows === null
+              ? []
+              : [{ match: { ...m, protocol: 'udp', dport: dnsPort, newConnection: true, overPerSource: dnsFlows }, target: { kind: 'drop' } } satisfies Rule]),
+            { match: { ...m, protocol: 'udp', dport: dnsPort }, target: { kind: 'return' } },
+          ]);
     // TCP a DNAT ahead of egressd's redirect sent to the host itself (a service whose endpoint is
     // on the host's network: the API server on a control-plane node) reaches INPUT, never FORWARD.
     // A connection egressd's redirect took arrives at one of its listeners; any other the
@@ -265,7 +316,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       ...(limit === null
         ? []
         : [...new Set(listeners)].map((p): Rule => ({
-            match: { protocol: 'tcp', dport: p, syn: true, newConnection: true, overPerSource: limit },
+            match: { protocol: 'tcp', dport: p, syn: true, newConnection: true, overPerSource: { bucket: 'new-connections', ...limit } },
             target: { kind: 'reset' },
           }))),
       ...[...new Set(listeners)].map((p): Rule => ({ match: { protocol: 'tcp', dport: p }, target: { kind: 'return' } })),

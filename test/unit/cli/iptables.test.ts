@@ -834,7 +834,7 @@ describe('--new-connections-per-source', () => {
     for (const family of [4, 6] as const) {
       const plain = buildRuleSet(options(['--interface', 'veth0', '--dns-port', '15053']), family);
       const limited = buildRuleSet(options([...LIMITED, '--dns-port', '15053']), family);
-      const limit = { perSecond: 20, burst: 40 };
+      const limit = { bucket: 'new-connections', perSecond: 20, burst: 40 };
       expect(chain(limited, 'local-tcp')).toEqual([
         ...[15080, 15443, 15001, 15053].map((dport) =>
           JSON.stringify([{ protocol: 'tcp', dport, syn: true, newConnection: true, overPerSource: limit }, { kind: 'reset' }]),
@@ -872,6 +872,112 @@ describe('--new-connections-per-source', () => {
         `\t\ttcp dport 15080 tcp flags & (fin | syn | rst | ack) == syn ct state new update @new_tcp_per_source { ${ip} saddr limit rate over 20/second burst 40 packets } reject with tcp reset`,
       );
       expect(renderNft(buildRuleSet(options(['--interface', 'veth0', '--backend', 'nft']), family))).not.toContain('new_tcp_per_source');
+    }
+  });
+});
+
+describe('--new-dns-flows-per-source', () => {
+  const LIMITED = ['--interface', 'veth0', '--source', '10.1.0.0/16', '--new-dns-flows-per-source', '30/s', '--new-dns-flows-burst', '60'];
+  const limit = { bucket: 'new-dns-flows', perSecond: 30, burst: 60 };
+
+  it('is off by default, takes RATE or RATE/s, defaults the burst to the rate, and is apart from the connections limit', () => {
+    expect(options(['--interface', 'veth0']).newDnsFlows).toBeNull();
+    expect(options(['--interface', 'veth0', '--new-dns-flows-per-source', '50/s']).newDnsFlows).toEqual({ perSecond: 50, burst: 50 });
+    expect(options(LIMITED)).toMatchObject({ newDnsFlows: { perSecond: 30, burst: 60 }, newConnections: null });
+    expect(options(['--interface', 'veth0', '--new-connections-per-source', '5'])).toMatchObject({ newDnsFlows: null });
+  });
+
+  it.each([
+    [['--new-dns-flows-per-source', '0'], /^--new-dns-flows-per-source: expected flows a second, an integer from 1 to 100000.*got "0"$/],
+    [['--new-dns-flows-per-source', '100001'], /^--new-dns-flows-per-source: .*got "100001"$/],
+    [['--new-dns-flows-per-source', '5/min'], /^--new-dns-flows-per-source: .*got "5\/min"$/],
+    [['--new-dns-flows-per-source', '5', '--new-dns-flows-burst', '0'], /^--new-dns-flows-burst: .*from 1 to 100000, got "0"$/],
+    [['--new-dns-flows-per-source', '5', '--new-dns-flows-burst', '1e3'], /^--new-dns-flows-burst: .*got "1e3"$/],
+    [['--new-dns-flows-burst', '5'], /^--new-dns-flows-burst needs --new-dns-flows-per-source$/],
+    [['--new-connections-per-source', '5', '--new-dns-flows-burst', '5'], /^--new-dns-flows-burst needs --new-dns-flows-per-source$/],
+  ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
+    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
+    expect(p.ok ? '' : p.error).toMatch(message);
+    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(p.ok ? '-' : p.error);
+  });
+
+  it('is refused in sidecar mode, where each pod has a table of its own', async () => {
+    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--new-dns-flows-per-source', '5'], recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--new-dns-flows-per-source applies to host mode only');
+  });
+
+  it("drops a source's new flows to the DNS listener beyond the rate, right before each selector's return in filter INPUT; nothing else changes", () => {
+    for (const family of [4, 6] as const) {
+      const plain = buildRuleSet(options([...LIMITED.slice(0, 4), '--source', 'fd00::/64', '--dns-port', '15053']), family);
+      const limited = buildRuleSet(options([...LIMITED, '--source', 'fd00::/64', '--dns-port', '15053']), family);
+      const selectors = [{ inInterface: 'veth0' }, { source: family === 4 ? '10.1.0.0/16' : 'fd00::/64' }];
+      expect(chain(limited, 'filter-input')).toEqual([
+        ...selectors.flatMap((sel) => [
+          JSON.stringify([{ ...sel, protocol: 'udp', dport: 15053, newConnection: true, overPerSource: limit }, { kind: 'drop' }]),
+          JSON.stringify([{ ...sel, protocol: 'udp', dport: 15053 }, { kind: 'return' }]),
+        ]),
+        ...chain(plain, 'filter-input').slice(2),
+      ]);
+      for (const c of plain.chains) if (c.id !== 'filter-input') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+    }
+  });
+
+  it("with --dns-port off, drops a source's new flows to each --dns-server's port 53 beyond the rate, after the exclusions", () => {
+    const base = ['--interface', 'veth0', '--dns-port', 'off', '--dns-server', '10.96.0.10', '--dns-server', '10.96.0.11', '--exclude-cidr', '10.0.0.0/8'];
+    const plain = buildRuleSet(options(base), 4);
+    const limited = buildRuleSet(options([...base, '--new-dns-flows-per-source', '30', '--new-dns-flows-burst', '60']), 4);
+    const udp = chain(plain, 'udp');
+    const isDnsReturn = (r: string): boolean => r.includes('"originalDport":53');
+    const at = udp.findIndex(isDnsReturn);
+    expect(at).toBeGreaterThan(0);
+    expect(chain(limited, 'udp')).toEqual([
+      ...udp.slice(0, at),
+      ...['10.96.0.10/32', '10.96.0.11/32'].flatMap((d) => [
+        JSON.stringify([{ protocol: 'udp', originalDestination: d, originalDport: 53, newConnection: true, overPerSource: limit }, { kind: 'drop' }]),
+        ...udp.filter((r) => isDnsReturn(r) && r.includes(d)),
+        ...udp.filter((r) => !isDnsReturn(r) && r.includes(`"destination":"${d}"`)),
+      ]),
+      ...udp.slice(at + 4),
+    ]);
+    for (const c of plain.chains) if (c.id !== 'udp') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+  });
+
+  it('renders hashlimit in a table of its own, named apart from the connections limit at the same settings', () => {
+    const argv = [...LIMITED, '--dns-port', '15053', '--new-connections-per-source', '30', '--new-connections-burst', '60'];
+    for (const family of [4, 6] as const) {
+      const lines = renderIptablesRestore(buildRuleSet(options(argv), family)).split('\n');
+      const dns = lines.filter((l) => l.includes('--hashlimit-name egressd-dns-30-60'));
+      // One per selector: the interface, and the --source of this family (IPv4 only).
+      expect(dns).toHaveLength(family === 4 ? 2 : 1);
+      expect(dns[0]).toBe(
+        `-A EGRESSD-INPUT -i veth0 -p udp --dport 15053 -m conntrack --ctstate NEW -m hashlimit --hashlimit-above 30/sec --hashlimit-burst 60 --hashlimit-mode srcip --hashlimit-srcmask ${family === 4 ? 32 : 128} --hashlimit-name egressd-dns-30-60 -j DROP`,
+      );
+      expect(lines.filter((l) => l.includes('--hashlimit-name egressd-30-60 '))).toHaveLength(4);
+    }
+  });
+
+  it('renders an nft set of its own, declared only when used', () => {
+    for (const family of [4, 6] as const) {
+      const ip = family === 4 ? 'ip' : 'ip6';
+      const lines = renderNft(buildRuleSet(options([...LIMITED, '--dns-port', '15053', '--backend', 'nft']), family)).split('\n');
+      expect(lines.slice(3, 9)).toEqual([
+        '\tset new_dns_per_source {',
+        `\t\ttype ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
+        '\t\tsize 65536',
+        '\t\tflags dynamic,timeout',
+        '\t\ttimeout 10s',
+        '\t}',
+      ]);
+      expect(lines.filter((l) => l.includes('@new_dns_per_source'))[0]).toBe(
+        `\t\tiifname "veth0" udp dport 15053 ct state new update @new_dns_per_source { ${ip} saddr limit rate over 30/second burst 60 packets } drop`,
+      );
+      expect(lines.join('\n')).not.toContain('new_tcp_per_source');
+      const both = renderNft(buildRuleSet(options([...LIMITED, '--dns-port', '15053', '--new-connections-per-source', '5']), family));
+      expect(both).toContain('set new_tcp_per_source {');
+      expect(both).toContain('set new_dns_per_source {');
     }
   });
 });
