@@ -31,6 +31,23 @@ const one = () => new Promise((done) => {
 Promise.all(Array.from({ length: Number(count) }, one)).then(() => console.log(JSON.stringify(outcomes)));
 `;
 
+// Opens argv[2] connections at once from argv[1] to argv[3]:53 (the rig's dnsmasq, which says
+// nothing first) and prints how many connected and how many were reset.
+const CONNECT_CLIENT = `
+const net = require('node:net');
+const [from, count, host] = process.argv.slice(1);
+const outcomes = {};
+const one = () => new Promise((done) => {
+  const s = net.connect({ host, port: 53, localAddress: from });
+  let ended = false;
+  const end = (o) => { if (ended) return; ended = true; outcomes[o] = (outcomes[o] || 0) + 1; s.destroy(); done(); };
+  s.setTimeout(8000, () => end('timeout'));
+  s.on('connect', () => end('connected'));
+  s.on('error', (e) => end(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'reset' : e.code || e.message));
+});
+Promise.all(Array.from({ length: Number(count) }, one)).then(() => console.log(JSON.stringify(outcomes)));
+`;
+
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e iptables --new-connections-per-source tests skipped: ${skip}`);
 
@@ -48,8 +65,8 @@ describe.skipIf(skip !== null)('egressd iptables --new-connections-per-source on
     await rig?.teardown();
   });
 
-  const apply = async (backend: string, extra: string[]): Promise<void> => {
-    const args = ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--dns-port', 'off'];
+  const apply = async (backend: string, extra: string[], dns: string[] = []): Promise<void> => {
+    const args = ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--dns-port', 'off', ...dns];
     const ports = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp)];
     const r = await rig.execIn('router', NODE, [MAIN, 'iptables', ...args, ...ports, ...extra], { timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);
@@ -97,6 +114,24 @@ describe.skipIf(skip !== null)('egressd iptables --new-connections-per-source on
       expect((await burst(source(family), 40, family))['reset']).toBeGreaterThan(0);
       await apply(backend, ['--new-connections-per-source', '1000', '--new-connections-burst', '100']);
       expect(await burst(source(family), 40, family)).toEqual({ caught: 40 });
+    });
+
+    // A --dns-server's port 53 is forwarded, not redirected to a listener: the limit is in the tcp chain.
+    it.each([4, 6] as const)('over IPv%s, with --dns-port off, resets the excess of 40 connections to a --dns-server too', async (family) => {
+      const server = family === 4 ? rig.dnsServer : rig.dnsServerV6;
+      const connect = async (from: string, count: number): Promise<Record<string, number>> => {
+        const r = await rig.execIn('sandbox', NODE, ['-e', CONNECT_CLIENT, from, String(count), server], { timeoutMs: 30_000 });
+        expect(r.code, r.stderr).toBe(0);
+        return JSON.parse(r.stdout) as Record<string, number>;
+      };
+      await apply(backend, ['--new-connections-per-source', '5', '--new-connections-burst', '5'], ['--dns-server', server]);
+      const entriesBefore = await conntrackEntries();
+      const [flood, other] = await Promise.all([connect(source(family), 40), connect(source(family, true), 5)]);
+      const seen = JSON.stringify({ flood, other });
+      expect(Object.keys(flood).sort(), seen).toEqual(['connected', 'reset']);
+      expect((await conntrackEntries()) - entriesBefore, seen).toBeLessThanOrEqual(flood['connected']! + other['connected']!);
+      expect(flood['reset'], seen).toBeGreaterThanOrEqual(20);
+      expect(other, seen).toEqual({ connected: 5 });
     });
 
     it('applying again with the same limit adds nothing, and --remove takes the limit out with the rest', async () => {

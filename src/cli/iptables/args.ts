@@ -36,8 +36,9 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
                            cluster's service range, a node-local metadata proxy; not filtered
   --exclude-port N         never redirect TCP to this destination port (repeatable)
   --new-connections-per-source RATE[/s]
-                           host mode: reset a source's new connections to egressd beyond
-                           RATE a second (1-${MAX_NEW_CONNECTIONS}), so that no sandbox fills the host's
+                           host mode: reset a source's new connections to egressd (or
+                           a --dns-server's port 53) beyond RATE a second
+                           (1-${MAX_NEW_CONNECTIONS}), so that no sandbox fills the host's
                            connection-tracking table (default: no limit)
   --new-connections-burst N
                            with the above: connections a source may open at once before

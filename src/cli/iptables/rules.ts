@@ -44,8 +44,9 @@ export interface IptablesOptions {
   readonly excludePorts: readonly number[];
   /**
    * host mode: each source address may open at most this many new connections to egressd's
-   * listeners a second, beyond a burst; the rest are reset before conntrack confirms them, so they
-   * take no entry in the host's connection-tracking table. Null: no limit.
+   * listeners (and with `dnsPort` null to a `dnsServers` port 53) a second, beyond a burst; the
+   * rest are reset before conntrack confirms them, so they take no entry in the host's
+   * connection-tracking table. Null: no limit.
    */
   readonly newConnections: NewConnectionLimit | null;
   /**
@@ -178,7 +179,8 @@ export const DEFAULT_DNS_PORT = 15053;
  * host mode: traffic that arrives through a listed interface or from a listed source CIDR
  * enters those chains from nat PREROUTING (TCP, and UDP 53) and filter INPUT and FORWARD (UDP).
  * With a new-connection limit (host mode), a source's opening SYNs to the listeners beyond its
- * rate are reset in filter INPUT, before conntrack confirms them. With a new-DNS-flow limit (host
+ * rate are reset in filter INPUT, before conntrack confirms them, and those to a listed DNS
+ * server in the tcp chain. With a new-DNS-flow limit (host
  * mode), a source's first datagrams of UDP flows beyond its rate are dropped at the same point:
  * to the DNS listener in filter INPUT, or to a listed DNS server in the udp chain.
  * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
@@ -240,7 +242,27 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   const tcp: Rule[] = [
     ...excluded.map((c): Rule => ({ match: { protocol: 'tcp', originalDestination: c }, target: { kind: 'return' } })),
     ...options.excludePorts.map((p): Rule => ({ match: { protocol: 'tcp', originalDport: p }, target: { kind: 'return' } })),
-    ...dns.map((a): Rule => ({ match: { protocol: 'tcp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } })),
+    ...dns.flatMap((a): Rule[] => [
+      // A connection to a DNS server left reachable is forwarded, never seen by the listeners'
+      // limit, and an entry of the host's table all the same: its SYN over the rate is reset
+      // here, before the confirm (host mode only).
+      ...(options.newConnections === null || options.mode !== 'host'
+        ? []
+        : [
+            {
+              match: {
+                protocol: 'tcp',
+                originalDestination: hostCidr(a),
+                originalDport: 53,
+                syn: true,
+                newConnection: true,
+                overPerSource: { bucket: 'new-connections', ...options.newConnections },
+              },
+              target: { kind: 'reset' },
+            } satisfies Rule,
+          ]),
+      { match: { protocol: 'tcp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } },
+    ]),
     { match: { protocol: 'tcp' }, target: { kind: 'reset' } },
   ];
   // TCP conntrack holds no connection for skips NAT, so no redirect catches it, and it carries no

@@ -846,6 +846,36 @@ describe('--new-connections-per-source', () => {
     }
   });
 
+  it("with --dns-port off, resets a source's opening SYN to a --dns-server's port 53 beyond the rate, in the tcp chain after the exclusions", () => {
+    const base = ['--interface', 'veth0', '--dns-server', '10.96.0.10', '--dns-server', '10.96.0.11', '--exclude-port', '22'];
+    const plain = buildRuleSet(options(base), 4);
+    const limited = buildRuleSet(options([...base, '--new-connections-per-source', '20', '--new-connections-burst', '40']), 4);
+    const tcp = chain(plain, 'tcp');
+    const at = tcp.findIndex((r) => r.includes('"originalDport":53'));
+    expect(at).toBeGreaterThan(0);
+    expect(chain(limited, 'tcp')).toEqual([
+      ...tcp.slice(0, at),
+      ...['10.96.0.10/32', '10.96.0.11/32'].flatMap((d) => [
+        JSON.stringify([
+          {
+            protocol: 'tcp',
+            originalDestination: d,
+            originalDport: 53,
+            syn: true,
+            newConnection: true,
+            overPerSource: { bucket: 'new-connections', perSecond: 20, burst: 40 },
+          },
+          { kind: 'reset' },
+        ]),
+        ...tcp.filter((r) => r.includes(`"originalDestination":"${d}"`)),
+      ]),
+      ...tcp.slice(at + 2),
+    ]);
+    expect(renderIptablesRestore(limited)).toContain(
+      '-A EGRESSD-TCP -p tcp --syn -m conntrack --ctstate NEW --ctorigdst 10.96.0.10/32 --ctorigdstport 53 -m hashlimit --hashlimit-above 20/sec --hashlimit-burst 40 --hashlimit-mode srcip --hashlimit-srcmask 32 --hashlimit-name egressd-20-40 -j REJECT --reject-with tcp-reset\n',
+    );
+  });
+
   it('renders hashlimit keyed on the whole source address, named by its settings', () => {
     const first = (text: string) => text.split('\n').find((l) => l.includes('hashlimit'));
     expect(first(renderIptablesRestore(buildRuleSet(options(LIMITED), 4)))).toBe(
