@@ -100,22 +100,23 @@ describe.skipIf(skip !== null)('egressd iptables --new-dns-flows-per-source on a
     const r = await rig.execIn('sandbox', NODE, ['-e', QUERY_CLIENT, from, String(count), server], { timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);
     const { outcomes, ports } = JSON.parse(r.stdout) as { outcomes: Record<string, number>; ports: number[] };
-    sent.set(outcomes, { from, ports: new Set(ports) });
+    sent.set(outcomes, { from, server, ports: new Set(ports) });
     return outcomes;
   };
-  const sent = new WeakMap<Record<string, number>, { from: string; ports: Set<number> }>();
+  const sent = new WeakMap<Record<string, number>, { from: string; server: string; ports: Set<number> }>();
   /**
    * The entries the router's conntrack table holds for the flows of one `queries` call, by their
-   * original tuple (source address and port, to port 53): exact where nf_conntrack_count also
-   * moves with other flows expiring (30 s after the earlier tests' queries).
+   * whole original tuple: exact where nf_conntrack_count also moves with other flows expiring (30
+   * s after the earlier tests' queries). A port an earlier query to the same server used within
+   * those 30 s is the same flow, whose datagram is no longer NEW: admitted, and one entry.
    */
   const entries = async (of: Record<string, number>): Promise<number> => {
-    const { from, ports } = sent.get(of)!;
+    const { from, server, ports } = sent.get(of)!;
     const r = await rig.execIn('router', 'cat', ['/proc/net/nf_conntrack']);
     expect(r.code, r.stderr).toBe(0);
     return r.stdout.split('\n').filter((line) => {
-      const m = / udp +17 \d+ src=(\S+) dst=\S+ sport=(\d+) dport=53 /.exec(line);
-      return m !== null && m[1] === procAddress(from) && ports.has(Number(m[2]));
+      const m = / udp +17 \d+ src=(\S+) dst=(\S+) sport=(\d+) dport=53 /.exec(line);
+      return m !== null && m[1] === procAddress(from) && m[2] === procAddress(server) && ports.has(Number(m[3]));
     }).length;
   };
   const conntrackEntries = async (): Promise<number> => {

@@ -35,9 +35,10 @@ function iptablesMatch(m: Match, family: Family): string[] {
  * hashlimit(8) keyed on the whole source address. The kernel shares a table among the rules that
  * name it (per family) and keeps the settings of whichever rule created it: a rule with a new rate
  * restored while the old rule still holds the table would get the old rate, so the name carries
- * the rate and burst, and the bucket, so that two flags at the same settings keep apart. Table size and expiry are hashlimit's defaults: 8192 buckets (on a host with
- * over 1 GiB of memory), 65,536 sources at most (beyond that a new source's packets are dropped:
- * xt_hashlimit.c, dsthash_alloc_init), a source forgotten 10 s after its last packet counted.
+ * the rate and burst, and the bucket, so that two flags at the same settings keep apart. Table
+ * size and expiry are hashlimit's defaults: 8192 buckets (on a host with over 1 GiB of memory),
+ * 65,536 sources at most (beyond that a new source's packets are dropped: xt_hashlimit.c,
+ * dsthash_alloc_init), a source forgotten 10 s after its last packet counted.
  */
 export function hashlimit(limit: PerSourceLimit, family: Family): string[] {
   return [
@@ -59,8 +60,8 @@ export function hashlimit(limit: PerSourceLimit, family: Family): string[] {
 /**
  * The hashlimit table's name: /proc/net/ipt_hashlimit/NAME (ip6t_hashlimit for IPv6) lists its
  * sources. egressd-RATE-BURST for new connections (the name it had before DNS flows were
- * limited), egressd-dns-RATE-BURST for new DNS flows; at most 25 characters, within the 255
- * hashlimit's revisions 2 and 3 take.
+ * limited), egressd-dns-RATE-BURST for new DNS flows: at most 25 characters, within the
+ * NAME_MAX (255) of hashlimit's revisions 2 and 3 (linux/netfilter/xt_hashlimit.h).
  */
 export function hashlimitName(limit: PerSourceLimit): string {
   return `egressd-${limit.bucket === 'new-dns-flows' ? 'dns-' : ''}${limit.perSecond}-${limit.burst}`;

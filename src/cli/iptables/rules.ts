@@ -180,9 +180,9 @@ export const DEFAULT_DNS_PORT = 15053;
  * enters those chains from nat PREROUTING (TCP, and UDP 53) and filter INPUT and FORWARD (UDP).
  * With a new-connection limit (host mode), a source's opening SYNs to the listeners beyond its
  * rate are reset in filter INPUT, before conntrack confirms them, and those to a listed DNS
- * server in the tcp chain. With a new-DNS-flow limit (host
- * mode), a source's first datagrams of UDP flows beyond its rate are dropped at the same point:
- * to the DNS listener in filter INPUT, or to a listed DNS server in the udp chain.
+ * server in the tcp chain. With a new-DNS-flow limit (host mode), a source's first datagrams of
+ * UDP flows beyond its rate are dropped at the same point: to the DNS listener in filter INPUT,
+ * or to a listed DNS server in the udp chain.
  * sidecar mode: locally generated traffic enters them from nat OUTPUT and filter OUTPUT, except
  * egressd's own (its uid) and traffic to loopback.
  */
