@@ -1892,9 +1892,15 @@ static void bury(sl_loop *l) {
 // upstream's handshake. A FIN is not that (EPOLLRDHUP alone, or a read of 0: the client
 // half-closed and still reads its answer); EPOLLHUP or EPOLLERR is a socket closed. `err`: the
 // error a read took, or 0 to ask the socket.
+// While its first flight is read, what the client sent before its reset is reported first
+// (SL_PEEK_CLOSED, as for its FIN): those bytes decide where they alone decide (a malformed flight,
+// a refused name, a whole flight), and its going only what they left open; the caller judges them
+// as the JavaScript path does (peek-socket.ts). Bytes read and not yet reported (in their grace,
+// or behind a report of none) were dropped here, and a bad request reset at once was peek-closed.
 static void client_left(sl_loop *l, sl_conn *c, int err) {
   socklen_t len = sizeof err;
   if (err == 0 && getsockopt(c->fd[CLIENT], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (c->stage == ST_PEEK) report_peek(l, c, SL_PEEK_CLOSED);
   conn_close(l, c, SL_END_CLIENT_RESET, err != 0 ? err : ECONNRESET, 2);
 }
 

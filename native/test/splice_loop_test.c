@@ -2606,6 +2606,45 @@ static void test_flight_late_bytes_reported_within_the_grace(void) {
   close(client);
 }
 
+// A client that resets while bytes it sent wait unreported (in their grace, or a whole flight read
+// in the same wake-up as its reset, after an empty report): those bytes are reported (CLOSED)
+// before the outcome, for the caller to judge. They decide where they alone decide, a bad request
+// line or a refused name, as on the JavaScript path (src/net/peek-socket.ts); before, they were
+// dropped with the connection, and a bad request reset at once was logged peek-closed here and
+// malformed-http there (test/integration/first-flight-endings.test.ts).
+static void test_flight_unreported_bytes_and_reset(void) {
+  for (int k = 0; k < 2; k++) {
+    int client;
+    uint64_t id = accept_silent(&client);
+    saved_event ev;
+    if (k == 0) {
+      write_all(client, "GET / HTTP/1.1\r\n", 16);
+      CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_WAITING, "no WAITING report of the first bytes");
+    }
+    // k 0: an incomplete head's bad line, in its grace at the reset; k 1: a whole head and its
+    // reset, after an empty report (read in one wake-up, the read that completes the flight meets
+    // the reset: unread_error; or the flight reported whole, then the reset).
+    const char *rest = k == 0 ? "Bad Line\r\n" : "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    write_all(client, rest, strlen(rest));
+    reset_close(client);
+    sl_outcome o = {0};
+    CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
+    CHECK(o.end == SL_END_CLIENT_RESET && o.dialed == -1 && o.bytes_up == 0, "end %d, dialed %d, %llu up", o.end, o.dialed, (unsigned long long)o.bytes_up);
+    // Emitted before the outcome, on the same thread: there once the outcome is.
+    char got[64];
+    size_t n = 0;
+    int state = -1;
+    while (wait_event(SL_EV_PEEK, id, &seen, 0, &ev) && n + ev.e.len <= sizeof got) {
+      memcpy(got + n, ev.bytes, ev.e.len);
+      n += ev.e.len;
+      state = ev.e.state;
+    }
+    CHECK(n == strlen(rest) && memcmp(got, rest, n) == 0, "%s: %zu of the %zu bytes before the reset reported", k == 0 ? "late bytes" : "a whole flight", n,
+          strlen(rest));
+    CHECK(state == SL_PEEK_CLOSED || (k == 1 && state == SL_PEEK_MORE), "reported as %d", state);
+  }
+}
+
 // The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts).
 static void test_flight_deadlines(void) {
   struct timespec t0;
@@ -2803,6 +2842,7 @@ static void test_first_flight(void) {
   test_flights_reported_at_once_past_half_the_cap();
   test_flight_there_at_the_accept_is_one_report_under_pressure();
   test_flight_late_bytes_reported_within_the_grace();
+  test_flight_unreported_bytes_and_reset();
   test_flight_deadlines();
   test_server_first_is_spliced_without_a_byte();
   test_fin_ends_while_the_flight_is_read();
