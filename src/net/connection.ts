@@ -228,7 +228,12 @@ function judged(
       case 'timeout':
         return cut(socket, o, 'refuse', 'peek-timeout', 'client');
       case 'closed':
-        // The client left before it was judged: its own doing, not a refusal.
+        // The client went (its FIN or reset) before its bytes decided anything: a flight not yet
+        // whole and not malformed. Its own doing, not a refusal. The rule on both paths: the
+        // bytes received decide where they alone decide (a malformed flight, a refused name, a
+        // whole flight: the peek asks the parser once more at the going, peek-socket.ts and
+        // native-setup.ts #peekStep, and the loop reports what it read before a reset,
+        // splice_loop.c client_left), and the going only what they left open.
         return cut(socket, o, 'error', 'peek-closed', 'client');
       case 'too-large':
         return refuseMalformed(socket, live, protocolOfListener(listener), config, o, 'too-large');

@@ -170,9 +170,11 @@ export function peekSocket<R>(socket: Socket, step: PeekStepper<R>, opts: PeekOp
       socket.off('error', onError);
       resolve(o);
     };
-    // Ended without the parser's answer (the deadline, the client's FIN, a stall): the bytes may
-    // have one it was not asked for yet (PeekBuffer.settle). Not at a reset: the client left
-    // before it was judged, as the native loop reports it whatever it had sent (client_left).
+    // Ended without the parser's answer (the deadline, the client's FIN or reset, a stall): the
+    // bytes may have one it was not asked for yet (PeekBuffer.settle). At a reset too: the bytes
+    // received decide where they alone decide (a malformed flight, a refused name, a whole
+    // flight), and the client's going only what they left open (connection.ts judged), as the
+    // native loop reports what it read before a reset (splice_loop.c client_left).
     const ended = (kind: 'timeout' | 'closed' | 'stalled'): void => {
       if (settled) return;
       const r = buf.settle();
@@ -193,9 +195,11 @@ export function peekSocket<R>(socket: Socket, step: PeekStepper<R>, opts: PeekOp
       finish({ kind: 'done', result: r.result, bytes: buf.bytes() });
     };
     const onEnd = (): void => ended('closed');
+    // A close with no error before it is egressd's own reset (admission under memory pressure,
+    // shutdown): it ends the peek as it is, as the native loop's abort does.
     const onClose = (): void => finish({ kind: 'closed', bytes: buf.bytes() });
-    // An error is followed by 'close'; the caller learns of it from the socket's state.
-    const onError = (): void => finish({ kind: 'closed', bytes: buf.bytes() });
+    // The client's reset (an error, then 'close'); the caller learns of it from the socket's state.
+    const onError = (): void => ended('closed');
 
     const remaining = opts.deadline - Date.now();
     if (remaining <= 0) return finish({ kind: 'timeout', bytes: Buffer.alloc(0) });
