@@ -62,7 +62,11 @@ const HEAD_BAD_LINE = 'GET /x HTTP/1.1\r\nHost: ok.test\r\nBad Line\r\n';
 // (SL_FLIGHT_GRACE_MS).
 const HEAD_LATE_BAD_LINE = `GET /x HTTP/1.1\r\nHost: ok.test\r\nX-Pad: ${'a'.repeat(2000)}\r\nBad Line\r\n`;
 
+const HELLO_EMPTY_LABEL = Buffer.from(buildHello({ sni: ['ok..test'] }));
+const HEAD_PAST_CAP = Buffer.from(`GET /x HTTP/1.1\r\nHost: ok.test\r\nX-Pad: ${'a'.repeat(17_000)}`);
+
 const ALLOW = { verdict: 'allow', reason: 'allow-rule' };
+const INVALID = { verdict: 'refuse', reason: 'invalid-name' };
 const BLOCK = { verdict: 'refuse', reason: 'default-block' };
 const NONE = { verdict: 'error', reason: 'peek-closed' };
 
@@ -95,6 +99,18 @@ const FLIGHTS: Flight[] = [
     decidedBeforeLast: true,
     ...(split !== undefined ? { split: split as number } : {}),
   })),
+  // A name that is no name (an empty label): refused as invalid-name once the hello is whole.
+  { key: 'TLS with an invalid name', listener: 'tls', policy: 'name', bytes: HELLO_EMPTY_LABEL, last: HELLO_EMPTY_LABEL.length - 1, judged: INVALID },
+  // A head with no end within the peek's cap (16 KiB): too-large once the cap is full, whatever follows.
+  {
+    key: 'HTTP head past the cap',
+    listener: 'http',
+    policy: 'name',
+    bytes: HEAD_PAST_CAP,
+    last: HEAD_PAST_CAP.length - 1,
+    judged: { verdict: 'refuse', reason: 'too-large' },
+    decidedBeforeLast: true,
+  },
   // Never whole: the hello's last 10 bytes are never sent.
   { key: 'incomplete hello', listener: 'tls', policy: 'name', bytes: HELLO_OK.subarray(0, HELLO_OK.length - 10), last: HELLO_OK.length - 20, judged: NONE },
   // Neither TLS nor HTTP: judged on the address (refused by block-all; allowed by allow-all).
