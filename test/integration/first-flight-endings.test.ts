@@ -26,8 +26,9 @@ const PEEK_MS = 4000;
 /** The pause before a flight's second write: past the loop's grace, so the first is reported alone. */
 const SPLIT_PAUSE_MS = 60;
 
-type Policy = 'name' | 'addr-name';
-const NETS: Record<Policy, number> = { name: 56, 'addr-name': 60 };
+/** Sandboxes by what decides: a name (block-all, ok.test allowed), the address unless the name is refused, the address alone. */
+type Policy = 'name' | 'addr-name' | 'addr';
+const NETS: Record<Policy, number> = { name: 56, 'addr-name': 60, addr: 64 };
 const sourcesOf = (p: Policy): string[] =>
   Array.from({ length: 4 * 256 }, (_, i) => `127.0.${NETS[p] + (i >> 8)}.${i & 0xff}`).filter((a) => !a.endsWith('.0'));
 
@@ -124,6 +125,10 @@ const FLIGHTS: Flight[] = [
     judged: { verdict: 'allow', reason: 'default-allow' },
   },
   { key: 'nothing', listener: 'tls', policy: 'name', bytes: Buffer.alloc(0), last: 0, judged: NONE },
+  // No name can change the verdict: dialed without reading a byte (server-first protocols), so
+  // the bytes decide nothing and a FIN is a half-close, even after a ClientHello.
+  { key: 'allowed TLS, by address alone', listener: 'tcp', policy: 'addr', bytes: HELLO_OK, last: HELLO_OK.length - 1, judged: ALLOW, decidedBeforeLast: true },
+  { key: 'nothing, allowed by address alone', listener: 'tcp', policy: 'addr', bytes: Buffer.alloc(0), last: 0, judged: ALLOW, decidedBeforeLast: true },
 ];
 
 interface Ending {
@@ -144,6 +149,9 @@ const ENDINGS: Ending[] = [
   { key: 'a FIN before the last piece', how: 'fin', afterMs: 0, beforeLast: true },
   { key: 'a reset before the last piece', how: 'reset', afterMs: 0, beforeLast: true },
 ];
+
+/** A FIN is the client's going only after a ClientHello read before the verdict (docs/logs.md). */
+const finGoes = (f: Flight): boolean => f.bytes[0] === 0x16 && f.policy !== 'addr';
 
 /** What is compared across the paths. */
 type Seen = {
@@ -254,7 +262,7 @@ describe.each([
   { setup: 'native' as const, pressed: true, what: 'on native, one accept slot per loop' },
 ])('a client going after its first flight, set up $what', ({ setup, pressed, what }) => {
   let d: LoopbackDaemon;
-  const free: Record<Policy, string[]> = { name: sourcesOf('name'), 'addr-name': sourcesOf('addr-name') };
+  const free: Record<Policy, string[]> = { name: sourcesOf('name'), 'addr-name': sourcesOf('addr-name'), addr: sourcesOf('addr') };
   const whose = (l: LogLine): string => `${String(field(l, 'source.ip'))}:${String(field(l, 'source.port'))}`;
 
   beforeAll(async () => {
@@ -263,6 +271,7 @@ describe.each([
         sandboxes: [
           { id: 'sb-name', sources: sourcesOf('name'), network: { mode: 'block-all', egress: { allowed_domains: ['ok.test'] } } },
           { id: 'sb-addr-name', sources: sourcesOf('addr-name'), network: { mode: 'allow-all', egress: { denied_domains: ['bad.test'] } } },
+          { id: 'sb-addr', sources: sourcesOf('addr'), network: { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } } },
         ],
         upstream: { dial: 'original' },
         peek: { timeoutMs: PEEK_MS, firstByteTimeoutMs: FIRST_BYTE_MS },
@@ -315,13 +324,13 @@ describe.each([
       // A FIN is a half-close, carried, but after a ClientHello (docs/logs.md, "A client that goes
       // before its upstream is reached").
       const notReached = { end: e.how === 'fin' ? 'client-fin' : 'client-reset', up: 0, down: 0, upstream: '' };
-      const may = e.how === 'fin' && f.listener !== 'tls' ? [reached] : [reached, notReached];
+      const may = e.how === 'fin' && !finGoes(f) ? [reached] : [reached, notReached];
       expect(may, `${key}: carried ${JSON.stringify(carried)}`).toContainEqual(carried);
       expect(seen.endedBy, key).toBe('client');
     }
     // The rest, and the bytes wherever the rule leaves them one answer, as on the path that ran first.
     const compared: Record<string, unknown> =
-      judged.verdict === 'allow' && !(e.how === 'fin' && f.listener !== 'tls') ? { ...seen, end: null, up: null, down: null, upstream: null } : seen;
+      judged.verdict === 'allow' && !(e.how === 'fin' && !finGoes(f)) ? { ...seen, end: null, up: null, down: null, upstream: null } : seen;
     const other = firstPath.get(key);
     if (other) expect(compared, `${key}: ${what} against ${other.setup}`).toEqual(other.seen);
     else firstPath.set(key, { setup: what, seen: compared });
