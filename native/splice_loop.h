@@ -223,7 +223,7 @@ typedef enum {
   SL_PEEK_TIMEOUT = 2,  // the deadline passed
   SL_PEEK_SILENT = 3,   // no byte within first_byte_ms
   SL_PEEK_STALLED = 4,  // no new byte for stall_ms
-  SL_PEEK_CLOSED = 5,   // the client closed or reset
+  SL_PEEK_CLOSED = 5,   // the client closed or reset (after a reset too, with the bytes read before it)
   SL_PEEK_WAITING = 6   // (listeners with rules) not whole yet: the loop reads on and reports again
 } sl_peek_state;
 
