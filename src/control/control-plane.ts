@@ -305,7 +305,7 @@ export class ControlPlane {
     const bodies: { id: string; revision: number; body: Record<string, unknown> }[] = [];
     for (const row of c.upserts) {
       const entry = `${row.kind} ${quote(row.id)}`;
-      const parsed = storedBody(row.kind, row.id, row.body);
+      const parsed = storedBody(row.kind, row.id, row.type, row.body);
       if (!parsed.ok) {
         issues.push(parsed.issue);
         continue;
@@ -966,7 +966,7 @@ function refusedSandboxes(c: StateChanges): PendingSandbox[] {
   const out: PendingSandbox[] = [];
   for (const row of c.upserts) {
     if (row.kind !== 'sandbox') continue;
-    const parsed = storedBody(row.kind, row.id, row.body);
+    const parsed = storedBody(row.kind, row.id, row.type, row.body);
     const raw = parsed.ok && Array.isArray(parsed.body['sources']) ? (parsed.body['sources'] as unknown[]) : [];
     const sources = raw.flatMap((t) => {
       const k = typeof t === 'string' ? sandboxSource(t) : null;

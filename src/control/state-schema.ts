@@ -13,3 +13,10 @@
 export const STATE_SCHEMA_VERSION = 3;
 /** Schemas this egressd reads: 1 and 2 are raised to 3 once the state is opened for writing. */
 export const STATE_SCHEMAS_READ: readonly number[] = [1, 2, 3];
+
+/**
+ * How an entry's body is selected, by the start-up read and by the writer thread alike: its type
+ * (`type`, SQLite's typeof) and its bytes as stored (`body`), to be judged by storedBody. Selected
+ * as text, node:sqlite decodes bytes that are not UTF-8 with U+FFFD in their place, silently.
+ */
+export const BODY_COLUMNS = 'typeof(body) AS type, CAST(body AS BLOB) AS body';

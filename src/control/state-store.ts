@@ -21,7 +21,10 @@ import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StateInvalidError, StateWriteError, type StateIssue } from '../errors.ts';
 import { isPlainObject, quote } from '../util/fields.ts';
-import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from './state-schema.ts';
+import { readJsonText } from '../util/json-read.ts';
+import { lineColumn } from '../util/text-position.ts';
+import { utf8Text } from '../util/utf8-text.ts';
+import { BODY_COLUMNS, STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from './state-schema.ts';
 import type { ConfigClaim, OtherClaim, StateChanges, WriteBegun, WriterReply, WriterRequest } from './state-writer.ts';
 
 export type { ConfigClaim, OtherClaim, StateChanges } from './state-writer.ts';
@@ -169,23 +172,55 @@ function formatOf(path: string): StateFormat {
 
 const whole = (reason: string): StateIssue => ({ entry: '', field: '', reason });
 
-/** Whether a process reading `schema` may go on with the state; the reason when not. */
 /**
- * A stored entry's body text as the object it must be: a JSON object, else the problem, named by
- * the entry (`sandbox "id"`), as start-up reports it and as following another process's changes does.
+ * Stored JSON bytes (the version-1 file, an entry's body) as the value they hold, or why not: the
+ * same strict reading as the config file's and the API's (RFC 8259, UTF-8, each key once). Read
+ * leniently, a byte that is not UTF-8 became U+FFFD and a key given twice kept its last value, so
+ * a state edited by hand or by another tool was served as something other than what it holds.
+ * `what` begins the reason ("The stored body", "The file").
  */
-export function storedBody(kind: string, id: string, text: string): { ok: true; body: Record<string, unknown> } | { ok: false; issue: StateIssue } {
-  const entry = `${kind} ${quote(id)}`;
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch (err) {
-    return { ok: false, issue: { entry, field: '', reason: `The stored body is not valid JSON: ${(err as Error).message}` } };
+function storedJson(bytes: Uint8Array, what: string): { ok: true; value: unknown } | { ok: false; reason: string } {
+  const t = utf8Text(bytes);
+  if (!t.ok) {
+    const { line, column } = t.position;
+    return { ok: false, reason: `${what} is not UTF-8: byte ${t.byte} (offset ${t.offset}, line ${line}, column ${column}) starts no UTF-8 character there` };
   }
-  if (!isPlainObject(body)) return { ok: false, issue: { entry, field: '', reason: `Expected an object, got ${quote(body)}` } };
-  return { ok: true, body };
+  // RFC 8259 §8.1: a reader may ignore a byte order mark (an editor's); positions stay the editor's.
+  const text = t.text.startsWith('\ufeff') ? t.text.slice(1) : t.text;
+  const r = readJsonText(text);
+  if (r.ok) return { ok: true, value: r.value };
+  if (r.kind === 'duplicate') {
+    return {
+      ok: false,
+      reason: `${what} gives the key ${quote(r.detail)} more than once, which readers take differently (RFC 8259 §4); keep one`,
+    };
+  }
+  const { line, column } = lineColumn(text, r.offset);
+  return { ok: false, reason: `${what} is not valid JSON (damaged or truncated?) at line ${line}, column ${column}: ${r.detail}` };
 }
 
+/**
+ * A stored entry's body as the object it must be, from the column's type (SQLite's typeof) and its
+ * bytes (CAST AS BLOB: node:sqlite would decode a text that is not UTF-8 with U+FFFD in place of
+ * its bad bytes), else the problem, named by the entry (`sandbox "id"`), as start-up reports it
+ * and as following another process's changes does.
+ */
+export function storedBody(
+  kind: string,
+  id: string,
+  type: string,
+  bytes: Uint8Array,
+): { ok: true; body: Record<string, unknown> } | { ok: false; issue: StateIssue } {
+  const entry = `${kind} ${quote(id)}`;
+  // egressd writes text; a blob or a number put there by hand is not a body, whatever it spells.
+  if (type !== 'text') return { ok: false, issue: { entry, field: '', reason: `The stored body is a SQLite ${type}, not JSON text` } };
+  const r = storedJson(bytes, 'The stored body');
+  if (!r.ok) return { ok: false, issue: { entry, field: '', reason: r.reason } };
+  if (!isPlainObject(r.value)) return { ok: false, issue: { entry, field: '', reason: `Expected an object, got ${quote(r.value)}` } };
+  return { ok: true, body: r.value };
+}
+
+/** Whether a process reading `schema` may go on with the state; the reason when not. */
 export function schemaProblem(schema: number | null): string | null {
   return schema !== null && SCHEMAS_READ.includes(schema) ? null : unknownSchema(schema);
 }
@@ -193,17 +228,16 @@ export function schemaProblem(schema: number | null): string | null {
 const unknownSchema = (schema: number | null | undefined): string =>
   `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.slice(0, -1).join(', ')} and ${SCHEMAS_READ.at(-1)} (a newer egressd wrote it?)`;
 
-/** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}). */
-export function parseJsonState(text: string): { entries: StoredEntry[]; issues: StateIssue[] } {
+/** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}) from the file's bytes. */
+export function parseJsonState(bytes: Uint8Array): { entries: StoredEntry[]; issues: StateIssue[] } {
   const issues: StateIssue[] = [];
   const entries: StoredEntry[] = [];
-  if (text.trim() === '') return { entries, issues: [whole('The file is empty; expected a version-1 JSON state or a SQLite state')] };
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (err) {
-    return { entries, issues: [whole(`Not valid JSON (damaged or truncated): ${(err as Error).message}`)] };
-  }
+  // JSON's whitespace (RFC 8259 §2) alone.
+  if (bytes.every((b) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d))
+    return { entries, issues: [whole('The file is empty; expected a version-1 JSON state or a SQLite state')] };
+  const r = storedJson(bytes, 'The file');
+  if (!r.ok) return { entries, issues: [whole(r.reason)] };
+  const doc = r.value;
   if (!isPlainObject(doc)) return { entries, issues: [whole(`Expected an object {version, sandboxes, orgs}, got ${quote(doc)}`)] };
   if (doc['version'] !== 1) issues.push({ entry: '', field: 'version', reason: `Expected 1, got ${quote(doc['version'])}` });
   for (const k of Object.keys(doc)) {
@@ -309,13 +343,13 @@ export class StateStore {
       return [];
     }
     if (format === 'json-v1') {
-      let text: string;
+      let bytes: Buffer;
       try {
-        text = readFileSync(this.path, 'utf8');
+        bytes = readFileSync(this.path);
       } catch (err) {
         throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
       }
-      const r = parseJsonState(text);
+      const r = parseJsonState(bytes);
       if (r.issues.length > 0) throw new StateInvalidError(this.path, r.issues);
       this.#entries = r.entries;
       this.#revision = r.entries.length;
@@ -390,10 +424,10 @@ export class StateStore {
     const issues: StateIssue[] = [];
     const entries: StoredEntry[] = [];
     let top = meta.get('revision') ?? 0;
-    for (const r of db.prepare('SELECT kind, id, revision, body FROM entries ORDER BY kind, id').all()) {
+    for (const r of db.prepare(`SELECT kind, id, revision, ${BODY_COLUMNS} FROM entries ORDER BY kind, id`).all()) {
       const kind = String(r['kind']) as EntryKind;
       const id = String(r['id']);
-      const parsed = storedBody(kind, id, String(r['body']));
+      const parsed = storedBody(kind, id, String(r['type']), r['body'] as Uint8Array);
       if (!parsed.ok) {
         issues.push(parsed.issue);
         continue;

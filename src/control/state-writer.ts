@@ -34,14 +34,17 @@ import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
+import { BODY_COLUMNS } from './state-schema.ts';
 
 /** One entry as the database holds it now. */
 export interface EntryRow {
   readonly kind: string;
   readonly id: string;
   readonly revision: number;
-  /** The stored body text, parsed by the main thread. */
-  readonly body: string;
+  /** SQLite's type of the stored body (`text` as egressd writes it), judged by the main thread (storedBody). */
+  readonly type: string;
+  /** The stored body's bytes, parsed by the main thread. */
+  readonly body: Uint8Array;
 }
 
 /** What other processes committed since the main thread last accepted: rows added or changed, and keys gone. */
@@ -445,7 +448,10 @@ function diff(write: boolean): StateChanges | null {
     const kind = String(r['kind']);
     const id = String(r['id']);
     const revision = Number(r['revision']);
-    if (known.get(keyOf(kind, id)) !== revision) upserts.push({ kind, id, revision, body: String(s.body.get(kind, id)?.['body']) });
+    if (known.get(keyOf(kind, id)) !== revision) {
+      const b = s.body.get(kind, id);
+      upserts.push({ kind, id, revision, type: String(b?.['type']), body: (b?.['body'] as Uint8Array | undefined) ?? new Uint8Array() });
+    }
   }
   const deletes = gone.map((k) => ({ kind: k.slice(0, k.indexOf(':')), id: k.slice(k.indexOf(':') + 1) }));
   const schemaRow = s.schema.get();
@@ -493,7 +499,7 @@ function handle(m: WriterRequest): number | StateChanges | WriteBegun | null {
       keys: db.prepare('SELECT kind, id, revision FROM entries INDEXED BY entries_by_revision'),
       since: db.prepare('SELECT kind, id, revision FROM entries WHERE revision > ?'),
       fingerprint: db.prepare('SELECT count(*) AS n, sum(revision) AS s FROM entries INDEXED BY entries_by_revision'),
-      body: db.prepare('SELECT body FROM entries WHERE kind = ? AND id = ?'),
+      body: db.prepare(`SELECT ${BODY_COLUMNS} FROM entries WHERE kind = ? AND id = ?`),
       schema: db.prepare("SELECT value FROM meta WHERE key = 'schema'"),
       dataVersion: db.prepare('PRAGMA data_version'),
     };

@@ -8,6 +8,7 @@ import { once } from 'node:events';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { Agent, request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loopbackDocument, writeConfig } from '../helpers/config-file.ts';
@@ -61,7 +62,9 @@ async function refusedStart(statePath: string): Promise<string> {
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   child.stdout.resume();
-  const [code] = (await once(child, 'exit')) as [number];
+  // Bounded, and never left running: a process that starts after all must not outlive the test.
+  const kill = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [code] = (await once(child, 'exit').finally(() => clearTimeout(kill))) as [number];
   expect(code, stderr).toBe(1);
   return stderr;
 }
@@ -115,6 +118,35 @@ describe('a state that does not validate stops the process', () => {
     expect(stderr).toMatch(/sandbox "sb-bad" network\.mode: .*promiscuous/);
     expect(readFileSync(path, 'utf8')).toBe(text);
     expect(readdirSync(dir).sort()).toEqual(['egressd.json', 'state.json']);
+  });
+});
+
+describe('a state read strictly', () => {
+  it('a key given twice stops the process naming the file and the key (read leniently, the last value was served)', async () => {
+    const path = join(dir, 'state.json');
+    const text =
+      '{"version": 1, "orgs": [], "sandboxes": [{"id": "sb-1", "sources": ["198.18.0.1"], "org": null, "network": {"mode": "block-all", "mode": "allow-all"}}]}';
+    writeFileSync(path, text);
+    const stderr = await refusedStart(path);
+    expect(stderr).toContain(`EGRESSD_ERR_STATE_INVALID: Cannot use the state "${path}"`);
+    expect(stderr).toContain('The file gives the key "sandboxes[0].network.mode" more than once');
+    expect(readFileSync(path, 'utf8')).toBe(text);
+    expect(readdirSync(dir).sort()).toEqual(['egressd.json', 'state.json']);
+  });
+
+  it('a stored body that is not UTF-8 stops the process naming the entry and the byte', async () => {
+    const path = join(dir, 'state.db');
+    const { d } = await start(path);
+    await d.stop('SIGTERM');
+    running.splice(0);
+    const db = new DatabaseSync(path);
+    db.exec(
+      "INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'sb-1', (SELECT value FROM meta WHERE key = 'revision') + 1, CAST(X'7B22736F7572636573223A5B5D2C226F7267223A2262FC227D' AS TEXT))",
+    );
+    db.close();
+    const stderr = await refusedStart(path);
+    expect(stderr).toContain(`Cannot use the state "${path}"`);
+    expect(stderr).toContain('sandbox "sb-1": The stored body is not UTF-8: byte 0xFC (offset 22, line 1, column 23)');
   });
 });
 

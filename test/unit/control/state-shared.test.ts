@@ -55,6 +55,9 @@ const put = async (s: StateStore, kind: 'sandbox' | 'org', id: string, body: Rec
   return s.put(kind, id, body);
 };
 
+/** A stored body's bytes, as a store lists them. */
+const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+
 /** Writes behind the stores' back, as another program would: one transaction. */
 function sneak(sql: string, ...params: (string | number)[]): void {
   const db = new DatabaseSync(path);
@@ -75,7 +78,11 @@ describe('two stores on one state', () => {
     expect(await b.changes()).toBeNull();
     const r1 = await put(a, 'sandbox', 'sb-1', { sources: ['198.18.0.1'] });
     const seen = await b.changes();
-    expect(seen).toEqual({ schema: 3, upserts: [{ kind: 'sandbox', id: 'sb-1', revision: r1, body: '{"sources":["198.18.0.1"]}' }], deletes: [] });
+    expect(seen).toEqual({
+      schema: 3,
+      upserts: [{ kind: 'sandbox', id: 'sb-1', revision: r1, type: 'text', body: bytes('{"sources":["198.18.0.1"]}') }],
+      deletes: [],
+    });
     await b.accept();
     expect(await b.changes()).toBeNull();
 
@@ -100,12 +107,16 @@ describe('two stores on one state', () => {
     sneak("INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'sb-new', 9, '{}')");
     expect(await b.changes()).toEqual({
       schema: 3,
-      upserts: [{ kind: 'sandbox', id: 'sb-new', revision: 9, body: '{}' }],
+      upserts: [{ kind: 'sandbox', id: 'sb-new', revision: 9, type: 'text', body: bytes('{}') }],
       deletes: [{ kind: 'sandbox', id: 'sb-1' }],
     });
     await b.accept();
     const r = await put(a, 'sandbox', 'sb-3', { sources: ['198.18.0.33'] });
-    expect(await b.changes()).toEqual({ schema: 3, upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, body: '{"sources":["198.18.0.33"]}' }], deletes: [] });
+    expect(await b.changes()).toEqual({
+      schema: 3,
+      upserts: [{ kind: 'sandbox', id: 'sb-3', revision: r, type: 'text', body: bytes('{"sources":["198.18.0.33"]}') }],
+      deletes: [],
+    });
     await b.accept();
     expect(await b.changes()).toBeNull();
   });
@@ -129,7 +140,7 @@ describe('two stores on one state', () => {
     // As docs/config.md says to: the next revision, in the same statement.
     sneak("UPDATE entries SET body = '{\"sources\":[]}', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-4'");
     const c = await b.changes();
-    expect(c?.upserts).toEqual([{ kind: 'sandbox', id: 'sb-4', revision: expect.any(Number), body: '{"sources":[]}' }]);
+    expect(c?.upserts).toEqual([{ kind: 'sandbox', id: 'sb-4', revision: expect.any(Number), type: 'text', body: bytes('{"sources":[]}') }]);
     // meta.revision followed the row: the next revision egressd hands out is past it.
     await b.accept();
     expect(await put(a, 'sandbox', 'sb-9', { sources: ['198.18.0.9'] })).toBeGreaterThan(c!.upserts[0]!.revision);
@@ -243,6 +254,33 @@ describe('two control planes on one state', () => {
     expect(a.rejected).toBeNull();
     expect(a.sandbox('fine')?.sources).toEqual(['198.18.0.5']);
     expect((await b.putSandbox('other', { sources: ['198.18.0.7'] })).ok).toBe(true);
+  });
+});
+
+describe("another program's body that is not strict JSON text", () => {
+  // Each written by hand (sqlite3), as docs/config.md "Recovering the state" shows. Read leniently,
+  // the first was served as allow-all (JSON.parse keeps the last of two keys), the second with
+  // U+FFFD in its name; the third is no text at all.
+  const cases: [string, string, RegExp][] = [
+    [
+      'a key given twice',
+      `CAST('{"sources":["198.18.0.5"],"network":{"mode":"block-all","mode":"allow-all"}}' AS TEXT)`,
+      /gives the key "network\.mode" more than once/,
+    ],
+    [
+      'bytes that are not UTF-8',
+      `CAST(X'7B22736F7572636573223A5B5D2C226F7267223A2262FC227D' AS TEXT)`,
+      /not UTF-8: byte 0xFC \(offset 22, line 1, column 23\)/,
+    ],
+    ['a blob', `X'7B22736F7572636573223A5B5D7D'`, /is a SQLite blob, not JSON text/],
+  ];
+  it.each(cases)('%s: is never applied, and the state stands rejected naming the entry', async (_name, value, reason) => {
+    const b = await plane();
+    sneak(`INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'hand', 50, ${value})`);
+    await b.refresh();
+    expect(b.rejected).toEqual([{ entry: 'sandbox "hand"', field: '', reason: expect.stringMatching(reason) }]);
+    expect(b.sandbox('hand')).toBeUndefined();
+    expect(b.store.ownerOf('198.18.0.5')).toBeNull();
   });
 });
 

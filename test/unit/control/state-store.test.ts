@@ -75,8 +75,12 @@ describe('a version-1 JSON state that cannot be used stops start-up and is left 
   const cases: [string, string, { entry: string; field: string; reason: RegExp }][] = [
     ['null', 'null', { entry: '', field: '', reason: /Expected an object .* got "null"/ }],
     ['{}', '{}', { entry: '', field: 'version', reason: /Expected 1/ }],
-    ['garbage', '\u0000\u0013garbage\u00ff not a state', { entry: '', field: '', reason: /Not valid JSON/ }],
-    ['a truncated file', JSON.stringify(V1, null, 2).slice(0, 200), { entry: '', field: '', reason: /Not valid JSON \(damaged or truncated\)/ }],
+    ['garbage', '\u0000\u0013garbage\u00ff not a state', { entry: '', field: '', reason: /not valid JSON/ }],
+    [
+      'a truncated file',
+      JSON.stringify(V1, null, 2).slice(0, 200),
+      { entry: '', field: '', reason: /not valid JSON \(damaged or truncated\?\) at line \d+, column \d+: / },
+    ],
     ['an empty file', '', { entry: '', field: '', reason: /empty/ }],
     [
       'an entry with an unknown mode',
@@ -106,6 +110,40 @@ describe('a version-1 JSON state that cannot be used stops start-up and is left 
     // Nothing erased, nothing converted, nothing left beside it.
     expect(readFileSync(path, 'utf8')).toBe(text);
     expect(files()).toEqual(['state.json']);
+  });
+
+  // Read strictly, as the config file and the API's bodies are (src/util/json-read.ts): leniently,
+  // the first two were read as a state other than the bytes hold (the last of two keys; U+FFFD).
+  const strict: [string, Buffer, RegExp][] = [
+    [
+      'a key given twice',
+      Buffer.from('{"version": 1, "orgs": [], "sandboxes": [{"id": "sb-1", "sources": [], "network": {"mode": "block-all", "mode": "allow-all"}}]}'),
+      /^The file gives the key "sandboxes\[0\]\.network\.mode" more than once/,
+    ],
+    [
+      'bytes that are not UTF-8 (Latin-1)',
+      Buffer.concat([Buffer.from('{"version": 1, "orgs": [{"id": "b'), Buffer.from([0xfc]), Buffer.from('cher"}], "sandboxes": []}')]),
+      /^The file is not UTF-8: byte 0xFC \(offset 33, line 1, column 34\)/,
+    ],
+    ['UTF-16', Buffer.from('\ufeff{"version": 1}', 'utf16le'), /^The file is not UTF-8: byte 0xFF \(offset 0, line 1, column 1\)/],
+    [
+      'a syntax error, placed',
+      Buffer.from('{\n  "version": 1,\n  "orgs": [],\n  "sandboxes": [,]\n}'),
+      /^The file is not valid JSON \(damaged or truncated\?\) at line 4, column 17: /,
+    ],
+  ];
+  it.each(strict)('%s', async (_name, bytes, reason) => {
+    writeFileSync(path, bytes);
+    const e = await refused();
+    expect(e.issues).toEqual([{ entry: '', field: '', reason: expect.stringMatching(reason) }]);
+    expect(readFileSync(path).equals(bytes)).toBe(true);
+    expect(files()).toEqual(['state.json']);
+  });
+
+  it('a byte order mark (an editor saved it) is read past, as RFC 8259 §8.1 lets a reader', async () => {
+    writeFileSync(path, `\ufeff${JSON.stringify(V1)}`);
+    const cp = await load();
+    expect(cp.sandboxes().map((s) => s.id)).toEqual(['sb-1', 'sb-2']);
   });
 
   it('{} names each missing part', async () => {
@@ -253,6 +291,24 @@ describe('the SQLite state', () => {
       db.prepare("UPDATE entries SET body = '{\"sources\": [', revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-1'").run(),
     );
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringContaining('not valid JSON') }]);
+  });
+
+  // Written by hand (sqlite3): read leniently, the first was served as allow-all (JSON.parse
+  // keeps the last of two keys) and the second with U+FFFD in the organization's name.
+  const bodies: [string, string, RegExp][] = [
+    [
+      'a key given twice',
+      `CAST('{"sources":["198.18.0.1"],"network":{"mode":"block-all","mode":"allow-all"}}' AS TEXT)`,
+      /^The stored body gives the key "network\.mode" more than once/,
+    ],
+    ['bytes that are not UTF-8', `CAST(X'7B22736F7572636573223A5B5D2C226F7267223A2262FC227D' AS TEXT)`, /^The stored body is not UTF-8: byte 0xFC \(offset 22/],
+    ['a blob', `X'7B22736F7572636573223A5B5D7D'`, /^The stored body is a SQLite blob, not JSON text$/],
+  ];
+  it.each(bodies)('an entry whose body is %s', async (_name, value, reason) => {
+    const e = await damaged((db) =>
+      db.exec(`UPDATE entries SET body = ${value}, revision = (SELECT value FROM meta WHERE key = 'revision') + 1 WHERE id = 'sb-1'`),
+    );
+    expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringMatching(reason) }]);
   });
 
   it('a bare link-local source an egressd before link-local zones wrote, until repaired as docs/config.md says', async () => {
