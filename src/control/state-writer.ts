@@ -34,6 +34,7 @@ import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { parentPort } from 'node:worker_threads';
+import { readJsonText } from '../util/json-read.ts';
 import { BODY_COLUMNS } from './state-schema.ts';
 
 /** One entry as the database holds it now. */
@@ -367,17 +368,29 @@ function liveClaims(): OtherClaim[] {
     let live = alive.get(instance);
     if (live === undefined) alive.set(instance, (live = instanceAlive(instance)));
     if (!live) continue;
-    let sources: string[] = [];
-    try {
-      const parsed: unknown = JSON.parse(String(r['sources']));
-      if (Array.isArray(parsed)) sources = parsed.filter((s): s is string => typeof s === 'string');
-    } catch {
-      // A hand-edited row: it claims its sandbox id, and no source.
+    const sources = claimSources(r['sources']);
+    if (sources === null) {
+      // Read as "no source" (as it was), the sandbox's sources would be free to hand out while
+      // the process whose config file holds them runs: the change is refused instead.
+      const errstr = `the config_claims row of pid ${Number(r['pid'])} (instance ${JSON.stringify(instance)}, sandbox ${JSON.stringify(String(r['sandbox']))}) holds sources that are not a JSON list of addresses: ${JSON.stringify(String(r['sources']).slice(0, 80))}; send that process SIGHUP to write its claims again, or delete the row`;
+      throw Object.assign(new Error(errstr), { errno: 'EINVAL', errstr });
     }
     claims.push({ instance, pid: Number(r['pid']), sandbox: String(r['sandbox']), org: r['org'] === null ? null : String(r['org']), sources });
   }
   for (const [instance, live] of alive) if (!live) claimStmts!.drop.run(instance);
   return claims;
+}
+
+/**
+ * A claim's `sources` column as egressd writes it (JSON.stringify of canonical addresses: a JSON
+ * list of strings of printable ASCII), or null for anything else (a hand-edited row).
+ */
+function claimSources(column: unknown): string[] | null {
+  if (typeof column !== 'string') return null;
+  const r = readJsonText(column);
+  if (!r.ok || !Array.isArray(r.value)) return null;
+  const list = r.value as unknown[];
+  return list.every((s) => typeof s === 'string' && /^[\x21-\x7e]+$/.test(s)) ? (list as string[]) : null;
 }
 
 /**

@@ -14,7 +14,7 @@ import { ControlPlane, type ChangeEvent, type SandboxRecord } from '../../../src
 import { StateStore } from '../../../src/control/state-store.ts';
 import { instanceLockPath, lockOffset } from '../../../src/control/state-writer.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
-import { StateInvalidError, StateRejectedError } from '../../../src/errors.ts';
+import { StateInvalidError, StateRejectedError, StateWriteError } from '../../../src/errors.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
 const LOCK_ADDON = resolve(import.meta.dirname, '../../../native/build/instance_lock.node');
@@ -483,6 +483,34 @@ describe("the config files' sandboxes of the processes on one state (config_clai
     await once(holder, 'exit');
     expect((await b.putSandbox('x', { sources: ['198.18.0.4'] })).ok).toBe(true);
     expect(claims()).toEqual([]);
+  });
+
+  // Hand-edited rows of a process that runs: read as "no source" (as before), cfg-a's source was
+  // handed to the API's "thief" while a's config file gave it out.
+  it.each([
+    ['not JSON', '198.18.0.1'],
+    ['not a list', '{"0":"198.18.0.1"}'],
+    ['a list of other than addresses', '["198.18.0.1",5]'],
+  ])("refuse every change while a live process's claim holds sources that are %s, naming the row", async (_name, sources) => {
+    const a = await plane(new StateStore(path), [config('cfg-a', '198.18.0.1')]);
+    const b = await plane();
+    const db = new DatabaseSync(path);
+    db.prepare("UPDATE config_claims SET sources = ? WHERE sandbox = 'cfg-a'").run(sources);
+    db.close();
+    const err = await b.putSandbox('thief', { sources: ['198.18.0.1'] }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(StateWriteError);
+    expect((err as StateWriteError).message).toMatch(
+      new RegExp(
+        `^Cannot write the state ".*": EINVAL \\(the config_claims row of pid ${process.pid} \\(instance "[^"]+", sandbox "cfg-a"\\) holds sources that are not a JSON list of addresses`,
+      ),
+    );
+    expect(b.sandbox('thief')).toBeUndefined();
+    // Its process writes its claims again at a reload, and changes are taken again.
+    expect((await a.replaceConfigSandboxes([config('cfg-a', '198.18.0.1')])).ok).toBe(true);
+    expect(await b.putSandbox('thief', { sources: ['198.18.0.1'] })).toMatchObject({ ok: false, error: { kind: 'conflict', field: 'sources[0]' } });
   });
 
   it('stop a start that cannot lock the instance lock file, naming it: no other process could see its claims', async () => {
