@@ -24,6 +24,7 @@ import { systemError } from '../util/system-error.ts';
 import { lineColumn } from '../util/text-position.ts';
 import { readJsonText } from '../util/json-read.ts';
 import { utf8Text } from '../util/utf8-text.ts';
+import { bearerTokenProblem, tokenFileText } from '../util/bearer-token.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -127,6 +128,33 @@ function fileJson(file: string): unknown {
   return json(text.startsWith('\ufeff') ? text.slice(1) : text, file, 'file');
 }
 
+/**
+ * The admin token in `file`, read strictly (bearer-token.ts tokenFileText): read leniently (bytes
+ * that are not UTF-8 as U+FFFD, every blank around it trimmed), a file that was not the token was
+ * sent as one, and the daemon's 401 said only "wrong token". The reasons never quote the token.
+ */
+function tokenFromFile(file: string): string {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`--token-file: cannot read "${file}": ${systemError(e)}`);
+  }
+  const t = utf8Text(bytes);
+  if (!t.ok) throw new UsageError(`--token-file: "${file}" is not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`);
+  const r = tokenFileText(t.text);
+  if (!r.ok) throw new UsageError(`--token-file: "${file}" is not an admin token: ${r.reason} (the file holds the token alone, on one line)`);
+  return r.token;
+}
+
+/** EGRESSD_ADMIN_TOKEN as the CLI sends it: unset or empty, none; else a token, as the daemon requires of it. */
+function tokenFromEnv(value: string | undefined): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  const problem = bearerTokenProblem(value);
+  if (problem !== null) throw new UsageError(`EGRESSD_ADMIN_TOKEN is not an admin token: ${problem}`);
+  return value;
+}
+
 interface ApiOpts {
   admin?: string;
   tokenFile?: string;
@@ -204,14 +232,7 @@ Run "egressd <command> --help" for a command's own options.`,
 
   const api = async (c: Command, call: ApiCall, kind: 'plain' | 'check' | 'list' = 'plain'): Promise<void> => {
     const o = c.opts<ApiOpts>();
-    let token = io.env['EGRESSD_ADMIN_TOKEN'];
-    if (o.tokenFile !== undefined) {
-      try {
-        token = readFileSync(o.tokenFile, 'utf8').trim();
-      } catch (e) {
-        throw new UsageError(`--token-file: cannot read "${o.tokenFile}": ${systemError(e)}`);
-      }
-    }
+    const token = o.tokenFile !== undefined ? tokenFromFile(o.tokenFile) : tokenFromEnv(io.env['EGRESSD_ADMIN_TOKEN']);
     // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
     const { callApi } = await import('./api-client.ts');
     emit(await callApi(call, { admin: o.admin ?? 'http://127.0.0.1:9901', token, kind, ...(o.json === true ? { json: true } : {}) }));

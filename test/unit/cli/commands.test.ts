@@ -2,6 +2,9 @@
 // judged by its stdout JSON, its stderr and its exit code. Nothing here opens a socket.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -723,5 +726,73 @@ describe('a problem validation finds says where it is written: (line L, column C
     expect(r.stderr).not.toContain('(catalog)');
     expect(r.stderr).toMatch(/^catalog\.file: Catalog file ".*catalog\.yaml", line 4, column 7, at categories\.pkg\[1\]: .*"\*\*bad".* \(line 4, column 3\)$/m);
     expect(r.stderr).toMatch(/^catalog\.categories\[1\]: Unknown category "nosuch".* \(line 5, column 21\)$/m);
+  });
+});
+
+describe('the admin token the API commands send is read strictly', () => {
+  // A loopback server in place of the daemon: it records the Authorization field of each call.
+  let server: Server;
+  let admin: string;
+  const presented: (string | undefined)[] = [];
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      presented.push(req.headers.authorization);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":"sb-1"}');
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    admin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => {
+    server.close();
+  });
+  const get = (extra: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Run> =>
+    runProcess(NODE, [MAIN, 'sandbox', 'get', 'sb-1', '--admin', admin, ...extra], { env: { PATH: process.env['PATH'] ?? '', ...env } });
+
+  it.each([
+    ['one line', 'tok-1.A_b~+/='],
+    ['one line and its line break', 'tok-1\n'],
+    ['one line and a CRLF', 'tok-1\r\n'],
+  ])('a token file of %s: the token sent is the line', async (_name, text) => {
+    presented.length = 0;
+    const r = await get(['--token-file', write('token-ok', text)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(presented).toEqual([`Bearer ${text.replace(/\r?\n$/, '')}`]);
+  });
+
+  // Before: trimmed (the first three), sent with U+FFFD (Latin-1), or sent as the API's 401.
+  it.each([
+    ['blanks around the token', ' tok-1 \n', 'it holds a blank (U+0020) at offset 0'],
+    ['two lines', 'tok-1\ntok-2\n', 'it holds a line break (U+000A) at offset 5'],
+    ['a byte order mark', '\ufefftok-1\n', 'it holds a byte order mark (U+FEFF) at offset 0'],
+    ['nothing in it', '', 'it is empty'],
+    ['a line break alone', '\n', 'it is empty'],
+    ['a letter outside ASCII', 'tök-1\n', 'it holds U+00F6 at offset 1'],
+  ])('a token file with %s is refused naming the file and the reason, and nothing is sent', async (_name, text, reason) => {
+    presented.length = 0;
+    const file = write('token-bad', text);
+    const r = await get(['--token-file', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`error: --token-file: "${file}" is not an admin token: ${reason}`);
+    expect(presented).toEqual([]);
+  });
+
+  it('a file that is not UTF-8 is refused at its first such byte, and nothing is sent', async () => {
+    presented.length = 0;
+    const file = write('token-latin1', Buffer.from([0x74, 0x6f, 0xfc, 0x0a]));
+    const r = await get(['--token-file', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`error: --token-file: "${file}" is not UTF-8: byte 0xFC (offset 2) starts no UTF-8 character there`);
+    expect(presented).toEqual([]);
+  });
+
+  it('EGRESSD_ADMIN_TOKEN with a line break is refused, and nothing is sent; empty, no token is sent', async () => {
+    presented.length = 0;
+    const r = await get([], { EGRESSD_ADMIN_TOKEN: 'tok-1\n' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('error: EGRESSD_ADMIN_TOKEN is not an admin token: it holds a line break (U+000A) at offset 5');
+    expect(presented).toEqual([]);
+    expect((await get([], { EGRESSD_ADMIN_TOKEN: '' })).code).toBe(0);
+    expect(presented).toEqual([undefined]);
   });
 });
