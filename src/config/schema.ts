@@ -21,6 +21,7 @@ import type { UnknownSourcePrefix } from '../match/tenant-key.ts';
 import { check } from '../schema/check.ts';
 import { DEFAULT_DOCUMENT } from '../schema/constants.ts';
 import { ConfigFile } from '../schema/schemas.ts';
+import { bearerTokenProblem } from '../util/bearer-token.ts';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -239,6 +240,11 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const adminRaw = pick(adminIn, 'listen', d['admin']['listen']);
   const adminListen = endpointsAt(adminRaw, 'admin.listen', issues);
   if (Array.isArray(adminRaw) && adminRaw.length !== 1) issues.add('admin.listen', 'Expected a single "address:port"');
+  // A token no call could present would leave the API answering 401 to everyone, silently (an
+  // empty one: the schema says so).
+  const token = adminIn['token'];
+  const tokenProblem = typeof token === 'string' && token !== '' ? bearerTokenProblem(token) : null;
+  if (tokenProblem !== null) issues.add('admin.token', `Not a usable admin token: ${tokenProblem}`);
 
   const dnsIn = section(root, 'dns');
   const zones: string[] = [];

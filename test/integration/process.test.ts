@@ -64,6 +64,38 @@ describe('the egressd process', () => {
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
   });
 
+  // A token no call can present (the Authorization field's `Bearer <one word>`): before, taken,
+  // and every API call answered 401 until the next restart or reload.
+  it('refuses a reload whose admin.token no call could present, keeping the running token', async () => {
+    const file = write(base());
+    const { d, admin } = await start(file);
+    write(loopbackDocument({}, { token: `${TOKEN}\n` }));
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused');
+    expect(String(refused['reason'])).toContain('admin.token: Not a usable admin token: it holds a line break (U+000A) at offset 18');
+    expect(String(refused['reason'])).not.toContain(TOKEN);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes')).status).toBe(200);
+  });
+
+  it('does not start with an EGRESSD_ADMIN_TOKEN no call could present, and names the variable', async () => {
+    const file = write(base());
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, EGRESSD_ADMIN_TOKEN: 'from-a-secret-file\n' },
+    });
+    onTestFinished(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout!.resume();
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code).toBe(1);
+    expect(stderr).toBe(
+      'egressd: EGRESSD_ADMIN_TOKEN is not a usable admin token: it holds a line break (U+000A) at offset 18; a token is one word of visible ASCII (U+0021 to U+007E), which is what the Authorization field carries\n',
+    );
+  });
+
   // A reload logged a policy change (and re-judged every open connection) for every sandbox in
   // the file, changed or not: with a thousand sandboxes, one edit read as a thousand changes.
   it('logs a policy change on SIGHUP only for the file sandboxes it added, changed or removed', async () => {
