@@ -171,7 +171,9 @@ export function dataPlaneFromEnv(env: NodeJS.ProcessEnv): DataPlaneChoice {
     throw new Error(`EGRESSD_DATA_PLANE must be "native", "native-setup" or "js", got "${mode}"`);
   }
   const t = env['EGRESSD_DATA_PLANE_THREADS'];
-  const threads = t === undefined || t === '' ? undefined : Number(t);
+  // Decimal digits alone: Number() also takes " 4", "0x4", "4.0", "1e1" and "0b11", each a
+  // count its writer may not have meant.
+  const threads = t === undefined || t === '' ? undefined : /^\d{1,3}$/.test(t) ? Number(t) : NaN;
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw new Error(`EGRESSD_DATA_PLANE_THREADS must be an integer from 1 to 64, got "${t}"`);
   }

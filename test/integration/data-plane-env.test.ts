@@ -79,6 +79,11 @@ describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up
     ['EGRESSD_DATA_PLANE', 'kernel'],
     ['EGRESSD_DATA_PLANE_THREADS', '0'],
     ['EGRESSD_DATA_PLANE_THREADS', 'two'],
+    // Number() read these as 4, 4, 4 and 10 threads.
+    ['EGRESSD_DATA_PLANE_THREADS', ' 4'],
+    ['EGRESSD_DATA_PLANE_THREADS', '0x4'],
+    ['EGRESSD_DATA_PLANE_THREADS', '4.0'],
+    ['EGRESSD_DATA_PLANE_THREADS', '1e1'],
     ['EGRESSD_DATA_PLANE_HOST', 'main'],
   ])('refuses to start when %s is "%s", naming the variable', (name, value) => {
     const r = spawnSync(NODE, [MAIN, 'serve', '--config', config()], { env: withEnv({ [name]: value }), encoding: 'utf8', timeout: 30_000 });
