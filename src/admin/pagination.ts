@@ -28,6 +28,10 @@ function decode(list: string, cursor: string): string {
   }
   const o = v as { l?: unknown; a?: unknown } | null;
   if (typeof o !== 'object' || o === null || o.l !== list || typeof o.a !== 'string' || !ID.test(o.a)) throw bad();
+  // Byte for byte what encode gives out: decoded leniently, a key given twice (JSON.parse takes
+  // the last), other key orders, blanks and base64url's unused bits each made another cursor of
+  // the same page, and one that was never given out passed as this list's.
+  if (encode(list, o.a) !== cursor) throw bad();
   return o.a;
 }
 

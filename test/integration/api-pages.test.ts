@@ -117,6 +117,10 @@ describe(`paging through ${N} sandboxes`, () => {
     ['cursor=!!', 'cursor', /not a cursor this list gave out/],
     ['cursor=eyJsIjoib3JncyIsImEiOiJvcmctMDAxIn0', 'cursor', /not a cursor this list gave out/], // an orgs cursor
     ['cursor=bm90IGpzb24', 'cursor', /not a cursor this list gave out/], // base64url of "not json"
+    // Each was read as a cursor of sb-001 or sb-002: only what the list gives out is one.
+    ['cursor=eyJsIjoic2FuZGJveGVzIiwiYSI6InNiLTAwMSIsImEiOiJzYi0wMDIifQ', 'cursor', /not a cursor this list gave out/], // "a" given twice
+    ['cursor=eyJhIjoic2ItMDAxIiwibCI6InNhbmRib3hlcyJ9', 'cursor', /not a cursor this list gave out/], // another key order
+    ['cursor=eyAibCI6InNhbmRib3hlcyIsImEiOiJzYi0wMDEifQ', 'cursor', /not a cursor this list gave out/], // a blank
     ['offset=10', 'offset', /Unknown query parameter "offset"/],
   ])('GET /api/v1/sandboxes?%s is 400 naming %s', async (query, field, message) => {
     const r = await call('GET', `/api/v1/sandboxes?${query}`);
