@@ -10,7 +10,9 @@
 // token from EGRESSD_ADMIN_TOKEN or --token-file.
 
 import { request } from 'undici';
+import { readJsonText } from '../util/json-read.ts';
 import { terminalJson, terminalLine } from '../util/terminal-text.ts';
+import { type Utf8Text, utf8Text } from '../util/utf8-text.ts';
 
 export interface CliResult {
   readonly code: 0 | 1 | 2 | 3 | 4;
@@ -42,12 +44,10 @@ interface ErrorDocument {
 }
 
 function errorDocument(text: string): ErrorDocument | null {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    return null;
-  }
+  // Read as the API's bodies are read: a document that gives a key twice is no document of egressd's.
+  const r = readJsonText(text);
+  if (!r.ok) return null;
+  const doc = r.value;
   const e = (doc as { error?: unknown } | null)?.error as Partial<Record<keyof ErrorDocument, unknown>> | undefined;
   if (typeof e !== 'object' || e === null || typeof e.code !== 'string') return null;
   return { code: e.code, message: typeof e.message === 'string' ? e.message : '', field: typeof e.field === 'string' ? e.field : null };
@@ -87,6 +87,7 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
   if (o.kind === 'list') return listAll(call, o);
   let status: number;
   let text: string;
+  let decoded: Utf8Text;
   let location: string | null;
   try {
     const res = await request(new URL(call.path, o.admin), {
@@ -100,7 +101,10 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
       bodyTimeout: 10_000,
     });
     status = res.statusCode;
-    text = await res.body.text();
+    // Strictly for what is read from it (utf8Text); leniently (U+FFFD) only to show it in an error.
+    const bytes = Buffer.from(await res.body.arrayBuffer());
+    decoded = utf8Text(bytes);
+    text = decoded.ok ? decoded.text : bytes.toString('utf8');
     location = typeof res.headers['location'] === 'string' ? res.headers['location'] : null;
   } catch (err) {
     return { code: 3, stdout: '', stderr: `error: ${call.what}: cannot reach the admin API at ${o.admin}: ${terminalLine((err as Error).message)}\n` };
@@ -125,11 +129,15 @@ export async function callApi(call: ApiCall, o: CallOptions): Promise<CliResult>
   }
   let answer: unknown = null;
   if (text !== '') {
-    try {
-      answer = JSON.parse(text);
-    } catch {
-      return unusable(`${status} with something that is not JSON: ${terminalLine(text, 200)}`);
-    }
+    // The API answers UTF-8 JSON with each key once: read leniently, `{"verdict":"refuse",
+    // "verdict":"allow"}` was an allow (JSON.parse keeps the last; other readers, the first).
+    if (!decoded.ok)
+      return unusable(`${status} with an answer that is not UTF-8 (byte ${decoded.byte} at offset ${decoded.offset}), which egressd's API never sends`);
+    const r = readJsonText(text);
+    if (!r.ok && r.kind === 'duplicate')
+      return unusable(`${status} with JSON that gives the key "${terminalLine(r.detail, 200)}" more than once, which egressd's API never sends`);
+    if (!r.ok) return unusable(`${status} with something that is not JSON: ${terminalLine(text, 200)}`);
+    answer = r.value;
   }
   if (o.kind === 'check') {
     const verdict = (answer as { verdict?: unknown } | null)?.verdict;

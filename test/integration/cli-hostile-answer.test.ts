@@ -36,6 +36,18 @@ const ANSWERS: Record<string, { status: number; type?: string; body: string | Bu
   '/redirect': { status: 302, type: 'text/html', body: '<a href="/login">login</a>', location: 'http://portal.example.test/login' },
   '/portal': { status: 200, type: 'text/html', body: '<html><body>Sign in to continue</body></html>' },
   '/no-verdict': { status: 200, type: 'application/json', body: '{"sandboxes":[],"next_cursor":null,"id":"sb-1"}' },
+  // JSON egressd's API never sends: read leniently, a check exited 0 (allowed) on the first, and
+  // the second was printed with U+FFFD in place of its byte.
+  '/twice': {
+    status: 200,
+    type: 'application/json',
+    body: '{"verdict":"refuse","reason":"denied","sandboxes":[],"next_cursor":null,"id":"sb-1","verdict":"allow"}',
+  },
+  '/latin1': {
+    status: 200,
+    type: 'application/json',
+    body: Buffer.concat([Buffer.from('{"verdict":"allow","sandboxes":[],"next_cursor":null,"id":"b'), Buffer.from([0xfc]), Buffer.from('"}')]),
+  },
 };
 
 describe('an answer the CLI cannot trust', () => {
@@ -73,7 +85,7 @@ describe('an answer the CLI cannot trust', () => {
     ['check', '--sandbox', 'sb-1', '--ip', '192.0.2.1', '--port', '443'],
   ];
 
-  it.each(Object.keys(ANSWERS).filter((p) => p !== '/no-verdict'))(
+  it.each(Object.keys(ANSWERS).filter((p) => p !== '/no-verdict' && p !== '/twice' && p !== '/latin1'))(
     '%s: one line on stderr, nothing a terminal acts on but its newline, at most a few hundred characters',
     async (path) => {
       for (const args of COMMANDS) {
@@ -107,6 +119,21 @@ describe('an answer the CLI cannot trust', () => {
     expect(r.stderr).toMatch(/answered 200 with no verdict: /);
     expect((await egressd(COMMANDS[1]!, base['/no-verdict']!)).code, 'sandbox ls: its list is there').toBe(0);
   });
+
+  it.each([
+    ['/twice', / answered 200 with JSON that gives the key "verdict" more than once, which egressd's API never sends$/],
+    ['/latin1', / answered 200 with an answer that is not UTF-8 \(byte 0xFC at offset 60\), which egressd's API never sends$/],
+  ])(
+    '%s is no answer of the API: every command exits 3, nothing on stdout',
+    async (path, said) => {
+      for (const args of COMMANDS) {
+        const r = await egressd(args, base[path]!);
+        expect({ code: r.code, stdout: r.stdout }, `${args.join(' ')}: ${r.stderr}`).toEqual({ code: 3, stdout: '' });
+        expect(r.stderr.trimEnd(), args.join(' ')).toMatch(said);
+      }
+    },
+    120_000,
+  );
 
   it("shows the hostile strings' characters as escapes the reader can see", async () => {
     const r = await egressd(['sandbox', 'get', 'sb-1'], base['/doc']!);
