@@ -229,10 +229,10 @@ class CgroupFile {
 
   /** The file's number ("max" and unreadable: null). */
   number(): number | null {
-    const t = this.text()?.trim();
-    if (t === undefined || t === 'max') return null;
-    const n = Number(t);
-    return Number.isFinite(n) ? n : null;
+    // The kernel writes "max" or decimal digits, and a line break. Number() read an empty read
+    // as 0, a limit of 0 bytes: every connection shed as overload.
+    const m = /^(max|\d{1,20})\n?$/.exec(this.text() ?? '');
+    return m === null || m[1] === 'max' ? null : Number(m[1]);
   }
 
   close(): void {

@@ -22,8 +22,9 @@ export const NETFILTER_SYSCTL_DIR = '/proc/sys/net/netfilter';
 export function readConntrackTable(dir: string = NETFILTER_SYSCTL_DIR): ConntrackTable | null {
   const read = (file: string): number | null => {
     try {
-      const n = Number(readFileSync(`${dir}/${file}`, 'utf8').trim());
-      return Number.isSafeInteger(n) && n >= 0 ? n : null;
+      // The kernel writes decimal digits and a line break; Number() took "" (an empty read) as 0.
+      const m = /^(\d{1,15})\n?$/.exec(readFileSync(`${dir}/${file}`, 'latin1'));
+      return m ? Number(m[1]) : null;
     } catch {
       return null;
     }

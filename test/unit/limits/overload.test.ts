@@ -46,6 +46,13 @@ describe('MemoryGuard', () => {
     expect(g.cgroupLimitBytes).toBe(100 << 20);
   });
 
+  it('reads a limit file it cannot make out (empty) as no limit, not as a limit of 0 bytes that sheds everything', () => {
+    const t = tree({ parentMax: 'max', childMax: '', childCurrent: String(50 << 20) });
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    expect(g.cgroupLimitBytes).toBeNull();
+    expect(g.refresh()).toBe(false);
+  });
+
   it('sheds at shedAt, not before, and stops 0.05 below it', () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(85 << 20) });
     const changes: boolean[] = [];

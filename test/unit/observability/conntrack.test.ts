@@ -28,6 +28,10 @@ describe('readConntrackTable', () => {
     ['no limit', { nf_conntrack_count: '5\n' }],
     ['no count', { nf_conntrack_max: '262144\n' }],
     ['a count that is not a number', { nf_conntrack_count: 'x\n', nf_conntrack_max: '262144\n' }],
+    // Number() read these as 0, 0 and 16: a table that was not read, read as empty or nearly.
+    ['an empty count', { nf_conntrack_count: '', nf_conntrack_max: '262144\n' }],
+    ['an empty limit', { nf_conntrack_count: '5\n', nf_conntrack_max: '\n' }],
+    ['a count in hexadecimal', { nf_conntrack_count: '0x10\n', nf_conntrack_max: '262144\n' }],
   ])('is null with %s', (_, files) => {
     expect(readConntrackTable(dir(files))).toBeNull();
   });
