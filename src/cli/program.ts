@@ -155,6 +155,18 @@ function tokenFromEnv(value: string | undefined): string | undefined {
   return value;
 }
 
+/**
+ * `--sources A,B` as the list it names, blanks around each item dropped. An empty item ("a,,b",
+ * a trailing comma, "") is refused: dropped, as it was, `--sources ""` or `--sources ,` put a
+ * sandbox with no source at all, which no connection ever matches.
+ */
+function sourceList(v: string): string[] {
+  const items = v.split(',').map((s) => s.trim());
+  const empty = items.indexOf('');
+  if (empty >= 0) throw new UsageError(`--sources: item ${empty + 1} of ${quote(v)} is empty; give each address once, separated by commas`);
+  return items;
+}
+
 interface ApiOpts {
   admin?: string;
   tokenFile?: string;
@@ -360,10 +372,7 @@ Run "egressd <command> --help" for a command's own options.`,
       if (o.file !== undefined) body = fileJson(o.file);
       else if (o.sources !== undefined) {
         body = {
-          sources: o.sources
-            .split(',')
-            .map((s) => s.trim())
-            .filter((s) => s !== ''),
+          sources: sourceList(o.sources),
           ...(o.org !== undefined ? { org: o.org } : {}),
           ...(o.network !== undefined ? { network: json(o.network, '--network') } : {}),
           ...(o.reportOnly === true ? { reportOnly: true } : {}),

@@ -729,7 +729,7 @@ describe('a problem validation finds says where it is written: (line L, column C
   });
 });
 
-describe('the admin token the API commands send is read strictly', () => {
+describe('what the API commands send is read strictly: the admin token, --sources', () => {
   // A loopback server in place of the daemon: it records the Authorization field of each call.
   let server: Server;
   let admin: string;
@@ -794,5 +794,21 @@ describe('the admin token the API commands send is read strictly', () => {
     expect(presented).toEqual([]);
     expect((await get([], { EGRESSD_ADMIN_TOKEN: '' })).code).toBe(0);
     expect(presented).toEqual([undefined]);
+  });
+
+  // Dropped before, each put a sandbox with fewer sources than written, or none.
+  it.each([
+    ['', 'item 1 of "" is empty'],
+    [',', 'item 1 of "," is empty'],
+    ['198.18.0.1,,198.18.0.2', 'item 2 of "198.18.0.1,,198.18.0.2" is empty'],
+    ['198.18.0.1,', 'item 2 of "198.18.0.1," is empty'],
+  ])('sandbox put --sources "%s" is refused, and nothing is sent', async (sources, reason) => {
+    presented.length = 0;
+    const r = await runProcess(NODE, [MAIN, 'sandbox', 'put', 'sb-1', '--sources', sources, '--admin', admin], {
+      env: { PATH: process.env['PATH'] ?? '', EGRESSD_ADMIN_TOKEN: 'tok-1' },
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`error: --sources: ${reason}; give each address once, separated by commas`);
+    expect(presented).toEqual([]);
   });
 });
