@@ -22,6 +22,7 @@ import type { OrgDefinition, PolicyStore, SandboxDefinition, Tier } from './stor
 import {
   schemaProblem,
   storedBody,
+  storedRevision,
   type ConfigClaim,
   type EntryKind,
   type OtherClaim,
@@ -308,6 +309,11 @@ export class ControlPlane {
       const parsed = storedBody(row.kind, row.id, row.type, row.body);
       if (!parsed.ok) {
         issues.push(parsed.issue);
+        continue;
+      }
+      const rev = storedRevision(row.kind, row.id, row.revision);
+      if (!rev.ok) {
+        issues.push(rev.issue);
         continue;
       }
       const body = parsed.body;

@@ -220,12 +220,25 @@ export function storedBody(
   return { ok: true, body: r.value };
 }
 
+/**
+ * A stored revision as the positive integer it must be, else the problem, named by the entry. The
+ * triggers compare with SQLite's ordering, in which any text is above every number, so a row
+ * written by hand with revision 'abc' is taken by the database and was read as NaN (an entity tag
+ * "NaN-...", a next revision of NaN).
+ */
+export function storedRevision(kind: string, id: string, raw: unknown): { ok: true; revision: number } | { ok: false; issue: StateIssue } {
+  if (typeof raw === 'number' && Number.isSafeInteger(raw) && raw >= 1) return { ok: true, revision: raw };
+  // NaN: a value the writer thread found was not a number as stored (state-writer.ts diff).
+  const got = typeof raw === 'number' && Number.isNaN(raw) ? 'a stored value that is not a number' : quote(raw);
+  return { ok: false, issue: { entry: `${kind} ${quote(id)}`, field: 'revision', reason: `Expected a positive integer, got ${got}` } };
+}
+
 /** Whether a process reading `schema` may go on with the state; the reason when not. */
 export function schemaProblem(schema: number | null): string | null {
   return schema !== null && SCHEMAS_READ.includes(schema) ? null : unknownSchema(schema);
 }
 
-const unknownSchema = (schema: number | null | undefined): string =>
+const unknownSchema = (schema: unknown): string =>
   `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.slice(0, -1).join(', ')} and ${SCHEMAS_READ.at(-1)} (a newer egressd wrote it?)`;
 
 /** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}) from the file's bytes. */
@@ -413,17 +426,22 @@ export class StateStore {
         .map((r) => String(r['name'])),
     );
     if (!tables.has('meta') || !tables.has('entries')) return [whole('Not an egressd state: the tables "meta" and "entries" are missing')];
-    const meta = new Map(
+    const raw = new Map(
       db
         .prepare('SELECT key, value FROM meta')
         .all()
-        .map((r) => [String(r['key']), Number(r['value'])]),
+        .map((r) => [String(r['key']), r['value']]),
     );
-    if (!SCHEMAS_READ.includes(meta.get('schema') ?? -1)) return [whole(unknownSchema(meta.get('schema')))];
+    // Numbers as SQLite stores them: Number() took the text '3' as 3 and '' as 0.
+    const meta = new Map([...raw].map(([k, v]) => [k, typeof v === 'number' ? v : NaN]));
+    if (!SCHEMAS_READ.includes(meta.get('schema') ?? -1)) return [whole(unknownSchema(raw.get('schema')))];
     if (meta.get('complete') !== 1) return [whole('The state was never completed (an interrupted conversion?)')];
     const issues: StateIssue[] = [];
     const entries: StoredEntry[] = [];
-    let top = meta.get('revision') ?? 0;
+    const metaRevision = meta.get('revision') ?? 0;
+    const metaOk = Number.isSafeInteger(metaRevision) && metaRevision >= 0;
+    if (!metaOk) issues.push(whole(`meta.revision is ${quote(raw.get('revision'))}, not a revision (a non-negative integer)`));
+    let top = metaOk ? metaRevision : 0;
     for (const r of db.prepare(`SELECT kind, id, revision, ${BODY_COLUMNS} FROM entries ORDER BY kind, id`).all()) {
       const kind = String(r['kind']) as EntryKind;
       const id = String(r['id']);
@@ -433,7 +451,12 @@ export class StateStore {
         continue;
       }
       const body = parsed.body;
-      const revision = Number(r['revision']);
+      const rev = storedRevision(kind, id, r['revision']);
+      if (!rev.ok) {
+        issues.push(rev.issue);
+        continue;
+      }
+      const revision = rev.revision;
       top = Math.max(top, revision);
       entries.push({ kind, id, body, revision });
     }

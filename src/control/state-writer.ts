@@ -460,7 +460,8 @@ function diff(write: boolean): StateChanges | null {
   for (const r of rows) {
     const kind = String(r['kind']);
     const id = String(r['id']);
-    const revision = Number(r['revision']);
+    // Not a number as stored (text written by hand): NaN, which the main thread refuses (storedRevision).
+    const revision = typeof r['revision'] === 'number' ? r['revision'] : NaN;
     if (known.get(keyOf(kind, id)) !== revision) {
       const b = s.body.get(kind, id);
       upserts.push({ kind, id, revision, type: String(b?.['type']), body: (b?.['body'] as Uint8Array | undefined) ?? new Uint8Array() });
@@ -468,7 +469,8 @@ function diff(write: boolean): StateChanges | null {
   }
   const deletes = gone.map((k) => ({ kind: k.slice(0, k.indexOf(':')), id: k.slice(k.indexOf(':') + 1) }));
   const schemaRow = s.schema.get();
-  const schema = schemaRow === undefined ? null : Number(schemaRow['value']);
+  // As stored: text ('3') is no schema (NaN, refused by schemaProblem), as at start-up.
+  const schema = schemaRow === undefined ? null : typeof schemaRow['value'] === 'number' ? schemaRow['value'] : NaN;
   if (upserts.length === 0 && deletes.length === 0 && schema === writtenSchema) {
     listed = null;
     // The changes the main thread refused are gone (undone by whoever wrote them): an empty

@@ -284,6 +284,21 @@ describe("another program's body that is not strict JSON text", () => {
   });
 });
 
+describe("another program's row whose revision is text", () => {
+  it('is never applied, and the state stands rejected naming the entry (it was read as revision NaN)', async () => {
+    const b = await plane();
+    // By hand, as sqlite3 would: the triggers take it (text sorts above every number).
+    const db = new DatabaseSync(path);
+    db.exec(`INSERT INTO entries (kind, id, revision, body) VALUES ('sandbox', 'hand', 'abc', '{"sources":["198.18.0.5"]}')`);
+    db.close();
+    await b.refresh();
+    expect(b.rejected).toEqual([
+      { entry: 'sandbox "hand"', field: 'revision', reason: 'Expected a positive integer, got a stored value that is not a number' },
+    ]);
+    expect(b.sandbox('hand')).toBeUndefined();
+  });
+});
+
 describe("the others' changes a write finds", () => {
   it('are judged (their events) once its transaction ended: the write lock is free by then', async () => {
     const b = await plane();

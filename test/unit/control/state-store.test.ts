@@ -311,6 +311,17 @@ describe('the SQLite state', () => {
     expect(e.issues).toEqual([{ entry: 'sandbox "sb-1"', field: '', reason: expect.stringMatching(reason) }]);
   });
 
+  // SQLite orders any text above every number, so the triggers take a text revision (and copy it
+  // into meta.revision); read with Number(), it was NaN: the entry served with the entity tag
+  // "NaN-...", and the next revision handed out NaN.
+  it('an entry whose revision is text', async () => {
+    const e = await damaged((db) => db.exec("UPDATE entries SET revision = 'abc' WHERE id = 'sb-1'"));
+    expect(e.issues).toEqual([
+      { entry: '', field: '', reason: 'meta.revision is "abc", not a revision (a non-negative integer)' },
+      { entry: 'sandbox "sb-1"', field: 'revision', reason: 'Expected a positive integer, got "abc"' },
+    ]);
+  });
+
   it('a bare link-local source an egressd before link-local zones wrote, until repaired as docs/config.md says', async () => {
     const e = await damaged((db) =>
       db
