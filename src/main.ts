@@ -37,11 +37,14 @@ function withEnv(config: Config): Config {
 async function serve(values: { config?: string; pretty?: boolean; sharePorts?: boolean }): Promise<number> {
   // SIGHUP's default action ends the process: one that comes while egressd starts (a reload sent
   // just after a restart) asks for a reload once it serves instead.
+  // One listener for the process's life, whose action changes once egressd serves: removing the
+  // last listener stops Node's signal watcher, and a SIGHUP the kernel had delivered but the event
+  // loop had not yet read (a start-up busy on the JavaScript thread) was dropped with it.
   let hupWhileStarting = false;
-  const hupEarly = (): void => {
+  let onHup = (): void => {
     hupWhileStarting = true;
   };
-  process.on('SIGHUP', hupEarly);
+  process.on('SIGHUP', () => onHup());
   const file = values.config ?? null;
   let config: Config;
   try {
@@ -157,8 +160,7 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
         reloading = null;
       });
     };
-    process.off('SIGHUP', hupEarly);
-    process.on('SIGHUP', reload);
+    onHup = reload;
     if (hupWhileStarting) reload();
   });
 }
