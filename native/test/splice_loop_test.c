@@ -114,16 +114,71 @@ static void hosted_stop(sl_loop *l) {
 #define sl_loop_stop(l) hosted_stop(l)
 #endif
 
+// A failure says which check and its values on stderr (unbuffered) at once, and is counted by
+// place for the last line of the run, so that a log cut short (a CI's, vitest's diff) still names
+// every check that failed. Each test's name goes to stdout (line-buffered) as it starts, and a
+// SIGTERM (a timeout) says which one was running.
 static int failures;
+#define MAX_FAILED_PLACES 64
+typedef struct {
+  const char *func;
+  int line, count;
+} failed_place;
+static failed_place failed_at[MAX_FAILED_PLACES];
+static int n_failed_at;
+static volatile sig_atomic_t running_len;
+static char running[160];
+
+static void failed(const char *func, int line) {
+  failures++;
+  for (int i = 0; i < n_failed_at; i++)
+    if (failed_at[i].line == line) {
+      failed_at[i].count++;
+      return;
+    }
+  if (n_failed_at < MAX_FAILED_PLACES) failed_at[n_failed_at++] = (failed_place){func, line, 1};
+}
+
 #define CHECK(cond, ...)                                                   \
   do {                                                                     \
     if (!(cond)) {                                                         \
-      failures++;                                                          \
+      failed(__func__, __LINE__);                                          \
       fprintf(stderr, "FAIL %s:%d: %s: ", __func__, __LINE__, #cond);       \
       fprintf(stderr, __VA_ARGS__);                                        \
       fputc('\n', stderr);                                                 \
     }                                                                      \
   } while (0)
+
+/** Names the test about to run (stdout), for a run killed in it. */
+static void starting(const char *call) {
+  running_len = 0;
+  int n = snprintf(running, sizeof running, "%s", call);
+  running_len = n < 0 ? 0 : n >= (int)sizeof running ? (int)sizeof running - 1 : n;
+  printf("splice_loop_test: %s\n", call);
+}
+
+#define RUN(call) (starting(#call), call)
+
+static void on_sigterm(int sig) {
+  // write(2) alone: async-signal-safe.
+  static const char head[] = "splice_loop_test: killed (SIGTERM) while running ";
+  ssize_t w = write(2, head, sizeof head - 1);
+  w = write(2, running, (size_t)running_len);
+  w = write(2, "\n", 1);
+  (void)w;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/** The last line of a failed run: every place that failed, with its count. */
+static void print_failed_places(void) {
+  fprintf(stderr, "splice_loop_test: %d failure(s) at", failures);
+  for (int i = 0; i < n_failed_at; i++) {
+    fprintf(stderr, " %s:%d", failed_at[i].func, failed_at[i].line);
+    if (failed_at[i].count > 1) fprintf(stderr, " (x%d)", failed_at[i].count);
+  }
+  fprintf(stderr, "%s\n", n_failed_at == MAX_FAILED_PLACES ? " and more" : "");
+}
 
 // ---- outcomes --------------------------------------------------------------------------------
 
@@ -2005,26 +2060,26 @@ static void test_setup_tls_client_fin_while_waiting(sl_loop *l, const struct soc
 static void test_setup(void) {
   struct sockaddr_in front;
   sl_loop *l = setup_loop(7, &front);
-  test_setup_dial_timeout(l, &front);
-  test_setup_dial_staggers(l, &front);
-  test_setup_dial_capped(l, &front);
-  test_setup_dial_failure_cause(l, &front);
-  test_setup_dial_capped_keeps_the_delay(l, &front);
-  test_setup_dial_next_address_then_splice(l, &front);
-  test_setup_client_resets_during_dial(l, &front);
-  test_setup_client_resets_while_waiting(l, &front);
-  test_setup_client_resets_while_its_flight_is_read(l, &front);
-  test_setup_client_fin_during_dial(l, &front);
-  test_setup_tls_client_fin_during_dial(l, &front);
-  test_setup_tls_client_fin_while_waiting(l, &front);
-  test_setup_policy_change_asks_again(l, &front);
-  test_setup_verdict_deadline(l, &front);
-  test_setup_peek_deadlines(l, &front);
-  test_setup_refusal_answer_blocks(l, &front);
-  test_setup_sheds_at_emfile(l, &front);
-  test_setup_burst_is_accepted(l, &front);
-  test_setup_cap_of_unanswered(l, &front);
-  test_late_events_of_a_closed_shared_socket(l, &front);
+  RUN(test_setup_dial_timeout(l, &front));
+  RUN(test_setup_dial_staggers(l, &front));
+  RUN(test_setup_dial_capped(l, &front));
+  RUN(test_setup_dial_failure_cause(l, &front));
+  RUN(test_setup_dial_capped_keeps_the_delay(l, &front));
+  RUN(test_setup_dial_next_address_then_splice(l, &front));
+  RUN(test_setup_client_resets_during_dial(l, &front));
+  RUN(test_setup_client_resets_while_waiting(l, &front));
+  RUN(test_setup_client_resets_while_its_flight_is_read(l, &front));
+  RUN(test_setup_client_fin_during_dial(l, &front));
+  RUN(test_setup_tls_client_fin_during_dial(l, &front));
+  RUN(test_setup_tls_client_fin_while_waiting(l, &front));
+  RUN(test_setup_policy_change_asks_again(l, &front));
+  RUN(test_setup_verdict_deadline(l, &front));
+  RUN(test_setup_peek_deadlines(l, &front));
+  RUN(test_setup_refusal_answer_blocks(l, &front));
+  RUN(test_setup_sheds_at_emfile(l, &front));
+  RUN(test_setup_burst_is_accepted(l, &front));
+  RUN(test_setup_cap_of_unanswered(l, &front));
+  RUN(test_late_events_of_a_closed_shared_socket(l, &front));
   sl_loop_unlisten(l, 7);
   usleep(50 * 1000);
   CHECK(connect_to(&front) < 0 && errno == ECONNREFUSED, "still accepting after unlisten");
@@ -2815,8 +2870,8 @@ static void test_flight_and_reset_before_accept(void) {
 }
 
 static void test_first_flight(void) {
-  test_first_flight_framing();
-  test_first_flight_dripped_is_read_once();
+  RUN(test_first_flight_framing());
+  RUN(test_first_flight_dripped_is_read_once());
   rules_loop = setup_loop(8, &rules_front);
   CHECK(sl_loop_rules(rules_loop, 8, 600, 200, 300) == 0, "rules");
   int eager = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -2833,20 +2888,20 @@ static void test_first_flight(void) {
   // a first connection before they come (then reported at once, with its first 3 bytes: a test
   // failed so about once in 30 runs).
   CHECK(sl_loops_sync(&rules_loop, 1, 1000) == 0, "the loop did not take its rules");
-  test_flight_across_reads_is_one_report();
-  test_http_head_across_reads_is_one_report();
-  test_flight_after_accept();
-  test_flight_soon_after_accept_is_one_report();
-  test_silent_client_reported_after_the_empty_grace();
-  test_silent_client_holds_its_slot_until_answered();
-  test_flights_reported_at_once_past_half_the_cap();
-  test_flight_there_at_the_accept_is_one_report_under_pressure();
-  test_flight_late_bytes_reported_within_the_grace();
-  test_flight_unreported_bytes_and_reset();
-  test_flight_deadlines();
-  test_server_first_is_spliced_without_a_byte();
-  test_fin_ends_while_the_flight_is_read();
-  test_flight_and_reset_before_accept();
+  RUN(test_flight_across_reads_is_one_report());
+  RUN(test_http_head_across_reads_is_one_report());
+  RUN(test_flight_after_accept());
+  RUN(test_flight_soon_after_accept_is_one_report());
+  RUN(test_silent_client_reported_after_the_empty_grace());
+  RUN(test_silent_client_holds_its_slot_until_answered());
+  RUN(test_flights_reported_at_once_past_half_the_cap());
+  RUN(test_flight_there_at_the_accept_is_one_report_under_pressure());
+  RUN(test_flight_late_bytes_reported_within_the_grace());
+  RUN(test_flight_unreported_bytes_and_reset());
+  RUN(test_flight_deadlines());
+  RUN(test_server_first_is_spliced_without_a_byte());
+  RUN(test_fin_ends_while_the_flight_is_read());
+  RUN(test_flight_and_reset_before_accept());
   usleep(50 * 1000);
   CHECK(sl_loop_size(rules_loop) == 0, "%u connections left", sl_loop_size(rules_loop));
   // Stopped while a flight is still incomplete: its ACCEPTED report still comes before its outcome.
@@ -3659,11 +3714,14 @@ static void test_timer_storm(void) {
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN); // as Node does
+  signal(SIGTERM, on_sigterm);
+  setvbuf(stdout, NULL, _IOLBF, 0);
   listen_once();
   // SL_STORM_SEED=n with SL_STORM_ONLY=1: the timer storm alone, to repeat a failed run.
   if (getenv("SL_STORM_ONLY")) {
     test_timer_storm();
     printf("splice_loop_test: timer storm (seed %llu): %d failure(s)\n", (unsigned long long)storm_seed, failures);
+    if (failures) print_failed_places();
     return failures ? 1 : 0;
   }
   int err = 0;
@@ -3673,49 +3731,49 @@ int main(void) {
     return 2;
   }
   sl_loop_on_turn(l, on_turn);
-  test_bulk_both_ways_with_initial_bytes(l);
-  test_half_close_each_way(l);
-  test_reset_is_passed_on(l, 3, true);
-  test_reset_is_passed_on(l, 4, false);
-  test_idle_timeout_closes_both(l);
-  test_many_timers_each_in_its_time(l);
-  test_abort_closes_both(l);
-  test_many_connections_reuse_pipes(l);
-  test_slow_reader_blocks_then_drains(l);
-  test_pipe_with_bytes_is_never_reused(l);
-  test_answer_and_fin_in_one_event(l);
-  test_answer_then_reset(l);
-  test_reset_after_fin_is_a_close(l);
-  test_gone_side_leaves_nothing_unread(l);
-  test_bytes_up_while_writes_down_block(l);
-  test_blocked_direction_sleeps_until_drained(l);
-  test_reset_behind_unread_bytes_at_idle(l);
-  test_copy_overflow_keeps_order(l);
-  test_urgent_byte_mid_bulk_is_not_an_end(l);
-  test_urgent_byte_with_bytes_behind_it(l);
-  test_urgent_byte_and_fin_while_paused(l);
-  test_every_command_wakes_the_loop(l);
+  RUN(test_bulk_both_ways_with_initial_bytes(l));
+  RUN(test_half_close_each_way(l));
+  RUN(test_reset_is_passed_on(l, 3, true));
+  RUN(test_reset_is_passed_on(l, 4, false));
+  RUN(test_idle_timeout_closes_both(l));
+  RUN(test_many_timers_each_in_its_time(l));
+  RUN(test_abort_closes_both(l));
+  RUN(test_many_connections_reuse_pipes(l));
+  RUN(test_slow_reader_blocks_then_drains(l));
+  RUN(test_pipe_with_bytes_is_never_reused(l));
+  RUN(test_answer_and_fin_in_one_event(l));
+  RUN(test_answer_then_reset(l));
+  RUN(test_reset_after_fin_is_a_close(l));
+  RUN(test_gone_side_leaves_nothing_unread(l));
+  RUN(test_bytes_up_while_writes_down_block(l));
+  RUN(test_blocked_direction_sleeps_until_drained(l));
+  RUN(test_reset_behind_unread_bytes_at_idle(l));
+  RUN(test_copy_overflow_keeps_order(l));
+  RUN(test_urgent_byte_mid_bulk_is_not_an_end(l));
+  RUN(test_urgent_byte_with_bytes_behind_it(l));
+  RUN(test_urgent_byte_and_fin_while_paused(l));
+  RUN(test_every_command_wakes_the_loop(l));
   sl_loop_stop(l);
   pthread_mutex_lock(&lock);
   CHECK(turns > 0 && reported_since_turn == 0 && !pthread_equal(loop_thread_seen, pthread_self()),
         "%d turns, %d reports after the last, on the loop's thread: %d", turns, reported_since_turn, !pthread_equal(loop_thread_seen, pthread_self()));
   pthread_mutex_unlock(&lock);
-  test_stop_reports_every_connection();
-  test_sync_waits_for_the_aborts();
-  test_setup();
-  test_out_of_descriptors();
-  test_first_flight();
-  test_hosted_turn_runs_its_answers();
-  test_hosted_answer_between_turns();
-  test_hosted_sync_runs_commands_on_time();
-  test_reset_with_bytes_in_one_wakeup();
-  test_dial_attempts_in_one_wakeup();
-  test_timer_storm();
+  RUN(test_stop_reports_every_connection());
+  RUN(test_sync_waits_for_the_aborts());
+  RUN(test_setup());
+  RUN(test_out_of_descriptors());
+  RUN(test_first_flight());
+  RUN(test_hosted_turn_runs_its_answers());
+  RUN(test_hosted_answer_between_turns());
+  RUN(test_hosted_sync_runs_commands_on_time());
+  RUN(test_reset_with_bytes_in_one_wakeup());
+  RUN(test_dial_attempts_in_one_wakeup());
+  RUN(test_timer_storm());
   pthread_mutex_lock(&lock);
   for (uint64_t id = 1; id < 7; id++) CHECK(count_of(id) == 1, "connection %llu reported %d times", (unsigned long long)id, count_of(id));
   pthread_mutex_unlock(&lock);
   if (failures) {
-    fprintf(stderr, "splice_loop_test: %d failure(s)\n", failures);
+    print_failed_places();
     return 1;
   }
   printf("splice_loop_test: all checks passed\n");
