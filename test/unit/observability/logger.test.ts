@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ConnectionOutcome } from '../../../src/net/outcome.ts';
 import { connectionLogger, logConnection } from '../../../src/observability/connection-log.ts';
-import { createLogger, LOG_BATCH_LINES, LOG_FLUSH_MS, timestampAt } from '../../../src/observability/logger.ts';
+import { createLogger, LOG_BATCH_LINES, LOG_BUFFER_BYTES, LOG_FLUSH_MS, timestampAt } from '../../../src/observability/logger.ts';
 
 const outcome = (sourcePort: number): ConnectionOutcome => ({
   listener: 'tls',
@@ -145,29 +145,45 @@ describe('createLogger', () => {
       for (let i = 0; i < 40 * 1024; i++) log.info({ event: { action: 'x' }, pad }, 'line ' + i);
       const grew = heap() - before;
       if (grew > 32 * 1024 * 1024) report({ grew, dropped: logLinesDropped(log), line: null });
-      // Now the destination takes everything again.
+      // Now the destination takes everything again. It is drained 16 KiB a write (sonic-boom's
+      // maxWrite), each a hop to libuv's thread pool: 15 s on a loaded machine (load 8), so the
+      // read goes on as long as bytes come, not to a deadline. It stops at the line that says
+      // how many were dropped, when the pipe stays empty for 10 s (the logger stopped writing),
+      // or past twice what may be held (it held more than it may).
       const buf = Buffer.alloc(1 << 20);
-      let text = '';
-      const until = Date.now() + 10_000;
+      let rest = '', bytes = 0, found = null, lastByte = Date.now();
       const read = () => {
         for (;;) {
+          let n;
           try {
-            const n = readSync(fd, buf, 0, buf.length, null);
-            text += buf.toString('latin1', 0, n).replace(/"pad":"x+"/g, '');
-          } catch {
+            n = readSync(fd, buf, 0, buf.length, null);
+          } catch (e) {
+            if (e.code !== 'EAGAIN') throw e;
             break;
           }
+          lastByte = Date.now();
+          const lines = (rest + buf.toString('latin1', 0, n)).split('\\n');
+          rest = lines.pop();
+          for (const l of lines) {
+            if (found === null && l.includes('"log-lines-dropped"')) found = { line: JSON.parse(l), bytesBefore: bytes };
+            bytes += l.length + 1;
+          }
         }
-        const line = text.split('\\n').find((l) => l.includes('"log-lines-dropped"'));
-        if (line === undefined && Date.now() < until) return void setImmediate(read);
-        report({ grew, dropped: logLinesDropped(log), line: line ? JSON.parse(line) : null });
+        if (found === null && Date.now() - lastByte < 10_000 && bytes < ${2 * LOG_BUFFER_BYTES}) return void setImmediate(read);
+        report({ grew, dropped: logLinesDropped(log), bytes, ...(found ?? { line: null }) });
       };
       read();`;
-    const run = spawnSync(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
-    const out = JSON.parse(run.stdout) as { grew: number; dropped: number; line: { count: number } | null };
+    // A hang guard, not a measure: the child's checks end it, however slow the machine.
+    const run = spawnSync(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 110_000 });
+    expect(run.stdout, `the child printed nothing: ${run.error?.message ?? `signal ${run.signal}`}, stderr ${run.stderr}`).not.toBe('');
+    const out = JSON.parse(run.stdout) as { grew: number; dropped: number; bytes: number; line: { count: number } | null; bytesBefore?: number };
     // 40 MiB of lines: held whole, the heap grew by more than that.
     expect(out.grew).toBeLessThan(32 * 1024 * 1024);
     expect(out.dropped).toBeGreaterThan(16 * 1024);
+    // What reached the destination before the warning is what was held: 16 MiB and the line in
+    // flight when it filled (16,776,795 bytes in all), not the 40 MiB logged.
+    expect(out.bytesBefore, `bytes before the warning (${out.bytes} read in all)`).toBeLessThanOrEqual(LOG_BUFFER_BYTES + 4096);
     expect(out.line).toMatchObject({ 'log.level': 'warn', count: out.dropped });
-  });
+    // Past the project's 30 s: the child's run (40 MiB logged, 16 MiB drained) took 18 s at load 8.
+  }, 120_000);
 });
