@@ -42,7 +42,9 @@ describe('LoopDelay', () => {
     await sleep(300);
     d.busy();
     await sleep(60);
-    expect(d.read()!.max, 'the 300 ms without sampling is no delay').toBeLessThan(150 * ms);
+    // Counted, the pause would be one sample of 300 ms or more (the sleep, after the last tick);
+    // anything under it is the loop's own delay, which a loaded machine makes longer.
+    expect(d.read()!.max, 'the 300 ms without sampling is no delay').toBeLessThan(300 * ms);
   });
 });
 
