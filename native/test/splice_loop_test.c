@@ -159,6 +159,18 @@ static void starting(const char *call) {
 
 #define RUN(call) (starting(#call), call)
 
+// A check that needs this thread to act within a time (a flight's pieces within the grace, a
+// reset before an idle timeout), measured by the test's own clock: an attempt where it did not
+// (held off a core on a loaded machine) proves nothing and is made again, LATE_ATTEMPTS times at
+// most. When every attempt was late the check is not made, and the run says so on stdout: the
+// load of the machine is no failure of the loop (5 late attempts of a flight in pieces failed 2
+// runs of 9 at load 10).
+#define LATE_ATTEMPTS 10
+
+static void not_checked(const char *what, int attempts) {
+  printf("splice_loop_test: not checked, this thread late in %d attempts: %s\n", attempts, what);
+}
+
 static void on_sigterm(int sig) {
   // write(2) alone: async-signal-safe.
   static const char head[] = "splice_loop_test: killed (SIGTERM) while running ";
@@ -530,9 +542,11 @@ static void test_many_timers_each_in_its_time(sl_loop *l) {
     added_us[i] = sl_monotonic_us();
     e[i] = hand_over(l, FIRST + (uint64_t)i, NULL, NULL, idle_ms[i]);
   }
+  uint64_t shut_us[N];
   for (int i = 0; i < N; i += 5) {
     shutdown(e[i].client, SHUT_WR);
     shutdown(e[i].upstream, SHUT_WR);
+    shut_us[i] = sl_monotonic_us();
   }
   for (int i = 0; i < N; i++) {
     sl_outcome o;
@@ -541,12 +555,19 @@ static void test_many_timers_each_in_its_time(sl_loop *l) {
       CHECK(false, "connection %d: no outcome", i);
       continue;
     }
-    if (i % 5 == 0) {
-      CHECK(o.end == SL_END_CLOSED, "connection %d: end %d, not closed", i, o.end);
-      continue;
-    }
     // The loop's clock is in whole milliseconds: up to 1 ms early by the test's.
     long long after_ms = (long long)(outcome_time(id) - added_us[i]) / 1000;
+    if (i % 5 == 0) {
+      // Closed by its FINs when they came before its idle timeout could (2 ms: the loop's whole
+      // milliseconds; a turn runs its events before its timers). Later (this thread held off a
+      // core while it made the others: connection 0, idle 100 ms, in 2 runs of 9 at load 10),
+      // the idle timeout may rightly come first, though never before its time.
+      bool fins_first = shut_us[i] - added_us[i] + 2000 < (uint64_t)idle_ms[i] * 1000;
+      CHECK(o.end == SL_END_CLOSED || (!fins_first && o.end == SL_END_IDLE_TIMEOUT && after_ms + 1 >= (long long)idle_ms[i]),
+            "connection %d: end %d after %lld ms, not closed by its FINs %lld ms after it came (idle timeout %u ms)", i, o.end, after_ms,
+            (long long)(shut_us[i] - added_us[i]) / 1000, idle_ms[i]);
+      continue;
+    }
     CHECK(o.end == SL_END_IDLE_TIMEOUT && after_ms + 1 >= (long long)idle_ms[i], "connection %d: end %d after %lld ms, its idle timeout %u ms", i, o.end,
           after_ms, idle_ms[i]);
   }
@@ -617,9 +638,11 @@ static void test_blocked_direction_sleeps_until_drained(sl_loop *l) {
   setsockopt(e.upstream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   fcntl(e.upstream, F_SETFL, fcntl(e.upstream, F_GETFL) | O_NONBLOCK);
   char *chunk = calloc(1, 16384);
-  // Until the loop stops reading (bytes queued on its upstream socket are still there 100 ms
-  // later: the client's socket and the pipe are full), 16 KiB at a time, so that socket's
-  // receive buffer keeps room for what follows.
+  // Until the loop stops reading (bytes queued on its upstream socket are still there after a turn
+  // of the loop, which ran the edge they made: the client's socket and the pipe are full), 16 KiB
+  // at a time, so that socket's receive buffer keeps room for what follows. Not 100 ms of this
+  // thread's sleep: a loop held off a core as long had not read them yet, and then read on
+  // through the segments below (2 runs of 9 at load 10).
   int queued = 0;
   size_t sent = 0;
   for (int i = 0; i < 4000 && queued == 0; i++) {
@@ -629,7 +652,7 @@ static void test_blocked_direction_sleeps_until_drained(sl_loop *l) {
     usleep(500);
     int q = queued_in(e.loop_upstream);
     if (q == 0) continue;
-    usleep(100 * 1000);
+    CHECK(sl_loops_sync(&l, 1, 5000) == 0, "the loop did not turn");
     if (queued_in(e.loop_upstream) >= q) queued = queued_in(e.loop_upstream);
   }
   int before = turns_now();
@@ -664,22 +687,38 @@ static void test_blocked_direction_sleeps_until_drained(sl_loop *l) {
 // The upstream resets behind bytes the client does not read: the loop waits for the client to
 // take them, up to the idle timeout, and then ends as the upstream's reset, passed on as a reset,
 // never as the FIN an idle close sends.
+// The reset must come before the idle timeout: the loop's idle clock starts no earlier than the
+// hand-over, by whole milliseconds (2 ms). A reset sent later (this thread held off a core while it
+// filled the buffers: 1 run at load 8, nice 19) rightly finds the connection closed as idle.
 static void test_reset_behind_unread_bytes_at_idle(sl_loop *l) {
-  conn_ends e = hand_over(l, 31, NULL, NULL, 300);
+  enum { IDLE_MS = 300 };
   char *chunk = calloc(1, 65536);
-  for (int i = 0, blocked = 0; i < 1000 && blocked < 20; i++) {
-    if (send(e.upstream, chunk, 65536, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) continue;
-    blocked++;
-    usleep(2000);
+  for (int attempt = 1;; attempt++) {
+    uint64_t id = attempt == 1 ? 31 : 3900 + (uint64_t)attempt;
+    uint64_t added_us = sl_monotonic_us();
+    conn_ends e = hand_over(l, id, NULL, NULL, IDLE_MS);
+    for (int i = 0, blocked = 0; i < 1000 && blocked < 20; i++) {
+      if (send(e.upstream, chunk, 65536, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) continue;
+      blocked++;
+      usleep(2000);
+    }
+    reset_close(e.upstream);
+    bool in_time = sl_monotonic_us() - added_us + 2000 < IDLE_MS * 1000;
+    sl_outcome o = {0};
+    bool ended = wait_outcome(id, 3000, &o);
+    int err;
+    read_all(e.client, NULL, 0, &err, 2000);
+    close(e.client);
+    if (!in_time && attempt < LATE_ATTEMPTS) continue;
+    if (!in_time) {
+      not_checked("a reset behind unread bytes ends as a reset at idle", attempt);
+      break;
+    }
+    CHECK(ended && o.end == SL_END_UPSTREAM_RESET && o.err == ECONNRESET, "end %d, errno %d", o.end, o.err);
+    CHECK(err == ECONNRESET, "the client saw errno %d (%s), not a reset", err, strerror(err));
+    break;
   }
-  reset_close(e.upstream);
-  sl_outcome o = {0};
-  CHECK(wait_outcome(31, 3000, &o) && o.end == SL_END_UPSTREAM_RESET && o.err == ECONNRESET, "end %d, errno %d", o.end, o.err);
-  int err;
-  read_all(e.client, NULL, 0, &err, 2000);
-  CHECK(err == ECONNRESET, "the client saw errno %d (%s), not a reset", err, strerror(err));
   free(chunk);
-  close(e.client);
 }
 
 // A connection reset while its pipe holds bytes bound for the client: that pipe must be closed,
@@ -1456,17 +1495,22 @@ static void test_setup_peek_deadlines(sl_loop *l, const struct sockaddr_in *fron
   close(c1);
   // Stalled: bytes, then silence for stall_ms.
   int c2;
+  uint64_t connect_us = sl_monotonic_us();
   id = accept_with(l, front, "pi", &c2);
   sl_loop_peek(l, id, 5000, 0, 100, 3);
   CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_STALLED, "state %d, not stalled", ev.e.state);
-  // The deadline: dripping bytes never pushes it back.
+  // The deadline: dripping bytes never pushes it back. Each byte written 2 ms before it (counted
+  // from the accept, no earlier than the connect; the loop's clock in whole milliseconds) is in
+  // its report: none when this thread was held off a core until then (1 run at load 8, nice 19).
   sl_loop_peek(l, id, 400, 0, 0, 1000);
+  size_t in_time = 0;
   for (int i = 0; i < 6; i++) {
     usleep(100 * 1000);
     write_all(c2, "n", 1);
+    in_time += sl_monotonic_us() - connect_us < 398 * 1000;
   }
   CHECK(wait_event(SL_EV_PEEK, id, &seen, 2000, &ev) && ev.e.state == SL_PEEK_TIMEOUT, "state %d, not timeout", ev.e.state);
-  CHECK(ev.e.len >= 1 && ev.e.len <= 4, "%zu new bytes by the deadline", ev.e.len);
+  CHECK(ev.e.len >= in_time && ev.e.len <= 4, "%zu new bytes by the deadline, %zu written before it", ev.e.len, in_time);
   sl_loop_abort(l, id);
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o) && o.end == SL_END_ABORTED, "aborted in the waiting stage: end %d", o.end);
@@ -2325,19 +2369,30 @@ static long ms_since(const struct timespec *t0) {
 }
 
 // A flight written in pieces a few milliseconds apart is one report: unless this thread was held
-// off a core for most of SL_FLIGHT_GRACE_MS between two of them (a loaded machine), when the loop
-// rightly reports what it has. Such an attempt proves nothing and is made again, a few times.
-#define PIECES_ATTEMPTS 5
+// off a core for SL_FLIGHT_GRACE_MS between its first and last piece (a loaded machine), when the
+// loop rightly reports what it has. Such an attempt proves nothing and is made again (see
+// LATE_ATTEMPTS).
 
-/** Writes `n` pieces (`at` offsets, `pause_ms` apart); false when the writes took half the grace or more. */
+/**
+ * Whether the last of the bytes written at `t0` and `t1` (CLOCK_MONOTONIC) came within the grace
+ * the loop counts from its read of the first: read no earlier than written, by a clock in whole
+ * milliseconds (so 1 ms of it may be early), its events run before its timers in a turn.
+ */
+static bool within_grace(const struct timespec *t0, const struct timespec *t1) {
+  long us = (t1->tv_sec - t0->tv_sec) * 1000000L + (t1->tv_nsec - t0->tv_nsec) / 1000;
+  return us < (SL_FLIGHT_GRACE_MS - 2) * 1000L;
+}
+
+/** Writes `n` pieces (`at` offsets, `pause_ms` apart); false when the last came too late for one report (within_grace). */
 static bool write_pieces(int fd, const uint8_t *b, const size_t *at, int n, int pause_ms) {
-  struct timespec t0;
+  struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (int i = 0; i < n; i++) {
     if (i) usleep((useconds_t)pause_ms * 1000);
     write_all(fd, b + at[i], at[i + 1] - at[i]);
   }
-  return ms_since(&t0) < SL_FLIGHT_GRACE_MS / 2;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return within_grace(&t0, &t1);
 }
 
 /** Waits for the end of `id` (aborted) and skips every event it made. */
@@ -2362,10 +2417,12 @@ static void check_one_report(const uint8_t *b, const size_t *at, int pieces, con
     int from = seen;
     saved_event ev;
     CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "%s: no ACCEPTED event", what);
-    if (!timely && attempt < PIECES_ATTEMPTS) {
+    if (!timely) {
       discard_attempt(ev.e.id);
       close(client);
-      continue;
+      if (attempt < LATE_ATTEMPTS) continue;
+      not_checked(what, attempt);
+      return;
     }
     CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, b, n) == 0, "%s: state %d, %zu of %zu bytes", what, ev.e.state, ev.e.len, n);
     CHECK(events_for(ev.e.id, from, 100) == 1, "more than one report for one %s", what);
@@ -2421,10 +2478,12 @@ static void check_flight_after_accept_is_one_report(long after_ms, long written_
     bool timely = ms_since(&t0) < written_by_ms;
     saved_event ev;
     CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &ev), "no ACCEPTED event");
-    if (!timely && attempt < PIECES_ATTEMPTS) {
+    if (!timely) {
       discard_attempt(ev.e.id);
       close(client);
-      continue;
+      if (attempt < LATE_ATTEMPTS) continue;
+      not_checked("a flight soon after the accept is one report", attempt);
+      return;
     }
     CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes: the empty accept was reported (flight %ld ms late)",
           ev.e.state, ev.e.len, n, after_ms);
@@ -2482,10 +2541,12 @@ static void test_silent_client_holds_its_slot_until_answered(void) {
 // otherwise hold every slot SL_EMPTY_GRACE_MS each before the caller's per-sandbox admission saw
 // any of it. Under a cap of 8, a client with an incomplete flight and 4 silent ones (5 > 8 / 2)
 // are all reported at the 5th accept, each WAITING with what it sent. Reported late, an attempt
-// proves nothing (this thread or the loop's held off a core for 20 ms on a loaded machine) and is
-// made again; without the change every attempt is late, by SL_EMPTY_GRACE_MS.
+// proves nothing (this thread or the loop's held off a core on a loaded machine) and is made
+// again; without the change every attempt is late, the first connection reported no earlier than
+// SL_EMPTY_GRACE_MS after its connect(2). So "at once" is "before the first one's grace ended"
+// (20 ms before: 5 of 5 attempts were later at load 10, 2 runs of 9).
 #define PRESSED_CLIENTS 5
-#define PRESSED_WITHIN_MS 20
+#define PRESSED_WITHIN_MS (SL_EMPTY_GRACE_MS - 2)
 
 static void test_flights_reported_at_once_past_half_the_cap(void) {
   CHECK(sl_loop_accept_cap(rules_loop, 8) == 0, "sl_loop_accept_cap");
@@ -2503,15 +2564,15 @@ static void test_flights_reported_at_once_past_half_the_cap(void) {
       CHECK(clients[i] >= 0, "connect %d: %s", i, strerror(errno));
     }
     // The connects took long enough for the grace to end on the first ones: nothing to tell.
-    bool timely = ms_since(&t0) < PRESSED_WITHIN_MS / 2;
+    bool timely = ms_since(&t0) < SL_EMPTY_GRACE_MS / 2;
     int got = 0;
     while (got < PRESSED_CLIENTS && wait_event(SL_EV_ACCEPTED, 0, &seen, PRESSED_WITHIN_MS, &evs[got])) got++;
     timely = timely && got == PRESSED_CLIENTS && ms_since(&t0) < PRESSED_WITHIN_MS;
     while (got < PRESSED_CLIENTS && wait_event(SL_EV_ACCEPTED, 0, &seen, 5000, &evs[got])) got++;
     CHECK(got == PRESSED_CLIENTS, "%d of %d connections reported", got, PRESSED_CLIENTS);
     for (int i = 0; i < got; i++) ids[i] = evs[i].e.id;
-    if (timely || attempt == PIECES_ATTEMPTS) {
-      CHECK(timely, "%d attempts: the connections past half the cap were not reported within %d ms", attempt, PRESSED_WITHIN_MS);
+    if (timely || attempt == LATE_ATTEMPTS) {
+      CHECK(timely, "%d attempts: the connections past half the cap were not reported within %d ms", attempt, (int)PRESSED_WITHIN_MS);
       int with_bytes = 0;
       for (int i = 0; i < got; i++) {
         CHECK(evs[i].e.state == SL_PEEK_WAITING, "state %d, not WAITING", evs[i].e.state);
@@ -2530,7 +2591,7 @@ static void test_flights_reported_at_once_past_half_the_cap(void) {
     pthread_mutex_lock(&lock);
     seen = n_events;
     pthread_mutex_unlock(&lock);
-    if (timely || attempt == PIECES_ATTEMPTS) break;
+    if (timely || attempt == LATE_ATTEMPTS) break;
   }
   // At half the cap (3 of 8, and once the pressure is over), the grace again: none of 3 silent
   // clients is reported before SL_EMPTY_GRACE_MS. A loaded machine only makes them later.
@@ -2560,13 +2621,14 @@ static void test_flights_reported_at_once_past_half_the_cap(void) {
   // A cap lowered under the connections held presses the loop too: 2 silent clients in their
   // grace, then a cap of 2, and both are reported at once (late: an attempt on a loaded machine,
   // made again).
+  // Timed from the connects: without the press, reported no earlier than their grace from then.
   for (int attempt = 1;; attempt++) {
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < 2; i++) {
       clients[i] = connect_to(&rules_front);
       CHECK(clients[i] >= 0, "connect %d: %s", i, strerror(errno));
     }
     CHECK(sl_loops_sync(&rules_loop, 1, 1000) == 0, "the loop did not turn");
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     sl_loop_accept_cap(rules_loop, 2);
     for (int i = 0; i < 2; i++) {
       saved_event ev;
@@ -2581,8 +2643,8 @@ static void test_flights_reported_at_once_past_half_the_cap(void) {
       close(clients[i]);
     }
     sl_loop_accept_cap(rules_loop, SL_MAX_UNANSWERED);
-    if (ms < PRESSED_WITHIN_MS || attempt == PIECES_ATTEMPTS) {
-      CHECK(ms < PRESSED_WITHIN_MS, "%d attempts: reported %ld ms after the cap was lowered, not at once", attempt, ms);
+    if (ms < PRESSED_WITHIN_MS || attempt == LATE_ATTEMPTS) {
+      CHECK(ms < PRESSED_WITHIN_MS, "%d attempts: reported %ld ms after the connects, not at once when the cap was lowered", attempt, ms);
       break;
     }
   }
@@ -2612,21 +2674,31 @@ static void test_flight_there_at_the_accept_is_one_report_under_pressure(void) {
 
 // Nothing after SL_EMPTY_GRACE_MS: reported then (WAITING); the flight, when it comes, in one PEEK
 // report.
+// Its two pieces 10 ms apart: made again when this thread wrote the second past the grace.
 static void test_flight_after_accept(void) {
-  int client;
-  uint64_t id = accept_silent(&client);
   uint8_t h[2000];
   size_t n = hello_records(h, 700, 300);
-  write_all(client, h, 200);
-  usleep(10 * 1000);
-  write_all(client, h + 200, n - 200);
-  int from = seen;
-  saved_event ev;
-  CHECK(wait_event(SL_EV_PEEK, id, &seen, 5000, &ev), "no PEEK event");
-  CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
-  CHECK(events_for(id, from, 100) == 1, "more than one PEEK report");
-  sl_loop_abort(rules_loop, id);
-  close(client);
+  size_t at[] = {0, 200, n};
+  for (int attempt = 1;; attempt++) {
+    int client;
+    uint64_t id = accept_silent(&client);
+    bool timely = write_pieces(client, h, at, 2, 10);
+    int from = seen;
+    saved_event ev;
+    CHECK(wait_event(SL_EV_PEEK, id, &seen, 5000, &ev), "no PEEK event");
+    if (!timely) {
+      discard_attempt(id);
+      close(client);
+      if (attempt < LATE_ATTEMPTS) continue;
+      not_checked("a flight after the empty accept is one report", attempt);
+      return;
+    }
+    CHECK(ev.e.state == SL_PEEK_MORE && ev.e.len == n && memcmp(ev.bytes, h, n) == 0, "state %d, %zu of %zu bytes", ev.e.state, ev.e.len, n);
+    CHECK(events_for(id, from, 100) == 1, "more than one PEEK report");
+    sl_loop_abort(rules_loop, id);
+    close(client);
+    return;
+  }
 }
 
 // Bytes the loop read and did not report wait at most SL_FLIGHT_GRACE_MS, whenever they came:
@@ -2700,7 +2772,11 @@ static void test_flight_unreported_bytes_and_reset(void) {
   }
 }
 
-// The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts).
+// The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts). Each
+// report comes never before its time; how soon after is the machine's, and the state says which
+// deadline made it (SILENT at first_byte_ms, STALLED at stall_ms, both before the deadline's
+// TIMEOUT), so no bound on this thread's clock is put after it: at load 8 (nice 19) the test saw
+// SILENT 3.6 s late, TIMEOUT 1.9 s late.
 static void test_flight_deadlines(void) {
   struct timespec t0;
   saved_event ev;
@@ -2708,9 +2784,9 @@ static void test_flight_deadlines(void) {
   int c1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   uint64_t id = accept_silent(&c1);
-  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_SILENT, "state %d, not silent", ev.e.state);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 10000, &ev) && ev.e.state == SL_PEEK_SILENT, "state %d, not silent", ev.e.state);
   long ms = ms_since(&t0);
-  CHECK(ms >= 190 && ms < 1000, "silent after %ld ms, not 200", ms);
+  CHECK(ms >= 190, "silent after %ld ms, not 200", ms);
   sl_loop_abort(rules_loop, id);
   close(c1);
   // Stalled: "pi" could still open a request line; after the grace it is reported (WAITING),
@@ -2723,28 +2799,33 @@ static void test_flight_deadlines(void) {
   CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 2, "state %d with %zu bytes: not the grace's report", ev.e.state, ev.e.len);
   ms = ms_since(&t0);
   CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "the grace's report after %ld ms", ms);
-  CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_STALLED && ev.e.len == 0, "state %d, %zu bytes, not stalled", ev.e.state, ev.e.len);
+  CHECK(wait_event(SL_EV_PEEK, id, &seen, 10000, &ev) && ev.e.state == SL_PEEK_STALLED && ev.e.len == 0, "state %d, %zu bytes, not stalled", ev.e.state, ev.e.len);
   ms = ms_since(&t0);
-  CHECK(ms >= 290 && ms < 1000, "stalled after %ld ms, not 300", ms);
+  CHECK(ms >= 290, "stalled after %ld ms, not 300", ms);
   sl_loop_abort(rules_loop, id);
   close(c2);
-  // A partial TLS record keeps the whole deadline (600), however it drips: TIMEOUT.
+  // A partial TLS record keeps the whole deadline (600), however it drips: TIMEOUT. The deadline
+  // counts from the accept, no earlier than the connect: a byte written 2 ms before it from then
+  // is in the report (fewer when this thread was late), the last one, 200 ms after it, is not.
+  uint64_t connect_us = sl_monotonic_us();
   int c3 = connect_to(&rules_front);
   clock_gettime(CLOCK_MONOTONIC, &t0);
   uint8_t h[600];
   size_t n = hello_records(h, 517, 10000);
   write_all(c3, h, 1);
-  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 3000, &ev) && ev.e.state == SL_PEEK_WAITING, "state %d", ev.e.state);
+  size_t in_time = sl_monotonic_us() - connect_us < 598 * 1000;
+  CHECK(wait_event(SL_EV_ACCEPTED, 0, &seen, 10000, &ev) && ev.e.state == SL_PEEK_WAITING, "state %d", ev.e.state);
   id = ev.e.id;
   size_t before = ev.e.len;
   for (int i = 1; i < 9; i++) {
     usleep(100 * 1000);
     write_all(c3, h + i, 1);
+    in_time += sl_monotonic_us() - connect_us < 598 * 1000;
   }
   // Each byte is reported within the grace (WAITING) as it drips, and read on: TIMEOUT ends it.
   size_t got = before;
   bool timeout = false;
-  while (!timeout && wait_event(SL_EV_PEEK, id, &seen, 3000, &ev)) {
+  while (!timeout && wait_event(SL_EV_PEEK, id, &seen, 10000, &ev)) {
     CHECK(got + ev.e.len <= 9 && memcmp(ev.bytes, h + got, ev.e.len) == 0, "the bytes at %zu", got);
     CHECK(ev.e.state == SL_PEEK_WAITING || ev.e.state == SL_PEEK_TIMEOUT, "state %d", ev.e.state);
     got += ev.e.len;
@@ -2752,8 +2833,8 @@ static void test_flight_deadlines(void) {
   }
   CHECK(timeout, "not timed out");
   ms = ms_since(&t0);
-  CHECK(ms >= 590 && ms < 1500, "timed out after %ld ms, not 600", ms);
-  CHECK(got >= 5 && got <= 8, "%zu bytes by the deadline", got);
+  CHECK(ms >= 590, "timed out after %ld ms, not 600", ms);
+  CHECK(got >= in_time && got <= 8, "%zu bytes by the deadline, %zu written before it", got, in_time);
   sl_loop_abort(rules_loop, id);
   close(c3);
   (void)n;
