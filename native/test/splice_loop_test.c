@@ -2536,13 +2536,15 @@ static void test_flight_soon_after_accept_is_one_report(void) {
 
 // A client that sends nothing (the server speaks first) is reported after SL_EMPTY_GRACE_MS, long
 // before the first-byte deadline: its upstream is dialed without waiting for bytes that never come.
+// Before that deadline is what WAITING says (at it the report is SILENT), so this thread's clock
+// bounds it from below only: a loaded machine makes the report later, never earlier.
 static void test_silent_client_reported_after_the_empty_grace(void) {
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int client;
   uint64_t id = accept_silent(&client);
   long ms = ms_since(&t0);
-  CHECK(ms >= SL_EMPTY_GRACE_MS - 1 && ms < 150, "an empty accept reported after %ld ms", ms);
+  CHECK(ms >= SL_EMPTY_GRACE_MS - 1, "an empty accept reported after %ld ms", ms);
   sl_loop_abort(rules_loop, id);
   close(client);
 }
@@ -2736,7 +2738,9 @@ static void test_flight_after_accept(void) {
 // Bytes the loop read and did not report wait at most SL_FLIGHT_GRACE_MS, whenever they came:
 // the parser answers on a flight's first chunk and again as it grows (src/net/peek-socket.ts
 // PeekBuffer), so a bad request line or a bare LF that came after an earlier report is refused
-// at once, as on the JavaScript path, and not at the deadline or the cap.
+// at once, as on the JavaScript path, and not at the deadline or the cap. WAITING says the report
+// came before the stall (STALLED) and the deadline (TIMEOUT); this thread's clock bounds it from
+// below only.
 static void test_flight_late_bytes_reported_within_the_grace(void) {
   struct timespec t0;
   saved_event ev;
@@ -2749,7 +2753,7 @@ static void test_flight_late_bytes_reported_within_the_grace(void) {
   CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev), "no PEEK report");
   long ms = ms_since(&t0);
   CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 15, "state %d with %zu bytes", ev.e.state, ev.e.len);
-  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "reported after %ld ms, not the grace", ms);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10, "reported after %ld ms, before the grace", ms);
   // After that report: the next bytes too, still read by the loop.
   clock_gettime(CLOCK_MONOTONIC, &t0);
   write_all(client, "Host: a.test\n", 13);
@@ -2757,7 +2761,7 @@ static void test_flight_late_bytes_reported_within_the_grace(void) {
   ms = ms_since(&t0);
   CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 13 && memcmp(ev.bytes, "Host: a.test\n", 13) == 0, "state %d with %zu bytes", ev.e.state,
         ev.e.len);
-  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "reported after %ld ms, not the grace", ms);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10, "reported after %ld ms, before the grace", ms);
   // The head's end: one report, the flight whole.
   write_all(client, "\n", 1);
   CHECK(wait_event(SL_EV_PEEK, id, &seen, 3000, &ev) && ev.e.state == SL_PEEK_MORE && ev.e.len == 1, "state %d with %zu bytes", ev.e.state, ev.e.len);
@@ -2807,8 +2811,9 @@ static void test_flight_unreported_bytes_and_reset(void) {
 // The deadlines, as the JavaScript path keeps them (src/peek/peek-steps.ts, connection.ts). Each
 // report comes never before its time; how soon after is the machine's, and the state says which
 // deadline made it (SILENT at first_byte_ms, STALLED at stall_ms, both before the deadline's
-// TIMEOUT), so no bound on this thread's clock is put after it: at load 8 (nice 19) the test saw
-// SILENT 3.6 s late, TIMEOUT 1.9 s late.
+// TIMEOUT; the grace's WAITING before STALLED), so no bound on this thread's clock is put after
+// it: at load 8 (nice 19) the test saw SILENT 3.6 s late, TIMEOUT 1.9 s late, and pinned to one
+// core beside 3 busy loops the grace's report 266 ms after its bytes.
 static void test_flight_deadlines(void) {
   struct timespec t0;
   saved_event ev;
@@ -2830,7 +2835,7 @@ static void test_flight_deadlines(void) {
   id = ev.e.id;
   CHECK(ev.e.state == SL_PEEK_WAITING && ev.e.len == 2, "state %d with %zu bytes: not the grace's report", ev.e.state, ev.e.len);
   ms = ms_since(&t0);
-  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10 && ms < 250, "the grace's report after %ld ms", ms);
+  CHECK(ms >= SL_FLIGHT_GRACE_MS - 10, "the grace's report after %ld ms", ms);
   CHECK(wait_event(SL_EV_PEEK, id, &seen, 10000, &ev) && ev.e.state == SL_PEEK_STALLED && ev.e.len == 0, "state %d, %zu bytes, not stalled", ev.e.state, ev.e.len);
   ms = ms_since(&t0);
   CHECK(ms >= 290, "stalled after %ld ms, not 300", ms);
