@@ -97,10 +97,11 @@ export interface ClientSide {
   readonly remoteAddress: string;
   readonly remotePort: number;
   /**
-   * When the connection was accepted (Date.now() ms), where that was before the pipeline was
-   * handed it: a native loop reports a connection once its first flight is in, or after a wait.
-   * The outcome's start, duration and peek time, and the peek's deadline, count from it. Absent:
-   * the pipeline starts at the accept (a Node socket's 'connection' event).
+   * When the connection was accepted (performance.now() ms, the monotonic clock: a step of the
+   * wall clock must not move a deadline or make a duration negative), where that was before the
+   * pipeline was handed it: a native loop reports a connection once its first flight is in, or
+   * after a wait. The outcome's start, duration and peek time, and the peek's deadline, count
+   * from it. Absent: the pipeline starts at the accept (a Node socket's 'connection' event).
    */
   readonly acceptedAt?: number;
   /** Where the client was going before REDIRECT. */

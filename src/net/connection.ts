@@ -76,8 +76,11 @@ export function handleConnection(socket: Socket, listener: ListenerKind, deps: P
  */
 export function handleClient(socket: ClientSide, listener: ListenerKind, deps: PipelineDeps, source?: string, ticket?: AdmissionTicket): Promise<void> {
   const config = deps.config();
-  const startedAt = socket.acceptedAt ?? Date.now();
-  const deadline = startedAt + config.peek.timeoutMs;
+  // Durations and deadlines on the monotonic clock (a step of the wall clock, NTP's, would make a
+  // duration negative or a deadline early); the wall clock only for the log's timestamps.
+  const t0 = socket.acceptedAt ?? performance.now();
+  const startedAt = Math.round(Date.now() - (performance.now() - t0));
+  const deadline = t0 + config.peek.timeoutMs;
 
   const o: ConnectionOutcome = {
     listener,
@@ -97,6 +100,7 @@ export function handleClient(socket: ClientSide, listener: ListenerKind, deps: P
     bytesDown: 0,
     startedAt,
     durationMs: 0,
+    endedAt: startedAt, // set by ended()
   };
   const live = deps.registry.add(new LiveConnection(o, ticket));
 
@@ -106,7 +110,7 @@ export function handleClient(socket: ClientSide, listener: ListenerKind, deps: P
     o.endedBy = 'egressd';
     o.end = err instanceof Error ? err.message : String(err);
     socket.reset();
-    ended(deps, o, live, ticket);
+    ended(deps, o, live, ticket, t0);
   };
   // The pipeline runs in this very call as far as it can; only a wait (the client's bytes, a
   // lookup on the wire, the dial and the splice) makes a promise, and the outcome follows the
@@ -114,24 +118,28 @@ export function handleClient(socket: ClientSide, listener: ListenerKind, deps: P
   // held connection), and no async function's promise adds turns of the microtask queue.
   let waiting: Promise<void> | undefined;
   try {
-    waiting = run(socket, listener, deps, config, deadline, o, live);
+    waiting = run(socket, listener, deps, config, t0, deadline, o, live);
   } catch (err) {
     failed(err);
     return DONE;
   }
   if (waiting === undefined) {
-    ended(deps, o, live, ticket);
+    ended(deps, o, live, ticket, t0);
     return DONE;
   }
-  return waiting.then(() => ended(deps, o, live, ticket), failed);
+  return waiting.then(() => ended(deps, o, live, ticket, t0), failed);
 }
 
 /** handleClient's answer for a connection that ended within the call. */
 const DONE: Promise<void> = Promise.resolve();
 
-/** The connection is over: its duration, its verdict counted, admission's hold and the registry's entry let go, its outcome emitted. */
-function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, ticket: AdmissionTicket | undefined): void {
-  o.durationMs = Date.now() - o.startedAt;
+/**
+ * The connection is over: its duration (from `t0`, the accept on the performance.now() clock), its
+ * verdict counted, admission's hold and the registry's entry let go, its outcome emitted.
+ */
+function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, ticket: AdmissionTicket | undefined, t0: number): void {
+  o.durationMs = performance.now() - t0;
+  o.endedAt = Date.now();
   // Each connection counts once, for the verdict that last applied to it.
   if (o.decided !== undefined) countVerdict(o.decided);
   ticket?.release();
@@ -148,6 +156,7 @@ function run(
   listener: ListenerKind,
   deps: PipelineDeps,
   config: PipelineSettings,
+  t0: number,
   deadline: number,
   o: ConnectionOutcome,
   live: LiveConnection,
@@ -176,8 +185,7 @@ function run(
   const refusedByAddress = verdict(chain, { name: null, ip, port }, byAddress).verdict === 'refuse';
   const mustPeek = byAddress.nameConsulted || (refusedByAddress && config.block !== 'drop');
   if (!mustPeek) return judged(socket, listener, deps, config, o, live, ip, port, null);
-  // From the accept (ClientSide.acceptedAt): a native loop read the first flight before this call.
-  const peekStart = o.startedAt;
+  // From the accept (t0, ClientSide.acceptedAt): a native loop read the first flight before this call.
   const step = anyStepper();
   const opts: PeekOptions = {
     deadline,
@@ -190,11 +198,11 @@ function run(
   // A first flight already here is judged in this same turn; only a wait for bytes yields.
   const now = socket.peekNow?.(step, opts) ?? null;
   if (now !== null) {
-    o.peekMs = Date.now() - peekStart;
+    o.peekMs = performance.now() - t0;
     return judged(socket, listener, deps, config, o, live, ip, port, now);
   }
   return socket.peek(step, opts).then((peek) => {
-    o.peekMs = Date.now() - peekStart;
+    o.peekMs = performance.now() - t0;
     return judged(socket, listener, deps, config, o, live, ip, port, peek);
   });
 }

@@ -199,7 +199,7 @@ export class NativeSetup {
       if (kind === EV_ACCEPTED) {
         const l = this.#listeners.get(tag);
         const od = this.#od(l?.handlers.originalDst, peer ?? '', peerPort, err, orig, origPort);
-        const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state, Date.now() - sinceAcceptMs);
+        const c = new NativeClient(this.#addon, this, id, loop, peer ?? '', peerPort, od, bytes, state, performance.now() - sinceAcceptMs);
         this.#conns.set(id, c);
         if (!l) return c.reset();
         // Judged in this very call when nothing waits before it: the verdict and the dial command
@@ -325,7 +325,7 @@ export class NativeClient implements ClientSide {
   readonly remoteAddress: string;
   readonly remotePort: number;
   readonly #od: OriginalDestination | Error;
-  /** When the loop accepted the connection (Date.now() ms): its first report may come 50 ms or more after (ClientSide.acceptedAt). */
+  /** When the loop accepted the connection (performance.now() ms): its first report may come 50 ms or more after (ClientSide.acceptedAt). */
   readonly acceptedAt: number;
   #first: Buffer | null;
   #firstState: number;
@@ -447,7 +447,7 @@ export class NativeClient implements ClientSide {
     // PEEK_MORE: the parser wants more. The deadlines count from the accept, as peekSocket's
     // count from the pipeline's start.
     const remaining = p.opts.deadline - this.acceptedAt;
-    if (remaining <= 0 || p.opts.deadline <= Date.now()) return { kind: 'timeout', bytes: allOf(p.buf) };
+    if (remaining <= 0 || p.opts.deadline <= performance.now()) return { kind: 'timeout', bytes: allOf(p.buf) };
     const first = p.opts.firstByteTimeoutMs !== undefined && p.opts.firstByteTimeoutMs < remaining ? Math.max(1, p.opts.firstByteTimeoutMs) : 0;
     const stall = p.opts.stall !== undefined && p.buf.total > 0 && p.opts.stall.undecided(p.buf.view()) ? Math.max(1, p.opts.stall.ms) : 0;
     // While a stall is possible every byte may change it (mayStall), so every byte is reported.

@@ -71,9 +71,15 @@ export interface ConnectionOutcome {
   bytesDown: number;
   /** How the splice ended (SpliceEnd: closed, a reset, the idle timeout...; docs/logs.md "How a splice ends"). */
   end?: string;
+  /** When the connection was accepted: wall-clock ms (Date.now()), for timestamps only. */
   readonly startedAt: number;
+  /** Accept to close, in ms, on the monotonic clock (performance.now()): never moved by a step of the wall clock. */
   durationMs: number;
+  /** When the outcome was made: wall-clock ms (Date.now()), the line's @timestamp; absent: startedAt + durationMs. */
+  endedAt?: number;
+  /** Accept until the first flight was judged, in ms, on the monotonic clock. */
   peekMs?: number;
+  /** Time to connect to the upstream, in ms, on the monotonic clock. */
   connectMs?: number;
 }
 

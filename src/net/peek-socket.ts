@@ -28,7 +28,7 @@ export type PeekOutcome<R> =
   | { kind: 'too-large'; bytes: Buffer };
 
 export interface PeekOptions {
-  /** Absolute time (Date.now() clock) after which the peek gives up. */
+  /** Absolute time (performance.now() ms, the monotonic clock) after which the peek gives up. */
   readonly deadline: number;
   readonly maxBytes: number;
   /** When set, give up with `silent` if no byte at all arrives within this many ms. */
@@ -201,7 +201,7 @@ export function peekSocket<R>(socket: Socket, step: PeekStepper<R>, opts: PeekOp
     // The client's reset (an error, then 'close'); the caller learns of it from the socket's state.
     const onError = (): void => ended('closed');
 
-    const remaining = opts.deadline - Date.now();
+    const remaining = opts.deadline - performance.now();
     if (remaining <= 0) return finish({ kind: 'timeout', bytes: Buffer.alloc(0) });
     timers.push(setTimeout(() => ended('timeout'), remaining));
     if (opts.firstByteTimeoutMs !== undefined && opts.firstByteTimeoutMs < remaining) {

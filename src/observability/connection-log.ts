@@ -234,8 +234,9 @@ export function connectionLogger(log: Logger): ConnectionLog {
     const json = JSON.stringify(connectionLine(o));
     return `{"log.level":"${levelOf(o)}"${at}${bindings}${json === '{}' ? '' : `,${json.slice(1, -1)}`},"message":"connection"}\n`;
   };
-  // In a batch the line is rendered when the batch is written, stamped with the connection's end.
-  const later = (o: Readonly<ConnectionOutcome>): string => render(o, timestampAt(o.startedAt + o.durationMs));
+  // In a batch the line is rendered when the batch is written, stamped with the connection's end
+  // on the wall clock (its start plus its monotonic duration is off by any step of it meanwhile).
+  const later = (o: Readonly<ConnectionOutcome>): string => render(o, timestampAt(o.endedAt ?? Math.round(o.startedAt + o.durationMs)));
   return {
     write: (o) => {
       if (!log.isLevelEnabled(levelOf(o))) return;

@@ -7,11 +7,16 @@
 //
 // Each check is a lower bound the client itself guarantees (it waited that long before sending),
 // or an order (the peek is part of the whole), never an upper bound on how fast the machine is.
+//
+// The times are on the monotonic clock: a step of the wall clock (NTP) while a connection is open
+// moves neither its times nor its deadlines. The step is made in this process alone, by stepping
+// Date.now() (the daemon runs in it), not the machine's clock. Measured on Date.now(), a peek
+// across a step back of an hour was logged -3,599,876 ms, across a step forward 3,600,127 ms.
 
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildHello } from '../helpers/hello-builder.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field, type LogLine } from '../helpers/log-line.ts';
@@ -19,11 +24,22 @@ import { action, field, type LogLine } from '../helpers/log-line.ts';
 const FIRST_BYTE_MS = 400;
 const PEEK_MS = 1500;
 const HELLO = Buffer.from(buildHello({ sni: ['ok.test'] }));
+/** The same hello in two records, sent apart: the peek spans the step. */
+const HELLO_2 = Buffer.from(buildHello({ sni: ['ok.test'] }, { records: 2 }));
+const RECORD_1 = 5 + HELLO_2.readUInt16BE(3);
 /** The log's nanoseconds, in ms; the log's ms are whole, so a bound is met within one. */
 const ms = (l: LogLine, name: string): number => Number(field(l, name)) / 1e6;
 const SLACK_MS = 1;
 /** Resolves when the socket closed, whether by a FIN or a reset (once() would reject on the reset's error). */
 const closed = (s: Socket): Promise<void> => new Promise((resolve) => s.once('close', () => resolve()));
+const HOUR_MS = 3_600_000;
+
+/** Steps this process's wall clock (Date.now()) by `ms` until the answer is called. */
+function stepWallClock(ms: number): () => void {
+  const wall = Date.now.bind(Date);
+  const spy = vi.spyOn(Date, 'now').mockImplementation(() => wall() + ms);
+  return () => spy.mockRestore();
+}
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('times count from the accept, set up on $setup', ({ setup }) => {
   let d: LoopbackDaemon;
@@ -101,5 +117,27 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('times
     expect(field(l, 'event.reason')).toBe('peek-timeout');
     expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(PEEK_MS - SLACK_MS);
     expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
+  });
+
+  it.each([-HOUR_MS, HOUR_MS])('a step of the wall clock by %i ms while the client waits moves neither its times nor its deadlines', async (step) => {
+    let restore = (): void => {};
+    try {
+      const l = await run(async (s) => {
+        await sleep(60);
+        restore = stepWallClock(step);
+        s.write(HELLO_2.subarray(0, RECORD_1));
+        await sleep(60);
+        s.write(HELLO_2.subarray(RECORD_1));
+        await closed(s);
+      });
+      // A deadline on the wall clock stepped forward would have passed at once (peek-timeout).
+      expect(field(l, 'egressd.verdict')).toBe('allow');
+      expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(120 - SLACK_MS);
+      expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
+      // Not a bound on speed: the step itself is not in the times (a forward one made them an hour long).
+      expect(ms(l, 'event.duration')).toBeLessThan(HOUR_MS);
+    } finally {
+      restore();
+    }
   });
 });

@@ -77,7 +77,7 @@ async function rig(o: RigOptions = {}): Promise<Rig> {
         if (o.peekBytes !== undefined) {
           const n = o.peekBytes;
           const p = await peekSocket(s, (b) => (b.length >= n ? { done: true, result: null } : { done: false }), {
-            deadline: Date.now() + 10_000,
+            deadline: performance.now() + 10_000,
             maxBytes: 1 << 20,
           });
           initial = p.bytes;

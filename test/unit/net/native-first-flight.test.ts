@@ -46,7 +46,7 @@ function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
 }
 
 const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
-const opts = () => ({ deadline: Date.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
+const opts = () => ({ deadline: performance.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
 
 describe('the native loops read the first flight and report it once', () => {
   it("give the loops the peek's times at listen, and again when they change", () => {

@@ -4,7 +4,7 @@
 // (a flood must leave /healthz its turns). The addon is a recording stand-in: no loop runs here.
 
 import { setImmediate as turn } from 'node:timers/promises';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { PolicyStore } from '../../../src/control/store.ts';
 import { handleClient, type PipelineDeps } from '../../../src/net/connection.ts';
 import type { DataPlaneAddon } from '../../../src/net/native-splice.ts';
@@ -65,7 +65,7 @@ const EV_PEEK = 2;
 const PEEK_MORE = 0;
 const PEEK_WAITING = 6;
 const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
-const opts = () => ({ deadline: Date.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
+const opts = () => ({ deadline: performance.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
 
 /** A plane whose addon records its commands, with the whole pipeline (connection.ts) behind it. */
 function pipeline() {
@@ -184,6 +184,21 @@ describe('NativeClient.peekNow', () => {
     p.report(2, PEEK_MORE, hello);
     expect(await pending).toMatchObject({ kind: 'done', bytes: hello });
     expect(p.asked).toEqual([]);
+  });
+
+  it('asks the loop for the rest of a short flight after the wall clock stepped forward: its deadline is on the monotonic clock', () => {
+    const p = clientOf();
+    const o = opts();
+    // An hour's step of Date.now() (NTP): measured on it, the peek timed out at once.
+    const wall = Date.now.bind(Date);
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => wall() + 3_600_000);
+    try {
+      const c = p.accept(4, PEEK_MORE, hello.subarray(0, 3));
+      expect(c.peekNow(anyStepper(), o)).toBeNull();
+      expect(p.asked.length).toBe(1);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('answers null on a short flight, having asked the loop for the rest once; peek() settles on it', async () => {
