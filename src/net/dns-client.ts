@@ -56,7 +56,7 @@ export function parseDnsServer(text: string): DnsServer | null {
 
 export interface ExchangeOptions {
   readonly servers: readonly DnsServer[];
-  /** Absolute deadline (Date.now() scale): no query outlives it. */
+  /** Absolute deadline (performance.now() ms, the monotonic clock: a step of the wall clock moves it not): no query outlives it. */
   readonly deadline: number;
   /** Time between sends: the first goes to servers[0] at once, the next to servers[1]..., round robin. */
   readonly retransmitMs: number;
@@ -109,7 +109,7 @@ export class AddressExchange {
       queueMicrotask(() => this.#settleAll('error'));
       return;
     }
-    this.#deadline = setTimeout(() => this.#settleAll('timeout'), Math.max(0, o.deadline - Date.now()));
+    this.#deadline = setTimeout(() => this.#settleAll('timeout'), Math.max(0, o.deadline - performance.now()));
     this.#round();
   }
 
@@ -215,7 +215,7 @@ export class AddressExchange {
     // Each retry over TCP is a descriptor beyond the lookup's own: past the process's bound it
     // waits its turn, within the deadline (the type's UDP rounds go on meanwhile).
     const settled = this.#tcpDone[type].signal;
-    const release = await this.#o.tcpSlot(this.#o.deadline - Date.now(), settled);
+    const release = await this.#o.tcpSlot(this.#o.deadline - performance.now(), settled);
     if (release === null) return;
     if (this.#closed || settled.aborted) return release();
     return new Promise<void>((resolve) => {
@@ -230,7 +230,7 @@ export class AddressExchange {
         resolve();
       };
       settled.addEventListener('abort', done, { once: true });
-      const timer = setTimeout(done, Math.max(0, this.#o.deadline - Date.now()));
+      const timer = setTimeout(done, Math.max(0, this.#o.deadline - performance.now()));
       let buf = Buffer.alloc(0);
       s.on('error', done);
       s.on('close', done);

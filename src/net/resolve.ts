@@ -243,7 +243,7 @@ export class NameResolver {
         key,
         {
           servers: this.#servers,
-          deadline: Date.now() + this.#timeoutMs,
+          deadline: performance.now() + this.#timeoutMs,
           retransmitMs: this.#retransmitMs,
           tcpSlot: (ms, signal) => this.#sockets.tcpSlot(ms, tenants, signal),
         },

@@ -3,7 +3,7 @@
 // expiry runs on an injected clock, so no test waits for a TTL to pass.
 
 import { readdirSync } from 'node:fs';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { LATE_FAMILIES, NameResolver, type ResolverOptions } from '../../../src/net/resolve.ts';
 import { QuerySockets } from '../../../src/net/query-sockets.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
@@ -339,6 +339,28 @@ describe('NameResolver: truncated answers', () => {
     // The TCP answer's addresses, not the UDP one's: the first 16 of its 40, as many as a dial tries.
     if (r.ok) expect(r.addresses).toEqual(Array.from({ length: 16 }, (_, i) => `192.0.2.${100 + i}`));
     expect(tcpQueries).toBeGreaterThanOrEqual(1);
+  });
+
+  it('retries over TCP within the timeout after a step of the wall clock forward: the deadline is on the monotonic clock', async () => {
+    const dns = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
+    onTestFinished(() => dns.close());
+    dns.set('big.test', { kind: 'answer', a: ['192.0.2.40'], ttl: 60, truncate: true });
+    tcpDns(dns, (question) => (question.type === 'A' ? [{ type: 'A' as const, name: question.name, ttl: 60, data: '192.0.2.41' }] : []));
+    const sockets = new QuerySockets();
+    onTestFinished(() => sockets.close());
+    // Date.now() steps an hour forward (NTP, in this process alone) as the TCP retry takes its
+    // place: measured on it, the retry's time was up at once and the truncated answer stood.
+    const wall = Date.now.bind(Date);
+    const slot = sockets.tcpSlot.bind(sockets);
+    sockets.tcpSlot = (...a) => {
+      vi.spyOn(Date, 'now').mockImplementation(() => wall() + 3_600_000);
+      return slot(...a);
+    };
+    onTestFinished(() => vi.restoreAllMocks());
+    const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 2_000, sockets });
+    onTestFinished(() => resolver.close());
+    const r = await resolver.resolve('big.test');
+    expect(r).toMatchObject({ ok: true, addresses: ['192.0.2.41'] });
   });
 });
 
