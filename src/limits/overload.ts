@@ -43,6 +43,12 @@ export interface MemoryGuardOptions {
    * again (SHRINK_EVERY_MS).
    */
   readonly held?: () => number;
+  /**
+   * A monotonic ms clock for the sample's age and the shrinks' spacing (default performance.now():
+   * on the wall clock, a step back left a stale sample and a shedding heap unshrunk for the
+   * step's length); tests replace it to move time without waiting.
+   */
+  readonly clock?: () => number;
 }
 
 export interface MemorySample {
@@ -273,10 +279,13 @@ export class MemoryGuard {
   #resting = false;
   #last: MemorySample;
   #shedding = false;
-  #sampledAt = 0;
+  readonly #clock: () => number;
+  /** When the last sample was taken (#clock ms). */
+  #sampledAt = -Infinity;
   /** sheddingNow's calls since the last sample. */
   #askedSince = 0;
-  #shrunkAt = 0;
+  /** When the heap was last shrunk (#clock ms): never yet, so the first shrink need not wait. */
+  #shrunkAt = -Infinity;
   #youngHeld = false;
   #shrinkPending = false;
   #shrinkEveryMs = SHRINK_EVERY_MS;
@@ -293,6 +302,7 @@ export class MemoryGuard {
     onShrink: (ms: number, before: MemorySample, after: MemorySample) => void = () => {},
   ) {
     this.#opts = opts;
+    this.#clock = opts.clock ?? (() => performance.now());
     this.#onChange = onChange;
     this.#onCritical = onCritical;
     this.#onShrink = onShrink;
@@ -377,12 +387,12 @@ export class MemoryGuard {
   sheddingNow(maxAgeMs = 50, burst = SAMPLE_BURST): boolean {
     if (this.#resting) return this.#wake();
     if (++this.#askedSince < burst) return this.#shedding;
-    return Date.now() - this.#sampledAt > maxAgeMs ? this.refresh() : this.#shedding;
+    return this.#clock() - this.#sampledAt > maxAgeMs ? this.refresh() : this.#shedding;
   }
 
   /** Samples now and updates the shedding state; returns whether new connections are shed. */
   refresh(): boolean {
-    this.#sampledAt = Date.now();
+    this.#sampledAt = this.#clock();
     this.#askedSince = 0;
     this.#last = this.sample();
     this.#holdYoungGeneration(this.#sizedAboveLimit());
@@ -418,7 +428,7 @@ export class MemoryGuard {
     const before = this.#last;
     collect();
     releaseFreeMemory?.();
-    this.#shrunkAt = Date.now();
+    this.#shrunkAt = this.#clock();
     this.#heldAtShrink = this.#opts.held?.() ?? 0;
     const after = this.sample();
     const gave = before.pressure - after.pressure;

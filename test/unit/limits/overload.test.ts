@@ -162,12 +162,14 @@ describe('MemoryGuard', () => {
     const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(95 << 20) });
     let held = 1000;
     const shrinks: number[] = [];
-    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc, held: () => held }, undefined, undefined, () => shrinks.push(Date.now()));
+    let now = 0;
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc, held: () => held, clock: () => now }, undefined, undefined, () =>
+      shrinks.push(now),
+    );
     const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
-    vi.useFakeTimers({ toFake: ['Date'] });
     try {
       const at = (ms: number): Promise<void> => {
-        vi.setSystemTime(ms);
+        now = ms;
         g.refresh();
         return turn();
       };
@@ -188,7 +190,50 @@ describe('MemoryGuard', () => {
       await at(1_010_200);
       expect(shrinks).toHaveLength(5);
     } finally {
-      vi.useRealTimers();
+      g.stop();
+    }
+  });
+
+  // A step of the wall clock (NTP) back by an hour, made in this process alone (Date.now()
+  // stepped); the guard's own clock is left as the daemon has it.
+  it('resamples a stale sample at a burst after a step of the wall clock back', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(50 << 20) });
+    const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc });
+    g.refresh();
+    const wall = Date.now.bind(Date);
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => wall() - 3_600_000);
+    try {
+      writeFileSync(current, String(95 << 20));
+      await new Promise((r) => setTimeout(r, 60));
+      // Measured on Date.now(), the sample was an hour in the future and never stale.
+      for (let i = 0; i < 31; i++) g.sheddingNow(50, 32);
+      expect(g.sheddingNow(50, 32)).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('shrinks a shedding heap again after its second though the wall clock stepped back', async () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(95 << 20) });
+    let shrinks = 0;
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc }, undefined, undefined, () => shrinks++);
+    const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+    expect(g.refresh()).toBe(true);
+    await turn();
+    expect(shrinks).toBe(1);
+    const wall = Date.now.bind(Date);
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => wall() - 3_600_000);
+    try {
+      // SHRINK_EVERY_MS (1 s) later, bounded: measured on Date.now(), the next shrink waited out the hour.
+      for (let i = 0; i < 40 && shrinks < 2; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        g.refresh();
+        await turn();
+      }
+      expect(shrinks).toBe(2);
+    } finally {
+      spy.mockRestore();
       g.stop();
     }
   });
