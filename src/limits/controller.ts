@@ -70,7 +70,8 @@ export class LimitsController {
   #shedSources = 0;
   /** Logs #shed SHED_LOG_MS after the first refusal it holds; no timer while nothing is shed (an idle daemon sleeps). */
   #shedTimer: NodeJS.Timeout | null = null;
-  #acceptErrorsLogged = 0;
+  /** When accept(2)'s failure was last logged (performance.now() ms: a step of the wall clock back must not silence it). */
+  #acceptErrorsLogged = -Infinity;
   /** DNS TCP connections refused since the last log line, by sandbox (or source) and scope (dnsTcpRefused). */
   readonly #dnsRefused = new Map<string, { sandbox: string | null; source: SourceNamed | null; scope: DnsTcpRefusal; count: number; reset: number }>();
   /** Blocks of sources of no sandbox with an entry of their own in #dnsRefused (at most SOURCES_LOGGED). */
@@ -361,7 +362,7 @@ export class LimitsController {
   acceptError(err: NodeJS.ErrnoException, kind: ListenerKind): void {
     const code = err.code ?? 'EUNKNOWN';
     this.#metrics.instruments.acceptErrors.inc({ code });
-    const now = Date.now();
+    const now = performance.now();
     if (now - this.#acceptErrorsLogged >= 1000) {
       this.#acceptErrorsLogged = now;
       this.#log.warn({ event: { action: 'accept-failed' }, listener: kind, code }, 'accept failed; waiting connections are shed until descriptors free up');
