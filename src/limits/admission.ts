@@ -78,6 +78,11 @@ export interface AdmissionOptions {
   readonly globalConnections: number | null;
   /** The fraction (0..1] of globalConnections one sandbox may hold. */
   readonly sandboxShare: number;
+  /**
+   * A monotonic ms clock for the buckets' refill (default performance.now(): on the wall clock, a
+   * step back put every bucket that refilled across it into debt, its sandbox refused for the
+   * step's length); tests replace it to move time without waiting.
+   */
   readonly now?: () => number;
   /** Told of each linger given up, and why. */
   readonly onLingerGivenUp?: (why: LingerGivenUp) => void;
@@ -95,7 +100,7 @@ interface Account {
   /** TCP connections of this key to the DNS listener (one descriptor each). */
   dnsTcp: number;
   tokens: number;
-  /** When `tokens` was last refilled, ms. */
+  /** When `tokens` was last refilled (AdmissionOptions.now, ms). */
   stamp: number;
   burst: number;
   perSecond: number;
@@ -121,7 +126,7 @@ export class Admission {
 
   constructor(opts: AdmissionOptions) {
     this.#opts = opts;
-    this.#now = opts.now ?? Date.now;
+    this.#now = opts.now ?? (() => performance.now());
   }
 
   get open(): number {

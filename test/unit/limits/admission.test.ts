@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Admission } from '../../../src/limits/admission.ts';
 import { effectiveLimits, parseLimits, type SandboxLimits } from '../../../src/limits/limits-body.ts';
 
@@ -10,6 +10,31 @@ function clock(): { now: () => number; advance: (ms: number) => void } {
 }
 
 describe('Admission', () => {
+  // A step of the wall clock (NTP) back by an hour, made in this process alone (Date.now()
+  // stepped), under the daemon's own clock (no `now` given).
+  it("refills a sandbox's bucket as before after a step of the wall clock back", async () => {
+    // Stepped from before Admission is made: it may keep Date.now itself, not look it up.
+    const wall = Date.now.bind(Date);
+    let step = 0;
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => wall() + step);
+    try {
+      const a = new Admission({ globalConnections: null, sandboxShare: 1 });
+      const limits: SandboxLimits = { connections: 100, undecided: 100, perSecond: 50, burst: 1 };
+      expect(a.admit('sb', limits, false).ok).toBe(true);
+      step = -3_600_000;
+      // One token back within 20 ms at 50 a second; bounded. Measured on Date.now(), the bucket
+      // went 180,000 tokens into debt and the sandbox was refused for the hour.
+      let ok = false;
+      for (let i = 0; i < 50 && !ok; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        ok = a.admit('sb', limits, false).ok;
+      }
+      expect(ok).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   it('refuses past the undecided limit, and admits again once a connection is decided', () => {
     const c = clock();
     const a = new Admission({ globalConnections: null, sandboxShare: 1, now: c.now });
