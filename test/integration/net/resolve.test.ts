@@ -352,11 +352,14 @@ describe('NameResolver: truncated answers', () => {
     // place: measured on it, the retry's time was up at once and the truncated answer stood.
     const wall = Date.now.bind(Date);
     const slot = sockets.tcpSlot.bind(sockets);
+    const stepped = vi.spyOn(Date, 'now');
+    onTestFinished(() => {
+      stepped.mockRestore();
+    });
     sockets.tcpSlot = (...a) => {
-      vi.spyOn(Date, 'now').mockImplementation(() => wall() + 3_600_000);
+      stepped.mockImplementation(() => wall() + 3_600_000);
       return slot(...a);
     };
-    onTestFinished(() => vi.restoreAllMocks());
     const resolver = new NameResolver({ servers: [dns.server], timeoutMs: 2_000, sockets });
     onTestFinished(() => resolver.close());
     const r = await resolver.resolve('big.test');
