@@ -12,7 +12,8 @@
 //     hosted: loop 0 runs on Node's own event loop (the JavaScript thread), the other loops on
 //     threads of their own; throws where the addon was built without libuv's header
 //     (hostedAvailable() says which)
-//     onOutcome(id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos[])
+//     onOutcome(id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos[], firstFin, sinceEndMs)
+//     sinceEndMs: how long before this call the loop ended the connection (the queue's wait)
 //     onSetup(kind, id, loop, tag, err, state, connectUs, peer, peerPort, orig, origPort, bytes, sinceAcceptMs)
 //     sinceAcceptMs (ACCEPTED): how long before this call the loop accepted the connection (its
 //     first report waits for the first flight, and the queue to this thread adds its own wait)
@@ -58,7 +59,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include <node_api.h>
 #ifdef EGRESSD_HAVE_UV
@@ -207,10 +207,14 @@ static void deliver(napi_env env, napi_value js_cb, item *it) {
     napi_value attempts;
     napi_create_array_with_length(env, (size_t)o->attempts, &attempts);
     for (int i = 0; i < o->attempts && i < SL_MAX_ADDRS; i++) napi_set_element(env, attempts, (uint32_t)i, num(env, o->attempt_err[i]));
-    napi_value argv[9] = {num(env, (double)o->id),  num(env, (double)o->bytes_up), num(env, (double)o->bytes_down),
-                          num(env, o->end),         num(env, o->err),              num(env, o->dialed),
-                          num(env, o->connect_us), attempts,                       num(env, o->first_fin)};
-    napi_call_function(env, undefined, js_cb, 9, argv, NULL);
+    // Read here, on the thread that runs the callback, so the wait in the queue is counted too.
+    uint64_t now_us = sl_monotonic_us();
+    double since_end_ms = now_us > o->ended_us ? (double)(now_us - o->ended_us) / 1000.0 : 0;
+    napi_value argv[10] = {num(env, (double)o->id),  num(env, (double)o->bytes_up), num(env, (double)o->bytes_down),
+                           num(env, o->end),         num(env, o->err),              num(env, o->dialed),
+                           num(env, o->connect_us), attempts,                       num(env, o->first_fin),
+                           num(env, since_end_ms)};
+    napi_call_function(env, undefined, js_cb, 10, argv, NULL);
     if (--active == 0) napi_unref_threadsafe_function(env, tsfn);
     return;
   }
@@ -226,16 +230,15 @@ static void deliver(napi_env env, napi_value js_cb, item *it) {
     napi_get_null(env, &bytes);
   }
   // Read here, on the thread that runs the callback, so the wait in the queue is counted too.
-  uint64_t since = 0;
+  // In µs against the accept's whole ms (never later than the accept): the age is never short.
+  double since = 0;
   if (e->kind == SL_EV_ACCEPTED) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    since = now > e->accepted_ms ? now - e->accepted_ms : 0;
+    double now_ms = (double)sl_monotonic_us() / 1000.0;
+    since = now_ms > (double)e->accepted_ms ? now_ms - (double)e->accepted_ms : 0;
   }
   napi_value argv[13] = {num(env, e->kind), num(env, (double)e->id), num(env, it->loop), num(env, e->tag),
                          num(env, e->err),  num(env, e->state),      num(env, e->connect_us), address(env, &e->peer, &peer_port),
-                         num(env, 0),       address(env, &e->orig, &orig_port), num(env, 0), bytes, num(env, (double)since)};
+                         num(env, 0),       address(env, &e->orig, &orig_port), num(env, 0), bytes, num(env, since)};
   argv[8] = num(env, peer_port);
   argv[10] = num(env, orig_port);
   napi_call_function(env, undefined, fn, 13, argv, NULL);

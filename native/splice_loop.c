@@ -677,7 +677,8 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
                   .first_fin = c->first_fin,
                   .dialed = c->dialed,
                   .connect_us = c->connect_us,
-                  .attempts = c->attempts};
+                  .attempts = c->attempts,
+                  .ended_us = sl_monotonic_us()};
   memcpy(o.attempt_err, c->attempt_err, sizeof o.attempt_err);
   l->report(l->ctx, &o);
 }
@@ -2406,7 +2407,7 @@ void sl_loop_stop(sl_loop *l) {
       sl_conn *c = cmd->conn;
       close(c->fd[0]);
       close(c->fd[1]);
-      sl_outcome o = {.id = c->id, .end = SL_END_ABORTED, .dialed = -1};
+      sl_outcome o = {.id = c->id, .end = SL_END_ABORTED, .dialed = -1, .ended_us = sl_monotonic_us()};
       free(c->dir[0].pending);
       free(c->dir[1].pending);
       free(c);

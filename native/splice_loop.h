@@ -58,6 +58,7 @@ typedef struct {
   uint32_t connect_us; // from the dial command to the connection
   int attempts;      // how many addresses were tried
   int attempt_err[SL_MAX_ADDRS]; // 0 connected, an errno, or SL_ATTEMPT_CANCELLED
+  uint64_t ended_us; // CLOCK_MONOTONIC, in µs, when the loop ended it (sl_monotonic_us; the report may come later)
 } sl_outcome;
 
 typedef void (*sl_report_fn)(void *ctx, const sl_outcome *outcome);

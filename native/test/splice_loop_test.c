@@ -493,12 +493,16 @@ static void test_reset_is_passed_on(sl_loop *l, uint64_t id, bool client_resets)
   char buf[8];
   size_t got = read_n(other, buf, sizeof buf, 3, 5000);
   CHECK(got == 3, "the other side got %zu of 3 bytes", got);
+  uint64_t before_reset = sl_monotonic_us();
   reset_close(resetter);
   int err;
   read_all(other, NULL, 0, &err, 5000);
   CHECK(err == ECONNRESET, "the other side saw errno %d (%s), not a reset", err, strerror(err));
   sl_outcome o;
   CHECK(wait_outcome(id, 5000, &o), "no outcome");
+  // The end's time is the loop's, between the reset and its report (the addon's queue comes after).
+  CHECK(o.ended_us >= before_reset && o.ended_us <= outcome_time(id), "ended at %llu, not between the reset at %llu and the report at %llu",
+        (unsigned long long)o.ended_us, (unsigned long long)before_reset, (unsigned long long)outcome_time(id));
   sl_end want = client_resets ? SL_END_CLIENT_RESET : SL_END_UPSTREAM_RESET;
   CHECK(o.end == want, "end %d, expected %d", o.end, want);
   CHECK((client_resets ? o.bytes_up : o.bytes_down) == 3, "counted %llu/%llu", (unsigned long long)o.bytes_up,

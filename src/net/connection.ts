@@ -138,8 +138,11 @@ const DONE: Promise<void> = Promise.resolve();
  * verdict counted, admission's hold and the registry's entry let go, its outcome emitted.
  */
 function ended(deps: PipelineDeps, o: ConnectionOutcome, live: LiveConnection, ticket: AdmissionTicket | undefined, t0: number): void {
-  o.durationMs = performance.now() - t0;
-  o.endedAt = Date.now();
+  // At the splice's end, where its report came later (a native loop's queue), else now.
+  const now = performance.now();
+  const end = live.endedAt ?? now;
+  o.durationMs = end - t0;
+  o.endedAt = Math.round(Date.now() - (now - end));
   // Each connection counts once, for the verdict that last applied to it.
   if (o.decided !== undefined) countVerdict(o.decided);
   ticket?.release();
@@ -528,6 +531,7 @@ function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutco
   o.dialed = c.address;
   o.connectMs = c.connectMs;
   const s = c.splice;
+  if (s.endedAt !== undefined) live.endedAt = s.endedAt;
   o.bytesUp = s.bytesUp;
   o.bytesDown = s.bytesDown;
   o.end = s.end;

@@ -25,7 +25,17 @@ import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectR
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
 import { causeOf } from './dial.ts';
 import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
-import { enableNativeSetup, END_CLIENT_FIN, ENDS, firstFinOf, nativeSetupPlane, type DataPlaneAddon, type OutcomeFn, type SetupFn } from './native-splice.ts';
+import {
+  enableNativeSetup,
+  END_CLIENT_FIN,
+  endedAt,
+  ENDS,
+  firstFinOf,
+  nativeSetupPlane,
+  type DataPlaneAddon,
+  type OutcomeFn,
+  type SetupFn,
+} from './native-splice.ts';
 import type { OriginalDestination } from './original-dst.ts';
 import { PeekBuffer, type PeekOptions, type PeekOutcome } from './peek-socket.ts';
 import { ACCESS_DENIED_ALERT, httpRefusalBytes, lingerSlot } from './refuse.ts';
@@ -276,12 +286,12 @@ export class NativeSetup {
   };
 
   /** A set-up connection's end (typed by OutcomeFn, as `event` is by SetupFn). */
-  readonly outcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts, firstFin) => {
+  readonly outcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts, firstFin, sinceEndMs) => {
     this.reports.outcome++;
     const c = this.#conns.get(id);
     if (!c) return;
     this.#conns.delete(id);
-    c.onOutcome(up, down, end, errno, dialed, connectUs, attempts, firstFin);
+    c.onOutcome(up, down, end, errno, dialed, connectUs, attempts, firstFin, sinceEndMs);
   };
 
   #od(
@@ -579,7 +589,7 @@ export class NativeClient implements ClientSide {
     return out;
   }
 
-  onOutcome(up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, errnos: number[], firstFin: number): void {
+  onOutcome(up: number, down: number, end: number, errno: number, dialed: number, connectUs: number, errnos: number[], firstFin: number, sinceEndMs = 0): void {
     this.#ended = true;
     this.#releaseLinger?.();
     this.#releaseLinger = null;
@@ -619,7 +629,7 @@ export class NativeClient implements ClientSide {
       address: this.#addresses[dialed] ?? '',
       connectMs: Math.round(connectUs) / 1000,
       attempts,
-      splice: { bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error', firstFin: firstFinOf(firstFin) },
+      splice: { bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error', firstFin: firstFinOf(firstFin), endedAt: endedAt(sinceEndMs) },
     });
   }
 

@@ -22,7 +22,11 @@ import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import type { Side, SpliceEnd, SpliceOptions, SpliceResult } from './splice.ts';
 
-/** A connection's end in the loop: (id, bytesUp, bytesDown, end, errno, dialed, connectUs, attemptErrnos, firstFin: FIN_SIDES' index or -1). */
+/**
+ * A connection's end in the loop: (id, bytesUp, bytesDown, end, errno, dialed, connectUs,
+ * attemptErrnos, firstFin: FIN_SIDES' index or -1, sinceEndMs: how long ago (ms, µs precision) the
+ * loop ended it: the report waits in the queue to Node's thread).
+ */
 export type OutcomeFn = (
   id: number,
   up: number,
@@ -33,6 +37,7 @@ export type OutcomeFn = (
   connectUs: number,
   attempts: number[],
   firstFin: number,
+  sinceEndMs: number,
 ) => void;
 /** A set-up report (native/data_plane.c's onSetup). */
 export type SetupFn = (
@@ -127,6 +132,8 @@ export const END_CLIENT_FIN = 6;
 const FIN_SIDES: readonly Side[] = ['client', 'upstream'];
 /** The loop's first_fin as SpliceResult.firstFin. */
 export const firstFinOf = (i: number | undefined): Side | null => (i === undefined ? null : (FIN_SIDES[i] ?? null));
+/** The loop's end as SpliceResult.endedAt (performance.now() ms); an addon that does not say how long ago: now. */
+export const endedAt = (sinceEndMs: number | undefined): number => performance.now() - (sinceEndMs ?? 0);
 // The addon's idleMs is a uint32; longer timeouts are capped (49 days).
 const MAX_IDLE_MS = 2 ** 32 - 1;
 
@@ -236,11 +243,11 @@ function load(): State {
   const threads = threadsWanted ?? Math.min(64, availableParallelism());
   const pending = new Map<number, Pending>();
   const sink = setupSink;
-  const onOutcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts, firstFin) => {
+  const onOutcome: OutcomeFn = (id, up, down, end, errno, dialed, connectUs, attempts, firstFin, sinceEndMs) => {
     const p = pending.get(id);
-    if (!p) return sink?.outcome(id, up, down, end, errno, dialed, connectUs, attempts, firstFin);
+    if (!p) return sink?.outcome(id, up, down, end, errno, dialed, connectUs, attempts, firstFin, sinceEndMs);
     pending.delete(id);
-    p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error', firstFin: firstFinOf(firstFin) });
+    p.resolve({ bytesUp: up, bytesDown: down, end: ENDS[end] ?? 'error', firstFin: firstFinOf(firstFin), endedAt: endedAt(sinceEndMs) });
   };
   const hosted = hostedWanted && addon.hostedAvailable?.() === true;
   try {

@@ -59,6 +59,8 @@ export class LiveConnection implements Closing {
   aliases: readonly string[] | null = null;
   closeReason?: RejudgeReason | 'shutdown';
   onClose: (() => void) | null = null;
+  /** When its splice ended (SpliceResult.endedAt, performance.now() ms), where the result came later; else absent. */
+  endedAt?: number;
   #closed = false;
   // Made only when asked for: an AbortController and a listener on it cost more than the rest of
   // this record, and the native path never needs one.

@@ -44,6 +44,12 @@ export interface SpliceResult {
    * connection that `closed`. Left out only by an addon built before the loop reported it.
    */
   readonly firstFin?: Side | null;
+  /**
+   * When the splice ended (performance.now() ms), where that was before this result was handed
+   * over: a native loop's report of it waits in the queue to Node's thread. The connection's
+   * duration ends there. Absent: when the result is handed over (the JavaScript splice).
+   */
+  readonly endedAt?: number;
 }
 
 export type Side = 'client' | 'upstream';

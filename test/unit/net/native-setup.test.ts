@@ -110,7 +110,7 @@ function pipeline() {
   const accept = (id: number, state: number, bytes: Buffer | null): void =>
     setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes, 0);
   const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0);
-  return { commands, accept, report, outcomes };
+  return { commands, accept, report, outcomes, outcome: setup.outcome };
 }
 
 describe('a connection whose first flight came with its report', () => {
@@ -141,6 +141,28 @@ describe('a connection whose first flight came with its report', () => {
     const p = pipeline();
     p.accept(3, PEEK_MORE, Buffer.from(buildHello({ sni: ['b.test'] })));
     expect(p.commands).toEqual(['refuse']);
+  });
+});
+
+describe("a connection's times on the native set-up", () => {
+  // performance.now() held still, so that the figures are exact: the accept at 1000, the loop's
+  // end at 2000, its report handled at 5000 (3000 ms in the queue to Node's thread).
+  it('end where the loop ended it, not where its report came', async () => {
+    let now = 1000;
+    const spy = vi.spyOn(performance, 'now').mockImplementation(() => now);
+    try {
+      const p = pipeline();
+      p.accept(1, PEEK_MORE, hello);
+      expect(p.commands).toEqual(['dial 198.18.1.2']);
+      now = 5000;
+      // closed (ENDS[0]), the first address, connected in 1.5 ms, the client's FIN first, 3000 ms ago.
+      p.outcome(1, 10, 20, 0, 0, 0, 1500, [0], 0, 3000);
+      for (let i = 0; i < 10 && p.outcomes.length === 0; i++) await Promise.resolve();
+      // Measured to the report's handling, 4000.
+      expect(p.outcomes[0]).toMatchObject({ verdict: 'allow', end: 'closed', connectMs: 1.5, durationMs: 1000 });
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
 
