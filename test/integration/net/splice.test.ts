@@ -326,6 +326,22 @@ describe.each(['js', 'native'] as const)('splice (%s path)', (p) => {
     expect(await r.result).toMatchObject({ bytesUp: 3, end: 'client-reset' });
   });
 
+  // The native loop's report of the end waits in the queue to Node's thread: the connection's
+  // duration ends at the loop's end (SpliceResult.endedAt), after the reset, before the result.
+  it.runIf(p === 'native')('dates its end at the loop, between the reset and the result', async () => {
+    const r = await rig();
+    const up = await r.upstream;
+    r.client.write('abc');
+    await firstBytes(up, 3);
+    const beforeReset = performance.now();
+    r.client.resetAndDestroy();
+    const s = await r.result;
+    const handled = performance.now();
+    expect(s.end).toBe('client-reset');
+    expect(s.endedAt).toBeGreaterThanOrEqual(beforeReset);
+    expect(s.endedAt).toBeLessThanOrEqual(handled);
+  });
+
   it("answers the upstream's reset with a reset to the client", async () => {
     const r = await rig();
     const up = await r.upstream;
