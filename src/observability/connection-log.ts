@@ -64,7 +64,13 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
     description: 'Why it ended so: the values of the `reason` label in docs/metrics.md (`allow-rule`, `default-block`, `not-redirected`, …).',
     value: (o) => o.reason,
   },
-  { name: 'event.duration', type: 'long', description: 'Accept to close, in nanoseconds (ECS unit), on the monotonic clock: a step of the wall clock (NTP) moves no duration of the line, only `@timestamp`.', value: (o) => ns(o.durationMs) },
+  {
+    name: 'event.duration',
+    type: 'long',
+    description:
+      'Accept to close, in nanoseconds (ECS unit), on the monotonic clock: a step of the wall clock (NTP) moves no duration of the line, only `@timestamp`.',
+    value: (o) => ns(o.durationMs),
+  },
   {
     name: 'source.ip',
     type: 'ip',
@@ -185,7 +191,12 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
       "Why the upstream could not be reached: `refused`, `timeout`, `unreachable`, `reset`, `aborted` (a shutdown, a policy change, a change of the host's own addresses, or the client's going (its reset; a TLS client's FIN) cancelled the dial), `other`.",
     value: (o) => o.dialFailure,
   },
-  { name: 'egressd.upstream.connect_duration', type: 'long', description: 'Time to connect to the upstream, in nanoseconds, on the monotonic clock.', value: (o) => ns(o.connectMs) },
+  {
+    name: 'egressd.upstream.connect_duration',
+    type: 'long',
+    description: 'Time to connect to the upstream, in nanoseconds, on the monotonic clock.',
+    value: (o) => ns(o.connectMs),
+  },
   {
     name: 'egressd.peek_duration',
     type: 'long',
