@@ -132,9 +132,10 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('times
       });
       // A deadline on the wall clock stepped forward would have passed at once (peek-timeout).
       expect(field(l, 'egressd.verdict')).toBe('allow');
-      expect(ms(l, 'egressd.peek_duration')).toBeGreaterThanOrEqual(120 - SLACK_MS);
+      // The step's own sign and size, not the client's pauses (those the cases above check): a
+      // step back made the times negative, a step forward an hour long. Not a bound on speed.
+      expect(ms(l, 'egressd.peek_duration')).toBeGreaterThan(0);
       expect(ms(l, 'event.duration')).toBeGreaterThanOrEqual(ms(l, 'egressd.peek_duration'));
-      // Not a bound on speed: the step itself is not in the times (a forward one made them an hour long).
       expect(ms(l, 'event.duration')).toBeLessThan(HOUR_MS);
     } finally {
       restore();
