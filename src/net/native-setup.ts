@@ -343,6 +343,11 @@ export class NativeClient implements ClientSide {
   /** A peek settled while no one waited on it yet (see onPeek); peek() answers with it. */
   #settledEarly: PeekOutcome<Peeked> | null = null;
   #ended = false;
+  /**
+   * egressd reset it (reset()): the abort is on its way to the loop, which may still report what
+   * it read before running it (see onPeek). Never cleared.
+   */
+  #reset = false;
   #addresses: readonly string[] = [];
   #releaseLinger: (() => void) | null = null;
   /** A command (or `answered`) went to the loop: the connection no longer holds an unanswered slot. */
@@ -477,6 +482,12 @@ export class NativeClient implements ClientSide {
   }
 
   onPeek(state: number, bytes: Buffer | null): void {
+    // After egressd's own reset (critical memory pressure, shutdown) the peek ends as it is, at the
+    // outcome, as on Node's sockets, where no byte comes after resetAndDestroy (peek-socket.ts
+    // onClose). The loop runs the abort after its turn's events, so a report may come between:
+    // the bytes before the client's own going (client_left), or the rest of a flight. Judged, a
+    // bad request or a denied name reset under pressure was logged as refused, not peek-closed.
+    if (this.#reset) return;
     const p = this.#pending;
     if (p?.kind === 'peek') {
       const o = this.#peekStep(p, state, bytes);
@@ -655,6 +666,7 @@ export class NativeClient implements ClientSide {
   /** Closes the connection in its loop, at whatever stage (an arrow: also the dial's close hook). */
   readonly reset = (): void => {
     if (this.#ended) return;
+    this.#reset = true;
     this.#answered = true;
     this.#addon.abort(this.loop, this.id);
   };

@@ -13,13 +13,17 @@ const EV_ACCEPTED = 1;
 const EV_PEEK = 2;
 const PEEK_MORE = 0;
 const PEEK_SILENT = 3;
+const PEEK_CLOSED = 5;
 const PEEK_WAITING = 6;
+/** native-splice.ts ENDS: sl_end's codes. */
+const END_CLIENT_RESET = 1;
+const END_ABORTED = 4;
 
 function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
-  const calls: { peek: unknown[][]; rules: unknown[][] } = { peek: [], rules: [] };
+  const calls: { peek: unknown[][]; rules: unknown[][]; abort: unknown[][] } = { peek: [], rules: [], abort: [] };
   const addon = {
     listen: () => 4430,
-    abort: () => {},
+    abort: (...a: unknown[]) => calls.abort.push(a),
     answered: () => {},
     setPolicyVersion: () => {},
     peek: (...a: unknown[]) => calls.peek.push(a),
@@ -42,7 +46,8 @@ function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
     rules = next;
     setup.peekRulesChanged();
   };
-  return { setup, calls, tag, accept, report, change };
+  const outcome = (id: number, end: number): void => setup.outcome(id, 0, 0, end, 0, -1, 0, [], -1);
+  return { setup, calls, tag, accept, report, change, outcome };
 }
 
 const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
@@ -97,5 +102,26 @@ describe('the native loops read the first flight and report it once', () => {
     expect(p.calls.peek.length).toBe(1);
     p.report(5, PEEK_MORE, hello.subarray(3));
     expect((await pending).kind).toBe('done');
+  });
+
+  // egressd's own reset (critical memory pressure, shutdown) ends a peek as it is, as on Node's
+  // sockets, where no byte comes after resetAndDestroy (peek-socket.ts onClose): the abort is a
+  // command the loop runs after the events of its turn, so a report may still come between the
+  // reset and the outcome, the client's bytes and its going (client_left) or the flight made
+  // whole. Judged, it made a bad request reset under pressure a malformed-http refusal, and a
+  // denied name a refusal by policy, where Node's sockets log peek-closed.
+  it.each([
+    ['a bad line and the client’s reset', PEEK_CLOSED, 'Bad Line\r\n', END_CLIENT_RESET],
+    ['the rest of the head, whole', PEEK_MORE, 'User-Agent: t\r\n\r\n', END_ABORTED],
+  ])('after egressd reset it, judge no report that came before the outcome: %s', async (_what, state, rest, end) => {
+    const p = plane();
+    const head = Buffer.from('GET /x HTTP/1.1\r\nHost: a.test\r\n');
+    const c = p.accept(6, PEEK_WAITING, head);
+    const pending = c.peek(anyStepper(), opts());
+    c.resetAndDestroy();
+    expect(p.calls.abort).toEqual([[0, 6]]);
+    p.report(6, state, Buffer.from(rest));
+    p.outcome(6, end);
+    expect(await pending).toEqual({ kind: 'closed', bytes: head });
   });
 });
