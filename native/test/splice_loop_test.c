@@ -2044,6 +2044,37 @@ static void test_setup_client_resets_while_its_flight_is_read(sl_loop *l, const 
   check_late_dial_does_nothing(l, id);
 }
 
+// The same under a peek the caller commanded (sl_loop_peek: its parser asked for more, no listener
+// rules): what came after the last report and short of report_at, then the reset, is reported
+// (CLOSED) before the outcome, once, as under the loop's own reading (client_left): the caller
+// judges those bytes as the JavaScript path does. Before, they went with the connection.
+static void test_setup_client_resets_under_a_commanded_peek(sl_loop *l, const struct sockaddr_in *front) {
+  int client;
+  uint64_t id = accept_with(l, front, "G", &client);
+  int from = seen;
+  sl_loop_peek(l, id, 5000, 0, 0, 100);
+  write_all(client, "ET / HTTP/1.1\r\nBad Line\r\n", 26);
+  usleep(20 * 1000);
+  reset_close(client);
+  sl_outcome o = {0};
+  CHECK(wait_outcome(id, 3000, &o), "no outcome within 3 s of the client's reset");
+  CHECK(o.end == SL_END_CLIENT_RESET && o.dialed == -1, "end %d, dialed %d", o.end, o.dialed);
+  // Emitted before the outcome, on the loop's thread: there once the outcome is.
+  char got[64];
+  size_t n = 0;
+  int reports = 0, state = -1;
+  saved_event ev;
+  while (wait_event(SL_EV_PEEK, id, &from, 0, &ev) && n + ev.e.len <= sizeof got) {
+    memcpy(got + n, ev.bytes, ev.e.len);
+    n += ev.e.len;
+    state = ev.e.state;
+    reports++;
+  }
+  CHECK(n == 26 && memcmp(got, "ET / HTTP/1.1\r\nBad Line\r\n", 26) == 0, "%zu of the 26 bytes before the reset reported", n);
+  CHECK(reports == 1 && state == SL_PEEK_CLOSED, "%d reports, the last %d", reports, state);
+  check_late_dial_does_nothing(l, id);
+}
+
 // A client's FIN during the dial is not its going away (EPOLLRDHUP alone): it sent its request and
 // reads the answer. The request and the FIN reach the upstream once an address answers, and the
 // answer comes back (`printf 'GET / HTTP/1.0\r\n\r\n' | nc -q0`).
@@ -2149,6 +2180,7 @@ static void test_setup(void) {
   RUN(test_setup_client_resets_during_dial(l, &front));
   RUN(test_setup_client_resets_while_waiting(l, &front));
   RUN(test_setup_client_resets_while_its_flight_is_read(l, &front));
+  RUN(test_setup_client_resets_under_a_commanded_peek(l, &front));
   RUN(test_setup_client_fin_during_dial(l, &front));
   RUN(test_setup_tls_client_fin_during_dial(l, &front));
   RUN(test_setup_tls_client_fin_while_waiting(l, &front));
