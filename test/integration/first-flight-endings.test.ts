@@ -11,7 +11,9 @@
 //
 // Flights × endings: a FIN or a reset right after the flight, after a pause shorter and longer
 // than the loop's 50 ms grace (native/splice_loop.h SL_FLIGHT_GRACE_MS), and before the flight's
-// last piece. Each case has its own source address and its own upstream.
+// last piece; and a FIN with a reset a moment after it, the FIN the going (the reset's error is
+// EPIPE then, and a read finds the EOF first). Each case has its own source address and its own
+// upstream.
 
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -133,7 +135,7 @@ const FLIGHTS: Flight[] = [
 
 interface Ending {
   readonly key: string;
-  readonly how: 'fin' | 'reset';
+  readonly how: 'fin' | 'reset' | 'fin-reset';
   readonly afterMs: number;
   /** Sends only the bytes before the flight's last piece. */
   readonly beforeLast: boolean;
@@ -148,7 +150,12 @@ const ENDINGS: Ending[] = [
   { key: 'a reset 80 ms after', how: 'reset', afterMs: 80, beforeLast: false },
   { key: 'a FIN before the last piece', how: 'fin', afterMs: 0, beforeLast: true },
   { key: 'a reset before the last piece', how: 'reset', afterMs: 0, beforeLast: true },
+  { key: 'a FIN, then a reset', how: 'fin-reset', afterMs: 0, beforeLast: false },
+  { key: 'a FIN, then a reset, before the last piece', how: 'fin-reset', afterMs: 0, beforeLast: true },
 ];
+
+/** fin-reset: the wait between the FIN and the reset. */
+const FIN_RESET_MS = 2;
 
 /** A FIN is the client's going only after a ClientHello read before the verdict (docs/logs.md). */
 const finGoes = (f: Flight): boolean => f.bytes[0] === 0x16 && f.policy !== 'addr';
@@ -206,7 +213,7 @@ function closeUpstream(up: Upstream): void {
 
 /**
  * Sends `bytes` (in two writes SPLIT_PAUSE_MS apart when `split`), waits `afterMs`, then sends its FIN or
- * resets; resolves with the local port and what came back, once closed.
+ * resets (or both, FIN_RESET_MS apart); resolves with the local port and what came back, once closed.
  */
 function client(source: string, port: number, bytes: Buffer, split: number | undefined, how: Ending['how'], afterMs: number): Promise<number> {
   return new Promise((resolve) => {
@@ -230,8 +237,9 @@ function client(source: string, port: number, bytes: Buffer, split: number | und
         }
         if (afterMs > 0) await sleep(afterMs);
         if (s.destroyed) return;
-        if (how === 'fin') s.end();
-        else s.resetAndDestroy();
+        if (how !== 'reset') s.end();
+        if (how === 'fin-reset') await sleep(FIN_RESET_MS);
+        if (how !== 'fin' && !s.destroyed) s.resetAndDestroy();
       })();
     });
   });
@@ -324,7 +332,13 @@ describe.each([
       // A FIN is a half-close, carried, but after a ClientHello (docs/logs.md, "A client that goes
       // before its upstream is reached").
       const notReached = { end: e.how === 'fin' ? 'client-fin' : 'client-reset', up: 0, down: 0, upstream: '' };
-      const may = e.how === 'fin' && !finGoes(f) ? [reached] : [reached, notReached];
+      // A FIN, then a reset: the flight carried with its FIN, the echo back before the reset or
+      // not; or the reset (an error at once after the FIN) ending the wait for the upstream.
+      const finReset = [
+        ...['closed', 'client-reset'].flatMap((end) => [0, sent.length].map((down) => ({ ...reached, end, down }))),
+        ...['client-fin', 'client-reset'].map((end) => ({ ...notReached, end })),
+      ];
+      const may = e.how === 'fin-reset' ? finReset : e.how === 'fin' && !finGoes(f) ? [reached] : [reached, notReached];
       expect(may, `${key}: carried ${JSON.stringify(carried)}`).toContainEqual(carried);
       expect(seen.endedBy, key).toBe('client');
     }
