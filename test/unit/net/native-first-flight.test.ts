@@ -46,7 +46,7 @@ function plane(peek = { timeoutMs: 5000, firstByteTimeoutMs: 1000 }) {
     rules = next;
     setup.peekRulesChanged();
   };
-  const outcome = (id: number, end: number): void => setup.outcome(id, 0, 0, end, 0, -1, 0, [], -1);
+  const outcome = (id: number, end: number): void => setup.outcome(id, 0, 0, end, 0, -1, 0, [], -1, 0);
   return { setup, calls, tag, accept, report, change, outcome };
 }
 

@@ -63,7 +63,10 @@ describe('NativeSetup hands accepted connections over', () => {
 
 const EV_PEEK = 2;
 const PEEK_MORE = 0;
+const PEEK_CLOSED = 5;
 const PEEK_WAITING = 6;
+/** native-splice.ts ENDS: the client's reset. */
+const END_CLIENT_RESET = 1;
 const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
 const opts = () => ({ deadline: performance.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
 
@@ -87,6 +90,7 @@ function pipeline() {
   const store = new PolicyStore({ protected: { extra: [], except: ['198.18.0.0/15'], nat64Prefixes: [] }, catalog: [], dnsServers: [] }, body.value);
   const resolver = new NameResolver({ servers: ['127.0.0.1:1'], timeoutMs: 100 });
   const outcomes: ConnectionOutcome[] = [];
+  const clients: NativeClient[] = [];
   const deps: PipelineDeps = {
     config: () =>
       ({
@@ -105,12 +109,20 @@ function pipeline() {
   const { tag } = setup.listen(
     'tls',
     { host: '127.0.0.1', port: 0, text: '127.0.0.1:0' },
-    { onAccept: (c, kind) => void handleClient(c, kind, deps), onShed: () => {} },
+    {
+      onAccept: (c, kind) => {
+        clients.push(c);
+        void handleClient(c, kind, deps);
+      },
+      onShed: () => {},
+    },
   );
   const accept = (id: number, state: number, bytes: Buffer | null): void =>
     setup.event(EV_ACCEPTED, id, 0, tag, 0, state, 0, '198.18.0.2', 40000, '198.18.1.2', 443, bytes, 0);
   const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0);
-  return { commands, accept, report, outcomes, outcome: setup.outcome };
+  /** The loop's outcome of a connection that was not spliced: `end` is sl_end's code (native-splice.ts ENDS). */
+  const ended = (id: number, end: number): void => setup.outcome(id, 0, 0, end, 0, -1, 0, [], -1, 0);
+  return { commands, accept, report, outcomes, outcome: setup.outcome, ended, clients };
 }
 
 describe('a connection whose first flight came with its report', () => {
@@ -163,6 +175,22 @@ describe("a connection's times on the native set-up", () => {
     } finally {
       spy.mockRestore();
     }
+  });
+});
+
+describe('a connection egressd resets while its first flight is read', () => {
+  // docs/logs.md: egressd's own reset (critical memory pressure, shutdown) is peek-closed whatever
+  // the client had sent. The loop runs the abort after its turn's events, so it may first report
+  // the bytes before the client's own reset (splice_loop.c client_left): those are not judged.
+  it('is peek-closed, though a bad line and the client’s reset were reported before the abort took effect', async () => {
+    const p = pipeline();
+    p.accept(4, PEEK_WAITING, Buffer.from('GET /x HTTP/1.1\r\nHost: a.test\r\n'));
+    p.clients.at(-1)!.resetAndDestroy();
+    p.report(4, PEEK_CLOSED, Buffer.from('Bad Line\r\n'));
+    p.ended(4, END_CLIENT_RESET);
+    await turn();
+    expect(p.outcomes.map((o) => ({ verdict: o.verdict, reason: o.reason }))).toEqual([{ verdict: 'error', reason: 'peek-closed' }]);
+    expect(p.commands).toEqual(['abort']);
   });
 });
 
