@@ -27,6 +27,11 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
                            reachable on port 53 (repeatable)
   --udp reject|drop        other UDP (default reject: ICMP port unreachable, so clients fail
                            at once instead of waiting out a timeout); UDP 443 is always rejected
+  --other-protocols drop|pass
+                           IP protocols other than TCP and UDP (ICMP, ICMPv6, GRE, SCTP,
+                           ESP, raw IP) a sandbox sends (default drop: ping and tunnels
+                           over ICMP are refused); ICMP errors of allowed connections and
+                           IPv6 neighbour discovery always pass; "pass" leaves them unfiltered
   --family 4|6|both        default both
   --backend iptables|nft   default iptables (chains EGRESSD-*); nft uses tables ip/ip6 egressd
   --http-port N            default ${DEFAULT_PORTS.http} (TCP 80 goes here)
@@ -81,6 +86,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         'dns-port': { type: 'string' },
         uid: { type: 'string' },
         udp: { type: 'string' },
+        'other-protocols': { type: 'string' },
         'http-port': { type: 'string' },
         'tls-port': { type: 'string' },
         'tcp-port': { type: 'string' },
@@ -111,6 +117,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
   if (families.length === 0) return fail(`--family: expected "4", "6" or "both", got "${familyArg}"`);
   const udp = str('udp') ?? 'reject';
   if (udp !== 'drop' && udp !== 'reject') return fail(`--udp: expected "reject" or "drop", got "${udp}"`);
+  const otherProtocols = str('other-protocols') ?? 'drop';
+  if (otherProtocols !== 'drop' && otherProtocols !== 'pass') return fail(`--other-protocols: expected "drop" or "pass", got "${otherProtocols}"`);
 
   const ports: Record<'http' | 'tls' | 'tcp', number> = { ...DEFAULT_PORTS };
   for (const key of ['http', 'tls', 'tcp'] as const) {
@@ -210,6 +218,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       dnsServers,
       uid,
       udp,
+      otherProtocols,
       ports,
       dnsPort,
       excludeCidrs,

@@ -11,18 +11,21 @@ function iptablesMatch(m: Match, family: Family): string[] {
   if (m.destination !== undefined) a.push('-d', m.destination);
   if (m.protocol !== undefined) a.push('-p', m.protocol);
   if (m.dport !== undefined) a.push('--dport', String(m.dport));
+  if (m.icmpv6Type !== undefined) a.push('--icmpv6-type', String(m.icmpv6Type));
   if (m.syn !== undefined) a.push('--syn');
   if (m.uid !== undefined) a.push('-m', 'owner', '--uid-owner', String(m.uid));
   if (
     m.originalDirection !== undefined ||
     m.newConnection !== undefined ||
     m.untracked !== undefined ||
+    m.related !== undefined ||
     m.originalDestination !== undefined ||
     m.originalDport !== undefined
   ) {
     a.push('-m', 'conntrack');
     if (m.newConnection !== undefined) a.push('--ctstate', 'NEW');
     if (m.untracked !== undefined) a.push('--ctstate', 'INVALID,UNTRACKED');
+    if (m.related !== undefined) a.push('--ctstate', 'RELATED');
     if (m.originalDestination !== undefined) a.push('--ctorigdst', m.originalDestination);
     if (m.originalDport !== undefined) a.push('--ctorigdstport', String(m.originalDport));
     if (m.originalDirection !== undefined) a.push('--ctdir', 'ORIGINAL');

@@ -11,13 +11,18 @@ function nftMatch(m: Match, family: Family): string[] {
   if (m.uid !== undefined) a.push(`meta skuid ${m.uid}`);
   if (m.source !== undefined) a.push(`${ip} saddr ${m.source}`);
   if (m.destination !== undefined) a.push(`${ip} daddr ${m.destination}`);
-  if (m.protocol !== undefined) a.push(m.dport !== undefined ? `${m.protocol} dport ${m.dport}` : `meta l4proto ${m.protocol}`);
+  if (m.protocol !== undefined) {
+    if (m.dport !== undefined) a.push(`${m.protocol} dport ${m.dport}`);
+    else if (m.icmpv6Type !== undefined) a.push(`icmpv6 type ${m.icmpv6Type}`);
+    else a.push(`meta l4proto ${m.protocol}`);
+  }
   if (m.syn !== undefined) a.push('tcp flags & (fin | syn | rst | ack) == syn');
   if (m.originalDestination !== undefined) a.push(`ct original ${ip} daddr ${m.originalDestination}`);
   if (m.originalDport !== undefined) a.push(`ct original proto-dst ${m.originalDport}`);
   if (m.originalDirection !== undefined) a.push('ct direction original');
   if (m.newConnection !== undefined) a.push('ct state new');
   if (m.untracked !== undefined) a.push('ct state invalid,untracked');
+  if (m.related !== undefined) a.push('ct state related');
   if (m.overPerSource !== undefined) {
     const { bucket, perSecond, burst } = m.overPerSource;
     a.push(`update @${PER_SOURCE_SETS[bucket]} { ${ip} saddr limit rate over ${perSecond}/second burst ${burst} packets }`);

@@ -14,6 +14,8 @@ export type Family = 4 | 6;
 export type Backend = 'iptables' | 'nft';
 export type Mode = 'host' | 'sidecar';
 export type UdpPolicy = 'drop' | 'reject';
+/** What becomes of a sandbox's packets of IP protocols other than TCP and UDP (--other-protocols). */
+export type OtherProtocolsPolicy = 'drop' | 'pass';
 export type Table = 'nat' | 'filter';
 export type BuiltinChain = 'PREROUTING' | 'INPUT' | 'FORWARD' | 'OUTPUT';
 
@@ -28,6 +30,12 @@ export interface IptablesOptions {
   readonly dnsServers: readonly string[];
   readonly uid: number | null;
   readonly udp: UdpPolicy;
+  /**
+   * drop: a sandbox's own packets of every other IP protocol (ICMP, ICMPv6, GRE, SCTP, ESP, raw
+   * IP) are dropped, except ICMP errors of a connection conntrack knows (RELATED) and, to the
+   * host itself or in sidecar mode, ICMPv6 neighbour discovery and MLD. pass: left untouched.
+   */
+  readonly otherProtocols: OtherProtocolsPolicy;
   readonly ports: { readonly http: number; readonly tls: number; readonly tcp: number };
   /**
    * egressd's DNS listener (`listen.dns`): UDP and TCP port 53, whatever server is addressed,
@@ -79,7 +87,7 @@ export interface PerSourceLimit extends NewConnectionLimit {
 }
 
 export type ChainId =
-  'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp' | 'tcp' | 'untracked' | 'local-tcp';
+  'nat-prerouting' | 'nat-output' | 'redirect' | 'filter-input' | 'filter-forward' | 'filter-output' | 'udp' | 'tcp' | 'untracked' | 'local-tcp' | 'other';
 
 interface ChainInfo {
   readonly table: Table;
@@ -101,6 +109,7 @@ export const CHAINS: Readonly<Record<ChainId, ChainInfo>> = Object.freeze({
   tcp: { table: 'filter', hook: null, iptables: 'EGRESSD-TCP', nft: 'unredirected_tcp' },
   untracked: { table: 'filter', hook: null, iptables: 'EGRESSD-UNTRACKED', nft: 'untracked_tcp' },
   'local-tcp': { table: 'filter', hook: null, iptables: 'EGRESSD-LOCAL-TCP', nft: 'local_tcp' },
+  other: { table: 'filter', hook: null, iptables: 'EGRESSD-OTHER', nft: 'other_protocols' },
 });
 
 export interface Match {
@@ -108,8 +117,10 @@ export interface Match {
   readonly outInterface?: string;
   readonly source?: string;
   readonly destination?: string;
-  readonly protocol?: 'tcp' | 'udp';
+  readonly protocol?: 'tcp' | 'udp' | 'icmpv6';
   readonly dport?: number;
+  /** With protocol icmpv6: the ICMPv6 message type (RFC 4443 §2.1). */
+  readonly icmpv6Type?: number;
   readonly uid?: number;
   /** Only packets in the direction of the connection's first packet (conntrack's ORIGINAL). */
   readonly originalDirection?: true;
@@ -123,6 +134,12 @@ export interface Match {
    * SYN|FIN) or UNTRACKED (a raw-table NOTRACK). The NAT tables never see them.
    */
   readonly untracked?: true;
+  /**
+   * Only packets conntrack relates to a connection it knows without being part of it (RELATED):
+   * an ICMP error quoting one of its packets (port unreachable, fragmentation needed, ICMPv6
+   * packet too big).
+   */
+  readonly related?: true;
   /** A TCP segment whose only flag of SYN, ACK, FIN and RST is SYN: a connection's opening (iptables' --syn). */
   readonly syn?: true;
   /**
@@ -277,11 +294,42 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     ...dns.map((a): Rule => ({ match: { protocol: 'tcp', destination: hostCidr(a), dport: 53 }, target: { kind: 'return' } })),
     { match: { protocol: 'tcp' }, target: { kind: 'drop' } },
   ];
+  // Every other IP protocol (ICMP, GRE, SCTP, ESP, raw IP) a sandbox sends: no listener of
+  // egressd's takes it, and ICMP echo and GRE carry any payload to any address (ICMP tunnels are
+  // a known exfiltration channel). A sandbox's own packets are dropped: those of a flow it opened
+  // (conntrack's ORIGINAL direction, whatever their state, so that a flow older than the rules is
+  // caught too) and those conntrack does not track (an ICMP type it has no flow for, an error
+  // quoting no known connection). The answers of a flow another host opened to the sandbox (an
+  // echo reply to a platform's ping) travel in the REPLY direction and pass, as for UDP. ICMP
+  // errors about a connection conntrack knows (RELATED) pass: a port unreachable for a late DNS
+  // answer, a fragmentation needed (RFC 1191) or packet too big (RFC 8201) that path MTU discovery
+  // needs; they reach only the peers of connections already allowed (NAT rewrites them as it
+  // rewrote the connection). The exclusions leave their destinations unfiltered, as for TCP.
+  const other: Rule[] = [
+    { match: { protocol: 'tcp' }, target: { kind: 'return' } },
+    { match: { protocol: 'udp' }, target: { kind: 'return' } },
+    ...excluded.flatMap((c): Rule[] => [
+      { match: { originalDestination: c }, target: { kind: 'return' } },
+      { match: { destination: c, untracked: true }, target: { kind: 'return' } },
+    ]),
+    { match: { related: true }, target: { kind: 'return' } },
+    { match: { originalDirection: true }, target: { kind: 'drop' } },
+    { match: { untracked: true }, target: { kind: 'drop' } },
+  ];
+  const dropOther = options.otherProtocols === 'drop';
+  // ICMPv6 the link needs (RFC 4861 neighbour discovery; RFC 3810 MLD, which keeps a snooping
+  // bridge forwarding the solicited-node groups). conntrack leaves them UNTRACKED
+  // (nf_conntrack_proto_icmpv6.c, noct_valid_new), so the drop above would take them. They
+  // return only where they are addressed to this host or leave the pod (INPUT, sidecar OUTPUT):
+  // they are link-scoped, and a router never forwards them for a sandbox, so FORWARD keeps none.
+  const neighbourDiscovery = (m: Match): Rule[] =>
+    family === 6 && dropOther ? ICMPV6_LINK_TYPES.map((t): Rule => ({ match: { ...m, protocol: 'icmpv6', icmpv6Type: t }, target: { kind: 'return' } })) : [];
   const chains: Chain[] = [
     { id: 'redirect', rules: redirect },
     { id: 'udp', rules: udp },
     { id: 'tcp', rules: tcp },
     { id: 'untracked', rules: untracked },
+    ...(dropOther ? [{ id: 'other', rules: other } satisfies Chain] : []),
   ];
   // A sandbox's own UDP: the direction of a flow's first datagram, so the answers of a UDP service
   // in the sandbox (a platform querying it) pass, and datagrams conntrack does not track, which
@@ -345,11 +393,14 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       { match: { protocol: 'tcp' }, target: { kind: 'jump', chain: 'tcp' } },
     ];
     const toLocal: Rule[] = selectors.map((m) => ({ match: { ...m, protocol: 'tcp', originalDirection: true }, target: { kind: 'jump', chain: 'local-tcp' } }));
+    // Every packet of the selectors enters, whatever its protocol: the chain returns TCP and UDP
+    // first (iptables cannot match "neither TCP nor UDP" in one rule).
+    const toOther: Rule[] = dropOther ? selectors.map((m): Rule => ({ match: m, target: { kind: 'jump', chain: 'other' } })) : [];
     chains.push(
       { id: 'local-tcp', rules: localTcp },
       { id: 'nat-prerouting', rules: [...(dnsPort === null ? [] : to('udp', 'redirect', 53)), ...to('tcp', 'redirect')] },
-      { id: 'filter-input', rules: [...dnsIn, ...udpOut, ...toLocal] },
-      { id: 'filter-forward', rules: [...udpOut, ...unredirected] },
+      { id: 'filter-input', rules: [...dnsIn, ...udpOut, ...toLocal, ...selectors.flatMap(neighbourDiscovery), ...toOther] },
+      { id: 'filter-forward', rules: [...udpOut, ...unredirected, ...toOther] },
     );
   } else {
     // REDIRECT in OUTPUT rewrites to a loopback address, so egressd's own dials (its uid) and
@@ -379,12 +430,22 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
           // connections all start after the rules (the init container runs first).
           { match: { protocol: 'tcp', newConnection: true }, target: { kind: 'jump', chain: 'tcp' } },
           { match: { protocol: 'tcp', untracked: true }, target: { kind: 'jump', chain: 'untracked' } },
+          // After the exemptions: egressd's own and loopback traffic is never judged here.
+          ...neighbourDiscovery({}),
+          ...(dropOther ? [{ match: {}, target: { kind: 'jump', chain: 'other' } } satisfies Rule] : []),
         ],
       },
     );
   }
   return { family, mode: options.mode, chains };
 }
+
+/**
+ * ICMPv6 types a link needs, returned before the other-protocols drop: MLD query, report and done
+ * (130-132, RFC 2710), router solicitation and advertisement, neighbour solicitation and
+ * advertisement, redirect (133-137, RFC 4861), MLDv2 report (143, RFC 3810).
+ */
+export const ICMPV6_LINK_TYPES: readonly number[] = Object.freeze([130, 131, 132, 133, 134, 135, 136, 137, 143]);
 
 /** The family of a canonical CIDR or address. */
 export function cidrFamily(cidr: string): Family {

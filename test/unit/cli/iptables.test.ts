@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { parseIptablesArgs, parseSourceCidr } from '../../../src/cli/iptables/args.ts';
-import type { Runner } from '../../../src/cli/iptables/apply.ts';
+import { IPTABLES_USAGE, parseIptablesArgs, parseSourceCidr } from '../../../src/cli/iptables/args.ts';
+import { ALL_IPTABLES_CHAINS, type Runner } from '../../../src/cli/iptables/apply.ts';
 import { iptablesCommand } from '../../../src/cli/iptables/command.ts';
 import { renderIptablesRemoval, renderIptablesRestore } from '../../../src/cli/iptables/render-iptables.ts';
 import { nftHasOtherRules } from '../../../src/cli/iptables/variant.ts';
@@ -168,7 +168,17 @@ describe('buildRuleSet', () => {
   it('in host mode, selects sandbox traffic by interface and by the sources of its own family only', () => {
     const o = options(['--interface', 'veth+', '--source', '10.0.0.0/8', '--source', '2001:db8:1::/48']);
     const v4 = buildRuleSet(o, 4);
-    expect(v4.chains.map((c) => c.id).sort()).toEqual(['filter-forward', 'filter-input', 'local-tcp', 'nat-prerouting', 'redirect', 'tcp', 'udp', 'untracked']);
+    expect(v4.chains.map((c) => c.id).sort()).toEqual([
+      'filter-forward',
+      'filter-input',
+      'local-tcp',
+      'nat-prerouting',
+      'other',
+      'redirect',
+      'tcp',
+      'udp',
+      'untracked',
+    ]);
     expect(chain(v4, 'nat-prerouting')).toEqual([
       JSON.stringify([
         { inInterface: 'veth+', protocol: 'tcp' },
@@ -198,6 +208,11 @@ describe('buildRuleSet', () => {
         { kind: 'jump', chain: 'udp' },
       ]),
     ];
+    // Every other protocol, whatever its state: the other chain returns TCP and UDP first.
+    const otherJumps = [
+      JSON.stringify([{ inInterface: 'veth+' }, { kind: 'jump', chain: 'other' }]),
+      JSON.stringify([{ source: '10.0.0.0/8' }, { kind: 'jump', chain: 'other' }]),
+    ];
     // TCP the sandbox opened to the host itself goes to the local-tcp chain, which lets egressd's listeners through.
     expect(chain(v4, 'filter-input')).toEqual([
       ...udpJumps,
@@ -209,6 +224,7 @@ describe('buildRuleSet', () => {
         { source: '10.0.0.0/8', protocol: 'tcp', originalDirection: true },
         { kind: 'jump', chain: 'local-tcp' },
       ]),
+      ...otherJumps,
     ]);
     expect(chain(v4, 'local-tcp')).toEqual([
       ...[15080, 15443, 15001].map((dport) => JSON.stringify([{ protocol: 'tcp', dport }, { kind: 'return' }])),
@@ -234,6 +250,7 @@ describe('buildRuleSet', () => {
         { source: '10.0.0.0/8', protocol: 'tcp', untracked: true },
         { kind: 'jump', chain: 'untracked' },
       ]),
+      ...otherJumps,
     ]);
     expect(chain(buildRuleSet(o, 6), 'nat-prerouting')[1]).toContain('2001:db8:1::/48');
   });
@@ -245,7 +262,7 @@ describe('buildRuleSet', () => {
       [6, '::1/128'],
     ] as const) {
       const rs = buildRuleSet(o, family);
-      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'redirect', 'tcp', 'udp', 'untracked']);
+      expect(rs.chains.map((c) => c.id).sort()).toEqual(['filter-output', 'nat-output', 'other', 'redirect', 'tcp', 'udp', 'untracked']);
       const exempt = [
         JSON.stringify([{ uid: 1337 }, { kind: 'return' }]),
         JSON.stringify([{ outInterface: 'lo' }, { kind: 'return' }]),
@@ -270,6 +287,11 @@ describe('buildRuleSet', () => {
           { protocol: 'tcp', untracked: true },
           { kind: 'jump', chain: 'untracked' },
         ]),
+        // The pod's neighbour discovery, then every other protocol.
+        ...(family === 6
+          ? [130, 131, 132, 133, 134, 135, 136, 137, 143].map((t) => JSON.stringify([{ protocol: 'icmpv6', icmpv6Type: t }, { kind: 'return' }]))
+          : []),
+        JSON.stringify([{}, { kind: 'jump', chain: 'other' }]),
       ]);
     }
   });
@@ -397,6 +419,7 @@ describe('renderIptablesRestore', () => {
         ':EGRESSD-UDP - [0:0]',
         ':EGRESSD-TCP - [0:0]',
         ':EGRESSD-UNTRACKED - [0:0]',
+        ':EGRESSD-OTHER - [0:0]',
         ':EGRESSD-LOCAL-TCP - [0:0]',
         ':EGRESSD-INPUT - [0:0]',
         ':EGRESSD-FORWARD - [0:0]',
@@ -408,6 +431,11 @@ describe('renderIptablesRestore', () => {
         '-A EGRESSD-TCP -p tcp -j REJECT --reject-with tcp-reset',
         '-A EGRESSD-UNTRACKED -d 198.18.1.53/32 -p tcp --dport 53 -j RETURN',
         '-A EGRESSD-UNTRACKED -p tcp -j DROP',
+        '-A EGRESSD-OTHER -p tcp -j RETURN',
+        '-A EGRESSD-OTHER -p udp -j RETURN',
+        '-A EGRESSD-OTHER -m conntrack --ctstate RELATED -j RETURN',
+        '-A EGRESSD-OTHER -m conntrack --ctdir ORIGINAL -j DROP',
+        '-A EGRESSD-OTHER -m conntrack --ctstate INVALID,UNTRACKED -j DROP',
         '-A EGRESSD-LOCAL-TCP -p tcp --dport 15080 -j RETURN',
         '-A EGRESSD-LOCAL-TCP -p tcp --dport 15443 -j RETURN',
         '-A EGRESSD-LOCAL-TCP -p tcp --dport 15001 -j RETURN',
@@ -415,10 +443,12 @@ describe('renderIptablesRestore', () => {
         '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
         '-A EGRESSD-INPUT -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
         '-A EGRESSD-INPUT -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-LOCAL-TCP',
+        '-A EGRESSD-INPUT -i veth0 -j EGRESSD-OTHER',
         '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctdir ORIGINAL -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p udp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UDP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctdir ORIGINAL -j EGRESSD-TCP',
         '-A EGRESSD-FORWARD -i veth0 -p tcp -m conntrack --ctstate INVALID,UNTRACKED -j EGRESSD-UNTRACKED',
+        '-A EGRESSD-FORWARD -i veth0 -j EGRESSD-OTHER',
         'COMMIT',
         '',
       ].join('\n'),
@@ -456,6 +486,13 @@ describe('renderNft', () => {
         '\tchain untracked_tcp {',
         '\t\tmeta l4proto tcp drop',
         '\t}',
+        '\tchain other_protocols {',
+        '\t\tmeta l4proto tcp return',
+        '\t\tmeta l4proto udp return',
+        '\t\tct state related return',
+        '\t\tct direction original drop',
+        '\t\tct state invalid,untracked drop',
+        '\t}',
         '\tchain local_tcp {',
         '\t\ttcp dport 15080 return',
         '\t\ttcp dport 15443 return',
@@ -475,6 +512,10 @@ describe('renderNft', () => {
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto udp ct state invalid,untracked jump limit_udp',
         '\t\tiifname "veth*" meta l4proto tcp ct direction original jump local_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump local_tcp',
+        ...[130, 131, 132, 133, 134, 135, 136, 137, 143].flatMap((t) => [`\t\tiifname "veth*" icmpv6 type ${t} return`]),
+        ...[130, 131, 132, 133, 134, 135, 136, 137, 143].flatMap((t) => [`\t\tip6 saddr 2001:db8:1::/48 icmpv6 type ${t} return`]),
+        '\t\tiifname "veth*" jump other_protocols',
+        '\t\tip6 saddr 2001:db8:1::/48 jump other_protocols',
         '\t}',
         '\tchain filter_forward {',
         '\t\ttype filter hook forward priority 0; policy accept;',
@@ -486,6 +527,8 @@ describe('renderNft', () => {
         '\t\tiifname "veth*" meta l4proto tcp ct state invalid,untracked jump untracked_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct direction original jump unredirected_tcp',
         '\t\tip6 saddr 2001:db8:1::/48 meta l4proto tcp ct state invalid,untracked jump untracked_tcp',
+        '\t\tiifname "veth*" jump other_protocols',
+        '\t\tip6 saddr 2001:db8:1::/48 jump other_protocols',
         '\t}',
         '}',
         '',
@@ -1009,5 +1052,88 @@ describe('--new-dns-flows-per-source', () => {
       expect(both).toContain('set new_tcp_per_source {');
       expect(both).toContain('set new_dns_per_source {');
     }
+  });
+});
+
+describe('--other-protocols', () => {
+  const ND = [130, 131, 132, 133, 134, 135, 136, 137, 143];
+  const drops = [
+    JSON.stringify([{ protocol: 'tcp' }, { kind: 'return' }]),
+    JSON.stringify([{ protocol: 'udp' }, { kind: 'return' }]),
+    JSON.stringify([{ related: true }, { kind: 'return' }]),
+    JSON.stringify([{ originalDirection: true }, { kind: 'drop' }]),
+    JSON.stringify([{ untracked: true }, { kind: 'drop' }]),
+  ];
+
+  it('is "drop" by default, takes "pass", and names the flag and the value when it is neither', () => {
+    expect(options(['--interface', 'veth0']).otherProtocols).toBe('drop');
+    expect(options(['--interface', 'veth0', '--other-protocols', 'pass']).otherProtocols).toBe('pass');
+    expect(parseIptablesArgs(['--interface', 'veth0', '--other-protocols', 'accept'])).toEqual({
+      ok: false,
+      help: false,
+      error: '--other-protocols: expected "drop" or "pass", got "accept"',
+    });
+    expect(IPTABLES_USAGE).toContain('--other-protocols drop|pass');
+  });
+
+  it("drops a sandbox's own packets of other protocols, in its flows' direction or untracked, after ICMP errors of known connections", () => {
+    for (const family of [4, 6] as const) {
+      expect(chain(buildRuleSet(options(['--interface', 'veth0', '--source', '198.18.0.0/24', '--source', '2001:db8::/64']), family), 'other')).toEqual(drops);
+      expect(chain(buildRuleSet(options(['--mode', 'sidecar', '--uid', '7']), family), 'other')).toEqual(drops);
+    }
+  });
+
+  it('leaves the excluded destinations unfiltered, judged as the sandbox sent to them', () => {
+    const rs = buildRuleSet(options(['--interface', 'veth0', '--exclude-cidr', '198.18.9.0/24', '--exclude-cidr', '2001:db8:9::/48']), 4);
+    expect(chain(rs, 'other')).toEqual([
+      ...drops.slice(0, 2),
+      JSON.stringify([{ originalDestination: '198.18.9.0/24' }, { kind: 'return' }]),
+      JSON.stringify([{ destination: '198.18.9.0/24', untracked: true }, { kind: 'return' }]),
+      ...drops.slice(2),
+    ]);
+    expect(renderIptablesRestore(rs)).toContain('-A EGRESSD-OTHER -m conntrack --ctorigdst 198.18.9.0/24 -j RETURN');
+    expect(renderNft(rs)).toContain('ct original ip daddr 198.18.9.0/24 return');
+  });
+
+  it('keeps IPv6 neighbour discovery and MLD to the host itself and from a pod, never forwarded', () => {
+    const host6 = buildRuleSet(options(['--interface', 'veth0']), 6);
+    expect(chain(host6, 'filter-input').slice(-ND.length - 1)).toEqual([
+      ...ND.map((t) => JSON.stringify([{ inInterface: 'veth0', protocol: 'icmpv6', icmpv6Type: t }, { kind: 'return' }])),
+      JSON.stringify([{ inInterface: 'veth0' }, { kind: 'jump', chain: 'other' }]),
+    ]);
+    expect(chain(host6, 'filter-forward').some((r) => r.includes('icmpv6'))).toBe(false);
+    expect(JSON.stringify(buildRuleSet(options(['--interface', 'veth0']), 4))).not.toContain('icmpv6');
+    expect(renderIptablesRestore(host6)).toContain('-A EGRESSD-INPUT -i veth0 -p icmpv6 --icmpv6-type 135 -j RETURN');
+    expect(renderNft(host6)).toContain('iifname "veth0" icmpv6 type 135 return');
+    const sidecar6 = renderIptablesRestore(buildRuleSet(options(['--mode', 'sidecar', '--uid', '7']), 6));
+    expect(sidecar6).toContain('-A EGRESSD-OUTPUT -p icmpv6 --icmpv6-type 136 -j RETURN\n-A EGRESSD-OUTPUT -p icmpv6 --icmpv6-type 137 -j RETURN');
+    expect(sidecar6).toMatch(/-A EGRESSD-OUTPUT -p icmpv6 --icmpv6-type 143 -j RETURN\n-A EGRESSD-OUTPUT -j EGRESSD-OTHER\nCOMMIT/);
+  });
+
+  it('with "pass", installs no chain and no jump for them, in either mode or family', () => {
+    for (const argv of [
+      ['--interface', 'veth0', '--other-protocols', 'pass'],
+      ['--mode', 'sidecar', '--uid', '7', '--other-protocols', 'pass'],
+    ]) {
+      for (const family of [4, 6] as const) {
+        const rs = buildRuleSet(options(argv), family);
+        expect(rs.chains.map((c) => c.id)).not.toContain('other');
+        expect(JSON.stringify(rs)).not.toMatch(/"other"|icmpv6/);
+        expect(renderIptablesRestore(rs)).not.toContain('EGRESSD-OTHER');
+        expect(renderNft(rs)).not.toContain('other_protocols');
+      }
+    }
+  });
+
+  it('is removed with the other chains, and by an --apply with "pass"', async () => {
+    expect(ALL_IPTABLES_CHAINS.has('EGRESSD-OTHER')).toBe(true);
+    const saved =
+      '*filter\n:FORWARD ACCEPT [0:0]\n:EGRESSD-FORWARD - [0:0]\n:EGRESSD-OTHER - [0:0]\n-A FORWARD -j EGRESSD-FORWARD\n-A EGRESSD-FORWARD -i veth0 -j EGRESSD-OTHER\nCOMMIT\n';
+    const { calls, run } = recorder((cmd, args) => ({ code: 0, stdout: cmd === 'iptables-save' && args[1] === 'filter' ? saved : '' }));
+    const r = await iptablesCommand(['--apply', '--interface', 'veth0', '--family', '4', '--dns-port', 'off', '--other-protocols', 'pass'], run);
+    expect(r.code).toBe(0);
+    const restores = calls.filter((c) => c.cmd === 'iptables-restore').map((c) => c.input ?? '');
+    expect(restores[0]).not.toContain('EGRESSD-OTHER');
+    expect(restores[1]).toContain('-X EGRESSD-OTHER');
   });
 });
