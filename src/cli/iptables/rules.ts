@@ -303,8 +303,11 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   // echo reply to a platform's ping) travel in the REPLY direction and pass, as for UDP. ICMP
   // errors about a connection conntrack knows (RELATED) pass: a port unreachable for a late DNS
   // answer, a fragmentation needed (RFC 1191) or packet too big (RFC 8201) that path MTU discovery
-  // needs; they reach only the peers of connections already allowed (NAT rewrites them as it
-  // rewrote the connection). The exclusions leave their destinations unfiltered, as for TCP.
+  // needs. conntrack relates an error only when it goes to the peer of the connection it quotes
+  // (nf_conntrack_inet_error; any other is INVALID, and dropped below), NAT rewriting it as it
+  // rewrote the connection; but any connection the host tracks will do, another sandbox's or
+  // egressd's own upstream dials too, and no rule can tie it to the sender (docs/limits.md).
+  // The exclusions leave their destinations unfiltered, as for TCP.
   const other: Rule[] = [
     { match: { protocol: 'tcp' }, target: { kind: 'return' } },
     { match: { protocol: 'udp' }, target: { kind: 'return' } },
