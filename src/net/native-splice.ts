@@ -173,7 +173,10 @@ export interface DataPlaneChoice {
  * @throws Error naming the variable when its value is invalid.
  */
 export function dataPlaneFromEnv(env: NodeJS.ProcessEnv): DataPlaneChoice {
-  const mode = env['EGRESSD_DATA_PLANE'];
+  // Set but empty is unset, as for the other two variables: a manifest's `value: ""` or a
+  // compose file's `${EGRESSD_DATA_PLANE:-}` stopped egressd from starting.
+  const raw = env['EGRESSD_DATA_PLANE'];
+  const mode = raw === '' ? undefined : raw;
   if (mode !== undefined && mode !== 'native' && mode !== 'js' && mode !== 'native-setup') {
     throw new Error(`EGRESSD_DATA_PLANE must be "native", "native-setup" or "js", got "${mode}"`);
   }

@@ -58,6 +58,16 @@ describe.skipIf(process.platform !== 'linux')('the data plane chosen at start-up
     });
   });
 
+  // Set but empty is unset, as most daemons take it (a manifest's `value: ""`, a compose file's
+  // `${EGRESSD_DATA_PLANE:-}`): EGRESSD_DATA_PLANE="" stopped egressd from starting.
+  it('takes each variable set but empty as unset: the default plane', async () => {
+    expect(await planeLine({ EGRESSD_DATA_PLANE: '', EGRESSD_DATA_PLANE_THREADS: '', EGRESSD_DATA_PLANE_HOST: '' })).toMatchObject({
+      plane: 'native',
+      setup: 'native',
+      loopHost: 'event-loop',
+    });
+  });
+
   it('gives every loop a thread of its own with EGRESSD_DATA_PLANE_HOST=threads', async () => {
     expect(await planeLine({ EGRESSD_DATA_PLANE_HOST: 'threads' })).toMatchObject({
       plane: 'native',
