@@ -9,7 +9,7 @@ import { releaseStartupMemory } from './limits/overload.ts';
 import { configureNativeSplice, dataPlaneFromEnv, nativeSpliceStatus } from './net/native-splice.ts';
 import { listenFailureHint } from './util/system-error.ts';
 import { EgressdError } from './errors.ts';
-import { bearerTokenProblem } from './util/bearer-token.ts';
+import { tokenText } from './util/bearer-token.ts';
 
 // `egressd --help | head` closes the pipe early: that is the reader's choice, not an error.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -24,13 +24,15 @@ function err(s: string): void {
   process.stderr.write(s.endsWith('\n') ? s : `${s}\n`);
 }
 
-/** The config with EGRESSD_ADMIN_TOKEN in place of admin.token when set and not empty; @throws Error naming the variable when it holds no usable token. */
+/** The config with EGRESSD_ADMIN_TOKEN in place of admin.token when set and not empty (its one last line break dropped); @throws Error naming the variable when it holds no usable token. */
 function withEnv(config: Config): Config {
-  const token = process.env['EGRESSD_ADMIN_TOKEN'];
-  if (!token) return config;
-  // A Secret made from a file often ends with its line break: no call could present that token.
-  const problem = bearerTokenProblem(token);
-  if (problem !== null) throw new Error(`EGRESSD_ADMIN_TOKEN is not a usable admin token: ${problem}`);
+  const value = process.env['EGRESSD_ADMIN_TOKEN'];
+  if (!value) return config;
+  // A Secret made from a file keeps its last line break (dropped, as a token file's is); anything
+  // else no call could present.
+  const r = tokenText(value);
+  if (!r.ok) throw new Error(`EGRESSD_ADMIN_TOKEN is not a usable admin token: ${r.reason}`);
+  const token = r.token;
   return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
 }
 

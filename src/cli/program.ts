@@ -9,7 +9,7 @@
 // them. `egressd iptables` keeps its own parser and help (src/cli/iptables/), called as is.
 
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import type { ApiCall } from './api-client.ts';
 import { decideCommand } from './decide.ts';
 import { inspectBytes } from './inspect.ts';
@@ -24,7 +24,7 @@ import { systemError } from '../util/system-error.ts';
 import { lineColumn } from '../util/text-position.ts';
 import { readJsonText } from '../util/json-read.ts';
 import { utf8Text } from '../util/utf8-text.ts';
-import { bearerTokenProblem, tokenFileText } from '../util/bearer-token.ts';
+import { TOKEN_FILE_MAX_BYTES, tokenText } from '../util/bearer-token.ts';
 import { EGRESSD_VERSION } from '../util/version.ts';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../control/state-schema.ts';
 
@@ -129,30 +129,54 @@ function fileJson(file: string): unknown {
 }
 
 /**
- * The admin token in `file`, read strictly (bearer-token.ts tokenFileText): read leniently (bytes
+ * The admin token in `file`, read strictly (bearer-token.ts tokenText): read leniently (bytes
  * that are not UTF-8 as U+FFFD, every blank around it trimmed), a file that was not the token was
- * sent as one, and the daemon's 401 said only "wrong token". The reasons never quote the token.
+ * sent as one, and the daemon's 401 said only "wrong token". At most TOKEN_FILE_MAX_BYTES are
+ * read, by read(2) so that a pipe (`--token-file <(vault ...)`) works and /dev/zero ends. The
+ * reasons never quote the token.
  */
 function tokenFromFile(file: string): string {
   let bytes: Buffer;
   try {
-    bytes = readFileSync(file);
+    bytes = readAtMost(file, TOKEN_FILE_MAX_BYTES + 1);
   } catch (e) {
     throw new UsageError(`--token-file: cannot read "${file}": ${systemError(e)}`);
   }
+  if (bytes.length > TOKEN_FILE_MAX_BYTES) {
+    throw new UsageError(
+      `--token-file: "${file}" is not an admin token: it holds more than ${TOKEN_FILE_MAX_BYTES} bytes, more than an HTTP request's fields may carry (the file holds the token alone, on one line)`,
+    );
+  }
   const t = utf8Text(bytes);
   if (!t.ok) throw new UsageError(`--token-file: "${file}" is not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`);
-  const r = tokenFileText(t.text);
+  const r = tokenText(t.text);
   if (!r.ok) throw new UsageError(`--token-file: "${file}" is not an admin token: ${r.reason} (the file holds the token alone, on one line)`);
   return r.token;
 }
 
-/** EGRESSD_ADMIN_TOKEN as the CLI sends it: unset or empty, none; else a token, as the daemon requires of it. */
+/** The first `max` bytes of `file` (fewer at its end), by read(2) until the end or `max`; @throws the system's error. */
+function readAtMost(file: string, max: number): Buffer {
+  const buf = Buffer.alloc(max);
+  const fd = openSync(file, 'r');
+  try {
+    let n = 0;
+    while (n < max) {
+      const got = readSync(fd, buf, n, max - n, null);
+      if (got === 0) break;
+      n += got;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** EGRESSD_ADMIN_TOKEN as the CLI sends it: unset or empty, none; else a token (its one last line break dropped), as the daemon requires of it. */
 function tokenFromEnv(value: string | undefined): string | undefined {
   if (value === undefined || value === '') return undefined;
-  const problem = bearerTokenProblem(value);
-  if (problem !== null) throw new UsageError(`EGRESSD_ADMIN_TOKEN is not an admin token: ${problem}`);
-  return value;
+  const r = tokenText(value);
+  if (!r.ok) throw new UsageError(`EGRESSD_ADMIN_TOKEN is not an admin token: ${r.reason}`);
+  return r.token;
 }
 
 /**

@@ -29,12 +29,22 @@ function characterName(c: number): string {
 }
 
 /**
- * The token a token file holds: its UTF-8 text, without the one line break a text file ends with
- * ("\n" or "\r\n"), which must then be a token (bearerTokenProblem). Anything else is refused
- * rather than trimmed to something the file does not say. Returns the token or the reason.
+ * The token a text holds (a token file's, or EGRESSD_ADMIN_TOKEN's): the text without the one line
+ * break a text file ends with ("\n" or "\r\n"), which must then be a token (bearerTokenProblem).
+ * A variable takes that line break too: a Kubernetes Secret made `--from-file` keeps the file's
+ * last line break, and a variable set from it ends with one; refused, every node's egressd
+ * stopped at its next restart. Anything else is refused rather than trimmed to something the text
+ * does not say. Returns the token or the reason.
  */
-export function tokenFileText(text: string): { ok: true; token: string } | { ok: false; reason: string } {
+export function tokenText(text: string): { ok: true; token: string } | { ok: false; reason: string } {
   const token = text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
   const problem = bearerTokenProblem(token);
   return problem === null ? { ok: true, token } : { ok: false, reason: problem };
 }
+
+/**
+ * The most bytes a token file may hold. Node's HTTP server takes at most 16 KiB of header fields
+ * (--max-http-header-size), so a longer token could never be presented; read whole, a token file
+ * naming /dev/zero or a mistaken 1 GiB file held the CLI's memory until it died.
+ */
+export const TOKEN_FILE_MAX_BYTES = 16 * 1024;

@@ -36,8 +36,8 @@ describe('the egressd process', () => {
     writeFileSync(file, typeof doc === 'string' ? doc : JSON.stringify(doc));
     return file;
   };
-  const start = async (file: string): Promise<{ d: DaemonProcess; admin: string }> => {
-    const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const start = async (file: string, env: NodeJS.ProcessEnv = process.env): Promise<{ d: DaemonProcess; admin: string }> => {
+    const d = await watchDaemon(spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], env }));
     running.push(d);
     const started = d.lines.find((l) => action(l) === 'started')!;
     return { d, admin: `http://127.0.0.1:${started['adminPort']}` };
@@ -77,11 +77,23 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes')).status).toBe(200);
   });
 
+  // A Kubernetes Secret made --from-file keeps the file's last line break, and so does the
+  // variable set from it: refused, every node's egressd stopped at its next restart.
+  it.each([
+    ['its line break', '\n'],
+    ['a CRLF', '\r\n'],
+  ])('starts with an EGRESSD_ADMIN_TOKEN ending with %s, and takes the token without it', async (_name, end) => {
+    const file = write(loopbackDocument({}));
+    const { admin } = await start(file, { ...process.env, EGRESSD_ADMIN_TOKEN: `${TOKEN}${end}` });
+    expect((await api(admin, 'GET', '/api/v1/sandboxes')).status).toBe(200);
+  });
+
   it('does not start with an EGRESSD_ADMIN_TOKEN no call could present, and names the variable', async () => {
     const file = write(base());
     const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EGRESSD_ADMIN_TOKEN: 'from-a-secret-file\n' },
+      // Its last line break is dropped, as a token file's is; the one before it stays.
+      env: { ...process.env, EGRESSD_ADMIN_TOKEN: 'from-a-secret-file\n\n' },
     });
     onTestFinished(() => {
       if (child.exitCode === null) child.kill('SIGKILL');
