@@ -271,7 +271,9 @@ Run "egressd <command> --help" for a command's own options.`,
     const token = o.tokenFile !== undefined ? tokenFromFile(o.tokenFile) : tokenFromEnv(io.env['EGRESSD_ADMIN_TOKEN']);
     // Loaded on use: `serve` never needs undici (≈5 MB of a daemon's RSS) nor the firewall code.
     const { callApi } = await import('./api-client.ts');
-    emit(await callApi(call, { admin: o.admin ?? 'http://127.0.0.1:9901', token, kind, ...(o.json === true ? { json: true } : {}) }));
+    // EGRESSD_ADMIN_URL set but empty is unset, as EGRESSD_ADMIN_TOKEN is; an empty --admin stays an error.
+    const admin = o.admin === undefined || (o.admin === '' && c.getOptionValueSource('admin') === 'env') ? 'http://127.0.0.1:9901' : o.admin;
+    emit(await callApi(call, { admin, token, kind, ...(o.json === true ? { json: true } : {}) }));
   };
 
   sub(program, 'serve', 'Run the daemon (the built-in default configuration without --config)')

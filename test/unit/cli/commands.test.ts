@@ -812,6 +812,16 @@ describe('what the API commands send is read strictly: the admin token, --source
     expect(presented).toEqual([undefined]);
   });
 
+  it('EGRESSD_ADMIN_URL set but empty is unset, as EGRESSD_ADMIN_TOKEN is: the default URL, not "expected a URL"', async () => {
+    // The default is tried (whatever answers there, if anything: another daemon on this host may), not refused as a usage error.
+    const r = await runProcess(NODE, [MAIN, 'sandbox', 'get', 'sb-1'], { env: { PATH: process.env['PATH'] ?? '', EGRESSD_ADMIN_URL: '' } });
+    expect(r.code).not.toBe(2);
+    expect(r.stderr).not.toContain('expected a URL');
+    const explicit = await runProcess(NODE, [MAIN, 'sandbox', 'get', 'sb-1', '--admin', ''], { env: { PATH: process.env['PATH'] ?? '' } });
+    expect(explicit.code).toBe(2);
+    expect(explicit.stderr).toContain('expected a URL');
+  });
+
   // Read whole, /dev/zero grew the CLI past 3.7 GB in 10 s, and a 300 MB file of one word was
   // read (1 GB resident) and sent as the token.
   it.each([
