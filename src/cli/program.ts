@@ -149,7 +149,10 @@ function tokenFromFile(file: string): string {
   }
   const t = utf8Text(bytes);
   if (!t.ok) throw new UsageError(`--token-file: "${file}" is not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`);
-  const r = tokenText(t.text);
+  // Windows PowerShell 5.1's `Out-File -Encoding utf8` and `Set-Content -Encoding UTF8` begin the
+  // file with a byte order mark: an encoding's mark, not part of the token (as the config and JSON
+  // files' readers drop it, RFC 8259 §8.1).
+  const r = tokenText(t.text.startsWith('\ufeff') ? t.text.slice(1) : t.text);
   if (!r.ok) throw new UsageError(`--token-file: "${file}" is not an admin token: ${r.reason} (the file holds the token alone, on one line)`);
   return r.token;
 }

@@ -754,18 +754,20 @@ describe('what the API commands send is read strictly: the admin token, --source
     ['one line', 'tok-1.A_b~+/='],
     ['one line and its line break', 'tok-1\n'],
     ['one line and a CRLF', 'tok-1\r\n'],
+    // Windows PowerShell 5.1: `"tok-1" | Out-File -Encoding utf8 token` writes EF BB BF, the token, CRLF.
+    ['a byte order mark, one line and a CRLF', '\ufefftok-1\r\n'],
   ])('a token file of %s: the token sent is the line', async (_name, text) => {
     presented.length = 0;
     const r = await get(['--token-file', write('token-ok', text)]);
     expect(r.code, r.stderr).toBe(0);
-    expect(presented).toEqual([`Bearer ${text.replace(/\r?\n$/, '')}`]);
+    expect(presented).toEqual([`Bearer ${text.replace(/^\ufeff/, '').replace(/\r?\n$/, '')}`]);
   });
 
   // Before: trimmed (the first three), sent with U+FFFD (Latin-1), or sent as the API's 401.
   it.each([
     ['blanks around the token', ' tok-1 \n', 'it holds a blank (U+0020) at offset 0'],
     ['two lines', 'tok-1\ntok-2\n', 'it holds a line break (U+000A) at offset 5'],
-    ['a byte order mark', '\ufefftok-1\n', 'it holds a byte order mark (U+FEFF) at offset 0'],
+    ['a byte order mark after the first', '\ufeff\ufefftok-1\n', 'it holds a byte order mark (U+FEFF) at offset 0'],
     ['nothing in it', '', 'it is empty'],
     ['a line break alone', '\n', 'it is empty'],
     ['a letter outside ASCII', 'tök-1\n', 'it holds U+00F6 at offset 1'],
