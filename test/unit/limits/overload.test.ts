@@ -68,6 +68,29 @@ describe('MemoryGuard', () => {
     expect(changes).toEqual([true, false]);
   });
 
+  it('stops below shedAt itself once it holds no connection: a residue the flood left must not shed an idle daemon for good', () => {
+    const t = tree({ parentMax: 'max', childMax: String(100 << 20), childCurrent: String(91 << 20) });
+    const current = join(t.root, 'parent.slice/egressd.scope/memory.current');
+    let held = 40;
+    const changes: boolean[] = [];
+    const g = new MemoryGuard({ ...opts, cgroupRoot: t.root, procCgroup: t.proc, held: () => held }, (s) => changes.push(s));
+    expect(g.refresh()).toBe(true);
+    // Between shedAt - 0.05 and shedAt: held connections keep it shedding (no flapping under load).
+    writeFileSync(current, String(87 << 20));
+    expect(g.refresh()).toBe(true);
+    // The flood gone, the residue unchanged: it admits again.
+    held = 0;
+    expect(g.refresh()).toBe(false);
+    // And sheds again only at shedAt.
+    held = 3;
+    expect(g.refresh()).toBe(false);
+    writeFileSync(current, String(91 << 20));
+    expect(g.refresh()).toBe(true);
+    held = 0;
+    expect(g.refresh()).toBe(true);
+    expect(changes).toEqual([true, false, true]);
+  });
+
   it('reads each file again on every sample: a limit set later, a value rewritten shorter, a long memory.stat', () => {
     const t = tree({ parentMax: 'max', childMax: 'max', childCurrent: String(50 << 20) });
     const child = join(t.root, 'parent.slice/egressd.scope');
