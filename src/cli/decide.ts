@@ -15,7 +15,7 @@
 // what the daemon does to the same connection; only the host's own addresses, which a running
 // daemon protects, are unknown here.
 
-import { readFileSync } from 'node:fs';
+import { readBoundedSync } from '../util/read-bounded.ts';
 import { parseConfigBytes, type parseConfigDocument } from '../config/load.ts';
 import { catalogProblems, policySettingsOf } from '../config/policy-settings.ts';
 import { validateConfig, type Config } from '../config/schema.ts';
@@ -72,7 +72,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   else {
     let parsedConfig: ReturnType<typeof parseConfigDocument>;
     try {
-      parsedConfig = parseConfigBytes(readFileSync(args.config), args.config);
+      parsedConfig = parseConfigBytes(readBoundedSync(args.config), args.config);
     } catch (err) {
       // A YAML error carries its line and column in its message; a read error is worded here.
       if (err instanceof ConfigReadError) return invalid(err.message);
@@ -99,7 +99,7 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
 
   let bytes: Buffer;
   try {
-    bytes = args.policy === '-' ? readFileSync(0) : readFileSync(args.policy);
+    bytes = readBoundedSync(args.policy === '-' ? 0 : args.policy);
   } catch (err) {
     return usage(`Cannot read policy "${args.policy}": ${systemError(err)}`);
   }

@@ -9,7 +9,6 @@
 // them. `egressd iptables` keeps its own parser and help (src/cli/iptables/), called as is.
 
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import type { ApiCall } from './api-client.ts';
 import { decideCommand } from './decide.ts';
 import { inspectBytes } from './inspect.ts';
@@ -21,6 +20,7 @@ import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
 import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
+import { InputTooLargeError, readBoundedSync } from '../util/read-bounded.ts';
 import { lineColumn } from '../util/text-position.ts';
 import { readJsonText } from '../util/json-read.ts';
 import { utf8Text } from '../util/utf8-text.ts';
@@ -115,7 +115,7 @@ function json(text: string, what: string, source: 'argument' | 'file' = 'argumen
 function fileJson(file: string): unknown {
   let bytes: Buffer;
   try {
-    bytes = readFileSync(file === '-' ? 0 : file);
+    bytes = readBoundedSync(file === '-' ? 0 : file);
   } catch (e) {
     throw new UsageError(`Cannot read "${file}": ${systemError(e)}`);
   }
@@ -138,14 +138,14 @@ function fileJson(file: string): unknown {
 function tokenFromFile(file: string): string {
   let bytes: Buffer;
   try {
-    bytes = readAtMost(file, TOKEN_FILE_MAX_BYTES + 1);
+    bytes = readBoundedSync(file, TOKEN_FILE_MAX_BYTES);
   } catch (e) {
+    if (e instanceof InputTooLargeError) {
+      throw new UsageError(
+        `--token-file: "${file}" is not an admin token: it holds more than ${TOKEN_FILE_MAX_BYTES} bytes, more than an HTTP request's fields may carry (the file holds the token alone, on one line)`,
+      );
+    }
     throw new UsageError(`--token-file: cannot read "${file}": ${systemError(e)}`);
-  }
-  if (bytes.length > TOKEN_FILE_MAX_BYTES) {
-    throw new UsageError(
-      `--token-file: "${file}" is not an admin token: it holds more than ${TOKEN_FILE_MAX_BYTES} bytes, more than an HTTP request's fields may carry (the file holds the token alone, on one line)`,
-    );
   }
   const t = utf8Text(bytes);
   if (!t.ok) throw new UsageError(`--token-file: "${file}" is not UTF-8: byte ${t.byte} (offset ${t.offset}) starts no UTF-8 character there`);
@@ -155,23 +155,6 @@ function tokenFromFile(file: string): string {
   const r = tokenText(t.text.startsWith('\ufeff') ? t.text.slice(1) : t.text);
   if (!r.ok) throw new UsageError(`--token-file: "${file}" is not an admin token: ${r.reason} (the file holds the token alone, on one line)`);
   return r.token;
-}
-
-/** The first `max` bytes of `file` (fewer at its end), by read(2) until the end or `max`; @throws the system's error. */
-function readAtMost(file: string, max: number): Buffer {
-  const buf = Buffer.alloc(max);
-  const fd = openSync(file, 'r');
-  try {
-    let n = 0;
-    while (n < max) {
-      const got = readSync(fd, buf, n, max - n, null);
-      if (got === 0) break;
-      n += got;
-    }
-    return buf.subarray(0, n);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** EGRESSD_ADMIN_TOKEN as the CLI sends it: unset or empty, none; else a token (its one last line break dropped), as the daemon requires of it. */
@@ -295,7 +278,7 @@ Run "egressd <command> --help" for a command's own options.`,
     .action((file: string) => {
       let doc: ReturnType<typeof parseConfigDocument>;
       try {
-        doc = parseConfigBytes(readFileSync(file), file);
+        doc = parseConfigBytes(readBoundedSync(file), file);
       } catch (e) {
         // A file that cannot be read is a usage error (exit 2), as for every other command that
         // takes a file; a file that is read but is not YAML is a problem found in it (exit 1).
@@ -321,7 +304,7 @@ Run "egressd <command> --help" for a command's own options.`,
     .action((src: string) => {
       let bytes: Buffer;
       try {
-        bytes = readFileSync(src === '-' ? 0 : src);
+        bytes = readBoundedSync(src === '-' ? 0 : src);
       } catch (e) {
         throw new UsageError(`Cannot read "${src}": ${systemError(e)}`);
       }

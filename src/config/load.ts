@@ -2,7 +2,7 @@
 // file that cannot be read or parsed, or that has any invalid key, is refused with the file, the key and the
 // reason; the caller keeps whatever configuration it was running.
 
-import { readFile } from 'node:fs/promises';
+import { readBounded } from '../util/read-bounded.ts';
 import { type Locate, readYaml } from '../util/yaml-read.ts';
 import { namesJson } from '../util/json-read.ts';
 import { utf8Text } from '../util/utf8-text.ts';
@@ -65,7 +65,7 @@ export async function loadConfig(file: string | null): Promise<Config> {
   if (file === null) return configFromText('', '(built-in default)');
   let bytes: Buffer;
   try {
-    bytes = await readFile(file);
+    bytes = await readBounded(file);
   } catch (err) {
     throw new ConfigReadError(file, systemError(err), err);
   }

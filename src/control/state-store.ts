@@ -13,6 +13,7 @@
 // validates them all and refuses to start on any problem; only then does `commit()` convert a
 // version-1 JSON file (today's format) or create a new database, and changes may be written.
 
+import { constants as bufferConstants } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import { accessSync, closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
@@ -241,6 +242,9 @@ export function schemaProblem(schema: number | null): string | null {
 const unknownSchema = (schema: unknown): string =>
   `Unknown state schema ${quote(schema)}; this egressd reads schemas ${SCHEMAS_READ.slice(0, -1).join(', ')} and ${SCHEMAS_READ.at(-1)} (a newer egressd wrote it?)`;
 
+/** The largest version-1 JSON state read: V8's longest string, in bytes (UTF-8 decodes to at most as many UTF-16 units). */
+export const MAX_JSON_STATE_BYTES = bufferConstants.MAX_STRING_LENGTH;
+
 /** Reads a version-1 JSON state ({version: 1, sandboxes: [{id, ...}], orgs: [{id, ...}]}) from the file's bytes. */
 export function parseJsonState(bytes: Uint8Array): { entries: StoredEntry[]; issues: StateIssue[] } {
   const issues: StateIssue[] = [];
@@ -356,11 +360,20 @@ export class StateStore {
       return [];
     }
     if (format === 'json-v1') {
-      let bytes: Buffer;
+      let bytes = Buffer.alloc(0);
+      let size: number;
       try {
-        bytes = readFileSync(this.path);
+        size = statSync(this.path).size;
+        // Read whole and decoded to one string: past V8's longest string the decode would throw
+        // a RangeError naming no file, after reading it all into memory.
+        if (size <= MAX_JSON_STATE_BYTES) bytes = readFileSync(this.path);
       } catch (err) {
         throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
+      }
+      if (size > MAX_JSON_STATE_BYTES) {
+        throw new StateInvalidError(this.path, [
+          whole(`The file is ${size} bytes; a version-1 JSON state is read whole and can be at most ${MAX_JSON_STATE_BYTES} (damaged, or not a state?)`),
+        ]);
       }
       const r = parseJsonState(bytes);
       if (r.issues.length > 0) throw new StateInvalidError(this.path, r.issues);

@@ -1,7 +1,8 @@
 // The commands as an operator runs them: the real entry point (src/main.ts) in a child process,
 // judged by its stdout JSON, its stderr and its exit code. Nothing here opens a socket.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../../../src/control/state-schema.ts';
+import { MAX_INPUT_FILE_BYTES } from '../../../src/util/read-bounded.ts';
 import { runProcess, type Run } from '../../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
@@ -616,6 +618,62 @@ describe('"help" as a command', () => {
     const r = await egressd(['sandbox', 'help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^Usage: egressd sandbox /);
+  });
+});
+
+// Read whole, a mistaken path (a disk image, a log) cost memory out of proportion, and one past
+// V8's longest string threw a RangeError naming no file. A sparse file takes no disk and no time.
+describe('a file longer than egressd reads whole is refused by its size, naming it, unread', () => {
+  const cases = [
+    ['validate', (f: string) => ['validate', f], 2, 'Cannot read'],
+    ['serve --config', (f: string) => ['serve', '--config', f], 1, 'Cannot read configuration'],
+    [
+      'decide --config',
+      (f: string) => ['decide', '--policy', write('ok-policy-2.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
+      2,
+      'Cannot read config',
+    ],
+    ['decide --policy', (f: string) => ['decide', '--policy', f, '--ip', '192.0.2.1', '--port', '443'], 2, 'Cannot read policy'],
+    ['inspect', (f: string) => ['inspect', f], 2, 'Cannot read'],
+    ['sandbox put --file', (f: string) => ['sandbox', 'put', 'sb-1', '--file', f], 2, 'Cannot read'],
+  ] as const;
+  it.each(cases)('%s', async (_what, args, code, words) => {
+    const file = write('huge.yaml', '');
+    truncateSync(file, MAX_INPUT_FILE_BYTES + 1);
+    const r = await egressd(args(file));
+    expect(r.code, r.stderr).toBe(code);
+    expect(r.stderr).toContain(`${words} "${file}": it is ${MAX_INPUT_FILE_BYTES + 1} bytes; at most ${MAX_INPUT_FILE_BYTES} are read`);
+  });
+
+  // commander imports node:process as an ES module, which builds process.stdin and leaves a pipe
+  // or socket on descriptor 0 non-blocking: a writer slower than the read gave EAGAIN, refused.
+  it('decide --policy - waits for a writer slower than the read (a non-blocking standard input)', async () => {
+    const child = spawn(
+      NODE,
+      [MAIN, 'decide', '--policy', '-', '--host', 'a.example.test', '--ip', '198.18.0.9', '--port', '443', '--protected-except', '198.18.0.0/15'],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdin.write('mode: block-all\n');
+    // Long enough for the command to start and read the first part (about a second, more on a
+    // loaded machine; should it read later, the test still passes without showing the wait).
+    await new Promise((r) => setTimeout(r, 3000));
+    child.stdin.end('egress:\n  allowed_domains: [a.example.test]\n');
+    const [code] = (await once(child, 'exit')) as [number | null];
+    expect(stderr).not.toContain('EAGAIN');
+    expect(code, stderr).toBe(0);
+    expect(JSON.parse(stdout)).toMatchObject({ verdict: 'allow' });
+  });
+
+  it('decide --policy - stops reading standard input past the bound', async () => {
+    const r = await egressd(['decide', '--policy', '-', '--ip', '192.0.2.1', '--port', '443'], Buffer.alloc(MAX_INPUT_FILE_BYTES + 1, 0x20));
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`Cannot read policy "-": it is longer than ${MAX_INPUT_FILE_BYTES} bytes, the most read`);
   });
 });
 

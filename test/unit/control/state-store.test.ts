@@ -2,13 +2,13 @@
 // validate, stops start-up naming the file, the entry and the field, and is left exactly as it
 // was; today's JSON file is converted once and kept; every change carries a revision.
 
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, renameSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, renameSync, existsSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ControlPlane, type SandboxRecord } from '../../../src/control/control-plane.ts';
-import { StateStore } from '../../../src/control/state-store.ts';
+import { MAX_JSON_STATE_BYTES, StateStore } from '../../../src/control/state-store.ts';
 import { PolicyStore } from '../../../src/control/store.ts';
 import { StateInvalidError, StateWriteError } from '../../../src/errors.ts';
 import { verdict } from '../../../src/policy/verdict.ts';
@@ -144,6 +144,24 @@ describe('a version-1 JSON state that cannot be used stops start-up and is left 
     writeFileSync(path, `\ufeff${JSON.stringify(V1)}`);
     const cp = await load();
     expect(cp.sandboxes().map((s) => s.id)).toEqual(['sb-1', 'sb-2']);
+  });
+
+  // Past V8's longest string the file cannot be decoded: it is refused by its size, naming the file,
+  // before a byte is read (a sparse file here; read whole it would take half a gigabyte, then throw a
+  // RangeError that names no file).
+  it('a file longer than the longest string is refused by its size, unread', async () => {
+    writeFileSync(path, '{"version": 1, "orgs": [], "sandboxes": []}');
+    truncateSync(path, MAX_JSON_STATE_BYTES + 1);
+    const e = await refused();
+    expect(e.issues).toEqual([
+      {
+        entry: '',
+        field: '',
+        reason: `The file is ${MAX_JSON_STATE_BYTES + 1} bytes; a version-1 JSON state is read whole and can be at most ${MAX_JSON_STATE_BYTES} (damaged, or not a state?)`,
+      },
+    ]);
+    expect(statSync(path).size).toBe(MAX_JSON_STATE_BYTES + 1);
+    expect(files()).toEqual(['state.json']);
   });
 
   it('{} names each missing part', async () => {
