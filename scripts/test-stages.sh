@@ -19,7 +19,7 @@ JS_PATH_INTEGRATION=(
   test/integration/daemon.test.ts test/integration/after-dial.test.ts test/integration/first-flight.test.ts
   test/integration/limits.test.ts test/integration/descriptors.test.ts test/integration/net
 )
-JS_PATH_E2E=(test/e2e/data-path.test.ts test/e2e/verdicts.test.ts test/e2e/edges.test.ts test/e2e/limits.test.ts)
+JS_PATH_E2E=(test/e2e/data-path.test.ts test/e2e/verdicts.test.ts test/e2e/name-spellings.test.ts test/e2e/edges.test.ts test/e2e/limits.test.ts)
 
 run_stage() {
   case "$1" in
