@@ -465,6 +465,27 @@ static bool timer_room(sl_loop *l) {
   return true;
 }
 
+// A connection has gone: the heap gives back half its room when under a quarter of it is used
+// (never below the first 64), so a burst of held connections does not keep its array for the
+// loop's life. Halving at a quarter leaves the room twice the connections, which must double
+// again before it grows: a count that moves back and forth around a line never reallocates at
+// each step (the rule of Python's list, and of CLRS §17.4's table contraction). A realloc
+// that fails keeps the bigger array, which still holds every timer.
+static void timer_shrink(sl_loop *l) {
+  if (l->timers_room <= 64 || l->count >= l->timers_room / 4) return;
+  unsigned room = l->timers_room / 2;
+  struct sl_timer *t = realloc(l->timers, room * sizeof *t);
+  if (!t) return;
+  l->timers = t;
+  l->timers_room = room;
+}
+
+#ifdef SL_TIMER_AUDIT
+unsigned sl_loop_timer_room(const sl_loop *l) {
+  return l->timers_room;
+}
+#endif
+
 // The connection is looked at no later than `due` (ms): put in the heap, or its key lowered.
 static void arm(sl_loop *l, sl_conn *c, uint64_t due) {
   if (due == UINT64_MAX || c->dead) return;
@@ -667,6 +688,7 @@ static void conn_close(sl_loop *l, sl_conn *c, sl_end end, int err, int reset_si
   index_del(l, c);
   timer_remove(l, c);
   l->count--;
+  timer_shrink(l);
   c->next = l->graves;
   l->graves = c;
   sl_outcome o = {.id = c->id,

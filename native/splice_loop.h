@@ -138,6 +138,11 @@ void sl_loop_stop(sl_loop *loop);
 /** How many connections the loop holds now (approximate when read from another thread). */
 unsigned sl_loop_size(const sl_loop *loop);
 
+#ifdef SL_TIMER_AUDIT
+/** (The C test's build only) the room the loop's timer heap has: it grows with the connections and shrinks after them. */
+unsigned sl_loop_timer_room(const sl_loop *loop);
+#endif
+
 // ---- connection set-up (issue 12): the loop accepts, peeks, dials and refuses ----------------
 //
 // A listening socket given to sl_loop_listen is accepted from on the loop's thread. For each

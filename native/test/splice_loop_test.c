@@ -1266,6 +1266,34 @@ static void test_many_connections_reuse_pipes(sl_loop *l) {
   CHECK(sl_loop_size(l) == 0, "%u connections left", sl_loop_size(l));
 }
 
+// A burst of held connections grows the timer heap's array; once they are gone it gives the room
+// back (to its first 64), and grows again for the next burst, whose connections are carried.
+static void test_timer_room_shrinks_after_a_burst(sl_loop *l) {
+  enum { N = 300, FIRST = 20000 };
+  for (int round = 0; round < 2; round++) {
+    conn_ends e[N];
+    for (int i = 0; i < N; i++) e[i] = hand_over(l, FIRST + (uint64_t)(round * N + i), NULL, NULL, 10000);
+    for (int t = 0; t < 500 && sl_loop_size(l) < N; t++) usleep(10 * 1000);
+    CHECK(sl_loop_size(l) == N && sl_loop_timer_room(l) >= N, "round %d: %u connections held, room for %u timers", round, sl_loop_size(l), sl_loop_timer_room(l));
+    // Each still carries its bytes.
+    write_all(e[N - 1].upstream, "x", 1);
+    char c = 0;
+    CHECK(read_n(e[N - 1].client, &c, 1, 1, 5000) == 1 && c == 'x', "round %d: the last connection carried nothing", round);
+    for (int i = 0; i < N; i++) {
+      uint64_t id = FIRST + (uint64_t)(round * N + i);
+      sl_loop_abort(l, id);
+    }
+    for (int i = 0; i < N; i++) {
+      sl_outcome o;
+      CHECK(wait_outcome(FIRST + (uint64_t)(round * N + i), 5000, &o), "round %d: connection %d: no outcome", round, i);
+      close(e[i].client);
+      close(e[i].upstream);
+    }
+    CHECK(sl_loop_size(l) == 0 && sl_loop_timer_room(l) == 64, "round %d: after the burst, %u connections and room for %u timers", round, sl_loop_size(l),
+          sl_loop_timer_room(l));
+  }
+}
+
 static void *open_gate_later(void *arg) {
   (void)arg;
   usleep(100 * 1000);
@@ -3898,6 +3926,7 @@ int main(void) {
   RUN(test_many_timers_each_in_its_time(l));
   RUN(test_abort_closes_both(l));
   RUN(test_many_connections_reuse_pipes(l));
+  RUN(test_timer_room_shrinks_after_a_burst(l));
   RUN(test_slow_reader_blocks_then_drains(l));
   RUN(test_pipe_with_bytes_is_never_reused(l));
   RUN(test_answer_and_fin_in_one_event(l));
