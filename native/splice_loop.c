@@ -1089,6 +1089,15 @@ static void start_splice(sl_loop *l, sl_conn *c, uint32_t idle_ms) {
 // ---- set-up: accept ----------------------------------------------------------------------------
 
 static void emit(sl_loop *l, sl_event *e) {
+#ifdef SL_TIMER_AUDIT
+  // A report runs the caller's code: the connection it names must be in a state its timer and
+  // events can read (a dial stage holds its dial).
+  const sl_conn *c = find(l, e->id);
+  if (c && c->stage == ST_DIAL && !c->dial) {
+    fprintf(stderr, "SL_TIMER_AUDIT: connection %llu reported (kind %d) in the dial stage without its dial\n", (unsigned long long)c->id, (int)e->kind);
+    abort();
+  }
+#endif
   if (l->on_event) l->on_event(l->ctx, e);
 }
 
@@ -1504,6 +1513,10 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
   c->connect_us = (uint32_t)(now_us - d->started_us);
   free(d);
   c->dial = NULL;
+  // Out of the dial stage with its dial: ST_DIAL's timer and events read c->dial (conn_due,
+  // on_conn_event), and the report below runs the caller's code while the connection is in
+  // whatever stage it was left in. Waiting for a command, until start_splice moves it on.
+  c->stage = ST_WAIT;
   sl_event e = {.kind = SL_EV_CONNECTED, .id = c->id, .state = i, .connect_us = c->connect_us};
   // A policy change since the verdict, or the verdict's own deadline passed (a remembered DNS
   // name it rested on expired): the caller judges the dialed address again first.
@@ -1514,7 +1527,6 @@ static void dial_won(sl_loop *l, sl_conn *c, int i) {
     }
     return start_splice(l, c, c->idle_ms);
   }
-  c->stage = ST_WAIT;
   emit(l, &e);
 }
 
