@@ -578,6 +578,12 @@ export class NativeClient implements ClientSide {
    * verdict's deadline had not passed), else judge again.
    */
   onConnected(index: number, _connectUs: number, spliced: boolean): void {
+    // After egressd's own reset (a close meanwhile: shutdown, a policy change; memory pressure) the
+    // dial ends as it is, at the outcome, as a Node socket's dial ends on its abort (client-side.ts):
+    // the loop may report the connect it made before it ran the abort, and judged then, the
+    // connection was logged by a verdict made after its end (refused, or allowed again), and
+    // asked to splice or refuse once it was gone.
+    if (this.#reset) return;
     const p = this.#pending;
     if (p?.kind !== 'connect') return;
     const address = this.#addresses[index] ?? '';

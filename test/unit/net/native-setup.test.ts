@@ -62,11 +62,13 @@ describe('NativeSetup hands accepted connections over', () => {
 });
 
 const EV_PEEK = 2;
+const EV_CONNECTED = 3;
 const PEEK_MORE = 0;
 const PEEK_CLOSED = 5;
 const PEEK_WAITING = 6;
 /** native-splice.ts ENDS: the client's reset. */
 const END_CLIENT_RESET = 1;
+const END_ABORTED = 4;
 const hello = Buffer.from(buildHello({ sni: ['a.test'] }));
 const opts = () => ({ deadline: performance.now() + 5000, maxBytes: PEEK_CAPS.any, firstByteTimeoutMs: 1000 });
 
@@ -82,6 +84,7 @@ function pipeline() {
     peekRules: () => {},
     dial: (_loop: number, _id: number, addresses: string[]) => commands.push(`dial ${addresses.join(' ')}`),
     refuse: () => commands.push('refuse'),
+    splice: () => commands.push('splice'),
   } as unknown as DataPlaneAddon;
   const setup = new NativeSetup(addon, 1);
   const body = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['a.test'] } });
@@ -122,7 +125,9 @@ function pipeline() {
   const report = (id: number, state: number, bytes: Buffer | null): void => setup.event(EV_PEEK, id, 0, tag, 0, state, 0, null, 0, null, 0, bytes, 0);
   /** The loop's outcome of a connection that was not spliced: `end` is sl_end's code (native-splice.ts ENDS). */
   const ended = (id: number, end: number): void => setup.outcome(id, 0, 0, end, 0, -1, 0, [], -1, 0);
-  return { commands, accept, report, outcomes, outcome: setup.outcome, ended, clients };
+  /** The loop's report that the dial connected (`index`), not spliced: the policy changed meanwhile. */
+  const connected = (id: number, index: number): void => setup.event(EV_CONNECTED, id, 0, tag, 0, index, 1500, null, 0, null, 0, null, 0);
+  return { commands, accept, report, outcomes, outcome: setup.outcome, ended, connected, clients, store };
 }
 
 describe('a connection whose first flight came with its report', () => {
@@ -192,6 +197,32 @@ describe('a connection egressd resets while its first flight is read', () => {
     expect(p.outcomes.map((o) => ({ verdict: o.verdict, reason: o.reason }))).toEqual([{ verdict: 'error', reason: 'peek-closed' }]);
     expect(p.commands).toEqual(['abort']);
   });
+});
+
+describe('a connection egressd resets while it is dialed', () => {
+  // The loop may connect (and report it, to be judged again after a policy change) before it runs
+  // the abort: that report is not judged, and nothing more is asked of the loop. The outcome says
+  // what happened: connected, then aborted by egressd.
+  for (const refusesNow of [false, true]) {
+    it(`is not judged on a connect reported after the abort (the policy ${refusesNow ? 'refuses' : 'allows'} it by then)`, async () => {
+      const p = pipeline();
+      p.accept(5, PEEK_MORE, hello);
+      expect(p.commands).toEqual(['dial 198.18.1.2']);
+      if (refusesNow) {
+        const body = parseNetworkBody({ mode: 'block-all', egress: { allowed_domains: ['c.test'] } });
+        if (!body.ok) throw new Error('bad policy');
+        p.store.setDefault(body.value);
+      }
+      p.clients.at(-1)!.resetAndDestroy();
+      p.connected(5, 0);
+      // aborted (ENDS[4]) after the first address connected in 1.5 ms.
+      p.outcome(5, 0, 0, END_ABORTED, 0, 0, 1500, [0], -1, 0);
+      for (let i = 0; i < 10 && p.outcomes.length === 0; i++) await Promise.resolve();
+      expect(p.commands).toEqual(['dial 198.18.1.2', 'abort']);
+      expect(p.outcomes).toHaveLength(1);
+      expect(p.outcomes[0]).toMatchObject({ verdict: 'allow', end: 'aborted', dialed: '198.18.1.2', endedBy: 'egressd' });
+    });
+  }
 });
 
 describe('NativeClient.peekNow', () => {
