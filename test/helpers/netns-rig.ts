@@ -7,6 +7,11 @@
 //  (198.18.0.3, 2001:db8:0:1::3: a second sandbox's source addresses on the same veth)
 //                                                                     DNS 198.18.1.53, 2001:db8:0:2::53
 //
+// `rig.beyond` adds a hop at either end, for a path of more than one router (path MTU):
+//  client ns ── veth ── sandbox ns (its gateway)      internet ns (its gateway) ── veth ── origin ns
+//  198.18.4.2/24 | 198.18.4.1/24                      198.18.5.1/24 | 198.18.5.2/24
+//  2001:db8:0:4::2/64 | ::1                           2001:db8:0:5::1 | 2001:db8:0:5::2/64
+//
 // Every address is from 198.18.0.0/15 (RFC 2544 benchmarking) or 2001:db8::/32 (RFC 3849
 // documentation); every name is under .test (RFC 6761) and answered by the rig's own dnsmasq,
 // which forwards nothing. Nothing leaves the namespaces.
@@ -35,7 +40,9 @@ export interface UpstreamEvent {
   readonly host?: string | null;
 }
 
-export type RigNamespace = 'sandbox' | 'router' | 'internet';
+export type RigNamespace = 'sandbox' | 'router' | 'internet' | BeyondNamespace;
+/** The namespaces `rig.beyond` adds: behind the sandbox, and behind the internet namespace. */
+export type BeyondNamespace = 'client' | 'origin';
 
 /** A record of any type dnsmasq serves as given (`dns-rr`): RDATA in hex. */
 export interface DnsRawRecord {
@@ -52,7 +59,8 @@ export interface ExecResult {
 
 export interface Rig {
   readonly prefix: string;
-  readonly ns: { readonly sandbox: string; readonly router: string; readonly internet: string };
+  /** Every namespace's name; `client` and `origin` exist once `beyond` has made them. */
+  readonly ns: { readonly [K in RigNamespace]: string };
   readonly sandboxV4: string;
   readonly sandboxV6: string;
   /**
@@ -91,6 +99,21 @@ export interface Rig {
    * leaves the rig's dnsmasq reachable on 53.
    */
   redirect(ports: { http: number; tls: number; tcp: number; dns?: number }, opts?: { backend?: 'iptables' | 'nft' }): Promise<void>;
+  /**
+   * Adds the namespace `which` one hop beyond an end of the rig: `client` behind the sandbox
+   * namespace (clientV4, clientV6), or `origin` behind the internet namespace (originV4,
+   * originV6), that end forwarding for it and the router routing to it. Every link is 1500
+   * octets; the gateway's routes both ways (to the new namespace, and its default route) carry
+   * `mtu`, locked, so that it forwards as the entry of a tunnel of that MTU does: a larger IPv4
+   * datagram with DF set, and every larger IPv6 one, is dropped and answered with ICMP
+   * fragmentation needed (RFC 1191) or packet too big (RFC 8201), while the endpoints' own links
+   * (and so the MSS they announce) stay at 1500. Called again, it only sets the new `mtu`.
+   */
+  beyond(which: BeyondNamespace, opts: { mtu: number }): Promise<void>;
+  readonly clientV4: string;
+  readonly clientV6: string;
+  readonly originV4: string;
+  readonly originV6: string;
   /** Kills every process the rig started and deletes its namespaces; safe to call twice. */
   teardown(): Promise<void>;
 }
@@ -100,8 +123,8 @@ const NODE = join(ROOT, 'node_modules/.bin/node');
 const MAIN = join(ROOT, 'src/main.ts');
 const UPSTREAM = join(ROOT, 'test/helpers/upstream-server.ts');
 const MARKER_DIR = '/run/egressd-rig';
-const NAME_RE = /^(eg[0-9a-z]{7})-(sbx|rtr|net)$/;
-const LINK_RE = /^(eg[0-9a-z]{7})(sb|rs|ri|in)$/;
+const NAME_RE = /^(eg[0-9a-z]{7})-(sbx|rtr|net|cli|org)$/;
+const LINK_RE = /^(eg[0-9a-z]{7})(sb|rs|ri|in|cl|gc|or|go)$/;
 const SBIN_PATH = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'].filter(Boolean).join(delimiter);
 const ENV = { ...process.env, PATH: SBIN_PATH };
 const OUTPUT_CAP = 8 * 1024 * 1024;
@@ -371,6 +394,21 @@ const ROUTER_INTERNET_V4 = '198.18.1.1';
 const ROUTER_INTERNET_V6 = '2001:db8:0:2::1';
 const DNS_V4 = '198.18.1.53';
 const DNS_V6 = '2001:db8:0:2::53';
+/** `beyond`: the routing table of the gateway that packets from the new namespace take. */
+const BEYOND_TABLE = '100';
+/** `beyond`: each new namespace's subnet, its gateway's end, the router's route to it. */
+const BEYOND = {
+  client: {
+    gateway: 'sandbox',
+    v4: { self: '198.18.4.2', gateway: '198.18.4.1', net: '198.18.4.0/24', via: SANDBOX_V4, up: ROUTER_SANDBOX_V4 },
+    v6: { self: '2001:db8:0:4::2', gateway: '2001:db8:0:4::1', net: '2001:db8:0:4::/64', via: SANDBOX_V6, up: ROUTER_SANDBOX_V6 },
+  },
+  origin: {
+    gateway: 'internet',
+    v4: { self: '198.18.5.2', gateway: '198.18.5.1', net: '198.18.5.0/24', via: DNS_V4, up: ROUTER_INTERNET_V4 },
+    v6: { self: '2001:db8:0:5::2', gateway: '2001:db8:0:5::1', net: '2001:db8:0:5::/64', via: DNS_V6, up: ROUTER_INTERNET_V6 },
+  },
+} as const;
 
 /** A server address the internet namespace may take: its subnets, minus the router and DNS. */
 function checkServerAddress(a: string): string | null {
@@ -420,8 +458,11 @@ export async function createRig(): Promise<Rig> {
 
   const prefix = allocatePrefix();
   const marker = join(MARKER_DIR, `${prefix}.json`);
-  const ns = { sandbox: `${prefix}-sbx`, router: `${prefix}-rtr`, internet: `${prefix}-net` } as const;
+  const ns = { sandbox: `${prefix}-sbx`, router: `${prefix}-rtr`, internet: `${prefix}-net`, client: `${prefix}-cli`, origin: `${prefix}-org` } as const;
   const ifs = { sandbox: `${prefix}sb`, routerSandbox: `${prefix}rs`, routerInternet: `${prefix}ri`, internet: `${prefix}in` };
+  /** `beyond`: the new namespace's end of its veth, and its gateway's end. */
+  const beyondIfs = { client: { self: `${prefix}cl`, gateway: `${prefix}gc` }, origin: { self: `${prefix}or`, gateway: `${prefix}go` } } as const;
+  const beyondMade = new Set<BeyondNamespace>();
   const children = new Set<ChildProcess>();
   const created: string[] = [];
   const record = { namespaces: created, children, marker };
@@ -581,8 +622,57 @@ export async function createRig(): Promise<Rig> {
     throw e;
   }
 
+  const beyond = async (which: BeyondNamespace, opts: { mtu: number }): Promise<void> => {
+    if (!Number.isInteger(opts.mtu) || opts.mtu < 1280 || opts.mtu > 1500) throw new Error(`rig.beyond: MTU ${opts.mtu} is not from 1280 to 1500`);
+    const hop = BEYOND[which];
+    const gw = ns[hop.gateway];
+    const links = beyondIfs[which];
+    if (!beyondMade.has(which)) {
+      beyondMade.add(which);
+      await must('ip', ['netns', 'add', ns[which]]);
+      created.push(ns[which]);
+      cleanups.push(() => deleteNamespace(ns[which]));
+      await sh(which, 'echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad');
+      await must('ip', ['-n', ns[which], 'link', 'set', 'lo', 'up']);
+      await must('ip', ['link', 'add', links.self, 'netns', ns[which], 'type', 'veth', 'peer', 'name', links.gateway, 'netns', gw]);
+      await addr(ns[which], links.self, hop.v4.self, 24);
+      await addr(ns[which], links.self, hop.v6.self, 64);
+      await addr(gw, links.gateway, hop.v4.gateway, 24);
+      await addr(gw, links.gateway, hop.v6.gateway, 64);
+      await must('ip', ['-n', ns[which], 'link', 'set', links.self, 'up']);
+      await must('ip', ['-n', gw, 'link', 'set', links.gateway, 'up']);
+      await must('ip', ['-n', ns[which], 'route', 'add', 'default', 'via', hop.v4.gateway]);
+      await must('ip', ['-n', ns[which], '-6', 'route', 'add', 'default', 'via', hop.v6.gateway]);
+      await must('ip', ['-n', ns.router, 'route', 'add', hop.v4.net, 'via', hop.v4.via]);
+      await must('ip', ['-n', ns.router, '-6', 'route', 'add', hop.v6.net, 'via', hop.v6.via]);
+      await sh(hop.gateway, 'echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding');
+    }
+    // Locked: IPv4 forwarding honours a route's MTU either way, IPv6 forwarding only a locked one
+    // (ip6_dst_mtu_maybe_forward); the interfaces stay at 1500. Towards the rig, only what comes
+    // from the new namespace takes the small route (a table of its own, chosen by the incoming
+    // interface): the gateway's own packets keep its 1500 route, since a locked one would make
+    // its IPv4 datagrams leave without DF (ip_dont_fragment).
+    const mtu = ['mtu', 'lock', String(opts.mtu)];
+    await must('ip', ['-n', gw, 'route', 'replace', hop.v4.net, 'dev', links.gateway, 'src', hop.v4.gateway, ...mtu]);
+    // Metric 256: the kernel's own route for the subnet, which a route of the default 1024 would not replace.
+    await must('ip', ['-n', gw, '-6', 'route', 'replace', hop.v6.net, 'dev', links.gateway, 'metric', '256', ...mtu]);
+    for (const [v, up] of [
+      ['-4', hop.v4.up],
+      ['-6', hop.v6.up],
+    ] as const) {
+      await must('ip', ['-n', gw, v, 'route', 'replace', 'default', 'via', up, 'table', BEYOND_TABLE, ...mtu]);
+      await run('ip', ['-n', gw, v, 'rule', 'del', 'iif', links.gateway, 'lookup', BEYOND_TABLE]);
+      await must('ip', ['-n', gw, v, 'rule', 'add', 'iif', links.gateway, 'lookup', BEYOND_TABLE]);
+    }
+  };
+
   const rig: Rig = {
     prefix,
+    beyond,
+    clientV4: BEYOND.client.v4.self,
+    clientV6: BEYOND.client.v6.self,
+    originV4: BEYOND.origin.v4.self,
+    originV6: BEYOND.origin.v6.self,
     ns,
     sandboxV4: SANDBOX_V4,
     sandboxV6: SANDBOX_V6,

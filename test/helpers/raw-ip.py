@@ -7,6 +7,9 @@
 #                       WORD (default "exfiltrated"); prints "sent", or "refused" (EPERM)
 #   listen PROTO FAMILY prints "ready", then, once a datagram of PROTO (FAMILY 4 or 6) carries
 #                       b"sentinel", "got" if one carried b"exfiltrated" before, else "nothing"
+#   forge-error HOST    one ICMP fragmentation needed (v6: packet too big) sent to HOST, quoting a
+#                       TCP segment from HOST port 443 to this host that no connection sent,
+#                       carrying "exfiltrated"; prints "sent", or "refused" (EPERM)
 #   late-answer ADDR    a UDP "DNS server" on ADDR port 53: answers a query twice, 0.5 s apart,
 #                       from a socket connected to the client; prints "refused" when the client's
 #                       port unreachable for the second answer arrives (a RELATED ICMP error),
@@ -66,6 +69,31 @@ elif cmd == 'listen':
         got = got or b'exfiltrated' in data
         if b'sentinel' in data: break
     print('got' if got else 'nothing')
+elif cmd == 'forge-error':
+    host = sys.argv[2]
+    f = fam(host)
+    probe = socket.socket(f, socket.SOCK_DGRAM)
+    probe.connect((host, 9))
+    me = probe.getsockname()[0]
+    # The quoted segment: port 443 to 40000, seq 1, ACK|PSH, then the payload.
+    tcp = struct.pack('!HHIIBBHHH', 443, 40000, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + b'exfiltrated'
+    if f == socket.AF_INET:
+        inner = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, socket.inet_pton(f, host), socket.inet_pton(f, me))
+        inner = inner[:10] + struct.pack('!H', csum(inner)) + inner[12:]
+        # RFC 1191 §4: type 3 code 4, the next hop's MTU in the second half of the unused word.
+        msg = struct.pack('!BBHHH', 3, 4, 0, 0, 576) + inner + tcp
+        msg = msg[:2] + struct.pack('!H', csum(msg)) + msg[4:]
+        s = socket.socket(f, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    else:
+        inner = struct.pack('!IHBB16s16s', 6 << 28, len(tcp), 6, 64, socket.inet_pton(f, host), socket.inet_pton(f, me))
+        # RFC 4443 §3.2: type 2, the MTU in the word after the checksum (the kernel computes it).
+        msg = struct.pack('!BBHI', 2, 0, 0, 1280) + inner + tcp
+        s = socket.socket(f, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        s.sendto(msg, (host, 0))
+        print('sent')
+    except PermissionError:
+        print('refused')
 elif cmd == 'late-answer':
     addr = sys.argv[2]
     s = socket.socket(fam(addr), socket.SOCK_DGRAM)
