@@ -5,11 +5,10 @@
 // everything as before.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { join, resolve } from 'node:path';
 import { MAIN, NODE } from '../helpers/e2e-daemon.ts';
 import { createRig, type Rig, type RigNamespace, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { startReady } from '../helpers/ready-process.ts';
 
 const RAW_IP = join(resolve(import.meta.dirname, '..'), 'helpers/raw-ip.py');
 /** Served by the rig in the internet namespace: the hosts the sandbox has no policy for. */
@@ -66,25 +65,7 @@ describe.skipIf(skip !== null)('other IP protocols on a live kernel', () => {
       expect(r.code, r.stderr).toBe(0);
     }
   };
-  /**
-   * Starts a process that prints "ready" first and resolves once it has; `output` resolves with
-   * the rest of what it prints once it exits. (An object: an async function returning the promise
-   * itself would wait for it.)
-   */
-  const started = async (ns: RigNamespace, cmd: string, args: string[], onSpawn?: (c: ChildProcess) => void): Promise<{ output: Promise<string> }> => {
-    const child = rig.spawnIn(ns, cmd, args);
-    onSpawn?.(child);
-    let rest = '';
-    let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
-    const done = new Promise<string>((end) => child.once('close', () => end(rest.trim())));
-    await new Promise<void>((ready, fail) => {
-      createInterface({ input: child.stdout! }).on('line', (l) => (l === 'ready' ? ready() : (rest += `${l}\n`)));
-      child.once('close', () => fail(new Error(`${cmd} ${args.join(' ')} exited before it was ready: ${stderr}`)));
-    });
-    return { output: done };
-  };
+  const started = (ns: RigNamespace, cmd: string, args: string[]) => startReady(rig, ns, cmd, args);
   /** What the sandbox's ping, and datagrams of each raw protocol, got: to the far hosts and (host mode) the router. */
   const probe = async (family: 4 | 6, toRouter: boolean): Promise<Record<string, string>> => {
     await forgetNeighbours();
@@ -141,15 +122,14 @@ describe.skipIf(skip !== null)('other IP protocols on a live kernel', () => {
 
     it('keeps redirected TCP and IPv6 neighbour discovery working', async () => {
       await apply();
-      let server: ChildProcess | undefined;
-      const hi = await started('router', NODE, ['-e', TCP_HI], (c) => (server = c));
+      const hi = await started('router', NODE, ['-e', TCP_HI]);
       try {
         for (const family of [4, 6] as const) {
           await forgetNeighbours();
           expect((await rig.execIn('sandbox', NODE, ['-e', TCP_CLIENT, FAR[family]], { timeoutMs: 10_000 })).stdout, `IPv${family}`).toBe('hi');
         }
       } finally {
-        if (server?.pid !== undefined) process.kill(server.pid, 'SIGTERM');
+        if (hi.child.pid !== undefined) process.kill(hi.child.pid, 'SIGTERM');
         await hi.output;
       }
     });

@@ -16,11 +16,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 import { createRig, type Rig, type RigNamespace, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { startReady } from '../helpers/ready-process.ts';
 
 const HELPERS = join(resolve(import.meta.dirname, '..'), 'helpers');
 const PATH_MTU = join(HELPERS, 'path-mtu.py');
@@ -42,19 +42,7 @@ describe.skipIf(skip !== null)('path MTU through egressd with --other-protocols 
   const client = (family: 4 | 6): string => (family === 4 ? rig.clientV4 : rig.clientV6);
   const origin = (family: 4 | 6): string => (family === 4 ? rig.originV4 : rig.originV6);
 
-  /** Starts a process that prints "ready" first; resolves once it has, with its output once it exits. */
-  const started = async (ns: RigNamespace, cmd: string, args: string[]): Promise<{ output: Promise<string>; stop: () => void }> => {
-    const child = rig.spawnIn(ns, cmd, args);
-    let rest = '';
-    let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const done = new Promise<string>((end) => child.once('close', () => end(rest.trim())));
-    await new Promise<void>((ready, fail) => {
-      createInterface({ input: child.stdout! }).on('line', (l) => (l === 'ready' ? ready() : (rest += `${l}\n`)));
-      child.once('close', () => fail(new Error(`${cmd} ${args.join(' ')} exited before it was ready: ${stderr}`)));
-    });
-    return { output: done, stop: () => child.pid !== undefined && process.kill(-child.pid, 'SIGTERM') };
-  };
+  const started = (ns: RigNamespace, cmd: string, args: string[]) => startReady(rig, ns, cmd, args);
 
   beforeAll(async () => {
     rig = await createRig();
@@ -163,7 +151,7 @@ describe.skipIf(skip !== null)('path MTU through egressd with --other-protocols 
         expect(await must('client', 'python3', [PATH_MTU, 'dns-ask', FAR[family], '5'])).toBe(`answer ${DNS_ANSWER}`);
         expect(await learned('internet', client(family))).toBe(1280);
       } finally {
-        server.stop();
+        if (server.child.pid !== undefined) process.kill(server.child.pid, 'SIGTERM');
         await server.output;
       }
     });
