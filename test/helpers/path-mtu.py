@@ -6,7 +6,8 @@
 #                        (hex) of the N bytes that follow it; prints "ready" once bound
 #   bulk HOST up|down N  the client of serve: prints "ok" when the bytes (down) or the server's
 #                        hash of what it received (up) match the stream's, else what went wrong
-#                        ("stalled after 123456 of 1048576", "wrong bytes", "refused")
+#                        ("stalled after 123456 of 1048576", "no hash back": sent, but the
+#                        server never had it all; "wrong bytes", "refused")
 #   dns-serve ADDR SIZE  a DNS server on ADDR port 53: every query is answered by TXT records
 #                        making a message of exactly SIZE octets, with an EDNS(0) OPT record
 #                        (RFC 6891); prints "ready"
@@ -88,7 +89,7 @@ elif cmd == 'bulk':
             pass
         answer = read_exactly(c, 64, deadline).decode()
         want = hashlib.sha256(data).hexdigest()
-        print('ok' if answer == want else 'stalled after %d of %d sent' % (sent, n) if sent < n or not answer else 'wrong bytes')
+        print('ok' if answer == want else 'stalled after %d of %d sent' % (sent, n) if sent < n else 'no hash back' if not answer else 'wrong bytes')
 elif cmd == 'dns-serve':
     addr, size = sys.argv[2], int(sys.argv[3])
     s = socket.socket(fam(addr), socket.SOCK_DGRAM)
