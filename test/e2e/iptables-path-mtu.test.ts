@@ -99,14 +99,8 @@ describe.skipIf(skip !== null)('path MTU through egressd with --other-protocols 
     const iptables = (args: string[]) => must('router', NODE, [MAIN, 'iptables', ...args], 30_000);
     beforeAll(async () => {
       // The rules pass DNS to the far hosts (--dns-server), and to nothing else.
-      await iptables(
-        ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--dns-port', 'off', '--other-protocols', 'drop'].concat([
-          '--dns-server',
-          FAR[4],
-          '--dns-server',
-          FAR[6],
-        ]),
-      );
+      const rules = ['--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--dns-port', 'off', '--other-protocols', 'drop'];
+      await iptables(['--apply', ...rules, '--dns-server', FAR[4], '--dns-server', FAR[6]]);
     });
     afterAll(async () => {
       await iptables(['--remove']);
