@@ -151,6 +151,17 @@ describe('CONNECTION_FIELDS', () => {
     expect(names(example).filter((n) => !declared.has(n))).toEqual([]);
   });
 
+  // A reader checks a real line against the example: it lacked rule.ruleset, which every line
+  // with a verdict carries. The example is an allowed TLS connection whose name decided, dialed
+  // at its first address: exactly the fields egressd writes for that connection.
+  it("docs/logs.md's example has every field egressd writes for the connection it shows", () => {
+    const doc = readFileSync(new URL('../../../docs/logs.md', import.meta.url), 'utf8');
+    const example = JSON.parse(/```json\n([\s\S]*?)\n```/.exec(doc)![1]!) as LogLine;
+    const { rawName: _raw, dnsNames: _dns, matchedBy: _by, tried: _tried, dialFailure: _failure, ...shown } = outcome();
+    const line = connectionLine({ ...shown, alpn: ['h2', 'http/1.1'] });
+    expect(names(example).sort()).toEqual([...BASE, ...names(line)].sort());
+  });
+
   // The line is written as text, not through pino's object walk: it must be
   // byte for byte what pino wrote from connectionLine, for any record, absent fields and awkward
   // strings included.
