@@ -3,7 +3,7 @@
 // description (docs/openapi.json, which the daemon also serves at GET /api/v1/openapi.json).
 // test/unit/schema/generated.test.ts fails while a committed copy differs from what this writes.
 //
-//   node scripts/gen-schema.ts
+//   npm run docs:schema   (node scripts/gen-schema.ts on the pinned Node)
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';

@@ -4,7 +4,7 @@
 // PromQL is checked against the metrics the daemon actually registers.
 
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { IPTABLES_USAGE, parseIptablesArgs } from '../../src/cli/iptables/args.ts';
@@ -698,6 +698,28 @@ describe('docs', () => {
     ];
     expect(used.length).toBeGreaterThan(5);
     expect(used.filter((u) => !table.includes(u))).toEqual([]);
+  });
+
+  // docs/config.md said to regenerate the schema with `node scripts/gen-schema.ts`: with the
+  // machine's own node older than the pinned line (what README says egressd copes with) that fails
+  // on the .ts file. npm puts the pinned node (node_modules/.bin) first, so the docs name npm
+  // scripts, each one package.json has.
+  it("README and docs/ run the repository's scripts through npm scripts that exist", () => {
+    const scripts = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts;
+    const docs = [
+      'README.md',
+      ...readdirSync(new URL('docs/', ROOT))
+        .filter((f) => f.endsWith('.md'))
+        .map((f) => `docs/${f}`),
+    ];
+    for (const file of docs) {
+      const md = read(file);
+      expect(
+        [...md.matchAll(/`node (?:--\S+ )*scripts\/[^`]*`/g)].map((m) => m[0]),
+        file,
+      ).toEqual([]);
+      for (const m of md.matchAll(/npm run (?:-s )?([a-z][\w:-]*)/g)) expect(Object.keys(scripts), `${file}: npm run ${m[1]}`).toContain(m[1]);
+    }
   });
 
   it('docs/deployment.md covers every flag of egressd iptables', () => {
