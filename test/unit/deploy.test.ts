@@ -722,6 +722,15 @@ describe('docs', () => {
     }
   });
 
+  // README listed six of the tools npm test installs; promtool and systemd-analyze, which the
+  // unit stage's checks of deploy/ run, and the e2e suite's python3, dig and nginx were left out.
+  it('README names every tool scripts/ensure-test-tools.sh installs', () => {
+    const readme = read('README.md');
+    const tools = [...read('scripts/ensure-test-tools.sh').matchAll(/^have (\S+) \|\| need\+=\((\S+)\)$/gm)];
+    expect(tools.length).toBeGreaterThan(5);
+    for (const [, command, pkg] of tools) expect(readme.includes(command!) || readme.includes(pkg!), command).toBe(true);
+  });
+
   it('docs/deployment.md covers every flag of egressd iptables', () => {
     const md = read('docs/deployment.md');
     const flags = new Set([...IPTABLES_USAGE.matchAll(/(?<![\w-])(--[a-z][a-z-]*)/g)].map((m) => m[1]!));
