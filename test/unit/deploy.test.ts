@@ -731,6 +731,37 @@ describe('docs', () => {
     for (const [, command, pkg] of tools) expect(readme.includes(command!) || readme.includes(pkg!), command).toBe(true);
   });
 
+  // README's line listed a refused DNS query as a refused connection (with no name or port):
+  // dns-query lines carry egressd.verdict "refuse" too.
+  const jq = spawnSync('jq', ['--version']).status === 0;
+  if (!jq) console.warn("README's jq line not run: jq is not installed");
+  it.skipIf(!jq)("README's jq line lists the refused connections and nothing else", () => {
+    const filter = /^jq -c '([^']*)'\s+# the refused connections/m.exec(read('README.md'))![1]!;
+    const lines = [
+      {
+        event: { action: 'connection', reason: 'default-block' },
+        source: { ip: '198.18.0.2' },
+        destination: { domain: 'a.test', port: 443 },
+        egressd: { verdict: 'refuse' },
+      },
+      {
+        event: { action: 'connection', reason: 'allow-rule' },
+        source: { ip: '198.18.0.2' },
+        destination: { domain: 'b.test', port: 443 },
+        egressd: { verdict: 'allow' },
+      },
+      {
+        event: { action: 'dns-query', reason: 'not-allowed' },
+        source: { ip: '198.18.0.2' },
+        dns: { question: { name: 'c.test' } },
+        egressd: { verdict: 'refuse' },
+      },
+    ];
+    const out = spawnSync('jq', ['-c', filter], { input: lines.map((l) => JSON.stringify(l)).join('\n'), encoding: 'utf8' });
+    expect(out.status, out.stderr).toBe(0);
+    expect(out.stdout.trim().split('\n')).toEqual(['["198.18.0.2","a.test",443,"default-block",null]']);
+  });
+
   it('docs/deployment.md covers every flag of egressd iptables', () => {
     const md = read('docs/deployment.md');
     const flags = new Set([...IPTABLES_USAGE.matchAll(/(?<![\w-])(--[a-z][a-z-]*)/g)].map((m) => m[1]!));
