@@ -269,7 +269,10 @@ Run "egressd <command> --help" for a command's own options.`,
       '--share-ports',
       'start even when another process listens on these endpoints and this egressd has no state.path: the kernel then splits connections and API calls between the two, each with its own API sandboxes (for a rollout of a deployment that does not use the API)',
     )
-    .action(async (o: { config?: string; pretty?: boolean; sharePorts?: boolean }) => {
+    .action(async (o: { config?: string; pretty?: boolean; sharePorts?: boolean }, c: Command) => {
+      // EGRESSD_CONFIG set but empty is unset (the built-in config), as the other variables are; an
+      // empty --config stays an error.
+      if (o.config === '' && c.getOptionValueSource('config') === 'env') delete o.config;
       code = await io.serve(o);
     });
 
