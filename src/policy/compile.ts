@@ -132,6 +132,8 @@ export class CompiledSide {
   readonly domains: DomainMatcher | null;
   readonly #joined: SharedDomains | null;
   readonly ports: PortTable | null;
+  /** The ports on which a domain entry (own or joined) matches (Side.domainPorts); null: every port. */
+  readonly domainPorts: PortTable | null;
   readonly #v4: CidrTrie | null;
   readonly #v6: CidrTrie | null;
   /** Per CIDR: whether it lies wholly inside the protected ranges and so unlocks them. */
@@ -180,6 +182,21 @@ export class CompiledSide {
       }
     }
     this.ports = side.ports.length > 0 ? new PortTable(side.ports) : null;
+    const dp = side.domainPorts;
+    if (dp !== undefined) {
+      for (const [i, p] of dp.entries()) {
+        if (!Number.isInteger(p.from) || !Number.isInteger(p.to) || p.from < 1 || p.to > 65535 || p.from > p.to) {
+          throw new TypeError(`${name}_domain_ports[${i}]: ${JSON.stringify(p)} is not a port range within 1-65535`);
+        }
+      }
+    }
+    // An empty list leaves domains matching on no port: a table that finds none.
+    this.domainPorts = dp === undefined ? null : new PortTable(dp);
+  }
+
+  /** Whether the side's domain entries can match a name on `port` (Side.domainPorts). */
+  namesOn(port: number): boolean {
+    return this.domainPorts === null || this.domainPorts.find(port) >= 0;
   }
 
   /** The shared patterns joined to this side's own domains, or null. */

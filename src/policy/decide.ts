@@ -150,10 +150,12 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *    address, so an organization that allows names only still refuses it). The deny side and
  *    the mode judge it as any address.
  * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
- *    the address by one of its CIDRs, else the name by one of its domains; any host when it
- *    lists neither — AND the port matches (any port when it lists none). A side that lists
- *    nothing matches nothing.
- * 3. The deny side matches → refused. It matches when any one of its domains (by name),
+ *    the address by one of its CIDRs, else the name by one of its domains (only on its
+ *    `domainPorts` when it has them: Novita's 80 and 443; on another port the connection is
+ *    judged as if it had no name); any host when it lists neither — AND the port matches (any
+ *    port when it lists none). A side that lists nothing matches nothing.
+ * 3. The deny side matches → refused. It matches when any one of its domains (by name, on its
+ *    `domainPorts` when it has them),
  *    CIDRs (by address, an IPv4 CIDR also by the IPv4 address inside a NAT64 — the
  *    well-known or a declared prefix —, SIIT, IPv4-compatible, 6to4 or Teredo destination, as
  *    in 1d) or ports matches.
@@ -207,7 +209,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
   // (2) The allow side; by address and port alone when only the lent grant opened the address.
   if (!allow.empty) {
     const byName = openedByLent ? null : name;
-    if (trace !== undefined && !openedByLent && cidr < 0 && allow.hasHosts && allow.domains !== null) trace.nameConsulted = true;
+    if (trace !== undefined && !openedByLent && cidr < 0 && allow.hasHosts && allow.domains !== null && allow.namesOn(port)) trace.nameConsulted = true;
     const d = allowMatch(allow, cidr, byName, port, p.counts);
     if (d !== null) return d;
   }
@@ -215,8 +217,9 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
   // (3) The deny side.
   const deny = p.deny;
   if (!deny.empty) {
-    if (trace !== undefined && deny.domains !== null) trace.nameConsulted = true;
-    if (name !== null && deny.domains !== null) {
+    const denyNames = deny.domains !== null && deny.namesOn(port);
+    if (trace !== undefined && denyNames) trace.nameConsulted = true;
+    if (name !== null && denyNames) {
       const i = deny.domains.match(name);
       if (i >= 0)
         return {
@@ -279,7 +282,7 @@ export function matchSide(side: CompiledSide, f: Facts, nat64: readonly CidrBloc
       cidr = side.cidrIndex(4, innerWords);
     }
   }
-  if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null) trace.nameConsulted = true;
+  if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null && side.namesOn(f.port)) trace.nameConsulted = true;
   return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null);
 }
 
@@ -292,7 +295,9 @@ function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port
       host = allow.cidrRule(cidr);
       hostSlot = counts?.slot('allowed', 'cidrs', cidr) ?? -1;
       by = 'address';
-    } else if (name !== null && allow.domains !== null) {
+    } else if (name !== null && allow.domains !== null && allow.namesOn(port)) {
+      // On a port where the side's domains do not match (Side.domainPorts), the connection is
+      // judged as if it carried no name: no host matches, and the deny side and the mode decide.
       const i = allow.domains.match(name);
       if (i < 0) return null;
       host = allow.domainRule(i);
@@ -328,7 +333,7 @@ export function decideByName(p: CompiledPolicy, name: string, port: number): Dec
     if (d !== null) return d;
   }
   const deny = p.deny;
-  const i = deny.domains?.match(name) ?? -1;
+  const i = deny.namesOn(port) ? (deny.domains?.match(name) ?? -1) : -1;
   if (i >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.domainRule(i), matchedBy: 'name' };
   const j = deny.ports?.find(port) ?? -1;
   if (j >= 0) return { verdict: 'refuse', reason: 'deny-rule', rule: deny.portRule(j), matchedBy: 'port' };

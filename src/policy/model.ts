@@ -21,6 +21,14 @@ export interface Side {
   readonly domains: readonly string[];
   readonly cidrs: readonly string[];
   readonly ports: readonly PortRange[];
+  /**
+   * The ports on which the side's DOMAIN entries match; absent: every port. Novita inspects names
+   * on HTTP port 80 and TLS port 443 only (Novita "Internet access": "Any other port falls back
+   * to CIDR-based matching"), so its allow side sets 80 and 443. On any other port the side is
+   * judged as if the connection carried no name: by its CIDRs (and ports). CIDR and port
+   * entries are not restricted by it.
+   */
+  readonly domainPorts?: readonly PortRange[];
 }
 
 export interface Policy {

@@ -17,6 +17,11 @@ export interface NetworkView {
     readonly denied_cidrs: readonly string[];
     readonly allowed_ports: (number | string)[];
     readonly denied_ports: (number | string)[];
+    /**
+     * The ports on which allowed_domains match (Side.domainPorts: Novita's 80 and 443); absent
+     * when they match on every port. On other ports only the CIDRs allow.
+     */
+    readonly allowed_domain_ports?: (number | string)[];
   };
   /** Whether the essential-services catalog joins the allow side (Daytona, Daytona "Network Limits (Firewall)"). */
   readonly essential_services: boolean;
@@ -44,6 +49,7 @@ export function renderNetwork(result: DialectResult): NetworkView {
       denied_cidrs: [...deny.cidrs],
       allowed_ports: formatPorts(allow.ports),
       denied_ports: formatPorts(deny.ports),
+      ...(allow.domainPorts !== undefined ? { allowed_domain_ports: formatPorts(allow.domainPorts) } : {}),
     },
     essential_services: result.essentialServices,
     ...(result.ingress ? { ingress: { ...result.ingress } } : {}),

@@ -377,12 +377,14 @@ function layerByName(layer: CompiledLayer, name: string, port: number): Decision
 
 /**
  * The first port of each segment of 1–65535 on which every port rule of the chain (overlay
- * entries, both layers' policies and DNS-server rules) answers alike, ascending.
+ * entries, both layers' policies and DNS-server rules, and the ports their domains match on)
+ * answers alike, ascending.
  */
 function portSegments(chain: PolicyChain): number[] {
   const starts = new Set<number>([1]);
   const add = (s: CompiledSide): void => {
-    for (const r of s.side.ports) {
+    // The ports on which the side's domains match cut segments too (Novita's 80 and 443).
+    for (const r of [...s.side.ports, ...(s.side.domainPorts ?? [])]) {
       starts.add(r.from);
       if (r.to < 65535) starts.add(r.to + 1);
     }

@@ -26,6 +26,8 @@ const OPERATOR = {
 const POLICY = { network: { denyOut: ['0.0.0.0/0'], allowOut: ['api.example.com'] } };
 const CASES: [string | null, string, number][] = [
   ['api.example.com', '140.82.112.5', 443],
+  // Novita matches domains on 80 and 443 only: both ways refuse the allowed name on 22.
+  ['api.example.com', '140.82.112.5', 22],
   ['other.example.com', '140.82.112.5', 443],
   ['api.platform.test', '140.82.112.5', 443],
   ['api.platform.test', '140.82.112.5', 22],

@@ -16,6 +16,9 @@ const NOVITA = {
   network: { allowOut: ['api.example.test'], denyOut: ['0.0.0.0/0'], maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false },
 };
 
+/** A loopback address of this file's own for an upstream on port 80 (names match there under Novita). */
+const WEB_ADDRESS = '127.0.0.223';
+
 describe("the platforms' complete bodies through the API", () => {
   let d: LoopbackDaemon | undefined;
   let upstream: Server;
@@ -42,10 +45,10 @@ describe("the platforms' complete bodies through the API", () => {
 
   const api = (method: string, path: string, body?: unknown) => adminCall(d!.adminUrl, method, path, body);
 
-  /** An HTTP request for `host` from `source`, redirected (as iptables would) to the upstream. */
-  const get = (source: string, host: string): Promise<string> =>
+  /** An HTTP request for `host` from `source`, redirected (as iptables would) to the upstream (or to `to`). */
+  const get = (source: string, host: string, to: { address: string; port: number } = { address: '127.0.0.1', port: upstreamPort }): Promise<string> =>
     new Promise((resolve) => {
-      d!.route(source, '127.0.0.1', upstreamPort);
+      d!.route(source, to.address, to.port);
       const s = connect({ host: '127.0.0.1', port: d!.port('http'), localAddress: source });
       let got = '';
       s.on('data', (b) => (got += b.toString()));
@@ -95,8 +98,22 @@ describe("the platforms' complete bodies through the API", () => {
     const net = await api('GET', '/api/v1/sandboxes/sb-nov/network');
     expect(net.body.ingress).toEqual({ maskRequestHost: 'localhost:${PORT}', allowPublicTraffic: false });
     expect(net.body.warnings.map((w: { field: string }) => w.field)).toEqual(['network.network.maskRequestHost', 'network.network.allowPublicTraffic']);
-    expect(await get('127.0.0.22', 'api.example.test')).toMatch(/^HTTP\/1\.1 200 /);
-    expect(await get('127.0.0.22', 'other.example.test')).toMatch(/^HTTP\/1\.1 403 /);
+    // Novita matches names on HTTP port 80 and TLS port 443 only ("Any other port falls back to
+    // CIDR-based matching"): the same name to the upstream's own port is refused.
+    const web = createServer((c) => {
+      accepted.push(c);
+      c.on('error', () => {});
+      c.once('data', () => c.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok'));
+    });
+    web.listen(80, WEB_ADDRESS);
+    await once(web, 'listening');
+    try {
+      expect(await get('127.0.0.22', 'api.example.test', { address: WEB_ADDRESS, port: 80 })).toMatch(/^HTTP\/1\.1 200 /);
+      expect(await get('127.0.0.22', 'other.example.test', { address: WEB_ADDRESS, port: 80 })).toMatch(/^HTTP\/1\.1 403 /);
+      expect(await get('127.0.0.22', 'api.example.test')).toMatch(/^HTTP\/1\.1 403 /);
+    } finally {
+      web.close();
+    }
     // An unknown field is still an error, and changes nothing.
     const bad = await api('PUT', '/api/v1/sandboxes/sb-nov/network', { network: { ...NOVITA.network, maskRequestHosts: 'x' } });
     expect(bad.status).toBe(400);

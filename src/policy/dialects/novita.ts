@@ -12,7 +12,7 @@
 
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import { CappedIssues, MAX_LIST_ENTRIES } from '../../util/issues.ts';
-import type { DialectResult, Side } from '../model.ts';
+import type { DialectResult, PortRange, Side } from '../model.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -25,6 +25,8 @@ import { validateCidr } from '../validate.ts';
  * alone names only the IPv6 half and stays an ordinary deny entry (IPv4 stays open).
  */
 const ALL_TRAFFIC = '0.0.0.0/0';
+/** The ports on which Novita matches a domain entry: HTTP (Host) and TLS (SNI). */
+const NAME_PORTS: readonly PortRange[] = Object.freeze([Object.freeze({ from: 80, to: 80 }), Object.freeze({ from: 443, to: 443 })]);
 const NETWORK_FIELDS = ['allowOut', 'denyOut', 'maskRequestHost', 'allowPublicTraffic'] as const;
 /**
  * Novita "Internet access" "Masking request host headers" (`maskRequestHost`, with `${PORT}` substituted) and
@@ -110,7 +112,13 @@ export function parseNovita(body: Readonly<Record<string, unknown>>): Result {
   }
 
   if (issues.list.length > 0) return { ok: false, issues: issues.result() };
-  const allowSide: Side = { domains: [...allow.domains], cidrs: [...allow.cidrs], ports: [] };
+  // Novita "Internet access": "Filtering by domain applies only to HTTP over port 80 (inspected
+  // via the Host header) and TLS over port 443 (inspected via SNI). Any other port falls back to
+  // CIDR-based matching": a domain entry allows nothing on port 22 or 8443.
+  const allowSide: Side =
+    allow.domains.size > 0
+      ? { domains: [...allow.domains], cidrs: [...allow.cidrs], ports: [], domainPorts: NAME_PORTS }
+      : { domains: [], cidrs: [...allow.cidrs], ports: [] };
   const kept = Object.keys(ingress);
   const beside =
     kept.length === 0

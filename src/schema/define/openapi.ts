@@ -28,6 +28,11 @@ const NetworkView = Type.Object(
         denied_cidrs: Type.Array(Type.String()),
         allowed_ports: portList,
         denied_ports: portList,
+        allowed_domain_ports: Type.Optional(
+          Type.Array(Type.Union([Type.Integer({ minimum: 1, maximum: 65535 }), Type.String()]), {
+            description: 'The ports on which allowed_domains match (Novita: 80 and 443); absent: every port. On other ports only the CIDRs allow.',
+          }),
+        ),
       },
       closed,
     ),

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { compilePolicy, PortTable } from '../../../src/policy/compile.ts';
-import { decide, matchSide, type Decision, type Facts } from '../../../src/policy/decide.ts';
+import { decide, decideByName, matchSide, matchSideByName, type Decision, type Facts } from '../../../src/policy/decide.ts';
 import type { Mode, PortRange, Side } from '../../../src/policy/model.ts';
 import { compileProtected, type ProtectedRanges } from '../../../src/match/protected.ts';
 import { HostAddresses } from '../../../src/net/host-addresses.ts';
@@ -530,5 +530,44 @@ describe('compilePolicy', () => {
   it('keeps the policy it compiled', () => {
     const policy = { mode: 'block-all' as const, allow: side({ ports: [443] }), deny: side() };
     expect(compilePolicy(policy, P).policy).toBe(policy);
+  });
+});
+
+describe('decide: a side whose domains match on some ports only (Side.domainPorts)', () => {
+  const WEB: PortRange[] = [
+    { from: 80, to: 80 },
+    { from: 443, to: 443 },
+  ];
+  const withNamePorts = (s: SideIn): Side => ({ ...side(s), domainPorts: WEB });
+  const policy = (mode: Mode, allow: Side, deny: Side) => compilePolicy({ mode, allow, deny }, P);
+
+  it('matches an allowed name on those ports and judges it as nameless elsewhere, in decide, decideByName and matchSide', () => {
+    const p = policy('block-all', withNamePorts({ domains: ['github.com'], cidrs: ['44.0.0.0/8'] }), side());
+    expect(plain(decide(p, facts('140.82.112.3', 443, 'github.com')))).toMatchObject({ verdict: 'allow', rule: 'allowed_domains "github.com"' });
+    expect(decide(p, facts('140.82.112.3', 22, 'github.com')).verdict).toBe('refuse');
+    expect(decide(p, facts('44.1.2.3', 22, 'github.com'))).toMatchObject({ verdict: 'allow', rule: 'allowed_cidrs "44.0.0.0/8"' });
+    expect(decideByName(p, 'github.com', 80).verdict).toBe('allow');
+    expect(decideByName(p, 'github.com', 8443).verdict).toBe('refuse');
+    expect(matchSide(p.allow, facts('140.82.112.3', 443, 'github.com'), [])).toMatchObject({ matchedBy: 'name' });
+    expect(matchSide(p.allow, facts('140.82.112.3', 22, 'github.com'), [])).toBeNull();
+    expect(matchSideByName(p.allow, 'github.com', 22)).toBeNull();
+  });
+
+  it('reads the name only where it can match (the trace behind nameMatters)', () => {
+    const p = policy('block-all', withNamePorts({ domains: ['github.com'] }), side());
+    const at = (port: number): boolean => {
+      const t = { nameConsulted: false };
+      decide(p, facts('140.82.112.3', port), t);
+      return t.nameConsulted;
+    };
+    expect(at(443)).toBe(true);
+    expect(at(22)).toBe(false);
+  });
+
+  it('applies to a deny side the same way', () => {
+    const p = policy('allow-all', side(), withNamePorts({ domains: ['bad.test'] }));
+    expect(decide(p, facts('140.82.112.3', 443, 'bad.test')).verdict).toBe('refuse');
+    expect(decide(p, facts('140.82.112.3', 22, 'bad.test')).verdict).toBe('allow');
+    expect(decideByName(p, 'bad.test', 22).verdict).toBe('allow');
   });
 });

@@ -2,6 +2,9 @@
 // each of its rules with its error.
 
 import { describe, expect, it } from 'vitest';
+import { compileProtected } from '../../../../src/match/protected.ts';
+import { SharedDomains } from '../../../../src/policy/compile.ts';
+import { compileLayer, nameMatters, nameReach, verdict, type PolicyChain } from '../../../../src/policy/verdict.ts';
 import { issuesOf, parsed, verdictOf } from '../../../helpers/network-body.ts';
 
 /** An address no example names, for connections judged by name. */
@@ -231,7 +234,71 @@ describe('Novita "Internet access" rules and their errors', () => {
 
   it('keeps each entry once after normalization', () => {
     const p = parsed({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '1.1.1.1/32', 'GitHub.com', 'github.com.'] } }).policy;
-    expect(p.allow).toEqual({ domains: ['github.com'], cidrs: ['1.1.1.1/32'], ports: [] });
+    expect(p.allow).toEqual({
+      domains: ['github.com'],
+      cidrs: ['1.1.1.1/32'],
+      ports: [],
+      domainPorts: [
+        { from: 80, to: 80 },
+        { from: 443, to: 443 },
+      ],
+    });
+  });
+});
+
+// Novita "Internet access": "Filtering by domain applies only to HTTP over port 80 (inspected via
+// the Host header) and TLS over port 443 (inspected via SNI). Any other port falls back to
+// CIDR-based matching".
+describe('Novita "Internet access": domains match on ports 80 and 443 only', () => {
+  const GITHUB = { network: { allowOut: ['github.com'], denyOut: ['0.0.0.0/0'] } };
+  const GITHUB_IP = '140.82.112.3';
+
+  it('allows github.com on 443 and 80, and refuses it on 22 and 8443', () => {
+    const v = verdictOf(GITHUB);
+    expect(v('github.com', GITHUB_IP, 443)).toBe('allow');
+    expect(v('github.com', GITHUB_IP, 80)).toBe('allow');
+    expect(v('github.com', GITHUB_IP, 22)).toBe('refuse');
+    expect(v('github.com', GITHUB_IP, 8443)).toBe('refuse');
+  });
+
+  it('falls back to the CIDRs on other ports: an allowed CIDR holding the address allows port 22', () => {
+    const v = verdictOf({ network: { allowOut: ['github.com', '140.82.112.0/20'], denyOut: ['0.0.0.0/0'] } });
+    expect(v('github.com', GITHUB_IP, 22)).toBe('allow');
+    expect(v(null, GITHUB_IP, 22)).toBe('allow');
+    expect(v('github.com', ELSEWHERE, 22)).toBe('refuse');
+    expect(v('github.com', ELSEWHERE, 443)).toBe('allow');
+  });
+
+  it('leaves a policy without domains unrestricted by port, and other dialects naming on every port', () => {
+    expect(parsed({ network: { allowOut: ['1.1.1.1'], denyOut: ['0.0.0.0/0'] } }).policy.allow.domainPorts).toBeUndefined();
+    expect(verdictOf({ mode: 'block-all', egress: { allowed_domains: ['github.com'] } })('github.com', GITHUB_IP, 22)).toBe('allow');
+  });
+
+  describe('through the verdict chain', () => {
+    const settings = { protectedRanges: compileProtected({}), catalog: new SharedDomains([]), dnsServers: ['8.8.8.8'] };
+    const chain: PolicyChain = { sandbox: 'sb', org: null, layer: compileLayer(parsed(GITHUB), settings) };
+
+    it('judges a nameless connection to an address the sandbox resolved github.com to (DNS memory) by the name on 443 only', () => {
+      // net/connection.ts judges such a connection with each remembered name as its name.
+      expect(verdict(chain, { name: 'github.com', ip: GITHUB_IP, port: 443 })).toMatchObject({
+        verdict: 'allow',
+        rule: 'allowed_domains "github.com"',
+        matchedBy: 'name',
+      });
+      expect(verdict(chain, { name: 'github.com', ip: GITHUB_IP, port: 22 })).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+    });
+
+    it('says a name does not matter on a port where names cannot match, and does on 80 and 443', () => {
+      expect(nameMatters(chain, { ip: GITHUB_IP, port: 22 })).toBe(false);
+      expect(nameMatters(chain, { ip: GITHUB_IP, port: 8443 })).toBe(false);
+      expect(nameMatters(chain, { ip: GITHUB_IP, port: 443 })).toBe(true);
+      expect(nameMatters(chain, { ip: GITHUB_IP, port: 80 })).toBe(true);
+    });
+
+    it('still lets the DNS listener resolve the name (it reaches on 80 and 443)', () => {
+      expect(nameReach(chain, 'github.com')).toMatchObject({ reach: true, rule: 'allowed_domains "github.com"' });
+      expect(nameReach(chain, 'gitlab.com')).toMatchObject({ reach: false });
+    });
   });
 });
 

@@ -38,7 +38,8 @@ describe('renderNetwork', () => {
   it('shows a Novita deny-everything policy as block-all with its allow list, not the deny entry the mode stands for', () => {
     expect(renderNetwork(parsed({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['*.github.com', '1.1.1.1'] } }))).toEqual({
       mode: 'block-all',
-      egress: { ...NO_EGRESS, allowed_domains: ['*.github.com'], allowed_cidrs: ['1.1.1.1/32'] },
+      // Novita matches names on 80 and 443 only: the view says so beside the names.
+      egress: { ...NO_EGRESS, allowed_domains: ['*.github.com'], allowed_cidrs: ['1.1.1.1/32'], allowed_domain_ports: [80, 443] },
       essential_services: false,
     });
   });
