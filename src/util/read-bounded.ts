@@ -24,6 +24,41 @@ export class InputTooLargeError extends Error {
   }
 }
 
+// What has been read, in up to 1 MiB pieces, holding no more than it read: a pipe or terminal
+// gives what its writer has written so far (a line, a pipe's 64 KiB), and a piece of 1 MiB kept
+// for each such read held 1 MiB for every few bytes (a policy typed or written a line at a time
+// kept gigabytes for kilobytes). A read that fills less than its piece is copied out, and the
+// piece read into again.
+class Chunks {
+  readonly #max: number;
+  readonly #chunks: Buffer[] = [];
+  #total = 0;
+  #piece: Buffer | null = null;
+  constructor(max: number) {
+    this.#max = max;
+  }
+  /** Where the next read goes: one byte past the bound says the input is longer than it. */
+  room(): Buffer {
+    const want = Math.min(1_048_576, this.#max + 1 - this.#total);
+    if (this.#piece === null || this.#piece.length < want) this.#piece = Buffer.allocUnsafe(want);
+    return this.#piece.subarray(0, want);
+  }
+  /** `n` bytes (more than 0) were read into `room`. Throws InputTooLargeError past the bound. */
+  took(room: Buffer, n: number): void {
+    if (n === room.length && room.length === this.#piece?.length) {
+      this.#chunks.push(room);
+      this.#piece = null;
+    } else {
+      this.#chunks.push(Buffer.from(room.subarray(0, n)));
+    }
+    this.#total += n;
+    if (this.#total > this.#max) throw new InputTooLargeError(null, this.#max);
+  }
+  bytes(): Buffer {
+    return Buffer.concat(this.#chunks, this.#total);
+  }
+}
+
 /**
  * The bytes of `file` (a path, or a descriptor such as 0 for standard input), at most `max`.
  * A regular file is refused by its size before a byte is read; anything else (a pipe, a device)
@@ -35,18 +70,14 @@ export function readBoundedSync(file: string | number, max = MAX_INPUT_FILE_BYTE
   try {
     const st = fstatSync(fd);
     if (st.isFile() && st.size > max) throw new InputTooLargeError(st.size, max);
-    const chunks: Buffer[] = [];
-    let total = 0;
+    const into = new Chunks(max);
     for (;;) {
-      // One byte past the bound says the input is longer than it.
-      const chunk = Buffer.allocUnsafe(Math.min(1_048_576, max + 1 - total));
-      const n = readSome(fd, chunk);
+      const room = into.room();
+      const n = readSome(fd, room);
       if (n === 0) break;
-      chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
-      total += n;
-      if (total > max) throw new InputTooLargeError(null, max);
+      into.took(room, n);
     }
-    return Buffer.concat(chunks, total);
+    return into.bytes();
   } finally {
     if (typeof file !== 'number') closeSync(fd);
   }
@@ -75,17 +106,14 @@ export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES): Pro
   try {
     const st = await handle.stat();
     if (st.isFile() && st.size > max) throw new InputTooLargeError(st.size, max);
-    const chunks: Buffer[] = [];
-    let total = 0;
+    const into = new Chunks(max);
     for (;;) {
-      const chunk = Buffer.allocUnsafe(Math.min(1_048_576, max + 1 - total));
-      const { bytesRead } = await handle.read(chunk, 0, chunk.length, null);
+      const room = into.room();
+      const { bytesRead } = await handle.read(room, 0, room.length, null);
       if (bytesRead === 0) break;
-      chunks.push(bytesRead === chunk.length ? chunk : chunk.subarray(0, bytesRead));
-      total += bytesRead;
-      if (total > max) throw new InputTooLargeError(null, max);
+      into.took(room, bytesRead);
     }
-    return Buffer.concat(chunks, total);
+    return into.bytes();
   } finally {
     await handle.close();
   }

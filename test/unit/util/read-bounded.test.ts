@@ -2,6 +2,7 @@
 // byte is read (sparse files here, gigabytes long, take no disk and no time), anything else when
 // the bound is passed; what is within the bound is read exactly.
 
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,4 +62,47 @@ describe.each(readers)('%s', (_name, read) => {
     await expect(read(join(dir, 'absent'))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(read(dir)).rejects.toMatchObject({ code: 'EISDIR' });
   });
+});
+
+// A pipe gives what its writer has written so far: a policy piped a line at a time is read in
+// as many reads. Each read's piece (1 MiB) was kept whole for the few bytes it held, so kilobytes
+// written slowly held gigabytes. Here a reader in a process whose address space is limited to
+// 512 MiB past what it needs to start (ulimit -v) reads ~2,000 lines written 1 ms apart: the
+// pieces kept for them would need ~2 GiB (more than 512 reads fail the limit), what they hold 100 KB.
+describe.skipIf(process.platform !== 'linux')('an input written a little at a time', () => {
+  // dist/ (global-setup.ts builds it): a .ts module would have Node strip its types with a
+  // WebAssembly module whose gigabytes of reserved address space come and go, moving the limit.
+  const MODULE = join(import.meta.dirname, '../../../dist/util/read-bounded.js');
+  const writer = `let i = 0;
+const t = setInterval(() => {
+  process.stdout.write('x'.repeat(49) + '\\n');
+  if (++i === 2000) { clearInterval(t); process.stdout.end(); }
+}, 1);
+`;
+  const reader = (how: string): string => `import { readFileSync } from 'node:fs';
+import * as m from ${JSON.stringify(MODULE)};
+if (process.argv[2] === 'size') console.log(/VmSize:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+else { const b = ${how}; console.log(b.length, new Set(b.toString()).size); }
+`;
+  for (const [name, how] of [
+    ['readBoundedSync(0)', 'm.readBoundedSync(0)'],
+    ["readBounded('/dev/stdin')", "await m.readBounded('/dev/stdin')"],
+  ] as const) {
+    it(`${name} holds what it read, not a 1 MiB piece for each read`, { timeout: 60_000 }, () => {
+      const w = join(dir, 'writer.mjs');
+      const r = join(dir, `reader-${name.length}.mjs`);
+      writeFileSync(w, writer);
+      writeFileSync(r, reader(how));
+      const size = spawnSync(process.execPath, [r, 'size'], { encoding: 'utf8' });
+      expect(size.status, size.stderr).toBe(0);
+      const limitKb = Number(size.stdout.trim()) + 512 * 1024;
+      const run = spawnSync('bash', ['-c', 'node "$1" | (ulimit -v "$3" && exec node "$2" read)', 'bash', w, r, String(limitKb)], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env['PATH'] ?? ''}` },
+      });
+      expect(run.stderr).toBe('');
+      expect(run.stdout).toBe('100000 2\n');
+      expect(run.status).toBe(0);
+    });
+  }
 });
