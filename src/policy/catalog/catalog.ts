@@ -7,11 +7,11 @@
 // that an install, pull or clone works. An operator may pick categories, add names, or point at
 // a file of their own in the same shape. Read once at start-up, so it is synchronous.
 
-import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { type Locate, readYaml } from '../../util/yaml-read.ts';
 import { namesJson } from '../../util/json-read.ts';
 import { utf8Text } from '../../util/utf8-text.ts';
+import { InputTooLargeError, readBoundedSync } from '../../util/read-bounded.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -168,9 +168,10 @@ function readCatalogFile(path: string): FileRead {
   const q = quote(path);
   let text: string;
   try {
-    const size = statSync(path).size;
-    if (size > MAX_FILE_BYTES) return { ok: false, reason: `Catalog file ${q} is ${size} bytes; at most ${MAX_FILE_BYTES} are read` };
-    const t = utf8Text(readFileSync(path));
+    // Bounded whatever the file is: a regular file by its size, before a byte is read; a pipe
+    // (`<(generate)`, /dev/stdin) or a device once it passes the bound. statSync's size, 0 for
+    // those, let readFileSync read one whole, /dev/zero for ever.
+    const t = utf8Text(readBoundedSync(path, MAX_FILE_BYTES));
     if (!t.ok) {
       const { line, column } = t.position;
       return {
@@ -180,6 +181,10 @@ function readCatalogFile(path: string): FileRead {
     }
     text = t.text;
   } catch (err) {
+    if (err instanceof InputTooLargeError) {
+      const what = err.bytes === null ? `is longer than ${MAX_FILE_BYTES} bytes, the most read` : `is ${err.bytes} bytes; at most ${MAX_FILE_BYTES} are read`;
+      return { ok: false, reason: `Catalog file ${q} ${what}` };
+    }
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     return { ok: false, reason: `Cannot read catalog file ${q} (${code})` };
   }

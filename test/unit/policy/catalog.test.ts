@@ -1,3 +1,5 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -293,6 +295,22 @@ describe('loadCatalog options', () => {
     const file = catalogFile('huge.yaml', `categories:\n  big:\n${'    - a.example.com\n'.repeat(250_000)}`);
     const r = loadCatalog({ file });
     expect(r.ok || r.issues[0]!.reason).toMatch(/bytes; at most 4194304 are read$/);
+  });
+
+  it('stops reading a catalog that is not a regular file once it passes the bound (a pipe)', async () => {
+    // A pipe (`catalog.file: /dev/stdin`, a process substitution) has no size to refuse it by:
+    // read whole, 5 MB here (or /dev/zero, for ever) was read into memory and parsed.
+    const fifo = join(tmp, 'catalog.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const writer = spawn(process.execPath, ['-e', 'require("node:fs").writeFileSync(process.argv[1], Buffer.alloc(5e6, 0x61))', fifo], { stdio: 'ignore' });
+    const gone = once(writer, 'exit');
+    try {
+      const r = loadCatalog({ file: fifo });
+      expect(r).toEqual({ ok: false, issues: [{ field: 'file', reason: `Catalog file ${JSON.stringify(fifo)} is longer than 4194304 bytes, the most read` }] });
+    } finally {
+      writer.kill();
+      await gone;
+    }
   });
 
   it('stops expanding YAML aliases before they multiply without bound', () => {
