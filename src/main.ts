@@ -127,7 +127,7 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
         return;
       }
       try {
-        const next = withEnv(await loadConfig(file));
+        const next = withEnv(await loadConfig(file, { again: true }));
         const r = await daemon.reload(next);
         if (r.ok) {
           log.info({ event: { action: 'reload' }, file: { path: file }, sandboxes: r.sandboxes }, 'configuration reloaded');

@@ -61,11 +61,17 @@ export function configFromText(text: string, file: string): Config {
   return result.config;
 }
 
-export async function loadConfig(file: string | null): Promise<Config> {
+/**
+ * The configuration in `file` (null: the built-in default). `again`: a reload (SIGHUP). A pipe
+ * given at start-up (`--config <(generate)`, `/dev/stdin`) was read to its end then: read again it
+ * gave nothing, taken for an empty file, a valid configuration without a sandbox, which replaced
+ * the running one. Read again, a file that is not a regular file and gives nothing is refused.
+ */
+export async function loadConfig(file: string | null, opts: { again?: boolean } = {}): Promise<Config> {
   if (file === null) return configFromText('', '(built-in default)');
   let bytes: Buffer;
   try {
-    bytes = await readBounded(file);
+    bytes = await readBounded(file, undefined, { again: opts.again === true });
   } catch (err) {
     throw new ConfigReadError(file, systemError(err), err);
   }

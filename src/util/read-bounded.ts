@@ -100,8 +100,21 @@ function readSome(fd: number, chunk: Buffer): number {
   }
 }
 
-/** As readBoundedSync, for a path, without blocking the event loop (a configuration reloaded while serving). */
-export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES): Promise<Buffer> {
+/** A file read again (readBounded's `again`) that is not a regular file and gave nothing. */
+export class NothingAgainError extends Error {
+  constructor() {
+    super('it is not a regular file and gave nothing (a pipe read to its end before: what it held is not there to read again)');
+    this.name = 'NothingAgainError';
+  }
+}
+
+/**
+ * As readBoundedSync, for a path, without blocking the event loop (a configuration reloaded while
+ * serving). `again`: the file was read before (a reload), and one that is not a regular file and
+ * gives nothing is refused (NothingAgainError): a pipe given at start-up (`<(generate)`,
+ * `/dev/stdin`) was read to its end then, and its nothing is not an empty file.
+ */
+export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES, opts: { again?: boolean } = {}): Promise<Buffer> {
   const handle = await open(path, 'r');
   try {
     const st = await handle.stat();
@@ -113,7 +126,9 @@ export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES): Pro
       if (bytesRead === 0) break;
       into.took(room, bytesRead);
     }
-    return into.bytes();
+    const bytes = into.bytes();
+    if (opts.again === true && bytes.length === 0 && !st.isFile()) throw new NothingAgainError();
+    return bytes;
   } finally {
     await handle.close();
   }

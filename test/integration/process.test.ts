@@ -64,6 +64,34 @@ describe('the egressd process', () => {
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
   });
 
+  // A config given as a pipe (`--config <(generate)`, `/dev/stdin`) is read to its end at
+  // start-up. Read again on SIGHUP it gave nothing: an empty file, a valid configuration with no
+  // sandbox, which replaced the running one. Read again, a pipe that gives nothing is refused.
+  it('refuses a reload of a config on a pipe read to its end at start-up, keeping the running config', async () => {
+    // A pipe on standard input (Node's 'pipe' is a socket, which /dev/stdin cannot open), bash
+    // exec'ing egressd so that the signals go to it.
+    const config = JSON.stringify(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.21'], network: { mode: 'allow-all' } }] }));
+    const child = spawn(
+      'bash',
+      ['-c', 'exec "$@" < <(printf %s "$EGRESSD_TEST_CONFIG")', 'bash', NODE, join(ROOT, 'src/main.ts'), 'serve', '--config', '/dev/stdin'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, EGRESSD_TEST_CONFIG: config },
+      },
+    );
+    const d = await watchDaemon(child);
+    running.push(d);
+    const admin = `http://127.0.0.1:${d.lines.find((l) => action(l) === 'started')!['adminPort']}`;
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', origin: 'config' });
+    d.child.kill('SIGHUP');
+    const after = await d.waitFor((l) => action(l) === 'reload-refused' || action(l) === 'reload');
+    expect(action(after)).toBe('reload-refused');
+    expect(String(after['reason'])).toBe(
+      'Cannot read configuration "/dev/stdin": it is not a regular file and gave nothing (a pipe read to its end before: what it held is not there to read again)',
+    );
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', sources: ['127.0.0.21'] });
+  });
+
   // A token no call can present (the Authorization field's `Bearer <one word>`): before, taken,
   // and every API call answered 401 until the next restart or reload.
   it('refuses a reload whose admin.token no call could present, keeping the running token', async () => {

@@ -4,10 +4,11 @@
 
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InputTooLargeError, MAX_INPUT_FILE_BYTES, readBounded, readBoundedSync } from '../../../src/util/read-bounded.ts';
+import { InputTooLargeError, MAX_INPUT_FILE_BYTES, NothingAgainError, readBounded, readBoundedSync } from '../../../src/util/read-bounded.ts';
 
 let dir: string;
 beforeAll(() => {
@@ -61,6 +62,28 @@ describe.each(readers)('%s', (_name, read) => {
   it("gives the system's error for what cannot be read", async () => {
     await expect(read(join(dir, 'absent'))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(read(dir)).rejects.toMatchObject({ code: 'EISDIR' });
+  });
+});
+
+// A reload reads its file again: a pipe read to its end at start-up gives nothing then, which is
+// not an empty file. A FIFO that is written again, and an empty regular file, are read as they are.
+describe.skipIf(process.platform !== 'linux')("readBounded's again", () => {
+  it('refuses a file that is not a regular file and gives nothing, and reads the rest', async () => {
+    const fifo = join(dir, 'again.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const readOnce = async (body: string | null): Promise<unknown> => {
+      const reading = readBounded(fifo, undefined, { again: true }).catch((e: unknown) => e);
+      const w = await open(fifo, 'w'); // once the read has opened it
+      if (body !== null) await w.writeFile(body);
+      await w.close();
+      return reading;
+    };
+    expect(await readOnce(null)).toBeInstanceOf(NothingAgainError);
+    expect(String(await readOnce('sandboxes: []\n'))).toBe('sandboxes: []\n');
+    await expect(readBounded('/dev/null', undefined, { again: true })).rejects.toBeInstanceOf(NothingAgainError);
+    await expect(readBounded('/dev/null')).resolves.toHaveLength(0);
+    writeFileSync(join(dir, 'empty-again'), '');
+    await expect(readBounded(join(dir, 'empty-again'), undefined, { again: true })).resolves.toHaveLength(0);
   });
 });
 
