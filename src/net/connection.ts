@@ -24,6 +24,7 @@ import { MAX_DIAL_ADDRESSES, SocketClient, type ClientSide, type ConnectResult, 
 import type { PolicyLookup } from '../control/store.ts';
 import { countVerdict, verdict, type PolicyChain, type Verdict } from '../policy/verdict.ts';
 import type { DecideTrace, Facts } from '../policy/decide.ts';
+import type { NameSource } from '../policy/model.ts';
 import { LiveConnection, isRejudged, type ConnectionRegistry } from './registry.ts';
 import type { RememberedName, ResolvedNames } from '../dns/memory.ts';
 
@@ -228,6 +229,8 @@ function judged(
   const policyNow = () => deps.policies.lookup(o.source);
   let initial: Buffer = NO_BYTES;
   let rawName: string | null = null;
+  /** How rawName was read (decide.ts Facts.via): a Novita domain matches a Host on 80 and an SNI on 443 only. */
+  let via: 'tls' | 'http' = 'tls';
   // The client's first flight was a TLS ClientHello: it cannot finish a handshake once it has sent
   // its FIN (every TLS version needs more from it after the hello: RFC 8446 §2, RFC 5246 §7.3), so
   // a FIN before the upstream is reached is its going, as a reset is. Known only when the hello
@@ -269,6 +272,7 @@ function judged(
             o.alpn = p.result.alpn;
             o.ech = p.result.ech;
             rawName = p.result.sni;
+            via = 'tls';
           }
         } else {
           o.protocol = p.result.kind === 'not-http' ? 'unknown' : 'http';
@@ -276,7 +280,10 @@ function judged(
             o.end = p.result.detail;
             return refuseMalformed(socket, live, 'http', config, o, p.result.reason === 'too-large' ? 'too-large' : 'malformed-http');
           }
-          if (p.result.kind === 'head') rawName = p.result.host;
+          if (p.result.kind === 'head') {
+            rawName = p.result.host;
+            via = 'http';
+          }
         }
       }
     }
@@ -319,13 +326,13 @@ function judged(
   const judge = (address: string): Verdict => {
     const chain = policyNow();
     const names = o.name === null ? remembered() : [];
-    if (names.length === 0) return verdict(chain, { name: o.name, ip: address, port });
+    if (names.length === 0) return verdict(chain, { name: o.name, ip: address, port, ...(o.name !== null ? { via } : {}) });
     o.dnsNames = names.map((n) => n.name);
     o.matchedBy = 'dns';
     let chosen: { name: string; aliases: readonly string[]; d: Verdict } | null = null;
     for (let i = names.length - 1; i >= 0; i--) {
       const { name, aliases } = names[i]!;
-      let d = verdict(chain, { name, ip: address, port });
+      let d = verdict(chain, { name, ip: address, port, via: 'dns' });
       if (d.verdict === 'allow') {
         const denied = deniedAlias(chain, aliases, address, port);
         if (denied === null) {
@@ -341,7 +348,8 @@ function judged(
     return { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
   };
   const decision = judge(ip);
-  let facts: Facts = { name: o.name ?? dnsName, ip, port };
+  const viaNow = (): NameSource => (o.name !== null ? via : 'dns');
+  let facts: Facts = { name: o.name ?? dnsName, ip, port, via: viaNow() };
   live.ticket?.decided();
   live.facts = facts;
   if (o.name === null) live.aliases = dnsAliases;
@@ -411,7 +419,7 @@ function judged(
       onConnected: (address) => {
         t?.attemptsDone?.();
         o.dialed = address;
-        facts = { name: o.name ?? dnsName, ip: address, port };
+        facts = { name: o.name ?? dnsName, ip: address, port, via: viaNow() };
         live.facts = facts;
         if (o.name === null) live.aliases = dnsAliases;
       },
@@ -447,7 +455,7 @@ function judged(
         cached: (name) => rememberedHere(name) ?? deps.resolver.cached(name),
       },
       // A would-refuse address is dialed as an allowed one (report-only); a refused one never.
-      allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port }).verdict !== 'refuse',
+      allows: (address) => verdict(policyNow(), { name: o.name, ip: address, port, via }).verdict !== 'refuse',
     };
     // A cached name is dialed in this same turn; only a lookup on the wire is waited for.
     const now = chooseUpstreamNow(query);

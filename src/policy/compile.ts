@@ -6,7 +6,7 @@
 import { CidrTrie } from '../match/cidr-trie.ts';
 import { DomainTrie } from '../match/domain-trie.ts';
 import { parseCidr, type IpFamily } from '../match/ip.ts';
-import type { Policy, PortRange, Side } from './model.ts';
+import type { NameSource, Policy, PortRange, Side } from './model.ts';
 import { RuleCounts } from './rule-hits.ts';
 import { asIPv4IfMapped, type ProtectedRanges } from '../match/protected.ts';
 
@@ -185,7 +185,14 @@ export class CompiledSide {
     const dp = side.domainPorts;
     if (dp !== undefined) {
       for (const [i, p] of dp.entries()) {
-        if (!Number.isInteger(p.from) || !Number.isInteger(p.to) || p.from < 1 || p.to > 65535 || p.from > p.to) {
+        if (
+          !Number.isInteger(p.from) ||
+          !Number.isInteger(p.to) ||
+          p.from < 1 ||
+          p.to > 65535 ||
+          p.from > p.to ||
+          (p.via !== undefined && p.via !== 'tls' && p.via !== 'http')
+        ) {
           throw new TypeError(`${name}_domain_ports[${i}]: ${JSON.stringify(p)} is not a port range within 1-65535`);
         }
       }
@@ -194,9 +201,18 @@ export class CompiledSide {
     this.domainPorts = dp === undefined ? null : new PortTable(dp);
   }
 
-  /** Whether the side's domain entries can match a name on `port` (Side.domainPorts). */
-  namesOn(port: number): boolean {
-    return this.domainPorts === null || this.domainPorts.find(port) >= 0;
+  /**
+   * Whether the side's domain entries can match a name on `port` (Side.domainPorts), read as
+   * `via` says (a TLS SNI, an HTTP Host, egressd's DNS memory). Without `via` (a name asked about
+   * by the check API, the CLI or the DNS listener's "could it reach") a range bound to a protocol
+   * counts: the name could come over it.
+   */
+  namesOn(port: number, via?: NameSource): boolean {
+    if (this.domainPorts === null) return true;
+    const i = this.domainPorts.find(port);
+    if (i < 0) return false;
+    const bound = this.side.domainPorts![i]!.via;
+    return bound === undefined || via === undefined || via === bound;
   }
 
   /** The shared patterns joined to this side's own domains, or null. */

@@ -4,6 +4,7 @@
 import { quote } from '../util/fields.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import type { RuleCounts } from './rule-hits.ts';
+import type { NameSource } from './model.ts';
 import { formatIPv4, isIPv4Mapped, parseZonedIpInto, type CidrBlock, type IpFamily } from '../match/ip.ts';
 import { embeddedIPv4, MAX_EMBEDDED_IPV4 } from '../match/protected.ts';
 
@@ -13,6 +14,12 @@ export interface Facts {
   /** The destination address the connection goes to (strict IPv4 or IPv6 text). */
   readonly ip: string;
   readonly port: number;
+  /**
+   * How `name` was read: the client's TLS SNI, its HTTP Host, or egressd's DNS memory (the client
+   * sent none). Absent: unknown (the check API, the CLI), and a domain that matches only a name
+   * read over one protocol (Side.domainPorts `via`) matches it as if read over that one.
+   */
+  readonly via?: NameSource;
 }
 
 export type DecisionReason = 'allow-rule' | 'deny-rule' | 'default-allow' | 'default-block' | 'protected-address';
@@ -151,8 +158,9 @@ function loadAddress(ip: unknown): 0 | IpFamily {
  *    the mode judge it as any address.
  * 2. The allow side matches → allowed (allow beats deny). It matches when the host matches —
  *    the address by one of its CIDRs, else the name by one of its domains (only on its
- *    `domainPorts` when it has them: Novita's 80 and 443; on another port the connection is
- *    judged as if it had no name); any host when it lists neither — AND the port matches (any
+ *    `domainPorts` when it has them: Novita's 80 for a Host and 443 for an SNI (Facts.via); on
+ *    another port, or for a name read otherwise, the connection is judged as if it had no
+ *    name); any host when it lists neither — AND the port matches (any
  *    port when it lists none). A side that lists nothing matches nothing.
  * 3. The deny side matches → refused. It matches when any one of its domains (by name, on its
  *    `domainPorts` when it has them),
@@ -173,6 +181,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
     return { verdict: 'refuse', reason: 'default-block', rule: `port ${quote(port)} is not a destination port`, matchedBy: 'port' };
   }
   const name = typeof f.name === 'string' ? f.name : null;
+  const via = f.via;
   const allow = p.allow;
 
   // (1) Protected addresses: (a) the host, (b) the operator's extra ranges, (c) built-in.
@@ -210,7 +219,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
   if (!allow.empty) {
     const byName = openedByLent ? null : name;
     if (trace !== undefined && !openedByLent && cidr < 0 && allow.hasHosts && allow.domains !== null && allow.namesOn(port)) trace.nameConsulted = true;
-    const d = allowMatch(allow, cidr, byName, port, p.counts);
+    const d = allowMatch(allow, cidr, byName, port, p.counts, via);
     if (d !== null) return d;
   }
 
@@ -219,7 +228,7 @@ export function decide(p: CompiledPolicy, f: Facts, trace?: DecideTrace, lent: L
   if (!deny.empty) {
     const denyNames = deny.domains !== null && deny.namesOn(port);
     if (trace !== undefined && denyNames) trace.nameConsulted = true;
-    if (name !== null && denyNames) {
+    if (name !== null && denyNames && deny.namesOn(port, via)) {
       const i = deny.domains.match(name);
       if (i >= 0)
         return {
@@ -283,10 +292,10 @@ export function matchSide(side: CompiledSide, f: Facts, nat64: readonly CidrBloc
     }
   }
   if (trace !== undefined && cidr < 0 && side.hasHosts && side.domains !== null && side.namesOn(f.port)) trace.nameConsulted = true;
-  return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null);
+  return allowMatch(side, cidr, typeof f.name === 'string' ? f.name : null, f.port, null, f.via);
 }
 
-function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number, counts: RuleCounts | null): Decision | null {
+function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port: number, counts: RuleCounts | null, via?: NameSource): Decision | null {
   let host: string | null = null;
   let hostSlot = -1;
   let by: Decision['matchedBy'] = 'port';
@@ -295,9 +304,11 @@ function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port
       host = allow.cidrRule(cidr);
       hostSlot = counts?.slot('allowed', 'cidrs', cidr) ?? -1;
       by = 'address';
-    } else if (name !== null && allow.domains !== null && allow.namesOn(port)) {
-      // On a port where the side's domains do not match (Side.domainPorts), the connection is
-      // judged as if it carried no name: no host matches, and the deny side and the mode decide.
+    } else if (name !== null && allow.domains !== null && allow.namesOn(port, via)) {
+      // On a port where the side's domains do not match (Side.domainPorts), or a name read in a
+      // way they do not match there (Novita: an SNI on 80, a Host on 443, a name remembered from
+      // DNS for a client that sent none), the connection is judged as if it carried no name: no
+      // host matches, and the deny side and the mode decide.
       const i = allow.domains.match(name);
       if (i < 0) return null;
       host = allow.domainRule(i);

@@ -6,6 +6,14 @@ import type { FieldIssue } from '../util/issues.ts';
 
 export type Mode = 'allow-all' | 'block-all';
 
+/** How a connection's name was read: a TLS SNI, an HTTP Host, or egressd's DNS memory (none sent). */
+export type NameSource = 'tls' | 'http' | 'dns';
+
+/** A port range on which a side's domains match; `via`: only for a name read from that protocol. */
+export interface DomainPortRange extends PortRange {
+  readonly via?: 'tls' | 'http';
+}
+
 /** An inclusive port range, 1 <= from <= to <= 65535. A single port has from === to. */
 export interface PortRange {
   readonly from: number;
@@ -26,9 +34,11 @@ export interface Side {
    * on HTTP port 80 and TLS port 443 only (Novita "Internet access": "Any other port falls back
    * to CIDR-based matching"), so its allow side sets 80 and 443. On any other port the side is
    * judged as if the connection carried no name: by its CIDRs (and ports). CIDR and port
-   * entries are not restricted by it.
+   * entries are not restricted by it. A range with `via` matches only a name read from that
+   * protocol (Novita: the HTTP Host header on 80, the TLS SNI on 443), never one read from the
+   * other protocol nor one remembered from egressd's DNS for a client that sent none.
    */
-  readonly domainPorts?: readonly PortRange[];
+  readonly domainPorts?: readonly DomainPortRange[];
 }
 
 export interface Policy {

@@ -12,7 +12,7 @@
 
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import { CappedIssues, MAX_LIST_ENTRIES } from '../../util/issues.ts';
-import type { DialectResult, PortRange, Side } from '../model.ts';
+import type { DialectResult, DomainPortRange, Side } from '../model.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { EMPTY_SIDE } from '../model.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -25,8 +25,11 @@ import { validateCidr } from '../validate.ts';
  * alone names only the IPv6 half and stays an ordinary deny entry (IPv4 stays open).
  */
 const ALL_TRAFFIC = '0.0.0.0/0';
-/** The ports on which Novita matches a domain entry: HTTP (Host) and TLS (SNI). */
-const NAME_PORTS: readonly PortRange[] = Object.freeze([Object.freeze({ from: 80, to: 80 }), Object.freeze({ from: 443, to: 443 })]);
+/** The ports on which Novita matches a domain entry, each by the one name it reads there: HTTP's Host on 80, TLS's SNI on 443. */
+const NAME_PORTS: readonly DomainPortRange[] = Object.freeze([
+  Object.freeze({ from: 80, to: 80, via: 'http' as const }),
+  Object.freeze({ from: 443, to: 443, via: 'tls' as const }),
+]);
 const NETWORK_FIELDS = ['allowOut', 'denyOut', 'maskRequestHost', 'allowPublicTraffic'] as const;
 /**
  * Novita "Internet access" "Masking request host headers" (`maskRequestHost`, with `${PORT}` substituted) and

@@ -1,11 +1,14 @@
 // Novita matches domains on HTTP port 80 and TLS port 443 only (Novita "Internet access": "Any
 // other port falls back to CIDR-based matching"). A connection that carries no name, to an
 // address the sandbox resolved an allowed name to through egressd's DNS listener, is judged with
-// that name (the DNS memory): allowed on 443, refused on 22 — the name must not open a port the
-// platform's policy refuses. Through the whole daemon on loopback, with dig as the resolver.
+// that name (the DNS memory), and Novita sees no name in it: refused on 443 as on 22 — the name
+// must not open what the platform's policy refuses. Novita reads the Host on 80 and the SNI on
+// 443, so an HTTP request on 443 is refused too, and a TLS hello naming it is allowed. Through
+// the whole daemon on loopback, with dig as the resolver.
 
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
@@ -20,7 +23,7 @@ const GITHUB = '127.0.0.224';
 const asRoot = process.getuid?.() === 0;
 if (!asRoot) console.warn('novita-name-ports: skipped, it binds port 443 on a loopback address of its own (run as root)');
 
-describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on ports 443 and 22', () => {
+describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on ports 443 and 22, and the name read on 443', () => {
   let upstream: DnsTestServer;
   let d: LoopbackDaemon;
   let port: number;
@@ -41,18 +44,19 @@ describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on po
     await upstream?.close();
   });
 
-  /** What a silent client (no name of its own) to GITHUB:`to` receives before the connection closes. */
-  const greet = (to: number): Promise<string> =>
+  /** What a client to GITHUB:`to` receives before the connection closes: silent (no name of its own), or sending `first`. */
+  const greet = (to: number, first?: string): Promise<string> =>
     new Promise((resolve) => {
       d.route(A, GITHUB, to);
       const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
       let got = '';
+      if (first !== undefined) s.write(first);
       s.on('data', (b) => (got += b.toString()));
       s.on('error', () => {});
       s.on('close', () => resolve(got));
     });
 
-  it('allows the nameless connection on 443 by the remembered name, and refuses it on 22', async () => {
+  it('refuses the nameless connection on 443 and 22 alike, and an HTTP Host on 443; allows a TLS SNI on 443', async () => {
     expect(await digFrom(port, A, 'github.test', 'A', '+short')).toBe(`${GITHUB}\n`);
     const server = createServer((c) => {
       c.on('error', () => {});
@@ -61,10 +65,26 @@ describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on po
     server.listen(443, GITHUB);
     await once(server, 'listening');
     try {
-      expect(await greet(443)).toBe('hello');
-      const ok = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443);
-      expect(ok).toMatchObject({ egressd: { verdict: 'allow', sandbox: 'sb-n', dns_names: ['github.test'] } });
-      expect(field(ok, 'rule.name')).toBe('dns "github.test": allowed_domains "github.test"');
+      expect(await greet(443)).toBe('');
+      const nameless = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443);
+      expect(nameless).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-n', dns_names: ['github.test'] }, event: { reason: 'default-block' } });
+
+      const http = await greet(443, 'GET / HTTP/1.1\r\nHost: github.test\r\n\r\n');
+      expect(http).not.toContain('hello');
+      const byHost = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'http');
+      expect(byHost).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-n' }, event: { reason: 'default-block' } });
+
+      // A TLS hello naming it is Novita's own case: allowed, spliced to the server (which answers in plain text).
+      d.route(A, GITHUB, 443);
+      const raw = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      raw.on('error', () => {});
+      const t = tlsConnect({ socket: raw, servername: 'github.test', rejectUnauthorized: false });
+      t.on('error', () => {});
+      const bySni = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'tls');
+      t.destroy();
+      raw.destroy();
+      expect(bySni).toMatchObject({ egressd: { verdict: 'allow', sandbox: 'sb-n' } });
+      expect(field(bySni, 'rule.name')).toBe('allowed_domains "github.test"');
 
       expect(await greet(22)).toBe('');
       const refused = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 22);

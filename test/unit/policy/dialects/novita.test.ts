@@ -239,8 +239,8 @@ describe('Novita "Internet access" rules and their errors', () => {
       cidrs: ['1.1.1.1/32'],
       ports: [],
       domainPorts: [
-        { from: 80, to: 80 },
-        { from: 443, to: 443 },
+        { from: 80, to: 80, via: 'http' },
+        { from: 443, to: 443, via: 'tls' },
       ],
     });
   });
@@ -278,14 +278,35 @@ describe('Novita "Internet access": domains match on ports 80 and 443 only', () 
     const settings = { protectedRanges: compileProtected({}), catalog: new SharedDomains([]), dnsServers: ['8.8.8.8'] };
     const chain: PolicyChain = { sandbox: 'sb', org: null, layer: compileLayer(parsed(GITHUB), settings) };
 
-    it('judges a nameless connection to an address the sandbox resolved github.com to (DNS memory) by the name on 443 only', () => {
-      // net/connection.ts judges such a connection with each remembered name as its name.
-      expect(verdict(chain, { name: 'github.com', ip: GITHUB_IP, port: 443 })).toMatchObject({
-        verdict: 'allow',
-        rule: 'allowed_domains "github.com"',
-        matchedBy: 'name',
-      });
-      expect(verdict(chain, { name: 'github.com', ip: GITHUB_IP, port: 22 })).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+    it('matches the name Novita reads on each port only: the Host on 80, the SNI on 443', () => {
+      // net/connection.ts says how it read the name (Facts.via).
+      const at = (port: number, via: 'tls' | 'http' | 'dns') => verdict(chain, { name: 'github.com', ip: GITHUB_IP, port, via });
+      expect(at(443, 'tls')).toMatchObject({ verdict: 'allow', rule: 'allowed_domains "github.com"', matchedBy: 'name' });
+      expect(at(80, 'http')).toMatchObject({ verdict: 'allow', rule: 'allowed_domains "github.com"', matchedBy: 'name' });
+      // A TLS client on 80 has no Host header, an HTTP client on 443 no SNI: Novita falls back to the CIDRs.
+      expect(at(80, 'tls')).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+      expect(at(443, 'http')).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+      expect(at(22, 'tls')).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+    });
+
+    it('refuses a nameless connection to an address the sandbox resolved github.com to (DNS memory), on 443 and 80 too', () => {
+      // net/connection.ts judges such a connection with each remembered name, via 'dns': Novita
+      // sees no SNI and no Host (ssh to ssh.github.com:443, any protocol on 80), so only its CIDRs apply.
+      for (const port of [22, 80, 443]) {
+        expect(verdict(chain, { name: 'github.com', ip: GITHUB_IP, port, via: 'dns' })).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+      }
+      const withCidr: PolicyChain = {
+        ...chain,
+        layer: compileLayer(parsed({ network: { allowOut: ['github.com', '140.82.112.0/20'], denyOut: ['0.0.0.0/0'] } }), settings),
+      };
+      expect(verdict(withCidr, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'dns' })).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
+    });
+
+    it('keeps other dialects matching a name however it was read', () => {
+      const sb0: PolicyChain = { ...chain, layer: compileLayer(parsed({ mode: 'block-all', egress: { allowed_domains: ['github.com'] } }), settings) };
+      for (const via of ['tls', 'http', 'dns'] as const) {
+        for (const port of [22, 80, 443]) expect(verdict(sb0, { name: 'github.com', ip: GITHUB_IP, port, via }).verdict).toBe('allow');
+      }
     });
 
     it('says a name does not matter on a port where names cannot match, and does on 80 and 443', () => {
