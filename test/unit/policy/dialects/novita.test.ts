@@ -302,6 +302,35 @@ describe('Novita "Internet access": domains match on ports 80 and 443 only', () 
       expect(verdict(withCidr, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'dns' })).toMatchObject({ verdict: 'allow', matchedBy: 'address' });
     });
 
+    // Uncovered by c84fd14's tests: a Novita layer beside an organization's, and report-only mode.
+    it('intersects the ports with an organization layer, either way round', () => {
+      const sb0 = (body: unknown) => compileLayer(parsed(body), settings);
+      // The organization allows github.com on 22 only, the Novita sandbox on 80 and 443 only: no
+      // port passes both, so the DNS listener does not answer the name.
+      const org22: PolicyChain = {
+        ...chain,
+        org: { id: 'acme', layer: sb0({ mode: 'block-all', egress: { allowed_domains: ['github.com'], allowed_ports: [22] } }) },
+      };
+      expect(verdict(org22, { name: 'github.com', ip: GITHUB_IP, port: 22, via: 'tls' }).verdict).toBe('refuse');
+      expect(verdict(org22, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'tls' })).toMatchObject({ verdict: 'refuse', layer: 'org' });
+      expect(nameReach(org22, 'github.com')).toMatchObject({ reach: false });
+      // A Novita organization over an allow-all sandbox: its names bound the sandbox on 80 and 443 alone.
+      const novitaOrg: PolicyChain = { sandbox: 'sb', org: { id: 'acme', layer: compileLayer(parsed(GITHUB), settings) }, layer: sb0({ mode: 'allow-all' }) };
+      expect(verdict(novitaOrg, { name: 'github.com', ip: GITHUB_IP, port: 22, via: 'dns' })).toMatchObject({ verdict: 'refuse', layer: 'org' });
+      expect(verdict(novitaOrg, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'dns' })).toMatchObject({ verdict: 'refuse', layer: 'org' });
+      expect(verdict(novitaOrg, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'tls' })).toMatchObject({ verdict: 'allow', matchedBy: 'name' });
+      expect(nameMatters(novitaOrg, { ip: GITHUB_IP, port: 22 })).toBe(false);
+      expect(nameReach(novitaOrg, 'github.com')).toMatchObject({ reach: true });
+    });
+
+    it('reports, in report-only mode, what the ports refuse, and still answers the name', () => {
+      const ro: PolicyChain = { ...chain, reportOnly: ['sandbox'] };
+      expect(verdict(ro, { name: 'github.com', ip: GITHUB_IP, port: 22, via: 'tls' })).toMatchObject({ verdict: 'would-refuse', reason: 'default-block' });
+      expect(verdict(ro, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'dns' })).toMatchObject({ verdict: 'would-refuse', reason: 'default-block' });
+      expect(verdict(ro, { name: 'github.com', ip: GITHUB_IP, port: 443, via: 'tls' }).verdict).toBe('allow');
+      expect(nameReach(ro, 'github.com')).toMatchObject({ reach: true, rule: 'allowed_domains "github.com"' });
+    });
+
     it('keeps other dialects matching a name however it was read', () => {
       const sb0: PolicyChain = { ...chain, layer: compileLayer(parsed({ mode: 'block-all', egress: { allowed_domains: ['github.com'] } }), settings) };
       for (const via of ['tls', 'http', 'dns'] as const) {
