@@ -25,124 +25,105 @@
 // before the measured part and held idle through it, as a sandbox holding connections open does
 // (what N held connections cost every other connection's set-up). Bounded by the counts and a 120 s timer.
 
-import { fork, type ChildProcess } from "node:child_process";
-import {
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
-import { Session } from "node:inspector/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { PerformanceObserver } from "node:perf_hooks";
-import { parseArgs } from "node:util";
-import { getHeapStatistics } from "node:v8";
-import { availableParallelism } from "node:os";
-import { validateConfig } from "../src/config/schema.ts";
-import { Daemon } from "../src/daemon.ts";
-import { createLogger } from "../src/observability/logger.ts";
-import { startLoopFloor, type LoopFloor } from "./proxy/loop-floor.ts";
-import { RAW_NAME } from "./proxy/wire.ts";
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { getHeapStatistics } from 'node:v8';
+import { availableParallelism } from 'node:os';
+import { validateConfig } from '../src/config/schema.ts';
+import { Daemon } from '../src/daemon.ts';
+import { createLogger } from '../src/observability/logger.ts';
+import { startLoopFloor, type LoopFloor } from './proxy/loop-floor.ts';
+import { RAW_NAME } from './proxy/wire.ts';
 
 const { values: args } = parseArgs({
   options: {
-    count: { type: "string", default: "2000" },
-    warm: { type: "string", default: "200" },
-    clients: { type: "string", default: "1" },
-    setup: { type: "string", default: "native" },
-    prof: { type: "string" },
-    "heap-prof": { type: "string" },
-    workload: { type: "string", default: "raw" },
-    hold: { type: "string", default: "0" },
-    floor: { type: "boolean", default: false },
-    child: { type: "string" },
-    port: { type: "string" },
+    count: { type: 'string', default: '2000' },
+    warm: { type: 'string', default: '200' },
+    clients: { type: 'string', default: '1' },
+    setup: { type: 'string', default: 'native' },
+    prof: { type: 'string' },
+    'heap-prof': { type: 'string' },
+    workload: { type: 'string', default: 'raw' },
+    hold: { type: 'string', default: '0' },
+    floor: { type: 'boolean', default: false },
+    child: { type: 'string' },
+    port: { type: 'string' },
   },
   strict: true,
 });
-for (const k of ["count", "clients", "warm", "hold"] as const) {
+for (const k of ['count', 'clients', 'warm', 'hold'] as const) {
   const n = Number(args[k]);
-  const zero = k === "warm" || k === "hold";
+  const zero = k === 'warm' || k === 'hold';
   if (!Number.isInteger(n) || n < (zero ? 0 : 1)) {
-    console.error(
-      `conn-js: --${k} must be a whole number${zero ? "" : " of at least 1"}, got ${JSON.stringify(args[k])}`,
-    );
+    console.error(`conn-js: --${k} must be a whole number${zero ? '' : ' of at least 1'}, got ${JSON.stringify(args[k])}`);
     process.exit(2);
   }
 }
 
-if (args.workload !== "raw" && args.workload !== "tls") {
-  console.error(
-    `conn-js: --workload must be raw or tls, got ${JSON.stringify(args.workload)}`,
-  );
+if (args.workload !== 'raw' && args.workload !== 'tls') {
+  console.error(`conn-js: --workload must be raw or tls, got ${JSON.stringify(args.workload)}`);
   process.exit(2);
 }
-const tls = args.workload === "tls";
+const tls = args.workload === 'tls';
 /** The source address of --hold's connections, routed to the origin that never answers. */
-const HOLD_SOURCE = "127.0.0.2";
-const certs = join(import.meta.dirname, "../certs");
+const HOLD_SOURCE = '127.0.0.2';
+const certs = join(import.meta.dirname, '../certs');
 
-if (args.child === "origin" && tls) {
+if (args.child === 'origin' && tls) {
   // The TLS origin: answers the request with "ok" and closes, as bench/proxy's nginx origin does
   // /tiny with `Connection: close`: TLS 1.2 (nginx 1.22's default protocols end there), no
   // session tickets, so every handshake is a full one with the same round trips.
-  const { createServer } = await import("node:tls");
-  const { constants } = await import("node:crypto");
+  const { createServer } = await import('node:tls');
+  const { constants } = await import('node:crypto');
   const opts = {
-    cert: readFileSync(join(certs, "server.pem")),
-    key: readFileSync(join(certs, "server-key.pem")),
-    maxVersion: "TLSv1.2" as const,
+    cert: readFileSync(join(certs, 'server.pem')),
+    key: readFileSync(join(certs, 'server-key.pem')),
+    maxVersion: 'TLSv1.2' as const,
     secureOptions: constants.SSL_OP_NO_TICKET,
   };
   const server = createServer(opts, (s) => {
-    s.on("error", () => {});
-    s.once("data", () => s.end("ok"));
+    s.on('error', () => {});
+    s.once('data', () => s.end('ok'));
   });
-  server.listen(0, "127.0.0.1", () =>
-    process.send?.((server.address() as { port: number }).port),
-  );
-} else if (args.child === "origin") {
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'origin') {
   // The raw origin: reads the 9-byte command after the hello, answers "ok", closes.
-  const { createServer } = await import("node:net");
+  const { createServer } = await import('node:net');
   const server = createServer((s) => {
-    s.on("error", () => {});
-    s.once("data", () => s.end("ok"));
+    s.on('error', () => {});
+    s.once('data', () => s.end('ok'));
   });
-  server.listen(0, "127.0.0.1", () =>
-    process.send?.((server.address() as { port: number }).port),
-  );
-} else if (args.child === "hold-origin") {
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'hold-origin') {
   // Takes held connections and keeps them: reads and discards, never answers, never closes.
-  const { createServer } = await import("node:net");
+  const { createServer } = await import('node:net');
   const server = createServer((s) => {
-    s.on("error", () => {});
+    s.on('error', () => {});
     s.resume();
   });
-  server.listen(0, "127.0.0.1", () =>
-    process.send?.((server.address() as { port: number }).port),
-  );
-} else if (args.child === "holder") {
+  server.listen(0, '127.0.0.1', () => process.send?.((server.address() as { port: number }).port));
+} else if (args.child === 'holder') {
   // Opens --count connections from HOLD_SOURCE, 100 at a time, each sending the raw workload's
   // first flight, and keeps them; tells how many were established (a reset one is not).
-  const { connect } = await import("node:net");
-  const { request } = await import("./proxy/wire.ts");
-  const first = request("T");
+  const { connect } = await import('node:net');
+  const { request } = await import('./proxy/wire.ts');
+  const first = request('T');
   const port = Number(args.port);
   const held: unknown[] = [];
   let left = Number(args.count);
   const one = (): Promise<void> =>
     new Promise((resolve) => {
-      const s = connect(
-        { host: "127.0.0.1", port, localAddress: HOLD_SOURCE },
-        () => {
-          s.write(first);
-          held.push(s);
-          resolve();
-        },
-      );
-      s.on("error", () => resolve());
+      const s = connect({ host: '127.0.0.1', port, localAddress: HOLD_SOURCE }, () => {
+        s.write(first);
+        held.push(s);
+        resolve();
+      });
+      s.on('error', () => resolve());
     });
   await Promise.all(
     Array.from({ length: 100 }, async () => {
@@ -153,12 +134,12 @@ if (args.child === "origin" && tls) {
     }),
   );
   process.send?.({ held: held.length });
-} else if (args.child === "clients") {
-  const { connect } = await import("node:net");
-  const { request } = await import("./proxy/wire.ts");
-  const { connect: tlsConnect } = await import("node:tls");
-  const first = request("T");
-  const ca = readFileSync(join(certs, "ca.pem"));
+} else if (args.child === 'clients') {
+  const { connect } = await import('node:net');
+  const { request } = await import('./proxy/wire.ts');
+  const { connect: tlsConnect } = await import('node:tls');
+  const first = request('T');
+  const ca = readFileSync(join(certs, 'ca.pem'));
   const get = `GET /tiny HTTP/1.1\r\nHost: ${RAW_NAME}\r\nConnection: close\r\n\r\n`;
   const port = Number(args.port);
   let left = Number(args.count);
@@ -168,21 +149,19 @@ if (args.child === "origin" && tls) {
       const s = tls
         ? tlsConnect(
             {
-              host: "127.0.0.1",
+              host: '127.0.0.1',
               port,
               servername: RAW_NAME,
               ca,
-              ALPNProtocols: ["http/1.1"],
+              ALPNProtocols: ['http/1.1'],
             },
             () => s.write(get),
           )
-        : connect({ host: "127.0.0.1", port, noDelay: true }, () =>
-            s.write(first),
-          );
-      s.on("data", () => {});
-      s.once("end", () => s.end());
-      s.once("error", () => errors++);
-      s.once("close", () => resolve());
+        : connect({ host: '127.0.0.1', port, noDelay: true }, () => s.write(first));
+      s.on('data', () => {});
+      s.once('end', () => s.end());
+      s.once('error', () => errors++);
+      s.once('close', () => resolve());
     });
   const loop = async (): Promise<void> => {
     while (left > 0) {
@@ -198,41 +177,32 @@ if (args.child === "origin" && tls) {
 }
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), "egressd-conn-js-"));
+  const dir = mkdtempSync(join(tmpdir(), 'egressd-conn-js-'));
   const children: ChildProcess[] = [];
   const timer = setTimeout(() => {
     for (const c of children) c.kill();
-    console.error("conn-js: over 120 s, stopped");
+    console.error('conn-js: over 120 s, stopped');
     process.exit(1);
   }, 120_000);
   try {
-    const origin = fork(import.meta.filename, [
-      "--child",
-      "origin",
-      "--workload",
-      args.workload!,
-    ]);
+    const origin = fork(import.meta.filename, ['--child', 'origin', '--workload', args.workload!]);
     children.push(origin);
-    const originPort = await new Promise<number>((resolve) =>
-      origin.once("message", (m) => resolve(m as number)),
-    );
+    const originPort = await new Promise<number>((resolve) => origin.once('message', (m) => resolve(m as number)));
     const hold = Number(args.hold);
     let holdPort = originPort;
     if (hold > 0) {
-      const h = fork(import.meta.filename, ["--child", "hold-origin"]);
+      const h = fork(import.meta.filename, ['--child', 'hold-origin']);
       children.push(h);
-      holdPort = await new Promise<number>((resolve) =>
-        h.once("message", (m) => resolve(m as number)),
-      );
+      holdPort = await new Promise<number>((resolve) => h.once('message', (m) => resolve(m as number)));
     }
     const r = validateConfig({
-      listen: { tls: "127.0.0.1:0" },
-      admin: { listen: "127.0.0.1:0" },
+      listen: { tls: '127.0.0.1:0' },
+      admin: { listen: '127.0.0.1:0' },
       protected: {
-        except: ["127.0.0.0/8"],
-        reachableHostAddresses: ["127.0.0.0/8", "::1"],
+        except: ['127.0.0.0/8'],
+        reachableHostAddresses: ['127.0.0.0/8', '::1'],
       },
-      upstream: { dial: "original" },
+      upstream: { dial: 'original' },
       limits: {
         sandbox: {
           connections: 100_000,
@@ -243,10 +213,10 @@ async function main(): Promise<void> {
       },
       sandboxes: [
         {
-          id: "bench",
-          sources: ["127.0.0.1", HOLD_SOURCE],
+          id: 'bench',
+          sources: ['127.0.0.1', HOLD_SOURCE],
           network: {
-            mode: "block-all",
+            mode: 'block-all',
             egress: {
               allowed_domains: [RAW_NAME],
               allowed_ports: [...new Set([originPort, holdPort])],
@@ -254,7 +224,7 @@ async function main(): Promise<void> {
           },
         },
       ],
-      log: { level: "info", destination: join(dir, "egressd.log") },
+      log: { level: 'info', destination: join(dir, 'egressd.log') },
     });
     if (!r.ok) throw new Error(`config: ${JSON.stringify(r.issues)}`);
     const daemon = args.floor
@@ -262,75 +232,60 @@ async function main(): Promise<void> {
       : new Daemon(
           r.config,
           createLogger({
-            level: "info",
-            destination: join(dir, "egressd.log"),
+            level: 'info',
+            destination: join(dir, 'egressd.log'),
           }),
           {
             originalDst: (s) => ({
-              kind: "redirected",
-              address: "127.0.0.1",
+              kind: 'redirected',
+              address: '127.0.0.1',
               port: s.remoteAddress === HOLD_SOURCE ? holdPort : originPort,
             }),
-            setup: args.setup === "node" ? "node" : "native",
+            setup: args.setup === 'node' ? 'node' : 'native',
           },
         );
     await daemon.start();
     const port = daemon.listeners[0]!.port!;
     const run = async (count: number): Promise<{ errors: number }> => {
       const c = fork(import.meta.filename, [
-        "--child",
-        "clients",
-        "--workload",
+        '--child',
+        'clients',
+        '--workload',
         args.workload!,
-        "--port",
+        '--port',
         String(port),
-        "--count",
+        '--count',
         String(count),
-        "--clients",
+        '--clients',
         args.clients!,
       ]);
       children.push(c);
-      return await new Promise((resolve) =>
-        c.once("message", (m) => resolve(m as { errors: number })),
-      );
+      return await new Promise((resolve) => c.once('message', (m) => resolve(m as { errors: number })));
     };
     await run(Number(args.warm)); // warm-up: JIT, caches
     let held = 0;
     if (hold > 0) {
-      const h = fork(import.meta.filename, [
-        "--child",
-        "holder",
-        "--port",
-        String(port),
-        "--count",
-        String(hold),
-      ]);
+      const h = fork(import.meta.filename, ['--child', 'holder', '--port', String(port), '--count', String(hold)]);
       children.push(h);
-      held = await new Promise<number>((resolve) =>
-        h.once("message", (m) => resolve((m as { held: number }).held)),
-      );
+      held = await new Promise<number>((resolve) => h.once('message', (m) => resolve((m as { held: number }).held)));
       // Every held connection spliced (the daemon's open connections), before the measured part.
-      for (let i = 0; i < 200 && (daemon.nativeSetup?.size ?? hold) < held; i++)
-        await new Promise((resolve) => setTimeout(resolve, 50));
+      for (let i = 0; i < 200 && (daemon.nativeSetup?.size ?? hold) < held; i++) await new Promise((resolve) => setTimeout(resolve, 50));
     }
     // The main thread's CPU while no connection arrives (timers, monitors): a cost per second,
     // which a workload of fewer connections per second (TLS) pays more of per connection.
     const idle0 = process.threadCpuUsage();
     await new Promise((resolve) => setTimeout(resolve, 2000));
     const idle = process.threadCpuUsage(idle0);
-    const session =
-      args.prof !== undefined || args["heap-prof"] !== undefined
-        ? new Session()
-        : null;
+    const session = args.prof !== undefined || args['heap-prof'] !== undefined ? new Session() : null;
     if (session) session.connect();
     if (session && args.prof !== undefined) {
-      await session.post("Profiler.enable");
-      await session.post("Profiler.start");
+      await session.post('Profiler.enable');
+      await session.post('Profiler.start');
     }
-    if (session && args["heap-prof"] !== undefined) {
+    if (session && args['heap-prof'] !== undefined) {
       // Every allocation sampled, the collected ones included: what a connection allocates, not what stays.
-      await session.post("HeapProfiler.enable");
-      await session.post("HeapProfiler.startSampling", {
+      await session.post('HeapProfiler.enable');
+      await session.post('HeapProfiler.startSampling', {
         samplingInterval: 256,
         includeObjectsCollectedByMajorGC: true,
         includeObjectsCollectedByMinorGC: true,
@@ -342,14 +297,9 @@ async function main(): Promise<void> {
     // Garbage collections during the measured part, by kind (scavenges: the young generation).
     const gcs = { scavenge: 0, other: 0 };
     const gcObserver = new PerformanceObserver((list) => {
-      for (const e of list.getEntries())
-        gcs[
-          (e as { detail?: { kind?: number } }).detail?.kind === 1
-            ? "scavenge"
-            : "other"
-        ]++;
+      for (const e of list.getEntries()) gcs[(e as { detail?: { kind?: number } }).detail?.kind === 1 ? 'scavenge' : 'other']++;
     });
-    gcObserver.observe({ entryTypes: ["gc"] });
+    gcObserver.observe({ entryTypes: ['gc'] });
     const allocated0 = getHeapStatistics().total_allocated_bytes;
     const faults0 = process.resourceUsage().minorPageFault;
     const wakeups0 = mainWakeups();
@@ -366,25 +316,24 @@ async function main(): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
     gcObserver.disconnect();
     const seconds = (performance.now() - t0) / 1000;
-    if (session && args["heap-prof"] !== undefined) {
-      const { profile } = await session.post("HeapProfiler.stopSampling");
-      mkdirSync(args["heap-prof"], { recursive: true });
-      const file = join(args["heap-prof"], `conn-js-${Date.now()}.heapprofile`);
+    if (session && args['heap-prof'] !== undefined) {
+      const { profile } = await session.post('HeapProfiler.stopSampling');
+      mkdirSync(args['heap-prof'], { recursive: true });
+      const file = join(args['heap-prof'], `conn-js-${Date.now()}.heapprofile`);
       writeFileSync(file, JSON.stringify(profile));
       console.error(`heap profile: ${file}`);
     }
     if (session && args.prof !== undefined) {
-      const { profile } = await session.post("Profiler.stop");
+      const { profile } = await session.post('Profiler.stop');
       mkdirSync(args.prof!, { recursive: true });
       const file = join(args.prof!, `conn-js-${Date.now()}.cpuprofile`);
       writeFileSync(file, JSON.stringify(profile));
       console.error(`profile: ${file}`);
     }
-    const per = (u: { user: number; system: number }): number =>
-      Math.round(((u.user + u.system) / count) * 10) / 10;
+    const per = (u: { user: number; system: number }): number => Math.round(((u.user + u.system) / count) * 10) / 10;
     console.log(
       JSON.stringify({
-        setup: args.floor ? "floor" : daemon.nativeSetup ? "native" : "node",
+        setup: args.floor ? 'floor' : daemon.nativeSetup ? 'native' : 'node',
         workload: args.workload,
         clients: Number(args.clients),
         count,
@@ -410,19 +359,14 @@ async function main(): Promise<void> {
         // libuv's epoll_pwait (two before a sleep: Node configures UV_METRICS_IDLE_TIME, whose
         // first poll never waits), the hosted loop's own epoll_wait, and Node's phases.
         wakeupsPerConn: Math.round((wakeups / count) * 100) / 100,
-        loopTurnsPerConn:
-          Math.round(((uv.loopCount - uv0.loopCount) / count) * 100) / 100,
-        uvEventsPerConn:
-          Math.round(((uv.events - uv0.events) / count) * 100) / 100,
+        loopTurnsPerConn: Math.round(((uv.loopCount - uv0.loopCount) / count) * 100) / 100,
+        uvEventsPerConn: Math.round(((uv.events - uv0.events) / count) * 100) / 100,
         otherGcsPer1000: Math.round((gcs.other / count) * 10_000) / 10,
         // What crossed from the loops to JavaScript, per connection, by kind (native set-up).
         reportsPerConn: Object.fromEntries(
           Object.entries(daemon.nativeSetup?.reports ?? {}).map(([k, v]) => [
             k,
-            Math.round(
-              ((v - ((reports0 as Record<string, number>)[k] ?? 0)) / count) *
-                100,
-            ) / 100,
+            Math.round(((v - ((reports0 as Record<string, number>)[k] ?? 0)) / count) * 100) / 100,
           ]),
         ),
       }),
@@ -441,28 +385,21 @@ async function main(): Promise<void> {
  * origin at once: no admission, parse, verdict, log line or metrics, so the same harness's figures
  * less these are egressd's JavaScript. Loopback has no REDIRECT: the dial goes to the origin.
  */
-function loopFloor(
-  originPort: number,
-): Pick<Daemon, "start" | "stop" | "listeners" | "nativeSetup"> {
+function loopFloor(originPort: number): Pick<Daemon, 'start' | 'stop' | 'listeners' | 'nativeSetup'> {
   let floor: LoopFloor | null = null;
   return {
     start: async () => {
-      const threads = Number(
-        process.env["EGRESSD_DATA_PLANE_THREADS"] ?? availableParallelism(),
-      );
-      floor = startLoopFloor(threads, "127.0.0.1", 0, () => [
-        "127.0.0.1",
-        originPort,
-      ]);
+      const threads = Number(process.env['EGRESSD_DATA_PLANE_THREADS'] ?? availableParallelism());
+      floor = startLoopFloor(threads, '127.0.0.1', 0, () => ['127.0.0.1', originPort]);
     },
     stop: async () => floor?.stop(),
     get listeners() {
-      return [{ port: floor?.port }] as unknown as Daemon["listeners"];
+      return [{ port: floor?.port }] as unknown as Daemon['listeners'];
     },
     get nativeSetup() {
       return {
         reports: { ...floor?.reports },
-      } as unknown as Daemon["nativeSetup"];
+      } as unknown as Daemon['nativeSetup'];
     },
   };
 }
@@ -470,11 +407,7 @@ function loopFloor(
 /** The main thread's voluntary context switches so far (Linux; 0 elsewhere). */
 function mainWakeups(): number {
   try {
-    return Number(
-      /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(
-        readFileSync(`/proc/self/task/${process.pid}/status`, "utf8"),
-      )?.[1] ?? 0,
-    );
+    return Number(/^voluntary_ctxt_switches:\s+(\d+)$/m.exec(readFileSync(`/proc/self/task/${process.pid}/status`, 'utf8'))?.[1] ?? 0);
   } catch {
     return 0;
   }
