@@ -175,6 +175,14 @@ describe.skipIf(skip !== null)('hostile spellings of a name and a destination, t
       expect(bytesAt(DENIED) + bytesAt(REAL)).toBe(before);
     });
 
+    it('a Host whose port is no number is refused, though nginx serves the host and ignores what follows the colon', async () => {
+      const before = bytesAt(REAL);
+      const { reply, line } = await send(REAL, 80, GET('allowed.test:http'));
+      expect(reply).toContain('403 Forbidden');
+      expect(connectionFields(line)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'malformed-http', 'egressd.upstream.ip': undefined });
+      expect(bytesAt(REAL)).toBe(before);
+    });
+
     it('one with userinfo is refused, wherever `@` would put the host', async () => {
       const { reply, line } = await send(REAL, 80, GET('allowed.test', 'http://allowed.test@denied.test/'));
       expect(reply).toContain('403 Forbidden');
@@ -214,6 +222,25 @@ describe.skipIf(skip !== null)('hostile spellings of a name and a destination, t
         expect(connectionFields(line)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'malformed-tls', 'egressd.upstream.ip': undefined });
       }
       expect(bytesAt(DENIED)).toBe(before);
+    });
+
+    it("a server_name entry of another type than host_name is refused, before or after the host_name, though Go's crypto/tls skips it and reads the host_name", async () => {
+      const before = bytesAt(REAL);
+      for (const serverNames of [
+        [
+          { type: 1, name: 'denied.test' },
+          { type: 0, name: 'allowed.test' },
+        ],
+        [
+          { type: 0, name: 'allowed.test' },
+          { type: 1, name: 'denied.test' },
+        ],
+      ]) {
+        const { reply, line } = await send(REAL, 443, hello({ serverNames }));
+        expect(reply).toContain(ALERT);
+        expect(connectionFields(line)).toMatchObject({ 'egressd.verdict': 'refuse', 'event.reason': 'malformed-tls', 'egressd.upstream.ip': undefined });
+      }
+      expect(bytesAt(REAL)).toBe(before);
     });
 
     it('an SNI with a NUL is refused, not cut at the NUL, whichever half is denied', async () => {
