@@ -30,7 +30,13 @@ const get = (host: string, target = '/'): string => `GET ${target} HTTP/1.1\r\nH
 const ROWS: readonly Row[] = [
   { peer: NGINX, it: 'a trailing dot is dropped: `denied.test.` is denied.test', head: get('denied.test.'), allowList: 'refuse', denyList: 'refuse' },
   { peer: NGINX, it: 'case does not matter: `X.Allowed.TEST`', head: get('X.Allowed.TEST'), allowList: 'allow', denyList: 'allow' },
-  { peer: NGINX, it: 'two dots in a row: nginx answers 400; egressd refuses the name', head: get('x..denied.test'), allowList: 'invalid-name', denyList: 'invalid-name' },
+  {
+    peer: NGINX,
+    it: 'two dots in a row: nginx answers 400; egressd refuses the name',
+    head: get('x..denied.test'),
+    allowList: 'invalid-name',
+    denyList: 'invalid-name',
+  },
   { peer: NGINX, it: 'a leading dot: egressd refuses the name', head: get('.denied.test'), allowList: 'invalid-name', denyList: 'invalid-name' },
   {
     peer: NGINX,
@@ -40,8 +46,20 @@ const ROWS: readonly Row[] = [
     denyList: 'malformed:bad-host',
   },
   { peer: NGINX, it: 'a second ":" after the port', head: get('denied.test:80:81'), allowList: 'malformed:bad-host', denyList: 'malformed:bad-host' },
-  { peer: NGINX, it: 'a NUL in the value: nginx answers 400; egressd refuses the header', head: get('denied.test\0.allowed.test'), allowList: 'malformed:bad-header', denyList: 'malformed:bad-header' },
-  { peer: NGINX, it: 'a path separator: nginx answers 400; egressd refuses the host', head: get('allowed.test/denied.test'), allowList: 'malformed:bad-host', denyList: 'malformed:bad-host' },
+  {
+    peer: NGINX,
+    it: 'a NUL in the value: nginx answers 400; egressd refuses the header',
+    head: get('denied.test\0.allowed.test'),
+    allowList: 'malformed:bad-header',
+    denyList: 'malformed:bad-header',
+  },
+  {
+    peer: NGINX,
+    it: 'a path separator: nginx answers 400; egressd refuses the host',
+    head: get('allowed.test/denied.test'),
+    allowList: 'malformed:bad-host',
+    denyList: 'malformed:bad-host',
+  },
   { peer: NGINX, it: 'a backslash', head: get('allowed.test\\denied.test'), allowList: 'malformed:bad-host', denyList: 'malformed:bad-host' },
   {
     peer: NGINX,

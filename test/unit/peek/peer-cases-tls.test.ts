@@ -202,5 +202,4 @@ describe('peer ClientHello cases: what egressd decides', () => {
   it('reads a record version of 0x0300 and a legacy_version of 0x0301, as old stacks send them', () => {
     expect(tlsVerdict(DENY_LIST, buildHello({ sni: ['denied.test'], legacyVersion: 0x0301, versions: null }, { versions: [0x0300] }))).toBe('refuse');
   });
-
 });
