@@ -6,6 +6,11 @@
 // what the peer does and what egressd does, and pins egressd's verdict under an allow list and a
 // deny list (test/helpers/peer-verdict.ts). No row is a wrong verdict: where egressd differs from
 // a peer it refuses (a hello the peer would half-read), or reads the name the peer's resolver would.
+//
+// OpenSSL's answers were recorded on this machine (OpenSSL 3.0 under Python 3.11's ssl, a server
+// with an sni_callback, fed these bytes): it refuses an entry of another name_type before or after
+// the host_name, two host_names, two server_name extensions, a NUL and a 256-byte name ("bad
+// extension"); it reads `A.Test.`, a 254-byte name, `198.18.1.3` and `a b.test` as names.
 
 import { describe, expect, it } from 'vitest';
 import { parseClientHello } from '../../../src/peek/tls-client-hello.ts';
@@ -58,7 +63,7 @@ const ROWS: readonly Row[] = [
   },
   {
     peer: GO,
-    it: 'an entry of another name_type before the host_name: Go skips it and reads the host_name; BoringSSL refuses; egressd refuses (bad-extension)',
+    it: 'an entry of another name_type before the host_name: Go skips it and reads the host_name; BoringSSL and OpenSSL refuse; egressd refuses (bad-extension)',
     bytes: withServerNameData(serverNames([1, 'denied.test'], [0, 'allowed.test'])),
     allowList: 'malformed:bad-extension',
     denyList: 'malformed:bad-extension',
