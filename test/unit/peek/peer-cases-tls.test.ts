@@ -4,8 +4,8 @@
 // (ssl/handshake_server.cc, extract_sni), and Envoy's tls_inspector (which hands the hello to
 // BoringSSL: source/extensions/filters/listener/tls_inspector/tls_inspector.cc; a hello BoringSSL
 // refuses counts as tls_not_found and the connection goes on without a name unless
-// close_connection_on_client_hello_parsing_errors is set, so under a deny list two host_names would
-// pass it; egressd refuses every malformed hello, whatever the policy). Each row says
+// close_connection_on_client_hello_parsing_errors is set, so a hello with two host_names is taken
+// as one naming none; egressd refuses every malformed hello, whatever the policy). Each row says
 // what the peer does and what egressd does, and pins egressd's verdict under an allow list and a
 // deny list (test/helpers/peer-verdict.ts). No row is a wrong verdict: where egressd differs from
 // a peer it refuses (a hello the peer would half-read), or reads the name the peer's resolver would.
