@@ -351,7 +351,7 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         const all = issues.result();
         throw new ApiError(400, 'invalid_request', all.map((i) => (i.field ? `${i.field}: ${i.reason}` : i.reason)).join('; '), all[0]?.field || null);
       }
-      const { sandbox, host, ip, port } = b as { sandbox: string; host?: string | null; ip: string; port: number };
+      const { sandbox, host, ip, port, via } = b as { sandbox: string; host?: string | null; ip: string; port: number; via?: 'tls' | 'http' };
       await cp.refresh();
       const policy = cp.store.policyOf(sandbox);
       if (!policy) throw new ApiError(404, 'not_found', `Sandbox ${quote(sandbox)} does not exist`);
@@ -364,12 +364,15 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
         if (!n.ok) throw new ApiError(400, 'invalid_request', n.reason, 'host');
         if ('name' in n) name = n.name;
       }
-      const d = verdict(policy, { name, ip, port });
+      // `via` as the data path sets it (net/connection.ts): only beside a name; absent, a rule that
+      // reads a name one way on this port takes the name as read that way.
+      const d = verdict(policy, { name, ip, port, ...(name !== null && via !== undefined ? { via } : {}) });
       sendJson(res, 200, {
         sandbox,
         host: name,
         ip,
         port,
+        via: name !== null ? (via ?? null) : null,
         verdict: d.verdict,
         reason: d.reason,
         rule: d.rule,

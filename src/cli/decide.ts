@@ -1,4 +1,4 @@
-// `egressd decide --policy FILE [--host NAME] --ip ADDR --port N [--config FILE] [--report-only]`:
+// `egressd decide --policy FILE [--host NAME [--via tls|http]] --ip ADDR --port N [--config FILE] [--report-only]`:
 // the verdict for one connection, without opening anything. Exit codes as every command's
 // (src/cli/program.ts EXIT): 0 allowed, 1 refused, 4 would be refused (report-only lets it
 // through), 2 no verdict: a usage error (a malformed flag, a file that cannot be read) or a policy
@@ -24,7 +24,7 @@ import { ConfigReadError, formatIssues, InvalidConfigError } from '../errors.ts'
 import { systemError } from '../util/system-error.ts';
 import type { FieldIssue } from '../util/issues.ts';
 import { normalizeWireName } from '../match/names.ts';
-import { EMPTY_SIDE } from '../policy/model.ts';
+import { CHECK_VIA_REASON, EMPTY_SIDE, isCheckVia } from '../policy/model.ts';
 import { parseNetworkBody } from '../policy/network-body.ts';
 import { PolicyStore } from '../control/store.ts';
 import { validateCidr } from '../policy/validate.ts';
@@ -34,6 +34,8 @@ import type { CommandResult } from './inspect.ts';
 export interface DecideArgs {
   readonly policy: string;
   readonly host?: string;
+  /** How the client sends host: `tls` its SNI, `http` its Host; absent: as the port's rule reads it. */
+  readonly via?: string;
   readonly ip: string;
   readonly port: string;
   /** The sandboxes' DNS servers, in place of the config's dns.sandboxServers. */
@@ -67,6 +69,8 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
     if (!n.ok) return usage(`--host: ${n.reason}`);
     if ('name' in n) name = n.name;
   }
+  const via = args.via;
+  if (via !== undefined && !isCheckVia(via)) return usage(`--via: ${CHECK_VIA_REASON}, got "${via}"`);
   let config: Config;
   if (args.config === undefined) config = builtInConfig();
   else {
@@ -127,7 +131,8 @@ export function decideCommand(args: DecideArgs): CommandResult & { stderr?: stri
   );
   store.putSandbox({ id: SANDBOX_ID, sources: [], org: null, network: parsed.value, ...(args.reportOnly === true ? { reportOnly: true } : {}) });
   const chain = store.policyOf(SANDBOX_ID)!;
-  const d = verdict(chain, { name, ip, port: Number(args.port) });
+  // `via` as the data path and the check API set it: only beside a name.
+  const d = verdict(chain, { name, ip, port: Number(args.port), ...(name !== null && via !== undefined ? { via } : {}) });
   // The fields of the API's check answer (docs/api.md "Check"), and its exit codes.
   const answer = {
     verdict: d.verdict,

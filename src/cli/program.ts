@@ -18,6 +18,7 @@ import { catalogProblems } from '../config/policy-settings.ts';
 import { ConfigReadError, formatIssues, UsageError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import { normalizeWireName } from '../match/names.ts';
+import { CHECK_VIA_REASON, isCheckVia, type CheckVia } from '../policy/model.ts';
 import { quote } from '../util/fields.ts';
 import { systemError } from '../util/system-error.ts';
 import { InputTooLargeError, readBoundedSync } from '../util/read-bounded.ts';
@@ -85,6 +86,11 @@ function hostArg(v: string): string {
   // As the data path reads an SNI or Host: a name it refuses (a raw U-label) is refused here too.
   const n = normalizeWireName(v);
   if (!n.ok) throw new InvalidArgumentError(n.reason);
+  return v;
+}
+
+function viaArg(v: string): CheckVia {
+  if (!isCheckVia(v)) throw new InvalidArgumentError(`${CHECK_VIA_REASON}, got "${v}"`);
   return v;
 }
 
@@ -317,6 +323,7 @@ Run "egressd <command> --help" for a command's own options.`,
   sub(program, 'decide', "The verdict a policy (any dialect) gives one connection, through the daemon's own store; nothing is opened")
     .requiredOption('--policy <file>', 'the policy body, YAML or JSON ("-": standard input)')
     .option('--host <name>', 'the SNI or Host the client sends')
+    .option('--via <tls|http>', "how the client sends --host: tls, its SNI; http, its Host (default: as the port's rule reads it)")
     .requiredOption('--ip <addr>', 'the destination address')
     .requiredOption('--port <n>', 'the destination port')
     .option('--config <file>', "the daemon's config: its overlays, report-only mode, protected ranges, catalog and DNS (default: the built-in config)")
@@ -332,6 +339,7 @@ Run "egressd <command> --help" for a command's own options.`,
       (o: {
         policy: string;
         host?: string;
+        via?: string;
         ip: string;
         port: string;
         config?: string;
@@ -347,6 +355,7 @@ Run "egressd <command> --help" for a command's own options.`,
             ...(o.config !== undefined ? { config: o.config } : {}),
             ...(o.reportOnly === true ? { reportOnly: true } : {}),
             ...(o.host !== undefined ? { host: o.host } : {}),
+            ...(o.via !== undefined ? { via: o.via } : {}),
             ...(o.dnsServer.length > 0 ? { dnsServers: o.dnsServer } : {}),
             ...(o.protectedExcept.length > 0 ? { protectedExcept: o.protectedExcept } : {}),
           }),
@@ -445,15 +454,22 @@ Run "egressd <command> --help" for a command's own options.`,
   )
     .requiredOption('--sandbox <id>', 'sandbox id')
     .option('--host <name>', 'the SNI or Host the client sends', hostArg)
+    .option('--via <tls|http>', "how the client sends --host: tls, its SNI; http, its Host (default: as the port's rule reads it)", viaArg)
     .requiredOption('--ip <addr>', 'the destination address', ipArg)
     .requiredOption('--port <n>', 'the destination port', portArg)
-    .action((o: { sandbox: string; host?: string; ip: string; port: string }, c: Command) =>
+    .action((o: { sandbox: string; host?: string; via?: CheckVia; ip: string; port: string }, c: Command) =>
       api(
         c,
         {
           method: 'POST',
           path: '/api/v1/check',
-          body: { sandbox: o.sandbox, ...(o.host !== undefined ? { host: o.host } : {}), ip: o.ip, port: Number(o.port) },
+          body: {
+            sandbox: o.sandbox,
+            ...(o.host !== undefined ? { host: o.host } : {}),
+            ...(o.via !== undefined ? { via: o.via } : {}),
+            ip: o.ip,
+            port: Number(o.port),
+          },
           what: `check --sandbox ${quote(o.sandbox)}`,
         },
         'check',

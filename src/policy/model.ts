@@ -9,6 +9,15 @@ export type Mode = 'allow-all' | 'block-all';
 /** How a connection's name was read: a TLS SNI, an HTTP Host, or egressd's DNS memory (none sent). */
 export type NameSource = 'tls' | 'http' | 'dns';
 
+/**
+ * How a name asked about (the check API's `via`, `egressd check`/`decide --via`) is sent: a
+ * TLS SNI or an HTTP Host, the two a client can send; DNS memory is the data path's own.
+ */
+export type CheckVia = 'tls' | 'http';
+export const isCheckVia = (v: unknown): v is CheckVia => v === 'tls' || v === 'http';
+/** Why any other value is refused, in the schema's words (src/schema/define/bodies.ts CheckRequest). */
+export const CHECK_VIA_REASON = 'Expected tls (the name is a TLS SNI) or http (an HTTP Host)';
+
 /** A port range on which a side's domains match; `via`: only for a name read from that protocol. */
 export interface DomainPortRange extends PortRange {
   readonly via?: 'tls' | 'http';

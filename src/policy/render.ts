@@ -1,10 +1,21 @@
 // Renders model values back into the sandbox0 wire vocabulary, for GET answers and logs.
 
-import type { DialectResult, Mode, PortRange } from './model.ts';
+import type { DialectResult, DomainPortRange, Mode, PortRange } from './model.ts';
 
 /** `[{from:443,to:443},{from:8000,to:8999}]` → `[443, "8000-8999"]`. */
 export function formatPorts(ports: readonly PortRange[]): (number | string)[] {
-  return ports.map((p) => (p.from === p.to ? p.from : `${p.from}-${p.to}`));
+  return ports.map(formatPort);
+}
+
+const formatPort = (p: PortRange): number | string => (p.from === p.to ? p.from : `${p.from}-${p.to}`);
+
+/**
+ * One entry of `allowed_domain_ports`: the port (443 or "8000-8999") and how the name is read
+ * there: `tls` the SNI, `http` the Host, `any` either (and a name remembered from DNS).
+ */
+export interface DomainPortView {
+  readonly port: number | string;
+  readonly via: 'tls' | 'http' | 'any';
 }
 
 /** A network policy in the sandbox0 wire shape (sandbox0 "Network Policy"), as `GET .../network` answers it. */
@@ -18,10 +29,11 @@ export interface NetworkView {
     readonly allowed_ports: (number | string)[];
     readonly denied_ports: (number | string)[];
     /**
-     * The ports on which allowed_domains match (Side.domainPorts: Novita's 80 and 443); absent
-     * when they match on every port. On other ports only the CIDRs allow.
+     * The ports on which allowed_domains match and how each reads the name (Side.domainPorts:
+     * Novita's 80 by the HTTP Host and 443 by the TLS SNI); absent when they match on every port,
+     * however the name is read. On other ports, or for a name read otherwise, only the CIDRs allow.
      */
-    readonly allowed_domain_ports?: (number | string)[];
+    readonly allowed_domain_ports?: DomainPortView[];
   };
   /** Whether the essential-services catalog joins the allow side (Daytona, Daytona "Network Limits (Firewall)"). */
   readonly essential_services: boolean;
@@ -49,10 +61,14 @@ export function renderNetwork(result: DialectResult): NetworkView {
       denied_cidrs: [...deny.cidrs],
       allowed_ports: formatPorts(allow.ports),
       denied_ports: formatPorts(deny.ports),
-      ...(allow.domainPorts !== undefined ? { allowed_domain_ports: formatPorts(allow.domainPorts) } : {}),
+      ...(allow.domainPorts !== undefined ? { allowed_domain_ports: allow.domainPorts.map(domainPortView) } : {}),
     },
     essential_services: result.essentialServices,
     ...(result.ingress ? { ingress: { ...result.ingress } } : {}),
     ...(result.warnings && result.warnings.length > 0 ? { warnings: result.warnings.map((w) => ({ field: w.field, message: w.reason })) } : {}),
   };
+}
+
+function domainPortView(p: DomainPortRange): DomainPortView {
+  return { port: formatPort(p), via: p.via ?? 'any' };
 }

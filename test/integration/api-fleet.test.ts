@@ -49,7 +49,7 @@ describe('the admin API for a fleet', () => {
       code: 'invalid_request',
       field: 'colour',
       message:
-        'colour: Unknown field "colour"; known fields are sandbox, host, ip, port; ' +
+        'colour: Unknown field "colour"; known fields are sandbox, host, ip, port, via; ' +
         'sandbox: Expected letters, digits, ".", "_" or "-", starting with a letter or digit (at most 128), got "bad id"; ' +
         'ip: Expected an IP address, got number "7"; port: Expected a port from 1 to 65535, got number "70000"',
     });

@@ -94,6 +94,26 @@ describe('egressd check exit codes against a running daemon', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'refuse' });
   });
 
+  // A Novita domain reads the Host on 80 and the SNI on 443: --via asks for the name sent one way.
+  it('asks for a name sent as --via says, and exits 2 on a --via other than tls or http before calling the API', async () => {
+    const put = await egressd(
+      ['sandbox', 'put', 'sb-via', '--sources', '127.0.0.36', '--network', '{"network":{"denyOut":["0.0.0.0/0"],"allowOut":["ok.example.test"]}}'],
+      env,
+    );
+    expect(put.code, put.stderr).toBe(0);
+    const at = (...extra: string[]) =>
+      egressd(['check', '--sandbox', 'sb-via', '--host', 'ok.example.test', '--ip', '104.16.24.34', '--port', '443', ...extra], env);
+    const bySni = await at('--via', 'tls');
+    expect(bySni.code).toBe(0);
+    expect(JSON.parse(bySni.stdout)).toMatchObject({ verdict: 'allow', via: 'tls' });
+    const byHost = await at('--via', 'http');
+    expect(byHost.code).toBe(1);
+    expect(JSON.parse(byHost.stdout)).toMatchObject({ verdict: 'refuse', reason: 'default-block', via: 'http' });
+    const bad = await at('--via', 'quic');
+    expect({ code: bad.code, stdout: bad.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(bad.stderr).toContain('Expected tls (the name is a TLS SNI) or http (an HTTP Host), got "quic"');
+  });
+
   it('exits 4 on a connection the policy refuses and report-only lets through (sandbox put --report-only)', async () => {
     const put = await egressd(
       [

@@ -151,6 +151,13 @@ export const CheckRequest = Type.Object(
     host: Type.Optional(Type.Union([Type.String(), Type.Null()], { errorMessage: 'Expected a host name', description: 'The SNI or Host the client sends.' })),
     ip: Type.String({ errorMessage: 'Expected an IP address', description: 'The destination address.' }),
     port: Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'Expected a port from 1 to 65535' }),
+    via: Type.Optional(
+      Type.Union([Type.Literal('tls'), Type.Literal('http')], {
+        errorMessage: 'Expected tls (the name is a TLS SNI) or http (an HTTP Host)',
+        description:
+          "How the client sends host: tls, its TLS SNI; http, its HTTP Host. A rule that reads a name only one way on a port (Novita: the Host on 80, the SNI on 443) matches it only when sent that way. Absent: as the port's rule reads it. Nothing without host.",
+      }),
+    ),
   },
   { additionalProperties: false, title: 'CheckRequest' },
 );

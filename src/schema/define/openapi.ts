@@ -29,9 +29,22 @@ const NetworkView = Type.Object(
         allowed_ports: portList,
         denied_ports: portList,
         allowed_domain_ports: Type.Optional(
-          Type.Array(Type.Union([Type.Integer({ minimum: 1, maximum: 65535 }), Type.String()]), {
-            description: 'The ports on which allowed_domains match (Novita: 80 and 443); absent: every port. On other ports only the CIDRs allow.',
-          }),
+          Type.Array(
+            Type.Object(
+              {
+                port: Type.Union([Type.Integer({ minimum: 1, maximum: 65535 }), Type.String()], { description: 'A port (443) or a range ("8000-8999").' }),
+                via: Type.Union([Type.Literal('tls'), Type.Literal('http'), Type.Literal('any')], {
+                  description:
+                    'How a name is read there: tls, the TLS SNI; http, the HTTP Host; any, either, or one remembered from DNS for a client that sent none.',
+                }),
+              },
+              closed,
+            ),
+            {
+              description:
+                'The ports on which allowed_domains match, each with how it reads the name (Novita: 80 by the Host, 443 by the SNI); absent: every port, however read. Elsewhere only the CIDRs allow.',
+            },
+          ),
         ),
       },
       closed,
@@ -117,6 +130,11 @@ const CheckResult = Type.Object(
     host: nullable(Type.String()),
     ip: Type.String(),
     port: Type.Integer(),
+    via: nullable(
+      Type.Union([Type.Literal('tls'), Type.Literal('http')], {
+        description: "How host was taken as sent, as asked; null when not asked (as the port's rule reads it) or without a name.",
+      }),
+    ),
     verdict: Type.String({ description: 'allow, refuse, or would-refuse (report-only).' }),
     reason: Type.String(),
     rule: nullable(Type.String()),

@@ -197,6 +197,29 @@ describe('egressd decide', () => {
     expect(other.json?.verdict).toBe('refuse');
   });
 
+  // Novita reads the Host on 80 and the SNI on 443 (Novita "Internet access"), as the data path
+  // does (Facts.via): --via asks for a name sent one way; without it, the way the port reads it.
+  it('answers for a name sent as --via says: a Novita domain by its SNI on 443 and its Host on 80 only', async () => {
+    const at = (port: string, ...via: string[]) => decide(novita, '--host', 'api.example.com', '--ip', '93.184.216.34', '--port', port, ...via);
+    expect((await at('443')).code).toBe(0);
+    expect((await at('443', '--via', 'tls')).code).toBe(0);
+    const hostOn443 = await at('443', '--via', 'http');
+    expect(hostOn443.code).toBe(1);
+    expect(hostOn443.json).toMatchObject({ verdict: 'refuse', reason: 'default-block' });
+    expect((await at('80', '--via', 'http')).code).toBe(0);
+    expect((await at('80', '--via', 'tls')).code).toBe(1);
+    // A sandbox0 domain reads a name however sent.
+    expect((await decide(sandbox0, '--host', 'api.github.com', '--via', 'http', '--ip', '140.82.112.5', '--port', '443')).code).toBe(0);
+  });
+
+  it('exits 2 on a --via other than tls or http, naming the flag and the value, with no verdict', async () => {
+    for (const bad of ['dns', 'TLS', '']) {
+      const r = await decide(novita, '--host', 'api.example.com', '--via', bad, '--ip', '93.184.216.34', '--port', '443');
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toContain(`error: --via: Expected tls (the name is a TLS SNI) or http (an HTTP Host), got "${bad}"`);
+    }
+  });
+
   it('refuses a protected address, unless --protected-except takes it out of the protected ranges', async () => {
     const open = write('sandbox0-open.yaml', 'mode: allow-all\n');
     const r = await decide(open, '--ip', '10.1.2.3', '--port', '80');

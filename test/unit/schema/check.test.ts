@@ -131,10 +131,34 @@ describe('validateConfig: every problem at once, each with its key and reason', 
   });
 });
 
+describe('CheckRequest', () => {
+  const problems = (body: unknown) => {
+    const issues = new CappedIssues();
+    check(CheckRequest, body, '', issues);
+    return issues.result();
+  };
+  const base = { sandbox: 'sb', host: 'api.example.test', ip: '198.18.0.1', port: 443 };
+
+  it('takes via tls or http, or none', () => {
+    for (const via of ['tls', 'http', undefined]) expect(problems({ ...base, ...(via !== undefined ? { via } : {}) })).toEqual([]);
+  });
+
+  it('refuses any other via, naming the field, what it takes and the value', () => {
+    for (const [via, got] of [
+      ['dns', 'the string "dns"'],
+      ['TLS', 'the string "TLS"'],
+      [null, 'null'],
+      [443, 'number "443"'],
+    ] as const) {
+      expect(problems({ ...base, via })).toEqual([{ field: 'via', reason: `Expected tls (the name is a TLS SNI) or http (an HTTP Host), got ${got}` }]);
+    }
+  });
+});
+
 describe('src/schema/check.ts reads the schema as Ajv does', () => {
   // Values that are near the edges of each keyword: wrong types, bounds, unknown keys, nulls.
   const scalar = fc.oneof(
-    fc.constantFrom(0, 1, 4, 5, 1.5, -1, 10_000_000, 10_000_001, 65535, 65536, '', 'a', '10.0.0.1', '-x', 'all', 'nxdomain', true, false, null),
+    fc.constantFrom(0, 1, 4, 5, 1.5, -1, 10_000_000, 10_000_001, 65535, 65536, '', 'a', '10.0.0.1', '-x', 'all', 'nxdomain', 'tls', 'http', true, false, null),
     fc.string({ maxLength: 4 }),
     fc.integer(),
   );
@@ -181,7 +205,11 @@ describe('src/schema/check.ts reads the schema as Ajv does', () => {
     ['SandboxBody', SandboxBody, fc.oneof(sandbox, value)],
     ['OrgBody', OrgBody, fc.oneof(org, value)],
     ['ConfigFile', ConfigFile, fc.oneof(config, value)],
-    ['CheckRequest', CheckRequest, fc.oneof(fc.record({ sandbox: scalar, host: scalar, ip: scalar, port: scalar, x: scalar }, { requiredKeys: [] }), value)],
+    [
+      'CheckRequest',
+      CheckRequest,
+      fc.oneof(fc.record({ sandbox: scalar, host: scalar, ip: scalar, port: scalar, via: scalar, x: scalar }, { requiredKeys: [] }), value),
+    ],
   ] as const)('%s: the same verdict on 2,000 generated documents', (_name, schema, arb) => {
     const ajvCheck = a.compile(schema);
     fc.assert(

@@ -38,8 +38,16 @@ describe('renderNetwork', () => {
   it('shows a Novita deny-everything policy as block-all with its allow list, not the deny entry the mode stands for', () => {
     expect(renderNetwork(parsed({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['*.github.com', '1.1.1.1'] } }))).toEqual({
       mode: 'block-all',
-      // Novita matches names on 80 and 443 only: the view says so beside the names.
-      egress: { ...NO_EGRESS, allowed_domains: ['*.github.com'], allowed_cidrs: ['1.1.1.1/32'], allowed_domain_ports: [80, 443] },
+      // Novita matches names on 80 by the Host and on 443 by the SNI only: the view says so beside the names.
+      egress: {
+        ...NO_EGRESS,
+        allowed_domains: ['*.github.com'],
+        allowed_cidrs: ['1.1.1.1/32'],
+        allowed_domain_ports: [
+          { port: 80, via: 'http' },
+          { port: 443, via: 'tls' },
+        ],
+      },
       essential_services: false,
     });
   });
