@@ -51,12 +51,13 @@ export function parseConfigBytes(bytes: Uint8Array, file: string, document = 'co
   return parseConfigDocument(configText(bytes, file, document), file, document);
 }
 
-export function configFromText(text: string, file: string): Config {
+/** `serving`: checked while egressd serves (a reload): its catalog file is read as loadCatalog's `serving` says. */
+export function configFromText(text: string, file: string, opts: { serving?: boolean } = {}): Config {
   const { value, locate } = parseConfigDocument(text, file);
   const result = validateConfig(value);
   if (!result.ok) throw new InvalidConfigError(file, result.issues, locate);
   // The catalog is part of the config: its problems are this file's, at the fields that name it.
-  const catalog = catalogProblems(result.config);
+  const catalog = catalogProblems(result.config, opts);
   if (catalog.length > 0) throw new InvalidConfigError(file, catalog, locate);
   return result.config;
 }
@@ -65,7 +66,9 @@ export function configFromText(text: string, file: string): Config {
  * The configuration in `file` (null: the built-in default). `again`: a reload (SIGHUP). A pipe
  * given at start-up (`--config <(generate)`, `/dev/stdin`) was read to its end then: read again it
  * gave nothing, taken for an empty file, a valid configuration without a sandbox, which replaced
- * the running one. Read again, a file that is not a regular file and gives nothing is refused.
+ * the running one. Read again, a file that is not a regular file and gives nothing is refused, a
+ * FIFO is waited for AGAIN_WAIT_MS at most (readBounded), and the catalog file must be a regular
+ * file (it is read on the event loop).
  */
 export async function loadConfig(file: string | null, opts: { again?: boolean } = {}): Promise<Config> {
   if (file === null) return configFromText('', '(built-in default)');
@@ -75,5 +78,5 @@ export async function loadConfig(file: string | null, opts: { again?: boolean } 
   } catch (err) {
     throw new ConfigReadError(file, systemError(err), err);
   }
-  return configFromText(configText(bytes, file), file);
+  return configFromText(configText(bytes, file), file, opts.again === true ? { serving: true } : {});
 }

@@ -20,16 +20,17 @@ export function catalogOf(config: Config): string[] {
  * fields (`catalog.file`, `catalog.categories[1]`): what `egressd validate` and loading a config
  * report with the other problems, so a config that validates is one the daemon starts with.
  */
-export function catalogProblems(config: Config): FieldIssue[] {
-  const c = readCatalog(config);
+export function catalogProblems(config: Config, opts: { serving?: boolean } = {}): FieldIssue[] {
+  const c = readCatalog(config, opts.serving === true);
   return c.ok ? [] : c.issues;
 }
 
-function readCatalog(config: Config): { ok: true; domains: string[] } | { ok: false; issues: FieldIssue[] } {
+function readCatalog(config: Config, serving = false): { ok: true; domains: string[] } | { ok: false; issues: FieldIssue[] } {
   const c = loadCatalog({
     categories: config.catalog.categories,
     extra: config.catalog.extra,
     ...(config.catalog.file !== null ? { file: config.catalog.file } : {}),
+    ...(serving ? { serving } : {}),
   });
   if (!c.ok) return { ok: false, issues: c.issues.map((i) => ({ field: `catalog.${i.field}`.replace(/\.$/, ''), reason: i.reason })) };
   return { ok: true, domains: c.domains };

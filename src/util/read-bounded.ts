@@ -3,8 +3,9 @@
 // disk image, /dev/zero, a log) costs memory out of all proportion, and past V8's longest string
 // (about 512 MiB) decoding it throws a RangeError that names no file.
 
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { open, statfs } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
  * The most bytes of such a file read: 64 MiB, the largest request body the admin API can be set
@@ -59,16 +60,29 @@ class Chunks {
   }
 }
 
+/** A file read where only a regular file may be (readBoundedSync's `regularOnly`), which is not one. */
+export class NotRegularFileError extends Error {
+  constructor(why: string) {
+    super(`it is not a regular file (a pipe, a device, a socket): ${why}`);
+    this.name = 'NotRegularFileError';
+  }
+}
+
 /**
  * The bytes of `file` (a path, or a descriptor such as 0 for standard input), at most `max`.
  * A regular file is refused by its size before a byte is read; anything else (a pipe, a device)
  * is read until it ends or passes `max`. Throws InputTooLargeError past `max`, and the system's
  * error (ENOENT, EISDIR, ...) where it cannot be read.
+ * `regularOnly` (a path read on the event loop while serving: the catalog at a reload): the path
+ * is opened without waiting (O_NONBLOCK: a FIFO's open otherwise waits for a writer, for ever,
+ * with every connection held behind it) and anything but a regular file is refused before a byte
+ * is read (NotRegularFileError, saying `regularOnly`'s reason).
  */
-export function readBoundedSync(file: string | number, max = MAX_INPUT_FILE_BYTES): Buffer {
-  const fd = typeof file === 'number' ? file : openSync(file, 'r');
+export function readBoundedSync(file: string | number, max = MAX_INPUT_FILE_BYTES, opts: { regularOnly?: string } = {}): Buffer {
+  const fd = typeof file === 'number' ? file : openSync(file, opts.regularOnly !== undefined ? constants.O_RDONLY | constants.O_NONBLOCK : 'r');
   try {
     const st = fstatSync(fd);
+    if (opts.regularOnly !== undefined && !st.isFile()) throw new NotRegularFileError(opts.regularOnly);
     if (st.isFile() && st.size > max) throw new InputTooLargeError(st.size, max);
     const into = new Chunks(max);
     for (;;) {
@@ -102,32 +116,85 @@ function readSome(fd: number, chunk: Buffer): number {
 
 /** A file read again (readBounded's `again`) that is not a regular file and gave nothing. */
 export class NothingAgainError extends Error {
-  constructor() {
-    super('it is not a regular file and gave nothing (a pipe read to its end before: what it held is not there to read again)');
+  constructor(waitedMs: number | null = null) {
+    super(
+      waitedMs === null
+        ? 'it is not a regular file and gave nothing (a pipe read to its end before: what it held is not there to read again)'
+        : `it is a FIFO that gave nothing within ${waitedMs} ms (no writer came, whose open would have waited for ever, or one wrote nothing)`,
+    );
     this.name = 'NothingAgainError';
   }
 }
+
+/** A file read again (readBounded's `again`) that is not a regular file, whose writer did not finish within the wait. */
+export class AgainTimeoutError extends Error {
+  constructor(waitMs: number) {
+    super(`it is not a regular file, and its writer did not finish within ${waitMs} ms`);
+    this.name = 'AgainTimeoutError';
+  }
+}
+
+/** statfs(2)'s f_type of the kernel's anonymous pipes (linux/magic.h). */
+const PIPEFS_MAGIC = 0x50495045;
+
+/** How long a reload waits for a file that is not a regular file (a FIFO) to be written whole. */
+export const AGAIN_WAIT_MS = 10_000;
+/** How often such a file is read again while its writer has not come or not finished. */
+const AGAIN_POLL_MS = 20;
 
 /**
  * As readBoundedSync, for a path, without blocking the event loop (a configuration reloaded while
  * serving). `again`: the file was read before (a reload), and one that is not a regular file and
  * gives nothing is refused (NothingAgainError): a pipe given at start-up (`<(generate)`,
- * `/dev/stdin`) was read to its end then, and its nothing is not an empty file.
+ * `/dev/stdin`) was read to its end then, and its nothing is not an empty file. Read again, the
+ * file is opened without waiting (O_NONBLOCK): a FIFO's open waits for a writer, for ever when
+ * none comes, and every later reload waited behind it (main.ts runs one at a time). A FIFO is
+ * then read as its writer comes and writes, within `waitMs` (AGAIN_WAIT_MS) in all, else
+ * refused (AgainTimeoutError).
  */
-export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES, opts: { again?: boolean } = {}): Promise<Buffer> {
-  const handle = await open(path, 'r');
+export async function readBounded(path: string, max = MAX_INPUT_FILE_BYTES, opts: { again?: boolean; waitMs?: number } = {}): Promise<Buffer> {
+  const again = opts.again === true;
+  const handle = await open(path, again ? constants.O_RDONLY | constants.O_NONBLOCK : 'r');
   try {
     const st = await handle.stat();
     if (st.isFile() && st.size > max) throw new InputTooLargeError(st.size, max);
     const into = new Chunks(max);
+    const waitMs = opts.waitMs ?? AGAIN_WAIT_MS;
+    const until = performance.now() + waitMs;
+    // A FIFO opened without waiting reads as ended (0) until a writer opens it, and as EAGAIN
+    // while a writer holds it with nothing written yet: its end is a 0 once a writer was seen.
+    // An anonymous pipe (`<(generate)`, /dev/stdin) is never waited for by the kernel: its 0 is its end.
+    let writer =
+      !again ||
+      !st.isFIFO() ||
+      (await statfs(path).then(
+        (f) => f.type === PIPEFS_MAGIC,
+        () => false,
+      ));
     for (;;) {
       const room = into.room();
-      const { bytesRead } = await handle.read(room, 0, room.length, null);
-      if (bytesRead === 0) break;
-      into.took(room, bytesRead);
+      let n: number;
+      try {
+        n = (await handle.read(room, 0, room.length, null)).bytesRead;
+      } catch (err) {
+        if (!again || (err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        writer = true;
+        n = -1;
+      }
+      if (n > 0) {
+        writer = true;
+        into.took(room, n);
+        continue;
+      }
+      if (n === 0 && writer) break;
+      if (performance.now() >= until) {
+        if (!writer) throw new NothingAgainError(waitMs);
+        throw new AgainTimeoutError(waitMs);
+      }
+      await sleep(AGAIN_POLL_MS);
     }
     const bytes = into.bytes();
-    if (opts.again === true && bytes.length === 0 && !st.isFile()) throw new NothingAgainError();
+    if (again && bytes.length === 0 && !st.isFile()) throw new NothingAgainError();
     return bytes;
   } finally {
     await handle.close();

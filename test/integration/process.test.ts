@@ -92,6 +92,44 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', sources: ['127.0.0.21'] });
   });
 
+  // A FIFO's open waits for a writer: with none, a reload waited for ever, and every reload after
+  // it waited its turn behind it. Read again, a FIFO is waited for a bounded time, then refused.
+  it('refuses a reload of a config that is a FIFO no one writes to, keeping the running config, and reloads after it', async () => {
+    const file = write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.21'], network: { mode: 'allow-all' } }] }));
+    const { d, admin } = await start(file);
+    rmSync(file);
+    expect(spawnSync('mkfifo', [file]).status).toBe(0);
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused' || action(l) === 'reload', 30_000);
+    expect(refused).toMatchObject({ event: { action: 'reload-refused' }, file: { path: file } });
+    expect(String(refused['reason'])).toBe(
+      `Cannot read configuration "${file}": it is a FIFO that gave nothing within 10000 ms (no writer came, whose open would have waited for ever, or one wrote nothing)`,
+    );
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', sources: ['127.0.0.21'] });
+    // The next reload is not held behind it.
+    rmSync(file);
+    write(base({ sandboxes: [{ id: 'sb-after', sources: ['127.0.0.22'], network: { mode: 'allow-all' } }] }));
+    d.child.kill('SIGHUP');
+    await d.waitFor((l) => action(l) === 'reload', 30_000);
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-after')).status).toBe(200);
+  }, 60_000);
+
+  // A reload checks the config's catalog file on the event loop: a FIFO there, with no writer,
+  // held the whole daemon (every connection, the API, health) in its open, for ever.
+  it('refuses a reload whose catalog file is not a regular file, without waiting for it, and keeps serving', async () => {
+    const catalog = join(dir, 'catalog.yaml');
+    writeFileSync(catalog, readFileSync(join(ROOT, 'src/policy/catalog/essential-services.yaml')));
+    const file = write(base({ catalog: { file: catalog } }));
+    const { d, admin } = await start(file);
+    rmSync(catalog);
+    expect(spawnSync('mkfifo', [catalog]).status).toBe(0);
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused' || action(l) === 'reload');
+    expect(refused).toMatchObject({ event: { action: 'reload-refused' }, file: { path: file } });
+    expect(String(refused['reason'])).toContain(`catalog.file: Catalog file "${catalog}": it is not a regular file (a pipe, a device, a socket)`);
+    expect((await request(`${admin}/healthz`)).statusCode).toBe(200);
+  });
+
   // A token no call can present (the Authorization field's `Bearer <one word>`): before, taken,
   // and every API call answered 401 until the next restart or reload.
   it('refuses a reload whose admin.token no call could present, keeping the running token', async () => {

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { type Locate, readYaml } from '../../util/yaml-read.ts';
 import { namesJson } from '../../util/json-read.ts';
 import { utf8Text } from '../../util/utf8-text.ts';
-import { InputTooLargeError, readBoundedSync } from '../../util/read-bounded.ts';
+import { InputTooLargeError, NotRegularFileError, readBoundedSync } from '../../util/read-bounded.ts';
 import { describe, isPlainObject, quote } from '../../util/fields.ts';
 import type { FieldIssue } from '../../util/issues.ts';
 import { normalizePattern } from '../../match/names.ts';
@@ -24,6 +24,12 @@ export interface CatalogOptions {
   readonly extra?: readonly string[];
   /** A catalog file of the same shape to read instead of the built-in one. */
   readonly file?: string;
+  /**
+   * Read while serving (a reload checks the config's catalog): the file is read on the event
+   * loop, so one that is not a regular file is refused rather than waited for (a FIFO without a
+   * writer held every connection, for ever).
+   */
+  readonly serving?: boolean;
 }
 
 /** A host added from the service's own published documentation, with that document. */
@@ -57,7 +63,7 @@ export function loadCatalog(opts: CatalogOptions = {}): CatalogResult {
   // Problems inside the file are reported against `file` when the operator named one; the
   // built-in file has no key of its own.
   const fileField = opts.file === undefined ? '' : 'file';
-  const file = readCatalogFile(path);
+  const file = readCatalogFile(path, opts.serving === true);
   if (!file.ok) {
     add(fileField, file.reason);
     return finish();
@@ -164,14 +170,20 @@ function publishedEntry(entry: unknown): { ok: true; value: Omit<PublishedHost, 
 
 type FileRead = { ok: true; categories: [string, unknown][]; published: [string, unknown][]; locate: Locate } | { ok: false; reason: string };
 
-function readCatalogFile(path: string): FileRead {
+function readCatalogFile(path: string, serving: boolean): FileRead {
   const q = quote(path);
   let text: string;
   try {
     // Bounded whatever the file is: a regular file by its size, before a byte is read; a pipe
     // (`<(generate)`, /dev/stdin) or a device once it passes the bound. statSync's size, 0 for
     // those, let readFileSync read one whole, /dev/zero for ever.
-    const t = utf8Text(readBoundedSync(path, MAX_FILE_BYTES));
+    const t = utf8Text(
+      readBoundedSync(
+        path,
+        MAX_FILE_BYTES,
+        serving ? { regularOnly: 'egressd is serving, and a reload reads the catalog on its event loop, where no wait is bounded' } : {},
+      ),
+    );
     if (!t.ok) {
       const { line, column } = t.position;
       return {
@@ -185,6 +197,7 @@ function readCatalogFile(path: string): FileRead {
       const what = err.bytes === null ? `is longer than ${MAX_FILE_BYTES} bytes, the most read` : `is ${err.bytes} bytes; at most ${MAX_FILE_BYTES} are read`;
       return { ok: false, reason: `Catalog file ${q} ${what}` };
     }
+    if (err instanceof NotRegularFileError) return { ok: false, reason: `Catalog file ${q}: ${err.message}; give a regular file` };
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     return { ok: false, reason: `Cannot read catalog file ${q} (${code})` };
   }

@@ -8,7 +8,15 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InputTooLargeError, MAX_INPUT_FILE_BYTES, NothingAgainError, readBounded, readBoundedSync } from '../../../src/util/read-bounded.ts';
+import {
+  AgainTimeoutError,
+  InputTooLargeError,
+  MAX_INPUT_FILE_BYTES,
+  NotRegularFileError,
+  NothingAgainError,
+  readBounded,
+  readBoundedSync,
+} from '../../../src/util/read-bounded.ts';
 
 let dir: string;
 beforeAll(() => {
@@ -72,7 +80,7 @@ describe.skipIf(process.platform !== 'linux')("readBounded's again", () => {
     const fifo = join(dir, 'again.fifo');
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     const readOnce = async (body: string | null): Promise<unknown> => {
-      const reading = readBounded(fifo, undefined, { again: true }).catch((e: unknown) => e);
+      const reading = readBounded(fifo, undefined, { again: true, waitMs: 2000 }).catch((e: unknown) => e);
       const w = await open(fifo, 'w'); // once the read has opened it
       if (body !== null) await w.writeFile(body);
       await w.close();
@@ -84,6 +92,47 @@ describe.skipIf(process.platform !== 'linux')("readBounded's again", () => {
     await expect(readBounded('/dev/null')).resolves.toHaveLength(0);
     writeFileSync(join(dir, 'empty-again'), '');
     await expect(readBounded(join(dir, 'empty-again'), undefined, { again: true })).resolves.toHaveLength(0);
+  });
+
+  // A FIFO's open waits for a writer: with none, a reload's read waited for ever, and every
+  // reload after it waited behind it. Read again, it is waited for within waitMs, then refused.
+  it('refuses a FIFO no one writes to, and one whose writer never finishes, once the wait is over', async () => {
+    const fifo = join(dir, 'unwritten.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const none = await readBounded(fifo, undefined, { again: true, waitMs: 300 }).catch((e: unknown) => e);
+    expect(none).toBeInstanceOf(NothingAgainError);
+    expect(String(none)).toContain('it is a FIFO that gave nothing within 300 ms (no writer came');
+    // A writer that holds it open, writing half a document and never closing.
+    const reading = readBounded(fifo, undefined, { again: true, waitMs: 300 }).catch((e: unknown) => e);
+    const w = await open(fifo, 'w');
+    try {
+      await w.write('sandboxes:');
+      const stuck = await reading;
+      expect(stuck).toBeInstanceOf(AgainTimeoutError);
+      expect(String(stuck)).toContain('its writer did not finish within 300 ms');
+    } finally {
+      await w.close();
+    }
+    // A FIFO written after the read began is read whole, as before.
+    const later = readBounded(fifo, undefined, { again: true, waitMs: 5000 });
+    await new Promise((r) => setTimeout(r, 100));
+    const w2 = await open(fifo, 'w');
+    await w2.writeFile('sandboxes: []\n');
+    await w2.close();
+    expect(String(await later)).toBe('sandboxes: []\n');
+  });
+
+  // Read on the event loop while serving (the catalog at a reload), a FIFO's open would hold
+  // every connection: refused before a byte is read, and never waited for.
+  it("readBoundedSync's regularOnly refuses anything but a regular file without waiting for a writer", () => {
+    const fifo = join(dir, 'regular-only.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    expect(() => readBoundedSync(fifo, undefined, { regularOnly: 'read while serving' })).toThrow(NotRegularFileError);
+    expect(() => readBoundedSync('/dev/null', undefined, { regularOnly: 'read while serving' })).toThrow(
+      'it is not a regular file (a pipe, a device, a socket): read while serving',
+    );
+    writeFileSync(join(dir, 'regular'), 'x');
+    expect(String(readBoundedSync(join(dir, 'regular'), undefined, { regularOnly: 'read while serving' }))).toBe('x');
   });
 });
 
