@@ -15,7 +15,7 @@
 
 import { constants as bufferConstants } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
-import { accessSync, closeSync, constants, existsSync, fsyncSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
 import { Worker } from 'node:worker_threads';
 import { basename, dirname, join } from 'node:path';
@@ -153,22 +153,50 @@ function unlinkQuiet(p: string): void {
   }
 }
 
-/** 'absent', 'sqlite' (by the header's magic string) or anything else, read as JSON version 1. */
-function formatOf(path: string): StateFormat {
+/** The state file as opened once: a version-1 JSON file keeps its descriptor, to be sized and read from it. */
+type OpenedState = { readonly format: 'absent' | 'sqlite' } | { readonly format: 'json-v1'; readonly fd: number; readonly size: number };
+
+/**
+ * 'absent', 'sqlite' (by the header's magic string) or anything else, read as JSON version 1,
+ * told on one descriptor: a version-1 file is sized (fstat) and read on the same one, never by
+ * its path again, so the size checked is the size of what is read (between a stat and a second
+ * open, another file could take the path). Opened without waiting (O_NONBLOCK), and refused
+ * unless a regular file: a FIFO's open waits for a writer (start-up held for ever), and a FIFO's
+ * or device's size (0) bounds nothing of what it gives. The caller closes a json-v1 `fd`.
+ */
+function openState(path: string): OpenedState {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'absent' };
     throw err;
   }
+  let kept = false;
   try {
+    const st = fstatSync(fd);
+    // A folder keeps the system's word for it (EISDIR, as its read gives).
+    if (!st.isFile() && !st.isDirectory()) throw new Error('it is not a regular file (a FIFO, a device, a socket); the state is a file egressd writes');
     const head = Buffer.alloc(16);
     const n = readSync(fd, head, 0, 16, 0);
-    return n === 16 && head.toString('latin1') === SQLITE_MAGIC ? 'sqlite' : 'json-v1';
+    if (n === 16 && head.toString('latin1') === SQLITE_MAGIC) return { format: 'sqlite' };
+    kept = true;
+    return { format: 'json-v1', fd, size: st.size };
   } finally {
-    closeSync(fd);
+    if (!kept) closeSync(fd);
   }
+}
+
+/** The whole of a version-1 file from its own descriptor (positioned reads from 0), `size` bytes as fstat gave them. */
+function readWhole(fd: number, size: number): Buffer {
+  const bytes = Buffer.allocUnsafe(size);
+  let at = 0;
+  while (at < size) {
+    const n = readSync(fd, bytes, at, size - at, at);
+    if (n === 0) break;
+    at += n;
+  }
+  return at === size ? bytes : bytes.subarray(0, at);
 }
 
 const whole = (reason: string): StateIssue => ({ entry: '', field: '', reason });
@@ -341,12 +369,13 @@ export class StateStore {
 
   #read(): StoredEntry[] {
     this.#finishInterruptedMigration();
-    let format: StateFormat;
+    let opened: OpenedState;
     try {
-      format = formatOf(this.path);
+      opened = openState(this.path);
     } catch (err) {
       throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
     }
+    const format: StateFormat = opened.format;
     this.#format = format;
     if (format === 'absent') {
       for (const side of ['-wal', '-shm', '-journal']) {
@@ -359,16 +388,17 @@ export class StateStore {
       this.#entries = [];
       return [];
     }
-    if (format === 'json-v1') {
-      let bytes = Buffer.alloc(0);
-      let size: number;
+    if (opened.format === 'json-v1') {
+      let bytes: Buffer = Buffer.alloc(0);
+      const size = opened.size;
       try {
-        size = statSync(this.path).size;
         // Read whole and decoded to one string: past V8's longest string the decode would throw
         // a RangeError naming no file, after reading it all into memory.
-        if (size <= MAX_JSON_STATE_BYTES) bytes = readFileSync(this.path);
+        if (size <= MAX_JSON_STATE_BYTES) bytes = readWhole(opened.fd, size);
       } catch (err) {
         throw new StateInvalidError(this.path, [whole(`Cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)], err);
+      } finally {
+        closeSync(opened.fd);
       }
       if (size > MAX_JSON_STATE_BYTES) {
         throw new StateInvalidError(this.path, [

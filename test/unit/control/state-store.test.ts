@@ -2,9 +2,10 @@
 // validate, stops start-up naming the file, the entry and the field, and is left exactly as it
 // was; today's JSON file is converted once and kept; every change carries a revision.
 
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, renameSync, existsSync, statSync, truncateSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, renameSync, existsSync, statSync, symlinkSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ControlPlane, type SandboxRecord } from '../../../src/control/control-plane.ts';
@@ -12,6 +13,7 @@ import { MAX_JSON_STATE_BYTES, StateStore } from '../../../src/control/state-sto
 import { PolicyStore } from '../../../src/control/store.ts';
 import { StateInvalidError, StateWriteError } from '../../../src/errors.ts';
 import { verdict } from '../../../src/policy/verdict.ts';
+import { runProcess } from '../../helpers/run-process.ts';
 
 const EMPTY = { domains: [], cidrs: [], ports: [] };
 
@@ -162,6 +164,40 @@ describe('a version-1 JSON state that cannot be used stops start-up and is left 
     ]);
     expect(statSync(path).size).toBe(MAX_JSON_STATE_BYTES + 1);
     expect(files()).toEqual(['state.json']);
+  });
+
+  // The file is sized and read on the one descriptor it was opened as: by its path, a FIFO or a
+  // device passed the size check (0 bytes) and was then opened again and read to its end, and a
+  // FIFO with no writer held start-up in its first open for ever. In a process of its own, so a
+  // read that never ends is cut (SIGKILL) rather than holding the test.
+  describe.skipIf(process.platform !== 'linux')('a state path that is not a regular file', () => {
+    const ROOT = resolve(import.meta.dirname, '../../..');
+    const readIn = async (p: string): Promise<string> => {
+      const script = `import { StateStore } from ${JSON.stringify(join(ROOT, 'src/control/state-store.ts'))};
+        try { new StateStore(process.argv[1]).read(); console.log('read'); } catch (e) { console.log(JSON.stringify(e.issues ?? e.message)); }
+        process.exit(0);`;
+      const r = await runProcess(join(ROOT, 'node_modules/.bin/node'), ['--input-type=module', '-e', script, p], { timeoutMs: 10_000 });
+      return r.code === null ? `killed after 10 s; stderr: ${r.stderr}` : r.stdout.trim();
+    };
+    const notRegular = JSON.stringify([
+      { entry: '', field: '', reason: 'Cannot read: it is not a regular file (a FIFO, a device, a socket); the state is a file egressd writes' },
+    ]);
+
+    it('is refused unread: a FIFO with no writer, one whose writer holds it open, a device', async () => {
+      const fifo = join(dir, 'state.fifo');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      expect(await readIn(fifo)).toBe(notRegular);
+      // A writer that gives a valid state and holds the FIFO open.
+      const writer = spawn('sh', ['-c', `exec 3>"$1"; printf %s "$2" >&3; sleep 30`, 'sh', fifo, JSON.stringify(V1)], { stdio: 'ignore' });
+      try {
+        expect(await readIn(fifo)).toBe(notRegular);
+      } finally {
+        writer.kill('SIGKILL');
+      }
+      const device = join(dir, 'state.dev');
+      symlinkSync('/dev/null', device);
+      expect(await readIn(device)).toBe(notRegular);
+    }, 40_000);
   });
 
   it('{} names each missing part', async () => {
