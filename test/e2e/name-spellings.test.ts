@@ -21,6 +21,7 @@ import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
 import { field, connectionFields } from '../helpers/log-line.ts';
 import { CA, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 import { buildHello, ext, serverNameExtension } from '../helpers/hello-builder.ts';
+import { sendClientArgs, sendClientResult } from '../helpers/send-client.ts';
 
 const TOKEN = 'e2e-name-spellings-token';
 
@@ -31,35 +32,6 @@ const ATTACKER = '198.18.1.9'; // where spoofing code points its connection
 
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e name spellings skipped: ${skip}`);
-
-// Connects (from `bind` when given: the second sandbox's address), sends the bytes as given
-// (Python escapes, latin-1; or `hex:` and the bytes in hex), prints the source port, then the
-// reply's first bytes.
-const PY_SEND = `
-import socket, sys
-ip, port, bind, arg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-payload = bytes.fromhex(arg[4:]) if arg.startswith('hex:') else arg.encode().decode('unicode_escape').encode('latin-1')
-family = socket.AF_INET6 if ':' in ip else socket.AF_INET
-s = socket.socket(family, socket.SOCK_STREAM)
-s.settimeout(10)
-if bind:
-    s.bind((bind if family == socket.AF_INET else '::ffff:' + bind, 0))
-s.connect((ip, port))
-print("port", s.getsockname()[1], flush=True)
-data = b""
-try:
-    s.sendall(payload)
-    while len(data) < 65536:
-        c = s.recv(4096)
-        if not c: break
-        data += c
-except socket.timeout:
-    pass
-except Exception as e:
-    print("error", type(e).__name__, repr(data[:300]))
-    sys.exit(0)
-print("reply", repr(data[:300]))
-`;
 
 describe.skipIf(skip !== null)('hostile spellings of a name and a destination, through iptables REDIRECT', () => {
   let rig: Rig;
@@ -101,10 +73,9 @@ describe.skipIf(skip !== null)('hostile spellings of a name and a destination, t
   const bytesAt = (address: string): number => rig.events().filter((e) => e.event === 'data' && e.local.startsWith(`${address}:`)).length;
   /** Sends `payload` (Python escapes) to ip:port from the sandbox (`bind`: a source address), and the line egressd logged for it. */
   const send = async (ip: string, port: number, payload: string, bind = ''): Promise<{ reply: string; line: LogLine }> => {
-    const r = await rig.execIn('sandbox', 'python3', ['-c', PY_SEND, ip, String(port), bind, payload], { timeoutMs: 20_000 });
-    const sourcePort = /^port (\d+)$/m.exec(r.stdout)?.[1];
+    const r = await rig.execIn('sandbox', 'python3', sendClientArgs(ip, port, payload, { bind }), { timeoutMs: 20_000 });
+    const { port: sourcePort, reply } = sendClientResult(r.stdout, r.stderr);
     expect(sourcePort, `${r.stdout}${r.stderr}`).toBeDefined();
-    const reply = /^reply (.*)$/m.exec(r.stdout)?.[1] ?? /^error (.*)$/m.exec(r.stdout)?.[0] ?? r.stderr;
     const line = await daemon.outcome((l) => String(field(l, 'source.port')) === sourcePort);
     return { reply, line };
   };
@@ -206,7 +177,7 @@ describe.skipIf(skip !== null)('hostile spellings of a name and a destination, t
   });
 
   describe('a ClientHello that names two hosts, or a name that is no host name', () => {
-    /** A raw ClientHello, as hex for PY_SEND. */
+    /** A raw ClientHello, as hex for the send client (sendClientArgs). */
     const hello = (spec: Parameters<typeof buildHello>[0], records = 1): string => `hex:${Buffer.from(buildHello(spec, { records })).toString('hex')}`;
     /** RFC 8446 §6: a fatal access_denied alert record (net/refuse.ts ACCESS_DENIED_ALERT), as Python's repr writes it. */
     const ALERT = String.raw`\x15\x03\x03\x00\x02\x021`;

@@ -12,6 +12,7 @@ import type { DaemonProcess, LogLine } from '../helpers/daemon-process.ts';
 import { field, destinationOf, connectionFields } from '../helpers/log-line.ts';
 import { adminIn, curlIn, statusIn, type CurlOptions } from '../helpers/curl.ts';
 import { CA, E2E_PORTS, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
+import { sendClientArgs, sendClientResult } from '../helpers/send-client.ts';
 const TOKEN = 'e2e-verdicts-token';
 
 // Addresses in the internet namespace (198.18.0.0/15 and 2001:db8::/32 only).
@@ -28,28 +29,6 @@ const HANG = '198.18.1.41'; // drops every SYN: a dial that never completes
 
 const skip = rigUnavailableReason();
 if (skip) console.warn(`e2e verdicts skipped: ${skip}`);
-
-const PY_WAIT_THEN_SEND = `
-import socket, sys, time
-ip, port, wait, payload = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].encode().decode('unicode_escape').encode('latin-1')
-s = socket.create_connection((ip, port), timeout=10)
-print("port", s.getsockname()[1], flush=True)
-time.sleep(wait)
-data = b""
-try:
-    s.sendall(payload)
-    s.settimeout(3)
-    while len(data) < 65536:
-        c = s.recv(4096)
-        if not c: break
-        data += c
-except socket.timeout:
-    pass
-except Exception as e:
-    print("error", type(e).__name__, repr(data[:200]))
-    sys.exit(0)
-print("reply", repr(data[:200]))
-`;
 
 const PY_WAIT_THEN_TLS = `
 import socket, ssl, sys, time
@@ -168,13 +147,14 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
   const eventsAt = (address: string): number => rig.events().filter((e) => e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`)).length;
   const bytesAt = (address: string): number =>
     rig.events().filter((e) => e.event === 'data' && (e.local.startsWith(`${address}:`) || e.local.startsWith(`[${address}]:`))).length;
+  /** The send client's options here: a reply is whole after 3 s without a byte; its first 200 bytes are shown. */
+  const clientOptions = (waitS: number) => ({ waitS, readTimeoutS: 3, show: 200 });
   /** python3 in the sandbox: connect, wait `waitS`, send `payload` (Python escapes), read the reply. */
   const waitThenSend = (ip: string, port: number, waitS: number, payload: string) => {
-    const run = inSandbox('python3', ['-c', PY_WAIT_THEN_SEND, ip, String(port), String(waitS), payload]);
+    const run = inSandbox('python3', sendClientArgs(ip, port, payload, clientOptions(waitS)));
     return run.then((r) => {
-      const port_ = /^port (\d+)$/m.exec(r.stdout)?.[1] ?? '';
-      const reply = /^reply (.*)$/m.exec(r.stdout)?.[1] ?? /^error (.*)$/m.exec(r.stdout)?.[0] ?? r.stderr;
-      return { port: port_, reply };
+      const { port: port_, reply } = sendClientResult(r.stdout, r.stderr);
+      return { port: port_ ?? '', reply };
     });
   };
   /**
@@ -182,7 +162,7 @@ describe.skipIf(skip !== null)('verdicts that hold against real clients (issue 1
    * start-up in the namespace takes a while): `connected` gives its port, `done` its reply.
    */
   const startClient = (ip: string, port: number, waitS: number, payload: string) => {
-    const child = rig.spawnIn('sandbox', 'python3', ['-c', PY_WAIT_THEN_SEND, ip, String(port), String(waitS), payload]);
+    const child = rig.spawnIn('sandbox', 'python3', sendClientArgs(ip, port, payload, clientOptions(waitS)));
     let out = '';
     child.stdout!.setEncoding('utf8');
     const connected = new Promise<string>((resolve) => {
