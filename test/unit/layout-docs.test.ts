@@ -24,6 +24,24 @@ describe('the docs name paths that exist', () => {
     for (const p of paths) expect(exists(p), p).toBe(true);
   });
 
+  // The helpers bullet is read by a contributor from a clean clone: each thing it names in
+  // backquotes is a helper file there (`curl.ts`) or a function one of them exports (`curlIn`),
+  // never a tool of some workplace that the repository does not hold.
+  it("CONTRIBUTING.md: the shared test helpers' files and functions", () => {
+    const md = read('CONTRIBUTING.md');
+    const bullet = /- \*\*One copy of each helper\.\*\*[\s\S]*?(?=\n- \*\*)/.exec(md)![0].split('Tests share their scaffolding')[1]!;
+    const named = [...bullet.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+    const files = named.filter((n) => /\.(ts|py)$/.test(n));
+    expect(files.length).toBeGreaterThan(5);
+    for (const f of files) expect(existsSync(join(ROOT, 'test/helpers', f)), f).toBe(true);
+    const exported = files.map((f) => read(join('test/helpers', f))).join('\n');
+    for (const n of named.filter((x) => !files.includes(x) && x !== 'test/helpers/')) {
+      // An exported function, or a method of an exported interface (DaemonProcess.outcome).
+      const declared = new RegExp(`(?:export (?:async )?(?:function|const|class) ${n}\\b|^\\s+${n}\\()`, 'm');
+      expect(declared.test(exported), `${n}: neither a helper file nor one of their exports`).toBe(true);
+    }
+  });
+
   it("README.md: the connection diagram's files and the layout's folders", () => {
     const md = read('README.md');
     const diagram = [
