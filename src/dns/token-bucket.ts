@@ -1,5 +1,5 @@
 // A token bucket per key (a sandbox): `perSecond` tokens flow in, at most `burst` are held, and
-// each query takes one. Buckets of keys not seen for a while are dropped (LRU-bounded), so a
+// each query takes one, and a large answer more (dns/service.ts answerCost). Buckets of keys not seen for a while are dropped (LRU-bounded), so a
 // stream of new source addresses cannot grow memory without bound.
 
 import type { LRUCache } from 'lru-cache';
@@ -23,8 +23,12 @@ export class TokenBuckets {
     this.#buckets = growingLru<string, Bucket>(o.maxKeys ?? 100_000);
   }
 
-  /** Takes one token for `key`: false when its bucket is empty. */
-  take(key: string): boolean {
+  /**
+   * Takes `n` tokens for `key` (at most the burst, so a full bucket always pays): false, and none
+   * taken, when its bucket holds fewer.
+   */
+  take(key: string, n = 1): boolean {
+    const want = Math.min(Math.max(1, n), this.#burst);
     const now = this.#clock();
     let b = this.#buckets.get(key);
     if (!b) {
@@ -33,8 +37,8 @@ export class TokenBuckets {
     }
     b.tokens = Math.min(this.#burst, b.tokens + (now - b.at) * this.#perMs);
     b.at = now;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
+    if (b.tokens < want) return false;
+    b.tokens -= want;
     return true;
   }
 }

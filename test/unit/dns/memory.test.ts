@@ -141,4 +141,17 @@ describe('TokenBuckets', () => {
     now = 100;
     expect([b.take('a'), b.take('a')]).toEqual([true, false]);
   });
+
+  it('takes several tokens at once only when the bucket holds them all, and at most the burst', () => {
+    let now = 0;
+    const b = new TokenBuckets({ perSecond: 10, burst: 5, clock: () => now });
+    expect(b.take('a', 4)).toBe(true);
+    // One left: three are not taken in part.
+    expect(b.take('a', 3)).toBe(false);
+    expect(b.take('a')).toBe(true);
+    now = 500;
+    // Full again: a cost above the burst takes the whole bucket rather than never being paid.
+    expect(b.take('a', 50)).toBe(true);
+    expect(b.take('a')).toBe(false);
+  });
 });

@@ -1,0 +1,98 @@
+// A large answer costs the DNS listener work on every query that gets it (each record judged,
+// remembered, aged and encoded again, over UDP too before it is truncated), on the event loop every
+// sandbox shares. A sandbox that runs the authoritative server of a name it may resolve can make
+// that answer 64 KiB of A records; the rate limit must count such an answer by its records, not
+// as one query, or a 40-byte query buys ~15 ordinary queries' work. The upstream is a real UDP
+// server on loopback; the client reads the whole answer over TCP.
+
+import { connect } from 'node:net';
+import * as packet from 'dns-packet';
+import type { Answer } from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+
+const A = '127.0.0.2';
+const B = '127.0.0.3';
+/** 1,900 A records (~61 KB as dns-packet writes them, uncompressed): 30 tokens at 64 records a token. */
+const BIG = 1900;
+
+const big: Answer[] = Array.from({ length: BIG }, (_, i) => ({ name: 'big.allowed.test', type: 'A', ttl: 300, data: `198.18.${i >> 8}.${i & 255}` }));
+
+describe('the DNS rate limit and large answers', () => {
+  let upstream: RecordedDns;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await startRecordedDns({
+      'big.allowed.test': big,
+      'small.allowed.test': [{ name: 'small.allowed.test', type: 'A', ttl: 300, data: '198.18.9.1' }],
+    });
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        // One token a second: the few the test takes to run refill no query's worth of these.
+        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        ],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  it("charges a sandbox a token per 64 records of an answer, refusing past its burst, and leaves another sandbox's tokens alone", async () => {
+    const ask = (from: string, name: string, id: number): Promise<packet.DecodedPacket> => tcpQuery(from, port, name, id);
+    // Burst 64: the first answer takes 30 (34 left), the second 30 (4 left); the third is refused.
+    const first = await ask(A, 'big.allowed.test', 1);
+    expect([rcode(first), first.answers?.length]).toEqual(['NOERROR', BIG]);
+    const second = await ask(A, 'big.allowed.test', 2);
+    expect([rcode(second), second.answers?.length]).toEqual(['NOERROR', BIG]);
+    const third = await ask(A, 'big.allowed.test', 3);
+    expect([rcode(third), third.answers?.length]).toEqual(['REFUSED', 0]);
+    // The 4 tokens left answer ordinary queries: the bucket counts records, not the sandbox.
+    expect(rcode(await ask(A, 'small.allowed.test', 4))).toBe('NOERROR');
+    // The answer was cached on the way; another sandbox pays for it from its own bucket.
+    const other = await ask(B, 'big.allowed.test', 5);
+    expect([rcode(other), other.answers?.length]).toEqual(['NOERROR', BIG]);
+    expect(upstream.asked.filter((q) => q === 'big.allowed.test A')).toHaveLength(1);
+    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    expect(m).toMatch(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} 1\b/);
+    const line = await d.waitForLog((l) => JSON.stringify(l).includes('"rate-limited"'));
+    expect(line).toMatchObject({ egressd: { sandbox: 'sb-a', verdict: 'refuse' }, dns: { question: { name: 'big.allowed.test' } } });
+  });
+});
+
+/** The response code dns-packet reads from a message (its type definitions omit the field). */
+function rcode(p: packet.DecodedPacket): string | undefined {
+  return (p as { rcode?: string }).rcode;
+}
+
+/** One query over TCP from `from` (RFC 1035 §4.2.2 framing), the whole answer read. */
+function tcpQuery(from: string, port: number, name: string, id: number): Promise<packet.DecodedPacket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress: from });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no answer for ${name} within 5 s`));
+    }, 5000);
+    let buf = Buffer.alloc(0);
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    s.on('connect', () => s.write(packet.streamEncode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] })));
+    s.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (buf.length < 2 || buf.length < 2 + buf.readUInt16BE(0)) return;
+      clearTimeout(timer);
+      s.destroy();
+      resolve(packet.decode(buf.subarray(2, 2 + buf.readUInt16BE(0))));
+    });
+  });
+}
