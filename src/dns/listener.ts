@@ -57,6 +57,16 @@ export interface DnsListenerDeps {
   readonly accepting?: () => boolean;
 }
 
+/**
+ * The receive buffer asked for each UDP socket, in bytes (the kernel doubles it for its
+ * bookkeeping and caps the ask at net.core.rmem_max). Every sandbox's queries wait in the same
+ * socket until the event loop reads them, and each sandbox may send `dns.limits.burst` (1000) at
+ * once: the kernel's default (rmem_default, 208 KiB) holds ~256 small datagrams, so one sandbox's
+ * burst filled it and the kernel dropped the other sandboxes' queries behind it. 4 MiB holds
+ * ~10,000 (measured), the bursts of ten sandboxes; Unbound's `so-rcvbuf` advice is the same 4m.
+ */
+export const DNS_UDP_RECEIVE_BUFFER = 4 * 1024 * 1024;
+
 /** RFC 7766 §6.2.3: an idle TCP connection is closed after a few seconds. */
 const TCP_IDLE_MS = 10_000;
 /** How long the bytes of one query may take to arrive, from its first (a client writes a query at once). */
@@ -203,7 +213,7 @@ export class DnsListener {
   }
 
   #udpSocket(v6: boolean): UdpSocket {
-    const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true });
+    const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true, recvBufferSize: DNS_UDP_RECEIVE_BUFFER });
     sock.on('message', (msg, rinfo) => this.#onDatagram(sock, msg, rinfo.address, rinfo.port));
     sock.on('error', (err) => {
       // Once bound, an error is one datagram's, and the socket goes on receiving: a failed read,
