@@ -215,7 +215,9 @@ export class DnsService {
     // as one query, the burst of 1000 was seconds of a stalled loop, while the kernel dropped
     // datagrams (144 of 400 sent at once, measured). So a large answer takes a token per
     // RECORDS_PER_QUERY records (dnsdist's response byte rate charges a client for its answers alike).
-    const extra = answerCost(answered) - 1;
+    // At most what a full bucket holds with the query's own token: a bucket smaller than the cost
+    // still answers once it is full.
+    const extra = Math.min(answerCost(answered), this.#buckets.burst) - 1;
     if (extra > 0 && !this.#buckets.take(key, extra)) {
       this.#count('rate-limited', q.type, hit !== undefined, upstreamMs);
       this.#logLimited(key, policy.sandbox, source, transport, q);

@@ -23,6 +23,11 @@ export class TokenBuckets {
     this.#buckets = growingLru<string, Bucket>(o.maxKeys ?? 100_000);
   }
 
+  /** The most tokens a bucket holds. */
+  get burst(): number {
+    return this.#burst;
+  }
+
   /**
    * Takes `n` tokens for `key` (at most the burst, so a full bucket always pays): false, and none
    * taken, when its bucket holds fewer.

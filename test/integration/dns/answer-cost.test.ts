@@ -68,6 +68,33 @@ describe('the DNS rate limit and large answers', () => {
   });
 });
 
+describe('the DNS rate limit and an answer costing more than the burst', () => {
+  let upstream: RecordedDns;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await startRecordedDns({ 'big.allowed.test': big });
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 8 } },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  it('answers it from a full bucket, taking all of it', async () => {
+    const first = await tcpQuery(A, port, 'big.allowed.test', 1);
+    expect([rcode(first), first.answers?.length]).toEqual(['NOERROR', BIG]);
+    expect(rcode(await tcpQuery(A, port, 'big.allowed.test', 2))).toBe('REFUSED');
+  });
+});
+
 /** The response code dns-packet reads from a message (its type definitions omit the field). */
 function rcode(p: packet.DecodedPacket): string | undefined {
   return (p as { rcode?: string }).rcode;
