@@ -134,6 +134,9 @@ export class ResolvedNames {
       if (j !== null) judged.add(j);
     }
     const chain = judged.size === 0 ? null : Object.freeze([...judged]);
+    const had = this.#bySandbox.get(sandbox);
+    // Swept first: an emptied table is dropped, and made again below.
+    if (had) this.#sweep(sandbox, had);
     let table = this.#bySandbox.get(sandbox);
     if (!table) {
       // Bounded by bytes here and by count in the loop below: lru-cache's `max` would allocate
@@ -221,6 +224,37 @@ export class ResolvedNames {
     return out.sort((a, b) => (a.address < b.address ? -1 : 1));
   }
 
+  /**
+   * Drops the addresses of `sandbox` whose every name has expired, from the least recently given
+   * on up to the first still remembered, and the table once empty. Nothing else takes them: a
+   * sandbox that stopped asking kept its table's heap, and the count and `top` its addresses, for
+   * as long as it lived. An expired address given after a live one waits for it: each goes at
+   * most the listener's TTL cap (300 s) and graceMs after it was last given. O(addresses dropped).
+   */
+  #sweep(sandbox: string, table: LRUCache<string, Names>): void {
+    const now = this.#clock();
+    const gone: string[] = [];
+    for (const [address, names] of table.rentries() as Iterable<[string, Names]>) {
+      let live = false;
+      for (const g of names.values()) {
+        if (untilOf(g) > now) {
+          live = true;
+          break;
+        }
+      }
+      if (live) break;
+      gone.push(address);
+    }
+    for (const a of gone) table.delete(a);
+    if (table.size === 0) this.#bySandbox.delete(sandbox);
+  }
+
+  /** Every sandbox's table, swept (#sweep). */
+  #swept(): [string, LRUCache<string, Names>][] {
+    for (const [sandbox, table] of [...this.#bySandbox]) this.#sweep(sandbox, table);
+    return [...this.#bySandbox];
+  }
+
   /** Drops what a removed sandbox was given. */
   forget(sandbox: string): void {
     this.#bySandbox.delete(sandbox);
@@ -228,19 +262,22 @@ export class ResolvedNames {
 
   /** What `sandbox`'s table costs, in the bytes its bound counts (entryBytes). */
   bytesOf(sandbox: string): number {
-    return this.#bySandbox.get(sandbox)?.calculatedSize ?? 0;
+    const table = this.#bySandbox.get(sandbox);
+    if (!table) return 0;
+    this.#sweep(sandbox, table);
+    return table.calculatedSize;
   }
 
   /** Addresses remembered across every sandbox. */
   get total(): number {
     let n = 0;
-    for (const t of this.#bySandbox.values()) n += t.size;
+    for (const [, t] of this.#swept()) n += t.size;
     return n;
   }
 
   /** The `n` sandboxes remembering the most addresses. */
   top(n: number): { sandbox: string; addresses: number }[] {
-    return [...this.#bySandbox]
+    return this.#swept()
       .map(([sandbox, t]) => ({ sandbox, addresses: t.size }))
       .sort((a, b) => b.addresses - a.addresses || (a.sandbox < b.sandbox ? -1 : 1))
       .slice(0, Math.max(0, n));

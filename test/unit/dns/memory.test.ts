@@ -132,6 +132,43 @@ describe('ResolvedNames', () => {
   });
 });
 
+describe('ResolvedNames counts', () => {
+  it('count no address whose every name has expired, and give back what it held', () => {
+    let now = 0;
+    const m = new ResolvedNames({ graceMs: 1000, perSandbox: 4096, clock: () => now });
+    for (let i = 0; i < 10; i++) m.remember('a', `n${i}.test`, [`198.18.0.${i}`], 1);
+    m.remember('b', 'long.test', ['198.18.1.1'], 300);
+    expect([m.total, m.top(2), m.bytesOf('a') > 0]).toEqual([
+      11,
+      [
+        { sandbox: 'a', addresses: 10 },
+        { sandbox: 'b', addresses: 1 },
+      ],
+      true,
+    ]);
+    // TTL 1 s plus 1 s of grace: every name of sandbox a is gone, b's stays.
+    now = 2_001;
+    expect(m.view('a')).toEqual([]);
+    expect([m.total, m.top(2), m.bytesOf('a')]).toEqual([1, [{ sandbox: 'b', addresses: 1 }], 0]);
+    // Remembered again, it counts again.
+    m.remember('a', 'n0.test', ['198.18.0.0'], 1);
+    expect([m.total, m.top(1)]).toEqual([2, [{ sandbox: 'a', addresses: 1 }]]);
+  });
+
+  it('drop expired addresses from the least recently given on, up to the first still remembered', () => {
+    let now = 0;
+    const m = new ResolvedNames({ graceMs: 0, perSandbox: 4096, clock: () => now });
+    m.remember('a', 'short.test', ['198.18.0.1'], 1);
+    m.remember('a', 'long.test', ['198.18.0.2'], 60);
+    m.remember('a', 'short2.test', ['198.18.0.3'], 1);
+    now = 1_001;
+    // The first given expired and goes; the third waits behind the second, live until 60 s.
+    expect([m.total, m.view('a').map((x) => x.address)]).toEqual([2, ['198.18.0.2']]);
+    now = 60_001;
+    expect(m.total).toBe(0);
+  });
+});
+
 describe('TokenBuckets', () => {
   it('allows the burst, then the rate', () => {
     let now = 0;
