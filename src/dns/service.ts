@@ -211,12 +211,10 @@ export class DnsService {
     // The rate counts work, not messages: every record of an answer is judged, remembered, aged
     // and encoded again on each query that gets it, over UDP (truncated only once encoded) or TCP.
     // A 40-byte query for a cached 64 KiB answer of 1,900 A records cost the event loop, which
-    // every sandbox's DNS and connections share, ~3.5 ms against ~0.2 ms for one record: counted
-    // as one query, the burst of 1000 was seconds of a stalled loop, while the kernel dropped
-    // datagrams (144 of 400 sent at once, measured). So a large answer takes a token per
-    // RECORDS_PER_QUERY records (dnsdist's response byte rate charges a client for its answers alike).
-    // At most what a full bucket holds with the query's own token: a bucket smaller than the cost
-    // still answers once it is full.
+    // every sandbox's DNS and connections share, ~3.5 ms against ~0.2 ms for one record (measured):
+    // counted as one query, a burst of 1000 is ~3.5 s of a stalled loop. So a large answer takes a
+    // token per RECORDS_PER_QUERY records (dnsdist's response byte rate charges a client for its
+    // answers alike), at most a full bucket with the query's own, so that it is answered once full.
     const extra = Math.min(answerCost(answered), this.#buckets.burst) - 1;
     if (extra > 0 && !this.#buckets.take(key, extra)) {
       this.#count('rate-limited', q.type, hit !== undefined, upstreamMs);
