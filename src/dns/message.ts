@@ -211,7 +211,9 @@ export function answerResponse(q: Query, a: Answered, ageS: number, limit: numbe
     authorities: a.authorities.map(age),
     additionals: [...a.additionals.map(age), ...(q.edns ? [optRecord()] : [])],
   };
-  const full = packet.encode(p);
+  // dns-packet writes every name whole: an answer the upstream fitted in the client's size with
+  // its repeated names compressed would come back truncated.
+  const full = compressOwners(packet.encode(p));
   if (full.length <= limit) return full;
   const truncated: Packet = { ...p, flags: (p.flags ?? 0) | FLAG_TC, answers: [], authorities: [], additionals: q.edns ? [optRecord()] : [] };
   return packet.encode(truncated);
@@ -262,6 +264,87 @@ export function parseUpstreamReply(buf: Buffer, id: number, name: string, type: 
       additionals: (p.additionals ?? []).filter((r) => r.type !== 'OPT'),
     },
   };
+}
+
+/** Types whose RDATA is one name and nothing else: CNAME, NS, PTR (RFC 1035 §3.3), DNAME (RFC 6672 §2.1). */
+const NAME_RDATA = new Set([5, 2, 12, 39]);
+/** A compression pointer holds 14 bits of offset (RFC 1035 §4.1.4). */
+const MAX_POINTER = 0x3fff;
+
+/**
+ * `msg` as dns-packet encodes it (every name written whole) with each record's owner name
+ * compressed (RFC 1035 §4.1.4): its longest suffix already written, in the question, an earlier
+ * owner or the name a CNAME, NS, PTR or DNAME record holds, becomes a pointer to it. Suffixes
+ * match byte for byte, so a question asked in mixed case (RFC 5452 §9 0x20) keeps its own bytes
+ * and lends them to no owner written in other case. RDATA is copied as it is: the names in it
+ * stay whole. The records and their order are unchanged; the message is never longer.
+ * `msg` must be dns-packet's output: uncompressed and well formed.
+ */
+export function compressOwners(msg: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(msg.length);
+  msg.copy(out, 0, 0, 12);
+  let r = 12;
+  let w = 12;
+  /** Each suffix written so far, as its bytes (latin1), and where it starts in `out`. */
+  const seen = new Map<string, number>();
+  /** The labels of the uncompressed name at `at` in `msg`, each with its length octet. */
+  const labelsAt = (at: number): Buffer[] => {
+    const labels: Buffer[] = [];
+    for (let i = at; msg[i] !== 0; i += 1 + msg[i]!) labels.push(msg.subarray(i, i + 1 + msg[i]!));
+    return labels;
+  };
+  const register = (labels: readonly Buffer[], offsets: readonly number[]): void => {
+    for (let i = 0; i < offsets.length; i++) {
+      const key = Buffer.concat(labels.slice(i)).toString('latin1');
+      if (offsets[i]! <= MAX_POINTER && !seen.has(key)) seen.set(key, offsets[i]!);
+    }
+  };
+  const name = (): void => {
+    const labels = labelsAt(r);
+    r += labels.reduce((n, l) => n + l.length, 0) + 1;
+    let known = labels.length;
+    let target = -1;
+    for (let i = 0; i < labels.length; i++) {
+      const at = seen.get(Buffer.concat(labels.slice(i)).toString('latin1'));
+      if (at !== undefined) {
+        known = i;
+        target = at;
+        break;
+      }
+    }
+    const offsets: number[] = [];
+    for (let i = 0; i < known; i++) {
+      offsets.push(w);
+      w += labels[i]!.copy(out, w);
+    }
+    if (target >= 0) w = out.writeUInt16BE(0xc000 | target, w);
+    else out[w++] = 0;
+    register(labels, offsets);
+  };
+  const copy = (n: number): void => {
+    w += msg.copy(out, w, r, r + n);
+    r += n;
+  };
+  for (let i = msg.readUInt16BE(4); i > 0; i--) {
+    name();
+    copy(4);
+  }
+  for (let i = msg.readUInt16BE(6) + msg.readUInt16BE(8) + msg.readUInt16BE(10); i > 0; i--) {
+    name();
+    const type = msg.readUInt16BE(r);
+    const rdlength = msg.readUInt16BE(r + 8);
+    copy(10);
+    if (NAME_RDATA.has(type)) {
+      const labels = labelsAt(r);
+      let at = w;
+      register(
+        labels,
+        labels.map((l) => (at += l.length) - l.length),
+      );
+    }
+    copy(rdlength);
+  }
+  return out.subarray(0, w);
 }
 
 /** RFC 1035 §4.2.2: a TCP message is preceded by its length as two octets. */
