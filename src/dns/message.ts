@@ -212,8 +212,10 @@ export function answerResponse(q: Query, a: Answered, ageS: number, limit: numbe
     additionals: [...a.additionals.map(age), ...(q.edns ? [optRecord()] : [])],
   };
   // dns-packet writes every name whole: an answer the upstream fitted in the client's size with
-  // its repeated names compressed would come back truncated.
-  const full = compressOwners(packet.encode(p));
+  // its repeated names compressed would come back truncated. Compressed only when too long, as
+  // most answers are not: a small answer costs nothing more.
+  const whole = packet.encode(p);
+  const full = whole.length <= limit ? whole : compressOwners(whole);
   if (full.length <= limit) return full;
   const truncated: Packet = { ...p, flags: (p.flags ?? 0) | FLAG_TC, answers: [], authorities: [], additionals: q.edns ? [optRecord()] : [] };
   return packet.encode(truncated);
@@ -285,41 +287,41 @@ export function compressOwners(msg: Buffer): Buffer {
   msg.copy(out, 0, 0, 12);
   let r = 12;
   let w = 12;
-  /** Each suffix written so far, as its bytes (latin1), and where it starts in `out`. */
+  /** Each suffix written so far, as its wire bytes (latin1, no root octet), and where it starts in `out`. */
   const seen = new Map<string, number>();
-  /** The labels of the uncompressed name at `at` in `msg`, each with its length octet. */
-  const labelsAt = (at: number): Buffer[] => {
-    const labels: Buffer[] = [];
-    for (let i = at; msg[i] !== 0; i += 1 + msg[i]!) labels.push(msg.subarray(i, i + 1 + msg[i]!));
-    return labels;
+  /** The uncompressed name at `at` in `msg`: its wire bytes without the root octet, and where each label starts in them. */
+  const nameAt = (at: number): { wire: string; starts: number[] } => {
+    const starts: number[] = [];
+    let i = at;
+    for (; msg[i] !== 0; i += 1 + msg[i]!) starts.push(i - at);
+    return { wire: msg.toString('latin1', at, i), starts };
   };
-  const register = (labels: readonly Buffer[], offsets: readonly number[]): void => {
-    for (let i = 0; i < offsets.length; i++) {
-      const key = Buffer.concat(labels.slice(i)).toString('latin1');
-      if (offsets[i]! <= MAX_POINTER && !seen.has(key)) seen.set(key, offsets[i]!);
+  /** Registers the suffixes of a name written at `at` in `out`. */
+  const register = (wire: string, starts: readonly number[], at: number, upTo = starts.length): void => {
+    for (let i = 0; i < upTo; i++) {
+      const key = wire.slice(starts[i]);
+      if (at + starts[i]! <= MAX_POINTER && !seen.has(key)) seen.set(key, at + starts[i]!);
     }
   };
   const name = (): void => {
-    const labels = labelsAt(r);
-    r += labels.reduce((n, l) => n + l.length, 0) + 1;
-    let known = labels.length;
+    const { wire, starts } = nameAt(r);
+    r += wire.length + 1;
+    let known = starts.length;
     let target = -1;
-    for (let i = 0; i < labels.length; i++) {
-      const at = seen.get(Buffer.concat(labels.slice(i)).toString('latin1'));
+    for (let i = 0; i < starts.length; i++) {
+      const at = seen.get(wire.slice(starts[i]));
       if (at !== undefined) {
         known = i;
         target = at;
         break;
       }
     }
-    const offsets: number[] = [];
-    for (let i = 0; i < known; i++) {
-      offsets.push(w);
-      w += labels[i]!.copy(out, w);
-    }
+    const head = known < starts.length ? starts[known]! : wire.length;
+    const at = w;
+    w += out.write(wire.slice(0, head), w, 'latin1');
     if (target >= 0) w = out.writeUInt16BE(0xc000 | target, w);
     else out[w++] = 0;
-    register(labels, offsets);
+    register(wire, starts, at, known);
   };
   const copy = (n: number): void => {
     w += msg.copy(out, w, r, r + n);
@@ -335,12 +337,8 @@ export function compressOwners(msg: Buffer): Buffer {
     const rdlength = msg.readUInt16BE(r + 8);
     copy(10);
     if (NAME_RDATA.has(type)) {
-      const labels = labelsAt(r);
-      let at = w;
-      register(
-        labels,
-        labels.map((l) => (at += l.length) - l.length),
-      );
+      const { wire, starts } = nameAt(r);
+      register(wire, starts, w);
     }
     copy(rdlength);
   }
