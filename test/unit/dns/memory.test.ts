@@ -132,7 +132,7 @@ describe('ResolvedNames', () => {
   });
 });
 
-describe('ResolvedNames counts', () => {
+describe('ResolvedNames total, top and bytesOf', () => {
   it('count no address whose every name has expired, and give back what it held', () => {
     let now = 0;
     const m = new ResolvedNames({ graceMs: 1000, perSandbox: 4096, clock: () => now });
