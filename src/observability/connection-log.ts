@@ -41,6 +41,22 @@ function rawNameLogged(raw: string | undefined): string | undefined {
   return raw !== undefined && raw.length > RAW_NAME_LOGGED ? `${raw.slice(0, RAW_NAME_LOGGED)}…` : raw;
 }
 
+/** The most ALPN protocols a line keeps, and of each its first characters: real lists hold a few short ids (`h2`, `http/1.1`). */
+const ALPN_LOGGED = 16;
+const ALPN_NAME_LOGGED = 32;
+
+/**
+ * The ALPN list as the line keeps it. The client chooses it, up to the peek's 16 KiB, as it does
+ * the name: whole, 61 protocols of 255 control bytes made one 16 KB hello a 94 KB line. A name
+ * cut ends in `…`, and a list cut ends with a `…` entry; latin1 never decodes to `…` (U+2026),
+ * so neither can be a protocol the client sent.
+ */
+function alpnLogged(alpn: readonly string[] | undefined): readonly string[] | undefined {
+  if (alpn === undefined || (alpn.length <= ALPN_LOGGED && alpn.every((p) => p.length <= ALPN_NAME_LOGGED))) return alpn;
+  const kept = alpn.slice(0, ALPN_LOGGED).map((p) => (p.length > ALPN_NAME_LOGGED ? `${p.slice(0, ALPN_NAME_LOGGED)}…` : p));
+  return alpn.length > ALPN_LOGGED ? [...kept, '…'] : kept;
+}
+
 export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[] = [
   { name: 'event.action', type: 'keyword', description: 'Always `connection` (every egressd line has an `event.action`).', value: () => 'connection' },
   { name: 'event.kind', type: 'keyword', description: 'Always `event`.', value: () => 'event' },
@@ -163,7 +179,13 @@ export const CONNECTION_FIELDS: readonly LogField<Readonly<ConnectionOutcome>>[]
       'The name as sent (SNI or Host), only when it failed normalization (then it was not matched) or spells an IP address (then address rules alone judged it); cut to its first 256 characters and `…` when longer (a name has at most 253).',
     value: (o) => rawNameLogged(o.rawName),
   },
-  { name: 'egressd.alpn', type: 'keyword[]', description: 'The ALPN protocols the ClientHello offered.', value: (o) => o.alpn },
+  {
+    name: 'egressd.alpn',
+    type: 'keyword[]',
+    description:
+      'The ALPN protocols the ClientHello offered, in its order: the first 16, each cut to its first 32 characters and `…` when longer, then an entry `…` when it offered more.',
+    value: (o) => alpnLogged(o.alpn),
+  },
   { name: 'egressd.ech', type: 'boolean', description: 'Whether the ClientHello carried Encrypted Client Hello.', value: (o) => o.ech },
   {
     name: 'egressd.dns_names',

@@ -141,4 +141,29 @@ describe('the connection log line, read from a running daemon', () => {
     expect(logged.endsWith('…')).toBe(true);
     expect(JSON.stringify(line).length).toBeLessThan(4096);
   });
+
+  // The ALPN list is the sandbox's to choose too, up to the peek's 16 KiB: 62 protocol names of
+  // 255 control bytes each made one 16 KB hello a 95 KB line, whatever the name and the verdict.
+  it('keeps the first 16 ALPN protocols, each cut to 32 characters, and marks what it left out', async () => {
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        protected: { except: ['127.0.0.0/8', '198.18.0.0/15'], reachableHostAddresses: ['127.0.0.0/8'] },
+        sandboxes: [{ id: 'sb-a', sources: ['127.0.0.64'], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } }],
+      }),
+    );
+    d.route('127.0.0.64', '198.18.1.2', 443);
+    const alpn = [...Array.from({ length: 61 }, () => '\x01'.repeat(255)), 'h2'];
+    const c = connect({ host: '127.0.0.1', port: d.port('tls'), localAddress: '127.0.0.64' });
+    c.on('error', () => {});
+    c.resume();
+    c.end(buildHello({ sni: ['denied.test'], alpn }));
+    await once(c, 'close');
+    const line = await d.waitForLog((l) => action(l) === 'connection');
+    expect(line).toMatchObject({ event: { reason: 'default-block' }, egressd: { verdict: 'refuse' } });
+    const logged = field(line, 'egressd.alpn') as string[];
+    expect(logged).toHaveLength(17);
+    expect(logged.slice(0, 16)).toEqual(Array.from({ length: 16 }, () => `${'\x01'.repeat(32)}…`));
+    expect(logged[16]).toBe('…');
+    expect(JSON.stringify(line).length).toBeLessThan(4096);
+  });
 });
