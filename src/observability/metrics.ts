@@ -46,6 +46,12 @@ export interface MetricSpec {
   readonly buckets?: readonly number[];
   /** A `sandbox` label is added when `metrics.sandboxLabel` is on. */
   readonly sandboxLabel?: true;
+  /**
+   * A counter's label sets exported at 0 from the start. A series first exported when its first
+   * event counts starts at 1, and increase() and rate() never see that event: an alert on
+   * increase() > 0 (deploy/prometheus) missed the first refused reload of a process.
+   */
+  readonly zeroed?: readonly Readonly<Record<string, string>>[];
 }
 
 /** What the limits hold now (limits/controller.ts), read at scrape time. */
@@ -242,6 +248,7 @@ export const METRICS = {
     type: 'counter',
     help: 'Configuration reloads (SIGHUP), by result (ok, refused).',
     labels: ['result'],
+    zeroed: [{ result: 'ok' }, { result: 'refused' }],
   },
   closedByPolicyChange: {
     name: 'egressd_connections_closed_by_policy_change_total',
@@ -260,6 +267,7 @@ export const METRICS = {
     type: 'counter',
     help: 'Policy changes refused (503) because the state could not be written, by errno (ENOSPC, EROFS, EACCES, EIO, EBUSY, ...).',
     labels: ['errno'],
+    zeroed: ['ENOSPC', 'EROFS', 'EACCES', 'EIO', 'EBUSY', 'ENOMEM'].map((errno) => ({ errno })),
   },
   stateRejected: {
     name: 'egressd_state_rejected_total',
@@ -499,6 +507,7 @@ export class Metrics {
     const made: Record<string, Counter<string> | Gauge<string> | Histogram<string>> = {};
     for (const [key, spec] of Object.entries(METRICS) as [MetricKey, MetricSpec][]) {
       made[key] = instrument(spec, this.registry, opts.sandboxLabel, collect[key]);
+      for (const labels of spec.zeroed ?? []) (made[key] as Counter<string>).inc(labels, 0);
     }
     this.instruments = made as unknown as Instruments;
     for (const l of ['http', 'tls', 'tcp'] as const) this.instruments.activeConnections.set({ listener: l }, 0);
