@@ -4,7 +4,9 @@
 // PromQL is checked against the metrics the daemon actually registers.
 
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { IPTABLES_USAGE, parseIptablesArgs } from '../../src/cli/iptables/args.ts';
@@ -799,6 +801,51 @@ describe('alert rules', () => {
     ? `promtool is not installed (${(promtool.error as NodeJS.ErrnoException).code ?? 'error'}); apt-get install prometheus`
     : null;
   if (noPromtool) console.warn(`promtool check rules skipped: ${noPromtool}`);
+  // An errno egressd does not export at 0 from the start (ESTALE: the state's files replaced
+  // under it; ENOENT, EINVAL) is first exported at 1: increase() never saw that failure, and
+  // every change failing alike kept the counter there, unseen, until a different errno came.
+  it.skipIf(noPromtool !== null)('alerts on state write failures whose errno series first appears with them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'egressd-rules-'));
+    try {
+      const test = join(dir, 'test.yaml');
+      const exp = (instance: string, errno: string) => ({
+        exp_labels: { severity: 'critical', errno, instance },
+        exp_annotations: { summary: `API changes on ${instance} are refused: the state cannot be written (disk full or read-only).` },
+      });
+      const samples = (before: string | number, after: number): string =>
+        [...Array<string | number>(10).fill(before), ...Array<number>(10).fill(after)].join(' ');
+      writeFileSync(
+        test,
+        JSON.stringify({
+          rule_files: [new URL('deploy/prometheus/egressd-rules.yaml', ROOT).pathname],
+          evaluation_interval: '1m',
+          tests: [
+            {
+              interval: '1m',
+              // One sample a minute for 20 minutes; the failures come at minute 10. The EIO series
+              // counted failures long ago, before the window, and nothing since.
+              input_series: [
+                { series: 'egressd_state_write_failures_total{errno="ESTALE",instance="new-series"}', values: samples('_', 1) },
+                { series: 'egressd_state_write_failures_total{errno="ENOSPC",instance="zeroed"}', values: samples(0, 2) },
+                { series: 'egressd_state_write_failures_total{errno="EIO",instance="long-ago"}', values: samples(3, 3) },
+              ],
+              alert_rule_test: [
+                { eval_time: '9m', alertname: 'EgressdStateWriteFailing', exp_alerts: [] },
+                { eval_time: '12m', alertname: 'EgressdStateWriteFailing', exp_alerts: [exp('new-series', 'ESTALE'), exp('zeroed', 'ENOSPC')] },
+                { eval_time: '19m', alertname: 'EgressdStateWriteFailing', exp_alerts: [] },
+              ],
+            },
+          ],
+        }),
+      );
+      const r = spawnSync('promtool', ['test', 'rules', test], { encoding: 'utf8', timeout: 30_000 });
+      expect(`${r.stdout}${r.stderr}`).toContain('SUCCESS');
+      expect(r.status).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it.skipIf(noPromtool !== null)('passes promtool check rules', () => {
     const r = spawnSync('promtool', ['check', 'rules', new URL('deploy/prometheus/egressd-rules.yaml', ROOT).pathname], { encoding: 'utf8' });
     expect(r.stdout + r.stderr).toContain(`SUCCESS: ${plain.groups.flatMap((g) => g.rules).length} rules found`);
