@@ -82,7 +82,9 @@ describe('what the units run', () => {
     expect(s.get('Restart')).toEqual(['on-failure']);
     expect(Number(s.get('LimitNOFILE')![0])).toBeGreaterThanOrEqual(65536);
     expect(s.get('ExecReload')).toEqual(['/bin/kill -HUP $MAINPID']);
-    expect(parseInt(s.get('TimeoutStopSec')![0]!, 10)).toBeGreaterThan(10);
+    // The default drain, plus the last OTLP export (3 s) and the log's flush: 10 s was once the default.
+    expect(parseInt(s.get('TimeoutStopSec')![0]!, 10)).toBeGreaterThan(DEFAULT_DOCUMENT.shutdown.drainMs / 1000 + 3);
+    expect(read('deploy/systemd/egressd.service')).toContain(`default ${DEFAULT_DOCUMENT.shutdown.drainMs / 1000} s`);
     expect(s.get('CapabilityBoundingSet')).toEqual(['']);
     expect(s.get('ExecStart')).toEqual(['/opt/egressd/bin/egressd serve --config /etc/egressd/config.yaml']);
   });
