@@ -68,6 +68,8 @@ export interface DaemonOptions {
  * within one turn of its event loop; only one stuck in the kernel takes longer.
  */
 const POLICY_HANDOFF_MS = 1000;
+/** The most connections held for the end of the start (#early); past it they are reset, as all were before. */
+const EARLY_MAX = 1024;
 
 export function configSandboxRecords(config: Config): SandboxRecord[] {
   return config.sandboxes.map((s) => ({
@@ -106,6 +108,14 @@ export class Daemon {
   readonly #outcomeListeners: OutcomeListener[] = [];
   readonly #originalDst: PipelineDeps['originalDst'];
   #state: DaemonState = 'starting';
+  /**
+   * Connections accepted after the listeners were bound and before egressd serves, each to be
+   * run once it does (or reset, should the start fail). In a rollout the kernel shares new
+   * connections with this process from its bind on (SO_REUSEPORT), while the start still awaits
+   * the DNS listeners, the OTLP exporter and the host's listener ports: reset then, they met a
+   * refusal the draining process beside it would not have given, and no log line or count said so.
+   */
+  readonly #early: (() => void)[] = [];
   /** What every connection's pipeline is given (connection.ts): made once. */
   readonly #deps: PipelineDeps;
   /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
@@ -417,6 +427,7 @@ export class Daemon {
         'another process already listened on these endpoints: the kernel shares new connections and admin API calls between it and this one (SO_REUSEPORT) until it stops; expected while a replacement starts beside a draining egressd, otherwise stop one of them',
       );
     }
+    this.#runEarly();
   }
 
   /**
@@ -491,9 +502,22 @@ export class Daemon {
     return { ok: true, sandboxes: r.value, needsRestart };
   }
 
+  /** Whether a connection accepted now waits for the start to finish (and was queued for it). */
+  #heldUntilServing(run: () => void): boolean {
+    if (this.#state !== 'starting' || this.#early.length >= EARLY_MAX) return false;
+    this.#early.push(run);
+    return true;
+  }
+
+  /** Runs the connections accepted while egressd started (#early): judged now it serves, reset once it stops. */
+  #runEarly(): void {
+    for (const run of this.#early.splice(0)) run();
+  }
+
   #accept(socket: Socket, kind: Listener['kind']): void {
     if (this.#state !== 'serving') {
-      socket.resetAndDestroy();
+      socket.on('error', () => {});
+      if (!this.#heldUntilServing(() => this.#accept(socket, kind))) socket.resetAndDestroy();
       return;
     }
     socket.on('error', () => {});
@@ -511,7 +535,7 @@ export class Daemon {
   /** A connection the native loops accepted: the same admission and pipeline. */
   #acceptNative(client: NativeClient, kind: Listener['kind']): void {
     if (this.#state !== 'serving') {
-      client.reset();
+      if (!this.#heldUntilServing(() => this.#acceptNative(client, kind))) client.reset();
       return;
     }
     const source = canonicalSource(client.remoteAddress) ?? client.remoteAddress;
@@ -659,6 +683,7 @@ export class Daemon {
   async stop(drainMs: number, opts: { quiet?: boolean } = {}): Promise<void> {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
     this.#state = 'draining';
+    this.#runEarly();
     await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
     if (this.registry.size > 0 && drainMs > 0) {
       let timer: NodeJS.Timeout | undefined;
