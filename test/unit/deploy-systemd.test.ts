@@ -83,8 +83,9 @@ describe('what the units run', () => {
     expect(Number(s.get('LimitNOFILE')![0])).toBeGreaterThanOrEqual(65536);
     expect(s.get('ExecReload')).toEqual(['/bin/kill -HUP $MAINPID']);
     // The default drain, plus the last OTLP export (3 s) and the log's flush: 10 s was once the default.
-    expect(parseInt(s.get('TimeoutStopSec')![0]!, 10)).toBeGreaterThan(DEFAULT_DOCUMENT.shutdown.drainMs / 1000 + 3);
-    expect(read('deploy/systemd/egressd.service')).toContain(`default ${DEFAULT_DOCUMENT.shutdown.drainMs / 1000} s`);
+    const drainS = (DEFAULT_DOCUMENT as { shutdown: { drainMs: number } }).shutdown.drainMs / 1000;
+    expect(parseInt(s.get('TimeoutStopSec')![0]!, 10)).toBeGreaterThan(drainS + 3);
+    expect(read('deploy/systemd/egressd.service')).toContain(`default ${drainS} s`);
     expect(s.get('CapabilityBoundingSet')).toEqual(['']);
     expect(s.get('ExecStart')).toEqual(['/opt/egressd/bin/egressd serve --config /etc/egressd/config.yaml']);
   });
