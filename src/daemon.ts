@@ -197,7 +197,14 @@ export class Daemon {
     for (const ep of config.listen.dns) {
       this.dnsListeners.push(
         new DnsListener(ep, {
-          answer: (msg, source, transport) => (this.#state === 'serving' ? this.dns.answer(msg, source, transport) : Promise.resolve(null)),
+          // A query that comes before egressd serves waits for it (#early), as a connection does.
+          answer: (msg, source, transport) =>
+            this.#state === 'serving'
+              ? this.dns.answer(msg, source, transport)
+              : new Promise((resolve) => {
+                  const run = (): void => resolve(this.#state === 'serving' ? this.dns.answer(msg, source, transport) : null);
+                  if (!this.#heldUntilServing(run)) resolve(null);
+                }),
           keyOf: (source) => tenantOf(this.store.lookup(source).sandbox, source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
           // Each connection a descriptor of the budget, as a proxied connection's are.

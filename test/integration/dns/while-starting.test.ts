@@ -1,0 +1,69 @@
+// A DNS query over UDP that reaches egressd's DNS listener before egressd serves: the listeners
+// are bound one after the other while the start goes on, and in a rollout the kernel shares
+// queries with the new process from its bind on (SO_REUSEPORT). Such a query was dropped,
+// unanswered, and its client waited out its resolver's timeout (glibc's: 5 s) where the draining
+// process beside it would have answered. It now waits for the start, then is answered.
+
+import { createSocket } from 'node:dgram';
+import * as packet from 'dns-packet';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const A = '127.0.0.81';
+/** The two listeners' addresses: the query goes to the first while the second is being bound. */
+const FIRST = '127.0.0.1';
+const SECOND = '127.0.0.2';
+/** How long the start is held once the query is sent: time enough for it to reach the daemon. */
+const HOLD_MS = 300;
+
+describe('a DNS query that comes while egressd starts', () => {
+  it('is answered once egressd serves, not dropped', async () => {
+    const upstream = await DnsTestServer.start();
+    onTestFinished(() => upstream.close());
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    let answer: Promise<Buffer> | undefined;
+    const d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server] },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
+      }),
+      {
+        beforeStart: (daemon) => {
+          const [first, second] = daemon.dnsListeners;
+          const listen = second!.listen.bind(second);
+          second!.listen = async () => {
+            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            answer = askUdp(first!.port!, A, 'fast.test');
+            answer.catch(() => {});
+            await new Promise((r) => setTimeout(r, HOLD_MS));
+            return listen();
+          };
+        },
+      },
+    );
+    onTestFinished(() => d.stop());
+    const r = packet.decode(await answer!) as { rcode?: string; answers?: { data?: unknown }[] };
+    expect(r.rcode).toBe('NOERROR');
+    expect(r.answers?.map((a) => a.data)).toEqual(['198.18.2.1']);
+  });
+});
+
+/** One query over UDP from `from`, its answer; rejects when none comes within 5 s (a resolver's timeout). */
+function askUdp(port: number, from: string, name: string): Promise<Buffer> {
+  const msg = packet.encode({ type: 'query', id: 7, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+  return new Promise((resolve, reject) => {
+    const s = createSocket('udp4');
+    const timer = setTimeout(() => {
+      s.close();
+      reject(new Error('no answer within 5 s'));
+    }, 5000);
+    s.on('message', (m) => {
+      clearTimeout(timer);
+      s.close();
+      resolve(m);
+    });
+    s.bind(0, from, () => s.send(msg, port, '127.0.0.1'));
+  });
+}
