@@ -36,6 +36,7 @@
 //     included), at most timeoutMs; how many loops had not answered (0: all did)
 // abort(loop, id): void
 // active(): number   connections whose outcome has not yet been delivered
+// undelivered(): number   connections the loops accepted whose SL_EV_ACCEPTED report has not yet been delivered
 // hostedAvailable(): boolean
 // idleTimeMetrics(): boolean | null   whether libuv's idle-time metrics are on for Node's event
 //     loop (null: not known here); starting a hosted loop turns them off (idle_time_flags)
@@ -75,6 +76,8 @@ static int loop_count;
 static napi_threadsafe_function tsfn;
 static napi_ref on_setup_ref;
 static int64_t active;
+// SL_EV_ACCEPTED reports delivered to onSetup (the JavaScript thread only): undelivered().
+static uint64_t accepts_delivered;
 // Set when Node tears the environment down: reports are dropped from then on, never sent to a
 // thread-safe function that is about to be freed.
 static volatile int closing;
@@ -221,6 +224,7 @@ static void deliver(napi_env env, napi_value js_cb, item *it) {
   napi_value fn;
   if (on_setup_ref == NULL || napi_get_reference_value(env, on_setup_ref, &fn) != napi_ok || fn == NULL) return;
   const sl_event *e = &it->e;
+  if (e->kind == SL_EV_ACCEPTED) accepts_delivered++;
   if (e->kind == SL_EV_ACCEPTED && active++ == 0) napi_ref_threadsafe_function(env, tsfn);
   int peer_port, orig_port;
   napi_value bytes;
@@ -627,6 +631,13 @@ static napi_value active_count(napi_env env, napi_callback_info info) {
   return num(env, (double)active);
 }
 
+static napi_value undelivered(napi_env env, napi_callback_info info) {
+  (void)info;
+  uint64_t accepted = 0;
+  for (int i = 0; i < loop_count; i++) accepted += sl_loop_accepted(loops[i]);
+  return num(env, accepted > accepts_delivered ? (double)(accepted - accepts_delivered) : 0);
+}
+
 static napi_value hosted_available(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value r;
@@ -838,6 +849,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"hostedAvailable", NULL, hosted_available, NULL, NULL, NULL, napi_default, NULL},
       {"idleTimeMetrics", NULL, idle_metrics, NULL, NULL, NULL, napi_default, NULL},
       {"active", NULL, active_count, NULL, NULL, NULL, napi_default, NULL},
+      {"undelivered", NULL, undelivered, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, listen_on, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"peek", NULL, peek, NULL, NULL, NULL, napi_default, NULL},

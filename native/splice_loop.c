@@ -304,6 +304,7 @@ struct sl_loop {
   sl_conn *waiting;
   bool capped;             // some listener is capped (sl_listener.capped)
   uint64_t pauses[2];      // sl_loop_accept_pauses: at the cap, out of descriptors (read from other threads)
+  uint64_t accepted;       // sl_loop_accepted: connections accepted, each reported once (read from other threads)
   uint64_t turn; // epoll_wait calls so far
 };
 
@@ -1292,6 +1293,8 @@ static void setup_conn(sl_loop *l, sl_listener *ls, int fd, const struct sockadd
   l->unanswered++;
   if (!was_pressed && pressed(l)) press(l);
   sl_event e = {.kind = SL_EV_ACCEPTED, .id = c->id, .tag = ls->tag, .accepted_ms = c->accepted_ms, .peer = *peer};
+  // Counted before any report of it can be made: the count never lags what was reported.
+  __atomic_add_fetch(&l->accepted, 1, __ATOMIC_RELEASE);
   e.err = original_dst(fd, ls, peer, &e.orig);
   if (ls->deadline_ms > 0) {
     // The loop reads the first flight itself and reports it once (flight_run).
@@ -1397,6 +1400,24 @@ static void on_accept(sl_loop *l, sl_listener *ls) {
     return;
   }
   ls->full_turn = l->turn; // took all it was allowed: more may be waiting
+}
+
+// A listener about to close: the connections the kernel already completed for it wait in its
+// queue, their clients connected and sending, and close(2) resets every one. They are taken and
+// set up as any other (a stop's drain carries them), up to the cap of unanswered connections;
+// what comes between the last accept and the close is still reset, a moment's worth.
+static void take_queued(sl_loop *l, sl_listener *ls) {
+  while (l->unanswered < l->max_unanswered) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int fd = accept4(ls->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      setup_conn(l, ls, fd, &peer);
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+    return; // emptied (EAGAIN), or out of descriptors: the rest are reset with the listener
+  }
 }
 
 // ---- set-up: dial ------------------------------------------------------------------------------
@@ -1717,6 +1738,7 @@ static void run_command(sl_loop *l, sl_cmd *cmd) {
         }
         *p = ls->next;
         epoll_ctl(l->epfd, EPOLL_CTL_DEL, ls->fd, NULL);
+        take_queued(l, ls);
         close(ls->fd);
         free(ls);
       }
@@ -2467,4 +2489,8 @@ void sl_loop_stop(sl_loop *l) {
 
 unsigned sl_loop_size(const sl_loop *l) {
   return l->count;
+}
+
+uint64_t sl_loop_accepted(const sl_loop *l) {
+  return __atomic_load_n(&l->accepted, __ATOMIC_ACQUIRE);
 }

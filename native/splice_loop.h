@@ -138,6 +138,13 @@ void sl_loop_stop(sl_loop *loop);
 /** How many connections the loop holds now (approximate when read from another thread). */
 unsigned sl_loop_size(const sl_loop *loop);
 
+/**
+ * How many connections the loop's listeners have accepted so far, each reported once as
+ * SL_EV_ACCEPTED (at once, or once its first flight is read); read from any thread. Less the
+ * reports the caller has taken, what is still on its way: a stop's drain waits for those.
+ */
+uint64_t sl_loop_accepted(const sl_loop *loop);
+
 #ifdef SL_TIMER_AUDIT
 /** (The C test's build only) the room the loop's timer heap has: it grows with the connections and shrinks after them. */
 unsigned sl_loop_timer_room(const sl_loop *loop);
@@ -254,7 +261,10 @@ void sl_loop_setup(sl_loop *loop, sl_event_fn on_event, size_t peek_cap);
 
 /** The loop accepts on `fd` (listening, non-blocking) from now on and owns it. Thread-safe. */
 int sl_loop_listen(sl_loop *loop, int fd, int tag);
-/** Closes the loop's listening sockets of `tag`. Thread-safe. */
+/**
+ * Closes the loop's listening sockets of `tag`, first taking the connections their queues hold
+ * (up to the cap of unanswered ones: close(2) would reset them, connected clients). Thread-safe.
+ */
 int sl_loop_unlisten(sl_loop *loop, int tag);
 
 /**

@@ -70,6 +70,8 @@ export interface DaemonOptions {
 const POLICY_HANDOFF_MS = 1000;
 /** The most connections held for the end of the start (#early); past it they are reset, as all were before. */
 const EARLY_MAX = 1024;
+/** How often a stop's drain looks whether the native loops still have accepted connections to report. */
+const UNDELIVERED_POLL_MS = 10;
 
 export function configSandboxRecords(config: Config): SandboxRecord[] {
   return config.sandboxes.map((s) => ({
@@ -116,6 +118,13 @@ export class Daemon {
    * refusal the draining process beside it would not have given, and no log line or count said so.
    */
   readonly #early: (() => void)[] = [];
+  /**
+   * Whether a stop's drain still takes connections the listeners accepted before they closed: a
+   * native loop reports one once its first flight is read, after the stop began, and the drain
+   * carries it as any open connection (reset unjudged, its client saw a reset a process beside
+   * this one would not have given). False once the drain is over.
+   */
+  #drainTakes = false;
   /** What every connection's pipeline is given (connection.ts): made once. */
   readonly #deps: PipelineDeps;
   /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
@@ -521,8 +530,13 @@ export class Daemon {
     for (const run of this.#early.splice(0)) run();
   }
 
+  /** Whether a connection accepted now is judged now: while serving, and during a stop's drain. */
+  get #judging(): boolean {
+    return this.#state === 'serving' || (this.#state === 'draining' && this.#drainTakes);
+  }
+
   #accept(socket: Socket, kind: Listener['kind']): void {
-    if (this.#state !== 'serving') {
+    if (!this.#judging) {
       socket.on('error', () => {});
       if (!this.#heldUntilServing(() => this.#accept(socket, kind))) socket.resetAndDestroy();
       return;
@@ -541,7 +555,7 @@ export class Daemon {
 
   /** A connection the native loops accepted: the same admission and pipeline. */
   #acceptNative(client: NativeClient, kind: Listener['kind']): void {
-    if (this.#state !== 'serving') {
+    if (!this.#judging) {
       if (!this.#heldUntilServing(() => this.#acceptNative(client, kind))) client.reset();
       return;
     }
@@ -689,19 +703,30 @@ export class Daemon {
    */
   async stop(drainMs: number, opts: { quiet?: boolean } = {}): Promise<void> {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
+    const wasServing = this.#state === 'serving';
     this.#state = 'draining';
     this.#runEarly();
+    this.#drainTakes = wasServing && drainMs > 0;
+    const drainEnds = performance.now() + drainMs;
     await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
+    // What the native loops accepted before their listeners closed (each takes what its queue
+    // held as it closes it; the sync waits for that) reaches this thread once its first flight is
+    // read: the drain waits for it to arrive and be judged (#drainTakes).
+    if (this.#drainTakes && this.nativeSetup !== null) syncNativeLoops(POLICY_HANDOFF_MS);
+    while (this.#drainTakes && (this.nativeSetup?.undelivered ?? 0) > 0 && performance.now() < drainEnds) {
+      await new Promise((r) => setTimeout(r, UNDELIVERED_POLL_MS));
+    }
     if (this.registry.size > 0 && drainMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         this.registry.whenEmpty(),
         new Promise((r) => {
-          timer = setTimeout(r, drainMs);
+          timer = setTimeout(r, Math.max(0, drainEnds - performance.now()));
         }),
       ]);
       clearTimeout(timer);
     }
+    this.#drainTakes = false;
     this.registry.closeAll('shutdown');
     await this.registry.whenEmpty();
     this.resolver.close();

@@ -150,6 +150,15 @@ export class NativeSetup {
     this.#addon.acceptCap(Math.max(1, Math.min(512, Math.floor(perLoop))));
   }
 
+  /**
+   * Connections the loops accepted that this thread has not heard of yet: each loop reads a
+   * connection's first flight before it reports it (peek's deadlines bound that), and the report
+   * then waits its turn on this thread. A stop's drain waits for them.
+   */
+  get undelivered(): number {
+    return this.#addon.undelivered();
+  }
+
   /** How many times the loops' listeners stopped accepting: at the cap, and out of descriptors. */
   acceptPauses(): { cap: number; descriptors: number } {
     const [cap, descriptors] = this.#addon.acceptPauses();

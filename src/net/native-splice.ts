@@ -83,6 +83,8 @@ export interface DataPlaneAddon {
   /** The listeners' pauses so far, all loops: [at the cap, out of descriptors]. */
   acceptPauses(): [number, number];
   active(): number;
+  /** Connections the loops accepted whose report has not reached onSetup yet: their first flight still read, or on its way. */
+  undelivered(): number;
   listen(host: string, port: number, ipv6Only: boolean, backlog: number, tag: number): number;
   unlisten(tag: number): void;
   peek(loop: number, id: number, deadlineMs: number, firstByteMs: number, stallMs: number, reportAt: number): void;
