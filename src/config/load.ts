@@ -51,9 +51,21 @@ export function parseConfigBytes(bytes: Uint8Array, file: string, document = 'co
   return parseConfigDocument(configText(bytes, file, document), file, document);
 }
 
-/** `serving`: checked while egressd serves (a reload): its catalog file is read as loadCatalog's `serving` says. */
+/**
+ * `serving`: checked while egressd serves (a reload): its catalog file is read as loadCatalog's
+ * `serving` says, and a file that holds no configuration is refused.
+ */
 export function configFromText(text: string, file: string, opts: { serving?: boolean } = {}): Config {
   const { value, locate } = parseConfigDocument(text, file);
+  // At start-up an empty file is the built-in default, as no file is. Read again it is nearly
+  // always a file caught while it is rewritten in place, or a write cut short (a full disk):
+  // taken as every default, it dropped the overlays, the file's sandboxes and admin.token.
+  if (opts.serving === true && (value === null || value === undefined)) {
+    throw new ConfigReadError(
+      file,
+      'it holds no configuration (empty, or comments only): a file being rewritten, or a write cut short? The running configuration stays; a configuration of every default is written "{}"',
+    );
+  }
   const result = validateConfig(value);
   if (!result.ok) throw new InvalidConfigError(file, result.issues, locate);
   // The catalog is part of the config: its problems are this file's, at the fields that name it.
@@ -67,8 +79,9 @@ export function configFromText(text: string, file: string, opts: { serving?: boo
  * given at start-up (`--config <(generate)`, `/dev/stdin`) was read to its end then: read again it
  * gave nothing, taken for an empty file, a valid configuration without a sandbox, which replaced
  * the running one. Read again, a file that is not a regular file and gives nothing is refused, a
- * FIFO is waited for AGAIN_WAIT_MS at most (readBounded), and the catalog file must be a regular
- * file (it is read on the event loop).
+ * FIFO is waited for AGAIN_WAIT_MS at most (readBounded), the catalog file must be a regular
+ * file (it is read on the event loop), and a file that holds no configuration (empty, or
+ * comments only) is refused.
  */
 export async function loadConfig(file: string | null, opts: { again?: boolean } = {}): Promise<Config> {
   if (file === null) return configFromText('', '(built-in default)');

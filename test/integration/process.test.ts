@@ -64,6 +64,35 @@ describe('the egressd process', () => {
     expect(metrics).toMatch(/^egressd_config_reloads_total\{result="refused"\} 1$/m);
   });
 
+  // A file rewritten in place (`> file` then the new text, as some config management writes it,
+  // or a write that failed on a full disk) is empty for a moment: a SIGHUP then took the empty
+  // document for a configuration of every default, dropping the overlays' always-deny entries,
+  // the file's sandboxes and admin.token (every API call then 401) until the next reload.
+  it.each([
+    ['empty', ''],
+    ['comments only', '# egressd\n\n'],
+  ])('refuses a reload of a file that holds no configuration (%s), keeping the running config', async (_what, text) => {
+    // YAML: a JSON file refuses an empty text as JSON already.
+    const file = join(dir, 'egressd.yaml');
+    writeFileSync(
+      file,
+      JSON.stringify(
+        base({
+          overlays: { alwaysDeny: [{ name: 'smtp', ports: [25] }] },
+          sandboxes: [{ id: 'sb-file', sources: ['127.0.0.21'], network: { mode: 'allow-all' } }],
+        }),
+      ),
+    );
+    const { d, admin } = await start(file);
+    writeFileSync(file, text);
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused');
+    expect(String(refused['reason'])).toContain('holds no configuration');
+    expect((await api(admin, 'GET', '/api/v1/sandboxes/sb-file')).body).toMatchObject({ id: 'sb-file', origin: 'config' });
+    const check = await api(admin, 'POST', '/api/v1/check', { sandbox: 'sb-file', ip: '198.18.0.9', port: 25 });
+    expect(check.body).toMatchObject({ verdict: 'refuse', layer: 'always-deny' });
+  });
+
   // A config given as a pipe (`--config <(generate)`, `/dev/stdin`) is read to its end at
   // start-up. Read again on SIGHUP it gave nothing: an empty file, a valid configuration with no
   // sandbox, which replaced the running one. Read again, a pipe that gives nothing is refused.
