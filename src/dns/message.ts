@@ -5,6 +5,7 @@
 // Every function here is pure: bytes in, a closed result out.
 
 import * as packet from 'dns-packet';
+import { isDeepStrictEqual } from 'node:util';
 import type { Answer, Packet, Question } from 'dns-packet';
 
 /** RFC 1035 §4.1.1 RCODEs (and RFC 6891 §6.1.3's extended BADVERS, 16). */
@@ -255,17 +256,50 @@ export function parseUpstreamReply(buf: Buffer, id: number, name: string, type: 
   const flags = buf.readUInt16BE(2);
   const opt = (p.additionals ?? []).find((r) => r.type === 'OPT') as { extendedRcode?: number } | undefined;
   const rcode = (flags & 0xf) | ((opt?.extendedRcode ?? 0) << 4);
-  return {
-    kind: 'answer',
-    truncated: (flags & FLAG_TC) !== 0,
-    answered: {
-      rcode,
-      authenticData: (flags & FLAG_AD) !== 0,
-      answers: p.answers ?? [],
-      authorities: p.authorities ?? [],
-      additionals: (p.additionals ?? []).filter((r) => r.type !== 'OPT'),
-    },
+  const truncated = (flags & FLAG_TC) !== 0;
+  const answered: Answered = {
+    rcode,
+    authenticData: (flags & FLAG_AD) !== 0,
+    answers: p.answers ?? [],
+    authorities: p.authorities ?? [],
+    additionals: (p.additionals ?? []).filter((r) => r.type !== 'OPT'),
   };
+  // A truncated answer's records are not used: it is asked again over TCP.
+  if (!truncated) {
+    const why = notWrittenAsRead(answered);
+    if (why !== null) return { kind: 'malformed', why };
+  }
+  return { kind: 'answer', truncated, answered };
+}
+
+/**
+ * Why the records, written again as egressd writes its answers (dns-packet's encoder, then
+ * compressOwners), would not read back as egressd read them, or null. Names are decoded to text
+ * and written again from it: a label holding a dot (`a.` then `b` reads as `a..b`, which is
+ * written back as `a`, an empty label that ends the name, then bytes a client takes for the
+ * record's type, class and length), a line break before a dot, a byte that is not UTF-8 (three
+ * octets once written: a label past 63, a name past 255) or a class dns-packet has no name for
+ * would each reach the client as another record than the one judged and remembered, and the
+ * misread name would take compressOwners' walk outside the message. Refused, as a question whose
+ * name does not read back is (parseQuery).
+ */
+function notWrittenAsRead(a: Answered): string | null {
+  const sections = { answers: [...a.answers], authorities: [...a.authorities], additionals: [...a.additionals] };
+  let again: Packet;
+  try {
+    again = packet.decode(packet.encode({ type: 'response', id: 0, flags: 0, questions: [], ...sections }));
+  } catch (e) {
+    return `records that do not read back once written again: ${(e as Error).message}`;
+  }
+  for (const s of ['answers', 'authorities', 'additionals'] as const) {
+    const read = sections[s];
+    const written = again[s] ?? [];
+    for (let i = 0; i < read.length; i++) {
+      if (!isDeepStrictEqual(read[i], written[i]))
+        return `a record that does not read back once written again: ${JSON.stringify(read[i]!.name)} ${read[i]!.type}`;
+    }
+  }
+  return null;
 }
 
 /** Types whose RDATA is one name and nothing else: CNAME, NS, PTR (RFC 1035 §3.3), DNAME (RFC 6672 §2.1). */
@@ -280,7 +314,7 @@ const MAX_POINTER = 0x3fff;
  * match byte for byte, so a question asked in mixed case (RFC 5452 §9 0x20) keeps its own bytes
  * and lends them to no owner written in other case. RDATA is copied as it is: the names in it
  * stay whole. The records and their order are unchanged; the message is never longer.
- * `msg` must be dns-packet's output: uncompressed and well formed.
+ * `msg` must be dns-packet's output, uncompressed and well formed; anything else throws.
  */
 export function compressOwners(msg: Buffer): Buffer {
   const out = Buffer.allocUnsafe(msg.length);
@@ -290,10 +324,16 @@ export function compressOwners(msg: Buffer): Buffer {
   /** Each suffix written so far, as its wire bytes (latin1, no root octet), and where it starts in `out`. */
   const seen = new Map<string, number>();
   /** The uncompressed name at `at` in `msg`: its wire bytes without the root octet, and where each label starts in them. */
-  const nameAt = (at: number): { wire: string; starts: number[] } => {
+  // Each length is checked, so that a message that is not what dns-packet writes (a label
+  // past 63 octets, a name or record running past the end) throws rather than walking on.
+  const nameAt = (at: number, end = msg.length): { wire: string; starts: number[] } => {
     const starts: number[] = [];
     let i = at;
-    for (; msg[i] !== 0; i += 1 + msg[i]!) starts.push(i - at);
+    for (; i < end && msg[i] !== 0; i += 1 + msg[i]!) {
+      if (msg[i]! > 63) throw new Error(`a label of ${msg[i]} octets at ${i}`);
+      starts.push(i - at);
+    }
+    if (i >= end) throw new Error(`a name at ${at} that runs past its end`);
     return { wire: msg.toString('latin1', at, i), starts };
   };
   /** Registers the suffixes of a name written at `at` in `out`. */
@@ -324,6 +364,7 @@ export function compressOwners(msg: Buffer): Buffer {
     register(wire, starts, at, known);
   };
   const copy = (n: number): void => {
+    if (r + n > msg.length) throw new Error(`${n} octets at ${r} run past the end of the message`);
     w += msg.copy(out, w, r, r + n);
     r += n;
   };
@@ -337,11 +378,12 @@ export function compressOwners(msg: Buffer): Buffer {
     const rdlength = msg.readUInt16BE(r + 8);
     copy(10);
     if (NAME_RDATA.has(type)) {
-      const { wire, starts } = nameAt(r);
+      const { wire, starts } = nameAt(r, r + rdlength);
       register(wire, starts, w);
     }
     copy(rdlength);
   }
+  if (r !== msg.length) throw new Error(`${msg.length - r} octets after the last record`);
   return out.subarray(0, w);
 }
 

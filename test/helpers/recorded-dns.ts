@@ -14,6 +14,8 @@ import { RCODE, type RcodeName } from '../../src/dns/message.ts';
 
 /** One query as it arrived: its question as asked, and its header flags (RFC 1035 §4.1.1). */
 export interface RecordedQuery {
+  /** The query's id, for a reply written as raw bytes. */
+  readonly id: number;
   readonly question: Question;
   /** The question's name lowercased, for looking up a table. */
   readonly name: string;
@@ -65,7 +67,7 @@ export async function startRecordedDns(recording: Recording, host = '127.0.0.1')
     }
     const question = q.questions?.[0];
     if (!question) return;
-    const query: RecordedQuery = { question, name: question.name.toLowerCase(), type: question.type, flags: msg.readUInt16BE(2) };
+    const query: RecordedQuery = { id: q.id ?? 0, question, name: question.name.toLowerCase(), type: question.type, flags: msg.readUInt16BE(2) };
     asked.push(`${query.name} ${query.type}`);
     const r = reply(query);
     if (r === null) return;

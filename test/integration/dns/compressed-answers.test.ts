@@ -55,3 +55,64 @@ describe.skipIf(!haveDig)('answers written again for a client without EDNS(0)', 
     expect([...tcp.matchAll(/\s\d+\s+IN\s+AAAA\s+(\S+)/g)].map((m) => m[1])).toEqual(aaaa);
   });
 });
+
+// The upstream of a name whose zone a sandbox serves is the sandbox's own: its labels may hold a
+// dot. dns-packet reads the label `a.` before `zzz…` as the name `a..zzz…` and writes it back as
+// `a` and an empty label, which ends the name: compressOwners then took the next labels for the
+// record's type and length and walked out of the message, growing its label list until no array
+// could hold more (seconds of the event loop every sandbox's queries and connections share, on
+// every query for the name).
+describe.skipIf(!haveDig)('an answer whose labels would not be written back as read', () => {
+  const B = '127.0.0.3';
+  let upstream: RecordedDns;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  const label = (s: string): Buffer => Buffer.concat([Buffer.from([Buffer.byteLength(s, 'latin1')]), Buffer.from(s, 'latin1')]);
+  const wire = (labels: readonly string[]): Buffer => Buffer.concat([...labels.map(label), Buffer.from([0])]);
+  /** 41 A records, the first owned by `a.` `zzz…` under the name asked: 1,1xx octets as dns-packet writes them. */
+  const hostile = (id: number, question: Buffer): Buffer => {
+    const owners = [
+      wire(['a.', 'z'.repeat(20), 'evil', 'allowed', 'test']),
+      ...Array.from({ length: 40 }, (_, i) => wire([`n${i}`, 'evil', 'allowed', 'test'])),
+    ];
+    const rr = (o: Buffer): Buffer => Buffer.concat([o, Buffer.from([0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 0, 9])]);
+    return Buffer.concat([
+      Buffer.from([id >> 8, id & 0xff, 0x81, 0x80, 0, 1, 0, owners.length, 0, 0, 0, 0]),
+      question,
+      Buffer.from([0, 1, 0, 1]),
+      ...owners.map(rr),
+    ]);
+  };
+
+  beforeAll(async () => {
+    upstream = await startRecordedDns((q) => {
+      if (q.name !== 'evil.allowed.test') return { answers: [{ name: q.question.name, type: 'A', ttl: 60, data: '198.18.0.7' }] };
+      return hostile(q.id, wire(q.question.name.split('.')));
+    });
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 1000 },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.other.test'] } } },
+        ],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  it('is refused (SERVFAIL), and another sandbox is answered at once', async () => {
+    const evil = await digFrom(port, A, '+noedns', '+ignore', 'evil.allowed.test', 'A');
+    expect(evil).toMatch(/status: SERVFAIL/);
+    const t = performance.now();
+    const other = await digFrom(port, B, '+noedns', 'www.other.test', 'A');
+    expect(other).toMatch(/status: NOERROR/);
+    expect(other).toMatch(/\sIN\s+A\s+198\.18\.0\.7/);
+    expect(performance.now() - t).toBeLessThan(1000);
+  });
+});
