@@ -36,7 +36,7 @@ import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
 import { socketAddress } from './net/socket-address.ts';
 import { LimitsController, type SourceLimits } from './limits/controller.ts';
-import { tenantKeyOf } from './match/tenant-key.ts';
+import { tenantKeyOf, type TenantKeyOf } from './match/tenant-key.ts';
 import { listenedOnElsewhere, portShareable } from './util/port-shared.ts';
 import { PortsSharedError } from './errors.ts';
 
@@ -68,8 +68,20 @@ export interface DaemonOptions {
  * within one turn of its event loop; only one stuck in the kernel takes longer.
  */
 const POLICY_HANDOFF_MS = 1000;
-/** The most connections held for the end of the start (#early); past it they are reset, as all were before. */
+/**
+ * The most connections and UDP queries held for the end of the start (#early); past it one is
+ * refused (a connection reset, a query dropped, as all were before), unless a sandbox holds two
+ * more than its own: then that sandbox's newest gives its place up.
+ */
 const EARLY_MAX = 1024;
+/** A connection or query held in #early: its tenant key, what runs it once egressd serves, what refuses it. */
+interface EarlyHeld {
+  readonly key: string;
+  readonly run: () => void;
+  readonly refuse: () => void;
+  /** Gave its place up to another sandbox's (#heldUntilServing): refused already, never run. */
+  gone: boolean;
+}
 /** How often a stop's drain looks whether the native loops still have accepted connections to report. */
 const UNDELIVERED_POLL_MS = 10;
 
@@ -117,7 +129,13 @@ export class Daemon {
    * the DNS listeners, the OTLP exporter and the host's listener ports: reset then, they met a
    * refusal the draining process beside it would not have given, and no log line or count said so.
    */
-  readonly #early: (() => void)[] = [];
+  readonly #early: EarlyHeld[] = [];
+  /** The entries of #early each tenant key holds, oldest first (a flood gives up its newest). */
+  readonly #earlyBy = new Map<string, EarlyHeld[]>();
+  /** Entries of #early that gave their place up (and stay in it, unrun, until it is run). */
+  #earlyGone = 0;
+  /** Whose limits a source counts against (match/tenant-key.ts): #early is shared by it too. */
+  readonly #tenantOf: TenantKeyOf;
   /**
    * Whether a stop's drain still takes connections the listeners accepted before they closed: a
    * native loop reports one once its first flight is read, after the stop began, and the drain
@@ -190,6 +208,7 @@ export class Daemon {
     // Whose limits a source's connections and queries count against: one key function for every
     // limit (admission, the DNS listener's, the lookups of dialed names), fixed at start.
     const tenantOf = tenantKeyOf(config.limits.unknownSourcePrefix);
+    this.#tenantOf = tenantOf;
     this.dns = new DnsService({
       config: () => this.#config,
       tenantOf,
@@ -212,7 +231,7 @@ export class Daemon {
               ? this.dns.answer(msg, source, transport)
               : new Promise((resolve) => {
                   const run = (): void => resolve(this.#state === 'serving' ? this.dns.answer(msg, source, transport) : null);
-                  if (!this.#heldUntilServing(run)) resolve(null);
+                  if (!this.#heldUntilServing(source, run, () => resolve(null))) resolve(null);
                 }),
           keyOf: (source) => tenantOf(this.store.lookup(source).sandbox, source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
@@ -518,16 +537,47 @@ export class Daemon {
     return { ok: true, sandboxes: r.value, needsRestart };
   }
 
-  /** Whether a connection accepted now waits for the start to finish (and was queued for it). */
-  #heldUntilServing(run: () => void): boolean {
-    if (this.#state !== 'starting' || this.#early.length >= EARLY_MAX) return false;
-    this.#early.push(run);
+  /**
+   * Whether a connection or query from `rawSource` accepted now waits for the start to finish
+   * (and was queued for it: `run` then, or `refuse` should it give its place up). The places are
+   * shared as the limits share a host: one sandbox sending during a restart filled all 1,024, and
+   * every other sandbox's connections were reset, their queries dropped, until the start ended.
+   * Once full, a sandbox holding fewer takes the newest place of the one holding most (max-min).
+   */
+  #heldUntilServing(rawSource: string | undefined, run: () => void, refuse: () => void): boolean {
+    if (this.#state !== 'starting') return false;
+    const source = rawSource === undefined ? '' : (canonicalSource(rawSource) ?? rawSource);
+    const key = this.#tenantOf(this.store.lookup(source).sandbox, source);
+    const mine = this.#earlyBy.get(key) ?? [];
+    if (this.#early.length - this.#earlyGone >= EARLY_MAX) {
+      let most: EarlyHeld[] = mine;
+      for (const held of this.#earlyBy.values()) if (held.length > most.length) most = held;
+      if (most.length < mine.length + 2) return false;
+      const given = most.pop()!;
+      if (most.length === 0) this.#earlyBy.delete(given.key);
+      given.gone = true;
+      given.refuse();
+      // Given-up entries leave the queue once they are as many as its places, so that it stays
+      // within twice EARLY_MAX however many places change hands.
+      if (++this.#earlyGone >= EARLY_MAX) {
+        const live = this.#early.filter((e) => !e.gone);
+        this.#early.splice(0, this.#early.length, ...live);
+        this.#earlyGone = 0;
+      }
+    }
+    const entry: EarlyHeld = { key, run, refuse, gone: false };
+    this.#early.push(entry);
+    mine.push(entry);
+    this.#earlyBy.set(key, mine);
     return true;
   }
 
   /** Runs the connections accepted while egressd started (#early): judged now it serves, reset once it stops. */
   #runEarly(): void {
-    for (const run of this.#early.splice(0)) run();
+    const early = this.#early.splice(0);
+    this.#earlyBy.clear();
+    this.#earlyGone = 0;
+    for (const e of early) if (!e.gone) e.run();
   }
 
   /** Whether a connection accepted now is judged now: while serving, and during a stop's drain. */
@@ -538,7 +588,8 @@ export class Daemon {
   #accept(socket: Socket, kind: Listener['kind']): void {
     if (!this.#judging) {
       socket.on('error', () => {});
-      if (!this.#heldUntilServing(() => this.#accept(socket, kind))) socket.resetAndDestroy();
+      const reset = (): void => void socket.resetAndDestroy();
+      if (!this.#heldUntilServing(socketAddress(socket, 'remote')?.address, () => this.#accept(socket, kind), reset)) reset();
       return;
     }
     socket.on('error', () => {});
@@ -556,7 +607,8 @@ export class Daemon {
   /** A connection the native loops accepted: the same admission and pipeline. */
   #acceptNative(client: NativeClient, kind: Listener['kind']): void {
     if (!this.#judging) {
-      if (!this.#heldUntilServing(() => this.#acceptNative(client, kind))) client.reset();
+      const reset = (): void => client.reset();
+      if (!this.#heldUntilServing(client.remoteAddress, () => this.#acceptNative(client, kind), reset)) reset();
       return;
     }
     const source = canonicalSource(client.remoteAddress) ?? client.remoteAddress;

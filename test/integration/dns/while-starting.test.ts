@@ -50,6 +50,57 @@ describe('a DNS query that comes while egressd starts', () => {
   });
 });
 
+describe('the places a start holds (1,024)', () => {
+  it('are shared: one sandbox sending 1,100 queries during a start does not take the place of another sandbox’s query', async () => {
+    const upstream = await DnsTestServer.start();
+    onTestFinished(() => upstream.close());
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    const FLOOD = '127.0.0.82';
+    let answer: Promise<Buffer> | undefined;
+    const d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server] },
+        sandboxes: [
+          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } },
+          { id: 'sb-flood', sources: [FLOOD], network: { mode: 'block-all' } },
+        ],
+      }),
+      {
+        beforeStart: (daemon) => {
+          const [first, second] = daemon.dnsListeners;
+          const listen = second!.listen.bind(second);
+          second!.listen = async () => {
+            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            await sendMany(first!.port!, FLOOD, 1100);
+            // Time for the flood to be read before the other sandbox's query comes.
+            await new Promise((r) => setTimeout(r, 200));
+            answer = askUdp(first!.port!, A, 'fast.test');
+            answer.catch(() => {});
+            await new Promise((r) => setTimeout(r, HOLD_MS));
+            return listen();
+          };
+        },
+      },
+    );
+    onTestFinished(() => d.stop());
+    const r = packet.decode(await answer!) as { rcode?: string; answers?: { data?: unknown }[] };
+    expect(r.rcode).toBe('NOERROR');
+    expect(r.answers?.map((a) => a.data)).toEqual(['198.18.2.1']);
+  });
+});
+
+/** `count` queries over UDP from `from`, sent without waiting for answers; resolves once all are sent. */
+async function sendMany(port: number, from: string, count: number): Promise<void> {
+  const s = createSocket('udp4');
+  await new Promise<void>((resolve) => s.bind(0, from, resolve));
+  for (let i = 0; i < count; i++) {
+    const msg = packet.encode({ type: 'query', id: i, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name: `n${i}.flood.test` }] });
+    await new Promise<void>((resolve) => s.send(msg, port, '127.0.0.1', () => resolve()));
+  }
+  s.close();
+}
+
 /** One query over UDP from `from`, its answer; rejects when none comes within 5 s (a resolver's timeout). */
 function askUdp(port: number, from: string, name: string): Promise<Buffer> {
   const msg = packet.encode({ type: 'query', id: 7, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
