@@ -62,13 +62,22 @@ describe('compressOwners', () => {
             authorities: [{ name: names.at(-1)!, type: 'SOA', ttl: 60, data: { mname: names[0]!, rname: `h.${names[0]!}` } } as Answer],
             additionals: [...additionals, ...(edns ? [{ type: 'OPT', name: '.', udpPayloadSize: 1232, options: [] } as unknown as Answer] : [])],
           });
-          const small = compressOwners(msg);
+          const small = compressOwners(msg)!;
           expect(small.length).toBeLessThanOrEqual(msg.length);
           expect(packet.decode(small)).toEqual(packet.decode(msg));
         },
       ),
       { numRuns: 300 },
     );
+  });
+
+  it('gives up, null, once what it writes passes the limit it is given', () => {
+    const answers = Array.from({ length: 40 }, (_, i): Answer => ({ name: `n${i}.long-owner-name.allowed.test`, type: 'A', ttl: 60, data: '198.18.0.1' }));
+    const msg = packet.encode({ type: 'response', id: 1, questions: [{ name: 'allowed.test', type: 'A' }], answers });
+    const small = compressOwners(msg)!;
+    expect(compressOwners(msg, small.length)).toEqual(small);
+    expect(compressOwners(msg, small.length - 1)).toBeNull();
+    expect(compressOwners(msg, 512)).toBeNull();
   });
 
   it('points a repeated owner at its first writing, and keeps the question as asked', () => {
@@ -82,7 +91,7 @@ describe('compressOwners', () => {
         { name: 'edge.cdn.test', type: 'A', ttl: 60, data: '198.18.0.2' },
       ],
     });
-    const small = compressOwners(msg);
+    const small = compressOwners(msg)!;
     // The question as asked. The CNAME's owner differs from it in case but for `test`, which
     // becomes a pointer (6 octets to 2); both A owners (15 octets each) point at the CNAME's target.
     expect(small.subarray(12, 30).toString('latin1')).toBe('\x03WwW\x07Allowed\x04test\x00');
