@@ -34,6 +34,25 @@ export class TokenBuckets {
    */
   take(key: string, n = 1): boolean {
     const want = Math.min(Math.max(1, n), this.#burst);
+    const b = this.#refilled(key);
+    if (b.tokens < want) return false;
+    b.tokens -= want;
+    return true;
+  }
+
+  /**
+   * Takes `n` tokens (at most the burst) for work already done, whether the bucket holds them or
+   * not: it may go below empty, to minus the burst at most, and takes nothing more until it has
+   * refilled. An upstream's large answer is read before its cost is known; refused for want of
+   * tokens, it cost a query's one, and a sandbox asking new names of its own zone had one read a
+   * token (dns/service.ts).
+   */
+  owe(key: string, n: number): void {
+    const b = this.#refilled(key);
+    b.tokens = Math.max(-this.#burst, b.tokens - Math.min(Math.max(1, n), this.#burst));
+  }
+
+  #refilled(key: string): Bucket {
     const now = this.#clock();
     let b = this.#buckets.get(key);
     if (!b) {
@@ -42,8 +61,6 @@ export class TokenBuckets {
     }
     b.tokens = Math.min(this.#burst, b.tokens + (now - b.at) * this.#perMs);
     b.at = now;
-    if (b.tokens < want) return false;
-    b.tokens -= want;
-    return true;
+    return b;
   }
 }

@@ -68,6 +68,47 @@ describe('the DNS rate limit and large answers', () => {
   });
 });
 
+// An answer read from the upstream was paid for in work before its cost is known. Refused for want
+// of tokens, it took only its query's one: a sandbox serving itself 64 KiB answers and asking a new
+// name of its zone each time had one read for every token (1 to 5 ms each: at the default 500 a
+// second, more than the event loop has), refused each time.
+describe('the DNS rate limit and large answers of names never asked before', () => {
+  let upstream: RecordedDns;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await startRecordedDns((q) => ({
+      answers: Array.from({ length: BIG }, (_, i): Answer => ({ name: q.question.name, type: 'A', ttl: 300, data: `198.18.${i >> 8}.${i & 255}` })),
+    }));
+    d = await startLoopbackDaemon(
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+      }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  it('owes the cost of one it had read and could not pay: the next new name is refused before the upstream is asked', async () => {
+    // Burst 64: 30 and 30 (4 left); the third takes its query's token, is read, and owes 29.
+    for (const [id, name] of [
+      [1, 'n1.allowed.test'],
+      [2, 'n2.allowed.test'],
+    ] as const) {
+      const r = await tcpQuery(A, port, name, id);
+      expect([rcode(r), r.answers?.length]).toEqual(['NOERROR', BIG]);
+    }
+    expect(rcode(await tcpQuery(A, port, 'n3.allowed.test', 3))).toBe('REFUSED');
+    expect(rcode(await tcpQuery(A, port, 'n4.allowed.test', 4))).toBe('REFUSED');
+    expect(upstream.asked).toEqual(['n1.allowed.test A', 'n2.allowed.test A', 'n3.allowed.test A']);
+  });
+});
+
 // The work of an answer grows with its names too: each is written label by label, and read
 // suffix by suffix when it must be compressed to fit. 240 owners of 253 characters (60 KB, 4 to 5
 // ms a query over UDP, measured) cost 4 tokens by their records, as 240 A records of one short owner.
