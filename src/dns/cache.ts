@@ -2,13 +2,22 @@
 // sections), kept for their TTL (lru-cache) for the next sandbox asking the same question. The
 // addresses of A and AAAA answers also go into the resolver's address cache (net/dns-cache.ts),
 // so the address a sandbox was given and the address egressd dials come from one answer.
-// Each answer is charged to the sandbox whose query fetched it (of several asking at once, the one
-// holding fewest: dns/service.ts #fetch). The cache is bounded by answers and by bytes (an answer
-// over TCP may be 64 KiB on the wire and ~0.7 MB decoded: 10,000 of them would be ~7 GB). When
-// it is full by count, the sandbox holding the most answers loses its oldest; by bytes, the one
-// holding the most bytes (not the least recently used of all), so one sandbox asking thousands of
-// names, or names with huge answers, evicts its own answers, not the others'; room nobody else
-// uses is its to fill.
+//
+// Each sandbox sees the cache through a view of its own, so that no answer tells it what another
+// sandbox asked (cache snooping between tenants): an upstream answer is fetched once and shared
+// (#shared), but a sandbox is answered from its own view entry, made when it first gets that
+// answer, with the TTLs as they were fetched and aged only from that moment (Unbound's
+// `serve-original-ttl` hides the age the same way; Cilium's DNS proxy keeps no cache and leaves
+// it to the resolver behind it). A view entry lives its whole TTL from its sandbox's first sight,
+// whatever happens to the shared answer, so a view never ends early either (which would date the
+// other's query); a sandbox may so keep an answer up to one TTL (at most MAX_CACHE_TTL_S) past the
+// upstream's. The first sight's wait, as long as the fetch took, is dns/service.ts's (#fetch).
+// Each view entry is charged to its sandbox and bounded by answers and by bytes (an answer over
+// TCP may be 64 KiB on the wire and ~0.7 MB decoded: 10,000 of them would be ~7 GB). When it is
+// full by count, the sandbox holding the most answers loses its oldest; by bytes, the one holding
+// the most bytes (not the least recently used of all), so one sandbox asking thousands of names,
+// or names with huge answers, evicts its own answers, not the others'; room nobody else uses is
+// its to fill. A shared answer lives while some view holds it and its TTL from the fetch runs.
 
 import type { LRUCache } from 'lru-cache';
 import { growingLru } from '../util/lru.ts';
@@ -25,10 +34,25 @@ const DEFAULT_MAX_BYTES = 32 * 1_048_576;
 
 export interface CachedAnswer {
   readonly answered: Answered;
-  /** When it was stored, on the cache's clock (ms). */
+  /** When its owner first got it, on the cache's clock (ms): its TTLs age from then. */
   readonly storedAt: number;
-  /** Whose query fetched it (a sandbox id, or `source BLOCK`: match/tenant-key.ts). */
+  /** Whose view it is (a sandbox id, or `source BLOCK`: match/tenant-key.ts). */
   readonly owner: string;
+  /** The question's key (AnswerCache.key). */
+  readonly key: string;
+}
+
+/** An answer as fetched, for any sandbox's first sight of it while its TTL from the fetch runs. */
+interface SharedAnswer {
+  readonly answered: Answered;
+  /** On the cache's clock, ms. */
+  readonly expiresAt: number;
+  /** How long the upstream took to answer it, ms: what a sandbox asking alone would have waited. */
+  readonly fetchMs: number;
+  /** Its estimated bytes (answerBytes), made once. */
+  readonly bytes: number;
+  /** View entries holding it; at 0 it goes. */
+  views: number;
 }
 
 export interface AnswerCacheOptions {
@@ -40,7 +64,10 @@ export interface AnswerCacheOptions {
 }
 
 export class AnswerCache {
+  /** The views: `owner NUL key` → the owner's entry. */
   readonly #cache: LRUCache<string, CachedAnswer>;
+  /** The latest answer fetched for each question some view holds. */
+  readonly #shared = new Map<string, SharedAnswer>();
   readonly #clock: () => number;
   readonly #max: number;
   readonly #maxBytes: number;
@@ -53,8 +80,13 @@ export class AnswerCache {
     this.#cache = growingLru<string, CachedAnswer>(this.#max, {
       perf: { now: this.#clock },
       ttlResolution: 0,
-      // Every way an entry leaves (evicted, expired, replaced, deleted) un-charges its owner.
-      dispose: (v, k) => this.#owners.remove(v.owner, k),
+      // Every way an entry leaves (evicted, expired, replaced, deleted) un-charges its owner, and
+      // lets go of the shared answer it held.
+      dispose: (v, k) => {
+        this.#owners.remove(v.owner, k);
+        const sh = this.#shared.get(v.key);
+        if (sh?.answered === v.answered && --sh.views <= 0) this.#shared.delete(v.key);
+      },
     });
   }
 
@@ -62,31 +94,65 @@ export class AnswerCache {
     return `${name}|${type}|${dnssecOk ? 1 : 0}${checkingDisabled ? 1 : 0}`;
   }
 
-  /** The cached answer and its age in whole seconds, or undefined. */
-  get(key: string): { answered: Answered; ageS: number } | undefined {
-    const e = this.#cache.get(key);
+  /** `owner`'s own cached answer and its age in whole seconds since `owner` first got it, or undefined. */
+  get(key: string, owner: string): { answered: Answered; ageS: number } | undefined {
+    const e = this.#cache.get(viewKey(owner, key));
     if (!e) return undefined;
     return { answered: e.answered, ageS: Math.floor((this.#clock() - e.storedAt) / 1000) };
   }
 
   /**
-   * Stores an answer for its TTL (RFC 2308 §5 for negative answers), charged to `owner`; answers
-   * with none are not kept, nor one larger than the whole byte budget. When full by count, the
-   * owner holding the most answers loses its oldest first; by bytes, the owner holding the most
-   * bytes.
+   * The answer another sandbox's query fetched for `key`, while its TTL from the fetch runs, and
+   * how long that fetch took; undefined when there is none. Nothing is stored: `adopt` does.
    */
-  set(key: string, answered: Answered, owner = ''): void {
+  shared(key: string): { answered: Answered; fetchMs: number } | undefined {
+    const sh = this.#shared.get(key);
+    if (sh === undefined || sh.expiresAt <= this.#clock()) return undefined;
+    return { answered: sh.answered, fetchMs: sh.fetchMs };
+  }
+
+  /**
+   * Gives `owner` a view entry of `answered` (a shared answer it was waiting for), first seen now;
+   * `owner`'s own entry, if any, is left as it is.
+   */
+  adopt(key: string, answered: Answered, owner: string): void {
+    if (this.#cache.has(viewKey(owner, key))) return;
+    const sh = this.#shared.get(key);
+    this.#store(key, answered, owner, sh?.answered === answered ? sh : null);
+  }
+
+  /**
+   * Stores an answer `owner`'s query fetched (in `fetchMs`), for its TTL (RFC 2308 §5 for
+   * negative answers): `owner`'s view of it, and the shared answer other sandboxes' first sight
+   * takes. Answers with no TTL are not kept, nor one larger than the whole byte budget. When full
+   * by count, the owner holding the most answers loses its oldest first; by bytes, the owner
+   * holding the most bytes.
+   */
+  set(key: string, answered: Answered, owner = '', fetchMs = 0): void {
     const ttlS = cacheTtl(answered);
     if (ttlS <= 0) return;
-    // The answer it replaces leaves first, so its bytes make room rather than count twice.
-    this.#cache.delete(key);
-    const bytes = ENTRY_BYTES + key.length + answerBytes(answered);
-    if (bytes > this.#maxBytes) return;
+    // The owner's view it replaces leaves first, so its bytes make room rather than count twice.
+    this.#cache.delete(viewKey(owner, key));
+    const sh: SharedAnswer = { answered, expiresAt: this.#clock() + ttlS * 1000, fetchMs, bytes: answerBytes(answered), views: 0 };
+    if (this.#store(key, answered, owner, sh)) this.#shared.set(key, sh);
+  }
+
+  /** Stores `owner`'s view entry; `sh`: the shared answer it holds (its bytes made once). Whether it was stored. */
+  #store(key: string, answered: Answered, owner: string, sh: SharedAnswer | null): boolean {
+    const ttlS = cacheTtl(answered);
+    if (ttlS <= 0) return false;
+    const vk = viewKey(owner, key);
+    // Each view counts its answer's bytes whole, shared or not: a shared answer outlives the view
+    // that fetched it while another holds it, so the bound holds whichever views remain.
+    const bytes = ENTRY_BYTES + vk.length + (sh?.bytes ?? answerBytes(answered));
+    if (bytes > this.#maxBytes) return false;
     // Each delete gives the key's bytes back (dispose); a key it did not find would never leave.
     const victim = (): string | undefined => this.#owners.victim(this.#cache.size, this.#max, bytes, this.#maxBytes);
     for (let k = victim(); k !== undefined && this.#cache.delete(k); k = victim());
-    this.#cache.set(key, { answered, storedAt: this.#clock(), owner }, { ttl: ttlS * 1000 });
-    this.#owners.add(owner, key, bytes);
+    this.#cache.set(vk, { answered, storedAt: this.#clock(), owner, key }, { ttl: ttlS * 1000 });
+    this.#owners.add(owner, vk, bytes);
+    if (sh !== null) sh.views++;
+    return true;
   }
 
   /** Answers charged to `owner` now (expired ones not yet dropped included). */
@@ -104,14 +170,23 @@ export class AnswerCache {
     return this.#owners.totalBytes;
   }
 
+  /** View entries held, every sandbox's together. */
   get size(): number {
     return this.#cache.size;
   }
 
+  /** Shared answers held (each held by one view or more). */
+  get sharedSize(): number {
+    return this.#shared.size;
+  }
+
   clear(): void {
     this.#cache.clear();
+    this.#shared.clear();
   }
 }
+
+const viewKey = (owner: string, key: string): string => `${owner}\u0000${key}`;
 
 /**
  * Seconds an answer may be kept: the least TTL among its records; for NXDOMAIN or an empty

@@ -76,6 +76,17 @@ const NAME_CHARS_PER_QUERY = 2048;
 /** Record types whose data is one name (RFC 1035 §3.3, RFC 6672 §2.1). */
 const NAME_DATA = new Set(['CNAME', 'DNAME', 'NS', 'PTR']);
 
+/** An upstream query's outcome, and how long the upstream took (what each sandbox waits for it, #fetch). */
+interface Fetched {
+  readonly r: Answered | { failed: string };
+  readonly ms: number;
+}
+
+/** Resolves after `ms` (at once for none); the timer holds no process open. */
+function after(ms: number): Promise<void> {
+  return ms <= 0 ? Promise.resolve() : new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
 /**
  * The tokens an answer costs the sandbox that gets it: one per RECORDS_PER_QUERY records in all
  * its sections or per NAME_CHARS_PER_QUERY characters of their names, whichever is more, at
@@ -110,7 +121,7 @@ export class DnsService {
   readonly #inflightBy = new Map<string, number>();
   #inflight = 0;
   /** Questions on their way upstream, and the sandboxes that asked them (the first, then those that joined). */
-  readonly #pending = new Map<string, { answer: Promise<Answered | { failed: string }>; tenants: QueryTenants }>();
+  readonly #pending = new Map<string, { answer: Promise<Fetched>; tenants: QueryTenants }>();
   /** Per sandbox: when a rate-limit line was last logged and how many were not logged since. */
   readonly #limitLog = new Map<string, { at: number; suppressed: number }>();
 
@@ -172,21 +183,28 @@ export class DnsService {
     }
 
     const answerKey = AnswerCache.key(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled);
-    const hit = this.#deps.cache.get(answerKey);
+    const hit = this.#deps.cache.get(answerKey, key);
     let answered: Answered;
     let ageS = 0;
     let upstreamMs: number | undefined;
-    /** Whether this query had the upstream asked and its answer read (not the cache, nor another's query joined). */
+    /**
+     * Whether this query had the upstream asked and its answer read (not its own view of the
+     * cache, nor its own question joined again), or got one another sandbox's query read as if
+     * it had read it (#fetch): owed alike, so the bucket tells nothing of another's query either.
+     */
     let fetched = false;
     if (hit) {
       answered = hit.answered;
       ageS = hit.ageS;
     } else {
-      // The in-flight bounds count upstream queries: a question already on its way upstream is
-      // joined (#fetch), costs the resolver nothing more, and is bounded by the rate limit it
-      // passed above. Counting its waiters too refused a flood's repeats of one name while the
-      // name's first query was out, tokens already spent, before the answer could be cached.
-      const joins = this.#pending.has(answerKey);
+      // The in-flight bounds count upstream queries: a question this sandbox already has on its
+      // way upstream is joined (#fetch), costs the resolver nothing more, and is bounded by the
+      // rate limit it passed above. Counting its waiters too refused a flood's repeats of one name
+      // while the name's first query was out, tokens already spent, before the answer could be
+      // cached. Another sandbox's question is counted as this one's own query would be (#fetch
+      // answers it as if it had asked alone): joined free, a sandbox holding its whole share could
+      // tell by the answer or the refusal whether another was asking the name at that moment.
+      const joins = this.#pending.get(answerKey)?.tenants.all.has(key) === true;
       fetched = !joins;
       const limits = config.dns.limits;
       const held = this.#inflightBy.get(key) ?? 0;
@@ -359,36 +377,48 @@ export class DnsService {
   }
 
   /**
-   * One upstream query per question in flight, however many sandboxes ask it at once. It is each
-   * asker's as if it had asked alone (net/query-sockets.ts QueryTenants): a retry over TCP takes a
-   * place of any of them with room in its share, and the answer is charged, in each cache, to the
-   * one holding fewest there, so a sandbox flooding a cache never evicts an answer another asked.
+   * One upstream query per question in flight, however many sandboxes ask it at once, and one per
+   * answer's TTL, however many ask it then. It is each asker's as if it had asked alone: a retry
+   * over TCP takes a place of any of them with room in its share (net/query-sockets.ts
+   * QueryTenants); each gets the answer in a cache view of its own (dns/cache.ts), first seen
+   * when it gets it; and a sandbox getting an answer another's query fetched, in flight or
+   * cached, gets it no sooner than the fetch took from its own query, so neither its TTLs nor its
+   * timing tell that another sandbox asked (cache snooping). What the sandbox asked itself (a
+   * repeat of its own question in flight) is answered as soon as it comes.
    */
-  #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
+  async #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
+    const asked = performance.now();
+    const cache = this.#deps.cache;
+    const cached = cache.shared(answerKey);
+    if (cached !== undefined) {
+      await after(cached.fetchMs);
+      cache.adopt(answerKey, cached.answered, key);
+      return cached.answered;
+    }
     const pending = this.#pending.get(answerKey);
     if (pending) {
+      const own = pending.tenants.all.has(key);
       pending.tenants.join(key);
-      return pending.answer;
+      const { r, ms } = await pending.answer;
+      if (own) return r;
+      await after(asked + ms - performance.now());
+      if (!('failed' in r)) cache.adopt(answerKey, r, key);
+      return r;
     }
     const tenants = new QueryTenants(key);
-    const answer = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, tenants).then((r) => {
-      if (!r.ok) return { failed: `${r.cause}: ${r.detail}` };
+    const answer = this.#deps.forwarder.query(q.name, q.type, q.edns?.dnssecOk === true, q.checkingDisabled, tenants).then((r): Fetched => {
+      if (!r.ok) return { r: { failed: `${r.cause}: ${r.detail}` }, ms: r.ms };
       const a = this.#prepare(r.answered);
-      const cache = this.#deps.cache;
-      cache.set(
-        answerKey,
-        a,
-        tenants.fewest((t) => cache.heldBy(t)),
-      );
+      cache.set(answerKey, a, key, r.ms);
       // With CD set the upstream did not validate (RFC 4035 §3.2.2): what it answers is for the
       // asker alone, never the address another sandbox's connection is dialed to (the data
       // path's own lookups leave CD clear). Its answer cache entry is keyed apart already.
       if (!q.checkingDisabled) this.#share(q.name, a, tenants);
-      return a;
+      return { r: a, ms: r.ms };
     });
     this.#pending.set(answerKey, { answer, tenants });
     void answer.finally(() => this.#pending.delete(answerKey));
-    return answer;
+    return (await answer).r;
   }
 
   /** TTLs clamped to the cache's bound (so a sandbox asks again when egressd would) and ECH removed. */

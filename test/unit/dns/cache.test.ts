@@ -18,8 +18,8 @@ describe('AnswerCache: who holds the room', () => {
     for (let i = 0; i < 4; i++) c.set(`a${i}`, answer(60), 'a');
     expect(c.heldBy('a')).toBe(4);
     c.set('b0', answer(60), 'b');
-    expect(c.get('a0')).toBeUndefined();
-    expect(c.get('a1')).toBeDefined();
+    expect(c.get('a0', 'a')).toBeUndefined();
+    expect(c.get('a1', 'a')).toBeDefined();
     expect([c.heldBy('a'), c.heldBy('b')]).toEqual([3, 1]);
     // b asking more keeps taking from a until they hold alike; then b's own oldest goes.
     c.set('b1', answer(60), 'b');
@@ -30,20 +30,68 @@ describe('AnswerCache: who holds the room', () => {
     // Even a recently read answer of the larger holder goes before the smaller holder's.
     c.set('b3', answer(60), 'b');
     c.set('b4', answer(60), 'b');
-    expect(c.get('a3')).toBeDefined();
+    expect(c.get('a3', 'a')).toBeDefined();
   });
 
-  it('moves an answer stored again to its new owner, and forgets expired ones', () => {
+  it("keeps each owner's view of a question apart, and forgets expired ones", () => {
     let now = 1_000;
     const c = new AnswerCache({ maxEntries: 4, clock: () => now });
     c.set('k', answer(1), 'a');
     c.set('k', answer(1), 'b');
-    expect([c.heldBy('a'), c.heldBy('b')]).toEqual([0, 1]);
+    expect([c.heldBy('a'), c.heldBy('b')]).toEqual([1, 1]);
     now = 3_000;
-    expect(c.get('k')).toBeUndefined();
+    expect(c.get('k', 'b')).toBeUndefined();
     expect(c.heldBy('b')).toBe(0);
     c.clear();
     expect(c.size).toBe(0);
+  });
+});
+
+describe('AnswerCache: each sandbox its own view', () => {
+  it("ages a sandbox's TTLs from its own first sight of an answer another fetched, not from the fetch", () => {
+    let now = 1_000;
+    const c = new AnswerCache({ clock: () => now });
+    c.set('k', answer(300), 'a', 40);
+    now = 121_000;
+    expect(c.get('k', 'a')?.ageS).toBe(120);
+    // b has no view of it: it must not be answered from a's.
+    expect(c.get('k', 'b')).toBeUndefined();
+    const sh = c.shared('k');
+    expect(sh?.fetchMs).toBe(40);
+    c.adopt('k', sh!.answered, 'b');
+    expect(c.get('k', 'b')?.ageS).toBe(0);
+    now = 131_000;
+    expect(c.get('k', 'b')?.ageS).toBe(10);
+  });
+
+  it("keeps a view its whole TTL from its first sight, past the shared answer's end, and no shared answer past its TTL from the fetch", () => {
+    let now = 1_000;
+    const c = new AnswerCache({ clock: () => now });
+    c.set('k', answer(300), 'a');
+    now = 291_000;
+    c.adopt('k', c.shared('k')!.answered, 'b');
+    now = 302_000;
+    // a's view and the shared answer are over; b's lives on, so its end dates nothing of a's.
+    expect(c.get('k', 'a')).toBeUndefined();
+    expect(c.shared('k')).toBeUndefined();
+    expect(c.get('k', 'b')?.ageS).toBe(11);
+    now = 592_000;
+    expect(c.get('k', 'b')).toBeUndefined();
+  });
+
+  it('lets a shared answer go with the last view that holds it', () => {
+    const c = new AnswerCache({ maxEntries: 2 });
+    c.set('k', answer(300), 'a');
+    c.adopt('k', c.shared('k')!.answered, 'b');
+    expect(c.sharedSize).toBe(1);
+    // a's flood evicts a's own view; b's still holds the shared answer.
+    c.set('x', answer(300), 'a');
+    expect(c.get('k', 'a')).toBeUndefined();
+    expect(c.sharedSize).toBe(2);
+    c.set('y', answer(300), 'b');
+    c.set('z', answer(300), 'b');
+    expect(c.get('k', 'b')).toBeUndefined();
+    expect(c.shared('k')).toBeUndefined();
   });
 });
 
@@ -67,26 +115,26 @@ describe('AnswerCache: bytes', () => {
       expect(c.bytes).toBeLessThanOrEqual(4 * big);
     }
     // b holds fewer bytes than a: every b answer survived, a lost its oldest to its newest.
-    for (let i = 0; i < 10; i++) expect(c.get(`b${i}`), `b${i}`).toBeDefined();
+    for (let i = 0; i < 10; i++) expect(c.get(`b${i}`, 'b'), `b${i}`).toBeDefined();
     expect(c.bytesHeldBy('b')).toBe(small);
-    expect(c.get('a0')).toBeUndefined();
-    expect(c.get('a19')).toBeDefined();
+    expect(c.get('a0', 'a')).toBeUndefined();
+    expect(c.get('a19', 'a')).toBeDefined();
     expect(c.bytes).toBe(c.bytesHeldBy('a') + c.bytesHeldBy('b'));
     // A sandbox holding few bytes still gets room: taken from a, not from b.
     c.set('c0', manyA(1000), 'c');
-    expect(c.get('c0')).toBeDefined();
+    expect(c.get('c0', 'c')).toBeDefined();
     expect(c.bytesHeldBy('b')).toBe(small);
   });
 
   it('keeps no answer larger than the whole budget, and counts an answer stored again once', () => {
     const c = new AnswerCache({ maxBytes: answerBytes(manyA(100)) });
     c.set('huge', manyA(1000), 'a');
-    expect(c.get('huge')).toBeUndefined();
+    expect(c.get('huge', 'a')).toBeUndefined();
     expect(c.bytes).toBe(0);
     c.set('k', answer(60), 'a');
     const once = c.bytes;
-    c.set('k', answer(60), 'b');
-    expect([c.bytes, c.bytesHeldBy('a'), c.bytesHeldBy('b')]).toEqual([once, 0, once]);
+    c.set('k', answer(60), 'a');
+    expect([c.bytes, c.bytesHeldBy('a')]).toEqual([once, once]);
   });
 });
 

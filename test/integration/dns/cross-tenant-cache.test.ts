@@ -1,0 +1,128 @@
+// The DNS listener's answer cache is shared by every sandbox (one upstream query per question),
+// but no sandbox may learn from an answer that another asked the same question: not by the TTL
+// (aged by the time since the other's query) nor by how fast the answer came (a cache hit against
+// an upstream round trip). Through the whole daemon on loopback, with dnsmasq as the upstream
+// (its records carry the same TTL on every answer, so any ageing is egressd's) and, where the
+// round trip must be long enough to time, a slow test server.
+
+import { createSocket } from 'node:dgram';
+import * as packet from 'dns-packet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digFrom, haveDig } from '../../helpers/dig.ts';
+import { haveDnsmasq, startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.ts';
+import { DnsTestServer } from '../../helpers/dns-server.ts';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+
+const A = '127.0.0.81';
+const B = '127.0.0.82';
+const TTL = 300;
+const SLOW_MS = 400;
+
+const sandboxes = (names: string[]): Record<string, unknown>[] => [
+  { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: names } } },
+  { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: names } } },
+];
+
+/** The TTL of the A record in dig's answer section. */
+const ttlOf = (dig: string): number => {
+  const line = dig.split('\n').find((l) => /\sIN\s+A\s/.test(l));
+  if (line === undefined) throw new Error(`no A record in ${JSON.stringify(dig)}`);
+  return Number(line.split(/\s+/)[1]);
+};
+
+describe.skipIf(!haveDig || !haveDnsmasq)("the answer cache, as another sandbox's query shows it", () => {
+  let upstream: Dnsmasq;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await startDnsmasq({ 'seen.test': ['198.18.7.1'], 'other.test': ['198.18.7.2'] }, TTL);
+    d = await startLoopbackDaemon(loopbackConfig({ dns: { servers: [upstream.server] }, sandboxes: sandboxes(['seen.test', 'other.test']) }));
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.stop();
+  });
+
+  it("gives a sandbox the TTL as it would have had it alone, not aged by another sandbox's earlier query, with one upstream query", async () => {
+    // What B gets for a name nobody asked: the upstream's TTL.
+    expect(ttlOf(await digFrom(port, B, 'other.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    expect(ttlOf(await digFrom(port, A, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    await new Promise((r) => setTimeout(r, 2_100));
+    // B's first sight of the name A asked 2 s ago: the same as for a name nobody asked.
+    expect(ttlOf(await digFrom(port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    // A's own view keeps ageing, from A's query.
+    expect(ttlOf(await digFrom(port, A, 'seen.test', 'A', '+noall', '+answer'))).toBeLessThanOrEqual(TTL - 2);
+    await new Promise((r) => setTimeout(r, 1_100));
+    // And B's ages from B's first query.
+    expect(ttlOf(await digFrom(port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL - 1);
+    // The upstream was asked once for it: the work is still shared.
+    expect(upstream.log().match(/query\[A\] seen\.test /g)).toHaveLength(1);
+  });
+});
+
+describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query shows it", () => {
+  let upstream: DnsTestServer;
+  let d: LoopbackDaemon;
+  let port: number;
+
+  beforeAll(async () => {
+    upstream = await DnsTestServer.start();
+    for (const n of ['cached.slow.test', 'joined.slow.test']) upstream.set(n, { kind: 'answer', a: ['198.18.7.3'], ttl: TTL, delayMs: SLOW_MS });
+    d = await startLoopbackDaemon(
+      loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 4000 }, sandboxes: sandboxes(['cached.slow.test', 'joined.slow.test']) }),
+    );
+    port = d.daemon.dnsListeners[0]!.port!;
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await upstream?.close();
+  });
+
+  /** One query over UDP from `from`: its A records and how long the answer took, ms. */
+  const timed = (from: string, name: string): Promise<{ a: string[]; ms: number }> =>
+    new Promise((resolve, reject) => {
+      const s = createSocket('udp4');
+      const timer = setTimeout(() => {
+        s.close();
+        reject(new Error(`no answer for ${name} within 5 s`));
+      }, 5_000);
+      let sent = 0;
+      s.on('message', (m) => {
+        const ms = performance.now() - sent;
+        clearTimeout(timer);
+        s.close();
+        resolve({ a: (packet.decode(m).answers ?? []).filter((r) => r.type === 'A').map((r) => String((r as { data?: unknown }).data)), ms });
+      });
+      s.bind(0, from, () => {
+        sent = performance.now();
+        s.send(
+          packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] }),
+          port,
+          '127.0.0.1',
+        );
+      });
+    });
+
+  it("answers a sandbox's first query for a name another sandbox has cached no sooner than its own upstream query would be, then at once", async () => {
+    expect((await timed(A, 'cached.slow.test')).ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
+    const first = await timed(B, 'cached.slow.test');
+    expect(first.a).toEqual(['198.18.7.3']);
+    expect(first.ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
+    // B's own cached answer now: no wait.
+    expect((await timed(B, 'cached.slow.test')).ms).toBeLessThan(SLOW_MS / 2);
+    expect(upstream.count('cached.slow.test', 'A')).toBe(1);
+  });
+
+  it("answers a sandbox that joins another's query on its way no sooner than its own upstream query would be", async () => {
+    const aAsked = timed(A, 'joined.slow.test');
+    for (let i = 0; i < 200 && upstream.count('joined.slow.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, SLOW_MS / 2));
+    const b = await timed(B, 'joined.slow.test');
+    await aAsked;
+    expect(b.a).toEqual(['198.18.7.3']);
+    expect(b.ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
+    expect(upstream.count('joined.slow.test', 'A')).toBe(1);
+  });
+});
