@@ -219,6 +219,7 @@ export class Daemon {
       memory: this.dnsMemory,
       log,
       onQuery: (e) => this.metrics.dnsQuery(e),
+      onLinesSuppressed: (reason, n) => this.metrics.instruments.dnsQueryLinesSuppressed.inc({ reason }, n),
     });
     // tcpPerSandbox and tcpTotal count every listener's connections together (v4 and v6 by default).
     const dnsTcp = new DnsTcpConnections();
@@ -784,6 +785,7 @@ export class Daemon {
     this.resolver.close();
     this.host.stop();
     this.dnsForwarder.close();
+    this.dns.close();
     this.#querySockets.close();
     this.limits.stop();
     // The last export carries the counts of the connections closed above; bounded by the exporter's timeout.

@@ -28,7 +28,7 @@ export interface QueryLog {
   readonly cached?: boolean;
   /** What went wrong, for `malformed` and `error` lines. */
   readonly detail?: string;
-  /** Rate-limited lines: how many such lines for this sandbox were not written since the last. */
+  /** How many lines of this sandbox, verdict and reason were left out since the last written (dns/query-lines.ts). */
   readonly suppressed?: number;
   /** Answered lines: the denied names whose records were withheld from the answer (denied-records.ts). */
   readonly withheld?: readonly string[];
@@ -100,7 +100,8 @@ export const QUERY_FIELDS: readonly LogField<QueryLog>[] = [
   {
     name: 'egressd.suppressed',
     type: 'long',
-    description: 'On a rate-limited line: how many such lines for this sandbox were left out since the last.',
+    description:
+      'How many lines of the same sandbox, verdict and reason were left out since the last one written: past the first, one such line a second is written (the last of that second), so lines plus these counts are every such query.',
     value: (q) => q.suppressed,
   },
   {

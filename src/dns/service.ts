@@ -18,7 +18,7 @@ import { withoutDeniedRecords } from './denied-records.ts';
 import { HTTPS_TYPE, SVCB_TYPE, stripEch } from './ech.ts';
 import type { ResolvedNames } from './memory.ts';
 import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
-import { logQuery } from './query-log.ts';
+import { QueryLines } from './query-lines.ts';
 import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
 import { canonicalSource } from '../match/ip.ts';
@@ -55,6 +55,8 @@ export interface DnsServiceDeps {
   readonly memory: ResolvedNames;
   readonly log: Logger;
   readonly onQuery?: (e: QueryEvent) => void;
+  /** Told of dns-query lines left out (dns/query-lines.ts), by reason, as the line after them is written. */
+  readonly onLinesSuppressed?: (reason: string, n: number) => void;
 }
 
 const TCP_LIMIT = 65_535;
@@ -122,13 +124,14 @@ export class DnsService {
   #inflight = 0;
   /** Questions on their way upstream, and the sandboxes that asked them (the first, then those that joined). */
   readonly #pending = new Map<string, { answer: Promise<Fetched>; tenants: QueryTenants }>();
-  /** Per sandbox: when a rate-limit line was last logged and how many were not logged since. */
-  readonly #limitLog = new Map<string, { at: number; suppressed: number }>();
+  /** The lines above debug, bounded per sandbox, verdict and reason (dns/query-lines.ts). */
+  readonly #lines: QueryLines;
 
   constructor(deps: DnsServiceDeps) {
     this.#deps = deps;
     const c = deps.config().dns;
     this.#buckets = new TokenBuckets({ perSecond: c.limits.perSecond, burst: c.limits.burst });
+    this.#lines = new QueryLines(deps.log, deps.onLinesSuppressed);
     if (c.zones.length > 0) {
       const t = new DomainTrie();
       c.zones.forEach((z, i) => t.insert(z, i));
@@ -150,14 +153,15 @@ export class DnsService {
     const key = this.#deps.tenantOf(policy.sandbox, source);
     if (!this.#buckets.take(key)) {
       this.#count('rate-limited', parsed.kind === 'query' ? parsed.query.type : 'other', false);
-      this.#logLimited(key, policy.sandbox, source, transport, parsed.kind === 'query' ? parsed.query : null);
+      const q = parsed.kind === 'query' ? parsed.query : null;
+      this.#lines.write(key, 'info', { sandbox: policy.sandbox, source, transport, name: q?.name, type: q?.type, verdict: 'refuse', reason: 'rate-limited' });
       return parsed.kind === 'query'
         ? refusalResponse(parsed.query, 'REFUSED')
         : errorResponse(parsed.id, parsed.flags, 'REFUSED', parsed.question, parsed.edns);
     }
     if (parsed.kind === 'error') {
       this.#count('malformed', parsed.question?.type ?? 'other', false);
-      logQuery(this.#deps.log, 'info', {
+      this.#lines.write(key, 'info', {
         sandbox: policy.sandbox,
         source,
         transport,
@@ -178,7 +182,7 @@ export class DnsService {
     let gate = this.#gate(policy, q.name);
     if (!gate.reach) {
       this.#count('refuse', q.type, false);
-      logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
+      this.#lines.write(key, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
       return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
     }
 
@@ -210,7 +214,7 @@ export class DnsService {
       const held = this.#inflightBy.get(key) ?? 0;
       if (!joins && (held >= limits.inflightPerSandbox || this.#inflight >= limits.inflightTotal)) {
         this.#count('inflight-limited', q.type, false);
-        logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: 'inflight-limited' });
+        this.#lines.write(key, 'info', { ...about, verdict: 'refuse', reason: 'inflight-limited' });
         return refusalResponse(q, 'REFUSED');
       }
       if (!joins) {
@@ -232,7 +236,7 @@ export class DnsService {
       upstreamMs = performance.now() - started;
       if ('failed' in r) {
         this.#count('servfail', q.type, false, upstreamMs);
-        logQuery(this.#deps.log, 'warn', { ...about, verdict: 'error', reason: 'upstream-failed', detail: r.failed });
+        this.#lines.write(key, 'warn', { ...about, verdict: 'error', reason: 'upstream-failed', detail: r.failed });
         return refusalResponse(q, 'SERVFAIL');
       }
       answered = r;
@@ -246,7 +250,7 @@ export class DnsService {
         gate = this.#gate(policy, q.name);
         if (!gate.reach) {
           this.#count('refuse', q.type, false, upstreamMs);
-          logQuery(this.#deps.log, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
+          this.#lines.write(key, 'info', { ...about, verdict: 'refuse', reason: gate.reason, rule: gate.rule });
           return refusalResponse(q, config.dns.refusal === 'refused' ? 'REFUSED' : 'NXDOMAIN');
         }
       }
@@ -267,14 +271,14 @@ export class DnsService {
     if (extra > 0 && !this.#buckets.take(key, extra)) {
       if (fetched) this.#buckets.owe(key, extra);
       this.#count('rate-limited', q.type, hit !== undefined, upstreamMs);
-      this.#logLimited(key, policy.sandbox, source, transport, q);
+      this.#lines.write(key, 'info', { ...about, verdict: 'refuse', reason: 'rate-limited' });
       return refusalResponse(q, 'REFUSED');
     }
 
     const target = this.#deniedTarget(policy, answered);
     if (target !== null && !target.reportOnly) {
       this.#count('refuse', q.type, hit !== undefined, upstreamMs);
-      logQuery(this.#deps.log, 'info', {
+      this.#lines.write(key, 'info', {
         ...about,
         verdict: 'refuse',
         reason: 'deny-rule',
@@ -303,7 +307,7 @@ export class DnsService {
     // and so is an answer that lost records to a deny rule, or would have: logged at info.
     const reportOnly = gate.reason === 'report-only' || target !== null;
     const rule = gate.reason !== 'report-only' && target !== null ? `alias ${JSON.stringify(target.name)}: ${target.rule ?? 'deny-rule'}` : gate.rule;
-    logQuery(this.#deps.log, reportOnly || shown.withheld.length > 0 || wouldWithhold.size > 0 ? 'info' : 'debug', {
+    this.#lines.write(key, reportOnly || shown.withheld.length > 0 || wouldWithhold.size > 0 ? 'info' : 'debug', {
       ...about,
       verdict: reportOnly ? 'would-refuse' : 'allow',
       reason: reportOnly ? 'report-only' : gate.reason,
@@ -316,7 +320,7 @@ export class DnsService {
     try {
       return answerResponse(q, shown.answered, ageS, limit);
     } catch (e) {
-      logQuery(this.#deps.log, 'warn', { ...about, verdict: 'error', reason: 'unencodable', detail: (e as Error).message });
+      this.#lines.write(key, 'warn', { ...about, verdict: 'error', reason: 'unencodable', detail: (e as Error).message });
       return refusalResponse(q, 'SERVFAIL');
     }
   }
@@ -513,25 +517,8 @@ export class DnsService {
     }
   }
 
-  /** A flood must not become a flood of log lines: one line per sandbox per second, with a count. */
-  #logLimited(key: string, sandbox: string | null, source: string, transport: Transport, q: Query | null): void {
-    const now = performance.now();
-    const e = this.#limitLog.get(key);
-    if (e && now - e.at < 1000) {
-      e.suppressed++;
-      return;
-    }
-    logQuery(this.#deps.log, 'info', {
-      sandbox,
-      source,
-      transport,
-      name: q?.name,
-      type: q?.type,
-      verdict: 'refuse',
-      reason: 'rate-limited',
-      suppressed: e?.suppressed ?? 0,
-    });
-    if (this.#limitLog.size > 10_000) this.#limitLog.clear();
-    this.#limitLog.set(key, { at: now, suppressed: 0 });
+  /** Writes the lines still gathered (dns/query-lines.ts) and stops their timer. */
+  close(): void {
+    this.#lines.close();
   }
 }

@@ -176,6 +176,12 @@ export const METRICS = {
     help: 'Queries to the DNS listener, by verdict (allow, refuse, rate-limited, inflight-limited, tcp-limited, malformed, servfail) and query type (A, AAAA, HTTPS, ..., other).',
     labels: ['verdict', 'type'],
   },
+  dnsQueryLinesSuppressed: {
+    name: 'egressd_dns_query_lines_suppressed_total',
+    type: 'counter',
+    help: 'dns-query log lines left out, by reason (not-allowed, deny-rule, rate-limited, ...): past the first, one line a second per sandbox, verdict and reason is written, saying how many were left out (egressd.suppressed).',
+    labels: ['reason'],
+  },
   dnsUpstreamDuration: {
     name: 'egressd_dns_upstream_duration_seconds',
     type: 'histogram',

@@ -105,6 +105,7 @@ function feed(m: Metrics): void {
   m.instruments.acceptErrors.inc({ code: 'EMFILE' });
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.instruments.dialAttemptsWithheld.inc(4);
+  m.instruments.dnsQueryLinesSuppressed.inc({ reason: 'not-allowed' }, 3);
   m.instruments.dnsTcpRetriesHeldBack.inc({ scope: 'sandbox' });
   m.instruments.dnsTcpRetriesJoined.inc();
   m.instruments.dnsTcpRefused.inc({ scope: 'budget' });
