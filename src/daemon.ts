@@ -2,6 +2,7 @@
 // listeners, the resolver, the admin listener (health, API, metrics) and the logger. main.ts
 // owns argv, signals and the exit code.
 
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { AdminServer, type Readiness } from './admin/server.ts';
 import { mountApi } from './admin/api.ts';
@@ -60,6 +61,8 @@ export interface DaemonOptions {
    * without state.path (see start()). Default false.
    */
   readonly sharePorts?: boolean;
+  /** The receive buffer each DNS UDP socket asks for (dns/listener.ts DNS_UDP_RECEIVE_BUFFER when absent): tests ask more than rmem_max. */
+  readonly dnsUdpReceiveBuffer?: number;
 }
 
 /**
@@ -247,6 +250,7 @@ export class Daemon {
           tcpConnections: dnsTcp,
           // Until serving, as the proxy listeners: before the limits start none would count it.
           accepting: () => this.#state === 'serving',
+          ...(opts.dnsUdpReceiveBuffer !== undefined ? { udpReceiveBuffer: opts.dnsUdpReceiveBuffer } : {}),
         }),
       );
     }
@@ -425,6 +429,7 @@ export class Daemon {
       { host: this.#config.admin.listen.host, port: this.admin.port ?? this.#config.admin.listen.port },
     ]);
     this.host.start();
+    this.#checkDnsReceiveBuffer();
     this.limits.start(this.nativeSetup?.threads ?? 0);
     // The loops accept no more than the descriptor budget leaves room for (native-setup.ts).
     const slots = this.limits.acceptSlotsPerLoop;
@@ -536,6 +541,44 @@ export class Daemon {
     }
     this.metrics.instruments.configReloads.inc({ result: 'ok' });
     return { ok: true, sandboxes: r.value, needsRestart };
+  }
+
+  /**
+   * Each DNS UDP socket asks for a receive buffer (dns/listener.ts DNS_UDP_RECEIVE_BUFFER, 4 MiB)
+   * so that one sandbox's burst does not fill it and drop the others' queries; the kernel caps the
+   * ask at net.core.rmem_max, silently. Shown in a gauge, and warned of once at start when less
+   * was granted, with both figures and rmem_max (docs/config.md, "The DNS listener").
+   */
+  #checkDnsReceiveBuffer(): void {
+    let asked = 0;
+    let granted = Infinity;
+    for (const l of this.dnsListeners) {
+      const g = l.udpReceiveBufferGranted;
+      if (g === null) continue;
+      asked = Math.max(asked, l.udpReceiveBufferAsked);
+      granted = Math.min(granted, g);
+    }
+    if (granted === Infinity) return;
+    const gauge = this.metrics.instruments.dnsUdpReceiveBuffer;
+    gauge.set({ figure: 'asked' }, asked);
+    gauge.set({ figure: 'granted' }, granted);
+    if (granted >= asked) return;
+    let rmemMax: number | null = null;
+    try {
+      rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8').trim());
+    } catch {
+      // Not Linux, or no /proc: the figures say it all the same.
+    }
+    this.log.warn(
+      {
+        event: { action: 'dns-receive-buffer-short' },
+        askedBytes: asked,
+        grantedBytes: granted,
+        rmemMax,
+        hint: `raise net.core.rmem_max to at least ${asked} (sysctl -w net.core.rmem_max=${asked}): with less, one sandbox's burst of queries can fill the socket and the kernel drops the other sandboxes' queries`,
+      },
+      'The kernel granted the DNS listener a smaller UDP receive buffer than it asked for',
+    );
   }
 
   /**

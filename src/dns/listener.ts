@@ -55,6 +55,8 @@ export interface DnsListenerDeps {
    * connection taken sooner would be held in no budget. Always, when absent.
    */
   readonly accepting?: () => boolean;
+  /** The receive buffer each UDP socket asks for, bytes; DNS_UDP_RECEIVE_BUFFER when absent (tests ask more than rmem_max). */
+  readonly udpReceiveBuffer?: number;
 }
 
 /**
@@ -140,6 +142,23 @@ export class DnsListener {
     return this.#status;
   }
 
+  /** The receive buffer each UDP socket asks for, bytes. */
+  get udpReceiveBufferAsked(): number {
+    return this.#deps.udpReceiveBuffer ?? DNS_UDP_RECEIVE_BUFFER;
+  }
+
+  /**
+   * The least receive buffer the kernel granted a UDP socket of this listener, in bytes as asked
+   * (SO_RCVBUF reads back twice what was granted: socket(7)), or null before it listens. Below
+   * the ask when net.core.rmem_max is lower.
+   */
+  get udpReceiveBufferGranted(): number | null {
+    if (this.#status.state !== 'listening') return null;
+    let least = Infinity;
+    for (const sock of [this.#udp, this.#udpLoopback]) if (sock !== null) least = Math.min(least, Math.floor(sock.getRecvBufferSize() / 2));
+    return least;
+  }
+
   get port(): number | null {
     return this.#status.state === 'listening' ? this.#status.port : null;
   }
@@ -213,7 +232,7 @@ export class DnsListener {
   }
 
   #udpSocket(v6: boolean): UdpSocket {
-    const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true, recvBufferSize: DNS_UDP_RECEIVE_BUFFER });
+    const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reusePort: true, recvBufferSize: this.udpReceiveBufferAsked });
     sock.on('message', (msg, rinfo) => this.#onDatagram(sock, msg, rinfo.address, rinfo.port));
     sock.on('error', (err) => {
       // Once bound, an error is one datagram's, and the socket goes on receiving: a failed read,

@@ -182,6 +182,12 @@ export const METRICS = {
     help: 'dns-query log lines left out, by reason (not-allowed, deny-rule, rate-limited, ...): past the first, one line a second per sandbox, verdict and reason is written, saying how many were left out (egressd.suppressed).',
     labels: ['reason'],
   },
+  dnsUdpReceiveBuffer: {
+    name: 'egressd_dns_udp_receive_buffer_bytes',
+    type: 'gauge',
+    help: "The receive buffer of the DNS listener's UDP sockets, by figure: asked (4 MiB) and granted (the least the kernel gave a socket, capped at net.core.rmem_max); granted below asked is warned of at start (dns-receive-buffer-short).",
+    labels: ['figure'],
+  },
   dnsUpstreamDuration: {
     name: 'egressd_dns_upstream_duration_seconds',
     type: 'histogram',

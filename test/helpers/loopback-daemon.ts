@@ -46,7 +46,12 @@ export function loopbackConfig(doc: Record<string, unknown>): Config {
  */
 export async function startLoopbackDaemon(
   config: Config,
-  opts: { setup?: 'native' | 'node'; beforeStart?: (daemon: Daemon) => void; hostInterfaces?: DaemonOptions['hostInterfaces'] } = {},
+  opts: {
+    setup?: 'native' | 'node';
+    beforeStart?: (daemon: Daemon) => void;
+    hostInterfaces?: DaemonOptions['hostInterfaces'];
+    dnsUdpReceiveBuffer?: number;
+  } = {},
 ): Promise<LoopbackDaemon> {
   if (opts.setup === 'native') useNativeLoops();
   const logs: Record<string, unknown>[] = [];
@@ -68,6 +73,7 @@ export async function startLoopbackDaemon(
     originalDst,
     ...(opts.setup ? { setup: opts.setup } : {}),
     ...(opts.hostInterfaces ? { hostInterfaces: opts.hostInterfaces } : {}),
+    ...(opts.dnsUdpReceiveBuffer !== undefined ? { dnsUdpReceiveBuffer: opts.dnsUdpReceiveBuffer } : {}),
   });
   opts.beforeStart?.(daemon);
   await daemon.start();

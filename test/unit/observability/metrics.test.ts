@@ -106,6 +106,7 @@ function feed(m: Metrics): void {
   m.instruments.refusalLingersGivenUp.inc({ scope: 'sandbox' });
   m.instruments.dialAttemptsWithheld.inc(4);
   m.instruments.dnsQueryLinesSuppressed.inc({ reason: 'not-allowed' }, 3);
+  m.instruments.dnsUdpReceiveBuffer.set({ figure: 'granted' }, 4_194_304);
   m.instruments.dnsTcpRetriesHeldBack.inc({ scope: 'sandbox' });
   m.instruments.dnsTcpRetriesJoined.inc();
   m.instruments.dnsTcpRefused.inc({ scope: 'budget' });
@@ -460,6 +461,7 @@ describe('Metrics labels', () => {
     state: /^(?:open|undecided|lingering)$/,
     resource: /^(?:memory|descriptors)$/,
     cache: /^(?:answers|addresses)$/,
+    figure: /^(?:asked|granted)$/,
     version: /^\d+\.\d+\.\d+/,
     node_version: /^v\d+\.\d+\.\d+/,
     data_plane: /^(?:native|js)$/,
