@@ -55,6 +55,14 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
                            connection-tracking entry for 30 s (default: no limit)
   --new-dns-flows-burst N  with the above: flows a source may start at once before the
                            rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
+  --dns-packets-per-source RATE[/s]
+                           host mode: drop a source's UDP datagrams to the DNS listener
+                           beyond RATE a second (1-${MAX_NEW_CONNECTIONS}), new flows or not: one
+                           socket's flood is one flow, which the flow limit never meets,
+                           and fills the listener's socket for every sandbox (default: no
+                           limit)
+  --dns-packets-burst N    with the above: datagrams a source may send at once before the
+                           rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
 
 --apply with one backend also removes what the other backend installed. --remove removes
 what either backend installed (iptables chains and nft tables); it needs no other option
@@ -96,6 +104,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
         'new-connections-burst': { type: 'string' },
         'new-dns-flows-per-source': { type: 'string' },
         'new-dns-flows-burst': { type: 'string' },
+        'dns-packets-per-source': { type: 'string' },
+        'dns-packets-burst': { type: 'string' },
       },
     }));
   } catch (e) {
@@ -173,6 +183,8 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
   if (typeof newConnections === 'string') return fail(newConnections);
   const newDnsFlows = perSourceLimit('new-dns-flows', 'flows', str('new-dns-flows-per-source'), str('new-dns-flows-burst'));
   if (typeof newDnsFlows === 'string') return fail(newDnsFlows);
+  const dnsPackets = perSourceLimit('dns-packets', 'datagrams', str('dns-packets-per-source'), str('dns-packets-burst'));
+  if (typeof dnsPackets === 'string') return fail(dnsPackets);
   let uid: number | null = null;
   const uidArg = str('uid');
   if (uidArg !== undefined) {
@@ -201,6 +213,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       for (const [flag, limit] of [
         ['--new-connections-per-source', newConnections],
         ['--new-dns-flows-per-source', newDnsFlows],
+        ['--dns-packets-per-source', dnsPackets],
       ] as const) {
         if (limit !== null) return fail(`${flag} applies to host mode only: in sidecar mode each pod has a connection-tracking table of its own`);
       }
@@ -225,6 +238,7 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       excludePorts,
       newConnections,
       newDnsFlows,
+      dnsPackets,
       backendGiven: str('backend') !== undefined,
     },
   };

@@ -63,11 +63,12 @@ export function hashlimit(limit: PerSourceLimit, family: Family): string[] {
 /**
  * The hashlimit table's name: /proc/net/ipt_hashlimit/NAME (ip6t_hashlimit for IPv6) lists its
  * sources. egressd-RATE-BURST for new connections (the name it had before DNS flows were
- * limited), egressd-dns-RATE-BURST for new DNS flows: at most 25 characters, within the
+ * limited), egressd-dns-RATE-BURST for new DNS flows, egressd-dnsp-RATE-BURST for DNS datagrams: at most 26 characters, within the
  * NAME_MAX (255) of hashlimit's revisions 2 and 3 (linux/netfilter/xt_hashlimit.h).
  */
 export function hashlimitName(limit: PerSourceLimit): string {
-  return `egressd-${limit.bucket === 'new-dns-flows' ? 'dns-' : ''}${limit.perSecond}-${limit.burst}`;
+  const kind = { 'new-connections': '', 'new-dns-flows': 'dns-', 'dns-packets': 'dnsp-' }[limit.bucket];
+  return `egressd-${kind}${limit.perSecond}-${limit.burst}`;
 }
 
 function iptablesTarget(t: Target, family: Family): string[] {

@@ -59,7 +59,8 @@ export const NAT_PRIORITY = -110;
 
 /**
  * The per-source buckets of --new-connections-per-source (new_tcp_per_source) and
- * --new-dns-flows-per-source (new_dns_per_source): a dynamic set each, one element (a token
+ * --new-dns-flows-per-source (new_dns_per_source) and --dns-packets-per-source
+ * (dns_packets_per_source): a dynamic set each, one element (a token
  * bucket) per source address, forgotten 10 s after its last packet counted, as hashlimit's
  * defaults. When a set is full a new source's update fails and the rule does not match: that
  * source is not limited (hashlimit drops it instead).
@@ -67,6 +68,7 @@ export const NAT_PRIORITY = -110;
 export const PER_SOURCE_SETS: Readonly<Record<PerSourceBucket, string>> = Object.freeze({
   'new-connections': 'new_tcp_per_source',
   'new-dns-flows': 'new_dns_per_source',
+  'dns-packets': 'dns_packets_per_source',
 });
 const NEW_PER_SOURCE_MAX = 65536;
 const NEW_PER_SOURCE_TIMEOUT = '10s';
@@ -86,7 +88,7 @@ export function nftTableName(family: Family): string {
 export function renderNft(rs: RuleSet): string {
   const table = nftTableName(rs.family);
   const out = [`table ${table}`, `delete table ${table}`, `table ${table} {`];
-  for (const bucket of ['new-connections', 'new-dns-flows'] as const) {
+  for (const bucket of ['new-connections', 'new-dns-flows', 'dns-packets'] as const) {
     if (!rs.chains.some((c) => c.rules.some((r) => r.match.overPerSource?.bucket === bucket))) continue;
     out.push(
       `\tset ${PER_SOURCE_SETS[bucket]} {`,

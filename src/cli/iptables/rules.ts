@@ -64,6 +64,12 @@ export interface IptablesOptions {
    * entry in the host's connection-tracking table. Null: no limit.
    */
   readonly newDnsFlows: NewConnectionLimit | null;
+  /**
+   * host mode: each source address may send at most this many UDP datagrams a second to egressd's
+   * DNS listener, beyond a burst, new flows or not; the rest are dropped in filter INPUT, before
+   * the listener's socket, which every sandbox's queries share. Null: no limit.
+   */
+  readonly dnsPackets: NewConnectionLimit | null;
   /** --remove only: the backend was named, so its tool must be installed (both backends' rules are removed either way). */
   readonly backendGiven: boolean;
 }
@@ -80,7 +86,7 @@ export interface NewConnectionLimit {
  * Which per-source buckets a limit takes from: one set of buckets per flag, so that a sandbox's
  * DNS queries do not spend its connections' allowance, nor the reverse.
  */
-export type PerSourceBucket = 'new-connections' | 'new-dns-flows';
+export type PerSourceBucket = 'new-connections' | 'new-dns-flows' | 'dns-packets';
 
 export interface PerSourceLimit extends NewConnectionLimit {
   readonly bucket: PerSourceBucket;
@@ -210,6 +216,7 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
   const dns = dnsPort === null ? options.dnsServers.filter((a) => cidrFamily(a) === family) : [];
   const excluded = options.excludeCidrs.filter((c) => cidrFamily(c) === family);
   const dnsFlows: PerSourceLimit | null = options.newDnsFlows === null ? null : { bucket: 'new-dns-flows', ...options.newDnsFlows };
+  const dnsPackets: PerSourceLimit | null = options.dnsPackets === null ? null : { bucket: 'dns-packets', ...options.dnsPackets };
   // Exclusions come first, so nothing below (a redirect, a reject) ever sees that traffic.
   const redirect: Rule[] = [
     ...excluded.map((c): Rule => ({ match: { destination: c, protocol: 'tcp' }, target: { kind: 'return' } })),
@@ -367,10 +374,18 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
     // or again at once, and fails the lookup within milliseconds. A burst over the rate would fail
     // lookups instead of slowing them. Each selector's limit comes right before its return, so a
     // query takes a token once, from the first selector it matches.
+    // The flow limit meets a flow's first datagram only: one socket sending 300,000 queries in 5 s
+    // is one flow, never limited, and filled the listener's receive buffer, which every sandbox's
+    // queries share (another sandbox lost 44 of 200). The packet limit counts every datagram of
+    // the source, before the flow limit (a datagram it drops takes no flow token either), and
+    // drops the excess here, before the socket.
     const dnsIn: Rule[] =
       dnsPort === null
         ? []
         : selectors.flatMap((m): Rule[] => [
+            ...(dnsPackets === null
+              ? []
+              : [{ match: { ...m, protocol: 'udp', dport: dnsPort, overPerSource: dnsPackets }, target: { kind: 'drop' } } satisfies Rule]),
             ...(dnsFlows === null
               ? []
               : [{ match: { ...m, protocol: 'udp', dport: dnsPort, newConnection: true, overPerSource: dnsFlows }, target: { kind: 'drop' } } satisfies Rule]),

@@ -1055,6 +1055,67 @@ describe('--new-dns-flows-per-source', () => {
   });
 });
 
+describe('--dns-packets-per-source', () => {
+  const LIMITED = ['--interface', 'veth0', '--source', '10.1.0.0/16', '--dns-packets-per-source', '600/s', '--dns-packets-burst', '1200'];
+  const limit = { bucket: 'dns-packets', perSecond: 600, burst: 1200 };
+
+  it('is off by default, takes RATE or RATE/s, defaults the burst to the rate, and is apart from the flow limit', () => {
+    expect(options(['--interface', 'veth0']).dnsPackets).toBeNull();
+    expect(options(['--interface', 'veth0', '--dns-packets-per-source', '50/s']).dnsPackets).toEqual({ perSecond: 50, burst: 50 });
+    expect(options(LIMITED)).toMatchObject({ dnsPackets: { perSecond: 600, burst: 1200 }, newDnsFlows: null });
+  });
+
+  it.each([
+    [['--dns-packets-per-source', '0'], /^--dns-packets-per-source: expected datagrams a second, an integer from 1 to 100000.*got "0"$/],
+    [['--dns-packets-per-source', '5', '--dns-packets-burst', 'x'], /^--dns-packets-burst: .*got "x"$/],
+    [['--dns-packets-burst', '5'], /^--dns-packets-burst needs --dns-packets-per-source$/],
+  ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
+    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
+    expect(p.ok ? '' : p.error).toMatch(message);
+    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
+    expect(r.code).toBe(2);
+  });
+
+  it('is refused in sidecar mode', async () => {
+    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--dns-packets-per-source', '5'], recorder().run);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--dns-packets-per-source applies to host mode only');
+  });
+
+  it("drops a source's datagrams to the DNS listener beyond the rate, new flows or not, before the flow limit and each selector's return", () => {
+    for (const family of [4, 6] as const) {
+      const plain = buildRuleSet(options([...LIMITED.slice(0, 4), '--source', 'fd00::/64', '--dns-port', '15053']), family);
+      const limited = buildRuleSet(
+        options([...LIMITED, '--source', 'fd00::/64', '--dns-port', '15053', '--new-dns-flows-per-source', '30', '--new-dns-flows-burst', '60']),
+        family,
+      );
+      const selectors = [{ inInterface: 'veth0' }, { source: family === 4 ? '10.1.0.0/16' : 'fd00::/64' }];
+      const flows = { bucket: 'new-dns-flows', perSecond: 30, burst: 60 };
+      expect(chain(limited, 'filter-input')).toEqual([
+        ...selectors.flatMap((sel) => [
+          JSON.stringify([{ ...sel, protocol: 'udp', dport: 15053, overPerSource: limit }, { kind: 'drop' }]),
+          JSON.stringify([{ ...sel, protocol: 'udp', dport: 15053, newConnection: true, overPerSource: flows }, { kind: 'drop' }]),
+          JSON.stringify([{ ...sel, protocol: 'udp', dport: 15053 }, { kind: 'return' }]),
+        ]),
+        ...chain(plain, 'filter-input').slice(2),
+      ]);
+      for (const c of plain.chains) if (c.id !== 'filter-input') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+    }
+  });
+
+  it('renders hashlimit without a conntrack state, and an nft set of its own', () => {
+    const lines = renderIptablesRestore(buildRuleSet(options([...LIMITED, '--dns-port', '15053']), 4)).split('\n');
+    expect(lines.filter((l) => l.includes('--hashlimit-name egressd-dnsp-600-1200'))[0]).toBe(
+      '-A EGRESSD-INPUT -i veth0 -p udp --dport 15053 -m hashlimit --hashlimit-above 600/sec --hashlimit-burst 1200 --hashlimit-mode srcip --hashlimit-srcmask 32 --hashlimit-name egressd-dnsp-600-1200 -j DROP',
+    );
+    const nft = renderNft(buildRuleSet(options([...LIMITED, '--dns-port', '15053', '--backend', 'nft']), 4)).split('\n');
+    expect(nft).toContain('\tset dns_packets_per_source {');
+    expect(nft.filter((l) => l.includes('@dns_packets_per_source'))[0]).toBe(
+      '\t\tiifname "veth0" udp dport 15053 update @dns_packets_per_source { ip saddr limit rate over 600/second burst 1200 packets } drop',
+    );
+  });
+});
+
 describe('--other-protocols', () => {
   const ND = [130, 131, 132, 133, 134, 135, 136, 137, 143];
   const drops = [
