@@ -70,8 +70,12 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
   beforeAll(async () => {
     upstream = await DnsTestServer.start();
     for (const n of ['cached.slow.test', 'joined.slow.test']) upstream.set(n, { kind: 'answer', a: ['198.18.7.3'], ttl: TTL, delayMs: SLOW_MS });
+    for (const n of ['s1.silent.test', 's2.silent.test', 's3.silent.test']) upstream.set(n, { kind: 'silent' });
     d = await startLoopbackDaemon(
-      loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 4000 }, sandboxes: sandboxes(['cached.slow.test', 'joined.slow.test']) }),
+      loopbackConfig({
+        dns: { servers: [upstream.server], timeoutMs: 4000, limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 16 } },
+        sandboxes: sandboxes(['cached.slow.test', 'joined.slow.test', '*.silent.test']),
+      }),
     );
     port = d.daemon.dnsListeners[0]!.port!;
   });
@@ -80,8 +84,8 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
     await upstream?.close();
   });
 
-  /** One query over UDP from `from`: its A records and how long the answer took, ms. */
-  const timed = (from: string, name: string): Promise<{ a: string[]; ms: number }> =>
+  /** One query over UDP from `from`: its A records, its rcode and how long the answer took, ms. */
+  const timed = (from: string, name: string): Promise<{ a: string[]; rcode: string | undefined; ms: number }> =>
     new Promise((resolve, reject) => {
       const s = createSocket('udp4');
       const timer = setTimeout(() => {
@@ -93,7 +97,12 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
         const ms = performance.now() - sent;
         clearTimeout(timer);
         s.close();
-        resolve({ a: (packet.decode(m).answers ?? []).filter((r) => r.type === 'A').map((r) => String((r as { data?: unknown }).data)), ms });
+        const p = packet.decode(m);
+        resolve({
+          a: (p.answers ?? []).filter((r) => r.type === 'A').map((r) => String((r as { data?: unknown }).data)),
+          rcode: (p as { rcode?: string }).rcode,
+          ms,
+        });
       });
       s.bind(0, from, () => {
         sent = performance.now();
@@ -124,5 +133,19 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
     expect(b.a).toEqual(['198.18.7.3']);
     expect(b.ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
     expect(upstream.count('joined.slow.test', 'A')).toBe(1);
+  });
+
+  it('refuses a sandbox holding its whole in-flight share a question another sandbox has on its way, as it refuses one nobody asked', async () => {
+    // B's question on its way (the upstream never answers it).
+    const bAsked = timed(B, 's1.silent.test').catch(() => null);
+    for (let i = 0; i < 200 && upstream.count('s1.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    // A fills its share with questions of its own.
+    const aHeld = [timed(A, 's2.silent.test').catch(() => null), timed(A, 's3.silent.test').catch(() => null)];
+    for (let i = 0; i < 200 && upstream.count('s3.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    // Joined free, A's answer (or its wait) would tell that B is asking the name now.
+    const a = await timed(A, 's1.silent.test');
+    expect(a.rcode).toBe('REFUSED');
+    expect(a.ms).toBeLessThan(1000);
+    await Promise.all([bAsked, ...aHeld]);
   });
 });
