@@ -1,0 +1,66 @@
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { QueryLines } from '../../../src/dns/query-lines.ts';
+import type { QueryLog } from '../../../src/dns/query-log.ts';
+import { loggerOptions, type Logger } from '../../../src/observability/logger.ts';
+
+/** A logger whose lines land in an array, and the lines. */
+function sink(): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const out = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      for (const l of chunk.toString('utf8').split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const log: Logger = pino(loggerOptions('info'), out);
+  return { log, lines };
+}
+
+const refused = (source: string, sandbox: string | null, reason = 'not-allowed'): QueryLog => ({
+  sandbox,
+  source,
+  transport: 'udp',
+  name: 'x.denied.test',
+  type: 'A',
+  verdict: 'refuse',
+  reason,
+});
+const suppressedOf = (l: Record<string, unknown>): number | undefined => (l['egressd'] as { suppressed?: number }).suppressed;
+
+describe('QueryLines', () => {
+  it('writes the first line of a sandbox and reason at once, then the last of each second with how many were left out', async () => {
+    const { log, lines } = sink();
+    const told: [string, number][] = [];
+    const q = new QueryLines(log, (reason, n) => told.push([reason, n]));
+    for (let i = 0; i < 10; i++) q.write('sb-a', 'info', refused('198.18.0.2', 'sb-a'));
+    q.write('sb-a', 'info', refused('198.18.0.2', 'sb-a', 'deny-rule'));
+    q.write('sb-a', 'debug', { ...refused('198.18.0.2', 'sb-a'), verdict: 'allow', reason: 'policy' });
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toHaveLength(2);
+    q.flush();
+    await new Promise((r) => setImmediate(r));
+    // The nine left: one written with 8 left out; the deny-rule one had no more, and is forgotten.
+    expect(lines.map(suppressedOf)).toEqual([undefined, undefined, 8]);
+    expect(told).toEqual([['not-allowed', 8]]);
+    q.flush();
+    q.write('sb-a', 'info', refused('198.18.0.2', 'sb-a', 'deny-rule'));
+    q.close();
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toHaveLength(4);
+  });
+
+  it('gives the first 16 blocks of sources of no sandbox lines of their own and gathers the others', async () => {
+    const { log, lines } = sink();
+    const q = new QueryLines(log);
+    for (let i = 1; i <= 40; i++) q.write(`source 198.18.9.${i}`, 'info', refused(`198.18.9.${i}`, null));
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toHaveLength(17);
+    q.close();
+    await new Promise((r) => setImmediate(r));
+    // The 23 gathered: the last written with 22 left out.
+    expect(lines).toHaveLength(18);
+    expect(suppressedOf(lines[17]!)).toBe(22);
+  });
+});
