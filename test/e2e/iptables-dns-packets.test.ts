@@ -102,8 +102,8 @@ describe.skipIf(skip !== null)('egressd iptables --dns-packets-per-source on a l
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const apply = async (backend: string, extra: string[]): Promise<void> => {
-    const args = ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--family', '4', '--dns-port', String(PORTS.dns)];
+  const apply = async (backend: string, extra: string[], dns = ['--dns-port', String(PORTS.dns)]): Promise<void> => {
+    const args = ['--apply', '--backend', backend, '--mode', 'host', '--interface', rig.sandboxIf, '--family', '4', ...dns];
     const ports = ['--http-port', String(PORTS.http), '--tls-port', String(PORTS.tls), '--tcp-port', String(PORTS.tcp)];
     const r = await rig.execIn('router', NODE, [MAIN, 'iptables', ...args, ...ports, ...extra], { timeoutMs: 30_000 });
     expect(r.code, r.stderr).toBe(0);
@@ -117,12 +117,14 @@ describe.skipIf(skip !== null)('egressd iptables --dns-packets-per-source on a l
   };
 
   /** The flood and the other sandbox's queries at once; what each reported, and the datagrams dropped at a full socket. */
-  const floodAndAsk = async (): Promise<{ flood: { sent: number; ms: number }; other: { answered: number; asked: number }; rcvbufErrors: number }> => {
+  const floodAndAsk = async (
+    server: string = TARGET,
+  ): Promise<{ flood: { sent: number; ms: number }; other: { answered: number; asked: number }; rcvbufErrors: number }> => {
     const before = await rcvbufErrors();
     const [flood, other] = await Promise.all([
-      rig.execIn('sandbox', NODE, ['-e', FLOOD, rig.sandboxV4, TARGET, String(FLOOD_MAX), String(FLOOD_MS)], { timeoutMs: FLOOD_MS + 20_000 }),
+      rig.execIn('sandbox', NODE, ['-e', FLOOD, rig.sandboxV4, server, String(FLOOD_MAX), String(FLOOD_MS)], { timeoutMs: FLOOD_MS + 20_000 }),
       // Starts once the flood has filled the socket, and asks while it lasts.
-      rig.execIn('sandbox', NODE, ['-e', ASKER, rig.sandbox2V4, TARGET, String(ASKED), 'allowed.test', '300'], { timeoutMs: 60_000 }),
+      rig.execIn('sandbox', NODE, ['-e', ASKER, rig.sandbox2V4, server, String(ASKED), 'allowed.test', '300'], { timeoutMs: 60_000 }),
     ]);
     expect(flood.code, flood.stderr).toBe(0);
     expect(other.code, other.stderr).toBe(0);
@@ -150,4 +152,19 @@ describe.skipIf(skip !== null)('egressd iptables --dns-packets-per-source on a l
       expect(limited.other.answered, seen).toBe(ASKED);
     },
   );
+
+  // With the listener off, the queries go on to the DNS server left reachable (the rig's dnsmasq),
+  // whose socket every sandbox shares as well: the flood's excess is dropped in the udp chain.
+  it.each(['iptables', 'nft'] as const)('with the %s backend and --dns-port off, limits the datagrams to a --dns-server the same way', async (backend) => {
+    await apply(backend, ['--dns-packets-per-source', '1000', '--dns-packets-burst', '2000'], ['--dns-port', 'off', '--dns-server', rig.dnsServer]);
+    const before = (rig.dnsLog().match(/query\[A\] \S*denied\.test/g) ?? []).length;
+    const limited = await floodAndAsk(rig.dnsServer);
+    const reached = (rig.dnsLog().match(/query\[A\] \S*denied\.test/g) ?? []).length - before;
+    const seen = JSON.stringify({ limited, reached });
+    console.log(`dns-packets to a --dns-server (${backend}): ${seen}`);
+    // The burst, and the rate over the flood's seconds, with room for a second's rounding.
+    expect(reached, seen).toBeLessThanOrEqual(2000 + 1000 * Math.ceil(limited.flood.ms / 1000 + 1));
+    expect(limited.flood.sent, seen).toBeGreaterThan(4 * reached);
+    expect(limited.other.answered, seen).toBe(ASKED);
+  });
 });

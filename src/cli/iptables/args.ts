@@ -56,11 +56,11 @@ Prints the rules that send sandbox traffic to egressd; --apply installs them (id
   --new-dns-flows-burst N  with the above: flows a source may start at once before the
                            rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
   --dns-packets-per-source RATE[/s]
-                           host mode: drop a source's UDP datagrams to the DNS listener
-                           beyond RATE a second (1-${MAX_NEW_CONNECTIONS}), new flows or not: one
-                           socket's flood is one flow, which the flow limit never meets,
-                           and fills the listener's socket for every sandbox (default: no
-                           limit)
+                           host mode: drop a source's UDP datagrams to DNS (the DNS
+                           listener, or a --dns-server's port 53) beyond RATE a second
+                           (1-${MAX_NEW_CONNECTIONS}), new flows or not: one socket's flood is
+                           one flow, which the flow limit never meets, and fills the
+                           listener's socket for every sandbox (default: no limit)
   --dns-packets-burst N    with the above: datagrams a source may send at once before the
                            rate applies (1-${MAX_NEW_CONNECTIONS}; default RATE)
 

@@ -66,8 +66,9 @@ export interface IptablesOptions {
   readonly newDnsFlows: NewConnectionLimit | null;
   /**
    * host mode: each source address may send at most this many UDP datagrams a second to egressd's
-   * DNS listener, beyond a burst, new flows or not; the rest are dropped in filter INPUT, before
-   * the listener's socket, which every sandbox's queries share. Null: no limit.
+   * DNS listener (or with `dnsPort` null to a `dnsServers` port 53), beyond a burst, new flows or
+   * not; the rest are dropped in filter INPUT (or the udp chain), before the listener's socket,
+   * which every sandbox's queries share. Null: no limit.
    */
   readonly dnsPackets: NewConnectionLimit | null;
   /** --remove only: the backend was named, so its tool must be installed (both backends' rules are removed either way). */
@@ -241,6 +242,16 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
       { match: { destination: c, protocol: 'udp', untracked: true }, target: { kind: 'return' } },
     ]),
     ...dns.flatMap((a): Rule[] => [
+      // A DNS server left reachable is every sandbox's as the listener is: one source's flood
+      // from one socket is limited by its datagrams, as there (host mode only).
+      ...(dnsPackets === null || options.mode !== 'host'
+        ? []
+        : [
+            {
+              match: { protocol: 'udp', originalDestination: hostCidr(a), originalDport: 53, overPerSource: dnsPackets },
+              target: { kind: 'drop' },
+            } satisfies Rule,
+          ]),
       // A query to a DNS server left reachable is a flow, and an entry, of the host's table as
       // much as one to the listener; dropped before the confirm as there (host mode only).
       ...(dnsFlows === null || options.mode !== 'host'

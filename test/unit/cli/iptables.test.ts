@@ -1103,6 +1103,29 @@ describe('--dns-packets-per-source', () => {
     }
   });
 
+  it("with --dns-port off, drops a source's datagrams to each --dns-server's port 53 beyond the rate, before the flow limit", () => {
+    const base = ['--interface', 'veth0', '--dns-port', 'off', '--dns-server', '10.96.0.10'];
+    const plain = buildRuleSet(options(base), 4);
+    const limited = buildRuleSet(options([...base, '--dns-packets-per-source', '600', '--dns-packets-burst', '1200', '--new-dns-flows-per-source', '30']), 4);
+    const udp = chain(plain, 'udp');
+    const at = udp.findIndex((r) => r.includes('"originalDport":53'));
+    expect(chain(limited, 'udp')).toEqual([
+      ...udp.slice(0, at),
+      JSON.stringify([{ protocol: 'udp', originalDestination: '10.96.0.10/32', originalDport: 53, overPerSource: limit }, { kind: 'drop' }]),
+      JSON.stringify([
+        {
+          protocol: 'udp',
+          originalDestination: '10.96.0.10/32',
+          originalDport: 53,
+          newConnection: true,
+          overPerSource: { bucket: 'new-dns-flows', perSecond: 30, burst: 30 },
+        },
+        { kind: 'drop' },
+      ]),
+      ...udp.slice(at),
+    ]);
+  });
+
   it('renders hashlimit without a conntrack state, and an nft set of its own', () => {
     const lines = renderIptablesRestore(buildRuleSet(options([...LIMITED, '--dns-port', '15053']), 4)).split('\n');
     expect(lines.filter((l) => l.includes('--hashlimit-name egressd-dnsp-600-1200'))[0]).toBe(
