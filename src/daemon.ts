@@ -249,8 +249,10 @@ export class Daemon {
           onTcpMalformed: () => this.metrics.dnsQuery({ verdict: 'malformed', type: 'other', cached: false }),
           tcpConnections: dnsTcp,
           // Until serving, as the proxy listeners: before the limits start none would count it.
+          // One accepted sooner waits for the start (#early), as a proxied connection does.
           accepting: () => this.#state === 'serving',
           ...(opts.dnsUdpReceiveBuffer !== undefined ? { udpReceiveBuffer: opts.dnsUdpReceiveBuffer } : {}),
+          holdUntilAccepting: (source, run, refuse) => this.#heldUntilServing(source, run, refuse),
         }),
       );
     }

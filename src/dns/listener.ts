@@ -50,13 +50,20 @@ export interface DnsListenerDeps {
    */
   readonly tcpConnections?: DnsTcpConnections;
   /**
-   * Whether a TCP connection may be taken now; one that may not is reset. The daemon's limits
-   * start only once every listener is bound (the budget is sized from what is then open): a
-   * connection taken sooner would be held in no budget. Always, when absent.
+   * Whether a TCP connection may be taken now. The daemon's limits start only once every listener
+   * is bound (the budget is sized from what is then open): a connection taken sooner would be
+   * held in no budget. Always, when absent.
    */
   readonly accepting?: () => boolean;
   /** The receive buffer each UDP socket asks for, bytes; DNS_UDP_RECEIVE_BUFFER when absent (tests ask more than rmem_max). */
   readonly udpReceiveBuffer?: number;
+  /**
+   * Holds a connection from `source` accepted while `accepting` says no until it says yes (the
+   * start is over): `run` is called then, or once the start was given up; `refuse` should it
+   * give its place up to another sandbox's. False when it cannot be held (the daemon's bound on
+   * what waits for its start), and the connection is reset. Absent: reset.
+   */
+  readonly holdUntilAccepting?: (source: string, run: () => void, refuse: () => void) => boolean;
 }
 
 /**
@@ -254,20 +261,32 @@ export class DnsListener {
       .catch(() => {});
   }
 
-  #onConnection(socket: Socket): void {
-    socket.on('error', () => {});
+  #onConnection(socket: Socket, early = false): void {
+    if (!early) socket.on('error', () => {});
+    // Held for the start (below) and closed meanwhile, by its client or by close().
+    else if (socket.destroyed) return;
     // A client that reset before Node read its address (getpeername then fails), or a link-local
     // one whose interface is gone since (net/socket-address.ts), is gone: nothing to answer, and
     // no source to count it under.
     const remote = socketAddress(socket, 'remote')?.address;
     if (remote === undefined) return void socket.destroy();
+    if (this.#status.state !== 'listening') return void socket.resetAndDestroy();
+    if (this.#deps.accepting?.() === false) {
+      // Accepted before egressd serves: in a rollout the kernel shares new connections with a
+      // starting process from its bind on (SO_REUSEPORT), and a reset here lost a query the
+      // draining process beside it would have answered. It waits for the start, as a proxied
+      // connection and a UDP query do; what the client sends meanwhile stays in the socket's
+      // buffer. Once the start is over (or given up) it is taken, or reset, as then.
+      const reset = (): void => void socket.resetAndDestroy();
+      if (early || this.#deps.holdUntilAccepting?.(remote, () => this.#onConnection(socket, true), reset) !== true) return reset();
+      this.#connections.add(socket);
+      socket.once('close', () => this.#connections.delete(socket));
+      return;
+    }
+    this.#connections.delete(socket);
     const source = canonicalSource(remote) ?? remote;
     const key = this.#deps.keyOf(source);
     const held = this.#tcpAll.held(key);
-    if (this.#status.state !== 'listening' || this.#deps.accepting?.() === false) {
-      socket.resetAndDestroy();
-      return;
-    }
     if (held >= this.#deps.tcpPerSandbox) return this.#refuse(socket, source, key, 'sandbox');
     let hold = this.#deps.takeTcp?.(source, false) ?? null;
     if (typeof hold === 'string' && hold !== 'sandbox' && this.#shedFor(held)) hold = this.#deps.takeTcp?.(source, false) ?? null;

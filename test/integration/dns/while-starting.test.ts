@@ -2,13 +2,17 @@
 // are bound one after the other while the start goes on, and in a rollout the kernel shares
 // queries with the new process from its bind on (SO_REUSEPORT). Such a query was dropped,
 // unanswered, and its client waited out its resolver's timeout (glibc's: 5 s) where the draining
-// process beside it would have answered. It now waits for the start, then is answered.
+// process beside it would have answered. It now waits for the start, then is answered. A query
+// over TCP met the same: its connection was reset at accept (the listener's `accepting` said no),
+// and a client that had fallen back to TCP for a truncated answer lost the name.
 
 import { createSocket } from 'node:dgram';
+import { connect } from 'node:net';
 import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { askOverTcp } from '../../helpers/tcp-dns.ts';
 
 const A = '127.0.0.81';
 /** The two listeners' addresses: the query goes to the first while the second is being bound. */
@@ -47,6 +51,38 @@ describe('a DNS query that comes while egressd starts', () => {
     const r = packet.decode(await answer!) as { rcode?: string; answers?: { data?: unknown }[] };
     expect(r.rcode).toBe('NOERROR');
     expect(r.answers?.map((a) => a.data)).toEqual(['198.18.2.1']);
+  });
+
+  it('over TCP is answered once egressd serves, its connection not reset', async () => {
+    const upstream = await DnsTestServer.start();
+    onTestFinished(() => upstream.close());
+    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+    let answer: Promise<{ rcode: string | undefined }> | undefined;
+    const d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server] },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
+      }),
+      {
+        beforeStart: (daemon) => {
+          const [first, second] = daemon.dnsListeners;
+          const listen = second!.listen.bind(second);
+          second!.listen = async () => {
+            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            const s = connect({ host: FIRST, port: first!.port!, localAddress: A });
+            s.on('error', () => {});
+            onTestFinished(() => void s.destroy());
+            answer = askOverTcp(s, 'fast.test');
+            answer.catch(() => {});
+            await new Promise((r) => setTimeout(r, HOLD_MS));
+            return listen();
+          };
+        },
+      },
+    );
+    onTestFinished(() => d.stop());
+    expect(await answer!).toEqual({ rcode: 'NOERROR' });
   });
 });
 
