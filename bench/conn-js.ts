@@ -391,6 +391,7 @@ function loopFloor(originPort: number): Pick<Daemon, 'start' | 'stop' | 'listene
     start: async () => {
       const threads = Number(process.env['EGRESSD_DATA_PLANE_THREADS'] ?? availableParallelism());
       floor = startLoopFloor(threads, '127.0.0.1', 0, () => ['127.0.0.1', originPort]);
+      return 'serving' as const;
     },
     stop: async () => floor?.stop(),
     get listeners() {

@@ -43,6 +43,9 @@ import { PortsSharedError } from './errors.ts';
 
 export type DaemonState = 'starting' | 'serving' | 'draining' | 'stopped';
 
+/** What waits for the start in #early: a proxied connection, a DNS query over UDP, a DNS connection over TCP. */
+type EarlyKind = 'connection' | 'dns-udp' | 'dns-tcp';
+
 export interface DaemonOptions {
   /** Replaces SO_ORIGINAL_DST: loopback tests that run without iptables say where a socket was going. */
   readonly originalDst?: PipelineDeps['originalDst'];
@@ -82,6 +85,7 @@ interface EarlyHeld {
   readonly key: string;
   readonly run: () => void;
   readonly refuse: () => void;
+  readonly what: EarlyKind;
   /** Gave its place up to another sandbox's (#heldUntilServing): refused already, never run. */
   gone: boolean;
 }
@@ -139,6 +143,19 @@ export class Daemon {
   #earlyGone = 0;
   /** Whose limits a source counts against (match/tenant-key.ts): #early is shared by it too. */
   readonly #tenantOf: TenantKeyOf;
+  /**
+   * The start under way (start()), which a stop waits for: a stop that comes meanwhile (SIGTERM
+   * during a slow start: systemd stopping it, a rollout aborted) asks it to give up at its next
+   * step (#stopAsked), then closes what it opened.
+   */
+  #starting: Promise<unknown> | null = null;
+  #stopAsked = false;
+  /**
+   * Whether the start has bound the listeners and started the limits and the host's addresses:
+   * from then on a connection can be judged, so a stop during the rest of the start drains what
+   * was accepted as a stop after it would.
+   */
+  #canJudge = false;
   /**
    * Whether a stop's drain still takes connections the listeners accepted before they closed: a
    * native loop reports one once its first flight is read, after the stop began, and the drain
@@ -235,7 +252,7 @@ export class Daemon {
               ? this.dns.answer(msg, source, transport)
               : new Promise((resolve) => {
                   const run = (): void => resolve(this.#state === 'serving' ? this.dns.answer(msg, source, transport) : null);
-                  if (!this.#heldUntilServing(source, run, () => resolve(null))) resolve(null);
+                  if (!this.#heldUntilServing(source, run, () => resolve(null), transport === 'udp' ? 'dns-udp' : 'dns-tcp')) resolve(null);
                 }),
           keyOf: (source) => tenantOf(this.store.lookup(source).sandbox, source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
@@ -252,7 +269,7 @@ export class Daemon {
           // One accepted sooner waits for the start (#early), as a proxied connection does.
           accepting: () => this.#state === 'serving',
           ...(opts.dnsUdpReceiveBuffer !== undefined ? { udpReceiveBuffer: opts.dnsUdpReceiveBuffer } : {}),
-          holdUntilAccepting: (source, run, refuse) => this.#heldUntilServing(source, run, refuse),
+          holdUntilAccepting: (source, run, refuse) => this.#heldUntilServing(source, run, refuse, 'dns-tcp'),
         }),
       );
     }
@@ -357,12 +374,28 @@ export class Daemon {
     return { sandbox: id, sandboxLimits: r?.limits, orgLimits: org?.limits };
   }
 
-  async start(): Promise<void> {
+  /**
+   * Loads the state, binds every listener and serves: 'serving'. 'stopped' when a stop came
+   * while it started (stop() then closes what it had opened); throws when it could not start,
+   * with everything it opened closed.
+   */
+  async start(): Promise<'serving' | 'stopped'> {
+    const run = this.#start();
+    this.#starting = run.catch(() => {});
+    try {
+      return await run;
+    } finally {
+      this.#starting = null;
+    }
+  }
+
+  async #start(): Promise<'serving' | 'stopped'> {
     const addon = nativeAddonStatus();
     if (!addon.ok) throw new Error(addon.reason);
     const loadStart = performance.now();
     const loadCpu = process.cpuUsage();
     const loaded = await this.control.load(configSandboxRecords(this.#config));
+    if (this.#stopAsked) return 'stopped';
     const stateLoadMs = Math.round(performance.now() - loadStart);
     // CPU time too: on a shared machine the wall time says more about the neighbours.
     const cpu = process.cpuUsage(loadCpu);
@@ -412,16 +445,18 @@ export class Daemon {
       );
       const sharing = held.filter((_, i) => joinable[i]).map((e) => `${e.kind} ${e.endpoint.text}`);
       if (sharing.length > 0) {
-        await this.stop(0, { quiet: true });
+        await this.#stop(0, { quiet: true });
         throw new PortsSharedError(sharing);
       }
     }
-    await this.admin.listen();
+    if (this.#stopAsked) return 'stopped';
     try {
+      await this.admin.listen();
+      if (this.#stopAsked) return 'stopped';
       await Promise.all([...this.listeners.map((l) => l.listen()), ...this.dnsListeners.map((l) => l.listen())]);
     } catch (err) {
       // Closes what did start, without a "stopped" line: the caller logs start-failed.
-      await this.stop(0, { quiet: true });
+      await this.#stop(0, { quiet: true });
       throw err;
     }
     // Every bound port is known only now (port 0 in tests picks one).
@@ -436,12 +471,15 @@ export class Daemon {
     // The loops accept no more than the descriptor budget leaves room for (native-setup.ts).
     const slots = this.limits.acceptSlotsPerLoop;
     if (slots !== null) this.nativeSetup?.setAcceptCap(slots);
+    this.#canJudge = true;
+    if (this.#stopAsked) return 'stopped';
     const otlp = this.#config.metrics.otlp;
     if (otlp.endpoint !== null) {
       // Loaded only when asked for: the OpenTelemetry SDK stays out of memory otherwise (issue 12's idle RSS).
       const { startOtlpExport } = await import('./observability/otlp.ts');
       this.#otlp = startOtlpExport(this.metrics, { endpoint: otlp.endpoint, intervalMs: otlp.intervalMs }, this.log);
     }
+    if (this.#stopAsked) return 'stopped';
     this.#state = 'serving';
     this.log.info(
       {
@@ -471,6 +509,7 @@ export class Daemon {
       );
     }
     this.#runEarly();
+    return 'serving';
   }
 
   /**
@@ -590,7 +629,7 @@ export class Daemon {
    * every other sandbox's connections were reset, their queries dropped, until the start ended.
    * Once full, a sandbox holding fewer takes the newest place of the one holding most (max-min).
    */
-  #heldUntilServing(rawSource: string | undefined, run: () => void, refuse: () => void): boolean {
+  #heldUntilServing(rawSource: string | undefined, run: () => void, refuse: () => void, what: EarlyKind): boolean {
     if (this.#state !== 'starting') return false;
     const source = rawSource === undefined ? '' : (canonicalSource(rawSource) ?? rawSource);
     const key = this.#tenantOf(this.store.lookup(source).sandbox, source);
@@ -611,19 +650,34 @@ export class Daemon {
         this.#earlyGone = 0;
       }
     }
-    const entry: EarlyHeld = { key, run, refuse, gone: false };
+    const entry: EarlyHeld = { key, run, refuse, what, gone: false };
     this.#early.push(entry);
     mine.push(entry);
     this.#earlyBy.set(key, mine);
     return true;
   }
 
-  /** Runs the connections accepted while egressd started (#early): judged now it serves, reset once it stops. */
+  /**
+   * Runs what was accepted while egressd started (#early): judged now it serves, or in a stop's
+   * drain once the start could judge; otherwise (a start that failed or was stopped before its
+   * listeners were all bound), and DNS always in a stop (its listeners close at once, as in any
+   * stop), reset or dropped, and counted in one log line, since no connection line will say so.
+   */
   #runEarly(): void {
     const early = this.#early.splice(0);
     this.#earlyBy.clear();
     this.#earlyGone = 0;
-    for (const e of early) if (!e.gone) e.run();
+    const live = early.filter((e) => !e.gone);
+    for (const e of live) e.run();
+    if (this.#state === 'serving' || live.length === 0) return;
+    const count = (what: EarlyKind): number => live.filter((e) => e.what === what).length;
+    const reset = this.#judging ? 0 : count('connection');
+    const dns = { udp: count('dns-udp'), tcp: count('dns-tcp') };
+    if (reset + dns.udp + dns.tcp === 0) return;
+    this.log.warn(
+      { event: { action: 'early-given-up' }, connections: reset, dnsQueries: dns.udp, dnsConnections: dns.tcp },
+      'egressd stopped before serving: what it accepted while starting was reset (DNS queries over UDP dropped) unjudged',
+    );
   }
 
   /** Whether a connection accepted now is judged now: while serving, and during a stop's drain. */
@@ -635,7 +689,7 @@ export class Daemon {
     if (!this.#judging) {
       socket.on('error', () => {});
       const reset = (): void => void socket.resetAndDestroy();
-      if (!this.#heldUntilServing(socketAddress(socket, 'remote')?.address, () => this.#accept(socket, kind), reset)) reset();
+      if (!this.#heldUntilServing(socketAddress(socket, 'remote')?.address, () => this.#accept(socket, kind), reset, 'connection')) reset();
       return;
     }
     socket.on('error', () => {});
@@ -654,7 +708,7 @@ export class Daemon {
   #acceptNative(client: NativeClient, kind: Listener['kind']): void {
     if (!this.#judging) {
       const reset = (): void => client.reset();
-      if (!this.#heldUntilServing(client.remoteAddress, () => this.#acceptNative(client, kind), reset)) reset();
+      if (!this.#heldUntilServing(client.remoteAddress, () => this.#acceptNative(client, kind), reset, 'connection')) reset();
       return;
     }
     const source = canonicalSource(client.remoteAddress) ?? client.remoteAddress;
@@ -797,14 +851,25 @@ export class Daemon {
 
   /**
    * Stops accepting (readiness turns 503 first), lets open connections finish for up to
-   * `drainMs`, then closes the rest.
+   * `drainMs`, then closes the rest. During a start it first has the start give up at its next
+   * step; what the start had accepted is then judged and drained as in any stop, once its
+   * listeners were bound, and reset with a log line before.
    */
   async stop(drainMs: number, opts: { quiet?: boolean } = {}): Promise<void> {
+    if (this.#starting !== null) {
+      this.#stopAsked = true;
+      await this.#starting;
+    }
+    return this.#stop(drainMs, opts);
+  }
+
+  async #stop(drainMs: number, opts: { quiet?: boolean }): Promise<void> {
     if (this.#state === 'stopped' || this.#state === 'draining') return;
     const wasServing = this.#state === 'serving';
     this.#state = 'draining';
+    // Set before the held connections run: those that can be judged are, in the drain.
+    this.#drainTakes = (wasServing || this.#canJudge) && drainMs > 0;
     this.#runEarly();
-    this.#drainTakes = wasServing && drainMs > 0;
     const drainEnds = performance.now() + drainMs;
     await Promise.all([...this.listeners.map((l) => l.close()), ...this.dnsListeners.map((l) => l.close())]);
     // What the native loops accepted before their listeners closed (each takes what its queue

@@ -1,5 +1,6 @@
 // The only place that reads argv and the environment, installs signal handlers and exits.
 
+import { closeSync, constants, openSync, statSync } from 'node:fs';
 import { buildProgram } from './cli/program.ts';
 import { loadConfig } from './config/load.ts';
 import type { Config } from './config/schema.ts';
@@ -47,7 +48,28 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
     hupWhileStarting = true;
   };
   process.on('SIGHUP', () => onHup());
+  // SIGTERM's and SIGINT's default action ends the process at once: one that came while egressd
+  // started (systemd stopping a slow start, a rollout aborted) left unjudged what the listeners had
+  // accepted, and no line said why the process went. From here on each stops egressd (below);
+  // before the daemon exists there is nothing open to close, and the process exits 0 at once, as
+  // after a drain: a config file that is a FIFO may hold the start for ever.
   const file = values.config ?? null;
+  let onStop = (signal: string): void => {
+    err(`egressd: ${signal} while starting, before serving: stopped`);
+    // A config file that is a FIFO holds a thread of libuv's pool in its open until a writer
+    // comes, and the exit waits for the pool's threads: for ever. A writer of our own, opened
+    // without waiting (it succeeds since a reader waits) and closed, lets that open return.
+    if (file !== null) {
+      try {
+        if (statSync(file).isFIFO()) closeSync(openSync(file, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // No reader waits any more (ENXIO), or the path is gone: nothing holds the exit.
+      }
+    }
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => onStop('SIGTERM'));
+  process.on('SIGINT', () => onStop('SIGINT'));
   let config: Config;
   try {
     config = withEnv(await loadConfig(file));
@@ -67,10 +89,32 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
     return 1;
   }
   let daemon: Daemon;
+  /** The stop a signal began (once), done when the daemon has stopped and its log is written. */
+  let stopping: Promise<void> | null = null;
   try {
     configureNativeSplice(dataPlaneFromEnv(process.env));
     daemon = new Daemon(config, log, values.sharePorts === true ? { sharePorts: true } : {});
+    const d = daemon;
+    onStop = (signal) => {
+      if (stopping !== null) return;
+      const starting = d.state === 'starting';
+      log.info(
+        { event: { action: 'signal' }, signal, drainMs: d.config.shutdown.drainMs, ...(starting ? { starting: true } : {}) },
+        starting ? 'stopping the start, draining what it accepted, then stopping' : 'draining, then stopping',
+      );
+      stopping = d.stop(d.config.shutdown.drainMs).then(() => {
+        log.flush();
+        stopped = true;
+      });
+    };
     await daemon.start();
+    // A signal that came while it started: the start gave up (or had just ended), and the stop
+    // closes what it opened and drains what it accepted.
+    const stop = stopping as Promise<void> | null;
+    if (stop !== null) {
+      await stop;
+      return 0;
+    }
     // Start-up's garbage, freed C memory and the executable's start-up pages go back before
     // serving begins (issue 12: idle RSS; src/limits/overload.ts).
     releaseStartupMemory();
@@ -105,16 +149,10 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
     return 1;
   }
   return new Promise<number>((resolve) => {
-    let stopping = false;
+    const signalStop = onStop;
     const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      log.info({ event: { action: 'signal' }, signal, drainMs: daemon.config.shutdown.drainMs }, 'draining, then stopping');
-      void daemon.stop(daemon.config.shutdown.drainMs).then(() => {
-        log.flush();
-        stopped = true;
-        resolve(0);
-      });
+      signalStop(signal);
+      void (stopping as Promise<void> | null)?.then(() => resolve(0));
     };
     // SIGHUP re-reads the config file; an invalid file is refused and logged, and the running
     // configuration stays in force.
@@ -140,8 +178,7 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
         log.error({ event: { action: 'reload-refused' }, file: { path: file }, reason: (e as Error).message }, 'configuration refused; the running one stays');
       }
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    onStop = stop;
     // One reload at a time: reads that overlap can finish out of order (a large file, a slow
     // disk), and the older file read last would win. A SIGHUP that comes during a reload asks for
     // one more, after it, which reads the file as it is then; any number of them ask for one.
@@ -155,7 +192,7 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
       reloading = (async () => {
         do {
           again = false;
-          if (stopping) return;
+          if (stopping !== null) return;
           await reloadOnce();
         } while (again);
       })().finally(() => {

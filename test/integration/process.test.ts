@@ -6,6 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, linkSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
@@ -312,6 +313,77 @@ describe('the egressd process', () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   }, 60_000);
+
+  // SIGTERM's default action ends a process at once: one that came while egressd was starting
+  // (systemd stopping a slow start, a rollout aborted) killed it by the signal, with the start
+  // half done, no line saying why, and what its listeners had accepted reset unjudged
+  // (test/integration/net/stop-while-starting.test.ts for those). It now stops the start, closes
+  // what it opened, and exits 0 as after a drain.
+  it('stops cleanly on a SIGTERM that comes while it starts, and exits 0', async () => {
+    const state = join(dir, 'state.db');
+    const file = write(base({ state: { path: state }, shutdown: { drainMs: 1000 } }));
+    // A state to load: the first process creates it.
+    expect(await (await start(file)).d.stop()).toBe(0);
+    // Another process in the middle of a change holds the state's write lock (as in
+    // test/integration/shared-state.test.ts): the start waits for it, less than the 2 s busy timeout.
+    const holder = new DatabaseSync(state);
+    holder.exec('BEGIN IMMEDIATE');
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      holder.exec('ROLLBACK');
+      holder.close();
+    };
+    onTestFinished(release);
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    onTestFinished(() => void (child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')));
+    const exited = once(child, 'exit');
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    // Its state writer waits out the lock in SQLite's busy handler, asleep (wchan hrtimer_nanosleep).
+    const waiting = (): boolean =>
+      spawnSync('sh', ['-c', `cat /proc/${child.pid}/task/*/wchan 2>/dev/null; echo`])
+        .stdout.toString()
+        .includes('nanosleep');
+    for (let i = 0; i < 400 && !waiting(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(waiting()).toBe(true);
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 200));
+    release();
+    const [code, signal] = (await exited) as [number | null, string | null];
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+    const lines = out
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as LogLine);
+    expect(lines.find((l) => action(l) === 'signal')).toMatchObject({ signal: 'SIGTERM', starting: true });
+    expect(lines.some((l) => action(l) === 'stopped')).toBe(true);
+    expect(lines.some((l) => action(l) === 'started')).toBe(false);
+    // Nothing was left holding the state: the next process starts on it.
+    expect(await (await start(file)).d.stop()).toBe(0);
+  }, 60_000);
+
+  it('exits 0 on a SIGTERM that comes while it still reads its config, before anything is open', async () => {
+    const fifo = join(dir, 'egressd.json');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', fifo], { stdio: ['ignore', 'pipe', 'pipe'] });
+    onTestFinished(() => void (child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')));
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const exited = once(child, 'exit');
+    // Its config's open waits for a writer that never comes (Linux: wchan wait_for_partner).
+    const opening = (): boolean =>
+      spawnSync('sh', ['-c', `cat /proc/${child.pid}/task/*/wchan 2>/dev/null; echo`])
+        .stdout.toString()
+        .includes('wait_for_partner');
+    for (let i = 0; i < 400 && !opening(); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(opening()).toBe(true);
+    child.kill('SIGTERM');
+    const [code, signal] = (await exited) as [number | null, string | null];
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+    expect(stderr).toContain('SIGTERM while starting');
+  }, 30_000);
 
   it('refuses (409) an API change to a sandbox the config file defines, and a source it owns', async () => {
     const file = write(base({ sandboxes: [{ id: 'sb-file', sources: ['127.0.0.22'], network: { mode: 'block-all' } }] }));
