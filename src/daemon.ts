@@ -89,6 +89,8 @@ interface EarlyHeld {
   /** Gave its place up to another sandbox's (#heldUntilServing): refused already, never run. */
   gone: boolean;
 }
+/** The least time between two `api-previous-token` lines. */
+const PREVIOUS_TOKEN_LOG_MS = 60_000;
 /** How often a stop's drain looks whether the native loops still have accepted connections to report. */
 const UNDELIVERED_POLL_MS = 10;
 
@@ -163,6 +165,9 @@ export class Daemon {
    * this one would not have given). False once the drain is over.
    */
   #drainTakes = false;
+  /** The calls that presented admin.previousToken since its last line, and when that was (#previousTokenUsed). */
+  #previousTokenCalls = 0;
+  #previousTokenLoggedAt = -Infinity;
   /** What every connection's pipeline is given (connection.ts): made once. */
   readonly #deps: PipelineDeps;
   /** The OTLP export (`metrics.otlp`), started only when an endpoint is set. */
@@ -332,6 +337,8 @@ export class Daemon {
       },
       top: () => ({ ...this.limits.snapshot(), top: this.limits.top() }),
       token: () => this.#config.admin.token,
+      previousToken: () => this.#config.admin.previousToken,
+      onPreviousToken: (source) => this.#previousTokenUsed(source),
       maxBodyBytes: config.admin.maxBodyBytes,
       onRefused: () => this.metrics.instruments.policyChangesRefused.inc({ source: 'api' }),
       dnsMemory: this.dnsMemory,
@@ -620,6 +627,22 @@ export class Daemon {
       },
       'The kernel granted the DNS listener a smaller UDP receive buffer than it asked for',
     );
+  }
+
+  /**
+   * A call presented admin.previousToken: logged at most once a minute (the calls since, and the
+   * last one's source), so an operator sees who still holds the old token before dropping it.
+   */
+  #previousTokenUsed(source: string): void {
+    const now = performance.now();
+    this.#previousTokenCalls++;
+    if (now - this.#previousTokenLoggedAt < PREVIOUS_TOKEN_LOG_MS) return;
+    this.#previousTokenLoggedAt = now;
+    this.log.info(
+      { event: { action: 'api-previous-token' }, ...(source !== '' ? { source: { ip: source } } : {}), count: this.#previousTokenCalls },
+      'API calls presented admin.previousToken: switch them to admin.token before a reload drops it',
+    );
+    this.#previousTokenCalls = 0;
   }
 
   /**

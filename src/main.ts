@@ -25,16 +25,28 @@ function err(s: string): void {
   process.stderr.write(s.endsWith('\n') ? s : `${s}\n`);
 }
 
-/** The config with EGRESSD_ADMIN_TOKEN in place of admin.token when set and not empty (its one last line break dropped); @throws Error naming the variable when it holds no usable token. */
+/**
+ * The config with EGRESSD_ADMIN_TOKEN in place of admin.token, and EGRESSD_ADMIN_PREVIOUS_TOKEN in
+ * place of admin.previousToken, each when set and not empty (its one last line break dropped);
+ * @throws Error naming the variable when it holds no usable token.
+ */
 function withEnv(config: Config): Config {
-  const value = process.env['EGRESSD_ADMIN_TOKEN'];
-  if (!value) return config;
-  // A Secret made from a file keeps its last line break (dropped, as a token file's is); anything
-  // else no call could present.
-  const r = tokenText(value);
-  if (!r.ok) throw new Error(`EGRESSD_ADMIN_TOKEN is not a usable admin token: ${r.reason}`);
-  const token = r.token;
-  return Object.freeze({ ...config, admin: Object.freeze({ ...config.admin, token }) });
+  const fromEnv = (name: string): string | null => {
+    const value = process.env[name];
+    if (!value) return null;
+    // A Secret made from a file keeps its last line break (dropped, as a token file's is); anything
+    // else no call could present.
+    const r = tokenText(value);
+    if (!r.ok) throw new Error(`${name} is not a usable admin token: ${r.reason}`);
+    return r.token;
+  };
+  const token = fromEnv('EGRESSD_ADMIN_TOKEN');
+  const previousToken = fromEnv('EGRESSD_ADMIN_PREVIOUS_TOKEN');
+  if (token === null && previousToken === null) return config;
+  return Object.freeze({
+    ...config,
+    admin: Object.freeze({ ...config.admin, ...(token !== null ? { token } : {}), ...(previousToken !== null ? { previousToken } : {}) }),
+  });
 }
 
 async function serve(values: { config?: string; pretty?: boolean; sharePorts?: boolean }): Promise<number> {

@@ -29,6 +29,10 @@ import { preconditionsOf } from './preconditions.ts';
 
 export interface ApiOptions {
   readonly token: () => string | null;
+  /** The token a rotation replaces, accepted beside `token` (admin.previousToken); null: none. */
+  readonly previousToken?: () => string | null;
+  /** Told of each call that presented the previous token, with its source address: who has not switched yet. */
+  readonly onPreviousToken?: (source: string) => void;
   readonly maxBodyBytes: number;
   /** Called for every change the API refuses (invalid, conflicting or unknown), for the counters. */
   readonly onRefused?: (e: ChangeError) => void;
@@ -112,7 +116,9 @@ export function mountApi(admin: AdminServer, cp: ControlPlane, opts: ApiOptions)
     (fn: (req: IncomingMessage, res: ServerResponse, params: string[]) => Promise<void> | void) =>
     async (req: IncomingMessage, res: ServerResponse, params: string[]): Promise<void> => {
       try {
-        checkBearer(req, opts.token());
+        if (checkBearer(req, opts.token(), opts.previousToken?.() ?? null) === 'previous') {
+          opts.onPreviousToken?.(socketAddress(req.socket, 'remote')?.address ?? '');
+        }
         await fn(req, res, params);
       } catch (err) {
         if (err instanceof ApiError) return sendError(res, err);

@@ -18,10 +18,12 @@ export function sendError(res: ServerResponse, e: ApiError): void {
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 /**
- * Checks `Authorization: Bearer <token>`. Both sides are hashed first so the comparison takes
- * the same time whatever the length or content of the presented token.
+ * Checks `Authorization: Bearer <token>` against the token and, during a rotation, the previous
+ * one; says which the call presented. Both sides are hashed first so the comparison takes the
+ * same time whatever the length or content of the presented token, and both tokens are always
+ * compared, so the time does not say which one matched either.
  */
-export function checkBearer(req: IncomingMessage, token: string | null): void {
+export function checkBearer(req: IncomingMessage, token: string | null, previous: string | null = null): 'token' | 'previous' {
   if (token === null) throw new ApiError(401, 'unauthorized', 'The admin API is disabled: no admin.token is configured');
   // node:http keeps the first of two Authorization fields and drops the second; a proxy in front
   // may read the other one. A singleton field given twice (RFC 9110 §5.3) has no one meaning.
@@ -30,11 +32,16 @@ export function checkBearer(req: IncomingMessage, token: string | null): void {
   }
   const h = req.headers.authorization ?? '';
   const m = /^Bearer\s+(\S+)\s*$/i.exec(h);
-  const presented = m ? m[1]! : '';
-  if (!timingSafeEqual(digest(presented), digest(token)) || !m) {
-    throw new ApiError(401, 'unauthorized', 'Missing or wrong bearer token');
-  }
+  const presented = digest(m ? m[1]! : '');
+  const isToken = timingSafeEqual(presented, digest(token));
+  // A null previous token is compared too (with a digest no presented token has), for the same time.
+  const isPrevious = timingSafeEqual(presented, previous === null ? NO_TOKEN : digest(previous)) && previous !== null;
+  if (!m || !(isToken || isPrevious)) throw new ApiError(401, 'unauthorized', 'Missing or wrong bearer token');
+  return isToken ? 'token' : 'previous';
 }
+
+/** 32 bytes no SHA-256 of a presented token is known to equal: the comparison with an unset previous token. */
+const NO_TOKEN = Buffer.alloc(32);
 
 /** Reads a JSON body of at most `limit` bytes, each object's keys unique; anything else is a 400/413/415 ApiError. */
 export async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {

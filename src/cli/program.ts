@@ -214,6 +214,8 @@ Environment:
   EGRESSD_CONFIG        config file for serve when --config is absent
   EGRESSD_ADMIN_URL     admin API for sandbox/org/check (default http://127.0.0.1:9901)
   EGRESSD_ADMIN_TOKEN   admin API token (serve: overrides admin.token)
+  EGRESSD_ADMIN_PREVIOUS_TOKEN  serve: the token a rotation replaces, also accepted
+                        (overrides admin.previousToken)
   EGRESSD_DATA_PLANE    native-setup (default: native loops accept, peek, dial, refuse and splice
                         where the addon runs), native (only splice(2) in the loops) or js
   EGRESSD_DATA_PLANE_THREADS  native splice loops (default: one per core)

@@ -83,7 +83,11 @@ export interface DnsLimits {
 export interface Config {
   /** TCP listeners by kind, and `dns` (UDP and TCP on each endpoint; empty: no DNS listener). */
   readonly listen: Readonly<Record<ListenerKind, readonly Endpoint[]>> & { readonly dns: readonly Endpoint[] };
-  readonly admin: { readonly listen: Endpoint; readonly token: string | null; readonly maxBodyBytes: number };
+  /**
+   * `previousToken`: a second token the API accepts beside `token` (a rotation rolled out over a
+   * fleet), only while `token` is set.
+   */
+  readonly admin: { readonly listen: Endpoint; readonly token: string | null; readonly previousToken: string | null; readonly maxBodyBytes: number };
   readonly dns: {
     readonly servers: readonly string[];
     readonly timeoutMs: number;
@@ -242,9 +246,11 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   if (Array.isArray(adminRaw) && adminRaw.length !== 1) issues.add('admin.listen', 'Expected a single "address:port"');
   // A token no call could present would leave the API answering 401 to everyone, silently (an
   // empty one: the schema says so).
-  const token = adminIn['token'];
-  const tokenProblem = typeof token === 'string' && token !== '' ? bearerTokenProblem(token) : null;
-  if (tokenProblem !== null) issues.add('admin.token', `Not a usable admin token: ${tokenProblem}`);
+  for (const key of ['token', 'previousToken'] as const) {
+    const token = adminIn[key];
+    const tokenProblem = typeof token === 'string' && token !== '' ? bearerTokenProblem(token) : null;
+    if (tokenProblem !== null) issues.add(`admin.${key}`, `Not a usable admin token: ${tokenProblem}`);
+  }
 
   const dnsIn = section(root, 'dns');
   const zones: string[] = [];
@@ -362,7 +368,12 @@ export function validateConfig(doc: unknown): { ok: true; config: Config } | { o
   const dl = d['dns']['limits'];
   const config: Config = {
     listen,
-    admin: { listen: adminListen[0]!, token: pick(adminIn, 'token', null), maxBodyBytes: pick(adminIn, 'maxBodyBytes', d['admin']['maxBodyBytes']) },
+    admin: {
+      listen: adminListen[0]!,
+      token: pick(adminIn, 'token', null),
+      previousToken: pick(adminIn, 'previousToken', null),
+      maxBodyBytes: pick(adminIn, 'maxBodyBytes', d['admin']['maxBodyBytes']),
+    },
     dns: {
       servers: strings(dnsIn['servers']),
       timeoutMs: pick(dnsIn, 'timeoutMs', d['dns']['timeoutMs']),

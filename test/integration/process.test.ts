@@ -173,6 +173,56 @@ describe('the egressd process', () => {
     expect((await api(admin, 'GET', '/api/v1/sandboxes')).status).toBe(200);
   });
 
+  // Rotating the token across a fleet: admin.token was one token, so between a host's reload and
+  // the CLI's or automation's switch every call with the other token answered 401. The new token
+  // goes in admin.token and the old one in admin.previousToken; both are accepted until a reload
+  // drops the previous one, and a call with it is logged so the operator sees who still uses it.
+  it('accepts admin.previousToken beside admin.token across a reload, and only admin.token once it is dropped', async () => {
+    const NEXT = 'process-test-token-next';
+    const file = write(base());
+    const { d, admin } = await start(file);
+    const status = async (token: string): Promise<number> => (await adminCall(admin, 'GET', '/api/v1/sandboxes', undefined, bearer(token))).status;
+    expect([await status(TOKEN), await status(NEXT)]).toEqual([200, 401]);
+    write(loopbackDocument({}, { token: NEXT, previousToken: TOKEN }));
+    d.child.kill('SIGHUP');
+    await d.waitFor((l) => action(l) === 'reload');
+    expect([await status(TOKEN), await status(NEXT), await status('neither-of-them')]).toEqual([200, 200, 401]);
+    // Who still presents the previous token: a line for the operator, never the token.
+    const used = await d.waitFor((l) => action(l) === 'api-previous-token');
+    expect(used).toMatchObject({ source: { ip: '127.0.0.1' }, count: 1 });
+    // A previous token no call could present is refused as admin.token's is, naming its key.
+    write(loopbackDocument({}, { token: NEXT, previousToken: `${TOKEN} ` }));
+    d.child.kill('SIGHUP');
+    const refused = await d.waitFor((l) => action(l) === 'reload-refused');
+    expect(String(refused['reason'])).toContain('admin.previousToken: Not a usable admin token: it holds a blank (U+0020) at offset 18');
+    expect([await status(TOKEN), await status(NEXT)]).toEqual([200, 200]);
+    write(loopbackDocument({}, { token: NEXT }));
+    d.child.kill('SIGHUP');
+    await d.waitFor((l) => action(l) === 'reload' && d.lines.filter((x) => action(x) === 'reload').length >= 2);
+    expect([await status(TOKEN), await status(NEXT)]).toEqual([401, 200]);
+    expect(JSON.stringify(d.lines) + d.stderr()).not.toContain(TOKEN);
+  });
+
+  it('takes EGRESSD_ADMIN_PREVIOUS_TOKEN beside EGRESSD_ADMIN_TOKEN, and does not start with one no call could present', async () => {
+    const NEXT = 'process-test-token-next';
+    const file = write(loopbackDocument({}));
+    const { admin } = await start(file, { ...process.env, EGRESSD_ADMIN_TOKEN: NEXT, EGRESSD_ADMIN_PREVIOUS_TOKEN: `${TOKEN}\n` });
+    const status = async (token: string): Promise<number> => (await adminCall(admin, 'GET', '/api/v1/sandboxes', undefined, bearer(token))).status;
+    expect([await status(TOKEN), await status(NEXT), await status('neither-of-them')]).toEqual([200, 200, 401]);
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, EGRESSD_ADMIN_TOKEN: NEXT, EGRESSD_ADMIN_PREVIOUS_TOKEN: 'two words' },
+    });
+    onTestFinished(() => void (child.exitCode === null && child.kill('SIGKILL')));
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout!.resume();
+    const [code] = (await once(child, 'exit')) as [number];
+    expect(code).toBe(1);
+    expect(stderr).toContain('egressd: EGRESSD_ADMIN_PREVIOUS_TOKEN is not a usable admin token: it holds a blank (U+0020) at offset 3');
+    expect(stderr).not.toContain('two words');
+  });
+
   // A Kubernetes Secret made --from-file keeps the file's last line break, and so does the
   // variable set from it: refused, every node's egressd stopped at its next restart.
   it.each([

@@ -72,6 +72,7 @@ export const ConfigFile = Type.Object(
       {
         listen: endpoints('One "address:port" for health, metrics and the API.', D.admin.listen),
         token: optString('The API bearer token (or EGRESSD_ADMIN_TOKEN); none: the API answers 401.'),
+        previousToken: optString('A second token the API accepts beside token while a rotation is rolled out (or EGRESSD_ADMIN_PREVIOUS_TOKEN).'),
         maxBodyBytes: int(1024, 64 * 1_048_576, D.admin.maxBodyBytes, 'The largest request body the API reads.'),
       },
       'The admin listener.',

@@ -109,20 +109,21 @@ describe('a config file that is not UTF-8', () => {
   });
 });
 
-describe('admin.token', () => {
+describe.each(['token', 'previousToken'])('admin.%s', (key) => {
   // Each was taken, and every API call answered 401: the daemon reads a presented token as one
   // word (`Bearer <token>`).
   it.each([
-    ['a blank', 'admin:\n  token: "two words"\n', 'it holds a blank (U+0020) at offset 3'],
-    ['a line break (a block scalar keeps its last)', 'admin:\n  token: |\n    tok-1\n', 'it holds a line break (U+000A) at offset 5'],
-    ['a letter outside ASCII', 'admin:\n  token: "tök"\n', 'it holds U+00F6 at offset 1'],
+    ['a blank', `admin:\n  ${key}: "two words"\n`, 'it holds a blank (U+0020) at offset 3'],
+    ['a line break (a block scalar keeps its last)', `admin:\n  ${key}: |\n    tok-1\n`, 'it holds a line break (U+000A) at offset 5'],
+    ['a letter outside ASCII', `admin:\n  ${key}: "tök"\n`, 'it holds U+00F6 at offset 1'],
   ])('holding %s is refused, without quoting it', (_name, text, reason) => {
     const message = refusal(text);
-    expect(message).toContain(`admin.token: Not a usable admin token: ${reason}`);
+    expect(message).toContain(`admin.${key}: Not a usable admin token: ${reason}`);
     expect(message).not.toMatch(/two words|tok-1|tök/);
   });
 
   it('one word of visible ASCII is the token', () => {
-    expect(configFromText('admin:\n  token: "tok-1.A_b~+/=!"\n', 'egressd.yaml').admin.token).toBe('tok-1.A_b~+/=!');
+    const admin = configFromText(`admin:\n  ${key}: "tok-1.A_b~+/=!"\n`, 'egressd.yaml').admin;
+    expect(key === 'token' ? admin.token : admin.previousToken).toBe('tok-1.A_b~+/=!');
   });
 });

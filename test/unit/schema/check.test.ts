@@ -127,7 +127,12 @@ describe('validateConfig: every problem at once, each with its key and reason', 
 
   it('takes every default from the schema when the document is empty', () => {
     const r = validateConfig({});
-    expect(r.ok && r.config.admin).toEqual({ listen: { host: '127.0.0.1', port: 9901, text: '127.0.0.1:9901' }, token: null, maxBodyBytes: 1_048_576 });
+    expect(r.ok && r.config.admin).toEqual({
+      listen: { host: '127.0.0.1', port: 9901, text: '127.0.0.1:9901' },
+      token: null,
+      previousToken: null,
+      maxBodyBytes: 1_048_576,
+    });
   });
 });
 
