@@ -171,7 +171,13 @@ async function serve(values: { config?: string; pretty?: boolean; sharePorts?: b
     const reloadOnce = async (): Promise<void> => {
       // A rotation (logrotate's postrotate sends SIGHUP) renamed the log file: lines from here on
       // go to a new one at its path, the reload's among them.
-      reopenLogFile(log);
+      const kept = reopenLogFile(log);
+      if (kept !== null) {
+        log.warn(
+          { event: { action: 'log-reopen-refused' }, file: { path: config.log.destination }, reason: kept },
+          'log.destination was not reopened: lines go on to the file already open',
+        );
+      }
       if (file === null) {
         log.warn({ event: { action: 'reload-skipped' }, reason: 'no config file' }, 'SIGHUP ignored: running on the built-in default');
         return;

@@ -7,11 +7,12 @@
 // `event.action` naming what happened (`started`, `connection`, `policy-change`, …). The
 // connection line's fields are declared in observability/connection-log.ts.
 
-import { mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { pino, type Logger, type LoggerOptions } from 'pino';
 import { ECS_VERSION } from './connection-log.ts';
+import { NotRegularFileError } from '../util/read-bounded.ts';
 
 export type { Logger };
 
@@ -24,7 +25,7 @@ export interface LoggerSettings {
 }
 
 /** Keys that may carry secrets are removed wherever they appear. */
-const REDACT = ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization'];
+const REDACT = ['token', '*.token', 'previousToken', '*.previousToken', 'authorization', '*.authorization', 'headers.authorization'];
 
 /** The lines' layout (ECS keys, redaction), without a destination: what every egressd logger uses. */
 export function loggerOptions(level: string): LoggerOptions {
@@ -132,10 +133,32 @@ export function createLogger(settings: LoggerSettings): Logger {
   return logger;
 }
 
-/** Opens (creating it and its folder) a log file for appending; throws the open's error. */
+/**
+ * Opens (creating it and its folder) a log file for appending; throws the open's error, and
+ * NotRegularFileError for a FIFO or a socket. Opened without waiting (O_NONBLOCK): a FIFO's open
+ * for writing waits for a reader, for ever when none comes, on the JavaScript thread at start
+ * (egressd neither started nor said why) and on a thread of libuv's pool at a reopen (every
+ * later line waited behind it). A FIFO with a reader is refused too, as its reopen by path would
+ * wait again once that reader is gone: standard output is the way to a pipe. A character device
+ * (/dev/null, /dev/full) opens at once and is taken.
+ */
 function openLogFile(path: string): number {
   mkdirSync(dirname(path), { recursive: true });
-  return openSync(path, 'a');
+  const notAFile = `"${path}" is a file (or a device such as /dev/null) egressd appends to; leave log.destination unset to write to standard output`;
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK, 0o666);
+  } catch (e) {
+    // open(2): a FIFO opened to write without waiting, while no one reads it.
+    if ((e as NodeJS.ErrnoException).code === 'ENXIO') throw new NotRegularFileError(`a FIFO no one reads; ${notAFile}`);
+    throw e;
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile() && !st.isCharacterDevice()) {
+    closeSync(fd);
+    throw new NotRegularFileError(notAFile);
+  }
+  return fd;
 }
 
 /**
@@ -200,16 +223,23 @@ function linesIn(data: string | Buffer): number {
 /**
  * Reopens `log`'s destination file by its path, after a rotation renamed it (logrotate's
  * `create`): lines written from now on go to the file at that path, created if missing. Those
- * already handed over finish in the old file. False, doing nothing, when the destination is not a
- * file createLogger opened (standard output). A failure to open is the stream's error: told on
- * standard error, the old file kept.
+ * already handed over finish in the old file. Null when reopened, or when there is nothing to
+ * reopen (standard output). What the path holds is first opened here as at start (openLogFile):
+ * if that fails, or it is not a regular file (a FIFO, whose open by sonic-boom on a thread of
+ * libuv's pool would wait for a reader for ever, every line behind it), the old file is kept
+ * and the reason returned.
  */
-export function reopenLogFile(log: Logger): boolean {
+export function reopenLogFile(log: Logger): string | null {
   const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as { file?: unknown; reopen?: () => void } | undefined;
-  if (stream === undefined || !drops.has(stream) || typeof stream.file !== 'string' || typeof stream.reopen !== 'function') return false;
+  if (stream === undefined || !drops.has(stream) || typeof stream.file !== 'string' || typeof stream.reopen !== 'function') return null;
   lineBatchOf(log)?.flush();
+  try {
+    closeSync(openLogFile(stream.file));
+  } catch (e) {
+    return (e as Error).message;
+  }
   stream.reopen();
-  return true;
+  return null;
 }
 
 /** The lines `log`'s destination dropped so far for want of room (0 for a logger createLogger did not make). */

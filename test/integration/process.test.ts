@@ -641,6 +641,51 @@ describe('the egressd process', () => {
     }
   });
 
+  // A rotation that leaves a FIFO at the path (or a mistake): the reopen's open(2), on a thread of
+  // libuv's pool, waited for a reader for ever, and every line after the SIGHUP waited in memory
+  // behind it, then was dropped. The reopen is now refused, said once, and the lines go on to the
+  // file already open.
+  it('keeps its log file when SIGHUP finds something else than a regular file at log.destination, and says so', async () => {
+    const logFile = join(dir, 'egressd.log');
+    const file = write(base({ log: { destination: logFile } }));
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = once(child, 'exit');
+    const read = (f: string): string => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+    try {
+      for (let i = 0; i < 200 && !read(logFile).includes('"started"'); i++) await new Promise((r) => setTimeout(r, 50));
+      renameSync(logFile, `${logFile}.1`);
+      expect(spawnSync('mkfifo', [logFile]).status).toBe(0);
+      child.kill('SIGHUP');
+      for (let i = 0; i < 100 && !read(`${logFile}.1`).includes('"reload"'); i++) await new Promise((r) => setTimeout(r, 50));
+      const kept = read(`${logFile}.1`);
+      expect(kept).toContain('"log-reopen-refused"');
+      expect(kept).toContain('log.destination');
+      expect(kept).toContain('"reload"');
+      child.kill('SIGTERM');
+      expect(((await exited) as [number])[0]).toBe(0);
+      expect(read(`${logFile}.1`)).toContain('"stopped"');
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  // Its open(2), on the JavaScript thread, waited for a reader for ever: the process neither
+  // started nor said why.
+  it('does not start with a log.destination that is a FIFO, and names the key', async () => {
+    const fifo = join(dir, 'egressd.log');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const file = write(base({ log: { destination: fifo } }));
+    const child = spawn(NODE, [join(ROOT, 'src/main.ts'), 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    onTestFinished(() => void (child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')));
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(timer);
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/cannot open log\.destination: .*not a regular file/);
+  }, 20_000);
+
   it('writes its log lines to log.destination, and nothing below log.level', async () => {
     const { existsSync, readFileSync } = await import('node:fs');
     const run = async (level: string): Promise<{ out: string; lines: LogLine[] }> => {
