@@ -3,7 +3,7 @@
 // disk image, /dev/zero, a log) costs memory out of all proportion, and past V8's longest string
 // (about 512 MiB) decoding it throws a RangeError that names no file.
 
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statfsSync } from 'node:fs';
 import { open, statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -73,27 +73,73 @@ export class NotRegularFileError extends Error {
  * A regular file is refused by its size before a byte is read; anything else (a pipe, a device)
  * is read until it ends or passes `max`. Throws InputTooLargeError past `max`, and the system's
  * error (ENOENT, EISDIR, ...) where it cannot be read.
- * `regularOnly` (a path read on the event loop while serving: the catalog at a reload): the path
- * is opened without waiting (O_NONBLOCK: a FIFO's open otherwise waits for a writer, for ever,
- * with every connection held behind it) and anything but a regular file is refused before a byte
- * is read (NotRegularFileError, saying `regularOnly`'s reason).
+ * A path is opened without waiting (O_NONBLOCK): a FIFO's open otherwise waits for a writer, for
+ * ever when none comes (the CLI's `--token-file`, `--file`, `--policy`, `validate FILE` on a
+ * `mkfifo` no one writes to waited for good). One that is not a regular file is then read as
+ * its writer comes and writes, within `waitMs` (AGAIN_WAIT_MS) in all, else refused
+ * (NothingAgainError: no writer came or it wrote nothing; AgainTimeoutError: it did not finish);
+ * an anonymous pipe (`<(generate)`) has its writer already. A descriptor (standard input) is
+ * read as it is given, without a bound in time.
+ * `regularOnly` (a path read on the event loop while serving: the catalog at a reload): anything
+ * but a regular file is refused before a byte is read (NotRegularFileError, saying
+ * `regularOnly`'s reason).
  */
-export function readBoundedSync(file: string | number, max = MAX_INPUT_FILE_BYTES, opts: { regularOnly?: string } = {}): Buffer {
-  const fd = typeof file === 'number' ? file : openSync(file, opts.regularOnly !== undefined ? constants.O_RDONLY | constants.O_NONBLOCK : 'r');
+export function readBoundedSync(file: string | number, max = MAX_INPUT_FILE_BYTES, opts: { regularOnly?: string; waitMs?: number } = {}): Buffer {
+  const fd = typeof file === 'number' ? file : openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     if (opts.regularOnly !== undefined && !st.isFile()) throw new NotRegularFileError(opts.regularOnly);
     if (st.isFile() && st.size > max) throw new InputTooLargeError(st.size, max);
     const into = new Chunks(max);
+    if (typeof file === 'number' || st.isFile()) {
+      for (;;) {
+        const room = into.room();
+        const n = readSome(fd, room);
+        if (n === 0) break;
+        into.took(room, n);
+      }
+      return into.bytes();
+    }
+    // As readBounded's reload: a FIFO opened without waiting reads as ended (0) until a writer
+    // opens it, and as EAGAIN while one holds it with nothing written yet; its end is a 0 once a
+    // writer was seen. Anything else (an anonymous pipe, a device) has its writer: its 0 is its end.
+    const waitMs = opts.waitMs ?? AGAIN_WAIT_MS;
+    const until = performance.now() + waitMs;
+    let writer = !st.isFIFO() || anonymousPipe(file);
     for (;;) {
       const room = into.room();
-      const n = readSome(fd, room);
-      if (n === 0) break;
-      into.took(room, n);
+      let n: number;
+      try {
+        n = readSync(fd, room, 0, room.length, null);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        writer = true;
+        n = -1;
+      }
+      if (n > 0) {
+        writer = true;
+        into.took(room, n);
+        continue;
+      }
+      if (n === 0 && writer) break;
+      if (performance.now() >= until) {
+        if (!writer) throw new NothingAgainError(waitMs);
+        throw new AgainTimeoutError(waitMs);
+      }
+      Atomics.wait(pause, 0, 0, AGAIN_POLL_MS);
     }
     return into.bytes();
   } finally {
     if (typeof file !== 'number') closeSync(fd);
+  }
+}
+
+/** Whether `path` names an anonymous pipe (`<(generate)`'s /dev/fd/63), whose writer is there from the start. */
+function anonymousPipe(path: string): boolean {
+  try {
+    return statfsSync(path).type === PIPEFS_MAGIC;
+  } catch {
+    return false;
   }
 }
 

@@ -2,7 +2,7 @@
 // judged by its stdout JSON, its stderr and its exit code. Nothing here opens a socket.
 
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STATE_SCHEMA_VERSION, STATE_SCHEMAS_READ } from '../../../src/control/state-schema.ts';
-import { MAX_INPUT_FILE_BYTES } from '../../../src/util/read-bounded.ts';
+import { AGAIN_WAIT_MS, MAX_INPUT_FILE_BYTES } from '../../../src/util/read-bounded.ts';
 import { runProcess, type Run } from '../../helpers/run-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
@@ -770,6 +770,39 @@ describe('a file that is read but cannot be used says where: file:line:column', 
   });
 });
 
+// Each file the CLI is given by path: a FIFO's open waits for a writer, and the command waited for
+// ever on one no one writes to. Each waits AGAIN_WAIT_MS at most, then says which file and why.
+describe('a file given to the CLI that is a FIFO no one writes to', () => {
+  const fifo = (name: string): string => {
+    const f = join(dir, name);
+    expect(spawnSync('mkfifo', [f]).status).toBe(0);
+    return f;
+  };
+  it.concurrent.each([
+    ['validate', (f: string) => ['validate', f]],
+    ['decide --policy', (f: string) => ['decide', '--policy', f, '--ip', '192.0.2.1', '--port', '443']],
+    [
+      'decide --config',
+      (f: string) => ['decide', '--policy', write('fifo-ok-policy.yaml', 'mode: block-all\n'), '--config', f, '--ip', '192.0.2.1', '--port', '443'],
+    ],
+    ['inspect', (f: string) => ['inspect', f]],
+    [
+      'sandbox put --file',
+      (f: string) => ['sandbox', 'put', 'sb-1', '--file', f, '--admin', 'http://127.0.0.1:9', '--token-file', write('fifo-token', 'tok\n')],
+    ],
+  ])(
+    '%s: is refused within the bound, naming the file',
+    async (what, args) => {
+      const f = fifo(`fifo-${what.replace(/\W+/g, '-')}`);
+      const r = await egressd(args(f));
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toContain(f);
+      expect(r.stderr).toContain(`it is a FIFO that gave nothing within ${AGAIN_WAIT_MS} ms`);
+    },
+    30_000,
+  );
+});
+
 describe('a problem validation finds says where it is written: (line L, column C)', () => {
   // The three commands that read a config file, each with its exit code for an invalid one.
   const readingConfig = [
@@ -925,6 +958,36 @@ describe('what the API commands send is read strictly: the admin token, --source
     const r = await get(['--token-file', write('token-16k', `${token}\n`)]);
     expect(r.code, r.stderr).toBe(0);
     expect(presented).toEqual([`Bearer ${token}`]);
+  });
+
+  // A FIFO's open waits for a writer: the CLI waited for ever on one no one writes to (a
+  // `mkfifo` left behind, a secrets agent that died). It waits AGAIN_WAIT_MS at most.
+  it('a token file that is a FIFO no one writes to is refused within the bound, naming the flag', async () => {
+    const fifo = join(dir, 'token-fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const r = await get(['--token-file', fifo]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`error: --token-file: cannot read "${fifo}": it is a FIFO that gave nothing within ${AGAIN_WAIT_MS} ms`);
+  }, 30_000);
+
+  it('a token file that is a FIFO its writer opens later is read', async () => {
+    presented.length = 0;
+    const fifo = join(dir, 'token-fifo-late');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const r = await runProcess(
+      '/bin/bash',
+      [
+        '-c',
+        `(sleep 0.5; printf 'tok-fifo\\n' > "$3") & "$0" "$1" sandbox get sb-1 --admin "$2" --token-file "$3"; s=$?; wait; exit $s`,
+        NODE,
+        MAIN,
+        admin,
+        fifo,
+      ],
+      { env: { PATH: process.env['PATH'] ?? '' } },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(presented).toEqual(['Bearer tok-fifo']);
   });
 
   it('a token file that is a pipe is read to its end', async () => {
