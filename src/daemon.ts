@@ -369,7 +369,9 @@ export class Daemon {
     // Shedding load is working as designed: still ready (a restart would cut every open
     // connection), with the reason for whoever looks.
     const overloaded = this.limits.overloadReason();
-    return overloaded === null ? { ready: true } : { ready: true, overloaded };
+    // Still ready: a setting of the host that loses connections in a rolling restart is said, not a reason to take none.
+    const warnings = this.limits.hostWarnings;
+    return { ready: true, ...(overloaded !== null ? { overloaded } : {}), ...(warnings.length > 0 ? { warnings } : {}) };
   }
 
   /** The sandbox a source address belongs to and the limits its record and organization set. */

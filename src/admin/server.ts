@@ -9,8 +9,11 @@ import { systemError } from '../util/system-error.ts';
 // streams and workers — about 90 modules and 15 MB of idle RSS egressd never uses.
 const { createServer } = process.getBuiltinModule('node:http');
 
-/** Ready, possibly shedding new connections (`overloaded` says why), or not ready with the reason. */
-export type Readiness = { ready: true; overloaded?: string } | { ready: false; reason: string };
+/**
+ * Ready, possibly shedding new connections (`overloaded` says why) and with host settings that
+ * lose connections in a rolling restart (`warnings`), or not ready with the reason.
+ */
+export type Readiness = { ready: true; overloaded?: string; warnings?: string[] } | { ready: false; reason: string };
 
 export interface Route {
   readonly method: string;
@@ -58,11 +61,12 @@ export class AdminServer {
         const r = readiness();
         // Overloaded is still 200: egressd is alive and serving, it sheds new connections by
         // design; a probe that restarted it would cut every connection it carries.
+        const warnings = r.ready && r.warnings !== undefined && r.warnings.length > 0 ? { warnings: r.warnings } : {};
         const body = !r.ready
           ? { status: 'not-ready', reason: r.reason }
           : r.overloaded !== undefined
-            ? { status: 'ready', overloaded: true, reason: r.overloaded }
-            : { status: 'ready' };
+            ? { status: 'ready', overloaded: true, reason: r.overloaded, ...warnings }
+            : { status: 'ready', ...warnings };
         sendJson(res, r.ready ? 200 : 503, body);
       },
     });

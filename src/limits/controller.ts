@@ -10,7 +10,7 @@ import { ecsIp } from '../observability/ecs-line.ts';
 import type { LimitsSnapshot, Metrics } from '../observability/metrics.ts';
 import { Admission, type DnsTcpHold, type DnsTcpRefusal, type LingerGivenUp, type LingerHold, type ShedReason, type Ticket } from './admission.ts';
 import { acceptSlots, connectionBudget, openDescriptors, raiseNofile, type NofileLimits } from './descriptors.ts';
-import { readHostTcp, timeWaitReuseProblem } from './host-tcp.ts';
+import { migrateReqProblem, readHostTcp, timeWaitReuseProblem } from './host-tcp.ts';
 import { effectiveLimits, type LimitsOverride, type SandboxLimits } from './limits-body.ts';
 import { MemoryGuard, type MemorySample } from './overload.ts';
 
@@ -55,6 +55,8 @@ export class LimitsController {
   readonly memory: MemoryGuard;
   #admission: Admission;
   #nofile: NofileLimits = { soft: null, hard: null };
+  /** Why a rolling restart resets connections (host-tcp.ts migrateReqProblem), read at start; null: it need not. */
+  #migrateReq: string | null = null;
   /** Each native loop's accept slots (descriptors.ts acceptSlots), or null: none set. */
   #acceptSlots: number | null = null;
   #timers: NodeJS.Timeout[] = [];
@@ -165,6 +167,13 @@ export class LimitsController {
       this.#log.warn(
         { event: { action: 'time-wait-reuse-off' }, reason: reuse, tcp, ports },
         `A source port egressd closed first is held 60 s: about ${ports === null ? 'ip_local_port_range ÷ 60' : Math.floor(ports / 60)} connections a second to one upstream address leave later ones to it EADDRNOTAVAIL (in host mode, every sandbox's); set net.ipv4.tcp_tw_reuse=1 (docs/deployment.md)`,
+      );
+    }
+    this.#migrateReq = migrateReqProblem(tcp);
+    if (this.#migrateReq !== null) {
+      this.#log.warn(
+        { event: { action: 'migrate-req-off' }, reason: this.#migrateReq, tcp },
+        'a rolling restart resets connections caught in their handshake as the old process closes its listeners; set net.ipv4.tcp_migrate_req=1 (docs/deployment.md)',
       );
     }
     this.#log.info(
@@ -367,6 +376,11 @@ export class LimitsController {
       this.#acceptErrorsLogged = now;
       this.#log.warn({ event: { action: 'accept-failed' }, listener: kind, code }, 'accept failed; waiting connections are shed until descriptors free up');
     }
+  }
+
+  /** The host's settings read at start that lose connections in a rolling restart (for /readyz), each as its reason. */
+  get hostWarnings(): string[] {
+    return this.#migrateReq === null ? [] : [this.#migrateReq];
   }
 
   /** Why new connections are being shed now (for /readyz), or null when they are not. */

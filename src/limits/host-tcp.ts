@@ -17,6 +17,12 @@ export interface HostTcp {
   readonly timestamps: number | null;
   /** `net.ipv4.ip_local_port_range`: the source ports a connection may take, inclusive. */
   readonly localPorts: { readonly from: number; readonly to: number } | null;
+  /**
+   * `net.ipv4.tcp_migrate_req` (0 off, 1 on; it governs IPv6 too): whether a listener of a
+   * SO_REUSEPORT group that closes hands its connections still in their handshake, and those
+   * accepted by the kernel but not by it, to another listener of the group, or resets them.
+   */
+  readonly migrateReq: number | null;
 }
 
 /** Reads HostTcp under `root` (`/proc/sys/net/ipv4` by default; tests give a folder of their own). */
@@ -33,11 +39,26 @@ export function readHostTcp(root = '/proc/sys/net/ipv4'): HostTcp {
   return {
     twReuse: int(read('tcp_tw_reuse')),
     timestamps: int(read('tcp_timestamps')),
+    migrateReq: int(read('tcp_migrate_req')),
     localPorts:
       range !== undefined && range.length === 2 && range.every((n) => Number.isInteger(n) && n > 0 && n <= 65535) && range[0]! <= range[1]!
         ? { from: range[0]!, to: range[1]! }
         : null,
   };
+}
+
+/**
+ * Why a rolling restart resets connections, or null when it need not: tcp_migrate_req 0 (the
+ * kernel's default). The draining process's listeners close while the new one listens beside
+ * them (SO_REUSEPORT); a connection whose handshake was under way on a closing listener is then
+ * reset (its client's last ACK meets no listener), where with 1 the kernel hands it to the new
+ * process (Documentation/networking/ip-sysctl.rst, tcp_migrate_req). A setting that could not be
+ * read (a kernel before 5.14) says nothing.
+ */
+export function migrateReqProblem(t: HostTcp): string | null {
+  if (t.migrateReq === 0)
+    return 'net.ipv4.tcp_migrate_req is 0: a connection still in its handshake when a rolling restart closes the old listeners is reset, not handed to the new process';
+  return null;
 }
 
 /**

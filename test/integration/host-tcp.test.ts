@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loopbackDocument } from '../helpers/config-file.ts';
-import { watchDaemon } from '../helpers/daemon-process.ts';
+import { watchDaemon, type DaemonProcess } from '../helpers/daemon-process.ts';
 import { action } from '../helpers/log-line.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -33,6 +33,17 @@ describe.skipIf(skip !== null)('the TCP settings egressd dials under', () => {
     );
   };
 
+  /** GET /readyz inside the daemon's namespace (its admin port is on the namespace's loopback). */
+  const readyz = async (d: DaemonProcess): Promise<{ status: number; body: unknown }> => {
+    const port = Number(d.lines.find((l) => action(l) === 'started')!['adminPort']);
+    const r = spawnSync('nsenter', ['-t', String(d.child.pid), '-n', 'curl', '-s', '-w', '%{http_code}', `http://127.0.0.1:${port}/readyz`], {
+      encoding: 'utf8',
+    });
+    // The body ends with its line break; the status follows it.
+    const cut = r.stdout.lastIndexOf('\n') + 1;
+    return { status: Number(r.stdout.slice(cut)), body: JSON.parse(r.stdout.slice(0, cut)) as unknown };
+  };
+
   it.each([
     [
       'net.ipv4.tcp_tw_reuse=2 net.ipv4.ip_local_port_range="40000 40599"',
@@ -50,6 +61,34 @@ describe.skipIf(skip !== null)('the TCP settings egressd dials under', () => {
       if (perSecond !== null) expect(warn!['message']).toContain(`about ${perSecond} connections a second`);
       expect(d.lines.filter((l) => action(l) === 'time-wait-reuse-off')).toHaveLength(1);
       expect(d.lines.find((l) => action(l) === 'limits')).toMatchObject({ tcp });
+    } finally {
+      await d.stop();
+    }
+  });
+
+  // tcp_migrate_req 0 (the kernel's default) resets a connection caught in its handshake when a
+  // rolling restart closes the old listeners (test/e2e/migrate-req.test.ts): said once at start and
+  // by /readyz, which stays 200.
+  it('warns once at start under net.ipv4.tcp_migrate_req=0, and /readyz says so while ready', async () => {
+    const d = await start('net.ipv4.tcp_migrate_req=0');
+    try {
+      const warn = d.lines.filter((l) => action(l) === 'migrate-req-off');
+      expect(warn).toHaveLength(1);
+      expect(warn[0]).toMatchObject({ 'log.level': 'warn', reason: expect.stringMatching(/^net\.ipv4\.tcp_migrate_req is 0: /), tcp: { migrateReq: 0 } });
+      const ready = await readyz(d);
+      expect(ready.status).toBe(200);
+      expect(ready.body).toMatchObject({ status: 'ready', warnings: [warn[0]!['reason']] });
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('says nothing of tcp_migrate_req when it is 1', async () => {
+    const d = await start('net.ipv4.tcp_migrate_req=1');
+    try {
+      expect(d.lines.find((l) => action(l) === 'limits')).toMatchObject({ tcp: { migrateReq: 1 } });
+      expect(d.lines.filter((l) => action(l) === 'migrate-req-off')).toEqual([]);
+      expect((await readyz(d)).body).toEqual({ status: 'ready' });
     } finally {
       await d.stop();
     }

@@ -14,6 +14,12 @@ import { validateConfig } from '../../src/config/schema.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
+/** What /readyz adds for this host's own settings (tcp_migrate_req 0: `warnings`), whatever the test is about. */
+function hostWarnings(d: LoopbackDaemon): { warnings?: string[] } {
+  const warnings = d.daemon.limits.hostWarnings;
+  return warnings.length > 0 ? { warnings } : {};
+}
+
 const ALLOW_LOOPBACK = { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1/32'] } };
 
 describe('limits on loopback', () => {
@@ -118,7 +124,7 @@ describe('limits on loopback', () => {
     expect(metrics).toMatch(/^egressd_limit_connections\{scope="global"\} \d+$/m);
     const ready = await request(`${d.adminUrl}/readyz`);
     expect(ready.statusCode).toBe(200);
-    expect(await ready.body.json()).toEqual({ status: 'ready' });
+    expect(await ready.body.json()).toEqual({ status: 'ready', ...hostWarnings(d) });
   });
 
   // Admission keeps each sandbox's effective limits while its record, its organization and the
@@ -162,7 +168,7 @@ describe('limits on loopback', () => {
     expect(metrics).toMatch(/^egressd_connections_total\{listener="tcp",verdict="refuse",reason="global-limit",ended_by="egressd"\} 1$/m);
     first.socket.destroy();
     await d.waitForLog((l) => action(l) === 'connection' && field(l, 'egressd.sandbox') === 'one');
-    expect(await (await request(`${d.adminUrl}/readyz`)).body.json()).toEqual({ status: 'ready' });
+    expect(await (await request(`${d.adminUrl}/readyz`)).body.json()).toEqual({ status: 'ready', ...hostWarnings(d) });
     expect((await attempt('127.0.0.52')).spliced).toBe(true);
   });
 

@@ -15,7 +15,7 @@ import { API_ERRORS } from '../../src/errors.ts';
 import { type Config, DEFAULT_DOCUMENT, parseEndpoint, validateConfig } from '../../src/config/schema.ts';
 import { type Endpoint, LISTENER_KINDS, type ListenerKind } from '../../src/net/listener.ts';
 import { METRICS, Metrics } from '../../src/observability/metrics.ts';
-import { timeWaitReuseProblem } from '../../src/limits/host-tcp.ts';
+import { migrateReqProblem, timeWaitReuseProblem } from '../../src/limits/host-tcp.ts';
 import { GENERATED, replaceTable } from '../../scripts/docs-tables.ts';
 
 const ROOT = new URL('../../', import.meta.url);
@@ -534,12 +534,22 @@ describe("the host's sysctls docs/deployment.md asks for", () => {
   // What the host must set: the bullets under "The host must also:".
   const asked = md.slice(md.indexOf('The host must also:'), md.indexOf('**The source address is'));
   const wanted = [...asked.matchAll(/`net\.ipv4\.tcp_tw_reuse=(\d+)`/g)].map((m) => m[1]);
+  const wantedMigrate = [...asked.matchAll(/`net\.ipv4\.tcp_migrate_req=(\d+)`/g)].map((m) => m[1]);
 
-  it('deploy/systemd/egressd-sysctl.conf sets tcp_tw_reuse as the docs ask, a value the daemon does not warn about', () => {
+  it('deploy/systemd/egressd-sysctl.conf sets tcp_tw_reuse and tcp_migrate_req as the docs ask, values the daemon does not warn about', () => {
     expect(wanted.length).toBeGreaterThan(0);
-    expect([...conf.keys()]).toEqual(['net.ipv4.tcp_tw_reuse']);
+    expect(wantedMigrate.length).toBeGreaterThan(0);
+    expect([...conf.keys()]).toEqual(['net.ipv4.tcp_tw_reuse', 'net.ipv4.tcp_migrate_req']);
     expect(new Set(wanted)).toEqual(new Set([conf.get('net.ipv4.tcp_tw_reuse')]));
-    expect(timeWaitReuseProblem({ twReuse: Number(conf.get('net.ipv4.tcp_tw_reuse')), timestamps: 1, localPorts: null })).toBeNull();
+    expect(new Set(wantedMigrate)).toEqual(new Set([conf.get('net.ipv4.tcp_migrate_req')]));
+    const read = {
+      twReuse: Number(conf.get('net.ipv4.tcp_tw_reuse')),
+      timestamps: 1,
+      localPorts: null,
+      migrateReq: Number(conf.get('net.ipv4.tcp_migrate_req')),
+    };
+    expect(timeWaitReuseProblem(read)).toBeNull();
+    expect(migrateReqProblem(read)).toBeNull();
   });
 
   it('the VM install steps put it in /etc/sysctl.d and apply it', () => {
