@@ -32,7 +32,8 @@ import { AnswerCache } from './dns/cache.ts';
 import { DnsListener } from './dns/listener.ts';
 import { DnsTcpConnections } from './dns/tcp-connections.ts';
 import { ResolvedNames } from './dns/memory.ts';
-import { DnsService } from './dns/service.ts';
+import { heldQuery } from './dns/message.ts';
+import { DnsService, type Transport } from './dns/service.ts';
 import { Forwarder } from './dns/upstream.ts';
 import { canonicalSource } from './match/ip.ts';
 import { socketAddress } from './net/socket-address.ts';
@@ -253,12 +254,7 @@ export class Daemon {
         new DnsListener(ep, {
           // A query that comes before egressd serves waits for it (#early), as a connection does.
           answer: (msg, source, transport) =>
-            this.#state === 'serving'
-              ? this.dns.answer(msg, source, transport)
-              : new Promise((resolve) => {
-                  const run = (): void => resolve(this.#state === 'serving' ? this.dns.answer(msg, source, transport) : null);
-                  if (!this.#heldUntilServing(source, run, () => resolve(null), transport === 'udp' ? 'dns-udp' : 'dns-tcp')) resolve(null);
-                }),
+            this.#state === 'serving' ? this.dns.answer(msg, source, transport) : this.#answerOnceServing(heldQuery(msg), source, transport),
           keyOf: (source) => tenantOf(this.store.lookup(source).sandbox, source),
           tcpPerSandbox: config.dns.limits.tcpPerSandbox,
           // Each connection a descriptor of the budget, as a proxied connection's are.
@@ -680,6 +676,17 @@ export class Daemon {
     mine.push(entry);
     this.#earlyBy.set(key, mine);
     return true;
+  }
+
+  /**
+   * The answer to a query that came while egressd starts, once it serves (null: dropped). Only
+   * `held` is kept while it waits, not the datagram whole: one past MAX_QUERY_BYTES keeps its header.
+   */
+  #answerOnceServing(held: ReturnType<typeof heldQuery>, source: string, transport: Transport): Promise<Buffer | null> {
+    return new Promise((resolve) => {
+      const run = (): void => resolve(this.#state === 'serving' ? this.dns.answer(held.bytes, source, transport, held.length) : null);
+      if (!this.#heldUntilServing(source, run, () => resolve(null), transport === 'udp' ? 'dns-udp' : 'dns-tcp')) resolve(null);
+    });
   }
 
   /**

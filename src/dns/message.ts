@@ -53,11 +53,24 @@ export type ParsedQuery =
   | { kind: 'drop'; why: string };
 
 /**
+ * What to keep of a message answered later (a query that comes while egressd starts): parseQuery
+ * answers one past MAX_QUERY_BYTES from its header and length alone, so only those are kept, a
+ * copy, not the datagram's up to 65,507 bytes (the start's 1,024 places held ~64 MiB so).
+ */
+export function heldQuery(msg: Buffer): { readonly bytes: Buffer; readonly length: number } {
+  if (msg.length <= MAX_QUERY_BYTES) return { bytes: msg, length: msg.length };
+  const header = Buffer.alloc(12);
+  msg.copy(header, 0, 0, 12);
+  return { bytes: header, length: msg.length };
+}
+
+/**
  * Reads one query. The name judged is the name on the wire: a label holding a dot or a byte
  * outside ASCII, or a compression pointer in the question, cannot be read back to the same
- * bytes and is answered FORMERR rather than guessed at.
+ * bytes and is answered FORMERR rather than guessed at. `length`: the message's length when
+ * `buf` holds only its header (heldQuery); past MAX_QUERY_BYTES nothing beyond the header is read.
  */
-export function parseQuery(buf: Buffer): ParsedQuery {
+export function parseQuery(buf: Buffer, length = buf.length): ParsedQuery {
   if (buf.length < 12) return { kind: 'drop', why: `message of ${buf.length} bytes is shorter than a header` };
   const id = buf.readUInt16BE(0);
   const flags = buf.readUInt16BE(2);
@@ -71,7 +84,7 @@ export function parseQuery(buf: Buffer): ParsedQuery {
     edns,
     why,
   });
-  if (buf.length > MAX_QUERY_BYTES) return err('FORMERR', `query of ${buf.length} bytes is larger than ${MAX_QUERY_BYTES}`);
+  if (length > MAX_QUERY_BYTES) return err('FORMERR', `query of ${length} bytes is larger than ${MAX_QUERY_BYTES}`);
   // RFC 1035 §4.1.1: only QUERY (0) is served; NOTIFY, UPDATE and the rest are not implemented.
   if ((flags & OPCODE_MASK) !== 0) return err('NOTIMP', `opcode ${(flags & OPCODE_MASK) >> 11} is not QUERY`);
   const qdcount = buf.readUInt16BE(4);

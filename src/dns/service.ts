@@ -141,10 +141,13 @@ export class DnsService {
     }
   }
 
-  /** The response to one message from `source` (canonical address), or null for silence. */
-  async answer(msg: Buffer, rawSource: string, transport: Transport): Promise<Buffer | null> {
+  /**
+   * The response to one message from `source` (canonical address), or null for silence.
+   * `length`: the message's, when `msg` is only what heldQuery kept of it.
+   */
+  async answer(msg: Buffer, rawSource: string, transport: Transport, length = msg.length): Promise<Buffer | null> {
     const source = canonicalSource(rawSource) ?? rawSource;
-    const parsed = parseQuery(msg);
+    const parsed = parseQuery(msg, length);
     if (parsed.kind === 'drop') {
       this.#count('malformed', 'other', false);
       return null;

@@ -8,6 +8,8 @@
 
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
@@ -20,6 +22,9 @@ const FIRST = '127.0.0.1';
 const SECOND = '127.0.0.2';
 /** How long the start is held once the query is sent: time enough for it to reach the daemon. */
 const HOLD_MS = 300;
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
 
 describe('a DNS query that comes while egressd starts', () => {
   it('is answered once egressd serves, not dropped', async () => {
@@ -125,6 +130,91 @@ describe('the places a start holds (1,024)', () => {
     expect(r.answers?.map((a) => a.data)).toEqual(['198.18.2.1']);
   });
 });
+
+describe('a datagram past 4,096 bytes that comes while egressd starts', () => {
+  it('is held by its header and length, not its bytes, and answered FORMERR once egressd serves', async () => {
+    // Each held datagram kept all its bytes (up to 65,507) until the start ended, though it is
+    // answered FORMERR from its header and length alone: 1,024 places held ~64 MiB.
+    const upstream = await DnsTestServer.start();
+    onTestFinished(() => upstream.close());
+    const COUNT = 200;
+    const BYTES = 60_000;
+    let grew = NaN;
+    let answers: Promise<Buffer[]> | undefined;
+    const d = await startLoopbackDaemon(
+      loopbackConfig({
+        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        dns: { servers: [upstream.server] },
+        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all' } }],
+      }),
+      {
+        beforeStart: (daemon) => {
+          const [first, second] = daemon.dnsListeners;
+          const listen = second!.listen.bind(second);
+          second!.listen = async () => {
+            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+            gc();
+            const before = process.memoryUsage().arrayBuffers;
+            const large = sendLarge(first!.port!, A, COUNT, BYTES);
+            answers = large.answers;
+            answers.catch(() => {});
+            await large.sent;
+            // Time for the last datagrams to be read, then what the held ones keep.
+            await new Promise((r) => setTimeout(r, 100));
+            gc();
+            grew = process.memoryUsage().arrayBuffers - before;
+            return listen();
+          };
+        },
+      },
+    );
+    onTestFinished(() => d.stop());
+    const got = await answers!;
+    expect(got.length).toBe(COUNT);
+    for (const m of got) expect((packet.decode(m) as { rcode?: string }).rcode).toBe('FORMERR');
+    // Held whole: COUNT * BYTES (12 MB); by header: a few KiB.
+    expect(grew).toBeLessThan((COUNT * BYTES) / 10);
+  });
+});
+
+/**
+ * `count` datagrams of `bytes` from `from`, each a query header (id i) and zeros, paced so the
+ * listener reads each before the next (a full receive buffer drops them). `sent` once all are
+ * sent; `answers` once all `count` came, rejected when they have not within 5 s of the last sent.
+ */
+function sendLarge(port: number, from: string, count: number, bytes: number): { sent: Promise<void>; answers: Promise<Buffer[]> } {
+  const s = createSocket('udp4');
+  const got: Buffer[] = [];
+  let sent!: () => void;
+  const allSent = new Promise<void>((resolve) => (sent = resolve));
+  const answers = new Promise<Buffer[]>((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    s.on('message', (m) => {
+      got.push(m);
+      if (got.length < count) return;
+      clearTimeout(timer);
+      s.close();
+      resolve(got);
+    });
+    void (async () => {
+      await new Promise<void>((r) => s.bind(0, from, r));
+      const msg = Buffer.alloc(bytes);
+      for (let i = 0; i < count; i++) {
+        msg.writeUInt16BE(i, 0);
+        msg.writeUInt16BE(packet.RECURSION_DESIRED, 2);
+        msg.writeUInt16BE(1, 4);
+        await new Promise<void>((r) => s.send(msg, port, '127.0.0.1', () => r()));
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      sent();
+      timer = setTimeout(() => {
+        s.close();
+        reject(new Error(`${got.length} of ${count} answers within 5 s`));
+      }, 5000);
+    })();
+  });
+  return { sent: allSent, answers };
+}
 
 /** `count` queries over UDP from `from`, sent without waiting for answers; resolves once all are sent. */
 async function sendMany(port: number, from: string, count: number): Promise<void> {

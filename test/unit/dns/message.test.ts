@@ -2,7 +2,7 @@ import * as packet from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compressOwners, refusedFor } from '../../../src/dns/message.ts';
+import { compressOwners, heldQuery, MAX_QUERY_BYTES, parseQuery, refusedFor } from '../../../src/dns/message.ts';
 
 const decoded = (b: Buffer | null) => packet.decode(b!) as packet.Packet & { rcode?: string };
 
@@ -97,5 +97,27 @@ describe('compressOwners', () => {
     expect(small.subarray(12, 30).toString('latin1')).toBe('\x03WwW\x07Allowed\x04test\x00');
     expect(small.length).toBe(msg.length - (6 - 2) - 2 * (15 - 2));
     expect(packet.decode(small).answers).toEqual(packet.decode(msg).answers);
+  });
+});
+
+describe('heldQuery', () => {
+  it('keeps a message past MAX_QUERY_BYTES as its 12-byte header, which parseQuery reads as it reads the whole', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 65_535 }), fc.integer({ min: 0, max: 65_535 }), fc.integer({ min: 0, max: 9_000 }), (id, flags, size) => {
+        const msg = Buffer.alloc(size, 0xab);
+        if (size >= 2) msg.writeUInt16BE(id, 0);
+        if (size >= 4) msg.writeUInt16BE(flags, 2);
+        const held = heldQuery(msg);
+        expect(held.length).toBe(size);
+        expect(held.bytes.length).toBe(size > MAX_QUERY_BYTES ? 12 : size);
+        expect(parseQuery(held.bytes, held.length)).toEqual(parseQuery(msg));
+      }),
+    );
+  });
+
+  it('keeps a copy, not a view of the datagram', () => {
+    const msg = Buffer.alloc(MAX_QUERY_BYTES + 1);
+    expect(heldQuery(msg).bytes.buffer).not.toBe(msg.buffer);
+    expect(heldQuery(msg).bytes.buffer.byteLength).toBe(12);
   });
 });
