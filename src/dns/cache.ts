@@ -18,6 +18,9 @@
 // the most bytes (not the least recently used of all), so one sandbox asking thousands of names,
 // or names with huge answers, evicts its own answers, not the others'; room nobody else uses is
 // its to fill. A shared answer lives while some view holds it and its TTL from the fetch runs.
+// A sandbox whose view of it left before that (its own flood evicted it) is not given it again:
+// had it been, it would be answered from its first fetch when another sandbox's view held the
+// shared answer and by the upstream afresh when none did (whose cache had aged the TTLs since).
 
 import type { LRUCache } from 'lru-cache';
 import { growingLru } from '../util/lru.ts';
@@ -53,7 +56,15 @@ interface SharedAnswer {
   readonly bytes: number;
   /** View entries holding it; at 0 it goes. */
   views: number;
+  /**
+   * Owners whose view of it left while others' held it: not given it again (shared()). Past
+   * MAX_LEFT it goes, as at 0 views, so what it remembers stays bounded.
+   */
+  left: Set<string> | null;
 }
+
+/** The most owners a shared answer remembers as having left it; past it, it goes. */
+const MAX_LEFT = 256;
 
 export interface AnswerCacheOptions {
   readonly maxEntries?: number;
@@ -85,7 +96,10 @@ export class AnswerCache {
       dispose: (v, k) => {
         this.#owners.remove(v.owner, k);
         const sh = this.#shared.get(v.key);
-        if (sh?.answered === v.answered && --sh.views <= 0) this.#shared.delete(v.key);
+        if (sh?.answered !== v.answered) return;
+        if (--sh.views <= 0) return void this.#shared.delete(v.key);
+        (sh.left ??= new Set()).add(v.owner);
+        if (sh.left.size > MAX_LEFT) this.#shared.delete(v.key);
       },
     });
   }
@@ -103,11 +117,12 @@ export class AnswerCache {
 
   /**
    * The answer another sandbox's query fetched for `key`, while its TTL from the fetch runs, and
-   * how long that fetch took; undefined when there is none. Nothing is stored: `adopt` does.
+   * how long that fetch took, for `owner`'s first sight of it; undefined when there is none, or
+   * when `owner` had a view of it that left early. Nothing is stored: `adopt` does.
    */
-  shared(key: string): { answered: Answered; fetchMs: number } | undefined {
+  shared(key: string, owner: string): { answered: Answered; fetchMs: number } | undefined {
     const sh = this.#shared.get(key);
-    if (sh === undefined || sh.expiresAt <= this.#clock()) return undefined;
+    if (sh === undefined || sh.expiresAt <= this.#clock() || sh.left?.has(owner) === true) return undefined;
     return { answered: sh.answered, fetchMs: sh.fetchMs };
   }
 
@@ -133,7 +148,7 @@ export class AnswerCache {
     if (ttlS <= 0) return;
     // The owner's view it replaces leaves first, so its bytes make room rather than count twice.
     this.#cache.delete(viewKey(owner, key));
-    const sh: SharedAnswer = { answered, expiresAt: this.#clock() + ttlS * 1000, fetchMs, bytes: answerBytes(answered), views: 0 };
+    const sh: SharedAnswer = { answered, expiresAt: this.#clock() + ttlS * 1000, fetchMs, bytes: answerBytes(answered), views: 0, left: null };
     if (this.#store(key, answered, owner, sh)) this.#shared.set(key, sh);
   }
 

@@ -396,7 +396,7 @@ export class DnsService {
   async #fetch(answerKey: string, q: Query, key: string): Promise<Answered | { failed: string }> {
     const asked = performance.now();
     const cache = this.#deps.cache;
-    const cached = cache.shared(answerKey);
+    const cached = cache.shared(answerKey, key);
     if (cached !== undefined) {
       await after(cached.fetchMs);
       cache.adopt(answerKey, cached.answered, key);

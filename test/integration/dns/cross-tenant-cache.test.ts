@@ -7,7 +7,8 @@
 
 import { createSocket } from 'node:dgram';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { AnswerCache } from '../../../src/dns/cache.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { haveDnsmasq, startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
@@ -149,3 +150,50 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
     await Promise.all([bAsked, ...aHeld]);
   });
 });
+
+describe("a sandbox's view that its own flood evicted", () => {
+  // A asks k.test, B asks it (or not), the upstream's answer changes, A's flood of other names
+  // evicts A's view, A asks k.test again. Answered from the answer B's view kept alive, A was
+  // given its first fetch's record when B had asked and the upstream's new one when not: it
+  // could tell whether another sandbox had asked the name since (as by a caching upstream's TTL).
+  const probe = async (bAsked: boolean): Promise<string> => {
+    const upstream = await DnsTestServer.start();
+    onTestFinished(() => upstream.close());
+    upstream.set('k.test', { kind: 'answer', a: ['198.18.7.11'], ttl: TTL });
+    const d = await startLoopbackDaemon(loopbackConfig({ dns: { servers: [upstream.server], cacheEntries: 4 }, sandboxes: sandboxes(['*.test']) }));
+    onTestFinished(() => d.stop());
+    const port = d.daemon.dnsListeners[0]!.port!;
+    expect(await askA(port, A, 'k.test')).toEqual(['198.18.7.11']);
+    if (bAsked) expect(await askA(port, B, 'k.test')).toEqual(['198.18.7.11']);
+    upstream.set('k.test', { kind: 'answer', a: ['198.18.7.12'], ttl: TTL });
+    for (let i = 0; i < 8 && d.daemon.dnsCache.get(AnswerCache.key('k.test', 'A', false, false), 'sb-a') !== undefined; i++) {
+      upstream.set(`n${i}.test`, { kind: 'answer', a: ['198.18.7.13'], ttl: TTL });
+      await askA(port, A, `n${i}.test`);
+    }
+    expect(d.daemon.dnsCache.get(AnswerCache.key('k.test', 'A', false, false), 'sb-a')).toBeUndefined();
+    return (await askA(port, A, 'k.test')).join();
+  };
+
+  it('is answered alike whether another sandbox holds the answer or not', async () => {
+    expect([await probe(false), await probe(true)]).toEqual(['198.18.7.12', '198.18.7.12']);
+  });
+});
+
+/** The addresses of the A answer to `name` asked over UDP from `from`; rejects after 5 s. */
+function askA(port: number, from: string, name: string): Promise<string[]> {
+  const msg = packet.encode({ type: 'query', id: 9, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+  return new Promise((resolve, reject) => {
+    const s = createSocket('udp4');
+    const timer = setTimeout(() => {
+      s.close();
+      reject(new Error(`no answer for ${name} within 5 s`));
+    }, 5000);
+    s.on('message', (m) => {
+      clearTimeout(timer);
+      s.close();
+      const r = packet.decode(m) as { answers?: { type: string; data?: unknown }[] };
+      resolve((r.answers ?? []).filter((a) => a.type === 'A').map((a) => String(a.data)));
+    });
+    s.bind(0, from, () => s.send(msg, port, '127.0.0.1'));
+  });
+}

@@ -56,7 +56,7 @@ describe('AnswerCache: each sandbox its own view', () => {
     expect(c.get('k', 'a')?.ageS).toBe(120);
     // b has no view of it: it must not be answered from a's.
     expect(c.get('k', 'b')).toBeUndefined();
-    const sh = c.shared('k');
+    const sh = c.shared('k', 'b');
     expect(sh?.fetchMs).toBe(40);
     c.adopt('k', sh!.answered, 'b');
     expect(c.get('k', 'b')?.ageS).toBe(0);
@@ -69,11 +69,11 @@ describe('AnswerCache: each sandbox its own view', () => {
     const c = new AnswerCache({ clock: () => now });
     c.set('k', answer(300), 'a');
     now = 291_000;
-    c.adopt('k', c.shared('k')!.answered, 'b');
+    c.adopt('k', c.shared('k', 'b')!.answered, 'b');
     now = 302_000;
     // a's view and the shared answer are over; b's lives on, so its end dates nothing of a's.
     expect(c.get('k', 'a')).toBeUndefined();
-    expect(c.shared('k')).toBeUndefined();
+    expect(c.shared('k', 'b')).toBeUndefined();
     expect(c.get('k', 'b')?.ageS).toBe(11);
     now = 592_000;
     expect(c.get('k', 'b')).toBeUndefined();
@@ -82,7 +82,7 @@ describe('AnswerCache: each sandbox its own view', () => {
   it('lets a shared answer go with the last view that holds it', () => {
     const c = new AnswerCache({ maxEntries: 2 });
     c.set('k', answer(300), 'a');
-    c.adopt('k', c.shared('k')!.answered, 'b');
+    c.adopt('k', c.shared('k', 'b')!.answered, 'b');
     expect(c.sharedSize).toBe(1);
     // a's flood evicts a's own view; b's still holds the shared answer.
     c.set('x', answer(300), 'a');
@@ -91,7 +91,50 @@ describe('AnswerCache: each sandbox its own view', () => {
     c.set('y', answer(300), 'b');
     c.set('z', answer(300), 'b');
     expect(c.get('k', 'b')).toBeUndefined();
-    expect(c.shared('k')).toBeUndefined();
+    expect(c.shared('k', 'b')).toBeUndefined();
+  });
+});
+
+describe('AnswerCache: a view that left before its TTL', () => {
+  // The probe: a fetches k, b takes a view of it (or not), a's own flood evicts a's view, a asks
+  // k again. Were the shared answer there only while b's view held it, a was answered from it
+  // (the TTLs and records of its first fetch) when b had asked, and by the upstream afresh
+  // (whose TTLs its cache had aged since a's fetch, its records perhaps changed) when not.
+  const probe = (bAsked: boolean): boolean => {
+    const c = new AnswerCache({ maxEntries: 4 });
+    c.set('k', answer(300), 'a', 5);
+    if (bAsked) c.adopt('k', c.shared('k', 'b')!.answered, 'b');
+    for (let i = 0; c.get('k', 'a') !== undefined; i++) c.set(`n${i}`, answer(300), 'a');
+    return c.shared('k', 'a') !== undefined;
+  };
+
+  it('is not answered from the shared answer, whether another sandbox holds it or not', () => {
+    expect([probe(false), probe(true)]).toEqual([false, false]);
+  });
+
+  it('leaves the shared answer to the other sandboxes that never had a view of it', () => {
+    const c = new AnswerCache({ maxEntries: 4 });
+    c.set('k', answer(300), 'a');
+    c.adopt('k', c.shared('k', 'b')!.answered, 'b');
+    for (let i = 0; c.get('k', 'a') !== undefined; i++) c.set(`n${i}`, answer(300), 'a');
+    expect(c.shared('k', 'c')).toBeDefined();
+    expect(c.shared('k', 'a')).toBeUndefined();
+  });
+
+  it('remembers at most 256 owners that left it, then goes for every sandbox', () => {
+    // Room for one answer of 100 records and a few small ones: each owner's second large answer
+    // evicts its own view of k first (it holds the most bytes), never a's.
+    const c = new AnswerCache({ maxBytes: 25_000 });
+    c.set('k', answer(300), 'a');
+    for (let i = 0; i < 257; i++) {
+      const o = `o${i}`;
+      expect(c.shared('k', 'fresh')).toBeDefined();
+      c.adopt('k', c.shared('k', o)!.answered, o);
+      c.set(`${o}-1`, manyA(100), o);
+      c.set(`${o}-2`, manyA(100), o);
+      expect([c.get('k', o), c.get('k', 'a') !== undefined]).toEqual([undefined, true]);
+    }
+    expect(c.shared('k', 'fresh')).toBeUndefined();
   });
 });
 
