@@ -17,7 +17,7 @@ import { MAX_CACHE_TTL_S, AnswerCache } from './cache.ts';
 import { withoutDeniedRecords } from './denied-records.ts';
 import { HTTPS_TYPE, SVCB_TYPE, stripEch } from './ech.ts';
 import type { ResolvedNames } from './memory.ts';
-import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type Query } from './message.ts';
+import { answerResponse, errorResponse, parseQuery, refusalResponse, udpLimit, type Answered, type ParsedQuery, type Query } from './message.ts';
 import { QueryLines } from './query-lines.ts';
 import { TokenBuckets } from './token-bucket.ts';
 import type { Forwarder } from './upstream.ts';
@@ -145,9 +145,19 @@ export class DnsService {
    * The response to one message from `source` (canonical address), or null for silence.
    * `length`: the message's, when `msg` is only what heldQuery kept of it.
    */
-  async answer(msg: Buffer, rawSource: string, transport: Transport, length = msg.length): Promise<Buffer | null> {
-    const source = canonicalSource(rawSource) ?? rawSource;
-    const parsed = parseQuery(msg, length);
+  answer(msg: Buffer, rawSource: string, transport: Transport, length = msg.length): Promise<Buffer | null> {
+    // Read here, apart from the wait: an async function keeps its arguments until it returns, and
+    // a sandbox's queries joined to its own upstream query (burst + rate x timeout of them) kept
+    // each its datagram, up to 4,096 bytes, where the question is all a wait needs.
+    // As before, whatever it throws comes back as the promise's rejection, never thrown at the caller.
+    try {
+      return this.#answer(parseQuery(msg, length), canonicalSource(rawSource) ?? rawSource, transport);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+
+  async #answer(parsed: ParsedQuery, source: string, transport: Transport): Promise<Buffer | null> {
     if (parsed.kind === 'drop') {
       this.#count('malformed', 'other', false);
       return null;
