@@ -199,6 +199,16 @@ export function parseIptablesArgs(argv: readonly string[]): ParsedArgs {
       if (interfaces.length === 0 && sources.length === 0) {
         return fail('host mode needs --interface or --source: without one every forwarded connection would be redirected');
       }
+      // A DNS limit with no DNS to carry it renders no rule: accepted, it would read as a limit in force.
+      if (dnsPort === null && dnsServers.length === 0) {
+        for (const [flag, limit] of [
+          ['--new-dns-flows-per-source', newDnsFlows],
+          ['--dns-packets-per-source', dnsPackets],
+        ] as const) {
+          if (limit !== null)
+            return fail(`${flag} limits DNS to the listener or a --dns-server, and with --dns-port off there is no --dns-server: add one or drop ${flag}`);
+        }
+      }
       // A family with no selector would leave that family's sandbox traffic unfiltered, silently.
       if (interfaces.length === 0) {
         for (const f of families) {

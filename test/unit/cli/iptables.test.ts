@@ -955,8 +955,8 @@ describe('--new-dns-flows-per-source', () => {
 
   it('is off by default, takes RATE or RATE/s, defaults the burst to the rate, and is apart from the connections limit', () => {
     expect(options(['--interface', 'veth0']).newDnsFlows).toBeNull();
-    expect(options(['--interface', 'veth0', '--new-dns-flows-per-source', '50/s']).newDnsFlows).toEqual({ perSecond: 50, burst: 50 });
-    expect(options(LIMITED)).toMatchObject({ newDnsFlows: { perSecond: 30, burst: 60 }, newConnections: null });
+    expect(options(['--interface', 'veth0', '--dns-port', '15053', '--new-dns-flows-per-source', '50/s']).newDnsFlows).toEqual({ perSecond: 50, burst: 50 });
+    expect(options([...LIMITED, '--dns-port', '15053'])).toMatchObject({ newDnsFlows: { perSecond: 30, burst: 60 }, newConnections: null });
     expect(options(['--interface', 'veth0', '--new-connections-per-source', '5'])).toMatchObject({ newDnsFlows: null });
   });
 
@@ -1061,8 +1061,8 @@ describe('--dns-packets-per-source', () => {
 
   it('is off by default, takes RATE or RATE/s, defaults the burst to the rate, and is apart from the flow limit', () => {
     expect(options(['--interface', 'veth0']).dnsPackets).toBeNull();
-    expect(options(['--interface', 'veth0', '--dns-packets-per-source', '50/s']).dnsPackets).toEqual({ perSecond: 50, burst: 50 });
-    expect(options(LIMITED)).toMatchObject({ dnsPackets: { perSecond: 600, burst: 1200 }, newDnsFlows: null });
+    expect(options(['--interface', 'veth0', '--dns-port', '15053', '--dns-packets-per-source', '50/s']).dnsPackets).toEqual({ perSecond: 50, burst: 50 });
+    expect(options([...LIMITED, '--dns-port', '15053'])).toMatchObject({ dnsPackets: { perSecond: 600, burst: 1200 }, newDnsFlows: null });
   });
 
   it.each([
@@ -1075,6 +1075,17 @@ describe('--dns-packets-per-source', () => {
     const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
     expect(r.code).toBe(2);
   });
+
+  it.each([['--dns-packets-per-source'], ['--new-dns-flows-per-source']])(
+    '%s is refused with --dns-port off and no --dns-server: no rule would carry it, and no DNS is reachable to limit',
+    async (flag) => {
+      const argv = ['--interface', 'veth0', '--dns-port', 'off', flag, '5'];
+      const r = await iptablesCommand(argv, recorder().run);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`${flag} limits DNS to the listener or a --dns-server, and with --dns-port off there is no --dns-server`);
+      expect(options([...argv, '--dns-server', '10.96.0.10'])).toMatchObject({ dnsPort: null });
+    },
+  );
 
   it('is refused in sidecar mode', async () => {
     const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--dns-packets-per-source', '5'], recorder().run);
