@@ -263,6 +263,16 @@ export function buildRuleSet(options: IptablesOptions, family: Family): RuleSet 
             } satisfies Rule,
           ]),
       { match: { protocol: 'udp', originalDestination: hostCidr(a), originalDport: 53 }, target: { kind: 'return' } },
+      // A datagram conntrack does not track (a host's NOTRACK for a node-local DNS cache) has no
+      // original destination for the rule above to meet: limited by its destination, same buckets.
+      ...(dnsPackets === null || options.mode !== 'host'
+        ? []
+        : [
+            {
+              match: { destination: hostCidr(a), protocol: 'udp', dport: 53, untracked: true, overPerSource: dnsPackets },
+              target: { kind: 'drop' },
+            } satisfies Rule,
+          ]),
       { match: { destination: hostCidr(a), protocol: 'udp', dport: 53, untracked: true }, target: { kind: 'return' } },
     ]),
     { match: { protocol: 'udp', dport: 443 }, target: { kind: 'reject' } },

@@ -1133,8 +1133,33 @@ describe('--dns-packets-per-source', () => {
         },
         { kind: 'drop' },
       ]),
-      ...udp.slice(at),
+      udp[at],
+      // And the untracked ones (the next test).
+      JSON.stringify([{ destination: '10.96.0.10/32', protocol: 'udp', dport: 53, untracked: true, overPerSource: limit }, { kind: 'drop' }]),
+      ...udp.slice(at + 1),
     ]);
+  });
+
+  it("limits a source's untracked datagrams to a --dns-server's port 53 too, in the same buckets, before their return", () => {
+    // A host may take DNS to a node-local cache out of conntrack (NodeLocal DNSCache's NOTRACK):
+    // those datagrams have no original destination, and met only the untracked return.
+    const base = ['--interface', 'veth0', '--dns-port', 'off', '--dns-server', '10.96.0.10'];
+    const plain = chain(buildRuleSet(options(base), 4), 'udp');
+    const limited = chain(buildRuleSet(options([...base, '--dns-packets-per-source', '600', '--dns-packets-burst', '1200']), 4), 'udp');
+    const untrackedReturn = JSON.stringify([{ destination: '10.96.0.10/32', protocol: 'udp', dport: 53, untracked: true }, { kind: 'return' }]);
+    const at = plain.indexOf(untrackedReturn);
+    expect(at).toBeGreaterThan(0);
+    expect(limited.slice(limited.indexOf(untrackedReturn) - 1)).toEqual([
+      JSON.stringify([{ destination: '10.96.0.10/32', protocol: 'udp', dport: 53, untracked: true, overPerSource: limit }, { kind: 'drop' }]),
+      ...plain.slice(at),
+    ]);
+    const rs = buildRuleSet(options([...base, '--dns-packets-per-source', '600', '--dns-packets-burst', '1200']), 4);
+    expect(renderIptablesRestore(rs)).toMatch(
+      /-A EGRESSD-UDP -d 10\.96\.0\.10\/32 -p udp --dport 53 -m conntrack --ctstate INVALID,UNTRACKED -m hashlimit --hashlimit-above 600\/sec --hashlimit-burst 1200 .*--hashlimit-name egressd-dnsp-600-1200 -j DROP/,
+    );
+    expect(renderNft(rs)).toMatch(
+      /ip daddr 10\.96\.0\.10\/32 udp dport 53 ct state invalid,untracked update @dns_packets_per_source \{ ip saddr limit rate over 600\/second burst 1200 packets \} drop/,
+    );
   });
 
   it('renders hashlimit without a conntrack state, and an nft set of its own', () => {
