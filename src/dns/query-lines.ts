@@ -26,14 +26,19 @@ interface Gathered {
   count: number;
   /** The last line left out, written at the end of the second with the count. */
   last: { level: 'info' | 'warn'; q: QueryLog } | null;
-  readonly ownSource: boolean;
+  /** The block of sources of no sandbox it is one of the lines of, or null (a sandbox's, or the gathered). */
+  readonly block: string | null;
 }
 
 export class QueryLines {
   readonly #log: Logger;
   readonly #onSuppressed: (reason: string, n: number) => void;
   readonly #gathered = new Map<string, Gathered>();
-  #sources = 0;
+  /**
+   * The blocks of sources of no sandbox with lines of their own, and how many verdicts and reasons
+   * each has gathered: one place of SOURCES_LOGGED a block, however many reasons it is refused for.
+   */
+  readonly #blocks = new Map<string, number>();
   /** Runs while anything is gathered; an idle daemon sleeps. */
   #timer: NodeJS.Timeout | null = null;
 
@@ -53,7 +58,7 @@ export class QueryLines {
     const ownSource = q.sandbox === null;
     let k = tenant + kind;
     let e = this.#gathered.get(k);
-    if (e === undefined && ownSource && this.#sources >= SOURCES_LOGGED) {
+    if (e === undefined && ownSource && !this.#blocks.has(tenant) && this.#blocks.size >= SOURCES_LOGGED) {
       k = OTHER_SOURCES + kind;
       e = this.#gathered.get(k);
     }
@@ -62,9 +67,9 @@ export class QueryLines {
       e.last = { level, q };
       return;
     }
-    const gathered = ownSource && !k.startsWith(OTHER_SOURCES);
-    if (gathered) this.#sources++;
-    this.#gathered.set(k, { count: 0, last: null, ownSource: gathered });
+    const block = ownSource && !k.startsWith(OTHER_SOURCES) ? tenant : null;
+    if (block !== null) this.#blocks.set(block, (this.#blocks.get(block) ?? 0) + 1);
+    this.#gathered.set(k, { count: 0, last: null, block });
     this.#timer ??= setInterval(() => this.flush(), QUERY_LINES_MS).unref();
     logQuery(this.#log, level, q);
   }
@@ -77,7 +82,11 @@ export class QueryLines {
     for (const [k, e] of this.#gathered) {
       if (e.last === null) {
         this.#gathered.delete(k);
-        if (e.ownSource) this.#sources--;
+        if (e.block !== null) {
+          const left = (this.#blocks.get(e.block) ?? 1) - 1;
+          if (left > 0) this.#blocks.set(e.block, left);
+          else this.#blocks.delete(e.block);
+        }
         continue;
       }
       const suppressed = e.count - 1;

@@ -63,4 +63,25 @@ describe('QueryLines', () => {
     expect(lines).toHaveLength(18);
     expect(suppressedOf(lines[17]!)).toBe(22);
   });
+
+  it('counts the 16 by blocks, not by block and reason: a block refused for many reasons takes one place', async () => {
+    const { log, lines } = sink();
+    const q = new QueryLines(log);
+    const reasons = ['not-allowed', 'deny-rule', 'rate-limited', 'malformed', 'invalid-name', 'inflight-limited', 'upstream-failed', 'unencodable'];
+    // Two blocks refused for eight reasons each, then 14 more blocks: 16 blocks, each its own lines.
+    for (const block of ['source 198.18.1.0', 'source 198.18.2.0']) for (const r of reasons) q.write(block, 'info', refused(block.slice(7), null, r));
+    for (let i = 3; i <= 16; i++) q.write(`source 198.18.${i}.0`, 'info', refused(`198.18.${i}.0`, null));
+    await new Promise((r) => setImmediate(r));
+    expect(lines.map((l) => (l['source'] as { ip: string }).ip)).toEqual([
+      ...reasons.map(() => '198.18.1.0'),
+      ...reasons.map(() => '198.18.2.0'),
+      ...Array.from({ length: 14 }, (_, i) => `198.18.${i + 3}.0`),
+    ]);
+    // The 17th block is gathered with the others past 16.
+    q.write('source 198.18.17.0', 'info', refused('198.18.17.0', null));
+    q.write('source 198.18.18.0', 'info', refused('198.18.18.0', null));
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toHaveLength(31);
+    q.close();
+  });
 });
