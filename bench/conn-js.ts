@@ -2,7 +2,7 @@
 // rig: an egressd Daemon in this very process on loopback (native set-up by default), a raw
 // origin and the clients in child processes, so this process's main thread runs egressd alone.
 //
-//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--workload raw|tls] [--setup native|node] [--hold N] [--floor] [--prof DIR] [--heap-prof DIR]
+//   node bench/conn-js.ts [--count 2000] [--clients 1] [--warm 200] [--workload raw|tls] [--setup native|node] [--hold N] [--floor] [--prof DIR] [--heap-prof DIR] [--bound S]
 //
 // Each client loops: connect, the raw workload's first flight (a ClientHello naming
 // raw.allowed.test, then the 'T' command of bench/proxy/wire.ts), read the origin's 2 bytes, close.
@@ -23,7 +23,8 @@
 // `--warm 30000` measures a daemon that has run a while. `--hold N`: N more connections, from
 // another source address to an origin that never answers nor closes, are opened and spliced
 // before the measured part and held idle through it, as a sandbox holding connections open does
-// (what N held connections cost every other connection's set-up). Bounded by the counts and a 120 s timer.
+// (what N held connections cost every other connection's set-up). Bounded by the counts and a timer:
+// 120 s, or `--bound S` seconds (a run under valgrind is some twenty times slower).
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -50,13 +51,14 @@ const { values: args } = parseArgs({
     'heap-prof': { type: 'string' },
     workload: { type: 'string', default: 'raw' },
     hold: { type: 'string', default: '0' },
+    bound: { type: 'string', default: '120' },
     floor: { type: 'boolean', default: false },
     child: { type: 'string' },
     port: { type: 'string' },
   },
   strict: true,
 });
-for (const k of ['count', 'clients', 'warm', 'hold'] as const) {
+for (const k of ['count', 'clients', 'warm', 'hold', 'bound'] as const) {
   const n = Number(args[k]);
   const zero = k === 'warm' || k === 'hold';
   if (!Number.isInteger(n) || n < (zero ? 0 : 1)) {
@@ -179,11 +181,14 @@ if (args.child === 'origin' && tls) {
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'egressd-conn-js-'));
   const children: ChildProcess[] = [];
-  const timer = setTimeout(() => {
-    for (const c of children) c.kill();
-    console.error('conn-js: over 120 s, stopped');
-    process.exit(1);
-  }, 120_000);
+  const timer = setTimeout(
+    () => {
+      for (const c of children) c.kill();
+      console.error(`conn-js: over ${args.bound} s, stopped`);
+      process.exit(1);
+    },
+    Number(args.bound) * 1000,
+  );
   try {
     const origin = fork(import.meta.filename, ['--child', 'origin', '--workload', args.workload!]);
     children.push(origin);
@@ -196,7 +201,9 @@ async function main(): Promise<void> {
       holdPort = await new Promise<number>((resolve) => h.once('message', (m) => resolve(m as number)));
     }
     const r = validateConfig({
-      listen: { tls: '127.0.0.1:0' },
+      // Every listener on a port of its own choosing: two runs at once (a callgrind run and
+      // another) must not find each other's ports taken.
+      listen: { tls: '127.0.0.1:0', http: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: '127.0.0.1:0' },
       admin: { listen: '127.0.0.1:0' },
       protected: {
         except: ['127.0.0.0/8'],
