@@ -27,6 +27,7 @@ import type { DecideTrace, Facts } from '../policy/decide.ts';
 import type { NameSource } from '../policy/model.ts';
 import { LiveConnection, isRejudged, type ConnectionRegistry } from './registry.ts';
 import type { RememberedName, ResolvedNames } from '../dns/memory.ts';
+import { flatText } from '../util/flat-text.ts';
 
 /** The settings a connection reads (the daemon passes its Config, which has these and more). */
 export interface PipelineSettings {
@@ -345,7 +346,7 @@ function judged(
     }
     dnsName = chosen!.name;
     dnsAliases = chosen!.aliases;
-    return { ...chosen!.d, rule: `dns ${JSON.stringify(chosen!.name)}: ${chosen!.d.rule ?? chosen!.d.reason}` };
+    return { ...chosen!.d, rule: flatText(['dns ', JSON.stringify(chosen!.name), ': ', chosen!.d.rule ?? chosen!.d.reason]) };
   };
   const decision = judge(ip);
   const viaNow = (): NameSource => (o.name !== null ? via : 'dns');
@@ -511,7 +512,7 @@ const NO_BYTES: Buffer = Buffer.alloc(0);
 
 /** What the dial's answer and the splice's end make of the outcome (see the end of `run`). */
 function dialed(socket: ClientSide, config: PipelineSettings, o: ConnectionOutcome, live: LiveConnection, c: ConnectResult): void {
-  if (c.attempts.length > 1) o.tried = c.attempts.map((a) => `${a.address} ${a.result}`);
+  if (c.attempts.length > 1) o.tried = c.attempts.map((a) => flatText([a.address, ' ', a.result]));
   if (c.kind === 'client-gone') {
     // The dial was cancelled for it (HAProxy's abortonclose, for a reset only).
     if (c.attempts.length > 0) o.dialFailure = 'aborted';
@@ -588,7 +589,7 @@ export function deniedAlias(chain: PolicyChain, aliases: readonly string[], ip: 
     if (n === null) continue;
     const v = verdict(chain, { name: n, ip, port });
     if (v.reason !== 'deny-rule' || v.verdict === 'allow') continue;
-    const named = { ...v, rule: `alias ${JSON.stringify(n)}: ${v.rule ?? v.reason}` };
+    const named = { ...v, rule: flatText(['alias ', JSON.stringify(n), ': ', v.rule ?? v.reason]) };
     if (v.verdict === 'refuse') return named;
     would ??= named;
   }

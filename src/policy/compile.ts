@@ -9,6 +9,7 @@ import { parseCidr, type IpFamily } from '../match/ip.ts';
 import type { NameSource, Policy, PortRange, Side } from './model.ts';
 import { RuleCounts } from './rule-hits.ts';
 import { asIPv4IfMapped, type ProtectedRanges } from '../match/protected.ts';
+import { flatText } from '../util/flat-text.ts';
 
 /** Destination ports as sorted, disjoint segments, each labelled with one range holding it. */
 export class PortTable {
@@ -88,7 +89,7 @@ export class SharedDomains {
   rule(name: SideName, i: number): string {
     let rules = this.#rules.get(name);
     if (rules === undefined) this.#rules.set(name, (rules = new Array<string | undefined>(this.patterns.length)));
-    return (rules[i] ??= `${name}_domains ${JSON.stringify(this.patterns[i])}`);
+    return (rules[i] ??= flatText([name, '_domains ', JSON.stringify(this.patterns[i])]));
   }
 }
 
@@ -235,16 +236,16 @@ export class CompiledSide {
   domainRule(i: number): string {
     const own = this.side.domains.length;
     if (i >= own && this.#joined !== null) return this.#joined.rule(this.name, i - own);
-    return (this.#domainRules[i] ??= `${this.name}_domains ${JSON.stringify(this.side.domains[i])}`);
+    return (this.#domainRules[i] ??= flatText([this.name, '_domains ', JSON.stringify(this.side.domains[i])]));
   }
 
   cidrRule(i: number): string {
-    return (this.#cidrRules[i] ??= `${this.name}_cidrs ${JSON.stringify(this.side.cidrs[i])}`);
+    return (this.#cidrRules[i] ??= flatText([this.name, '_cidrs ', JSON.stringify(this.side.cidrs[i])]));
   }
 
   portRule(i: number): string {
     const p = this.side.ports[i]!;
-    return (this.#portRules[i] ??= `${this.name}_ports "${p.from === p.to ? p.from : `${p.from}-${p.to}`}"`);
+    return (this.#portRules[i] ??= flatText([this.name, '_ports "', p.from === p.to ? String(p.from) : `${p.from}-${p.to}`, '"']));
   }
 }
 

@@ -2,6 +2,7 @@
 // verdict carries the reason and the rule that produced it (smokescreen's Decide).
 
 import { quote } from '../util/fields.ts';
+import { flatText } from '../util/flat-text.ts';
 import type { CompiledPolicy, CompiledSide } from './compile.ts';
 import type { RuleCounts } from './rule-hits.ts';
 import type { NameSource } from './model.ts';
@@ -326,7 +327,7 @@ function allowMatch(allow: CompiledSide, cidr: number, name: string | null, port
     portRule = allow.portRule(i);
     portSlot = counts?.slot('allowed', 'ports', i) ?? -1;
   }
-  const rule = host === null ? portRule : portRule === null ? host : `${host} + ${portRule}`;
+  const rule = host === null ? portRule : portRule === null ? host : flatText([host, ' + ', portRule]);
   if (counts === null) return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by };
   return { verdict: 'allow', reason: 'allow-rule', rule, matchedBy: by, hit: hostSlot >= 0 ? { counts, a: hostSlot, b: portSlot } : one(counts, portSlot) };
 }

@@ -20,6 +20,7 @@ import {
 } from './decide.ts';
 import type { CompiledOverlays } from './overlay.ts';
 import { EMPTY_SIDE, type DialectResult } from './model.ts';
+import { flatText } from '../util/flat-text.ts';
 
 export type { Decision, Facts } from './decide.ts';
 
@@ -227,7 +228,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
         return {
           verdict: 'refuse',
           reason: 'deny-rule',
-          rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`,
+          rule: flatText(['always-deny ', JSON.stringify(e.name), ': ', String(m.rule)]),
           matchedBy: m.matchedBy,
           layer: 'always-deny',
           overlay: e,
@@ -239,7 +240,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
         return {
           verdict: 'allow',
           reason: d.reason,
-          rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`,
+          rule: flatText(['always-allow ', JSON.stringify(e.name), ': ', String(d.rule)]),
           matchedBy: d.matchedBy,
           layer: 'always-allow',
           overlay: e,
@@ -253,7 +254,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
       return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
     }
     const o = layerVerdict(org.layer, facts, trace, chain.layer.lends);
-    if (o.verdict === 'refuse') return { ...o, rule: `org ${org.id}: ${o.rule ?? o.reason}`, layer: 'org' };
+    if (o.verdict === 'refuse') return { ...o, rule: flatText(['org ', org.id, ': ', o.rule ?? o.reason]), layer: 'org' };
     const s = layerVerdict(chain.layer, facts, trace, null);
     return {
       ...s,
@@ -269,7 +270,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
 function layerVerdict(layer: CompiledLayer, facts: Facts, trace: DecideTrace | undefined, lent: LentUnlock | null): Decision {
   if (layer.dns !== null) {
     const d = decide(layer.dns, facts, trace, lent);
-    if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
+    if (d.verdict === 'allow') return { ...d, rule: flatText(['dns servers: ', d.rule ?? '']).trim() };
   }
   return decide(layer.main, facts, trace, lent);
 }
@@ -348,21 +349,21 @@ function nameVerdictAt(chain: PolicyChain, name: string, port: number): NameVerd
         return {
           verdict: 'refuse',
           reason: 'deny-rule',
-          rule: `always-deny ${JSON.stringify(e.name)}: ${m.rule}`,
+          rule: flatText(['always-deny ', JSON.stringify(e.name), ': ', String(m.rule)]),
           matchedBy: m.matchedBy,
           layer: 'always-deny',
         };
     }
     for (const e of ov.alwaysAllow) {
       const d = decideByName(e.policy, name, port);
-      if (d.verdict === 'allow') return { ...d, rule: `always-allow ${JSON.stringify(e.name)}: ${d.rule}`, layer: 'always-allow' };
+      if (d.verdict === 'allow') return { ...d, rule: flatText(['always-allow ', JSON.stringify(e.name), ': ', String(d.rule)]), layer: 'always-allow' };
     }
   }
   const org = chain.org;
   if (org !== null) {
     if (org.layer === null) return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
     const o = layerByName(org.layer, name, port);
-    if (o.verdict === 'refuse') return { ...o, rule: `org ${org.id}: ${o.rule ?? o.reason}`, layer: 'org' };
+    if (o.verdict === 'refuse') return { ...o, rule: flatText(['org ', org.id, ': ', o.rule ?? o.reason]), layer: 'org' };
   }
   return { ...layerByName(chain.layer, name, port), layer: 'sandbox' };
 }
@@ -370,7 +371,7 @@ function nameVerdictAt(chain: PolicyChain, name: string, port: number): NameVerd
 function layerByName(layer: CompiledLayer, name: string, port: number): Decision {
   if (layer.dns !== null) {
     const d = decideByName(layer.dns, name, port);
-    if (d.verdict === 'allow') return { ...d, rule: `dns servers: ${d.rule ?? ''}`.trim() };
+    if (d.verdict === 'allow') return { ...d, rule: flatText(['dns servers: ', d.rule ?? '']).trim() };
   }
   return decideByName(layer.main, name, port);
 }
