@@ -7,11 +7,11 @@
 
 import { connect, createServer, type AddressInfo } from 'node:net';
 import type { Answer } from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { action, field } from '../../helpers/log-line.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -44,31 +44,20 @@ const ZONE: Record<string, Answer[]> = {
 };
 
 describe.skipIf(!haveDig)('an alias chain through a denied name', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns(ZONE),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test'] } } },
+        { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
+      ],
+    }),
+  );
 
-  beforeAll(async () => {
-    upstream = await startRecordedDns(ZONE);
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test'] } } },
-          { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
-
-  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
+  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(dns.port, from, ...args);
 
   it('answers NXDOMAIN when a CNAME, a CNAME after another hop, or a DNAME leads to a denied name, and the nameless connection to its address stays refused', async () => {
     const pool = createServer((s) => {
@@ -77,7 +66,7 @@ describe.skipIf(!haveDig)('an alias chain through a denied name', () => {
     });
     await new Promise<void>((r) => pool.listen(0, '127.0.0.1', r));
     try {
-      d.route(A, '127.0.0.1', (pool.address() as AddressInfo).port);
+      dns.egressd.route(A, '127.0.0.1', (pool.address() as AddressInfo).port);
       for (const name of ['alias.allowed.test', 'deep.allowed.test', 'www.dn.allowed.test']) {
         const out = await dig(A, name, 'A');
         expect(out, name).toMatch(/status: NXDOMAIN/);
@@ -85,7 +74,7 @@ describe.skipIf(!haveDig)('an alias chain through a denied name', () => {
       }
       const greet = (): Promise<string> =>
         new Promise((resolve) => {
-          const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+          const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
           let got = '';
           s.on('data', (b) => (got += b.toString()));
           s.on('error', () => {});
@@ -95,17 +84,17 @@ describe.skipIf(!haveDig)('an alias chain through a denied name', () => {
     } finally {
       pool.close();
     }
-    const line = await d.waitForLog((l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'alias.allowed.test');
+    const line = await dns.egressd.waitForLog((l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'alias.allowed.test');
     expect(line).toMatchObject({ event: { reason: 'deny-rule' }, egressd: { sandbox: 'sb-a', verdict: 'refuse' } });
     expect(field(line, 'rule.name')).toBe('alias "x.pool.test": always-deny "miners": denied_domains "*.pool.test"');
-    const res = await fetch(`${d.adminUrl}/api/v1/sandboxes/sb-a/effective`, { headers: { authorization: 'Bearer test-token' } });
+    const res = await fetch(`${dns.egressd.adminUrl}/api/v1/sandboxes/sb-a/effective`, { headers: { authorization: 'Bearer test-token' } });
     expect(((await res.json()) as { dns_remembered: unknown[] }).dns_remembered).toEqual([]);
   });
 
   it("judges the chain by each sandbox's own policy, the cached answer too", async () => {
     expect(await dig(B, 'mirror.other.test', 'A')).toMatch(/status: NXDOMAIN/);
     expect(await dig(C, 'mirror.other.test', 'A', '+short')).toBe('files.blocked.test.\n198.18.1.24\n');
-    expect(upstream.asked.filter((q) => q === 'mirror.other.test A')).toHaveLength(1);
+    expect(dns.upstream.asked.filter((q) => q === 'mirror.other.test A')).toHaveLength(1);
   });
 
   it('answers a chain through names the policy merely does not name (a CDN)', async () => {

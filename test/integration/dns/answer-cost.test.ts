@@ -8,9 +8,9 @@
 import { connect } from 'node:net';
 import * as packet from 'dns-packet';
 import type { Answer } from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -20,34 +20,24 @@ const BIG = 1900;
 const big: Answer[] = Array.from({ length: BIG }, (_, i) => ({ name: 'big.allowed.test', type: 'A', ttl: 300, data: `198.18.${i >> 8}.${i & 255}` }));
 
 describe('the DNS rate limit and large answers', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns({
-      'big.allowed.test': big,
-      'small.allowed.test': [{ name: 'small.allowed.test', type: 'A', ttl: 300, data: '198.18.9.1' }],
-    });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        // One token a second: the few the test takes to run refill no query's worth of these.
-        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-        ],
+  const dns = dnsDaemonPerBlock(
+    () =>
+      startRecordedDns({
+        'big.allowed.test': big,
+        'small.allowed.test': [{ name: 'small.allowed.test', type: 'A', ttl: 300, data: '198.18.9.1' }],
       }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+    (upstream) => ({
+      // One token a second: the few the test takes to run refill no query's worth of these.
+      dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+      ],
+    }),
+  );
 
   it("charges a sandbox a token per 64 records of an answer, refusing past its burst, and leaves another sandbox's tokens alone", async () => {
-    const ask = (from: string, name: string, id: number): Promise<packet.DecodedPacket> => tcpQuery(from, port, name, id);
+    const ask = (from: string, name: string, id: number): Promise<packet.DecodedPacket> => tcpQuery(from, dns.port, name, id);
     // Burst 64: the first answer takes 30 (34 left), the second 30 (4 left); the third is refused.
     const first = await ask(A, 'big.allowed.test', 1);
     expect([rcode(first), first.answers?.length]).toEqual(['NOERROR', BIG]);
@@ -60,10 +50,10 @@ describe('the DNS rate limit and large answers', () => {
     // The answer was cached on the way; another sandbox pays for it from its own bucket.
     const other = await ask(B, 'big.allowed.test', 5);
     expect([rcode(other), other.answers?.length]).toEqual(['NOERROR', BIG]);
-    expect(upstream.asked.filter((q) => q === 'big.allowed.test A')).toHaveLength(1);
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    expect(dns.upstream.asked.filter((q) => q === 'big.allowed.test A')).toHaveLength(1);
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     expect(m).toMatch(/egressd_dns_queries_total\{verdict="rate-limited",type="A"\} 1\b/);
-    const line = await d.waitForLog((l) => JSON.stringify(l).includes('"rate-limited"'));
+    const line = await dns.egressd.waitForLog((l) => JSON.stringify(l).includes('"rate-limited"'));
     expect(line).toMatchObject({ egressd: { sandbox: 'sb-a', verdict: 'refuse' }, dns: { question: { name: 'big.allowed.test' } } });
   });
 });
@@ -73,26 +63,16 @@ describe('the DNS rate limit and large answers', () => {
 // name of its zone each time had one read for every token (1 to 5 ms each: at the default 500 a
 // second, more than the event loop has), refused each time.
 describe('the DNS rate limit and large answers of names never asked before', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns((q) => ({
-      answers: Array.from({ length: BIG }, (_, i): Answer => ({ name: q.question.name, type: 'A', ttl: 300, data: `198.18.${i >> 8}.${i & 255}` })),
-    }));
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () =>
+      startRecordedDns((q) => ({
+        answers: Array.from({ length: BIG }, (_, i): Answer => ({ name: q.question.name, type: 'A', ttl: 300, data: `198.18.${i >> 8}.${i & 255}` })),
+      })),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('owes the cost of one it had read and could not pay: the next new name is refused before the upstream is asked', async () => {
     // Burst 64: 30 and 30 (4 left); the third takes its query's token, is read, and owes 29.
@@ -100,12 +80,12 @@ describe('the DNS rate limit and large answers of names never asked before', () 
       [1, 'n1.allowed.test'],
       [2, 'n2.allowed.test'],
     ] as const) {
-      const r = await tcpQuery(A, port, name, id);
+      const r = await tcpQuery(A, dns.port, name, id);
       expect([rcode(r), r.answers?.length]).toEqual(['NOERROR', BIG]);
     }
-    expect(rcode(await tcpQuery(A, port, 'n3.allowed.test', 3))).toBe('REFUSED');
-    expect(rcode(await tcpQuery(A, port, 'n4.allowed.test', 4))).toBe('REFUSED');
-    expect(upstream.asked).toEqual(['n1.allowed.test A', 'n2.allowed.test A', 'n3.allowed.test A']);
+    expect(rcode(await tcpQuery(A, dns.port, 'n3.allowed.test', 3))).toBe('REFUSED');
+    expect(rcode(await tcpQuery(A, dns.port, 'n4.allowed.test', 4))).toBe('REFUSED');
+    expect(dns.upstream.asked).toEqual(['n1.allowed.test A', 'n2.allowed.test A', 'n3.allowed.test A']);
   });
 });
 
@@ -113,62 +93,41 @@ describe('the DNS rate limit and large answers of names never asked before', () 
 // suffix by suffix when it must be compressed to fit. 240 owners of 253 characters (60 KB, 4 to 5
 // ms a query over UDP, measured) cost 4 tokens by their records, as 240 A records of one short owner.
 describe('the DNS rate limit and an answer of long names', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
   const owner = (i: number): string => `${Array.from({ length: 118 }, (_, j) => String.fromCharCode(97 + ((i * 7 + j) % 26))).join('.')}.long.allowed.test`;
   const long: Answer[] = Array.from({ length: 240 }, (_, i) => ({ name: owner(i), type: 'A', ttl: 300, data: '198.18.0.1' }));
 
-  beforeAll(async () => {
-    upstream = await startRecordedDns({ 'long.allowed.test': long });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns({ 'long.allowed.test': long }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 64 } },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('charges a token per 2,048 characters of the names, where that is more than by records', async () => {
     // 240 × 253 characters: 30 tokens. Burst 64: two answers (4 left), then refused.
     expect(long.reduce((n, r) => n + r.name.length, 0)).toBe(240 * 253);
     for (const id of [1, 2]) {
-      const r = await tcpQuery(A, port, 'long.allowed.test', id);
+      const r = await tcpQuery(A, dns.port, 'long.allowed.test', id);
       expect([rcode(r), r.answers?.length]).toEqual(['NOERROR', 240]);
     }
-    expect(rcode(await tcpQuery(A, port, 'long.allowed.test', 3))).toBe('REFUSED');
+    expect(rcode(await tcpQuery(A, dns.port, 'long.allowed.test', 3))).toBe('REFUSED');
   });
 });
 
 describe('the DNS rate limit and an answer costing more than the burst', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns({ 'big.allowed.test': big });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 8 } },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns({ 'big.allowed.test': big }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 2000, limits: { perSecond: 1, burst: 8 } },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('answers it from a full bucket, taking all of it', async () => {
-    const first = await tcpQuery(A, port, 'big.allowed.test', 1);
+    const first = await tcpQuery(A, dns.port, 'big.allowed.test', 1);
     expect([rcode(first), first.answers?.length]).toEqual(['NOERROR', BIG]);
-    expect(rcode(await tcpQuery(A, port, 'big.allowed.test', 2))).toBe('REFUSED');
+    expect(rcode(await tcpQuery(A, dns.port, 'big.allowed.test', 2))).toBe('REFUSED');
   });
 });
 

@@ -6,9 +6,9 @@
 
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -17,51 +17,46 @@ const BOGUS = '127.0.0.9';
 const FLAG_CD = 0x0010;
 
 describe.skipIf(!haveDig)('an answer asked with checking disabled', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
   let bogus: Server;
   let bogusConnections = 0;
 
-  beforeAll(async () => {
+  const dns = dnsDaemonPerBlock(
     // A validating resolver and a bogus zone: SERVFAIL, unless CD is set; then bank.test's A
     // record as it failed validation, CD echoed.
-    upstream = await startRecordedDns(({ name, type, flags }) =>
-      (flags & FLAG_CD) === 0
-        ? { rcode: 'SERVFAIL' }
-        : { flags: FLAG_CD, answers: name === 'bank.test' && type === 'A' ? [{ name: 'bank.test', type: 'A', ttl: 300, data: BOGUS }] : [] },
-    );
+    () =>
+      startRecordedDns(({ name, type, flags }) =>
+        (flags & FLAG_CD) === 0
+          ? { rcode: 'SERVFAIL' }
+          : { flags: FLAG_CD, answers: name === 'bank.test' && type === 'A' ? [{ name: 'bank.test', type: 'A', ttl: 300, data: BOGUS }] : [] },
+      ),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
+      ],
+    }),
+  );
+  beforeAll(async () => {
     bogus = createServer((s) => {
       bogusConnections++;
       s.on('error', () => {});
       s.end('HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbogus');
     });
     await new Promise<void>((r) => bogus.listen(0, BOGUS, r));
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['bank.test'] } } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
   });
   afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
     bogus?.close();
   });
 
   it("is the asker's alone: another sandbox's connection to the name is not dialed to it", async () => {
-    expect(await digFrom(port, A, '+cd', 'bank.test', 'A', '+short')).toBe(`${BOGUS}\n`);
-    expect(await digFrom(port, B, 'bank.test', 'A')).toMatch(/status: SERVFAIL/);
+    expect(await digFrom(dns.port, A, '+cd', 'bank.test', 'A', '+short')).toBe(`${BOGUS}\n`);
+    expect(await digFrom(dns.port, B, 'bank.test', 'A')).toMatch(/status: SERVFAIL/);
     // B's connection names bank.test; its original destination is the bogus server's port on
     // another address, so only a dial to the cached bogus address could reach the bogus server.
-    d.route(B, '127.0.0.1', (bogus.address() as AddressInfo).port);
+    dns.egressd.route(B, '127.0.0.1', (bogus.address() as AddressInfo).port);
     const got = await new Promise<string>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: B });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('http'), localAddress: B });
       let out = '';
       s.on('data', (b) => (out += b.toString()));
       s.on('error', () => {});

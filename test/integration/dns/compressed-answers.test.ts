@@ -5,11 +5,11 @@
 // back truncated, sending every such lookup to TCP, where a sandbox holds 16 connections. dig
 // +noedns is that client.
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Answer } from 'dns-packet';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const EDGE = 'www.example.allowed.test.edge-1234.cdn-provider.test';
@@ -20,38 +20,27 @@ const CHAIN: Answer[] = [
 ];
 
 describe.skipIf(!haveDig)('answers written again for a client without EDNS(0)', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns({ 'www.example.allowed.test': CHAIN });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns({ 'www.example.allowed.test': CHAIN }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('fit in 512 octets with their repeated names compressed, as the upstream sent them', async () => {
     // +ignore: a truncated answer is shown as it came, not asked again over TCP.
-    const out = await digFrom(port, A, '+noedns', '+ignore', 'www.example.allowed.test', 'AAAA');
+    const out = await digFrom(dns.port, A, '+noedns', '+ignore', 'www.example.allowed.test', 'AAAA');
     expect(out).toMatch(/status: NOERROR/);
     expect(out).not.toMatch(/flags:[^;]*\btc\b/);
     const got = [...out.matchAll(/\s\d+\s+IN\s+AAAA\s+(\S+)/g)].map((m) => m[1]);
     expect(got).toEqual(aaaa);
     expect(out).toMatch(new RegExp(`^www\\.example\\.allowed\\.test\\.\\s+60\\s+IN\\s+CNAME\\s+${EDGE.replaceAll('.', '\\.')}\\.$`, 'm'));
     // With the client's case kept in the question (RFC 1035 §7.3), and the same records over TCP.
-    const mixed = await digFrom(port, A, '+noedns', '+ignore', 'WWW.Example.Allowed.TEST', 'AAAA');
+    const mixed = await digFrom(dns.port, A, '+noedns', '+ignore', 'WWW.Example.Allowed.TEST', 'AAAA');
     expect(mixed).toMatch(/;WWW\.Example\.Allowed\.TEST\.\s+IN\s+AAAA/);
     expect([...mixed.matchAll(/\s\d+\s+IN\s+AAAA\s+(\S+)/g)].map((m) => m[1])).toEqual(aaaa);
-    const tcp = await digFrom(port, A, '+tcp', 'www.example.allowed.test', 'AAAA');
+    const tcp = await digFrom(dns.port, A, '+tcp', 'www.example.allowed.test', 'AAAA');
     expect([...tcp.matchAll(/\s\d+\s+IN\s+AAAA\s+(\S+)/g)].map((m) => m[1])).toEqual(aaaa);
   });
 });
@@ -64,9 +53,6 @@ describe.skipIf(!haveDig)('answers written again for a client without EDNS(0)', 
 // every query for the name).
 describe.skipIf(!haveDig)('an answer whose labels would not be written back as read', () => {
   const B = '127.0.0.3';
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
 
   const label = (s: string): Buffer => Buffer.concat([Buffer.from([Buffer.byteLength(s, 'latin1')]), Buffer.from(s, 'latin1')]);
   const wire = (labels: readonly string[]): Buffer => Buffer.concat([...labels.map(label), Buffer.from([0])]);
@@ -85,32 +71,26 @@ describe.skipIf(!haveDig)('an answer whose labels would not be written back as r
     ]);
   };
 
-  beforeAll(async () => {
-    upstream = await startRecordedDns((q) => {
-      if (q.name !== 'evil.allowed.test') return { answers: [{ name: q.question.name, type: 'A', ttl: 60, data: '198.18.0.7' }] };
-      return hostile(q.id, wire(q.question.name.split('.')));
-    });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.other.test'] } } },
-        ],
+  const dns = dnsDaemonPerBlock(
+    () =>
+      startRecordedDns((q) => {
+        if (q.name !== 'evil.allowed.test') return { answers: [{ name: q.question.name, type: 'A', ttl: 60, data: '198.18.0.7' }] };
+        return hostile(q.id, wire(q.question.name.split('.')));
       }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.other.test'] } } },
+      ],
+    }),
+  );
 
   it('is refused (SERVFAIL), and another sandbox is answered at once', async () => {
-    const evil = await digFrom(port, A, '+noedns', '+ignore', 'evil.allowed.test', 'A');
+    const evil = await digFrom(dns.port, A, '+noedns', '+ignore', 'evil.allowed.test', 'A');
     expect(evil).toMatch(/status: SERVFAIL/);
     const t = performance.now();
-    const other = await digFrom(port, B, '+noedns', 'www.other.test', 'A');
+    const other = await digFrom(dns.port, B, '+noedns', 'www.other.test', 'A');
     expect(other).toMatch(/status: NOERROR/);
     expect(other).toMatch(/\sIN\s+A\s+198\.18\.0\.7/);
     expect(performance.now() - t).toBeLessThan(1000);

@@ -8,10 +8,10 @@
 // (test/helpers/recorded-dns.ts); dig asks the daemon's listener.
 
 import type { Answer } from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns, type RecordedReply } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns, type RecordedReply } from '../../helpers/recorded-dns.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 /** Sandbox A denies `*.denied.test` (and `denied.test`, and the apex `denied-apex.test` alone); C denies nothing. */
@@ -106,36 +106,25 @@ const ZONE: Record<string, RecordedReply> = {
 };
 
 describe.skipIf(!haveDig)('records of denied names beside an allowed answer', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns(({ name, type }) => ZONE[`${name} ${type}`] ?? { rcode: 'NXDOMAIN' });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } } },
-          { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
-          {
-            id: 'sb-r',
-            sources: [R],
-            reportOnly: true,
-            network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } },
-          },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns(({ name, type }) => ZONE[`${name} ${type}`] ?? { rcode: 'NXDOMAIN' }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } } },
+        { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
+        {
+          id: 'sb-r',
+          sources: [R],
+          reportOnly: true,
+          network: { mode: 'allow-all', egress: { denied_domains: ['denied.test', '*.denied.test', 'denied-apex.test'] } },
+        },
+      ],
+    }),
+  );
 
   /** dig's full output: header counts, sections, and the EDNS pseudo-section. */
-  const dig = (from: string, name: string, type: string): Promise<string> => digFrom(port, from, name, type);
+  const dig = (from: string, name: string, type: string): Promise<string> => digFrom(dns.port, from, name, type);
 
   it('withholds glue and NS records of denied names, keeps the rest with counts and EDNS intact, and logs what it withheld', async () => {
     const out = await dig(A, 'www.allowed.test', 'A');
@@ -149,7 +138,7 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     expect(out).not.toContain('denied.test');
     expect(out).not.toContain('198.18.1.31');
     expect(out).not.toContain('2001:db8::31');
-    const line = await d.waitForLog(
+    const line = await dns.egressd.waitForLog(
       (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'www.allowed.test' && field(l, 'egressd.sandbox') === 'sb-a',
     );
     expect(field(line, 'egressd.verdict')).toBe('allow');
@@ -183,7 +172,7 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     expect(out).toContain('198.18.1.43');
     expect(out).not.toContain('198.18.1.41');
     expect(out).not.toContain('198.18.1.42');
-    const line = await d.waitForLog(
+    const line = await dns.egressd.waitForLog(
       (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'odd.allowed.test' && field(l, 'egressd.sandbox') === 'sb-a',
     );
     expect(field(line, 'egressd.dns_withheld')).toEqual(['*.denied.test']);
@@ -222,7 +211,7 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
   it('in report-only mode forwards the whole answer, and reports the chain it would refuse and the records it would withhold', async () => {
     const out = await dig(R, 'www.allowed.test', 'A');
     expect(out).toMatch(/ANSWER: 1, AUTHORITY: 3, ADDITIONAL: 4/);
-    const line = await d.waitForLog(
+    const line = await dns.egressd.waitForLog(
       (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'www.allowed.test' && field(l, 'egressd.sandbox') === 'sb-r',
     );
     expect(line['log.level']).toBe('info');
@@ -233,7 +222,7 @@ describe.skipIf(!haveDig)('records of denied names beside an allowed answer', ()
     const chain = await dig(R, 'chain.allowed.test', 'A');
     expect(chain).toMatch(/status: NOERROR/);
     expect(chain).toContain('198.18.1.45');
-    const chainLine = await d.waitForLog(
+    const chainLine = await dns.egressd.waitForLog(
       (l) => action(l) === 'dns-query' && field(l, 'dns.question.name') === 'chain.allowed.test' && field(l, 'egressd.sandbox') === 'sb-r',
     );
     expect(chainLine['log.level']).toBe('info');

@@ -6,10 +6,10 @@
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { askOverTcp, dnsQuery } from '../../helpers/tcp-dns.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
@@ -22,44 +22,39 @@ const NONE = '127.0.0.54';
 const UPSTREAM_TIMEOUT_MS = 4000;
 
 describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
   const held: UdpSocket[] = [];
+  const allow = { mode: 'block-all', egress: { allowed_domains: ['*.slow.test', 'fast.test'] } };
 
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    for (let i = 1; i <= 4; i++) upstream.set(`s${i}.slow.test`, { kind: 'silent' });
-    upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
-    const allow = { mode: 'block-all', egress: { allowed_domains: ['*.slow.test', 'fast.test'] } };
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: {
-          servers: [upstream.server],
-          timeoutMs: UPSTREAM_TIMEOUT_MS,
-          limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 3, tcpPerSandbox: 2, tcpTotal: 3 },
-        },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: allow },
-          { id: 'sb-b', sources: [B], network: allow },
-          { id: 'sb-c', sources: [C], network: allow },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      for (let i = 1; i <= 4; i++) upstream.set(`s${i}.slow.test`, { kind: 'silent' });
+      upstream.set('fast.test', { kind: 'answer', a: ['198.18.2.1'], ttl: 60 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: {
+        servers: [upstream.server],
+        timeoutMs: UPSTREAM_TIMEOUT_MS,
+        limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 3, tcpPerSandbox: 2, tcpTotal: 3 },
+      },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: allow },
+        { id: 'sb-b', sources: [B], network: allow },
+        { id: 'sb-c', sources: [C], network: allow },
+      ],
+    }),
+  );
   afterAll(async () => {
     for (const s of held) s.close();
-    await d?.stop();
-    await upstream?.close();
   });
 
-  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(port, from, ...args);
+  const dig = (from: string, ...args: string[]): Promise<string> => digFrom(dns.port, from, ...args);
 
-  const scrape = async (re: RegExp): Promise<number> => Number(re.exec(await (await fetch(`${d.adminUrl}/metrics`)).text())?.[1] ?? 0);
+  const scrape = async (re: RegExp): Promise<number> => Number(re.exec(await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text())?.[1] ?? 0);
 
   const metric = async (verdict: string): Promise<number> => {
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     let n = 0;
     for (const [, v] of m.matchAll(new RegExp(`egressd_dns_queries_total\\{verdict="${verdict}",type="[^"]+"\\} (\\d+)`, 'g'))) n += Number(v);
     return n;
@@ -70,13 +65,13 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     const s = createSocket('udp4');
     held.push(s);
     s.on('error', () => {});
-    s.bind(0, from, () => s.send(dnsQuery(name), port, '127.0.0.1'));
+    s.bind(0, from, () => s.send(dnsQuery(name), dns.port, '127.0.0.1'));
   };
 
   /** Resolves once the upstream has seen `name` (the query is then in flight), bounded. */
   const reached = async (name: string): Promise<void> => {
-    for (let i = 0; i < 100 && upstream.count(name, 'A') === 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(upstream.count(name, 'A')).toBeGreaterThan(0);
+    for (let i = 0; i < 100 && dns.upstream.count(name, 'A') === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(dns.upstream.count(name, 'A')).toBeGreaterThan(0);
   };
 
   it('refuses queries past the in-flight bounds, per sandbox and in total, and counts them', async () => {
@@ -87,23 +82,23 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     await reached('s2.slow.test');
     // sb-a holds its two: a third is refused here, not forwarded.
     expect(await dig(A, 's3.slow.test', 'A')).toMatch(/status: REFUSED/);
-    expect(upstream.count('s3.slow.test', 'A')).toBe(0);
+    expect(dns.upstream.count('s3.slow.test', 'A')).toBe(0);
     // A question already on its way upstream is joined, not refused: it costs the resolver
     // nothing more (the silent upstream leaves dig to time out, where the bound said REFUSED).
-    const asked = upstream.count('s1.slow.test', 'A');
+    const asked = dns.upstream.count('s1.slow.test', 'A');
     // (dig exits non-zero when it times out; what it printed is in the error either way.)
     const joined = await dig(A, 's1.slow.test', 'A', '+tries=1', '+time=1').catch((e: Error & { stdout?: string }) => `${e.message}\n${e.stdout ?? ''}`);
     expect(joined).not.toMatch(/status: REFUSED/);
     expect(joined).toMatch(/timed out|no servers could be reached/);
-    expect(upstream.count('s1.slow.test', 'A')).toBe(asked);
+    expect(dns.upstream.count('s1.slow.test', 'A')).toBe(asked);
     // sb-b may still ask: that takes the total to its bound of three.
     leave(B, 's3.slow.test');
     await reached('s3.slow.test');
     // sb-c holds none, but the total is reached.
     expect(await dig(C, 's4.slow.test', 'A')).toMatch(/status: REFUSED/);
-    expect(upstream.count('s4.slow.test', 'A')).toBe(0);
+    expect(dns.upstream.count('s4.slow.test', 'A')).toBe(0);
     expect((await metric('inflight-limited')) - before).toBe(2);
-    const line = await d.waitForLog(
+    const line = await dns.egressd.waitForLog(
       (l) => action(l) === 'dns-query' && field(l, 'egressd.sandbox') === 'sb-c' && field(l, 'event.reason') === 'inflight-limited',
     );
     expect(line).toMatchObject({ dns: { question: { name: 's4.slow.test' } }, egressd: { verdict: 'refuse' } });
@@ -118,7 +113,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     try {
       // Two connections, each proven accepted by an answer on it, held open.
       for (let i = 0; i < 2; i++) {
-        const s = connect({ host: '127.0.0.1', port, localAddress: A });
+        const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: A });
         s.on('error', () => {});
         open.push(s);
         const first = await askOverTcp(s, 'fast.test');
@@ -127,7 +122,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       // A third, from dig: the bound answers its query REFUSED rather than resetting it.
       expect(await dig(A, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
       // And egressd closes such a connection after that one answer.
-      const third = connect({ host: '127.0.0.1', port, localAddress: A });
+      const third = connect({ host: '127.0.0.1', port: dns.port, localAddress: A });
       third.on('error', () => {});
       const ended = new Promise<void>((r) => third.once('end', () => r()));
       expect((await askOverTcp(third, 'fast.test')).rcode).toBe('REFUSED');
@@ -158,12 +153,12 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     const open: Socket[] = [];
     try {
       for (let i = 0; i < before; i++) {
-        const s = connect({ host: '127.0.0.1', port, localAddress: from });
+        const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: from });
         s.on('error', () => {});
         open.push(s);
         expect((await askOverTcp(s, 'fast.test')).rcode).toBe('NOERROR');
       }
-      const slow = connect({ host: '127.0.0.1', port, localAddress: from });
+      const slow = connect({ host: '127.0.0.1', port: dns.port, localAddress: from });
       slow.on('error', () => {});
       open.push(slow);
       const closed = new Promise<void>((r) => slow.once('close', () => r()));
@@ -192,7 +187,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     const shedBefore = await scrape(shedMetric);
     const open: Socket[] = [];
     const served = async (from: string): Promise<Socket> => {
-      const s = connect({ host: '127.0.0.1', port, localAddress: from });
+      const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: from });
       s.on('error', () => {});
       open.push(s);
       expect((await askOverTcp(s, 'fast.test')).rcode).toBe('NOERROR');
@@ -211,7 +206,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
       // Each of the three holds one now, none idle: a source of no sandbox is refused, counted and logged.
       expect(await dig(NONE, '+tcp', 'fast.test', 'A')).toMatch(/status: REFUSED/);
       expect((await scrape(total)) - refusedBefore).toBe(1);
-      const line = await d.waitForLog((l) => action(l) === 'dns-tcp-refused' && field(l, 'source.ip') === NONE);
+      const line = await dns.egressd.waitForLog((l) => action(l) === 'dns-tcp-refused' && field(l, 'source.ip') === NONE);
       expect(line).toMatchObject({ sandbox: null, reason: 'total', count: 1, reset: 0, verdict: 'refuse' });
       // A second on, they are idle: the oldest, sb-a's, makes room for it (served: its policy,
       // block-all, answers NXDOMAIN).
@@ -228,7 +223,7 @@ describe.skipIf(!haveDig)('the DNS listener past its bounds', () => {
     const open: Socket[] = [];
     const connected = (from: string): Promise<Socket> =>
       new Promise((resolve) => {
-        const s = connect({ host: '127.0.0.1', port, localAddress: from });
+        const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: from });
         s.on('error', () => {});
         open.push(s);
         s.once('connect', () => resolve(s));

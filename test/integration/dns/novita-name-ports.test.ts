@@ -9,10 +9,10 @@
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.31';
@@ -24,31 +24,23 @@ const asRoot = process.getuid?.() === 0;
 if (!asRoot) console.warn('novita-name-ports: skipped, it binds port 443 on a loopback address of its own (run as root)');
 
 describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on ports 443 and 22, and the name read on 443', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    upstream.set('github.test', { kind: 'answer', a: [GITHUB], ttl: 60 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [{ id: 'sb-n', sources: [A], network: { network: { allowOut: ['github.test'], denyOut: ['0.0.0.0/0'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      upstream.set('github.test', { kind: 'answer', a: [GITHUB], ttl: 60 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [{ id: 'sb-n', sources: [A], network: { network: { allowOut: ['github.test'], denyOut: ['0.0.0.0/0'] } } }],
+    }),
+  );
 
   /** What a client to GITHUB:`to` receives before the connection closes: silent (no name of its own), or sending `first`. */
   const greet = (to: number, first?: string): Promise<string> =>
     new Promise((resolve) => {
-      d.route(A, GITHUB, to);
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      dns.egressd.route(A, GITHUB, to);
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       let got = '';
       if (first !== undefined) s.write(first);
       s.on('data', (b) => (got += b.toString()));
@@ -57,7 +49,7 @@ describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on po
     });
 
   it('refuses the nameless connection on 443 and 22 alike, and an HTTP Host on 443; allows a TLS SNI on 443', async () => {
-    expect(await digFrom(port, A, 'github.test', 'A', '+short')).toBe(`${GITHUB}\n`);
+    expect(await digFrom(dns.port, A, 'github.test', 'A', '+short')).toBe(`${GITHUB}\n`);
     const server = createServer((c) => {
       c.on('error', () => {});
       c.end('hello');
@@ -66,28 +58,32 @@ describe.skipIf(!haveDig || !asRoot)('a Novita domain remembered from DNS, on po
     await once(server, 'listening');
     try {
       expect(await greet(443)).toBe('');
-      const nameless = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443);
+      const nameless = await dns.egressd.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443);
       expect(nameless).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-n', dns_names: ['github.test'] }, event: { reason: 'default-block' } });
 
       const http = await greet(443, 'GET / HTTP/1.1\r\nHost: github.test\r\n\r\n');
       expect(http).not.toContain('hello');
-      const byHost = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'http');
+      const byHost = await dns.egressd.waitForLog(
+        (l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'http',
+      );
       expect(byHost).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-n' }, event: { reason: 'default-block' } });
 
       // A TLS hello naming it is Novita's own case: allowed, spliced to the server (which answers in plain text).
-      d.route(A, GITHUB, 443);
-      const raw = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      dns.egressd.route(A, GITHUB, 443);
+      const raw = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       raw.on('error', () => {});
       const t = tlsConnect({ socket: raw, servername: 'github.test', rejectUnauthorized: false });
       t.on('error', () => {});
-      const bySni = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'tls');
+      const bySni = await dns.egressd.waitForLog(
+        (l) => action(l) === 'connection' && field(l, 'destination.port') === 443 && field(l, 'network.protocol') === 'tls',
+      );
       t.destroy();
       raw.destroy();
       expect(bySni).toMatchObject({ egressd: { verdict: 'allow', sandbox: 'sb-n' } });
       expect(field(bySni, 'rule.name')).toBe('allowed_domains "github.test"');
 
       expect(await greet(22)).toBe('');
-      const refused = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 22);
+      const refused = await dns.egressd.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.port') === 22);
       expect(refused).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-n', dns_names: ['github.test'] }, event: { reason: 'default-block' } });
     } finally {
       server.close();

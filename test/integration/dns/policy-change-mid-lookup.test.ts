@@ -6,10 +6,10 @@
 
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { adminCall } from '../../helpers/admin-api.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 
 /** An upstream that answers every A question with 198.18.2.1, each only once `release(name)` is called. */
 async function heldUpstream(): Promise<{
@@ -49,29 +49,17 @@ async function heldUpstream(): Promise<{
 }
 
 describe.skipIf(!haveDig)('a policy change while the DNS listener waits for the upstream', () => {
-  let upstream: Awaited<ReturnType<typeof heldUpstream>>;
-  let d: LoopbackDaemon;
-  let port: number;
-  const api = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
+  const dns = dnsDaemonPerBlock(heldUpstream, (upstream) => ({ dns: { servers: [upstream.server], timeoutMs: 5000 } }));
+  const api = (method: string, path: string, body?: unknown) => adminCall(dns.egressd.adminUrl, method, path, body);
   const remembered = async (id: string): Promise<unknown[]> => (await api('GET', `/api/v1/sandboxes/${id}/effective`)).body.dns_remembered;
-
-  beforeAll(async () => {
-    upstream = await heldUpstream();
-    d = await startLoopbackDaemon(loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 5000 } }));
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
 
   it('a change that no longer allows the name: the held answer is refused, and nothing is remembered', async () => {
     const allows = { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } };
     expect((await api('PUT', '/api/v1/sandboxes/sb-n', { sources: ['127.0.0.51'], network: allows })).status).toBe(201);
-    const answer = digFrom(port, '127.0.0.51', 'slow.allowed.test', 'A');
-    await upstream.asked('slow.allowed.test');
+    const answer = digFrom(dns.port, '127.0.0.51', 'slow.allowed.test', 'A');
+    await dns.upstream.asked('slow.allowed.test');
     expect((await api('PUT', '/api/v1/sandboxes/sb-n/network', { mode: 'block-all', egress: { allowed_domains: ['other.test'] } })).status).toBe(200);
-    upstream.release('slow.allowed.test');
+    dns.upstream.release('slow.allowed.test');
     const out = await answer;
     expect(out).toMatch(/status: NXDOMAIN/);
     expect(out).not.toMatch(/198\.18\.2\.1/);
@@ -81,11 +69,11 @@ describe.skipIf(!haveDig)('a policy change while the DNS listener waits for the 
   it('a source handed to another sandbox meanwhile: the answer is judged by the new owner, and the deleted one remembers nothing', async () => {
     const allows = { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } };
     expect((await api('PUT', '/api/v1/sandboxes/sb-old', { sources: ['127.0.0.52'], network: allows })).status).toBe(201);
-    const answer = digFrom(port, '127.0.0.52', 'moved.allowed.test', 'A');
-    await upstream.asked('moved.allowed.test');
+    const answer = digFrom(dns.port, '127.0.0.52', 'moved.allowed.test', 'A');
+    await dns.upstream.asked('moved.allowed.test');
     expect((await api('DELETE', '/api/v1/sandboxes/sb-old')).status).toBe(204);
     expect((await api('PUT', '/api/v1/sandboxes/sb-new', { sources: ['127.0.0.52'], network: { mode: 'block-all' } })).status).toBe(201);
-    upstream.release('moved.allowed.test');
+    dns.upstream.release('moved.allowed.test');
     expect(await answer).toMatch(/status: NXDOMAIN/);
     // A sandbox made again under the old id starts with nothing the deleted one was given.
     expect((await api('PUT', '/api/v1/sandboxes/sb-old', { sources: ['127.0.0.53'], network: allows })).status).toBe(201);
@@ -96,10 +84,10 @@ describe.skipIf(!haveDig)('a policy change while the DNS listener waits for the 
   it('a change that still allows the name: the held answer is given and remembered', async () => {
     const allows = { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } };
     expect((await api('PUT', '/api/v1/sandboxes/sb-k', { sources: ['127.0.0.54'], network: allows })).status).toBe(201);
-    const answer = digFrom(port, '127.0.0.54', 'kept.allowed.test', 'A', '+short');
-    await upstream.asked('kept.allowed.test');
+    const answer = digFrom(dns.port, '127.0.0.54', 'kept.allowed.test', 'A', '+short');
+    await dns.upstream.asked('kept.allowed.test');
     expect((await api('PUT', '/api/v1/sandboxes/sb-k/network', { ...allows, egress: { ...allows.egress, allowed_ports: [443] } })).status).toBe(200);
-    upstream.release('kept.allowed.test');
+    dns.upstream.release('kept.allowed.test');
     expect(await answer).toBe('198.18.2.1\n');
     expect(JSON.stringify(await remembered('sb-k'))).toContain('kept.allowed.test');
   });

@@ -11,10 +11,10 @@
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import type { Answer } from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { adminCall } from '../../helpers/admin-api.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
 
 /** The sandbox's source, and the addresses its names lead to (each a greeting server). */
@@ -57,19 +57,20 @@ async function greeter(host: string): Promise<{ server: Server; port: number }> 
 }
 
 describe.skipIf(!haveDig)('a deny rule added after a name was remembered through an alias chain', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
   let edge: Awaited<ReturnType<typeof greeter>>;
   let mirror: Awaited<ReturnType<typeof greeter>>;
   let odd: Awaited<ReturnType<typeof greeter>>;
   let held: { server: Server; port: number };
-  const api = (method: string, path: string, body?: unknown) => adminCall(d.adminUrl, method, path, body);
+  const dns = dnsDaemonPerBlock(
+    () => startRecordedDns(ZONE),
+    (upstream) => ({ dns: { servers: [upstream.server], timeoutMs: 1000 }, upstream: { dial: 'resolved', connectTimeoutMs: 1000 } }),
+  );
+  const api = (method: string, path: string, body?: unknown) => adminCall(dns.egressd.adminUrl, method, path, body);
   // allow-all, where a sandbox's own deny rules decide (docs/dialects.md: one side per mode); a
   // nameless connection to an address it was given is judged by the names that gave it.
   const allowed = { mode: 'allow-all' };
 
   beforeAll(async () => {
-    upstream = await startRecordedDns(ZONE);
     edge = await greeter(EDGE);
     mirror = await greeter(MIRROR);
     odd = await greeter(ODD);
@@ -80,25 +81,20 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     });
     await new Promise<void>((r) => holder.listen(0, HELD, r));
     held = { server: holder, port: (holder.address() as AddressInfo).port };
-    d = await startLoopbackDaemon(
-      loopbackConfig({ dns: { servers: [upstream.server], timeoutMs: 1000 }, upstream: { dial: 'resolved', connectTimeoutMs: 1000 } }),
-    );
     expect((await api('PUT', '/api/v1/sandboxes/sb-a', { sources: [A], network: allowed })).status).toBe(201);
   });
   afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
     edge?.server.close();
     mirror?.server.close();
     odd?.server.close();
     held?.server.close();
   });
 
-  const dig = (name: string): Promise<string> => digFrom(d.daemon.dnsListeners[0]!.port!, A, name, 'A');
+  const dig = (name: string): Promise<string> => digFrom(dns.port, A, name, 'A');
   /** What a connection from the sandbox to the route set before got back, sending `bytes` first (nothing: nameless). */
   const exchange = (bytes = ''): Promise<string> =>
     new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       let got = '';
       const t = setTimeout(() => s.destroy(), 3000);
       s.on('connect', () => {
@@ -112,13 +108,13 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
       });
     });
   const lastConnection = async (): Promise<Record<string, unknown>> => {
-    const before = d.logs.length;
-    return d.waitForLog((l) => d.logs.indexOf(l) >= before && isConnection(l) && field(l, 'source.ip') === A);
+    const before = dns.egressd.logs.length;
+    return dns.egressd.waitForLog((l) => dns.egressd.logs.indexOf(l) >= before && isConnection(l) && field(l, 'source.ip') === A);
   };
 
   it('refuses the nameless connection, and the one presenting the name, to an address a CNAME chain gave', async () => {
     expect(await dig('app.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, EDGE, edge.port);
+    dns.egressd.route(A, EDGE, edge.port);
     // Allowed by the remembered name while no rule names the alias.
     expect(await exchange()).toBe('hello\n');
 
@@ -144,7 +140,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
   it("refuses the nameless connection when the rule names a DNAME's target", async () => {
     expect((await api('PUT', '/api/v1/sandboxes/sb-a/network', allowed)).status).toBe(200);
     expect(await dig('www.dn.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, MIRROR, mirror.port);
+    dns.egressd.route(A, MIRROR, mirror.port);
     expect(await exchange()).toBe('hello\n');
 
     const deny = { ...allowed, egress: { denied_domains: ['mirror.test'] } };
@@ -157,7 +153,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
   it('judges an alias that is no host name as a child of the host name above it', async () => {
     expect((await api('PUT', '/api/v1/sandboxes/sb-a/network', allowed)).status).toBe(200);
     expect(await dig('odd.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, ODD, odd.port);
+    dns.egressd.route(A, ODD, odd.port);
     expect(await exchange()).toBe('hello\n');
 
     const deny = { ...allowed, egress: { denied_domains: ['*.odd-cdn.test'] } };
@@ -172,7 +168,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
     const reporting = { sources: [A], reportOnly: true, network: { ...allowed, egress: { denied_domains: ['*.cdn.test'] } } };
     expect((await api('PUT', '/api/v1/sandboxes/sb-a', reporting)).status).toBeLessThan(300);
     expect(await dig('app.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, EDGE, edge.port);
+    dns.egressd.route(A, EDGE, edge.port);
 
     const nameless = lastConnection();
     expect(await exchange()).toBe('hello\n');
@@ -190,10 +186,10 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
   it('closes a held connection, nameless or presenting the name, when a deny rule comes for an alias of its chain', async () => {
     expect((await api('PUT', '/api/v1/sandboxes/sb-a', { sources: [A], network: allowed })).status).toBeLessThan(300);
     expect(await dig('held.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, HELD, held.port);
+    dns.egressd.route(A, HELD, held.port);
     /** A connection that got its greeting and is held open, and when it closes. */
     const open = async (bytes: string): Promise<{ closed: Promise<void> }> => {
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       s.on('error', () => {});
       const closed = new Promise<void>((r) => s.on('close', () => r()));
       s.on('connect', () => {

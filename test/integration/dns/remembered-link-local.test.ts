@@ -4,44 +4,36 @@
 // loopback, with dig as the sandbox's resolver and the original destination routed by the rig.
 
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.2';
 
 describe.skipIf(!haveDig)('a remembered name that gave a link-local address', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    upstream.set('ll.allowed.test', { kind: 'answer', aaaa: ['fe80::1'], ttl: 60 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      upstream.set('ll.allowed.test', { kind: 'answer', aaaa: ['fe80::1'], ttl: 60 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('lends the name to a connection whose original destination carries its zone', async () => {
-    expect(await digFrom(port, A, 'll.allowed.test', 'AAAA', '+short')).toBe('fe80::1\n');
-    d.route(A, 'fe80::1%eth1', 22);
+    expect(await digFrom(dns.port, A, 'll.allowed.test', 'AAAA', '+short')).toBe('fe80::1\n');
+    dns.egressd.route(A, 'fe80::1%eth1', 22);
     await new Promise<void>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       s.on('error', () => {});
       s.on('close', () => resolve());
     });
-    const line = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.ip') === 'fe80::1');
+    const line = await dns.egressd.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.ip') === 'fe80::1');
     // Judged with the name (link-local addresses are protected unless excepted: refused so, not
     // as a nameless connection of a block-all sandbox).
     expect(line).toMatchObject({ egressd: { sandbox: 'sb-a', dns_names: ['ll.allowed.test'] }, event: { reason: 'protected-address' } });

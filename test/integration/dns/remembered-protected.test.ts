@@ -4,44 +4,36 @@
 // opens it. Through the whole daemon on loopback, with dig as the sandbox's resolver.
 
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.2';
 
 describe.skipIf(!haveDig)('a remembered name that gave a protected address', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    upstream.set('meta.allowed.test', { kind: 'answer', a: ['169.254.169.254', '10.0.0.5'], ttl: 60 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      upstream.set('meta.allowed.test', { kind: 'answer', a: ['169.254.169.254', '10.0.0.5'], ttl: 60 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it.each(['169.254.169.254', '10.0.0.5'])('refuses a nameless connection to %s as protected, the name remembered', async (address) => {
-    expect(await digFrom(port, A, 'meta.allowed.test', 'A', '+short')).toBe('169.254.169.254\n10.0.0.5\n');
-    d.route(A, address, 22);
+    expect(await digFrom(dns.port, A, 'meta.allowed.test', 'A', '+short')).toBe('169.254.169.254\n10.0.0.5\n');
+    dns.egressd.route(A, address, 22);
     await new Promise<void>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: A });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: A });
       s.on('error', () => {});
       s.on('close', () => resolve());
     });
-    const line = await d.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.ip') === address);
+    const line = await dns.egressd.waitForLog((l) => action(l) === 'connection' && field(l, 'destination.ip') === address);
     expect(line).toMatchObject({ egressd: { verdict: 'refuse', sandbox: 'sb-a', dns_names: ['meta.allowed.test'] }, event: { reason: 'protected-address' } });
   });
 });

@@ -11,10 +11,10 @@ import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import type { Answer } from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -39,19 +39,28 @@ const ZONE: Record<string, Answer[]> = {
 };
 
 describe.skipIf(!haveDig)('records of another owner in an answer section', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
   let echo: Server;
   let echoPort: number;
   let echoed = 0;
 
-  beforeAll(async () => {
+  const dns = dnsDaemonPerBlock(
     // The sections for A; any other type of any name is NODATA.
-    upstream = await startRecordedDns(({ name, type }) => {
-      if (type !== 'A') return {};
-      const answers = ZONE[name];
-      return answers ? { answers } : { rcode: 'NXDOMAIN' };
-    });
+    () =>
+      startRecordedDns(({ name, type }) => {
+        if (type !== 'A') return {};
+        const answers = ZONE[name];
+        return answers ? { answers } : { rcode: 'NXDOMAIN' };
+      }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      upstream: { dial: 'resolved', connectTimeoutMs: 1000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+      ],
+    }),
+  );
+  beforeAll(async () => {
     echo = createServer((s) => {
       echoed++;
       s.on('error', () => {});
@@ -60,31 +69,19 @@ describe.skipIf(!haveDig)('records of another owner in an answer section', () =>
     echo.listen(0, STRAY);
     await once(echo, 'listening');
     echoPort = (echo.address() as AddressInfo).port;
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        upstream: { dial: 'resolved', connectTimeoutMs: 1000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-        ],
-      }),
-    );
   });
   afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
     echo?.close();
   });
 
-  const dig = (from: string, name: string): Promise<string> => digFrom(d.daemon.dnsListeners[0]!.port!, from, name, 'A');
+  const dig = (from: string, name: string): Promise<string> => digFrom(dns.port, from, name, 'A');
   /**
    * What came back within 1.5 s on a connection from `from` sending `bytes` and waiting (a FIN
    * before the verdict would end it as the client's), to the route set before.
    */
   const send = (from: string, bytes: string): Promise<string> =>
     new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: from });
+      const s = connect({ host: '127.0.0.1', port: dns.egressd.port('tcp'), localAddress: from });
       let got = '';
       const t = setTimeout(() => s.destroy(), 1500);
       s.on('connect', () => s.write(bytes));
@@ -98,16 +95,16 @@ describe.skipIf(!haveDig)('records of another owner in an answer section', () =>
 
   it('does not remember them for the sandbox: a nameless connection to one is judged by address alone', async () => {
     for (const name of ['remember.allowed.test', 'alias.allowed.test']) expect(await dig(A, name), name).toMatch(/status: NOERROR/);
-    const res = await fetch(`${d.adminUrl}/api/v1/sandboxes/sb-a/effective`, { headers: { authorization: 'Bearer test-token' } });
+    const res = await fetch(`${dns.egressd.adminUrl}/api/v1/sandboxes/sb-a/effective`, { headers: { authorization: 'Bearer test-token' } });
     const remembered = JSON.stringify(((await res.json()) as { dns_remembered: unknown[] }).dns_remembered);
     expect(remembered).toContain(REAL);
     expect(remembered).not.toContain(`"${STRAY}"`);
 
-    d.route(A, STRAY, echoPort);
+    dns.egressd.route(A, STRAY, echoPort);
     const before = echoed;
     expect(await send(A, 'ping')).toBe('');
     expect(echoed).toBe(before);
-    const line = await d.waitForLog((l) => isConnection(l) && field(l, 'source.ip') === A);
+    const line = await dns.egressd.waitForLog((l) => isConnection(l) && field(l, 'source.ip') === A);
     expect(field(line, 'egressd.verdict')).toBe('refuse');
     expect(field(line, 'egressd.dns_names')).toBeUndefined();
   });
@@ -115,12 +112,12 @@ describe.skipIf(!haveDig)('records of another owner in an answer section', () =>
   it("does not share them into the data path's address cache: a connection presenting the name is not dialed to one", async () => {
     // Sandbox B asks; sandbox A, which never asked, connects with the name to the stray address.
     expect(await dig(B, 'share.allowed.test')).toMatch(/status: NOERROR/);
-    d.route(A, STRAY, echoPort);
+    dns.egressd.route(A, STRAY, echoPort);
     const before = echoed;
     const got = await send(A, 'GET / HTTP/1.1\r\nHost: share.allowed.test\r\n\r\n');
     expect(got).not.toContain('GET /');
     expect(echoed).toBe(before);
-    const line = await d.waitForLog((l) => isConnection(l) && field(l, 'destination.domain') === 'share.allowed.test');
+    const line = await dns.egressd.waitForLog((l) => isConnection(l) && field(l, 'destination.domain') === 'share.allowed.test');
     // The name's one address was dialed instead, where nothing listens.
     expect(field(line, 'event.reason')).toBe('upstream-failed');
   });

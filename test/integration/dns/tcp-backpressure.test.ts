@@ -7,9 +7,9 @@
 
 import { connect } from 'node:net';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 
 const A = '127.0.0.81';
 /** Records in the answer: 16 bytes each, about 24 KB an answer. */
@@ -18,35 +18,27 @@ const RECORDS = 1500;
 const QUERIES = 1000;
 
 describe('DNS over TCP to a client that reads nothing', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    const a = Array.from({ length: RECORDS }, (_, i) => `198.18.${Math.floor(i / 250)}.${(i % 250) + 1}`);
-    upstream.set('big.test', { kind: 'answer', a, ttl: 300 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], limits: { perSecond: 100_000, burst: 100_000 } },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['big.test'] } } }],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      const a = Array.from({ length: RECORDS }, (_, i) => `198.18.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+      upstream.set('big.test', { kind: 'answer', a, ttl: 300 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], limits: { perSecond: 100_000, burst: 100_000 } },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['big.test'] } } }],
+    }),
+  );
 
   const allowed = async (): Promise<number> => {
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     return Number(/^egressd_dns_queries_total\{verdict="allow",type="A"\} (\d+)$/m.exec(m)?.[1] ?? 0);
   };
 
   it('stops reading its queries while its answers wait, and answers them all once it reads', async () => {
     const before = await allowed();
-    const s = connect({ host: '127.0.0.1', port, localAddress: A });
+    const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: A });
     s.on('error', () => {});
     try {
       await new Promise<void>((r) => s.once('connect', () => r()));

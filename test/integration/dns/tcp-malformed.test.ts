@@ -5,41 +5,33 @@
 
 import { connect } from 'node:net';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { MAX_QUERY_BYTES } from '../../../src/dns/message.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
 
 describe.skipIf(!haveDig)('malformed DNS messages over TCP', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    upstream.set('allowed.test', { kind: 'answer', a: ['198.18.1.10'], ttl: 60 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      upstream.set('allowed.test', { kind: 'answer', a: ['198.18.1.10'], ttl: 60 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
+      ],
+    }),
+  );
 
   const malformed = async (): Promise<number> => {
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     let n = 0;
     for (const [, v] of m.matchAll(/egressd_dns_queries_total\{verdict="malformed",type="[^"]+"\} (\d+)/g)) n += Number(v);
     return n;
@@ -48,7 +40,7 @@ describe.skipIf(!haveDig)('malformed DNS messages over TCP', () => {
   /** Writes `bytes` on a new connection from A; what came back, once the connection closed or `untilAnswers` answers came. */
   const exchange = (bytes: Buffer, untilAnswers: number): Promise<{ answers: packet.DecodedPacket[]; closedByServer: boolean }> =>
     new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port, localAddress: A });
+      const s = connect({ host: '127.0.0.1', port: dns.port, localAddress: A });
       let buf = Buffer.alloc(0);
       const answers: packet.DecodedPacket[] = [];
       const timer = setTimeout(() => s.destroy(), 5000);
@@ -89,6 +81,6 @@ describe.skipIf(!haveDig)('malformed DNS messages over TCP', () => {
     expect(r.closedByServer).toBe(true);
     expect(r.answers).toEqual([]);
     expect(await malformed()).toBe(before + 1);
-    expect(await digFrom(port, B, '+tcp', 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
+    expect(await digFrom(dns.port, B, '+tcp', 'allowed.test', 'A', '+short')).toBe('198.18.1.10\n');
   });
 });

@@ -7,11 +7,11 @@
 // none); joined, its answer must come as soon.
 
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { tenantShare } from '../../../src/net/query-sockets.ts';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { dnsQuery, tcpDns } from '../../helpers/tcp-dns.ts';
 
 const A = '127.0.0.63';
@@ -22,36 +22,31 @@ const PLACES = 8;
 const SHARED = 'shared.join.test';
 
 describe.skipIf(!haveDig)('a query joining another sandbox’s query that is retried over TCP', () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
   const held: UdpSocket[] = [];
 
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
-    for (let i = 0; i < FLOOD; i++) upstream.set(`a${i}.flood.test`, { kind: 'answer', a: ['198.18.3.1'], ttl: 60, truncate: true });
-    upstream.set(SHARED, { kind: 'answer', a: ['198.18.3.3'], ttl: 60, truncate: true });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        // Far longer than the test: A's retries wait for a place until then, and the forwarder's
-        // second attempt (at half of it) brings no second truncated answer meanwhile.
-        dns: { servers: [upstream.server], timeoutMs: 20_000 },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.flood.test', SHARED] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: [SHARED] } } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start('127.0.0.1', 0, { tcp: true });
+      for (let i = 0; i < FLOOD; i++) upstream.set(`a${i}.flood.test`, { kind: 'answer', a: ['198.18.3.1'], ttl: 60, truncate: true });
+      upstream.set(SHARED, { kind: 'answer', a: ['198.18.3.3'], ttl: 60, truncate: true });
+      return upstream;
+    },
+    (upstream) => ({
+      // Far longer than the test: A's retries wait for a place until then, and the forwarder's
+      // second attempt (at half of it) brings no second truncated answer meanwhile.
+      dns: { servers: [upstream.server], timeoutMs: 20_000 },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.flood.test', SHARED] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: [SHARED] } } },
+      ],
+    }),
+  );
   afterAll(async () => {
     for (const s of held) s.close();
-    await d?.stop();
-    await upstream?.close();
   });
 
   const metric = async (name: string, labels = ''): Promise<number> => {
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     const l = labels === '' ? '' : `\\{${labels}\\}`;
     return Number(new RegExp(`^${name}${l} (\\d+)$`, 'm').exec(m)?.[1] ?? 0);
   };
@@ -61,7 +56,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     const s = createSocket('udp4');
     held.push(s);
     s.on('error', () => {});
-    s.bind(0, A, () => s.send(dnsQuery(name), port, '127.0.0.1'));
+    s.bind(0, A, () => s.send(dnsQuery(name), dns.port, '127.0.0.1'));
   };
   const waitFor = async (what: () => Promise<boolean>): Promise<void> => {
     for (let i = 0; i < 500 && !(await what()); i++) await new Promise((r) => setTimeout(r, 20));
@@ -72,7 +67,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     // The TCP side: A's flood is answered long after every deadline, the shared name at once.
     const seen: string[] = [];
     tcpDns(
-      upstream,
+      dns.upstream,
       (q) => {
         seen.push(q.name);
         return [{ type: 'A', name: q.name, ttl: 60, data: q.name === SHARED ? '198.18.3.3' : '198.18.3.1' }];
@@ -89,7 +84,7 @@ describe.skipIf(!haveDig)('a query joining another sandbox’s query that is ret
     expect(seen).not.toContain(SHARED);
     const joinedBefore = await metric('egressd_dns_tcp_retries_joined_total');
     // B asks the same name while A's query of it is pending: it joins it, and its share pays.
-    const answered = await digFrom(port, B, SHARED, 'A', '+short').catch((e: Error) => e.message);
+    const answered = await digFrom(dns.port, B, SHARED, 'A', '+short').catch((e: Error) => e.message);
     expect(answered).toBe('198.18.3.3\n');
     expect(seen.filter((n) => n === SHARED)).toHaveLength(1);
     expect((await metric('egressd_dns_tcp_retries_joined_total')) - joinedBefore).toBe(1);

@@ -4,37 +4,29 @@
 // its publisher, by the RFC's reading, asked for none. The upstream is a real UDP DNS server on
 // loopback answering with the TTL as written; dig asks the daemon's listener.
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 
 describe.skipIf(!haveDig)('a TTL with its top bit set (RFC 2181 §8)', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
-
-  beforeAll(async () => {
-    upstream = await startRecordedDns(({ question, type }) => ({
-      answers: type === 'A' ? [{ name: question.name, type: 'A', ttl: 0x80000000, data: '198.18.1.50' }] : [],
-    }));
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
-      }),
-    );
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    () =>
+      startRecordedDns(({ question, type }) => ({
+        answers: type === 'A' ? [{ name: question.name, type: 'A', ttl: 0x80000000, data: '198.18.1.50' }] : [],
+      })),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } }],
+    }),
+  );
 
   it('is answered as 0 and not kept: the next query asks the upstream again', async () => {
-    const dig = (): Promise<string> => digFrom(d.daemon.dnsListeners[0]!.port!, A, 'top.allowed.test', 'A', '+noall', '+answer');
+    const dig = (): Promise<string> => digFrom(dns.port, A, 'top.allowed.test', 'A', '+noall', '+answer');
     expect(await dig()).toMatch(/^top\.allowed\.test\.\s+0\s+IN\s+A\s+198\.18\.1\.50$/m);
     expect(await dig()).toMatch(/\s0\s+IN\s+A\s+198\.18\.1\.50/);
-    expect(upstream.asked.filter((q) => q === 'top.allowed.test A')).toHaveLength(2);
+    expect(dns.upstream.asked.filter((q) => q === 'top.allowed.test A')).toHaveLength(2);
   });
 });

@@ -9,9 +9,10 @@
 import { readFileSync } from 'node:fs';
 import { createSocket, type Socket } from 'node:dgram';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import type { LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { DNS_UDP_RECEIVE_BUFFER } from '../../../src/dns/listener.ts';
 
 const A = '127.0.0.2';
@@ -22,29 +23,21 @@ const BURST = 1000;
 const rmemMax = Number(/^\d+/.exec(readFileSync('/proc/sys/net/core/rmem_max', 'utf8'))?.[0] ?? 0);
 
 describe.skipIf(rmemMax < DNS_UDP_RECEIVE_BUFFER)("one sandbox's burst of UDP queries", () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    upstream.set('cached.allowed.test', { kind: 'answer', a: ['198.18.1.11'], ttl: 300 });
-    upstream.set('other.allowed.test', { kind: 'answer', a: ['198.18.1.12'], ttl: 300 });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000, limits: { perSecond: 1, burst: BURST } },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      upstream.set('cached.allowed.test', { kind: 'answer', a: ['198.18.1.11'], ttl: 300 });
+      upstream.set('other.allowed.test', { kind: 'answer', a: ['198.18.1.12'], ttl: 300 });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000, limits: { perSecond: 1, burst: BURST } },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+      ],
+    }),
+  );
 
   it("is held whole by the listener's socket, and another sandbox's query sent behind it is answered", async () => {
     const a = await bound(A);
@@ -53,20 +46,20 @@ describe.skipIf(rmemMax < DNS_UDP_RECEIVE_BUFFER)("one sandbox's burst of UDP qu
       const query = (name: string, id: number): Buffer =>
         packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
       // Cached first, so that no query of the burst waits on the upstream.
-      await exchange(a, port, query('cached.allowed.test', 1));
-      await exchange(b, port, query('other.allowed.test', 2));
-      const before = await allowed(d);
+      await exchange(a, dns.port, query('cached.allowed.test', 1));
+      await exchange(b, dns.port, query('other.allowed.test', 2));
+      const before = await allowed(dns.egressd);
       let fromA = 0;
       a.on('message', () => fromA++);
       const fromB = new Promise<Buffer>((resolve) => b.once('message', resolve));
       // One turn: the burst, then B's query, queued behind it before egressd reads a byte.
-      for (let i = 0; i < BURST - 1; i++) a.send(query('cached.allowed.test', 10 + i), port, '127.0.0.1');
-      b.send(query('other.allowed.test', 7), port, '127.0.0.1');
+      for (let i = 0; i < BURST - 1; i++) a.send(query('cached.allowed.test', 10 + i), dns.port, '127.0.0.1');
+      b.send(query('other.allowed.test', 7), dns.port, '127.0.0.1');
       const answer = await Promise.race([fromB, new Promise<null>((resolve) => setTimeout(() => resolve(null), 3000))]);
       // Every query of the burst was read and answered (within the sandbox's burst: none refused).
       const deadline = performance.now() + 5000;
-      while ((await allowed(d)) - before < BURST && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect((await allowed(d)) - before).toBe(BURST);
+      while ((await allowed(dns.egressd)) - before < BURST && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect((await allowed(dns.egressd)) - before).toBe(BURST);
       expect(answer, "sandbox B's query was dropped behind A's burst").not.toBeNull();
       expect(packet.decode(answer!).answers?.map((r) => (r as { data?: unknown }).data)).toEqual(['198.18.1.12']);
       expect(fromA).toBe(BURST - 1);

@@ -1,0 +1,54 @@
+// The set-up most DNS integration tests share: an upstream DNS server on loopback (a
+// DnsTestServer or a RecordedDns), then an in-process egressd whose config names it, both
+// started before a describe block's tests and stopped after them.
+
+import { afterAll, beforeAll } from 'vitest';
+import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from './loopback-daemon.ts';
+
+/** What the block's tests use; each field throws when read outside the block's run. */
+export interface DnsDaemon<U> {
+  readonly upstream: U;
+  readonly egressd: LoopbackDaemon;
+  /** The port of egressd's first DNS listener (the only one in loopbackConfig's default). */
+  readonly port: number;
+}
+
+/**
+ * Within a `describe` block: `upstream()` starts the upstream server (and sets its answers), then
+ * egressd starts on `loopbackConfig(config(upstream))` with `opts` (startLoopbackDaemon's), before
+ * the block's tests. After them, egressd is stopped and then the upstream closed, whichever of
+ * them was started, even when a test or the start itself failed. A block's own afterAll runs
+ * before these (vitest runs after-hooks last registered first), so sockets it holds are closed
+ * while egressd still runs.
+ */
+export function dnsDaemonPerBlock<U extends { readonly server: string; close(): Promise<void> }>(
+  upstream: () => Promise<U>,
+  config: (upstream: U) => Record<string, unknown>,
+  opts?: Parameters<typeof startLoopbackDaemon>[1],
+): DnsDaemon<U> {
+  let u: U | undefined;
+  let d: LoopbackDaemon | undefined;
+  beforeAll(async () => {
+    u = await upstream();
+    d = await startLoopbackDaemon(loopbackConfig(config(u)), opts);
+  });
+  afterAll(async () => {
+    await d?.stop();
+    await u?.close();
+  });
+  const started = (): { u: U; d: LoopbackDaemon } => {
+    if (!u || !d) throw new Error('The upstream and egressd run only while the block runs');
+    return { u, d };
+  };
+  return {
+    get upstream() {
+      return started().u;
+    },
+    get egressd() {
+      return started().d;
+    },
+    get port() {
+      return started().d.daemon.dnsListeners[0]!.port!;
+    },
+  };
+}
