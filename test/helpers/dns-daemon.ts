@@ -3,6 +3,7 @@
 // started before a describe block's tests and stopped after them.
 
 import { afterAll, beforeAll } from 'vitest';
+import type { Daemon } from '../../src/daemon.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from './loopback-daemon.ts';
 
 /** What the block's tests use; each field throws when read outside the block's run. */
@@ -50,5 +51,30 @@ export function dnsDaemonPerBlock<U extends { readonly server: string; close(): 
     get port() {
       return started().d.daemon.dnsListeners[0]!.port!;
     },
+  };
+}
+
+/** loopbackConfig's `listen` with two DNS listeners, on `first` and then `second` (ports ephemeral). */
+export function twoDnsListeners(first: string, second: string): Record<string, unknown> {
+  return { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${first}:0`, `${second}:0`] };
+}
+
+/**
+ * startLoopbackDaemon's `beforeStart` for a daemon with two DNS listeners (twoDnsListeners): the
+ * second listener's bind waits until the first is bound (10 s at most, then the start fails), and
+ * then until `whileHeld(first's port, daemon)` is done, so that it acts on the first listener while
+ * the start is still going on. It holds nothing of its own to tear down.
+ */
+export function holdSecondDnsListener(whileHeld: (firstPort: number, daemon: Daemon) => Promise<void>): (daemon: Daemon) => void {
+  return (daemon) => {
+    const [first, second] = daemon.dnsListeners;
+    if (!first || !second) throw new Error(`Two DNS listeners are needed, the daemon has ${daemon.dnsListeners.length}`);
+    const listen = second.listen.bind(second);
+    second.listen = async () => {
+      for (let i = 0; i < 1000 && first.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+      if (first.port === null) throw new Error('The first DNS listener was not bound within 10 s');
+      await whileHeld(first.port, daemon);
+      return listen();
+    };
   };
 }

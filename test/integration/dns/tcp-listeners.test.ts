@@ -5,6 +5,7 @@
 
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { holdSecondDnsListener, twoDnsListeners } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { askOverTcp } from '../../helpers/tcp-dns.ts';
@@ -25,7 +26,7 @@ describe('two DNS listeners', () => {
   const configWith = (limits: Record<string, number>): ReturnType<typeof loopbackConfig> => {
     const allow = { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } };
     return loopbackConfig({
-      listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+      listen: twoDnsListeners(FIRST, SECOND),
       dns: { servers: [upstream.server], limits },
       sandboxes: [
         { id: 'sb-a', sources: [A], network: allow },
@@ -124,27 +125,21 @@ describe('a DNS TCP connection arriving while the daemon starts', () => {
     let dnsTcpBeforeStart = 0;
     d = await startLoopbackDaemon(
       loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        listen: twoDnsListeners(FIRST, SECOND),
         dns: { servers: [upstream.server] },
         sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
       }),
       {
-        beforeStart: (daemon) => {
-          const [first, second] = daemon.dnsListeners;
-          const listen = second!.listen.bind(second);
-          second!.listen = async () => {
-            for (let i = 0; i < 1000 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
-            early = connect({ host: FIRST, port: first!.port!, localAddress: A });
-            early.on('error', () => {});
-            early.once('close', () => (earlyClosed = true));
-            // 300 ms: time enough for its accept to reach the daemon, and for a count taken to show.
-            for (let i = 0; i < 30 && !earlyClosed && dnsTcpBeforeStart === 0; i++) {
-              await new Promise((r) => setTimeout(r, 10));
-              dnsTcpBeforeStart = daemon.limits.snapshot().dnsTcp;
-            }
-            return listen();
-          };
-        },
+        beforeStart: holdSecondDnsListener(async (firstPort, daemon) => {
+          early = connect({ host: FIRST, port: firstPort, localAddress: A });
+          early.on('error', () => {});
+          early.once('close', () => (earlyClosed = true));
+          // 300 ms: time enough for its accept to reach the daemon, and for a count taken to show.
+          for (let i = 0; i < 30 && !earlyClosed && dnsTcpBeforeStart === 0; i++) {
+            await new Promise((r) => setTimeout(r, 10));
+            dnsTcpBeforeStart = daemon.limits.snapshot().dnsTcp;
+          }
+        }),
       },
     );
     const gauge = async (): Promise<number> =>

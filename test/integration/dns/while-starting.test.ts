@@ -12,6 +12,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { holdSecondDnsListener, twoDnsListeners } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { askOverTcp } from '../../helpers/tcp-dns.ts';
@@ -34,22 +35,16 @@ describe('a DNS query that comes while egressd starts', () => {
     let answer: Promise<Buffer> | undefined;
     const d = await startLoopbackDaemon(
       loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        listen: twoDnsListeners(FIRST, SECOND),
         dns: { servers: [upstream.server] },
         sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
       }),
       {
-        beforeStart: (daemon) => {
-          const [first, second] = daemon.dnsListeners;
-          const listen = second!.listen.bind(second);
-          second!.listen = async () => {
-            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
-            answer = askUdp(first!.port!, A, 'fast.test');
-            answer.catch(() => {});
-            await new Promise((r) => setTimeout(r, HOLD_MS));
-            return listen();
-          };
-        },
+        beforeStart: holdSecondDnsListener(async (firstPort) => {
+          answer = askUdp(firstPort, A, 'fast.test');
+          answer.catch(() => {});
+          await new Promise((r) => setTimeout(r, HOLD_MS));
+        }),
       },
     );
     onTestFinished(() => d.stop());
@@ -100,7 +95,7 @@ describe('the places a start holds (1,024)', () => {
     let answer: Promise<Buffer> | undefined;
     const d = await startLoopbackDaemon(
       loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        listen: twoDnsListeners(FIRST, SECOND),
         dns: { servers: [upstream.server] },
         sandboxes: [
           { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } },
@@ -108,20 +103,14 @@ describe('the places a start holds (1,024)', () => {
         ],
       }),
       {
-        beforeStart: (daemon) => {
-          const [first, second] = daemon.dnsListeners;
-          const listen = second!.listen.bind(second);
-          second!.listen = async () => {
-            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
-            await sendMany(first!.port!, FLOOD, 1100);
-            // Time for the flood to be read before the other sandbox's query comes.
-            await new Promise((r) => setTimeout(r, 200));
-            answer = askUdp(first!.port!, A, 'fast.test');
-            answer.catch(() => {});
-            await new Promise((r) => setTimeout(r, HOLD_MS));
-            return listen();
-          };
-        },
+        beforeStart: holdSecondDnsListener(async (firstPort) => {
+          await sendMany(firstPort, FLOOD, 1100);
+          // Time for the flood to be read before the other sandbox's query comes.
+          await new Promise((r) => setTimeout(r, 200));
+          answer = askUdp(firstPort, A, 'fast.test');
+          answer.catch(() => {});
+          await new Promise((r) => setTimeout(r, HOLD_MS));
+        }),
       },
     );
     onTestFinished(() => d.stop());
