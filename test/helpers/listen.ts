@@ -24,6 +24,22 @@ export async function acceptingServer(host: string, port = 0): Promise<{ server:
   return { server, port: await listenOn(server, host, port), accepted };
 }
 
+/** An echo server on host (each connection gets back what it sends); closed, its sockets destroyed, when the test finishes. */
+export async function echoServer(host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  onTestFinished(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return { server, port: await listenOn(server, host) };
+}
+
 // A connect that never completes, without touching the machine's loopback (no iptables DROP): a
 // child process listens with a backlog of one and then blocks its event loop, so it never calls
 // accept(2); once its accept queue is full the kernel drops further SYNs, and a connect hangs.

@@ -5,34 +5,20 @@
 // set-up (egressd's default) every time: a client of a draining egressd in a rollout saw a reset
 // where the process beside it would have served it. It is now judged and carried in the drain.
 
-import { connect, createServer } from 'node:net';
-import { describe, expect, it, onTestFinished } from 'vitest';
-import { listenOn } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { describe, expect, it } from 'vitest';
+import { echoThroughEgressd } from '../../helpers/echo-through-egressd.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
 
 const SOURCE = '127.0.8.30';
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a connection accepted just before a stop, set up on $setup', ({ setup }) => {
   it('is judged and carried while egressd drains, not reset unseen', async () => {
-    const echo = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    const port = await listenOn(echo, '127.0.0.1');
-    onTestFinished(() => void echo.close());
-    const d = await startLoopbackDaemon(loopbackConfig({ sandboxes: [{ id: 'sb', sources: [SOURCE], network: { mode: 'allow-all' } }] }), { setup });
-    onTestFinished(() => d.stop());
-    d.route(SOURCE, '127.0.0.1', port);
-    const client = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: SOURCE });
-    client.on('error', () => {});
-    onTestFinished(() => void client.destroy());
+    const { d, client, closed } = await echoThroughEgressd(SOURCE, setup);
     let got = '';
     client.on('data', (b: Buffer) => {
       got += b.toString('latin1');
       if (got === 'ping') client.end();
     });
-    const closed = new Promise<void>((r) => client.once('close', () => r()));
     // Connected and its first bytes sent: the stop (SIGTERM's) comes before egressd has judged it.
     let stopped: Promise<void> | undefined;
     client.once('connect', () => {

@@ -5,10 +5,10 @@
 // callback), so the drain bound and the close never came while a client held its connection:
 // SIGTERM waited up to the connection's idle timeout (an hour by default).
 
-import { connect, createServer, type Socket } from 'node:net';
-import { describe, expect, it, onTestFinished } from 'vitest';
-import { listenOn } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import type { Socket } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { echoThroughEgressd } from '../../helpers/echo-through-egressd.ts';
+import type { LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
 
 const SOURCE = '127.0.8.10';
@@ -18,19 +18,7 @@ const PROMPTLY_MS = 10_000;
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a stop while a connection is held, set up on $setup', ({ setup }) => {
   /** A daemon carrying one connection from SOURCE to an echo server; the client, once an echo came back. */
   const held = async (): Promise<{ d: LoopbackDaemon; client: Socket; closed: Promise<void> }> => {
-    const echo = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    const port = await listenOn(echo, '127.0.0.1');
-    onTestFinished(() => void echo.close());
-    const d = await startLoopbackDaemon(loopbackConfig({ sandboxes: [{ id: 'sb', sources: [SOURCE], network: { mode: 'allow-all' } }] }), { setup });
-    onTestFinished(() => d.stop());
-    d.route(SOURCE, '127.0.0.1', port);
-    const client = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: SOURCE });
-    client.on('error', () => {});
-    onTestFinished(() => void client.destroy());
-    const closed = new Promise<void>((r) => client.once('close', () => r()));
+    const { d, client, closed } = await echoThroughEgressd(SOURCE, setup);
     client.write('held');
     await new Promise<void>((r) => client.once('data', () => r()));
     return { d, client, closed };
