@@ -4,6 +4,7 @@
 // what egressd does. A connection with no name (none sent, or an address spelled as one) is
 // judged by its destination alone, as the daemon judges one whose address no DNS answer gave.
 
+import { expect, it } from 'vitest';
 import { normalizeWireName } from '../../src/match/names.ts';
 import { compileProtected } from '../../src/match/protected.ts';
 import { parseClientHello } from '../../src/peek/tls-client-hello.ts';
@@ -47,4 +48,21 @@ export function httpVerdict(body: unknown, head: string): PeerVerdict {
   if (r.kind === 'malformed') return `malformed:${r.reason}`;
   if (r.kind === 'need-more') return 'need-more';
   return nameVerdict(body, r.kind === 'head' ? r.host : null, 80);
+}
+
+/** A row of the TLS and HTTP peer tables: the peer, what the case is and what the peer does, and egressd's two verdicts. */
+export interface PeerRow {
+  readonly peer: string;
+  readonly it: string;
+  /** egressd's verdict under ALLOW_LIST (allowed.test, *.allowed.test) and DENY_LIST (denied.test, *.denied.test). */
+  readonly allowList: PeerVerdict;
+  readonly denyList: PeerVerdict;
+}
+
+/** One test per row, named `peer: it`, that expects `verdict(body, row)` under ALLOW_LIST to be `allowList` and under DENY_LIST `denyList`. */
+export function itJudgesEachRow<R extends PeerRow>(rows: readonly R[], verdict: (body: unknown, row: R) => PeerVerdict): void {
+  it.each(rows.map((r) => [`${r.peer}: ${r.it}`, r] as const))('%s', (_, row) => {
+    expect(verdict(ALLOW_LIST, row), 'allow list').toBe(row.allowList);
+    expect(verdict(DENY_LIST, row), 'deny list').toBe(row.denyList);
+  });
 }

@@ -9,16 +9,12 @@
 // verdict: where egressd differs from a peer it refuses what the peer would read one way and
 // another server another.
 
-import { describe, expect, it } from 'vitest';
-import { ALLOW_LIST, DENY_LIST, httpVerdict, type PeerVerdict } from '../../helpers/peer-verdict.ts';
+import { describe } from 'vitest';
+import { httpVerdict, itJudgesEachRow, type PeerRow } from '../../helpers/peer-verdict.ts';
 
-interface Row {
-  readonly peer: string;
-  readonly it: string;
+interface Row extends PeerRow {
   /** The request head, latin1. */
   readonly head: string;
-  readonly allowList: PeerVerdict;
-  readonly denyList: PeerVerdict;
 }
 
 const NGINX = 'nginx ngx_http_validate_host';
@@ -172,8 +168,5 @@ const ROWS: readonly Row[] = [
 ];
 
 describe('peer request-head cases: what egressd decides', () => {
-  it.each(ROWS.map((r) => [`${r.peer}: ${r.it}`, r] as const))('%s', (_, row) => {
-    expect(httpVerdict(ALLOW_LIST, row.head), 'allow list').toBe(row.allowList);
-    expect(httpVerdict(DENY_LIST, row.head), 'deny list').toBe(row.denyList);
-  });
+  itJudgesEachRow(ROWS, (body, row) => httpVerdict(body, row.head));
 });

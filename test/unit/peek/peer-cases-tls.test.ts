@@ -18,16 +18,10 @@
 import { describe, expect, it } from 'vitest';
 import { parseClientHello } from '../../../src/peek/tls-client-hello.ts';
 import { buildHello, ext, u8, vec16 } from '../../helpers/hello-builder.ts';
-import { ALLOW_LIST, DENY_LIST, tlsVerdict, type PeerVerdict } from '../../helpers/peer-verdict.ts';
+import { DENY_LIST, itJudgesEachRow, tlsVerdict, type PeerRow } from '../../helpers/peer-verdict.ts';
 
-interface Row {
-  readonly peer: string;
-  /** What the case is and what the peer does with it. */
-  readonly it: string;
+interface Row extends PeerRow {
   readonly bytes: Uint8Array;
-  /** egressd's verdict under ALLOW_LIST (allowed.test, *.allowed.test) and DENY_LIST (denied.test, *.denied.test). */
-  readonly allowList: PeerVerdict;
-  readonly denyList: PeerVerdict;
 }
 
 const GO = 'Go crypto/tls handshake_messages.go';
@@ -193,10 +187,7 @@ const ROWS: readonly Row[] = [
 ];
 
 describe('peer ClientHello cases: what egressd decides', () => {
-  it.each(ROWS.map((r) => [`${r.peer}: ${r.it}`, r] as const))('%s', (_, row) => {
-    expect(tlsVerdict(ALLOW_LIST, row.bytes), 'allow list').toBe(row.allowList);
-    expect(tlsVerdict(DENY_LIST, row.bytes), 'deny list').toBe(row.denyList);
-  });
+  itJudgesEachRow(ROWS, (body, row) => tlsVerdict(body, row.bytes));
 
   it('reads the ECH flag whatever the SNI, and the outer name as the name', () => {
     const r = parseClientHello(buildHello({ sni: ['public.allowed.test'], ech: true }));
