@@ -9,10 +9,10 @@ import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import type { Answer } from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
-import { startRecordedDns, type RecordedDns } from '../../helpers/recorded-dns.ts';
+import { startRecordedDns } from '../../helpers/recorded-dns.ts';
 
 const A = '127.0.0.2';
 const B = '127.0.0.3';
@@ -64,17 +64,28 @@ ZONE['thirteen.other.test'] = longChain('thirteen.other.test', 13);
 ZONE['shared13.other.test'] = longChain('shared13.other.test', 13);
 
 describe('a resolved name whose alias chain runs through a denied name', () => {
-  let upstream: RecordedDns;
-  let d: LoopbackDaemon;
   let origin: Server;
   let reached = 0;
 
-  beforeAll(async () => {
+  const served = dnsDaemonPerBlock(
     // The chain for either type; the address records only for A (no AAAA here: NODATA's chain).
-    upstream = await startRecordedDns(({ name, type }) => {
-      const chain = ZONE[name];
-      return chain ? { answers: chain.filter((r) => r.type !== 'A' || type === 'A') } : { rcode: 'NXDOMAIN' };
-    });
+    () =>
+      startRecordedDns(({ name, type }) => {
+        const chain = ZONE[name];
+        return chain ? { answers: chain.filter((r) => r.type !== 'A' || type === 'A') } : { rcode: 'NXDOMAIN' };
+      }),
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 1000 },
+      upstream: { dial: 'resolved', connectTimeoutMs: 1000 },
+      overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test', 'mirror.test'] } } },
+        { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
+      ],
+    }),
+  );
+  beforeAll(async () => {
     origin = createServer((s) => {
       reached++;
       s.on('error', () => {});
@@ -82,31 +93,17 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
     });
     origin.listen(0, HOST);
     await once(origin, 'listening');
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 1000 },
-        upstream: { dial: 'resolved', connectTimeoutMs: 1000 },
-        overlays: { alwaysDeny: [{ name: 'miners', domains: ['*.pool.test'] }] },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['*.allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'allow-all', egress: { denied_domains: ['*.blocked.test', 'mirror.test'] } } },
-          { id: 'sb-c', sources: [C], network: { mode: 'allow-all' } },
-        ],
-      }),
-    );
     const port = (origin.address() as AddressInfo).port;
-    for (const from of [A, B, C]) d.route(from, HOST, port);
+    for (const from of [A, B, C]) served.egressd.route(from, HOST, port);
   });
   afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
     origin?.close();
   });
 
   /** An HTTP request for `host` from `from` (the sandbox resolved it itself); what came back. */
   const request = (from: string, host: string): Promise<string> =>
     new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: from });
+      const s = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: from });
       let got = '';
       const t = setTimeout(() => s.destroy(), 3000);
       s.on('connect', () => s.write(`GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
@@ -118,7 +115,7 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
       });
     });
   const lineFor = (from: string, host: string) =>
-    d.waitForLog((l) => isConnection(l) && field(l, 'source.ip') === from && field(l, 'destination.domain') === host);
+    served.egressd.waitForLog((l) => isConnection(l) && field(l, 'source.ip') === from && field(l, 'destination.domain') === host);
 
   // Twice each: the first connection waits for egressd's own lookup, the second is judged from
   // the address cache it filled.
@@ -149,13 +146,13 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
   // The address cache is shared with the DNS listener: sandbox C's answer is there, aliases and
   // all, when sandbox B, whose policy denies the alias, connects with the name.
   it.skipIf(!haveDig)("judges the chain by each sandbox's own policy, from the DNS listener's shared answer too", async () => {
-    expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'mirror.other.test', 'A', '+short')).toBe(`files.blocked.test.\n${HOST}\n`);
-    const asked = upstream.asked.length;
+    expect(await digFrom(served.port, C, 'mirror.other.test', 'A', '+short')).toBe(`files.blocked.test.\n${HOST}\n`);
+    const asked = served.upstream.asked.length;
     const before = reached;
     expect(await request(B, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 403 /);
     expect(reached).toBe(before);
     // Judged from the listener's entry: nothing asked again.
-    expect(upstream.asked.slice(asked)).toEqual([]);
+    expect(served.upstream.asked.slice(asked)).toEqual([]);
     expect(field(await lineFor(B, 'mirror.other.test'), 'rule.name')).toBe('alias "files.blocked.test": denied_domains "*.blocked.test"');
     expect(await request(C, 'mirror.other.test')).toMatch(/^HTTP\/1\.1 200 /);
     expect(reached).toBe(before + 1);
@@ -172,7 +169,7 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
     expect(field(await lineFor(C, 'thirteen.other.test'), 'event.reason')).toBe('dns-failure');
     if (haveDig) {
       // The listener answers the sandbox as its upstream did; it does not hand the chain to the dial.
-      expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'shared13.other.test', 'A', '+short')).toContain(HOST);
+      expect(await digFrom(served.port, C, 'shared13.other.test', 'A', '+short')).toContain(HOST);
       expect(await request(C, 'shared13.other.test')).toMatch(/^HTTP\/1\.1 403 /);
       expect(field(await lineFor(C, 'shared13.other.test'), 'event.reason')).toBe('dns-failure');
     }
@@ -187,10 +184,10 @@ describe('a resolved name whose alias chain runs through a denied name', () => {
     expect(await request(B, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
     expect(await request(B, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
     expect(field(await lineFor(B, 'www.dn.other.test'), 'rule.name')).toBe('alias "mirror.test": denied_domains "mirror.test"');
-    expect(await digFrom(d.daemon.dnsListeners[0]!.port!, C, 'api.dn.other.test', 'A', '+short')).toContain(HOST);
-    const asked = upstream.asked.length;
+    expect(await digFrom(served.port, C, 'api.dn.other.test', 'A', '+short')).toContain(HOST);
+    const asked = served.upstream.asked.length;
     expect(await request(B, 'api.dn.other.test')).toMatch(/^HTTP\/1\.1 403 /);
-    expect(upstream.asked.slice(asked)).toEqual([]);
+    expect(served.upstream.asked.slice(asked)).toEqual([]);
     expect(reached).toBe(before);
     expect(await request(C, 'www.dn.other.test')).toMatch(/^HTTP\/1\.1 200 /);
     expect(reached).toBe(before + 1);

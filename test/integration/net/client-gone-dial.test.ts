@@ -6,10 +6,10 @@
 // the client's reset with its verdict.
 
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { blackholePort, synSent, within } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
 /** Far beyond every wait here: a line that comes at all came from the reset. */
@@ -20,42 +20,37 @@ const PROMPTLY_MS = 10_000;
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a client that resets while its upstream is dialed, set up on $setup',
   ({ setup }) => {
-    let dns: DnsTestServer;
-    let d: LoopbackDaemon;
     const sources = Array.from({ length: 10 }, (_, i) => `127.0.3.${10 + i}`);
     const reportOnly = Array.from({ length: 10 }, (_, i) => `127.0.4.${10 + i}`);
     let next = 0;
 
-    beforeAll(async () => {
-      dns = await DnsTestServer.start();
-      d = await startLoopbackDaemon(
-        loopbackConfig({
-          dns: { servers: [dns.server], timeoutMs: 60_000 },
-          upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
-          // ::1 is the IPv6 attempts' (loopback is protected unless unlocked).
-          protected: { except: ['127.0.0.0/8', '::1/128'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
-          sandboxes: [
-            { id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.gone.test'] } } },
-            { id: 'sb-report-only', sources: reportOnly, reportOnly: true, network: { mode: 'block-all', egress: { allowed_domains: ['other.test'] } } },
-          ],
-        }),
-        { setup },
-      );
-    });
-    afterAll(async () => {
-      await d?.stop();
-      await dns?.close();
-    });
+    const served = dnsDaemonPerBlock(
+      () => DnsTestServer.start(),
+      (dns) => ({
+        dns: { servers: [dns.server], timeoutMs: 60_000 },
+        upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
+        // ::1 is the IPv6 attempts' (loopback is protected unless unlocked).
+        protected: { except: ['127.0.0.0/8', '::1/128'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+        sandboxes: [
+          { id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.gone.test'] } } },
+          { id: 'sb-report-only', sources: reportOnly, reportOnly: true, network: { mode: 'block-all', egress: { allowed_domains: ['other.test'] } } },
+        ],
+      }),
+      { setup },
+    );
 
     /** A request for `name` from one of `from`, reset once `attempts` attempts are in SYN_SENT toward `port`; its line. */
     const resetWhileDialed = async (from: readonly string[], name: string, port: number, attempts: number): Promise<LogLine> => {
       const source = from[next++ % from.length]!;
-      d.route(source, '127.0.0.1', port);
-      const socket = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: source });
+      served.egressd.route(source, '127.0.0.1', port);
+      const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source });
       socket.on('error', () => {});
       onTestFinished(() => void socket.destroy());
-      const seen = d.logs.length;
-      const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, PROMPTLY_MS + 5_000);
+      const seen = served.egressd.logs.length;
+      const line = served.egressd.waitForLog(
+        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
+        PROMPTLY_MS + 5_000,
+      );
       socket.write(`GET / HTTP/1.0\r\nHost: ${name}\r\n\r\n`);
       expect(await within(PROMPTLY_MS, () => synSent(port) >= attempts), `${attempts} attempts never in flight at once`).toBe(true);
       const resetAt = Date.now();
@@ -63,7 +58,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       const l = await line;
       expect(Date.now() - resetAt, 'the line came only when the dial timed out').toBeLessThan(PROMPTLY_MS);
       expect(synSent(port), 'attempts left in SYN_SENT after the line').toBe(0);
-      const s = d.daemon.limits.snapshot();
+      const s = served.egressd.daemon.limits.snapshot();
       expect({ open: s.open, dialAttempts: s.dialAttempts }).toEqual({ open: 0, dialAttempts: 0 });
       return l;
     };
@@ -77,7 +72,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     it('with an IPv4 and an IPv6 attempt in flight at once, ends both', async () => {
       const port = await blackholePort({ dualStack: true });
-      dns.set('both.gone.test', { kind: 'answer', a: ['127.0.0.1'], aaaa: ['::1'], ttl: 60 });
+      served.upstream.set('both.gone.test', { kind: 'answer', a: ['127.0.0.1'], aaaa: ['::1'], ttl: 60 });
       const l = await resetWhileDialed(sources, 'both.gone.test', port, 2);
       expect(ending(l)).toEqual({ verdict: 'allow', end: 'client-reset', endedBy: 'client', failure: 'aborted' });
       // Both attempts named, each cancelled by the reset.
@@ -86,7 +81,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     it('dialing an IPv6 address alone', async () => {
       const port = await blackholePort({ dualStack: true });
-      dns.set('six.gone.test', { kind: 'answer', aaaa: ['::1'], ttl: 60 });
+      served.upstream.set('six.gone.test', { kind: 'answer', aaaa: ['::1'], ttl: 60 });
       expect(ending(await resetWhileDialed(sources, 'six.gone.test', port, 1))).toEqual({
         verdict: 'allow',
         end: 'client-reset',
@@ -97,7 +92,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     it('in report-only mode: the would-refuse verdict stands, ended by the client', async () => {
       const port = await blackholePort();
-      dns.set('watched.gone.test', { kind: 'answer', a: ['127.0.0.1'], ttl: 60 });
+      served.upstream.set('watched.gone.test', { kind: 'answer', a: ['127.0.0.1'], ttl: 60 });
       expect(ending(await resetWhileDialed(reportOnly, 'watched.gone.test', port, 1))).toEqual({
         verdict: 'would-refuse',
         end: 'client-reset',

@@ -8,10 +8,10 @@
 // cancelled at once.
 
 import { connect, createServer, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { blackholePort, listenOn, synSent, udpSockets, within } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
 /** 127.0.0.1 is the blackhole's (a connect there hangs in SYN_SENT), .0.2 answers. */
@@ -30,37 +30,32 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a client that goes before its upstream is reached, set up on $setup',
   ({ setup }) => {
-    let dns: DnsTestServer;
-    let d: LoopbackDaemon;
     let port: number;
     const sources = Array.from({ length: 20 }, (_, i) => `127.0.2.${10 + i}`);
     let nextSource = 0;
 
-    beforeAll(async () => {
-      dns = await DnsTestServer.start();
-      d = await startLoopbackDaemon(
-        loopbackConfig({
-          dns: { servers: [dns.server], timeoutMs: DNS_TIMEOUT_MS },
-          upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
-          sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.gone.test'] } } }],
-        }),
-        { setup },
-      );
-    });
-    afterAll(async () => {
-      await d?.stop();
-      await dns?.close();
-    });
+    const served = dnsDaemonPerBlock(
+      () => DnsTestServer.start(),
+      (dns) => ({
+        dns: { servers: [dns.server], timeoutMs: DNS_TIMEOUT_MS },
+        upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
+        sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.gone.test'] } } }],
+      }),
+      { setup },
+    );
 
     /** Sends an HTTP/1.0 request for `name` from a fresh source routed to `original`; the socket, and the connection's log line once it ends. */
     const request = (name: string, original: string, finToo = false, body = 0): { socket: Socket; line: Promise<LogLine> } => {
       const source = sources[nextSource++ % sources.length]!;
-      d.route(source, original, port);
-      const socket = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: source, allowHalfOpen: true });
+      served.egressd.route(source, original, port);
+      const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source, allowHalfOpen: true });
       socket.on('error', () => {});
       onTestFinished(() => void socket.destroy());
-      const seen = d.logs.length;
-      const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, PROMPTLY_MS + 5_000);
+      const seen = served.egressd.logs.length;
+      const line = served.egressd.waitForLog(
+        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
+        PROMPTLY_MS + 5_000,
+      );
       socket.write(`GET / HTTP/1.0\r\nHost: ${name}\r\n\r\n`);
       if (body > 0) socket.write(Buffer.alloc(body, 0x61));
       // `printf 'GET / ...' | nc -q0`: the request, then the client's FIN; it still reads the answer.
@@ -69,13 +64,13 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     };
 
     const held = (): { open: number; dialAttempts: number } => {
-      const s = d.daemon.limits.snapshot();
+      const s = served.egressd.daemon.limits.snapshot();
       return { open: s.open, dialAttempts: s.dialAttempts };
     };
 
     it('a reset while its upstream is dialed ends the dial at once: no attempt left, its place given back, ended by the client', async () => {
       port = await blackholePort();
-      dns.set('silent.gone.test', { kind: 'answer', a: [SILENT], ttl: 60 });
+      served.upstream.set('silent.gone.test', { kind: 'answer', a: [SILENT], ttl: 60 });
       const r = request('silent.gone.test', SILENT);
       expect(await within(PROMPTLY_MS, () => synSent(port) > 0), 'the dial never began').toBe(true);
       const resetAt = Date.now();
@@ -102,7 +97,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       { what: 'after its own FIN (nothing was sent to it that it could be refusing)', body: 0, fin: true },
     ])('a reset while its upstream is dialed, $what, ends the dial at once too', async ({ body, fin }) => {
       port = await blackholePort();
-      dns.set('silent.gone.test', { kind: 'answer', a: [SILENT], ttl: 60 });
+      served.upstream.set('silent.gone.test', { kind: 'answer', a: [SILENT], ttl: 60 });
       const r = request('silent.gone.test', SILENT, fin, body);
       expect(await within(PROMPTLY_MS, () => synSent(port) > 0), 'the dial never began').toBe(true);
       // Every byte handed to the kernel: what egressd can read of it, it has.
@@ -124,12 +119,15 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     it('a reset while its name is resolved ends it at once, its lookup cancelled and its place given back', async () => {
       port = await blackholePort();
       // Answered late: the lookup would still be on the wire when the line comes.
-      dns.set('unanswered.gone.test', { kind: 'nxdomain', delayMs: LOOKUP_MS });
-      const asked = dns.queries.length;
+      served.upstream.set('unanswered.gone.test', { kind: 'nxdomain', delayMs: LOOKUP_MS });
+      const asked = served.upstream.queries.length;
       const before = held();
       const udpBefore = udpSockets();
       const r = request('unanswered.gone.test', SILENT);
-      expect(await within(PROMPTLY_MS, () => dns.queries.slice(asked).some((q) => q.name === 'unanswered.gone.test')), 'the name was never asked').toBe(true);
+      expect(
+        await within(PROMPTLY_MS, () => served.upstream.queries.slice(asked).some((q) => q.name === 'unanswered.gone.test')),
+        'the name was never asked',
+      ).toBe(true);
       expect(held().open).toBe(before.open + 1);
       const resetAt = Date.now();
       r.socket.resetAndDestroy();
@@ -178,7 +176,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       // long after the client's request and FIN came.
       port = await blackholePort();
       const origin = await answeringOrigin();
-      dns.set('second.gone.test', { kind: 'answer', a: [SILENT, ANSWERS], ttl: 60 });
+      served.upstream.set('second.gone.test', { kind: 'answer', a: [SILENT, ANSWERS], ttl: 60 });
       const r = request('second.gone.test', ANSWERS, true);
       const answer = answerOf(r.socket);
       expect(await answer).toContain('answered');
@@ -194,7 +192,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     it('a FIN while its name is resolved is not going away either', async () => {
       port = await blackholePort();
       const origin = await answeringOrigin();
-      dns.set('slow.gone.test', { kind: 'answer', a: [ANSWERS], ttl: 60, delayMs: 300 });
+      served.upstream.set('slow.gone.test', { kind: 'answer', a: [ANSWERS], ttl: 60, delayMs: 300 });
       const r = request('slow.gone.test', ANSWERS, true);
       expect(await answerOf(r.socket)).toContain('answered');
       expect(origin.requests).toEqual(['GET / HTTP/1.0\r\nHost: slow.gone.test\r\n\r\n']);

@@ -4,10 +4,10 @@
 // situation.
 
 import { connect, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { acceptingServer, blackholePort } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
 /** 127.0.0.1 is the blackhole's (a connect there hangs), .0.2 accepts, .0.3 refuses. */
@@ -17,50 +17,42 @@ const REFUSES = '127.0.0.3';
 const CONNECT_TIMEOUT_MS = 800;
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a dial to several addresses, set up on $setup', ({ setup }) => {
-  let dns: DnsTestServer;
-  let d: LoopbackDaemon;
   let port: number;
   const sources = Array.from({ length: 40 }, (_, i) => `127.0.1.${10 + i}`);
   let nextSource = 0;
 
-  beforeAll(async () => {
-    dns = await DnsTestServer.start();
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [dns.server] },
-        upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
-        sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.many.test'] } } }],
-      }),
-      { setup },
-    );
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await dns?.close();
-  });
+  const served = dnsDaemonPerBlock(
+    () => DnsTestServer.start(),
+    (dns) => ({
+      dns: { servers: [dns.server] },
+      upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
+      sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.many.test'] } } }],
+    }),
+    { setup },
+  );
 
   /** Asks for http://`name`/ from a fresh source routed to `original`; the socket, and the connection's log line once it ends. */
   const request = (name: string, original: string): { socket: Socket; line: Promise<LogLine> } => {
     const source = sources[nextSource++ % sources.length]!;
-    d.route(source, original, port);
-    const socket = connect({ host: '127.0.0.1', port: d.port('http'), localAddress: source });
+    served.egressd.route(source, original, port);
+    const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source });
     socket.on('error', () => {});
     socket.write(`GET / HTTP/1.1\r\nHost: ${name}\r\n\r\n`);
-    const seen = d.logs.length;
-    const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, 5000);
+    const seen = served.egressd.logs.length;
+    const line = served.egressd.waitForLog((l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, 5000);
     return { socket, line };
   };
 
-  const held = (): number => d.daemon.limits.snapshot().dialAttempts;
+  const held = (): number => served.egressd.daemon.limits.snapshot().dialAttempts;
 
   it('gives back every extra attempt, however the dial ends, and holds none while spliced', async () => {
     port = await blackholePort();
     const up = await acceptingServer(ANSWERS, port);
     up.server.on('connection', (s) => s.on('error', () => {}));
-    dns.set('first.many.test', { kind: 'answer', a: [ANSWERS, SILENT, REFUSES], ttl: 60 });
-    dns.set('second.many.test', { kind: 'answer', a: [REFUSES, ANSWERS, SILENT], ttl: 60 });
-    dns.set('refused.many.test', { kind: 'answer', a: [REFUSES, REFUSES.replace(/3$/, '4'), REFUSES.replace(/3$/, '5')], ttl: 60 });
-    dns.set('silent.many.test', { kind: 'answer', a: [SILENT, REFUSES.replace(/3$/, '6')], ttl: 60 });
+    served.upstream.set('first.many.test', { kind: 'answer', a: [ANSWERS, SILENT, REFUSES], ttl: 60 });
+    served.upstream.set('second.many.test', { kind: 'answer', a: [REFUSES, ANSWERS, SILENT], ttl: 60 });
+    served.upstream.set('refused.many.test', { kind: 'answer', a: [REFUSES, REFUSES.replace(/3$/, '4'), REFUSES.replace(/3$/, '5')], ttl: 60 });
+    served.upstream.set('silent.many.test', { kind: 'answer', a: [SILENT, REFUSES.replace(/3$/, '6')], ttl: 60 });
     for (let round = 0; round < 3; round++) {
       // Spliced and left open: the attempts past the first are over once an address answered.
       const open = [request('first.many.test', ANSWERS), request('second.many.test', ANSWERS)];
@@ -85,7 +77,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a dia
   // unanswered. Both paths must say the same (the JS path: a timeout).
   it('logs a timeout, and the same addresses tried, when the last to end was a silent one', async () => {
     port = await blackholePort();
-    dns.set('late.many.test', { kind: 'answer', a: [SILENT, REFUSES], ttl: 60 });
+    served.upstream.set('late.many.test', { kind: 'answer', a: [SILENT, REFUSES], ttl: 60 });
     const r = request('late.many.test', SILENT);
     const l = await r.line;
     r.socket.destroy();

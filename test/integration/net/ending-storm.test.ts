@@ -7,10 +7,10 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { connect, createServer, isIP, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { buildHello } from '../../helpers/hello-builder.ts';
 import { blackholePort, listenOn, within } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection } from '../../helpers/log-line.ts';
 
 const SILENT = '127.0.0.1';
@@ -37,8 +37,6 @@ describe.skipIf(process.platform !== 'linux').each([
   // Two unanswered connections per loop: the storm runs into the cap again and again.
   { setup: 'native' as const, acceptCap: 2 },
 ])('clients ending in every state, set up on $setup (accept cap $acceptCap)', ({ setup, acceptCap }) => {
-  let dns: DnsTestServer;
-  let d: LoopbackDaemon;
   let port: number;
   const origin = createServer({ allowHalfOpen: true }, (s) => {
     s.on('error', () => {});
@@ -46,40 +44,38 @@ describe.skipIf(process.platform !== 'linux').each([
   });
   const sources = Array.from({ length: 16 }, (_, i) => `127.0.3.${10 + i}`);
 
+  const served = dnsDaemonPerBlock(
+    () => DnsTestServer.start(),
+    (dns) => ({
+      dns: { servers: [dns.server], timeoutMs: 5_000 },
+      upstream: { dial: 'resolved', connectTimeoutMs: 30_000 },
+      peek: { timeoutMs: 1_500, firstByteTimeoutMs: 200 },
+      sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.storm.test'] } } }],
+    }),
+    { setup },
+  );
   beforeAll(async () => {
-    dns = await DnsTestServer.start();
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [dns.server], timeoutMs: 5_000 },
-        upstream: { dial: 'resolved', connectTimeoutMs: 30_000 },
-        peek: { timeoutMs: 1_500, firstByteTimeoutMs: 200 },
-        sandboxes: [{ id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.storm.test'] } } }],
-      }),
-      { setup },
-    );
-    if (acceptCap > 0) d.daemon.nativeSetup!.setAcceptCap(acceptCap);
+    if (acceptCap > 0) served.egressd.daemon.nativeSetup!.setAcceptCap(acceptCap);
   });
   afterAll(async () => {
     // The plane is the process's: put the cap back.
-    if (acceptCap > 0) d?.daemon.nativeSetup?.setAcceptCap(512);
-    await d?.stop();
-    await dns?.close();
+    if (acceptCap > 0) served.egressd.daemon.nativeSetup?.setAcceptCap(512);
     origin.close();
   });
 
   it('every accepted connection ends with one log line, its place given back and no socket left', async () => {
     port = await blackholePort();
     await listenOn(origin, ANSWERS, port);
-    dns.set('silent.storm.test', { kind: 'answer', a: [SILENT], ttl: 600 });
-    dns.set('ok.storm.test', { kind: 'answer', a: [ANSWERS], ttl: 600 });
-    for (const s of sources) d.route(s, ANSWERS, port);
+    served.upstream.set('silent.storm.test', { kind: 'answer', a: [SILENT], ttl: 600 });
+    served.upstream.set('ok.storm.test', { kind: 'answer', a: [ANSWERS], ttl: 600 });
+    for (const s of sources) served.egressd.route(s, ANSWERS, port);
     const hello = buildHello({ sni: ['ok.storm.test'] });
 
     const one = async (i: number): Promise<void> => {
       const kind = i % 9;
       const source = sources[i % sources.length]!;
       const listener = kind === 1 || kind === 2 ? 'tls' : 'http';
-      const s: Socket = connect({ host: '127.0.0.1', port: d.port(listener), localAddress: source, allowHalfOpen: true });
+      const s: Socket = connect({ host: '127.0.0.1', port: served.egressd.port(listener), localAddress: source, allowHalfOpen: true });
       s.on('error', () => {});
       const closed = new Promise<void>((r) => s.once('close', () => r()));
       await new Promise<void>((r) => {
@@ -139,7 +135,7 @@ describe.skipIf(process.platform !== 'linux').each([
 
     const baseline = sockets();
     const clients: string[] = [];
-    const before = d.logs.filter(isConnection).length;
+    const before = served.egressd.logs.filter(isConnection).length;
     const running = new Set<Promise<void>>();
     for (let i = 0; i < CONNECTIONS; i++) {
       const p = one(i).finally(() => running.delete(p));
@@ -149,22 +145,22 @@ describe.skipIf(process.platform !== 'linux').each([
     await Promise.all(running);
 
     // Each client (its address and port) has one line once the limits are back to nothing held.
-    const settled = await within(15_000, () => d.daemon.limits.snapshot().open === 0 && sockets() <= baseline);
-    const lines = d.logs.filter(isConnection).slice(before);
+    const settled = await within(15_000, () => served.egressd.daemon.limits.snapshot().open === 0 && sockets() <= baseline);
+    const lines = served.egressd.logs.filter(isConnection).slice(before);
     const count = (keys: string[]): Record<string, number> => {
       const m: Record<string, number> = {};
       for (const k of keys.sort()) m[k] = (m[k] ?? 0) + 1;
       return m;
     };
     const logged = lines.map((l) => `${String(field(l, 'source.ip'))}:${String(field(l, 'source.port'))}`);
-    const held = d.daemon.limits.snapshot();
+    const held = served.egressd.daemon.limits.snapshot();
     expect({ settled, open: held.open, dialAttempts: held.dialAttempts, socketsLeft: Math.max(0, sockets() - baseline) }).toEqual({
       settled: true,
       open: 0,
       dialAttempts: 0,
       socketsLeft: 0,
     });
-    if (acceptCap > 0) expect(d.daemon.nativeSetup!.acceptPauses().cap).toBeGreaterThan(0);
+    if (acceptCap > 0) expect(served.egressd.daemon.nativeSetup!.acceptPauses().cap).toBeGreaterThan(0);
     // However it went, no connection ended in egressd's own error.
     expect(lines.filter((l) => field(l, 'event.reason') === 'internal-error').map((l) => field(l, 'egressd.end'))).toEqual([]);
     expect(clients).toHaveLength(CONNECTIONS);

@@ -12,11 +12,11 @@
 
 import { connect, createServer, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { buildHello } from '../../helpers/hello-builder.ts';
 import { blackholePort, listenOn, synSent, udpSockets, within } from '../../helpers/listen.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
 
 /** 127.0.0.1 is the blackhole's (a connect there hangs in SYN_SENT), .0.2 answers. */
@@ -44,50 +44,45 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
   'a TLS client that sends its FIN before its upstream is reached, set up on $setup',
   ({ setup }) => {
-    let dns: DnsTestServer;
-    let d: LoopbackDaemon;
     let port: number;
     const sources = Array.from({ length: 20 }, (_, i) => `127.0.6.${10 + i}`);
     let nextSource = 0;
 
-    beforeAll(async () => {
-      dns = await DnsTestServer.start();
-      d = await startLoopbackDaemon(
-        loopbackConfig({
-          dns: { servers: [dns.server], timeoutMs: DNS_TIMEOUT_MS },
-          upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
-          sandboxes: [
-            { id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
-            { id: 'other', sources: [OTHER], network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
-          ],
-          protected: { except: ['127.0.0.0/8', '::1/128'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
-        }),
-        { setup },
-      );
-    });
-    afterAll(async () => {
-      await d?.stop();
-      await dns?.close();
-    });
+    const served = dnsDaemonPerBlock(
+      () => DnsTestServer.start(),
+      (dns) => ({
+        dns: { servers: [dns.server], timeoutMs: DNS_TIMEOUT_MS },
+        upstream: { dial: 'resolved', connectTimeoutMs: CONNECT_TIMEOUT_MS },
+        sandboxes: [
+          { id: 'sb', sources, network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
+          { id: 'other', sources: [OTHER], network: { mode: 'block-all', egress: { allowed_domains: ['*.fin.test'] } } },
+        ],
+        protected: { except: ['127.0.0.0/8', '::1/128'], reachableHostAddresses: ['127.0.0.0/8', '::1'] },
+      }),
+      { setup },
+    );
 
     const held = (): { open: number; dialAttempts: number } => {
-      const s = d.daemon.limits.snapshot();
+      const s = served.egressd.daemon.limits.snapshot();
       return { open: s.open, dialAttempts: s.dialAttempts };
     };
 
     /** A fresh source routed to `original`:port, and its connection's line once it ends. */
     const from = (original: string): { source: string; line: Promise<LogLine> } => {
       const source = sources[nextSource++ % sources.length]!;
-      d.route(source, original, port);
-      const seen = d.logs.length;
-      const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, PROMPTLY_MS + 5_000);
+      served.egressd.route(source, original, port);
+      const seen = served.egressd.logs.length;
+      const line = served.egressd.waitForLog(
+        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
+        PROMPTLY_MS + 5_000,
+      );
       return { source, line };
     };
 
     /** Node's TLS client for `name`: it sends its ClientHello and waits for the server's answer. */
     const tlsClient = (name: string, source: string): Socket => {
       // Over a TCP socket of the test's own, bound to the sandbox's source.
-      const tcp = connect({ host: '127.0.0.1', port: d.port('tls'), localAddress: source });
+      const tcp = connect({ host: '127.0.0.1', port: served.egressd.port('tls'), localAddress: source });
       tcp.on('error', () => {});
       const s = tlsConnect({ socket: tcp, servername: name, rejectUnauthorized: false });
       s.on('error', () => {});
@@ -97,7 +92,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     /** A raw TCP client that sends `bytes` (a ClientHello, or a request). */
     const rawClient = (listener: 'tls' | 'http', source: string, bytes: Uint8Array | string): Socket => {
-      const s = connect({ host: '127.0.0.1', port: d.port(listener), localAddress: source, allowHalfOpen: true });
+      const s = connect({ host: '127.0.0.1', port: served.egressd.port(listener), localAddress: source, allowHalfOpen: true });
       s.on('error', () => {});
       onTestFinished(() => void s.destroy());
       s.write(bytes);
@@ -114,7 +109,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     it('a TLS client closed while its upstream is dialed (close(2): its FIN) ends the dial at once', async () => {
       port = await blackholePort();
-      dns.set('silent.fin.test', { kind: 'answer', a: [SILENT], ttl: 60 });
+      served.upstream.set('silent.fin.test', { kind: 'answer', a: [SILENT], ttl: 60 });
       const c = from(SILENT);
       const s = tlsClient('silent.fin.test', c.source);
       expect(await within(PROMPTLY_MS, () => synSent(port) > 0), 'the dial never began').toBe(true);
@@ -137,7 +132,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       { what: 'after more bytes past its ClientHello than Node reads ahead', gap: true, extra: EARLY_DATA },
     ])('a TLS client whose FIN is $what while its upstream is dialed ends it at once too', async ({ gap, extra }) => {
       port = await blackholePort();
-      dns.set('silent.fin.test', { kind: 'answer', a: [SILENT], ttl: 60 });
+      served.upstream.set('silent.fin.test', { kind: 'answer', a: [SILENT], ttl: 60 });
       const c = from(SILENT);
       const s = rawClient('tls', c.source, buildHello({ sni: ['silent.fin.test'] }));
       if (gap) expect(await within(PROMPTLY_MS, () => synSent(port) > 0), 'the dial never began').toBe(true);
@@ -153,12 +148,15 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
 
     it('a TLS client closed while its name is resolved ends it at once, its lookup cancelled, its place given back', async () => {
       port = await blackholePort();
-      dns.set('unanswered.fin.test', { kind: 'answer', a: [SILENT], ttl: 60, delayMs: LOOKUP_MS });
-      const asked = dns.queries.length;
+      served.upstream.set('unanswered.fin.test', { kind: 'answer', a: [SILENT], ttl: 60, delayMs: LOOKUP_MS });
+      const asked = served.upstream.queries.length;
       const udpBefore = udpSockets();
       const c = from(SILENT);
       const s = tlsClient('unanswered.fin.test', c.source);
-      expect(await within(PROMPTLY_MS, () => dns.queries.slice(asked).some((q) => q.name === 'unanswered.fin.test')), 'the name was never asked').toBe(true);
+      expect(
+        await within(PROMPTLY_MS, () => served.upstream.queries.slice(asked).some((q) => q.name === 'unanswered.fin.test')),
+        'the name was never asked',
+      ).toBe(true);
       expect(held().open).toBe(1);
       const closedAt = Date.now();
       s.destroy();
@@ -186,7 +184,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       });
       onTestFinished(() => void server.close());
       await listenOn(server, ANSWERS, port);
-      dns.set('second.fin.test', { kind: 'answer', a: [SILENT, ANSWERS], ttl: 60 });
+      served.upstream.set('second.fin.test', { kind: 'answer', a: [SILENT, ANSWERS], ttl: 60 });
       const c = from(ANSWERS);
       const s = rawClient('http', c.source, 'GET / HTTP/1.0\r\nHost: second.fin.test\r\n\r\n');
       s.end();
@@ -213,23 +211,29 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       onTestFinished(() => void server.close());
       port = await listenOn(server, '::1');
       const both = { kind: 'answer', a: [REFUSES], aaaa: ['::1'], ttl: 60 } as const;
-      dns.set('split.fin.test', { ...both, delayMs: { AAAA: 400 } });
-      const asked = dns.queries.length;
+      served.upstream.set('split.fin.test', { ...both, delayMs: { AAAA: 400 } });
+      const asked = served.upstream.queries.length;
       const c = from(REFUSES);
       const s = rawClient('tls', c.source, buildHello({ sni: ['split.fin.test'] }));
-      expect(await within(PROMPTLY_MS, () => dns.queries.slice(asked).some((q) => q.name === 'split.fin.test' && q.type === 'AAAA')), 'never asked').toBe(true);
+      expect(
+        await within(PROMPTLY_MS, () => served.upstream.queries.slice(asked).some((q) => q.name === 'split.fin.test' && q.type === 'AAAA')),
+        'never asked',
+      ).toBe(true);
       // The A answer is in (loopback); the lookup waits 50 ms for AAAA before it settles.
       await sleep(15);
       s.end();
       expect(field(await c.line, 'egressd.end')).toBe('client-fin');
       // The other sandbox's lookup would be answered by both families at once.
-      dns.set('split.fin.test', both);
-      d.route(OTHER, REFUSES, port);
-      const seen = d.logs.length;
-      const line = d.waitForLog((l) => d.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === OTHER, PROMPTLY_MS + 5_000);
+      served.upstream.set('split.fin.test', both);
+      served.egressd.route(OTHER, REFUSES, port);
+      const seen = served.egressd.logs.length;
+      const line = served.egressd.waitForLog(
+        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === OTHER,
+        PROMPTLY_MS + 5_000,
+      );
       const o = rawClient('tls', OTHER, buildHello({ sni: ['split.fin.test'] }));
       // Its line comes when it ends: once dialed (or failed).
-      await within(PROMPTLY_MS, () => accepted > 0 || d.logs.slice(seen).some((x) => isConnection(x) && field(x, 'source.ip') === OTHER));
+      await within(PROMPTLY_MS, () => accepted > 0 || served.egressd.logs.slice(seen).some((x) => isConnection(x) && field(x, 'source.ip') === OTHER));
       o.destroy();
       const l = await line;
       expect({ sandbox: field(l, 'egressd.sandbox'), dialed: field(l, 'egressd.upstream.ip'), failure: field(l, 'egressd.upstream.failure') }).toEqual({
@@ -250,8 +254,8 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       });
       onTestFinished(() => void server.close());
       await listenOn(server, ANSWERS, port);
-      dns.set('shared.fin.test', { kind: 'answer', a: [ANSWERS], ttl: 60, delayMs: 1_500 });
-      const asked = (): number => dns.queries.filter((q) => q.name === 'shared.fin.test').length;
+      served.upstream.set('shared.fin.test', { kind: 'answer', a: [ANSWERS], ttl: 60, delayMs: 1_500 });
+      const asked = (): number => served.upstream.queries.filter((q) => q.name === 'shared.fin.test').length;
       const first = from(ANSWERS);
       const a = tlsClient('shared.fin.test', first.source);
       expect(await within(PROMPTLY_MS, () => asked() > 0), 'the name was never asked').toBe(true);
