@@ -32,6 +32,32 @@ function recorder(respond: (cmd: string, args: readonly string[], input?: string
   return { calls, run };
 }
 
+/** `--interface veth0 EXTRA` is refused: the parser's error matches `message`, and the command exits 2 printing it. */
+async function expectRefused(extra: string[], message: RegExp): Promise<void> {
+  const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
+  expect(p.ok ? '' : p.error).toMatch(message);
+  const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain(p.ok ? '-' : p.error);
+}
+
+/** A per-source limit `flag` given in sidecar mode: exit 2, saying it applies to host mode only. */
+async function expectRefusedInSidecar(flag: string): Promise<void> {
+  const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', flag, '5'], recorder().run);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain(`${flag} applies to host mode only`);
+}
+
+/** Every chain of `plain` but `changed` is the same in `limited`. */
+function expectOtherChainsAsIn(limited: RuleSet, plain: RuleSet, changed: string): void {
+  for (const c of plain.chains) if (c.id !== changed) expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+}
+
+/** The lines an nft table declares a per-source set of token buckets with, for `family`. */
+function nftPerSourceSet(name: string, family: 4 | 6): string[] {
+  return [`\tset ${name} {`, `\t\ttype ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`, '\t\tsize 65536', '\t\tflags dynamic,timeout', '\t\ttimeout 10s', '\t}'];
+}
+
 describe('buildRuleSet with the DNS listener', () => {
   it('is on by default, on port 15053', () => {
     const r = parseIptablesArgs(['--interface', 'veth0']);
@@ -860,17 +886,11 @@ describe('--new-connections-per-source', () => {
     [['--new-connections-per-source', '5', '--new-connections-burst', 'x'], /^--new-connections-burst: .*got "x"$/],
     [['--new-connections-burst', '5'], /^--new-connections-burst needs --new-connections-per-source$/],
   ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
-    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
-    expect(p.ok ? '' : p.error).toMatch(message);
-    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain(p.ok ? '-' : p.error);
+    await expectRefused(extra, message);
   });
 
   it('is refused in sidecar mode, where each pod has a table of its own', async () => {
-    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--new-connections-per-source', '5'], recorder().run);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain('--new-connections-per-source applies to host mode only');
+    await expectRefusedInSidecar('--new-connections-per-source');
   });
 
   it("resets a source's opening SYN beyond the rate, at each listener, before the listener lets it in; nothing else changes", () => {
@@ -885,7 +905,7 @@ describe('--new-connections-per-source', () => {
         ...chain(plain, 'local-tcp'),
       ]);
       // The excluded traffic's returns, the redirects and every other chain are as without it.
-      for (const c of plain.chains) if (c.id !== 'local-tcp') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+      expectOtherChainsAsIn(limited, plain, 'local-tcp');
     }
   });
 
@@ -933,14 +953,7 @@ describe('--new-connections-per-source', () => {
       const ip = family === 4 ? 'ip' : 'ip6';
       const text = renderNft(buildRuleSet(options([...LIMITED, '--backend', 'nft']), family));
       const lines = text.split('\n');
-      expect(lines.slice(3, 9)).toEqual([
-        '\tset new_tcp_per_source {',
-        `\t\ttype ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
-        '\t\tsize 65536',
-        '\t\tflags dynamic,timeout',
-        '\t\ttimeout 10s',
-        '\t}',
-      ]);
+      expect(lines.slice(3, 9)).toEqual(nftPerSourceSet('new_tcp_per_source', family));
       expect(lines.filter((l) => l.includes('@new_tcp_per_source'))[0]).toBe(
         `\t\ttcp dport 15080 tcp flags & (fin | syn | rst | ack) == syn ct state new update @new_tcp_per_source { ${ip} saddr limit rate over 20/second burst 40 packets } reject with tcp reset`,
       );
@@ -969,17 +982,11 @@ describe('--new-dns-flows-per-source', () => {
     [['--new-dns-flows-burst', '5'], /^--new-dns-flows-burst needs --new-dns-flows-per-source$/],
     [['--new-connections-per-source', '5', '--new-dns-flows-burst', '5'], /^--new-dns-flows-burst needs --new-dns-flows-per-source$/],
   ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
-    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
-    expect(p.ok ? '' : p.error).toMatch(message);
-    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain(p.ok ? '-' : p.error);
+    await expectRefused(extra, message);
   });
 
   it('is refused in sidecar mode, where each pod has a table of its own', async () => {
-    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--new-dns-flows-per-source', '5'], recorder().run);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain('--new-dns-flows-per-source applies to host mode only');
+    await expectRefusedInSidecar('--new-dns-flows-per-source');
   });
 
   it("drops a source's new flows to the DNS listener beyond the rate, right before each selector's return in filter INPUT; nothing else changes", () => {
@@ -994,7 +1001,7 @@ describe('--new-dns-flows-per-source', () => {
         ]),
         ...chain(plain, 'filter-input').slice(2),
       ]);
-      for (const c of plain.chains) if (c.id !== 'filter-input') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+      expectOtherChainsAsIn(limited, plain, 'filter-input');
     }
   });
 
@@ -1015,7 +1022,7 @@ describe('--new-dns-flows-per-source', () => {
       ]),
       ...udp.slice(at + 4),
     ]);
-    for (const c of plain.chains) if (c.id !== 'udp') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+    expectOtherChainsAsIn(limited, plain, 'udp');
   });
 
   it('renders hashlimit in a table of its own, named apart from the connections limit at the same settings', () => {
@@ -1036,14 +1043,7 @@ describe('--new-dns-flows-per-source', () => {
     for (const family of [4, 6] as const) {
       const ip = family === 4 ? 'ip' : 'ip6';
       const lines = renderNft(buildRuleSet(options([...LIMITED, '--dns-port', '15053', '--backend', 'nft']), family)).split('\n');
-      expect(lines.slice(3, 9)).toEqual([
-        '\tset new_dns_per_source {',
-        `\t\ttype ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}`,
-        '\t\tsize 65536',
-        '\t\tflags dynamic,timeout',
-        '\t\ttimeout 10s',
-        '\t}',
-      ]);
+      expect(lines.slice(3, 9)).toEqual(nftPerSourceSet('new_dns_per_source', family));
       expect(lines.filter((l) => l.includes('@new_dns_per_source'))[0]).toBe(
         `\t\tiifname "veth0" udp dport 15053 ct state new update @new_dns_per_source { ${ip} saddr limit rate over 30/second burst 60 packets } drop`,
       );
