@@ -11,6 +11,7 @@ import { Daemon, type DaemonOptions } from '../../src/daemon.ts';
 import { loggerOptions } from '../../src/observability/logger.ts';
 import type { OriginalDestination } from '../../src/net/original-dst.ts';
 import { useNativeLoops } from './data-plane.ts';
+import { field, isConnection } from './log-line.ts';
 
 export interface LoopbackDaemon {
   readonly daemon: Daemon;
@@ -20,6 +21,8 @@ export interface LoopbackDaemon {
   port(kind: 'http' | 'tls' | 'tcp'): number;
   readonly adminUrl: string;
   waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** The connection line (event.action `connection`) of a connection from `source` logged after this call (waitForLog's timeout). */
+  nextConnectionLine(source: string, timeoutMs?: number): Promise<Record<string, unknown>>;
   stop(): Promise<void>;
 }
 
@@ -78,28 +81,33 @@ export async function startLoopbackDaemon(
   opts.beforeStart?.(daemon);
   await daemon.start();
   const adminPort = daemon.admin.port!;
+  const waitForLog: LoopbackDaemon['waitForLog'] = (pred, timeoutMs = 5000) =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const hit = logs.find(pred);
+        if (!hit) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve(hit);
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`No matching log line; last: ${JSON.stringify(logs.slice(-5))}`));
+      }, timeoutMs);
+      waiters.add(check);
+      check();
+    });
   return {
     daemon,
     logs,
     route: (source, address, port) => routes.set(source, { address, port }),
     port: (kind) => daemon.listeners.find((l) => l.kind === kind)!.port!,
     adminUrl: `http://127.0.0.1:${adminPort}`,
-    waitForLog: (pred, timeoutMs = 5000) =>
-      new Promise((resolve, reject) => {
-        const check = (): void => {
-          const hit = logs.find(pred);
-          if (!hit) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve(hit);
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`No matching log line; last: ${JSON.stringify(logs.slice(-5))}`));
-        }, timeoutMs);
-        waiters.add(check);
-        check();
-      }),
+    waitForLog,
+    nextConnectionLine: (source, timeoutMs) => {
+      const seen = logs.length;
+      return waitForLog((l) => logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, timeoutMs);
+    },
     stop: () => daemon.stop(0),
   };
 }

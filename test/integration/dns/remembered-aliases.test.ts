@@ -15,7 +15,7 @@ import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { adminCall } from '../../helpers/admin-api.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
 import { startRecordedDns } from '../../helpers/recorded-dns.ts';
-import { field, isConnection } from '../../helpers/log-line.ts';
+import { field } from '../../helpers/log-line.ts';
 
 /** The sandbox's source, and the addresses its names lead to (each a greeting server). */
 const A = '127.0.0.2';
@@ -107,10 +107,7 @@ describe.skipIf(!haveDig)('a deny rule added after a name was remembered through
         resolve(got);
       });
     });
-  const lastConnection = async (): Promise<Record<string, unknown>> => {
-    const before = dns.egressd.logs.length;
-    return dns.egressd.waitForLog((l) => dns.egressd.logs.indexOf(l) >= before && isConnection(l) && field(l, 'source.ip') === A);
-  };
+  const lastConnection = (): Promise<Record<string, unknown>> => dns.egressd.nextConnectionLine(A);
 
   it('refuses the nameless connection, and the one presenting the name, to an address a CNAME chain gave', async () => {
     expect(await dig('app.allowed.test')).toMatch(/status: NOERROR/);

@@ -10,7 +10,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { blackholePort, synSent, within } from '../../helpers/listen.ts';
-import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
+import { field, type LogLine } from '../../helpers/log-line.ts';
 
 /** Far beyond every wait here: a line that comes at all came from the reset. */
 const CONNECT_TIMEOUT_MS = 60_000;
@@ -46,11 +46,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source });
       socket.on('error', () => {});
       onTestFinished(() => void socket.destroy());
-      const seen = served.egressd.logs.length;
-      const line = served.egressd.waitForLog(
-        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
-        PROMPTLY_MS + 5_000,
-      );
+      const line = served.egressd.nextConnectionLine(source, PROMPTLY_MS + 5_000);
       socket.write(`GET / HTTP/1.0\r\nHost: ${name}\r\n\r\n`);
       expect(await within(PROMPTLY_MS, () => synSent(port) >= attempts), `${attempts} attempts never in flight at once`).toBe(true);
       const resetAt = Date.now();

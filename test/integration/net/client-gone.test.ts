@@ -12,7 +12,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { blackholePort, listenOn, synSent, udpSockets, within } from '../../helpers/listen.ts';
-import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
+import { field, type LogLine } from '../../helpers/log-line.ts';
 
 /** 127.0.0.1 is the blackhole's (a connect there hangs in SYN_SENT), .0.2 answers. */
 const SILENT = '127.0.0.1';
@@ -51,11 +51,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
       const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source, allowHalfOpen: true });
       socket.on('error', () => {});
       onTestFinished(() => void socket.destroy());
-      const seen = served.egressd.logs.length;
-      const line = served.egressd.waitForLog(
-        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
-        PROMPTLY_MS + 5_000,
-      );
+      const line = served.egressd.nextConnectionLine(source, PROMPTLY_MS + 5_000);
       socket.write(`GET / HTTP/1.0\r\nHost: ${name}\r\n\r\n`);
       if (body > 0) socket.write(Buffer.alloc(body, 0x61));
       // `printf 'GET / ...' | nc -q0`: the request, then the client's FIN; it still reads the answer.

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
 import { acceptingServer, blackholePort } from '../../helpers/listen.ts';
-import { field, isConnection, type LogLine } from '../../helpers/log-line.ts';
+import { field, type LogLine } from '../../helpers/log-line.ts';
 
 /** 127.0.0.1 is the blackhole's (a connect there hangs), .0.2 accepts, .0.3 refuses. */
 const SILENT = '127.0.0.1';
@@ -38,8 +38,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a dia
     const socket = connect({ host: '127.0.0.1', port: served.egressd.port('http'), localAddress: source });
     socket.on('error', () => {});
     socket.write(`GET / HTTP/1.1\r\nHost: ${name}\r\n\r\n`);
-    const seen = served.egressd.logs.length;
-    const line = served.egressd.waitForLog((l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source, 5000);
+    const line = served.egressd.nextConnectionLine(source, 5000);
     return { socket, line };
   };
 

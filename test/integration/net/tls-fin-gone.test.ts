@@ -71,11 +71,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     const from = (original: string): { source: string; line: Promise<LogLine> } => {
       const source = sources[nextSource++ % sources.length]!;
       served.egressd.route(source, original, port);
-      const seen = served.egressd.logs.length;
-      const line = served.egressd.waitForLog(
-        (l) => served.egressd.logs.indexOf(l) >= seen && isConnection(l) && field(l, 'source.ip') === source,
-        PROMPTLY_MS + 5_000,
-      );
+      const line = served.egressd.nextConnectionLine(source, PROMPTLY_MS + 5_000);
       return { source, line };
     };
 
