@@ -24,20 +24,50 @@ export async function acceptingServer(host: string, port = 0): Promise<{ server:
   return { server, port: await listenOn(server, host, port), accepted };
 }
 
-/** An echo server on host (each connection gets back what it sends); closed, its sockets destroyed, when the test finishes. */
-export async function echoServer(host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
+/** A loopback server started by trackedServer, with the sockets it holds open. */
+export interface TrackedServer {
+  readonly server: Server;
+  readonly port: number;
+  /** Its accepted sockets that have not closed yet. */
+  readonly sockets: Set<Socket>;
+  /** Destroys the sockets it holds and closes the server. */
+  close(): void;
+}
+
+/**
+ * A server on `host` (127.0.0.1), on an ephemeral port, that hands each connection to `onSocket`
+ * (its errors swallowed) and keeps the open ones in `sockets`; half-open by default (a client's
+ * FIN does not end the server's side: `allowHalfOpen: false` for Node's default). The caller
+ * tears it down with close(), from whichever hook started it; echoServer is the same within a test.
+ */
+export async function trackedServer(onSocket: (s: Socket) => void, o: { host?: string; allowHalfOpen?: boolean } = {}): Promise<TrackedServer> {
   const sockets = new Set<Socket>();
-  const server = createServer((s) => {
+  const server = createServer({ allowHalfOpen: o.allowHalfOpen ?? true }, (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => {});
-    s.pipe(s);
+    onSocket(s);
   });
-  onTestFinished(() => {
-    for (const s of sockets) s.destroy();
-    server.close();
-  });
-  return { server, port: await listenOn(server, host) };
+  const port = await listenOn(server, o.host ?? '127.0.0.1');
+  return {
+    server,
+    port,
+    sockets,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+/** Sends back what it reads, and ends when the client has (with a half-open server). */
+export const echoBack = (s: Socket): void => void s.pipe(s);
+
+/** An echo server on host (not half-open); closed, its sockets destroyed, when the test finishes. */
+export async function echoServer(host = '127.0.0.1'): Promise<TrackedServer> {
+  const server = await trackedServer(echoBack, { host, allowHalfOpen: false });
+  onTestFinished(() => server.close());
+  return server;
 }
 
 // A connect that never completes, without touching the machine's loopback (no iptables DROP): a

@@ -4,28 +4,15 @@
 // connection may reach another), and a policy change that closes connections mid-transfer. Each
 // connection ends with exactly one outcome: one log line, counted once.
 
-import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminCall } from '../helpers/admin-api.ts';
+import { trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
-
-async function serve(onSocket: (s: Socket) => void): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-    onSocket(s);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, sockets };
-}
 
 function dialFrom(source: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -74,22 +61,19 @@ async function flood(s: Socket, max: number): Promise<void> {
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('after the dial, set up on $setup', ({ setup }) => {
   let d: LoopbackDaemon | undefined;
-  const servers: { server: Server; sockets: Set<Socket> }[] = [];
+  const servers: TrackedServer[] = [];
   afterEach(async () => {
     await d?.stop();
     d = undefined;
-    for (const s of servers.splice(0)) {
-      for (const c of s.sockets) c.destroy();
-      s.server.close();
-    }
+    for (const s of servers.splice(0)) s.close();
   });
 
   const lines = (): Record<string, unknown>[] => d!.logs.filter((l) => action(l) === 'connection');
 
   it('keeps each connection to its own bytes while an upstream resets mid-transfer beside it, and logs each connection once', async () => {
-    const echo = await serve((s) => s.pipe(s));
+    const echo = await trackedServer((s) => s.pipe(s));
     // Reads 64 KiB of a flood and resets: the client's bytes still in egressd's pipe are dropped.
-    const resetter = await serve((s) => {
+    const resetter = await trackedServer((s) => {
       let n = 0;
       s.on('data', (b: Buffer) => {
         n += b.length;
@@ -125,7 +109,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('after
   });
 
   it('closes connections mid-transfer on a policy change with one line each, counted once', async () => {
-    const sink = await serve((s) => {
+    const sink = await trackedServer((s) => {
       s.on('data', () => {});
       s.on('end', () => s.end());
     });
@@ -150,7 +134,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('after
   });
 
   it('answers a storm of policy changes during a flood of new and spliced connections, each connection ending once', async () => {
-    const echo = await serve((s) => s.pipe(s));
+    const echo = await trackedServer((s) => s.pipe(s));
     servers.push(echo);
     d = await startLoopbackDaemon(loopbackConfig({ sandboxes: [] }), { setup });
     expect((await adminCall(d.adminUrl, 'PUT', '/api/v1/sandboxes/sb-s', { sources: ['127.0.0.34'], network: { mode: 'allow-all' } })).status).toBe(201);

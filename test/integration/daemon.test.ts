@@ -3,30 +3,18 @@
 
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildHello } from '../helpers/hello-builder.ts';
+import { echoBack, trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
 const TOKEN = 'test-token';
-
-async function echoServer(): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, sockets };
-}
 
 function dialFrom(source: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -64,19 +52,18 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
   };
   let dir: string;
   let d: LoopbackDaemon | undefined;
-  let upstream: Awaited<ReturnType<typeof echoServer>>;
+  let upstream: TrackedServer;
   const clients: Socket[] = [];
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'egressd-it-'));
-    upstream = await echoServer();
+    upstream = await trackedServer(echoBack);
   });
   afterEach(async () => {
     for (const c of clients) c.destroy();
     await d?.stop();
     d = undefined;
-    for (const s of upstream.sockets) s.destroy();
-    upstream.server.close();
+    upstream.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -117,7 +104,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
   });
 
   it('closes open connections a live change refuses, spares those it still allows, and counts them', async () => {
-    const other = await echoServer();
+    const other = await trackedServer(echoBack);
     try {
       d = await start(loopbackConfig({ state: { path: join(dir, 'state.json') } }));
       const put = await api('PUT', '/api/v1/sandboxes/sb-live', { sources: ['127.0.0.5', '127.0.0.6'], network: { mode: 'allow-all' } });
@@ -140,8 +127,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('the d
       expect(metrics).toMatch(/^egressd_connections_closed_by_policy_change_total 1$/m);
       expect(metrics).toMatch(/^egressd_policy_changes_total\{source="api"\} 2$/m);
     } finally {
-      for (const s of other.sockets) s.destroy();
-      other.server.close();
+      other.close();
     }
   });
 

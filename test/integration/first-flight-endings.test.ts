@@ -15,11 +15,11 @@
 // EPIPE then, and a read finds the EOF first). Each case has its own source address and its own
 // upstream.
 
-import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHello } from '../helpers/hello-builder.ts';
+import { trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field, type LogLine } from '../helpers/log-line.ts';
 
@@ -176,11 +176,8 @@ type Seen = {
   upstream: string;
 };
 
-interface Upstream {
-  server: Server;
-  port: number;
+interface Upstream extends TrackedServer {
   received: Buffer[];
-  sockets: Set<Socket>;
 }
 
 /**
@@ -188,27 +185,16 @@ interface Upstream {
  * never race the client's reset (a reset client gets none), and a FIN's client gets all of them.
  */
 async function recordingUpstream(): Promise<Upstream> {
-  const sockets = new Set<Socket>();
   const received: Buffer[] = [];
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
+  const server = await trackedServer((s) => {
     const mine: Buffer[] = [];
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
     s.on('data', (b: Buffer) => {
       received.push(b);
       mine.push(b);
     });
     s.on('end', () => s.end(Buffer.concat(mine)));
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, sockets, received };
-}
-
-function closeUpstream(up: Upstream): void {
-  for (const s of up.sockets) s.destroy();
-  up.server.close();
+  return { ...server, received };
 }
 
 /**
@@ -307,7 +293,7 @@ describe.each([
       await sleep(10);
       return seenOf(line, up);
     } finally {
-      closeUpstream(up);
+      up.close();
     }
   }
 

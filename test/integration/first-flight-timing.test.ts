@@ -15,11 +15,12 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHello, helloBody } from '../helpers/hello-builder.ts';
+import { trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field, type LogLine } from '../helpers/log-line.ts';
 
@@ -151,36 +152,22 @@ interface Seen {
   echoed: string;
 }
 
-interface Upstream {
-  server: Server;
-  port: number;
+interface Upstream extends TrackedServer {
   received: Buffer[][];
-  sockets: Set<Socket>;
 }
 
 async function recordingUpstream(): Promise<Upstream> {
-  const sockets = new Set<Socket>();
   const received: Buffer[][] = [];
-  const server = createServer({ allowHalfOpen: true }, (s) => {
+  const server = await trackedServer((s) => {
     const r: Buffer[] = [];
     received.push(r);
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
     s.on('data', (b: Buffer) => {
       r.push(b);
       s.write(b);
     });
     s.on('end', () => s.end());
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, sockets, received };
-}
-
-function closeUpstream(up: Upstream): void {
-  for (const s of up.sockets) s.destroy();
-  up.server.close();
+  return { ...server, received };
 }
 
 const piecesOf = (plan: Plan): Buffer[] => {
@@ -373,7 +360,7 @@ describe.each([
       const { line, echoed } = await connection(source, plan);
       return seenOf(line, up, echoed);
     } finally {
-      closeUpstream(up);
+      up.close();
     }
   }
 
@@ -594,7 +581,7 @@ describe.each([
         expect(up.received.map((r) => Buffer.concat(r).toString('hex'))).toEqual([refOk.upstream]);
         expect(a.echoed.toString('hex')).toBe(refOk.echoed);
       } finally {
-        closeUpstream(up);
+        up.close();
       }
     },
   );

@@ -6,31 +6,24 @@
 // must reach the same verdict and reason, carry exactly the client's bytes upstream, and log one
 // line per connection.
 
-import { once } from 'node:events';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildHello, sslv2Hello } from '../helpers/hello-builder.ts';
+import { trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
-interface Upstream {
-  server: Server;
-  port: number;
+interface Upstream extends TrackedServer {
   /** Every byte each accepted connection sent, with whether it ended (FIN). */
   received: { bytes: Buffer[]; ended: boolean }[];
-  sockets: Set<Socket>;
 }
 
 async function recordingUpstream(): Promise<Upstream> {
-  const sockets = new Set<Socket>();
   const received: Upstream['received'] = [];
-  const server = createServer({ allowHalfOpen: true }, (s) => {
+  const server = await trackedServer((s) => {
     const r = { bytes: [] as Buffer[], ended: false };
     received.push(r);
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
     s.on('data', (b: Buffer) => {
       r.bytes.push(b);
       s.write(b);
@@ -40,9 +33,7 @@ async function recordingUpstream(): Promise<Upstream> {
       s.end();
     });
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, sockets, received };
+  return { ...server, received };
 }
 
 /** What the client saw: the bytes echoed back, and how the connection ended. */
@@ -125,8 +116,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
   afterEach(async () => {
     await d?.stop();
     d = undefined;
-    for (const s of up.sockets) s.destroy();
-    up.server.close();
+    up.close();
   });
 
   const lineOf = async (): Promise<{ verdict: unknown; reason: unknown; up: unknown; lines: number }> => {

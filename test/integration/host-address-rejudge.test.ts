@@ -9,10 +9,11 @@
 // what it closed itself: a connection an earlier change closed stays listed until it has ended.
 
 import { once } from 'node:events';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { adminCall } from '../helpers/admin-api.ts';
+import { echoBack, trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action } from '../helpers/log-line.ts';
 
@@ -43,17 +44,12 @@ function echo(s: Socket, text: string): Promise<string> {
 }
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a host-address change, set up on $setup', ({ setup }) => {
-  let upstream: Server;
+  let upstream: TrackedServer;
   let d: LoopbackDaemon | undefined;
   let client: Socket | undefined;
 
   beforeEach(async () => {
-    upstream = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
+    upstream = await trackedServer(echoBack, { allowHalfOpen: false });
   });
   afterEach(async () => {
     client?.destroy();
@@ -67,7 +63,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
     const config = (onPolicyChange: 'keep' | 'close') => loopbackConfig({ onPolicyChange });
     d = await startLoopbackDaemon(config('keep'), { setup, hostInterfaces: () => table });
     expect((await adminCall(d.adminUrl, 'PUT', '/api/v1/sandboxes/sb-h', { sources: [SOURCE], network: { mode: 'allow-all' } })).status).toBe(201);
-    d.route(SOURCE, '127.0.0.1', (upstream.address() as { port: number }).port);
+    d.route(SOURCE, '127.0.0.1', upstream.port);
     client = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: SOURCE });
     await once(client, 'connect');
     expect(await echo(client, 'one')).toBe('one');
@@ -89,17 +85,12 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a hos
 });
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('re-judges in a row, set up on $setup', ({ setup }) => {
-  let upstream: Server;
+  let upstream: TrackedServer;
   let d: LoopbackDaemon | undefined;
   let client: Socket | undefined;
 
   beforeEach(async () => {
-    upstream = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
+    upstream = await trackedServer(echoBack, { allowHalfOpen: false });
   });
   afterEach(async () => {
     client?.destroy();
@@ -111,7 +102,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('re-ju
   it('count a connection once: the one that closed it, not a later one while it is still ending', async () => {
     const open = loopbackConfig({ defaultNetwork: { mode: 'allow-all' } });
     d = await startLoopbackDaemon(open, { setup });
-    d.route(SOURCE, '127.0.0.1', (upstream.address() as { port: number }).port);
+    d.route(SOURCE, '127.0.0.1', upstream.port);
     client = connect({ host: '127.0.0.1', port: d.port('tcp'), localAddress: SOURCE });
     await once(client, 'connect');
     expect(await echo(client, 'one')).toBe('one');

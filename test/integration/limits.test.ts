@@ -2,9 +2,8 @@
 // (API, config file, state), admission at accept (a reset, never a queue), and the counts the
 // API and metrics show. The flood itself is test/e2e/limits.test.ts.
 
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -12,6 +11,7 @@ import { adminCall } from '../helpers/admin-api.ts';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { validateConfig } from '../../src/config/schema.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
+import { echoBack, trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { action, field } from '../helpers/log-line.ts';
 
 /** What /readyz adds for this host's own settings (tcp_migrate_req 0: `warnings`), whatever the test is about. */
@@ -25,26 +25,21 @@ const ALLOW_LOOPBACK = { mode: 'block-all', egress: { allowed_cidrs: ['127.0.0.1
 describe('limits on loopback', () => {
   let dir: string;
   let d: LoopbackDaemon | undefined;
-  let server: Server;
+  let upstream: TrackedServer;
   let upstreamPort: number;
+  /** The tests' own client sockets, destroyed after each. */
   const sockets = new Set<Socket>();
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'egressd-limits-'));
-    server = createServer({ allowHalfOpen: true }, (s) => {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    upstreamPort = (server.address() as { port: number }).port;
+    upstream = await trackedServer(echoBack);
+    upstreamPort = upstream.port;
   });
   afterEach(async () => {
     for (const s of sockets) s.destroy();
     await d?.stop();
     d = undefined;
-    server.close();
+    upstream.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { adminCall } from '../helpers/admin-api.ts';
+import { echoBack, trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
@@ -121,22 +122,12 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])(
     // re-judge after a PUT asks the same chain, lends included): kept while the organization
     // still leaves the address to the sandbox, closed once either side no longer allows it.
     describe('a spliced connection to what the sandbox opened, when a policy changes', () => {
-      let echo: { server: Server; port: number; sockets: Set<Socket> };
+      let echo: TrackedServer;
       beforeEach(async () => {
-        const sockets = new Set<Socket>();
-        const server = createServer((s) => {
-          sockets.add(s);
-          s.on('close', () => sockets.delete(s));
-          s.on('error', () => {});
-          s.pipe(s);
-        });
-        server.listen(0, '127.0.0.1');
-        await once(server, 'listening');
-        echo = { server, port: (server.address() as { port: number }).port, sockets };
+        echo = await trackedServer(echoBack, { allowHalfOpen: false });
       });
       afterEach(() => {
-        for (const s of echo.sockets) s.destroy();
-        echo.server.close();
+        echo.close();
       });
 
       /** A connection through the daemon to the echo server, and a round trip through it. */

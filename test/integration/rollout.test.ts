@@ -7,9 +7,10 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, createServer, type Server } from 'node:net';
+import { connect } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { echoBack, trackedServer, type TrackedServer } from '../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../helpers/loopback-daemon.ts';
 import { action, field } from '../helpers/log-line.ts';
 
@@ -186,16 +187,11 @@ describe('operator overlays (the config), in check and the effective view, reloa
 
 describe('per-rule hit counts, from real connections, read back through the API and /metrics', () => {
   let d: LoopbackDaemon;
-  let upstream: Server;
+  let upstream: TrackedServer;
   let upstreamPort: number;
   beforeAll(async () => {
-    upstream = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
-    upstreamPort = (upstream.address() as { port: number }).port;
+    upstream = await trackedServer(echoBack, { allowHalfOpen: false });
+    upstreamPort = upstream.port;
     d = await startLoopbackDaemon(
       loopbackConfig({
         ...PROTECTED,
@@ -263,17 +259,12 @@ describe('per-rule hit counts, from real connections, read back through the API 
 
 describe('report-only kept across a restart, and turning it off closes what it let through', () => {
   let dir: string;
-  let upstream: Server;
+  let upstream: TrackedServer;
   let upstreamPort: number;
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'egressd-it-rollout-'));
-    upstream = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    upstream.listen(0, '127.0.0.1');
-    await once(upstream, 'listening');
-    upstreamPort = (upstream.address() as { port: number }).port;
+    upstream = await trackedServer(echoBack, { allowHalfOpen: false });
+    upstreamPort = upstream.port;
   });
   afterAll(() => {
     upstream.close();

@@ -5,10 +5,10 @@
 // connections queued behind it wait as long. One slot per loop here: six clients stay silent
 // while a seventh sends its hello, which must be spliced while the six are still open.
 
-import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildHello } from '../../helpers/hello-builder.ts';
+import { echoBack, trackedServer, type TrackedServer } from '../../helpers/listen.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 
 const HELLO = Buffer.from(buildHello({ sni: ['ok.test'] }));
@@ -16,16 +16,11 @@ const SOURCE = '127.0.0.22';
 
 describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('accept slots, set up on $setup', ({ setup }) => {
   let d: LoopbackDaemon | undefined;
-  let echo: Server;
+  let echo: TrackedServer;
   const open = new Set<Socket>();
 
   beforeEach(async () => {
-    echo = createServer((s) => {
-      s.on('error', () => {});
-      s.pipe(s);
-    });
-    echo.listen(0, '127.0.0.1');
-    await once(echo, 'listening');
+    echo = await trackedServer(echoBack, { allowHalfOpen: false });
     d = await startLoopbackDaemon(
       loopbackConfig({
         sandboxes: [{ id: 'sb-slots', sources: [SOURCE], network: { mode: 'block-all', egress: { allowed_domains: ['ok.test'] } } }],
@@ -35,7 +30,7 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('accep
       }),
       { setup },
     );
-    d.route(SOURCE, '127.0.0.1', (echo.address() as { port: number }).port);
+    d.route(SOURCE, '127.0.0.1', echo.port);
     // One slot per loop (the plane is the process's: put back after).
     d.daemon.nativeSetup?.setAcceptCap(1);
   });
