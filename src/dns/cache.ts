@@ -161,9 +161,8 @@ export class AnswerCache {
     // that fetched it while another holds it, so the bound holds whichever views remain.
     const bytes = ENTRY_BYTES + vk.length + (sh?.bytes ?? answerBytes(answered));
     if (bytes > this.#maxBytes) return false;
-    // Each delete gives the key's bytes back (dispose); a key it did not find would never leave.
-    const victim = (): string | undefined => this.#owners.victim(this.#cache.size, this.#max, bytes, this.#maxBytes);
-    for (let k = victim(); k !== undefined && this.#cache.delete(k); k = victim());
+    // Each delete gives the key's bytes back (dispose).
+    this.#owners.makeRoom(this.#cache, this.#max, bytes, this.#maxBytes);
     this.#cache.set(vk, { answered, storedAt: this.#clock(), owner, key }, { ttl: ttlS * 1000 });
     this.#owners.add(owner, vk, bytes);
     if (sh !== null) sh.views++;

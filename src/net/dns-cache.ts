@@ -127,9 +127,8 @@ export class AddressCache {
     this.#lru.delete(key);
     const bytes = entryBytes(key, kept);
     if (bytes > this.#maxBytes) return;
-    // Each delete gives the key's bytes back (dispose); a key it did not find would never leave.
-    const victim = (): string | undefined => this.#owners.victim(this.#lru.size, this.#max, bytes, this.#maxBytes);
-    for (let k = victim(); k !== undefined && this.#lru.delete(k); k = victim());
+    // Each delete gives the key's bytes back (dispose).
+    this.#owners.makeRoom(this.#lru, this.#max, bytes, this.#maxBytes);
     this.#lru.set(key, kept, { ttl: ttlMs });
     this.#ownerOf.set(key, owner);
     this.#owners.add(owner, key, bytes);

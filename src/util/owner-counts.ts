@@ -91,6 +91,19 @@ export class OwnerCounts {
     return undefined;
   }
 
+  /**
+   * Evicts `cache`'s victims (above), one at a time, until an entry of `bytes` fits. The cache's
+   * delete must call remove (lru-cache's dispose); a victim the cache does not hold ends the loop,
+   * since removing nothing would name it again forever.
+   */
+  makeRoom(cache: { readonly size: number; delete(key: string): boolean }, maxEntries: number, bytes: number, maxBytes: number): void {
+    for (
+      let k = this.victim(cache.size, maxEntries, bytes, maxBytes);
+      k !== undefined && cache.delete(k);
+      k = this.victim(cache.size, maxEntries, bytes, maxBytes)
+    );
+  }
+
   #move(owner: string, from: number, to: number): void {
     const old = this.#byCount.get(from);
     old?.delete(owner);

@@ -28,4 +28,41 @@ describe('OwnerCounts: bytes', () => {
     expect(o.victim(7, 100, 100, 2_100)).toBe('a1');
     expect(o.victim(7, 7, 100, 10_000)).toBe('b0');
   });
+
+  it('makes room in a cache by evicting its victims until the new entry fits, and stops at a key the cache does not hold', () => {
+    const o = new OwnerCounts();
+    const held = new Map<string, string>();
+    // A cache whose delete gives the key back, as lru-cache's dispose does.
+    const cache = {
+      get size() {
+        return held.size;
+      },
+      delete: (key: string): boolean => {
+        const owner = held.get(key);
+        if (owner === undefined) return false;
+        held.delete(key);
+        o.remove(owner, key);
+        return true;
+      },
+    };
+    const store = (owner: string, key: string, bytes: number): void => {
+      held.set(key, owner);
+      o.add(owner, key, bytes);
+    };
+    store('a', 'a1', 400);
+    store('a', 'a2', 400);
+    store('b', 'b1', 100);
+    // 900 held, 1000 at most: 300 more take a1 (a holds the most bytes), and then there is room.
+    o.makeRoom(cache, 10, 300, 1000);
+    expect([...held.keys()]).toEqual(['a2', 'b1']);
+    // The count bound: at 2 of 2, one key leaves (a and b hold one each), and then there is room.
+    o.makeRoom(cache, 2, 0, 1000);
+    expect(held.size).toBe(1);
+    // A victim the cache no longer holds (charged, never stored) ends the loop instead of spinning.
+    o.add('c', 'ghost', 5000);
+    const left = [...held.keys()];
+    o.makeRoom(cache, 10, 1, 1000);
+    expect([...held.keys()]).toEqual(left);
+    expect(o.count('c')).toBe(1);
+  });
 });
