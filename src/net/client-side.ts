@@ -92,6 +92,17 @@ export type ConnectResult =
 /** How a client went before its upstream was reached: its reset (or a failed socket), or its FIN when that ends it (`finEnds`). */
 export type GoneHow = 'reset' | 'fin';
 
+/** ClientSide.watchGone for a client gone already: `gone(how)` in a microtask, unless the function it returns is called first. */
+export function goneAlready(gone: (how: GoneHow) => void, how: GoneHow): () => void {
+  let live = true;
+  queueMicrotask(() => {
+    if (live) gone(how);
+  });
+  return () => {
+    live = false;
+  };
+}
+
 export interface ClientSide {
   /** The client's address and port, as Node spells them (an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d). */
   readonly remoteAddress: string;
@@ -204,15 +215,7 @@ export class SocketClient implements ClientSide {
   watchGone(gone: (how: GoneHow) => void, finEnds = false): () => void {
     const s = this.#socket;
     const already: GoneHow | null = s.destroyed ? 'reset' : finEnds && (finRead(s) || peerFinished(s)) ? 'fin' : null;
-    if (already !== null) {
-      let live = true;
-      queueMicrotask(() => {
-        if (live) gone(already);
-      });
-      return () => {
-        live = false;
-      };
-    }
+    if (already !== null) return goneAlready(gone, already);
     // Node reads the client from its accept on (a paused socket still fills its buffer), so a reset
     // destroys the socket ('close' after 'error'); a FIN only ends its readable side
     // (allowHalfOpen), and 'end' comes at once when nothing past the first flight waits unread.

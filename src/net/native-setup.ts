@@ -21,7 +21,7 @@ import { OriginalDstError } from '../errors.ts';
 import { canonicalSource } from '../match/ip.ts';
 import type { Peeked, PeekStepper } from '../peek/peek-steps.ts';
 import { PEEK_CAPS } from '../peek/peek-steps.ts';
-import { MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type GoneHow, type Refusal } from './client-side.ts';
+import { goneAlready, MAX_DIAL_ADDRESSES, type ClientSide, type ConnectOptions, type ConnectResult, type GoneHow, type Refusal } from './client-side.ts';
 import { CONNECTION_ATTEMPT_DELAY_MS, type Attempt } from './dial-first.ts';
 import { causeOf } from './dial.ts';
 import type { Endpoint, ListenerKind, ListenerStatus } from './listener.ts';
@@ -514,15 +514,7 @@ export class NativeClient implements ClientSide {
 
   watchGone(gone: (how: GoneHow) => void, finEnds = false): () => void {
     const already = this.#gone;
-    if (already !== null) {
-      let live = true;
-      queueMicrotask(() => {
-        if (live) gone(already);
-      });
-      return () => {
-        live = false;
-      };
-    }
+    if (already !== null) return goneAlready(gone, already);
     this.#onGone = gone;
     // The loop watches the client throughout; told that its FIN ends it, it ends the connection on
     // it (or at once, when it came already) and reports `client-fin` (onOutcome).
