@@ -224,15 +224,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
   if (ov) {
     for (const e of ov.alwaysDeny) {
       const m = matchSide(e.side, facts, ov.nat64, trace);
-      if (m !== null)
-        return {
-          verdict: 'refuse',
-          reason: 'deny-rule',
-          rule: flatText(['always-deny ', JSON.stringify(e.name), ': ', String(m.rule)]),
-          matchedBy: m.matchedBy,
-          layer: 'always-deny',
-          overlay: e,
-        };
+      if (m !== null) return { ...alwaysDenyRefusal(e.name, m), overlay: e };
     }
     for (const e of ov.alwaysAllow) {
       const d = decide(e.policy, facts, trace);
@@ -250,9 +242,7 @@ function enforcedVerdict(chain: PolicyChain, facts: Facts, trace: DecideTrace | 
   }
   const org = chain.org;
   if (org !== null) {
-    if (org.layer === null) {
-      return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
-    }
+    if (org.layer === null) return unknownOrgRefusal(org.id);
     const o = layerVerdict(org.layer, facts, trace, chain.layer.lends);
     if (o.verdict === 'refuse') return { ...o, rule: flatText(['org ', org.id, ': ', o.rule ?? o.reason]), layer: 'org' };
     const s = layerVerdict(chain.layer, facts, trace, null);
@@ -336,6 +326,22 @@ export function nameReach(chain: PolicyChain, name: string): NameReach {
 
 type NameVerdict = Pick<Verdict, 'verdict' | 'reason' | 'rule' | 'matchedBy' | 'layer'>;
 
+/** The refusal of the always-deny entry `entry` whose side matched (`m`), as both verdicts name it. */
+function alwaysDenyRefusal(entry: string, m: Decision): NameVerdict {
+  return {
+    verdict: 'refuse',
+    reason: 'deny-rule',
+    rule: flatText(['always-deny ', JSON.stringify(entry), ': ', String(m.rule)]),
+    matchedBy: m.matchedBy,
+    layer: 'always-deny',
+  };
+}
+
+/** An unknown organization refuses everything (fail closed), as both verdicts name it. */
+function unknownOrgRefusal(org: string): NameVerdict {
+  return { verdict: 'refuse', reason: 'default-block', rule: `org ${org}: unknown organization`, matchedBy: 'mode', layer: 'org' };
+}
+
 /**
  * enforcedVerdict() for `name` on `port` at an address no rule names and no protected range
  * holds, with the same rule texts: decide() reduced to its name and port steps (decideByName).
@@ -345,14 +351,7 @@ function nameVerdictAt(chain: PolicyChain, name: string, port: number): NameVerd
   if (ov) {
     for (const e of ov.alwaysDeny) {
       const m = matchSideByName(e.side, name, port);
-      if (m !== null)
-        return {
-          verdict: 'refuse',
-          reason: 'deny-rule',
-          rule: flatText(['always-deny ', JSON.stringify(e.name), ': ', String(m.rule)]),
-          matchedBy: m.matchedBy,
-          layer: 'always-deny',
-        };
+      if (m !== null) return alwaysDenyRefusal(e.name, m);
     }
     for (const e of ov.alwaysAllow) {
       const d = decideByName(e.policy, name, port);
@@ -361,7 +360,7 @@ function nameVerdictAt(chain: PolicyChain, name: string, port: number): NameVerd
   }
   const org = chain.org;
   if (org !== null) {
-    if (org.layer === null) return { verdict: 'refuse', reason: 'default-block', rule: `org ${org.id}: unknown organization`, matchedBy: 'mode', layer: 'org' };
+    if (org.layer === null) return unknownOrgRefusal(org.id);
     const o = layerByName(org.layer, name, port);
     if (o.verdict === 'refuse') return { ...o, rule: flatText(['org ', org.id, ': ', o.rule ?? o.reason]), layer: 'org' };
   }
