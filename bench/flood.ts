@@ -93,7 +93,7 @@ if (values.memory) {
         overloadEpisodes: r.lines.filter((l) => action(l) === 'overload-start').length,
         undecidedResets: r.lines.filter((l) => action(l) === 'overload-reset-undecided').map((l) => l['count']),
         shrinks: r.lines.filter((l) => action(l) === 'memory-shrunk').map((l) => ({ ms: l['ms'], before: l['pressureBefore'], after: l['pressureAfter'] })),
-        probe: { probes: r.probe['probes'], failed: r.probe['failed'], over100ms: r.probe['over100ms'], p99Ms: r.probe['p99Ms'], maxMs: r.probe['maxMs'] },
+        probe: probeSummary(r.probe),
         flood: r.flood && {
           attempted: r.flood['attempted'],
           connected: r.flood['connected'],
@@ -108,6 +108,11 @@ if (values.memory) {
   process.exit(0);
 }
 
+/** The /healthz prober's figures a summary reports: probes, failures, those over 100 ms, p99 and max. */
+function probeSummary(probe: Record<string, unknown>): Record<string, unknown> {
+  return { probes: probe['probes'], failed: probe['failed'], over100ms: probe['over100ms'], p99Ms: probe['p99Ms'], maxMs: probe['maxMs'] };
+}
+
 const base = await once('baseline', { flood: null, download, requests: 30 });
 const flood = await once('flood', { flood: { count: Number(values.count), holdMs: 30_000 }, download, requests: 30 });
 const nofile = await once('nofile-256', { flood: { count: 1000, holdMs: 15_000 }, nofile: 256, download: 8 * 1_048_576, requests: 20 });
@@ -119,20 +124,8 @@ console.log(
     throughputFloodMiBps: flood.workload['download'].mibPerSecond,
     throughputRatio: Math.round(ratio * 100) / 100,
     sandbox2ShortOk: `${flood.workload['short'].ok}/${flood.workload['short'].total}`,
-    healthzFlood: {
-      probes: flood.probe['probes'],
-      failed: flood.probe['failed'],
-      over100ms: flood.probe['over100ms'],
-      p99Ms: flood.probe['p99Ms'],
-      maxMs: flood.probe['maxMs'],
-    },
-    healthzNofile: {
-      probes: nofile.probe['probes'],
-      failed: nofile.probe['failed'],
-      over100ms: nofile.probe['over100ms'],
-      p99Ms: nofile.probe['p99Ms'],
-      maxMs: nofile.probe['maxMs'],
-    },
+    healthzFlood: probeSummary(flood.probe),
+    healthzNofile: probeSummary(nofile.probe),
     recoveryMsFlood: flood.flood?.['recoveryMs'],
     recoveryMsNofile: nofile.flood?.['recoveryMs'],
   }),
