@@ -6,6 +6,7 @@ import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAIN, NODE } from '../helpers/e2e-daemon.ts';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { routerRules } from '../helpers/router-rules.ts';
 import { startCatcher, stopCatcher } from '../helpers/port-catcher.ts';
 
 const PORTS = { http: 29080, tls: 29443, tcp: 29001 };
@@ -136,23 +137,7 @@ describe.skipIf(skip !== null)('egressd iptables --new-connections-per-source on
 
     it('applying again with the same limit adds nothing, and --remove takes the limit out with the rest', async () => {
       await apply(backend, ['--new-connections-per-source', '5', '--new-connections-burst', '5']);
-      const list = async (): Promise<string> =>
-        (
-          await Promise.all([
-            rig.execIn('router', 'iptables-save', []),
-            rig.execIn('router', 'ip6tables-save', []),
-            rig.execIn('router', 'nft', ['list', 'ruleset']),
-          ])
-        )
-          .map((r) =>
-            r.stdout
-              .replace(/\[\d+:\d+\]/g, '')
-              .replace(/counter packets \d+ bytes \d+/g, '')
-              .replace(/^#.*$/gm, ''),
-          )
-          .join('\n')
-          // The nft set's elements are the sources seen in the last 10 s.
-          .replace(/\n\t\telements = \{[^}]*\}/g, '');
+      const list = (): Promise<string> => routerRules(rig);
       const once = await list();
       expect(once).toMatch(backend === 'nft' ? /limit rate over 5\/second/ : /--hashlimit-above 5\/sec/);
       await apply(backend, ['--new-connections-per-source', '5', '--new-connections-burst', '5']);

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DaemonProcess } from '../helpers/daemon-process.ts';
 import { MAIN, NODE, serveIn, writeConfig } from '../helpers/e2e-daemon.ts';
 import { createRig, type Rig, rigUnavailableReason } from '../helpers/netns-rig.ts';
+import { routerRules } from '../helpers/router-rules.ts';
 
 const PORTS = { http: 29080, tls: 29443, tcp: 29001, dns: 29053 };
 const TARGET = { 4: '198.18.1.2', 6: '2001:db8:0:2::2' } as const;
@@ -181,23 +182,7 @@ describe.skipIf(skip !== null)('egressd iptables --new-dns-flows-per-source on a
     it('applying again with the same limit adds nothing, and --remove takes the limit out with the rest', async () => {
       const limited = ['--new-dns-flows-per-source', '5', '--new-dns-flows-burst', '5'];
       await apply(backend, limited);
-      const list = async (): Promise<string> =>
-        (
-          await Promise.all([
-            rig.execIn('router', 'iptables-save', []),
-            rig.execIn('router', 'ip6tables-save', []),
-            rig.execIn('router', 'nft', ['list', 'ruleset']),
-          ])
-        )
-          .map((r) =>
-            r.stdout
-              .replace(/\[\d+:\d+\]/g, '')
-              .replace(/counter packets \d+ bytes \d+/g, '')
-              .replace(/^#.*$/gm, ''),
-          )
-          .join('\n')
-          // The nft set's elements are the sources seen in the last 10 s.
-          .replace(/\n\t\telements = \{[^}]*\}/g, '');
+      const list = (): Promise<string> => routerRules(rig);
       const once = await list();
       expect(once).toMatch(backend === 'nft' ? /new_dns_per_source .*limit rate over 5\/second/ : /--hashlimit-name egressd-dns-5-5/);
       await apply(backend, limited);
