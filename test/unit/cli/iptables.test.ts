@@ -1070,10 +1070,7 @@ describe('--dns-packets-per-source', () => {
     [['--dns-packets-per-source', '5', '--dns-packets-burst', 'x'], /^--dns-packets-burst: .*got "x"$/],
     [['--dns-packets-burst', '5'], /^--dns-packets-burst needs --dns-packets-per-source$/],
   ])('refuses %j with exit 2, naming the flag and the value', async (extra, message) => {
-    const p = parseIptablesArgs(['--interface', 'veth0', ...extra]);
-    expect(p.ok ? '' : p.error).toMatch(message);
-    const r = await iptablesCommand(['--interface', 'veth0', ...extra], recorder().run);
-    expect(r.code).toBe(2);
+    await expectRefused(extra, message);
   });
 
   it.each([['--dns-packets-per-source'], ['--new-dns-flows-per-source']])(
@@ -1088,9 +1085,7 @@ describe('--dns-packets-per-source', () => {
   );
 
   it('is refused in sidecar mode', async () => {
-    const r = await iptablesCommand(['--mode', 'sidecar', '--uid', '1000', '--dns-packets-per-source', '5'], recorder().run);
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain('--dns-packets-per-source applies to host mode only');
+    await expectRefusedInSidecar('--dns-packets-per-source');
   });
 
   it("drops a source's datagrams to the DNS listener beyond the rate, new flows or not, before the flow limit and each selector's return", () => {
@@ -1110,7 +1105,7 @@ describe('--dns-packets-per-source', () => {
         ]),
         ...chain(plain, 'filter-input').slice(2),
       ]);
-      for (const c of plain.chains) if (c.id !== 'filter-input') expect(chain(limited, c.id)).toEqual(chain(plain, c.id));
+      expectOtherChainsAsIn(limited, plain, 'filter-input');
     }
   });
 
