@@ -1,10 +1,13 @@
 // The set-up most DNS integration tests share: an upstream DNS server on loopback (a
-// DnsTestServer or a RecordedDns), then an in-process egressd whose config names it, both
+// DnsTestServer, a RecordedDns or dnsmasq), then an in-process egressd whose config names it, both
 // started before a describe block's tests and stopped after them.
 
 import { afterAll, beforeAll } from 'vitest';
 import type { Daemon } from '../../src/daemon.ts';
 import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from './loopback-daemon.ts';
+
+/** An upstream DNS server: `server` for dns.servers, and how it is stopped (dnsmasq's stop, the others' close). */
+type Upstream = { readonly server: string } & ({ close(): Promise<void> } | { stop(): Promise<void> });
 
 /** What the block's tests use; each field throws when read outside the block's run. */
 export interface DnsDaemon<U> {
@@ -22,7 +25,7 @@ export interface DnsDaemon<U> {
  * before these (vitest runs after-hooks last registered first), so sockets it holds are closed
  * while egressd still runs.
  */
-export function dnsDaemonPerBlock<U extends { readonly server: string; close(): Promise<void> }>(
+export function dnsDaemonPerBlock<U extends Upstream>(
   upstream: () => Promise<U>,
   config: (upstream: U) => Record<string, unknown>,
   opts?: Parameters<typeof startLoopbackDaemon>[1],
@@ -35,7 +38,7 @@ export function dnsDaemonPerBlock<U extends { readonly server: string; close(): 
   });
   afterAll(async () => {
     await d?.stop();
-    await u?.close();
+    if (u) await ('close' in u ? u.close() : u.stop());
   });
   const started = (): { u: U; d: LoopbackDaemon } => {
     if (!u || !d) throw new Error('The upstream and egressd run only while the block runs');

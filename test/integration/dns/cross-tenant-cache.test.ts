@@ -7,12 +7,13 @@
 
 import { createSocket } from 'node:dgram';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { AnswerCache } from '../../../src/dns/cache.ts';
 import { digFrom, haveDig } from '../../helpers/dig.ts';
-import { haveDnsmasq, startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.ts';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
+import { haveDnsmasq, startDnsmasq } from '../../helpers/dnsmasq.ts';
 import { DnsTestServer } from '../../helpers/dns-server.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 
 const A = '127.0.0.81';
 const B = '127.0.0.82';
@@ -32,58 +33,41 @@ const ttlOf = (dig: string): number => {
 };
 
 describe.skipIf(!haveDig || !haveDnsmasq)("the answer cache, as another sandbox's query shows it", () => {
-  let upstream: Dnsmasq;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startDnsmasq({ 'seen.test': ['198.18.7.1'], 'other.test': ['198.18.7.2'] }, TTL);
-    d = await startLoopbackDaemon(loopbackConfig({ dns: { servers: [upstream.server] }, sandboxes: sandboxes(['seen.test', 'other.test']) }));
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.stop();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startDnsmasq({ 'seen.test': ['198.18.7.1'], 'other.test': ['198.18.7.2'] }, TTL),
+    (upstream) => ({ dns: { servers: [upstream.server] }, sandboxes: sandboxes(['seen.test', 'other.test']) }),
+  );
 
   it("gives a sandbox the TTL as it would have had it alone, not aged by another sandbox's earlier query, with one upstream query", async () => {
     // What B gets for a name nobody asked: the upstream's TTL.
-    expect(ttlOf(await digFrom(port, B, 'other.test', 'A', '+noall', '+answer'))).toBe(TTL);
-    expect(ttlOf(await digFrom(port, A, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    expect(ttlOf(await digFrom(dns.port, B, 'other.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    expect(ttlOf(await digFrom(dns.port, A, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
     await new Promise((r) => setTimeout(r, 2_100));
     // B's first sight of the name A asked 2 s ago: the same as for a name nobody asked.
-    expect(ttlOf(await digFrom(port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
+    expect(ttlOf(await digFrom(dns.port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL);
     // A's own view keeps ageing, from A's query.
-    expect(ttlOf(await digFrom(port, A, 'seen.test', 'A', '+noall', '+answer'))).toBeLessThanOrEqual(TTL - 2);
+    expect(ttlOf(await digFrom(dns.port, A, 'seen.test', 'A', '+noall', '+answer'))).toBeLessThanOrEqual(TTL - 2);
     await new Promise((r) => setTimeout(r, 1_100));
     // And B's ages from B's first query.
-    expect(ttlOf(await digFrom(port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL - 1);
+    expect(ttlOf(await digFrom(dns.port, B, 'seen.test', 'A', '+noall', '+answer'))).toBe(TTL - 1);
     // The upstream was asked once for it: the work is still shared.
-    expect(upstream.log().match(/query\[A\] seen\.test /g)).toHaveLength(1);
+    expect(dns.upstream.log().match(/query\[A\] seen\.test /g)).toHaveLength(1);
   });
 });
 
 describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query shows it", () => {
-  let upstream: DnsTestServer;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await DnsTestServer.start();
-    for (const n of ['cached.slow.test', 'joined.slow.test']) upstream.set(n, { kind: 'answer', a: ['198.18.7.3'], ttl: TTL, delayMs: SLOW_MS });
-    for (const n of ['s1.silent.test', 's2.silent.test', 's3.silent.test']) upstream.set(n, { kind: 'silent' });
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], timeoutMs: 4000, limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 16 } },
-        sandboxes: sandboxes(['cached.slow.test', 'joined.slow.test', '*.silent.test']),
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.close();
-  });
+  const dns = dnsDaemonPerBlock(
+    async () => {
+      const upstream = await DnsTestServer.start();
+      for (const n of ['cached.slow.test', 'joined.slow.test']) upstream.set(n, { kind: 'answer', a: ['198.18.7.3'], ttl: TTL, delayMs: SLOW_MS });
+      for (const n of ['s1.silent.test', 's2.silent.test', 's3.silent.test']) upstream.set(n, { kind: 'silent' });
+      return upstream;
+    },
+    (upstream) => ({
+      dns: { servers: [upstream.server], timeoutMs: 4000, limits: { perSecond: 1000, burst: 1000, inflightPerSandbox: 2, inflightTotal: 16 } },
+      sandboxes: sandboxes(['cached.slow.test', 'joined.slow.test', '*.silent.test']),
+    }),
+  );
 
   /** One query over UDP from `from`: its A records, its rcode and how long the answer took, ms. */
   const timed = (from: string, name: string): Promise<{ a: string[]; rcode: string | undefined; ms: number }> =>
@@ -109,7 +93,7 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
         sent = performance.now();
         s.send(
           packet.encode({ type: 'query', id: 1 + Math.floor(Math.random() * 60_000), flags: packet.RECURSION_DESIRED, questions: [{ name, type: 'A' }] }),
-          port,
+          dns.port,
           '127.0.0.1',
         );
       });
@@ -122,27 +106,27 @@ describe.skipIf(!haveDig)("the answer cache's timing, as another sandbox's query
     expect(first.ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
     // B's own cached answer now: no wait.
     expect((await timed(B, 'cached.slow.test')).ms).toBeLessThan(SLOW_MS / 2);
-    expect(upstream.count('cached.slow.test', 'A')).toBe(1);
+    expect(dns.upstream.count('cached.slow.test', 'A')).toBe(1);
   });
 
   it("answers a sandbox that joins another's query on its way no sooner than its own upstream query would be", async () => {
     const aAsked = timed(A, 'joined.slow.test');
-    for (let i = 0; i < 200 && upstream.count('joined.slow.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 200 && dns.upstream.count('joined.slow.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
     await new Promise((r) => setTimeout(r, SLOW_MS / 2));
     const b = await timed(B, 'joined.slow.test');
     await aAsked;
     expect(b.a).toEqual(['198.18.7.3']);
     expect(b.ms).toBeGreaterThanOrEqual(SLOW_MS - 20);
-    expect(upstream.count('joined.slow.test', 'A')).toBe(1);
+    expect(dns.upstream.count('joined.slow.test', 'A')).toBe(1);
   });
 
   it('refuses a sandbox holding its whole in-flight share a question another sandbox has on its way, as it refuses one nobody asked', async () => {
     // B's question on its way (the upstream never answers it).
     const bAsked = timed(B, 's1.silent.test').catch(() => null);
-    for (let i = 0; i < 200 && upstream.count('s1.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 200 && dns.upstream.count('s1.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
     // A fills its share with questions of its own.
     const aHeld = [timed(A, 's2.silent.test').catch(() => null), timed(A, 's3.silent.test').catch(() => null)];
-    for (let i = 0; i < 200 && upstream.count('s3.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 200 && dns.upstream.count('s3.silent.test', 'A') === 0; i++) await new Promise((r) => setTimeout(r, 5));
     // Joined free, A's answer (or its wait) would tell that B is asking the name now.
     const a = await timed(A, 's1.silent.test');
     expect(a.rcode).toBe('REFUSED');

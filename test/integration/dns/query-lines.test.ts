@@ -6,10 +6,10 @@
 
 import { createSocket } from 'node:dgram';
 import * as packet from 'dns-packet';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { haveDig } from '../../helpers/dig.ts';
-import { haveDnsmasq, startDnsmasq, type Dnsmasq } from '../../helpers/dnsmasq.ts';
-import { loopbackConfig, startLoopbackDaemon, type LoopbackDaemon } from '../../helpers/loopback-daemon.ts';
+import { dnsDaemonPerBlock } from '../../helpers/dns-daemon.ts';
+import { haveDnsmasq, startDnsmasq } from '../../helpers/dnsmasq.ts';
 import { action, field } from '../../helpers/log-line.ts';
 
 const A = '127.0.0.91';
@@ -19,27 +19,16 @@ const QUERIES = 600;
 const BURST_MS = 10_000;
 
 describe.skipIf(!haveDig || !haveDnsmasq)('refused dns-query lines under a burst', () => {
-  let upstream: Dnsmasq;
-  let d: LoopbackDaemon;
-  let port: number;
-
-  beforeAll(async () => {
-    upstream = await startDnsmasq({ 'allowed.test': ['198.18.8.1'] }, 60);
-    d = await startLoopbackDaemon(
-      loopbackConfig({
-        dns: { servers: [upstream.server], limits: { perSecond: 1000, burst: 1000 } },
-        sandboxes: [
-          { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
-          { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
-        ],
-      }),
-    );
-    port = d.daemon.dnsListeners[0]!.port!;
-  });
-  afterAll(async () => {
-    await d?.stop();
-    await upstream?.stop();
-  });
+  const dns = dnsDaemonPerBlock(
+    () => startDnsmasq({ 'allowed.test': ['198.18.8.1'] }, 60),
+    (upstream) => ({
+      dns: { servers: [upstream.server], limits: { perSecond: 1000, burst: 1000 } },
+      sandboxes: [
+        { id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
+        { id: 'sb-b', sources: [B], network: { mode: 'block-all', egress: { allowed_domains: ['allowed.test'] } } },
+      ],
+    }),
+  );
 
   /** `n` queries for denied names from `from`, 50 at a time, each waiting for its answer; resolves with the rcodes. */
   const burst = (from: string, n: number): Promise<number> =>
@@ -59,7 +48,7 @@ describe.skipIf(!haveDig || !haveDnsmasq)('refused dns-query lines under a burst
           questions: [{ name: `n${sent}.denied.test`, type: 'A' }],
         });
         sent++;
-        s.send(q, port, '127.0.0.1');
+        s.send(q, dns.port, '127.0.0.1');
       };
       s.on('message', () => {
         answered++;
@@ -75,14 +64,14 @@ describe.skipIf(!haveDig || !haveDnsmasq)('refused dns-query lines under a burst
     });
 
   const refusedLines = (from: string): Record<string, unknown>[] =>
-    d.logs.filter((l) => action(l) === 'dns-query' && field(l, 'source.ip') === from && field(l, 'event.reason') === 'not-allowed');
+    dns.egressd.logs.filter((l) => action(l) === 'dns-query' && field(l, 'source.ip') === from && field(l, 'event.reason') === 'not-allowed');
 
   it('writes at most one refused line a second per sandbox after the first, and counts every query left out', async () => {
     const started = performance.now();
     expect(await burst(A, QUERIES)).toBe(QUERIES);
     const tookS = (performance.now() - started) / 1000;
     // The second's last line comes at its end.
-    await d.waitForLog(() => {
+    await dns.egressd.waitForLog(() => {
       const lines = refusedLines(A);
       return lines.length + lines.reduce((n, l) => n + Number(field(l, 'egressd.suppressed') ?? 0), 0) === QUERIES;
     }, 3_000);
@@ -90,7 +79,7 @@ describe.skipIf(!haveDig || !haveDnsmasq)('refused dns-query lines under a burst
     expect(lines.length).toBeLessThanOrEqual(Math.ceil(tookS) + 2);
     const suppressed = lines.reduce((n, l) => n + Number(field(l, 'egressd.suppressed') ?? 0), 0);
     expect(lines.length + suppressed).toBe(QUERIES);
-    const m = await (await fetch(`${d.adminUrl}/metrics`)).text();
+    const m = await (await fetch(`${dns.egressd.adminUrl}/metrics`)).text();
     expect(Number(/egressd_dns_query_lines_suppressed_total\{reason="not-allowed"\} (\d+)/.exec(m)?.[1])).toBe(suppressed);
     // Another sandbox's first refusal meanwhile is written at once, on its own.
     expect(await burst(B, 1)).toBe(1);
