@@ -60,25 +60,19 @@ describe('a DNS query that comes while egressd starts', () => {
     let answer: Promise<{ rcode: string | undefined }> | undefined;
     const d = await startLoopbackDaemon(
       loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: [`${FIRST}:0`, `${SECOND}:0`] },
+        listen: twoDnsListeners(FIRST, SECOND),
         dns: { servers: [upstream.server] },
         sandboxes: [{ id: 'sb-a', sources: [A], network: { mode: 'block-all', egress: { allowed_domains: ['fast.test'] } } }],
       }),
       {
-        beforeStart: (daemon) => {
-          const [first, second] = daemon.dnsListeners;
-          const listen = second!.listen.bind(second);
-          second!.listen = async () => {
-            for (let i = 0; i < 500 && first!.port === null; i++) await new Promise((r) => setTimeout(r, 10));
-            const s = connect({ host: FIRST, port: first!.port!, localAddress: A });
-            s.on('error', () => {});
-            onTestFinished(() => void s.destroy());
-            answer = askOverTcp(s, 'fast.test');
-            answer.catch(() => {});
-            await new Promise((r) => setTimeout(r, HOLD_MS));
-            return listen();
-          };
-        },
+        beforeStart: holdSecondDnsListener(async (firstPort) => {
+          const s = connect({ host: FIRST, port: firstPort, localAddress: A });
+          s.on('error', () => {});
+          onTestFinished(() => void s.destroy());
+          answer = askOverTcp(s, 'fast.test');
+          answer.catch(() => {});
+          await new Promise((r) => setTimeout(r, HOLD_MS));
+        }),
       },
     );
     onTestFinished(() => d.stop());

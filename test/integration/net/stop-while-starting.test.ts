@@ -12,6 +12,7 @@ import { createSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
 import * as packet from 'dns-packet';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { holdSecondDnsListener, twoDnsListeners } from '../../helpers/dns-daemon.ts';
 import { loopbackConfig, startLoopbackDaemon } from '../../helpers/loopback-daemon.ts';
 import { action, field, isConnection } from '../../helpers/log-line.ts';
 
@@ -37,29 +38,24 @@ describe.each([{ setup: 'node' as const }, { setup: 'native' as const }])('a sto
     let stopped: Promise<void> | undefined;
     const d = await startLoopbackDaemon(
       loopbackConfig({
-        listen: { http: '127.0.0.1:0', tls: '127.0.0.1:0', tcp: '127.0.0.1:0', dns: ['127.0.0.1:0', '127.0.0.2:0'] },
+        listen: twoDnsListeners('127.0.0.1', '127.0.0.2'),
         sandboxes: [{ id: 'sb', sources: [SOURCE], network: { mode: 'allow-all' } }],
       }),
       {
         setup,
         // The second DNS listener binds while the early connection and query come; the stop comes then.
-        beforeStart: (daemon) => {
-          const [first, second] = daemon.dnsListeners;
-          const listen = second!.listen.bind(second);
-          second!.listen = async () => {
-            const tcp = daemon.listeners.find((l) => l.kind === 'tcp')!;
-            for (let i = 0; i < 500 && (tcp.port === null || first!.port === null); i++) await new Promise((r) => setTimeout(r, 10));
-            early = connect({ host: '127.0.0.1', port: tcp.port!, localAddress: SOURCE });
-            early.on('error', () => {});
-            early.write('ping');
-            const q = createSocket('udp4');
-            onTestFinished(() => void q.close());
-            q.bind(0, SOURCE, () => q.send(packet.encode({ type: 'query', id: 9, questions: [{ type: 'A', name: 'early.test' }] }), first!.port!, '127.0.0.1'));
-            await new Promise((r) => setTimeout(r, HOLD_MS));
-            stopped = daemon.stop(2000);
-            return listen();
-          };
-        },
+        beforeStart: holdSecondDnsListener(async (firstPort, daemon) => {
+          const tcp = daemon.listeners.find((l) => l.kind === 'tcp')!;
+          for (let i = 0; i < 500 && tcp.port === null; i++) await new Promise((r) => setTimeout(r, 10));
+          early = connect({ host: '127.0.0.1', port: tcp.port!, localAddress: SOURCE });
+          early.on('error', () => {});
+          early.write('ping');
+          const q = createSocket('udp4');
+          onTestFinished(() => void q.close());
+          q.bind(0, SOURCE, () => q.send(packet.encode({ type: 'query', id: 9, questions: [{ type: 'A', name: 'early.test' }] }), firstPort, '127.0.0.1'));
+          await new Promise((r) => setTimeout(r, HOLD_MS));
+          stopped = daemon.stop(2000);
+        }),
       },
     );
     onTestFinished(() => void early?.destroy());
